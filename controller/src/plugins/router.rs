@@ -1,0 +1,1 @@
+//! The router filter on sidecar outbound and gateway listeners.

@@ -1,0 +1,188 @@
+//! Panic-free helpers over `proxy_wasm::hostcalls` for the wasmesh filters.
+//!
+//! The SDK's trait helpers `unwrap()` hostcall results and its string getters `unwrap()` UTF-8
+//! conversions; a panic traps the VM and fails every later request on that worker. Filters call
+//! these helpers instead: every failure becomes `None`/`false` plus a log line.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, Status};
+
+/// All request headers, names lower-case, values as raw bytes. Empty when unavailable.
+pub fn request_headers() -> Vec<(String, Bytes)> {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+}
+
+/// All response headers. Empty when unavailable.
+pub fn response_headers() -> Vec<(String, Bytes)> {
+    hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default()
+}
+
+/// One request header as bytes.
+pub fn request_header(name: &str) -> Option<Bytes> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+}
+
+/// Sets (replaces) a request header; `false` if the host refused.
+pub fn set_request_header(name: &str, value: &[u8]) -> bool {
+    hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value)).is_ok()
+}
+
+/// Appends a request header value.
+pub fn add_request_header(name: &str, value: &[u8]) -> bool {
+    hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value).is_ok()
+}
+
+/// Removes a request header (every value).
+pub fn remove_request_header(name: &str) -> bool {
+    hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_ok()
+}
+
+/// Sets (replaces) a response header.
+pub fn set_response_header(name: &str, value: &[u8]) -> bool {
+    hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value)).is_ok()
+}
+
+/// Appends a response header value.
+pub fn add_response_header(name: &str, value: &[u8]) -> bool {
+    hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, name, value).is_ok()
+}
+
+/// Removes a response header.
+pub fn remove_response_header(name: &str) -> bool {
+    hostcalls::remove_map_value(MapType::HttpResponseHeaders, name).is_ok()
+}
+
+/// A property (Envoy attribute or filter state) as raw bytes.
+pub fn property(path: &[&str]) -> Option<Bytes> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+/// A string property.
+pub fn property_string(path: &[&str]) -> Option<String> {
+    property(path).and_then(|b| String::from_utf8(b).ok())
+}
+
+/// An `int`/`uint` property (8 bytes, little-endian), e.g. `destination.port`.
+pub fn property_u64(path: &[&str]) -> Option<u64> {
+    let b = property(path)?;
+    let arr: [u8; 8] = b.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(arr))
+}
+
+/// A `bool` property (1 byte), e.g. `connection.mtls`.
+pub fn property_bool(path: &[&str]) -> Option<bool> {
+    property(path).and_then(|b| b.first().map(|v| *v != 0))
+}
+
+/// Writes filter state `wasm.<key>` for later filters on this stream.
+pub fn set_filter_state(key: &str, value: &[u8]) -> bool {
+    hostcalls::set_property(vec![key], Some(value)).is_ok()
+}
+
+/// Reads filter state written by an earlier wasmesh filter.
+pub fn filter_state(key: &str) -> Option<Bytes> {
+    property(&[key])
+}
+
+/// Sends a local reply (deferred by Envoy until the callback returns).
+pub fn send_response(status: u32, headers: &[(&str, &str)], body: Option<&[u8]>) -> bool {
+    hostcalls::send_http_response(status, headers.to_vec(), body).is_ok()
+}
+
+/// Asks Envoy to re-run route selection (explicit since Envoy 1.33; harmless before).
+pub fn clear_route_cache() -> bool {
+    hostcalls::call_foreign_function("clear_route_cache", None).is_ok()
+}
+
+/// The plugin configuration bytes given to `on_configure`.
+pub fn plugin_configuration() -> Option<Bytes> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten()
+}
+
+/// The VM configuration bytes given to `on_vm_start`.
+pub fn vm_configuration() -> Option<Bytes> {
+    hostcalls::get_buffer(BufferType::VmConfiguration, 0, usize::MAX).ok().flatten()
+}
+
+pub fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+pub fn log_error(message: &str) {
+    log(LogLevel::Error, message);
+}
+pub fn log_warn(message: &str) {
+    log(LogLevel::Warn, message);
+}
+pub fn log_info(message: &str) {
+    log(LogLevel::Info, message);
+}
+pub fn log_debug(message: &str) {
+    log(LogLevel::Debug, message);
+}
+
+/// A 64-bit seed from the host's entropy (WASI `random_get`); falls back to the clock.
+pub fn random_seed() -> u64 {
+    let mut buf = [0u8; 8];
+    if getrandom::getrandom(&mut buf).is_ok() {
+        return u64::from_le_bytes(buf);
+    }
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Decodes the proxy-wasm "pairs" encoding used for map-valued properties:
+/// `u32 N`, N × (`u32 key_len`, `u32 val_len`), then each `key \0 value \0`.
+pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let read_u32 = |at: usize| -> Option<usize> {
+        let arr: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        Some(u32::from_le_bytes(arr) as usize)
+    };
+    let n = read_u32(0)?;
+    if n > bytes.len() / 8 {
+        return None;
+    }
+    let mut sizes = Vec::with_capacity(n);
+    for i in 0..n {
+        sizes.push((read_u32(4 + i * 8)?, read_u32(8 + i * 8)?));
+    }
+    let mut at = 4 + n * 8;
+    let mut out = Vec::with_capacity(n);
+    for (k, v) in sizes {
+        let key = bytes.get(at..at.checked_add(k)?)?;
+        at = at.checked_add(k + 1)?;
+        let value = bytes.get(at..at.checked_add(v)?)?;
+        at = at.checked_add(v + 1)?;
+        out.push((key, value));
+    }
+    Some(out)
+}
+
+/// A status from the host as text, for log lines.
+pub fn status_text(s: Status) -> String {
+    format!("{s:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_pairs_and_rejects_truncation() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(b"a\0bc\0\0xyz\0");
+        let pairs = decode_pairs(&b).unwrap();
+        assert_eq!(pairs, vec![(&b"a"[..], &b"bc"[..]), (&b""[..], &b"xyz"[..])]);
+        assert!(decode_pairs(&b[..b.len() - 3]).is_none());
+        assert!(decode_pairs(&[0xff, 0xff, 0xff, 0x7f]).is_none());
+        assert!(decode_pairs(&[]).is_none());
+    }
+}

@@ -1,0 +1,517 @@
+//! Turning Istio resources into a [`Router`] for one proxy, once, at configure time.
+
+use crate::hosts::{intersect, HostTable};
+use crate::matcher::StrMatcher;
+use crate::{ClusterName, Match, Route, Router, VirtualHost, WeightedDestination};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use wasmesh_istio::networking::{Destination, HttpMatchRequest, HttpRoute};
+use wasmesh_istio::{Error, ProxyMode, Resource, Resources, Workload};
+
+/// The router filter's configuration, as `wasmeshctl` writes it: who the proxy is and the Istio
+/// resources that may apply to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouterConfig {
+    pub workload: Workload,
+    /// Gateway mode: the Gateway server port this listener implements (`servers[].port.number`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_port: Option<u32>,
+    #[serde(default = "default_cluster_header")]
+    pub cluster_header: String,
+    /// VirtualServices, Gateways and ServiceEntries, in Istio's JSON form.
+    #[serde(default)]
+    pub resources: Vec<serde_json::Value>,
+}
+
+fn default_cluster_header() -> String {
+    crate::DEFAULT_CLUSTER_HEADER.to_string()
+}
+
+/// Everything wrong with a configuration, each error naming resource, field and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileError(pub Vec<Error>);
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
+        write!(f, "{}", lines.join("; "))
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+impl RouterConfig {
+    /// Parses the filter configuration and compiles the router.
+    pub fn compile_json(bytes: &[u8]) -> Result<Router, CompileError> {
+        let cfg: RouterConfig = serde_json::from_slice(bytes)
+            .map_err(|e| CompileError(vec![Error::new(format!("router configuration: {e}"))]))?;
+        let resources = wasmesh_istio::resources_from_values(cfg.resources.clone())
+            .map_err(|e| CompileError(vec![e]))?;
+        cfg.compile(&Resources { items: resources })
+    }
+
+    /// Compiles the router for this proxy from already-parsed resources.
+    pub fn compile(&self, resources: &Resources) -> Result<Router, CompileError> {
+        Compiler { cfg: self, errors: Vec::new(), check_all: false }.run(resources)
+    }
+}
+
+struct Compiler<'c> {
+    cfg: &'c RouterConfig,
+    errors: Vec<Error>,
+    /// Validation: compile every VirtualService and match block, whatever proxy they select.
+    check_all: bool,
+}
+
+/// The Gateway servers this gateway proxy implements on its port.
+struct GatewayServers {
+    /// `namespace/name` of each selected Gateway.
+    names: Vec<String>,
+    /// (allowed VirtualService namespace or `*`, host pattern).
+    hosts: Vec<(String, String)>,
+}
+
+impl Compiler<'_> {
+    fn run(mut self, resources: &Resources) -> Result<Router, CompileError> {
+        let wl = &self.cfg.workload;
+        if !is_header_name(&self.cfg.cluster_header) {
+            self.errors.push(Error::new(format!(
+                "router configuration: clusterHeader {:?} is not a lower-case HTTP header name",
+                self.cfg.cluster_header
+            )));
+        }
+        let services = self.services(resources);
+        let gateway = match wl.mode {
+            ProxyMode::Gateway => Some(self.gateway_servers(resources)),
+            ProxyMode::Sidecar => None,
+        };
+
+        let mut hosts = HostTable::default();
+        let mut vhosts: Vec<VirtualHost> = Vec::new();
+        for (res, vs) in resources.virtual_services() {
+            if !visible(&vs.export_to, res.namespace(), &wl.namespace) {
+                continue;
+            }
+            let bound = self.check_all || match &gateway {
+                None => vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh"),
+                Some(gw) => vs.gateways.iter().any(|g| gw.names.contains(&gateway_name(g, res.namespace()))),
+            };
+            if !bound {
+                continue;
+            }
+            if !vs.tcp.is_empty() || !vs.tls.is_empty() {
+                self.err(res, "spec.tcp/spec.tls", "TCP and TLS routes are not supported by wasmesh (HTTP routes only)");
+            }
+            if vs.hosts.is_empty() {
+                self.err(res, "spec.hosts", "at least one host is required");
+                continue;
+            }
+            let routes = self.routes(res, &vs.http, &services, gateway.as_ref());
+            for (i, host) in vs.hosts.iter().enumerate() {
+                if host.is_empty() || host.contains('/') {
+                    self.err(res, &format!("spec.hosts[{i}]"), &format!("{host:?} is not a host name"));
+                    continue;
+                }
+                let fq = wl.fqdn(host, res.namespace());
+                let domains: Vec<String> = match &gateway {
+                    None => vec![fq.clone()],
+                    Some(gw) => gw
+                        .hosts
+                        .iter()
+                        .filter(|(ns, _)| ns == "*" || ns == res.namespace())
+                        .filter_map(|(_, h)| intersect(h, &fq).map(str::to_string))
+                        .collect(),
+                };
+                for domain in domains {
+                    let ports = services.get(&domain).cloned().unwrap_or_default();
+                    let index = vhosts.len();
+                    match hosts.insert(&domain, index) {
+                        None => vhosts.push(VirtualHost { service_ports: ports, routes: clone_routes(&routes) }),
+                        Some(existing) => {
+                            if let Some(vh) = vhosts.get_mut(existing) {
+                                vh.routes.extend(clone_routes(&routes));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // A sidecar reaches every known service even without a VirtualService (Istio's default
+        // route: all traffic to the service, no subset).
+        if wl.mode == ProxyMode::Sidecar {
+            for (host, ports) in &services {
+                // A VirtualService host (exact or wildcard) covering the service replaces its default.
+                if hosts.lookup(host).is_some() {
+                    continue;
+                }
+                let cluster = match ports.as_slice() {
+                    [only] => ClusterName::Fixed(format!("outbound|{only}||{host}")),
+                    _ => ClusterName::PerPort { subset: String::new(), host: host.clone() },
+                };
+                let index = vhosts.len();
+                if hosts.insert(host, index).is_none() {
+                    vhosts.push(VirtualHost {
+                        service_ports: ports.clone(),
+                        routes: vec![Route {
+                            virtual_service: String::new(),
+                            name: "default".into(),
+                            matches: Vec::new(),
+                            destinations: vec![WeightedDestination { weight: 1, cluster }],
+                            total_weight: 1,
+                        }],
+                    });
+                }
+            }
+        }
+
+        let gateway_hosts = gateway.as_ref().map(|gw| {
+            let mut t = HostTable::default();
+            for (_, h) in &gw.hosts {
+                t.insert(h, 0);
+            }
+            t
+        });
+        if wl.mode == ProxyMode::Gateway && self.cfg.gateway_port.is_none() {
+            self.errors.push(Error::new("router configuration: gatewayPort is required in gateway mode"));
+        }
+        if !self.errors.is_empty() {
+            return Err(CompileError(self.errors));
+        }
+        Ok(Router {
+            mode: wl.mode,
+            gateway_port: self.cfg.gateway_port,
+            hosts,
+            vhosts,
+            gateway_hosts,
+            cluster_header: self.cfg.cluster_header.clone(),
+            namespace: wl.namespace.clone(),
+            domain_suffix: wl.domain_suffix.clone(),
+        })
+    }
+
+    fn err(&mut self, res: &Resource, field: &str, message: &str) {
+        self.errors.push(Error::at(res, field, message));
+    }
+
+    /// Service hosts (FQDN) and their ports, from ServiceEntries visible to this proxy.
+    fn services(&mut self, resources: &Resources) -> BTreeMap<String, Vec<u32>> {
+        let wl = &self.cfg.workload;
+        let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (res, se) in resources.service_entries() {
+            if !visible(&se.export_to, res.namespace(), &wl.namespace) {
+                continue;
+            }
+            for host in &se.hosts {
+                let ports = out.entry(wl.fqdn(host, res.namespace())).or_default();
+                for p in &se.ports {
+                    if !ports.contains(&p.number) {
+                        ports.push(p.number);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn gateway_servers(&mut self, resources: &Resources) -> GatewayServers {
+        let wl = &self.cfg.workload;
+        let port = self.cfg.gateway_port.unwrap_or(0);
+        let mut out = GatewayServers { names: Vec::new(), hosts: Vec::new() };
+        for (res, gw) in resources.gateways() {
+            let selected = gw.selector.iter().all(|(k, v)| wl.labels.get(k) == Some(v));
+            if !selected {
+                continue;
+            }
+            out.names.push(format!("{}/{}", res.namespace(), res.name()));
+            for (si, server) in gw.servers.iter().enumerate() {
+                if server.port.number != port {
+                    continue;
+                }
+                if server.tls.is_some() {
+                    self.err(res, &format!("spec.servers[{si}].tls"), "TLS termination at the gateway is not supported by wasmesh yet");
+                }
+                for (hi, h) in server.hosts.iter().enumerate() {
+                    let (ns, host) = match h.split_once('/') {
+                        Some((".", host)) => (res.namespace().to_string(), host),
+                        Some((ns, host)) => (ns.to_string(), host),
+                        None => ("*".to_string(), h.as_str()),
+                    };
+                    if host.is_empty() {
+                        self.err(res, &format!("spec.servers[{si}].hosts[{hi}]"), &format!("{h:?} has no host"));
+                        continue;
+                    }
+                    out.hosts.push((ns, host.to_ascii_lowercase()));
+                }
+            }
+        }
+        out
+    }
+
+    fn routes(
+        &mut self,
+        res: &Resource,
+        http: &[HttpRoute],
+        services: &BTreeMap<String, Vec<u32>>,
+        gateway: Option<&GatewayServers>,
+    ) -> Vec<Route> {
+        let wl = self.cfg.workload.clone();
+        let mut out = Vec::new();
+        for (ri, route) in http.iter().enumerate() {
+            let field = format!("spec.http[{ri}]");
+            self.unsupported(res, &field, route);
+            let mut matches = Vec::new();
+            for (mi, m) in route.matches.iter().enumerate() {
+                let mfield = format!("{field}.match[{mi}]");
+                // Selectors decided here, for this proxy, as istiod does when it builds its config.
+                if !m.gateways.is_empty() && !self.check_all {
+                    let applies = match gateway {
+                        None => m.gateways.iter().any(|g| g == "mesh"),
+                        Some(gw) => m.gateways.iter().any(|g| gw.names.contains(&gateway_name(g, res.namespace()))),
+                    };
+                    if !applies {
+                        continue;
+                    }
+                }
+                let selected = m.source_labels.iter().all(|(k, v)| wl.labels.get(k) == Some(v))
+                    && m.source_namespace.as_ref().is_none_or(|ns| ns == &wl.namespace);
+                if !selected && !self.check_all {
+                    continue;
+                }
+                if let Some(compiled) = self.compile_match(res, &mfield, m) {
+                    matches.push(compiled);
+                }
+            }
+            if !route.matches.is_empty() && matches.is_empty() {
+                // Every match block was for other proxies: this route does not exist here.
+                continue;
+            }
+            if route.route.is_empty() {
+                if route.redirect.is_none() && route.direct_response.is_none() && route.delegate.is_none() {
+                    self.err(res, &format!("{field}.route"), "a route needs at least one destination (or a redirect or directResponse)");
+                }
+                continue;
+            }
+            let multiple = route.route.len() > 1;
+            let mut destinations = Vec::new();
+            let mut total: u32 = 0;
+            for (di, d) in route.route.iter().enumerate() {
+                let dfield = format!("{field}.route[{di}]");
+                let weight = match d.weight {
+                    _ if !multiple => 1,
+                    Some(w) if w < 0 => {
+                        self.err(res, &format!("{dfield}.weight"), &format!("{w} is negative; expected 0 or more"));
+                        continue;
+                    }
+                    Some(w) => w as u32,
+                    None => 0,
+                };
+                if d.headers.is_some() {
+                    self.err(res, &format!("{dfield}.headers"), "per-destination header operations are not supported by wasmesh yet");
+                }
+                let Some(cluster) = self.cluster(res, &format!("{dfield}.destination"), &d.destination, services) else {
+                    continue;
+                };
+                if weight == 0 {
+                    continue;
+                }
+                total = total.saturating_add(weight);
+                destinations.push(WeightedDestination { weight, cluster });
+            }
+            if multiple && total == 0 {
+                self.err(res, &format!("{field}.route"), "the destination weights add up to 0; expected a total above 0");
+                continue;
+            }
+            out.push(Route {
+                virtual_service: format!("{}/{}", res.namespace(), res.name()),
+                name: if route.name.is_empty() { format!("#{ri}") } else { route.name.clone() },
+                matches,
+                destinations,
+                total_weight: total,
+            });
+        }
+        out
+    }
+
+    /// Route features that belong to later work are refused loudly rather than ignored.
+    fn unsupported(&mut self, res: &Resource, field: &str, r: &HttpRoute) {
+        let present: [(&str, bool); 12] = [
+            ("redirect", r.redirect.is_some()),
+            ("directResponse", r.direct_response.is_some()),
+            ("delegate", r.delegate.is_some()),
+            ("rewrite", r.rewrite.is_some()),
+            ("timeout", r.timeout.is_some()),
+            ("retries", r.retries.is_some()),
+            ("fault", r.fault.is_some()),
+            ("mirror", r.mirror.is_some() || !r.mirrors.is_empty()),
+            ("mirrorPercentage", r.mirror_percentage.is_some() || r.mirror_percent.is_some() || r.mirror_percent_snake.is_some()),
+            ("corsPolicy", r.cors_policy.is_some()),
+            ("headers", r.headers.is_some()),
+            ("match[].statPrefix", r.matches.iter().any(|m| m.stat_prefix.is_some())),
+        ];
+        for (name, set) in present {
+            if set {
+                self.err(res, &format!("{field}.{name}"), "not supported by this wasmesh router yet (HTTP matching and weighted destinations are)");
+            }
+        }
+    }
+
+    fn compile_match(&mut self, res: &Resource, field: &str, m: &HttpMatchRequest) -> Option<Match> {
+        let mut out = Match { port: m.port, ..Match::default() };
+        let mut ok = true;
+        let mut one = |sm: &Option<wasmesh_istio::StringMatch>, name: &str, ignore_case: bool, errors: &mut Vec<Error>| {
+            sm.as_ref().and_then(|sm| match StrMatcher::compile(sm, &format!("{field}.{name}"), ignore_case) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    errors.push(Error::at(res, format!("{field}.{name}"), e));
+                    ok = false;
+                    None
+                }
+            })
+        };
+        out.uri = one(&m.uri, "uri", m.ignore_uri_case, &mut self.errors);
+        out.scheme = one(&m.scheme, "scheme", false, &mut self.errors);
+        out.method = one(&m.method, "method", false, &mut self.errors);
+        out.authority = one(&m.authority, "authority", false, &mut self.errors);
+        if let Some(p) = m.port {
+            if p == 0 || p > 65535 {
+                self.err(res, &format!("{field}.port"), &format!("{p} is not a port; expected 1-65535"));
+                ok = false;
+            }
+        }
+        for (kind, map, target) in [
+            ("headers", &m.headers, &mut out.headers),
+            ("withoutHeaders", &m.without_headers, &mut out.without_headers),
+        ] {
+            for (name, sm) in map {
+                let lname = name.to_ascii_lowercase();
+                if matches!(lname.as_str(), "uri" | "scheme" | "method" | "authority") {
+                    continue; // Istio ignores these keys in `headers`.
+                }
+                if !is_header_name(&lname) {
+                    self.err(res, &format!("{field}.{kind}.{name}"), &format!("{name:?} is not an HTTP header name"));
+                    ok = false;
+                    continue;
+                }
+                match StrMatcher::compile(sm, &format!("{field}.{kind}.{name}"), false) {
+                    Ok(c) => target.push((lname, c)),
+                    Err(e) => {
+                        self.err(res, &format!("{field}.{kind}.{name}"), &e);
+                        ok = false;
+                    }
+                }
+            }
+        }
+        for (name, sm) in &m.query_params {
+            match StrMatcher::compile(sm, &format!("{field}.queryParams.{name}"), false) {
+                Ok(c) => out.query_params.push((name.clone(), c)),
+                Err(e) => {
+                    self.err(res, &format!("{field}.queryParams.{name}"), &e);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn cluster(
+        &mut self,
+        res: &Resource,
+        field: &str,
+        d: &Destination,
+        services: &BTreeMap<String, Vec<u32>>,
+    ) -> Option<ClusterName> {
+        if d.host.is_empty() || d.host.contains('*') {
+            self.err(res, &format!("{field}.host"), &format!("{:?} is not a destination host; expected a service name", d.host));
+            return None;
+        }
+        let host = self.cfg.workload.fqdn(&d.host, res.namespace());
+        let port = match (d.port, services.get(&host).map(Vec::as_slice)) {
+            (Some(p), _) if p.number == 0 || p.number > 65535 => {
+                self.err(res, &format!("{field}.port.number"), &format!("{} is not a port; expected 1-65535", p.number));
+                return None;
+            }
+            (Some(p), _) => Some(p.number),
+            (None, Some([only])) => Some(*only),
+            (None, _) => None,
+        };
+        Some(match port {
+            Some(p) => ClusterName::Fixed(format!("outbound|{p}|{}|{host}", d.subset)),
+            None => ClusterName::PerPort { subset: d.subset.clone(), host },
+        })
+    }
+}
+
+fn clone_routes(routes: &[Route]) -> Vec<Route> {
+    routes
+        .iter()
+        .map(|r| Route {
+            virtual_service: r.virtual_service.clone(),
+            name: r.name.clone(),
+            matches: r
+                .matches
+                .iter()
+                .map(|m| Match {
+                    uri: m.uri.clone(),
+                    scheme: m.scheme.clone(),
+                    method: m.method.clone(),
+                    authority: m.authority.clone(),
+                    headers: m.headers.clone(),
+                    without_headers: m.without_headers.clone(),
+                    query_params: m.query_params.clone(),
+                    port: m.port,
+                })
+                .collect(),
+            destinations: r
+                .destinations
+                .iter()
+                .map(|d| WeightedDestination {
+                    weight: d.weight,
+                    cluster: match &d.cluster {
+                        ClusterName::Fixed(s) => ClusterName::Fixed(s.clone()),
+                        ClusterName::PerPort { subset, host } => {
+                            ClusterName::PerPort { subset: subset.clone(), host: host.clone() }
+                        }
+                    },
+                })
+                .collect(),
+            total_weight: r.total_weight,
+        })
+        .collect()
+}
+
+/// `exportTo` visibility: empty or `*` = everywhere, `.` = own namespace, `~` = nowhere.
+fn visible(export_to: &[String], resource_ns: &str, proxy_ns: &str) -> bool {
+    export_to.is_empty()
+        || export_to.iter().any(|e| e == "*" || e == proxy_ns || (e == "." && resource_ns == proxy_ns))
+}
+
+/// A VirtualService's gateway reference as `namespace/name` (short names are in the VS's namespace).
+fn gateway_name(reference: &str, vs_namespace: &str) -> String {
+    match reference.split_once('/') {
+        Some(_) => reference.to_string(),
+        None => format!("{vs_namespace}/{reference}"),
+    }
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-_.!#$%&'*+^`|~:".contains(&c))
+}
+
+/// Checks every VirtualService in `resources` as the router would compile it, whatever proxy it
+/// selects, for `wasmeshctl validate`.
+pub fn validate(resources: &Resources) -> Vec<Error> {
+    let cfg = RouterConfig {
+        workload: Workload::new("validate", "default"),
+        gateway_port: None,
+        cluster_header: default_cluster_header(),
+        resources: Vec::new(),
+    };
+    match (Compiler { cfg: &cfg, errors: Vec::new(), check_all: true }).run(resources) {
+        Ok(_) => Vec::new(),
+        Err(CompileError(errors)) => errors,
+    }
+}

@@ -1,0 +1,118 @@
+//! Istio `StringMatch` compiled for per-request use on raw header bytes.
+
+use regex::bytes::Regex;
+use wasmesh_istio::StringMatch;
+
+/// A compiled `StringMatch`.
+#[derive(Debug, Clone)]
+pub enum StrMatcher {
+    Exact(Vec<u8>),
+    Prefix(Vec<u8>),
+    /// `exact` under `ignoreUriCase` (the value is stored lower-case).
+    ExactIgnoreCase(Vec<u8>),
+    /// `prefix` under `ignoreUriCase` (the value is stored lower-case).
+    PrefixIgnoreCase(Vec<u8>),
+    /// RE2-style regex that must match the whole value.
+    Regex(Regex),
+    /// `{}` (no oneof set) or `regex: "*"`: the header is present.
+    Present,
+}
+
+impl StrMatcher {
+    /// Compiles a StringMatch. `field` names it in errors, e.g. `spec.http[0].match[0].uri`.
+    pub fn compile(m: &StringMatch, field: &str, ignore_case: bool) -> Result<StrMatcher, String> {
+        if m.set_count() > 1 {
+            return Err(format!("{field}: set only one of exact, prefix, regex (got {m:?})"));
+        }
+        Ok(match (&m.exact, &m.prefix, &m.regex) {
+            (Some(v), _, _) if ignore_case => StrMatcher::ExactIgnoreCase(v.to_ascii_lowercase().into_bytes()),
+            (Some(v), _, _) => StrMatcher::Exact(v.as_bytes().to_vec()),
+            (_, Some(v), _) if ignore_case => StrMatcher::PrefixIgnoreCase(v.to_ascii_lowercase().into_bytes()),
+            (_, Some(v), _) => StrMatcher::Prefix(v.as_bytes().to_vec()),
+            (_, _, Some(r)) if r == "*" => StrMatcher::Present,
+            (_, _, Some(r)) => StrMatcher::Regex(compile_full_match(r).map_err(|e| format!("{field}.regex: {e}"))?),
+            (None, None, None) => StrMatcher::Present,
+        })
+    }
+
+    /// Whether a present value matches. (Absence is handled by the caller.)
+    pub fn matches(&self, value: &[u8]) -> bool {
+        match self {
+            StrMatcher::Exact(v) => value == v.as_slice(),
+            StrMatcher::Prefix(v) => value.starts_with(v),
+            StrMatcher::ExactIgnoreCase(v) => value.eq_ignore_ascii_case(v),
+            StrMatcher::PrefixIgnoreCase(v) => {
+                value.len() >= v.len() && value[..v.len()].eq_ignore_ascii_case(v)
+            }
+            StrMatcher::Regex(r) => r.is_match(value),
+            StrMatcher::Present => true,
+        }
+    }
+
+    pub fn is_presence(&self) -> bool {
+        matches!(self, StrMatcher::Present)
+    }
+}
+
+/// Compiles `pattern` so that it must match the whole input (Envoy `safe_regex` semantics).
+/// The `regex` crate is RE2-like: linear time, no backreferences or look-around, which is what
+/// Envoy accepts too. A size limit keeps a hostile config from exhausting the VM.
+pub fn compile_full_match(pattern: &str) -> Result<Regex, String> {
+    regex::bytes::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| format!("invalid RE2 regex {pattern:?}: {}", first_line(&e.to_string())))
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(m: StringMatch) -> StrMatcher {
+        StrMatcher::compile(&m, "f", false).unwrap()
+    }
+
+    #[test]
+    fn exact_prefix_regex_presence() {
+        assert!(c(StringMatch::exact("jason")).matches(b"jason"));
+        assert!(!c(StringMatch::exact("jason")).matches(b"Jason"));
+        assert!(c(StringMatch::prefix("/api")).matches(b"/api/v1"));
+        assert!(!c(StringMatch::prefix("/api")).matches(b"/ap"));
+        assert!(c(StringMatch::default()).matches(b""));
+        assert!(c(StringMatch::regex("*")).is_presence());
+    }
+
+    #[test]
+    fn regex_is_a_full_match() {
+        let r = c(StringMatch::regex(r"\d+$"));
+        assert!(r.matches(b"123"));
+        assert!(!r.matches(b"a123"), "Istio: \\d+$ matches 123 but not a123");
+        assert!(c(StringMatch::regex("(?i)JaSoN")).matches(b"jason"));
+        assert!(c(StringMatch::regex("a|b")).matches(b"b"));
+        assert!(!c(StringMatch::regex("a|b")).matches(b"ab"));
+    }
+
+    #[test]
+    fn ignore_case_applies_to_exact_and_prefix() {
+        let m = StrMatcher::compile(&StringMatch::prefix("/API"), "f", true).unwrap();
+        assert!(m.matches(b"/api/x"));
+        let m = StrMatcher::compile(&StringMatch::exact("/Login"), "f", true).unwrap();
+        assert!(m.matches(b"/LOGIN"));
+        let m = StrMatcher::compile(&StringMatch::regex("/login"), "f", true).unwrap();
+        assert!(!m.matches(b"/LOGIN"), "ignoreUriCase does not apply to regex");
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let e = StrMatcher::compile(&StringMatch::regex("(unclosed"), "spec.http[0].match[0].uri", false).unwrap_err();
+        assert!(e.starts_with("spec.http[0].match[0].uri.regex: invalid RE2 regex"), "{e}");
+        let e = StrMatcher::compile(&StringMatch::regex(r"(a)\1"), "f", false).unwrap_err();
+        assert!(e.contains("invalid RE2"), "backreferences are not RE2: {e}");
+        let two = StringMatch { exact: Some("a".into()), prefix: Some("b".into()), regex: None };
+        assert!(StrMatcher::compile(&two, "f", false).unwrap_err().contains("only one"));
+    }
+}

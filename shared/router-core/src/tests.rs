@@ -1,0 +1,421 @@
+use super::*;
+use wasmesh_istio::{load_str, Resources, Workload};
+
+const SERVICES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: multi, namespace: default}
+spec:
+  hosts: [multi.default.svc.cluster.local]
+  ports: [{number: 80, name: http}, {number: 8080, name: http-alt}]
+  resolution: STATIC
+"#;
+
+const REVIEWS_VS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers:
+        end-user:
+          exact: jason
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:
+    - destination: {host: reviews, subset: v3}
+"#;
+
+fn sidecar(yaml: &str) -> Router {
+    sidecar_with(yaml, Workload::new("productpage-v1", "default"))
+}
+
+fn sidecar_with(yaml: &str, wl: Workload) -> Router {
+    let items = load_str(&format!("{SERVICES}\n---\n{yaml}"), "test.yaml").unwrap();
+    let cfg = RouterConfig { workload: wl, gateway_port: None, cluster_header: DEFAULT_CLUSTER_HEADER.into(), resources: vec![] };
+    cfg.compile(&Resources { items }).unwrap()
+}
+
+fn compile_err(yaml: &str) -> String {
+    let items = load_str(&format!("{SERVICES}\n---\n{yaml}"), "test.yaml").unwrap();
+    let cfg = RouterConfig {
+        workload: Workload::new("w", "default"),
+        gateway_port: None,
+        cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        resources: vec![],
+    };
+    cfg.compile(&Resources { items }).unwrap_err().to_string()
+}
+
+fn req(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    let mut h: Vec<(String, Vec<u8>)> = vec![
+        (":method".into(), b"GET".to_vec()),
+        (":scheme".into(), b"http".to_vec()),
+        (":path".into(), b"/".to_vec()),
+    ];
+    for (k, v) in pairs {
+        if let Some(existing) = h.iter_mut().find(|(name, _)| name == k && k.starts_with(':')) {
+            existing.1 = v.as_bytes().to_vec();
+        } else {
+            h.push((k.to_string(), v.as_bytes().to_vec()));
+        }
+    }
+    h
+}
+
+fn cluster(r: &Router, pairs: &[(&str, &str)]) -> String {
+    let h = req(pairs);
+    match r.route(&Request::new(&h), 0) {
+        Decision::Forward { cluster, .. } => cluster.into_owned(),
+        Decision::NotFound => "404".into(),
+    }
+}
+
+#[test]
+fn bookinfo_jason_goes_to_v2_everyone_else_to_v3() {
+    let r = sidecar(REVIEWS_VS);
+    assert_eq!(cluster(&r, &[(":authority", "reviews:9080"), ("end-user", "jason")]), "outbound|9080|v2|reviews.default.svc.cluster.local");
+    assert_eq!(cluster(&r, &[(":authority", "reviews:9080"), ("end-user", "mary")]), "outbound|9080|v3|reviews.default.svc.cluster.local");
+    assert_eq!(cluster(&r, &[(":authority", "reviews:9080")]), "outbound|9080|v3|reviews.default.svc.cluster.local");
+    assert_eq!(cluster(&r, &[(":authority", "reviews:9080"), ("end-user", "Jason")]), "outbound|9080|v3|reviews.default.svc.cluster.local", "exact is case-sensitive");
+}
+
+#[test]
+fn host_short_forms_and_case_resolve_to_the_service() {
+    let r = sidecar(REVIEWS_VS);
+    for authority in ["reviews", "reviews:9080", "reviews.default", "reviews.default.svc", "reviews.default.svc.cluster.local:9080", "REVIEWS.default"] {
+        assert_eq!(cluster(&r, &[(":authority", authority)]), "outbound|9080|v3|reviews.default.svc.cluster.local", "{authority}");
+    }
+    assert_eq!(cluster(&r, &[(":authority", "reviews.other")]), "404");
+    assert_eq!(cluster(&r, &[(":authority", "unknown.example.com")]), "404");
+}
+
+#[test]
+fn services_without_a_virtual_service_get_the_default_route() {
+    let r = sidecar(REVIEWS_VS);
+    assert_eq!(cluster(&r, &[(":authority", "ratings:9080")]), "outbound|9080||ratings.default.svc.cluster.local");
+    // Several ports: the request's port decides; no port means 80.
+    assert_eq!(cluster(&r, &[(":authority", "multi:8080")]), "outbound|8080||multi.default.svc.cluster.local");
+    assert_eq!(cluster(&r, &[(":authority", "multi")]), "outbound|80||multi.default.svc.cluster.local");
+}
+
+#[test]
+fn a_virtual_service_with_no_matching_route_is_404() {
+    let r = sidecar(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{uri: {prefix: /ratings}}]
+    route: [{destination: {host: ratings}}]
+"#,
+    );
+    assert_eq!(cluster(&r, &[(":authority", "ratings"), (":path", "/ratings/1")]), "outbound|9080||ratings.default.svc.cluster.local");
+    assert_eq!(cluster(&r, &[(":authority", "ratings"), (":path", "/other")]), "404");
+}
+
+const MATCHES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - name: exact-uri
+    match: [{uri: {exact: /exact}}]
+    route: [{destination: {host: ratings, subset: exact}}]
+  - name: regex-uri
+    match: [{uri: {regex: '/items/[0-9]+'}}]
+    route: [{destination: {host: ratings, subset: regex}}]
+  - name: nocase
+    match: [{uri: {prefix: /CaseLess}, ignoreUriCase: true}]
+    route: [{destination: {host: ratings, subset: nocase}}]
+  - name: method-and-header-regex
+    match: [{method: {exact: POST}, headers: {x-version: {regex: 'v[12]'}}}]
+    route: [{destination: {host: ratings, subset: post}}]
+  - name: presence
+    match: [{headers: {x-debug: {}}}]
+    route: [{destination: {host: ratings, subset: debug}}]
+  - name: without
+    match: [{uri: {prefix: /without}, withoutHeaders: {x-skip: {exact: "yes"}}}]
+    route: [{destination: {host: ratings, subset: without}}]
+  - name: query
+    match: [{queryParams: {canary: {exact: "true"}}}]
+    route: [{destination: {host: ratings, subset: query}}]
+  - name: query-empty
+    match: [{queryParams: {flag: {exact: ""}}}]
+    route: [{destination: {host: ratings, subset: flag}}]
+  - name: scheme-authority
+    match: [{scheme: {exact: https}}, {authority: {prefix: "ratings.default:"}}]
+    route: [{destination: {host: ratings, subset: or}}]
+  - name: port
+    match: [{port: 9999}]
+    route: [{destination: {host: ratings, subset: port}}]
+  - route: [{destination: {host: ratings, subset: fallback}}]
+"#;
+
+fn subset(r: &Router, pairs: &[(&str, &str)]) -> String {
+    let c = cluster(r, pairs);
+    c.split('|').nth(2).unwrap_or(&c).to_string()
+}
+
+#[test]
+fn every_match_field() {
+    let r = sidecar(MATCHES);
+    let a = (":authority", "ratings");
+    assert_eq!(subset(&r, &[a, (":path", "/exact")]), "exact");
+    assert_eq!(subset(&r, &[a, (":path", "/exact?x=1")]), "exact", "the query is not part of the path");
+    assert_eq!(subset(&r, &[a, (":path", "/exact/more")]), "fallback");
+    assert_eq!(subset(&r, &[a, (":path", "/items/42")]), "regex");
+    assert_eq!(subset(&r, &[a, (":path", "/items/42x")]), "fallback", "regex is a full match");
+    assert_eq!(subset(&r, &[a, (":path", "/caseless/x")]), "nocase");
+    assert_eq!(subset(&r, &[a, (":method", "POST"), ("x-version", "v2")]), "post");
+    assert_eq!(subset(&r, &[a, (":method", "GET"), ("x-version", "v2")]), "fallback", "fields in one block AND");
+    assert_eq!(subset(&r, &[a, (":method", "POST"), ("x-version", "v3")]), "fallback");
+    assert_eq!(subset(&r, &[a, ("x-debug", "")]), "debug", "presence matches an empty value");
+    assert_eq!(subset(&r, &[a, (":path", "/without")]), "without");
+    assert_eq!(subset(&r, &[a, (":path", "/without"), ("x-skip", "no")]), "without");
+    assert_eq!(subset(&r, &[a, (":path", "/without"), ("x-skip", "yes")]), "fallback");
+    assert_eq!(subset(&r, &[a, (":path", "/q?a=b&canary=true")]), "query");
+    assert_eq!(subset(&r, &[a, (":path", "/q?canary=false")]), "fallback");
+    assert_eq!(subset(&r, &[a, (":path", "/q?flag")]), "flag", "exact \"\" matches ?flag");
+    assert_eq!(subset(&r, &[a, (":scheme", "https")]), "or", "match blocks OR");
+    assert_eq!(subset(&r, &[(":authority", "ratings.default:9080")]), "or");
+    assert_eq!(subset(&r, &[(":authority", "ratings:9999")]), "port");
+}
+
+#[test]
+fn repeated_headers_are_matched_comma_joined() {
+    let r = sidecar(MATCHES);
+    let mut h = req(&[(":authority", "ratings"), (":method", "POST")]);
+    h.push(("x-version".into(), b"v1".to_vec()));
+    h.push(("x-version".into(), b"v2".to_vec()));
+    match r.route(&Request::new(&h), 0) {
+        Decision::Forward { cluster, .. } => assert!(cluster.contains("|fallback|"), "v1,v2 does not fully match v[12]: {cluster}"),
+        Decision::NotFound => panic!("404"),
+    }
+}
+
+#[test]
+fn first_matching_route_wins_and_decision_names_it() {
+    let r = sidecar(MATCHES);
+    let h = req(&[(":authority", "ratings"), (":path", "/exact")]);
+    match r.route(&Request::new(&h), 0) {
+        Decision::Forward { virtual_service, route, .. } => {
+            assert_eq!(virtual_service, "default/ratings");
+            assert_eq!(route, "exact-uri");
+        }
+        Decision::NotFound => panic!("404"),
+    }
+}
+
+#[test]
+fn weighted_split_follows_the_weights() {
+    let r = sidecar(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v2}, weight: 10}
+    - {destination: {host: reviews, subset: v3}, weight: 0}
+"#,
+    );
+    let h = req(&[(":authority", "reviews")]);
+    let mut rng = Rng::new(7);
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..20_000 {
+        if let Decision::Forward { cluster, .. } = r.route(&Request::new(&h), rng.next_u64()) {
+            *counts.entry(cluster.into_owned()).or_insert(0u32) += 1;
+        }
+    }
+    let v2 = counts.get("outbound|9080|v2|reviews.default.svc.cluster.local").copied().unwrap_or(0);
+    // 99.9 % binomial bound for n=20000, p=0.1: 2000 ± 3.29·√(1800) ≈ ± 140.
+    assert!((1860..=2140).contains(&v2), "{counts:?}");
+    assert!(!counts.keys().any(|k| k.contains("|v3|")), "weight 0 is never chosen");
+}
+
+#[test]
+fn source_labels_and_namespace_select_the_proxy() {
+    let vs = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{sourceLabels: {app: productpage}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{sourceNamespace: other}]
+    route: [{destination: {host: reviews, subset: other}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+"#;
+    let mut pp = Workload::new("productpage-v1", "default");
+    pp.labels.insert("app".into(), "productpage".into());
+    assert_eq!(subset(&sidecar_with(vs, pp), &[(":authority", "reviews")]), "v2");
+    assert_eq!(subset(&sidecar_with(vs, Workload::new("x", "default")), &[(":authority", "reviews")]), "v1");
+    assert_eq!(subset(&sidecar_with(vs, Workload::new("x", "other")), &[(":authority", "reviews.default")]), "other");
+}
+
+#[test]
+fn gateway_binds_only_its_virtual_services_and_hosts() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin.default.svc.cluster.local]
+  ports: [{number: 8000, name: http}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: httpbin-gateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["httpbin.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: ["httpbin.example.com"]
+  gateways: [httpbin-gateway]
+  http:
+  - match: [{uri: {prefix: /status}}, {uri: {prefix: /delay}}]
+    route: [{destination: {port: {number: 8000}, host: httpbin}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mesh-only, namespace: default}
+spec:
+  hosts: ["httpbin.example.com"]
+  http:
+  - route: [{destination: {host: other}}]
+"#;
+    let items = load_str(yaml, "gw.yaml").unwrap();
+    let mut wl = Workload::new("istio-ingressgateway", "istio-system");
+    wl.mode = ProxyMode::Gateway;
+    wl.labels.insert("istio".into(), "ingressgateway".into());
+    let cfg = RouterConfig { workload: wl.clone(), gateway_port: Some(80), cluster_header: DEFAULT_CLUSTER_HEADER.into(), resources: vec![] };
+    let r = cfg.compile(&Resources { items: items.clone() }).unwrap();
+    let httpbin = "outbound|8000||httpbin.default.svc.cluster.local";
+    assert_eq!(cluster(&r, &[(":authority", "httpbin.example.com"), (":path", "/status/200")]), httpbin);
+    assert_eq!(cluster(&r, &[(":authority", "httpbin.example.com:80"), (":path", "/delay/1")]), httpbin);
+    assert_eq!(cluster(&r, &[(":authority", "httpbin.example.com"), (":path", "/headers")]), "404");
+    assert_eq!(cluster(&r, &[(":authority", "other.example.com"), (":path", "/status/200")]), "404");
+    // Another port of the same gateway has no servers: nothing routes.
+    let cfg443 = RouterConfig { gateway_port: Some(443), ..cfg.clone() };
+    let r = cfg443.compile(&Resources { items: items.clone() }).unwrap();
+    assert_eq!(cluster(&r, &[(":authority", "httpbin.example.com"), (":path", "/status/200")]), "404");
+    // A gateway whose labels the Gateway does not select serves nothing.
+    let mut other = cfg;
+    other.workload.labels.clear();
+    other.workload.labels.insert("istio".into(), "egressgateway".into());
+    let r = other.compile(&Resources { items }).unwrap();
+    assert_eq!(cluster(&r, &[(":authority", "httpbin.example.com"), (":path", "/status/200")]), "404");
+}
+
+#[test]
+fn configuration_errors_name_resource_field_and_value() {
+    let e = compile_err(&REVIEWS_VS.replace("exact: jason", "regex: '(jason'"));
+    assert!(e.contains("VirtualService default/reviews: spec.http[0].match[0].headers.end-user"), "{e}");
+    assert!(e.contains("invalid RE2 regex \"(jason\""), "{e}");
+
+    let e = compile_err(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: -5}
+    - {destination: {host: reviews, subset: v2}, weight: 0}
+"#,
+    );
+    assert!(e.contains("spec.http[0].route[0].weight: -5 is negative"), "{e}");
+    assert!(e.contains("weights add up to 0"), "{e}");
+
+    let e = compile_err(&REVIEWS_VS.replace("  - route:\n", "  - timeout: 10s\n    route:\n"));
+    assert!(e.contains("spec.http[1].timeout: not supported"), "{e}");
+}
+
+#[test]
+fn configuration_json_round_trip_compiles() {
+    let items = load_str(&format!("{SERVICES}\n---\n{REVIEWS_VS}"), "x").unwrap();
+    let resources: Vec<serde_json::Value> = items
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.location = Default::default();
+            serde_json::to_value(r).unwrap()
+        })
+        .collect();
+    let cfg = RouterConfig { workload: Workload::new("w", "default"), gateway_port: None, cluster_header: "x-wasmesh-cluster".into(), resources };
+    let router = RouterConfig::compile_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
+    assert_eq!(cluster(&router, &[(":authority", "reviews"), ("end-user", "jason")]), "outbound|9080|v2|reviews.default.svc.cluster.local");
+    assert!(RouterConfig::compile_json(b"{\"workload\": 1}").is_err());
+    assert!(RouterConfig::compile_json(b"\xff\xfe").is_err());
+}
+
+#[test]
+fn hostile_authorities_do_not_panic() {
+    let r = sidecar(REVIEWS_VS);
+    for a in ["", ":", "[", "[::1", "[::1]:", "reviews:99999999999", "a:b:c", "\u{00e9}", &"x".repeat(10_000)] {
+        let _ = cluster(&r, &[(":authority", a)]);
+    }
+    let h: Vec<(String, Vec<u8>)> = vec![(":authority".into(), vec![0xff, 0xfe]), (":path".into(), vec![0xff, b'?', 0xfe])];
+    let _ = r.route(&Request::new(&h), 0);
+    let h: Vec<(String, Vec<u8>)> = vec![];
+    assert_eq!(r.route(&Request::new(&h), 0), Decision::NotFound);
+}
+
+#[test]
+fn validate_reports_every_virtual_service() {
+    let items = load_str(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a, namespace: x}
+spec:
+  hosts: [a]
+  gateways: [some-gateway]
+  http:
+  - match: [{uri: {regex: '['}, sourceLabels: {app: nobody}}]
+    route: [{destination: {host: a}}]
+"#,
+        "v.yaml",
+    )
+    .unwrap();
+    let errors = validate(&Resources { items });
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].to_string().contains("spec.http[0].match[0].uri.regex"), "{}", errors[0]);
+}
