@@ -210,18 +210,41 @@ pub struct ClaimToHeader {
 // ---------------------------------------------------------------------------------------------
 // PeerAuthentication
 
+/// `PeerAuthentication.spec` (`security/v1beta1/peer_authentication.proto`). The semantics
+/// (scope, inheritance, port-level overrides) live in `wasmesh_authz::peer_authentication`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PeerAuthentication {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<WorkloadSelector>,
+    /// `None` = no `mtls` field (the mode is inherited, like `mode: UNSET`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MutualTls>,
-    /// Keyed by port number (YAML keys are strings or integers; both are accepted).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub port_level_mtls: BTreeMap<u32, MutualTls>,
+    /// Keyed by the workload (container) port. YAML keys may be integers (`8080:`) or strings
+    /// (`"8080":`, what `kubectl get -o yaml` prints); both are accepted. `None` = no field,
+    /// `Some(empty)` = `portLevelMtls: {}`, which Istio rejects.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "port_map::deserialize"
+    )]
+    pub port_level_mtls: Option<BTreeMap<u32, MutualTls>>,
 }
 
+impl PeerAuthentication {
+    /// Istio treats a selector with no `matchLabels` like no selector: the policy is then
+    /// namespace-wide (or mesh-wide in the root namespace).
+    pub fn has_workload_selector(&self) -> bool {
+        self.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty())
+    }
+
+    /// The declared mode, `Unset` when `mtls` or `mtls.mode` is absent.
+    pub fn mode(&self) -> MtlsMode {
+        self.mtls.map(|m| m.mode).unwrap_or_default()
+    }
+}
+
+/// `PeerAuthentication.MutualTLS`. A YAML `null` (`8080:` with nothing after it) is `mode: UNSET`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MutualTls {
@@ -229,12 +252,164 @@ pub struct MutualTls {
     pub mode: MtlsMode,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum MtlsMode {
+    /// Inherit from the parent scope (workload → namespace → mesh → PERMISSIVE).
     #[default]
     Unset,
+    /// Plaintext only: the sidecar accepts no mTLS.
     Disable,
+    /// Both mTLS and plaintext are accepted.
     Permissive,
+    /// mTLS only: plaintext connections are refused.
     Strict,
+}
+
+impl MtlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Unset => "UNSET",
+            MtlsMode::Disable => "DISABLE",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Strict => "STRICT",
+        }
+    }
+}
+
+impl std::fmt::Display for MtlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `portLevelMtls` keys: integers or decimal strings; values: a `MutualTls` or `null`.
+mod port_map {
+    use super::MutualTls;
+    use serde::de::{self, Deserializer, MapAccess, Visitor};
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    struct Port(u32);
+
+    impl<'de> Deserialize<'de> for Port {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Port;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a port number (1-65535) as the key")
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Port, E> {
+                    u32::try_from(v).map(Port).map_err(|_| E::custom(format!("port {v} is not in 1-65535")))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Port, E> {
+                    u32::try_from(v).map(Port).map_err(|_| E::custom(format!("port {v} is not in 1-65535")))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Port, E> {
+                    match v.parse::<u32>() {
+                        Ok(p) if !v.starts_with('+') => Ok(Port(p)),
+                        _ => Err(E::custom(format!("{v:?} is not a port number (1-65535)"))),
+                    }
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<BTreeMap<u32, MutualTls>>, D::Error> {
+        struct M;
+        impl<'de> Visitor<'de> for M {
+            type Value = Option<BTreeMap<u32, MutualTls>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map from port number to {mode: ...}")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(Port(port)) = map.next_key::<Port>()? {
+                    let value: Option<MutualTls> = map.next_value()?;
+                    if out.insert(port, value.unwrap_or_default()).is_some() {
+                        return Err(de::Error::custom(format!("port {port} is listed twice")));
+                    }
+                }
+                Ok(Some(out))
+            }
+        }
+        d.deserialize_any(M)
+    }
+}
+
+#[cfg(test)]
+mod peer_authentication_tests {
+    use super::*;
+
+    fn pa(yaml: &str) -> Result<PeerAuthentication, String> {
+        let text = format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p, namespace: foo}}\nspec:\n{yaml}"
+        );
+        let r = crate::load_str(&text, "pa.yaml").map_err(|e| e.to_string())?;
+        match &r[0].spec {
+            crate::Spec::PeerAuthentication(p) => Ok(p.clone()),
+            _ => Err("not a PeerAuthentication".into()),
+        }
+    }
+
+    #[test]
+    fn port_keys_may_be_integers_or_strings_and_values_null() {
+        let p = pa("  selector: {matchLabels: {app: a}}\n  portLevelMtls:\n    8080: {mode: DISABLE}\n    \"9090\": {mode: STRICT}\n    7070:\n").unwrap();
+        let m = p.port_level_mtls.clone().unwrap();
+        assert_eq!(m[&8080].mode, MtlsMode::Disable);
+        assert_eq!(m[&9090].mode, MtlsMode::Strict);
+        assert_eq!(m[&7070].mode, MtlsMode::Unset);
+        assert!(p.has_workload_selector());
+        assert_eq!(p.mode(), MtlsMode::Unset);
+    }
+
+    #[test]
+    fn absent_and_empty_port_maps_differ() {
+        assert_eq!(pa("  mtls: {mode: STRICT}\n").unwrap().port_level_mtls, None);
+        assert_eq!(pa("  portLevelMtls: {}\n").unwrap().port_level_mtls, Some(BTreeMap::new()));
+    }
+
+    #[test]
+    fn bad_keys_and_modes_are_errors_naming_the_field() {
+        let e = pa("  portLevelMtls:\n    http: {mode: STRICT}\n").unwrap_err();
+        assert!(e.contains("spec.portLevelMtls") && e.contains("\"http\" is not a port number"), "{e}");
+        let e = pa("  portLevelMtls:\n    -1: {mode: STRICT}\n").unwrap_err();
+        assert!(e.contains("port -1"), "{e}");
+        let e = pa("  mtls: {mode: strict}\n").unwrap_err();
+        assert!(e.contains("spec.mtls.mode") && e.contains("STRICT"), "{e}");
+        let e = pa("  mtls: {mode: STRICT, disabled: true}\n").unwrap_err();
+        assert!(e.contains("unknown field `disabled`"), "{e}");
+    }
+
+    #[test]
+    fn json_round_trip_keeps_port_keys() {
+        let r = crate::load_str(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: foo}\nspec:\n  selector: {matchLabels: {app: a}}\n  portLevelMtls: {8080: {mode: DISABLE}}\n",
+            "pa.yaml",
+        )
+        .unwrap();
+        let mut plain = r[0].clone();
+        plain.location = Default::default();
+        let json = serde_json::to_vec(&[plain]).unwrap();
+        let back = crate::resources_from_json(&json).unwrap();
+        assert_eq!(back[0].spec, r[0].spec);
+    }
+
+    #[test]
+    fn empty_selector_is_not_a_workload_selector() {
+        assert!(!pa("  selector: {}\n").unwrap().has_workload_selector());
+        assert!(!pa("  selector: {matchLabels: {}}\n").unwrap().has_workload_selector());
+        assert!(!pa("  mtls: {}\n").unwrap().has_workload_selector());
+    }
 }
