@@ -1,4 +1,11 @@
 //! wasmeshctl as a library: reading Istio YAML, validating it, and writing Envoy configuration.
 #![forbid(unsafe_code)]
 
+pub mod bootstrap;
+pub mod certs;
+pub mod mesh;
 pub mod plugins;
+pub mod validate;
+
+pub use bootstrap::{build, workload_from_entry, Inbound, ProxySpec};
+pub use mesh::MeshConfig;

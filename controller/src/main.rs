@@ -1,1 +1,171 @@
-fn main() {}
+//! wasmeshctl: Istio YAML in, wasmesh filter configuration and Envoy bootstraps out.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use wasmesh_controller::{bootstrap, mesh::MeshConfig, validate};
+use wasmesh_istio::{load_dir_or_files, Error, ProxyMode, Resources};
+
+const USAGE: &str = "wasmeshctl: Istio's traffic management, security and observability as wasm filters in any Envoy
+
+USAGE:
+  wasmeshctl validate -f FILE_OR_DIR...
+      Reads Istio YAML and reports everything wasmesh would refuse (file, resource, field, value).
+
+  wasmeshctl envoy -f FILE_OR_DIR... --role sidecar|gateway --workload NS/NAME [options] [-o OUT]
+      Writes a standalone Envoy bootstrap (YAML) for one proxy. The proxy's identity (labels,
+      service account) comes from the WorkloadEntry NS/NAME in the files.
+      Sidecar:  --inbound-port N --app-port N   inbound listener(s) (the workload's ports; repeatable)
+                                                and the port the app listens on
+                --outbound-port N               where the app sends its outbound calls
+      Gateway:  --port GATEWAY_PORT=BIND_PORT   one per Gateway server port (repeatable)
+      Common:   --admin-port N (default 15000)  --wasm-dir DIR (default target/wasm32-wasip1/release)
+                --mesh-config FILE (Istio MeshConfig)  --certs DIR  --envoy-access-log FILE
+
+Files: every *.yaml in a directory; several documents per file.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("validate") => cmd_validate(&args[1..]),
+        Some("envoy") => cmd_envoy(&args[1..]),
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parsed `--flag value` pairs; `-f` may repeat, as may `--port`.
+struct Flags {
+    files: Vec<PathBuf>,
+    values: Vec<(String, String)>,
+}
+
+impl Flags {
+    fn parse(args: &[String], allowed: &[&str]) -> Result<Flags, String> {
+        let mut files = Vec::new();
+        let mut values = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let (name, inline) = match a.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+                _ => (a.clone(), None),
+            };
+            if name == "-f" || name == "--filename" {
+                let v = inline.or_else(|| it.next().cloned()).ok_or("-f needs a file or directory")?;
+                files.push(PathBuf::from(v));
+                continue;
+            }
+            if !allowed.contains(&name.as_str()) {
+                return Err(format!("unknown option {name:?}; expected one of -f, {}\n\n{USAGE}", allowed.join(", ")));
+            }
+            let v = inline.or_else(|| it.next().cloned()).ok_or(format!("{name} needs a value"))?;
+            values.push((name, v));
+        }
+        Ok(Flags { files, values })
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.values.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn port(&self, name: &str) -> Result<Option<u16>, String> {
+        self.get(name)
+            .map(|v| v.parse::<u16>().map_err(|_| format!("{name} {v:?}: expected a port number 1-65535")))
+            .transpose()
+    }
+
+    fn resources(&self) -> Result<Resources, String> {
+        if self.files.is_empty() {
+            return Err("no input: give -f FILE_OR_DIR (Istio YAML)".into());
+        }
+        load_dir_or_files(&self.files).map_err(|e| e.to_string())
+    }
+}
+
+fn report(errors: &[Error]) -> String {
+    let lines: Vec<String> = errors.iter().map(|e| format!("error: {e}")).collect();
+    format!("{}\n{} error(s)", lines.join("\n"), errors.len())
+}
+
+fn cmd_validate(args: &[String]) -> Result<(), String> {
+    let flags = Flags::parse(args, &[])?;
+    let resources = flags.resources()?;
+    let errors = validate::validate(&resources);
+    if !errors.is_empty() {
+        return Err(report(&errors));
+    }
+    println!("{} resources valid", resources.items.len());
+    Ok(())
+}
+
+fn cmd_envoy(args: &[String]) -> Result<(), String> {
+    let flags = Flags::parse(
+        args,
+        &[
+            "--role", "--workload", "--inbound-port", "--app-port", "--outbound-port", "--port",
+            "--admin-port", "--wasm-dir", "--mesh-config", "--certs", "--envoy-access-log", "-o",
+        ],
+    )?;
+    let resources = flags.resources()?;
+    let role = match flags.get("--role") {
+        Some("sidecar") => ProxyMode::Sidecar,
+        Some("gateway") => ProxyMode::Gateway,
+        other => return Err(format!("--role {:?}: expected sidecar or gateway", other.unwrap_or(""))),
+    };
+    let reference = flags.get("--workload").ok_or("--workload NS/NAME is required (a WorkloadEntry in the files)")?;
+    let (mut workload, _) = bootstrap::workload_from_entry(&resources, reference).map_err(|e| e.to_string())?;
+    workload.mode = role;
+    let mesh = match flags.get("--mesh-config") {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("--mesh-config {file}: {e}"))?;
+            MeshConfig::load(&text, file).map_err(|e| e.to_string())?
+        }
+        None => MeshConfig::default(),
+    };
+    let app_port = flags.port("--app-port")?;
+    let mut inbound = Vec::new();
+    for p in flags.all("--inbound-port") {
+        let port = p.parse::<u16>().map_err(|_| format!("--inbound-port {p:?}: expected a port number"))?;
+        let app_port = app_port.ok_or("--inbound-port needs --app-port (where the app listens)")?;
+        inbound.push(bootstrap::Inbound { port, app_port });
+    }
+    if inbound.is_empty() && app_port.is_some() {
+        return Err("--app-port needs at least one --inbound-port".into());
+    }
+    let mut gateway_ports = Vec::new();
+    for p in flags.all("--port") {
+        let parsed = p.split_once('=').and_then(|(g, b)| Some((g.parse::<u32>().ok()?, b.parse::<u16>().ok()?)));
+        gateway_ports.push(parsed.ok_or(format!("--port {p:?}: expected GATEWAY_PORT=BIND_PORT, e.g. 80=18080"))?);
+    }
+    let spec = bootstrap::ProxySpec {
+        workload,
+        inbound,
+        outbound_port: flags.port("--outbound-port")?,
+        gateway_ports,
+        admin_port: flags.port("--admin-port")?.unwrap_or(15000),
+        wasm_dir: PathBuf::from(flags.get("--wasm-dir").unwrap_or("target/wasm32-wasip1/release")),
+        mesh,
+        certs_dir: flags.get("--certs").map(PathBuf::from),
+        envoy_access_log: flags.get("--envoy-access-log").map(PathBuf::from),
+    };
+    let config = bootstrap::build(&spec, &resources).map_err(|e| report(&e))?;
+    let yaml = serde_yaml::to_string(&config).map_err(|e| format!("cannot write YAML: {e}"))?;
+    match flags.get("-o") {
+        Some(out) => std::fs::write(out, yaml).map_err(|e| format!("-o {out}: {e}"))?,
+        None => print!("{yaml}"),
+    }
+    Ok(())
+}

@@ -26,8 +26,11 @@ pub struct ListenerContext<'a> {
     pub workload: &'a Workload,
     pub resources: &'a Resources,
     pub direction: Direction,
-    /// The port the listener binds (loopback), when it differs from the Istio port.
+    /// The port the listener binds on loopback. For a sidecar inbound listener this is the
+    /// workload's port (what Istio's `ports`/`destination.port` mean).
     pub bind_port: u16,
+    /// Istio MeshConfig (root namespace, trust domain, extension providers, normalization...).
+    pub mesh: &'a crate::mesh::MeshConfig,
 }
 
 /// One wasm HTTP filter to insert into a listener's HCM.
@@ -68,3 +71,7 @@ pub fn resources_json<'a>(items: impl Iterator<Item = &'a wasmesh_istio::Resourc
 }
 
 pub type Plugin = fn(&ListenerContext<'_>) -> Result<Contribution, Vec<Error>>;
+
+/// Every plugin, in Istio's HTTP filter order (telemetry and metadata exchange, authn, authz,
+/// then routing). Each decides from the listener's direction whether it contributes.
+pub const PLUGINS: &[Plugin] = &[router::contribute];

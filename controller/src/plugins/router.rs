@@ -1,1 +1,37 @@
-//! The router filter on sidecar outbound and gateway listeners.
+//! The router filter on sidecar outbound and gateway listeners: VirtualServices, Gateways and
+//! ServiceEntries go to the filter, which compiles them for this proxy.
+
+use super::{resources_json, Contribution, Direction, ListenerContext, WasmFilter};
+use crate::bootstrap::CLUSTER_HEADER;
+use wasmesh_istio::{Error, Kind, ProxyMode, Resources};
+use wasmesh_router::RouterConfig;
+
+pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
+    let gateway_port = match ctx.direction {
+        Direction::Inbound => return Ok(Contribution::default()),
+        Direction::Outbound => None,
+        Direction::Gateway { port } => Some(port),
+    };
+    let mut workload = ctx.workload.clone();
+    workload.mode = if gateway_port.is_some() { ProxyMode::Gateway } else { ProxyMode::Sidecar };
+    let relevant = ctx
+        .resources
+        .items
+        .iter()
+        .filter(|r| matches!(r.kind(), Kind::VirtualService | Kind::Gateway | Kind::ServiceEntry));
+    let config = RouterConfig {
+        workload,
+        gateway_port,
+        cluster_header: CLUSTER_HEADER.to_string(),
+        resources: resources_json(relevant.clone()),
+    };
+    // Compile here too, so a bad VirtualService fails `wasmeshctl envoy`, not Envoy's start.
+    config
+        .compile(&Resources { items: relevant.cloned().collect() })
+        .map_err(|e| e.0)?;
+    let config = serde_json::to_value(&config).map_err(|e| vec![Error::new(format!("router config: {e}"))])?;
+    Ok(Contribution {
+        http_filters: vec![WasmFilter { name: "wasmesh.router".into(), module: "router".into(), config, fail_open: false }],
+        ..Contribution::default()
+    })
+}

@@ -362,10 +362,10 @@ impl Compiler<'_> {
         let mut out = Match { port: m.port, ..Match::default() };
         let mut ok = true;
         let mut one = |sm: &Option<wasmesh_istio::StringMatch>, name: &str, ignore_case: bool, errors: &mut Vec<Error>| {
-            sm.as_ref().and_then(|sm| match StrMatcher::compile(sm, &format!("{field}.{name}"), ignore_case) {
+            sm.as_ref().and_then(|sm| match StrMatcher::compile(sm, ignore_case) {
                 Ok(c) => Some(c),
-                Err(e) => {
-                    errors.push(Error::at(res, format!("{field}.{name}"), e));
+                Err((sub, e)) => {
+                    errors.push(Error::at(res, format!("{field}.{name}{sub}"), e));
                     ok = false;
                     None
                 }
@@ -395,20 +395,20 @@ impl Compiler<'_> {
                     ok = false;
                     continue;
                 }
-                match StrMatcher::compile(sm, &format!("{field}.{kind}.{name}"), false) {
+                match StrMatcher::compile(sm, false) {
                     Ok(c) => target.push((lname, c)),
-                    Err(e) => {
-                        self.err(res, &format!("{field}.{kind}.{name}"), &e);
+                    Err((sub, e)) => {
+                        self.err(res, &format!("{field}.{kind}.{name}{sub}"), &e);
                         ok = false;
                     }
                 }
             }
         }
         for (name, sm) in &m.query_params {
-            match StrMatcher::compile(sm, &format!("{field}.queryParams.{name}"), false) {
+            match StrMatcher::compile(sm, false) {
                 Ok(c) => out.query_params.push((name.clone(), c)),
-                Err(e) => {
-                    self.err(res, &format!("{field}.queryParams.{name}"), &e);
+                Err((sub, e)) => {
+                    self.err(res, &format!("{field}.queryParams.{name}{sub}"), &e);
                     ok = false;
                 }
             }

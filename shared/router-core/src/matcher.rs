@@ -19,10 +19,10 @@ pub enum StrMatcher {
 }
 
 impl StrMatcher {
-    /// Compiles a StringMatch. `field` names it in errors, e.g. `spec.http[0].match[0].uri`.
-    pub fn compile(m: &StringMatch, field: &str, ignore_case: bool) -> Result<StrMatcher, String> {
+    /// Compiles a StringMatch. The error is (sub-field such as `.regex`, or empty; message).
+    pub fn compile(m: &StringMatch, ignore_case: bool) -> Result<StrMatcher, (&'static str, String)> {
         if m.set_count() > 1 {
-            return Err(format!("{field}: set only one of exact, prefix, regex (got {m:?})"));
+            return Err(("", format!("set only one of exact, prefix, regex (got {m:?})")));
         }
         Ok(match (&m.exact, &m.prefix, &m.regex) {
             (Some(v), _, _) if ignore_case => StrMatcher::ExactIgnoreCase(v.to_ascii_lowercase().into_bytes()),
@@ -30,7 +30,7 @@ impl StrMatcher {
             (_, Some(v), _) if ignore_case => StrMatcher::PrefixIgnoreCase(v.to_ascii_lowercase().into_bytes()),
             (_, Some(v), _) => StrMatcher::Prefix(v.as_bytes().to_vec()),
             (_, _, Some(r)) if r == "*" => StrMatcher::Present,
-            (_, _, Some(r)) => StrMatcher::Regex(compile_full_match(r).map_err(|e| format!("{field}.regex: {e}"))?),
+            (_, _, Some(r)) => StrMatcher::Regex(compile_full_match(r).map_err(|e| (".regex", e))?),
             (None, None, None) => StrMatcher::Present,
         })
     }
@@ -73,7 +73,7 @@ mod tests {
     use super::*;
 
     fn c(m: StringMatch) -> StrMatcher {
-        StrMatcher::compile(&m, "f", false).unwrap()
+        StrMatcher::compile(&m, false).unwrap()
     }
 
     #[test]
@@ -98,21 +98,22 @@ mod tests {
 
     #[test]
     fn ignore_case_applies_to_exact_and_prefix() {
-        let m = StrMatcher::compile(&StringMatch::prefix("/API"), "f", true).unwrap();
+        let m = StrMatcher::compile(&StringMatch::prefix("/API"), true).unwrap();
         assert!(m.matches(b"/api/x"));
-        let m = StrMatcher::compile(&StringMatch::exact("/Login"), "f", true).unwrap();
+        let m = StrMatcher::compile(&StringMatch::exact("/Login"), true).unwrap();
         assert!(m.matches(b"/LOGIN"));
-        let m = StrMatcher::compile(&StringMatch::regex("/login"), "f", true).unwrap();
+        let m = StrMatcher::compile(&StringMatch::regex("/login"), true).unwrap();
         assert!(!m.matches(b"/LOGIN"), "ignoreUriCase does not apply to regex");
     }
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        let e = StrMatcher::compile(&StringMatch::regex("(unclosed"), "spec.http[0].match[0].uri", false).unwrap_err();
-        assert!(e.starts_with("spec.http[0].match[0].uri.regex: invalid RE2 regex"), "{e}");
-        let e = StrMatcher::compile(&StringMatch::regex(r"(a)\1"), "f", false).unwrap_err();
+        let (field, e) = StrMatcher::compile(&StringMatch::regex("(unclosed"), false).unwrap_err();
+        assert_eq!(field, ".regex");
+        assert!(e.starts_with("invalid RE2 regex \"(unclosed\""), "{e}");
+        let (_, e) = StrMatcher::compile(&StringMatch::regex(r"(a)\1"), false).unwrap_err();
         assert!(e.contains("invalid RE2"), "backreferences are not RE2: {e}");
         let two = StringMatch { exact: Some("a".into()), prefix: Some("b".into()), regex: None };
-        assert!(StrMatcher::compile(&two, "f", false).unwrap_err().contains("only one"));
+        assert!(StrMatcher::compile(&two, false).unwrap_err().1.contains("only one"));
     }
 }

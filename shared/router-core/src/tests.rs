@@ -345,7 +345,7 @@ spec:
 #[test]
 fn configuration_errors_name_resource_field_and_value() {
     let e = compile_err(&REVIEWS_VS.replace("exact: jason", "regex: '(jason'"));
-    assert!(e.contains("VirtualService default/reviews: spec.http[0].match[0].headers.end-user"), "{e}");
+    assert!(e.contains("VirtualService default/reviews: spec.http[0].match[0].headers.end-user.regex: invalid RE2"), "{e}");
     assert!(e.contains("invalid RE2 regex \"(jason\""), "{e}");
 
     let e = compile_err(

@@ -1,0 +1,48 @@
+# wasmesh: the entry points people type.
+#   make run    the demo mesh (installs what is missing, builds, generates, starts)
+#   make test   every test: core unit tests, the cores compiled to wasm, e2e in real Envoy
+#   make bench  no filter vs Envoy native vs wasmesh, side by side; writes BENCHMARKS.md
+
+SHELL := /bin/bash
+CARGO ?= cargo
+WASM_DIR := target/wasm32-wasip1/release
+FILTERS := router authz authn stats
+CORES := wasmesh-istio wasmesh-handover wasmesh-router wasmesh-authz wasmesh-authn wasmesh-stats
+export CARGO_TARGET_WASM32_WASIP1_RUNNER := node $(CURDIR)/e2e/wasi-run.mjs
+
+.PHONY: all deps wasm build test test-unit test-wasm test-e2e run bench manifests clean lint
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+wasm: deps
+	$(CARGO) build --release --target wasm32-wasip1 $(addprefix -p wasmesh-filter-,$(FILTERS))
+	@ls -l $(addprefix $(WASM_DIR)/,$(addsuffix .wasm,$(FILTERS)))
+
+build: wasm
+	$(CARGO) build --workspace
+
+test: build test-unit test-wasm test-e2e
+
+test-unit:
+	$(CARGO) test --workspace --exclude wasmesh-e2e
+
+test-wasm:
+	$(CARGO) test --target wasm32-wasip1 $(addprefix -p ,$(CORES))
+
+test-e2e: wasm
+	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) test -p wasmesh-e2e -- --test-threads 2
+
+run: build
+	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) run -q -p wasmesh-e2e --bin wasmesh-demo -- $(ARGS)
+
+bench: build
+	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) run -q --release -p wasmesh-e2e --bin wasmesh-bench -- --out BENCHMARKS.md $(ARGS)
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

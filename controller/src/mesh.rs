@@ -1,0 +1,123 @@
+//! The part of Istio's MeshConfig that wasmesh reads (`--mesh-config FILE`, Istio field names).
+
+use serde::{Deserialize, Serialize};
+use wasmesh_istio::Error;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_domain_aliases: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_normalization: Option<PathNormalization>,
+    /// Providers for CUSTOM authorization, tracing, access logs (Istio's `extensionProviders`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extension_providers: Vec<serde_json::Value>,
+    /// Istio `meshConfig.defaultConfig` (ProxyConfig); `gatewayTopology.numTrustedProxies` is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_config: Option<ProxyConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PathNormalization {
+    #[serde(default)]
+    pub normalization: Normalization,
+}
+
+/// meshConfig.pathNormalization.normalization.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Normalization {
+    #[default]
+    Default,
+    None,
+    Base,
+    MergeSlashes,
+    DecodeAndMergeSlashes,
+}
+
+impl Normalization {
+    /// HCM settings Istio writes for each mode: (normalize_path, merge_slashes,
+    /// path_with_escaped_slashes_action).
+    pub fn hcm(self) -> (bool, bool, &'static str) {
+        match self {
+            Normalization::None => (false, false, "KEEP_UNCHANGED"),
+            Normalization::Default | Normalization::Base => (true, false, "KEEP_UNCHANGED"),
+            Normalization::MergeSlashes => (true, true, "KEEP_UNCHANGED"),
+            Normalization::DecodeAndMergeSlashes => (true, true, "UNESCAPE_AND_FORWARD"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxyConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_topology: Option<GatewayTopology>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewayTopology {
+    #[serde(default)]
+    pub num_trusted_proxies: u32,
+}
+
+impl MeshConfig {
+    pub fn load(text: &str, file: &str) -> Result<MeshConfig, Error> {
+        // Accept either the MeshConfig itself or Istio's `meshConfig:` wrapper (IstioOperator style).
+        let value: serde_yaml::Value = serde_yaml::from_str(text)
+            .map_err(|e| Error::new(format!("{file}: not valid YAML: {e}")))?;
+        let value = match value.get("meshConfig") {
+            Some(inner) => inner.clone(),
+            None => value,
+        };
+        if value.is_null() {
+            return Ok(MeshConfig::default());
+        }
+        serde_path_to_error_free(value).map_err(|e| Error::new(format!("{file}: meshConfig: {e}")))
+    }
+
+    pub fn num_trusted_proxies(&self) -> u32 {
+        self.default_config
+            .as_ref()
+            .and_then(|d| d.gateway_topology.as_ref())
+            .map(|g| g.num_trusted_proxies)
+            .unwrap_or(0)
+    }
+
+    pub fn normalization(&self) -> Normalization {
+        self.path_normalization.as_ref().map(|p| p.normalization).unwrap_or_default()
+    }
+}
+
+fn serde_path_to_error_free(value: serde_yaml::Value) -> Result<MeshConfig, String> {
+    serde_yaml::from_value(value).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_mesh_config_and_wrapper() {
+        let m = MeshConfig::load("pathNormalization: {normalization: MERGE_SLASHES}\nrootNamespace: istio-system\n", "m.yaml").unwrap();
+        assert_eq!(m.normalization(), Normalization::MergeSlashes);
+        let m = MeshConfig::load("meshConfig:\n  defaultConfig: {gatewayTopology: {numTrustedProxies: 2}}\n", "m.yaml").unwrap();
+        assert_eq!(m.num_trusted_proxies(), 2);
+        let e = MeshConfig::load("pathNormalisation: {}\n", "m.yaml").unwrap_err();
+        assert!(e.to_string().contains("pathNormalisation"), "{e}");
+    }
+
+    #[test]
+    fn normalization_modes_map_to_istio_hcm_settings() {
+        assert_eq!(Normalization::Default.hcm(), (true, false, "KEEP_UNCHANGED"));
+        assert_eq!(Normalization::None.hcm(), (false, false, "KEEP_UNCHANGED"));
+        assert_eq!(Normalization::DecodeAndMergeSlashes.hcm(), (true, true, "UNESCAPE_AND_FORWARD"));
+    }
+}

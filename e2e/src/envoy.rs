@@ -1,0 +1,138 @@
+//! A real Envoy process: started from a bootstrap (JSON value), waited for until it is ready,
+//! killed when dropped. Its log is kept and shown when it fails to start.
+
+use crate::paths::{envoy_bin, TempDir};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Envoy {
+    child: Child,
+    pub admin_port: u16,
+    pub name: String,
+    dir: TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy with `bootstrap` and `--concurrency 1`; waits for `/ready`.
+    pub fn start(name: &str, bootstrap: &Value) -> Envoy {
+        Self::start_with(name, bootstrap, 1).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn start_with(name: &str, bootstrap: &Value, concurrency: u32) -> Result<Envoy, String> {
+        let admin_port = bootstrap
+            .pointer("/admin/address/socket_address/port_value")
+            .and_then(Value::as_u64)
+            .ok_or("bootstrap has no admin port")? as u16;
+        let dir = TempDir::new(&format!("envoy-{name}"));
+        let config = dir.path().join("envoy.json");
+        std::fs::write(&config, serde_json::to_vec_pretty(bootstrap).unwrap_or_default())
+            .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+        let log = dir.path().join("envoy.log");
+        let child = Command::new(envoy_bin())
+            .arg("--config-path")
+            .arg(&config)
+            .args(["--use-dynamic-base-id", "--concurrency", &concurrency.to_string(), "-l", "info"])
+            .args(["--disable-hot-restart", "--log-path"])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start Envoy {:?} (set ENVOY_BIN or run `make deps`): {e}", envoy_bin()))?;
+        let mut envoy = Envoy { child, admin_port, name: name.to_string(), dir };
+        envoy.wait_ready(Duration::from_secs(60))?;
+        Ok(envoy)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("Envoy {} exited ({status}) while starting:\n{}", self.name, self.failure_summary()));
+            }
+            if let Ok(r) = crate::http::request(self.admin_port, "GET", "/ready", &[], b"") {
+                if r.status == 200 {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("Envoy {} not ready after {limit:?}:\n{}", self.name, self.failure_summary()))
+    }
+
+    /// Envoy's error, critical and wasm log lines, then the last lines: what explains a failure.
+    pub fn failure_summary(&self) -> String {
+        let text = self.log();
+        let important: Vec<&str> =
+            text.lines().filter(|l| l.contains("][error][") || l.contains("][critical][") || l.contains("wasm log")).collect();
+        format!("{}\n--- last lines ---\n{}", important.join("\n"), self.log_tail(15))
+    }
+
+    /// The last `n` lines of Envoy's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("envoy.log")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// GET on the admin port.
+    pub fn admin(&self, path: &str) -> String {
+        crate::http::request(self.admin_port, "GET", path, &[], b"").map(|r| r.text()).unwrap_or_default()
+    }
+
+    /// A counter or gauge from `/stats` (exact name), `None` if absent.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        self.admin(&format!("/stats?filter=^{}$", regex_escape(name)))
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// Envoy's CPU time (user + system) so far, from /proc (Linux).
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time_of(self.pid())
+    }
+}
+
+/// user+system CPU time of a process from `/proc/<pid>/stat`.
+pub fn cpu_time_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)` part; utime and stime are fields 14 and 15 (1-based).
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let total = ticks(11) + ticks(12);
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(total * 10)
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

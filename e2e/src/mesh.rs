@@ -1,0 +1,253 @@
+//! A mesh on loopback: Istio YAML in, a running set of Envoys (sidecars and gateways, generated
+//! by wasmeshctl's bootstrap builder) and apps out. Dropping the [`Mesh`] stops everything.
+
+use crate::app::{App, AppHandle};
+use crate::envoy::Envoy;
+use crate::free_port;
+use std::collections::BTreeMap;
+use wasmesh_controller::bootstrap::{self, Inbound, ProxySpec};
+use wasmesh_controller::MeshConfig;
+use wasmesh_istio::{load_str, ProxyMode, Resources, Spec};
+
+struct SidecarPlan {
+    workload: String,
+    app: Option<App>,
+    inbound: bool,
+}
+
+struct GatewayPlan {
+    workload: String,
+    ports: Vec<u32>,
+}
+
+pub struct MeshBuilder {
+    yaml: Vec<String>,
+    mesh: MeshConfig,
+    sidecars: Vec<SidecarPlan>,
+    gateways: Vec<GatewayPlan>,
+    remap_ports: bool,
+    certs_dir: Option<std::path::PathBuf>,
+    concurrency: u32,
+}
+
+/// A running mesh.
+pub struct Mesh {
+    // Field order: Envoys stop before apps.
+    envoys: BTreeMap<String, Envoy>,
+    apps: BTreeMap<String, AppHandle>,
+    outbound_ports: BTreeMap<String, u16>,
+    inbound_ports: BTreeMap<String, Vec<u16>>,
+    gateway_ports: BTreeMap<(String, u32), u16>,
+    pub resources: Resources,
+    port_map: BTreeMap<u32, u16>,
+}
+
+impl Mesh {
+    pub fn builder() -> MeshBuilder {
+        MeshBuilder {
+            yaml: Vec::new(),
+            mesh: MeshConfig::default(),
+            sidecars: Vec::new(),
+            gateways: Vec::new(),
+            remap_ports: true,
+            certs_dir: None,
+            concurrency: 1,
+        }
+    }
+
+    /// The Envoy of a workload (`ns/name` of its WorkloadEntry).
+    pub fn envoy(&self, workload: &str) -> &Envoy {
+        self.envoys.get(workload).unwrap_or_else(|| panic!("no Envoy for {workload}"))
+    }
+
+    pub fn app(&self, workload: &str) -> &AppHandle {
+        self.apps.get(workload).unwrap_or_else(|| panic!("no app for {workload}"))
+    }
+
+    /// Where a workload's app sends outbound calls (its sidecar's outbound listener).
+    pub fn outbound_port(&self, workload: &str) -> u16 {
+        *self.outbound_ports.get(workload).unwrap_or_else(|| panic!("no outbound listener for {workload}"))
+    }
+
+    /// A sidecar's (first) inbound listener: the workload's port.
+    pub fn inbound_port(&self, workload: &str) -> u16 {
+        *self.inbound_ports.get(workload).and_then(|p| p.first()).unwrap_or_else(|| panic!("no inbound listener for {workload}"))
+    }
+
+    /// The loopback port bound for a gateway's Gateway server port.
+    pub fn gateway_port(&self, workload: &str, port: u32) -> u16 {
+        *self.gateway_ports.get(&(workload.to_string(), port)).unwrap_or_else(|| panic!("no gateway port {port} on {workload}"))
+    }
+
+    /// The loopback port a WorkloadEntry port number in the YAML was moved to.
+    pub fn mapped_port(&self, yaml_port: u32) -> u16 {
+        self.port_map.get(&yaml_port).copied().unwrap_or(yaml_port as u16)
+    }
+
+    pub fn envoys(&self) -> impl Iterator<Item = (&String, &Envoy)> {
+        self.envoys.iter()
+    }
+}
+
+impl MeshBuilder {
+    /// Istio resources (several documents allowed). Call as often as needed.
+    pub fn yaml(mut self, yaml: &str) -> Self {
+        self.yaml.push(yaml.to_string());
+        self
+    }
+
+    pub fn mesh_config(mut self, mesh: MeshConfig) -> Self {
+        self.mesh = mesh;
+        self
+    }
+
+    pub fn certs_dir(mut self, dir: &std::path::Path) -> Self {
+        self.certs_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Keep WorkloadEntry ports as written (the test picked free ports itself).
+    pub fn keep_ports(mut self) -> Self {
+        self.remap_ports = false;
+        self
+    }
+
+    /// Envoy worker threads for every proxy (default 1).
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// A sidecar for WorkloadEntry `ns/name`, with `app` behind it. Calls in the app with
+    /// `via_port == 0` go through this sidecar's outbound listener.
+    pub fn sidecar(mut self, workload: &str, app: App) -> Self {
+        self.sidecars.push(SidecarPlan { workload: workload.into(), app: Some(app), inbound: true });
+        self
+    }
+
+    /// A client-only sidecar (outbound listener, no app behind it), e.g. `sleep`.
+    pub fn client(mut self, workload: &str) -> Self {
+        self.sidecars.push(SidecarPlan { workload: workload.into(), app: None, inbound: false });
+        self
+    }
+
+    /// A gateway for WorkloadEntry `ns/name` serving these Gateway server ports.
+    pub fn gateway(mut self, workload: &str, ports: &[u32]) -> Self {
+        self.gateways.push(GatewayPlan { workload: workload.into(), ports: ports.to_vec() });
+        self
+    }
+
+    pub fn start(self) -> Mesh {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start(self) -> Result<Mesh, String> {
+        let mut items = Vec::new();
+        for (i, y) in self.yaml.iter().enumerate() {
+            items.extend(load_str(y, &format!("test-yaml-{i}")).map_err(|e| e.to_string())?);
+        }
+        let mut port_map: BTreeMap<u32, u16> = BTreeMap::new();
+        if self.remap_ports {
+            for r in &mut items {
+                let entries: Vec<&mut wasmesh_istio::WorkloadEntry> = match &mut r.spec {
+                    Spec::WorkloadEntry(we) => vec![we],
+                    Spec::ServiceEntry(se) => se.endpoints.iter_mut().collect(),
+                    _ => vec![],
+                };
+                for we in entries {
+                    for p in we.ports.values_mut() {
+                        *p = u32::from(*port_map.entry(*p).or_insert_with(free_port));
+                    }
+                }
+            }
+        }
+        let resources = Resources { items };
+        let wasm_dir = crate::paths::wasm_dir();
+        let mut mesh = Mesh {
+            envoys: BTreeMap::new(),
+            apps: BTreeMap::new(),
+            outbound_ports: BTreeMap::new(),
+            inbound_ports: BTreeMap::new(),
+            gateway_ports: BTreeMap::new(),
+            resources: Resources::default(),
+            port_map,
+        };
+        let mut plans = Vec::new();
+        for plan in self.sidecars {
+            let (mut wl, we) = bootstrap::workload_from_entry(&resources, &plan.workload).map_err(|e| e.to_string())?;
+            wl.mode = ProxyMode::Sidecar;
+            let outbound = free_port();
+            mesh.outbound_ports.insert(plan.workload.clone(), outbound);
+            let inbound: Vec<u16> = if plan.inbound {
+                let ports: Vec<u16> = we.ports.values().map(|p| *p as u16).collect();
+                if ports.is_empty() {
+                    return Err(format!("WorkloadEntry {} has no ports for its sidecar's inbound listener", plan.workload));
+                }
+                mesh.inbound_ports.insert(plan.workload.clone(), ports.clone());
+                ports
+            } else {
+                Vec::new()
+            };
+            plans.push((plan.workload, wl, plan.app, inbound, outbound));
+        }
+        let mut specs = Vec::new();
+        for (name, wl, app, inbound, outbound) in plans {
+            let inbound = match app {
+                Some(mut app) if !inbound.is_empty() => {
+                    for c in &mut app.calls {
+                        if c.via_port == 0 {
+                            c.via_port = outbound;
+                        }
+                    }
+                    let handle = app.start();
+                    let app_port = handle.port;
+                    mesh.apps.insert(name.clone(), handle);
+                    inbound.iter().map(|port| Inbound { port: *port, app_port }).collect()
+                }
+                _ => Vec::new(),
+            };
+            specs.push((name, ProxySpec {
+                workload: wl,
+                inbound,
+                outbound_port: Some(outbound),
+                gateway_ports: Vec::new(),
+                admin_port: free_port(),
+                wasm_dir: wasm_dir.clone(),
+                mesh: self.mesh.clone(),
+                certs_dir: self.certs_dir.clone(),
+                envoy_access_log: None,
+            }));
+        }
+        for plan in self.gateways {
+            let (mut wl, _) = bootstrap::workload_from_entry(&resources, &plan.workload).map_err(|e| e.to_string())?;
+            wl.mode = ProxyMode::Gateway;
+            let mut ports = Vec::new();
+            for p in &plan.ports {
+                let bind = free_port();
+                mesh.gateway_ports.insert((plan.workload.clone(), *p), bind);
+                ports.push((*p, bind));
+            }
+            specs.push((plan.workload, ProxySpec {
+                workload: wl,
+                inbound: Vec::new(),
+                outbound_port: None,
+                gateway_ports: ports,
+                admin_port: free_port(),
+                wasm_dir: wasm_dir.clone(),
+                mesh: self.mesh.clone(),
+                certs_dir: self.certs_dir.clone(),
+                envoy_access_log: None,
+            }));
+        }
+        for (name, spec) in specs {
+            let config = bootstrap::build(&spec, &resources).map_err(|errors| {
+                let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                format!("wasmeshctl envoy for {name}:\n{}", lines.join("\n"))
+            })?;
+            let envoy = Envoy::start_with(&name, &config, self.concurrency)?;
+            mesh.envoys.insert(name, envoy);
+        }
+        mesh.resources = resources;
+        Ok(mesh)
+    }
+}

@@ -1,0 +1,279 @@
+//! The router filter in real Envoy: VirtualService matching, subsets, weights, gateways, 404s.
+
+use std::collections::BTreeMap;
+use wasmesh_e2e::http::get;
+use wasmesh_e2e::{paths, App, Call, Envoy, Mesh};
+
+fn bookinfo_yaml() -> String {
+    let dir = paths::repo_root().join("examples/bookinfo");
+    let mut out = String::new();
+    for f in ["services.yaml", "workloads.yaml", "destination-rules.yaml", "gateway.yaml", "virtual-services.yaml"] {
+        out.push_str(&std::fs::read_to_string(dir.join(f)).unwrap());
+        out.push_str("\n---\n");
+    }
+    out
+}
+
+fn call(service: &str, path: &str) -> Call {
+    Call { service: service.into(), host: format!("{service}:9080"), path: path.into(), via_port: 0 }
+}
+
+/// The bookinfo mesh: gateway → productpage → details, reviews (v1/v2/v3) → ratings.
+fn bookinfo() -> Mesh {
+    Mesh::builder()
+        .yaml(&bookinfo_yaml())
+        .gateway("istio-system/istio-ingressgateway", &[80])
+        .sidecar("default/productpage-v1", App::new("productpage", "v1").calling(call("details", "/details/0")).calling(call("reviews", "/reviews/0")))
+        .sidecar("default/details-v1", App::new("details", "v1"))
+        .sidecar("default/reviews-v1", App::new("reviews", "v1"))
+        .sidecar("default/reviews-v2", App::new("reviews", "v2").calling(call("ratings", "/ratings/0")))
+        .sidecar("default/reviews-v3", App::new("reviews", "v3").calling(call("ratings", "/ratings/0")))
+        .sidecar("default/ratings-v1", App::new("ratings", "v1"))
+        .start()
+}
+
+fn reviews_version(page: &serde_json::Value) -> String {
+    let calls = page["calls"].as_array().expect("calls");
+    let reviews = calls.iter().find(|c| c["service"] == "reviews").expect("reviews call");
+    assert_eq!(reviews["status"], 200, "{page}");
+    reviews["body"]["version"].as_str().unwrap_or("?").to_string()
+}
+
+#[test]
+fn bookinfo_request_routing_through_the_gateway() {
+    let mesh = bookinfo();
+    let gw = mesh.gateway_port("istio-system/istio-ingressgateway", 80);
+
+    // jason → reviews v2 (which calls ratings), everyone else → v3.
+    for _ in 0..5 {
+        let r = get(gw, "bookinfo.example.com", "/productpage", &[("end-user", "jason")]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page = r.json();
+        assert_eq!(page["service"], "productpage");
+        assert_eq!(reviews_version(&page), "v2", "{page}");
+        let reviews = page["calls"].as_array().unwrap().iter().find(|c| c["service"] == "reviews").unwrap().clone();
+        assert_eq!(reviews["body"]["calls"][0]["body"]["service"], "ratings", "v2 calls ratings: {reviews}");
+        assert_eq!(reviews["body"]["headers"]["end-user"], "jason", "end-user is forwarded");
+        let details = page["calls"].as_array().unwrap().iter().find(|c| c["service"] == "details").unwrap().clone();
+        assert_eq!(details["body"]["version"], "v1", "details has no VirtualService: default route");
+    }
+    for user in ["", "mary"] {
+        let headers: Vec<(&str, &str)> = if user.is_empty() { vec![] } else { vec![("end-user", user)] };
+        let r = get(gw, "bookinfo.example.com", "/productpage", &headers);
+        assert_eq!(reviews_version(&r.json()), "v3", "user {user:?}");
+    }
+
+    // Only the gateway VirtualService's paths are exposed; others are 404 at the gateway.
+    assert_eq!(get(gw, "anything", "/api/v1/products/1", &[]).status, 200);
+    assert_eq!(get(gw, "anything", "/productpage/x", &[]).status, 404, "exact match only");
+    assert_eq!(get(gw, "anything", "/admin", &[]).status, 404);
+}
+
+#[test]
+fn a_client_cannot_steer_with_the_cluster_header() {
+    let mesh = bookinfo();
+    let out = mesh.outbound_port("default/productpage-v1");
+    let forged = "outbound|9080|v1|reviews.default.svc.cluster.local";
+    for _ in 0..5 {
+        let r = get(out, "reviews:9080", "/reviews/0", &[("end-user", "jason"), ("x-wasmesh-cluster", forged)]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["version"], "v2", "the forged header was replaced");
+        assert!(r.json()["headers"].get("x-wasmesh-cluster").is_some(), "the router's own header reaches upstream as set by the router");
+        assert_ne!(r.json()["headers"]["x-wasmesh-cluster"], forged);
+    }
+    // An unknown host from a sidecar is a 404, as Istio answers for a route it has not got.
+    assert_eq!(get(out, "nope.example.com", "/", &[]).status, 404);
+}
+
+#[test]
+fn httpbin_gateway_exposes_only_status_and_delay() {
+    let yaml = std::fs::read_to_string(paths::repo_root().join("examples/httpbin/httpbin.yaml")).unwrap();
+    let mesh = Mesh::builder()
+        .yaml(&yaml)
+        .gateway("istio-system/istio-ingressgateway", &[80])
+        .sidecar("default/httpbin-v1", App::new("httpbin", "v1"))
+        .start();
+    let gw = mesh.gateway_port("istio-system/istio-ingressgateway", 80);
+    let r = get(gw, "httpbin.example.com", "/status/200", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["service"], "httpbin");
+    assert_eq!(get(gw, "httpbin.example.com", "/status/418", &[]).status, 418);
+    assert_eq!(get(gw, "httpbin.example.com", "/delay/0.1", &[]).status, 200);
+    assert_eq!(get(gw, "httpbin.example.com", "/headers", &[]).status, 404);
+    assert_eq!(get(gw, "other.example.com", "/status/200", &[]).status, 404, "host not on the Gateway");
+    assert_eq!(mesh.app("default/httpbin-v1").served(), 3);
+}
+
+const SPLIT: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v2}, weight: 10}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: sleep, namespace: default}
+spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
+"#;
+
+#[test]
+fn weighted_split_90_10_within_a_binomial_bound() {
+    let dir = paths::repo_root().join("examples/bookinfo");
+    let base = ["services.yaml", "workloads.yaml", "destination-rules.yaml"]
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let mesh = Mesh::builder()
+        .yaml(&base)
+        .yaml(SPLIT)
+        .client("default/sleep")
+        .sidecar("default/reviews-v1", App::new("reviews", "v1"))
+        .sidecar("default/reviews-v2", App::new("reviews", "v2"))
+        .start();
+    let out = mesh.outbound_port("default/sleep");
+    let n = 2000u32;
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..n {
+        let r = get(out, "reviews.default.svc.cluster.local:9080", "/", &[]);
+        assert_eq!(r.status, 200);
+        *counts.entry(r.header("x-app").unwrap_or("?").to_string()).or_default() += 1;
+    }
+    let v2 = counts.get("reviews-v2").copied().unwrap_or(0);
+    // Binomial(n=2000, p=0.1): mean 200, sd √(2000·0.1·0.9) ≈ 13.4; 99.9 % two-sided: ±3.29 sd.
+    let (mean, sd) = (200.0, (2000.0f64 * 0.1 * 0.9).sqrt());
+    let bound = 3.29 * sd;
+    assert!((v2 as f64 - mean).abs() <= bound, "v2 got {v2} of {n} (expected {mean} ± {bound:.0}): {counts:?}");
+    assert_eq!(counts.values().sum::<u32>(), n, "{counts:?}");
+    assert_eq!(mesh.app("default/reviews-v1").served() + mesh.app("default/reviews-v2").served(), u64::from(n));
+}
+
+const MATCHES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  ports: [{number: 80, name: http}, {number: 8080, name: http-alt}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: default}
+spec:
+  host: echo
+  subsets:
+  - {name: a, labels: {version: a}}
+  - {name: b, labels: {version: b}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: echo-a, namespace: default}
+spec: {address: 127.0.0.1, ports: {http: 19201, http-alt: 19202}, labels: {app: echo, version: a}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: echo-b, namespace: default}
+spec: {address: 127.0.0.1, ports: {http: 19203, http-alt: 19204}, labels: {app: echo, version: b}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: sleep, namespace: default}
+spec: {address: 127.0.0.1, labels: {app: sleep}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo]
+  http:
+  - match: [{uri: {regex: '/items/[0-9]+'}, method: {exact: PUT}}]
+    route: [{destination: {host: echo, subset: b}}]
+  - match: [{queryParams: {canary: {exact: "yes"}}}]
+    route: [{destination: {host: echo, subset: b}}]
+  - match: [{uri: {prefix: /CaseLess}, ignoreUriCase: true}]
+    route: [{destination: {host: echo, subset: b}}]
+  - match: [{headers: {x-debug: {}}, withoutHeaders: {x-skip: {exact: "1"}}}]
+    route: [{destination: {host: echo, subset: b}}]
+  - match: [{authority: {regex: 'echo\.default(:.*)?'}}]
+    route: [{destination: {host: echo, subset: b}}]
+  - match: [{port: 8080}]
+    route: [{destination: {host: echo, subset: b, port: {number: 8080}}}]
+  - route: [{destination: {host: echo, subset: a}}]
+"#;
+
+#[test]
+fn every_match_field_in_real_envoy() {
+    let mesh = Mesh::builder()
+        .yaml(MATCHES)
+        .client("default/sleep")
+        .sidecar("default/echo-a", App::new("echo", "a"))
+        .sidecar("default/echo-b", App::new("echo", "b"))
+        .start();
+    let out = mesh.outbound_port("default/sleep");
+    let version = |method: &str, host: &str, path: &str, headers: &[(&str, &str)]| -> String {
+        let mut all = vec![("host", host)];
+        all.extend_from_slice(headers);
+        let r = wasmesh_e2e::request(out, method, path, &all, b"").unwrap();
+        assert_eq!(r.status, 200, "{method} {host}{path} {headers:?}: {}", r.text());
+        r.json()["version"].as_str().unwrap_or("?").to_string()
+    };
+    assert_eq!(version("PUT", "echo", "/items/42", &[]), "b", "uri regex AND method");
+    assert_eq!(version("GET", "echo", "/items/42", &[]), "a", "method must match too");
+    assert_eq!(version("PUT", "echo", "/items/42x", &[]), "a", "regex is a full match");
+    assert_eq!(version("GET", "echo", "/x?a=1&canary=yes", &[]), "b", "queryParams");
+    assert_eq!(version("GET", "echo", "/x?canary=no", &[]), "a");
+    assert_eq!(version("GET", "echo", "/caseless/thing", &[]), "b", "ignoreUriCase");
+    assert_eq!(version("GET", "echo", "/x", &[("x-debug", "1")]), "b", "header presence");
+    assert_eq!(version("GET", "echo", "/x", &[("x-debug", "1"), ("x-skip", "1")]), "a", "withoutHeaders");
+    assert_eq!(version("GET", "echo.default:80", "/x", &[]), "b", "authority regex");
+    assert_eq!(version("GET", "echo:8080", "/x", &[]), "b", "port");
+    assert_eq!(version("GET", "echo", "/x", &[]), "a", "fallback route");
+    // The request reached echo-b's 8080 workload port, not its 80 one: port-specific clusters.
+    let r = get(out, "echo:8080", "/x", &[]);
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn a_bad_router_config_is_refused_with_one_clear_log_line() {
+    let port = wasmesh_e2e::free_port();
+    let admin = wasmesh_e2e::free_port();
+    let config = serde_json::json!({
+        "workload": {"name": "w", "namespace": "default"},
+        "resources": [{
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "bad", "namespace": "default"},
+            "spec": {"hosts": ["x"], "http": [{"match": [{"uri": {"regex": "(unclosed"}}], "route": [{"destination": {"host": "x"}}]}]}
+        }]
+    });
+    let bootstrap = serde_json::json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {"listeners": [{
+            "name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "t", "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+                "http_filters": [
+                    {"name": "wasmesh.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": {
+                        "root_id": "wasmesh.router",
+                        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config.to_string()},
+                        "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": paths::wasm("router").display().to_string()}}}}}},
+                    {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ]}}]}]
+        }]}
+    });
+    let err = match Envoy::start_with("bad-router", &bootstrap, 1) {
+        Ok(_) => panic!("Envoy accepted a router config with an invalid regex"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("wasmesh router: configuration rejected: <filter config> (document 1): VirtualService default/bad: spec.http[0].match[0].uri.regex: invalid RE2 regex \"(unclosed\""),
+        "{err}"
+    );
+}

