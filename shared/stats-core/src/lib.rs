@@ -1,2 +1,363 @@
-//! wasmesh stats core (pure Rust, no proxy-wasm). Being built: see the stats issue.
+//! Istio's standard metrics, computed by a wasm filter.
+//!
+//! The filter configuration names the proxy's own workload, the listener's direction and the
+//! Telemetry resources; [`StatsConfig::compile_json`] turns it, once, into [`Stats`]. Per request
+//! the adapter gathers [`Facts`] (response code, flags, peer metadata, principals, cluster) in
+//! `on_log`, and [`Stats::record_http`] computes the 25 labels in Istio's order, applies the
+//! Telemetry overrides, encodes the tags into the metric name (see [`encode`]) and records through
+//! the per-VM [`MetricCache`]. Nothing here knows proxy-wasm.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod cache;
+pub mod encode;
+pub mod expr;
+pub mod flags;
+pub mod grpc;
+pub mod labels;
+pub mod overrides;
+pub mod peer;
+pub mod proto;
+
+pub use cache::{MetricCache, MetricHost, DEFAULT_MAX_LABEL_SETS};
+pub use labels::{Facts, Label, LabelValues, Metric, MetricType, Protocol, Reporter, ServiceInfo};
+pub use overrides::{MetricPlan, Mode, Plans, Slot};
+pub use peer::{LocalInfo, PeerCache, PeerMetadata};
+
+use expr::Expr;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use wasmesh_istio::{Error, ProxyMode, Resources, Workload};
+
+/// Which listener the filter runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Sidecar inbound: reports as `destination`.
+    Inbound,
+    /// Sidecar outbound: reports as `source`.
+    Outbound,
+    /// Gateway: reports as `source` (Istio treats gateway listeners as client-side).
+    Gateway,
+}
+
+/// Whether the filter is an HTTP filter or a network (TCP) filter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    #[default]
+    Http,
+    Tcp,
+}
+
+/// The filter configuration `wasmeshctl` writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StatsConfig {
+    pub workload: Workload,
+    pub direction: Direction,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// Telemetry resources (Istio JSON); the ones that apply to the workload are used.
+    #[serde(default)]
+    pub resources: Vec<serde_json::Value>,
+    /// Inbound: the services the workload backs (Istio's inbound cluster metadata
+    /// `istio.services`); the first is reported as `destination_service`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceInfo>,
+    /// Bound on distinct label sets per VM (per worker thread).
+    #[serde(default = "default_max_label_sets")]
+    pub max_label_sets: usize,
+    /// Exchange `x-envoy-peer-metadata` headers (HTTP only).
+    #[serde(default = "default_true")]
+    pub metadata_exchange: bool,
+}
+
+fn default_max_label_sets() -> usize {
+    DEFAULT_MAX_LABEL_SETS
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Everything wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileError(pub Vec<Error>);
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
+        write!(f, "{}", lines.join("; "))
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// Metrics that share one plan share one encoded label set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub metrics: Vec<Metric>,
+    pub plan: MetricPlan,
+}
+
+/// HTTP per-request measurements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpMeasures {
+    pub duration_ms: Option<u64>,
+    pub request_bytes: Option<u64>,
+    pub response_bytes: Option<u64>,
+    pub request_messages: u64,
+    pub response_messages: u64,
+}
+
+/// A compiled stats filter configuration.
+#[derive(Debug)]
+pub struct Stats {
+    pub direction: Direction,
+    pub protocol: ListenerProtocol,
+    pub reporter: Reporter,
+    pub local: LocalInfo,
+    /// Our `x-envoy-peer-metadata` value.
+    pub header_value: String,
+    pub metadata_exchange: bool,
+    pub max_label_sets: usize,
+    host_header_fallback: bool,
+    inbound_service: Option<ServiceInfo>,
+    plans: Plans,
+    http_groups: Vec<Group>,
+    tcp_groups: Vec<Group>,
+    http_exprs: Vec<usize>,
+    tcp_exprs: Vec<usize>,
+}
+
+impl StatsConfig {
+    pub fn compile_json(bytes: &[u8]) -> Result<Stats, CompileError> {
+        let cfg: StatsConfig = serde_json::from_slice(bytes)
+            .map_err(|e| CompileError(vec![Error::new(format!("stats configuration: {e}"))]))?;
+        let items = wasmesh_istio::resources_from_values(cfg.resources.clone()).map_err(|e| CompileError(vec![e]))?;
+        cfg.compile(&Resources { items })
+    }
+
+    pub fn compile(&self, resources: &Resources) -> Result<Stats, CompileError> {
+        let mut errors = Vec::new();
+        match (self.direction, self.workload.mode) {
+            (Direction::Gateway, ProxyMode::Sidecar) | (Direction::Inbound | Direction::Outbound, ProxyMode::Gateway) => {
+                errors.push(Error::new(format!(
+                    "stats configuration: direction {:?} does not fit workload mode {:?}",
+                    self.direction, self.workload.mode
+                )));
+            }
+            _ => {}
+        }
+        if self.max_label_sets == 0 {
+            errors.push(Error::new("stats configuration: maxLabelSets must be at least 1"));
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.host.is_empty() {
+                errors.push(Error::new(format!("stats configuration: services[{i}].host is empty")));
+            }
+        }
+        let mode = match self.direction {
+            Direction::Inbound => Mode::Server,
+            Direction::Outbound | Direction::Gateway => Mode::Client,
+        };
+        let plans = match overrides::compile(resources, &self.workload, mode) {
+            Ok(p) => p,
+            Err(mut e) => {
+                errors.append(&mut e);
+                Plans::standard()
+            }
+        };
+        if !errors.is_empty() {
+            return Err(CompileError(errors));
+        }
+        let local = LocalInfo::from_workload(&self.workload);
+        let http_groups = groups(&plans, &Metric::HTTP);
+        let tcp_groups = groups(&plans, &Metric::TCP);
+        let inbound_service = self.services.first().map(|s| {
+            let mut s = s.clone();
+            if s.name.is_empty() {
+                s.name = s.host.split('.').next().unwrap_or_default().to_string();
+            }
+            s
+        });
+        Ok(Stats {
+            direction: self.direction,
+            protocol: self.protocol,
+            reporter: if self.direction == Direction::Inbound { Reporter::Destination } else { Reporter::Source },
+            header_value: local.header_value(),
+            local,
+            metadata_exchange: self.metadata_exchange,
+            max_label_sets: self.max_label_sets,
+            // istio/istio telemetry.go `disableHostHeaderFallback`: inbound and gateways.
+            host_header_fallback: self.direction == Direction::Outbound,
+            inbound_service,
+            http_exprs: plans.exprs_used_by(&Metric::HTTP),
+            tcp_exprs: plans.exprs_used_by(&Metric::TCP),
+            plans,
+            http_groups,
+            tcp_groups,
+        })
+    }
+}
+
+fn groups(plans: &Plans, metrics: &[Metric]) -> Vec<Group> {
+    let mut out: Vec<Group> = Vec::new();
+    for m in metrics {
+        let plan = plans.plan(*m);
+        if !plan.enabled {
+            continue;
+        }
+        match out.iter_mut().find(|g| g.plan == *plan) {
+            Some(g) => g.metrics.push(*m),
+            None => out.push(Group { metrics: vec![*m], plan: plan.clone() }),
+        }
+    }
+    out
+}
+
+impl Stats {
+    pub fn exprs(&self) -> &[Expr] {
+        &self.plans.exprs
+    }
+
+    /// Indices of the expressions an HTTP (or TCP) filter must evaluate per request.
+    pub fn exprs_needed(&self) -> &[usize] {
+        match self.protocol {
+            ListenerProtocol::Http => &self.http_exprs,
+            ListenerProtocol::Tcp => &self.tcp_exprs,
+        }
+    }
+
+    /// Whether any metric of this listener is recorded at all.
+    pub fn any_enabled(&self) -> bool {
+        match self.protocol {
+            ListenerProtocol::Http => !self.http_groups.is_empty(),
+            ListenerProtocol::Tcp => !self.tcp_groups.is_empty(),
+        }
+    }
+
+    pub fn plan(&self, m: Metric) -> &MetricPlan {
+        self.plans.plan(m)
+    }
+
+    /// Evaluates the needed expressions; `read(path)` fetches an attribute.
+    pub fn evaluate(&self, mut read: impl FnMut(&[String]) -> Option<Vec<u8>>) -> Vec<Option<String>> {
+        let mut values = vec![None; self.plans.exprs.len()];
+        for &i in self.exprs_needed() {
+            values[i] = match &self.plans.exprs[i] {
+                Expr::Literal(s) => Some(s.clone()),
+                Expr::Attribute { path, ty } => expr::format_value(*ty, read(path).as_deref()),
+            };
+        }
+        values
+    }
+
+    /// The service for `destination_service*`: on inbound the configured one, else what the
+    /// cluster's name says (`outbound|port|subset|host`).
+    pub fn service_for_cluster(&self, cluster_name: &str) -> Option<ServiceInfo> {
+        if self.direction == Direction::Inbound {
+            if let Some(s) = &self.inbound_service {
+                return Some(s.clone());
+            }
+        }
+        labels::service_from_cluster_name(cluster_name)
+    }
+
+    /// All standard labels of one request or connection.
+    pub fn labels<'a>(&'a self, facts: &Facts<'a>) -> LabelValues<'a> {
+        labels::compute(self.reporter, &self.local, self.host_header_fallback, facts)
+    }
+
+    /// Encodes one group's tags (`tag=.=value;.;…`) into `out`.
+    pub fn encode(&self, group: &Group, labels: &LabelValues<'_>, exprs: &[Option<String>], out: &mut String) {
+        out.clear();
+        let value = |i: usize| -> &str { exprs.get(i).and_then(|v| v.as_deref()).unwrap_or("unknown") };
+        let list = group.metrics.first().map(|m| m.labels()).unwrap_or(&labels::HTTP_LABELS);
+        for (label, slot) in list.iter().zip(group.plan.slots.iter()) {
+            match slot {
+                Slot::Keep => encode::push_tag(out, label.name(), &labels[*label as usize]),
+                Slot::Remove => {}
+                Slot::Expr(i) => encode::push_tag(out, label.name(), value(*i)),
+            }
+        }
+        for (name, i) in &group.plan.additions {
+            encode::push_tag(out, name, value(*i));
+        }
+    }
+
+    /// The HTTP groups and their encoded keys for one request.
+    pub fn http_keys(&self, facts: &Facts<'_>, exprs: &[Option<String>]) -> Vec<(&Group, String)> {
+        let labels = self.labels(facts);
+        self.http_groups
+            .iter()
+            .map(|g| {
+                let mut key = String::with_capacity(1024);
+                self.encode(g, &labels, exprs, &mut key);
+                (g, key)
+            })
+            .collect()
+    }
+
+    /// The TCP groups and their encoded keys for one connection.
+    pub fn tcp_keys(&self, facts: &Facts<'_>, exprs: &[Option<String>]) -> Vec<(Vec<Metric>, String)> {
+        let labels = self.labels(facts);
+        self.tcp_groups
+            .iter()
+            .map(|g| {
+                let mut key = String::with_capacity(1024);
+                self.encode(g, &labels, exprs, &mut key);
+                (g.metrics.clone(), key)
+            })
+            .collect()
+    }
+
+    /// Records the HTTP metrics of one finished request.
+    pub fn record_http(
+        &self,
+        cache: &mut MetricCache,
+        host: &mut dyn MetricHost,
+        facts: &Facts<'_>,
+        exprs: &[Option<String>],
+        m: &HttpMeasures,
+        key: &mut String,
+    ) {
+        if self.http_groups.is_empty() {
+            return;
+        }
+        let labels = self.labels(facts);
+        for g in &self.http_groups {
+            self.encode(g, &labels, exprs, key);
+            for metric in &g.metrics {
+                let value = match metric {
+                    Metric::RequestCount => Some(1),
+                    Metric::RequestDuration => m.duration_ms,
+                    Metric::RequestSize => m.request_bytes,
+                    Metric::ResponseSize => m.response_bytes,
+                    Metric::GrpcRequestMessages if facts.protocol == Protocol::Grpc => Some(m.request_messages),
+                    Metric::GrpcResponseMessages if facts.protocol == Protocol::Grpc => Some(m.response_messages),
+                    _ => None,
+                };
+                if let Some(v) = value {
+                    cache.record(host, key, *metric, v);
+                }
+            }
+        }
+    }
+}
+
+/// The bootstrap `stats_config.stats_tags` entries every wasmesh proxy needs: one per standard
+/// label plus every custom tag the Telemetry resources add, as `(tag_name, regex)`.
+pub fn stats_tags(resources: &Resources) -> Vec<(String, String)> {
+    let mut names: Vec<String> = labels::HTTP_LABELS.iter().map(|l| l.name().to_string()).collect();
+    names.extend(overrides::custom_tag_names(resources));
+    names.into_iter().map(|n| (n.clone(), encode::stats_tag_regex(&n))).collect()
+}
+
+/// Validation for `wasmeshctl validate`: every Telemetry's metrics section.
+pub fn validate(resources: &Resources) -> Vec<Error> {
+    overrides::validate(resources)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+//! Per-VM metric ids. Envoy's `define_metric` returns a new id on every call (the ids live in the
+//! VM's host context), so each distinct (label set, metric) is defined once and its id kept:
+//! the hot path is one hash lookup on the encoded label set, then the increments.
+//!
+//! The number of label sets is bounded: label values come partly from the wire (Host header,
+//! header-valued tag overrides), and an unbounded map would let clients grow memory for ever.
+//! Past the bound, new label sets are counted in `wasmesh_stats_label_sets_overflow_total` and
+//! not recorded.
+
+use crate::labels::{Metric, MetricType, METRIC_COUNT};
+use std::collections::HashMap;
+
+/// The three hostcalls the cache needs; the adapter implements them with proxy-wasm.
+pub trait MetricHost {
+    fn define(&mut self, ty: MetricType, name: &str) -> Option<u32>;
+    /// Counter increment (never called with 0).
+    fn increment(&mut self, id: u32, by: u64);
+    /// Histogram sample.
+    fn record(&mut self, id: u32, value: u64);
+}
+
+pub const OVERFLOW_METRIC: &str = "wasmesh_stats_label_sets_overflow_total";
+pub const DEFAULT_MAX_LABEL_SETS: usize = 10_000;
+
+#[derive(Debug)]
+pub struct MetricCache {
+    ids: HashMap<String, [Option<u32>; METRIC_COUNT]>,
+    max_label_sets: usize,
+    overflow_id: Option<u32>,
+    /// Scratch buffer for the full stat name on a miss.
+    name: String,
+}
+
+impl MetricCache {
+    pub fn new(max_label_sets: usize) -> Self {
+        MetricCache { ids: HashMap::new(), max_label_sets, overflow_id: None, name: String::new() }
+    }
+
+    pub fn label_sets(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Records `value` for `metric` under the encoded tags `key` (`tag=.=value;.;…`).
+    /// Returns false when the sample was dropped (bound reached or host refused).
+    pub fn record(&mut self, host: &mut dyn MetricHost, key: &str, metric: Metric, value: u64) -> bool {
+        if metric.metric_type() == MetricType::Counter && value == 0 {
+            return true;
+        }
+        let ids = match self.ids.get_mut(key) {
+            Some(ids) => ids,
+            None => {
+                if self.ids.len() >= self.max_label_sets {
+                    self.count_overflow(host);
+                    return false;
+                }
+                self.ids.entry(key.to_string()).or_insert([None; METRIC_COUNT])
+            }
+        };
+        let slot = &mut ids[metric.index()];
+        let id = match *slot {
+            Some(id) => id,
+            None => {
+                self.name.clear();
+                self.name.push_str(key);
+                self.name.push_str(metric.name());
+                match host.define(metric.metric_type(), &self.name) {
+                    Some(id) => {
+                        *slot = Some(id);
+                        id
+                    }
+                    None => return false,
+                }
+            }
+        };
+        match metric.metric_type() {
+            MetricType::Counter => host.increment(id, value),
+            MetricType::Histogram => host.record(id, value),
+        }
+        true
+    }
+
+    fn count_overflow(&mut self, host: &mut dyn MetricHost) {
+        if self.overflow_id.is_none() {
+            self.overflow_id = host.define(MetricType::Counter, OVERFLOW_METRIC);
+        }
+        if let Some(id) = self.overflow_id {
+            host.increment(id, 1);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An in-memory host: stat name → value (counters) or samples (histograms).
+    #[derive(Default, Debug)]
+    pub struct FakeHost {
+        pub names: Vec<(MetricType, String)>,
+        pub counters: HashMap<String, u64>,
+        pub samples: HashMap<String, Vec<u64>>,
+        pub defines: usize,
+    }
+
+    impl MetricHost for FakeHost {
+        fn define(&mut self, ty: MetricType, name: &str) -> Option<u32> {
+            self.defines += 1;
+            self.names.push((ty, name.to_string()));
+            Some(self.names.len() as u32 - 1)
+        }
+        fn increment(&mut self, id: u32, by: u64) {
+            assert!(by > 0, "never increment by 0");
+            let name = self.names[id as usize].1.clone();
+            *self.counters.entry(name).or_default() += by;
+        }
+        fn record(&mut self, id: u32, value: u64) {
+            let name = self.names[id as usize].1.clone();
+            self.samples.entry(name).or_default().push(value);
+        }
+    }
+
+    #[test]
+    fn defines_once_per_label_set_and_metric() {
+        let mut host = FakeHost::default();
+        let mut cache = MetricCache::new(10);
+        for _ in 0..5 {
+            assert!(cache.record(&mut host, "a=.=1;.;", Metric::RequestCount, 1));
+            assert!(cache.record(&mut host, "a=.=1;.;", Metric::RequestDuration, 12));
+        }
+        cache.record(&mut host, "a=.=2;.;", Metric::RequestCount, 1);
+        assert_eq!(host.defines, 3);
+        assert_eq!(host.counters["a=.=1;.;istio_requests_total"], 5);
+        assert_eq!(host.samples["a=.=1;.;istio_request_duration_milliseconds"], vec![12; 5]);
+        assert_eq!(cache.label_sets(), 2);
+    }
+
+    #[test]
+    fn zero_counter_increments_are_skipped() {
+        let mut host = FakeHost::default();
+        let mut cache = MetricCache::new(10);
+        assert!(cache.record(&mut host, "k;.;", Metric::TcpSentBytes, 0));
+        assert_eq!(host.defines, 0);
+        assert!(cache.record(&mut host, "k;.;", Metric::RequestSize, 0), "a histogram records 0");
+        assert_eq!(host.samples["k;.;istio_request_bytes"], vec![0]);
+    }
+
+    #[test]
+    fn bounded_with_an_overflow_counter() {
+        let mut host = FakeHost::default();
+        let mut cache = MetricCache::new(3);
+        for i in 0..10 {
+            cache.record(&mut host, &format!("k=.={i};.;"), Metric::RequestCount, 1);
+        }
+        assert_eq!(cache.label_sets(), 3);
+        assert_eq!(host.counters[OVERFLOW_METRIC], 7);
+        // Known label sets still record.
+        assert!(cache.record(&mut host, "k=.=0;.;", Metric::RequestCount, 1));
+        assert_eq!(host.counters["k=.=0;.;istio_requests_total"], 2);
+    }
+}

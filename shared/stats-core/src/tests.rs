@@ -1,0 +1,174 @@
+//! Whole-pipeline tests: configuration JSON → compiled stats → recorded stat names.
+
+use super::*;
+use crate::cache::tests::FakeHost;
+use serde_json::json;
+
+fn workload(name: &str, app: &str, version: &str) -> serde_json::Value {
+    json!({"name": name, "namespace": "bookinfo", "labels": {"app": app, "version": version}})
+}
+
+fn compile(cfg: serde_json::Value) -> Result<Stats, CompileError> {
+    StatsConfig::compile_json(cfg.to_string().as_bytes())
+}
+
+fn telemetry(spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+           "metadata": {"name": "t", "namespace": "istio-system"}, "spec": spec})
+}
+
+#[test]
+fn records_istio_names_and_label_order() {
+    let stats = compile(json!({"workload": workload("reviews-v2", "reviews", "v2"), "direction": "inbound",
+        "services": [{"host": "reviews.bookinfo.svc.cluster.local"}]}))
+    .unwrap();
+    assert_eq!(stats.reporter, Reporter::Destination);
+    let peer = peer::decode_peer(
+        LocalInfo::from_workload(&serde_json::from_value(workload("productpage-v1", "productpage", "v1")).unwrap())
+            .header_value()
+            .as_bytes(),
+        None,
+    )
+    .unwrap();
+    let svc = stats.service_for_cluster("inbound|9080||");
+    let mut f = Facts::new(Protocol::Http);
+    f.response_code = 200;
+    f.peer = Some(&peer);
+    f.service = svc.as_ref();
+    let mut host = FakeHost::default();
+    let mut cache = MetricCache::new(100);
+    let mut key = String::new();
+    let m = HttpMeasures { duration_ms: Some(7), request_bytes: Some(100), response_bytes: Some(250), ..Default::default() };
+    for _ in 0..3 {
+        stats.record_http(&mut cache, &mut host, &f, &[], &m, &mut key);
+    }
+    assert_eq!(host.defines, 4, "four HTTP metrics, defined once each");
+    let expected_prefix = "reporter=.=destination;.;source_workload=.=productpage-v1;.;\
+source_canonical_service=.=productpage;.;source_canonical_revision=.=v1;.;\
+source_workload_namespace=.=bookinfo;.;source_principal=.=unknown;.;source_app=.=productpage;.;\
+source_version=.=v1;.;source_cluster=.=Kubernetes;.;destination_workload=.=reviews-v2;.;\
+destination_workload_namespace=.=bookinfo;.;destination_principal=.=unknown;.;\
+destination_app=.=reviews;.;destination_version=.=v2;.;\
+destination_service=.=reviews.bookinfo.svc.cluster.local;.;destination_canonical_service=.=reviews;.;\
+destination_canonical_revision=.=v2;.;destination_service_name=.=reviews;.;\
+destination_service_namespace=.=bookinfo;.;destination_cluster=.=Kubernetes;.;\
+request_protocol=.=http;.;response_code=.=200;.;grpc_response_status=.=;.;response_flags=.=-;.;\
+connection_security_policy=.=none;.;";
+    assert_eq!(host.counters[&format!("{expected_prefix}istio_requests_total")], 3);
+    assert_eq!(host.samples[&format!("{expected_prefix}istio_request_duration_milliseconds")], vec![7; 3]);
+    assert_eq!(host.samples[&format!("{expected_prefix}istio_request_bytes")], vec![100; 3]);
+    assert_eq!(host.samples[&format!("{expected_prefix}istio_response_bytes")], vec![250; 3]);
+}
+
+#[test]
+fn grpc_message_counts_only_for_grpc() {
+    let stats = compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound"})).unwrap();
+    let mut host = FakeHost::default();
+    let mut cache = MetricCache::new(100);
+    let mut key = String::new();
+    let m = HttpMeasures { request_messages: 2, response_messages: 3, ..Default::default() };
+    let mut f = Facts::new(Protocol::Http);
+    stats.record_http(&mut cache, &mut host, &f, &[], &m, &mut key);
+    assert!(host.counters.keys().all(|k| !k.contains("messages")));
+    f.protocol = Protocol::Grpc;
+    f.grpc_status = Some(0);
+    stats.record_http(&mut cache, &mut host, &f, &[], &m, &mut key);
+    let req = host.counters.iter().find(|(k, _)| k.ends_with("istio_request_messages_total")).unwrap();
+    assert_eq!(*req.1, 2);
+    assert!(req.0.contains("request_protocol=.=grpc;.;"));
+    assert!(req.0.contains("grpc_response_status=.=0;.;"));
+    let resp = host.counters.iter().find(|(k, _)| k.ends_with("istio_response_messages_total")).unwrap();
+    assert_eq!(*resp.1, 3);
+}
+
+#[test]
+fn overrides_change_the_recorded_names() {
+    let t = telemetry(json!({"metrics": [{"overrides": [
+        {"match": {"metric": "REQUEST_COUNT"}, "tagOverrides": {
+            "request_host": {"value": "request.host"},
+            "user": {"value": "request.headers['x-user']"},
+            "response_flags": {"operation": "REMOVE"},
+            "source_app": {"value": "'fixed'"}}},
+        {"match": {"metric": "REQUEST_SIZE"}, "disabled": true}
+    ]}]}));
+    let stats =
+        compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound", "resources": [t]})).unwrap();
+    assert_eq!(stats.exprs_needed().len(), 3);
+    let values = stats.evaluate(|path| match path.join(".").as_str() {
+        "request.host" => Some(b"svc:80".to_vec()),
+        _ => None,
+    });
+    let mut host = FakeHost::default();
+    let mut cache = MetricCache::new(100);
+    let mut key = String::new();
+    let m = HttpMeasures { duration_ms: Some(1), request_bytes: Some(1), response_bytes: Some(1), ..Default::default() };
+    stats.record_http(&mut cache, &mut host, &Facts::new(Protocol::Http), &values, &m, &mut key);
+    let count = host.counters.keys().find(|k| k.ends_with("istio_requests_total")).unwrap();
+    assert!(count.contains("source_app=.=fixed;.;"), "{count}");
+    assert!(!count.contains("response_flags"), "{count}");
+    assert!(count.ends_with("request_host=.=svc:80;.;user=.=unknown;.;istio_requests_total"), "{count}");
+    assert!(host.samples.keys().all(|k| !k.ends_with("istio_request_bytes")), "REQUEST_SIZE disabled");
+    let dur = host.samples.keys().find(|k| k.ends_with("istio_request_duration_milliseconds")).unwrap();
+    assert!(dur.contains("source_app=.=a;.;") && dur.contains("response_flags=.=-;.;"), "{dur}");
+    // Two plans → two groups: request count alone, the rest together.
+    assert_eq!(cache.label_sets(), 2);
+}
+
+#[test]
+fn tcp_keys_have_tcp_labels() {
+    let stats = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "protocol": "tcp"}))
+        .unwrap();
+    let mut f = Facts::new(Protocol::Tcp);
+    f.peer_principal = "spiffe://cluster.local/ns/x/sa/y";
+    f.local_principal = "spiffe://cluster.local/ns/bookinfo/sa/a";
+    let keys = stats.tcp_keys(&f, &[]);
+    assert_eq!(keys.len(), 1);
+    let (metrics, key) = &keys[0];
+    assert_eq!(metrics.len(), 4);
+    assert!(key.contains("request_protocol=.=tcp;.;response_flags=.=-;.;connection_security_policy=.=mutual_tls;.;"));
+    assert!(!key.contains("response_code"));
+    assert!(key.contains("source_workload_namespace=.=x;.;"));
+}
+
+#[test]
+fn configuration_errors_are_reported() {
+    let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "sideways"})).unwrap_err();
+    assert!(e.to_string().contains("stats configuration"), "{e}");
+    let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "extra": 1})).unwrap_err();
+    assert!(e.to_string().contains("unknown field `extra`"), "{e}");
+    let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "gateway"})).unwrap_err();
+    assert!(e.to_string().contains("does not fit workload mode"), "{e}");
+    let bad = telemetry(json!({"metrics": [{"overrides": [{"tagOverrides": {"x": {"value": "1 + 1"}}}]}]}));
+    let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "resources": [bad]}))
+        .unwrap_err();
+    assert!(e.to_string().contains("Telemetry istio-system/t: spec.metrics[0].overrides[0].tagOverrides.x.value"), "{e}");
+}
+
+#[test]
+fn gateway_reports_as_source_without_host_fallback() {
+    let mut w = workload("ingressgateway", "istio-ingressgateway", "");
+    w["mode"] = json!("gateway");
+    w["namespace"] = json!("istio-system");
+    let stats = compile(json!({"workload": w, "direction": "gateway"})).unwrap();
+    assert_eq!(stats.reporter, Reporter::Source);
+    let mut f = Facts::new(Protocol::Http);
+    f.host = "bookinfo.example.com";
+    let svc = stats.service_for_cluster("outbound|9080||productpage.bookinfo.svc.cluster.local");
+    let v = stats.labels(&f);
+    assert_eq!(v[Label::DestinationService as usize], "unknown");
+    f.service = svc.as_ref();
+    let v = stats.labels(&f);
+    assert_eq!(v[Label::DestinationService as usize], "productpage.bookinfo.svc.cluster.local");
+    assert_eq!(v[Label::SourceWorkload as usize], "ingressgateway");
+    assert_eq!(v[Label::Reporter as usize], "source");
+}
+
+#[test]
+fn stats_tags_cover_standard_and_custom_labels() {
+    let t = telemetry(json!({"metrics": [{"overrides": [{"tagOverrides": {"request_host": {"value": "request.host"}}}]}]}));
+    let items = wasmesh_istio::resources_from_values(vec![t]).unwrap();
+    let tags = stats_tags(&Resources { items });
+    assert_eq!(tags.len(), 26);
+    assert_eq!(tags[0].0, "reporter");
+    assert_eq!(tags[25], ("request_host".to_string(), r"(?:\.|;\.;)(request_host=\.=(.*?);\.;)".to_string()));
+}
