@@ -1,2 +1,177 @@
-//! wasmesh authz core (pure Rust, no proxy-wasm). Being built: see the authz issue.
+//! Istio AuthorizationPolicy, compiled once per proxy and evaluated per request.
+//!
+//! The semantics are istiod's translation to Envoy's RBAC filter (`pilot/pkg/security/authz`)
+//! and Envoy's evaluation of it, reproduced rule for rule:
+//!
+//! - **Order** CUSTOM → DENY → ALLOW; AUDIT never changes the decision. No ALLOW policy for the
+//!   workload → allow; ALLOW policies but none matches → deny.
+//! - **Scope**: policies of the root namespace and of the workload's namespace; `selector` ⊆
+//!   workload labels; `targetRef(s)` only for Gateway-API gateways (label
+//!   `gateway.networking.k8s.io/gateway-name`) — see [`scope`].
+//! - **Rules**: `from` OR, `to` OR, `when` AND; fields of one Source/Operation AND, values OR,
+//!   `notX` = NOT(OR); `when` conditions are copied into every `from`/`to` entry as istiod does.
+//! - **Empty**: no `rules` (or `rules: []`) never matches (ALLOW → deny all); `rules: [{}]`
+//!   always matches. `istio.io/dry-run: "true"` policies are evaluated but not enforced.
+//! - **Invalid values** that got past validation (a bad CIDR, port or key) are handled as
+//!   istiod does: in an ALLOW policy the whole rule is dropped (narrower), in DENY/AUDIT/CUSTOM
+//!   only the value (wider); an unknown `when` key drops the rule for every action. Each case
+//!   is reported in [`Authz::warnings`]. [`validate`] rejects all of them up front, as Istio's
+//!   admission webhook does; `wasmeshctl` refuses to deploy such policies.
+//!
+//! The filter fills a [`Request`] (headers, addresses, peer certificate names, verified JWT
+//! identity from filter state) and acts on the [`Verdict`].
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod compile;
+mod eval;
+pub mod matcher;
+pub mod peer_authentication;
+pub mod provider;
+pub mod scope;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use compile::{AuthzConfig, CompileError, Stage};
+pub use eval::{CustomOutcome, Missing, Reason, Shadow, Verdict};
+pub use provider::{ExtAuthzHttp, Provider};
+pub use validate::{validate, validate_all};
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use wasmesh_handover::RequestIdentity;
+
+/// The deny response Istio's RBAC filter sends.
+pub const DENY_STATUS: u32 = 403;
+pub const DENY_BODY: &str = "RBAC: access denied";
+/// The annotation that turns a policy into a dry-run (shadow) policy.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+/// The workload label that makes a proxy a Gateway-API gateway (targetRef attachment).
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// The request as the policy sees it. Everything is raw bytes as Envoy hands it over.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Request<'a> {
+    /// Request headers, names lower-case, pseudo-headers (`:method`, `:authority`, `:path`)
+    /// included, in arrival order; repeated names appear repeatedly.
+    pub headers: &'a [(String, Vec<u8>)],
+    /// The physical peer address (`ipBlocks`, `source.ip`; Envoy's `direct_remote_ip`).
+    /// `None` when the filter could not learn it: rules that need it fail closed.
+    pub source_ip: Option<IpAddr>,
+    /// The client address as the HCM derived it from `x-forwarded-for` and
+    /// `xff_num_trusted_hops` (`remoteIpBlocks`, `remote.ip`; Envoy's `remote_ip`).
+    pub remote_ip: Option<IpAddr>,
+    /// The local address the connection arrived on (`destination.ip`).
+    pub destination_ip: Option<IpAddr>,
+    /// The local port the connection arrived on (`ports`, `destination.port`).
+    pub destination_port: Option<u32>,
+    /// SNI of the downstream TLS connection, empty without TLS or SNI (`connection.sni`).
+    pub sni: &'a [u8],
+    /// Whether the peer presented a certificate (mutual TLS).
+    pub mtls: bool,
+    /// The peer certificate's names, when `mtls`.
+    pub peer: PeerNames<'a>,
+    /// The verified JWT identity handed over by the authn filter, if a token was validated.
+    pub identity: Option<&'a RequestIdentity>,
+    /// Dynamic metadata values read for `experimental.envoy.filters.*` conditions.
+    pub metadata: &'a [MetadataEntry],
+}
+
+/// The names Envoy's `authenticated` principal matcher looks at, in its order: the URI SANs,
+/// the DNS SANs, then the subject. Envoy exposes the first URI SAN and the first DNS SAN to wasm.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerNames<'a> {
+    /// e.g. `spiffe://cluster.local/ns/default/sa/sleep`
+    pub uri_san: Option<&'a [u8]>,
+    pub dns_san: Option<&'a [u8]>,
+    pub subject: Option<&'a [u8]>,
+}
+
+impl<'a> PeerNames<'a> {
+    pub fn spiffe(uri: &'a str) -> Self {
+        PeerNames { uri_san: Some(uri.as_bytes()), dns_san: None, subject: None }
+    }
+    fn iter(&self) -> impl Iterator<Item = &'a [u8]> {
+        [self.uri_san, self.dns_san, self.subject].into_iter().flatten()
+    }
+}
+
+/// One dynamic-metadata value (`filter_metadata[filter][key]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetadataEntry {
+    pub filter: String,
+    pub key: String,
+    pub value: MetaValue,
+}
+
+/// A `google.protobuf.Value` as far as Envoy's RBAC metadata matcher distinguishes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    String(Vec<u8>),
+    List(Vec<MetaValue>),
+    /// number, bool, null or struct: never matches a string matcher.
+    Other,
+}
+
+impl<'a> Request<'a> {
+    /// A header's value as Envoy's header matcher sees it: several values of one name are joined
+    /// with `,`. `None` when absent.
+    pub fn header(&self, name: &str) -> Option<Cow<'a, [u8]>> {
+        let mut found: Option<Cow<'a, [u8]>> = None;
+        for (k, v) in self.headers {
+            if k.eq_ignore_ascii_case(name) {
+                found = Some(match found {
+                    None => Cow::Borrowed(v.as_slice()),
+                    Some(prev) => {
+                        let mut joined = prev.into_owned();
+                        joined.push(b',');
+                        joined.extend_from_slice(v);
+                        Cow::Owned(joined)
+                    }
+                });
+            }
+        }
+        found
+    }
+
+    fn first(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+
+    /// `:path` without query and fragment (Envoy `PathUtil::removeQueryAndFragment`), what
+    /// `paths` match. `None` when the request has no `:path`.
+    pub fn url_path(&self) -> Option<&'a [u8]> {
+        let full = self.first(":path")?;
+        let end = full.iter().position(|c| *c == b'?' || *c == b'#').unwrap_or(full.len());
+        full.get(..end)
+    }
+
+    pub fn method(&self) -> Option<&'a [u8]> {
+        self.first(":method")
+    }
+
+    pub fn authority(&self) -> Option<&'a [u8]> {
+        self.first(":authority")
+    }
+}
+
+/// What the compiled policies need from the filter, so it makes only the hostcalls that matter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub source_ip: bool,
+    pub remote_ip: bool,
+    pub destination_ip: bool,
+    pub destination_port: bool,
+    pub sni: bool,
+    /// Peer certificate names (principals, namespaces, serviceAccounts, trustDomains).
+    pub peer: bool,
+    /// `connection.mtls` (PeerAuthentication, or peer names).
+    pub mtls: bool,
+    pub identity: bool,
+    /// `(filter, key)` pairs of `experimental.envoy.filters.*` conditions.
+    pub metadata: Vec<(String, String)>,
+}
+
+pub use compile::Authz;

@@ -1,0 +1,340 @@
+//! Per-request evaluation, as Envoy's RBAC filters evaluate istiod's output: AUDIT (LOG), DENY
+//! and ALLOW filters in that order, each with enforced and shadow (dry-run) rules, policies in
+//! lexicographic name order, the first match deciding.
+
+use crate::compile::{Atom, CRule, Cond, Custom, MetaMatch, RuleSet};
+use crate::matcher::StrMatch;
+use crate::{Authz, MetaValue, Provider, Request};
+use serde_json::Value;
+
+/// An input a rule needed that the filter could not provide. The request is denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missing(pub &'static str);
+
+/// Why a request was allowed or denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason<'e> {
+    /// Allowed: no enforced ALLOW policy applies and no DENY policy matched.
+    NoAllowPolicy,
+    /// Allowed by this ALLOW rule.
+    Allowed { rule: &'e str },
+    /// Denied: ALLOW policies apply but none matched.
+    NoAllowMatch,
+    /// Denied by this DENY rule.
+    Denied { rule: &'e str },
+    /// Denied: a CUSTOM rule matched but its provider is unusable.
+    BadCustom { rule: &'e str, reason: &'e str },
+    /// Denied: PeerAuthentication STRICT on this port and the connection is not mutual TLS.
+    PeerAuthnStrict { port: u32, policy: Option<String> },
+    /// Denied: an input the policies need was unavailable (fail closed).
+    Missing(Missing),
+}
+
+/// A dry-run (shadow) result: what the dry-run policies would have decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadow<'e> {
+    pub allowed: bool,
+    /// The dry-run rule that matched, if any.
+    pub rule: Option<&'e str>,
+}
+
+/// The decision and what it is based on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict<'e> {
+    pub allowed: bool,
+    pub reason: Reason<'e>,
+    /// Matching AUDIT rules (they never change the decision).
+    pub audit: Vec<&'e str>,
+    pub dry_run_deny: Option<Shadow<'e>>,
+    pub dry_run_allow: Option<Shadow<'e>>,
+}
+
+impl<'e> Verdict<'e> {
+    fn new(allowed: bool, reason: Reason<'e>) -> Self {
+        Verdict { allowed, reason, audit: Vec::new(), dry_run_deny: None, dry_run_allow: None }
+    }
+
+    /// `ALLOW`, `DENY`, `CUSTOM`, `PEER_AUTHN`, `ERROR` or `DEFAULT` (no rule decided).
+    pub fn action(&self) -> &'static str {
+        match self.reason {
+            Reason::NoAllowPolicy | Reason::NoAllowMatch => "DEFAULT",
+            Reason::Allowed { .. } => "ALLOW",
+            Reason::Denied { .. } => "DENY",
+            Reason::BadCustom { .. } => "CUSTOM",
+            Reason::PeerAuthnStrict { .. } => "PEER_AUTHN",
+            Reason::Missing(_) => "ERROR",
+        }
+    }
+
+    /// The rule that decided, Istio's RBAC policy name.
+    pub fn rule(&self) -> Option<&'e str> {
+        match self.reason {
+            Reason::Allowed { rule } | Reason::Denied { rule } | Reason::BadCustom { rule, .. } => Some(rule),
+            _ => None,
+        }
+    }
+
+    /// A sentence for logs and `wasmeshctl check`.
+    pub fn explain(&self) -> String {
+        let verdict = if self.allowed { "ALLOW" } else { "DENY" };
+        let why = match &self.reason {
+            Reason::NoAllowPolicy => "no ALLOW policy applies to the workload and no DENY policy matched".to_string(),
+            Reason::Allowed { rule } => format!("ALLOW rule {rule} matched"),
+            Reason::NoAllowMatch => "ALLOW policies apply to the workload but none matched".to_string(),
+            Reason::Denied { rule } => format!("DENY rule {rule} matched"),
+            Reason::BadCustom { rule, reason } => format!("CUSTOM rule {rule} matched but the provider is unusable: {reason}"),
+            Reason::PeerAuthnStrict { port, policy } => format!(
+                "PeerAuthentication is STRICT on port {port} ({}) and the connection is not mutual TLS",
+                policy.as_deref().unwrap_or("default")
+            ),
+            Reason::Missing(Missing(what)) => format!("{what} is unavailable to the filter; failing closed"),
+        };
+        let mut s = format!("{verdict}: {why}");
+        if !self.audit.is_empty() {
+            s.push_str(&format!("; audited by {}", self.audit.join(", ")));
+        }
+        for (name, sh) in [("DENY", &self.dry_run_deny), ("ALLOW", &self.dry_run_allow)] {
+            if let Some(sh) = sh {
+                s.push_str(&format!(
+                    "; dry-run {name} policies would {}{}",
+                    if sh.allowed { "allow" } else { "deny" },
+                    sh.rule.map(|r| format!(" ({r})")).unwrap_or_default()
+                ));
+            }
+        }
+        s
+    }
+
+    /// A short text for the `AUTHZ_DECISION` hand-over `shadow` field.
+    pub fn shadow_text(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for (name, sh) in [("deny", &self.dry_run_deny), ("allow", &self.dry_run_allow)] {
+            if let Some(sh) = sh {
+                parts.push(format!(
+                    "dry-run {name}: {}{}",
+                    if sh.allowed { "allowed" } else { "denied" },
+                    sh.rule.map(|r| format!(" by {r}")).unwrap_or_default()
+                ));
+            }
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// What the CUSTOM stage asks of the filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomOutcome<'e> {
+    /// No CUSTOM rule matched: go on.
+    Continue,
+    /// Ask the provider; its answer decides (deny, or go on).
+    Check { provider: &'e Provider, rule: &'e str },
+    /// Deny now (bad provider, or a missing input).
+    Deny(Verdict<'e>),
+}
+
+impl Authz {
+    /// PeerAuthentication: STRICT on the destination port refuses plaintext.
+    pub fn peer_authn<'e>(&'e self, req: &Request<'_>) -> Option<Verdict<'e>> {
+        let p = self.peer_authn.as_ref()?;
+        if req.mtls {
+            return None;
+        }
+        let Some(port) = req.destination_port else {
+            if self.needs.mtls {
+                return Some(Verdict::new(false, Reason::Missing(Missing("destination.port"))));
+            }
+            return None;
+        };
+        if p.admits(port, false) {
+            return None;
+        }
+        Some(Verdict::new(false, Reason::PeerAuthnStrict { port, policy: p.explain(port).policy.clone() }))
+    }
+
+    /// The CUSTOM stage (istiod's shadow RBAC + ext_authz pair).
+    pub fn custom<'e>(&'e self, req: &Request<'_>) -> CustomOutcome<'e> {
+        match &self.custom {
+            Custom::None => CustomOutcome::Continue,
+            Custom::Ext { provider, rules } => match first_match(rules, req) {
+                Ok(Some(rule)) => CustomOutcome::Check { provider, rule },
+                Ok(None) => CustomOutcome::Continue,
+                Err(m) => CustomOutcome::Deny(Verdict::new(false, Reason::Missing(m))),
+            },
+            Custom::Bad { reason, rules } => match first_match(rules, req) {
+                Ok(Some(rule)) => CustomOutcome::Deny(Verdict::new(false, Reason::BadCustom { rule, reason })),
+                Ok(None) => CustomOutcome::Continue,
+                Err(m) => CustomOutcome::Deny(Verdict::new(false, Reason::Missing(m))),
+            },
+        }
+    }
+
+    /// AUDIT, DENY and ALLOW, as three RBAC filters in Istio's order.
+    pub fn rbac<'e>(&'e self, req: &Request<'_>) -> Verdict<'e> {
+        let mut audit = Vec::new();
+        for r in &self.audit {
+            if matches(r, req).unwrap_or(false) {
+                audit.push(r.name.as_str());
+            }
+        }
+        let dry_run_deny = shadow(&self.deny, req, true);
+        let mut v = match deny_filter(&self.deny, req) {
+            Err(m) => Verdict::new(false, Reason::Missing(m)),
+            Ok(Some(rule)) => Verdict::new(false, Reason::Denied { rule }),
+            Ok(None) => {
+                let dry_run_allow = shadow(&self.allow, req, false);
+                let mut v = match &self.allow.rules {
+                    None => Verdict::new(true, Reason::NoAllowPolicy),
+                    Some(rules) => match first_match(rules, req) {
+                        Err(m) => Verdict::new(false, Reason::Missing(m)),
+                        Ok(Some(rule)) => Verdict::new(true, Reason::Allowed { rule }),
+                        Ok(None) => Verdict::new(false, Reason::NoAllowMatch),
+                    },
+                };
+                v.dry_run_allow = dry_run_allow;
+                v
+            }
+        };
+        v.audit = audit;
+        v.dry_run_deny = dry_run_deny;
+        v
+    }
+
+    /// The whole chain without an extension provider (for `wasmeshctl check` and tests): a
+    /// matching CUSTOM rule is reported through `custom` and treated as allowed by the provider.
+    pub fn evaluate<'e>(&'e self, req: &Request<'_>) -> (Option<CustomOutcome<'e>>, Verdict<'e>) {
+        if let Some(v) = self.peer_authn(req) {
+            return (None, v);
+        }
+        let c = self.custom(req);
+        if let CustomOutcome::Deny(v) = c {
+            return (None, v);
+        }
+        let c = if c == CustomOutcome::Continue { None } else { Some(c) };
+        (c, self.rbac(req))
+    }
+}
+
+fn deny_filter<'e>(set: &'e RuleSet, req: &Request<'_>) -> Result<Option<&'e str>, Missing> {
+    match &set.rules {
+        None => Ok(None),
+        Some(rules) => first_match(rules, req),
+    }
+}
+
+/// Envoy `shadow_rules`: the result the dry-run rules alone would give.
+fn shadow<'e>(set: &'e RuleSet, req: &Request<'_>, deny: bool) -> Option<Shadow<'e>> {
+    let rules = set.shadow.as_ref()?;
+    let hit = first_match(rules, req).unwrap_or(None);
+    Some(Shadow { allowed: if deny { hit.is_none() } else { hit.is_some() }, rule: hit })
+}
+
+fn first_match<'e>(rules: &'e [CRule], req: &Request<'_>) -> Result<Option<&'e str>, Missing> {
+    for r in rules {
+        if matches(r, req)? {
+            return Ok(Some(r.name.as_str()));
+        }
+    }
+    Ok(None)
+}
+
+/// Envoy `PolicyMatcher`: any permission AND any principal.
+pub(crate) fn matches(r: &CRule, req: &Request<'_>) -> Result<bool, Missing> {
+    Ok(any_and(&r.permissions, req)? && any_and(&r.principals, req)?)
+}
+
+fn any_and(list: &[Vec<Cond>], req: &Request<'_>) -> Result<bool, Missing> {
+    for and in list {
+        let mut all = true;
+        for c in and {
+            if !cond(c, req)? {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn cond(c: &Cond, req: &Request<'_>) -> Result<bool, Missing> {
+    let (atoms, negate) = match c {
+        Cond::Or(a) => (a, false),
+        Cond::NotOr(a) => (a, true),
+    };
+    for a in atoms {
+        if atom(a, req)? {
+            return Ok(!negate);
+        }
+    }
+    Ok(negate)
+}
+
+fn atom(a: &Atom, req: &Request<'_>) -> Result<bool, Missing> {
+    Ok(match a {
+        Atom::Host(m) => m.matches(req.header(":authority").as_deref()),
+        Atom::Method(m) => m.matches(req.header(":method").as_deref()),
+        Atom::Path(m) => req.url_path().is_some_and(|p| m.matches(p)),
+        Atom::DestPort(p) => req.destination_port.ok_or(Missing("destination.port"))? == *p,
+        Atom::DestIp(c) => c.contains(req.destination_ip.ok_or(Missing("destination.address"))?),
+        Atom::Sni(m) => m.matches(req.sni),
+        Atom::Metadata { filter, key, values } => {
+            let Some(e) = req.metadata.iter().find(|e| &e.filter == filter && &e.key == key) else {
+                return Ok(false);
+            };
+            values.iter().any(|m| match (m, &e.value) {
+                (MetaMatch::String(s), MetaValue::String(v)) => s.matches(v),
+                (MetaMatch::ListOneOf(s), MetaValue::List(items)) => {
+                    items.iter().any(|i| matches!(i, MetaValue::String(v) if s.matches(v)))
+                }
+                _ => false,
+            })
+        }
+        Atom::Peer(m) => req.mtls && req.peer.iter().any(|n| m.matches(n)),
+        Atom::DirectIp(c) => c.contains(req.source_ip.ok_or(Missing("the direct peer address (source.ip)"))?),
+        Atom::RemoteIp(c) => c.contains(req.remote_ip.ok_or(Missing("source.address (remote.ip)"))?),
+        Atom::Header { name, m } => m.matches(req.header(name).as_deref()),
+        Atom::Jwt { iss, sub } => {
+            let Some(id) = req.identity else { return Ok(false) };
+            let (i, s) = if id.claims.is_empty() {
+                (Some(id.issuer.as_str()), Some(id.subject.as_str()))
+            } else {
+                (id.claims.get("iss").and_then(Value::as_str), id.claims.get("sub").and_then(Value::as_str))
+            };
+            i.is_some_and(|i| iss.matches(i.as_bytes())) && s.is_some_and(|s| sub.matches(s.as_bytes()))
+        }
+        Atom::Claim { path, values } => {
+            let Some(id) = req.identity else { return Ok(false) };
+            let fallback;
+            let v = if id.claims.is_empty() && path.len() == 1 && path[0] == "aud" {
+                fallback = Value::from(id.audiences.clone());
+                Some(&fallback)
+            } else if id.claims.is_empty() && path.len() == 1 && path[0] == "azp" {
+                fallback = id.presenter.clone().map(Value::from).unwrap_or(Value::Null);
+                Some(&fallback)
+            } else {
+                claim(&id.claims, path)
+            };
+            match v {
+                Some(Value::String(s)) => any_str(values, s),
+                Some(Value::Array(items)) => items.iter().any(|i| i.as_str().is_some_and(|s| any_str(values, s))),
+                _ => false,
+            }
+        }
+    })
+}
+
+fn any_str(values: &[StrMatch], s: &str) -> bool {
+    values.iter().any(|m| m.matches(s.as_bytes()))
+}
+
+/// Envoy metadata path traversal: through objects only.
+fn claim<'v>(claims: &'v serde_json::Map<String, Value>, path: &[String]) -> Option<&'v Value> {
+    let (first, rest) = path.split_first()?;
+    let mut v = claims.get(first)?;
+    for k in rest {
+        v = v.as_object()?.get(k)?;
+    }
+    Some(v)
+}

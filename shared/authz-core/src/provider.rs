@@ -1,0 +1,376 @@
+//! meshConfig `extensionProviders` for CUSTOM authorization (`envoyExtAuthzHttp`), validated as
+//! istiod does (`pilot/pkg/security/authz/builder/extauthz.go`) and described the way Envoy's
+//! HTTP ext_authz client behaves, so the filter can reproduce it with `dispatch_http_call`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// istiod's default when `timeout` is not set.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `meshConfig.extensionProviders[].envoyExtAuthzHttp` (MeshConfig field names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExtAuthzHttp {
+    /// `[<namespace>/]<hostname>` of the authorization service.
+    #[serde(default)]
+    pub service: String,
+    #[serde(default)]
+    pub port: u32,
+    /// e.g. `0.5s`, `10s`; default 600s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path_prefix: String,
+    #[serde(default)]
+    pub fail_open: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status_on_error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_request_headers_in_check: Vec<String>,
+    /// Deprecated spelling, used only when `includeRequestHeadersInCheck` is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_headers_in_check: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub include_additional_headers_in_check: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_request_body_in_check: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_to_upstream_on_allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_to_downstream_on_deny: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_to_downstream_on_allow: Vec<String>,
+}
+
+/// A validated CUSTOM provider, ready for the filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub name: String,
+    /// The Envoy cluster the check is sent to: `outbound|<port>||<host>`, as istiod names it.
+    pub cluster: String,
+    /// The `:authority` of the check request.
+    pub authority: String,
+    pub timeout: Duration,
+    pub path_prefix: String,
+    pub fail_open: bool,
+    /// The status sent when the service fails and `failOpen` is false (Envoy default 403).
+    pub status_on_error: u32,
+    /// Request headers copied into the check (always also `authorization`, `:method`,
+    /// `:path`, `:authority`), matched case-insensitively.
+    pub request_headers: Vec<NameMatch>,
+    /// Extra headers set on the check (`includeAdditionalHeadersInCheck`), sorted.
+    pub additional_headers: Vec<(String, String)>,
+    pub to_upstream_on_allow: Vec<NameMatch>,
+    /// Empty: every header of the denial except `host` goes to the client (Envoy's default).
+    pub to_downstream_on_deny: Vec<NameMatch>,
+    pub to_downstream_on_allow: Vec<NameMatch>,
+}
+
+/// A header-name pattern of the provider lists: exact, `prefix*` or `*suffix`, ignoring case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+}
+
+impl NameMatch {
+    fn new(pattern: &str) -> NameMatch {
+        let p = pattern.to_ascii_lowercase();
+        if let Some(rest) = p.strip_prefix('*') {
+            NameMatch::Suffix(rest.to_string())
+        } else if let Some(rest) = p.strip_suffix('*') {
+            NameMatch::Prefix(rest.to_string())
+        } else {
+            NameMatch::Exact(p)
+        }
+    }
+    /// `name` is lower-case, as Envoy hands header names over.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            NameMatch::Exact(x) => name.eq_ignore_ascii_case(x),
+            NameMatch::Prefix(x) => name.len() >= x.len() && name.as_bytes()[..x.len()].eq_ignore_ascii_case(x.as_bytes()),
+            NameMatch::Suffix(x) => {
+                name.len() >= x.len() && name.as_bytes()[name.len() - x.len()..].eq_ignore_ascii_case(x.as_bytes())
+            }
+        }
+    }
+}
+
+/// Whether any pattern of a list matches.
+pub fn any_match(list: &[NameMatch], name: &str) -> bool {
+    list.iter().any(|m| m.matches(name))
+}
+
+impl Provider {
+    /// Headers of the original request copied into the check request.
+    pub fn forwards_request_header(&self, name: &str) -> bool {
+        matches!(name, "authorization" | ":method" | ":path" | ":authority") || any_match(&self.request_headers, name)
+    }
+
+    /// Headers of an OK response copied onto the upstream request (replacing).
+    pub fn upstream_on_allow(&self, name: &str) -> bool {
+        any_match(&self.to_upstream_on_allow, name)
+    }
+
+    /// Headers of an OK response added to the response to the client.
+    pub fn downstream_on_allow(&self, name: &str) -> bool {
+        any_match(&self.to_downstream_on_allow, name)
+    }
+
+    /// Headers of a denial copied to the client: everything but `host` when the list is empty,
+    /// otherwise the list plus `:status`, `content-length`, `www-authenticate`, `location`.
+    pub fn downstream_on_deny(&self, name: &str) -> bool {
+        if self.to_downstream_on_deny.is_empty() {
+            return name != ":authority" && name != "host";
+        }
+        matches!(name, ":status" | "content-length" | "www-authenticate" | "location") || any_match(&self.to_downstream_on_deny, name)
+    }
+}
+
+/// Envoy's `envoy.type.v3.StatusCode` values: what `statusOnError` accepts.
+const ENVOY_STATUS_CODES: &[u32] = &[
+    100, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 307, 308, 400, 401, 402,
+    403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 423, 424, 426, 428, 429,
+    431, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
+];
+
+/// Parses and validates `extensionProviders` as istiod's `processExtensionProvider` does.
+/// Returns, per provider name, the provider or why it is unusable (a CUSTOM policy naming an
+/// unusable provider denies the requests it matches). Providers of other kinds (tracing,
+/// access logging, metrics) are skipped; `envoyExtAuthzGrpc` is reported as unsupported.
+pub fn parse_providers(values: &[serde_json::Value]) -> BTreeMap<String, Result<Provider, String>> {
+    let mut out: BTreeMap<String, Result<Provider, String>> = BTreeMap::new();
+    for (i, v) in values.iter().enumerate() {
+        let name = v.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string();
+        let mut errs: Vec<String> = Vec::new();
+        if name.is_empty() {
+            errs.push(format!("extensionProviders[{i}]: name must not be empty"));
+        } else if out.contains_key(&name) {
+            errs.push(format!("extensionProviders[{i}]: name must be unique, found duplicate {name:?}"));
+        } else if let Err(e) = validate_provider_name(&name) {
+            errs.push(format!("extensionProviders[{i}]: invalid name {name:?}: {e}"));
+        }
+        let parsed = if let Some(http) = v.get("envoyExtAuthzHttp") {
+            match serde_json::from_value::<ExtAuthzHttp>(http.clone()) {
+                Ok(cfg) => build_http(&name, &cfg),
+                Err(e) => Err(vec![format!("envoyExtAuthzHttp: {e}")]),
+            }
+        } else if v.get("envoyExtAuthzGrpc").is_some() {
+            Err(vec!["envoyExtAuthzGrpc is not supported by wasmesh (use envoyExtAuthzHttp)".to_string()])
+        } else {
+            continue;
+        };
+        let result = match parsed {
+            Ok(p) if errs.is_empty() => Ok(p),
+            Ok(_) => Err(errs.join("; ")),
+            Err(mut e) => {
+                errs.append(&mut e);
+                Err(errs.join("; "))
+            }
+        };
+        if !name.is_empty() && !matches!(out.get(&name), Some(Ok(_))) {
+            out.insert(name.clone(), result);
+        } else if !name.is_empty() {
+            // A duplicate name poisons the provider, as istiod's error for it does.
+            out.insert(name.clone(), Err(format!("extension provider name must be unique, found duplicate {name:?}")));
+        }
+    }
+    out
+}
+
+/// istiod `validateProviderName`: a DNS-1123 label.
+fn validate_provider_name(name: &str) -> Result<(), String> {
+    if name.len() > 63 {
+        return Err(format!("too long (max 63 characters): {}", name.len()));
+    }
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
+            continue;
+        }
+        if c.is_ascii_uppercase() {
+            return Err(format!("uppercase letters not allowed (use lowercase): {c:?} at position {i}"));
+        }
+        return Err(format!("invalid character {c:?} at position {i} (only lowercase letters, digits, and hyphens allowed)"));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err("cannot start or end with a hyphen".into());
+    }
+    Ok(())
+}
+
+fn build_http(name: &str, cfg: &ExtAuthzHttp) -> Result<Provider, Vec<String>> {
+    let mut errs = Vec::new();
+    if !(1..=65535).contains(&cfg.port) {
+        errs.push(format!("port must be in the range [1, 65535], found: {}", cfg.port));
+    }
+    // `[<namespace>/]<hostname>`; istiod resolves it in its registry, wasmesh names the cluster.
+    let host = match cfg.service.split_once('/') {
+        Some((_, h)) => h,
+        None => cfg.service.as_str(),
+    };
+    if host.is_empty() {
+        errs.push("service must be set ([<namespace>/]<hostname>)".into());
+    }
+    let status_on_error = if cfg.status_on_error.is_empty() {
+        403
+    } else {
+        match cfg.status_on_error.parse::<u32>() {
+            Ok(c) if ENVOY_STATUS_CODES.contains(&c) => c,
+            Ok(c) => {
+                errs.push(format!("unsupported statusOnError {c}, supported values: {ENVOY_STATUS_CODES:?}"));
+                403
+            }
+            Err(_) => {
+                errs.push(format!("invalid statusOnError {:?}: not a number", cfg.status_on_error));
+                403
+            }
+        }
+    };
+    if !cfg.path_prefix.is_empty() && !cfg.path_prefix.starts_with('/') {
+        errs.push(format!("pathPrefix must begin with `/`, found: {:?}", cfg.path_prefix));
+    }
+    if cfg.path_prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        errs.push(format!("invalid pathPrefix {:?}", cfg.path_prefix));
+    }
+    let timeout = match &cfg.timeout {
+        None => DEFAULT_TIMEOUT,
+        Some(t) => match wasmesh_istio::parse_duration(t) {
+            Ok(d) => d,
+            Err(e) => {
+                errs.push(format!("timeout: {e}"));
+                DEFAULT_TIMEOUT
+            }
+        },
+    };
+    if cfg.include_request_body_in_check.is_some() {
+        errs.push("includeRequestBodyInCheck is not supported by wasmesh yet".into());
+    }
+    let lists = [
+        ("includeRequestHeadersInCheck", &cfg.include_request_headers_in_check),
+        ("includeHeadersInCheck", &cfg.include_headers_in_check),
+        ("headersToDownstreamOnDeny", &cfg.headers_to_downstream_on_deny),
+        ("headersToDownstreamOnAllow", &cfg.headers_to_downstream_on_allow),
+        ("headersToUpstreamOnAllow", &cfg.headers_to_upstream_on_allow),
+    ];
+    for (field, values) in lists {
+        if values.iter().any(|v| v == "*") {
+            errs.push(format!(
+                "a single wildcard (\"*\") is not supported, change it to either prefix or suffix match: {field}"
+            ));
+        }
+    }
+    for (k, v) in &cfg.include_additional_headers_in_check {
+        if !is_header_name(k) || v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            errs.push(format!("includeAdditionalHeadersInCheck: invalid header {k:?}: {v:?}"));
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let request = if cfg.include_request_headers_in_check.is_empty() {
+        &cfg.include_headers_in_check
+    } else {
+        &cfg.include_request_headers_in_check
+    };
+    let list = |v: &Vec<String>| v.iter().map(|p| NameMatch::new(p)).collect::<Vec<_>>();
+    Ok(Provider {
+        name: name.to_string(),
+        cluster: format!("outbound|{}||{}", cfg.port, host),
+        authority: host.to_string(),
+        timeout,
+        path_prefix: cfg.path_prefix.clone(),
+        fail_open: cfg.fail_open,
+        status_on_error,
+        request_headers: list(request),
+        additional_headers: cfg
+            .include_additional_headers_in_check
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
+        to_upstream_on_allow: list(&cfg.headers_to_upstream_on_allow),
+        to_downstream_on_deny: list(&cfg.headers_to_downstream_on_deny),
+        to_downstream_on_allow: list(&cfg.headers_to_downstream_on_allow),
+    })
+}
+
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_http_provider_with_every_field() {
+        let p = parse_providers(&[json!({"name": "ext", "envoyExtAuthzHttp": {
+            "service": "foo/authz.foo.svc.cluster.local", "port": 8000, "timeout": "0.5s",
+            "pathPrefix": "/check", "failOpen": true, "statusOnError": "503",
+            "includeRequestHeadersInCheck": ["x-ext-authz", "x-pre*"],
+            "includeAdditionalHeadersInCheck": {"X-Added": "v"},
+            "headersToUpstreamOnAllow": ["x-user"], "headersToDownstreamOnDeny": ["x-reason"],
+            "headersToDownstreamOnAllow": ["*-trace"]
+        }})]);
+        let p = p["ext"].clone().unwrap();
+        assert_eq!(p.cluster, "outbound|8000||authz.foo.svc.cluster.local");
+        assert_eq!(p.timeout, Duration::from_millis(500));
+        assert_eq!(p.status_on_error, 503);
+        assert!(p.fail_open);
+        assert!(p.forwards_request_header("x-ext-authz"));
+        assert!(p.forwards_request_header("x-prefixed"));
+        assert!(p.forwards_request_header("authorization"));
+        assert!(!p.forwards_request_header("cookie"));
+        assert_eq!(p.additional_headers, vec![("x-added".to_string(), "v".to_string())]);
+        assert!(p.upstream_on_allow("x-user"));
+        assert!(p.downstream_on_allow("x-b3-trace"));
+        assert!(p.downstream_on_deny("x-reason"));
+        assert!(p.downstream_on_deny("www-authenticate"));
+        assert!(!p.downstream_on_deny("x-other"));
+    }
+
+    #[test]
+    fn defaults_and_deny_headers() {
+        let p = parse_providers(&[json!({"name": "a", "envoyExtAuthzHttp": {"service": "authz", "port": 80}})]);
+        let p = p["a"].clone().unwrap();
+        assert_eq!(p.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(p.status_on_error, 403);
+        assert!(p.downstream_on_deny("x-anything"), "empty list: everything but host");
+        assert!(!p.downstream_on_deny(":authority"));
+    }
+
+    #[test]
+    fn invalid_providers_are_reported_not_dropped() {
+        let p = parse_providers(&[
+            json!({"name": "Bad", "envoyExtAuthzHttp": {"service": "a", "port": 80}}),
+            json!({"name": "noport", "envoyExtAuthzHttp": {"service": "a"}}),
+            json!({"name": "st", "envoyExtAuthzHttp": {"service": "a", "port": 1, "statusOnError": "299"}}),
+            json!({"name": "wild", "envoyExtAuthzHttp": {"service": "a", "port": 1, "headersToUpstreamOnAllow": ["*"]}}),
+            json!({"name": "pp", "envoyExtAuthzHttp": {"service": "a", "port": 1, "pathPrefix": "check"}}),
+            json!({"name": "typo", "envoyExtAuthzHttp": {"service": "a", "port": 1, "failopen": true}}),
+            json!({"name": "grpc", "envoyExtAuthzGrpc": {"service": "a", "port": 1}}),
+            json!({"name": "zipkin", "zipkin": {"service": "z", "port": 9411}}),
+        ]);
+        assert!(p["Bad"].as_ref().unwrap_err().contains("uppercase"));
+        assert!(p["noport"].as_ref().unwrap_err().contains("port must be"));
+        assert!(p["st"].as_ref().unwrap_err().contains("statusOnError"));
+        assert!(p["wild"].as_ref().unwrap_err().contains("single wildcard"));
+        assert!(p["pp"].as_ref().unwrap_err().contains("pathPrefix"));
+        assert!(p["typo"].as_ref().unwrap_err().contains("failopen"));
+        assert!(p["grpc"].as_ref().unwrap_err().contains("not supported"));
+        assert!(!p.contains_key("zipkin"));
+    }
+
+    #[test]
+    fn duplicate_names_poison_the_provider() {
+        let p = parse_providers(&[
+            json!({"name": "a", "envoyExtAuthzHttp": {"service": "x", "port": 80}}),
+            json!({"name": "a", "envoyExtAuthzHttp": {"service": "y", "port": 80}}),
+        ]);
+        assert!(p["a"].is_err());
+    }
+}
