@@ -1,2 +1,486 @@
-//! wasmesh stats filter: thin proxy-wasm adapter over wasmesh-stats.
+//! wasmesh stats: Istio's standard metrics and peer metadata exchange in any Envoy.
+//!
+//! One module, two kinds of filter, chosen by the configuration's `protocol`:
+//! * `http` (an HTTP filter): exchanges `x-envoy-peer-metadata` headers with the other sidecar,
+//!   hands what it learnt to later filters (filter state `PEER_DOWNSTREAM` / `PEER_UPSTREAM`),
+//!   and in `on_log` records `istio_requests_total`, `istio_request_duration_milliseconds`,
+//!   `istio_request_bytes`, `istio_response_bytes` and, for gRPC, the message counters;
+//! * `tcp` (a network filter): `istio_tcp_connections_opened_total`/`_closed_total`,
+//!   `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`.
+//!
+//! All decisions are in `wasmesh-stats`; this file reads Envoy attributes and headers and calls
+//! the hostcalls. Telemetry fails open: nothing here ever changes or stops a request, and nothing
+//! read from the wire can make it panic.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, PeerType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use wasmesh_stats::grpc::{is_grpc_content_type, GrpcFrameCounter};
+use wasmesh_stats::peer::{self, HEADER_METADATA, HEADER_METADATA_ID};
+use wasmesh_stats::{
+    Direction, Facts, HttpMeasures, ListenerProtocol, Metric, MetricCache, MetricHost, MetricType, PeerCache,
+    PeerMetadata, Protocol, ServiceInfo, Stats, StatsConfig,
+};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(StatsRoot { shared: None }) });
+}}
+
+/// Per-VM state shared by every stream of one plugin.
+struct Shared {
+    stats: Stats,
+    cache: RefCell<MetricCache>,
+    peers: RefCell<PeerCache>,
+    /// Cluster name → its Istio service (from cluster metadata or the cluster's name).
+    services: RefCell<HashMap<String, Option<Rc<ServiceInfo>>>>,
+    /// Scratch buffer for encoded tags.
+    key: RefCell<String>,
+}
+
+const MAX_CACHED_CLUSTERS: usize = 1024;
+
+impl Shared {
+    fn service(&self, cluster: &str) -> Option<Rc<ServiceInfo>> {
+        if let Some(hit) = self.services.borrow().get(cluster) {
+            return hit.clone();
+        }
+        let found = cluster_metadata_service().or_else(|| self.stats.service_for_cluster(cluster)).map(Rc::new);
+        let mut map = self.services.borrow_mut();
+        if map.len() >= MAX_CACHED_CLUSTERS {
+            map.clear();
+        }
+        map.insert(cluster.to_string(), found.clone());
+        found
+    }
+}
+
+/// Istio's cluster metadata `filter_metadata.istio.services[0]` of the upstream cluster.
+fn cluster_metadata_service() -> Option<ServiceInfo> {
+    let get = |field: &str| {
+        wasmesh_proxy::property_string(&["xds", "cluster_metadata", "filter_metadata", "istio", "services", "0", field])
+    };
+    let host = get("host").filter(|h| !h.is_empty())?;
+    Some(ServiceInfo { name: get("name").unwrap_or_default(), namespace: get("namespace").unwrap_or_default(), host })
+}
+
+struct StatsRoot {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for StatsRoot {}
+
+impl RootContext for StatsRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some(bytes) = wasmesh_proxy::plugin_configuration() else {
+            wasmesh_proxy::log_error("wasmesh stats: no plugin configuration; expected the JSON wasmeshctl writes");
+            return false;
+        };
+        match StatsConfig::compile_json(&bytes) {
+            Ok(stats) => {
+                wasmesh_proxy::log_info(&format!(
+                    "wasmesh stats: {:?} {:?} listener of {}/{}, reporter {}",
+                    stats.protocol,
+                    stats.direction,
+                    stats.local.namespace,
+                    stats.local.workload,
+                    stats.reporter.value()
+                ));
+                let cache = MetricCache::new(stats.max_label_sets);
+                self.shared = Some(Rc::new(Shared {
+                    stats,
+                    cache: RefCell::new(cache),
+                    peers: RefCell::new(PeerCache::default()),
+                    services: RefCell::new(HashMap::new()),
+                    key: RefCell::new(String::with_capacity(2048)),
+                }));
+                true
+            }
+            Err(e) => {
+                wasmesh_proxy::log_error(&format!("wasmesh stats: configuration rejected: {e}"));
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let shared = self.shared.clone()?;
+        Some(Box::new(StatsHttp {
+            shared,
+            peer: None,
+            request_had_mx: false,
+            request_seen: false,
+            grpc: false,
+            request_frames: GrpcFrameCounter::default(),
+            response_frames: GrpcFrameCounter::default(),
+        }))
+    }
+
+    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        let shared = self.shared.clone()?;
+        Some(Box::new(StatsTcp { shared, keys: None, closed: false }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        match self.shared.as_ref().map(|s| s.stats.protocol) {
+            Some(ListenerProtocol::Tcp) => Some(ContextType::StreamContext),
+            _ => Some(ContextType::HttpContext),
+        }
+    }
+}
+
+/// Envoy's metric hostcalls.
+struct Host;
+
+impl MetricHost for Host {
+    fn define(&mut self, ty: MetricType, name: &str) -> Option<u32> {
+        let t = match ty {
+            MetricType::Counter => proxy_wasm::types::MetricType::Counter,
+            MetricType::Histogram => proxy_wasm::types::MetricType::Histogram,
+        };
+        hostcalls::define_metric(t, name).ok()
+    }
+    fn increment(&mut self, id: u32, by: u64) {
+        let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+    }
+    fn record(&mut self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
+fn prop_i64(path: &[&str]) -> Option<i64> {
+    wasmesh_proxy::property_u64(path).map(|v| v as i64)
+}
+
+fn nonneg(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
+
+fn response_header_value(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
+}
+
+/// Evaluates the Telemetry override expressions of this listener.
+fn evaluate(stats: &Stats) -> Vec<Option<String>> {
+    if stats.exprs_needed().is_empty() {
+        return Vec::new();
+    }
+    stats.evaluate(|path| {
+        let p: Vec<&str> = path.iter().map(String::as_str).collect();
+        wasmesh_proxy::property(&p)
+    })
+}
+
+/// The upstream peer from the endpoint's metadata (Istio's client-side fallback).
+fn endpoint_peer() -> Option<PeerMetadata> {
+    let s = wasmesh_proxy::property_string(&["xds", "upstream_host_metadata", "filter_metadata", "istio", "workload"])?;
+    peer::from_endpoint_metadata(&s)
+}
+
+/// (peer principal, local principal): the first URI SANs of the connection's certificates.
+fn principals(direction: Direction) -> (String, String) {
+    match direction {
+        Direction::Inbound => {
+            if wasmesh_proxy::property_bool(&["connection", "mtls"]) != Some(true) {
+                return (String::new(), String::new());
+            }
+            (
+                wasmesh_proxy::property_string(&["connection", "uri_san_peer_certificate"]).unwrap_or_default(),
+                wasmesh_proxy::property_string(&["connection", "uri_san_local_certificate"]).unwrap_or_default(),
+            )
+        }
+        Direction::Outbound | Direction::Gateway => {
+            let peer = wasmesh_proxy::property_string(&["upstream", "uri_san_peer_certificate"]).unwrap_or_default();
+            if peer.is_empty() {
+                return (peer, String::new());
+            }
+            let local = wasmesh_proxy::property_string(&["upstream", "uri_san_local_certificate"]).unwrap_or_default();
+            (peer, local)
+        }
+    }
+}
+
+struct StatsHttp {
+    shared: Rc<Shared>,
+    /// The other side's metadata: downstream (inbound) or upstream (outbound, gateway).
+    peer: Option<Rc<PeerMetadata>>,
+    /// The request carried metadata-exchange headers (inbound answers only then, as Istio).
+    request_had_mx: bool,
+    request_seen: bool,
+    grpc: bool,
+    request_frames: GrpcFrameCounter,
+    response_frames: GrpcFrameCounter,
+}
+
+impl Context for StatsHttp {}
+
+impl StatsHttp {
+    fn inbound_request(&mut self) {
+        // One hostcall for all headers: the exchange headers and the content type.
+        let headers = wasmesh_proxy::request_headers();
+        let mut md: Option<&[u8]> = None;
+        let mut id: Option<&[u8]> = None;
+        for (k, v) in &headers {
+            match k.as_str() {
+                HEADER_METADATA => md = Some(v),
+                HEADER_METADATA_ID => id = Some(v),
+                "content-type" => self.grpc = is_grpc_content_type(v),
+                _ => {}
+            }
+        }
+        if !self.shared.stats.metadata_exchange {
+            return;
+        }
+        if md.is_some() || id.is_some() {
+            // Never let the exchange headers reach the application.
+            self.request_had_mx = true;
+            wasmesh_proxy::remove_request_header(HEADER_METADATA);
+            wasmesh_proxy::remove_request_header(HEADER_METADATA_ID);
+        }
+        if let Some(md) = md {
+            self.peer = self.shared.peers.borrow_mut().get_or_decode(md, id);
+            if let Some(p) = &self.peer {
+                wasmesh_proxy::set_filter_state(wasmesh_handover::PEER_DOWNSTREAM, &wasmesh_handover::encode(&**p));
+            }
+        }
+    }
+
+    fn outbound_request(&mut self) {
+        if let Some(ct) = wasmesh_proxy::request_header("content-type") {
+            self.grpc = is_grpc_content_type(&ct);
+        }
+        if self.shared.stats.metadata_exchange {
+            // Replacing also drops whatever the application (or a client at a gateway) sent.
+            let s = &self.shared.stats;
+            wasmesh_proxy::set_request_header(HEADER_METADATA, s.header_value.as_bytes());
+            wasmesh_proxy::set_request_header(HEADER_METADATA_ID, s.local.node_id.as_bytes());
+        }
+    }
+
+    fn count_frames(&mut self, response: bool, size: usize) {
+        if !self.grpc || size == 0 {
+            return;
+        }
+        let buffer = if response {
+            proxy_wasm::types::BufferType::HttpResponseBody
+        } else {
+            proxy_wasm::types::BufferType::HttpRequestBody
+        };
+        let counter = if response { &mut self.response_frames } else { &mut self.request_frames };
+        if counter.skippable(size) {
+            counter.skip(size);
+            return;
+        }
+        if let Ok(Some(bytes)) = hostcalls::get_buffer(buffer, 0, size) {
+            counter.feed(&bytes);
+        }
+    }
+}
+
+impl HttpContext for StatsHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.request_seen = true;
+        match self.shared.stats.direction {
+            Direction::Inbound => self.inbound_request(),
+            Direction::Outbound | Direction::Gateway => self.outbound_request(),
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        self.count_frames(false, body_size);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.shared.stats.metadata_exchange {
+            return Action::Continue;
+        }
+        match self.shared.stats.direction {
+            Direction::Inbound => {
+                if self.request_had_mx {
+                    let s = &self.shared.stats;
+                    wasmesh_proxy::set_response_header(HEADER_METADATA, s.header_value.as_bytes());
+                    wasmesh_proxy::set_response_header(HEADER_METADATA_ID, s.local.node_id.as_bytes());
+                }
+            }
+            Direction::Outbound | Direction::Gateway => {
+                let md = response_header_value(HEADER_METADATA);
+                let id = response_header_value(HEADER_METADATA_ID);
+                if md.is_some() || id.is_some() {
+                    // The caller (the application, or a client outside the mesh) never sees them.
+                    wasmesh_proxy::remove_response_header(HEADER_METADATA);
+                    wasmesh_proxy::remove_response_header(HEADER_METADATA_ID);
+                }
+                if let Some(md) = md {
+                    self.peer = self.shared.peers.borrow_mut().get_or_decode(&md, id.as_deref());
+                    if let Some(p) = &self.peer {
+                        wasmesh_proxy::set_filter_state(wasmesh_handover::PEER_UPSTREAM, &wasmesh_handover::encode(&**p));
+                    }
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        self.count_frames(true, body_size);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
+        if !stats.any_enabled() {
+            return;
+        }
+        if !self.request_seen {
+            // An earlier filter answered before this one saw the request.
+            self.grpc = wasmesh_proxy::property(&["request", "headers", "content-type"])
+                .map(|ct| is_grpc_content_type(&ct))
+                .unwrap_or(false);
+        }
+        let protocol = if self.grpc { Protocol::Grpc } else { Protocol::Http };
+        let cluster = wasmesh_proxy::property_string(&["xds", "cluster_name"]).unwrap_or_default();
+        let service = shared.service(&cluster);
+        let host = if stats.direction == Direction::Outbound {
+            wasmesh_proxy::property_string(&["request", "host"]).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let fallback_peer = match (&self.peer, stats.direction) {
+            (None, Direction::Outbound | Direction::Gateway) => endpoint_peer(),
+            _ => None,
+        };
+        let (peer_principal, local_principal) = principals(stats.direction);
+        let mut facts = Facts::new(protocol);
+        facts.response_code = nonneg(prop_i64(&["response", "code"])).and_then(|c| u32::try_from(c).ok()).unwrap_or(0);
+        facts.response_flags = nonneg(prop_i64(&["response", "flags"])).unwrap_or(0);
+        if protocol == Protocol::Grpc {
+            facts.grpc_status =
+                nonneg(prop_i64(&["response", "grpc_status"])).and_then(|c| u32::try_from(c).ok());
+        }
+        facts.peer = self.peer.as_deref().or(fallback_peer.as_ref());
+        facts.peer_principal = &peer_principal;
+        facts.local_principal = &local_principal;
+        facts.host = &host;
+        facts.cluster_name = &cluster;
+        facts.service = service.as_deref();
+        let measures = HttpMeasures {
+            duration_ms: nonneg(prop_i64(&["request", "duration"])).map(|ns| ns / 1_000_000),
+            request_bytes: nonneg(prop_i64(&["request", "total_size"])),
+            response_bytes: nonneg(prop_i64(&["response", "total_size"])),
+            request_messages: self.request_frames.messages,
+            response_messages: self.response_frames.messages,
+        };
+        let exprs = evaluate(stats);
+        let mut cache = shared.cache.borrow_mut();
+        let mut key = shared.key.borrow_mut();
+        stats.record_http(&mut cache, &mut Host, &facts, &exprs, &measures, &mut key);
+    }
+}
+
+/// The TCP network filter: one per connection.
+struct StatsTcp {
+    shared: Rc<Shared>,
+    /// Encoded tags per metric group, computed at the first event (the upstream is chosen by
+    /// then) and again, with the final response flags, at close.
+    keys: Option<Vec<(Vec<Metric>, String)>>,
+    closed: bool,
+}
+
+impl Context for StatsTcp {}
+
+impl StatsTcp {
+    fn compute_keys(&self) -> Vec<(Vec<Metric>, String)> {
+        let stats = &self.shared.stats;
+        let cluster = wasmesh_proxy::property_string(&["xds", "cluster_name"]).unwrap_or_default();
+        let service = if cluster.is_empty() { None } else { self.shared.service(&cluster) };
+        let fallback_peer = match stats.direction {
+            Direction::Outbound | Direction::Gateway => endpoint_peer(),
+            Direction::Inbound => None,
+        };
+        let (peer_principal, local_principal) = principals(stats.direction);
+        let mut facts = Facts::new(Protocol::Tcp);
+        facts.response_flags = nonneg(prop_i64(&["response", "flags"])).unwrap_or(0);
+        facts.peer = fallback_peer.as_ref();
+        facts.peer_principal = &peer_principal;
+        facts.local_principal = &local_principal;
+        facts.cluster_name = &cluster;
+        facts.service = service.as_deref();
+        let exprs = evaluate(stats);
+        stats.tcp_keys(&facts, &exprs)
+    }
+
+    /// Computes the keys on the first event and counts the connection as opened.
+    fn ensure_open(&mut self) {
+        if self.keys.is_some() || !self.shared.stats.any_enabled() {
+            return;
+        }
+        let keys = self.compute_keys();
+        self.record(&keys, Metric::TcpOpenedConnections, 1);
+        self.keys = Some(keys);
+    }
+
+    fn record(&self, keys: &[(Vec<Metric>, String)], metric: Metric, value: u64) {
+        let mut cache = self.shared.cache.borrow_mut();
+        for (metrics, key) in keys {
+            if metrics.contains(&metric) {
+                cache.record(&mut Host, key, metric, value);
+            }
+        }
+    }
+
+    fn add_bytes(&mut self, metric: Metric, size: usize) {
+        self.ensure_open();
+        if let Some(keys) = &self.keys {
+            self.record(keys, metric, size as u64);
+        }
+    }
+
+    fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.ensure_open();
+        if !self.shared.stats.any_enabled() {
+            return;
+        }
+        // The response flags are final now (e.g. UF when the upstream never answered).
+        let keys = self.compute_keys();
+        self.record(&keys, Metric::TcpClosedConnections, 1);
+    }
+}
+
+impl StreamContext for StatsTcp {
+    fn on_new_connection(&mut self) -> Action {
+        Action::Continue
+    }
+
+    fn on_downstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
+        self.add_bytes(Metric::TcpReceivedBytes, data_size);
+        Action::Continue
+    }
+
+    fn on_upstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
+        self.add_bytes(Metric::TcpSentBytes, data_size);
+        Action::Continue
+    }
+
+    fn on_downstream_close(&mut self, _peer_type: PeerType) {
+        self.close();
+    }
+
+    fn on_upstream_close(&mut self, _peer_type: PeerType) {
+        self.close();
+    }
+
+    fn on_log(&mut self) {
+        self.close();
+    }
+}

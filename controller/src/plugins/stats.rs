@@ -1,0 +1,211 @@
+//! The stats filter (`wasmesh.stats`): Istio's standard metrics and peer metadata exchange on
+//! every sidecar inbound, sidecar outbound and gateway listener, plus the bootstrap tag
+//! extraction that turns the wasm metric names into Prometheus labels.
+//!
+//! The filter receives the Telemetry resources and compiles the ones that apply to this proxy
+//! (root namespace, namespace, workload selector); inbound, it also gets the services the
+//! workload backs (ServiceEntries in its namespace whose `workloadSelector` selects it), which
+//! Istio reads from the inbound cluster's metadata for `destination_service`.
+
+use super::{resources_json, Contribution, Direction, ListenerContext, WasmFilter};
+use serde_json::{json, Value};
+use wasmesh_istio::{Error, Kind, ProxyMode, Resources, Workload};
+use wasmesh_stats::{Direction as StatsDirection, ListenerProtocol, ServiceInfo, StatsConfig};
+
+pub const FILTER_NAME: &str = "wasmesh.stats";
+pub const TCP_FILTER_NAME: &str = "wasmesh.stats.tcp";
+pub const MODULE: &str = "stats";
+
+/// The HTTP stats filter for one listener, and the stats tags.
+pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
+    let config = config(ctx, ListenerProtocol::Http)?;
+    Ok(Contribution {
+        http_filters: vec![WasmFilter { name: FILTER_NAME.into(), module: MODULE.into(), config, fail_open: true }],
+        stats_tags: stats_tags(ctx.resources),
+        ..Contribution::default()
+    })
+}
+
+/// The TCP stats network filter, for listeners that proxy TCP (`tcp_proxy`). Istio puts it
+/// only on TCP filter chains, so HTTP listeners do not get it from [`contribute`].
+pub fn tcp_filter(ctx: &ListenerContext<'_>) -> Result<WasmFilter, Vec<Error>> {
+    let config = config(ctx, ListenerProtocol::Tcp)?;
+    Ok(WasmFilter { name: TCP_FILTER_NAME.into(), module: MODULE.into(), config, fail_open: true })
+}
+
+/// `stats_config.stats_tags` entries: one regex per standard label and per custom tag.
+pub fn stats_tags(resources: &Resources) -> Vec<Value> {
+    wasmesh_stats::stats_tags(resources)
+        .into_iter()
+        .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
+        .collect()
+}
+
+/// The filter configuration JSON, checked by compiling it as the filter will.
+pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<Value, Vec<Error>> {
+    let mut workload = ctx.workload.clone();
+    let direction = match ctx.direction {
+        Direction::Inbound => StatsDirection::Inbound,
+        Direction::Outbound => StatsDirection::Outbound,
+        Direction::Gateway { .. } => StatsDirection::Gateway,
+    };
+    workload.mode = if direction == StatsDirection::Gateway { ProxyMode::Gateway } else { ProxyMode::Sidecar };
+    let telemetries: Vec<_> = ctx.resources.of_kind(Kind::Telemetry).cloned().collect();
+    let services = if direction == StatsDirection::Inbound { workload_services(ctx.resources, &workload) } else { Vec::new() };
+    let cfg = StatsConfig {
+        workload,
+        direction,
+        protocol,
+        resources: resources_json(telemetries.iter()),
+        services,
+        max_label_sets: wasmesh_stats::DEFAULT_MAX_LABEL_SETS,
+        metadata_exchange: true,
+    };
+    cfg.compile(&Resources { items: telemetries }).map_err(|e| e.0)?;
+    serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("stats config: {e}"))])
+}
+
+/// ServiceEntries of the workload's namespace whose `workloadSelector` selects it, one entry per
+/// host, in file order.
+pub fn workload_services(resources: &Resources, workload: &Workload) -> Vec<ServiceInfo> {
+    let mut out = Vec::new();
+    for (res, se) in resources.service_entries() {
+        if res.namespace() != workload.namespace {
+            continue;
+        }
+        let Some(sel) = &se.workload_selector else { continue };
+        if !sel.labels.iter().all(|(k, v)| workload.labels.get(k) == Some(v)) {
+            continue;
+        }
+        for host in &se.hosts {
+            let fq = workload.fqdn(host, res.namespace());
+            out.push(ServiceInfo {
+                name: fq.split('.').next().unwrap_or(&fq).to_string(),
+                namespace: res.namespace().to_string(),
+                host: fq,
+            });
+        }
+    }
+    out
+}
+
+/// Problems in any Telemetry's `metrics` section, for `wasmeshctl validate`.
+pub fn validate(resources: &Resources) -> Vec<Error> {
+    wasmesh_stats::validate(resources)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::MeshConfig;
+
+    fn resources(yaml: &str) -> Resources {
+        Resources { items: wasmesh_istio::load_str(yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}")) }
+    }
+
+    const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: ratings}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - overrides:
+    - tagOverrides:
+        request_host: {value: request.host}
+"#;
+
+    fn reviews() -> Workload {
+        let mut w = Workload::new("reviews-v2", "default");
+        w.labels.insert("app".into(), "reviews".into());
+        w.labels.insert("version".into(), "v2".into());
+        w
+    }
+
+    #[test]
+    fn inbound_outbound_and_gateway_configs() {
+        let res = resources(MESH);
+        let mesh = MeshConfig::default();
+        let wl = reviews();
+        let ctx = |direction| ListenerContext { workload: &wl, resources: &res, direction, bind_port: 19083, mesh: &mesh };
+
+        let c = contribute(&ctx(Direction::Inbound)).unwrap();
+        assert_eq!(c.http_filters.len(), 1);
+        let f = &c.http_filters[0];
+        assert_eq!((f.name.as_str(), f.module.as_str(), f.fail_open), ("wasmesh.stats", "stats", true));
+        assert_eq!(f.config["direction"], "inbound");
+        assert_eq!(f.config["services"][0]["host"], "reviews.default.svc.cluster.local");
+        assert_eq!(f.config["services"].as_array().map(Vec::len), Some(1));
+        assert_eq!(f.config["resources"].as_array().map(Vec::len), Some(1), "only Telemetry resources");
+        // The filter accepts exactly what the plugin writes.
+        StatsConfig::compile_json(f.config.to_string().as_bytes()).unwrap();
+        let tags: Vec<&str> = c.stats_tags.iter().filter_map(|t| t["tag_name"].as_str()).collect();
+        assert_eq!(tags.len(), 26);
+        assert!(tags.contains(&"request_host"));
+        assert_eq!(c.stats_tags[0]["regex"], r"(?:\.|;\.;)(reporter=\.=(.*?);\.;)");
+
+        let c = contribute(&ctx(Direction::Outbound)).unwrap();
+        assert_eq!(c.http_filters[0].config["direction"], "outbound");
+        assert!(c.http_filters[0].config.get("services").is_none());
+
+        let c = contribute(&ctx(Direction::Gateway { port: 80 })).unwrap();
+        assert_eq!(c.http_filters[0].config["direction"], "gateway");
+        assert_eq!(c.http_filters[0].config["workload"]["mode"], "gateway");
+        assert!(c.network_filters.is_empty(), "HTTP listeners get no TCP metrics, as in Istio");
+
+        let t = tcp_filter(&ctx(Direction::Inbound)).unwrap();
+        assert_eq!(t.config["protocol"], "tcp");
+        assert_eq!(t.name, "wasmesh.stats.tcp");
+    }
+
+    #[test]
+    fn bad_telemetry_fails_the_bootstrap_with_a_clear_error() {
+        let res = resources(
+            r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: bad, namespace: default}
+spec:
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides:
+        x: {value: "request.headers['a'] + 'b'"}
+"#,
+        );
+        let mesh = MeshConfig::default();
+        let wl = reviews();
+        let ctx = ListenerContext { workload: &wl, resources: &res, direction: Direction::Inbound, bind_port: 1, mesh: &mesh };
+        let errs = contribute(&ctx).unwrap_err();
+        assert!(errs[0].to_string().contains("Telemetry default/bad: spec.metrics[0].overrides[0].tagOverrides.x.value"), "{}", errs[0]);
+        assert_eq!(validate(&res).len(), 1);
+    }
+
+    #[test]
+    fn services_of_a_workload() {
+        let res = resources(MESH);
+        let mut ratings = Workload::new("ratings-v1", "default");
+        ratings.labels.insert("app".into(), "ratings".into());
+        let s = workload_services(&res, &ratings);
+        assert_eq!(s, vec![ServiceInfo { host: "ratings.default.svc.cluster.local".into(), name: "ratings".into(), namespace: "default".into() }]);
+        let other = Workload::new("x", "other");
+        assert!(workload_services(&res, &other).is_empty());
+    }
+}
