@@ -1,0 +1,516 @@
+//! Turning the RequestAuthentications that select a workload into an [`Authn`] engine, once, at
+//! configure time: selection and merge as istiod does (`pilot/pkg/model/authentication.go`,
+//! `pilot/pkg/security/authn/policy_applier.go`), validation as Istio's webhook does
+//! (`validateJwtRule`), providers and the requirement tree as `convertToEnvoyJwtConfig` emits
+//! them.
+
+use crate::extract::Location;
+use crate::jwks::{parse_jwks, KeySet};
+use crate::remote::RemoteJwks;
+use crate::verify::{Authn, Provider, Requirement};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use wasmesh_istio::security::{JwtRule, RequestAuthentication};
+use wasmesh_istio::{Error, ProxyMode, Resource, Resources, Workload};
+
+/// Label Kubernetes Gateway API puts on the pods of a gateway (Istio's
+/// `gateway.networking.k8s.io/gateway-name`).
+const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// The authn filter's configuration, as `wasmeshctl` writes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthnConfig {
+    pub workload: Workload,
+    /// RequestAuthentications in Istio's JSON form (others are ignored).
+    #[serde(default)]
+    pub resources: Vec<serde_json::Value>,
+    /// Slots of the verified-token cache shared by all worker VMs; `0` disables it.
+    #[serde(default = "default_cache_slots")]
+    pub jwt_cache_slots: u32,
+    /// Tokens longer than this are refused (401) without being parsed.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// How long fetched keys are used before they are fetched again (Envoy remote JWKS
+    /// `cache_duration` as Istio sets it: 300 s).
+    #[serde(default = "default_refresh")]
+    pub jwks_refresh_seconds: u64,
+    /// A token whose `kid` is not in the keys triggers a refetch at most this often per issuer.
+    #[serde(default = "default_kid_refetch")]
+    pub jwks_refetch_min_interval_seconds: u64,
+    /// Longest a request waits for keys that are being fetched before it fails with 401.
+    #[serde(default = "default_max_wait_ms")]
+    pub jwks_max_wait_ms: u64,
+    /// Overrides the Envoy cluster used for a `jwksUri` (key: the URI as written).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub jwks_clusters: BTreeMap<String, String>,
+}
+
+fn default_cache_slots() -> u32 {
+    1024
+}
+fn default_max_token_bytes() -> usize {
+    16 * 1024
+}
+fn default_refresh() -> u64 {
+    300
+}
+fn default_kid_refetch() -> u64 {
+    10
+}
+fn default_max_wait_ms() -> u64 {
+    10_000
+}
+
+/// Everything wrong with a configuration, each error naming resource, field and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileError(pub Vec<Error>);
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
+        write!(f, "{}", lines.join("; "))
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// Where a `jwksUri` (or the issuer's OpenID discovery document) is fetched from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JwksEndpoint {
+    pub uri: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// `host` or `host:port` (non-default port), the `:authority` of the fetch.
+    pub authority: String,
+    /// Path and query.
+    pub path: String,
+    /// The Envoy cluster the fetch goes through (see [`jwks_cluster_name`]).
+    pub cluster: String,
+}
+
+/// The dedicated cluster wasmeshctl generates for a JWKS server:
+/// `wasmesh-jwks|<http|https>|<host>|<port>`. One per distinct server, shared by all rules.
+pub fn jwks_cluster_name(tls: bool, host: &str, port: u16) -> String {
+    format!("wasmesh-jwks|{}|{}|{}", if tls { "https" } else { "http" }, host, port)
+}
+
+/// Parses a `jwksUri` as Istio's `security.ParseJwksURI` does: http or https, a host, the
+/// scheme's default port when none is given.
+pub fn parse_jwks_uri(uri: &str) -> Result<JwksEndpoint, String> {
+    if uri.len() > 2048 {
+        return Err(format!("jwksUri is {} characters; at most 2048 are allowed", uri.len()));
+    }
+    let (tls, rest) = if let Some(r) = uri.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = uri.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!("URI scheme of {uri:?} is not supported; expected http:// or https://"));
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (hostport, mut path) = rest.split_at(end);
+    if let Some(hash) = path.find('#') {
+        path = &path[..hash];
+    }
+    let hostport = hostport.rsplit_once('@').map(|(_, h)| h).unwrap_or(hostport);
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let close = v6.find(']').ok_or_else(|| format!("jwksUri {uri:?} has an unterminated IPv6 address"))?;
+        let host = &v6[..close];
+        let after = &v6[close + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(format!("jwksUri {uri:?} has garbage after the IPv6 address")),
+        };
+        (host.to_string(), port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (hostport.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("jwksUri {uri:?} has no host"));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("jwksUri {uri:?} has an invalid host"));
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let port = match port {
+        None | Some("") => default_port,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("jwksUri {uri:?} has an invalid port {p:?}"))?,
+    };
+    let host = host.to_ascii_lowercase();
+    let bracketed = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+    let authority = if port == default_port { bracketed } else { format!("{bracketed}:{port}") };
+    let path = if path.is_empty() { "/".to_string() } else if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
+    let cluster = jwks_cluster_name(tls, &host, port);
+    Ok(JwksEndpoint { uri: uri.to_string(), tls, host, port, authority, path, cluster })
+}
+
+/// OpenID discovery document location for an issuer (istiod's `jwks_resolver.go`).
+pub fn discovery_uri(issuer: &str) -> String {
+    format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'))
+}
+
+impl AuthnConfig {
+    pub fn new(workload: Workload) -> Self {
+        AuthnConfig {
+            workload,
+            resources: Vec::new(),
+            jwt_cache_slots: default_cache_slots(),
+            max_token_bytes: default_max_token_bytes(),
+            jwks_refresh_seconds: default_refresh(),
+            jwks_refetch_min_interval_seconds: default_kid_refetch(),
+            jwks_max_wait_ms: default_max_wait_ms(),
+            jwks_clusters: BTreeMap::new(),
+        }
+    }
+
+    /// Parses the filter configuration and compiles the engine.
+    pub fn compile_json(bytes: &[u8]) -> Result<Authn, CompileError> {
+        let cfg: AuthnConfig = serde_json::from_slice(bytes)
+            .map_err(|e| CompileError(vec![Error::new(format!("authn configuration: {e}"))]))?;
+        let resources = wasmesh_istio::resources_from_values(cfg.resources.clone()).map_err(|e| CompileError(vec![e]))?;
+        let fingerprint = blake2b_simd::Params::new().hash_length(16).hash(bytes);
+        let mut salt = [0u8; 16];
+        salt.copy_from_slice(fingerprint.as_bytes());
+        cfg.compile_with_salt(&Resources { items: resources }, salt)
+    }
+
+    /// Compiles the engine from already-parsed resources.
+    pub fn compile(&self, resources: &Resources) -> Result<Authn, CompileError> {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let fingerprint = blake2b_simd::Params::new().hash_length(16).hash(&json);
+        let mut salt = [0u8; 16];
+        salt.copy_from_slice(fingerprint.as_bytes());
+        self.compile_with_salt(resources, salt)
+    }
+
+    fn compile_with_salt(&self, resources: &Resources, salt: [u8; 16]) -> Result<Authn, CompileError> {
+        let mut errors = Vec::new();
+        if self.max_token_bytes < 64 || self.max_token_bytes > 64 * 1024 {
+            errors.push(Error::new(format!(
+                "authn configuration: maxTokenBytes {} is out of range; expected 64..=65536",
+                self.max_token_bytes
+            )));
+        }
+        if self.jwt_cache_slots > 1 << 20 {
+            errors.push(Error::new(format!(
+                "authn configuration: jwtCacheSlots {} is too large; at most 1048576",
+                self.jwt_cache_slots
+            )));
+        }
+        if self.jwks_refresh_seconds == 0 {
+            errors.push(Error::new("authn configuration: jwksRefreshSeconds must be at least 1"));
+        }
+        // Validate every RequestAuthentication given, then keep the rules of those that select
+        // this proxy.
+        let mut selected: Vec<(&Resource, &RequestAuthentication)> = Vec::new();
+        for (res, ra) in resources.request_authentications() {
+            errors.extend(validate_request_authentication(res, ra));
+            if selects(&self.workload, res, ra) {
+                selected.push((res, ra));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(CompileError(errors));
+        }
+        // Workload namespace first, then the root namespace, as istiod lists them; the merged
+        // rules are then sorted by issuer (stable here; duplicates are kept, as in Istio).
+        selected.sort_by_key(|(res, _)| res.namespace() != self.workload.namespace);
+        let mut rules: Vec<(String, &JwtRule)> = Vec::new();
+        for (res, ra) in &selected {
+            for (i, rule) in ra.jwt_rules.iter().enumerate() {
+                rules.push((format!("{} spec.jwtRules[{i}]", res.display_name()), rule));
+            }
+        }
+        rules.sort_by(|a, b| a.1.issuer.cmp(&b.1.issuer));
+
+        let mut providers = Vec::with_capacity(rules.len());
+        for (index, (source, rule)) in rules.iter().enumerate() {
+            match self.provider(index, source, rule) {
+                Ok(p) => providers.push(p),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(CompileError(errors));
+        }
+        let requirement = istio_requirement(providers.len());
+        Ok(Authn::new(
+            providers,
+            requirement,
+            crate::verify::Options {
+                max_token_bytes: self.max_token_bytes,
+                cache_slots: self.jwt_cache_slots,
+                cache_salt: salt,
+                clear_route_cache: self.workload.mode == ProxyMode::Gateway,
+                jwks_max_wait_ms: self.jwks_max_wait_ms,
+            },
+        ))
+    }
+
+    fn provider(&self, index: usize, source: &str, rule: &JwtRule) -> Result<Provider, Error> {
+        let err = |field: &str, msg: String| Error::new(format!("{source}.{field}: {msg}"));
+        let mut locations = Vec::new();
+        for h in &rule.from_headers {
+            locations.push(Location::Header { name: h.name.to_ascii_lowercase(), prefix: h.prefix.clone() });
+        }
+        for p in &rule.from_params {
+            locations.push(Location::Param(p.clone()));
+        }
+        for c in &rule.from_cookies {
+            locations.push(Location::Cookie(c.clone()));
+        }
+        if locations.is_empty() {
+            locations.push(Location::Header { name: "authorization".into(), prefix: "Bearer ".into() });
+            locations.push(Location::Param("access_token".into()));
+        }
+        let timeout_ms = match &rule.timeout {
+            None => 5000,
+            Some(t) => {
+                let d = wasmesh_istio::parse_duration(t).map_err(|e| err("timeout", e))?;
+                d.as_millis().clamp(1, u64::MAX as u128) as u64
+            }
+        };
+        let jwks = if let Some(inline) = rule.jwks.as_deref().filter(|s| !s.is_empty()) {
+            let set = parse_jwks(inline).map_err(|e| err("jwks", e.to_string()))?;
+            JwksSource::Inline(set)
+        } else {
+            let (uri, discovery) = match rule.jwks_uri().filter(|s| !s.is_empty()) {
+                Some(u) => (u.to_string(), false),
+                None => (discovery_uri(&rule.issuer), true),
+            };
+            let mut ep = parse_jwks_uri(&uri).map_err(|e| {
+                if discovery {
+                    err("issuer", format!("neither jwks nor jwksUri is set, so the keys would be found by OpenID discovery at {uri:?}, but {e}"))
+                } else {
+                    err("jwksUri", e)
+                }
+            })?;
+            if let Some(cluster) = self.jwks_clusters.get(&uri) {
+                ep.cluster = cluster.clone();
+            }
+            JwksSource::Remote(Box::new(RemoteJwks::new(
+                ep,
+                discovery,
+                timeout_ms,
+                self.jwks_refresh_seconds * 1000,
+                self.jwks_refetch_min_interval_seconds * 1000,
+            )))
+        };
+        let mut space_delimited: Vec<String> = vec!["permission".into(), "scope".into()];
+        for c in &rule.space_delimited_claims {
+            if !space_delimited.contains(c) {
+                space_delimited.push(c.clone());
+            }
+        }
+        Ok(Provider {
+            index,
+            source: source.to_string(),
+            issuer: rule.issuer.clone(),
+            audiences: rule.audiences.iter().map(|a| sanitize_audience(a).to_string()).collect(),
+            locations,
+            forward: rule.forward_original_token,
+            forward_payload_header: rule.output_payload_to_header.as_ref().filter(|h| !h.is_empty()).map(|h| h.to_ascii_lowercase()),
+            claim_to_headers: rule
+                .output_claim_to_headers
+                .iter()
+                .map(|c| (c.header.to_ascii_lowercase(), c.claim.clone()))
+                .collect(),
+            space_delimited,
+            jwks,
+        })
+    }
+}
+
+/// Where a provider's keys come from.
+pub enum JwksSource {
+    Inline(KeySet),
+    Remote(Box<RemoteJwks>),
+}
+
+/// Envoy's `CheckAudience` sanitising: `http://` / `https://` prefix and one trailing `/` are
+/// ignored on both sides.
+pub fn sanitize_audience(aud: &str) -> &str {
+    let a = aud.strip_prefix("http://").or_else(|| aud.strip_prefix("https://")).unwrap_or(aud);
+    a.strip_suffix('/').unwrap_or(a)
+}
+
+/// Istio's requirement: one provider → `requires_any[P0, allow_missing]`; n providers →
+/// `requires_any[P0..Pn-1, requires_all[requires_any[Pi, allow_missing]...]]`.
+pub fn istio_requirement(n: usize) -> Requirement {
+    match n {
+        0 => Requirement::AllowAll,
+        1 => Requirement::Any { children: vec![Requirement::Provider(0)], allow_missing: true },
+        _ => {
+            let mut outer: Vec<Requirement> = (0..n).map(Requirement::Provider).collect();
+            let inner = (0..n)
+                .map(|i| Requirement::Any { children: vec![Requirement::Provider(i)], allow_missing: true })
+                .collect();
+            outer.push(Requirement::All(inner));
+            Requirement::Any { children: outer, allow_missing: false }
+        }
+    }
+}
+
+/// Whether a RequestAuthentication applies to this proxy (`ShouldAttachPolicy` + selector).
+pub fn selects(wl: &Workload, res: &Resource, ra: &RequestAuthentication) -> bool {
+    let ns = res.namespace();
+    if ns != wl.namespace && ns != wl.root_namespace {
+        return false;
+    }
+    let has_target = ra.target_ref.is_some() || !ra.target_refs.is_empty();
+    let gateway_name = wl.labels.get(GATEWAY_NAME_LABEL);
+    match gateway_name {
+        // Gateway API gateway: targetRefs of kind Gateway naming it (same namespace); without
+        // targetRefs, selector policies still apply (ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY).
+        Some(gw) if has_target => ra.target_ref.iter().chain(ra.target_refs.iter()).any(|t| {
+            t.kind == "Gateway"
+                && (t.group.is_empty() || t.group == "gateway.networking.k8s.io")
+                && t.name == *gw
+                && ns == wl.namespace
+                && (t.namespace.is_empty() || t.namespace == ns)
+        }),
+        // Sidecars and classic gateways ignore policies with targetRef(s).
+        None if has_target => false,
+        _ => ra.selector.as_ref().map(|s| s.selects(&wl.labels)).unwrap_or(true),
+    }
+}
+
+fn is_strict_header_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
+
+/// Istio's webhook checks for a RequestAuthentication (`ValidateRequestAuthentication`).
+pub fn validate_request_authentication(res: &Resource, ra: &RequestAuthentication) -> Vec<Error> {
+    let mut errs = Vec::new();
+    let e = |field: String, msg: String| Error::at(res, field, msg);
+    let targets = ra.target_ref.is_some() as usize + (!ra.target_refs.is_empty()) as usize;
+    if ra.selector.is_some() && targets > 0 {
+        errs.push(e("spec".into(), "only one of selector, targetRef or targetRefs can be set".into()));
+    }
+    if ra.target_ref.is_some() && !ra.target_refs.is_empty() {
+        errs.push(e("spec".into(), "only one of targetRef or targetRefs can be set".into()));
+    }
+    if ra.target_refs.len() > 16 {
+        errs.push(e("spec.targetRefs".into(), format!("{} entries; at most 16 are allowed", ra.target_refs.len())));
+    }
+    if let Some(sel) = &ra.selector {
+        for (k, v) in &sel.match_labels {
+            if k.is_empty() || k.contains('*') || v.contains('*') {
+                errs.push(e(format!("spec.selector.matchLabels[{k}]"), format!("invalid label {k:?}={v:?}; wildcards and empty keys are not allowed")));
+            }
+        }
+    }
+    for (i, rule) in ra.jwt_rules.iter().enumerate() {
+        let f = |name: &str| format!("spec.jwtRules[{i}].{name}");
+        for (j, aud) in rule.audiences.iter().enumerate() {
+            if aud.is_empty() {
+                errs.push(e(f(&format!("audiences[{j}]")), "audience must be non-empty string".into()));
+            }
+        }
+        let uri = rule.jwks_uri().unwrap_or_default();
+        if rule.issuer.is_empty() && uri.is_empty() {
+            errs.push(e(f("issuer"), "issuer or jwksUri must be non-empty string".into()));
+        }
+        if rule.jwks_uri.is_some() && rule.jwks_uri_snake.is_some() {
+            errs.push(e(f("jwksUri"), "both jwksUri and jwks_uri are set; use jwksUri".into()));
+        }
+        if !uri.is_empty() {
+            if let Err(msg) = parse_jwks_uri(uri) {
+                errs.push(e(f("jwksUri"), msg));
+            }
+        }
+        if let Some(jwks) = rule.jwks.as_deref().filter(|s| !s.is_empty()) {
+            if !uri.is_empty() {
+                errs.push(e(f("jwks"), "only one of jwks or jwksUri can be set".into()));
+            }
+            if let Err(msg) = parse_jwks(jwks) {
+                errs.push(e(f("jwks"), format!("jwks parse error: {msg}")));
+            }
+        }
+        for (j, h) in rule.from_headers.iter().enumerate() {
+            if h.name.is_empty() {
+                errs.push(e(f(&format!("fromHeaders[{j}].name")), "location header name must be non-empty string".into()));
+            }
+        }
+        for (j, p) in rule.from_params.iter().enumerate() {
+            if p.is_empty() {
+                errs.push(e(f(&format!("fromParams[{j}]")), "location query must be non-empty string".into()));
+            }
+        }
+        for (j, c) in rule.from_cookies.iter().enumerate() {
+            if c.is_empty() {
+                errs.push(e(f(&format!("fromCookies[{j}]")), "cookie name must be non-empty string".into()));
+            }
+        }
+        if let Some(h) = &rule.output_payload_to_header {
+            if !h.is_empty() && !is_strict_header_name(h) {
+                errs.push(e(f("outputPayloadToHeader"), format!("invalid header name {h:?}; expected ^[-_A-Za-z0-9]+$")));
+            }
+        }
+        for (j, c) in rule.output_claim_to_headers.iter().enumerate() {
+            let field = f(&format!("outputClaimToHeaders[{j}]"));
+            if c.claim.is_empty() || c.header.is_empty() {
+                errs.push(e(field, "outputClaimToHeaders header and claim value must be non-empty string".into()));
+                continue;
+            }
+            if !is_strict_header_name(&c.header) {
+                errs.push(e(format!("{field}.header"), format!("invalid header name {:?}; expected ^[-_A-Za-z0-9]+$", c.header)));
+            }
+        }
+        if let Some(t) = &rule.timeout {
+            match wasmesh_istio::parse_duration(t) {
+                Err(msg) => errs.push(e(f("timeout"), msg)),
+                Ok(d) if d.as_millis() < 1 => {
+                    errs.push(e(f("timeout"), format!("duration {t:?} must be at least 1ms")))
+                }
+                Ok(_) => {}
+            }
+        }
+        for (j, c) in rule.space_delimited_claims.iter().enumerate() {
+            if c.is_empty() {
+                errs.push(e(f(&format!("spaceDelimitedClaims[{j}]")), "claim name must be non-empty string".into()));
+            }
+        }
+    }
+    errs
+}
+
+/// `wasmeshctl validate` entry point: every RequestAuthentication in the set.
+pub fn validate(resources: &Resources) -> Vec<Error> {
+    resources
+        .request_authentications()
+        .flat_map(|(res, ra)| validate_request_authentication(res, ra))
+        .collect()
+}
+
+/// The JWKS servers the filter will fetch from for this workload (for the controller's clusters).
+pub fn jwks_endpoints(workload: &Workload, resources: &Resources) -> Vec<JwksEndpoint> {
+    let mut out: Vec<JwksEndpoint> = Vec::new();
+    for (res, ra) in resources.request_authentications() {
+        if !selects(workload, res, ra) {
+            continue;
+        }
+        for rule in &ra.jwt_rules {
+            if rule.jwks.as_deref().is_some_and(|s| !s.is_empty()) {
+                continue;
+            }
+            let uri = match rule.jwks_uri().filter(|s| !s.is_empty()) {
+                Some(u) => u.to_string(),
+                None => discovery_uri(&rule.issuer),
+            };
+            if let Ok(ep) = parse_jwks_uri(&uri) {
+                if !out.iter().any(|o| o.cluster == ep.cluster) {
+                    out.push(ep);
+                }
+            }
+        }
+    }
+    out
+}

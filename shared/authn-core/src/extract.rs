@@ -1,0 +1,293 @@
+//! Where tokens are found (`fromHeaders`, `fromParams`, `fromCookies`, or the defaults
+//! `Authorization: Bearer` + `access_token`), extracted as Envoy's jwt_authn `extractor.cc` does.
+
+/// One configured token location.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Location {
+    /// Header name (lower case) and value prefix (case-sensitive; may be empty).
+    Header { name: String, prefix: String },
+    Param(String),
+    Cookie(String),
+}
+
+/// A token found in a request, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub token: String,
+    /// The header it came from (the header is removed after success unless
+    /// `forwardOriginalToken`); `None` for query parameters and cookies, which Envoy never strips.
+    pub header: Option<String>,
+}
+
+/// The request values extraction reads, gathered once per request.
+#[derive(Debug, Default, Clone)]
+pub struct Gathered {
+    /// `(header name, first value)` for every header a location names.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Decoded query parameters (first occurrence of a name wins, as Envoy's map keeps it).
+    pub params: Vec<(String, String)>,
+    /// Cookies (first occurrence of a name wins).
+    pub cookies: Vec<(String, String)>,
+}
+
+impl Gathered {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
+    }
+}
+
+/// Characters of a JWT (base64url + dot), `ConstantBase64UrlEncodingCharsPlusDot`.
+fn is_jwt_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.'
+}
+
+/// Envoy's `extractJWT`: from `after`, skip non-JWT characters and take the following run of JWT
+/// characters; if there is none, the whole value.
+fn extract_after(value: &[u8], after: usize) -> &[u8] {
+    let rest = value.get(after..).unwrap_or_default();
+    let Some(start) = rest.iter().position(|&c| is_jwt_char(c)) else {
+        return value;
+    };
+    let run = &rest[start..];
+    let end = run.iter().position(|&c| !is_jwt_char(c)).unwrap_or(run.len());
+    &run[..end]
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Tokens for one provider's locations, in Envoy's order: header locations sorted by
+/// `name + prefix`, then query parameters sorted by name, then cookies sorted by name. Envoy
+/// verifies them from the last to the first; every one must be valid.
+pub fn extract(locations: &[Location], req: &Gathered, sanitized: &[String]) -> Vec<Found> {
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    let mut params: Vec<&str> = Vec::new();
+    let mut cookies: Vec<&str> = Vec::new();
+    for loc in locations {
+        match loc {
+            Location::Header { name, prefix } => headers.push((name, prefix)),
+            Location::Param(p) => params.push(p),
+            Location::Cookie(c) => cookies.push(c),
+        }
+    }
+    headers.sort_by(|a, b| (a.0.to_string() + a.1).cmp(&(b.0.to_string() + b.1)));
+    headers.dedup();
+    params.sort();
+    params.dedup();
+    cookies.sort();
+    cookies.dedup();
+
+    let mut out = Vec::new();
+    for (name, prefix) in headers {
+        // Headers the filter is about to write (outputPayloadToHeader, outputClaimToHeaders) are
+        // removed from the request first, so they are never a token source.
+        if sanitized.iter().any(|s| s == name) {
+            continue;
+        }
+        let Some(value) = req.header(name) else { continue };
+        let token = if prefix.is_empty() {
+            value
+        } else {
+            match find(value, prefix.as_bytes()) {
+                None => continue,
+                Some(pos) => extract_after(value, pos + prefix.len()),
+            }
+        };
+        out.push(Found { token: String::from_utf8_lossy(token).into_owned(), header: Some(name.to_string()) });
+    }
+    for p in params {
+        if let Some((_, v)) = req.params.iter().find(|(k, _)| k == p) {
+            out.push(Found { token: v.clone(), header: None });
+        }
+    }
+    for c in cookies {
+        if let Some((_, v)) = req.cookies.iter().find(|(k, _)| k == c) {
+            out.push(Found { token: v.clone(), header: None });
+        }
+    }
+    out
+}
+
+/// The query string of a `:path` (after `?`, before `#`).
+pub fn query_of(path: &[u8]) -> &[u8] {
+    match path.iter().position(|&c| c == b'?') {
+        None => b"",
+        Some(q) => {
+            let rest = &path[q + 1..];
+            let end = rest.iter().position(|&c| c == b'#').unwrap_or(rest.len());
+            &rest[..end]
+        }
+    }
+}
+
+/// Envoy's `parseAndDecodeQueryString`: `&`-separated `name=value`, percent-decoded (and `+` as
+/// space in values); the first occurrence of a name wins. At most `max` parameters are read.
+pub fn parse_query(query: &[u8], max: usize) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for part in query.split(|&c| c == b'&').take(max) {
+        if part.is_empty() {
+            continue;
+        }
+        let (k, v) = match part.iter().position(|&c| c == b'=') {
+            Some(eq) => (&part[..eq], &part[eq + 1..]),
+            None => (part, &b""[..]),
+        };
+        let k = percent_decode(k, false);
+        if out.iter().any(|(name, _)| *name == k) {
+            continue;
+        }
+        out.push((k, percent_decode(v, true)));
+    }
+    out
+}
+
+fn percent_decode(s: &[u8], plus_is_space: bool) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let c = s[i];
+        if c == b'%' && i + 2 < s.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if plus_is_space && c == b'+' { b' ' } else { c });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Envoy's `parseCookies`: `;`-separated `name=value`, spaces trimmed, surrounding double quotes
+/// removed from the value; the first occurrence of a name wins.
+pub fn parse_cookies(header: &[u8], max: usize) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for part in header.split(|&c| c == b';').take(max) {
+        let part = trim(part);
+        let Some(eq) = part.iter().position(|&c| c == b'=') else { continue };
+        let k = String::from_utf8_lossy(trim(&part[..eq])).into_owned();
+        let mut v = trim(&part[eq + 1..]);
+        if v.len() >= 2 && v[0] == b'"' && v[v.len() - 1] == b'"' {
+            v = &v[1..v.len() - 1];
+        }
+        if k.is_empty() || out.iter().any(|(name, _)| *name == k) {
+            continue;
+        }
+        out.push((k, String::from_utf8_lossy(v).into_owned()));
+    }
+    out
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(s.len());
+    let end = s.iter().rposition(|c| !c.is_ascii_whitespace()).map(|e| e + 1).unwrap_or(start);
+    &s[start..end.max(start)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gathered(headers: &[(&str, &str)], path: &str, cookie: Option<&str>) -> Gathered {
+        Gathered {
+            headers: headers.iter().map(|(n, v)| (n.to_string(), Some(v.as_bytes().to_vec()))).collect(),
+            params: parse_query(query_of(path.as_bytes()), 100),
+            cookies: cookie.map(|c| parse_cookies(c.as_bytes(), 100)).unwrap_or_default(),
+        }
+    }
+
+    fn bearer() -> Vec<Location> {
+        vec![
+            Location::Header { name: "authorization".into(), prefix: "Bearer ".into() },
+            Location::Param("access_token".into()),
+        ]
+    }
+
+    #[test]
+    fn default_locations_bearer_then_access_token() {
+        let g = gathered(&[("authorization", "Bearer aaa.bbb.ccc")], "/p?access_token=x.y.z&b=1", None);
+        let found = extract(&bearer(), &g, &[]);
+        assert_eq!(
+            found,
+            vec![
+                Found { token: "aaa.bbb.ccc".into(), header: Some("authorization".into()) },
+                Found { token: "x.y.z".into(), header: None }
+            ]
+        );
+    }
+
+    #[test]
+    fn prefix_is_found_anywhere_and_the_jwt_run_is_taken() {
+        let g = gathered(&[("authorization", "Basic abc, Bearer  tok.en.x, other")], "/", None);
+        assert_eq!(extract(&bearer(), &g, &[])[0].token, "tok.en.x");
+        // Prefix matching is case-sensitive: "bearer " is not "Bearer ".
+        let g = gathered(&[("authorization", "bearer tok.en.x")], "/", None);
+        assert!(extract(&bearer(), &g, &[]).is_empty());
+        // Nothing JWT-like after the prefix: the whole value (Envoy's backwards compatibility).
+        let g = gathered(&[("authorization", "Bearer !!!")], "/", None);
+        assert_eq!(extract(&bearer(), &g, &[])[0].token, "Bearer !!!");
+    }
+
+    #[test]
+    fn header_without_prefix_is_taken_whole() {
+        let locs = vec![Location::Header { name: "x-jwt".into(), prefix: String::new() }];
+        let g = gathered(&[("x-jwt", "a.b.c")], "/", None);
+        assert_eq!(extract(&locs, &g, &[])[0].token, "a.b.c");
+    }
+
+    #[test]
+    fn sanitized_headers_are_not_token_sources() {
+        let locs = vec![Location::Header { name: "x-jwt".into(), prefix: String::new() }];
+        let g = gathered(&[("x-jwt", "a.b.c")], "/", None);
+        assert!(extract(&locs, &g, &["x-jwt".into()]).is_empty());
+    }
+
+    #[test]
+    fn params_are_decoded_and_first_wins() {
+        let q = parse_query(b"token=a%2Eb.c&token=zzz&x&y=1+2", 100);
+        assert_eq!(q[0], ("token".into(), "a.b.c".into()));
+        assert_eq!(q.len(), 3);
+        assert_eq!(q[2], ("y".into(), "1 2".into()));
+        assert_eq!(parse_query(b"a=%zz%4", 10), vec![("a".into(), "%zz%4".into())]);
+        assert_eq!(query_of(b"/p?a=1#frag"), b"a=1");
+        assert_eq!(query_of(b"/p"), b"");
+    }
+
+    #[test]
+    fn cookies_are_parsed_like_envoy() {
+        let c = parse_cookies(br#"a=1; session="x.y.z" ;session=ignored; junk; b = 2"#, 100);
+        assert_eq!(c, vec![("a".into(), "1".into()), ("session".into(), "x.y.z".into()), ("b".into(), "2".into())]);
+        let locs = vec![Location::Cookie("session".into())];
+        let g = gathered(&[], "/", Some(r#"session="x.y.z""#));
+        assert_eq!(extract(&locs, &g, &[])[0].token, "x.y.z");
+    }
+
+    #[test]
+    fn order_is_headers_sorted_then_params_then_cookies() {
+        let locs = vec![
+            Location::Cookie("c".into()),
+            Location::Param("p".into()),
+            Location::Header { name: "x-b".into(), prefix: String::new() },
+            Location::Header { name: "x-a".into(), prefix: String::new() },
+        ];
+        let g = gathered(&[("x-a", "A"), ("x-b", "B")], "/?p=P", Some("c=C"));
+        let got: Vec<String> = extract(&locs, &g, &[]).into_iter().map(|f| f.token).collect();
+        assert_eq!(got, vec!["A", "B", "P", "C"]);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for s in ["%", "%%", "%4", "a=%", "=", "&&&", "a=b=c", "%ff%fe"] {
+            let _ = parse_query(s.as_bytes(), 10);
+            let _ = parse_cookies(s.as_bytes(), 10);
+        }
+        assert_eq!(extract_after(b"Bearer ", 7), b"Bearer ");
+        assert_eq!(extract_after(b"x", 10), b"x");
+    }
+}

@@ -1,0 +1,340 @@
+//! JSON Web Key Sets: parsing them as Envoy does (`source/common/jwt/jwks.cc`: a key that cannot
+//! be used is skipped, not fatal) and verifying a token's signature with the cryptography of
+//! `jwt-simple` (pure Rust, so it runs in wasm).
+
+use crate::jwt::{b64url_decode, Jwt, Status};
+use jwt_simple::prelude::*;
+use serde_json::{Map, Value};
+
+/// Largest JWKS document accepted (inline or fetched).
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Largest number of keys kept from one JWKS.
+pub const MAX_KEYS: usize = 64;
+
+/// One usable public key.
+#[derive(Clone)]
+pub struct Key {
+    /// Empty when the JWK has no `kid`.
+    pub kid: String,
+    /// Empty when the JWK has no `alg`.
+    pub alg: String,
+    pub material: Material,
+    /// Identifies the key material (stable across refetches of the same key), for the
+    /// verified-token cache: a cached verification only counts while its key is still served.
+    pub fingerprint: u64,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key {{ kid: {:?}, alg: {:?}, kind: {} }}", self.kid, self.alg, self.material.kind())
+    }
+}
+
+/// Key material, prepared once per JWKS so a verification does no key parsing.
+#[derive(Clone)]
+pub enum Material {
+    Rsa(Box<RsaKeys>),
+    P256(ES256PublicKey),
+    P384(ES384PublicKey),
+    Ed25519(Ed25519PublicKey),
+    /// `kty: oct` (HS256/384/512): a shared secret, as Envoy accepts in a JWKS.
+    Oct(Vec<u8>),
+}
+
+/// An RSA public key ready for each algorithm it may verify.
+#[derive(Clone)]
+pub struct RsaKeys {
+    rs256: RS256PublicKey,
+    rs384: RS384PublicKey,
+    rs512: RS512PublicKey,
+    ps256: PS256PublicKey,
+    ps384: PS384PublicKey,
+    ps512: PS512PublicKey,
+}
+
+impl Material {
+    fn kind(&self) -> &'static str {
+        match self {
+            Material::Rsa(_) => "RSA",
+            Material::P256(_) => "EC P-256",
+            Material::P384(_) => "EC P-384",
+            Material::Ed25519(_) => "OKP Ed25519",
+            Material::Oct(_) => "oct",
+        }
+    }
+}
+
+/// A parsed JWKS: the usable keys and why the others were skipped.
+#[derive(Clone, Debug, Default)]
+pub struct KeySet {
+    pub keys: Vec<Key>,
+    /// One line per skipped key, for logs.
+    pub skipped: Vec<String>,
+}
+
+impl KeySet {
+    pub fn contains_fingerprint(&self, fp: u64) -> bool {
+        self.keys.iter().any(|k| k.fingerprint == fp)
+    }
+
+    /// Whether some key could be tried for this token (`kid`/`alg` filter of Envoy's
+    /// `verifyJwtWithoutTimeChecking`).
+    pub fn has_candidate(&self, jwt: &Jwt) -> bool {
+        self.keys.iter().any(|k| candidate(k, jwt))
+    }
+
+    /// Verifies the signature, trying keys in order like Envoy. Returns the fingerprint of the
+    /// key that verified.
+    pub fn verify(&self, token: &str, jwt: &Jwt, now: u64, skew: u64, max_token: usize) -> Result<u64, Status> {
+        if self.keys.is_empty() {
+            return Err(Status::JwksNoValidKeys);
+        }
+        let mut matched = false;
+        for key in &self.keys {
+            if !candidate(key, jwt) {
+                continue;
+            }
+            matched = true;
+            match verify_with(key, token, jwt, now, skew, max_token) {
+                Ok(()) => return Ok(key.fingerprint),
+                Err(Status::JwtEd25519SignatureWrongLength) => {
+                    return Err(Status::JwtEd25519SignatureWrongLength)
+                }
+                Err(_) => continue,
+            }
+        }
+        Err(if matched { Status::JwtVerificationFail } else { Status::JwksKidAlgMismatch })
+    }
+}
+
+fn candidate(key: &Key, jwt: &Jwt) -> bool {
+    if !jwt.kid.is_empty() && !key.kid.is_empty() && key.kid != jwt.kid {
+        return false;
+    }
+    key.alg.is_empty() || key.alg == jwt.alg
+}
+
+fn options(now: u64, skew: u64, max_token: usize) -> VerificationOptions {
+    VerificationOptions {
+        // Time is checked by the caller with Envoy's rules before the signature; these only keep
+        // jwt-simple's own checks consistent with them (iat in the future is not an error).
+        accept_future: true,
+        time_tolerance: Some(Duration::from_secs(skew)),
+        artificial_time: Some(UnixTimeStamp::from_secs(now)),
+        max_token_length: Some(max_token),
+        ..Default::default()
+    }
+}
+
+/// One key, one algorithm. The key type must fit the token's `alg` (no HS/RS confusion: an RSA
+/// key is never used as an HMAC secret, an EC key only verifies its own curve's ES algorithm).
+fn verify_with(key: &Key, token: &str, jwt: &Jwt, now: u64, skew: u64, max_token: usize) -> Result<(), Status> {
+    let opts = Some(options(now, skew, max_token));
+    let fail = |_| Status::JwtVerificationFail;
+    match (&key.material, jwt.alg.as_str()) {
+        (Material::Rsa(k), "RS256") => k.rs256.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
+        (Material::Rsa(k), "RS384") => k.rs384.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
+        (Material::Rsa(k), "RS512") => k.rs512.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
+        (Material::Rsa(k), "PS256") => k.ps256.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
+        (Material::Rsa(k), "PS384") => k.ps384.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
+        (Material::Rsa(k), "PS512") => k.ps512.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
+        (Material::P256(k), "ES256") => k.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
+        (Material::P384(k), "ES384") => k.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
+        (Material::Ed25519(k), "EdDSA") => {
+            if jwt.signature.len() != 64 {
+                return Err(Status::JwtEd25519SignatureWrongLength);
+            }
+            k.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail)
+        }
+        (Material::Oct(secret), "HS256") => {
+            HS256Key::from_bytes(secret).verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail)
+        }
+        (Material::Oct(secret), "HS384") => {
+            HS384Key::from_bytes(secret).verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail)
+        }
+        (Material::Oct(secret), "HS512") => {
+            HS512Key::from_bytes(secret).verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail)
+        }
+        _ => Err(Status::JwtVerificationFail),
+    }
+}
+
+/// Why a JWKS document as a whole is unusable (a bad single key is only skipped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksError {
+    TooLarge(usize),
+    /// Envoy `JwksParseError`.
+    NotJson(String),
+    /// Envoy `JwksNoKeys`.
+    NoKeysField,
+    /// Envoy `JwksBadKeys`.
+    KeysNotArray,
+}
+
+impl std::fmt::Display for JwksError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksError::TooLarge(n) => write!(f, "JWKS is {n} bytes; at most {MAX_JWKS_BYTES} are accepted"),
+            JwksError::NotJson(e) => write!(f, "JWKS is not valid JSON: {e}"),
+            JwksError::NoKeysField => write!(f, "JWKS has no \"keys\" field"),
+            JwksError::KeysNotArray => write!(f, "\"keys\" in the JWKS is not an array"),
+        }
+    }
+}
+
+/// Parses a JWKS document. Keys that cannot be used are listed in `skipped`.
+pub fn parse_jwks(text: &str) -> Result<KeySet, JwksError> {
+    if text.len() > MAX_JWKS_BYTES {
+        return Err(JwksError::TooLarge(text.len()));
+    }
+    let doc: Map<String, Value> = serde_json::from_str(text).map_err(|e| JwksError::NotJson(e.to_string()))?;
+    let keys = match doc.get("keys") {
+        None => return Err(JwksError::NoKeysField),
+        Some(Value::Array(keys)) => keys,
+        Some(_) => return Err(JwksError::KeysNotArray),
+    };
+    let mut set = KeySet::default();
+    for (i, value) in keys.iter().enumerate() {
+        if set.keys.len() >= MAX_KEYS {
+            set.skipped.push(format!("keys[{i}] and later: more than {MAX_KEYS} keys"));
+            break;
+        }
+        match parse_jwk(value) {
+            Ok(key) => set.keys.push(key),
+            Err(why) => set.skipped.push(format!("keys[{i}]: {why}")),
+        }
+    }
+    Ok(set)
+}
+
+fn get_str<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
+    match jwk.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("[{name}] is not a string")),
+    }
+}
+
+fn required_b64(jwk: &Map<String, Value>, name: &str, what: &str) -> Result<Vec<u8>, String> {
+    let s = get_str(jwk, name)?.ok_or_else(|| format!("[{name}] field is missing for {what}"))?;
+    b64url_decode(s).ok_or_else(|| format!("[{name}] is not valid base64url"))
+}
+
+fn parse_jwk(value: &Value) -> Result<Key, String> {
+    let Value::Object(jwk) = value else {
+        return Err("not a JSON object".into());
+    };
+    let kty = get_str(jwk, "kty")?.ok_or("[kty] is missing")?;
+    // Like Envoy, a non-string kid/alg is treated as absent.
+    let kid = jwk.get("kid").and_then(Value::as_str).unwrap_or_default().to_string();
+    let alg = jwk.get("alg").and_then(Value::as_str).unwrap_or_default().to_string();
+    let material = match kty {
+        "RSA" => {
+            if !alg.is_empty() && !(alg.starts_with("RS") || alg.starts_with("PS")) {
+                return Err("[alg] is not started with [RS] or [PS] for an RSA key".into());
+            }
+            let n = required_b64(jwk, "n", "a RSA key")?;
+            let e = required_b64(jwk, "e", "a RSA key")?;
+            let bad = |e: jwt_simple::Error| format!("RSA key rejected: {e}");
+            Material::Rsa(Box::new(RsaKeys {
+                rs256: RS256PublicKey::from_components(&n, &e).map_err(bad)?,
+                rs384: RS384PublicKey::from_components(&n, &e).map_err(bad)?,
+                rs512: RS512PublicKey::from_components(&n, &e).map_err(bad)?,
+                ps256: PS256PublicKey::from_components(&n, &e).map_err(bad)?,
+                ps384: PS384PublicKey::from_components(&n, &e).map_err(bad)?,
+                ps512: PS512PublicKey::from_components(&n, &e).map_err(bad)?,
+            }))
+        }
+        "EC" => {
+            if !alg.is_empty() && !alg.starts_with("ES") {
+                return Err("[alg] is not started with [ES] for an EC key".into());
+            }
+            let crv = get_str(jwk, "crv").map_err(|_| "[crv] field is not string for an EC key".to_string())?;
+            let crv = crv.unwrap_or_default();
+            if !alg.is_empty()
+                && !crv.is_empty()
+                && !matches!((alg.as_str(), crv), ("ES256", "P-256") | ("ES384", "P-384") | ("ES512", "P-521"))
+            {
+                return Err("[crv] field specified is not compatible with [alg] for an EC key".into());
+            }
+            let curve = if alg == "ES256" || crv == "P-256" || (alg.is_empty() && crv.is_empty()) {
+                "P-256"
+            } else if alg == "ES384" || crv == "P-384" {
+                "P-384"
+            } else if alg == "ES512" || crv == "P-521" {
+                return Err("EC P-521 (ES512) keys are not supported by wasmesh".into());
+            } else {
+                return Err("[crv] or [alg] field is not supported for an EC key".into());
+            };
+            let x = required_b64(jwk, "x", "an EC key")?;
+            let y = required_b64(jwk, "y", "an EC key")?;
+            let size = if curve == "P-256" { 32 } else { 48 };
+            let point = sec1_point(&x, &y, size).ok_or("EC [x] and [y] fields have a parse error")?;
+            let bad = |_| "EC [x] and [y] fields have a parse error".to_string();
+            if curve == "P-256" {
+                Material::P256(ES256PublicKey::from_bytes(&point).map_err(bad)?)
+            } else {
+                Material::P384(ES384PublicKey::from_bytes(&point).map_err(bad)?)
+            }
+        }
+        "OKP" => {
+            if !alg.is_empty() && alg != "EdDSA" {
+                return Err("[alg] is not [EdDSA] for an OKP key".into());
+            }
+            match get_str(jwk, "crv")? {
+                None => return Err("[crv] field is missing for an OKP key".into()),
+                Some("Ed25519") => {}
+                Some(_) => return Err("[crv] field is not supported for an OKP key".into()),
+            }
+            let x = required_b64(jwk, "x", "an OKP key")?;
+            if x.len() != 32 {
+                return Err("OKP [x] field is wrong length".into());
+            }
+            Material::Ed25519(Ed25519PublicKey::from_bytes(&x).map_err(|e| format!("OKP key rejected: {e}"))?)
+        }
+        "oct" => {
+            if !alg.is_empty() && !matches!(alg.as_str(), "HS256" | "HS384" | "HS512") {
+                return Err("[alg] does not start with [HS] for an HMAC key".into());
+            }
+            let k = required_b64(jwk, "k", "an HMAC key")?;
+            if k.is_empty() {
+                return Err("Oct key is an invalid Base64".into());
+            }
+            Material::Oct(k)
+        }
+        other => return Err(format!("[kty] {other:?} is not supported")),
+    };
+    let fingerprint = fingerprint(value);
+    Ok(Key { kid, alg, material, fingerprint })
+}
+
+/// Uncompressed SEC1 point; coordinates shorter than the field size are left-padded.
+fn sec1_point(x: &[u8], y: &[u8], size: usize) -> Option<Vec<u8>> {
+    if x.len() > size || y.len() > size {
+        return None;
+    }
+    let mut p = Vec::with_capacity(1 + 2 * size);
+    p.push(4);
+    p.extend(std::iter::repeat_n(0, size - x.len()));
+    p.extend_from_slice(x);
+    p.extend(std::iter::repeat_n(0, size - y.len()));
+    p.extend_from_slice(y);
+    Some(p)
+}
+
+/// A stable fingerprint of the JWK's key-relevant members.
+fn fingerprint(jwk: &Value) -> u64 {
+    let mut h = blake2b_simd::Params::new().hash_length(8).to_state();
+    for name in ["kty", "kid", "alg", "crv", "n", "e", "x", "y", "k"] {
+        if let Some(Value::String(s)) = jwk.get(name) {
+            h.update(name.as_bytes());
+            h.update(&[0]);
+            h.update(s.as_bytes());
+            h.update(&[0]);
+        }
+    }
+    let out = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&out.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}

@@ -1,0 +1,333 @@
+//! Remote JWKS (`jwksUri`, or OpenID discovery from the issuer) as a small state machine the
+//! filter drives: fetch at start, refresh periodically, refetch (rate-limited) when a token names
+//! an unknown `kid`, retry failures with exponential backoff while keeping the last good keys.
+//! Pure: the adapter performs the HTTP calls and reports the results; times are milliseconds.
+
+use crate::config::{parse_jwks_uri, JwksEndpoint};
+use crate::jwks::{parse_jwks, KeySet};
+
+/// First retry delay after a failed fetch; doubles per consecutive failure.
+pub const BACKOFF_MIN_MS: u64 = 1_000;
+/// Longest retry delay (istiod retries a failed JWKS every minute).
+pub const BACKOFF_MAX_MS: u64 = 60_000;
+/// Largest fetched body accepted.
+pub const MAX_BODY_BYTES: usize = crate::jwks::MAX_JWKS_BYTES;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// `<issuer>/.well-known/openid-configuration`, to learn `jwks_uri`.
+    Discovery,
+    Jwks,
+}
+
+/// One HTTP GET the adapter must make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+    pub stage: Stage,
+    pub uri: String,
+}
+
+/// The key situation a request sees.
+pub enum KeyState<'a> {
+    Ready(&'a KeySet),
+    /// No keys yet and a fetch is coming (start-up, or one in flight): wait for it.
+    Pending,
+    /// No keys and the last fetch failed: every presented token fails.
+    Failed,
+}
+
+pub struct RemoteJwks {
+    pub endpoint: JwksEndpoint,
+    pub discovery: bool,
+    /// `jwks_uri` learnt by discovery.
+    pub resolved: Option<JwksEndpoint>,
+    pub timeout_ms: u64,
+    refresh_ms: u64,
+    kid_refetch_min_ms: u64,
+    keys: Option<KeySet>,
+    in_flight: Option<(u64, Stage)>,
+    next_fetch_ms: u64,
+    failures: u32,
+    wanted: bool,
+    last_kid_refetch_ms: Option<u64>,
+    attempted: bool,
+    pub last_error: Option<String>,
+    pub fetched_at_ms: Option<u64>,
+}
+
+/// What a finished fetch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// New keys are in use (`skipped` lists keys that could not be used).
+    Updated { keys: usize, skipped: Vec<String> },
+    /// Discovery gave the JWKS location; the JWKS fetch follows immediately.
+    Discovered(String),
+    /// The fetch failed; the last good keys (if any) stay in use; retry after `retry_in_ms`.
+    Failed { reason: String, retry_in_ms: u64 },
+}
+
+impl RemoteJwks {
+    pub fn new(endpoint: JwksEndpoint, discovery: bool, timeout_ms: u64, refresh_ms: u64, kid_refetch_min_ms: u64) -> Self {
+        RemoteJwks {
+            endpoint,
+            discovery,
+            resolved: None,
+            timeout_ms,
+            refresh_ms: refresh_ms.max(1000),
+            kid_refetch_min_ms,
+            keys: None,
+            in_flight: None,
+            next_fetch_ms: 0,
+            failures: 0,
+            wanted: false,
+            last_kid_refetch_ms: None,
+            attempted: false,
+            last_error: None,
+            fetched_at_ms: None,
+        }
+    }
+
+    pub fn key_state(&self) -> KeyState<'_> {
+        match &self.keys {
+            Some(k) => KeyState::Ready(k),
+            None if !self.attempted || self.in_flight.is_some() || self.wanted => KeyState::Pending,
+            None => KeyState::Failed,
+        }
+    }
+
+    pub fn keys(&self) -> Option<&KeySet> {
+        self.keys.as_ref()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Whether a token with an unknown `kid` should wait for a refetch rather than fail now.
+    pub fn kid_refetch_allowed(&self, now_ms: u64) -> bool {
+        self.in_flight.is_some()
+            || self.wanted
+            || self.last_kid_refetch_ms.is_none_or(|t| now_ms.saturating_sub(t) >= self.kid_refetch_min_ms)
+    }
+
+    /// A request saw an unknown `kid`: fetch now (if allowed by the rate limit).
+    pub fn request_kid_refetch(&mut self, now_ms: u64) {
+        if self.in_flight.is_some() || self.wanted {
+            return;
+        }
+        if self.last_kid_refetch_ms.is_none_or(|t| now_ms.saturating_sub(t) >= self.kid_refetch_min_ms) {
+            self.wanted = true;
+            self.last_kid_refetch_ms = Some(now_ms);
+        }
+    }
+
+    /// The fetch to start now, if one is due; it is then in flight until [`Self::on_response`].
+    /// A fetch whose answer never came (`timeout + 5 s`) counts as failed.
+    pub fn poll(&mut self, now_ms: u64) -> Option<FetchRequest> {
+        if let Some((since, _)) = self.in_flight {
+            if now_ms.saturating_sub(since) > self.timeout_ms.saturating_add(5_000) {
+                self.fail(now_ms, "no response from the JWKS server".into());
+            } else {
+                return None;
+            }
+        }
+        if !(self.wanted || now_ms >= self.next_fetch_ms) {
+            return None;
+        }
+        let stage = if self.discovery && self.resolved.is_none() { Stage::Discovery } else { Stage::Jwks };
+        let ep = match (stage, &self.resolved) {
+            (Stage::Jwks, Some(r)) => r,
+            _ => &self.endpoint,
+        };
+        let req = FetchRequest {
+            cluster: ep.cluster.clone(),
+            authority: ep.authority.clone(),
+            path: ep.path.clone(),
+            timeout_ms: self.timeout_ms,
+            stage,
+            uri: ep.uri.clone(),
+        };
+        self.in_flight = Some((now_ms, stage));
+        self.wanted = false;
+        Some(req)
+    }
+
+    /// The response to the fetch in flight: `status` is the HTTP status (`None` when the call
+    /// failed: no cluster, reset, timeout).
+    pub fn on_response(&mut self, now_ms: u64, status: Option<u32>, body: &[u8]) -> FetchOutcome {
+        let stage = match self.in_flight.take() {
+            Some((_, stage)) => stage,
+            None => Stage::Jwks,
+        };
+        let status = match status {
+            None => return self.fail(now_ms, "the HTTP call failed (no healthy upstream, reset or timeout)".into()),
+            Some(s) => s,
+        };
+        if status != 200 {
+            return self.fail(now_ms, format!("HTTP status {status}"));
+        }
+        if body.len() > MAX_BODY_BYTES {
+            return self.fail(now_ms, format!("body of {} bytes is larger than {MAX_BODY_BYTES}", body.len()));
+        }
+        let Ok(text) = std::str::from_utf8(body) else {
+            return self.fail(now_ms, "body is not UTF-8".into());
+        };
+        match stage {
+            Stage::Discovery => {
+                let doc: serde_json::Value = match serde_json::from_str(text) {
+                    Ok(v) => v,
+                    Err(e) => return self.fail(now_ms, format!("OpenID configuration is not JSON: {e}")),
+                };
+                let Some(uri) = doc.get("jwks_uri").and_then(|v| v.as_str()) else {
+                    return self.fail(now_ms, "OpenID configuration has no \"jwks_uri\" string".into());
+                };
+                match parse_jwks_uri(uri) {
+                    Ok(mut ep) => {
+                        // The discovered server is reached through the issuer's cluster when it
+                        // is the same server; otherwise through its own (which the controller
+                        // cannot know in advance: see the README).
+                        if ep.host == self.endpoint.host && ep.port == self.endpoint.port && ep.tls == self.endpoint.tls {
+                            ep.cluster = self.endpoint.cluster.clone();
+                        }
+                        let uri = ep.uri.clone();
+                        self.resolved = Some(ep);
+                        self.wanted = true;
+                        FetchOutcome::Discovered(uri)
+                    }
+                    Err(e) => self.fail(now_ms, format!("OpenID configuration jwks_uri: {e}")),
+                }
+            }
+            Stage::Jwks => match parse_jwks(text) {
+                Err(e) => self.fail(now_ms, e.to_string()),
+                Ok(set) if set.keys.is_empty() => {
+                    let why = if set.skipped.is_empty() { "no keys".to_string() } else { set.skipped.join("; ") };
+                    self.fail(now_ms, format!("JWKS has no usable key ({why})"))
+                }
+                Ok(set) => {
+                    let outcome = FetchOutcome::Updated { keys: set.keys.len(), skipped: set.skipped.clone() };
+                    self.keys = Some(set);
+                    self.failures = 0;
+                    self.attempted = true;
+                    self.last_error = None;
+                    self.fetched_at_ms = Some(now_ms);
+                    self.next_fetch_ms = now_ms.saturating_add(self.refresh_ms);
+                    outcome
+                }
+            },
+        }
+    }
+
+    fn fail(&mut self, now_ms: u64, reason: String) -> FetchOutcome {
+        self.in_flight = None;
+        self.failures = self.failures.saturating_add(1);
+        let shift = (self.failures - 1).min(16);
+        let retry = BACKOFF_MIN_MS.saturating_mul(1 << shift).min(BACKOFF_MAX_MS);
+        self.next_fetch_ms = now_ms.saturating_add(retry);
+        self.attempted = true;
+        self.wanted = false;
+        self.last_error = Some(reason.clone());
+        FetchOutcome::Failed { reason, retry_in_ms: retry }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+
+    fn remote(discovery: bool) -> RemoteJwks {
+        let ep = parse_jwks_uri(if discovery { "https://idp.example/.well-known/openid-configuration" } else { "http://127.0.0.1:9000/jwks" }).unwrap();
+        RemoteJwks::new(ep, discovery, 5000, 300_000, 10_000)
+    }
+
+    #[test]
+    fn fetches_at_start_then_refreshes() {
+        let mut r = remote(false);
+        assert!(matches!(r.key_state(), KeyState::Pending));
+        let req = r.poll(0).unwrap();
+        assert_eq!((req.cluster.as_str(), req.path.as_str(), req.authority.as_str()), ("wasmesh-jwks|http|127.0.0.1|9000", "/jwks", "127.0.0.1:9000"));
+        assert!(r.poll(10).is_none(), "one fetch at a time");
+        assert!(matches!(r.key_state(), KeyState::Pending));
+        assert!(matches!(r.on_response(20, Some(200), JWKS.as_bytes()), FetchOutcome::Updated { keys: 1, .. }));
+        assert!(matches!(r.key_state(), KeyState::Ready(_)));
+        assert!(r.poll(299_000).is_none());
+        assert!(r.poll(300_020).is_some(), "refresh after the cache duration");
+    }
+
+    #[test]
+    fn failures_back_off_and_keep_the_last_good_keys() {
+        let mut r = remote(false);
+        r.poll(0);
+        assert!(matches!(r.on_response(1, None, b""), FetchOutcome::Failed { retry_in_ms: 1000, .. }));
+        assert!(matches!(r.key_state(), KeyState::Failed), "no keys at all: presented tokens fail");
+        assert!(r.poll(500).is_none());
+        r.poll(1001).unwrap();
+        assert!(matches!(r.on_response(1002, Some(503), b""), FetchOutcome::Failed { retry_in_ms: 2000, .. }));
+        r.poll(3002).unwrap();
+        assert!(matches!(r.on_response(3003, Some(200), JWKS.as_bytes()), FetchOutcome::Updated { .. }));
+        r.poll(400_000).unwrap();
+        assert!(matches!(r.on_response(400_001, Some(200), b"not json"), FetchOutcome::Failed { .. }));
+        assert!(matches!(r.key_state(), KeyState::Ready(_)), "last good keys kept");
+        r.poll(401_001).unwrap();
+        assert!(matches!(r.on_response(401_002, Some(200), br#"{"keys":[]}"#), FetchOutcome::Failed { retry_in_ms: 2000, .. }));
+        assert!(matches!(r.key_state(), KeyState::Ready(_)));
+        // The backoff is capped.
+        for _ in 0..20 {
+            let t = r.next_fetch_ms;
+            r.poll(t).unwrap();
+            r.on_response(t, None, b"");
+        }
+        assert!(r.next_fetch_ms - r.fetched_at_ms.unwrap() > 0);
+        assert!(matches!(r.on_response(0, None, b""), FetchOutcome::Failed { retry_in_ms: BACKOFF_MAX_MS, .. }));
+    }
+
+    #[test]
+    fn lost_responses_count_as_failures() {
+        let mut r = remote(false);
+        r.poll(0).unwrap();
+        assert!(r.poll(9_000).is_none(), "still within timeout + 5s");
+        assert!(r.poll(10_001).is_none(), "marked failed, retry after backoff");
+        assert_eq!(r.consecutive_failures(), 1);
+        assert!(r.poll(11_001).is_some());
+    }
+
+    #[test]
+    fn unknown_kid_refetch_is_rate_limited() {
+        let mut r = remote(false);
+        r.poll(0);
+        r.on_response(0, Some(200), JWKS.as_bytes());
+        assert!(r.kid_refetch_allowed(1000));
+        r.request_kid_refetch(1000);
+        assert!(r.poll(1000).is_some(), "refetch now, not at the refresh time");
+        r.on_response(1010, Some(200), JWKS.as_bytes());
+        assert!(!r.kid_refetch_allowed(5000));
+        r.request_kid_refetch(5000);
+        assert!(r.poll(5000).is_none());
+        assert!(r.kid_refetch_allowed(11_000));
+    }
+
+    #[test]
+    fn discovery_then_jwks() {
+        let mut r = remote(true);
+        let req = r.poll(0).unwrap();
+        assert_eq!(req.stage, Stage::Discovery);
+        assert_eq!(req.path, "/.well-known/openid-configuration");
+        let doc = br#"{"issuer":"https://idp.example","jwks_uri":"https://idp.example/keys"}"#;
+        assert_eq!(r.on_response(1, Some(200), doc), FetchOutcome::Discovered("https://idp.example/keys".into()));
+        assert!(matches!(r.key_state(), KeyState::Pending));
+        let req = r.poll(2).unwrap();
+        assert_eq!((req.stage, req.path.as_str(), req.cluster.as_str()), (Stage::Jwks, "/keys", "wasmesh-jwks|https|idp.example|443"));
+        assert!(matches!(r.on_response(3, Some(200), JWKS.as_bytes()), FetchOutcome::Updated { .. }));
+        let req = r.poll(400_000).unwrap();
+        assert_eq!(req.stage, Stage::Jwks, "refresh keeps the discovered location");
+    }
+}

@@ -1,0 +1,210 @@
+//! Test helpers: fixed test keys (generated once with openssl; test-only, never trusted anywhere),
+//! token signing with any payload, JWKS documents. Used by this crate's tests and by the e2e tests
+//! (feature `testing`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use jwt_simple::prelude::*;
+use serde_json::{json, Map, Value};
+
+pub const RSA1_PEM: &str = include_str!("../testdata/rsa1.pem");
+pub const RSA2_PEM: &str = include_str!("../testdata/rsa2.pem");
+pub const EC256_PEM: &str = include_str!("../testdata/ec256.pem");
+pub const EC384_PEM: &str = include_str!("../testdata/ec384.pem");
+pub const ED25519_PEM: &str = include_str!("../testdata/ed25519.pem");
+
+/// Which test key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestKey {
+    Rsa1,
+    Rsa2,
+    Ec256,
+    Ec384,
+    Ed25519,
+}
+
+enum Inner {
+    Rs256(RS256KeyPair),
+    Rs384(RS384KeyPair),
+    Rs512(RS512KeyPair),
+    Ps256(PS256KeyPair),
+    Ps384(PS384KeyPair),
+    Ps512(PS512KeyPair),
+    Es256(ES256KeyPair),
+    Es384(ES384KeyPair),
+    EdDsa(Ed25519KeyPair),
+    Hs256(HS256Key),
+}
+
+/// Signs tokens with one key and algorithm.
+pub struct Signer {
+    pub alg: String,
+    pub kid: Option<String>,
+    inner: Inner,
+    key: TestKey,
+}
+
+impl Signer {
+    /// `alg` one of RS256/384/512, PS256/384/512 (RSA keys), ES256 (Ec256), ES384 (Ec384),
+    /// EdDSA (Ed25519).
+    pub fn new(alg: &str, key: TestKey, kid: Option<&str>) -> Signer {
+        let pem = match key {
+            TestKey::Rsa1 => RSA1_PEM,
+            TestKey::Rsa2 => RSA2_PEM,
+            TestKey::Ec256 => EC256_PEM,
+            TestKey::Ec384 => EC384_PEM,
+            TestKey::Ed25519 => ED25519_PEM,
+        };
+        let k = kid.unwrap_or_default();
+        let has = kid.is_some();
+        let inner = match alg {
+            "RS256" => Inner::Rs256(opt_kid(RS256KeyPair::from_pem(pem).unwrap(), has, k, RS256KeyPair::with_key_id)),
+            "RS384" => Inner::Rs384(opt_kid(RS384KeyPair::from_pem(pem).unwrap(), has, k, RS384KeyPair::with_key_id)),
+            "RS512" => Inner::Rs512(opt_kid(RS512KeyPair::from_pem(pem).unwrap(), has, k, RS512KeyPair::with_key_id)),
+            "PS256" => Inner::Ps256(opt_kid(PS256KeyPair::from_pem(pem).unwrap(), has, k, PS256KeyPair::with_key_id)),
+            "PS384" => Inner::Ps384(opt_kid(PS384KeyPair::from_pem(pem).unwrap(), has, k, PS384KeyPair::with_key_id)),
+            "PS512" => Inner::Ps512(opt_kid(PS512KeyPair::from_pem(pem).unwrap(), has, k, PS512KeyPair::with_key_id)),
+            "ES256" => Inner::Es256(opt_kid(ES256KeyPair::from_pem(pem).unwrap(), has, k, ES256KeyPair::with_key_id)),
+            "ES384" => Inner::Es384(opt_kid(ES384KeyPair::from_pem(pem).unwrap(), has, k, ES384KeyPair::with_key_id)),
+            "EdDSA" => Inner::EdDsa(opt_kid(Ed25519KeyPair::from_pem(pem).unwrap(), has, k, Ed25519KeyPair::with_key_id)),
+            other => panic!("unsupported test algorithm {other}"),
+        };
+        Signer { alg: alg.to_string(), kid: kid.map(str::to_string), inner, key }
+    }
+
+    /// An HS256 signer whose secret is the given bytes (e.g. an RSA public key, for the HS/RS
+    /// confusion attack).
+    pub fn hs256(secret: &[u8], kid: Option<&str>) -> Signer {
+        let mut k = HS256Key::from_bytes(secret);
+        if let Some(kid) = kid {
+            k = k.with_key_id(kid);
+        }
+        Signer { alg: "HS256".into(), kid: kid.map(str::to_string), inner: Inner::Hs256(k), key: TestKey::Rsa1 }
+    }
+
+    /// Signs a token carrying exactly this payload (object).
+    pub fn sign(&self, payload: &Value) -> String {
+        let claims = claims_from(payload);
+        match &self.inner {
+            Inner::Rs256(k) => k.sign(claims),
+            Inner::Rs384(k) => k.sign(claims),
+            Inner::Rs512(k) => k.sign(claims),
+            Inner::Ps256(k) => k.sign(claims),
+            Inner::Ps384(k) => k.sign(claims),
+            Inner::Ps512(k) => k.sign(claims),
+            Inner::Es256(k) => k.sign(claims),
+            Inner::Es384(k) => k.sign(claims),
+            Inner::EdDsa(k) => k.sign(claims),
+            Inner::Hs256(k) => k.authenticate(claims),
+        }
+        .unwrap()
+    }
+
+    /// The public JWK (with `kid` when the signer has one; `alg` only when `with_alg`).
+    pub fn jwk(&self, with_alg: bool) -> Value {
+        let text = match &self.inner {
+            Inner::Rs256(k) => k.public_key().to_jwk(),
+            Inner::Rs384(k) => k.public_key().to_jwk(),
+            Inner::Rs512(k) => k.public_key().to_jwk(),
+            Inner::Ps256(k) => k.public_key().to_jwk(),
+            Inner::Ps384(k) => k.public_key().to_jwk(),
+            Inner::Ps512(k) => k.public_key().to_jwk(),
+            Inner::Es256(k) => k.public_key().to_jwk(),
+            Inner::Es384(k) => k.public_key().to_jwk(),
+            Inner::EdDsa(k) => k.public_key().to_jwk(),
+            Inner::Hs256(_) => panic!("no public JWK for an HMAC signer"),
+        };
+        let mut v: Map<String, Value> = serde_json::from_str(&text).unwrap();
+        v.remove("use");
+        v.remove("key_ops");
+        if with_alg {
+            v.insert("alg".into(), json!(self.alg));
+        } else {
+            v.remove("alg");
+        }
+        match &self.kid {
+            Some(k) => v.insert("kid".into(), json!(k)),
+            None => v.remove("kid"),
+        };
+        Value::Object(v)
+    }
+
+    /// The RSA public key in DER (SubjectPublicKeyInfo) — what an attacker would use as an HMAC
+    /// secret in an HS/RS confusion attack.
+    pub fn rsa_public_der(&self) -> Vec<u8> {
+        match self.key {
+            TestKey::Rsa1 => RS256KeyPair::from_pem(RSA1_PEM).unwrap().public_key().to_der().unwrap(),
+            TestKey::Rsa2 => RS256KeyPair::from_pem(RSA2_PEM).unwrap().public_key().to_der().unwrap(),
+            _ => panic!("not an RSA key"),
+        }
+    }
+}
+
+fn opt_kid<K>(k: K, set: bool, kid: &str, f: fn(K, &str) -> K) -> K {
+    if set {
+        f(k, kid)
+    } else {
+        k
+    }
+}
+
+fn claims_from(payload: &Value) -> JWTClaims<Map<String, Value>> {
+    let mut custom = payload.as_object().cloned().expect("payload must be an object");
+    let mut c = Claims::with_custom_claims(Map::new(), Duration::from_secs(1));
+    c.issued_at = None;
+    c.expires_at = None;
+    c.invalid_before = None;
+    let ts = |v: Value| UnixTimeStamp::from_secs(v.as_u64().expect("exp/nbf/iat must be integers in test tokens"));
+    if let Some(v) = custom.remove("iat") {
+        c.issued_at = Some(ts(v));
+    }
+    if let Some(v) = custom.remove("exp") {
+        c.expires_at = Some(ts(v));
+    }
+    if let Some(v) = custom.remove("nbf") {
+        c.invalid_before = Some(ts(v));
+    }
+    if let Some(Value::String(s)) = custom.remove("iss") {
+        c.issuer = Some(s);
+    }
+    if let Some(Value::String(s)) = custom.remove("sub") {
+        c.subject = Some(s);
+    }
+    match custom.remove("aud") {
+        Some(Value::String(s)) => c.audiences = Some(Audiences::AsString(s)),
+        Some(Value::Array(a)) => {
+            c.audiences = Some(Audiences::AsSet(a.into_iter().filter_map(|v| v.as_str().map(str::to_string)).collect()))
+        }
+        _ => {}
+    }
+    if let Some(Value::String(s)) = custom.remove("jti") {
+        c.jwt_id = Some(s);
+    }
+    if let Some(Value::String(s)) = custom.remove("nonce") {
+        c.nonce = Some(s);
+    }
+    c.custom = custom;
+    c
+}
+
+/// A JWKS document with these JWKs.
+pub fn jwks(keys: &[Value]) -> String {
+    json!({ "keys": keys }).to_string()
+}
+
+/// A token with an arbitrary header and payload and a junk signature (for `alg: none`,
+/// malformed and forged tokens).
+pub fn unsigned(header: &Value, payload: &Value, signature: &[u8]) -> String {
+    use crate::jwt::b64url_encode;
+    format!(
+        "{}.{}.{}",
+        b64url_encode(header.to_string().as_bytes()),
+        b64url_encode(payload.to_string().as_bytes()),
+        b64url_encode(signature)
+    )
+}
+
+/// Replaces the payload of a signed token (keeps header and signature): a forgery.
+pub fn swap_payload(token: &str, payload: &Value) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    format!("{}.{}.{}", parts[0], crate::jwt::b64url_encode(payload.to_string().as_bytes()), parts[2])
+}

@@ -1,0 +1,533 @@
+//! Evaluating one request: Envoy jwt_authn's verifier tree (`verifier.cc`) over Istio's
+//! requirement, each provider's check in Envoy's order (`authenticator.cc`: parse, issuer, time,
+//! audience, key, signature), the status Envoy answers, and what a success writes.
+
+use crate::cache::{slot_key, token_hash, Entry, TokenCache, MAX_ENTRY_BYTES};
+use crate::config::{sanitize_audience, JwksSource};
+use crate::extract::{extract, parse_cookies, parse_query, query_of, Found, Gathered, Location};
+use crate::identity::{claim_header_value, identity};
+use crate::jwks::KeySet;
+use crate::jwt::{parse, time_constraint, Jwt, Status};
+use crate::remote::{FetchOutcome, FetchRequest, KeyState};
+
+/// Envoy's default `clock_skew_seconds` (Istio does not change it).
+pub const CLOCK_SKEW_SECS: u64 = 60;
+/// Query parameters / cookies read per request.
+const MAX_PARAMS: usize = 128;
+/// `Http::Utility::buildOriginalUri` truncates the path to this many bytes in the realm.
+const MAX_REALM_PATH: usize = 256;
+
+/// One `jwtRules` entry, compiled.
+pub struct Provider {
+    pub index: usize,
+    /// `RequestAuthentication ns/name spec.jwtRules[i]`, for logs.
+    pub source: String,
+    /// Empty: any issuer (Envoy `JwtIssuerChecker` allow-all).
+    pub issuer: String,
+    /// Sanitized as Envoy's `CheckAudience`; empty: audience not checked.
+    pub audiences: Vec<String>,
+    pub locations: Vec<Location>,
+    pub forward: bool,
+    pub forward_payload_header: Option<String>,
+    pub claim_to_headers: Vec<(String, String)>,
+    pub space_delimited: Vec<String>,
+    pub jwks: JwksSource,
+}
+
+impl Provider {
+    fn key_still_served(&self, fp: u64) -> bool {
+        match &self.jwks {
+            JwksSource::Inline(set) => set.contains_fingerprint(fp),
+            JwksSource::Remote(r) => r.keys().is_some_and(|k| k.contains_fingerprint(fp)),
+        }
+    }
+
+    fn audience_allowed(&self, token_auds: &[String]) -> bool {
+        self.audiences.is_empty() || token_auds.iter().any(|a| self.audiences.iter().any(|c| c == sanitize_audience(a)))
+    }
+}
+
+/// Envoy `JwtRequirement` (the subset Istio emits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    AllowAll,
+    Provider(usize),
+    Any { children: Vec<Requirement>, allow_missing: bool },
+    All(Vec<Requirement>),
+}
+
+pub struct Options {
+    pub max_token_bytes: usize,
+    pub cache_slots: u32,
+    pub cache_salt: [u8; 16],
+    /// Gateways: ask Envoy to recompute the route after success (Istio `clear_route_cache`).
+    pub clear_route_cache: bool,
+    pub jwks_max_wait_ms: u64,
+}
+
+/// How the engine reads the request. Header names are lower case; pseudo-headers `:method`,
+/// `:path`, `:authority` included. Only the first value of a header is needed.
+pub trait RequestHeaders {
+    fn header(&self, name: &str) -> Option<Vec<u8>>;
+}
+
+/// A request-header change to apply (in order) when the request is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    Remove(String),
+    /// Appends a value (Envoy `addCopy`).
+    Add(String, Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    /// Encoded `wasmesh_handover::RequestIdentity` of the last verified token, if any.
+    pub identity: Option<Vec<u8>>,
+    pub mutations: Vec<Mutation>,
+    pub clear_route_cache: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub status: Status,
+    pub code: u32,
+    pub body: &'static str,
+    pub www_authenticate: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitFor {
+    pub provider: usize,
+    /// The token's `kid` is not among the keys: refetch (rate-limited) rather than the refresh.
+    pub unknown_kid: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// No RequestAuthentication applies to this proxy.
+    NotConfigured,
+    /// CORS preflight (`OPTIONS` + `Origin` + `Access-Control-Request-Method`): passes
+    /// regardless of tokens (Istio sets `bypass_cors_preflight`).
+    CorsBypass,
+    Allow(Allowed),
+    Deny(Denied),
+    /// Keys are being fetched: pause the request and evaluate it again when they arrive.
+    Wait(Vec<WaitFor>),
+}
+
+/// Counters for one evaluation.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EvalStats {
+    pub cache_hits: u32,
+    pub cache_misses: u32,
+    pub signature_checks: u32,
+}
+
+pub struct Authn {
+    providers: Vec<Provider>,
+    requirement: Requirement,
+    opts: Options,
+    /// Output headers removed from every request before extraction (client cannot forge them).
+    sanitized: Vec<String>,
+    /// Header names token locations read.
+    token_headers: Vec<String>,
+    needs_query: bool,
+    needs_cookies: bool,
+}
+
+enum R {
+    Ok,
+    Err(Status),
+    Wait,
+}
+
+struct Success {
+    provider: usize,
+    header: Option<String>,
+    identity: Vec<u8>,
+    claim_headers: Vec<(String, String)>,
+    payload_b64: Option<String>,
+}
+
+struct Ctx<'c> {
+    gathered: Gathered,
+    now: u64,
+    now_ms: u64,
+    cache: &'c mut dyn TokenCache,
+    parsed: Vec<(String, Result<Jwt, Status>)>,
+    looked_up: Vec<(String, [u8; 16], Option<Entry>)>,
+    successes: Vec<Success>,
+    waits: Vec<WaitFor>,
+    stats: &'c mut EvalStats,
+}
+
+impl Authn {
+    pub fn new(providers: Vec<Provider>, requirement: Requirement, opts: Options) -> Self {
+        let mut sanitized: Vec<String> = Vec::new();
+        let mut token_headers: Vec<String> = Vec::new();
+        let mut needs_query = false;
+        let mut needs_cookies = false;
+        for p in &providers {
+            if let Some(h) = &p.forward_payload_header {
+                sanitized.push(h.clone());
+            }
+            for (h, _) in &p.claim_to_headers {
+                sanitized.push(h.clone());
+            }
+            for loc in &p.locations {
+                match loc {
+                    Location::Header { name, .. } => token_headers.push(name.clone()),
+                    Location::Param(_) => needs_query = true,
+                    Location::Cookie(_) => needs_cookies = true,
+                }
+            }
+        }
+        sanitized.sort();
+        sanitized.dedup();
+        token_headers.sort();
+        token_headers.dedup();
+        token_headers.retain(|h| !sanitized.contains(h));
+        Authn { providers, requirement, opts, sanitized, token_headers, needs_query, needs_cookies }
+    }
+
+    pub fn providers(&self) -> &[Provider] {
+        &self.providers
+    }
+
+    pub fn requirement(&self) -> &Requirement {
+        &self.requirement
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    pub fn is_configured(&self) -> bool {
+        !self.providers.is_empty()
+    }
+
+    pub fn has_remote_jwks(&self) -> bool {
+        self.providers.iter().any(|p| matches!(p.jwks, JwksSource::Remote(_)))
+    }
+
+    /// The inline key set of a provider (tests, diagnostics).
+    pub fn inline_keys(&self, provider: usize) -> Option<&KeySet> {
+        match &self.providers.get(provider)?.jwks {
+            JwksSource::Inline(k) => Some(k),
+            JwksSource::Remote(r) => r.keys(),
+        }
+    }
+
+    /// JWKS fetches to start now (start-up, refresh, retry after backoff, unknown `kid`).
+    pub fn poll_fetches(&mut self, now_ms: u64) -> Vec<(usize, FetchRequest)> {
+        let mut out = Vec::new();
+        for p in &mut self.providers {
+            if let JwksSource::Remote(r) = &mut p.jwks {
+                if let Some(req) = r.poll(now_ms) {
+                    out.push((p.index, req));
+                }
+            }
+        }
+        out
+    }
+
+    /// The answer to a fetch started by [`Self::poll_fetches`].
+    pub fn on_fetch_response(&mut self, provider: usize, now_ms: u64, status: Option<u32>, body: &[u8]) -> Option<FetchOutcome> {
+        match &mut self.providers.get_mut(provider)?.jwks {
+            JwksSource::Remote(r) => Some(r.on_response(now_ms, status, body)),
+            JwksSource::Inline(_) => None,
+        }
+    }
+
+    /// A paused request is waiting for this provider's keys.
+    pub fn want_keys(&mut self, w: WaitFor, now_ms: u64) {
+        if let Some(JwksSource::Remote(r)) = self.providers.get_mut(w.provider).map(|p| &mut p.jwks) {
+            if w.unknown_kid {
+                r.request_kid_refetch(now_ms);
+            }
+        }
+    }
+
+    /// Evaluates a request at `now_ms` (Unix time in milliseconds).
+    pub fn evaluate(&self, req: &dyn RequestHeaders, now_ms: u64, cache: &mut dyn TokenCache, stats: &mut EvalStats) -> Outcome {
+        if self.providers.is_empty() {
+            return Outcome::NotConfigured;
+        }
+        let method = req.header(":method").unwrap_or_default();
+        if method == b"OPTIONS"
+            && req.header("origin").is_some_and(|v| !v.is_empty())
+            && req.header("access-control-request-method").is_some_and(|v| !v.is_empty())
+        {
+            return Outcome::CorsBypass;
+        }
+        let mut gathered = Gathered::default();
+        for h in &self.token_headers {
+            gathered.headers.push((h.clone(), req.header(h)));
+        }
+        let mut path: Option<Vec<u8>> = None;
+        if self.needs_query {
+            let p = req.header(":path").unwrap_or_default();
+            gathered.params = parse_query(query_of(&p), MAX_PARAMS);
+            path = Some(p);
+        }
+        if self.needs_cookies {
+            if let Some(c) = req.header("cookie") {
+                gathered.cookies = parse_cookies(&c, MAX_PARAMS);
+            }
+        }
+        let mut ctx = Ctx {
+            gathered,
+            now: now_ms / 1000,
+            now_ms,
+            cache,
+            parsed: Vec::new(),
+            looked_up: Vec::new(),
+            successes: Vec::new(),
+            waits: Vec::new(),
+            stats,
+        };
+        match self.eval(&self.requirement, &mut ctx) {
+            R::Ok => {
+                let mut mutations: Vec<Mutation> = self.sanitized.iter().map(|h| Mutation::Remove(h.clone())).collect();
+                for s in &ctx.successes {
+                    let Some(p) = self.providers.get(s.provider) else { continue };
+                    if let (Some(h), Some(payload)) = (&p.forward_payload_header, &s.payload_b64) {
+                        mutations.push(Mutation::Add(h.clone(), payload.as_bytes().to_vec()));
+                    }
+                    for (h, v) in &s.claim_headers {
+                        mutations.push(Mutation::Add(h.clone(), v.as_bytes().to_vec()));
+                    }
+                    if !p.forward {
+                        if let Some(h) = &s.header {
+                            let m = Mutation::Remove(h.clone());
+                            if !mutations.contains(&m) {
+                                mutations.push(m);
+                            }
+                        }
+                    }
+                }
+                let verified = !ctx.successes.is_empty();
+                Outcome::Allow(Allowed {
+                    identity: ctx.successes.pop().map(|s| s.identity),
+                    mutations,
+                    clear_route_cache: verified && self.opts.clear_route_cache,
+                })
+            }
+            R::Wait => {
+                let mut waits = ctx.waits;
+                waits.sort_by_key(|w| (w.provider, w.unknown_kid));
+                waits.dedup();
+                Outcome::Wait(waits)
+            }
+            R::Err(status) => Outcome::Deny(self.deny(status, req, path)),
+        }
+    }
+
+    /// The local reply Envoy sends (`filter.cc` `onComplete`).
+    fn deny(&self, status: Status, req: &dyn RequestHeaders, path: Option<Vec<u8>>) -> Denied {
+        let scheme = req.header("x-forwarded-proto").unwrap_or_default();
+        let host = req.header(":authority").unwrap_or_default();
+        let path = match req.header("x-envoy-original-path") {
+            Some(p) => p,
+            None => path.or_else(|| req.header(":path")).unwrap_or_default(),
+        };
+        let path = &path[..path.len().min(MAX_REALM_PATH)];
+        let mut uri = Vec::with_capacity(scheme.len() + host.len() + path.len() + 3);
+        uri.extend_from_slice(&scheme);
+        uri.extend_from_slice(b"://");
+        uri.extend_from_slice(&host);
+        uri.extend_from_slice(path);
+        let mut value = format!("Bearer realm=\"{}\"", String::from_utf8_lossy(&uri));
+        if status != Status::JwtMissed {
+            value.push_str(", error=\"invalid_token\"");
+        }
+        Denied { status, code: status.http_status(), body: status.message(), www_authenticate: value }
+    }
+
+    fn eval(&self, r: &Requirement, ctx: &mut Ctx<'_>) -> R {
+        match r {
+            Requirement::AllowAll => R::Ok,
+            Requirement::Provider(i) => self.eval_provider(*i, ctx),
+            Requirement::Any { children, allow_missing } => {
+                let mut statuses = Vec::with_capacity(children.len());
+                let mut waiting = false;
+                for child in children {
+                    match self.eval(child, ctx) {
+                        R::Ok => return R::Ok,
+                        R::Wait => waiting = true,
+                        R::Err(s) => statuses.push(s),
+                    }
+                }
+                if waiting {
+                    return R::Wait;
+                }
+                // Envoy's aggregation: prefer a real error over JwtUnknownIssuer over JwtMissed.
+                let mut fin = Status::JwtMissed;
+                for s in statuses {
+                    if (s != Status::JwtMissed && s != Status::JwtUnknownIssuer) || fin == Status::JwtMissed {
+                        fin = s;
+                    }
+                }
+                if *allow_missing && fin == Status::JwtMissed {
+                    R::Ok
+                } else {
+                    R::Err(fin)
+                }
+            }
+            Requirement::All(children) => {
+                let mut waiting = false;
+                for child in children {
+                    match self.eval(child, ctx) {
+                        R::Ok => {}
+                        R::Wait => waiting = true,
+                        R::Err(s) => return R::Err(s),
+                    }
+                }
+                if waiting {
+                    R::Wait
+                } else {
+                    R::Ok
+                }
+            }
+        }
+    }
+
+    /// One provider: every token found at its locations must verify (Envoy processes them from
+    /// the last found to the first and stops at the first failure).
+    fn eval_provider(&self, index: usize, ctx: &mut Ctx<'_>) -> R {
+        let Some(p) = self.providers.get(index) else { return R::Err(Status::JwtUnknownIssuer) };
+        let found = extract(&p.locations, &ctx.gathered, &self.sanitized);
+        if found.is_empty() {
+            return R::Err(Status::JwtMissed);
+        }
+        for f in found.iter().rev() {
+            match self.verify_one(p, f, ctx) {
+                R::Ok => {}
+                other => return other,
+            }
+        }
+        R::Ok
+    }
+
+    fn lookup(&self, token: &str, ctx: &mut Ctx<'_>) -> Option<([u8; 16], Option<Entry>)> {
+        if self.opts.cache_slots == 0 {
+            return None;
+        }
+        if let Some((_, h, e)) = ctx.looked_up.iter().find(|(t, _, _)| t == token) {
+            return Some((*h, e.clone()));
+        }
+        let hash = token_hash(&self.opts.cache_salt, token);
+        let entry = ctx
+            .cache
+            .get(&slot_key(&self.opts.cache_salt, &hash, self.opts.cache_slots))
+            .and_then(|b| Entry::decode(&b))
+            .filter(|e| e.hash == hash);
+        ctx.looked_up.push((token.to_string(), hash, entry.clone()));
+        Some((hash, entry))
+    }
+
+    fn verify_one(&self, p: &Provider, found: &Found, ctx: &mut Ctx<'_>) -> R {
+        let token = found.token.as_str();
+        if token.len() > self.opts.max_token_bytes {
+            return R::Err(Status::JwtTooLarge);
+        }
+        let looked = self.lookup(token, ctx);
+        if let Some((_, Some(e))) = &looked {
+            // Same hash: same token, so its issuer is known without parsing.
+            if !p.issuer.is_empty() && e.iss != p.issuer {
+                return R::Err(Status::JwtUnknownIssuer);
+            }
+            if e.provider as usize == p.index && e.fresh(ctx.now) && p.key_still_served(e.key_fp) {
+                let t = time_constraint(e.nbf, e.exp, ctx.now, CLOCK_SKEW_SECS);
+                if t != Status::Ok {
+                    return R::Err(t);
+                }
+                if !p.audience_allowed(&e.audiences) {
+                    return R::Err(Status::JwtAudienceNotAllowed);
+                }
+                ctx.stats.cache_hits += 1;
+                ctx.successes.push(Success {
+                    provider: p.index,
+                    header: found.header.clone(),
+                    identity: e.identity.clone(),
+                    claim_headers: e.claim_headers.clone(),
+                    payload_b64: e.payload_b64.clone(),
+                });
+                return R::Ok;
+            }
+        }
+        if !ctx.parsed.iter().any(|(t, _)| t == token) {
+            let parsed = parse(token, self.opts.max_token_bytes);
+            ctx.parsed.push((token.to_string(), parsed));
+        }
+        let Some((_, parsed)) = ctx.parsed.iter().find(|(t, _)| t == token) else { return R::Err(Status::JwtBadFormat) };
+        let jwt = match parsed {
+            Ok(j) => j,
+            Err(s) => return R::Err(*s),
+        };
+        if !p.issuer.is_empty() && jwt.iss != p.issuer {
+            return R::Err(Status::JwtUnknownIssuer);
+        }
+        let t = jwt.verify_time(ctx.now, CLOCK_SKEW_SECS);
+        if t != Status::Ok {
+            return R::Err(t);
+        }
+        if !p.audience_allowed(&jwt.audiences) {
+            return R::Err(Status::JwtAudienceNotAllowed);
+        }
+        let keys = match &p.jwks {
+            JwksSource::Inline(set) => set,
+            JwksSource::Remote(r) => match r.key_state() {
+                KeyState::Ready(set) => {
+                    if !set.has_candidate(jwt) && r.kid_refetch_allowed(ctx.now_ms) {
+                        ctx.waits.push(WaitFor { provider: p.index, unknown_kid: true });
+                        return R::Wait;
+                    }
+                    set
+                }
+                KeyState::Pending => {
+                    ctx.waits.push(WaitFor { provider: p.index, unknown_kid: false });
+                    return R::Wait;
+                }
+                KeyState::Failed => return R::Err(Status::JwksFetchFail),
+            },
+        };
+        ctx.stats.signature_checks += 1;
+        let fp = match keys.verify(token, jwt, ctx.now, CLOCK_SKEW_SECS, self.opts.max_token_bytes) {
+            Ok(fp) => fp,
+            Err(s) => return R::Err(s),
+        };
+        if looked.is_some() {
+            ctx.stats.cache_misses += 1;
+        }
+        let id = identity(&jwt.iss, jwt.sub.as_deref(), &jwt.audiences, &jwt.payload, &p.space_delimited);
+        let encoded = wasmesh_handover::encode(&id);
+        let claim_headers: Vec<(String, String)> = p
+            .claim_to_headers
+            .iter()
+            .filter_map(|(h, c)| claim_header_value(&jwt.payload, c).map(|v| (h.clone(), v)))
+            .collect();
+        let payload_b64 = p.forward_payload_header.as_ref().map(|_| jwt.payload_b64.clone());
+        if let Some((hash, _)) = looked {
+            let entry = Entry {
+                hash,
+                provider: p.index as u32,
+                key_fp: fp,
+                iss: jwt.iss.clone(),
+                nbf: jwt.nbf,
+                exp: jwt.exp,
+                verified_at: ctx.now,
+                audiences: jwt.audiences.clone(),
+                identity: encoded.clone(),
+                claim_headers: claim_headers.clone(),
+                payload_b64: payload_b64.clone(),
+            };
+            let bytes = entry.encode();
+            if bytes.len() <= MAX_ENTRY_BYTES {
+                ctx.cache.put(&slot_key(&self.opts.cache_salt, &hash, self.opts.cache_slots), &bytes);
+            }
+        }
+        ctx.successes.push(Success { provider: p.index, header: found.header.clone(), identity: encoded, claim_headers, payload_b64 });
+        R::Ok
+    }
+}
