@@ -9,6 +9,7 @@ pub mod app;
 pub mod envoy;
 pub mod http;
 pub mod mesh;
+pub mod mtls;
 pub mod paths;
 
 pub use app::{App, AppHandle, Call};

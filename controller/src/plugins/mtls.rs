@@ -28,9 +28,10 @@ use super::{Direction, ListenerContext};
 use crate::certs::CertPaths;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
+use std::path::Path;
 use wasmesh_authz::peer_authentication::{MtlsMode, PeerAuthnPolicy};
 use wasmesh_istio::networking::{DestinationRule, ServiceEntry, WorkloadEntry};
-use wasmesh_istio::{Error, Resource, Resources, Workload};
+use wasmesh_istio::{Error, ProxyMode, Resource, Resources, Workload};
 
 /// Istio's cipher suites for sidecar mTLS (`pilot/pkg/security/authn/utils.SupportedCiphers`).
 pub const CIPHER_SUITES: [&str; 6] = [
@@ -76,8 +77,18 @@ pub fn inbound_filter_chains(
             ctx.direction
         ))]);
     }
-    let policy = PeerAuthnPolicy::compile(ctx.workload, ctx.resources)?;
-    let port = u32::from(ctx.bind_port);
+    inbound_chains_for_port(ctx.workload, ctx.resources, u32::from(ctx.bind_port), filters, certs)
+}
+
+/// [`inbound_filter_chains`] for workload port `port` of `workload`.
+pub fn inbound_chains_for_port(
+    workload: &Workload,
+    resources: &Resources,
+    port: u32,
+    filters: &[Value],
+    certs: Option<&CertPaths>,
+) -> Result<InboundChains, Vec<Error>> {
+    let policy = PeerAuthnPolicy::compile(workload, resources)?;
     let decision = policy.explain(port);
     let mode = decision.mode;
     let filters: Vec<Value> = filters.iter().cloned().map(forward_client_cert).collect();
@@ -107,7 +118,7 @@ pub fn inbound_filter_chains(
             let by = decision.policy.clone().unwrap_or_default();
             return Err(vec![Error::new(format!(
                 "port {port} of {}/{} is STRICT ({by}) but no workload certificate was given: run `wasmeshctl certs` and pass its directory",
-                ctx.workload.namespace, ctx.workload.name
+                workload.namespace, workload.name
             ))]);
         }
         (MtlsMode::Permissive, Some(certs)) => (
@@ -416,6 +427,117 @@ fn port_level_tls<'v>(settings: &'v [Value], port: u32, base: &str) -> Vec<(Stri
         .collect()
 }
 
+/// Applies mutual TLS to a bootstrap written by [`crate::bootstrap::build`] for `workload`:
+/// every sidecar listener `inbound_<port>` gets the filter chains of its PeerAuthentication mode,
+/// and, when `certs_dir` is given, every `outbound|<port>|<subset>|<host>` cluster gets Istio's
+/// auto mTLS. `certs_dir` is the directory `wasmeshctl certs` wrote; this workload's files must
+/// be there. Without it, outbound stays plaintext and a STRICT inbound port is an error.
+pub fn apply(workload: &Workload, resources: &Resources, certs_dir: Option<&Path>, bootstrap: &mut Value) -> Result<(), Vec<Error>> {
+    let certs = match certs_dir {
+        Some(dir) => {
+            let paths = CertPaths::for_workload(dir, &workload.namespace, &workload.service_account);
+            paths.check_exist().map_err(|e| {
+                vec![Error::new(format!("{} ({}): {e}", crate::certs::WorkloadIdentity::of(workload), workload.name))]
+            })?;
+            Some(paths)
+        }
+        None => None,
+    };
+    let mut errors = Vec::new();
+    if workload.mode == ProxyMode::Sidecar {
+        for listener in bootstrap.pointer_mut("/static_resources/listeners").and_then(Value::as_array_mut).into_iter().flatten() {
+            let Some(port) = listener
+                .get("name")
+                .and_then(Value::as_str)
+                .and_then(|n| n.strip_prefix("inbound_"))
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let filters: Vec<Value> = listener
+                .pointer("/filter_chains/0/filters")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            match inbound_chains_for_port(workload, resources, port, &filters, certs.as_ref()) {
+                Ok(chains) => {
+                    listener["filter_chains"] = json!(chains.filter_chains);
+                    if !chains.listener_filters.is_empty() {
+                        listener["listener_filters"] = json!(chains.listener_filters);
+                    }
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+    }
+    if let Some(certs) = &certs {
+        for cluster in bootstrap.pointer_mut("/static_resources/clusters").and_then(Value::as_array_mut).into_iter().flatten() {
+            if let Err(mut e) = secure_named_cluster(workload, resources, cluster, certs) {
+                errors.append(&mut e);
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Secures a cluster named as Istio names outbound clusters, finding its ServiceEntry, port,
+/// DestinationRule and, for each `lb_endpoint`, the WorkloadEntry at that address and port.
+fn secure_named_cluster(client: &Workload, resources: &Resources, cluster: &mut Value, certs: &CertPaths) -> Result<(), Vec<Error>> {
+    let Some(name) = cluster.get("name").and_then(Value::as_str).map(str::to_string) else { return Ok(()) };
+    let mut parts = name.splitn(4, '|');
+    let (Some("outbound"), Some(port), Some(subset), Some(host)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Ok(());
+    };
+    let Ok(port) = port.parse::<u32>() else { return Ok(()) };
+    let found = resources.service_entries().find_map(|(res, se)| {
+        let host_matches = se.hosts.iter().any(|h| client.fqdn(h, res.namespace()) == host);
+        let sp = se.ports.iter().find(|p| p.number == port)?;
+        host_matches.then_some((res, se, sp))
+    });
+    let Some((se_res, se, service_port)) = found else { return Ok(()) };
+    let ns = se_res.namespace();
+    let mut candidates: Vec<&WorkloadEntry> = se.endpoints.iter().collect();
+    if let Some(sel) = &se.workload_selector {
+        candidates.extend(
+            resources
+                .workload_entries()
+                .filter(|(r, we)| r.namespace() == ns && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v)))
+                .map(|(_, we)| we),
+        );
+    }
+    let lb_endpoints: Vec<(String, u32)> = cluster
+        .pointer("/load_assignment/endpoints/0/lb_endpoints")
+        .and_then(Value::as_array)
+        .map(|eps| {
+            eps.iter()
+                .map(|e| {
+                    let sa = e.pointer("/endpoint/address/socket_address");
+                    let addr = sa.and_then(|a| a.get("address")).and_then(Value::as_str).unwrap_or("").to_string();
+                    let p = sa.and_then(|a| a.get("port_value")).and_then(Value::as_u64).unwrap_or(0);
+                    (addr, u32::try_from(p).unwrap_or(0))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let endpoints: Vec<PeerEndpoint<'_>> = lb_endpoints
+        .iter()
+        .map(|(addr, p)| {
+            let entry = candidates.iter().copied().find(|we| {
+                let we_port = we.ports.get(&service_port.name).copied().or(service_port.target_port).unwrap_or(service_port.number);
+                we.address == *addr && we_port == *p
+            });
+            PeerEndpoint { entry, namespace: ns, port: *p }
+        })
+        .collect();
+    let destination_rule = resources.destination_rules().find(|(r, dr)| client.fqdn(&dr.host, r.namespace()) == host);
+    let svc = UpstreamService { service_entry: (se_res, se), host, port, subset, destination_rule };
+    secure_outbound_cluster(client, resources, cluster, &svc, &endpoints, certs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,6 +669,73 @@ mod tests {
         let mut c = cluster();
         let client_certs = CertPaths::for_workload(&PathBuf::from("/certs"), "default", "sleep");
         secure_outbound_cluster(&sleep, &res, &mut c, &svc, &eps, &client_certs).map(|_| c)
+    }
+
+    fn build_for(workload: &str, yaml: &str, certs_dir: Option<&Path>) -> Result<Value, Vec<Error>> {
+        use crate::bootstrap::{build, workload_from_entry, Inbound, ProxySpec};
+        let res = resources(yaml);
+        let (wl, we) = workload_from_entry(&res, workload).map_err(|e| vec![e])?;
+        let inbound = we.ports.values().map(|p| Inbound { port: *p as u16, app_port: 1 }).collect();
+        let spec = ProxySpec {
+            workload: wl.clone(),
+            inbound,
+            outbound_port: Some(15001),
+            gateway_ports: Vec::new(),
+            admin_port: 15000,
+            wasm_dir: PathBuf::from("/wasm"),
+            mesh: MeshConfig::default(),
+            certs_dir: certs_dir.map(Path::to_path_buf),
+            envoy_access_log: None,
+        };
+        let mut boot = build(&spec, &res)?;
+        apply(&wl, &res, certs_dir, &mut boot)?;
+        Ok(boot)
+    }
+
+    const SLEEP: &str = "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: sleep, namespace: default}\nspec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}\n";
+
+    #[test]
+    fn apply_secures_a_generated_bootstrap() {
+        let dir = std::env::temp_dir().join(format!("wasmesh-mtls-apply-{}", std::process::id()));
+        let ids = [
+            crate::certs::WorkloadIdentity::new("cluster.local", "default", "sleep"),
+            crate::certs::WorkloadIdentity::new("cluster.local", "default", "httpbin"),
+        ];
+        crate::certs::run(&dir, &ids, &crate::certs::CaOptions::default()).expect("certs");
+        let yaml = SERVICE.to_string() + SLEEP + &pa("istio-system", "default", "{mtls: {mode: STRICT}}");
+
+        // The server sidecar: its inbound listeners are STRICT.
+        let server = build_for("default/httpbin-v1", &yaml, Some(&dir)).expect("server");
+        let listeners = server["static_resources"]["listeners"].as_array().expect("listeners");
+        let inbound = listeners.iter().find(|l| l["name"] == "inbound_19090").expect("inbound listener");
+        assert_eq!(inbound["filter_chains"].as_array().map(Vec::len), Some(1));
+        let tls = &inbound["filter_chains"][0]["transport_socket"]["typed_config"];
+        assert_eq!(tls["require_client_certificate"], json!(true));
+        let hcm = &inbound["filter_chains"][0]["filters"].as_array().expect("filters").last().expect("hcm")["typed_config"];
+        assert_eq!(hcm["forward_client_cert_details"], json!("APPEND_FORWARD"));
+        // The outbound listener is not touched.
+        let outbound = listeners.iter().find(|l| l["name"] == "outbound_15001").expect("outbound listener");
+        assert!(outbound["filter_chains"][0].get("transport_socket").is_none());
+
+        // The client: its cluster to httpbin speaks ISTIO_MUTUAL as the sleep identity.
+        let client = build_for("default/sleep", &yaml, Some(&dir)).expect("client");
+        let clusters = client["static_resources"]["clusters"].as_array().expect("clusters");
+        let c = clusters.iter().find(|c| c["name"] == "outbound|8000||httpbin.default.svc.cluster.local").expect("cluster");
+        let ctx = &c["transport_socket"]["typed_config"];
+        assert_eq!(ctx["sni"], json!("outbound_.8000_._.httpbin.default.svc.cluster.local"));
+        assert!(ctx["common_tls_context"]["tls_certificates"][0]["certificate_chain"]["filename"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("default/sleep/cert-chain.pem")));
+
+        // STRICT without certificates cannot be generated; PERMISSIVE can (plaintext).
+        let e = build_for("default/httpbin-v1", &yaml, None).expect_err("strict without certs");
+        assert!(e[0].message.contains("is STRICT"), "{e:?}");
+        assert!(build_for("default/httpbin-v1", SERVICE, None).is_ok());
+        // Certificates missing for this workload: a clear error.
+        let e = build_for("default/httpbin-v1", &SERVICE.replace("serviceAccount: httpbin}", "serviceAccount: nobody}"), Some(&dir))
+            .expect_err("missing certs");
+        assert!(e[0].message.contains("spiffe://cluster.local/ns/default/sa/nobody") && e[0].message.contains("wasmeshctl certs"), "{e:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -273,8 +273,8 @@ fn cond(c: &Cond, req: &Request<'_>) -> Result<bool, Missing> {
 
 fn atom(a: &Atom, req: &Request<'_>) -> Result<bool, Missing> {
     Ok(match a {
-        Atom::Host(m) => m.matches(req.header(":authority").as_deref()),
-        Atom::Method(m) => m.matches(req.header(":method").as_deref()),
+        Atom::Host(m) => m.matches_any(req.header_values(":authority")),
+        Atom::Method(m) => m.matches_any(req.header_values(":method")),
         Atom::Path(m) => req.url_path().is_some_and(|p| m.matches(p)),
         Atom::DestPort(p) => req.destination_port.ok_or(Missing("destination.port"))? == *p,
         Atom::DestIp(c) => c.contains(req.destination_ip.ok_or(Missing("destination.address"))?),
@@ -294,7 +294,7 @@ fn atom(a: &Atom, req: &Request<'_>) -> Result<bool, Missing> {
         Atom::Peer(m) => req.mtls && req.peer.iter().any(|n| m.matches(n)),
         Atom::DirectIp(c) => c.contains(req.source_ip.ok_or(Missing("the direct peer address (source.ip)"))?),
         Atom::RemoteIp(c) => c.contains(req.remote_ip.ok_or(Missing("source.address (remote.ip)"))?),
-        Atom::Header { name, m } => m.matches(req.header(name).as_deref()),
+        Atom::Header { name, m } => m.matches_any(req.header_values(name)),
         Atom::Jwt { iss, sub } => {
             let Some(id) = req.identity else { return Ok(false) };
             let (i, s) = if id.claims.is_empty() {

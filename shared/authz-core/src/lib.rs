@@ -25,6 +25,7 @@
 
 mod compile;
 mod eval;
+pub mod metadata;
 pub mod matcher;
 pub mod peer_authentication;
 pub mod provider;
@@ -39,7 +40,6 @@ pub use eval::{CustomOutcome, Missing, Reason, Shadow, Verdict};
 pub use provider::{ExtAuthzHttp, Provider};
 pub use validate::{validate, validate_all};
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 use wasmesh_handover::RequestIdentity;
 
@@ -116,24 +116,11 @@ pub enum MetaValue {
 }
 
 impl<'a> Request<'a> {
-    /// A header's value as Envoy's header matcher sees it: several values of one name are joined
-    /// with `,`. `None` when absent.
-    pub fn header(&self, name: &str) -> Option<Cow<'a, [u8]>> {
-        let mut found: Option<Cow<'a, [u8]>> = None;
-        for (k, v) in self.headers {
-            if k.eq_ignore_ascii_case(name) {
-                found = Some(match found {
-                    None => Cow::Borrowed(v.as_slice()),
-                    Some(prev) => {
-                        let mut joined = prev.into_owned();
-                        joined.push(b',');
-                        joined.extend_from_slice(v);
-                        Cow::Owned(joined)
-                    }
-                });
-            }
-        }
-        found
+    /// Every value of a header, in order (names compare case-insensitively). Envoy 1.40's
+    /// header matcher tests each value on its own and matches when any value matches
+    /// (CVE-2026-26308 changed it from matching the comma-joined values), verified in Envoy.
+    pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
+        self.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
     fn first(&self, name: &str) -> Option<&'a [u8]> {
@@ -155,6 +142,21 @@ impl<'a> Request<'a> {
     pub fn authority(&self) -> Option<&'a [u8]> {
         self.first(":authority")
     }
+}
+
+/// Parses an Envoy address property (`1.2.3.4:5678`, `[::1]:5678`, or a bare IP).
+pub fn parse_socket_address(s: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(s).ok()?;
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (ip, _) = rest.split_once(']')?;
+        return ip.parse().ok();
+    }
+    let (ip, port) = s.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    ip.parse().ok()
 }
 
 /// What the compiled policies need from the filter, so it makes only the hostcalls that matter.

@@ -218,7 +218,13 @@ impl HeaderMatch {
         }
     }
 
-    /// `value`: the header's value as Envoy's matcher sees it, `None` when absent.
+    /// Envoy's header matcher over every value of the header: true when any value matches
+    /// (present: when there is any value).
+    pub fn matches_any<'v>(&self, mut values: impl Iterator<Item = &'v [u8]>) -> bool {
+        values.any(|v| self.matches(Some(v)))
+    }
+
+    /// `value`: one value of the header, `None` when absent.
     pub fn matches(&self, value: Option<&[u8]>) -> bool {
         match (self, value) {
             (_, None) => false,

@@ -1,0 +1,218 @@
+//! The authz filter (`wasmesh.authz`): AuthorizationPolicy and PeerAuthentication enforcement on
+//! sidecar inbound and gateway listeners (never sidecar outbound, as Istio).
+//!
+//! The filter receives every AuthorizationPolicy of the root namespace and of the workload's
+//! namespace (and, on sidecar inbound, the PeerAuthentications) and selects the ones that apply
+//! itself, exactly as istiod would (selector, targetRefs), so the generated config and the
+//! filter cannot disagree. The plugin compiles that config once here, so a broken policy is
+//! reported by `wasmeshctl` and never deployed, and it refuses policies Istio's admission
+//! webhook would reject.
+//!
+//! Istio's HTTP filter order is: CUSTOM (rbac + ext_authz), authn (JWT), then AUDIT/DENY/ALLOW
+//! rbac. Wire either [`contribute`] alone (one instance doing CUSTOM, then AUDIT/DENY/ALLOW,
+//! after authn), or the exact Istio order: [`contribute_custom`] before the authn plugin and
+//! [`contribute_rbac`] after it. The CUSTOM instance exists only when a CUSTOM policy applies.
+//!
+//! Extension providers come from meshConfig `extensionProviders` (`wasmeshctl --mesh-config`);
+//! the plugin adds a cluster `outbound|<port>||<host>` for each `envoyExtAuthzHttp` provider a
+//! CUSTOM policy uses (a ServiceEntry of the same host replaces it with its endpoints).
+
+use super::{resources_json, Contribution, Direction, ListenerContext, WasmFilter};
+use serde_json::{json, Value};
+use wasmesh_authz::{AuthzConfig, Stage};
+use wasmesh_istio::{Error, Kind, ProxyMode, Resource, Resources};
+
+pub const FILTER_NAME: &str = "wasmesh.authz";
+pub const CUSTOM_FILTER_NAME: &str = "wasmesh.authz.custom";
+pub const PEER_ADDRESS_FILTER_NAME: &str = "wasmesh.authz.peer_address";
+pub const MODULE: &str = "authz";
+
+/// One instance doing everything (CUSTOM, then AUDIT/DENY/ALLOW).
+pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
+    contribute_stage(ctx, Stage::All)
+}
+
+/// The CUSTOM instance, for before the authn filter (pair it with [`contribute_rbac`]).
+pub fn contribute_custom(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
+    contribute_stage(ctx, Stage::Custom)
+}
+
+/// The AUDIT/DENY/ALLOW instance, for after the authn filter (pair it with [`contribute_custom`]).
+pub fn contribute_rbac(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
+    contribute_stage(ctx, Stage::Rbac)
+}
+
+/// The contribution for one stage.
+pub fn contribute_stage(ctx: &ListenerContext<'_>, stage: Stage) -> Result<Contribution, Vec<Error>> {
+    if ctx.direction == Direction::Outbound {
+        return Ok(Contribution::default());
+    }
+    let (cfg, resources) = config(ctx, stage);
+    let errors = validate(&resources);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let authz = cfg.compile(&resources).map_err(|e| e.0)?;
+    if authz.is_empty() {
+        // No policy applies: Istio adds no RBAC filter either.
+        return Ok(Contribution::default());
+    }
+    let mut c = Contribution::default();
+    let config = serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("authz config: {e}"))])?;
+    let name = if stage == Stage::Custom { CUSTOM_FILTER_NAME } else { FILTER_NAME };
+    c.http_filters.push(WasmFilter { name: name.into(), module: MODULE.into(), config, fail_open: false });
+    if authz.needs().source_ip {
+        c.network_filters.push(peer_address_filter());
+    }
+    if let Some(p) = authz.provider() {
+        c.clusters.push(provider_cluster(&p.cluster));
+    }
+    c.stats_tags = stats_tags();
+    Ok(c)
+}
+
+/// The filter configuration for this listener and the resources it carries.
+pub fn config(ctx: &ListenerContext<'_>, stage: Stage) -> (AuthzConfig, Resources) {
+    let mut workload = ctx.workload.clone();
+    workload.mode = match ctx.direction {
+        Direction::Gateway { .. } => ProxyMode::Gateway,
+        _ => ProxyMode::Sidecar,
+    };
+    let candidates: Vec<Resource> = ctx
+        .resources
+        .items
+        .iter()
+        .filter(|r| {
+            let ns = r.namespace();
+            let in_scope = ns == workload.root_namespace || ns == workload.namespace;
+            in_scope
+                && (r.kind() == Kind::AuthorizationPolicy
+                    || (r.kind() == Kind::PeerAuthentication && ctx.direction == Direction::Inbound))
+        })
+        .cloned()
+        .collect();
+    let cfg = AuthzConfig {
+        workload,
+        resources: resources_json(candidates.iter()),
+        trust_domain_aliases: ctx.mesh.trust_domain_aliases.clone(),
+        extension_providers: ctx.mesh.extension_providers.clone(),
+        stage,
+        multiple_custom_providers: false,
+    };
+    (cfg, Resources { items: candidates })
+}
+
+/// What Istio's webhook rejects in the AuthorizationPolicies (`wasmeshctl validate` too).
+pub fn validate(resources: &Resources) -> Vec<Error> {
+    wasmesh_authz::validate_all(resources)
+}
+
+/// The network filter that records the physical peer address for `ipBlocks` / `source.ip`.
+pub fn peer_address_filter() -> WasmFilter {
+    WasmFilter {
+        name: PEER_ADDRESS_FILTER_NAME.into(),
+        module: MODULE.into(),
+        config: json!({"role": "peerAddress"}),
+        fail_open: false,
+    }
+}
+
+/// A cluster for an ext-authz provider: `outbound|<port>||<host>`, the host resolved by DNS (or
+/// used as is when it is an IP address).
+pub fn provider_cluster(name: &str) -> Value {
+    let mut parts = name.split('|');
+    let _ = parts.next();
+    let port: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let host = parts.nth(1).unwrap_or("").to_string();
+    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    json!({
+        "name": name,
+        "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
+        "connect_timeout": "5s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}],
+        },
+    })
+}
+
+/// Tag extraction: `wasmcustom.wasmesh.authz.policy.<outcome>.<rule>` → label `authz_rule`.
+pub fn stats_tags() -> Vec<Value> {
+    vec![json!({"tag_name": "authz_rule", "regex": r"^wasmcustom\.wasmesh\.authz\.policy\.\w+(\.(.+))$"})]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::MeshConfig;
+    use wasmesh_istio::Workload;
+
+    fn resources(yaml: &str) -> Resources {
+        Resources { items: wasmesh_istio::load_str(yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}")) }
+    }
+
+    fn ctx_run(yaml: &str, direction: Direction, mesh: &MeshConfig, stage: Stage) -> Result<Contribution, Vec<Error>> {
+        let res = resources(yaml);
+        let mut wl = Workload::new("httpbin", "foo");
+        wl.labels.insert("app".into(), "httpbin".into());
+        let ctx = ListenerContext { workload: &wl, resources: &res, direction, bind_port: 8000, mesh };
+        contribute_stage(&ctx, stage)
+    }
+
+    const DENY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: d, namespace: foo}\nspec: {action: DENY, rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}]}]}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: other, namespace: bar}\nspec: {action: DENY, rules: [{}]}\n";
+
+    #[test]
+    fn inbound_and_gateway_get_the_filter_outbound_does_not() {
+        let mesh = MeshConfig::default();
+        let c = ctx_run(DENY, Direction::Inbound, &mesh, Stage::All).unwrap();
+        assert_eq!(c.http_filters.len(), 1);
+        assert_eq!(c.http_filters[0].name, FILTER_NAME);
+        assert!(!c.http_filters[0].fail_open, "security filters fail closed");
+        let res = c.http_filters[0].config["resources"].as_array().unwrap();
+        assert_eq!(res.len(), 1, "only root and workload namespaces are carried: {res:?}");
+        assert_eq!(c.network_filters.len(), 1, "ipBlocks needs the peer address filter");
+        assert_eq!(c.network_filters[0].config, json!({"role": "peerAddress"}));
+        let g = ctx_run(DENY, Direction::Gateway { port: 80 }, &mesh, Stage::All).unwrap();
+        assert_eq!(g.http_filters[0].config["workload"]["mode"], "gateway");
+        assert!(ctx_run(DENY, Direction::Outbound, &mesh, Stage::All).unwrap().http_filters.is_empty());
+    }
+
+    #[test]
+    fn no_policy_no_filter() {
+        let c = ctx_run("", Direction::Inbound, &MeshConfig::default(), Stage::All).unwrap();
+        assert!(c.http_filters.is_empty() && c.network_filters.is_empty());
+        let c = ctx_run(&DENY.replace("namespace: foo", "namespace: elsewhere"), Direction::Inbound, &MeshConfig::default(), Stage::All).unwrap();
+        assert!(c.http_filters.is_empty());
+    }
+
+    #[test]
+    fn webhook_invalid_policies_are_refused() {
+        let bad = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: d, namespace: foo}\nspec: {action: DENY}\n";
+        let e = ctx_run(bad, Direction::Inbound, &MeshConfig::default(), Stage::All).unwrap_err();
+        assert!(e[0].to_string().contains("AuthorizationPolicy foo/d"), "{e:?}");
+    }
+
+    #[test]
+    fn custom_provider_gets_a_cluster_and_its_own_stage() {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: foo}\nspec: {action: CUSTOM, provider: {name: ext}, rules: [{}]}\n";
+        let mesh: MeshConfig = serde_yaml::from_str("extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: 127.0.0.1, port: 9191}}]").unwrap();
+        let c = ctx_run(yaml, Direction::Inbound, &mesh, Stage::Custom).unwrap();
+        assert_eq!(c.http_filters[0].name, CUSTOM_FILTER_NAME);
+        assert_eq!(c.http_filters[0].config["stage"], "custom");
+        assert_eq!(c.clusters[0]["name"], "outbound|9191||127.0.0.1");
+        assert_eq!(c.clusters[0]["type"], "STATIC");
+        // The RBAC stage has nothing to do for a CUSTOM-only workload.
+        assert!(ctx_run(yaml, Direction::Inbound, &mesh, Stage::Rbac).unwrap().http_filters.is_empty());
+        let dns = provider_cluster("outbound|80||authz.foo.svc.cluster.local");
+        assert_eq!(dns["type"], "STRICT_DNS");
+    }
+
+    #[test]
+    fn strict_peer_authentication_alone_installs_the_filter_inbound() {
+        let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: foo}\nspec: {mtls: {mode: STRICT}}\n";
+        let c = ctx_run(pa, Direction::Inbound, &MeshConfig::default(), Stage::All).unwrap();
+        assert_eq!(c.http_filters.len(), 1);
+        let g = ctx_run(pa, Direction::Gateway { port: 80 }, &MeshConfig::default(), Stage::All).unwrap();
+        assert!(g.http_filters.is_empty(), "PeerAuthentication does not apply to gateways");
+    }
+}
