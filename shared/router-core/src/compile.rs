@@ -167,6 +167,28 @@ impl Compiler<'_> {
             }
         }
 
+        // Istio's sidecar virtual hosts also answer to the short forms of a service name
+        // (`reviews`, `reviews.ns`, `reviews.ns.svc`); index them now so a request never has to
+        // build the FQDN.
+        if wl.mode == ProxyMode::Sidecar {
+            let suffix = format!(".svc.{}", wl.domain_suffix);
+            let exact: Vec<(String, usize)> = (0..vhosts.len())
+                .flat_map(|i| hosts.exact_names_of(i).into_iter().map(move |h| (h, i)))
+                .collect();
+            for (host, index) in exact {
+                let Some(short) = host.strip_suffix(&suffix) else { continue };
+                let Some((name, ns)) = short.split_once('.') else { continue };
+                if name.is_empty() || ns.is_empty() || ns.contains('.') {
+                    continue;
+                }
+                hosts.insert(&format!("{short}.svc"), index);
+                hosts.insert(short, index);
+                if ns == wl.namespace {
+                    hosts.insert(name, index);
+                }
+            }
+        }
+
         let gateway_hosts = gateway.as_ref().map(|gw| {
             let mut t = HostTable::default();
             for (_, h) in &gw.hosts {

@@ -37,6 +37,11 @@ impl HostTable {
         None
     }
 
+    /// The exact (non-wildcard) names that map to `value`.
+    pub(crate) fn exact_names_of(&self, value: usize) -> Vec<String> {
+        self.exact.iter().filter(|(_, v)| **v == value).map(|(k, _)| k.clone()).collect()
+    }
+
     pub(crate) fn lookup(&self, host: &str) -> Option<usize> {
         if let Some(v) = self.exact.get(host) {
             return Some(*v);

@@ -206,8 +206,8 @@ impl Router {
         Decision::NotFound
     }
 
-    /// Host lookup with the sidecar's short-name forms (`reviews`, `reviews.ns`,
-    /// `reviews.ns.svc`), as Istio's virtual-host domains allow.
+    /// Host lookup. Short forms of known services are indexed at compile time; a short form that
+    /// only a wildcard VirtualService host covers is expanded here (the rare, allocating path).
     fn lookup_vhost(&self, host: &str) -> Option<usize> {
         if let Some(i) = self.hosts.lookup(host) {
             return Some(i);

@@ -12,8 +12,10 @@ pub enum StrMatcher {
     ExactIgnoreCase(Vec<u8>),
     /// `prefix` under `ignoreUriCase` (the value is stored lower-case).
     PrefixIgnoreCase(Vec<u8>),
-    /// RE2-style regex that must match the whole value.
-    Regex(Regex),
+    /// RE2-style regex that must match the whole value. `prefixes`, when known, are literals one
+    /// of which every matching value starts with: a byte compare rejects most values before the
+    /// regex engine runs (which is expensive inside a wasm VM).
+    Regex { re: Regex, prefixes: Option<Vec<Vec<u8>>> },
     /// `{}` (no oneof set) or `regex: "*"`: the header is present.
     Present,
 }
@@ -30,7 +32,10 @@ impl StrMatcher {
             (_, Some(v), _) if ignore_case => StrMatcher::PrefixIgnoreCase(v.to_ascii_lowercase().into_bytes()),
             (_, Some(v), _) => StrMatcher::Prefix(v.as_bytes().to_vec()),
             (_, _, Some(r)) if r == "*" => StrMatcher::Present,
-            (_, _, Some(r)) => StrMatcher::Regex(compile_full_match(r).map_err(|e| (".regex", e))?),
+            (_, _, Some(r)) => StrMatcher::Regex {
+                re: compile_full_match(r).map_err(|e| (".regex", e))?,
+                prefixes: required_prefixes(r),
+            },
             (None, None, None) => StrMatcher::Present,
         })
     }
@@ -44,7 +49,14 @@ impl StrMatcher {
             StrMatcher::PrefixIgnoreCase(v) => {
                 value.len() >= v.len() && value[..v.len()].eq_ignore_ascii_case(v)
             }
-            StrMatcher::Regex(r) => r.is_match(value),
+            StrMatcher::Regex { re, prefixes } => {
+                if let Some(p) = prefixes {
+                    if !p.iter().any(|p| value.starts_with(p)) {
+                        return false;
+                    }
+                }
+                re.is_match(value)
+            }
             StrMatcher::Present => true,
         }
     }
@@ -62,6 +74,21 @@ pub fn compile_full_match(pattern: &str) -> Result<Regex, String> {
         .size_limit(1 << 20)
         .build()
         .map_err(|e| format!("invalid RE2 regex {pattern:?}: {}", first_line(&e.to_string())))
+}
+
+/// Literal prefixes one of which every full match of `pattern` must start with, or `None` when
+/// the pattern can start with anything (or the set would be large).
+fn required_prefixes(pattern: &str) -> Option<Vec<Vec<u8>>> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let hir = regex_syntax::ParserBuilder::new().utf8(false).build().parse(pattern).ok()?;
+    let mut extractor = Extractor::new();
+    extractor.kind(ExtractKind::Prefix).limit_total(64);
+    let seq = extractor.extract(&hir);
+    let lits = seq.literals()?;
+    if lits.is_empty() || lits.iter().any(|l| l.as_bytes().is_empty()) {
+        return None;
+    }
+    Some(lits.iter().map(|l| l.as_bytes().to_vec()).collect())
 }
 
 fn first_line(s: &str) -> String {
@@ -94,6 +121,28 @@ mod tests {
         assert!(c(StringMatch::regex("(?i)JaSoN")).matches(b"jason"));
         assert!(c(StringMatch::regex("a|b")).matches(b"b"));
         assert!(!c(StringMatch::regex("a|b")).matches(b"ab"));
+    }
+
+    #[test]
+    fn prefilter_keeps_regex_semantics() {
+        for (pattern, yes, no) in [
+            ("v9-[a-z]+", &["v9-abc"][..], &["v8-abc", "v9-", "xv9-abc", ""][..]),
+            ("(?i)jason", &["JASON", "Jason"][..], &["mason"][..]),
+            ("(foo|bar)baz", &["foobaz", "barbaz"][..], &["bazbaz"][..]),
+            ("a*b", &["b", "aab"][..], &["c"][..]),
+            (".*suffix", &["x-suffix", "suffix"][..], &["suffi"][..]),
+            ("", &[""][..], &["a"][..]),
+        ] {
+            let m = c(StringMatch::regex(pattern));
+            for y in yes {
+                assert!(m.matches(y.as_bytes()), "{pattern} should match {y}");
+            }
+            for n in no {
+                assert!(!m.matches(n.as_bytes()), "{pattern} should not match {n}");
+            }
+        }
+        assert!(matches!(c(StringMatch::regex("v9-[a-z]+")), StrMatcher::Regex { prefixes: Some(_), .. }));
+        assert!(matches!(c(StringMatch::regex(".*x")), StrMatcher::Regex { prefixes: None, .. }));
     }
 
     #[test]
