@@ -83,9 +83,37 @@ pub fn sidecar(resources: &Resources, workload: &str, app: Option<App>, certs: O
         format!("wasmeshctl envoy for {workload}:\n{}", lines.join("\n"))
     };
     let mut config = bootstrap::build(&spec, resources).map_err(fail)?;
+    add_authz_filter(&spec, resources, &mut config).map_err(fail)?;
     mtls::apply(&wl, resources, certs, &mut config).map_err(fail)?;
     let envoy = Envoy::start_with(workload, &config, 1)?;
     Ok(Sidecar { envoy, app, outbound_port, inbound_ports: inbound.iter().map(|i| i.port).collect(), bootstrap: config })
+}
+
+/// Puts the authz filter (`wasmesh.authz`, its plugin's contribution) before the router of each
+/// inbound listener, unless the bootstrap builder already did (once it wires the authz plugin).
+fn add_authz_filter(spec: &ProxySpec, resources: &Resources, config: &mut serde_json::Value) -> Result<(), Vec<wasmesh_istio::Error>> {
+    use wasmesh_controller::plugins::{authz, Direction, ListenerContext};
+    let mut wl = spec.workload.clone();
+    wl.trust_domain = spec.mesh.trust_domain.clone().unwrap_or(wl.trust_domain);
+    for listener in config.pointer_mut("/static_resources/listeners").and_then(|l| l.as_array_mut()).into_iter().flatten() {
+        let Some(port) = listener["name"].as_str().and_then(|n| n.strip_prefix("inbound_")).and_then(|p| p.parse::<u16>().ok()) else {
+            continue;
+        };
+        let ctx = ListenerContext { workload: &wl, resources, direction: Direction::Inbound, bind_port: port, mesh: &spec.mesh };
+        let contribution = authz::contribute(&ctx)?;
+        let Some(filters) = listener.pointer_mut("/filter_chains/0/filters").and_then(|f| f.as_array_mut()) else { continue };
+        let Some(http) = filters.last_mut().and_then(|hcm| hcm.pointer_mut("/typed_config/http_filters")).and_then(|h| h.as_array_mut()) else {
+            continue;
+        };
+        if http.iter().any(|f| f["name"] == authz::FILTER_NAME) {
+            continue;
+        }
+        let router = http.len().saturating_sub(1);
+        for (i, f) in contribution.http_filters.iter().enumerate() {
+            http.insert(router + i, bootstrap::wasm_http_filter(f, &spec.wasm_dir));
+        }
+    }
+    Ok(())
 }
 
 /// Runs `envoy --mode validate` on a bootstrap; the error text when Envoy rejects it.

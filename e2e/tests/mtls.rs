@@ -208,3 +208,40 @@ fn strict_needs_certificates_to_generate() {
     let e = sidecar(&res, "default/httpbin-v1", Some(App::new("httpbin", "v1")), None).err().expect("must fail");
     assert!(e.contains("is STRICT (PeerAuthentication istio-system/default)") && e.contains("wasmeshctl certs"), "{e}");
 }
+
+#[test]
+fn principals_allow_the_sleep_identity_and_refuse_another() {
+    let policy = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: httpbin, namespace: default}\nspec:\n  selector: {matchLabels: {app: httpbin}}\n  action: ALLOW\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/default/sa/sleep]}\n";
+    let (http, admin) = (free_port(), free_port());
+    let res = resources(&mesh_yaml(http, admin, &format!("{MESH_STRICT}{policy}")));
+    let ca = MeshCa::for_resources(&res);
+    let server = sidecar(&res, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
+    let sleep = sidecar(&res, "default/sleep", None, Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
+    let other = sidecar(&res, "default/other", None, Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
+
+    let r = via(&sleep, 8000);
+    assert_eq!(r.status, 200, "sleep is allowed: {}", r.text());
+    assert_eq!(r.json()["service"], "httpbin");
+    let r = via(&other, 8000);
+    assert_eq!(r.status, 403, "other is refused: {}", r.text());
+    assert_eq!(r.text(), "RBAC: access denied");
+    assert_eq!(server.app.as_ref().map(|a| a.served()), Some(1));
+}
+
+#[test]
+fn principals_refuse_plaintext_callers_under_permissive() {
+    // PERMISSIVE lets a plaintext client in, but it has no identity: `principals` cannot match.
+    let policy = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: httpbin, namespace: default}\nspec:\n  selector: {matchLabels: {app: httpbin}}\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/default/sa/sleep]}\n";
+    let (http, admin) = (free_port(), free_port());
+    let res = resources(&mesh_yaml(http, admin, policy));
+    let ca = MeshCa::for_resources(&res);
+    let _server = sidecar(&res, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
+    let sleep = sidecar(&res, "default/sleep", None, Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(via(&sleep, 8000).status, 200);
+    let r = plaintext(http).expect("PERMISSIVE accepts the connection");
+    assert_eq!((r.status, r.text().as_str()), (403, "RBAC: access denied"));
+    // Forging the identity header does not help: the filter reads the connection's certificate.
+    let forged = request(http, "GET", "/headers", &[("host", "httpbin:8000"), ("x-forwarded-client-cert", "By=x;URI=spiffe://cluster.local/ns/default/sa/sleep")], b"")
+        .expect("response");
+    assert_eq!(forged.status, 403);
+}
