@@ -141,7 +141,7 @@ pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(json!({
+    let mut bootstrap = json!({
         "node": {
             "id": format!("{}~127.0.0.1~{}.{}~{}.svc.{}", match wl.mode { ProxyMode::Sidecar => "sidecar", ProxyMode::Gateway => "router" }, wl.name, wl.namespace, wl.namespace, wl.domain_suffix),
             "cluster": format!("{}.{}", wl.name, wl.namespace),
@@ -160,7 +160,11 @@ pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error
             "listeners": listeners,
             "clusters": clusters.into_values().collect::<Vec<_>>(),
         }
-    }))
+    });
+    // Mutual TLS: PeerAuthentication decides each inbound port's filter chains; with
+    // certificates, outbound clusters get Istio's auto mTLS.
+    plugins::mtls::apply(&wl, resources, spec.certs_dir.as_deref(), &mut bootstrap)?;
+    Ok(bootstrap)
 }
 
 fn merge(clusters: &mut BTreeMap<String, Value>, stats_tags: &mut Vec<Value>, c: Contribution) {
@@ -397,18 +401,18 @@ fn lb_policy(tp: Option<&TrafficPolicy>) -> &'static str {
 
 fn check_traffic_policy(res: &Resource, field: &str, tp: Option<&TrafficPolicy>, errors: &mut Vec<Error>) {
     let Some(tp) = tp else { return };
-    let unsupported: [(&str, bool); 7] = [
+    let unsupported: [(&str, bool); 6] = [
         ("connectionPool", tp.connection_pool.is_some()),
         ("outlierDetection", tp.outlier_detection.is_some()),
-        ("tls", tp.tls.is_some()),
-        ("portLevelSettings", !tp.port_level_settings.is_empty()),
+        // `tls` and `portLevelSettings[].tls` are interpreted by the mTLS plugin.
+        ("portLevelSettings (other than tls)", tp.port_level_settings.iter().any(|p| p.as_object().is_some_and(|o| o.keys().any(|k| k != "port" && k != "tls")))),
         ("tunnel", tp.tunnel.is_some()),
         ("proxyProtocol", tp.proxy_protocol.is_some()),
         ("retryBudget", tp.retry_budget.is_some()),
     ];
     for (name, set) in unsupported {
         if set {
-            errors.push(Error::at(res, format!("{field}.{name}"), "not supported by wasmeshctl envoy yet (loadBalancer.simple is)"));
+            errors.push(Error::at(res, format!("{field}.{name}"), "not supported by wasmeshctl envoy yet (loadBalancer.simple and tls are)"));
         }
     }
     if let Some(lb) = &tp.load_balancer {
