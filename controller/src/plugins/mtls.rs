@@ -470,11 +470,9 @@ pub fn apply(workload: &Workload, resources: &Resources, certs_dir: Option<&Path
             }
         }
     }
-    if let Some(certs) = &certs {
-        for cluster in bootstrap.pointer_mut("/static_resources/clusters").and_then(Value::as_array_mut).into_iter().flatten() {
-            if let Err(mut e) = secure_named_cluster(workload, resources, cluster, certs) {
-                errors.append(&mut e);
-            }
+    for cluster in bootstrap.pointer_mut("/static_resources/clusters").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Err(mut e) = secure_named_cluster(workload, resources, cluster, certs.as_ref()) {
+            errors.append(&mut e);
         }
     }
     if errors.is_empty() {
@@ -486,7 +484,8 @@ pub fn apply(workload: &Workload, resources: &Resources, certs_dir: Option<&Path
 
 /// Secures a cluster named as Istio names outbound clusters, finding its ServiceEntry, port,
 /// DestinationRule and, for each `lb_endpoint`, the WorkloadEntry at that address and port.
-fn secure_named_cluster(client: &Workload, resources: &Resources, cluster: &mut Value, certs: &CertPaths) -> Result<(), Vec<Error>> {
+/// Without certificates only the DestinationRule's `tls` is checked (ISTIO_MUTUAL cannot be done).
+fn secure_named_cluster(client: &Workload, resources: &Resources, cluster: &mut Value, certs: Option<&CertPaths>) -> Result<(), Vec<Error>> {
     let Some(name) = cluster.get("name").and_then(Value::as_str).map(str::to_string) else { return Ok(()) };
     let mut parts = name.splitn(4, '|');
     let (Some("outbound"), Some(port), Some(subset), Some(host)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
@@ -499,6 +498,18 @@ fn secure_named_cluster(client: &Workload, resources: &Resources, cluster: &mut 
         host_matches.then_some((res, se, sp))
     });
     let Some((se_res, se, service_port)) = found else { return Ok(()) };
+    let destination_rule = resources.destination_rules().find(|(r, dr)| client.fqdn(&dr.host, r.namespace()) == host);
+    let Some(certs) = certs else {
+        return match destination_rule.map(|(r, dr)| (r, client_tls(r, dr, subset, port))) {
+            Some((_, Err(e))) => Err(vec![e]),
+            Some((r, Ok(Some(ClientTls::IstioMutual { .. })))) => Err(vec![Error::at(
+                r,
+                "spec.trafficPolicy.tls.mode",
+                format!("ISTIO_MUTUAL to {host} needs this proxy's workload certificate: pass the directory `wasmeshctl certs` wrote"),
+            )]),
+            _ => Ok(()),
+        };
+    };
     let ns = se_res.namespace();
     let mut candidates: Vec<&WorkloadEntry> = se.endpoints.iter().collect();
     if let Some(sel) = &se.workload_selector {
@@ -533,7 +544,6 @@ fn secure_named_cluster(client: &Workload, resources: &Resources, cluster: &mut 
             PeerEndpoint { entry, namespace: ns, port: *p }
         })
         .collect();
-    let destination_rule = resources.destination_rules().find(|(r, dr)| client.fqdn(&dr.host, r.namespace()) == host);
     let svc = UpstreamService { service_entry: (se_res, se), host, port, subset, destination_rule };
     secure_outbound_cluster(client, resources, cluster, &svc, &endpoints, certs)
 }
@@ -731,6 +741,11 @@ mod tests {
         let e = build_for("default/httpbin-v1", &yaml, None).expect_err("strict without certs");
         assert!(e[0].message.contains("is STRICT"), "{e:?}");
         assert!(build_for("default/httpbin-v1", SERVICE, None).is_ok());
+        // A DestinationRule asking for ISTIO_MUTUAL (or SIMPLE) is checked without certificates too.
+        let dr = |mode: &str| format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: httpbin, namespace: default}}\nspec: {{host: httpbin, trafficPolicy: {{tls: {{mode: {mode}}}}}}}\n");
+        let e = build_for("default/sleep", &(SERVICE.to_string() + SLEEP + &dr("ISTIO_MUTUAL")), None).expect_err("istio mutual without certs");
+        assert!(e[0].to_string().contains("ISTIO_MUTUAL to httpbin.default.svc.cluster.local needs"), "{e:?}");
+        assert!(build_for("default/sleep", &(SERVICE.to_string() + SLEEP + &dr("DISABLE")), None).is_ok());
         // Certificates missing for this workload: a clear error.
         let e = build_for("default/httpbin-v1", &SERVICE.replace("serviceAccount: httpbin}", "serviceAccount: nobody}"), Some(&dir))
             .expect_err("missing certs");
