@@ -26,8 +26,8 @@ build: wasm
 
 test: build test-unit test-wasm test-e2e
 
-test-unit:
-	$(CARGO) test --workspace --exclude wasmesh-e2e
+test-unit: wasm
+	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) test --workspace --exclude wasmesh-e2e
 
 test-wasm:
 	$(CARGO) test --target wasm32-wasip1 $(addprefix -p ,$(CORES))

@@ -3,6 +3,7 @@
 
 pub mod bootstrap;
 pub mod certs;
+pub mod dashboard;
 pub mod mesh;
 pub mod plugins;
 pub mod validate;

@@ -156,7 +156,11 @@ fn cmd_envoy(args: &[String]) -> Result<(), String> {
         outbound_port: flags.port("--outbound-port")?,
         gateway_ports,
         admin_port: flags.port("--admin-port")?.unwrap_or(15000),
-        wasm_dir: PathBuf::from(flags.get("--wasm-dir").unwrap_or("target/wasm32-wasip1/release")),
+        wasm_dir: {
+            // Envoy resolves a relative filename against its own working directory: write absolute paths.
+            let dir = PathBuf::from(flags.get("--wasm-dir").unwrap_or("target/wasm32-wasip1/release"));
+            std::fs::canonicalize(&dir).unwrap_or(dir)
+        },
         mesh,
         certs_dir: flags.get("--certs").map(PathBuf::from),
         envoy_access_log: flags.get("--envoy-access-log").map(PathBuf::from),

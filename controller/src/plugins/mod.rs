@@ -11,6 +11,7 @@ use wasmesh_istio::{Error, Resources, Workload};
 pub mod authz;
 pub mod mtls;
 pub mod router;
+pub mod stats;
 
 /// Which traffic a listener carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

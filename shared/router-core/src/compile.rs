@@ -285,6 +285,7 @@ impl Compiler<'_> {
             let field = format!("spec.http[{ri}]");
             self.unsupported(res, &field, route);
             let mut matches = Vec::new();
+            let errors_before = self.errors.len();
             for (mi, m) in route.matches.iter().enumerate() {
                 let mfield = format!("{field}.match[{mi}]");
                 // Selectors decided here, for this proxy, as istiod does when it builds its config.
@@ -306,7 +307,7 @@ impl Compiler<'_> {
                     matches.push(compiled);
                 }
             }
-            if !route.matches.is_empty() && matches.is_empty() {
+            if !route.matches.is_empty() && matches.is_empty() && self.errors.len() == errors_before {
                 // Every match block was for other proxies: this route does not exist here.
                 continue;
             }

@@ -1,0 +1,105 @@
+//! wasmeshctl as a user runs it: its bootstraps pass `envoy --mode validate`, and its errors name
+//! file, resource, field and value.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn envoy() -> PathBuf {
+    if let Ok(bin) = std::env::var("ENVOY_BIN") {
+        return PathBuf::from(bin);
+    }
+    for e in std::fs::read_dir(repo().join(".venv/lib")).expect("no .venv: run `make deps` or set ENVOY_BIN").flatten() {
+        let p = e.path().join("site-packages/envoy/_bin/envoy");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("no Envoy: run `make deps` or set ENVOY_BIN");
+}
+
+fn wasmeshctl(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wasmeshctl")).current_dir(repo()).args(args).output().expect("run wasmeshctl")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wasmeshctl-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn assert_envoy_validates(config: &Path) {
+    // `--mode validate` loads the wasm filters too (their on_configure runs).
+    let wasm_dir = repo().join("target/wasm32-wasip1/release");
+    assert!(wasm_dir.join("router.wasm").exists(), "build the filters first: make wasm");
+    let out = Command::new(envoy()).args(["--mode", "validate", "-c"]).arg(config).output().expect("run envoy");
+    let log = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && log.contains("OK"), "envoy --mode validate {}:\n{log}", config.display());
+}
+
+#[test]
+fn sidecar_and_gateway_bootstraps_pass_envoy_validate() {
+    let dir = tmp("validate");
+    let sidecar = dir.join("reviews-v2.yaml");
+    let out = wasmeshctl(&[
+        "envoy", "-f", "examples/bookinfo", "--role", "sidecar", "--workload", "default/reviews-v2",
+        "--inbound-port", "19083", "--app-port", "29083", "--outbound-port", "15001", "--admin-port", "15000",
+        "-o", sidecar.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&sidecar).unwrap();
+    for expected in ["outbound|9080|v2|reviews.default.svc.cluster.local", "inbound|19083||", "wasmesh.router", "cluster_header: x-wasmesh-cluster"] {
+        assert!(text.contains(expected), "{expected} missing from the sidecar bootstrap");
+    }
+    assert_envoy_validates(&sidecar);
+
+    let gateway = dir.join("gateway.yaml");
+    let out = wasmeshctl(&[
+        "envoy", "-f", "examples/bookinfo", "--role", "gateway", "--workload", "istio-system/istio-ingressgateway",
+        "--port", "80=18080", "--admin-port", "15010", "-o", gateway.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_envoy_validates(&gateway);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn validate_accepts_the_examples_and_names_every_bad_field() {
+    let out = wasmeshctl(&["validate", "-f", "examples/bookinfo", "-f", "examples/httpbin"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resources valid"));
+
+    let dir = tmp("bad");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{uri: {regex: '(unclosed'}}]\n    route:\n    - {destination: {host: reviews, subset: v1}, weight: -1}\n    - {destination: {host: reviews, subset: v2}, weight: 0}\n",
+    )
+    .unwrap();
+    let out = wasmeshctl(&["validate", "-f", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("VirtualService default/reviews: spec.http[0].match[0].uri.regex: invalid RE2 regex \"(unclosed\""), "{err}");
+    assert!(err.contains("spec.http[0].route[0].weight: -1 is negative"), "{err}");
+    assert!(err.contains("bad.yaml (document 1)"), "{err}");
+
+    std::fs::write(&bad, "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: r\n  subsets:\n  - {name: v1, lables: {version: v1}}\n").unwrap();
+    let out = wasmeshctl(&["validate", "-f", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("spec.subsets[0]") && err.contains("unknown field `lables`"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn envoy_command_errors_are_for_people() {
+    let out = wasmeshctl(&["envoy", "-f", "examples/bookinfo", "--role", "sidecar", "--workload", "default/nope"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no WorkloadEntry default/nope") && err.contains("default/reviews-v1"), "{err}");
+    let out = wasmeshctl(&["envoy", "-f", "examples/bookinfo", "--role", "sidecar", "--workload", "default/reviews-v1", "--inbound-port", "x"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--inbound-port \"x\""));
+    let out = wasmeshctl(&["envoy", "--bogus", "1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown option \"--bogus\""));
+}

@@ -1,0 +1,351 @@
+//! Istio's standard metrics from the stats filter in real Envoy, scraped by a real Prometheus.
+
+use std::time::Duration;
+use wasmesh_e2e::http::{get, request};
+use wasmesh_e2e::stats::{self as st, Prometheus};
+use wasmesh_e2e::{App, Call, Envoy, Mesh};
+use wasmesh_controller::plugins::Direction;
+use wasmesh_istio::{load_str, Resources, Workload};
+
+const WAIT: Duration = Duration::from_secs(40);
+
+fn call(service: &str, path: &str) -> Call {
+    Call { service: service.into(), host: format!("{service}:9080"), path: path.into(), via_port: 0 }
+}
+
+fn targets(mesh: &Mesh) -> Vec<(String, u16)> {
+    mesh.envoys().map(|(name, e)| (name.replace('/', "_"), e.admin_port)).collect()
+}
+
+fn start_prometheus(mesh: &Mesh) -> Prometheus {
+    let t = targets(mesh);
+    let refs: Vec<(&str, u16)> = t.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    let p = Prometheus::start(&refs);
+    p.wait_for("count(up == 1)", refs.len() as f64, WAIT);
+    p
+}
+
+fn label<'a>(series: &'a (serde_json::Map<String, serde_json::Value>, f64), name: &str) -> &'a str {
+    series.0.get(name).and_then(|v| v.as_str()).unwrap_or("<absent>")
+}
+
+/// The bookinfo mesh through its ingress gateway: every hop is reported by both sidecars with
+/// both sides' workload metadata, and Prometheus sees Istio's labels.
+#[test]
+fn bookinfo_metrics_scraped_by_prometheus() {
+    let mesh = Mesh::builder()
+        .yaml(&st::bookinfo_yaml())
+        .gateway("istio-system/istio-ingressgateway", &[80])
+        .sidecar("default/productpage-v1", App::new("productpage", "v1").calling(call("details", "/details/0")).calling(call("reviews", "/reviews/0")))
+        .sidecar("default/details-v1", App::new("details", "v1"))
+        .sidecar("default/reviews-v1", App::new("reviews", "v1"))
+        .sidecar("default/reviews-v2", App::new("reviews", "v2").calling(call("ratings", "/ratings/0")))
+        .sidecar("default/reviews-v3", App::new("reviews", "v3").calling(call("ratings", "/ratings/0")))
+        .sidecar("default/ratings-v1", App::new("ratings", "v1"))
+        .start();
+    let gw = mesh.gateway_port("istio-system/istio-ingressgateway", 80);
+
+    // 6 requests as jason (→ reviews v2), 4 anonymous (→ v3).
+    for i in 0..10 {
+        let headers: Vec<(&str, &str)> = if i < 6 { vec![("end-user", "jason")] } else { vec![] };
+        let r = get(gw, "bookinfo.example.com", "/productpage", &headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        // The exchange headers never reach a client outside the mesh…
+        assert!(r.header("x-envoy-peer-metadata").is_none() && r.header("x-envoy-peer-metadata-id").is_none(), "{:?}", r.headers);
+        // …nor an application.
+        let page = r.json();
+        let mut apps = vec![page.clone()];
+        for c in page["calls"].as_array().unwrap() {
+            apps.push(c["body"].clone());
+            for cc in c["body"]["calls"].as_array().cloned().unwrap_or_default() {
+                apps.push(cc["body"].clone());
+            }
+        }
+        assert_eq!(apps.len(), 4, "productpage, details, reviews, ratings: {page}");
+        for a in &apps {
+            let h = a["headers"].as_object().unwrap();
+            assert!(!h.contains_key("x-envoy-peer-metadata") && !h.contains_key("x-envoy-peer-metadata-id"), "{} got {:?}", a["service"], h.keys());
+        }
+    }
+    // A 404 at the gateway (no route) is counted too.
+    assert_eq!(get(gw, "bookinfo.example.com", "/nothing-here", &[]).status, 404);
+
+    // Label order on the wire is Istio's.
+    let gw_series = st::scrape(mesh.envoy("default/reviews-v2"), "istio_requests_total");
+    let text = mesh.envoy("default/reviews-v2").admin("/stats/prometheus");
+    let line = text.lines().find(|l| l.starts_with("istio_requests_total{")).expect("istio_requests_total in reviews-v2");
+    let names: Vec<&str> = line.split('{').nth(1).unwrap().split("\",").map(|kv| kv.split('=').next().unwrap()).collect();
+    assert_eq!(names[..4], ["reporter", "source_workload", "source_canonical_service", "source_canonical_revision"]);
+    assert_eq!(names.last().map(|n| n.trim_start_matches(',')), Some("connection_security_policy"));
+    assert_eq!(names.len(), 25, "{line}");
+    assert!(!gw_series.is_empty());
+
+    let prom = start_prometheus(&mesh);
+    // Server side (reporter=destination) knows its caller from metadata exchange.
+    prom.wait_for(r#"sum(istio_requests_total{reporter="destination", destination_version="v2", response_code="200"})"#, 6.0, WAIT);
+    prom.wait_for(r#"sum(istio_requests_total{reporter="destination", destination_workload="reviews-v3", source_workload="productpage-v1", source_app="productpage", source_version="v1", source_canonical_service="productpage", destination_service="reviews.default.svc.cluster.local"})"#, 4.0, WAIT);
+    prom.wait_for(r#"sum(istio_requests_total{reporter="destination", destination_app="ratings", source_workload=~"reviews-v2|reviews-v3", destination_service_name="ratings"})"#, 10.0, WAIT);
+    // Client side (reporter=source) knows the callee from the response's metadata.
+    prom.wait_for(r#"sum(istio_requests_total{reporter="source", source_workload="productpage-v1", destination_workload="reviews-v2", destination_version="v2", destination_canonical_revision="v2", destination_service="reviews.default.svc.cluster.local", destination_service_namespace="default", response_code="200"})"#, 6.0, WAIT);
+    // The gateway reports as a client, with no Host-header fallback for destination_service.
+    prom.wait_for(r#"sum(istio_requests_total{reporter="source", source_workload="istio-ingressgateway", source_workload_namespace="istio-system", destination_workload="productpage-v1", destination_service="productpage.default.svc.cluster.local", request_protocol="http"})"#, 10.0, WAIT);
+    // (Istio's own router would add response_flags="NR"; the wasm router's local reply has no flag.)
+    prom.wait_for(r#"sum(istio_requests_total{reporter="source", source_workload="istio-ingressgateway", response_code="404", destination_service="unknown", destination_workload="unknown"})"#, 1.0, WAIT);
+    // Plain text between sidecars: Istio's `none` on the server, `unknown` on the client.
+    assert_eq!(prom.query(r#"istio_requests_total{reporter="destination", connection_security_policy!="none"}"#).unwrap().len(), 0);
+    prom.wait_for(r#"sum(istio_requests_total{reporter="destination", destination_workload="details-v1", connection_security_policy="none", source_principal="unknown", grpc_response_status=""})"#, 10.0, WAIT);
+    // Histograms (Envoy flushes them on its stats flush interval).
+    prom.wait_for(r#"sum(istio_request_duration_milliseconds_count{reporter="destination", destination_workload="reviews-v2"})"#, 6.0, WAIT);
+    prom.wait_for(r#"sum(istio_request_bytes_count{reporter="source", destination_workload="reviews-v3"})"#, 4.0, WAIT);
+    prom.wait_for(r#"sum(istio_response_bytes_count{reporter="destination", destination_workload="productpage-v1"})"#, 10.0, WAIT);
+    let p50 = prom.value(r#"histogram_quantile(0.5, sum(istio_request_duration_milliseconds_bucket{reporter="source", source_workload="istio-ingressgateway"}) by (le))"#);
+    assert!(p50.is_some_and(|v| v.is_finite() && v > 0.0), "P50 from the buckets: {p50:?}");
+    let bytes = prom.value(r#"sum(istio_response_bytes_sum{reporter="destination", destination_workload="productpage-v1"})"#).unwrap_or(0.0);
+    assert!(bytes > 10.0 * 200.0, "productpage pages are larger than 200 bytes: {bytes}");
+
+    // Every series of every sidecar carries all 25 labels (Prometheus drops empty ones).
+    let all = prom.query(r#"istio_requests_total{reporter="destination"}"#).unwrap();
+    for s in &all {
+        for l in ["source_workload", "source_principal", "destination_principal", "destination_cluster", "response_flags", "request_protocol"] {
+            assert_ne!(label(s, l), "<absent>", "{l} in {:?}", s.0);
+        }
+    }
+}
+
+const SMALL_MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dead, namespace: default}
+spec:
+  hosts: [dead.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, ports: {http: 19999}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: echo-v1, namespace: default}
+spec:
+  address: 127.0.0.1
+  ports: {http: 19090}
+  labels: {app: echo, version: v1}
+  serviceAccount: echo
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: sleep, namespace: default}
+spec:
+  address: 127.0.0.1
+  labels: {app: sleep, version: v1}
+  serviceAccount: sleep
+"#;
+
+const OVERRIDES: &str = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT_AND_SERVER}
+      tagOverrides:
+        grpc_response_status: {operation: REMOVE}
+        request_host: {value: request.host}
+        user: {value: "request.headers['end-user']"}
+        request_method: {value: request.method}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: echo, namespace: default}
+spec:
+  selector: {matchLabels: {app: echo}}
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_SIZE, mode: SERVER}
+      disabled: true
+    - match: {metric: REQUEST_COUNT, mode: SERVER}
+      tagOverrides:
+        source_app: {value: "'overridden'"}
+"#;
+
+/// Telemetry `metrics.overrides` (tag add, remove, override, metric disabled), response flags,
+/// `unknown` for callers outside the mesh, and garbage metadata ignored.
+#[test]
+fn telemetry_overrides_flags_and_unknown_peers() {
+    let mesh = Mesh::builder()
+        .yaml(SMALL_MESH)
+        .yaml(OVERRIDES)
+        .client("default/sleep")
+        .sidecar("default/echo-v1", App::new("echo", "v1"))
+        .start();
+    let out = mesh.outbound_port("default/sleep");
+    for _ in 0..3 {
+        let r = get(out, "echo:9080", "/get", &[("end-user", "alice")]);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // The dead service: connection refused, Istio's default retries, 503 with UF,URX.
+    let r = get(out, "dead:9080", "/", &[]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    // A caller outside the mesh, straight to echo's sidecar, with a forged and a garbage header.
+    let inbound = mesh.inbound_port("default/echo-v1");
+    let r = get(inbound, "echo:9080", "/direct", &[("x-envoy-peer-metadata", "!!not-base64!!"), ("x-envoy-peer-metadata-id", "forged")]);
+    assert_eq!(r.status, 200);
+    let seen = r.json()["headers"].as_object().cloned().unwrap();
+    assert!(!seen.contains_key("x-envoy-peer-metadata") && !seen.contains_key("x-envoy-peer-metadata-id"), "{seen:?}");
+    let r = get(inbound, "echo:9080", "/direct", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-envoy-peer-metadata").is_none(), "no exchange with a caller that did not ask");
+
+    let prom = start_prometheus(&mesh);
+    // Added tags (values from the request), the removed tag is gone, the override applied.
+    prom.wait_for(r#"sum(istio_requests_total{reporter="source", request_host="echo:9080", user="alice", request_method="GET", destination_workload="echo-v1"})"#, 3.0, WAIT);
+    prom.wait_for(r#"sum(istio_requests_total{reporter="destination", source_app="overridden", source_workload="sleep", user="alice", destination_service="echo.default.svc.cluster.local"})"#, 3.0, WAIT);
+    let series = prom.query(r#"istio_requests_total{reporter="destination", source_workload="sleep"}"#).unwrap();
+    assert!(!series.is_empty());
+    for s in &series {
+        assert_eq!(label(s, "grpc_response_status"), "<absent>");
+        assert_eq!(label(s, "user"), "alice");
+    }
+    // An absent header evaluates to Istio's `unknown`.
+    prom.wait_for(r#"sum(istio_requests_total{reporter="destination", source_workload="unknown", user="unknown", source_principal="unknown", source_app="overridden"})"#, 2.0, WAIT);
+    // The response flags of the refused connection.
+    prom.wait_for(r#"sum(istio_requests_total{reporter="source", destination_service="dead.default.svc.cluster.local", response_code="503", response_flags="UF,URX", destination_workload="unknown", destination_canonical_revision="latest"})"#, 1.0, WAIT);
+    // REQUEST_SIZE is off on echo's server side only; the other histograms are on.
+    prom.wait_for(r#"sum(istio_request_duration_milliseconds_count{reporter="destination", destination_workload="echo-v1"})"#, 5.0, WAIT);
+    prom.wait_for(r#"sum(istio_request_bytes_count{reporter="source", destination_workload="echo-v1"})"#, 3.0, WAIT);
+    assert_eq!(prom.value(r#"count(istio_request_bytes_count{reporter="destination"})"#), None);
+    // Overrides apply to REQUEST_COUNT only: the duration histogram has no `user` tag.
+    let d = prom.query(r#"istio_request_duration_milliseconds_count{reporter="destination"}"#).unwrap();
+    assert!(d.iter().all(|s| label(s, "user") == "<absent>" && label(s, "source_app") != "overridden"), "{d:?}");
+}
+
+fn workload(name: &str, app: &str, version: &str) -> Workload {
+    let mut w = Workload::new(name, "default");
+    w.labels.insert("app".into(), app.into());
+    w.labels.insert("version".into(), version.into());
+    w
+}
+
+/// gRPC between two sidecars: `request_protocol="grpc"`, `grpc_response_status`, and the request
+/// and response message counters.
+#[test]
+fn grpc_status_and_message_counts() {
+    let resources = Resources::default();
+    let server = st::GrpcServer::start(3, 0);
+    let failing = st::GrpcServer::start(1, 14);
+    let (client_port, server_port, fail_port, fail_in) = (wasmesh_e2e::free_port(), wasmesh_e2e::free_port(), wasmesh_e2e::free_port(), wasmesh_e2e::free_port());
+    let client_filter = st::filter(&workload("grpc-client-v1", "grpc-client", "v1"), &resources, Direction::Outbound, false);
+    let server_filter = st::filter(&workload("echo-v1", "echo", "v1"), &resources, Direction::Inbound, false);
+    let client = Envoy::start("grpc-client", &st::http2_proxy_bootstrap(&client_filter, &resources, client_port, server_port, "outbound|9090||echo.default.svc.cluster.local"));
+    let server_side = Envoy::start("grpc-server", &st::http2_proxy_bootstrap(&server_filter, &resources, server_port, server.port, "inbound|9090||"));
+    let client2 = Envoy::start("grpc-client2", &st::http2_proxy_bootstrap(&client_filter, &resources, fail_port, fail_in, "outbound|9090||echo.default.svc.cluster.local"));
+    let server2 = Envoy::start("grpc-server2", &st::http2_proxy_bootstrap(&server_filter, &resources, fail_in, failing.port, "inbound|9090||"));
+
+    let ok = st::grpc_calls(client_port, 2, 4, "echo.default.svc.cluster.local:9090");
+    assert_eq!(ok, vec![Some("0".to_string()); 4]);
+    let failed = st::grpc_calls(fail_port, 1, 2, "echo.default.svc.cluster.local:9090");
+    assert_eq!(failed, vec![Some("14".to_string()); 2]);
+
+    let prom = Prometheus::start(&[("client", client.admin_port), ("server", server_side.admin_port), ("client2", client2.admin_port), ("server2", server2.admin_port)]);
+    prom.wait_for("count(up == 1)", 4.0, WAIT);
+    for reporter in ["source", "destination"] {
+        prom.wait_for(&format!(r#"sum(istio_requests_total{{reporter="{reporter}", request_protocol="grpc", grpc_response_status="0", response_code="200", source_workload="grpc-client-v1", destination_workload="echo-v1"}})"#), 4.0, WAIT);
+        prom.wait_for(&format!(r#"sum(istio_request_messages_total{{reporter="{reporter}", grpc_response_status="0"}})"#), 8.0, WAIT);
+        prom.wait_for(&format!(r#"sum(istio_response_messages_total{{reporter="{reporter}", grpc_response_status="0"}})"#), 12.0, WAIT);
+        prom.wait_for(&format!(r#"sum(istio_requests_total{{reporter="{reporter}", request_protocol="grpc", grpc_response_status="14", response_code="200"}})"#), 2.0, WAIT);
+    }
+    prom.wait_for(r#"sum(istio_requests_total{reporter="source", destination_service="echo.default.svc.cluster.local", destination_service_name="echo"})"#, 6.0, WAIT);
+}
+
+/// TCP metrics from the network filter between two sidecars; the client side names the server
+/// workload from the endpoint's Istio metadata.
+#[test]
+fn tcp_connections_and_bytes() {
+    let resources = Resources::default();
+    let echo = st::TcpEcho::start(b"echo:");
+    let (client_port, server_port) = (wasmesh_e2e::free_port(), wasmesh_e2e::free_port());
+    let client_filter = st::filter(&workload("tcp-client-v1", "tcp-client", "v1"), &resources, Direction::Outbound, true);
+    let server_filter = st::filter(&workload("tcp-echo-v1", "tcp-echo", "v1"), &resources, Direction::Inbound, true);
+    let client = Envoy::start("tcp-client", &st::tcp_proxy_bootstrap(&client_filter, &resources, client_port, server_port, "outbound|9000||tcp-echo.default.svc.cluster.local", Some("tcp-echo-v1;default;tcp-echo;v1;Kubernetes")));
+    let server = Envoy::start("tcp-server", &st::tcp_proxy_bootstrap(&server_filter, &resources, server_port, echo.port, "inbound|9000||", None));
+
+    let (mut sent, mut received) = (0, 0);
+    for _ in 0..3 {
+        let (s, r) = st::tcp_conversation(client_port, &[b"hello", b"wasmesh tcp"], b"echo:");
+        sent += s;
+        received += r;
+    }
+    let prom = Prometheus::start(&[("client", client.admin_port), ("server", server.admin_port)]);
+    prom.wait_for("count(up == 1)", 2.0, WAIT);
+    for reporter in ["source", "destination"] {
+        let sel = format!(r#"reporter="{reporter}", request_protocol="tcp""#);
+        prom.wait_for(&format!("sum(istio_tcp_connections_opened_total{{{sel}}})"), 3.0, WAIT);
+        prom.wait_for(&format!("sum(istio_tcp_connections_closed_total{{{sel}}})"), 3.0, WAIT);
+        // Received = bytes from the downstream, sent = bytes back to it.
+        prom.wait_for(&format!("sum(istio_tcp_received_bytes_total{{{sel}}})"), sent as f64, WAIT);
+        prom.wait_for(&format!("sum(istio_tcp_sent_bytes_total{{{sel}}})"), received as f64, WAIT);
+    }
+    prom.wait_for(r#"sum(istio_tcp_connections_opened_total{reporter="source", source_workload="tcp-client-v1", destination_workload="tcp-echo-v1", destination_canonical_service="tcp-echo", destination_service="tcp-echo.default.svc.cluster.local", response_flags="-"})"#, 3.0, WAIT);
+    prom.wait_for(r#"sum(istio_tcp_connections_closed_total{reporter="destination", destination_workload="tcp-echo-v1", source_workload="unknown", connection_security_policy="none"})"#, 3.0, WAIT);
+    let series = prom.query("istio_tcp_sent_bytes_total").unwrap();
+    assert!(series.iter().all(|s| label(s, "response_code") == "<absent>" && label(s, "grpc_response_status") == "<absent>"));
+}
+
+/// A bad Telemetry is refused when the bootstrap is written, naming resource and field.
+#[test]
+fn bad_telemetry_is_refused_by_wasmeshctl_envoy() {
+    let bad = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: bad, namespace: istio-system}
+spec:
+  metrics:
+  - overrides:
+    - tagOverrides:
+        who: {value: "request.headers['x'] + 'y'"}
+"#;
+    let err = Mesh::builder().yaml(SMALL_MESH).yaml(bad).client("default/sleep").try_start().err().expect("refused");
+    assert!(err.contains("Telemetry istio-system/bad: spec.metrics[0].overrides[0].tagOverrides.who.value"), "{err}");
+    let resources = Resources { items: load_str(bad, "bad.yaml").unwrap() };
+    assert_eq!(wasmesh_controller::plugins::stats::validate(&resources).len(), 1);
+}
+
+/// Hammering the inbound side with random exchange headers never breaks the VM: every request
+/// is answered and counted.
+#[test]
+fn garbage_metadata_never_breaks_the_filter() {
+    let mesh = Mesh::builder().yaml(SMALL_MESH).sidecar("default/echo-v1", App::new("echo", "v1")).start();
+    let inbound = mesh.inbound_port("default/echo-v1");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=";
+    for i in 0..60 {
+        let len = (next() % 600) as usize;
+        let value: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize] as char).collect();
+        // Some valid prefixes: a real header with trailing garbage.
+        let value = if i % 3 == 0 { format!("ChoKCkNMVVNURVJfSUQSDBoKS3ViZXJuZXRlcw{value}") } else { value };
+        let r = request(inbound, "GET", "/", &[("host", "echo:9080"), ("x-envoy-peer-metadata", &value)], b"").unwrap();
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    let series = st::scrape(mesh.envoy("default/echo-v1"), "istio_requests_total");
+    let total: f64 = series.iter().map(|s| s.1).sum();
+    assert_eq!(total, 60.0, "{series:?}");
+    assert!(mesh.envoy("default/echo-v1").log().lines().all(|l| !l.contains("panicked")), "no panic in the VM");
+}
