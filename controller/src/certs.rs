@@ -529,6 +529,7 @@ fn is_trust_domain(s: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use x509_parser::extensions::ParsedExtension;

@@ -1,7 +1,8 @@
 //! Helpers for the mutual-TLS tests: a mesh CA per test (what `wasmeshctl certs` writes) and
-//! sidecars whose Envoy bootstrap is what `wasmeshctl envoy` writes, TLS side included
-//! ([`wasmesh_controller::plugins::mtls::apply`], idempotent, so this also holds once the
-//! bootstrap builder applies it itself).
+//! sidecars whose Envoy bootstrap is what `wasmeshctl envoy` writes (the bootstrap builder
+//! applies [`wasmesh_controller::plugins::mtls::apply`]; applying it again is a no-op).
+
+#![allow(clippy::panic)]
 
 use crate::app::{App, AppHandle};
 use crate::envoy::Envoy;

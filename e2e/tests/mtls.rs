@@ -2,9 +2,11 @@
 //! from `wasmeshctl envoy`, PeerAuthentication STRICT / PERMISSIVE / DISABLE and `portLevelMtls`,
 //! the client verifying the server's SPIFFE identity, and the server refusing foreign roots.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use wasmesh_e2e::http::{get, request};
 use wasmesh_e2e::mtls::{envoy_validate, resources, sidecar, MeshCa, Sidecar};
-use wasmesh_e2e::{free_port, App};
+use wasmesh_e2e::{free_port, paths, App, Mesh};
 
 /// httpbin (two workload ports) behind a ServiceEntry, and the `sleep` and `other` clients.
 fn mesh_yaml(http: u16, admin: u16, extra: &str) -> String {
@@ -244,4 +246,27 @@ fn principals_refuse_plaintext_callers_under_permissive() {
     let forged = request(http, "GET", "/headers", &[("host", "httpbin:8000"), ("x-forwarded-client-cert", "By=x;URI=spiffe://cluster.local/ns/default/sa/sleep")], b"")
         .expect("response");
     assert_eq!(forged.status, 403);
+}
+
+#[test]
+fn ingress_gateway_reaches_a_strict_sidecar_over_mtls() {
+    // Istio's httpbin example behind the ingress gateway, mesh-wide STRICT, through the shared
+    // mesh harness (`wasmeshctl envoy --certs DIR` for every proxy).
+    let yaml = std::fs::read_to_string(paths::repo_root().join("examples/httpbin/httpbin.yaml")).expect("example");
+    let ca = MeshCa::for_resources(&resources(&yaml));
+    let mesh = Mesh::builder()
+        .yaml(&yaml)
+        .yaml(MESH_STRICT)
+        .certs_dir(ca.path())
+        .gateway("istio-system/istio-ingressgateway", &[80])
+        .sidecar("default/httpbin-v1", App::new("httpbin", "v1"))
+        .start();
+    let gw = mesh.gateway_port("istio-system/istio-ingressgateway", 80);
+    let r = get(gw, "httpbin.example.com", "/status/200", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cert = r.json()["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default().to_string();
+    assert!(cert.contains("URI=spiffe://cluster.local/ns/istio-system/sa/default"), "the gateway's identity: {cert:?}");
+    // The sidecar refuses the same request in plaintext.
+    let port = mesh.inbound_port("default/httpbin-v1");
+    assert!(request(port, "GET", "/status/200", &[("host", "httpbin.example.com")], b"").is_err());
 }

@@ -549,6 +549,7 @@ fn secure_named_cluster(client: &Workload, resources: &Resources, cluster: &mut 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::mesh::MeshConfig;

@@ -349,6 +349,7 @@ mod port_map {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod peer_authentication_tests {
     use super::*;
 
