@@ -349,3 +349,31 @@ fn garbage_metadata_never_breaks_the_filter() {
     assert_eq!(total, 60.0, "{series:?}");
     assert!(mesh.envoy("default/echo-v1").log().lines().all(|l| !l.contains("panicked")), "no panic in the VM");
 }
+
+/// Mutual TLS between the sidecars (certificates from `wasmeshctl certs`, Istio's auto mTLS):
+/// the server reports `connection_security_policy="mutual_tls"` and both principals; a plaintext
+/// caller on the same PERMISSIVE port is `none`.
+#[test]
+fn mutual_tls_principals_and_security_policy() {
+    let ca = wasmesh_e2e::mtls::MeshCa::for_resources(&wasmesh_e2e::mtls::resources(SMALL_MESH));
+    let mesh = Mesh::builder()
+        .yaml(SMALL_MESH)
+        .certs_dir(ca.path())
+        .client("default/sleep")
+        .sidecar("default/echo-v1", App::new("echo", "v1"))
+        .start();
+    let out = mesh.outbound_port("default/sleep");
+    for _ in 0..2 {
+        let r = get(out, "echo:9080", "/mtls", &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let xfcc = r.json()["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default().to_string();
+        assert!(xfcc.contains("spiffe://cluster.local/ns/default/sa/sleep"), "the call went over mTLS: {xfcc:?}");
+    }
+    let plain = get(mesh.inbound_port("default/echo-v1"), "echo:9080", "/plain", &[]);
+    assert_eq!(plain.status, 200);
+
+    let prom = start_prometheus(&mesh);
+    prom.wait_for(r#"sum(istio_requests_total{reporter="destination", connection_security_policy="mutual_tls", source_principal="spiffe://cluster.local/ns/default/sa/sleep", destination_principal="spiffe://cluster.local/ns/default/sa/echo", source_workload="sleep", source_workload_namespace="default"})"#, 2.0, WAIT);
+    prom.wait_for(r#"sum(istio_requests_total{reporter="source", connection_security_policy="unknown", source_principal="spiffe://cluster.local/ns/default/sa/sleep", destination_principal="spiffe://cluster.local/ns/default/sa/echo", destination_workload="echo-v1"})"#, 2.0, WAIT);
+    prom.wait_for(r#"sum(istio_requests_total{reporter="destination", connection_security_policy="none", source_principal="unknown", destination_principal="unknown", source_workload="unknown"})"#, 1.0, WAIT);
+}
