@@ -102,6 +102,7 @@ impl Kind {
 }
 
 /// One typed resource spec.
+#[allow(clippy::large_enum_variant)] // parsed once per resource; boxing buys nothing here
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "spec")]
 pub enum Spec {

@@ -27,7 +27,7 @@ impl HostTable {
                 return Some(*v);
             }
             self.wildcards.push((suffix.to_string(), value));
-            self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            self.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
             return None;
         }
         if let Some(v) = self.exact.get(pattern) {

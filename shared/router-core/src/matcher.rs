@@ -92,7 +92,7 @@ fn required_prefixes(pattern: &str) -> Option<Vec<Vec<u8>>> {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_string()
+    s.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(s).trim().to_string()
 }
 
 #[cfg(test)]
