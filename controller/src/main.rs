@@ -23,13 +23,18 @@ USAGE:
 
 Files: every *.yaml in a directory; several documents per file.";
 
+fn usage() -> String {
+    format!("{USAGE}\n\nMutual TLS certificates (the Citadel role without Kubernetes):\n{}", wasmesh_controller::certs::USAGE)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("validate") => cmd_validate(&args[1..]),
         Some("envoy") => cmd_envoy(&args[1..]),
+        Some("certs") => wasmesh_controller::certs::cmd(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
-            println!("{USAGE}");
+            println!("{}", usage());
             return ExitCode::SUCCESS;
         }
         Some(other) => Err(format!("unknown command {other:?}\n\n{USAGE}")),

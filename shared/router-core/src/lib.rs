@@ -34,24 +34,25 @@ impl<'a> Request<'a> {
         Request { headers }
     }
 
-    /// A header's value; several values of one name are joined with `,` as Envoy's header
-    /// matcher sees them.
-    pub fn header(&self, name: &str) -> Option<Cow<'a, [u8]>> {
-        let mut found: Option<Cow<'a, [u8]>> = None;
-        for (k, v) in self.headers {
-            if k.eq_ignore_ascii_case(name) {
-                found = Some(match found {
-                    None => Cow::Borrowed(v.as_slice()),
-                    Some(prev) => {
-                        let mut joined = prev.into_owned();
-                        joined.push(b',');
-                        joined.extend_from_slice(v);
-                        Cow::Owned(joined)
-                    }
-                });
+    /// Every value of a header (names compare case-insensitively), in order.
+    pub fn values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + 'n
+    where
+        'a: 'n,
+    {
+        self.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+    }
+
+    /// Whether some value of the header matches. Envoy 1.40 tests each value of a repeated
+    /// header on its own (checked against its native route matcher), it does not join them.
+    fn any_value(&self, name: &str, m: &StrMatcher) -> Option<bool> {
+        let mut present = false;
+        for v in self.values(name) {
+            present = true;
+            if m.matches(v) {
+                return Some(true);
             }
         }
-        found
+        present.then_some(false)
     }
 
     fn first(&self, name: &str) -> &'a [u8] {
@@ -264,22 +265,20 @@ impl Match {
         }
         for (m, name) in [(&self.scheme, ":scheme"), (&self.method, ":method"), (&self.authority, ":authority")] {
             if let Some(m) = m {
-                match req.header(name) {
-                    Some(v) if m.matches(&v) => {}
-                    _ => return false,
+                if req.any_value(name, m) != Some(true) {
+                    return false;
                 }
             }
         }
         for (name, m) in &self.headers {
-            match req.header(name) {
-                Some(v) if m.matches(&v) => {}
-                _ => return false,
+            if req.any_value(name, m) != Some(true) {
+                return false;
             }
         }
         for (name, m) in &self.without_headers {
             // Envoy: invert_match, and a missing header counts as "" for non-presence matchers.
-            let hit = match req.header(name) {
-                Some(v) => m.matches(&v),
+            let hit = match req.any_value(name, m) {
+                Some(hit) => hit,
                 None => !m.is_presence() && m.matches(b""),
             };
             if hit {
@@ -290,7 +289,7 @@ impl Match {
             let query = req.query();
             for (name, m) in &self.query_params {
                 match query_param(query, name.as_bytes()) {
-                    Some(v) if m.matches(&v) => {}
+                    Some(v) if m.matches(v) => {}
                     _ => return false,
                 }
             }
@@ -299,39 +298,19 @@ impl Match {
     }
 }
 
-/// The first value of query parameter `name` (percent-decoded), `Some("")` for `?name`.
-fn query_param<'q>(query: &'q [u8], name: &[u8]) -> Option<Cow<'q, [u8]>> {
+/// The first value of query parameter `name`, `Some("")` for `?name`. Like Envoy 1.40's route
+/// matcher (checked against it), names and values are compared as sent, not percent-decoded.
+fn query_param<'q>(query: &'q [u8], name: &[u8]) -> Option<&'q [u8]> {
     for pair in query.split(|c| *c == b'&') {
         let (k, v) = match pair.iter().position(|c| *c == b'=') {
             Some(eq) => (&pair[..eq], &pair[eq + 1..]),
             None => (pair, &b""[..]),
         };
-        if percent_decode(k).as_ref() == name {
-            return Some(percent_decode(v));
+        if k == name {
+            return Some(v);
         }
     }
     None
-}
-
-fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
-    if !s.contains(&b'%') {
-        return Cow::Borrowed(s);
-    }
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%' && i + 2 < s.len() {
-            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(s[i]);
-        i += 1;
-    }
-    Cow::Owned(out)
 }
 
 /// Splits `host:port` (and `[v6]:port`); the port is `None` when absent or not a number.

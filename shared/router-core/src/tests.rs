@@ -206,14 +206,46 @@ fn every_match_field() {
 }
 
 #[test]
-fn repeated_headers_are_matched_comma_joined() {
+fn repeated_headers_match_value_by_value_as_envoy_does() {
+    // Envoy 1.40's native route matcher: `v[12]` matches `x-version: v1` + `x-version: v2`,
+    // and an exact `v1,v2` does not (values are not joined).
     let r = sidecar(MATCHES);
     let mut h = req(&[(":authority", "ratings"), (":method", "POST")]);
-    h.push(("x-version".into(), b"v1".to_vec()));
+    h.push(("x-version".into(), b"v3".to_vec()));
     h.push(("x-version".into(), b"v2".to_vec()));
     match r.route(&Request::new(&h), 0) {
-        Decision::Forward { cluster, .. } => assert!(cluster.contains("|fallback|"), "v1,v2 does not fully match v[12]: {cluster}"),
+        Decision::Forward { cluster, .. } => assert!(cluster.contains("|post|"), "{cluster}"),
         Decision::NotFound => panic!("404"),
+    }
+    let mut h = req(&[(":authority", "ratings"), (":path", "/without")]);
+    h.push(("x-skip".into(), b"no".to_vec()));
+    h.push(("x-skip".into(), b"yes".to_vec()));
+    assert_eq!(subset_of(&r, &h), "fallback", "withoutHeaders: one matching value is enough to exclude");
+}
+
+#[test]
+fn query_parameters_are_compared_as_sent() {
+    let r = sidecar(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{queryParams: {q: {exact: "a b"}}}]
+    route: [{destination: {host: ratings, subset: decoded}}]
+  - match: [{queryParams: {q: {exact: "a%20b"}}}]
+    route: [{destination: {host: ratings, subset: raw}}]
+"#,
+    );
+    assert_eq!(subset(&r, &[(":authority", "ratings"), (":path", "/?q=a%20b")]), "raw");
+}
+
+fn subset_of(r: &Router, h: &[(String, Vec<u8>)]) -> String {
+    match r.route(&Request::new(h), 0) {
+        Decision::Forward { cluster, .. } => cluster.split('|').nth(2).unwrap_or("").to_string(),
+        Decision::NotFound => "404".into(),
     }
 }
 
