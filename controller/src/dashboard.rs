@@ -395,7 +395,13 @@ pub fn prometheus_rows(addr: &str, window: &str) -> Result<Vec<Row>, String> {
         };
         let sel = r#"reporter="source""#;
         let rate = prometheus_query(addr, &format!("sum(rate(istio_requests_total{{{sel}}}[{window}])) by ({by})"))?;
-        let ok = prometheus_query(addr, &format!(r#"sum(rate(istio_requests_total{{{sel}, response_code!~"5.."}}[{window}])) by ({by})"#))?;
+        // One expression, so both rates come from the same instant.
+        let ok = prometheus_query(
+            addr,
+            &format!(
+                r#"sum(rate(istio_requests_total{{{sel}, response_code!~"5.."}}[{window}])) by ({by}) / sum(rate(istio_requests_total{{{sel}}}[{window}])) by ({by})"#
+            ),
+        )?;
         let total = prometheus_query(addr, &format!("sum(increase(istio_requests_total{{{sel}}}[{window}])) by ({by})"))?;
         for (labels, v) in &rate {
             let Some(k) = key(labels) else { continue };
@@ -403,9 +409,7 @@ pub fn prometheus_rows(addr: &str, window: &str) -> Result<Vec<Row>, String> {
         }
         for (labels, v) in &ok {
             if let Some(r) = key(labels).and_then(|k| rows.get_mut(&k)) {
-                if let Some(all) = r.rps.filter(|a| *a > 0.0) {
-                    r.success = Some(v / all);
-                }
+                r.success = if v.is_finite() { Some(v.clamp(0.0, 1.0)) } else { None };
             }
         }
         for (labels, v) in &total {
@@ -494,9 +498,34 @@ pub fn command_line(admin_ports: &[u16]) -> String {
     format!("wasmeshctl dashboard --admin {}", list.join(","))
 }
 
+/// Snapshots of the last `window`, for rates and quantiles over a sliding window (what
+/// Grafana's `rate(...[1m])` gives), from the admin endpoints.
+#[derive(Debug, Default)]
+pub struct History {
+    snapshots: std::collections::VecDeque<(Snapshot, Instant)>,
+}
+
+impl History {
+    /// Adds a snapshot taken at `at` and returns the rows over the window ending there (totals
+    /// since start when it is the first).
+    pub fn push(&mut self, snap: Snapshot, at: Instant, window: Duration) -> Vec<Row> {
+        // Keep the newest snapshot that is at least `window` old as the window's start.
+        while self.snapshots.len() > 1 && self.snapshots.get(1).is_some_and(|(_, t)| at.duration_since(*t) >= window) {
+            self.snapshots.pop_front();
+        }
+        let out = match self.snapshots.front() {
+            Some((old, t)) => rows(Some(old), &snap, at.duration_since(*t)),
+            None => rows(None, &snap, Duration::ZERO),
+        };
+        self.snapshots.push_back((snap, at));
+        out
+    }
+}
+
 /// Draws frames until `opts.frames` is reached (or forever).
 pub fn run(opts: &Options, out: &mut dyn Write) -> Result<(), String> {
-    let mut prev: Option<(Snapshot, Instant)> = None;
+    let window = wasmesh_istio::parse_duration(&opts.window).map_err(|e| format!("--window: {e}"))?;
+    let mut history = History::default();
     let mut frame = 0u64;
     loop {
         frame += 1;
@@ -506,16 +535,15 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<(), String> {
                 prometheus_rows(addr, &opts.window)?,
             ),
             None => {
-                let snap = scrape_admins(&opts.admins)?;
-                let now = Instant::now();
-                let rows = match &prev {
-                    Some((p, at)) => rows(Some(p), &snap, now - *at),
-                    None => rows(None, &snap, Duration::ZERO),
-                };
-                prev = Some((snap, now));
-                let note = if frame == 1 { "; first frame: totals since start" } else { "" };
+                let rows = history.push(scrape_admins(&opts.admins)?, Instant::now(), window);
+                let note = if frame == 1 { "; first frame: totals since the Envoys started" } else { "" };
                 (
-                    format!("wasmesh: Istio Mesh Dashboard  ({} Envoy admin endpoints, every {:?}, frame {frame}{note})", opts.admins.len(), opts.interval),
+                    format!(
+                        "wasmesh: Istio Mesh Dashboard  ({} Envoy admin endpoints, every {:?}, rates over up to {}, frame {frame}{note})",
+                        opts.admins.len(),
+                        opts.interval,
+                        opts.window
+                    ),
                     rows,
                 )
             }
@@ -634,6 +662,24 @@ istio_requests_total{reporter="source",source_workload="odd",destination_workloa
         assert!(wl.contains("default") && wl.contains("100.00%") && wl.contains("2.33"), "{wl}");
         let empty = render("t", &[]);
         assert_eq!(empty.matches("(no traffic yet)").count(), 2);
+    }
+
+    #[test]
+    fn history_keeps_a_sliding_window() {
+        let snap = |n: f64| {
+            let mut s = Snapshot::default();
+            s.totals.insert(Key { view: View::Service, name: "a".into(), namespace: String::new() }, Totals { requests: n, ..Totals::default() });
+            s
+        };
+        let t0 = Instant::now();
+        let mut h = History::default();
+        assert_eq!(h.push(snap(10.0), t0, Duration::from_secs(10))[0].rps, None);
+        let r = h.push(snap(20.0), t0 + Duration::from_secs(5), Duration::from_secs(10));
+        assert_eq!(r[0].rps, Some(2.0));
+        let r = h.push(snap(40.0), t0 + Duration::from_secs(10), Duration::from_secs(10));
+        assert_eq!(r[0].rps, Some(3.0), "over t0..t0+10s");
+        let r = h.push(snap(50.0), t0 + Duration::from_secs(15), Duration::from_secs(10));
+        assert_eq!(r[0].rps, Some(3.0), "over t0+5s..t0+15s: 30 requests in 10 s");
     }
 
     #[test]

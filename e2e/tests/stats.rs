@@ -103,6 +103,9 @@ fn bookinfo_metrics_scraped_by_prometheus() {
     let bytes = prom.value(r#"sum(istio_response_bytes_sum{reporter="destination", destination_workload="productpage-v1"})"#).unwrap_or(0.0);
     assert!(bytes > 10.0 * 200.0, "productpage pages are larger than 200 bytes: {bytes}");
 
+    // The terminal dashboard, from the Envoys' admin endpoints and from Prometheus.
+    dashboard_shows_the_mesh(&mesh, &prom, gw);
+
     // Every series of every sidecar carries all 25 labels (Prometheus drops empty ones).
     let all = prom.query(r#"istio_requests_total{reporter="destination"}"#).unwrap();
     for s in &all {
@@ -376,4 +379,77 @@ fn mutual_tls_principals_and_security_policy() {
     prom.wait_for(r#"sum(istio_requests_total{reporter="destination", connection_security_policy="mutual_tls", source_principal="spiffe://cluster.local/ns/default/sa/sleep", destination_principal="spiffe://cluster.local/ns/default/sa/echo", source_workload="sleep", source_workload_namespace="default"})"#, 2.0, WAIT);
     prom.wait_for(r#"sum(istio_requests_total{reporter="source", connection_security_policy="unknown", source_principal="spiffe://cluster.local/ns/default/sa/sleep", destination_principal="spiffe://cluster.local/ns/default/sa/echo", destination_workload="echo-v1"})"#, 2.0, WAIT);
     prom.wait_for(r#"sum(istio_requests_total{reporter="destination", connection_security_policy="none", source_principal="unknown", destination_principal="unknown", source_workload="unknown"})"#, 1.0, WAIT);
+}
+
+/// `cargo test -p wasmesh-e2e --test stats bench -- --ignored --nocapture`: the stats filter's
+/// benchmark alone (the same scenario `make bench` runs).
+#[test]
+#[ignore]
+fn bench_stats_filter() {
+    let settings = wasmesh_e2e::bench::Settings::default();
+    let results = wasmesh_e2e::bench::run(&st::bench_scenario(), &settings).unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", wasmesh_e2e::bench::table(&results));
+    let none = results[0].cpu_us_per_req;
+    let inbound = results[1].cpu_us_per_req;
+    println!("stats inbound: {:+.2} µs Envoy CPU/request over no filter", inbound - none);
+}
+
+fn dashboard_shows_the_mesh(mesh: &Mesh, prom: &Prometheus, gw: u16) {
+    use wasmesh_controller::dashboard::{self, View};
+    let admins: Vec<String> = mesh.envoys().map(|(_, e)| format!("127.0.0.1:{}", e.admin_port)).collect();
+    // Totals since start (first frame).
+    let snap = dashboard::scrape_admins(&admins).unwrap();
+    let rows = dashboard::rows(None, &snap, Duration::ZERO);
+    let row = |view: View, name: &str| rows.iter().find(|r| r.key.view == view && r.key.name == name).cloned().unwrap_or_else(|| panic!("no row {name}: {rows:?}"));
+    let reviews = row(View::Service, "reviews.default.svc.cluster.local");
+    assert_eq!((reviews.requests, reviews.success), (10.0, Some(1.0)));
+    assert!(reviews.p50.is_some_and(|v| v > 0.0) && reviews.p99 >= reviews.p50, "{reviews:?}");
+    assert_eq!(row(View::Workload, "reviews-v2").requests, 6.0);
+    assert_eq!(row(View::Workload, "productpage-v1").key.namespace, "default");
+    // The 404 at the gateway has no destination workload: a service row "unknown", 100% success
+    // (4xx is not a failure).
+    assert_eq!(row(View::Service, "productpage.default.svc.cluster.local").requests, 10.0);
+
+    // Live frames while traffic flows: the second frame has a rate.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let load = std::thread::spawn(move || {
+        let mut n = 0;
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = request(gw, "GET", "/productpage", &[("host", "bookinfo.example.com")], b"");
+            n += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        n
+    });
+    let opts = dashboard::parse_args(&["--admin".to_string(), admins.join(","), "--interval".into(), "1".into(), "--frames".into(), "2".into(), "--no-clear".into()]).unwrap();
+    let mut out = Vec::new();
+    dashboard::run(&opts, &mut out).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = load.join().unwrap();
+    assert!(sent > 5);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.matches("Istio Mesh Dashboard").count(), 2, "{text}");
+    let second = text.split("frame 2").nth(1).unwrap();
+    let line = second.lines().find(|l| l.starts_with("productpage.default.svc.cluster.local")).unwrap_or_else(|| panic!("{text}"));
+    let rps: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap_or_else(|_| panic!("a rate in {line:?}"));
+    assert!(rps > 1.0 && rps < 40.0, "about 20 req/s through the gateway: {line}");
+    println!("{text}");
+
+    // The same from Prometheus (rates over the last minute).
+    let addr = format!("127.0.0.1:{}", prom.port);
+    let mut rows = Vec::new();
+    for _ in 0..40 {
+        rows = dashboard::prometheus_rows(&addr, "1m").unwrap();
+        if rows.iter().any(|r| r.key.name == "reviews-v3" && r.p50.is_some() && r.rps.is_some_and(|x| x > 0.0)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The load above went to reviews v3 (no end-user header); v2's counter did not move.
+    let v3 = rows.iter().find(|r| r.key.view == View::Workload && r.key.name == "reviews-v3").unwrap_or_else(|| panic!("{rows:?}"));
+    assert!(v3.rps.is_some_and(|x| x > 0.0) && v3.p50.is_some_and(|p| p > 0.0) && v3.success == Some(1.0), "{v3:?}");
+    let v2 = rows.iter().find(|r| r.key.view == View::Workload && r.key.name == "reviews-v2").unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(v2.rps, Some(0.0));
+    println!("{}", dashboard::render("from Prometheus", &rows));
 }

@@ -12,6 +12,9 @@ use serde_json::{json, Value};
 use wasmesh_istio::{Error, Kind, ProxyMode, Resources, Workload};
 use wasmesh_stats::{Direction as StatsDirection, ListenerProtocol, ServiceInfo, StatsConfig};
 
+/// The filter's core, for tools that need its encodings (e.g. a peer's exchange header).
+pub use wasmesh_stats as core;
+
 pub const FILTER_NAME: &str = "wasmesh.stats";
 pub const TCP_FILTER_NAME: &str = "wasmesh.stats.tcp";
 pub const MODULE: &str = "stats";
