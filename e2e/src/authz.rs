@@ -206,6 +206,35 @@ pub fn plugin_filters(
     plugins::authz::contribute(&ctx).map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
 }
 
+/// The authz filter for policies Istio's webhook would reject (the plugin refuses them): the
+/// configuration the plugin would write, without its validation.
+pub fn unvalidated_filters(
+    workload: &Workload,
+    resources: &Resources,
+    mesh: &MeshConfig,
+    direction: Direction,
+    bind_port: u16,
+) -> Result<plugins::Contribution, String> {
+    let ctx = ListenerContext { workload, resources, direction, bind_port, mesh };
+    let (cfg, res) = plugins::authz::config(&ctx, wasmesh_authz_stage_all());
+    let authz = cfg.compile(&res).map_err(|e| e.to_string())?;
+    let mut c = plugins::Contribution::default();
+    c.http_filters.push(WasmFilter {
+        name: plugins::authz::FILTER_NAME.into(),
+        module: plugins::authz::MODULE.into(),
+        config: serde_json::to_value(&cfg).map_err(|e| e.to_string())?,
+        fail_open: false,
+    });
+    if authz.needs().source_ip {
+        c.network_filters.push(plugins::authz::peer_address_filter());
+    }
+    Ok(c)
+}
+
+fn wasmesh_authz_stage_all() -> plugins::authz::Stage {
+    plugins::authz::Stage::All
+}
+
 /// The wasm network filter entries of a contribution.
 pub fn network_filters(c: &plugins::Contribution) -> Vec<Value> {
     c.network_filters.iter().map(|f| wasmesh_controller::bootstrap::wasm_network_filter(f, &crate::paths::wasm_dir())).collect()
@@ -627,6 +656,15 @@ pub struct Corpus {
     pub gateway: bool,
     #[serde(default)]
     pub num_trusted_proxies: u32,
+    /// The policies contain what Istio's webhook rejects: wasmeshctl would refuse them, so the
+    /// runner configures the filter directly, to compare istiod's handling of invalid values.
+    #[serde(default)]
+    pub invalid_policies: bool,
+    /// Put a Lua filter before authz on both sides that writes dynamic metadata
+    /// `envoy.filters.http.lua`: `user` (string) from `x-meta-user`, `list` (list) from the
+    /// comma-separated `x-meta-list`, `num` (number) from `x-meta-num`.
+    #[serde(default)]
+    pub metadata_from_headers: bool,
     /// Istio YAML. `${PORT}` is replaced by the listener port of each side, `${OTHER_PORT}` by a
     /// port nobody uses.
     pub policies: String,
@@ -733,18 +771,32 @@ pub fn diff(path: &Path) -> Result<Report, String> {
         l.tls = Some(tls.clone());
         l
     };
+    let lua = json!({
+        "name": "envoy.filters.http.lua",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua", "default_source_code": {"inline_string": LUA_METADATA}},
+    });
     let mut native = base("native", native_port);
+    if corpus.metadata_from_headers {
+        native.http_filters.push(lua.clone());
+    }
     if let Some(j) = native_jwt_authn(&native_res) {
         native.http_filters.push(j);
     }
     native.http_filters.extend(istiod::http_filters(&native_res, &wl, &corpus.trust_domain_aliases));
 
     let mut wasm = base("wasm", wasm_port);
+    if corpus.metadata_from_headers {
+        wasm.http_filters.push(lua);
+    }
     if let Some(a) = authn_filter(&wl, &wasm_res) {
         wasm = wasm.wasm(&a);
     }
     let direction = if corpus.gateway { Direction::Gateway { port: u32::from(wasm_port) } } else { Direction::Inbound };
-    let contribution = plugin_filters(&wl, &wasm_res, &mesh, direction, wasm_port)?;
+    let contribution = if corpus.invalid_policies {
+        unvalidated_filters(&wl, &wasm_res, &mesh, direction, wasm_port)?
+    } else {
+        plugin_filters(&wl, &wasm_res, &mesh, direction, wasm_port)?
+    };
     wasm.network_filters = network_filters(&contribution);
     for f in &contribution.http_filters {
         wasm = wasm.wasm(f);
@@ -829,6 +881,22 @@ impl Report {
         s
     }
 }
+
+const LUA_METADATA: &str = r#"
+function envoy_on_request(h)
+  local md = h:streamInfo():dynamicMetadata()
+  local u = h:headers():get("x-meta-user")
+  if u then md:set("envoy.filters.http.lua", "user", u) end
+  local l = h:headers():get("x-meta-list")
+  if l then
+    local t = {}
+    for v in string.gmatch(l, "[^,]+") do table.insert(t, v) end
+    md:set("envoy.filters.http.lua", "list", t)
+  end
+  local n = h:headers():get("x-meta-num")
+  if n then md:set("envoy.filters.http.lua", "num", tonumber(n)) end
+end
+"#;
 
 /// The corpus files shipped in `e2e/corpus/authz`.
 pub fn corpus_files() -> Vec<PathBuf> {

@@ -19,7 +19,7 @@
 
 use super::{resources_json, Contribution, Direction, ListenerContext, WasmFilter};
 use serde_json::{json, Value};
-use wasmesh_authz::{AuthzConfig, Stage};
+pub use wasmesh_authz::{AuthzConfig, Stage};
 use wasmesh_istio::{Error, Kind, ProxyMode, Resource, Resources};
 
 pub const FILTER_NAME: &str = "wasmesh.authz";
