@@ -19,6 +19,8 @@ pub struct Variant {
     pub name: String,
     /// HTTP filters before Envoy's router (complete filter JSON objects).
     pub http_filters: Vec<Value>,
+    /// Network filters before the HTTP connection manager.
+    pub network_filters: Vec<Value>,
     /// Route configuration; `None` = one route to the upstream app cluster `app`.
     pub route_config: Option<Value>,
     /// Cluster names that are all the upstream app (e.g. every Istio-named cluster a route names).
@@ -39,6 +41,7 @@ impl Variant {
         Variant {
             name: name.into(),
             http_filters: Vec::new(),
+            network_filters: Vec::new(),
             route_config: None,
             app_clusters: Vec::new(),
             clusters: Vec::new(),
@@ -127,15 +130,17 @@ fn listener(name: &str, port: u16, v: &Variant) -> Value {
     let route = v.route_config.clone().unwrap_or_else(|| {
         json!({"virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]})
     });
+    let mut network = v.network_filters.clone();
+    network.push(json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name,
+        "route_config": route,
+        "http_filters": filters,
+    }}));
     json!({
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": name,
-            "route_config": route,
-            "http_filters": filters,
-        }}]}],
+        "filter_chains": [{"filters": network}],
     })
 }
 
