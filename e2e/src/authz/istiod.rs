@@ -82,6 +82,101 @@ pub fn http_filters(resources: &Resources, workload: &Workload, trust_domain_ali
     out
 }
 
+/// istiod's CUSTOM pair for one `envoyExtAuthzHttp` provider: an RBAC filter holding the CUSTOM
+/// rules as shadow rules (stat prefix `istio_ext_authz_`) and Envoy's `ext_authz` filter enabled
+/// by the shadow effective policy id (`builder.go` `buildHTTP`, `extauthz.go`). `cluster` is the
+/// Envoy cluster of the provider's service.
+pub fn custom_http_filters(resources: &Resources, workload: &Workload, provider: &Value, cluster: &str) -> Vec<Value> {
+    let name = provider["name"].as_str().unwrap_or_default();
+    let http = &provider["envoyExtAuthzHttp"];
+    let mut shadow = Map::new();
+    for (res, ap) in resources.authorization_policies() {
+        if ap.action != Action::Custom || !should_attach(workload, res, ap) {
+            continue;
+        }
+        if ap.provider.as_ref().map(|p| p.name.as_str()) != Some(name) {
+            continue;
+        }
+        let rules = ap.rules.as_deref().unwrap_or_default();
+        for (i, rule) in rules.iter().enumerate() {
+            let Some(rule) = rule else { continue };
+            let Ok(m) = Model::new(res.namespace(), rule) else { continue };
+            if let Ok(policy) = m.generate(Action::Deny) {
+                shadow.insert(format!("istio-ext-authz-{name}-ns[{}]-policy[{}]-rule[{i}]", res.namespace(), res.name()), policy);
+            }
+        }
+    }
+    let list = |v: &Value| -> Option<Value> {
+        let items: Vec<Value> = v
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|h| {
+                if let Some(rest) = h.strip_prefix('*') {
+                    json!({"suffix": rest, "ignore_case": true})
+                } else if let Some(rest) = h.strip_suffix('*') {
+                    json!({"prefix": rest, "ignore_case": true})
+                } else {
+                    json!({"exact": h, "ignore_case": true})
+                }
+            })
+            .collect();
+        (!items.is_empty()).then(|| json!({"patterns": items}))
+    };
+    let host = http["service"].as_str().unwrap_or_default();
+    let host = host.split_once('/').map(|(_, h)| h).unwrap_or(host);
+    let mut service = json!({
+        "server_uri": {"uri": format!("http://{host}"), "cluster": cluster, "timeout": http.get("timeout").and_then(Value::as_str).unwrap_or("600s")},
+    });
+    if let Some(p) = http.get("pathPrefix").and_then(Value::as_str) {
+        service["path_prefix"] = json!(p);
+    }
+    if let Some(add) = http.get("includeAdditionalHeadersInCheck").and_then(Value::as_object) {
+        let mut keys: Vec<&String> = add.keys().collect();
+        keys.sort();
+        service["authorization_request"] = json!({"headers_to_add": keys.iter().map(|k| json!({"key": k, "value": add[*k]})).collect::<Vec<_>>()});
+    }
+    let (up, deny, allow) = (list(&http["headersToUpstreamOnAllow"]), list(&http["headersToDownstreamOnDeny"]), list(&http["headersToDownstreamOnAllow"]));
+    if up.is_some() || deny.is_some() || allow.is_some() {
+        let mut r = json!({});
+        if let Some(v) = up {
+            r["allowed_upstream_headers"] = v;
+        }
+        if let Some(v) = deny {
+            r["allowed_client_headers"] = v;
+        }
+        if let Some(v) = allow {
+            r["allowed_client_headers_on_success"] = v;
+        }
+        service["authorization_response"] = r;
+    }
+    let mut ext = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "transport_api_version": "V3",
+        "failure_mode_allow": http.get("failOpen").and_then(Value::as_bool).unwrap_or(false),
+        "http_service": service,
+        "filter_enabled_metadata": {
+            "filter": "envoy.filters.http.rbac",
+            "path": [{"key": "istio_ext_authz_shadow_effective_policy_id"}],
+            "value": {"string_match": {"prefix": format!("istio-ext-authz-{name}")}},
+        },
+    });
+    if let Some(code) = http.get("statusOnError").and_then(Value::as_str).and_then(|c| c.parse::<u32>().ok()) {
+        ext["status_on_error"] = json!({"code": code});
+    }
+    if let Some(h) = list(&http["includeRequestHeadersInCheck"]) {
+        ext["allowed_headers"] = h;
+    }
+    vec![
+        json!({"name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "shadow_rules": {"action": "DENY", "policies": shadow},
+            "shadow_rules_stat_prefix": "istio_ext_authz_",
+        }}),
+        json!({"name": "envoy.filters.http.ext_authz", "typed_config": ext}),
+    ]
+}
+
 /// Whether any CUSTOM policy applies (the runner does not generate ext_authz).
 pub fn has_custom(resources: &Resources, workload: &Workload) -> bool {
     resources.authorization_policies().any(|(r, ap)| ap.action == Action::Custom && should_attach(workload, r, ap))

@@ -1,0 +1,479 @@
+//! The authz filter in real Envoy: Istio's AuthorizationPolicy answers, compared with Envoy's own
+//! RBAC and ext_authz filters configured as istiod configures them, over real sockets.
+//!
+//! Needs the filters built (`make wasm`), Envoy, `curl` and `openssl`.
+
+use serde_json::{json, Value};
+use wasmesh_e2e::authz::{self, istiod, ExtAuthz, ListenerSpec, Proxy};
+use wasmesh_e2e::http::{request, Response};
+use wasmesh_e2e::{App, Envoy};
+use wasmesh_controller::mesh::MeshConfig;
+use wasmesh_controller::plugins::{self, Direction, ListenerContext, WasmFilter};
+use wasmesh_istio::{load_str, Resources, Workload};
+
+fn res(yaml: &str) -> Resources {
+    Resources { items: load_str(yaml, "authz-test.yaml").unwrap_or_else(|e| panic!("{e}")) }
+}
+
+fn workload() -> Workload {
+    let mut wl = Workload::new("httpbin", "foo");
+    wl.labels.insert("app".into(), "httpbin".into());
+    wl.service_account = "httpbin".into();
+    wl
+}
+
+/// A listener with what wasmeshctl's authz plugin writes for `yaml`, in front of `upstream`.
+fn wasm_listener(name: &str, yaml: &str, mesh: &MeshConfig) -> (ListenerSpec, plugins::Contribution) {
+    let mut l = ListenerSpec::new(name);
+    let c = authz::plugin_filters(&workload(), &res(yaml), mesh, Direction::Inbound, l.port).unwrap_or_else(|e| panic!("{e}"));
+    l.network_filters = authz::network_filters(&c);
+    for f in &c.http_filters {
+        l = l.wasm(f);
+    }
+    l.upstream = Some("app".into());
+    (l, c)
+}
+
+/// A listener with Envoy's RBAC filters as istiod generates them for `yaml`.
+fn native_listener(name: &str, yaml: &str) -> ListenerSpec {
+    let mut l = ListenerSpec::new(name);
+    l.http_filters = istiod::http_filters(&res(yaml), &workload(), &[]);
+    l.upstream = Some("app".into());
+    l
+}
+
+fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut all: Vec<(&str, &str)> = vec![("host", "httpbin.foo:8000")];
+    all.extend_from_slice(headers);
+    request(port, method, path, &all, b"").unwrap_or_else(|e| panic!("{method} {path} to {port}: {e}"))
+}
+
+fn start(name: &str, listeners: Vec<ListenerSpec>, clusters: Vec<Value>, stats_tags: Vec<Value>) -> Envoy {
+    Proxy { listeners, clusters, stats_tags }.start(name)
+}
+
+const DENY_ADMIN: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-get, namespace: foo}
+spec:
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-api, namespace: foo}
+spec:
+  action: AUDIT
+  rules: [{to: [{operation: {paths: ["/api/*"]}}]}]
+"#;
+
+#[test]
+fn the_differential_corpus_has_no_difference_between_envoy_rbac_and_wasmesh() {
+    let files = authz::corpus_files();
+    assert!(files.len() >= 10, "the corpus is shipped in e2e/corpus/authz: {files:?}");
+    let mut summary = String::new();
+    let mut bad = false;
+    let mut total = 0;
+    for f in &files {
+        match authz::diff(f) {
+            Ok(r) => {
+                summary.push_str(&r.render());
+                total += r.requests;
+                bad |= !r.differences.is_empty() || !r.unexpected.is_empty();
+            }
+            Err(e) => {
+                summary.push_str(&format!("ERROR {}: {e}\n", f.display()));
+                bad = true;
+            }
+        }
+    }
+    assert!(!bad, "differences between Envoy RBAC and wasmesh:\n{summary}");
+    assert!(total > 300, "{summary}");
+}
+
+#[test]
+fn a_denial_is_what_envoy_rbac_sends_and_an_allowed_request_reaches_the_app() {
+    let app = App::new("httpbin", "v1").start();
+    let (wasm, c) = wasm_listener("wasm", DENY_ADMIN, &MeshConfig::default());
+    let native = native_listener("native", DENY_ADMIN);
+    let (wp, np) = (wasm.port, native.port);
+    let _envoy = start("authz-deny", vec![wasm, native], vec![authz::local_cluster("app", app.port)], c.stats_tags);
+    for (method, path) in [("GET", "/admin"), ("POST", "/x"), ("GET", "/admin/../admin")] {
+        let w = send(wp, method, path, &[]);
+        let n = send(np, method, path, &[]);
+        assert_eq!(w.status, 403, "{method} {path}");
+        assert_eq!((w.status, w.text()), (n.status, n.text()), "{method} {path}");
+        assert_eq!(w.text(), "RBAC: access denied");
+        for h in ["content-type", "content-length"] {
+            assert_eq!(w.header(h), n.header(h), "{h} of {method} {path}");
+        }
+        assert!(w.header("x-app").is_none(), "a denied request never reaches the app");
+    }
+    let w = send(wp, "GET", "/api/users?x=1", &[("x-custom", "kept")]);
+    assert_eq!(w.status, 200, "{}", w.text());
+    let body = w.json();
+    assert_eq!(body["path"], "/api/users?x=1");
+    assert_eq!(body["headers"]["x-custom"], "kept");
+}
+
+#[test]
+fn every_decision_is_counted_and_written_for_the_access_log() {
+    let app = App::new("httpbin", "v1").start();
+    let dir = wasmesh_e2e::paths::TempDir::new("authz-log");
+    let log = dir.path().join("access.log");
+    let dry = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: dry-deny-b, namespace: foo, annotations: {istio.io/dry-run: "true"}}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/api/b"]}}]}]
+"#;
+    let yaml = format!("{DENY_ADMIN}{dry}");
+    let (mut wasm, c) = wasm_listener("wasm", &yaml, &MeshConfig::default());
+    wasm.access_log = Some(log.clone());
+    let wp = wasm.port;
+    let envoy = start("authz-log", vec![wasm], vec![authz::local_cluster("app", app.port)], c.stats_tags);
+    assert_eq!(send(wp, "GET", "/api/a", &[]).status, 200);
+    assert_eq!(send(wp, "GET", "/api/b", &[]).status, 200, "dry-run DENY is not enforced");
+    assert_eq!(send(wp, "GET", "/admin", &[]).status, 403);
+    assert_eq!(send(wp, "DELETE", "/x", &[]).status, 403);
+
+    let stat = |n: &str| envoy.stat(&format!("wasmcustom.wasmesh.authz.{n}")).unwrap_or(0);
+    assert_eq!(stat("allowed"), 2);
+    assert_eq!(stat("denied"), 2);
+    assert_eq!(stat("audit"), 2, "both /api requests matched the AUDIT policy");
+    assert_eq!(stat("istio_dry_run_deny_shadow_denied"), 1);
+    assert_eq!(stat("istio_dry_run_deny_shadow_allowed"), 3);
+    assert_eq!(stat("policy.denied.ns[foo]-policy[deny-admin]-rule[0]"), 1);
+    assert_eq!(stat("policy.allowed.ns[foo]-policy[allow-get]-rule[0]"), 2);
+    assert_eq!(stat("policy.audited.ns[foo]-policy[audit-api]-rule[0]"), 2);
+    let prom = envoy.admin("/stats/prometheus");
+    assert!(
+        prom.lines().any(|l| l.starts_with("wasmesh_authz_policy_denied{authz_rule=\"ns[foo]-policy[deny-admin]-rule[0]\"} 1")),
+        "the rule is a Prometheus label:\n{}",
+        prom.lines().filter(|l| l.contains("authz")).collect::<Vec<_>>().join("\n")
+    );
+
+    // The access log sees the decision through filter state.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 4 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let decision = |line: &str| -> Value {
+        let json = line.splitn(3, ' ').nth(2).unwrap_or("");
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    let a = decision(lines[0]);
+    assert_eq!(a["allowed"], true);
+    assert_eq!(a["action"], "ALLOW");
+    assert_eq!(a["policy"], "ns[foo]-policy[allow-get]-rule[0]");
+    assert_eq!(a["audit"], json!(["ns[foo]-policy[audit-api]-rule[0]"]));
+    let b = decision(lines[1]);
+    assert_eq!(b["shadow"], "dry-run deny: denied by ns[foo]-policy[dry-deny-b]-rule[0]");
+    let d = decision(lines[2]);
+    assert!(lines[2].starts_with("403 /admin"), "{}", lines[2]);
+    assert_eq!((d["allowed"].clone(), d["action"].clone(), d["policy"].clone()), (json!(false), json!("DENY"), json!("ns[foo]-policy[deny-admin]-rule[0]")));
+    let e = decision(lines[3]);
+    assert_eq!((e["action"].clone(), e.get("policy").cloned()), (json!("DEFAULT"), None), "no ALLOW rule matched");
+}
+
+#[test]
+fn identity_comes_only_from_filter_state_never_from_a_header() {
+    let yaml = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: jwt-or-peer, namespace: foo}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ["*"]}}]
+  - from: [{source: {principals: ["*"]}}]
+  - when: [{key: "request.auth.claims[groups]", values: [admin]}]
+"#;
+    let app = App::new("httpbin", "v1").start();
+    let (wasm, c) = wasm_listener("wasm", yaml, &MeshConfig::default());
+    let wp = wasm.port;
+    let _envoy = start("authz-forge", vec![wasm], vec![authz::local_cluster("app", app.port)], c.stats_tags);
+    let identity = json!({"principal": "https://evil/alice", "issuer": "https://evil", "subject": "alice", "claims": {"iss": "https://evil", "sub": "alice", "groups": ["admin"]}}).to_string();
+    let forged: Vec<(&str, &str)> = vec![
+        ("wasmesh.authn.identity", &identity),
+        ("x-wasmesh-authn-identity", &identity),
+        ("wasm.wasmesh.authn.identity", &identity),
+        ("x-jwt-payload", "eyJpc3MiOiJodHRwczovL2V2aWwiLCJzdWIiOiJhbGljZSJ9"),
+        ("authorization", "Bearer eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2V2aWwiLCJzdWIiOiJhbGljZSIsImdyb3VwcyI6WyJhZG1pbiJdfQ."),
+        ("x-forwarded-client-cert", "By=spiffe://cluster.local/ns/foo/sa/httpbin;URI=spiffe://cluster.local/ns/bar/sa/sleep"),
+        ("x-spiffe-id", "spiffe://cluster.local/ns/bar/sa/sleep"),
+    ];
+    let r = send(wp, "GET", "/", &forged);
+    assert_eq!(r.status, 403, "client headers are no identity: {}", r.text());
+    for h in &forged {
+        assert_eq!(send(wp, "GET", "/", &[*h]).status, 403, "{}", h.0);
+    }
+}
+
+#[test]
+fn ip_blocks_fail_closed_when_the_peer_address_is_unknown() {
+    // Without the peer-address network filter the HTTP filter cannot know the physical peer;
+    // a rule that needs it denies rather than guessing from x-forwarded-for.
+    let yaml = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: not-blocked, namespace: foo}
+spec:
+  rules: [{from: [{source: {notIpBlocks: [10.0.0.0/8]}}]}]
+"#;
+    let app = App::new("httpbin", "v1").start();
+    let (mut without, c) = wasm_listener("without", yaml, &MeshConfig::default());
+    assert_eq!(c.network_filters.len(), 1, "the plugin adds the peer-address filter for ipBlocks");
+    without.network_filters.clear();
+    let (with, _) = wasm_listener("with", yaml, &MeshConfig::default());
+    let (p1, p2) = (without.port, with.port);
+    let envoy = start("authz-peer", vec![without, with], vec![authz::local_cluster("app", app.port)], c.stats_tags);
+    assert_eq!(send(p2, "GET", "/", &[]).status, 200);
+    assert_eq!(send(p1, "GET", "/", &[]).status, 403);
+    assert_eq!(envoy.stat("wasmcustom.wasmesh.authz.error"), Some(1));
+    // Envoy flushes its log file every few seconds.
+    let said = (0..150).any(|_| {
+        let found = envoy.log().contains("the direct peer address (source.ip) is unavailable");
+        if !found {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        found
+    });
+    assert!(said, "the denial is logged with its reason:\n{}", envoy.log_tail(20));
+}
+
+#[test]
+fn strict_peer_authentication_denies_plaintext_in_the_filter() {
+    let yaml = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: httpbin, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  mtls: {mode: STRICT}
+"#;
+    let app = App::new("httpbin", "v1").start();
+    let (wasm, c) = wasm_listener("wasm", yaml, &MeshConfig::default());
+    assert_eq!(c.http_filters.len(), 1, "STRICT alone installs the filter");
+    let wp = wasm.port;
+    let envoy = start("authz-strict", vec![wasm], vec![authz::local_cluster("app", app.port)], c.stats_tags);
+    let r = send(wp, "GET", "/", &[("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/a/sa/b")]);
+    assert_eq!(r.status, 403);
+    assert_eq!(envoy.stat("wasmcustom.wasmesh.authz.peer_authn_denied"), Some(1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// CUSTOM
+
+fn provider(ext_port: u16, extra: Value) -> Value {
+    let mut http = json!({
+        "service": "127.0.0.1",
+        "port": ext_port,
+        "pathPrefix": "/check",
+        "includeRequestHeadersInCheck": ["x-ext-authz", "x-user-in"],
+        "includeAdditionalHeadersInCheck": {"x-added": "by-mesh-config"},
+        "headersToUpstreamOnAllow": ["x-user", "x-ext-authz-check-result"],
+        "headersToDownstreamOnDeny": ["x-reason"],
+        "headersToDownstreamOnAllow": ["x-trace-out"],
+    });
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            http[k] = v;
+        }
+    }
+    json!({"name": "ext", "envoyExtAuthzHttp": http})
+}
+
+const CUSTOM: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: foo}
+spec:
+  action: CUSTOM
+  provider: {name: ext}
+  rules: [{to: [{operation: {paths: ["/protected*"]}}]}]
+"#;
+
+#[test]
+fn custom_ext_authz_http_behaves_as_envoy_ext_authz() {
+    let ext = ExtAuthz::start();
+    let app = App::new("httpbin", "v1").start();
+    let prov = provider(ext.port, json!({}));
+    let mut mesh = MeshConfig::default();
+    mesh.extension_providers = vec![prov.clone()];
+    let (wasm, c) = wasm_listener("wasm", CUSTOM, &mesh);
+    assert_eq!(c.clusters[0]["name"], format!("outbound|{}||127.0.0.1", ext.port));
+    let mut native = ListenerSpec::new("native");
+    native.http_filters = istiod::custom_http_filters(&res(CUSTOM), &workload(), &prov, c.clusters[0]["name"].as_str().unwrap());
+    native.upstream = Some("app".into());
+    let (wp, np) = (wasm.port, native.port);
+    let mut clusters = c.clusters.clone();
+    clusters.push(authz::local_cluster("app", app.port));
+    let _envoy = start("authz-custom", vec![wasm, native], clusters, c.stats_tags);
+
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("/protected/a?q=1", vec![("x-ext-authz", "allow"), ("x-user-in", "alice"), ("authorization", "Basic xyz"), ("cookie", "c=1"), ("x-remove-me", "r")]),
+        ("/protected/b", vec![("x-ext-authz", "deny")]),
+        ("/protected/c", vec![]),
+        ("/public", vec![("x-ext-authz", "deny")]),
+    ];
+    for (path, headers) in &cases {
+        let before = ext.checks().len();
+        let w = send(wp, "GET", path, headers);
+        let wasm_checks: Vec<authz::Check> = ext.checks()[before..].to_vec();
+        let before = ext.checks().len();
+        let n = send(np, "GET", path, headers);
+        let native_checks: Vec<authz::Check> = ext.checks()[before..].to_vec();
+        assert_eq!(w.status, n.status, "{path}: wasm {} native {}", w.text(), n.text());
+        assert_eq!(wasm_checks.len(), native_checks.len(), "{path}: checks sent");
+        if w.status == 200 {
+            let (wb, nb) = (w.json(), n.json());
+            for h in ["x-user", "x-ext-authz-check-result", "x-not-forwarded", "x-remove-me", "x-ext-authz", "cookie"] {
+                assert_eq!(wb["headers"][h], nb["headers"][h], "{path}: upstream header {h}");
+            }
+            assert_eq!(w.header("x-trace-out"), n.header("x-trace-out"), "{path}: x-trace-out to the client");
+        } else {
+            assert_eq!(w.text(), n.text(), "{path}: body");
+            for h in ["x-reason", "www-authenticate", "x-ext-authz-check-result", "content-type"] {
+                assert_eq!(w.header(h), n.header(h), "{path}: client header {h}");
+            }
+        }
+        for (wc, nc) in wasm_checks.iter().zip(native_checks.iter()) {
+            assert_eq!(wc.method, nc.method, "{path}");
+            assert_eq!(wc.path, nc.path, "{path}");
+            assert_eq!(wc.body_len, 0);
+            for h in ["host", "authorization", "x-ext-authz", "x-user-in", "x-added", "cookie", "content-length", "x-remove-me"] {
+                assert_eq!(wc.header(h), nc.header(h), "{path}: check header {h}");
+            }
+        }
+    }
+    // What the provider and the app saw, spelled out.
+    let first = ext.checks().into_iter().find(|c| c.path.starts_with("/check/protected/a")).expect("check sent");
+    assert_eq!(first.path, "/check/protected/a?q=1", "pathPrefix + the original path");
+    assert_eq!(first.header("host"), Some("httpbin.foo:8000"));
+    assert_eq!(first.header("authorization"), Some("Basic xyz"));
+    assert_eq!(first.header("x-added"), Some("by-mesh-config"));
+    assert_eq!(first.header("cookie"), None, "not in includeRequestHeadersInCheck");
+    let ok = send(wp, "GET", "/protected/a", &[("x-ext-authz", "allow"), ("x-user-in", "bob"), ("x-remove-me", "r")]);
+    let body = ok.json();
+    assert_eq!(body["headers"]["x-user"], "bob", "headersToUpstreamOnAllow");
+    assert_eq!(body["headers"]["x-not-forwarded"], Value::Null);
+    assert_eq!(body["headers"]["x-remove-me"], Value::Null, "x-envoy-auth-headers-to-remove");
+    assert_eq!(ok.header("x-trace-out"), Some("t1"), "headersToDownstreamOnAllow");
+    let denied = send(wp, "GET", "/protected/b", &[("x-ext-authz", "deny")]);
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.text(), "denied by ext_authz for /check/protected/b");
+    assert_eq!(denied.header("x-reason"), Some("policy"));
+    assert_eq!(denied.header("x-ext-authz-check-result"), None, "not in headersToDownstreamOnDeny");
+}
+
+#[test]
+fn custom_provider_failures_use_status_on_error_or_fail_open() {
+    let ext = ExtAuthz::start();
+    let app = App::new("httpbin", "v1").start();
+    let dead_port = wasmesh_e2e::free_port();
+    let mut listeners = Vec::new();
+    let mut clusters = vec![authz::local_cluster("app", app.port)];
+    let mut tags = Vec::new();
+    let mut ports = Vec::new();
+    for (name, prov) in [
+        ("closed", provider(ext.port, json!({"statusOnError": "503", "timeout": "0.5s"}))),
+        ("open", provider(ext.port, json!({"failOpen": true, "timeout": "0.5s"}))),
+        ("dead", provider(dead_port, json!({}))),
+    ] {
+        let mut mesh = MeshConfig::default();
+        mesh.extension_providers = vec![prov];
+        let (l, c) = wasm_listener(name, CUSTOM, &mesh);
+        ports.push(l.port);
+        listeners.push(l);
+        for cl in c.clusters {
+            if !clusters.iter().any(|x| x["name"] == cl["name"]) {
+                clusters.push(cl);
+            }
+        }
+        tags = c.stats_tags;
+    }
+    let envoy = start("authz-custom-errors", listeners, clusters, tags);
+    let (closed, open, dead) = (ports[0], ports[1], ports[2]);
+    let r = send(closed, "GET", "/protected", &[("x-ext-authz", "error")]);
+    assert_eq!(r.status, 503, "5xx from the provider: statusOnError");
+    assert_eq!(send(closed, "GET", "/protected", &[("x-ext-authz", "slow")]).status, 503, "timeout");
+    assert_eq!(send(open, "GET", "/protected", &[("x-ext-authz", "error")]).status, 200, "failOpen");
+    assert_eq!(send(open, "GET", "/protected", &[("x-ext-authz", "deny")]).status, 403, "failOpen does not turn a denial into an allow");
+    assert_eq!(send(dead, "GET", "/protected", &[("x-ext-authz", "allow")]).status, 403, "unreachable: Envoy's default 403");
+    assert_eq!(send(dead, "GET", "/public", &[]).status, 200, "no CUSTOM rule matched: no call");
+    assert!(envoy.stat("wasmcustom.wasmesh.authz.custom.error").unwrap_or(0) >= 4);
+}
+
+#[test]
+fn custom_runs_before_deny_and_allow_which_see_its_headers() {
+    let yaml = format!(
+        "{CUSTOM}---\n{}",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-x, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/protected/deny"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-alice, namespace: foo}
+spec:
+  rules: [{when: [{key: "request.headers[x-user]", values: [alice]}]}]
+"#
+    );
+    let ext = ExtAuthz::start();
+    let app = App::new("httpbin", "v1").start();
+    let mut mesh = MeshConfig::default();
+    mesh.extension_providers = vec![provider(ext.port, json!({}))];
+    // One instance (CUSTOM then AUDIT/DENY/ALLOW), and Istio's split around authn.
+    let (single, c) = wasm_listener("single", &yaml, &mesh);
+    let mut split = ListenerSpec::new("split");
+    let wl = workload();
+    let resources = res(&yaml);
+    let ctx = ListenerContext { workload: &wl, resources: &resources, direction: Direction::Inbound, bind_port: split.port, mesh: &mesh };
+    let custom = plugins::authz::contribute_custom(&ctx).unwrap();
+    let rbac = plugins::authz::contribute_rbac(&ctx).unwrap();
+    assert_eq!(custom.http_filters[0].name, "wasmesh.authz.custom");
+    assert_eq!(rbac.http_filters[0].name, "wasmesh.authz");
+    let all: Vec<&WasmFilter> = custom.http_filters.iter().chain(rbac.http_filters.iter()).collect();
+    for f in all {
+        split = split.wasm(f);
+    }
+    split.upstream = Some("app".into());
+    let (sp, tp) = (single.port, split.port);
+    let mut clusters = c.clusters.clone();
+    clusters.push(authz::local_cluster("app", app.port));
+    let _envoy = start("authz-custom-order", vec![single, split], clusters, c.stats_tags);
+    for port in [sp, tp] {
+        let ok = send(port, "GET", "/protected/x", &[("x-ext-authz", "allow"), ("x-user-in", "alice")]);
+        assert_eq!(ok.status, 200, "ALLOW sees x-user set by the provider: {}", ok.text());
+        assert_eq!(send(port, "GET", "/protected/x", &[("x-ext-authz", "allow"), ("x-user-in", "bob")]).status, 403, "ALLOW does not match bob");
+        assert_eq!(send(port, "GET", "/protected/x", &[("x-ext-authz", "allow"), ("x-user", "alice")]).status, 403, "the client's x-user is replaced by the provider's");
+        let d = send(port, "GET", "/protected/deny", &[("x-ext-authz", "allow"), ("x-user-in", "alice")]);
+        assert_eq!((d.status, d.text()), (403, "RBAC: access denied".to_string()), "DENY after a CUSTOM allow");
+        let c = send(port, "GET", "/protected/deny", &[("x-ext-authz", "deny")]);
+        assert_eq!(c.text(), "denied by ext_authz for /check/protected/deny", "CUSTOM decides first");
+    }
+}
