@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
+pub mod check;
 pub mod certs;
 pub mod dashboard;
 pub mod mesh;

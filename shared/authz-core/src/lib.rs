@@ -41,7 +41,7 @@ pub use provider::{ExtAuthzHttp, Provider};
 pub use validate::{validate, validate_all};
 
 use std::net::IpAddr;
-use wasmesh_handover::RequestIdentity;
+pub use wasmesh_handover::RequestIdentity;
 
 /// The deny response Istio's RBAC filter sends.
 pub const DENY_STATUS: u32 = 403;
