@@ -20,10 +20,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use wasmesh_stats::grpc::{is_grpc_content_type, GrpcFrameCounter};
-use wasmesh_stats::peer::{self, HEADER_METADATA, HEADER_METADATA_ID};
+use wasmesh_stats::peer::{CachedPeer, HEADER_METADATA, HEADER_METADATA_ID};
 use wasmesh_stats::{
     Direction, Facts, HttpMeasures, ListenerProtocol, Metric, MetricCache, MetricHost, MetricType, PeerCache,
-    PeerMetadata, Protocol, ServiceInfo, Stats, StatsConfig,
+    Protocol, ServiceInfo, Stats, StatsConfig,
 };
 
 proxy_wasm::main! {{
@@ -176,9 +176,9 @@ fn evaluate(stats: &Stats) -> Vec<Option<String>> {
 }
 
 /// The upstream peer from the endpoint's metadata (Istio's client-side fallback).
-fn endpoint_peer() -> Option<PeerMetadata> {
+fn endpoint_peer(shared: &Shared) -> Option<Rc<CachedPeer>> {
     let s = wasmesh_proxy::property_string(&["xds", "upstream_host_metadata", "filter_metadata", "istio", "workload"])?;
-    peer::from_endpoint_metadata(&s)
+    shared.peers.borrow_mut().endpoint(&s)
 }
 
 /// (peer principal, local principal): the first URI SANs of the connection's certificates.
@@ -207,7 +207,7 @@ fn principals(direction: Direction) -> (String, String) {
 struct StatsHttp {
     shared: Rc<Shared>,
     /// The other side's metadata: downstream (inbound) or upstream (outbound, gateway).
-    peer: Option<Rc<PeerMetadata>>,
+    peer: Option<Rc<CachedPeer>>,
     /// The request carried metadata-exchange headers (inbound answers only then, as Istio).
     request_had_mx: bool,
     request_seen: bool,
@@ -244,7 +244,7 @@ impl StatsHttp {
         if let Some(md) = md {
             self.peer = self.shared.peers.borrow_mut().get_or_decode(md, id);
             if let Some(p) = &self.peer {
-                wasmesh_proxy::set_filter_state(wasmesh_handover::PEER_DOWNSTREAM, &wasmesh_handover::encode(&**p));
+                wasmesh_proxy::set_filter_state(wasmesh_handover::PEER_DOWNSTREAM, &p.json);
             }
         }
     }
@@ -319,7 +319,7 @@ impl HttpContext for StatsHttp {
                 if let Some(md) = md {
                     self.peer = self.shared.peers.borrow_mut().get_or_decode(&md, id.as_deref());
                     if let Some(p) = &self.peer {
-                        wasmesh_proxy::set_filter_state(wasmesh_handover::PEER_UPSTREAM, &wasmesh_handover::encode(&**p));
+                        wasmesh_proxy::set_filter_state(wasmesh_handover::PEER_UPSTREAM, &p.json);
                     }
                 }
             }
@@ -345,16 +345,20 @@ impl HttpContext for StatsHttp {
                 .unwrap_or(false);
         }
         let protocol = if self.grpc { Protocol::Grpc } else { Protocol::Http };
-        let cluster = wasmesh_proxy::property_string(&["xds", "cluster_name"]).unwrap_or_default();
+        let cluster = if stats.needs_cluster() {
+            wasmesh_proxy::property_string(&["xds", "cluster_name"]).unwrap_or_default()
+        } else {
+            String::new()
+        };
         let service = shared.service(&cluster);
-        let host = if stats.direction == Direction::Outbound {
+        let host = if stats.needs_host() {
             wasmesh_proxy::property_string(&["request", "host"]).unwrap_or_default()
         } else {
             String::new()
         };
-        let fallback_peer = match (&self.peer, stats.direction) {
-            (None, Direction::Outbound | Direction::Gateway) => endpoint_peer(),
-            _ => None,
+        let peer = match (&self.peer, stats.direction) {
+            (None, Direction::Outbound | Direction::Gateway) => endpoint_peer(&shared),
+            (p, _) => p.clone(),
         };
         let (peer_principal, local_principal) = principals(stats.direction);
         let mut facts = Facts::new(protocol);
@@ -364,7 +368,7 @@ impl HttpContext for StatsHttp {
             facts.grpc_status =
                 nonneg(prop_i64(&["response", "grpc_status"])).and_then(|c| u32::try_from(c).ok());
         }
-        facts.peer = self.peer.as_deref().or(fallback_peer.as_ref());
+        facts.peer = peer.as_ref().map(|p| &p.peer);
         facts.peer_principal = &peer_principal;
         facts.local_principal = &local_principal;
         facts.host = &host;
@@ -380,7 +384,8 @@ impl HttpContext for StatsHttp {
         let exprs = evaluate(stats);
         let mut cache = shared.cache.borrow_mut();
         let mut key = shared.key.borrow_mut();
-        stats.record_http(&mut cache, &mut Host, &facts, &exprs, &measures, &mut key);
+        let peer_id = peer.as_ref().map(|p| p.id).unwrap_or(0);
+        stats.record_http(&mut cache, &mut Host, &facts, peer_id, &exprs, &measures, &mut key);
     }
 }
 
@@ -401,13 +406,13 @@ impl StatsTcp {
         let cluster = wasmesh_proxy::property_string(&["xds", "cluster_name"]).unwrap_or_default();
         let service = if cluster.is_empty() { None } else { self.shared.service(&cluster) };
         let fallback_peer = match stats.direction {
-            Direction::Outbound | Direction::Gateway => endpoint_peer(),
+            Direction::Outbound | Direction::Gateway => endpoint_peer(&self.shared),
             Direction::Inbound => None,
         };
         let (peer_principal, local_principal) = principals(stats.direction);
         let mut facts = Facts::new(Protocol::Tcp);
         facts.response_flags = nonneg(prop_i64(&["response", "flags"])).unwrap_or(0);
-        facts.peer = fallback_peer.as_ref();
+        facts.peer = fallback_peer.as_ref().map(|p| &p.peer);
         facts.peer_principal = &peer_principal;
         facts.local_principal = &local_principal;
         facts.cluster_name = &cluster;

@@ -22,9 +22,31 @@ pub trait MetricHost {
 pub const OVERFLOW_METRIC: &str = "wasmesh_stats_label_sets_overflow_total";
 pub const DEFAULT_MAX_LABEL_SETS: usize = 10_000;
 
+/// What makes one request's label set differ from another's, without the labels: the hot
+/// path hashes this small key instead of encoding ~1 KB of tags.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestKey {
+    pub protocol: u8,
+    pub code: u32,
+    pub grpc: Option<u32>,
+    pub flags: u64,
+    /// The peer's id in the [`crate::peer::PeerCache`] (0: no peer).
+    pub peer: u64,
+    pub peer_principal: String,
+    pub local_principal: String,
+    pub host: String,
+    pub cluster: String,
+    pub exprs: Vec<Option<String>>,
+}
+
+type Ids = [Option<u32>; METRIC_COUNT];
+
 #[derive(Debug)]
 pub struct MetricCache {
-    ids: HashMap<String, [Option<u32>; METRIC_COUNT]>,
+    /// Encoded label set → metric ids.
+    ids: HashMap<String, Ids>,
+    /// Request key → the ids of each metric group.
+    fast: HashMap<RequestKey, Vec<Ids>>,
     max_label_sets: usize,
     overflow_id: Option<u32>,
     /// Scratch buffer for the full stat name on a miss.
@@ -33,11 +55,59 @@ pub struct MetricCache {
 
 impl MetricCache {
     pub fn new(max_label_sets: usize) -> Self {
-        MetricCache { ids: HashMap::new(), max_label_sets, overflow_id: None, name: String::new() }
+        MetricCache { ids: HashMap::new(), fast: HashMap::new(), max_label_sets, overflow_id: None, name: String::new() }
     }
 
     pub fn label_sets(&self) -> usize {
         self.ids.len()
+    }
+
+    /// The ids of one request key's groups, when seen before.
+    pub fn fast_get(&self, key: &RequestKey) -> Option<&[Ids]> {
+        self.fast.get(key).map(Vec::as_slice)
+    }
+
+    pub fn fast_insert(&mut self, key: RequestKey, ids: Vec<Ids>) {
+        // Bounded like the label sets; clearing only costs recomputing keys.
+        if self.fast.len() >= self.max_label_sets.saturating_mul(4) {
+            self.fast.clear();
+        }
+        self.fast.insert(key, ids);
+    }
+
+    /// Defines (once) `metrics` under the encoded tags `key`; `None` when the bound on label
+    /// sets is reached.
+    pub fn define(&mut self, host: &mut dyn MetricHost, key: &str, metrics: &[Metric]) -> Option<Ids> {
+        let ids = match self.ids.get_mut(key) {
+            Some(ids) => ids,
+            None => {
+                if self.ids.len() >= self.max_label_sets {
+                    self.count_overflow(host);
+                    return None;
+                }
+                self.ids.entry(key.to_string()).or_insert([None; METRIC_COUNT])
+            }
+        };
+        for metric in metrics {
+            let slot = &mut ids[metric.index()];
+            if slot.is_none() {
+                self.name.clear();
+                self.name.push_str(key);
+                self.name.push_str(metric.name());
+                *slot = host.define(metric.metric_type(), &self.name);
+            }
+        }
+        Some(*ids)
+    }
+
+    /// Records through known ids (a metric that could not be defined is skipped).
+    pub fn record_ids(host: &mut dyn MetricHost, ids: &Ids, metric: Metric, value: u64) {
+        let Some(id) = ids[metric.index()] else { return };
+        match metric.metric_type() {
+            MetricType::Counter if value > 0 => host.increment(id, value),
+            MetricType::Counter => {}
+            MetricType::Histogram => host.record(id, value),
+        }
     }
 
     /// Records `value` for `metric` under the encoded tags `key` (`tag=.=value;.;…`).
@@ -46,36 +116,11 @@ impl MetricCache {
         if metric.metric_type() == MetricType::Counter && value == 0 {
             return true;
         }
-        let ids = match self.ids.get_mut(key) {
-            Some(ids) => ids,
-            None => {
-                if self.ids.len() >= self.max_label_sets {
-                    self.count_overflow(host);
-                    return false;
-                }
-                self.ids.entry(key.to_string()).or_insert([None; METRIC_COUNT])
-            }
-        };
-        let slot = &mut ids[metric.index()];
-        let id = match *slot {
-            Some(id) => id,
-            None => {
-                self.name.clear();
-                self.name.push_str(key);
-                self.name.push_str(metric.name());
-                match host.define(metric.metric_type(), &self.name) {
-                    Some(id) => {
-                        *slot = Some(id);
-                        id
-                    }
-                    None => return false,
-                }
-            }
-        };
-        match metric.metric_type() {
-            MetricType::Counter => host.increment(id, value),
-            MetricType::Histogram => host.record(id, value),
+        let Some(ids) = self.define(host, key, &[metric]) else { return false };
+        if ids[metric.index()].is_none() {
+            return false;
         }
+        Self::record_ids(host, &ids, metric, value);
         true
     }
 

@@ -264,6 +264,17 @@ impl Stats {
         labels::service_from_cluster_name(cluster_name)
     }
 
+    /// Whether the upstream cluster's name matters for the labels (not on an inbound listener
+    /// whose services are configured).
+    pub fn needs_cluster(&self) -> bool {
+        !(self.direction == Direction::Inbound && self.inbound_service.is_some())
+    }
+
+    /// Whether the `Host` header feeds `destination_service` (outbound sidecars only).
+    pub fn needs_host(&self) -> bool {
+        self.host_header_fallback
+    }
+
     /// All standard labels of one request or connection.
     pub fn labels<'a>(&'a self, facts: &Facts<'a>) -> LabelValues<'a> {
         labels::compute(self.reporter, &self.local, self.host_header_fallback, facts)
@@ -312,36 +323,74 @@ impl Stats {
             .collect()
     }
 
-    /// Records the HTTP metrics of one finished request.
+    /// Records the HTTP metrics of one finished request. `peer_id` is the peer's id in the
+    /// [`PeerCache`] (0 with no peer); with a known id the label set is looked up by a small
+    /// [`cache::RequestKey`] and the labels are only computed the first time.
+    #[allow(clippy::too_many_arguments)]
     pub fn record_http(
         &self,
         cache: &mut MetricCache,
         host: &mut dyn MetricHost,
         facts: &Facts<'_>,
+        peer_id: u64,
         exprs: &[Option<String>],
         m: &HttpMeasures,
-        key: &mut String,
+        scratch: &mut String,
     ) {
         if self.http_groups.is_empty() {
             return;
         }
-        let labels = self.labels(facts);
-        for g in &self.http_groups {
-            self.encode(g, &labels, exprs, key);
-            for metric in &g.metrics {
-                let value = match metric {
-                    Metric::RequestCount => Some(1),
-                    Metric::RequestDuration => m.duration_ms,
-                    Metric::RequestSize => m.request_bytes,
-                    Metric::ResponseSize => m.response_bytes,
-                    Metric::GrpcRequestMessages if facts.protocol == Protocol::Grpc => Some(m.request_messages),
-                    Metric::GrpcResponseMessages if facts.protocol == Protocol::Grpc => Some(m.response_messages),
-                    _ => None,
-                };
-                if let Some(v) = value {
-                    cache.record(host, key, *metric, v);
+        let grpc = facts.protocol == Protocol::Grpc;
+        let value = |metric: Metric| match metric {
+            Metric::RequestCount => Some(1),
+            Metric::RequestDuration => m.duration_ms,
+            Metric::RequestSize => m.request_bytes,
+            Metric::ResponseSize => m.response_bytes,
+            Metric::GrpcRequestMessages if grpc => Some(m.request_messages),
+            Metric::GrpcResponseMessages if grpc => Some(m.response_messages),
+            _ => None,
+        };
+        let applicable = |metric: &&Metric| grpc || !matches!(metric, Metric::GrpcRequestMessages | Metric::GrpcResponseMessages);
+        let fast_key = (facts.peer.is_none() || peer_id != 0).then(|| cache::RequestKey {
+            protocol: facts.protocol as u8,
+            code: facts.response_code,
+            grpc: facts.grpc_status,
+            flags: facts.response_flags,
+            peer: peer_id,
+            peer_principal: facts.peer_principal.to_string(),
+            local_principal: facts.local_principal.to_string(),
+            host: if self.host_header_fallback { facts.host.to_string() } else { String::new() },
+            cluster: facts.cluster_name.to_string(),
+            exprs: exprs.to_vec(),
+        });
+        if let Some(ids) = fast_key.as_ref().and_then(|k| cache.fast_get(k)) {
+            for (g, ids) in self.http_groups.iter().zip(ids) {
+                for metric in g.metrics.iter().filter(applicable) {
+                    if let Some(v) = value(*metric) {
+                        MetricCache::record_ids(host, ids, *metric, v);
+                    }
                 }
             }
+            return;
+        }
+        let labels = self.labels(facts);
+        let mut all_ids = Vec::with_capacity(self.http_groups.len());
+        for g in &self.http_groups {
+            self.encode(g, &labels, exprs, scratch);
+            let metrics: Vec<Metric> = g.metrics.iter().filter(applicable).copied().collect();
+            let Some(ids) = cache.define(host, scratch, &metrics) else {
+                // Over the bound on label sets: counted as overflow, not recorded.
+                return;
+            };
+            for metric in &metrics {
+                if let Some(v) = value(*metric) {
+                    MetricCache::record_ids(host, &ids, *metric, v);
+                }
+            }
+            all_ids.push(ids);
+        }
+        if let Some(k) = fast_key {
+            cache.fast_insert(k, all_ids);
         }
     }
 }

@@ -234,35 +234,67 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     b.get(start..end).unwrap_or_default()
 }
 
+/// A decoded peer with what the hot path needs: a per-VM id (never reused, so it can key the
+/// metric cache) and its JSON for the filter state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedPeer {
+    pub peer: PeerMetadata,
+    pub id: u64,
+    pub json: Vec<u8>,
+}
+
 /// A small per-VM cache of decoded peers keyed by the raw header value, so a busy connection
 /// between two sidecars decodes the same metadata once. Bounded: when full, it is cleared.
 #[derive(Debug, Default)]
 pub struct PeerCache {
-    map: std::collections::HashMap<Vec<u8>, std::rc::Rc<PeerMetadata>>,
+    map: std::collections::HashMap<Vec<u8>, std::rc::Rc<CachedPeer>>,
+    endpoints: std::collections::HashMap<String, Option<std::rc::Rc<CachedPeer>>>,
+    next_id: u64,
 }
 
 impl PeerCache {
     pub const CAPACITY: usize = 256;
 
-    pub fn get_or_decode(&mut self, metadata: &[u8], id: Option<&[u8]>) -> Option<std::rc::Rc<PeerMetadata>> {
+    fn wrap(&mut self, peer: PeerMetadata) -> std::rc::Rc<CachedPeer> {
+        self.next_id += 1;
+        let json = wasmesh_handover::encode(&peer);
+        std::rc::Rc::new(CachedPeer { peer, id: self.next_id, json })
+    }
+
+    /// The peer of an `x-envoy-peer-metadata` (and `-id`) header pair.
+    pub fn get_or_decode(&mut self, metadata: &[u8], id: Option<&[u8]>) -> Option<std::rc::Rc<CachedPeer>> {
         if metadata.len() > MAX_METADATA_HEADER_BYTES {
             return None;
         }
         if let Some(hit) = self.map.get(metadata) {
             let same_id = match id {
-                None => hit.id.is_empty(),
-                Some(id) => hit.id.as_bytes() == trim_ascii(id),
+                None => hit.peer.id.is_empty(),
+                Some(id) => hit.peer.id.as_bytes() == trim_ascii(id),
             };
             if same_id {
                 return Some(hit.clone());
             }
         }
-        let peer = std::rc::Rc::new(decode_peer(metadata, id)?);
+        let peer = decode_peer(metadata, id)?;
+        let cached = self.wrap(peer);
         if self.map.len() >= Self::CAPACITY {
             self.map.clear();
         }
-        self.map.insert(metadata.to_vec(), peer.clone());
-        Some(peer)
+        self.map.insert(metadata.to_vec(), cached.clone());
+        Some(cached)
+    }
+
+    /// The peer named by Istio's endpoint metadata (`workload;namespace;…`).
+    pub fn endpoint(&mut self, encoded: &str) -> Option<std::rc::Rc<CachedPeer>> {
+        if let Some(hit) = self.endpoints.get(encoded) {
+            return hit.clone();
+        }
+        let found = from_endpoint_metadata(encoded).map(|p| self.wrap(p));
+        if self.endpoints.len() >= Self::CAPACITY {
+            self.endpoints.clear();
+        }
+        self.endpoints.insert(encoded.to_string(), found.clone());
+        found
     }
 
     pub fn len(&self) -> usize {
@@ -395,7 +427,13 @@ mod tests {
         let b = cache.get_or_decode(h.as_bytes(), Some(b"id1")).unwrap();
         assert!(std::rc::Rc::ptr_eq(&a, &b));
         let c = cache.get_or_decode(h.as_bytes(), Some(b"id2")).unwrap();
-        assert_eq!(c.id, "id2", "a different id is not served from the cache");
+        assert_eq!(c.peer.id, "id2", "a different id is not served from the cache");
+        assert!(a.id != c.id && a.id > 0);
+        assert_eq!(a.json, wasmesh_handover::encode(&a.peer));
+        let e1 = cache.endpoint("w;ns;c;r;k").unwrap();
+        assert_eq!(cache.endpoint("w;ns;c;r;k").unwrap().id, e1.id);
+        assert_eq!(e1.peer.workload, "w");
+        assert!(cache.endpoint("bad").is_none());
         assert!(cache.get_or_decode(b"garbage", None).is_none());
         for i in 0..(PeerCache::CAPACITY * 2) {
             let mut w = reviews_v2();

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::cache::tests::FakeHost;
+use crate::peer::CachedPeer;
 use serde_json::json;
 
 fn workload(name: &str, app: &str, version: &str) -> serde_json::Value {
@@ -40,7 +41,7 @@ fn records_istio_names_and_label_order() {
     let mut key = String::new();
     let m = HttpMeasures { duration_ms: Some(7), request_bytes: Some(100), response_bytes: Some(250), ..Default::default() };
     for _ in 0..3 {
-        stats.record_http(&mut cache, &mut host, &f, &[], &m, &mut key);
+        stats.record_http(&mut cache, &mut host, &f, 1, &[], &m, &mut key);
     }
     assert_eq!(host.defines, 4, "four HTTP metrics, defined once each");
     let expected_prefix = "reporter=.=destination;.;source_workload=.=productpage-v1;.;\
@@ -68,11 +69,11 @@ fn grpc_message_counts_only_for_grpc() {
     let mut key = String::new();
     let m = HttpMeasures { request_messages: 2, response_messages: 3, ..Default::default() };
     let mut f = Facts::new(Protocol::Http);
-    stats.record_http(&mut cache, &mut host, &f, &[], &m, &mut key);
+    stats.record_http(&mut cache, &mut host, &f, 1, &[], &m, &mut key);
     assert!(host.counters.keys().all(|k| !k.contains("messages")));
     f.protocol = Protocol::Grpc;
     f.grpc_status = Some(0);
-    stats.record_http(&mut cache, &mut host, &f, &[], &m, &mut key);
+    stats.record_http(&mut cache, &mut host, &f, 1, &[], &m, &mut key);
     let req = host.counters.iter().find(|(k, _)| k.ends_with("istio_request_messages_total")).unwrap();
     assert_eq!(*req.1, 2);
     assert!(req.0.contains("request_protocol=.=grpc;.;"));
@@ -102,7 +103,7 @@ fn overrides_change_the_recorded_names() {
     let mut cache = MetricCache::new(100);
     let mut key = String::new();
     let m = HttpMeasures { duration_ms: Some(1), request_bytes: Some(1), response_bytes: Some(1), ..Default::default() };
-    stats.record_http(&mut cache, &mut host, &Facts::new(Protocol::Http), &values, &m, &mut key);
+    stats.record_http(&mut cache, &mut host, &Facts::new(Protocol::Http), 0, &values, &m, &mut key);
     let count = host.counters.keys().find(|k| k.ends_with("istio_requests_total")).unwrap();
     assert!(count.contains("source_app=.=fixed;.;"), "{count}");
     assert!(!count.contains("response_flags"), "{count}");
@@ -171,4 +172,42 @@ fn stats_tags_cover_standard_and_custom_labels() {
     assert_eq!(tags.len(), 26);
     assert_eq!(tags[0].0, "reporter");
     assert_eq!(tags[25], ("request_host".to_string(), r"(?:\.|;\.;)(request_host=\.=(.*?);\.;)".to_string()));
+}
+
+#[test]
+fn the_fast_path_keys_on_the_peer_and_the_response() {
+    let stats = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound"})).unwrap();
+    let mut peers = PeerCache::default();
+    let h = |name: &str| LocalInfo::from_workload(&serde_json::from_value(workload(name, name, "v1")).unwrap()).header_value();
+    let (pb, pc) = (h("b"), h("c"));
+    let b = peers.get_or_decode(pb.as_bytes(), None).unwrap();
+    let c = peers.get_or_decode(pc.as_bytes(), None).unwrap();
+    let mut host = FakeHost::default();
+    let mut cache = MetricCache::new(100);
+    let mut key = String::new();
+    let m = HttpMeasures { duration_ms: Some(1), request_bytes: Some(1), response_bytes: Some(1), ..Default::default() };
+    let mut record = |peer: &CachedPeer, id: u64, code: u32| {
+        let mut f = Facts::new(Protocol::Http);
+        f.peer = Some(&peer.peer);
+        f.response_code = code;
+        stats.record_http(&mut cache, &mut host, &f, id, &[], &m, &mut key);
+    };
+    for _ in 0..3 {
+        record(&b, b.id, 200);
+        record(&c, c.id, 200);
+        record(&b, b.id, 503);
+        record(&c, 0, 200); // no id: the slow path, same series
+    }
+    let count = |needle: &str, code: &str| {
+        host.counters
+            .iter()
+            .filter(|(k, _)| k.contains(&format!("source_workload=.={needle};.;")) && k.contains(&format!("response_code=.={code};.;")))
+            .map(|(_, v)| *v)
+            .sum::<u64>()
+    };
+    assert_eq!(count("b", "200"), 3);
+    assert_eq!(count("b", "503"), 3);
+    assert_eq!(count("c", "200"), 6);
+    assert_eq!(cache.label_sets(), 3);
+    assert_eq!(host.defines, 12, "3 label sets × 4 metrics, each defined once");
 }
