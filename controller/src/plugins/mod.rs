@@ -75,6 +75,8 @@ pub fn resources_json<'a>(items: impl Iterator<Item = &'a wasmesh_istio::Resourc
 
 pub type Plugin = fn(&ListenerContext<'_>) -> Result<Contribution, Vec<Error>>;
 
-/// Every plugin, in Istio's HTTP filter order (telemetry and metadata exchange, authn, authz,
-/// then routing). Each decides from the listener's direction whether it contributes.
-pub const PLUGINS: &[Plugin] = &[router::contribute];
+/// Every plugin, in Istio's HTTP filter order: telemetry and metadata exchange, CUSTOM authz,
+/// authn (JWT), AUDIT/DENY/ALLOW authz, then routing. Each decides from the listener's direction
+/// whether it contributes (authz only on inbound and gateway listeners, the router only on
+/// outbound and gateway listeners).
+pub const PLUGINS: &[Plugin] = &[stats::contribute, authz::contribute_custom, authz::contribute_rbac, router::contribute];
