@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod authz;
+pub mod authn;
 pub mod bench;
 pub mod envoy;
 pub mod http;

@@ -8,6 +8,7 @@
 use serde_json::Value;
 use wasmesh_istio::{Error, Resources, Workload};
 
+pub mod authn;
 pub mod authz;
 pub mod mtls;
 pub mod router;

@@ -41,16 +41,15 @@ fn is_jwt_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.'
 }
 
-/// Envoy's `extractJWT`: from `after`, skip non-JWT characters and take the following run of JWT
-/// characters; if there is none, the whole value.
+/// Envoy's `extractJWT` as Envoy 1.40 behaves (checked against the real binary): from `after`,
+/// skip characters that cannot start a JWT (base64url or `.`) and take the rest of the value;
+/// if nothing JWT-like follows the prefix, the whole header value.
 fn extract_after(value: &[u8], after: usize) -> &[u8] {
     let rest = value.get(after..).unwrap_or_default();
-    let Some(start) = rest.iter().position(|&c| is_jwt_char(c)) else {
-        return value;
-    };
-    let run = &rest[start..];
-    let end = run.iter().position(|&c| !is_jwt_char(c)).unwrap_or(run.len());
-    &run[..end]
+    match rest.iter().position(|&c| is_jwt_char(c)) {
+        Some(start) => &rest[start..],
+        None => value,
+    }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -74,7 +73,7 @@ pub fn extract(locations: &[Location], req: &Gathered, sanitized: &[String]) -> 
             Location::Cookie(c) => cookies.push(c),
         }
     }
-    headers.sort_by(|a, b| (a.0.to_string() + a.1).cmp(&(b.0.to_string() + b.1)));
+    headers.sort_by_key(|(name, prefix)| format!("{name}{prefix}"));
     headers.dedup();
     params.sort();
     params.dedup();
@@ -191,6 +190,7 @@ fn trim(s: &[u8]) -> &[u8] {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -224,8 +224,12 @@ mod tests {
 
     #[test]
     fn prefix_is_found_anywhere_and_the_jwt_run_is_taken() {
-        let g = gathered(&[("authorization", "Basic abc, Bearer  tok.en.x, other")], "/", None);
+        let g = gathered(&[("authorization", "Basic abc, Bearer  tok.en.x")], "/", None);
         assert_eq!(extract(&bearer(), &g, &[])[0].token, "tok.en.x");
+        // Leading non-JWT characters are skipped; the token is the rest of the value, so
+        // trailing junk stays part of it (and fails verification), as in Envoy 1.40.
+        let g = gathered(&[("authorization", "Bearer \"$a.b.c,x\"\tmore")], "/", None);
+        assert_eq!(extract(&bearer(), &g, &[])[0].token, "a.b.c,x\"\tmore");
         // Prefix matching is case-sensitive: "bearer " is not "Bearer ".
         let g = gathered(&[("authorization", "bearer tok.en.x")], "/", None);
         assert!(extract(&bearer(), &g, &[]).is_empty());

@@ -55,7 +55,7 @@ pub fn claim_header_value(payload: &Map<String, Value>, claim: &str) -> Option<S
                 u.to_string()
             } else {
                 let f = n.as_f64()?;
-                if f >= 0.0 && f < 18_446_744_073_709_551_615.0 && f.fract() == 0.0 {
+                if (0.0..18_446_744_073_709_551_615.0).contains(&f) && f.fract() == 0.0 {
                     (f as u64).to_string()
                 } else {
                     format!("{f:.6}")
@@ -72,6 +72,7 @@ pub fn claim_header_value(payload: &Map<String, Value>, claim: &str) -> Option<S
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use serde_json::json;

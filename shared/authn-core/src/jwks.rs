@@ -230,7 +230,7 @@ fn parse_jwk(value: &Value) -> Result<Key, String> {
     let alg = jwk.get("alg").and_then(Value::as_str).unwrap_or_default().to_string();
     let material = match kty {
         "RSA" => {
-            if !alg.is_empty() && !(alg.starts_with("RS") || alg.starts_with("PS")) {
+            if !(alg.is_empty() || alg.starts_with("RS") || alg.starts_with("PS")) {
                 return Err("[alg] is not started with [RS] or [PS] for an RSA key".into());
             }
             let n = required_b64(jwk, "n", "a RSA key")?;

@@ -256,10 +256,16 @@ fn u64_claim(payload: &Map<String, Value>, name: &str, wrong: Status, range: Sta
     }
 }
 
-/// Base64url (RFC 4648 §5) as `absl::WebSafeBase64Unescape` accepts it: padding optional but, when
-/// present, correct; any other character is an error.
+/// Base64url (RFC 4648 §5) as `absl::WebSafeBase64Unescape` accepts it: ASCII whitespace is
+/// skipped, padding optional but, when present, correct; any other character is an error.
 pub fn b64url_decode(input: &str) -> Option<Vec<u8>> {
-    let bytes = input.as_bytes();
+    let owned: Vec<u8>;
+    let bytes = if input.bytes().any(|c| c.is_ascii_whitespace() || c == 0x0b) {
+        owned = input.bytes().filter(|c| !(c.is_ascii_whitespace() || *c == 0x0b)).collect();
+        &owned[..]
+    } else {
+        input.as_bytes()
+    };
     let unpadded = match bytes.iter().position(|&c| c == b'=') {
         None => bytes,
         Some(pos) => {
@@ -293,10 +299,7 @@ pub fn b64url_decode(input: &str) -> Option<Vec<u8>> {
             acc &= (1 << bits) - 1;
         }
     }
-    // Leftover bits must be zero (canonical encoding), as absl checks.
-    if acc != 0 {
-        return None;
-    }
+    // Leftover bits are ignored (absl accepts non-canonical encodings too).
     Some(out)
 }
 
@@ -316,6 +319,7 @@ pub fn b64url_encode(input: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -340,8 +344,9 @@ mod tests {
         assert!(b64url_decode("Y").is_none());
         assert!(b64url_decode("YQ=").is_none());
         assert!(b64url_decode("Y+8").is_none(), "standard alphabet is not base64url");
-        assert!(b64url_decode("YR").is_none(), "non-canonical trailing bits");
-        assert!(b64url_decode("Y Q").is_none());
+        assert_eq!(b64url_decode("YR").unwrap(), b"a", "non-canonical trailing bits are ignored, as absl does");
+        assert_eq!(b64url_decode("Y Q").unwrap(), b"a", "whitespace is skipped, as absl does");
+        assert_eq!(b64url_decode("YQ\t").unwrap(), b"a");
         assert!(b64url_decode("YQ==YQ==").is_none());
     }
 

@@ -323,6 +323,11 @@ impl Authn {
         }
     }
 
+    /// The local reply for `status` on this request (e.g. a request that waited too long).
+    pub fn deny_with(&self, status: Status, req: &dyn RequestHeaders) -> Denied {
+        self.deny(status, req, None)
+    }
+
     /// The local reply Envoy sends (`filter.cc` `onComplete`).
     fn deny(&self, status: Status, req: &dyn RequestHeaders, path: Option<Vec<u8>>) -> Denied {
         let scheme = req.header("x-forwarded-proto").unwrap_or_default();

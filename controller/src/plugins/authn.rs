@@ -1,0 +1,160 @@
+//! The authn filter (`wasmesh.authn`): RequestAuthentication on sidecar inbound and gateway
+//! listeners (Istio adds `jwt_authn` there, never on sidecar outbound), placed before authz as in
+//! Istio's HTTP filter order, plus one cluster per JWKS server.
+//!
+//! JWKS clusters: `jwksUri` (or, without `jwks`/`jwksUri`, the issuer's OpenID discovery
+//! document) is fetched by the filter with `dispatch_http_call` through a dedicated cluster
+//! named `wasmesh-jwks|<http|https>|<host>|<port>` ([`wasmesh_authn::jwks_cluster_name`]):
+//! `STATIC` for an IP address, `STRICT_DNS` for a name, TLS with SNI and the system CA bundle for
+//! `https`. Dedicated clusters keep the fetch independent of mesh routing and TLS settings for
+//! the same host (Istio's `outbound|<port>||<host>` would carry the mesh's DestinationRule).
+
+use super::{resources_json, Contribution, Direction, ListenerContext, WasmFilter};
+use serde_json::{json, Value};
+use wasmesh_authn::config::selects;
+use wasmesh_authn::{AuthnConfig, JwksEndpoint};
+use wasmesh_istio::{Error, ProxyMode, Resource};
+
+pub const FILTER_NAME: &str = "wasmesh.authn";
+pub const MODULE: &str = "authn";
+/// CA bundle for `https` JWKS servers (Debian/Ubuntu path; Istio's proxy image uses the same).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The authn filter for one listener, and its JWKS clusters. Nothing when no
+/// RequestAuthentication with rules selects this proxy (Istio adds no `jwt_authn` then).
+pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
+    if ctx.direction == Direction::Outbound {
+        return Ok(Contribution::default());
+    }
+    let mut workload = ctx.workload.clone();
+    if let Direction::Gateway { .. } = ctx.direction {
+        workload.mode = ProxyMode::Gateway;
+    }
+    let selected: Vec<(&Resource, usize)> = ctx
+        .resources
+        .request_authentications()
+        .filter(|(res, ra)| selects(&workload, res, ra))
+        .map(|(res, ra)| (res, ra.jwt_rules.len()))
+        .collect();
+    if selected.iter().all(|(_, rules)| *rules == 0) {
+        return Ok(Contribution::default());
+    }
+    let mut cfg = AuthnConfig::new(workload.clone());
+    cfg.resources = resources_json(selected.iter().map(|(res, _)| *res));
+    let config = serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("authn configuration: {e}"))])?;
+    // Compile exactly what the filter will compile, so a bad policy fails here, not in Envoy.
+    let bytes = serde_json::to_vec(&config).unwrap_or_default();
+    AuthnConfig::compile_json(&bytes).map_err(|e| e.0)?;
+    let clusters = wasmesh_authn::jwks_endpoints(&workload, ctx.resources).iter().map(jwks_cluster).collect();
+    Ok(Contribution {
+        http_filters: vec![WasmFilter { name: FILTER_NAME.into(), module: MODULE.into(), config, fail_open: false }],
+        clusters,
+        ..Contribution::default()
+    })
+}
+
+/// The Envoy cluster for one JWKS server.
+pub fn jwks_cluster(ep: &JwksEndpoint) -> Value {
+    let is_ip = ep.host.parse::<std::net::IpAddr>().is_ok();
+    let mut cluster = json!({
+        "name": ep.cluster,
+        "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
+        "connect_timeout": "5s",
+        "dns_lookup_family": "V4_PREFERRED",
+        "load_assignment": {
+            "cluster_name": ep.cluster,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": ep.host, "port_value": ep.port}}}}]}],
+        },
+    });
+    if ep.tls {
+        let san = if is_ip {
+            json!({"san_type": "IP_ADDRESS", "matcher": {"exact": ep.host}})
+        } else {
+            json!({"san_type": "DNS", "matcher": {"exact": ep.host}})
+        };
+        let mut tls = json!({
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "validation_context": {
+                    "trusted_ca": {"filename": SYSTEM_CA_BUNDLE},
+                    "match_typed_subject_alt_names": [san],
+                }
+            },
+        });
+        if !is_ip {
+            tls["sni"] = json!(ep.host);
+        }
+        cluster["transport_socket"] = json!({"name": "envoy.transport_sockets.tls", "typed_config": tls});
+    }
+    cluster
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::plugins::ListenerContext;
+    use wasmesh_istio::{Resources, Workload};
+
+    fn resources(yaml: &str) -> Resources {
+        Resources { items: wasmesh_istio::load_str(yaml, "t.yaml").unwrap() }
+    }
+
+    const RA: &str = r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  jwtRules:
+  - issuer: https://idp.example.com
+    jwksUri: https://idp.example.com/keys
+  - issuer: local
+    jwksUri: http://127.0.0.1:8081/jwks.json
+"#;
+
+    fn ctx<'a>(wl: &'a Workload, res: &'a Resources, direction: Direction, mesh: &'a crate::mesh::MeshConfig) -> ListenerContext<'a> {
+        ListenerContext { workload: wl, resources: res, direction, bind_port: 8000, mesh }
+    }
+
+    #[test]
+    fn inbound_and_gateway_get_the_filter_and_jwks_clusters() {
+        let mut wl = Workload::new("httpbin-v1", "foo");
+        wl.labels.insert("app".into(), "httpbin".into());
+        let res = resources(RA);
+        let mesh = crate::mesh::MeshConfig::default();
+        let c = contribute(&ctx(&wl, &res, Direction::Inbound, &mesh)).unwrap();
+        assert_eq!(c.http_filters.len(), 1);
+        assert_eq!(c.http_filters[0].name, "wasmesh.authn");
+        assert!(!c.http_filters[0].fail_open);
+        let names: Vec<&str> = c.clusters.iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, vec!["wasmesh-jwks|https|idp.example.com|443", "wasmesh-jwks|http|127.0.0.1|8081"]);
+        assert_eq!(c.clusters[0]["type"], "STRICT_DNS");
+        assert_eq!(c.clusters[0]["transport_socket"]["typed_config"]["sni"], "idp.example.com");
+        assert_eq!(c.clusters[1]["type"], "STATIC");
+        assert!(c.clusters[1].get("transport_socket").is_none());
+        let g = contribute(&ctx(&wl, &res, Direction::Gateway { port: 80 }, &mesh)).unwrap();
+        assert_eq!(g.http_filters[0].config["workload"]["mode"], "gateway");
+        assert!(contribute(&ctx(&wl, &res, Direction::Outbound, &mesh)).unwrap().http_filters.is_empty());
+    }
+
+    #[test]
+    fn nothing_when_no_policy_selects_the_workload() {
+        let wl = Workload::new("other", "foo");
+        let res = resources(RA);
+        let mesh = crate::mesh::MeshConfig::default();
+        let c = contribute(&ctx(&wl, &res, Direction::Inbound, &mesh)).unwrap();
+        assert!(c.http_filters.is_empty() && c.clusters.is_empty());
+    }
+
+    #[test]
+    fn invalid_policies_are_errors_naming_the_resource() {
+        let mut wl = Workload::new("httpbin-v1", "foo");
+        wl.labels.insert("app".into(), "httpbin".into());
+        let res = resources(&RA.replace("jwksUri: https://idp.example.com/keys", "jwksUri: ftp://idp/keys"));
+        let mesh = crate::mesh::MeshConfig::default();
+        let errs = contribute(&ctx(&wl, &res, Direction::Inbound, &mesh)).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(text.iter().any(|t| t.contains("RequestAuthentication foo/jwt") && t.contains("jwksUri")), "{text:?}");
+    }
+}

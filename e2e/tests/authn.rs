@@ -1,0 +1,583 @@
+//! The authn filter in real Envoy: RequestAuthentication answers compared with Envoy's own
+//! `jwt_authn` configured as istiod does, remote JWKS (rotating, slow, unavailable), the
+//! verified-token cache shared by worker VMs, and the hand-over to the authz filter.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::type_complexity)]
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use wasmesh_e2e::authn::{
+    bootstrap, jwks, native_jwt_authn, swap_payload, unsigned, wasm_authn, wasm_authn_with, wasm_authz, JwksServer, Mode,
+    NativeJwks, Signer, TestKey,
+};
+use wasmesh_e2e::http::{request, Response};
+use wasmesh_e2e::{free_port, App, AppHandle, Envoy};
+use wasmesh_istio::{Resources, Workload};
+
+const ISS: &str = "https://issuer.example.com";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+struct Front {
+    envoy: Envoy,
+    port: u16,
+    app: AppHandle,
+}
+
+fn start(name: &str, filters: Vec<Value>, clusters: Vec<Value>, concurrency: u32) -> Front {
+    let app = App::new("httpbin", "v1").start();
+    let port = free_port();
+    let b = bootstrap(port, free_port(), app.port, filters, clusters);
+    let envoy = Envoy::start_with(name, &b, concurrency).unwrap_or_else(|e| panic!("{e}"));
+    Front { envoy, port, app }
+}
+
+fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut all: Vec<(&str, &str)> = vec![("host", "httpbin.foo:8000")];
+    all.extend_from_slice(headers);
+    request(port, method, path, &all, b"").unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+fn workload() -> Workload {
+    let mut w = Workload::new("httpbin-v1", "foo");
+    w.labels.insert("app".into(), "httpbin".into());
+    w
+}
+
+fn resources(yaml: &str) -> Resources {
+    Resources { items: wasmesh_istio::load_str(yaml, "test.yaml").unwrap() }
+}
+
+fn claims(extra: Value) -> Value {
+    let mut base = json!({"iss": ISS, "sub": "alice", "aud": "web", "exp": now() + 3600, "iat": now() - 10});
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            base.as_object_mut().unwrap().remove(k);
+        } else {
+            base[k] = v.clone();
+        }
+    }
+    base
+}
+
+/// What the upstream received (the echo app returns the request headers).
+fn upstream_headers(r: &Response) -> Value {
+    r.json()["headers"].clone()
+}
+
+// ------------------------------------------------------------------------------------------
+// Differential: the same requests through Envoy's native jwt_authn and through wasmesh.
+
+struct Keys {
+    rsa: Signer,
+    ps: Signer,
+    rs384: Signer,
+    rs512: Signer,
+    ec: Signer,
+    ec384: Signer,
+    ed: Signer,
+}
+
+fn keys() -> Keys {
+    Keys {
+        rsa: Signer::new("RS256", TestKey::Rsa1, Some("r1")),
+        ps: Signer::new("PS256", TestKey::Rsa1, Some("r1")),
+        rs384: Signer::new("RS384", TestKey::Rsa1, Some("r1")),
+        rs512: Signer::new("RS512", TestKey::Rsa1, Some("r1")),
+        ec: Signer::new("ES256", TestKey::Ec256, Some("e1")),
+        ec384: Signer::new("ES384", TestKey::Ec384, Some("p3")),
+        ed: Signer::new("EdDSA", TestKey::Ed25519, Some("d1")),
+    }
+}
+
+fn single_rule_yaml(k: &Keys) -> String {
+    let doc = jwks(&[k.rsa.jwk(false), k.ec.jwk(false), k.ec384.jwk(false), k.ed.jwk(false)]);
+    format!(
+        r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: foo}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  jwtRules:
+  - issuer: {ISS}
+    audiences: [web, "https://api.example.com"]
+    jwks: '{doc}'
+    outputPayloadToHeader: x-jwt-payload
+    outputClaimToHeaders:
+    - {{header: x-sub, claim: sub}}
+    - {{header: x-team, claim: org.team}}
+    - {{header: x-level, claim: level}}
+"#
+    )
+}
+
+/// Compares one request's answers; returns a description of any difference.
+fn compare(native: &Front, wasm: &Front, label: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<String> {
+    let n = send(native.port, method, path, headers);
+    let w = send(wasm.port, method, path, headers);
+    let mut diffs = Vec::new();
+    if n.status != w.status {
+        diffs.push(format!("status native {} wasm {} (bodies {:?} / {:?})", n.status, w.status, n.text(), w.text()));
+    } else if n.status == 200 {
+        let (nh, wh) = (upstream_headers(&n), upstream_headers(&w));
+        for h in ["authorization", "x-jwt-payload", "x-sub", "x-team", "x-level", "x-a", "x-forged"] {
+            if nh.get(h) != wh.get(h) {
+                diffs.push(format!("upstream header {h}: native {:?} wasm {:?}", nh.get(h), wh.get(h)));
+            }
+        }
+    } else {
+        if n.text() != w.text() {
+            diffs.push(format!("body native {:?} wasm {:?}", n.text(), w.text()));
+        }
+        if n.header("www-authenticate") != w.header("www-authenticate") {
+            diffs.push(format!("www-authenticate native {:?} wasm {:?}", n.header("www-authenticate"), w.header("www-authenticate")));
+        }
+    }
+    if diffs.is_empty() {
+        None
+    } else {
+        Some(format!("{label}: {}", diffs.join("; ")))
+    }
+}
+
+#[test]
+fn answers_match_envoy_jwt_authn_as_istio_configures_it() {
+    let k = keys();
+    let wl = workload();
+    let res = resources(&single_rule_yaml(&k));
+    let native = start("native-jwt", vec![native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)], vec![], 1);
+    let (f, clusters) = wasm_authn(&wl, &res);
+    let wasm = start("wasm-jwt", vec![f], clusters, 1);
+
+    let good = k.rsa.sign(&claims(json!({"org": {"team": "core"}, "level": 3, "scope": "a b"})));
+    let bearer = |t: &str| format!("Bearer {t}");
+    let t = |v: Value| v;
+    let mut cases: Vec<(String, String, String, Vec<(String, String)>)> = Vec::new();
+    let mut add = |label: &str, method: &str, path: &str, headers: Vec<(&str, String)>| {
+        cases.push((label.into(), method.into(), path.into(), headers.into_iter().map(|(a, b)| (a.to_string(), b)).collect()));
+    };
+    add("no token", "GET", "/get", vec![]);
+    add("valid RS256", "GET", "/get", vec![("authorization", bearer(&good))]);
+    for (name, s) in [("PS256", &k.ps), ("RS384", &k.rs384), ("RS512", &k.rs512), ("ES256", &k.ec), ("ES384", &k.ec384), ("EdDSA", &k.ed)] {
+        add(&format!("valid {name}"), "GET", "/get", vec![("authorization", bearer(&s.sign(&claims(json!({})))))]);
+    }
+    add("expired", "GET", "/get?x=1", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"exp": now() - 120})))))]);
+    add("expired within skew", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"exp": now() - 20})))))]);
+    add("not yet valid", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"nbf": now() + 300})))))]);
+    add("iat in the future", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"iat": now() + 3000})))))]);
+    add("unknown issuer", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"iss": "https://evil.example"})))))]);
+    add("no issuer", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"iss": null})))))]);
+    add("forged payload", "GET", "/get", vec![("authorization", bearer(&swap_payload(&good, &claims(json!({"sub": "admin"})))))]);
+    add("audience mismatch", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"aud": "mobile"})))))]);
+    add("no audience", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"aud": null})))))]);
+    add("audience sanitized", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"aud": ["x", "https://api.example.com/"]})))))]);
+    add("alg none", "GET", "/get", vec![("authorization", bearer(&unsigned(&json!({"alg": "none", "kid": "r1"}), &claims(json!({})), b"x")))]);
+    add("alg none empty sig", "GET", "/get", vec![("authorization", bearer(&unsigned(&json!({"alg": "none"}), &claims(json!({})), b"")))]);
+    let hs = Signer::hs256(&k.rsa.rsa_public_der(), Some("r1"));
+    add("HS256 with the RSA key", "GET", "/get", vec![("authorization", bearer(&hs.sign(&claims(json!({})))))]);
+    add("RS256 header, ES256 signature", "GET", "/get", vec![("authorization", bearer(&{
+        let es = k.ec.sign(&claims(json!({})));
+        let rs = good.clone();
+        let p: Vec<&str> = rs.split('.').collect();
+        let e: Vec<&str> = es.split('.').collect();
+        format!("{}.{}.{}", p[0], p[1], e[2])
+    }))]);
+    add("unknown kid", "GET", "/get", vec![("authorization", bearer(&Signer::new("ES256", TestKey::Ec256, Some("zz")).sign(&claims(json!({})))))]);
+    add("non-canonical base64 header", "GET", "/get", vec![("authorization", bearer("e31.e30.c2ln"))]);
+    add("padded base64 header", "GET", "/get", vec![("authorization", bearer("e30=.e30.c2ln"))]);
+    add("one dot", "GET", "/get", vec![("authorization", bearer("abc.def"))]);
+    add("three dots", "GET", "/get", vec![("authorization", bearer("a.b.c.d"))]);
+    add("bad base64 header", "GET", "/get", vec![("authorization", bearer("e$$.eyJ9.sig"))]);
+    add("header not json", "GET", "/get", vec![("authorization", bearer(&format!("{}.e30.c2ln", "bm90anNvbg")))]);
+    add("alg not string", "GET", "/get", vec![("authorization", bearer(&unsigned(&json!({"alg": 1}), &claims(json!({})), b"s")))]);
+    add("kid not string", "GET", "/get", vec![("authorization", bearer(&unsigned(&json!({"alg": "RS256", "kid": 7}), &claims(json!({})), b"s")))]);
+    add("exp not a number", "GET", "/get", vec![("authorization", bearer(&unsigned(&json!({"alg": "RS256"}), &t(json!({"iss": ISS, "exp": "soon"})), b"s")))]);
+    add("aud list with a number", "GET", "/get", vec![("authorization", bearer(&unsigned(&json!({"alg": "RS256"}), &t(json!({"iss": ISS, "aud": ["a", 1]})), b"s")))]);
+    add("payload not json", "GET", "/get", vec![("authorization", bearer("eyJhbGciOiJSUzI1NiJ9.bm9wZQ.c2ln"))]);
+    add("signature bad base64", "GET", "/get", vec![("authorization", bearer(&format!("{}.{}.***", good.split('.').next().unwrap(), good.split('.').nth(1).unwrap())))]);
+    add("junk", "GET", "/get", vec![("authorization", "Bearer !!!".into())]);
+    add("trailing junk", "GET", "/get", vec![("authorization", format!("Bearer {good}$$"))]);
+    add("leading junk", "GET", "/get", vec![("authorization", format!("Bearer \"{good}"))]);
+    add("comma after", "GET", "/get", vec![("authorization", format!("Bearer {good},x"))]);
+    add("space after", "GET", "/get", vec![("authorization", format!("Bearer {good} x"))]);
+    add("tab after", "GET", "/get", vec![("authorization", format!("Bearer {good}\tx"))]);
+    add("access_token param", "GET", &format!("/get?access_token={good}"), vec![]);
+    add("bad access_token param", "GET", "/get?access_token=x.y.z", vec![]);
+    add("good header, expired param", "GET", &format!("/get?access_token={}", k.ec.sign(&claims(json!({"exp": now() - 600})))), vec![("authorization", bearer(&good))]);
+    add("token in other param", "GET", &format!("/get?token_value={good}"), vec![]);
+    add("lower-case bearer", "GET", "/get", vec![("authorization", format!("bearer {good}"))]);
+    add("basic auth", "GET", "/get", vec![("authorization", "Basic dXNlcjpwYXNz".into())]);
+    add("prefix inside the value", "GET", "/get", vec![("authorization", format!("Token x, Bearer {good}"))]);
+    add("forged output headers without token", "GET", "/get", vec![("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9".into()), ("x-sub", "admin".into())]);
+    add("forged output headers with token", "GET", "/get", vec![("authorization", bearer(&good)), ("x-sub", "admin".into()), ("x-team", "evil".into())]);
+    add("CORS preflight with expired token", "OPTIONS", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"exp": now() - 600}))))), ("origin", "http://web.example".into()), ("access-control-request-method", "GET".into())]);
+    add("OPTIONS without Origin", "OPTIONS", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"exp": now() - 600}))))), ("access-control-request-method", "GET".into())]);
+    add("long path realm", "GET", &format!("/{}?q=1", "p".repeat(300)), vec![("authorization", bearer("a.b.c"))]);
+    add("POST valid", "POST", "/post", vec![("authorization", bearer(&good))]);
+    add("POST invalid", "POST", "/post", vec![("authorization", bearer("x.y.z"))]);
+
+    let mut failures = Vec::new();
+    for (label, method, path, headers) in &cases {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        if let Some(d) = compare(&native, &wasm, label, method, path, &h) {
+            failures.push(d);
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} requests differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert_eq!(native.app.served(), wasm.app.served(), "the same requests reached the upstream");
+
+    // And the answers are the ones Istio's tests expect.
+    let r = send(wasm.port, "GET", "/get", &[("authorization", &bearer(&good))]);
+    assert_eq!(r.status, 200);
+    let h = upstream_headers(&r);
+    assert!(h.get("authorization").is_none(), "token removed before the upstream");
+    assert_eq!(h["x-sub"], "alice");
+    assert_eq!(h["x-team"], "core");
+    assert_eq!(h["x-level"], "3");
+    assert_eq!(h["x-jwt-payload"], good.split('.').nth(1).unwrap());
+    let r = send(wasm.port, "GET", "/get", &[("authorization", &bearer(&k.ec.sign(&claims(json!({"exp": now() - 600})))))]);
+    assert_eq!((r.status, r.text().as_str()), (401, "Jwt is expired"));
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"http://httpbin.foo:8000/get\", error=\"invalid_token\""));
+    let r = send(wasm.port, "GET", "/get", &[("authorization", &bearer(&k.ec.sign(&claims(json!({"aud": "mobile"})))))]);
+    assert_eq!((r.status, r.text().as_str()), (403, "Audiences in Jwt are not allowed"));
+}
+
+#[test]
+fn several_policies_and_locations_match_envoy() {
+    let a = Signer::new("ES256", TestKey::Ec256, Some("a"));
+    let b = Signer::new("EdDSA", TestKey::Ed25519, Some("b"));
+    let c = Signer::new("RS256", TestKey::Rsa2, Some("c"));
+    let yaml = format!(
+        r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: mesh, namespace: istio-system}}
+spec:
+  jwtRules:
+  - issuer: https://a.example
+    jwks: '{ja}'
+    fromHeaders: [{{name: x-a-token, prefix: "Bearer "}}]
+    forwardOriginalToken: true
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: ns, namespace: foo}}
+spec:
+  jwtRules:
+  - issuer: https://b.example
+    jwks: '{jb}'
+    outputClaimToHeaders: [{{header: x-a, claim: sub}}]
+  - issuer: https://c.example
+    jwks: '{jc}'
+    fromParams: [token]
+    fromCookies: [session]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: other, namespace: foo}}
+spec:
+  selector: {{matchLabels: {{app: other}}}}
+  jwtRules:
+  - issuer: https://d.example
+    jwksUri: http://127.0.0.1:1/keys
+"#,
+        ja = jwks(&[a.jwk(false)]),
+        jb = jwks(&[b.jwk(false)]),
+        jc = jwks(&[c.jwk(false)]),
+    );
+    let wl = workload();
+    let res = resources(&yaml);
+    let native = start("native-multi", vec![native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)], vec![], 1);
+    let (f, clusters) = wasm_authn(&wl, &res);
+    assert!(clusters.is_empty(), "the other workload's jwksUri is not this proxy's business");
+    let wasm = start("wasm-multi", vec![f], clusters, 1);
+    let tok = |s: &Signer, iss: &str, extra: Value| {
+        let mut c = claims(extra);
+        c["iss"] = json!(iss);
+        s.sign(&c)
+    };
+    let ta = tok(&a, "https://a.example", json!({}));
+    let tb = tok(&b, "https://b.example", json!({}));
+    let tc = tok(&c, "https://c.example", json!({}));
+    let tb_exp = tok(&b, "https://b.example", json!({"exp": now() - 600}));
+    let td = tok(&a, "https://d.example", json!({}));
+    let cases: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+        ("none", "/".into(), vec![]),
+        ("a in its header", "/".into(), vec![("x-a-token", format!("Bearer {ta}"))]),
+        ("a in authorization", "/".into(), vec![("authorization", format!("Bearer {ta}"))]),
+        ("b default header", "/".into(), vec![("authorization", format!("Bearer {tb}"))]),
+        ("b access_token", format!("/?access_token={tb}"), vec![]),
+        ("c param", format!("/?token={tc}"), vec![]),
+        ("c cookie", "/".into(), vec![("cookie", format!("x=1; session={tc}"))]),
+        ("c in authorization", "/".into(), vec![("authorization", format!("Bearer {tc}"))]),
+        ("b expired", "/".into(), vec![("authorization", format!("Bearer {tb_exp}"))]),
+        ("a + b", "/".into(), vec![("x-a-token", format!("Bearer {ta}")), ("authorization", format!("Bearer {tb}"))]),
+        ("a + b expired", "/".into(), vec![("x-a-token", format!("Bearer {ta}")), ("authorization", format!("Bearer {tb_exp}"))]),
+        ("b + c", format!("/?token={tc}"), vec![("authorization", format!("Bearer {tb}"))]),
+        ("d (other workload's issuer)", "/".into(), vec![("authorization", format!("Bearer {td}"))]),
+        ("c signed by a's key", "/".into(), vec![("cookie", format!("session={}", tok(&a, "https://c.example", json!({}))))]),
+        ("garbage in a's header", "/".into(), vec![("x-a-token", "Bearer zzz".into())]),
+        ("garbage cookie", "/".into(), vec![("cookie", "session=zzz".into())]),
+    ];
+    let mut failures = Vec::new();
+    for (label, path, headers) in &cases {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        if let Some(d) = compare(&native, &wasm, label, "GET", path, &h) {
+            failures.push(d);
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} requests differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    let r = send(wasm.port, "GET", "/", &[("x-a-token", &format!("Bearer {ta}"))]);
+    assert_eq!(upstream_headers(&r)["x-a-token"], format!("Bearer {ta}"), "forwardOriginalToken keeps it");
+}
+
+// ------------------------------------------------------------------------------------------
+// Remote JWKS
+
+fn remote_yaml(uri: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: foo}}\nspec:\n  jwtRules:\n  - issuer: {ISS}\n    jwksUri: {uri}\n{extra}"
+    )
+}
+
+fn stat(f: &Front, name: &str) -> u64 {
+    f.envoy.stat(&format!("wasmcustom.{name}")).unwrap_or(0)
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn jwks_uri_is_fetched_rotated_and_survives_a_slow_or_failing_server() {
+    let k1 = Signer::new("ES256", TestKey::Ec256, Some("k1"));
+    let k2 = Signer::new("RS256", TestKey::Rsa2, Some("k2"));
+    let server = JwksServer::start(&jwks(&[k1.jwk(false)]), ISS);
+    // Slow at start: the first request waits for the first fetch instead of failing.
+    server.set_delay(Duration::from_millis(800));
+    let wl = workload();
+    let res = resources(&remote_yaml(&server.uri(), "    timeout: 3s\n"));
+    let (f, clusters) = wasm_authn_with(&wl, &res, |c| c.jwks_refetch_min_interval_seconds = 2);
+    assert_eq!(clusters.len(), 1);
+    let front = start("wasm-remote", vec![f], clusters, 1);
+    let t1 = k1.sign(&claims(json!({})));
+    let started = Instant::now();
+    let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {t1}"))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(server.requests() >= 1);
+    assert_eq!(upstream_headers(&r).get("authorization"), None);
+    eprintln!("first request with a slow JWKS took {:?}", started.elapsed());
+    server.set_delay(Duration::ZERO);
+
+    // Rotation: the issuer starts signing with k2; the unknown kid triggers one refetch.
+    let before = server.requests();
+    server.set_jwks(&jwks(&[k1.jwk(false), k2.jwk(false)]));
+    let t2 = k2.sign(&claims(json!({})));
+    let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {t2}"))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(server.requests(), before + 1, "one refetch for the new kid");
+    // A kid nobody serves: at most one refetch per interval, then 401.
+    let bogus = Signer::new("ES256", TestKey::Ec256, Some("nope")).sign(&claims(json!({})));
+    std::thread::sleep(Duration::from_millis(2100));
+    let before_bogus = server.requests();
+    // Five at once (Envoy delays closing a refused connection by 1 s, so sequential requests
+    // would outlast the 2 s refetch interval): they share one refetch.
+    let port = front.port;
+    let handles: Vec<_> = (0..5)
+        .map(|_| {
+            let auth = format!("Bearer {bogus}");
+            std::thread::spawn(move || send(port, "GET", "/", &[("authorization", &auth)]))
+        })
+        .collect();
+    for h in handles {
+        let r = h.join().unwrap();
+        assert_eq!((r.status, r.text().as_str()), (401, "Jwks doesn't have key to match kid or alg from Jwt"));
+    }
+    let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {bogus}"))]);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        server.requests(),
+        before_bogus + 1,
+        "one refetch for six requests with an unknown kid (rate-limited); requests: {:?}",
+        server.request_log()
+    );
+
+    // The server fails: the last good keys stay in use; failures are counted.
+    server.set_mode(Mode::Status(503));
+    server.set_jwks(&jwks(&[k2.jwk(false)]));
+    let bogus2 = Signer::new("ES256", TestKey::Ec256, Some("nope2")).sign(&claims(json!({})));
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {bogus2}"))]);
+    assert_eq!(r.status, 401);
+    wait_until("a counted fetch failure", Duration::from_secs(5), || stat(&front, "wasmesh_authn_jwks_fetch_failed") >= 1);
+    let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {t1}"))]);
+    assert_eq!(r.status, 200, "last good keys kept: {}", r.text());
+    // Envoy flushes its log file every few seconds.
+    wait_until("the failure in Envoy's log", Duration::from_secs(20), || front.envoy.log().contains("JWKS fetch failed: HTTP status 503"));
+}
+
+#[test]
+fn unavailable_jwks_fails_presented_tokens_and_recovers() {
+    let k1 = Signer::new("EdDSA", TestKey::Ed25519, Some("k1"));
+    let server = JwksServer::start(&jwks(&[k1.jwk(false)]), ISS);
+    server.set_mode(Mode::Close);
+    let wl = workload();
+    let res = resources(&remote_yaml(&server.uri(), ""));
+    let (f, clusters) = wasm_authn(&wl, &res);
+    let front = start("wasm-unavailable", vec![f], clusters, 1);
+    let t1 = k1.sign(&claims(json!({})));
+    wait_until("the first failed fetch", Duration::from_secs(10), || stat(&front, "wasmesh_authn_jwks_fetch_failed") >= 1);
+    let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {t1}"))]);
+    assert_eq!((r.status, r.text().as_str()), (401, "Jwks remote fetch is failed"), "never accepted unverified");
+    assert_eq!(send(front.port, "GET", "/", &[]).status, 200, "token-less requests still pass");
+    // The server comes back: the retry (with backoff) picks the keys up.
+    server.set_mode(Mode::Serve);
+    wait_until("keys after recovery", Duration::from_secs(20), || {
+        send(front.port, "GET", "/", &[("authorization", &format!("Bearer {t1}"))]).status == 200
+    });
+    assert!(stat(&front, "wasmesh_authn_jwks_fetch_success") >= 1);
+}
+
+#[test]
+fn paused_requests_hold_their_body_and_fail_when_the_server_hangs() {
+    let k1 = Signer::new("ES256", TestKey::Ec256, Some("k1"));
+    let server = JwksServer::start(&jwks(&[k1.jwk(false)]), ISS);
+    server.set_mode(Mode::Hang);
+    let wl = workload();
+    let res = resources(&remote_yaml(&server.uri(), "    timeout: 1s\n"));
+    let (f, clusters) = wasm_authn(&wl, &res);
+    let front = start("wasm-hang", vec![f], clusters, 1);
+    let t1 = k1.sign(&claims(json!({})));
+    let started = Instant::now();
+    let r = request(front.port, "POST", "/post", &[("host", "x"), ("authorization", &format!("Bearer {t1}"))], b"secret body").unwrap();
+    assert_eq!((r.status, r.text().as_str()), (401, "Jwks remote fetch is failed"));
+    assert!(started.elapsed() < Duration::from_secs(8), "bounded wait: {:?}", started.elapsed());
+    assert_eq!(front.app.served(), 0, "neither the headers nor the body reached the upstream");
+    server.set_mode(Mode::Serve);
+}
+
+#[test]
+fn openid_discovery_finds_the_keys_when_no_jwks_is_given() {
+    let k1 = Signer::new("ES256", TestKey::Ec256, Some("k1"));
+    // The issuer is the server itself: discovery at <issuer>/.well-known/openid-configuration.
+    let server = JwksServer::start(&jwks(&[k1.jwk(false)]), "");
+    let issuer = format!("http://127.0.0.1:{}", server.port);
+    server.set_jwks(&jwks(&[k1.jwk(false)]));
+    let yaml = format!("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: foo}}\nspec:\n  jwtRules:\n  - issuer: {issuer}\n");
+    let wl = workload();
+    let res = resources(&yaml);
+    let (f, clusters) = wasm_authn(&wl, &res);
+    let front = start("wasm-discovery", vec![f], clusters, 1);
+    let mut c = claims(json!({}));
+    c["iss"] = json!(issuer);
+    let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {}", k1.sign(&c)))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(server.requests() >= 2, "discovery document, then the JWKS");
+}
+
+// ------------------------------------------------------------------------------------------
+// Verified-token cache
+
+#[test]
+fn a_repeated_token_is_verified_once_across_worker_vms() {
+    let k = Signer::new("RS256", TestKey::Rsa1, Some("r1"));
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: foo}}\nspec:\n  jwtRules:\n  - issuer: {ISS}\n    jwks: '{}'\n",
+        jwks(&[k.jwk(false)])
+    );
+    let wl = workload();
+    let res = resources(&yaml);
+    let (f, clusters) = wasm_authn(&wl, &res);
+    let front = start("wasm-cache", vec![f], clusters, 2);
+    let t = k.sign(&claims(json!({"groups": ["g"]})));
+    let n = 40;
+    // New connection per request: Envoy spreads them over both workers.
+    for _ in 0..n {
+        let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {t}"))]);
+        assert_eq!(r.status, 200);
+    }
+    let checks = stat(&front, "wasmesh_authn_signature_checks");
+    let hits = stat(&front, "wasmesh_authn_jwt_cache_hit");
+    assert_eq!(checks, 1, "one signature check for {n} requests (hits {hits})");
+    assert_eq!(hits, n - 1);
+    // Both workers (each with its own wasm VM) served some of them.
+    let per_worker: Vec<u64> = (0..2)
+        .map(|w| front.envoy.stat(&format!("listener.127.0.0.1_{}.worker_{w}.downstream_cx_total", front.port)).unwrap_or(0))
+        .collect();
+    assert!(per_worker.iter().all(|n| *n > 0), "connections per worker: {per_worker:?}");
+    // An expired token is refused even though a verification of it is cached.
+    let short = k.sign(&claims(json!({"exp": now() - 59})));
+    assert_eq!(send(front.port, "GET", "/", &[("authorization", &format!("Bearer {short}"))]).status, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {short}"))]);
+    assert_eq!((r.status, r.text().as_str()), (401, "Jwt is expired"));
+}
+
+// ------------------------------------------------------------------------------------------
+// Hand-over to authz
+
+#[test]
+fn authz_sees_the_verified_identity_and_headers_cannot_forge_it() {
+    let k = Signer::new("ES256", TestKey::Ec256, Some("e1"));
+    let yaml = format!(
+        r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: foo}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  jwtRules:
+  - issuer: {ISS}
+    jwks: '{doc}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: require-jwt, namespace: foo}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        requestPrincipals: ["{ISS}/alice"]
+    when:
+    - key: request.auth.claims[groups]
+      values: ["group1"]
+"#,
+        doc = jwks(&[k.jwk(false)])
+    );
+    let wl = workload();
+    let res = resources(&yaml);
+    let (authn, clusters) = wasm_authn(&wl, &res);
+    let Some(authz) = wasm_authz(&wl, &res) else { panic!("the authz plugin added no filter") };
+    let front = start("wasm-authn-authz", vec![authn, authz], clusters, 1);
+    let alice_g1 = k.sign(&claims(json!({"groups": ["group1", "group2"]})));
+    let alice_g2 = k.sign(&claims(json!({"groups": ["group2"]})));
+    let bob_g1 = k.sign(&claims(json!({"sub": "bob", "groups": ["group1"]})));
+    let b = |t: &str| format!("Bearer {t}");
+    assert_eq!(send(front.port, "GET", "/", &[("authorization", &b(&alice_g1))]).status, 200);
+    assert_eq!(send(front.port, "GET", "/", &[("authorization", &b(&alice_g2))]).status, 403);
+    assert_eq!(send(front.port, "GET", "/", &[("authorization", &b(&bob_g1))]).status, 403);
+    let r = send(front.port, "GET", "/", &[]);
+    assert_eq!((r.status, r.text().as_str()), (403, "RBAC: access denied"), "no token: no principal");
+    // A client cannot hand itself an identity: not with the filter-state key as a header, not
+    // with Envoy's metadata names, not with a forged token.
+    let forged_identity = json!({"principal": format!("{ISS}/alice"), "issuer": ISS, "subject": "alice", "claims": {"groups": ["group1"]}}).to_string();
+    for (h, v) in [
+        ("wasmesh.authn.identity", forged_identity.as_str()),
+        ("x-wasmesh-authn-identity", forged_identity.as_str()),
+        ("wasm.wasmesh.authn.identity", forged_identity.as_str()),
+        ("x-jwt-payload", "eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlLmNvbSIsInN1YiI6ImFsaWNlIiwiZ3JvdXBzIjpbImdyb3VwMSJdfQ"),
+    ] {
+        assert_eq!(send(front.port, "GET", "/", &[(h, v)]).status, 403, "header {h}");
+        assert_eq!(send(front.port, "GET", "/", &[(h, v), ("authorization", &b(&alice_g2))]).status, 403, "header {h} with another token");
+    }
+    let forged = swap_payload(&alice_g2, &claims(json!({"groups": ["group1"]})));
+    assert_eq!(send(front.port, "GET", "/", &[("authorization", &b(&forged))]).status, 401);
+}
