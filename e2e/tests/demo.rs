@@ -10,6 +10,7 @@ fn demo_mesh_smoke() {
     assert!(text.contains("GET /productpage                 200 productpage -> reviews v3"), "{text}");
     assert!(text.contains("GET /productpage (end-user=jason) 200 productpage -> reviews v2"), "{text}");
     assert!(text.contains("GET /admin                       404"), "{text}");
+    assert!(text.contains("POST /productpage                403 RBAC: access denied"), "{text}");
     assert_eq!(text.matches("Envoy pid").count(), 7, "seven Envoys: {text}");
     assert!(text.contains("wasmeshctl envoy -f <files> --workload default/reviews-v2 --role sidecar"), "{text}");
 }

@@ -22,6 +22,16 @@ fn port_free(p: u16) -> bool {
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    // Installed first, so a Ctrl-C while the mesh is still starting also stops every Envoy
+    // cleanly (the mesh is dropped, not abandoned).
+    let (tx, rx) = std::sync::mpsc::channel();
+    if ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .is_err()
+    {
+        eprintln!("cannot install the Ctrl-C handler; stop with kill {}", std::process::id());
+    }
     let dir = paths::repo_root().join("examples/bookinfo");
     let mut builder = Mesh::builder();
     let mut files = Vec::new();
@@ -32,6 +42,7 @@ fn main() {
     }
     files.sort();
     let mut yaml_ports_free = true;
+    let mut all_yaml = String::new();
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap_or_default();
         for line in text.lines() {
@@ -39,14 +50,32 @@ fn main() {
                 yaml_ports_free &= p.parse::<u16>().map(port_free).unwrap_or(true);
             }
         }
+        all_yaml.push_str(&text);
+        all_yaml.push_str("\n---\n");
         builder = builder.yaml(&text);
     }
+    // Mutual TLS (security.yaml makes it STRICT): the mesh CA issues every workload's SPIFFE
+    // certificate, as `wasmeshctl certs -o out/demo/certs -f examples/bookinfo` does.
+    let certs = paths::repo_root().join("out/demo/certs");
+    let resources = wasmesh_istio::Resources {
+        items: wasmesh_istio::load_str(&all_yaml, "examples/bookinfo").unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }),
+    };
+    let identities = wasmesh_controller::certs::identities_in(&resources, "cluster.local");
+    if let Err(e) = wasmesh_controller::certs::run(&certs, &identities, &Default::default()) {
+        eprintln!("cannot create the demo's certificates: {e}");
+        std::process::exit(1);
+    }
+    builder = builder.certs_dir(&certs);
     if yaml_ports_free && !smoke {
         builder = builder.keep_ports();
     }
     let gw_bind = if port_free(GATEWAY_PORT) && !smoke { GATEWAY_PORT } else { 0 };
     let out = paths::repo_root().join("out/demo");
     println!("wasmesh demo: bookinfo on loopback, configs generated from {}", dir.display());
+    println!("  mutual TLS between all sidecars (PeerAuthentication STRICT), AuthorizationPolicies by SPIFFE identity");
     let mesh = builder
         .write_configs(&out)
         .gateway_bound(GATEWAY, &[(80, gw_bind)])
@@ -77,6 +106,7 @@ fn main() {
     println!("  curl -s http://127.0.0.1:{gw}/productpage | python3 -m json.tool              # reviews v3 (red stars)");
     println!("  curl -s -H 'end-user: jason' http://127.0.0.1:{gw}/productpage | python3 -m json.tool   # reviews v2 (black stars)");
     println!("  curl -si http://127.0.0.1:{gw}/admin                                          # 404: not on the gateway's VirtualService");
+    println!("  curl -si -X POST http://127.0.0.1:{gw}/productpage                            # 403: productpage-viewer allows GET only");
     println!("  curl -s http://127.0.0.1:{}/stats/prometheus | grep -v '^#' | head           # an Envoy's stats", mesh.envoy(GATEWAY).admin_port);
 
     let check = |user: Option<&str>| -> String {
@@ -90,18 +120,12 @@ fn main() {
     println!("  GET /productpage                 {}", check(None));
     println!("  GET /productpage (end-user=jason) {}", check(Some("jason")));
     println!("  GET /admin                       {}", get(gw, "bookinfo.example.com", "/admin", &[]).status);
+    let post = wasmesh_e2e::request(gw, "POST", "/productpage", &[("host", "bookinfo.example.com")], b"").map(|r| format!("{} {}", r.status, r.text())).unwrap_or_else(|e| e.to_string());
+    println!("  POST /productpage                {post}");
     if smoke {
         return;
     }
     println!("\nCtrl-C stops the mesh.");
-    let (tx, rx) = std::sync::mpsc::channel();
-    if ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })
-    .is_err()
-    {
-        eprintln!("cannot install the Ctrl-C handler; stop with kill {}", std::process::id());
-    }
     while rx.recv_timeout(Duration::from_secs(3600)).is_err() {}
     println!("\nstopping the mesh");
     drop(mesh);
