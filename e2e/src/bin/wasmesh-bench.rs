@@ -116,10 +116,11 @@ fn router_scenario() -> Scenario {
         variants: vec![
             with("none", vec![], None),
             with("native", vec![], Some(json!({"virtual_hosts": [{"name": "bench", "domains": ["*"], "routes": native_routes}]}))),
+            with("no-op wasm filter", vec![bench::wasm_filter("wasmesh.noop", "noop", &json!({}))], None),
             with("wasmesh", vec![bench::wasm_filter("wasmesh.router", "router", &config)], Some(by_header.clone())),
-            with("wasmesh-defaultroute", vec![bench::wasm_filter("wasmesh.router", "router", &json!({"workload": {"name": "bench-client", "namespace": "default"}, "resources": [resources[0].clone()]}))], Some(by_header)),
+            with("wasmesh, no VirtualService", vec![bench::wasm_filter("wasmesh.router", "router", &json!({"workload": {"name": "bench-client", "namespace": "default"}, "resources": [resources[0].clone()]}))], Some(by_header)),
         ],
-        modules: vec!["router".into()],
+        modules: vec!["router".into(), "noop".into()],
     }
 }
 
@@ -144,6 +145,7 @@ fn authz_scenario() -> Scenario {
         variants: vec![
             with("none", vec![], vec![]),
             with("native rbac", filters.native, vec![]),
+            with("no-op wasm filter", vec![bench::wasm_filter("wasmesh.noop", "noop", &json!({}))], vec![]),
             with("wasmesh", filters.wasm, filters.wasm_network),
         ],
         modules: vec!["authz".into()],
