@@ -23,8 +23,78 @@ USAGE:
 
 Files: every *.yaml in a directory; several documents per file.";
 
+const CHECK_USAGE: &str = "  wasmeshctl check -f FILE_OR_DIR... --workload NS/NAME [--gateway] [--mesh-config FILE]
+                  [--method GET] --path PATH [--host HOST] [-H 'name: value']... [--principal TD/ns/NS/sa/SA]
+                  [--claims JSON] [--source-ip IP] [--remote-ip IP] [--destination-ip IP]
+                  [--destination-port N] [--sni NAME]
+      What the authz filter would decide for this request on the workload's sidecar (or gateway),
+      offline: the decision, the policy and rule that decided, AUDIT and dry-run results.";
+
 fn usage() -> String {
-    format!("{USAGE}\n\nMutual TLS certificates (the Citadel role without Kubernetes):\n{}", wasmesh_controller::certs::USAGE)
+    format!(
+        "{USAGE}\n\n{CHECK_USAGE}\n\nLive mesh dashboard (requests/s, P50/P90/P99, success rate per service and workload):\n  {}\n\nMutual TLS certificates (the Citadel role without Kubernetes):\n{}",
+        wasmesh_controller::dashboard::USAGE,
+        wasmesh_controller::certs::USAGE
+    )
+}
+
+fn cmd_check(args: &[String]) -> Result<(), String> {
+    use wasmesh_controller::check::{check, CheckRequest};
+    // `-H` repeats and `--gateway` takes no value: pull them out before the generic parser.
+    let mut rest = Vec::new();
+    let mut headers = Vec::new();
+    let mut gateway = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-H" | "--header" => headers.push(CheckRequest::parse_header(it.next().ok_or("-H needs 'name: value'")?)?),
+            "--gateway" => gateway = true,
+            _ => rest.push(a.clone()),
+        }
+    }
+    let flags = Flags::parse(
+        &rest,
+        &[
+            "--workload", "--mesh-config", "--method", "--path", "--host", "--principal", "--claims", "--source-ip",
+            "--remote-ip", "--destination-ip", "--destination-port", "--sni",
+        ],
+    )?;
+    let resources = flags.resources()?;
+    let reference = flags.get("--workload").ok_or(format!("--workload NS/NAME is required\n\n{CHECK_USAGE}"))?;
+    let (mut workload, _) = bootstrap::workload_from_entry(&resources, reference).map_err(|e| e.to_string())?;
+    if gateway {
+        workload.mode = ProxyMode::Gateway;
+    }
+    let mesh = match flags.get("--mesh-config") {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("--mesh-config {file}: {e}"))?;
+            MeshConfig::load(&text, file).map_err(|e| e.to_string())?
+        }
+        None => MeshConfig::default(),
+    };
+    let claims = match flags.get("--claims") {
+        Some(json) => Some(serde_json::from_str(json).map_err(|e| format!("--claims: not a JSON object: {e}"))?),
+        None => None,
+    };
+    let req = CheckRequest {
+        method: flags.get("--method").unwrap_or("GET").to_string(),
+        path: flags.get("--path").ok_or(format!("--path is required\n\n{CHECK_USAGE}"))?.to_string(),
+        host: flags.get("--host").map(str::to_string),
+        headers,
+        principal: flags.get("--principal").map(str::to_string),
+        claims,
+        source_ip: flags.get("--source-ip").map(str::to_string),
+        remote_ip: flags.get("--remote-ip").map(str::to_string),
+        destination_ip: flags.get("--destination-ip").map(str::to_string),
+        destination_port: flags
+            .get("--destination-port")
+            .map(|p| p.parse::<u32>().map_err(|_| format!("--destination-port {p:?}: expected a port number")))
+            .transpose()?,
+        sni: flags.get("--sni").map(str::to_string),
+    };
+    let verdict = check(&resources, &workload, &mesh, &req, gateway).map_err(|e| report(&e))?;
+    println!("{verdict}");
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -33,6 +103,8 @@ fn main() -> ExitCode {
         Some("validate") => cmd_validate(&args[1..]),
         Some("envoy") => cmd_envoy(&args[1..]),
         Some("certs") => wasmesh_controller::certs::cmd(&args[1..]),
+        Some("check") => cmd_check(&args[1..]),
+        Some("dashboard") => wasmesh_controller::dashboard::cmd(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!("{}", usage());
             return ExitCode::SUCCESS;

@@ -80,4 +80,5 @@ pub type Plugin = fn(&ListenerContext<'_>) -> Result<Contribution, Vec<Error>>;
 /// authn (JWT), AUDIT/DENY/ALLOW authz, then routing. Each decides from the listener's direction
 /// whether it contributes (authz only on inbound and gateway listeners, the router only on
 /// outbound and gateway listeners).
-pub const PLUGINS: &[Plugin] = &[stats::contribute, authz::contribute_custom, authz::contribute_rbac, router::contribute];
+pub const PLUGINS: &[Plugin] =
+    &[stats::contribute, authz::contribute_custom, authn::contribute, authz::contribute_rbac, router::contribute];
