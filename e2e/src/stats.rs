@@ -486,9 +486,10 @@ pub fn bench_scenario() -> crate::bench::Scenario {
         target: "wasmesh-inbound ≤ none + 4 µs Envoy CPU/request (a no-op wasm filter alone costs about 2.7 µs)".into(),
         variants: vec![
             with("none", vec![], mesh_headers.clone()),
+            with("no-op wasm filter", vec![crate::bench::wasm_filter("wasmesh.noop", "noop", &json!({}))], mesh_headers.clone()),
             with("wasmesh-inbound", vec![inbound], mesh_headers),
             with("wasmesh-outbound", vec![outbound], vec![]),
         ],
-        modules: vec!["stats".into()],
+        modules: vec!["stats".into(), "noop".into()],
     }
 }

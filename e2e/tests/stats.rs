@@ -390,7 +390,7 @@ fn bench_stats_filter() {
     let results = wasmesh_e2e::bench::run(&st::bench_scenario(), &settings).unwrap_or_else(|e| panic!("{e}"));
     println!("{}", wasmesh_e2e::bench::table(&results));
     let none = results[0].cpu_us_per_req;
-    let inbound = results[1].cpu_us_per_req;
+    let inbound = results[2].cpu_us_per_req;
     println!("stats inbound: {:+.2} µs Envoy CPU/request over no filter", inbound - none);
 }
 

@@ -185,13 +185,14 @@ fn endpoint_peer(shared: &Shared) -> Option<Rc<CachedPeer>> {
 fn principals(direction: Direction) -> (String, String) {
     match direction {
         Direction::Inbound => {
-            if wasmesh_proxy::property_bool(&["connection", "mtls"]) != Some(true) {
-                return (String::new(), String::new());
+            // Without a peer certificate this is one call that returns nothing (cheaper than
+            // reading `connection.mtls` first).
+            let peer = wasmesh_proxy::property_string(&["connection", "uri_san_peer_certificate"]).unwrap_or_default();
+            if peer.is_empty() {
+                return (peer, String::new());
             }
-            (
-                wasmesh_proxy::property_string(&["connection", "uri_san_peer_certificate"]).unwrap_or_default(),
-                wasmesh_proxy::property_string(&["connection", "uri_san_local_certificate"]).unwrap_or_default(),
-            )
+            let local = wasmesh_proxy::property_string(&["connection", "uri_san_local_certificate"]).unwrap_or_default();
+            (peer, local)
         }
         Direction::Outbound | Direction::Gateway => {
             let peer = wasmesh_proxy::property_string(&["upstream", "uri_san_peer_certificate"]).unwrap_or_default();
@@ -351,7 +352,8 @@ impl HttpContext for StatsHttp {
             String::new()
         };
         let service = shared.service(&cluster);
-        let host = if stats.needs_host() {
+        // The Host header only matters when the cluster names no Istio service.
+        let host = if stats.needs_host() && service.is_none() {
             wasmesh_proxy::property_string(&["request", "host"]).unwrap_or_default()
         } else {
             String::new()
