@@ -48,6 +48,22 @@ fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Respon
     request(port, method, path, &all, b"").unwrap_or_else(|e| panic!("{method} {path} to {port}: {e}"))
 }
 
+/// A counter once the filter has handed its increments to Envoy (every 250 ms).
+fn stat_settled(envoy: &Envoy, name: &str) -> u64 {
+    // Every VM flushes within 250 ms; wait for two periods, then until it stops moving.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let mut last = envoy.stat(name);
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = envoy.stat(name);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last.unwrap_or(0)
+}
+
 fn start(name: &str, listeners: Vec<ListenerSpec>, clusters: Vec<Value>, stats_tags: Vec<Value>) -> Envoy {
     Proxy { listeners, clusters, stats_tags }.start(name)
 }
@@ -147,7 +163,7 @@ spec:
     assert_eq!(send(wp, "GET", "/admin", &[]).status, 403);
     assert_eq!(send(wp, "DELETE", "/x", &[]).status, 403);
 
-    let stat = |n: &str| envoy.stat(&format!("wasmcustom.wasmesh.authz.{n}")).unwrap_or(0);
+    let stat = |n: &str| stat_settled(&envoy, &format!("wasmcustom.wasmesh.authz.{n}"));
     assert_eq!(stat("allowed"), 2);
     assert_eq!(stat("denied"), 2);
     assert_eq!(stat("audit"), 2, "both /api requests matched the AUDIT policy");
@@ -245,7 +261,7 @@ spec:
     let envoy = start("authz-peer", vec![without, with], vec![authz::local_cluster("app", app.port)], c.stats_tags);
     assert_eq!(send(p2, "GET", "/", &[]).status, 200);
     assert_eq!(send(p1, "GET", "/", &[]).status, 403);
-    assert_eq!(envoy.stat("wasmcustom.wasmesh.authz.error"), Some(1));
+    assert_eq!(stat_settled(&envoy, "wasmcustom.wasmesh.authz.error"), 1);
     // Envoy flushes its log file every few seconds.
     let said = (0..150).any(|_| {
         let found = envoy.log().contains("the direct peer address (source.ip) is unavailable");
@@ -279,7 +295,7 @@ spec:
     let envoy = start("authz-strict", vec![wasm], vec![authz::local_cluster("app", app.port)], c.stats_tags);
     let r = send(wp, "GET", "/", &[("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/a/sa/b")]);
     assert_eq!(r.status, 403);
-    assert_eq!(envoy.stat("wasmcustom.wasmesh.authz.peer_authn_denied"), Some(1));
+    assert_eq!(stat_settled(&envoy, "wasmcustom.wasmesh.authz.peer_authn_denied"), 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -422,7 +438,7 @@ fn custom_provider_failures_use_status_on_error_or_fail_open() {
     assert_eq!(send(open, "GET", "/protected", &[("x-ext-authz", "deny")]).status, 403, "failOpen does not turn a denial into an allow");
     assert_eq!(send(dead, "GET", "/protected", &[("x-ext-authz", "allow")]).status, 403, "unreachable: Envoy's default 403");
     assert_eq!(send(dead, "GET", "/public", &[]).status, 200, "no CUSTOM rule matched: no call");
-    assert!(envoy.stat("wasmcustom.wasmesh.authz.custom.error").unwrap_or(0) >= 4);
+    assert!(stat_settled(&envoy, "wasmcustom.wasmesh.authz.custom.error") >= 4);
 }
 
 #[test]

@@ -23,13 +23,15 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
-use std::cell::RefCell;
+use std::cell::{Cell, OnceCell, RefCell};
+use std::net::IpAddr;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Duration;
 use wasmesh_authz::metadata::decode_metadata;
 use wasmesh_authz::provider::Provider;
 use wasmesh_authz::{
-    parse_socket_address, Authz, AuthzConfig, CustomOutcome, MetadataEntry, PeerNames, Reason, Request, Stage, Verdict,
+    parse_socket_address, Authz, AuthzConfig, CustomOutcome, MetadataEntry, Missing, PeerNames, Reason, Stage, Verdict, View,
     DENY_BODY, DENY_STATUS,
 };
 use wasmesh_handover::{AuthzDecision, RequestIdentity};
@@ -58,7 +60,14 @@ struct Shared {
     metrics: Metrics,
 }
 
-impl Context for AuthzRoot {}
+impl Context for AuthzRoot {
+    fn on_done(&mut self) -> bool {
+        if let Some(Role::Http(s)) = &self.role {
+            s.metrics.flush();
+        }
+        true
+    }
+}
 
 impl RootContext for AuthzRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -82,12 +91,21 @@ impl RootContext for AuthzRoot {
                 ));
                 let metrics = Metrics::define();
                 self.role = Some(Role::Http(Rc::new(Shared { authz, metrics })));
+                if hostcalls::set_tick_period(FLUSH_PERIOD).is_err() {
+                    wasmesh_proxy::log_warn("wasmesh authz: no tick; counters are flushed when the VM stops");
+                }
                 true
             }
             Err(e) => {
                 wasmesh_proxy::log_error(&format!("wasmesh authz: configuration rejected: {e}"));
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(Role::Http(s)) = &self.role {
+            s.metrics.flush();
         }
     }
 
@@ -137,162 +155,241 @@ impl StreamContext for PeerAddress {
     }
 }
 
-/// Counters (`wasmcustom.wasmesh.authz.*`), defined once per VM; per-rule ones on first use.
-struct Metrics {
-    allowed: Option<u32>,
-    denied: Option<u32>,
-    audit: Option<u32>,
-    error: Option<u32>,
-    peer_authn_denied: Option<u32>,
-    custom_ok: Option<u32>,
-    custom_denied: Option<u32>,
-    custom_error: Option<u32>,
-    dry_run: RefCell<HashMap<&'static str, u32>>,
-    rules: RefCell<HashMap<(&'static str, String), u32>>,
+/// A counter whose increments are kept in the VM and handed to Envoy on the next tick (every
+/// [`FLUSH_PERIOD`]), so a request costs no metric hostcall.
+#[derive(Default)]
+struct Counter {
+    id: Option<u32>,
+    pending: Cell<u64>,
 }
 
-fn counter(name: &str) -> Option<u32> {
-    hostcalls::define_metric(MetricType::Counter, name).ok()
-}
-
-fn bump(id: Option<u32>) {
-    if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, 1);
+impl Counter {
+    fn new(name: &str) -> Counter {
+        Counter { id: hostcalls::define_metric(MetricType::Counter, name).ok(), pending: Cell::new(0) }
     }
+    fn bump(&self) {
+        self.pending.set(self.pending.get() + 1);
+    }
+    fn flush(&self) {
+        let n = self.pending.replace(0);
+        if n > 0 {
+            if let Some(id) = self.id {
+                let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+/// How often counters are handed to Envoy.
+const FLUSH_PERIOD: Duration = Duration::from_millis(250);
+
+/// Counters (`wasmcustom.wasmesh.authz.*`), defined once per VM; per-rule ones on first use
+/// and then found without allocating.
+struct Metrics {
+    allowed: Counter,
+    denied: Counter,
+    audit: Counter,
+    error: Counter,
+    peer_authn_denied: Counter,
+    custom_ok: Counter,
+    custom_denied: Counter,
+    custom_error: Counter,
+    dry_run: RefCell<HashMap<&'static str, Counter>>,
+    /// Per rule: one counter per [`RULE_OUTCOMES`] entry, defined on first use.
+    rules: RefCell<HashMap<String, [Counter; 5]>>,
+    /// Encoded `AuthzDecision`s for the common verdicts (a rule or the default decided, no
+    /// audit, no dry-run): [denied, allowed], keyed by rule name ("" for the default).
+    decisions: RefCell<[HashMap<String, Rc<[u8]>>; 2]>,
+}
+
+const RULE_OUTCOMES: [&str; 5] = ["allowed", "denied", "audited", "custom", "dry_run_matched"];
+
+fn bump(c: &Counter) {
+    c.bump();
 }
 
 impl Metrics {
     fn define() -> Self {
         Metrics {
-            allowed: counter("wasmesh.authz.allowed"),
-            denied: counter("wasmesh.authz.denied"),
-            audit: counter("wasmesh.authz.audit"),
-            error: counter("wasmesh.authz.error"),
-            peer_authn_denied: counter("wasmesh.authz.peer_authn_denied"),
-            custom_ok: counter("wasmesh.authz.custom.ok"),
-            custom_denied: counter("wasmesh.authz.custom.denied"),
-            custom_error: counter("wasmesh.authz.custom.error"),
+            allowed: Counter::new("wasmesh.authz.allowed"),
+            denied: Counter::new("wasmesh.authz.denied"),
+            audit: Counter::new("wasmesh.authz.audit"),
+            error: Counter::new("wasmesh.authz.error"),
+            peer_authn_denied: Counter::new("wasmesh.authz.peer_authn_denied"),
+            custom_ok: Counter::new("wasmesh.authz.custom.ok"),
+            custom_denied: Counter::new("wasmesh.authz.custom.denied"),
+            custom_error: Counter::new("wasmesh.authz.custom.error"),
             dry_run: RefCell::new(HashMap::new()),
             rules: RefCell::new(HashMap::new()),
+            decisions: RefCell::new([HashMap::new(), HashMap::new()]),
+        }
+    }
+
+    /// Hands every pending increment to Envoy.
+    fn flush(&self) {
+        for c in [&self.allowed, &self.denied, &self.audit, &self.error, &self.peer_authn_denied, &self.custom_ok, &self.custom_denied, &self.custom_error] {
+            c.flush();
+        }
+        for c in self.dry_run.borrow().values() {
+            c.flush();
+        }
+        for cs in self.rules.borrow().values() {
+            for c in cs {
+                c.flush();
+            }
         }
     }
 
     /// Envoy RBAC's shadow counters with Istio's dry-run prefixes.
     fn dry_run(&self, name: &'static str) {
-        let id = {
-            let mut m = self.dry_run.borrow_mut();
-            match m.get(name) {
-                Some(id) => Some(*id),
-                None => counter(&format!("wasmesh.authz.{name}")).inspect(|id| {
-                    m.insert(name, *id);
-                }),
-            }
-        };
-        bump(id);
+        let mut m = self.dry_run.borrow_mut();
+        m.entry(name).or_insert_with(|| Counter::new(&format!("wasmesh.authz.{name}"))).bump();
     }
 
     /// `wasmesh.authz.policy.<outcome>.<rule>`; the plugin's stats tag turns the rule into the
     /// `authz_rule` label.
     fn rule(&self, outcome: &'static str, rule: &str) {
-        let id = {
-            let mut m = self.rules.borrow_mut();
-            match m.get(&(outcome, rule.to_string())) {
-                Some(id) => Some(*id),
-                None => counter(&format!("wasmesh.authz.policy.{outcome}.{rule}")).inspect(|id| {
-                    m.insert((outcome, rule.to_string()), *id);
-                }),
-            }
+        let Some(slot) = RULE_OUTCOMES.iter().position(|o| *o == outcome) else { return };
+        let mut m = self.rules.borrow_mut();
+        if !m.contains_key(rule) {
+            m.insert(rule.to_string(), Default::default());
+        }
+        let Some(counters) = m.get_mut(rule) else { return };
+        let Some(c) = counters.get_mut(slot) else { return };
+        if c.id.is_none() {
+            c.id = hostcalls::define_metric(MetricType::Counter, &format!("wasmesh.authz.policy.{outcome}.{rule}")).ok();
+        }
+        c.bump();
+    }
+
+    /// The encoded decision, cached for the common shapes.
+    fn decision(&self, v: &Verdict<'_>) -> Rc<[u8]> {
+        let encode = || -> Rc<[u8]> {
+            Rc::from(wasmesh_handover::encode(&AuthzDecision {
+                allowed: v.allowed,
+                action: v.action().to_string(),
+                policy: v.rule().map(str::to_string),
+                audit: v.audit.iter().map(|s| s.to_string()).collect(),
+                shadow: v.shadow_text(),
+            }))
         };
-        bump(id);
+        let cacheable = v.audit.is_empty()
+            && v.dry_run_allow.is_none()
+            && v.dry_run_deny.is_none()
+            && matches!(v.reason, Reason::Allowed { .. } | Reason::Denied { .. } | Reason::NoAllowMatch | Reason::NoAllowPolicy);
+        if !cacheable {
+            return encode();
+        }
+        let rule = v.rule().unwrap_or("");
+        let mut all = self.decisions.borrow_mut();
+        let m = &mut all[usize::from(v.allowed)];
+        if let Some(found) = m.get(rule) {
+            return found.clone();
+        }
+        let bytes = encode();
+        m.insert(rule.to_string(), bytes.clone());
+        bytes
     }
 }
 
-/// Everything read from Envoy for one evaluation, owned.
+/// The peer certificate's first URI SAN, first DNS SAN and subject.
+type PeerCert = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// What the policies read from Envoy for one evaluation: the request headers up front, every
+/// other input fetched on first use (most requests are decided on headers alone), then kept.
 struct Inputs {
     headers: Vec<(String, Vec<u8>)>,
-    source_ip: Option<std::net::IpAddr>,
-    remote_ip: Option<std::net::IpAddr>,
-    destination_ip: Option<std::net::IpAddr>,
-    destination_port: Option<u32>,
-    sni: Vec<u8>,
-    mtls: bool,
-    uri_san: Option<Vec<u8>>,
-    dns_san: Option<Vec<u8>>,
-    subject: Option<Vec<u8>>,
-    identity: Option<RequestIdentity>,
-    metadata: Vec<MetadataEntry>,
+    source_ip: OnceCell<Option<IpAddr>>,
+    remote_ip: OnceCell<Option<IpAddr>>,
+    destination_ip: OnceCell<Option<IpAddr>>,
+    destination_port: OnceCell<Option<u32>>,
+    sni: OnceCell<Vec<u8>>,
+    mtls: OnceCell<bool>,
+    peer: OnceCell<PeerCert>,
+    identity: OnceCell<Result<Option<RequestIdentity>, Missing>>,
+    metadata: OnceCell<Result<Vec<MetadataEntry>, Missing>>,
+    /// `(filter, key)` pairs to decode from dynamic metadata.
+    metadata_keys: Vec<(String, String)>,
+}
+
+fn addr(path: &[&str]) -> Option<IpAddr> {
+    wasmesh_proxy::property(path).and_then(|b| parse_socket_address(&b))
 }
 
 impl Inputs {
-    /// Reads only what the policies need. `Err` names what could not be read (fail closed).
-    fn gather(authz: &Authz) -> Result<Inputs, &'static str> {
-        let n = authz.needs();
-        let addr = |path: &[&str]| wasmesh_proxy::property(path).and_then(|b| parse_socket_address(&b));
-        let source_ip = if n.source_ip { wasmesh_proxy::filter_state(PEER_ADDRESS_KEY).and_then(|b| parse_socket_address(&b)) } else { None };
-        let remote_ip = if n.remote_ip { addr(&["source", "address"]) } else { None };
-        let destination_ip = if n.destination_ip { addr(&["destination", "address"]) } else { None };
-        let destination_port = if n.destination_port {
-            wasmesh_proxy::property_u64(&["destination", "port"]).and_then(|p| u32::try_from(p).ok())
-        } else {
-            None
-        };
-        let sni = if n.sni { wasmesh_proxy::property(&["connection", "requested_server_name"]).unwrap_or_default() } else { Vec::new() };
-        let mtls = n.mtls && wasmesh_proxy::property_bool(&["connection", "mtls"]).unwrap_or(false);
-        let (uri_san, dns_san, subject) = if n.peer && mtls {
+    fn new(authz: &Authz) -> Inputs {
+        Inputs {
+            headers: wasmesh_proxy::request_headers(),
+            source_ip: OnceCell::new(),
+            remote_ip: OnceCell::new(),
+            destination_ip: OnceCell::new(),
+            destination_port: OnceCell::new(),
+            sni: OnceCell::new(),
+            mtls: OnceCell::new(),
+            peer: OnceCell::new(),
+            identity: OnceCell::new(),
+            metadata: OnceCell::new(),
+            metadata_keys: authz.needs().metadata.clone(),
+        }
+    }
+}
+
+impl View for Inputs {
+    fn headers(&self) -> &[(String, Vec<u8>)] {
+        &self.headers
+    }
+    fn source_ip(&self) -> Option<IpAddr> {
+        *self.source_ip.get_or_init(|| wasmesh_proxy::filter_state(PEER_ADDRESS_KEY).and_then(|b| parse_socket_address(&b)))
+    }
+    fn remote_ip(&self) -> Option<IpAddr> {
+        *self.remote_ip.get_or_init(|| addr(&["source", "address"]))
+    }
+    fn destination_ip(&self) -> Option<IpAddr> {
+        *self.destination_ip.get_or_init(|| addr(&["destination", "address"]))
+    }
+    fn destination_port(&self) -> Option<u32> {
+        *self
+            .destination_port
+            .get_or_init(|| wasmesh_proxy::property_u64(&["destination", "port"]).and_then(|p| u32::try_from(p).ok()))
+    }
+    fn sni(&self) -> &[u8] {
+        self.sni.get_or_init(|| wasmesh_proxy::property(&["connection", "requested_server_name"]).unwrap_or_default())
+    }
+    fn mtls(&self) -> bool {
+        *self.mtls.get_or_init(|| wasmesh_proxy::property_bool(&["connection", "mtls"]).unwrap_or(false))
+    }
+    fn peer(&self) -> PeerNames<'_> {
+        let (u, d, s) = self.peer.get_or_init(|| {
             (
                 wasmesh_proxy::property(&["connection", "uri_san_peer_certificate"]),
                 wasmesh_proxy::property(&["connection", "dns_san_peer_certificate"]),
                 wasmesh_proxy::property(&["connection", "subject_peer_certificate"]),
             )
-        } else {
-            (None, None, None)
-        };
-        let identity = if n.identity {
-            match wasmesh_proxy::filter_state(wasmesh_handover::AUTHN_IDENTITY) {
-                None => None,
-                Some(b) if b.is_empty() => None,
-                Some(b) => Some(wasmesh_handover::decode::<RequestIdentity>(&b).ok_or("the authn identity hand-over (undecodable)")?),
-            }
-        } else {
-            None
-        };
-        let metadata = if n.metadata.is_empty() {
-            Vec::new()
-        } else {
-            match wasmesh_proxy::property(&["metadata"]) {
-                None => Vec::new(),
-                Some(b) => decode_metadata(&b, &n.metadata).ok_or("dynamic metadata (undecodable)")?,
-            }
-        };
-        Ok(Inputs {
-            headers: wasmesh_proxy::request_headers(),
-            source_ip,
-            remote_ip,
-            destination_ip,
-            destination_port,
-            sni,
-            mtls,
-            uri_san,
-            dns_san,
-            subject,
-            identity,
-            metadata,
-        })
+        });
+        PeerNames { uri_san: u.as_deref(), dns_san: d.as_deref(), subject: s.as_deref() }
     }
-
-    fn view(&self) -> Request<'_> {
-        Request {
-            headers: &self.headers,
-            source_ip: self.source_ip,
-            remote_ip: self.remote_ip,
-            destination_ip: self.destination_ip,
-            destination_port: self.destination_port,
-            sni: &self.sni,
-            mtls: self.mtls,
-            peer: PeerNames { uri_san: self.uri_san.as_deref(), dns_san: self.dns_san.as_deref(), subject: self.subject.as_deref() },
-            identity: self.identity.as_ref(),
-            metadata: &self.metadata,
-        }
+    fn identity(&self) -> Result<Option<&RequestIdentity>, Missing> {
+        self.identity
+            .get_or_init(|| match wasmesh_proxy::filter_state(wasmesh_handover::AUTHN_IDENTITY) {
+                None => Ok(None),
+                Some(b) if b.is_empty() => Ok(None),
+                Some(b) => wasmesh_handover::decode::<RequestIdentity>(&b)
+                    .map(Some)
+                    .ok_or(Missing("the authn identity hand-over (undecodable)")),
+            })
+            .as_ref()
+            .map(Option::as_ref)
+            .map_err(|m| *m)
+    }
+    fn metadata(&self) -> Result<&[MetadataEntry], Missing> {
+        self.metadata
+            .get_or_init(|| match wasmesh_proxy::property(&["metadata"]) {
+                None => Ok(Vec::new()),
+                Some(b) => decode_metadata(&b, &self.metadata_keys).ok_or(Missing("dynamic metadata (undecodable)")),
+            })
+            .as_ref()
+            .map(Vec::as_slice)
+            .map_err(|m| *m)
     }
 }
 
@@ -332,11 +429,11 @@ impl Context for AuthzStream {
             .and_then(|s| s.parse::<u32>().ok());
         match status {
             Some(200) => {
-                bump(shared.metrics.custom_ok);
+                bump(&shared.metrics.custom_ok);
                 self.ext_allowed(&shared, provider, &headers);
             }
             Some(s) if (100..500).contains(&s) => {
-                bump(shared.metrics.custom_denied);
+                bump(&shared.metrics.custom_denied);
                 let body = if body_size == 0 {
                     None
                 } else {
@@ -353,7 +450,7 @@ impl Context for AuthzStream {
             }
             _ => {
                 // No response (timeout, reset, no cluster) or 5xx: Envoy's ext_authz error path.
-                bump(shared.metrics.custom_error);
+                bump(&shared.metrics.custom_error);
                 wasmesh_proxy::log_warn(&format!(
                     "wasmesh authz: CUSTOM provider {} failed ({}); {}",
                     provider.name,
@@ -377,18 +474,13 @@ impl HttpContext for AuthzStream {
             return Action::Pause;
         };
         let authz = &shared.authz;
-        let inputs = match Inputs::gather(authz) {
-            Ok(i) => i,
-            Err(what) => {
-                return self.fail_closed(&shared, what);
-            }
-        };
-        let req = inputs.view();
-        if let Some(v) = authz.peer_authn(&req) {
-            bump(shared.metrics.peer_authn_denied);
+        let inputs = Inputs::new(authz);
+        let req = &inputs;
+        if let Some(v) = authz.peer_authn(req) {
+            bump(&shared.metrics.peer_authn_denied);
             return self.finish(&shared, &v);
         }
-        match authz.custom(&req) {
+        match authz.custom(req) {
             CustomOutcome::Continue => {}
             CustomOutcome::Deny(v) => return self.finish(&shared, &v),
             CustomOutcome::Check { provider, rule } => {
@@ -399,7 +491,7 @@ impl HttpContext for AuthzStream {
         if authz.stage() == Stage::Custom {
             return Action::Continue;
         }
-        let v = authz.rbac(&req);
+        let v = authz.rbac(req);
         self.finish(&shared, &v)
     }
 
@@ -416,7 +508,7 @@ impl AuthzStream {
     fn finish(&mut self, shared: &Shared, v: &Verdict<'_>) -> Action {
         let m = &shared.metrics;
         if !v.audit.is_empty() {
-            bump(m.audit);
+            bump(&m.audit);
             for r in &v.audit {
                 m.rule("audited", r);
             }
@@ -435,37 +527,24 @@ impl AuthzStream {
             }
         }
         if let Reason::Missing(what) = &v.reason {
-            bump(m.error);
+            bump(&m.error);
             wasmesh_proxy::log_warn(&format!("wasmesh authz: denying: {} is unavailable", what.0));
         }
         if let Some(rule) = v.rule() {
             m.rule(if v.allowed { "allowed" } else { "denied" }, rule);
         }
-        let decision = AuthzDecision {
-            allowed: v.allowed,
-            action: v.action().to_string(),
-            policy: v.rule().map(str::to_string),
-            audit: v.audit.iter().map(|s| s.to_string()).collect(),
-            shadow: v.shadow_text(),
-        };
-        record(&decision);
+        let decision = m.decision(v);
+        if !wasmesh_proxy::set_filter_state(wasmesh_handover::AUTHZ_DECISION, &decision) {
+            wasmesh_proxy::log_debug("wasmesh authz: could not write the decision to filter state");
+        }
         if v.allowed {
-            bump(m.allowed);
+            bump(&m.allowed);
             Action::Continue
         } else {
-            bump(m.denied);
+            bump(&m.denied);
             wasmesh_proxy::send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
             Action::Pause
         }
-    }
-
-    fn fail_closed(&mut self, shared: &Shared, what: &str) -> Action {
-        bump(shared.metrics.error);
-        wasmesh_proxy::log_warn(&format!("wasmesh authz: denying: could not read {what}"));
-        record(&AuthzDecision { allowed: false, action: "ERROR".into(), policy: None, audit: Vec::new(), shadow: None });
-        bump(shared.metrics.denied);
-        wasmesh_proxy::send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
-        Action::Pause
     }
 
     /// Sends the check request as Envoy's HTTP ext_authz client builds it.
@@ -503,7 +582,7 @@ impl AuthzStream {
                 Action::Pause
             }
             Err(e) => {
-                bump(shared.metrics.custom_error);
+                bump(&shared.metrics.custom_error);
                 wasmesh_proxy::log_error(&format!(
                     "wasmesh authz: cannot call CUSTOM provider {} (cluster {}): {}",
                     provider.name,
@@ -551,13 +630,10 @@ impl AuthzStream {
         if shared.authz.stage() == Stage::Custom {
             return Action::Continue;
         }
-        match Inputs::gather(&shared.authz) {
-            Ok(inputs) => {
-                let v = shared.authz.rbac(&inputs.view());
-                self.finish(shared, &v)
-            }
-            Err(what) => self.fail_closed(shared, what),
-        }
+        // Read after the provider's headers were applied: ALLOW/DENY see them, as in Istio.
+        let inputs = Inputs::new(&shared.authz);
+        let v = shared.authz.rbac(&inputs);
+        self.finish(shared, &v)
     }
 
     fn deny_sync(&mut self, shared: &Shared, status: u32, rule: &str, why: &str) -> Action {
@@ -581,7 +657,7 @@ impl AuthzStream {
         }
         wasmesh_proxy::log_debug(&format!("wasmesh authz: {status}: {why}"));
         record(&AuthzDecision { allowed: false, action: action.into(), policy: rule, audit: Vec::new(), shadow: None });
-        bump(shared.metrics.denied);
+        bump(&shared.metrics.denied);
         wasmesh_proxy::send_response(status, headers, body);
     }
 }

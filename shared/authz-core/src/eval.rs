@@ -4,7 +4,7 @@
 
 use crate::compile::{Atom, CRule, Cond, Custom, MetaMatch, RuleSet};
 use crate::matcher::StrMatch;
-use crate::{Authz, MetaValue, Provider, Request};
+use crate::{header_values, url_path, Authz, MetaValue, Provider, View};
 use serde_json::Value;
 
 /// An input a rule needed that the filter could not provide. The request is denied.
@@ -134,12 +134,12 @@ pub enum CustomOutcome<'e> {
 
 impl Authz {
     /// PeerAuthentication: STRICT on the destination port refuses plaintext.
-    pub fn peer_authn<'e>(&'e self, req: &Request<'_>) -> Option<Verdict<'e>> {
+    pub fn peer_authn<'e, V: View + ?Sized>(&'e self, req: &V) -> Option<Verdict<'e>> {
         let p = self.peer_authn.as_ref()?;
-        if req.mtls {
+        if req.mtls() {
             return None;
         }
-        let Some(port) = req.destination_port else {
+        let Some(port) = req.destination_port() else {
             if self.needs.mtls {
                 return Some(Verdict::new(false, Reason::Missing(Missing("destination.port"))));
             }
@@ -152,7 +152,7 @@ impl Authz {
     }
 
     /// The CUSTOM stage (istiod's shadow RBAC + ext_authz pair).
-    pub fn custom<'e>(&'e self, req: &Request<'_>) -> CustomOutcome<'e> {
+    pub fn custom<'e, V: View + ?Sized>(&'e self, req: &V) -> CustomOutcome<'e> {
         match &self.custom {
             Custom::None => CustomOutcome::Continue,
             Custom::Ext { provider, rules } => match first_match(rules, req) {
@@ -169,7 +169,7 @@ impl Authz {
     }
 
     /// AUDIT, DENY and ALLOW, as three RBAC filters in Istio's order.
-    pub fn rbac<'e>(&'e self, req: &Request<'_>) -> Verdict<'e> {
+    pub fn rbac<'e, V: View + ?Sized>(&'e self, req: &V) -> Verdict<'e> {
         let mut audit = Vec::new();
         for r in &self.audit {
             if matches(r, req).unwrap_or(false) {
@@ -201,7 +201,7 @@ impl Authz {
 
     /// The whole chain without an extension provider (for `wasmeshctl check` and tests): a
     /// matching CUSTOM rule is reported through `custom` and treated as allowed by the provider.
-    pub fn evaluate<'e>(&'e self, req: &Request<'_>) -> (Option<CustomOutcome<'e>>, Verdict<'e>) {
+    pub fn evaluate<'e, V: View + ?Sized>(&'e self, req: &V) -> (Option<CustomOutcome<'e>>, Verdict<'e>) {
         if let Some(v) = self.peer_authn(req) {
             return (None, v);
         }
@@ -214,7 +214,7 @@ impl Authz {
     }
 }
 
-fn deny_filter<'e>(set: &'e RuleSet, req: &Request<'_>) -> Result<Option<&'e str>, Missing> {
+fn deny_filter<'e, V: View + ?Sized>(set: &'e RuleSet, req: &V) -> Result<Option<&'e str>, Missing> {
     match &set.rules {
         None => Ok(None),
         Some(rules) => first_match(rules, req),
@@ -222,13 +222,13 @@ fn deny_filter<'e>(set: &'e RuleSet, req: &Request<'_>) -> Result<Option<&'e str
 }
 
 /// Envoy `shadow_rules`: the result the dry-run rules alone would give.
-fn shadow<'e>(set: &'e RuleSet, req: &Request<'_>, deny: bool) -> Option<Shadow<'e>> {
+fn shadow<'e, V: View + ?Sized>(set: &'e RuleSet, req: &V, deny: bool) -> Option<Shadow<'e>> {
     let rules = set.shadow.as_ref()?;
     let hit = first_match(rules, req).unwrap_or(None);
     Some(Shadow { allowed: if deny { hit.is_none() } else { hit.is_some() }, rule: hit })
 }
 
-fn first_match<'e>(rules: &'e [CRule], req: &Request<'_>) -> Result<Option<&'e str>, Missing> {
+fn first_match<'e, V: View + ?Sized>(rules: &'e [CRule], req: &V) -> Result<Option<&'e str>, Missing> {
     for r in rules {
         if matches(r, req)? {
             return Ok(Some(r.name.as_str()));
@@ -238,11 +238,11 @@ fn first_match<'e>(rules: &'e [CRule], req: &Request<'_>) -> Result<Option<&'e s
 }
 
 /// Envoy `PolicyMatcher`: any permission AND any principal.
-pub(crate) fn matches(r: &CRule, req: &Request<'_>) -> Result<bool, Missing> {
+pub(crate) fn matches<V: View + ?Sized>(r: &CRule, req: &V) -> Result<bool, Missing> {
     Ok(any_and(&r.permissions, req)? && any_and(&r.principals, req)?)
 }
 
-fn any_and(list: &[Vec<Cond>], req: &Request<'_>) -> Result<bool, Missing> {
+fn any_and<V: View + ?Sized>(list: &[Vec<Cond>], req: &V) -> Result<bool, Missing> {
     for and in list {
         let mut all = true;
         for c in and {
@@ -258,7 +258,7 @@ fn any_and(list: &[Vec<Cond>], req: &Request<'_>) -> Result<bool, Missing> {
     Ok(false)
 }
 
-fn cond(c: &Cond, req: &Request<'_>) -> Result<bool, Missing> {
+fn cond<V: View + ?Sized>(c: &Cond, req: &V) -> Result<bool, Missing> {
     let (atoms, negate) = match c {
         Cond::Or(a) => (a, false),
         Cond::NotOr(a) => (a, true),
@@ -271,16 +271,16 @@ fn cond(c: &Cond, req: &Request<'_>) -> Result<bool, Missing> {
     Ok(negate)
 }
 
-fn atom(a: &Atom, req: &Request<'_>) -> Result<bool, Missing> {
+fn atom<V: View + ?Sized>(a: &Atom, req: &V) -> Result<bool, Missing> {
     Ok(match a {
-        Atom::Host(m) => m.matches_any(req.header_values(":authority")),
-        Atom::Method(m) => m.matches_any(req.header_values(":method")),
-        Atom::Path(m) => req.url_path().is_some_and(|p| m.matches(p)),
-        Atom::DestPort(p) => req.destination_port.ok_or(Missing("destination.port"))? == *p,
-        Atom::DestIp(c) => c.contains(req.destination_ip.ok_or(Missing("destination.address"))?),
-        Atom::Sni(m) => m.matches(req.sni),
+        Atom::Host(m) => m.matches_any(header_values(req.headers(), ":authority")),
+        Atom::Method(m) => m.matches_any(header_values(req.headers(), ":method")),
+        Atom::Path(m) => url_path(req.headers()).is_some_and(|p| m.matches(p)),
+        Atom::DestPort(p) => req.destination_port().ok_or(Missing("destination.port"))? == *p,
+        Atom::DestIp(c) => c.contains(req.destination_ip().ok_or(Missing("destination.address"))?),
+        Atom::Sni(m) => m.matches(req.sni()),
         Atom::Metadata { filter, key, values } => {
-            let Some(e) = req.metadata.iter().find(|e| &e.filter == filter && &e.key == key) else {
+            let Some(e) = req.metadata()?.iter().find(|e| &e.filter == filter && &e.key == key) else {
                 return Ok(false);
             };
             values.iter().any(|m| match (m, &e.value) {
@@ -291,12 +291,12 @@ fn atom(a: &Atom, req: &Request<'_>) -> Result<bool, Missing> {
                 _ => false,
             })
         }
-        Atom::Peer(m) => req.mtls && req.peer.iter().any(|n| m.matches(n)),
-        Atom::DirectIp(c) => c.contains(req.source_ip.ok_or(Missing("the direct peer address (source.ip)"))?),
-        Atom::RemoteIp(c) => c.contains(req.remote_ip.ok_or(Missing("source.address (remote.ip)"))?),
-        Atom::Header { name, m } => m.matches_any(req.header_values(name)),
+        Atom::Peer(m) => req.mtls() && req.peer().iter().any(|n| m.matches(n)),
+        Atom::DirectIp(c) => c.contains(req.source_ip().ok_or(Missing("the direct peer address (source.ip)"))?),
+        Atom::RemoteIp(c) => c.contains(req.remote_ip().ok_or(Missing("source.address (remote.ip)"))?),
+        Atom::Header { name, m } => m.matches_any(header_values(req.headers(), name)),
         Atom::Jwt { iss, sub } => {
-            let Some(id) = req.identity else { return Ok(false) };
+            let Some(id) = req.identity()? else { return Ok(false) };
             let (i, s) = if id.claims.is_empty() {
                 (Some(id.issuer.as_str()), Some(id.subject.as_str()))
             } else {
@@ -305,7 +305,7 @@ fn atom(a: &Atom, req: &Request<'_>) -> Result<bool, Missing> {
             i.is_some_and(|i| iss.matches(i.as_bytes())) && s.is_some_and(|s| sub.matches(s.as_bytes()))
         }
         Atom::Claim { path, values } => {
-            let Some(id) = req.identity else { return Ok(false) };
+            let Some(id) = req.identity()? else { return Ok(false) };
             let fallback;
             let v = if id.claims.is_empty() && path.len() == 1 && path[0] == "aud" {
                 fallback = Value::from(id.audiences.clone());

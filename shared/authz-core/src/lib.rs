@@ -37,6 +37,7 @@ mod tests;
 
 pub use compile::{AuthzConfig, CompileError, Stage};
 pub use eval::{CustomOutcome, Missing, Reason, Shadow, Verdict};
+
 pub use provider::{ExtAuthzHttp, Provider};
 pub use validate::{validate, validate_all};
 
@@ -93,7 +94,7 @@ impl<'a> PeerNames<'a> {
     pub fn spiffe(uri: &'a str) -> Self {
         PeerNames { uri_san: Some(uri.as_bytes()), dns_san: None, subject: None }
     }
-    fn iter(&self) -> impl Iterator<Item = &'a [u8]> {
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> {
         [self.uri_san, self.dns_san, self.subject].into_iter().flatten()
     }
 }
@@ -130,9 +131,7 @@ impl<'a> Request<'a> {
     /// `:path` without query and fragment (Envoy `PathUtil::removeQueryAndFragment`), what
     /// `paths` match. `None` when the request has no `:path`.
     pub fn url_path(&self) -> Option<&'a [u8]> {
-        let full = self.first(":path")?;
-        let end = full.iter().position(|c| *c == b'?' || *c == b'#').unwrap_or(full.len());
-        full.get(..end)
+        url_path(self.headers)
     }
 
     pub fn method(&self) -> Option<&'a [u8]> {
@@ -142,6 +141,69 @@ impl<'a> Request<'a> {
     pub fn authority(&self) -> Option<&'a [u8]> {
         self.first(":authority")
     }
+}
+
+/// What the evaluation reads from a request. [`Request`] holds it all up front; the filter
+/// implements it lazily, so an input is fetched from Envoy only when a rule looks at it.
+pub trait View {
+    /// Request headers (see [`Request::headers`]).
+    fn headers(&self) -> &[(String, Vec<u8>)];
+    fn source_ip(&self) -> Option<IpAddr>;
+    fn remote_ip(&self) -> Option<IpAddr>;
+    fn destination_ip(&self) -> Option<IpAddr>;
+    fn destination_port(&self) -> Option<u32>;
+    fn sni(&self) -> &[u8];
+    fn mtls(&self) -> bool;
+    /// The peer certificate's names (only looked at when [`View::mtls`]).
+    fn peer(&self) -> PeerNames<'_>;
+    /// The verified JWT identity; `Err` when a hand-over exists but cannot be read.
+    fn identity(&self) -> Result<Option<&RequestIdentity>, Missing>;
+    fn metadata(&self) -> Result<&[MetadataEntry], Missing>;
+}
+
+impl View for Request<'_> {
+    fn headers(&self) -> &[(String, Vec<u8>)] {
+        self.headers
+    }
+    fn source_ip(&self) -> Option<IpAddr> {
+        self.source_ip
+    }
+    fn remote_ip(&self) -> Option<IpAddr> {
+        self.remote_ip
+    }
+    fn destination_ip(&self) -> Option<IpAddr> {
+        self.destination_ip
+    }
+    fn destination_port(&self) -> Option<u32> {
+        self.destination_port
+    }
+    fn sni(&self) -> &[u8] {
+        self.sni
+    }
+    fn mtls(&self) -> bool {
+        self.mtls
+    }
+    fn peer(&self) -> PeerNames<'_> {
+        self.peer
+    }
+    fn identity(&self) -> Result<Option<&RequestIdentity>, Missing> {
+        Ok(self.identity)
+    }
+    fn metadata(&self) -> Result<&[MetadataEntry], Missing> {
+        Ok(self.metadata)
+    }
+}
+
+/// Every value of a header in `headers` (names compare case-insensitively).
+pub fn header_values<'h>(headers: &'h [(String, Vec<u8>)], name: &'h str) -> impl Iterator<Item = &'h [u8]> + 'h {
+    headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+}
+
+/// `:path` without query and fragment (Envoy `PathUtil::removeQueryAndFragment`).
+pub fn url_path(headers: &[(String, Vec<u8>)]) -> Option<&[u8]> {
+    let full = headers.iter().find(|(k, _)| k == ":path").map(|(_, v)| v.as_slice())?;
+    let end = full.iter().position(|c| *c == b'?' || *c == b'#').unwrap_or(full.len());
+    full.get(..end)
 }
 
 /// Parses an Envoy address property (`1.2.3.4:5678`, `[::1]:5678`, or a bare IP).
