@@ -221,21 +221,14 @@ impl Context for StatsHttp {}
 
 impl StatsHttp {
     fn inbound_request(&mut self) {
-        // One hostcall for all headers: the exchange headers and the content type.
-        let headers = wasmesh_proxy::request_headers();
-        let mut md: Option<&[u8]> = None;
-        let mut id: Option<&[u8]> = None;
-        for (k, v) in &headers {
-            match k.as_str() {
-                HEADER_METADATA => md = Some(v),
-                HEADER_METADATA_ID => id = Some(v),
-                "content-type" => self.grpc = is_grpc_content_type(v),
-                _ => {}
-            }
+        if let Some(ct) = wasmesh_proxy::request_header("content-type") {
+            self.grpc = is_grpc_content_type(&ct);
         }
         if !self.shared.stats.metadata_exchange {
             return;
         }
+        let md = wasmesh_proxy::request_header(HEADER_METADATA);
+        let id = wasmesh_proxy::request_header(HEADER_METADATA_ID);
         if md.is_some() || id.is_some() {
             // Never let the exchange headers reach the application.
             self.request_had_mx = true;
@@ -243,7 +236,7 @@ impl StatsHttp {
             wasmesh_proxy::remove_request_header(HEADER_METADATA_ID);
         }
         if let Some(md) = md {
-            self.peer = self.shared.peers.borrow_mut().get_or_decode(md, id);
+            self.peer = self.shared.peers.borrow_mut().get_or_decode(&md, id.as_deref());
             if let Some(p) = &self.peer {
                 wasmesh_proxy::set_filter_state(wasmesh_handover::PEER_DOWNSTREAM, &p.json);
             }
