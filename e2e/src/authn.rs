@@ -411,3 +411,40 @@ pub fn distinct_tokens(alg: &str, n: usize) -> Vec<String> {
         .map(|i| s.sign(&json!({"iss": BENCH_ISSUER, "sub": "bench-user", "aud": "bench", "exp": now + 3600, "jti": format!("j{i}")})))
         .collect()
 }
+
+/// The benchmark scenarios (`make bench` runs them with the others): per algorithm, one Envoy with
+/// no filter, native `jwt_authn` without and with `jwt_cache_config`, wasmesh, and wasmesh with
+/// its verified-token cache off (every request verifies the signature: the cold-verify cost).
+/// One token repeated: the steady state of a client reusing its access token.
+pub fn bench_scenarios() -> Vec<crate::bench::Scenario> {
+    use crate::bench::{Scenario, Variant};
+    let (wl, res) = bench_resources();
+    let mut out = Vec::new();
+    for alg in ["RS256", "ES256"] {
+        let header = vec![("authorization".to_string(), format!("Bearer {}", bench_token(alg)))];
+        let variant = |name: &str, filter: Option<Value>, clusters: Vec<Value>| {
+            let mut v = Variant::new(name);
+            v.http_filters = filter.into_iter().collect();
+            v.clusters = clusters;
+            v.headers = header.clone();
+            v
+        };
+        let (wasm, clusters) = wasm_authn(&wl, &res);
+        let (wasm_cold, _) = wasm_authn_with(&wl, &res, |c| c.jwt_cache_slots = 0);
+        out.push(Scenario {
+            name: format!("jwt-{}", alg.to_ascii_lowercase()),
+            target: format!(
+                "{alg}: wasmesh ≤ native cached + 3 µs Envoy CPU/request (repeated token); wasmesh cache off ≤ 5 × native (cold verify)"
+            ),
+            variants: vec![
+                variant("none", None, vec![]),
+                variant("native", Some(native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)), vec![]),
+                variant("native-cached", Some(native_jwt_authn(&wl, &res, &NativeJwks::Remote, true)), vec![]),
+                variant("wasmesh", Some(wasm), clusters.clone()),
+                variant("wasmesh-cache-off", Some(wasm_cold), clusters),
+            ],
+            modules: vec!["authn".into()],
+        });
+    }
+    out
+}

@@ -503,6 +503,8 @@ fn a_repeated_token_is_verified_once_across_worker_vms() {
         let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {t}"))]);
         assert_eq!(r.status, 200);
     }
+    // Counters are flushed to Envoy's stats on the filter's tick.
+    wait_until("the counters", Duration::from_secs(5), || stat(&front, "wasmesh_authn_allowed") >= n);
     let checks = stat(&front, "wasmesh_authn_signature_checks");
     let hits = stat(&front, "wasmesh_authn_jwt_cache_hit");
     assert_eq!(checks, 1, "one signature check for {n} requests (hits {hits})");
@@ -580,4 +582,24 @@ spec:
     }
     let forged = swap_payload(&alice_g2, &claims(json!({"groups": ["group1"]})));
     assert_eq!(send(front.port, "GET", "/", &[("authorization", &b(&forged))]).status, 401);
+}
+
+// ------------------------------------------------------------------------------------------
+// Benchmark (run by hand: `cargo test --release -p wasmesh-e2e --test authn bench -- --ignored
+// --nocapture`; `make bench` runs the same scenarios).
+
+#[test]
+#[ignore = "benchmark: minutes of load on the machine"]
+fn bench_jwt() {
+    let settings = wasmesh_e2e::bench::Settings {
+        requests: std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000),
+        connections: 4,
+        repetitions: 3,
+        warmup: 1_000,
+    };
+    let mut results = Vec::new();
+    for s in wasmesh_e2e::authn::bench_scenarios() {
+        results.extend(wasmesh_e2e::bench::run(&s, &settings).unwrap_or_else(|e| panic!("{e}")));
+    }
+    println!("{}", wasmesh_e2e::bench::table(&results));
 }

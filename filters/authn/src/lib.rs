@@ -74,6 +74,53 @@ fn inc(metric: Option<u32>, by: u32) {
     }
 }
 
+/// Per-request counters, added up in the VM and flushed to Envoy's stats on each tick (at most
+/// 0.5 s late): a hostcall per counter per request would cost more than the cache hit itself.
+#[derive(Default)]
+struct Pending {
+    allowed: u32,
+    denied: u32,
+    cors_bypassed: u32,
+    cache_hit: u32,
+    cache_miss: u32,
+    signature_checks: u32,
+    paused: u32,
+}
+
+impl Pending {
+    fn flush(&mut self, m: &Metrics) {
+        inc(m.allowed, self.allowed);
+        inc(m.denied, self.denied);
+        inc(m.cors_bypassed, self.cors_bypassed);
+        inc(m.cache_hit, self.cache_hit);
+        inc(m.cache_miss, self.cache_miss);
+        inc(m.signature_checks, self.signature_checks);
+        inc(m.paused, self.paused);
+        *self = Pending::default();
+    }
+}
+
+/// Shared-data key of the secret all VMs hash tokens with.
+const SECRET_KEY: &str = "wasmesh.authn.secret";
+
+/// The process-wide cache secret: created by the first VM, read by the others. Two VMs racing
+/// at start-up may briefly disagree (last writer wins; each re-reads it on every slow tick),
+/// which only costs a few cache misses.
+fn shared_secret() -> Option<[u8; 16]> {
+    let read = || match hostcalls::get_shared_data(SECRET_KEY) {
+        Ok((Some(b), _)) => <[u8; 16]>::try_from(b.as_slice()).ok(),
+        _ => None,
+    };
+    if let Some(s) = read() {
+        return Some(s);
+    }
+    let mut secret = [0u8; 16];
+    secret[..8].copy_from_slice(&wasmesh_proxy::random_seed().to_le_bytes());
+    secret[8..].copy_from_slice(&wasmesh_proxy::random_seed().to_le_bytes());
+    let _ = hostcalls::set_shared_data(SECRET_KEY, Some(&secret), None);
+    read()
+}
+
 struct Waiter {
     context_id: u32,
     since_ms: u64,
@@ -83,6 +130,7 @@ struct Waiter {
 struct Shared {
     engine: Option<Authn>,
     metrics: Metrics,
+    pending: Pending,
     /// Requests paused until keys arrive.
     waiting: Vec<Waiter>,
     /// Fetches in flight: (call token, provider index).
@@ -156,14 +204,14 @@ fn process(shared: &SharedRc, context_id: u32, since_ms: Option<u64>) -> Step {
     let Ok(mut s) = shared.try_borrow_mut() else {
         return Step::Respond(internal_denial());
     };
-    inc(s.metrics.cache_hit, stats.cache_hits);
-    inc(s.metrics.cache_miss, stats.cache_misses);
-    inc(s.metrics.signature_checks, stats.signature_checks);
+    s.pending.cache_hit += stats.cache_hits;
+    s.pending.cache_miss += stats.cache_misses;
+    s.pending.signature_checks += stats.signature_checks;
     match outcome {
         Outcome::NotConfigured => Step::Continue,
         Outcome::CorsBypass => {
             wasmesh_proxy::set_filter_state(AUTHN_EVALUATED, b"1");
-            inc(s.metrics.cors_bypassed, 1);
+            s.pending.cors_bypassed += 1;
             Step::Continue
         }
         Outcome::Allow(allowed) => {
@@ -177,24 +225,29 @@ fn process(shared: &SharedRc, context_id: u32, since_ms: Option<u64>) -> Step {
                     }
                 }
             }
-            if let Some(id) = &allowed.identity {
-                if !wasmesh_proxy::set_filter_state(AUTHN_IDENTITY, id) {
-                    // The identity cannot be handed over: refuse rather than let authz see
-                    // an anonymous request that presented a valid token.
-                    wasmesh_proxy::log_error("wasmesh authn: cannot write the identity to filter state");
-                    return Step::Respond(internal_denial());
+            match &allowed.identity {
+                Some(id) => {
+                    if !wasmesh_proxy::set_filter_state(AUTHN_IDENTITY, id) {
+                        // The identity cannot be handed over: refuse rather than let authz see
+                        // an anonymous request that presented a valid token.
+                        wasmesh_proxy::log_error("wasmesh authn: cannot write the identity to filter state");
+                        return Step::Respond(internal_denial());
+                    }
+                }
+                // An identity implies evaluation; without one, tell authz the request was
+                // evaluated and carried no (valid) token.
+                None => {
+                    wasmesh_proxy::set_filter_state(AUTHN_EVALUATED, b"1");
                 }
             }
-            wasmesh_proxy::set_filter_state(AUTHN_EVALUATED, b"1");
             if allowed.clear_route_cache {
                 wasmesh_proxy::clear_route_cache();
             }
-            inc(s.metrics.allowed, 1);
+            s.pending.allowed += 1;
             Step::Continue
         }
         Outcome::Deny(d) => {
-            wasmesh_proxy::set_filter_state(AUTHN_EVALUATED, b"1");
-            inc(s.metrics.denied, 1);
+            s.pending.denied += 1;
             Step::Respond(d)
         }
         Outcome::Wait(waits) => {
@@ -204,7 +257,7 @@ fn process(shared: &SharedRc, context_id: u32, since_ms: Option<u64>) -> Step {
                 }
             }
             if since_ms.is_none() {
-                inc(s.metrics.paused, 1);
+                s.pending.paused += 1;
             }
             s.waiting.push(Waiter { context_id, since_ms: since_ms.unwrap_or(now) });
             // Wake the root context soon: it starts the fetch.
@@ -333,7 +386,7 @@ impl AuthnRoot {
                 };
                 wasmesh_proxy::log_warn("wasmesh authn: request waited too long for JWKS keys; refusing it");
                 if let Ok(mut s) = self.shared.try_borrow_mut() {
-                    inc(s.metrics.denied, 1);
+                    s.pending.denied += 1;
                     s.refused.push(w.context_id);
                 }
                 respond(&denial.unwrap_or_else(internal_denial));
@@ -419,6 +472,10 @@ impl RootContext for AuthnRoot {
             };
             wasmesh_proxy::log_info(&format!("wasmesh authn: {}: issuer {:?}, {keys}", p.source, p.issuer));
         }
+        let mut engine = engine;
+        if let Some(secret) = shared_secret() {
+            engine.set_cache_secret(&secret);
+        }
         let remote = engine.has_remote_jwks();
         match self.shared.try_borrow_mut() {
             Ok(mut s) => {
@@ -427,16 +484,23 @@ impl RootContext for AuthnRoot {
             }
             Err(_) => return false,
         }
-        if remote {
-            // The first tick starts the fetches (clusters are not usable during configuration).
-            let _ = hostcalls::set_tick_period(FAST_TICK);
-        }
+        // The first tick starts the fetches (clusters are not usable during configuration);
+        // ticks also flush the counters and refresh the shared cache secret.
+        let _ = hostcalls::set_tick_period(if remote { FAST_TICK } else { SLOW_TICK });
         true
     }
 
     fn on_tick(&mut self) {
         self.dispatch_due();
         self.run_waiters(true);
+        let secret = shared_secret();
+        if let Ok(mut s) = self.shared.try_borrow_mut() {
+            let s = &mut *s;
+            s.pending.flush(&s.metrics);
+            if let (Some(secret), Some(engine)) = (secret, s.engine.as_mut()) {
+                engine.set_cache_secret(&secret);
+            }
+        }
         let busy = self.shared.try_borrow().map(|s| !s.waiting.is_empty()).unwrap_or(false);
         let _ = hostcalls::set_tick_period(if busy { FAST_TICK } else { SLOW_TICK });
     }

@@ -3,8 +3,10 @@
 //! proxy-wasm shared data, which is process-wide).
 //!
 //! Bounded: a fixed number of slots (direct-mapped; a new token evicts whatever held its slot).
-//! Keyed by a 128-bit BLAKE2b hash of the token, salted with the configuration fingerprint; the
-//! token itself is never stored. A hit is used only when the hash matches, the same provider
+//! Keyed by a 128-bit SipHash-1-3 of the token under a secret random key shared by the VMs
+//! (in shared data) mixed with the configuration fingerprint; the token itself is never stored.
+//! Without the key nobody can aim a token at another token's entry, and a hit can only ever
+//! return what the entry's own (verified) token would have produced. A hit is used only when the hash matches, the same provider
 //! verified it, the key that verified it is still served, and the token is within `exp`/`nbf`.
 //! Everything a hit produces (identity, headers) comes from the entry, never from the presented
 //! token.
@@ -51,12 +53,60 @@ pub const NO_EXP_MAX_AGE_SECS: u64 = 300;
 
 const MAGIC: &[u8; 4] = b"WAC1";
 
-/// 128-bit hash of a token under a configuration salt.
-pub fn token_hash(salt: &[u8; 16], token: &str) -> [u8; 16] {
-    let h = blake2b_simd::Params::new().hash_length(16).key(salt).hash(token.as_bytes());
-    let mut out = [0u8; 16];
-    out.copy_from_slice(h.as_bytes());
-    out
+/// 128-bit keyed hash of a token (`key`: the shared secret mixed with the configuration salt).
+pub fn token_hash(key: &[u8; 16], token: &str) -> [u8; 16] {
+    use siphasher::sip128::{Hasher128, SipHasher13};
+    use std::hash::Hasher;
+    let mut h = SipHasher13::new_with_key(key);
+    h.write(token.as_bytes());
+    let out = h.finish128();
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&out.h1.to_le_bytes());
+    b[8..].copy_from_slice(&out.h2.to_le_bytes());
+    b
+}
+
+/// Mixes the VMs' shared secret with the configuration salt.
+pub fn hash_key(secret: &[u8; 16], salt: &[u8; 16]) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    for i in 0..16 {
+        k[i] = secret[i] ^ salt[i];
+    }
+    k
+}
+
+/// A small per-VM cache of decoded entries in front of the shared one (no hostcall, no decode
+/// on a hit). Bounded; oldest inserted evicted first.
+#[derive(Default)]
+pub struct L1 {
+    map: std::collections::HashMap<[u8; 16], std::rc::Rc<Entry>>,
+    order: std::collections::VecDeque<[u8; 16]>,
+}
+
+/// Entries kept per VM.
+pub const L1_CAPACITY: usize = 256;
+
+impl L1 {
+    pub fn get(&self, hash: &[u8; 16]) -> Option<std::rc::Rc<Entry>> {
+        self.map.get(hash).cloned()
+    }
+    pub fn insert(&mut self, entry: std::rc::Rc<Entry>) {
+        let hash = entry.hash;
+        if self.map.insert(hash, entry).is_none() {
+            self.order.push_back(hash);
+            while self.order.len() > L1_CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
 }
 
 /// The shared-data key of the slot a token hash maps to.
@@ -254,6 +304,19 @@ mod tests {
         }
         assert_eq!(keys.len(), 16);
         assert!(!slot_key(&[0; 16], &a, 16).contains("t1"));
+    }
+
+    #[test]
+    fn l1_is_bounded() {
+        let mut l1 = L1::default();
+        for i in 0..(L1_CAPACITY + 10) {
+            let mut e = entry();
+            e.hash = token_hash(&[0; 16], &format!("t{i}"));
+            l1.insert(std::rc::Rc::new(e));
+        }
+        assert_eq!(l1.len(), L1_CAPACITY);
+        assert!(l1.get(&token_hash(&[0; 16], "t0")).is_none(), "oldest evicted");
+        assert!(l1.get(&token_hash(&[0; 16], &format!("t{}", L1_CAPACITY + 9))).is_some());
     }
 
     #[test]

@@ -314,7 +314,7 @@ impl AuthnConfig {
             source: source.to_string(),
             issuer: rule.issuer.clone(),
             audiences: rule.audiences.iter().map(|a| sanitize_audience(a).to_string()).collect(),
-            locations,
+            locations: crate::extract::canonical_order(&locations),
             forward: rule.forward_original_token,
             forward_payload_header: rule.output_payload_to_header.as_ref().filter(|h| !h.is_empty()).map(|h| h.to_ascii_lowercase()),
             claim_to_headers: rule

@@ -10,20 +10,21 @@ pub enum Location {
     Cookie(String),
 }
 
-/// A token found in a request, and where.
+/// A token found in a request (borrowed from the request values), and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub token: String,
+pub struct Found<'g> {
+    pub token: &'g str,
     /// The header it came from (the header is removed after success unless
     /// `forwardOriginalToken`); `None` for query parameters and cookies, which Envoy never strips.
-    pub header: Option<String>,
+    pub header: Option<&'g str>,
 }
 
 /// The request values extraction reads, gathered once per request.
 #[derive(Debug, Default, Clone)]
 pub struct Gathered {
-    /// `(header name, first value)` for every header a location names.
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// `(header name, first value)` for every header a location names (invalid UTF-8 replaced,
+    /// which can never verify).
+    pub headers: Vec<(String, Option<String>)>,
     /// Decoded query parameters (first occurrence of a name wins, as Envoy's map keeps it).
     pub params: Vec<(String, String)>,
     /// Cookies (first occurrence of a name wins).
@@ -31,8 +32,13 @@ pub struct Gathered {
 }
 
 impl Gathered {
-    fn header(&self, name: &str) -> Option<&[u8]> {
+    fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
+    }
+
+    /// Text of a header value as read from the request.
+    pub fn text(value: Vec<u8>) -> String {
+        String::from_utf8(value).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 
@@ -44,68 +50,71 @@ fn is_jwt_char(c: u8) -> bool {
 /// Envoy's `extractJWT` as Envoy 1.40 behaves (checked against the real binary): from `after`,
 /// skip characters that cannot start a JWT (base64url or `.`) and take the rest of the value;
 /// if nothing JWT-like follows the prefix, the whole header value.
-fn extract_after(value: &[u8], after: usize) -> &[u8] {
+fn extract_after(value: &str, after: usize) -> &str {
     let rest = value.get(after..).unwrap_or_default();
-    match rest.iter().position(|&c| is_jwt_char(c)) {
+    match rest.bytes().position(is_jwt_char) {
         Some(start) => &rest[start..],
         None => value,
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return Some(0);
-    }
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Tokens for one provider's locations, in Envoy's order: header locations sorted by
-/// `name + prefix`, then query parameters sorted by name, then cookies sorted by name. Envoy
-/// verifies them from the last to the first; every one must be valid.
-pub fn extract(locations: &[Location], req: &Gathered, sanitized: &[String]) -> Vec<Found> {
-    let mut headers: Vec<(&str, &str)> = Vec::new();
-    let mut params: Vec<&str> = Vec::new();
-    let mut cookies: Vec<&str> = Vec::new();
+/// Puts locations in Envoy's extraction order (done once, when the configuration is compiled):
+/// header locations sorted by `name + prefix`, then query parameters sorted by name, then
+/// cookies sorted by name, duplicates removed.
+pub fn canonical_order(locations: &[Location]) -> Vec<Location> {
+    let mut headers: Vec<(String, &Location)> = Vec::new();
+    let mut params: Vec<&Location> = Vec::new();
+    let mut cookies: Vec<&Location> = Vec::new();
     for loc in locations {
         match loc {
-            Location::Header { name, prefix } => headers.push((name, prefix)),
-            Location::Param(p) => params.push(p),
-            Location::Cookie(c) => cookies.push(c),
+            Location::Header { name, prefix } => headers.push((format!("{name}{prefix}"), loc)),
+            Location::Param(_) => params.push(loc),
+            Location::Cookie(_) => cookies.push(loc),
         }
     }
-    headers.sort_by_key(|(name, prefix)| format!("{name}{prefix}"));
-    headers.dedup();
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
+    headers.dedup_by(|a, b| a.1 == b.1);
     params.sort();
     params.dedup();
     cookies.sort();
     cookies.dedup();
+    headers.into_iter().map(|(_, l)| l).chain(params).chain(cookies).cloned().collect()
+}
 
+/// Tokens at one provider's locations (given in [`canonical_order`]). Envoy verifies them from
+/// the last found to the first; every one must be valid.
+pub fn extract<'g>(locations: &'g [Location], req: &'g Gathered, sanitized: &[String]) -> Vec<Found<'g>> {
     let mut out = Vec::new();
-    for (name, prefix) in headers {
-        // Headers the filter is about to write (outputPayloadToHeader, outputClaimToHeaders) are
-        // removed from the request first, so they are never a token source.
-        if sanitized.iter().any(|s| s == name) {
-            continue;
-        }
-        let Some(value) = req.header(name) else { continue };
-        let token = if prefix.is_empty() {
-            value
-        } else {
-            match find(value, prefix.as_bytes()) {
-                None => continue,
-                Some(pos) => extract_after(value, pos + prefix.len()),
+    for loc in locations {
+        match loc {
+            Location::Header { name, prefix } => {
+                // Headers the filter is about to write (outputPayloadToHeader,
+                // outputClaimToHeaders) are removed from the request first, so they are never a
+                // token source.
+                if sanitized.iter().any(|s| s == name) {
+                    continue;
+                }
+                let Some(value) = req.header(name) else { continue };
+                let token = if prefix.is_empty() {
+                    value
+                } else {
+                    match value.find(prefix.as_str()) {
+                        None => continue,
+                        Some(pos) => extract_after(value, pos + prefix.len()),
+                    }
+                };
+                out.push(Found { token, header: Some(name.as_str()) });
             }
-        };
-        out.push(Found { token: String::from_utf8_lossy(token).into_owned(), header: Some(name.to_string()) });
-    }
-    for p in params {
-        if let Some((_, v)) = req.params.iter().find(|(k, _)| k == p) {
-            out.push(Found { token: v.clone(), header: None });
-        }
-    }
-    for c in cookies {
-        if let Some((_, v)) = req.cookies.iter().find(|(k, _)| k == c) {
-            out.push(Found { token: v.clone(), header: None });
+            Location::Param(p) => {
+                if let Some((_, v)) = req.params.iter().find(|(k, _)| k == p) {
+                    out.push(Found { token: v.as_str(), header: None });
+                }
+            }
+            Location::Cookie(c) => {
+                if let Some((_, v)) = req.cookies.iter().find(|(k, _)| k == c) {
+                    out.push(Found { token: v.as_str(), header: None });
+                }
+            }
         }
     }
     out
@@ -196,7 +205,7 @@ mod tests {
 
     fn gathered(headers: &[(&str, &str)], path: &str, cookie: Option<&str>) -> Gathered {
         Gathered {
-            headers: headers.iter().map(|(n, v)| (n.to_string(), Some(v.as_bytes().to_vec()))).collect(),
+            headers: headers.iter().map(|(n, v)| (n.to_string(), Some(v.to_string()))).collect(),
             params: parse_query(query_of(path.as_bytes()), 100),
             cookies: cookie.map(|c| parse_cookies(c.as_bytes(), 100)).unwrap_or_default(),
         }
@@ -212,12 +221,13 @@ mod tests {
     #[test]
     fn default_locations_bearer_then_access_token() {
         let g = gathered(&[("authorization", "Bearer aaa.bbb.ccc")], "/p?access_token=x.y.z&b=1", None);
-        let found = extract(&bearer(), &g, &[]);
+        let locs = bearer();
+        let found = extract(&locs, &g, &[]);
         assert_eq!(
             found,
             vec![
-                Found { token: "aaa.bbb.ccc".into(), header: Some("authorization".into()) },
-                Found { token: "x.y.z".into(), header: None }
+                Found { token: "aaa.bbb.ccc", header: Some("authorization") },
+                Found { token: "x.y.z", header: None }
             ]
         );
     }
@@ -281,7 +291,8 @@ mod tests {
             Location::Header { name: "x-a".into(), prefix: String::new() },
         ];
         let g = gathered(&[("x-a", "A"), ("x-b", "B")], "/?p=P", Some("c=C"));
-        let got: Vec<String> = extract(&locs, &g, &[]).into_iter().map(|f| f.token).collect();
+        let locs = canonical_order(&locs);
+        let got: Vec<&str> = extract(&locs, &g, &[]).into_iter().map(|f| f.token).collect();
         assert_eq!(got, vec!["A", "B", "P", "C"]);
     }
 
@@ -291,7 +302,7 @@ mod tests {
             let _ = parse_query(s.as_bytes(), 10);
             let _ = parse_cookies(s.as_bytes(), 10);
         }
-        assert_eq!(extract_after(b"Bearer ", 7), b"Bearer ");
-        assert_eq!(extract_after(b"x", 10), b"x");
+        assert_eq!(extract_after("Bearer ", 7), "Bearer ");
+        assert_eq!(extract_after("x", 10), "x");
     }
 }

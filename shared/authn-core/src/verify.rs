@@ -2,7 +2,9 @@
 //! requirement, each provider's check in Envoy's order (`authenticator.cc`: parse, issuer, time,
 //! audience, key, signature), the status Envoy answers, and what a success writes.
 
-use crate::cache::{slot_key, token_hash, Entry, TokenCache, MAX_ENTRY_BYTES};
+use crate::cache::{hash_key, slot_key, token_hash, Entry, TokenCache, L1, MAX_ENTRY_BYTES};
+use std::cell::RefCell;
+use std::rc::Rc;
 use crate::config::{sanitize_audience, JwksSource};
 use crate::extract::{extract, parse_cookies, parse_query, query_of, Found, Gathered, Location};
 use crate::identity::{claim_header_value, identity};
@@ -59,6 +61,7 @@ pub enum Requirement {
 pub struct Options {
     pub max_token_bytes: usize,
     pub cache_slots: u32,
+    /// Configuration fingerprint: cache entries of another configuration are never used.
     pub cache_salt: [u8; 16],
     /// Gateways: ask Envoy to recompute the route after success (Istio `clear_route_cache`).
     pub clear_route_cache: bool,
@@ -133,6 +136,10 @@ pub struct Authn {
     token_headers: Vec<String>,
     needs_query: bool,
     needs_cookies: bool,
+    /// Key of the token hash: the VMs' shared secret mixed with the configuration salt.
+    hash_key: [u8; 16],
+    /// Per-VM decoded entries in front of the shared cache.
+    l1: RefCell<L1>,
 }
 
 enum R {
@@ -141,22 +148,19 @@ enum R {
     Wait,
 }
 
-struct Success {
+struct Success<'g> {
     provider: usize,
-    header: Option<String>,
-    identity: Vec<u8>,
-    claim_headers: Vec<(String, String)>,
-    payload_b64: Option<String>,
+    header: Option<&'g str>,
+    entry: Rc<Entry>,
 }
 
-struct Ctx<'c> {
-    gathered: Gathered,
+struct Ctx<'g, 'c> {
     now: u64,
     now_ms: u64,
     cache: &'c mut dyn TokenCache,
-    parsed: Vec<(String, Result<Jwt, Status>)>,
-    looked_up: Vec<(String, [u8; 16], Option<Entry>)>,
-    successes: Vec<Success>,
+    parsed: Vec<(&'g str, Result<Jwt, Status>)>,
+    looked_up: Vec<(&'g str, [u8; 16], Option<Rc<Entry>>)>,
+    successes: Vec<Success<'g>>,
     waits: Vec<WaitFor>,
     stats: &'c mut EvalStats,
 }
@@ -187,7 +191,23 @@ impl Authn {
         token_headers.sort();
         token_headers.dedup();
         token_headers.retain(|h| !sanitized.contains(h));
-        Authn { providers, requirement, opts, sanitized, token_headers, needs_query, needs_cookies }
+        let hash_key = opts.cache_salt;
+        Authn { providers, requirement, opts, sanitized, token_headers, needs_query, needs_cookies, hash_key, l1: RefCell::new(L1::default()) }
+    }
+
+    /// Sets the secret all VMs of the process share (kept in proxy-wasm shared data), so they
+    /// hash tokens alike and use each other's cache entries.
+    pub fn set_cache_secret(&mut self, secret: &[u8; 16]) {
+        let key = hash_key(secret, &self.opts.cache_salt);
+        if key != self.hash_key {
+            self.hash_key = key;
+            self.l1 = RefCell::new(L1::default());
+        }
+    }
+
+    /// Entries in this VM's L1 cache.
+    pub fn l1_len(&self) -> usize {
+        self.l1.try_borrow().map(|l| l.len()).unwrap_or(0)
     }
 
     pub fn providers(&self) -> &[Provider] {
@@ -262,7 +282,7 @@ impl Authn {
         }
         let mut gathered = Gathered::default();
         for h in &self.token_headers {
-            gathered.headers.push((h.clone(), req.header(h)));
+            gathered.headers.push((h.clone(), req.header(h).map(Gathered::text)));
         }
         let mut path: Option<Vec<u8>> = None;
         if self.needs_query {
@@ -275,8 +295,8 @@ impl Authn {
                 gathered.cookies = parse_cookies(&c, MAX_PARAMS);
             }
         }
+        let gathered = gathered;
         let mut ctx = Ctx {
-            gathered,
             now: now_ms / 1000,
             now_ms,
             cache,
@@ -286,20 +306,20 @@ impl Authn {
             waits: Vec::new(),
             stats,
         };
-        match self.eval(&self.requirement, &mut ctx) {
+        match self.eval(&self.requirement, &gathered, &mut ctx) {
             R::Ok => {
                 let mut mutations: Vec<Mutation> = self.sanitized.iter().map(|h| Mutation::Remove(h.clone())).collect();
                 for s in &ctx.successes {
                     let Some(p) = self.providers.get(s.provider) else { continue };
-                    if let (Some(h), Some(payload)) = (&p.forward_payload_header, &s.payload_b64) {
+                    if let (Some(h), Some(payload)) = (&p.forward_payload_header, &s.entry.payload_b64) {
                         mutations.push(Mutation::Add(h.clone(), payload.as_bytes().to_vec()));
                     }
-                    for (h, v) in &s.claim_headers {
+                    for (h, v) in &s.entry.claim_headers {
                         mutations.push(Mutation::Add(h.clone(), v.as_bytes().to_vec()));
                     }
                     if !p.forward {
-                        if let Some(h) = &s.header {
-                            let m = Mutation::Remove(h.clone());
+                        if let Some(h) = s.header {
+                            let m = Mutation::Remove(h.to_string());
                             if !mutations.contains(&m) {
                                 mutations.push(m);
                             }
@@ -308,7 +328,7 @@ impl Authn {
                 }
                 let verified = !ctx.successes.is_empty();
                 Outcome::Allow(Allowed {
-                    identity: ctx.successes.pop().map(|s| s.identity),
+                    identity: ctx.successes.pop().map(|s| s.entry.identity.clone()),
                     mutations,
                     clear_route_cache: verified && self.opts.clear_route_cache,
                 })
@@ -349,15 +369,15 @@ impl Authn {
         Denied { status, code: status.http_status(), body: status.message(), www_authenticate: value }
     }
 
-    fn eval(&self, r: &Requirement, ctx: &mut Ctx<'_>) -> R {
+    fn eval<'g>(&'g self, r: &Requirement, g: &'g Gathered, ctx: &mut Ctx<'g, '_>) -> R {
         match r {
             Requirement::AllowAll => R::Ok,
-            Requirement::Provider(i) => self.eval_provider(*i, ctx),
+            Requirement::Provider(i) => self.eval_provider(*i, g, ctx),
             Requirement::Any { children, allow_missing } => {
                 let mut statuses = Vec::with_capacity(children.len());
                 let mut waiting = false;
                 for child in children {
-                    match self.eval(child, ctx) {
+                    match self.eval(child, g, ctx) {
                         R::Ok => return R::Ok,
                         R::Wait => waiting = true,
                         R::Err(s) => statuses.push(s),
@@ -382,7 +402,7 @@ impl Authn {
             Requirement::All(children) => {
                 let mut waiting = false;
                 for child in children {
-                    match self.eval(child, ctx) {
+                    match self.eval(child, g, ctx) {
                         R::Ok => {}
                         R::Wait => waiting = true,
                         R::Err(s) => return R::Err(s),
@@ -399,9 +419,9 @@ impl Authn {
 
     /// One provider: every token found at its locations must verify (Envoy processes them from
     /// the last found to the first and stops at the first failure).
-    fn eval_provider(&self, index: usize, ctx: &mut Ctx<'_>) -> R {
+    fn eval_provider<'g>(&'g self, index: usize, g: &'g Gathered, ctx: &mut Ctx<'g, '_>) -> R {
         let Some(p) = self.providers.get(index) else { return R::Err(Status::JwtUnknownIssuer) };
-        let found = extract(&p.locations, &ctx.gathered, &self.sanitized);
+        let found = extract(&p.locations, g, &self.sanitized);
         if found.is_empty() {
             return R::Err(Status::JwtMissed);
         }
@@ -414,25 +434,33 @@ impl Authn {
         R::Ok
     }
 
-    fn lookup(&self, token: &str, ctx: &mut Ctx<'_>) -> Option<([u8; 16], Option<Entry>)> {
+    /// The cached verification of a token, if any: this VM's L1, then the shared cache.
+    fn lookup<'g>(&self, token: &'g str, ctx: &mut Ctx<'g, '_>) -> Option<([u8; 16], Option<Rc<Entry>>)> {
         if self.opts.cache_slots == 0 {
             return None;
         }
-        if let Some((_, h, e)) = ctx.looked_up.iter().find(|(t, _, _)| t == token) {
+        if let Some((_, h, e)) = ctx.looked_up.iter().find(|(t, _, _)| *t == token) {
             return Some((*h, e.clone()));
         }
-        let hash = token_hash(&self.opts.cache_salt, token);
-        let entry = ctx
-            .cache
-            .get(&slot_key(&self.opts.cache_salt, &hash, self.opts.cache_slots))
-            .and_then(|b| Entry::decode(&b))
-            .filter(|e| e.hash == hash);
-        ctx.looked_up.push((token.to_string(), hash, entry.clone()));
+        let hash = token_hash(&self.hash_key, token);
+        let mut entry = self.l1.try_borrow().ok().and_then(|l1| l1.get(&hash));
+        if entry.is_none() {
+            entry = ctx
+                .cache
+                .get(&slot_key(&self.opts.cache_salt, &hash, self.opts.cache_slots))
+                .and_then(|b| Entry::decode(&b))
+                .filter(|e| e.hash == hash)
+                .map(Rc::new);
+            if let (Some(e), Ok(mut l1)) = (&entry, self.l1.try_borrow_mut()) {
+                l1.insert(e.clone());
+            }
+        }
+        ctx.looked_up.push((token, hash, entry.clone()));
         Some((hash, entry))
     }
 
-    fn verify_one(&self, p: &Provider, found: &Found, ctx: &mut Ctx<'_>) -> R {
-        let token = found.token.as_str();
+    fn verify_one<'g>(&'g self, p: &Provider, found: &Found<'g>, ctx: &mut Ctx<'g, '_>) -> R {
+        let token: &'g str = found.token;
         if token.len() > self.opts.max_token_bytes {
             return R::Err(Status::JwtTooLarge);
         }
@@ -451,21 +479,15 @@ impl Authn {
                     return R::Err(Status::JwtAudienceNotAllowed);
                 }
                 ctx.stats.cache_hits += 1;
-                ctx.successes.push(Success {
-                    provider: p.index,
-                    header: found.header.clone(),
-                    identity: e.identity.clone(),
-                    claim_headers: e.claim_headers.clone(),
-                    payload_b64: e.payload_b64.clone(),
-                });
+                ctx.successes.push(Success { provider: p.index, header: found.header, entry: e.clone() });
                 return R::Ok;
             }
         }
-        if !ctx.parsed.iter().any(|(t, _)| t == token) {
+        if !ctx.parsed.iter().any(|(t, _)| *t == token) {
             let parsed = parse(token, self.opts.max_token_bytes);
-            ctx.parsed.push((token.to_string(), parsed));
+            ctx.parsed.push((token, parsed));
         }
-        let Some((_, parsed)) = ctx.parsed.iter().find(|(t, _)| t == token) else { return R::Err(Status::JwtBadFormat) };
+        let Some((_, parsed)) = ctx.parsed.iter().find(|(t, _)| *t == token) else { return R::Err(Status::JwtBadFormat) };
         let jwt = match parsed {
             Ok(j) => j,
             Err(s) => return R::Err(*s),
@@ -513,26 +535,29 @@ impl Authn {
             .filter_map(|(h, c)| claim_header_value(&jwt.payload, c).map(|v| (h.clone(), v)))
             .collect();
         let payload_b64 = p.forward_payload_header.as_ref().map(|_| jwt.payload_b64.clone());
+        let entry = Rc::new(Entry {
+            hash: looked.as_ref().map(|(h, _)| *h).unwrap_or_default(),
+            provider: p.index as u32,
+            key_fp: fp,
+            iss: jwt.iss.clone(),
+            nbf: jwt.nbf,
+            exp: jwt.exp,
+            verified_at: ctx.now,
+            audiences: jwt.audiences.clone(),
+            identity: encoded,
+            claim_headers,
+            payload_b64,
+        });
         if let Some((hash, _)) = looked {
-            let entry = Entry {
-                hash,
-                provider: p.index as u32,
-                key_fp: fp,
-                iss: jwt.iss.clone(),
-                nbf: jwt.nbf,
-                exp: jwt.exp,
-                verified_at: ctx.now,
-                audiences: jwt.audiences.clone(),
-                identity: encoded.clone(),
-                claim_headers: claim_headers.clone(),
-                payload_b64: payload_b64.clone(),
-            };
             let bytes = entry.encode();
             if bytes.len() <= MAX_ENTRY_BYTES {
                 ctx.cache.put(&slot_key(&self.opts.cache_salt, &hash, self.opts.cache_slots), &bytes);
+                if let Ok(mut l1) = self.l1.try_borrow_mut() {
+                    l1.insert(entry.clone());
+                }
             }
         }
-        ctx.successes.push(Success { provider: p.index, header: found.header.clone(), identity: encoded, claim_headers, payload_b64 });
+        ctx.successes.push(Success { provider: p.index, header: found.header, entry });
         R::Ok
     }
 }
