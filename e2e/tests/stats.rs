@@ -89,8 +89,7 @@ fn bookinfo_metrics_scraped_by_prometheus() {
     prom.wait_for(r#"sum(istio_requests_total{reporter="source", source_workload="productpage-v1", destination_workload="reviews-v2", destination_version="v2", destination_canonical_revision="v2", destination_service="reviews.default.svc.cluster.local", destination_service_namespace="default", response_code="200"})"#, 6.0, WAIT);
     // The gateway reports as a client, with no Host-header fallback for destination_service.
     prom.wait_for(r#"sum(istio_requests_total{reporter="source", source_workload="istio-ingressgateway", source_workload_namespace="istio-system", destination_workload="productpage-v1", destination_service="productpage.default.svc.cluster.local", request_protocol="http"})"#, 10.0, WAIT);
-    // (Istio's own router would add response_flags="NR"; the wasm router's local reply has no flag.)
-    prom.wait_for(r#"sum(istio_requests_total{reporter="source", source_workload="istio-ingressgateway", response_code="404", destination_service="unknown", destination_workload="unknown"})"#, 1.0, WAIT);
+    prom.wait_for(r#"sum(istio_requests_total{reporter="source", source_workload="istio-ingressgateway", response_code="404", destination_service="unknown", destination_workload="unknown", response_flags="NR"})"#, 1.0, WAIT);
     // Plain text between sidecars: Istio's `none` on the server, `unknown` on the client.
     assert_eq!(prom.query(r#"istio_requests_total{reporter="destination", connection_security_policy!="none"}"#).unwrap().len(), 0);
     prom.wait_for(r#"sum(istio_requests_total{reporter="destination", destination_workload="details-v1", connection_security_policy="none", source_principal="unknown", grpc_response_status=""})"#, 10.0, WAIT);
@@ -135,6 +134,16 @@ spec:
   ports: [{number: 9080, name: http, protocol: HTTP}]
   resolution: STATIC
   endpoints: [{address: 127.0.0.1, ports: {http: 19999}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [ext.example.com]
+  location: MESH_EXTERNAL
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, ports: {http: 19998}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -198,6 +207,14 @@ fn telemetry_overrides_flags_and_unknown_peers() {
         let r = get(out, "echo:9080", "/get", &[("end-user", "alice")]);
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    // A service outside the mesh: no workload metadata is sent to it.
+    let _ext = App::new("ext", "v1").start_on(mesh.mapped_port(19998)).unwrap();
+    let r = get(out, "ext.example.com", "/get", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json()["headers"].as_object().cloned().unwrap();
+    assert!(!seen.contains_key("x-envoy-peer-metadata") && !seen.contains_key("x-envoy-peer-metadata-id"), "sent outside the mesh: {seen:?}");
+    // No route: the wasm router's 404 is reported as Envoy reports it, NR.
+    assert_eq!(get(out, "nowhere.example.com", "/", &[]).status, 404);
     // The dead service: connection refused, Istio's default retries, 503 with UF,URX.
     let r = get(out, "dead:9080", "/", &[]);
     assert_eq!(r.status, 503, "{}", r.text());
@@ -223,6 +240,8 @@ fn telemetry_overrides_flags_and_unknown_peers() {
     }
     // An absent header evaluates to Istio's `unknown`.
     prom.wait_for(r#"sum(istio_requests_total{reporter="destination", source_workload="unknown", user="unknown", source_principal="unknown", source_app="overridden"})"#, 2.0, WAIT);
+    prom.wait_for(r#"sum(istio_requests_total{reporter="source", destination_service="ext.example.com", destination_service_name="ext", destination_workload="unknown", response_code="200"})"#, 1.0, WAIT);
+    prom.wait_for(r#"sum(istio_requests_total{reporter="source", response_code="404", response_flags="NR", destination_service="nowhere.example.com"})"#, 1.0, WAIT);
     // The response flags of the refused connection.
     prom.wait_for(r#"sum(istio_requests_total{reporter="source", destination_service="dead.default.svc.cluster.local", response_code="503", response_flags="UF,URX", destination_workload="unknown", destination_canonical_revision="latest"})"#, 1.0, WAIT);
     // REQUEST_SIZE is off on echo's server side only; the other histograms are on.

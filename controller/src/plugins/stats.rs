@@ -55,6 +55,7 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
     workload.mode = if direction == StatsDirection::Gateway { ProxyMode::Gateway } else { ProxyMode::Sidecar };
     let telemetries: Vec<_> = ctx.resources.of_kind(Kind::Telemetry).cloned().collect();
     let services = if direction == StatsDirection::Inbound { workload_services(ctx.resources, &workload) } else { Vec::new() };
+    let external_hosts = if direction == StatsDirection::Inbound { Vec::new() } else { external_hosts(ctx.resources, &workload) };
     let cfg = StatsConfig {
         workload,
         direction,
@@ -63,6 +64,7 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
         services,
         max_label_sets: wasmesh_stats::DEFAULT_MAX_LABEL_SETS,
         metadata_exchange: true,
+        external_hosts,
     };
     cfg.compile(&Resources { items: telemetries }).map_err(|e| e.0)?;
     serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("stats config: {e}"))])
@@ -89,6 +91,19 @@ pub fn workload_services(resources: &Resources, workload: &Workload) -> Vec<Serv
             });
         }
     }
+    out
+}
+
+/// Hosts of `MESH_EXTERNAL` ServiceEntries: no metadata exchange with them (Istio's
+/// `skip_external_clusters`), so a workload's identity and labels do not leave the mesh.
+pub fn external_hosts(resources: &Resources, workload: &Workload) -> Vec<String> {
+    let mut out: Vec<String> = resources
+        .service_entries()
+        .filter(|(_, se)| se.location.as_deref() == Some("MESH_EXTERNAL"))
+        .flat_map(|(res, se)| se.hosts.iter().map(move |h| workload.fqdn(h, res.namespace())))
+        .collect();
+    out.sort();
+    out.dedup();
     out
 }
 
@@ -199,6 +214,32 @@ spec:
         let errs = contribute(&ctx).unwrap_err();
         assert!(errs[0].to_string().contains("Telemetry default/bad: spec.metrics[0].overrides[0].tagOverrides.x.value"), "{}", errs[0]);
         assert_eq!(validate(&res).len(), 1);
+    }
+
+    #[test]
+    fn external_hosts_of_the_mesh() {
+        let res = resources(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [httpbin.org, "*.googleapis.com"]
+  location: MESH_EXTERNAL
+  ports: [{number: 80, name: http}]
+  resolution: DNS
+"#,
+        );
+        let mut all = resources(MESH);
+        all.items.extend(res.items);
+        let mesh = MeshConfig::default();
+        let wl = reviews();
+        assert_eq!(external_hosts(&all, &wl), vec!["*.googleapis.com", "httpbin.org"]);
+        let ctx = |direction| ListenerContext { workload: &wl, resources: &all, direction, bind_port: 1, mesh: &mesh };
+        let out = contribute(&ctx(Direction::Outbound)).unwrap();
+        assert_eq!(out.http_filters[0].config["externalHosts"][1], "httpbin.org");
+        let inb = contribute(&ctx(Direction::Inbound)).unwrap();
+        assert!(inb.http_filters[0].config.get("externalHosts").is_none());
     }
 
     #[test]

@@ -114,6 +114,7 @@ impl RootContext for StatsRoot {
             peer: None,
             request_had_mx: false,
             request_seen: false,
+            external: false,
             grpc: false,
             request_frames: GrpcFrameCounter::default(),
             response_frames: GrpcFrameCounter::default(),
@@ -212,6 +213,8 @@ struct StatsHttp {
     /// The request carried metadata-exchange headers (inbound answers only then, as Istio).
     request_had_mx: bool,
     request_seen: bool,
+    /// Outbound to a host outside the mesh: no metadata exchange.
+    external: bool,
     grpc: bool,
     request_frames: GrpcFrameCounter,
     response_frames: GrpcFrameCounter,
@@ -247,7 +250,13 @@ impl StatsHttp {
         if let Some(ct) = wasmesh_proxy::request_header("content-type") {
             self.grpc = is_grpc_content_type(&ct);
         }
-        if self.shared.stats.metadata_exchange {
+        let s = &self.shared.stats;
+        if s.metadata_exchange && s.has_external_hosts() {
+            // No workload metadata for services outside the mesh, and none trusted from them.
+            let authority = wasmesh_proxy::request_header(":authority").unwrap_or_default();
+            self.external = s.is_external_authority(&authority);
+        }
+        if self.shared.stats.metadata_exchange && !self.external {
             // Replacing also drops whatever the application (or a client at a gateway) sent.
             let s = &self.shared.stats;
             wasmesh_proxy::set_request_header(HEADER_METADATA, s.header_value.as_bytes());
@@ -302,7 +311,7 @@ impl HttpContext for StatsHttp {
                     wasmesh_proxy::set_response_header(HEADER_METADATA_ID, s.local.node_id.as_bytes());
                 }
             }
-            Direction::Outbound | Direction::Gateway => {
+            Direction::Outbound | Direction::Gateway if !self.external => {
                 let md = response_header_value(HEADER_METADATA);
                 let id = response_header_value(HEADER_METADATA_ID);
                 if md.is_some() || id.is_some() {
@@ -317,6 +326,7 @@ impl HttpContext for StatsHttp {
                     }
                 }
             }
+            Direction::Outbound | Direction::Gateway => {}
         }
         Action::Continue
     }
@@ -352,13 +362,14 @@ impl HttpContext for StatsHttp {
             String::new()
         };
         let peer = match (&self.peer, stats.direction) {
-            (None, Direction::Outbound | Direction::Gateway) => endpoint_peer(&shared),
+            (None, Direction::Outbound | Direction::Gateway) if !self.external => endpoint_peer(&shared),
             (p, _) => p.clone(),
         };
         let (peer_principal, local_principal) = principals(stats.direction);
         let mut facts = Facts::new(protocol);
         facts.response_code = nonneg(prop_i64(&["response", "code"])).and_then(|c| u32::try_from(c).ok()).unwrap_or(0);
-        facts.response_flags = nonneg(prop_i64(&["response", "flags"])).unwrap_or(0);
+        facts.response_flags =
+            stats.effective_flags(facts.response_code, &cluster, nonneg(prop_i64(&["response", "flags"])).unwrap_or(0));
         if protocol == Protocol::Grpc {
             facts.grpc_status =
                 nonneg(prop_i64(&["response", "grpc_status"])).and_then(|c| u32::try_from(c).ok());

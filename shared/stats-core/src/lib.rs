@@ -71,6 +71,11 @@ pub struct StatsConfig {
     /// Exchange `x-envoy-peer-metadata` headers (HTTP only).
     #[serde(default = "default_true")]
     pub metadata_exchange: bool,
+    /// Hosts outside the mesh (ServiceEntries with `location: MESH_EXTERNAL`; `*.example.com`
+    /// wildcards allowed): requests to them get no exchange headers, and their responses are not
+    /// trusted for peer metadata (Istio's `skip_external_clusters`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_hosts: Vec<String>,
 }
 
 fn default_max_label_sets() -> usize {
@@ -121,6 +126,7 @@ pub struct Stats {
     pub header_value: String,
     pub metadata_exchange: bool,
     pub max_label_sets: usize,
+    external_hosts: Vec<String>,
     host_header_fallback: bool,
     inbound_service: Option<ServiceInfo>,
     plans: Plans,
@@ -151,6 +157,13 @@ impl StatsConfig {
         }
         if self.max_label_sets == 0 {
             errors.push(Error::new("stats configuration: maxLabelSets must be at least 1"));
+        }
+        for (i, h) in self.external_hosts.iter().enumerate() {
+            if h.is_empty() || h.contains('/') || h.chars().skip(1).any(|c| c == '*') {
+                errors.push(Error::new(format!(
+                    "stats configuration: externalHosts[{i}] {h:?} is not a host name (a leading `*.` wildcard is allowed)"
+                )));
+            }
         }
         for (i, s) in self.services.iter().enumerate() {
             if s.host.is_empty() {
@@ -189,6 +202,7 @@ impl StatsConfig {
             local,
             metadata_exchange: self.metadata_exchange,
             max_label_sets: self.max_label_sets,
+            external_hosts: self.external_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             // istio/istio telemetry.go `disableHostHeaderFallback`: inbound and gateways.
             host_header_fallback: self.direction == Direction::Outbound,
             inbound_service,
@@ -268,6 +282,36 @@ impl Stats {
     /// whose services are configured).
     pub fn needs_cluster(&self) -> bool {
         !(self.direction == Direction::Inbound && self.inbound_service.is_some())
+    }
+
+    /// Whether any external host is configured (only then is the authority worth reading).
+    pub fn has_external_hosts(&self) -> bool {
+        !self.external_hosts.is_empty()
+    }
+
+    /// Whether a request's `:authority` names a host outside the mesh (port and case ignored).
+    pub fn is_external_authority(&self, authority: &[u8]) -> bool {
+        let host = match authority.iter().rposition(|c| *c == b':') {
+            // `[::1]:80` and `host:80`, but not a bare IPv6 address.
+            Some(i) if !authority.starts_with(b"[") || authority.get(i.wrapping_sub(1)) == Some(&b']') => &authority[..i],
+            _ => authority,
+        };
+        let Ok(host) = std::str::from_utf8(host) else { return false };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.external_hosts.iter().any(|h| match h.strip_prefix('*') {
+            Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
+            None => *h == host,
+        })
+    }
+
+    /// Response flags as Istio would report them. A 404 that never reached an upstream cluster
+    /// on a client-side listener is the wasm router's "no route": Envoy's own router reports
+    /// that as `NR`, so it is reported the same way.
+    pub fn effective_flags(&self, response_code: u32, cluster_name: &str, flags: u64) -> u64 {
+        if flags == 0 && response_code == 404 && cluster_name.is_empty() && self.direction != Direction::Inbound {
+            return 1 << 8;
+        }
+        flags
     }
 
     /// Whether the `Host` header feeds `destination_service` (outbound sidecars only).

@@ -211,3 +211,26 @@ fn the_fast_path_keys_on_the_peer_and_the_response() {
     assert_eq!(cache.label_sets(), 3);
     assert_eq!(host.defines, 12, "3 label sets × 4 metrics, each defined once");
 }
+
+#[test]
+fn external_hosts_and_no_route_flags() {
+    let stats = compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound",
+        "externalHosts": ["httpbin.org", "*.googleapis.com"]}))
+    .unwrap();
+    assert!(stats.has_external_hosts());
+    for ext in [&b"httpbin.org"[..], b"HTTPBIN.org:443", b"httpbin.org.", b"storage.googleapis.com", b"a.b.googleapis.com:80"] {
+        assert!(stats.is_external_authority(ext), "{}", String::from_utf8_lossy(ext));
+    }
+    for mesh in [&b"reviews:9080"[..], b"googleapis.com", b"nothttpbin.org", b"[::1]:80", b"\xff\xfe"] {
+        assert!(!stats.is_external_authority(mesh), "{}", String::from_utf8_lossy(mesh));
+    }
+    assert_eq!(stats.effective_flags(404, "", 0), 1 << 8);
+    assert_eq!(crate::flags::short_string(stats.effective_flags(404, "", 0)), "NR");
+    assert_eq!(stats.effective_flags(404, "outbound|80||x", 0), 0, "an upstream's own 404");
+    assert_eq!(stats.effective_flags(503, "", 1 << 5), 1 << 5);
+    let inbound = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound"})).unwrap();
+    assert_eq!(inbound.effective_flags(404, "", 0), 0);
+    assert!(!inbound.has_external_hosts());
+    let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound", "externalHosts": ["a/b", "x.*.com", "é*"]})).unwrap_err();
+    assert!(["externalHosts[0]", "externalHosts[1]", "externalHosts[2]"].iter().all(|f| e.to_string().contains(f)), "{e}");
+}
