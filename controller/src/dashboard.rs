@@ -355,8 +355,11 @@ fn url_encode(s: &str) -> String {
         .collect()
 }
 
+/// One series of a PromQL result: its labels and value.
+pub type Series = (BTreeMap<String, String>, f64);
+
 /// One PromQL instant query: (labels, value) per series.
-pub fn prometheus_query(addr: &str, promql: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
+pub fn prometheus_query(addr: &str, promql: &str) -> Result<Vec<Series>, String> {
     let body = http_get(addr, &format!("/api/v1/query?query={}", url_encode(promql)))?;
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("Prometheus answer: {e}"))?;
     if v["status"] != "success" {
@@ -565,6 +568,7 @@ pub fn cmd(args: &[String]) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

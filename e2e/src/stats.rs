@@ -3,6 +3,8 @@
 //! `http2`), a TCP echo server, and hand-written Envoy configurations for what the bootstrap
 //! builder does not generate (TCP proxy listeners, HTTP/2 upstreams).
 
+#![allow(clippy::panic)]
+
 use crate::free_port;
 use crate::paths::{repo_root, TempDir};
 use serde_json::{json, Value};
@@ -29,6 +31,9 @@ pub fn prometheus_bin() -> std::path::PathBuf {
     }
     "prometheus".into()
 }
+
+/// One series of a PromQL result: labels (with `__name__`, `job`, `instance`) and value.
+pub type PromSeries = (serde_json::Map<String, Value>, f64);
 
 /// A real Prometheus on loopback scraping Envoy admin endpoints (`/stats/prometheus`) every
 /// 500 ms, with its data in a temporary directory. Killed when dropped.
@@ -82,7 +87,7 @@ impl Prometheus {
     }
 
     /// Runs an instant PromQL query; returns (labels, value) per series of the vector result.
-    pub fn query(&self, promql: &str) -> Result<Vec<(serde_json::Map<String, Value>, f64)>, String> {
+    pub fn query(&self, promql: &str) -> Result<Vec<PromSeries>, String> {
         let path = format!("/api/v1/query?query={}", url_encode(promql));
         let r = crate::http::request(self.port, "GET", &path, &[], b"").map_err(|e| e.to_string())?;
         let v: Value = serde_json::from_slice(&r.body).map_err(|e| format!("{e}: {}", r.text()))?;

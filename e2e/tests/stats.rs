@@ -1,4 +1,5 @@
 //! Istio's standard metrics from the stats filter in real Envoy, scraped by a real Prometheus.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 use wasmesh_e2e::http::{get, request};

@@ -113,6 +113,7 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::mesh::MeshConfig;
