@@ -95,6 +95,7 @@ pub fn check(resources: &Resources, workload: &Workload, mesh: &MeshConfig, req:
         extension_providers: mesh.extension_providers.clone(),
         stage: Stage::All,
         multiple_custom_providers: false,
+        decision_filter_state: true,
     };
     let authz = cfg.compile(&relevant).map_err(|e| e.0)?;
 

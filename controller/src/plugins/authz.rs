@@ -98,6 +98,7 @@ pub fn config(ctx: &ListenerContext<'_>, stage: Stage) -> (AuthzConfig, Resource
         extension_providers: ctx.mesh.extension_providers.clone(),
         stage,
         multiple_custom_providers: false,
+        decision_filter_state: true,
     };
     (cfg, Resources { items: candidates })
 }

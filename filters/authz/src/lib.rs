@@ -298,7 +298,11 @@ type PeerCert = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 /// What the policies read from Envoy for one evaluation: the request headers up front, every
 /// other input fetched on first use (most requests are decided on headers alone), then kept.
 struct Inputs {
-    headers: Vec<(String, Vec<u8>)>,
+    /// Every request header, fetched when a rule looks at a non-pseudo header (or for CUSTOM).
+    headers: OnceCell<Vec<(String, Vec<u8>)>>,
+    method: OnceCell<Option<Vec<u8>>>,
+    path: OnceCell<Option<Vec<u8>>>,
+    authority: OnceCell<Option<Vec<u8>>>,
     source_ip: OnceCell<Option<IpAddr>>,
     remote_ip: OnceCell<Option<IpAddr>>,
     destination_ip: OnceCell<Option<IpAddr>>,
@@ -319,7 +323,10 @@ fn addr(path: &[&str]) -> Option<IpAddr> {
 impl Inputs {
     fn new(authz: &Authz) -> Inputs {
         Inputs {
-            headers: wasmesh_proxy::request_headers(),
+            headers: OnceCell::new(),
+            method: OnceCell::new(),
+            path: OnceCell::new(),
+            authority: OnceCell::new(),
             source_ip: OnceCell::new(),
             remote_ip: OnceCell::new(),
             destination_ip: OnceCell::new(),
@@ -334,9 +341,28 @@ impl Inputs {
     }
 }
 
+impl Inputs {
+    fn all_headers(&self) -> &[(String, Vec<u8>)] {
+        self.headers.get_or_init(wasmesh_proxy::request_headers)
+    }
+}
+
 impl View for Inputs {
-    fn headers(&self) -> &[(String, Vec<u8>)] {
-        &self.headers
+    fn pseudo(&self, name: &str) -> Option<&[u8]> {
+        let cell = match name {
+            ":method" => &self.method,
+            ":path" => &self.path,
+            ":authority" => &self.authority,
+            _ => return self.all_headers().iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice()),
+        };
+        cell.get_or_init(|| match self.headers.get() {
+            Some(all) => all.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+            None => wasmesh_proxy::request_header(name),
+        })
+        .as_deref()
+    }
+    fn any_header(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.all_headers().iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).any(|(_, v)| f(v))
     }
     fn source_ip(&self) -> Option<IpAddr> {
         *self.source_ip.get_or_init(|| wasmesh_proxy::filter_state(PEER_ADDRESS_KEY).and_then(|b| parse_socket_address(&b)))
@@ -533,9 +559,11 @@ impl AuthzStream {
         if let Some(rule) = v.rule() {
             m.rule(if v.allowed { "allowed" } else { "denied" }, rule);
         }
-        let decision = m.decision(v);
-        if !wasmesh_proxy::set_filter_state(wasmesh_handover::AUTHZ_DECISION, &decision) {
-            wasmesh_proxy::log_debug("wasmesh authz: could not write the decision to filter state");
+        if shared.authz.decision_filter_state() {
+            let decision = m.decision(v);
+            if !wasmesh_proxy::set_filter_state(wasmesh_handover::AUTHZ_DECISION, &decision) {
+                wasmesh_proxy::log_debug("wasmesh authz: could not write the decision to filter state");
+            }
         }
         if v.allowed {
             bump(&m.allowed);
@@ -550,7 +578,7 @@ impl AuthzStream {
     /// Sends the check request as Envoy's HTTP ext_authz client builds it.
     fn dispatch(&mut self, shared: &Shared, provider: &Provider, inputs: &Inputs, rule: &str) -> Action {
         let mut merged: Vec<(String, String)> = Vec::new();
-        for (k, v) in &inputs.headers {
+        for (k, v) in inputs.all_headers() {
             if k == "content-length" || !provider.forwards_request_header(k) {
                 continue;
             }

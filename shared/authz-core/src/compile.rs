@@ -35,6 +35,18 @@ pub struct AuthzConfig {
     /// CUSTOM policies name several providers denies the requests they match).
     #[serde(default)]
     pub multiple_custom_providers: bool,
+    /// Write every decision to filter state `wasmesh.authz.decision` for access logs (default
+    /// true; one hostcall per request).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub decision_filter_state: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Istio runs CUSTOM (rbac + ext_authz) before the JWT filter and AUDIT/DENY/ALLOW after it.
@@ -130,6 +142,7 @@ pub(crate) enum Custom {
 /// The compiled authorization for one proxy.
 #[derive(Debug, Clone)]
 pub struct Authz {
+    pub(crate) decision_filter_state: bool,
     pub(crate) stage: Stage,
     pub(crate) custom: Custom,
     pub(crate) audit: Vec<CRule>,
@@ -204,6 +217,7 @@ impl AuthzConfig {
         audit.sort_by(|a, b| a.name.cmp(&b.name));
 
         let mut authz = Authz {
+            decision_filter_state: self.decision_filter_state,
             stage: self.stage,
             custom,
             audit,
@@ -808,6 +822,11 @@ impl Authz {
 
     pub fn stage(&self) -> Stage {
         self.stage
+    }
+
+    /// Whether the filter writes each decision to filter state for access logs.
+    pub fn decision_filter_state(&self) -> bool {
+        self.decision_filter_state
     }
 
     /// The CUSTOM provider this filter calls, if any CUSTOM policy applies.

@@ -4,7 +4,8 @@
 
 use crate::compile::{Atom, CRule, Cond, Custom, MetaMatch, RuleSet};
 use crate::matcher::StrMatch;
-use crate::{header_values, url_path, Authz, MetaValue, Provider, View};
+use crate::matcher::HeaderMatch;
+use crate::{strip_query, Authz, MetaValue, Provider, View};
 use serde_json::Value;
 
 /// An input a rule needed that the filter could not provide. The request is denied.
@@ -273,9 +274,9 @@ fn cond<V: View + ?Sized>(c: &Cond, req: &V) -> Result<bool, Missing> {
 
 fn atom<V: View + ?Sized>(a: &Atom, req: &V) -> Result<bool, Missing> {
     Ok(match a {
-        Atom::Host(m) => m.matches_any(header_values(req.headers(), ":authority")),
-        Atom::Method(m) => m.matches_any(header_values(req.headers(), ":method")),
-        Atom::Path(m) => url_path(req.headers()).is_some_and(|p| m.matches(p)),
+        Atom::Host(m) => m.matches(req.pseudo(":authority")),
+        Atom::Method(m) => m.matches(req.pseudo(":method")),
+        Atom::Path(m) => req.pseudo(":path").and_then(strip_query).is_some_and(|p| m.matches(p)),
         Atom::DestPort(p) => req.destination_port().ok_or(Missing("destination.port"))? == *p,
         Atom::DestIp(c) => c.contains(req.destination_ip().ok_or(Missing("destination.address"))?),
         Atom::Sni(m) => m.matches(req.sni()),
@@ -294,7 +295,10 @@ fn atom<V: View + ?Sized>(a: &Atom, req: &V) -> Result<bool, Missing> {
         Atom::Peer(m) => req.mtls() && req.peer().iter().any(|n| m.matches(n)),
         Atom::DirectIp(c) => c.contains(req.source_ip().ok_or(Missing("the direct peer address (source.ip)"))?),
         Atom::RemoteIp(c) => c.contains(req.remote_ip().ok_or(Missing("source.address (remote.ip)"))?),
-        Atom::Header { name, m } => m.matches_any(header_values(req.headers(), name)),
+        Atom::Header { name, m } => match m {
+            HeaderMatch::Present => req.any_header(name, &mut |_| true),
+            HeaderMatch::Str(s) => req.any_header(name, &mut |v| s.matches(v)),
+        },
         Atom::Jwt { iss, sub } => {
             let Some(id) = req.identity()? else { return Ok(false) };
             let (i, s) = if id.claims.is_empty() {

@@ -146,8 +146,10 @@ impl<'a> Request<'a> {
 /// What the evaluation reads from a request. [`Request`] holds it all up front; the filter
 /// implements it lazily, so an input is fetched from Envoy only when a rule looks at it.
 pub trait View {
-    /// Request headers (see [`Request::headers`]).
-    fn headers(&self) -> &[(String, Vec<u8>)];
+    /// A pseudo-header (`:method`, `:path`, `:authority`; one value each).
+    fn pseudo(&self, name: &str) -> Option<&[u8]>;
+    /// Whether `f` holds for any value of the header `name` (lower-case), values in order.
+    fn any_header(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool;
     fn source_ip(&self) -> Option<IpAddr>;
     fn remote_ip(&self) -> Option<IpAddr>;
     fn destination_ip(&self) -> Option<IpAddr>;
@@ -162,8 +164,11 @@ pub trait View {
 }
 
 impl View for Request<'_> {
-    fn headers(&self) -> &[(String, Vec<u8>)] {
-        self.headers
+    fn pseudo(&self, name: &str) -> Option<&[u8]> {
+        self.first(name)
+    }
+    fn any_header(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        header_values(self.headers, name).any(f)
     }
     fn source_ip(&self) -> Option<IpAddr> {
         self.source_ip
@@ -201,7 +206,11 @@ pub fn header_values<'h>(headers: &'h [(String, Vec<u8>)], name: &'h str) -> imp
 
 /// `:path` without query and fragment (Envoy `PathUtil::removeQueryAndFragment`).
 pub fn url_path(headers: &[(String, Vec<u8>)]) -> Option<&[u8]> {
-    let full = headers.iter().find(|(k, _)| k == ":path").map(|(_, v)| v.as_slice())?;
+    strip_query(headers.iter().find(|(k, _)| k == ":path").map(|(_, v)| v.as_slice())?)
+}
+
+/// A `:path` value without query and fragment.
+pub fn strip_query(full: &[u8]) -> Option<&[u8]> {
     let end = full.iter().position(|c| *c == b'?' || *c == b'#').unwrap_or(full.len());
     full.get(..end)
 }

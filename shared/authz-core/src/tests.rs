@@ -22,6 +22,7 @@ fn compile_with(yaml: &str, wl: Workload, f: impl FnOnce(&mut AuthzConfig)) -> A
         extension_providers: Vec::new(),
         stage: Stage::All,
         multiple_custom_providers: false,
+        decision_filter_state: true,
     };
     f(&mut cfg);
     cfg.compile(&resources).expect("compiles")
