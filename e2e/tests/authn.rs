@@ -603,3 +603,71 @@ fn bench_jwt() {
     }
     println!("{}", wasmesh_e2e::bench::table(&results));
 }
+
+// ------------------------------------------------------------------------------------------
+// Through wasmeshctl's bootstrap (the plugin path): Istio's "JWT at the ingress gateway" setup.
+
+#[test]
+fn ingress_gateway_requires_a_jwt_and_the_sidecar_sees_its_claims() {
+    let k = Signer::new("RS256", TestKey::Rsa1, Some("gw"));
+    let doc = jwks(&[k.jwk(false)]);
+    let httpbin = std::fs::read_to_string(wasmesh_e2e::paths::repo_root().join("examples/httpbin/httpbin.yaml")).unwrap();
+    let yaml = format!(
+        r#"{httpbin}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: ingress-jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules:
+  - issuer: "testing@secure.istio.io"
+    jwks: '{doc}'
+    forwardOriginalToken: true
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: frontend-ingress, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: DENY
+  rules:
+  - from:
+    - source:
+        notRequestPrincipals: ["*"]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  jwtRules:
+  - issuer: "testing@secure.istio.io"
+    jwks: '{doc}'
+    outputClaimToHeaders: [{{header: x-jwt-group, claim: group}}]
+"#
+    );
+    let mesh = wasmesh_e2e::Mesh::builder()
+        .yaml(&yaml)
+        .gateway("istio-system/istio-ingressgateway", &[80])
+        .sidecar("default/httpbin-v1", App::new("httpbin", "v1"))
+        .start();
+    let gw = mesh.gateway_port("istio-system/istio-ingressgateway", 80);
+    let get = |headers: &[(&str, &str)]| {
+        let mut h = vec![("host", "httpbin.example.com")];
+        h.extend_from_slice(headers);
+        request(gw, "GET", "/status/200", &h, b"").unwrap()
+    };
+    let mut c = claims(json!({"group": "group1"}));
+    c["iss"] = json!("testing@secure.istio.io");
+    let token = k.sign(&c);
+    let r = get(&[]);
+    assert_eq!((r.status, r.text().as_str()), (403, "RBAC: access denied"), "no token: denied by notRequestPrincipals");
+    let r = get(&[("authorization", "Bearer invalidToken")]);
+    assert_eq!((r.status, r.text().as_str()), (401, "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"));
+    let r = get(&[("authorization", &format!("Bearer {token}"))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = upstream_headers(&r);
+    assert_eq!(seen["x-jwt-group"], "group1", "the sidecar verified the forwarded token and wrote the claim: {seen}");
+    assert!(seen.get("authorization").is_none(), "the sidecar removed the token before the app");
+}

@@ -52,7 +52,7 @@ fn main() {
             }
             hit = hit.min(t0.elapsed().as_secs_f64() * 1e6 / n as f64);
         }
-        let m = if alg == "RS256" { 50 } else { 200 };
+        let m: usize = std::env::var("COLD_N").ok().and_then(|v| v.parse().ok()).unwrap_or(if alg == "RS256" { 50 } else { 200 });
         let t0 = Instant::now();
         for _ in 0..m {
             cold_engine.evaluate(&req, now * 1000, &mut NoCache, &mut st);

@@ -11,6 +11,39 @@
 //!
 //! No proxy-wasm here: the filter (`filters/authn`) supplies headers, time, shared data and
 //! HTTP calls.
+//!
+//! # Decisions
+//!
+//! * Keys of a `jwksUri` are fetched by the filter (Envoy's `remote_jwks` behaviour, istiod's
+//!   `PILOT_JWT_ENABLE_REMOTE_JWKS=envoy`), through a dedicated cluster
+//!   `wasmesh-jwks|<http|https>|<host>|<port>` that `wasmeshctl envoy` generates. Fetched at
+//!   start, refreshed every `jwksRefreshSeconds` (300, Envoy's `cache_duration` as Istio sets it),
+//!   refetched at most every `jwksRefetchMinIntervalSeconds` when a token names an unknown `kid`,
+//!   retried with exponential backoff (1 s … 60 s) on failure, last good keys kept.
+//! * A request that needs keys not fetched yet is paused (as Envoy pauses) and resumed when the
+//!   fetch ends, or refused with 401 `Jwks remote fetch is failed` if the fetch fails or the wait
+//!   exceeds `jwksMaxWaitMs`. Its body is held meanwhile. With no keys at all (fetch failed),
+//!   presented tokens fail at once; token-less requests pass.
+//! * Verified tokens are cached process-wide (proxy-wasm shared data), see [`cache`].
+//!
+//! # Known differences from Envoy 1.40's `jwt_authn` (checked against the real binary)
+//!
+//! Every other answer is the same: status, body, `WWW-Authenticate`, headers the upstream sees.
+//!
+//! * Only the first value of a repeated token header is read (Envoy joins them with `,`).
+//! * jwt-simple is stricter than Envoy on some syntactically odd tokens, which are then refused
+//!   (401 `Jwt verification fails`) where Envoy may accept them: whitespace or padding inside a
+//!   segment (Envoy's base64 decoder skips whitespace), trailing junk after an ECDSA signature,
+//!   `typ` other than `JWT`/`…+JWT`, a non-empty `crit`, `exp: 0`, non-integer `exp`/`nbf`/`iat`.
+//! * Keys Envoy would use but wasmesh skips (logged): RSA shorter than 2048 bits or with `e`
+//!   other than 65537, EC P-521 (ES512), HMAC secrets shorter than jwt-simple's minimum; the
+//!   legacy X.509 `{kid: PEM}` key format.
+//! * Tokens longer than `maxTokenBytes` (16 KiB) are refused (401 `Jwt is too large`).
+//! * Envoy refetches remote keys only when they expire; wasmesh also refetches on an unknown
+//!   `kid` (rate-limited), so a rotated signing key works before the refresh.
+//! * OpenID discovery (no `jwks`/`jwksUri`): a `jwks_uri` on another server than the issuer is
+//!   fetched through `wasmesh-jwks|…` of that server, which `wasmeshctl` cannot know in advance
+//!   (add the cluster, or set `jwksUri`).
 #![forbid(unsafe_code)]
 
 pub mod cache;

@@ -154,12 +154,15 @@ struct Success<'g> {
     entry: Rc<Entry>,
 }
 
+/// A token's cache lookup, remembered for the rest of the request.
+type LookedUp<'g> = (&'g str, [u8; 16], Option<Rc<Entry>>);
+
 struct Ctx<'g, 'c> {
     now: u64,
     now_ms: u64,
     cache: &'c mut dyn TokenCache,
     parsed: Vec<(&'g str, Result<Jwt, Status>)>,
-    looked_up: Vec<(&'g str, [u8; 16], Option<Rc<Entry>>)>,
+    looked_up: Vec<LookedUp<'g>>,
     successes: Vec<Success<'g>>,
     waits: Vec<WaitFor>,
     stats: &'c mut EvalStats,
