@@ -102,7 +102,15 @@ pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error
                 let cluster = format!("inbound|{}||", inb.port);
                 listeners.push(listener(spec, "inbound", inb.port, &c, route_to(&cluster), false));
                 let app = [("127.0.0.1".to_string(), u32::from(inb.app_port))];
-                clusters.insert(cluster.clone(), static_cluster(&cluster, &app, "ROUND_ROBIN"));
+                let mut app_cluster = static_cluster(&cluster, &app, "ROUND_ROBIN");
+                // As Istio's inbound clusters: talk to the app in the caller's protocol (gRPC stays HTTP/2).
+                app_cluster["typed_extension_protocol_options"] = json!({
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "use_downstream_protocol_config": {},
+                    }
+                });
+                clusters.insert(cluster.clone(), app_cluster);
                 merge(&mut clusters, &mut stats_tags, c);
             }
             if let Some(port) = spec.outbound_port {
@@ -290,6 +298,8 @@ fn route_by_header() -> Value {
     })
 }
 
+/// The inbound route: everything to the app. The metadata-exchange headers never reach the
+/// application (the stats filter reads them first; the router drops them when forwarding).
 fn route_to(cluster: &str) -> Value {
     json!({
         "name": "inbound",
@@ -298,6 +308,7 @@ fn route_to(cluster: &str) -> Value {
             "domains": ["*"],
             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}],
         }],
+        "request_headers_to_remove": ["x-envoy-peer-metadata", "x-envoy-peer-metadata-id"],
     })
 }
 

@@ -43,15 +43,28 @@ fn assert_envoy_validates(config: &Path) {
 #[test]
 fn sidecar_and_gateway_bootstraps_pass_envoy_validate() {
     let dir = tmp("validate");
+    // bookinfo is STRICT mTLS: the mesh CA issues the workload certificates first.
+    let certs = dir.join("certs");
+    let out = wasmeshctl(&["certs", "-o", certs.to_str().unwrap(), "-f", "examples/bookinfo"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(certs.join("default/bookinfo-reviews/cert-chain.pem").exists());
     let sidecar = dir.join("reviews-v2.yaml");
     let out = wasmeshctl(&[
         "envoy", "-f", "examples/bookinfo", "--role", "sidecar", "--workload", "default/reviews-v2",
         "--inbound-port", "19083", "--app-port", "29083", "--outbound-port", "15001", "--admin-port", "15000",
-        "-o", sidecar.to_str().unwrap(),
+        "--certs", certs.to_str().unwrap(), "-o", sidecar.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&sidecar).unwrap();
-    for expected in ["outbound|9080|v2|reviews.default.svc.cluster.local", "inbound|19083||", "wasmesh.router", "cluster_header: x-wasmesh-cluster"] {
+    for expected in [
+        "outbound|9080|v2|reviews.default.svc.cluster.local",
+        "inbound|19083||",
+        "wasmesh.router",
+        "wasmesh.authz",
+        "cluster_header: x-wasmesh-cluster",
+        "require_client_certificate: true",
+        "spiffe://cluster.local/ns/default/sa/bookinfo-ratings",
+    ] {
         assert!(text.contains(expected), "{expected} missing from the sidecar bootstrap");
     }
     assert_envoy_validates(&sidecar);
@@ -59,7 +72,7 @@ fn sidecar_and_gateway_bootstraps_pass_envoy_validate() {
     let gateway = dir.join("gateway.yaml");
     let out = wasmeshctl(&[
         "envoy", "-f", "examples/bookinfo", "--role", "gateway", "--workload", "istio-system/istio-ingressgateway",
-        "--port", "80=18080", "--admin-port", "15010", "-o", gateway.to_str().unwrap(),
+        "--port", "80=18080", "--admin-port", "15010", "--certs", certs.to_str().unwrap(), "-o", gateway.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_envoy_validates(&gateway);

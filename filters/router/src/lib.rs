@@ -76,7 +76,7 @@ impl HttpContext for RouterStream {
             wasmesh_proxy::send_response(500, &[], Some(b"wasmesh router not configured"));
             return Action::Pause;
         };
-        let headers = wasmesh_proxy::request_headers();
+        let headers = fetch_headers(router.needed_headers());
         match router.route(&Request::new(&headers), self.random) {
             Decision::Forward { cluster, .. } => {
                 // Replacing the header also drops any copy the client sent.
@@ -94,4 +94,21 @@ impl HttpContext for RouterStream {
             }
         }
     }
+}
+
+/// Up to this many headers are fetched one by one; more, and one call for the whole map is
+/// cheaper. Each hostcall costs, and the whole map costs a copy and an allocation per header.
+const FETCH_ONE_BY_ONE: usize = 4;
+
+/// The request headers the routes read. One by one, Envoy returns the first value of a repeated
+/// header, so a header sent several times is matched on its first value (the whole map, used for
+/// larger route tables, matches every value as Envoy's own route matcher does).
+fn fetch_headers(needed: &[String]) -> Vec<(String, Vec<u8>)> {
+    if needed.len() > FETCH_ONE_BY_ONE {
+        return wasmesh_proxy::request_headers();
+    }
+    needed
+        .iter()
+        .filter_map(|name| wasmesh_proxy::request_header(name).map(|v| (name.clone(), v)))
+        .collect()
 }

@@ -202,7 +202,12 @@ impl Compiler<'_> {
         if !self.errors.is_empty() {
             return Err(CompileError(self.errors));
         }
+        let mut needed_headers = vec![":authority".to_string()];
+        for m in vhosts.iter().flat_map(|v| &v.routes).flat_map(|r| &r.matches) {
+            m.headers_read(&mut needed_headers);
+        }
         Ok(Router {
+            needed_headers,
             mode: wl.mode,
             gateway_port: self.cfg.gateway_port,
             hosts,

@@ -109,6 +109,8 @@ pub struct Router {
     /// Gateway mode: request hosts the selected Gateway servers accept.
     gateway_hosts: Option<HostTable>,
     cluster_header: String,
+    /// Every request header a route can look at (`:authority` first), lower-case.
+    needed_headers: Vec<String>,
     namespace: String,
     domain_suffix: String,
 }
@@ -161,6 +163,13 @@ impl Router {
     /// The header the filter must set (and strip from clients).
     pub fn cluster_header(&self) -> &str {
         &self.cluster_header
+    }
+
+    /// The request headers routing can depend on (`:authority`, `:path` when a route matches on
+    /// the URI or query, `:method`, `:scheme`, and every header a `headers`/`withoutHeaders`
+    /// match names). A filter may hand [`Router::route`] just these.
+    pub fn needed_headers(&self) -> &[String] {
+        &self.needed_headers
     }
 
     /// Picks the destination for a request. `random` is a uniformly distributed number used
@@ -252,6 +261,27 @@ impl Route {
 }
 
 impl Match {
+    /// The request headers this match reads.
+    fn headers_read(&self, out: &mut Vec<String>) {
+        let mut add = |name: &str| {
+            if !out.iter().any(|n| n == name) {
+                out.push(name.to_string());
+            }
+        };
+        if self.uri.is_some() || !self.query_params.is_empty() {
+            add(":path");
+        }
+        if self.scheme.is_some() {
+            add(":scheme");
+        }
+        if self.method.is_some() {
+            add(":method");
+        }
+        for (name, _) in self.headers.iter().chain(&self.without_headers) {
+            add(name);
+        }
+    }
+
     fn matches(&self, req: &Request<'_>, port: u32) -> bool {
         if let Some(p) = self.port {
             if p != port {

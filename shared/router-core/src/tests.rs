@@ -451,3 +451,14 @@ spec:
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].to_string().contains("spec.http[0].match[0].uri.regex"), "{}", errors[0]);
 }
+
+#[test]
+fn needed_headers_are_what_the_routes_read() {
+    let r = sidecar(MATCHES);
+    let needed = r.needed_headers();
+    for h in [":authority", ":path", ":method", ":scheme", "x-version", "x-debug", "x-skip"] {
+        assert!(needed.iter().any(|n| n == h), "{h} missing from {needed:?}");
+    }
+    assert_eq!(needed[0], ":authority");
+    assert_eq!(sidecar(REVIEWS_VS).needed_headers(), &[":authority".to_string(), "end-user".to_string()]);
+}
