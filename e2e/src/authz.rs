@@ -321,7 +321,7 @@ impl Check {
 
 /// A real HTTP ext-authz server, Istio's sample semantics: `x-ext-authz: allow` → 200 with
 /// `x-ext-authz-check-result: allowed`, `x-user: <x-user-in>`, `x-trace-out: t1`; `error` →
-/// 500; `slow` → 200 after 3 s; anything else → 403 `denied by ext_authz for <path>` with
+/// 500; `slow` → 200 after 3 s; `slow-deny` → 403 after 2 s; anything else → 403 `denied by ext_authz for <path>` with
 /// `x-ext-authz-check-result: denied`, `x-reason: policy`, `www-authenticate: Basic`.
 pub struct ExtAuthz {
     pub port: u16,
@@ -397,6 +397,9 @@ fn ext_authz_connection(conn: TcpStream, checks: &Mutex<Vec<Check>>) {
             c.push(check.clone());
         }
         let mode = check.header("x-ext-authz").unwrap_or("").to_string();
+        if mode == "slow-deny" {
+            std::thread::sleep(Duration::from_secs(2));
+        }
         let (status, extra, body) = match mode.as_str() {
             "allow" | "slow" => {
                 if mode == "slow" {

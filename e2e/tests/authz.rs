@@ -493,3 +493,27 @@ spec:
         assert_eq!(c.text(), "denied by ext_authz for /check/protected/deny", "CUSTOM decides first");
     }
 }
+
+#[test]
+fn a_request_body_waits_for_the_custom_decision() {
+    // Without holding the body, Envoy would forward the request as soon as its first body
+    // bytes arrive, before the provider answered.
+    let ext = ExtAuthz::start();
+    let app = App::new("httpbin", "v1").start();
+    let mut mesh = MeshConfig::default();
+    mesh.extension_providers = vec![provider(ext.port, json!({"timeout": "5s"}))];
+    let (wasm, c) = wasm_listener("wasm", CUSTOM, &mesh);
+    let wp = wasm.port;
+    let mut clusters = c.clusters.clone();
+    clusters.push(authz::local_cluster("app", app.port));
+    let _envoy = start("authz-body", vec![wasm], clusters, c.stats_tags);
+    let body = vec![b'x'; 200_000];
+    let served = app.served();
+    let r = request(wp, "POST", "/protected/upload", &[("host", "httpbin.foo:8000"), ("x-ext-authz", "slow-deny")], &body).expect("response");
+    assert_eq!(r.status, 403, "{}", r.text());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(app.served(), served, "a denied request never reaches the app, body or not");
+    let r = request(wp, "POST", "/protected/upload", &[("host", "httpbin.foo:8000"), ("x-ext-authz", "slow")], &body).expect("response");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body_bytes"], 200_000, "the whole body follows the allow");
+}

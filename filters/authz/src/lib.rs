@@ -521,6 +521,24 @@ impl HttpContext for AuthzStream {
         self.finish(&shared, &v)
     }
 
+    /// While a CUSTOM check is in flight the body waits (Envoy buffers it): continuing here would
+    /// let Envoy forward the request before the provider answered.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        if self.pending.is_some() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.pending.is_some() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         for (k, v) in std::mem::take(&mut self.allow_response_headers) {
             wasmesh_proxy::add_response_header(&k, &v);
