@@ -72,9 +72,11 @@ pub fn http_filters(resources: &Resources, workload: &Workload, trust_domain_ali
         if has_shadow {
             rbac["shadow_rules"] = json!({"action": rbac_action, "policies": shadow});
         }
-        match rbac_action {
-            "ALLOW" => rbac["shadow_rules_stat_prefix"] = json!("istio_dry_run_allow_"),
-            "DENY" if has_shadow => rbac["shadow_rules_stat_prefix"] = json!("istio_dry_run_deny_"),
+        // istiod's `shadowRuleStatPrefix(shadowRules)`: a nil RBAC reads as action ALLOW, so the
+        // allow prefix is written whenever there are no shadow rules.
+        match (has_shadow, rbac_action) {
+            (false, _) | (true, "ALLOW") => rbac["shadow_rules_stat_prefix"] = json!("istio_dry_run_allow_"),
+            (true, "DENY") => rbac["shadow_rules_stat_prefix"] = json!("istio_dry_run_deny_"),
             _ => {}
         }
         out.push(json!({"name": "envoy.filters.http.rbac", "typed_config": rbac}));
