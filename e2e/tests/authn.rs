@@ -537,6 +537,7 @@ spec:
   jwtRules:
   - issuer: {ISS}
     jwks: '{doc}'
+    spaceDelimitedClaims: [roles]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -551,6 +552,21 @@ spec:
     when:
     - key: request.auth.claims[groups]
       values: ["group1"]
+  - from:
+    - source:
+        requestPrincipals: ["*"]
+    to:
+    - operation: {{paths: ["/scope"]}}
+    when:
+    - key: request.auth.claims[scope]
+      values: ["write"]
+  - to:
+    - operation: {{paths: ["/roles"]}}
+    when:
+    - key: request.auth.claims[roles]
+      values: ["ops"]
+    - key: request.auth.claims[org][team]
+      values: ["core"]
 "#,
         doc = jwks(&[k.jwk(false)])
     );
@@ -582,6 +598,18 @@ spec:
     }
     let forged = swap_payload(&alice_g2, &claims(json!({"groups": ["group1"]})));
     assert_eq!(send(front.port, "GET", "/", &[("authorization", &b(&forged))]).status, 401);
+    // Space-delimited claims (scope by default, roles configured) are lists for authz; nested
+    // claims are reachable with [a][b].
+    let scoped = k.sign(&claims(json!({"sub": "carol", "scope": "read write"})));
+    let read_only = k.sign(&claims(json!({"sub": "carol", "scope": "read"})));
+    assert_eq!(send(front.port, "GET", "/scope", &[("authorization", &b(&scoped))]).status, 200);
+    assert_eq!(send(front.port, "GET", "/scope", &[("authorization", &b(&read_only))]).status, 403);
+    let ops = k.sign(&claims(json!({"sub": "dave", "roles": "dev ops", "org": {"team": "core"}})));
+    let ops_other_team = k.sign(&claims(json!({"sub": "dave", "roles": "dev ops", "org": {"team": "web"}})));
+    let dev = k.sign(&claims(json!({"sub": "dave", "roles": "dev", "org": {"team": "core"}})));
+    assert_eq!(send(front.port, "GET", "/roles", &[("authorization", &b(&ops))]).status, 200);
+    assert_eq!(send(front.port, "GET", "/roles", &[("authorization", &b(&ops_other_team))]).status, 403);
+    assert_eq!(send(front.port, "GET", "/roles", &[("authorization", &b(&dev))]).status, 403);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -594,7 +622,7 @@ fn bench_jwt() {
     let settings = wasmesh_e2e::bench::Settings {
         requests: std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000),
         connections: 4,
-        repetitions: 3,
+        repetitions: std::env::var("BENCH_REPETITIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(5),
         warmup: 1_000,
     };
     let mut results = Vec::new();
