@@ -225,6 +225,7 @@ fn rule_yaml(resources: &Resources, rule: &str) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -11,6 +11,9 @@
 //! - [`diff`]: the differential runner over a corpus file;
 //! - [`bench_filters`]: the native RBAC and wasm filter JSON for the same policies.
 
+// A test harness: a broken setup is a test failure, reported by panicking with the reason.
+#![allow(clippy::panic)]
+
 pub mod istiod;
 
 use crate::envoy::Envoy;
@@ -749,8 +752,7 @@ pub fn diff(path: &Path) -> Result<Report, String> {
     let native_port = free_port();
     let wasm_port = free_port();
     let other_port = free_port();
-    let mut mesh = MeshConfig::default();
-    mesh.trust_domain_aliases = corpus.trust_domain_aliases.clone();
+    let mesh = MeshConfig { trust_domain_aliases: corpus.trust_domain_aliases.clone(), ..MeshConfig::default() };
     let mk = |port: u16| -> Result<Resources, String> {
         let mut yaml = corpus.render(port, other_port);
         if let Some(i) = &issuer {

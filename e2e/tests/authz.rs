@@ -2,6 +2,7 @@
 //! RBAC and ext_authz filters configured as istiod configures them, over real sockets.
 //!
 //! Needs the filters built (`make wasm`), Envoy, `curl` and `openssl`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::{json, Value};
 use wasmesh_e2e::authz::{self, istiod, ExtAuthz, ListenerSpec, Proxy};
@@ -335,8 +336,7 @@ fn custom_ext_authz_http_behaves_as_envoy_ext_authz() {
     let ext = ExtAuthz::start();
     let app = App::new("httpbin", "v1").start();
     let prov = provider(ext.port, json!({}));
-    let mut mesh = MeshConfig::default();
-    mesh.extension_providers = vec![prov.clone()];
+    let mesh = MeshConfig { extension_providers: vec![prov.clone()], ..MeshConfig::default() };
     let (wasm, c) = wasm_listener("wasm", CUSTOM, &mesh);
     assert_eq!(c.clusters[0]["name"], format!("outbound|{}||127.0.0.1", ext.port));
     let mut native = ListenerSpec::new("native");
@@ -417,8 +417,7 @@ fn custom_provider_failures_use_status_on_error_or_fail_open() {
         ("open", provider(ext.port, json!({"failOpen": true, "timeout": "0.5s"}))),
         ("dead", provider(dead_port, json!({}))),
     ] {
-        let mut mesh = MeshConfig::default();
-        mesh.extension_providers = vec![prov];
+        let mesh = MeshConfig { extension_providers: vec![prov], ..MeshConfig::default() };
         let (l, c) = wasm_listener(name, CUSTOM, &mesh);
         ports.push(l.port);
         listeners.push(l);
@@ -461,8 +460,7 @@ spec:
     );
     let ext = ExtAuthz::start();
     let app = App::new("httpbin", "v1").start();
-    let mut mesh = MeshConfig::default();
-    mesh.extension_providers = vec![provider(ext.port, json!({}))];
+    let mesh = MeshConfig { extension_providers: vec![provider(ext.port, json!({}))], ..MeshConfig::default() };
     // One instance (CUSTOM then AUDIT/DENY/ALLOW), and Istio's split around authn.
     let (single, c) = wasm_listener("single", &yaml, &mesh);
     let mut split = ListenerSpec::new("split");
@@ -500,8 +498,7 @@ fn a_request_body_waits_for_the_custom_decision() {
     // bytes arrive, before the provider answered.
     let ext = ExtAuthz::start();
     let app = App::new("httpbin", "v1").start();
-    let mut mesh = MeshConfig::default();
-    mesh.extension_providers = vec![provider(ext.port, json!({"timeout": "5s"}))];
+    let mesh = MeshConfig { extension_providers: vec![provider(ext.port, json!({"timeout": "5s"}))], ..MeshConfig::default() };
     let (wasm, c) = wasm_listener("wasm", CUSTOM, &mesh);
     let wp = wasm.port;
     let mut clusters = c.clusters.clone();

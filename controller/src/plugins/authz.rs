@@ -143,6 +143,7 @@ pub fn stats_tags() -> Vec<Value> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::mesh::MeshConfig;

@@ -13,12 +13,14 @@ use wasmesh_istio::{Resource, Resources, Workload};
 
 const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
 
+type Applied<'r> = (&'r Resource, &'r AuthorizationPolicy);
+
 /// The HTTP RBAC filters istiod puts on a workload's inbound (or gateway) chain, in order
 /// AUDIT, DENY, ALLOW. Empty when no (non-CUSTOM) policy applies.
 pub fn http_filters(resources: &Resources, workload: &Workload, trust_domain_aliases: &[String]) -> Vec<Value> {
     let mut bundle = vec![workload.trust_domain.clone()];
     bundle.extend(trust_domain_aliases.iter().cloned());
-    let mut by_action: [(Action, &str, Vec<(&Resource, &AuthorizationPolicy)>); 3] =
+    let mut by_action: [(Action, &str, Vec<Applied<'_>>); 3] =
         [(Action::Audit, "LOG", Vec::new()), (Action::Deny, "DENY", Vec::new()), (Action::Allow, "ALLOW", Vec::new())];
     for (res, ap) in resources.authorization_policies() {
         if !should_attach(workload, res, ap) {
@@ -689,6 +691,7 @@ fn expand_aliases(bundle: &[String], values: &[String]) -> Vec<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
