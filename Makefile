@@ -10,7 +10,7 @@ FILTERS := router authz authn stats noop
 CORES := wasmesh-istio wasmesh-handover wasmesh-router wasmesh-authz wasmesh-authn wasmesh-stats
 export CARGO_TARGET_WASM32_WASIP1_RUNNER := node $(CURDIR)/e2e/wasi-run.mjs
 
-.PHONY: all deps wasm build test test-unit test-wasm test-e2e run bench manifests clean lint
+.PHONY: all deps wasm build test test-unit test-wasm test-e2e run bench clean lint authz-diff
 
 all: build
 
@@ -29,8 +29,9 @@ test: build lint test-unit test-wasm test-e2e
 test-unit: wasm
 	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) test --workspace --exclude wasmesh-e2e
 
+# The cores' unit tests compiled to wasm32-wasip1, run under node's WASI (no filesystem: --lib).
 test-wasm:
-	$(CARGO) test --target wasm32-wasip1 $(addprefix -p ,$(CORES))
+	$(CARGO) test --target wasm32-wasip1 --lib $(addprefix -p ,$(CORES))
 
 test-e2e: wasm
 	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) test -p wasmesh-e2e -- --test-threads 2
@@ -43,6 +44,11 @@ bench: build
 
 # The filters deny unwrap/expect/panic (a panic kills the wasm VM for every later request on that
 # worker); clippy is what enforces those attributes.
+# AuthorizationPolicy differential run: Envoy's native RBAC (as istiod writes it) vs wasmesh authz
+# on the same requests; prints every difference (the corpus in e2e/corpus/authz has none).
+authz-diff: wasm
+	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) run -q -p wasmesh-e2e --bin authz-diff -- $(ARGS)
+
 lint:
 	$(CARGO) clippy -q $(addprefix -p wasmesh-filter-,$(FILTERS)) -p wasmesh-proxy -- -D clippy::unwrap_used -D clippy::expect_used -D clippy::panic
 

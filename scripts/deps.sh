@@ -23,6 +23,8 @@ fi
 need_apt=()
 command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo ">> apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
