@@ -9,6 +9,7 @@ pub mod app;
 pub mod authz;
 pub mod authn;
 pub mod bench;
+pub mod bookinfo;
 pub mod envoy;
 pub mod http;
 pub mod mesh;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use wasmesh_e2e::http::get;
-use wasmesh_e2e::{paths, App, Call, Envoy, Mesh};
+use wasmesh_e2e::{bookinfo, paths, App, Envoy, Mesh};
 
 fn bookinfo_yaml() -> String {
     let dir = paths::repo_root().join("examples/bookinfo");
@@ -14,22 +14,9 @@ fn bookinfo_yaml() -> String {
     out
 }
 
-fn call(service: &str, path: &str) -> Call {
-    Call { service: service.into(), host: format!("{service}:9080"), path: path.into(), via_port: 0 }
-}
-
 /// The bookinfo mesh: gateway → productpage → details, reviews (v1/v2/v3) → ratings.
 fn bookinfo() -> Mesh {
-    Mesh::builder()
-        .yaml(&bookinfo_yaml())
-        .gateway("istio-system/istio-ingressgateway", &[80])
-        .sidecar("default/productpage-v1", App::new("productpage", "v1").calling(call("details", "/details/0")).calling(call("reviews", "/reviews/0")))
-        .sidecar("default/details-v1", App::new("details", "v1"))
-        .sidecar("default/reviews-v1", App::new("reviews", "v1"))
-        .sidecar("default/reviews-v2", App::new("reviews", "v2").calling(call("ratings", "/ratings/0")))
-        .sidecar("default/reviews-v3", App::new("reviews", "v3").calling(call("ratings", "/ratings/0")))
-        .sidecar("default/ratings-v1", App::new("ratings", "v1"))
-        .start()
+    bookinfo::workloads(Mesh::builder().yaml(&bookinfo_yaml()).gateway("istio-system/istio-ingressgateway", &[80])).start()
 }
 
 fn reviews_version(page: &serde_json::Value) -> String {

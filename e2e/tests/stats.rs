@@ -4,15 +4,11 @@
 use std::time::Duration;
 use wasmesh_e2e::http::{get, request};
 use wasmesh_e2e::stats::{self as st, Prometheus};
-use wasmesh_e2e::{App, Call, Envoy, Mesh};
+use wasmesh_e2e::{App, Envoy, Mesh};
 use wasmesh_controller::plugins::Direction;
 use wasmesh_istio::{load_str, Resources, Workload};
 
 const WAIT: Duration = Duration::from_secs(40);
-
-fn call(service: &str, path: &str) -> Call {
-    Call { service: service.into(), host: format!("{service}:9080"), path: path.into(), via_port: 0 }
-}
 
 fn targets(mesh: &Mesh) -> Vec<(String, u16)> {
     mesh.envoys().map(|(name, e)| (name.replace('/', "_"), e.admin_port)).collect()
@@ -34,16 +30,10 @@ fn label<'a>(series: &'a (serde_json::Map<String, serde_json::Value>, f64), name
 /// both sides' workload metadata, and Prometheus sees Istio's labels.
 #[test]
 fn bookinfo_metrics_scraped_by_prometheus() {
-    let mesh = Mesh::builder()
-        .yaml(&st::bookinfo_yaml())
-        .gateway("istio-system/istio-ingressgateway", &[80])
-        .sidecar("default/productpage-v1", App::new("productpage", "v1").calling(call("details", "/details/0")).calling(call("reviews", "/reviews/0")))
-        .sidecar("default/details-v1", App::new("details", "v1"))
-        .sidecar("default/reviews-v1", App::new("reviews", "v1"))
-        .sidecar("default/reviews-v2", App::new("reviews", "v2").calling(call("ratings", "/ratings/0")))
-        .sidecar("default/reviews-v3", App::new("reviews", "v3").calling(call("ratings", "/ratings/0")))
-        .sidecar("default/ratings-v1", App::new("ratings", "v1"))
-        .start();
+    let mesh = wasmesh_e2e::bookinfo::workloads(
+        Mesh::builder().yaml(&st::bookinfo_yaml()).gateway("istio-system/istio-ingressgateway", &[80]),
+    )
+    .start();
     let gw = mesh.gateway_port("istio-system/istio-ingressgateway", 80);
 
     // 6 requests as jason (→ reviews v2), 4 anonymous (→ v3).

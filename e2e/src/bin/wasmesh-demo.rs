@@ -7,14 +7,10 @@
 use std::net::TcpListener;
 use std::time::Duration;
 use wasmesh_e2e::http::get;
-use wasmesh_e2e::{paths, App, Call, Mesh};
+use wasmesh_e2e::{bookinfo, paths, Mesh};
 
 const GATEWAY: &str = "istio-system/istio-ingressgateway";
 const GATEWAY_PORT: u16 = 18080;
-
-fn call(service: &str, path: &str) -> Call {
-    Call { service: service.into(), host: format!("{service}:9080"), path: path.into(), via_port: 0 }
-}
 
 fn port_free(p: u16) -> bool {
     TcpListener::bind(("127.0.0.1", p)).is_ok()
@@ -76,15 +72,7 @@ fn main() {
     let out = paths::repo_root().join("out/demo");
     println!("wasmesh demo: bookinfo on loopback, configs generated from {}", dir.display());
     println!("  mutual TLS between all sidecars (PeerAuthentication STRICT), AuthorizationPolicies by SPIFFE identity");
-    let mesh = builder
-        .write_configs(&out)
-        .gateway_bound(GATEWAY, &[(80, gw_bind)])
-        .sidecar("default/productpage-v1", App::new("productpage", "v1").calling(call("details", "/details/0")).calling(call("reviews", "/reviews/0")))
-        .sidecar("default/details-v1", App::new("details", "v1"))
-        .sidecar("default/reviews-v1", App::new("reviews", "v1"))
-        .sidecar("default/reviews-v2", App::new("reviews", "v2").calling(call("ratings", "/ratings/0")))
-        .sidecar("default/reviews-v3", App::new("reviews", "v3").calling(call("ratings", "/ratings/0")))
-        .sidecar("default/ratings-v1", App::new("ratings", "v1"))
+    let mesh = bookinfo::workloads(builder.write_configs(&out).gateway_bound(GATEWAY, &[(80, gw_bind)]))
         .try_start()
         .unwrap_or_else(|e| {
             eprintln!("the demo mesh did not start:\n{e}");
