@@ -391,18 +391,6 @@ fn mutual_tls_principals_and_security_policy() {
     prom.wait_for(r#"sum(istio_requests_total{reporter="destination", connection_security_policy="none", source_principal="unknown", destination_principal="unknown", source_workload="unknown"})"#, 1.0, WAIT);
 }
 
-/// `cargo test -p wasmesh-e2e --test stats bench -- --ignored --nocapture`: the stats filter's
-/// benchmark alone (the same scenario `make bench` runs).
-#[test]
-#[ignore]
-fn bench_stats_filter() {
-    let settings = wasmesh_e2e::bench::Settings::default();
-    let results = wasmesh_e2e::bench::run(&st::bench_scenario(), &settings).unwrap_or_else(|e| panic!("{e}"));
-    println!("{}", wasmesh_e2e::bench::table(&results));
-    let none = results[0].cpu_us_per_req;
-    let inbound = results[2].cpu_us_per_req;
-    println!("stats inbound: {:+.2} µs Envoy CPU/request over no filter", inbound - none);
-}
 
 fn dashboard_shows_the_mesh(mesh: &Mesh, prom: &Prometheus, gw: u16) {
     use wasmesh_controller::dashboard::{self, View};
