@@ -184,6 +184,9 @@ enum Step {
 /// Evaluates the current stream (the effective context) and applies the result's filter state
 /// and header changes. The caller continues or pauses the stream.
 fn process(shared: &SharedRc, context_id: u32, since_ms: Option<u64>) -> Step {
+    if shared.try_borrow().map(|s| s.engine.as_ref().is_some_and(|e| !e.is_configured())).unwrap_or(false) {
+        return Step::Continue;
+    }
     let now = now_ms();
     let mut stats = EvalStats::default();
     let outcome = {
