@@ -612,25 +612,6 @@ spec:
     assert_eq!(send(front.port, "GET", "/roles", &[("authorization", &b(&dev))]).status, 403);
 }
 
-// ------------------------------------------------------------------------------------------
-// Benchmark (run by hand: `cargo test --release -p wasmesh-e2e --test authn bench -- --ignored
-// --nocapture`; `make bench` runs the same scenarios).
-
-#[test]
-#[ignore = "benchmark: minutes of load on the machine"]
-fn bench_jwt() {
-    let settings = wasmesh_e2e::bench::Settings {
-        requests: std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000),
-        connections: 4,
-        repetitions: std::env::var("BENCH_REPETITIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(5),
-        warmup: 1_000,
-    };
-    let mut results = Vec::new();
-    for s in wasmesh_e2e::authn::bench_scenarios() {
-        results.extend(wasmesh_e2e::bench::run(&s, &settings).unwrap_or_else(|e| panic!("{e}")));
-    }
-    println!("{}", wasmesh_e2e::bench::table(&results));
-}
 
 // ------------------------------------------------------------------------------------------
 // Through wasmeshctl's bootstrap (the plugin path): Istio's "JWT at the ingress gateway" setup.

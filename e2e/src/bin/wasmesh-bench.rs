@@ -21,7 +21,7 @@ fn main() {
     }
     let only = arg("--only");
     let mut all = vec![router_scenario(), authz_scenario()];
-    all.extend(jwt_scenarios());
+    all.extend(wasmesh_e2e::authn::bench_scenarios().into_iter().map(with_noop));
     all.push(with_noop(wasmesh_e2e::stats::bench_scenario()));
     let scenarios: Vec<Scenario> = all
         .into_iter()
@@ -171,37 +171,4 @@ fn with_noop(mut s: Scenario) -> Scenario {
         s.modules.push("noop".into());
     }
     s
-}
-
-/// RequestAuthentication, steady state with one repeated token per algorithm: Envoy's jwt_authn
-/// without and with its verified-token cache, and wasmesh authn (shared-data token cache).
-fn jwt_scenarios() -> Vec<Scenario> {
-    let cases = wasmesh_e2e::authn::bench_cases();
-    let mut out = Vec::new();
-    for alg in ["RS256", "ES256"] {
-        let mine: Vec<_> = cases.iter().filter(|c| c.name.contains(alg)).collect();
-        let Some(first) = mine.first() else { continue };
-        let header = vec![first.header.clone()];
-        let mut variants = vec![Variant { headers: header.clone(), ..Variant::new("none") }];
-        variants.push(Variant {
-            headers: header.clone(),
-            http_filters: vec![bench::wasm_filter("wasmesh.noop", "noop", &json!({}))],
-            ..Variant::new("no-op wasm filter")
-        });
-        for c in &mine {
-            variants.push(Variant {
-                headers: vec![c.header.clone()],
-                http_filters: vec![c.http_filter.clone()],
-                clusters: c.clusters.clone(),
-                ..Variant::new(c.name.trim_start_matches(&format!("jwt {alg} ")))
-            });
-        }
-        out.push(Scenario {
-            name: format!("jwt {alg}"),
-            target: "repeated token: wasmesh ≤ native cached + 3 µs Envoy CPU/request".into(),
-            variants,
-            modules: vec!["authn".into(), "noop".into()],
-        });
-    }
-    out
 }

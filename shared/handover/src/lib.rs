@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 /// Verified request identity written by the authn (JWT) filter: [`RequestIdentity`].
 pub const AUTHN_IDENTITY: &str = "wasmesh.authn.identity";
-/// Set by the authn filter when a RequestAuthentication applied to the request, whatever the
-/// outcome (`"1"`), so the authz filter can tell "no token" from "authn filter not configured".
+/// Set by the authn filter (`"1"`) when a RequestAuthentication applied to the request but no
+/// identity was handed over (no token); an [`AUTHN_IDENTITY`] implies evaluation. Lets a reader
+/// tell "no token" from "authn filter not configured".
 pub const AUTHN_EVALUATED: &str = "wasmesh.authn.evaluated";
 /// The authorization decision and what decided it: [`AuthzDecision`].
 pub const AUTHZ_DECISION: &str = "wasmesh.authz.decision";
