@@ -31,9 +31,55 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
 
 /// The TCP stats network filter, for listeners that proxy TCP (`tcp_proxy`). Istio puts it
 /// only on TCP filter chains, so HTTP listeners do not get it from [`contribute`].
+///
+/// This one never exchanges metadata: use it on plaintext chains, on inbound mTLS chains that
+/// did not match [`exchange_filter_chain_match`], and on outbound listeners whose upstream TLS
+/// does not offer [`CLIENT_TCP_ALPN`]. Elsewhere use [`tcp_filter_with_exchange`].
 pub fn tcp_filter(ctx: &ListenerContext<'_>) -> Result<WasmFilter, Vec<Error>> {
-    let config = config(ctx, ListenerProtocol::Tcp)?;
+    tcp_filter_for(ctx, false)
+}
+
+/// The TCP stats filter with Istio's TCP metadata exchange (`peerExchange`), so that
+/// `source_*`/`destination_*` of the `istio_tcp_*` metrics name the peer workload on both
+/// sides. The filter cannot see the negotiated ALPN, so the bootstrap must only use it where
+/// both ends run the exchange:
+/// - inbound (server): on the filter chain matched by [`exchange_filter_chain_match`] (needs the
+///   `tls_inspector` listener filter), whose `DownstreamTlsContext` advertises
+///   [`SERVER_TCP_ALPN`] and requires a client certificate;
+/// - outbound (client): on a TCP listener whose cluster's `UpstreamTlsContext` offers
+///   [`CLIENT_TCP_ALPN`], and only towards endpoints that are sidecars (Istio's
+///   `tlsMode: istio` transport socket match); plaintext endpoints of the same cluster never
+///   exchange (the filter checks for an upstream peer certificate).
+pub fn tcp_filter_with_exchange(ctx: &ListenerContext<'_>) -> Result<WasmFilter, Vec<Error>> {
+    tcp_filter_for(ctx, true)
+}
+
+fn tcp_filter_for(ctx: &ListenerContext<'_>, peer_exchange: bool) -> Result<WasmFilter, Vec<Error>> {
+    let mut config = config(ctx, ListenerProtocol::Tcp)?;
+    if peer_exchange {
+        config["peerExchange"] = json!(true);
+        StatsConfig::compile_json(config.to_string().as_bytes()).map_err(|e| e.0)?;
+    }
     Ok(WasmFilter { name: TCP_FILTER_NAME.into(), module: MODULE.into(), config, fail_open: true })
+}
+
+/// The ALPN of Istio's TCP metadata exchange.
+pub const PEER_EXCHANGE_ALPN: &str = wasmesh_stats::exchange::ALPN;
+/// `alpn_protocols` of a client sidecar's `UpstreamTlsContext` on TCP clusters to mesh
+/// sidecars (Istio `ALPNInMeshWithMxc`).
+pub const CLIENT_TCP_ALPN: [&str; 2] = [PEER_EXCHANGE_ALPN, "istio"];
+/// `alpn_protocols` of the server's `DownstreamTlsContext` on the exchange filter chain (Istio
+/// `ALPNDownstreamWithMxc`), so an Istio client, which checks the negotiated ALPN, exchanges too.
+pub const SERVER_TCP_ALPN: [&str; 3] = [PEER_EXCHANGE_ALPN, "h2", "http/1.1"];
+
+/// `filter_chain_match` of the inbound chain that runs [`tcp_filter_with_exchange`]: TLS whose
+/// ClientHello offers `istio-peer-exchange` (read by the `tls_inspector`). Istio also matches
+/// `istio` here because its filter checks the negotiated ALPN per connection; a wasm filter
+/// cannot, so only clients that offered the exchange get this chain, and a client offering only
+/// `istio` gets the ordinary mTLS chain (Envoy prefers the chain whose application protocols
+/// match over one that lists none).
+pub fn exchange_filter_chain_match() -> Value {
+    json!({"transport_protocol": "tls", "application_protocols": [PEER_EXCHANGE_ALPN]})
 }
 
 /// `stats_config.stats_tags` entries: one regex per standard label and per custom tag.
@@ -65,6 +111,7 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
         max_label_sets: wasmesh_stats::DEFAULT_MAX_LABEL_SETS,
         metadata_exchange: true,
         external_hosts,
+        peer_exchange: false,
     };
     cfg.compile(&Resources { items: telemetries }).map_err(|e| e.0)?;
     serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("stats config: {e}"))])
@@ -192,6 +239,14 @@ spec:
         let t = tcp_filter(&ctx(Direction::Inbound)).unwrap();
         assert_eq!(t.config["protocol"], "tcp");
         assert_eq!(t.name, "wasmesh.stats.tcp");
+        assert!(t.config.get("peerExchange").is_none(), "no exchange unless the chain is gated on the ALPN");
+        for d in [Direction::Inbound, Direction::Outbound, Direction::Gateway { port: 80 }] {
+            let x = tcp_filter_with_exchange(&ctx(d)).unwrap();
+            assert_eq!(x.config["peerExchange"], true);
+            assert!(StatsConfig::compile_json(x.config.to_string().as_bytes()).unwrap().peer_exchange);
+        }
+        assert_eq!(exchange_filter_chain_match()["application_protocols"], json!(["istio-peer-exchange"]));
+        assert_eq!(CLIENT_TCP_ALPN[0], "istio-peer-exchange");
     }
 
     #[test]

@@ -15,10 +15,11 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, PeerType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, PeerType};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use wasmesh_stats::exchange::{PreambleReader, Step};
 use wasmesh_stats::grpc::{is_grpc_content_type, GrpcFrameCounter};
 use wasmesh_stats::peer::{CachedPeer, HEADER_METADATA, HEADER_METADATA_ID};
 use wasmesh_stats::{
@@ -123,7 +124,7 @@ impl RootContext for StatsRoot {
 
     fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
         let shared = self.shared.clone()?;
-        Some(Box::new(StatsTcp { shared, keys: None, closed: false }))
+        Some(Box::new(StatsTcp::new(shared)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -395,30 +396,142 @@ impl HttpContext for StatsHttp {
     }
 }
 
+/// Network buffer access during `on_downstream_data`/`on_upstream_data`.
+///
+/// The SDK panics on an unexpected status, so the calls are limited to what cannot return one:
+/// Envoy answers `proxy_get_buffer_bytes` at offset 0 with `Ok` (or `NotFound` when empty; it
+/// clips the length), and `proxy_set_buffer_bytes` at offset 0 with `Ok` ("drain `len`, then
+/// prepend"); both only while the data callback runs, which is the only place they are called.
+mod buffer {
+    use proxy_wasm::hostcalls;
+    use proxy_wasm::types::BufferType;
+
+    /// The first `n` bytes of the buffer.
+    pub fn peek(ty: BufferType, n: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(ty, 0, n).ok().flatten()
+    }
+
+    /// Replaces the first `len` bytes of the buffer with `with`.
+    pub fn replace_front(ty: BufferType, len: usize, with: &[u8]) -> bool {
+        hostcalls::set_buffer(ty, 0, len, with).is_ok()
+    }
+}
+
 /// The TCP network filter: one per connection.
+///
+/// With `peerExchange` (Istio's TCP metadata exchange, see `wasmesh_stats::exchange`) and a TLS
+/// connection, the client side (outbound, gateway) puts its preamble in front of the first bytes
+/// going upstream and reads the server's from the first bytes coming back; the server side
+/// (inbound) reads the client's from the first downstream bytes and puts its own in front of the
+/// first bytes going back. Reading waits (`Pause`, Envoy keeps the bytes) until the preamble is
+/// whole; anything that is not a preamble passes unchanged.
 struct StatsTcp {
     shared: Rc<Shared>,
-    /// Encoded tags per metric group, computed at the first event (the upstream is chosen by
-    /// then) and again, with the final response flags, at close.
+    /// Encoded tags per metric group, computed once the peer is known (or the exchange is not
+    /// happening) and again, with the final response flags, at close.
     keys: Option<Vec<(Vec<Metric>, String)>>,
     closed: bool,
+    /// Whether this connection exchanges preambles; decided at the first data event.
+    exchange: Option<bool>,
+    reader: PreambleReader,
+    preamble_sent: bool,
+    /// The peer from its preamble.
+    peer: Option<Rc<CachedPeer>>,
+    /// Bytes seen before the labels were known: (received, sent).
+    pending: (u64, u64),
 }
 
 impl Context for StatsTcp {}
 
 impl StatsTcp {
+    fn new(shared: Rc<Shared>) -> StatsTcp {
+        StatsTcp {
+            shared,
+            keys: None,
+            closed: false,
+            exchange: None,
+            reader: PreambleReader::default(),
+            preamble_sent: false,
+            peer: None,
+            pending: (0, 0),
+        }
+    }
+
+    /// Exchange only when configured for this filter chain and the connection is TLS with a
+    /// peer certificate (plaintext never exchanges, as in Istio). The ALPN itself is not
+    /// visible to wasm: the bootstrap gates it (server: a filter chain matched on
+    /// `istio-peer-exchange`; client: an upstream TLS context offering it to sidecars only).
+    fn exchange_active(&mut self) -> bool {
+        if let Some(x) = self.exchange {
+            return x;
+        }
+        let stats = &self.shared.stats;
+        let x = stats.peer_exchange
+            && match stats.direction {
+                Direction::Inbound => wasmesh_proxy::property_bool(&["connection", "mtls"]) == Some(true),
+                Direction::Outbound | Direction::Gateway => {
+                    wasmesh_proxy::property(&["upstream", "uri_san_peer_certificate"]).is_some_and(|v| !v.is_empty())
+                }
+            };
+        self.exchange = Some(x);
+        x
+    }
+
+    /// Reads the peer's preamble from the front of `ty`. `Some(n)`: continue with `n`
+    /// application bytes; `None`: pause.
+    fn read_preamble(&mut self, ty: BufferType, size: usize, end_of_stream: bool) -> Option<usize> {
+        match self.reader.step(size, end_of_stream, |n| buffer::peek(ty, n)) {
+            Step::Wait => None,
+            Step::Pass => {
+                if let Some(why) = self.reader.gave_up() {
+                    wasmesh_proxy::log_debug(&format!("wasmesh stats: no TCP peer metadata ({why:?})"));
+                }
+                self.peer_known();
+                Some(size)
+            }
+            Step::Strip { len, body } => {
+                if !buffer::replace_front(ty, len, &[]) {
+                    // The preamble could not be removed: let everything through rather than
+                    // hold the connection.
+                    self.peer_known();
+                    return Some(size);
+                }
+                self.peer = self.shared.peers.borrow_mut().preamble(&body);
+                if let Some(p) = &self.peer {
+                    let key = match self.shared.stats.direction {
+                        Direction::Inbound => wasmesh_handover::PEER_DOWNSTREAM,
+                        Direction::Outbound | Direction::Gateway => wasmesh_handover::PEER_UPSTREAM,
+                    };
+                    wasmesh_proxy::set_filter_state(key, &p.json);
+                }
+                self.peer_known();
+                Some(size.saturating_sub(len))
+            }
+        }
+    }
+
+    /// Puts our preamble in front of the first bytes sent through `ty`.
+    fn send_preamble(&mut self, ty: BufferType, size: usize) {
+        if self.preamble_sent || size == 0 {
+            return;
+        }
+        self.preamble_sent = true;
+        let _ = buffer::replace_front(ty, 0, &self.shared.stats.preamble);
+    }
+
     fn compute_keys(&self) -> Vec<(Vec<Metric>, String)> {
         let stats = &self.shared.stats;
         let cluster = wasmesh_proxy::property_string(&["xds", "cluster_name"]).unwrap_or_default();
         let service = if cluster.is_empty() { None } else { self.shared.service(&cluster) };
-        let fallback_peer = match stats.direction {
-            Direction::Outbound | Direction::Gateway => endpoint_peer(&self.shared),
-            Direction::Inbound => None,
+        let peer = match (&self.peer, stats.direction) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Direction::Outbound | Direction::Gateway) => endpoint_peer(&self.shared),
+            (None, Direction::Inbound) => None,
         };
         let (peer_principal, local_principal) = principals(stats.direction);
         let mut facts = Facts::new(Protocol::Tcp);
         facts.response_flags = nonneg(prop_i64(&["response", "flags"])).unwrap_or(0);
-        facts.peer = fallback_peer.as_ref().map(|p| &p.peer);
+        facts.peer = peer.as_ref().map(|p| &p.peer);
         facts.peer_principal = &peer_principal;
         facts.local_principal = &local_principal;
         facts.cluster_name = &cluster;
@@ -427,13 +540,21 @@ impl StatsTcp {
         stats.tcp_keys(&facts, &exprs)
     }
 
-    /// Computes the keys on the first event and counts the connection as opened.
-    fn ensure_open(&mut self) {
+    /// The labels are final (peer read, or no exchange): count the connection as opened and
+    /// the bytes seen so far.
+    fn peer_known(&mut self) {
         if self.keys.is_some() || !self.shared.stats.any_enabled() {
             return;
         }
         let keys = self.compute_keys();
         self.record(&keys, Metric::TcpOpenedConnections, 1);
+        let (rx, tx) = std::mem::take(&mut self.pending);
+        if rx > 0 {
+            self.record(&keys, Metric::TcpReceivedBytes, rx);
+        }
+        if tx > 0 {
+            self.record(&keys, Metric::TcpSentBytes, tx);
+        }
         self.keys = Some(keys);
     }
 
@@ -447,9 +568,13 @@ impl StatsTcp {
     }
 
     fn add_bytes(&mut self, metric: Metric, size: usize) {
-        self.ensure_open();
-        if let Some(keys) = &self.keys {
-            self.record(keys, metric, size as u64);
+        if size == 0 {
+            return;
+        }
+        match &self.keys {
+            Some(keys) => self.record(keys, metric, size as u64),
+            None if metric == Metric::TcpReceivedBytes => self.pending.0 += size as u64,
+            None => self.pending.1 += size as u64,
         }
     }
 
@@ -458,7 +583,7 @@ impl StatsTcp {
             return;
         }
         self.closed = true;
-        self.ensure_open();
+        self.peer_known();
         if !self.shared.stats.any_enabled() {
             return;
         }
@@ -473,13 +598,43 @@ impl StreamContext for StatsTcp {
         Action::Continue
     }
 
-    fn on_downstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
-        self.add_bytes(Metric::TcpReceivedBytes, data_size);
+    fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        let mut app = data_size;
+        if self.exchange_active() {
+            match self.shared.stats.direction {
+                Direction::Inbound if !self.reader.is_done() => {
+                    match self.read_preamble(BufferType::DownstreamData, data_size, end_of_stream) {
+                        Some(n) => app = n,
+                        None => return Action::Pause,
+                    }
+                }
+                Direction::Inbound => {}
+                Direction::Outbound | Direction::Gateway => self.send_preamble(BufferType::DownstreamData, data_size),
+            }
+        } else {
+            self.peer_known();
+        }
+        self.add_bytes(Metric::TcpReceivedBytes, app);
         Action::Continue
     }
 
-    fn on_upstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
-        self.add_bytes(Metric::TcpSentBytes, data_size);
+    fn on_upstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        let mut app = data_size;
+        if self.exchange_active() {
+            match self.shared.stats.direction {
+                Direction::Outbound | Direction::Gateway if !self.reader.is_done() => {
+                    match self.read_preamble(BufferType::UpstreamData, data_size, end_of_stream) {
+                        Some(n) => app = n,
+                        None => return Action::Pause,
+                    }
+                }
+                Direction::Outbound | Direction::Gateway => {}
+                Direction::Inbound => self.send_preamble(BufferType::UpstreamData, data_size),
+            }
+        } else {
+            self.peer_known();
+        }
+        self.add_bytes(Metric::TcpSentBytes, app);
         Action::Continue
     }
 

@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod encode;
+pub mod exchange;
 pub mod expr;
 pub mod flags;
 pub mod grpc;
@@ -76,6 +77,13 @@ pub struct StatsConfig {
     /// trusted for peer metadata (Istio's `skip_external_clusters`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub external_hosts: Vec<String>,
+    /// TCP only: Istio's TCP metadata exchange (a preamble before the application bytes, see
+    /// [`exchange`]). Only for filter chains where both ends run it: the server's chain matched
+    /// on ALPN `istio-peer-exchange`, and a client whose upstream mTLS offers that ALPN. Even
+    /// then it only happens over TLS (inbound: `connection.mtls`; outbound: the upstream
+    /// presented a certificate).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub peer_exchange: bool,
 }
 
 fn default_max_label_sets() -> usize {
@@ -125,6 +133,10 @@ pub struct Stats {
     /// Our `x-envoy-peer-metadata` value.
     pub header_value: String,
     pub metadata_exchange: bool,
+    /// TCP metadata exchange enabled on this filter chain.
+    pub peer_exchange: bool,
+    /// Our TCP exchange preamble (empty unless `peer_exchange`).
+    pub preamble: Vec<u8>,
     pub max_label_sets: usize,
     external_hosts: Vec<String>,
     host_header_fallback: bool,
@@ -154,6 +166,11 @@ impl StatsConfig {
                 )));
             }
             _ => {}
+        }
+        if self.peer_exchange && self.protocol != ListenerProtocol::Tcp {
+            errors.push(Error::new(
+                "stats configuration: peerExchange is the TCP metadata exchange and needs protocol \"tcp\"; HTTP filters exchange x-envoy-peer-metadata headers (metadataExchange)",
+            ));
         }
         if self.max_label_sets == 0 {
             errors.push(Error::new("stats configuration: maxLabelSets must be at least 1"));
@@ -185,6 +202,7 @@ impl StatsConfig {
             return Err(CompileError(errors));
         }
         let local = LocalInfo::from_workload(&self.workload);
+        let preamble = if self.peer_exchange { exchange::encode_preamble(&local) } else { Vec::new() };
         let http_groups = groups(&plans, &Metric::HTTP);
         let tcp_groups = groups(&plans, &Metric::TCP);
         let inbound_service = self.services.first().map(|s| {
@@ -201,6 +219,8 @@ impl StatsConfig {
             header_value: local.header_value(),
             local,
             metadata_exchange: self.metadata_exchange,
+            peer_exchange: self.peer_exchange,
+            preamble,
             max_label_sets: self.max_label_sets,
             external_hosts: self.external_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             // istio/istio telemetry.go `disableHostHeaderFallback`: inbound and gateways.

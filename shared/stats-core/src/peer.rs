@@ -249,6 +249,8 @@ pub struct CachedPeer {
 pub struct PeerCache {
     map: std::collections::HashMap<Vec<u8>, std::rc::Rc<CachedPeer>>,
     endpoints: std::collections::HashMap<String, Option<std::rc::Rc<CachedPeer>>>,
+    /// TCP exchange preamble bodies (see [`crate::exchange`]) → peer.
+    preambles: std::collections::HashMap<Vec<u8>, Option<std::rc::Rc<CachedPeer>>>,
     next_id: u64,
 }
 
@@ -282,6 +284,19 @@ impl PeerCache {
         }
         self.map.insert(metadata.to_vec(), cached.clone());
         Some(cached)
+    }
+
+    /// The peer of a TCP exchange preamble body (the bytes after magic and length).
+    pub fn preamble(&mut self, body: &[u8]) -> Option<std::rc::Rc<CachedPeer>> {
+        if let Some(hit) = self.preambles.get(body) {
+            return hit.clone();
+        }
+        let found = crate::exchange::decode_body(body).map(|p| self.wrap(p));
+        if self.preambles.len() >= Self::CAPACITY {
+            self.preambles.clear();
+        }
+        self.preambles.insert(body.to_vec(), found.clone());
+        found
     }
 
     /// The peer named by Istio's endpoint metadata (`workload;namespace;…`).
@@ -442,6 +457,12 @@ mod tests {
             cache.get_or_decode(h.as_bytes(), None).unwrap();
         }
         assert!(cache.len() <= PeerCache::CAPACITY);
+        let p = crate::exchange::encode_preamble(&LocalInfo::from_workload(&reviews_v2()));
+        let body = &p[crate::exchange::HEADER_LEN..];
+        let t1 = cache.preamble(body).unwrap();
+        assert!(std::rc::Rc::ptr_eq(&t1, &cache.preamble(body).unwrap()), "decoded once");
+        assert_eq!(t1.peer.workload, "reviews-v2");
+        assert!(cache.preamble(b"junk").is_none());
     }
 
     #[test]

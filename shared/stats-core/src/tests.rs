@@ -234,3 +234,49 @@ fn external_hosts_and_no_route_flags() {
     let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound", "externalHosts": ["a/b", "x.*.com", "é*"]})).unwrap_err();
     assert!(["externalHosts[0]", "externalHosts[1]", "externalHosts[2]"].iter().all(|f| e.to_string().contains(f)), "{e}");
 }
+
+#[test]
+fn tcp_peer_exchange_config() {
+    let stats = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "protocol": "tcp", "peerExchange": true}))
+        .unwrap();
+    assert!(stats.peer_exchange);
+    assert_eq!(&stats.preamble[..4], &exchange::MAGIC.to_be_bytes());
+    let peer = exchange::decode_body(&stats.preamble[exchange::HEADER_LEN..]).unwrap();
+    assert_eq!((peer.workload.as_str(), peer.namespace.as_str(), peer.app.as_str()), ("a", "bookinfo", "a"));
+    // Off by default, and then no preamble is built.
+    let off = compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound", "protocol": "tcp"})).unwrap();
+    assert!(!off.peer_exchange && off.preamble.is_empty());
+    // HTTP filters exchange headers, not preambles.
+    let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "peerExchange": true})).unwrap_err();
+    assert!(e.to_string().contains("peerExchange is the TCP metadata exchange and needs protocol \"tcp\""), "{e}");
+    let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "protocol": "tcp", "peerExchange": "yes"}))
+        .unwrap_err();
+    assert!(e.to_string().contains("invalid type: string \"yes\", expected a boolean"), "{e}");
+    let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "protocol": "tcp", "peerExchnage": true}))
+        .unwrap_err();
+    assert!(e.to_string().contains("unknown field `peerExchnage`"), "{e}");
+}
+
+#[test]
+fn exchanged_tcp_peer_fills_the_same_labels_as_http() {
+    // Server side: the client's preamble names the source.
+    let client = compile(json!({"workload": workload("tcp-client-v1", "tcp-client", "v1"), "direction": "outbound", "protocol": "tcp", "peerExchange": true}))
+        .unwrap();
+    let server = compile(json!({"workload": workload("tcp-echo-v1", "tcp-echo", "v1"), "direction": "inbound", "protocol": "tcp", "peerExchange": true}))
+        .unwrap();
+    let from_client = exchange::decode_body(&client.preamble[exchange::HEADER_LEN..]).unwrap();
+    let mut f = Facts::new(Protocol::Tcp);
+    f.peer = Some(&from_client);
+    let (_, key) = &server.tcp_keys(&f, &[])[0];
+    for part in ["reporter=.=destination;", "source_workload=.=tcp-client-v1;", "source_app=.=tcp-client;", "source_version=.=v1;", "source_workload_namespace=.=bookinfo;", "destination_workload=.=tcp-echo-v1;"] {
+        assert!(key.contains(part), "{part} in {key}");
+    }
+    // Client side: the server's preamble names the destination.
+    let from_server = exchange::decode_body(&server.preamble[exchange::HEADER_LEN..]).unwrap();
+    let mut f = Facts::new(Protocol::Tcp);
+    f.peer = Some(&from_server);
+    let (_, key) = &client.tcp_keys(&f, &[])[0];
+    for part in ["reporter=.=source;", "source_workload=.=tcp-client-v1;", "destination_workload=.=tcp-echo-v1;", "destination_app=.=tcp-echo;", "destination_canonical_service=.=tcp-echo;"] {
+        assert!(key.contains(part), "{part} in {key}");
+    }
+}
