@@ -169,6 +169,13 @@ pub fn filter(workload: &Workload, resources: &Resources, direction: Direction, 
     }
 }
 
+/// The TCP stats filter with Istio's TCP metadata exchange, built by the controller's plugin.
+pub fn tcp_filter_with_exchange(workload: &Workload, resources: &Resources, direction: Direction) -> WasmFilter {
+    let mesh = MeshConfig::default();
+    let ctx = ListenerContext { workload, resources, direction, bind_port: 0, mesh: &mesh };
+    stats::tcp_filter_with_exchange(&ctx).unwrap_or_else(|e| panic!("stats plugin: {e:?}"))
+}
+
 /// `stats_config` with the plugin's tag extraction.
 pub fn stats_config(resources: &Resources) -> Value {
     json!({"stats_tags": stats::stats_tags(resources), "use_all_default_tags": true})
@@ -266,6 +273,12 @@ pub struct TcpEcho {
 
 impl TcpEcho {
     pub fn start(reply_prefix: &'static [u8]) -> TcpEcho {
+        TcpEcho::start_with_greeting(reply_prefix, b"")
+    }
+
+    /// Like [`TcpEcho::start`], but the server speaks first: `greeting` as soon as a
+    /// connection is accepted (a MySQL-like protocol).
+    pub fn start_with_greeting(reply_prefix: &'static [u8], greeting: &'static [u8]) -> TcpEcho {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let stop = Arc::new(AtomicBool::new(false));
@@ -277,6 +290,9 @@ impl TcpEcho {
                 }
                 let Ok(mut conn) = conn else { continue };
                 std::thread::spawn(move || {
+                    if !greeting.is_empty() && conn.write_all(greeting).is_err() {
+                        return;
+                    }
                     let mut buf = [0u8; 4096];
                     loop {
                         match conn.read(&mut buf) {
@@ -318,6 +334,133 @@ pub fn tcp_conversation(port: u16, messages: &[&[u8]], reply_prefix: &[u8]) -> (
         received += want;
     }
     (sent, received)
+}
+
+/// One TCP conversation that checks every byte: read `greeting` first (if any), then for each
+/// message the exact echo `reply_prefix + message`, and after a half-close nothing more. Any
+/// preamble leaking to the application (which echoes it) or back to the client fails it.
+/// Returns (bytes sent, bytes received).
+pub fn tcp_conversation_exact(port: u16, greeting: &[u8], messages: &[&[u8]], reply_prefix: &[u8]) -> (usize, usize) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect {port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let read_exact = |s: &mut TcpStream, want: &[u8], what: &str| {
+        let mut got = vec![0u8; want.len()];
+        s.read_exact(&mut got).unwrap_or_else(|e| panic!("read {what}: {e}"));
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want), "{what}: the client got other bytes than the application sent");
+    };
+    let mut received = 0;
+    if !greeting.is_empty() {
+        read_exact(&mut s, greeting, "greeting");
+        received += greeting.len();
+    }
+    let mut sent = 0;
+    for m in messages {
+        s.write_all(m).unwrap_or_else(|e| panic!("write: {e}"));
+        sent += m.len();
+        let mut want = reply_prefix.to_vec();
+        want.extend_from_slice(m);
+        read_exact(&mut s, &want, "echo");
+        received += want.len();
+    }
+    s.shutdown(std::net::Shutdown::Write).ok();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "bytes after the conversation: {:?}", String::from_utf8_lossy(&rest));
+    (sent, received)
+}
+
+fn with_alpn(mut transport_socket: Value, alpn: &[&str]) -> Value {
+    transport_socket["typed_config"]["common_tls_context"]["alpn_protocols"] = json!(alpn);
+    transport_socket
+}
+
+fn tcp_proxy(cluster: &str) -> Value {
+    json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": "tcp",
+        "cluster": cluster,
+    }})
+}
+
+/// A client sidecar's outbound TCP listener: the stats filter, `tcp_proxy` to `upstream_port`.
+/// With `certs` the cluster speaks Istio mTLS (the sidecar's certificate, the server's SPIFFE ID
+/// checked) and offers `alpn` (e.g. [`stats::CLIENT_TCP_ALPN`]); without, plaintext.
+pub fn tcp_client_bootstrap(
+    filter: &WasmFilter,
+    resources: &Resources,
+    listen: u16,
+    upstream_port: u16,
+    cluster: &str,
+    certs: Option<(&wasmesh_controller::certs::CertPaths, &str, &[&str])>,
+) -> Value {
+    let mut b = tcp_proxy_bootstrap(filter, resources, listen, upstream_port, cluster, None);
+    if let Some((certs, server_id, alpn)) = certs {
+        let ts = wasmesh_controller::plugins::mtls::upstream_transport_socket(certs, &[server_id.to_string()], "");
+        b["static_resources"]["clusters"][0]["transport_socket"] = with_alpn(ts, alpn);
+    }
+    b
+}
+
+/// One inbound filter chain of [`tcp_server_bootstrap`].
+pub struct InboundChain<'a> {
+    pub name: &'a str,
+    pub filter_chain_match: Option<Value>,
+    /// mTLS with this workload's certificate and these ALPNs (client certificate required).
+    pub tls: Option<(&'a wasmesh_controller::certs::CertPaths, &'a [&'a str])>,
+    pub filter: &'a WasmFilter,
+}
+
+/// A server sidecar's inbound TCP listener with the `tls_inspector` and the given chains, each
+/// running its stats filter and `tcp_proxy` to the application on `app_port`.
+pub fn tcp_server_bootstrap(resources: &Resources, listen: u16, app_port: u16, chains: &[InboundChain<'_>]) -> Value {
+    let wasm_dir = crate::paths::wasm_dir();
+    let cluster = "inbound|9000||";
+    let chains: Vec<Value> = chains
+        .iter()
+        .map(|c| {
+            let mut chain = json!({"name": c.name, "filters": [wasm_network_filter(c.filter, &wasm_dir), tcp_proxy(cluster)]});
+            if let Some(m) = &c.filter_chain_match {
+                chain["filter_chain_match"] = m.clone();
+            }
+            if let Some((certs, alpn)) = c.tls {
+                chain["transport_socket"] = with_alpn(wasmesh_controller::plugins::mtls::downstream_transport_socket(certs), alpn);
+            }
+            chain
+        })
+        .collect();
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
+        "stats_config": stats_config(resources),
+        "static_resources": {
+            "listeners": [{
+                "name": "inbound",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                "listener_filters": [wasmesh_controller::plugins::mtls::tls_inspector()],
+                "filter_chains": chains,
+            }],
+            "clusters": [static_cluster(cluster, app_port, false, None)],
+        }
+    })
+}
+
+/// Waits until the series of `metric` whose labels include all of `want` sum to `expected`
+/// in the Envoy's `/stats/prometheus`; panics with what it saw.
+pub fn wait_series(envoy: &crate::Envoy, metric: &str, want: &[(&str, &str)], expected: f64) {
+    let start = Instant::now();
+    let mut last = Vec::new();
+    while start.elapsed() < Duration::from_secs(15) {
+        last = scrape(envoy, metric);
+        let sum: f64 = last
+            .iter()
+            .filter(|(labels, _)| want.iter().all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, v)| v)
+            .sum();
+        if sum == expected {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{metric} with {want:?}: expected {expected}; series:\n{last:#?}");
 }
 
 /// A gRPC server on node's built-in `http2` module: every call is answered with `replies`
