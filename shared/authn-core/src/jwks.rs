@@ -33,23 +33,12 @@ impl std::fmt::Debug for Key {
 /// Key material, prepared once per JWKS so a verification does no key parsing.
 #[derive(Clone)]
 pub enum Material {
-    Rsa(Box<RsaKeys>),
+    Rsa(crate::rsa::PublicKey),
     P256(ES256PublicKey),
     P384(ES384PublicKey),
     Ed25519(Ed25519PublicKey),
     /// `kty: oct` (HS256/384/512): a shared secret, as Envoy accepts in a JWKS.
     Oct(Vec<u8>),
-}
-
-/// An RSA public key ready for each algorithm it may verify.
-#[derive(Clone)]
-pub struct RsaKeys {
-    rs256: RS256PublicKey,
-    rs384: RS384PublicKey,
-    rs512: RS512PublicKey,
-    ps256: PS256PublicKey,
-    ps384: PS384PublicKey,
-    ps512: PS512PublicKey,
 }
 
 impl Material {
@@ -131,13 +120,23 @@ fn options(now: u64, skew: u64, max_token: usize) -> VerificationOptions {
 fn verify_with(key: &Key, token: &str, jwt: &Jwt, now: u64, skew: u64, max_token: usize) -> Result<(), Status> {
     let opts = Some(options(now, skew, max_token));
     let fail = |_| Status::JwtVerificationFail;
+    if let Material::Rsa(k) = &key.material {
+        use crate::rsa::Hash;
+        let hash = match jwt.alg.get(2..) {
+            Some("256") => Hash::Sha256,
+            Some("384") => Hash::Sha384,
+            Some("512") => Hash::Sha512,
+            _ => return Err(Status::JwtVerificationFail),
+        };
+        let signed = signing_input(token, jwt);
+        let ok = match jwt.alg.get(..2) {
+            Some("RS") => k.verify_pkcs1v15(hash, signed.as_bytes(), &jwt.signature),
+            Some("PS") => k.verify_pss(hash, signed.as_bytes(), &jwt.signature),
+            _ => false,
+        };
+        return if ok { Ok(()) } else { Err(Status::JwtVerificationFail) };
+    }
     match (&key.material, jwt.alg.as_str()) {
-        (Material::Rsa(k), "RS256") => k.rs256.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
-        (Material::Rsa(k), "RS384") => k.rs384.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
-        (Material::Rsa(k), "RS512") => k.rs512.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
-        (Material::Rsa(k), "PS256") => k.ps256.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
-        (Material::Rsa(k), "PS384") => k.ps384.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
-        (Material::Rsa(k), "PS512") => k.ps512.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
         (Material::P256(k), "ES256") => k.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
         (Material::P384(k), "ES384") => k.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
         (Material::Ed25519(k), "EdDSA") => {
@@ -157,6 +156,19 @@ fn verify_with(key: &Key, token: &str, jwt: &Jwt, now: u64, skew: u64, max_token
         }
         _ => Err(Status::JwtVerificationFail),
     }
+}
+
+/// What the signature covers: `<header>.<payload>` as Envoy's jwt_verify_lib builds it from the
+/// token's segments (a token with empty segments, which the parser skips, is rebuilt).
+fn signing_input<'t>(token: &'t str, jwt: &Jwt) -> std::borrow::Cow<'t, str> {
+    let mut segments = token.split('.');
+    if let (Some(h), Some(p), Some(s), None) = (segments.next(), segments.next(), segments.next(), segments.next()) {
+        if !h.is_empty() && !p.is_empty() && !s.is_empty() {
+            return std::borrow::Cow::Borrowed(&token[..h.len() + 1 + p.len()]);
+        }
+    }
+    let header = token.split('.').find(|p| !p.is_empty()).unwrap_or_default();
+    std::borrow::Cow::Owned(format!("{header}.{}", jwt.payload_b64))
 }
 
 /// Why a JWKS document as a whole is unusable (a bad single key is only skipped).
@@ -235,15 +247,7 @@ fn parse_jwk(value: &Value) -> Result<Key, String> {
             }
             let n = required_b64(jwk, "n", "a RSA key")?;
             let e = required_b64(jwk, "e", "a RSA key")?;
-            let bad = |e: jwt_simple::Error| format!("RSA key rejected: {e}");
-            Material::Rsa(Box::new(RsaKeys {
-                rs256: RS256PublicKey::from_components(&n, &e).map_err(bad)?,
-                rs384: RS384PublicKey::from_components(&n, &e).map_err(bad)?,
-                rs512: RS512PublicKey::from_components(&n, &e).map_err(bad)?,
-                ps256: PS256PublicKey::from_components(&n, &e).map_err(bad)?,
-                ps384: PS384PublicKey::from_components(&n, &e).map_err(bad)?,
-                ps512: PS512PublicKey::from_components(&n, &e).map_err(bad)?,
-            }))
+            Material::Rsa(crate::rsa::PublicKey::from_components(&n, &e).map_err(|e| format!("RSA key rejected: {e}"))?)
         }
         "EC" => {
             if !alg.is_empty() && !alg.starts_with("ES") {

@@ -727,3 +727,21 @@ fn jwks_uri_parsing() {
     }
     assert!(crate::parse_jwks_uri(&format!("https://h/{}", "a".repeat(2100))).is_err());
 }
+
+#[test]
+fn rsa_tokens_with_empty_segments_verify_over_the_rebuilt_input_as_envoy() {
+    // Envoy splits with SkipEmpty and signs/verifies `<header>.<payload>` rebuilt from the parts.
+    for alg in ["RS256", "PS384"] {
+        let s = Signer::new(alg, TestKey::Rsa1, Some("k"));
+        let a = one_rule(&s, "");
+        let t = s.sign(&claims(json!({})));
+        let (head, rest) = t.split_once('.').unwrap();
+        let odd = format!("{head}..{rest}");
+        assert!(identity(&eval(&a, &Req::get("/").bearer(&odd))).is_some(), "{alg}: {odd}");
+        let mut bad = t.clone().into_bytes();
+        let at = head.len() + 3;
+        bad[at] = if bad[at] == b'A' { b'B' } else { b'A' };
+        let bad = String::from_utf8(bad).unwrap();
+        assert_eq!(denied(&eval(&a, &Req::get("/").bearer(&bad))).0, 401, "{alg}: changed payload");
+    }
+}
