@@ -45,7 +45,8 @@ pub fn tcp_filter(ctx: &ListenerContext<'_>) -> Result<WasmFilter, Vec<Error>> {
 /// both ends run the exchange:
 /// - inbound (server): on the filter chain matched by [`exchange_filter_chain_match`] (needs the
 ///   `tls_inspector` listener filter), whose `DownstreamTlsContext` advertises
-///   [`SERVER_TCP_ALPN`] and requires a client certificate;
+///   [`SERVER_TCP_ALPN`] and requires a client certificate. The chain is the whole gate: the
+///   filter exchanges on every connection of it;
 /// - outbound (client): on a TCP listener whose cluster's `UpstreamTlsContext` offers
 ///   [`CLIENT_TCP_ALPN`], and only towards endpoints that are sidecars (Istio's
 ///   `tlsMode: istio` transport socket match); plaintext endpoints of the same cluster never

@@ -457,10 +457,15 @@ impl StatsTcp {
         }
     }
 
-    /// Exchange only when configured for this filter chain and the connection is TLS with a
-    /// peer certificate (plaintext never exchanges, as in Istio). The ALPN itself is not
-    /// visible to wasm: the bootstrap gates it (server: a filter chain matched on
-    /// `istio-peer-exchange`; client: an upstream TLS context offering it to sidecars only).
+    /// Exchange only when configured for this filter chain. The negotiated ALPN is not
+    /// visible to wasm, so the bootstrap gates it:
+    /// - inbound: the chain is selected by `filter_chain_match` on TLS offering
+    ///   `istio-peer-exchange`, which is the whole condition. (`connection.mtls` is not usable
+    ///   here: when the application speaks first, `tcp_proxy` has its bytes before the
+    ///   downstream TLS handshake is finished, and the property still says false.)
+    /// - outbound: the cluster offers the ALPN to sidecars; the filter also requires an upstream
+    ///   peer certificate, so a plaintext endpoint never gets a preamble (as in Istio). The
+    ///   upstream handshake is complete before `tcp_proxy` passes any byte either way.
     fn exchange_active(&mut self) -> bool {
         if let Some(x) = self.exchange {
             return x;
@@ -468,7 +473,7 @@ impl StatsTcp {
         let stats = &self.shared.stats;
         let x = stats.peer_exchange
             && match stats.direction {
-                Direction::Inbound => wasmesh_proxy::property_bool(&["connection", "mtls"]) == Some(true),
+                Direction::Inbound => true,
                 Direction::Outbound | Direction::Gateway => {
                     wasmesh_proxy::property(&["upstream", "uri_san_peer_certificate"]).is_some_and(|v| !v.is_empty())
                 }

@@ -79,9 +79,8 @@ pub struct StatsConfig {
     pub external_hosts: Vec<String>,
     /// TCP only: Istio's TCP metadata exchange (a preamble before the application bytes, see
     /// [`exchange`]). Only for filter chains where both ends run it: the server's chain matched
-    /// on ALPN `istio-peer-exchange`, and a client whose upstream mTLS offers that ALPN. Even
-    /// then it only happens over TLS (inbound: `connection.mtls`; outbound: the upstream
-    /// presented a certificate).
+    /// on TLS offering ALPN `istio-peer-exchange`, and a client whose upstream mTLS offers
+    /// that ALPN; the client also requires that the upstream presented a certificate.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub peer_exchange: bool,
 }
