@@ -463,6 +463,46 @@ pub fn wait_series(envoy: &crate::Envoy, metric: &str, want: &[(&str, &str)], ex
     panic!("{metric} with {want:?}: expected {expected}; series:\n{last:#?}");
 }
 
+const TLS_PEER_JS: &str = r#"
+const tls = require('tls'), fs = require('fs');
+const [port, ca, cert, key, preHex, chunk, msg] = process.argv.slice(2);
+const pre = Buffer.from(preHex, 'hex'), n = parseInt(chunk);
+const s = tls.connect({host: '127.0.0.1', port: parseInt(port), ca: fs.readFileSync(ca), cert: fs.readFileSync(cert),
+  key: fs.readFileSync(key), ALPNProtocols: ['istio-peer-exchange', 'istio'], checkServerIdentity: () => undefined}, async () => {
+  let got = Buffer.alloc(0);
+  s.on('data', d => { got = Buffer.concat([got, d]); });
+  for (let i = 0; i < pre.length; i += n) { s.write(pre.subarray(i, i + n)); await new Promise(r => setTimeout(r, 5)); }
+  s.write(msg);
+  setTimeout(() => { console.log(JSON.stringify({alpn: s.alpnProtocol, got: got.toString('hex')})); s.end(); }, 700);
+});
+s.on('error', e => { console.log(JSON.stringify({error: String(e)})); process.exit(0); });
+"#;
+
+/// A client sidecar played by node's `tls`: offers ALPN `istio-peer-exchange`, writes
+/// `preamble` in `chunk`-byte TLS records a few ms apart (so Envoy reads it in pieces), then
+/// `message`. Returns (negotiated ALPN, every byte it got back).
+pub fn tls_peer_exchange(port: u16, certs: &wasmesh_controller::certs::CertPaths, preamble: &[u8], chunk: usize, message: &str) -> (String, Vec<u8>) {
+    let dir = TempDir::new("tls-peer");
+    let script = dir.path().join("peer.js");
+    std::fs::write(&script, TLS_PEER_JS).unwrap_or_else(|e| panic!("write peer.js: {e}"));
+    let hex: String = preamble.iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new("node")
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(&certs.root_cert)
+        .arg(&certs.cert_chain)
+        .arg(&certs.private_key)
+        .args([hex.as_str(), &chunk.to_string(), message])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("peer output {text:?} ({e}); stderr {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(v.get("error").is_none(), "TLS peer: {v}");
+    let hex = v["got"].as_str().unwrap_or_default();
+    let got = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect();
+    (v["alpn"].as_str().unwrap_or_default().to_string(), got)
+}
+
 /// A gRPC server on node's built-in `http2` module: every call is answered with `replies`
 /// length-prefixed messages and `grpc-status: <status>` in the trailers. Killed when dropped.
 pub struct GrpcServer {

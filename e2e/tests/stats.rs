@@ -538,3 +538,36 @@ fn tcp_metadata_exchange_over_mtls() {
         assert!(e.log().lines().all(|l| !l.contains("panicked")), "no panic in the VM");
     }
 }
+
+/// The client's preamble arriving in many small TLS records (so Envoy's reads split it, the
+/// header too): the server sidecar waits (`Pause`, Envoy keeps the bytes), strips it, the
+/// application gets exactly the message, and the peer is named. The ALPN really is negotiated.
+#[test]
+fn tcp_metadata_exchange_preamble_split_across_reads() {
+    use wasmesh_controller::certs::CertPaths;
+    use wasmesh_controller::plugins::stats as sp;
+    let resources = Resources::default();
+    let ca = wasmesh_e2e::mtls::MeshCa::for_resources(&resources);
+    ca.issue("default", "tcp-client");
+    ca.issue("default", "tcp-echo");
+    let server_certs = CertPaths::for_workload(ca.path(), "default", "tcp-echo");
+    let server_mx = st::tcp_filter_with_exchange(&workload("tcp-echo-v1", "tcp-echo", "v1"), &resources, Direction::Inbound);
+    let chains = [st::InboundChain { name: "exchange", filter_chain_match: Some(sp::exchange_filter_chain_match()), tls: Some((&server_certs, &sp::SERVER_TCP_ALPN)), filter: &server_mx }];
+    let echo = st::TcpEcho::start(b"echo:");
+    let port = wasmesh_e2e::free_port();
+    let server = Envoy::start("mx-split", &st::tcp_server_bootstrap(&resources, port, echo.port, &chains));
+    let client = sp::core::LocalInfo::from_workload(&workload("tcp-client-v1", "tcp-client", "v1"));
+    let preamble = sp::core::exchange::encode_preamble(&client);
+    let server_preamble = sp::core::exchange::encode_preamble(&sp::core::LocalInfo::from_workload(&workload("tcp-echo-v1", "tcp-echo", "v1")));
+    for chunk in [3, 50] {
+        let (alpn, got) = st::tls_peer_exchange(port, &CertPaths::for_workload(ca.path(), "default", "tcp-client"), &preamble, chunk, "hello");
+        assert_eq!(alpn, "istio-peer-exchange");
+        // The server's own preamble first, then exactly the application's answer.
+        assert!(got.starts_with(&server_preamble), "server preamble first: {got:?}");
+        assert_eq!(String::from_utf8_lossy(&got[server_preamble.len()..]), "echo:hello");
+    }
+    let from_client = [("reporter", "destination"), ("source_workload", "tcp-client-v1"), ("source_app", "tcp-client"), ("destination_workload", "tcp-echo-v1")];
+    st::wait_series(&server, "istio_tcp_connections_opened_total", &from_client, 2.0);
+    st::wait_series(&server, "istio_tcp_received_bytes_total", &from_client, 10.0);
+    assert!(server.log().lines().all(|l| !l.contains("panicked")));
+}
