@@ -113,6 +113,8 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
         metadata_exchange: true,
         external_hosts,
         peer_exchange: false,
+        // No filter reads the peer from filter state yet (the access-log filter will).
+        publish_peer: false,
     };
     cfg.compile(&Resources { items: telemetries }).map_err(|e| e.0)?;
     serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("stats config: {e}"))])

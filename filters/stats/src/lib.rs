@@ -2,7 +2,8 @@
 //!
 //! One module, two kinds of filter, chosen by the configuration's `protocol`:
 //! * `http` (an HTTP filter): exchanges `x-envoy-peer-metadata` headers with the other sidecar,
-//!   hands what it learnt to later filters (filter state `PEER_DOWNSTREAM` / `PEER_UPSTREAM`),
+//!   hands what it learnt to later filters when `publishPeer` is set (filter state
+//!   `PEER_DOWNSTREAM` / `PEER_UPSTREAM`),
 //!   and in `on_log` records `istio_requests_total`, `istio_request_duration_milliseconds`,
 //!   `istio_request_bytes`, `istio_response_bytes` and, for gRPC, the message counters;
 //! * `tcp` (a network filter): `istio_tcp_connections_opened_total`/`_closed_total`,
@@ -241,7 +242,7 @@ impl StatsHttp {
         }
         if let Some(md) = md {
             self.peer = self.shared.peers.borrow_mut().get_or_decode(&md, id.as_deref());
-            if let Some(p) = &self.peer {
+            if let (Some(p), true) = (&self.peer, self.shared.stats.publish_peer) {
                 wasmesh_proxy::set_filter_state(wasmesh_handover::PEER_DOWNSTREAM, &p.json);
             }
         }
@@ -322,7 +323,7 @@ impl HttpContext for StatsHttp {
                 }
                 if let Some(md) = md {
                     self.peer = self.shared.peers.borrow_mut().get_or_decode(&md, id.as_deref());
-                    if let Some(p) = &self.peer {
+                    if let (Some(p), true) = (&self.peer, self.shared.stats.publish_peer) {
                         wasmesh_proxy::set_filter_state(wasmesh_handover::PEER_UPSTREAM, &p.json);
                     }
                 }
@@ -502,7 +503,7 @@ impl StatsTcp {
                     return Some(size);
                 }
                 self.peer = self.shared.peers.borrow_mut().preamble(&body);
-                if let Some(p) = &self.peer {
+                if let (Some(p), true) = (&self.peer, self.shared.stats.publish_peer) {
                     let key = match self.shared.stats.direction {
                         Direction::Inbound => wasmesh_handover::PEER_DOWNSTREAM,
                         Direction::Outbound | Direction::Gateway => wasmesh_handover::PEER_UPSTREAM,

@@ -83,6 +83,12 @@ pub struct StatsConfig {
     /// that ALPN; the client also requires that the upstream presented a certificate.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub peer_exchange: bool,
+    /// Write the peer's metadata learnt by the exchange to Envoy filter state
+    /// (`wasmesh-handover` `PEER_DOWNSTREAM` / `PEER_UPSTREAM`) for later filters, e.g. an
+    /// access log. Off unless such a reader is configured: the write costs a hostcall and a
+    /// copy on every request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub publish_peer: bool,
 }
 
 fn default_max_label_sets() -> usize {
@@ -136,6 +142,8 @@ pub struct Stats {
     pub peer_exchange: bool,
     /// Our TCP exchange preamble (empty unless `peer_exchange`).
     pub preamble: Vec<u8>,
+    /// Hand the peer to later filters through filter state.
+    pub publish_peer: bool,
     pub max_label_sets: usize,
     external_hosts: Vec<String>,
     host_header_fallback: bool,
@@ -220,6 +228,7 @@ impl StatsConfig {
             metadata_exchange: self.metadata_exchange,
             peer_exchange: self.peer_exchange,
             preamble,
+            publish_peer: self.publish_peer,
             max_label_sets: self.max_label_sets,
             external_hosts: self.external_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             // istio/istio telemetry.go `disableHostHeaderFallback`: inbound and gateways.

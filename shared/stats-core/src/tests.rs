@@ -280,3 +280,11 @@ fn exchanged_tcp_peer_fills_the_same_labels_as_http() {
         assert!(key.contains(part), "{part} in {key}");
     }
 }
+
+#[test]
+fn the_peer_is_handed_to_later_filters_only_when_asked() {
+    let off = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound"})).unwrap();
+    assert!(!off.publish_peer, "no reader, no filter-state write per request");
+    let on = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "publishPeer": true})).unwrap();
+    assert!(on.publish_peer);
+}
