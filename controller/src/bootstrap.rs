@@ -293,6 +293,9 @@ fn route_by_header() -> Value {
             "routes": [{
                 "match": {"prefix": "/"},
                 "route": {"cluster_header": CLUSTER_HEADER, "timeout": "0s", "retry_policy": istio_default_retry_policy()},
+                // Read when the route picks the cluster, removed before the request goes
+                // upstream: the app never sees wasmesh's steering header.
+                "request_headers_to_remove": [CLUSTER_HEADER],
             }],
         }],
     })
@@ -378,7 +381,12 @@ pub fn outbound_clusters(resources: &Resources, wl: &Workload) -> Result<Vec<Val
                 out.push(with_istio_metadata(static_cluster(&name, &eps, default_lb), &fq, ns));
                 if let Some((_, dr)) = rule {
                     for subset in &dr.subsets {
-                        let lb = subset.traffic_policy.as_ref().map(|tp| lb_policy(Some(tp))).unwrap_or(default_lb);
+                        // A subset's trafficPolicy overrides the rule's field by field: a subset
+                        // policy without loadBalancer (e.g. only tls) keeps the rule's.
+                        let lb = match subset.traffic_policy.as_ref() {
+                            Some(tp) if tp.load_balancer.is_some() => lb_policy(Some(tp)),
+                            _ => default_lb,
+                        };
                         let name = format!("outbound|{}|{}|{fq}", port.number, subset.name);
                         out.push(with_istio_metadata(static_cluster(&name, &addrs(&subset.labels), lb), &fq, ns));
                     }
@@ -440,5 +448,73 @@ fn check_traffic_policy(res: &Resource, field: &str, tp: Option<&TrafficPolicy>,
                 errors.push(Error::at(res, format!("{field}.loadBalancer.{name}"), "not supported by wasmeshctl envoy yet"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn resources(yaml: &str) -> Resources {
+        Resources { items: wasmesh_istio::load_str(yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}")) }
+    }
+
+    fn lb_of(clusters: &[Value], name: &str) -> String {
+        let c = clusters.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no cluster {name}"));
+        c["lb_policy"].as_str().unwrap_or_else(|| panic!("{c}")).to_string()
+    }
+
+    const SERVICE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, labels: {version: v1}}, {address: 127.0.0.2, labels: {version: v2}}]
+"#;
+
+    /// One cluster per service port and subset, each with the DestinationRule's load balancer:
+    /// a subset's own `loadBalancer` wins, a subset policy without one (only `tls`) inherits
+    /// the rule's, and no DestinationRule means Istio's default LEAST_REQUEST.
+    #[test]
+    fn clusters_get_the_destination_rule_load_balancer_per_subset() {
+        let wl = Workload::new("sleep", "default");
+        let none = outbound_clusters(&resources(SERVICE), &wl).unwrap();
+        assert_eq!(lb_of(&none, "outbound|9080||reviews.default.svc.cluster.local"), "LEAST_REQUEST");
+
+        let dr = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+  subsets:
+  - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}
+  - {name: v2, labels: {version: v2}, trafficPolicy: {tls: {mode: DISABLE}}}
+  - {name: all, labels: {}}
+"#;
+        let clusters = outbound_clusters(&resources(&(SERVICE.to_string() + dr)), &wl).unwrap();
+        assert_eq!(lb_of(&clusters, "outbound|9080||reviews.default.svc.cluster.local"), "RANDOM");
+        assert_eq!(lb_of(&clusters, "outbound|9080|v1|reviews.default.svc.cluster.local"), "ROUND_ROBIN");
+        assert_eq!(lb_of(&clusters, "outbound|9080|v2|reviews.default.svc.cluster.local"), "RANDOM", "tls-only subset policy inherits");
+        assert_eq!(lb_of(&clusters, "outbound|9080|all|reviews.default.svc.cluster.local"), "RANDOM");
+        let v1 = clusters.iter().find(|c| c["name"] == "outbound|9080|v1|reviews.default.svc.cluster.local").unwrap();
+        let eps = &v1["load_assignment"]["endpoints"][0]["lb_endpoints"];
+        assert_eq!(eps.as_array().map(Vec::len), Some(1), "the v1 subset has the v1 endpoint only: {v1}");
+        assert_eq!(eps[0]["endpoint"]["address"]["socket_address"]["address"], "127.0.0.1");
+    }
+
+    /// The steering header is read by the route and removed before the request leaves.
+    #[test]
+    fn the_cluster_header_route_removes_the_header() {
+        let r = route_by_header();
+        let route = &r["virtual_hosts"][0]["routes"][0];
+        assert_eq!(route["route"]["cluster_header"], CLUSTER_HEADER);
+        assert_eq!(route["request_headers_to_remove"], json!([CLUSTER_HEADER]));
     }
 }
