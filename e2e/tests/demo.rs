@@ -13,4 +13,11 @@ fn demo_mesh_smoke() {
     assert!(text.contains("POST /productpage                403 RBAC: access denied"), "{text}");
     assert_eq!(text.matches("Envoy pid").count(), 7, "seven Envoys: {text}");
     assert!(text.contains("wasmeshctl envoy -f <files> --workload default/reviews-v2 --role sidecar"), "{text}");
+    // How to open the dashboard, and its first frame over the seven Envoys' admin endpoints:
+    // the self-check's requests are on it.
+    assert!(text.contains("cargo run -q -p wasmeshctl -- dashboard --admin 127.0.0.1:"), "{text}");
+    assert!(text.contains("Istio Mesh Dashboard"), "{text}");
+    let frame = text.split("Istio Mesh Dashboard").nth(1).unwrap_or_default();
+    assert!(frame.lines().any(|l| l.starts_with("reviews.default.svc.cluster.local")), "{frame}");
+    assert!(frame.lines().any(|l| l.trim_start().starts_with("reviews-v2")), "{frame}");
 }

@@ -110,7 +110,19 @@ fn main() {
     println!("  GET /admin                       {}", get(gw, "bookinfo.example.com", "/admin", &[]).status);
     let post = wasmesh_e2e::request(gw, "POST", "/productpage", &[("host", "bookinfo.example.com")], b"").map(|r| format!("{} {}", r.status, r.text())).unwrap_or_else(|e| e.to_string());
     println!("  POST /productpage                {post}");
+
+    let admin_ports: Vec<u16> = mesh.envoys().map(|(_, e)| e.admin_port).collect();
+    let dashboard = wasmesh_controller::dashboard::command_line(&admin_ports);
+    println!("\nThe mesh dashboard (requests/s, P50/P90/P99, success rate per service and workload, live):");
+    println!("  cargo run -q -p {}", dashboard.replacen("wasmeshctl ", "wasmeshctl -- ", 1));
     if smoke {
+        // One frame of that dashboard, through the command's own argument parsing.
+        let mut args: Vec<String> = dashboard.split_whitespace().skip(2).map(String::from).collect();
+        args.extend(["--frames", "1", "--no-clear"].map(String::from));
+        if let Err(e) = wasmesh_controller::dashboard::cmd(&args) {
+            eprintln!("dashboard: {e}");
+            std::process::exit(1);
+        }
         return;
     }
     println!("\nCtrl-C stops the mesh.");
