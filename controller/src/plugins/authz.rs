@@ -217,4 +217,42 @@ mod tests {
         let g = ctx_run(pa, Direction::Gateway { port: 80 }, &MeshConfig::default(), Stage::All).unwrap();
         assert!(g.http_filters.is_empty(), "PeerAuthentication does not apply to gateways");
     }
+
+    /// The default wiring (CUSTOM instance before authn, RBAC instance after it) installs one
+    /// filter for a STRICT PeerAuthentication alone, and the CUSTOM instance only with a CUSTOM
+    /// policy, which then enforces the PeerAuthentication (it runs first).
+    #[test]
+    fn strict_peer_authentication_alone_installs_one_filter_in_the_split_wiring() {
+        let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: foo}\nspec: {mtls: {mode: STRICT}}\n";
+        let mesh = MeshConfig::default();
+        let split = |yaml: &str, mesh: &MeshConfig| -> Vec<WasmFilter> {
+            let mut out = ctx_run(yaml, Direction::Inbound, mesh, Stage::Custom).unwrap().http_filters;
+            out.extend(ctx_run(yaml, Direction::Inbound, mesh, Stage::Rbac).unwrap().http_filters);
+            out
+        };
+        let filters = split(pa, &mesh);
+        let names: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, [FILTER_NAME], "one authz instance for STRICT alone");
+        // Whether the instance refuses a plaintext request on the workload port.
+        let refuses_plaintext = |f: &WasmFilter| {
+            let a = AuthzConfig::compile_json(f.config.to_string().as_bytes()).unwrap();
+            let plaintext = wasmesh_authz::Request { destination_port: Some(8000), ..Default::default() };
+            a.peer_authn(&plaintext).is_some_and(|v| !v.allowed)
+        };
+        assert!(refuses_plaintext(&filters[0]), "the RBAC instance enforces STRICT");
+
+        let custom = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: foo}\nspec: {action: CUSTOM, provider: {name: ext}, rules: [{to: [{operation: {paths: [/ext]}}]}]}\n---\n";
+        let mesh: MeshConfig = serde_yaml::from_str("extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: 127.0.0.1, port: 9191}}]").unwrap();
+        let filters = split(&format!("{custom}{pa}"), &mesh);
+        let names: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, [CUSTOM_FILTER_NAME], "CUSTOM + STRICT: the RBAC instance has nothing to do");
+        assert!(refuses_plaintext(&filters[0]), "the CUSTOM instance, first on the chain, enforces STRICT");
+
+        let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: d, namespace: foo}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [/d]}}]}]}\n---\n";
+        let filters = split(&format!("{custom}{deny}{pa}"), &mesh);
+        let names: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, [CUSTOM_FILTER_NAME, FILTER_NAME]);
+        assert!(refuses_plaintext(&filters[0]));
+        assert!(!refuses_plaintext(&filters[1]), "the RBAC instance does not check it again");
+    }
 }

@@ -22,7 +22,7 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use std::cell::{Cell, OnceCell, RefCell};
 use std::net::IpAddr;
 use std::collections::HashMap;
@@ -295,34 +295,64 @@ impl Metrics {
 /// The peer certificate's first URI SAN, first DNS SAN and subject.
 type PeerCert = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 
-/// What the policies read from Envoy for one evaluation: the request headers up front, every
-/// other input fetched on first use (most requests are decided on headers alone), then kept.
-struct Inputs {
+/// Request headers, names lower-case, in arrival order.
+type Headers = Vec<(String, Vec<u8>)>;
+
+/// The hostcalls [`Inputs`] makes: Envoy in the filter, a fake in the tests. Each keeps a
+/// hostcall failure (`Err`) apart from absence (`Ok(None)`): an absent input is evaluated as
+/// absent (a plaintext connection matches `notPrincipals`, as in Istio), an unreadable one
+/// fails closed.
+trait Host {
+    fn request_headers(&self) -> Result<Vec<(String, Vec<u8>)>, Status>;
+    fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, Status>;
+    /// A property, or filter state when `path` is one key.
+    fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Status>;
+}
+
+/// The real host.
+struct Envoy;
+
+impl Host for Envoy {
+    fn request_headers(&self) -> Result<Vec<(String, Vec<u8>)>, Status> {
+        wasmesh_proxy::try_request_headers()
+    }
+    fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, Status> {
+        wasmesh_proxy::try_request_header(name)
+    }
+    fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+        wasmesh_proxy::try_property(path)
+    }
+}
+
+/// What the policies read from Envoy for one evaluation: every input fetched on first use
+/// (most requests are decided on a pseudo-header or two), then kept. A hostcall error is kept
+/// as [`Missing`], so the rule that needs the input denies instead of seeing it as absent.
+struct Inputs<H: Host = Envoy> {
+    host: H,
     /// Every request header, fetched when a rule looks at a non-pseudo header (or for CUSTOM).
-    headers: OnceCell<Vec<(String, Vec<u8>)>>,
-    method: OnceCell<Option<Vec<u8>>>,
-    path: OnceCell<Option<Vec<u8>>>,
-    authority: OnceCell<Option<Vec<u8>>>,
+    headers: OnceCell<Result<Headers, Missing>>,
+    method: OnceCell<Result<Option<Vec<u8>>, Missing>>,
+    path: OnceCell<Result<Option<Vec<u8>>, Missing>>,
+    authority: OnceCell<Result<Option<Vec<u8>>, Missing>>,
     source_ip: OnceCell<Option<IpAddr>>,
     remote_ip: OnceCell<Option<IpAddr>>,
     destination_ip: OnceCell<Option<IpAddr>>,
     destination_port: OnceCell<Option<u32>>,
-    sni: OnceCell<Vec<u8>>,
-    mtls: OnceCell<bool>,
-    peer: OnceCell<PeerCert>,
+    sni: OnceCell<Result<Vec<u8>, Missing>>,
+    mtls: OnceCell<Result<bool, Missing>>,
+    peer: OnceCell<Result<PeerCert, Missing>>,
     identity: OnceCell<Result<Option<RequestIdentity>, Missing>>,
     metadata: OnceCell<Result<Vec<MetadataEntry>, Missing>>,
     /// `(filter, key)` pairs to decode from dynamic metadata.
     metadata_keys: Vec<(String, String)>,
 }
 
-fn addr(path: &[&str]) -> Option<IpAddr> {
-    wasmesh_proxy::property(path).and_then(|b| parse_socket_address(&b))
-}
+const HEADERS_MISSING: Missing = Missing("the request headers (hostcall failed)");
 
-impl Inputs {
-    fn new(authz: &Authz) -> Inputs {
+impl<H: Host> Inputs<H> {
+    fn new(host: H, authz: &Authz) -> Inputs<H> {
         Inputs {
+            host,
             headers: OnceCell::new(),
             method: OnceCell::new(),
             path: OnceCell::new(),
@@ -339,67 +369,95 @@ impl Inputs {
             metadata_keys: authz.needs().metadata.clone(),
         }
     }
-}
 
-impl Inputs {
-    fn all_headers(&self) -> &[(String, Vec<u8>)] {
-        self.headers.get_or_init(wasmesh_proxy::request_headers)
+    fn all_headers(&self) -> Result<&[(String, Vec<u8>)], Missing> {
+        self.headers
+            .get_or_init(|| self.host.request_headers().map_err(|_| HEADERS_MISSING))
+            .as_deref()
+            .map_err(|m| *m)
+    }
+
+    /// A property where only a failed hostcall matters: absent and unreadable are both `None`,
+    /// and every rule that needs an address or a port fails closed on `None`.
+    fn optional(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.host.property(path).ok().flatten()
+    }
+
+    fn addr(&self, path: &[&str]) -> Option<IpAddr> {
+        self.optional(path).and_then(|b| parse_socket_address(&b))
     }
 }
 
-impl View for Inputs {
-    fn pseudo(&self, name: &str) -> Option<&[u8]> {
-        let cell = match name {
-            ":method" => &self.method,
-            ":path" => &self.path,
-            ":authority" => &self.authority,
-            _ => return self.all_headers().iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice()),
+impl<H: Host> View for Inputs<H> {
+    fn pseudo(&self, name: &str) -> Result<Option<&[u8]>, Missing> {
+        let (cell, what) = match name {
+            ":method" => (&self.method, Missing(":method (hostcall failed)")),
+            ":path" => (&self.path, Missing(":path (hostcall failed)")),
+            ":authority" => (&self.authority, Missing(":authority (hostcall failed)")),
+            _ => return Ok(self.all_headers()?.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())),
         };
         cell.get_or_init(|| match self.headers.get() {
-            Some(all) => all.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
-            None => wasmesh_proxy::request_header(name),
+            Some(Ok(all)) => Ok(all.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())),
+            Some(Err(m)) => Err(*m),
+            None => self.host.request_header(name).map_err(|_| what),
         })
-        .as_deref()
+        .as_ref()
+        .map(Option::as_deref)
+        .map_err(|m| *m)
     }
-    fn any_header(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
-        self.all_headers().iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).any(|(_, v)| f(v))
+    fn any_header(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Result<bool, Missing> {
+        Ok(self.all_headers()?.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).any(|(_, v)| f(v)))
     }
     fn source_ip(&self) -> Option<IpAddr> {
-        *self.source_ip.get_or_init(|| wasmesh_proxy::filter_state(PEER_ADDRESS_KEY).and_then(|b| parse_socket_address(&b)))
+        *self.source_ip.get_or_init(|| self.addr(&[PEER_ADDRESS_KEY]))
     }
     fn remote_ip(&self) -> Option<IpAddr> {
-        *self.remote_ip.get_or_init(|| addr(&["source", "address"]))
+        *self.remote_ip.get_or_init(|| self.addr(&["source", "address"]))
     }
     fn destination_ip(&self) -> Option<IpAddr> {
-        *self.destination_ip.get_or_init(|| addr(&["destination", "address"]))
+        *self.destination_ip.get_or_init(|| self.addr(&["destination", "address"]))
     }
     fn destination_port(&self) -> Option<u32> {
-        *self
-            .destination_port
-            .get_or_init(|| wasmesh_proxy::property_u64(&["destination", "port"]).and_then(|p| u32::try_from(p).ok()))
+        *self.destination_port.get_or_init(|| {
+            let b = self.optional(&["destination", "port"])?;
+            let arr: [u8; 8] = b.get(..8)?.try_into().ok()?;
+            u32::try_from(u64::from_le_bytes(arr)).ok()
+        })
     }
-    fn sni(&self) -> &[u8] {
-        self.sni.get_or_init(|| wasmesh_proxy::property(&["connection", "requested_server_name"]).unwrap_or_default())
+    fn sni(&self) -> Result<&[u8], Missing> {
+        self.sni
+            .get_or_init(|| match self.host.property(&["connection", "requested_server_name"]) {
+                Ok(b) => Ok(b.unwrap_or_default()),
+                Err(_) => Err(Missing("connection.requested_server_name (hostcall failed)")),
+            })
+            .as_deref()
+            .map_err(|m| *m)
     }
-    fn mtls(&self) -> bool {
-        *self.mtls.get_or_init(|| wasmesh_proxy::property_bool(&["connection", "mtls"]).unwrap_or(false))
+    fn mtls(&self) -> Result<bool, Missing> {
+        *self.mtls.get_or_init(|| match self.host.property(&["connection", "mtls"]) {
+            Ok(None) => Ok(false),
+            Ok(Some(b)) => b.first().map(|v| *v != 0).ok_or(Missing("connection.mtls (undecodable)")),
+            Err(_) => Err(Missing("connection.mtls (hostcall failed)")),
+        })
     }
-    fn peer(&self) -> PeerNames<'_> {
-        let (u, d, s) = self.peer.get_or_init(|| {
-            (
-                wasmesh_proxy::property(&["connection", "uri_san_peer_certificate"]),
-                wasmesh_proxy::property(&["connection", "dns_san_peer_certificate"]),
-                wasmesh_proxy::property(&["connection", "subject_peer_certificate"]),
-            )
-        });
-        PeerNames { uri_san: u.as_deref(), dns_san: d.as_deref(), subject: s.as_deref() }
+    fn peer(&self) -> Result<PeerNames<'_>, Missing> {
+        let (u, d, s) = self
+            .peer
+            .get_or_init(|| {
+                let get = |p: &str| self.host.property(&["connection", p]).map_err(|_| Missing("the peer certificate (hostcall failed)"));
+                Ok((get("uri_san_peer_certificate")?, get("dns_san_peer_certificate")?, get("subject_peer_certificate")?))
+            })
+            .as_ref()
+            .map_err(|m| *m)?;
+        Ok(PeerNames { uri_san: u.as_deref(), dns_san: d.as_deref(), subject: s.as_deref() })
     }
     fn identity(&self) -> Result<Option<&RequestIdentity>, Missing> {
         self.identity
-            .get_or_init(|| match wasmesh_proxy::filter_state(wasmesh_handover::AUTHN_IDENTITY) {
-                None => Ok(None),
-                Some(b) if b.is_empty() => Ok(None),
-                Some(b) => wasmesh_handover::decode::<RequestIdentity>(&b)
+            .get_or_init(|| match self.host.property(&[wasmesh_handover::AUTHN_IDENTITY]) {
+                Err(_) => Err(Missing("the authn identity hand-over (hostcall failed)")),
+                Ok(None) => Ok(None),
+                Ok(Some(b)) if b.is_empty() => Ok(None),
+                Ok(Some(b)) => wasmesh_handover::decode::<RequestIdentity>(&b)
                     .map(Some)
                     .ok_or(Missing("the authn identity hand-over (undecodable)")),
             })
@@ -409,9 +467,10 @@ impl View for Inputs {
     }
     fn metadata(&self) -> Result<&[MetadataEntry], Missing> {
         self.metadata
-            .get_or_init(|| match wasmesh_proxy::property(&["metadata"]) {
-                None => Ok(Vec::new()),
-                Some(b) => decode_metadata(&b, &self.metadata_keys).ok_or(Missing("dynamic metadata (undecodable)")),
+            .get_or_init(|| match self.host.property(&["metadata"]) {
+                Err(_) => Err(Missing("dynamic metadata (hostcall failed)")),
+                Ok(None) => Ok(Vec::new()),
+                Ok(Some(b)) => decode_metadata(&b, &self.metadata_keys).ok_or(Missing("dynamic metadata (undecodable)")),
             })
             .as_ref()
             .map(Vec::as_slice)
@@ -500,7 +559,7 @@ impl HttpContext for AuthzStream {
             return Action::Pause;
         };
         let authz = &shared.authz;
-        let inputs = Inputs::new(authz);
+        let inputs = Inputs::new(Envoy, authz);
         let req = &inputs;
         if let Some(v) = authz.peer_authn(req) {
             bump(&shared.metrics.peer_authn_denied);
@@ -595,8 +654,16 @@ impl AuthzStream {
 
     /// Sends the check request as Envoy's HTTP ext_authz client builds it.
     fn dispatch(&mut self, shared: &Shared, provider: &Provider, inputs: &Inputs, rule: &str) -> Action {
+        let all = match inputs.all_headers() {
+            Ok(all) => all,
+            Err(m) => {
+                // The check request cannot be built: fail closed.
+                let v = Verdict { allowed: false, reason: Reason::Missing(m), audit: Vec::new(), dry_run_deny: None, dry_run_allow: None };
+                return self.finish(shared, &v);
+            }
+        };
         let mut merged: Vec<(String, String)> = Vec::new();
-        for (k, v) in inputs.all_headers() {
+        for (k, v) in all {
             if k == "content-length" || !provider.forwards_request_header(k) {
                 continue;
             }
@@ -677,7 +744,7 @@ impl AuthzStream {
             return Action::Continue;
         }
         // Read after the provider's headers were applied: ALLOW/DENY see them, as in Istio.
-        let inputs = Inputs::new(&shared.authz);
+        let inputs = Inputs::new(Envoy, &shared.authz);
         let v = shared.authz.rbac(&inputs);
         self.finish(shared, &v)
     }
@@ -711,5 +778,186 @@ impl AuthzStream {
 fn record(d: &AuthzDecision) {
     if !wasmesh_proxy::set_filter_state(wasmesh_handover::AUTHZ_DECISION, &wasmesh_handover::encode(d)) {
         wasmesh_proxy::log_debug("wasmesh authz: could not write the decision to filter state");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    //! The adapter's reading of Envoy, against a fake host: an input that is absent is absent,
+    //! an input whose hostcall fails denies (`Reason::Missing`), and an evaluation makes no more
+    //! hostcalls than the rules need.
+    use super::*;
+    use serde_json::json;
+
+    /// A host whose properties and headers are given, and where chosen paths fail.
+    #[derive(Default)]
+    struct Fake {
+        headers: Vec<(String, Vec<u8>)>,
+        props: HashMap<String, Vec<u8>>,
+        /// Property paths (joined with `.`) whose hostcall fails; `"headers"` fails the header calls.
+        failing: Vec<&'static str>,
+        calls: Cell<usize>,
+    }
+
+    impl Fake {
+        fn request(path: &str) -> Fake {
+            Fake {
+                headers: vec![(":method".into(), b"GET".to_vec()), (":path".into(), path.into()), (":authority".into(), b"example.com".to_vec())],
+                ..Fake::default()
+            }
+        }
+        fn prop(mut self, path: &str, v: &[u8]) -> Fake {
+            self.props.insert(path.into(), v.to_vec());
+            self
+        }
+        fn header(mut self, k: &str, v: &str) -> Fake {
+            self.headers.push((k.into(), v.into()));
+            self
+        }
+        fn failing(mut self, path: &'static str) -> Fake {
+            self.failing.push(path);
+            self
+        }
+        fn mtls(self, uri: &str) -> Fake {
+            self.prop("connection.mtls", &[1]).prop("connection.uri_san_peer_certificate", uri.as_bytes())
+        }
+    }
+
+    impl Host for Fake {
+        fn request_headers(&self) -> Result<Vec<(String, Vec<u8>)>, Status> {
+            self.calls.set(self.calls.get() + 1);
+            if self.failing.contains(&"headers") {
+                return Err(Status::InternalFailure);
+            }
+            Ok(self.headers.clone())
+        }
+        fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, Status> {
+            self.calls.set(self.calls.get() + 1);
+            if self.failing.contains(&"headers") {
+                return Err(Status::InternalFailure);
+            }
+            Ok(self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        }
+        fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+            self.calls.set(self.calls.get() + 1);
+            let key = path.join(".");
+            if self.failing.contains(&key.as_str()) {
+                return Err(Status::SerializationFailure);
+            }
+            Ok(self.props.get(&key).cloned())
+        }
+    }
+
+    fn authz(spec: serde_json::Value) -> Authz {
+        let cfg = json!({
+            "workload": {"name": "httpbin", "namespace": "foo"},
+            "resources": [{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": "p", "namespace": "foo"}, "spec": spec}],
+        });
+        AuthzConfig::compile_json(cfg.to_string().as_bytes()).unwrap()
+    }
+
+    fn allow(rule: serde_json::Value) -> Authz {
+        authz(json!({"action": "ALLOW", "rules": [rule]}))
+    }
+
+    /// The verdict and the number of hostcalls it took.
+    fn decide(a: &Authz, host: Fake) -> (bool, String, usize) {
+        let inputs = Inputs::new(host, a);
+        let v = a.rbac(&inputs);
+        let reason = match &v.reason {
+            Reason::Missing(m) => format!("missing {}", m.0),
+            other => format!("{other:?}"),
+        };
+        (v.allowed, reason, inputs.host.calls.get())
+    }
+
+    fn fails_closed(a: &Authz, host: Fake) {
+        let (allowed, reason, _) = decide(a, host);
+        assert!(!allowed && reason.starts_with("missing"), "want a fail-closed deny, got allowed={allowed} {reason}");
+    }
+
+    #[test]
+    fn not_principals_absent_matches_unreadable_denies() {
+        let a = allow(json!({"from": [{"source": {"notPrincipals": ["cluster.local/ns/foo/sa/bad"]}}]}));
+        assert!(decide(&a, Fake::request("/")).0, "plaintext (mtls absent) matches notPrincipals, as in Istio");
+        assert!(decide(&a, Fake::request("/").prop("connection.mtls", &[0])).0);
+        assert!(decide(&a, Fake::request("/").mtls("spiffe://cluster.local/ns/foo/sa/good")).0);
+        assert!(!decide(&a, Fake::request("/").mtls("spiffe://cluster.local/ns/foo/sa/bad")).0);
+        fails_closed(&a, Fake::request("/").failing("connection.mtls"));
+        fails_closed(&a, Fake::request("/").prop("connection.mtls", &[]));
+        fails_closed(&a, Fake::request("/").mtls("spiffe://cluster.local/ns/foo/sa/good").failing("connection.uri_san_peer_certificate"));
+        fails_closed(&a, Fake::request("/").mtls("spiffe://cluster.local/ns/foo/sa/good").failing("connection.subject_peer_certificate"));
+    }
+
+    #[test]
+    fn peer_authentication_fails_closed_when_mtls_is_unreadable() {
+        let cfg = json!({
+            "workload": {"name": "httpbin", "namespace": "foo"},
+            "resources": [{"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                "metadata": {"name": "default", "namespace": "foo"}, "spec": {"mtls": {"mode": "STRICT"}}}],
+        });
+        let a = AuthzConfig::compile_json(cfg.to_string().as_bytes()).unwrap();
+        let port = 8000u64.to_le_bytes();
+        let ok = Inputs::new(Fake::request("/").prop("destination.port", &port).mtls("spiffe://cluster.local/ns/foo/sa/x"), &a);
+        assert!(a.peer_authn(&ok).is_none());
+        let broken = Inputs::new(Fake::request("/").prop("destination.port", &port).failing("connection.mtls"), &a);
+        let v = a.peer_authn(&broken).expect("denied");
+        assert!(!v.allowed && matches!(v.reason, Reason::Missing(_)), "{v:?}");
+    }
+
+    #[test]
+    fn sni_not_values_absent_matches_unreadable_denies() {
+        let a = allow(json!({"when": [{"key": "connection.sni", "notValues": ["bad.example.com"]}]}));
+        assert!(decide(&a, Fake::request("/")).0);
+        assert!(!decide(&a, Fake::request("/").prop("connection.requested_server_name", b"bad.example.com")).0);
+        fails_closed(&a, Fake::request("/").failing("connection.requested_server_name"));
+    }
+
+    #[test]
+    fn not_request_principals_absent_matches_unreadable_denies() {
+        let a = allow(json!({"from": [{"source": {"notRequestPrincipals": ["https://issuer/bad"]}}]}));
+        assert!(decide(&a, Fake::request("/")).0, "no token matches notRequestPrincipals");
+        fails_closed(&a, Fake::request("/").failing(wasmesh_handover::AUTHN_IDENTITY));
+        fails_closed(&a, Fake::request("/").prop(wasmesh_handover::AUTHN_IDENTITY, b"\xff not a hand-over"));
+    }
+
+    #[test]
+    fn headers_absent_match_not_values_unreadable_headers_deny() {
+        let a = allow(json!({"when": [{"key": "request.headers[x-user]", "notValues": ["mallory"]}]}));
+        assert!(decide(&a, Fake::request("/")).0);
+        assert!(!decide(&a, Fake::request("/").header("x-user", "mallory")).0);
+        fails_closed(&a, Fake::request("/").header("x-user", "mallory").failing("headers"));
+        let paths = allow(json!({"to": [{"operation": {"notPaths": ["/admin"], "notHosts": ["evil.example.com"], "notMethods": ["DELETE"]}}]}));
+        assert!(decide(&paths, Fake::request("/x")).0);
+        assert!(!decide(&paths, Fake::request("/admin")).0);
+        fails_closed(&paths, Fake::request("/admin").failing("headers"));
+    }
+
+    #[test]
+    fn metadata_unreadable_denies() {
+        let a = allow(json!({"when": [{"key": "experimental.envoy.filters.http.wasmesh[role]", "notValues": ["guest"]}]}));
+        assert!(decide(&a, Fake::request("/")).0, "no metadata matches notValues");
+        fails_closed(&a, Fake::request("/").failing("metadata"));
+    }
+
+    #[test]
+    fn unread_inputs_cost_nothing_and_cannot_fail_the_request() {
+        // A paths-only policy reads `:path` with one hostcall; the other inputs are never read,
+        // so their failing hostcalls do not matter.
+        let a = allow(json!({"to": [{"operation": {"paths": ["/ok"]}}]}));
+        let mut host = Fake::request("/ok");
+        for p in ["connection.mtls", "connection.requested_server_name", "metadata", wasmesh_handover::AUTHN_IDENTITY] {
+            host = host.failing(p);
+        }
+        let (allowed, _, calls) = decide(&a, host);
+        assert!(allowed);
+        assert_eq!(calls, 1);
+        // Peer names: one call for mtls, three for the certificate, read once for all rules.
+        let a = allow(json!({"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/a", "cluster.local/ns/foo/sa/b"]}}, {"source": {"notNamespaces": ["x"]}}]}));
+        let (allowed, _, calls) = decide(&a, Fake::request("/").mtls("spiffe://cluster.local/ns/foo/sa/b"));
+        assert!(allowed);
+        assert_eq!(calls, 4);
     }
 }

@@ -56,9 +56,10 @@ fn is_true(b: &bool) -> bool {
 pub enum Stage {
     #[default]
     All,
-    /// CUSTOM only (and PeerAuthentication), before authn.
+    /// CUSTOM only, before authn; also PeerAuthentication when a CUSTOM policy applies.
     Custom,
-    /// AUDIT, DENY and ALLOW (and PeerAuthentication), after authn.
+    /// AUDIT, DENY and ALLOW, after authn; also PeerAuthentication when no CUSTOM policy
+    /// applies (then there is no CUSTOM instance).
     Rbac,
 }
 
@@ -228,12 +229,22 @@ impl AuthzConfig {
             warnings,
             applied,
         };
+        // PeerAuthentication is enforced once, by the first instance on the chain: the CUSTOM
+        // instance when a CUSTOM policy applies (it runs first), else the RBAC instance, so a
+        // STRICT PeerAuthentication alone installs one filter, not two.
+        let has_custom = !matches!(authz.custom, Custom::None);
         if authz.stage == Stage::Custom {
             authz.audit.clear();
             authz.deny = RuleSet::default();
             authz.allow = RuleSet::default();
+            if !has_custom {
+                authz.peer_authn = None;
+            }
         } else if authz.stage == Stage::Rbac {
             authz.custom = Custom::None;
+            if has_custom {
+                authz.peer_authn = None;
+            }
         }
         authz.needs = authz.compute_needs();
         Ok(authz)

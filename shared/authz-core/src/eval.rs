@@ -137,8 +137,10 @@ impl Authz {
     /// PeerAuthentication: STRICT on the destination port refuses plaintext.
     pub fn peer_authn<'e, V: View + ?Sized>(&'e self, req: &V) -> Option<Verdict<'e>> {
         let p = self.peer_authn.as_ref()?;
-        if req.mtls() {
-            return None;
+        match req.mtls() {
+            Ok(true) => return None,
+            Ok(false) => {}
+            Err(m) => return Some(Verdict::new(false, Reason::Missing(m))),
         }
         let Some(port) = req.destination_port() else {
             if self.needs.mtls {
@@ -274,12 +276,12 @@ fn cond<V: View + ?Sized>(c: &Cond, req: &V) -> Result<bool, Missing> {
 
 fn atom<V: View + ?Sized>(a: &Atom, req: &V) -> Result<bool, Missing> {
     Ok(match a {
-        Atom::Host(m) => m.matches(req.pseudo(":authority")),
-        Atom::Method(m) => m.matches(req.pseudo(":method")),
-        Atom::Path(m) => req.pseudo(":path").and_then(strip_query).is_some_and(|p| m.matches(p)),
+        Atom::Host(m) => m.matches(req.pseudo(":authority")?),
+        Atom::Method(m) => m.matches(req.pseudo(":method")?),
+        Atom::Path(m) => req.pseudo(":path")?.and_then(strip_query).is_some_and(|p| m.matches(p)),
         Atom::DestPort(p) => req.destination_port().ok_or(Missing("destination.port"))? == *p,
         Atom::DestIp(c) => c.contains(req.destination_ip().ok_or(Missing("destination.address"))?),
-        Atom::Sni(m) => m.matches(req.sni()),
+        Atom::Sni(m) => m.matches(req.sni()?),
         Atom::Metadata { filter, key, values } => {
             let Some(e) = req.metadata()?.iter().find(|e| &e.filter == filter && &e.key == key) else {
                 return Ok(false);
@@ -292,12 +294,12 @@ fn atom<V: View + ?Sized>(a: &Atom, req: &V) -> Result<bool, Missing> {
                 _ => false,
             })
         }
-        Atom::Peer(m) => req.mtls() && req.peer().iter().any(|n| m.matches(n)),
+        Atom::Peer(m) => req.mtls()? && req.peer()?.iter().any(|n| m.matches(n)),
         Atom::DirectIp(c) => c.contains(req.source_ip().ok_or(Missing("the direct peer address (source.ip)"))?),
         Atom::RemoteIp(c) => c.contains(req.remote_ip().ok_or(Missing("source.address (remote.ip)"))?),
         Atom::Header { name, m } => match m {
-            HeaderMatch::Present => req.any_header(name, &mut |_| true),
-            HeaderMatch::Str(s) => req.any_header(name, &mut |v| s.matches(v)),
+            HeaderMatch::Present => req.any_header(name, &mut |_| true)?,
+            HeaderMatch::Str(s) => req.any_header(name, &mut |v| s.matches(v))?,
         },
         Atom::Jwt { iss, sub } => {
             let Some(id) = req.identity()? else { return Ok(false) };

@@ -146,29 +146,34 @@ impl<'a> Request<'a> {
 /// What the evaluation reads from a request. [`Request`] holds it all up front; the filter
 /// implements it lazily, so an input is fetched from Envoy only when a rule looks at it.
 pub trait View {
-    /// A pseudo-header (`:method`, `:path`, `:authority`; one value each).
-    fn pseudo(&self, name: &str) -> Option<&[u8]>;
-    /// Whether `f` holds for any value of the header `name` (lower-case), values in order.
-    fn any_header(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool;
+    /// A pseudo-header (`:method`, `:path`, `:authority`; one value each). `Ok(None)` when the
+    /// request has none; `Err` when the headers could not be read (the request is denied).
+    fn pseudo(&self, name: &str) -> Result<Option<&[u8]>, Missing>;
+    /// Whether `f` holds for any value of the header `name` (lower-case), values in order;
+    /// `Err` when the headers could not be read.
+    fn any_header(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Result<bool, Missing>;
     fn source_ip(&self) -> Option<IpAddr>;
     fn remote_ip(&self) -> Option<IpAddr>;
     fn destination_ip(&self) -> Option<IpAddr>;
     fn destination_port(&self) -> Option<u32>;
-    fn sni(&self) -> &[u8];
-    fn mtls(&self) -> bool;
-    /// The peer certificate's names (only looked at when [`View::mtls`]).
-    fn peer(&self) -> PeerNames<'_>;
+    /// SNI, empty without TLS or SNI; `Err` when it could not be read.
+    fn sni(&self) -> Result<&[u8], Missing>;
+    /// Whether the connection is mutual TLS; `Err` when that could not be read.
+    fn mtls(&self) -> Result<bool, Missing>;
+    /// The peer certificate's names (only looked at when [`View::mtls`]); `Err` when they
+    /// could not be read.
+    fn peer(&self) -> Result<PeerNames<'_>, Missing>;
     /// The verified JWT identity; `Err` when a hand-over exists but cannot be read.
     fn identity(&self) -> Result<Option<&RequestIdentity>, Missing>;
     fn metadata(&self) -> Result<&[MetadataEntry], Missing>;
 }
 
 impl View for Request<'_> {
-    fn pseudo(&self, name: &str) -> Option<&[u8]> {
-        self.first(name)
+    fn pseudo(&self, name: &str) -> Result<Option<&[u8]>, Missing> {
+        Ok(self.first(name))
     }
-    fn any_header(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
-        header_values(self.headers, name).any(f)
+    fn any_header(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Result<bool, Missing> {
+        Ok(header_values(self.headers, name).any(f))
     }
     fn source_ip(&self) -> Option<IpAddr> {
         self.source_ip
@@ -182,14 +187,14 @@ impl View for Request<'_> {
     fn destination_port(&self) -> Option<u32> {
         self.destination_port
     }
-    fn sni(&self) -> &[u8] {
-        self.sni
+    fn sni(&self) -> Result<&[u8], Missing> {
+        Ok(self.sni)
     }
-    fn mtls(&self) -> bool {
-        self.mtls
+    fn mtls(&self) -> Result<bool, Missing> {
+        Ok(self.mtls)
     }
-    fn peer(&self) -> PeerNames<'_> {
-        self.peer
+    fn peer(&self) -> Result<PeerNames<'_>, Missing> {
+        Ok(self.peer)
     }
     fn identity(&self) -> Result<Option<&RequestIdentity>, Missing> {
         Ok(self.identity)

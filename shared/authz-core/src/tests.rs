@@ -512,6 +512,87 @@ fn an_unavailable_input_fails_closed() {
     assert!(!allowed(&d, &r));
 }
 
+/// A request where one input's hostcall failed.
+struct Unreadable<'a> {
+    req: Request<'a>,
+    input: &'static str,
+}
+
+impl View for Unreadable<'_> {
+    fn pseudo(&self, name: &str) -> Result<Option<&[u8]>, Missing> {
+        if self.input == "headers" {
+            return Err(Missing("headers"));
+        }
+        self.req.pseudo(name)
+    }
+    fn any_header(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Result<bool, Missing> {
+        if self.input == "headers" {
+            return Err(Missing("headers"));
+        }
+        self.req.any_header(name, f)
+    }
+    fn source_ip(&self) -> Option<IpAddr> {
+        self.req.source_ip
+    }
+    fn remote_ip(&self) -> Option<IpAddr> {
+        self.req.remote_ip
+    }
+    fn destination_ip(&self) -> Option<IpAddr> {
+        self.req.destination_ip
+    }
+    fn destination_port(&self) -> Option<u32> {
+        self.req.destination_port
+    }
+    fn sni(&self) -> Result<&[u8], Missing> {
+        if self.input == "sni" {
+            return Err(Missing("sni"));
+        }
+        self.req.sni()
+    }
+    fn mtls(&self) -> Result<bool, Missing> {
+        if self.input == "mtls" {
+            return Err(Missing("mtls"));
+        }
+        self.req.mtls()
+    }
+    fn peer(&self) -> Result<PeerNames<'_>, Missing> {
+        if self.input == "peer" {
+            return Err(Missing("peer"));
+        }
+        self.req.peer()
+    }
+    fn identity(&self) -> Result<Option<&RequestIdentity>, Missing> {
+        if self.input == "identity" {
+            return Err(Missing("identity"));
+        }
+        self.req.identity()
+    }
+    fn metadata(&self) -> Result<&[MetadataEntry], Missing> {
+        self.req.metadata()
+    }
+}
+
+#[test]
+fn an_unreadable_input_fails_closed_where_an_absent_one_matches_a_negation() {
+    let cases = [
+        ("  rules: [{from: [{source: {notPrincipals: [cluster.local/ns/foo/sa/bad]}}]}]", "mtls", get("/")),
+        ("  rules: [{from: [{source: {notNamespaces: [bad]}}]}]", "peer", get("/").from("cluster.local/ns/foo/sa/good")),
+        ("  rules: [{from: [{source: {notRequestPrincipals: [iss/bad]}}]}]", "identity", get("/")),
+        ("  rules: [{when: [{key: connection.sni, notValues: [bad.example.com]}]}]", "sni", get("/")),
+        ("  rules: [{when: [{key: 'request.headers[x-user]', notValues: [mallory]}]}]", "headers", get("/")),
+        ("  rules: [{to: [{operation: {notPaths: [/admin]}}]}]", "headers", get("/x")),
+    ];
+    for (rules, input, r) in cases {
+        let a = allow(rules);
+        assert!(a.evaluate(&r.view()).1.allowed, "absent or readable input is allowed for {rules}");
+        let v = a.evaluate(&Unreadable { req: r.view(), input }).1;
+        assert!(!v.allowed && v.reason == Reason::Missing(Missing(input)), "{rules} with {input} unreadable: {v:?}");
+    }
+    let strict = compile("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: foo}\nspec: {mtls: {mode: STRICT}}\n");
+    let v = strict.evaluate(&Unreadable { req: get("/").from("cluster.local/ns/foo/sa/x").view(), input: "mtls" }).1;
+    assert_eq!(v.reason, Reason::Missing(Missing("mtls")));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Operation fields
 
@@ -839,6 +920,9 @@ fn validation_rejects_what_the_istio_webhook_rejects() {
     assert!(check(&ok).is_empty(), "{:?}", check(&ok));
     let cases = [
         (policy("p", "foo", "DENY", ""), "DENY action without `rules`"),
+        (policy("p", "foo", "DENY", "  rules: []"), "spec.rules: DENY action without `rules`"),
+        (policy("p", "foo", "CUSTOM", "  provider: {name: x}\n  rules: []"), "spec.rules: CUSTOM action without `rules`"),
+        (policy("p", "foo", "CUSTOM", "  provider: {name: x}"), "CUSTOM action without `rules`"),
         (policy("p", "foo", "CUSTOM", "  rules: [{}]"), "provider.name"),
         (policy("p", "foo", "ALLOW", "  provider: {name: x}\n  rules: [{}]"), "non CUSTOM"),
         (policy("p", "foo", "ALLOW", "  rules: [{from: []}]"), "`from` must not be empty"),

@@ -74,15 +74,17 @@ pub fn validate(res: &Resource, ap: &AuthorizationPolicy) -> Vec<Error> {
         }
     }
 
+    // `rules: []` unmarshals to nil in Go, so the webhook treats it exactly like absent rules.
+    let no_rules = ap.rules.as_deref().is_none_or(<[_]>::is_empty);
     match ap.action {
         Action::Custom => {
-            if ap.rules.is_none() {
+            if no_rules {
                 err("spec.rules".into(), "CUSTOM action without `rules` is meaningless as it will never be triggered, add an empty rule `{}` if you want it be triggered for every request".into());
             } else if ap.provider.as_ref().is_none_or(|p| p.name.is_empty()) {
                 err("spec.provider.name".into(), "`provider.name` must not be empty".into());
             }
         }
-        Action::Deny if ap.rules.is_none() => err(
+        Action::Deny if no_rules => err(
             "spec.rules".into(),
             "DENY action without `rules` is meaningless as it will never be triggered, add an empty rule `{}` if you want it be triggered for every request".into(),
         ),

@@ -58,6 +58,22 @@ pub fn property(path: &[&str]) -> Option<Bytes> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
 }
 
+/// A property, keeping a hostcall failure apart from absence: `Ok(None)` when the property
+/// does not exist, `Err` when the host could not produce it (security filters fail closed).
+pub fn try_property(path: &[&str]) -> Result<Option<Bytes>, Status> {
+    hostcalls::get_property(path.to_vec())
+}
+
+/// All request headers; `Err` when the host could not produce them.
+pub fn try_request_headers() -> Result<Vec<(String, Bytes)>, Status> {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+}
+
+/// One request header; `Ok(None)` when absent, `Err` when the host could not produce it.
+pub fn try_request_header(name: &str) -> Result<Option<Bytes>, Status> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+}
+
 /// A string property.
 pub fn property_string(path: &[&str]) -> Option<String> {
     property(path).and_then(|b| String::from_utf8(b).ok())
