@@ -134,9 +134,14 @@ pub fn query_of(path: &[u8]) -> &[u8] {
 
 /// Envoy's `parseAndDecodeQueryString`: `&`-separated `name=value`, percent-decoded (and `+` as
 /// space in values); the first occurrence of a name wins. At most `max` parameters are read.
-pub fn parse_query(query: &[u8], max: usize) -> Vec<(String, String)> {
+///
+/// Only parameters whose decoded name `keep` accepts are returned (the configured `fromParams`
+/// names), so the result stays as small as the configuration however many parameters a
+/// request carries, and every parameter is looked at: a token after hundreds of others is still
+/// found, as Envoy finds it.
+pub fn parse_query(query: &[u8], keep: impl Fn(&str) -> bool) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
-    for part in query.split(|&c| c == b'&').take(max) {
+    for part in query.split(|&c| c == b'&') {
         if part.is_empty() {
             continue;
         }
@@ -145,7 +150,7 @@ pub fn parse_query(query: &[u8], max: usize) -> Vec<(String, String)> {
             None => (part, &b""[..]),
         };
         let k = percent_decode(k, false);
-        if out.iter().any(|(name, _)| *name == k) {
+        if !keep(&k) || out.iter().any(|(name, _)| *name == k) {
             continue;
         }
         out.push((k, percent_decode(v, true)));
@@ -174,9 +179,11 @@ fn percent_decode(s: &[u8], plus_is_space: bool) -> String {
 
 /// Envoy's `parseCookies`: `;`-separated `name=value`, spaces trimmed, surrounding double quotes
 /// removed from the value; the first occurrence of a name wins.
-pub fn parse_cookies(header: &[u8], max: usize) -> Vec<(String, String)> {
+///
+/// Only cookies whose name `keep` accepts are returned (the configured `fromCookies` names).
+pub fn parse_cookies(header: &[u8], keep: impl Fn(&str) -> bool) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
-    for part in header.split(|&c| c == b';').take(max) {
+    for part in header.split(|&c| c == b';') {
         let part = trim(part);
         let Some(eq) = part.iter().position(|&c| c == b'=') else { continue };
         let k = String::from_utf8_lossy(trim(&part[..eq])).into_owned();
@@ -184,7 +191,7 @@ pub fn parse_cookies(header: &[u8], max: usize) -> Vec<(String, String)> {
         if v.len() >= 2 && v[0] == b'"' && v[v.len() - 1] == b'"' {
             v = &v[1..v.len() - 1];
         }
-        if k.is_empty() || out.iter().any(|(name, _)| *name == k) {
+        if k.is_empty() || !keep(&k) || out.iter().any(|(name, _)| *name == k) {
             continue;
         }
         out.push((k, String::from_utf8_lossy(v).into_owned()));
@@ -206,8 +213,8 @@ mod tests {
     fn gathered(headers: &[(&str, &str)], path: &str, cookie: Option<&str>) -> Gathered {
         Gathered {
             headers: headers.iter().map(|(n, v)| (n.to_string(), Some(v.to_string()))).collect(),
-            params: parse_query(query_of(path.as_bytes()), 100),
-            cookies: cookie.map(|c| parse_cookies(c.as_bytes(), 100)).unwrap_or_default(),
+            params: parse_query(query_of(path.as_bytes()), |_| true),
+            cookies: cookie.map(|c| parse_cookies(c.as_bytes(), |_| true)).unwrap_or_default(),
         }
     }
 
@@ -264,18 +271,36 @@ mod tests {
 
     #[test]
     fn params_are_decoded_and_first_wins() {
-        let q = parse_query(b"token=a%2Eb.c&token=zzz&x&y=1+2", 100);
+        let q = parse_query(b"token=a%2Eb.c&token=zzz&x&y=1+2", |_| true);
         assert_eq!(q[0], ("token".into(), "a.b.c".into()));
         assert_eq!(q.len(), 3);
         assert_eq!(q[2], ("y".into(), "1 2".into()));
-        assert_eq!(parse_query(b"a=%zz%4", 10), vec![("a".into(), "%zz%4".into())]);
+        assert_eq!(parse_query(b"a=%zz%4", |_| true), vec![("a".into(), "%zz%4".into())]);
         assert_eq!(query_of(b"/p?a=1#frag"), b"a=1");
         assert_eq!(query_of(b"/p"), b"");
     }
 
     #[test]
+    fn only_the_configured_names_are_kept_and_none_is_missed() {
+        // 500 other parameters before the token: Envoy still finds it, and so must we.
+        let mut q = String::new();
+        for i in 0..500 {
+            q.push_str(&format!("p{i}=v&"));
+        }
+        q.push_str("access_token=a.b.c&access_token=second");
+        let got = parse_query(q.as_bytes(), |k| k == "access_token");
+        assert_eq!(got, vec![("access_token".into(), "a.b.c".into())]);
+        let mut c = String::new();
+        for i in 0..500 {
+            c.push_str(&format!("c{i}=v; "));
+        }
+        c.push_str("session=x.y.z");
+        assert_eq!(parse_cookies(c.as_bytes(), |k| k == "session"), vec![("session".into(), "x.y.z".into())]);
+    }
+
+    #[test]
     fn cookies_are_parsed_like_envoy() {
-        let c = parse_cookies(br#"a=1; session="x.y.z" ;session=ignored; junk; b = 2"#, 100);
+        let c = parse_cookies(br#"a=1; session="x.y.z" ;session=ignored; junk; b = 2"#, |_| true);
         assert_eq!(c, vec![("a".into(), "1".into()), ("session".into(), "x.y.z".into()), ("b".into(), "2".into())]);
         let locs = vec![Location::Cookie("session".into())];
         let g = gathered(&[], "/", Some(r#"session="x.y.z""#));
@@ -299,8 +324,8 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         for s in ["%", "%%", "%4", "a=%", "=", "&&&", "a=b=c", "%ff%fe"] {
-            let _ = parse_query(s.as_bytes(), 10);
-            let _ = parse_cookies(s.as_bytes(), 10);
+            let _ = parse_query(s.as_bytes(), |_| true);
+            let _ = parse_cookies(s.as_bytes(), |_| true);
         }
         assert_eq!(extract_after("Bearer ", 7), "Bearer ");
         assert_eq!(extract_after("x", 10), "x");

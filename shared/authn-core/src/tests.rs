@@ -338,6 +338,19 @@ fn access_token_query_parameter_is_a_default_location() {
 }
 
 #[test]
+fn a_token_after_hundreds_of_parameters_is_still_checked() {
+    // Envoy parses the whole query string: a bad token placed after 500 other parameters is a
+    // 401, never an anonymous request; a good one there is verified.
+    let s = es256();
+    let a = one_rule(&s, "");
+    let filler: String = (0..500).map(|i| format!("p{i}=v&")).collect();
+    let o = eval(&a, &Req::get(&format!("/p?{filler}access_token=not.a.token")));
+    assert_eq!(denied(&o).0, 401);
+    let t = s.sign(&claims(json!({})));
+    assert!(identity(&eval(&a, &Req::get(&format!("/p?{filler}access_token={t}")))).is_some());
+}
+
+#[test]
 fn from_headers_params_and_cookies() {
     let s = es256();
     let a = one_rule(&s, "fromHeaders:\n- name: X-Jwt-Assertion\n  prefix: \"Token \"\n- name: x-raw\nfromParams: [token, jwt]\nfromCookies: [session]");

@@ -14,8 +14,6 @@ use crate::remote::{FetchOutcome, FetchRequest, KeyState};
 
 /// Envoy's default `clock_skew_seconds` (Istio does not change it).
 pub const CLOCK_SKEW_SECS: u64 = 60;
-/// Query parameters / cookies read per request.
-const MAX_PARAMS: usize = 128;
 /// `Http::Utility::buildOriginalUri` truncates the path to this many bytes in the realm.
 const MAX_REALM_PATH: usize = 256;
 
@@ -134,8 +132,10 @@ pub struct Authn {
     sanitized: Vec<String>,
     /// Header names token locations read.
     token_headers: Vec<String>,
-    needs_query: bool,
-    needs_cookies: bool,
+    /// The `fromParams` / `fromCookies` names of every rule (only these are kept when a
+    /// request's query string or cookies are parsed).
+    param_names: Vec<String>,
+    cookie_names: Vec<String>,
     /// Key of the token hash: the VMs' shared secret mixed with the configuration salt.
     hash_key: [u8; 16],
     /// Per-VM decoded entries in front of the shared cache.
@@ -172,8 +172,8 @@ impl Authn {
     pub fn new(providers: Vec<Provider>, requirement: Requirement, opts: Options) -> Self {
         let mut sanitized: Vec<String> = Vec::new();
         let mut token_headers: Vec<String> = Vec::new();
-        let mut needs_query = false;
-        let mut needs_cookies = false;
+        let mut param_names: Vec<String> = Vec::new();
+        let mut cookie_names: Vec<String> = Vec::new();
         for p in &providers {
             if let Some(h) = &p.forward_payload_header {
                 sanitized.push(h.clone());
@@ -184,8 +184,8 @@ impl Authn {
             for loc in &p.locations {
                 match loc {
                     Location::Header { name, .. } => token_headers.push(name.clone()),
-                    Location::Param(_) => needs_query = true,
-                    Location::Cookie(_) => needs_cookies = true,
+                    Location::Param(name) => param_names.push(name.clone()),
+                    Location::Cookie(name) => cookie_names.push(name.clone()),
                 }
             }
         }
@@ -194,8 +194,12 @@ impl Authn {
         token_headers.sort();
         token_headers.dedup();
         token_headers.retain(|h| !sanitized.contains(h));
+        for names in [&mut param_names, &mut cookie_names] {
+            names.sort();
+            names.dedup();
+        }
         let hash_key = opts.cache_salt;
-        Authn { providers, requirement, opts, sanitized, token_headers, needs_query, needs_cookies, hash_key, l1: RefCell::new(L1::default()) }
+        Authn { providers, requirement, opts, sanitized, token_headers, param_names, cookie_names, hash_key, l1: RefCell::new(L1::default()) }
     }
 
     /// Sets the secret all VMs of the process share (kept in proxy-wasm shared data), so they
@@ -288,14 +292,14 @@ impl Authn {
             gathered.headers.push((h.clone(), req.header(h).map(Gathered::text)));
         }
         let mut path: Option<Vec<u8>> = None;
-        if self.needs_query {
+        if !self.param_names.is_empty() {
             let p = req.header(":path").unwrap_or_default();
-            gathered.params = parse_query(query_of(&p), MAX_PARAMS);
+            gathered.params = parse_query(query_of(&p), |k| self.param_names.iter().any(|n| n == k));
             path = Some(p);
         }
-        if self.needs_cookies {
+        if !self.cookie_names.is_empty() {
             if let Some(c) = req.header("cookie") {
-                gathered.cookies = parse_cookies(&c, MAX_PARAMS);
+                gathered.cookies = parse_cookies(&c, |k| self.cookie_names.iter().any(|n| n == k));
             }
         }
         let gathered = gathered;
