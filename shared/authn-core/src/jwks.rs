@@ -1,6 +1,8 @@
 //! JSON Web Key Sets: parsing them as Envoy does (`source/common/jwt/jwks.cc`: a key that cannot
-//! be used is skipped, not fatal) and verifying a token's signature with the cryptography of
-//! `jwt-simple` (pure Rust, so it runs in wasm).
+//! be used is skipped, not fatal) and verifying a token's signature (pure Rust, so it runs in
+//! wasm): RS*/PS* with [`crate::rsa`], ES256/ES384 with [`crate::ec`] and EdDSA with
+//! `ed25519-compact`, directly over the parsed token, plus the token checks jwt-simple used to
+//! make ([`crate::jose`]); HS* with `jwt-simple`.
 
 use crate::jwt::{b64url_decode, Jwt, Status};
 use jwt_simple::prelude::*;
@@ -34,9 +36,9 @@ impl std::fmt::Debug for Key {
 #[derive(Clone)]
 pub enum Material {
     Rsa(crate::rsa::PublicKey),
-    P256(ES256PublicKey),
-    P384(ES384PublicKey),
-    Ed25519(Ed25519PublicKey),
+    P256(crate::ec::VerifyingKey<p256::NistP256>),
+    P384(crate::ec::VerifyingKey<p384::NistP384>),
+    Ed25519(ed25519_compact::PublicKey),
     /// `kty: oct` (HS256/384/512): a shared secret, as Envoy accepts in a JWKS.
     Oct(Vec<u8>),
 }
@@ -79,12 +81,14 @@ impl KeySet {
             return Err(Status::JwksNoValidKeys);
         }
         let mut matched = false;
+        // jwt-simple's token checks (ES*/EdDSA): the same for every key, made at most once.
+        let mut checks: Option<bool> = None;
         for key in &self.keys {
             if !candidate(key, jwt) {
                 continue;
             }
             matched = true;
-            match verify_with(key, token, jwt, now, skew, max_token) {
+            match verify_with(key, token, jwt, now, skew, max_token, &mut checks) {
                 Ok(()) => return Ok(key.fingerprint),
                 Err(Status::JwtEd25519SignatureWrongLength) => {
                     return Err(Status::JwtEd25519SignatureWrongLength)
@@ -117,7 +121,38 @@ fn options(now: u64, skew: u64, max_token: usize) -> VerificationOptions {
 
 /// One key, one algorithm. The key type must fit the token's `alg` (no HS/RS confusion: an RSA
 /// key is never used as an HMAC secret, an EC key only verifies its own curve's ES algorithm).
-fn verify_with(key: &Key, token: &str, jwt: &Jwt, now: u64, skew: u64, max_token: usize) -> Result<(), Status> {
+fn verify_with(
+    key: &Key,
+    token: &str,
+    jwt: &Jwt,
+    now: u64,
+    skew: u64,
+    max_token: usize,
+    checks: &mut Option<bool>,
+) -> Result<(), Status> {
+    // ES256/ES384/EdDSA: the signature over the parsed token, after the checks jwt-simple's
+    // `verify_token` made (same tokens accepted as when it verified them).
+    let direct = match (&key.material, jwt.alg.as_str()) {
+        (Material::P256(_), "ES256") | (Material::P384(_), "ES384") => true,
+        (Material::Ed25519(_), "EdDSA") => {
+            if jwt.signature.len() != 64 {
+                return Err(Status::JwtEd25519SignatureWrongLength);
+            }
+            true
+        }
+        _ => false,
+    };
+    if direct {
+        let ok = *checks.get_or_insert_with(|| crate::jose::token_checks(token, now, skew, max_token))
+            && match &key.material {
+                Material::P256(k) => k.verify(signing_input(token, jwt).as_bytes(), &jwt.signature),
+                Material::P384(k) => k.verify(signing_input(token, jwt).as_bytes(), &jwt.signature),
+                Material::Ed25519(k) => ed25519_compact::Signature::from_slice(&jwt.signature)
+                    .is_ok_and(|sig| k.verify(signing_input(token, jwt).as_bytes(), &sig).is_ok()),
+                _ => false,
+            };
+        return if ok { Ok(()) } else { Err(Status::JwtVerificationFail) };
+    }
     let opts = Some(options(now, skew, max_token));
     let fail = |_| Status::JwtVerificationFail;
     if let Material::Rsa(k) = &key.material {
@@ -137,14 +172,6 @@ fn verify_with(key: &Key, token: &str, jwt: &Jwt, now: u64, skew: u64, max_token
         return if ok { Ok(()) } else { Err(Status::JwtVerificationFail) };
     }
     match (&key.material, jwt.alg.as_str()) {
-        (Material::P256(k), "ES256") => k.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
-        (Material::P384(k), "ES384") => k.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail),
-        (Material::Ed25519(k), "EdDSA") => {
-            if jwt.signature.len() != 64 {
-                return Err(Status::JwtEd25519SignatureWrongLength);
-            }
-            k.verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail)
-        }
         (Material::Oct(secret), "HS256") => {
             HS256Key::from_bytes(secret).verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail)
         }
@@ -274,11 +301,11 @@ fn parse_jwk(value: &Value) -> Result<Key, String> {
             let y = required_b64(jwk, "y", "an EC key")?;
             let size = if curve == "P-256" { 32 } else { 48 };
             let point = sec1_point(&x, &y, size).ok_or("EC [x] and [y] fields have a parse error")?;
-            let bad = |_| "EC [x] and [y] fields have a parse error".to_string();
+            let bad = || "EC [x] and [y] fields have a parse error".to_string();
             if curve == "P-256" {
-                Material::P256(ES256PublicKey::from_bytes(&point).map_err(bad)?)
+                Material::P256(crate::ec::VerifyingKey::from_sec1_bytes(&point).ok_or_else(bad)?)
             } else {
-                Material::P384(ES384PublicKey::from_bytes(&point).map_err(bad)?)
+                Material::P384(crate::ec::VerifyingKey::from_sec1_bytes(&point).ok_or_else(bad)?)
             }
         }
         "OKP" => {
@@ -294,7 +321,12 @@ fn parse_jwk(value: &Value) -> Result<Key, String> {
             if x.len() != 32 {
                 return Err("OKP [x] field is wrong length".into());
             }
-            Material::Ed25519(Ed25519PublicKey::from_bytes(&x).map_err(|e| format!("OKP key rejected: {e}"))?)
+            // As jwt-simple's `Ed25519PublicKey::from_bytes`: a canonical point, not of small order.
+            let k = ed25519_compact::PublicKey::from_slice(&x)
+                .ok()
+                .filter(|k| k.validate().is_ok())
+                .ok_or("OKP key rejected: Invalid public key")?;
+            Material::Ed25519(k)
         }
         "oct" => {
             if !alg.is_empty() && !matches!(alg.as_str(), "HS256" | "HS384" | "HS512") {
