@@ -116,3 +116,28 @@ fn envoy_command_errors_are_for_people() {
     let out = wasmeshctl(&["envoy", "--bogus", "1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown option \"--bogus\""));
 }
+
+/// `wasmeshctl check` as the README shows it: the decision and which policy and rule decided,
+/// offline, for the demo mesh's policies.
+#[test]
+fn check_prints_the_decision_and_the_deciding_rule() {
+    let check = |method: &str, principal: &str| -> String {
+        let out = wasmeshctl(&[
+            "check", "-f", "examples/bookinfo", "--workload", "default/reviews-v2", "--method", method, "--path", "/reviews/0",
+            "--principal", principal,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let productpage = "cluster.local/ns/default/sa/bookinfo-productpage";
+    let text = check("GET", productpage);
+    assert!(text.contains("decision: ALLOW"), "{text}");
+    assert!(text.contains("decided by: AuthorizationPolicy default/reviews-viewer spec.rules[0] in examples/bookinfo/security.yaml"), "{text}");
+    assert!(text.contains(productpage) && text.contains("- GET"), "the rule's YAML is printed: {text}");
+    let text = check("POST", productpage);
+    assert!(text.contains("decision: DENY (403 RBAC: access denied)") && text.contains("none matched"), "{text}");
+    let text = check("GET", "cluster.local/ns/default/sa/bookinfo-ratings");
+    assert!(text.contains("decision: DENY"), "another identity: {text}");
+    let out = wasmeshctl(&["check", "-f", "examples/bookinfo", "--workload", "default/nope", "--method", "GET", "--path", "/"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("default/nope"), "{}", String::from_utf8_lossy(&out.stderr));
+}
