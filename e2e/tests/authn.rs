@@ -159,7 +159,9 @@ fn answers_match_envoy_jwt_authn_as_istio_configures_it() {
     };
     add("no token", "GET", "/get", vec![]);
     add("valid RS256", "GET", "/get", vec![("authorization", bearer(&good))]);
-    for (name, s) in [("PS256", &k.ps), ("RS384", &k.rs384), ("RS512", &k.rs512), ("ES256", &k.ec), ("ES384", &k.ec384), ("EdDSA", &k.ed)] {
+    let ps384 = Signer::new("PS384", TestKey::Rsa1, Some("r1"));
+    let ps512 = Signer::new("PS512", TestKey::Rsa1, Some("r1"));
+    for (name, s) in [("PS256", &k.ps), ("PS384", &ps384), ("PS512", &ps512), ("RS384", &k.rs384), ("RS512", &k.rs512), ("ES256", &k.ec), ("ES384", &k.ec384), ("EdDSA", &k.ed)] {
         add(&format!("valid {name}"), "GET", "/get", vec![("authorization", bearer(&s.sign(&claims(json!({})))))]);
     }
     add("expired", "GET", "/get?x=1", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"exp": now() - 120})))))]);
@@ -241,6 +243,12 @@ fn answers_match_envoy_jwt_authn_as_istio_configures_it() {
     assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"http://httpbin.foo:8000/get\", error=\"invalid_token\""));
     let r = send(wasm.port, "GET", "/get", &[("authorization", &bearer(&k.ec.sign(&claims(json!({"aud": "mobile"})))))]);
     assert_eq!((r.status, r.text().as_str()), (403, "Audiences in Jwt are not allowed"));
+    // Bounded input (a deliberate difference: Envoy reads tokens up to its header limit): a
+    // validly signed 20 KB token is over maxTokenBytes (16 KiB) and refused before any parsing.
+    let big = k.rsa.sign(&claims(json!({"pad": "x".repeat(20_000)})));
+    let r = send(wasm.port, "GET", "/get", &[("authorization", &bearer(&big))]);
+    assert_eq!((r.status, r.text().as_str()), (401, "Jwt is too large"));
+    assert_eq!(send(native.port, "GET", "/get", &[("authorization", &bearer(&big))]).status, 200, "Envoy accepts it");
 }
 
 #[test]
