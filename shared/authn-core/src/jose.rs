@@ -67,16 +67,7 @@ struct Header {
 /// the URL-safe alphabet, no padding, not one character over a multiple of four, unused bits of
 /// the last character zero (the canonical encoding of its bytes).
 pub fn strict_b64url(s: &str) -> bool {
-    let value = |c: u8| -> Option<u8> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        })
-    };
+    let value = crate::jwt::b64url_value;
     let bytes = s.as_bytes();
     let mut last = 0u8;
     for &c in bytes {

@@ -283,14 +283,7 @@ pub fn b64url_decode(input: &str) -> Option<Vec<u8>> {
     let mut acc: u32 = 0;
     let mut bits = 0u32;
     for &c in unpadded {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        } as u32;
+        let v = u32::from(b64url_value(c)?);
         acc = (acc << 6) | v;
         bits += 6;
         if bits >= 8 {
@@ -316,6 +309,18 @@ pub fn b64url_encode(input: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The value of one base64url character (`A-Z a-z 0-9 - _`), `None` for any other byte.
+pub(crate) fn b64url_value(c: u8) -> Option<u8> {
+    Some(match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'-' => 62,
+        b'_' => 63,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
