@@ -386,10 +386,6 @@ pub fn compute<'a>(
         };
     }
 
-    // `services[0].namespace` of the cluster metadata, as Istio's stats filter reads it; the
-    // fallback differs per side (below).
-    let service_namespace: &'a str = f.service.map(|s| s.namespace.as_str()).unwrap_or("");
-    let or_str = |a: &'a str, b: &'a str| -> &'a str { if a.is_empty() { b } else { a } };
     let peer_san = f.peer_principal;
     let local_san = f.local_principal;
     let peer_namespace: &'a str = match namespace_from_principal(peer_san) {
@@ -423,7 +419,7 @@ pub fn compute<'a>(
             } else {
                 service_host_name
             });
-            v[DestinationServiceNamespace as usize] = Cow::Borrowed(or_str(service_namespace, &local.namespace));
+            v[DestinationServiceNamespace as usize] = Cow::Borrowed(&local.namespace);
             v[DestinationCluster as usize] = Cow::Borrowed(&local.cluster);
             v[ConnectionSecurityPolicy as usize] =
                 Cow::Borrowed(if !peer_san.is_empty() && !local_san.is_empty() { "mutual_tls" } else { "none" });
@@ -446,7 +442,7 @@ pub fn compute<'a>(
             v[DestinationCanonicalService as usize] = or(pstr(|p| &p.canonical_service), UNKNOWN);
             v[DestinationCanonicalRevision as usize] = or(pstr(|p| &p.canonical_revision), LATEST);
             v[DestinationServiceName as usize] = or(service_host_name, UNKNOWN);
-            v[DestinationServiceNamespace as usize] = or(or_str(service_namespace, peer_namespace), UNKNOWN);
+            v[DestinationServiceNamespace as usize] = or(peer_namespace, UNKNOWN);
             v[DestinationCluster as usize] = or(pstr(|p| &p.cluster), UNKNOWN);
             // The client side does not compute the TLS state (istio_stats.cc leaves it unset).
             v[ConnectionSecurityPolicy as usize] = Cow::Borrowed(UNKNOWN);
@@ -592,32 +588,6 @@ connection_security_policy"
             assert_eq!(name, ename);
             assert_eq!(got, want, "label {name}");
         }
-    }
-
-    #[test]
-    fn destination_service_namespace_comes_from_the_cluster_metadata_first() {
-        // A client calling a service of namespace `shop` whose endpoint answers as a workload of
-        // namespace `legacy`: the service label is the service's, the workload label the peer's.
-        let me = local("productpage-v1", "productpage", "v1");
-        let mut p = peer("orders-v1", "orders", "v1");
-        p.namespace = "legacy".into();
-        let svc = ServiceInfo { host: "orders.shop.svc.cluster.local".into(), name: "orders".into(), namespace: "shop".into() };
-        let mut f = Facts::new(Protocol::Http);
-        f.peer = Some(&p);
-        f.service = Some(&svc);
-        let label = |v: &LabelValues<'_>, l: Label| v[l as usize].to_string();
-        let v = compute(Reporter::Source, &me, false, &f);
-        assert_eq!(label(&v, Label::DestinationServiceNamespace), "shop");
-        assert_eq!(label(&v, Label::DestinationWorkloadNamespace), "legacy");
-        // Without cluster metadata the client falls back to the peer's namespace.
-        f.service = None;
-        let v = compute(Reporter::Source, &me, false, &f);
-        assert_eq!(label(&v, Label::DestinationServiceNamespace), "legacy");
-        // The server side: the metadata's namespace, else its own.
-        f.service = Some(&svc);
-        assert_eq!(label(&compute(Reporter::Destination, &me, false, &f), Label::DestinationServiceNamespace), "shop");
-        f.service = None;
-        assert_eq!(label(&compute(Reporter::Destination, &me, false, &f), Label::DestinationServiceNamespace), me.namespace);
     }
 
     #[test]
