@@ -1,8 +1,19 @@
 //! `wasmeshctl envoy`: a standalone Envoy bootstrap for one sidecar or gateway.
 //!
-//! Listeners: a sidecar gets an inbound listener (callers → the app) and an outbound listener
-//! (the app → other services, routed by the wasm router); a gateway gets one listener per Gateway
-//! server port. Clusters: one per service port and DestinationRule subset, named as Istio names
+//! Listeners: a sidecar gets an inbound listener (callers → the app) per workload port and an
+//! outbound listener (the app → other services, routed by the wasm router); a gateway gets one
+//! listener per Gateway server port.
+//!
+//! TCP: a workload port whose service port is TCP (Istio's protocol selection,
+//! [`PortProtocol`]) gets an inbound listener with Istio's network filter chain instead of the
+//! HCM: the TCP stats filter, the network authorization filter (when a policy applies), then
+//! `tcp_proxy` to `inbound|<port>||`; with mTLS, a first chain for clients offering
+//! `istio-peer-exchange` runs Istio's TCP metadata exchange, so `istio_tcp_*` name the peer
+//! workload. Each TCP service port the app calls gets its own outbound
+//! listener on a loopback port ([`TcpOutbound`]; Istio binds `0.0.0.0:<service port>`, which
+//! loopback cannot share) with the TCP stats filter (exchanging with mTLS peers: clusters of TCP
+//! ports offer `istio-peer-exchange`, `istio`) and `tcp_proxy` to
+//! `outbound|<port>||<host>`. Clusters: one per service port and DestinationRule subset, named as Istio names
 //! them (`outbound|<port>|<subset>|<fqdn>`), with endpoints from ServiceEntry `endpoints` and
 //! the WorkloadEntries a ServiceEntry's `workloadSelector` selects.
 
@@ -12,7 +23,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use wasmesh_istio::networking::{DestinationRule, SimpleLb, TrafficPolicy, WorkloadEntry};
-use wasmesh_istio::{Error, ProxyMode, Resource, Resources, Workload};
+use wasmesh_istio::{Error, PortProtocol, ProxyMode, Resource, Resources, Workload};
 
 /// The header the wasm router writes and Envoy's route reads.
 pub const CLUSTER_HEADER: &str = "x-wasmesh-cluster";
@@ -25,6 +36,8 @@ pub struct ProxySpec {
     pub inbound: Vec<Inbound>,
     /// Sidecar: the port the app sends its outbound calls to.
     pub outbound_port: Option<u16>,
+    /// Sidecar: one outbound TCP listener per TCP service port the app calls.
+    pub tcp_outbound: Vec<TcpOutbound>,
     /// Gateway: (Gateway server port, loopback port to bind).
     pub gateway_ports: Vec<(u32, u16)>,
     pub admin_port: u16,
@@ -41,6 +54,30 @@ pub struct ProxySpec {
 pub struct Inbound {
     pub port: u16,
     pub app_port: u16,
+}
+
+/// An outbound TCP listener: the app connects to `127.0.0.1:<bind_port>` to reach `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpOutbound {
+    pub bind_port: u16,
+    /// The service host as a ServiceEntry names it (short names resolve in the workload's
+    /// namespace).
+    pub host: String,
+    /// The service port (a TCP port of that ServiceEntry).
+    pub port: u32,
+}
+
+impl std::str::FromStr for TcpOutbound {
+    type Err = String;
+    /// `BIND=HOST:PORT`, e.g. `13306=mysql.db.svc.cluster.local:3306`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parsed = s.split_once('=').and_then(|(bind, target)| {
+            let (host, port) = target.rsplit_once(':')?;
+            (!host.is_empty()).then_some(())?;
+            Some(TcpOutbound { bind_port: bind.parse().ok()?, host: host.to_string(), port: port.parse().ok()? })
+        });
+        parsed.ok_or(format!("--tcp-outbound {s:?}: expected BIND_PORT=HOST:PORT, e.g. 13306=mysql.db.svc.cluster.local:3306"))
+    }
 }
 
 /// Reads the proxy's identity from the WorkloadEntry `namespace/name` (or `name` in `default`).
@@ -69,6 +106,8 @@ pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error
     let mut listeners = Vec::new();
     let mut clusters: BTreeMap<String, Value> = BTreeMap::new();
     let mut stats_tags: Vec<Value> = Vec::new();
+    // Inbound TCP listeners: (name, the filters of their metadata-exchange chain).
+    let mut tcp_exchange_chains: Vec<(String, Vec<Value>)> = Vec::new();
 
     let mut wl = spec.workload.clone();
     if let Some(root) = &spec.mesh.root_namespace {
@@ -98,6 +137,29 @@ pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error
     match wl.mode {
         ProxyMode::Sidecar => {
             for inb in &spec.inbound {
+                match inbound_protocol(resources, &wl, inb.port) {
+                    Ok(PortProtocol::Tcp) => {
+                        let ctx = ListenerContext { workload: &wl, resources, direction: Direction::Inbound, bind_port: inb.port, mesh: &spec.mesh };
+                        match tcp_listener_filters(&ctx) {
+                            Ok((c, exchange)) => {
+                                let cluster = format!("inbound|{}||", inb.port);
+                                let name = format!("inbound_{}", inb.port);
+                                listeners.push(tcp_listener(&name, inb.port, tcp_chain_filters(spec, &c.network_filters, &cluster)));
+                                tcp_exchange_chains.push((name, tcp_chain_filters(spec, &exchange, &cluster)));
+                                let app = [("127.0.0.1".to_string(), u32::from(inb.app_port))];
+                                clusters.insert(cluster.clone(), static_cluster(&cluster, &app, "ROUND_ROBIN"));
+                                merge(&mut clusters, &mut stats_tags, c);
+                            }
+                            Err(mut e) => errors.append(&mut e),
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                }
                 let c = add(Direction::Inbound, inb.port, &mut errors);
                 let cluster = format!("inbound|{}||", inb.port);
                 listeners.push(listener(spec, "inbound", inb.port, &c, route_to(&cluster), false));
@@ -118,8 +180,26 @@ pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error
                 listeners.push(listener(spec, "outbound", port, &c, route_by_header(), false));
                 merge(&mut clusters, &mut stats_tags, c);
             }
-            if spec.inbound.is_empty() && spec.outbound_port.is_none() {
-                errors.push(Error::new("a sidecar needs --inbound-port/--app-port, --outbound-port, or both"));
+            for out in &spec.tcp_outbound {
+                match tcp_outbound_cluster(resources, &wl, out) {
+                    Ok(cluster) => {
+                        let ctx = ListenerContext { workload: &wl, resources, direction: Direction::Outbound, bind_port: out.bind_port, mesh: &spec.mesh };
+                        match tcp_listener_filters(&ctx) {
+                            // The exchange variant of the stats filter: it only exchanges with
+                            // an mTLS peer (TCP clusters then offer `istio-peer-exchange`).
+                            Ok((c, exchange)) => {
+                                let name = format!("outbound_tcp_{}", out.bind_port);
+                                listeners.push(tcp_listener(&name, out.bind_port, tcp_chain_filters(spec, &exchange, &cluster)));
+                                merge(&mut clusters, &mut stats_tags, c);
+                            }
+                            Err(mut e) => errors.append(&mut e),
+                        }
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            if spec.inbound.is_empty() && spec.outbound_port.is_none() && spec.tcp_outbound.is_empty() {
+                errors.push(Error::new("a sidecar needs --inbound-port/--app-port, --outbound-port or --tcp-outbound"));
             }
         }
         ProxyMode::Gateway => {
@@ -172,7 +252,143 @@ pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error
     // Mutual TLS: PeerAuthentication decides each inbound port's filter chains; with
     // certificates, outbound clusters get Istio's auto mTLS.
     plugins::mtls::apply(&wl, resources, spec.certs_dir.as_deref(), &mut bootstrap)?;
+    // Inbound TCP ports with mTLS also serve Istio's TCP metadata exchange.
+    for listener in bootstrap.pointer_mut("/static_resources/listeners").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Some((_, filters)) = tcp_exchange_chains.iter().find(|(name, _)| listener.get("name").and_then(Value::as_str) == Some(name)) {
+            plugins::mtls::add_peer_exchange_chain(listener, filters.clone());
+        }
+    }
     Ok(bootstrap)
+}
+
+/// How the sidecar proxies workload port `port`: the protocol of the service ports that the
+/// workload backs on that port (ServiceEntries of its namespace whose `workloadSelector`
+/// selects it; the WorkloadEntry's `ports` map service port names to workload ports). No such
+/// service port, or one without a protocol: HTTP (wasmesh does not sniff).
+pub fn inbound_protocol(resources: &Resources, wl: &Workload, port: u16) -> Result<PortProtocol, Error> {
+    let entry = resources.workload_entries().find(|(r, _)| r.namespace() == wl.namespace && r.name() == wl.name).map(|(_, we)| we);
+    let mut found: Vec<(&Resource, String, PortProtocol)> = Vec::new();
+    for (res, se) in resources.service_entries() {
+        if res.namespace() != wl.namespace {
+            continue;
+        }
+        let Some(sel) = &se.workload_selector else { continue };
+        if !sel.labels.iter().all(|(k, v)| wl.labels.get(k) == Some(v)) {
+            continue;
+        }
+        for (i, sp) in se.ports.iter().enumerate() {
+            let workload_port = entry.and_then(|we| we.ports.get(&sp.name).copied()).or(sp.target_port).unwrap_or(sp.number);
+            if workload_port == u32::from(port) {
+                found.push((res, format!("spec.ports[{i}]"), sp.port_protocol()));
+            }
+        }
+    }
+    if let Some((res, field, _)) = found.iter().find(|(_, _, p)| *p == PortProtocol::Udp) {
+        return Err(Error::at(res, field.as_str(), format!("UDP: workload port {port} cannot be proxied (Istio does not proxy UDP either)")));
+    }
+    let is_tcp = |p: &PortProtocol| *p == PortProtocol::Tcp;
+    if let (Some((tr, tf, _)), Some((hr, hf, _))) = (found.iter().find(|f| is_tcp(&f.2)), found.iter().find(|f| !is_tcp(&f.2))) {
+        return Err(Error::at(
+            tr,
+            tf.as_str(),
+            format!("workload port {port} is TCP here but HTTP (or unspecified) in {} {hf}; one listener cannot be both", hr.display_name()),
+        ));
+    }
+    Ok(if found.iter().any(|f| is_tcp(&f.2)) { PortProtocol::Tcp } else { PortProtocol::Http })
+}
+
+/// The cluster an outbound TCP listener forwards to: `outbound|<port>||<fqdn>` of a TCP port of
+/// a ServiceEntry.
+fn tcp_outbound_cluster(resources: &Resources, wl: &Workload, out: &TcpOutbound) -> Result<String, Error> {
+    let wanted = wl.fqdn(&out.host, &wl.namespace);
+    let flag = format!("--tcp-outbound {}={}:{}", out.bind_port, out.host, out.port);
+    let mut host_known = false;
+    for (res, se) in resources.service_entries() {
+        let Some(fq) = se.hosts.iter().map(|h| wl.fqdn(h, res.namespace())).find(|h| *h == wanted) else { continue };
+        host_known = true;
+        let Some((i, sp)) = se.ports.iter().enumerate().find(|(_, p)| p.number == out.port) else { continue };
+        return match sp.port_protocol() {
+            PortProtocol::Tcp => Ok(format!("outbound|{}||{fq}", out.port)),
+            PortProtocol::Http | PortProtocol::Unspecified => Err(Error::at(
+                res,
+                format!("spec.ports[{i}]"),
+                format!("{flag}: port {} of {fq} is not TCP (protocol {:?}, name {:?}); HTTP services are reached through --outbound-port, a TCP port needs protocol TCP (MYSQL, REDIS, TLS...) or a tcp- name", out.port, sp.protocol, sp.name),
+            )),
+            PortProtocol::Udp => Err(Error::at(res, format!("spec.ports[{i}]"), format!("{flag}: UDP is not proxied"))),
+        };
+    }
+    Err(Error::new(if host_known {
+        format!("{flag}: no ServiceEntry of {wanted} has port {}", out.port)
+    } else {
+        format!("{flag}: no ServiceEntry has host {wanted}")
+    }))
+}
+
+/// The network filters of a TCP listener (without `tcp_proxy`): the TCP stats filter (metadata
+/// exchange and metrics, where Istio's chain starts with metadata exchange), then the network
+/// authorization filter on inbound ports where a policy applies (Istio's network RBAC). A
+/// refused connection is still counted as opened and closed, as in Istio, whose stats filter
+/// sees the connection before RBAC closes it on its first bytes. Also returned: the same filters
+/// with the stats filter that runs Istio's TCP metadata exchange
+/// ([`plugins::stats::tcp_filter_with_exchange`]), for the inbound exchange chain and the
+/// outbound listener.
+fn tcp_listener_filters(ctx: &ListenerContext<'_>) -> Result<(Contribution, Vec<WasmFilter>), Vec<Error>> {
+    let mut c = Contribution::default();
+    let mut errors = Vec::new();
+    let mut exchange = Vec::new();
+    match (plugins::stats::tcp_filter(ctx), plugins::stats::tcp_filter_with_exchange(ctx)) {
+        (Ok(f), Ok(x)) => {
+            c.network_filters.push(f);
+            exchange.push(x);
+        }
+        (Err(mut e), _) | (_, Err(mut e)) => errors.append(&mut e),
+    }
+    c.stats_tags.extend(plugins::stats::stats_tags(ctx.resources));
+    match plugins::authz::tcp_filter(ctx) {
+        Ok(Some(f)) => {
+            exchange.push(f.clone());
+            c.network_filters.push(f);
+            c.stats_tags.extend(plugins::authz::stats_tags());
+        }
+        Ok(None) => {}
+        Err(mut e) => errors.append(&mut e),
+    }
+    if errors.is_empty() {
+        Ok((c, exchange))
+    } else {
+        Err(errors)
+    }
+}
+
+/// The filters of a TCP filter chain: the wasm network filters, then `tcp_proxy` to `cluster`
+/// (Istio's stat prefix: the cluster).
+fn tcp_chain_filters(spec: &ProxySpec, wasm: &[WasmFilter], cluster: &str) -> Vec<Value> {
+    let mut tcp_proxy = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": cluster,
+        "cluster": cluster,
+    });
+    if let Some(log) = &spec.envoy_access_log {
+        tcp_proxy["access_log"] = json!([{
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": log.display().to_string(),
+            }
+        }]);
+    }
+    let mut filters: Vec<Value> = wasm.iter().map(|f| wasm_network_filter(f, &spec.wasm_dir)).collect();
+    filters.push(json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy}));
+    filters
+}
+
+/// A TCP listener with one filter chain of `filters`.
+fn tcp_listener(name: &str, port: u16, filters: Vec<Value>) -> Value {
+    json!({
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": filters}],
+    })
 }
 
 fn merge(clusters: &mut BTreeMap<String, Value>, stats_tags: &mut Vec<Value>, c: Contribution) {
@@ -516,5 +732,191 @@ spec:
         let route = &r["virtual_hosts"][0]["routes"][0];
         assert_eq!(route["route"]["cluster_header"], CLUSTER_HEADER);
         assert_eq!(route["request_headers_to_remove"], json!([CLUSTER_HEADER]));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tcp_tests {
+    use super::*;
+
+    const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {number: 3306, name: mysql, protocol: MYSQL}
+  - {number: 8080, name: http-admin}
+  workloadSelector: {labels: {app: db}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: db, namespace: default}
+spec: {address: 127.0.0.1, labels: {app: db}, serviceAccount: db, ports: {mysql: 13306, http-admin: 18080}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: sleep, namespace: default}
+spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
+"#;
+
+    fn resources(yaml: &str) -> Resources {
+        Resources { items: wasmesh_istio::load_str(yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}")) }
+    }
+
+    fn spec(workload: &str, res: &Resources, inbound: &[u16], tcp_outbound: Vec<TcpOutbound>) -> ProxySpec {
+        let (wl, _) = workload_from_entry(res, workload).unwrap();
+        ProxySpec {
+            workload: wl,
+            inbound: inbound.iter().map(|p| Inbound { port: *p, app_port: 9 }).collect(),
+            outbound_port: None,
+            tcp_outbound,
+            gateway_ports: Vec::new(),
+            admin_port: 15000,
+            wasm_dir: PathBuf::from("/wasm"),
+            mesh: MeshConfig::default(),
+            certs_dir: None,
+            envoy_access_log: None,
+        }
+    }
+
+    fn listener<'a>(boot: &'a Value, name: &str) -> &'a Value {
+        let ls = boot["static_resources"]["listeners"].as_array().unwrap();
+        ls.iter().find(|l| l["name"] == name).unwrap_or_else(|| panic!("no listener {name} in {ls:?}"))
+    }
+
+    fn filter_names(l: &Value) -> Vec<String> {
+        l["filter_chains"][0]["filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn tcp_workload_ports_get_tcp_proxy_and_http_ports_the_hcm() {
+        let yaml = MESH.to_string()
+            + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: db, namespace: default}\nspec: {rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]}]}\n";
+        let res = resources(&yaml);
+        let boot = build(&spec("default/db", &res, &[13306, 18080], Vec::new()), &res).unwrap();
+        let tcp = listener(&boot, "inbound_13306");
+        assert_eq!(filter_names(tcp), ["wasmesh.stats.tcp", "wasmesh.authz.tcp", "envoy.filters.network.tcp_proxy"]);
+        let proxy = &tcp["filter_chains"][0]["filters"][2]["typed_config"];
+        assert_eq!(proxy["cluster"], "inbound|13306||");
+        assert_eq!(proxy["stat_prefix"], "inbound|13306||");
+        let authz = &tcp["filter_chains"][0]["filters"][1]["typed_config"]["config"]["configuration"]["value"];
+        assert!(authz.as_str().unwrap().contains("\"stage\":\"tcp\""), "{authz}");
+        let http = listener(&boot, "inbound_18080");
+        assert_eq!(filter_names(http), ["envoy.filters.network.http_connection_manager"]);
+        let clusters = boot["static_resources"]["clusters"].as_array().unwrap();
+        let app = clusters.iter().find(|c| c["name"] == "inbound|13306||").unwrap();
+        assert!(app.get("typed_extension_protocol_options").is_none(), "a TCP app cluster has no HTTP options");
+        assert!(boot["stats_config"]["stats_tags"].as_array().unwrap().iter().any(|t| t["tag_name"] == "authz_rule"));
+    }
+
+    #[test]
+    fn no_policy_no_tcp_authz_filter_and_permissive_gets_both_chains() {
+        let res = resources(MESH);
+        let boot = build(&spec("default/db", &res, &[13306], Vec::new()), &res).unwrap();
+        assert_eq!(filter_names(listener(&boot, "inbound_13306")), ["wasmesh.stats.tcp", "envoy.filters.network.tcp_proxy"]);
+    }
+
+    #[test]
+    fn strict_peer_authentication_applies_to_tcp_ports_as_to_http_ports() {
+        let yaml = MESH.to_string() + "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
+        let res = resources(&yaml);
+        let e = build(&spec("default/db", &res, &[13306], Vec::new()), &res).unwrap_err();
+        assert!(e[0].message.contains("port 13306") && e[0].message.contains("STRICT"), "{e:?}");
+        // With certificates: one TLS chain requiring a client certificate, the TCP filters in it.
+        let dir = std::env::temp_dir().join(format!("wasmesh-tcp-strict-{}", std::process::id()));
+        let ids = [crate::certs::WorkloadIdentity::new("cluster.local", "default", "db")];
+        crate::certs::run(&dir, &ids, &crate::certs::CaOptions::default()).unwrap();
+        let mut s = spec("default/db", &res, &[13306], Vec::new());
+        s.certs_dir = Some(dir.clone());
+        let boot = build(&s, &res).unwrap();
+        let l = listener(&boot, "inbound_13306");
+        let chains = l["filter_chains"].as_array().unwrap();
+        // Ahead of the mTLS chain, Istio's TCP metadata exchange for clients offering its ALPN.
+        assert_eq!(chains.len(), 2);
+        for c in chains {
+            assert_eq!(c["transport_socket"]["typed_config"]["require_client_certificate"], true);
+            let names: Vec<&str> = c["filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+            assert_eq!(names, ["wasmesh.stats.tcp", "wasmesh.authz.tcp", "envoy.filters.network.tcp_proxy"], "STRICT installs the TCP authz filter");
+        }
+        assert_eq!(chains[0]["filter_chain_match"], json!({"transport_protocol": "tls", "application_protocols": ["istio-peer-exchange"]}));
+        assert_eq!(chains[0]["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"], json!(["istio-peer-exchange", "h2", "http/1.1"]));
+        let config = |c: &Value| c["filters"][0]["typed_config"]["config"]["configuration"]["value"].as_str().unwrap().to_string();
+        assert!(config(&chains[0]).contains("\"peerExchange\":true"), "{}", config(&chains[0]));
+        assert!(!config(&chains[1]).contains("peerExchange"), "the plain mTLS chain does not exchange");
+        // The client's cluster to the TCP port offers the exchange first.
+        let ids = [crate::certs::WorkloadIdentity::new("cluster.local", "default", "sleep")];
+        crate::certs::run(&dir, &ids, &crate::certs::CaOptions::default()).unwrap();
+        let mut s = spec("default/sleep", &res, &[], vec!["15306=db:3306".parse().unwrap()]);
+        s.certs_dir = Some(dir.clone());
+        let boot = build(&s, &res).unwrap();
+        let l = listener(&boot, "outbound_tcp_15306");
+        assert!(l["filter_chains"][0]["filters"][0]["typed_config"]["config"]["configuration"]["value"].as_str().unwrap().contains("\"peerExchange\":true"));
+        let clusters = boot["static_resources"]["clusters"].as_array().unwrap();
+        let alpn = |name: &str| clusters.iter().find(|c| c["name"] == name).unwrap()["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"].clone();
+        assert_eq!(alpn("outbound|3306||db.default.svc.cluster.local"), json!(["istio-peer-exchange", "istio"]));
+        assert_eq!(alpn("outbound|8080||db.default.svc.cluster.local"), json!(["istio", "http/1.1"]), "HTTP ports keep Istio's HTTP ALPN");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn tcp_outbound_listener_reaches_the_service_cluster() {
+        let res = resources(MESH);
+        let out = "15306=db:3306".parse::<TcpOutbound>().unwrap();
+        assert_eq!(out, TcpOutbound { bind_port: 15306, host: "db".into(), port: 3306 });
+        let boot = build(&spec("default/sleep", &res, &[], vec![out]), &res).unwrap();
+        let l = listener(&boot, "outbound_tcp_15306");
+        assert_eq!(l["address"]["socket_address"]["port_value"], 15306);
+        assert_eq!(filter_names(l), ["wasmesh.stats.tcp", "envoy.filters.network.tcp_proxy"]);
+        let proxy = &l["filter_chains"][0]["filters"][1]["typed_config"];
+        assert_eq!(proxy["cluster"], "outbound|3306||db.default.svc.cluster.local");
+        let clusters = boot["static_resources"]["clusters"].as_array().unwrap();
+        let c = clusters.iter().find(|c| c["name"] == "outbound|3306||db.default.svc.cluster.local").unwrap();
+        assert_eq!(c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"], 13306);
+    }
+
+    #[test]
+    fn tcp_outbound_errors_name_the_flag_and_the_port() {
+        let res = resources(MESH);
+        let err = |target: &str| {
+            let out = target.parse::<TcpOutbound>().unwrap();
+            let e = build(&spec("default/sleep", &res, &[], vec![out]), &res).unwrap_err();
+            e[0].to_string()
+        };
+        let e = err("1=db:8080");
+        assert!(e.contains("ServiceEntry default/db") && e.contains("spec.ports[1]") && e.contains("not TCP"), "{e}");
+        assert!(err("1=db:9999").contains("no ServiceEntry of db.default.svc.cluster.local has port 9999"));
+        assert!(err("1=nope.other:3306").contains("no ServiceEntry has host nope.other"));
+        for bad in ["db:3306", "x=db:3306", "1=db", "1=:3306", "1=db:x"] {
+            assert!(bad.parse::<TcpOutbound>().unwrap_err().contains("BIND_PORT=HOST:PORT"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn conflicting_and_udp_ports_are_refused() {
+        let udp = MESH.replace("{number: 3306, name: mysql, protocol: MYSQL}", "{number: 3306, name: mysql, protocol: UDP}");
+        let res = resources(&udp);
+        let e = build(&spec("default/db", &res, &[13306], Vec::new()), &res).unwrap_err();
+        assert!(e[0].to_string().contains("spec.ports[0]") && e[0].to_string().contains("UDP"), "{e:?}");
+        let clash = MESH.to_string()
+            + "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db-http, namespace: default}\nspec:\n  hosts: [db-http.default.svc.cluster.local]\n  ports: [{number: 80, name: mysql, protocol: HTTP}]\n  workloadSelector: {labels: {app: db}}\n";
+        let res = resources(&clash);
+        let e = build(&spec("default/db", &res, &[13306], Vec::new()), &res).unwrap_err();
+        assert!(e[0].to_string().contains("one listener cannot be both") && e[0].to_string().contains("ServiceEntry default/db-http"), "{e:?}");
+    }
+
+    #[test]
+    fn tcp_policies_wasmesh_cannot_enforce_stop_the_bootstrap() {
+        let yaml = MESH.to_string()
+            + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: m, namespace: default}\nspec: {action: DENY, rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.t]', values: ['[update]']}]}]}\n";
+        let res = resources(&yaml);
+        let e = build(&spec("default/db", &res, &[13306], Vec::new()), &res).unwrap_err();
+        assert!(e[0].to_string().contains("AuthorizationPolicy default/m") && e[0].to_string().contains("when[0].key"), "{e:?}");
+        // The HTTP port of the same workload is fine with it.
+        assert!(build(&spec("default/db", &res, &[18080], Vec::new()), &res).is_ok());
     }
 }

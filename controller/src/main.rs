@@ -17,6 +17,11 @@ USAGE:
       Sidecar:  --inbound-port N --app-port N   inbound listener(s) (the workload's ports; repeatable)
                                                 and the port the app listens on
                 --outbound-port N               where the app sends its outbound calls
+                --tcp-outbound BIND=HOST:PORT   a loopback port where the app reaches the TCP
+                                                service port HOST:PORT (repeatable); a workload
+                                                port whose service port is TCP (protocol TCP,
+                                                MYSQL, REDIS, TLS..., or a tcp- name) is proxied
+                                                as TCP inbound
       Gateway:  --port GATEWAY_PORT=BIND_PORT   one per Gateway server port (repeatable)
       Common:   --admin-port N (default 15000)  --wasm-dir DIR (default target/wasm32-wasip1/release)
                 --mesh-config FILE (Istio MeshConfig)  --certs DIR  --envoy-access-log FILE
@@ -192,7 +197,7 @@ fn cmd_envoy(args: &[String]) -> Result<(), String> {
     let flags = Flags::parse(
         args,
         &[
-            "--role", "--workload", "--inbound-port", "--app-port", "--outbound-port", "--port",
+            "--role", "--workload", "--inbound-port", "--app-port", "--outbound-port", "--tcp-outbound", "--port",
             "--admin-port", "--wasm-dir", "--mesh-config", "--certs", "--envoy-access-log", "-o",
         ],
     )?;
@@ -227,10 +232,12 @@ fn cmd_envoy(args: &[String]) -> Result<(), String> {
         let parsed = p.split_once('=').and_then(|(g, b)| Some((g.parse::<u32>().ok()?, b.parse::<u16>().ok()?)));
         gateway_ports.push(parsed.ok_or(format!("--port {p:?}: expected GATEWAY_PORT=BIND_PORT, e.g. 80=18080"))?);
     }
+    let tcp_outbound = flags.all("--tcp-outbound").map(str::parse).collect::<Result<Vec<bootstrap::TcpOutbound>, String>>()?;
     let spec = bootstrap::ProxySpec {
         workload,
         inbound,
         outbound_port: flags.port("--outbound-port")?,
+        tcp_outbound,
         gateway_ports,
         admin_port: flags.port("--admin-port")?.unwrap_or(15000),
         wasm_dir: {

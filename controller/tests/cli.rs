@@ -117,6 +117,94 @@ fn envoy_command_errors_are_for_people() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown option \"--bogus\""));
 }
 
+#[test]
+fn tcp_ports_pass_envoy_validate_and_unenforceable_policies_are_refused() {
+    let dir = tmp("tcp");
+    let mesh = dir.join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 3306, name: tcp-mysql}]
+  workloadSelector: {labels: {app: db}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: db, namespace: default}
+spec: {address: 127.0.0.1, labels: {app: db}, serviceAccount: db, ports: {tcp-mysql: 13306}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: sleep, namespace: default}
+spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db, namespace: default}
+spec:
+  selector: {matchLabels: {app: db}}
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]
+  - to: [{operation: {paths: [/admin]}}]
+"#,
+    )
+    .unwrap();
+    let certs = dir.join("certs");
+    let out = wasmeshctl(&["certs", "-o", certs.to_str().unwrap(), "-f", mesh.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = dir.join("db.yaml");
+    let out = wasmeshctl(&[
+        "envoy", "-f", mesh.to_str().unwrap(), "--role", "sidecar", "--workload", "default/db", "--inbound-port", "13306",
+        "--app-port", "23306", "--admin-port", "15000", "--certs", certs.to_str().unwrap(), "-o", server.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&server).unwrap();
+    for expected in ["envoy.filters.network.tcp_proxy", "wasmesh.authz.tcp", "wasmesh.stats.tcp", "require_client_certificate: true", "inbound|13306||"] {
+        assert!(text.contains(expected), "{expected} missing from the TCP sidecar bootstrap");
+    }
+    assert!(!text.contains("http_connection_manager"), "a TCP-only workload has no HCM");
+    assert_envoy_validates(&server);
+
+    let client = dir.join("sleep.yaml");
+    let out = wasmeshctl(&[
+        "envoy", "-f", mesh.to_str().unwrap(), "--role", "sidecar", "--workload", "default/sleep", "--tcp-outbound",
+        "15306=db:3306", "--admin-port", "15001", "--certs", certs.to_str().unwrap(), "-o", client.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&client).unwrap();
+    assert!(text.contains("outbound_tcp_15306") && text.contains("cluster: outbound|3306||db.default.svc.cluster.local"));
+    assert!(text.contains("outbound_.3306_._.db.default.svc.cluster.local"), "auto mTLS SNI on the TCP cluster");
+    assert_envoy_validates(&client);
+
+    // A condition wasmesh cannot enforce on TCP: refused, naming resource and field.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&mesh).unwrap()
+            + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: meta, namespace: default}\nspec: {action: DENY, rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.t]', values: ['[update]']}]}]}\n",
+    )
+    .unwrap();
+    let out = wasmeshctl(&[
+        "envoy", "-f", bad.to_str().unwrap(), "--role", "sidecar", "--workload", "default/db", "--inbound-port", "13306",
+        "--app-port", "23306", "--certs", certs.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("AuthorizationPolicy default/meta") && err.contains("spec.rules[0].when[0].key"), "{err}");
+    let out = wasmeshctl(&["envoy", "-f", mesh.to_str().unwrap(), "--role", "sidecar", "--workload", "default/sleep", "--tcp-outbound", "db:3306"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BIND_PORT=HOST:PORT"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `wasmeshctl check` as the README shows it: the decision and which policy and rule decided,
 /// offline, for the demo mesh's policies.
 #[test]

@@ -9,10 +9,22 @@ use wasmesh_controller::bootstrap::{self, Inbound, ProxySpec};
 use wasmesh_controller::MeshConfig;
 use wasmesh_istio::{load_str, ProxyMode, Resources, Spec};
 
+/// What runs behind a sidecar's inbound listeners.
+enum AppPlan {
+    /// An HTTP app the mesh starts.
+    Http(App),
+    /// A server the test runs itself on this loopback port (e.g. a TCP echo).
+    Port(u16),
+}
+
 struct SidecarPlan {
     workload: String,
-    app: Option<App>,
+    app: Option<AppPlan>,
     inbound: bool,
+    /// TCP service ports (host, port) the app calls, each through its own outbound listener.
+    tcp_outbound: Vec<(String, u32)>,
+    /// No HTTP outbound listener (a client that only calls TCP services).
+    no_http_outbound: bool,
 }
 
 struct GatewayPlan {
@@ -38,6 +50,7 @@ pub struct Mesh {
     envoys: BTreeMap<String, Envoy>,
     apps: BTreeMap<String, AppHandle>,
     outbound_ports: BTreeMap<String, u16>,
+    tcp_outbound_ports: BTreeMap<(String, String, u32), u16>,
     inbound_ports: BTreeMap<String, Vec<u16>>,
     gateway_ports: BTreeMap<(String, u32), u16>,
     pub resources: Resources,
@@ -76,6 +89,15 @@ impl Mesh {
     /// Where a workload's app sends outbound calls (its sidecar's outbound listener).
     pub fn outbound_port(&self, workload: &str) -> u16 {
         *self.outbound_ports.get(workload).unwrap_or_else(|| panic!("no outbound listener for {workload}"))
+    }
+
+    /// Where a workload's app connects to reach the TCP service port `host:port` (its sidecar's
+    /// outbound TCP listener for it, see [`MeshBuilder::tcp_outbound`]).
+    pub fn tcp_outbound_port(&self, workload: &str, host: &str, port: u32) -> u16 {
+        *self
+            .tcp_outbound_ports
+            .get(&(workload.to_string(), host.to_string(), port))
+            .unwrap_or_else(|| panic!("no outbound TCP listener for {host}:{port} on {workload}"))
     }
 
     /// A sidecar's (first) inbound listener: the workload's port.
@@ -130,13 +152,39 @@ impl MeshBuilder {
     /// A sidecar for WorkloadEntry `ns/name`, with `app` behind it. Calls in the app with
     /// `via_port == 0` go through this sidecar's outbound listener.
     pub fn sidecar(mut self, workload: &str, app: App) -> Self {
-        self.sidecars.push(SidecarPlan { workload: workload.into(), app: Some(app), inbound: true });
+        self.sidecars.push(SidecarPlan { workload: workload.into(), app: Some(AppPlan::Http(app)), inbound: true, tcp_outbound: Vec::new(), no_http_outbound: false });
+        self
+    }
+
+    /// A sidecar for WorkloadEntry `ns/name` in front of a server the test runs itself on
+    /// `127.0.0.1:app_port` (a TCP server behind a TCP port, say). That server makes no calls:
+    /// the sidecar has no HTTP outbound listener.
+    pub fn sidecar_to_port(mut self, workload: &str, app_port: u16) -> Self {
+        self.sidecars.push(SidecarPlan { workload: workload.into(), app: Some(AppPlan::Port(app_port)), inbound: true, tcp_outbound: Vec::new(), no_http_outbound: true });
         self
     }
 
     /// A client-only sidecar (outbound listener, no app behind it), e.g. `sleep`.
     pub fn client(mut self, workload: &str) -> Self {
-        self.sidecars.push(SidecarPlan { workload: workload.into(), app: None, inbound: false });
+        self.sidecars.push(SidecarPlan { workload: workload.into(), app: None, inbound: false, tcp_outbound: Vec::new(), no_http_outbound: false });
+        self
+    }
+
+    /// A client-only sidecar with no HTTP outbound listener, only the TCP ones added with
+    /// [`Self::tcp_outbound`] (`wasmeshctl envoy --tcp-outbound` without `--outbound-port`).
+    pub fn tcp_client(mut self, workload: &str) -> Self {
+        self.sidecars.push(SidecarPlan { workload: workload.into(), app: None, inbound: false, tcp_outbound: Vec::new(), no_http_outbound: true });
+        self
+    }
+
+    /// An outbound TCP listener on the sidecar of `workload` (added before with [`Self::sidecar`]
+    /// or [`Self::client`]) for the TCP service port `host:port` (`wasmeshctl envoy
+    /// --tcp-outbound`); its loopback port is [`Mesh::tcp_outbound_port`].
+    pub fn tcp_outbound(mut self, workload: &str, host: &str, port: u32) -> Self {
+        match self.sidecars.iter_mut().rev().find(|s| s.workload == workload) {
+            Some(plan) => plan.tcp_outbound.push((host.to_string(), port)),
+            None => panic!("tcp_outbound: add the sidecar of {workload} first"),
+        }
         self
     }
 
@@ -188,6 +236,7 @@ impl MeshBuilder {
             envoys: BTreeMap::new(),
             apps: BTreeMap::new(),
             outbound_ports: BTreeMap::new(),
+            tcp_outbound_ports: BTreeMap::new(),
             inbound_ports: BTreeMap::new(),
             gateway_ports: BTreeMap::new(),
             resources: Resources::default(),
@@ -198,8 +247,16 @@ impl MeshBuilder {
         for plan in self.sidecars {
             let (mut wl, we) = bootstrap::workload_from_entry(&resources, &plan.workload).map_err(|e| e.to_string())?;
             wl.mode = ProxyMode::Sidecar;
-            let outbound = free_port();
-            mesh.outbound_ports.insert(plan.workload.clone(), outbound);
+            let outbound = (!plan.no_http_outbound).then(free_port);
+            if let Some(port) = outbound {
+                mesh.outbound_ports.insert(plan.workload.clone(), port);
+            }
+            let mut tcp_outbound = Vec::new();
+            for (host, port) in &plan.tcp_outbound {
+                let bind_port = free_port();
+                mesh.tcp_outbound_ports.insert((plan.workload.clone(), host.clone(), *port), bind_port);
+                tcp_outbound.push(bootstrap::TcpOutbound { bind_port, host: host.clone(), port: *port });
+            }
             let inbound: Vec<u16> = if plan.inbound {
                 let ports: Vec<u16> = we.ports.values().map(|p| *p as u16).collect();
                 if ports.is_empty() {
@@ -210,15 +267,16 @@ impl MeshBuilder {
             } else {
                 Vec::new()
             };
-            plans.push((plan.workload, wl, plan.app, inbound, outbound));
+            plans.push((plan.workload, wl, plan.app, inbound, outbound, tcp_outbound));
         }
         let mut specs = Vec::new();
-        for (name, wl, app, inbound, outbound) in plans {
+        for (name, wl, app, inbound, outbound, tcp_outbound) in plans {
             let inbound = match app {
-                Some(mut app) if !inbound.is_empty() => {
+                Some(AppPlan::Port(app_port)) if !inbound.is_empty() => inbound.iter().map(|port| Inbound { port: *port, app_port }).collect(),
+                Some(AppPlan::Http(mut app)) if !inbound.is_empty() => {
                     for c in &mut app.calls {
-                        if c.via_port == 0 {
-                            c.via_port = outbound;
+                        if let (0, Some(port)) = (c.via_port, outbound) {
+                            c.via_port = port;
                         }
                     }
                     let handle = app.start();
@@ -231,7 +289,8 @@ impl MeshBuilder {
             specs.push((name, ProxySpec {
                 workload: wl,
                 inbound,
-                outbound_port: Some(outbound),
+                outbound_port: outbound,
+                tcp_outbound,
                 gateway_ports: Vec::new(),
                 admin_port: free_port(),
                 wasm_dir: wasm_dir.clone(),
@@ -253,6 +312,7 @@ impl MeshBuilder {
                 workload: wl,
                 inbound: Vec::new(),
                 outbound_port: None,
+                tcp_outbound: Vec::new(),
                 gateway_ports: ports,
                 admin_port: free_port(),
                 wasm_dir: wasm_dir.clone(),
@@ -295,6 +355,9 @@ fn command_line(name: &str, spec: &ProxySpec, out: &std::path::Path) -> String {
             }
             if let Some(p) = spec.outbound_port {
                 c.push_str(&format!(" --outbound-port {p}"));
+            }
+            for t in &spec.tcp_outbound {
+                c.push_str(&format!(" --tcp-outbound {}={}:{}", t.bind_port, t.host, t.port));
             }
         }
         ProxyMode::Gateway => {

@@ -72,6 +72,7 @@ pub fn sidecar(resources: &Resources, workload: &str, app: Option<App>, certs: O
         workload: wl.clone(),
         inbound: inbound.clone(),
         outbound_port: Some(outbound_port),
+        tcp_outbound: Vec::new(),
         gateway_ports: Vec::new(),
         admin_port: free_port(),
         wasm_dir: crate::paths::wasm_dir(),

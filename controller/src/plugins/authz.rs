@@ -25,6 +25,7 @@ use wasmesh_istio::{Error, Kind, ProxyMode, Resource, Resources};
 pub const FILTER_NAME: &str = "wasmesh.authz";
 pub const CUSTOM_FILTER_NAME: &str = "wasmesh.authz.custom";
 pub const PEER_ADDRESS_FILTER_NAME: &str = "wasmesh.authz.peer_address";
+pub const TCP_FILTER_NAME: &str = "wasmesh.authz.tcp";
 pub const MODULE: &str = "authz";
 
 /// One instance doing everything (CUSTOM, then AUDIT/DENY/ALLOW).
@@ -40,6 +41,27 @@ pub fn contribute_custom(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<
 /// The AUDIT/DENY/ALLOW instance, for after the authn filter (pair it with [`contribute_custom`]).
 pub fn contribute_rbac(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
     contribute_stage(ctx, Stage::Rbac)
+}
+
+/// The network authorization filter of a sidecar inbound TCP port (Istio's network RBAC, with
+/// its TCP semantics: see [`Stage::Tcp`]), or `None` when no policy can refuse a connection
+/// (Istio adds no filter either). Policies wasmesh cannot enforce on TCP are errors naming the
+/// resource and field, so a TCP port is never generated unenforced.
+pub fn tcp_filter(ctx: &ListenerContext<'_>) -> Result<Option<WasmFilter>, Vec<Error>> {
+    if ctx.direction != Direction::Inbound {
+        return Ok(None);
+    }
+    let (cfg, resources) = config(ctx, Stage::Tcp);
+    let errors = validate(&resources);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let authz = cfg.compile(&resources).map_err(|e| e.0)?;
+    if authz.is_empty() {
+        return Ok(None);
+    }
+    let config = serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("authz config: {e}"))])?;
+    Ok(Some(WasmFilter { name: TCP_FILTER_NAME.into(), module: MODULE.into(), config, fail_open: false }))
 }
 
 /// The contribution for one stage.
@@ -207,6 +229,34 @@ mod tests {
         assert!(ctx_run(yaml, Direction::Inbound, &mesh, Stage::Rbac).unwrap().http_filters.is_empty());
         let dns = provider_cluster("outbound|80||authz.foo.svc.cluster.local");
         assert_eq!(dns["type"], "STRICT_DNS");
+    }
+
+    #[test]
+    fn tcp_filter_on_inbound_tcp_ports_only_when_a_policy_applies() {
+        let mesh = MeshConfig::default();
+        let res = resources(DENY);
+        let mut wl = Workload::new("httpbin", "foo");
+        wl.labels.insert("app".into(), "httpbin".into());
+        let ctx = |direction| ListenerContext { workload: &wl, resources: &res, direction, bind_port: 3306, mesh: &mesh };
+        let f = tcp_filter(&ctx(Direction::Inbound)).unwrap().expect("a DENY policy applies");
+        assert_eq!(f.name, TCP_FILTER_NAME);
+        assert_eq!(f.config["stage"], "tcp");
+        assert!(!f.fail_open);
+        assert!(tcp_filter(&ctx(Direction::Outbound)).unwrap().is_none());
+        let none = resources("");
+        let ctx = ListenerContext { workload: &wl, resources: &none, direction: Direction::Inbound, bind_port: 3306, mesh: &mesh };
+        assert!(tcp_filter(&ctx).unwrap().is_none(), "nothing applies: no filter");
+    }
+
+    #[test]
+    fn tcp_filter_refuses_what_it_cannot_enforce() {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: m, namespace: foo}\nspec: {action: DENY, rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.t]', values: ['[update]']}]}]}\n";
+        let res = resources(yaml);
+        let wl = Workload::new("httpbin", "foo");
+        let mesh = MeshConfig::default();
+        let ctx = ListenerContext { workload: &wl, resources: &res, direction: Direction::Inbound, bind_port: 3306, mesh: &mesh };
+        let e = tcp_filter(&ctx).unwrap_err();
+        assert!(e[0].to_string().contains("AuthorizationPolicy foo/m") && e[0].to_string().contains("spec.rules[0].when[0].key"), "{e:?}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use wasmesh_authz::peer_authentication::{MtlsMode, PeerAuthnPolicy};
 use wasmesh_istio::networking::{DestinationRule, ServiceEntry, WorkloadEntry};
-use wasmesh_istio::{Error, ProxyMode, Resource, Resources, Workload};
+use wasmesh_istio::{Error, PortProtocol, ProxyMode, Resource, Resources, Workload};
 
 /// Istio's cipher suites for sidecar mTLS (`pilot/pkg/security/authn/utils.SupportedCiphers`).
 pub const CIPHER_SUITES: [&str; 6] = [
@@ -134,6 +134,23 @@ pub fn inbound_chains_for_port(
     Ok(InboundChains { filter_chains, listener_filters, mode })
 }
 
+/// Istio's TCP metadata exchange on a sidecar inbound TCP listener that [`apply`] secured: ahead
+/// of its mTLS chain, a copy for clients that offer `istio-peer-exchange`
+/// ([`super::stats::exchange_filter_chain_match`], read by the `tls_inspector`), negotiating
+/// [`super::stats::SERVER_TCP_ALPN`] and running `filters` (the TCP stats filter with the
+/// exchange, then the rest of the chain). Envoy prefers it over the mTLS chain for such clients;
+/// other TLS clients and plaintext keep their chains. A listener without a TLS chain (plaintext
+/// only) is left as it is: no exchange without mTLS, as in Istio.
+pub fn add_peer_exchange_chain(listener: &mut Value, filters: Vec<Value>) {
+    let Some(chains) = listener.get_mut("filter_chains").and_then(Value::as_array_mut) else { return };
+    let Some(mut chain) = chains.iter().find(|c| c.get("transport_socket").is_some()).cloned() else { return };
+    chain["name"] = json!("mtls-peer-exchange");
+    chain["filter_chain_match"] = super::stats::exchange_filter_chain_match();
+    chain["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"] = json!(super::stats::SERVER_TCP_ALPN);
+    chain["filters"] = json!(filters);
+    chains.insert(0, chain);
+}
+
 /// Envoy's TLS inspector: tells TLS from plaintext (and reads SNI/ALPN) before a chain is chosen.
 pub fn tls_inspector() -> Value {
     json!({
@@ -158,9 +175,15 @@ pub fn downstream_transport_socket(certs: &CertPaths) -> Value {
 /// The client side of ISTIO_MUTUAL: present `certs`, verify the server against the root and
 /// require one of `peer_identities` as its SAN (`spiffe://` values are URI SANs, others DNS).
 pub fn upstream_transport_socket(certs: &CertPaths, peer_identities: &[String], sni: &str) -> Value {
+    upstream_transport_socket_with_alpn(certs, peer_identities, sni, &CLIENT_ALPN)
+}
+
+/// [`upstream_transport_socket`] offering `alpn` (TCP ports offer
+/// [`super::stats::CLIENT_TCP_ALPN`], Istio's `ALPNInMeshWithMxc`).
+pub fn upstream_transport_socket_with_alpn(certs: &CertPaths, peer_identities: &[String], sni: &str, alpn: &[&str]) -> Value {
     let mut ctx = json!({
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        "common_tls_context": common_tls_context(certs, &CLIENT_ALPN, peer_identities),
+        "common_tls_context": common_tls_context(certs, alpn, peer_identities),
     });
     if !sni.is_empty() {
         ctx["sni"] = json!(sni);
@@ -302,7 +325,11 @@ pub fn secure_outbound_cluster(
             format!("mTLS to {} needs the server identity: give the WorkloadEntries a serviceAccount or the ServiceEntry subjectAltNames", svc.host),
         )]);
     }
-    let socket = upstream_transport_socket(certs, &sans, &sni);
+    // A TCP service port offers Istio's TCP metadata exchange first (`ALPNInMeshWithMxc`); the
+    // server sidecar's inbound TCP listener has the matching chain ([`add_peer_exchange_chain`]).
+    let tcp = se.ports.iter().find(|p| p.number == svc.port).is_some_and(|p| p.port_protocol() == PortProtocol::Tcp);
+    let alpn: &[&str] = if tcp { &super::stats::CLIENT_TCP_ALPN } else { &CLIENT_ALPN };
+    let socket = upstream_transport_socket_with_alpn(certs, &sans, &sni, alpn);
     if mutual.iter().all(Option::is_some) {
         cluster["transport_socket"] = socket;
         return Ok(());
@@ -691,6 +718,7 @@ mod tests {
             workload: wl.clone(),
             inbound,
             outbound_port: Some(15001),
+            tcp_outbound: Vec::new(),
             gateway_ports: Vec::new(),
             admin_port: 15000,
             wasm_dir: PathBuf::from("/wasm"),

@@ -16,6 +16,13 @@
 //! only sees the address the HCM derived from `x-forwarded-for`, and `ipBlocks`/`source.ip`
 //! match the physical peer (Envoy RBAC `direct_remote_ip`).
 //!
+//! On a TCP port (configuration `stage: tcp`) the module is the *network* authorization filter,
+//! Istio's network RBAC: it decides on the connection's first bytes from the client (when the
+//! TLS handshake is done and the peer certificate is known, as Envoy's network RBAC filter
+//! does), on source/destination addresses, the peer certificate and SNI. A denied connection
+//! is closed by the filter (`proxy_close_stream(downstream)`) and its bytes are never passed on
+//! to `tcp_proxy`, so none reach the app.
+//!
 //! Fail closed: a configuration that cannot be compiled refuses to load; an input the policies
 //! need that cannot be read, an undecodable identity hand-over or a hostcall failure denies.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -48,6 +55,8 @@ proxy_wasm::main! {{
 
 enum Role {
     Http(Rc<Shared>),
+    /// The network filter of a TCP port.
+    Tcp(Rc<Shared>),
     PeerAddress,
 }
 
@@ -62,7 +71,7 @@ struct Shared {
 
 impl Context for AuthzRoot {
     fn on_done(&mut self) -> bool {
-        if let Some(Role::Http(s)) = &self.role {
+        if let Some(Role::Http(s) | Role::Tcp(s)) = &self.role {
             s.metrics.flush();
         }
         true
@@ -90,7 +99,8 @@ impl RootContext for AuthzRoot {
                     if authz.applied().is_empty() { "none".to_string() } else { authz.applied().join(", ") }
                 ));
                 let metrics = Metrics::define();
-                self.role = Some(Role::Http(Rc::new(Shared { authz, metrics })));
+                let shared = Rc::new(Shared { authz, metrics });
+                self.role = Some(if shared.authz.stage() == Stage::Tcp { Role::Tcp(shared) } else { Role::Http(shared) });
                 if hostcalls::set_tick_period(FLUSH_PERIOD).is_err() {
                     wasmesh_proxy::log_warn("wasmesh authz: no tick; counters are flushed when the VM stops");
                 }
@@ -104,14 +114,14 @@ impl RootContext for AuthzRoot {
     }
 
     fn on_tick(&mut self) {
-        if let Some(Role::Http(s)) = &self.role {
+        if let Some(Role::Http(s) | Role::Tcp(s)) = &self.role {
             s.metrics.flush();
         }
     }
 
     fn get_type(&self) -> Option<ContextType> {
         match self.role {
-            Some(Role::PeerAddress) => Some(ContextType::StreamContext),
+            Some(Role::PeerAddress | Role::Tcp(_)) => Some(ContextType::StreamContext),
             _ => Some(ContextType::HttpContext),
         }
     }
@@ -125,7 +135,12 @@ impl RootContext for AuthzRoot {
     }
 
     fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
-        Some(Box::new(PeerAddress))
+        match &self.role {
+            Some(Role::PeerAddress) => Some(Box::new(PeerAddress)),
+            Some(Role::Tcp(s)) => Some(Box::new(AuthzTcp { shared: Some(s.clone()), state: TcpState::Undecided })),
+            // Not configured as a network filter: refuse the connection (fail closed).
+            _ => Some(Box::new(AuthzTcp { shared: None, state: TcpState::Undecided })),
+        }
     }
 }
 
@@ -152,6 +167,95 @@ impl StreamContext for PeerAddress {
             None => wasmesh_proxy::log_error("wasmesh authz: the connection has no source.address"),
         }
         Action::Continue
+    }
+}
+
+/// Where a TCP connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TcpState {
+    /// No byte from the client yet.
+    Undecided,
+    Allowed,
+    /// Closed by the filter; nothing more is passed on.
+    Denied,
+}
+
+/// The network authorization filter of a TCP port: one per connection.
+struct AuthzTcp {
+    /// `None` when the module is not configured as a network authorization filter: every
+    /// connection is refused.
+    shared: Option<Rc<Shared>>,
+    state: TcpState,
+}
+
+impl Context for AuthzTcp {}
+
+impl AuthzTcp {
+    /// Evaluates the connection (PeerAuthentication, a bad CUSTOM provider, AUDIT/DENY/ALLOW).
+    fn decide(&mut self) -> TcpState {
+        let Some(shared) = self.shared.clone() else {
+            wasmesh_proxy::log_error("wasmesh authz: not configured for TCP; closing the connection");
+            return TcpState::Denied;
+        };
+        let authz = &shared.authz;
+        let inputs = Inputs::new(Envoy, authz);
+        let verdict = match authz.peer_authn(&inputs) {
+            Some(v) => {
+                bump(&shared.metrics.peer_authn_denied);
+                v
+            }
+            None => match authz.custom(&inputs) {
+                CustomOutcome::Deny(v) => v,
+                CustomOutcome::Continue => authz.rbac(&inputs),
+                // Compile never keeps an HTTP provider for TCP; should it, fail closed.
+                CustomOutcome::Check { rule, .. } => Verdict {
+                    allowed: false,
+                    reason: Reason::BadCustom { rule, reason: "an HTTP ext_authz provider cannot check a TCP connection" },
+                    audit: Vec::new(),
+                    dry_run_deny: None,
+                    dry_run_allow: None,
+                },
+            },
+        };
+        account(&shared, &verdict);
+        if verdict.allowed {
+            TcpState::Allowed
+        } else {
+            wasmesh_proxy::log_debug(&format!("wasmesh authz: closing TCP connection: {}", verdict.explain()));
+            TcpState::Denied
+        }
+    }
+}
+
+impl StreamContext for AuthzTcp {
+    /// Envoy's network RBAC decides on the first data, not here: the TLS handshake (and with it
+    /// the peer certificate) is not done when the connection is accepted.
+    fn on_new_connection(&mut self) -> Action {
+        Action::Continue
+    }
+
+    fn on_downstream_data(&mut self, _data_size: usize, _end_of_stream: bool) -> Action {
+        if self.state == TcpState::Undecided {
+            self.state = self.decide();
+            if self.state == TcpState::Denied {
+                if let Err(e) = hostcalls::close_downstream() {
+                    wasmesh_proxy::log_error(&format!("wasmesh authz: cannot close a denied connection: {}", wasmesh_proxy::status_text(e)));
+                }
+            }
+        }
+        match self.state {
+            TcpState::Allowed => Action::Continue,
+            // Held back: the bytes never reach tcp_proxy (and so never the app).
+            TcpState::Undecided | TcpState::Denied => Action::Pause,
+        }
+    }
+
+    fn on_upstream_data(&mut self, _data_size: usize, _end_of_stream: bool) -> Action {
+        if self.state == TcpState::Denied {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 }
 
@@ -345,6 +449,8 @@ struct Inputs<H: Host = Envoy> {
     metadata: OnceCell<Result<Vec<MetadataEntry>, Missing>>,
     /// `(filter, key)` pairs to decode from dynamic metadata.
     metadata_keys: Vec<(String, String)>,
+    /// A TCP connection: no headers, no JWT identity, the source address is the connection's.
+    tcp: bool,
 }
 
 const HEADERS_MISSING: Missing = Missing("the request headers (hostcall failed)");
@@ -367,10 +473,15 @@ impl<H: Host> Inputs<H> {
             identity: OnceCell::new(),
             metadata: OnceCell::new(),
             metadata_keys: authz.needs().metadata.clone(),
+            tcp: authz.stage() == Stage::Tcp,
         }
     }
 
     fn all_headers(&self) -> Result<&[(String, Vec<u8>)], Missing> {
+        if self.tcp {
+            // A connection has no request headers: every header rule sees them absent.
+            return Ok(&[]);
+        }
         self.headers
             .get_or_init(|| self.host.request_headers().map_err(|_| HEADERS_MISSING))
             .as_deref()
@@ -397,6 +508,7 @@ impl<H: Host> View for Inputs<H> {
             _ => return Ok(self.all_headers()?.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())),
         };
         cell.get_or_init(|| match self.headers.get() {
+            _ if self.tcp => Ok(None),
             Some(Ok(all)) => Ok(all.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())),
             Some(Err(m)) => Err(*m),
             None => self.host.request_header(name).map_err(|_| what),
@@ -409,6 +521,10 @@ impl<H: Host> View for Inputs<H> {
         Ok(self.all_headers()?.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).any(|(_, v)| f(v)))
     }
     fn source_ip(&self) -> Option<IpAddr> {
+        if self.tcp {
+            // The connection's own peer (no x-forwarded-for on TCP): `remote.ip` is the same.
+            return self.remote_ip();
+        }
         *self.source_ip.get_or_init(|| self.addr(&[PEER_ADDRESS_KEY]))
     }
     fn remote_ip(&self) -> Option<IpAddr> {
@@ -452,6 +568,9 @@ impl<H: Host> View for Inputs<H> {
         Ok(PeerNames { uri_san: u.as_deref(), dns_san: d.as_deref(), subject: s.as_deref() })
     }
     fn identity(&self) -> Result<Option<&RequestIdentity>, Missing> {
+        if self.tcp {
+            return Ok(None);
+        }
         self.identity
             .get_or_init(|| match self.host.property(&[wasmesh_handover::AUTHN_IDENTITY]) {
                 Err(_) => Err(Missing("the authn identity hand-over (hostcall failed)")),
@@ -609,49 +728,56 @@ impl HttpContext for AuthzStream {
 impl AuthzStream {
     /// Records the verdict and acts on it.
     fn finish(&mut self, shared: &Shared, v: &Verdict<'_>) -> Action {
-        let m = &shared.metrics;
-        if !v.audit.is_empty() {
-            bump(&m.audit);
-            for r in &v.audit {
-                m.rule("audited", r);
-            }
-        }
-        for (prefix, sh) in [("istio_dry_run_deny_", &v.dry_run_deny), ("istio_dry_run_allow_", &v.dry_run_allow)] {
-            if let Some(sh) = sh {
-                m.dry_run(match (prefix, sh.allowed) {
-                    ("istio_dry_run_deny_", true) => "istio_dry_run_deny_shadow_allowed",
-                    ("istio_dry_run_deny_", false) => "istio_dry_run_deny_shadow_denied",
-                    (_, true) => "istio_dry_run_allow_shadow_allowed",
-                    (_, false) => "istio_dry_run_allow_shadow_denied",
-                });
-                if let Some(r) = sh.rule {
-                    m.rule("dry_run_matched", r);
-                }
-            }
-        }
-        if let Reason::Missing(what) = &v.reason {
-            bump(&m.error);
-            wasmesh_proxy::log_warn(&format!("wasmesh authz: denying: {} is unavailable", what.0));
-        }
-        if let Some(rule) = v.rule() {
-            m.rule(if v.allowed { "allowed" } else { "denied" }, rule);
-        }
-        if shared.authz.decision_filter_state() {
-            let decision = m.decision(v);
-            if !wasmesh_proxy::set_filter_state(wasmesh_handover::AUTHZ_DECISION, &decision) {
-                wasmesh_proxy::log_debug("wasmesh authz: could not write the decision to filter state");
-            }
-        }
+        account(shared, v);
         if v.allowed {
-            bump(&m.allowed);
             Action::Continue
         } else {
-            bump(&m.denied);
             wasmesh_proxy::send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
             Action::Pause
         }
     }
+}
 
+/// Counts a verdict (totals, per rule, AUDIT, dry-run, errors) and hands it to the access log
+/// through filter state: the same for HTTP requests and TCP connections.
+fn account(shared: &Shared, v: &Verdict<'_>) {
+    let m = &shared.metrics;
+    if !v.audit.is_empty() {
+        bump(&m.audit);
+        for r in &v.audit {
+            m.rule("audited", r);
+        }
+    }
+    for (prefix, sh) in [("istio_dry_run_deny_", &v.dry_run_deny), ("istio_dry_run_allow_", &v.dry_run_allow)] {
+        if let Some(sh) = sh {
+            m.dry_run(match (prefix, sh.allowed) {
+                ("istio_dry_run_deny_", true) => "istio_dry_run_deny_shadow_allowed",
+                ("istio_dry_run_deny_", false) => "istio_dry_run_deny_shadow_denied",
+                (_, true) => "istio_dry_run_allow_shadow_allowed",
+                (_, false) => "istio_dry_run_allow_shadow_denied",
+            });
+            if let Some(r) = sh.rule {
+                m.rule("dry_run_matched", r);
+            }
+        }
+    }
+    if let Reason::Missing(what) = &v.reason {
+        bump(&m.error);
+        wasmesh_proxy::log_warn(&format!("wasmesh authz: denying: {} is unavailable", what.0));
+    }
+    if let Some(rule) = v.rule() {
+        m.rule(if v.allowed { "allowed" } else { "denied" }, rule);
+    }
+    if shared.authz.decision_filter_state() {
+        let decision = m.decision(v);
+        if !wasmesh_proxy::set_filter_state(wasmesh_handover::AUTHZ_DECISION, &decision) {
+            wasmesh_proxy::log_debug("wasmesh authz: could not write the decision to filter state");
+        }
+    }
+    bump(if v.allowed { &m.allowed } else { &m.denied });
+}
+
+impl AuthzStream {
     /// Sends the check request as Envoy's HTTP ext_authz client builds it.
     fn dispatch(&mut self, shared: &Shared, provider: &Provider, inputs: &Inputs, rule: &str) -> Action {
         let all = match inputs.all_headers() {
@@ -940,6 +1066,35 @@ mod tests {
         let a = allow(json!({"when": [{"key": "experimental.envoy.filters.http.wasmesh[role]", "notValues": ["guest"]}]}));
         assert!(decide(&a, Fake::request("/")).0, "no metadata matches notValues");
         fails_closed(&a, Fake::request("/").failing("metadata"));
+    }
+
+    /// The network filter (`stage: tcp`): no request headers and no JWT identity are read (a
+    /// connection has none), the source address is the connection's peer, and a failing
+    /// certificate hostcall still denies.
+    #[test]
+    fn tcp_reads_the_connection_only() {
+        let tcp = |spec: serde_json::Value| {
+            let cfg = json!({
+                "workload": {"name": "httpbin", "namespace": "foo"},
+                "stage": "tcp",
+                "resources": [{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                    "metadata": {"name": "p", "namespace": "foo"}, "spec": spec}],
+            });
+            AuthzConfig::compile_json(cfg.to_string().as_bytes()).unwrap()
+        };
+        let conn = || {
+            let mut f = Fake::default().failing("headers").failing(wasmesh_handover::AUTHN_IDENTITY).failing(PEER_ADDRESS_KEY);
+            f.props.insert("source.address".into(), b"10.1.2.3:5555".to_vec());
+            f
+        };
+        let a = tcp(json!({"action": "ALLOW", "rules": [{"from": [{"source": {"ipBlocks": ["10.1.0.0/16"], "notPrincipals": ["cluster.local/ns/foo/sa/bad"]}}]}]}));
+        let (allowed, reason, _) = decide(&a, conn());
+        assert!(allowed, "source.ip is the connection's peer; no header or identity hostcall: {reason}");
+        assert!(!decide(&a, conn().mtls("spiffe://cluster.local/ns/foo/sa/bad")).0);
+        fails_closed(&a, conn().failing("connection.uri_san_peer_certificate").prop("connection.mtls", &[1]));
+        // DENY with an HTTP-only field: removed on TCP, the rest of the rule matches.
+        let d = tcp(json!({"action": "DENY", "rules": [{"from": [{"source": {"ipBlocks": ["10.1.2.3"]}}], "to": [{"operation": {"methods": ["POST"]}}]}]}));
+        assert!(!decide(&d, conn()).0);
     }
 
     #[test]

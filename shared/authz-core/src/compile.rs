@@ -61,6 +61,12 @@ pub enum Stage {
     /// AUDIT, DENY and ALLOW, after authn; also PeerAuthentication when no CUSTOM policy
     /// applies (then there is no CUSTOM instance).
     Rbac,
+    /// The network (L4) filter of a TCP port, Istio's network RBAC (`buildTCP`): AUDIT, DENY and
+    /// ALLOW (and PeerAuthentication) on connection attributes only. HTTP-only fields drop the
+    /// ALLOW rule that holds them (an ALLOW policy left without rules denies every connection)
+    /// and are removed from DENY/AUDIT rules (which then match more); CUSTOM with an HTTP
+    /// ext_authz provider does not apply. `experimental.envoy.filters.*` conditions are refused.
+    Tcp,
 }
 
 /// Everything wrong with a configuration, each error naming resource, field and value.
@@ -177,6 +183,7 @@ impl AuthzConfig {
         let mut deny = RuleSet::default();
         let mut allow = RuleSet::default();
         let mut applied = Vec::new();
+        let mut errors = Vec::new();
 
         for (res, ap) in resources.authorization_policies() {
             if !scope::applies(wl, res, &ap.selector, &ap.target_ref, &ap.target_refs) {
@@ -184,7 +191,10 @@ impl AuthzConfig {
             }
             applied.push(format!("{} ({})", res.display_name(), action_name(ap.action)));
             let dry_run = dry_run(res, &mut warnings);
-            let ctx = PolicyCtx { res, ap, bundle: &bundle, prefix: String::new() };
+            if self.stage == Stage::Tcp {
+                unsupported_on_tcp(res, ap, &mut errors);
+            }
+            let ctx = PolicyCtx { res, ap, bundle: &bundle, prefix: String::new(), tcp: self.stage == Stage::Tcp };
             match ap.action {
                 Action::Custom => custom_policies.push((res, ap)),
                 Action::Audit => {
@@ -202,7 +212,20 @@ impl AuthzConfig {
             }
         }
 
-        let custom = self.custom(&custom_policies, &providers, &bundle, &mut warnings);
+        if !errors.is_empty() {
+            return Err(CompileError(errors));
+        }
+        let mut custom = self.custom(&custom_policies, &providers, &bundle, &mut warnings);
+        if self.stage == Stage::Tcp {
+            if let Custom::Ext { provider, .. } = &custom {
+                // istiod's buildTCP: an HTTP ext_authz provider has no TCP filter.
+                warnings.push(Error::new(format!(
+                    "CUSTOM provider {:?} is an HTTP ext_authz provider; its policies do not apply to TCP traffic (as in Istio)",
+                    provider.name
+                )));
+                custom = Custom::None;
+            }
+        }
 
         let peer_authn = if wl.mode == ProxyMode::Sidecar && resources.peer_authentications().next().is_some() {
             Some(PeerAuthnPolicy::compile(wl, resources).map_err(CompileError)?)
@@ -270,7 +293,7 @@ impl AuthzConfig {
                 warnings.push(Error::at(res, "metadata.annotations", "istio.io/dry-run is not supported for CUSTOM policies (Istio rejects it); the policy is not enforced"));
                 continue;
             }
-            let ctx = PolicyCtx { res, ap, bundle, prefix };
+            let ctx = PolicyCtx { res, ap, bundle, prefix, tcp: self.stage == Stage::Tcp };
             enforced.extend(ctx.rules(warnings).into_iter().map(|r| (provider.clone(), r)));
         }
         let bad = |reason: String, rules: Vec<(String, CRule)>, warnings: &mut Vec<Error>| {
@@ -330,6 +353,25 @@ struct PolicyCtx<'a> {
     ap: &'a AuthorizationPolicy,
     bundle: &'a [String],
     prefix: String,
+    /// Generating for a TCP port (istiod `forTCP`): HTTP-only keys are generator errors.
+    tcp: bool,
+}
+
+/// What wasmesh cannot enforce on a TCP port: dynamic-metadata conditions (the network filter
+/// does not read them). Refused rather than enforced differently.
+fn unsupported_on_tcp(res: &Resource, ap: &AuthorizationPolicy, errors: &mut Vec<Error>) {
+    for (i, rule) in ap.rules.as_deref().unwrap_or_default().iter().enumerate() {
+        let Some(rule) = rule else { continue };
+        for (j, c) in rule.when.as_deref().unwrap_or_default().iter().enumerate() {
+            if c.key.starts_with("experimental.envoy.filters.") {
+                errors.push(Error::at(
+                    res,
+                    format!("spec.rules[{i}].when[{j}].key"),
+                    format!("{:?}: dynamic-metadata conditions are not enforced on TCP ports by wasmesh; remove the condition or make the port HTTP", c.key),
+                ));
+            }
+        }
+    }
 }
 
 /// One `key`'s values in a model rule list.
@@ -493,6 +535,24 @@ impl PolicyCtx<'_> {
         Ok(out)
     }
 
+    /// istiod's generators refuse HTTP-only keys for TCP (`"<key>" is HTTP only`).
+    fn http_only(&self, key: &Key) -> Result<(), String> {
+        if !self.tcp {
+            return Ok(());
+        }
+        let name = match key {
+            Key::Host => "hosts",
+            Key::Method => "methods",
+            Key::Path => "paths",
+            Key::RequestPrincipal => "requestPrincipals / request.auth.principal",
+            Key::Audiences => "request.auth.audiences",
+            Key::Presenter => "request.auth.presenter",
+            Key::Header(k) | Key::Claims(k) => k,
+            _ => return Ok(()),
+        };
+        Err(format!("{name} is HTTP only and this is a TCP port"))
+    }
+
     /// `MigrateTrustDomain`: principals get every bundle trust domain, trust domains expand.
     fn migrate_trust_domain(&self, mut kv: Kv) -> Kv {
         match kv.key {
@@ -511,6 +571,7 @@ impl PolicyCtx<'_> {
 
     /// Generators for one value.
     fn atom(&self, key: &Key, v: &str) -> Result<Atom, String> {
+        self.http_only(key)?;
         Ok(match key {
             Key::Host => Atom::Host(HeaderMatch::istio(v, true)),
             Key::Method => Atom::Method(HeaderMatch::istio(v, false)),
@@ -583,6 +644,7 @@ impl PolicyCtx<'_> {
 
     /// Extended generators: all values of a key into one matcher.
     fn extended(&self, key: &Key, values: &[String]) -> Result<Vec<Atom>, String> {
+        self.http_only(key)?;
         Ok(vec![match key {
             Key::RequestPrincipal => return Ok(values.iter().map(|v| request_principal(v)).collect()),
             Key::Audiences => Atom::Claim { path: vec!["aud".into()], values: values.iter().map(|v| StrMatch::istio(v, "")).collect() },

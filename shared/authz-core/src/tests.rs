@@ -968,3 +968,121 @@ fn socket_addresses_as_envoy_prints_them() {
     assert_eq!(parse_socket_address(b"1.2.3.4:x"), None);
     assert_eq!(parse_socket_address(&[0xff]), None);
 }
+
+// ---------------------------------------------------------------------------------------------
+// TCP ports (Istio's network RBAC, spec §1.11)
+
+fn tcp(yaml: &str) -> Authz {
+    compile_with(yaml, workload(), |c| {
+        c.stage = Stage::Tcp;
+        c.extension_providers = providers();
+    })
+}
+
+/// A connection as the TCP filter sees it: no headers, no JWT identity.
+fn conn() -> Req {
+    Req { headers: Vec::new(), ..get("/") }
+}
+
+#[test]
+fn tcp_allow_by_principal_namespace_ip_and_port() {
+    let a = tcp(&policy("p", "foo", "ALLOW", "  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]}]"));
+    assert!(allowed(&a, &conn().from("cluster.local/ns/default/sa/sleep")));
+    assert!(!allowed(&a, &conn().from("cluster.local/ns/default/sa/other")));
+    assert!(!allowed(&a, &conn()), "plaintext has no principal");
+    let a = tcp(&policy("p", "foo", "ALLOW", "  rules: [{from: [{source: {namespaces: [default]}}], to: [{operation: {ports: ['3306']}}]}]"));
+    assert!(allowed(&a, &conn().from("cluster.local/ns/default/sa/x").port(3306)));
+    assert!(!allowed(&a, &conn().from("cluster.local/ns/default/sa/x").port(3307)));
+    let a = tcp(&policy("p", "foo", "ALLOW", "  rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}], when: [{key: destination.port, values: ['8000']}, {key: connection.sni, values: ['*.foo']}]}]"));
+    let mut r = conn();
+    r.sni = b"db.foo".to_vec();
+    assert!(allowed(&a, &r));
+    assert!(!allowed(&a, &r.clone().ip("192.168.0.1")));
+    assert!(!allowed(&a, &conn()), "no SNI");
+    let a = tcp(&policy("p", "foo", "ALLOW", "  rules: [{when: [{key: remote.ip, values: [10.0.0.0/8]}, {key: source.ip, values: [10.0.0.1]}]}]"));
+    assert!(allowed(&a, &conn()));
+    assert!(!allowed(&a, &conn().remote("1.1.1.1")));
+}
+
+#[test]
+fn tcp_allow_rules_with_http_only_fields_are_dropped() {
+    // An ALLOW policy whose only rule is HTTP-only denies every connection.
+    for rule in [
+        "{to: [{operation: {paths: [/x]}}]}",
+        "{to: [{operation: {methods: [GET], ports: ['8000']}}]}",
+        "{to: [{operation: {hosts: [db]}}]}",
+        "{from: [{source: {requestPrincipals: ['*']}}]}",
+        "{from: [{source: {notRequestPrincipals: ['*']}}]}",
+        "{when: [{key: 'request.headers[x]', values: [a]}]}",
+        "{when: [{key: request.auth.principal, values: [a]}]}",
+        "{when: [{key: request.auth.audiences, values: [a]}]}",
+        "{when: [{key: request.auth.presenter, values: [a]}]}",
+        "{when: [{key: 'request.auth.claims[iss]', values: [a]}]}",
+    ] {
+        let a = tcp(&policy("p", "foo", "ALLOW", &format!("  rules: [{rule}]")));
+        let v = a.evaluate(&conn().from("cluster.local/ns/default/sa/sleep").view()).1;
+        assert!(!v.allowed, "{rule}: {}", v.explain());
+        assert_eq!(v.reason, Reason::NoAllowMatch, "{rule}");
+        assert!(a.warnings().iter().any(|w| w.to_string().contains("HTTP only")), "{rule}: {:?}", a.warnings());
+    }
+    // The same policies on an HTTP port keep their rules.
+    let h = allow("  rules: [{to: [{operation: {paths: [/x]}}]}]");
+    assert!(allowed(&h, &get("/x")));
+    // Istio's golden allow-both-http-tcp: only the TCP rule survives.
+    let a = tcp(&policy("p", "foo", "ALLOW", "  rules: [{to: [{operation: {paths: [/x]}}]}, {from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]}]"));
+    let v = a.evaluate(&conn().from("cluster.local/ns/default/sa/sleep").view()).1;
+    assert_eq!(v.reason, Reason::Allowed { rule: "ns[foo]-policy[p]-rule[1]" });
+}
+
+#[test]
+fn tcp_deny_rules_lose_their_http_only_fields_and_match_more() {
+    let d = tcp(&policy("p", "foo", "DENY", "  rules: [{to: [{operation: {paths: [/admin]}}]}]"));
+    let v = d.evaluate(&conn().view()).1;
+    assert_eq!(v.reason, Reason::Denied { rule: "ns[foo]-policy[p]-rule[0]" }, "an HTTP-only DENY rule denies every connection");
+    let d = tcp(&policy("p", "foo", "DENY", "  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/bad]}}], to: [{operation: {methods: [POST]}}]}]"));
+    assert!(!allowed(&d, &conn().from("cluster.local/ns/default/sa/bad")), "methods removed: any connection from bad");
+    assert!(allowed(&d, &conn().from("cluster.local/ns/default/sa/good")));
+    // AUDIT likewise.
+    let a = tcp(&policy("p", "foo", "AUDIT", "  rules: [{when: [{key: 'request.headers[x]', values: [a]}]}]"));
+    let v = a.evaluate(&conn().view()).1;
+    assert!(v.allowed && v.audit == vec!["ns[foo]-policy[p]-rule[0]"], "{v:?}");
+}
+
+#[test]
+fn tcp_ignores_custom_with_an_http_provider_but_not_a_bad_one() {
+    let c = tcp(&policy("c", "foo", "CUSTOM", "  provider: {name: ext}\n  rules: [{}]"));
+    assert!(c.is_empty(), "no TCP filter for an HTTP ext_authz provider");
+    assert!(allowed(&c, &conn()));
+    assert!(c.warnings().iter().any(|w| w.to_string().contains("do not apply to TCP")), "{:?}", c.warnings());
+    let bad = tcp(&policy("c", "foo", "CUSTOM", "  provider: {name: nope}\n  rules: [{}]"));
+    let (_, v) = bad.evaluate(&conn().view());
+    assert!(!v.allowed, "an unusable provider fails closed on TCP too: {}", v.explain());
+}
+
+#[test]
+fn tcp_refuses_dynamic_metadata_conditions() {
+    let yaml = policy("p", "foo", "DENY", "  rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: ['[update]']}]}]");
+    let resources = Resources { items: load_str(&yaml, "test.yaml").expect("valid yaml") };
+    let cfg = AuthzConfig {
+        workload: workload(),
+        resources: Vec::new(),
+        trust_domain_aliases: Vec::new(),
+        extension_providers: Vec::new(),
+        stage: Stage::Tcp,
+        multiple_custom_providers: false,
+        decision_filter_state: true,
+    };
+    let e = cfg.compile(&resources).expect_err("refused");
+    let text = e.to_string();
+    assert!(text.contains("AuthorizationPolicy foo/p") && text.contains("spec.rules[0].when[0].key") && text.contains("TCP"), "{text}");
+}
+
+#[test]
+fn tcp_peer_authentication_strict_refuses_plaintext() {
+    let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: foo}\nspec: {mtls: {mode: STRICT}}\n";
+    let a = tcp(pa);
+    assert!(!a.is_empty());
+    let v = a.evaluate(&conn().view()).1;
+    assert!(matches!(v.reason, Reason::PeerAuthnStrict { port: 8000, .. }), "{v:?}");
+    assert!(allowed(&a, &conn().from("cluster.local/ns/default/sa/sleep")));
+}

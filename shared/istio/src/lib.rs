@@ -19,7 +19,7 @@ pub use duration::parse_duration;
 pub use load::{load_dir_or_files, load_str, resources_from_json, resources_from_values, Error, Location};
 pub use meta::{ObjectMeta, PolicyTargetReference, WorkloadSelector};
 pub use networking::{
-    DestinationRule, Gateway, ServiceEntry, StringMatch, VirtualService, WorkloadEntry,
+    DestinationRule, Gateway, PortProtocol, ServiceEntry, StringMatch, VirtualService, WorkloadEntry,
 };
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 pub use telemetry::Telemetry;

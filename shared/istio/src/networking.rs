@@ -443,6 +443,45 @@ pub struct ServicePort {
     pub target_port: Option<u32>,
 }
 
+/// How a sidecar proxies a service port, decided as Istio's protocol selection does
+/// (<https://istio.io/latest/docs/ops/configuration/traffic-management/protocol-selection/>).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortProtocol {
+    /// HTTP/1.1, HTTP/2, gRPC, gRPC-Web: the HTTP connection manager and the HTTP filters.
+    Http,
+    /// Opaque TCP: `TCP`, and protocols Istio proxies as TCP (`TLS`, `HTTPS` on a sidecar,
+    /// `MONGO`, `MYSQL`, `REDIS`).
+    Tcp,
+    /// `UDP`: Istio does not proxy it.
+    Udp,
+    /// No protocol given and no recognised name prefix: Istio sniffs the protocol.
+    Unspecified,
+}
+
+impl ServicePort {
+    /// The port's protocol: the `protocol` field when it names one, else the port name's prefix
+    /// (`<protocol>[-<suffix>]`, e.g. `tcp-db`, `http2-api`), both case-insensitive.
+    pub fn port_protocol(&self) -> PortProtocol {
+        match parse_protocol(&self.protocol) {
+            PortProtocol::Unspecified => {
+                let prefix = self.name.split_once('-').map_or(self.name.as_str(), |(p, _)| p);
+                parse_protocol(prefix)
+            }
+            p => p,
+        }
+    }
+}
+
+/// Istio `protocol.Parse`, folded into how the sidecar proxies it.
+fn parse_protocol(s: &str) -> PortProtocol {
+    match s.to_ascii_lowercase().as_str() {
+        "http" | "http2" | "http_proxy" | "grpc" | "grpc-web" => PortProtocol::Http,
+        "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => PortProtocol::Tcp,
+        "udp" => PortProtocol::Udp,
+        _ => PortProtocol::Unspecified,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // ServiceEntry and WorkloadEntry
 
@@ -493,4 +532,37 @@ pub struct WorkloadEntry {
     pub weight: Option<u32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service_account: String,
+}
+
+#[cfg(test)]
+mod port_protocol_tests {
+    use super::{PortProtocol, ServicePort};
+
+    fn port(protocol: &str, name: &str) -> PortProtocol {
+        ServicePort { number: 1, protocol: protocol.into(), name: name.into(), target_port: None }.port_protocol()
+    }
+
+    #[test]
+    fn protocol_field_decides_first() {
+        for p in ["TCP", "tcp", "TLS", "HTTPS", "MONGO", "MYSQL", "REDIS"] {
+            assert_eq!(port(p, "http-web"), PortProtocol::Tcp, "{p}");
+        }
+        for p in ["HTTP", "HTTP2", "GRPC", "GRPC-Web", "http"] {
+            assert_eq!(port(p, "tcp-db"), PortProtocol::Http, "{p}");
+        }
+        assert_eq!(port("UDP", ""), PortProtocol::Udp);
+    }
+
+    #[test]
+    fn name_prefix_when_the_protocol_is_absent_or_unknown() {
+        assert_eq!(port("", "tcp-db"), PortProtocol::Tcp);
+        assert_eq!(port("", "mysql"), PortProtocol::Tcp);
+        assert_eq!(port("", "TCP"), PortProtocol::Tcp);
+        assert_eq!(port("", "http-web"), PortProtocol::Http);
+        assert_eq!(port("", "grpc-web-api"), PortProtocol::Http, "prefix is up to the first dash");
+        assert_eq!(port("BOGUS", "tcp"), PortProtocol::Tcp);
+        assert_eq!(port("", "web"), PortProtocol::Unspecified);
+        assert_eq!(port("", "tcpdb"), PortProtocol::Unspecified, "the prefix needs a dash or the whole name");
+        assert_eq!(port("", ""), PortProtocol::Unspecified);
+    }
 }
