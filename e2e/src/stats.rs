@@ -265,10 +265,12 @@ pub fn tcp_proxy_bootstrap(
 }
 
 /// A TCP server that answers each chunk it reads with `reply_prefix` + the chunk. Stops when
-/// dropped.
+/// dropped. It keeps every byte it read and counts the connections it accepted.
 pub struct TcpEcho {
     pub port: u16,
     stop: Arc<AtomicBool>,
+    received: Arc<std::sync::Mutex<Vec<u8>>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TcpEcho {
@@ -283,12 +285,17 @@ impl TcpEcho {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let received: Arc<std::sync::Mutex<Vec<u8>>> = Arc::default();
+        let accepted: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (received2, accepted2) = (received.clone(), accepted.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(mut conn) = conn else { continue };
+                accepted2.fetch_add(1, Ordering::SeqCst);
+                let received = received2.clone();
                 std::thread::spawn(move || {
                     if !greeting.is_empty() && conn.write_all(greeting).is_err() {
                         return;
@@ -298,6 +305,9 @@ impl TcpEcho {
                         match conn.read(&mut buf) {
                             Ok(0) | Err(_) => return,
                             Ok(n) => {
+                                if let Ok(mut r) = received.lock() {
+                                    r.extend_from_slice(&buf[..n]);
+                                }
                                 let mut out = reply_prefix.to_vec();
                                 out.extend_from_slice(&buf[..n]);
                                 if conn.write_all(&out).is_err() {
@@ -309,7 +319,17 @@ impl TcpEcho {
                 });
             }
         });
-        TcpEcho { port, stop }
+        TcpEcho { port, stop, received, accepted }
+    }
+
+    /// Every byte the server has read so far, all connections together.
+    pub fn received(&self) -> Vec<u8> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 }
 
