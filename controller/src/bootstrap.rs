@@ -268,14 +268,7 @@ pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error
 pub fn inbound_protocol(resources: &Resources, wl: &Workload, port: u16) -> Result<PortProtocol, Error> {
     let entry = resources.workload_entries().find(|(r, _)| r.namespace() == wl.namespace && r.name() == wl.name).map(|(_, we)| we);
     let mut found: Vec<(&Resource, String, PortProtocol)> = Vec::new();
-    for (res, se) in resources.service_entries() {
-        if res.namespace() != wl.namespace {
-            continue;
-        }
-        let Some(sel) = &se.workload_selector else { continue };
-        if !sel.labels.iter().all(|(k, v)| wl.labels.get(k) == Some(v)) {
-            continue;
-        }
+    for (res, se) in resources.service_entries_selecting(wl) {
         for (i, sp) in se.ports.iter().enumerate() {
             let workload_port = entry.and_then(|we| we.ports.get(&sp.name).copied()).or(sp.target_port).unwrap_or(sp.number);
             if workload_port == u32::from(port) {
@@ -368,18 +361,24 @@ fn tcp_chain_filters(spec: &ProxySpec, wasm: &[WasmFilter], cluster: &str) -> Ve
         "stat_prefix": cluster,
         "cluster": cluster,
     });
-    if let Some(log) = &spec.envoy_access_log {
-        tcp_proxy["access_log"] = json!([{
-            "name": "envoy.access_loggers.file",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                "path": log.display().to_string(),
-            }
-        }]);
+    if let Some(log) = envoy_access_log(spec) {
+        tcp_proxy["access_log"] = log;
     }
     let mut filters: Vec<Value> = wasm.iter().map(|f| wasm_network_filter(f, &spec.wasm_dir)).collect();
     filters.push(json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy}));
     filters
+}
+
+/// Envoy's own file access log (`--envoy-access-log`), for the HCM and `tcp_proxy` alike.
+fn envoy_access_log(spec: &ProxySpec) -> Option<Value> {
+    let log = spec.envoy_access_log.as_ref()?;
+    Some(json!([{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": log.display().to_string(),
+        }
+    }]))
 }
 
 /// A TCP listener with one filter chain of `filters`.
@@ -467,14 +466,8 @@ fn listener(spec: &ProxySpec, name: &str, port: u16, c: &Contribution, route_con
     if edge {
         hcm["xff_num_trusted_hops"] = json!(spec.mesh.num_trusted_proxies());
     }
-    if let Some(log) = &spec.envoy_access_log {
-        hcm["access_log"] = json!([{
-            "name": "envoy.access_loggers.file",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                "path": log.display().to_string(),
-            }
-        }]);
+    if let Some(log) = envoy_access_log(spec) {
+        hcm["access_log"] = log;
     }
     let mut filters: Vec<Value> = c.network_filters.iter().map(|f| wasm_network_filter(f, &spec.wasm_dir)).collect();
     filters.push(json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}));

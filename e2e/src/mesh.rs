@@ -19,12 +19,18 @@ enum AppPlan {
 
 struct SidecarPlan {
     workload: String,
+    /// What runs behind the inbound listeners; `None`: a client-only sidecar (no inbound).
     app: Option<AppPlan>,
-    inbound: bool,
     /// TCP service ports (host, port) the app calls, each through its own outbound listener.
     tcp_outbound: Vec<(String, u32)>,
     /// No HTTP outbound listener (a client that only calls TCP services).
     no_http_outbound: bool,
+}
+
+impl SidecarPlan {
+    fn new(workload: &str, app: Option<AppPlan>, no_http_outbound: bool) -> Self {
+        SidecarPlan { workload: workload.into(), app, tcp_outbound: Vec::new(), no_http_outbound }
+    }
 }
 
 struct GatewayPlan {
@@ -152,7 +158,7 @@ impl MeshBuilder {
     /// A sidecar for WorkloadEntry `ns/name`, with `app` behind it. Calls in the app with
     /// `via_port == 0` go through this sidecar's outbound listener.
     pub fn sidecar(mut self, workload: &str, app: App) -> Self {
-        self.sidecars.push(SidecarPlan { workload: workload.into(), app: Some(AppPlan::Http(app)), inbound: true, tcp_outbound: Vec::new(), no_http_outbound: false });
+        self.sidecars.push(SidecarPlan::new(workload, Some(AppPlan::Http(app)), false));
         self
     }
 
@@ -160,20 +166,20 @@ impl MeshBuilder {
     /// `127.0.0.1:app_port` (a TCP server behind a TCP port, say). That server makes no calls:
     /// the sidecar has no HTTP outbound listener.
     pub fn sidecar_to_port(mut self, workload: &str, app_port: u16) -> Self {
-        self.sidecars.push(SidecarPlan { workload: workload.into(), app: Some(AppPlan::Port(app_port)), inbound: true, tcp_outbound: Vec::new(), no_http_outbound: true });
+        self.sidecars.push(SidecarPlan::new(workload, Some(AppPlan::Port(app_port)), true));
         self
     }
 
     /// A client-only sidecar (outbound listener, no app behind it), e.g. `sleep`.
     pub fn client(mut self, workload: &str) -> Self {
-        self.sidecars.push(SidecarPlan { workload: workload.into(), app: None, inbound: false, tcp_outbound: Vec::new(), no_http_outbound: false });
+        self.sidecars.push(SidecarPlan::new(workload, None, false));
         self
     }
 
     /// A client-only sidecar with no HTTP outbound listener, only the TCP ones added with
     /// [`Self::tcp_outbound`] (`wasmeshctl envoy --tcp-outbound` without `--outbound-port`).
     pub fn tcp_client(mut self, workload: &str) -> Self {
-        self.sidecars.push(SidecarPlan { workload: workload.into(), app: None, inbound: false, tcp_outbound: Vec::new(), no_http_outbound: true });
+        self.sidecars.push(SidecarPlan::new(workload, None, true));
         self
     }
 
@@ -257,7 +263,7 @@ impl MeshBuilder {
                 mesh.tcp_outbound_ports.insert((plan.workload.clone(), host.clone(), *port), bind_port);
                 tcp_outbound.push(bootstrap::TcpOutbound { bind_port, host: host.clone(), port: *port });
             }
-            let inbound: Vec<u16> = if plan.inbound {
+            let inbound: Vec<u16> = if plan.app.is_some() {
                 let ports: Vec<u16> = we.ports.values().map(|p| *p as u16).collect();
                 if ports.is_empty() {
                     return Err(format!("WorkloadEntry {} has no ports for its sidecar's inbound listener", plan.workload));

@@ -124,14 +124,7 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
 /// host, in file order.
 pub fn workload_services(resources: &Resources, workload: &Workload) -> Vec<ServiceInfo> {
     let mut out = Vec::new();
-    for (res, se) in resources.service_entries() {
-        if res.namespace() != workload.namespace {
-            continue;
-        }
-        let Some(sel) = &se.workload_selector else { continue };
-        if !sel.labels.iter().all(|(k, v)| workload.labels.get(k) == Some(v)) {
-            continue;
-        }
+    for (res, se) in resources.service_entries_selecting(workload) {
         for host in &se.hosts {
             let fq = workload.fqdn(host, res.namespace());
             out.push(ServiceInfo {

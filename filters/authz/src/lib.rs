@@ -535,9 +535,8 @@ impl<H: Host> View for Inputs<H> {
     }
     fn destination_port(&self) -> Option<u32> {
         *self.destination_port.get_or_init(|| {
-            let b = self.optional(&["destination", "port"])?;
-            let arr: [u8; 8] = b.get(..8)?.try_into().ok()?;
-            u32::try_from(u64::from_le_bytes(arr)).ok()
+            let port = wasmesh_proxy::decode_u64(&self.optional(&["destination", "port"])?)?;
+            u32::try_from(port).ok()
         })
     }
     fn sni(&self) -> Result<&[u8], Missing> {

@@ -143,14 +143,16 @@ fn verify_with(
         _ => false,
     };
     if direct {
-        let ok = *checks.get_or_insert_with(|| crate::jose::token_checks(token, now, skew, max_token))
-            && match &key.material {
-                Material::P256(k) => k.verify(signing_input(token, jwt).as_bytes(), &jwt.signature),
-                Material::P384(k) => k.verify(signing_input(token, jwt).as_bytes(), &jwt.signature),
-                Material::Ed25519(k) => ed25519_compact::Signature::from_slice(&jwt.signature)
-                    .is_ok_and(|sig| k.verify(signing_input(token, jwt).as_bytes(), &sig).is_ok()),
+        let ok = *checks.get_or_insert_with(|| crate::jose::token_checks(token, now, skew, max_token)) && {
+            let signed = signing_input(token, jwt);
+            let (msg, sig) = (signed.as_bytes(), jwt.signature.as_slice());
+            match &key.material {
+                Material::P256(k) => k.verify(msg, sig),
+                Material::P384(k) => k.verify(msg, sig),
+                Material::Ed25519(k) => ed25519_compact::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok()),
                 _ => false,
-            };
+            }
+        };
         return if ok { Ok(()) } else { Err(Status::JwtVerificationFail) };
     }
     let opts = Some(options(now, skew, max_token));

@@ -201,6 +201,19 @@ impl Resources {
             _ => None,
         })
     }
+    /// ServiceEntries of `workload`'s namespace whose `workloadSelector` selects it: the
+    /// services the workload backs.
+    pub fn service_entries_selecting<'a>(
+        &'a self,
+        workload: &'a Workload,
+    ) -> impl Iterator<Item = (&'a Resource, &'a ServiceEntry)> + 'a {
+        self.service_entries().filter(move |(res, se)| {
+            res.namespace() == workload.namespace
+                && se.workload_selector.as_ref().is_some_and(|sel| {
+                    sel.labels.iter().all(|(k, v)| workload.labels.get(k) == Some(v))
+                })
+        })
+    }
     pub fn workload_entries(&self) -> impl Iterator<Item = (&Resource, &WorkloadEntry)> {
         self.items.iter().filter_map(|r| match &r.spec {
             Spec::WorkloadEntry(v) => Some((r, v)),

@@ -10,7 +10,7 @@ use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, Status};
 
 /// All request headers, names lower-case, values as raw bytes. Empty when unavailable.
 pub fn request_headers() -> Vec<(String, Bytes)> {
-    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+    try_request_headers().unwrap_or_default()
 }
 
 /// All response headers. Empty when unavailable.
@@ -20,7 +20,7 @@ pub fn response_headers() -> Vec<(String, Bytes)> {
 
 /// One request header as bytes.
 pub fn request_header(name: &str) -> Option<Bytes> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+    try_request_header(name).ok().flatten()
 }
 
 /// Sets (replaces) a request header; `false` if the host refused.
@@ -55,7 +55,7 @@ pub fn remove_response_header(name: &str) -> bool {
 
 /// A property (Envoy attribute or filter state) as raw bytes.
 pub fn property(path: &[&str]) -> Option<Bytes> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
+    try_property(path).ok().flatten()
 }
 
 /// A property, keeping a hostcall failure apart from absence: `Ok(None)` when the property
@@ -81,7 +81,11 @@ pub fn property_string(path: &[&str]) -> Option<String> {
 
 /// An `int`/`uint` property (8 bytes, little-endian), e.g. `destination.port`.
 pub fn property_u64(path: &[&str]) -> Option<u64> {
-    let b = property(path)?;
+    decode_u64(&property(path)?)
+}
+
+/// An integer property's value as Envoy encodes it (8 bytes, little-endian).
+pub fn decode_u64(b: &[u8]) -> Option<u64> {
     let arr: [u8; 8] = b.get(..8)?.try_into().ok()?;
     Some(u64::from_le_bytes(arr))
 }
