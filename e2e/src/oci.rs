@@ -1,0 +1,162 @@
+//! A real OCI registry on loopback (Debian `docker-registry`, the CNCF distribution server) and
+//! `skopeo` as an independent client, for the `wasmeshctl image` tests.
+
+// A test harness: a broken setup is a test failure, reported by panicking with the reason.
+#![allow(clippy::panic)]
+
+use crate::free_port;
+use crate::paths::TempDir;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `docker-registry` process on 127.0.0.1:<port> with its storage in a temporary directory;
+/// killed (and its storage removed) when dropped.
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Registry {
+    /// Starts the registry and waits until `/v2/` answers.
+    pub fn start() -> Registry {
+        Self::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start() -> Result<Registry, String> {
+        let dir = TempDir::new("registry");
+        let port = free_port();
+        let storage = dir.path().join("storage");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .map_err(|e| format!("{}: {e}", config.display()))?;
+        let log = std::fs::File::create(dir.path().join("registry.log")).map_err(|e| format!("registry log: {e}"))?;
+        let err = log.try_clone().map_err(|e| format!("registry log: {e}"))?;
+        let child = Command::new(registry_bin())
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {} (run `make deps`): {e}", registry_bin()))?;
+        let mut registry = Registry { child, port, dir };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(status)) = registry.child.try_wait() {
+                return Err(format!("docker-registry exited ({status}):\n{}", registry.log()));
+            }
+            if let Ok(r) = crate::http::request(port, "GET", "/v2/", &[("host", "registry")], b"") {
+                if r.status == 200 {
+                    return Ok(registry);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("docker-registry not answering on 127.0.0.1:{port}:\n{}", registry.log()))
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn registry_bin() -> String {
+    std::env::var("DOCKER_REGISTRY_BIN").unwrap_or_else(|_| "docker-registry".into())
+}
+
+/// Runs `skopeo ARGS` (plain HTTP allowed, no signature policy needed) and returns its stdout.
+pub fn skopeo(args: &[&str]) -> Result<Vec<u8>, String> {
+    let out = Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run skopeo (run `make deps`): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("skopeo {}: {}\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(out.stdout)
+}
+
+/// `skopeo inspect --raw`: the manifest bytes exactly as the registry serves them.
+pub fn raw_manifest(reference: &str) -> Result<Vec<u8>, String> {
+    skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{reference}")])
+}
+
+/// `skopeo inspect`: skopeo's own view (Digest, LayersData with media types, ...).
+pub fn inspect(reference: &str) -> Result<Value, String> {
+    let out = skopeo(&["inspect", "--tls-verify=false", &format!("docker://{reference}")])?;
+    serde_json::from_slice(&out).map_err(|e| format!("skopeo inspect output: {e}"))
+}
+
+/// `skopeo copy docker://REF oci:DIR:latest`, then the layout's one manifest and its blobs dir.
+pub fn copy_to_layout(reference: &str, dir: &Path, extra: &[&str]) -> Result<(Value, PathBuf), String> {
+    let dest = format!("oci:{}:latest", dir.display());
+    let src = format!("docker://{reference}");
+    let mut args = vec!["copy", "--src-tls-verify=false"];
+    args.extend_from_slice(extra);
+    args.extend([src.as_str(), dest.as_str()]);
+    skopeo(&args)?;
+    let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("index.json: {e}"))?;
+    let digest = index.pointer("/manifests/0/digest").and_then(Value::as_str).ok_or("index.json has no manifest")?;
+    let blobs = dir.join("blobs").join("sha256");
+    let manifest = std::fs::read(blobs.join(digest.trim_start_matches("sha256:"))).map_err(|e| e.to_string())?;
+    let manifest = serde_json::from_slice(&manifest).map_err(|e| format!("manifest: {e}"))?;
+    Ok((manifest, blobs))
+}
+
+/// Unpacks a tar+gzip blob with the system `tar` (not the code under test) and returns the bytes
+/// of `member`.
+pub fn untar_member(blob: &Path, member: &str) -> Result<Vec<u8>, String> {
+    let out = TempDir::new("untar");
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(blob)
+        .arg("-C")
+        .arg(out.path())
+        .status()
+        .map_err(|e| format!("tar: {e}"))?;
+    if !status.success() {
+        return Err(format!("tar -xzf {}: {status}", blob.display()));
+    }
+    std::fs::read(out.path().join(member)).map_err(|e| format!("{member} in {}: {e}", blob.display()))
+}
+
+/// `sha256:<hex>` of `data` with the system `sha256sum` (independent of the code under test).
+pub fn sha256sum(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("sha256sum: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(data).unwrap_or_else(|e| panic!("sha256sum: {e}"));
+    }
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("sha256sum: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    format!("sha256:{}", text.split_whitespace().next().unwrap_or(""))
+}
