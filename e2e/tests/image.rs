@@ -86,6 +86,7 @@ fn pull_checks_the_manifest_digest_before_the_layers_and_refuses_a_mismatch() {
     // Wrong digest: refused, naming both, before any layer is fetched (the registry log shows no
     // blob GET for the layer after the refusal).
     let before = registry.log().matches(&image.layers[0].digest()).count();
+    assert!(before > 0, "the registry logs each blob request:\n{}", registry.log());
     let wrong = "0".repeat(64);
     let err = image::pull(&reference, Some(&wrong), false, &registry_args()).unwrap_err();
     assert!(
