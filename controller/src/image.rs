@@ -183,8 +183,8 @@ impl Image {
     pub fn read_layout(dir: &Path) -> Result<Image, String> {
         let index_path = dir.join("index.json");
         let text = std::fs::read(&index_path).map_err(|e| format!("{}: {e}", index_path.display()))?;
-        let index: Manifest = serde_json::from_slice(&text)
-            .map_err(|e| format!("{}: not an OCI index: {e}", index_path.display()))?;
+        let index: Manifest =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: not an OCI index: {e}", index_path.display()))?;
         let [desc] = index.manifests.as_slice() else {
             return Err(format!(
                 "{}: expected exactly one manifest in `manifests`, found {}",
@@ -485,9 +485,10 @@ pub fn expected_digest(reference: &Reference, sha256: Option<&str>) -> Result<Op
         }
         None => None,
     };
-    let pinned = reference
-        .digest()
-        .map(|d| ExpectedDigest { hex: d.trim_start_matches("sha256:").to_string(), source: "the reference's @sha256:" });
+    let pinned = reference.digest().map(|d| ExpectedDigest {
+        hex: d.trim_start_matches("sha256:").to_string(),
+        source: "the reference's @sha256:",
+    });
     match (flag, pinned) {
         (Some(f), Some(p)) if f.hex != p.hex => Err(format!(
             "--sha256 {} and the reference's @sha256:{} differ; Istio requires them to match",
@@ -553,15 +554,13 @@ pub fn registry_auth(registry: &str) -> RegistryAuth {
     let Some(auths) = config.get("auths").and_then(|a| a.as_object()) else { return RegistryAuth::Anonymous };
     let entry = auths.iter().find(|(k, _)| {
         let k = k.trim_start_matches("https://").trim_start_matches("http://");
-        k.split('/').next() == Some(registry)
-            || (registry == "index.docker.io" && k.starts_with("index.docker.io"))
+        k.split('/').next() == Some(registry) || (registry == "index.docker.io" && k.starts_with("index.docker.io"))
     });
     let Some(auth) = entry.and_then(|(_, v)| v.get("auth")).and_then(|a| a.as_str()) else {
         return RegistryAuth::Anonymous;
     };
     let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(auth) else { return RegistryAuth::Anonymous };
-    match String::from_utf8(decoded).ok().and_then(|s| s.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())))
-    {
+    match String::from_utf8(decoded).ok().and_then(|s| s.split_once(':').map(|(u, p)| (u.to_string(), p.to_string()))) {
         Some((user, pass)) => RegistryAuth::Basic(user, pass),
         None => RegistryAuth::Anonymous,
     }
@@ -640,6 +639,7 @@ pub fn pull(reference: &str, sha256: Option<&str>, allow_cncf: bool, args: &Regi
     let auth = registry_auth(source.resolve_registry());
     runtime()?.block_on(async {
         let (mut manifest, mut digest) = fetch_manifest(&client, &auth, reference, &source, expected.as_ref()).await?;
+        let mut via_index = None;
         if manifest.is_index() {
             let child = select_platform(&manifest).map_err(|e| format!("{reference}: {e}"))?.clone();
             let child_ref = source.clone_with_digest(child.digest.clone());
@@ -648,9 +648,16 @@ pub fn pull(reference: &str, sha256: Option<&str>, allow_cncf: bool, args: &Regi
             if digest != child.digest {
                 return Err(format!("{reference}: index {index_digest} names {}, got {digest}", child.digest));
             }
+            via_index = Some(index_digest);
         }
         // Before any layer is downloaded, as Istio's agent does.
-        check_digest(reference, expected.as_ref(), &digest)?;
+        check_digest(reference, expected.as_ref(), &digest).map_err(|e| match &via_index {
+            Some(index) => format!(
+                "{e}. The reference is the image index {index}; Istio checks the digest of its linux/amd64 \
+                 image manifest, {digest}"
+            ),
+            None => e,
+        })?;
         let (layout, layer) = select_layer(&manifest, allow_cncf).map_err(|e| format!("{reference}: {e}"))?;
         let layer = layer.clone();
         if layer.size < 0 || layer.size as u64 > MAX_MODULE_BYTES {
@@ -672,7 +679,8 @@ pub fn pull(reference: &str, sha256: Option<&str>, allow_cncf: bool, args: &Regi
             .await
             .map_err(|e| format!("{reference}: downloading layer {}: {e}", layer.digest))?;
         let module = if layout.is_tar_gzip() {
-            extract_plugin(&data.data, MAX_MODULE_BYTES).map_err(|e| format!("{reference}: layer {}: {e}", layer.digest))?
+            extract_plugin(&data.data, MAX_MODULE_BYTES)
+                .map_err(|e| format!("{reference}: layer {}: {e}", layer.digest))?
         } else {
             data.data
         };
@@ -691,7 +699,11 @@ async fn fetch_manifest(
 ) -> Result<(Manifest, String), String> {
     let (body, digest) = client.pull_manifest_raw(r, auth, ACCEPT).await.map_err(|e| match expected {
         Some(pin) if r.digest().is_some() => {
-            format!("{reference}: no manifest {} in the registry (pinned by {}): {e}", r.digest().unwrap_or(""), pin.source)
+            format!(
+                "{reference}: no manifest {} in the registry (pinned by {}): {e}",
+                r.digest().unwrap_or(""),
+                pin.source
+            )
         }
         _ => format!("{reference}: fetching the manifest: {e}"),
     })?;
@@ -840,6 +852,7 @@ pub fn run(args: ImageArgs) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -976,7 +989,9 @@ mod tests {
         let m: Manifest = serde_json::from_slice(&image.manifest).unwrap();
         let err = select_layer(&m, false).unwrap_err();
         assert!(err.contains("CNCF wasm artifact"), "{err}");
-        assert!(err.contains("invalid media type application/wasm (expect application/vnd.oci.image.layer.v1.tar+gzip)"));
+        assert!(
+            err.contains("invalid media type application/wasm (expect application/vnd.oci.image.layer.v1.tar+gzip)")
+        );
         assert!(err.contains("number of layers must be 2 but got 1") && err.contains("--allow-cncf"), "{err}");
         assert_eq!(select_layer(&m, true).unwrap(), (Layout::Cncf, &m.layers[0]));
         let mut two = m.clone();

@@ -160,3 +160,27 @@ pub fn sha256sum(data: &[u8]) -> String {
     let text = String::from_utf8_lossy(&out.stdout);
     format!("sha256:{}", text.split_whitespace().next().unwrap_or(""))
 }
+
+/// PUTs a manifest or index document as is (`Content-Type: media_type`) to REPO:TAG, as any client
+/// would; returns the digest the registry answers with.
+pub fn put_manifest(
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    media_type: &str,
+    body: &[u8],
+) -> Result<String, String> {
+    let path = format!("/v2/{repo}/manifests/{tag}");
+    let r = crate::http::request(
+        registry.port,
+        "PUT",
+        &path,
+        &[("host", &registry.host()), ("content-type", media_type)],
+        body,
+    )
+    .map_err(|e| format!("PUT {path}: {e}"))?;
+    if r.status != 201 {
+        return Err(format!("PUT {path}: {} {}", r.status, r.text()));
+    }
+    r.header("docker-content-digest").map(str::to_string).ok_or(format!("PUT {path}: no Docker-Content-Digest"))
+}

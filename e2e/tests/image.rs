@@ -90,7 +90,10 @@ fn pull_checks_the_manifest_digest_before_the_layers_and_refuses_a_mismatch() {
     let wrong = "0".repeat(64);
     let err = image::pull(&reference, Some(&wrong), false, &registry_args()).unwrap_err();
     assert!(
-        err.contains(&format!("manifest digest mismatch: expected sha256:{wrong} (from --sha256), the registry serves {}", image.digest())),
+        err.contains(&format!(
+            "manifest digest mismatch: expected sha256:{wrong} (from --sha256), the registry serves {}",
+            image.digest()
+        )),
         "{err}"
     );
     assert!(err.contains("no layer was downloaded"), "{err}");
@@ -127,8 +130,9 @@ fn a_docker_v2_manifest_converted_by_skopeo_is_pulled_by_its_last_layer() {
     let raw = oci::raw_manifest(&reference).unwrap();
     let manifest: Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(manifest["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
-    let pulled = image::pull(&reference, Some(oci::sha256sum(&raw).trim_start_matches("sha256:")), false, &registry_args())
-        .unwrap();
+    let pulled =
+        image::pull(&reference, Some(oci::sha256sum(&raw).trim_start_matches("sha256:")), false, &registry_args())
+            .unwrap();
     assert_eq!(pulled.layout, Layout::DockerCompat);
     assert_eq!(pulled.layer.media_type, "application/vnd.docker.image.rootfs.diff.tar.gzip");
     assert_eq!(pulled.module, module);
@@ -155,8 +159,8 @@ fn the_cncf_wasm_format_round_trips_and_pull_refuses_it_with_istios_reason_unles
     let blob = std::fs::read(blobs.join(copied["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:")))
         .unwrap();
     assert_eq!(blob, module);
-    let config = std::fs::read(blobs.join(copied["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:")))
-        .unwrap();
+    let config =
+        std::fs::read(blobs.join(copied["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:"))).unwrap();
     let config: Value = serde_json::from_slice(&config).unwrap();
     assert_eq!((config["architecture"].as_str(), config["os"].as_str()), (Some("wasm"), Some("wasip1")));
     assert_eq!(config["layerDigests"][0], layers[0]["digest"]);
@@ -202,8 +206,12 @@ fn the_pulled_module_runs_in_envoy_and_enforces_an_authorization_policy() {
     listener.upstream = Some("app".into());
     let port = listener.port;
     let app = App::new("httpbin", "v1").start();
-    let envoy = Proxy { listeners: vec![listener], clusters: vec![authz::local_cluster("app", app.port)], stats_tags: c.stats_tags }
-        .start("image-pulled");
+    let envoy = Proxy {
+        listeners: vec![listener],
+        clusters: vec![authz::local_cluster("app", app.port)],
+        stats_tags: c.stats_tags,
+    }
+    .start("image-pulled");
     let send = |path: &str| request(port, "GET", path, &[("host", "httpbin.foo:8000")], b"").unwrap();
     let allowed = send("/api/users");
     assert_eq!(allowed.status, 200, "{}", allowed.text());
@@ -212,4 +220,43 @@ fn the_pulled_module_runs_in_envoy_and_enforces_an_authorization_policy() {
     assert_eq!(denied.status, 403, "{}", denied.text());
     assert_eq!(denied.text(), "RBAC: access denied");
     assert!(envoy.admin("/config_dump").contains(&pulled_path));
+}
+
+#[test]
+fn an_index_resolves_to_its_linux_amd64_child_whose_digest_is_the_one_checked() {
+    let registry = Registry::start();
+    let module = module_bytes();
+    let image = image::build(&module, Format::Compat).unwrap();
+    let repo = "wasmesh/index";
+    let child = image::push(&image, &format!("{}/{repo}:child", registry.host()), &registry_args()).unwrap();
+    let index = |os: &str, arch: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": image.digest(),
+                "size": image.manifest.len(),
+                "platform": {"architecture": arch, "os": os},
+            }],
+        }))
+        .unwrap()
+    };
+    let media = "application/vnd.oci.image.index.v1+json";
+    let index_digest = oci::put_manifest(&registry, repo, "multi", media, &index("linux", "amd64")).unwrap();
+    let reference = format!("{}/{repo}:multi", registry.host());
+    let raw: Value = serde_json::from_slice(&oci::raw_manifest(&reference).unwrap()).unwrap();
+    assert_eq!(raw["mediaType"], media, "skopeo sees an index");
+
+    let pulled = image::pull(&reference, Some(&child.sha256), false, &registry_args()).unwrap();
+    assert_eq!(pulled.module, module);
+    assert_eq!(pulled.manifest_digest, image.digest());
+    // Istio compares `sha256` with the resolved image's digest, so the index digest does not pass.
+    let err =
+        image::pull(&reference, Some(index_digest.trim_start_matches("sha256:")), false, &registry_args()).unwrap_err();
+    assert!(err.contains(&format!("expected {index_digest}")) && err.contains(&image.digest()), "{err}");
+
+    oci::put_manifest(&registry, repo, "wasi", media, &index("wasip1", "wasm")).unwrap();
+    let err = image::pull(&format!("{}/{repo}:wasi", registry.host()), None, false, &registry_args()).unwrap_err();
+    assert!(err.contains("image index without a linux/amd64 manifest (found: wasip1/wasm)"), "{err}");
 }
