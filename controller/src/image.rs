@@ -745,8 +745,14 @@ impl tokio::io::AsyncWrite for Bounded {
 // ---------------------------------------------------------------------------------------------
 // CLI (contract C4)
 
+const IMAGE_EXAMPLES: &str = "Examples:
+  wasmeshctl image build --wasm target/wasm32-wasip1/release/authz.wasm --oci-layout out/images/wasmesh
+  wasmeshctl image push 127.0.0.1:5000/wasmesh:0.1.0 --oci-layout out/images/wasmesh
+  wasmeshctl image pull 127.0.0.1:5000/wasmesh:0.1.0 --sha256 <manifest digest> -o plugin.wasm";
+
 /// Build, push and pull the wasm module as an OCI image.
 #[derive(Debug, clap::Args)]
+#[command(after_help = IMAGE_EXAMPLES)]
 pub struct ImageArgs {
     #[command(subcommand)]
     pub command: ImageCommand,
