@@ -184,3 +184,23 @@ pub fn put_manifest(
     }
     r.header("docker-content-digest").map(str::to_string).ok_or(format!("PUT {path}: no Docker-Content-Digest"))
 }
+
+/// Runs the `wasmeshctl` binary of this checkout (built first, so it is never stale) with `args`.
+pub fn wasmeshctl(args: &[&str]) -> std::process::Output {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let bin = BUILT.get_or_init(|| {
+        let root = crate::paths::repo_root();
+        let status = Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["build", "-q", "-p", "wasmeshctl", "--bin", "wasmeshctl"])
+            .status()
+            .map_err(|e| format!("cargo build -p wasmeshctl: {e}"))?;
+        if !status.success() {
+            return Err(format!("cargo build -p wasmeshctl: {status}"));
+        }
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+        Ok(target.join("debug").join("wasmeshctl"))
+    });
+    let bin = bin.as_ref().unwrap_or_else(|e| panic!("{e}"));
+    Command::new(bin).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{}: {e}", bin.display()))
+}

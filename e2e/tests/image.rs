@@ -260,3 +260,61 @@ fn an_index_resolves_to_its_linux_amd64_child_whose_digest_is_the_one_checked() 
     let err = image::pull(&format!("{}/{repo}:wasi", registry.host()), None, false, &registry_args()).unwrap_err();
     assert!(err.contains("image index without a linux/amd64 manifest (found: wasip1/wasm)"), "{err}");
 }
+
+#[test]
+fn the_wasmeshctl_image_commands_build_push_and_pull_what_the_readme_shows() {
+    let registry = Registry::start();
+    let module_path = paths::wasm(MODULE);
+    let module = module_bytes();
+    let dir = TempDir::new("image-cli");
+    let layout = dir.path().join("layout");
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let err_text = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    let built = oci::wasmeshctl(&[
+        "image",
+        "build",
+        "--wasm",
+        module_path.to_str().unwrap(),
+        "--oci-layout",
+        layout.to_str().unwrap(),
+    ]);
+    assert!(built.status.success(), "{}", err_text(&built));
+    let digest = text(&built).trim().to_string();
+    assert_eq!(digest, image::build(&module, Format::Compat).unwrap().digest());
+    // skopeo reads the layout too: one manifest, that digest.
+    let raw = oci::skopeo(&["inspect", "--raw", &format!("oci:{}", layout.display())]).unwrap();
+    assert_eq!(oci::sha256sum(&raw), digest);
+
+    let reference = format!("{}/wasmesh:0.1.0", registry.host());
+    let pushed = oci::wasmeshctl(&["image", "push", &reference, "--oci-layout", layout.to_str().unwrap()]);
+    assert!(pushed.status.success(), "{}", err_text(&pushed));
+    let hex = digest.trim_start_matches("sha256:");
+    assert_eq!(text(&pushed), format!("{reference}@{digest}\nsha256: {hex}\n"));
+
+    let out = dir.path().join("plugin.wasm");
+    let pulled = oci::wasmeshctl(&["image", "pull", &reference, "--sha256", hex, "-o", out.to_str().unwrap()]);
+    assert!(pulled.status.success(), "{}", err_text(&pulled));
+    assert_eq!(std::fs::read(&out).unwrap(), module);
+
+    let wrong = format!("{}{}", &hex[..63], if hex.ends_with('0') { "1" } else { "0" });
+    let refused_out = dir.path().join("refused.wasm");
+    let refused =
+        oci::wasmeshctl(&["image", "pull", &reference, "--sha256", &wrong, "-o", refused_out.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        err_text(&refused).contains(&format!(
+            "manifest digest mismatch: expected sha256:{wrong} (from --sha256), the registry serves {digest}"
+        )),
+        "{}",
+        err_text(&refused)
+    );
+    assert!(!refused_out.exists(), "nothing is written when the digest is refused");
+
+    // Not a wasm module: refused at build time with what was found.
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"MZ\x90\0 not wasm").unwrap();
+    let refused = oci::wasmeshctl(&["image", "build", "--wasm", bogus.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(err_text(&refused).contains("not a wasm module: starts with [4d 5a 90 00]"), "{}", err_text(&refused));
+}
