@@ -62,8 +62,9 @@ WASMESHCTL = $(CARGO) run -q -p wasmeshctl --
 images: wasm
 	$(WASMESHCTL) image build --wasm $(WASM_DIR)/$(IMAGE_MODULE).wasm --oci-layout $(IMAGE_DIR)
 
-push: images
+push:
 	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host:port[/repo] [IMAGE_TAG=$(IMAGE_TAG)]" >&2; exit 2; }
+	@$(MAKE) --no-print-directory images
 	$(WASMESHCTL) image push $(REGISTRY)/$(IMAGE_NAME):$(IMAGE_TAG) --oci-layout $(IMAGE_DIR) $(PUSH_FLAGS)
 
 lint:
