@@ -638,6 +638,11 @@ pub fn pull(reference: &str, sha256: Option<&str>, allow_cncf: bool, args: &Regi
     let client = client(&source, args);
     let auth = registry_auth(source.resolve_registry());
     runtime()?.block_on(async {
+        // Token registries (ghcr.io, Docker Hub) want a bearer token even for anonymous pulls.
+        client
+            .auth(&source, &auth, oci_client::RegistryOperation::Pull)
+            .await
+            .map_err(|e| format!("{reference}: authenticating for pull: {e}"))?;
         let (mut manifest, mut digest) = fetch_manifest(&client, &auth, reference, &source, expected.as_ref()).await?;
         let mut via_index = None;
         if manifest.is_index() {
