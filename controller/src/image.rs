@@ -566,6 +566,20 @@ pub fn registry_auth(registry: &str) -> RegistryAuth {
     }
 }
 
+/// An error from the registry, with where credentials come from when it refused them.
+fn registry_error(context: String, e: impl std::fmt::Display, registry: &str) -> String {
+    let text = e.to_string();
+    let denied = ["401", "403", "Not authorized", "UNAUTHORIZED", "DENIED"].iter().any(|m| text.contains(m));
+    if denied {
+        format!(
+            "{context}: {text}\n(credentials come from the `auths` entry for {registry:?} in $DOCKER_CONFIG/config.json, \
+             else ~/.docker/config.json, as for Istio's agent: `docker login {registry}` writes it)"
+        )
+    } else {
+        format!("{context}: {text}")
+    }
+}
+
 fn parse_reference(reference: &str) -> Result<Reference, String> {
     let reference = reference.strip_prefix("oci://").unwrap_or(reference);
     Reference::try_from(reference).map_err(|e| format!("{reference:?} is not an image reference: {e}"))
@@ -593,22 +607,21 @@ pub fn push(image: &Image, reference: &str, args: &RegistryArgs) -> Result<Pushe
     let client = client(&target, args);
     let auth = registry_auth(target.resolve_registry());
     runtime()?.block_on(async {
-        client
-            .auth(&target, &auth, oci_client::RegistryOperation::Push)
-            .await
-            .map_err(|e| format!("{reference}: authenticating for push: {e}"))?;
+        client.auth(&target, &auth, oci_client::RegistryOperation::Push).await.map_err(|e| {
+            registry_error(format!("{reference}: authenticating for push"), e, target.resolve_registry())
+        })?;
         for blob in std::iter::once(&image.config).chain(&image.layers) {
             let digest = blob.digest();
-            client
-                .push_blob(&target, blob.data.clone(), &digest)
-                .await
-                .map_err(|e| format!("{reference}: pushing blob {digest} ({}): {e}", blob.media_type))?;
+            client.push_blob(&target, blob.data.clone(), &digest).await.map_err(|e| {
+                let context = format!("{reference}: pushing blob {digest} ({})", blob.media_type);
+                registry_error(context, e, target.resolve_registry())
+            })?;
         }
         let content_type = image.media_type.parse().map_err(|e| format!("media type {}: {e}", image.media_type))?;
         client
             .push_manifest_raw(&target, image.manifest.clone(), content_type)
             .await
-            .map_err(|e| format!("{reference}: pushing the manifest: {e}"))?;
+            .map_err(|e| registry_error(format!("{reference}: pushing the manifest"), e, target.resolve_registry()))?;
         Ok::<(), String>(())
     })?;
     let digest = image.digest();
@@ -639,10 +652,9 @@ pub fn pull(reference: &str, sha256: Option<&str>, allow_cncf: bool, args: &Regi
     let auth = registry_auth(source.resolve_registry());
     runtime()?.block_on(async {
         // Token registries (ghcr.io, Docker Hub) want a bearer token even for anonymous pulls.
-        client
-            .auth(&source, &auth, oci_client::RegistryOperation::Pull)
-            .await
-            .map_err(|e| format!("{reference}: authenticating for pull: {e}"))?;
+        client.auth(&source, &auth, oci_client::RegistryOperation::Pull).await.map_err(|e| {
+            registry_error(format!("{reference}: authenticating for pull"), e, source.resolve_registry())
+        })?;
         let (mut manifest, mut digest) = fetch_manifest(&client, &auth, reference, &source, expected.as_ref()).await?;
         let mut via_index = None;
         if manifest.is_index() {
@@ -710,7 +722,7 @@ async fn fetch_manifest(
                 pin.source
             )
         }
-        _ => format!("{reference}: fetching the manifest: {e}"),
+        _ => registry_error(format!("{reference}: fetching the manifest"), e, r.resolve_registry()),
     })?;
     // The digest is the hash of what was received, whatever the registry claims.
     let actual = sha256_digest(&body);

@@ -26,6 +26,15 @@ impl Registry {
     }
 
     pub fn try_start() -> Result<Registry, String> {
+        Self::try_start_with(None)
+    }
+
+    /// A registry that requires HTTP basic credentials `user`/`password` (htpasswd, bcrypt).
+    pub fn start_with_login(user: &str, password: &str) -> Registry {
+        Self::try_start_with(Some((user, password))).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_with(login: Option<(&str, &str)>) -> Result<Registry, String> {
         let dir = TempDir::new("registry");
         let port = free_port();
         let storage = dir.path().join("storage");
@@ -39,6 +48,15 @@ impl Registry {
             ),
         )
         .map_err(|e| format!("{}: {e}", config.display()))?;
+        if let Some((user, password)) = login {
+            let hash = bcrypt::hash(password, 4).map_err(|e| format!("bcrypt: {e}"))?;
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{user}:{hash}\n"))
+                .map_err(|e| format!("{}: {e}", htpasswd.display()))?;
+            let mut text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
+            text.push_str(&format!("auth:\n  htpasswd:\n    realm: wasmesh-test\n    path: {}\n", htpasswd.display()));
+            std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
+        }
         let log = std::fs::File::create(dir.path().join("registry.log")).map_err(|e| format!("registry log: {e}"))?;
         let err = log.try_clone().map_err(|e| format!("registry log: {e}"))?;
         let child = Command::new(registry_bin())
@@ -56,7 +74,7 @@ impl Registry {
                 return Err(format!("docker-registry exited ({status}):\n{}", registry.log()));
             }
             if let Ok(r) = crate::http::request(port, "GET", "/v2/", &[("host", "registry")], b"") {
-                if r.status == 200 {
+                if r.status == 200 || (login.is_some() && r.status == 401) {
                     return Ok(registry);
                 }
             }
@@ -187,6 +205,11 @@ pub fn put_manifest(
 
 /// Runs the `wasmeshctl` binary of this checkout (built first, so it is never stale) with `args`.
 pub fn wasmeshctl(args: &[&str]) -> std::process::Output {
+    wasmeshctl_env(args, &[])
+}
+
+/// [`wasmeshctl`] with extra environment variables (e.g. `DOCKER_CONFIG`).
+pub fn wasmeshctl_env(args: &[&str], env: &[(&str, &Path)]) -> std::process::Output {
     static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let bin = BUILT.get_or_init(|| {
         let root = crate::paths::repo_root();
@@ -202,5 +225,9 @@ pub fn wasmeshctl(args: &[&str]) -> std::process::Output {
         Ok(target.join("debug").join("wasmeshctl"))
     });
     let bin = bin.as_ref().unwrap_or_else(|e| panic!("{e}"));
-    Command::new(bin).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{}: {e}", bin.display()))
+    let mut cmd = Command::new(bin);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{}: {e}", bin.display()))
 }

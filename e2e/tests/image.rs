@@ -318,3 +318,51 @@ fn the_wasmeshctl_image_commands_build_push_and_pull_what_the_readme_shows() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(err_text(&refused).contains("not a wasm module: starts with [4d 5a 90 00]"), "{}", err_text(&refused));
 }
+
+#[test]
+fn credentials_come_from_the_docker_config_as_for_istios_agent() {
+    let registry = Registry::start_with_login("wasmesh", "s3cret");
+    let module_path = paths::wasm(MODULE);
+    let dir = TempDir::new("image-login");
+    let (with, without) = (dir.path().join("with"), dir.path().join("without"));
+    std::fs::create_dir_all(&with).unwrap();
+    std::fs::create_dir_all(&without).unwrap();
+    // What `docker login` writes: base64("user:password") under the registry's host:port.
+    let auth = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let auth = {
+        use std::io::Write;
+        let mut auth = auth;
+        auth.stdin.take().unwrap().write_all(b"wasmesh:s3cret").unwrap();
+        String::from_utf8(auth.wait_with_output().unwrap().stdout).unwrap()
+    };
+    std::fs::write(
+        with.join("config.json"),
+        serde_json::json!({"auths": {registry.host(): {"auth": auth}}}).to_string(),
+    )
+    .unwrap();
+    let reference = format!("{}/wasmesh:login", registry.host());
+    let wasm = module_path.to_str().unwrap();
+
+    let refused = oci::wasmeshctl_env(&["image", "push", &reference, "--wasm", wasm], &[("DOCKER_CONFIG", &without)]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        stderr.contains("401") && stderr.contains(&format!("`auths` entry for \"{}\"", registry.host())),
+        "{stderr}"
+    );
+
+    let pushed = oci::wasmeshctl_env(&["image", "push", &reference, "--wasm", wasm], &[("DOCKER_CONFIG", &with)]);
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    let out = dir.path().join("plugin.wasm");
+    let out_s = out.to_str().unwrap();
+    let refused = oci::wasmeshctl_env(&["image", "pull", &reference, "-o", out_s], &[("DOCKER_CONFIG", &without)]);
+    assert_eq!(refused.status.code(), Some(1), "an anonymous pull is refused by this registry");
+    let pulled = oci::wasmeshctl_env(&["image", "pull", &reference, "-o", out_s], &[("DOCKER_CONFIG", &with)]);
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), module_bytes());
+}
