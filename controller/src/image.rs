@@ -715,7 +715,7 @@ async fn fetch_manifest(
     expected: Option<&ExpectedDigest>,
 ) -> Result<(Manifest, String), String> {
     let (body, digest) = client.pull_manifest_raw(r, auth, ACCEPT).await.map_err(|e| match expected {
-        Some(pin) if r.digest().is_some() => {
+        Some(pin) if r.digest().map(|d| d.trim_start_matches("sha256:")) == Some(pin.hex.as_str()) => {
             format!(
                 "{reference}: no manifest {} in the registry (pinned by {}): {e}",
                 r.digest().unwrap_or(""),
