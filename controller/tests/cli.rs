@@ -1,5 +1,6 @@
 //! wasmeshctl as a user runs it: its bootstraps pass `envoy --mode validate`, and its errors name
 //! file, resource, field and value.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -445,7 +446,7 @@ fn router_resources(bootstrap: &serde_json::Value) -> String {
         match v {
             serde_json::Value::Object(m) => {
                 if m.get("root_id").and_then(|r| r.as_str()) == Some("wasmesh.router") {
-                    found.push(m.to_owned().into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+                    found.push(serde_json::Value::Object(m.clone()).to_string());
                 }
                 m.values().for_each(|v| walk(v, found));
             }
