@@ -122,19 +122,19 @@ struct EnvoyArgs {
     /// Where the wasm modules (router.wasm, authz.wasm, ...) are. Default: $WASMESH_WASM_DIR,
     /// else `wasm/` beside the wasmeshctl binary, else the checkout's target/wasm32-wasip1/release
     /// when wasmeshctl runs from a cargo target directory.
-    #[arg(long, value_name = "DIR", env = "WASMESH_WASM_DIR")]
+    #[arg(long, value_name = "DIR", env = "WASMESH_WASM_DIR", value_hint = clap::ValueHint::DirPath)]
     wasm_dir: Option<PathBuf>,
 
     /// Istio MeshConfig (YAML): trustDomain, rootNamespace, extensionProviders, ...
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     mesh_config: Option<PathBuf>,
 
     /// Certificate directory (what `wasmeshctl certs --out-dir` writes) for mutual TLS.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     certs: Option<PathBuf>,
 
     /// Envoy's own access log file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     envoy_access_log: Option<PathBuf>,
 
     /// Output format of the bootstrap.
@@ -142,7 +142,7 @@ struct EnvoyArgs {
     output: Format,
 
     /// Write the bootstrap to FILE instead of stdout.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     output_file: Option<PathBuf>,
 }
 
@@ -160,7 +160,7 @@ struct CheckArgs {
     gateway: bool,
 
     /// Istio MeshConfig (YAML): trustDomain, rootNamespace, extensionProviders, ...
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     mesh_config: Option<PathBuf>,
 
     /// The request's method.

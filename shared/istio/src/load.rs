@@ -148,6 +148,9 @@ pub struct Input {
 pub struct LoadFailure {
     pub errors: Vec<Error>,
     pub notes: Vec<String>,
+    /// Every Istio document that was read as YAML, also those whose typed reading failed (so a
+    /// schema check can add Istio's own reason), in input order.
+    pub documents: Vec<(Location, serde_json::Value)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -191,6 +194,8 @@ pub struct Loader {
     empty_dirs: Vec<(String, bool)>,
     stdin_read: bool,
     files_read: std::collections::HashSet<PathBuf>,
+    /// Istio documents whose typed reading failed (only returned on failure).
+    failed_documents: Vec<(Location, serde_json::Value)>,
 }
 
 impl Loader {
@@ -367,7 +372,12 @@ impl Loader {
                 let display = resource.display_name();
                 self.record(key, &display, location, json, Some(resource));
             }
-            Err(e) => self.errors.push(e),
+            Err(e) => {
+                self.errors.push(e);
+                if !kind.is_empty() {
+                    self.failed_documents.push((location.clone(), json));
+                }
+            }
         }
     }
 
@@ -435,7 +445,10 @@ impl Loader {
             self.errors.push(Error::new(message));
         }
         if !self.errors.is_empty() {
-            return Err(LoadFailure { errors: self.errors, notes });
+            let mut documents = self.documents;
+            documents.append(&mut self.failed_documents);
+            documents.sort_by(|(a, _), (b, _)| (&a.file, a.document).cmp(&(&b.file, b.document)));
+            return Err(LoadFailure { errors: self.errors, notes, documents });
         }
         Ok(Input { resources: Resources { items: self.items }, documents: self.documents, notes })
     }
@@ -744,6 +757,10 @@ spec:
         assert!(errors[0].starts_with("a.yaml (document 1): VirtualService bookinfo/reviews: spec.http[0]"), "{errors:#?}");
         assert!(errors[1].starts_with("b.yaml (document 1): not valid YAML"), "{errors:#?}");
         assert!(errors[2].contains("apiVersion: \"v1\" is not served for VirtualService"), "{errors:#?}");
+        // For schema checks: every document read as YAML, the refused ones too, in input order.
+        let docs: Vec<(String, usize)> = failure.documents.iter().map(|(l, _)| (l.file.clone(), l.document)).collect();
+        assert_eq!(docs, [("a.yaml".to_string(), 0), ("a.yaml".to_string(), 1), ("c.yaml".to_string(), 0)]);
+        assert_eq!(failure.documents[0].1["spec"]["http"][0]["match"][0]["headers"]["end-user"]["exactly"], "jason");
 
         let e = loader(LoadOptions::default(), &[("app.yaml", DEPLOYMENT), ("empty.yaml", "")]).unwrap_err();
         assert_eq!(e.errors.len(), 1);
