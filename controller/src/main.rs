@@ -296,7 +296,9 @@ fn wasm_dir(given: Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(dir) = given {
         return std::path::absolute(&dir).map_err(|e| format!("--wasm-dir {}: {e}", dir.display()));
     }
-    let exe = std::env::current_exe().and_then(std::fs::canonicalize).map_err(|e| format!("cannot find wasmeshctl's own path: {e}"))?;
+    let exe = std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .map_err(|e| format!("cannot find wasmeshctl's own path: {e}"))?;
     let mut tried = Vec::new();
     if let Some(bin_dir) = exe.parent() {
         let beside = bin_dir.join("wasm");
