@@ -16,7 +16,8 @@ fn workload() -> Workload {
 fn compile_with(yaml: &str, wl: Workload, f: impl FnOnce(&mut AuthzConfig)) -> Authz {
     let resources = Resources { items: load_str(yaml, "test.yaml").expect("valid yaml") };
     let mut cfg = AuthzConfig {
-        workload: wl,
+        workload: Some(wl),
+        mesh: None,
         resources: Vec::new(),
         trust_domain_aliases: Vec::new(),
         extension_providers: Vec::new(),
@@ -1064,7 +1065,8 @@ fn tcp_refuses_dynamic_metadata_conditions() {
     let yaml = policy("p", "foo", "DENY", "  rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: ['[update]']}]}]");
     let resources = Resources { items: load_str(&yaml, "test.yaml").expect("valid yaml") };
     let cfg = AuthzConfig {
-        workload: workload(),
+        workload: Some(workload()),
+        mesh: None,
         resources: Vec::new(),
         trust_domain_aliases: Vec::new(),
         extension_providers: Vec::new(),
