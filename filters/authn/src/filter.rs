@@ -25,6 +25,7 @@ use wasmesh_authn::remote::{FetchOutcome, Stage, MAX_BODY_BYTES};
 use wasmesh_authn::verify::{Denied, EvalStats, Mutation, Outcome, RequestHeaders};
 use wasmesh_authn::{Authn, AuthnConfig, Status, TokenCache};
 use wasmesh_handover::{AUTHN_EVALUATED, AUTHN_IDENTITY};
+use wasmesh_istio::Strictness;
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
 /// `filters/wasmesh` for the root ids it hands to this filter, call it).
@@ -449,13 +450,30 @@ impl Context for AuthnRoot {
     }
 }
 
+/// Compiles the configuration; without a `workload` the proxy's identity comes from the Envoy
+/// node metadata, and a node that does not carry it refuses the configuration (fail closed).
+fn compile(bytes: &[u8]) -> Result<Authn, String> {
+    let mut cfg = AuthnConfig::parse_json(bytes).map_err(|e| e.to_string())?;
+    if cfg.workload.is_none() {
+        let wl = wasmesh_proxy::node_workload(&cfg.mesh(), Strictness::Required).map_err(|e| {
+            format!("the configuration has no workload and the Envoy node does not identify the proxy: {e}")
+        })?;
+        wasmesh_proxy::log_info(&format!(
+            "wasmesh authn: workload {}/{} ({:?}) from the Envoy node metadata",
+            wl.namespace, wl.name, wl.mode
+        ));
+        cfg.workload = Some(wl);
+    }
+    cfg.compile_parsed(bytes).map_err(|e| e.to_string())
+}
+
 impl RootContext for AuthnRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let Some(bytes) = wasmesh_proxy::plugin_configuration() else {
             wasmesh_proxy::log_error("wasmesh authn: no plugin configuration; expected the JSON wasmeshctl writes");
             return false;
         };
-        let engine = match AuthnConfig::compile_json(&bytes) {
+        let engine = match compile(&bytes) {
             Ok(e) => e,
             Err(e) => {
                 wasmesh_proxy::log_error(&format!("wasmesh authn: configuration rejected: {e}"));

@@ -42,6 +42,7 @@ use wasmesh_authz::{
     DENY_BODY, DENY_STATUS,
 };
 use wasmesh_handover::{AuthzDecision, RequestIdentity};
+use wasmesh_istio::Strictness;
 
 /// Filter state written by the network role: the connection's physical peer `ip:port`.
 pub const PEER_ADDRESS_KEY: &str = "wasmesh.authz.peer_address";
@@ -89,7 +90,7 @@ impl RootContext for AuthzRoot {
             self.role = Some(Role::PeerAddress);
             return true;
         }
-        match AuthzConfig::compile_json(&bytes) {
+        match compile(&bytes) {
             Ok(authz) => {
                 for w in authz.warnings() {
                     wasmesh_proxy::log_warn(&format!("wasmesh authz: {w}"));
@@ -143,6 +144,25 @@ impl RootContext for AuthzRoot {
             _ => Some(Box::new(AuthzTcp { shared: None, state: TcpState::Undecided })),
         }
     }
+}
+
+/// Compiles the configuration; without a `workload` the proxy's identity comes from the Envoy
+/// node metadata, and a node that does not carry it refuses the configuration (fail closed:
+/// Envoy then does not install the filter, and `FAIL_CLOSE`/`FAIL_RELOAD` deny).
+fn compile(bytes: &[u8]) -> Result<wasmesh_authz::Authz, String> {
+    let mut cfg = AuthzConfig::parse_json(bytes).map_err(|e| e.to_string())?;
+    if cfg.workload.is_none() {
+        let wl = wasmesh_proxy::node_workload(&cfg.mesh(), Strictness::Required).map_err(|e| {
+            format!("the configuration has no workload and the Envoy node does not identify the proxy: {e}")
+        })?;
+        wasmesh_proxy::log_info(&format!(
+            "wasmesh authz: workload {}/{} ({:?}, labels {:?}) from the Envoy node metadata",
+            wl.namespace, wl.name, wl.mode, wl.labels
+        ));
+        cfg.workload = Some(wl);
+    }
+    let resources = cfg.parsed_resources().map_err(|e| e.to_string())?;
+    cfg.compile(&resources).map_err(|e| e.to_string())
 }
 
 fn is_peer_address_role(bytes: &[u8]) -> bool {

@@ -20,6 +20,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, MapType, PeerType};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use wasmesh_istio::Strictness;
+use wasmesh_proxy::ListenerDirection;
 use wasmesh_stats::exchange::{PreambleReader, Step};
 use wasmesh_stats::grpc::{is_grpc_content_type, GrpcFrameCounter};
 use wasmesh_stats::peer::{CachedPeer, HEADER_METADATA, HEADER_METADATA_ID};
@@ -31,7 +33,7 @@ use wasmesh_stats::{
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
 /// `filters/wasmesh` for the root ids it hands to this filter, call it).
 pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
-    Box::new(StatsRoot { shared: None })
+    Box::new(StatsRoot { listeners: None })
 }
 
 /// Per-VM state shared by every stream of one plugin.
@@ -72,7 +74,37 @@ fn cluster_metadata_service() -> Option<ServiceInfo> {
 }
 
 struct StatsRoot {
-    shared: Option<Rc<Shared>>,
+    listeners: Option<Listeners>,
+}
+
+/// The compiled configuration(s) of one plugin.
+enum Listeners {
+    /// The configuration names the direction (or the proxy is a gateway).
+    Fixed(Rc<Shared>),
+    /// A sidecar configured without `direction` (one configuration for all its listeners, as a
+    /// WasmPlugin gives it): each stream takes its listener's `xds.listener_direction`, INBOUND
+    /// reporting as destination and anything else as source, as Istio's stats filter does.
+    ByListener { inbound: Rc<Shared>, outbound: Rc<Shared> },
+}
+
+impl Listeners {
+    fn any(&self) -> &Rc<Shared> {
+        match self {
+            Listeners::Fixed(s) | Listeners::ByListener { inbound: s, .. } => s,
+        }
+    }
+
+    /// The configuration for the stream being created (the root context's callback runs with
+    /// the new stream as the effective context, so its listener's properties are readable).
+    fn for_new_stream(&self) -> Rc<Shared> {
+        match self {
+            Listeners::Fixed(s) => s.clone(),
+            Listeners::ByListener { inbound, outbound } => match wasmesh_proxy::listener_direction() {
+                Some(ListenerDirection::Inbound) => inbound.clone(),
+                _ => outbound.clone(),
+            },
+        }
+    }
 }
 
 impl Context for StatsRoot {}
@@ -83,24 +115,9 @@ impl RootContext for StatsRoot {
             wasmesh_proxy::log_error("wasmesh stats: no plugin configuration; expected the JSON wasmeshctl writes");
             return false;
         };
-        match StatsConfig::compile_json(&bytes) {
-            Ok(stats) => {
-                wasmesh_proxy::log_info(&format!(
-                    "wasmesh stats: {:?} {:?} listener of {}/{}, reporter {}",
-                    stats.protocol,
-                    stats.direction,
-                    stats.local.namespace,
-                    stats.local.workload,
-                    stats.reporter.value()
-                ));
-                let cache = MetricCache::new(stats.max_label_sets);
-                self.shared = Some(Rc::new(Shared {
-                    stats,
-                    cache: RefCell::new(cache),
-                    peers: RefCell::new(PeerCache::default()),
-                    services: RefCell::new(HashMap::new()),
-                    key: RefCell::new(String::with_capacity(2048)),
-                }));
+        match configure(&bytes) {
+            Ok(listeners) => {
+                self.listeners = Some(listeners);
                 true
             }
             Err(e) => {
@@ -111,7 +128,7 @@ impl RootContext for StatsRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let shared = self.shared.clone()?;
+        let shared = self.listeners.as_ref()?.for_new_stream();
         Some(Box::new(StatsHttp {
             shared,
             peer: None,
@@ -125,15 +142,55 @@ impl RootContext for StatsRoot {
     }
 
     fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
-        let shared = self.shared.clone()?;
+        let shared = self.listeners.as_ref()?.for_new_stream();
         Some(Box::new(StatsTcp::new(shared)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
-        match self.shared.as_ref().map(|s| s.stats.protocol) {
+        match self.listeners.as_ref().map(|l| l.any().stats.protocol) {
             Some(ListenerProtocol::Tcp) => Some(ContextType::StreamContext),
             _ => Some(ContextType::HttpContext),
         }
+    }
+}
+
+/// Compiles the configuration. Without a `workload` the proxy's identity comes from the Envoy
+/// node metadata; telemetry fails open, so what the node does not say is reported `unknown`.
+fn configure(bytes: &[u8]) -> Result<Listeners, String> {
+    let mut cfg = StatsConfig::parse_json(bytes).map_err(|e| e.to_string())?;
+    if cfg.workload.is_none() {
+        let node = wasmesh_proxy::node_metadata();
+        if let Err(missing) = node.workload(&cfg.mesh(), Strictness::Required) {
+            wasmesh_proxy::log_warn(&format!("wasmesh stats: reporting \"unknown\" for what the Envoy node lacks: {missing}"));
+        }
+        let wl = node.workload(&cfg.mesh(), Strictness::BestEffort)?;
+        cfg.workload = Some(wl);
+    }
+    let resources = cfg.parsed_resources().map_err(|e| e.to_string())?;
+    let mut compiled = Vec::new();
+    for direction in cfg.directions() {
+        let stats = cfg.compile_for(direction, &resources).map_err(|e| e.to_string())?;
+        wasmesh_proxy::log_info(&format!(
+            "wasmesh stats: {:?} {:?} listener of {}/{}, reporter {}",
+            stats.protocol,
+            stats.direction,
+            stats.local.namespace,
+            stats.local.workload,
+            stats.reporter.value()
+        ));
+        let cache = MetricCache::new(stats.max_label_sets);
+        compiled.push(Rc::new(Shared {
+            stats,
+            cache: RefCell::new(cache),
+            peers: RefCell::new(PeerCache::default()),
+            services: RefCell::new(HashMap::new()),
+            key: RefCell::new(String::with_capacity(2048)),
+        }));
+    }
+    match compiled.as_slice() {
+        [one] => Ok(Listeners::Fixed(one.clone())),
+        [inbound, outbound] => Ok(Listeners::ByListener { inbound: inbound.clone(), outbound: outbound.clone() }),
+        _ => Err("internal: unexpected set of directions".into()),
     }
 }
 
