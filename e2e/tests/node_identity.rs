@@ -322,3 +322,77 @@ fn one_module_one_vm_costs_less_memory_than_four() {
     }
     assert!(rss[1] + 10 * 1024 < rss[0], "one VM per thread should save well over 10 MiB: {rss:?} KiB");
 }
+
+/// A gateway (`router~` node) with one router configuration on two listeners and no
+/// `gatewayPort`: each listener serves the Gateway servers of the port it listens on.
+#[test]
+fn gateway_router_takes_the_server_port_from_the_listener() {
+    let v1 = App::new("ratings", "v1").start();
+    let (public, internal) = (free_port(), free_port());
+    let resources = resources_json(&format!(
+        "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {public}, name: http, protocol: HTTP}}
+    hosts: ['*/ratings.example.com']
+  - port: {{number: {internal}, name: http-internal, protocol: HTTP}}
+    hosts: ['*/internal.example.com']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings.example.com, internal.example.com]
+  gateways: [istio-system/ingress]
+  http:
+  - route: [{{destination: {{host: ratings.default.svc.cluster.local, subset: v1, port: {{number: 9080}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+"
+    ));
+    let mut node = IstioNode::sidecar(
+        "istio-ingressgateway-5c8d7b9f6-q7w2x",
+        "istio-system",
+        "istio-ingressgateway",
+        &[("app", "istio-ingressgateway"), ("istio", "ingressgateway")],
+        "istio-ingressgateway-service-account",
+    );
+    node.kind = "router".into();
+    let plugins = [
+        Plugin::new("wasmesh.router", "wasmesh", &wasm("wasmesh"), json!({"resources": resources})),
+        Plugin::new("wasmesh.stats", "wasmesh", &wasm("wasmesh"), json!({})),
+    ];
+    // Istio's gateway listeners are OUTBOUND; the reporter comes from the node (a gateway).
+    let listeners = vec![
+        http_listener("gateway_public", public, Some("OUTBOUND"), &plugins, route_by_cluster_header()),
+        http_listener("gateway_internal", internal, Some("OUTBOUND"), &plugins, route_by_cluster_header()),
+    ];
+    let b = bootstrap(node.node(), free_port(), listeners, vec![cluster("outbound|9080|v1|ratings.default.svc.cluster.local", v1.port)]);
+    let envoy = Envoy::start("gateway", &b);
+
+    assert_eq!(send(public, "ratings.example.com", "/ratings/0", &[]).status, 200, "{}", envoy.failure_summary());
+    assert_eq!(send(public, "internal.example.com", "/ratings/0", &[]).status, 404, "not a host of the server on this port");
+    assert_eq!(send(internal, "internal.example.com", "/ratings/0", &[]).status, 200);
+    assert_eq!(send(internal, "ratings.example.com", "/ratings/0", &[]).status, 404, "not a host of the server on this port");
+    assert_eq!(v1.served(), 2);
+    let log = envoy.log();
+    for port in [public, internal] {
+        assert!(log.contains(&format!("wasmesh router: gateway port {port}: configured")), "{}", envoy.failure_summary());
+    }
+    assert!(log.contains("wasmesh router: workload istio-system/istio-ingressgateway (Gateway)"), "{}", envoy.failure_summary());
+    let line = wait_for_stat(&envoy, "istio_requests_total", "response_code=.=200");
+    for expected in ["reporter=.=source;", "source_workload=.=istio-ingressgateway;", "source_workload_namespace=.=istio-system;", "source_app=.=istio-ingressgateway;"] {
+        assert!(line.contains(expected), "{expected} in {line}");
+    }
+}
