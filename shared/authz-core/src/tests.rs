@@ -1088,3 +1088,13 @@ fn tcp_peer_authentication_strict_refuses_plaintext() {
     assert!(matches!(v.reason, Reason::PeerAuthnStrict { port: 8000, .. }), "{v:?}");
     assert!(allowed(&a, &conn().from("cluster.local/ns/default/sa/sleep")));
 }
+
+#[test]
+fn without_workload_the_config_parses_and_compiling_refuses() {
+    let cfg = AuthzConfig::parse_json(br#"{"mesh": {"trustDomain": "td.example", "rootNamespace": "mesh-root"}}"#).unwrap();
+    assert!(cfg.workload.is_none());
+    assert_eq!((cfg.mesh().trust_domain.as_str(), cfg.mesh().root_namespace.as_str()), ("td.example", "mesh-root"));
+    let e = cfg.compile(&cfg.parsed_resources().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("workload: absent"), "{e}");
+    assert!(AuthzConfig::compile_json(br#"{"resources": []}"#).is_err(), "fail closed without a workload");
+}

@@ -463,3 +463,60 @@ fn needed_headers_are_what_the_routes_read() {
     assert_eq!(needed[0], ":authority");
     assert_eq!(sidecar(REVIEWS_VS).needed_headers(), &[":authority".to_string(), "end-user".to_string()]);
 }
+
+#[test]
+fn without_workload_the_config_parses_and_compiling_names_what_is_missing() {
+    let cfg = RouterConfig::parse_json(br#"{"mesh": {"domainSuffix": "corp.internal"}, "resources": []}"#).unwrap();
+    assert!(cfg.workload.is_none());
+    assert_eq!(cfg.mesh().domain_suffix, "corp.internal");
+    assert_eq!(cfg.mesh().root_namespace, "istio-system");
+    let e = cfg.compile(&cfg.parsed_resources().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("workload: absent"), "{e}");
+    assert!(RouterConfig::parse_json(br#"{"mesh": {"trustDomian": "x"}}"#).is_err(), "misspelt mesh fields are errors");
+}
+
+#[test]
+fn gateway_ports_are_the_servers_of_the_gateways_selecting_the_proxy() {
+    let yaml = "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: a, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}
+  - {port: {number: 8080, name: http2, protocol: HTTP}, hosts: ['*']}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: b, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ['b.example.com']}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: egress, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - {port: {number: 443, name: https, protocol: HTTP}, hosts: ['*']}
+";
+    let resources = Resources { items: wasmesh_istio::load_str(yaml, "gw.yaml").unwrap() };
+    let mut wl = Workload::new("istio-ingressgateway", "istio-system");
+    wl.mode = ProxyMode::Gateway;
+    wl.labels.insert("istio".into(), "ingressgateway".into());
+    let cfg = RouterConfig {
+        workload: Some(wl),
+        mesh: None,
+        gateway_port: None,
+        cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        resources: vec![],
+    };
+    assert_eq!(cfg.gateway_ports(&resources), vec![80, 8080]);
+    assert!(cfg.compile(&resources).is_err(), "one table needs its gatewayPort");
+    for port in [80, 8080] {
+        assert!(RouterConfig { gateway_port: Some(port), ..cfg.clone() }.compile(&resources).is_ok());
+    }
+}
