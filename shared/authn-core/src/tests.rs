@@ -760,6 +760,7 @@ fn rsa_tokens_with_empty_segments_verify_over_the_rebuilt_input_as_envoy() {
 }
 
 #[test]
+#[allow(clippy::unwrap_used)]
 fn without_workload_the_config_parses_and_compiling_refuses() {
     let bytes = br#"{"mesh": {"domainSuffix": "corp"}}"#;
     let cfg = AuthnConfig::parse_json(bytes).unwrap();

@@ -1090,6 +1090,7 @@ fn tcp_peer_authentication_strict_refuses_plaintext() {
 }
 
 #[test]
+#[allow(clippy::unwrap_used)]
 fn without_workload_the_config_parses_and_compiling_refuses() {
     let cfg = AuthzConfig::parse_json(br#"{"mesh": {"trustDomain": "td.example", "rootNamespace": "mesh-root"}}"#).unwrap();
     assert!(cfg.workload.is_none());

@@ -259,6 +259,7 @@ pub fn decode_string_map(bytes: &[u8]) -> Result<BTreeMap<String, String>, Strin
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

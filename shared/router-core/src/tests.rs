@@ -465,6 +465,7 @@ fn needed_headers_are_what_the_routes_read() {
 }
 
 #[test]
+#[allow(clippy::unwrap_used)]
 fn without_workload_the_config_parses_and_compiling_names_what_is_missing() {
     let cfg = RouterConfig::parse_json(br#"{"mesh": {"domainSuffix": "corp.internal"}, "resources": []}"#).unwrap();
     assert!(cfg.workload.is_none());
@@ -476,6 +477,7 @@ fn without_workload_the_config_parses_and_compiling_names_what_is_missing() {
 }
 
 #[test]
+#[allow(clippy::unwrap_used)]
 fn gateway_ports_are_the_servers_of_the_gateways_selecting_the_proxy() {
     let yaml = "
 apiVersion: networking.istio.io/v1

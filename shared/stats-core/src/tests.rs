@@ -290,6 +290,7 @@ fn the_peer_is_handed_to_later_filters_only_when_asked() {
 }
 
 #[test]
+#[allow(clippy::unwrap_used)]
 fn without_direction_a_sidecar_serves_both_directions_and_a_gateway_reports_as_gateway() {
     let cfg = StatsConfig::parse_json(br#"{"mesh": {"trustDomain": "td"}}"#).unwrap();
     assert!(cfg.workload.is_none() && cfg.direction.is_none());
