@@ -140,6 +140,34 @@ impl Plugin {
     }
 }
 
+impl Plugin {
+    /// The same plugin as Envoy's `envoy.filters.network.wasm` (TCP roles).
+    pub fn network_filter(&self) -> Value {
+        let mut f = self.http_filter();
+        f["typed_config"]["@type"] = json!("type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm");
+        f
+    }
+}
+
+/// A TCP listener on 127.0.0.1:`port` running `plugins` as network filters, then `tcp_proxy`
+/// to `cluster`.
+pub fn tcp_listener(name: &str, port: u16, direction: Option<&str>, plugins: &[Plugin], cluster: &str) -> Value {
+    let mut filters: Vec<Value> = plugins.iter().map(Plugin::network_filter).collect();
+    filters.push(json!({
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": name, "cluster": cluster}
+    }));
+    let mut l = json!({
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": filters}],
+    });
+    if let Some(d) = direction {
+        l["traffic_direction"] = json!(d);
+    }
+    l
+}
+
 /// An HTTP listener on 127.0.0.1:`port` running `plugins`, then Envoy's router with `route`.
 /// `direction`: Envoy's `traffic_direction` (`INBOUND`/`OUTBOUND`), as istiod sets it.
 pub fn http_listener(name: &str, port: u16, direction: Option<&str>, plugins: &[Plugin], route: Value) -> Value {

@@ -396,3 +396,44 @@ spec:
         assert!(line.contains(expected), "{expected} in {line}");
     }
 }
+
+/// The TCP roles from `wasmesh.wasm` (network filters `wasmesh.authz.tcp`, `wasmesh.stats.tcp`,
+/// `wasmesh.authz.peer_address`), one configuration per role on two inbound TCP listeners.
+#[test]
+fn one_module_serves_the_tcp_roles() {
+    let app = App::new("reviews", "v1").start();
+    let (denied, allowed) = (free_port(), free_port());
+    let policy = resources_json(&format!(
+        "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-tcp-{denied}, namespace: default}}
+spec:
+  selector: {{matchLabels: {{version: v1}}}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{ports: ['{denied}']}}}}]
+"
+    ));
+    let module = wasm("wasmesh");
+    let plugins = [
+        Plugin::new("wasmesh.authz.peer_address", "wasmesh", &module, json!({"role": "peerAddress"})),
+        Plugin::new("wasmesh.stats.tcp", "wasmesh", &module, json!({"protocol": "tcp"})),
+        Plugin::new("wasmesh.authz.tcp", "wasmesh", &module, json!({"stage": "tcp", "resources": policy})),
+    ];
+    let listeners = vec![
+        wasmesh_e2e::node_identity::tcp_listener("inbound_a", denied, Some("INBOUND"), &plugins, "inbound|9080||"),
+        wasmesh_e2e::node_identity::tcp_listener("inbound_b", allowed, Some("INBOUND"), &plugins, "inbound|9080||"),
+    ];
+    let b = bootstrap(reviews("v1").node(), free_port(), listeners, vec![cluster("inbound|9080||", app.port)]);
+    let envoy = Envoy::start("tcp-one-module", &b);
+
+    assert_eq!(send(allowed, "reviews:9080", "/", &[]).status, 200, "{}", envoy.failure_summary());
+    let before = app.served();
+    let r = request(denied, "GET", "/", &[("host", "reviews:9080")], b"");
+    assert!(r.map(|r| r.status != 200).unwrap_or(true), "the DENY policy on port {denied} closes the connection");
+    assert_eq!(app.served(), before, "no byte of a denied connection reaches the app");
+    let line = wait_for_stat(&envoy, "istio_tcp_connections_opened_total", "reporter=.=destination");
+    assert!(line.contains("destination_workload=.=reviews-v1;"), "{line}");
+    assert!(envoy.log().contains(&format!("policies: AuthorizationPolicy default/no-tcp-{denied} (DENY)")), "{}", envoy.failure_summary());
+}
