@@ -13,6 +13,25 @@
 //! that share a `vm_id` and this module share one VM per worker thread: one V8 isolate instead
 //! of one per filter (about 12 MB each).
 //!
+//! ## Layout decision: one module is the artifact that ships
+//!
+//! wasmesh ships as this one module (one OCI image `wasmesh`, `plugin.wasm` inside) serving every
+//! phase, rather than one module per filter, because:
+//! - memory: every module loaded is a V8 VM on the main thread and on each worker. Measured in
+//!   Envoy 1.40, `--concurrency 1`, authn + authz + router + stats on one listener after 300
+//!   requests (`e2e/tests/node_identity.rs`): four per-filter modules with four vm_ids
+//!   188 MiB RSS, this module under one vm_id 158–161 MiB — about 28 MiB saved per Envoy with one
+//!   worker, more with more workers;
+//! - the one-pass mode (all phases in one filter, fewer host→guest callbacks) needs all the code
+//!   in one module anyway;
+//! - one image, one digest, one `sha256` to pin and roll out; phases cannot run mismatched
+//!   versions of the hand-over formats (filter state written by authn, read by authz).
+//!
+//! The cost: plugins sharing a vm_id share a VM, so a trap in one filter takes down that worker's
+//! VM for all of them (the filters deny unwrap/expect/panic for this reason, and Envoy's
+//! `FAIL_RELOAD` reloads it). The per-filter modules keep building for the existing suites and
+//! benchmarks.
+//!
 //! `plugin_root_id` is readable while the root context is being created (verified in Envoy
 //! 1.40.0: `get_property(["plugin_root_id"])` inside the SDK's root-context callback returns the
 //! plugin's `root_id`, also `plugin_name` and `plugin_vm_id`), so the choice is made there and the
