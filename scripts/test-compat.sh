@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the e2e smoke set on several Envoy versions (each from its own .venv-envoy-<minor>/, installed
-# by scripts/envoy-versions.sh) and prints the time each version took.
+# by scripts/envoy-versions.sh) and prints the time each version took: wall clock, and the CPU time of
+# the tests with every Envoy and app they started (user+sys), which does not depend on how busy the
+# machine is.
 #
 #   scripts/test-compat.sh "1.36 1.38 1.40" "router::test_name authz::other_test ..."
 #
@@ -41,16 +43,25 @@ for v in $versions; do
   full="$("$bin" --version 2>/dev/null | grep -o 'version: [^ ]*' | cut -d/ -f2)"
   echo "=== Envoy ${full:-$v} ($bin)"
   start=$(date +%s)
+  cpu=0
   ok=1
   for file in "${files[@]}"; do
+    cpu_file="$(mktemp)"
+    # `time` counts the children the tests waited for: the Envoys and apps (they are reaped by Drop).
+    exec 3>&2
     # shellcheck disable=SC2086
-    if ! ENVOY_BIN="$bin" $CARGO test -q -p wasmesh-e2e --test "$file" -- --exact ${names_of[$file]} --test-threads 2; then
+    { TIMEFORMAT='%U %S'; time ENVOY_BIN="$bin" $CARGO test -q -p wasmesh-e2e --test "$file" -- --exact ${names_of[$file]} --test-threads 2 2>&3; } 2>"$cpu_file"
+    status=$?
+    exec 3>&-
+    cpu=$(awk -v c="$cpu" '{ printf "%.1f", c + $1 + $2 }' "$cpu_file")
+    rm -f "$cpu_file"
+    if [ $status -ne 0 ]; then
       ok=0
       failed+=("Envoy ${full:-$v}: e2e/tests/$file.rs (${names_of[$file]# })")
     fi
   done
   secs=$(( $(date +%s) - start ))
-  summary+=("Envoy ${full:-$v}: $([ $ok = 1 ] && echo passed || echo FAILED) in ${secs}s")
+  summary+=("Envoy ${full:-$v}: $([ $ok = 1 ] && echo passed || echo FAILED) in ${secs}s wall, ${cpu}s CPU")
 done
 
 echo
