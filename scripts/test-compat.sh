@@ -71,6 +71,7 @@ start=$(date +%s)
 if [ "${COMPAT_JOBS:-}" = 1 ]; then
   for v in $versions; do run_version "$v" "$work/$v"; done
 else
+  echo "=== test-compat: Envoy $(sed 's/ /, /g' <<<"$versions") side by side; each one's log follows when all are done"
   pids=()
   for v in $versions; do
     run_version "$v" "$work/$v" >"$work/$v.log" 2>&1 &
