@@ -7,6 +7,7 @@ pub mod certs;
 pub mod dashboard;
 pub mod mesh;
 pub mod plugins;
+pub mod schema;
 pub mod validate;
 
 pub use bootstrap::{build, workload_from_entry, Inbound, ProxySpec};
