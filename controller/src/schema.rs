@@ -926,3 +926,106 @@ fn label_value(s: &str) -> Option<String> {
             .to_string()
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn messages(doc: &Value) -> Vec<String> {
+        check(doc).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn the_embedded_crd_file_is_the_one_its_readme_names() {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(CRDS_YAML.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "dcb43ff6b9af2f629b80b6a82597f5a91db259c757e66cc5353ac007da28351a");
+        let readme = include_str!("../crds/README.md");
+        assert!(readme.contains(&hex));
+    }
+
+    #[test]
+    fn every_kind_and_served_version_compiles_and_every_rule_parses() {
+        let kinds = kinds();
+        assert_eq!(kinds.len(), 15, "{kinds:?}");
+        let mut rules = 0;
+        for (group, kind, versions) in kinds {
+            for v in versions {
+                let entry = &crds().kinds[&(group.clone(), kind.clone())].versions[&v];
+                let compiled = Compiled::new(&entry.schema).unwrap_or_else(|e| panic!("{kind} {v}: {e}"));
+                fn count(n: &Node, rules: &mut usize) {
+                    for r in &n.rules {
+                        assert!(r.program.is_ok(), "rule `{}` does not parse: {:?}", r.source, r.program.as_ref().err());
+                        *rules += 1;
+                    }
+                    n.properties.values().for_each(|c| count(c, rules));
+                    n.items.iter().chain(n.additional.iter()).for_each(|c| count(c, rules));
+                }
+                count(&compiled.root, &mut rules);
+            }
+        }
+        assert_eq!(rules, 362, "every x-kubernetes-validations rule in the file is compiled");
+    }
+
+    #[test]
+    fn kubernetes_url_functions_follow_go_parse_request_uri() {
+        for ok in ["http://a", "https://a.b:8080/p?q", "oci://reg:5000/x/y:tag", "file:///opt/x.wasm", "/abs/path", "ftp://x"] {
+            assert!(parse_request_uri(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "reg/x:tag", ":x", "oci:x", "http://a b/", "http://a:port/", "http://[::1/"] {
+            assert!(parse_request_uri(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_request_uri("HTTPS://a/b").map(|u| u.scheme).ok().as_deref(), Some("https"));
+    }
+
+    #[test]
+    fn wasm_plugin_url_rule_accepts_registry_refs_and_refuses_other_schemes() {
+        let plugin = |url: &str| json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": {"name": "p"}, "spec": {"url": url}});
+        for ok in ["docker.io/istio/x:1", "oci://r/x@sha256:abc", "https://h/x.wasm", "file:///x.wasm", "r:5000/x"] {
+            assert!(check(&plugin(ok)).is_empty(), "{ok}: {:?}", messages(&plugin(ok)));
+        }
+        assert_eq!(messages(&plugin("ftp://x")), ["spec.url: url must have schema one of [http, https, file, oci]"]);
+    }
+
+    #[test]
+    fn null_on_a_non_nullable_field_is_pruned_as_the_api_server_does() {
+        let vs = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "r"},
+            "spec": {"hosts": ["r"], "gateways": null, "http": [{"route": [{"destination": {"host": "r"}}]}]}});
+        assert!(check(&vs).is_empty(), "{:?}", messages(&vs));
+    }
+
+    #[test]
+    fn int_or_string_and_nested_oneof_and_list_map_duplicates() {
+        // ServiceEntry ports are a list-map keyed by number (`x-kubernetes-list-type: map`) and a CEL rule.
+        let se = json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "s"},
+            "spec": {"hosts": ["a.example.com"], "ports": [{"number": 80, "name": "a"}, {"number": 80, "name": "b"}]}});
+        let m = messages(&se);
+        assert!(m.iter().any(|e| e == "spec.ports: port number cannot be duplicated"), "{m:?}");
+        // A string where an integer is declared is a type error, worded as the API server words it.
+        let se = json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "s"},
+            "spec": {"hosts": ["a.example.com"], "ports": [{"number": "80", "name": "a"}]}});
+        assert_eq!(
+            messages(&se),
+            ["spec.ports[0].number: Invalid value: \"80\": spec.ports[0].number in body must be of type integer: string"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_kind_or_version_is_named() {
+        let d = json!({"apiVersion": "security.istio.io/v1alpha1", "kind": "AuthorizationPolicy", "metadata": {"name": "a"}});
+        assert_eq!(
+            messages(&d),
+            ["apiVersion: no matches for kind \"AuthorizationPolicy\" in version \"security.istio.io/v1alpha1\": \
+              Istio 1.30.3 serves AuthorizationPolicy as security.istio.io/v1, security.istio.io/v1beta1"]
+        );
+        let d = json!({"apiVersion": "networking.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "a"}});
+        assert_eq!(
+            messages(&d),
+            ["kind: PeerAuthentication (networking.istio.io/v1) is not an Istio CRD kind (Istio's PeerAuthentication is in group security.istio.io)"]
+        );
+    }
+}

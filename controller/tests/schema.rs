@@ -1,6 +1,7 @@
 //! Istio CRD schema validation (`wasmesh_controller::schema::check`) over a corpus of Istio 1.30 YAML:
 //! valid documents from Istio's docs and reference pages are accepted, every example under
 //! `examples/` is accepted, and invalid documents are refused with Istio's message and the field path.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 
@@ -83,4 +84,52 @@ fn every_istio_document_under_examples_is_accepted() {
     }
     assert!(n > 10, "only {n} Istio documents under examples/");
     assert!(failures.is_empty(), "examples refused:{failures}");
+}
+
+#[test]
+fn invalid_documents_are_refused_with_istios_message_and_path() {
+    let mut failures = String::new();
+    let mut n = 0;
+    for file in yaml_files(&root().join("tests/schema/invalid")) {
+        for (at, doc) in docs_in(&file) {
+            n += 1;
+            let expect = doc["metadata"]["annotations"]["test.wasmesh.io/expect"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{at}: no test.wasmesh.io/expect annotation"));
+            let errors = check(&doc);
+            if !errors.iter().any(|e| e.to_string().starts_with(expect)) {
+                failures.push_str(&format!("\n{at}: expected `{expect}`, got:{}", show(&errors)));
+            }
+        }
+    }
+    assert!(n >= 30, "only {n} invalid documents");
+    assert!(failures.is_empty(), "{failures}");
+}
+
+/// Validating 10,000 resources must take seconds. Prints the time (run with `--nocapture`, or in
+/// release with `cargo test --release -p wasmeshctl --test schema -- --nocapture ten_thousand`).
+#[test]
+fn ten_thousand_documents_take_seconds() {
+    let mut corpus: Vec<Value> = Vec::new();
+    for file in yaml_files(&root().join("tests/schema/valid")) {
+        corpus.extend(docs_in(&file).into_iter().map(|(_, d)| d));
+    }
+    let docs: Vec<Value> = corpus.iter().cycle().take(10_000).cloned().collect();
+    // First use compiles each kind's validator; that is part of what a user waits for.
+    let start = std::time::Instant::now();
+    let mut errors = 0;
+    for d in &docs {
+        errors += check(d).len();
+    }
+    let elapsed = start.elapsed();
+    println!(
+        "schema::check: 10,000 documents ({} distinct, {} kinds) in {:.2} s ({:.0} µs each)",
+        corpus.len(),
+        corpus.iter().map(|d| d["kind"].as_str()).collect::<std::collections::BTreeSet<_>>().len(),
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e6 / 10_000.0
+    );
+    assert_eq!(errors, 0);
+    // Generous bound for an unoptimised build on a loaded 2-core machine; release is ~10x faster.
+    assert!(elapsed.as_secs() < 60, "10,000 documents took {elapsed:?}");
 }
