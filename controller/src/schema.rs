@@ -480,8 +480,22 @@ impl Rule {
                 "{} (the rule `{}` gave {other:?}, not a boolean, so it could not be evaluated)",
                 self.message, self.source
             )),
-            Err(e) => Some(format!("{} (the rule `{}` could not be evaluated: {e})", self.message, self.source)),
+            // The API server reports an evaluation error as `<error> evaluating rule: <message>`.
+            Err(e) => Some(format!("{} evaluating rule: {}", eval_error(&e, this), self.message)),
         }
+    }
+}
+
+/// An evaluation error, worded as Go's libraries word it where the cel crate's wording is opaque.
+fn eval_error(e: &cel::ExecutionError, this: &cel::Value) -> String {
+    let text = e.to_string();
+    match this {
+        cel::Value::String(s) if text.contains("'duration'") => format!("time: invalid duration {:?}", s.as_str()),
+        cel::Value::String(s) if text.contains("'url'") => {
+            let why = parse_request_uri(s).err().unwrap_or_default();
+            format!("parse {:?}: {why}", s.as_str())
+        }
+        _ => text,
     }
 }
 

@@ -4,7 +4,9 @@ use wasmesh_istio::{Error, Location, Resources};
 
 /// All problems in `resources`, each naming file, resource, field and value.
 pub fn validate(resources: &Resources) -> Vec<Error> {
-    let mut errors = wasmesh_router::validate(resources);
+    // istiod's admission-webhook checks for ServiceEntry, WorkloadEntry and DestinationRule.
+    let mut errors = wasmesh_istio::validate::validate_webhook(resources);
+    errors.extend(wasmesh_router::validate(resources));
     errors.extend(wasmesh_authz::peer_authentication::validate_all(resources));
     errors.extend(crate::plugins::authz::validate(resources));
     errors.extend(wasmesh_authn::validate(resources));
@@ -70,6 +72,38 @@ pub fn check_documents<'a>(docs: impl IntoIterator<Item = (&'a Location, &'a ser
     report
 }
 
+/// `wasmeshctl validate` over loaded input: Istio's CRD schema and CEL rules on every Istio document
+/// (what the API server refuses), then wasmesh's own checks on the typed resources (istiod's webhook
+/// checks and what the filters cannot do). A wasmesh error on the same field as an Istio error of the
+/// same document (or on a field inside or around it) is left out: it restates the same problem.
+/// Returns the errors and the notes (documents skipped).
+pub fn validate_input(input: &wasmesh_istio::Input) -> (Vec<Error>, Vec<String>) {
+    let schema = check_documents(input.documents.iter().map(|(at, doc)| (at, doc)));
+    let mut errors = schema.errors;
+    for e in validate(&input.resources) {
+        let restated = errors.iter().any(|s| {
+            s.location == e.location
+                && match (&s.field, &e.field) {
+                    (Some(a), Some(b)) => same_or_nested(a, b),
+                    _ => false,
+                }
+        });
+        if !restated {
+            errors.push(e);
+        }
+    }
+    (errors, schema.notes)
+}
+
+/// `a` and `b` are the same field, or one is inside the other (below `spec` itself).
+fn same_or_nested(a: &str, b: &str) -> bool {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    short == long
+        || (short.contains(['.', '['])
+            && long.starts_with(short)
+            && long[short.len()..].starts_with(['.', '[']))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -104,6 +138,15 @@ mod tests {
         assert_eq!(report.notes.len(), 2);
         assert!(report.notes[0].contains("Deployment default/web (apps/v1) skipped: not an Istio kind"), "{:?}", report.notes);
         assert!(report.notes[1].contains("Gateway API kinds are not supported yet"), "{:?}", report.notes);
+    }
+
+    #[test]
+    fn nested_fields_are_one_problem() {
+        assert!(same_or_nested("spec.http[0].timeout", "spec.http[0].timeout"));
+        assert!(same_or_nested("spec.rules[0].from[0].source", "spec.rules[0].from[0].source.principals"));
+        assert!(same_or_nested("spec.selector.matchLabels[app]", "spec.selector.matchLabels"));
+        assert!(!same_or_nested("spec", "spec.portLevelMtls"));
+        assert!(!same_or_nested("spec.http[1]", "spec.http[10]"));
     }
 
     #[test]
