@@ -140,8 +140,7 @@ pub fn check(doc: &Value) -> Vec<SchemaError> {
     for e in compiled.validator.iter_errors(&pruned) {
         errors.push(structural_error(&compiled.root, &e));
     }
-    let mut ctx = cel_context();
-    compiled.root.walk(&pruned, "", &mut ctx, &mut errors);
+    CEL_CONTEXT.with(|ctx| compiled.root.walk(&pruned, "", &mut ctx.borrow_mut(), &mut errors));
     errors.sort_by(|a, b| a.path.cmp(&b.path));
     errors.dedup();
     errors
@@ -298,6 +297,8 @@ struct Rule {
     source: String,
     message: String,
     program: Result<cel::Program, String>,
+    /// Uses `oldSelf`: a transition rule, only evaluated on update against the stored object.
+    transition: bool,
 }
 
 #[derive(Default)]
@@ -334,7 +335,8 @@ impl Node {
                 None => format!("failed rule: {source}"),
             };
             let program = cel_env().compile(source).map_err(|e| e.to_string());
-            node.rules.push(Rule { source: source.to_string(), message, program });
+            let transition = program.as_ref().is_ok_and(|p| p.references().has_variable("oldSelf"));
+            node.rules.push(Rule { source: source.to_string(), message, program, transition });
         }
         if let Some(props) = s.get("properties").and_then(Value::as_object) {
             for (name, sub) in props {
@@ -469,8 +471,8 @@ impl Rule {
             Ok(p) => p,
             Err(e) => return Some(format!("{} (the rule `{}` could not be compiled: {e})", self.message, self.source)),
         };
-        if program.references().has_variable("oldSelf") {
-            return None; // a transition rule: only evaluated on update, against the stored object
+        if self.transition {
+            return None; // only evaluated on update, against the stored object; there is none here
         }
         ctx.add_variable_from_value("self", this.clone());
         match program.execute(ctx) {
@@ -507,6 +509,11 @@ fn cel_env() -> &'static Arc<cel::Env> {
         Arc::new(env)
     });
     &ENV
+}
+
+thread_local! {
+    /// One CEL context per thread, reused by every check (`self` is rebound for each rule).
+    static CEL_CONTEXT: std::cell::RefCell<cel::Context<'static, 'static>> = std::cell::RefCell::new(cel_context());
 }
 
 /// A root context with the Kubernetes CEL library functions Istio's rules call.
