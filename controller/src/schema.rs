@@ -138,7 +138,7 @@ pub fn check(doc: &Value) -> Vec<SchemaError> {
 
     let mut errors = check_metadata(pruned.get("metadata"));
     for e in compiled.validator.iter_errors(&pruned) {
-        errors.push(structural_error(&compiled.root, &e));
+        errors.push(structural_error(compiled, &e));
     }
     CEL_CONTEXT.with(|ctx| compiled.root.walk(&pruned, "", &mut ctx.borrow_mut(), &mut errors));
     errors.sort_by(|a, b| a.path.cmp(&b.path));
@@ -206,6 +206,8 @@ fn parse_crds(yaml: &str) -> Result<Crds, String> {
 
 struct Compiled {
     validator: jsonschema::Validator,
+    /// The translated JSON Schema, to name the fields of a failed `oneOf`.
+    json_schema: Value,
     root: Node,
 }
 
@@ -225,7 +227,7 @@ impl Compiled {
             .build(&json_schema)
             .map_err(|e| e.to_string())?;
         let root = Node::new(schema)?;
-        Ok(Compiled { validator, root })
+        Ok(Compiled { validator, json_schema, root })
     }
 }
 
@@ -676,7 +678,8 @@ fn to_cel(v: &Value) -> cel::Value {
 // ---------------------------------------------------------------------------------------------
 // Structural errors, worded as the API server words them
 
-fn structural_error(root: &Node, e: &jsonschema::ValidationError<'_>) -> SchemaError {
+fn structural_error(compiled: &Compiled, e: &jsonschema::ValidationError<'_>) -> SchemaError {
+    let root = &compiled.root;
     use jsonschema::error::ValidationErrorKind as K;
     let path = pointer_to_path(root, e.instance_path().as_str());
     let instance = e.instance();
@@ -724,7 +727,8 @@ fn structural_error(root: &Node, e: &jsonschema::ValidationError<'_>) -> SchemaE
         K::MinProperties { limit } => err(path.clone(), body(format!("should have at least {limit} properties"))),
         K::Pattern { pattern } => err(path.clone(), body(format!("should match '{pattern}'"))),
         K::OneOfMultipleValid { .. } | K::OneOfNotValid { .. } | K::Not { .. } => {
-            let fields = exclusive_fields(instance);
+            let keyword = compiled.json_schema.pointer(e.schema_path().as_str());
+            let fields = exclusive_fields(keyword, instance);
             let detail = if fields.is_empty() { String::new() } else { format!(": only one of {} may be set", fields.join(", ")) };
             err(path, format!("Invalid value: \"object\": must validate one and only one schema (oneOf){detail}"))
         }
@@ -732,9 +736,31 @@ fn structural_error(root: &Node, e: &jsonschema::ValidationError<'_>) -> SchemaE
     }
 }
 
-/// The fields of an object that a protobuf `oneof` made mutually exclusive, as set in `instance`.
-fn exclusive_fields(instance: &Value) -> Vec<String> {
-    instance.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+/// The fields of `instance` that the failed `oneOf`/`not` (a protobuf `oneof`: each branch
+/// `required` one field) makes mutually exclusive.
+fn exclusive_fields(keyword: Option<&Value>, instance: &Value) -> Vec<String> {
+    fn required(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::Array(r)) = m.get("required") {
+                    out.extend(r.iter().filter_map(Value::as_str).map(str::to_string));
+                }
+                for k in ["anyOf", "oneOf", "allOf", "not"] {
+                    if let Some(sub) = m.get(k) {
+                        required(sub, out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| required(x, out)),
+            _ => {}
+        }
+    }
+    let mut names = Vec::new();
+    if let Some(k) = keyword {
+        required(k, &mut names);
+    }
+    let set: std::collections::BTreeSet<String> = names.into_iter().filter(|n| instance.get(n).is_some()).collect();
+    set.into_iter().collect()
 }
 
 fn child_path(root: &Node, path: &str, pointer: &str, field: &str) -> String {
