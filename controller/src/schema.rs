@@ -701,13 +701,20 @@ fn structural_error(compiled: &Compiled, e: &jsonschema::ValidationError<'_>) ->
             err(path, format!("Unsupported value: {shown}: supported values: {}", supported.join(", ")))
         }
         K::Type { kind } => {
-            let expected = format!("{kind:?}").to_lowercase();
-            let expected = expected
-                .trim_start_matches("single(")
-                .trim_start_matches("multiple(")
-                .trim_end_matches(')')
-                .to_string();
-            err(path.clone(), body(format!("must be of type {expected}: {}", json_type(instance))))
+            // The declared type(s), as the API server names them (a nullable field's `null` left out).
+            let debug = format!("{kind:?}").to_lowercase();
+            let mut names: Vec<&str> = ["object", "array", "string", "integer", "number", "boolean"]
+                .into_iter()
+                .filter(|t| debug.contains(t))
+                .collect();
+            if names.is_empty() {
+                names.push("null");
+            }
+            let actual = json_type(instance);
+            let field = if path.is_empty() { "<root>" } else { &path };
+            let message =
+                format!("Invalid value: {actual:?}: {field} in body must be of type {}: {actual:?}", names.join(" or "));
+            err(path.clone(), message)
         }
         K::Minimum { limit } => err(path.clone(), body(format!("should be greater than or equal to {limit}"))),
         K::Maximum { limit } => err(path.clone(), body(format!("should be less than or equal to {limit}"))),
@@ -1057,7 +1064,7 @@ mod tests {
             "spec": {"hosts": ["a.example.com"], "ports": [{"number": "80", "name": "a"}]}});
         assert_eq!(
             messages(&se),
-            ["spec.ports[0].number: Invalid value: \"80\": spec.ports[0].number in body must be of type integer: string"]
+            ["spec.ports[0].number: Invalid value: \"string\": spec.ports[0].number in body must be of type integer: \"string\""]
         );
     }
 
