@@ -99,7 +99,10 @@ pub fn check(doc: &Value) -> Vec<SchemaError> {
     let (Some(api_version), Some(kind)) = (api_version, kind) else {
         let mut errors = Vec::new();
         if api_version.is_none() {
-            errors.push(err("apiVersion", "Required value: apiVersion must be set (a string such as networking.istio.io/v1)"));
+            errors.push(err(
+                "apiVersion",
+                "Required value: apiVersion must be set (a string such as networking.istio.io/v1)",
+            ));
         }
         if kind.is_none() {
             errors.push(err("kind", "Required value: kind must be set (a string such as VirtualService)"));
@@ -129,7 +132,9 @@ pub fn check(doc: &Value) -> Vec<SchemaError> {
     };
     let compiled = match version_entry.compiled.get_or_init(|| Compiled::new(&version_entry.schema)) {
         Ok(c) => c,
-        Err(e) => return vec![err("", format!("internal error: Istio's {kind} {version} schema does not compile: {e}"))],
+        Err(e) => {
+            return vec![err("", format!("internal error: Istio's {kind} {version} schema does not compile: {e}"))]
+        }
     };
 
     // The API server prunes `null` from fields that are not nullable before it validates.
@@ -170,7 +175,8 @@ struct VersionEntry {
 }
 
 fn crds() -> &'static Crds {
-    static CRDS: LazyLock<Crds> = LazyLock::new(|| parse_crds(CRDS_YAML).unwrap_or_else(|_| Crds { kinds: BTreeMap::new() }));
+    static CRDS: LazyLock<Crds> =
+        LazyLock::new(|| parse_crds(CRDS_YAML).unwrap_or_else(|_| Crds { kinds: BTreeMap::new() }));
     &CRDS
 }
 
@@ -266,7 +272,8 @@ fn to_json_schema(s: &Value) -> Value {
             // Kubernetes validates `format: byte` as base64; the numeric formats (int32, int64,
             // double) and date-time (only under status) add nothing the API server enforces here.
             "format" if v == "byte" => {
-                let base64 = serde_json::json!({"pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"});
+                let base64 =
+                    serde_json::json!({"pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"});
                 out.insert("allOf".into(), Value::Array(vec![base64]));
             }
             // description, format, nullable, x-kubernetes-*: no JSON Schema meaning (handled here
@@ -277,7 +284,9 @@ fn to_json_schema(s: &Value) -> Value {
     if int_or_string && !out.contains_key("anyOf") {
         out.insert("anyOf".into(), serde_json::json!([{"type": "integer"}, {"type": "string"}]));
     }
-    if out.get("type").and_then(Value::as_str) == Some("object") && !preserve && !out.contains_key("additionalProperties")
+    if out.get("type").and_then(Value::as_str) == Some("object")
+        && !preserve
+        && !out.contains_key("additionalProperties")
     {
         out.insert("additionalProperties".into(), Value::Bool(false));
     }
@@ -331,7 +340,8 @@ impl Node {
             ..Node::default()
         };
         for r in s.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
-            let source = r.get("rule").and_then(Value::as_str).ok_or("an x-kubernetes-validations entry without rule")?;
+            let source =
+                r.get("rule").and_then(Value::as_str).ok_or("an x-kubernetes-validations entry without rule")?;
             let message = match r.get("message").and_then(Value::as_str) {
                 Some(m) => m.to_string(),
                 None => format!("failed rule: {source}"),
@@ -432,11 +442,8 @@ impl Node {
             Some("map") if !self.list_map_keys.is_empty() => {
                 let mut seen = HashSet::new();
                 for (i, item) in items.iter().enumerate() {
-                    let key: Map<String, Value> = self
-                        .list_map_keys
-                        .iter()
-                        .filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone())))
-                        .collect();
+                    let key: Map<String, Value> =
+                        self.list_map_keys.iter().filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone()))).collect();
                     if !seen.insert(Value::Object(key.clone()).to_string()) {
                         errors.push(err(format!("{path}[{i}]"), format!("Duplicate value: {}", Value::Object(key))));
                     }
@@ -534,9 +541,10 @@ fn cel_context() -> cel::Context<'static, 'static> {
     let _ = ctx.add_function("getHost", |This(this): This<cel::Value>| -> Result<cel::Value, cel::ExecutionError> {
         url_part(&this, "host")
     });
-    let _ = ctx.add_function("getEscapedPath", |This(this): This<cel::Value>| -> Result<cel::Value, cel::ExecutionError> {
-        url_part(&this, "path")
-    });
+    let _ = ctx
+        .add_function("getEscapedPath", |This(this): This<cel::Value>| -> Result<cel::Value, cel::ExecutionError> {
+            url_part(&this, "path")
+        });
     ctx
 }
 
@@ -684,14 +692,17 @@ fn structural_error(compiled: &Compiled, e: &jsonschema::ValidationError<'_>) ->
     let path = pointer_to_path(root, e.instance_path().as_str());
     let instance = e.instance();
     let shown = short_json(instance);
-    let body = |what: String| format!("Invalid value: {shown}: {} in body {what}", if path.is_empty() { "<root>" } else { &path });
+    let body = |what: String| {
+        format!("Invalid value: {shown}: {} in body {what}", if path.is_empty() { "<root>" } else { &path })
+    };
     match e.kind() {
         K::Required { property } => {
             let p = property.as_str().unwrap_or_default();
             err(join_field(&path, p), "Required value")
         }
         K::AdditionalProperties { unexpected } => {
-            let fields: Vec<String> = unexpected.iter().map(|f| child_path(root, &path, e.instance_path().as_str(), f)).collect();
+            let fields: Vec<String> =
+                unexpected.iter().map(|f| child_path(root, &path, e.instance_path().as_str(), f)).collect();
             let message = fields.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>().join(", ");
             err(fields.first().cloned().unwrap_or(path.clone()), message)
         }
@@ -712,8 +723,10 @@ fn structural_error(compiled: &Compiled, e: &jsonschema::ValidationError<'_>) ->
             }
             let actual = json_type(instance);
             let field = if path.is_empty() { "<root>" } else { &path };
-            let message =
-                format!("Invalid value: {actual:?}: {field} in body must be of type {}: {actual:?}", names.join(" or "));
+            let message = format!(
+                "Invalid value: {actual:?}: {field} in body must be of type {}: {actual:?}",
+                names.join(" or ")
+            );
             err(path.clone(), message)
         }
         K::Minimum { limit } => err(path.clone(), body(format!("should be greater than or equal to {limit}"))),
@@ -736,7 +749,11 @@ fn structural_error(compiled: &Compiled, e: &jsonschema::ValidationError<'_>) ->
         K::OneOfMultipleValid { .. } | K::OneOfNotValid { .. } | K::Not { .. } => {
             let keyword = compiled.json_schema.pointer(e.schema_path().as_str());
             let fields = exclusive_fields(keyword, instance);
-            let detail = if fields.is_empty() { String::new() } else { format!(": only one of {} may be set", fields.join(", ")) };
+            let detail = if fields.is_empty() {
+                String::new()
+            } else {
+                format!(": only one of {} may be set", fields.join(", "))
+            };
             err(path, format!("Invalid value: \"object\": must validate one and only one schema (oneOf){detail}"))
         }
         _ => err(path, e.to_string()),
@@ -908,7 +925,8 @@ fn check_metadata(meta: Option<&Value>) -> Vec<SchemaError> {
                     match v {
                         Value::String(s) if field == "labels" => {
                             if let Some(why) = label_value(s) {
-                                errors.push(err(format!("metadata.labels[{k}]"), format!("Invalid value: {s:?}: {why}")));
+                                errors
+                                    .push(err(format!("metadata.labels[{k}]"), format!("Invalid value: {s:?}: {why}")));
                             }
                         }
                         Value::String(_) => {}
@@ -919,7 +937,8 @@ fn check_metadata(meta: Option<&Value>) -> Vec<SchemaError> {
                     }
                 }
             }
-            Some(other) => errors.push(err(format!("metadata.{field}"), format!("Invalid value: {other}: must be a map of strings"))),
+            Some(other) => errors
+                .push(err(format!("metadata.{field}"), format!("Invalid value: {other}: must be a map of strings"))),
         }
     }
     errors
@@ -930,11 +949,8 @@ fn is_dns_label_char(c: char) -> bool {
 }
 
 fn dns1123_label(s: &str) -> Option<String> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.chars().all(is_dns_label_char)
-        && !s.starts_with('-')
-        && !s.ends_with('-');
+    let ok =
+        !s.is_empty() && s.len() <= 63 && s.chars().all(is_dns_label_char) && !s.starts_with('-') && !s.ends_with('-');
     (!ok).then(|| {
         "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start \
          and end with an alphanumeric character (e.g. 'my-name', or '123-abc'), at most 63 characters"
@@ -945,7 +961,8 @@ fn dns1123_label(s: &str) -> Option<String> {
 fn dns1123_subdomain(s: &str) -> Option<String> {
     let ok = !s.is_empty()
         && s.len() <= 253
-        && s.split('.').all(|l| !l.is_empty() && l.chars().all(is_dns_label_char) && !l.starts_with('-') && !l.ends_with('-'));
+        && s.split('.')
+            .all(|l| !l.is_empty() && l.chars().all(is_dns_label_char) && !l.starts_with('-') && !l.ends_with('-'));
     (!ok).then(|| {
         "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must \
          start and end with an alphanumeric character (e.g. 'example.com'), at most 253 characters"
@@ -1012,7 +1029,12 @@ mod tests {
                 let compiled = Compiled::new(&entry.schema).unwrap_or_else(|e| panic!("{kind} {v}: {e}"));
                 fn count(n: &Node, rules: &mut usize) {
                     for r in &n.rules {
-                        assert!(r.program.is_ok(), "rule `{}` does not parse: {:?}", r.source, r.program.as_ref().err());
+                        assert!(
+                            r.program.is_ok(),
+                            "rule `{}` does not parse: {:?}",
+                            r.source,
+                            r.program.as_ref().err()
+                        );
                         *rules += 1;
                     }
                     n.properties.values().for_each(|c| count(c, rules));
@@ -1026,7 +1048,9 @@ mod tests {
 
     #[test]
     fn kubernetes_url_functions_follow_go_parse_request_uri() {
-        for ok in ["http://a", "https://a.b:8080/p?q", "oci://reg:5000/x/y:tag", "file:///opt/x.wasm", "/abs/path", "ftp://x"] {
+        for ok in
+            ["http://a", "https://a.b:8080/p?q", "oci://reg:5000/x/y:tag", "file:///opt/x.wasm", "/abs/path", "ftp://x"]
+        {
             assert!(parse_request_uri(ok).is_ok(), "{ok}");
         }
         for bad in ["", "a/b", "reg/x:tag", ":x", "oci:x", "http://a b/", "http://a:port/", "http://[::1/"] {
@@ -1037,8 +1061,10 @@ mod tests {
 
     #[test]
     fn wasm_plugin_url_rule_accepts_registry_refs_and_refuses_other_schemes() {
-        let plugin = |url: &str| json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
-            "metadata": {"name": "p"}, "spec": {"url": url}});
+        let plugin = |url: &str| {
+            json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": {"name": "p"}, "spec": {"url": url}})
+        };
         for ok in ["docker.io/istio/x:1", "oci://r/x@sha256:abc", "https://h/x.wasm", "file:///x.wasm", "r:5000/x"] {
             assert!(check(&plugin(ok)).is_empty(), "{ok}: {:?}", messages(&plugin(ok)));
         }
@@ -1076,7 +1102,8 @@ mod tests {
             ["apiVersion: no matches for kind \"AuthorizationPolicy\" in version \"security.istio.io/v1alpha1\": \
               Istio 1.30.3 serves AuthorizationPolicy as security.istio.io/v1, security.istio.io/v1beta1"]
         );
-        let d = json!({"apiVersion": "networking.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "a"}});
+        let d =
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "a"}});
         assert_eq!(
             messages(&d),
             ["kind: PeerAuthentication (networking.istio.io/v1) is not an Istio CRD kind (Istio's PeerAuthentication is in group security.istio.io)"]

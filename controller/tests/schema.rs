@@ -58,8 +58,18 @@ fn istio_docs_examples_are_accepted() {
     }
     assert!(failures.is_empty(), "valid Istio documents refused:{failures}");
     for kind in [
-        "VirtualService", "DestinationRule", "Gateway", "ServiceEntry", "WorkloadEntry", "AuthorizationPolicy",
-        "RequestAuthentication", "PeerAuthentication", "Telemetry", "WasmPlugin", "TrafficExtension", "EnvoyFilter",
+        "VirtualService",
+        "DestinationRule",
+        "Gateway",
+        "ServiceEntry",
+        "WorkloadEntry",
+        "AuthorizationPolicy",
+        "RequestAuthentication",
+        "PeerAuthentication",
+        "Telemetry",
+        "WasmPlugin",
+        "TrafficExtension",
+        "EnvoyFilter",
     ] {
         assert!(kinds.contains(kind), "the valid corpus has no {kind}");
     }

@@ -140,7 +140,11 @@ pub fn validate_ip_subnet(subnet: &str) -> Result<(), String> {
             Ok(IpAddr::V6(_)) => bits.parse::<u8>().is_ok_and(|b| b <= 128),
             Err(_) => false,
         };
-        return if ok && !bits.starts_with('+') { Ok(()) } else { Err(format!("{subnet:?} is not a valid CIDR block")) };
+        return if ok && !bits.starts_with('+') {
+            Ok(())
+        } else {
+            Err(format!("{subnet:?} is not a valid CIDR block"))
+        };
     }
     subnet.parse::<IpAddr>().map(|_| ()).map_err(|_| format!("{subnet:?} is not a valid IP"))
 }
@@ -193,7 +197,12 @@ fn is_label_value(v: &str) -> bool {
 }
 
 /// `validateExportTo`: `.`, `*`, a namespace, or `~` (ServiceEntry only); no duplicates; `*` alone.
-fn validate_export_to(namespace: &str, export_to: &[String], is_service_entry: bool, dr_with_selector: bool) -> Vec<String> {
+fn validate_export_to(
+    namespace: &str,
+    export_to: &[String],
+    is_service_entry: bool,
+    dr_with_selector: bool,
+) -> Vec<String> {
     let mut errs = Vec::new();
     let mut set = BTreeSet::new();
     for e in export_to {
@@ -246,7 +255,10 @@ pub fn validate_service_entry(res: &Resource, se: &ServiceEntry) -> Vec<Error> {
     if let Some(sel) = &se.workload_selector {
         for (k, v) in &sel.labels {
             if k.is_empty() {
-                e("spec.workloadSelector.labels".into(), format!("empty key is not supported in selector: \"{k}={v}\""));
+                e(
+                    "spec.workloadSelector.labels".into(),
+                    format!("empty key is not supported in selector: \"{k}={v}\""),
+                );
             }
         }
         if !se.endpoints.is_empty() {
@@ -324,7 +336,10 @@ pub fn validate_service_entry(res: &Resource, se: &ServiceEntry) -> Vec<Error> {
                 }
             }
             if resolution == "DNS_ROUND_ROBIN" && se.endpoints.len() > 1 {
-                e("spec.endpoints".into(), format!("there must only be 0 or 1 endpoint for resolution mode {resolution}"));
+                e(
+                    "spec.endpoints".into(),
+                    format!("there must only be 0 or 1 endpoint for resolution mode {resolution}"),
+                );
             }
             for (i, ep) in se.endpoints.iter().enumerate() {
                 if !is_ip(&ep.address) && validate_fqdn(&ep.address).is_err() {
@@ -381,7 +396,11 @@ pub fn validate_workload_entry(res: &Resource, we: &WorkloadEntry) -> Vec<Error>
 
 /// `validateWorkloadEntry`: `(field under the entry, message)`. `service_ports` are the port names of
 /// the ServiceEntry the endpoint belongs to; `allow_fqdn` is false for STATIC endpoints.
-fn workload_entry_errors(we: &WorkloadEntry, service_ports: Option<&BTreeSet<&str>>, allow_fqdn: bool) -> Vec<(String, String)> {
+fn workload_entry_errors(
+    we: &WorkloadEntry,
+    service_ports: Option<&BTreeSet<&str>>,
+    allow_fqdn: bool,
+) -> Vec<(String, String)> {
     let mut errs = Vec::new();
     let addr = we.address.as_str();
     if addr.is_empty() && we.network.is_empty() {
@@ -460,7 +479,10 @@ pub fn validate_destination_rule(res: &Resource, dr: &DestinationRule) -> Vec<Er
     if let Some(sel) = &dr.workload_selector {
         for (k, v) in &sel.match_labels {
             if k.is_empty() {
-                out.push(("spec.workloadSelector.matchLabels".into(), format!("empty key is not supported in selector: \"{k}={v}\"")));
+                out.push((
+                    "spec.workloadSelector.matchLabels".into(),
+                    format!("empty key is not supported in selector: \"{k}={v}\""),
+                ));
             }
         }
     }
@@ -486,7 +508,9 @@ fn duration(at: String, v: &Value, key: &str, out: &mut Vec<(String, String)>) {
     match crate::parse_duration(text) {
         Err(m) => out.push((at, m)),
         Ok(d) if d.as_millis() < 1 => out.push((at, "duration must be greater than 1ms".into())),
-        Ok(d) if d.subsec_nanos() % 1_000_000 != 0 => out.push((at, "only durations to ms precision are supported".into())),
+        Ok(d) if d.subsec_nanos() % 1_000_000 != 0 => {
+            out.push((at, "only durations to ms precision are supported".into()))
+        }
         Ok(_) => {}
     }
 }
@@ -535,7 +559,10 @@ fn traffic_policy(at: &str, tp: &Value, out: &mut Vec<(String, String)>) {
         let host = t.get("targetHost").and_then(Value::as_str).unwrap_or("");
         if let Err(f) = validate_fqdn(host) {
             if !is_ip(host) {
-                out.push((format!("{at}.targetHost"), format!("tunnel target host must be valid FQDN or IP address: {f}")));
+                out.push((
+                    format!("{at}.targetHost"),
+                    format!("tunnel target host must be valid FQDN or IP address: {f}"),
+                ));
             }
         }
         if let Err(m) = validate_port(int(t, "targetPort").unwrap_or(0)) {
@@ -714,7 +741,10 @@ fn client_tls(at: &str, tls: &Value, out: &mut Vec<(String, String)>) {
             ));
         }
         if mode == "MUTUAL" && (!s("caCertificates").is_empty() || sans) {
-            out.push((at.into(), "cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify is set true".into()));
+            out.push((
+                at.into(),
+                "cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify is set true".into(),
+            ));
         }
     }
     if (mode == "SIMPLE" || mode == "MUTUAL") && !s("credentialName").is_empty() {
@@ -743,7 +773,10 @@ mod tests {
 
     fn errors(yaml: &str) -> Vec<String> {
         let items = crate::load_str(yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
-        validate_webhook(&Resources { items }).iter().map(|e| format!("{}: {}", e.field.as_deref().unwrap_or(""), e.message)).collect()
+        validate_webhook(&Resources { items })
+            .iter()
+            .map(|e| format!("{}: {}", e.field.as_deref().unwrap_or(""), e.message))
+            .collect()
     }
 
     fn se(spec: &str) -> Vec<String> {
@@ -812,13 +845,26 @@ mod tests {
     fn workload_entries() {
         assert_eq!(we("  address: 2.2.2.2\n  labels: {app: details-legacy, instance-id: vm1}\n  serviceAccount: details-legacy\n"), Vec::<String>::new());
         assert_eq!(we("  address: vm2.vpc01.corp.net\n  ports: {http: 9080}\n"), Vec::<String>::new());
-        assert_eq!(we("  network: remote\n"), Vec::<String>::new(), "an address-less entry on a network is allowed (istiod warns)");
-        assert_eq!(we("  address: 'not an address'\n"), ["spec.address: endpoint address \"not an address\" is not a valid FQDN or an IP address"]);
-        assert_eq!(we("  address: unix:///sock\n  ports: {http: 80}\n"), ["spec.ports: unix endpoint unix:///sock must not include ports"]);
-        assert_eq!(we("  address: 1.2.3.4\n  ports: {HTTP_x: 0}\n"), [
-            "spec.ports[HTTP_x]: invalid port name: HTTP_x",
-            "spec.ports[HTTP_x]: port number 0 must be in the range 1..65535"
-        ]);
+        assert_eq!(
+            we("  network: remote\n"),
+            Vec::<String>::new(),
+            "an address-less entry on a network is allowed (istiod warns)"
+        );
+        assert_eq!(
+            we("  address: 'not an address'\n"),
+            ["spec.address: endpoint address \"not an address\" is not a valid FQDN or an IP address"]
+        );
+        assert_eq!(
+            we("  address: unix:///sock\n  ports: {http: 80}\n"),
+            ["spec.ports: unix endpoint unix:///sock must not include ports"]
+        );
+        assert_eq!(
+            we("  address: 1.2.3.4\n  ports: {HTTP_x: 0}\n"),
+            [
+                "spec.ports[HTTP_x]: invalid port name: HTTP_x",
+                "spec.ports[HTTP_x]: port number 0 must be in the range 1..65535"
+            ]
+        );
         assert_eq!(we("  address: 1.2.3.4\n  labels: {app: 'a b'}\n"), ["spec.labels: invalid tag value: \"a b\""]);
     }
 
@@ -861,7 +907,8 @@ mod tests {
 
     #[test]
     fn host_grammar() {
-        for ok in ["reviews", "reviews.default.svc.cluster.local", "*.example.com", "*", "*-x.example.com", "istio.io."] {
+        for ok in ["reviews", "reviews.default.svc.cluster.local", "*.example.com", "*", "*-x.example.com", "istio.io."]
+        {
             assert!(validate_wildcard_domain(ok).is_ok(), "{ok}");
         }
         for bad in ["", "a..b", "-a.com", "a.1", "foo.*.com", "a_b"] {
