@@ -9,6 +9,7 @@ pub mod image;
 pub mod input;
 pub mod mesh;
 pub mod plugins;
+pub mod schema;
 pub mod validate;
 
 pub use bootstrap::{build, workload_from_entry, Inbound, ProxySpec};

@@ -253,7 +253,11 @@ fn mesh_config(file: Option<&Path>) -> Result<MeshConfig, String> {
 
 fn cmd_validate(args: ValidateArgs) -> Result<(), String> {
     let input = args.input.load()?;
-    let errors = validate::validate(&input.resources);
+    // Istio's CRD schemas and CEL rules (what the API server refuses), then what wasmesh refuses.
+    let (errors, notes) = validate::validate_input(&input);
+    for note in &notes {
+        eprintln!("note: {note}");
+    }
     if !errors.is_empty() {
         return Err(report(&errors));
     }
