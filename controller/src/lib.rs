@@ -8,6 +8,7 @@ pub mod dashboard;
 pub mod mesh;
 pub mod plugins;
 pub mod validate;
+pub mod xds;
 
 pub use bootstrap::{build, workload_from_entry, Inbound, ProxySpec};
 pub use mesh::MeshConfig;
