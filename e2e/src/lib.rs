@@ -16,6 +16,7 @@ pub mod mesh;
 pub mod mtls;
 pub mod paths;
 pub mod stats;
+pub mod xds;
 
 pub use app::{App, AppHandle, Call};
 pub use envoy::Envoy;

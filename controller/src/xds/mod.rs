@@ -318,11 +318,27 @@ pub fn node_spec_from_metadata(metadata: &Value) -> Result<NodeSpec, String> {
     serde_json::from_str(text).map_err(|e| format!("node metadata {NODE_SPEC_KEY}: {e}"))
 }
 
-/// A line on stderr with the UTC time, for the operator running `serve`.
+/// A line on stderr with the UTC time, for the operator running `serve`; the last lines are also
+/// kept in memory ([`recent_log`]).
 pub fn log(message: impl std::fmt::Display) {
     let now = time::OffsetDateTime::now_utc();
     let (h, m, s, ms) = (now.hour(), now.minute(), now.second(), now.millisecond());
-    eprintln!("{h:02}:{m:02}:{s:02}.{ms:03} wasmeshctl serve: {message}");
+    let line = format!("{h:02}:{m:02}:{s:02}.{ms:03} wasmeshctl serve: {message}");
+    eprintln!("{line}");
+    if let Ok(mut recent) = RECENT.lock() {
+        if recent.len() >= RECENT_LINES {
+            recent.pop_front();
+        }
+        recent.push_back(line);
+    }
+}
+
+const RECENT_LINES: usize = 2000;
+static RECENT: std::sync::Mutex<std::collections::VecDeque<String>> = std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// The last lines [`log`] wrote in this process (for a host embedding the server, and tests).
+pub fn recent_log() -> Vec<String> {
+    RECENT.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
 }
 
 #[cfg(test)]
