@@ -310,6 +310,46 @@ pub fn xds_bootstrap(node: &NodeSpec, resources: &Resources, xds: &str) -> Resul
     Ok(boot)
 }
 
+/// `wasmeshctl serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// The directory of Istio YAML (every *.yaml) to keep the Envoys in step with.
+    #[arg(long, value_name = "DIR")]
+    pub watch: PathBuf,
+
+    /// Where the xDS (gRPC ADS) server listens; `wasmeshctl envoy --xds` points Envoys here.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15010")]
+    pub listen: std::net::SocketAddr,
+
+    /// Also serve the built .wasm modules over HTTP here (GET /wasm/ lists them, GET /wasm/NAME.wasm
+    /// returns one with its sha256 in `x-wasm-sha256`), for the remote-code EnvoyFilter.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+
+    /// Where the wasm modules are (for --http). Default: as `wasmeshctl envoy --wasm-dir`.
+    #[arg(long, value_name = "DIR", env = "WASMESH_WASM_DIR")]
+    pub wasm_dir: Option<PathBuf>,
+
+    /// How often the directory is polled, in milliseconds (a change applies once two polls agree).
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    pub poll_ms: u64,
+}
+
+/// `wasmeshctl serve`: runs until stopped. `wasm_dir` is the resolved `--wasm-dir`.
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let watch = std::path::absolute(&args.watch).map_err(|e| format!("--watch {}: {e}", args.watch.display()))?;
+    if !watch.is_dir() {
+        return Err(format!("--watch {}: not a directory", watch.display()));
+    }
+    serve(&ServeOptions {
+        watch,
+        listen: args.listen,
+        http: args.http,
+        wasm_dir: args.wasm_dir.unwrap_or_default(),
+        poll: std::time::Duration::from_millis(args.poll_ms.max(10)),
+    })
+}
+
 /// The [`NodeSpec`] in an Envoy node's metadata, as the server receives it.
 pub fn node_spec_from_metadata(metadata: &Value) -> Result<NodeSpec, String> {
     let text = metadata.get(NODE_SPEC_KEY).and_then(Value::as_str).ok_or(format!(
