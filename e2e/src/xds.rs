@@ -2,6 +2,8 @@
 //! in this process through the controller library), Envoys from `wasmeshctl envoy --xds`
 //! bootstraps, and traffic loops that record every answer with its time, so a test can check that
 //! no request failed and measure when a change took effect.
+// A harness fails its test by panicking with what went wrong, as the rest of this crate does.
+#![allow(clippy::panic)]
 
 use crate::paths::TempDir;
 use serde_json::Value;

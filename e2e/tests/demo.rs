@@ -24,6 +24,6 @@ fn demo_mesh_smoke() {
     // edit of the VirtualService moves the traffic of the running Envoys.
     assert!(text.contains("Live: `wasmeshctl serve --watch "), "{text}");
     assert!(text.contains("--role sidecar") && text.contains(" --xds 127.0.0.1:"), "{text}");
-    let live = text.lines().find(|l| l.starts_with("Live update:")).unwrap_or_else(|| panic!("no live update: {text}"));
-    assert!(live.contains("GET /productpage 200 productpage -> reviews v1 after "), "{live}");
+    let live = text.lines().find(|l| l.starts_with("Live update:")).unwrap_or_default();
+    assert!(live.contains("GET /productpage 200 productpage -> reviews v1 after "), "no live update: {text}");
 }

@@ -218,3 +218,25 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
     drop(again);
     drop((v1, v2, sleep_envoy));
 }
+
+/// `serve --http`: the built modules with their sha256 (checked with coreutils' sha256sum), a
+/// listing, and nothing outside the module directory.
+#[test]
+fn serve_hands_out_the_wasm_modules_with_their_sha256() {
+    let live = Live::start(&[("mesh.yaml", &mesh(1, 2))]);
+    let port = live.server.http_addr.map(|a| a.port()).unwrap_or_default();
+    let file = wasmesh_e2e::paths::wasm("authz");
+    let sum = std::process::Command::new("sha256sum").arg(&file).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+    let sum = sum.unwrap_or_default().split_whitespace().next().unwrap_or_default().to_string();
+    assert_eq!(sum.len(), 64, "sha256sum of {}", file.display());
+    let r = wasmesh_e2e::http::get(port, "localhost", "/wasm/authz.wasm", &[]);
+    assert_eq!((r.status, r.header("x-wasm-sha256"), r.header("content-type")), (200, Some(sum.as_str()), Some("application/wasm")));
+    assert_eq!(r.body, std::fs::read(&file).unwrap_or_default());
+    let list = wasmesh_e2e::http::get(port, "localhost", "/wasm/", &[]).json();
+    let authz = list["modules"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "authz.wasm")).cloned().unwrap_or_default();
+    assert_eq!(authz["sha256"], sum.as_str(), "{list}");
+    for bad in ["/wasm/../Cargo.toml", "/wasm/..%2fauthz.wasm", "/wasm/nope.wasm", "/other"] {
+        assert_eq!(wasmesh_e2e::http::get(port, "localhost", bad, &[]).status, 404, "{bad}");
+    }
+    assert_eq!(wasmesh_e2e::request(port, "POST", "/wasm/authz.wasm", &[], b"x").map(|r| r.status).unwrap_or(0), 405);
+}

@@ -271,7 +271,7 @@ impl Stream {
                         return Ok(());
                     }
                     Err(status) => {
-                        log(format!("{}: stream ended: {}", self.node_id, status.message()));
+                        log(format!("{}: disconnected ({})", self.node_id, status.message()));
                         return Ok(());
                     }
                 },

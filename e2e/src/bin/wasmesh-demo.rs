@@ -159,7 +159,7 @@ fn main() {
     let server = mesh.server().map(|s| s.xds_addr.to_string()).unwrap_or_default();
     let vs = dir.join("virtual-services.yaml");
     println!("\nLive: `wasmeshctl serve --watch {}` (in this process, xDS on {server}) feeds every Envoy", dir.display());
-    println!("  edit {} and the traffic moves within ~1 s, without restarting an Envoy;", vs.display());
+    println!("  edit {} and the traffic moves within ~2 s, without restarting an Envoy;", vs.display());
     println!("  invalid YAML is refused (the error is printed here) and the mesh keeps its last good configuration.");
     println!("  e.g. send everyone to reviews v1:  sed -i 's/subset: v3}}/subset: v1}}/' {}", vs.display());
     if smoke {
