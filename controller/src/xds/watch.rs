@@ -17,9 +17,10 @@ pub struct Snapshot {
     pub resources: Resources,
 }
 
-/// Loads and validates the YAML of `dir` (every `*.yaml`/`*.yml`, as `-f DIR`).
+/// Loads and validates `dir` as `-f DIR` does (every `*.yaml`, `*.yml`, `*.json`; kinds wasmesh
+/// does not read are skipped, a resource given twice is an error).
 pub fn load(dir: &Path) -> Result<Resources, Vec<Error>> {
-    let resources = wasmesh_istio::load_dir_or_files(&[dir]).map_err(|e| vec![e])?;
+    let resources = crate::input::InputArgs::files([dir]).read().map_err(|failure| failure.errors)?.resources;
     let errors = crate::validate::validate(&resources);
     if errors.is_empty() {
         Ok(resources)
@@ -35,7 +36,7 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
         .flatten()
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
         .map(|p| {
             let meta = std::fs::metadata(&p).ok();
             let len = meta.as_ref().map(|m| m.len()).unwrap_or(0);
