@@ -18,7 +18,8 @@ fn main() {
         Ok(o) => fail(&format!("cargo metadata failed: {}", String::from_utf8_lossy(&o.stderr))),
         Err(e) => fail(&format!("cannot run cargo metadata: {e}")),
     };
-    let meta: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|e| fail(&format!("cargo metadata: {e}")));
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out).unwrap_or_else(|e| fail(&format!("cargo metadata: {e}")));
     let pkg = meta["packages"]
         .as_array()
         .and_then(|ps| ps.iter().find(|p| p["name"] == "envoy-types"))

@@ -61,7 +61,11 @@ impl Live {
     pub fn wait_generation(&self, g: u64, limit: Duration) {
         let start = Instant::now();
         while self.server.generation() < g {
-            assert!(start.elapsed() < limit, "generation {g} not accepted after {limit:?}; at {}", self.server.generation());
+            assert!(
+                start.elapsed() < limit,
+                "generation {g} not accepted after {limit:?}; at {}",
+                self.server.generation()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -169,5 +173,6 @@ pub fn median_max(values: &[Duration]) -> (Duration, Duration) {
 /// Envoy's uptime in seconds from `/server_info`.
 pub fn uptime(envoy: &crate::Envoy) -> u64 {
     let info: Value = serde_json::from_str(&envoy.admin("/server_info")).unwrap_or(Value::Null);
-    info["uptime_current_epoch"].as_str().and_then(|s| s.trim_end_matches('s').parse::<f64>().ok()).unwrap_or(0.0) as u64
+    info["uptime_current_epoch"].as_str().and_then(|s| s.trim_end_matches('s').parse::<f64>().ok()).unwrap_or(0.0)
+        as u64
 }

@@ -9,9 +9,9 @@
 //!   route that names it).
 
 use std::time::{Duration, Instant};
+use wasmesh_controller::xds::InboundPort;
 use wasmesh_e2e::xds::{median_max, node, uptime, Live, Sample, Traffic};
 use wasmesh_e2e::{free_port, App, Envoy};
-use wasmesh_controller::xds::InboundPort;
 
 fn mesh(v1_sidecar: u16, v2_app: u16) -> String {
     format!(
@@ -170,13 +170,20 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
         assert!(ok, "authz traffic: unexpected answer {:?}", s.outcome);
     }
     for s in &route_samples {
-        assert!(matches!(upstream(s), Some("reviews-v1" | "reviews-v2")), "route traffic: unexpected answer {:?}", s.outcome);
+        assert!(
+            matches!(upstream(s), Some("reviews-v1" | "reviews-v2")),
+            "route traffic: unexpected answer {:?}",
+            s.outcome
+        );
     }
 
     // ECDS as Envoy holds it: the policy is in the authz slot's configuration.
     let dump = reviews_envoy.admin("/config_dump");
     assert!(dump.contains("type.googleapis.com/envoy.admin.v3.EcdsConfigDump"), "no ECDS in the config dump");
-    assert!(dump.contains(&format!("inbound_{inbound}/wasmesh.authz")) && dump.contains("deny-path"), "authz slot config missing");
+    assert!(
+        dump.contains(&format!("inbound_{inbound}/wasmesh.authz")) && dump.contains("deny-path"),
+        "authz slot config missing"
+    );
     let cds = sleep_envoy.admin("/config_dump?resource=dynamic_active_clusters");
     assert!(cds.contains("outbound|9080|v2|reviews.default.svc.cluster.local"), "CDS clusters missing");
     assert!(!cds.contains("outbound|9080|canary|"), "the removed subset's cluster is gone");
@@ -226,14 +233,24 @@ fn serve_hands_out_the_wasm_modules_with_their_sha256() {
     let live = Live::start(&[("mesh.yaml", &mesh(1, 2))]);
     let port = live.server.http_addr.map(|a| a.port()).unwrap_or_default();
     let file = wasmesh_e2e::paths::wasm("authz");
-    let sum = std::process::Command::new("sha256sum").arg(&file).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+    let sum = std::process::Command::new("sha256sum")
+        .arg(&file)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string());
     let sum = sum.unwrap_or_default().split_whitespace().next().unwrap_or_default().to_string();
     assert_eq!(sum.len(), 64, "sha256sum of {}", file.display());
     let r = wasmesh_e2e::http::get(port, "localhost", "/wasm/authz.wasm", &[]);
-    assert_eq!((r.status, r.header("x-wasm-sha256"), r.header("content-type")), (200, Some(sum.as_str()), Some("application/wasm")));
+    assert_eq!(
+        (r.status, r.header("x-wasm-sha256"), r.header("content-type")),
+        (200, Some(sum.as_str()), Some("application/wasm"))
+    );
     assert_eq!(r.body, std::fs::read(&file).unwrap_or_default());
     let list = wasmesh_e2e::http::get(port, "localhost", "/wasm/", &[]).json();
-    let authz = list["modules"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "authz.wasm")).cloned().unwrap_or_default();
+    let authz = list["modules"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "authz.wasm"))
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(authz["sha256"], sum.as_str(), "{list}");
     for bad in ["/wasm/../Cargo.toml", "/wasm/..%2fauthz.wasm", "/wasm/nope.wasm", "/other"] {
         assert_eq!(wasmesh_e2e::http::get(port, "localhost", bad, &[]).status, 404, "{bad}");

@@ -88,7 +88,8 @@ fn route(path: &str, dir: &Path) -> Reply {
                 modules.push(json!({"name": name, "size": bytes.len(), "sha256": sha256_hex(&bytes), "path": format!("/wasm/{name}")}));
             }
         }
-        let body = serde_json::to_vec_pretty(&json!({"directory": dir.display().to_string(), "modules": modules})).unwrap_or_default();
+        let body = serde_json::to_vec_pretty(&json!({"directory": dir.display().to_string(), "modules": modules}))
+            .unwrap_or_default();
         return Reply { status: "200 OK", headers: vec![("content-type", "application/json".into())], body };
     }
     let Some(name) = path.strip_prefix("/wasm/") else {
@@ -102,7 +103,11 @@ fn route(path: &str, dir: &Path) -> Reply {
             let sha = sha256_hex(&bytes);
             Reply {
                 status: "200 OK",
-                headers: vec![("content-type", "application/wasm".into()), ("x-wasm-sha256", sha.clone()), ("etag", format!("\"sha256:{sha}\""))],
+                headers: vec![
+                    ("content-type", "application/wasm".into()),
+                    ("x-wasm-sha256", sha.clone()),
+                    ("etag", format!("\"sha256:{sha}\"")),
+                ],
                 body: bytes,
             }
         }

@@ -116,7 +116,8 @@ impl NodeSpec {
         let mesh = match &self.mesh_config {
             Some(file) => {
                 let name = file.display().to_string();
-                let text = std::fs::read_to_string(file).map_err(|e| vec![Error::new(format!("mesh config {name}: {e}"))])?;
+                let text =
+                    std::fs::read_to_string(file).map_err(|e| vec![Error::new(format!("mesh config {name}: {e}"))])?;
                 MeshConfig::load(&text, &name).map_err(|e| vec![e])?
             }
             None => MeshConfig::default(),
@@ -153,7 +154,11 @@ impl NodeSpec {
             inbound: spec.inbound.iter().map(|i| InboundPort { port: i.port, app_port: i.app_port }).collect(),
             outbound_port: spec.outbound_port,
             tcp_outbound: spec.tcp_outbound.iter().map(|t| format!("{}={}:{}", t.bind_port, t.host, t.port)).collect(),
-            gateway_ports: spec.gateway_ports.iter().map(|(port, bind)| GatewayPort { port: *port, bind: *bind }).collect(),
+            gateway_ports: spec
+                .gateway_ports
+                .iter()
+                .map(|(port, bind)| GatewayPort { port: *port, bind: *bind })
+                .collect(),
             admin_port: spec.admin_port,
             wasm_dir: abs(&spec.wasm_dir),
             mesh_config: mesh_config.as_ref().map(abs),
@@ -218,7 +223,8 @@ pub fn split(mut boot: Value) -> ProxyResources {
             out.clusters.insert(name.to_string(), c.clone());
         }
     }
-    for mut listener in listeners.and_then(|l| if let Value::Array(a) = l { Some(a) } else { None }).unwrap_or_default() {
+    for mut listener in listeners.and_then(|l| if let Value::Array(a) = l { Some(a) } else { None }).unwrap_or_default()
+    {
         let lname = listener.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
         let chains = listener.get_mut("filter_chains").and_then(Value::as_array_mut);
         for (ci, chain) in chains.into_iter().flatten().enumerate() {
@@ -374,7 +380,8 @@ pub fn log(message: impl std::fmt::Display) {
 }
 
 const RECENT_LINES: usize = 2000;
-static RECENT: std::sync::Mutex<std::collections::VecDeque<String>> = std::sync::Mutex::new(std::collections::VecDeque::new());
+static RECENT: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
 
 /// The last lines [`log`] wrote in this process (for a host embedding the server, and tests).
 pub fn recent_log() -> Vec<String> {

@@ -130,7 +130,14 @@ impl Server {
             opts.watch.display(),
             http_addr.map(|a| format!("; wasm modules on http://{a}/wasm/")).unwrap_or_default()
         ));
-        Ok(Server { xds_addr, http_addr, snapshots: rx, stop, shutdown: Some(shutdown), threads: vec![serve_thread, watch_thread] })
+        Ok(Server {
+            xds_addr,
+            http_addr,
+            snapshots: rx,
+            stop,
+            shutdown: Some(shutdown),
+            threads: vec![serve_thread, watch_thread],
+        })
     }
 
     /// The generation being served (1 at start, +1 per accepted change).
@@ -291,13 +298,16 @@ impl Stream {
     /// Builds this proxy's resources from `snap`; errors are logged and the last good stays.
     fn rebuild(&mut self, snap: &Snapshot) -> bool {
         let Some(node) = &self.node else { return false };
-        let built = super::build(node, &snap.resources).map_err(|errors| {
-            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()
-        });
+        let built = super::build(node, &snap.resources)
+            .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>());
         let encoded = built.and_then(|pr| {
-            let enc = |type_url: &str, m: &BTreeMap<String, serde_json::Value>| -> Result<BTreeMap<String, Any>, Vec<String>> {
+            let enc = |type_url: &str,
+                       m: &BTreeMap<String, serde_json::Value>|
+             -> Result<BTreeMap<String, Any>, Vec<String>> {
                 m.iter()
-                    .map(|(name, json)| to_any(type_url, json).map(|a| (name.clone(), a)).map_err(|e| vec![format!("{name}: {e}")]))
+                    .map(|(name, json)| {
+                        to_any(type_url, json).map(|a| (name.clone(), a)).map_err(|e| vec![format!("{name}: {e}")])
+                    })
                     .collect()
             };
             Ok(Encoded {
@@ -341,7 +351,8 @@ impl Stream {
 
     async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), Status> {
         if self.node.is_none() {
-            let node = req.node.as_ref().ok_or_else(|| Status::invalid_argument("the first request carries no node"))?;
+            let node =
+                req.node.as_ref().ok_or_else(|| Status::invalid_argument("the first request carries no node"))?;
             self.node_id = node.id.clone();
             let meta = node.metadata.as_ref().map(struct_to_json).unwrap_or_default();
             let spec = node_spec_from_metadata(&meta).map_err(Status::invalid_argument)?;
@@ -356,7 +367,10 @@ impl Stream {
             CLUSTER_TYPE => CLUSTER_TYPE,
             ECDS_TYPE => ECDS_TYPE,
             other => {
-                log(format!("{}: asks for {other}, which wasmeshctl serve does not serve (listeners are in the bootstrap)", self.node_id));
+                log(format!(
+                    "{}: asks for {other}, which wasmeshctl serve does not serve (listeners are in the bootstrap)",
+                    self.node_id
+                ));
                 return Ok(());
             }
         };
@@ -423,7 +437,10 @@ impl Stream {
             return Ok(());
         }
         let Some(current) = self.current.clone() else { return Ok(()) };
-        if before.as_ref().is_some_and(|b| b.clusters == current.clusters && b.extension_configs == current.extension_configs) {
+        if before
+            .as_ref()
+            .is_some_and(|b| b.clusters == current.clusters && b.extension_configs == current.extension_configs)
+        {
             log(format!("{}: generation {} changes nothing for this proxy", self.node_id, snap.generation));
             return Ok(());
         }

@@ -39,7 +39,12 @@ fn node() -> NodeSpec {
 
 fn http_filter_names(l: &Value) -> Vec<String> {
     let hcm = l["filter_chains"][0]["filters"].as_array().unwrap().last().unwrap();
-    hcm["typed_config"]["http_filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().to_string()).collect()
+    hcm["typed_config"]["http_filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Without any policy the xDS bootstrap already has the authn and authz slots (configured to
@@ -71,7 +76,12 @@ fn every_slot_exists_without_a_policy_and_only_in_xds_mode() {
     assert_eq!(node_spec_from_metadata(meta).unwrap(), node());
 
     let statik = crate::bootstrap::build(&node().to_spec(&res).unwrap(), &res).unwrap();
-    let inbound = statik["static_resources"]["listeners"].as_array().unwrap().iter().find(|l| l["name"] == "inbound_19080").unwrap();
+    let inbound = statik["static_resources"]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "inbound_19080")
+        .unwrap();
     assert_eq!(http_filter_names(inbound), ["wasmesh.stats", "envoy.filters.http.router"]);
 }
 
@@ -84,7 +94,10 @@ fn served_resources_encode_and_listeners_do_not_move_with_policies() {
         + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: default}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}\n";
     let with = build(&node(), &resources(&policy)).unwrap();
     assert_eq!(plain.listeners_hash(), with.listeners_hash());
-    assert_ne!(plain.extension_configs["inbound_19080/wasmesh.authz"], with.extension_configs["inbound_19080/wasmesh.authz"]);
+    assert_ne!(
+        plain.extension_configs["inbound_19080/wasmesh.authz"],
+        with.extension_configs["inbound_19080/wasmesh.authz"]
+    );
     for (name, c) in &with.extension_configs {
         let any = proto::to_any(ECDS_TYPE, c).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!any.value.is_empty());

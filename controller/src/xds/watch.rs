@@ -72,7 +72,11 @@ pub fn run(dir: PathBuf, interval: Duration, stop: Arc<AtomicBool>, mut generati
         match load(&dir) {
             Ok(resources) => {
                 generation += 1;
-                log(format!("{}: change accepted as generation {generation} ({} resources)", dir.display(), resources.items.len()));
+                log(format!(
+                    "{}: change accepted as generation {generation} ({} resources)",
+                    dir.display(),
+                    resources.items.len()
+                ));
                 apply(Snapshot { generation, resources });
             }
             Err(errors) => {
