@@ -18,6 +18,8 @@ use wasmesh_controller::xds::{self, NodeSpec, ServeOptions, Server};
 pub struct Live {
     pub server: Server,
     dir: TempDir,
+    /// Every write: when (monotonic) and the wall clock's milliseconds of the day (the log's).
+    writes: Mutex<Vec<(Instant, u64)>>,
 }
 
 impl Live {
@@ -35,7 +37,7 @@ impl Live {
             poll: Duration::from_millis(100),
         };
         let server = Server::start(&opts).unwrap_or_else(|e| panic!("serve: {e}"));
-        Live { server, dir }
+        Live { server, dir, writes: Mutex::new(Vec::new()) }
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -47,8 +49,29 @@ impl Live {
         let tmp = self.dir.path().join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
         let at = Instant::now();
+        if let Ok(mut w) = self.writes.lock() {
+            w.push((at, ms_of_day(std::time::SystemTime::now())));
+        }
         std::fs::rename(&tmp, self.dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         at
+    }
+
+    /// Where the time of the change written at `at` went, from the server's log: when the server
+    /// accepted it and when the Envoy whose node id contains `node` acknowledged its filter
+    /// configurations, in ms after the write.
+    pub fn timeline(&self, at: Instant, node: &str) -> (Option<u64>, Option<u64>) {
+        let wall = self.writes.lock().ok().and_then(|w| w.iter().find(|(i, _)| *i == at).map(|(_, ms)| *ms));
+        let Some(wall) = wall else { return (None, None) };
+        let log = xds::recent_log();
+        let dir = self.dir.path().display().to_string();
+        let after = |needles: &[&str]| {
+            log.iter()
+                .filter(|l| needles.iter().all(|n| l.contains(n)))
+                .filter_map(|l| log_ms(l))
+                .find(|ms| *ms >= wall)
+                .map(|ms| ms - wall)
+        };
+        (after(&[&dir, "change accepted"]), after(&[node, "applied ECDS"]))
     }
 
     /// `wasmeshctl envoy --xds` for `node` with the directory's current YAML.
@@ -175,4 +198,19 @@ pub fn uptime(envoy: &crate::Envoy) -> u64 {
     let info: Value = serde_json::from_str(&envoy.admin("/server_info")).unwrap_or(Value::Null);
     info["uptime_current_epoch"].as_str().and_then(|s| s.trim_end_matches('s').parse::<f64>().ok()).unwrap_or(0.0)
         as u64
+}
+
+/// Milliseconds since midnight UTC.
+pub fn ms_of_day(t: std::time::SystemTime) -> u64 {
+    let ms = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    ms % 86_400_000
+}
+
+/// The time of a `serve` log line (`HH:MM:SS.mmm ...`) in milliseconds since midnight UTC.
+fn log_ms(line: &str) -> Option<u64> {
+    let stamp = line.split_whitespace().next()?;
+    let (hms, ms) = stamp.split_once('.')?;
+    let mut parts = hms.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+    Some(((h * 60 + m) * 60 + s) * 1000 + ms.parse::<u64>().ok()?)
 }

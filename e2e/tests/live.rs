@@ -121,18 +121,23 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
     route.wait_switch(t, |s| upstream(s) == Some("reviews-v1"), limit);
 
     let mut decision_times = Vec::new();
+    let mut steps: Vec<(Instant, &str, &str)> = Vec::new();
     let mut route_times = Vec::new();
     // 1. The workload's first AuthorizationPolicy: /admin denied.
     let at = live.write("policy.yaml", &deny("/admin"));
+    steps.push((at, "reviews-v1", "policy.yaml: first AuthorizationPolicy"));
     decision_times.push(authz.wait_switch(at, |s| status(s) == Some(403), limit));
     // 2. The VirtualService moves reviews to v2.
     let at = live.write("routes.yaml", &routes("v2", false));
+    steps.push((at, "sleep", "routes.yaml: v1 -> v2"));
     route_times.push(route.wait_switch(at, |s| upstream(s) == Some("reviews-v2"), limit));
     // 3. The policy now denies another path: /admin allowed again.
     let at = live.write("policy.yaml", &deny("/other"));
+    steps.push((at, "reviews-v1", "policy.yaml: deny another path"));
     decision_times.push(authz.wait_switch(at, |s| status(s) == Some(200), limit));
     // 4. A new subset and the route to it in one change: the cluster comes before the route.
     let at = live.write("routes.yaml", &routes("canary", true));
+    steps.push((at, "sleep", "routes.yaml: new subset canary"));
     route_times.push(route.wait_switch(at, |s| upstream(s) == Some("reviews-v1"), limit));
 
     // 5. Invalid YAML is refused with the file, resource and field; the old behaviour stays.
@@ -156,9 +161,11 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
 
     // 6. A valid change after the invalid one applies.
     let at = live.write("policy.yaml", &deny("/admin"));
+    steps.push((at, "reviews-v1", "policy.yaml: after the invalid change"));
     decision_times.push(authz.wait_switch(at, |s| status(s) == Some(403), limit));
     // 7. Back to v2, the canary subset (and its cluster) removed after the route left it.
     let at = live.write("routes.yaml", &routes("v2", false));
+    steps.push((at, "sleep", "routes.yaml: canary -> v2"));
     route_times.push(route.wait_switch(at, |s| upstream(s) == Some("reviews-v2"), limit));
     std::thread::sleep(Duration::from_millis(500));
 
@@ -188,6 +195,13 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
     assert!(cds.contains("outbound|9080|v2|reviews.default.svc.cluster.local"), "CDS clusters missing");
     assert!(!cds.contains("outbound|9080|canary|"), "the removed subset's cluster is gone");
 
+    // Clusters are added and removed, never replaced: an unchanged cluster is not resent (Envoy
+    // would rebuild it and drain its connections).
+    for envoy in [&reviews_envoy, &sleep_envoy] {
+        assert_eq!(envoy.stat("cluster_manager.cluster_modified"), Some(0), "{}", envoy.name);
+    }
+    assert!(sleep_envoy.stat("cluster_manager.cluster_removed").unwrap_or(0) >= 1, "the canary cluster was removed");
+
     // The same processes all along, and they never restarted.
     assert_eq!((reviews_envoy.pid(), sleep_envoy.pid()), pids);
     let elapsed = started.elapsed().as_secs();
@@ -196,6 +210,12 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
         assert!(now + 1 >= before + elapsed, "{}: uptime {now}s after {elapsed}s (was {before}s)", envoy.name);
     }
 
+    // Where the time goes (server log): debounce and load, push and Envoy's acknowledgement.
+    for (at, node, what) in &steps {
+        let (accepted, applied) = live.timeline(*at, node);
+        let ms = |v: Option<u64>| v.map(|v| format!("{v} ms")).unwrap_or_else(|| "?".into());
+        println!("{what}: accepted after {}, ECDS applied by {node} after {}", ms(accepted), ms(applied));
+    }
     let (dm, dx) = median_max(&decision_times);
     let (rm, rx) = median_max(&route_times);
     println!(

@@ -209,6 +209,8 @@ struct Encoded {
     generation: u64,
     clusters: BTreeMap<String, Any>,
     extension_configs: BTreeMap<String, Any>,
+    /// (type, name) → the JSON each resource was encoded from, and its encoding.
+    json: BTreeMap<(String, String), (serde_json::Value, Any)>,
     listeners_hash: String,
 }
 
@@ -300,22 +302,28 @@ impl Stream {
         let Some(node) = &self.node else { return false };
         let built = super::build(node, &snap.resources)
             .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>());
+        let previous = self.current.as_ref();
         let encoded = built.and_then(|pr| {
-            let enc = |type_url: &str,
-                       m: &BTreeMap<String, serde_json::Value>|
-             -> Result<BTreeMap<String, Any>, Vec<String>> {
-                m.iter()
-                    .map(|(name, json)| {
-                        to_any(type_url, json).map(|a| (name.clone(), a)).map_err(|e| vec![format!("{name}: {e}")])
-                    })
-                    .collect()
+            // Protobuf maps (e.g. cluster metadata) encode in no fixed order: a resource whose
+            // JSON did not change keeps its previous bytes, so an unchanged cluster is never resent
+            // (Envoy would replace it and drain its connections).
+            let mut json = BTreeMap::new();
+            let mut enc = |type_url: &str, m: &BTreeMap<String, serde_json::Value>| {
+                let mut out = BTreeMap::new();
+                for (name, j) in m {
+                    let key = (type_url.to_string(), name.clone());
+                    let any = match previous.and_then(|p| p.json.get(&key)) {
+                        Some((before, any)) if before == j => any.clone(),
+                        _ => to_any(type_url, j).map_err(|e| vec![format!("{name}: {e}")])?,
+                    };
+                    json.insert(key, (j.clone(), any.clone()));
+                    out.insert(name.clone(), any);
+                }
+                Ok::<_, Vec<String>>(out)
             };
-            Ok(Encoded {
-                generation: snap.generation,
-                clusters: enc(CLUSTER_TYPE, &pr.clusters)?,
-                extension_configs: enc(ECDS_TYPE, &pr.extension_configs)?,
-                listeners_hash: pr.listeners_hash(),
-            })
+            let clusters = enc(CLUSTER_TYPE, &pr.clusters)?;
+            let extension_configs = enc(ECDS_TYPE, &pr.extension_configs)?;
+            Ok(Encoded { generation: snap.generation, clusters, extension_configs, json, listeners_hash: pr.listeners_hash() })
         });
         match encoded {
             Ok(e) => {
