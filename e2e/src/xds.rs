@@ -136,9 +136,7 @@ impl Traffic {
                 if s.load(Ordering::Relaxed) {
                     break;
                 }
-                let outcome = crate::http::request(port, "GET", &path, &[("host", &host)], b"")
-                    .map(|r| (r.status, r.header("x-app").unwrap_or_default().to_string()))
-                    .map_err(|e| e.to_string());
+                let outcome = get_complete(port, &host, &path);
                 if let Ok(mut v) = out.lock() {
                     v.push(Sample { at: Instant::now(), outcome });
                 }
@@ -213,4 +211,44 @@ fn log_ms(line: &str) -> Option<u64> {
     let mut parts = hms.split(':').map(|p| p.parse::<u64>().ok());
     let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
     Some(((h * 60 + m) * 60 + s) * 1000 + ms.parse::<u64>().ok()?)
+}
+
+/// One GET; the answer counts when its `content-length` bytes are in, not when the connection
+/// closes: after a local reply (a 403 from a filter) Envoy keeps the connection for its
+/// `delayed_close_timeout` (1 s) waiting for the client to close first, which would otherwise
+/// show as a one-second answer. Status and `x-app` (the upstream that served it).
+pub fn get_complete(port: u16, host: &str, path: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        raw.extend_from_slice(&buf[..n]);
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n");
+        if let Some(end) = end {
+            let head = String::from_utf8_lossy(&raw[..end]).to_string();
+            let header = |name: &str| {
+                head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                })
+            };
+            let len: Option<usize> = header("content-length").and_then(|v| v.parse().ok());
+            if n == 0 || len.is_some_and(|len| raw.len() >= end + 4 + len) {
+                let status = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .ok_or(format!("bad status line: {head}"))?;
+                return Ok((status, header("x-app").unwrap_or_default()));
+            }
+        }
+        if n == 0 {
+            return Err(format!("connection closed after {} bytes: {:?}", raw.len(), String::from_utf8_lossy(&raw)));
+        }
+    }
 }

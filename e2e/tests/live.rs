@@ -216,6 +216,8 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
         let ms = |v: Option<u64>| v.map(|v| format!("{v} ms")).unwrap_or_else(|| "?".into());
         println!("{what}: accepted after {}, ECDS applied by {node} after {}", ms(accepted), ms(applied));
     }
+    let gap = |samples: &[Sample]| samples.windows(2).map(|w| w[1].at - w[0].at).max().unwrap_or_default().as_millis();
+    println!("longest wait between two answers: authz {} ms, route {} ms", gap(&authz_samples), gap(&route_samples));
     let (dm, dx) = median_max(&decision_times);
     let (rm, rx) = median_max(&route_times);
     println!(
