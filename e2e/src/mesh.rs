@@ -270,6 +270,11 @@ impl MeshBuilder {
             server: None,
         };
         if let Some(dir) = &self.xds {
+            if self.mesh != MeshConfig::default() {
+                // The server reads a proxy's MeshConfig from the file its node names; a value built
+                // in code has no file, so the served configuration would differ from the bootstrap.
+                return Err("MeshBuilder::xds takes no mesh_config: the live controller reads MeshConfig from a file".into());
+            }
             let opts = wasmesh_controller::xds::ServeOptions {
                 watch: dir.clone(),
                 listen: ([127, 0, 0, 1], 0).into(),

@@ -279,3 +279,21 @@ fn serve_hands_out_the_wasm_modules_with_their_sha256() {
     }
     assert_eq!(wasmesh_e2e::request(port, "POST", "/wasm/authz.wasm", &[], b"x").map(|r| r.status).unwrap_or(0), 405);
 }
+
+/// `serve` does not start on invalid YAML: every error, with file, resource and field.
+#[test]
+fn serve_refuses_to_start_on_invalid_yaml() {
+    let dir = wasmesh_e2e::paths::TempDir::new("live-invalid");
+    std::fs::write(dir.path().join("mesh.yaml"), mesh(1, 2)).unwrap_or_default();
+    std::fs::write(dir.path().join("policy.yaml"), deny("/admin").replace("paths:", "pathz:")).unwrap_or_default();
+    let opts = wasmesh_controller::xds::ServeOptions {
+        watch: dir.path().to_path_buf(),
+        listen: ([127, 0, 0, 1], 0).into(),
+        http: None,
+        wasm_dir: wasmesh_e2e::paths::wasm_dir(),
+        poll: Duration::from_millis(100),
+    };
+    let e = wasmesh_controller::xds::Server::start(&opts).err().unwrap_or_default();
+    assert!(e.contains("policy.yaml") && e.contains("AuthorizationPolicy default/deny-path") && e.contains("pathz"), "{e}");
+    assert!(e.contains("nothing served"), "{e}");
+}
