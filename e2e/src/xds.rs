@@ -16,7 +16,8 @@ use wasmesh_controller::xds::{self, NodeSpec, ServeOptions, Server};
 
 /// A running `serve` on its own directory; stopped when dropped.
 pub struct Live {
-    pub server: Server,
+    server: Option<Server>,
+    opts: ServeOptions,
     dir: TempDir,
     /// Every write: when (monotonic) and the wall clock's milliseconds of the day (the log's).
     writes: Mutex<Vec<(Instant, u64)>>,
@@ -37,7 +38,23 @@ impl Live {
             poll: Duration::from_millis(100),
         };
         let server = Server::start(&opts).unwrap_or_else(|e| panic!("serve: {e}"));
-        Live { server, dir, writes: Mutex::new(Vec::new()) }
+        let opts = ServeOptions { listen: server.xds_addr, http: server.http_addr, ..opts };
+        Live { server: Some(server), opts, dir, writes: Mutex::new(Vec::new()) }
+    }
+
+    /// The running server.
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().unwrap_or_else(|| panic!("the server is stopped"))
+    }
+
+    /// Stops the server (the Envoys lose their xDS stream and keep their configuration).
+    pub fn stop_server(&mut self) {
+        self.server = None;
+    }
+
+    /// Starts a new server on the same addresses and directory (a controller restart).
+    pub fn start_server(&mut self) {
+        self.server = Some(Server::start(&self.opts).unwrap_or_else(|e| panic!("serve again: {e}")));
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -77,17 +94,17 @@ impl Live {
     /// `wasmeshctl envoy --xds` for `node` with the directory's current YAML.
     pub fn bootstrap(&self, node: &NodeSpec) -> Value {
         let resources = xds::watch::load(self.dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
-        xds::xds_bootstrap(node, &resources, &self.server.xds_addr.to_string()).unwrap_or_else(|e| panic!("{e:?}"))
+        xds::xds_bootstrap(node, &resources, &self.server().xds_addr.to_string()).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
     /// Waits until the server accepted generation `g`.
     pub fn wait_generation(&self, g: u64, limit: Duration) {
         let start = Instant::now();
-        while self.server.generation() < g {
+        while self.server().generation() < g {
             assert!(
                 start.elapsed() < limit,
                 "generation {g} not accepted after {limit:?}; at {}",
-                self.server.generation()
+                self.server().generation()
             );
             std::thread::sleep(Duration::from_millis(20));
         }

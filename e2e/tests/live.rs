@@ -98,7 +98,7 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
     let v1 = App::new("reviews", "v1").start();
     let v2 = App::new("reviews", "v2").start();
     let (inbound, outbound) = (free_port(), free_port());
-    let live = Live::start(&[("mesh.yaml", &mesh(inbound, v2.port)), ("routes.yaml", &routes("v1", false))]);
+    let mut live = Live::start(&[("mesh.yaml", &mesh(inbound, v2.port)), ("routes.yaml", &routes("v1", false))]);
 
     let mut reviews = node("sidecar", "default/reviews-v1", free_port());
     reviews.inbound = vec![InboundPort { port: inbound, app_port: v1.port }];
@@ -141,7 +141,7 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
     route_times.push(route.wait_switch(at, |s| upstream(s) == Some("reviews-v1"), limit));
 
     // 5. Invalid YAML is refused with the file, resource and field; the old behaviour stays.
-    let generation = live.server.generation();
+    let generation = live.server().generation();
     let bad = deny("/admin").replace("action: DENY", "action: BLOCK");
     let at = live.write("policy.yaml", &bad);
     let refused = loop {
@@ -155,7 +155,7 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
     };
     assert!(refused.contains("policy.yaml") && refused.contains("deny-path") && refused.contains("BLOCK"), "{refused}");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(live.server.generation(), generation, "an invalid change is not a generation");
+    assert_eq!(live.server().generation(), generation, "an invalid change is not a generation");
     let since: Vec<Sample> = authz.samples().into_iter().filter(|s| s.at > at).collect();
     assert!(since.len() > 20 && since.iter().all(|s| status(s) == Some(200)), "old decision kept: {:?}", since.last());
 
@@ -236,7 +236,40 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
         assert!(*d < Duration::from_secs(5), "a change took {d:?}");
     }
 
-    // 8. A restarted Envoy, from the bootstrap written before any policy existed, gets the
+    // 8. The controller restarts, and the YAML changed while it was down: the Envoys reconnect
+    // (same processes) and get the current state.
+    live.stop_server();
+    let at = live.write("policy.yaml", &deny("/other"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        wasmesh_e2e::xds::get_complete(inbound, "reviews", "/admin").map(|r| r.0),
+        Ok(403),
+        "no server: last config kept"
+    );
+    live.start_server();
+    let mut reconnect = None;
+    while at.elapsed() < Duration::from_secs(60) {
+        if wasmesh_e2e::xds::get_complete(inbound, "reviews", "/admin").map(|r| r.0) == Ok(200) {
+            reconnect = Some(at.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reconnect = reconnect
+        .unwrap_or_else(|| panic!("the reconnected Envoy did not get the change made while the server was down"));
+    println!(
+        "controller restarted: the change made while it was down applied {} ms after the write",
+        reconnect.as_millis()
+    );
+    assert_eq!(reviews_envoy.pid(), pids.0);
+    live.write("policy.yaml", &deny("/admin"));
+    let t = Instant::now();
+    while wasmesh_e2e::xds::get_complete(inbound, "reviews", "/admin").map(|r| r.0) != Ok(403) {
+        assert!(t.elapsed() < limit, "the restarted server does not push changes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // 9. A restarted Envoy, from the bootstrap written before any policy existed, gets the
     // current state: /admin denied, on its first request.
     drop(reviews_envoy);
     let again = Envoy::start("reviews-v1-again", &reviews_boot);
@@ -253,7 +286,7 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
 #[test]
 fn serve_hands_out_the_wasm_modules_with_their_sha256() {
     let live = Live::start(&[("mesh.yaml", &mesh(1, 2))]);
-    let port = live.server.http_addr.map(|a| a.port()).unwrap_or_default();
+    let port = live.server().http_addr.map(|a| a.port()).unwrap_or_default();
     let file = wasmesh_e2e::paths::wasm("authz");
     let sum = std::process::Command::new("sha256sum")
         .arg(&file)
@@ -294,6 +327,9 @@ fn serve_refuses_to_start_on_invalid_yaml() {
         poll: Duration::from_millis(100),
     };
     let e = wasmesh_controller::xds::Server::start(&opts).err().unwrap_or_default();
-    assert!(e.contains("policy.yaml") && e.contains("AuthorizationPolicy default/deny-path") && e.contains("pathz"), "{e}");
+    assert!(
+        e.contains("policy.yaml") && e.contains("AuthorizationPolicy default/deny-path") && e.contains("pathz"),
+        "{e}"
+    );
     assert!(e.contains("nothing served"), "{e}");
 }

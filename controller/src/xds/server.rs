@@ -323,7 +323,13 @@ impl Stream {
             };
             let clusters = enc(CLUSTER_TYPE, &pr.clusters)?;
             let extension_configs = enc(ECDS_TYPE, &pr.extension_configs)?;
-            Ok(Encoded { generation: snap.generation, clusters, extension_configs, json, listeners_hash: pr.listeners_hash() })
+            Ok(Encoded {
+                generation: snap.generation,
+                clusters,
+                extension_configs,
+                json,
+                listeners_hash: pr.listeners_hash(),
+            })
         });
         match encoded {
             Ok(e) => {
