@@ -11,6 +11,7 @@ pub mod mesh;
 pub mod plugins;
 pub mod schema;
 pub mod validate;
+pub mod xds;
 
 pub use bootstrap::{build, workload_from_entry, Inbound, ProxySpec};
 pub use mesh::MeshConfig;
