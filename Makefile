@@ -79,7 +79,7 @@ authz-diff: wasm
 # layer; deterministic, so the same module gives the same digest). IMAGE_MODULE becomes `wasmesh`
 # when the one-module build lands. `make push REGISTRY=host:port[/repo]` pushes exactly what
 # `make images` wrote and prints REF@sha256:<digest> and the `sha256:` a WasmPlugin takes.
-IMAGE_MODULE ?= authz
+IMAGE_MODULE ?= wasmesh
 IMAGE_NAME ?= wasmesh
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_DIR := out/images/$(IMAGE_NAME)

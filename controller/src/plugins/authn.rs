@@ -16,7 +16,6 @@ use wasmesh_authn::{AuthnConfig, JwksEndpoint};
 use wasmesh_istio::{Error, ProxyMode, Resource};
 
 pub const FILTER_NAME: &str = "wasmesh.authn";
-pub const MODULE: &str = "authn";
 /// CA bundle for `https` JWKS servers (Debian/Ubuntu path; Istio's proxy image uses the same).
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -47,7 +46,7 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
     AuthnConfig::compile_json(&bytes).map_err(|e| e.0)?;
     let clusters = wasmesh_authn::jwks_endpoints(&workload, ctx.resources).iter().map(jwks_cluster).collect();
     Ok(Contribution {
-        http_filters: vec![WasmFilter { name: FILTER_NAME.into(), module: MODULE.into(), config, fail_open: false }],
+        http_filters: vec![WasmFilter { name: FILTER_NAME.into(), config, fail_open: false }],
         clusters,
         ..Contribution::default()
     })

@@ -26,7 +26,6 @@ pub const FILTER_NAME: &str = "wasmesh.authz";
 pub const CUSTOM_FILTER_NAME: &str = "wasmesh.authz.custom";
 pub const PEER_ADDRESS_FILTER_NAME: &str = "wasmesh.authz.peer_address";
 pub const TCP_FILTER_NAME: &str = "wasmesh.authz.tcp";
-pub const MODULE: &str = "authz";
 
 /// One instance doing everything (CUSTOM, then AUDIT/DENY/ALLOW).
 pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
@@ -61,7 +60,7 @@ pub fn tcp_filter(ctx: &ListenerContext<'_>) -> Result<Option<WasmFilter>, Vec<E
         return Ok(None);
     }
     let config = serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("authz config: {e}"))])?;
-    Ok(Some(WasmFilter { name: TCP_FILTER_NAME.into(), module: MODULE.into(), config, fail_open: false }))
+    Ok(Some(WasmFilter { name: TCP_FILTER_NAME.into(), config, fail_open: false }))
 }
 
 /// The contribution for one stage.
@@ -82,7 +81,7 @@ pub fn contribute_stage(ctx: &ListenerContext<'_>, stage: Stage) -> Result<Contr
     let mut c = Contribution::default();
     let config = serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("authz config: {e}"))])?;
     let name = if stage == Stage::Custom { CUSTOM_FILTER_NAME } else { FILTER_NAME };
-    c.http_filters.push(WasmFilter { name: name.into(), module: MODULE.into(), config, fail_open: false });
+    c.http_filters.push(WasmFilter { name: name.into(), config, fail_open: false });
     if authz.needs().source_ip {
         c.network_filters.push(peer_address_filter());
     }
@@ -135,7 +134,6 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
 pub fn peer_address_filter() -> WasmFilter {
     WasmFilter {
         name: PEER_ADDRESS_FILTER_NAME.into(),
-        module: MODULE.into(),
         config: json!({"role": "peerAddress"}),
         fail_open: false,
     }

@@ -40,10 +40,9 @@ pub struct ListenerContext<'a> {
 /// One wasm HTTP filter to insert into a listener's HCM.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WasmFilter {
-    /// Envoy filter name, e.g. `wasmesh.authz`.
+    /// Envoy filter name and the plugin's `root_id`, e.g. `wasmesh.authz`: the one module
+    /// ([`crate::bootstrap::MODULE_FILE`]) serves the filter this id names.
     pub name: String,
-    /// The module's file stem: `authz` → `<wasm dir>/authz.wasm`.
-    pub module: String,
     /// The plugin configuration (JSON) handed to `on_configure`.
     pub config: Value,
     /// Whether Envoy lets requests through when the VM fails (telemetry: true; security: false).
@@ -104,7 +103,7 @@ fn empty_authz(ctx: &ListenerContext<'_>, stage: authz::Stage, name: &str) -> Op
     }
     let (cfg, _) = authz::config(ctx, stage);
     let config = serde_json::to_value(&cfg).ok()?;
-    Some(WasmFilter { name: name.into(), module: authz::MODULE.into(), config, fail_open: false })
+    Some(WasmFilter { name: name.into(), config, fail_open: false })
 }
 
 fn empty_authz_custom(ctx: &ListenerContext<'_>) -> Option<WasmFilter> {
@@ -123,14 +122,14 @@ fn empty_authn(ctx: &ListenerContext<'_>) -> Option<WasmFilter> {
         Direction::Inbound => {}
     }
     let config = serde_json::to_value(wasmesh_authn::AuthnConfig::new(workload)).ok()?;
-    Some(WasmFilter { name: authn::FILTER_NAME.into(), module: authn::MODULE.into(), config, fail_open: false })
+    Some(WasmFilter { name: authn::FILTER_NAME.into(), config, fail_open: false })
 }
 
 /// The TCP authz slot of an inbound TCP listener (see [`EmptySlot`]).
 pub fn empty_tcp_authz_slot(ctx: &ListenerContext<'_>) -> WasmFilter {
     let (cfg, _) = authz::config(ctx, authz::Stage::Tcp);
     let config = serde_json::to_value(&cfg).unwrap_or(Value::Null);
-    WasmFilter { name: authz::TCP_FILTER_NAME.into(), module: authz::MODULE.into(), config, fail_open: false }
+    WasmFilter { name: authz::TCP_FILTER_NAME.into(), config, fail_open: false }
 }
 
 /// Network slots of an HTTP listener in xDS mode: the peer-address recorder that `ipBlocks`

@@ -32,7 +32,7 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         .map_err(|e| e.0)?;
     let config = serde_json::to_value(&config).map_err(|e| vec![Error::new(format!("router config: {e}"))])?;
     Ok(Contribution {
-        http_filters: vec![WasmFilter { name: "wasmesh.router".into(), module: "router".into(), config, fail_open: false }],
+        http_filters: vec![WasmFilter { name: "wasmesh.router".into(), config, fail_open: false }],
         ..Contribution::default()
     })
 }

@@ -17,13 +17,12 @@ pub use wasmesh_stats as core;
 
 pub const FILTER_NAME: &str = "wasmesh.stats";
 pub const TCP_FILTER_NAME: &str = "wasmesh.stats.tcp";
-pub const MODULE: &str = "stats";
 
 /// The HTTP stats filter for one listener, and the stats tags.
 pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
     let config = config(ctx, ListenerProtocol::Http)?;
     Ok(Contribution {
-        http_filters: vec![WasmFilter { name: FILTER_NAME.into(), module: MODULE.into(), config, fail_open: true }],
+        http_filters: vec![WasmFilter { name: FILTER_NAME.into(), config, fail_open: true }],
         stats_tags: stats_tags(ctx.resources),
         ..Contribution::default()
     })
@@ -61,7 +60,7 @@ fn tcp_filter_for(ctx: &ListenerContext<'_>, peer_exchange: bool) -> Result<Wasm
         config["peerExchange"] = json!(true);
         StatsConfig::compile_json(config.to_string().as_bytes()).map_err(|e| e.0)?;
     }
-    Ok(WasmFilter { name: TCP_FILTER_NAME.into(), module: MODULE.into(), config, fail_open: true })
+    Ok(WasmFilter { name: TCP_FILTER_NAME.into(), config, fail_open: true })
 }
 
 /// The ALPN of Istio's TCP metadata exchange.
@@ -212,7 +211,7 @@ spec:
         let c = contribute(&ctx(Direction::Inbound)).unwrap();
         assert_eq!(c.http_filters.len(), 1);
         let f = &c.http_filters[0];
-        assert_eq!((f.name.as_str(), f.module.as_str(), f.fail_open), ("wasmesh.stats", "stats", true));
+        assert_eq!((f.name.as_str(), f.fail_open), ("wasmesh.stats", true));
         assert_eq!(f.config["direction"], "inbound");
         assert_eq!(f.config["services"][0]["host"], "reviews.default.svc.cluster.local");
         assert_eq!(f.config["services"].as_array().map(Vec::len), Some(1));
