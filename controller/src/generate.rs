@@ -27,7 +27,9 @@
 //!   gateway's listeners count as CLIENT, and `mode: CLIENT` without a selector would also attach
 //!   to every sidecar's outbound listeners, so gateways get their own object with a `selector` on
 //!   the labels that Istio `Gateway` resources' `spec.selector` names, and `mode: CLIENT`; it is
-//!   generated only when some policy applies to such a gateway (Istio adds no filter otherwise).
+//!   generated only when some policy applies to such a gateway (Istio adds no filter otherwise;
+//!   the gateway's pods are taken to run in the namespace of a WorkloadEntry with those labels,
+//!   else in the root namespace).
 //! - Istio runs CUSTOM authorization (`ext_authz`) before `jwt_authn` and AUDIT/DENY/ALLOW after
 //!   it. wasmesh splits authz the same way its bootstrap does: with a CUSTOM policy, a second
 //!   authz plugin (`wasmesh.authz.custom`, `stage: custom`) goes into the AUTHN phase with a
@@ -38,6 +40,11 @@
 //!   to those ports: network authorization (`wasmesh.authz.tcp`) and TCP metrics
 //!   (`wasmesh.stats.tcp`); policies using `ipBlocks`/`source.ip` add the network plugin that
 //!   records the physical peer address (`wasmesh.authz.peer_address`).
+//!
+//! Clusters the filters call: the authn filter fetches `jwksUri` through its own cluster per
+//! JWKS server, which Istio does not have, so an EnvoyFilter `wasmesh-jwks` adds them (CLUSTER
+//! patches, in every format). A CUSTOM policy's ext-authz provider is reached through istiod's
+//! own `outbound|<port>||<host>` cluster of that service, as Istio's `ext_authz` is.
 //!
 //! # The router is not generated for Istio
 //!
@@ -414,8 +421,8 @@ pub fn plugins(resources: &Resources, mesh: &MeshConfig, notes: &mut Vec<String>
     let sidecars = sidecar_workloads(resources, mesh, &gateways);
     let mut out = Vec::new();
     stats_plugins(resources, mesh, &sidecars, &gateways, &mut out)?;
-    authz_plugins(resources, mesh, &sidecars, &gateways, &mut out, notes)?;
-    authn_plugins(resources, mesh, &sidecars, &gateways, &mut out, notes)?;
+    authz_plugins(resources, mesh, &sidecars, &gateways, &mut out)?;
+    authn_plugins(resources, mesh, &sidecars, &gateways, &mut out)?;
     if resources.of_kind(Kind::VirtualService).next().is_some() {
         notes.push(
             "note: the router filter is not generated for Istio: istiod already routes with the same \
@@ -534,7 +541,6 @@ fn authz_plugins(
     sidecars: &[Workload],
     gateways: &[GatewayTarget],
     out: &mut Vec<Plugin>,
-    notes: &mut Vec<String>,
 ) -> Result<(), Vec<Error>> {
     let policies: Vec<&Resource> = resources.of_kind(Kind::AuthorizationPolicy).collect();
     let peer_auth: Vec<&Resource> = resources.of_kind(Kind::PeerAuthentication).collect();
@@ -556,39 +562,38 @@ fn authz_plugins(
     if has_rbac || !peer_auth.is_empty() {
         stages.push((Stage::Rbac, AUTHZ_ROOT, "wasmesh-authz", Phase::Authz, PRIORITY_FIRST));
     }
+    // Sidecars: always, when the kinds exist. The inputs rarely list every pod (WorkloadEntries
+    // are for VMs), so what applies where is left to the filter; the known workloads are only
+    // what the configuration is compiled for.
     for &(stage, root, name, phase, priority) in &stages {
         let config = authz_config(&sidecar_resources, mesh, stage)?;
-        if authz_applies(&config, root, sidecars)? || sidecars.iter().all(|w| w.name == "generate-check") {
-            out.push(Plugin {
-                name: name.into(),
-                root_id: root,
-                phase,
-                priority,
-                fail_open: false,
-                network: false,
-                selector: None,
-                attach: vec![(Context::SidecarInbound, vec![])],
-                config,
-            });
-        } else {
-            notes.push(format!("note: {root}: no policy applies to any sidecar the inputs name; not generated for sidecars"));
-        }
+        authz_applies(&config, root, sidecars)?;
+        out.push(Plugin {
+            name: name.into(),
+            root_id: root,
+            phase,
+            priority,
+            fail_open: false,
+            network: false,
+            selector: None,
+            attach: vec![(Context::SidecarInbound, vec![])],
+            config,
+        });
     }
     if !tcp_in.is_empty() {
         let config = authz_config(&sidecar_resources, mesh, Stage::Tcp)?;
-        if authz_applies(&config, AUTHZ_TCP_ROOT, sidecars)? || sidecars.iter().all(|w| w.name == "generate-check") {
-            out.push(Plugin {
-                name: "wasmesh-authz-tcp".into(),
-                root_id: AUTHZ_TCP_ROOT,
-                phase: Phase::Authz,
-                priority: PRIORITY_FIRST,
-                fail_open: false,
-                network: true,
-                selector: None,
-                attach: vec![(Context::SidecarInbound, tcp_in)],
-                config,
-            });
-        }
+        authz_applies(&config, AUTHZ_TCP_ROOT, sidecars)?;
+        out.push(Plugin {
+            name: "wasmesh-authz-tcp".into(),
+            root_id: AUTHZ_TCP_ROOT,
+            phase: Phase::Authz,
+            priority: PRIORITY_FIRST,
+            fail_open: false,
+            network: true,
+            selector: None,
+            attach: vec![(Context::SidecarInbound, tcp_in)],
+            config,
+        });
     }
 
     // Gateways: AuthorizationPolicies only.
@@ -642,7 +647,6 @@ fn authn_plugins(
     sidecars: &[Workload],
     gateways: &[GatewayTarget],
     out: &mut Vec<Plugin>,
-    notes: &mut Vec<String>,
 ) -> Result<(), Vec<Error>> {
     let ras: Vec<&Resource> = resources
         .request_authentications()
@@ -664,21 +668,18 @@ fn authn_plugins(
         }
         Ok(any)
     };
-    if applies(sidecars)? || sidecars.iter().all(|w| w.name == "generate-check") {
-        out.push(Plugin {
-            name: "wasmesh-authn".into(),
-            root_id: AUTHN_ROOT,
-            phase: Phase::Authn,
-            priority: PRIORITY_SECOND,
-            fail_open: false,
-            network: false,
-            selector: None,
-            attach: vec![(Context::SidecarInbound, vec![])],
-            config: config.clone(),
-        });
-    } else {
-        notes.push(format!("note: {AUTHN_ROOT}: no RequestAuthentication applies to any sidecar the inputs name; not generated for sidecars"));
-    }
+    applies(sidecars)?;
+    out.push(Plugin {
+        name: "wasmesh-authn".into(),
+        root_id: AUTHN_ROOT,
+        phase: Phase::Authn,
+        priority: PRIORITY_SECOND,
+        fail_open: false,
+        network: false,
+        selector: None,
+        attach: vec![(Context::SidecarInbound, vec![])],
+        config: config.clone(),
+    });
     for g in gateways {
         let w = gateway_workload(mesh, g);
         if applies(std::slice::from_ref(&w))? {
@@ -1199,5 +1200,183 @@ pub fn cmd(args: &[String]) -> Result<(), String> {
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(phase_name(*self, Format::WasmPlugin))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn resources(yaml: &str) -> Resources {
+        Resources { items: wasmesh_istio::load_str(yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}")) }
+    }
+
+    fn opts(format: Format) -> Options {
+        let mut o = Options { format, ..Options::default() };
+        if format == Format::EnvoyFilter {
+            o.module_url = Some("http://wasmesh.istio-system:8080/wasm/wasmesh.wasm".into());
+            o.module_sha256 = Some("ab".repeat(32));
+        } else {
+            o.image = Some("oci://registry.example/wasmesh:1".into());
+            o.sha256 = Some("cd".repeat(32));
+        }
+        o
+    }
+
+    const POLICIES: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: foo}\nspec: {action: CUSTOM, provider: {name: ext}, rules: [{}]}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: gw, namespace: istio-system}\nspec: {selector: {matchLabels: {istio: ingressgateway}}, action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: r, namespace: foo}\nspec: {jwtRules: [{issuer: https://idp.example.com, jwksUri: https://idp.example.com/keys}]}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: foo}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]}\n";
+
+    fn mesh() -> MeshConfig {
+        serde_yaml::from_str("extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000}}]").unwrap()
+    }
+
+    #[test]
+    fn phases_priorities_and_placement_follow_istios_order() {
+        let mut notes = Vec::new();
+        let ps = plugins(&resources(POLICIES), &mesh(), &mut notes).unwrap();
+        let got: Vec<(&str, Phase, i32, Option<String>)> = ps
+            .iter()
+            .map(|p| (p.root_id, p.phase, p.priority, p.selector.as_ref().map(|s| format!("{s:?}"))))
+            .collect();
+        let gw = Some(r#"{"istio": "ingressgateway"}"#.to_string());
+        assert_eq!(
+            got,
+            vec![
+                ("wasmesh.authz.custom", Phase::Authn, 1000, None),
+                ("wasmesh.authn", Phase::Authn, 900, None),
+                ("wasmesh.authz", Phase::Authz, 1000, None),
+                ("wasmesh.authz", Phase::Authz, 1000, gw),
+                ("wasmesh.stats", Phase::Stats, 1000, None),
+            ]
+        );
+        // The CUSTOM provider applies to no gateway: no custom instance there; the CUSTOM stage
+        // runs before authn (higher priority in the same phase), as Istio's ext_authz.
+        let custom = &ps[0];
+        assert_eq!(custom.config["stage"], "custom");
+        assert!(custom.config.get("workload").is_none(), "C5: identity from node metadata");
+        assert_eq!(custom.config["mesh"]["rootNamespace"], "istio-system");
+        assert_eq!(ps[2].config["stage"], "rbac");
+        assert_eq!(ps[3].name, "wasmesh-authz-ingressgateway");
+        assert!(ps[4].config.get("direction").is_none() && ps[4].fail_open);
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn wasmplugin_fields() {
+        let g = generate(&resources(POLICIES), &opts(Format::WasmPlugin)).unwrap();
+        let by_name = |n: &str| g.objects.iter().find(|o| o["metadata"]["name"] == n).unwrap_or_else(|| panic!("{n}"));
+        let authz = &by_name("wasmesh-authz")["spec"];
+        assert_eq!(authz["match"], json!([{"mode": "SERVER"}]));
+        assert_eq!((authz["phase"].as_str(), authz["failStrategy"].as_str(), authz["type"].as_str()), (Some("AUTHZ"), Some("FAIL_CLOSE"), Some("HTTP")));
+        assert_eq!(authz["url"], "oci://registry.example/wasmesh:1");
+        assert_eq!(authz["sha256"], "cd".repeat(32));
+        assert_eq!(authz["pluginName"], "wasmesh.authz");
+        let gw = &by_name("wasmesh-authz-ingressgateway")["spec"];
+        assert_eq!(gw["selector"], json!({"matchLabels": {"istio": "ingressgateway"}}));
+        assert_eq!(gw["match"], json!([{"mode": "CLIENT"}]));
+        assert!(gw["pluginConfig"]["resources"].as_array().unwrap().iter().all(|r| r["kind"] == "AuthorizationPolicy"), "no PeerAuthentication on gateways");
+        let stats = &by_name("wasmesh-stats")["spec"];
+        assert!(stats.get("match").is_none() && stats["failStrategy"] == "FAIL_OPEN");
+        // The JWKS server's cluster, which Istio does not have.
+        let jwks = by_name("wasmesh-jwks");
+        assert_eq!(jwks["kind"], "EnvoyFilter");
+        assert_eq!(jwks["spec"]["configPatches"][0]["patch"]["value"]["name"], "wasmesh-jwks|https|idp.example.com|443");
+        let te = generate(&resources(POLICIES), &opts(Format::TrafficExtension)).unwrap();
+        let t = &te.objects[0]["spec"];
+        assert_eq!((t["phase"].as_str(), t["wasm"]["pluginName"].as_str()), (Some("AUTHN"), Some("wasmesh.authz.custom")));
+    }
+
+    #[test]
+    fn envoyfilter_variants() {
+        let g = generate(&resources(POLICIES), &opts(Format::EnvoyFilter)).unwrap();
+        assert_eq!(g.objects[0]["metadata"]["name"], "wasmesh-module-server");
+        let cluster = &g.objects[0]["spec"]["configPatches"][0]["patch"]["value"];
+        assert_eq!(cluster["name"], "wasmesh-module|wasmesh.istio-system|8080");
+        let custom = &g.objects[1]["spec"];
+        assert_eq!(custom["priority"], 0);
+        let patch = &custom["configPatches"][0];
+        assert_eq!(patch["match"]["context"], "SIDECAR_INBOUND");
+        assert_eq!(patch["patch"]["operation"], "INSERT_BEFORE");
+        let code = &patch["patch"]["value"]["typed_config"]["config"]["vm_config"]["code"]["remote"];
+        assert_eq!(code["http_uri"]["cluster"], cluster["name"]);
+        assert_eq!(code["sha256"], "ab".repeat(32));
+        let e = generate(&resources(POLICIES), &opts(Format::EnvoyFilterEcds)).unwrap();
+        let patches = &e.objects[0]["spec"]["configPatches"];
+        assert_eq!(patches[0]["applyTo"], "EXTENSION_CONFIG");
+        assert_eq!(patches[0]["patch"]["value"]["typed_config"]["config"]["vm_config"]["code"]["remote"]["http_uri"]["uri"], "oci://registry.example/wasmesh:1");
+        assert_eq!(patches[1]["patch"]["value"]["config_discovery"]["type_urls"], json!([HTTP_WASM_TYPE, HTTP_RBAC_TYPE]));
+        assert_eq!(patches[1]["patch"]["value"]["name"], patches[0]["patch"]["value"]["name"]);
+    }
+
+    #[test]
+    fn tcp_ports_and_ip_blocks_get_network_plugins() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db, namespace: foo}\nspec: {hosts: [db.foo.svc.cluster.local], ports: [{number: 3306, name: tcp, protocol: TCP, targetPort: 13306}], resolution: STATIC, workloadSelector: {labels: {app: db}}}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: d, namespace: foo}\nspec: {action: DENY, rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}]}]}\n";
+        let ps = plugins(&resources(yaml), &MeshConfig::default(), &mut Vec::new()).unwrap();
+        type Attach = Vec<(Context, Vec<u32>)>;
+        let net: Vec<(&str, &Attach)> = ps.iter().filter(|p| p.network).map(|p| (p.root_id, &p.attach)).collect();
+        assert_eq!(
+            net,
+            vec![
+                ("wasmesh.authz.tcp", &vec![(Context::SidecarInbound, vec![13306])]),
+                ("wasmesh.authz.peer_address", &vec![(Context::SidecarInbound, vec![])]),
+                ("wasmesh.stats.tcp", &vec![(Context::SidecarInbound, vec![13306]), (Context::SidecarOutbound, vec![3306])]),
+            ]
+        );
+        let g = generate(&resources(yaml), &opts(Format::WasmPlugin)).unwrap();
+        let tcp = g.objects.iter().find(|o| o["metadata"]["name"] == "wasmesh-stats-tcp").unwrap();
+        assert_eq!(tcp["spec"]["match"], json!([{"mode": "SERVER", "ports": [{"number": 13306}]}, {"mode": "CLIENT", "ports": [{"number": 3306}]}]));
+        assert_eq!(tcp["spec"]["type"], "NETWORK");
+        let e = generate(&resources(yaml), &opts(Format::EnvoyFilterEcds)).unwrap_err();
+        assert!(e[0].to_string().contains("HTTP filters only"), "{e:?}");
+        let f = generate(&resources(yaml), &opts(Format::EnvoyFilter)).unwrap();
+        let authz_tcp = f.objects.iter().find(|o| o["metadata"]["name"] == "wasmesh-authz-tcp").unwrap();
+        let m = &authz_tcp["spec"]["configPatches"][0];
+        assert_eq!(m["applyTo"], "NETWORK_FILTER");
+        assert_eq!(m["match"]["listener"]["filterChain"]["destinationPort"], 13306);
+        assert_eq!(m["match"]["listener"]["filterChain"]["filter"]["name"], "envoy.filters.network.tcp_proxy");
+    }
+
+    #[test]
+    fn broken_policies_and_untranslatable_resources_are_errors_naming_them() {
+        let bad = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: d, namespace: foo}\nspec: {action: DENY}\n";
+        let e = generate(&resources(bad), &opts(Format::WasmPlugin)).unwrap_err();
+        assert!(e[0].to_string().contains("t.yaml (document 1): AuthorizationPolicy foo/d"), "{e:?}");
+        let gw = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: foo}\nspec: {servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]}\n";
+        let e = generate(&resources(gw), &opts(Format::WasmPlugin)).unwrap_err();
+        assert!(e[0].to_string().contains("Gateway foo/g: spec.selector: empty"), "{e:?}");
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let r = resources(POLICIES);
+        let mut o = opts(Format::WasmPlugin);
+        o.image = None;
+        assert!(generate(&r, &o).unwrap_err()[0].message.contains("--image"));
+        let mut o = opts(Format::WasmPlugin);
+        o.sha256 = Some("ABC".into());
+        assert!(generate(&r, &o).unwrap_err()[0].message.contains("64 lower-case hex"));
+        let mut o = opts(Format::WasmPlugin);
+        o.image = Some(format!("oci://r/w@sha256:{}", "ef".repeat(32)));
+        assert!(generate(&r, &o).unwrap_err()[0].message.contains("Istio requires them to match"));
+        let mut o = opts(Format::EnvoyFilter);
+        o.module_sha256 = None;
+        assert!(generate(&r, &o).unwrap_err()[0].message.contains("--module-sha256"));
+        let mut o = opts(Format::EnvoyFilter);
+        o.module_url = Some("oci://r/w:1".into());
+        assert!(generate(&r, &o).unwrap_err()[0].message.contains("istio-agent"));
+        let a = Args::parse(&["-f".into(), "x".into(), "--image".into(), "r/w:1".into(), "-o".into(), "json".into()]).unwrap();
+        assert_eq!(a.options.image.as_deref(), Some("oci://r/w:1"));
+        assert_eq!(a.output, Output::Json);
+        assert!(Args::parse(&["--image".into(), "r".into()]).unwrap_err().contains("no input"));
+    }
+
+    #[test]
+    fn router_is_not_generated_and_says_why() {
+        let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: foo}\nspec: {hosts: [r], http: [{route: [{destination: {host: r}}]}]}\n";
+        let g = generate(&resources(vs), &opts(Format::WasmPlugin)).unwrap();
+        assert!(g.objects.iter().all(|o| o["spec"]["pluginName"] != "wasmesh.router"));
+        assert!(g.notes.iter().any(|n| n.contains("router filter is not generated")), "{:?}", g.notes);
+        let json = render(&g.objects, Output::Json, None).unwrap();
+        assert!(json.starts_with("{\n  \"apiVersion\": \"v1\",\n  \"items\""), "{json}");
     }
 }

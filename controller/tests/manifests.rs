@@ -3,6 +3,8 @@
 //! test regenerates every file byte for byte and fails when one is stale, printing the command
 //! that refreshes it. `make manifests` (this test with `WASMESH_UPDATE_MANIFESTS=1`) rewrites them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use wasmesh_controller::generate;
 
@@ -72,6 +74,7 @@ fn committed_manifests_are_what_generate_makes_of_the_examples() {
         update();
     }
     let mut stale = Vec::new();
+    let mut inputs: Vec<(&str, String)> = Vec::new();
     for example in examples() {
         for format in FORMATS {
             let rel = format!("envoyfilter-manifests/{example}/{format}.yaml");
@@ -80,10 +83,24 @@ fn committed_manifests_are_what_generate_makes_of_the_examples() {
             let args = recorded_args(&committed).unwrap_or_else(|| panic!("{rel}: no `{COMMAND}…` header line"));
             assert!(args.contains(&format!("-f examples/{example} ")), "{rel}: header generates from another example: {args}");
             assert!(args.contains(&format!("--format {format}")), "{rel}: header has another format: {args}");
+            let words: Vec<&str> = args.split_whitespace().collect();
+            for (flag, var) in [("--image", "IMAGE"), ("--sha256", "SHA256"), ("--module-url", "MODULE_URL"), ("--module-sha256", "MODULE_SHA256")] {
+                if let Some(v) = words.iter().position(|w| *w == flag).and_then(|i| words.get(i + 1)) {
+                    if !inputs.iter().any(|(k, _)| *k == var) {
+                        inputs.push((var, v.to_string()));
+                    }
+                }
+            }
             if generate(&args) != committed {
-                stale.push(format!("{rel}\n    refresh: make manifests   (or: wasmeshctl generate {args} > {rel})"));
+                stale.push(format!("{rel}\n    (one file: wasmeshctl generate {args} > {rel})"));
             }
         }
     }
-    assert!(stale.is_empty(), "stale manifests (generate's output changed):\n  {}", stale.join("\n  "));
+    let refresh: Vec<String> = inputs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    assert!(
+        stale.is_empty(),
+        "stale manifests (generate's output changed):\n  {}\nrefresh all with the same inputs:\n  make manifests {}",
+        stale.join("\n  "),
+        refresh.join(" ")
+    );
 }
