@@ -367,82 +367,72 @@ pub fn run(dir: &Path, identities: &[WorkloadIdentity], opts: &CaOptions) -> Res
     Ok(lines)
 }
 
-/// `wasmeshctl certs` usage, for the command's help.
-pub const USAGE: &str = "  wasmeshctl certs -o DIR [-f FILE_OR_DIR...] [--identity NS/SA...] [--trust-domain TD]
-                  [--mesh-config FILE] [--workload-ttl-days N]
-      A small mesh CA (Citadel's role): creates DIR/root-cert.pem (+ root-key.pem) once, and a
-      certificate with the SPIFFE identity spiffe://TD/ns/NS/sa/SA for every WorkloadEntry in the
-      files (namespace, serviceAccount) and every --identity, as DIR/NS/SA/cert-chain.pem and
-      key.pem. Re-running keeps valid certificates and renews stale ones. `wasmeshctl envoy
-      --certs DIR` uses them for mutual TLS. TD: --trust-domain, else meshConfig trustDomain,
-      else cluster.local.";
+/// `wasmeshctl certs`: what its `--help` says about it.
+pub const ABOUT: &str = "A small mesh CA (Citadel's role): SPIFFE certificates for mutual TLS";
+pub const LONG_ABOUT: &str = "A small mesh CA (Citadel's role, without Kubernetes): creates DIR/root-cert.pem \
+(+ root-key.pem) once, and a certificate with the SPIFFE identity spiffe://TD/ns/NS/sa/SA for every \
+WorkloadEntry in the -f files (namespace, serviceAccount) and every --identity, as \
+DIR/NS/SA/cert-chain.pem and key.pem. Re-running keeps valid certificates and renews stale ones. \
+`wasmeshctl envoy --certs DIR` uses them for mutual TLS. TD: --trust-domain, else meshConfig \
+trustDomain, else cluster.local.";
 
-/// `wasmeshctl certs` (arguments after the command name). Prints what it did, one line per
-/// certificate.
-pub fn cmd(args: &[String]) -> Result<(), String> {
-    let mut out: Option<PathBuf> = None;
-    let mut files: Vec<String> = Vec::new();
-    let mut extra: Vec<String> = Vec::new();
-    let mut trust_domain: Option<String> = None;
-    let mut mesh_config: Option<String> = None;
-    let mut opts = CaOptions::default();
-    let mut i = 0;
-    let value = |i: usize, flag: &str| -> Result<String, String> {
-        args.get(i + 1).cloned().filter(|v| !v.starts_with('-')).ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))
-    };
-    while i < args.len() {
-        let flag = args[i].as_str();
-        match flag {
-            "-o" | "--out" => out = Some(PathBuf::from(value(i, flag)?)),
-            "--identity" => extra.push(value(i, flag)?),
-            "--trust-domain" => trust_domain = Some(value(i, flag)?),
-            "--mesh-config" => mesh_config = Some(value(i, flag)?),
-            "--workload-ttl-days" => {
-                let v = value(i, flag)?;
-                let days: u64 = v.parse().ok().filter(|d| (1..=3650).contains(d)).ok_or_else(|| format!("--workload-ttl-days {v:?}: expected 1 to 3650"))?;
-                opts.workload_ttl = Duration::from_secs(days * DAY);
-            }
-            "-f" => {
-                // Every following argument up to the next flag.
-                while args.get(i + 1).is_some_and(|a| !a.starts_with('-')) {
-                    i += 1;
-                    files.push(args[i].clone());
-                }
-                if files.is_empty() {
-                    return Err(format!("-f needs at least one file or directory\n\n{USAGE}"));
-                }
-                i += 1;
-                continue;
-            }
-            other => return Err(format!("unknown flag {other:?} for certs\n\n{USAGE}")),
-        }
-        i += 2;
-    }
-    let out = out.ok_or_else(|| format!("-o DIR is required\n\n{USAGE}"))?;
+/// `wasmeshctl certs` arguments. The certificate directory is `--out-dir` (`-o` and `--out`
+/// still work, hidden): in istioctl and kubectl `-o` is the output format, and this command
+/// writes a directory, not a format.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct CertsArgs {
+    /// The certificate directory (created if missing; an existing root in it is reused).
+    #[arg(long = "out-dir", short_alias = 'o', alias = "out", value_name = "DIR")]
+    pub out_dir: PathBuf,
+
+    #[command(flatten)]
+    pub input: crate::input::InputArgs,
+
+    /// An extra identity NAMESPACE/SERVICE_ACCOUNT (repeatable).
+    #[arg(long, value_name = "NS/SA")]
+    pub identity: Vec<String>,
+
+    /// The SPIFFE trust domain (default: meshConfig trustDomain, else cluster.local).
+    #[arg(long, value_name = "TD")]
+    pub trust_domain: Option<String>,
+
+    /// Istio MeshConfig (YAML) whose trustDomain applies when --trust-domain is not given.
+    #[arg(long, value_name = "FILE")]
+    pub mesh_config: Option<PathBuf>,
+
+    /// Lifetime of workload certificates; re-running renews them once two thirds have passed.
+    #[arg(long, value_name = "N", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub workload_ttl_days: u64,
+}
+
+/// `wasmeshctl certs`. Prints what it did, one line per certificate.
+pub fn cmd(args: CertsArgs) -> Result<(), String> {
+    let mut opts = CaOptions { workload_ttl: Duration::from_secs(args.workload_ttl_days * DAY), ..CaOptions::default() };
+    let mut trust_domain = args.trust_domain.clone();
     if trust_domain.is_none() {
-        if let Some(file) = &mesh_config {
-            let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
-            trust_domain = crate::mesh::MeshConfig::load(&text, file).map_err(|e| e.to_string())?.trust_domain;
+        if let Some(file) = &args.mesh_config {
+            let name = file.display().to_string();
+            let text = std::fs::read_to_string(file).map_err(|e| format!("--mesh-config {name}: {e}"))?;
+            trust_domain = crate::mesh::MeshConfig::load(&text, &name).map_err(|e| e.to_string())?.trust_domain;
         }
     }
     let td = trust_domain.unwrap_or_else(|| "cluster.local".to_string());
     opts.trust_domain = td.clone();
-    let mut ids = if files.is_empty() {
+    let mut ids = if args.input.filename.is_empty() {
         Vec::new()
     } else {
-        let resources = wasmesh_istio::load_dir_or_files(&files).map_err(|e| e.to_string())?;
-        identities_in(&resources, &td)
+        identities_in(&args.input.resources()?, &td)
     };
-    for e in &extra {
+    for e in &args.identity {
         let (ns, sa) = e.split_once('/').ok_or_else(|| format!("--identity {e:?}: expected NAMESPACE/SERVICE_ACCOUNT"))?;
         ids.push(WorkloadIdentity::new(&td, ns, sa));
     }
     ids.sort();
     ids.dedup();
     if ids.is_empty() {
-        return Err(format!("no identities: give -f files with WorkloadEntries or --identity NS/SA\n\n{USAGE}"));
+        return Err("no identities: give -f files with WorkloadEntries or --identity NS/SA".into());
     }
-    for line in run(&out, &ids, &opts).map_err(|e| e.to_string())? {
+    for line in run(&args.out_dir, &ids, &opts).map_err(|e| e.to_string())? {
         println!("{line}");
     }
     Ok(())
@@ -725,21 +715,31 @@ mod tests {
         let yaml = dir.0.join("we.yaml");
         std::fs::write(&yaml, "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: a, namespace: foo}\nspec: {address: 127.0.0.1, serviceAccount: httpbin}\n").expect("write");
         let out = dir.0.join("certs");
-        let args: Vec<String> = ["-f", yaml.to_str().expect("path"), "--identity", "bar/sleep", "--trust-domain", "example.org", "-o", out.to_str().expect("path")]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        cmd(&args).expect("certs");
+        cmd(args(&["-f", yaml.to_str().expect("path"), "--identity", "bar/sleep", "--trust-domain", "example.org", "--out-dir", out.to_str().expect("path")]).expect("args")).expect("certs");
         for (ns, sa) in [("foo", "httpbin"), ("bar", "sleep")] {
             let der = parse(&CertPaths::for_workload(&out, ns, sa).cert_chain);
             let (_, leaf) = X509Certificate::from_der(&der).expect("x509");
             assert_eq!(uri_sans(&leaf), vec![format!("spiffe://example.org/ns/{ns}/sa/{sa}")]);
         }
-        let e = cmd(&["-o".to_string(), out.display().to_string()]).expect_err("no ids");
+        // `-o DIR` (the flag's old name) still works.
+        let e = cmd(args(&["-o", &out.display().to_string()]).expect("args")).expect_err("no ids");
         assert!(e.contains("no identities"), "{e}");
-        let e = cmd(&["--identity".to_string(), "nosa".to_string(), "-o".to_string(), "x".to_string()]).expect_err("bad id");
+        let e = cmd(args(&["--identity", "nosa", "--out-dir", "x"]).expect("args")).expect_err("bad id");
         assert!(e.contains("NAMESPACE/SERVICE_ACCOUNT"), "{e}");
-        let e = cmd(&["--bogus".to_string()]).expect_err("flag");
-        assert!(e.contains("unknown flag"), "{e}");
+        let e = args(&["--out-dir", "x", "--bogus"]).expect_err("flag").to_string();
+        assert!(e.contains("--bogus"), "{e}");
+        let e = args(&["--out-dir", "x", "--workload-ttl-days", "0"]).expect_err("ttl").to_string();
+        assert!(e.contains("--workload-ttl-days"), "{e}");
+        assert!(args(&["--identity", "a/b"]).is_err(), "--out-dir is required");
+    }
+
+    /// `certs` arguments as clap parses them on the command line.
+    fn args(argv: &[&str]) -> Result<CertsArgs, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: CertsArgs,
+        }
+        <Cli as clap::Parser>::try_parse_from(std::iter::once("certs").chain(argv.iter().copied())).map(|c| c.args)
     }
 }

@@ -456,43 +456,76 @@ pub struct Options {
     pub clear: bool,
 }
 
-pub const USAGE: &str = "wasmeshctl dashboard (--admin HOST:PORT)... | --prometheus HOST:PORT [--interval SECONDS] [--window 1m] [--frames N] [--no-clear]";
+/// `wasmeshctl dashboard` arguments.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["admin", "prometheus"])))]
+pub struct DashboardArgs {
+    /// Envoy admin endpoints HOST:PORT (repeatable, or comma-separated; a bare port means
+    /// 127.0.0.1). Rates come from successive scrapes of their /stats/prometheus.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin: Vec<String>,
 
-pub fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut o = Options { admins: Vec::new(), prometheus: None, interval: Duration::from_secs(2), window: "1m".into(), frames: None, clear: true };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value; usage: {USAGE}"));
-        match a.as_str() {
-            "--admin" => {
-                let v = val("--admin")?;
-                // Several at once: --admin 127.0.0.1:15000,127.0.0.1:15001; a bare port means loopback.
-                for part in v.split(',').filter(|p| !p.is_empty()) {
-                    o.admins.push(if part.parse::<u16>().is_ok() { format!("127.0.0.1:{part}") } else { part.to_string() });
-                }
-            }
-            "--prometheus" => o.prometheus = Some(val("--prometheus")?),
-            "--interval" => {
-                let v = val("--interval")?;
-                let secs: f64 = v.parse().map_err(|_| format!("--interval {v:?}: expected seconds, e.g. 2 or 0.5"))?;
-                if !(0.1..=3600.0).contains(&secs) {
-                    return Err(format!("--interval {v}: expected between 0.1 and 3600 seconds"));
-                }
-                o.interval = Duration::from_secs_f64(secs);
-            }
-            "--window" => o.window = val("--window")?,
-            "--frames" => {
-                let v = val("--frames")?;
-                o.frames = Some(v.parse().map_err(|_| format!("--frames {v:?}: expected a number"))?);
-            }
-            "--no-clear" => o.clear = false,
-            other => return Err(format!("unknown argument {other:?}; usage: {USAGE}")),
+    /// A Prometheus server HOST:PORT that scrapes the Envoys (rates by PromQL instead).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub prometheus: Option<String>,
+
+    /// Seconds between frames (0.1 to 3600).
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Range for rates and quantiles (a duration: 30s, 1m, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "1m")]
+    pub window: String,
+
+    /// Stop after N frames (default: run until interrupted).
+    #[arg(long, value_name = "N")]
+    pub frames: Option<u64>,
+
+    /// Append frames instead of clearing the screen (e.g. into a log).
+    #[arg(long)]
+    pub no_clear: bool,
+}
+
+fn parse_interval(v: &str) -> Result<Duration, String> {
+    let secs: f64 = v.parse().map_err(|_| format!("{v:?}: expected seconds, e.g. 2 or 0.5"))?;
+    if !(0.1..=3600.0).contains(&secs) {
+        return Err(format!("{v}: expected between 0.1 and 3600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl DashboardArgs {
+    /// Parses the arguments that follow `wasmeshctl dashboard` (for a caller holding a command
+    /// line, e.g. the demo running the line it prints).
+    pub fn try_parse_args<I: IntoIterator<Item = S>, S: Into<std::ffi::OsString> + Clone>(args: I) -> Result<Self, String> {
+        #[derive(clap::Parser)]
+        #[command(name = "wasmeshctl dashboard")]
+        struct Cli {
+            #[command(flatten)]
+            args: DashboardArgs,
+        }
+        let argv = std::iter::once(std::ffi::OsString::from("dashboard")).chain(args.into_iter().map(Into::into));
+        <Cli as clap::Parser>::try_parse_from(argv).map(|c| c.args).map_err(|e| e.to_string())
+    }
+
+    pub fn options(self) -> Options {
+        // Several at once: --admin 127.0.0.1:15000,127.0.0.1:15001; a bare port means loopback.
+        let admins = self
+            .admin
+            .iter()
+            .flat_map(|v| v.split(','))
+            .filter(|p| !p.is_empty())
+            .map(|part| if part.parse::<u16>().is_ok() { format!("127.0.0.1:{part}") } else { part.to_string() })
+            .collect();
+        Options {
+            admins,
+            prometheus: self.prometheus,
+            interval: self.interval,
+            window: self.window,
+            frames: self.frames,
+            clear: !self.no_clear,
         }
     }
-    if o.admins.is_empty() == o.prometheus.is_none() {
-        return Err(format!("give Envoy admin endpoints or a Prometheus server (one of them); usage: {USAGE}"));
-    }
-    Ok(o)
 }
 
 /// The command that shows the dashboard for these Envoy admin ports (printed by the demo).
@@ -561,10 +594,9 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<(), String> {
     }
 }
 
-/// `wasmeshctl dashboard ARGS...` (for the CLI).
-pub fn cmd(args: &[String]) -> Result<(), String> {
-    let opts = parse_args(args)?;
-    run(&opts, &mut std::io::stdout())
+/// `wasmeshctl dashboard` (for the CLI).
+pub fn cmd(args: DashboardArgs) -> Result<(), String> {
+    run(&args.options(), &mut std::io::stdout())
 }
 
 #[cfg(test)]
@@ -688,7 +720,7 @@ istio_requests_total{reporter="source",source_workload="odd",destination_workloa
 
     #[test]
     fn arguments() {
-        let a = |v: &[&str]| parse_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let a = |v: &[&str]| DashboardArgs::try_parse_args(v).map(DashboardArgs::options);
         let o = a(&["--admin", "15000,127.0.0.2:15001", "--admin", "localhost:9901", "--frames", "3", "--interval", "0.5"]).unwrap();
         assert_eq!(o.admins, vec!["127.0.0.1:15000", "127.0.0.2:15001", "localhost:9901"]);
         assert_eq!(o.frames, Some(3));
@@ -697,7 +729,10 @@ istio_requests_total{reporter="source",source_workload="odd",destination_workloa
         assert!(a(&[]).is_err());
         assert!(a(&["--admin", "1", "--prometheus", "x:1"]).is_err());
         assert!(a(&["--admin", "1", "--interval", "soon"]).unwrap_err().contains("expected seconds"));
-        assert!(a(&["--bogus"]).unwrap_err().contains("unknown argument"));
+        assert!(a(&["--bogus"]).unwrap_err().contains("--bogus"));
+        assert!(a(&["--admin", "1", "--interval", "7200"]).unwrap_err().contains("between 0.1 and 3600"));
+        let o = a(&["--prometheus", "127.0.0.1:9090", "--no-clear", "--window", "5m"]).unwrap();
+        assert!(!o.clear && o.admins.is_empty() && o.window == "5m" && o.interval == Duration::from_secs(2));
         assert_eq!(command_line(&[1, 2]), "wasmeshctl dashboard --admin 127.0.0.1:1,127.0.0.1:2");
     }
 }

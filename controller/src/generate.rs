@@ -1098,103 +1098,182 @@ pub fn render(objects: &[Value], output: Output, header: Option<&str>) -> Result
     }
 }
 
-/// Parsed command line of `wasmeshctl generate` (the flags of the module doc).
-#[derive(Debug, Clone)]
-pub struct Args {
-    pub files: Vec<PathBuf>,
-    pub mesh_config: Option<PathBuf>,
-    pub output: Output,
-    pub options: Options,
+/// `-o`: the output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputArg {
+    #[default]
+    Yaml,
+    Json,
 }
 
-pub const USAGE: &str = "wasmeshctl generate -f FILE_OR_DIR... [--format wasmplugin|trafficextension|envoyfilter|envoyfilter-ecds]
-        [--image oci://REF] [--sha256 MANIFEST_DIGEST] [--image-pull-policy IfNotPresent|Always]
-        [--module-url http://HOST:PORT/PATH --module-sha256 HEX] [--mesh-config FILE] [-o yaml|json]
-    Istio WasmPlugin/TrafficExtension/EnvoyFilter resources that attach wasmesh to Istio's sidecars
-    and gateways, on stdout (pipe into `kubectl apply -f -`).";
+/// `--format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    /// extensions.istio.io/v1alpha1 WasmPlugin (every Istio since 1.12)
+    #[default]
+    Wasmplugin,
+    /// extensions.istio.io/v1alpha1 TrafficExtension (Istio 1.30+)
+    Trafficextension,
+    /// EnvoyFilter with the Wasm filter inline; Envoy downloads --module-url itself
+    Envoyfilter,
+    /// EnvoyFilter EXTENSION_CONFIG + config_discovery; the istio-agent pulls --image
+    #[value(name = "envoyfilter-ecds")]
+    EnvoyfilterEcds,
+}
 
-impl Args {
-    pub fn parse(args: &[String]) -> Result<Args, String> {
-        let mut a = Args { files: Vec::new(), mesh_config: None, output: Output::Yaml, options: Options::default() };
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let (name, inline) = match arg.split_once('=') {
-                Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-                _ => (arg.clone(), None),
-            };
-            let mut value = || inline.clone().or_else(|| it.next().cloned()).ok_or(format!("{name} needs a value\n\n{USAGE}"));
-            match name.as_str() {
-                "-f" | "--filename" => a.files.push(PathBuf::from(value()?)),
-                "--format" => a.options.format = Format::parse(&value()?)?,
-                "--image" => {
-                    let v = value()?;
-                    a.options.image = Some(if v.contains("://") { v } else { format!("oci://{v}") });
-                }
-                "--sha256" => a.options.sha256 = Some(value()?.trim_start_matches("sha256:").to_string()),
-                "--module-url" => a.options.module_url = Some(value()?),
-                "--module-sha256" => a.options.module_sha256 = Some(value()?.trim_start_matches("sha256:").to_string()),
-                "--image-pull-policy" => a.options.image_pull_policy = value()?,
-                "--mesh-config" => a.mesh_config = Some(PathBuf::from(value()?)),
-                "-o" | "--output" => {
-                    a.output = match value()?.as_str() {
-                        "yaml" => Output::Yaml,
-                        "json" => Output::Json,
-                        other => return Err(format!("-o {other:?}: expected yaml or json")),
-                    }
-                }
-                other => return Err(format!("unknown option {other:?}\n\n{USAGE}")),
+/// `wasmeshctl generate`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub input: crate::input::InputArgs,
+
+    /// What to write.
+    #[arg(long, value_enum, default_value_t = FormatArg::Wasmplugin)]
+    pub format: FormatArg,
+
+    /// The wasmesh image (`oci://REGISTRY/REPO:TAG`; a reference without scheme is taken as
+    /// oci://), for wasmplugin, trafficextension and envoyfilter-ecds.
+    #[arg(long, value_name = "oci://REF")]
+    pub image: Option<String>,
+
+    /// The image's OCI *manifest* digest (what `wasmeshctl image push` prints; the istio-agent
+    /// checks it), 64 hex digits, with or without `sha256:`.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+
+    /// The image pull policy (ignored by Istio when the module is pinned by --sha256).
+    #[arg(long, value_name = "POLICY", default_value = "IfNotPresent", value_parser = ["IfNotPresent", "Always"])]
+    pub image_pull_policy: String,
+
+    /// --format envoyfilter: where Envoy downloads the module (http://HOST:PORT/PATH, e.g.
+    /// `wasmeshctl serve`'s /wasm/wasmesh.wasm); a CLUSTER patch for HOST:PORT is generated.
+    #[arg(long, value_name = "URL")]
+    pub module_url: Option<String>,
+
+    /// --format envoyfilter: sha256 of the module bytes (`sha256sum wasmesh.wasm`); Envoy
+    /// refuses remote code without it.
+    #[arg(long, value_name = "HEX")]
+    pub module_sha256: Option<String>,
+
+    /// Istio MeshConfig (YAML): rootNamespace, trustDomain, trustDomainAliases, extensionProviders.
+    #[arg(long, value_name = "FILE")]
+    pub mesh_config: Option<PathBuf>,
+
+    /// Output format: YAML documents, or one JSON `List`.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputArg::Yaml)]
+    pub output: OutputArg,
+
+    /// Write to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+}
+
+pub const ABOUT: &str = "Istio WasmPlugin/TrafficExtension/EnvoyFilter resources that attach wasmesh to Istio's proxies";
+pub const LONG_ABOUT: &str = "Reads the Istio YAML you apply and prints the extension resources that attach the \
+wasmesh filters to Istio's sidecars and gateways (pipe into `kubectl apply -f -`): one plugin per filter in the root \
+namespace serving every workload (each filter takes its identity from Istio's node metadata), in Istio's phases \
+(authn AUTHN, authz AUTHZ, stats STATS), FAIL_CLOSE for security filters and FAIL_OPEN for telemetry. The router \
+is not generated: istiod routes with the same VirtualServices.";
+
+pub const EXAMPLES: &str = "Examples:
+  wasmeshctl generate -f istio/ --image oci://registry.example.com/wasmesh:0.1.0 \\
+      --sha256 <manifest digest> | kubectl apply -f -
+  wasmeshctl generate -f istio/ --format envoyfilter \\
+      --module-url http://wasmesh-serve.istio-system:8080/wasm/wasmesh.wasm \\
+      --module-sha256 <sha256 of wasmesh.wasm>";
+
+impl GenerateArgs {
+    /// The generate options (the mesh config read relative to `base`).
+    pub fn options(&self, base: &Path) -> Result<Options, String> {
+        let mesh = match &self.mesh_config {
+            Some(file) => {
+                let text = std::fs::read_to_string(base.join(file)).map_err(|e| format!("--mesh-config {}: {e}", file.display()))?;
+                MeshConfig::load(&text, &file.display().to_string()).map_err(|e| e.to_string())?
             }
-        }
-        if a.files.is_empty() {
-            return Err(format!("no input: give -f FILE_OR_DIR (Istio YAML)\n\n{USAGE}"));
-        }
-        Ok(a)
+            None => MeshConfig::default(),
+        };
+        let hex = |v: &Option<String>| v.as_ref().map(|s| s.trim_start_matches("sha256:").to_string());
+        Ok(Options {
+            format: match self.format {
+                FormatArg::Wasmplugin => Format::WasmPlugin,
+                FormatArg::Trafficextension => Format::TrafficExtension,
+                FormatArg::Envoyfilter => Format::EnvoyFilter,
+                FormatArg::EnvoyfilterEcds => Format::EnvoyFilterEcds,
+            },
+            image: self.image.as_ref().map(|v| if v.contains("://") { v.clone() } else { format!("oci://{v}") }),
+            sha256: hex(&self.sha256),
+            module_url: self.module_url.clone(),
+            module_sha256: hex(&self.module_sha256),
+            image_pull_policy: self.image_pull_policy.clone(),
+            mesh,
+        })
     }
+
+    fn output(&self) -> Output {
+        match self.output {
+            OutputArg::Yaml => Output::Yaml,
+            OutputArg::Json => Output::Json,
+        }
+    }
+}
+
+/// Parses `wasmeshctl generate` arguments (without the command name), e.g. from a manifest's
+/// recorded command line.
+pub fn parse_args(args: &[String]) -> Result<GenerateArgs, String> {
+    #[derive(clap::Parser)]
+    #[command(name = "wasmeshctl generate")]
+    struct Cli {
+        #[command(flatten)]
+        args: GenerateArgs,
+    }
+    use clap::Parser;
+    Cli::try_parse_from(std::iter::once("generate".to_string()).chain(args.iter().cloned()))
+        .map(|c| c.args)
+        .map_err(|e| e.to_string())
 }
 
 /// Error list as the CLI prints it.
 pub fn report(errors: &[Error]) -> String {
-    let lines: Vec<String> = errors.iter().map(|e| format!("error: {e}")).collect();
-    format!("{}\n{} error(s)", lines.join("\n"), errors.len())
+    crate::input::report(errors)
 }
 
-/// Runs `generate` for a command line, resolving relative paths against `base`: the text to
-/// print on stdout (with `header` as a comment when YAML) and the notes for stderr.
-pub fn run_args(args: &[String], base: &Path, header: Option<&str>) -> Result<(String, Vec<String>), String> {
-    let mut a = Args::parse(args)?;
-    if let Some(file) = &a.mesh_config {
-        let path = base.join(file);
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("--mesh-config {}: {e}", file.display()))?;
-        a.options.mesh = MeshConfig::load(&text, &file.display().to_string()).map_err(|e| e.to_string())?;
-    }
-    let resources = load(&a.files, base)?;
-    let g = generate(&resources, &a.options).map_err(|e| report(&e))?;
-    Ok((render(&g.objects, a.output, header)?, g.notes))
-}
-
-/// Loads the `-f` inputs; error locations keep the paths as given.
-pub fn load(files: &[PathBuf], base: &Path) -> Result<Resources, String> {
-    let resolved: Vec<PathBuf> = files.iter().map(|f| if f.is_absolute() { f.clone() } else { base.join(f) }).collect();
-    let mut r = wasmesh_istio::load_dir_or_files(&resolved).map_err(|e| e.to_string())?;
-    // Name files as the user wrote them (stable across checkouts, e.g. in committed manifests).
-    let prefix = format!("{}/", base.display());
-    for item in &mut r.items {
-        if let Some(rest) = item.location.file.strip_prefix(&prefix) {
-            item.location.file = rest.to_string();
+/// Generates for parsed arguments, with relative `-f`/`--mesh-config` paths taken from `base`:
+/// the text for stdout (`header` as a leading comment when YAML) and the notes for stderr.
+pub fn generate_text(args: &GenerateArgs, base: &Path, header: Option<&str>) -> Result<(String, Vec<String>), String> {
+    let mut input = args.input.clone();
+    for f in &mut input.filename {
+        if f.is_relative() && f.as_os_str() != "-" {
+            *f = base.join(&*f);
         }
     }
-    Ok(r)
+    let options = args.options(base)?;
+    check_options(&options)?;
+    let loaded = input.read().map_err(|f| report(&f.errors))?;
+    let g = generate(&loaded.resources, &options).map_err(|e| report(&e))?;
+    let mut notes: Vec<String> = loaded.notes.iter().map(|n| format!("note: {n}")).collect();
+    notes.extend(g.notes);
+    Ok((render(&g.objects, args.output(), header)?, notes))
 }
 
-/// `wasmeshctl generate ARGS`: prints the resources, notes on stderr.
-pub fn cmd(args: &[String]) -> Result<(), String> {
+/// [`generate_text`] for a command line.
+pub fn run_args(args: &[String], base: &Path, header: Option<&str>) -> Result<(String, Vec<String>), String> {
+    generate_text(&parse_args(args)?, base, header)
+}
+
+/// `wasmeshctl generate`: the resources on stdout (or `--output-file`), notes on stderr.
+pub fn run(args: GenerateArgs) -> Result<(), String> {
     let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
-    let (text, notes) = run_args(args, &cwd, None)?;
+    let (text, notes) = generate_text(&args, &cwd, None)?;
     for n in notes {
         eprintln!("{n}");
     }
-    print!("{text}");
-    Ok(())
+    match &args.output_file {
+        Some(out) => std::fs::write(out, text).map_err(|e| format!("--output-file {}: {e}", out.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
 }
 
 impl fmt::Display for Phase {
@@ -1364,10 +1443,12 @@ mod tests {
         let mut o = opts(Format::EnvoyFilter);
         o.module_url = Some("oci://r/w:1".into());
         assert!(generate(&r, &o).unwrap_err()[0].message.contains("istio-agent"));
-        let a = Args::parse(&["-f".into(), "x".into(), "--image".into(), "r/w:1".into(), "-o".into(), "json".into()]).unwrap();
-        assert_eq!(a.options.image.as_deref(), Some("oci://r/w:1"));
-        assert_eq!(a.output, Output::Json);
-        assert!(Args::parse(&["--image".into(), "r".into()]).unwrap_err().contains("no input"));
+        let a = parse_args(&["-f".into(), "x".into(), "--image".into(), "r/w:1".into(), "-o".into(), "json".into(), "--sha256".into(), format!("sha256:{}", "ab".repeat(32))]).unwrap();
+        let o = a.options(Path::new(".")).unwrap();
+        assert_eq!(o.image.as_deref(), Some("oci://r/w:1"));
+        assert_eq!(o.sha256, Some("ab".repeat(32)));
+        assert_eq!(a.output(), Output::Json);
+        assert!(parse_args(&["--format".into(), "nope".into()]).unwrap_err().contains("wasmplugin"));
     }
 
     #[test]

@@ -1,120 +1,235 @@
 //! wasmeshctl: Istio YAML in, wasmesh filter configuration and Envoy bootstraps out.
+//!
+//! The command line follows istioctl and kubectl: `-f FILE|DIR|-` (repeatable) with `-R` for
+//! input, `-o yaml|json` for the output format and a separate `--output-file` for where it goes,
+//! per-command `--help`, `--version` and `completion SHELL`. A subcommand is one variant of
+//! [`Command`] and one match arm in [`main`]; its arguments and `run` live in the library.
 
-use std::path::PathBuf;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use wasmesh_controller::{bootstrap, mesh::MeshConfig, validate};
-use wasmesh_istio::{load_dir_or_files, Error, ProxyMode, Resources};
+use wasmesh_controller::input::{report, InputArgs};
+use wasmesh_controller::{bootstrap, certs, dashboard, generate, mesh::MeshConfig, validate};
+use wasmesh_istio::ProxyMode;
 
-const USAGE: &str = "wasmeshctl: Istio's traffic management, security and observability as wasm filters in any Envoy
+const EXAMPLES: &str = "Examples:
+  wasmeshctl validate -f examples/bookinfo
+  kubectl get vs,dr,ap -A -o yaml | wasmeshctl validate -f -
+  wasmeshctl certs --out-dir out/certs -f examples/bookinfo
+  wasmeshctl envoy -f examples/bookinfo --role sidecar --workload default/reviews-v2 \\
+      --certs out/certs --inbound-port 19083 --app-port 9080 --output-file reviews-v2.yaml
+  wasmeshctl check -f examples/bookinfo --workload default/reviews-v2 --path /reviews/0
+  wasmeshctl dashboard --admin 127.0.0.1:15000
+  source <(wasmeshctl completion bash)";
 
-USAGE:
-  wasmeshctl validate -f FILE_OR_DIR...
-      Reads Istio YAML and reports everything wasmesh would refuse (file, resource, field, value).
-
-  wasmeshctl envoy -f FILE_OR_DIR... --role sidecar|gateway --workload NS/NAME [options] [-o OUT]
-      Writes a standalone Envoy bootstrap (YAML) for one proxy. The proxy's identity (labels,
-      service account) comes from the WorkloadEntry NS/NAME in the files.
-      Sidecar:  --inbound-port N --app-port N   inbound listener(s) (the workload's ports; repeatable)
-                                                and the port the app listens on
-                --outbound-port N               where the app sends its outbound calls
-                --tcp-outbound BIND=HOST:PORT   a loopback port where the app reaches the TCP
-                                                service port HOST:PORT (repeatable); a workload
-                                                port whose service port is TCP (protocol TCP,
-                                                MYSQL, REDIS, TLS..., or a tcp- name) is proxied
-                                                as TCP inbound
-      Gateway:  --port GATEWAY_PORT=BIND_PORT   one per Gateway server port (repeatable)
-      Common:   --admin-port N (default 15000)  --wasm-dir DIR (default target/wasm32-wasip1/release)
-                --mesh-config FILE (Istio MeshConfig)  --certs DIR  --envoy-access-log FILE
-
-Files: every *.yaml in a directory; several documents per file.";
-
-const CHECK_USAGE: &str = "  wasmeshctl check -f FILE_OR_DIR... --workload NS/NAME [--gateway] [--mesh-config FILE]
-                  [--method GET] --path PATH [--host HOST] [-H 'name: value']... [--principal TD/ns/NS/sa/SA]
-                  [--claims JSON] [--source-ip IP] [--remote-ip IP] [--destination-ip IP]
-                  [--destination-port N] [--sni NAME]
-      What the authz filter would decide for this request on the workload's sidecar (or gateway),
-      offline: the decision, the policy and rule that decided, AUDIT and dry-run results.";
-
-fn usage() -> String {
-    format!(
-        "{USAGE}\n\n{CHECK_USAGE}\n\nLive mesh dashboard (requests/s, P50/P90/P99, success rate per service and workload):\n  {}\n\nMutual TLS certificates (the Citadel role without Kubernetes):\n{}",
-        wasmesh_controller::dashboard::USAGE,
-        wasmesh_controller::certs::USAGE
-    )
+/// wasmeshctl: Istio's traffic management, security and observability as wasm filters in any Envoy.
+#[derive(Parser, Debug)]
+#[command(name = "wasmeshctl", version, after_help = EXAMPLES, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn cmd_check(args: &[String]) -> Result<(), String> {
-    use wasmesh_controller::check::{check, CheckRequest};
-    // `-H` repeats and `--gateway` takes no value: pull them out before the generic parser.
-    let mut rest = Vec::new();
-    let mut headers = Vec::new();
-    let mut gateway = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-H" | "--header" => headers.push(CheckRequest::parse_header(it.next().ok_or("-H needs 'name: value'")?)?),
-            "--gateway" => gateway = true,
-            _ => rest.push(a.clone()),
-        }
-    }
-    let flags = Flags::parse(
-        &rest,
-        &[
-            "--workload", "--mesh-config", "--method", "--path", "--host", "--principal", "--claims", "--source-ip",
-            "--remote-ip", "--destination-ip", "--destination-port", "--sni",
-        ],
-    )?;
-    let resources = flags.resources()?;
-    let reference = flags.get("--workload").ok_or(format!("--workload NS/NAME is required\n\n{CHECK_USAGE}"))?;
-    let (mut workload, _) = bootstrap::workload_from_entry(&resources, reference).map_err(|e| e.to_string())?;
-    if gateway {
-        workload.mode = ProxyMode::Gateway;
-    }
-    let mesh = match flags.get("--mesh-config") {
-        Some(file) => {
-            let text = std::fs::read_to_string(file).map_err(|e| format!("--mesh-config {file}: {e}"))?;
-            MeshConfig::load(&text, file).map_err(|e| e.to_string())?
-        }
-        None => MeshConfig::default(),
-    };
-    let claims = match flags.get("--claims") {
-        Some(json) => Some(serde_json::from_str(json).map_err(|e| format!("--claims: not a JSON object: {e}"))?),
-        None => None,
-    };
-    let req = CheckRequest {
-        method: flags.get("--method").unwrap_or("GET").to_string(),
-        path: flags.get("--path").ok_or(format!("--path is required\n\n{CHECK_USAGE}"))?.to_string(),
-        host: flags.get("--host").map(str::to_string),
-        headers,
-        principal: flags.get("--principal").map(str::to_string),
-        claims,
-        source_ip: flags.get("--source-ip").map(str::to_string),
-        remote_ip: flags.get("--remote-ip").map(str::to_string),
-        destination_ip: flags.get("--destination-ip").map(str::to_string),
-        destination_port: flags
-            .get("--destination-port")
-            .map(|p| p.parse::<u32>().map_err(|_| format!("--destination-port {p:?}: expected a port number")))
-            .transpose()?,
-        sni: flags.get("--sni").map(str::to_string),
-    };
-    let verdict = check(&resources, &workload, &mesh, &req, gateway).map_err(|e| report(&e))?;
-    println!("{verdict}");
-    Ok(())
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Reports everything wasmesh would refuse in Istio YAML (file, resource, field, value)
+    #[command(long_about = "Reads Istio YAML and reports everything wasmesh would refuse, each error naming the \
+        file, resource, field, value and what was expected. Every error in every file is listed, with their \
+        count. Kinds wasmesh does not read (Deployment, Service, ...) are skipped with a note on stderr.")]
+    Validate(ValidateArgs),
+    /// Writes a standalone Envoy bootstrap for one sidecar or gateway
+    #[command(long_about = "Writes a standalone Envoy bootstrap for one proxy: listeners, clusters and the \
+        wasmesh filters configured from the Istio YAML. The proxy's identity (labels, service account) comes \
+        from the WorkloadEntry NS/NAME in the files.")]
+    Envoy(Box<EnvoyArgs>),
+    /// What the authz filter would decide for one request, offline
+    #[command(long_about = "What the authz filter would decide for this request on the workload's sidecar (or \
+        gateway), offline: the decision, the policy and rule that decided, AUDIT and dry-run results.")]
+    Check(Box<CheckArgs>),
+    #[command(about = certs::ABOUT, long_about = certs::LONG_ABOUT)]
+    Certs(certs::CertsArgs),
+    #[command(about = generate::ABOUT, long_about = generate::LONG_ABOUT, after_help = generate::EXAMPLES)]
+    Generate(Box<generate::GenerateArgs>),
+    /// Live mesh dashboard: requests/s, P50/P90/P99, success rate per service and workload
+    Dashboard(dashboard::DashboardArgs),
+    /// Prints a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(long_about = "Prints a shell completion script for wasmeshctl.\n\n  bash:  source <(wasmeshctl \
+        completion bash)\n  zsh:   wasmeshctl completion zsh > \"${fpath[1]}/_wasmeshctl\"\n  fish:  wasmeshctl \
+        completion fish > ~/.config/fish/completions/wasmeshctl.fish")]
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ValidateArgs {
+    #[command(flatten)]
+    input: InputArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Role {
+    Sidecar,
+    Gateway,
+}
+
+/// The output format (`-o`), as in istioctl and kubectl.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum Format {
+    #[default]
+    Yaml,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct EnvoyArgs {
+    #[command(flatten)]
+    input: InputArgs,
+
+    /// What the proxy is: a sidecar next to an app, or a gateway.
+    #[arg(long, value_enum)]
+    role: Role,
+
+    /// The WorkloadEntry (in the -f files) that names the proxy's labels and service account.
+    #[arg(long, value_name = "NS/NAME")]
+    workload: String,
+
+    /// Sidecar: an inbound listener on this workload port (repeatable); needs --app-port.
+    #[arg(long, value_name = "PORT", help_heading = "Sidecar", value_parser = port)]
+    inbound_port: Vec<u16>,
+
+    /// Sidecar: the port the app listens on (where inbound requests go).
+    #[arg(long, value_name = "PORT", help_heading = "Sidecar", value_parser = port)]
+    app_port: Option<u16>,
+
+    /// Sidecar: where the app sends its outbound HTTP calls.
+    #[arg(long, value_name = "PORT", help_heading = "Sidecar", value_parser = port)]
+    outbound_port: Option<u16>,
+
+    /// Sidecar: a loopback port where the app reaches the TCP service port HOST:PORT (repeatable).
+    /// A workload port whose service port is TCP (protocol TCP, MYSQL, REDIS, TLS..., or a tcp-
+    /// name) is proxied as TCP inbound.
+    #[arg(long, value_name = "BIND_PORT=HOST:PORT", help_heading = "Sidecar")]
+    tcp_outbound: Vec<bootstrap::TcpOutbound>,
+
+    /// Gateway: one per Gateway server port, e.g. 80=18080 (repeatable).
+    #[arg(long = "port", value_name = "GATEWAY_PORT=BIND_PORT", help_heading = "Gateway", value_parser = gateway_port)]
+    gateway_ports: Vec<(u32, u16)>,
+
+    /// Envoy's admin port.
+    #[arg(long, value_name = "PORT", default_value_t = 15000, value_parser = port)]
+    admin_port: u16,
+
+    /// Where the wasm modules (router.wasm, authz.wasm, ...) are. Default: $WASMESH_WASM_DIR,
+    /// else `wasm/` beside the wasmeshctl binary, else the checkout's target/wasm32-wasip1/release
+    /// when wasmeshctl runs from a cargo target directory.
+    #[arg(long, value_name = "DIR", env = "WASMESH_WASM_DIR")]
+    wasm_dir: Option<PathBuf>,
+
+    /// Istio MeshConfig (YAML): trustDomain, rootNamespace, extensionProviders, ...
+    #[arg(long, value_name = "FILE")]
+    mesh_config: Option<PathBuf>,
+
+    /// Certificate directory (what `wasmeshctl certs --out-dir` writes) for mutual TLS.
+    #[arg(long, value_name = "DIR")]
+    certs: Option<PathBuf>,
+
+    /// Envoy's own access log file.
+    #[arg(long, value_name = "FILE")]
+    envoy_access_log: Option<PathBuf>,
+
+    /// Output format of the bootstrap.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Yaml)]
+    output: Format,
+
+    /// Write the bootstrap to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    output_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    #[command(flatten)]
+    input: InputArgs,
+
+    /// The WorkloadEntry whose sidecar (or gateway) decides.
+    #[arg(long, value_name = "NS/NAME")]
+    workload: String,
+
+    /// Decide as the workload's gateway instead of its sidecar.
+    #[arg(long)]
+    gateway: bool,
+
+    /// Istio MeshConfig (YAML): trustDomain, rootNamespace, extensionProviders, ...
+    #[arg(long, value_name = "FILE")]
+    mesh_config: Option<PathBuf>,
+
+    /// The request's method.
+    #[arg(long, default_value = "GET", help_heading = "Request")]
+    method: String,
+
+    /// The request's path (with query).
+    #[arg(long, help_heading = "Request")]
+    path: String,
+
+    /// The request's host (:authority).
+    #[arg(long, help_heading = "Request")]
+    host: Option<String>,
+
+    /// A request header (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", help_heading = "Request",
+          value_parser = wasmesh_controller::check::CheckRequest::parse_header)]
+    headers: Vec<(String, String)>,
+
+    /// The peer's mTLS identity.
+    #[arg(long, value_name = "TD/ns/NS/sa/SA", help_heading = "Request")]
+    principal: Option<String>,
+
+    /// JWT claims of the request (a JSON object).
+    #[arg(long, value_name = "JSON", help_heading = "Request")]
+    claims: Option<String>,
+
+    #[arg(long, value_name = "IP", help_heading = "Request")]
+    source_ip: Option<String>,
+
+    #[arg(long, value_name = "IP", help_heading = "Request")]
+    remote_ip: Option<String>,
+
+    #[arg(long, value_name = "IP", help_heading = "Request")]
+    destination_ip: Option<String>,
+
+    #[arg(long, value_name = "PORT", help_heading = "Request")]
+    destination_port: Option<u32>,
+
+    /// The TLS server name the client sent.
+    #[arg(long, value_name = "NAME", help_heading = "Request")]
+    sni: Option<String>,
+}
+
+fn port(v: &str) -> Result<u16, String> {
+    v.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| "expected a port number 1-65535".to_string())
+}
+
+fn gateway_port(v: &str) -> Result<(u32, u16), String> {
+    v.split_once('=')
+        .and_then(|(g, b)| Some((g.parse::<u32>().ok()?, b.parse::<u16>().ok()?)))
+        .ok_or_else(|| "expected GATEWAY_PORT=BIND_PORT, e.g. 80=18080".to_string())
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("validate") => cmd_validate(&args[1..]),
-        Some("envoy") => cmd_envoy(&args[1..]),
-        Some("certs") => wasmesh_controller::certs::cmd(&args[1..]),
-        Some("check") => cmd_check(&args[1..]),
-        Some("dashboard") => wasmesh_controller::dashboard::cmd(&args[1..]),
-        Some("-h" | "--help" | "help") | None => {
-            println!("{}", usage());
-            return ExitCode::SUCCESS;
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => cmd_validate(args),
+        Command::Envoy(args) => cmd_envoy(*args),
+        Command::Check(args) => cmd_check(*args),
+        Command::Certs(args) => certs::cmd(args),
+        Command::Dashboard(args) => dashboard::cmd(args),
+        Command::Generate(args) => generate::run(*args),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "wasmeshctl", &mut std::io::stdout());
+            Ok(())
         }
-        Some(other) => Err(format!("unknown command {other:?}\n\n{USAGE}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,135 +240,176 @@ fn main() -> ExitCode {
     }
 }
 
-/// Parsed `--flag value` pairs; `-f` may repeat, as may `--port`.
-struct Flags {
-    files: Vec<PathBuf>,
-    values: Vec<(String, String)>,
-}
-
-impl Flags {
-    fn parse(args: &[String], allowed: &[&str]) -> Result<Flags, String> {
-        let mut files = Vec::new();
-        let mut values = Vec::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let (name, inline) = match a.split_once('=') {
-                Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-                _ => (a.clone(), None),
-            };
-            if name == "-f" || name == "--filename" {
-                let v = inline.or_else(|| it.next().cloned()).ok_or("-f needs a file or directory")?;
-                files.push(PathBuf::from(v));
-                continue;
-            }
-            if !allowed.contains(&name.as_str()) {
-                return Err(format!("unknown option {name:?}; expected one of -f, {}\n\n{USAGE}", allowed.join(", ")));
-            }
-            let v = inline.or_else(|| it.next().cloned()).ok_or(format!("{name} needs a value"))?;
-            values.push((name, v));
+fn mesh_config(file: Option<&Path>) -> Result<MeshConfig, String> {
+    match file {
+        Some(file) => {
+            let name = file.display().to_string();
+            let text = std::fs::read_to_string(file).map_err(|e| format!("--mesh-config {name}: {e}"))?;
+            MeshConfig::load(&text, &name).map_err(|e| e.to_string())
         }
-        Ok(Flags { files, values })
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.values.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-
-    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.values.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-
-    fn port(&self, name: &str) -> Result<Option<u16>, String> {
-        self.get(name)
-            .map(|v| v.parse::<u16>().map_err(|_| format!("{name} {v:?}: expected a port number 1-65535")))
-            .transpose()
-    }
-
-    fn resources(&self) -> Result<Resources, String> {
-        if self.files.is_empty() {
-            return Err("no input: give -f FILE_OR_DIR (Istio YAML)".into());
-        }
-        load_dir_or_files(&self.files).map_err(|e| e.to_string())
+        None => Ok(MeshConfig::default()),
     }
 }
 
-fn report(errors: &[Error]) -> String {
-    let lines: Vec<String> = errors.iter().map(|e| format!("error: {e}")).collect();
-    format!("{}\n{} error(s)", lines.join("\n"), errors.len())
-}
-
-fn cmd_validate(args: &[String]) -> Result<(), String> {
-    let flags = Flags::parse(args, &[])?;
-    let resources = flags.resources()?;
-    let errors = validate::validate(&resources);
+fn cmd_validate(args: ValidateArgs) -> Result<(), String> {
+    let input = args.input.load()?;
+    let errors = validate::validate(&input.resources);
     if !errors.is_empty() {
         return Err(report(&errors));
     }
-    println!("{} resources valid", resources.items.len());
+    println!("{} resources valid", input.resources.items.len());
     Ok(())
 }
 
-fn cmd_envoy(args: &[String]) -> Result<(), String> {
-    let flags = Flags::parse(
-        args,
-        &[
-            "--role", "--workload", "--inbound-port", "--app-port", "--outbound-port", "--tcp-outbound", "--port",
-            "--admin-port", "--wasm-dir", "--mesh-config", "--certs", "--envoy-access-log", "-o",
-        ],
-    )?;
-    let resources = flags.resources()?;
-    let role = match flags.get("--role") {
-        Some("sidecar") => ProxyMode::Sidecar,
-        Some("gateway") => ProxyMode::Gateway,
-        other => return Err(format!("--role {:?}: expected sidecar or gateway", other.unwrap_or(""))),
+fn cmd_check(args: CheckArgs) -> Result<(), String> {
+    use wasmesh_controller::check::{check, CheckRequest};
+    let resources = args.input.resources()?;
+    let (mut workload, _) = bootstrap::workload_from_entry(&resources, &args.workload).map_err(|e| e.to_string())?;
+    if args.gateway {
+        workload.mode = ProxyMode::Gateway;
+    }
+    let mesh = mesh_config(args.mesh_config.as_deref())?;
+    let claims = match &args.claims {
+        Some(json) => Some(serde_json::from_str(json).map_err(|e| format!("--claims: not a JSON object: {e}"))?),
+        None => None,
     };
-    let reference = flags.get("--workload").ok_or("--workload NS/NAME is required (a WorkloadEntry in the files)")?;
-    let (mut workload, _) = bootstrap::workload_from_entry(&resources, reference).map_err(|e| e.to_string())?;
-    workload.mode = role;
-    let mesh = match flags.get("--mesh-config") {
-        Some(file) => {
-            let text = std::fs::read_to_string(file).map_err(|e| format!("--mesh-config {file}: {e}"))?;
-            MeshConfig::load(&text, file).map_err(|e| e.to_string())?
+    let req = CheckRequest {
+        method: args.method,
+        path: args.path,
+        host: args.host,
+        headers: args.headers,
+        principal: args.principal,
+        claims,
+        source_ip: args.source_ip,
+        remote_ip: args.remote_ip,
+        destination_ip: args.destination_ip,
+        destination_port: args.destination_port,
+        sni: args.sni,
+    };
+    let verdict = check(&resources, &workload, &mesh, &req, args.gateway).map_err(|e| report(&e))?;
+    println!("{verdict}");
+    Ok(())
+}
+
+/// The directory the bootstrap loads the wasm modules from, as an absolute path (Envoy resolves
+/// a relative filename against its own working directory). `--wasm-dir` / `$WASMESH_WASM_DIR`
+/// when given; else `wasm/` beside the binary (an installed wasmeshctl); else, for a binary in a
+/// cargo target directory (`target/debug/wasmeshctl`), that directory's wasm32-wasip1/release.
+fn wasm_dir(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(dir) = given {
+        return std::path::absolute(&dir).map_err(|e| format!("--wasm-dir {}: {e}", dir.display()));
+    }
+    let exe = std::env::current_exe().and_then(std::fs::canonicalize).map_err(|e| format!("cannot find wasmeshctl's own path: {e}"))?;
+    let mut tried = Vec::new();
+    if let Some(bin_dir) = exe.parent() {
+        let beside = bin_dir.join("wasm");
+        if beside.is_dir() {
+            return Ok(beside);
         }
-        None => MeshConfig::default(),
+        tried.push(beside);
+        // target/<profile>/wasmeshctl (or target/<triple>/<profile>/wasmeshctl): look upwards
+        // for the target directory that holds the wasm32-wasip1 build.
+        for dir in bin_dir.ancestors().skip(1).take(2) {
+            let built = dir.join("wasm32-wasip1/release");
+            if built.is_dir() {
+                return Ok(built);
+            }
+            tried.push(built);
+        }
+    }
+    let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+    Err(format!(
+        "no wasm modules found: give --wasm-dir DIR (or set WASMESH_WASM_DIR) to the directory holding router.wasm, \
+         authz.wasm, ... (`make wasm` builds them into target/wasm32-wasip1/release); tried {}",
+        tried.join(", ")
+    ))
+}
+
+/// Every `.wasm` file the bootstrap loads exists (a missing one would only show when Envoy starts).
+fn check_modules(config: &serde_json::Value, wasm_dir: &Path) -> Result<(), String> {
+    fn walk<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match v.as_str() {
+                        Some(s) if k == "filename" && s.ends_with(".wasm") => out.push(s),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut files = Vec::new();
+    walk(config, &mut files);
+    files.sort_unstable();
+    files.dedup();
+    let missing: Vec<&str> = files.into_iter().filter(|f| !Path::new(f).is_file()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the bootstrap needs wasm modules that are not there: {}; build them (`make wasm`) or point --wasm-dir \
+         (WASMESH_WASM_DIR) at the directory that holds them (now {})",
+        missing.join(", "),
+        wasm_dir.display()
+    ))
+}
+
+fn absolute(flag: &str, path: Option<PathBuf>) -> Result<Option<PathBuf>, String> {
+    path.map(|p| std::path::absolute(&p).map_err(|e| format!("{flag} {}: {e}", p.display()))).transpose()
+}
+
+fn cmd_envoy(args: EnvoyArgs) -> Result<(), String> {
+    let resources = args.input.resources()?;
+    let (mut workload, _) = bootstrap::workload_from_entry(&resources, &args.workload).map_err(|e| e.to_string())?;
+    workload.mode = match args.role {
+        Role::Sidecar => ProxyMode::Sidecar,
+        Role::Gateway => ProxyMode::Gateway,
     };
-    let app_port = flags.port("--app-port")?;
+    let mesh = mesh_config(args.mesh_config.as_deref())?;
     let mut inbound = Vec::new();
-    for p in flags.all("--inbound-port") {
-        let port = p.parse::<u16>().map_err(|_| format!("--inbound-port {p:?}: expected a port number"))?;
-        let app_port = app_port.ok_or("--inbound-port needs --app-port (where the app listens)")?;
+    for &port in &args.inbound_port {
+        let app_port = args.app_port.ok_or("--inbound-port needs --app-port (where the app listens)")?;
         inbound.push(bootstrap::Inbound { port, app_port });
     }
-    if inbound.is_empty() && app_port.is_some() {
+    if inbound.is_empty() && args.app_port.is_some() {
         return Err("--app-port needs at least one --inbound-port".into());
     }
-    let mut gateway_ports = Vec::new();
-    for p in flags.all("--port") {
-        let parsed = p.split_once('=').and_then(|(g, b)| Some((g.parse::<u32>().ok()?, b.parse::<u16>().ok()?)));
-        gateway_ports.push(parsed.ok_or(format!("--port {p:?}: expected GATEWAY_PORT=BIND_PORT, e.g. 80=18080"))?);
-    }
-    let tcp_outbound = flags.all("--tcp-outbound").map(str::parse).collect::<Result<Vec<bootstrap::TcpOutbound>, String>>()?;
+    let wasm_dir = wasm_dir(args.wasm_dir)?;
     let spec = bootstrap::ProxySpec {
         workload,
         inbound,
-        outbound_port: flags.port("--outbound-port")?,
-        tcp_outbound,
-        gateway_ports,
-        admin_port: flags.port("--admin-port")?.unwrap_or(15000),
-        wasm_dir: {
-            // Envoy resolves a relative filename against its own working directory: write absolute paths.
-            let dir = PathBuf::from(flags.get("--wasm-dir").unwrap_or("target/wasm32-wasip1/release"));
-            std::fs::canonicalize(&dir).unwrap_or(dir)
-        },
+        outbound_port: args.outbound_port,
+        tcp_outbound: args.tcp_outbound,
+        gateway_ports: args.gateway_ports,
+        admin_port: args.admin_port,
+        wasm_dir: wasm_dir.clone(),
         mesh,
-        certs_dir: flags.get("--certs").map(PathBuf::from),
-        envoy_access_log: flags.get("--envoy-access-log").map(PathBuf::from),
+        // Absolute, like the wasm files: Envoy resolves paths against its own working directory.
+        certs_dir: absolute("--certs", args.certs)?,
+        envoy_access_log: absolute("--envoy-access-log", args.envoy_access_log)?,
     };
     let config = bootstrap::build(&spec, &resources).map_err(|e| report(&e))?;
-    let yaml = serde_yaml::to_string(&config).map_err(|e| format!("cannot write YAML: {e}"))?;
-    match flags.get("-o") {
-        Some(out) => std::fs::write(out, yaml).map_err(|e| format!("-o {out}: {e}"))?,
-        None => print!("{yaml}"),
+    check_modules(&config, &wasm_dir)?;
+    let text = match args.output {
+        Format::Yaml => serde_yaml::to_string(&config).map_err(|e| format!("cannot write YAML: {e}"))?,
+        Format::Json => serde_json::to_string_pretty(&config).map_err(|e| format!("cannot write JSON: {e}"))? + "\n",
+    };
+    match &args.output_file {
+        Some(out) => std::fs::write(out, text).map_err(|e| format!("--output-file {}: {e}", out.display()))?,
+        None => print!("{text}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

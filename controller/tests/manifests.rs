@@ -104,3 +104,31 @@ fn committed_manifests_are_what_generate_makes_of_the_examples() {
         refresh.join(" ")
     );
 }
+
+/// The installed command prints what the library generates (minus the header comment), notes
+/// go to stderr, and a missing input is an error that names the flag.
+#[test]
+fn wasmeshctl_generate_prints_the_committed_manifest() {
+    let rel = "envoyfilter-manifests/bookinfo/wasmplugin.yaml";
+    let committed = std::fs::read_to_string(root().join(rel)).unwrap();
+    let args = recorded_args(&committed).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmeshctl"))
+        .arg("generate")
+        .args(args.split_whitespace())
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body: String = committed.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), body);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("router filter is not generated"), "{stderr}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmeshctl"))
+        .args(["generate", "-f", "examples/httpbin", "--format", "envoyfilter"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("--format envoyfilter needs --module-url"), "{}", String::from_utf8_lossy(&out.stderr));
+}

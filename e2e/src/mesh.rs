@@ -373,6 +373,6 @@ fn command_line(name: &str, spec: &ProxySpec, out: &std::path::Path) -> String {
             }
         }
     }
-    c.push_str(&format!(" --admin-port {} -o {}", spec.admin_port, out.display()));
+    c.push_str(&format!(" --admin-port {} --output-file {}", spec.admin_port, out.display()));
     c
 }

@@ -420,7 +420,7 @@ fn dashboard_shows_the_mesh(mesh: &Mesh, prom: &Prometheus, gw: u16) {
         }
         n
     });
-    let opts = dashboard::parse_args(&["--admin".to_string(), admins.join(","), "--interval".into(), "1".into(), "--frames".into(), "2".into(), "--no-clear".into()]).unwrap();
+    let opts = dashboard::DashboardArgs::try_parse_args(["--admin".to_string(), admins.join(","), "--interval".into(), "1".into(), "--frames".into(), "2".into(), "--no-clear".into()]).unwrap().options();
     let mut out = Vec::new();
     dashboard::run(&opts, &mut out).unwrap();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -51,7 +51,7 @@ fn main() {
         builder = builder.yaml(&text);
     }
     // Mutual TLS (security.yaml makes it STRICT): the mesh CA issues every workload's SPIFFE
-    // certificate, as `wasmeshctl certs -o out/demo/certs -f examples/bookinfo` does.
+    // certificate, as `wasmeshctl certs --out-dir out/demo/certs -f examples/bookinfo` does.
     let certs = paths::repo_root().join("out/demo/certs");
     let resources = wasmesh_istio::Resources {
         items: wasmesh_istio::load_str(&all_yaml, "examples/bookinfo").unwrap_or_else(|e| {
@@ -119,7 +119,8 @@ fn main() {
         // One frame of that dashboard, through the command's own argument parsing.
         let mut args: Vec<String> = dashboard.split_whitespace().skip(2).map(String::from).collect();
         args.extend(["--frames", "1", "--no-clear"].map(String::from));
-        if let Err(e) = wasmesh_controller::dashboard::cmd(&args) {
+        let parsed = wasmesh_controller::dashboard::DashboardArgs::try_parse_args(&args);
+        if let Err(e) = parsed.and_then(wasmesh_controller::dashboard::cmd) {
             eprintln!("dashboard: {e}");
             std::process::exit(1);
         }

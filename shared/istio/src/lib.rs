@@ -16,7 +16,10 @@ pub mod validate;
 pub mod workload;
 
 pub use duration::parse_duration;
-pub use load::{load_dir_or_files, load_str, resources_from_json, resources_from_values, Error, Location};
+pub use load::{
+    load_dir_or_files, load_inputs, load_str, resources_from_json, resources_from_values, yaml_to_json, Error, Input,
+    LoadFailure, LoadOptions, Loader, Location,
+};
 pub use meta::{ObjectMeta, PolicyTargetReference, WorkloadSelector};
 pub use networking::{
     DestinationRule, Gateway, PortProtocol, ServiceEntry, StringMatch, VirtualService, WorkloadEntry,

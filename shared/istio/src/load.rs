@@ -3,7 +3,9 @@
 use crate::{Kind, ObjectMeta, Resource, Resources, Spec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Where a resource came from: a file and the index of the YAML document in it.
@@ -132,6 +134,410 @@ pub fn load_dir_or_files<P: AsRef<Path>>(paths: &[P]) -> Result<Resources, Error
         items.extend(load_str(&text, &name)?);
     }
     Ok(Resources { items })
+}
+
+/// API groups of the Kubernetes Gateway API (standard and experimental channels).
+const GATEWAY_API_GROUPS: [&str; 2] = ["gateway.networking.k8s.io", "gateway.networking.x-k8s.io"];
+
+/// How a [`Loader`] treats its inputs (the shared `-f` flags of wasmeshctl).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// `-R`: read the sub-directories of a directory too (as `kubectl apply -R`).
+    pub recursive: bool,
+    /// `--override`: the same resource (kind, namespace, name) given again replaces the earlier
+    /// one, as `kubectl apply` of the later file would. Without it a repeat is an error.
+    pub override_duplicates: bool,
+    /// `--skip-unsupported`: skip Gateway API resources with a note instead of refusing them.
+    pub skip_unsupported: bool,
+}
+
+/// Everything read from the inputs.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    /// The resources wasmesh reads, typed, in input order (a repeat given with `--override`
+    /// takes the place of the one it replaces).
+    pub resources: Resources,
+    /// Every Istio document kept (those in `resources` and the Istio kinds wasmesh does not
+    /// read, e.g. Sidecar or WasmPlugin), as the whole object was read, with where it was read:
+    /// what a schema check of Istio's CRDs runs on. Documents that failed to load are not here
+    /// (their error is reported instead).
+    pub documents: Vec<(Location, serde_json::Value)>,
+    /// One line per kind that was skipped (count and where) and per `--override` replacement.
+    pub notes: Vec<String>,
+}
+
+/// Why loading failed: every error found (not only the first), and the notes gathered so far.
+#[derive(Debug, Clone, Default)]
+pub struct LoadFailure {
+    pub errors: Vec<Error>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum SkipReason {
+    /// Not an Istio API group at all (Deployment, Service, ConfigMap, ...).
+    NotIstio,
+    /// An Istio kind wasmesh does not implement (Sidecar, EnvoyFilter, WasmPlugin, ...).
+    IstioNotRead,
+    /// Gateway API, skipped on request (`--skip-unsupported`).
+    GatewayApi,
+}
+
+#[derive(Debug, Default)]
+struct Skipped {
+    count: usize,
+    files: Vec<String>,
+}
+
+/// Reads Istio YAML from files, directories and stdin the way `kubectl apply -f` takes them, and
+/// collects every problem instead of stopping at the first.
+///
+/// Per document: a kind wasmesh reads is parsed into a typed [`Resource`]; another Istio kind is
+/// kept as a document (for schema checks) and noted; a Gateway API kind is an error (not
+/// supported yet; silently dropping an HTTPRoute would route differently from the cluster) unless
+/// [`LoadOptions::skip_unsupported`]; anything else (Deployment, Service, ...) is noted and
+/// skipped. The same (kind, namespace, name) twice is an error naming both places, or with
+/// [`LoadOptions::override_duplicates`] the later replaces the earlier.
+#[derive(Debug, Default)]
+pub struct Loader {
+    options: LoadOptions,
+    items: Vec<Resource>,
+    documents: Vec<(Location, serde_json::Value)>,
+    /// (kind, namespace, name) -> (index in `documents`, index in `items` for a read kind).
+    seen: HashMap<(String, String, String), (usize, Option<usize>)>,
+    skipped: BTreeMap<(SkipReason, String, String), Skipped>,
+    replaced: Vec<String>,
+    errors: Vec<Error>,
+    sources: Vec<String>,
+    /// Directories that held no file with a YAML/JSON extension, with whether they have
+    /// sub-directories (for the hint to use -R).
+    empty_dirs: Vec<(String, bool)>,
+    stdin_read: bool,
+    files_read: std::collections::HashSet<PathBuf>,
+}
+
+impl Loader {
+    pub fn new(options: LoadOptions) -> Self {
+        Loader { options, ..Default::default() }
+    }
+
+    /// A file, a directory (its `*.yaml`, `*.yml` and `*.json` files, sorted; sub-directories
+    /// with `recursive`) or `-` for stdin.
+    pub fn add_path(&mut self, path: &Path) {
+        if path.as_os_str() == "-" {
+            if self.stdin_read {
+                self.errors.push(Error::new("-f - (stdin) given twice; stdin can be read once"));
+                return;
+            }
+            self.stdin_read = true;
+            self.add_reader(std::io::stdin().lock(), "<stdin>");
+            return;
+        }
+        let name = path.display().to_string();
+        self.sources.push(name.clone());
+        if path.is_dir() {
+            let mut files = Vec::new();
+            let mut has_subdirs = false;
+            self.collect_dir(path, &mut files, &mut has_subdirs);
+            if files.is_empty() {
+                self.empty_dirs.push((name, has_subdirs));
+            }
+            for file in files {
+                self.read_file(&file);
+            }
+        } else {
+            self.read_file(path);
+        }
+    }
+
+    /// Everything readable from `reader` (named `name` in errors and notes).
+    pub fn add_reader(&mut self, mut reader: impl Read, name: &str) {
+        self.sources.push(name.to_string());
+        let mut text = String::new();
+        match reader.read_to_string(&mut text) {
+            Ok(_) => self.add_str(&text, name),
+            Err(e) => self.errors.push(Error {
+                location: Location { file: name.to_string(), document: 0 },
+                resource: None,
+                field: None,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+
+    /// Every document of `text` (several YAML documents separated by `---`, or JSON).
+    pub fn add_str(&mut self, text: &str, file: &str) {
+        for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let location = Location { file: file.to_string(), document: index };
+            let value = match serde_yaml::Value::deserialize(document) {
+                Ok(v) => v,
+                Err(e) => {
+                    // The parser cannot resynchronise after a syntax error: the rest of this
+                    // file is unread, other files still are.
+                    self.errors.push(Error {
+                        location,
+                        resource: None,
+                        field: None,
+                        message: format!("not valid YAML: {e}"),
+                    });
+                    return;
+                }
+            };
+            if value.is_null() {
+                continue;
+            }
+            if value.get("kind").and_then(|k| k.as_str()) == Some("List") {
+                let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
+                for item in items {
+                    self.add_object(item, &location);
+                }
+                continue;
+            }
+            self.add_object(value, &location);
+        }
+    }
+
+    fn collect_dir(&mut self, dir: &Path, files: &mut Vec<PathBuf>, has_subdirs: &mut bool) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.errors.push(Error {
+                    location: Location { file: dir.display().to_string(), document: 0 },
+                    resource: None,
+                    field: None,
+                    message: format!("cannot read directory: {e}"),
+                });
+                return;
+            }
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            if path.is_dir() {
+                *has_subdirs = true;
+                if self.options.recursive {
+                    self.collect_dir(&path, files, has_subdirs);
+                }
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+                files.push(path);
+            }
+        }
+    }
+
+    fn read_file(&mut self, file: &Path) {
+        let name = file.display().to_string();
+        // The same file reached twice (overlapping -f, -R over a directory also named): read once.
+        if let Ok(canonical) = std::fs::canonicalize(file) {
+            if !self.files_read.insert(canonical) {
+                return;
+            }
+        }
+        match std::fs::read_to_string(file) {
+            Ok(text) => self.add_str(&text, &name),
+            Err(e) => self.errors.push(Error {
+                location: Location { file: name, document: 0 },
+                resource: None,
+                field: None,
+                message: format!("cannot read file: {e}"),
+            }),
+        }
+    }
+
+    fn skip(&mut self, reason: SkipReason, kind: &str, api_version: &str, location: &Location) {
+        let entry = self.skipped.entry((reason, kind.to_string(), api_version.to_string())).or_default();
+        entry.count += 1;
+        if !entry.files.contains(&location.file) {
+            entry.files.push(location.file.clone());
+        }
+    }
+
+    fn add_object(&mut self, value: serde_yaml::Value, location: &Location) {
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+        let api_version = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("").to_string();
+        let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        if !kind.is_empty() && GATEWAY_API_GROUPS.contains(&group) {
+            if self.options.skip_unsupported {
+                self.skip(SkipReason::GatewayApi, &kind, &api_version, location);
+            } else {
+                self.errors.push(Error {
+                    location: location.clone(),
+                    resource: Some(object_name(&kind, &value)),
+                    field: Some("kind".into()),
+                    message: format!(
+                        "Gateway API ({api_version}) is not supported by wasmesh yet; use Istio's Gateway and \
+                         VirtualService, or pass --skip-unsupported to leave it out (then wasmesh does not \
+                         route as the cluster would)"
+                    ),
+                });
+            }
+            return;
+        }
+        if !kind.is_empty() && !api_version.is_empty() && Kind::from_name(&kind).is_none() {
+            let reason = if group.ends_with(".istio.io") { SkipReason::IstioNotRead } else { SkipReason::NotIstio };
+            self.skip(reason, &kind, &api_version, location);
+            if reason == SkipReason::IstioNotRead {
+                let (namespace, name) = namespace_name(&value);
+                let display = format!("{kind} {namespace}/{name}");
+                let json = yaml_to_json(&value);
+                self.record((kind, namespace, name), &display, location, json, None);
+            }
+            return;
+        }
+        let json = yaml_to_json(&value);
+        match parse_object(value, location.clone()) {
+            Ok(resource) => {
+                let key = (resource.kind().name().to_string(), resource.namespace().to_string(), resource.name().to_string());
+                let display = resource.display_name();
+                self.record(key, &display, location, json, Some(resource));
+            }
+            Err(e) => self.errors.push(e),
+        }
+    }
+
+    /// Keeps a document (and its typed resource, for a kind wasmesh reads) under `key`
+    /// (kind, namespace, name). A repeat is an error naming both places, or with
+    /// `override_duplicates` replaces the earlier one where it stood, as `kubectl apply` would.
+    fn record(
+        &mut self,
+        key: (String, String, String),
+        display: &str,
+        location: &Location,
+        json: serde_json::Value,
+        resource: Option<Resource>,
+    ) {
+        let Some(&(doc, item)) = self.seen.get(&key) else {
+            self.documents.push((location.clone(), json));
+            let item = resource.map(|r| {
+                self.items.push(r);
+                self.items.len() - 1
+            });
+            self.seen.insert(key, (self.documents.len() - 1, item));
+            return;
+        };
+        let earlier = self.documents[doc].0.clone();
+        if self.documents[doc].1 == json {
+            // The same object twice (e.g. overlapping -f): applying both gives the same result.
+            self.replaced.push(format!("{display} in {location} is identical to the one in {earlier}; read once"));
+            return;
+        }
+        if !self.options.override_duplicates {
+            self.errors.push(Error {
+                location: location.clone(),
+                resource: Some(display.to_string()),
+                field: None,
+                message: format!(
+                    "given twice: also in {earlier}; Istio keeps one object per kind, namespace and name, so \
+                     remove one, or pass --override to let the later replace the earlier (as `kubectl apply` \
+                     of both would)"
+                ),
+            });
+            return;
+        }
+        self.replaced.push(format!("{display} from {location} replaces the one from {earlier} (--override)"));
+        self.documents[doc] = (location.clone(), json);
+        if let (Some(i), Some(r)) = (item, resource) {
+            self.items[i] = r;
+        }
+    }
+
+    /// Every resource and document read, or every error found.
+    pub fn finish(mut self) -> Result<Input, LoadFailure> {
+        let notes = self.notes();
+        if self.errors.is_empty() && self.documents.is_empty() {
+            let mut message = if self.sources.is_empty() {
+                "no input: give -f FILE, -f DIR or -f - (stdin) with Istio YAML".to_string()
+            } else {
+                format!("no Istio resources in {}", self.sources.join(", "))
+            };
+            for (dir, has_subdirs) in &self.empty_dirs {
+                message.push_str(&format!("; {dir} holds no *.yaml, *.yml or *.json file"));
+                if *has_subdirs && !self.options.recursive {
+                    message.push_str(" (-R reads its sub-directories)");
+                }
+            }
+            self.errors.push(Error::new(message));
+        }
+        if !self.errors.is_empty() {
+            return Err(LoadFailure { errors: self.errors, notes });
+        }
+        Ok(Input { resources: Resources { items: self.items }, documents: self.documents, notes })
+    }
+
+    fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        for ((reason, kind, api_version), skipped) in &self.skipped {
+            const SHOWN: usize = 3;
+            let mut files = skipped.files.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            if skipped.files.len() > SHOWN {
+                files.push_str(&format!(" and {} more files", skipped.files.len() - SHOWN));
+            }
+            let why = match reason {
+                SkipReason::NotIstio => "not an Istio resource; wasmesh reads Istio's networking, security and telemetry kinds",
+                SkipReason::IstioNotRead => "an Istio kind wasmesh does not implement; it has no effect on what wasmesh generates",
+                SkipReason::GatewayApi => "Gateway API is not supported by wasmesh yet (--skip-unsupported)",
+            };
+            notes.push(format!("skipped {} {kind} ({api_version}) in {files}: {why}", skipped.count));
+        }
+        notes.extend(self.replaced.iter().cloned());
+        notes
+    }
+}
+
+/// Reads `paths` (files, directories, `-` for stdin) with `options`: see [`Loader`].
+pub fn load_inputs<P: AsRef<Path>>(paths: &[P], options: LoadOptions) -> Result<Input, LoadFailure> {
+    let mut loader = Loader::new(options);
+    for path in paths {
+        loader.add_path(path.as_ref());
+    }
+    loader.finish()
+}
+
+fn namespace_name(value: &serde_yaml::Value) -> (String, String) {
+    let meta = value.get("metadata");
+    let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str()).map(str::to_string);
+    (field("namespace").unwrap_or_else(|| "default".into()), field("name").unwrap_or_default())
+}
+
+/// `Kind namespace/name` of an object that is not parsed.
+fn object_name(kind: &str, value: &serde_yaml::Value) -> String {
+    let (ns, name) = namespace_name(value);
+    format!("{kind} {ns}/{name}")
+}
+
+/// The JSON form of a YAML value, as Kubernetes converts it (map keys become strings).
+pub fn yaml_to_json(value: &serde_yaml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    use serde_yaml::Value as Y;
+    match value {
+        Y::Null => J::Null,
+        Y::Bool(b) => J::Bool(*b),
+        Y::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                J::from(i)
+            } else if let Some(u) = n.as_u64() {
+                J::from(u)
+            } else {
+                n.as_f64().and_then(serde_json::Number::from_f64).map_or_else(|| J::String(n.to_string()), J::Number)
+            }
+        }
+        Y::String(s) => J::String(s.clone()),
+        Y::Sequence(items) => J::Array(items.iter().map(yaml_to_json).collect()),
+        Y::Mapping(map) => J::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Y::String(s) => s.clone(),
+                        other => match yaml_to_json(other) {
+                            J::String(s) => s,
+                            j => j.to_string(),
+                        },
+                    };
+                    (key, yaml_to_json(v))
+                })
+                .collect(),
+        ),
+        Y::Tagged(tagged) => yaml_to_json(&tagged.value),
+    }
 }
 
 fn parse_object(value: serde_yaml::Value, location: Location) -> Result<Resource, Error> {
