@@ -30,6 +30,9 @@
 //!   generated only when some policy applies to such a gateway (Istio adds no filter otherwise;
 //!   the gateway's pods are taken to run in the namespace of a WorkloadEntry with those labels,
 //!   else in the root namespace).
+//! - Kubernetes Gateway API gateways that policies name by `targetRefs` (kind `Gateway`) get an
+//!   object with the same `targetRefs`, in the gateway's namespace (Istio refuses
+//!   cross-namespace references), `mode: CLIENT`.
 //! - Istio runs CUSTOM authorization (`ext_authz`) before `jwt_authn` and AUDIT/DENY/ALLOW after
 //!   it. wasmesh splits authz the same way its bootstrap does: with a CUSTOM policy, a second
 //!   authz plugin (`wasmesh.authz.custom`, `stage: custom`) goes into the AUTHN phase with a
@@ -191,6 +194,9 @@ pub struct Plugin {
     pub network: bool,
     /// Gateway pods' labels (Istio `Gateway` `spec.selector`); `None` = every workload.
     pub selector: Option<BTreeMap<String, String>>,
+    /// A Kubernetes Gateway API gateway `(namespace, name)` the plugin attaches to by
+    /// `targetRefs` (in that namespace: Istio refuses cross-namespace references).
+    pub target_gateway: Option<(String, String)>,
     /// Listener kinds and ports: (context, ports; empty = every port).
     pub attach: Vec<(Context, Vec<u32>)>,
     /// The pluginConfig (C2: no `workload`, with `mesh`).
@@ -296,6 +302,36 @@ fn sidecar_workloads(resources: &Resources, mesh: &MeshConfig, gateways: &[Gatew
     out
 }
 
+/// The label Istio puts on the pods of a Kubernetes Gateway API gateway it deploys.
+const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// Gateway API gateways that policies of these kinds attach to by `targetRef(s)`:
+/// `(namespace, name)`, sorted.
+fn target_gateways(resources: &Resources, kinds: &[Kind]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for r in resources.items.iter().filter(|r| kinds.contains(&r.kind())) {
+        let refs: Vec<&wasmesh_istio::PolicyTargetReference> = match &r.spec {
+            wasmesh_istio::Spec::AuthorizationPolicy(p) => p.target_ref.iter().chain(p.target_refs.iter()).collect(),
+            wasmesh_istio::Spec::RequestAuthentication(p) => p.target_ref.iter().chain(p.target_refs.iter()).collect(),
+            _ => Vec::new(),
+        };
+        for t in refs {
+            let group_ok = t.group.is_empty() || t.group == "gateway.networking.k8s.io";
+            if t.kind == "Gateway" && group_ok {
+                out.push((r.namespace().to_string(), t.name.clone()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn gateway_api_workload(mesh: &MeshConfig, ns: &str, name: &str) -> Workload {
+    let labels = BTreeMap::from([(GATEWAY_NAME_LABEL.to_string(), name.to_string())]);
+    workload_for(mesh, name, ns, &labels, &format!("{name}-istio"), ProxyMode::Gateway)
+}
+
 fn non_empty_or(s: &str, default: &str) -> String {
     if s.is_empty() { default.to_string() } else { s.to_string() }
 }
@@ -307,15 +343,15 @@ fn gateway_workload(mesh: &MeshConfig, g: &GatewayTarget) -> Workload {
 
 /// Kubernetes name for a gateway variant: `<base>-<label values>`.
 fn gateway_plugin_name(base: &str, g: &GatewayTarget) -> String {
-    let suffix: String = g
-        .labels
-        .values()
-        .flat_map(|v| v.chars().chain(std::iter::once('-')))
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .collect();
-    let mut name = format!("{base}-{}", suffix.trim_matches('-'));
+    let values: Vec<&str> = g.labels.values().map(String::as_str).collect();
+    dns_name(&format!("{base}-{}", values.join("-")))
+}
+
+/// A DNS-1123 label made of `s` (lower-case alphanumerics and `-`, at most 63 characters).
+fn dns_name(s: &str) -> String {
+    let mut name: String = s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     name.truncate(63);
-    name.trim_end_matches('-').to_string()
+    name.trim_matches('-').to_string()
 }
 
 fn to_value<T: serde::Serialize>(what: &str, v: &T) -> Result<Value, Vec<Error>> {
@@ -485,6 +521,7 @@ fn stats_plugins(
         fail_open: true,
         network: false,
         selector: None,
+        target_gateway: None,
         attach: vec![(Context::SidecarInbound, vec![]), (Context::SidecarOutbound, vec![]), (Context::Gateway, vec![])],
         config,
     });
@@ -504,6 +541,7 @@ fn stats_plugins(
             fail_open: true,
             network: true,
             selector: None,
+            target_gateway: None,
             attach,
             config: tcp_config,
         });
@@ -576,6 +614,7 @@ fn authz_plugins(
             fail_open: false,
             network: false,
             selector: None,
+            target_gateway: None,
             attach: vec![(Context::SidecarInbound, vec![])],
             config,
         });
@@ -591,6 +630,7 @@ fn authz_plugins(
             fail_open: false,
             network: true,
             selector: None,
+            target_gateway: None,
             attach: vec![(Context::SidecarInbound, tcp_in)],
             config,
         });
@@ -615,6 +655,28 @@ fn authz_plugins(
                     fail_open: false,
                     network: false,
                     selector: Some(g.labels.clone()),
+                target_gateway: None,
+                    attach: vec![(Context::Gateway, vec![])],
+                    config,
+                });
+            }
+        }
+    }
+    for (ns, gw) in target_gateways(resources, &[Kind::AuthorizationPolicy]) {
+        let w = gateway_api_workload(mesh, &ns, &gw);
+        for &(stage, root, name, phase, priority) in &stages {
+            let config = authz_config(&policies, mesh, stage)?;
+            if authz_applies(&config, root, std::slice::from_ref(&w))? {
+                gateway_reads_peer |= reads_peer;
+                out.push(Plugin {
+                    name: dns_name(&format!("{name}-{gw}")),
+                    root_id: root,
+                    phase,
+                    priority,
+                    fail_open: false,
+                    network: false,
+                    selector: None,
+                    target_gateway: Some((ns.clone(), gw.clone())),
                     attach: vec![(Context::Gateway, vec![])],
                     config,
                 });
@@ -634,6 +696,7 @@ fn authz_plugins(
             fail_open: false,
             network: true,
             selector: None,
+            target_gateway: None,
             attach,
             config: json!({"role": "peerAddress"}),
         });
@@ -677,6 +740,7 @@ fn authn_plugins(
         fail_open: false,
         network: false,
         selector: None,
+        target_gateway: None,
         attach: vec![(Context::SidecarInbound, vec![])],
         config: config.clone(),
     });
@@ -691,6 +755,24 @@ fn authn_plugins(
                 fail_open: false,
                 network: false,
                 selector: Some(g.labels.clone()),
+                target_gateway: None,
+                attach: vec![(Context::Gateway, vec![])],
+                config: config.clone(),
+            });
+        }
+    }
+    for (ns, gw) in target_gateways(resources, &[Kind::RequestAuthentication]) {
+        let w = gateway_api_workload(mesh, &ns, &gw);
+        if applies(std::slice::from_ref(&w))? {
+            out.push(Plugin {
+                name: dns_name(&format!("wasmesh-authn-{gw}")),
+                root_id: AUTHN_ROOT,
+                phase: Phase::Authn,
+                priority: PRIORITY_SECOND,
+                fail_open: false,
+                network: false,
+                selector: None,
+                target_gateway: Some((ns.clone(), gw.clone())),
                 attach: vec![(Context::Gateway, vec![])],
                 config: config.clone(),
             });
@@ -780,11 +862,29 @@ fn wasm_fields(p: &Plugin, opts: &Options, url: &str) -> Map<String, Value> {
     w
 }
 
-fn wasm_plugin(p: &Plugin, opts: &Options, url: &str, namespace: &str) -> Value {
-    let mut spec = Map::new();
+fn gateway_target_refs(p: &Plugin) -> Option<Value> {
+    p.target_gateway
+        .as_ref()
+        .map(|(_, name)| json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": name}]))
+}
+
+/// The plugin's namespace: the Gateway API gateway's (targetRefs are same-namespace), else root.
+fn plugin_namespace<'a>(p: &'a Plugin, root: &'a str) -> &'a str {
+    p.target_gateway.as_ref().map(|(ns, _)| ns.as_str()).unwrap_or(root)
+}
+
+fn attachment(p: &Plugin, spec: &mut Map<String, Value>) {
     if let Some(sel) = &p.selector {
         spec.insert("selector".into(), json!({"matchLabels": sel}));
     }
+    if let Some(t) = gateway_target_refs(p) {
+        spec.insert("targetRefs".into(), t);
+    }
+}
+
+fn wasm_plugin(p: &Plugin, opts: &Options, url: &str, namespace: &str) -> Value {
+    let mut spec = Map::new();
+    attachment(p, &mut spec);
     spec.insert("phase".into(), json!(phase_name(p.phase, Format::WasmPlugin)));
     spec.insert("priority".into(), json!(p.priority));
     if let Some(m) = traffic_selectors(p) {
@@ -796,9 +896,7 @@ fn wasm_plugin(p: &Plugin, opts: &Options, url: &str, namespace: &str) -> Value 
 
 fn traffic_extension(p: &Plugin, opts: &Options, url: &str, namespace: &str) -> Value {
     let mut spec = Map::new();
-    if let Some(sel) = &p.selector {
-        spec.insert("selector".into(), json!({"matchLabels": sel}));
-    }
+    attachment(p, &mut spec);
     spec.insert("phase".into(), json!(phase_name(p.phase, Format::TrafficExtension)));
     spec.insert("priority".into(), json!(p.priority));
     if let Some(m) = traffic_selectors(p) {
@@ -937,10 +1035,13 @@ fn insert_patches(p: &Plugin, value: &Value) -> Vec<Value> {
     out
 }
 
-fn envoy_filter(name: &str, namespace: &str, selector: Option<&BTreeMap<String, String>>, priority: Option<usize>, patches: Vec<Value>) -> Value {
+fn envoy_filter(name: &str, namespace: &str, plugin: Option<&Plugin>, priority: Option<usize>, patches: Vec<Value>) -> Value {
     let mut spec = Map::new();
-    if let Some(sel) = selector {
+    if let Some(sel) = plugin.and_then(|p| p.selector.as_ref()) {
         spec.insert("workloadSelector".into(), json!({"labels": sel}));
+    }
+    if let Some(t) = plugin.and_then(gateway_target_refs) {
+        spec.insert("targetRefs".into(), t);
     }
     if let Some(p) = priority {
         // Patch sets apply in ascending priority; each INSERT_BEFORE the router lands after
@@ -1019,9 +1120,9 @@ pub fn generate(resources: &Resources, opts: &Options) -> Result<Generated, Vec<
             let url = opts.image.as_deref().unwrap_or_default();
             for p in &plugins {
                 objects.push(if opts.format == Format::WasmPlugin {
-                    wasm_plugin(p, opts, url, &ns)
+                    wasm_plugin(p, opts, url, plugin_namespace(p, &ns))
                 } else {
-                    traffic_extension(p, opts, url, &ns)
+                    traffic_extension(p, opts, url, plugin_namespace(p, &ns))
                 });
             }
         }
@@ -1032,8 +1133,9 @@ pub fn generate(resources: &Resources, opts: &Options) -> Result<Generated, Vec<
             let cluster = module_cluster(url).map_err(|e| vec![Error::new(e)])?;
             objects.push(envoy_filter("wasmesh-module-server", &ns, None, None, cluster_patches(&[cluster])));
             for (i, p) in plugins.iter().enumerate() {
-                let value = json!({"name": p.root_id, "typed_config": envoy_wasm_filter(p, &ns, code.clone())});
-                objects.push(envoy_filter(&p.name, &ns, p.selector.as_ref(), Some(i), insert_patches(p, &value)));
+                let pns = plugin_namespace(p, &ns);
+                let value = json!({"name": p.root_id, "typed_config": envoy_wasm_filter(p, pns, code.clone())});
+                objects.push(envoy_filter(&p.name, pns, Some(p), Some(i), insert_patches(p, &value)));
             }
         }
         Format::EnvoyFilterEcds => {
@@ -1045,12 +1147,13 @@ pub fn generate(resources: &Resources, opts: &Options) -> Result<Generated, Vec<
             }
             let url = opts.image.as_deref().unwrap_or_default();
             for (i, p) in plugins.iter().enumerate() {
-                let ext_name = format!("wasmesh/{ns}.{}", p.name);
+                let pns = plugin_namespace(p, &ns);
+                let ext_name = format!("wasmesh/{pns}.{}", p.name);
                 let mut patches = vec![json!({
                     "applyTo": "EXTENSION_CONFIG",
                     "patch": {"operation": "ADD", "value": {
                         "name": ext_name,
-                        "typed_config": envoy_wasm_filter(p, &ns, agent_code(url, opts.sha256.as_deref())),
+                        "typed_config": envoy_wasm_filter(p, pns, agent_code(url, opts.sha256.as_deref())),
                     }},
                 })];
                 let value = json!({"name": ext_name, "config_discovery": {
@@ -1058,7 +1161,7 @@ pub fn generate(resources: &Resources, opts: &Options) -> Result<Generated, Vec<
                     "type_urls": [HTTP_WASM_TYPE, HTTP_RBAC_TYPE],
                 }});
                 patches.extend(insert_patches(p, &value));
-                objects.push(envoy_filter(&p.name, &ns, p.selector.as_ref(), Some(i), patches));
+                objects.push(envoy_filter(&p.name, pns, Some(p), Some(i), patches));
             }
         }
     }
@@ -1449,6 +1552,21 @@ mod tests {
         assert_eq!(o.sha256, Some("ab".repeat(32)));
         assert_eq!(a.output(), Output::Json);
         assert!(parse_args(&["--format".into(), "nope".into()]).unwrap_err().contains("wasmplugin"));
+    }
+
+    #[test]
+    fn gateway_api_gateways_get_plugins_by_target_refs_in_their_namespace() {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: eg-deny, namespace: web}\nspec: {targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: eg}], action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}\n";
+        let g = generate(&resources(yaml), &opts(Format::WasmPlugin)).unwrap();
+        let p = g.objects.iter().find(|o| o["metadata"]["name"] == "wasmesh-authz-eg").unwrap_or_else(|| panic!("{:#?}", g.objects));
+        assert_eq!(p["metadata"]["namespace"], "web", "targetRefs must be in the gateway's namespace");
+        assert_eq!(p["spec"]["targetRefs"], json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "eg"}]));
+        assert!(p["spec"].get("selector").is_none());
+        assert_eq!(p["spec"]["match"], json!([{"mode": "CLIENT"}]));
+        let f = generate(&resources(yaml), &opts(Format::EnvoyFilter)).unwrap();
+        let e = f.objects.iter().find(|o| o["metadata"]["name"] == "wasmesh-authz-eg").unwrap();
+        assert_eq!(e["spec"]["targetRefs"][0]["name"], "eg");
+        assert_eq!(e["spec"]["configPatches"][0]["match"]["context"], "GATEWAY");
     }
 
     #[test]
