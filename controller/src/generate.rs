@@ -58,11 +58,13 @@
 //! wasm one for no change in behaviour and breaks `ALLOW_ANY` passthrough. So `generate` never
 //! emits it and says so on stderr; the router is for Envoys without istiod (`wasmeshctl envoy`).
 //!
-//! # Double enforcement
+//! # Double enforcement, double counting
 //!
 //! If the same AuthorizationPolicies and RequestAuthentications are also applied to the cluster,
 //! Istio's native filters enforce them too. Both decide the same way (that is wasmesh's test
-//! suite), so requests see the same answer; keep only one where that matters.
+//! suite), so requests see the same answer; keep only one where that matters. `wasmesh.stats`
+//! reports Istio's standard metrics under Istio's names: where Istio's own stats filter runs as
+//! well, each request is counted twice (generate says so on stderr).
 //!
 //! Every pluginConfig is compiled with the filter's own core before anything is printed, once
 //! per workload the inputs know (WorkloadEntries, and the gateways Istio `Gateway`s select), and
@@ -459,6 +461,12 @@ pub fn plugins(resources: &Resources, mesh: &MeshConfig, notes: &mut Vec<String>
     stats_plugins(resources, mesh, &sidecars, &gateways, &mut out)?;
     authz_plugins(resources, mesh, &sidecars, &gateways, &mut out)?;
     authn_plugins(resources, mesh, &sidecars, &gateways, &mut out)?;
+    notes.push(
+        "note: wasmesh.stats reports Istio's standard metrics under Istio's names and labels (the \
+         tag extraction Istio's proxy bootstrap has); where Istio's own stats filter also runs, each \
+         request is counted twice: disable one (e.g. Telemetry metrics for the prometheus provider)"
+            .into(),
+    );
     if resources.of_kind(Kind::VirtualService).next().is_some() {
         notes.push(
             "note: the router filter is not generated for Istio: istiod already routes with the same \
@@ -1440,7 +1448,7 @@ mod tests {
         assert_eq!(ps[2].config["stage"], "rbac");
         assert_eq!(ps[3].name, "wasmesh-authz-ingressgateway");
         assert!(ps[4].config.get("direction").is_none() && ps[4].fail_open);
-        assert!(notes.is_empty(), "{notes:?}");
+        assert!(notes.len() == 1 && notes[0].contains("counted twice"), "{notes:?}");
     }
 
     #[test]
