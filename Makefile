@@ -52,17 +52,18 @@ authz-diff: wasm
 # envoyfilter-manifests/: what `wasmeshctl generate` makes of examples/, one file per example and
 # format. The image, its manifest digest and the module URL/hash are inputs, recorded in each
 # file's header, so `cargo test -p wasmeshctl --test manifests` regenerates them byte for byte.
-#   make manifests IMAGE=oci://REGISTRY/wasmesh:TAG SHA256=<manifest digest from the push>
-# MODULE_SHA256 defaults to the sha256 of the built wasmesh.wasm (the inline EnvoyFilter's
-# remote code); SHA256 may stay empty (then the WasmPlugins are not pinned).
-IMAGE ?= oci://localhost:5000/wasmesh:0.1.0
-SHA256 ?=
-MODULE_URL ?= http://wasmesh-serve.istio-system.svc.cluster.local:8080/wasm/wasmesh.wasm
-MODULE_SHA256 ?= $(shell test -f $(WASM_DIR)/wasmesh.wasm && sha256sum $(WASM_DIR)/wasmesh.wasm | cut -c1-64)
+#   make manifests MANIFESTS_IMAGE=oci://REGISTRY/wasmesh:TAG MANIFESTS_SHA256=<manifest digest>
+# MANIFESTS_MODULE_SHA256 defaults to the sha256 of the built wasmesh.wasm (the inline
+# EnvoyFilter's remote code); MANIFESTS_SHA256 may stay empty (the WasmPlugins are then not pinned).
+MANIFESTS_IMAGE ?= oci://localhost:5000/wasmesh:0.1.0
+MANIFESTS_SHA256 ?=
+MANIFESTS_MODULE_URL ?= http://wasmesh-serve.istio-system.svc.cluster.local:8080/wasm/wasmesh.wasm
+MANIFESTS_MODULE_SHA256 ?= $(shell test -f $(WASM_DIR)/wasmesh.wasm && sha256sum $(WASM_DIR)/wasmesh.wasm | cut -c1-64)
 manifests:
-	@test -n "$(MODULE_SHA256)" || { echo "make manifests: no $(WASM_DIR)/wasmesh.wasm: run 'make wasm' or give MODULE_SHA256=<sha256 of the module>"; exit 1; }
-	WASMESH_UPDATE_MANIFESTS=1 IMAGE="$(IMAGE)" SHA256="$(SHA256)" MODULE_URL="$(MODULE_URL)" MODULE_SHA256="$(MODULE_SHA256)" \
-		$(CARGO) test -q -p wasmeshctl --test manifests -- --nocapture
+	@test -n "$(MANIFESTS_MODULE_SHA256)" || { echo "make manifests: no $(WASM_DIR)/wasmesh.wasm: run 'make wasm' or give MANIFESTS_MODULE_SHA256=<sha256 of the module>" >&2; exit 2; }
+	WASMESH_UPDATE_MANIFESTS=1 IMAGE="$(MANIFESTS_IMAGE)" SHA256="$(MANIFESTS_SHA256)" \
+		MODULE_URL="$(MANIFESTS_MODULE_URL)" MODULE_SHA256="$(MANIFESTS_MODULE_SHA256)" \
+		$(CARGO) test -q -p wasmeshctl --test manifests committed_manifests -- --nocapture
 
 lint:
 	$(CARGO) clippy -q $(addprefix -p wasmesh-filter-,$(FILTERS)) -p wasmesh-proxy -- -D clippy::unwrap_used -D clippy::expect_used -D clippy::panic

@@ -41,7 +41,8 @@ fn generate(args: &str) -> String {
     text
 }
 
-/// `make manifests`: the inputs come from the environment (see the Makefile).
+/// `make manifests`: the inputs come from the environment (the Makefile's `MANIFESTS_*`
+/// variables, passed as IMAGE, SHA256, MODULE_URL, MODULE_SHA256).
 fn update() {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let image = var("IMAGE").unwrap_or_else(|| panic!("IMAGE=oci://REGISTRY/REPO:TAG is required"));
@@ -84,7 +85,12 @@ fn committed_manifests_are_what_generate_makes_of_the_examples() {
             assert!(args.contains(&format!("-f examples/{example} ")), "{rel}: header generates from another example: {args}");
             assert!(args.contains(&format!("--format {format}")), "{rel}: header has another format: {args}");
             let words: Vec<&str> = args.split_whitespace().collect();
-            for (flag, var) in [("--image", "IMAGE"), ("--sha256", "SHA256"), ("--module-url", "MODULE_URL"), ("--module-sha256", "MODULE_SHA256")] {
+            for (flag, var) in [
+                ("--image", "MANIFESTS_IMAGE"),
+                ("--sha256", "MANIFESTS_SHA256"),
+                ("--module-url", "MANIFESTS_MODULE_URL"),
+                ("--module-sha256", "MANIFESTS_MODULE_SHA256"),
+            ] {
                 if let Some(v) = words.iter().position(|w| *w == flag).and_then(|i| words.get(i + 1)) {
                     if !inputs.iter().any(|(k, _)| *k == var) {
                         inputs.push((var, v.to_string()));
