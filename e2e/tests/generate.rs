@@ -202,10 +202,10 @@ impl Proxy {
     }
 }
 
-/// Whether the filters build their identity from node metadata (C2): the stats core then
-/// accepts a configuration without `workload`.
+/// Whether the filters build their identity from node metadata (C2): the stats core's config
+/// type then reads a configuration without `workload`, with `mesh`.
 fn node_identity() -> bool {
-    wasmesh_controller::plugins::stats::core::StatsConfig::compile_json(br#"{"mesh":{}}"#).is_ok()
+    serde_json::from_slice::<wasmesh_controller::plugins::stats::core::StatsConfig>(br#"{"mesh":{}}"#).is_ok()
 }
 
 /// The typed config istiod + agent make of a WasmPlugin/TrafficExtension `spec` (or `spec.wasm`).
