@@ -265,9 +265,13 @@ fn hcm(http: &[Value]) -> Value {
 fn bootstrap(proxy: &Proxy, chains: &Chains, admin: u16, http_port: u16, tcp_port: u16) -> Value {
     let mut filters = chains.network.clone();
     filters.push(hcm(&chains.http));
+    // As istiod: sidecar inbound listeners are INBOUND, gateway listeners OUTBOUND (what a
+    // node-configured stats filter reads for its reporter).
+    let direction = if proxy.gateway { "OUTBOUND" } else { "INBOUND" };
     let mut listeners = vec![json!({
         "name": "http",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": http_port}},
+        "traffic_direction": direction,
         "filter_chains": [{"filters": filters}],
     })];
     let mut clusters = chains.clusters.clone();
@@ -281,6 +285,7 @@ fn bootstrap(proxy: &Proxy, chains: &Chains, admin: u16, http_port: u16, tcp_por
         listeners.push(json!({
             "name": "tcp",
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": tcp_port}},
+            "traffic_direction": direction,
             "filter_chains": [{"filters": tcp}],
         }));
     }
@@ -506,7 +511,10 @@ fn generated_plugins_decide_requests_in_envoy() {
     let r = request(port, "GET", "/productpage", &[("host", "productpage")], b"").unwrap();
     assert_eq!((r.status, r.text()), (403, "RBAC: access denied".to_string()), "{}", envoy.log_tail(30));
     let stats = envoy.admin("/stats?filter=istio_requests_total");
-    assert!(stats.contains("istio_requests_total") && stats.contains("response_code=.=403;"), "{stats}");
+    assert!(
+        stats.contains("istio_requests_total") && stats.contains("reporter=.=destination;") && stats.contains("response_code=.=403;"),
+        "{stats}"
+    );
 
     // Inline EnvoyFilter: Envoy fetches the module itself through the CLUSTER patch.
     let module_path = module("wasmesh.authz");
