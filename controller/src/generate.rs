@@ -1147,11 +1147,9 @@ pub fn generate(resources: &Resources, opts: &Options) -> Result<Generated, Vec<
             }
         }
         Format::EnvoyFilterEcds => {
-            if let Some(p) = plugins.iter().find(|p| p.network) {
-                return Err(vec![Error::new(format!(
-                    "--format envoyfilter-ecds: {} is a network (L4) filter, and Istio's EXTENSION_CONFIG patches serve HTTP filters only; use --format wasmplugin, trafficextension or envoyfilter",
-                    p.root_id
-                ))]);
+            let network: Vec<&Plugin> = plugins.iter().filter(|p| p.network).collect();
+            if !network.is_empty() {
+                return Err(network.iter().map(|p| ecds_network_error(resources, p)).collect());
             }
             let url = opts.image.as_deref().unwrap_or_default();
             for (i, p) in plugins.iter().enumerate() {
@@ -1180,6 +1178,28 @@ pub fn generate(resources: &Resources, opts: &Options) -> Result<Generated, Vec<
         notes.push("note: --sha256 not given: the module is not pinned (give the manifest digest `wasmeshctl image push` prints)".into());
     }
     Ok(Generated { objects, notes })
+}
+
+/// Why `--format envoyfilter-ecds` cannot carry a network plugin, naming the resource that
+/// needs it.
+fn ecds_network_error(resources: &Resources, p: &Plugin) -> Error {
+    let why = format!(
+        "needs the network (L4) filter {}, and Istio's EXTENSION_CONFIG patches serve HTTP filters only; \
+         use --format wasmplugin, trafficextension or envoyfilter",
+        p.root_id
+    );
+    let cause = if p.root_id == PEER_ADDRESS_FILTER_NAME {
+        resources.authorization_policies().find_map(|(r, _)| {
+            let v = serde_json::to_value(r).ok()?;
+            reads_peer_address(&v).then(|| Error::at(r, "spec.rules", format!("ipBlocks/source.ip {why}")))
+        })
+    } else {
+        resources.service_entries().find_map(|(r, se)| {
+            let i = se.ports.iter().position(|p| p.port_protocol() == PortProtocol::Tcp)?;
+            Some(Error::at(r, format!("spec.ports[{i}]"), format!("a TCP port {why}")))
+        })
+    };
+    cause.unwrap_or_else(|| Error::new(format!("--format envoyfilter-ecds {why}")))
 }
 
 /// The objects as YAML documents (with an optional header comment) or one JSON `List`.
