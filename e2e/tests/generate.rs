@@ -410,6 +410,7 @@ fn chains_for(format: Format, objects: &[Value], plugins: &[Plugin], proxy: &Pro
 /// Every format, every plugin kind, sidecar and gateway: what Envoy 1.40 accepts.
 #[test]
 fn every_generated_plugin_validates_in_envoy() {
+    eprintln!("pluginConfig as generated, identity from node metadata (C2): {}", node_identity());
     let resources = resources(true);
     let mut notes = Vec::new();
     let plugins = generate::plugins(&resources, &mesh(), &mut notes).unwrap_or_else(|e| panic!("{e:?}"));
@@ -497,6 +498,7 @@ fn sha256_hex(path: &std::path::Path) -> String {
 /// from a loopback server and checks against the sha256, decides the same.
 #[test]
 fn generated_plugins_decide_requests_in_envoy() {
+    eprintln!("pluginConfig as generated, identity from node metadata (C2): {}", node_identity());
     let resources = resources(false);
     let plugins = generate::plugins(&resources, &MeshConfig::default(), &mut Vec::new()).unwrap();
     let proxy = PRODUCTPAGE();
