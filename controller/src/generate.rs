@@ -824,11 +824,13 @@ fn metadata(name: &str, namespace: &str) -> Value {
     })
 }
 
-fn phase_name(phase: Phase, format: Format) -> &'static str {
-    match (phase, format) {
-        (Phase::Authn, _) => "AUTHN",
-        (Phase::Authz, _) => "AUTHZ",
-        (Phase::Stats, _) => "STATS",
+/// The phase's name; WasmPlugin and TrafficExtension spell AUTHN/AUTHZ/STATS the same (only
+/// their unspecified values differ, which wasmesh never emits).
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Authn => "AUTHN",
+        Phase::Authz => "AUTHZ",
+        Phase::Stats => "STATS",
     }
 }
 
@@ -893,7 +895,7 @@ fn attachment(p: &Plugin, spec: &mut Map<String, Value>) {
 fn wasm_plugin(p: &Plugin, opts: &Options, url: &str, namespace: &str) -> Value {
     let mut spec = Map::new();
     attachment(p, &mut spec);
-    spec.insert("phase".into(), json!(phase_name(p.phase, Format::WasmPlugin)));
+    spec.insert("phase".into(), json!(phase_name(p.phase)));
     spec.insert("priority".into(), json!(p.priority));
     if let Some(m) = traffic_selectors(p) {
         spec.insert("match".into(), m);
@@ -905,7 +907,7 @@ fn wasm_plugin(p: &Plugin, opts: &Options, url: &str, namespace: &str) -> Value 
 fn traffic_extension(p: &Plugin, opts: &Options, url: &str, namespace: &str) -> Value {
     let mut spec = Map::new();
     attachment(p, &mut spec);
-    spec.insert("phase".into(), json!(phase_name(p.phase, Format::TrafficExtension)));
+    spec.insert("phase".into(), json!(phase_name(p.phase)));
     spec.insert("priority".into(), json!(p.priority));
     if let Some(m) = traffic_selectors(p) {
         spec.insert("match".into(), m);
@@ -1409,7 +1411,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
 
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(phase_name(*self, Format::WasmPlugin))
+        f.write_str(phase_name(*self))
     }
 }
 
