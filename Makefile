@@ -10,7 +10,7 @@ FILTERS := router authz authn stats noop
 CORES := wasmesh-istio wasmesh-handover wasmesh-router wasmesh-authz wasmesh-authn wasmesh-stats
 export CARGO_TARGET_WASM32_WASIP1_RUNNER := node $(CURDIR)/e2e/wasi-run.mjs
 
-.PHONY: all deps wasm build test test-unit test-wasm test-e2e run bench clean lint authz-diff manifests
+.PHONY: all deps wasm build test test-unit test-wasm test-e2e run bench clean lint authz-diff images push manifests
 
 all: build
 
@@ -48,6 +48,24 @@ bench: build
 # on the same requests; prints every difference (the corpus in e2e/corpus/authz has none).
 authz-diff: wasm
 	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) run -q -p wasmesh-e2e --bin authz-diff -- $(ARGS)
+
+# OCI image of the shipped module (Istio/Envoy Gateway "compat" layout: plugin.wasm in one tar+gzip
+# layer; deterministic, so the same module gives the same digest). IMAGE_MODULE becomes `wasmesh`
+# when the one-module build lands. `make push REGISTRY=host:port[/repo]` pushes exactly what
+# `make images` wrote and prints REF@sha256:<digest> and the `sha256:` a WasmPlugin takes.
+IMAGE_MODULE ?= authz
+IMAGE_NAME ?= wasmesh
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+IMAGE_DIR := out/images/$(IMAGE_NAME)
+WASMESHCTL = $(CARGO) run -q -p wasmeshctl --
+
+images: wasm
+	$(WASMESHCTL) image build --wasm $(WASM_DIR)/$(IMAGE_MODULE).wasm --oci-layout $(IMAGE_DIR)
+
+push:
+	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host:port[/repo] [IMAGE_TAG=$(IMAGE_TAG)]" >&2; exit 2; }
+	@$(MAKE) --no-print-directory images
+	$(WASMESHCTL) image push $(REGISTRY)/$(IMAGE_NAME):$(IMAGE_TAG) --oci-layout $(IMAGE_DIR) $(PUSH_FLAGS)
 
 # envoyfilter-manifests/: what `wasmeshctl generate` makes of examples/, one file per example and
 # format. The image, its manifest digest and the module URL/hash are inputs, recorded in each

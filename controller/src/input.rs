@@ -13,7 +13,7 @@ use wasmesh_istio::{Error, Input, LoadOptions, Loader, Resources};
 pub struct InputArgs {
     /// Istio YAML: a file, a directory (its *.yaml, *.yml and *.json files) or - for stdin.
     /// Repeatable; several documents per file (---) and kind: List are read.
-    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-")]
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", value_hint = clap::ValueHint::AnyPath)]
     pub filename: Vec<PathBuf>,
 
     /// Also read the sub-directories of every -f DIR.

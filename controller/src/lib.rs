@@ -6,6 +6,7 @@ pub mod check;
 pub mod certs;
 pub mod dashboard;
 pub mod generate;
+pub mod image;
 pub mod input;
 pub mod mesh;
 pub mod plugins;

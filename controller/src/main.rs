@@ -52,6 +52,8 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Live mesh dashboard: requests/s, P50/P90/P99, success rate per service and workload
     Dashboard(dashboard::DashboardArgs),
+    /// Builds, pushes and pulls the wasm module as an OCI image (Istio/Envoy Gateway or CNCF layout)
+    Image(wasmesh_controller::image::ImageArgs),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(long_about = "Prints a shell completion script for wasmeshctl.\n\n  bash:  source <(wasmeshctl \
         completion bash)\n  zsh:   wasmeshctl completion zsh > \"${fpath[1]}/_wasmeshctl\"\n  fish:  wasmeshctl \
@@ -124,19 +126,19 @@ struct EnvoyArgs {
     /// Where the wasm modules (router.wasm, authz.wasm, ...) are. Default: $WASMESH_WASM_DIR,
     /// else `wasm/` beside the wasmeshctl binary, else the checkout's target/wasm32-wasip1/release
     /// when wasmeshctl runs from a cargo target directory.
-    #[arg(long, value_name = "DIR", env = "WASMESH_WASM_DIR")]
+    #[arg(long, value_name = "DIR", env = "WASMESH_WASM_DIR", value_hint = clap::ValueHint::DirPath)]
     wasm_dir: Option<PathBuf>,
 
     /// Istio MeshConfig (YAML): trustDomain, rootNamespace, extensionProviders, ...
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     mesh_config: Option<PathBuf>,
 
     /// Certificate directory (what `wasmeshctl certs --out-dir` writes) for mutual TLS.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     certs: Option<PathBuf>,
 
     /// Envoy's own access log file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     envoy_access_log: Option<PathBuf>,
 
     /// Output format of the bootstrap.
@@ -144,7 +146,7 @@ struct EnvoyArgs {
     output: Format,
 
     /// Write the bootstrap to FILE instead of stdout.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     output_file: Option<PathBuf>,
 }
 
@@ -162,7 +164,7 @@ struct CheckArgs {
     gateway: bool,
 
     /// Istio MeshConfig (YAML): trustDomain, rootNamespace, extensionProviders, ...
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     mesh_config: Option<PathBuf>,
 
     /// The request's method.
@@ -226,6 +228,7 @@ fn main() -> ExitCode {
         Command::Certs(args) => certs::cmd(args),
         Command::Dashboard(args) => dashboard::cmd(args),
         Command::Generate(args) => generate::run(*args),
+        Command::Image(args) => wasmesh_controller::image::run(args),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "wasmeshctl", &mut std::io::stdout());
             Ok(())
@@ -299,7 +302,9 @@ fn wasm_dir(given: Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(dir) = given {
         return std::path::absolute(&dir).map_err(|e| format!("--wasm-dir {}: {e}", dir.display()));
     }
-    let exe = std::env::current_exe().and_then(std::fs::canonicalize).map_err(|e| format!("cannot find wasmeshctl's own path: {e}"))?;
+    let exe = std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .map_err(|e| format!("cannot find wasmeshctl's own path: {e}"))?;
     let mut tried = Vec::new();
     if let Some(bin_dir) = exe.parent() {
         let beside = bin_dir.join("wasm");

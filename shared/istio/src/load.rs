@@ -100,40 +100,17 @@ pub fn load_str(text: &str, file: &str) -> Result<Vec<Resource>, Error> {
     Ok(out)
 }
 
-/// Reads files and directories (every `*.yaml`/`*.yml` in a directory, sorted, not recursive).
+/// Reads files and directories as [`load_inputs`] does with default [`LoadOptions`], returning
+/// the first error (its message counts the others); [`load_inputs`] returns them all.
 pub fn load_dir_or_files<P: AsRef<Path>>(paths: &[P]) -> Result<Resources, Error> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    for path in paths {
-        let path = path.as_ref();
-        if path.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|e| Error {
-                location: Location { file: path.display().to_string(), document: 0 },
-                resource: None,
-                field: None,
-                message: format!("cannot read directory: {e}"),
-            })?;
-            let mut found: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(path.to_path_buf());
+    load_inputs(paths, LoadOptions::default()).map(|input| input.resources).map_err(|failure| {
+        let more = failure.errors.len().saturating_sub(1);
+        let mut first = failure.errors.into_iter().next().unwrap_or_else(|| Error::new("nothing read"));
+        if more > 0 {
+            first.message.push_str(&format!(" (and {more} more errors)"));
         }
-    }
-    let mut items = Vec::new();
-    for file in files {
-        let name = file.display().to_string();
-        let text = std::fs::read_to_string(&file).map_err(|e| Error {
-            location: Location { file: name.clone(), document: 0 },
-            resource: None,
-            field: None,
-            message: format!("cannot read file: {e}"),
-        })?;
-        items.extend(load_str(&text, &name)?);
-    }
-    Ok(Resources { items })
+        first
+    })
 }
 
 /// API groups of the Kubernetes Gateway API (standard and experimental channels).
@@ -171,6 +148,9 @@ pub struct Input {
 pub struct LoadFailure {
     pub errors: Vec<Error>,
     pub notes: Vec<String>,
+    /// Every Istio document that was read as YAML, also those whose typed reading failed (so a
+    /// schema check can add Istio's own reason), in input order.
+    pub documents: Vec<(Location, serde_json::Value)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -214,6 +194,8 @@ pub struct Loader {
     empty_dirs: Vec<(String, bool)>,
     stdin_read: bool,
     files_read: std::collections::HashSet<PathBuf>,
+    /// Istio documents whose typed reading failed (only returned on failure).
+    failed_documents: Vec<(Location, serde_json::Value)>,
 }
 
 impl Loader {
@@ -390,7 +372,12 @@ impl Loader {
                 let display = resource.display_name();
                 self.record(key, &display, location, json, Some(resource));
             }
-            Err(e) => self.errors.push(e),
+            Err(e) => {
+                self.errors.push(e);
+                if !kind.is_empty() {
+                    self.failed_documents.push((location.clone(), json));
+                }
+            }
         }
     }
 
@@ -458,7 +445,10 @@ impl Loader {
             self.errors.push(Error::new(message));
         }
         if !self.errors.is_empty() {
-            return Err(LoadFailure { errors: self.errors, notes });
+            let mut documents = self.documents;
+            documents.append(&mut self.failed_documents);
+            documents.sort_by(|(a, _), (b, _)| (&a.file, a.document).cmp(&(&b.file, b.document)));
+            return Err(LoadFailure { errors: self.errors, notes, documents });
         }
         Ok(Input { resources: Resources { items: self.items }, documents: self.documents, notes })
     }
@@ -645,6 +635,7 @@ pub fn resources_from_json(json: &[u8]) -> Result<Vec<Resource>, Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -714,6 +705,141 @@ spec:
     fn kubectl_metadata_is_accepted() {
         let y = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, uid: abc, resourceVersion: '1', generation: 2, creationTimestamp: x}\nspec: {}\nstatus: {}\n";
         assert_eq!(load_str(y, "f").unwrap().len(), 1);
+    }
+
+    fn loader(options: LoadOptions, files: &[(&str, &str)]) -> Result<Input, LoadFailure> {
+        let mut l = Loader::new(options);
+        for (name, text) in files {
+            l.add_reader(text.as_bytes(), name);
+        }
+        l.finish()
+    }
+
+    const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: reviews-v1}\nspec: {replicas: 1}\n";
+
+    #[test]
+    fn loader_keeps_documents_and_notes_skipped_kinds_per_kind() {
+        let sidecar = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: bookinfo}\nspec: {egress: [{hosts: ['./*']}]}\n";
+        let files: Vec<(String, String)> = (0..5)
+            .map(|i| (format!("app{i}.yaml"), format!("{DEPLOYMENT}---\n{DEPLOYMENT}")))
+            .chain([("reviews.yaml".to_string(), format!("{VS}---\n{sidecar}"))])
+            .collect();
+        let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let input = loader(LoadOptions::default(), &files).unwrap();
+        assert_eq!(input.resources.items.len(), 2);
+        assert_eq!(
+            input.notes,
+            vec![
+                "skipped 10 Deployment (apps/v1) in app0.yaml, app1.yaml, app2.yaml and 2 more files: not an Istio resource; wasmesh reads Istio's networking, security and telemetry kinds",
+                "skipped 1 Sidecar (networking.istio.io/v1) in reviews.yaml: an Istio kind wasmesh does not implement; it has no effect on what wasmesh generates",
+            ]
+        );
+        // Every Istio document as read, the Sidecar too (for schema checks), with its location.
+        assert_eq!(input.documents.len(), 3);
+        let (loc, vs) = &input.documents[0];
+        assert_eq!((loc.file.as_str(), loc.document), ("reviews.yaml", 0));
+        assert_eq!(vs["spec"]["http"][0]["match"][0]["headers"]["end-user"]["exact"], "jason");
+        assert_eq!(vs["metadata"], serde_json::json!({"name": "reviews", "namespace": "bookinfo"}));
+        assert_eq!(input.documents[2].1["kind"], "Sidecar");
+        assert_eq!(input.documents[2].0.document, 2);
+    }
+
+    #[test]
+    fn loader_reports_every_error_and_refuses_empty_input() {
+        let bad_field = VS.replace("exact: jason", "exactly: jason");
+        let failure = loader(
+            LoadOptions::default(),
+            &[("a.yaml", &bad_field), ("b.yaml", "kind: [\n"), ("c.yaml", "apiVersion: v1\nkind: VirtualService\nmetadata: {name: x}\n")],
+        )
+        .unwrap_err();
+        let errors: Vec<String> = failure.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(errors[0].starts_with("a.yaml (document 1): VirtualService bookinfo/reviews: spec.http[0]"), "{errors:#?}");
+        assert!(errors[1].starts_with("b.yaml (document 1): not valid YAML"), "{errors:#?}");
+        assert!(errors[2].contains("apiVersion: \"v1\" is not served for VirtualService"), "{errors:#?}");
+        // For schema checks: every document read as YAML, the refused ones too, in input order.
+        let docs: Vec<(String, usize)> = failure.documents.iter().map(|(l, _)| (l.file.clone(), l.document)).collect();
+        assert_eq!(docs, [("a.yaml".to_string(), 0), ("a.yaml".to_string(), 1), ("c.yaml".to_string(), 0)]);
+        assert_eq!(failure.documents[0].1["spec"]["http"][0]["match"][0]["headers"]["end-user"]["exactly"], "jason");
+
+        let e = loader(LoadOptions::default(), &[("app.yaml", DEPLOYMENT), ("empty.yaml", "")]).unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert_eq!(e.errors[0].message, "no Istio resources in app.yaml, empty.yaml");
+        assert_eq!(e.notes.len(), 1, "the notes say what was skipped: {:?}", e.notes);
+        let e = Loader::new(LoadOptions::default()).finish().unwrap_err();
+        assert!(e.errors[0].message.starts_with("no input: give -f"), "{:?}", e.errors);
+    }
+
+    #[test]
+    fn gateway_api_is_refused_unless_skipped() {
+        let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {}\n---\n\
+                     apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: x}\nspec: {}\n";
+        let e = loader(LoadOptions::default(), &[("vs.yaml", VS), ("route.yaml", route)]).unwrap_err();
+        let errors: Vec<String> = e.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0].starts_with("route.yaml (document 1): HTTPRoute default/r: kind: Gateway API (gateway.networking.k8s.io/v1) is not supported by wasmesh yet"), "{errors:#?}");
+        assert!(errors[1].starts_with("route.yaml (document 2): ReferenceGrant x/g: kind:"), "{errors:#?}");
+        let options = LoadOptions { skip_unsupported: true, ..Default::default() };
+        let input = loader(options, &[("vs.yaml", VS), ("route.yaml", route)]).unwrap();
+        assert_eq!(input.resources.items.len(), 2);
+        assert_eq!(input.documents.len(), 2, "Gateway API documents are not kept");
+        assert!(input.notes[0].starts_with("skipped 1 HTTPRoute (gateway.networking.k8s.io/v1) in route.yaml: Gateway API"), "{:?}", input.notes);
+        assert!(input.notes[1].starts_with("skipped 1 ReferenceGrant (gateway.networking.k8s.io/v1beta1)"), "{:?}", input.notes);
+    }
+
+    #[test]
+    fn the_same_resource_twice_is_an_error_or_replaced_in_place() {
+        let dr = |subset: &str| format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews}}\nspec: {{host: reviews, subsets: [{{name: {subset}, labels: {{version: {subset}}}}}]}}\n");
+        // No namespace means `default`: these are one object in Istio.
+        let later = dr("v9").replace("{name: reviews}", "{name: reviews, namespace: default}");
+        let files = [("bookinfo.yaml", VS), ("other.yaml", later.as_str())];
+        let e = loader(LoadOptions::default(), &files).unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert_eq!(
+            e.errors[0].to_string(),
+            "other.yaml (document 1): DestinationRule default/reviews: given twice: also in bookinfo.yaml (document 2); \
+             Istio keeps one object per kind, namespace and name, so remove one, or pass --override to let the later \
+             replace the earlier (as `kubectl apply` of both would)"
+        );
+        // --override: the later replaces the earlier where it stood (order and count unchanged).
+        let input = loader(LoadOptions { override_duplicates: true, ..Default::default() }, &files).unwrap();
+        assert_eq!(input.resources.items.len(), 2);
+        let Spec::DestinationRule(rule) = &input.resources.items[1].spec else { panic!("{:?}", input.resources.items[1]) };
+        assert_eq!(rule.subsets[0].name, "v9");
+        assert_eq!(input.resources.items[1].location.file, "other.yaml");
+        assert_eq!(input.documents.len(), 2);
+        assert_eq!(input.documents[1].0.file, "other.yaml");
+        assert_eq!(input.documents[1].1["spec"]["subsets"][0]["name"], "v9");
+        assert_eq!(input.notes, vec!["DestinationRule default/reviews from other.yaml (document 1) replaces the one from bookinfo.yaml (document 2) (--override)"]);
+        // The very same object twice (overlapping inputs) is read once, with a note.
+        let input = loader(LoadOptions::default(), &[("a.yaml", VS), ("b.yaml", VS)]).unwrap();
+        assert_eq!(input.resources.items.len(), 2);
+        assert!(input.notes[0].contains("identical to the one in a.yaml"), "{:?}", input.notes);
+        // Another namespace, same kind and name: another object (the DestinationRule, in
+        // `default` in both files, is the identical one read once).
+        let other_ns = VS.replace("namespace: bookinfo", "namespace: other");
+        let input = loader(LoadOptions::default(), &[("a.yaml", VS), ("b.yaml", &other_ns)]).unwrap();
+        let names: Vec<String> = input.resources.items.iter().map(Resource::display_name).collect();
+        assert_eq!(names, ["VirtualService bookinfo/reviews", "DestinationRule default/reviews", "VirtualService other/reviews"]);
+    }
+
+    #[test]
+    fn lists_and_json_are_read() {
+        let list = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "g", "namespace": "istio-system"}, "spec": {"selector": {"istio": "ingressgateway"}}},
+            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}}
+        ]}"#;
+        let input = loader(LoadOptions::default(), &[("list.json", list)]).unwrap();
+        assert_eq!(input.resources.items.len(), 1);
+        assert_eq!(input.resources.items[0].display_name(), "Gateway istio-system/g");
+        assert_eq!(input.documents[0].1["spec"]["selector"]["istio"], "ingressgateway");
+        assert_eq!(input.notes.len(), 1);
+    }
+
+    #[test]
+    fn yaml_becomes_json_as_kubernetes_converts_it() {
+        let v: serde_yaml::Value = serde_yaml::from_str("a: 1\nb: [true, null, 1.5, x]\n2: two\nc: !tag {d: -3}\n").unwrap();
+        assert_eq!(yaml_to_json(&v), serde_json::json!({"a": 1, "b": [true, null, 1.5, "x"], "2": "two", "c": {"d": -3}}));
     }
 
     #[test]

@@ -172,9 +172,7 @@ impl Compiler<'_> {
         // build the FQDN.
         if wl.mode == ProxyMode::Sidecar {
             let suffix = format!(".svc.{}", wl.domain_suffix);
-            let exact: Vec<(String, usize)> = (0..vhosts.len())
-                .flat_map(|i| hosts.exact_names_of(i).into_iter().map(move |h| (h, i)))
-                .collect();
+            let exact: Vec<(String, usize)> = hosts.exact_names_by_value();
             for (host, index) in exact {
                 let Some(short) = host.strip_suffix(&suffix) else { continue };
                 let Some((name, ns)) = short.split_once('.') else { continue };

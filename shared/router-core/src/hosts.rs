@@ -37,9 +37,12 @@ impl HostTable {
         None
     }
 
-    /// The exact (non-wildcard) names that map to `value`.
-    pub(crate) fn exact_names_of(&self, value: usize) -> Vec<String> {
-        self.exact.iter().filter(|(_, v)| **v == value).map(|(k, _)| k.clone()).collect()
+    /// Every exact (non-wildcard) name with its value, ordered by value (then by name, in the
+    /// map's order): one pass, where a scan per value was quadratic in the number of hosts.
+    pub(crate) fn exact_names_by_value(&self) -> Vec<(String, usize)> {
+        let mut names: Vec<(String, usize)> = self.exact.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        names.sort_by_key(|(_, v)| *v);
+        names
     }
 
     pub(crate) fn lookup(&self, host: &str) -> Option<usize> {
