@@ -70,15 +70,17 @@ push:
 # envoyfilter-manifests/: what `wasmeshctl generate` makes of examples/, one file per example and
 # format. The image, its manifest digest and the module URL/hash are inputs, recorded in each
 # file's header, so `cargo test -p wasmeshctl --test manifests` regenerates them byte for byte.
-#   make manifests MANIFESTS_IMAGE=oci://REGISTRY/wasmesh:TAG MANIFESTS_SHA256=<manifest digest>
-# MANIFESTS_MODULE_SHA256 defaults to the sha256 of the built wasmesh.wasm (the inline
-# EnvoyFilter's remote code); MANIFESTS_SHA256 may stay empty (the WasmPlugins are then not pinned).
+# By default they describe the built wasmesh.wasm: MANIFESTS_SHA256 is the manifest digest of its
+# image (`image build` is deterministic: what `make push` publishes of the same module) and
+# MANIFESTS_MODULE_SHA256 the module's own sha256 (the inline EnvoyFilter's remote code).
+#   make manifests MANIFESTS_IMAGE=oci://REGISTRY/wasmesh:TAG
+MANIFESTS_MODULE := $(WASM_DIR)/wasmesh.wasm
 MANIFESTS_IMAGE ?= oci://localhost:5000/wasmesh:0.1.0
-MANIFESTS_SHA256 ?=
+MANIFESTS_SHA256 ?= $(shell test -f $(MANIFESTS_MODULE) && $(CARGO) run -q -p wasmeshctl -- image build --wasm $(MANIFESTS_MODULE) | sed 's/^sha256://')
 MANIFESTS_MODULE_URL ?= http://wasmesh-serve.istio-system.svc.cluster.local:8080/wasm/wasmesh.wasm
-MANIFESTS_MODULE_SHA256 ?= $(shell test -f $(WASM_DIR)/wasmesh.wasm && sha256sum $(WASM_DIR)/wasmesh.wasm | cut -c1-64)
+MANIFESTS_MODULE_SHA256 ?= $(shell test -f $(MANIFESTS_MODULE) && sha256sum $(MANIFESTS_MODULE) | cut -c1-64)
 manifests:
-	@test -n "$(MANIFESTS_MODULE_SHA256)" || { echo "make manifests: no $(WASM_DIR)/wasmesh.wasm: run 'make wasm' or give MANIFESTS_MODULE_SHA256=<sha256 of the module>" >&2; exit 2; }
+	@test -n "$(MANIFESTS_MODULE_SHA256)" || { echo "make manifests: no $(MANIFESTS_MODULE): run 'make wasm' or give MANIFESTS_MODULE_SHA256=<sha256 of the module> (and MANIFESTS_SHA256=<manifest digest>)" >&2; exit 2; }
 	WASMESH_UPDATE_MANIFESTS=1 IMAGE="$(MANIFESTS_IMAGE)" SHA256="$(MANIFESTS_SHA256)" \
 		MODULE_URL="$(MANIFESTS_MODULE_URL)" MODULE_SHA256="$(MANIFESTS_MODULE_SHA256)" \
 		$(CARGO) test -q -p wasmeshctl --test manifests committed_manifests -- --nocapture
