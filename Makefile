@@ -6,7 +6,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip1/release
-FILTERS := router authz authn stats noop
+FILTERS := router authz authn stats noop wasmesh
 CORES := wasmesh-istio wasmesh-handover wasmesh-router wasmesh-authz wasmesh-authn wasmesh-stats
 export CARGO_TARGET_WASM32_WASIP1_RUNNER := node $(CURDIR)/e2e/wasi-run.mjs
 

@@ -89,7 +89,8 @@ pub fn check(resources: &Resources, workload: &Workload, mesh: &MeshConfig, req:
             .collect(),
     };
     let cfg = AuthzConfig {
-        workload: wl.clone(),
+        workload: Some(wl.clone()),
+        mesh: None,
         resources: Vec::new(),
         trust_domain_aliases: mesh.trust_domain_aliases.clone(),
         extension_providers: mesh.extension_providers.clone(),

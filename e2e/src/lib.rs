@@ -14,6 +14,7 @@ pub mod envoy;
 pub mod http;
 pub mod mesh;
 pub mod mtls;
+pub mod node_identity;
 pub mod oci;
 pub mod paths;
 pub mod stats;

@@ -114,7 +114,8 @@ pub fn config(ctx: &ListenerContext<'_>, stage: Stage) -> (AuthzConfig, Resource
         .cloned()
         .collect();
     let cfg = AuthzConfig {
-        workload,
+        workload: Some(workload),
+        mesh: None,
         resources: resources_json(candidates.iter()),
         trust_domain_aliases: ctx.mesh.trust_domain_aliases.clone(),
         extension_providers: ctx.mesh.extension_providers.clone(),

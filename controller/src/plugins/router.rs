@@ -20,7 +20,8 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         .iter()
         .filter(|r| matches!(r.kind(), Kind::VirtualService | Kind::Gateway | Kind::ServiceEntry));
     let config = RouterConfig {
-        workload,
+        workload: Some(workload),
+        mesh: None,
         gateway_port,
         cluster_header: CLUSTER_HEADER.to_string(),
         resources: resources_json(relevant.clone()),

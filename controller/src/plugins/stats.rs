@@ -104,8 +104,9 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
     let services = if direction == StatsDirection::Inbound { workload_services(ctx.resources, &workload) } else { Vec::new() };
     let external_hosts = if direction == StatsDirection::Inbound { Vec::new() } else { external_hosts(ctx.resources, &workload) };
     let cfg = StatsConfig {
-        workload,
-        direction,
+        workload: Some(workload),
+        mesh: None,
+        direction: Some(direction),
         protocol,
         resources: resources_json(telemetries.iter()),
         services,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use wasmesh_istio::security::{JwtRule, RequestAuthentication};
-use wasmesh_istio::{Error, ProxyMode, Resource, Resources, Workload};
+use wasmesh_istio::{Error, MeshIdentity, ProxyMode, Resource, Resources, Workload};
 
 /// Label Kubernetes Gateway API puts on the pods of a gateway (Istio's
 /// `gateway.networking.k8s.io/gateway-name`).
@@ -22,7 +22,14 @@ const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthnConfig {
-    pub workload: Workload,
+    /// The proxy. Absent: the filter builds it from the Envoy node metadata Istio writes (one
+    /// configuration for every proxy a WasmPlugin selects), completed by `mesh`; a node without
+    /// that identity makes the filter refuse to configure (fail closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+    /// Trust domain, root namespace and DNS suffix for a node-derived workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshIdentity>,
     /// RequestAuthentications in Istio's JSON form (others are ignored).
     #[serde(default)]
     pub resources: Vec<serde_json::Value>,
@@ -159,7 +166,8 @@ pub fn discovery_uri(issuer: &str) -> String {
 impl AuthnConfig {
     pub fn new(workload: Workload) -> Self {
         AuthnConfig {
-            workload,
+            workload: Some(workload),
+            mesh: None,
             resources: Vec::new(),
             jwt_cache_slots: default_cache_slots(),
             max_token_bytes: default_max_token_bytes(),
@@ -172,13 +180,28 @@ impl AuthnConfig {
 
     /// Parses the filter configuration and compiles the engine.
     pub fn compile_json(bytes: &[u8]) -> Result<Authn, CompileError> {
-        let cfg: AuthnConfig = serde_json::from_slice(bytes)
-            .map_err(|e| CompileError(vec![Error::new(format!("authn configuration: {e}"))]))?;
-        let resources = wasmesh_istio::resources_from_values(cfg.resources.clone()).map_err(|e| CompileError(vec![e]))?;
-        let fingerprint = blake2b_simd::Params::new().hash_length(16).hash(bytes);
+        AuthnConfig::parse_json(bytes)?.compile_parsed(bytes)
+    }
+
+    /// Parses the filter configuration (resources still as JSON).
+    pub fn parse_json(bytes: &[u8]) -> Result<AuthnConfig, CompileError> {
+        serde_json::from_slice(bytes).map_err(|e| CompileError(vec![Error::new(format!("authn configuration: {e}"))]))
+    }
+
+    /// `mesh`, or Istio's defaults.
+    pub fn mesh(&self) -> MeshIdentity {
+        self.mesh.clone().unwrap_or_default()
+    }
+
+    /// Compiles a configuration parsed from `config_bytes` (and completed by the filter, e.g.
+    /// with the node's workload). The verified-token cache is salted with those bytes, so every
+    /// worker VM of one plugin shares entries and other configurations never see them.
+    pub fn compile_parsed(&self, config_bytes: &[u8]) -> Result<Authn, CompileError> {
+        let resources = wasmesh_istio::resources_from_values(self.resources.clone()).map_err(|e| CompileError(vec![e]))?;
+        let fingerprint = blake2b_simd::Params::new().hash_length(16).hash(config_bytes);
         let mut salt = [0u8; 16];
         salt.copy_from_slice(fingerprint.as_bytes());
-        cfg.compile_with_salt(&Resources { items: resources }, salt)
+        self.compile_with_salt(&Resources { items: resources }, salt)
     }
 
     /// Compiles the engine from already-parsed resources.
@@ -191,6 +214,11 @@ impl AuthnConfig {
     }
 
     fn compile_with_salt(&self, resources: &Resources, salt: [u8; 16]) -> Result<Authn, CompileError> {
+        let Some(workload) = &self.workload else {
+            return Err(CompileError(vec![Error::new(
+                "authn configuration: workload: absent, and not taken from the Envoy node (the filter does that before compiling)",
+            )]));
+        };
         let mut errors = Vec::new();
         if self.max_token_bytes < 64 || self.max_token_bytes > 64 * 1024 {
             errors.push(Error::new(format!(
@@ -212,7 +240,7 @@ impl AuthnConfig {
         let mut selected: Vec<(&Resource, &RequestAuthentication)> = Vec::new();
         for (res, ra) in resources.request_authentications() {
             errors.extend(validate_request_authentication(res, ra));
-            if selects(&self.workload, res, ra) {
+            if selects(workload, res, ra) {
                 selected.push((res, ra));
             }
         }
@@ -221,7 +249,7 @@ impl AuthnConfig {
         }
         // Workload namespace first, then the root namespace, as istiod lists them; the merged
         // rules are then sorted by issuer (stable here; duplicates are kept, as in Istio).
-        selected.sort_by_key(|(res, _)| res.namespace() != self.workload.namespace);
+        selected.sort_by_key(|(res, _)| res.namespace() != workload.namespace);
         let mut rules: Vec<(String, &JwtRule)> = Vec::new();
         for (res, ra) in &selected {
             for (i, rule) in ra.jwt_rules.iter().enumerate() {
@@ -248,7 +276,7 @@ impl AuthnConfig {
                 max_token_bytes: self.max_token_bytes,
                 cache_slots: self.jwt_cache_slots,
                 cache_salt: salt,
-                clear_route_cache: self.workload.mode == ProxyMode::Gateway,
+                clear_route_cache: workload.mode == ProxyMode::Gateway,
                 jwks_max_wait_ms: self.jwks_max_wait_ms,
             },
         ))

@@ -758,3 +758,17 @@ fn rsa_tokens_with_empty_segments_verify_over_the_rebuilt_input_as_envoy() {
         assert_eq!(denied(&eval(&a, &Req::get("/").bearer(&bad))).0, 401, "{alg}: changed payload");
     }
 }
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn without_workload_the_config_parses_and_compiling_refuses() {
+    let bytes = br#"{"mesh": {"domainSuffix": "corp"}}"#;
+    let cfg = AuthnConfig::parse_json(bytes).unwrap();
+    assert!(cfg.workload.is_none());
+    assert_eq!(cfg.mesh().domain_suffix, "corp");
+    let e = cfg.compile_parsed(bytes).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("workload: absent"), "{e}");
+    let mut with = cfg.clone();
+    with.workload = Some(workload());
+    assert!(with.compile_parsed(bytes).is_ok());
+}

@@ -9,13 +9,20 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
 use wasmesh_istio::security::{Action, AuthorizationPolicy, Condition, Operation, Rule, Source};
-use wasmesh_istio::{Error, ProxyMode, Resource, Resources, Workload};
+use wasmesh_istio::{Error, MeshIdentity, ProxyMode, Resource, Resources, Workload};
 
 /// The authz filter's configuration, as `wasmeshctl` writes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthzConfig {
-    pub workload: Workload,
+    /// The proxy. Absent: the filter builds it from the Envoy node metadata Istio writes (one
+    /// configuration for every proxy a WasmPlugin selects), completed by `mesh`; a node without
+    /// that identity makes the filter refuse to configure (fail closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+    /// Trust domain, root namespace and DNS suffix for a node-derived workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshIdentity>,
     /// AuthorizationPolicies (and PeerAuthentications) in Istio's JSON form. The filter
     /// selects the ones that apply to `workload` itself (namespace, selector, targetRefs), so a
     /// superset is fine.
@@ -164,15 +171,33 @@ pub struct Authz {
 impl AuthzConfig {
     /// Parses the filter configuration and compiles it.
     pub fn compile_json(bytes: &[u8]) -> Result<Authz, CompileError> {
-        let cfg: AuthzConfig = serde_json::from_slice(bytes)
-            .map_err(|e| CompileError(vec![Error::new(format!("authz configuration: {e}"))]))?;
-        let resources = wasmesh_istio::resources_from_values(cfg.resources.clone()).map_err(|e| CompileError(vec![e]))?;
-        cfg.compile(&Resources { items: resources })
+        let cfg = AuthzConfig::parse_json(bytes)?;
+        cfg.compile(&cfg.parsed_resources()?)
+    }
+
+    /// Parses the filter configuration (resources still as JSON).
+    pub fn parse_json(bytes: &[u8]) -> Result<AuthzConfig, CompileError> {
+        serde_json::from_slice(bytes).map_err(|e| CompileError(vec![Error::new(format!("authz configuration: {e}"))]))
+    }
+
+    /// The `resources` field as Istio resources.
+    pub fn parsed_resources(&self) -> Result<Resources, CompileError> {
+        let items = wasmesh_istio::resources_from_values(self.resources.clone()).map_err(|e| CompileError(vec![e]))?;
+        Ok(Resources { items })
+    }
+
+    /// `mesh`, or Istio's defaults.
+    pub fn mesh(&self) -> MeshIdentity {
+        self.mesh.clone().unwrap_or_default()
     }
 
     /// Compiles from already-parsed resources (the `resources` field is not read).
     pub fn compile(&self, resources: &Resources) -> Result<Authz, CompileError> {
-        let wl = &self.workload;
+        let Some(wl) = &self.workload else {
+            return Err(CompileError(vec![Error::new(
+                "authz configuration: workload: absent, and not taken from the Envoy node (the filter does that before compiling)",
+            )]));
+        };
         let mut warnings = Vec::new();
         let mut bundle = vec![wl.trust_domain.clone()];
         bundle.extend(self.trust_domain_aliases.iter().cloned());

@@ -16,7 +16,8 @@ fn workload() -> Workload {
 fn compile_with(yaml: &str, wl: Workload, f: impl FnOnce(&mut AuthzConfig)) -> Authz {
     let resources = Resources { items: load_str(yaml, "test.yaml").expect("valid yaml") };
     let mut cfg = AuthzConfig {
-        workload: wl,
+        workload: Some(wl),
+        mesh: None,
         resources: Vec::new(),
         trust_domain_aliases: Vec::new(),
         extension_providers: Vec::new(),
@@ -1064,7 +1065,8 @@ fn tcp_refuses_dynamic_metadata_conditions() {
     let yaml = policy("p", "foo", "DENY", "  rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: ['[update]']}]}]");
     let resources = Resources { items: load_str(&yaml, "test.yaml").expect("valid yaml") };
     let cfg = AuthzConfig {
-        workload: workload(),
+        workload: Some(workload()),
+        mesh: None,
         resources: Vec::new(),
         trust_domain_aliases: Vec::new(),
         extension_providers: Vec::new(),
@@ -1085,4 +1087,15 @@ fn tcp_peer_authentication_strict_refuses_plaintext() {
     let v = a.evaluate(&conn().view()).1;
     assert!(matches!(v.reason, Reason::PeerAuthnStrict { port: 8000, .. }), "{v:?}");
     assert!(allowed(&a, &conn().from("cluster.local/ns/default/sa/sleep")));
+}
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn without_workload_the_config_parses_and_compiling_refuses() {
+    let cfg = AuthzConfig::parse_json(br#"{"mesh": {"trustDomain": "td.example", "rootNamespace": "mesh-root"}}"#).unwrap();
+    assert!(cfg.workload.is_none());
+    assert_eq!((cfg.mesh().trust_domain.as_str(), cfg.mesh().root_namespace.as_str()), ("td.example", "mesh-root"));
+    let e = cfg.compile(&cfg.parsed_resources().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("workload: absent"), "{e}");
+    assert!(AuthzConfig::compile_json(br#"{"resources": []}"#).is_err(), "fail closed without a workload");
 }

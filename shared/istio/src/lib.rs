@@ -10,6 +10,7 @@ pub mod duration;
 mod load;
 mod meta;
 pub mod networking;
+pub mod node;
 pub mod security;
 pub mod telemetry;
 pub mod validate;
@@ -26,6 +27,7 @@ pub use networking::{
 };
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 pub use telemetry::Telemetry;
+pub use node::{MeshIdentity, NodeMetadata, Strictness};
 pub use workload::{fqdn, ProxyMode, Workload};
 
 use serde::{Deserialize, Serialize};

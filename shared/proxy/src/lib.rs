@@ -7,6 +7,7 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, Status};
+use wasmesh_istio::{MeshIdentity, NodeMetadata, Strictness, Workload};
 
 /// All request headers, names lower-case, values as raw bytes. Empty when unavailable.
 pub fn request_headers() -> Vec<(String, Bytes)> {
@@ -154,55 +155,59 @@ pub fn random_seed() -> u64 {
         .unwrap_or(0x9E37_79B9_7F4A_7C15)
 }
 
-/// Decodes the proxy-wasm "pairs" encoding used for map-valued properties:
-/// `u32 N`, N × (`u32 key_len`, `u32 val_len`), then each `key \0 value \0`.
-pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
-    let read_u32 = |at: usize| -> Option<usize> {
-        let arr: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
-        Some(u32::from_le_bytes(arr) as usize)
-    };
-    let n = read_u32(0)?;
-    if n > bytes.len() / 8 {
-        return None;
+/// Decodes the proxy-wasm "pairs" encoding used for map-valued properties (see
+/// [`wasmesh_istio::node`] for what Envoy returns for each kind of value).
+pub use wasmesh_istio::node::decode_pairs;
+
+/// The Envoy node as Istio writes it (id and the metadata keys of [`wasmesh_istio::node::KEYS`]).
+///
+/// Envoy 1.40 serves the node under `xds.node` (`get_property(["xds","node","metadata","LABELS"])`);
+/// older hosts that only know the wasm-specific `node` attribute are tried second. Six hostcalls,
+/// made once per plugin configuration, never per request.
+pub fn node_metadata() -> NodeMetadata {
+    let mut node = NodeMetadata::default();
+    let mut prefix = "xds";
+    node.id = property_string(&["xds", "node", "id"]);
+    if node.id.is_none() {
+        node.id = property_string(&["node", "id"]);
+        if node.id.is_some() {
+            prefix = "node";
+        }
     }
-    let mut sizes = Vec::with_capacity(n);
-    for i in 0..n {
-        sizes.push((read_u32(4 + i * 8)?, read_u32(8 + i * 8)?));
+    for key in wasmesh_istio::node::KEYS {
+        let path: Vec<&str> = if prefix == "xds" { vec!["xds", "node", "metadata", key] } else { vec!["node", "metadata", key] };
+        node.set(key, property(&path).as_deref());
     }
-    let mut at = 4 + n * 8;
-    let mut out = Vec::with_capacity(n);
-    for (k, v) in sizes {
-        let key = bytes.get(at..at.checked_add(k)?)?;
-        at = at.checked_add(k + 1)?;
-        let value = bytes.get(at..at.checked_add(v)?)?;
-        at = at.checked_add(v + 1)?;
-        out.push((key, value));
+    node
+}
+
+/// The proxy's workload from the Envoy node (see [`NodeMetadata::workload`]).
+pub fn node_workload(mesh: &MeshIdentity, strictness: Strictness) -> Result<Workload, String> {
+    node_metadata().workload(mesh, strictness)
+}
+
+/// `xds.listener_direction` of the listener a stream arrived on: Envoy's
+/// `core.v3.TrafficDirection` as an 8-byte little-endian integer (verified in Envoy 1.40:
+/// 0 UNSPECIFIED, 1 INBOUND, 2 OUTBOUND). Only readable in stream contexts, not while
+/// configuring (the plugin is not bound to one listener). `None` when unreadable.
+pub fn listener_direction() -> Option<ListenerDirection> {
+    match property_u64(&["xds", "listener_direction"])? {
+        1 => Some(ListenerDirection::Inbound),
+        2 => Some(ListenerDirection::Outbound),
+        _ => Some(ListenerDirection::Unspecified),
     }
-    Some(out)
+}
+
+/// Envoy's `TrafficDirection` of a listener (Istio sets INBOUND on a sidecar's inbound
+/// listener, OUTBOUND on its outbound ones, and leaves gateways' listeners OUTBOUND too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerDirection {
+    Unspecified,
+    Inbound,
+    Outbound,
 }
 
 /// A status from the host as text, for log lines.
 pub fn status_text(s: Status) -> String {
     format!("{s:?}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decodes_pairs_and_rejects_truncation() {
-        let mut b = Vec::new();
-        b.extend_from_slice(&2u32.to_le_bytes());
-        b.extend_from_slice(&1u32.to_le_bytes());
-        b.extend_from_slice(&2u32.to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes());
-        b.extend_from_slice(&3u32.to_le_bytes());
-        b.extend_from_slice(b"a\0bc\0\0xyz\0");
-        let pairs = decode_pairs(&b).unwrap();
-        assert_eq!(pairs, vec![(&b"a"[..], &b"bc"[..]), (&b""[..], &b"xyz"[..])]);
-        assert!(decode_pairs(&b[..b.len() - 3]).is_none());
-        assert!(decode_pairs(&[0xff, 0xff, 0xff, 0x7f]).is_none());
-        assert!(decode_pairs(&[]).is_none());
-    }
 }

@@ -7,15 +7,23 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use wasmesh_istio::networking::{Destination, HttpMatchRequest, HttpRoute};
-use wasmesh_istio::{Error, ProxyMode, Resource, Resources, Workload};
+use wasmesh_istio::{Error, MeshIdentity, ProxyMode, Resource, Resources, Workload};
 
 /// The router filter's configuration, as `wasmeshctl` writes it: who the proxy is and the Istio
 /// resources that may apply to it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouterConfig {
-    pub workload: Workload,
+    /// The proxy. Absent: the filter builds it from the Envoy node metadata Istio writes (one
+    /// configuration for every proxy a WasmPlugin selects), completed by `mesh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+    /// Trust domain, root namespace and DNS suffix for a node-derived workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshIdentity>,
     /// Gateway mode: the Gateway server port this listener implements (`servers[].port.number`).
+    /// Absent on a gateway: the filter compiles one route table per port of the Gateway servers
+    /// that select the proxy and picks it by the port the request arrived on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_port: Option<u32>,
     #[serde(default = "default_cluster_header")]
@@ -45,21 +53,58 @@ impl std::error::Error for CompileError {}
 impl RouterConfig {
     /// Parses the filter configuration and compiles the router.
     pub fn compile_json(bytes: &[u8]) -> Result<Router, CompileError> {
-        let cfg: RouterConfig = serde_json::from_slice(bytes)
-            .map_err(|e| CompileError(vec![Error::new(format!("router configuration: {e}"))]))?;
-        let resources = wasmesh_istio::resources_from_values(cfg.resources.clone())
-            .map_err(|e| CompileError(vec![e]))?;
-        cfg.compile(&Resources { items: resources })
+        let cfg = RouterConfig::parse_json(bytes)?;
+        cfg.compile(&cfg.parsed_resources()?)
+    }
+
+    /// Parses the filter configuration (resources still as JSON).
+    pub fn parse_json(bytes: &[u8]) -> Result<RouterConfig, CompileError> {
+        serde_json::from_slice(bytes).map_err(|e| CompileError(vec![Error::new(format!("router configuration: {e}"))]))
+    }
+
+    /// The `resources` field as Istio resources.
+    pub fn parsed_resources(&self) -> Result<Resources, CompileError> {
+        let items = wasmesh_istio::resources_from_values(self.resources.clone()).map_err(|e| CompileError(vec![e]))?;
+        Ok(Resources { items })
+    }
+
+    /// `mesh`, or Istio's defaults.
+    pub fn mesh(&self) -> MeshIdentity {
+        self.mesh.clone().unwrap_or_default()
     }
 
     /// Compiles the router for this proxy from already-parsed resources.
     pub fn compile(&self, resources: &Resources) -> Result<Router, CompileError> {
-        Compiler { cfg: self, errors: Vec::new(), check_all: false }.run(resources)
+        let Some(workload) = &self.workload else {
+            return Err(CompileError(vec![Error::new(
+                "router configuration: workload: absent, and not taken from the Envoy node (the filter does that before compiling)",
+            )]));
+        };
+        Compiler { cfg: self, wl: workload, errors: Vec::new(), check_all: false }.run(resources)
+    }
+
+    /// Gateway mode: the `servers[].port.number` of every Gateway that selects the workload, in
+    /// order, each once (the ports a configuration without `gatewayPort` serves).
+    pub fn gateway_ports(&self, resources: &Resources) -> Vec<u32> {
+        let Some(wl) = &self.workload else { return Vec::new() };
+        let mut ports = Vec::new();
+        for (_, gw) in resources.gateways() {
+            if !gw.selector.iter().all(|(k, v)| wl.labels.get(k) == Some(v)) {
+                continue;
+            }
+            for server in &gw.servers {
+                if !ports.contains(&server.port.number) {
+                    ports.push(server.port.number);
+                }
+            }
+        }
+        ports
     }
 }
 
 struct Compiler<'c> {
     cfg: &'c RouterConfig,
+    wl: &'c Workload,
     errors: Vec<Error>,
     /// Validation: compile every VirtualService and match block, whatever proxy they select.
     check_all: bool,
@@ -75,7 +120,7 @@ struct GatewayServers {
 
 impl Compiler<'_> {
     fn run(mut self, resources: &Resources) -> Result<Router, CompileError> {
-        let wl = &self.cfg.workload;
+        let wl = self.wl;
         if !is_header_name(&self.cfg.cluster_header) {
             self.errors.push(Error::new(format!(
                 "router configuration: clusterHeader {:?} is not a lower-case HTTP header name",
@@ -223,7 +268,7 @@ impl Compiler<'_> {
 
     /// Service hosts (FQDN) and their ports, from ServiceEntries visible to this proxy.
     fn services(&mut self, resources: &Resources) -> BTreeMap<String, Vec<u32>> {
-        let wl = &self.cfg.workload;
+        let wl = self.wl;
         let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for (res, se) in resources.service_entries() {
             if !visible(&se.export_to, res.namespace(), &wl.namespace) {
@@ -242,7 +287,7 @@ impl Compiler<'_> {
     }
 
     fn gateway_servers(&mut self, resources: &Resources) -> GatewayServers {
-        let wl = &self.cfg.workload;
+        let wl = self.wl;
         let port = self.cfg.gateway_port.unwrap_or(0);
         let mut out = GatewayServers { names: Vec::new(), hosts: Vec::new() };
         for (res, gw) in resources.gateways() {
@@ -282,7 +327,7 @@ impl Compiler<'_> {
         services: &BTreeMap<String, Vec<u32>>,
         gateway: Option<&GatewayServers>,
     ) -> Vec<Route> {
-        let wl = self.cfg.workload.clone();
+        let wl = self.wl.clone();
         let mut out = Vec::new();
         for (ri, route) in http.iter().enumerate() {
             let field = format!("spec.http[{ri}]");
@@ -453,7 +498,7 @@ impl Compiler<'_> {
             self.err(res, &format!("{field}.host"), &format!("{:?} is not a destination host; expected a service name", d.host));
             return None;
         }
-        let host = self.cfg.workload.fqdn(&d.host, res.namespace());
+        let host = self.wl.fqdn(&d.host, res.namespace());
         let port = match (d.port, services.get(&host).map(Vec::as_slice)) {
             (Some(p), _) if p.number == 0 || p.number > 65535 => {
                 self.err(res, &format!("{field}.port.number"), &format!("{} is not a port; expected 1-65535", p.number));
@@ -530,13 +575,15 @@ fn is_header_name(name: &str) -> bool {
 /// Checks every VirtualService in `resources` as the router would compile it, whatever proxy it
 /// selects, for `wasmeshctl validate`.
 pub fn validate(resources: &Resources) -> Vec<Error> {
+    let wl = Workload::new("validate", "default");
     let cfg = RouterConfig {
-        workload: Workload::new("validate", "default"),
+        workload: Some(wl.clone()),
+        mesh: None,
         gateway_port: None,
         cluster_header: default_cluster_header(),
         resources: Vec::new(),
     };
-    match (Compiler { cfg: &cfg, errors: Vec::new(), check_all: true }).run(resources) {
+    match (Compiler { cfg: &cfg, wl: &wl, errors: Vec::new(), check_all: true }).run(resources) {
         Ok(_) => Vec::new(),
         Err(CompileError(errors)) => errors,
     }

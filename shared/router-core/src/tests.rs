@@ -50,14 +50,15 @@ fn sidecar(yaml: &str) -> Router {
 
 fn sidecar_with(yaml: &str, wl: Workload) -> Router {
     let items = load_str(&format!("{SERVICES}\n---\n{yaml}"), "test.yaml").unwrap();
-    let cfg = RouterConfig { workload: wl, gateway_port: None, cluster_header: DEFAULT_CLUSTER_HEADER.into(), resources: vec![] };
+    let cfg = RouterConfig { workload: Some(wl), mesh: None, gateway_port: None, cluster_header: DEFAULT_CLUSTER_HEADER.into(), resources: vec![] };
     cfg.compile(&Resources { items }).unwrap()
 }
 
 fn compile_err(yaml: &str) -> String {
     let items = load_str(&format!("{SERVICES}\n---\n{yaml}"), "test.yaml").unwrap();
     let cfg = RouterConfig {
-        workload: Workload::new("w", "default"),
+        workload: Some(Workload::new("w", "default")),
+        mesh: None,
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         resources: vec![],
@@ -355,7 +356,7 @@ spec:
     let mut wl = Workload::new("istio-ingressgateway", "istio-system");
     wl.mode = ProxyMode::Gateway;
     wl.labels.insert("istio".into(), "ingressgateway".into());
-    let cfg = RouterConfig { workload: wl.clone(), gateway_port: Some(80), cluster_header: DEFAULT_CLUSTER_HEADER.into(), resources: vec![] };
+    let cfg = RouterConfig { workload: Some(wl.clone()), mesh: None, gateway_port: Some(80), cluster_header: DEFAULT_CLUSTER_HEADER.into(), resources: vec![] };
     let r = cfg.compile(&Resources { items: items.clone() }).unwrap();
     let httpbin = "outbound|8000||httpbin.default.svc.cluster.local";
     assert_eq!(cluster(&r, &[(":authority", "httpbin.example.com"), (":path", "/status/200")]), httpbin);
@@ -368,8 +369,8 @@ spec:
     assert_eq!(cluster(&r, &[(":authority", "httpbin.example.com"), (":path", "/status/200")]), "404");
     // A gateway whose labels the Gateway does not select serves nothing.
     let mut other = cfg;
-    other.workload.labels.clear();
-    other.workload.labels.insert("istio".into(), "egressgateway".into());
+    other.workload.as_mut().unwrap().labels.clear();
+    other.workload.as_mut().unwrap().labels.insert("istio".into(), "egressgateway".into());
     let r = other.compile(&Resources { items }).unwrap();
     assert_eq!(cluster(&r, &[(":authority", "httpbin.example.com"), (":path", "/status/200")]), "404");
 }
@@ -411,7 +412,7 @@ fn configuration_json_round_trip_compiles() {
             serde_json::to_value(r).unwrap()
         })
         .collect();
-    let cfg = RouterConfig { workload: Workload::new("w", "default"), gateway_port: None, cluster_header: "x-wasmesh-cluster".into(), resources };
+    let cfg = RouterConfig { workload: Some(Workload::new("w", "default")), mesh: None, gateway_port: None, cluster_header: "x-wasmesh-cluster".into(), resources };
     let router = RouterConfig::compile_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
     assert_eq!(cluster(&router, &[(":authority", "reviews"), ("end-user", "jason")]), "outbound|9080|v2|reviews.default.svc.cluster.local");
     assert!(RouterConfig::compile_json(b"{\"workload\": 1}").is_err());
@@ -461,4 +462,63 @@ fn needed_headers_are_what_the_routes_read() {
     }
     assert_eq!(needed[0], ":authority");
     assert_eq!(sidecar(REVIEWS_VS).needed_headers(), &[":authority".to_string(), "end-user".to_string()]);
+}
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn without_workload_the_config_parses_and_compiling_names_what_is_missing() {
+    let cfg = RouterConfig::parse_json(br#"{"mesh": {"domainSuffix": "corp.internal"}, "resources": []}"#).unwrap();
+    assert!(cfg.workload.is_none());
+    assert_eq!(cfg.mesh().domain_suffix, "corp.internal");
+    assert_eq!(cfg.mesh().root_namespace, "istio-system");
+    let e = cfg.compile(&cfg.parsed_resources().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("workload: absent"), "{e}");
+    assert!(RouterConfig::parse_json(br#"{"mesh": {"trustDomian": "x"}}"#).is_err(), "misspelt mesh fields are errors");
+}
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn gateway_ports_are_the_servers_of_the_gateways_selecting_the_proxy() {
+    let yaml = "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: a, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}
+  - {port: {number: 8080, name: http2, protocol: HTTP}, hosts: ['*']}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: b, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ['b.example.com']}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: egress, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - {port: {number: 443, name: https, protocol: HTTP}, hosts: ['*']}
+";
+    let resources = Resources { items: wasmesh_istio::load_str(yaml, "gw.yaml").unwrap() };
+    let mut wl = Workload::new("istio-ingressgateway", "istio-system");
+    wl.mode = ProxyMode::Gateway;
+    wl.labels.insert("istio".into(), "ingressgateway".into());
+    let cfg = RouterConfig {
+        workload: Some(wl),
+        mesh: None,
+        gateway_port: None,
+        cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        resources: vec![],
+    };
+    assert_eq!(cfg.gateway_ports(&resources), vec![80, 8080]);
+    assert!(cfg.compile(&resources).is_err(), "one table needs its gatewayPort");
+    for port in [80, 8080] {
+        assert!(RouterConfig { gateway_port: Some(port), ..cfg.clone() }.compile(&resources).is_ok());
+    }
 }

@@ -28,7 +28,7 @@ pub use peer::{LocalInfo, PeerCache, PeerMetadata};
 use expr::Expr;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use wasmesh_istio::{Error, ProxyMode, Resources, Workload};
+use wasmesh_istio::{Error, MeshIdentity, ProxyMode, Resources, Workload};
 
 /// Which listener the filter runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,15 +55,27 @@ pub enum ListenerProtocol {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StatsConfig {
-    pub workload: Workload,
-    pub direction: Direction,
+    /// The proxy. Absent: the filter builds it from the Envoy node metadata Istio writes,
+    /// completed by `mesh`; what the node does not say is reported as `unknown` (fail open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+    /// Trust domain, root namespace and DNS suffix for a node-derived workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshIdentity>,
+    /// The listener's direction. Absent: a gateway reports as `gateway`, a sidecar decides per
+    /// connection from Envoy's `xds.listener_direction` (INBOUND: reporter destination; else
+    /// source), as Istio's stats filter does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
     #[serde(default)]
     pub protocol: ListenerProtocol,
     /// Telemetry resources (Istio JSON); the ones that apply to the workload are used.
     #[serde(default)]
     pub resources: Vec<serde_json::Value>,
     /// Inbound: the services the workload backs (Istio's inbound cluster metadata
-    /// `istio.services`); the first is reported as `destination_service`.
+    /// `istio.services`); the first is reported as `destination_service`. Empty: the inbound
+    /// cluster's own metadata `filter_metadata.istio.services[0]` is read per cluster, as Istio's
+    /// stats filter does (no Host-header fallback on inbound, Istio's `disableHostHeaderFallback`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceInfo>,
     /// Bound on distinct label sets per VM (per worker thread).
@@ -157,19 +169,55 @@ pub struct Stats {
 
 impl StatsConfig {
     pub fn compile_json(bytes: &[u8]) -> Result<Stats, CompileError> {
-        let cfg: StatsConfig = serde_json::from_slice(bytes)
-            .map_err(|e| CompileError(vec![Error::new(format!("stats configuration: {e}"))]))?;
-        let items = wasmesh_istio::resources_from_values(cfg.resources.clone()).map_err(|e| CompileError(vec![e]))?;
-        cfg.compile(&Resources { items })
+        let cfg = StatsConfig::parse_json(bytes)?;
+        cfg.compile(&cfg.parsed_resources()?)
+    }
+
+    /// Parses the filter configuration (resources still as JSON).
+    pub fn parse_json(bytes: &[u8]) -> Result<StatsConfig, CompileError> {
+        serde_json::from_slice(bytes).map_err(|e| CompileError(vec![Error::new(format!("stats configuration: {e}"))]))
+    }
+
+    /// The `resources` field as Istio resources.
+    pub fn parsed_resources(&self) -> Result<Resources, CompileError> {
+        let items = wasmesh_istio::resources_from_values(self.resources.clone()).map_err(|e| CompileError(vec![e]))?;
+        Ok(Resources { items })
+    }
+
+    /// `mesh`, or Istio's defaults.
+    pub fn mesh(&self) -> MeshIdentity {
+        self.mesh.clone().unwrap_or_default()
+    }
+
+    /// The directions a filter with this (workload-complete) configuration serves: the
+    /// configured one, `gateway` for a gateway, else inbound and outbound (chosen per
+    /// connection from the listener's direction).
+    pub fn directions(&self) -> Vec<Direction> {
+        match (self.direction, self.workload.as_ref().map(|w| w.mode)) {
+            (Some(d), _) => vec![d],
+            (None, Some(ProxyMode::Gateway)) => vec![Direction::Gateway],
+            (None, _) => vec![Direction::Inbound, Direction::Outbound],
+        }
+    }
+
+    /// Compiles for one direction (see [`StatsConfig::directions`]).
+    pub fn compile_for(&self, direction: Direction, resources: &Resources) -> Result<Stats, CompileError> {
+        let cfg = StatsConfig { direction: Some(direction), ..self.clone() };
+        cfg.compile(resources)
     }
 
     pub fn compile(&self, resources: &Resources) -> Result<Stats, CompileError> {
         let mut errors = Vec::new();
-        match (self.direction, self.workload.mode) {
+        let (Some(workload), Some(direction)) = (&self.workload, self.direction) else {
+            return Err(CompileError(vec![Error::new(
+                "stats configuration: workload and direction are needed to compile; the filter takes absent ones from the Envoy node and listener",
+            )]));
+        };
+        match (direction, workload.mode) {
             (Direction::Gateway, ProxyMode::Sidecar) | (Direction::Inbound | Direction::Outbound, ProxyMode::Gateway) => {
                 errors.push(Error::new(format!(
                     "stats configuration: direction {:?} does not fit workload mode {:?}",
-                    self.direction, self.workload.mode
+                    direction, workload.mode
                 )));
             }
             _ => {}
@@ -194,11 +242,11 @@ impl StatsConfig {
                 errors.push(Error::new(format!("stats configuration: services[{i}].host is empty")));
             }
         }
-        let mode = match self.direction {
+        let mode = match direction {
             Direction::Inbound => Mode::Server,
             Direction::Outbound | Direction::Gateway => Mode::Client,
         };
-        let plans = match overrides::compile(resources, &self.workload, mode) {
+        let plans = match overrides::compile(resources, workload, mode) {
             Ok(p) => p,
             Err(mut e) => {
                 errors.append(&mut e);
@@ -208,7 +256,7 @@ impl StatsConfig {
         if !errors.is_empty() {
             return Err(CompileError(errors));
         }
-        let local = LocalInfo::from_workload(&self.workload);
+        let local = LocalInfo::from_workload(workload);
         let preamble = if self.peer_exchange { exchange::encode_preamble(&local) } else { Vec::new() };
         let http_groups = groups(&plans, &Metric::HTTP);
         let tcp_groups = groups(&plans, &Metric::TCP);
@@ -220,9 +268,9 @@ impl StatsConfig {
             s
         });
         Ok(Stats {
-            direction: self.direction,
+            direction,
             protocol: self.protocol,
-            reporter: if self.direction == Direction::Inbound { Reporter::Destination } else { Reporter::Source },
+            reporter: if direction == Direction::Inbound { Reporter::Destination } else { Reporter::Source },
             header_value: local.header_value(),
             local,
             metadata_exchange: self.metadata_exchange,
@@ -232,7 +280,7 @@ impl StatsConfig {
             max_label_sets: self.max_label_sets,
             external_hosts: self.external_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             // istio/istio telemetry.go `disableHostHeaderFallback`: inbound and gateways.
-            host_header_fallback: self.direction == Direction::Outbound,
+            host_header_fallback: direction == Direction::Outbound,
             inbound_service,
             http_exprs: plans.exprs_used_by(&Metric::HTTP),
             tcp_exprs: plans.exprs_used_by(&Metric::TCP),

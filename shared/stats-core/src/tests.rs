@@ -288,3 +288,30 @@ fn the_peer_is_handed_to_later_filters_only_when_asked() {
     let on = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "publishPeer": true})).unwrap();
     assert!(on.publish_peer);
 }
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn without_direction_a_sidecar_serves_both_directions_and_a_gateway_reports_as_gateway() {
+    let cfg = StatsConfig::parse_json(br#"{"mesh": {"trustDomain": "td"}}"#).unwrap();
+    assert!(cfg.workload.is_none() && cfg.direction.is_none());
+    assert_eq!(cfg.mesh().trust_domain, "td");
+    let e = cfg.compile(&Resources::default()).unwrap_err().to_string();
+    assert!(e.contains("workload and direction are needed"), "{e}");
+
+    let mut sidecar = cfg.clone();
+    sidecar.workload = Some(serde_json::from_value(workload("reviews-v1", "reviews", "v1")).unwrap());
+    assert_eq!(sidecar.directions(), vec![Direction::Inbound, Direction::Outbound]);
+    let inbound = sidecar.compile_for(Direction::Inbound, &Resources::default()).unwrap();
+    let outbound = sidecar.compile_for(Direction::Outbound, &Resources::default()).unwrap();
+    assert_eq!((inbound.reporter, outbound.reporter), (Reporter::Destination, Reporter::Source));
+
+    let mut gateway = sidecar.clone();
+    if let Some(w) = gateway.workload.as_mut() {
+        w.mode = ProxyMode::Gateway;
+    }
+    assert_eq!(gateway.directions(), vec![Direction::Gateway]);
+    assert_eq!(gateway.compile_for(Direction::Gateway, &Resources::default()).unwrap().reporter, Reporter::Source);
+    // A configured direction is kept as it is.
+    sidecar.direction = Some(Direction::Inbound);
+    assert_eq!(sidecar.directions(), vec![Direction::Inbound]);
+}

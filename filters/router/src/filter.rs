@@ -1,0 +1,179 @@
+//! wasmesh router: Istio VirtualService HTTP routing in any Envoy.
+//!
+//! Per request it asks the router core for the Istio-named cluster
+//! (`outbound|<port>|<subset>|<fqdn>`) and writes it into the cluster header that Envoy's own
+//! route reads with `cluster_header`; setting a request header makes Envoy re-select the route
+//! (ABI 0.2.1). The client's own copy of that header is replaced, so it cannot steer traffic.
+//! No matching route: a 404 local reply, as Istio.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+use std::cell::Cell;
+use std::rc::Rc;
+use wasmesh_istio::{ProxyMode, Strictness};
+use wasmesh_router::{Decision, Request, Rng, Router, RouterConfig};
+
+/// The filter's root context for one plugin (the module entry in `lib.rs`, and
+/// `filters/wasmesh` for the root ids it hands to this filter, call it).
+pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
+    Box::new(RouterRoot { routes: None, rng: Cell::new(wasmesh_proxy::random_seed()) })
+}
+
+struct RouterRoot {
+    routes: Option<Rc<Routes>>,
+    /// Per-VM PRNG state, seeded from the host's entropy.
+    rng: Cell<u64>,
+}
+
+/// The compiled route tables of one plugin.
+enum Routes {
+    /// A sidecar, or a gateway listener whose configuration names its `gatewayPort`.
+    One(Box<Router>),
+    /// A gateway configured without `gatewayPort` (one configuration for every listener of the
+    /// gateway, as a WasmPlugin gives it): one table per Gateway server port that selects this
+    /// proxy, picked by the port the request arrived on (`destination.port`, the listener's
+    /// local port). That port is the Gateway's `servers[].port.number` when the gateway listens
+    /// on the server port (wasmeshctl's gateways, Envoy Gateway, hostNetwork gateways); a
+    /// Kubernetes gateway behind a Service that maps port 80 to targetPort 8080 listens on 8080,
+    /// so give such a listener its `gatewayPort` in the configuration.
+    PerPort(Vec<(u32, Router)>),
+}
+
+impl Routes {
+    fn for_request(&self) -> Option<&Router> {
+        match self {
+            Routes::One(r) => Some(r),
+            Routes::PerPort(tables) => {
+                let port = wasmesh_proxy::property_u64(&["destination", "port"])?;
+                tables.iter().find(|(p, _)| u64::from(*p) == port).map(|(_, r)| r)
+            }
+        }
+    }
+}
+
+impl Context for RouterRoot {}
+
+impl RootContext for RouterRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some(bytes) = wasmesh_proxy::plugin_configuration() else {
+            wasmesh_proxy::log_error("wasmesh router: no plugin configuration; expected the JSON wasmeshctl writes");
+            return false;
+        };
+        match configure(&bytes) {
+            Ok(routes) => {
+                self.routes = Some(Rc::new(routes));
+                true
+            }
+            Err(e) => {
+                wasmesh_proxy::log_error(&format!("wasmesh router: configuration rejected: {e}"));
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let mut rng = Rng::new(self.rng.get());
+        let random = rng.next_u64();
+        self.rng.set(random);
+        Some(Box::new(RouterStream { routes: self.routes.clone(), random }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+fn configure(bytes: &[u8]) -> Result<Routes, String> {
+    let mut cfg = RouterConfig::parse_json(bytes).map_err(|e| e.to_string())?;
+    if cfg.workload.is_none() {
+        // Routing fails closed like the security filters: a wrong namespace or label set
+        // would route by the wrong VirtualServices.
+        let wl = wasmesh_proxy::node_workload(&cfg.mesh(), Strictness::Required).map_err(|e| {
+            format!("the configuration has no workload and the Envoy node does not identify the proxy: {e}")
+        })?;
+        wasmesh_proxy::log_info(&format!(
+            "wasmesh router: workload {}/{} ({:?}) from the Envoy node metadata",
+            wl.namespace, wl.name, wl.mode
+        ));
+        cfg.workload = Some(wl);
+    }
+    let resources = cfg.parsed_resources().map_err(|e| e.to_string())?;
+    let gateway = cfg.workload.as_ref().is_some_and(|w| w.mode == ProxyMode::Gateway);
+    if gateway && cfg.gateway_port.is_none() {
+        let ports = cfg.gateway_ports(&resources);
+        if ports.is_empty() {
+            wasmesh_proxy::log_warn("wasmesh router: no Gateway selects this gateway; every request gets 404");
+        }
+        let mut tables = Vec::with_capacity(ports.len());
+        for port in ports {
+            let per_port = RouterConfig { gateway_port: Some(port), ..cfg.clone() };
+            let router = per_port.compile(&resources).map_err(|e| format!("gateway port {port}: {e}"))?;
+            wasmesh_proxy::log_info(&format!(
+                "wasmesh router: gateway port {port}: configured {} virtual hosts",
+                router.virtual_host_count()
+            ));
+            tables.push((port, router));
+        }
+        return Ok(Routes::PerPort(tables));
+    }
+    let router = cfg.compile(&resources).map_err(|e| e.to_string())?;
+    wasmesh_proxy::log_info(&format!("wasmesh router: configured {} virtual hosts", router.virtual_host_count()));
+    Ok(Routes::One(Box::new(router)))
+}
+
+struct RouterStream {
+    routes: Option<Rc<Routes>>,
+    random: u64,
+}
+
+impl Context for RouterStream {}
+
+impl HttpContext for RouterStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(routes) = self.routes.as_deref() else {
+            // Never configured: Envoy would not have created this context; refuse anyway.
+            wasmesh_proxy::send_response(500, &[], Some(b"wasmesh router not configured"));
+            return Action::Pause;
+        };
+        let Some(router) = routes.for_request() else {
+            // A gateway port no Gateway server of this proxy declares: no route, as Istio.
+            wasmesh_proxy::send_response(404, &[], None);
+            return Action::Pause;
+        };
+        let headers = fetch_headers(router.needed_headers());
+        match router.route(&Request::new(&headers), self.random) {
+            Decision::Forward { cluster, .. } => {
+                // Replacing the header also drops any copy the client sent.
+                if wasmesh_proxy::set_request_header(router.cluster_header(), cluster.as_bytes()) {
+                    Action::Continue
+                } else {
+                    wasmesh_proxy::log_error("wasmesh router: could not set the cluster header");
+                    wasmesh_proxy::send_response(500, &[], None);
+                    Action::Pause
+                }
+            }
+            Decision::NotFound => {
+                wasmesh_proxy::send_response(404, &[], None);
+                Action::Pause
+            }
+        }
+    }
+}
+
+/// Up to this many headers are fetched one by one; more, and one call for the whole map is
+/// cheaper. Each hostcall costs, and the whole map costs a copy and an allocation per header.
+const FETCH_ONE_BY_ONE: usize = 4;
+
+/// The request headers the routes read. One by one, Envoy returns the first value of a repeated
+/// header, so a header sent several times is matched on its first value (the whole map, used for
+/// larger route tables, matches every value as Envoy's own route matcher does).
+fn fetch_headers(needed: &[String]) -> Vec<(String, Vec<u8>)> {
+    if needed.len() > FETCH_ONE_BY_ONE {
+        return wasmesh_proxy::request_headers();
+    }
+    needed
+        .iter()
+        .filter_map(|name| wasmesh_proxy::request_header(name).map(|v| (name.clone(), v)))
+        .collect()
+}
