@@ -491,8 +491,9 @@ fn stats_plugins(
     let telemetries: Vec<&Resource> = resources.of_kind(Kind::Telemetry).collect();
     let any = workload_for(mesh, "any", &root_namespace(mesh), &BTreeMap::new(), "default", ProxyMode::Sidecar);
     let cfg = StatsConfig {
-        workload: any.clone(),
-        direction: StatsDirection::Outbound,
+        workload: None,
+        mesh: None,
+        direction: None,
         protocol: ListenerProtocol::Http,
         resources: resources_json(telemetries.iter().copied()),
         services: Vec::new(),
@@ -559,7 +560,8 @@ fn stats_plugins(
 
 fn authz_config(resources: &[&Resource], mesh: &MeshConfig, stage: Stage) -> Result<Value, Vec<Error>> {
     let cfg = AuthzConfig {
-        workload: Workload::new("any", "any"),
+        workload: None,
+        mesh: None,
         resources: resources_json(resources.iter().copied()),
         trust_domain_aliases: mesh.trust_domain_aliases.clone(),
         extension_providers: mesh.extension_providers.clone(),
