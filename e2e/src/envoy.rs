@@ -101,6 +101,14 @@ impl Envoy {
             .find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok()))
     }
 
+    /// The running Envoy's version (major, minor, patch), from the admin `/server_info` (`"version":
+    /// "<sha>/1.36.4/Clean/RELEASE/BoringSSL"`); `None` when the admin answer has no parsable version.
+    /// Tests whose native oracle changed between Envoy releases ask this (see `make test-compat`).
+    pub fn version(&self) -> Option<(u32, u32, u32)> {
+        let info: Value = serde_json::from_str(&self.admin("/server_info")).ok()?;
+        parse_version(info.get("version")?.as_str()?)
+    }
+
     /// Envoy's CPU time (user + system) so far, from /proc (Linux).
     pub fn cpu_time(&self) -> Duration {
         cpu_time_of(self.pid())
@@ -119,6 +127,17 @@ pub fn cpu_time_of(pid: u32) -> Duration {
     Duration::from_millis(total * 10)
 }
 
+/// `1.36.4` out of Envoy's build version `<sha>/1.36.4/Clean/RELEASE/BoringSSL` (`-dev` suffixes and
+/// PyPI's `.post1` ignored).
+fn parse_version(build: &str) -> Option<(u32, u32, u32)> {
+    let v = build.split('/').nth(1)?;
+    let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(a)), Some(Ok(b)), Some(Ok(c))) => Some((a, b, c)),
+        _ => None,
+    }
+}
+
 fn regex_escape(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars() {
@@ -134,5 +153,19 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_version;
+
+    #[test]
+    fn build_versions_parse() {
+        assert_eq!(parse_version("bad8280de85c25b147a90c1d9b8a8c67a13e7134/1.36.4/Clean/RELEASE/BoringSSL"), Some((1, 36, 4)));
+        assert_eq!(parse_version("f387231a/1.38.2/Clean/RELEASE/BoringSSL"), Some((1, 38, 2)));
+        assert_eq!(parse_version("abc/1.41.0-dev/Modified/DEBUG/BoringSSL"), Some((1, 41, 0)));
+        assert_eq!(parse_version("1.40.0"), None);
+        assert_eq!(parse_version("abc/x.y.z/Clean"), None);
     }
 }
