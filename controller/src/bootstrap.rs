@@ -102,6 +102,23 @@ pub fn workload_from_entry(resources: &Resources, reference: &str) -> Result<(Wo
 
 /// Builds the bootstrap. Every problem found is returned, each naming resource and field.
 pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error>> {
+    build_with(spec, resources, Slots::AsNeeded)
+}
+
+/// Which wasm filters a listener gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slots {
+    /// Only the filters the resources need (a static bootstrap: no policy, no authz filter).
+    AsNeeded,
+    /// Every filter any resource could need on that listener, those with nothing to enforce
+    /// configured with an empty policy set (Istio's meaning of "no policy": allow). For xDS,
+    /// where the filter configuration changes at run time but the filter chain does not
+    /// ([`plugins::empty_slot`]).
+    All,
+}
+
+/// [`build`], with every filter slot present when `slots` is [`Slots::All`].
+pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Result<Value, Vec<Error>> {
     let mut errors = Vec::new();
     let mut listeners = Vec::new();
     let mut clusters: BTreeMap<String, Value> = BTreeMap::new();
@@ -120,9 +137,12 @@ pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error
     let add = |direction: Direction, bind_port: u16, errors: &mut Vec<Error>| -> Contribution {
         let ctx = ListenerContext { workload: &wl, resources, direction, bind_port, mesh: &spec.mesh };
         let mut all = Contribution::default();
-        for plugin in plugins::PLUGINS {
+        for (plugin, empty) in plugins::PLUGINS.iter().zip(plugins::EMPTY_SLOTS) {
             match plugin(&ctx) {
-                Ok(c) => {
+                Ok(mut c) => {
+                    if slots == Slots::All && c.http_filters.is_empty() {
+                        c.http_filters.extend(empty(&ctx));
+                    }
                     all.http_filters.extend(c.http_filters);
                     all.network_filters.extend(c.network_filters);
                     all.clusters.extend(c.clusters);
@@ -130,6 +150,9 @@ pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error
                 }
                 Err(mut e) => errors.append(&mut e),
             }
+        }
+        if slots == Slots::All {
+            plugins::fill_network_slots(&ctx, &mut all);
         }
         all
     };
@@ -140,7 +163,7 @@ pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error
                 match inbound_protocol(resources, &wl, inb.port) {
                     Ok(PortProtocol::Tcp) => {
                         let ctx = ListenerContext { workload: &wl, resources, direction: Direction::Inbound, bind_port: inb.port, mesh: &spec.mesh };
-                        match tcp_listener_filters(&ctx) {
+                        match tcp_listener_filters(&ctx, slots) {
                             Ok((c, exchange)) => {
                                 let cluster = format!("inbound|{}||", inb.port);
                                 let name = format!("inbound_{}", inb.port);
@@ -184,7 +207,7 @@ pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error
                 match tcp_outbound_cluster(resources, &wl, out) {
                     Ok(cluster) => {
                         let ctx = ListenerContext { workload: &wl, resources, direction: Direction::Outbound, bind_port: out.bind_port, mesh: &spec.mesh };
-                        match tcp_listener_filters(&ctx) {
+                        match tcp_listener_filters(&ctx, slots) {
                             // The exchange variant of the stats filter: it only exchanges with
                             // an mTLS peer (TCP clusters then offer `istio-peer-exchange`).
                             Ok((c, exchange)) => {
@@ -325,7 +348,7 @@ fn tcp_outbound_cluster(resources: &Resources, wl: &Workload, out: &TcpOutbound)
 /// with the stats filter that runs Istio's TCP metadata exchange
 /// ([`plugins::stats::tcp_filter_with_exchange`]), for the inbound exchange chain and the
 /// outbound listener.
-fn tcp_listener_filters(ctx: &ListenerContext<'_>) -> Result<(Contribution, Vec<WasmFilter>), Vec<Error>> {
+fn tcp_listener_filters(ctx: &ListenerContext<'_>, slots: Slots) -> Result<(Contribution, Vec<WasmFilter>), Vec<Error>> {
     let mut c = Contribution::default();
     let mut errors = Vec::new();
     let mut exchange = Vec::new();
@@ -339,6 +362,12 @@ fn tcp_listener_filters(ctx: &ListenerContext<'_>) -> Result<(Contribution, Vec<
     c.stats_tags.extend(plugins::stats::stats_tags(ctx.resources));
     match plugins::authz::tcp_filter(ctx) {
         Ok(Some(f)) => {
+            exchange.push(f.clone());
+            c.network_filters.push(f);
+            c.stats_tags.extend(plugins::authz::stats_tags());
+        }
+        Ok(None) if slots == Slots::All && ctx.direction == Direction::Inbound => {
+            let f = plugins::empty_tcp_authz_slot(ctx);
             exchange.push(f.clone());
             c.network_filters.push(f);
             c.stats_tags.extend(plugins::authz::stats_tags());

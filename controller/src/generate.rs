@@ -1610,4 +1610,26 @@ mod tests {
         let json = render(&g.objects, Output::Json, None).unwrap();
         assert!(json.starts_with("{\n  \"apiVersion\": \"v1\",\n  \"items\""), "{json}");
     }
+
+    /// Every object of every format, for every plugin kind (CUSTOM, JWT, TCP, ipBlocks, Istio and
+    /// Gateway API gateways), passes Istio's CRD schema and CEL rules.
+    #[test]
+    fn every_format_passes_istios_crd_schemas() {
+        let tcp = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db, namespace: foo}\nspec: {hosts: [db.foo.svc.cluster.local], ports: [{number: 3306, name: tcp, protocol: TCP}], resolution: STATIC, workloadSelector: {labels: {app: db}}}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: d, namespace: foo}\nspec: {action: DENY, rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}]}]}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: eg-deny, namespace: web}\nspec: {targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: eg}], action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}\n";
+        let all = format!("{POLICIES}---\n{tcp}");
+        let mut checked = 0;
+        for format in [Format::WasmPlugin, Format::TrafficExtension, Format::EnvoyFilter, Format::EnvoyFilterEcds] {
+            let yaml = if format == Format::EnvoyFilterEcds { POLICIES.to_string() } else { all.clone() };
+            let mut o = opts(format);
+            o.mesh = mesh();
+            let g = generate(&resources(&yaml), &o).unwrap_or_else(|e| panic!("{format:?}: {e:?}"));
+            for obj in &g.objects {
+                let errors = crate::schema::check(obj);
+                assert!(errors.is_empty(), "{format:?} {}: {errors:?}\n{obj:#}", obj["metadata"]["name"]);
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "{checked}");
+    }
+
 }

@@ -10,7 +10,9 @@ pub mod image;
 pub mod input;
 pub mod mesh;
 pub mod plugins;
+pub mod schema;
 pub mod validate;
+pub mod xds;
 
 pub use bootstrap::{build, workload_from_entry, Inbound, ProxySpec};
 pub use mesh::MeshConfig;

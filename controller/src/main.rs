@@ -50,6 +50,12 @@ enum Command {
     Certs(certs::CertsArgs),
     #[command(about = generate::ABOUT, long_about = generate::LONG_ABOUT, after_help = generate::EXAMPLES)]
     Generate(Box<generate::GenerateArgs>),
+    /// Keeps running Envoys in step with a directory of Istio YAML (xDS: ECDS and CDS)
+    #[command(long_about = "Watches a directory of Istio YAML and serves every Envoy started from a \
+        `wasmeshctl envoy --xds` bootstrap its filter configurations (ECDS) and clusters (CDS) over gRPC ADS, \
+        without restarting it. Invalid YAML is refused with every error and the last good configuration stays. \
+        Optionally serves the built .wasm modules over HTTP.")]
+    Serve(wasmesh_controller::xds::ServeArgs),
     /// Live mesh dashboard: requests/s, P50/P90/P99, success rate per service and workload
     Dashboard(dashboard::DashboardArgs),
     /// Builds, pushes and pulls the wasm module as an OCI image (Istio/Envoy Gateway or CNCF layout)
@@ -148,6 +154,11 @@ struct EnvoyArgs {
     /// Write the bootstrap to FILE instead of stdout.
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     output_file: Option<PathBuf>,
+
+    /// Take filter configurations (ECDS) and clusters (CDS) from `wasmeshctl serve` at HOST:PORT,
+    /// so they follow the YAML without a restart; the listeners stay in the bootstrap.
+    #[arg(long, value_name = "HOST:PORT")]
+    xds: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -228,6 +239,13 @@ fn main() -> ExitCode {
         Command::Certs(args) => certs::cmd(args),
         Command::Dashboard(args) => dashboard::cmd(args),
         Command::Generate(args) => generate::run(*args),
+        Command::Serve(mut args) => match args.http.is_some().then(|| wasm_dir(args.wasm_dir.take())).transpose() {
+            Ok(dir) => {
+                args.wasm_dir = dir;
+                wasmesh_controller::xds::run(args)
+            }
+            Err(e) => Err(e),
+        },
         Command::Image(args) => wasmesh_controller::image::run(args),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "wasmeshctl", &mut std::io::stdout());
@@ -256,7 +274,11 @@ fn mesh_config(file: Option<&Path>) -> Result<MeshConfig, String> {
 
 fn cmd_validate(args: ValidateArgs) -> Result<(), String> {
     let input = args.input.load()?;
-    let errors = validate::validate(&input.resources);
+    // Istio's CRD schemas and CEL rules (what the API server refuses), then what wasmesh refuses.
+    let (errors, notes) = validate::validate_input(&input);
+    for note in &notes {
+        eprintln!("note: {note}");
+    }
     if !errors.is_empty() {
         return Err(report(&errors));
     }
@@ -396,7 +418,15 @@ fn cmd_envoy(args: EnvoyArgs) -> Result<(), String> {
         certs_dir: absolute("--certs", args.certs)?,
         envoy_access_log: absolute("--envoy-access-log", args.envoy_access_log)?,
     };
-    let config = bootstrap::build(&spec, &resources).map_err(|e| report(&e))?;
+    let config = match &args.xds {
+        None => bootstrap::build(&spec, &resources).map_err(|e| report(&e))?,
+        Some(addr) => {
+            let full = bootstrap::build_with(&spec, &resources, bootstrap::Slots::All).map_err(|e| report(&e))?;
+            check_modules(&full, &wasm_dir)?;
+            let node = wasmesh_controller::xds::NodeSpec::from_spec(&spec, &args.workload, absolute("--mesh-config", args.mesh_config.clone())?);
+            wasmesh_controller::xds::xds_bootstrap(&node, &resources, addr).map_err(|e| report(&e))?
+        }
+    };
     check_modules(&config, &wasm_dir)?;
     let text = match args.output {
         Format::Yaml => serde_yaml::to_string(&config).map_err(|e| format!("cannot write YAML: {e}"))?,

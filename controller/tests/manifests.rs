@@ -138,3 +138,27 @@ fn wasmeshctl_generate_prints_the_committed_manifest() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("--format envoyfilter needs --module-url"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Every committed manifest is an object Istio 1.30.3's API server accepts: the CRD's OpenAPI
+/// schema and its CEL rules (`wasmesh_controller::schema`, the CRDs embedded in wasmeshctl).
+#[test]
+fn committed_manifests_pass_istios_crd_schemas() {
+    use serde::Deserialize;
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for example in examples() {
+        for format in FORMATS {
+            let rel = format!("envoyfilter-manifests/{example}/{format}.yaml");
+            let text = std::fs::read_to_string(root().join(&rel)).unwrap();
+            for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+                let value = serde_json::Value::deserialize(doc).unwrap_or_else(|e| panic!("{rel} document {}: {e}", i + 1));
+                for e in wasmesh_controller::schema::check(&value) {
+                    failures.push(format!("{rel} document {} ({} {}): {e}", i + 1, value["kind"], value["metadata"]["name"]));
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked >= 8, "{checked} objects");
+}

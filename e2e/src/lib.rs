@@ -18,6 +18,7 @@ pub mod node_identity;
 pub mod oci;
 pub mod paths;
 pub mod stats;
+pub mod xds;
 
 pub use app::{App, AppHandle, Call};
 pub use envoy::Envoy;

@@ -48,6 +48,8 @@ pub struct MeshBuilder {
     certs_dir: Option<std::path::PathBuf>,
     concurrency: u32,
     write_configs: Option<std::path::PathBuf>,
+    /// Serve filter configurations and clusters from `wasmeshctl serve` watching this directory.
+    xds: Option<std::path::PathBuf>,
 }
 
 /// A running mesh.
@@ -62,6 +64,8 @@ pub struct Mesh {
     pub resources: Resources,
     port_map: BTreeMap<u32, u16>,
     commands: Vec<String>,
+    /// The live controller, when the mesh runs on it (stopped after the Envoys).
+    server: Option<wasmesh_controller::xds::Server>,
 }
 
 impl Mesh {
@@ -75,6 +79,7 @@ impl Mesh {
             certs_dir: None,
             concurrency: 1,
             write_configs: None,
+            xds: None,
         }
     }
 
@@ -119,6 +124,11 @@ impl Mesh {
     /// The loopback port a WorkloadEntry port number in the YAML was moved to.
     pub fn mapped_port(&self, yaml_port: u32) -> u16 {
         self.port_map.get(&yaml_port).copied().unwrap_or(yaml_port as u16)
+    }
+
+    /// The live controller the Envoys take their configuration from ([`MeshBuilder::xds`]).
+    pub fn server(&self) -> Option<&wasmesh_controller::xds::Server> {
+        self.server.as_ref()
     }
 
     pub fn envoys(&self) -> impl Iterator<Item = (&String, &Envoy)> {
@@ -206,6 +216,15 @@ impl MeshBuilder {
         self
     }
 
+    /// Run on the live controller: `wasmeshctl serve` watches `dir` (the same YAML as given with
+    /// [`Self::yaml`], whose ports are then used as they are) and every Envoy starts from a
+    /// `wasmeshctl envoy --xds` bootstrap, so editing the files there changes the running mesh.
+    pub fn xds(mut self, dir: &std::path::Path) -> Self {
+        self.xds = Some(dir.to_path_buf());
+        self.remap_ports = false;
+        self
+    }
+
     /// Also write every bootstrap to `dir/<ns>.<name>.yaml`.
     pub fn write_configs(mut self, dir: &std::path::Path) -> Self {
         self.write_configs = Some(dir.to_path_buf());
@@ -248,7 +267,23 @@ impl MeshBuilder {
             resources: Resources::default(),
             port_map,
             commands: Vec::new(),
+            server: None,
         };
+        if let Some(dir) = &self.xds {
+            if self.mesh != MeshConfig::default() {
+                // The server reads a proxy's MeshConfig from the file its node names; a value built
+                // in code has no file, so the served configuration would differ from the bootstrap.
+                return Err("MeshBuilder::xds takes no mesh_config: the live controller reads MeshConfig from a file".into());
+            }
+            let opts = wasmesh_controller::xds::ServeOptions {
+                watch: dir.clone(),
+                listen: ([127, 0, 0, 1], 0).into(),
+                http: None,
+                wasm_dir: wasm_dir.clone(),
+                poll: std::time::Duration::from_millis(200),
+            };
+            mesh.server = Some(wasmesh_controller::xds::Server::start(&opts)?);
+        }
         let mut plans = Vec::new();
         for plan in self.sidecars {
             let (mut wl, we) = bootstrap::workload_from_entry(&resources, &plan.workload).map_err(|e| e.to_string())?;
@@ -327,8 +362,25 @@ impl MeshBuilder {
                 envoy_access_log: None,
             }));
         }
+        let live = match (&mesh.server, &self.xds) {
+            (Some(server), Some(dir)) => {
+                let served = wasmesh_controller::xds::watch::load(dir).map_err(|errors| {
+                    let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                    format!("{}:\n{}", dir.display(), lines.join("\n"))
+                })?;
+                Some((server.xds_addr.to_string(), served))
+            }
+            _ => None,
+        };
         for (name, spec) in specs {
-            let config = bootstrap::build(&spec, &resources).map_err(|errors| {
+            let built = match &live {
+                None => bootstrap::build(&spec, &resources),
+                Some((addr, served)) => {
+                    let node = wasmesh_controller::xds::NodeSpec::from_spec(&spec, &name, None);
+                    wasmesh_controller::xds::xds_bootstrap(&node, served, addr)
+                }
+            };
+            let config = built.map_err(|errors| {
                 let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
                 format!("wasmeshctl envoy for {name}:\n{}", lines.join("\n"))
             })?;
@@ -337,7 +389,11 @@ impl MeshBuilder {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 let yaml = serde_yaml::to_string(&config).map_err(|e| e.to_string())?;
                 std::fs::write(&file, yaml).map_err(|e| format!("{}: {e}", file.display()))?;
-                mesh.commands.push(command_line(&name, &spec, &file));
+                let mut command = command_line(&name, &spec, &file);
+                if let Some((addr, _)) = &live {
+                    command.push_str(&format!(" --xds {addr}"));
+                }
+                mesh.commands.push(command);
             }
             let envoy = Envoy::start_with(&name, &config, self.concurrency)?;
             mesh.envoys.insert(name, envoy);

@@ -20,4 +20,10 @@ fn demo_mesh_smoke() {
     let frame = text.split("Istio Mesh Dashboard").nth(1).unwrap_or_default();
     assert!(frame.lines().any(|l| l.starts_with("reviews.default.svc.cluster.local")), "{frame}");
     assert!(frame.lines().any(|l| l.trim_start().starts_with("reviews-v2")), "{frame}");
+    // The mesh runs on `wasmeshctl serve`: the bootstraps take their configuration by xDS, and an
+    // edit of the VirtualService moves the traffic of the running Envoys.
+    assert!(text.contains("Live: `wasmeshctl serve --watch "), "{text}");
+    assert!(text.contains("--role sidecar") && text.contains(" --xds 127.0.0.1:"), "{text}");
+    let live = text.lines().find(|l| l.starts_with("Live update:")).unwrap_or_default();
+    assert!(live.contains("GET /productpage 200 productpage -> reviews v1 after "), "no live update: {text}");
 }

@@ -82,3 +82,69 @@ pub type Plugin = fn(&ListenerContext<'_>) -> Result<Contribution, Vec<Error>>;
 /// outbound and gateway listeners).
 pub const PLUGINS: &[Plugin] =
     &[stats::contribute, authz::contribute_custom, authn::contribute, authz::contribute_rbac, router::contribute];
+
+/// For xDS ([`crate::bootstrap::Slots::All`]): the filter the plugin at the same index of
+/// [`PLUGINS`] inserts when no resource gives it anything to enforce, or nothing when the plugin
+/// never runs on this listener. With ECDS the filter chain is fixed when Envoy starts and only
+/// filter configurations change, so the first AuthorizationPolicy or RequestAuthentication for a
+/// workload must find its filter already there. An empty slot carries the configuration of an
+/// empty policy set, which is Istio's "no policy": authz allows, authn checks no token.
+pub type EmptySlot = fn(&ListenerContext<'_>) -> Option<WasmFilter>;
+
+/// Parallel to [`PLUGINS`].
+pub const EMPTY_SLOTS: &[EmptySlot] = &[no_slot, empty_authz_custom, empty_authn, empty_authz_rbac, no_slot];
+
+fn no_slot(_: &ListenerContext<'_>) -> Option<WasmFilter> {
+    None
+}
+
+fn empty_authz(ctx: &ListenerContext<'_>, stage: authz::Stage, name: &str) -> Option<WasmFilter> {
+    if ctx.direction == Direction::Outbound {
+        return None;
+    }
+    let (cfg, _) = authz::config(ctx, stage);
+    let config = serde_json::to_value(&cfg).ok()?;
+    Some(WasmFilter { name: name.into(), module: authz::MODULE.into(), config, fail_open: false })
+}
+
+fn empty_authz_custom(ctx: &ListenerContext<'_>) -> Option<WasmFilter> {
+    empty_authz(ctx, authz::Stage::Custom, authz::CUSTOM_FILTER_NAME)
+}
+
+fn empty_authz_rbac(ctx: &ListenerContext<'_>) -> Option<WasmFilter> {
+    empty_authz(ctx, authz::Stage::Rbac, authz::FILTER_NAME)
+}
+
+fn empty_authn(ctx: &ListenerContext<'_>) -> Option<WasmFilter> {
+    let mut workload = ctx.workload.clone();
+    match ctx.direction {
+        Direction::Outbound => return None,
+        Direction::Gateway { .. } => workload.mode = wasmesh_istio::ProxyMode::Gateway,
+        Direction::Inbound => {}
+    }
+    let config = serde_json::to_value(wasmesh_authn::AuthnConfig::new(workload)).ok()?;
+    Some(WasmFilter { name: authn::FILTER_NAME.into(), module: authn::MODULE.into(), config, fail_open: false })
+}
+
+/// The TCP authz slot of an inbound TCP listener (see [`EmptySlot`]).
+pub fn empty_tcp_authz_slot(ctx: &ListenerContext<'_>) -> WasmFilter {
+    let (cfg, _) = authz::config(ctx, authz::Stage::Tcp);
+    let config = serde_json::to_value(&cfg).unwrap_or(Value::Null);
+    WasmFilter { name: authz::TCP_FILTER_NAME.into(), module: authz::MODULE.into(), config, fail_open: false }
+}
+
+/// Network slots of an HTTP listener in xDS mode: the peer-address recorder that `ipBlocks`
+/// policies need, present wherever authz runs, and the authz stats tags.
+pub fn fill_network_slots(ctx: &ListenerContext<'_>, c: &mut Contribution) {
+    if ctx.direction == Direction::Outbound {
+        return;
+    }
+    if !c.network_filters.iter().any(|f| f.name == authz::PEER_ADDRESS_FILTER_NAME) {
+        c.network_filters.push(authz::peer_address_filter());
+    }
+    for tag in authz::stats_tags() {
+        if !c.stats_tags.iter().any(|t| t.get("tag_name") == tag.get("tag_name")) {
+            c.stats_tags.push(tag);
+        }
+    }
+}

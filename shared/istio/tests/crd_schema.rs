@@ -1,4 +1,4 @@
-//! wasmesh's Istio types against Istio's own CRD schemas (../shared/istio-crds, Istio 1.30):
+//! wasmesh's Istio types against Istio's own CRD schemas (controller/crds, Istio 1.30.3):
 //! - every field the CRD has is accepted by our loader (a "maximal" document built from the schema
 //!   loads without an unknown-field error), so real Istio YAML is never refused for a field name;
 //! - what our loader accepts re-serializes to something the CRD schema accepts (no invented field
@@ -13,11 +13,11 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// `WASMESH_ISTIO_CRDS`, else the steering `shared/istio-crds` beside the checkout.
+/// `WASMESH_ISTIO_CRDS`, else the copy vendored in the repository (controller/crds, with its provenance).
 fn crds() -> Vec<Value> {
     let path = std::env::var("WASMESH_ISTIO_CRDS")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("../shared/istio-crds/customresourcedefinitions.gen.yaml"));
+        .unwrap_or_else(|_| repo().join("controller/crds/istio-1.30.3.gen.yaml"));
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("Istio CRDs not found at {} ({e}); set WASMESH_ISTIO_CRDS", path.display()));
     serde_yaml::Deserializer::from_str(&text)

@@ -1,0 +1,118 @@
+use super::*;
+
+const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews, namespace: default}
+spec: {address: 127.0.0.1, labels: {app: reviews, version: v1}, serviceAccount: reviews, ports: {http: 19080}}
+"#;
+
+fn resources(yaml: &str) -> Resources {
+    Resources { items: wasmesh_istio::load_str(yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}")) }
+}
+
+fn node() -> NodeSpec {
+    NodeSpec {
+        role: "sidecar".into(),
+        workload: "default/reviews".into(),
+        inbound: vec![InboundPort { port: 19080, app_port: 9 }],
+        outbound_port: Some(15001),
+        tcp_outbound: Vec::new(),
+        gateway_ports: Vec::new(),
+        admin_port: 15000,
+        wasm_dir: PathBuf::from("/wasm"),
+        mesh_config: None,
+        certs_dir: None,
+        envoy_access_log: None,
+    }
+}
+
+fn http_filter_names(l: &Value) -> Vec<String> {
+    let hcm = l["filter_chains"][0]["filters"].as_array().unwrap().last().unwrap();
+    hcm["typed_config"]["http_filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Without any policy the xDS bootstrap already has the authn and authz slots (configured to
+/// allow, as Istio without a policy), while the static bootstrap has no such filter.
+#[test]
+fn every_slot_exists_without_a_policy_and_only_in_xds_mode() {
+    let res = resources(MESH);
+    let boot = xds_bootstrap(&node(), &res, "127.0.0.1:18000").unwrap();
+    let listeners = boot["static_resources"]["listeners"].as_array().unwrap();
+    let inbound = listeners.iter().find(|l| l["name"] == "inbound_19080").unwrap();
+    assert_eq!(
+        http_filter_names(inbound),
+        [
+            "inbound_19080/wasmesh.stats",
+            "inbound_19080/wasmesh.authz.custom",
+            "inbound_19080/wasmesh.authn",
+            "inbound_19080/wasmesh.authz",
+            "envoy.filters.http.router"
+        ]
+    );
+    let slot = &inbound["filter_chains"][0]["filters"][0];
+    assert_eq!(slot["name"], "inbound_19080/wasmesh.authz.peer_address");
+    assert_eq!(slot["config_discovery"]["type_urls"], json!([NETWORK_WASM_TYPE]));
+    assert!(slot["config_discovery"]["config_source"].get("ads").is_some());
+    assert!(slot.get("typed_config").is_none(), "no default config: a slot never runs unconfigured");
+    assert_eq!(boot["static_resources"]["clusters"].as_array().unwrap().len(), 1, "only the xDS cluster is static");
+    assert_eq!(boot["dynamic_resources"]["cds_config"]["ads"], json!({}));
+    let meta = &boot["node"]["metadata"];
+    assert_eq!(node_spec_from_metadata(meta).unwrap(), node());
+
+    let statik = crate::bootstrap::build(&node().to_spec(&res).unwrap(), &res).unwrap();
+    let inbound = statik["static_resources"]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "inbound_19080")
+        .unwrap();
+    assert_eq!(http_filter_names(inbound), ["wasmesh.stats", "envoy.filters.http.router"]);
+}
+
+/// Every served resource is valid protobuf of Envoy's API, and the listeners do not depend on
+/// the policies (the hash a node carries stays valid while policies change).
+#[test]
+fn served_resources_encode_and_listeners_do_not_move_with_policies() {
+    let plain = build(&node(), &resources(MESH)).unwrap();
+    let policy = MESH.to_string()
+        + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: default}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}\n";
+    let with = build(&node(), &resources(&policy)).unwrap();
+    assert_eq!(plain.listeners_hash(), with.listeners_hash());
+    assert_ne!(
+        plain.extension_configs["inbound_19080/wasmesh.authz"],
+        with.extension_configs["inbound_19080/wasmesh.authz"]
+    );
+    for (name, c) in &with.extension_configs {
+        let any = proto::to_any(ECDS_TYPE, c).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!any.value.is_empty());
+    }
+    for (name, c) in &with.clusters {
+        proto::to_any(CLUSTER_TYPE, c).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let e = proto::to_any(CLUSTER_TYPE, &json!({"name": "x", "no_such_field": 1})).unwrap_err();
+    assert!(e.contains("no_such_field"), "{e}");
+}
+
+#[test]
+fn bad_addresses_and_foreign_nodes_are_explained() {
+    let e = xds_bootstrap(&node(), &resources(MESH), "localhost").unwrap_err();
+    assert!(e[0].to_string().contains("HOST:PORT"), "{e:?}");
+    let e = node_spec_from_metadata(&json!({"NAMESPACE": "default"})).unwrap_err();
+    assert!(e.contains("wasmeshctl envoy --xds"), "{e}");
+}
