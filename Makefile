@@ -11,7 +11,7 @@ FILTERS := router authz authn stats noop wasmesh
 CORES := wasmesh-istio wasmesh-handover wasmesh-router wasmesh-authz wasmesh-authn wasmesh-stats
 export CARGO_TARGET_WASM32_WASIP1_RUNNER := node $(CURDIR)/e2e/wasi-run.mjs
 
-.PHONY: all deps wasm build test test-unit test-wasm test-e2e test-compat envoy-versions run bench clean lint authz-diff images push
+.PHONY: all deps wasm build test test-unit test-wasm test-e2e test-compat envoy-versions run bench clean lint authz-diff images push manifests
 
 all: build
 
@@ -92,6 +92,24 @@ push:
 	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host:port[/repo] [IMAGE_TAG=$(IMAGE_TAG)]" >&2; exit 2; }
 	@$(MAKE) --no-print-directory images
 	$(WASMESHCTL) image push $(REGISTRY)/$(IMAGE_NAME):$(IMAGE_TAG) --oci-layout $(IMAGE_DIR) $(PUSH_FLAGS)
+
+# envoyfilter-manifests/: what `wasmeshctl generate` makes of examples/, one file per example and
+# format. The image, its manifest digest and the module URL/hash are inputs, recorded in each
+# file's header, so `cargo test -p wasmeshctl --test manifests` regenerates them byte for byte.
+# By default they describe the built wasmesh.wasm: MANIFESTS_SHA256 is the manifest digest of its
+# image (`image build` is deterministic: what `make push` publishes of the same module) and
+# MANIFESTS_MODULE_SHA256 the module's own sha256 (the inline EnvoyFilter's remote code).
+#   make manifests MANIFESTS_IMAGE=oci://REGISTRY/wasmesh:TAG
+MANIFESTS_MODULE := $(WASM_DIR)/wasmesh.wasm
+MANIFESTS_IMAGE ?= oci://localhost:5000/wasmesh:0.1.0
+MANIFESTS_SHA256 ?= $(shell test -f $(MANIFESTS_MODULE) && $(CARGO) run -q -p wasmeshctl -- image build --wasm $(MANIFESTS_MODULE) | sed 's/^sha256://')
+MANIFESTS_MODULE_URL ?= http://wasmesh-serve.istio-system.svc.cluster.local:8080/wasm/wasmesh.wasm
+MANIFESTS_MODULE_SHA256 ?= $(shell test -f $(MANIFESTS_MODULE) && sha256sum $(MANIFESTS_MODULE) | cut -c1-64)
+manifests:
+	@test -n "$(MANIFESTS_MODULE_SHA256)" || { echo "make manifests: no $(MANIFESTS_MODULE): run 'make wasm' or give MANIFESTS_MODULE_SHA256=<sha256 of the module> (and MANIFESTS_SHA256=<manifest digest>)" >&2; exit 2; }
+	WASMESH_UPDATE_MANIFESTS=1 IMAGE="$(MANIFESTS_IMAGE)" SHA256="$(MANIFESTS_SHA256)" \
+		MODULE_URL="$(MANIFESTS_MODULE_URL)" MODULE_SHA256="$(MANIFESTS_MODULE_SHA256)" \
+		$(CARGO) test -q -p wasmeshctl --test manifests committed_manifests -- --nocapture
 
 lint:
 	$(CARGO) clippy -q $(addprefix -p wasmesh-filter-,$(FILTERS)) -p wasmesh-proxy -- -D clippy::unwrap_used -D clippy::expect_used -D clippy::panic

@@ -9,7 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use wasmesh_controller::input::{report, InputArgs};
-use wasmesh_controller::{bootstrap, certs, dashboard, mesh::MeshConfig, validate};
+use wasmesh_controller::{bootstrap, certs, dashboard, generate, mesh::MeshConfig, validate};
 use wasmesh_istio::ProxyMode;
 
 const EXAMPLES: &str = "Examples:
@@ -48,6 +48,8 @@ enum Command {
     Check(Box<CheckArgs>),
     #[command(about = certs::ABOUT, long_about = certs::LONG_ABOUT)]
     Certs(certs::CertsArgs),
+    #[command(about = generate::ABOUT, long_about = generate::LONG_ABOUT, after_help = generate::EXAMPLES)]
+    Generate(Box<generate::GenerateArgs>),
     /// Keeps running Envoys in step with a directory of Istio YAML (xDS: ECDS and CDS)
     #[command(long_about = "Watches a directory of Istio YAML and serves every Envoy started from a \
         `wasmeshctl envoy --xds` bootstrap its filter configurations (ECDS) and clusters (CDS) over gRPC ADS, \
@@ -236,6 +238,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd_check(*args),
         Command::Certs(args) => certs::cmd(args),
         Command::Dashboard(args) => dashboard::cmd(args),
+        Command::Generate(args) => generate::run(*args),
         Command::Serve(mut args) => match args.http.is_some().then(|| wasm_dir(args.wasm_dir.take())).transpose() {
             Ok(dir) => {
                 args.wasm_dir = dir;
