@@ -51,10 +51,11 @@ COMPAT_SMOKE_TESTS ?= \
 	authz::a_denial_is_what_envoy_rbac_sends_and_an_allowed_request_reaches_the_app \
 	authn::answers_match_envoy_jwt_authn_as_istio_configures_it \
 	stats::grpc_status_and_message_counts \
-	tcp::tcp_through_sidecars_with_mtls_allow_by_principal_and_metrics
-# The live update through `wasmeshctl serve` (e2e/tests/live.rs, not on main yet): add it here as
-# live::<test name> when it lands.
-COMPAT_LIVE_TESTS ?=
+	tcp::tcp_through_sidecars_with_mtls_allow_by_principal_and_metrics \
+	node_identity::one_configuration_two_proxies_two_decisions \
+	node_identity::one_module_serves_every_filter_in_one_chain_and_one_vm
+# The live update through `wasmeshctl serve` (ECDS and CDS pushed to running Envoys).
+COMPAT_LIVE_TESTS ?= live::policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restart
 
 envoy-versions:
 	@scripts/envoy-versions.sh $(ENVOY_COMPAT_VERSIONS)

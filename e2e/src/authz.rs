@@ -224,7 +224,6 @@ pub fn unvalidated_filters(
     let mut c = plugins::Contribution::default();
     c.http_filters.push(WasmFilter {
         name: plugins::authz::FILTER_NAME.into(),
-        module: plugins::authz::MODULE.into(),
         config: serde_json::to_value(&cfg).map_err(|e| e.to_string())?,
         fail_open: false,
     });
@@ -251,7 +250,6 @@ pub fn authn_filter(workload: &Workload, resources: &Resources) -> Option<WasmFi
     }
     Some(WasmFilter {
         name: "wasmesh.authn".into(),
-        module: "authn".into(),
         config: json!({"workload": workload, "resources": plugins::resources_json(ras.into_iter())}),
         fail_open: false,
     })
