@@ -496,10 +496,8 @@ fn installed_binary_finds_its_modules_and_says_when_one_is_missing() {
     std::fs::create_dir_all(bin.join("wasm")).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_wasmeshctl"), bin.join("wasmeshctl")).unwrap();
     let built = repo().join("target/wasm32-wasip1/release");
-    assert!(built.join("router.wasm").exists(), "build the filters first: make wasm");
-    for module in ["router", "authz", "authn", "stats"] {
-        std::fs::copy(built.join(format!("{module}.wasm")), bin.join(format!("wasm/{module}.wasm"))).unwrap();
-    }
+    assert!(built.join("wasmesh.wasm").exists(), "build the filters first: make wasm");
+    std::fs::copy(built.join("wasmesh.wasm"), bin.join("wasm/wasmesh.wasm")).unwrap();
     let examples = repo().join("examples/bookinfo");
     let run = |env: Option<&Path>| {
         let mut cmd = Command::new(bin.join("wasmeshctl"));
@@ -521,7 +519,7 @@ fn installed_binary_finds_its_modules_and_says_when_one_is_missing() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let wasm = std::fs::canonicalize(bin.join("wasm")).unwrap();
-    assert!(stdout.contains(&format!("filename: {}/authz.wasm", wasm.display())), "modules from wasm/ beside the binary:\n{stdout}");
+    assert!(stdout.contains(&format!("filename: {}/wasmesh.wasm", wasm.display())), "the module from wasm/ beside the binary:\n{stdout}");
     let certs = std::fs::canonicalize(dir.join("certs")).unwrap();
     assert!(stdout.contains(&format!("{}/default/bookinfo-reviews/cert-chain.pem", certs.display())), "absolute certificate paths");
     // The bootstrap Envoy gets passes its validation from any working directory.
@@ -537,7 +535,7 @@ fn installed_binary_finds_its_modules_and_says_when_one_is_missing() {
     let (_, stderr) = text(&out);
     assert!(!out.status.success(), "{stderr}");
     let e = empty.display();
-    assert!(stderr.contains(&format!("the bootstrap needs wasm modules that are not there: {e}/authz.wasm, {e}/stats.wasm;")), "{stderr}");
+    assert!(stderr.contains(&format!("the bootstrap needs wasm modules that are not there: {e}/wasmesh.wasm;")), "{stderr}");
     assert!(stderr.contains("--wasm-dir"), "{stderr}");
     // Without wasm/ beside it (and no cargo target directory above it): told where to point.
     std::fs::remove_dir_all(bin.join("wasm")).unwrap();
