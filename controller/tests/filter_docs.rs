@@ -1,4 +1,5 @@
 //! docs/filter-configuration.md is what `wasmeshctl filter-config` prints from the filters'
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! configuration types: a field added, renamed or re-defaulted in a core changes the page.
 
 use std::path::PathBuf;
