@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod check;
 pub mod certs;
 pub mod dashboard;
+pub mod filter_docs;
 pub mod generate;
 pub mod image;
 pub mod input;

@@ -60,6 +60,15 @@ enum Command {
     Dashboard(dashboard::DashboardArgs),
     /// Builds, pushes and pulls the wasm module as an OCI image (Istio/Envoy Gateway or CNCF layout)
     Image(wasmesh_controller::image::ImageArgs),
+    /// Documents each filter's JSON configuration (Markdown), or prints one filter's JSON Schema
+    #[command(long_about = "Documents the JSON configuration of every wasmesh filter (root ids, fields, types, \
+        defaults, meaning), generated from the filters' own configuration types, for attaching a filter by hand. \
+        With --schema FILTER (authn, authz, router, stats) prints that configuration's JSON Schema instead.")]
+    FilterConfig {
+        /// Print the JSON Schema of this filter's configuration instead of the Markdown page
+        #[arg(long, value_name = "FILTER")]
+        schema: Option<String>,
+    },
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(long_about = "Prints a shell completion script for wasmeshctl.\n\n  bash:  source <(wasmeshctl \
         completion bash)\n  zsh:   wasmeshctl completion zsh > \"${fpath[1]}/_wasmeshctl\"\n  fish:  wasmeshctl \
@@ -247,6 +256,13 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Image(args) => wasmesh_controller::image::run(args),
+        Command::FilterConfig { schema: None } => {
+            print!("{}", wasmesh_controller::filter_docs::markdown());
+            Ok(())
+        }
+        Command::FilterConfig { schema: Some(filter) } => wasmesh_controller::filter_docs::schema(&filter)
+            .and_then(|v| serde_json::to_string_pretty(&v).map_err(|e| e.to_string()))
+            .map(|text| println!("{text}")),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "wasmeshctl", &mut std::io::stdout());
             Ok(())

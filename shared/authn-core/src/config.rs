@@ -21,6 +21,7 @@ const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// The authn filter's configuration, as `wasmeshctl` writes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuthnConfig {
     /// The proxy. Absent: the filter builds it from the Envoy node metadata Istio writes (one
     /// configuration for every proxy a WasmPlugin selects), completed by `mesh`; a node without

@@ -14,6 +14,7 @@ use wasmesh_istio::{Error, MeshIdentity, ProxyMode, Resource, Resources, Workloa
 /// The authz filter's configuration, as `wasmeshctl` writes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuthzConfig {
     /// The proxy. Absent: the filter builds it from the Envoy node metadata Istio writes (one
     /// configuration for every proxy a WasmPlugin selects), completed by `mesh`; a node without
@@ -60,6 +61,7 @@ fn is_true(b: &bool) -> bool {
 /// With CUSTOM policies, wasmeshctl inserts one instance per side; otherwise one `All`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Stage {
     #[default]
     All,

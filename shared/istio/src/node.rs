@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 /// `mesh` of every filter configuration). Defaults are Istio's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MeshIdentity {
     /// meshConfig `trustDomain`.
     #[serde(default = "default_trust_domain")]

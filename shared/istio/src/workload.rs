@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ProxyMode {
     /// A sidecar in front of one workload (inbound and outbound).
     #[default]
@@ -15,24 +16,34 @@ pub enum ProxyMode {
     Gateway,
 }
 
+/// The proxy's own identity: which workload it fronts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Workload {
     /// The workload name (e.g. `reviews-v1`), as Istio's `WORKLOAD_NAME`.
     pub name: String,
+    /// The workload's namespace (Istio's `NAMESPACE`).
     pub namespace: String,
+    /// The pod labels (Istio's `LABELS`): what `selector.matchLabels` and `sourceLabels` match.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The service account: the SPIFFE identity is `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`.
     #[serde(default = "default_sa")]
     pub service_account: String,
+    /// meshConfig `trustDomain`.
     #[serde(default = "default_td")]
     pub trust_domain: String,
+    /// Sidecar or gateway.
     #[serde(default)]
     pub mode: ProxyMode,
+    /// The cluster's DNS suffix, for short host names.
     #[serde(default = "default_suffix")]
     pub domain_suffix: String,
+    /// meshConfig `rootNamespace`: its policies apply to every namespace.
     #[serde(default = "default_root")]
     pub root_namespace: String,
+    /// Istio's `CLUSTER_ID` (the `source_cluster`/`destination_cluster` metric labels).
     #[serde(default = "default_cluster")]
     pub cluster_id: String,
 }

@@ -13,6 +13,7 @@ use wasmesh_istio::{Error, MeshIdentity, ProxyMode, Resource, Resources, Workloa
 /// resources that may apply to it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RouterConfig {
     /// The proxy. Absent: the filter builds it from the Envoy node metadata Istio writes (one
     /// configuration for every proxy a WasmPlugin selects), completed by `mesh`.
@@ -26,6 +27,8 @@ pub struct RouterConfig {
     /// that select the proxy and picks it by the port the request arrived on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_port: Option<u32>,
+    /// The request header the router writes the chosen Istio cluster name into (replacing any copy
+    /// a client sent); a route with `cluster_header` sends the request there.
     #[serde(default = "default_cluster_header")]
     pub cluster_header: String,
     /// VirtualServices, Gateways and ServiceEntries, in Istio's JSON form.

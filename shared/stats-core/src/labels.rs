@@ -275,10 +275,14 @@ impl Protocol {
 /// `filter_metadata.istio.services[0]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ServiceInfo {
+    /// The service FQDN (`destination_service`).
     pub host: String,
+    /// `destination_service_name`.
     #[serde(default)]
     pub name: String,
+    /// `destination_service_namespace`.
     #[serde(default)]
     pub namespace: String,
 }

@@ -33,6 +33,7 @@ use wasmesh_istio::{Error, MeshIdentity, ProxyMode, Resources, Workload};
 /// Which listener the filter runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Direction {
     /// Sidecar inbound: reports as `destination`.
     Inbound,
@@ -45,6 +46,7 @@ pub enum Direction {
 /// Whether the filter is an HTTP filter or a network (TCP) filter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ListenerProtocol {
     #[default]
     Http,
@@ -54,6 +56,7 @@ pub enum ListenerProtocol {
 /// The filter configuration `wasmeshctl` writes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StatsConfig {
     /// The proxy. Absent: the filter builds it from the Envoy node metadata Istio writes,
     /// completed by `mesh`; what the node does not say is reported as `unknown` (fail open).
@@ -67,6 +70,7 @@ pub struct StatsConfig {
     /// source), as Istio's stats filter does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<Direction>,
+    /// HTTP filter (`wasmesh.stats`) or network filter (`wasmesh.stats.tcp`).
     #[serde(default)]
     pub protocol: ListenerProtocol,
     /// Telemetry resources (Istio JSON); the ones that apply to the workload are used.
