@@ -34,7 +34,9 @@ impl Envoy {
             .arg("--config-path")
             .arg(&config)
             .args(["--use-dynamic-base-id", "--concurrency", &concurrency.to_string(), "-l", "info"])
-            .args(["--disable-hot-restart", "--log-path"])
+            // Envoy flushes a --log-path file every 10 s by default; tests read the log right after
+            // the requests that write it.
+            .args(["--disable-hot-restart", "--file-flush-interval-msec", "100", "--log-path"])
             .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
