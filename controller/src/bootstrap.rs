@@ -76,7 +76,9 @@ impl std::str::FromStr for TcpOutbound {
             (!host.is_empty()).then_some(())?;
             Some(TcpOutbound { bind_port: bind.parse().ok()?, host: host.to_string(), port: port.parse().ok()? })
         });
-        parsed.ok_or(format!("--tcp-outbound {s:?}: expected BIND_PORT=HOST:PORT, e.g. 13306=mysql.db.svc.cluster.local:3306"))
+        parsed.ok_or(format!(
+            "--tcp-outbound {s:?}: expected BIND_PORT=HOST:PORT, e.g. 13306=mysql.db.svc.cluster.local:3306"
+        ))
     }
 }
 
@@ -162,12 +164,22 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
             for inb in &spec.inbound {
                 match inbound_protocol(resources, &wl, inb.port) {
                     Ok(PortProtocol::Tcp) => {
-                        let ctx = ListenerContext { workload: &wl, resources, direction: Direction::Inbound, bind_port: inb.port, mesh: &spec.mesh };
+                        let ctx = ListenerContext {
+                            workload: &wl,
+                            resources,
+                            direction: Direction::Inbound,
+                            bind_port: inb.port,
+                            mesh: &spec.mesh,
+                        };
                         match tcp_listener_filters(&ctx, slots) {
                             Ok((c, exchange)) => {
                                 let cluster = format!("inbound|{}||", inb.port);
                                 let name = format!("inbound_{}", inb.port);
-                                listeners.push(tcp_listener(&name, inb.port, tcp_chain_filters(spec, &c.network_filters, &cluster)));
+                                listeners.push(tcp_listener(
+                                    &name,
+                                    inb.port,
+                                    tcp_chain_filters(spec, &c.network_filters, &cluster),
+                                ));
                                 tcp_exchange_chains.push((name, tcp_chain_filters(spec, &exchange, &cluster)));
                                 let app = [("127.0.0.1".to_string(), u32::from(inb.app_port))];
                                 clusters.insert(cluster.clone(), static_cluster(&cluster, &app, "ROUND_ROBIN"));
@@ -206,13 +218,23 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
             for out in &spec.tcp_outbound {
                 match tcp_outbound_cluster(resources, &wl, out) {
                     Ok(cluster) => {
-                        let ctx = ListenerContext { workload: &wl, resources, direction: Direction::Outbound, bind_port: out.bind_port, mesh: &spec.mesh };
+                        let ctx = ListenerContext {
+                            workload: &wl,
+                            resources,
+                            direction: Direction::Outbound,
+                            bind_port: out.bind_port,
+                            mesh: &spec.mesh,
+                        };
                         match tcp_listener_filters(&ctx, slots) {
                             // The exchange variant of the stats filter: it only exchanges with
                             // an mTLS peer (TCP clusters then offer `istio-peer-exchange`).
                             Ok((c, exchange)) => {
                                 let name = format!("outbound_tcp_{}", out.bind_port);
-                                listeners.push(tcp_listener(&name, out.bind_port, tcp_chain_filters(spec, &exchange, &cluster)));
+                                listeners.push(tcp_listener(
+                                    &name,
+                                    out.bind_port,
+                                    tcp_chain_filters(spec, &exchange, &cluster),
+                                ));
                                 merge(&mut clusters, &mut stats_tags, c);
                             }
                             Err(mut e) => errors.append(&mut e),
@@ -276,8 +298,12 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
     // certificates, outbound clusters get Istio's auto mTLS.
     plugins::mtls::apply(&wl, resources, spec.certs_dir.as_deref(), &mut bootstrap)?;
     // Inbound TCP ports with mTLS also serve Istio's TCP metadata exchange.
-    for listener in bootstrap.pointer_mut("/static_resources/listeners").and_then(Value::as_array_mut).into_iter().flatten() {
-        if let Some((_, filters)) = tcp_exchange_chains.iter().find(|(name, _)| listener.get("name").and_then(Value::as_str) == Some(name)) {
+    for listener in
+        bootstrap.pointer_mut("/static_resources/listeners").and_then(Value::as_array_mut).into_iter().flatten()
+    {
+        if let Some((_, filters)) =
+            tcp_exchange_chains.iter().find(|(name, _)| listener.get("name").and_then(Value::as_str) == Some(name))
+        {
             plugins::mtls::add_peer_exchange_chain(listener, filters.clone());
         }
     }
@@ -289,25 +315,38 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
 /// selects it; the WorkloadEntry's `ports` map service port names to workload ports). No such
 /// service port, or one without a protocol: HTTP (wasmesh does not sniff).
 pub fn inbound_protocol(resources: &Resources, wl: &Workload, port: u16) -> Result<PortProtocol, Error> {
-    let entry = resources.workload_entries().find(|(r, _)| r.namespace() == wl.namespace && r.name() == wl.name).map(|(_, we)| we);
+    let entry = resources
+        .workload_entries()
+        .find(|(r, _)| r.namespace() == wl.namespace && r.name() == wl.name)
+        .map(|(_, we)| we);
     let mut found: Vec<(&Resource, String, PortProtocol)> = Vec::new();
     for (res, se) in resources.service_entries_selecting(wl) {
         for (i, sp) in se.ports.iter().enumerate() {
-            let workload_port = entry.and_then(|we| we.ports.get(&sp.name).copied()).or(sp.target_port).unwrap_or(sp.number);
+            let workload_port =
+                entry.and_then(|we| we.ports.get(&sp.name).copied()).or(sp.target_port).unwrap_or(sp.number);
             if workload_port == u32::from(port) {
                 found.push((res, format!("spec.ports[{i}]"), sp.port_protocol()));
             }
         }
     }
     if let Some((res, field, _)) = found.iter().find(|(_, _, p)| *p == PortProtocol::Udp) {
-        return Err(Error::at(res, field.as_str(), format!("UDP: workload port {port} cannot be proxied (Istio does not proxy UDP either)")));
+        return Err(Error::at(
+            res,
+            field.as_str(),
+            format!("UDP: workload port {port} cannot be proxied (Istio does not proxy UDP either)"),
+        ));
     }
     let is_tcp = |p: &PortProtocol| *p == PortProtocol::Tcp;
-    if let (Some((tr, tf, _)), Some((hr, hf, _))) = (found.iter().find(|f| is_tcp(&f.2)), found.iter().find(|f| !is_tcp(&f.2))) {
+    if let (Some((tr, tf, _)), Some((hr, hf, _))) =
+        (found.iter().find(|f| is_tcp(&f.2)), found.iter().find(|f| !is_tcp(&f.2)))
+    {
         return Err(Error::at(
             tr,
             tf.as_str(),
-            format!("workload port {port} is TCP here but HTTP (or unspecified) in {} {hf}; one listener cannot be both", hr.display_name()),
+            format!(
+                "workload port {port} is TCP here but HTTP (or unspecified) in {} {hf}; one listener cannot be both",
+                hr.display_name()
+            ),
         ));
     }
     Ok(if found.iter().any(|f| is_tcp(&f.2)) { PortProtocol::Tcp } else { PortProtocol::Http })
@@ -348,7 +387,10 @@ fn tcp_outbound_cluster(resources: &Resources, wl: &Workload, out: &TcpOutbound)
 /// with the stats filter that runs Istio's TCP metadata exchange
 /// ([`plugins::stats::tcp_filter_with_exchange`]), for the inbound exchange chain and the
 /// outbound listener.
-fn tcp_listener_filters(ctx: &ListenerContext<'_>, slots: Slots) -> Result<(Contribution, Vec<WasmFilter>), Vec<Error>> {
+fn tcp_listener_filters(
+    ctx: &ListenerContext<'_>,
+    slots: Slots,
+) -> Result<(Contribution, Vec<WasmFilter>), Vec<Error>> {
     let mut c = Contribution::default();
     let mut errors = Vec::new();
     let mut exchange = Vec::new();
@@ -595,13 +637,22 @@ pub fn outbound_clusters(resources: &Resources, wl: &Workload) -> Result<Vec<Val
             endpoints.extend(
                 resources
                     .workload_entries()
-                    .filter(|(r, we)| r.namespace() == ns && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v)))
+                    .filter(|(r, we)| {
+                        r.namespace() == ns && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v))
+                    })
                     .map(|(_, we)| we),
             );
         }
         // `NONE` is Istio's default: written out, it means what the omitted field means here.
         if se.resolution.as_deref().is_some_and(|r| !matches!(r, "NONE" | "STATIC" | "DNS" | "DNS_ROUND_ROBIN")) {
-            errors.push(Error::at(se_res, "spec.resolution", format!("{:?} is not supported by wasmeshctl envoy; expected STATIC or DNS", se.resolution.as_deref().unwrap_or(""))));
+            errors.push(Error::at(
+                se_res,
+                "spec.resolution",
+                format!(
+                    "{:?} is not supported by wasmeshctl envoy; expected STATIC or DNS",
+                    se.resolution.as_deref().unwrap_or("")
+                ),
+            ));
             continue;
         }
         for host in &se.hosts {
@@ -610,7 +661,12 @@ pub fn outbound_clusters(resources: &Resources, wl: &Workload) -> Result<Vec<Val
             if let Some((dr_res, dr)) = rule {
                 check_traffic_policy(dr_res, "spec.trafficPolicy", dr.traffic_policy.as_ref(), &mut errors);
                 for (i, s) in dr.subsets.iter().enumerate() {
-                    check_traffic_policy(dr_res, &format!("spec.subsets[{i}].trafficPolicy"), s.traffic_policy.as_ref(), &mut errors);
+                    check_traffic_policy(
+                        dr_res,
+                        &format!("spec.subsets[{i}].trafficPolicy"),
+                        s.traffic_policy.as_ref(),
+                        &mut errors,
+                    );
                 }
             }
             for port in &se.ports {
@@ -658,7 +714,8 @@ pub fn outbound_clusters(resources: &Resources, wl: &Workload) -> Result<Vec<Val
 /// `destination_service*` labels.
 fn with_istio_metadata(mut cluster: Value, host: &str, ns: &str) -> Value {
     let name = host.split('.').next().unwrap_or(host);
-    cluster["metadata"] = json!({"filter_metadata": {"istio": {"services": [{"host": host, "name": name, "namespace": ns}]}}});
+    cluster["metadata"] =
+        json!({"filter_metadata": {"istio": {"services": [{"host": host, "name": name, "namespace": ns}]}}});
     cluster
 }
 
@@ -677,19 +734,32 @@ fn check_traffic_policy(res: &Resource, field: &str, tp: Option<&TrafficPolicy>,
         ("connectionPool", tp.connection_pool.is_some()),
         ("outlierDetection", tp.outlier_detection.is_some()),
         // `tls` and `portLevelSettings[].tls` are interpreted by the mTLS plugin.
-        ("portLevelSettings (other than tls)", tp.port_level_settings.iter().any(|p| p.as_object().is_some_and(|o| o.keys().any(|k| k != "port" && k != "tls")))),
+        (
+            "portLevelSettings (other than tls)",
+            tp.port_level_settings
+                .iter()
+                .any(|p| p.as_object().is_some_and(|o| o.keys().any(|k| k != "port" && k != "tls"))),
+        ),
         ("tunnel", tp.tunnel.is_some()),
         ("proxyProtocol", tp.proxy_protocol.is_some()),
         ("retryBudget", tp.retry_budget.is_some()),
     ];
     for (name, set) in unsupported {
         if set {
-            errors.push(Error::at(res, format!("{field}.{name}"), "not supported by wasmeshctl envoy yet (loadBalancer.simple and tls are)"));
+            errors.push(Error::at(
+                res,
+                format!("{field}.{name}"),
+                "not supported by wasmeshctl envoy yet (loadBalancer.simple and tls are)",
+            ));
         }
     }
     if let Some(lb) = &tp.load_balancer {
         if lb.simple == Some(SimpleLb::Passthrough) {
-            errors.push(Error::at(res, format!("{field}.loadBalancer.simple"), "PASSTHROUGH is not supported; expected ROUND_ROBIN, RANDOM, LEAST_REQUEST or LEAST_CONN"));
+            errors.push(Error::at(
+                res,
+                format!("{field}.loadBalancer.simple"),
+                "PASSTHROUGH is not supported; expected ROUND_ROBIN, RANDOM, LEAST_REQUEST or LEAST_CONN",
+            ));
         }
         for (name, set) in [
             ("consistentHash", lb.consistent_hash.is_some()),
@@ -698,7 +768,11 @@ fn check_traffic_policy(res: &Resource, field: &str, tp: Option<&TrafficPolicy>,
             ("warmup", lb.warmup.is_some()),
         ] {
             if set {
-                errors.push(Error::at(res, format!("{field}.loadBalancer.{name}"), "not supported by wasmeshctl envoy yet"));
+                errors.push(Error::at(
+                    res,
+                    format!("{field}.loadBalancer.{name}"),
+                    "not supported by wasmeshctl envoy yet",
+                ));
             }
         }
     }
@@ -754,7 +828,11 @@ spec:
         let clusters = outbound_clusters(&resources(&(SERVICE.to_string() + dr)), &wl).unwrap();
         assert_eq!(lb_of(&clusters, "outbound|9080||reviews.default.svc.cluster.local"), "RANDOM");
         assert_eq!(lb_of(&clusters, "outbound|9080|v1|reviews.default.svc.cluster.local"), "ROUND_ROBIN");
-        assert_eq!(lb_of(&clusters, "outbound|9080|v2|reviews.default.svc.cluster.local"), "RANDOM", "tls-only subset policy inherits");
+        assert_eq!(
+            lb_of(&clusters, "outbound|9080|v2|reviews.default.svc.cluster.local"),
+            "RANDOM",
+            "tls-only subset policy inherits"
+        );
         assert_eq!(lb_of(&clusters, "outbound|9080|all|reviews.default.svc.cluster.local"), "RANDOM");
         let v1 = clusters.iter().find(|c| c["name"] == "outbound|9080|v1|reviews.default.svc.cluster.local").unwrap();
         let eps = &v1["load_assignment"]["endpoints"][0]["lb_endpoints"];
@@ -827,7 +905,12 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
     }
 
     fn filter_names(l: &Value) -> Vec<String> {
-        l["filter_chains"][0]["filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().to_string()).collect()
+        l["filter_chains"][0]["filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect()
     }
 
     #[test]
@@ -855,7 +938,10 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
     fn no_policy_no_tcp_authz_filter_and_permissive_gets_both_chains() {
         let res = resources(MESH);
         let boot = build(&spec("default/db", &res, &[13306], Vec::new()), &res).unwrap();
-        assert_eq!(filter_names(listener(&boot, "inbound_13306")), ["wasmesh.stats.tcp", "envoy.filters.network.tcp_proxy"]);
+        assert_eq!(
+            filter_names(listener(&boot, "inbound_13306")),
+            ["wasmesh.stats.tcp", "envoy.filters.network.tcp_proxy"]
+        );
     }
 
     #[test]
@@ -877,12 +963,25 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         assert_eq!(chains.len(), 2);
         for c in chains {
             assert_eq!(c["transport_socket"]["typed_config"]["require_client_certificate"], true);
-            let names: Vec<&str> = c["filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
-            assert_eq!(names, ["wasmesh.stats.tcp", "wasmesh.authz.tcp", "envoy.filters.network.tcp_proxy"], "STRICT installs the TCP authz filter");
+            let names: Vec<&str> =
+                c["filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+            assert_eq!(
+                names,
+                ["wasmesh.stats.tcp", "wasmesh.authz.tcp", "envoy.filters.network.tcp_proxy"],
+                "STRICT installs the TCP authz filter"
+            );
         }
-        assert_eq!(chains[0]["filter_chain_match"], json!({"transport_protocol": "tls", "application_protocols": ["istio-peer-exchange"]}));
-        assert_eq!(chains[0]["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"], json!(["istio-peer-exchange", "h2", "http/1.1"]));
-        let config = |c: &Value| c["filters"][0]["typed_config"]["config"]["configuration"]["value"].as_str().unwrap().to_string();
+        assert_eq!(
+            chains[0]["filter_chain_match"],
+            json!({"transport_protocol": "tls", "application_protocols": ["istio-peer-exchange"]})
+        );
+        assert_eq!(
+            chains[0]["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"],
+            json!(["istio-peer-exchange", "h2", "http/1.1"])
+        );
+        let config = |c: &Value| {
+            c["filters"][0]["typed_config"]["config"]["configuration"]["value"].as_str().unwrap().to_string()
+        };
         assert!(config(&chains[0]).contains("\"peerExchange\":true"), "{}", config(&chains[0]));
         assert!(!config(&chains[1]).contains("peerExchange"), "the plain mTLS chain does not exchange");
         // The client's cluster to the TCP port offers the exchange first.
@@ -892,11 +991,22 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         s.certs_dir = Some(dir.clone());
         let boot = build(&s, &res).unwrap();
         let l = listener(&boot, "outbound_tcp_15306");
-        assert!(l["filter_chains"][0]["filters"][0]["typed_config"]["config"]["configuration"]["value"].as_str().unwrap().contains("\"peerExchange\":true"));
+        assert!(l["filter_chains"][0]["filters"][0]["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap()
+            .contains("\"peerExchange\":true"));
         let clusters = boot["static_resources"]["clusters"].as_array().unwrap();
-        let alpn = |name: &str| clusters.iter().find(|c| c["name"] == name).unwrap()["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"].clone();
+        let alpn = |name: &str| {
+            clusters.iter().find(|c| c["name"] == name).unwrap()["transport_socket"]["typed_config"]
+                ["common_tls_context"]["alpn_protocols"]
+                .clone()
+        };
         assert_eq!(alpn("outbound|3306||db.default.svc.cluster.local"), json!(["istio-peer-exchange", "istio"]));
-        assert_eq!(alpn("outbound|8080||db.default.svc.cluster.local"), json!(["istio", "http/1.1"]), "HTTP ports keep Istio's HTTP ALPN");
+        assert_eq!(
+            alpn("outbound|8080||db.default.svc.cluster.local"),
+            json!(["istio", "http/1.1"]),
+            "HTTP ports keep Istio's HTTP ALPN"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -913,7 +1023,11 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         assert_eq!(proxy["cluster"], "outbound|3306||db.default.svc.cluster.local");
         let clusters = boot["static_resources"]["clusters"].as_array().unwrap();
         let c = clusters.iter().find(|c| c["name"] == "outbound|3306||db.default.svc.cluster.local").unwrap();
-        assert_eq!(c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"], 13306);
+        assert_eq!(
+            c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                ["port_value"],
+            13306
+        );
     }
 
     #[test]
@@ -935,7 +1049,8 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
 
     #[test]
     fn conflicting_and_udp_ports_are_refused() {
-        let udp = MESH.replace("{number: 3306, name: mysql, protocol: MYSQL}", "{number: 3306, name: mysql, protocol: UDP}");
+        let udp =
+            MESH.replace("{number: 3306, name: mysql, protocol: MYSQL}", "{number: 3306, name: mysql, protocol: UDP}");
         let res = resources(&udp);
         let e = build(&spec("default/db", &res, &[13306], Vec::new()), &res).unwrap_err();
         assert!(e[0].to_string().contains("spec.ports[0]") && e[0].to_string().contains("UDP"), "{e:?}");
@@ -943,7 +1058,11 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
             + "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db-http, namespace: default}\nspec:\n  hosts: [db-http.default.svc.cluster.local]\n  ports: [{number: 80, name: mysql, protocol: HTTP}]\n  workloadSelector: {labels: {app: db}}\n";
         let res = resources(&clash);
         let e = build(&spec("default/db", &res, &[13306], Vec::new()), &res).unwrap_err();
-        assert!(e[0].to_string().contains("one listener cannot be both") && e[0].to_string().contains("ServiceEntry default/db-http"), "{e:?}");
+        assert!(
+            e[0].to_string().contains("one listener cannot be both")
+                && e[0].to_string().contains("ServiceEntry default/db-http"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -952,7 +1071,10 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
             + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: m, namespace: default}\nspec: {action: DENY, rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.t]', values: ['[update]']}]}]}\n";
         let res = resources(&yaml);
         let e = build(&spec("default/db", &res, &[13306], Vec::new()), &res).unwrap_err();
-        assert!(e[0].to_string().contains("AuthorizationPolicy default/m") && e[0].to_string().contains("when[0].key"), "{e:?}");
+        assert!(
+            e[0].to_string().contains("AuthorizationPolicy default/m") && e[0].to_string().contains("when[0].key"),
+            "{e:?}"
+        );
         // The HTTP port of the same workload is fine with it.
         assert!(build(&spec("default/db", &res, &[18080], Vec::new()), &res).is_ok());
     }

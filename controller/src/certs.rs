@@ -19,8 +19,8 @@
 //! default there is RSA 2048, which makes no difference to Envoy).
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -104,10 +104,18 @@ impl WorkloadIdentity {
             return bad("namespace", &self.namespace, "a DNS-1123 label (lower-case letters, digits, '-', at most 63)");
         }
         if !is_dns1123_subdomain(&self.service_account) {
-            return bad("service account", &self.service_account, "a DNS-1123 subdomain (lower-case letters, digits, '-', '.')");
+            return bad(
+                "service account",
+                &self.service_account,
+                "a DNS-1123 subdomain (lower-case letters, digits, '-', '.')",
+            );
         }
         if !is_trust_domain(&self.trust_domain) {
-            return bad("trust domain", &self.trust_domain, "lower-case letters, digits, '.', '-', '_' (e.g. cluster.local)");
+            return bad(
+                "trust domain",
+                &self.trust_domain,
+                "lower-case letters, digits, '.', '-', '_' (e.g. cluster.local)",
+            );
         }
         Ok(())
     }
@@ -223,8 +231,14 @@ impl Ca {
         match (cert_path.exists(), key_path.exists()) {
             (true, true) => Ok((Ca::load(dir)?, Outcome::Kept)),
             (false, false) => Ok((Ca::create(dir, opts)?, Outcome::Created)),
-            (true, false) => Err(CertError::at(&key_path, "missing while root-cert.pem exists; restore it, or delete both to create a new root")),
-            (false, true) => Err(CertError::at(&cert_path, "missing while root-key.pem exists; restore it, or delete both to create a new root")),
+            (true, false) => Err(CertError::at(
+                &key_path,
+                "missing while root-cert.pem exists; restore it, or delete both to create a new root",
+            )),
+            (false, true) => Err(CertError::at(
+                &cert_path,
+                "missing while root-key.pem exists; restore it, or delete both to create a new root",
+            )),
         }
     }
 
@@ -239,7 +253,8 @@ impl Ca {
         dn.push(DnType::CommonName, "wasmesh root CA");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         (params.not_before, params.not_after) = validity(opts.root_ttl)?;
         let cert = params.self_signed(&key).map_err(|e| CertError::new(format!("cannot sign the root: {e}")))?;
         std::fs::create_dir_all(dir).map_err(|e| CertError::at(dir, format!("cannot create directory: {e}")))?;
@@ -253,7 +268,8 @@ impl Ca {
         let key_path = dir.join(ROOT_KEY);
         let cert_pem = read_string(&cert_path)?;
         let key_pem = read_string(&key_path)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| CertError::at(&key_path, format!("not a PEM private key: {e}")))?;
+        let key =
+            KeyPair::from_pem(&key_pem).map_err(|e| CertError::at(&key_path, format!("not a PEM private key: {e}")))?;
         let cert_der = pem_der(&cert_pem).map_err(|m| CertError::at(&cert_path, m))?;
         let (_, x509) = X509Certificate::from_der(&cert_der)
             .map_err(|e| CertError::at(&cert_path, format!("not an X.509 certificate: {e}")))?;
@@ -407,7 +423,8 @@ pub struct CertsArgs {
 
 /// `wasmeshctl certs`. Prints what it did, one line per certificate.
 pub fn cmd(args: CertsArgs) -> Result<(), String> {
-    let mut opts = CaOptions { workload_ttl: Duration::from_secs(args.workload_ttl_days * DAY), ..CaOptions::default() };
+    let mut opts =
+        CaOptions { workload_ttl: Duration::from_secs(args.workload_ttl_days * DAY), ..CaOptions::default() };
     let mut trust_domain = args.trust_domain.clone();
     if trust_domain.is_none() {
         if let Some(file) = &args.mesh_config {
@@ -418,13 +435,11 @@ pub fn cmd(args: CertsArgs) -> Result<(), String> {
     }
     let td = trust_domain.unwrap_or_else(|| "cluster.local".to_string());
     opts.trust_domain = td.clone();
-    let mut ids = if args.input.filename.is_empty() {
-        Vec::new()
-    } else {
-        identities_in(&args.input.resources()?, &td)
-    };
+    let mut ids =
+        if args.input.filename.is_empty() { Vec::new() } else { identities_in(&args.input.resources()?, &td) };
     for e in &args.identity {
-        let (ns, sa) = e.split_once('/').ok_or_else(|| format!("--identity {e:?}: expected NAMESPACE/SERVICE_ACCOUNT"))?;
+        let (ns, sa) =
+            e.split_once('/').ok_or_else(|| format!("--identity {e:?}: expected NAMESPACE/SERVICE_ACCOUNT"))?;
         ids.push(WorkloadIdentity::new(&td, ns, sa));
     }
     ids.sort();
@@ -488,7 +503,9 @@ fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertError> 
         options.mode(if secret { 0o600 } else { 0o644 });
     }
     let mut file = options.open(&tmp).map_err(|e| CertError::at(&tmp, format!("cannot write: {e}")))?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| CertError::at(&tmp, format!("cannot write: {e}")))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| CertError::at(&tmp, format!("cannot write: {e}")))?;
     drop(file);
     #[cfg(unix)]
     if secret {
@@ -563,7 +580,8 @@ mod tests {
         assert_eq!(root.subject(), root.issuer());
         root.verify_signature(None).expect("self-signed");
         assert!(root.subject().to_string().contains("O=cluster.local"), "{}", root.subject());
-        let years = (root.validity().not_after.timestamp() - root.validity().not_before.timestamp()) / (365 * DAY as i64);
+        let years =
+            (root.validity().not_after.timestamp() - root.validity().not_before.timestamp()) / (365 * DAY as i64);
         assert_eq!(years, 10);
         #[cfg(unix)]
         {
@@ -601,7 +619,10 @@ mod tests {
         assert_eq!(leaf.issuer(), root.subject());
         leaf.verify_signature(Some(root.public_key())).expect("signed by root");
         assert!(leaf.verify_signature(None).is_err(), "not self-signed");
-        let has_aki = leaf.extensions().iter().any(|e| matches!(e.parsed_extension(), ParsedExtension::AuthorityKeyIdentifier(_)));
+        let has_aki = leaf
+            .extensions()
+            .iter()
+            .any(|e| matches!(e.parsed_extension(), ParsedExtension::AuthorityKeyIdentifier(_)));
         assert!(has_aki);
         assert!(leaf.extensions().iter().any(|e| e.oid == oid_registry::OID_X509_EXT_SUBJECT_KEY_IDENTIFIER));
         // Valid now, backdated for clock skew, 90 days.
@@ -660,7 +681,10 @@ mod tests {
         let (foreign, _) = ca2.issue(&sleep(), &opts).expect("foreign");
         std::fs::copy(&foreign.cert_chain, &paths.cert_chain).expect("copy");
         std::fs::copy(&foreign.private_key, &paths.private_key).expect("copy");
-        assert_eq!(ca.issue(&sleep(), &opts).expect("reissue").1, Outcome::Renewed("not signed by the current root".into()));
+        assert_eq!(
+            ca.issue(&sleep(), &opts).expect("reissue").1,
+            Outcome::Renewed("not signed by the current root".into())
+        );
         assert_eq!(ca.issue(&sleep(), &opts).expect("kept").1, Outcome::Kept);
     }
 
@@ -689,11 +713,20 @@ mod tests {
     #[test]
     fn identities_are_validated_before_anything_is_written() {
         let dir = TempDir::new("ids");
-        for (ns, sa) in [("..", "sleep"), ("default", "../x"), ("Default", "sleep"), ("default", ""), ("a/b", "sleep"), ("default", "a..b")] {
-            let e = run(&dir.0, &[WorkloadIdentity::new("cluster.local", ns, sa)], &CaOptions::default()).expect_err(ns);
+        for (ns, sa) in [
+            ("..", "sleep"),
+            ("default", "../x"),
+            ("Default", "sleep"),
+            ("default", ""),
+            ("a/b", "sleep"),
+            ("default", "a..b"),
+        ] {
+            let e =
+                run(&dir.0, &[WorkloadIdentity::new("cluster.local", ns, sa)], &CaOptions::default()).expect_err(ns);
             assert!(e.message.contains("is not valid for a SPIFFE identity"), "{e}");
         }
-        let e = run(&dir.0, &[WorkloadIdentity::new("Cluster/Local", "default", "sleep")], &CaOptions::default()).expect_err("td");
+        let e = run(&dir.0, &[WorkloadIdentity::new("Cluster/Local", "default", "sleep")], &CaOptions::default())
+            .expect_err("td");
         assert!(e.message.contains("trust domain"), "{e}");
         assert!(!dir.0.join(ROOT_CERT).exists());
         // Service accounts may contain dots (DNS-1123 subdomain).
@@ -706,7 +739,10 @@ mod tests {
         let y = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: a, namespace: foo}\nspec: {address: 127.0.0.1, serviceAccount: httpbin}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: b, namespace: foo}\nspec: {address: 127.0.0.1, serviceAccount: httpbin}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: gw, namespace: istio-system}\nspec: {address: 127.0.0.1}\n";
         let resources = Resources { items: wasmesh_istio::load_str(y, "we.yaml").expect("yaml") };
         let ids: Vec<String> = identities_in(&resources, "cluster.local").iter().map(|i| i.spiffe_uri()).collect();
-        assert_eq!(ids, vec!["spiffe://cluster.local/ns/foo/sa/httpbin", "spiffe://cluster.local/ns/istio-system/sa/default"]);
+        assert_eq!(
+            ids,
+            vec!["spiffe://cluster.local/ns/foo/sa/httpbin", "spiffe://cluster.local/ns/istio-system/sa/default"]
+        );
     }
 
     #[test]
@@ -715,7 +751,18 @@ mod tests {
         let yaml = dir.0.join("we.yaml");
         std::fs::write(&yaml, "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: a, namespace: foo}\nspec: {address: 127.0.0.1, serviceAccount: httpbin}\n").expect("write");
         let out = dir.0.join("certs");
-        cmd(args(&["-f", yaml.to_str().expect("path"), "--identity", "bar/sleep", "--trust-domain", "example.org", "--out-dir", out.to_str().expect("path")]).expect("args")).expect("certs");
+        cmd(args(&[
+            "-f",
+            yaml.to_str().expect("path"),
+            "--identity",
+            "bar/sleep",
+            "--trust-domain",
+            "example.org",
+            "--out-dir",
+            out.to_str().expect("path"),
+        ])
+        .expect("args"))
+        .expect("certs");
         for (ns, sa) in [("foo", "httpbin"), ("bar", "sleep")] {
             let der = parse(&CertPaths::for_workload(&out, ns, sa).cert_chain);
             let (_, leaf) = X509Certificate::from_der(&der).expect("x509");

@@ -8,8 +8,8 @@
 use crate::mesh::MeshConfig;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
-use wasmesh_authz::{AuthzConfig, CustomOutcome, PeerNames, Request, Stage};
 use wasmesh_authz::RequestIdentity;
+use wasmesh_authz::{AuthzConfig, CustomOutcome, PeerNames, Request, Stage};
 use wasmesh_istio::{Error, Kind, ProxyMode, Resources, Workload};
 
 /// A request to check. Every field but `path` is optional.
@@ -67,7 +67,13 @@ impl CheckRequest {
 
 /// The verdict text, or the configuration errors that stop the check (each naming resource and
 /// field). `gateway` checks a gateway listener instead of a sidecar inbound one.
-pub fn check(resources: &Resources, workload: &Workload, mesh: &MeshConfig, req: &CheckRequest, gateway: bool) -> Result<String, Vec<Error>> {
+pub fn check(
+    resources: &Resources,
+    workload: &Workload,
+    mesh: &MeshConfig,
+    req: &CheckRequest,
+    gateway: bool,
+) -> Result<String, Vec<Error>> {
     let mut wl = workload.clone();
     if let Some(root) = &mesh.root_namespace {
         wl.root_namespace = root.clone();
@@ -103,23 +109,25 @@ pub fn check(resources: &Resources, workload: &Workload, mesh: &MeshConfig, req:
     let ip = |field: &str, v: &Option<String>, default: Option<IpAddr>| -> Result<Option<IpAddr>, Vec<Error>> {
         match v {
             None => Ok(default),
-            Some(s) => s.parse().map(Some).map_err(|_| vec![Error::new(format!("request {field}: {s:?} is not an IP address"))]),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| vec![Error::new(format!("request {field}: {s:?} is not an IP address"))]),
         }
     };
     let source_ip = ip("sourceIp", &req.source_ip, "127.0.0.1".parse().ok())?;
     let remote_ip = ip("remoteIp", &req.remote_ip, source_ip)?;
     let destination_ip = ip("destinationIp", &req.destination_ip, "127.0.0.1".parse().ok())?;
-    let mut headers: Vec<(String, Vec<u8>)> = vec![
-        (":method".into(), req.method.clone().into_bytes()),
-        (":path".into(), req.path.clone().into_bytes()),
-    ];
+    let mut headers: Vec<(String, Vec<u8>)> =
+        vec![(":method".into(), req.method.clone().into_bytes()), (":path".into(), req.path.clone().into_bytes())];
     if let Some(h) = &req.host {
         headers.push((":authority".into(), h.clone().into_bytes()));
     }
     for (k, v) in &req.headers {
         headers.push((k.to_ascii_lowercase(), v.clone().into_bytes()));
     }
-    let uri = req.principal.as_ref().map(|p| if p.starts_with("spiffe://") { p.clone() } else { format!("spiffe://{p}") });
+    let uri =
+        req.principal.as_ref().map(|p| if p.starts_with("spiffe://") { p.clone() } else { format!("spiffe://{p}") });
     let identity = req.claims.as_ref().map(|claims| {
         let s = |k: &str| claims.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
         let audiences = match claims.get("aud") {
@@ -276,7 +284,10 @@ spec:
         let out = check(&resources(POLICIES), &wl(), &MeshConfig::default(), &req("GET", "/admin/x"), false).unwrap();
         assert!(out.contains("decision: DENY (403 RBAC: access denied)"), "{out}");
         assert!(out.contains("DENY rule ns[foo]-policy[deny-admin]-rule[0] matched"), "{out}");
-        assert!(out.contains("decided by: AuthorizationPolicy foo/deny-admin spec.rules[0] in policies.yaml (document 1)"), "{out}");
+        assert!(
+            out.contains("decided by: AuthorizationPolicy foo/deny-admin spec.rules[0] in policies.yaml (document 1)"),
+            "{out}"
+        );
         assert!(out.contains("- /admin*"), "the rule is printed: {out}");
         assert!(out.contains("audited by ns[istio-system]-policy[audit-all]-rule[0]"), "{out}");
         assert!(out.contains("AuthorizationPolicy foo/allow-sleep (ALLOW)"), "{out}");
@@ -290,7 +301,9 @@ spec:
         assert!(out.contains("decision: ALLOW"), "{out}");
         assert!(out.contains("AuthorizationPolicy foo/allow-sleep spec.rules[0]"), "{out}");
         let mut r = req("GET", "/x");
-        r.claims = serde_json::from_str(r#"{"iss": "https://accounts.example.com", "sub": "alice", "groups": ["admin"]}"#).unwrap();
+        r.claims =
+            serde_json::from_str(r#"{"iss": "https://accounts.example.com", "sub": "alice", "groups": ["admin"]}"#)
+                .unwrap();
         let out = check(&resources(POLICIES), &wl(), &MeshConfig::default(), &r, false).unwrap();
         assert!(out.contains("spec.rules[1]"), "{out}");
         assert!(out.contains("with JWT https://accounts.example.com/alice"), "{out}");
@@ -317,7 +330,10 @@ spec:
   action: DENY
   rules: [{from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}], when: [{key: "request.headers[x-env]", values: [prod]}]}]
 "#;
-        let mesh: MeshConfig = serde_yaml::from_str("extensionProviders: [{name: opa, envoyExtAuthzHttp: {service: opa.foo.svc.cluster.local, port: 8181}}]").unwrap();
+        let mesh: MeshConfig = serde_yaml::from_str(
+            "extensionProviders: [{name: opa, envoyExtAuthzHttp: {service: opa.foo.svc.cluster.local, port: 8181}}]",
+        )
+        .unwrap();
         let mut r = req("GET", "/api/v1");
         r.headers = vec![CheckRequest::parse_header("X-Env: prod").unwrap()];
         r.remote_ip = Some("203.0.113.7".into());
@@ -348,7 +364,10 @@ spec:
         assert!(out.contains("decision: ALLOW"), "{out}");
         let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
         let out = check(&resources(pa), &wl(), &MeshConfig::default(), &req("GET", "/"), false).unwrap();
-        assert!(out.contains("PeerAuthentication is STRICT on port 8000 (PeerAuthentication istio-system/default)"), "{out}");
+        assert!(
+            out.contains("PeerAuthentication is STRICT on port 8000 (PeerAuthentication istio-system/default)"),
+            "{out}"
+        );
         let mut r = req("GET", "/");
         r.principal = Some("spiffe://cluster.local/ns/a/sa/b".into());
         assert!(check(&resources(pa), &wl(), &MeshConfig::default(), &r, false).unwrap().contains("decision: ALLOW"));
@@ -356,7 +375,10 @@ spec:
 
     #[test]
     fn request_description_reads_from_yaml() {
-        let r: CheckRequest = serde_yaml::from_str("path: /x\nprincipal: cluster.local/ns/a/sa/b\nclaims: {iss: i, sub: s}\nheaders: [[x-a, '1']]\n").unwrap();
+        let r: CheckRequest = serde_yaml::from_str(
+            "path: /x\nprincipal: cluster.local/ns/a/sa/b\nclaims: {iss: i, sub: s}\nheaders: [[x-a, '1']]\n",
+        )
+        .unwrap();
         assert_eq!(r.method, "GET");
         assert!(serde_yaml::from_str::<CheckRequest>("path: /x\nprincpal: a\n").is_err(), "typos are errors");
     }

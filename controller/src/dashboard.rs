@@ -292,7 +292,11 @@ pub fn render(title: &str, rows: &[Row]) -> String {
             };
             let lat = format!("{:>8}  {:>8}  {:>8}", fmt_opt(r.p50, 2), fmt_opt(r.p90, 2), fmt_opt(r.p99, 2));
             if view == View::Workload {
-                let _ = writeln!(out, "{:<name_w$}  {:<ns_w$}  {rps:>10}  {lat}  {success:>8}", r.key.name, r.key.namespace);
+                let _ = writeln!(
+                    out,
+                    "{:<name_w$}  {:<ns_w$}  {rps:>10}  {lat}  {success:>8}",
+                    r.key.name, r.key.namespace
+                );
             } else {
                 let _ = writeln!(out, "{:<name_w$}  {rps:>10}  {lat}  {success:>8}", r.key.name);
             }
@@ -330,7 +334,8 @@ fn dechunk(mut data: &[u8]) -> Option<String> {
     let mut out = Vec::new();
     loop {
         let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.split(';').next()?.trim(), 16).ok()?;
         data = data.get(line_end + 2..)?;
         if size == 0 {
             return Some(String::from_utf8_lossy(&out).into_owned());
@@ -351,7 +356,13 @@ pub fn scrape_admins(admins: &[String]) -> Result<Snapshot, String> {
 
 fn url_encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -384,7 +395,10 @@ pub fn prometheus_query(addr: &str, promql: &str) -> Result<Vec<Series>, String>
 /// The dashboard's rows from Prometheus, with Istio's Mesh Dashboard queries over `window`.
 pub fn prometheus_rows(addr: &str, window: &str) -> Result<Vec<Row>, String> {
     let mut rows: BTreeMap<Key, Row> = BTreeMap::new();
-    for (view, by) in [(View::Service, "destination_service"), (View::Workload, "destination_workload, destination_workload_namespace")] {
+    for (view, by) in [
+        (View::Service, "destination_service"),
+        (View::Workload, "destination_workload, destination_workload_namespace"),
+    ] {
         let key = |l: &BTreeMap<String, String>| -> Option<Key> {
             let name = match view {
                 View::Service => l.get("destination_service")?,
@@ -405,10 +419,14 @@ pub fn prometheus_rows(addr: &str, window: &str) -> Result<Vec<Row>, String> {
                 r#"sum(rate(istio_requests_total{{{sel}, response_code!~"5.."}}[{window}])) by ({by}) / sum(rate(istio_requests_total{{{sel}}}[{window}])) by ({by})"#
             ),
         )?;
-        let total = prometheus_query(addr, &format!("sum(increase(istio_requests_total{{{sel}}}[{window}])) by ({by})"))?;
+        let total =
+            prometheus_query(addr, &format!("sum(increase(istio_requests_total{{{sel}}}[{window}])) by ({by})"))?;
         for (labels, v) in &rate {
             let Some(k) = key(labels) else { continue };
-            rows.insert(k.clone(), Row { key: k, rps: Some(*v), p50: None, p90: None, p99: None, success: None, requests: 0.0 });
+            rows.insert(
+                k.clone(),
+                Row { key: k, rps: Some(*v), p50: None, p90: None, p99: None, success: None, requests: 0.0 },
+            );
         }
         for (labels, v) in &ok {
             if let Some(r) = key(labels).and_then(|k| rows.get_mut(&k)) {
@@ -497,7 +515,9 @@ fn parse_interval(v: &str) -> Result<Duration, String> {
 impl DashboardArgs {
     /// Parses the arguments that follow `wasmeshctl dashboard` (for a caller holding a command
     /// line, e.g. the demo running the line it prints).
-    pub fn try_parse_args<I: IntoIterator<Item = S>, S: Into<std::ffi::OsString> + Clone>(args: I) -> Result<Self, String> {
+    pub fn try_parse_args<I: IntoIterator<Item = S>, S: Into<std::ffi::OsString> + Clone>(
+        args: I,
+    ) -> Result<Self, String> {
         #[derive(clap::Parser)]
         #[command(name = "wasmeshctl dashboard")]
         struct Cli {
@@ -567,7 +587,10 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<(), String> {
         frame += 1;
         let (title, rows) = match &opts.prometheus {
             Some(addr) => (
-                format!("wasmesh: Istio Mesh Dashboard  (Prometheus {addr}, rates over {}, frame {frame})", opts.window),
+                format!(
+                    "wasmesh: Istio Mesh Dashboard  (Prometheus {addr}, rates over {}, frame {frame})",
+                    opts.window
+                ),
                 prometheus_rows(addr, &opts.window)?,
             ),
             None => {
@@ -657,16 +680,19 @@ istio_requests_total{reporter="source",source_workload="odd",destination_workloa
         let first = Snapshot::from_samples(&samples);
         let svc = first
             .totals
-            .get(&Key { view: View::Service, name: "reviews.default.svc.cluster.local".into(), namespace: String::new() })
+            .get(&Key {
+                view: View::Service,
+                name: "reviews.default.svc.cluster.local".into(),
+                namespace: String::new(),
+            })
             .unwrap();
         assert_eq!(svc.requests, 10.0, "reporter=destination is not added");
         assert_eq!(svc.failures, 1.0);
 
         // A second scrape 2 s later with 4 more successful requests to reviews-v2.
-        let later = SCRAPE.replace("response_code=\"200\"} 6\n", "response_code=\"200\"} 10\n").replace(
-            "le=\"+Inf\"} 6",
-            "le=\"+Inf\"} 10",
-        );
+        let later = SCRAPE
+            .replace("response_code=\"200\"} 6\n", "response_code=\"200\"} 10\n")
+            .replace("le=\"+Inf\"} 6", "le=\"+Inf\"} 10");
         let later = later.replace("le=\"10\"} 6", "le=\"10\"} 10");
         let second = Snapshot::from_samples(&parse_prometheus_text(&later));
         let rows = rows(Some(&first), &second, Duration::from_secs(2));
@@ -704,7 +730,10 @@ istio_requests_total{reporter="source",source_workload="odd",destination_workloa
     fn history_keeps_a_sliding_window() {
         let snap = |n: f64| {
             let mut s = Snapshot::default();
-            s.totals.insert(Key { view: View::Service, name: "a".into(), namespace: String::new() }, Totals { requests: n, ..Totals::default() });
+            s.totals.insert(
+                Key { view: View::Service, name: "a".into(), namespace: String::new() },
+                Totals { requests: n, ..Totals::default() },
+            );
             s
         };
         let t0 = Instant::now();
@@ -721,7 +750,9 @@ istio_requests_total{reporter="source",source_workload="odd",destination_workloa
     #[test]
     fn arguments() {
         let a = |v: &[&str]| DashboardArgs::try_parse_args(v).map(DashboardArgs::options);
-        let o = a(&["--admin", "15000,127.0.0.2:15001", "--admin", "localhost:9901", "--frames", "3", "--interval", "0.5"]).unwrap();
+        let o =
+            a(&["--admin", "15000,127.0.0.2:15001", "--admin", "localhost:9901", "--frames", "3", "--interval", "0.5"])
+                .unwrap();
         assert_eq!(o.admins, vec!["127.0.0.1:15000", "127.0.0.2:15001", "localhost:9901"]);
         assert_eq!(o.frames, Some(3));
         assert_eq!(o.interval, Duration::from_millis(500));

@@ -123,8 +123,11 @@ pub fn markdown() -> String {
 fn object_table(schema: &Value) -> String {
     let empty = Map::new();
     let props = schema.get("properties").and_then(Value::as_object).unwrap_or(&empty);
-    let required: Vec<&str> =
-        schema.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     let mut out = String::from("| field | type | default | description |\n|---|---|---|---|\n");
     for (name, prop) in props {
         let default = match prop.get("default") {

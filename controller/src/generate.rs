@@ -72,7 +72,9 @@
 //! `generate`, not the proxies.
 
 use crate::mesh::MeshConfig;
-use crate::plugins::authz::{CUSTOM_FILTER_NAME, FILTER_NAME as AUTHZ_ROOT, PEER_ADDRESS_FILTER_NAME, TCP_FILTER_NAME as AUTHZ_TCP_ROOT};
+use crate::plugins::authz::{
+    CUSTOM_FILTER_NAME, FILTER_NAME as AUTHZ_ROOT, PEER_ADDRESS_FILTER_NAME, TCP_FILTER_NAME as AUTHZ_TCP_ROOT,
+};
 use crate::plugins::stats::{FILTER_NAME as STATS_ROOT, TCP_FILTER_NAME as STATS_TCP_ROOT};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -229,7 +231,14 @@ fn root_namespace(mesh: &MeshConfig) -> String {
 }
 
 /// A workload as a node-derived identity would be built (used to compile configs here).
-fn workload_for(mesh: &MeshConfig, name: &str, namespace: &str, labels: &BTreeMap<String, String>, sa: &str, mode: ProxyMode) -> Workload {
+fn workload_for(
+    mesh: &MeshConfig,
+    name: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    sa: &str,
+    mode: ProxyMode,
+) -> Workload {
     let mut w = Workload::new(name, namespace);
     w.labels = labels.clone();
     w.service_account = sa.to_string();
@@ -265,9 +274,8 @@ fn gateway_targets(resources: &Resources, mesh: &MeshConfig) -> Result<Vec<Gatew
         if out.iter().any(|g| g.labels == labels) {
             continue;
         }
-        let entry = resources
-            .workload_entries()
-            .find(|(_, we)| labels.iter().all(|(k, v)| we.labels.get(k) == Some(v)));
+        let entry =
+            resources.workload_entries().find(|(_, we)| labels.iter().all(|(k, v)| we.labels.get(k) == Some(v)));
         let (namespace, service_account) = match entry {
             Some((r, we)) => (r.namespace().to_string(), non_empty_or(&we.service_account, "default")),
             None => (root_namespace(mesh), "default".into()),
@@ -335,7 +343,11 @@ fn gateway_api_workload(mesh: &MeshConfig, ns: &str, name: &str) -> Workload {
 }
 
 fn non_empty_or(s: &str, default: &str) -> String {
-    if s.is_empty() { default.to_string() } else { s.to_string() }
+    if s.is_empty() {
+        default.to_string()
+    } else {
+        s.to_string()
+    }
 }
 
 fn gateway_workload(mesh: &MeshConfig, g: &GatewayTarget) -> Workload {
@@ -351,7 +363,8 @@ fn gateway_plugin_name(base: &str, g: &GatewayTarget) -> String {
 
 /// A DNS-1123 label made of `s` (lower-case alphanumerics and `-`, at most 63 characters).
 fn dns_name(s: &str) -> String {
-    let mut name: String = s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let mut name: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     name.truncate(63);
     name.trim_matches('-').to_string()
 }
@@ -391,10 +404,16 @@ fn with_context(errors: Vec<Error>, plugin: &str, workload: &Workload) -> Vec<Er
     errors
         .into_iter()
         .map(|mut e| {
-            e.message = format!("{} (compiling {plugin} for {} {}/{})", e.message, match workload.mode {
-                ProxyMode::Gateway => "gateway",
-                ProxyMode::Sidecar => "workload",
-            }, workload.namespace, workload.name);
+            e.message = format!(
+                "{} (compiling {plugin} for {} {}/{})",
+                e.message,
+                match workload.mode {
+                    ProxyMode::Gateway => "gateway",
+                    ProxyMode::Sidecar => "workload",
+                },
+                workload.namespace,
+                workload.name
+            );
             e
         })
         .collect()
@@ -476,7 +495,16 @@ pub fn plugins(resources: &Resources, mesh: &MeshConfig, notes: &mut Vec<String>
         );
     }
     // Stable order: phase as Istio runs them, then priority.
-    let rank = |p: &Plugin| (match p.phase { Phase::Authn => 0, Phase::Authz => 1, Phase::Stats => 2 }, -p.priority);
+    let rank = |p: &Plugin| {
+        (
+            match p.phase {
+                Phase::Authn => 0,
+                Phase::Authz => 1,
+                Phase::Stats => 2,
+            },
+            -p.priority,
+        )
+    };
     out.sort_by_key(|p| rank(p));
     Ok(out)
 }
@@ -665,7 +693,7 @@ fn authz_plugins(
                     fail_open: false,
                     network: false,
                     selector: Some(g.labels.clone()),
-                target_gateway: None,
+                    target_gateway: None,
                     attach: vec![(Context::Gateway, vec![])],
                     config,
                 });
@@ -721,11 +749,8 @@ fn authn_plugins(
     gateways: &[GatewayTarget],
     out: &mut Vec<Plugin>,
 ) -> Result<(), Vec<Error>> {
-    let ras: Vec<&Resource> = resources
-        .request_authentications()
-        .filter(|(_, ra)| !ra.jwt_rules.is_empty())
-        .map(|(r, _)| r)
-        .collect();
+    let ras: Vec<&Resource> =
+        resources.request_authentications().filter(|(_, ra)| !ra.jwt_rules.is_empty()).map(|(r, _)| r).collect();
     if ras.is_empty() {
         return Ok(());
     }
@@ -737,7 +762,9 @@ fn authn_plugins(
         for w in ws {
             let bytes = for_workload(&config, w, &[])?;
             AuthnConfig::compile_json(&bytes).map_err(|e| with_context(e.0, AUTHN_ROOT, w))?;
-            any |= resources.request_authentications().any(|(r, ra)| !ra.jwt_rules.is_empty() && wasmesh_authn::config::selects(w, r, ra));
+            any |= resources
+                .request_authentications()
+                .any(|(r, ra)| !ra.jwt_rules.is_empty() && wasmesh_authn::config::selects(w, r, ra));
         }
         Ok(any)
     };
@@ -951,9 +978,10 @@ fn module_server(url: &str) -> Result<(String, String, u16, bool), String> {
     };
     let authority = rest.split('/').next().unwrap_or("");
     let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            (h.trim_matches(|c| c == '[' || c == ']').to_string(), p.parse::<u16>().map_err(|_| format!("--module-url {url:?}: port {p:?} is not a number"))?)
-        }
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+            h.trim_matches(|c| c == '[' || c == ']').to_string(),
+            p.parse::<u16>().map_err(|_| format!("--module-url {url:?}: port {p:?} is not a number"))?,
+        ),
         _ => (authority.to_string(), if tls { 443 } else { 80 }),
     };
     if host.is_empty() {
@@ -1028,7 +1056,8 @@ fn listener_match(ctx: Context, port: Option<u32>, network: bool, terminal: &str
 fn insert_patches(p: &Plugin, value: &Value) -> Vec<Value> {
     let mut out = Vec::new();
     for (ctx, ports) in &p.attach {
-        let ports: Vec<Option<u32>> = if ports.is_empty() { vec![None] } else { ports.iter().map(|n| Some(*n)).collect() };
+        let ports: Vec<Option<u32>> =
+            if ports.is_empty() { vec![None] } else { ports.iter().map(|n| Some(*n)).collect() };
         for port in ports {
             // INSERT_BEFORE the matched sub-filter (HTTP: the router) or filter (network: the
             // terminal filter, so network plugins run before the HCM / tcp_proxy).
@@ -1047,7 +1076,13 @@ fn insert_patches(p: &Plugin, value: &Value) -> Vec<Value> {
     out
 }
 
-fn envoy_filter(name: &str, namespace: &str, plugin: Option<&Plugin>, priority: Option<usize>, patches: Vec<Value>) -> Value {
+fn envoy_filter(
+    name: &str,
+    namespace: &str,
+    plugin: Option<&Plugin>,
+    priority: Option<usize>,
+    patches: Vec<Value>,
+) -> Value {
     let mut spec = Map::new();
     if let Some(sel) = plugin.and_then(|p| p.selector.as_ref()) {
         spec.insert("workloadSelector".into(), json!({"labels": sel}));
@@ -1079,7 +1114,9 @@ fn check_options(opts: &Options) -> Result<(), String> {
     for (flag, v) in [("--sha256", &opts.sha256), ("--module-sha256", &opts.module_sha256)] {
         if let Some(s) = v {
             if !is_hex64(s) {
-                return Err(format!("{flag} {s:?}: expected 64 lower-case hex digits (Istio's sha256 pattern ^[a-f0-9]{{64}}$)"));
+                return Err(format!(
+                    "{flag} {s:?}: expected 64 lower-case hex digits (Istio's sha256 pattern ^[a-f0-9]{{64}}$)"
+                ));
             }
         }
     }
@@ -1100,15 +1137,20 @@ fn check_options(opts: &Options) -> Result<(), String> {
         }
         _ => {
             let image = opts.image.as_deref().ok_or_else(|| {
-                "--image oci://REGISTRY/REPO:TAG is required (the wasmesh image `wasmeshctl image push` published)".to_string()
+                "--image oci://REGISTRY/REPO:TAG is required (the wasmesh image `wasmeshctl image push` published)"
+                    .to_string()
             })?;
             let scheme_ok = ["oci://", "http://", "https://", "file://"].iter().any(|s| image.starts_with(s));
             if !scheme_ok {
-                return Err(format!("--image {image:?}: expected oci://, http://, https:// or file:// (Istio's WasmPlugin url schemes)"));
+                return Err(format!(
+                    "--image {image:?}: expected oci://, http://, https:// or file:// (Istio's WasmPlugin url schemes)"
+                ));
             }
             if let (Some(pinned), Some(sha)) = (image.split_once("@sha256:").map(|(_, d)| d), &opts.sha256) {
                 if pinned != sha {
-                    return Err(format!("--image pins digest {pinned} but --sha256 is {sha}: Istio requires them to match"));
+                    return Err(format!(
+                        "--image pins digest {pinned} but --sha256 is {sha}: Istio requires them to match"
+                    ));
                 }
             }
             if opts.module_url.is_some() || opts.module_sha256.is_some() {
@@ -1178,7 +1220,10 @@ pub fn generate(resources: &Resources, opts: &Options) -> Result<Generated, Vec<
     if !jwks.is_empty() {
         objects.push(envoy_filter("wasmesh-jwks", &ns, None, None, cluster_patches(&jwks)));
     }
-    if opts.format != Format::EnvoyFilter && opts.sha256.is_none() && !opts.image.as_deref().unwrap_or("").contains("@sha256:") {
+    if opts.format != Format::EnvoyFilter
+        && opts.sha256.is_none()
+        && !opts.image.as_deref().unwrap_or("").contains("@sha256:")
+    {
         notes.push("note: --sha256 not given: the module is not pinned (give the manifest digest `wasmeshctl image push` prints)".into());
     }
     Ok(Generated { objects, notes })
@@ -1303,7 +1348,8 @@ pub struct GenerateArgs {
     pub output_file: Option<PathBuf>,
 }
 
-pub const ABOUT: &str = "Istio WasmPlugin/TrafficExtension/EnvoyFilter resources that attach wasmesh to Istio's proxies";
+pub const ABOUT: &str =
+    "Istio WasmPlugin/TrafficExtension/EnvoyFilter resources that attach wasmesh to Istio's proxies";
 pub const LONG_ABOUT: &str = "Reads the Istio YAML you apply and prints the extension resources that attach the \
 wasmesh filters to Istio's sidecars and gateways (pipe into `kubectl apply -f -`): one plugin per filter in the root \
 namespace serving every workload (each filter takes its identity from Istio's node metadata), in Istio's phases \
@@ -1322,7 +1368,8 @@ impl GenerateArgs {
     pub fn options(&self, base: &Path) -> Result<Options, String> {
         let mesh = match &self.mesh_config {
             Some(file) => {
-                let text = std::fs::read_to_string(base.join(file)).map_err(|e| format!("--mesh-config {}: {e}", file.display()))?;
+                let text = std::fs::read_to_string(base.join(file))
+                    .map_err(|e| format!("--mesh-config {}: {e}", file.display()))?;
                 MeshConfig::load(&text, &file.display().to_string()).map_err(|e| e.to_string())?
             }
             None => MeshConfig::default(),
@@ -1441,7 +1488,10 @@ mod tests {
     const POLICIES: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: foo}\nspec: {action: CUSTOM, provider: {name: ext}, rules: [{}]}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: gw, namespace: istio-system}\nspec: {selector: {matchLabels: {istio: ingressgateway}}, action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: r, namespace: foo}\nspec: {jwtRules: [{issuer: https://idp.example.com, jwksUri: https://idp.example.com/keys}]}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: foo}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]}\n";
 
     fn mesh() -> MeshConfig {
-        serde_yaml::from_str("extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000}}]").unwrap()
+        serde_yaml::from_str(
+            "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000}}]",
+        )
+        .unwrap()
     }
 
     #[test]
@@ -1481,23 +1531,35 @@ mod tests {
         let by_name = |n: &str| g.objects.iter().find(|o| o["metadata"]["name"] == n).unwrap_or_else(|| panic!("{n}"));
         let authz = &by_name("wasmesh-authz")["spec"];
         assert_eq!(authz["match"], json!([{"mode": "SERVER"}]));
-        assert_eq!((authz["phase"].as_str(), authz["failStrategy"].as_str(), authz["type"].as_str()), (Some("AUTHZ"), Some("FAIL_CLOSE"), Some("HTTP")));
+        assert_eq!(
+            (authz["phase"].as_str(), authz["failStrategy"].as_str(), authz["type"].as_str()),
+            (Some("AUTHZ"), Some("FAIL_CLOSE"), Some("HTTP"))
+        );
         assert_eq!(authz["url"], "oci://registry.example/wasmesh:1");
         assert_eq!(authz["sha256"], "cd".repeat(32));
         assert_eq!(authz["pluginName"], "wasmesh.authz");
         let gw = &by_name("wasmesh-authz-ingressgateway")["spec"];
         assert_eq!(gw["selector"], json!({"matchLabels": {"istio": "ingressgateway"}}));
         assert_eq!(gw["match"], json!([{"mode": "CLIENT"}]));
-        assert!(gw["pluginConfig"]["resources"].as_array().unwrap().iter().all(|r| r["kind"] == "AuthorizationPolicy"), "no PeerAuthentication on gateways");
+        assert!(
+            gw["pluginConfig"]["resources"].as_array().unwrap().iter().all(|r| r["kind"] == "AuthorizationPolicy"),
+            "no PeerAuthentication on gateways"
+        );
         let stats = &by_name("wasmesh-stats")["spec"];
         assert!(stats.get("match").is_none() && stats["failStrategy"] == "FAIL_OPEN");
         // The JWKS server's cluster, which Istio does not have.
         let jwks = by_name("wasmesh-jwks");
         assert_eq!(jwks["kind"], "EnvoyFilter");
-        assert_eq!(jwks["spec"]["configPatches"][0]["patch"]["value"]["name"], "wasmesh-jwks|https|idp.example.com|443");
+        assert_eq!(
+            jwks["spec"]["configPatches"][0]["patch"]["value"]["name"],
+            "wasmesh-jwks|https|idp.example.com|443"
+        );
         let te = generate(&resources(POLICIES), &opts(Format::TrafficExtension)).unwrap();
         let t = &te.objects[0]["spec"];
-        assert_eq!((t["phase"].as_str(), t["wasm"]["pluginName"].as_str()), (Some("AUTHN"), Some("wasmesh.authz.custom")));
+        assert_eq!(
+            (t["phase"].as_str(), t["wasm"]["pluginName"].as_str()),
+            (Some("AUTHN"), Some("wasmesh.authz.custom"))
+        );
     }
 
     #[test]
@@ -1517,8 +1579,14 @@ mod tests {
         let e = generate(&resources(POLICIES), &opts(Format::EnvoyFilterEcds)).unwrap();
         let patches = &e.objects[0]["spec"]["configPatches"];
         assert_eq!(patches[0]["applyTo"], "EXTENSION_CONFIG");
-        assert_eq!(patches[0]["patch"]["value"]["typed_config"]["config"]["vm_config"]["code"]["remote"]["http_uri"]["uri"], "oci://registry.example/wasmesh:1");
-        assert_eq!(patches[1]["patch"]["value"]["config_discovery"]["type_urls"], json!([HTTP_WASM_TYPE, HTTP_RBAC_TYPE]));
+        assert_eq!(
+            patches[0]["patch"]["value"]["typed_config"]["config"]["vm_config"]["code"]["remote"]["http_uri"]["uri"],
+            "oci://registry.example/wasmesh:1"
+        );
+        assert_eq!(
+            patches[1]["patch"]["value"]["config_discovery"]["type_urls"],
+            json!([HTTP_WASM_TYPE, HTTP_RBAC_TYPE])
+        );
         assert_eq!(patches[1]["patch"]["value"]["name"], patches[0]["patch"]["value"]["name"]);
     }
 
@@ -1533,12 +1601,18 @@ mod tests {
             vec![
                 ("wasmesh.authz.tcp", &vec![(Context::SidecarInbound, vec![13306])]),
                 ("wasmesh.authz.peer_address", &vec![(Context::SidecarInbound, vec![])]),
-                ("wasmesh.stats.tcp", &vec![(Context::SidecarInbound, vec![13306]), (Context::SidecarOutbound, vec![3306])]),
+                (
+                    "wasmesh.stats.tcp",
+                    &vec![(Context::SidecarInbound, vec![13306]), (Context::SidecarOutbound, vec![3306])]
+                ),
             ]
         );
         let g = generate(&resources(yaml), &opts(Format::WasmPlugin)).unwrap();
         let tcp = g.objects.iter().find(|o| o["metadata"]["name"] == "wasmesh-stats-tcp").unwrap();
-        assert_eq!(tcp["spec"]["match"], json!([{"mode": "SERVER", "ports": [{"number": 13306}]}, {"mode": "CLIENT", "ports": [{"number": 3306}]}]));
+        assert_eq!(
+            tcp["spec"]["match"],
+            json!([{"mode": "SERVER", "ports": [{"number": 13306}]}, {"mode": "CLIENT", "ports": [{"number": 3306}]}])
+        );
         assert_eq!(tcp["spec"]["type"], "NETWORK");
         let e = generate(&resources(yaml), &opts(Format::EnvoyFilterEcds)).unwrap_err();
         assert!(e[0].to_string().contains("HTTP filters only"), "{e:?}");
@@ -1578,7 +1652,17 @@ mod tests {
         let mut o = opts(Format::EnvoyFilter);
         o.module_url = Some("oci://r/w:1".into());
         assert!(generate(&r, &o).unwrap_err()[0].message.contains("istio-agent"));
-        let a = parse_args(&["-f".into(), "x".into(), "--image".into(), "r/w:1".into(), "-o".into(), "json".into(), "--sha256".into(), format!("sha256:{}", "ab".repeat(32))]).unwrap();
+        let a = parse_args(&[
+            "-f".into(),
+            "x".into(),
+            "--image".into(),
+            "r/w:1".into(),
+            "-o".into(),
+            "json".into(),
+            "--sha256".into(),
+            format!("sha256:{}", "ab".repeat(32)),
+        ])
+        .unwrap();
         let o = a.options(Path::new(".")).unwrap();
         assert_eq!(o.image.as_deref(), Some("oci://r/w:1"));
         assert_eq!(o.sha256, Some("ab".repeat(32)));
@@ -1590,9 +1674,16 @@ mod tests {
     fn gateway_api_gateways_get_plugins_by_target_refs_in_their_namespace() {
         let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: eg-deny, namespace: web}\nspec: {targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: eg}], action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}\n";
         let g = generate(&resources(yaml), &opts(Format::WasmPlugin)).unwrap();
-        let p = g.objects.iter().find(|o| o["metadata"]["name"] == "wasmesh-authz-eg").unwrap_or_else(|| panic!("{:#?}", g.objects));
+        let p = g
+            .objects
+            .iter()
+            .find(|o| o["metadata"]["name"] == "wasmesh-authz-eg")
+            .unwrap_or_else(|| panic!("{:#?}", g.objects));
         assert_eq!(p["metadata"]["namespace"], "web", "targetRefs must be in the gateway's namespace");
-        assert_eq!(p["spec"]["targetRefs"], json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "eg"}]));
+        assert_eq!(
+            p["spec"]["targetRefs"],
+            json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "eg"}])
+        );
         assert!(p["spec"].get("selector").is_none());
         assert_eq!(p["spec"]["match"], json!([{"mode": "CLIENT"}]));
         let f = generate(&resources(yaml), &opts(Format::EnvoyFilter)).unwrap();
@@ -1631,5 +1722,4 @@ mod tests {
         }
         assert!(checked > 20, "{checked}");
     }
-
 }

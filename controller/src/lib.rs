@@ -2,8 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
-pub mod check;
 pub mod certs;
+pub mod check;
 pub mod dashboard;
 pub mod filter_docs;
 pub mod generate;

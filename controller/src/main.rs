@@ -439,7 +439,11 @@ fn cmd_envoy(args: EnvoyArgs) -> Result<(), String> {
         Some(addr) => {
             let full = bootstrap::build_with(&spec, &resources, bootstrap::Slots::All).map_err(|e| report(&e))?;
             check_modules(&full, &wasm_dir)?;
-            let node = wasmesh_controller::xds::NodeSpec::from_spec(&spec, &args.workload, absolute("--mesh-config", args.mesh_config.clone())?);
+            let node = wasmesh_controller::xds::NodeSpec::from_spec(
+                &spec,
+                &args.workload,
+                absolute("--mesh-config", args.mesh_config.clone())?,
+            );
             wasmesh_controller::xds::xds_bootstrap(&node, &resources, addr).map_err(|e| report(&e))?
         }
     };

@@ -71,8 +71,8 @@ pub struct GatewayTopology {
 impl MeshConfig {
     pub fn load(text: &str, file: &str) -> Result<MeshConfig, Error> {
         // Accept either the MeshConfig itself or Istio's `meshConfig:` wrapper (IstioOperator style).
-        let value: serde_yaml::Value = serde_yaml::from_str(text)
-            .map_err(|e| Error::new(format!("{file}: not valid YAML: {e}")))?;
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| Error::new(format!("{file}: not valid YAML: {e}")))?;
         let value = match value.get("meshConfig") {
             Some(inner) => inner.clone(),
             None => value,
@@ -106,9 +106,14 @@ mod tests {
 
     #[test]
     fn reads_mesh_config_and_wrapper() {
-        let m = MeshConfig::load("pathNormalization: {normalization: MERGE_SLASHES}\nrootNamespace: istio-system\n", "m.yaml").unwrap();
+        let m = MeshConfig::load(
+            "pathNormalization: {normalization: MERGE_SLASHES}\nrootNamespace: istio-system\n",
+            "m.yaml",
+        )
+        .unwrap();
         assert_eq!(m.normalization(), Normalization::MergeSlashes);
-        let m = MeshConfig::load("meshConfig:\n  defaultConfig: {gatewayTopology: {numTrustedProxies: 2}}\n", "m.yaml").unwrap();
+        let m = MeshConfig::load("meshConfig:\n  defaultConfig: {gatewayTopology: {numTrustedProxies: 2}}\n", "m.yaml")
+            .unwrap();
         assert_eq!(m.num_trusted_proxies(), 2);
         let e = MeshConfig::load("pathNormalisation: {}\n", "m.yaml").unwrap_err();
         assert!(e.to_string().contains("pathNormalisation"), "{e}");

@@ -11,7 +11,9 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
     errors.extend(crate::plugins::authz::validate(resources));
     errors.extend(wasmesh_authn::validate(resources));
     errors.extend(crate::plugins::stats::validate(resources));
-    if let Err(mut e) = crate::bootstrap::outbound_clusters(resources, &wasmesh_istio::Workload::new("validate", "default")) {
+    if let Err(mut e) =
+        crate::bootstrap::outbound_clusters(resources, &wasmesh_istio::Workload::new("validate", "default"))
+    {
         errors.append(&mut e);
     }
     errors
@@ -99,9 +101,7 @@ pub fn validate_input(input: &wasmesh_istio::Input) -> (Vec<Error>, Vec<String>)
 fn same_or_nested(a: &str, b: &str) -> bool {
     let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
     short == long
-        || (short.contains(['.', '['])
-            && long.starts_with(short)
-            && long[short.len()..].starts_with(['.', '[']))
+        || (short.contains(['.', '[']) && long.starts_with(short) && long[short.len()..].starts_with(['.', '[']))
 }
 
 #[cfg(test)]
@@ -116,10 +116,9 @@ mod tests {
     #[test]
     fn schema_errors_name_file_document_resource_field_and_istios_message() {
         let at = Location { file: "policies.yaml".into(), document: 2 };
-        let d = doc(
-            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: foo}\n\
-             spec:\n  portLevelMtls:\n    8080: {mode: DISABLE}\n",
-        );
+        let d =
+            doc("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: foo}\n\
+             spec:\n  portLevelMtls:\n    8080: {mode: DISABLE}\n");
         let report = check_documents([(&at, &d)]);
         assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
         assert_eq!(
@@ -136,7 +135,11 @@ mod tests {
         let report = check_documents([(&at, &deployment), (&at, &route)]);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(report.notes.len(), 2);
-        assert!(report.notes[0].contains("Deployment default/web (apps/v1) skipped: not an Istio kind"), "{:?}", report.notes);
+        assert!(
+            report.notes[0].contains("Deployment default/web (apps/v1) skipped: not an Istio kind"),
+            "{:?}",
+            report.notes
+        );
         assert!(report.notes[1].contains("Gateway API kinds are not supported yet"), "{:?}", report.notes);
     }
 

@@ -13,7 +13,8 @@ fn envoy() -> PathBuf {
     if let Ok(bin) = std::env::var("ENVOY_BIN") {
         return PathBuf::from(bin);
     }
-    for e in std::fs::read_dir(repo().join(".venv/lib")).expect("no .venv: run `make deps` or set ENVOY_BIN").flatten() {
+    for e in std::fs::read_dir(repo().join(".venv/lib")).expect("no .venv: run `make deps` or set ENVOY_BIN").flatten()
+    {
         let p = e.path().join("site-packages/envoy/_bin/envoy");
         if p.exists() {
             return p;
@@ -51,9 +52,25 @@ fn sidecar_and_gateway_bootstraps_pass_envoy_validate() {
     assert!(certs.join("default/bookinfo-reviews/cert-chain.pem").exists());
     let sidecar = dir.join("reviews-v2.yaml");
     let out = wasmeshctl(&[
-        "envoy", "-f", "examples/bookinfo", "--role", "sidecar", "--workload", "default/reviews-v2",
-        "--inbound-port", "19083", "--app-port", "29083", "--outbound-port", "15001", "--admin-port", "15000",
-        "--certs", certs.to_str().unwrap(), "--output-file", sidecar.to_str().unwrap(),
+        "envoy",
+        "-f",
+        "examples/bookinfo",
+        "--role",
+        "sidecar",
+        "--workload",
+        "default/reviews-v2",
+        "--inbound-port",
+        "19083",
+        "--app-port",
+        "29083",
+        "--outbound-port",
+        "15001",
+        "--admin-port",
+        "15000",
+        "--certs",
+        certs.to_str().unwrap(),
+        "--output-file",
+        sidecar.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&sidecar).unwrap();
@@ -72,8 +89,21 @@ fn sidecar_and_gateway_bootstraps_pass_envoy_validate() {
 
     let gateway = dir.join("gateway.yaml");
     let out = wasmeshctl(&[
-        "envoy", "-f", "examples/bookinfo", "--role", "gateway", "--workload", "istio-system/istio-ingressgateway",
-        "--port", "80=18080", "--admin-port", "15010", "--certs", certs.to_str().unwrap(), "--output-file", gateway.to_str().unwrap(),
+        "envoy",
+        "-f",
+        "examples/bookinfo",
+        "--role",
+        "gateway",
+        "--workload",
+        "istio-system/istio-ingressgateway",
+        "--port",
+        "80=18080",
+        "--admin-port",
+        "15010",
+        "--certs",
+        certs.to_str().unwrap(),
+        "--output-file",
+        gateway.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_envoy_validates(&gateway);
@@ -98,14 +128,22 @@ fn validate_accepts_the_examples_and_names_every_bad_field() {
     let out = wasmeshctl(&["validate", "-f", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("VirtualService default/reviews: spec.http[0].match[0].uri.regex: invalid RE2 regex \"(unclosed\""), "{err}");
+    assert!(
+        err.contains(
+            "VirtualService default/reviews: spec.http[0].match[0].uri.regex: invalid RE2 regex \"(unclosed\""
+        ),
+        "{err}"
+    );
     assert!(err.contains("spec.http[0].route[0].weight: -1 is negative"), "{err}");
     assert!(err.contains("bad.yaml (document 1)"), "{err}");
 
     std::fs::write(&bad, "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: r\n  subsets:\n  - {name: v1, lables: {version: v1}}\n").unwrap();
     let out = wasmeshctl(&["validate", "-f", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("spec.subsets[0]") && err.contains("unknown field `lables`"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("spec.subsets[0]") && err.contains("unknown field `lables`"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -113,13 +151,31 @@ fn validate_accepts_the_examples_and_names_every_bad_field() {
 fn envoy_command_errors_are_for_people() {
     let out = wasmeshctl(&["envoy", "-f", "examples/bookinfo", "--role", "sidecar", "--workload", "default/nope"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("no WorkloadEntry default/nope") && err.contains("default/reviews-v1"), "{err}");
-    let out = wasmeshctl(&["envoy", "-f", "examples/bookinfo", "--role", "sidecar", "--workload", "default/reviews-v1", "--inbound-port", "x"]);
+    assert!(
+        !out.status.success() && err.contains("no WorkloadEntry default/nope") && err.contains("default/reviews-v1"),
+        "{err}"
+    );
+    let out = wasmeshctl(&[
+        "envoy",
+        "-f",
+        "examples/bookinfo",
+        "--role",
+        "sidecar",
+        "--workload",
+        "default/reviews-v1",
+        "--inbound-port",
+        "x",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid value 'x' for '--inbound-port <PORT>': expected a port number 1-65535"), "{err}");
     let out = wasmeshctl(&["envoy", "--bogus", "1"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("unexpected argument '--bogus'") && err.contains("Usage: wasmeshctl envoy"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("unexpected argument '--bogus'")
+            && err.contains("Usage: wasmeshctl envoy"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -169,12 +225,33 @@ spec:
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let server = dir.join("db.yaml");
     let out = wasmeshctl(&[
-        "envoy", "-f", mesh.to_str().unwrap(), "--role", "sidecar", "--workload", "default/db", "--inbound-port", "13306",
-        "--app-port", "23306", "--admin-port", "15000", "--certs", certs.to_str().unwrap(), "--output-file", server.to_str().unwrap(),
+        "envoy",
+        "-f",
+        mesh.to_str().unwrap(),
+        "--role",
+        "sidecar",
+        "--workload",
+        "default/db",
+        "--inbound-port",
+        "13306",
+        "--app-port",
+        "23306",
+        "--admin-port",
+        "15000",
+        "--certs",
+        certs.to_str().unwrap(),
+        "--output-file",
+        server.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&server).unwrap();
-    for expected in ["envoy.filters.network.tcp_proxy", "wasmesh.authz.tcp", "wasmesh.stats.tcp", "require_client_certificate: true", "inbound|13306||"] {
+    for expected in [
+        "envoy.filters.network.tcp_proxy",
+        "wasmesh.authz.tcp",
+        "wasmesh.stats.tcp",
+        "require_client_certificate: true",
+        "inbound|13306||",
+    ] {
         assert!(text.contains(expected), "{expected} missing from the TCP sidecar bootstrap");
     }
     assert!(!text.contains("http_connection_manager"), "a TCP-only workload has no HCM");
@@ -182,12 +259,27 @@ spec:
 
     let client = dir.join("sleep.yaml");
     let out = wasmeshctl(&[
-        "envoy", "-f", mesh.to_str().unwrap(), "--role", "sidecar", "--workload", "default/sleep", "--tcp-outbound",
-        "15306=db:3306", "--admin-port", "15001", "--certs", certs.to_str().unwrap(), "--output-file", client.to_str().unwrap(),
+        "envoy",
+        "-f",
+        mesh.to_str().unwrap(),
+        "--role",
+        "sidecar",
+        "--workload",
+        "default/sleep",
+        "--tcp-outbound",
+        "15306=db:3306",
+        "--admin-port",
+        "15001",
+        "--certs",
+        certs.to_str().unwrap(),
+        "--output-file",
+        client.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&client).unwrap();
-    assert!(text.contains("outbound_tcp_15306") && text.contains("cluster: outbound|3306||db.default.svc.cluster.local"));
+    assert!(
+        text.contains("outbound_tcp_15306") && text.contains("cluster: outbound|3306||db.default.svc.cluster.local")
+    );
     assert!(text.contains("outbound_.3306_._.db.default.svc.cluster.local"), "auto mTLS SNI on the TCP cluster");
     assert_envoy_validates(&client);
 
@@ -200,12 +292,38 @@ spec:
     )
     .unwrap();
     let out = wasmeshctl(&[
-        "envoy", "-f", bad.to_str().unwrap(), "--role", "sidecar", "--workload", "default/db", "--inbound-port", "13306",
-        "--app-port", "23306", "--certs", certs.to_str().unwrap(),
+        "envoy",
+        "-f",
+        bad.to_str().unwrap(),
+        "--role",
+        "sidecar",
+        "--workload",
+        "default/db",
+        "--inbound-port",
+        "13306",
+        "--app-port",
+        "23306",
+        "--certs",
+        certs.to_str().unwrap(),
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("AuthorizationPolicy default/meta") && err.contains("spec.rules[0].when[0].key"), "{err}");
-    let out = wasmeshctl(&["envoy", "-f", mesh.to_str().unwrap(), "--role", "sidecar", "--workload", "default/sleep", "--tcp-outbound", "db:3306"]);
+    assert!(
+        !out.status.success()
+            && err.contains("AuthorizationPolicy default/meta")
+            && err.contains("spec.rules[0].when[0].key"),
+        "{err}"
+    );
+    let out = wasmeshctl(&[
+        "envoy",
+        "-f",
+        mesh.to_str().unwrap(),
+        "--role",
+        "sidecar",
+        "--workload",
+        "default/sleep",
+        "--tcp-outbound",
+        "db:3306",
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("BIND_PORT=HOST:PORT"));
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -216,8 +334,17 @@ spec:
 fn check_prints_the_decision_and_the_deciding_rule() {
     let check = |method: &str, principal: &str| -> String {
         let out = wasmeshctl(&[
-            "check", "-f", "examples/bookinfo", "--workload", "default/reviews-v2", "--method", method, "--path", "/reviews/0",
-            "--principal", principal,
+            "check",
+            "-f",
+            "examples/bookinfo",
+            "--workload",
+            "default/reviews-v2",
+            "--method",
+            method,
+            "--path",
+            "/reviews/0",
+            "--principal",
+            principal,
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -225,14 +352,33 @@ fn check_prints_the_decision_and_the_deciding_rule() {
     let productpage = "cluster.local/ns/default/sa/bookinfo-productpage";
     let text = check("GET", productpage);
     assert!(text.contains("decision: ALLOW"), "{text}");
-    assert!(text.contains("decided by: AuthorizationPolicy default/reviews-viewer spec.rules[0] in examples/bookinfo/security.yaml"), "{text}");
+    assert!(
+        text.contains(
+            "decided by: AuthorizationPolicy default/reviews-viewer spec.rules[0] in examples/bookinfo/security.yaml"
+        ),
+        "{text}"
+    );
     assert!(text.contains(productpage) && text.contains("- GET"), "the rule's YAML is printed: {text}");
     let text = check("POST", productpage);
     assert!(text.contains("decision: DENY (403 RBAC: access denied)") && text.contains("none matched"), "{text}");
     let text = check("GET", "cluster.local/ns/default/sa/bookinfo-ratings");
     assert!(text.contains("decision: DENY"), "another identity: {text}");
-    let out = wasmeshctl(&["check", "-f", "examples/bookinfo", "--workload", "default/nope", "--method", "GET", "--path", "/"]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("default/nope"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = wasmeshctl(&[
+        "check",
+        "-f",
+        "examples/bookinfo",
+        "--workload",
+        "default/nope",
+        "--method",
+        "GET",
+        "--path",
+        "/",
+    ]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("default/nope"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs wasmeshctl with `stdin` on its standard input, from `dir`.
@@ -268,7 +414,13 @@ fn every_command_has_help_version_and_completion() {
     }
     // What each command's help tells a user who has not read the README.
     let (help, _) = text(&wasmeshctl(&["envoy", "--help"]));
-    for expected in ["-f, --filename <FILE|DIR|->", "-R, --recursive", "-o, --output <OUTPUT>", "--output-file <FILE>", "WASMESH_WASM_DIR"] {
+    for expected in [
+        "-f, --filename <FILE|DIR|->",
+        "-R, --recursive",
+        "-o, --output <OUTPUT>",
+        "--output-file <FILE>",
+        "WASMESH_WASM_DIR",
+    ] {
         assert!(help.contains(expected), "{expected} missing from envoy --help:\n{help}");
     }
     let (help, _) = text(&wasmeshctl(&["--help"]));
@@ -284,16 +436,25 @@ fn every_command_has_help_version_and_completion() {
     let out = wasmeshctl(&["frobnicate"]);
     assert!(!out.status.success() && text(&out).1.contains("unrecognized subcommand 'frobnicate'"));
 
-    for (shell, marker) in [("bash", "complete -F _wasmeshctl"), ("zsh", "#compdef wasmeshctl"), ("fish", "complete -c wasmeshctl")] {
+    for (shell, marker) in
+        [("bash", "complete -F _wasmeshctl"), ("zsh", "#compdef wasmeshctl"), ("fish", "complete -c wasmeshctl")]
+    {
         let out = wasmeshctl(&["completion", shell]);
         let (script, stderr) = text(&out);
         assert!(out.status.success(), "{shell}: {stderr}");
-        assert!(script.contains(marker) && script.contains("validate") && script.contains("filename"), "{shell}:\n{script}");
+        assert!(
+            script.contains(marker) && script.contains("validate") && script.contains("filename"),
+            "{shell}:\n{script}"
+        );
     }
     // The bash script is valid bash that defines the completion function.
     let dir = tmp("completion");
     std::fs::write(dir.join("c.bash"), text(&wasmeshctl(&["completion", "bash"])).0).unwrap();
-    let out = Command::new("bash").arg("-c").arg(format!("source {} && complete -p wasmeshctl", dir.join("c.bash").display())).output().unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p wasmeshctl", dir.join("c.bash").display()))
+        .output()
+        .unwrap();
     assert!(out.status.success() && text(&out).0.contains("_wasmeshctl"), "{:?}", text(&out));
     let out = wasmeshctl(&["completion", "tcsh"]);
     assert!(!out.status.success() && text(&out).1.contains("possible values: bash"), "{}", text(&out).1);
@@ -313,16 +474,27 @@ fn input_from_stdin_directories_and_recursion() {
     assert!(out.status.success(), "{stderr}");
     let count = all.matches("\nkind: ").count() + usize::from(all.starts_with("kind: "));
     assert!(stdout.contains(&format!("{count} resources valid")), "{count}: {stdout}");
-    let out = wasmeshctl_in(&dir, &["validate", "-f", "-"], b"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec: {hosts: [r], htp: []}\n");
+    let out = wasmeshctl_in(
+        &dir,
+        &["validate", "-f", "-"],
+        b"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec: {hosts: [r], htp: []}\n",
+    );
     let (_, stderr) = text(&out);
-    assert!(!out.status.success() && stderr.contains("<stdin> (document 1): VirtualService default/r: spec") && stderr.contains("htp"), "{stderr}");
+    assert!(
+        !out.status.success()
+            && stderr.contains("<stdin> (document 1): VirtualService default/r: spec")
+            && stderr.contains("htp"),
+        "{stderr}"
+    );
     let out = wasmeshctl_in(&dir, &["validate", "-f", "-"], b"");
     assert!(!out.status.success() && text(&out).1.contains("no Istio resources in <stdin>"), "{}", text(&out).1);
 
     // -f DIR reads *.yaml, *.yml and *.json (not other files); -R its sub-directories.
     let tree = dir.join("tree");
     std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
-    let vs = |name: &str| format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec: {{hosts: [{name}]}}\n");
+    let vs = |name: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec: {{hosts: [{name}]}}\n")
+    };
     std::fs::write(tree.join("a.yaml"), vs("a")).unwrap();
     std::fs::write(tree.join("b.yml"), vs("b")).unwrap();
     std::fs::write(tree.join("c.json"), r#"{"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "c"}, "spec": {"hosts": ["c"]}}"#).unwrap();
@@ -334,7 +506,8 @@ fn input_from_stdin_directories_and_recursion() {
     let out = wasmeshctl(&["validate", "-R", "-f", tree.to_str().unwrap()]);
     assert!(out.status.success() && text(&out).0.contains("5 resources valid"), "{:?}", text(&out));
     // Overlapping inputs (a directory and a file in it) read each file once.
-    let out = wasmeshctl(&["validate", "-R", "-f", tree.to_str().unwrap(), "-f", tree.join("sub/d.yaml").to_str().unwrap()]);
+    let out =
+        wasmeshctl(&["validate", "-R", "-f", tree.to_str().unwrap(), "-f", tree.join("sub/d.yaml").to_str().unwrap()]);
     assert!(out.status.success() && text(&out).0.contains("5 resources valid"), "{:?}", text(&out));
 
     // A directory with nothing to read is an error that says why, and hints at -R.
@@ -347,9 +520,17 @@ fn input_from_stdin_directories_and_recursion() {
     assert!(stderr.contains(&format!("no Istio resources in {}", empty.display())), "{stderr}");
     assert!(stderr.contains("holds no *.yaml, *.yml or *.json file (-R reads its sub-directories)"), "{stderr}");
     let out = wasmeshctl(&["validate"]);
-    assert!(!out.status.success() && text(&out).1.contains("no input: give -f FILE, -f DIR or -f - (stdin)"), "{}", text(&out).1);
+    assert!(
+        !out.status.success() && text(&out).1.contains("no input: give -f FILE, -f DIR or -f - (stdin)"),
+        "{}",
+        text(&out).1
+    );
     let out = wasmeshctl(&["validate", "-f", dir.join("missing.yaml").to_str().unwrap()]);
-    assert!(!out.status.success() && text(&out).1.contains("missing.yaml (document 1): cannot read file"), "{}", text(&out).1);
+    assert!(
+        !out.status.success() && text(&out).1.contains("missing.yaml (document 1): cannot read file"),
+        "{}",
+        text(&out).1
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -373,9 +554,17 @@ fn mixed_files_unsupported_kinds_and_duplicates() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("1 resources valid"), "{stdout}");
     let file = mixed.display();
-    assert!(stderr.contains(&format!("note: skipped 2 Deployment (apps/v1) in {file}: not an Istio resource")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("note: skipped 2 Deployment (apps/v1) in {file}: not an Istio resource")),
+        "{stderr}"
+    );
     assert!(stderr.contains(&format!("note: skipped 1 Service (v1) in {file}")), "{stderr}");
-    assert!(stderr.contains(&format!("note: skipped 1 Sidecar (networking.istio.io/v1) in {file}: an Istio kind wasmesh does not implement")), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "note: skipped 1 Sidecar (networking.istio.io/v1) in {file}: an Istio kind wasmesh does not implement"
+        )),
+        "{stderr}"
+    );
     assert_eq!(stderr.lines().count(), 3, "one note per kind: {stderr}");
 
     // Gateway API: refused, named; --skip-unsupported skips with a note.
@@ -395,10 +584,16 @@ fn mixed_files_unsupported_kinds_and_duplicates() {
     assert!(stderr.contains(&format!("error: {g} (document 1): HTTPRoute default/reviews: kind: Gateway API (gateway.networking.k8s.io/v1) is not supported by wasmesh yet")), "{stderr}");
     assert!(stderr.contains(&format!("error: {g} (document 2): Gateway default/gw: kind: Gateway API")), "{stderr}");
     assert!(stderr.contains("--skip-unsupported") && stderr.contains("2 error(s)"), "{stderr}");
-    let out = wasmeshctl(&["validate", "--skip-unsupported", "-f", mixed.to_str().unwrap(), "-f", gwapi.to_str().unwrap()]);
+    let out =
+        wasmeshctl(&["validate", "--skip-unsupported", "-f", mixed.to_str().unwrap(), "-f", gwapi.to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success() && stdout.contains("1 resources valid"), "{stderr}");
-    assert!(stderr.contains(&format!("note: skipped 1 HTTPRoute (gateway.networking.k8s.io/v1) in {g}: Gateway API is not supported")), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "note: skipped 1 HTTPRoute (gateway.networking.k8s.io/v1) in {g}: Gateway API is not supported"
+        )),
+        "{stderr}"
+    );
 
     // The same resource twice: an error naming both places; --override = kubectl apply of both.
     let v3 = dir.join("reviews-v3.yaml");
@@ -425,7 +620,21 @@ fn mixed_files_unsupported_kinds_and_duplicates() {
     assert!(stderr.contains(&format!("note: VirtualService default/reviews from {} (document 1) replaces the one from examples/bookinfo/virtual-services.yaml", v3.display())), "{stderr}");
     // What the override means for a request: `check` and `envoy` see the later VirtualService.
     let yaml = |extra: &[&str]| {
-        let mut args = vec!["envoy", "-f", "examples/bookinfo", "-f", v3.to_str().unwrap(), "--role", "sidecar", "--workload", "default/productpage-v1", "--outbound-port", "15001", "-o", "json"];
+        let mut args = vec![
+            "envoy",
+            "-f",
+            "examples/bookinfo",
+            "-f",
+            v3.to_str().unwrap(),
+            "--role",
+            "sidecar",
+            "--workload",
+            "default/productpage-v1",
+            "--outbound-port",
+            "15001",
+            "-o",
+            "json",
+        ];
         args.extend_from_slice(extra);
         wasmeshctl(&args)
     };
@@ -435,7 +644,10 @@ fn mixed_files_unsupported_kinds_and_duplicates() {
     assert!(out.status.success(), "{stderr}");
     let bootstrap: serde_json::Value = serde_json::from_str(&stdout).expect("-o json prints JSON");
     let router = router_resources(&bootstrap);
-    assert!(router.contains(r#"\"subset\":\"v3\""#) && !router.contains("end-user"), "the later VirtualService replaced bookinfo's: {router}");
+    assert!(
+        router.contains(r#"\"subset\":\"v3\""#) && !router.contains("end-user"),
+        "the later VirtualService replaced bookinfo's: {router}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -462,7 +674,11 @@ fn router_resources(bootstrap: &serde_json::Value) -> String {
 #[test]
 fn every_broken_file_is_reported_with_the_count() {
     let dir = tmp("broken");
-    std::fs::write(dir.join("1-syntax.yaml"), "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a\n").unwrap();
+    std::fs::write(
+        dir.join("1-syntax.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("2-field.yaml"), "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b}\nspec: {host: b, subsets: [{name: v1, lables: {}}]}\n").unwrap();
     std::fs::write(
         dir.join("3-two.yaml"),
@@ -519,9 +735,15 @@ fn installed_binary_finds_its_modules_and_says_when_one_is_missing() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let wasm = std::fs::canonicalize(bin.join("wasm")).unwrap();
-    assert!(stdout.contains(&format!("filename: {}/wasmesh.wasm", wasm.display())), "the module from wasm/ beside the binary:\n{stdout}");
+    assert!(
+        stdout.contains(&format!("filename: {}/wasmesh.wasm", wasm.display())),
+        "the module from wasm/ beside the binary:\n{stdout}"
+    );
     let certs = std::fs::canonicalize(dir.join("certs")).unwrap();
-    assert!(stdout.contains(&format!("{}/default/bookinfo-reviews/cert-chain.pem", certs.display())), "absolute certificate paths");
+    assert!(
+        stdout.contains(&format!("{}/default/bookinfo-reviews/cert-chain.pem", certs.display())),
+        "absolute certificate paths"
+    );
     // The bootstrap Envoy gets passes its validation from any working directory.
     let config = dir.join("reviews.yaml");
     std::fs::write(&config, &stdout).unwrap();
@@ -535,20 +757,30 @@ fn installed_binary_finds_its_modules_and_says_when_one_is_missing() {
     let (_, stderr) = text(&out);
     assert!(!out.status.success(), "{stderr}");
     let e = empty.display();
-    assert!(stderr.contains(&format!("the bootstrap needs wasm modules that are not there: {e}/wasmesh.wasm;")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the bootstrap needs wasm modules that are not there: {e}/wasmesh.wasm;")),
+        "{stderr}"
+    );
     assert!(stderr.contains("--wasm-dir"), "{stderr}");
     // Without wasm/ beside it (and no cargo target directory above it): told where to point.
     std::fs::remove_dir_all(bin.join("wasm")).unwrap();
     let out = run(None);
     let (_, stderr) = text(&out);
-    assert!(!out.status.success() && stderr.contains("no wasm modules found: give --wasm-dir DIR (or set WASMESH_WASM_DIR)"), "{stderr}");
+    assert!(
+        !out.status.success()
+            && stderr.contains("no wasm modules found: give --wasm-dir DIR (or set WASMESH_WASM_DIR)"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Runs wasmeshctl and returns its output, the wall time and the CPU time (user + system) it
 /// used, from bash's `times`.
 fn timed(args: &[&str]) -> (std::process::Output, f64, f64) {
-    let dir = tmp(&format!("timed-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+    let dir = tmp(&format!(
+        "timed-{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    ));
     let (stdout, stderr) = (dir.join("stdout"), dir.join("stderr"));
     let start = std::time::Instant::now();
     let shell = Command::new("bash")
@@ -570,7 +802,11 @@ fn timed(args: &[&str]) -> (std::process::Output, f64, f64) {
     };
     let children = report.lines().nth(1).unwrap_or_else(|| panic!("times: {report}"));
     let cpu: f64 = children.split_whitespace().map(seconds).sum();
-    let out = std::process::Output { status: shell.status, stdout: std::fs::read(&stdout).unwrap(), stderr: std::fs::read(&stderr).unwrap() };
+    let out = std::process::Output {
+        status: shell.status,
+        stdout: std::fs::read(&stdout).unwrap(),
+        stderr: std::fs::read(&stderr).unwrap(),
+    };
     let _ = std::fs::remove_dir_all(dir);
     (out, wall, cpu)
 }
@@ -630,8 +866,15 @@ fn validating_ten_thousand_resources_takes_seconds() {
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(stderr.ends_with(&format!("\n{per_kind} error(s)\n")), "{}", stderr.lines().last().unwrap_or_default());
-    assert!(stderr.contains("DestinationRule ns0/svc0: given twice: also in"), "{}", stderr.lines().next().unwrap_or_default());
-    println!("wasmeshctl validate ({build}): 2 x {} resources, {per_kind} duplicates, in {cpu:.2} s CPU, {wall:.2} s wall", 4 * per_kind);
+    assert!(
+        stderr.contains("DestinationRule ns0/svc0: given twice: also in"),
+        "{}",
+        stderr.lines().next().unwrap_or_default()
+    );
+    println!(
+        "wasmeshctl validate ({build}): 2 x {} resources, {per_kind} duplicates, in {cpu:.2} s CPU, {wall:.2} s wall",
+        4 * per_kind
+    );
     assert!(cpu < 2.0 * bound, "{cpu:.2} s");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -20,11 +20,17 @@ fn the_committed_filter_configuration_page_is_current() {
 
 #[test]
 fn one_filters_json_schema() {
-    let out = Command::new(env!("CARGO_BIN_EXE_wasmeshctl")).args(["filter-config", "--schema", "authz"]).output().expect("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmeshctl"))
+        .args(["filter-config", "--schema", "authz"])
+        .output()
+        .expect("run");
     assert!(out.status.success());
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON Schema");
     assert_eq!(schema["title"], "AuthzConfig");
     assert!(schema["properties"]["stage"].is_object());
-    let bad = Command::new(env!("CARGO_BIN_EXE_wasmeshctl")).args(["filter-config", "--schema", "nope"]).output().expect("run");
+    let bad = Command::new(env!("CARGO_BIN_EXE_wasmeshctl"))
+        .args(["filter-config", "--schema", "nope"])
+        .output()
+        .expect("run");
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown filter \"nope\""));
 }

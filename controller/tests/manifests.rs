@@ -37,7 +37,8 @@ fn recorded_args(text: &str) -> Option<String> {
 
 fn generate(args: &str) -> String {
     let argv: Vec<String> = args.split_whitespace().map(str::to_string).collect();
-    let (text, _) = generate::run_args(&argv, &root(), Some(&header(args))).unwrap_or_else(|e| panic!("generate {args}: {e}"));
+    let (text, _) =
+        generate::run_args(&argv, &root(), Some(&header(args))).unwrap_or_else(|e| panic!("generate {args}: {e}"));
     text
 }
 
@@ -47,8 +48,10 @@ fn update() {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let image = var("IMAGE").unwrap_or_else(|| panic!("IMAGE=oci://REGISTRY/REPO:TAG is required"));
     let sha = var("SHA256");
-    let module_url = var("MODULE_URL").unwrap_or_else(|| panic!("MODULE_URL=http://HOST:PORT/wasm/wasmesh.wasm is required"));
-    let module_sha = var("MODULE_SHA256").unwrap_or_else(|| panic!("MODULE_SHA256 (sha256 of wasmesh.wasm) is required"));
+    let module_url =
+        var("MODULE_URL").unwrap_or_else(|| panic!("MODULE_URL=http://HOST:PORT/wasm/wasmesh.wasm is required"));
+    let module_sha =
+        var("MODULE_SHA256").unwrap_or_else(|| panic!("MODULE_SHA256 (sha256 of wasmesh.wasm) is required"));
     for example in examples() {
         let dir = root().join("envoyfilter-manifests").join(&example);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
@@ -82,7 +85,10 @@ fn committed_manifests_are_what_generate_makes_of_the_examples() {
             let committed = std::fs::read_to_string(root().join(&rel))
                 .unwrap_or_else(|e| panic!("{rel}: {e} (every example has one file per format; run `make manifests`)"));
             let args = recorded_args(&committed).unwrap_or_else(|| panic!("{rel}: no `{COMMAND}…` header line"));
-            assert!(args.contains(&format!("-f examples/{example} ")), "{rel}: header generates from another example: {args}");
+            assert!(
+                args.contains(&format!("-f examples/{example} ")),
+                "{rel}: header generates from another example: {args}"
+            );
             assert!(args.contains(&format!("--format {format}")), "{rel}: header has another format: {args}");
             let words: Vec<&str> = args.split_whitespace().collect();
             for (flag, var) in [
@@ -136,7 +142,11 @@ fn wasmeshctl_generate_prints_the_committed_manifest() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("--format envoyfilter needs --module-url"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("--format envoyfilter needs --module-url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Every committed manifest is an object Istio 1.30.3's API server accepts: the CRD's OpenAPI
@@ -151,9 +161,15 @@ fn committed_manifests_pass_istios_crd_schemas() {
             let rel = format!("envoyfilter-manifests/{example}/{format}.yaml");
             let text = std::fs::read_to_string(root().join(&rel)).unwrap();
             for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-                let value = serde_json::Value::deserialize(doc).unwrap_or_else(|e| panic!("{rel} document {}: {e}", i + 1));
+                let value =
+                    serde_json::Value::deserialize(doc).unwrap_or_else(|e| panic!("{rel} document {}: {e}", i + 1));
                 for e in wasmesh_controller::schema::check(&value) {
-                    failures.push(format!("{rel} document {} ({} {}): {e}", i + 1, value["kind"], value["metadata"]["name"]));
+                    failures.push(format!(
+                        "{rel} document {} ({} {}): {e}",
+                        i + 1,
+                        value["kind"],
+                        value["metadata"]["name"]
+                    ));
                 }
                 checked += 1;
             }

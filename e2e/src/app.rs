@@ -13,8 +13,18 @@ use std::time::Duration;
 
 /// Headers an Istio application forwards on its outbound calls (tracing and `end-user`).
 pub const PROPAGATED: &[&str] = &[
-    "end-user", "x-request-id", "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
-    "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "x-ot-span-context", "authorization",
+    "end-user",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-ot-span-context",
+    "authorization",
 ];
 
 /// One downstream call the app makes for every request it serves.
@@ -127,7 +137,8 @@ fn serve_connection(conn: TcpStream, app: &App, served: &AtomicU64, stop: &Atomi
                 headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
         }
-        let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let len: usize =
+            headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
         let mut body = vec![0u8; len.min(16 << 20)];
         if reader.read_exact(&mut body).is_err() {
             return;

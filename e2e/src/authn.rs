@@ -63,7 +63,14 @@ impl JwksServer {
     pub fn start(jwks: &str, issuer: &str) -> JwksServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind JWKS server");
         let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(Mutex::new(JwksState { log: Vec::new(), started: std::time::Instant::now(), body: jwks.to_string(), issuer: issuer.to_string(), delay: Duration::ZERO, mode: Mode::Serve }));
+        let state = Arc::new(Mutex::new(JwksState {
+            log: Vec::new(),
+            started: std::time::Instant::now(),
+            body: jwks.to_string(),
+            issuer: issuer.to_string(),
+            delay: Duration::ZERO,
+            mode: Mode::Serve,
+        }));
         let requests = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, rq, sp) = (state.clone(), requests.clone(), stop.clone());
@@ -158,7 +165,10 @@ fn serve(conn: TcpStream, port: u16, state: &Mutex<JwksState>, requests: &Atomic
                 } else {
                     body
                 };
-                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
                 if writer.write_all(head.as_bytes()).and_then(|_| writer.write_all(body.as_bytes())).is_err() {
                     return;
                 }
@@ -177,7 +187,11 @@ pub fn wasm_authn(workload: &Workload, resources: &Resources) -> (Value, Vec<Val
 }
 
 /// Like [`wasm_authn`], with the filter configuration adjusted (cache slots, refresh times...).
-pub fn wasm_authn_with(workload: &Workload, resources: &Resources, adjust: impl FnOnce(&mut AuthnConfig)) -> (Value, Vec<Value>) {
+pub fn wasm_authn_with(
+    workload: &Workload,
+    resources: &Resources,
+    adjust: impl FnOnce(&mut AuthnConfig),
+) -> (Value, Vec<Value>) {
     use wasmesh_controller::plugins::{authn, Direction, ListenerContext};
     let mesh = wasmesh_controller::MeshConfig::default();
     let ctx = ListenerContext { workload, resources, direction: Direction::Inbound, bind_port: 0, mesh: &mesh };
@@ -195,12 +209,21 @@ pub fn wasm_authz(workload: &Workload, resources: &Resources) -> Option<Value> {
     let mesh = wasmesh_controller::MeshConfig::default();
     let ctx = ListenerContext { workload, resources, direction: Direction::Inbound, bind_port: 0, mesh: &mesh };
     let c = authz::contribute(&ctx).unwrap_or_else(|e| panic!("authz plugin: {e:?}"));
-    c.http_filters.iter().find(|f| f.name == "wasmesh.authz").map(|f| wasmesh_controller::bootstrap::wasm_http_filter(f, &paths::wasm_dir()))
+    c.http_filters
+        .iter()
+        .find(|f| f.name == "wasmesh.authz")
+        .map(|f| wasmesh_controller::bootstrap::wasm_http_filter(f, &paths::wasm_dir()))
 }
 
 /// A single-listener bootstrap: `http_filters`, then the router to the app at `app_port`.
 /// Inbound-sidecar settings (`use_remote_address: false`).
-pub fn bootstrap(listen_port: u16, admin_port: u16, app_port: u16, http_filters: Vec<Value>, extra_clusters: Vec<Value>) -> Value {
+pub fn bootstrap(
+    listen_port: u16,
+    admin_port: u16,
+    app_port: u16,
+    http_filters: Vec<Value>,
+    extra_clusters: Vec<Value>,
+) -> Value {
     let mut filters = http_filters;
     filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
     let mut clusters = vec![json!({
@@ -252,7 +275,8 @@ pub enum NativeJwks {
 /// istiod's `convertToEnvoyJwtConfig` does. `cache`: add `jwt_cache_config` to every provider.
 pub fn native_jwt_authn(workload: &Workload, resources: &Resources, jwks_mode: &NativeJwks, cache: bool) -> Value {
     let mut rules: Vec<&JwtRule> = Vec::new();
-    let mut selected: Vec<_> = resources.request_authentications().filter(|(res, ra)| selects(workload, res, ra)).collect();
+    let mut selected: Vec<_> =
+        resources.request_authentications().filter(|(res, ra)| selects(workload, res, ra)).collect();
     selected.sort_by_key(|(res, _)| res.namespace() != workload.namespace);
     for (_, ra) in selected {
         rules.extend(ra.jwt_rules.iter());
@@ -269,7 +293,12 @@ pub fn native_jwt_authn(workload: &Workload, resources: &Resources, jwks_mode: &
             }
         }
         sdc.sort();
-        let timeout_s = rule.timeout.as_deref().and_then(|t| wasmesh_istio::parse_duration(t).ok()).map(|d| d.as_secs_f64()).unwrap_or(5.0);
+        let timeout_s = rule
+            .timeout
+            .as_deref()
+            .and_then(|t| wasmesh_istio::parse_duration(t).ok())
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(5.0);
         let mut p = json!({
             "issuer": rule.issuer,
             "audiences": rule.audiences,
@@ -281,10 +310,15 @@ pub fn native_jwt_authn(workload: &Workload, resources: &Resources, jwks_mode: &
             p["forward_payload_header"] = json!(h);
         }
         if !rule.output_claim_to_headers.is_empty() {
-            p["claim_to_headers"] = rule.output_claim_to_headers.iter().map(|c| json!({"header_name": c.header, "claim_name": c.claim})).collect();
+            p["claim_to_headers"] = rule
+                .output_claim_to_headers
+                .iter()
+                .map(|c| json!({"header_name": c.header, "claim_name": c.claim}))
+                .collect();
         }
         if !rule.from_headers.is_empty() {
-            p["from_headers"] = rule.from_headers.iter().map(|h| json!({"name": h.name, "value_prefix": h.prefix})).collect();
+            p["from_headers"] =
+                rule.from_headers.iter().map(|h| json!({"name": h.name, "value_prefix": h.prefix})).collect();
         }
         if !rule.from_params.is_empty() {
             p["from_params"] = json!(rule.from_params);

@@ -239,12 +239,16 @@ fn wasmesh_authz_stage_all() -> plugins::authz::Stage {
 
 /// The wasm network filter entries of a contribution.
 pub fn network_filters(c: &plugins::Contribution) -> Vec<Value> {
-    c.network_filters.iter().map(|f| wasmesh_controller::bootstrap::wasm_network_filter(f, &crate::paths::wasm_dir())).collect()
+    c.network_filters
+        .iter()
+        .map(|f| wasmesh_controller::bootstrap::wasm_network_filter(f, &crate::paths::wasm_dir()))
+        .collect()
 }
 
 /// The wasmesh authn filter for RequestAuthentications (config as its plugin writes it).
 pub fn authn_filter(workload: &Workload, resources: &Resources) -> Option<WasmFilter> {
-    let ras: Vec<&wasmesh_istio::Resource> = resources.items.iter().filter(|r| r.kind() == wasmesh_istio::Kind::RequestAuthentication).collect();
+    let ras: Vec<&wasmesh_istio::Resource> =
+        resources.items.iter().filter(|r| r.kind() == wasmesh_istio::Kind::RequestAuthentication).collect();
     if ras.is_empty() {
         return None;
     }
@@ -259,7 +263,8 @@ pub fn authn_filter(workload: &Workload, resources: &Resources) -> Option<WasmFi
 /// (`policy_applier.go`): providers `origins-<i>` sorted by issuer, `payload_in_metadata`,
 /// `requires_any` with `allow_missing`.
 pub fn native_jwt_authn(resources: &Resources) -> Option<Value> {
-    let mut rules: Vec<&wasmesh_istio::security::JwtRule> = resources.request_authentications().flat_map(|(_, ra)| ra.jwt_rules.iter()).collect();
+    let mut rules: Vec<&wasmesh_istio::security::JwtRule> =
+        resources.request_authentications().flat_map(|(_, ra)| ra.jwt_rules.iter()).collect();
     if rules.is_empty() {
         return None;
     }
@@ -287,7 +292,10 @@ pub fn native_jwt_authn(resources: &Resources) -> Option<Value> {
         json!({"requires_any": {"requirements": [{"provider_name": names[0]}, {"allow_missing": {}}]}})
     } else {
         let mut any: Vec<Value> = names.iter().map(|n| json!({"provider_name": n})).collect();
-        let all: Vec<Value> = names.iter().map(|n| json!({"requires_any": {"requirements": [{"provider_name": n}, {"allow_missing": {}}]}})).collect();
+        let all: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"requires_any": {"requirements": [{"provider_name": n}, {"allow_missing": {}}]}}))
+            .collect();
         any.push(json!({"requires_all": {"requirements": all}}));
         json!({"requires_any": {"requirements": any}})
     };
@@ -388,7 +396,8 @@ fn ext_authz_connection(conn: TcpStream, checks: &Mutex<Vec<Check>>) {
                 headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
         }
-        let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let len: usize =
+            headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
         let mut body = vec![0u8; len.min(1 << 20)];
         if reader.read_exact(&mut body).is_err() {
             return;
@@ -416,7 +425,8 @@ fn ext_authz_connection(conn: TcpStream, checks: &Mutex<Vec<Check>>) {
             "error" => (500, String::new(), "boom".to_string()),
             _ => (
                 403,
-                "x-ext-authz-check-result: denied\r\nx-reason: policy\r\nwww-authenticate: Basic realm=\"ext\"\r\n".to_string(),
+                "x-ext-authz-check-result: denied\r\nx-reason: policy\r\nwww-authenticate: Basic realm=\"ext\"\r\n"
+                    .to_string(),
                 format!("denied by ext_authz for {path}"),
             ),
         };
@@ -425,7 +435,10 @@ fn ext_authz_connection(conn: TcpStream, checks: &Mutex<Vec<Check>>) {
             403 => "Forbidden",
             _ => "Internal Server Error",
         };
-        let resp = format!("HTTP/1.1 {status} {reason}\r\n{extra}content-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        let resp = format!(
+            "HTTP/1.1 {status} {reason}\r\n{extra}content-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
         if writer.write_all(resp.as_bytes()).is_err() {
             return;
         }
@@ -445,10 +458,14 @@ impl JwtIssuer {
     pub fn new() -> Result<JwtIssuer, String> {
         let dir = TempDir::new("jwt");
         let key = dir.path().join("key.pem");
-        run_openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &key.display().to_string()], None)?;
+        run_openssl(
+            &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &key.display().to_string()],
+            None,
+        )?;
         let out = run_openssl(&["rsa", "-in", &key.display().to_string(), "-noout", "-modulus"], None)?;
         let hex = String::from_utf8_lossy(&out).trim().strip_prefix("Modulus=").unwrap_or("").to_string();
-        let bytes: Vec<u8> = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect();
+        let bytes: Vec<u8> =
+            (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect();
         if bytes.len() != 256 {
             return Err(format!("openssl gave an unexpected modulus: {hex:?}"));
         }
@@ -481,7 +498,10 @@ impl JwtIssuer {
 
 fn run_openssl(args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, String> {
     let mut cmd = Command::new("openssl");
-    cmd.args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("cannot run openssl: {e}"))?;
     if let Some(mut s) = child.stdin.take() {
         if let Some(data) = stdin {
@@ -628,9 +648,15 @@ impl Client {
         let out = cmd.output().map_err(|e| format!("cannot run curl: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
-        let status: u16 = code.trim().parse().map_err(|_| format!("curl failed: {}{}", text, String::from_utf8_lossy(&out.stderr)))?;
+        let status: u16 = code
+            .trim()
+            .parse()
+            .map_err(|_| format!("curl failed: {}{}", text, String::from_utf8_lossy(&out.stderr)))?;
         if status == 0 {
-            return Err(format!("curl could not complete the request: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            return Err(format!(
+                "curl could not complete the request: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
         }
         Ok(Outcome { status, body: body.to_string() })
     }
@@ -762,7 +788,8 @@ pub fn diff(path: &Path) -> Result<Report, String> {
                 }
             }
         }
-        wasmesh_controller::certs::run(&dir, std::slice::from_ref(id), &Default::default()).map_err(|e| format!("certs: {e}"))?;
+        wasmesh_controller::certs::run(&dir, std::slice::from_ref(id), &Default::default())
+            .map_err(|e| format!("certs: {e}"))?;
     }
     let own = wasmesh_controller::certs::CertPaths::for_workload(&root_dir, &wl.namespace, &wl.service_account);
     let tls = ServerTls { cert_chain: own.cert_chain, private_key: own.private_key, root_cert: own.root_cert };
@@ -782,7 +809,9 @@ pub fn diff(path: &Path) -> Result<Report, String> {
     let native_res = mk(native_port)?;
     let wasm_res = mk(wasm_port)?;
     if istiod::has_custom(&native_res, &wl) {
-        return Err("CUSTOM policies are not compared by the differential runner (they need an ext-authz server)".into());
+        return Err(
+            "CUSTOM policies are not compared by the differential runner (they need an ext-authz server)".into()
+        );
     }
 
     let base = |name: &str, port: u16| {
@@ -824,7 +853,8 @@ pub fn diff(path: &Path) -> Result<Report, String> {
     for f in &contribution.http_filters {
         wasm = wasm.wasm(f);
     }
-    let proxy = Proxy { listeners: vec![native, wasm], clusters: Vec::new(), stats_tags: contribution.stats_tags.clone() };
+    let proxy =
+        Proxy { listeners: vec![native, wasm], clusters: Vec::new(), stats_tags: contribution.stats_tags.clone() };
     let envoy = Envoy::start_with("authz-diff", &proxy.bootstrap(free_port()), 1)?;
     let version = envoy.version();
     let joins = version.is_some_and(rbac_joins_repeated_headers);
@@ -858,8 +888,19 @@ pub fn diff(path: &Path) -> Result<Report, String> {
             _ => true,
         };
         if std::env::var("AUTHZ_DIFF_VERBOSE").is_ok() {
-            let st = |o: &Result<Outcome, String>| o.as_ref().map(|o| o.status.to_string()).unwrap_or_else(|e| format!("error {e}"));
-            eprintln!("  #{i} {} {} peer={:?} src={:?} -> native {} wasm {}{}", r.method, r.path, r.peer, r.source, st(&n), st(&w), r.note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default());
+            let st = |o: &Result<Outcome, String>| {
+                o.as_ref().map(|o| o.status.to_string()).unwrap_or_else(|e| format!("error {e}"))
+            };
+            eprintln!(
+                "  #{i} {} {} peer={:?} src={:?} -> native {} wasm {}{}",
+                r.method,
+                r.path,
+                r.peer,
+                r.source,
+                st(&n),
+                st(&w),
+                r.note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default()
+            );
         }
         if !expected {
             report.unexpected.push(Difference { index: i, request: r.clone(), native: n.clone(), wasm: w.clone() });
@@ -959,7 +1000,9 @@ end
 pub fn corpus_files() -> Vec<PathBuf> {
     let dir = crate::paths::repo_root().join("e2e/corpus/authz");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect()
+        })
         .unwrap_or_default();
     files.sort();
     files

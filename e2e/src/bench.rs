@@ -174,11 +174,17 @@ pub fn run(scenario: &Scenario, settings: &Settings) -> Result<Vec<Measurement>,
         // Correctness first: the variant must answer as expected before it is timed.
         let mut hdrs: Vec<(&str, &str)> = vec![("host", v.authority.as_str())];
         hdrs.extend(v.headers.iter().map(|(k, x)| (k.as_str(), x.as_str())));
-        let probe = crate::http::request(*port, "GET", &v.path, &hdrs, b"").map_err(|e| format!("{}/{}: {e}", scenario.name, v.name))?;
+        let probe = crate::http::request(*port, "GET", &v.path, &hdrs, b"")
+            .map_err(|e| format!("{}/{}: {e}", scenario.name, v.name))?;
         if probe.status != v.expect_status {
             return Err(format!(
                 "{}/{}: expected status {}, got {}: {}\n{}",
-                scenario.name, v.name, v.expect_status, probe.status, probe.text(), envoy.failure_summary()
+                scenario.name,
+                v.name,
+                v.expect_status,
+                probe.status,
+                probe.text(),
+                envoy.failure_summary()
             ));
         }
         h2load(*port, v, settings.warmup, settings.connections, &tmp.path().join("warmup.log"))?;

@@ -13,7 +13,10 @@ pub fn call(service: &str, path: &str) -> Call {
 /// Adds the six bookinfo workloads (their WorkloadEntries are in examples/bookinfo).
 pub fn workloads(builder: MeshBuilder) -> MeshBuilder {
     builder
-        .sidecar("default/productpage-v1", App::new("productpage", "v1").calling(call("details", "/details/0")).calling(call("reviews", "/reviews/0")))
+        .sidecar(
+            "default/productpage-v1",
+            App::new("productpage", "v1").calling(call("details", "/details/0")).calling(call("reviews", "/reviews/0")),
+        )
         .sidecar("default/details-v1", App::new("details", "v1"))
         .sidecar("default/reviews-v1", App::new("reviews", "v1"))
         .sidecar("default/reviews-v2", App::new("reviews", "v2").calling(call("ratings", "/ratings/0")))

@@ -52,7 +52,11 @@ impl Envoy {
         let start = Instant::now();
         while start.elapsed() < limit {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("Envoy {} exited ({status}) while starting:\n{}", self.name, self.failure_summary()));
+                return Err(format!(
+                    "Envoy {} exited ({status}) while starting:\n{}",
+                    self.name,
+                    self.failure_summary()
+                ));
             }
             if let Ok(r) = crate::http::request(self.admin_port, "GET", "/ready", &[], b"") {
                 if r.status == 200 {
@@ -67,8 +71,10 @@ impl Envoy {
     /// Envoy's error, critical and wasm log lines, then the last lines: what explains a failure.
     pub fn failure_summary(&self) -> String {
         let text = self.log();
-        let important: Vec<&str> =
-            text.lines().filter(|l| l.contains("][error][") || l.contains("][critical][") || l.contains("wasm log")).collect();
+        let important: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("][error][") || l.contains("][critical][") || l.contains("wasm log"))
+            .collect();
         format!("{}\n--- last lines ---\n{}", important.join("\n"), self.log_tail(15))
     }
 
@@ -164,7 +170,10 @@ mod tests {
 
     #[test]
     fn build_versions_parse() {
-        assert_eq!(parse_version("bad8280de85c25b147a90c1d9b8a8c67a13e7134/1.36.4/Clean/RELEASE/BoringSSL"), Some((1, 36, 4)));
+        assert_eq!(
+            parse_version("bad8280de85c25b147a90c1d9b8a8c67a13e7134/1.36.4/Clean/RELEASE/BoringSSL"),
+            Some((1, 36, 4))
+        );
         assert_eq!(parse_version("f387231a/1.38.2/Clean/RELEASE/BoringSSL"), Some((1, 38, 2)));
         assert_eq!(parse_version("abc/1.41.0-dev/Modified/DEBUG/BoringSSL"), Some((1, 41, 0)));
         assert_eq!(parse_version("1.40.0"), None);

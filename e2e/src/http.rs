@@ -27,7 +27,13 @@ impl Response {
 }
 
 /// Sends one request to 127.0.0.1:`port`. `headers` must include `host` if it matters.
-pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\n");
@@ -52,11 +58,17 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], bo
 pub fn get(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -> Response {
     let mut all: Vec<(&str, &str)> = vec![("host", host)];
     all.extend_from_slice(headers);
-    request(port, "GET", path, &all, b"").unwrap_or_else(|e| panic!("GET {path} (host {host}) to 127.0.0.1:{port}: {e}"))
+    request(port, "GET", path, &all, b"")
+        .unwrap_or_else(|e| panic!("GET {path} (host {host}) to 127.0.0.1:{port}: {e}"))
 }
 
 pub fn parse_response(raw: &[u8], head: bool) -> std::io::Result<Response> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{m}: {:?}", String::from_utf8_lossy(&raw[..raw.len().min(200)])));
+    let bad = |m: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{m}: {:?}", String::from_utf8_lossy(&raw[..raw.len().min(200)])),
+        )
+    };
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
     let head_text = std::str::from_utf8(&raw[..end]).map_err(|_| bad("headers are not UTF-8"))?;
     let mut lines = head_text.split("\r\n");
@@ -71,7 +83,9 @@ pub fn parse_response(raw: &[u8], head: bool) -> std::io::Result<Response> {
         Vec::new()
     } else if chunked {
         dechunk(rest).ok_or_else(|| bad("bad chunked body"))?
-    } else if let Some(len) = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()) {
+    } else if let Some(len) =
+        headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok())
+    {
         rest.get(..len).ok_or_else(|| bad("short body"))?.to_vec()
     } else {
         rest.to_vec()
@@ -83,7 +97,8 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.split(';').next()?.trim(), 16).ok()?;
         data = &data[line_end + 2..];
         if size == 0 {
             return Some(out);

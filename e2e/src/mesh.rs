@@ -113,12 +113,19 @@ impl Mesh {
 
     /// A sidecar's (first) inbound listener: the workload's port.
     pub fn inbound_port(&self, workload: &str) -> u16 {
-        *self.inbound_ports.get(workload).and_then(|p| p.first()).unwrap_or_else(|| panic!("no inbound listener for {workload}"))
+        *self
+            .inbound_ports
+            .get(workload)
+            .and_then(|p| p.first())
+            .unwrap_or_else(|| panic!("no inbound listener for {workload}"))
     }
 
     /// The loopback port bound for a gateway's Gateway server port.
     pub fn gateway_port(&self, workload: &str, port: u32) -> u16 {
-        *self.gateway_ports.get(&(workload.to_string(), port)).unwrap_or_else(|| panic!("no gateway port {port} on {workload}"))
+        *self
+            .gateway_ports
+            .get(&(workload.to_string(), port))
+            .unwrap_or_else(|| panic!("no gateway port {port} on {workload}"))
     }
 
     /// The loopback port a WorkloadEntry port number in the YAML was moved to.
@@ -273,7 +280,9 @@ impl MeshBuilder {
             if self.mesh != MeshConfig::default() {
                 // The server reads a proxy's MeshConfig from the file its node names; a value built
                 // in code has no file, so the served configuration would differ from the bootstrap.
-                return Err("MeshBuilder::xds takes no mesh_config: the live controller reads MeshConfig from a file".into());
+                return Err(
+                    "MeshBuilder::xds takes no mesh_config: the live controller reads MeshConfig from a file".into()
+                );
             }
             let opts = wasmesh_controller::xds::ServeOptions {
                 watch: dir.clone(),
@@ -301,7 +310,10 @@ impl MeshBuilder {
             let inbound: Vec<u16> = if plan.app.is_some() {
                 let ports: Vec<u16> = we.ports.values().map(|p| *p as u16).collect();
                 if ports.is_empty() {
-                    return Err(format!("WorkloadEntry {} has no ports for its sidecar's inbound listener", plan.workload));
+                    return Err(format!(
+                        "WorkloadEntry {} has no ports for its sidecar's inbound listener",
+                        plan.workload
+                    ));
                 }
                 mesh.inbound_ports.insert(plan.workload.clone(), ports.clone());
                 ports
@@ -313,7 +325,9 @@ impl MeshBuilder {
         let mut specs = Vec::new();
         for (name, wl, app, inbound, outbound, tcp_outbound) in plans {
             let inbound = match app {
-                Some(AppPlan::Port(app_port)) if !inbound.is_empty() => inbound.iter().map(|port| Inbound { port: *port, app_port }).collect(),
+                Some(AppPlan::Port(app_port)) if !inbound.is_empty() => {
+                    inbound.iter().map(|port| Inbound { port: *port, app_port }).collect()
+                }
                 Some(AppPlan::Http(mut app)) if !inbound.is_empty() => {
                     for c in &mut app.calls {
                         if let (0, Some(port)) = (c.via_port, outbound) {
@@ -327,18 +341,21 @@ impl MeshBuilder {
                 }
                 _ => Vec::new(),
             };
-            specs.push((name, ProxySpec {
-                workload: wl,
-                inbound,
-                outbound_port: outbound,
-                tcp_outbound,
-                gateway_ports: Vec::new(),
-                admin_port: free_port(),
-                wasm_dir: wasm_dir.clone(),
-                mesh: self.mesh.clone(),
-                certs_dir: self.certs_dir.clone(),
-                envoy_access_log: None,
-            }));
+            specs.push((
+                name,
+                ProxySpec {
+                    workload: wl,
+                    inbound,
+                    outbound_port: outbound,
+                    tcp_outbound,
+                    gateway_ports: Vec::new(),
+                    admin_port: free_port(),
+                    wasm_dir: wasm_dir.clone(),
+                    mesh: self.mesh.clone(),
+                    certs_dir: self.certs_dir.clone(),
+                    envoy_access_log: None,
+                },
+            ));
         }
         for plan in self.gateways {
             let (mut wl, _) = bootstrap::workload_from_entry(&resources, &plan.workload).map_err(|e| e.to_string())?;
@@ -349,18 +366,21 @@ impl MeshBuilder {
                 mesh.gateway_ports.insert((plan.workload.clone(), *p), bind);
                 ports.push((*p, bind));
             }
-            specs.push((plan.workload, ProxySpec {
-                workload: wl,
-                inbound: Vec::new(),
-                outbound_port: None,
-                tcp_outbound: Vec::new(),
-                gateway_ports: ports,
-                admin_port: free_port(),
-                wasm_dir: wasm_dir.clone(),
-                mesh: self.mesh.clone(),
-                certs_dir: self.certs_dir.clone(),
-                envoy_access_log: None,
-            }));
+            specs.push((
+                plan.workload,
+                ProxySpec {
+                    workload: wl,
+                    inbound: Vec::new(),
+                    outbound_port: None,
+                    tcp_outbound: Vec::new(),
+                    gateway_ports: ports,
+                    admin_port: free_port(),
+                    wasm_dir: wasm_dir.clone(),
+                    mesh: self.mesh.clone(),
+                    certs_dir: self.certs_dir.clone(),
+                    envoy_access_log: None,
+                },
+            ));
         }
         let live = match (&mesh.server, &self.xds) {
             (Some(server), Some(dir)) => {

@@ -59,7 +59,12 @@ pub fn resources(yaml: &str) -> Resources {
 
 /// Starts the sidecar of WorkloadEntry `ns/name` with `app` behind its inbound listeners (one
 /// per WorkloadEntry port; none when `app` is `None`) and certificates from `certs`.
-pub fn sidecar(resources: &Resources, workload: &str, app: Option<App>, certs: Option<&Path>) -> Result<Sidecar, String> {
+pub fn sidecar(
+    resources: &Resources,
+    workload: &str,
+    app: Option<App>,
+    certs: Option<&Path>,
+) -> Result<Sidecar, String> {
     let (mut wl, we) = bootstrap::workload_from_entry(resources, workload).map_err(|e| e.to_string())?;
     wl.mode = ProxyMode::Sidecar;
     let app = app.map(App::start);
@@ -88,23 +93,49 @@ pub fn sidecar(resources: &Resources, workload: &str, app: Option<App>, certs: O
     add_authz_filter(&spec, resources, &mut config).map_err(fail)?;
     mtls::apply(&wl, resources, certs, &mut config).map_err(fail)?;
     let envoy = Envoy::start_with(workload, &config, 1)?;
-    Ok(Sidecar { envoy, app, outbound_port, inbound_ports: inbound.iter().map(|i| i.port).collect(), bootstrap: config })
+    Ok(Sidecar {
+        envoy,
+        app,
+        outbound_port,
+        inbound_ports: inbound.iter().map(|i| i.port).collect(),
+        bootstrap: config,
+    })
 }
 
 /// Puts the authz filter (`wasmesh.authz`, its plugin's contribution) before the router of each
 /// inbound listener, unless the bootstrap builder already did (once it wires the authz plugin).
-fn add_authz_filter(spec: &ProxySpec, resources: &Resources, config: &mut serde_json::Value) -> Result<(), Vec<wasmesh_istio::Error>> {
+fn add_authz_filter(
+    spec: &ProxySpec,
+    resources: &Resources,
+    config: &mut serde_json::Value,
+) -> Result<(), Vec<wasmesh_istio::Error>> {
     use wasmesh_controller::plugins::{authz, Direction, ListenerContext};
     let mut wl = spec.workload.clone();
     wl.trust_domain = spec.mesh.trust_domain.clone().unwrap_or(wl.trust_domain);
-    for listener in config.pointer_mut("/static_resources/listeners").and_then(|l| l.as_array_mut()).into_iter().flatten() {
-        let Some(port) = listener["name"].as_str().and_then(|n| n.strip_prefix("inbound_")).and_then(|p| p.parse::<u16>().ok()) else {
+    for listener in
+        config.pointer_mut("/static_resources/listeners").and_then(|l| l.as_array_mut()).into_iter().flatten()
+    {
+        let Some(port) =
+            listener["name"].as_str().and_then(|n| n.strip_prefix("inbound_")).and_then(|p| p.parse::<u16>().ok())
+        else {
             continue;
         };
-        let ctx = ListenerContext { workload: &wl, resources, direction: Direction::Inbound, bind_port: port, mesh: &spec.mesh };
+        let ctx = ListenerContext {
+            workload: &wl,
+            resources,
+            direction: Direction::Inbound,
+            bind_port: port,
+            mesh: &spec.mesh,
+        };
         let contribution = authz::contribute(&ctx)?;
-        let Some(filters) = listener.pointer_mut("/filter_chains/0/filters").and_then(|f| f.as_array_mut()) else { continue };
-        let Some(http) = filters.last_mut().and_then(|hcm| hcm.pointer_mut("/typed_config/http_filters")).and_then(|h| h.as_array_mut()) else {
+        let Some(filters) = listener.pointer_mut("/filter_chains/0/filters").and_then(|f| f.as_array_mut()) else {
+            continue;
+        };
+        let Some(http) = filters
+            .last_mut()
+            .and_then(|hcm| hcm.pointer_mut("/typed_config/http_filters"))
+            .and_then(|h| h.as_array_mut())
+        else {
             continue;
         };
         if http.iter().any(|f| f["name"] == authz::FILTER_NAME) {

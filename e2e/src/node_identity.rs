@@ -23,8 +23,15 @@ pub struct IstioNode {
 
 impl IstioNode {
     /// A sidecar of Deployment `workload_name` with Istio's injected labels added to `app_labels`.
-    pub fn sidecar(pod: &str, namespace: &str, workload_name: &str, app_labels: &[(&str, &str)], service_account: &str) -> IstioNode {
-        let mut labels: Vec<(String, String)> = app_labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    pub fn sidecar(
+        pod: &str,
+        namespace: &str,
+        workload_name: &str,
+        app_labels: &[(&str, &str)],
+        service_account: &str,
+    ) -> IstioNode {
+        let mut labels: Vec<(String, String)> =
+            app_labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let app = app_labels.iter().find(|(k, _)| *k == "app").map(|(_, v)| *v).unwrap_or(workload_name);
         let version = app_labels.iter().find(|(k, _)| *k == "version").map(|(_, v)| *v).unwrap_or("latest");
         labels.push(("pod-template-hash".into(), "7d9f8c6b5".into()));
@@ -237,5 +244,8 @@ pub fn resources_json(yaml: &str) -> Vec<Value> {
 /// Resident set size of a process in KiB (`VmRSS` of `/proc/<pid>/status`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

@@ -66,7 +66,9 @@ impl Prometheus {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start Prometheus {:?} (set PROMETHEUS_BIN or run `make deps`): {e}", prometheus_bin()));
+            .unwrap_or_else(|e| {
+                panic!("cannot start Prometheus {:?} (set PROMETHEUS_BIN or run `make deps`): {e}", prometheus_bin())
+            });
         let mut p = Prometheus { child, port, dir };
         let start = Instant::now();
         loop {
@@ -182,7 +184,8 @@ pub fn stats_config(resources: &Resources) -> Value {
 }
 
 fn static_cluster(name: &str, port: u16, http2: bool, endpoint_metadata: Option<Value>) -> Value {
-    let mut endpoint = json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}});
+    let mut endpoint =
+        json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}});
     if let Some(md) = endpoint_metadata {
         endpoint["metadata"] = md;
     }
@@ -205,7 +208,13 @@ fn static_cluster(name: &str, port: u16, http2: bool, endpoint_metadata: Option<
 
 /// An Envoy with one HTTP listener: the stats filter, then the router to `upstream_port`
 /// (HTTP/2, for gRPC). The cluster is named as Istio names it.
-pub fn http2_proxy_bootstrap(filter: &WasmFilter, resources: &Resources, listen: u16, upstream_port: u16, cluster: &str) -> Value {
+pub fn http2_proxy_bootstrap(
+    filter: &WasmFilter,
+    resources: &Resources,
+    listen: u16,
+    upstream_port: u16,
+    cluster: &str,
+) -> Value {
     let wasm_dir = crate::paths::wasm_dir();
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
@@ -366,7 +375,11 @@ pub fn tcp_conversation_exact(port: u16, greeting: &[u8], messages: &[&[u8]], re
     let read_exact = |s: &mut TcpStream, want: &[u8], what: &str| {
         let mut got = vec![0u8; want.len()];
         s.read_exact(&mut got).unwrap_or_else(|e| panic!("read {what}: {e}"));
-        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want), "{what}: the client got other bytes than the application sent");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "{what}: the client got other bytes than the application sent"
+        );
     };
     let mut received = 0;
     if !greeting.is_empty() {
@@ -438,12 +451,14 @@ pub fn tcp_server_bootstrap(resources: &Resources, listen: u16, app_port: u16, c
     let chains: Vec<Value> = chains
         .iter()
         .map(|c| {
-            let mut chain = json!({"name": c.name, "filters": [wasm_network_filter(c.filter, &wasm_dir), tcp_proxy(cluster)]});
+            let mut chain =
+                json!({"name": c.name, "filters": [wasm_network_filter(c.filter, &wasm_dir), tcp_proxy(cluster)]});
             if let Some(m) = &c.filter_chain_match {
                 chain["filter_chain_match"] = m.clone();
             }
             if let Some((certs, alpn)) = c.tls {
-                chain["transport_socket"] = with_alpn(wasmesh_controller::plugins::mtls::downstream_transport_socket(certs), alpn);
+                chain["transport_socket"] =
+                    with_alpn(wasmesh_controller::plugins::mtls::downstream_transport_socket(certs), alpn);
             }
             chain
         })
@@ -501,7 +516,13 @@ s.on('error', e => { console.log(JSON.stringify({error: String(e)})); process.ex
 /// A client sidecar played by node's `tls`: offers ALPN `istio-peer-exchange`, writes
 /// `preamble` in `chunk`-byte TLS records a few ms apart (so Envoy reads it in pieces), then
 /// `message`. Returns (negotiated ALPN, every byte it got back).
-pub fn tls_peer_exchange(port: u16, certs: &wasmesh_controller::certs::CertPaths, preamble: &[u8], chunk: usize, message: &str) -> (String, Vec<u8>) {
+pub fn tls_peer_exchange(
+    port: u16,
+    certs: &wasmesh_controller::certs::CertPaths,
+    preamble: &[u8],
+    chunk: usize,
+    message: &str,
+) -> (String, Vec<u8>) {
     let dir = TempDir::new("tls-peer");
     let script = dir.path().join("peer.js");
     std::fs::write(&script, TLS_PEER_JS).unwrap_or_else(|e| panic!("write peer.js: {e}"));
@@ -516,7 +537,8 @@ pub fn tls_peer_exchange(port: u16, certs: &wasmesh_controller::certs::CertPaths
         .output()
         .unwrap_or_else(|e| panic!("cannot run node: {e}"));
     let text = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("peer output {text:?} ({e}); stderr {}", String::from_utf8_lossy(&out.stderr)));
+    let v: Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("peer output {text:?} ({e}); stderr {}", String::from_utf8_lossy(&out.stderr)));
     assert!(v.get("error").is_none(), "TLS peer: {v}");
     let hex = v["got"].as_str().unwrap_or_default();
     let got = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect();
@@ -620,12 +642,7 @@ pub fn grpc_calls(port: u16, messages: u32, calls: u32, authority: &str) -> Vec<
     let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
         panic!("gRPC client output {text:?} ({e}); stderr {}", String::from_utf8_lossy(&out.stderr))
     });
-    v.as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|r| r["status"].as_str().map(str::to_string))
-        .collect()
+    v.as_array().cloned().unwrap_or_default().iter().map(|r| r["status"].as_str().map(str::to_string)).collect()
 }
 
 /// Series of one metric from an Envoy's `/stats/prometheus` text: (labels, value).
@@ -678,7 +695,8 @@ pub fn bench_scenario() -> crate::bench::Scenario {
     productpage.labels.insert("version".into(), "v1".into());
     let peer = stats::core::LocalInfo::from_workload(&productpage);
     let inbound = sidecar_inbound_filter_json(&reviews, &resources);
-    let outbound = wasm_http_filter(&filter(&productpage, &resources, Direction::Outbound, false), &crate::paths::wasm_dir());
+    let outbound =
+        wasm_http_filter(&filter(&productpage, &resources, Direction::Outbound, false), &crate::paths::wasm_dir());
     let mesh_headers = vec![
         ("x-envoy-peer-metadata".to_string(), peer.header_value()),
         ("x-envoy-peer-metadata-id".to_string(), peer.node_id.clone()),
@@ -694,7 +712,11 @@ pub fn bench_scenario() -> crate::bench::Scenario {
         target: "wasmesh-inbound ≤ none + 4 µs Envoy CPU/request (a no-op wasm filter alone costs about 2.7 µs)".into(),
         variants: vec![
             with("none", vec![], mesh_headers.clone()),
-            with("no-op wasm filter", vec![crate::bench::wasm_filter("wasmesh.noop", "noop", &json!({}))], mesh_headers.clone()),
+            with(
+                "no-op wasm filter",
+                vec![crate::bench::wasm_filter("wasmesh.noop", "noop", &json!({}))],
+                mesh_headers.clone(),
+            ),
             with("wasmesh-inbound", vec![inbound], mesh_headers),
             with("wasmesh-outbound", vec![outbound], vec![]),
         ],

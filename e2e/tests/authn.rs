@@ -6,8 +6,8 @@
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wasmesh_e2e::authn::{
-    bootstrap, jwks, native_jwt_authn, swap_payload, unsigned, wasm_authn, wasm_authn_with, wasm_authz, JwksServer, Mode,
-    NativeJwks, Signer, TestKey,
+    bootstrap, jwks, native_jwt_authn, swap_payload, unsigned, wasm_authn, wasm_authn_with, wasm_authz, JwksServer,
+    Mode, NativeJwks, Signer, TestKey,
 };
 use wasmesh_e2e::http::{request, Response};
 use wasmesh_e2e::{free_port, App, AppHandle, Envoy};
@@ -113,7 +113,14 @@ spec:
 }
 
 /// Compares one request's answers; returns a description of any difference.
-fn compare(native: &Front, wasm: &Front, label: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<String> {
+fn compare(
+    native: &Front,
+    wasm: &Front,
+    label: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<String> {
     let n = send(native.port, method, path, headers);
     let w = send(wasm.port, method, path, headers);
     let mut diffs = Vec::new();
@@ -131,7 +138,11 @@ fn compare(native: &Front, wasm: &Front, label: &str, method: &str, path: &str, 
             diffs.push(format!("body native {:?} wasm {:?}", n.text(), w.text()));
         }
         if n.header("www-authenticate") != w.header("www-authenticate") {
-            diffs.push(format!("www-authenticate native {:?} wasm {:?}", n.header("www-authenticate"), w.header("www-authenticate")));
+            diffs.push(format!(
+                "www-authenticate native {:?} wasm {:?}",
+                n.header("www-authenticate"),
+                w.header("www-authenticate")
+            ));
         }
     }
     if diffs.is_empty() {
@@ -155,49 +166,160 @@ fn answers_match_envoy_jwt_authn_as_istio_configures_it() {
     let t = |v: Value| v;
     let mut cases: Vec<(String, String, String, Vec<(String, String)>)> = Vec::new();
     let mut add = |label: &str, method: &str, path: &str, headers: Vec<(&str, String)>| {
-        cases.push((label.into(), method.into(), path.into(), headers.into_iter().map(|(a, b)| (a.to_string(), b)).collect()));
+        cases.push((
+            label.into(),
+            method.into(),
+            path.into(),
+            headers.into_iter().map(|(a, b)| (a.to_string(), b)).collect(),
+        ));
     };
     add("no token", "GET", "/get", vec![]);
     add("valid RS256", "GET", "/get", vec![("authorization", bearer(&good))]);
     let ps384 = Signer::new("PS384", TestKey::Rsa1, Some("r1"));
     let ps512 = Signer::new("PS512", TestKey::Rsa1, Some("r1"));
-    for (name, s) in [("PS256", &k.ps), ("PS384", &ps384), ("PS512", &ps512), ("RS384", &k.rs384), ("RS512", &k.rs512), ("ES256", &k.ec), ("ES384", &k.ec384), ("EdDSA", &k.ed)] {
+    for (name, s) in [
+        ("PS256", &k.ps),
+        ("PS384", &ps384),
+        ("PS512", &ps512),
+        ("RS384", &k.rs384),
+        ("RS512", &k.rs512),
+        ("ES256", &k.ec),
+        ("ES384", &k.ec384),
+        ("EdDSA", &k.ed),
+    ] {
         add(&format!("valid {name}"), "GET", "/get", vec![("authorization", bearer(&s.sign(&claims(json!({})))))]);
     }
-    add("expired", "GET", "/get?x=1", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"exp": now() - 120})))))]);
-    add("expired within skew", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"exp": now() - 20})))))]);
-    add("not yet valid", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"nbf": now() + 300})))))]);
-    add("iat in the future", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"iat": now() + 3000})))))]);
-    add("unknown issuer", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"iss": "https://evil.example"})))))]);
+    add(
+        "expired",
+        "GET",
+        "/get?x=1",
+        vec![("authorization", bearer(&k.ec.sign(&claims(json!({"exp": now() - 120})))))],
+    );
+    add(
+        "expired within skew",
+        "GET",
+        "/get",
+        vec![("authorization", bearer(&k.ec.sign(&claims(json!({"exp": now() - 20})))))],
+    );
+    add(
+        "not yet valid",
+        "GET",
+        "/get",
+        vec![("authorization", bearer(&k.ec.sign(&claims(json!({"nbf": now() + 300})))))],
+    );
+    add(
+        "iat in the future",
+        "GET",
+        "/get",
+        vec![("authorization", bearer(&k.ec.sign(&claims(json!({"iat": now() + 3000})))))],
+    );
+    add(
+        "unknown issuer",
+        "GET",
+        "/get",
+        vec![("authorization", bearer(&k.ec.sign(&claims(json!({"iss": "https://evil.example"})))))],
+    );
     add("no issuer", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"iss": null})))))]);
-    add("forged payload", "GET", "/get", vec![("authorization", bearer(&swap_payload(&good, &claims(json!({"sub": "admin"})))))]);
-    add("audience mismatch", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"aud": "mobile"})))))]);
+    add(
+        "forged payload",
+        "GET",
+        "/get",
+        vec![("authorization", bearer(&swap_payload(&good, &claims(json!({"sub": "admin"})))))],
+    );
+    add(
+        "audience mismatch",
+        "GET",
+        "/get",
+        vec![("authorization", bearer(&k.ec.sign(&claims(json!({"aud": "mobile"})))))],
+    );
     add("no audience", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"aud": null})))))]);
-    add("audience sanitized", "GET", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"aud": ["x", "https://api.example.com/"]})))))]);
-    add("alg none", "GET", "/get", vec![("authorization", bearer(&unsigned(&json!({"alg": "none", "kid": "r1"}), &claims(json!({})), b"x")))]);
-    add("alg none empty sig", "GET", "/get", vec![("authorization", bearer(&unsigned(&json!({"alg": "none"}), &claims(json!({})), b"")))]);
+    add(
+        "audience sanitized",
+        "GET",
+        "/get",
+        vec![("authorization", bearer(&k.ec.sign(&claims(json!({"aud": ["x", "https://api.example.com/"]})))))],
+    );
+    add(
+        "alg none",
+        "GET",
+        "/get",
+        vec![("authorization", bearer(&unsigned(&json!({"alg": "none", "kid": "r1"}), &claims(json!({})), b"x")))],
+    );
+    add(
+        "alg none empty sig",
+        "GET",
+        "/get",
+        vec![("authorization", bearer(&unsigned(&json!({"alg": "none"}), &claims(json!({})), b"")))],
+    );
     let hs = Signer::hs256(&k.rsa.rsa_public_der(), Some("r1"));
     add("HS256 with the RSA key", "GET", "/get", vec![("authorization", bearer(&hs.sign(&claims(json!({})))))]);
-    add("RS256 header, ES256 signature", "GET", "/get", vec![("authorization", bearer(&{
-        let es = k.ec.sign(&claims(json!({})));
-        let rs = good.clone();
-        let p: Vec<&str> = rs.split('.').collect();
-        let e: Vec<&str> = es.split('.').collect();
-        format!("{}.{}.{}", p[0], p[1], e[2])
-    }))]);
-    add("unknown kid", "GET", "/get", vec![("authorization", bearer(&Signer::new("ES256", TestKey::Ec256, Some("zz")).sign(&claims(json!({})))))]);
+    add(
+        "RS256 header, ES256 signature",
+        "GET",
+        "/get",
+        vec![(
+            "authorization",
+            bearer(&{
+                let es = k.ec.sign(&claims(json!({})));
+                let rs = good.clone();
+                let p: Vec<&str> = rs.split('.').collect();
+                let e: Vec<&str> = es.split('.').collect();
+                format!("{}.{}.{}", p[0], p[1], e[2])
+            }),
+        )],
+    );
+    add(
+        "unknown kid",
+        "GET",
+        "/get",
+        vec![("authorization", bearer(&Signer::new("ES256", TestKey::Ec256, Some("zz")).sign(&claims(json!({})))))],
+    );
     add("non-canonical base64 header", "GET", "/get", vec![("authorization", bearer("e31.e30.c2ln"))]);
     add("padded base64 header", "GET", "/get", vec![("authorization", bearer("e30=.e30.c2ln"))]);
     add("one dot", "GET", "/get", vec![("authorization", bearer("abc.def"))]);
     add("three dots", "GET", "/get", vec![("authorization", bearer("a.b.c.d"))]);
     add("bad base64 header", "GET", "/get", vec![("authorization", bearer("e$$.eyJ9.sig"))]);
     add("header not json", "GET", "/get", vec![("authorization", bearer(&format!("{}.e30.c2ln", "bm90anNvbg")))]);
-    add("alg not string", "GET", "/get", vec![("authorization", bearer(&unsigned(&json!({"alg": 1}), &claims(json!({})), b"s")))]);
-    add("kid not string", "GET", "/get", vec![("authorization", bearer(&unsigned(&json!({"alg": "RS256", "kid": 7}), &claims(json!({})), b"s")))]);
-    add("exp not a number", "GET", "/get", vec![("authorization", bearer(&unsigned(&json!({"alg": "RS256"}), &t(json!({"iss": ISS, "exp": "soon"})), b"s")))]);
-    add("aud list with a number", "GET", "/get", vec![("authorization", bearer(&unsigned(&json!({"alg": "RS256"}), &t(json!({"iss": ISS, "aud": ["a", 1]})), b"s")))]);
+    add(
+        "alg not string",
+        "GET",
+        "/get",
+        vec![("authorization", bearer(&unsigned(&json!({"alg": 1}), &claims(json!({})), b"s")))],
+    );
+    add(
+        "kid not string",
+        "GET",
+        "/get",
+        vec![("authorization", bearer(&unsigned(&json!({"alg": "RS256", "kid": 7}), &claims(json!({})), b"s")))],
+    );
+    add(
+        "exp not a number",
+        "GET",
+        "/get",
+        vec![(
+            "authorization",
+            bearer(&unsigned(&json!({"alg": "RS256"}), &t(json!({"iss": ISS, "exp": "soon"})), b"s")),
+        )],
+    );
+    add(
+        "aud list with a number",
+        "GET",
+        "/get",
+        vec![(
+            "authorization",
+            bearer(&unsigned(&json!({"alg": "RS256"}), &t(json!({"iss": ISS, "aud": ["a", 1]})), b"s")),
+        )],
+    );
     add("payload not json", "GET", "/get", vec![("authorization", bearer("eyJhbGciOiJSUzI1NiJ9.bm9wZQ.c2ln"))]);
-    add("signature bad base64", "GET", "/get", vec![("authorization", bearer(&format!("{}.{}.***", good.split('.').next().unwrap(), good.split('.').nth(1).unwrap())))]);
+    add(
+        "signature bad base64",
+        "GET",
+        "/get",
+        vec![(
+            "authorization",
+            bearer(&format!("{}.{}.***", good.split('.').next().unwrap(), good.split('.').nth(1).unwrap())),
+        )],
+    );
     add("junk", "GET", "/get", vec![("authorization", "Bearer !!!".into())]);
     add("trailing junk", "GET", "/get", vec![("authorization", format!("Bearer {good}$$"))]);
     add("leading junk", "GET", "/get", vec![("authorization", format!("Bearer \"{good}"))]);
@@ -206,15 +328,47 @@ fn answers_match_envoy_jwt_authn_as_istio_configures_it() {
     add("tab after", "GET", "/get", vec![("authorization", format!("Bearer {good}\tx"))]);
     add("access_token param", "GET", &format!("/get?access_token={good}"), vec![]);
     add("bad access_token param", "GET", "/get?access_token=x.y.z", vec![]);
-    add("good header, expired param", "GET", &format!("/get?access_token={}", k.ec.sign(&claims(json!({"exp": now() - 600})))), vec![("authorization", bearer(&good))]);
+    add(
+        "good header, expired param",
+        "GET",
+        &format!("/get?access_token={}", k.ec.sign(&claims(json!({"exp": now() - 600})))),
+        vec![("authorization", bearer(&good))],
+    );
     add("token in other param", "GET", &format!("/get?token_value={good}"), vec![]);
     add("lower-case bearer", "GET", "/get", vec![("authorization", format!("bearer {good}"))]);
     add("basic auth", "GET", "/get", vec![("authorization", "Basic dXNlcjpwYXNz".into())]);
     add("prefix inside the value", "GET", "/get", vec![("authorization", format!("Token x, Bearer {good}"))]);
-    add("forged output headers without token", "GET", "/get", vec![("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9".into()), ("x-sub", "admin".into())]);
-    add("forged output headers with token", "GET", "/get", vec![("authorization", bearer(&good)), ("x-sub", "admin".into()), ("x-team", "evil".into())]);
-    add("CORS preflight with expired token", "OPTIONS", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"exp": now() - 600}))))), ("origin", "http://web.example".into()), ("access-control-request-method", "GET".into())]);
-    add("OPTIONS without Origin", "OPTIONS", "/get", vec![("authorization", bearer(&k.ec.sign(&claims(json!({"exp": now() - 600}))))), ("access-control-request-method", "GET".into())]);
+    add(
+        "forged output headers without token",
+        "GET",
+        "/get",
+        vec![("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9".into()), ("x-sub", "admin".into())],
+    );
+    add(
+        "forged output headers with token",
+        "GET",
+        "/get",
+        vec![("authorization", bearer(&good)), ("x-sub", "admin".into()), ("x-team", "evil".into())],
+    );
+    add(
+        "CORS preflight with expired token",
+        "OPTIONS",
+        "/get",
+        vec![
+            ("authorization", bearer(&k.ec.sign(&claims(json!({"exp": now() - 600}))))),
+            ("origin", "http://web.example".into()),
+            ("access-control-request-method", "GET".into()),
+        ],
+    );
+    add(
+        "OPTIONS without Origin",
+        "OPTIONS",
+        "/get",
+        vec![
+            ("authorization", bearer(&k.ec.sign(&claims(json!({"exp": now() - 600}))))),
+            ("access-control-request-method", "GET".into()),
+        ],
+    );
     add("long path realm", "GET", &format!("/{}?q=1", "p".repeat(300)), vec![("authorization", bearer("a.b.c"))]);
     add("POST valid", "POST", "/post", vec![("authorization", bearer(&good))]);
     add("POST invalid", "POST", "/post", vec![("authorization", bearer("x.y.z"))]);
@@ -238,10 +392,15 @@ fn answers_match_envoy_jwt_authn_as_istio_configures_it() {
     assert_eq!(h["x-team"], "core");
     assert_eq!(h["x-level"], "3");
     assert_eq!(h["x-jwt-payload"], good.split('.').nth(1).unwrap());
-    let r = send(wasm.port, "GET", "/get", &[("authorization", &bearer(&k.ec.sign(&claims(json!({"exp": now() - 600})))))]);
+    let r =
+        send(wasm.port, "GET", "/get", &[("authorization", &bearer(&k.ec.sign(&claims(json!({"exp": now() - 600})))))]);
     assert_eq!((r.status, r.text().as_str()), (401, "Jwt is expired"));
-    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"http://httpbin.foo:8000/get\", error=\"invalid_token\""));
-    let r = send(wasm.port, "GET", "/get", &[("authorization", &bearer(&k.ec.sign(&claims(json!({"aud": "mobile"})))))]);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"http://httpbin.foo:8000/get\", error=\"invalid_token\"")
+    );
+    let r =
+        send(wasm.port, "GET", "/get", &[("authorization", &bearer(&k.ec.sign(&claims(json!({"aud": "mobile"})))))]);
     assert_eq!((r.status, r.text().as_str()), (403, "Audiences in Jwt are not allowed"));
     // Bounded input (a deliberate difference: Envoy reads tokens up to its header limit): a
     // validly signed 20 KB token is over maxTokenBytes (16 KiB) and refused before any parsing.
@@ -320,10 +479,18 @@ spec:
         ("c in authorization", "/".into(), vec![("authorization", format!("Bearer {tc}"))]),
         ("b expired", "/".into(), vec![("authorization", format!("Bearer {tb_exp}"))]),
         ("a + b", "/".into(), vec![("x-a-token", format!("Bearer {ta}")), ("authorization", format!("Bearer {tb}"))]),
-        ("a + b expired", "/".into(), vec![("x-a-token", format!("Bearer {ta}")), ("authorization", format!("Bearer {tb_exp}"))]),
+        (
+            "a + b expired",
+            "/".into(),
+            vec![("x-a-token", format!("Bearer {ta}")), ("authorization", format!("Bearer {tb_exp}"))],
+        ),
         ("b + c", format!("/?token={tc}"), vec![("authorization", format!("Bearer {tb}"))]),
         ("d (other workload's issuer)", "/".into(), vec![("authorization", format!("Bearer {td}"))]),
-        ("c signed by a's key", "/".into(), vec![("cookie", format!("session={}", tok(&a, "https://c.example", json!({}))))]),
+        (
+            "c signed by a's key",
+            "/".into(),
+            vec![("cookie", format!("session={}", tok(&a, "https://c.example", json!({}))))],
+        ),
         ("garbage in a's header", "/".into(), vec![("x-a-token", "Bearer zzz".into())]),
         ("garbage cookie", "/".into(), vec![("cookie", "session=zzz".into())]),
     ];
@@ -424,11 +591,15 @@ fn jwks_uri_is_fetched_rotated_and_survives_a_slow_or_failing_server() {
     std::thread::sleep(Duration::from_millis(2100));
     let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {bogus2}"))]);
     assert_eq!(r.status, 401);
-    wait_until("a counted fetch failure", Duration::from_secs(5), || stat(&front, "wasmesh_authn_jwks_fetch_failed") >= 1);
+    wait_until("a counted fetch failure", Duration::from_secs(5), || {
+        stat(&front, "wasmesh_authn_jwks_fetch_failed") >= 1
+    });
     let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {t1}"))]);
     assert_eq!(r.status, 200, "last good keys kept: {}", r.text());
     // Envoy flushes its log file every few seconds.
-    wait_until("the failure in Envoy's log", Duration::from_secs(20), || front.envoy.log().contains("JWKS fetch failed: HTTP status 503"));
+    wait_until("the failure in Envoy's log", Duration::from_secs(20), || {
+        front.envoy.log().contains("JWKS fetch failed: HTTP status 503")
+    });
 }
 
 #[test]
@@ -441,7 +612,9 @@ fn unavailable_jwks_fails_presented_tokens_and_recovers() {
     let (f, clusters) = wasm_authn(&wl, &res);
     let front = start("wasm-unavailable", vec![f], clusters, 1);
     let t1 = k1.sign(&claims(json!({})));
-    wait_until("the first failed fetch", Duration::from_secs(10), || stat(&front, "wasmesh_authn_jwks_fetch_failed") >= 1);
+    wait_until("the first failed fetch", Duration::from_secs(10), || {
+        stat(&front, "wasmesh_authn_jwks_fetch_failed") >= 1
+    });
     let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {t1}"))]);
     assert_eq!((r.status, r.text().as_str()), (401, "Jwks remote fetch is failed"), "never accepted unverified");
     assert_eq!(send(front.port, "GET", "/", &[]).status, 200, "token-less requests still pass");
@@ -464,7 +637,14 @@ fn paused_requests_hold_their_body_and_fail_when_the_server_hangs() {
     let front = start("wasm-hang", vec![f], clusters, 1);
     let t1 = k1.sign(&claims(json!({})));
     let started = Instant::now();
-    let r = request(front.port, "POST", "/post", &[("host", "x"), ("authorization", &format!("Bearer {t1}"))], b"secret body").unwrap();
+    let r = request(
+        front.port,
+        "POST",
+        "/post",
+        &[("host", "x"), ("authorization", &format!("Bearer {t1}"))],
+        b"secret body",
+    )
+    .unwrap();
     assert_eq!((r.status, r.text().as_str()), (401, "Jwks remote fetch is failed"));
     assert!(started.elapsed() < Duration::from_secs(8), "bounded wait: {:?}", started.elapsed());
     assert_eq!(front.app.served(), 0, "neither the headers nor the body reached the upstream");
@@ -519,7 +699,9 @@ fn a_repeated_token_is_verified_once_across_worker_vms() {
     assert_eq!(hits, n - 1);
     // Both workers (each with its own wasm VM) served some of them.
     let per_worker: Vec<u64> = (0..2)
-        .map(|w| front.envoy.stat(&format!("listener.127.0.0.1_{}.worker_{w}.downstream_cx_total", front.port)).unwrap_or(0))
+        .map(|w| {
+            front.envoy.stat(&format!("listener.127.0.0.1_{}.worker_{w}.downstream_cx_total", front.port)).unwrap_or(0)
+        })
         .collect();
     assert!(per_worker.iter().all(|n| *n > 0), "connections per worker: {per_worker:?}");
     // An expired token is refused even though a verification of it is cached.
@@ -599,10 +781,17 @@ spec:
         ("wasmesh.authn.identity", forged_identity.as_str()),
         ("x-wasmesh-authn-identity", forged_identity.as_str()),
         ("wasm.wasmesh.authn.identity", forged_identity.as_str()),
-        ("x-jwt-payload", "eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlLmNvbSIsInN1YiI6ImFsaWNlIiwiZ3JvdXBzIjpbImdyb3VwMSJdfQ"),
+        (
+            "x-jwt-payload",
+            "eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlLmNvbSIsInN1YiI6ImFsaWNlIiwiZ3JvdXBzIjpbImdyb3VwMSJdfQ",
+        ),
     ] {
         assert_eq!(send(front.port, "GET", "/", &[(h, v)]).status, 403, "header {h}");
-        assert_eq!(send(front.port, "GET", "/", &[(h, v), ("authorization", &b(&alice_g2))]).status, 403, "header {h} with another token");
+        assert_eq!(
+            send(front.port, "GET", "/", &[(h, v), ("authorization", &b(&alice_g2))]).status,
+            403,
+            "header {h} with another token"
+        );
     }
     let forged = swap_payload(&alice_g2, &claims(json!({"groups": ["group1"]})));
     assert_eq!(send(front.port, "GET", "/", &[("authorization", &b(&forged))]).status, 401);
@@ -620,7 +809,6 @@ spec:
     assert_eq!(send(front.port, "GET", "/roles", &[("authorization", &b(&dev))]).status, 403);
 }
 
-
 // ------------------------------------------------------------------------------------------
 // Through wasmeshctl's bootstrap (the plugin path): Istio's "JWT at the ingress gateway" setup.
 
@@ -628,7 +816,8 @@ spec:
 fn ingress_gateway_requires_a_jwt_and_the_sidecar_sees_its_claims() {
     let k = Signer::new("RS256", TestKey::Rsa1, Some("gw"));
     let doc = jwks(&[k.jwk(false)]);
-    let httpbin = std::fs::read_to_string(wasmesh_e2e::paths::repo_root().join("examples/httpbin/httpbin.yaml")).unwrap();
+    let httpbin =
+        std::fs::read_to_string(wasmesh_e2e::paths::repo_root().join("examples/httpbin/httpbin.yaml")).unwrap();
     let yaml = format!(
         r#"{httpbin}
 ---
@@ -681,7 +870,10 @@ spec:
     let r = get(&[]);
     assert_eq!((r.status, r.text().as_str()), (403, "RBAC: access denied"), "no token: denied by notRequestPrincipals");
     let r = get(&[("authorization", "Bearer invalidToken")]);
-    assert_eq!((r.status, r.text().as_str()), (401, "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"));
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (401, "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections")
+    );
     let r = get(&[("authorization", &format!("Bearer {token}"))]);
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = upstream_headers(&r);

@@ -5,11 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::{json, Value};
+use wasmesh_controller::mesh::MeshConfig;
+use wasmesh_controller::plugins::{self, Direction, ListenerContext, WasmFilter};
 use wasmesh_e2e::authz::{self, istiod, ExtAuthz, ListenerSpec, Proxy};
 use wasmesh_e2e::http::{request, Response};
 use wasmesh_e2e::{App, Envoy};
-use wasmesh_controller::mesh::MeshConfig;
-use wasmesh_controller::plugins::{self, Direction, ListenerContext, WasmFilter};
 use wasmesh_istio::{load_str, Resources, Workload};
 
 fn res(yaml: &str) -> Resources {
@@ -26,7 +26,8 @@ fn workload() -> Workload {
 /// A listener with what wasmeshctl's authz plugin writes for `yaml`, in front of `upstream`.
 fn wasm_listener(name: &str, yaml: &str, mesh: &MeshConfig) -> (ListenerSpec, plugins::Contribution) {
     let mut l = ListenerSpec::new(name);
-    let c = authz::plugin_filters(&workload(), &res(yaml), mesh, Direction::Inbound, l.port).unwrap_or_else(|e| panic!("{e}"));
+    let c = authz::plugin_filters(&workload(), &res(yaml), mesh, Direction::Inbound, l.port)
+        .unwrap_or_else(|e| panic!("{e}"));
     l.network_filters = authz::network_filters(&c);
     for f in &c.http_filters {
         l = l.wasm(f);
@@ -175,7 +176,8 @@ spec:
     assert_eq!(stat("policy.audited.ns[foo]-policy[audit-api]-rule[0]"), 2);
     let prom = envoy.admin("/stats/prometheus");
     assert!(
-        prom.lines().any(|l| l.starts_with("wasmesh_authz_policy_denied{authz_rule=\"ns[foo]-policy[deny-admin]-rule[0]\"} 1")),
+        prom.lines()
+            .any(|l| l.starts_with("wasmesh_authz_policy_denied{authz_rule=\"ns[foo]-policy[deny-admin]-rule[0]\"} 1")),
         "the rule is a Prometheus label:\n{}",
         prom.lines().filter(|l| l.contains("authz")).collect::<Vec<_>>().join("\n")
     );
@@ -204,7 +206,10 @@ spec:
     assert_eq!(b["shadow"], "dry-run deny: denied by ns[foo]-policy[dry-deny-b]-rule[0]");
     let d = decision(lines[2]);
     assert!(lines[2].starts_with("403 /admin"), "{}", lines[2]);
-    assert_eq!((d["allowed"].clone(), d["action"].clone(), d["policy"].clone()), (json!(false), json!("DENY"), json!("ns[foo]-policy[deny-admin]-rule[0]")));
+    assert_eq!(
+        (d["allowed"].clone(), d["action"].clone(), d["policy"].clone()),
+        (json!(false), json!("DENY"), json!("ns[foo]-policy[deny-admin]-rule[0]"))
+    );
     let e = decision(lines[3]);
     assert_eq!((e["action"].clone(), e.get("policy").cloned()), (json!("DEFAULT"), None), "no ALLOW rule matched");
 }
@@ -231,8 +236,14 @@ spec:
         ("x-wasmesh-authn-identity", &identity),
         ("wasm.wasmesh.authn.identity", &identity),
         ("x-jwt-payload", "eyJpc3MiOiJodHRwczovL2V2aWwiLCJzdWIiOiJhbGljZSJ9"),
-        ("authorization", "Bearer eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2V2aWwiLCJzdWIiOiJhbGljZSIsImdyb3VwcyI6WyJhZG1pbiJdfQ."),
-        ("x-forwarded-client-cert", "By=spiffe://cluster.local/ns/foo/sa/httpbin;URI=spiffe://cluster.local/ns/bar/sa/sleep"),
+        (
+            "authorization",
+            "Bearer eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2V2aWwiLCJzdWIiOiJhbGljZSIsImdyb3VwcyI6WyJhZG1pbiJdfQ.",
+        ),
+        (
+            "x-forwarded-client-cert",
+            "By=spiffe://cluster.local/ns/foo/sa/httpbin;URI=spiffe://cluster.local/ns/bar/sa/sleep",
+        ),
         ("x-spiffe-id", "spiffe://cluster.local/ns/bar/sa/sleep"),
     ];
     let r = send(wp, "GET", "/", &forged);
@@ -340,7 +351,8 @@ fn custom_ext_authz_http_behaves_as_envoy_ext_authz() {
     let (wasm, c) = wasm_listener("wasm", CUSTOM, &mesh);
     assert_eq!(c.clusters[0]["name"], format!("outbound|{}||127.0.0.1", ext.port));
     let mut native = ListenerSpec::new("native");
-    native.http_filters = istiod::custom_http_filters(&res(CUSTOM), &workload(), &prov, c.clusters[0]["name"].as_str().unwrap());
+    native.http_filters =
+        istiod::custom_http_filters(&res(CUSTOM), &workload(), &prov, c.clusters[0]["name"].as_str().unwrap());
     native.upstream = Some("app".into());
     let (wp, np) = (wasm.port, native.port);
     let mut clusters = c.clusters.clone();
@@ -348,7 +360,16 @@ fn custom_ext_authz_http_behaves_as_envoy_ext_authz() {
     let _envoy = start("authz-custom", vec![wasm, native], clusters, c.stats_tags);
 
     let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
-        ("/protected/a?q=1", vec![("x-ext-authz", "allow"), ("x-user-in", "alice"), ("authorization", "Basic xyz"), ("cookie", "c=1"), ("x-remove-me", "r")]),
+        (
+            "/protected/a?q=1",
+            vec![
+                ("x-ext-authz", "allow"),
+                ("x-user-in", "alice"),
+                ("authorization", "Basic xyz"),
+                ("cookie", "c=1"),
+                ("x-remove-me", "r"),
+            ],
+        ),
         ("/protected/b", vec![("x-ext-authz", "deny")]),
         ("/protected/c", vec![]),
         ("/public", vec![("x-ext-authz", "deny")]),
@@ -378,7 +399,16 @@ fn custom_ext_authz_http_behaves_as_envoy_ext_authz() {
             assert_eq!(wc.method, nc.method, "{path}");
             assert_eq!(wc.path, nc.path, "{path}");
             assert_eq!(wc.body_len, 0);
-            for h in ["host", "authorization", "x-ext-authz", "x-user-in", "x-added", "cookie", "content-length", "x-remove-me"] {
+            for h in [
+                "host",
+                "authorization",
+                "x-ext-authz",
+                "x-user-in",
+                "x-added",
+                "cookie",
+                "content-length",
+                "x-remove-me",
+            ] {
                 assert_eq!(wc.header(h), nc.header(h), "{path}: check header {h}");
             }
         }
@@ -434,8 +464,16 @@ fn custom_provider_failures_use_status_on_error_or_fail_open() {
     assert_eq!(r.status, 503, "5xx from the provider: statusOnError");
     assert_eq!(send(closed, "GET", "/protected", &[("x-ext-authz", "slow")]).status, 503, "timeout");
     assert_eq!(send(open, "GET", "/protected", &[("x-ext-authz", "error")]).status, 200, "failOpen");
-    assert_eq!(send(open, "GET", "/protected", &[("x-ext-authz", "deny")]).status, 403, "failOpen does not turn a denial into an allow");
-    assert_eq!(send(dead, "GET", "/protected", &[("x-ext-authz", "allow")]).status, 403, "unreachable: Envoy's default 403");
+    assert_eq!(
+        send(open, "GET", "/protected", &[("x-ext-authz", "deny")]).status,
+        403,
+        "failOpen does not turn a denial into an allow"
+    );
+    assert_eq!(
+        send(dead, "GET", "/protected", &[("x-ext-authz", "allow")]).status,
+        403,
+        "unreachable: Envoy's default 403"
+    );
     assert_eq!(send(dead, "GET", "/public", &[]).status, 200, "no CUSTOM rule matched: no call");
     assert!(stat_settled(&envoy, "wasmcustom.wasmesh.authz.custom.error") >= 4);
 }
@@ -466,7 +504,13 @@ spec:
     let mut split = ListenerSpec::new("split");
     let wl = workload();
     let resources = res(&yaml);
-    let ctx = ListenerContext { workload: &wl, resources: &resources, direction: Direction::Inbound, bind_port: split.port, mesh: &mesh };
+    let ctx = ListenerContext {
+        workload: &wl,
+        resources: &resources,
+        direction: Direction::Inbound,
+        bind_port: split.port,
+        mesh: &mesh,
+    };
     let custom = plugins::authz::contribute_custom(&ctx).unwrap();
     let rbac = plugins::authz::contribute_rbac(&ctx).unwrap();
     assert_eq!(custom.http_filters[0].name, "wasmesh.authz.custom");
@@ -483,8 +527,16 @@ spec:
     for port in [sp, tp] {
         let ok = send(port, "GET", "/protected/x", &[("x-ext-authz", "allow"), ("x-user-in", "alice")]);
         assert_eq!(ok.status, 200, "ALLOW sees x-user set by the provider: {}", ok.text());
-        assert_eq!(send(port, "GET", "/protected/x", &[("x-ext-authz", "allow"), ("x-user-in", "bob")]).status, 403, "ALLOW does not match bob");
-        assert_eq!(send(port, "GET", "/protected/x", &[("x-ext-authz", "allow"), ("x-user", "alice")]).status, 403, "the client's x-user is replaced by the provider's");
+        assert_eq!(
+            send(port, "GET", "/protected/x", &[("x-ext-authz", "allow"), ("x-user-in", "bob")]).status,
+            403,
+            "ALLOW does not match bob"
+        );
+        assert_eq!(
+            send(port, "GET", "/protected/x", &[("x-ext-authz", "allow"), ("x-user", "alice")]).status,
+            403,
+            "the client's x-user is replaced by the provider's"
+        );
         let d = send(port, "GET", "/protected/deny", &[("x-ext-authz", "allow"), ("x-user-in", "alice")]);
         assert_eq!((d.status, d.text()), (403, "RBAC: access denied".to_string()), "DENY after a CUSTOM allow");
         let c = send(port, "GET", "/protected/deny", &[("x-ext-authz", "deny")]);
@@ -498,7 +550,8 @@ fn a_request_body_waits_for_the_custom_decision() {
     // bytes arrive, before the provider answered.
     let ext = ExtAuthz::start();
     let app = App::new("httpbin", "v1").start();
-    let mesh = MeshConfig { extension_providers: vec![provider(ext.port, json!({"timeout": "5s"}))], ..MeshConfig::default() };
+    let mesh =
+        MeshConfig { extension_providers: vec![provider(ext.port, json!({"timeout": "5s"}))], ..MeshConfig::default() };
     let (wasm, c) = wasm_listener("wasm", CUSTOM, &mesh);
     let wp = wasm.port;
     let mut clusters = c.clusters.clone();
@@ -506,11 +559,14 @@ fn a_request_body_waits_for_the_custom_decision() {
     let _envoy = start("authz-body", vec![wasm], clusters, c.stats_tags);
     let body = vec![b'x'; 200_000];
     let served = app.served();
-    let r = request(wp, "POST", "/protected/upload", &[("host", "httpbin.foo:8000"), ("x-ext-authz", "slow-deny")], &body).expect("response");
+    let r =
+        request(wp, "POST", "/protected/upload", &[("host", "httpbin.foo:8000"), ("x-ext-authz", "slow-deny")], &body)
+            .expect("response");
     assert_eq!(r.status, 403, "{}", r.text());
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(app.served(), served, "a denied request never reaches the app, body or not");
-    let r = request(wp, "POST", "/protected/upload", &[("host", "httpbin.foo:8000"), ("x-ext-authz", "slow")], &body).expect("response");
+    let r = request(wp, "POST", "/protected/upload", &[("host", "httpbin.foo:8000"), ("x-ext-authz", "slow")], &body)
+        .expect("response");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["body_bytes"], 200_000, "the whole body follows the allow");
 }
@@ -570,12 +626,20 @@ fn wasmeshctl_bootstrap_applies_mesh_path_normalization_to_authz() {
     ];
     let mut wrong = Vec::new();
     for (mode, col) in modes {
-        let mesh_config = MeshConfig { path_normalization: mode.map(|normalization| PathNormalization { normalization }), ..MeshConfig::default() };
-        let mesh = Mesh::builder().yaml(DENY_ADMIN_PATHS).mesh_config(mesh_config).sidecar("foo/httpbin", App::new("httpbin", "v1")).start();
+        let mesh_config = MeshConfig {
+            path_normalization: mode.map(|normalization| PathNormalization { normalization }),
+            ..MeshConfig::default()
+        };
+        let mesh = Mesh::builder()
+            .yaml(DENY_ADMIN_PATHS)
+            .mesh_config(mesh_config)
+            .sidecar("foo/httpbin", App::new("httpbin", "v1"))
+            .start();
         let port = mesh.inbound_port("foo/httpbin");
         for (target, want) in &cases {
             let want = want[col];
-            let r = request(port, "GET", target, &[("host", "httpbin.foo:8000")], b"").unwrap_or_else(|e| panic!("{mode:?} GET {target}: {e}"));
+            let r = request(port, "GET", target, &[("host", "httpbin.foo:8000")], b"")
+                .unwrap_or_else(|e| panic!("{mode:?} GET {target}: {e}"));
             let got = match r.status {
                 403 => {
                     assert_eq!(r.text(), "RBAC: access denied", "{mode:?} {target}");
@@ -589,7 +653,11 @@ fn wasmeshctl_bootstrap_applies_mesh_path_normalization_to_authz() {
             }
         }
         let denied: usize = cases.iter().filter(|(_, w)| w[col] == d).count();
-        assert_eq!(mesh.app("foo/httpbin").served(), (cases.len() - denied) as u64, "{mode:?}: a denied request never reaches the app");
+        assert_eq!(
+            mesh.app("foo/httpbin").served(),
+            (cases.len() - denied) as u64,
+            "{mode:?}: a denied request never reaches the app"
+        );
     }
     assert!(wrong.is_empty(), "path normalization differs from Istio:\n{}", wrong.join("\n"));
 }

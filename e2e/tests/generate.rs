@@ -323,7 +323,11 @@ fn validate(name: &str, bootstrap: &Value) -> Result<(), String> {
     if out.status.success() && text.contains("OK") {
         Ok(())
     } else {
-        Err(format!("envoy --mode validate {name}: {}\n{text}\nbootstrap: {}", out.status, serde_json::to_string_pretty(bootstrap).unwrap()))
+        Err(format!(
+            "envoy --mode validate {name}: {}\n{text}\nbootstrap: {}",
+            out.status,
+            serde_json::to_string_pretty(bootstrap).unwrap()
+        ))
     }
 }
 
@@ -385,13 +389,21 @@ fn chains_for(format: Format, objects: &[Value], plugins: &[Plugin], proxy: &Pro
                     .iter()
                     .find(|c| c["match"]["context"] == if proxy.gateway { "GATEWAY" } else { "SIDECAR_INBOUND" })
                     .unwrap_or_else(|| panic!("{}: no HTTP_FILTER patch for this proxy", p.name));
-                assert_eq!(filter["patch"]["value"]["name"], ext["name"], "the filter discovers the extension config by name");
+                assert_eq!(
+                    filter["patch"]["value"]["name"], ext["name"],
+                    "the filter discovers the extension config by name"
+                );
                 // The discovered filter as istiod lists it, and the resolved config the agent
                 // would hand Envoy, side by side.
                 chains.http.push(filter["patch"]["value"].clone());
                 chains.ads = true;
                 let typed = agent_rewrite(proxy, &ext["typed_config"], ctx);
-                place(&mut chains, p, json!({"name": format!("{}-resolved", p.name), "typed_config": typed}), on_tcp_port);
+                place(
+                    &mut chains,
+                    p,
+                    json!({"name": format!("{}-resolved", p.name), "typed_config": typed}),
+                    on_tcp_port,
+                );
             }
         }
     }
@@ -415,7 +427,15 @@ fn every_generated_plugin_validates_in_envoy() {
     let mut notes = Vec::new();
     let plugins = generate::plugins(&resources, &mesh(), &mut notes).unwrap_or_else(|e| panic!("{e:?}"));
     let roots: Vec<&str> = plugins.iter().map(|p| p.root_id).collect();
-    for want in ["wasmesh.authz.custom", "wasmesh.authn", "wasmesh.authz", "wasmesh.authz.tcp", "wasmesh.authz.peer_address", "wasmesh.stats", "wasmesh.stats.tcp"] {
+    for want in [
+        "wasmesh.authz.custom",
+        "wasmesh.authn",
+        "wasmesh.authz",
+        "wasmesh.authz.tcp",
+        "wasmesh.authz.peer_address",
+        "wasmesh.stats",
+        "wasmesh.stats.tcp",
+    ] {
         assert!(roots.contains(&want), "fixture exercises {want}: {roots:?}");
     }
     assert!(plugins.iter().any(|p| p.selector.is_some()), "a gateway plugin: {plugins:#?}");
@@ -471,7 +491,8 @@ impl FileServer {
                 let ok = head.starts_with(&format!("GET {path} "));
                 let (status, body): (&str, &[u8]) = if ok { ("200 OK", &body) } else { ("404 Not Found", b"") };
                 served2.fetch_add(ok as u64, Ordering::SeqCst);
-                let _ = write!(conn, "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ =
+                    write!(conn, "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
                 let _ = conn.write_all(body);
             }
         });
@@ -514,7 +535,9 @@ fn generated_plugins_decide_requests_in_envoy() {
     assert_eq!((r.status, r.text()), (403, "RBAC: access denied".to_string()), "{}", envoy.log_tail(30));
     let stats = envoy.admin("/stats?filter=istio_requests_total");
     assert!(
-        stats.contains("istio_requests_total") && stats.contains("reporter=.=destination;") && stats.contains("response_code=.=403;"),
+        stats.contains("istio_requests_total")
+            && stats.contains("reporter=.=destination;")
+            && stats.contains("response_code=.=403;"),
         "{stats}"
     );
 

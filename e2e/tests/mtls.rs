@@ -60,7 +60,8 @@ fn world(extra: &str) -> World {
     let ports = (free_port(), free_port());
     let res = resources(&mesh_yaml(ports.0, ports.1, extra));
     let ca = MeshCa::for_resources(&res);
-    let server = sidecar(&res, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
+    let server = sidecar(&res, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path()))
+        .unwrap_or_else(|e| panic!("{e}"));
     let sleep = sidecar(&res, "default/sleep", None, Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
     World { server, sleep, ports, _ca: ca }
 }
@@ -125,7 +126,10 @@ fn permissive_accepts_mtls_and_plaintext_on_one_port() {
 
     let r = via(&w.sleep, 8000);
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(xfcc(&r).is_some_and(|c| c.contains("URI=spiffe://cluster.local/ns/default/sa/sleep")), "mesh client used mTLS");
+    assert!(
+        xfcc(&r).is_some_and(|c| c.contains("URI=spiffe://cluster.local/ns/default/sa/sleep")),
+        "mesh client used mTLS"
+    );
 
     let r = plaintext(w.ports.0).expect("plaintext is accepted");
     assert_eq!(r.status, 200);
@@ -159,7 +163,8 @@ fn port_level_mtls_overrides_one_port() {
     );
     let res = resources(&mesh_yaml(http, admin, &extra));
     let ca = MeshCa::for_resources(&res);
-    let server = sidecar(&res, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
+    let server = sidecar(&res, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path()))
+        .unwrap_or_else(|e| panic!("{e}"));
     let sleep = sidecar(&res, "default/sleep", None, Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
 
     assert!(plaintext(http).is_err(), "port {http} is STRICT (UNSET inherits)");
@@ -178,10 +183,12 @@ fn client_refuses_a_server_with_another_identity() {
     // certificate (its own WorkloadEntry says so).
     let (http, admin) = (free_port(), free_port());
     let client_view = resources(&mesh_yaml(http, admin, ""));
-    let server_view = resources(&mesh_yaml(http, admin, "").replace("serviceAccount: httpbin", "serviceAccount: impostor"));
+    let server_view =
+        resources(&mesh_yaml(http, admin, "").replace("serviceAccount: httpbin", "serviceAccount: impostor"));
     let ca = MeshCa::for_resources(&server_view);
     ca.issue("default", "httpbin");
-    let server = sidecar(&server_view, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
+    let server = sidecar(&server_view, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path()))
+        .unwrap_or_else(|e| panic!("{e}"));
     let sleep = sidecar(&client_view, "default/sleep", None, Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
     let r = via(&sleep, 8000);
     assert_eq!(r.status, 503, "the SAN check must fail: {}", r.text());
@@ -196,7 +203,8 @@ fn server_refuses_certificates_from_another_root() {
     let res = resources(&mesh_yaml(http, admin, MESH_STRICT));
     let ca = MeshCa::for_resources(&res);
     let foreign = MeshCa::for_resources(&res);
-    let server = sidecar(&res, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
+    let server = sidecar(&res, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path()))
+        .unwrap_or_else(|e| panic!("{e}"));
     let sleep = sidecar(&res, "default/sleep", None, Some(foreign.path())).unwrap_or_else(|e| panic!("{e}"));
     let r = via(&sleep, 8000);
     assert_eq!(r.status, 503, "{}", r.text());
@@ -217,7 +225,8 @@ fn principals_allow_the_sleep_identity_and_refuse_another() {
     let (http, admin) = (free_port(), free_port());
     let res = resources(&mesh_yaml(http, admin, &format!("{MESH_STRICT}{policy}")));
     let ca = MeshCa::for_resources(&res);
-    let server = sidecar(&res, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
+    let server = sidecar(&res, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path()))
+        .unwrap_or_else(|e| panic!("{e}"));
     let sleep = sidecar(&res, "default/sleep", None, Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
     let other = sidecar(&res, "default/other", None, Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
 
@@ -237,14 +246,21 @@ fn principals_refuse_plaintext_callers_under_permissive() {
     let (http, admin) = (free_port(), free_port());
     let res = resources(&mesh_yaml(http, admin, policy));
     let ca = MeshCa::for_resources(&res);
-    let _server = sidecar(&res, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
+    let _server = sidecar(&res, "default/httpbin-v1", Some(App::new("httpbin", "v1")), Some(ca.path()))
+        .unwrap_or_else(|e| panic!("{e}"));
     let sleep = sidecar(&res, "default/sleep", None, Some(ca.path())).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(via(&sleep, 8000).status, 200);
     let r = plaintext(http).expect("PERMISSIVE accepts the connection");
     assert_eq!((r.status, r.text().as_str()), (403, "RBAC: access denied"));
     // Forging the identity header does not help: the filter reads the connection's certificate.
-    let forged = request(http, "GET", "/headers", &[("host", "httpbin:8000"), ("x-forwarded-client-cert", "By=x;URI=spiffe://cluster.local/ns/default/sa/sleep")], b"")
-        .expect("response");
+    let forged = request(
+        http,
+        "GET",
+        "/headers",
+        &[("host", "httpbin:8000"), ("x-forwarded-client-cert", "By=x;URI=spiffe://cluster.local/ns/default/sa/sleep")],
+        b"",
+    )
+    .expect("response");
     assert_eq!(forged.status, 403);
 }
 

@@ -78,7 +78,9 @@ fn one_configuration_two_proxies_two_decisions() {
             .and_then(Value::as_array)
             .unwrap()
             .iter()
-            .filter_map(|f| f.pointer("/typed_config/config/configuration/value").and_then(Value::as_str).map(str::to_string))
+            .filter_map(|f| {
+                f.pointer("/typed_config/config/configuration/value").and_then(Value::as_str).map(str::to_string)
+            })
             .collect()
     };
     assert_eq!(configs(&b1), configs(&b2));
@@ -151,7 +153,10 @@ fn a_node_without_namespace_fails_closed_for_security_and_open_for_telemetry() {
         Ok(_) => panic!("an authz filter without the node's namespace must not configure"),
         Err(e) => e,
     };
-    assert!(err.contains("wasmesh authz: configuration rejected") && err.contains("node metadata has no NAMESPACE"), "{err}");
+    assert!(
+        err.contains("wasmesh authz: configuration rejected") && err.contains("node metadata has no NAMESPACE"),
+        "{err}"
+    );
 
     // stats alone (fail open): configures and reports `unknown` for the namespace.
     let port = free_port();
@@ -163,7 +168,11 @@ fn a_node_without_namespace_fails_closed_for_security_and_open_for_telemetry() {
     let line = wait_for_stat(&envoy, "istio_requests_total", "reporter=.=destination");
     assert!(line.contains("destination_workload_namespace=.=unknown;"), "{line}");
     assert!(line.contains("destination_workload=.=reviews-v1;"), "{line}");
-    assert!(envoy.log().contains("reporting \"unknown\" for what the Envoy node lacks: node metadata has no NAMESPACE"), "{}", envoy.failure_summary());
+    assert!(
+        envoy.log().contains("reporting \"unknown\" for what the Envoy node lacks: node metadata has no NAMESPACE"),
+        "{}",
+        envoy.failure_summary()
+    );
 }
 
 /// The resources for the one-module chain: a service, a route by header, a JWT issuer, a policy.
@@ -207,7 +216,13 @@ spec:
 }
 
 /// authn → authz → router → stats, every plugin given `module` under its own root id.
-fn chain(node: &IstioNode, plugins: &dyn Fn(&str) -> (std::path::PathBuf, String), issuer: &JwtIssuer, v1: u16, v2: u16) -> (Value, u16) {
+fn chain(
+    node: &IstioNode,
+    plugins: &dyn Fn(&str) -> (std::path::PathBuf, String),
+    issuer: &JwtIssuer,
+    v1: u16,
+    v2: u16,
+) -> (Value, u16) {
     let (router, authn, authz) = chain_resources(issuer);
     let plugin = |root: &str, own: &str, config: Value| {
         let (module, vm) = plugins(own);
@@ -243,12 +258,18 @@ fn one_module_serves_every_filter_in_one_chain_and_one_vm() {
     let v2 = App::new("ratings", "v2").start();
     let (b, port) = chain(&reviews("v1"), &one_module, &issuer, v1.port, v2.port);
     // Every plugin: the same module file, the same vm_id.
-    let filters = b.pointer("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters").unwrap();
-    let wasm_filters: Vec<&Value> = filters.as_array().unwrap().iter().filter(|f| f.pointer("/typed_config/config").is_some()).collect();
+    let filters =
+        b.pointer("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters").unwrap();
+    let wasm_filters: Vec<&Value> =
+        filters.as_array().unwrap().iter().filter(|f| f.pointer("/typed_config/config").is_some()).collect();
     assert_eq!(wasm_filters.len(), 4);
     for f in &wasm_filters {
         assert_eq!(f.pointer("/typed_config/config/vm_config/vm_id"), Some(&json!("wasmesh")));
-        assert!(f.pointer("/typed_config/config/vm_config/code/local/filename").and_then(Value::as_str).unwrap().ends_with("/wasmesh.wasm"));
+        assert!(f
+            .pointer("/typed_config/config/vm_config/code/local/filename")
+            .and_then(Value::as_str)
+            .unwrap()
+            .ends_with("/wasmesh.wasm"));
     }
     let envoy = Envoy::start("one-module", &b);
     let host = "ratings:9080";
@@ -270,16 +291,29 @@ fn one_module_serves_every_filter_in_one_chain_and_one_vm() {
     assert_eq!(send(port, "unknown.example", "/", &[("authorization", &bearer)]).status, 404);
     // stats: outbound listener, no direction configured: source reporter, node's workload.
     let line = wait_for_stat(&envoy, "istio_requests_total", "response_code=.=200");
-    for expected in ["reporter=.=source", "source_workload=.=reviews-v1;", "source_app=.=reviews;", "destination_service=.=ratings.default.svc.cluster.local;"] {
+    for expected in [
+        "reporter=.=source",
+        "source_workload=.=reviews-v1;",
+        "source_app=.=reviews;",
+        "destination_service=.=ratings.default.svc.cluster.local;",
+    ] {
         assert!(line.contains(expected), "{expected} in {line}");
     }
     // One VM per thread for all four plugins: the module is loaded once per thread, and each
     // filter said where its workload came from.
     let log = envoy.log();
     for filter in ["router", "authz", "authn"] {
-        assert!(log.contains(&format!("wasmesh {filter}: workload default/reviews-v1")), "{filter}:\n{}", envoy.failure_summary());
+        assert!(
+            log.contains(&format!("wasmesh {filter}: workload default/reviews-v1")),
+            "{filter}:\n{}",
+            envoy.failure_summary()
+        );
     }
-    assert!(log.contains("wasmesh stats: Http Outbound listener of default/reviews-v1, reporter source"), "{}", envoy.failure_summary());
+    assert!(
+        log.contains("wasmesh stats: Http Outbound listener of default/reviews-v1, reporter source"),
+        "{}",
+        envoy.failure_summary()
+    );
 }
 
 #[test]
@@ -307,13 +341,17 @@ fn one_module_one_vm_costs_less_memory_than_four() {
     let bearer = format!("Bearer {token}");
     let mut rss = Vec::new();
     type Modules = dyn Fn(&str) -> (std::path::PathBuf, String);
-    let layouts: [(&str, &Modules); 2] = [("4 per-filter modules, 4 vm_ids", &per_filter_modules), ("wasmesh.wasm, 1 vm_id", &one_module)];
+    let layouts: [(&str, &Modules); 2] =
+        [("4 per-filter modules, 4 vm_ids", &per_filter_modules), ("wasmesh.wasm, 1 vm_id", &one_module)];
     for (label, modules) in layouts {
         let (b, port) = chain(&reviews("v1"), modules, &issuer, v1.port, v2.port);
         let envoy = Envoy::start_with(label, &b, 1).unwrap_or_else(|e| panic!("{e}"));
         for i in 0..300 {
             let user = if i % 2 == 0 { "jason" } else { "other" };
-            assert_eq!(send(port, "ratings:9080", "/ratings/0", &[("authorization", &bearer), ("end-user", user)]).status, 200);
+            assert_eq!(
+                send(port, "ratings:9080", "/ratings/0", &[("authorization", &bearer), ("end-user", user)]).status,
+                200
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
         let kib = rss_kib(envoy.pid()).unwrap();
@@ -378,21 +416,47 @@ spec:
         http_listener("gateway_public", public, Some("OUTBOUND"), &plugins, route_by_cluster_header()),
         http_listener("gateway_internal", internal, Some("OUTBOUND"), &plugins, route_by_cluster_header()),
     ];
-    let b = bootstrap(node.node(), free_port(), listeners, vec![cluster("outbound|9080|v1|ratings.default.svc.cluster.local", v1.port)]);
+    let b = bootstrap(
+        node.node(),
+        free_port(),
+        listeners,
+        vec![cluster("outbound|9080|v1|ratings.default.svc.cluster.local", v1.port)],
+    );
     let envoy = Envoy::start("gateway", &b);
 
     assert_eq!(send(public, "ratings.example.com", "/ratings/0", &[]).status, 200, "{}", envoy.failure_summary());
-    assert_eq!(send(public, "internal.example.com", "/ratings/0", &[]).status, 404, "not a host of the server on this port");
+    assert_eq!(
+        send(public, "internal.example.com", "/ratings/0", &[]).status,
+        404,
+        "not a host of the server on this port"
+    );
     assert_eq!(send(internal, "internal.example.com", "/ratings/0", &[]).status, 200);
-    assert_eq!(send(internal, "ratings.example.com", "/ratings/0", &[]).status, 404, "not a host of the server on this port");
+    assert_eq!(
+        send(internal, "ratings.example.com", "/ratings/0", &[]).status,
+        404,
+        "not a host of the server on this port"
+    );
     assert_eq!(v1.served(), 2);
     let log = envoy.log();
     for port in [public, internal] {
-        assert!(log.contains(&format!("wasmesh router: gateway port {port}: configured")), "{}", envoy.failure_summary());
+        assert!(
+            log.contains(&format!("wasmesh router: gateway port {port}: configured")),
+            "{}",
+            envoy.failure_summary()
+        );
     }
-    assert!(log.contains("wasmesh router: workload istio-system/istio-ingressgateway (Gateway)"), "{}", envoy.failure_summary());
+    assert!(
+        log.contains("wasmesh router: workload istio-system/istio-ingressgateway (Gateway)"),
+        "{}",
+        envoy.failure_summary()
+    );
     let line = wait_for_stat(&envoy, "istio_requests_total", "response_code=.=200");
-    for expected in ["reporter=.=source;", "source_workload=.=istio-ingressgateway;", "source_workload_namespace=.=istio-system;", "source_app=.=istio-ingressgateway;"] {
+    for expected in [
+        "reporter=.=source;",
+        "source_workload=.=istio-ingressgateway;",
+        "source_workload_namespace=.=istio-system;",
+        "source_app=.=istio-ingressgateway;",
+    ] {
         assert!(line.contains(expected), "{expected} in {line}");
     }
 }
@@ -435,5 +499,9 @@ spec:
     assert_eq!(app.served(), before, "no byte of a denied connection reaches the app");
     let line = wait_for_stat(&envoy, "istio_tcp_connections_opened_total", "reporter=.=destination");
     assert!(line.contains("destination_workload=.=reviews-v1;"), "{line}");
-    assert!(envoy.log().contains(&format!("policies: AuthorizationPolicy default/no-tcp-{denied} (DENY)")), "{}", envoy.failure_summary());
+    assert!(
+        envoy.log().contains(&format!("policies: AuthorizationPolicy default/no-tcp-{denied} (DENY)")),
+        "{}",
+        envoy.failure_summary()
+    );
 }

@@ -16,7 +16,8 @@ fn bookinfo_yaml() -> String {
 
 /// The bookinfo mesh: gateway → productpage → details, reviews (v1/v2/v3) → ratings.
 fn bookinfo() -> Mesh {
-    bookinfo::workloads(Mesh::builder().yaml(&bookinfo_yaml()).gateway("istio-system/istio-ingressgateway", &[80])).start()
+    bookinfo::workloads(Mesh::builder().yaml(&bookinfo_yaml()).gateway("istio-system/istio-ingressgateway", &[80]))
+        .start()
 }
 
 fn reviews_version(page: &serde_json::Value) -> String {
@@ -65,7 +66,11 @@ fn a_client_cannot_steer_with_the_cluster_header() {
         let r = get(out, "reviews:9080", "/reviews/0", &[("end-user", "jason"), ("x-wasmesh-cluster", forged)]);
         assert_eq!(r.status, 200);
         assert_eq!(r.json()["version"], "v2", "the forged header was replaced");
-        assert!(r.json()["headers"].get("x-wasmesh-cluster").is_none(), "the steering header never reaches the app: {}", r.json()["headers"]);
+        assert!(
+            r.json()["headers"].get("x-wasmesh-cluster").is_none(),
+            "the steering header never reaches the app: {}",
+            r.json()["headers"]
+        );
     }
     // An unknown host from a sidecar is a 404, as Istio answers for a route it has not got.
     assert_eq!(get(out, "nope.example.com", "/", &[]).status, 404);
@@ -319,15 +324,39 @@ fn more_match_fields_hosts_and_sources_in_real_envoy() {
     assert_eq!(version_via("default/sleep", "web", "/", &[("x-t", "labels")]), "b", "sourceLabels app=sleep");
     assert_eq!(version_via("default/other", "web", "/", &[("x-t", "labels")]), "a", "another workload's proxy");
     assert_eq!(version_via("default/other", "web", "/", &[("x-t", "namespace")]), "b", "sourceNamespace default");
-    assert_eq!(version_via("elsewhere/remote", "web.default", "/", &[("x-t", "namespace")]), "a", "a proxy in another namespace");
-    assert_eq!(version_via("elsewhere/remote", "web.default", "/", &[("x-t", "labels")]), "b", "labels match in any namespace");
+    assert_eq!(
+        version_via("elsewhere/remote", "web.default", "/", &[("x-t", "namespace")]),
+        "a",
+        "a proxy in another namespace"
+    );
+    assert_eq!(
+        version_via("elsewhere/remote", "web.default", "/", &[("x-t", "labels")]),
+        "b",
+        "labels match in any namespace"
+    );
 
     // Hosts: the service's short names (the bare name only in its own namespace), the wildcard.
-    for host in ["web", "web:80", "web.default", "web.default.svc", "web.default.svc.cluster.local", "api.echo.example", "a.b.echo.example"] {
+    for host in [
+        "web",
+        "web:80",
+        "web.default",
+        "web.default.svc",
+        "web.default.svc.cluster.local",
+        "api.echo.example",
+        "a.b.echo.example",
+    ] {
         assert_eq!(version_via("default/sleep", host, "/", &[("x-p", "pre")]), "b", "host {host}");
     }
-    assert_eq!(get(mesh.outbound_port("elsewhere/remote"), "web", "/", &[("x-p", "pre")]).status, 404, "`web` means web.elsewhere there");
-    assert_eq!(get(mesh.outbound_port("default/sleep"), "echo.example", "/", &[]).status, 404, "*.echo.example needs a label before it");
+    assert_eq!(
+        get(mesh.outbound_port("elsewhere/remote"), "web", "/", &[("x-p", "pre")]).status,
+        404,
+        "`web` means web.elsewhere there"
+    );
+    assert_eq!(
+        get(mesh.outbound_port("default/sleep"), "echo.example", "/", &[]).status,
+        404,
+        "*.echo.example needs a label before it"
+    );
 }
 
 #[test]

@@ -2,10 +2,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
+use wasmesh_controller::plugins::Direction;
 use wasmesh_e2e::http::{get, request};
 use wasmesh_e2e::stats::{self as st, Prometheus};
 use wasmesh_e2e::{App, Envoy, Mesh};
-use wasmesh_controller::plugins::Direction;
 use wasmesh_istio::{load_str, Resources, Workload};
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -42,7 +42,11 @@ fn bookinfo_metrics_scraped_by_prometheus() {
         let r = get(gw, "bookinfo.example.com", "/productpage", &headers);
         assert_eq!(r.status, 200, "{}", r.text());
         // The exchange headers never reach a client outside the mesh…
-        assert!(r.header("x-envoy-peer-metadata").is_none() && r.header("x-envoy-peer-metadata-id").is_none(), "{:?}", r.headers);
+        assert!(
+            r.header("x-envoy-peer-metadata").is_none() && r.header("x-envoy-peer-metadata-id").is_none(),
+            "{:?}",
+            r.headers
+        );
         // …nor an application.
         let page = r.json();
         let mut apps = vec![page.clone()];
@@ -55,7 +59,12 @@ fn bookinfo_metrics_scraped_by_prometheus() {
         assert_eq!(apps.len(), 4, "productpage, details, reviews, ratings: {page}");
         for a in &apps {
             let h = a["headers"].as_object().unwrap();
-            assert!(!h.contains_key("x-envoy-peer-metadata") && !h.contains_key("x-envoy-peer-metadata-id"), "{} got {:?}", a["service"], h.keys());
+            assert!(
+                !h.contains_key("x-envoy-peer-metadata") && !h.contains_key("x-envoy-peer-metadata-id"),
+                "{} got {:?}",
+                a["service"],
+                h.keys()
+            );
         }
     }
     // A 404 at the gateway (no route) is counted too.
@@ -64,8 +73,10 @@ fn bookinfo_metrics_scraped_by_prometheus() {
     // Label order on the wire is Istio's.
     let gw_series = st::scrape(mesh.envoy("default/reviews-v2"), "istio_requests_total");
     let text = mesh.envoy("default/reviews-v2").admin("/stats/prometheus");
-    let line = text.lines().find(|l| l.starts_with("istio_requests_total{")).expect("istio_requests_total in reviews-v2");
-    let names: Vec<&str> = line.split('{').nth(1).unwrap().split("\",").map(|kv| kv.split('=').next().unwrap()).collect();
+    let line =
+        text.lines().find(|l| l.starts_with("istio_requests_total{")).expect("istio_requests_total in reviews-v2");
+    let names: Vec<&str> =
+        line.split('{').nth(1).unwrap().split("\",").map(|kv| kv.split('=').next().unwrap()).collect();
     assert_eq!(names[..4], ["reporter", "source_workload", "source_canonical_service", "source_canonical_revision"]);
     assert_eq!(names.last().map(|n| n.trim_start_matches(',')), Some("connection_security_policy"));
     assert_eq!(names.len(), 25, "{line}");
@@ -73,7 +84,11 @@ fn bookinfo_metrics_scraped_by_prometheus() {
 
     let prom = start_prometheus(&mesh);
     // Server side (reporter=destination) knows its caller from metadata exchange.
-    prom.wait_for(r#"sum(istio_requests_total{reporter="destination", destination_version="v2", response_code="200"})"#, 6.0, WAIT);
+    prom.wait_for(
+        r#"sum(istio_requests_total{reporter="destination", destination_version="v2", response_code="200"})"#,
+        6.0,
+        WAIT,
+    );
     prom.wait_for(r#"sum(istio_requests_total{reporter="destination", destination_workload="reviews-v3", source_workload="productpage-v1", source_app="productpage", source_version="v1", source_canonical_service="productpage", destination_service="reviews.default.svc.cluster.local"})"#, 4.0, WAIT);
     prom.wait_for(r#"sum(istio_requests_total{reporter="destination", destination_app="ratings", source_workload=~"reviews-v2|reviews-v3", destination_service_name="ratings"})"#, 10.0, WAIT);
     // Client side (reporter=source) knows the callee from the response's metadata.
@@ -82,15 +97,30 @@ fn bookinfo_metrics_scraped_by_prometheus() {
     prom.wait_for(r#"sum(istio_requests_total{reporter="source", source_workload="istio-ingressgateway", source_workload_namespace="istio-system", destination_workload="productpage-v1", destination_service="productpage.default.svc.cluster.local", request_protocol="http"})"#, 10.0, WAIT);
     prom.wait_for(r#"sum(istio_requests_total{reporter="source", source_workload="istio-ingressgateway", response_code="404", destination_service="unknown", destination_workload="unknown", response_flags="NR"})"#, 1.0, WAIT);
     // Plain text between sidecars: Istio's `none` on the server, `unknown` on the client.
-    assert_eq!(prom.query(r#"istio_requests_total{reporter="destination", connection_security_policy!="none"}"#).unwrap().len(), 0);
+    assert_eq!(
+        prom.query(r#"istio_requests_total{reporter="destination", connection_security_policy!="none"}"#)
+            .unwrap()
+            .len(),
+        0
+    );
     prom.wait_for(r#"sum(istio_requests_total{reporter="destination", destination_workload="details-v1", connection_security_policy="none", source_principal="unknown", grpc_response_status=""})"#, 10.0, WAIT);
     // Histograms (Envoy flushes them on its stats flush interval).
-    prom.wait_for(r#"sum(istio_request_duration_milliseconds_count{reporter="destination", destination_workload="reviews-v2"})"#, 6.0, WAIT);
+    prom.wait_for(
+        r#"sum(istio_request_duration_milliseconds_count{reporter="destination", destination_workload="reviews-v2"})"#,
+        6.0,
+        WAIT,
+    );
     prom.wait_for(r#"sum(istio_request_bytes_count{reporter="source", destination_workload="reviews-v3"})"#, 4.0, WAIT);
-    prom.wait_for(r#"sum(istio_response_bytes_count{reporter="destination", destination_workload="productpage-v1"})"#, 10.0, WAIT);
+    prom.wait_for(
+        r#"sum(istio_response_bytes_count{reporter="destination", destination_workload="productpage-v1"})"#,
+        10.0,
+        WAIT,
+    );
     let p50 = prom.value(r#"histogram_quantile(0.5, sum(istio_request_duration_milliseconds_bucket{reporter="source", source_workload="istio-ingressgateway"}) by (le))"#);
     assert!(p50.is_some_and(|v| v.is_finite() && v > 0.0), "P50 from the buckets: {p50:?}");
-    let bytes = prom.value(r#"sum(istio_response_bytes_sum{reporter="destination", destination_workload="productpage-v1"})"#).unwrap_or(0.0);
+    let bytes = prom
+        .value(r#"sum(istio_response_bytes_sum{reporter="destination", destination_workload="productpage-v1"})"#)
+        .unwrap_or(0.0);
     assert!(bytes > 10.0 * 200.0, "productpage pages are larger than 200 bytes: {bytes}");
 
     // The terminal dashboard, from the Envoys' admin endpoints and from Prometheus.
@@ -99,7 +129,14 @@ fn bookinfo_metrics_scraped_by_prometheus() {
     // Every series of every sidecar carries all 25 labels (Prometheus drops empty ones).
     let all = prom.query(r#"istio_requests_total{reporter="destination"}"#).unwrap();
     for s in &all {
-        for l in ["source_workload", "source_principal", "destination_principal", "destination_cluster", "response_flags", "request_protocol"] {
+        for l in [
+            "source_workload",
+            "source_principal",
+            "destination_principal",
+            "destination_cluster",
+            "response_flags",
+            "request_protocol",
+        ] {
             assert_ne!(label(s, l), "<absent>", "{l} in {:?}", s.0);
         }
     }
@@ -203,7 +240,10 @@ fn telemetry_overrides_flags_and_unknown_peers() {
     let r = get(out, "ext.example.com", "/get", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = r.json()["headers"].as_object().cloned().unwrap();
-    assert!(!seen.contains_key("x-envoy-peer-metadata") && !seen.contains_key("x-envoy-peer-metadata-id"), "sent outside the mesh: {seen:?}");
+    assert!(
+        !seen.contains_key("x-envoy-peer-metadata") && !seen.contains_key("x-envoy-peer-metadata-id"),
+        "sent outside the mesh: {seen:?}"
+    );
     // No route: the wasm router's 404 is reported as Envoy reports it, NR.
     assert_eq!(get(out, "nowhere.example.com", "/", &[]).status, 404);
     // The dead service: connection refused, Istio's default retries, 503 with UF,URX.
@@ -211,7 +251,12 @@ fn telemetry_overrides_flags_and_unknown_peers() {
     assert_eq!(r.status, 503, "{}", r.text());
     // A caller outside the mesh, straight to echo's sidecar, with a forged and a garbage header.
     let inbound = mesh.inbound_port("default/echo-v1");
-    let r = get(inbound, "echo:9080", "/direct", &[("x-envoy-peer-metadata", "!!not-base64!!"), ("x-envoy-peer-metadata-id", "forged")]);
+    let r = get(
+        inbound,
+        "echo:9080",
+        "/direct",
+        &[("x-envoy-peer-metadata", "!!not-base64!!"), ("x-envoy-peer-metadata-id", "forged")],
+    );
     assert_eq!(r.status, 200);
     let seen = r.json()["headers"].as_object().cloned().unwrap();
     assert!(!seen.contains_key("x-envoy-peer-metadata") && !seen.contains_key("x-envoy-peer-metadata-id"), "{seen:?}");
@@ -236,7 +281,11 @@ fn telemetry_overrides_flags_and_unknown_peers() {
     // The response flags of the refused connection.
     prom.wait_for(r#"sum(istio_requests_total{reporter="source", destination_service="dead.default.svc.cluster.local", response_code="503", response_flags="UF,URX", destination_workload="unknown", destination_canonical_revision="latest"})"#, 1.0, WAIT);
     // REQUEST_SIZE is off on echo's server side only; the other histograms are on.
-    prom.wait_for(r#"sum(istio_request_duration_milliseconds_count{reporter="destination", destination_workload="echo-v1"})"#, 5.0, WAIT);
+    prom.wait_for(
+        r#"sum(istio_request_duration_milliseconds_count{reporter="destination", destination_workload="echo-v1"})"#,
+        5.0,
+        WAIT,
+    );
     prom.wait_for(r#"sum(istio_request_bytes_count{reporter="source", destination_workload="echo-v1"})"#, 3.0, WAIT);
     assert_eq!(prom.value(r#"count(istio_request_bytes_count{reporter="destination"})"#), None);
     // Overrides apply to REQUEST_COUNT only: the duration histogram has no `user` tag.
@@ -258,25 +307,64 @@ fn grpc_status_and_message_counts() {
     let resources = Resources::default();
     let server = st::GrpcServer::start(3, 0);
     let failing = st::GrpcServer::start(1, 14);
-    let (client_port, server_port, fail_port, fail_in) = (wasmesh_e2e::free_port(), wasmesh_e2e::free_port(), wasmesh_e2e::free_port(), wasmesh_e2e::free_port());
-    let client_filter = st::filter(&workload("grpc-client-v1", "grpc-client", "v1"), &resources, Direction::Outbound, false);
+    let (client_port, server_port, fail_port, fail_in) =
+        (wasmesh_e2e::free_port(), wasmesh_e2e::free_port(), wasmesh_e2e::free_port(), wasmesh_e2e::free_port());
+    let client_filter =
+        st::filter(&workload("grpc-client-v1", "grpc-client", "v1"), &resources, Direction::Outbound, false);
     let server_filter = st::filter(&workload("echo-v1", "echo", "v1"), &resources, Direction::Inbound, false);
-    let client = Envoy::start("grpc-client", &st::http2_proxy_bootstrap(&client_filter, &resources, client_port, server_port, "outbound|9090||echo.default.svc.cluster.local"));
-    let server_side = Envoy::start("grpc-server", &st::http2_proxy_bootstrap(&server_filter, &resources, server_port, server.port, "inbound|9090||"));
-    let client2 = Envoy::start("grpc-client2", &st::http2_proxy_bootstrap(&client_filter, &resources, fail_port, fail_in, "outbound|9090||echo.default.svc.cluster.local"));
-    let server2 = Envoy::start("grpc-server2", &st::http2_proxy_bootstrap(&server_filter, &resources, fail_in, failing.port, "inbound|9090||"));
+    let client = Envoy::start(
+        "grpc-client",
+        &st::http2_proxy_bootstrap(
+            &client_filter,
+            &resources,
+            client_port,
+            server_port,
+            "outbound|9090||echo.default.svc.cluster.local",
+        ),
+    );
+    let server_side = Envoy::start(
+        "grpc-server",
+        &st::http2_proxy_bootstrap(&server_filter, &resources, server_port, server.port, "inbound|9090||"),
+    );
+    let client2 = Envoy::start(
+        "grpc-client2",
+        &st::http2_proxy_bootstrap(
+            &client_filter,
+            &resources,
+            fail_port,
+            fail_in,
+            "outbound|9090||echo.default.svc.cluster.local",
+        ),
+    );
+    let server2 = Envoy::start(
+        "grpc-server2",
+        &st::http2_proxy_bootstrap(&server_filter, &resources, fail_in, failing.port, "inbound|9090||"),
+    );
 
     let ok = st::grpc_calls(client_port, 2, 4, "echo.default.svc.cluster.local:9090");
     assert_eq!(ok, vec![Some("0".to_string()); 4]);
     let failed = st::grpc_calls(fail_port, 1, 2, "echo.default.svc.cluster.local:9090");
     assert_eq!(failed, vec![Some("14".to_string()); 2]);
 
-    let prom = Prometheus::start(&[("client", client.admin_port), ("server", server_side.admin_port), ("client2", client2.admin_port), ("server2", server2.admin_port)]);
+    let prom = Prometheus::start(&[
+        ("client", client.admin_port),
+        ("server", server_side.admin_port),
+        ("client2", client2.admin_port),
+        ("server2", server2.admin_port),
+    ]);
     prom.wait_for("count(up == 1)", 4.0, WAIT);
     for reporter in ["source", "destination"] {
         prom.wait_for(&format!(r#"sum(istio_requests_total{{reporter="{reporter}", request_protocol="grpc", grpc_response_status="0", response_code="200", source_workload="grpc-client-v1", destination_workload="echo-v1"}})"#), 4.0, WAIT);
-        prom.wait_for(&format!(r#"sum(istio_request_messages_total{{reporter="{reporter}", grpc_response_status="0"}})"#), 8.0, WAIT);
-        prom.wait_for(&format!(r#"sum(istio_response_messages_total{{reporter="{reporter}", grpc_response_status="0"}})"#), 12.0, WAIT);
+        prom.wait_for(
+            &format!(r#"sum(istio_request_messages_total{{reporter="{reporter}", grpc_response_status="0"}})"#),
+            8.0,
+            WAIT,
+        );
+        prom.wait_for(
+            &format!(r#"sum(istio_response_messages_total{{reporter="{reporter}", grpc_response_status="0"}})"#),
+            12.0,
+            WAIT,
+        );
         prom.wait_for(&format!(r#"sum(istio_requests_total{{reporter="{reporter}", request_protocol="grpc", grpc_response_status="14", response_code="200"}})"#), 2.0, WAIT);
     }
     prom.wait_for(r#"sum(istio_requests_total{reporter="source", destination_service="echo.default.svc.cluster.local", destination_service_name="echo"})"#, 6.0, WAIT);
@@ -289,10 +377,24 @@ fn tcp_connections_and_bytes() {
     let resources = Resources::default();
     let echo = st::TcpEcho::start(b"echo:");
     let (client_port, server_port) = (wasmesh_e2e::free_port(), wasmesh_e2e::free_port());
-    let client_filter = st::filter(&workload("tcp-client-v1", "tcp-client", "v1"), &resources, Direction::Outbound, true);
+    let client_filter =
+        st::filter(&workload("tcp-client-v1", "tcp-client", "v1"), &resources, Direction::Outbound, true);
     let server_filter = st::filter(&workload("tcp-echo-v1", "tcp-echo", "v1"), &resources, Direction::Inbound, true);
-    let client = Envoy::start("tcp-client", &st::tcp_proxy_bootstrap(&client_filter, &resources, client_port, server_port, "outbound|9000||tcp-echo.default.svc.cluster.local", Some("tcp-echo-v1;default;tcp-echo;v1;Kubernetes")));
-    let server = Envoy::start("tcp-server", &st::tcp_proxy_bootstrap(&server_filter, &resources, server_port, echo.port, "inbound|9000||", None));
+    let client = Envoy::start(
+        "tcp-client",
+        &st::tcp_proxy_bootstrap(
+            &client_filter,
+            &resources,
+            client_port,
+            server_port,
+            "outbound|9000||tcp-echo.default.svc.cluster.local",
+            Some("tcp-echo-v1;default;tcp-echo;v1;Kubernetes"),
+        ),
+    );
+    let server = Envoy::start(
+        "tcp-server",
+        &st::tcp_proxy_bootstrap(&server_filter, &resources, server_port, echo.port, "inbound|9000||", None),
+    );
 
     let (mut sent, mut received) = (0, 0);
     for _ in 0..3 {
@@ -313,7 +415,9 @@ fn tcp_connections_and_bytes() {
     prom.wait_for(r#"sum(istio_tcp_connections_opened_total{reporter="source", source_workload="tcp-client-v1", destination_workload="tcp-echo-v1", destination_canonical_service="tcp-echo", destination_service="tcp-echo.default.svc.cluster.local", response_flags="-"})"#, 3.0, WAIT);
     prom.wait_for(r#"sum(istio_tcp_connections_closed_total{reporter="destination", destination_workload="tcp-echo-v1", source_workload="unknown", connection_security_policy="none"})"#, 3.0, WAIT);
     let series = prom.query("istio_tcp_sent_bytes_total").unwrap();
-    assert!(series.iter().all(|s| label(s, "response_code") == "<absent>" && label(s, "grpc_response_status") == "<absent>"));
+    assert!(series
+        .iter()
+        .all(|s| label(s, "response_code") == "<absent>" && label(s, "grpc_response_status") == "<absent>"));
 }
 
 /// A bad Telemetry is refused when the bootstrap is written, naming resource and field.
@@ -391,14 +495,18 @@ fn mutual_tls_principals_and_security_policy() {
     prom.wait_for(r#"sum(istio_requests_total{reporter="destination", connection_security_policy="none", source_principal="unknown", destination_principal="unknown", source_workload="unknown"})"#, 1.0, WAIT);
 }
 
-
 fn dashboard_shows_the_mesh(mesh: &Mesh, prom: &Prometheus, gw: u16) {
     use wasmesh_controller::dashboard::{self, View};
     let admins: Vec<String> = mesh.envoys().map(|(_, e)| format!("127.0.0.1:{}", e.admin_port)).collect();
     // Totals since start (first frame).
     let snap = dashboard::scrape_admins(&admins).unwrap();
     let rows = dashboard::rows(None, &snap, Duration::ZERO);
-    let row = |view: View, name: &str| rows.iter().find(|r| r.key.view == view && r.key.name == name).cloned().unwrap_or_else(|| panic!("no row {name}: {rows:?}"));
+    let row = |view: View, name: &str| {
+        rows.iter()
+            .find(|r| r.key.view == view && r.key.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
+    };
     let reviews = row(View::Service, "reviews.default.svc.cluster.local");
     assert_eq!((reviews.requests, reviews.success), (10.0, Some(1.0)));
     assert!(reviews.p50.is_some_and(|v| v > 0.0) && reviews.p99 >= reviews.p50, "{reviews:?}");
@@ -420,7 +528,17 @@ fn dashboard_shows_the_mesh(mesh: &Mesh, prom: &Prometheus, gw: u16) {
         }
         n
     });
-    let opts = dashboard::DashboardArgs::try_parse_args(["--admin".to_string(), admins.join(","), "--interval".into(), "1".into(), "--frames".into(), "2".into(), "--no-clear".into()]).unwrap().options();
+    let opts = dashboard::DashboardArgs::try_parse_args([
+        "--admin".to_string(),
+        admins.join(","),
+        "--interval".into(),
+        "1".into(),
+        "--frames".into(),
+        "2".into(),
+        "--no-clear".into(),
+    ])
+    .unwrap()
+    .options();
     let mut out = Vec::new();
     dashboard::run(&opts, &mut out).unwrap();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -429,7 +547,10 @@ fn dashboard_shows_the_mesh(mesh: &Mesh, prom: &Prometheus, gw: u16) {
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text.matches("Istio Mesh Dashboard").count(), 2, "{text}");
     let second = text.split("frame 2").nth(1).unwrap();
-    let line = second.lines().find(|l| l.starts_with("productpage.default.svc.cluster.local")).unwrap_or_else(|| panic!("{text}"));
+    let line = second
+        .lines()
+        .find(|l| l.starts_with("productpage.default.svc.cluster.local"))
+        .unwrap_or_else(|| panic!("{text}"));
     let rps: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap_or_else(|_| panic!("a rate in {line:?}"));
     assert!(rps > 1.0 && rps < 40.0, "about 20 req/s through the gateway: {line}");
     println!("{text}");
@@ -445,9 +566,15 @@ fn dashboard_shows_the_mesh(mesh: &Mesh, prom: &Prometheus, gw: u16) {
         std::thread::sleep(Duration::from_millis(500));
     }
     // The load above went to reviews v3 (no end-user header); v2's counter did not move.
-    let v3 = rows.iter().find(|r| r.key.view == View::Workload && r.key.name == "reviews-v3").unwrap_or_else(|| panic!("{rows:?}"));
+    let v3 = rows
+        .iter()
+        .find(|r| r.key.view == View::Workload && r.key.name == "reviews-v3")
+        .unwrap_or_else(|| panic!("{rows:?}"));
     assert!(v3.rps.is_some_and(|x| x > 0.0) && v3.p50.is_some_and(|p| p > 0.0) && v3.success == Some(1.0), "{v3:?}");
-    let v2 = rows.iter().find(|r| r.key.view == View::Workload && r.key.name == "reviews-v2").unwrap_or_else(|| panic!("{rows:?}"));
+    let v2 = rows
+        .iter()
+        .find(|r| r.key.view == View::Workload && r.key.name == "reviews-v2")
+        .unwrap_or_else(|| panic!("{rows:?}"));
     assert_eq!(v2.rps, Some(0.0));
     println!("{}", dashboard::render("from Prometheus", &rows));
 }
@@ -470,20 +597,32 @@ fn tcp_metadata_exchange_over_mtls() {
     let client_certs = CertPaths::for_workload(ca.path(), "default", "tcp-client");
     let server_certs = CertPaths::for_workload(ca.path(), "default", "tcp-echo");
     let server_id = "spiffe://cluster.local/ns/default/sa/tcp-echo";
-    let (client_wl, server_wl) = (workload("tcp-client-v1", "tcp-client", "v1"), workload("tcp-echo-v1", "tcp-echo", "v1"));
+    let (client_wl, server_wl) =
+        (workload("tcp-client-v1", "tcp-client", "v1"), workload("tcp-echo-v1", "tcp-echo", "v1"));
 
     let server_plain = st::filter(&server_wl, &resources, Direction::Inbound, true);
     let server_mx = st::tcp_filter_with_exchange(&server_wl, &resources, Direction::Inbound);
     let chains = [
-        st::InboundChain { name: "exchange", filter_chain_match: Some(sp::exchange_filter_chain_match()), tls: Some((&server_certs, &sp::SERVER_TCP_ALPN)), filter: &server_mx },
-        st::InboundChain { name: "mtls", filter_chain_match: Some(serde_json::json!({"transport_protocol": "tls"})), tls: Some((&server_certs, &mtls::SERVER_ALPN)), filter: &server_plain },
+        st::InboundChain {
+            name: "exchange",
+            filter_chain_match: Some(sp::exchange_filter_chain_match()),
+            tls: Some((&server_certs, &sp::SERVER_TCP_ALPN)),
+            filter: &server_mx,
+        },
+        st::InboundChain {
+            name: "mtls",
+            filter_chain_match: Some(serde_json::json!({"transport_protocol": "tls"})),
+            tls: Some((&server_certs, &mtls::SERVER_ALPN)),
+            filter: &server_plain,
+        },
         st::InboundChain { name: "plaintext", filter_chain_match: None, tls: None, filter: &server_plain },
     ];
     let echo = st::TcpEcho::start(b"echo:");
     let greeter = st::TcpEcho::start_with_greeting(b"echo:", b"220 tcp-echo ready\r\n");
     let (server_port, greeter_port) = (wasmesh_e2e::free_port(), wasmesh_e2e::free_port());
     let server = Envoy::start("mx-server", &st::tcp_server_bootstrap(&resources, server_port, echo.port, &chains));
-    let server_first = Envoy::start("mx-server-first", &st::tcp_server_bootstrap(&resources, greeter_port, greeter.port, &chains));
+    let server_first =
+        Envoy::start("mx-server-first", &st::tcp_server_bootstrap(&resources, greeter_port, greeter.port, &chains));
 
     let client_mx = st::tcp_filter_with_exchange(&client_wl, &resources, Direction::Outbound);
     let client_plain_filter = st::filter(&client_wl, &resources, Direction::Outbound, true);
@@ -515,8 +654,27 @@ fn tcp_metadata_exchange_over_mtls() {
 
     let opened = "istio_tcp_connections_opened_total";
     let closed = "istio_tcp_connections_closed_total";
-    let from_client = [("reporter", "destination"), ("source_workload", "tcp-client-v1"), ("source_app", "tcp-client"), ("source_version", "v1"), ("source_canonical_service", "tcp-client"), ("source_workload_namespace", "default"), ("destination_workload", "tcp-echo-v1"), ("source_principal", "spiffe://cluster.local/ns/default/sa/tcp-client"), ("connection_security_policy", "mutual_tls")];
-    let to_server = [("reporter", "source"), ("source_workload", "tcp-client-v1"), ("destination_workload", "tcp-echo-v1"), ("destination_app", "tcp-echo"), ("destination_version", "v1"), ("destination_canonical_service", "tcp-echo"), ("destination_workload_namespace", "default"), ("destination_principal", server_id)];
+    let from_client = [
+        ("reporter", "destination"),
+        ("source_workload", "tcp-client-v1"),
+        ("source_app", "tcp-client"),
+        ("source_version", "v1"),
+        ("source_canonical_service", "tcp-client"),
+        ("source_workload_namespace", "default"),
+        ("destination_workload", "tcp-echo-v1"),
+        ("source_principal", "spiffe://cluster.local/ns/default/sa/tcp-client"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let to_server = [
+        ("reporter", "source"),
+        ("source_workload", "tcp-client-v1"),
+        ("destination_workload", "tcp-echo-v1"),
+        ("destination_app", "tcp-echo"),
+        ("destination_version", "v1"),
+        ("destination_canonical_service", "tcp-echo"),
+        ("destination_workload_namespace", "default"),
+        ("destination_principal", server_id),
+    ];
     st::wait_series(&server, opened, &from_client, 3.0);
     st::wait_series(&server, closed, &from_client, 3.0);
     st::wait_series(&mx, opened, &to_server, 3.0);
@@ -530,8 +688,18 @@ fn tcp_metadata_exchange_over_mtls() {
     st::wait_series(&server_first, opened, &from_client, 2.0);
     st::wait_series(&mx_first, closed, &to_server, 2.0);
     // No exchange: plaintext, and mTLS without the ALPN.
-    st::wait_series(&server, opened, &[("reporter", "destination"), ("source_workload", "unknown"), ("connection_security_policy", "none")], 2.0);
-    st::wait_series(&server, opened, &[("reporter", "destination"), ("source_workload", "unknown"), ("connection_security_policy", "mutual_tls")], 2.0);
+    st::wait_series(
+        &server,
+        opened,
+        &[("reporter", "destination"), ("source_workload", "unknown"), ("connection_security_policy", "none")],
+        2.0,
+    );
+    st::wait_series(
+        &server,
+        opened,
+        &[("reporter", "destination"), ("source_workload", "unknown"), ("connection_security_policy", "mutual_tls")],
+        2.0,
+    );
     st::wait_series(&plain, opened, &[("reporter", "source"), ("destination_workload", "unknown")], 2.0);
     st::wait_series(&no_alpn, opened, &[("reporter", "source"), ("destination_workload", "unknown")], 2.0);
     for e in [&server, &server_first, &mx, &mx_first, &plain, &no_alpn] {
@@ -551,22 +719,43 @@ fn tcp_metadata_exchange_preamble_split_across_reads() {
     ca.issue("default", "tcp-client");
     ca.issue("default", "tcp-echo");
     let server_certs = CertPaths::for_workload(ca.path(), "default", "tcp-echo");
-    let server_mx = st::tcp_filter_with_exchange(&workload("tcp-echo-v1", "tcp-echo", "v1"), &resources, Direction::Inbound);
-    let chains = [st::InboundChain { name: "exchange", filter_chain_match: Some(sp::exchange_filter_chain_match()), tls: Some((&server_certs, &sp::SERVER_TCP_ALPN)), filter: &server_mx }];
+    let server_mx =
+        st::tcp_filter_with_exchange(&workload("tcp-echo-v1", "tcp-echo", "v1"), &resources, Direction::Inbound);
+    let chains = [st::InboundChain {
+        name: "exchange",
+        filter_chain_match: Some(sp::exchange_filter_chain_match()),
+        tls: Some((&server_certs, &sp::SERVER_TCP_ALPN)),
+        filter: &server_mx,
+    }];
     let echo = st::TcpEcho::start(b"echo:");
     let port = wasmesh_e2e::free_port();
     let server = Envoy::start("mx-split", &st::tcp_server_bootstrap(&resources, port, echo.port, &chains));
     let client = sp::core::LocalInfo::from_workload(&workload("tcp-client-v1", "tcp-client", "v1"));
     let preamble = sp::core::exchange::encode_preamble(&client);
-    let server_preamble = sp::core::exchange::encode_preamble(&sp::core::LocalInfo::from_workload(&workload("tcp-echo-v1", "tcp-echo", "v1")));
+    let server_preamble = sp::core::exchange::encode_preamble(&sp::core::LocalInfo::from_workload(&workload(
+        "tcp-echo-v1",
+        "tcp-echo",
+        "v1",
+    )));
     for chunk in [3, 50] {
-        let (alpn, got) = st::tls_peer_exchange(port, &CertPaths::for_workload(ca.path(), "default", "tcp-client"), &preamble, chunk, "hello");
+        let (alpn, got) = st::tls_peer_exchange(
+            port,
+            &CertPaths::for_workload(ca.path(), "default", "tcp-client"),
+            &preamble,
+            chunk,
+            "hello",
+        );
         assert_eq!(alpn, "istio-peer-exchange");
         // The server's own preamble first, then exactly the application's answer.
         assert!(got.starts_with(&server_preamble), "server preamble first: {got:?}");
         assert_eq!(String::from_utf8_lossy(&got[server_preamble.len()..]), "echo:hello");
     }
-    let from_client = [("reporter", "destination"), ("source_workload", "tcp-client-v1"), ("source_app", "tcp-client"), ("destination_workload", "tcp-echo-v1")];
+    let from_client = [
+        ("reporter", "destination"),
+        ("source_workload", "tcp-client-v1"),
+        ("source_app", "tcp-client"),
+        ("destination_workload", "tcp-echo-v1"),
+    ];
     st::wait_series(&server, "istio_tcp_connections_opened_total", &from_client, 2.0);
     st::wait_series(&server, "istio_tcp_received_bytes_total", &from_client, 10.0);
     assert!(server.log().lines().all(|l| !l.contains("panicked")));

@@ -106,7 +106,14 @@ impl World {
             match s.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    break
+                }
                 Err(e) => panic!(
                     "{client}: connection not closed after {:?} ({e}); got back {:?}; server log:\n{}",
                     start.elapsed(),
@@ -125,7 +132,11 @@ impl World {
 
     fn no_panics(&self) {
         for (name, e) in self.mesh.envoys() {
-            assert!(e.log().lines().all(|l| !l.contains("panicked")), "a wasm VM panicked in {name}:\n{}", e.failure_summary());
+            assert!(
+                e.log().lines().all(|l| !l.contains("panicked")),
+                "a wasm VM panicked in {name}:\n{}",
+                e.failure_summary()
+            );
         }
     }
 }
@@ -157,7 +168,11 @@ fn tcp_through_sidecars_with_mtls_allow_by_principal_and_metrics() {
     let (s, r) = w.talk("default/sleep", &[b"after"]);
     sent += s;
     received += r;
-    assert!(!w.app_received().contains("INTRUDER"), "the refused connection's bytes reached the app: {:?}", w.app_received());
+    assert!(
+        !w.app_received().contains("INTRUDER"),
+        "the refused connection's bytes reached the app: {:?}",
+        w.app_received()
+    );
     assert_eq!(w.echo.received().len(), sent, "the app read the allowed bytes and nothing else");
 
     let server = w.mesh.envoy(SERVER);
@@ -192,10 +207,16 @@ fn tcp_through_sidecars_with_mtls_allow_by_principal_and_metrics() {
     }
     // The refused connection is counted too (the stats filter sees it before authz closes it),
     // with the peer named.
-    let from_intruder = [("reporter", "destination"), ("source_workload", "intruder"), ("destination_workload", "tcp-echo-v1")];
+    let from_intruder =
+        [("reporter", "destination"), ("source_workload", "intruder"), ("destination_workload", "tcp-echo-v1")];
     st::wait_series(server, "istio_tcp_connections_opened_total", &from_intruder, 1.0);
     st::wait_series(server, "istio_tcp_connections_closed_total", &from_intruder, 1.0);
-    st::wait_series(server, "wasmesh_authz_policy_allowed", &[("authz_rule", "ns[default]-policy[sleep-only]-rule[0]")], 4.0);
+    st::wait_series(
+        server,
+        "wasmesh_authz_policy_allowed",
+        &[("authz_rule", "ns[default]-policy[sleep-only]-rule[0]")],
+        4.0,
+    );
     w.no_panics();
 }
 
@@ -215,8 +236,18 @@ fn tcp_deny_by_l4_fields_and_http_only_fields_in_deny_rules() {
     assert_eq!(app, "helloagain", "only sleep's bytes reached the app");
     assert_eq!(w.echo.received().len(), sent + s2);
     let server = w.mesh.envoy(SERVER);
-    st::wait_series(server, "wasmesh_authz_policy_denied", &[("authz_rule", "ns[default]-policy[deny-l4]-rule[0]")], 1.0);
-    st::wait_series(server, "wasmesh_authz_policy_denied", &[("authz_rule", "ns[default]-policy[deny-l4]-rule[3]")], 1.0);
+    st::wait_series(
+        server,
+        "wasmesh_authz_policy_denied",
+        &[("authz_rule", "ns[default]-policy[deny-l4]-rule[0]")],
+        1.0,
+    );
+    st::wait_series(
+        server,
+        "wasmesh_authz_policy_denied",
+        &[("authz_rule", "ns[default]-policy[deny-l4]-rule[3]")],
+        1.0,
+    );
     w.no_panics();
 }
 
@@ -231,7 +262,12 @@ fn tcp_allow_rule_with_methods_matches_nothing() {
     w.refused("default/sleep", b"SECOND");
     let server = w.mesh.envoy(SERVER);
     // Both refusals are the ALLOW policy's default deny (no rule matched).
-    st::wait_series(server, "istio_tcp_connections_closed_total", &[("reporter", "destination"), ("source_workload", "sleep")], 2.0);
+    st::wait_series(
+        server,
+        "istio_tcp_connections_closed_total",
+        &[("reporter", "destination"), ("source_workload", "sleep")],
+        2.0,
+    );
     let start = Instant::now();
     let mut denied = server.stat("wasmcustom.wasmesh.authz.denied").unwrap_or(0);
     while denied < 2 && start.elapsed() < Duration::from_secs(10) {

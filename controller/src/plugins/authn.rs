@@ -112,7 +112,12 @@ spec:
     jwksUri: http://127.0.0.1:8081/jwks.json
 "#;
 
-    fn ctx<'a>(wl: &'a Workload, res: &'a Resources, direction: Direction, mesh: &'a crate::mesh::MeshConfig) -> ListenerContext<'a> {
+    fn ctx<'a>(
+        wl: &'a Workload,
+        res: &'a Resources,
+        direction: Direction,
+        mesh: &'a crate::mesh::MeshConfig,
+    ) -> ListenerContext<'a> {
         ListenerContext { workload: wl, resources: res, direction, bind_port: 8000, mesh }
     }
 

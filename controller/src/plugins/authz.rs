@@ -132,11 +132,7 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
 
 /// The network filter that records the physical peer address for `ipBlocks` / `source.ip`.
 pub fn peer_address_filter() -> WasmFilter {
-    WasmFilter {
-        name: PEER_ADDRESS_FILTER_NAME.into(),
-        config: json!({"role": "peerAddress"}),
-        fail_open: false,
-    }
+    WasmFilter { name: PEER_ADDRESS_FILTER_NAME.into(), config: json!({"role": "peerAddress"}), fail_open: false }
 }
 
 /// A cluster for an ext-authz provider: `outbound|<port>||<host>`, the host resolved by DNS (or
@@ -204,7 +200,13 @@ mod tests {
     fn no_policy_no_filter() {
         let c = ctx_run("", Direction::Inbound, &MeshConfig::default(), Stage::All).unwrap();
         assert!(c.http_filters.is_empty() && c.network_filters.is_empty());
-        let c = ctx_run(&DENY.replace("namespace: foo", "namespace: elsewhere"), Direction::Inbound, &MeshConfig::default(), Stage::All).unwrap();
+        let c = ctx_run(
+            &DENY.replace("namespace: foo", "namespace: elsewhere"),
+            Direction::Inbound,
+            &MeshConfig::default(),
+            Stage::All,
+        )
+        .unwrap();
         assert!(c.http_filters.is_empty());
     }
 
@@ -218,7 +220,10 @@ mod tests {
     #[test]
     fn custom_provider_gets_a_cluster_and_its_own_stage() {
         let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: foo}\nspec: {action: CUSTOM, provider: {name: ext}, rules: [{}]}\n";
-        let mesh: MeshConfig = serde_yaml::from_str("extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: 127.0.0.1, port: 9191}}]").unwrap();
+        let mesh: MeshConfig = serde_yaml::from_str(
+            "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: 127.0.0.1, port: 9191}}]",
+        )
+        .unwrap();
         let c = ctx_run(yaml, Direction::Inbound, &mesh, Stage::Custom).unwrap();
         assert_eq!(c.http_filters[0].name, CUSTOM_FILTER_NAME);
         assert_eq!(c.http_filters[0].config["stage"], "custom");
@@ -236,14 +241,21 @@ mod tests {
         let res = resources(DENY);
         let mut wl = Workload::new("httpbin", "foo");
         wl.labels.insert("app".into(), "httpbin".into());
-        let ctx = |direction| ListenerContext { workload: &wl, resources: &res, direction, bind_port: 3306, mesh: &mesh };
+        let ctx =
+            |direction| ListenerContext { workload: &wl, resources: &res, direction, bind_port: 3306, mesh: &mesh };
         let f = tcp_filter(&ctx(Direction::Inbound)).unwrap().expect("a DENY policy applies");
         assert_eq!(f.name, TCP_FILTER_NAME);
         assert_eq!(f.config["stage"], "tcp");
         assert!(!f.fail_open);
         assert!(tcp_filter(&ctx(Direction::Outbound)).unwrap().is_none());
         let none = resources("");
-        let ctx = ListenerContext { workload: &wl, resources: &none, direction: Direction::Inbound, bind_port: 3306, mesh: &mesh };
+        let ctx = ListenerContext {
+            workload: &wl,
+            resources: &none,
+            direction: Direction::Inbound,
+            bind_port: 3306,
+            mesh: &mesh,
+        };
         assert!(tcp_filter(&ctx).unwrap().is_none(), "nothing applies: no filter");
     }
 
@@ -253,9 +265,19 @@ mod tests {
         let res = resources(yaml);
         let wl = Workload::new("httpbin", "foo");
         let mesh = MeshConfig::default();
-        let ctx = ListenerContext { workload: &wl, resources: &res, direction: Direction::Inbound, bind_port: 3306, mesh: &mesh };
+        let ctx = ListenerContext {
+            workload: &wl,
+            resources: &res,
+            direction: Direction::Inbound,
+            bind_port: 3306,
+            mesh: &mesh,
+        };
         let e = tcp_filter(&ctx).unwrap_err();
-        assert!(e[0].to_string().contains("AuthorizationPolicy foo/m") && e[0].to_string().contains("spec.rules[0].when[0].key"), "{e:?}");
+        assert!(
+            e[0].to_string().contains("AuthorizationPolicy foo/m")
+                && e[0].to_string().contains("spec.rules[0].when[0].key"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -291,7 +313,10 @@ mod tests {
         assert!(refuses_plaintext(&filters[0]), "the RBAC instance enforces STRICT");
 
         let custom = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: foo}\nspec: {action: CUSTOM, provider: {name: ext}, rules: [{to: [{operation: {paths: [/ext]}}]}]}\n---\n";
-        let mesh: MeshConfig = serde_yaml::from_str("extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: 127.0.0.1, port: 9191}}]").unwrap();
+        let mesh: MeshConfig = serde_yaml::from_str(
+            "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: 127.0.0.1, port: 9191}}]",
+        )
+        .unwrap();
         let filters = split(&format!("{custom}{pa}"), &mesh);
         let names: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, [CUSTOM_FILTER_NAME], "CUSTOM + STRICT: the RBAC instance has nothing to do");

@@ -146,7 +146,8 @@ pub fn add_peer_exchange_chain(listener: &mut Value, filters: Vec<Value>) {
     let Some(mut chain) = chains.iter().find(|c| c.get("transport_socket").is_some()).cloned() else { return };
     chain["name"] = json!("mtls-peer-exchange");
     chain["filter_chain_match"] = super::stats::exchange_filter_chain_match();
-    chain["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"] = json!(super::stats::SERVER_TCP_ALPN);
+    chain["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"] =
+        json!(super::stats::SERVER_TCP_ALPN);
     chain["filters"] = json!(filters);
     chains.insert(0, chain);
 }
@@ -180,7 +181,12 @@ pub fn upstream_transport_socket(certs: &CertPaths, peer_identities: &[String], 
 
 /// [`upstream_transport_socket`] offering `alpn` (TCP ports offer
 /// [`super::stats::CLIENT_TCP_ALPN`], Istio's `ALPNInMeshWithMxc`).
-pub fn upstream_transport_socket_with_alpn(certs: &CertPaths, peer_identities: &[String], sni: &str, alpn: &[&str]) -> Value {
+pub fn upstream_transport_socket_with_alpn(
+    certs: &CertPaths,
+    peer_identities: &[String],
+    sni: &str,
+    alpn: &[&str],
+) -> Value {
     let mut ctx = json!({
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "common_tls_context": common_tls_context(certs, alpn, peer_identities),
@@ -339,9 +345,7 @@ pub fn secure_outbound_cluster(
         {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": socket},
         {"name": "tlsMode-disabled", "match": {}, "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}},
     ]);
-    let lb_endpoints = cluster
-        .pointer_mut("/load_assignment/endpoints/0/lb_endpoints")
-        .and_then(Value::as_array_mut);
+    let lb_endpoints = cluster.pointer_mut("/load_assignment/endpoints/0/lb_endpoints").and_then(Value::as_array_mut);
     let Some(lb_endpoints) = lb_endpoints.filter(|l| l.len() == mutual.len()) else {
         return Err(vec![Error::new(format!(
             "cluster for {}:{}: {} endpoints given for mTLS but the cluster's load_assignment differs",
@@ -359,7 +363,12 @@ pub fn secure_outbound_cluster(
 }
 
 /// The effective mode of the server endpoint's port, from its own PeerAuthentications.
-fn server_mode(client: &Workload, resources: &Resources, we: &WorkloadEntry, ep: &PeerEndpoint<'_>) -> Result<MtlsMode, Vec<Error>> {
+fn server_mode(
+    client: &Workload,
+    resources: &Resources,
+    we: &WorkloadEntry,
+    ep: &PeerEndpoint<'_>,
+) -> Result<MtlsMode, Vec<Error>> {
     let mut server = client.clone();
     server.namespace = ep.namespace.to_string();
     server.labels = we.labels.clone();
@@ -382,13 +391,8 @@ fn identity(client: &Workload, namespace: &str, we: &WorkloadEntry) -> String {
 /// The identities of the mTLS endpoints plus the ServiceEntry's `subjectAltNames`, sorted,
 /// without duplicates (empty identities are endpoints without a WorkloadEntry).
 fn union(mutual: &[Option<String>], service_sans: &[String]) -> Vec<String> {
-    let set: BTreeSet<String> = mutual
-        .iter()
-        .flatten()
-        .filter(|s| !s.is_empty())
-        .cloned()
-        .chain(service_sans.iter().cloned())
-        .collect();
+    let set: BTreeSet<String> =
+        mutual.iter().flatten().filter(|s| !s.is_empty()).cloned().chain(service_sans.iter().cloned()).collect();
     set.into_iter().collect()
 }
 
@@ -459,7 +463,12 @@ fn port_level_tls<'v>(settings: &'v [Value], port: u32, base: &str) -> Vec<(Stri
 /// and, when `certs_dir` is given, every `outbound|<port>|<subset>|<host>` cluster gets Istio's
 /// auto mTLS. `certs_dir` is the directory `wasmeshctl certs` wrote; this workload's files must
 /// be there. Without it, outbound stays plaintext and a STRICT inbound port is an error.
-pub fn apply(workload: &Workload, resources: &Resources, certs_dir: Option<&Path>, bootstrap: &mut Value) -> Result<(), Vec<Error>> {
+pub fn apply(
+    workload: &Workload,
+    resources: &Resources,
+    certs_dir: Option<&Path>,
+    bootstrap: &mut Value,
+) -> Result<(), Vec<Error>> {
     let certs = match certs_dir {
         Some(dir) => {
             let paths = CertPaths::for_workload(dir, &workload.namespace, &workload.service_account);
@@ -472,7 +481,9 @@ pub fn apply(workload: &Workload, resources: &Resources, certs_dir: Option<&Path
     };
     let mut errors = Vec::new();
     if workload.mode == ProxyMode::Sidecar {
-        for listener in bootstrap.pointer_mut("/static_resources/listeners").and_then(Value::as_array_mut).into_iter().flatten() {
+        for listener in
+            bootstrap.pointer_mut("/static_resources/listeners").and_then(Value::as_array_mut).into_iter().flatten()
+        {
             let Some(port) = listener
                 .get("name")
                 .and_then(Value::as_str)
@@ -481,11 +492,8 @@ pub fn apply(workload: &Workload, resources: &Resources, certs_dir: Option<&Path
             else {
                 continue;
             };
-            let filters: Vec<Value> = listener
-                .pointer("/filter_chains/0/filters")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let filters: Vec<Value> =
+                listener.pointer("/filter_chains/0/filters").and_then(Value::as_array).cloned().unwrap_or_default();
             match inbound_chains_for_port(workload, resources, port, &filters, certs.as_ref()) {
                 Ok(chains) => {
                     listener["filter_chains"] = json!(chains.filter_chains);
@@ -497,7 +505,9 @@ pub fn apply(workload: &Workload, resources: &Resources, certs_dir: Option<&Path
             }
         }
     }
-    for cluster in bootstrap.pointer_mut("/static_resources/clusters").and_then(Value::as_array_mut).into_iter().flatten() {
+    for cluster in
+        bootstrap.pointer_mut("/static_resources/clusters").and_then(Value::as_array_mut).into_iter().flatten()
+    {
         if let Err(mut e) = secure_named_cluster(workload, resources, cluster, certs.as_ref()) {
             errors.append(&mut e);
         }
@@ -512,10 +522,17 @@ pub fn apply(workload: &Workload, resources: &Resources, certs_dir: Option<&Path
 /// Secures a cluster named as Istio names outbound clusters, finding its ServiceEntry, port,
 /// DestinationRule and, for each `lb_endpoint`, the WorkloadEntry at that address and port.
 /// Without certificates only the DestinationRule's `tls` is checked (ISTIO_MUTUAL cannot be done).
-fn secure_named_cluster(client: &Workload, resources: &Resources, cluster: &mut Value, certs: Option<&CertPaths>) -> Result<(), Vec<Error>> {
+fn secure_named_cluster(
+    client: &Workload,
+    resources: &Resources,
+    cluster: &mut Value,
+    certs: Option<&CertPaths>,
+) -> Result<(), Vec<Error>> {
     let Some(name) = cluster.get("name").and_then(Value::as_str).map(str::to_string) else { return Ok(()) };
     let mut parts = name.splitn(4, '|');
-    let (Some("outbound"), Some(port), Some(subset), Some(host)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some("outbound"), Some(port), Some(subset), Some(host)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Ok(());
     };
     let Ok(port) = port.parse::<u32>() else { return Ok(()) };
@@ -565,7 +582,12 @@ fn secure_named_cluster(client: &Workload, resources: &Resources, cluster: &mut 
         .iter()
         .map(|(addr, p)| {
             let entry = candidates.iter().copied().find(|we| {
-                let we_port = we.ports.get(&service_port.name).copied().or(service_port.target_port).unwrap_or(service_port.number);
+                let we_port = we
+                    .ports
+                    .get(&service_port.name)
+                    .copied()
+                    .or(service_port.target_port)
+                    .unwrap_or(service_port.number);
                 we.address == *addr && we_port == *p
             });
             PeerEndpoint { entry, namespace: ns, port: *p }
@@ -595,7 +617,9 @@ mod tests {
     }
 
     fn hcm() -> Vec<Value> {
-        vec![json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {"stat_prefix": "inbound_8000"}})]
+        vec![
+            json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {"stat_prefix": "inbound_8000"}}),
+        ]
     }
 
     fn inbound(yaml: &str, port: u16, certs: Option<&CertPaths>) -> Result<InboundChains, Vec<Error>> {
@@ -604,7 +628,13 @@ mod tests {
         wl.service_account = "httpbin".into();
         let res = resources(yaml);
         let mesh = MeshConfig::default();
-        let ctx = ListenerContext { workload: &wl, resources: &res, direction: Direction::Inbound, bind_port: port, mesh: &mesh };
+        let ctx = ListenerContext {
+            workload: &wl,
+            resources: &res,
+            direction: Direction::Inbound,
+            bind_port: port,
+            mesh: &mesh,
+        };
         inbound_filter_chains(&ctx, &hcm(), certs)
     }
 
@@ -620,7 +650,10 @@ mod tests {
         assert!(plain.get("transport_socket").is_none());
         let ctx = &tls["transport_socket"]["typed_config"];
         assert_eq!(ctx["require_client_certificate"], json!(true));
-        assert_eq!(ctx["common_tls_context"]["validation_context"]["trusted_ca"]["filename"], json!("/certs/root-cert.pem"));
+        assert_eq!(
+            ctx["common_tls_context"]["validation_context"]["trusted_ca"]["filename"],
+            json!("/certs/root-cert.pem")
+        );
         assert_eq!(
             ctx["common_tls_context"]["tls_certificates"][0]["certificate_chain"]["filename"],
             json!("/certs/default/httpbin/cert-chain.pem")
@@ -659,7 +692,11 @@ mod tests {
 
     #[test]
     fn port_level_mtls_applies_to_its_port_only() {
-        let y = pa("default", "httpbin", "{selector: {matchLabels: {app: httpbin}}, mtls: {mode: STRICT}, portLevelMtls: {8080: {mode: DISABLE}}}");
+        let y = pa(
+            "default",
+            "httpbin",
+            "{selector: {matchLabels: {app: httpbin}}, mtls: {mode: STRICT}, portLevelMtls: {8080: {mode: DISABLE}}}",
+        );
         assert_eq!(inbound(&y, 8080, Some(&certs())).expect("8080").mode, MtlsMode::Disable);
         assert_eq!(inbound(&y, 8000, Some(&certs())).expect("8000").mode, MtlsMode::Strict);
     }
@@ -676,7 +713,13 @@ mod tests {
         let wl = Workload::new("x", "default");
         let res = Resources::default();
         let mesh = MeshConfig::default();
-        let ctx = ListenerContext { workload: &wl, resources: &res, direction: Direction::Outbound, bind_port: 1, mesh: &mesh };
+        let ctx = ListenerContext {
+            workload: &wl,
+            resources: &res,
+            direction: Direction::Outbound,
+            bind_port: 1,
+            mesh: &mesh,
+        };
         assert!(inbound_filter_chains(&ctx, &hcm(), Some(&certs())).is_err());
     }
 
@@ -703,7 +746,13 @@ mod tests {
             PeerEndpoint { entry: Some(wes[1]), namespace: "default", port: 19091 },
         ];
         let dr = res.destination_rules().next();
-        let svc = UpstreamService { service_entry: se, host: "httpbin.default.svc.cluster.local", port: 8000, subset: "", destination_rule: dr };
+        let svc = UpstreamService {
+            service_entry: se,
+            host: "httpbin.default.svc.cluster.local",
+            port: 8000,
+            subset: "",
+            destination_rule: dr,
+        };
         let mut c = cluster();
         let client_certs = CertPaths::for_workload(&PathBuf::from("/certs"), "default", "sleep");
         secure_outbound_cluster(&sleep, &res, &mut c, &svc, &eps, &client_certs).map(|_| c)
@@ -750,7 +799,8 @@ mod tests {
         assert_eq!(inbound["filter_chains"].as_array().map(Vec::len), Some(1));
         let tls = &inbound["filter_chains"][0]["transport_socket"]["typed_config"];
         assert_eq!(tls["require_client_certificate"], json!(true));
-        let hcm = &inbound["filter_chains"][0]["filters"].as_array().expect("filters").last().expect("hcm")["typed_config"];
+        let hcm =
+            &inbound["filter_chains"][0]["filters"].as_array().expect("filters").last().expect("hcm")["typed_config"];
         assert_eq!(hcm["forward_client_cert_details"], json!("APPEND_FORWARD"));
         // The outbound listener is not touched.
         let outbound = listeners.iter().find(|l| l["name"] == "outbound_15001").expect("outbound listener");
@@ -759,7 +809,8 @@ mod tests {
         // The client: its cluster to httpbin speaks ISTIO_MUTUAL as the sleep identity.
         let client = build_for("default/sleep", &yaml, Some(&dir)).expect("client");
         let clusters = client["static_resources"]["clusters"].as_array().expect("clusters");
-        let c = clusters.iter().find(|c| c["name"] == "outbound|8000||httpbin.default.svc.cluster.local").expect("cluster");
+        let c =
+            clusters.iter().find(|c| c["name"] == "outbound|8000||httpbin.default.svc.cluster.local").expect("cluster");
         let ctx = &c["transport_socket"]["typed_config"];
         assert_eq!(ctx["sni"], json!("outbound_.8000_._.httpbin.default.svc.cluster.local"));
         assert!(ctx["common_tls_context"]["tls_certificates"][0]["certificate_chain"]["filename"]
@@ -771,14 +822,25 @@ mod tests {
         assert!(e[0].message.contains("is STRICT"), "{e:?}");
         assert!(build_for("default/httpbin-v1", SERVICE, None).is_ok());
         // A DestinationRule asking for ISTIO_MUTUAL (or SIMPLE) is checked without certificates too.
-        let dr = |mode: &str| format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: httpbin, namespace: default}}\nspec: {{host: httpbin, trafficPolicy: {{tls: {{mode: {mode}}}}}}}\n");
-        let e = build_for("default/sleep", &(SERVICE.to_string() + SLEEP + &dr("ISTIO_MUTUAL")), None).expect_err("istio mutual without certs");
+        let dr = |mode: &str| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: httpbin, namespace: default}}\nspec: {{host: httpbin, trafficPolicy: {{tls: {{mode: {mode}}}}}}}\n")
+        };
+        let e = build_for("default/sleep", &(SERVICE.to_string() + SLEEP + &dr("ISTIO_MUTUAL")), None)
+            .expect_err("istio mutual without certs");
         assert!(e[0].to_string().contains("ISTIO_MUTUAL to httpbin.default.svc.cluster.local needs"), "{e:?}");
         assert!(build_for("default/sleep", &(SERVICE.to_string() + SLEEP + &dr("DISABLE")), None).is_ok());
         // Certificates missing for this workload: a clear error.
-        let e = build_for("default/httpbin-v1", &SERVICE.replace("serviceAccount: httpbin}", "serviceAccount: nobody}"), Some(&dir))
-            .expect_err("missing certs");
-        assert!(e[0].message.contains("spiffe://cluster.local/ns/default/sa/nobody") && e[0].message.contains("wasmeshctl certs"), "{e:?}");
+        let e = build_for(
+            "default/httpbin-v1",
+            &SERVICE.replace("serviceAccount: httpbin}", "serviceAccount: nobody}"),
+            Some(&dir),
+        )
+        .expect_err("missing certs");
+        assert!(
+            e[0].message.contains("spiffe://cluster.local/ns/default/sa/nobody")
+                && e[0].message.contains("wasmeshctl certs"),
+            "{e:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -786,10 +848,16 @@ mod tests {
     fn mesh_internal_service_gets_istio_mutual_with_spiffe_sans_and_sni() {
         let c = outbound("", "MESH_INTERNAL").expect("cluster");
         let ctx = &c["transport_socket"]["typed_config"];
-        assert_eq!(ctx["@type"], json!("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"));
+        assert_eq!(
+            ctx["@type"],
+            json!("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext")
+        );
         assert_eq!(ctx["sni"], json!("outbound_.8000_._.httpbin.default.svc.cluster.local"));
         let common = &ctx["common_tls_context"];
-        assert_eq!(common["tls_certificates"][0]["certificate_chain"]["filename"], json!("/certs/default/sleep/cert-chain.pem"));
+        assert_eq!(
+            common["tls_certificates"][0]["certificate_chain"]["filename"],
+            json!("/certs/default/sleep/cert-chain.pem")
+        );
         assert_eq!(
             common["validation_context"]["match_typed_subject_alt_names"],
             json!([
@@ -811,13 +879,15 @@ mod tests {
     #[test]
     fn a_server_that_disables_mtls_on_its_port_gets_plaintext() {
         // v2 disables mTLS on the port the cluster dials: mixed cluster, socket matches.
-        let y = pa("default", "v2", "{selector: {matchLabels: {version: v2}}, portLevelMtls: {19091: {mode: DISABLE}}}");
+        let y =
+            pa("default", "v2", "{selector: {matchLabels: {version: v2}}, portLevelMtls: {19091: {mode: DISABLE}}}");
         let c = outbound(&y, "MESH_INTERNAL").expect("cluster");
         assert!(c.get("transport_socket").is_none());
         let matches = c["transport_socket_matches"].as_array().expect("matches");
         assert_eq!(matches[0]["match"], json!({"tlsMode": "istio"}));
         assert_eq!(
-            matches[0]["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"],
+            matches[0]["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]
+                ["match_typed_subject_alt_names"],
             json!([{"san_type": "URI", "matcher": {"exact": "spiffe://cluster.local/ns/default/sa/httpbin"}}])
         );
         let lbs = &c["load_assignment"]["endpoints"][0]["lb_endpoints"];
@@ -830,7 +900,10 @@ mod tests {
 
     #[test]
     fn tls_mode_label_marks_workloads_without_sidecar() {
-        let res = SERVICE.replace("labels: {app: httpbin, version: v2}", "labels: {app: httpbin, version: v2, security.istio.io/tlsMode: disabled}");
+        let res = SERVICE.replace(
+            "labels: {app: httpbin, version: v2}",
+            "labels: {app: httpbin, version: v2, security.istio.io/tlsMode: disabled}",
+        );
         let res = resources(&res);
         let se = res.service_entries().next().expect("se");
         let wes: Vec<&WorkloadEntry> = res.workload_entries().map(|(_, we)| we).collect();
@@ -846,10 +919,18 @@ mod tests {
 
     #[test]
     fn destination_rule_tls_overrides_auto_mtls() {
-        let dr = |tp: &str| format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: httpbin, namespace: default}}\nspec: {{host: httpbin, trafficPolicy: {tp}}}\n");
+        let dr = |tp: &str| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: httpbin, namespace: default}}\nspec: {{host: httpbin, trafficPolicy: {tp}}}\n")
+        };
         assert_eq!(outbound(&dr("{tls: {mode: DISABLE}}"), "MESH_INTERNAL").expect("c"), cluster());
         // ISTIO_MUTUAL even to a MESH_EXTERNAL entry, with its own SNI and SANs.
-        let c = outbound(&dr("{tls: {mode: ISTIO_MUTUAL, sni: my.sni, subjectAltNames: ['spiffe://cluster.local/ns/default/sa/x']}}"), "MESH_EXTERNAL").expect("c");
+        let c = outbound(
+            &dr(
+                "{tls: {mode: ISTIO_MUTUAL, sni: my.sni, subjectAltNames: ['spiffe://cluster.local/ns/default/sa/x']}}",
+            ),
+            "MESH_EXTERNAL",
+        )
+        .expect("c");
         let ctx = &c["transport_socket"]["typed_config"];
         assert_eq!(ctx["sni"], json!("my.sni"));
         assert_eq!(
@@ -857,10 +938,17 @@ mod tests {
             json!([{"san_type": "URI", "matcher": {"exact": "spiffe://cluster.local/ns/default/sa/x"}}])
         );
         // Port-level settings win over the top level.
-        let c = outbound(&dr("{tls: {mode: ISTIO_MUTUAL}, portLevelSettings: [{port: {number: 8000}, tls: {mode: DISABLE}}]}"), "MESH_INTERNAL").expect("c");
+        let c = outbound(
+            &dr("{tls: {mode: ISTIO_MUTUAL}, portLevelSettings: [{port: {number: 8000}, tls: {mode: DISABLE}}]}"),
+            "MESH_INTERNAL",
+        )
+        .expect("c");
         assert_eq!(c, cluster());
         let e = outbound(&dr("{tls: {mode: SIMPLE}}"), "MESH_INTERNAL").expect_err("simple");
-        assert!(e[0].to_string().contains("DestinationRule default/httpbin: spec.trafficPolicy.tls.mode: SIMPLE"), "{e:?}");
+        assert!(
+            e[0].to_string().contains("DestinationRule default/httpbin: spec.trafficPolicy.tls.mode: SIMPLE"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -27,9 +27,7 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         resources: resources_json(relevant.clone()),
     };
     // Compile here too, so a bad VirtualService fails `wasmeshctl envoy`, not Envoy's start.
-    config
-        .compile(&Resources { items: relevant.cloned().collect() })
-        .map_err(|e| e.0)?;
+    config.compile(&Resources { items: relevant.cloned().collect() }).map_err(|e| e.0)?;
     let config = serde_json::to_value(&config).map_err(|e| vec![Error::new(format!("router config: {e}"))])?;
     Ok(Contribution {
         http_filters: vec![WasmFilter { name: "wasmesh.router".into(), config, fail_open: false }],

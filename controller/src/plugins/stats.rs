@@ -100,8 +100,10 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
     };
     workload.mode = if direction == StatsDirection::Gateway { ProxyMode::Gateway } else { ProxyMode::Sidecar };
     let telemetries: Vec<_> = ctx.resources.of_kind(Kind::Telemetry).cloned().collect();
-    let services = if direction == StatsDirection::Inbound { workload_services(ctx.resources, &workload) } else { Vec::new() };
-    let external_hosts = if direction == StatsDirection::Inbound { Vec::new() } else { external_hosts(ctx.resources, &workload) };
+    let services =
+        if direction == StatsDirection::Inbound { workload_services(ctx.resources, &workload) } else { Vec::new() };
+    let external_hosts =
+        if direction == StatsDirection::Inbound { Vec::new() } else { external_hosts(ctx.resources, &workload) };
     let cfg = StatsConfig {
         workload: Some(workload),
         mesh: None,
@@ -206,7 +208,8 @@ spec:
         let res = resources(MESH);
         let mesh = MeshConfig::default();
         let wl = reviews();
-        let ctx = |direction| ListenerContext { workload: &wl, resources: &res, direction, bind_port: 19083, mesh: &mesh };
+        let ctx =
+            |direction| ListenerContext { workload: &wl, resources: &res, direction, bind_port: 19083, mesh: &mesh };
 
         let c = contribute(&ctx(Direction::Inbound)).unwrap();
         assert_eq!(c.http_filters.len(), 1);
@@ -262,9 +265,19 @@ spec:
         );
         let mesh = MeshConfig::default();
         let wl = reviews();
-        let ctx = ListenerContext { workload: &wl, resources: &res, direction: Direction::Inbound, bind_port: 1, mesh: &mesh };
+        let ctx = ListenerContext {
+            workload: &wl,
+            resources: &res,
+            direction: Direction::Inbound,
+            bind_port: 1,
+            mesh: &mesh,
+        };
         let errs = contribute(&ctx).unwrap_err();
-        assert!(errs[0].to_string().contains("Telemetry default/bad: spec.metrics[0].overrides[0].tagOverrides.x.value"), "{}", errs[0]);
+        assert!(
+            errs[0].to_string().contains("Telemetry default/bad: spec.metrics[0].overrides[0].tagOverrides.x.value"),
+            "{}",
+            errs[0]
+        );
         assert_eq!(validate(&res).len(), 1);
     }
 
@@ -300,7 +313,14 @@ spec:
         let mut ratings = Workload::new("ratings-v1", "default");
         ratings.labels.insert("app".into(), "ratings".into());
         let s = workload_services(&res, &ratings);
-        assert_eq!(s, vec![ServiceInfo { host: "ratings.default.svc.cluster.local".into(), name: "ratings".into(), namespace: "default".into() }]);
+        assert_eq!(
+            s,
+            vec![ServiceInfo {
+                host: "ratings.default.svc.cluster.local".into(),
+                name: "ratings".into(),
+                namespace: "default".into()
+            }]
+        );
         let other = Workload::new("x", "other");
         assert!(workload_services(&res, &other).is_empty());
     }

@@ -106,7 +106,10 @@ pub fn custom_http_filters(resources: &Resources, workload: &Workload, provider:
             let Some(rule) = rule else { continue };
             let Ok(m) = Model::new(res.namespace(), rule) else { continue };
             if let Ok(policy) = m.generate(Action::Deny) {
-                shadow.insert(format!("istio-ext-authz-{name}-ns[{}]-policy[{}]-rule[{i}]", res.namespace(), res.name()), policy);
+                shadow.insert(
+                    format!("istio-ext-authz-{name}-ns[{}]-policy[{}]-rule[{i}]", res.namespace(), res.name()),
+                    policy,
+                );
             }
         }
     }
@@ -138,9 +141,14 @@ pub fn custom_http_filters(resources: &Resources, workload: &Workload, provider:
     if let Some(add) = http.get("includeAdditionalHeadersInCheck").and_then(Value::as_object) {
         let mut keys: Vec<&String> = add.keys().collect();
         keys.sort();
-        service["authorization_request"] = json!({"headers_to_add": keys.iter().map(|k| json!({"key": k, "value": add[*k]})).collect::<Vec<_>>()});
+        service["authorization_request"] =
+            json!({"headers_to_add": keys.iter().map(|k| json!({"key": k, "value": add[*k]})).collect::<Vec<_>>()});
     }
-    let (up, deny, allow) = (list(&http["headersToUpstreamOnAllow"]), list(&http["headersToDownstreamOnDeny"]), list(&http["headersToDownstreamOnAllow"]));
+    let (up, deny, allow) = (
+        list(&http["headersToUpstreamOnAllow"]),
+        list(&http["headersToDownstreamOnDeny"]),
+        list(&http["headersToDownstreamOnAllow"]),
+    );
     if up.is_some() || deny.is_some() || allow.is_some() {
         let mut r = json!({});
         if let Some(v) = up {
@@ -187,7 +195,10 @@ pub fn has_custom(resources: &Resources, workload: &Workload) -> bool {
 }
 
 fn is_dry_run(res: &Resource) -> bool {
-    matches!(res.metadata.annotations.get("istio.io/dry-run").map(String::as_str), Some("1" | "t" | "T" | "TRUE" | "true" | "True"))
+    matches!(
+        res.metadata.annotations.get("istio.io/dry-run").map(String::as_str),
+        Some("1" | "t" | "T" | "TRUE" | "true" | "True")
+    )
 }
 
 /// `ListAuthorizationPolicies` + `ShouldAttachPolicy`.
@@ -198,7 +209,8 @@ fn should_attach(wl: &Workload, res: &Resource, ap: &AuthorizationPolicy) -> boo
     }
     let refs: Vec<&wasmesh_istio::PolicyTargetReference> =
         if ap.target_refs.is_empty() { ap.target_ref.iter().collect() } else { ap.target_refs.iter().collect() };
-    let selected = ap.selector.as_ref().map(|s| s.match_labels.iter().all(|(k, v)| wl.labels.get(k) == Some(v))).unwrap_or(true);
+    let selected =
+        ap.selector.as_ref().map(|s| s.match_labels.iter().all(|(k, v)| wl.labels.get(k) == Some(v))).unwrap_or(true);
     match wl.labels.get("gateway.networking.k8s.io/gateway-name") {
         None => refs.is_empty() && selected,
         Some(_) if refs.is_empty() => selected,
@@ -236,7 +248,14 @@ enum Gen {
 
 impl Gen {
     fn extended(self) -> bool {
-        matches!(self, Gen::EnvoyFilter | Gen::RequestPrincipal | Gen::RequestAudiences | Gen::RequestPresenter | Gen::RequestClaims)
+        matches!(
+            self,
+            Gen::EnvoyFilter
+                | Gen::RequestPrincipal
+                | Gen::RequestAudiences
+                | Gen::RequestPresenter
+                | Gen::RequestClaims
+        )
     }
 }
 
@@ -305,7 +324,12 @@ impl Model {
                 // insertFront in istiod's order; the resulting order is the reverse.
                 let front = [
                     mr(Gen::SrcPrincipal, "source.principal", &s.principals, &s.not_principals),
-                    mr(Gen::RequestPrincipal, "request.auth.principal", &s.request_principals, &s.not_request_principals),
+                    mr(
+                        Gen::RequestPrincipal,
+                        "request.auth.principal",
+                        &s.request_principals,
+                        &s.not_request_principals,
+                    ),
                     mr(Gen::SrcServiceAccount, "source.serviceAccount", &s.service_accounts, &s.not_service_accounts),
                     mr(Gen::SrcTrustDomain, "source.trustDomain", &s.trust_domains, &s.not_trust_domains),
                     mr(Gen::SrcNamespace, "source.namespace", &s.namespaces, &s.not_namespaces),
@@ -430,7 +454,9 @@ impl Model {
             }
             Gen::SrcServiceAccount => {
                 let (ns, sa) = v.split_once('/').unwrap_or((self.policy_namespace.as_str(), v));
-                authenticated(json!({"safe_regex": {"regex": format!("spiffe://.+/ns/{}/(.+/|)sa/{}(/.+)?", quote_meta(ns), quote_meta(sa))}}))
+                authenticated(
+                    json!({"safe_regex": {"regex": format!("spiffe://.+/ns/{}/(.+/|)sa/{}(/.+)?", quote_meta(ns), quote_meta(sa))}}),
+                )
             }
             Gen::SrcTrustDomain => authenticated(if v == "*" {
                 json!({"prefix": "spiffe://"})
@@ -605,17 +631,28 @@ fn cidr(v: &str) -> Result<Value, String> {
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let len: u32 = match len {
         None => max,
-        Some(l) => l.parse().ok().filter(|n| *n <= max && (l == "0" || !l.starts_with('0'))).ok_or_else(|| format!("bad CIDR {v}"))?,
+        Some(l) => l
+            .parse()
+            .ok()
+            .filter(|n| *n <= max && (l == "0" || !l.starts_with('0')))
+            .ok_or_else(|| format!("bad CIDR {v}"))?,
     };
     Ok(json!({"address_prefix": addr.to_string(), "prefix_len": len}))
 }
 
 fn port(v: &str) -> Result<u32, String> {
-    v.parse::<u64>().ok().filter(|p| *p <= 65535 && v.bytes().all(|b| b.is_ascii_digit())).map(|p| p as u32).ok_or_else(|| format!("invalid port {v}"))
+    v.parse::<u64>()
+        .ok()
+        .filter(|p| *p <= 65535 && v.bytes().all(|b| b.is_ascii_digit()))
+        .map(|p| p as u32)
+        .ok_or_else(|| format!("invalid port {v}"))
 }
 
 fn brackets(s: &str) -> Result<String, String> {
-    s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).map(str::to_string).ok_or_else(|| format!("expecting format [<NAME>], but found {s}"))
+    s.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .map(str::to_string)
+        .ok_or_else(|| format!("expecting format [<NAME>], but found {s}"))
 }
 
 fn nested_brackets(s: &str) -> Result<Vec<String>, String> {
@@ -713,8 +750,14 @@ spec:
         assert_eq!(f.len(), 1);
         let p = &f[0]["typed_config"]["rules"]["policies"]["ns[foo]-policy[p]-rule[0]"];
         let ids = &p["principals"][0]["and_ids"]["ids"];
-        assert_eq!(ids[0]["or_ids"]["ids"][0]["authenticated"]["principal_name"]["exact"], "spiffe://cluster.local/ns/a/sa/b");
-        assert_eq!(ids[1]["or_ids"]["ids"][0]["authenticated"]["principal_name"]["safe_regex"]["regex"], ".*/ns/ns-.*/.*");
+        assert_eq!(
+            ids[0]["or_ids"]["ids"][0]["authenticated"]["principal_name"]["exact"],
+            "spiffe://cluster.local/ns/a/sa/b"
+        );
+        assert_eq!(
+            ids[1]["or_ids"]["ids"][0]["authenticated"]["principal_name"]["safe_regex"]["regex"],
+            ".*/ns/ns-.*/.*"
+        );
         assert_eq!(ids[2]["metadata"]["path"][1]["key"], "groups");
         let rules = &p["permissions"][0]["and_rules"]["rules"];
         assert_eq!(rules[0]["or_rules"]["rules"][0]["header"]["name"], ":method");

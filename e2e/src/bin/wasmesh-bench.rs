@@ -23,15 +23,18 @@ fn main() {
     let mut all = vec![router_scenario(), authz_scenario()];
     all.extend(wasmesh_e2e::authn::bench_scenarios().into_iter().map(with_noop));
     all.push(with_noop(wasmesh_e2e::stats::bench_scenario()));
-    let scenarios: Vec<Scenario> = all
-        .into_iter()
-        .filter(|s| only.as_ref().is_none_or(|o| o == &s.name))
-        .collect();
+    let scenarios: Vec<Scenario> = all.into_iter().filter(|s| only.as_ref().is_none_or(|o| o == &s.name)).collect();
 
     let mut results = Vec::new();
     let mut modules: Vec<String> = Vec::new();
     for s in &scenarios {
-        eprintln!("bench: {} ({} variants × {} repetitions × {} requests)", s.name, s.variants.len(), settings.repetitions, settings.requests);
+        eprintln!(
+            "bench: {} ({} variants × {} repetitions × {} requests)",
+            s.name,
+            s.variants.len(),
+            settings.repetitions,
+            settings.requests
+        );
         match bench::run(s, &settings) {
             Ok(mut r) => results.append(&mut r),
             Err(e) => {
@@ -118,10 +121,22 @@ fn router_scenario() -> Scenario {
         target: "wasmesh ≤ none + 4 µs Envoy CPU/request (a no-op wasm filter alone costs about 2.7 µs)".into(),
         variants: vec![
             with("none", vec![], None),
-            with("native", vec![], Some(json!({"virtual_hosts": [{"name": "bench", "domains": ["*"], "routes": native_routes}]}))),
+            with(
+                "native",
+                vec![],
+                Some(json!({"virtual_hosts": [{"name": "bench", "domains": ["*"], "routes": native_routes}]})),
+            ),
             with("no-op wasm filter", vec![bench::wasm_filter("wasmesh.noop", "noop", &json!({}))], None),
             with("wasmesh", vec![bench::wasm_filter("wasmesh.router", "router", &config)], Some(by_header.clone())),
-            with("wasmesh, no VirtualService", vec![bench::wasm_filter("wasmesh.router", "router", &json!({"workload": {"name": "bench-client", "namespace": "default"}, "resources": [resources[0].clone()]}))], Some(by_header)),
+            with(
+                "wasmesh, no VirtualService",
+                vec![bench::wasm_filter(
+                    "wasmesh.router",
+                    "router",
+                    &json!({"workload": {"name": "bench-client", "namespace": "default"}, "resources": [resources[0].clone()]}),
+                )],
+                Some(by_header),
+            ),
         ],
         modules: vec!["router".into(), "noop".into()],
     }
@@ -130,11 +145,12 @@ fn router_scenario() -> Scenario {
 /// Typical AuthorizationPolicies (a DENY on admin paths, an ALLOW on the API by method and path,
 /// by namespace or by header): Envoy's native rbac filters as istiod writes them vs wasmesh authz.
 fn authz_scenario() -> Scenario {
-    let filters = wasmesh_e2e::authz::bench_filters(wasmesh_e2e::authz::BENCH_POLICIES, &wasmesh_e2e::authz::bench_workload())
-        .unwrap_or_else(|e| {
-            eprintln!("authz bench config: {e}");
-            std::process::exit(1);
-        });
+    let filters =
+        wasmesh_e2e::authz::bench_filters(wasmesh_e2e::authz::BENCH_POLICIES, &wasmesh_e2e::authz::bench_workload())
+            .unwrap_or_else(|e| {
+                eprintln!("authz bench config: {e}");
+                std::process::exit(1);
+            });
     let with = |name: &str, http: Vec<Value>, network: Vec<Value>| Variant {
         http_filters: http,
         network_filters: network,
@@ -144,7 +160,8 @@ fn authz_scenario() -> Scenario {
     };
     Scenario {
         name: "authz".into(),
-        target: "wasmesh ≤ none + 4 µs Envoy CPU/request (native rbac adds about 0.7 µs, a no-op wasm filter 2.7 µs)".into(),
+        target: "wasmesh ≤ none + 4 µs Envoy CPU/request (native rbac adds about 0.7 µs, a no-op wasm filter 2.7 µs)"
+            .into(),
         variants: vec![
             with("none", vec![], vec![]),
             with("native rbac", filters.native, vec![]),

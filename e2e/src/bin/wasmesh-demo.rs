@@ -43,10 +43,14 @@ fn main() {
         files.sort();
         files
     };
-    let workload_port = |line: &str| line.trim().strip_prefix("ports: {http: ").and_then(|r| r.strip_suffix('}')).and_then(|p| p.parse::<u16>().ok());
+    let workload_port = |line: &str| {
+        line.trim().strip_prefix("ports: {http: ").and_then(|r| r.strip_suffix('}')).and_then(|p| p.parse::<u16>().ok())
+    };
     let yaml_ports_free = yaml_files(&examples)
         .iter()
-        .flat_map(|f| std::fs::read_to_string(f).unwrap_or_default().lines().filter_map(workload_port).collect::<Vec<_>>())
+        .flat_map(|f| {
+            std::fs::read_to_string(f).unwrap_or_default().lines().filter_map(workload_port).collect::<Vec<_>>()
+        })
         .all(port_free);
     // The mesh runs on the live controller (`wasmeshctl serve`), watching examples/bookinfo itself.
     // When its workload ports are taken (or for the smoke run) it watches a copy with free ports.
@@ -122,24 +126,35 @@ fn main() {
     println!("  ingress gateway                          http://127.0.0.1:{gw}/ (Gateway port 80)");
 
     println!("\nTry:");
-    println!("  curl -s http://127.0.0.1:{gw}/productpage | python3 -m json.tool              # reviews v3 (red stars)");
+    println!(
+        "  curl -s http://127.0.0.1:{gw}/productpage | python3 -m json.tool              # reviews v3 (red stars)"
+    );
     println!("  curl -s -H 'end-user: jason' http://127.0.0.1:{gw}/productpage | python3 -m json.tool   # reviews v2 (black stars)");
     println!("  curl -si http://127.0.0.1:{gw}/admin                                          # 404: not on the gateway's VirtualService");
     println!("  curl -si -X POST http://127.0.0.1:{gw}/productpage                            # 403: productpage-viewer allows GET only");
-    println!("  curl -s http://127.0.0.1:{}/stats/prometheus | grep -v '^#' | head           # an Envoy's stats", mesh.envoy(GATEWAY).admin_port);
+    println!(
+        "  curl -s http://127.0.0.1:{}/stats/prometheus | grep -v '^#' | head           # an Envoy's stats",
+        mesh.envoy(GATEWAY).admin_port
+    );
 
     let check = |user: Option<&str>| -> String {
         let headers: Vec<(&str, &str)> = user.map(|u| vec![("end-user", u)]).unwrap_or_default();
         let r = get(gw, "bookinfo.example.com", "/productpage", &headers);
         let page = r.json();
-        let reviews = page["calls"].as_array().and_then(|c| c.iter().find(|c| c["service"] == "reviews")).cloned().unwrap_or_default();
+        let reviews = page["calls"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["service"] == "reviews"))
+            .cloned()
+            .unwrap_or_default();
         format!("{} productpage -> reviews {}", r.status, reviews["body"]["version"].as_str().unwrap_or("?"))
     };
     println!("\nSelf-check:");
     println!("  GET /productpage                 {}", check(None));
     println!("  GET /productpage (end-user=jason) {}", check(Some("jason")));
     println!("  GET /admin                       {}", get(gw, "bookinfo.example.com", "/admin", &[]).status);
-    let post = wasmesh_e2e::request(gw, "POST", "/productpage", &[("host", "bookinfo.example.com")], b"").map(|r| format!("{} {}", r.status, r.text())).unwrap_or_else(|e| e.to_string());
+    let post = wasmesh_e2e::request(gw, "POST", "/productpage", &[("host", "bookinfo.example.com")], b"")
+        .map(|r| format!("{} {}", r.status, r.text()))
+        .unwrap_or_else(|e| e.to_string());
     println!("  POST /productpage                {post}");
 
     let admin_ports: Vec<u16> = mesh.envoys().map(|(_, e)| e.admin_port).collect();
@@ -158,7 +173,10 @@ fn main() {
     }
     let server = mesh.server().map(|s| s.xds_addr.to_string()).unwrap_or_default();
     let vs = dir.join("virtual-services.yaml");
-    println!("\nLive: `wasmeshctl serve --watch {}` (in this process, xDS on {server}) feeds every Envoy", dir.display());
+    println!(
+        "\nLive: `wasmeshctl serve --watch {}` (in this process, xDS on {server}) feeds every Envoy",
+        dir.display()
+    );
     println!("  edit {} and the traffic moves within ~2 s, without restarting an Envoy;", vs.display());
     println!("  invalid YAML is refused (the error is printed here) and the mesh keeps its last good configuration.");
     println!("  e.g. send everyone to reviews v1:  sed -i 's/subset: v3}}/subset: v1}}/' {}", vs.display());
@@ -166,7 +184,8 @@ fn main() {
         // The workshop move, in the copy: the default route v3 -> v1, and the traffic follows.
         let text = std::fs::read_to_string(&vs).unwrap_or_default();
         let tmp = dir.join(".virtual-services.yaml.tmp");
-        let edited = std::fs::write(&tmp, text.replace("subset: v3}", "subset: v1}")).and_then(|_| std::fs::rename(&tmp, &vs));
+        let edited =
+            std::fs::write(&tmp, text.replace("subset: v3}", "subset: v1}")).and_then(|_| std::fs::rename(&tmp, &vs));
         let start = std::time::Instant::now();
         if let Err(e) = edited {
             eprintln!("{}: {e}", vs.display());

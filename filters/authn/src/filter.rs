@@ -313,7 +313,10 @@ impl AuthnRoot {
             let what = if req.stage == Stage::Discovery { "OpenID configuration" } else { "JWKS" };
             match self.dispatch_http_call(&req.cluster, headers, None, vec![], Duration::from_millis(req.timeout_ms)) {
                 Ok(token) => {
-                    wasmesh_proxy::log_debug(&format!("wasmesh authn: fetching {what} {} via cluster {}", req.uri, req.cluster));
+                    wasmesh_proxy::log_debug(&format!(
+                        "wasmesh authn: fetching {what} {} via cluster {}",
+                        req.uri, req.cluster
+                    ));
                     if let Ok(mut s) = self.shared.try_borrow_mut() {
                         s.calls.push((token, provider));
                     }
@@ -445,7 +448,11 @@ impl Context for AuthnRoot {
                 .flatten()
                 .unwrap_or_default()
         };
-        let call_error = if status.is_none() { Some("no response (connection failure, timeout or missing cluster)".to_string()) } else { None };
+        let call_error = if status.is_none() {
+            Some("no response (connection failure, timeout or missing cluster)".to_string())
+        } else {
+            None
+        };
         self.finish_fetch(provider, status, &body, call_error);
     }
 }
@@ -484,7 +491,10 @@ impl RootContext for AuthnRoot {
             let keys = match &p.jwks {
                 JwksSource::Inline(k) => {
                     for why in &k.skipped {
-                        wasmesh_proxy::log_warn(&format!("wasmesh authn: {}: inline JWKS key skipped: {why}", p.source));
+                        wasmesh_proxy::log_warn(&format!(
+                            "wasmesh authn: {}: inline JWKS key skipped: {why}",
+                            p.source
+                        ));
                     }
                     format!("inline JWKS with {} usable keys", k.keys.len())
                 }

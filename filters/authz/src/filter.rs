@@ -31,15 +31,15 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType, MetricType, Status};
 use std::cell::{Cell, OnceCell, RefCell};
-use std::net::IpAddr;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 use wasmesh_authz::metadata::decode_metadata;
 use wasmesh_authz::provider::Provider;
 use wasmesh_authz::{
-    parse_socket_address, Authz, AuthzConfig, CustomOutcome, MetadataEntry, Missing, PeerNames, Reason, Stage, Verdict, View,
-    DENY_BODY, DENY_STATUS,
+    parse_socket_address, Authz, AuthzConfig, CustomOutcome, MetadataEntry, Missing, PeerNames, Reason, Stage, Verdict,
+    View, DENY_BODY, DENY_STATUS,
 };
 use wasmesh_handover::{AuthzDecision, RequestIdentity};
 use wasmesh_istio::Strictness;
@@ -102,7 +102,8 @@ impl RootContext for AuthzRoot {
                 ));
                 let metrics = Metrics::define();
                 let shared = Rc::new(Shared { authz, metrics });
-                self.role = Some(if shared.authz.stage() == Stage::Tcp { Role::Tcp(shared) } else { Role::Http(shared) });
+                self.role =
+                    Some(if shared.authz.stage() == Stage::Tcp { Role::Tcp(shared) } else { Role::Http(shared) });
                 if hostcalls::set_tick_period(FLUSH_PERIOD).is_err() {
                     wasmesh_proxy::log_warn("wasmesh authz: no tick; counters are flushed when the VM stops");
                 }
@@ -231,7 +232,10 @@ impl AuthzTcp {
                 // Compile never keeps an HTTP provider for TCP; should it, fail closed.
                 CustomOutcome::Check { rule, .. } => Verdict {
                     allowed: false,
-                    reason: Reason::BadCustom { rule, reason: "an HTTP ext_authz provider cannot check a TCP connection" },
+                    reason: Reason::BadCustom {
+                        rule,
+                        reason: "an HTTP ext_authz provider cannot check a TCP connection",
+                    },
                     audit: Vec::new(),
                     dry_run_deny: None,
                     dry_run_allow: None,
@@ -260,7 +264,10 @@ impl StreamContext for AuthzTcp {
             self.state = self.decide();
             if self.state == TcpState::Denied {
                 if let Err(e) = hostcalls::close_downstream() {
-                    wasmesh_proxy::log_error(&format!("wasmesh authz: cannot close a denied connection: {}", wasmesh_proxy::status_text(e)));
+                    wasmesh_proxy::log_error(&format!(
+                        "wasmesh authz: cannot close a denied connection: {}",
+                        wasmesh_proxy::status_text(e)
+                    ));
                 }
             }
         }
@@ -352,7 +359,16 @@ impl Metrics {
 
     /// Hands every pending increment to Envoy.
     fn flush(&self) {
-        for c in [&self.allowed, &self.denied, &self.audit, &self.error, &self.peer_authn_denied, &self.custom_ok, &self.custom_denied, &self.custom_error] {
+        for c in [
+            &self.allowed,
+            &self.denied,
+            &self.audit,
+            &self.error,
+            &self.peer_authn_denied,
+            &self.custom_ok,
+            &self.custom_denied,
+            &self.custom_error,
+        ] {
             c.flush();
         }
         for c in self.dry_run.borrow().values() {
@@ -382,7 +398,8 @@ impl Metrics {
         let Some(counters) = m.get_mut(rule) else { return };
         let Some(c) = counters.get_mut(slot) else { return };
         if c.id.is_none() {
-            c.id = hostcalls::define_metric(MetricType::Counter, &format!("wasmesh.authz.policy.{outcome}.{rule}")).ok();
+            c.id =
+                hostcalls::define_metric(MetricType::Counter, &format!("wasmesh.authz.policy.{outcome}.{rule}")).ok();
         }
         c.bump();
     }
@@ -401,7 +418,10 @@ impl Metrics {
         let cacheable = v.audit.is_empty()
             && v.dry_run_allow.is_none()
             && v.dry_run_deny.is_none()
-            && matches!(v.reason, Reason::Allowed { .. } | Reason::Denied { .. } | Reason::NoAllowMatch | Reason::NoAllowPolicy);
+            && matches!(
+                v.reason,
+                Reason::Allowed { .. } | Reason::Denied { .. } | Reason::NoAllowMatch | Reason::NoAllowPolicy
+            );
         if !cacheable {
             return encode();
         }
@@ -503,10 +523,7 @@ impl<H: Host> Inputs<H> {
             // A connection has no request headers: every header rule sees them absent.
             return Ok(&[]);
         }
-        self.headers
-            .get_or_init(|| self.host.request_headers().map_err(|_| HEADERS_MISSING))
-            .as_deref()
-            .map_err(|m| *m)
+        self.headers.get_or_init(|| self.host.request_headers().map_err(|_| HEADERS_MISSING)).as_deref().map_err(|m| *m)
     }
 
     /// A property where only a failed hostcall matters: absent and unreadable are both `None`,
@@ -580,8 +597,16 @@ impl<H: Host> View for Inputs<H> {
         let (u, d, s) = self
             .peer
             .get_or_init(|| {
-                let get = |p: &str| self.host.property(&["connection", p]).map_err(|_| Missing("the peer certificate (hostcall failed)"));
-                Ok((get("uri_san_peer_certificate")?, get("dns_san_peer_certificate")?, get("subject_peer_certificate")?))
+                let get = |p: &str| {
+                    self.host
+                        .property(&["connection", p])
+                        .map_err(|_| Missing("the peer certificate (hostcall failed)"))
+                };
+                Ok((
+                    get("uri_san_peer_certificate")?,
+                    get("dns_san_peer_certificate")?,
+                    get("subject_peer_certificate")?,
+                ))
             })
             .as_ref()
             .map_err(|m| *m)?;
@@ -609,7 +634,9 @@ impl<H: Host> View for Inputs<H> {
             .get_or_init(|| match self.host.property(&["metadata"]) {
                 Err(_) => Err(Missing("dynamic metadata (hostcall failed)")),
                 Ok(None) => Ok(Vec::new()),
-                Ok(Some(b)) => decode_metadata(&b, &self.metadata_keys).ok_or(Missing("dynamic metadata (undecodable)")),
+                Ok(Some(b)) => {
+                    decode_metadata(&b, &self.metadata_keys).ok_or(Missing("dynamic metadata (undecodable)"))
+                }
             })
             .as_ref()
             .map(Vec::as_slice)
@@ -638,7 +665,15 @@ impl Context for AuthzStream {
             return;
         }
         let Some(provider) = shared.authz.provider() else {
-            self.deny_now(&shared, DENY_STATUS, &[], Some(DENY_BODY.as_bytes()), "CUSTOM", Some(pending.rule), "no provider");
+            self.deny_now(
+                &shared,
+                DENY_STATUS,
+                &[],
+                Some(DENY_BODY.as_bytes()),
+                "CUSTOM",
+                Some(pending.rule),
+                "no provider",
+            );
             return;
         };
         let headers = if num_headers == 0 {
@@ -661,16 +696,29 @@ impl Context for AuthzStream {
                 let body = if body_size == 0 {
                     None
                 } else {
-                    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(MAX_EXT_BODY)).ok().flatten()
+                    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(MAX_EXT_BODY))
+                        .ok()
+                        .flatten()
                 };
                 let forwarded: Vec<(String, String)> = headers
                     .iter()
-                    .filter(|(k, _)| !k.starts_with(':') && !matches!(k.as_str(), "content-length" | "transfer-encoding" | "connection"))
+                    .filter(|(k, _)| {
+                        !k.starts_with(':')
+                            && !matches!(k.as_str(), "content-length" | "transfer-encoding" | "connection")
+                    })
                     .filter(|(k, _)| provider.downstream_on_deny(k))
                     .filter_map(|(k, v)| std::str::from_utf8(v).ok().map(|v| (k.clone(), v.to_string())))
                     .collect();
                 let fwd: Vec<(&str, &str)> = forwarded.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                self.deny_now(&shared, s, &fwd, body.as_deref(), "CUSTOM", Some(pending.rule), "denied by the CUSTOM provider");
+                self.deny_now(
+                    &shared,
+                    s,
+                    &fwd,
+                    body.as_deref(),
+                    "CUSTOM",
+                    Some(pending.rule),
+                    "denied by the CUSTOM provider",
+                );
             }
             _ => {
                 // No response (timeout, reset, no cluster) or 5xx: Envoy's ext_authz error path.
@@ -684,7 +732,15 @@ impl Context for AuthzStream {
                 if provider.fail_open {
                     self.ext_allowed(&shared, provider, &[]);
                 } else {
-                    self.deny_now(&shared, provider.status_on_error, &[], None, "CUSTOM", Some(pending.rule), "CUSTOM provider error");
+                    self.deny_now(
+                        &shared,
+                        provider.status_on_error,
+                        &[],
+                        None,
+                        "CUSTOM",
+                        Some(pending.rule),
+                        "CUSTOM provider error",
+                    );
                 }
             }
         }
@@ -804,7 +860,13 @@ impl AuthzStream {
             Ok(all) => all,
             Err(m) => {
                 // The check request cannot be built: fail closed.
-                let v = Verdict { allowed: false, reason: Reason::Missing(m), audit: Vec::new(), dry_run_deny: None, dry_run_allow: None };
+                let v = Verdict {
+                    allowed: false,
+                    reason: Reason::Missing(m),
+                    audit: Vec::new(),
+                    dry_run_deny: None,
+                    dry_run_allow: None,
+                };
                 return self.finish(shared, &v);
             }
         };
@@ -949,7 +1011,11 @@ mod tests {
     impl Fake {
         fn request(path: &str) -> Fake {
             Fake {
-                headers: vec![(":method".into(), b"GET".to_vec()), (":path".into(), path.into()), (":authority".into(), b"example.com".to_vec())],
+                headers: vec![
+                    (":method".into(), b"GET".to_vec()),
+                    (":path".into(), path.into()),
+                    (":authority".into(), b"example.com".to_vec()),
+                ],
                 ..Fake::default()
             }
         }
@@ -1033,8 +1099,18 @@ mod tests {
         assert!(!decide(&a, Fake::request("/").mtls("spiffe://cluster.local/ns/foo/sa/bad")).0);
         fails_closed(&a, Fake::request("/").failing("connection.mtls"));
         fails_closed(&a, Fake::request("/").prop("connection.mtls", &[]));
-        fails_closed(&a, Fake::request("/").mtls("spiffe://cluster.local/ns/foo/sa/good").failing("connection.uri_san_peer_certificate"));
-        fails_closed(&a, Fake::request("/").mtls("spiffe://cluster.local/ns/foo/sa/good").failing("connection.subject_peer_certificate"));
+        fails_closed(
+            &a,
+            Fake::request("/")
+                .mtls("spiffe://cluster.local/ns/foo/sa/good")
+                .failing("connection.uri_san_peer_certificate"),
+        );
+        fails_closed(
+            &a,
+            Fake::request("/")
+                .mtls("spiffe://cluster.local/ns/foo/sa/good")
+                .failing("connection.subject_peer_certificate"),
+        );
     }
 
     #[test]
@@ -1046,7 +1122,10 @@ mod tests {
         });
         let a = AuthzConfig::compile_json(cfg.to_string().as_bytes()).unwrap();
         let port = 8000u64.to_le_bytes();
-        let ok = Inputs::new(Fake::request("/").prop("destination.port", &port).mtls("spiffe://cluster.local/ns/foo/sa/x"), &a);
+        let ok = Inputs::new(
+            Fake::request("/").prop("destination.port", &port).mtls("spiffe://cluster.local/ns/foo/sa/x"),
+            &a,
+        );
         assert!(a.peer_authn(&ok).is_none());
         let broken = Inputs::new(Fake::request("/").prop("destination.port", &port).failing("connection.mtls"), &a);
         let v = a.peer_authn(&broken).expect("denied");
@@ -1075,7 +1154,9 @@ mod tests {
         assert!(decide(&a, Fake::request("/")).0);
         assert!(!decide(&a, Fake::request("/").header("x-user", "mallory")).0);
         fails_closed(&a, Fake::request("/").header("x-user", "mallory").failing("headers"));
-        let paths = allow(json!({"to": [{"operation": {"notPaths": ["/admin"], "notHosts": ["evil.example.com"], "notMethods": ["DELETE"]}}]}));
+        let paths = allow(
+            json!({"to": [{"operation": {"notPaths": ["/admin"], "notHosts": ["evil.example.com"], "notMethods": ["DELETE"]}}]}),
+        );
         assert!(decide(&paths, Fake::request("/x")).0);
         assert!(!decide(&paths, Fake::request("/admin")).0);
         fails_closed(&paths, Fake::request("/admin").failing("headers"));
@@ -1083,7 +1164,8 @@ mod tests {
 
     #[test]
     fn metadata_unreadable_denies() {
-        let a = allow(json!({"when": [{"key": "experimental.envoy.filters.http.wasmesh[role]", "notValues": ["guest"]}]}));
+        let a =
+            allow(json!({"when": [{"key": "experimental.envoy.filters.http.wasmesh[role]", "notValues": ["guest"]}]}));
         assert!(decide(&a, Fake::request("/")).0, "no metadata matches notValues");
         fails_closed(&a, Fake::request("/").failing("metadata"));
     }
@@ -1103,17 +1185,22 @@ mod tests {
             AuthzConfig::compile_json(cfg.to_string().as_bytes()).unwrap()
         };
         let conn = || {
-            let mut f = Fake::default().failing("headers").failing(wasmesh_handover::AUTHN_IDENTITY).failing(PEER_ADDRESS_KEY);
+            let mut f =
+                Fake::default().failing("headers").failing(wasmesh_handover::AUTHN_IDENTITY).failing(PEER_ADDRESS_KEY);
             f.props.insert("source.address".into(), b"10.1.2.3:5555".to_vec());
             f
         };
-        let a = tcp(json!({"action": "ALLOW", "rules": [{"from": [{"source": {"ipBlocks": ["10.1.0.0/16"], "notPrincipals": ["cluster.local/ns/foo/sa/bad"]}}]}]}));
+        let a = tcp(
+            json!({"action": "ALLOW", "rules": [{"from": [{"source": {"ipBlocks": ["10.1.0.0/16"], "notPrincipals": ["cluster.local/ns/foo/sa/bad"]}}]}]}),
+        );
         let (allowed, reason, _) = decide(&a, conn());
         assert!(allowed, "source.ip is the connection's peer; no header or identity hostcall: {reason}");
         assert!(!decide(&a, conn().mtls("spiffe://cluster.local/ns/foo/sa/bad")).0);
         fails_closed(&a, conn().failing("connection.uri_san_peer_certificate").prop("connection.mtls", &[1]));
         // DENY with an HTTP-only field: removed on TCP, the rest of the rule matches.
-        let d = tcp(json!({"action": "DENY", "rules": [{"from": [{"source": {"ipBlocks": ["10.1.2.3"]}}], "to": [{"operation": {"methods": ["POST"]}}]}]}));
+        let d = tcp(
+            json!({"action": "DENY", "rules": [{"from": [{"source": {"ipBlocks": ["10.1.2.3"]}}], "to": [{"operation": {"methods": ["POST"]}}]}]}),
+        );
         assert!(!decide(&d, conn()).0);
     }
 
@@ -1130,7 +1217,9 @@ mod tests {
         assert!(allowed);
         assert_eq!(calls, 1);
         // Peer names: one call for mtls, three for the certificate, read once for all rules.
-        let a = allow(json!({"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/a", "cluster.local/ns/foo/sa/b"]}}, {"source": {"notNamespaces": ["x"]}}]}));
+        let a = allow(
+            json!({"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/a", "cluster.local/ns/foo/sa/b"]}}, {"source": {"notNamespaces": ["x"]}}]}),
+        );
         let (allowed, _, calls) = decide(&a, Fake::request("/").mtls("spiffe://cluster.local/ns/foo/sa/b"));
         assert!(allowed);
         assert_eq!(calls, 4);

@@ -172,8 +172,5 @@ fn fetch_headers(needed: &[String]) -> Vec<(String, Vec<u8>)> {
     if needed.len() > FETCH_ONE_BY_ONE {
         return wasmesh_proxy::request_headers();
     }
-    needed
-        .iter()
-        .filter_map(|name| wasmesh_proxy::request_header(name).map(|v| (name.clone(), v)))
-        .collect()
+    needed.iter().filter_map(|name| wasmesh_proxy::request_header(name).map(|v| (name.clone(), v))).collect()
 }

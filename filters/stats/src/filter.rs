@@ -26,8 +26,8 @@ use wasmesh_stats::exchange::{PreambleReader, Step};
 use wasmesh_stats::grpc::{is_grpc_content_type, GrpcFrameCounter};
 use wasmesh_stats::peer::{CachedPeer, HEADER_METADATA, HEADER_METADATA_ID};
 use wasmesh_stats::{
-    Direction, Facts, HttpMeasures, ListenerProtocol, Metric, MetricCache, MetricHost, MetricType, PeerCache,
-    Protocol, ServiceInfo, Stats, StatsConfig,
+    Direction, Facts, HttpMeasures, ListenerProtocol, Metric, MetricCache, MetricHost, MetricType, PeerCache, Protocol,
+    ServiceInfo, Stats, StatsConfig,
 };
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
@@ -161,7 +161,9 @@ fn configure(bytes: &[u8]) -> Result<Listeners, String> {
     if cfg.workload.is_none() {
         let node = wasmesh_proxy::node_metadata();
         if let Err(missing) = node.workload(&cfg.mesh(), Strictness::Required) {
-            wasmesh_proxy::log_warn(&format!("wasmesh stats: reporting \"unknown\" for what the Envoy node lacks: {missing}"));
+            wasmesh_proxy::log_warn(&format!(
+                "wasmesh stats: reporting \"unknown\" for what the Envoy node lacks: {missing}"
+            ));
         }
         let wl = node.workload(&cfg.mesh(), Strictness::BestEffort)?;
         cfg.workload = Some(wl);
@@ -252,7 +254,8 @@ fn principals(direction: Direction) -> (String, String) {
             if peer.is_empty() {
                 return (peer, String::new());
             }
-            let local = wasmesh_proxy::property_string(&["connection", "uri_san_local_certificate"]).unwrap_or_default();
+            let local =
+                wasmesh_proxy::property_string(&["connection", "uri_san_local_certificate"]).unwrap_or_default();
             (peer, local)
         }
         Direction::Outbound | Direction::Gateway => {
@@ -431,8 +434,7 @@ impl HttpContext for StatsHttp {
         facts.response_flags =
             stats.effective_flags(facts.response_code, &cluster, nonneg(prop_i64(&["response", "flags"])).unwrap_or(0));
         if protocol == Protocol::Grpc {
-            facts.grpc_status =
-                nonneg(prop_i64(&["response", "grpc_status"])).and_then(|c| u32::try_from(c).ok());
+            facts.grpc_status = nonneg(prop_i64(&["response", "grpc_status"])).and_then(|c| u32::try_from(c).ok());
         }
         facts.peer = peer.as_ref().map(|p| &p.peer);
         facts.peer_principal = &peer_principal;

@@ -158,7 +158,9 @@ mod tests {
 
     #[test]
     fn other_root_ids_name_nothing() {
-        for id in ["", "wasmesh", "wasmesh.", "wasmesh.routerx", "router", "istio.stats", "wasmesh.noop", "x.wasmesh.router"] {
+        for id in
+            ["", "wasmesh", "wasmesh.", "wasmesh.routerx", "router", "istio.stats", "wasmesh.noop", "x.wasmesh.router"]
+        {
             assert_eq!(filter_for(id), None, "{id:?}");
         }
     }

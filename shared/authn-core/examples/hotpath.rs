@@ -43,7 +43,9 @@ fn main() {
         a.evaluate(&req, now * 1000, &mut cache, &mut st);
         let reps = 5;
         let n: usize = std::env::var("HIT_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-        if std::env::var("ONLY").map(|o| o != alg).unwrap_or(false) { continue; }
+        if std::env::var("ONLY").map(|o| o != alg).unwrap_or(false) {
+            continue;
+        }
         let mut hit = f64::MAX;
         for _ in 0..reps {
             let t0 = Instant::now();
@@ -52,7 +54,8 @@ fn main() {
             }
             hit = hit.min(t0.elapsed().as_secs_f64() * 1e6 / n as f64);
         }
-        let m: usize = std::env::var("COLD_N").ok().and_then(|v| v.parse().ok()).unwrap_or(if alg == "RS256" { 50 } else { 200 });
+        let m: usize =
+            std::env::var("COLD_N").ok().and_then(|v| v.parse().ok()).unwrap_or(if alg == "RS256" { 50 } else { 200 });
         let t0 = Instant::now();
         for _ in 0..m {
             cold_engine.evaluate(&req, now * 1000, &mut NoCache, &mut st);
@@ -71,6 +74,9 @@ fn main() {
         }
         let decode = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
         println!("{alg}: cache get+decode {decode:.2} µs");
-        println!("{alg}: token {} bytes; cache hit {hit:.2} µs (hash {hash:.2} µs); full verification {cold:.1} µs", t.len());
+        println!(
+            "{alg}: token {} bytes; cache hit {hit:.2} µs (hash {hash:.2} µs); full verification {cold:.1} µs",
+            t.len()
+        );
     }
 }

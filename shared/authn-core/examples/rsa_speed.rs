@@ -17,7 +17,11 @@ fn main() {
             let n = 300;
             let t0 = Instant::now();
             for _ in 0..n {
-                let ok = if alg == "RS256" { pk.verify_pkcs1v15(Hash::Sha256, message, &sig) } else { pk.verify_pss(Hash::Sha256, message, &sig) };
+                let ok = if alg == "RS256" {
+                    pk.verify_pkcs1v15(Hash::Sha256, message, &sig)
+                } else {
+                    pk.verify_pss(Hash::Sha256, message, &sig)
+                };
                 assert!(ok);
             }
             let per = t0.elapsed().as_secs_f64() * 1e6 / n as f64;

@@ -114,7 +114,10 @@ pub fn slot_key(salt: &[u8; 16], hash: &[u8; 16], slots: u32) -> String {
     let mut b = [0u8; 8];
     b.copy_from_slice(&hash[..8]);
     let slot = u64::from_le_bytes(b) % u64::from(slots.max(1));
-    format!("wasmesh.authn.{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}.{slot}", salt[0], salt[1], salt[2], salt[3], salt[4], salt[5])
+    format!(
+        "wasmesh.authn.{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}.{slot}",
+        salt[0], salt[1], salt[2], salt[3], salt[4], salt[5]
+    )
 }
 
 /// A cached successful verification.
@@ -211,7 +214,19 @@ impl Entry {
         if r.at != bytes.len() {
             return None;
         }
-        Some(Entry { hash, provider, key_fp, iss, nbf, exp, verified_at, audiences, identity, claim_headers, payload_b64 })
+        Some(Entry {
+            hash,
+            provider,
+            key_fp,
+            iss,
+            nbf,
+            exp,
+            verified_at,
+            audiences,
+            identity,
+            claim_headers,
+            payload_b64,
+        })
     }
 }
 

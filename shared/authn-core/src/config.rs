@@ -149,12 +149,22 @@ pub fn parse_jwks_uri(uri: &str) -> Result<JwksEndpoint, String> {
     let default_port = if tls { 443 } else { 80 };
     let port = match port {
         None | Some("") => default_port,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("jwksUri {uri:?} has an invalid port {p:?}"))?,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("jwksUri {uri:?} has an invalid port {p:?}"))?,
     };
     let host = host.to_ascii_lowercase();
     let bracketed = if host.contains(':') { format!("[{host}]") } else { host.clone() };
     let authority = if port == default_port { bracketed } else { format!("{bracketed}:{port}") };
-    let path = if path.is_empty() { "/".to_string() } else if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
     let cluster = jwks_cluster_name(tls, &host, port);
     Ok(JwksEndpoint { uri: uri.to_string(), tls, host, port, authority, path, cluster })
 }
@@ -198,7 +208,8 @@ impl AuthnConfig {
     /// with the node's workload). The verified-token cache is salted with those bytes, so every
     /// worker VM of one plugin shares entries and other configurations never see them.
     pub fn compile_parsed(&self, config_bytes: &[u8]) -> Result<Authn, CompileError> {
-        let resources = wasmesh_istio::resources_from_values(self.resources.clone()).map_err(|e| CompileError(vec![e]))?;
+        let resources =
+            wasmesh_istio::resources_from_values(self.resources.clone()).map_err(|e| CompileError(vec![e]))?;
         let fingerprint = blake2b_simd::Params::new().hash_length(16).hash(config_bytes);
         let mut salt = [0u8; 16];
         salt.copy_from_slice(fingerprint.as_bytes());
@@ -345,7 +356,11 @@ impl AuthnConfig {
             audiences: rule.audiences.iter().map(|a| sanitize_audience(a).to_string()).collect(),
             locations: crate::extract::canonical_order(&locations),
             forward: rule.forward_original_token,
-            forward_payload_header: rule.output_payload_to_header.as_ref().filter(|h| !h.is_empty()).map(|h| h.to_ascii_lowercase()),
+            forward_payload_header: rule
+                .output_payload_to_header
+                .as_ref()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.to_ascii_lowercase()),
             claim_to_headers: rule
                 .output_claim_to_headers
                 .iter()
@@ -432,7 +447,10 @@ pub fn validate_request_authentication(res: &Resource, ra: &RequestAuthenticatio
     if let Some(sel) = &ra.selector {
         for (k, v) in &sel.match_labels {
             if k.is_empty() || k.contains('*') || v.contains('*') {
-                errs.push(e(format!("spec.selector.matchLabels[{k}]"), format!("invalid label {k:?}={v:?}; wildcards and empty keys are not allowed")));
+                errs.push(e(
+                    format!("spec.selector.matchLabels[{k}]"),
+                    format!("invalid label {k:?}={v:?}; wildcards and empty keys are not allowed"),
+                ));
             }
         }
     }
@@ -465,7 +483,10 @@ pub fn validate_request_authentication(res: &Resource, ra: &RequestAuthenticatio
         }
         for (j, h) in rule.from_headers.iter().enumerate() {
             if h.name.is_empty() {
-                errs.push(e(f(&format!("fromHeaders[{j}].name")), "location header name must be non-empty string".into()));
+                errs.push(e(
+                    f(&format!("fromHeaders[{j}].name")),
+                    "location header name must be non-empty string".into(),
+                ));
             }
         }
         for (j, p) in rule.from_params.iter().enumerate() {
@@ -480,7 +501,10 @@ pub fn validate_request_authentication(res: &Resource, ra: &RequestAuthenticatio
         }
         if let Some(h) = &rule.output_payload_to_header {
             if !h.is_empty() && !is_strict_header_name(h) {
-                errs.push(e(f("outputPayloadToHeader"), format!("invalid header name {h:?}; expected ^[-_A-Za-z0-9]+$")));
+                errs.push(e(
+                    f("outputPayloadToHeader"),
+                    format!("invalid header name {h:?}; expected ^[-_A-Za-z0-9]+$"),
+                ));
             }
         }
         for (j, c) in rule.output_claim_to_headers.iter().enumerate() {
@@ -490,7 +514,10 @@ pub fn validate_request_authentication(res: &Resource, ra: &RequestAuthenticatio
                 continue;
             }
             if !is_strict_header_name(&c.header) {
-                errs.push(e(format!("{field}.header"), format!("invalid header name {:?}; expected ^[-_A-Za-z0-9]+$", c.header)));
+                errs.push(e(
+                    format!("{field}.header"),
+                    format!("invalid header name {:?}; expected ^[-_A-Za-z0-9]+$", c.header),
+                ));
             }
         }
         if let Some(t) = &rule.timeout {
@@ -513,10 +540,7 @@ pub fn validate_request_authentication(res: &Resource, ra: &RequestAuthenticatio
 
 /// `wasmeshctl validate` entry point: every RequestAuthentication in the set.
 pub fn validate(resources: &Resources) -> Vec<Error> {
-    resources
-        .request_authentications()
-        .flat_map(|(res, ra)| validate_request_authentication(res, ra))
-        .collect()
+    resources.request_authentications().flat_map(|(res, ra)| validate_request_authentication(res, ra)).collect()
 }
 
 /// The JWKS servers the filter will fetch from for this workload (for the controller's clusters).

@@ -97,10 +97,7 @@ where
             base = m;
         }
         let affine = <ProjectivePoint<C> as BatchNormalize<[ProjectivePoint<C>]>>::batch_normalize(&all);
-        let rows = affine
-            .chunks_exact(ROW)
-            .map(|c| core::array::from_fn(|i| c[i]))
-            .collect();
+        let rows = affine.chunks_exact(ROW).map(|c| core::array::from_fn(|i| c[i])).collect();
         Table { rows }
     }
 }
@@ -264,7 +261,13 @@ mod tests {
     where
         Scalar<C>: Reduce<FieldBytes<C>>,
     {
-        let mut out = vec![Scalar::<C>::ZERO, Scalar::<C>::ONE, -Scalar::<C>::ONE, Scalar::<C>::from(16u64), Scalar::<C>::from(17u64)];
+        let mut out = vec![
+            Scalar::<C>::ZERO,
+            Scalar::<C>::ONE,
+            -Scalar::<C>::ONE,
+            Scalar::<C>::from(16u64),
+            Scalar::<C>::from(17u64),
+        ];
         let mut x = Scalar::<C>::from(0x1234_5678_9abc_def1u64);
         for _ in 0..200 {
             x = x * x + Scalar::<C>::from(7u64);

@@ -5,7 +5,10 @@
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Location {
     /// Header name (lower case) and value prefix (case-sensitive; may be empty).
-    Header { name: String, prefix: String },
+    Header {
+        name: String,
+        prefix: String,
+    },
     Param(String),
     Cookie(String),
 }
@@ -232,10 +235,7 @@ mod tests {
         let found = extract(&locs, &g, &[]);
         assert_eq!(
             found,
-            vec![
-                Found { token: "aaa.bbb.ccc", header: Some("authorization") },
-                Found { token: "x.y.z", header: None }
-            ]
+            vec![Found { token: "aaa.bbb.ccc", header: Some("authorization") }, Found { token: "x.y.z", header: None }]
         );
     }
 

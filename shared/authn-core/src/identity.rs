@@ -12,7 +12,8 @@ pub fn normalize(payload: &Map<String, Value>, space_delimited: &[String]) -> Ma
     let mut out = payload.clone();
     for name in space_delimited {
         if let Some(Value::String(s)) = out.get(name) {
-            let parts: Vec<Value> = s.split(' ').filter(|p| !p.is_empty()).map(|p| Value::String(p.to_string())).collect();
+            let parts: Vec<Value> =
+                s.split(' ').filter(|p| !p.is_empty()).map(|p| Value::String(p.to_string())).collect();
             out.insert(name.clone(), Value::Array(parts));
         }
     }
@@ -20,7 +21,13 @@ pub fn normalize(payload: &Map<String, Value>, space_delimited: &[String]) -> Ma
 }
 
 /// The identity for a verified payload.
-pub fn identity(iss: &str, sub: Option<&str>, audiences: &[String], payload: &Map<String, Value>, space_delimited: &[String]) -> RequestIdentity {
+pub fn identity(
+    iss: &str,
+    sub: Option<&str>,
+    audiences: &[String],
+    payload: &Map<String, Value>,
+    space_delimited: &[String],
+) -> RequestIdentity {
     let subject = sub.unwrap_or_default().to_string();
     RequestIdentity {
         principal: format!("{iss}/{subject}"),
@@ -94,7 +101,9 @@ mod tests {
 
     #[test]
     fn identity_has_principal_audiences_presenter_and_all_claims() {
-        let p = map(json!({"iss": "https://idp", "sub": "alice", "azp": "cli", "groups": ["g1"], "nested": {"a": {"b": 1}}, "scope": "x y"}));
+        let p = map(
+            json!({"iss": "https://idp", "sub": "alice", "azp": "cli", "groups": ["g1"], "nested": {"a": {"b": 1}}, "scope": "x y"}),
+        );
         let id = identity("https://idp", Some("alice"), &["web".into()], &p, &["scope".into()]);
         assert_eq!(id.principal, "https://idp/alice");
         assert_eq!(id.audiences, vec!["web"]);
@@ -107,7 +116,9 @@ mod tests {
 
     #[test]
     fn claim_header_values_follow_envoy() {
-        let p = map(json!({"s": "v", "i": 42, "f": 1.5, "big": 1e3, "b": true, "e": "", "l": [1], "o": {"x": {"y": "deep"}}, "neg": -2}));
+        let p = map(
+            json!({"s": "v", "i": 42, "f": 1.5, "big": 1e3, "b": true, "e": "", "l": [1], "o": {"x": {"y": "deep"}}, "neg": -2}),
+        );
         assert_eq!(claim_header_value(&p, "s").as_deref(), Some("v"));
         assert_eq!(claim_header_value(&p, "i").as_deref(), Some("42"));
         assert_eq!(claim_header_value(&p, "f").as_deref(), Some("1.500000"));

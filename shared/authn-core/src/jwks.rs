@@ -90,9 +90,7 @@ impl KeySet {
             matched = true;
             match verify_with(key, token, jwt, now, skew, max_token, &mut checks) {
                 Ok(()) => return Ok(key.fingerprint),
-                Err(Status::JwtEd25519SignatureWrongLength) => {
-                    return Err(Status::JwtEd25519SignatureWrongLength)
-                }
+                Err(Status::JwtEd25519SignatureWrongLength) => return Err(Status::JwtEd25519SignatureWrongLength),
                 Err(_) => continue,
             }
         }
@@ -149,7 +147,9 @@ fn verify_with(
             match &key.material {
                 Material::P256(k) => k.verify(msg, sig),
                 Material::P384(k) => k.verify(msg, sig),
-                Material::Ed25519(k) => ed25519_compact::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok()),
+                Material::Ed25519(k) => {
+                    ed25519_compact::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
+                }
                 _ => false,
             }
         };

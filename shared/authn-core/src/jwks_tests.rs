@@ -124,14 +124,12 @@ fn oracle(jwk: &Value, token: &str) -> bool {
         Err(_) => return false,
     };
     match (jwk["crv"].as_str().unwrap(), jwt.alg.as_str()) {
-        ("P-256", "ES256") => ES256PublicKey::from_bytes(&point(32))
-            .unwrap()
-            .verify_token::<NoCustomClaims>(token, opts)
-            .is_ok(),
-        ("P-384", "ES384") => ES384PublicKey::from_bytes(&point(48))
-            .unwrap()
-            .verify_token::<NoCustomClaims>(token, opts)
-            .is_ok(),
+        ("P-256", "ES256") => {
+            ES256PublicKey::from_bytes(&point(32)).unwrap().verify_token::<NoCustomClaims>(token, opts).is_ok()
+        }
+        ("P-384", "ES384") => {
+            ES384PublicKey::from_bytes(&point(48)).unwrap().verify_token::<NoCustomClaims>(token, opts).is_ok()
+        }
         ("Ed25519", "EdDSA") => {
             jwt.signature.len() == 64
                 && Ed25519PublicKey::from_bytes(&b64("x")).unwrap().verify_token::<NoCustomClaims>(token, opts).is_ok()
@@ -186,7 +184,8 @@ fn der(sig: &[u8]) -> Vec<u8> {
 /// `n - s` for the ECDSA signature `r || s` (big-endian), with the group order `n`.
 fn high_s(alg: Alg, sig: &[u8]) -> Vec<u8> {
     const N256: &str = "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551";
-    const N384: &str = "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973";
+    const N384: &str =
+        "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973";
     let n = match alg {
         Alg::Es256 => N256,
         Alg::Es384 => N384,
@@ -238,7 +237,8 @@ fn signatures_must_be_raw_r_s_of_exact_length() {
         let t = alg.token(&alg.header(), &payload());
         let sig = sig_of(&t);
         assert_eq!(sig.len(), alg.sig_len());
-        let wrong_length = if alg == Alg::EdDsa { Status::JwtEd25519SignatureWrongLength } else { Status::JwtVerificationFail };
+        let wrong_length =
+            if alg == Alg::EdDsa { Status::JwtEd25519SignatureWrongLength } else { Status::JwtVerificationFail };
         let mut longer = sig.clone();
         longer.push(0);
         let cases: Vec<Vec<u8>> = vec![
@@ -327,7 +327,10 @@ fn keys_of_another_curve_or_type_do_not_verify() {
     other["x"] = json!("axfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5RdiYwpY");
     other["y"] = json!("T-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfU");
     let set = keyset(&other);
-    assert_eq!(verify(&set, &Alg::Es256.token(&Alg::Es256.header(), &payload())), Some(Err(Status::JwtVerificationFail)));
+    assert_eq!(
+        verify(&set, &Alg::Es256.token(&Alg::Es256.header(), &payload())),
+        Some(Err(Status::JwtVerificationFail))
+    );
 }
 
 /// Headers, payloads and encodings jwt-simple's `verify_token` refused or accepted beyond the
@@ -398,10 +401,8 @@ fn token_checks_answer_as_jwt_simple_did() {
         let jwk = alg.jwk();
         let set = keyset(&jwk);
         // Every header with a plain payload, every payload with a plain header.
-        let pairs = headers
-            .iter()
-            .map(|h| (*h, payloads[0].as_str()))
-            .chain(payloads.iter().map(|p| (headers[1], p.as_str())));
+        let pairs =
+            headers.iter().map(|h| (*h, payloads[0].as_str())).chain(payloads.iter().map(|p| (headers[1], p.as_str())));
         for (h, p) in pairs {
             let name = alg.name();
             let escaped = format!("\\u{:04x}{}", name.as_bytes()[0], &name[1..]);

@@ -49,9 +49,7 @@ impl Status {
             Status::JwtMissed => "Jwt is missing",
             Status::JwtNotYetValid => "Jwt not yet valid",
             Status::JwtExpired => "Jwt is expired",
-            Status::JwtBadFormat => {
-                "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
-            }
+            Status::JwtBadFormat => "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
             Status::JwtHeaderParseErrorBadBase64 => "Jwt header is an invalid Base64url encoded",
             Status::JwtHeaderParseErrorBadJson => "Jwt header is an invalid JSON",
             Status::JwtHeaderBadAlg => "Jwt header [alg] field is required and must be a string",
@@ -62,21 +60,13 @@ impl Status {
             Status::JwtPayloadParseErrorIssNotString => "Jwt payload [iss] field is not a string",
             Status::JwtPayloadParseErrorSubNotString => "Jwt payload [sub] field is not a string",
             Status::JwtPayloadParseErrorIatNotInteger => "Jwt payload [iat] field is not an integer",
-            Status::JwtPayloadParseErrorIatOutOfRange => {
-                "Jwt payload [iat] field is not a positive 64 bit integer"
-            }
+            Status::JwtPayloadParseErrorIatOutOfRange => "Jwt payload [iat] field is not a positive 64 bit integer",
             Status::JwtPayloadParseErrorNbfNotInteger => "Jwt payload [nbf] field is not an integer",
-            Status::JwtPayloadParseErrorNbfOutOfRange => {
-                "Jwt payload [nbf] field is not a positive 64 bit integer"
-            }
+            Status::JwtPayloadParseErrorNbfOutOfRange => "Jwt payload [nbf] field is not a positive 64 bit integer",
             Status::JwtPayloadParseErrorExpNotInteger => "Jwt payload [exp] field is not an integer",
-            Status::JwtPayloadParseErrorExpOutOfRange => {
-                "Jwt payload [exp] field is not a positive 64 bit integer"
-            }
+            Status::JwtPayloadParseErrorExpOutOfRange => "Jwt payload [exp] field is not a positive 64 bit integer",
             Status::JwtPayloadParseErrorJtiNotString => "Jwt payload [jti] field is not a string",
-            Status::JwtPayloadParseErrorAudNotString => {
-                "Jwt payload [aud] field is not a string or string list"
-            }
+            Status::JwtPayloadParseErrorAudNotString => "Jwt payload [aud] field is not a string or string list",
             Status::JwtSignatureParseErrorBadBase64 => "Jwt signature is an invalid Base64url encoded",
             Status::JwtEd25519SignatureWrongLength => "Jwt ED25519 signature is wrong length",
             Status::JwtUnknownIssuer => "Jwt issuer is not configured",
@@ -102,8 +92,7 @@ impl Status {
 /// Algorithms Envoy's parser accepts in the `alg` header (`jwt.cc` `isImplemented`). Anything
 /// else, `none` included, is refused before any key is looked at.
 pub const IMPLEMENTED_ALGS: [&str; 13] = [
-    "ES256", "ES384", "ES512", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384",
-    "PS512", "EdDSA",
+    "ES256", "ES384", "ES512", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA",
 ];
 
 /// A parsed (not yet verified) token.
@@ -197,19 +186,7 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Jwt, Status> {
     };
 
     let signature = b64url_decode(signature_b64).ok_or(Status::JwtSignatureParseErrorBadBase64)?;
-    Ok(Jwt {
-        alg,
-        kid,
-        iss,
-        sub,
-        iat,
-        nbf,
-        exp,
-        audiences,
-        payload,
-        payload_b64: payload_b64.to_string(),
-        signature,
-    })
+    Ok(Jwt { alg, kid, iss, sub, iat, nbf, exp, audiences, payload, payload_b64: payload_b64.to_string(), signature })
 }
 
 impl Jwt {
@@ -329,12 +306,7 @@ mod tests {
     use super::*;
 
     fn tok(header: &str, payload: &str, sig: &[u8]) -> String {
-        format!(
-            "{}.{}.{}",
-            b64url_encode(header.as_bytes()),
-            b64url_encode(payload.as_bytes()),
-            b64url_encode(sig)
-        )
+        format!("{}.{}.{}", b64url_encode(header.as_bytes()), b64url_encode(payload.as_bytes()), b64url_encode(sig))
     }
 
     #[test]
@@ -405,7 +377,10 @@ mod tests {
             (tok(ok_h, r#"{"jti":{}}"#, b"s"), Status::JwtPayloadParseErrorJtiNotString),
             (tok(ok_h, r#"{"aud":[1]}"#, b"s"), Status::JwtPayloadParseErrorAudNotString),
             (tok(ok_h, r#"{"aud":5}"#, b"s"), Status::JwtPayloadParseErrorAudNotString),
-            (format!("{}.{}.@@", b64url_encode(ok_h.as_bytes()), b64url_encode(ok_p.as_bytes())), Status::JwtSignatureParseErrorBadBase64),
+            (
+                format!("{}.{}.@@", b64url_encode(ok_h.as_bytes()), b64url_encode(ok_p.as_bytes())),
+                Status::JwtSignatureParseErrorBadBase64,
+            ),
         ];
         for (token, want) in cases {
             assert_eq!(parse(&token, 8192).err(), Some(want), "token {token:?}");

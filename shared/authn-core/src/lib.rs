@@ -61,18 +61,20 @@ pub mod extract;
 pub mod identity;
 pub mod jose;
 pub mod jwks;
+#[cfg(test)]
+mod jwks_tests;
 pub mod jwt;
 pub mod remote;
 pub mod rsa;
-pub mod verify;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod jwks_tests;
+pub mod verify;
 
 pub use cache::{MapCache, NoCache, TokenCache};
-pub use config::{jwks_cluster_name, jwks_endpoints, parse_jwks_uri, validate, AuthnConfig, CompileError, JwksEndpoint};
+pub use config::{
+    jwks_cluster_name, jwks_endpoints, parse_jwks_uri, validate, AuthnConfig, CompileError, JwksEndpoint,
+};
 pub use jwt::Status;
 pub use verify::{Allowed, Authn, Denied, EvalStats, Mutation, Outcome, RequestHeaders, WaitFor};

@@ -71,7 +71,13 @@ pub enum FetchOutcome {
 }
 
 impl RemoteJwks {
-    pub fn new(endpoint: JwksEndpoint, discovery: bool, timeout_ms: u64, refresh_ms: u64, kid_refetch_min_ms: u64) -> Self {
+    pub fn new(
+        endpoint: JwksEndpoint,
+        discovery: bool,
+        timeout_ms: u64,
+        refresh_ms: u64,
+        kid_refetch_min_ms: u64,
+    ) -> Self {
         RemoteJwks {
             endpoint,
             discovery,
@@ -194,7 +200,8 @@ impl RemoteJwks {
                         // The discovered server is reached through the issuer's cluster when it
                         // is the same server; otherwise through its own (which the controller
                         // cannot know in advance: see the README).
-                        if ep.host == self.endpoint.host && ep.port == self.endpoint.port && ep.tls == self.endpoint.tls {
+                        if ep.host == self.endpoint.host && ep.port == self.endpoint.port && ep.tls == self.endpoint.tls
+                        {
                             ep.cluster = self.endpoint.cluster.clone();
                         }
                         let uri = ep.uri.clone();
@@ -243,10 +250,16 @@ impl RemoteJwks {
 mod tests {
     use super::*;
 
-    const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    const JWKS: &str =
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
 
     fn remote(discovery: bool) -> RemoteJwks {
-        let ep = parse_jwks_uri(if discovery { "https://idp.example/.well-known/openid-configuration" } else { "http://127.0.0.1:9000/jwks" }).unwrap();
+        let ep = parse_jwks_uri(if discovery {
+            "https://idp.example/.well-known/openid-configuration"
+        } else {
+            "http://127.0.0.1:9000/jwks"
+        })
+        .unwrap();
         RemoteJwks::new(ep, discovery, 5000, 300_000, 10_000)
     }
 
@@ -255,7 +268,10 @@ mod tests {
         let mut r = remote(false);
         assert!(matches!(r.key_state(), KeyState::Pending));
         let req = r.poll(0).unwrap();
-        assert_eq!((req.cluster.as_str(), req.path.as_str(), req.authority.as_str()), ("wasmesh-jwks|http|127.0.0.1|9000", "/jwks", "127.0.0.1:9000"));
+        assert_eq!(
+            (req.cluster.as_str(), req.path.as_str(), req.authority.as_str()),
+            ("wasmesh-jwks|http|127.0.0.1|9000", "/jwks", "127.0.0.1:9000")
+        );
         assert!(r.poll(10).is_none(), "one fetch at a time");
         assert!(matches!(r.key_state(), KeyState::Pending));
         assert!(matches!(r.on_response(20, Some(200), JWKS.as_bytes()), FetchOutcome::Updated { keys: 1, .. }));
@@ -279,7 +295,10 @@ mod tests {
         assert!(matches!(r.on_response(400_001, Some(200), b"not json"), FetchOutcome::Failed { .. }));
         assert!(matches!(r.key_state(), KeyState::Ready(_)), "last good keys kept");
         r.poll(401_001).unwrap();
-        assert!(matches!(r.on_response(401_002, Some(200), br#"{"keys":[]}"#), FetchOutcome::Failed { retry_in_ms: 2000, .. }));
+        assert!(matches!(
+            r.on_response(401_002, Some(200), br#"{"keys":[]}"#),
+            FetchOutcome::Failed { retry_in_ms: 2000, .. }
+        ));
         assert!(matches!(r.key_state(), KeyState::Ready(_)));
         // The backoff is capped.
         for _ in 0..20 {
@@ -326,7 +345,10 @@ mod tests {
         assert_eq!(r.on_response(1, Some(200), doc), FetchOutcome::Discovered("https://idp.example/keys".into()));
         assert!(matches!(r.key_state(), KeyState::Pending));
         let req = r.poll(2).unwrap();
-        assert_eq!((req.stage, req.path.as_str(), req.cluster.as_str()), (Stage::Jwks, "/keys", "wasmesh-jwks|https|idp.example|443"));
+        assert_eq!(
+            (req.stage, req.path.as_str(), req.cluster.as_str()),
+            (Stage::Jwks, "/keys", "wasmesh-jwks|https|idp.example|443")
+        );
         assert!(matches!(r.on_response(3, Some(200), JWKS.as_bytes()), FetchOutcome::Updated { .. }));
         let req = r.poll(400_000).unwrap();
         assert_eq!(req.stage, Stage::Jwks, "refresh keeps the discovered location");

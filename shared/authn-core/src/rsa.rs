@@ -370,7 +370,11 @@ mod tests {
         };
         let addmod = |x: u128, y: u128| -> u128 {
             let s = x.wrapping_add(y);
-            if s < x || s >= n { s.wrapping_sub(n) } else { s }
+            if s < x || s >= n {
+                s.wrapping_sub(n)
+            } else {
+                s
+            }
         };
         let mulmod = |a: u128, b: u128| -> u128 {
             let (mut r, mut a, mut b) = (0u128, a % n, b);
@@ -435,10 +439,18 @@ mod tests {
                 };
                 let other_hash = if hash == Hash::Sha256 { Hash::Sha512 } else { Hash::Sha256 };
                 let verify = |h: Hash, m: &[u8], s: &[u8]| {
-                    if alg.starts_with("RS") { pk.verify_pkcs1v15(h, m, s) } else { pk.verify_pss(h, m, s) }
+                    if alg.starts_with("RS") {
+                        pk.verify_pkcs1v15(h, m, s)
+                    } else {
+                        pk.verify_pss(h, m, s)
+                    }
                 };
                 let cross = |h: Hash, m: &[u8], s: &[u8]| {
-                    if alg.starts_with("RS") { pk.verify_pss(h, m, s) } else { pk.verify_pkcs1v15(h, m, s) }
+                    if alg.starts_with("RS") {
+                        pk.verify_pss(h, m, s)
+                    } else {
+                        pk.verify_pkcs1v15(h, m, s)
+                    }
                 };
                 let ctx = format!("{alg} with RSA-{}", pk.bits());
                 assert!(verify(hash, message, &sig), "{ctx} verifies");

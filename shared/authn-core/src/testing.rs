@@ -65,7 +65,9 @@ impl Signer {
             "PS512" => Inner::Ps512(opt_kid(PS512KeyPair::from_pem(pem).unwrap(), has, k, PS512KeyPair::with_key_id)),
             "ES256" => Inner::Es256(opt_kid(ES256KeyPair::from_pem(pem).unwrap(), has, k, ES256KeyPair::with_key_id)),
             "ES384" => Inner::Es384(opt_kid(ES384KeyPair::from_pem(pem).unwrap(), has, k, ES384KeyPair::with_key_id)),
-            "EdDSA" => Inner::EdDsa(opt_kid(Ed25519KeyPair::from_pem(pem).unwrap(), has, k, Ed25519KeyPair::with_key_id)),
+            "EdDSA" => {
+                Inner::EdDsa(opt_kid(Ed25519KeyPair::from_pem(pem).unwrap(), has, k, Ed25519KeyPair::with_key_id))
+            }
             other => panic!("unsupported test algorithm {other}"),
         };
         Signer { alg: alg.to_string(), kid: kid.map(str::to_string), inner, key }

@@ -5,7 +5,7 @@
 use crate::cache::MapCache;
 use crate::testing::{jwks, swap_payload, unsigned, Signer, TestKey};
 use crate::verify::{EvalStats, Mutation, Outcome, RequestHeaders, WaitFor};
-use crate::{AuthnConfig, Authn};
+use crate::{Authn, AuthnConfig};
 use serde_json::{json, Value};
 use wasmesh_istio::{Resources, Workload};
 
@@ -136,7 +136,11 @@ fn valid_token_is_accepted_identity_handed_over_and_token_removed() {
     assert_eq!(id.claims["groups"], json!(["admin", "dev"]));
     assert_eq!(id.claims["scope"], json!(["read", "write"]), "scope is space-delimited by default");
     assert_eq!(id.claims["org"]["team"]["name"], json!("core"));
-    assert_eq!(mutations(&o), vec![Mutation::Remove("authorization".into())], "token removed before the upstream by default");
+    assert_eq!(
+        mutations(&o),
+        vec![Mutation::Remove("authorization".into())],
+        "token removed before the upstream by default"
+    );
 }
 
 #[test]
@@ -161,7 +165,10 @@ fn failures_are_401_with_envoys_body_and_www_authenticate() {
     match &o {
         Outcome::Deny(d) => {
             assert_eq!((d.code, d.body), (401, "Jwt is expired"));
-            assert_eq!(d.www_authenticate, "Bearer realm=\"http://app.example.com/some/path?q=1\", error=\"invalid_token\"");
+            assert_eq!(
+                d.www_authenticate,
+                "Bearer realm=\"http://app.example.com/some/path?q=1\", error=\"invalid_token\""
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -182,7 +189,10 @@ fn failures_are_401_with_envoys_body_and_www_authenticate() {
         (401, "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections")
     );
     let other_kid = Signer::new("ES256", TestKey::Ec256, Some("rotated")).sign(&claims(json!({})));
-    assert_eq!(denied(&eval(&a, &Req::get("/").bearer(&other_kid))), (401, "Jwks doesn't have key to match kid or alg from Jwt"));
+    assert_eq!(
+        denied(&eval(&a, &Req::get("/").bearer(&other_kid))),
+        (401, "Jwks doesn't have key to match kid or alg from Jwt")
+    );
 }
 
 #[test]
@@ -192,11 +202,16 @@ fn realm_uses_original_path_and_is_truncated() {
     let long = format!("/{}", "a".repeat(400));
     let o = eval(&a, &Req::get(&long).bearer("x.y.z").with("x-envoy-original-path", "/orig"));
     match o {
-        Outcome::Deny(d) => assert_eq!(d.www_authenticate, "Bearer realm=\"http://app.example.com/orig\", error=\"invalid_token\""),
+        Outcome::Deny(d) => {
+            assert_eq!(d.www_authenticate, "Bearer realm=\"http://app.example.com/orig\", error=\"invalid_token\"")
+        }
         other => panic!("{other:?}"),
     }
     match eval(&a, &Req::get(&long).bearer("x.y.z")) {
-        Outcome::Deny(d) => assert_eq!(d.www_authenticate.len(), "Bearer realm=\"http://app.example.com\", error=\"invalid_token\"".len() + 256),
+        Outcome::Deny(d) => assert_eq!(
+            d.www_authenticate.len(),
+            "Bearer realm=\"http://app.example.com\", error=\"invalid_token\"".len() + 256
+        ),
         other => panic!("{other:?}"),
     }
 }
@@ -244,7 +259,10 @@ fn every_supported_algorithm_verifies_and_keys_with_another_alg_do_not() {
     let rs = Signer::new("RS256", TestKey::Rsa1, Some("k"));
     let ps = Signer::new("PS256", TestKey::Rsa1, Some("k"));
     let a = compile(&ra("jwt", "foo", &rule(ISS, &jwks(&[rs.jwk(true)]), "")));
-    assert_eq!(denied(&eval(&a, &Req::get("/").bearer(&ps.sign(&claims(json!({})))))).1, "Jwks doesn't have key to match kid or alg from Jwt");
+    assert_eq!(
+        denied(&eval(&a, &Req::get("/").bearer(&ps.sign(&claims(json!({})))))).1,
+        "Jwks doesn't have key to match kid or alg from Jwt"
+    );
     // ES384 token, P-256 key without alg: the key is tried and fails.
     let es384 = Signer::new("ES384", TestKey::Ec384, Some("k"));
     let a = one_rule(&Signer::new("ES256", TestKey::Ec256, Some("k")), "");
@@ -303,14 +321,21 @@ fn garbage_tokens_are_401_and_never_panic() {
                 String::from_utf8(b).unwrap()
             }
             2 => good[..(next() % good.len() as u64) as usize].to_string(),
-            _ => format!("{}.{}.{}", "eyJhbGciOiJFUzI1NiJ9", crate::jwt::b64url_encode(&(0..(next() % 60)).map(|_| next() as u8).collect::<Vec<_>>()), "AAAA"),
+            _ => format!(
+                "{}.{}.{}",
+                "eyJhbGciOiJFUzI1NiJ9",
+                crate::jwt::b64url_encode(&(0..(next() % 60)).map(|_| next() as u8).collect::<Vec<_>>()),
+                "AAAA"
+            ),
         };
         if token == good {
             continue;
         }
         match eval(&a, &Req::get("/").bearer(&token)) {
             Outcome::Deny(d) => assert_eq!(d.code, 401, "token {token:?}: {}", d.body),
-            Outcome::Allow(al) => assert!(al.identity.is_none(), "a corrupted token must never yield an identity: {token:?}"),
+            Outcome::Allow(al) => {
+                assert!(al.identity.is_none(), "a corrupted token must never yield an identity: {token:?}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -379,7 +404,10 @@ fn tokens_at_several_locations_must_all_be_valid() {
     let a = one_rule(&s, "fromParams: [token, secondary_token]");
     let good = s.sign(&claims(json!({})));
     let expired = s.sign(&claims(json!({"exp": NOW - 3600})));
-    assert_eq!(denied(&eval(&a, &Req::get(&format!("/?token={good}&secondary_token={expired}")))), (401, "Jwt is expired"));
+    assert_eq!(
+        denied(&eval(&a, &Req::get(&format!("/?token={good}&secondary_token={expired}")))),
+        (401, "Jwt is expired")
+    );
     assert!(identity(&eval(&a, &Req::get(&format!("/?token={good}&secondary_token={good}")))).is_some());
 }
 
@@ -434,11 +462,19 @@ fn cors_preflight_is_bypassed_only_with_origin_and_request_method() {
     let s = es256();
     let a = one_rule(&s, "");
     let expired = s.sign(&claims(json!({"exp": NOW - 3600})));
-    let pre = Req::get("/").method("OPTIONS").bearer(&expired).with("origin", "http://web").with("access-control-request-method", "GET");
+    let pre = Req::get("/")
+        .method("OPTIONS")
+        .bearer(&expired)
+        .with("origin", "http://web")
+        .with("access-control-request-method", "GET");
     assert_eq!(eval(&a, &pre), Outcome::CorsBypass);
     let no_origin = Req::get("/").method("OPTIONS").bearer(&expired).with("access-control-request-method", "GET");
     assert_eq!(denied(&eval(&a, &no_origin)).0, 401);
-    let empty_origin = Req::get("/").method("OPTIONS").bearer(&expired).with("origin", "").with("access-control-request-method", "GET");
+    let empty_origin = Req::get("/")
+        .method("OPTIONS")
+        .bearer(&expired)
+        .with("origin", "")
+        .with("access-control-request-method", "GET");
     assert_eq!(denied(&eval(&a, &empty_origin)).0, 401);
 }
 
@@ -516,8 +552,14 @@ fn validation_errors_name_resource_field_and_value() {
         ("  - issuer: i\n    fromHeaders: [{name: \"\"}]\n", "location header name must be non-empty"),
         ("  - issuer: i\n    fromParams: [\"\"]\n", "location query must be non-empty"),
         ("  - issuer: i\n    fromCookies: [\"\"]\n", "cookie name must be non-empty"),
-        ("  - issuer: i\n    outputClaimToHeaders: [{header: \"bad header\", claim: sub}]\n", "invalid header name \"bad header\""),
-        ("  - issuer: i\n    outputClaimToHeaders: [{header: \"\", claim: sub}]\n", "header and claim value must be non-empty"),
+        (
+            "  - issuer: i\n    outputClaimToHeaders: [{header: \"bad header\", claim: sub}]\n",
+            "invalid header name \"bad header\"",
+        ),
+        (
+            "  - issuer: i\n    outputClaimToHeaders: [{header: \"\", claim: sub}]\n",
+            "header and claim value must be non-empty",
+        ),
         ("  - issuer: i\n    timeout: 5 seconds\n", "spec.jwtRules[0].timeout"),
         ("  - issuer: i\n    timeout: 1us\n", "at least 1ms"),
         ("  - issuer: notaurl\n", "OpenID discovery"),
@@ -538,7 +580,8 @@ fn validation_errors_name_resource_field_and_value() {
 #[test]
 fn inline_jwks_with_no_usable_key_fails_every_presented_token() {
     let s = es256();
-    let a = compile(&ra("jwt", "foo", &rule(ISS, r#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"},{"kty":"weird"}]}"#, "")));
+    let a =
+        compile(&ra("jwt", "foo", &rule(ISS, r#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"},{"kty":"weird"}]}"#, "")));
     let t = s.sign(&claims(json!({})));
     assert_eq!(denied(&eval(&a, &Req::get("/").bearer(&t))), (401, "Jwks doesn't have any valid public key"));
     assert!(identity(&eval(&a, &Req::get("/"))).is_none(), "token-less requests still pass");
@@ -730,9 +773,15 @@ fn requirement_is_istios() {
 #[test]
 fn jwks_uri_parsing() {
     let ep = crate::parse_jwks_uri("https://IdP.example.com/o/keys?x=1").unwrap();
-    assert_eq!((ep.host.as_str(), ep.port, ep.authority.as_str(), ep.path.as_str(), ep.tls), ("idp.example.com", 443, "idp.example.com", "/o/keys?x=1", true));
+    assert_eq!(
+        (ep.host.as_str(), ep.port, ep.authority.as_str(), ep.path.as_str(), ep.tls),
+        ("idp.example.com", 443, "idp.example.com", "/o/keys?x=1", true)
+    );
     let ep = crate::parse_jwks_uri("http://10.0.0.1:8080").unwrap();
-    assert_eq!((ep.authority.as_str(), ep.path.as_str(), ep.cluster.as_str()), ("10.0.0.1:8080", "/", "wasmesh-jwks|http|10.0.0.1|8080"));
+    assert_eq!(
+        (ep.authority.as_str(), ep.path.as_str(), ep.cluster.as_str()),
+        ("10.0.0.1:8080", "/", "wasmesh-jwks|http|10.0.0.1|8080")
+    );
     let ep = crate::parse_jwks_uri("http://[::1]:81/k").unwrap();
     assert_eq!((ep.host.as_str(), ep.authority.as_str()), ("::1", "[::1]:81"));
     for bad in ["ftp://x", "http://", "http://h:0/", "http://h:99999/", "x"] {

@@ -3,14 +3,14 @@
 //! audience, key, signature), the status Envoy answers, and what a success writes.
 
 use crate::cache::{hash_key, slot_key, token_hash, Entry, TokenCache, L1, MAX_ENTRY_BYTES};
-use std::cell::RefCell;
-use std::rc::Rc;
 use crate::config::{sanitize_audience, JwksSource};
 use crate::extract::{extract, parse_cookies, parse_query, query_of, Found, Gathered, Location};
 use crate::identity::{claim_header_value, identity};
 use crate::jwks::KeySet;
 use crate::jwt::{parse, time_constraint, Jwt, Status};
 use crate::remote::{FetchOutcome, FetchRequest, KeyState};
+use std::cell::RefCell;
+use std::rc::Rc;
 
 /// Envoy's default `clock_skew_seconds` (Istio does not change it).
 pub const CLOCK_SKEW_SECS: u64 = 60;
@@ -199,7 +199,17 @@ impl Authn {
             names.dedup();
         }
         let hash_key = opts.cache_salt;
-        Authn { providers, requirement, opts, sanitized, token_headers, param_names, cookie_names, hash_key, l1: RefCell::new(L1::default()) }
+        Authn {
+            providers,
+            requirement,
+            opts,
+            sanitized,
+            token_headers,
+            param_names,
+            cookie_names,
+            hash_key,
+            l1: RefCell::new(L1::default()),
+        }
     }
 
     /// Sets the secret all VMs of the process share (kept in proxy-wasm shared data), so they
@@ -259,7 +269,13 @@ impl Authn {
     }
 
     /// The answer to a fetch started by [`Self::poll_fetches`].
-    pub fn on_fetch_response(&mut self, provider: usize, now_ms: u64, status: Option<u32>, body: &[u8]) -> Option<FetchOutcome> {
+    pub fn on_fetch_response(
+        &mut self,
+        provider: usize,
+        now_ms: u64,
+        status: Option<u32>,
+        body: &[u8],
+    ) -> Option<FetchOutcome> {
         match &mut self.providers.get_mut(provider)?.jwks {
             JwksSource::Remote(r) => Some(r.on_response(now_ms, status, body)),
             JwksSource::Inline(_) => None,
@@ -276,7 +292,13 @@ impl Authn {
     }
 
     /// Evaluates a request at `now_ms` (Unix time in milliseconds).
-    pub fn evaluate(&self, req: &dyn RequestHeaders, now_ms: u64, cache: &mut dyn TokenCache, stats: &mut EvalStats) -> Outcome {
+    pub fn evaluate(
+        &self,
+        req: &dyn RequestHeaders,
+        now_ms: u64,
+        cache: &mut dyn TokenCache,
+        stats: &mut EvalStats,
+    ) -> Outcome {
         if self.providers.is_empty() {
             return Outcome::NotConfigured;
         }
@@ -494,7 +516,9 @@ impl Authn {
             let parsed = parse(token, self.opts.max_token_bytes);
             ctx.parsed.push((token, parsed));
         }
-        let Some((_, parsed)) = ctx.parsed.iter().find(|(t, _)| *t == token) else { return R::Err(Status::JwtBadFormat) };
+        let Some((_, parsed)) = ctx.parsed.iter().find(|(t, _)| *t == token) else {
+            return R::Err(Status::JwtBadFormat);
+        };
         let jwt = match parsed {
             Ok(j) => j,
             Err(s) => return R::Err(*s),

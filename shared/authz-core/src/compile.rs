@@ -118,18 +118,31 @@ pub(crate) enum Atom {
     DestIp(Cidr),
     Sni(StrMatch),
     /// `experimental.envoy.filters.<f>[<k>]`: OR of value matchers on dynamic metadata.
-    Metadata { filter: String, key: String, values: Vec<MetaMatch> },
+    Metadata {
+        filter: String,
+        key: String,
+        values: Vec<MetaMatch>,
+    },
     // Principals.
     /// Envoy `authenticated.principal_name` on the peer certificate names.
     Peer(StrMatch),
     DirectIp(Cidr),
     RemoteIp(Cidr),
-    Header { name: String, m: HeaderMatch },
+    Header {
+        name: String,
+        m: HeaderMatch,
+    },
     /// `requestPrincipals`: `payload.iss` AND `payload.sub`.
-    Jwt { iss: StrMatch, sub: StrMatch },
+    Jwt {
+        iss: StrMatch,
+        sub: StrMatch,
+    },
     /// `request.auth.claims[...]` / audiences / presenter: a string claim matching one of the
     /// values, or a list claim with an element matching one of them.
-    Claim { path: Vec<String>, values: Vec<StrMatch> },
+    Claim {
+        path: Vec<String>,
+        values: Vec<StrMatch>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -150,9 +163,15 @@ pub(crate) struct RuleSet {
 #[derive(Debug, Clone)]
 pub(crate) enum Custom {
     None,
-    Ext { provider: Box<Provider>, rules: Vec<CRule> },
+    Ext {
+        provider: Box<Provider>,
+        rules: Vec<CRule>,
+    },
     /// Unknown or invalid provider, or several providers: the CUSTOM rules deny.
-    Bad { reason: String, rules: Vec<CRule> },
+    Bad {
+        reason: String,
+        rules: Vec<CRule>,
+    },
 }
 
 /// The compiled authorization for one proxy.
@@ -226,7 +245,11 @@ impl AuthzConfig {
                 Action::Custom => custom_policies.push((res, ap)),
                 Action::Audit => {
                     if dry_run {
-                        warnings.push(Error::at(res, "metadata.annotations", "istio.io/dry-run applies to ALLOW and DENY only; this AUDIT policy has no effect"));
+                        warnings.push(Error::at(
+                            res,
+                            "metadata.annotations",
+                            "istio.io/dry-run applies to ALLOW and DENY only; this AUDIT policy has no effect",
+                        ));
                     } else {
                         audit.extend(ctx.rules(&mut warnings));
                     }
@@ -315,7 +338,11 @@ impl AuthzConfig {
         let mut enforced: Vec<(String, CRule)> = Vec::new();
         for (res, ap) in policies {
             let provider = ap.provider.as_ref().map(|p| p.name.clone()).unwrap_or_default();
-            let prefix = if provider.is_empty() { "istio-ext-authz-".to_string() } else { format!("istio-ext-authz-{provider}-") };
+            let prefix = if provider.is_empty() {
+                "istio-ext-authz-".to_string()
+            } else {
+                format!("istio-ext-authz-{provider}-")
+            };
             if dry_run(res, warnings) {
                 warnings.push(Error::at(res, "metadata.annotations", "istio.io/dry-run is not supported for CUSTOM policies (Istio rejects it); the policy is not enforced"));
                 continue;
@@ -324,7 +351,9 @@ impl AuthzConfig {
             enforced.extend(ctx.rules(warnings).into_iter().map(|r| (provider.clone(), r)));
         }
         let bad = |reason: String, rules: Vec<(String, CRule)>, warnings: &mut Vec<Error>| {
-            warnings.push(Error::new(format!("CUSTOM authorization: {reason}; requests matching the CUSTOM rules are denied")));
+            warnings.push(Error::new(format!(
+                "CUSTOM authorization: {reason}; requests matching the CUSTOM rules are denied"
+            )));
             let mut rules: Vec<CRule> = rules
                 .into_iter()
                 .map(|(_, mut r)| {
@@ -344,7 +373,11 @@ impl AuthzConfig {
             );
         }
         if names.len() > 1 {
-            return bad("several CUSTOM providers for one workload are not supported by wasmesh yet".into(), enforced, warnings);
+            return bad(
+                "several CUSTOM providers for one workload are not supported by wasmesh yet".into(),
+                enforced,
+                warnings,
+            );
         }
         let name = names.into_iter().next().unwrap_or_default();
         match providers.get(&name) {
@@ -369,7 +402,11 @@ fn dry_run(res: &Resource, warnings: &mut Vec<Error>) -> bool {
         Some("1" | "t" | "T" | "TRUE" | "true" | "True") => true,
         Some("0" | "f" | "F" | "FALSE" | "false" | "False") => false,
         Some(other) => {
-            warnings.push(Error::at(res, "metadata.annotations[istio.io/dry-run]", format!("{other:?} is not a boolean; the policy is enforced")));
+            warnings.push(Error::at(
+                res,
+                "metadata.annotations[istio.io/dry-run]",
+                format!("{other:?} is not a boolean; the policy is enforced"),
+            ));
             false
         }
     }
@@ -460,9 +497,7 @@ impl PolicyCtx<'_> {
                 continue;
             };
             match self.rule(rule, &field, warnings) {
-                Ok((permissions, principals)) => {
-                    out.push(CRule { name: self.name(i), permissions, principals })
-                }
+                Ok((permissions, principals)) => out.push(CRule { name: self.name(i), permissions, principals }),
                 Err(e) => warnings.push(Error::at(self.res, field, format!("rule skipped: {e}"))),
             }
         }
@@ -471,7 +506,12 @@ impl PolicyCtx<'_> {
 
     /// istiod `model.New` + `Generate`.
     #[allow(clippy::type_complexity)]
-    fn rule(&self, rule: &Rule, field: &str, warnings: &mut Vec<Error>) -> Result<(Vec<Vec<Cond>>, Vec<Vec<Cond>>), String> {
+    fn rule(
+        &self,
+        rule: &Rule,
+        field: &str,
+        warnings: &mut Vec<Error>,
+    ) -> Result<(Vec<Vec<Cond>>, Vec<Vec<Cond>>), String> {
         let mut base_perm: Vec<Kv> = Vec::new();
         let mut base_princ: Vec<Kv> = Vec::new();
         for (j, c) in rule.when.as_deref().unwrap_or_default().iter().enumerate() {
@@ -526,7 +566,13 @@ impl PolicyCtx<'_> {
     fn generate(&self, kv: Kv, warnings: &mut Vec<Error>) -> Result<Vec<Cond>, String> {
         let kv = self.migrate_trust_domain(kv);
         let mut out = Vec::new();
-        fn check<T>(ctx: &PolicyCtx<'_>, kv: &Kv, r: Result<T, String>, value: &str, warnings: &mut Vec<Error>) -> Result<Option<T>, String> {
+        fn check<T>(
+            ctx: &PolicyCtx<'_>,
+            kv: &Kv,
+            r: Result<T, String>,
+            value: &str,
+            warnings: &mut Vec<Error>,
+        ) -> Result<Option<T>, String> {
             match r {
                 Ok(a) => Ok(Some(a)),
                 Err(e) => {
@@ -534,7 +580,11 @@ impl PolicyCtx<'_> {
                     if ctx.ap.action == Action::Allow {
                         Err(format!("{}: {msg}", kv.field))
                     } else {
-                        warnings.push(Error::at(ctx.res, kv.field.clone(), format!("value ignored (a {} policy then matches more): {msg}", action_name(ctx.ap.action))));
+                        warnings.push(Error::at(
+                            ctx.res,
+                            kv.field.clone(),
+                            format!("value ignored (a {} policy then matches more): {msg}", action_name(ctx.ap.action)),
+                        ));
                         Ok(None)
                     }
                 }
@@ -628,7 +678,8 @@ impl PolicyCtx<'_> {
             Key::SrcServiceAccount => {
                 // `spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?`
                 let (ns, sa) = v.split_once('/').unwrap_or((self.res.namespace(), v));
-                let head = || Glob::new().lit(b"spiffe://").plus(Class::AnyButNewline).lit(format!("/ns/{ns}/").as_bytes());
+                let head =
+                    || Glob::new().lit(b"spiffe://").plus(Class::AnyButNewline).lit(format!("/ns/{ns}/").as_bytes());
                 let mut globs = Vec::new();
                 for middle in [false, true] {
                     for tail in [false, true] {
@@ -652,7 +703,13 @@ impl PolicyCtx<'_> {
             } else {
                 let (a, b) = v.split_once('*').unwrap_or((v, ""));
                 StrMatch::glob(
-                    Glob::new().lit(b"spiffe://").lit(a.as_bytes()).star(Class::NotSlash).lit(b.as_bytes()).lit(b"/").star(Class::AnyButNewline),
+                    Glob::new()
+                        .lit(b"spiffe://")
+                        .lit(a.as_bytes())
+                        .star(Class::NotSlash)
+                        .lit(b.as_bytes())
+                        .lit(b"/")
+                        .star(Class::AnyButNewline),
                 )
             }),
             Key::SrcPrincipal => Atom::Peer(StrMatch::istio(v, "spiffe://")),
@@ -674,8 +731,14 @@ impl PolicyCtx<'_> {
         self.http_only(key)?;
         Ok(vec![match key {
             Key::RequestPrincipal => return Ok(values.iter().map(|v| request_principal(v)).collect()),
-            Key::Audiences => Atom::Claim { path: vec!["aud".into()], values: values.iter().map(|v| StrMatch::istio(v, "")).collect() },
-            Key::Presenter => Atom::Claim { path: vec!["azp".into()], values: values.iter().map(|v| StrMatch::istio(v, "")).collect() },
+            Key::Audiences => Atom::Claim {
+                path: vec!["aud".into()],
+                values: values.iter().map(|v| StrMatch::istio(v, "")).collect(),
+            },
+            Key::Presenter => Atom::Claim {
+                path: vec!["azp".into()],
+                values: values.iter().map(|v| StrMatch::istio(v, "")).collect(),
+            },
             Key::Claims(k) => {
                 let path = nested_brackets(k.strip_prefix("request.auth.claims").unwrap_or(k))?;
                 Atom::Claim { path, values: values.iter().map(|v| StrMatch::istio(v, "")).collect() }
@@ -713,14 +776,16 @@ fn request_principal(value: &str) -> Atom {
         (any.clone(), any)
     } else if value.starts_with('*') {
         if found {
-            let iss_m = if iss == "*" { any } else { StrMatch::Suffix(iss.strip_prefix('*').unwrap_or(iss).as_bytes().into()) };
+            let iss_m =
+                if iss == "*" { any } else { StrMatch::Suffix(iss.strip_prefix('*').unwrap_or(iss).as_bytes().into()) };
             (iss_m, StrMatch::Exact(sub.as_bytes().into()))
         } else {
             (any, StrMatch::Suffix(value.strip_prefix('*').unwrap_or(value).as_bytes().into()))
         }
     } else if value.ends_with('*') {
         if found {
-            let sub_m = if sub == "*" { any } else { StrMatch::Prefix(sub.strip_suffix('*').unwrap_or(sub).as_bytes().into()) };
+            let sub_m =
+                if sub == "*" { any } else { StrMatch::Prefix(sub.strip_suffix('*').unwrap_or(sub).as_bytes().into()) };
             (StrMatch::Exact(iss.as_bytes().into()), sub_m)
         } else {
             (StrMatch::Prefix(value.strip_suffix('*').unwrap_or(value).as_bytes().into()), any)
@@ -769,8 +834,18 @@ fn source_kvs(s: Option<&Source>, field: &str) -> Vec<Kv> {
     let f = |name: &str| format!("{field}.{name}");
     [
         kv(Key::SrcPrincipal, f("principals"), s.principals.as_deref(), s.not_principals.as_deref()),
-        kv(Key::RequestPrincipal, f("requestPrincipals"), s.request_principals.as_deref(), s.not_request_principals.as_deref()),
-        kv(Key::SrcServiceAccount, f("serviceAccounts"), s.service_accounts.as_deref(), s.not_service_accounts.as_deref()),
+        kv(
+            Key::RequestPrincipal,
+            f("requestPrincipals"),
+            s.request_principals.as_deref(),
+            s.not_request_principals.as_deref(),
+        ),
+        kv(
+            Key::SrcServiceAccount,
+            f("serviceAccounts"),
+            s.service_accounts.as_deref(),
+            s.not_service_accounts.as_deref(),
+        ),
         kv(Key::SrcTrustDomain, f("trustDomains"), s.trust_domains.as_deref(), s.not_trust_domains.as_deref()),
         kv(Key::SrcNamespace, f("namespaces"), s.namespaces.as_deref(), s.not_namespaces.as_deref()),
         kv(Key::RemoteIp, f("remoteIpBlocks"), s.remote_ip_blocks.as_deref(), s.not_remote_ip_blocks.as_deref()),
@@ -896,7 +971,9 @@ pub(crate) fn expand_trust_domain_aliases(bundle: &[String], values: &[String]) 
 
 /// trustdomain `stringMatch`: the pattern may be on either side.
 fn td_string_match(a: &str, list: &[String]) -> bool {
-    list.iter().any(|s| a == s || s == "*" || prefix_match(a, s) || prefix_match(s, a) || suffix_match(a, s) || suffix_match(s, a))
+    list.iter().any(|s| {
+        a == s || s == "*" || prefix_match(a, s) || prefix_match(s, a) || suffix_match(a, s) || suffix_match(s, a)
+    })
 }
 fn prefix_match(a: &str, pattern: &str) -> bool {
     pattern.strip_suffix('*').is_some_and(|p| a.starts_with(p))

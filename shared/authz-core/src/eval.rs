@@ -3,8 +3,8 @@
 //! lexicographic name order, the first match deciding.
 
 use crate::compile::{Atom, CRule, Cond, Custom, MetaMatch, RuleSet};
-use crate::matcher::StrMatch;
 use crate::matcher::HeaderMatch;
+use crate::matcher::StrMatch;
 use crate::{strip_query, Authz, MetaValue, Provider, View};
 use serde_json::Value;
 
@@ -83,7 +83,9 @@ impl<'e> Verdict<'e> {
             Reason::Allowed { rule } => format!("ALLOW rule {rule} matched"),
             Reason::NoAllowMatch => "ALLOW policies apply to the workload but none matched".to_string(),
             Reason::Denied { rule } => format!("DENY rule {rule} matched"),
-            Reason::BadCustom { rule, reason } => format!("CUSTOM rule {rule} matched but the provider is unusable: {reason}"),
+            Reason::BadCustom { rule, reason } => {
+                format!("CUSTOM rule {rule} matched but the provider is unusable: {reason}")
+            }
             Reason::PeerAuthnStrict { port, policy } => format!(
                 "PeerAuthentication is STRICT on port {port} ({}) and the connection is not mutual TLS",
                 policy.as_deref().unwrap_or("default")

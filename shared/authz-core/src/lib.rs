@@ -25,8 +25,8 @@
 
 mod compile;
 mod eval;
-pub mod metadata;
 pub mod matcher;
+pub mod metadata;
 pub mod peer_authentication;
 pub mod provider;
 pub mod scope;

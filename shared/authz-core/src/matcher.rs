@@ -36,7 +36,25 @@ impl Class {
 /// Envoy's `kLiteral` class for uri templates.
 pub fn is_pchar(c: u8) -> bool {
     c.is_ascii_alphanumeric()
-        || matches!(c, b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'+' | b',' | b';' | b':' | b'@' | b'=')
+        || matches!(
+            c,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'+'
+                | b','
+                | b';'
+                | b':'
+                | b'@'
+                | b'='
+        )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,9 +228,17 @@ impl HeaderMatch {
         if v == "*" {
             HeaderMatch::Present
         } else if let Some(rest) = v.strip_prefix('*') {
-            HeaderMatch::Str(if ignore_case { StrMatch::SuffixIgnoreCase(lower(rest)) } else { StrMatch::Suffix(lower(rest)) })
+            HeaderMatch::Str(if ignore_case {
+                StrMatch::SuffixIgnoreCase(lower(rest))
+            } else {
+                StrMatch::Suffix(lower(rest))
+            })
         } else if let Some(rest) = v.strip_suffix('*') {
-            HeaderMatch::Str(if ignore_case { StrMatch::PrefixIgnoreCase(lower(rest)) } else { StrMatch::Prefix(lower(rest)) })
+            HeaderMatch::Str(if ignore_case {
+                StrMatch::PrefixIgnoreCase(lower(rest))
+            } else {
+                StrMatch::Prefix(lower(rest))
+            })
         } else {
             HeaderMatch::Str(if ignore_case { StrMatch::ExactIgnoreCase(lower(v)) } else { StrMatch::Exact(lower(v)) })
         }

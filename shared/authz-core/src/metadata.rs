@@ -182,7 +182,8 @@ mod tests {
         let s = ld(3, b"hello");
         let list = ld(6, &[ld(1, &ld(3, b"a")), ld(1, &ld(3, b"b"))].concat());
         let number = [vec![0x11], 5.0f64.to_le_bytes().to_vec()].concat();
-        let bytes = metadata("envoy.filters.http.lua", &[("str", s), ("list", list), ("num", number), ("skip", ld(3, b"x"))]);
+        let bytes =
+            metadata("envoy.filters.http.lua", &[("str", s), ("list", list), ("num", number), ("skip", ld(3, b"x"))]);
         let wanted = vec![
             ("envoy.filters.http.lua".to_string(), "str".to_string()),
             ("envoy.filters.http.lua".to_string(), "list".to_string()),
@@ -192,7 +193,10 @@ mod tests {
         let got = decode_metadata(&bytes, &wanted).unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].value, MetaValue::String(b"hello".to_vec()));
-        assert_eq!(got[1].value, MetaValue::List(vec![MetaValue::String(b"a".to_vec()), MetaValue::String(b"b".to_vec())]));
+        assert_eq!(
+            got[1].value,
+            MetaValue::List(vec![MetaValue::String(b"a".to_vec()), MetaValue::String(b"b".to_vec())])
+        );
         assert_eq!(got[2].value, MetaValue::Other);
     }
 
@@ -200,12 +204,20 @@ mod tests {
     fn matches_the_bytes_envoy_sent() {
         // `metadata` as Envoy 1.40 returned it for header_to_metadata k=hello.
         let bytes: &[u8] = &[
-            10, 55, 10, 37, 101, 110, 118, 111, 121, 46, 102, 105, 108, 116, 101, 114, 115, 46, 104, 116, 116, 112, 46, 104, 101, 97, 100, 101, 114, 95,
-            116, 111, 95, 109, 101, 116, 97, 100, 97, 116, 97, 18, 14, 10, 12, 10, 1, 107, 18, 7, 26, 5, 104, 101, 108, 108, 111,
+            10, 55, 10, 37, 101, 110, 118, 111, 121, 46, 102, 105, 108, 116, 101, 114, 115, 46, 104, 116, 116, 112, 46,
+            104, 101, 97, 100, 101, 114, 95, 116, 111, 95, 109, 101, 116, 97, 100, 97, 116, 97, 18, 14, 10, 12, 10, 1,
+            107, 18, 7, 26, 5, 104, 101, 108, 108, 111,
         ];
         let wanted = vec![("envoy.filters.http.header_to_metadata".to_string(), "k".to_string())];
         let got = decode_metadata(bytes, &wanted).unwrap();
-        assert_eq!(got, vec![MetadataEntry { filter: wanted[0].0.clone(), key: "k".into(), value: MetaValue::String(b"hello".to_vec()) }]);
+        assert_eq!(
+            got,
+            vec![MetadataEntry {
+                filter: wanted[0].0.clone(),
+                key: "k".into(),
+                value: MetaValue::String(b"hello".to_vec())
+            }]
+        );
     }
 
     #[test]

@@ -300,7 +300,11 @@ mod tests {
     #[test]
     fn root_namespace_follows_the_workload_configuration() {
         let y = pa("mesh-root", "default", "{mtls: {mode: STRICT}}");
-        assert_eq!(compile(&workload("foo", &[]), &y).mode(), MtlsMode::Permissive, "istio-system is not the root here");
+        assert_eq!(
+            compile(&workload("foo", &[]), &y).mode(),
+            MtlsMode::Permissive,
+            "istio-system is not the root here"
+        );
         let mut w = workload("foo", &[]);
         w.root_namespace = "mesh-root".into();
         assert_eq!(compile(&w, &y).mode(), MtlsMode::Strict);
@@ -308,7 +312,8 @@ mod tests {
 
     #[test]
     fn namespace_policy_overrides_mesh_and_applies_only_to_its_namespace() {
-        let y = pa("istio-system", "default", "{mtls: {mode: STRICT}}") + &pa("foo", "default", "{mtls: {mode: PERMISSIVE}}");
+        let y = pa("istio-system", "default", "{mtls: {mode: STRICT}}")
+            + &pa("foo", "default", "{mtls: {mode: PERMISSIVE}}");
         let p = compile(&workload("foo", &[]), &y);
         assert_eq!((p.mode(), p.explain(1).scope), (MtlsMode::Permissive, Scope::Namespace));
         assert_eq!(compile(&workload("bar", &[]), &y).mode(), MtlsMode::Strict);
@@ -341,7 +346,9 @@ mod tests {
         let p = compile(&workload("foo", &[]), &y);
         assert_eq!((p.mode(), p.explain(1).scope), (MtlsMode::Permissive, Scope::Default));
         // Workload UNSET under namespace DISABLE → DISABLE.
-        let y = mesh + &pa("foo", "ns", "{mtls: {mode: DISABLE}}") + &pa("foo", "wl", "{selector: {matchLabels: {app: a}}, mtls: {mode: UNSET}}");
+        let y = mesh
+            + &pa("foo", "ns", "{mtls: {mode: DISABLE}}")
+            + &pa("foo", "wl", "{selector: {matchLabels: {app: a}}, mtls: {mode: UNSET}}");
         assert_eq!(compile(&workload("foo", &[("app", "a")]), &y).mode(), MtlsMode::Disable);
     }
 
@@ -418,10 +425,19 @@ mod tests {
 
     #[test]
     fn port_level_without_selector_is_an_error() {
-        let e = errors(&workload("foo", &[]), &pa("foo", "ns", "{mtls: {mode: STRICT}, portLevelMtls: {8080: {mode: DISABLE}}}"));
+        let e = errors(
+            &workload("foo", &[]),
+            &pa("foo", "ns", "{mtls: {mode: STRICT}, portLevelMtls: {8080: {mode: DISABLE}}}"),
+        );
         assert_eq!(e.len(), 1);
-        assert!(e[0].contains("PeerAuthentication foo/ns: spec.portLevelMtls: portLevelMtls requires a selector"), "{e:?}");
-        let e = errors(&workload("foo", &[]), &pa("foo", "ns", "{selector: {matchLabels: {}}, portLevelMtls: {8080: {mode: DISABLE}}}"));
+        assert!(
+            e[0].contains("PeerAuthentication foo/ns: spec.portLevelMtls: portLevelMtls requires a selector"),
+            "{e:?}"
+        );
+        let e = errors(
+            &workload("foo", &[]),
+            &pa("foo", "ns", "{selector: {matchLabels: {}}, portLevelMtls: {8080: {mode: DISABLE}}}"),
+        );
         assert!(e[0].contains("requires a selector"), "{e:?}");
     }
 
@@ -430,7 +446,14 @@ mod tests {
         let w = workload("foo", &[("app", "a")]);
         let e = errors(&w, &pa("foo", "p", "{selector: {matchLabels: {app: a}}, portLevelMtls: {}}"));
         assert!(e[0].contains("at least one port"), "{e:?}");
-        let e = errors(&w, &pa("foo", "p", "{selector: {matchLabels: {app: a}}, portLevelMtls: {0: {mode: STRICT}, 70000: {mode: STRICT}}}"));
+        let e = errors(
+            &w,
+            &pa(
+                "foo",
+                "p",
+                "{selector: {matchLabels: {app: a}}, portLevelMtls: {0: {mode: STRICT}, 70000: {mode: STRICT}}}",
+            ),
+        );
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].contains("spec.portLevelMtls.0: port 0 is not in 1-65535"), "{e:?}");
         assert!(e[1].contains("spec.portLevelMtls.70000"), "{e:?}");

@@ -91,7 +91,9 @@ impl NameMatch {
     pub fn matches(&self, name: &str) -> bool {
         match self {
             NameMatch::Exact(x) => name.eq_ignore_ascii_case(x),
-            NameMatch::Prefix(x) => name.len() >= x.len() && name.as_bytes()[..x.len()].eq_ignore_ascii_case(x.as_bytes()),
+            NameMatch::Prefix(x) => {
+                name.len() >= x.len() && name.as_bytes()[..x.len()].eq_ignore_ascii_case(x.as_bytes())
+            }
             NameMatch::Suffix(x) => {
                 name.len() >= x.len() && name.as_bytes()[name.len() - x.len()..].eq_ignore_ascii_case(x.as_bytes())
             }
@@ -126,15 +128,16 @@ impl Provider {
         if self.to_downstream_on_deny.is_empty() {
             return name != ":authority" && name != "host";
         }
-        matches!(name, ":status" | "content-length" | "www-authenticate" | "location") || any_match(&self.to_downstream_on_deny, name)
+        matches!(name, ":status" | "content-length" | "www-authenticate" | "location")
+            || any_match(&self.to_downstream_on_deny, name)
     }
 }
 
 /// Envoy's `envoy.type.v3.StatusCode` values: what `statusOnError` accepts.
 const ENVOY_STATUS_CODES: &[u32] = &[
-    100, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 307, 308, 400, 401, 402,
-    403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 423, 424, 426, 428, 429,
-    431, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
+    100, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 307, 308, 400, 401, 402, 403,
+    404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 423, 424, 426, 428, 429, 431, 500,
+    501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
 ];
 
 /// Parses and validates `extensionProviders` as istiod's `processExtensionProvider` does.
@@ -193,7 +196,9 @@ fn validate_provider_name(name: &str) -> Result<(), String> {
         if c.is_ascii_uppercase() {
             return Err(format!("uppercase letters not allowed (use lowercase): {c:?} at position {i}"));
         }
-        return Err(format!("invalid character {c:?} at position {i} (only lowercase letters, digits, and hyphens allowed)"));
+        return Err(format!(
+            "invalid character {c:?} at position {i} (only lowercase letters, digits, and hyphens allowed)"
+        ));
     }
     if name.starts_with('-') || name.ends_with('-') {
         return Err("cannot start or end with a hyphen".into());
@@ -297,8 +302,7 @@ fn build_http(name: &str, cfg: &ExtAuthzHttp) -> Result<Provider, Vec<String>> {
 }
 
 fn is_header_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]

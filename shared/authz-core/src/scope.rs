@@ -7,7 +7,10 @@ use wasmesh_istio::{PolicyTargetReference, Resource, Workload, WorkloadSelector}
 
 /// The `targetRef`/`targetRefs` of a policy, the legacy single `targetRef` counting when
 /// `targetRefs` is empty.
-pub fn target_refs<'a>(target_ref: &'a Option<PolicyTargetReference>, target_refs: &'a [PolicyTargetReference]) -> Vec<&'a PolicyTargetReference> {
+pub fn target_refs<'a>(
+    target_ref: &'a Option<PolicyTargetReference>,
+    target_refs: &'a [PolicyTargetReference],
+) -> Vec<&'a PolicyTargetReference> {
     if !target_refs.is_empty() {
         target_refs.iter().collect()
     } else {

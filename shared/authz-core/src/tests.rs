@@ -167,7 +167,9 @@ fn allow_policy_without_rules_denies_everything() {
         assert!(!allowed(&a, &get("/")), "{rules:?}");
         assert_eq!(a.evaluate(&get("/").view()).1.reason, Reason::NoAllowMatch);
     }
-    let a = compile("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec: {}\n");
+    let a = compile(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec: {}\n",
+    );
     assert!(!allowed(&a, &get("/")), "spec: {{}} is ALLOW with no rules: deny all");
 }
 
@@ -321,7 +323,10 @@ fn scope_target_refs_only_for_gateway_api_gateways() {
     other.labels.insert(GATEWAY_NAME_LABEL.into(), "other".into());
     assert!(allowed(&compile_with(target, other, |_| {}), &get("/")));
     // Legacy singular targetRef.
-    let single = target.replace("targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]", "targetRef: {group: gateway.networking.k8s.io, kind: Gateway, name: gw}");
+    let single = target.replace(
+        "targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]",
+        "targetRef: {group: gateway.networking.k8s.io, kind: Gateway, name: gw}",
+    );
     assert!(!allowed(&compile_with(&single, gw.clone(), |_| {}), &get("/")));
     // A targetRef policy in the root namespace does not attach to a gateway in foo.
     let root = target.replace("namespace: foo", "namespace: istio-system");
@@ -577,7 +582,11 @@ impl View for Unreadable<'_> {
 fn an_unreadable_input_fails_closed_where_an_absent_one_matches_a_negation() {
     let cases = [
         ("  rules: [{from: [{source: {notPrincipals: [cluster.local/ns/foo/sa/bad]}}]}]", "mtls", get("/")),
-        ("  rules: [{from: [{source: {notNamespaces: [bad]}}]}]", "peer", get("/").from("cluster.local/ns/foo/sa/good")),
+        (
+            "  rules: [{from: [{source: {notNamespaces: [bad]}}]}]",
+            "peer",
+            get("/").from("cluster.local/ns/foo/sa/good"),
+        ),
         ("  rules: [{from: [{source: {notRequestPrincipals: [iss/bad]}}]}]", "identity", get("/")),
         ("  rules: [{when: [{key: connection.sni, notValues: [bad.example.com]}]}]", "sni", get("/")),
         ("  rules: [{when: [{key: 'request.headers[x-user]', notValues: [mallory]}]}]", "headers", get("/")),
@@ -678,7 +687,10 @@ fn from_to_and_when_are_all_required() {
     let good = get("/").from("cluster.local/ns/bar/sa/x").header("x-token", "ok");
     assert!(allowed(&a, &good));
     assert!(allowed(&a, &good.clone().header("x-token", "other")), "each value is tested on its own (Envoy 1.40)");
-    assert!(!allowed(&a, &get("/").from("cluster.local/ns/bar/sa/x").header("x-token", "ok,other")), "one value with a comma is one value");
+    assert!(
+        !allowed(&a, &get("/").from("cluster.local/ns/bar/sa/x").header("x-token", "ok,other")),
+        "one value with a comma is one value"
+    );
     assert!(!allowed(&a, &req("POST", "/").from("cluster.local/ns/bar/sa/x").header("x-token", "ok")));
     assert!(!allowed(&a, &get("/").header("x-token", "ok")));
 }
@@ -768,7 +780,8 @@ fn when_connection_sni() {
 
 #[test]
 fn when_experimental_envoy_filter_metadata() {
-    let a = allow("  rules: [{when: [{key: 'experimental.envoy.filters.http.lua[user]', values: [alice, '[admin]']}]}]");
+    let a =
+        allow("  rules: [{when: [{key: 'experimental.envoy.filters.http.lua[user]', values: [alice, '[admin]']}]}]");
     assert_eq!(a.needs().metadata, vec![("envoy.filters.http.lua".to_string(), "user".to_string())]);
     let with = |v: MetaValue| {
         let mut r = get("/");
@@ -825,7 +838,8 @@ fn providers() -> Vec<serde_json::Value> {
 
 #[test]
 fn custom_matching_rule_asks_the_provider() {
-    let yaml = policy("c", "foo", "CUSTOM", "  provider: {name: ext}\n  rules: [{to: [{operation: {paths: [/admin*]}}]}]");
+    let yaml =
+        policy("c", "foo", "CUSTOM", "  provider: {name: ext}\n  rules: [{to: [{operation: {paths: [/admin*]}}]}]");
     let a = compile_with(&yaml, workload(), |c| c.extension_providers = providers());
     match a.evaluate(&get("/admin").view()).0 {
         Some(CustomOutcome::Check { provider, rule }) => {
@@ -840,7 +854,8 @@ fn custom_matching_rule_asks_the_provider() {
 
 #[test]
 fn custom_with_unknown_or_several_providers_denies_what_it_matches() {
-    let yaml = policy("c", "foo", "CUSTOM", "  provider: {name: nope}\n  rules: [{to: [{operation: {paths: [/admin]}}]}]");
+    let yaml =
+        policy("c", "foo", "CUSTOM", "  provider: {name: nope}\n  rules: [{to: [{operation: {paths: [/admin]}}]}]");
     let a = compile_with(&yaml, workload(), |c| c.extension_providers = providers());
     match a.custom(&get("/admin").view()) {
         CustomOutcome::Deny(v) => {
@@ -857,7 +872,8 @@ fn custom_with_unknown_or_several_providers_denies_what_it_matches() {
 
 #[test]
 fn stages_split_custom_from_rbac() {
-    let yaml = policy("c", "foo", "CUSTOM", "  provider: {name: ext}\n  rules: [{}]") + &policy("d", "foo", "DENY", "  rules: [{}]");
+    let yaml = policy("c", "foo", "CUSTOM", "  provider: {name: ext}\n  rules: [{}]")
+        + &policy("d", "foo", "DENY", "  rules: [{}]");
     let c = compile_with(&yaml, workload(), |c| {
         c.extension_providers = providers();
         c.stage = Stage::Custom;
@@ -987,11 +1003,21 @@ fn conn() -> Req {
 
 #[test]
 fn tcp_allow_by_principal_namespace_ip_and_port() {
-    let a = tcp(&policy("p", "foo", "ALLOW", "  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]}]"));
+    let a = tcp(&policy(
+        "p",
+        "foo",
+        "ALLOW",
+        "  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]}]",
+    ));
     assert!(allowed(&a, &conn().from("cluster.local/ns/default/sa/sleep")));
     assert!(!allowed(&a, &conn().from("cluster.local/ns/default/sa/other")));
     assert!(!allowed(&a, &conn()), "plaintext has no principal");
-    let a = tcp(&policy("p", "foo", "ALLOW", "  rules: [{from: [{source: {namespaces: [default]}}], to: [{operation: {ports: ['3306']}}]}]"));
+    let a = tcp(&policy(
+        "p",
+        "foo",
+        "ALLOW",
+        "  rules: [{from: [{source: {namespaces: [default]}}], to: [{operation: {ports: ['3306']}}]}]",
+    ));
     assert!(allowed(&a, &conn().from("cluster.local/ns/default/sa/x").port(3306)));
     assert!(!allowed(&a, &conn().from("cluster.local/ns/default/sa/x").port(3307)));
     let a = tcp(&policy("p", "foo", "ALLOW", "  rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}], when: [{key: destination.port, values: ['8000']}, {key: connection.sni, values: ['*.foo']}]}]"));
@@ -1000,7 +1026,12 @@ fn tcp_allow_by_principal_namespace_ip_and_port() {
     assert!(allowed(&a, &r));
     assert!(!allowed(&a, &r.clone().ip("192.168.0.1")));
     assert!(!allowed(&a, &conn()), "no SNI");
-    let a = tcp(&policy("p", "foo", "ALLOW", "  rules: [{when: [{key: remote.ip, values: [10.0.0.0/8]}, {key: source.ip, values: [10.0.0.1]}]}]"));
+    let a = tcp(&policy(
+        "p",
+        "foo",
+        "ALLOW",
+        "  rules: [{when: [{key: remote.ip, values: [10.0.0.0/8]}, {key: source.ip, values: [10.0.0.1]}]}]",
+    ));
     assert!(allowed(&a, &conn()));
     assert!(!allowed(&a, &conn().remote("1.1.1.1")));
 }
@@ -1039,7 +1070,11 @@ fn tcp_allow_rules_with_http_only_fields_are_dropped() {
 fn tcp_deny_rules_lose_their_http_only_fields_and_match_more() {
     let d = tcp(&policy("p", "foo", "DENY", "  rules: [{to: [{operation: {paths: [/admin]}}]}]"));
     let v = d.evaluate(&conn().view()).1;
-    assert_eq!(v.reason, Reason::Denied { rule: "ns[foo]-policy[p]-rule[0]" }, "an HTTP-only DENY rule denies every connection");
+    assert_eq!(
+        v.reason,
+        Reason::Denied { rule: "ns[foo]-policy[p]-rule[0]" },
+        "an HTTP-only DENY rule denies every connection"
+    );
     let d = tcp(&policy("p", "foo", "DENY", "  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/bad]}}], to: [{operation: {methods: [POST]}}]}]"));
     assert!(!allowed(&d, &conn().from("cluster.local/ns/default/sa/bad")), "methods removed: any connection from bad");
     assert!(allowed(&d, &conn().from("cluster.local/ns/default/sa/good")));
@@ -1062,7 +1097,12 @@ fn tcp_ignores_custom_with_an_http_provider_but_not_a_bad_one() {
 
 #[test]
 fn tcp_refuses_dynamic_metadata_conditions() {
-    let yaml = policy("p", "foo", "DENY", "  rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: ['[update]']}]}]");
+    let yaml = policy(
+        "p",
+        "foo",
+        "DENY",
+        "  rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: ['[update]']}]}]",
+    );
     let resources = Resources { items: load_str(&yaml, "test.yaml").expect("valid yaml") };
     let cfg = AuthzConfig {
         workload: Some(workload()),
@@ -1076,7 +1116,12 @@ fn tcp_refuses_dynamic_metadata_conditions() {
     };
     let e = cfg.compile(&resources).expect_err("refused");
     let text = e.to_string();
-    assert!(text.contains("AuthorizationPolicy foo/p") && text.contains("spec.rules[0].when[0].key") && text.contains("TCP"), "{text}");
+    assert!(
+        text.contains("AuthorizationPolicy foo/p")
+            && text.contains("spec.rules[0].when[0].key")
+            && text.contains("TCP"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -1092,7 +1137,8 @@ fn tcp_peer_authentication_strict_refuses_plaintext() {
 #[test]
 #[allow(clippy::unwrap_used)]
 fn without_workload_the_config_parses_and_compiling_refuses() {
-    let cfg = AuthzConfig::parse_json(br#"{"mesh": {"trustDomain": "td.example", "rootNamespace": "mesh-root"}}"#).unwrap();
+    let cfg =
+        AuthzConfig::parse_json(br#"{"mesh": {"trustDomain": "td.example", "rootNamespace": "mesh-root"}}"#).unwrap();
     assert!(cfg.workload.is_none());
     assert_eq!((cfg.mesh().trust_domain.as_str(), cfg.mesh().root_namespace.as_str()), ("td.example", "mesh-root"));
     let e = cfg.compile(&cfg.parsed_resources().unwrap()).unwrap_err().to_string();

@@ -21,8 +21,14 @@ pub fn validate(res: &Resource, ap: &AuthorizationPolicy) -> Vec<Error> {
     if let Some(v) = res.metadata.annotations.get(DRY_RUN_ANNOTATION) {
         match ap.action {
             Action::Allow | Action::Deny => {
-                if !matches!(v.as_str(), "1" | "t" | "T" | "TRUE" | "true" | "True" | "0" | "f" | "F" | "FALSE" | "false" | "False") {
-                    err("metadata.annotations[istio.io/dry-run]".into(), format!("invalid value {v:?}: expected true or false"));
+                if !matches!(
+                    v.as_str(),
+                    "1" | "t" | "T" | "TRUE" | "true" | "True" | "0" | "f" | "F" | "FALSE" | "false" | "False"
+                ) {
+                    err(
+                        "metadata.annotations[istio.io/dry-run]".into(),
+                        format!("invalid value {v:?}: expected true or false"),
+                    );
                 }
             }
             _ => err(
@@ -31,7 +37,9 @@ pub fn validate(res: &Resource, ap: &AuthorizationPolicy) -> Vec<Error> {
             ),
         }
     }
-    let selectors = usize::from(ap.selector.is_some()) + usize::from(ap.target_ref.is_some()) + usize::from(!ap.target_refs.is_empty());
+    let selectors = usize::from(ap.selector.is_some())
+        + usize::from(ap.target_ref.is_some())
+        + usize::from(!ap.target_refs.is_empty());
     if selectors > 1 {
         err("spec".into(), "only one of targetRefs or workloadSelector can be set".into());
     }
@@ -59,12 +67,17 @@ pub fn validate(res: &Resource, ap: &AuthorizationPolicy) -> Vec<Error> {
             err(format!("{field}.name"), "targetRef name must be set".into());
         }
         if !r.namespace.is_empty() {
-            err(format!("{field}.namespace"), "targetRef namespace must not be set; cross namespace referencing is not supported".into());
+            err(
+                format!("{field}.namespace"),
+                "targetRef namespace must not be set; cross namespace referencing is not supported".into(),
+            );
         }
         let group = if r.group.is_empty() { "core" } else { r.group.as_str() };
         let ok = matches!(
             (group, r.kind.as_str()),
-            ("core", "Service") | ("networking.istio.io", "ServiceEntry") | ("gateway.networking.k8s.io", "Gateway" | "GatewayClass")
+            ("core", "Service")
+                | ("networking.istio.io", "ServiceEntry")
+                | ("gateway.networking.k8s.io", "Gateway" | "GatewayClass")
         );
         if !ok {
             err(
@@ -251,8 +264,10 @@ pub fn validate(res: &Resource, ap: &AuthorizationPolicy) -> Vec<Error> {
                 }
             }
             if ap.action == Action::Custom
-                && (matches!(c.key.as_str(), "source.namespace" | "source.serviceAccount" | "source.trustDomain" | "source.principal")
-                    || c.key.starts_with("request.auth."))
+                && (matches!(
+                    c.key.as_str(),
+                    "source.namespace" | "source.serviceAccount" | "source.trustDomain" | "source.principal"
+                ) || c.key.starts_with("request.auth."))
             {
                 err(format!("{wf}.key"), format!("{} is currently not supported with CUSTOM action", c.key));
             }
@@ -286,8 +301,12 @@ fn validate_attribute(key: &str, values: &[String]) -> Result<(), String> {
     match key {
         _ if key.starts_with("request.headers") => map_key(key),
         "source.ip" | "remote.ip" | "destination.ip" => ips(values),
-        "source.namespace" | "source.principal" | "request.auth.principal" | "request.auth.audiences"
-        | "request.auth.presenter" | "connection.sni" => Ok(()),
+        "source.namespace"
+        | "source.principal"
+        | "request.auth.principal"
+        | "request.auth.audiences"
+        | "request.auth.presenter"
+        | "connection.sni" => Ok(()),
         "source.serviceAccount" => check_service_accounts(values),
         "source.trustDomain" => check_wildcard_values(values),
         _ if key.starts_with("request.auth.claims") => map_key(key),
@@ -297,8 +316,12 @@ fn validate_attribute(key: &str, values: &[String]) -> Result<(), String> {
         },
         _ if key.starts_with("experimental.") => map_key(key),
         "destination.namespace" => Err(format!("attribute {key} is replaced by the metadata.namespace")),
-        _ if key.starts_with("destination.labels") => Err(format!("attribute {key} is replaced by the workload selector")),
-        "destination.name" | "destination.user" => Err(format!("deprecated attribute {key}: only supported in v1alpha1")),
+        _ if key.starts_with("destination.labels") => {
+            Err(format!("attribute {key} is replaced by the workload selector"))
+        }
+        "destination.name" | "destination.user" => {
+            Err(format!("deprecated attribute {key}: only supported in v1alpha1"))
+        }
         _ => Err(format!("unknown attribute: {key}")),
     }
 }
@@ -363,10 +386,14 @@ fn check_path_template(path: &str) -> Result<(), String> {
             return Err(format!("invalid or unsupported path {path}: {{**}} is not the last operator"));
         }
         if glob.contains(['{', '}']) {
-            return Err(format!("invalid or unsupported path {path}: contains '{{' or '}}' beyond a supported path template"));
+            return Err(format!(
+                "invalid or unsupported path {path}: contains '{{' or '}}' beyond a supported path template"
+            ));
         }
         if has_template && (glob.is_empty() || !glob.bytes().all(is_pchar)) {
-            return Err(format!("invalid or unsupported path {path}: contains segment {glob:?} with invalid string literal"));
+            return Err(format!(
+                "invalid or unsupported path {path}: contains segment {glob:?} with invalid string literal"
+            ));
         }
     }
     Ok(())

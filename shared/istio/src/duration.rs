@@ -35,8 +35,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            "" => return Err(format!("duration {text:?} has a number without a unit; expected one of ns, us, ms, s, m, h")),
-            other => return Err(format!("duration {text:?} has unknown unit {other:?}; expected one of ns, us, ms, s, m, h")),
+            "" => {
+                return Err(format!(
+                    "duration {text:?} has a number without a unit; expected one of ns, us, ms, s, m, h"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "duration {text:?} has unknown unit {other:?}; expected one of ns, us, ms, s, m, h"
+                ))
+            }
         };
         total_ns += number * scale;
     }

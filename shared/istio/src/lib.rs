@@ -25,9 +25,9 @@ pub use meta::{ObjectMeta, PolicyTargetReference, WorkloadSelector};
 pub use networking::{
     DestinationRule, Gateway, PortProtocol, ServiceEntry, StringMatch, VirtualService, WorkloadEntry,
 };
+pub use node::{MeshIdentity, NodeMetadata, Strictness};
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 pub use telemetry::Telemetry;
-pub use node::{MeshIdentity, NodeMetadata, Strictness};
 pub use workload::{fqdn, ProxyMode, Workload};
 
 use serde::{Deserialize, Serialize};
@@ -84,14 +84,10 @@ impl Kind {
 
     pub fn group(self) -> &'static str {
         match self {
-            Kind::VirtualService
-            | Kind::DestinationRule
-            | Kind::Gateway
-            | Kind::ServiceEntry
-            | Kind::WorkloadEntry => "networking.istio.io",
-            Kind::AuthorizationPolicy | Kind::RequestAuthentication | Kind::PeerAuthentication => {
-                "security.istio.io"
+            Kind::VirtualService | Kind::DestinationRule | Kind::Gateway | Kind::ServiceEntry | Kind::WorkloadEntry => {
+                "networking.istio.io"
             }
+            Kind::AuthorizationPolicy | Kind::RequestAuthentication | Kind::PeerAuthentication => "security.istio.io",
             Kind::Telemetry => "telemetry.istio.io",
         }
     }
@@ -214,9 +210,10 @@ impl Resources {
     ) -> impl Iterator<Item = (&'a Resource, &'a ServiceEntry)> + 'a {
         self.service_entries().filter(move |(res, se)| {
             res.namespace() == workload.namespace
-                && se.workload_selector.as_ref().is_some_and(|sel| {
-                    sel.labels.iter().all(|(k, v)| workload.labels.get(k) == Some(v))
-                })
+                && se
+                    .workload_selector
+                    .as_ref()
+                    .is_some_and(|sel| sel.labels.iter().all(|(k, v)| workload.labels.get(k) == Some(v)))
         })
     }
     pub fn workload_entries(&self) -> impl Iterator<Item = (&Resource, &WorkloadEntry)> {
@@ -225,17 +222,13 @@ impl Resources {
             _ => None,
         })
     }
-    pub fn authorization_policies(
-        &self,
-    ) -> impl Iterator<Item = (&Resource, &AuthorizationPolicy)> {
+    pub fn authorization_policies(&self) -> impl Iterator<Item = (&Resource, &AuthorizationPolicy)> {
         self.items.iter().filter_map(|r| match &r.spec {
             Spec::AuthorizationPolicy(v) => Some((r, v)),
             _ => None,
         })
     }
-    pub fn request_authentications(
-        &self,
-    ) -> impl Iterator<Item = (&Resource, &RequestAuthentication)> {
+    pub fn request_authentications(&self) -> impl Iterator<Item = (&Resource, &RequestAuthentication)> {
         self.items.iter().filter_map(|r| match &r.spec {
             Spec::RequestAuthentication(v) => Some((r, v)),
             _ => None,

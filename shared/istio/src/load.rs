@@ -368,7 +368,8 @@ impl Loader {
         let json = yaml_to_json(&value);
         match parse_object(value, location.clone()) {
             Ok(resource) => {
-                let key = (resource.kind().name().to_string(), resource.namespace().to_string(), resource.name().to_string());
+                let key =
+                    (resource.kind().name().to_string(), resource.namespace().to_string(), resource.name().to_string());
                 let display = resource.display_name();
                 self.record(key, &display, location, json, Some(resource));
             }
@@ -462,8 +463,12 @@ impl Loader {
                 files.push_str(&format!(" and {} more files", skipped.files.len() - SHOWN));
             }
             let why = match reason {
-                SkipReason::NotIstio => "not an Istio resource; wasmesh reads Istio's networking, security and telemetry kinds",
-                SkipReason::IstioNotRead => "an Istio kind wasmesh does not implement; it has no effect on what wasmesh generates",
+                SkipReason::NotIstio => {
+                    "not an Istio resource; wasmesh reads Istio's networking, security and telemetry kinds"
+                }
+                SkipReason::IstioNotRead => {
+                    "an Istio kind wasmesh does not implement; it has no effect on what wasmesh generates"
+                }
                 SkipReason::GatewayApi => "Gateway API is not supported by wasmesh yet (--skip-unsupported)",
             };
             notes.push(format!("skipped {} {kind} ({api_version}) in {files}: {why}", skipped.count));
@@ -573,12 +578,7 @@ fn parse_object(value: serde_yaml::Value, location: Location) -> Result<Resource
     if metadata.name.is_empty() {
         return Err(err(None, Some("metadata.name"), "empty; every resource needs a name".into()));
     }
-    let display = format!(
-        "{} {}/{}",
-        kind.name(),
-        metadata.namespace.as_deref().unwrap_or("default"),
-        metadata.name
-    );
+    let display = format!("{} {}/{}", kind.name(), metadata.namespace.as_deref().unwrap_or("default"), metadata.name);
     for key in map.keys() {
         let key = key.as_str().unwrap_or("");
         if !matches!(key, "apiVersion" | "kind" | "metadata" | "spec" | "status") {
@@ -629,8 +629,8 @@ pub fn resources_from_values(values: Vec<serde_json::Value>) -> Result<Vec<Resou
 /// Reads resources from their JSON form (what wasmeshctl hands to a filter as configuration),
 /// with the same field-path errors as YAML.
 pub fn resources_from_json(json: &[u8]) -> Result<Vec<Resource>, Error> {
-    let values: Vec<serde_json::Value> = serde_json::from_slice(json)
-        .map_err(|e| Error::new(format!("resources are not a JSON list: {e}")))?;
+    let values: Vec<serde_json::Value> =
+        serde_json::from_slice(json).map_err(|e| Error::new(format!("resources are not a JSON list: {e}")))?;
     resources_from_values(values)
 }
 
@@ -681,7 +681,12 @@ spec:
         let bad = VS.replace("exact: jason", "exactly: jason");
         let e = load_str(&bad, "reviews.yaml").unwrap_err();
         let text = e.to_string();
-        assert!(text.starts_with("reviews.yaml (document 1): VirtualService bookinfo/reviews: spec.http[0].match[0].headers.end-user"), "{text}");
+        assert!(
+            text.starts_with(
+                "reviews.yaml (document 1): VirtualService bookinfo/reviews: spec.http[0].match[0].headers.end-user"
+            ),
+            "{text}"
+        );
         assert!(text.contains("unknown field `exactly`"), "{text}");
         assert!(text.contains("`exact`"), "{text}");
     }
@@ -697,7 +702,8 @@ spec:
 
     #[test]
     fn unknown_top_level_field_is_an_error() {
-        let e = load_str("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspek: {}\n", "f").unwrap_err();
+        let e = load_str("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspek: {}\n", "f")
+            .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("spek"));
     }
 
@@ -715,7 +721,8 @@ spec:
         l.finish()
     }
 
-    const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: reviews-v1}\nspec: {replicas: 1}\n";
+    const DEPLOYMENT: &str =
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: reviews-v1}\nspec: {replicas: 1}\n";
 
     #[test]
     fn loader_keeps_documents_and_notes_skipped_kinds_per_kind() {
@@ -749,12 +756,19 @@ spec:
         let bad_field = VS.replace("exact: jason", "exactly: jason");
         let failure = loader(
             LoadOptions::default(),
-            &[("a.yaml", &bad_field), ("b.yaml", "kind: [\n"), ("c.yaml", "apiVersion: v1\nkind: VirtualService\nmetadata: {name: x}\n")],
+            &[
+                ("a.yaml", &bad_field),
+                ("b.yaml", "kind: [\n"),
+                ("c.yaml", "apiVersion: v1\nkind: VirtualService\nmetadata: {name: x}\n"),
+            ],
         )
         .unwrap_err();
         let errors: Vec<String> = failure.errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(errors.len(), 3, "{errors:#?}");
-        assert!(errors[0].starts_with("a.yaml (document 1): VirtualService bookinfo/reviews: spec.http[0]"), "{errors:#?}");
+        assert!(
+            errors[0].starts_with("a.yaml (document 1): VirtualService bookinfo/reviews: spec.http[0]"),
+            "{errors:#?}"
+        );
         assert!(errors[1].starts_with("b.yaml (document 1): not valid YAML"), "{errors:#?}");
         assert!(errors[2].contains("apiVersion: \"v1\" is not served for VirtualService"), "{errors:#?}");
         // For schema checks: every document read as YAML, the refused ones too, in input order.
@@ -783,13 +797,23 @@ spec:
         let input = loader(options, &[("vs.yaml", VS), ("route.yaml", route)]).unwrap();
         assert_eq!(input.resources.items.len(), 2);
         assert_eq!(input.documents.len(), 2, "Gateway API documents are not kept");
-        assert!(input.notes[0].starts_with("skipped 1 HTTPRoute (gateway.networking.k8s.io/v1) in route.yaml: Gateway API"), "{:?}", input.notes);
-        assert!(input.notes[1].starts_with("skipped 1 ReferenceGrant (gateway.networking.k8s.io/v1beta1)"), "{:?}", input.notes);
+        assert!(
+            input.notes[0].starts_with("skipped 1 HTTPRoute (gateway.networking.k8s.io/v1) in route.yaml: Gateway API"),
+            "{:?}",
+            input.notes
+        );
+        assert!(
+            input.notes[1].starts_with("skipped 1 ReferenceGrant (gateway.networking.k8s.io/v1beta1)"),
+            "{:?}",
+            input.notes
+        );
     }
 
     #[test]
     fn the_same_resource_twice_is_an_error_or_replaced_in_place() {
-        let dr = |subset: &str| format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews}}\nspec: {{host: reviews, subsets: [{{name: {subset}, labels: {{version: {subset}}}}}]}}\n");
+        let dr = |subset: &str| {
+            format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews}}\nspec: {{host: reviews, subsets: [{{name: {subset}, labels: {{version: {subset}}}}}]}}\n")
+        };
         // No namespace means `default`: these are one object in Istio.
         let later = dr("v9").replace("{name: reviews}", "{name: reviews, namespace: default}");
         let files = [("bookinfo.yaml", VS), ("other.yaml", later.as_str())];
@@ -804,7 +828,9 @@ spec:
         // --override: the later replaces the earlier where it stood (order and count unchanged).
         let input = loader(LoadOptions { override_duplicates: true, ..Default::default() }, &files).unwrap();
         assert_eq!(input.resources.items.len(), 2);
-        let Spec::DestinationRule(rule) = &input.resources.items[1].spec else { panic!("{:?}", input.resources.items[1]) };
+        let Spec::DestinationRule(rule) = &input.resources.items[1].spec else {
+            panic!("{:?}", input.resources.items[1])
+        };
         assert_eq!(rule.subsets[0].name, "v9");
         assert_eq!(input.resources.items[1].location.file, "other.yaml");
         assert_eq!(input.documents.len(), 2);
@@ -820,7 +846,10 @@ spec:
         let other_ns = VS.replace("namespace: bookinfo", "namespace: other");
         let input = loader(LoadOptions::default(), &[("a.yaml", VS), ("b.yaml", &other_ns)]).unwrap();
         let names: Vec<String> = input.resources.items.iter().map(Resource::display_name).collect();
-        assert_eq!(names, ["VirtualService bookinfo/reviews", "DestinationRule default/reviews", "VirtualService other/reviews"]);
+        assert_eq!(
+            names,
+            ["VirtualService bookinfo/reviews", "DestinationRule default/reviews", "VirtualService other/reviews"]
+        );
     }
 
     #[test]
@@ -838,18 +867,27 @@ spec:
 
     #[test]
     fn yaml_becomes_json_as_kubernetes_converts_it() {
-        let v: serde_yaml::Value = serde_yaml::from_str("a: 1\nb: [true, null, 1.5, x]\n2: two\nc: !tag {d: -3}\n").unwrap();
-        assert_eq!(yaml_to_json(&v), serde_json::json!({"a": 1, "b": [true, null, 1.5, "x"], "2": "two", "c": {"d": -3}}));
+        let v: serde_yaml::Value =
+            serde_yaml::from_str("a: 1\nb: [true, null, 1.5, x]\n2: two\nc: !tag {d: -3}\n").unwrap();
+        assert_eq!(
+            yaml_to_json(&v),
+            serde_json::json!({"a": 1, "b": [true, null, 1.5, "x"], "2": "two", "c": {"d": -3}})
+        );
     }
 
     #[test]
     fn json_round_trip_keeps_the_typed_spec() {
         let rs = load_str(VS, "reviews.yaml").unwrap();
-        let json = serde_json::to_vec(&rs.iter().map(|r| {
-            let mut r = r.clone();
-            r.location = Location::default();
-            r
-        }).collect::<Vec<_>>()).unwrap();
+        let json = serde_json::to_vec(
+            &rs.iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    r.location = Location::default();
+                    r
+                })
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         let back = resources_from_json(&json).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back[0].spec, rs[0].spec);

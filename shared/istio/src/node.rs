@@ -249,7 +249,8 @@ pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
 
 /// A Struct of strings (node metadata `LABELS`) as Envoy returns it: a pairs map.
 pub fn decode_string_map(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
-    let pairs = decode_pairs(bytes).ok_or_else(|| format!("{} bytes that are not a proxy-wasm pairs map", bytes.len()))?;
+    let pairs =
+        decode_pairs(bytes).ok_or_else(|| format!("{} bytes that are not a proxy-wasm pairs map", bytes.len()))?;
     let mut out = BTreeMap::new();
     for (k, v) in pairs {
         let key = std::str::from_utf8(k).map_err(|_| "a key is not UTF-8".to_string())?;
@@ -273,7 +274,10 @@ mod tests {
     }
 
     fn istio_node() -> NodeMetadata {
-        let mut n = NodeMetadata { id: Some("sidecar~10.0.0.1~reviews-v1-abc.default~default.svc.cluster.local".into()), ..Default::default() };
+        let mut n = NodeMetadata {
+            id: Some("sidecar~10.0.0.1~reviews-v1-abc.default~default.svc.cluster.local".into()),
+            ..Default::default()
+        };
         n.set(NAMESPACE, Some(b"default"));
         n.set(WORKLOAD_NAME, Some(b"reviews-v1"));
         n.set(LABELS, Some(&hex(ENVOY_LABELS)));
@@ -300,14 +304,24 @@ mod tests {
         assert_eq!(wl.principal(), "cluster.local/ns/default/sa/bookinfo-reviews");
         assert_eq!(wl.mode, ProxyMode::Sidecar);
         assert_eq!(wl.cluster_id, "Kubernetes");
-        let mesh = MeshIdentity { trust_domain: "td.example".into(), root_namespace: "mesh-root".into(), domain_suffix: "corp".into() };
+        let mesh = MeshIdentity {
+            trust_domain: "td.example".into(),
+            root_namespace: "mesh-root".into(),
+            domain_suffix: "corp".into(),
+        };
         let wl = istio_node().workload(&mesh, Strictness::Required).unwrap();
-        assert_eq!((wl.trust_domain.as_str(), wl.root_namespace.as_str(), wl.domain_suffix.as_str()), ("td.example", "mesh-root", "corp"));
+        assert_eq!(
+            (wl.trust_domain.as_str(), wl.root_namespace.as_str(), wl.domain_suffix.as_str()),
+            ("td.example", "mesh-root", "corp")
+        );
     }
 
     #[test]
     fn a_router_node_is_a_gateway_and_defaults_fill_the_rest() {
-        let mut n = NodeMetadata { id: Some("router~10.0.0.9~istio-ingressgateway-5d7.istio-system~istio-system.svc.cluster.local".into()), ..Default::default() };
+        let mut n = NodeMetadata {
+            id: Some("router~10.0.0.9~istio-ingressgateway-5d7.istio-system~istio-system.svc.cluster.local".into()),
+            ..Default::default()
+        };
         n.set(NAMESPACE, Some(b"istio-system"));
         // An empty LABELS map is still a map.
         n.set(LABELS, Some(&0u32.to_le_bytes()));
@@ -346,7 +360,10 @@ mod tests {
     #[test]
     fn parses_node_ids() {
         let id = NodeId::parse("sidecar~10.0.0.1~reviews-v1-abc.default~default.svc.cluster.local").unwrap();
-        assert_eq!((id.kind, id.ip, id.pod(), id.domain), ("sidecar", "10.0.0.1", "reviews-v1-abc", "default.svc.cluster.local"));
+        assert_eq!(
+            (id.kind, id.ip, id.pod(), id.domain),
+            ("sidecar", "10.0.0.1", "reviews-v1-abc", "default.svc.cluster.local")
+        );
         assert!(NodeId::parse("sidecar~10.0.0.1").is_err());
         assert!(NodeId::parse("").is_err());
     }

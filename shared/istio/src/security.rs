@@ -223,11 +223,7 @@ pub struct PeerAuthentication {
     /// Keyed by the workload (container) port. YAML keys may be integers (`8080:`) or strings
     /// (`"8080":`, what `kubectl get -o yaml` prints); both are accepted. `None` = no field,
     /// `Some(empty)` = `portLevelMtls: {}`, which Istio rejects.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "port_map::deserialize"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "port_map::deserialize")]
     pub port_level_mtls: Option<BTreeMap<u32, MutualTls>>,
 }
 
@@ -318,9 +314,7 @@ mod port_map {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<BTreeMap<u32, MutualTls>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<u32, MutualTls>>, D::Error> {
         struct M;
         impl<'de> Visitor<'de> for M {
             type Value = Option<BTreeMap<u32, MutualTls>>;

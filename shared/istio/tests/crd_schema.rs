@@ -36,16 +36,17 @@ fn spec_schema(crds: &[Value], kind: &str, version: &str) -> Value {
         .find(|c| c.pointer("/spec/names/kind").and_then(Value::as_str) == Some(kind))
         .unwrap_or_else(|| panic!("no CRD for {kind}"));
     let versions = crd.pointer("/spec/versions").and_then(Value::as_array).expect("versions");
-    let v = versions
-        .iter()
-        .find(|v| v["name"] == version)
-        .unwrap_or_else(|| panic!("{kind} has no version {version}"));
+    let v = versions.iter().find(|v| v["name"] == version).unwrap_or_else(|| panic!("{kind} has no version {version}"));
     v.pointer("/schema/openAPIV3Schema/properties/spec").cloned().expect("spec schema")
 }
 
 /// A value with every property the schema declares (placeholders of the right type).
 fn maximal(schema: &Value, depth: usize) -> Value {
-    if let Some(e) = schema.get("enum").and_then(Value::as_array).and_then(|e| e.iter().find(|v| v.as_str() != Some("UNSPECIFIED")).or(e.first())) {
+    if let Some(e) = schema
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.iter().find(|v| v.as_str() != Some("UNSPECIFIED")).or(e.first()))
+    {
         return e.clone();
     }
     let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
@@ -136,7 +137,8 @@ fn every_crd_field_is_accepted_and_round_trips_to_valid_istio() {
         }
         let doc = json!({"apiVersion": api_version(kind), "kind": kind.name(), "metadata": {"name": "maximal", "namespace": "default"}, "spec": spec});
         let yaml = serde_yaml::to_string(&doc).unwrap();
-        let loaded = load_str(&yaml, "maximal.yaml").unwrap_or_else(|e| panic!("{}: a field Istio's CRD has was refused: {e}", kind.name()));
+        let loaded = load_str(&yaml, "maximal.yaml")
+            .unwrap_or_else(|e| panic!("{}: a field Istio's CRD has was refused: {e}", kind.name()));
         let back = serde_json::to_value(&loaded[0]).unwrap();
         let mut problems = Vec::new();
         check(&schema, &back["spec"], "spec", &mut problems);
@@ -155,7 +157,8 @@ fn every_example_is_valid_istio() {
     let crds = crds();
     let mut checked = 0;
     for dir in ["examples/bookinfo", "examples/httpbin"] {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join(dir)).unwrap().flatten().map(|e| e.path()).collect();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(repo().join(dir)).unwrap().flatten().map(|e| e.path()).collect();
         files.sort();
         for f in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
             let text = std::fs::read_to_string(&f).unwrap();
@@ -183,7 +186,12 @@ fn the_checker_itself_catches_bad_documents() {
     let crds = crds();
     let schema = spec_schema(&crds, "VirtualService", "v1");
     let mut problems = Vec::new();
-    check(&schema, &json!({"hosts": ["a"], "http": [{"route": [{"destination": {"host": "a"}, "wieght": 1}]}]}), "spec", &mut problems);
+    check(
+        &schema,
+        &json!({"hosts": ["a"], "http": [{"route": [{"destination": {"host": "a"}, "wieght": 1}]}]}),
+        "spec",
+        &mut problems,
+    );
     assert_eq!(problems, vec!["spec.http[0].route[0].wieght: not in the CRD schema".to_string()]);
     let mut problems = Vec::new();
     check(&schema, &json!({"hosts": "a"}), "spec", &mut problems);

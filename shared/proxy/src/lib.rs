@@ -175,7 +175,8 @@ pub fn node_metadata() -> NodeMetadata {
         }
     }
     for key in wasmesh_istio::node::KEYS {
-        let path: Vec<&str> = if prefix == "xds" { vec!["xds", "node", "metadata", key] } else { vec!["node", "metadata", key] };
+        let path: Vec<&str> =
+            if prefix == "xds" { vec!["xds", "node", "metadata", key] } else { vec!["node", "metadata", key] };
         node.set(key, property(&path).as_deref());
     }
     node

@@ -10,12 +10,27 @@ fn main() {
     }
     yaml.push_str("  - route: [{destination: {host: bench}}]\n");
     let items = load_str(&yaml, "bench").expect("yaml");
-    let cfg = RouterConfig { workload: Some(Workload::new("w", "default")), mesh: None, gateway_port: None, cluster_header: "x-wasmesh-cluster".into(), resources: vec![] };
+    let cfg = RouterConfig {
+        workload: Some(Workload::new("w", "default")),
+        mesh: None,
+        gateway_port: None,
+        cluster_header: "x-wasmesh-cluster".into(),
+        resources: vec![],
+    };
     let router = cfg.compile(&Resources { items }).expect("compile");
-    let headers: Vec<(String, Vec<u8>)> = [(":authority", "bench"), (":path", "/"), (":method", "GET"), (":scheme", "http"), ("user-agent", "h2load"), ("x-route", "v9-match"), ("x-forwarded-proto", "http"), ("x-request-id", "0f0d3c1e-2b7a-4a55-9d0c-5d8c2f1b7e11")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-        .collect();
+    let headers: Vec<(String, Vec<u8>)> = [
+        (":authority", "bench"),
+        (":path", "/"),
+        (":method", "GET"),
+        (":scheme", "http"),
+        ("user-agent", "h2load"),
+        ("x-route", "v9-match"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "0f0d3c1e-2b7a-4a55-9d0c-5d8c2f1b7e11"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+    .collect();
     let n = 200_000u32;
     let start = std::time::Instant::now();
     let mut hits = 0;

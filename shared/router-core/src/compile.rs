@@ -142,15 +142,20 @@ impl Compiler<'_> {
             if !visible(&vs.export_to, res.namespace(), &wl.namespace) {
                 continue;
             }
-            let bound = self.check_all || match &gateway {
-                None => vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh"),
-                Some(gw) => vs.gateways.iter().any(|g| gw.names.contains(&gateway_name(g, res.namespace()))),
-            };
+            let bound = self.check_all
+                || match &gateway {
+                    None => vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh"),
+                    Some(gw) => vs.gateways.iter().any(|g| gw.names.contains(&gateway_name(g, res.namespace()))),
+                };
             if !bound {
                 continue;
             }
             if !vs.tcp.is_empty() || !vs.tls.is_empty() {
-                self.err(res, "spec.tcp/spec.tls", "TCP and TLS routes are not supported by wasmesh (HTTP routes only)");
+                self.err(
+                    res,
+                    "spec.tcp/spec.tls",
+                    "TCP and TLS routes are not supported by wasmesh (HTTP routes only)",
+                );
             }
             if vs.hosts.is_empty() {
                 self.err(res, "spec.hosts", "at least one host is required");
@@ -304,7 +309,11 @@ impl Compiler<'_> {
                     continue;
                 }
                 if server.tls.is_some() {
-                    self.err(res, &format!("spec.servers[{si}].tls"), "TLS termination at the gateway is not supported by wasmesh yet");
+                    self.err(
+                        res,
+                        &format!("spec.servers[{si}].tls"),
+                        "TLS termination at the gateway is not supported by wasmesh yet",
+                    );
                 }
                 for (hi, h) in server.hosts.iter().enumerate() {
                     let (ns, host) = match h.split_once('/') {
@@ -364,7 +373,11 @@ impl Compiler<'_> {
             }
             if route.route.is_empty() {
                 if route.redirect.is_none() && route.direct_response.is_none() && route.delegate.is_none() {
-                    self.err(res, &format!("{field}.route"), "a route needs at least one destination (or a redirect or directResponse)");
+                    self.err(
+                        res,
+                        &format!("{field}.route"),
+                        "a route needs at least one destination (or a redirect or directResponse)",
+                    );
                 }
                 continue;
             }
@@ -383,9 +396,14 @@ impl Compiler<'_> {
                     None => 0,
                 };
                 if d.headers.is_some() {
-                    self.err(res, &format!("{dfield}.headers"), "per-destination header operations are not supported by wasmesh yet");
+                    self.err(
+                        res,
+                        &format!("{dfield}.headers"),
+                        "per-destination header operations are not supported by wasmesh yet",
+                    );
                 }
-                let Some(cluster) = self.cluster(res, &format!("{dfield}.destination"), &d.destination, services) else {
+                let Some(cluster) = self.cluster(res, &format!("{dfield}.destination"), &d.destination, services)
+                else {
                     continue;
                 };
                 if weight == 0 {
@@ -395,7 +413,11 @@ impl Compiler<'_> {
                 destinations.push(WeightedDestination { weight, cluster });
             }
             if multiple && total == 0 {
-                self.err(res, &format!("{field}.route"), "the destination weights add up to 0; expected a total above 0");
+                self.err(
+                    res,
+                    &format!("{field}.route"),
+                    "the destination weights add up to 0; expected a total above 0",
+                );
                 continue;
             }
             out.push(Route {
@@ -420,14 +442,21 @@ impl Compiler<'_> {
             ("retries", r.retries.is_some()),
             ("fault", r.fault.is_some()),
             ("mirror", r.mirror.is_some() || !r.mirrors.is_empty()),
-            ("mirrorPercentage", r.mirror_percentage.is_some() || r.mirror_percent.is_some() || r.mirror_percent_snake.is_some()),
+            (
+                "mirrorPercentage",
+                r.mirror_percentage.is_some() || r.mirror_percent.is_some() || r.mirror_percent_snake.is_some(),
+            ),
             ("corsPolicy", r.cors_policy.is_some()),
             ("headers", r.headers.is_some()),
             ("match[].statPrefix", r.matches.iter().any(|m| m.stat_prefix.is_some())),
         ];
         for (name, set) in present {
             if set {
-                self.err(res, &format!("{field}.{name}"), "not supported by this wasmesh router yet (HTTP matching and weighted destinations are)");
+                self.err(
+                    res,
+                    &format!("{field}.{name}"),
+                    "not supported by this wasmesh router yet (HTTP matching and weighted destinations are)",
+                );
             }
         }
     }
@@ -435,16 +464,17 @@ impl Compiler<'_> {
     fn compile_match(&mut self, res: &Resource, field: &str, m: &HttpMatchRequest) -> Option<Match> {
         let mut out = Match { port: m.port, ..Match::default() };
         let mut ok = true;
-        let mut one = |sm: &Option<wasmesh_istio::StringMatch>, name: &str, ignore_case: bool, errors: &mut Vec<Error>| {
-            sm.as_ref().and_then(|sm| match StrMatcher::compile(sm, ignore_case) {
-                Ok(c) => Some(c),
-                Err((sub, e)) => {
-                    errors.push(Error::at(res, format!("{field}.{name}{sub}"), e));
-                    ok = false;
-                    None
-                }
-            })
-        };
+        let mut one =
+            |sm: &Option<wasmesh_istio::StringMatch>, name: &str, ignore_case: bool, errors: &mut Vec<Error>| {
+                sm.as_ref().and_then(|sm| match StrMatcher::compile(sm, ignore_case) {
+                    Ok(c) => Some(c),
+                    Err((sub, e)) => {
+                        errors.push(Error::at(res, format!("{field}.{name}{sub}"), e));
+                        ok = false;
+                        None
+                    }
+                })
+            };
         out.uri = one(&m.uri, "uri", m.ignore_uri_case, &mut self.errors);
         out.scheme = one(&m.scheme, "scheme", false, &mut self.errors);
         out.method = one(&m.method, "method", false, &mut self.errors);
@@ -498,13 +528,21 @@ impl Compiler<'_> {
         services: &BTreeMap<String, Vec<u32>>,
     ) -> Option<ClusterName> {
         if d.host.is_empty() || d.host.contains('*') {
-            self.err(res, &format!("{field}.host"), &format!("{:?} is not a destination host; expected a service name", d.host));
+            self.err(
+                res,
+                &format!("{field}.host"),
+                &format!("{:?} is not a destination host; expected a service name", d.host),
+            );
             return None;
         }
         let host = self.wl.fqdn(&d.host, res.namespace());
         let port = match (d.port, services.get(&host).map(Vec::as_slice)) {
             (Some(p), _) if p.number == 0 || p.number > 65535 => {
-                self.err(res, &format!("{field}.port.number"), &format!("{} is not a port; expected 1-65535", p.number));
+                self.err(
+                    res,
+                    &format!("{field}.port.number"),
+                    &format!("{} is not a port; expected 1-65535", p.number),
+                );
                 return None;
             }
             (Some(p), _) => Some(p.number),
@@ -558,8 +596,7 @@ fn clone_routes(routes: &[Route]) -> Vec<Route> {
 
 /// `exportTo` visibility: empty or `*` = everywhere, `.` = own namespace, `~` = nowhere.
 fn visible(export_to: &[String], resource_ns: &str, proxy_ns: &str) -> bool {
-    export_to.is_empty()
-        || export_to.iter().any(|e| e == "*" || e == proxy_ns || (e == "." && resource_ns == proxy_ns))
+    export_to.is_empty() || export_to.iter().any(|e| e == "*" || e == proxy_ns || (e == "." && resource_ns == proxy_ns))
 }
 
 /// A VirtualService's gateway reference as `namespace/name` (short names are in the VS's namespace).

@@ -15,7 +15,10 @@ pub enum StrMatcher {
     /// RE2-style regex that must match the whole value. `prefixes`, when known, are literals one
     /// of which every matching value starts with: a byte compare rejects most values before the
     /// regex engine runs (which is expensive inside a wasm VM).
-    Regex { re: Regex, prefixes: Option<Vec<Vec<u8>>> },
+    Regex {
+        re: Regex,
+        prefixes: Option<Vec<Vec<u8>>>,
+    },
     /// `{}` (no oneof set) or `regex: "*"`: the header is present.
     Present,
 }
@@ -46,9 +49,7 @@ impl StrMatcher {
             StrMatcher::Exact(v) => value == v.as_slice(),
             StrMatcher::Prefix(v) => value.starts_with(v),
             StrMatcher::ExactIgnoreCase(v) => value.eq_ignore_ascii_case(v),
-            StrMatcher::PrefixIgnoreCase(v) => {
-                value.len() >= v.len() && value[..v.len()].eq_ignore_ascii_case(v)
-            }
+            StrMatcher::PrefixIgnoreCase(v) => value.len() >= v.len() && value[..v.len()].eq_ignore_ascii_case(v),
             StrMatcher::Regex { re, prefixes } => {
                 if let Some(p) = prefixes {
                     if !p.iter().any(|p| value.starts_with(p)) {

@@ -50,7 +50,13 @@ fn sidecar(yaml: &str) -> Router {
 
 fn sidecar_with(yaml: &str, wl: Workload) -> Router {
     let items = load_str(&format!("{SERVICES}\n---\n{yaml}"), "test.yaml").unwrap();
-    let cfg = RouterConfig { workload: Some(wl), mesh: None, gateway_port: None, cluster_header: DEFAULT_CLUSTER_HEADER.into(), resources: vec![] };
+    let cfg = RouterConfig {
+        workload: Some(wl),
+        mesh: None,
+        gateway_port: None,
+        cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        resources: vec![],
+    };
     cfg.compile(&Resources { items }).unwrap()
 }
 
@@ -93,17 +99,38 @@ fn cluster(r: &Router, pairs: &[(&str, &str)]) -> String {
 #[test]
 fn bookinfo_jason_goes_to_v2_everyone_else_to_v3() {
     let r = sidecar(REVIEWS_VS);
-    assert_eq!(cluster(&r, &[(":authority", "reviews:9080"), ("end-user", "jason")]), "outbound|9080|v2|reviews.default.svc.cluster.local");
-    assert_eq!(cluster(&r, &[(":authority", "reviews:9080"), ("end-user", "mary")]), "outbound|9080|v3|reviews.default.svc.cluster.local");
+    assert_eq!(
+        cluster(&r, &[(":authority", "reviews:9080"), ("end-user", "jason")]),
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    );
+    assert_eq!(
+        cluster(&r, &[(":authority", "reviews:9080"), ("end-user", "mary")]),
+        "outbound|9080|v3|reviews.default.svc.cluster.local"
+    );
     assert_eq!(cluster(&r, &[(":authority", "reviews:9080")]), "outbound|9080|v3|reviews.default.svc.cluster.local");
-    assert_eq!(cluster(&r, &[(":authority", "reviews:9080"), ("end-user", "Jason")]), "outbound|9080|v3|reviews.default.svc.cluster.local", "exact is case-sensitive");
+    assert_eq!(
+        cluster(&r, &[(":authority", "reviews:9080"), ("end-user", "Jason")]),
+        "outbound|9080|v3|reviews.default.svc.cluster.local",
+        "exact is case-sensitive"
+    );
 }
 
 #[test]
 fn host_short_forms_and_case_resolve_to_the_service() {
     let r = sidecar(REVIEWS_VS);
-    for authority in ["reviews", "reviews:9080", "reviews.default", "reviews.default.svc", "reviews.default.svc.cluster.local:9080", "REVIEWS.default"] {
-        assert_eq!(cluster(&r, &[(":authority", authority)]), "outbound|9080|v3|reviews.default.svc.cluster.local", "{authority}");
+    for authority in [
+        "reviews",
+        "reviews:9080",
+        "reviews.default",
+        "reviews.default.svc",
+        "reviews.default.svc.cluster.local:9080",
+        "REVIEWS.default",
+    ] {
+        assert_eq!(
+            cluster(&r, &[(":authority", authority)]),
+            "outbound|9080|v3|reviews.default.svc.cluster.local",
+            "{authority}"
+        );
     }
     assert_eq!(cluster(&r, &[(":authority", "reviews.other")]), "404");
     assert_eq!(cluster(&r, &[(":authority", "unknown.example.com")]), "404");
@@ -132,7 +159,10 @@ spec:
     route: [{destination: {host: ratings}}]
 "#,
     );
-    assert_eq!(cluster(&r, &[(":authority", "ratings"), (":path", "/ratings/1")]), "outbound|9080||ratings.default.svc.cluster.local");
+    assert_eq!(
+        cluster(&r, &[(":authority", "ratings"), (":path", "/ratings/1")]),
+        "outbound|9080||ratings.default.svc.cluster.local"
+    );
     assert_eq!(cluster(&r, &[(":authority", "ratings"), (":path", "/other")]), "404");
 }
 
@@ -356,7 +386,13 @@ spec:
     let mut wl = Workload::new("istio-ingressgateway", "istio-system");
     wl.mode = ProxyMode::Gateway;
     wl.labels.insert("istio".into(), "ingressgateway".into());
-    let cfg = RouterConfig { workload: Some(wl.clone()), mesh: None, gateway_port: Some(80), cluster_header: DEFAULT_CLUSTER_HEADER.into(), resources: vec![] };
+    let cfg = RouterConfig {
+        workload: Some(wl.clone()),
+        mesh: None,
+        gateway_port: Some(80),
+        cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        resources: vec![],
+    };
     let r = cfg.compile(&Resources { items: items.clone() }).unwrap();
     let httpbin = "outbound|8000||httpbin.default.svc.cluster.local";
     assert_eq!(cluster(&r, &[(":authority", "httpbin.example.com"), (":path", "/status/200")]), httpbin);
@@ -378,7 +414,10 @@ spec:
 #[test]
 fn configuration_errors_name_resource_field_and_value() {
     let e = compile_err(&REVIEWS_VS.replace("exact: jason", "regex: '(jason'"));
-    assert!(e.contains("VirtualService default/reviews: spec.http[0].match[0].headers.end-user.regex: invalid RE2"), "{e}");
+    assert!(
+        e.contains("VirtualService default/reviews: spec.http[0].match[0].headers.end-user.regex: invalid RE2"),
+        "{e}"
+    );
     assert!(e.contains("invalid RE2 regex \"(jason\""), "{e}");
 
     let e = compile_err(
@@ -412,9 +451,18 @@ fn configuration_json_round_trip_compiles() {
             serde_json::to_value(r).unwrap()
         })
         .collect();
-    let cfg = RouterConfig { workload: Some(Workload::new("w", "default")), mesh: None, gateway_port: None, cluster_header: "x-wasmesh-cluster".into(), resources };
+    let cfg = RouterConfig {
+        workload: Some(Workload::new("w", "default")),
+        mesh: None,
+        gateway_port: None,
+        cluster_header: "x-wasmesh-cluster".into(),
+        resources,
+    };
     let router = RouterConfig::compile_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
-    assert_eq!(cluster(&router, &[(":authority", "reviews"), ("end-user", "jason")]), "outbound|9080|v2|reviews.default.svc.cluster.local");
+    assert_eq!(
+        cluster(&router, &[(":authority", "reviews"), ("end-user", "jason")]),
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    );
     assert!(RouterConfig::compile_json(b"{\"workload\": 1}").is_err());
     assert!(RouterConfig::compile_json(b"\xff\xfe").is_err());
 }
@@ -425,7 +473,8 @@ fn hostile_authorities_do_not_panic() {
     for a in ["", ":", "[", "[::1", "[::1]:", "reviews:99999999999", "a:b:c", "\u{00e9}", &"x".repeat(10_000)] {
         let _ = cluster(&r, &[(":authority", a)]);
     }
-    let h: Vec<(String, Vec<u8>)> = vec![(":authority".into(), vec![0xff, 0xfe]), (":path".into(), vec![0xff, b'?', 0xfe])];
+    let h: Vec<(String, Vec<u8>)> =
+        vec![(":authority".into(), vec![0xff, 0xfe]), (":path".into(), vec![0xff, b'?', 0xfe])];
     let _ = r.route(&Request::new(&h), 0);
     let h: Vec<(String, Vec<u8>)> = vec![];
     assert_eq!(r.route(&Request::new(&h), 0), Decision::NotFound);

@@ -55,7 +55,13 @@ pub struct MetricCache {
 
 impl MetricCache {
     pub fn new(max_label_sets: usize) -> Self {
-        MetricCache { ids: HashMap::new(), fast: HashMap::new(), max_label_sets, overflow_id: None, name: String::new() }
+        MetricCache {
+            ids: HashMap::new(),
+            fast: HashMap::new(),
+            max_label_sets,
+            overflow_id: None,
+            name: String::new(),
+        }
     }
 
     pub fn label_sets(&self) -> usize {

@@ -161,11 +161,17 @@ impl PreambleReader {
     /// (everything since the last `Pass`/`Strip`, since `Wait` leaves them in place);
     /// `peek(n)` returns the first `n` of them (`n <= buffered`). At most
     /// `HEADER_LEN + MAX_PAYLOAD_BYTES` bytes are ever asked for.
-    pub fn step(&mut self, buffered: usize, end_of_stream: bool, mut peek: impl FnMut(usize) -> Option<Vec<u8>>) -> Step {
+    pub fn step(
+        &mut self,
+        buffered: usize,
+        end_of_stream: bool,
+        mut peek: impl FnMut(usize) -> Option<Vec<u8>>,
+    ) -> Step {
         if self.done {
             return Step::Pass;
         }
-        let wait_or_truncated = |this: &mut Self| if end_of_stream { this.give_up(GiveUp::Truncated) } else { Step::Wait };
+        let wait_or_truncated =
+            |this: &mut Self| if end_of_stream { this.give_up(GiveUp::Truncated) } else { Step::Wait };
         if buffered == 0 {
             return wait_or_truncated(self);
         }

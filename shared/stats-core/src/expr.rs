@@ -27,7 +27,10 @@ pub enum AttrType {
 pub enum Expr {
     Literal(String),
     /// A `get_property` path and how to print its value.
-    Attribute { path: Vec<String>, ty: AttrType },
+    Attribute {
+        path: Vec<String>,
+        ty: AttrType,
+    },
 }
 
 impl fmt::Display for Expr {
@@ -254,10 +257,7 @@ mod tests {
         assert_eq!(parse("string(destination.port)"), Ok(attr(&["destination", "port"], AttrType::Int)));
         assert_eq!(parse("connection.mtls"), Ok(attr(&["connection", "mtls"], AttrType::Bool)));
         assert_eq!(parse("node.id"), Ok(attr(&["xds", "node", "id"], AttrType::String)));
-        assert_eq!(
-            parse("request.headers['X-User']"),
-            Ok(attr(&["request", "headers", "x-user"], AttrType::String))
-        );
+        assert_eq!(parse("request.headers['X-User']"), Ok(attr(&["request", "headers", "x-user"], AttrType::String)));
         assert_eq!(
             parse("response.headers[\"x-version\"]"),
             Ok(attr(&["response", "headers", "x-version"], AttrType::String))

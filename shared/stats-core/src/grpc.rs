@@ -42,7 +42,8 @@ impl GrpcFrameCounter {
             chunk = &chunk[take..];
             if self.have == 5 {
                 self.messages += 1;
-                self.remaining = u64::from(u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]));
+                self.remaining =
+                    u64::from(u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]));
                 self.have = 0;
             }
         }

@@ -383,11 +383,7 @@ pub fn compute<'a>(
         if !svc.host.is_empty() {
             service_host = &svc.host;
         }
-        service_host_name = if !svc.name.is_empty() {
-            &svc.name
-        } else {
-            svc.host.split('.').next().unwrap_or("")
-        };
+        service_host_name = if !svc.name.is_empty() { &svc.name } else { svc.host.split('.').next().unwrap_or("") };
     }
 
     let peer_san = f.peer_principal;
@@ -418,11 +414,8 @@ pub fn compute<'a>(
                 Cow::Borrowed(if service_host.is_empty() { &local.canonical_service } else { service_host });
             v[DestinationCanonicalService as usize] = Cow::Borrowed(&local.canonical_service);
             v[DestinationCanonicalRevision as usize] = Cow::Borrowed(&local.canonical_revision);
-            v[DestinationServiceName as usize] = Cow::Borrowed(if service_host_name.is_empty() {
-                &local.canonical_service
-            } else {
-                service_host_name
-            });
+            v[DestinationServiceName as usize] =
+                Cow::Borrowed(if service_host_name.is_empty() { &local.canonical_service } else { service_host_name });
             v[DestinationServiceNamespace as usize] = Cow::Borrowed(&local.namespace);
             v[DestinationCluster as usize] = Cow::Borrowed(&local.cluster);
             v[ConnectionSecurityPolicy as usize] =
@@ -465,9 +458,29 @@ pub fn compute<'a>(
 /// Decimal text of a status code; the usual ones need no allocation.
 fn code_string(code: u32) -> Cow<'static, str> {
     const COMMON: [(u32, &str); 24] = [
-        (0, "0"), (1, "1"), (2, "2"), (3, "3"), (4, "4"), (5, "5"), (7, "7"), (12, "12"), (13, "13"),
-        (14, "14"), (16, "16"), (200, "200"), (201, "201"), (204, "204"), (301, "301"), (302, "302"),
-        (400, "400"), (401, "401"), (403, "403"), (404, "404"), (429, "429"), (500, "500"), (503, "503"),
+        (0, "0"),
+        (1, "1"),
+        (2, "2"),
+        (3, "3"),
+        (4, "4"),
+        (5, "5"),
+        (7, "7"),
+        (12, "12"),
+        (13, "13"),
+        (14, "14"),
+        (16, "16"),
+        (200, "200"),
+        (201, "201"),
+        (204, "204"),
+        (301, "301"),
+        (302, "302"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (429, "429"),
+        (500, "500"),
+        (503, "503"),
         (504, "504"),
     ];
     match COMMON.iter().find(|(c, _)| *c == code) {
@@ -551,7 +564,11 @@ connection_security_policy"
     fn server_side_with_peer_and_mtls() {
         let me = local("reviews-v2", "reviews", "v2");
         let p = peer("productpage-v1", "productpage", "v1");
-        let svc = ServiceInfo { host: "reviews.bookinfo.svc.cluster.local".into(), name: "reviews".into(), namespace: "bookinfo".into() };
+        let svc = ServiceInfo {
+            host: "reviews.bookinfo.svc.cluster.local".into(),
+            name: "reviews".into(),
+            namespace: "bookinfo".into(),
+        };
         let mut f = Facts::new(Protocol::Http);
         f.response_code = 200;
         f.peer = Some(&p);

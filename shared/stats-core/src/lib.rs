@@ -218,7 +218,8 @@ impl StatsConfig {
             )]));
         };
         match (direction, workload.mode) {
-            (Direction::Gateway, ProxyMode::Sidecar) | (Direction::Inbound | Direction::Outbound, ProxyMode::Gateway) => {
+            (Direction::Gateway, ProxyMode::Sidecar)
+            | (Direction::Inbound | Direction::Outbound, ProxyMode::Gateway) => {
                 errors.push(Error::new(format!(
                     "stats configuration: direction {:?} does not fit workload mode {:?}",
                     direction, workload.mode
@@ -373,7 +374,9 @@ impl Stats {
     pub fn is_external_authority(&self, authority: &[u8]) -> bool {
         let host = match authority.iter().rposition(|c| *c == b':') {
             // `[::1]:80` and `host:80`, but not a bare IPv6 address.
-            Some(i) if !authority.starts_with(b"[") || authority.get(i.wrapping_sub(1)) == Some(&b']') => &authority[..i],
+            Some(i) if !authority.starts_with(b"[") || authority.get(i.wrapping_sub(1)) == Some(&b']') => {
+                &authority[..i]
+            }
             _ => authority,
         };
         let Ok(host) = std::str::from_utf8(host) else { return false };
@@ -474,7 +477,8 @@ impl Stats {
             Metric::GrpcResponseMessages if grpc => Some(m.response_messages),
             _ => None,
         };
-        let applicable = |metric: &&Metric| grpc || !matches!(metric, Metric::GrpcRequestMessages | Metric::GrpcResponseMessages);
+        let applicable =
+            |metric: &&Metric| grpc || !matches!(metric, Metric::GrpcRequestMessages | Metric::GrpcResponseMessages);
         let fast_key = (facts.peer.is_none() || peer_id != 0).then(|| cache::RequestKey {
             protocol: facts.protocol as u8,
             code: facts.response_code,

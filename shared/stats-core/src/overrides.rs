@@ -92,10 +92,8 @@ impl Plans {
 
 /// The Telemetry resources that apply to this proxy, in merge order (root, namespace, workload).
 pub fn applicable<'r>(resources: &'r Resources, workload: &Workload) -> Vec<(&'r Resource, &'r Telemetry)> {
-    let all: Vec<(&Resource, &Telemetry)> = resources
-        .telemetries()
-        .filter(|(_, t)| t.target_ref.is_none() && t.target_refs.is_empty())
-        .collect();
+    let all: Vec<(&Resource, &Telemetry)> =
+        resources.telemetries().filter(|(_, t)| t.target_ref.is_none() && t.target_refs.is_empty()).collect();
     let no_selector = |t: &Telemetry| t.selector.as_ref().map(|s| s.match_labels.is_empty()).unwrap_or(true);
     let mut out = Vec::new();
     let root = workload.root_namespace.as_str();
@@ -242,7 +240,11 @@ fn parse_override(
 fn check_metrics(res: &Resource, i: usize, m: &Metrics, exprs: &mut Vec<Expr>, errors: &mut Vec<Error>) {
     for (j, p) in m.providers.iter().enumerate() {
         if p.name.is_empty() {
-            errors.push(Error::at(res, format!("spec.metrics[{i}].providers[{j}].name"), "a provider name is required"));
+            errors.push(Error::at(
+                res,
+                format!("spec.metrics[{i}].providers[{j}].name"),
+                "a provider name is required",
+            ));
         }
     }
     if let Some(interval) = &m.reporting_interval {
@@ -288,15 +290,19 @@ pub fn compile(resources: &Resources, workload: &Workload, mode: Mode) -> Result
     for (res, t) in &telemetries {
         for (i, m) in t.metrics.iter().enumerate() {
             check_metrics(res, i, m, &mut exprs, &mut errors);
-            let names: Vec<&str> =
-                if m.providers.is_empty() { parent.clone() } else { m.providers.iter().map(|p| p.name.as_str()).collect() };
+            let names: Vec<&str> = if m.providers.is_empty() {
+                parent.clone()
+            } else {
+                m.providers.iter().map(|p| p.name.as_str()).collect()
+            };
             parent = names.clone();
             if !names.contains(&PROMETHEUS) || !in_scope.contains(&PROMETHEUS) {
                 continue;
             }
             for (k, o) in m.overrides.iter().enumerate() {
                 let mut scratch = Vec::new();
-                let Some(p) = parse_override(res, &format!("spec.metrics[{i}].overrides[{k}]"), o, &mut exprs, &mut scratch)
+                let Some(p) =
+                    parse_override(res, &format!("spec.metrics[{i}].overrides[{k}]"), o, &mut exprs, &mut scratch)
                 else {
                     continue; // reported by check_metrics above
                 };

@@ -39,7 +39,12 @@ fn records_istio_names_and_label_order() {
     let mut host = FakeHost::default();
     let mut cache = MetricCache::new(100);
     let mut key = String::new();
-    let m = HttpMeasures { duration_ms: Some(7), request_bytes: Some(100), response_bytes: Some(250), ..Default::default() };
+    let m = HttpMeasures {
+        duration_ms: Some(7),
+        request_bytes: Some(100),
+        response_bytes: Some(250),
+        ..Default::default()
+    };
     for _ in 0..3 {
         stats.record_http(&mut cache, &mut host, &f, 1, &[], &m, &mut key);
     }
@@ -102,7 +107,8 @@ fn overrides_change_the_recorded_names() {
     let mut host = FakeHost::default();
     let mut cache = MetricCache::new(100);
     let mut key = String::new();
-    let m = HttpMeasures { duration_ms: Some(1), request_bytes: Some(1), response_bytes: Some(1), ..Default::default() };
+    let m =
+        HttpMeasures { duration_ms: Some(1), request_bytes: Some(1), response_bytes: Some(1), ..Default::default() };
     stats.record_http(&mut cache, &mut host, &Facts::new(Protocol::Http), 0, &values, &m, &mut key);
     let count = host.counters.keys().find(|k| k.ends_with("istio_requests_total")).unwrap();
     assert!(count.contains("source_app=.=fixed;.;"), "{count}");
@@ -117,8 +123,8 @@ fn overrides_change_the_recorded_names() {
 
 #[test]
 fn tcp_keys_have_tcp_labels() {
-    let stats = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "protocol": "tcp"}))
-        .unwrap();
+    let stats =
+        compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "protocol": "tcp"})).unwrap();
     let mut f = Facts::new(Protocol::Tcp);
     f.peer_principal = "spiffe://cluster.local/ns/x/sa/y";
     f.local_principal = "spiffe://cluster.local/ns/bookinfo/sa/a";
@@ -140,9 +146,12 @@ fn configuration_errors_are_reported() {
     let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "gateway"})).unwrap_err();
     assert!(e.to_string().contains("does not fit workload mode"), "{e}");
     let bad = telemetry(json!({"metrics": [{"overrides": [{"tagOverrides": {"x": {"value": "1 + 1"}}}]}]}));
-    let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "resources": [bad]}))
-        .unwrap_err();
-    assert!(e.to_string().contains("Telemetry istio-system/t: spec.metrics[0].overrides[0].tagOverrides.x.value"), "{e}");
+    let e =
+        compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "resources": [bad]})).unwrap_err();
+    assert!(
+        e.to_string().contains("Telemetry istio-system/t: spec.metrics[0].overrides[0].tagOverrides.x.value"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -166,7 +175,8 @@ fn gateway_reports_as_source_without_host_fallback() {
 
 #[test]
 fn stats_tags_cover_standard_and_custom_labels() {
-    let t = telemetry(json!({"metrics": [{"overrides": [{"tagOverrides": {"request_host": {"value": "request.host"}}}]}]}));
+    let t =
+        telemetry(json!({"metrics": [{"overrides": [{"tagOverrides": {"request_host": {"value": "request.host"}}}]}]}));
     let items = wasmesh_istio::resources_from_values(vec![t]).unwrap();
     let tags = stats_tags(&Resources { items });
     assert_eq!(tags.len(), 26);
@@ -178,14 +188,17 @@ fn stats_tags_cover_standard_and_custom_labels() {
 fn the_fast_path_keys_on_the_peer_and_the_response() {
     let stats = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound"})).unwrap();
     let mut peers = PeerCache::default();
-    let h = |name: &str| LocalInfo::from_workload(&serde_json::from_value(workload(name, name, "v1")).unwrap()).header_value();
+    let h = |name: &str| {
+        LocalInfo::from_workload(&serde_json::from_value(workload(name, name, "v1")).unwrap()).header_value()
+    };
     let (pb, pc) = (h("b"), h("c"));
     let b = peers.get_or_decode(pb.as_bytes(), None).unwrap();
     let c = peers.get_or_decode(pc.as_bytes(), None).unwrap();
     let mut host = FakeHost::default();
     let mut cache = MetricCache::new(100);
     let mut key = String::new();
-    let m = HttpMeasures { duration_ms: Some(1), request_bytes: Some(1), response_bytes: Some(1), ..Default::default() };
+    let m =
+        HttpMeasures { duration_ms: Some(1), request_bytes: Some(1), response_bytes: Some(1), ..Default::default() };
     let mut record = |peer: &CachedPeer, id: u64, code: u32| {
         let mut f = Facts::new(Protocol::Http);
         f.peer = Some(&peer.peer);
@@ -201,7 +214,10 @@ fn the_fast_path_keys_on_the_peer_and_the_response() {
     let count = |needle: &str, code: &str| {
         host.counters
             .iter()
-            .filter(|(k, _)| k.contains(&format!("source_workload=.={needle};.;")) && k.contains(&format!("response_code=.={code};.;")))
+            .filter(|(k, _)| {
+                k.contains(&format!("source_workload=.={needle};.;"))
+                    && k.contains(&format!("response_code=.={code};.;"))
+            })
             .map(|(_, v)| *v)
             .sum::<u64>()
     };
@@ -218,7 +234,9 @@ fn external_hosts_and_no_route_flags() {
         "externalHosts": ["httpbin.org", "*.googleapis.com"]}))
     .unwrap();
     assert!(stats.has_external_hosts());
-    for ext in [&b"httpbin.org"[..], b"HTTPBIN.org:443", b"httpbin.org.", b"storage.googleapis.com", b"a.b.googleapis.com:80"] {
+    for ext in
+        [&b"httpbin.org"[..], b"HTTPBIN.org:443", b"httpbin.org.", b"storage.googleapis.com", b"a.b.googleapis.com:80"]
+    {
         assert!(stats.is_external_authority(ext), "{}", String::from_utf8_lossy(ext));
     }
     for mesh in [&b"reviews:9080"[..], b"googleapis.com", b"nothttpbin.org", b"[::1]:80", b"\xff\xfe"] {
@@ -232,28 +250,39 @@ fn external_hosts_and_no_route_flags() {
     assert_eq!(inbound.effective_flags(404, "", 0), 0);
     assert!(!inbound.has_external_hosts());
     let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound", "externalHosts": ["a/b", "x.*.com", "é*"]})).unwrap_err();
-    assert!(["externalHosts[0]", "externalHosts[1]", "externalHosts[2]"].iter().all(|f| e.to_string().contains(f)), "{e}");
+    assert!(
+        ["externalHosts[0]", "externalHosts[1]", "externalHosts[2]"].iter().all(|f| e.to_string().contains(f)),
+        "{e}"
+    );
 }
 
 #[test]
 fn tcp_peer_exchange_config() {
-    let stats = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "protocol": "tcp", "peerExchange": true}))
-        .unwrap();
+    let stats = compile(
+        json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "protocol": "tcp", "peerExchange": true}),
+    )
+    .unwrap();
     assert!(stats.peer_exchange);
     assert_eq!(&stats.preamble[..4], &exchange::MAGIC.to_be_bytes());
     let peer = exchange::decode_body(&stats.preamble[exchange::HEADER_LEN..]).unwrap();
     assert_eq!((peer.workload.as_str(), peer.namespace.as_str(), peer.app.as_str()), ("a", "bookinfo", "a"));
     // Off by default, and then no preamble is built.
-    let off = compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound", "protocol": "tcp"})).unwrap();
+    let off =
+        compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound", "protocol": "tcp"})).unwrap();
     assert!(!off.peer_exchange && off.preamble.is_empty());
     // HTTP filters exchange headers, not preambles.
-    let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "peerExchange": true})).unwrap_err();
+    let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "peerExchange": true}))
+        .unwrap_err();
     assert!(e.to_string().contains("peerExchange is the TCP metadata exchange and needs protocol \"tcp\""), "{e}");
-    let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "protocol": "tcp", "peerExchange": "yes"}))
-        .unwrap_err();
+    let e = compile(
+        json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "protocol": "tcp", "peerExchange": "yes"}),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("invalid type: string \"yes\", expected a boolean"), "{e}");
-    let e = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "protocol": "tcp", "peerExchnage": true}))
-        .unwrap_err();
+    let e = compile(
+        json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "protocol": "tcp", "peerExchnage": true}),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("unknown field `peerExchnage`"), "{e}");
 }
 
@@ -268,7 +297,14 @@ fn exchanged_tcp_peer_fills_the_same_labels_as_http() {
     let mut f = Facts::new(Protocol::Tcp);
     f.peer = Some(&from_client);
     let (_, key) = &server.tcp_keys(&f, &[])[0];
-    for part in ["reporter=.=destination;", "source_workload=.=tcp-client-v1;", "source_app=.=tcp-client;", "source_version=.=v1;", "source_workload_namespace=.=bookinfo;", "destination_workload=.=tcp-echo-v1;"] {
+    for part in [
+        "reporter=.=destination;",
+        "source_workload=.=tcp-client-v1;",
+        "source_app=.=tcp-client;",
+        "source_version=.=v1;",
+        "source_workload_namespace=.=bookinfo;",
+        "destination_workload=.=tcp-echo-v1;",
+    ] {
         assert!(key.contains(part), "{part} in {key}");
     }
     // Client side: the server's preamble names the destination.
@@ -276,7 +312,13 @@ fn exchanged_tcp_peer_fills_the_same_labels_as_http() {
     let mut f = Facts::new(Protocol::Tcp);
     f.peer = Some(&from_server);
     let (_, key) = &client.tcp_keys(&f, &[])[0];
-    for part in ["reporter=.=source;", "source_workload=.=tcp-client-v1;", "destination_workload=.=tcp-echo-v1;", "destination_app=.=tcp-echo;", "destination_canonical_service=.=tcp-echo;"] {
+    for part in [
+        "reporter=.=source;",
+        "source_workload=.=tcp-client-v1;",
+        "destination_workload=.=tcp-echo-v1;",
+        "destination_app=.=tcp-echo;",
+        "destination_canonical_service=.=tcp-echo;",
+    ] {
         assert!(key.contains(part), "{part} in {key}");
     }
 }
@@ -285,7 +327,8 @@ fn exchanged_tcp_peer_fills_the_same_labels_as_http() {
 fn the_peer_is_handed_to_later_filters_only_when_asked() {
     let off = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound"})).unwrap();
     assert!(!off.publish_peer, "no reader, no filter-state write per request");
-    let on = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "publishPeer": true})).unwrap();
+    let on =
+        compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound", "publishPeer": true})).unwrap();
     assert!(on.publish_peer);
 }
 
