@@ -7,6 +7,22 @@ cd "$(dirname "$0")/.."
 
 ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
 
+# rust-toolchain.toml pins the release the project is tested with. rustup cannot download one here, so
+# when the machine's `stable` is that release, it is linked under the pinned name.
+RUST_PINNED="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)"
+if ! rustup toolchain list 2>/dev/null | grep -q "^${RUST_PINNED}-"; then
+  if [ "$(rustc +stable --version 2>/dev/null | awk '{print $2}')" = "${RUST_PINNED}" ]; then
+    echo ">> linking toolchain ${RUST_PINNED} (the installed stable is ${RUST_PINNED})"
+    rustup target add --toolchain stable wasm32-wasip1
+    # `rustup toolchain link` refuses release names, so the link is made where rustup looks for it.
+    host="$(rustc +stable -vV | sed -n 's/^host: //p')"
+    ln -sfn "$(rustc +stable --print sysroot)" "${RUSTUP_HOME:-$HOME/.rustup}/toolchains/${RUST_PINNED}-${host}"
+  else
+    echo "wasmesh is tested with Rust ${RUST_PINNED} (rust-toolchain.toml): rustup toolchain install ${RUST_PINNED}" >&2
+    exit 1
+  fi
+fi
+
 if ! rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip1$'; then
   echo ">> rustup target add wasm32-wasip1"
   rustup target add wasm32-wasip1
