@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod duration;
+mod filter_config;
 mod load;
 mod meta;
 pub mod networking;
@@ -17,6 +18,7 @@ pub mod validate;
 pub mod workload;
 
 pub use duration::parse_duration;
+pub use filter_config::{CompileError, FilterConfig};
 pub use load::{
     load_dir_or_files, load_inputs, load_str, resources_from_json, resources_from_values, yaml_to_json, Error, Input,
     LoadFailure, LoadOptions, Loader, Location,

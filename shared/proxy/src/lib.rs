@@ -5,9 +5,11 @@
 //! these helpers instead: every failure becomes `None`/`false` plus a log line.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod metrics;
+
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, Status};
-use wasmesh_istio::{MeshIdentity, NodeMetadata, Strictness, Workload};
+use wasmesh_istio::{FilterConfig, MeshIdentity, NodeMetadata, Strictness, Workload};
 
 /// All request headers, names lower-case, values as raw bytes. Empty when unavailable.
 pub fn request_headers() -> Vec<(String, Bytes)> {
@@ -185,6 +187,28 @@ pub fn node_metadata() -> NodeMetadata {
 /// The proxy's workload from the Envoy node (see [`NodeMetadata::workload`]).
 pub fn node_workload(mesh: &MeshIdentity, strictness: Strictness) -> Result<Workload, String> {
     node_metadata().workload(mesh, strictness)
+}
+
+/// Completes a configuration that names no `workload` with the proxy's workload from the Envoy
+/// node metadata. A node that does not identify the proxy refuses the configuration (fail closed:
+/// Envoy then does not install the filter, and `FAIL_CLOSE`/`FAIL_RELOAD` deny).
+pub fn complete_workload_from_node<C: FilterConfig>(cfg: &mut C) -> Result<(), String> {
+    if cfg.workload().is_some() {
+        return Ok(());
+    }
+    let wl = node_workload(&cfg.mesh(), Strictness::Required).map_err(|e| {
+        format!("the configuration has no workload and the Envoy node does not identify the proxy: {e}")
+    })?;
+    log_info(&format!(
+        "wasmesh {}: workload {}/{} ({:?}, labels {:?}) from the Envoy node metadata",
+        C::FILTER,
+        wl.namespace,
+        wl.name,
+        wl.mode,
+        wl.labels
+    ));
+    cfg.set_workload(wl);
+    Ok(())
 }
 
 /// `xds.listener_direction` of the listener a stream arrived on: Envoy's
