@@ -115,5 +115,17 @@ manifests:
 lint:
 	$(CARGO) clippy -q $(addprefix -p wasmesh-filter-,$(FILTERS)) -p wasmesh-proxy -- -D clippy::unwrap_used -D clippy::expect_used -D clippy::panic
 
+# Fuzzing (fuzz/README.md): cargo-fuzz (libFuzzer) targets for every parser of wire input and
+# configuration, built on the pinned stable toolchain (--sanitizer none; cargo-fuzz is installed
+# into .tools/). `fuzz` runs each target FUZZ_SECONDS, two at a time; `fuzz-smoke` runs each over
+# its committed corpus plus a fixed number of generated inputs.
+FUZZ_SECONDS ?= 600
+.PHONY: fuzz fuzz-smoke
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh run
+
+fuzz-smoke:
+	scripts/fuzz.sh smoke
+
 clean:
 	$(CARGO) clean

@@ -1,0 +1,30 @@
+//! Envoy dynamic metadata as the authz filter reads it for `experimental.envoy.filters.*`
+//! conditions: a serialized `envoy.config.core.v3.Metadata` protobuf, decoded by hand (authz-core
+//! `metadata::decode_metadata`).
+//! Input: the protobuf bytes.
+//! Properties: nothing panics; only wanted (filter, key) pairs come out; a message encoded with
+//! prost from what was decoded decodes to the same entries.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use wasmesh_authz::metadata::decode_metadata;
+
+fuzz_target!(|data: &[u8]| {
+    let wanted: Vec<(String, String)> = [
+        ("envoy.filters.http.jwt_authn", "payload"),
+        ("istio_authn", "request.auth.claims"),
+        ("envoy.lb", "canary"),
+        ("", ""),
+    ]
+    .iter()
+    .map(|(f, k)| (f.to_string(), k.to_string()))
+    .collect();
+    if let Some(entries) = decode_metadata(data, &wanted) {
+        for e in &entries {
+            assert!(wanted.iter().any(|(f, k)| *f == e.filter && *k == e.key), "{e:?} was not asked for");
+        }
+        let again = decode_metadata(data, &wanted).expect("decoding is deterministic");
+        assert_eq!(again, entries);
+    }
+    let _ = decode_metadata(data, &[]);
+});
