@@ -62,7 +62,7 @@ smoke() {
     local t0 log
     t0=$(date +%s)
     log="$TARGET_DIR/logs/smoke-$t.log"
-    mkdir -p "$(dirname "$log")" "fuzz/artifacts/$t"
+    mkdir -p "$(dirname "$log")" "fuzz/artifacts/$t" "fuzz/corpus/$t"
     # The committed corpus is read only (no new inputs are written back to it): an empty
     # scratch directory comes first and takes what the run finds.
     local scratch="$TARGET_DIR/smoke-corpus/$t"
@@ -70,7 +70,7 @@ smoke() {
     # shellcheck disable=SC2046
     if "$BIN_DIR/$t" "$scratch" "fuzz/corpus/$t" -runs="$FUZZ_SMOKE_RUNS" -seed=1 \
         -artifact_prefix="fuzz/artifacts/$t/" $(dict_flag "$t") "${LIBFUZZER_FLAGS[@]}" >"$log" 2>&1; then
-      echo "fuzz-smoke $t: ok ($(( $(date +%s) - t0 )) s, $(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | awk '{print $2}') runs)"
+      echo "fuzz-smoke $t: ok ($(( $(date +%s) - t0 )) s, $(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | awk '{print $2}' || true) runs)"
     else
       echo "fuzz-smoke $t: FAILED (log: $log)"; tail -30 "$log"; failed+=("$t")
     fi
@@ -81,7 +81,7 @@ smoke() {
 
 run_one() {
   local t=$1 log="$TARGET_DIR/logs/run-$t.log" corpus="$TARGET_DIR/corpus/$t"
-  mkdir -p "$(dirname "$log")" "$corpus" "fuzz/artifacts/$t"
+  mkdir -p "$(dirname "$log")" "$corpus" "fuzz/artifacts/$t" "fuzz/corpus/$t"
   local rc=0
   # shellcheck disable=SC2046
   "$BIN_DIR/$t" "$corpus" "fuzz/corpus/$t" -max_total_time="$FUZZ_SECONDS" \
@@ -93,9 +93,9 @@ run_one() {
 summary() {
   local t=$1 log=$2 corpus=$3 rc=$4
   local execs cov ft units
-  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | awk '{print $2}' | tail -1)
-  cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')
-  ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | awk '{print $2}')
+  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | awk '{print $2}' | tail -1 || true)
+  cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}' || true)
+  ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | awk '{print $2}' || true)
   units=$(find "$corpus" -type f | wc -l)
   echo "$t: rc=$rc execs=${execs:-?} cov=${cov:-?} ft=${ft:-?} corpus=${units} files ($(du -sk "$corpus" | cut -f1) KiB) log=$log"
 }
