@@ -115,6 +115,25 @@ pub struct Jwt {
     pub signature: Vec<u8>,
 }
 
+/// Deepest JSON nesting accepted in a token's header or payload, the top-level object counting
+/// as one. Envoy's jwt_verify_lib reads both with protobuf's JSON parser, whose recursion limit
+/// is 100 (checked with Envoy 1.40: 100 levels pass, 101 give "Jwt payload is an invalid JSON"
+/// / "Jwt header is an invalid JSON"). It also keeps verified claims within what the hand-over
+/// to authz can decode (serde_json reads at most 128 levels). Found by the `jwt` fuzz target.
+pub const MAX_JSON_DEPTH: usize = 100;
+
+/// Whether no value of `map` (itself level 1) nests deeper than `max` levels.
+fn within_depth(map: &Map<String, Value>, max: usize) -> bool {
+    fn ok(v: &Value, left: usize) -> bool {
+        match v {
+            Value::Array(items) => left > 0 && items.iter().all(|i| ok(i, left - 1)),
+            Value::Object(m) => left > 0 && m.values().all(|i| ok(i, left - 1)),
+            _ => true,
+        }
+    }
+    map.values().all(|v| ok(v, max.saturating_sub(1)))
+}
+
 /// Parses a token. `max_bytes` bounds the work done on a hostile input.
 pub fn parse(token: &str, max_bytes: usize) -> Result<Jwt, Status> {
     if token.len() > max_bytes {
@@ -131,6 +150,9 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Jwt, Status> {
     let header_bytes = b64url_decode(header_b64).ok_or(Status::JwtHeaderParseErrorBadBase64)?;
     let header: Map<String, Value> =
         serde_json::from_slice(&header_bytes).map_err(|_| Status::JwtHeaderParseErrorBadJson)?;
+    if !within_depth(&header, MAX_JSON_DEPTH) {
+        return Err(Status::JwtHeaderParseErrorBadJson);
+    }
     let alg = match header.get("alg") {
         Some(Value::String(s)) => s.clone(),
         _ => return Err(Status::JwtHeaderBadAlg),
@@ -147,6 +169,9 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Jwt, Status> {
     let payload_bytes = b64url_decode(payload_b64).ok_or(Status::JwtPayloadParseErrorBadBase64)?;
     let payload: Map<String, Value> =
         serde_json::from_slice(&payload_bytes).map_err(|_| Status::JwtPayloadParseErrorBadJson)?;
+    if !within_depth(&payload, MAX_JSON_DEPTH) {
+        return Err(Status::JwtPayloadParseErrorBadJson);
+    }
 
     let iss = string_claim(&payload, "iss", Status::JwtPayloadParseErrorIssNotString)?.unwrap_or_default();
     let sub = string_claim(&payload, "sub", Status::JwtPayloadParseErrorSubNotString)?;
@@ -384,6 +409,33 @@ mod tests {
         ];
         for (token, want) in cases {
             assert_eq!(parse(&token, 8192).err(), Some(want), "token {token:?}");
+        }
+    }
+
+    /// Fuzz finding (`jwt` target): a payload nested 101-127 levels deep was accepted, though
+    /// Envoy refuses it, and from 127 levels its identity could not be handed to authz.
+    #[test]
+    fn json_nested_deeper_than_envoy_accepts_is_refused() {
+        // `levels` objects, one inside the other; `arrays`: an object holding `levels - 1` arrays.
+        let nested = |levels: usize| format!("{}1{}", "{\"a\":".repeat(levels), "}".repeat(levels));
+        let arrays =
+            |levels: usize| format!("{{\"iss\":\"i\",\"a\":{}{}}}", "[".repeat(levels - 1), "]".repeat(levels - 1));
+        let header = r#"{"alg":"RS256"}"#;
+        for levels in [MAX_JSON_DEPTH - 1, MAX_JSON_DEPTH] {
+            let jwt = parse(&tok(header, &nested(levels), b"s"), 1 << 20).unwrap();
+            let id = crate::identity::identity(&jwt.iss, None, &[], &jwt.payload, &[]);
+            let back: wasmesh_handover::RequestIdentity =
+                wasmesh_handover::decode(&wasmesh_handover::encode(&id)).expect("the hand-over carries it");
+            assert_eq!(back, id);
+            parse(&tok(header, &arrays(levels), b"s"), 1 << 20).unwrap();
+            let deep_header = format!(r#"{{"alg":"RS256","x":{}}}"#, nested(levels - 1));
+            parse(&tok(&deep_header, "{}", b"s"), 1 << 20).unwrap();
+        }
+        for levels in [MAX_JSON_DEPTH + 1, 127, 128] {
+            assert_eq!(parse(&tok(header, &nested(levels), b"s"), 1 << 20), Err(Status::JwtPayloadParseErrorBadJson));
+            assert_eq!(parse(&tok(header, &arrays(levels), b"s"), 1 << 20), Err(Status::JwtPayloadParseErrorBadJson));
+            let deep_header = format!(r#"{{"alg":"RS256","x":{}}}"#, nested(levels - 1));
+            assert_eq!(parse(&tok(&deep_header, "{}", b"s"), 1 << 20), Err(Status::JwtHeaderParseErrorBadJson));
         }
     }
 
