@@ -92,12 +92,13 @@ run_one() {
 # One line per target: executions, libFuzzer's final cov/ft, corpus size.
 summary() {
   local t=$1 log=$2 corpus=$3 rc=$4
-  local execs cov ft units
+  local execs last cov ft corp
   execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | awk '{print $2}' | tail -1 || true)
-  cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}' || true)
-  ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | awk '{print $2}' || true)
-  units=$(find "$corpus" -type f | wc -l)
-  echo "$t: rc=$rc execs=${execs:-?} cov=${cov:-?} ft=${ft:-?} corpus=${units} files ($(du -sk "$corpus" | cut -f1) KiB) log=$log"
+  last=$(grep -E 'cov: [0-9]+ ft: [0-9]+ corp: ' "$log" | tail -1 || true)
+  cov=$(echo "$last" | grep -oE 'cov: [0-9]+' | awk '{print $2}' || true)
+  ft=$(echo "$last" | grep -oE 'ft: [0-9]+' | awk '{print $2}' || true)
+  corp=$(echo "$last" | grep -oE 'corp: [0-9]+/[0-9A-Za-z]+' | awk '{print $2}' || true)
+  echo "$t: rc=$rc execs=${execs:-?} cov=${cov:-?} ft=${ft:-?} corpus=${corp:-?} (entries/bytes; new inputs kept in $corpus) log=$log"
 }
 
 run() {
