@@ -373,7 +373,7 @@ pub fn run(group: &Group, app_port: u16, settings: &Settings) -> Result<(Vec<Mea
     // (they allocate nothing in the guest and make no hostcall).
     let noop = out
         .iter()
-        .filter(|m| m.variant.starts_with("no-op") && m.wasm_filters > 0)
+        .filter(|m| m.variant.contains("no-op wasm filter") && m.wasm_filters > 0)
         .map(|m| m.host_to_guest / m.wasm_filters as f64)
         .next();
     if let Some(per_filter) = noop {

@@ -149,7 +149,10 @@ impl Callgrind {
         let start = Instant::now();
         loop {
             if let Ok(d) = parse_dump(&path) {
-                let _ = std::fs::remove_file(&path);
+                // WASMESH_BENCH_KEEP_DUMPS=1 keeps them for callgrind_annotate.
+                if std::env::var_os("WASMESH_BENCH_KEEP_DUMPS").is_none() {
+                    let _ = std::fs::remove_file(&path);
+                }
                 return Ok(d);
             }
             if start.elapsed() > Duration::from_secs(60) {

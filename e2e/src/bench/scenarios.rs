@@ -320,16 +320,15 @@ fn chain(
         path: request.path.clone(),
         ..v
     };
-    let native_name = format!(
-        "native: {}",
-        native
-            .iter()
-            .filter_map(|f| f.get("name").and_then(Value::as_str))
-            .map(|n| n.trim_start_matches("envoy.filters.http."))
-            .collect::<Vec<_>>()
-            .join(" + ")
-    );
-    let native_name = if native_routes.is_some() { format!("{native_name} + route table") } else { native_name };
+    let mut native_names: Vec<&str> = native
+        .iter()
+        .filter_map(|f| f.get("name").and_then(Value::as_str))
+        .map(|n| n.trim_start_matches("envoy.filters.http."))
+        .collect();
+    if native_routes.is_some() {
+        native_names.push("route table");
+    }
+    let native_name = format!("native: {}", native_names.join(" + "));
     let noop_name = format!("{} no-op wasm filters", filters.len());
     Scenario {
         name: name.into(),
