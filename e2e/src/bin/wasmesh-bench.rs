@@ -1,191 +1,101 @@
-//! `make bench`: every wasmesh filter against no filter and Envoy's native equivalent, side by
-//! side in one Envoy per scenario (GUIDE §6). Prints a markdown table and writes it to `--out`.
+//! `make bench` / `make bench-check`: instructions per request (callgrind) of every wasmesh filter
+//! and chain against no filter, Envoy's native equivalent and no-op wasm filters (GUIDE §6).
 //!
-//!   wasmesh-bench [--out FILE] [--only SCENARIO] [--requests N] [--repetitions N] [--quick]
+//!   wasmesh-bench [--out FILE] [--only NAME] [--requests N] [--batches N] [--no-cpu]
+//!   wasmesh-bench --check BUDGETS.json [--update] [--only NAME]
+//!
+//! `--only` keeps the groups (`filters`, `sidecar`, `gateway`) or scenarios whose name contains
+//! NAME. `--check` runs short batches without the CPU pass and fails when a variant exceeds its
+//! budget by more than 3 %; with `--update` it writes the measured figures as the new budgets.
 
-use serde_json::{json, Value};
-use wasmesh_e2e::bench::{self, Scenario, Settings, Variant};
+use std::path::PathBuf;
+use wasmesh_e2e::bench::{self, budgets, report, Measurement, Memory, Scenario, Settings};
+
+const HOW_TO_UPDATE: &str = "Budgets of `make bench-check`: Envoy instructions per request of each scenario / variant, measured by callgrind with the check's short batches (e2e/src/bench). After an intended change, run `make bench-check UPDATE=1` (prints old → new for every variant) and commit this file with the change.";
 
 fn main() {
+    if let Err(e) = run() {
+        eprintln!("wasmesh-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let mut settings = Settings::default();
-    if args.iter().any(|a| a == "--quick") {
-        settings = Settings { requests: 3_000, connections: 4, repetitions: 3, warmup: 500 };
-    }
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let check = arg("--check").map(PathBuf::from);
+    let mut settings = if check.is_some() { Settings::check() } else { Settings::full() };
     if let Some(n) = arg("--requests").and_then(|v| v.parse().ok()) {
         settings.requests = n;
     }
-    if let Some(n) = arg("--repetitions").and_then(|v| v.parse().ok()) {
-        settings.repetitions = n;
+    if let Some(n) = arg("--batches").and_then(|v| v.parse().ok()) {
+        settings.batches = n;
+    }
+    if flag("--no-cpu") {
+        settings.cpu_requests = 0;
     }
     let only = arg("--only");
-    let mut all = vec![router_scenario(), authz_scenario()];
-    all.extend(wasmesh_e2e::authn::bench_scenarios().into_iter().map(with_noop));
-    all.push(with_noop(wasmesh_e2e::stats::bench_scenario()));
-    let scenarios: Vec<Scenario> = all.into_iter().filter(|s| only.as_ref().is_none_or(|o| o == &s.name)).collect();
+    let started = std::time::Instant::now();
 
-    let mut results = Vec::new();
-    let mut modules: Vec<String> = Vec::new();
-    for s in &scenarios {
-        eprintln!(
-            "bench: {} ({} variants × {} repetitions × {} requests)",
-            s.name,
-            s.variants.len(),
-            settings.repetitions,
-            settings.requests
-        );
-        match bench::run(s, &settings) {
-            Ok(mut r) => results.append(&mut r),
-            Err(e) => {
-                eprintln!("bench {} failed: {e}", s.name);
-                std::process::exit(1);
+    let app = bench::start_app();
+    let mut groups = bench::scenarios::all(app.port)?;
+    if let Some(o) = &only {
+        for g in &mut groups {
+            if !g.name.contains(o.as_str()) {
+                g.scenarios.retain(|s| s.name.contains(o.as_str()));
             }
         }
+        groups.retain(|g| !g.scenarios.is_empty());
+        if groups.is_empty() {
+            return Err(format!("--only {o}: no group or scenario of that name"));
+        }
+    }
+
+    let mut results: Vec<Measurement> = Vec::new();
+    let mut memory: Vec<Memory> = Vec::new();
+    for g in &groups {
+        let variants: usize = g.scenarios.iter().map(|s| s.variants.len()).sum();
+        eprintln!(
+            "bench {}: {} scenarios, {variants} variants, {} batch(es) × {} requests",
+            g.name,
+            g.scenarios.len(),
+            settings.batches,
+            settings.requests
+        );
+        let (mut r, m) = bench::run(g, app.port, &settings).map_err(|e| format!("group {}: {e}", g.name))?;
+        eprint!("{}", report::table(&r));
+        results.append(&mut r);
+        memory.extend(m);
+    }
+    eprintln!("bench: {:.0} s", started.elapsed().as_secs_f64());
+
+    if let Some(path) = check {
+        if flag("--update") {
+            let lines = budgets::update(&path, &results, HOW_TO_UPDATE)?;
+            println!("{lines}wrote {}", path.display());
+            return Ok(());
+        }
+        let b = budgets::load(&path)?;
+        let ok = budgets::check(&results, &b)?;
+        println!("{ok}bench-check: every variant within {:.0} % of its budget", budgets::TOLERANCE * 100.0);
+        return Ok(());
+    }
+
+    let scenarios: Vec<&Scenario> = groups.iter().flat_map(|g| &g.scenarios).collect();
+    let mut modules: Vec<String> = Vec::new();
+    for s in &scenarios {
         for m in &s.modules {
             if !modules.contains(m) {
                 modules.push(m.clone());
             }
         }
     }
-    let mut md = String::from("# wasmesh benchmarks\n\nGenerated by `make bench` (e2e/src/bin/wasmesh-bench.rs). One Envoy 1.40 per scenario, `--concurrency 1`,\n");
-    md.push_str(&format!(
-        "h2load HTTP/1.1, {} connections, {} requests × {} repetitions per variant (interleaved), medians.\nEnvoy CPU µs/request is the CPU time of all Envoy threads (`/proc/<pid>/task/*/schedstat`) divided by\nthe requests; it is the stable number on these shared 2-core machines. Absolute req/s and latencies include\nthe load generator and the upstream on the same 2 cores: compare within a scenario only.\n\n",
-        settings.connections, settings.requests, settings.repetitions
-    ));
-    md.push_str(&bench::table(&results));
-    md.push_str("\nTargets:\n\n");
-    for s in &scenarios {
-        md.push_str(&format!("- {}: {}\n", s.name, s.target));
-    }
-    md.push_str("\n| module | .wasm size |\n|---|---:|\n");
-    for m in &modules {
-        let size = std::fs::metadata(wasmesh_e2e::paths::wasm(m)).map(|m| m.len()).unwrap_or(0);
-        md.push_str(&format!("| {m}.wasm | {:.0} KiB |\n", size as f64 / 1024.0));
-    }
+    let md = report::document(&results, &memory, &scenarios, &settings, &modules);
     println!("{md}");
     if let Some(out) = arg("--out") {
-        if let Err(e) = std::fs::write(&out, &md) {
-            eprintln!("cannot write {out}: {e}");
-            std::process::exit(1);
-        }
+        std::fs::write(&out, &md).map_err(|e| format!("cannot write {out}: {e}"))?;
         eprintln!("wrote {out}");
     }
-}
-
-/// A 10-route VirtualService with header regexes; the request matches the 10th route, so every
-/// regex is evaluated. Native: the same routes in Envoy's route config, as istiod would write them.
-fn router_scenario() -> Scenario {
-    let host = "bench.default.svc.cluster.local";
-    let mut http = Vec::new();
-    let mut native_routes = Vec::new();
-    let mut clusters = Vec::new();
-    for i in 0..10 {
-        let subset = format!("s{i}");
-        http.push(json!({
-            "match": [{"headers": {"x-route": {"regex": format!("v{i}-[a-z]+")}}}],
-            "route": [{"destination": {"host": "bench", "subset": subset}}]
-        }));
-        let cluster = format!("outbound|80|{subset}|{host}");
-        native_routes.push(json!({
-            "match": {"prefix": "/", "headers": [{"name": "x-route", "string_match": {"safe_regex": {"regex": format!("v{i}-[a-z]+")}}}]},
-            "route": {"cluster": cluster, "timeout": "0s"}
-        }));
-        clusters.push(cluster);
-    }
-    http.push(json!({"route": [{"destination": {"host": "bench"}}]}));
-    let default_cluster = format!("outbound|80||{host}");
-    native_routes.push(json!({"match": {"prefix": "/"}, "route": {"cluster": default_cluster, "timeout": "0s"}}));
-    clusters.push(default_cluster);
-
-    let resources = json!([
-        {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "bench", "namespace": "default"},
-         "spec": {"hosts": [host], "ports": [{"number": 80, "name": "http"}], "resolution": "STATIC"}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "bench", "namespace": "default"},
-         "spec": {"hosts": ["bench"], "http": http}},
-    ]);
-    let config = json!({"workload": {"name": "bench-client", "namespace": "default"}, "resources": resources});
-    let headers = vec![("x-route".to_string(), "v9-match".to_string())];
-    let by_header = json!({"virtual_hosts": [{"name": "wasmesh", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/"}, "route": {"cluster_header": "x-wasmesh-cluster", "timeout": "0s"}}]}]});
-    let with = |name: &str, filters: Vec<Value>, route: Option<Value>| Variant {
-        http_filters: filters,
-        route_config: route,
-        app_clusters: clusters.clone(),
-        headers: headers.clone(),
-        authority: "bench".into(),
-        ..Variant::new(name)
-    };
-    Scenario {
-        name: "router".into(),
-        target: "wasmesh ≤ none + 4 µs Envoy CPU/request (a no-op wasm filter alone costs about 2.7 µs)".into(),
-        variants: vec![
-            with("none", vec![], None),
-            with(
-                "native",
-                vec![],
-                Some(json!({"virtual_hosts": [{"name": "bench", "domains": ["*"], "routes": native_routes}]})),
-            ),
-            with("no-op wasm filter", vec![bench::wasm_filter("wasmesh.noop", "noop", &json!({}))], None),
-            with("wasmesh", vec![bench::wasm_filter("wasmesh.router", "router", &config)], Some(by_header.clone())),
-            with(
-                "wasmesh, no VirtualService",
-                vec![bench::wasm_filter(
-                    "wasmesh.router",
-                    "router",
-                    &json!({"workload": {"name": "bench-client", "namespace": "default"}, "resources": [resources[0].clone()]}),
-                )],
-                Some(by_header),
-            ),
-        ],
-        modules: vec!["router".into(), "noop".into()],
-    }
-}
-
-/// Typical AuthorizationPolicies (a DENY on admin paths, an ALLOW on the API by method and path,
-/// by namespace or by header): Envoy's native rbac filters as istiod writes them vs wasmesh authz.
-fn authz_scenario() -> Scenario {
-    let filters =
-        wasmesh_e2e::authz::bench_filters(wasmesh_e2e::authz::BENCH_POLICIES, &wasmesh_e2e::authz::bench_workload())
-            .unwrap_or_else(|e| {
-                eprintln!("authz bench config: {e}");
-                std::process::exit(1);
-            });
-    let with = |name: &str, http: Vec<Value>, network: Vec<Value>| Variant {
-        http_filters: http,
-        network_filters: network,
-        authority: "httpbin.foo.svc.cluster.local".into(),
-        path: "/api/items".into(),
-        ..Variant::new(name)
-    };
-    Scenario {
-        name: "authz".into(),
-        target: "wasmesh ≤ none + 4 µs Envoy CPU/request (native rbac adds about 0.7 µs, a no-op wasm filter 2.7 µs)"
-            .into(),
-        variants: vec![
-            with("none", vec![], vec![]),
-            with("native rbac", filters.native, vec![]),
-            with("no-op wasm filter", vec![bench::wasm_filter("wasmesh.noop", "noop", &json!({}))], vec![]),
-            with("wasmesh", filters.wasm, filters.wasm_network),
-        ],
-        modules: vec!["authz".into()],
-    }
-}
-
-/// Adds the no-op wasm filter after a scenario's baseline.
-fn with_noop(mut s: Scenario) -> Scenario {
-    if s.variants.iter().any(|v| v.name.starts_with("no-op")) {
-        return s;
-    }
-    if let Some(base) = s.variants.first().cloned() {
-        let noop = Variant {
-            name: "no-op wasm filter".into(),
-            http_filters: vec![bench::wasm_filter("wasmesh.noop", "noop", &json!({}))],
-            network_filters: vec![],
-            ..base
-        };
-        s.variants.insert(1, noop);
-        s.modules.push("noop".into());
-    }
-    s
+    Ok(())
 }

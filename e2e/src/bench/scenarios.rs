@@ -1,0 +1,455 @@
+//! What `make bench` measures: each wasmesh filter alone against no filter, Envoy's native
+//! equivalent and a no-op wasm filter; N no-op wasm filters; and the sidecar inbound, sidecar
+//! outbound and gateway chains exactly as `wasmeshctl envoy` generates them (the controller's
+//! bootstrap builder, every filter from the one module `wasmesh.wasm`), each against no filter,
+//! the native equivalent chain and as many no-op wasm filters as the chain has filters.
+
+use super::{derive, noop_filters, wasm_filter, Group, Scenario, Variant};
+use crate::authn::{self, NativeJwks};
+use serde_json::{json, Value};
+use wasmesh_controller::bootstrap::{self, Inbound, ProxySpec};
+use wasmesh_controller::plugins::WasmFilter;
+use wasmesh_controller::MeshConfig;
+use wasmesh_istio::{ProxyMode, Resources, Workload};
+
+/// Every group; `app_port` is the upstream's port (the generated clusters' endpoints).
+pub fn all(app_port: u16) -> Result<Vec<Group>, String> {
+    let mut filters = vec![router()?, authz()?];
+    filters.extend(authn::bench_scenarios().into_iter().map(with_noop));
+    filters.push(with_noop(crate::stats::bench_scenario()));
+    filters.push(noops());
+    Ok(vec![Group { name: "filters".into(), scenarios: filters, base: None }, sidecar(app_port)?, gateway(app_port)?])
+}
+
+fn wasmesh_filter(name: &str, config: Value) -> Value {
+    bootstrap::wasm_http_filter(&WasmFilter { name: name.into(), config, fail_open: false }, &crate::paths::wasm_dir())
+}
+
+/// The router's bench service: 10 routes with a header regex each and a default route.
+const SERVICE: &str = "bench";
+fn header_routes(ns: &str) -> (Vec<Value>, Vec<Value>, Vec<String>) {
+    let host = format!("{SERVICE}.{ns}.svc.cluster.local");
+    let mut http = Vec::new();
+    let mut native = Vec::new();
+    let mut clusters = Vec::new();
+    for i in 0..10 {
+        let subset = format!("s{i}");
+        http.push(json!({
+            "match": [{"headers": {"x-route": {"regex": format!("v{i}-[a-z]+")}}}],
+            "route": [{"destination": {"host": SERVICE, "subset": subset}}]
+        }));
+        let cluster = format!("outbound|80|{subset}|{host}");
+        native.push(json!({
+            "match": {"prefix": "/", "headers": [{"name": "x-route", "string_match": {"safe_regex": {"regex": format!("v{i}-[a-z]+")}}}]},
+            "route": {"cluster": cluster, "timeout": "0s"}
+        }));
+        clusters.push(cluster);
+    }
+    http.push(json!({"route": [{"destination": {"host": SERVICE}}]}));
+    let default_cluster = format!("outbound|80||{host}");
+    native.push(json!({"match": {"prefix": "/"}, "route": {"cluster": default_cluster, "timeout": "0s"}}));
+    clusters.push(default_cluster);
+    (http, native, clusters)
+}
+
+/// The request that matches the 10th route: every regex is evaluated.
+fn route_header() -> (String, String) {
+    ("x-route".into(), "v9-match".into())
+}
+
+/// A 10-route VirtualService with header regexes; the request matches the 10th route. Native:
+/// the same routes in Envoy's route config, as istiod would write them.
+fn router() -> Result<Scenario, String> {
+    let host = format!("{SERVICE}.default.svc.cluster.local");
+    let (http, native_routes, clusters) = header_routes("default");
+    let resources = json!([
+        {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "bench", "namespace": "default"},
+         "spec": {"hosts": [host], "ports": [{"number": 80, "name": "http"}], "resolution": "STATIC"}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "bench", "namespace": "default"},
+         "spec": {"hosts": [SERVICE], "http": http}},
+    ]);
+    let config = json!({"workload": {"name": "bench-client", "namespace": "default"}, "resources": resources});
+    let by_header = json!({"virtual_hosts": [{"name": "wasmesh", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster_header": bootstrap::CLUSTER_HEADER, "timeout": "0s"}}]}]});
+    let with = |name: &str, filters: Vec<Value>, route: Option<Value>| Variant {
+        http_filters: filters,
+        route_config: route,
+        app_clusters: clusters.clone(),
+        headers: vec![route_header()],
+        authority: SERVICE.into(),
+        ..Variant::new(name)
+    };
+    Ok(Scenario {
+        name: "router".into(),
+        target: "router ≤ 35k instructions/request over no filter".into(),
+        variants: vec![
+            with("none", vec![], None),
+            with(
+                "native route table",
+                vec![],
+                Some(json!({"virtual_hosts": [{"name": "bench", "domains": ["*"], "routes": native_routes}]})),
+            ),
+            with("no-op wasm filter", noop_filters(1), None),
+            with("wasmesh", vec![wasmesh_filter("wasmesh.router", config)], Some(by_header)),
+        ],
+        modules: vec!["wasmesh".into(), "noop".into()],
+    })
+}
+
+/// A DENY on admin paths and a 3-rule ALLOW (`authz::BENCH_POLICIES`): Envoy's native rbac
+/// filters as istiod writes them vs wasmesh authz.
+fn authz() -> Result<Scenario, String> {
+    let filters = crate::authz::bench_filters(crate::authz::BENCH_POLICIES, &crate::authz::bench_workload())?;
+    let with = |name: &str, http: Vec<Value>, network: Vec<Value>| Variant {
+        http_filters: http,
+        network_filters: network,
+        authority: "httpbin.foo.svc.cluster.local".into(),
+        path: "/api/items".into(),
+        ..Variant::new(name)
+    };
+    Ok(Scenario {
+        name: "authz".into(),
+        target: "authz ≤ 35k instructions/request over no filter".into(),
+        variants: vec![
+            with("none", vec![], vec![]),
+            with("native rbac", filters.native, vec![]),
+            with("no-op wasm filter", noop_filters(1), vec![]),
+            with("wasmesh", filters.wasm, filters.wasm_network),
+        ],
+        modules: vec!["wasmesh".into(), "noop".into()],
+    })
+}
+
+/// 1, 2, 4 and 8 no-op wasm filters: what the boundary alone costs.
+fn noops() -> Scenario {
+    let mut variants = vec![Variant::new("none")];
+    for n in [1, 2, 4, 8] {
+        let name = if n == 1 { "no-op wasm filter".to_string() } else { format!("{n} no-op wasm filters") };
+        variants.push(Variant { http_filters: noop_filters(n), ..Variant::new(&name) });
+    }
+    Scenario {
+        name: "no-op".into(),
+        target: "(the boundary alone: the cost of each wasm filter before it does anything)".into(),
+        variants,
+        modules: vec!["noop".into()],
+    }
+}
+
+/// Adds the no-op wasm filter after a scenario's baseline.
+fn with_noop(mut s: Scenario) -> Scenario {
+    if let Some(base) = s.variants.first().cloned() {
+        s.variants.retain(|v| !v.name.starts_with("no-op"));
+        let noop = Variant {
+            name: "no-op wasm filter".into(),
+            http_filters: vec![wasm_filter("wasmesh.noop", "noop", &json!({}))],
+            network_filters: vec![],
+            ..base
+        };
+        s.variants.insert(1, noop);
+        if !s.modules.iter().any(|m| m == "noop") {
+            s.modules.push("noop".into());
+        }
+    }
+    for v in &mut s.variants {
+        if v.name.starts_with("wasmesh") && !s.modules.iter().any(|m| m == "wasmesh") {
+            s.modules.insert(0, "wasmesh".into());
+        }
+    }
+    s.modules.retain(|m| m == "wasmesh" || m == "noop");
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chains, as `wasmeshctl envoy` writes them
+
+/// The bench mesh: the workload `foo/httpbin` (inbound: RequestAuthentication + DENY and 3-rule
+/// ALLOW policies, as the authn and authz scenarios) calling the service `bench.foo` (outbound:
+/// the router's 10 header-regex routes to DestinationRule subsets), and an ingress gateway in
+/// `istio-system` with the same kind of policies and the same routes bound to it.
+fn mesh_yaml(app_port: u16) -> String {
+    let rs = authn::Signer::new("RS256", authn::TestKey::Rsa1, Some("rs"));
+    let doc = authn::jwks(&[rs.jwk(false)]);
+    let iss = authn::BENCH_ISSUER;
+    let (http, _, _) = header_routes("foo");
+    let mut gw_http = http.clone();
+    for r in &mut gw_http {
+        if let Some(d) = r.pointer_mut("/route/0/destination/host") {
+            *d = json!(format!("{SERVICE}.foo.svc.cluster.local"));
+        }
+    }
+    let subsets: Vec<Value> =
+        (0..10).map(|i| json!({"name": format!("s{i}"), "labels": {"version": format!("s{i}")}})).collect();
+    let endpoints: Vec<Value> = (0..10)
+        .map(|i| json!({"address": "127.0.0.1", "ports": {"http": app_port}, "labels": {"version": format!("s{i}")}}))
+        .collect();
+    let policies = |ns: &str, selector: &str| {
+        format!(
+            r#"
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{{selector}}}}}
+  jwtRules:
+  - issuer: {iss}
+    audiences: [bench]
+    jwks: '{doc}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: deny-admin, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{{selector}}}}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{paths: ["/admin*", "/debug/*"]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: allow-api, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{{selector}}}}}
+  rules:
+  - to: [{{operation: {{methods: [GET, POST], paths: ["/api/*", "/"]}}}}]
+  - from: [{{source: {{namespaces: [bar]}}}}]
+  - when: [{{key: "request.headers[x-bench]", values: ["1"]}}]
+"#
+        )
+    };
+    let docs = [
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": SERVICE, "namespace": "foo"},
+            "spec": {"hosts": [format!("{SERVICE}.foo.svc.cluster.local")], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                     "resolution": "STATIC", "endpoints": endpoints}}),
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": SERVICE, "namespace": "foo"},
+            "spec": {"host": SERVICE, "subsets": subsets}}),
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": SERVICE, "namespace": "foo"},
+            "spec": {"hosts": [SERVICE], "http": http}}),
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "bench-gateway", "namespace": "istio-system"},
+            "spec": {"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}),
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "bench-ingress", "namespace": "foo"},
+            "spec": {"hosts": [GATEWAY_HOST], "gateways": ["istio-system/bench-gateway"], "http": gw_http}}),
+    ];
+    let mut yaml = String::new();
+    for d in docs {
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_json::to_string(&d).unwrap_or_default());
+        yaml.push('\n');
+    }
+    yaml.push_str(&policies("foo", "app: httpbin"));
+    yaml.push_str(&policies("istio-system", "istio: ingressgateway"));
+    yaml
+}
+
+const GATEWAY_HOST: &str = "bench.example.com";
+
+fn mesh(app_port: u16) -> Result<Resources, String> {
+    let items =
+        wasmesh_istio::load_str(&mesh_yaml(app_port), "bench-mesh.yaml").map_err(|e| format!("bench mesh: {e}"))?;
+    Ok(Resources { items })
+}
+
+fn spec(workload: Workload) -> ProxySpec {
+    ProxySpec {
+        workload,
+        inbound: Vec::new(),
+        outbound_port: None,
+        tcp_outbound: Vec::new(),
+        gateway_ports: Vec::new(),
+        admin_port: crate::free_port(),
+        wasm_dir: crate::paths::wasm_dir(),
+        mesh: MeshConfig::default(),
+        certs_dir: None,
+        envoy_access_log: None,
+    }
+}
+
+fn build(spec: &ProxySpec, res: &Resources) -> Result<Value, String> {
+    bootstrap::build(spec, res).map_err(|e| {
+        format!(
+            "wasmeshctl envoy for the bench mesh: {}",
+            e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+        )
+    })
+}
+
+/// The generated listener on `port`, taken out of the bootstrap.
+fn take_listener(boot: &mut Value, port: u16) -> Result<Value, String> {
+    let ls = boot
+        .pointer_mut("/static_resources/listeners")
+        .and_then(Value::as_array_mut)
+        .ok_or("bootstrap without listeners")?;
+    let i = ls
+        .iter()
+        .position(|l| l.pointer("/address/socket_address/port_value").and_then(Value::as_u64) == Some(u64::from(port)))
+        .ok_or(format!("the generated bootstrap has no listener on port {port}"))?;
+    Ok(ls.remove(i))
+}
+
+fn wasm_http_filter_names(l: &Value) -> Vec<String> {
+    super::hcm(l)
+        .and_then(|h| h.get("http_filters"))
+        .and_then(Value::as_array)
+        .map(|fs| {
+            fs.iter()
+                .filter(|f| super::is_wasm(f))
+                .filter_map(|f| {
+                    f.get("name").and_then(Value::as_str).map(|n| n.trim_start_matches("wasmesh.").to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The chain scenario for one generated listener.
+#[allow(clippy::too_many_arguments)]
+fn chain(
+    name: &str,
+    target: &str,
+    generated: Value,
+    port: u16,
+    native: Vec<Value>,
+    native_routes: Option<Value>,
+    plain_route: Option<Value>,
+    request: &Variant,
+) -> Scenario {
+    let filters = wasm_http_filter_names(&generated);
+    let like = |v: Variant| Variant {
+        headers: request.headers.clone(),
+        authority: request.authority.clone(),
+        path: request.path.clone(),
+        ..v
+    };
+    let mut native_names: Vec<&str> = native
+        .iter()
+        .filter_map(|f| f.get("name").and_then(Value::as_str))
+        .map(|n| n.trim_start_matches("envoy.filters.http."))
+        .collect();
+    if native_routes.is_some() {
+        native_names.push("route table");
+    }
+    let native_name = format!("native: {}", native_names.join(" + "));
+    let noop_name = format!("{} no-op wasm filters", filters.len());
+    Scenario {
+        name: name.into(),
+        target: target.into(),
+        variants: vec![
+            like(derive("none", &generated, vec![], plain_route.clone())),
+            like(derive(&native_name, &generated, native, native_routes.or(plain_route.clone()))),
+            like(derive(&noop_name, &generated, noop_filters(filters.len()), plain_route)),
+            like(Variant {
+                listener: Some((port, generated)),
+                ..Variant::new(&format!("wasmesh: {}", filters.join(" + ")))
+            }),
+        ],
+        modules: vec!["wasmesh".into(), "noop".into()],
+    }
+}
+
+/// The route of the plain variants of an outbound or gateway listener: everything to the bench
+/// service's default cluster (the generated route reads the cluster the wasm router names).
+fn default_route() -> Value {
+    json!({"virtual_hosts": [{"name": "plain", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": format!("outbound|80||{SERVICE}.foo.svc.cluster.local"), "timeout": "0s"}}]}]})
+}
+
+fn native_routes() -> Value {
+    let (_, routes, _) = header_routes("foo");
+    json!({"virtual_hosts": [{"name": "native", "domains": ["*"], "routes": routes}]})
+}
+
+/// A sidecar for `foo/httpbin`: its inbound listener (stats + authn + authz) and its outbound
+/// listener (stats + router), from one `wasmeshctl envoy --role sidecar` bootstrap.
+fn sidecar(app_port: u16) -> Result<Group, String> {
+    let res = mesh(app_port)?;
+    let mut wl = Workload::new("httpbin", "foo");
+    wl.labels.insert("app".into(), "httpbin".into());
+    wl.labels.insert("version".into(), "v1".into());
+    let (inbound_port, outbound_port) = (crate::free_port(), crate::free_port());
+    let mut s = spec(wl.clone());
+    s.inbound = vec![Inbound { port: inbound_port, app_port }];
+    s.outbound_port = Some(outbound_port);
+    let mut boot = build(&s, &res)?;
+    let inbound = take_listener(&mut boot, inbound_port)?;
+    let outbound = take_listener(&mut boot, outbound_port)?;
+
+    // A mesh caller (productpage) with its peer metadata and a token.
+    let mut caller = Workload::new("productpage-v1", "default");
+    caller.labels.insert("app".into(), "productpage".into());
+    caller.labels.insert("version".into(), "v1".into());
+    let peer = wasmesh_controller::plugins::stats::core::LocalInfo::from_workload(&caller);
+    let token = authn::bench_token("RS256");
+    let inbound_request = Variant {
+        headers: vec![
+            ("authorization".into(), format!("Bearer {token}")),
+            ("x-envoy-peer-metadata".into(), peer.header_value()),
+            ("x-envoy-peer-metadata-id".into(), peer.node_id.clone()),
+        ],
+        authority: "httpbin.foo.svc.cluster.local:8000".into(),
+        path: "/api/items".into(),
+        ..Variant::new("request")
+    };
+    let mut native = vec![authn::native_jwt_authn(&wl, &res, &NativeJwks::Remote, true)];
+    native.extend(crate::authz::istiod::http_filters(&res, &wl, &[]));
+    let inbound_chain = chain(
+        "sidecar inbound",
+        "≤ 135k instructions/request over no filter (2× native), aim ≤ 100k",
+        inbound,
+        inbound_port,
+        native,
+        None,
+        None,
+        &inbound_request,
+    );
+    let outbound_request = Variant {
+        headers: vec![route_header()],
+        authority: format!("{SERVICE}.foo.svc.cluster.local"),
+        ..Variant::new("request")
+    };
+    let outbound_chain = chain(
+        "sidecar outbound",
+        "(no target in the issue)",
+        outbound,
+        outbound_port,
+        vec![],
+        Some(native_routes()),
+        Some(default_route()),
+        &outbound_request,
+    );
+    Ok(Group { name: "sidecar".into(), scenarios: vec![inbound_chain, outbound_chain], base: Some(boot) })
+}
+
+/// An ingress gateway (`istio-system/istio-ingressgateway`) serving Gateway port 80: stats +
+/// authn + authz + router, from `wasmeshctl envoy --role gateway`.
+fn gateway(app_port: u16) -> Result<Group, String> {
+    let res = mesh(app_port)?;
+    let mut wl = Workload::new("istio-ingressgateway", "istio-system");
+    wl.labels.insert("istio".into(), "ingressgateway".into());
+    wl.labels.insert("app".into(), "istio-ingressgateway".into());
+    wl.mode = ProxyMode::Gateway;
+    let port = crate::free_port();
+    let mut s = spec(wl.clone());
+    s.gateway_ports = vec![(80, port)];
+    let mut boot = build(&s, &res)?;
+    let generated = take_listener(&mut boot, port)?;
+    let token = authn::bench_token("RS256");
+    let request = Variant {
+        headers: vec![("authorization".into(), format!("Bearer {token}")), route_header()],
+        authority: GATEWAY_HOST.into(),
+        path: "/api/items".into(),
+        ..Variant::new("request")
+    };
+    let mut native = vec![authn::native_jwt_authn(&wl, &res, &NativeJwks::Remote, true)];
+    native.extend(crate::authz::istiod::http_filters(&res, &wl, &[]));
+    let gw = chain(
+        "gateway",
+        "≤ 135k instructions/request over no filter, aim ≤ 100k",
+        generated,
+        port,
+        native,
+        Some(native_routes()),
+        Some(default_route()),
+        &request,
+    );
+    Ok(Group { name: "gateway".into(), scenarios: vec![gw], base: Some(boot) })
+}
