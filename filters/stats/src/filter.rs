@@ -24,10 +24,10 @@ use wasmesh_istio::Strictness;
 use wasmesh_proxy::ListenerDirection;
 use wasmesh_stats::exchange::{PreambleReader, Step};
 use wasmesh_stats::grpc::{is_grpc_content_type, GrpcFrameCounter};
-use wasmesh_stats::peer::{CachedPeer, HEADER_METADATA, HEADER_METADATA_ID};
+use wasmesh_stats::peer::{HEADER_METADATA, HEADER_METADATA_ID};
 use wasmesh_stats::{
-    Direction, Facts, HttpMeasures, ListenerProtocol, Metric, MetricCache, MetricHost, MetricType, PeerCache, Protocol,
-    ServiceInfo, Stats, StatsConfig,
+    CachedPeer, Direction, Facts, HttpMeasures, ListenerProtocol, Metric, MetricCache, MetricHost, MetricType,
+    PeerCache, Protocol, ServiceInfo, Stats, StatsConfig,
 };
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and

@@ -30,7 +30,7 @@ pub struct RequestKey {
     pub code: u32,
     pub grpc: Option<u32>,
     pub flags: u64,
-    /// The peer's id in the [`crate::peer::PeerCache`] (0: no peer).
+    /// The peer's id in the [`crate::peer_cache::PeerCache`] (0: no peer).
     pub peer: u64,
     pub peer_principal: String,
     pub local_principal: String,

@@ -18,12 +18,14 @@ pub mod grpc;
 pub mod labels;
 pub mod overrides;
 pub mod peer;
+pub mod peer_cache;
 pub mod proto;
 
 pub use cache::{MetricCache, MetricHost, DEFAULT_MAX_LABEL_SETS};
 pub use labels::{Facts, Label, LabelValues, Metric, MetricType, Protocol, Reporter, ServiceInfo};
 pub use overrides::{MetricPlan, Mode, Plans, Slot};
-pub use peer::{LocalInfo, PeerCache, PeerMetadata};
+pub use peer::{LocalInfo, PeerMetadata};
+pub use peer_cache::{CachedPeer, PeerCache};
 
 use expr::Expr;
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::cache::tests::FakeHost;
-use crate::peer::CachedPeer;
+use crate::peer_cache::CachedPeer;
 use serde_json::json;
 
 fn workload(name: &str, app: &str, version: &str) -> serde_json::Value {
