@@ -11,7 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::Cell;
 use std::rc::Rc;
-use wasmesh_istio::{ProxyMode, Strictness};
+use wasmesh_istio::{FilterConfig, ProxyMode};
 use wasmesh_router::{Decision, Request, Rng, Router, RouterConfig};
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
@@ -86,18 +86,9 @@ impl RootContext for RouterRoot {
 
 fn configure(bytes: &[u8]) -> Result<Routes, String> {
     let mut cfg = RouterConfig::parse_json(bytes).map_err(|e| e.to_string())?;
-    if cfg.workload.is_none() {
-        // Routing fails closed like the security filters: a wrong namespace or label set
-        // would route by the wrong VirtualServices.
-        let wl = wasmesh_proxy::node_workload(&cfg.mesh(), Strictness::Required).map_err(|e| {
-            format!("the configuration has no workload and the Envoy node does not identify the proxy: {e}")
-        })?;
-        wasmesh_proxy::log_info(&format!(
-            "wasmesh router: workload {}/{} ({:?}) from the Envoy node metadata",
-            wl.namespace, wl.name, wl.mode
-        ));
-        cfg.workload = Some(wl);
-    }
+    // Routing fails closed like the security filters: a wrong namespace or label set would
+    // route by the wrong VirtualServices, so the node must identify the proxy.
+    wasmesh_proxy::complete_workload_from_node(&mut cfg)?;
     let resources = cfg.parsed_resources().map_err(|e| e.to_string())?;
     let gateway = cfg.workload.as_ref().is_some_and(|w| w.mode == ProxyMode::Gateway);
     if gateway && cfg.gateway_port.is_none() {

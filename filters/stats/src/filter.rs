@@ -20,7 +20,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, MapType, PeerType};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use wasmesh_istio::Strictness;
+use wasmesh_istio::{FilterConfig, Strictness};
+use wasmesh_proxy::metrics;
 use wasmesh_proxy::ListenerDirection;
 use wasmesh_stats::exchange::{PreambleReader, Step};
 use wasmesh_stats::grpc::{is_grpc_content_type, GrpcFrameCounter};
@@ -158,15 +159,12 @@ impl RootContext for StatsRoot {
 /// node metadata; telemetry fails open, so what the node does not say is reported `unknown`.
 fn configure(bytes: &[u8]) -> Result<Listeners, String> {
     let mut cfg = StatsConfig::parse_json(bytes).map_err(|e| e.to_string())?;
-    if cfg.workload.is_none() {
-        let node = wasmesh_proxy::node_metadata();
-        if let Err(missing) = node.workload(&cfg.mesh(), Strictness::Required) {
-            wasmesh_proxy::log_warn(&format!(
-                "wasmesh stats: reporting \"unknown\" for what the Envoy node lacks: {missing}"
-            ));
-        }
-        let wl = node.workload(&cfg.mesh(), Strictness::BestEffort)?;
-        cfg.workload = Some(wl);
+    if let Err(missing) = wasmesh_proxy::complete_workload_from_node(&mut cfg) {
+        wasmesh_proxy::log_warn(&format!(
+            "wasmesh stats: reporting \"unknown\" for what the Envoy node lacks: {missing}"
+        ));
+        let wl = wasmesh_proxy::node_metadata().workload(&cfg.mesh(), Strictness::BestEffort)?;
+        cfg.set_workload(wl);
     }
     let resources = cfg.parsed_resources().map_err(|e| e.to_string())?;
     let mut compiled = Vec::new();
@@ -196,7 +194,7 @@ fn configure(bytes: &[u8]) -> Result<Listeners, String> {
     }
 }
 
-/// Envoy's metric hostcalls.
+/// Envoy's metric hostcalls, through the one metric helper of `wasmesh-proxy`.
 struct Host;
 
 impl MetricHost for Host {
@@ -205,13 +203,13 @@ impl MetricHost for Host {
             MetricType::Counter => proxy_wasm::types::MetricType::Counter,
             MetricType::Histogram => proxy_wasm::types::MetricType::Histogram,
         };
-        hostcalls::define_metric(t, name).ok()
+        metrics::define(t, name)
     }
     fn increment(&mut self, id: u32, by: u64) {
-        let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+        metrics::increment(id, by);
     }
     fn record(&mut self, id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
+        metrics::record(id, value);
     }
 }
 

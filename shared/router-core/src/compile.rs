@@ -5,9 +5,8 @@ use crate::matcher::StrMatcher;
 use crate::{ClusterName, Match, Route, Router, VirtualHost, WeightedDestination};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 use wasmesh_istio::networking::{Destination, HttpMatchRequest, HttpRoute};
-use wasmesh_istio::{Error, MeshIdentity, ProxyMode, Resource, Resources, Workload};
+use wasmesh_istio::{CompileError, Error, FilterConfig, MeshIdentity, ProxyMode, Resource, Resources, Workload};
 
 /// The router filter's configuration, as `wasmeshctl` writes it: who the proxy is and the Istio
 /// resources that may apply to it.
@@ -40,18 +39,22 @@ fn default_cluster_header() -> String {
     crate::DEFAULT_CLUSTER_HEADER.to_string()
 }
 
-/// Everything wrong with a configuration, each error naming resource, field and value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompileError(pub Vec<Error>);
+impl FilterConfig for RouterConfig {
+    const FILTER: &'static str = "router";
 
-impl fmt::Display for CompileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
-        write!(f, "{}", lines.join("; "))
+    fn workload(&self) -> Option<&Workload> {
+        self.workload.as_ref()
+    }
+    fn set_workload(&mut self, workload: Workload) {
+        self.workload = Some(workload);
+    }
+    fn mesh_field(&self) -> Option<&MeshIdentity> {
+        self.mesh.as_ref()
+    }
+    fn resource_values(&self) -> &[serde_json::Value] {
+        &self.resources
     }
 }
-
-impl std::error::Error for CompileError {}
 
 impl RouterConfig {
     /// Parses the filter configuration and compiles the router.
@@ -60,29 +63,9 @@ impl RouterConfig {
         cfg.compile(&cfg.parsed_resources()?)
     }
 
-    /// Parses the filter configuration (resources still as JSON).
-    pub fn parse_json(bytes: &[u8]) -> Result<RouterConfig, CompileError> {
-        serde_json::from_slice(bytes).map_err(|e| CompileError(vec![Error::new(format!("router configuration: {e}"))]))
-    }
-
-    /// The `resources` field as Istio resources.
-    pub fn parsed_resources(&self) -> Result<Resources, CompileError> {
-        let items = wasmesh_istio::resources_from_values(self.resources.clone()).map_err(|e| CompileError(vec![e]))?;
-        Ok(Resources { items })
-    }
-
-    /// `mesh`, or Istio's defaults.
-    pub fn mesh(&self) -> MeshIdentity {
-        self.mesh.clone().unwrap_or_default()
-    }
-
     /// Compiles the router for this proxy from already-parsed resources.
     pub fn compile(&self, resources: &Resources) -> Result<Router, CompileError> {
-        let Some(workload) = &self.workload else {
-            return Err(CompileError(vec![Error::new(
-                "router configuration: workload: absent, and not taken from the Envoy node (the filter does that before compiling)",
-            )]));
-        };
+        let workload = self.require_workload()?;
         Compiler { cfg: self, wl: workload, errors: Vec::new(), check_all: false }.run(resources)
     }
 

@@ -11,8 +11,9 @@ mod hosts;
 pub mod matcher;
 mod rng;
 
-pub use compile::{validate, CompileError, RouterConfig};
+pub use compile::{validate, RouterConfig};
 pub use rng::Rng;
+pub use wasmesh_istio::CompileError;
 
 use hosts::HostTable;
 use matcher::StrMatcher;

@@ -1,5 +1,5 @@
 use super::*;
-use wasmesh_istio::{load_str, Resources, Workload};
+use wasmesh_istio::{load_str, FilterConfig, Resources, Workload};
 
 const SERVICES: &str = r#"
 apiVersion: networking.istio.io/v1

@@ -19,7 +19,10 @@ pub trait MetricHost {
     fn record(&mut self, id: u32, value: u64);
 }
 
-pub const OVERFLOW_METRIC: &str = "wasmesh_stats_label_sets_overflow_total";
+/// The stats filter's own counter of label sets refused by the bound (`wasmesh.<filter>.<event>`,
+/// as `wasmesh-proxy`'s metric helper names every filter metric; Prometheus:
+/// `wasmesh_stats_label_sets_overflow`).
+pub const OVERFLOW_METRIC: &str = "wasmesh.stats.label_sets_overflow";
 pub const DEFAULT_MAX_LABEL_SETS: usize = 10_000;
 
 /// What makes one request's label set differ from another's, without the labels: the hot

@@ -29,8 +29,8 @@ pub use peer_cache::{CachedPeer, PeerCache};
 
 use expr::Expr;
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use wasmesh_istio::{Error, MeshIdentity, ProxyMode, Resources, Workload};
+pub use wasmesh_istio::CompileError;
+use wasmesh_istio::{Error, FilterConfig, MeshIdentity, ProxyMode, Resources, Workload};
 
 /// Which listener the filter runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,19 +116,6 @@ fn default_true() -> bool {
     true
 }
 
-/// Everything wrong with a configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompileError(pub Vec<Error>);
-
-impl fmt::Display for CompileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
-        write!(f, "{}", lines.join("; "))
-    }
-}
-
-impl std::error::Error for CompileError {}
-
 /// Metrics that share one plan share one encoded label set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -173,26 +160,28 @@ pub struct Stats {
     tcp_exprs: Vec<usize>,
 }
 
+impl FilterConfig for StatsConfig {
+    const FILTER: &'static str = "stats";
+
+    fn workload(&self) -> Option<&Workload> {
+        self.workload.as_ref()
+    }
+    fn set_workload(&mut self, workload: Workload) {
+        self.workload = Some(workload);
+    }
+    fn mesh_field(&self) -> Option<&MeshIdentity> {
+        self.mesh.as_ref()
+    }
+    fn resource_values(&self) -> &[serde_json::Value] {
+        &self.resources
+    }
+}
+
 impl StatsConfig {
+    /// Parses the configuration and compiles it (`workload` and `direction` must be present).
     pub fn compile_json(bytes: &[u8]) -> Result<Stats, CompileError> {
         let cfg = StatsConfig::parse_json(bytes)?;
         cfg.compile(&cfg.parsed_resources()?)
-    }
-
-    /// Parses the filter configuration (resources still as JSON).
-    pub fn parse_json(bytes: &[u8]) -> Result<StatsConfig, CompileError> {
-        serde_json::from_slice(bytes).map_err(|e| CompileError(vec![Error::new(format!("stats configuration: {e}"))]))
-    }
-
-    /// The `resources` field as Istio resources.
-    pub fn parsed_resources(&self) -> Result<Resources, CompileError> {
-        let items = wasmesh_istio::resources_from_values(self.resources.clone()).map_err(|e| CompileError(vec![e]))?;
-        Ok(Resources { items })
-    }
-
-    /// `mesh`, or Istio's defaults.
-    pub fn mesh(&self) -> MeshIdentity {
-        self.mesh.clone().unwrap_or_default()
     }
 
     /// The directions a filter with this (workload-complete) configuration serves: the
@@ -215,9 +204,9 @@ impl StatsConfig {
     pub fn compile(&self, resources: &Resources) -> Result<Stats, CompileError> {
         let mut errors = Vec::new();
         let (Some(workload), Some(direction)) = (&self.workload, self.direction) else {
-            return Err(CompileError(vec![Error::new(
+            return Err(CompileError::msg(
                 "stats configuration: workload and direction are needed to compile; the filter takes absent ones from the Envoy node and listener",
-            )]));
+            ));
         };
         match (direction, workload.mode) {
             (Direction::Gateway, ProxyMode::Sidecar)
