@@ -28,7 +28,7 @@ use wasmesh_stats::grpc::{is_grpc_content_type, GrpcFrameCounter};
 use wasmesh_stats::peer::{HEADER_METADATA, HEADER_METADATA_ID};
 use wasmesh_stats::{
     CachedPeer, Direction, Facts, HttpMeasures, ListenerProtocol, Metric, MetricCache, MetricHost, MetricType,
-    PeerCache, Protocol, ServiceInfo, Stats, StatsConfig,
+    PeerCache, Protocol, ServiceInfo, Stats, StatsConfig, TcpKey,
 };
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
@@ -416,12 +416,6 @@ impl HttpContext for StatsHttp {
             String::new()
         };
         let service = shared.service(&cluster);
-        // The Host header only matters when the cluster names no Istio service.
-        let host = if stats.needs_host() && service.is_none() {
-            wasmesh_proxy::property_string(&["request", "host"]).unwrap_or_default()
-        } else {
-            String::new()
-        };
         let peer = match (&self.peer, stats.direction) {
             (None, Direction::Outbound | Direction::Gateway) if !self.external => endpoint_peer(&shared),
             (p, _) => p.clone(),
@@ -437,7 +431,6 @@ impl HttpContext for StatsHttp {
         facts.peer = peer.as_ref().map(|p| &p.peer);
         facts.peer_principal = &peer_principal;
         facts.local_principal = &local_principal;
-        facts.host = &host;
         facts.cluster_name = &cluster;
         facts.service = service.as_deref();
         let measures = HttpMeasures {
@@ -488,7 +481,7 @@ struct StatsTcp {
     shared: Rc<Shared>,
     /// Encoded tags per metric group, computed once the peer is known (or the exchange is not
     /// happening) and again, with the final response flags, at close.
-    keys: Option<Vec<(Vec<Metric>, String)>>,
+    keys: Option<Vec<TcpKey>>,
     closed: bool,
     /// Whether this connection exchanges preambles; decided at the first data event.
     exchange: Option<bool>,
@@ -583,7 +576,7 @@ impl StatsTcp {
         let _ = buffer::replace_front(ty, 0, &self.shared.stats.preamble);
     }
 
-    fn compute_keys(&self) -> Vec<(Vec<Metric>, String)> {
+    fn compute_keys(&self) -> Vec<TcpKey> {
         let stats = &self.shared.stats;
         let cluster = wasmesh_proxy::property_string(&["xds", "cluster_name"]).unwrap_or_default();
         let service = if cluster.is_empty() { None } else { self.shared.service(&cluster) };
@@ -622,11 +615,11 @@ impl StatsTcp {
         self.keys = Some(keys);
     }
 
-    fn record(&self, keys: &[(Vec<Metric>, String)], metric: Metric, value: u64) {
+    fn record(&self, keys: &[TcpKey], metric: Metric, value: u64) {
         let mut cache = self.shared.cache.borrow_mut();
-        for (metrics, key) in keys {
-            if metrics.contains(&metric) {
-                cache.record(&mut Host, key, metric, value);
+        for k in keys {
+            if k.metrics.contains(&metric) {
+                cache.record(&mut Host, &k.key, &k.overflow, metric, value);
             }
         }
     }

@@ -21,7 +21,7 @@ pub mod peer;
 pub mod peer_cache;
 pub mod proto;
 
-pub use cache::{MetricCache, MetricHost, DEFAULT_MAX_LABEL_SETS};
+pub use cache::{MetricCache, MetricHost, DEFAULT_MAX_LABEL_SETS, MAX_OVERFLOW_LABEL_SETS, OVERFLOW_VALUE};
 pub use labels::{Facts, Label, LabelValues, Metric, MetricType, Protocol, Reporter, ServiceInfo};
 pub use overrides::{MetricPlan, Mode, Plans, Slot};
 pub use peer::{LocalInfo, PeerMetadata};
@@ -151,7 +151,6 @@ pub struct Stats {
     pub publish_peer: bool,
     pub max_label_sets: usize,
     external_hosts: Vec<String>,
-    host_header_fallback: bool,
     inbound_service: Option<ServiceInfo>,
     plans: Plans,
     http_groups: Vec<Group>,
@@ -275,8 +274,6 @@ impl StatsConfig {
             publish_peer: self.publish_peer,
             max_label_sets: self.max_label_sets,
             external_hosts: self.external_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            // istio/istio telemetry.go `disableHostHeaderFallback`: inbound and gateways.
-            host_header_fallback: direction == Direction::Outbound,
             inbound_service,
             http_exprs: plans.exprs_used_by(&Metric::HTTP),
             tcp_exprs: plans.exprs_used_by(&Metric::TCP),
@@ -388,14 +385,9 @@ impl Stats {
         flags
     }
 
-    /// Whether the `Host` header feeds `destination_service` (outbound sidecars only).
-    pub fn needs_host(&self) -> bool {
-        self.host_header_fallback
-    }
-
     /// All standard labels of one request or connection.
     pub fn labels<'a>(&'a self, facts: &Facts<'a>) -> LabelValues<'a> {
-        labels::compute(self.reporter, &self.local, self.host_header_fallback, facts)
+        labels::compute(self.reporter, &self.local, facts)
     }
 
     /// Encodes one group's tags (`tag=.=value;.;…`) into `out`.
@@ -428,17 +420,71 @@ impl Stats {
             .collect()
     }
 
-    /// The TCP groups and their encoded keys for one connection.
-    pub fn tcp_keys(&self, facts: &Facts<'_>, exprs: &[Option<String>]) -> Vec<(Vec<Metric>, String)> {
+    /// The TCP groups and their encoded keys for one connection (with the overflow keys the
+    /// cache falls back to past its bound).
+    pub fn tcp_keys(&self, facts: &Facts<'_>, exprs: &[Option<String>]) -> Vec<TcpKey> {
         let labels = self.labels(facts);
+        let (overflow_labels, overflow_exprs) = self.overflow_labels(&labels, exprs);
         self.tcp_groups
             .iter()
             .map(|g| {
                 let mut key = String::with_capacity(1024);
                 self.encode(g, &labels, exprs, &mut key);
-                (g.metrics.clone(), key)
+                let mut overflow = String::with_capacity(1024);
+                self.encode(g, &overflow_labels, &overflow_exprs, &mut overflow);
+                TcpKey { metrics: g.metrics.clone(), key, overflow }
             })
             .collect()
+    }
+
+    /// The overflow label set of a request: every label the wire can vary without bound (the
+    /// peer's metadata and principal, values of Telemetry expressions) becomes
+    /// [`cache::OVERFLOW_VALUE`]; what configuration bounds (reporter, this proxy, the service
+    /// from the cluster, response code, flags, protocol) stays, so an outage still shows.
+    pub fn overflow_labels<'a>(
+        &self,
+        labels: &LabelValues<'a>,
+        exprs: &[Option<String>],
+    ) -> (LabelValues<'a>, Vec<Option<String>>) {
+        use std::borrow::Cow;
+        let mut out = labels.clone();
+        let wire: &[Label] = match self.reporter {
+            Reporter::Destination => &[
+                Label::SourceWorkload,
+                Label::SourceCanonicalService,
+                Label::SourceCanonicalRevision,
+                Label::SourceWorkloadNamespace,
+                Label::SourcePrincipal,
+                Label::SourceApp,
+                Label::SourceVersion,
+                Label::SourceCluster,
+            ],
+            Reporter::Source => &[
+                Label::DestinationWorkload,
+                Label::DestinationWorkloadNamespace,
+                Label::DestinationPrincipal,
+                Label::DestinationApp,
+                Label::DestinationVersion,
+                Label::DestinationCanonicalService,
+                Label::DestinationCanonicalRevision,
+                Label::DestinationServiceNamespace,
+                Label::DestinationCluster,
+            ],
+        };
+        for l in wire {
+            if let Some(v) = out.get_mut(*l as usize) {
+                *v = Cow::Borrowed(cache::OVERFLOW_VALUE);
+            }
+        }
+        let exprs = exprs
+            .iter()
+            .zip(&self.plans.exprs)
+            .map(|(v, e)| match e {
+                Expr::Literal(_) => v.clone(),
+                Expr::Attribute { .. } => v.as_ref().map(|_| cache::OVERFLOW_VALUE.to_string()),
+            })
+            .collect();
+        (out, exprs)
     }
 
     /// Records the HTTP metrics of one finished request. `peer_id` is the peer's id in the
@@ -478,7 +524,6 @@ impl Stats {
             peer: peer_id,
             peer_principal: facts.peer_principal.to_string(),
             local_principal: facts.local_principal.to_string(),
-            host: if self.host_header_fallback { facts.host.to_string() } else { String::new() },
             cluster: facts.cluster_name.to_string(),
             exprs: exprs.to_vec(),
         });
@@ -493,13 +538,22 @@ impl Stats {
             return;
         }
         let labels = self.labels(facts);
+        let mut overflow: Option<(LabelValues<'_>, Vec<Option<String>>)> = None;
         let mut all_ids = Vec::with_capacity(self.http_groups.len());
         for g in &self.http_groups {
             self.encode(g, &labels, exprs, scratch);
             let metrics: Vec<Metric> = g.metrics.iter().filter(applicable).copied().collect();
-            let Some(ids) = cache.define(host, scratch, &metrics) else {
-                // Over the bound on label sets: counted as overflow, not recorded.
-                return;
+            let ids = match cache.define(host, scratch, &metrics) {
+                Some(ids) => ids,
+                None => {
+                    // Over the bound on label sets: counted under the overflow label set.
+                    let (ol, oe) = overflow.get_or_insert_with(|| self.overflow_labels(&labels, exprs));
+                    self.encode(g, ol, oe, scratch);
+                    match cache.define_overflow(host, scratch, &metrics) {
+                        Some(ids) => ids,
+                        None => continue,
+                    }
+                }
             };
             for metric in &metrics {
                 if let Some(v) = value(*metric) {
@@ -508,10 +562,19 @@ impl Stats {
             }
             all_ids.push(ids);
         }
-        if let Some(k) = fast_key {
+        if let (Some(k), true) = (fast_key, all_ids.len() == self.http_groups.len()) {
             cache.fast_insert(k, all_ids);
         }
     }
+}
+
+/// The encoded keys of one TCP metric group: its label set and, for when the cache's bound is
+/// reached, its overflow label set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpKey {
+    pub metrics: Vec<Metric>,
+    pub key: String,
+    pub overflow: String,
 }
 
 /// The bootstrap `stats_config.stats_tags` entries every wasmesh proxy needs: one per standard
