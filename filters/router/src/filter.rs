@@ -12,7 +12,7 @@ use proxy_wasm::types::{Action, ContextType};
 use std::cell::Cell;
 use std::rc::Rc;
 use wasmesh_istio::{FilterConfig, ProxyMode};
-use wasmesh_router::{Decision, Request, Rng, Router, RouterConfig};
+use wasmesh_router::{Decision, RequestView, Rng, Router, RouterConfig};
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
 /// `filters/wasmesh` for the root ids it hands to this filter, call it).
@@ -132,8 +132,21 @@ impl HttpContext for RouterStream {
             wasmesh_proxy::send_response(404, &[], None);
             return Action::Pause;
         };
-        let headers = fetch_headers(router.needed_headers());
-        match router.route(&Request::new(&headers), self.random) {
+        let needed = router.needed_headers();
+        // Up to FETCH_ONE_BY_ONE headers are fetched one by one, by slot; more, and one call for
+        // the whole map is cheaper. Each hostcall costs, and the whole map costs a copy and an
+        // allocation per header. One by one, Envoy returns the first value of a repeated header,
+        // so a header sent several times is matched on its first value (the whole map, used for
+        // larger route tables, matches every value as Envoy's own route matcher does).
+        let (all, by_slot);
+        let view = if needed.len() > FETCH_ONE_BY_ONE {
+            all = wasmesh_proxy::request_headers();
+            RequestView::from_headers(router.header_slots(), &all)
+        } else {
+            by_slot = needed.iter().map(|name| wasmesh_proxy::request_header(name)).collect::<Vec<_>>();
+            RequestView::from_values(router.header_slots(), &by_slot)
+        };
+        match router.route_view(&view, self.random) {
             Decision::Forward { cluster, .. } => {
                 // Replacing the header also drops any copy the client sent.
                 if wasmesh_proxy::set_request_header(router.cluster_header(), cluster.as_bytes()) {
@@ -152,16 +165,5 @@ impl HttpContext for RouterStream {
     }
 }
 
-/// Up to this many headers are fetched one by one; more, and one call for the whole map is
-/// cheaper. Each hostcall costs, and the whole map costs a copy and an allocation per header.
+/// Up to this many headers are fetched one by one (see `on_http_request_headers`).
 const FETCH_ONE_BY_ONE: usize = 4;
-
-/// The request headers the routes read. One by one, Envoy returns the first value of a repeated
-/// header, so a header sent several times is matched on its first value (the whole map, used for
-/// larger route tables, matches every value as Envoy's own route matcher does).
-fn fetch_headers(needed: &[String]) -> Vec<(String, Vec<u8>)> {
-    if needed.len() > FETCH_ONE_BY_ONE {
-        return wasmesh_proxy::request_headers();
-    }
-    needed.iter().filter_map(|name| wasmesh_proxy::request_header(name).map(|v| (name.clone(), v))).collect()
-}

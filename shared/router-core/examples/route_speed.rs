@@ -14,7 +14,7 @@ fn main() {
         workload: Some(Workload::new("w", "default")),
         mesh: None,
         gateway_port: None,
-        cluster_header: "x-wasmesh-cluster".into(),
+        cluster_header: wasmesh_router::DEFAULT_CLUSTER_HEADER.into(),
         resources: vec![],
     };
     let router = cfg.compile(&Resources { items }).expect("compile");

@@ -2,7 +2,8 @@
 
 use crate::hosts::{intersect, HostTable};
 use crate::matcher::StrMatcher;
-use crate::{ClusterName, Match, Route, Router, VirtualHost, WeightedDestination};
+use crate::request::HeaderSlots;
+use crate::table::{ClusterName, HeaderMatch, Match, Route, Router, VirtualHost, WeightedDestination};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use wasmesh_istio::networking::{Destination, HttpMatchRequest, HttpRoute};
@@ -35,8 +36,12 @@ pub struct RouterConfig {
     pub resources: Vec<serde_json::Value>,
 }
 
+/// The header the router filter sets and Envoy's route reads with `cluster_header` (the one
+/// definition: wasmeshctl's bootstrap and plugins use this constant).
+pub const DEFAULT_CLUSTER_HEADER: &str = "x-wasmesh-cluster";
+
 fn default_cluster_header() -> String {
-    crate::DEFAULT_CLUSTER_HEADER.to_string()
+    DEFAULT_CLUSTER_HEADER.to_string()
 }
 
 impl FilterConfig for RouterConfig {
@@ -164,10 +169,10 @@ impl Compiler<'_> {
                     let ports = services.get(&domain).cloned().unwrap_or_default();
                     let index = vhosts.len();
                     match hosts.insert(&domain, index) {
-                        None => vhosts.push(VirtualHost { service_ports: ports, routes: clone_routes(&routes) }),
+                        None => vhosts.push(VirtualHost { service_ports: ports, routes: routes.clone() }),
                         Some(existing) => {
                             if let Some(vh) = vhosts.get_mut(existing) {
-                                vh.routes.extend(clone_routes(&routes));
+                                vh.routes.extend(routes.iter().cloned());
                             }
                         }
                     }
@@ -185,7 +190,7 @@ impl Compiler<'_> {
                 }
                 let cluster = match ports.as_slice() {
                     [only] => ClusterName::Fixed(format!("outbound|{only}||{host}")),
-                    _ => ClusterName::PerPort { subset: String::new(), host: host.clone() },
+                    _ => ClusterName::per_port(String::new(), host.clone(), ports),
                 };
                 let index = vhosts.len();
                 if hosts.insert(host, index).is_none() {
@@ -236,12 +241,17 @@ impl Compiler<'_> {
         if !self.errors.is_empty() {
             return Err(CompileError(self.errors));
         }
-        let mut needed_headers = vec![":authority".to_string()];
+        // The headers the routes examine, each with a slot, in the order the routes read them;
+        // then every header condition points at its slot.
+        let mut slots = HeaderSlots::default();
         for m in vhosts.iter().flat_map(|v| &v.routes).flat_map(|r| &r.matches) {
-            m.headers_read(&mut needed_headers);
+            m.headers_read(&mut slots);
+        }
+        for m in vhosts.iter_mut().flat_map(|v| &mut v.routes).flat_map(|r| &mut r.matches) {
+            m.resolve_slots(&slots);
         }
         Ok(Router {
-            needed_headers,
+            slots,
             mode: wl.mode,
             gateway_port: self.cfg.gateway_port,
             hosts,
@@ -483,7 +493,7 @@ impl Compiler<'_> {
                     continue;
                 }
                 match StrMatcher::compile(sm, false) {
-                    Ok(c) => target.push((lname, c)),
+                    Ok(matcher) => target.push(HeaderMatch { name: lname, slot: usize::MAX, matcher }),
                     Err((sub, e)) => {
                         self.err(res, &format!("{field}.{kind}.{name}{sub}"), &e);
                         ok = false;
@@ -534,47 +544,13 @@ impl Compiler<'_> {
         };
         Some(match port {
             Some(p) => ClusterName::Fixed(format!("outbound|{p}|{}|{host}", d.subset)),
-            None => ClusterName::PerPort { subset: d.subset.clone(), host },
+            None => ClusterName::per_port(
+                d.subset.clone(),
+                host.clone(),
+                services.get(&host).map(Vec::as_slice).unwrap_or_default(),
+            ),
         })
     }
-}
-
-fn clone_routes(routes: &[Route]) -> Vec<Route> {
-    routes
-        .iter()
-        .map(|r| Route {
-            virtual_service: r.virtual_service.clone(),
-            name: r.name.clone(),
-            matches: r
-                .matches
-                .iter()
-                .map(|m| Match {
-                    uri: m.uri.clone(),
-                    scheme: m.scheme.clone(),
-                    method: m.method.clone(),
-                    authority: m.authority.clone(),
-                    headers: m.headers.clone(),
-                    without_headers: m.without_headers.clone(),
-                    query_params: m.query_params.clone(),
-                    port: m.port,
-                })
-                .collect(),
-            destinations: r
-                .destinations
-                .iter()
-                .map(|d| WeightedDestination {
-                    weight: d.weight,
-                    cluster: match &d.cluster {
-                        ClusterName::Fixed(s) => ClusterName::Fixed(s.clone()),
-                        ClusterName::PerPort { subset, host } => {
-                            ClusterName::PerPort { subset: subset.clone(), host: host.clone() }
-                        }
-                    },
-                })
-                .collect(),
-            total_weight: r.total_weight,
-        })
-        .collect()
 }
 
 /// `exportTo` visibility: empty or `*` = everywhere, `.` = own namespace, `~` = nowhere.

@@ -1,5 +1,5 @@
 use super::*;
-use wasmesh_istio::{load_str, FilterConfig, Resources, Workload};
+use wasmesh_istio::{load_str, FilterConfig, ProxyMode, Resources, Workload};
 
 const SERVICES: &str = r#"
 apiVersion: networking.istio.io/v1
