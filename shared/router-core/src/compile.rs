@@ -40,6 +40,37 @@ pub struct RouterConfig {
 /// definition: wasmeshctl's bootstrap and plugins use this constant).
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-wasmesh-cluster";
 
+/// Most virtual hosts (distinct request hosts: VirtualService hosts and every visible service)
+/// one route table holds. Neither Istio nor Envoy bounds them; the bound keeps a runaway
+/// configuration from filling the VM, far above real meshes (tens of thousands of services).
+pub const MAX_VIRTUAL_HOSTS: usize = 65_536;
+/// Most routes one virtual host holds (all VirtualServices for the host merged). Istio and Envoy
+/// set none; routes are tried in order per request, so the bound also caps the per-request walk.
+pub const MAX_ROUTES_PER_VIRTUAL_HOST: usize = 4_096;
+/// Most distinct request headers the routes of one table examine (`:authority`, `:path`,
+/// `:method`, `:scheme` and every `headers`/`withoutHeaders` name). Envoy's default
+/// `max_request_headers_count` is 100, so a request cannot carry more than that many anyway;
+/// the bound caps the per-request view.
+pub const MAX_EXAMINED_HEADERS: usize = 128;
+
+/// The size bounds of one route table (defaults: the `MAX_…` constants above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub virtual_hosts: usize,
+    pub routes_per_virtual_host: usize,
+    pub examined_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            virtual_hosts: MAX_VIRTUAL_HOSTS,
+            routes_per_virtual_host: MAX_ROUTES_PER_VIRTUAL_HOST,
+            examined_headers: MAX_EXAMINED_HEADERS,
+        }
+    }
+}
+
 fn default_cluster_header() -> String {
     DEFAULT_CLUSTER_HEADER.to_string()
 }
@@ -70,8 +101,13 @@ impl RouterConfig {
 
     /// Compiles the router for this proxy from already-parsed resources.
     pub fn compile(&self, resources: &Resources) -> Result<Router, CompileError> {
+        self.compile_with_limits(resources, &Limits::default())
+    }
+
+    /// [`RouterConfig::compile`] with other size bounds.
+    pub fn compile_with_limits(&self, resources: &Resources, limits: &Limits) -> Result<Router, CompileError> {
         let workload = self.require_workload()?;
-        Compiler { cfg: self, wl: workload, errors: Vec::new(), check_all: false }.run(resources)
+        Compiler { cfg: self, wl: workload, errors: Vec::new(), check_all: false, limits: *limits }.run(resources)
     }
 
     /// Gateway mode: the `servers[].port.number` of every Gateway that selects the workload, in
@@ -99,6 +135,7 @@ struct Compiler<'c> {
     errors: Vec<Error>,
     /// Validation: compile every VirtualService and match block, whatever proxy they select.
     check_all: bool,
+    limits: Limits,
 }
 
 /// The Gateway servers this gateway proxy implements on its port.
@@ -238,6 +275,32 @@ impl Compiler<'_> {
         if wl.mode == ProxyMode::Gateway && self.cfg.gateway_port.is_none() {
             self.errors.push(Error::new("router configuration: gatewayPort is required in gateway mode"));
         }
+        let limits = self.limits;
+        if vhosts.len() > limits.virtual_hosts {
+            self.errors.push(Error::new(format!(
+                "router configuration: {} virtual hosts (VirtualService hosts and services) for this proxy; at most {} are supported",
+                vhosts.len(),
+                limits.virtual_hosts
+            )));
+        }
+        // Each virtual host by its longest name (the FQDN rather than a short form).
+        let mut names: BTreeMap<usize, String> = BTreeMap::new();
+        for (host, index) in hosts.exact_names_by_value().into_iter().chain(hosts.wildcard_names()) {
+            let name = names.entry(index).or_default();
+            if host.len() > name.len() {
+                *name = host;
+            }
+        }
+        for (index, host) in names {
+            let Some(vh) = vhosts.get(index) else { continue };
+            if vh.routes.len() > limits.routes_per_virtual_host {
+                self.errors.push(Error::new(format!(
+                    "router configuration: host {host:?} has {} routes (every VirtualService for it merged); at most {} are supported",
+                    vh.routes.len(),
+                    limits.routes_per_virtual_host
+                )));
+            }
+        }
         if !self.errors.is_empty() {
             return Err(CompileError(self.errors));
         }
@@ -246,6 +309,13 @@ impl Compiler<'_> {
         let mut slots = HeaderSlots::default();
         for m in vhosts.iter().flat_map(|v| &v.routes).flat_map(|r| &r.matches) {
             m.headers_read(&mut slots);
+        }
+        if slots.names().len() > limits.examined_headers {
+            return Err(CompileError::msg(format!(
+                "router configuration: the routes examine {} distinct request headers; at most {} are supported (Envoy accepts 100 headers per request by default)",
+                slots.names().len(),
+                limits.examined_headers
+            )));
         }
         for m in vhosts.iter_mut().flat_map(|v| &mut v.routes).flat_map(|r| &mut r.matches) {
             m.resolve_slots(&slots);
@@ -582,7 +652,9 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
         cluster_header: default_cluster_header(),
         resources: Vec::new(),
     };
-    match (Compiler { cfg: &cfg, wl: &wl, errors: Vec::new(), check_all: true }).run(resources) {
+    match (Compiler { cfg: &cfg, wl: &wl, errors: Vec::new(), check_all: true, limits: Limits::default() })
+        .run(resources)
+    {
         Ok(_) => Vec::new(),
         Err(CompileError(errors)) => errors,
     }

@@ -13,7 +13,7 @@ pub mod request;
 mod rng;
 mod table;
 
-pub use compile::{validate, RouterConfig, DEFAULT_CLUSTER_HEADER};
+pub use compile::{validate, Limits, RouterConfig, DEFAULT_CLUSTER_HEADER};
 pub use request::{HeaderSlots, Request, RequestView};
 pub use rng::Rng;
 pub use table::{Decision, Router};
