@@ -5,6 +5,7 @@
 //! It knows nothing of proxy-wasm: the filter hands it a [`Request`] view and acts on the
 //! [`Decision`].
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod compile;
 mod hosts;

@@ -1,4 +1,5 @@
 //! Istio `StringMatch` compiled for per-request use on raw header bytes.
+#![deny(clippy::indexing_slicing)]
 
 use regex::bytes::Regex;
 use wasmesh_istio::StringMatch;
@@ -49,7 +50,7 @@ impl StrMatcher {
             StrMatcher::Exact(v) => value == v.as_slice(),
             StrMatcher::Prefix(v) => value.starts_with(v),
             StrMatcher::ExactIgnoreCase(v) => value.eq_ignore_ascii_case(v),
-            StrMatcher::PrefixIgnoreCase(v) => value.len() >= v.len() && value[..v.len()].eq_ignore_ascii_case(v),
+            StrMatcher::PrefixIgnoreCase(v) => value.get(..v.len()).is_some_and(|p| p.eq_ignore_ascii_case(v)),
             StrMatcher::Regex { re, prefixes } => {
                 if let Some(p) = prefixes {
                     if !p.iter().any(|p| value.starts_with(p)) {
@@ -123,15 +124,14 @@ pub fn program_size(pattern: &str) -> Option<usize> {
             HirKind::Repetition(r) => {
                 let sub = size(&r.sub);
                 let min = r.min as usize;
-                let copies = match r.max {
+                match r.max {
                     // x{n,}: n copies, then a loop.
                     None => sub.saturating_mul(min.max(1)).saturating_add(1),
                     // x{n,m}: n copies, then m-n optional ones.
                     Some(max) => sub
                         .saturating_mul(min)
                         .saturating_add((max as usize).saturating_sub(min).saturating_mul(sub.saturating_add(1))),
-                };
-                copies
+                }
             }
         }
     }
@@ -142,8 +142,8 @@ pub fn program_size(pattern: &str) -> Option<usize> {
         .utf8(false)
         .build()
         .parse(pattern)
-        .or_else(|_| regex_syntax::ParserBuilder::new().utf8(false).build().parse(pattern))
-        .ok()?;
+        .ok()
+        .or_else(|| regex_syntax::ParserBuilder::new().utf8(false).build().parse(pattern).ok())?;
     // Plus the match instruction and the anchors of a full match.
     Some(size(&hir).saturating_add(3))
 }
@@ -152,15 +152,7 @@ pub fn program_size(pattern: &str) -> Option<usize> {
 /// the pattern can start with anything (or the set would be large).
 fn required_prefixes(pattern: &str) -> Option<Vec<Vec<u8>>> {
     use regex_syntax::hir::literal::{ExtractKind, Extractor};
-    // RE2's `\d`, `\s`, `\w` and `\b` are ASCII, so the pattern is read as RE2 reads those;
-    // only a pattern that needs Unicode (`\pL`, non-ASCII literals) is read with it.
-    let hir = regex_syntax::ParserBuilder::new()
-        .unicode(false)
-        .utf8(false)
-        .build()
-        .parse(pattern)
-        .or_else(|_| regex_syntax::ParserBuilder::new().utf8(false).build().parse(pattern))
-        .ok()?;
+    let hir = regex_syntax::ParserBuilder::new().utf8(false).build().parse(pattern).ok()?;
     let mut extractor = Extractor::new();
     extractor.kind(ExtractKind::Prefix).limit_total(64);
     let seq = extractor.extract(&hir);

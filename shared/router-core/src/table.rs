@@ -1,4 +1,5 @@
 //! The compiled route table (what [`crate::compile`] builds) and the per-request walk over it.
+#![deny(clippy::indexing_slicing)]
 
 use crate::hosts::HostTable;
 use crate::matcher::StrMatcher;

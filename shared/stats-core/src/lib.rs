@@ -7,7 +7,7 @@
 //! Telemetry overrides, encodes the tags into the metric name (see [`encode`]) and records through
 //! the per-VM [`MetricCache`]. Nothing here knows proxy-wasm.
 #![forbid(unsafe_code)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod cache;
 pub mod encode;

@@ -7,6 +7,7 @@
 //! `WORKLOAD_NAME`, `CLUSTER_ID`, `OWNER` and a `LABELS` struct holding
 //! `service.istio.io/canonical-name`, `service.istio.io/canonical-revision`, `app`, `version`.
 //! So a wasmesh sidecar and an Istio sidecar understand each other's headers.
+#![deny(clippy::indexing_slicing)]
 
 use crate::proto::{Struct, Value};
 use base64::Engine;
@@ -214,16 +215,14 @@ pub fn from_struct(s: &Struct) -> PeerMetadata {
 /// Istio's endpoint-metadata fallback (`filter_metadata.istio.workload` on the upstream host):
 /// `workload;namespace;canonical_name;canonical_revision;cluster`.
 pub fn from_endpoint_metadata(encoded: &str) -> Option<PeerMetadata> {
-    let parts: Vec<&str> = encoded.split(';').collect();
-    if parts.len() < 5 {
-        return None;
-    }
+    let mut parts = encoded.split(';');
+    let mut next = || parts.next().map(str::to_string);
     Some(PeerMetadata {
-        workload: parts[0].to_string(),
-        namespace: parts[1].to_string(),
-        canonical_service: parts[2].to_string(),
-        canonical_revision: parts[3].to_string(),
-        cluster: parts[4].to_string(),
+        workload: next()?,
+        namespace: next()?,
+        canonical_service: next()?,
+        canonical_revision: next()?,
+        cluster: next()?,
         ..PeerMetadata::default()
     })
 }
