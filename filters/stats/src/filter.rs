@@ -18,7 +18,6 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType, PeerType};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use wasmesh_istio::{FilterConfig, Strictness};
 use wasmesh_proxy::metrics;
@@ -28,7 +27,7 @@ use wasmesh_stats::grpc::{is_grpc_content_type, GrpcFrameCounter};
 use wasmesh_stats::peer::{HEADER_METADATA, HEADER_METADATA_ID};
 use wasmesh_stats::{
     CachedPeer, Direction, Facts, HttpMeasures, ListenerProtocol, Metric, MetricCache, MetricHost, MetricType,
-    PeerCache, Protocol, ServiceInfo, Stats, StatsConfig, TcpKey,
+    PeerCache, Protocol, ServiceCache, ServiceInfo, Stats, StatsConfig, TcpKey,
 };
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
@@ -43,25 +42,16 @@ struct Shared {
     cache: RefCell<MetricCache>,
     peers: RefCell<PeerCache>,
     /// Cluster name → its Istio service (from cluster metadata or the cluster's name).
-    services: RefCell<HashMap<String, Option<Rc<ServiceInfo>>>>,
+    services: RefCell<ServiceCache>,
     /// Scratch buffer for encoded tags.
     key: RefCell<String>,
 }
 
-const MAX_CACHED_CLUSTERS: usize = 1024;
-
 impl Shared {
     fn service(&self, cluster: &str) -> Option<Rc<ServiceInfo>> {
-        if let Some(hit) = self.services.borrow().get(cluster) {
-            return hit.clone();
-        }
-        let found = cluster_metadata_service().or_else(|| self.stats.service_for_cluster(cluster)).map(Rc::new);
-        let mut map = self.services.borrow_mut();
-        if map.len() >= MAX_CACHED_CLUSTERS {
-            map.clear();
-        }
-        map.insert(cluster.to_string(), found.clone());
-        found
+        self.services.borrow_mut().get_or_insert_with(cluster, || {
+            cluster_metadata_service().or_else(|| self.stats.service_for_cluster(cluster))
+        })
     }
 }
 
@@ -183,7 +173,7 @@ fn configure(bytes: &[u8]) -> Result<Listeners, String> {
             stats,
             cache: RefCell::new(cache),
             peers: RefCell::new(PeerCache::default()),
-            services: RefCell::new(HashMap::new()),
+            services: RefCell::new(ServiceCache::default()),
             key: RefCell::new(String::with_capacity(2048)),
         }));
     }

@@ -10,8 +10,9 @@
 //! reached still shows in `istio_requests_total{response_code="503"}`; each such request also
 //! bumps [`OVERFLOW_METRIC`].
 
-use crate::labels::{Metric, MetricType, METRIC_COUNT};
+use crate::labels::{Metric, MetricType, ServiceInfo, METRIC_COUNT};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// The three hostcalls the cache needs; the adapter implements them with proxy-wasm.
 pub trait MetricHost {
@@ -36,6 +37,50 @@ pub const OVERFLOW_VALUE: &str = "overflow";
 /// reporter, service from the cluster, response code, flags, protocol, gRPC status). Past it,
 /// requests are only counted in [`OVERFLOW_METRIC`].
 pub const MAX_OVERFLOW_LABEL_SETS: usize = 1_024;
+
+/// Request keys remembered per label set (see [`MetricCache::fast_insert`]): a label set is
+/// reached by a few keys (the same peer with and without an id, principals); a full map is
+/// cleared, which only costs computing the labels again.
+pub const FAST_KEYS_PER_LABEL_SET: usize = 4;
+
+/// Most upstream clusters whose Istio service (`filter_metadata.istio.services[0]`, or the
+/// cluster's name) is remembered per VM. Cluster names come from configuration, so real
+/// proxies stay far below it; a full map is cleared, which only costs reading the metadata
+/// again.
+pub const MAX_CACHED_CLUSTERS: usize = 1_024;
+
+/// Upstream cluster name → its Istio service, read once per cluster.
+#[derive(Debug, Default)]
+pub struct ServiceCache {
+    map: HashMap<String, Option<Rc<ServiceInfo>>>,
+}
+
+impl ServiceCache {
+    /// The cluster's service, found with `find` the first time.
+    pub fn get_or_insert_with(
+        &mut self,
+        cluster: &str,
+        find: impl FnOnce() -> Option<ServiceInfo>,
+    ) -> Option<Rc<ServiceInfo>> {
+        if let Some(hit) = self.map.get(cluster) {
+            return hit.clone();
+        }
+        let found = find().map(Rc::new);
+        if self.map.len() >= MAX_CACHED_CLUSTERS {
+            self.map.clear();
+        }
+        self.map.insert(cluster.to_string(), found.clone());
+        found
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
 
 /// What makes one request's label set differ from another's, without the labels: the hot
 /// path hashes this small key instead of encoding ~1 KB of tags.
@@ -92,7 +137,7 @@ impl MetricCache {
 
     pub fn fast_insert(&mut self, key: RequestKey, ids: Vec<Ids>) {
         // Bounded like the label sets; clearing only costs recomputing keys.
-        if self.fast.len() >= self.max_label_sets.saturating_mul(4) {
+        if self.fast.len() >= self.max_label_sets.saturating_mul(FAST_KEYS_PER_LABEL_SET) {
             self.fast.clear();
         }
         self.fast.insert(key, ids);
@@ -266,6 +311,45 @@ pub(crate) mod tests {
         // Known label sets still record.
         assert!(cache.record(&mut host, "k=.=0;.;", "o;.;", Metric::RequestCount, 1));
         assert_eq!(host.counters["k=.=0;.;istio_requests_total"], 2);
+    }
+
+    #[test]
+    fn service_cache_reads_once_and_stays_bounded() {
+        let mut services = ServiceCache::default();
+        let mut reads = 0;
+        for _ in 0..3 {
+            let s = services.get_or_insert_with("outbound|80||a", || {
+                reads += 1;
+                Some(ServiceInfo { host: "a".into(), ..Default::default() })
+            });
+            assert_eq!(s.map(|s| s.host.clone()).as_deref(), Some("a"));
+        }
+        assert_eq!(reads, 1);
+        for i in 0..MAX_CACHED_CLUSTERS * 3 {
+            services.get_or_insert_with(&format!("c{i}"), || None);
+            assert!(services.len() <= MAX_CACHED_CLUSTERS);
+        }
+    }
+
+    #[test]
+    fn request_keys_are_bounded() {
+        let mut cache = MetricCache::new(2);
+        let key = |i: usize| RequestKey {
+            protocol: 0,
+            code: 200,
+            grpc: None,
+            flags: 0,
+            peer: i as u64,
+            peer_principal: String::new(),
+            local_principal: String::new(),
+            cluster: String::new(),
+            exprs: Vec::new(),
+        };
+        for i in 0..100 {
+            cache.fast_insert(key(i), Vec::new());
+            assert!(cache.fast.len() <= 2 * FAST_KEYS_PER_LABEL_SET);
+        }
+        assert!(cache.fast_get(&key(99)).is_some(), "the latest key is kept");
     }
 
     #[test]

@@ -21,7 +21,10 @@ pub mod peer;
 pub mod peer_cache;
 pub mod proto;
 
-pub use cache::{MetricCache, MetricHost, DEFAULT_MAX_LABEL_SETS, MAX_OVERFLOW_LABEL_SETS, OVERFLOW_VALUE};
+pub use cache::{
+    MetricCache, MetricHost, ServiceCache, DEFAULT_MAX_LABEL_SETS, MAX_CACHED_CLUSTERS, MAX_OVERFLOW_LABEL_SETS,
+    OVERFLOW_VALUE,
+};
 pub use labels::{Facts, Label, LabelValues, Metric, MetricType, Protocol, Reporter, ServiceInfo};
 pub use overrides::{MetricPlan, Mode, Plans, Slot};
 pub use peer::{LocalInfo, PeerMetadata};

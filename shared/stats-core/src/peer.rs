@@ -22,9 +22,13 @@ pub const HEADER_METADATA_ID: &str = "x-envoy-peer-metadata-id";
 /// Largest `x-envoy-peer-metadata` value decoded; anything longer is ignored (Envoy's default
 /// request-header limit is 60 KiB; a real peer's metadata is a few hundred bytes).
 pub const MAX_METADATA_HEADER_BYTES: usize = 8 * 1024;
-/// Largest `x-envoy-peer-metadata-id` kept.
+/// Largest `x-envoy-peer-metadata-id` kept (an Istio node id,
+/// `sidecar~<ip>~<pod>.<ns>~<ns>.svc.<suffix>`, is well under 300 bytes); a longer id is dropped,
+/// the metadata kept.
 pub const MAX_ID_BYTES: usize = 512;
-/// Most labels kept from a peer's `LABELS`.
+/// Most labels kept from a peer's `LABELS` (Kubernetes pods carry a handful; Istio keeps them
+/// all, bounded only by the header). Only the access log reads them; the metric labels use the
+/// four Istio names, which are always read.
 pub const MAX_PEER_LABELS: usize = 64;
 
 pub const LABEL_CANONICAL_NAME: &str = "service.istio.io/canonical-name";
@@ -333,6 +337,23 @@ mod tests {
                 .collect();
             let _ = decode_peer(&bytes, Some(&bytes));
         }
+    }
+
+    #[test]
+    fn peer_labels_are_bounded() {
+        let mut labels = Struct::default();
+        for i in 0..MAX_PEER_LABELS + 10 {
+            labels.fields.insert(format!("l{i:03}"), Value::string("v"));
+        }
+        // The Istio labels sort after `l…`, past the bound, and are still read.
+        labels.fields.insert("version".into(), Value::string("v9"));
+        labels.fields.insert(LABEL_CANONICAL_NAME.into(), Value::string("canon"));
+        let mut s = Struct::default();
+        s.fields.insert("WORKLOAD_NAME".into(), Value::string("w"));
+        s.fields.insert("LABELS".into(), Value::structure(labels));
+        let p = from_struct(&s);
+        assert_eq!(p.labels.len(), MAX_PEER_LABELS);
+        assert_eq!((p.version.as_str(), p.canonical_service.as_str()), ("v9", "canon"));
     }
 
     #[test]
