@@ -84,7 +84,7 @@ impl ServiceCache {
 
 /// What makes one request's label set differ from another's, without the labels: the hot
 /// path hashes this small key instead of encoding ~1 KB of tags.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RequestKey {
     pub protocol: u8,
     pub code: u32,
@@ -98,6 +98,45 @@ pub struct RequestKey {
     pub exprs: Vec<Option<String>>,
 }
 
+impl RequestKey {
+    /// Overwrites this key with another request's values, reusing its buffers (no allocation
+    /// once the strings have grown to their usual size).
+    #[allow(clippy::too_many_arguments)]
+    pub fn set(
+        &mut self,
+        protocol: u8,
+        code: u32,
+        grpc: Option<u32>,
+        flags: u64,
+        peer: u64,
+        peer_principal: &str,
+        local_principal: &str,
+        cluster: &str,
+        exprs: &[Option<String>],
+    ) {
+        self.protocol = protocol;
+        self.code = code;
+        self.grpc = grpc;
+        self.flags = flags;
+        self.peer = peer;
+        for (dst, src) in [
+            (&mut self.peer_principal, peer_principal),
+            (&mut self.local_principal, local_principal),
+            (&mut self.cluster, cluster),
+        ] {
+            dst.clear();
+            dst.push_str(src);
+        }
+        self.exprs.truncate(exprs.len());
+        for (i, src) in exprs.iter().enumerate() {
+            match self.exprs.get_mut(i) {
+                Some(dst) => dst.clone_from(src),
+                None => self.exprs.push(src.clone()),
+            }
+        }
+    }
+}
+
 type Ids = [Option<u32>; METRIC_COUNT];
 
 #[derive(Debug)]
@@ -108,6 +147,8 @@ pub struct MetricCache {
     overflow: HashMap<String, Ids>,
     /// Request key → the ids of each metric group.
     fast: HashMap<RequestKey, Vec<Ids>>,
+    /// The current request's key, rewritten in place per request (see [`MetricCache::key_mut`]).
+    key: RequestKey,
     max_label_sets: usize,
     overflow_id: Option<u32>,
     /// Scratch buffer for the full stat name on a miss.
@@ -120,6 +161,7 @@ impl MetricCache {
             ids: HashMap::new(),
             overflow: HashMap::new(),
             fast: HashMap::new(),
+            key: RequestKey::default(),
             max_label_sets,
             overflow_id: None,
             name: String::new(),
@@ -133,6 +175,23 @@ impl MetricCache {
     /// The ids of one request key's groups, when seen before.
     pub fn fast_get(&self, key: &RequestKey) -> Option<&[Ids]> {
         self.fast.get(key).map(Vec::as_slice)
+    }
+
+    /// The scratch key of the current request: fill it with [`RequestKey::set`], then use
+    /// [`MetricCache::fast_get_current`] / [`MetricCache::fast_insert_current`].
+    pub fn key_mut(&mut self) -> &mut RequestKey {
+        &mut self.key
+    }
+
+    /// [`MetricCache::fast_get`] for the scratch key.
+    pub fn fast_get_current(&self) -> Option<&[Ids]> {
+        self.fast.get(&self.key).map(Vec::as_slice)
+    }
+
+    /// [`MetricCache::fast_insert`] for (a copy of) the scratch key.
+    pub fn fast_insert_current(&mut self, ids: Vec<Ids>) {
+        let key = self.key.clone();
+        self.fast_insert(key, ids);
     }
 
     pub fn fast_insert(&mut self, key: RequestKey, ids: Vec<Ids>) {

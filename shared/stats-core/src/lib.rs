@@ -519,26 +519,31 @@ impl Stats {
         };
         let applicable =
             |metric: &&Metric| grpc || !matches!(metric, Metric::GrpcRequestMessages | Metric::GrpcResponseMessages);
-        let fast_key = (facts.peer.is_none() || peer_id != 0).then(|| cache::RequestKey {
-            protocol: facts.protocol as u8,
-            code: facts.response_code,
-            grpc: facts.grpc_status,
-            flags: facts.response_flags,
-            peer: peer_id,
-            peer_principal: facts.peer_principal.to_string(),
-            local_principal: facts.local_principal.to_string(),
-            cluster: facts.cluster_name.to_string(),
-            exprs: exprs.to_vec(),
-        });
-        if let Some(ids) = fast_key.as_ref().and_then(|k| cache.fast_get(k)) {
-            for (g, ids) in self.http_groups.iter().zip(ids) {
-                for metric in g.metrics.iter().filter(applicable) {
-                    if let Some(v) = value(*metric) {
-                        MetricCache::record_ids(host, ids, *metric, v);
+        // The request's small key (not its ~1 KB of tags), written into the cache's scratch
+        // key so a hit allocates nothing.
+        let fast = facts.peer.is_none() || peer_id != 0;
+        if fast {
+            cache.key_mut().set(
+                facts.protocol as u8,
+                facts.response_code,
+                facts.grpc_status,
+                facts.response_flags,
+                peer_id,
+                facts.peer_principal,
+                facts.local_principal,
+                facts.cluster_name,
+                exprs,
+            );
+            if let Some(ids) = cache.fast_get_current() {
+                for (g, ids) in self.http_groups.iter().zip(ids) {
+                    for metric in g.metrics.iter().filter(applicable) {
+                        if let Some(v) = value(*metric) {
+                            MetricCache::record_ids(host, ids, *metric, v);
+                        }
                     }
                 }
+                return;
             }
-            return;
         }
         let labels = self.labels(facts);
         let mut overflow: Option<(LabelValues<'_>, Vec<Option<String>>)> = None;
@@ -565,8 +570,8 @@ impl Stats {
             }
             all_ids.push(ids);
         }
-        if let (Some(k), true) = (fast_key, all_ids.len() == self.http_groups.len()) {
-            cache.fast_insert(k, all_ids);
+        if fast && all_ids.len() == self.http_groups.len() {
+            cache.fast_insert_current(all_ids);
         }
     }
 }
