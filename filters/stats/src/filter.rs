@@ -149,12 +149,15 @@ impl RootContext for StatsRoot {
 /// node metadata; telemetry fails open, so what the node does not say is reported `unknown`.
 fn configure(bytes: &[u8]) -> Result<Listeners, String> {
     let mut cfg = StatsConfig::parse_json(bytes).map_err(|e| e.to_string())?;
-    if let Err(missing) = wasmesh_proxy::complete_workload_from_node(&mut cfg) {
-        wasmesh_proxy::log_warn(&format!(
-            "wasmesh stats: reporting \"unknown\" for what the Envoy node lacks: {missing}"
-        ));
-        let wl = wasmesh_proxy::node_metadata().workload(&cfg.mesh(), Strictness::BestEffort)?;
-        cfg.set_workload(wl);
+    if wasmesh_proxy::complete_workload_from_node(&mut cfg).is_err() {
+        // Telemetry fails open: take what the node does say and name what it lacks.
+        let node = wasmesh_proxy::node_metadata();
+        if let Err(missing) = node.workload(&cfg.mesh(), Strictness::Required) {
+            wasmesh_proxy::log_warn(&format!(
+                "wasmesh stats: reporting \"unknown\" for what the Envoy node lacks: {missing}"
+            ));
+        }
+        cfg.set_workload(node.workload(&cfg.mesh(), Strictness::BestEffort)?);
     }
     let resources = cfg.parsed_resources().map_err(|e| e.to_string())?;
     let mut compiled = Vec::new();
