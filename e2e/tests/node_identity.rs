@@ -446,7 +446,7 @@ spec:
         );
     }
     assert!(
-        log.contains("wasmesh router: workload istio-system/istio-ingressgateway (Gateway)"),
+        log.contains("wasmesh router: workload istio-system/istio-ingressgateway (Gateway"),
         "{}",
         envoy.failure_summary()
     );

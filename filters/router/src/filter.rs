@@ -11,8 +11,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::cell::Cell;
 use std::rc::Rc;
-use wasmesh_istio::{ProxyMode, Strictness};
-use wasmesh_router::{Decision, Request, Rng, Router, RouterConfig};
+use wasmesh_istio::{FilterConfig, ProxyMode};
+use wasmesh_router::{Decision, RequestView, Rng, Router, RouterConfig};
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
 /// `filters/wasmesh` for the root ids it hands to this filter, call it).
@@ -86,18 +86,9 @@ impl RootContext for RouterRoot {
 
 fn configure(bytes: &[u8]) -> Result<Routes, String> {
     let mut cfg = RouterConfig::parse_json(bytes).map_err(|e| e.to_string())?;
-    if cfg.workload.is_none() {
-        // Routing fails closed like the security filters: a wrong namespace or label set
-        // would route by the wrong VirtualServices.
-        let wl = wasmesh_proxy::node_workload(&cfg.mesh(), Strictness::Required).map_err(|e| {
-            format!("the configuration has no workload and the Envoy node does not identify the proxy: {e}")
-        })?;
-        wasmesh_proxy::log_info(&format!(
-            "wasmesh router: workload {}/{} ({:?}) from the Envoy node metadata",
-            wl.namespace, wl.name, wl.mode
-        ));
-        cfg.workload = Some(wl);
-    }
+    // Routing fails closed like the security filters: a wrong namespace or label set would
+    // route by the wrong VirtualServices, so the node must identify the proxy.
+    wasmesh_proxy::complete_workload_from_node(&mut cfg)?;
     let resources = cfg.parsed_resources().map_err(|e| e.to_string())?;
     let gateway = cfg.workload.as_ref().is_some_and(|w| w.mode == ProxyMode::Gateway);
     if gateway && cfg.gateway_port.is_none() {
@@ -141,8 +132,21 @@ impl HttpContext for RouterStream {
             wasmesh_proxy::send_response(404, &[], None);
             return Action::Pause;
         };
-        let headers = fetch_headers(router.needed_headers());
-        match router.route(&Request::new(&headers), self.random) {
+        let needed = router.needed_headers();
+        // Up to FETCH_ONE_BY_ONE headers are fetched one by one, by slot; more, and one call for
+        // the whole map is cheaper. Each hostcall costs, and the whole map costs a copy and an
+        // allocation per header. One by one, Envoy returns the first value of a repeated header,
+        // so a header sent several times is matched on its first value (the whole map, used for
+        // larger route tables, matches every value as Envoy's own route matcher does).
+        let (all, by_slot);
+        let view = if needed.len() > FETCH_ONE_BY_ONE {
+            all = wasmesh_proxy::request_headers();
+            RequestView::from_headers(router.header_slots(), &all)
+        } else {
+            by_slot = needed.iter().map(|name| wasmesh_proxy::request_header(name)).collect::<Vec<_>>();
+            RequestView::from_values(router.header_slots(), &by_slot)
+        };
+        match router.route_view(&view, self.random) {
             Decision::Forward { cluster, .. } => {
                 // Replacing the header also drops any copy the client sent.
                 if wasmesh_proxy::set_request_header(router.cluster_header(), cluster.as_bytes()) {
@@ -161,16 +165,5 @@ impl HttpContext for RouterStream {
     }
 }
 
-/// Up to this many headers are fetched one by one; more, and one call for the whole map is
-/// cheaper. Each hostcall costs, and the whole map costs a copy and an allocation per header.
+/// Up to this many headers are fetched one by one (see `on_http_request_headers`).
 const FETCH_ONE_BY_ONE: usize = 4;
-
-/// The request headers the routes read. One by one, Envoy returns the first value of a repeated
-/// header, so a header sent several times is matched on its first value (the whole map, used for
-/// larger route tables, matches every value as Envoy's own route matcher does).
-fn fetch_headers(needed: &[String]) -> Vec<(String, Vec<u8>)> {
-    if needed.len() > FETCH_ONE_BY_ONE {
-        return wasmesh_proxy::request_headers();
-    }
-    needed.iter().filter_map(|name| wasmesh_proxy::request_header(name).map(|v| (name.clone(), v))).collect()
-}

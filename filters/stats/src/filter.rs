@@ -18,16 +18,16 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType, PeerType};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
-use wasmesh_istio::Strictness;
+use wasmesh_istio::{FilterConfig, Strictness};
+use wasmesh_proxy::metrics;
 use wasmesh_proxy::ListenerDirection;
 use wasmesh_stats::exchange::{PreambleReader, Step};
 use wasmesh_stats::grpc::{is_grpc_content_type, GrpcFrameCounter};
-use wasmesh_stats::peer::{CachedPeer, HEADER_METADATA, HEADER_METADATA_ID};
+use wasmesh_stats::peer::{HEADER_METADATA, HEADER_METADATA_ID};
 use wasmesh_stats::{
-    Direction, Facts, HttpMeasures, ListenerProtocol, Metric, MetricCache, MetricHost, MetricType, PeerCache, Protocol,
-    ServiceInfo, Stats, StatsConfig,
+    CachedPeer, Direction, Facts, HttpMeasures, ListenerProtocol, Metric, MetricCache, MetricHost, MetricType,
+    PeerCache, Protocol, ServiceCache, ServiceInfo, Stats, StatsConfig, TcpKey,
 };
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
@@ -42,25 +42,16 @@ struct Shared {
     cache: RefCell<MetricCache>,
     peers: RefCell<PeerCache>,
     /// Cluster name → its Istio service (from cluster metadata or the cluster's name).
-    services: RefCell<HashMap<String, Option<Rc<ServiceInfo>>>>,
+    services: RefCell<ServiceCache>,
     /// Scratch buffer for encoded tags.
     key: RefCell<String>,
 }
 
-const MAX_CACHED_CLUSTERS: usize = 1024;
-
 impl Shared {
     fn service(&self, cluster: &str) -> Option<Rc<ServiceInfo>> {
-        if let Some(hit) = self.services.borrow().get(cluster) {
-            return hit.clone();
-        }
-        let found = cluster_metadata_service().or_else(|| self.stats.service_for_cluster(cluster)).map(Rc::new);
-        let mut map = self.services.borrow_mut();
-        if map.len() >= MAX_CACHED_CLUSTERS {
-            map.clear();
-        }
-        map.insert(cluster.to_string(), found.clone());
-        found
+        self.services.borrow_mut().get_or_insert_with(cluster, || {
+            cluster_metadata_service().or_else(|| self.stats.service_for_cluster(cluster))
+        })
     }
 }
 
@@ -158,15 +149,15 @@ impl RootContext for StatsRoot {
 /// node metadata; telemetry fails open, so what the node does not say is reported `unknown`.
 fn configure(bytes: &[u8]) -> Result<Listeners, String> {
     let mut cfg = StatsConfig::parse_json(bytes).map_err(|e| e.to_string())?;
-    if cfg.workload.is_none() {
+    if wasmesh_proxy::complete_workload_from_node(&mut cfg).is_err() {
+        // Telemetry fails open: take what the node does say and name what it lacks.
         let node = wasmesh_proxy::node_metadata();
         if let Err(missing) = node.workload(&cfg.mesh(), Strictness::Required) {
             wasmesh_proxy::log_warn(&format!(
                 "wasmesh stats: reporting \"unknown\" for what the Envoy node lacks: {missing}"
             ));
         }
-        let wl = node.workload(&cfg.mesh(), Strictness::BestEffort)?;
-        cfg.workload = Some(wl);
+        cfg.set_workload(node.workload(&cfg.mesh(), Strictness::BestEffort)?);
     }
     let resources = cfg.parsed_resources().map_err(|e| e.to_string())?;
     let mut compiled = Vec::new();
@@ -185,7 +176,7 @@ fn configure(bytes: &[u8]) -> Result<Listeners, String> {
             stats,
             cache: RefCell::new(cache),
             peers: RefCell::new(PeerCache::default()),
-            services: RefCell::new(HashMap::new()),
+            services: RefCell::new(ServiceCache::default()),
             key: RefCell::new(String::with_capacity(2048)),
         }));
     }
@@ -196,7 +187,7 @@ fn configure(bytes: &[u8]) -> Result<Listeners, String> {
     }
 }
 
-/// Envoy's metric hostcalls.
+/// Envoy's metric hostcalls, through the one metric helper of `wasmesh-proxy`.
 struct Host;
 
 impl MetricHost for Host {
@@ -205,13 +196,13 @@ impl MetricHost for Host {
             MetricType::Counter => proxy_wasm::types::MetricType::Counter,
             MetricType::Histogram => proxy_wasm::types::MetricType::Histogram,
         };
-        hostcalls::define_metric(t, name).ok()
+        metrics::define(t, name)
     }
     fn increment(&mut self, id: u32, by: u64) {
-        let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+        metrics::increment(id, by);
     }
     fn record(&mut self, id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
+        metrics::record(id, value);
     }
 }
 
@@ -418,12 +409,6 @@ impl HttpContext for StatsHttp {
             String::new()
         };
         let service = shared.service(&cluster);
-        // The Host header only matters when the cluster names no Istio service.
-        let host = if stats.needs_host() && service.is_none() {
-            wasmesh_proxy::property_string(&["request", "host"]).unwrap_or_default()
-        } else {
-            String::new()
-        };
         let peer = match (&self.peer, stats.direction) {
             (None, Direction::Outbound | Direction::Gateway) if !self.external => endpoint_peer(&shared),
             (p, _) => p.clone(),
@@ -439,7 +424,6 @@ impl HttpContext for StatsHttp {
         facts.peer = peer.as_ref().map(|p| &p.peer);
         facts.peer_principal = &peer_principal;
         facts.local_principal = &local_principal;
-        facts.host = &host;
         facts.cluster_name = &cluster;
         facts.service = service.as_deref();
         let measures = HttpMeasures {
@@ -490,7 +474,7 @@ struct StatsTcp {
     shared: Rc<Shared>,
     /// Encoded tags per metric group, computed once the peer is known (or the exchange is not
     /// happening) and again, with the final response flags, at close.
-    keys: Option<Vec<(Vec<Metric>, String)>>,
+    keys: Option<Vec<TcpKey>>,
     closed: bool,
     /// Whether this connection exchanges preambles; decided at the first data event.
     exchange: Option<bool>,
@@ -585,7 +569,7 @@ impl StatsTcp {
         let _ = buffer::replace_front(ty, 0, &self.shared.stats.preamble);
     }
 
-    fn compute_keys(&self) -> Vec<(Vec<Metric>, String)> {
+    fn compute_keys(&self) -> Vec<TcpKey> {
         let stats = &self.shared.stats;
         let cluster = wasmesh_proxy::property_string(&["xds", "cluster_name"]).unwrap_or_default();
         let service = if cluster.is_empty() { None } else { self.shared.service(&cluster) };
@@ -624,11 +608,11 @@ impl StatsTcp {
         self.keys = Some(keys);
     }
 
-    fn record(&self, keys: &[(Vec<Metric>, String)], metric: Metric, value: u64) {
+    fn record(&self, keys: &[TcpKey], metric: Metric, value: u64) {
         let mut cache = self.shared.cache.borrow_mut();
-        for (metrics, key) in keys {
-            if metrics.contains(&metric) {
-                cache.record(&mut Host, key, metric, value);
+        for k in keys {
+            if k.metrics.contains(&metric) {
+                cache.record(&mut Host, &k.key, &k.overflow, metric, value);
             }
         }
     }

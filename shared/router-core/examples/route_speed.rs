@@ -1,5 +1,6 @@
 //! Times `Router::route` for the benchmark's 10-route VirtualService (the request matches the
 //! 10th route): `cargo run --release -p wasmesh-router --example route_speed`.
+#![allow(clippy::expect_used)]
 use wasmesh_istio::{load_str, Resources, Workload};
 use wasmesh_router::{Request, RouterConfig};
 
@@ -14,7 +15,7 @@ fn main() {
         workload: Some(Workload::new("w", "default")),
         mesh: None,
         gateway_port: None,
-        cluster_header: "x-wasmesh-cluster".into(),
+        cluster_header: wasmesh_router::DEFAULT_CLUSTER_HEADER.into(),
         resources: vec![],
     };
     let router = cfg.compile(&Resources { items }).expect("compile");

@@ -2,12 +2,12 @@
 
 use crate::hosts::{intersect, HostTable};
 use crate::matcher::StrMatcher;
-use crate::{ClusterName, Match, Route, Router, VirtualHost, WeightedDestination};
+use crate::request::HeaderSlots;
+use crate::table::{ClusterName, HeaderMatch, Match, Route, Router, VirtualHost, WeightedDestination};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 use wasmesh_istio::networking::{Destination, HttpMatchRequest, HttpRoute};
-use wasmesh_istio::{Error, MeshIdentity, ProxyMode, Resource, Resources, Workload};
+use wasmesh_istio::{CompileError, Error, FilterConfig, MeshIdentity, ProxyMode, Resource, Resources, Workload};
 
 /// The router filter's configuration, as `wasmeshctl` writes it: who the proxy is and the Istio
 /// resources that may apply to it.
@@ -36,22 +36,61 @@ pub struct RouterConfig {
     pub resources: Vec<serde_json::Value>,
 }
 
-fn default_cluster_header() -> String {
-    crate::DEFAULT_CLUSTER_HEADER.to_string()
+/// The header the router filter sets and Envoy's route reads with `cluster_header` (the one
+/// definition: wasmeshctl's bootstrap and plugins use this constant).
+pub const DEFAULT_CLUSTER_HEADER: &str = "x-wasmesh-cluster";
+
+/// Most virtual hosts (distinct request hosts: VirtualService hosts and every visible service)
+/// one route table holds. Neither Istio nor Envoy bounds them; the bound keeps a runaway
+/// configuration from filling the VM, far above real meshes (tens of thousands of services).
+pub const MAX_VIRTUAL_HOSTS: usize = 65_536;
+/// Most routes one virtual host holds (all VirtualServices for the host merged). Istio and Envoy
+/// set none; routes are tried in order per request, so the bound also caps the per-request walk.
+pub const MAX_ROUTES_PER_VIRTUAL_HOST: usize = 4_096;
+/// Most distinct request headers the routes of one table examine (`:authority`, `:path`,
+/// `:method`, `:scheme` and every `headers`/`withoutHeaders` name). Envoy's default
+/// `max_request_headers_count` is 100, so a request cannot carry more than that many anyway;
+/// the bound caps the per-request view.
+pub const MAX_EXAMINED_HEADERS: usize = 128;
+
+/// The size bounds of one route table (defaults: the `MAX_…` constants above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub virtual_hosts: usize,
+    pub routes_per_virtual_host: usize,
+    pub examined_headers: usize,
 }
 
-/// Everything wrong with a configuration, each error naming resource, field and value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompileError(pub Vec<Error>);
-
-impl fmt::Display for CompileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
-        write!(f, "{}", lines.join("; "))
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            virtual_hosts: MAX_VIRTUAL_HOSTS,
+            routes_per_virtual_host: MAX_ROUTES_PER_VIRTUAL_HOST,
+            examined_headers: MAX_EXAMINED_HEADERS,
+        }
     }
 }
 
-impl std::error::Error for CompileError {}
+fn default_cluster_header() -> String {
+    DEFAULT_CLUSTER_HEADER.to_string()
+}
+
+impl FilterConfig for RouterConfig {
+    const FILTER: &'static str = "router";
+
+    fn workload(&self) -> Option<&Workload> {
+        self.workload.as_ref()
+    }
+    fn set_workload(&mut self, workload: Workload) {
+        self.workload = Some(workload);
+    }
+    fn mesh_field(&self) -> Option<&MeshIdentity> {
+        self.mesh.as_ref()
+    }
+    fn resource_values(&self) -> &[serde_json::Value] {
+        &self.resources
+    }
+}
 
 impl RouterConfig {
     /// Parses the filter configuration and compiles the router.
@@ -60,30 +99,15 @@ impl RouterConfig {
         cfg.compile(&cfg.parsed_resources()?)
     }
 
-    /// Parses the filter configuration (resources still as JSON).
-    pub fn parse_json(bytes: &[u8]) -> Result<RouterConfig, CompileError> {
-        serde_json::from_slice(bytes).map_err(|e| CompileError(vec![Error::new(format!("router configuration: {e}"))]))
-    }
-
-    /// The `resources` field as Istio resources.
-    pub fn parsed_resources(&self) -> Result<Resources, CompileError> {
-        let items = wasmesh_istio::resources_from_values(self.resources.clone()).map_err(|e| CompileError(vec![e]))?;
-        Ok(Resources { items })
-    }
-
-    /// `mesh`, or Istio's defaults.
-    pub fn mesh(&self) -> MeshIdentity {
-        self.mesh.clone().unwrap_or_default()
-    }
-
     /// Compiles the router for this proxy from already-parsed resources.
     pub fn compile(&self, resources: &Resources) -> Result<Router, CompileError> {
-        let Some(workload) = &self.workload else {
-            return Err(CompileError(vec![Error::new(
-                "router configuration: workload: absent, and not taken from the Envoy node (the filter does that before compiling)",
-            )]));
-        };
-        Compiler { cfg: self, wl: workload, errors: Vec::new(), check_all: false }.run(resources)
+        self.compile_with_limits(resources, &Limits::default())
+    }
+
+    /// [`RouterConfig::compile`] with other size bounds.
+    pub fn compile_with_limits(&self, resources: &Resources, limits: &Limits) -> Result<Router, CompileError> {
+        let workload = self.require_workload()?;
+        Compiler { cfg: self, wl: workload, errors: Vec::new(), check_all: false, limits: *limits }.run(resources)
     }
 
     /// Gateway mode: the `servers[].port.number` of every Gateway that selects the workload, in
@@ -111,6 +135,7 @@ struct Compiler<'c> {
     errors: Vec<Error>,
     /// Validation: compile every VirtualService and match block, whatever proxy they select.
     check_all: bool,
+    limits: Limits,
 }
 
 /// The Gateway servers this gateway proxy implements on its port.
@@ -181,10 +206,10 @@ impl Compiler<'_> {
                     let ports = services.get(&domain).cloned().unwrap_or_default();
                     let index = vhosts.len();
                     match hosts.insert(&domain, index) {
-                        None => vhosts.push(VirtualHost { service_ports: ports, routes: clone_routes(&routes) }),
+                        None => vhosts.push(VirtualHost { service_ports: ports, routes: routes.clone() }),
                         Some(existing) => {
                             if let Some(vh) = vhosts.get_mut(existing) {
-                                vh.routes.extend(clone_routes(&routes));
+                                vh.routes.extend(routes.iter().cloned());
                             }
                         }
                     }
@@ -202,7 +227,7 @@ impl Compiler<'_> {
                 }
                 let cluster = match ports.as_slice() {
                     [only] => ClusterName::Fixed(format!("outbound|{only}||{host}")),
-                    _ => ClusterName::PerPort { subset: String::new(), host: host.clone() },
+                    _ => ClusterName::per_port(String::new(), host.clone(), ports),
                 };
                 let index = vhosts.len();
                 if hosts.insert(host, index).is_none() {
@@ -250,15 +275,53 @@ impl Compiler<'_> {
         if wl.mode == ProxyMode::Gateway && self.cfg.gateway_port.is_none() {
             self.errors.push(Error::new("router configuration: gatewayPort is required in gateway mode"));
         }
+        let limits = self.limits;
+        if vhosts.len() > limits.virtual_hosts {
+            self.errors.push(Error::new(format!(
+                "router configuration: {} virtual hosts (VirtualService hosts and services) for this proxy; at most {} are supported",
+                vhosts.len(),
+                limits.virtual_hosts
+            )));
+        }
+        // Each virtual host by its longest name (the FQDN rather than a short form).
+        let mut names: BTreeMap<usize, String> = BTreeMap::new();
+        for (host, index) in hosts.exact_names_by_value().into_iter().chain(hosts.wildcard_names()) {
+            let name = names.entry(index).or_default();
+            if host.len() > name.len() {
+                *name = host;
+            }
+        }
+        for (index, host) in names {
+            let Some(vh) = vhosts.get(index) else { continue };
+            if vh.routes.len() > limits.routes_per_virtual_host {
+                self.errors.push(Error::new(format!(
+                    "router configuration: host {host:?} has {} routes (every VirtualService for it merged); at most {} are supported",
+                    vh.routes.len(),
+                    limits.routes_per_virtual_host
+                )));
+            }
+        }
         if !self.errors.is_empty() {
             return Err(CompileError(self.errors));
         }
-        let mut needed_headers = vec![":authority".to_string()];
+        // The headers the routes examine, each with a slot, in the order the routes read them;
+        // then every header condition points at its slot.
+        let mut slots = HeaderSlots::default();
         for m in vhosts.iter().flat_map(|v| &v.routes).flat_map(|r| &r.matches) {
-            m.headers_read(&mut needed_headers);
+            m.headers_read(&mut slots);
+        }
+        if slots.names().len() > limits.examined_headers {
+            return Err(CompileError::msg(format!(
+                "router configuration: the routes examine {} distinct request headers; at most {} are supported (Envoy accepts 100 headers per request by default)",
+                slots.names().len(),
+                limits.examined_headers
+            )));
+        }
+        for m in vhosts.iter_mut().flat_map(|v| &mut v.routes).flat_map(|r| &mut r.matches) {
+            m.resolve_slots(&slots);
         }
         Ok(Router {
-            needed_headers,
+            slots,
             mode: wl.mode,
             gateway_port: self.cfg.gateway_port,
             hosts,
@@ -500,7 +563,7 @@ impl Compiler<'_> {
                     continue;
                 }
                 match StrMatcher::compile(sm, false) {
-                    Ok(c) => target.push((lname, c)),
+                    Ok(matcher) => target.push(HeaderMatch { name: lname, slot: usize::MAX, matcher }),
                     Err((sub, e)) => {
                         self.err(res, &format!("{field}.{kind}.{name}{sub}"), &e);
                         ok = false;
@@ -551,47 +614,13 @@ impl Compiler<'_> {
         };
         Some(match port {
             Some(p) => ClusterName::Fixed(format!("outbound|{p}|{}|{host}", d.subset)),
-            None => ClusterName::PerPort { subset: d.subset.clone(), host },
+            None => ClusterName::per_port(
+                d.subset.clone(),
+                host.clone(),
+                services.get(&host).map(Vec::as_slice).unwrap_or_default(),
+            ),
         })
     }
-}
-
-fn clone_routes(routes: &[Route]) -> Vec<Route> {
-    routes
-        .iter()
-        .map(|r| Route {
-            virtual_service: r.virtual_service.clone(),
-            name: r.name.clone(),
-            matches: r
-                .matches
-                .iter()
-                .map(|m| Match {
-                    uri: m.uri.clone(),
-                    scheme: m.scheme.clone(),
-                    method: m.method.clone(),
-                    authority: m.authority.clone(),
-                    headers: m.headers.clone(),
-                    without_headers: m.without_headers.clone(),
-                    query_params: m.query_params.clone(),
-                    port: m.port,
-                })
-                .collect(),
-            destinations: r
-                .destinations
-                .iter()
-                .map(|d| WeightedDestination {
-                    weight: d.weight,
-                    cluster: match &d.cluster {
-                        ClusterName::Fixed(s) => ClusterName::Fixed(s.clone()),
-                        ClusterName::PerPort { subset, host } => {
-                            ClusterName::PerPort { subset: subset.clone(), host: host.clone() }
-                        }
-                    },
-                })
-                .collect(),
-            total_weight: r.total_weight,
-        })
-        .collect()
 }
 
 /// `exportTo` visibility: empty or `*` = everywhere, `.` = own namespace, `~` = nowhere.
@@ -623,7 +652,9 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
         cluster_header: default_cluster_header(),
         resources: Vec::new(),
     };
-    match (Compiler { cfg: &cfg, wl: &wl, errors: Vec::new(), check_all: true }).run(resources) {
+    match (Compiler { cfg: &cfg, wl: &wl, errors: Vec::new(), check_all: true, limits: Limits::default() })
+        .run(resources)
+    {
         Ok(_) => Vec::new(),
         Err(CompileError(errors)) => errors,
     }

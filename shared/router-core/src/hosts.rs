@@ -45,6 +45,13 @@ impl HostTable {
         names
     }
 
+    /// Every wildcard pattern (`*.suffix`, `*`) with its value.
+    pub(crate) fn wildcard_names(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = self.wildcards.iter().map(|(s, v)| (format!("*{s}"), *v)).collect();
+        out.extend(self.any.map(|v| ("*".to_string(), v)));
+        out
+    }
+
     pub(crate) fn lookup(&self, host: &str) -> Option<usize> {
         if let Some(v) = self.exact.get(host) {
             return Some(*v);

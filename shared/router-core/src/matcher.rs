@@ -1,4 +1,5 @@
 //! Istio `StringMatch` compiled for per-request use on raw header bytes.
+#![deny(clippy::indexing_slicing)]
 
 use regex::bytes::Regex;
 use wasmesh_istio::StringMatch;
@@ -49,7 +50,7 @@ impl StrMatcher {
             StrMatcher::Exact(v) => value == v.as_slice(),
             StrMatcher::Prefix(v) => value.starts_with(v),
             StrMatcher::ExactIgnoreCase(v) => value.eq_ignore_ascii_case(v),
-            StrMatcher::PrefixIgnoreCase(v) => value.len() >= v.len() && value[..v.len()].eq_ignore_ascii_case(v),
+            StrMatcher::PrefixIgnoreCase(v) => value.get(..v.len()).is_some_and(|p| p.eq_ignore_ascii_case(v)),
             StrMatcher::Regex { re, prefixes } => {
                 if let Some(p) = prefixes {
                     if !p.iter().any(|p| value.starts_with(p)) {
@@ -67,14 +68,84 @@ impl StrMatcher {
     }
 }
 
+/// Largest regex accepted, in RE2 program instructions as wasmesh estimates them
+/// ([`program_size`]). Envoy refuses a regex whose compiled RE2 program exceeds the runtime
+/// value `re2.max_program_size.error_level` (Envoy's default 100); Istio's bootstrap raises it to
+/// 32768, so the same VirtualService is refused here exactly where istio-proxy refuses it (up to
+/// the estimate).
+pub const MAX_REGEX_PROGRAM_SIZE: usize = 32_768;
+/// Bound on the memory of one compiled regex (the `regex` crate's `size_limit`): every program
+/// within [`MAX_REGEX_PROGRAM_SIZE`] fits (the largest need about 4 MiB).
+pub const MAX_REGEX_COMPILED_BYTES: usize = 8 << 20;
+/// Bound on the lazy DFA cache of one regex (the `regex` crate's `dfa_size_limit`); past it the
+/// engine falls back to slower, cache-free matching instead of growing the VM.
+pub const MAX_REGEX_CACHE_BYTES: usize = 1 << 20;
+
 /// Compiles `pattern` so that it must match the whole input (Envoy `safe_regex` semantics).
 /// The `regex` crate is RE2-like: linear time, no backreferences or look-around, which is what
-/// Envoy accepts too. A size limit keeps a hostile config from exhausting the VM.
+/// Envoy accepts too. Size limits keep a hostile config from exhausting the VM.
 pub fn compile_full_match(pattern: &str) -> Result<Regex, String> {
+    if let Some(size) = program_size(pattern) {
+        if size > MAX_REGEX_PROGRAM_SIZE {
+            return Err(format!(
+                "regex {pattern:?} is too large: its RE2 program has about {size} instructions, more than the \
+                 {MAX_REGEX_PROGRAM_SIZE} Istio allows (re2.max_program_size.error_level)"
+            ));
+        }
+    }
     regex::bytes::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(1 << 20)
+        .size_limit(MAX_REGEX_COMPILED_BYTES)
+        .dfa_size_limit(MAX_REGEX_CACHE_BYTES)
         .build()
         .map_err(|e| format!("invalid RE2 regex {pattern:?}: {}", first_line(&e.to_string())))
+}
+
+/// An estimate of the size of the RE2 program Envoy would compile for `pattern` (RE2 counts
+/// instructions: one per byte range, one per alternative, repetitions unrolled), `None` when the
+/// pattern does not parse (the compiler reports that).
+pub fn program_size(pattern: &str) -> Option<usize> {
+    use regex_syntax::hir::{Class, HirKind};
+    fn size(h: &regex_syntax::hir::Hir) -> usize {
+        match h.kind() {
+            HirKind::Empty => 0,
+            HirKind::Look(_) => 1,
+            HirKind::Literal(l) => l.0.len(),
+            HirKind::Class(Class::Bytes(c)) => c.ranges().len().max(1),
+            // Non-ASCII ranges become UTF-8 byte sequences, up to 4 instructions each.
+            HirKind::Class(Class::Unicode(c)) => c
+                .ranges()
+                .iter()
+                .map(|r| if u32::from(r.end()) < 0x80 { 1 } else { r.end().len_utf8() })
+                .sum::<usize>()
+                .max(1),
+            HirKind::Capture(c) => size(&c.sub).saturating_add(2),
+            HirKind::Concat(hs) => hs.iter().map(size).fold(0, usize::saturating_add),
+            HirKind::Alternation(hs) => hs.iter().map(size).fold(hs.len().saturating_sub(1), usize::saturating_add),
+            HirKind::Repetition(r) => {
+                let sub = size(&r.sub);
+                let min = r.min as usize;
+                match r.max {
+                    // x{n,}: n copies, then a loop.
+                    None => sub.saturating_mul(min.max(1)).saturating_add(1),
+                    // x{n,m}: n copies, then m-n optional ones.
+                    Some(max) => sub
+                        .saturating_mul(min)
+                        .saturating_add((max as usize).saturating_sub(min).saturating_mul(sub.saturating_add(1))),
+                }
+            }
+        }
+    }
+    // RE2's `\d`, `\s`, `\w` and `\b` are ASCII, so the pattern is read as RE2 reads those;
+    // only a pattern that needs Unicode (`\pL`, non-ASCII literals) is read with it.
+    let hir = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .ok()
+        .or_else(|| regex_syntax::ParserBuilder::new().utf8(false).build().parse(pattern).ok())?;
+    // Plus the match instruction and the anchors of a full match.
+    Some(size(&hir).saturating_add(3))
 }
 
 /// Literal prefixes one of which every full match of `pattern` must start with, or `None` when
@@ -154,6 +225,31 @@ mod tests {
         assert!(m.matches(b"/LOGIN"));
         let m = StrMatcher::compile(&StringMatch::regex("/login"), true).unwrap();
         assert!(!m.matches(b"/LOGIN"), "ignoreUriCase does not apply to regex");
+    }
+
+    #[test]
+    fn regex_program_size_is_bounded_as_istio_bounds_it() {
+        assert_eq!(program_size("abc"), Some(6));
+        assert!(program_size("(a|b)*c").is_some_and(|n| n < 20));
+        assert!(program_size(r"[a-z]{3,5}").is_some_and(|n| n < 20));
+        assert_eq!(program_size("("), None);
+        // Just below and above the bound: a literal of n bytes is n + 3 instructions.
+        let at = "a".repeat(MAX_REGEX_PROGRAM_SIZE - 3);
+        assert_eq!(program_size(&at), Some(MAX_REGEX_PROGRAM_SIZE));
+        let over = "a".repeat(MAX_REGEX_PROGRAM_SIZE - 2);
+        let e = compile_full_match(&over).unwrap_err();
+        assert!(e.contains("too large") && e.contains("32768"), "{e}");
+        // Counted repetition is unrolled, as RE2 does: a short pattern can be a huge program.
+        let e = compile_full_match("(abcdefghij){4000}").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        let e = compile_full_match("x{0,20000}y{0,20000}").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        assert!(compile_full_match("[0-9a-f]{1000}").is_ok(), "a few thousand instructions compile");
+        // Istio's everyday patterns are far below it.
+        for p in [r"^/api/v[0-9]+/.*", r"(?i)jason", r"[^/]+\.example\.com", r"\w{40}", "caf\u{e9}.*"] {
+            assert!(program_size(p).is_some_and(|n| n < 4096), "{p}: {:?}", program_size(p));
+            assert!(compile_full_match(p).is_ok(), "{p}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 use super::*;
-use wasmesh_istio::{load_str, Resources, Workload};
+use wasmesh_istio::{load_str, FilterConfig, ProxyMode, Resources, Workload};
 
 const SERVICES: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -570,4 +570,110 @@ spec:
     for port in [80, 8080] {
         assert!(RouterConfig { gateway_port: Some(port), ..cfg.clone() }.compile(&resources).is_ok());
     }
+}
+
+fn compile_json_err(resources: Vec<serde_json::Value>) -> String {
+    let cfg = serde_json::json!({"workload": {"name": "w", "namespace": "default"}, "resources": resources});
+    RouterConfig::compile_json(cfg.to_string().as_bytes()).unwrap_err().to_string()
+}
+
+/// Compiles with small bounds (the defaults are crossed the same way, only slower to build).
+fn compile_limited(resources: Vec<serde_json::Value>, limits: Limits) -> Result<Router, String> {
+    let cfg = RouterConfig {
+        workload: Some(Workload::new("w", "default")),
+        mesh: None,
+        gateway_port: None,
+        cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        resources,
+    };
+    cfg.compile_with_limits(&cfg.parsed_resources().unwrap(), &limits).map_err(|e| e.to_string())
+}
+
+fn virtual_service(http: Vec<serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "big", "namespace": "default"}, "spec": {"hosts": ["big"], "http": http}})
+}
+
+#[test]
+fn the_default_limits_are_the_named_bounds() {
+    let l = Limits::default();
+    assert_eq!(
+        (l.virtual_hosts, l.routes_per_virtual_host, l.examined_headers),
+        (compile::MAX_VIRTUAL_HOSTS, compile::MAX_ROUTES_PER_VIRTUAL_HOST, compile::MAX_EXAMINED_HEADERS)
+    );
+    assert_eq!((l.virtual_hosts, l.routes_per_virtual_host, l.examined_headers), (65_536, 4_096, 128));
+}
+
+#[test]
+fn routes_per_virtual_host_are_bounded() {
+    let limits = Limits { routes_per_virtual_host: 8, ..Limits::default() };
+    let route = |i: usize| serde_json::json!({"match": [{"uri": {"exact": format!("/{i}")}}], "route": [{"destination": {"host": "big"}}]});
+    let r = compile_limited(vec![virtual_service((0..8).map(route).collect())], limits).unwrap();
+    assert!(matches!(
+        r.route(&Request::new(&req(&[(":authority", "big"), (":path", "/7")])), 0),
+        Decision::Forward { .. }
+    ));
+    let e = compile_limited(vec![virtual_service((0..9).map(route).collect())], limits).unwrap_err();
+    assert!(e.contains("host \"big.default.svc.cluster.local\" has 9 routes") && e.contains("at most 8"), "{e}");
+    // Two VirtualServices for one host merge, and the bound counts the merged routes.
+    let mut second = virtual_service((0..5).map(route).collect());
+    second["metadata"]["name"] = "big2".into();
+    let e = compile_limited(vec![virtual_service((0..5).map(route).collect()), second], limits).unwrap_err();
+    assert!(e.contains("has 10 routes"), "{e}");
+}
+
+#[test]
+fn virtual_hosts_are_bounded() {
+    let service_entry = |n: usize| {
+        let hosts: Vec<String> = (0..n).map(|i| format!("s{i}.example.com")).collect();
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "many", "namespace": "default"},
+            "spec": {"hosts": hosts, "ports": [{"number": 80, "name": "http"}]}})
+    };
+    let limits = Limits { virtual_hosts: 20, ..Limits::default() };
+    assert_eq!(compile_limited(vec![service_entry(20)], limits).unwrap().virtual_host_count(), 20);
+    let e = compile_limited(vec![service_entry(21)], limits).unwrap_err();
+    assert!(e.contains("21 virtual hosts") && e.contains("at most 20"), "{e}");
+}
+
+#[test]
+fn examined_headers_are_bounded() {
+    let vs = |n: usize| {
+        let headers: serde_json::Map<String, serde_json::Value> =
+            (0..n).map(|i| (format!("x-h{i}"), serde_json::json!({"exact": "1"}))).collect();
+        virtual_service(vec![
+            serde_json::json!({"match": [{"headers": headers}], "route": [{"destination": {"host": "big"}}]}),
+        ])
+    };
+    let limits = Limits { examined_headers: 6, ..Limits::default() };
+    // `:authority` plus the named headers.
+    let r = compile_limited(vec![vs(5)], limits).unwrap();
+    assert_eq!(r.needed_headers().len(), 6);
+    let mut h = req(&[(":authority", "big")]);
+    for i in 0..5 {
+        h.push((format!("x-h{i}"), b"1".to_vec()));
+    }
+    assert!(matches!(r.route(&Request::new(&h), 0), Decision::Forward { .. }));
+    h.pop();
+    assert_eq!(r.route(&Request::new(&h), 0), Decision::NotFound);
+    let e = compile_limited(vec![vs(6)], limits).unwrap_err();
+    assert!(e.contains("7 distinct request headers") && e.contains("at most 6"), "{e}");
+    // The default bound with the default compile.
+    let e = compile_json_err(vec![vs(compile::MAX_EXAMINED_HEADERS)]);
+    assert!(e.contains("129 distinct request headers") && e.contains("at most 128"), "{e}");
+}
+
+#[test]
+fn oversized_regexes_are_refused_with_the_field() {
+    let e = compile_json_err(vec![virtual_service(vec![serde_json::json!({
+        "match": [{"headers": {"x-id": {"regex": "[0-9a-f]{40000}"}}}], "route": [{"destination": {"host": "big"}}]})])]);
+    assert!(e.contains("spec.http[0].match[0].headers.x-id.regex") && e.contains("too large"), "{e}");
+}
+
+#[test]
+fn hosts_longer_than_any_dns_name_find_no_route() {
+    let r = sidecar(REVIEWS_VS);
+    let long = format!("{}.reviews", "a".repeat(request::MAX_HOST_BYTES));
+    assert_eq!(cluster(&r, &[(":authority", &long)]), "404");
+    assert_eq!(cluster(&r, &[(":authority", "reviews")]), "outbound|9080|v3|reviews.default.svc.cluster.local");
 }

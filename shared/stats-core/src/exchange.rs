@@ -20,6 +20,7 @@
 //! `Pause` from `on_downstream_data`/`on_upstream_data` leaves the bytes in Envoy's buffer and
 //! the next call sees all of them. [`PreambleReader`] is written for that: each call looks at
 //! the first bytes of everything buffered so far and says wait, pass unchanged, or strip.
+#![deny(clippy::indexing_slicing)]
 
 use crate::peer::{from_struct, LocalInfo, PeerMetadata, HEADER_METADATA, HEADER_METADATA_ID, MAX_ID_BYTES};
 use crate::proto::{Struct, Value};
@@ -82,8 +83,8 @@ pub fn inspect_header(first: &[u8]) -> Header {
     if first.get(..n) != magic.get(..n) {
         return Header::NotPreamble;
     }
-    let Some(len) = first.get(4..8) else { return Header::NeedMore };
-    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+    let Some(&[a, b, c, d]) = first.get(4..8) else { return Header::NeedMore };
+    let len = u32::from_be_bytes([a, b, c, d]);
     match usize::try_from(len) {
         Ok(l) if l <= MAX_PAYLOAD_BYTES => Header::Frame { total: HEADER_LEN + l },
         _ => Header::TooLarge(len),

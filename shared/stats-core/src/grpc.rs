@@ -4,6 +4,7 @@
 //! Istio counts them with Envoy's `grpc_stats` filter; a wasm filter has to read the frames
 //! itself. The adapter asks [`GrpcFrameCounter::skippable`] first, so a chunk that lies wholly
 //! inside a message is never copied out of Envoy.
+#![deny(clippy::indexing_slicing)]
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GrpcFrameCounter {
@@ -37,13 +38,16 @@ impl GrpcFrameCounter {
                 continue;
             }
             let take = (5 - self.have).min(chunk.len());
-            self.header[self.have..self.have + take].copy_from_slice(&chunk[..take]);
+            let (head, rest) = chunk.split_at(take);
+            if let Some(dst) = self.header.get_mut(self.have..self.have + take) {
+                dst.copy_from_slice(head);
+            }
             self.have += take;
-            chunk = &chunk[take..];
+            chunk = rest;
             if self.have == 5 {
                 self.messages += 1;
-                self.remaining =
-                    u64::from(u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]));
+                let [_, a, b, c, d] = self.header;
+                self.remaining = u64::from(u32::from_be_bytes([a, b, c, d]));
                 self.have = 0;
             }
         }
@@ -54,9 +58,10 @@ impl GrpcFrameCounter {
 /// Envoy's `Grpc::Common::isGrpcRequestHeaders` decides.
 pub fn is_grpc_content_type(ct: &[u8]) -> bool {
     const P: &[u8] = b"application/grpc";
-    ct.len() >= P.len()
-        && ct[..P.len()].eq_ignore_ascii_case(P)
-        && (ct.len() == P.len() || ct[P.len()] == b'+' || ct[P.len()] == b';')
+    match ct.split_at_checked(P.len()) {
+        Some((head, rest)) => head.eq_ignore_ascii_case(P) && matches!(rest.first(), None | Some(b'+' | b';')),
+        None => false,
+    }
 }
 
 #[cfg(test)]

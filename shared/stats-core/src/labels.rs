@@ -313,8 +313,6 @@ pub struct Facts<'a> {
     pub peer_principal: &'a str,
     /// First URI SAN of this proxy's certificate on that connection.
     pub local_principal: &'a str,
-    /// The `Host`/`:authority` header, used only where Istio falls back to it.
-    pub host: &'a str,
     /// The upstream cluster's name.
     pub cluster_name: &'a str,
     /// The upstream cluster's Istio service, when known.
@@ -331,7 +329,6 @@ impl<'a> Facts<'a> {
             peer: None,
             peer_principal: "",
             local_principal: "",
-            host: "",
             cluster_name: "",
             service: None,
         }
@@ -359,12 +356,13 @@ pub fn namespace_from_principal(principal: &str) -> Option<&str> {
 }
 
 /// Computes every standard label for one request, as Istio's stats filter does.
-pub fn compute<'a>(
-    reporter: Reporter,
-    local: &'a LocalInfo,
-    host_header_fallback: bool,
-    f: &Facts<'a>,
-) -> LabelValues<'a> {
+///
+/// `destination_service` comes from the upstream cluster (its Istio metadata or its
+/// `outbound|port|subset|host` name), never from the request's `Host`: a client that sends a
+/// new `Host` with every request would otherwise create a new label set (67 Prometheus lines)
+/// per request. A request whose cluster names no service reports the catch-all Istio uses:
+/// `PassthroughCluster`/`BlackHoleCluster` (the cluster's own name) or `unknown`.
+pub fn compute<'a>(reporter: Reporter, local: &'a LocalInfo, f: &Facts<'a>) -> LabelValues<'a> {
     let none = || Cow::Borrowed("");
     let mut v: LabelValues<'a> = std::array::from_fn(|_| none());
     let peer = f.peer;
@@ -373,12 +371,11 @@ pub fn compute<'a>(
     // destination_service / destination_service_name.
     let mut service_host: &'a str = "";
     let mut service_host_name: &'a str = "";
-    if host_header_fallback && !f.host.is_empty() {
-        service_host = f.host;
-        service_host_name = f.host;
-    }
     if SPECIAL_CLUSTERS.contains(&f.cluster_name) {
         service_host_name = f.cluster_name;
+        if reporter == self::Reporter::Source {
+            service_host = f.cluster_name;
+        }
     } else if let Some(svc) = f.service {
         if !svc.host.is_empty() {
             service_host = &svc.host;
@@ -574,9 +571,8 @@ connection_security_policy"
         f.peer = Some(&p);
         f.peer_principal = "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage";
         f.local_principal = "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews";
-        f.host = "reviews:9080";
         f.service = Some(&svc);
-        let v = compute(Reporter::Destination, &me, false, &f);
+        let v = compute(Reporter::Destination, &me, &f);
         let pairs = as_pairs(&v);
         let expect = [
             ("reporter", "destination"),
@@ -618,8 +614,7 @@ connection_security_policy"
         f.response_code = 200;
         f.grpc_status = Some(14);
         f.response_flags = 1 << 4;
-        f.host = "reviews:9080";
-        let v = compute(Reporter::Destination, &me, false, &f);
+        let v = compute(Reporter::Destination, &me, &f);
         assert_eq!(v[Label::SourceWorkload as usize], "unknown");
         assert_eq!(v[Label::SourceCanonicalRevision as usize], "latest");
         assert_eq!(v[Label::SourcePrincipal as usize], "unknown");
@@ -642,10 +637,9 @@ connection_security_policy"
         let mut f = Facts::new(Protocol::Http);
         f.response_code = 503;
         f.peer = Some(&p);
-        f.host = "reviews:9080";
         f.service = Some(&svc);
         f.cluster_name = "outbound|9080|v2|reviews.bookinfo.svc.cluster.local";
-        let v = compute(Reporter::Source, &me, true, &f);
+        let v = compute(Reporter::Source, &me, &f);
         assert_eq!(v[Label::Reporter as usize], "source");
         assert_eq!(v[Label::SourceWorkload as usize], "productpage-v1");
         assert_eq!(v[Label::SourceApp as usize], "productpage");
@@ -661,24 +655,25 @@ connection_security_policy"
     }
 
     #[test]
-    fn client_side_without_anything_falls_back_to_host_or_unknown() {
+    fn client_side_without_a_service_reports_the_catch_all() {
         let me = local("productpage-v1", "productpage", "v1");
         let mut f = Facts::new(Protocol::Http);
-        f.host = "example.com";
-        let v = compute(Reporter::Source, &me, true, &f);
-        assert_eq!(v[Label::DestinationService as usize], "example.com");
-        assert_eq!(v[Label::DestinationServiceName as usize], "example.com");
+        let v = compute(Reporter::Source, &me, &f);
+        assert_eq!(v[Label::DestinationService as usize], "unknown");
+        assert_eq!(v[Label::DestinationServiceName as usize], "unknown");
         assert_eq!(v[Label::DestinationWorkload as usize], "unknown");
         assert_eq!(v[Label::DestinationCanonicalRevision as usize], "latest");
         assert_eq!(v[Label::ResponseCode as usize], "0");
-        // Gateways have no Host fallback.
-        let v = compute(Reporter::Source, &me, false, &f);
-        assert_eq!(v[Label::DestinationService as usize], "unknown");
-        // Passthrough clusters name themselves.
-        f.cluster_name = "PassthroughCluster";
-        let v = compute(Reporter::Source, &me, true, &f);
-        assert_eq!(v[Label::DestinationServiceName as usize], "PassthroughCluster");
-        assert_eq!(v[Label::DestinationService as usize], "example.com");
+        // Passthrough and black-hole clusters name themselves (whatever Host the client sent).
+        for cluster in ["PassthroughCluster", "BlackHoleCluster"] {
+            f.cluster_name = cluster;
+            let v = compute(Reporter::Source, &me, &f);
+            assert_eq!(v[Label::DestinationServiceName as usize], cluster);
+            assert_eq!(v[Label::DestinationService as usize], cluster);
+        }
+        // A cluster that is no Istio service (e.g. a static one) is `unknown`.
+        f.cluster_name = "local_app";
+        assert_eq!(compute(Reporter::Source, &me, &f)[Label::DestinationService as usize], "unknown");
     }
 
     #[test]
@@ -688,7 +683,7 @@ connection_security_policy"
         let mut f = Facts::new(Protocol::Http);
         f.peer = Some(&p);
         f.peer_principal = "spiffe://cluster.local/ns/other/sa/b";
-        let v = compute(Reporter::Source, &me, true, &f);
+        let v = compute(Reporter::Source, &me, &f);
         assert_eq!(v[Label::DestinationWorkloadNamespace as usize], "other");
         assert_eq!(v[Label::DestinationServiceNamespace as usize], "other");
         assert_eq!(namespace_from_principal("cluster.local/ns/x"), Some("x"));

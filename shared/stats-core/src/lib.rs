@@ -7,7 +7,7 @@
 //! Telemetry overrides, encodes the tags into the metric name (see [`encode`]) and records through
 //! the per-VM [`MetricCache`]. Nothing here knows proxy-wasm.
 #![forbid(unsafe_code)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod cache;
 pub mod encode;
@@ -18,17 +18,22 @@ pub mod grpc;
 pub mod labels;
 pub mod overrides;
 pub mod peer;
+pub mod peer_cache;
 pub mod proto;
 
-pub use cache::{MetricCache, MetricHost, DEFAULT_MAX_LABEL_SETS};
+pub use cache::{
+    MetricCache, MetricHost, ServiceCache, DEFAULT_MAX_LABEL_SETS, MAX_CACHED_CLUSTERS, MAX_OVERFLOW_LABEL_SETS,
+    OVERFLOW_VALUE,
+};
 pub use labels::{Facts, Label, LabelValues, Metric, MetricType, Protocol, Reporter, ServiceInfo};
 pub use overrides::{MetricPlan, Mode, Plans, Slot};
-pub use peer::{LocalInfo, PeerCache, PeerMetadata};
+pub use peer::{LocalInfo, PeerMetadata};
+pub use peer_cache::{CachedPeer, PeerCache};
 
 use expr::Expr;
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use wasmesh_istio::{Error, MeshIdentity, ProxyMode, Resources, Workload};
+pub use wasmesh_istio::CompileError;
+use wasmesh_istio::{Error, FilterConfig, MeshIdentity, ProxyMode, Resources, Workload};
 
 /// Which listener the filter runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,19 +119,6 @@ fn default_true() -> bool {
     true
 }
 
-/// Everything wrong with a configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompileError(pub Vec<Error>);
-
-impl fmt::Display for CompileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
-        write!(f, "{}", lines.join("; "))
-    }
-}
-
-impl std::error::Error for CompileError {}
-
 /// Metrics that share one plan share one encoded label set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -162,7 +154,6 @@ pub struct Stats {
     pub publish_peer: bool,
     pub max_label_sets: usize,
     external_hosts: Vec<String>,
-    host_header_fallback: bool,
     inbound_service: Option<ServiceInfo>,
     plans: Plans,
     http_groups: Vec<Group>,
@@ -171,26 +162,28 @@ pub struct Stats {
     tcp_exprs: Vec<usize>,
 }
 
+impl FilterConfig for StatsConfig {
+    const FILTER: &'static str = "stats";
+
+    fn workload(&self) -> Option<&Workload> {
+        self.workload.as_ref()
+    }
+    fn set_workload(&mut self, workload: Workload) {
+        self.workload = Some(workload);
+    }
+    fn mesh_field(&self) -> Option<&MeshIdentity> {
+        self.mesh.as_ref()
+    }
+    fn resource_values(&self) -> &[serde_json::Value] {
+        &self.resources
+    }
+}
+
 impl StatsConfig {
+    /// Parses the configuration and compiles it (`workload` and `direction` must be present).
     pub fn compile_json(bytes: &[u8]) -> Result<Stats, CompileError> {
         let cfg = StatsConfig::parse_json(bytes)?;
         cfg.compile(&cfg.parsed_resources()?)
-    }
-
-    /// Parses the filter configuration (resources still as JSON).
-    pub fn parse_json(bytes: &[u8]) -> Result<StatsConfig, CompileError> {
-        serde_json::from_slice(bytes).map_err(|e| CompileError(vec![Error::new(format!("stats configuration: {e}"))]))
-    }
-
-    /// The `resources` field as Istio resources.
-    pub fn parsed_resources(&self) -> Result<Resources, CompileError> {
-        let items = wasmesh_istio::resources_from_values(self.resources.clone()).map_err(|e| CompileError(vec![e]))?;
-        Ok(Resources { items })
-    }
-
-    /// `mesh`, or Istio's defaults.
-    pub fn mesh(&self) -> MeshIdentity {
-        self.mesh.clone().unwrap_or_default()
     }
 
     /// The directions a filter with this (workload-complete) configuration serves: the
@@ -213,9 +206,9 @@ impl StatsConfig {
     pub fn compile(&self, resources: &Resources) -> Result<Stats, CompileError> {
         let mut errors = Vec::new();
         let (Some(workload), Some(direction)) = (&self.workload, self.direction) else {
-            return Err(CompileError(vec![Error::new(
+            return Err(CompileError::msg(
                 "stats configuration: workload and direction are needed to compile; the filter takes absent ones from the Envoy node and listener",
-            )]));
+            ));
         };
         match (direction, workload.mode) {
             (Direction::Gateway, ProxyMode::Sidecar)
@@ -284,8 +277,6 @@ impl StatsConfig {
             publish_peer: self.publish_peer,
             max_label_sets: self.max_label_sets,
             external_hosts: self.external_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            // istio/istio telemetry.go `disableHostHeaderFallback`: inbound and gateways.
-            host_header_fallback: direction == Direction::Outbound,
             inbound_service,
             http_exprs: plans.exprs_used_by(&Metric::HTTP),
             tcp_exprs: plans.exprs_used_by(&Metric::TCP),
@@ -397,14 +388,9 @@ impl Stats {
         flags
     }
 
-    /// Whether the `Host` header feeds `destination_service` (outbound sidecars only).
-    pub fn needs_host(&self) -> bool {
-        self.host_header_fallback
-    }
-
     /// All standard labels of one request or connection.
     pub fn labels<'a>(&'a self, facts: &Facts<'a>) -> LabelValues<'a> {
-        labels::compute(self.reporter, &self.local, self.host_header_fallback, facts)
+        labels::compute(self.reporter, &self.local, facts)
     }
 
     /// Encodes one group's tags (`tag=.=value;.;…`) into `out`.
@@ -437,17 +423,71 @@ impl Stats {
             .collect()
     }
 
-    /// The TCP groups and their encoded keys for one connection.
-    pub fn tcp_keys(&self, facts: &Facts<'_>, exprs: &[Option<String>]) -> Vec<(Vec<Metric>, String)> {
+    /// The TCP groups and their encoded keys for one connection (with the overflow keys the
+    /// cache falls back to past its bound).
+    pub fn tcp_keys(&self, facts: &Facts<'_>, exprs: &[Option<String>]) -> Vec<TcpKey> {
         let labels = self.labels(facts);
+        let (overflow_labels, overflow_exprs) = self.overflow_labels(&labels, exprs);
         self.tcp_groups
             .iter()
             .map(|g| {
                 let mut key = String::with_capacity(1024);
                 self.encode(g, &labels, exprs, &mut key);
-                (g.metrics.clone(), key)
+                let mut overflow = String::with_capacity(1024);
+                self.encode(g, &overflow_labels, &overflow_exprs, &mut overflow);
+                TcpKey { metrics: g.metrics.clone(), key, overflow }
             })
             .collect()
+    }
+
+    /// The overflow label set of a request: every label the wire can vary without bound (the
+    /// peer's metadata and principal, values of Telemetry expressions) becomes
+    /// [`cache::OVERFLOW_VALUE`]; what configuration bounds (reporter, this proxy, the service
+    /// from the cluster, response code, flags, protocol) stays, so an outage still shows.
+    pub fn overflow_labels<'a>(
+        &self,
+        labels: &LabelValues<'a>,
+        exprs: &[Option<String>],
+    ) -> (LabelValues<'a>, Vec<Option<String>>) {
+        use std::borrow::Cow;
+        let mut out = labels.clone();
+        let wire: &[Label] = match self.reporter {
+            Reporter::Destination => &[
+                Label::SourceWorkload,
+                Label::SourceCanonicalService,
+                Label::SourceCanonicalRevision,
+                Label::SourceWorkloadNamespace,
+                Label::SourcePrincipal,
+                Label::SourceApp,
+                Label::SourceVersion,
+                Label::SourceCluster,
+            ],
+            Reporter::Source => &[
+                Label::DestinationWorkload,
+                Label::DestinationWorkloadNamespace,
+                Label::DestinationPrincipal,
+                Label::DestinationApp,
+                Label::DestinationVersion,
+                Label::DestinationCanonicalService,
+                Label::DestinationCanonicalRevision,
+                Label::DestinationServiceNamespace,
+                Label::DestinationCluster,
+            ],
+        };
+        for l in wire {
+            if let Some(v) = out.get_mut(*l as usize) {
+                *v = Cow::Borrowed(cache::OVERFLOW_VALUE);
+            }
+        }
+        let exprs = exprs
+            .iter()
+            .zip(&self.plans.exprs)
+            .map(|(v, e)| match e {
+                Expr::Literal(_) => v.clone(),
+                Expr::Attribute { .. } => v.as_ref().map(|_| cache::OVERFLOW_VALUE.to_string()),
+            })
+            .collect();
+        (out, exprs)
     }
 
     /// Records the HTTP metrics of one finished request. `peer_id` is the peer's id in the
@@ -479,36 +519,49 @@ impl Stats {
         };
         let applicable =
             |metric: &&Metric| grpc || !matches!(metric, Metric::GrpcRequestMessages | Metric::GrpcResponseMessages);
-        let fast_key = (facts.peer.is_none() || peer_id != 0).then(|| cache::RequestKey {
-            protocol: facts.protocol as u8,
-            code: facts.response_code,
-            grpc: facts.grpc_status,
-            flags: facts.response_flags,
-            peer: peer_id,
-            peer_principal: facts.peer_principal.to_string(),
-            local_principal: facts.local_principal.to_string(),
-            host: if self.host_header_fallback { facts.host.to_string() } else { String::new() },
-            cluster: facts.cluster_name.to_string(),
-            exprs: exprs.to_vec(),
-        });
-        if let Some(ids) = fast_key.as_ref().and_then(|k| cache.fast_get(k)) {
-            for (g, ids) in self.http_groups.iter().zip(ids) {
-                for metric in g.metrics.iter().filter(applicable) {
-                    if let Some(v) = value(*metric) {
-                        MetricCache::record_ids(host, ids, *metric, v);
+        // The request's small key (not its ~1 KB of tags), written into the cache's scratch
+        // key so a hit allocates nothing.
+        let fast = facts.peer.is_none() || peer_id != 0;
+        if fast {
+            cache.key_mut().set(
+                facts.protocol as u8,
+                facts.response_code,
+                facts.grpc_status,
+                facts.response_flags,
+                peer_id,
+                facts.peer_principal,
+                facts.local_principal,
+                facts.cluster_name,
+                exprs,
+            );
+            if let Some(ids) = cache.fast_get_current() {
+                for (g, ids) in self.http_groups.iter().zip(ids) {
+                    for metric in g.metrics.iter().filter(applicable) {
+                        if let Some(v) = value(*metric) {
+                            MetricCache::record_ids(host, ids, *metric, v);
+                        }
                     }
                 }
+                return;
             }
-            return;
         }
         let labels = self.labels(facts);
+        let mut overflow: Option<(LabelValues<'_>, Vec<Option<String>>)> = None;
         let mut all_ids = Vec::with_capacity(self.http_groups.len());
         for g in &self.http_groups {
             self.encode(g, &labels, exprs, scratch);
             let metrics: Vec<Metric> = g.metrics.iter().filter(applicable).copied().collect();
-            let Some(ids) = cache.define(host, scratch, &metrics) else {
-                // Over the bound on label sets: counted as overflow, not recorded.
-                return;
+            let ids = match cache.define(host, scratch, &metrics) {
+                Some(ids) => ids,
+                None => {
+                    // Over the bound on label sets: counted under the overflow label set.
+                    let (ol, oe) = overflow.get_or_insert_with(|| self.overflow_labels(&labels, exprs));
+                    self.encode(g, ol, oe, scratch);
+                    match cache.define_overflow(host, scratch, &metrics) {
+                        Some(ids) => ids,
+                        None => continue,
+                    }
+                }
             };
             for metric in &metrics {
                 if let Some(v) = value(*metric) {
@@ -517,10 +570,19 @@ impl Stats {
             }
             all_ids.push(ids);
         }
-        if let Some(k) = fast_key {
-            cache.fast_insert(k, all_ids);
+        if fast && all_ids.len() == self.http_groups.len() {
+            cache.fast_insert_current(all_ids);
         }
     }
+}
+
+/// The encoded keys of one TCP metric group: its label set and, for when the cache's bound is
+/// reached, its overflow label set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpKey {
+    pub metrics: Vec<Metric>,
+    pub key: String,
+    pub overflow: String,
 }
 
 /// The bootstrap `stats_config.stats_tags` entries every wasmesh proxy needs: one per standard

@@ -7,6 +7,7 @@
 //! `WORKLOAD_NAME`, `CLUSTER_ID`, `OWNER` and a `LABELS` struct holding
 //! `service.istio.io/canonical-name`, `service.istio.io/canonical-revision`, `app`, `version`.
 //! So a wasmesh sidecar and an Istio sidecar understand each other's headers.
+#![deny(clippy::indexing_slicing)]
 
 use crate::proto::{Struct, Value};
 use base64::Engine;
@@ -21,9 +22,13 @@ pub const HEADER_METADATA_ID: &str = "x-envoy-peer-metadata-id";
 /// Largest `x-envoy-peer-metadata` value decoded; anything longer is ignored (Envoy's default
 /// request-header limit is 60 KiB; a real peer's metadata is a few hundred bytes).
 pub const MAX_METADATA_HEADER_BYTES: usize = 8 * 1024;
-/// Largest `x-envoy-peer-metadata-id` kept.
+/// Largest `x-envoy-peer-metadata-id` kept (an Istio node id,
+/// `sidecar~<ip>~<pod>.<ns>~<ns>.svc.<suffix>`, is well under 300 bytes); a longer id is dropped,
+/// the metadata kept.
 pub const MAX_ID_BYTES: usize = 512;
-/// Most labels kept from a peer's `LABELS`.
+/// Most labels kept from a peer's `LABELS` (Kubernetes pods carry a handful; Istio keeps them
+/// all, bounded only by the header). Only the access log reads them; the metric labels use the
+/// four Istio names, which are always read.
 pub const MAX_PEER_LABELS: usize = 64;
 
 pub const LABEL_CANONICAL_NAME: &str = "service.istio.io/canonical-name";
@@ -214,111 +219,22 @@ pub fn from_struct(s: &Struct) -> PeerMetadata {
 /// Istio's endpoint-metadata fallback (`filter_metadata.istio.workload` on the upstream host):
 /// `workload;namespace;canonical_name;canonical_revision;cluster`.
 pub fn from_endpoint_metadata(encoded: &str) -> Option<PeerMetadata> {
-    let parts: Vec<&str> = encoded.split(';').collect();
-    if parts.len() < 5 {
-        return None;
-    }
+    let mut parts = encoded.split(';');
+    let mut next = || parts.next().map(str::to_string);
     Some(PeerMetadata {
-        workload: parts[0].to_string(),
-        namespace: parts[1].to_string(),
-        canonical_service: parts[2].to_string(),
-        canonical_revision: parts[3].to_string(),
-        cluster: parts[4].to_string(),
+        workload: next()?,
+        namespace: next()?,
+        canonical_service: next()?,
+        canonical_revision: next()?,
+        cluster: next()?,
         ..PeerMetadata::default()
     })
 }
 
-fn trim_ascii(b: &[u8]) -> &[u8] {
+pub(crate) fn trim_ascii(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map(|e| e + 1).unwrap_or(start);
     b.get(start..end).unwrap_or_default()
-}
-
-/// A decoded peer with what the hot path needs: a per-VM id (never reused, so it can key the
-/// metric cache) and its JSON for the filter state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedPeer {
-    pub peer: PeerMetadata,
-    pub id: u64,
-    pub json: Vec<u8>,
-}
-
-/// A small per-VM cache of decoded peers keyed by the raw header value, so a busy connection
-/// between two sidecars decodes the same metadata once. Bounded: when full, it is cleared.
-#[derive(Debug, Default)]
-pub struct PeerCache {
-    map: std::collections::HashMap<Vec<u8>, std::rc::Rc<CachedPeer>>,
-    endpoints: std::collections::HashMap<String, Option<std::rc::Rc<CachedPeer>>>,
-    /// TCP exchange preamble bodies (see [`crate::exchange`]) → peer.
-    preambles: std::collections::HashMap<Vec<u8>, Option<std::rc::Rc<CachedPeer>>>,
-    next_id: u64,
-}
-
-impl PeerCache {
-    pub const CAPACITY: usize = 256;
-
-    fn wrap(&mut self, peer: PeerMetadata) -> std::rc::Rc<CachedPeer> {
-        self.next_id += 1;
-        let json = wasmesh_handover::encode(&peer);
-        std::rc::Rc::new(CachedPeer { peer, id: self.next_id, json })
-    }
-
-    /// The peer of an `x-envoy-peer-metadata` (and `-id`) header pair.
-    pub fn get_or_decode(&mut self, metadata: &[u8], id: Option<&[u8]>) -> Option<std::rc::Rc<CachedPeer>> {
-        if metadata.len() > MAX_METADATA_HEADER_BYTES {
-            return None;
-        }
-        if let Some(hit) = self.map.get(metadata) {
-            let same_id = match id {
-                None => hit.peer.id.is_empty(),
-                Some(id) => hit.peer.id.as_bytes() == trim_ascii(id),
-            };
-            if same_id {
-                return Some(hit.clone());
-            }
-        }
-        let peer = decode_peer(metadata, id)?;
-        let cached = self.wrap(peer);
-        if self.map.len() >= Self::CAPACITY {
-            self.map.clear();
-        }
-        self.map.insert(metadata.to_vec(), cached.clone());
-        Some(cached)
-    }
-
-    /// The peer of a TCP exchange preamble body (the bytes after magic and length).
-    pub fn preamble(&mut self, body: &[u8]) -> Option<std::rc::Rc<CachedPeer>> {
-        if let Some(hit) = self.preambles.get(body) {
-            return hit.clone();
-        }
-        let found = crate::exchange::decode_body(body).map(|p| self.wrap(p));
-        if self.preambles.len() >= Self::CAPACITY {
-            self.preambles.clear();
-        }
-        self.preambles.insert(body.to_vec(), found.clone());
-        found
-    }
-
-    /// The peer named by Istio's endpoint metadata (`workload;namespace;…`).
-    pub fn endpoint(&mut self, encoded: &str) -> Option<std::rc::Rc<CachedPeer>> {
-        if let Some(hit) = self.endpoints.get(encoded) {
-            return hit.clone();
-        }
-        let found = from_endpoint_metadata(encoded).map(|p| self.wrap(p));
-        if self.endpoints.len() >= Self::CAPACITY {
-            self.endpoints.clear();
-        }
-        self.endpoints.insert(encoded.to_string(), found.clone());
-        found
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -424,6 +340,23 @@ mod tests {
     }
 
     #[test]
+    fn peer_labels_are_bounded() {
+        let mut labels = Struct::default();
+        for i in 0..MAX_PEER_LABELS + 10 {
+            labels.fields.insert(format!("l{i:03}"), Value::string("v"));
+        }
+        // The Istio labels sort after `l…`, past the bound, and are still read.
+        labels.fields.insert("version".into(), Value::string("v9"));
+        labels.fields.insert(LABEL_CANONICAL_NAME.into(), Value::string("canon"));
+        let mut s = Struct::default();
+        s.fields.insert("WORKLOAD_NAME".into(), Value::string("w"));
+        s.fields.insert("LABELS".into(), Value::structure(labels));
+        let p = from_struct(&s);
+        assert_eq!(p.labels.len(), MAX_PEER_LABELS);
+        assert_eq!((p.version.as_str(), p.canonical_service.as_str()), ("v9", "canon"));
+    }
+
+    #[test]
     fn endpoint_metadata_fallback() {
         let p = from_endpoint_metadata("reviews-v1;bookinfo;reviews;v1;Kubernetes").unwrap();
         assert_eq!(p.workload, "reviews-v1");
@@ -432,37 +365,6 @@ mod tests {
         assert_eq!(p.canonical_revision, "v1");
         assert_eq!(p.cluster, "Kubernetes");
         assert!(from_endpoint_metadata("a;b").is_none());
-    }
-
-    #[test]
-    fn cache_decodes_once_and_stays_bounded() {
-        let mut cache = PeerCache::default();
-        let h = LocalInfo::from_workload(&reviews_v2()).header_value();
-        let a = cache.get_or_decode(h.as_bytes(), Some(b"id1")).unwrap();
-        let b = cache.get_or_decode(h.as_bytes(), Some(b"id1")).unwrap();
-        assert!(std::rc::Rc::ptr_eq(&a, &b));
-        let c = cache.get_or_decode(h.as_bytes(), Some(b"id2")).unwrap();
-        assert_eq!(c.peer.id, "id2", "a different id is not served from the cache");
-        assert!(a.id != c.id && a.id > 0);
-        assert_eq!(a.json, wasmesh_handover::encode(&a.peer));
-        let e1 = cache.endpoint("w;ns;c;r;k").unwrap();
-        assert_eq!(cache.endpoint("w;ns;c;r;k").unwrap().id, e1.id);
-        assert_eq!(e1.peer.workload, "w");
-        assert!(cache.endpoint("bad").is_none());
-        assert!(cache.get_or_decode(b"garbage", None).is_none());
-        for i in 0..(PeerCache::CAPACITY * 2) {
-            let mut w = reviews_v2();
-            w.name = format!("w{i}");
-            let h = LocalInfo::from_workload(&w).header_value();
-            cache.get_or_decode(h.as_bytes(), None).unwrap();
-        }
-        assert!(cache.len() <= PeerCache::CAPACITY);
-        let p = crate::exchange::encode_preamble(&LocalInfo::from_workload(&reviews_v2()));
-        let body = &p[crate::exchange::HEADER_LEN..];
-        let t1 = cache.preamble(body).unwrap();
-        assert!(std::rc::Rc::ptr_eq(&t1, &cache.preamble(body).unwrap()), "decoded once");
-        assert_eq!(t1.peer.workload, "reviews-v2");
-        assert!(cache.preamble(b"junk").is_none());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! crate. The map is a `BTreeMap`, so encoding is deterministic: fields are written in key order,
 //! which is what protobuf's deterministic serialization (Istio's
 //! `serializeToStringDeterministic`) produces for a map.
+#![deny(clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
 

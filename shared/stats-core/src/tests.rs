@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::cache::tests::FakeHost;
-use crate::peer::CachedPeer;
+use crate::peer_cache::CachedPeer;
 use serde_json::json;
 
 fn workload(name: &str, app: &str, version: &str) -> serde_json::Value {
@@ -130,8 +130,9 @@ fn tcp_keys_have_tcp_labels() {
     f.local_principal = "spiffe://cluster.local/ns/bookinfo/sa/a";
     let keys = stats.tcp_keys(&f, &[]);
     assert_eq!(keys.len(), 1);
-    let (metrics, key) = &keys[0];
+    let TcpKey { metrics, key, overflow } = &keys[0];
     assert_eq!(metrics.len(), 4);
+    assert!(overflow.contains("source_workload_namespace=.=overflow;.;"), "{overflow}");
     assert!(key.contains("request_protocol=.=tcp;.;response_flags=.=-;.;connection_security_policy=.=mutual_tls;.;"));
     assert!(!key.contains("response_code"));
     assert!(key.contains("source_workload_namespace=.=x;.;"));
@@ -155,14 +156,13 @@ fn configuration_errors_are_reported() {
 }
 
 #[test]
-fn gateway_reports_as_source_without_host_fallback() {
+fn gateway_reports_as_source_with_the_cluster_service() {
     let mut w = workload("ingressgateway", "istio-ingressgateway", "");
     w["mode"] = json!("gateway");
     w["namespace"] = json!("istio-system");
     let stats = compile(json!({"workload": w, "direction": "gateway"})).unwrap();
     assert_eq!(stats.reporter, Reporter::Source);
     let mut f = Facts::new(Protocol::Http);
-    f.host = "bookinfo.example.com";
     let svc = stats.service_for_cluster("outbound|9080||productpage.bookinfo.svc.cluster.local");
     let v = stats.labels(&f);
     assert_eq!(v[Label::DestinationService as usize], "unknown");
@@ -296,7 +296,7 @@ fn exchanged_tcp_peer_fills_the_same_labels_as_http() {
     let from_client = exchange::decode_body(&client.preamble[exchange::HEADER_LEN..]).unwrap();
     let mut f = Facts::new(Protocol::Tcp);
     f.peer = Some(&from_client);
-    let (_, key) = &server.tcp_keys(&f, &[])[0];
+    let key = &server.tcp_keys(&f, &[])[0].key;
     for part in [
         "reporter=.=destination;",
         "source_workload=.=tcp-client-v1;",
@@ -311,7 +311,7 @@ fn exchanged_tcp_peer_fills_the_same_labels_as_http() {
     let from_server = exchange::decode_body(&server.preamble[exchange::HEADER_LEN..]).unwrap();
     let mut f = Facts::new(Protocol::Tcp);
     f.peer = Some(&from_server);
-    let (_, key) = &client.tcp_keys(&f, &[])[0];
+    let key = &client.tcp_keys(&f, &[])[0].key;
     for part in [
         "reporter=.=source;",
         "source_workload=.=tcp-client-v1;",
@@ -357,4 +357,93 @@ fn without_direction_a_sidecar_serves_both_directions_and_a_gateway_reports_as_g
     // A configured direction is kept as it is.
     sidecar.direction = Some(Direction::Inbound);
     assert_eq!(sidecar.directions(), vec![Direction::Inbound]);
+}
+
+/// The known unbounded input: on an outbound listener every request with a new `Host` used to
+/// make a new label set. `destination_service` now comes from the cluster, so a thousand hosts
+/// are one series.
+#[test]
+fn a_new_host_per_request_adds_no_label_set() {
+    let stats = compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound"})).unwrap();
+    let mut host = FakeHost::default();
+    let mut cache = MetricCache::new(100);
+    let mut key = String::new();
+    let m = HttpMeasures::default();
+    for cluster in ["PassthroughCluster", ""] {
+        for _ in 0..1000 {
+            // Whatever Host the client sends, the adapter hands over the cluster only.
+            let mut f = Facts::new(Protocol::Http);
+            f.response_code = 200;
+            f.cluster_name = cluster;
+            stats.record_http(&mut cache, &mut host, &f, 0, &[], &m, &mut key);
+        }
+    }
+    assert_eq!(cache.label_sets(), 2, "one series per cluster");
+    assert!(host.counters.keys().any(|k| k.contains("destination_service=.=PassthroughCluster;.;")));
+    assert!(host.counters.keys().any(|k| k.contains("destination_service=.=unknown;.;")));
+}
+
+/// Past `maxLabelSets`, requests with new label values are still counted: under the overflow
+/// label set, which keeps reporter, service, response code and flags. A real outage after the
+/// bound was reached shows in `istio_requests_total{response_code="503"}`.
+#[test]
+fn past_the_label_set_bound_an_outage_still_shows() {
+    let stats = compile(json!({"workload": workload("reviews-v1", "reviews", "v1"), "direction": "inbound",
+        "services": [{"host": "reviews.bookinfo.svc.cluster.local"}], "maxLabelSets": 5,
+        "resources": [telemetry(json!({"metrics": [{"overrides": [{"match": {"metric": "REQUEST_COUNT"},
+            "tagOverrides": {"user": {"value": "request.headers['end-user']"}, "team": {"value": "'blue'"}}}]}]}))]}))
+    .unwrap();
+    let mut peers = PeerCache::default();
+    let mut host = FakeHost::default();
+    let mut cache = MetricCache::new(stats.max_label_sets);
+    let mut key = String::new();
+    let m = HttpMeasures { duration_ms: Some(1), ..Default::default() };
+    let svc = stats.service_for_cluster("inbound|9080||");
+    let mut request = |i: usize, code: u32, host: &mut FakeHost, cache: &mut MetricCache| {
+        // A client inventing a new workload name (and header value) with every request.
+        let h = LocalInfo::from_workload(
+            &serde_json::from_value(workload(&format!("scanner-{i}"), "scanner", "v1")).unwrap(),
+        )
+        .header_value();
+        let p = peers.get_or_decode(h.as_bytes(), None).unwrap();
+        let mut f = Facts::new(Protocol::Http);
+        f.response_code = code;
+        f.peer = Some(&p.peer);
+        f.service = svc.as_ref();
+        let exprs = stats.evaluate(|path| {
+            (path.last().map(String::as_str) == Some("end-user")).then(|| format!("user-{i}").into_bytes())
+        });
+        stats.record_http(cache, host, &f, p.id, &exprs, &m, &mut key);
+    };
+    for i in 0..100 {
+        request(i, 200, &mut host, &mut cache);
+    }
+    assert!(cache.label_sets() <= 5);
+    // The outage: every request from here on fails.
+    for i in 100..130 {
+        request(i, 503, &mut host, &mut cache);
+    }
+    let count = |needle: &[&str]| -> u64 {
+        host.counters
+            .iter()
+            .filter(|(k, _)| k.ends_with("istio_requests_total") && needle.iter().all(|n| k.contains(n)))
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    assert_eq!(count(&[]), 130, "every request is counted");
+    assert_eq!(
+        count(&[
+            "source_workload=.=overflow;.;",
+            "destination_service=.=reviews.bookinfo.svc.cluster.local;.;",
+            "response_code=.=503;.;",
+            "user=.=overflow;.;",
+            "team=.=blue;.;",
+        ]),
+        30,
+        "the outage is visible under the overflow label set: {:?}",
+        host.counters.keys().filter(|k| k.contains("=.=overflow;")).collect::<Vec<_>>()
+    );
+    assert!(host.counters[cache::OVERFLOW_METRIC] >= 125);
+    // Two metric groups (the overridden REQUEST_COUNT, the rest) × two response codes.
+    assert_eq!(cache.overflow_label_sets(), 4);
 }
