@@ -73,8 +73,8 @@ mod tests;
 pub mod verify;
 
 pub use cache::{MapCache, NoCache, TokenCache};
-pub use config::{
-    jwks_cluster_name, jwks_endpoints, parse_jwks_uri, validate, AuthnConfig, CompileError, JwksEndpoint,
-};
+pub use config::{jwks_endpoints, validate, AuthnConfig};
 pub use jwt::Status;
+pub use remote::{jwks_cluster_name, parse_jwks_uri, JwksEndpoint};
 pub use verify::{Allowed, Authn, Denied, EvalStats, Mutation, Outcome, RequestHeaders, WaitFor};
+pub use wasmesh_istio::CompileError;

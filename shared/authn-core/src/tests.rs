@@ -7,7 +7,7 @@ use crate::testing::{jwks, swap_payload, unsigned, Signer, TestKey};
 use crate::verify::{EvalStats, Mutation, Outcome, RequestHeaders, WaitFor};
 use crate::{Authn, AuthnConfig};
 use serde_json::{json, Value};
-use wasmesh_istio::{Resources, Workload};
+use wasmesh_istio::{FilterConfig, Resources, Workload};
 
 const NOW: u64 = 1_800_000_000;
 const NOW_MS: u64 = NOW * 1000;

@@ -3,14 +3,26 @@
 //! audience, key, signature), the status Envoy answers, and what a success writes.
 
 use crate::cache::{hash_key, slot_key, token_hash, Entry, TokenCache, L1, MAX_ENTRY_BYTES};
-use crate::config::{sanitize_audience, JwksSource};
 use crate::extract::{extract, parse_cookies, parse_query, query_of, Found, Gathered, Location};
 use crate::identity::{claim_header_value, identity};
 use crate::jwks::KeySet;
 use crate::jwt::{parse, time_constraint, Jwt, Status};
-use crate::remote::{FetchOutcome, FetchRequest, KeyState};
+use crate::remote::{FetchOutcome, FetchRequest, KeyState, RemoteJwks};
 use std::cell::RefCell;
 use std::rc::Rc;
+
+/// Where a provider's keys come from.
+pub enum JwksSource {
+    Inline(KeySet),
+    Remote(Box<RemoteJwks>),
+}
+
+/// Envoy's `CheckAudience` sanitising: `http://` / `https://` prefix and one trailing `/` are
+/// ignored on both sides.
+pub fn sanitize_audience(aud: &str) -> &str {
+    let a = aud.strip_prefix("http://").or_else(|| aud.strip_prefix("https://")).unwrap_or(aud);
+    a.strip_suffix('/').unwrap_or(a)
+}
 
 /// Envoy's default `clock_skew_seconds` (Istio does not change it).
 pub const CLOCK_SKEW_SECS: u64 = 60;
