@@ -71,6 +71,8 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 pub mod verify;
+#[cfg(test)]
+mod wycheproof_tests;
 
 pub use cache::{MapCache, NoCache, TokenCache};
 pub use config::{jwks_endpoints, validate, AuthnConfig};

@@ -26,7 +26,7 @@ pub enum Hash {
 }
 
 impl Hash {
-    fn len(self) -> usize {
+    pub fn len(self) -> usize {
         match self {
             Hash::Sha256 => 32,
             Hash::Sha384 => 48,
