@@ -11,6 +11,8 @@
 //! Everything a hit produces (identity, headers) comes from the entry, never from the presented
 //! token.
 
+#![deny(clippy::indexing_slicing)]
+
 /// Storage for cache entries (the adapter: proxy-wasm shared data; tests: a map).
 pub trait TokenCache {
     fn get(&mut self, key: &str) -> Option<Vec<u8>>;
@@ -69,8 +71,8 @@ pub fn token_hash(key: &[u8; 16], token: &str) -> [u8; 16] {
 /// Mixes the VMs' shared secret with the configuration salt.
 pub fn hash_key(secret: &[u8; 16], salt: &[u8; 16]) -> [u8; 16] {
     let mut k = [0u8; 16];
-    for i in 0..16 {
-        k[i] = secret[i] ^ salt[i];
+    for ((k, s), t) in k.iter_mut().zip(secret).zip(salt) {
+        *k = s ^ t;
     }
     k
 }
@@ -205,7 +207,7 @@ impl Entry {
         for _ in 0..n {
             claim_headers.push((r.string()?, r.string()?));
         }
-        let payload_b64 = match r.take(1)?[0] {
+        let payload_b64 = match r.take(1)?.first()? {
             0 => None,
             1 => Some(r.string()?),
             _ => return None,

@@ -28,6 +28,8 @@
 //! refused a header `salt` (keys from a JWKS have none) and secrets under 12 bytes: the caller
 //! checks those with [`Checked::salted`] and the key.
 
+#![deny(clippy::indexing_slicing)]
+
 use crate::jwt::b64url_decode;
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -182,9 +184,7 @@ pub fn token_checks(token: &str, now: u64, skew: u64, max_token: usize) -> Optio
     if h.len() > MAX_HEADER_LENGTH || !strict_b64url(h) || !strict_b64url(p) || !strict_b64url(s) {
         return None;
     }
-    let Some(header) = b64url_decode(h).and_then(|b| serde_json::from_slice::<Header>(&b).ok()) else {
-        return None;
-    };
+    let header = b64url_decode(h).and_then(|b| serde_json::from_slice::<Header>(&b).ok())?;
     if header.critical.as_ref().is_some_and(|c| !c.is_empty()) {
         return None;
     }

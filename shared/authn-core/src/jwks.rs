@@ -5,6 +5,8 @@
 //! directly over the parsed token, plus the token checks jwt-simple used to make when it
 //! verified these ([`crate::jose`]).
 
+#![deny(clippy::indexing_slicing)]
+
 use crate::jose::Checked;
 use crate::jwt::{b64url_decode, Jwt, Status};
 use hmac::{Hmac, KeyInit, Mac};
@@ -368,7 +370,5 @@ fn fingerprint(jwk: &Value) -> u64 {
         }
     }
     let out = h.finalize();
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&out.as_bytes()[..8]);
-    u64::from_le_bytes(b)
+    u64::from_le_bytes(out.as_bytes().first_chunk::<8>().copied().unwrap_or_default())
 }

@@ -2,6 +2,8 @@
 //! same failure statuses and the same messages (`status.cc`), so a bad token gets the same 401
 //! body as in Istio.
 
+#![deny(clippy::indexing_slicing)]
+
 use serde_json::{Map, Value};
 
 /// Verification outcome, named and worded as Envoy's `JwtVerify::Status`.
@@ -246,11 +248,11 @@ pub fn b64url_decode(input: &str) -> Option<Vec<u8>> {
     let unpadded = match bytes.iter().position(|&c| c == b'=') {
         None => bytes,
         Some(pos) => {
-            let pad = &bytes[pos..];
+            let (data, pad) = bytes.split_at_checked(pos)?;
             if pad.len() > 2 || pad.iter().any(|&c| c != b'=') || bytes.len() % 4 != 0 {
                 return None;
             }
-            &bytes[..pos]
+            data
         }
     };
     if unpadded.len() % 4 == 1 {
@@ -278,11 +280,12 @@ pub fn b64url_encode(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | b[2] as u32;
-        let emit = chunk.len() + 1;
-        for i in 0..emit {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+        for i in 0..=chunk.len() {
+            // A 6-bit index always exists in the 64-character alphabet.
+            let sextet = ((n >> (18 - 6 * i)) & 63) as usize;
+            out.push(char::from(ALPHABET.get(sextet).copied().unwrap_or(b'A')));
         }
     }
     out

@@ -53,6 +53,7 @@
 //!   fetched through `wasmesh-jwks|…` of that server, which `wasmeshctl` cannot know in advance
 //!   (add the cluster, or set `jwksUri`).
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod cache;
 pub mod config;

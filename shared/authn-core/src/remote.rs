@@ -3,6 +3,8 @@
 //! an unknown `kid`, retry failures with exponential backoff while keeping the last good keys.
 //! Pure: the adapter performs the HTTP calls and reports the results; times are milliseconds.
 
+#![deny(clippy::indexing_slicing)]
+
 use crate::jwks::{parse_jwks, KeySet};
 use serde::Serialize;
 
