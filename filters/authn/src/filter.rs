@@ -53,6 +53,11 @@ struct Metrics {
     paused: Counter,
     jwks_fetch_success: Counter,
     jwks_fetch_failed: Counter,
+    /// Bounds crossed (see the core's `MAX_*` limits): each is also answered or logged.
+    token_too_large: Counter,
+    json_too_deep: Counter,
+    cache_entry_too_large: Counter,
+    jwks_keys_skipped: Counter,
 }
 
 impl Metrics {
@@ -68,6 +73,10 @@ impl Metrics {
             paused: c("paused_for_jwks"),
             jwks_fetch_success: c("jwks_fetch_success"),
             jwks_fetch_failed: c("jwks_fetch_failed"),
+            token_too_large: c("token_too_large"),
+            json_too_deep: c("json_too_deep"),
+            cache_entry_too_large: c("cache_entry_too_large"),
+            jwks_keys_skipped: c("jwks_keys_skipped"),
         }
     }
 
@@ -82,6 +91,10 @@ impl Metrics {
             &self.paused,
             &self.jwks_fetch_success,
             &self.jwks_fetch_failed,
+            &self.token_too_large,
+            &self.json_too_deep,
+            &self.cache_entry_too_large,
+            &self.jwks_keys_skipped,
         ] {
             c.flush();
         }
@@ -197,6 +210,9 @@ fn process(shared: &SharedRc, context_id: u32, since_ms: Option<u64>) -> Step {
     s.metrics.cache_hit.add(u64::from(stats.cache_hits));
     s.metrics.cache_miss.add(u64::from(stats.cache_misses));
     s.metrics.signature_checks.add(u64::from(stats.signature_checks));
+    s.metrics.token_too_large.add(u64::from(stats.tokens_too_large));
+    s.metrics.json_too_deep.add(u64::from(stats.json_too_deep));
+    s.metrics.cache_entry_too_large.add(u64::from(stats.cache_entries_too_large));
     match outcome {
         Outcome::NotConfigured => Step::Continue,
         Outcome::CorsBypass => {
@@ -334,6 +350,7 @@ impl AuthnRoot {
                         s.metrics.jwks_fetch_success.bump();
                         s.metrics.jwks_fetch_success.flush();
                         wasmesh_proxy::log_info(&format!("wasmesh authn: {source}: JWKS fetched, {keys} keys in use"));
+                        s.metrics.jwks_keys_skipped.add(skipped.len() as u64);
                         for why in skipped {
                             wasmesh_proxy::log_warn(&format!("wasmesh authn: {source}: JWKS key skipped: {why}"));
                         }

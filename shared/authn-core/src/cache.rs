@@ -48,8 +48,14 @@ impl TokenCache for MapCache {
     }
 }
 
-/// Entries larger than this are not cached (the token is just verified each time).
+/// Entries larger than this are not cached (the token is just verified each time), counted as
+/// `cache_entry_too_large`. Envoy's jwt_authn bounds its token cache the same way
+/// (`jwt_cache_config.jwt_max_token_size`: larger tokens are not cached).
 pub const MAX_ENTRY_BYTES: usize = 48 * 1024;
+/// Most memory the shared verified-token cache may take: `jwtCacheSlots` × [`MAX_ENTRY_BYTES`]
+/// must stay within it (Envoy bounds its cache by entries, `jwt_cache_size`; a slot here holds
+/// at most one entry, so this also bounds the number of cached tokens, to 5461).
+pub const MAX_CACHE_BYTES: usize = 256 * 1024 * 1024;
 /// Tokens without `exp` are trusted from the cache for at most this long.
 pub const NO_EXP_MAX_AGE_SECS: u64 = 300;
 
@@ -85,7 +91,7 @@ pub struct L1 {
     order: std::collections::VecDeque<[u8; 16]>,
 }
 
-/// Entries kept per VM.
+/// Entries kept per VM in front of the shared cache (least recently inserted evicted first).
 pub const L1_CAPACITY: usize = 256;
 
 impl L1 {

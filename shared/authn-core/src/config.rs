@@ -4,6 +4,7 @@
 //! (`validateJwtRule`), providers and the requirement tree as `convertToEnvoyJwtConfig` emits
 //! them.
 
+use crate::cache::{MAX_CACHE_BYTES, MAX_ENTRY_BYTES};
 use crate::extract::Location;
 use crate::jwks::parse_jwks;
 pub use crate::remote::discovery_uri;
@@ -17,6 +18,11 @@ use wasmesh_istio::{CompileError, Error, FilterConfig, MeshIdentity, ProxyMode, 
 /// Label Kubernetes Gateway API puts on the pods of a gateway (Istio's
 /// `gateway.networking.k8s.io/gateway-name`).
 const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// Most `jwtRules` (issuers) that may apply to one proxy. Istio and Envoy set no number, but
+/// every request walks Istio's requirement tree over them (`requires_any` of all providers),
+/// and each remote one keeps a key set and a fetch schedule; 128 is far above real meshes.
+pub const MAX_JWT_RULES: usize = 128;
 
 /// The authn filter's configuration, as `wasmeshctl` writes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,10 +142,13 @@ impl AuthnConfig {
                 self.max_token_bytes
             )));
         }
-        if self.jwt_cache_slots > 1 << 20 {
+        let max_slots = MAX_CACHE_BYTES / MAX_ENTRY_BYTES;
+        if self.jwt_cache_slots as usize > max_slots {
             errors.push(Error::new(format!(
-                "authn configuration: jwtCacheSlots {} is too large; at most 1048576",
-                self.jwt_cache_slots
+                "authn configuration: jwtCacheSlots {} is too large; at most {max_slots} ({} MiB of shared data at {} KiB per entry)",
+                self.jwt_cache_slots,
+                MAX_CACHE_BYTES >> 20,
+                MAX_ENTRY_BYTES >> 10
             )));
         }
         if self.jwks_refresh_seconds == 0 {
@@ -167,6 +176,14 @@ impl AuthnConfig {
             }
         }
         rules.sort_by(|a, b| a.1.issuer.cmp(&b.1.issuer));
+        if rules.len() > MAX_JWT_RULES {
+            return Err(CompileError::msg(format!(
+                "authn configuration: {} jwtRules select workload {}/{}; at most {MAX_JWT_RULES} are supported",
+                rules.len(),
+                workload.namespace,
+                workload.name
+            )));
+        }
 
         let mut providers = Vec::with_capacity(rules.len());
         for (index, (source, rule)) in rules.iter().enumerate() {

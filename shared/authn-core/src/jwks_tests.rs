@@ -802,3 +802,31 @@ fn mac_with<M: hmac::Mac + hmac::KeyInit>(secret: &[u8], msg: &[u8]) -> Vec<u8> 
     mac.update(msg);
     mac.finalize().into_bytes().to_vec()
 }
+
+/// A JWKS over `MAX_JWKS_BYTES` is refused as a whole; keys past `MAX_KEYS` are skipped (and
+/// listed, so the filter logs and counts them as `jwks_keys_skipped`).
+#[test]
+fn jwks_size_and_key_count_are_bounded() {
+    use crate::jwks::{JwksError, MAX_JWKS_BYTES, MAX_KEYS};
+    let jwk = Alg::Es256.jwk();
+    let many: Vec<Value> = (0..MAX_KEYS + 3)
+        .map(|i| {
+            let mut k = jwk.clone();
+            k["kid"] = json!(format!("k{i}"));
+            k
+        })
+        .collect();
+    let set = parse_jwks(&jwks(&many)).unwrap();
+    assert_eq!(set.keys.len(), MAX_KEYS);
+    assert_eq!(set.skipped.len(), 1, "{:?}", set.skipped);
+    assert!(set.skipped[0].contains(&format!("keys[{MAX_KEYS}] and later")), "{:?}", set.skipped);
+    let exact = parse_jwks(&jwks(&many[..MAX_KEYS])).unwrap();
+    assert!(exact.skipped.is_empty());
+    let mut padded = json!({"keys": [jwk], "pad": ""});
+    let room = MAX_JWKS_BYTES - padded.to_string().len();
+    padded["pad"] = json!("x".repeat(room));
+    assert_eq!(padded.to_string().len(), MAX_JWKS_BYTES);
+    assert!(parse_jwks(&padded.to_string()).is_ok());
+    padded["pad"] = json!("x".repeat(room + 1));
+    assert_eq!(parse_jwks(&padded.to_string()).err(), Some(JwksError::TooLarge(MAX_JWKS_BYTES + 1)));
+}

@@ -117,6 +117,51 @@ pub struct Jwt {
     pub signature: Vec<u8>,
 }
 
+/// Deepest JSON nesting accepted in a token's header or payload. Envoy's jwt_verify_lib parses
+/// them into a protobuf `Struct`, whose JSON parser refuses documents nested deeper than its
+/// recursion limit (100); serde_json's own limit (128) would let deeper ones through. A deeper
+/// header or payload is a bad-JSON token (Envoy's status), counted as `json_too_deep`.
+pub const MAX_JSON_DEPTH: usize = 100;
+
+/// Whether JSON text nests arrays/objects deeper than `max` (a scan, no parse; strings and
+/// their escapes are skipped). Malformed text is left to the parser.
+pub fn json_too_deep(text: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &c in text {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Whether a token fails parsing only because its header or payload nests deeper than
+/// [`MAX_JSON_DEPTH`] (for counting; the answer is Envoy's bad-JSON status either way).
+pub fn exceeds_json_depth(token: &str) -> bool {
+    token
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .take(2)
+        .any(|segment| b64url_decode(segment).is_some_and(|bytes| json_too_deep(&bytes, MAX_JSON_DEPTH)))
+}
+
 /// Parses a token. `max_bytes` bounds the work done on a hostile input.
 pub fn parse(token: &str, max_bytes: usize) -> Result<Jwt, Status> {
     if token.len() > max_bytes {
@@ -131,6 +176,9 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Jwt, Status> {
     };
 
     let header_bytes = b64url_decode(header_b64).ok_or(Status::JwtHeaderParseErrorBadBase64)?;
+    if json_too_deep(&header_bytes, MAX_JSON_DEPTH) {
+        return Err(Status::JwtHeaderParseErrorBadJson);
+    }
     let header: Map<String, Value> =
         serde_json::from_slice(&header_bytes).map_err(|_| Status::JwtHeaderParseErrorBadJson)?;
     let alg = match header.get("alg") {
@@ -147,6 +195,9 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Jwt, Status> {
     };
 
     let payload_bytes = b64url_decode(payload_b64).ok_or(Status::JwtPayloadParseErrorBadBase64)?;
+    if json_too_deep(&payload_bytes, MAX_JSON_DEPTH) {
+        return Err(Status::JwtPayloadParseErrorBadJson);
+    }
     let payload: Map<String, Value> =
         serde_json::from_slice(&payload_bytes).map_err(|_| Status::JwtPayloadParseErrorBadJson)?;
 
@@ -388,6 +439,24 @@ mod tests {
         for (token, want) in cases {
             assert_eq!(parse(&token, 8192).err(), Some(want), "token {token:?}");
         }
+    }
+
+    #[test]
+    fn json_nested_deeper_than_the_limit_is_bad_json() {
+        let nest = |n: usize| format!(r#"{{"iss":"i","d":{}1{}}}"#, "[".repeat(n), "]".repeat(n));
+        // The payload object itself is one level.
+        let ok = tok(r#"{"alg":"RS256"}"#, &nest(MAX_JSON_DEPTH - 1), b"s");
+        assert!(parse(&ok, 65536).is_ok());
+        assert!(!exceeds_json_depth(&ok));
+        let deep = tok(r#"{"alg":"RS256"}"#, &nest(MAX_JSON_DEPTH), b"s");
+        assert_eq!(parse(&deep, 65536).err(), Some(Status::JwtPayloadParseErrorBadJson));
+        assert!(exceeds_json_depth(&deep));
+        let deep_header =
+            tok(&format!(r#"{{"alg":"RS256","x":{}1{}}}"#, "{\"a\":".repeat(100), "}".repeat(100)), "{}", b"s");
+        assert_eq!(parse(&deep_header, 65536).err(), Some(Status::JwtHeaderParseErrorBadJson));
+        // Brackets inside strings (and escaped quotes) do not count.
+        let text = format!(r#"{{"s":"\"{}"}}"#, "[".repeat(500));
+        assert!(!json_too_deep(text.as_bytes(), MAX_JSON_DEPTH));
     }
 
     #[test]
