@@ -12,6 +12,9 @@ use serde::Serialize;
 pub const BACKOFF_MIN_MS: u64 = 1_000;
 /// Longest retry delay (istiod retries a failed JWKS every minute).
 pub const BACKOFF_MAX_MS: u64 = 60_000;
+/// Longest `jwksUri` accepted (configuration: the value becomes a `:path` and a cluster name;
+/// browsers and proxies commonly cap URLs near 2 KiB).
+pub const MAX_JWKS_URI_BYTES: usize = 2048;
 /// Largest fetched body accepted.
 pub const MAX_BODY_BYTES: usize = crate::jwks::MAX_JWKS_BYTES;
 
@@ -39,8 +42,8 @@ pub fn jwks_cluster_name(tls: bool, host: &str, port: u16) -> String {
 /// Parses a `jwksUri` as Istio's `security.ParseJwksURI` does: http or https, a host, the
 /// scheme's default port when none is given.
 pub fn parse_jwks_uri(uri: &str) -> Result<JwksEndpoint, String> {
-    if uri.len() > 2048 {
-        return Err(format!("jwksUri is {} characters; at most 2048 are allowed", uri.len()));
+    if uri.len() > MAX_JWKS_URI_BYTES {
+        return Err(format!("jwksUri is {} characters; at most {MAX_JWKS_URI_BYTES} are allowed", uri.len()));
     }
     let (tls, rest) = if let Some(r) = uri.strip_prefix("https://") {
         (true, r)

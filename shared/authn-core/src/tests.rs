@@ -853,7 +853,11 @@ fn jwks_uri_parsing() {
     for bad in ["ftp://x", "http://", "http://h:0/", "http://h:99999/", "x"] {
         assert!(crate::parse_jwks_uri(bad).is_err(), "{bad}");
     }
-    assert!(crate::parse_jwks_uri(&format!("https://h/{}", "a".repeat(2100))).is_err());
+    let max = crate::remote::MAX_JWKS_URI_BYTES;
+    let at = |n: usize| format!("https://h/{}", "a".repeat(n - "https://h/".len()));
+    assert!(crate::parse_jwks_uri(&at(max)).is_ok());
+    let e = crate::parse_jwks_uri(&at(max + 1)).err().unwrap();
+    assert!(e.contains(&format!("jwksUri is {} characters; at most {max}", max + 1)), "{e}");
 }
 
 #[test]
