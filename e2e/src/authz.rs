@@ -29,6 +29,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use wasmesh_authn::testing::{Signer, TestKey};
 use wasmesh_controller::bootstrap::wasm_http_filter;
 use wasmesh_controller::mesh::{MeshConfig, Normalization};
 use wasmesh_controller::plugins::{self, Direction, ListenerContext, WasmFilter};
@@ -448,29 +449,19 @@ fn ext_authz_connection(conn: TcpStream, checks: &Mutex<Vec<Check>>) {
 // ---------------------------------------------------------------------------------------------
 // JWT
 
-/// An RS256 issuer backed by an `openssl`-generated key.
+/// The runner's RS256 issuer: the one test signer (`wasmesh_authn::testing::Signer`, fixed
+/// test key `Rsa1`, kid `diff`).
 pub struct JwtIssuer {
-    dir: TempDir,
+    signer: Signer,
     pub jwks: String,
 }
 
 impl JwtIssuer {
     pub fn new() -> Result<JwtIssuer, String> {
-        let dir = TempDir::new("jwt");
-        let key = dir.path().join("key.pem");
-        run_openssl(
-            &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &key.display().to_string()],
-            None,
-        )?;
-        let out = run_openssl(&["rsa", "-in", &key.display().to_string(), "-noout", "-modulus"], None)?;
-        let hex = String::from_utf8_lossy(&out).trim().strip_prefix("Modulus=").unwrap_or("").to_string();
-        let bytes: Vec<u8> =
-            (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect();
-        if bytes.len() != 256 {
-            return Err(format!("openssl gave an unexpected modulus: {hex:?}"));
-        }
-        let jwks = json!({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "diff", "n": b64url(&bytes), "e": "AQAB"}]}).to_string();
-        Ok(JwtIssuer { dir, jwks })
+        let signer = Signer::new("RS256", TestKey::Rsa1, Some("diff"));
+        let mut jwk = signer.jwk(true);
+        jwk["use"] = json!("sig");
+        Ok(JwtIssuer { jwks: json!({ "keys": [jwk] }).to_string(), signer })
     }
 
     /// A token with these claims (`exp` added when absent).
@@ -479,12 +470,7 @@ impl JwtIssuer {
         if claims.get("exp").is_none() {
             claims["exp"] = json!(4_102_444_800u64);
         }
-        let header = b64url(json!({"alg": "RS256", "typ": "JWT", "kid": "diff"}).to_string().as_bytes());
-        let payload = b64url(claims.to_string().as_bytes());
-        let input = format!("{header}.{payload}");
-        let key = self.dir.path().join("key.pem");
-        let sig = run_openssl(&["dgst", "-sha256", "-sign", &key.display().to_string()], Some(input.as_bytes()))?;
-        Ok(format!("{input}.{}", b64url(&sig)))
+        Ok(self.signer.sign(&claims))
     }
 
     /// The RequestAuthentication the runner adds: both issuers, this key.
@@ -494,39 +480,6 @@ impl JwtIssuer {
             "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: wasmesh-diff, namespace: {namespace}}}\nspec:\n  jwtRules:\n  - issuer: {ISSUER}\n    jwks: {jwks}\n  - issuer: {ISSUER2}\n    jwks: {jwks}\n"
         )
     }
-}
-
-fn run_openssl(args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, String> {
-    let mut cmd = Command::new("openssl");
-    cmd.args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run openssl: {e}"))?;
-    if let Some(mut s) = child.stdin.take() {
-        if let Some(data) = stdin {
-            s.write_all(data).map_err(|e| e.to_string())?;
-        }
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(out.stdout)
-}
-
-pub fn b64url(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let chars = [(n >> 18) & 63, (n >> 12) & 63, (n >> 6) & 63, n & 63];
-        for c in chars.iter().take(chunk.len() + 1) {
-            out.push(T[*c as usize] as char);
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -592,7 +592,7 @@ fn jwks_uri_is_fetched_rotated_and_survives_a_slow_or_failing_server() {
     let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {bogus2}"))]);
     assert_eq!(r.status, 401);
     wait_until("a counted fetch failure", Duration::from_secs(5), || {
-        stat(&front, "wasmesh_authn_jwks_fetch_failed") >= 1
+        stat(&front, "wasmesh.authn.jwks_fetch_failed") >= 1
     });
     let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {t1}"))]);
     assert_eq!(r.status, 200, "last good keys kept: {}", r.text());
@@ -613,7 +613,7 @@ fn unavailable_jwks_fails_presented_tokens_and_recovers() {
     let front = start("wasm-unavailable", vec![f], clusters, 1);
     let t1 = k1.sign(&claims(json!({})));
     wait_until("the first failed fetch", Duration::from_secs(10), || {
-        stat(&front, "wasmesh_authn_jwks_fetch_failed") >= 1
+        stat(&front, "wasmesh.authn.jwks_fetch_failed") >= 1
     });
     let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {t1}"))]);
     assert_eq!((r.status, r.text().as_str()), (401, "Jwks remote fetch is failed"), "never accepted unverified");
@@ -623,7 +623,7 @@ fn unavailable_jwks_fails_presented_tokens_and_recovers() {
     wait_until("keys after recovery", Duration::from_secs(20), || {
         send(front.port, "GET", "/", &[("authorization", &format!("Bearer {t1}"))]).status == 200
     });
-    assert!(stat(&front, "wasmesh_authn_jwks_fetch_success") >= 1);
+    assert!(stat(&front, "wasmesh.authn.jwks_fetch_success") >= 1);
 }
 
 #[test]
@@ -692,9 +692,9 @@ fn a_repeated_token_is_verified_once_across_worker_vms() {
         assert_eq!(r.status, 200);
     }
     // Counters are flushed to Envoy's stats on the filter's tick.
-    wait_until("the counters", Duration::from_secs(5), || stat(&front, "wasmesh_authn_allowed") >= n);
-    let checks = stat(&front, "wasmesh_authn_signature_checks");
-    let hits = stat(&front, "wasmesh_authn_jwt_cache_hit");
+    wait_until("the counters", Duration::from_secs(5), || stat(&front, "wasmesh.authn.allowed") >= n);
+    let checks = stat(&front, "wasmesh.authn.signature_checks");
+    let hits = stat(&front, "wasmesh.authn.jwt_cache_hit");
     assert_eq!(checks, 1, "one signature check for {n} requests (hits {hits})");
     assert_eq!(hits, n - 1);
     // Both workers (each with its own wasm VM) served some of them.

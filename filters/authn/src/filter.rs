@@ -16,16 +16,17 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
-use wasmesh_authn::config::JwksSource;
 use wasmesh_authn::remote::{FetchOutcome, Stage, MAX_BODY_BYTES};
+use wasmesh_authn::verify::JwksSource;
 use wasmesh_authn::verify::{Denied, EvalStats, Mutation, Outcome, RequestHeaders};
 use wasmesh_authn::{Authn, AuthnConfig, Status, TokenCache};
 use wasmesh_handover::{AUTHN_EVALUATED, AUTHN_IDENTITY};
-use wasmesh_istio::Strictness;
+use wasmesh_istio::FilterConfig;
+use wasmesh_proxy::metrics::Counter;
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
 /// `filters/wasmesh` for the root ids it hands to this filter, call it).
@@ -38,65 +39,65 @@ const FAST_TICK: Duration = Duration::from_millis(20);
 /// Tick otherwise (refresh and retry times are checked on each tick).
 const SLOW_TICK: Duration = Duration::from_millis(500);
 
+/// The filter's counters, `wasmesh.authn.<event>` (Prometheus: `wasmesh_authn_<event>`). Per-request
+/// counts stay in the VM and reach Envoy's stats on each tick (at most 0.5 s late): a hostcall per
+/// counter per request would cost more than the cache hit itself.
 #[derive(Default)]
 struct Metrics {
-    allowed: Option<u32>,
-    denied: Option<u32>,
-    cors_bypassed: Option<u32>,
-    cache_hit: Option<u32>,
-    cache_miss: Option<u32>,
-    signature_checks: Option<u32>,
-    paused: Option<u32>,
-    jwks_fetch_success: Option<u32>,
-    jwks_fetch_failed: Option<u32>,
+    allowed: Counter,
+    denied: Counter,
+    cors_bypassed: Counter,
+    cache_hit: Counter,
+    cache_miss: Counter,
+    signature_checks: Counter,
+    paused: Counter,
+    jwks_fetch_success: Counter,
+    jwks_fetch_failed: Counter,
+    /// Bounds crossed (see the core's `MAX_*` limits): each is also answered or logged.
+    token_too_large: Counter,
+    json_too_deep: Counter,
+    cache_entry_too_large: Counter,
+    jwks_keys_skipped: Counter,
 }
 
 impl Metrics {
     fn define() -> Metrics {
-        let c = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        let c = |event: &str| Counter::new("authn", event);
         Metrics {
-            allowed: c("wasmesh_authn_allowed"),
-            denied: c("wasmesh_authn_denied"),
-            cors_bypassed: c("wasmesh_authn_cors_preflight_bypassed"),
-            cache_hit: c("wasmesh_authn_jwt_cache_hit"),
-            cache_miss: c("wasmesh_authn_jwt_cache_miss"),
-            signature_checks: c("wasmesh_authn_signature_checks"),
-            paused: c("wasmesh_authn_paused_for_jwks"),
-            jwks_fetch_success: c("wasmesh_authn_jwks_fetch_success"),
-            jwks_fetch_failed: c("wasmesh_authn_jwks_fetch_failed"),
+            allowed: c("allowed"),
+            denied: c("denied"),
+            cors_bypassed: c("cors_preflight_bypassed"),
+            cache_hit: c("jwt_cache_hit"),
+            cache_miss: c("jwt_cache_miss"),
+            signature_checks: c("signature_checks"),
+            paused: c("paused_for_jwks"),
+            jwks_fetch_success: c("jwks_fetch_success"),
+            jwks_fetch_failed: c("jwks_fetch_failed"),
+            token_too_large: c("token_too_large"),
+            json_too_deep: c("json_too_deep"),
+            cache_entry_too_large: c("cache_entry_too_large"),
+            jwks_keys_skipped: c("jwks_keys_skipped"),
         }
     }
-}
 
-fn inc(metric: Option<u32>, by: u32) {
-    if let (Some(id), true) = (metric, by > 0) {
-        let _ = hostcalls::increment_metric(id, i64::from(by));
-    }
-}
-
-/// Per-request counters, added up in the VM and flushed to Envoy's stats on each tick (at most
-/// 0.5 s late): a hostcall per counter per request would cost more than the cache hit itself.
-#[derive(Default)]
-struct Pending {
-    allowed: u32,
-    denied: u32,
-    cors_bypassed: u32,
-    cache_hit: u32,
-    cache_miss: u32,
-    signature_checks: u32,
-    paused: u32,
-}
-
-impl Pending {
-    fn flush(&mut self, m: &Metrics) {
-        inc(m.allowed, self.allowed);
-        inc(m.denied, self.denied);
-        inc(m.cors_bypassed, self.cors_bypassed);
-        inc(m.cache_hit, self.cache_hit);
-        inc(m.cache_miss, self.cache_miss);
-        inc(m.signature_checks, self.signature_checks);
-        inc(m.paused, self.paused);
-        *self = Pending::default();
+    fn flush(&self) {
+        for c in [
+            &self.allowed,
+            &self.denied,
+            &self.cors_bypassed,
+            &self.cache_hit,
+            &self.cache_miss,
+            &self.signature_checks,
+            &self.paused,
+            &self.jwks_fetch_success,
+            &self.jwks_fetch_failed,
+            &self.token_too_large,
+            &self.json_too_deep,
+            &self.cache_entry_too_large,
+            &self.jwks_keys_skipped,
+        ] {
+            c.flush();
+        }
     }
 }
 
@@ -130,7 +131,6 @@ struct Waiter {
 struct Shared {
     engine: Option<Authn>,
     metrics: Metrics,
-    pending: Pending,
     /// Requests paused until keys arrive.
     waiting: Vec<Waiter>,
     /// Fetches in flight: (call token, provider index).
@@ -207,14 +207,17 @@ fn process(shared: &SharedRc, context_id: u32, since_ms: Option<u64>) -> Step {
     let Ok(mut s) = shared.try_borrow_mut() else {
         return Step::Respond(internal_denial());
     };
-    s.pending.cache_hit += stats.cache_hits;
-    s.pending.cache_miss += stats.cache_misses;
-    s.pending.signature_checks += stats.signature_checks;
+    s.metrics.cache_hit.add(u64::from(stats.cache_hits));
+    s.metrics.cache_miss.add(u64::from(stats.cache_misses));
+    s.metrics.signature_checks.add(u64::from(stats.signature_checks));
+    s.metrics.token_too_large.add(u64::from(stats.tokens_too_large));
+    s.metrics.json_too_deep.add(u64::from(stats.json_too_deep));
+    s.metrics.cache_entry_too_large.add(u64::from(stats.cache_entries_too_large));
     match outcome {
         Outcome::NotConfigured => Step::Continue,
         Outcome::CorsBypass => {
             wasmesh_proxy::set_filter_state(AUTHN_EVALUATED, b"1");
-            s.pending.cors_bypassed += 1;
+            s.metrics.cors_bypassed.bump();
             Step::Continue
         }
         Outcome::Allow(allowed) => {
@@ -246,11 +249,11 @@ fn process(shared: &SharedRc, context_id: u32, since_ms: Option<u64>) -> Step {
             if allowed.clear_route_cache {
                 wasmesh_proxy::clear_route_cache();
             }
-            s.pending.allowed += 1;
+            s.metrics.allowed.bump();
             Step::Continue
         }
         Outcome::Deny(d) => {
-            s.pending.denied += 1;
+            s.metrics.denied.bump();
             Step::Respond(d)
         }
         Outcome::Wait(waits) => {
@@ -260,7 +263,7 @@ fn process(shared: &SharedRc, context_id: u32, since_ms: Option<u64>) -> Step {
                 }
             }
             if since_ms.is_none() {
-                s.pending.paused += 1;
+                s.metrics.paused.bump();
             }
             s.waiting.push(Waiter { context_id, since_ms: since_ms.unwrap_or(now) });
             // Wake the root context soon: it starts the fetch.
@@ -343,8 +346,11 @@ impl AuthnRoot {
                 let outcome = s.engine.as_mut().and_then(|e| e.on_fetch_response(provider, now, status, body));
                 match &outcome {
                     Some(FetchOutcome::Updated { keys, skipped }) => {
-                        inc(s.metrics.jwks_fetch_success, 1);
+                        // Counted at once: a fetch is rare and tests and operators wait for it.
+                        s.metrics.jwks_fetch_success.bump();
+                        s.metrics.jwks_fetch_success.flush();
                         wasmesh_proxy::log_info(&format!("wasmesh authn: {source}: JWKS fetched, {keys} keys in use"));
+                        s.metrics.jwks_keys_skipped.add(skipped.len() as u64);
                         for why in skipped {
                             wasmesh_proxy::log_warn(&format!("wasmesh authn: {source}: JWKS key skipped: {why}"));
                         }
@@ -353,7 +359,8 @@ impl AuthnRoot {
                         wasmesh_proxy::log_info(&format!("wasmesh authn: {source}: OpenID discovery: jwks_uri {uri}"));
                     }
                     Some(FetchOutcome::Failed { reason, retry_in_ms }) => {
-                        inc(s.metrics.jwks_fetch_failed, 1);
+                        s.metrics.jwks_fetch_failed.bump();
+                        s.metrics.jwks_fetch_failed.flush();
                         let reason = call_error.clone().unwrap_or_else(|| reason.clone());
                         wasmesh_proxy::log_warn(&format!(
                             "wasmesh authn: {source}: JWKS fetch failed: {reason}; retrying in {retry_in_ms} ms, keeping the last good keys if any"
@@ -392,7 +399,7 @@ impl AuthnRoot {
                 };
                 wasmesh_proxy::log_warn("wasmesh authn: request waited too long for JWKS keys; refusing it");
                 if let Ok(mut s) = self.shared.try_borrow_mut() {
-                    s.pending.denied += 1;
+                    s.metrics.denied.bump();
                     s.refused.push(w.context_id);
                 }
                 respond(&denial.unwrap_or_else(internal_denial));
@@ -461,16 +468,7 @@ impl Context for AuthnRoot {
 /// node metadata, and a node that does not carry it refuses the configuration (fail closed).
 fn compile(bytes: &[u8]) -> Result<Authn, String> {
     let mut cfg = AuthnConfig::parse_json(bytes).map_err(|e| e.to_string())?;
-    if cfg.workload.is_none() {
-        let wl = wasmesh_proxy::node_workload(&cfg.mesh(), Strictness::Required).map_err(|e| {
-            format!("the configuration has no workload and the Envoy node does not identify the proxy: {e}")
-        })?;
-        wasmesh_proxy::log_info(&format!(
-            "wasmesh authn: workload {}/{} ({:?}) from the Envoy node metadata",
-            wl.namespace, wl.name, wl.mode
-        ));
-        cfg.workload = Some(wl);
-    }
+    wasmesh_proxy::complete_workload_from_node(&mut cfg)?;
     cfg.compile_parsed(bytes).map_err(|e| e.to_string())
 }
 
@@ -526,7 +524,7 @@ impl RootContext for AuthnRoot {
         let secret = shared_secret();
         if let Ok(mut s) = self.shared.try_borrow_mut() {
             let s = &mut *s;
-            s.pending.flush(&s.metrics);
+            s.metrics.flush();
             if let (Some(secret), Some(engine)) = (secret, s.engine.as_mut()) {
                 engine.set_cache_secret(&secret);
             }

@@ -11,6 +11,8 @@
 //! Everything a hit produces (identity, headers) comes from the entry, never from the presented
 //! token.
 
+#![deny(clippy::indexing_slicing)]
+
 /// Storage for cache entries (the adapter: proxy-wasm shared data; tests: a map).
 pub trait TokenCache {
     fn get(&mut self, key: &str) -> Option<Vec<u8>>;
@@ -46,8 +48,14 @@ impl TokenCache for MapCache {
     }
 }
 
-/// Entries larger than this are not cached (the token is just verified each time).
+/// Entries larger than this are not cached (the token is just verified each time), counted as
+/// `cache_entry_too_large`. Envoy's jwt_authn bounds its token cache the same way
+/// (`jwt_cache_config.jwt_max_token_size`: larger tokens are not cached).
 pub const MAX_ENTRY_BYTES: usize = 48 * 1024;
+/// Most memory the shared verified-token cache may take: `jwtCacheSlots` × [`MAX_ENTRY_BYTES`]
+/// must stay within it (Envoy bounds its cache by entries, `jwt_cache_size`; a slot here holds
+/// at most one entry, so this also bounds the number of cached tokens, to 5461).
+pub const MAX_CACHE_BYTES: usize = 256 * 1024 * 1024;
 /// Tokens without `exp` are trusted from the cache for at most this long.
 pub const NO_EXP_MAX_AGE_SECS: u64 = 300;
 
@@ -69,8 +77,8 @@ pub fn token_hash(key: &[u8; 16], token: &str) -> [u8; 16] {
 /// Mixes the VMs' shared secret with the configuration salt.
 pub fn hash_key(secret: &[u8; 16], salt: &[u8; 16]) -> [u8; 16] {
     let mut k = [0u8; 16];
-    for i in 0..16 {
-        k[i] = secret[i] ^ salt[i];
+    for ((k, s), t) in k.iter_mut().zip(secret).zip(salt) {
+        *k = s ^ t;
     }
     k
 }
@@ -83,7 +91,7 @@ pub struct L1 {
     order: std::collections::VecDeque<[u8; 16]>,
 }
 
-/// Entries kept per VM.
+/// Entries kept per VM in front of the shared cache (least recently inserted evicted first).
 pub const L1_CAPACITY: usize = 256;
 
 impl L1 {
@@ -205,7 +213,7 @@ impl Entry {
         for _ in 0..n {
             claim_headers.push((r.string()?, r.string()?));
         }
-        let payload_b64 = match r.take(1)?[0] {
+        let payload_b64 = match r.take(1)?.first()? {
             0 => None,
             1 => Some(r.string()?),
             _ => return None,

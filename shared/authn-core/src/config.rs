@@ -4,19 +4,25 @@
 //! (`validateJwtRule`), providers and the requirement tree as `convertToEnvoyJwtConfig` emits
 //! them.
 
+use crate::cache::{MAX_CACHE_BYTES, MAX_ENTRY_BYTES};
 use crate::extract::Location;
-use crate::jwks::{parse_jwks, KeySet};
-use crate::remote::RemoteJwks;
-use crate::verify::{Authn, Provider, Requirement};
+use crate::jwks::parse_jwks;
+pub use crate::remote::discovery_uri;
+use crate::remote::{parse_jwks_uri, JwksEndpoint, RemoteJwks};
+use crate::verify::{sanitize_audience, Authn, JwksSource, Provider, Requirement};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 use wasmesh_istio::security::{JwtRule, RequestAuthentication};
-use wasmesh_istio::{Error, MeshIdentity, ProxyMode, Resource, Resources, Workload};
+use wasmesh_istio::{CompileError, Error, FilterConfig, MeshIdentity, ProxyMode, Resource, Resources, Workload};
 
 /// Label Kubernetes Gateway API puts on the pods of a gateway (Istio's
 /// `gateway.networking.k8s.io/gateway-name`).
 const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// Most `jwtRules` (issuers) that may apply to one proxy. Istio and Envoy set no number, but
+/// every request walks Istio's requirement tree over them (`requires_any` of all providers),
+/// and each remote one keeps a key set and a fetch schedule; 128 is far above real meshes.
+pub const MAX_JWT_RULES: usize = 128;
 
 /// The authn filter's configuration, as `wasmeshctl` writes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +61,22 @@ pub struct AuthnConfig {
     pub jwks_clusters: BTreeMap<String, String>,
 }
 
+impl FilterConfig for AuthnConfig {
+    const FILTER: &'static str = "authn";
+    fn workload(&self) -> Option<&Workload> {
+        self.workload.as_ref()
+    }
+    fn set_workload(&mut self, workload: Workload) {
+        self.workload = Some(workload);
+    }
+    fn mesh_field(&self) -> Option<&MeshIdentity> {
+        self.mesh.as_ref()
+    }
+    fn resource_values(&self) -> &[serde_json::Value] {
+        &self.resources
+    }
+}
+
 fn default_cache_slots() -> u32 {
     1024
 }
@@ -69,109 +91,6 @@ fn default_kid_refetch() -> u64 {
 }
 fn default_max_wait_ms() -> u64 {
     10_000
-}
-
-/// Everything wrong with a configuration, each error naming resource, field and value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompileError(pub Vec<Error>);
-
-impl fmt::Display for CompileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
-        write!(f, "{}", lines.join("; "))
-    }
-}
-
-impl std::error::Error for CompileError {}
-
-/// Where a `jwksUri` (or the issuer's OpenID discovery document) is fetched from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JwksEndpoint {
-    pub uri: String,
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// `host` or `host:port` (non-default port), the `:authority` of the fetch.
-    pub authority: String,
-    /// Path and query.
-    pub path: String,
-    /// The Envoy cluster the fetch goes through (see [`jwks_cluster_name`]).
-    pub cluster: String,
-}
-
-/// The dedicated cluster wasmeshctl generates for a JWKS server:
-/// `wasmesh-jwks|<http|https>|<host>|<port>`. One per distinct server, shared by all rules.
-pub fn jwks_cluster_name(tls: bool, host: &str, port: u16) -> String {
-    format!("wasmesh-jwks|{}|{}|{}", if tls { "https" } else { "http" }, host, port)
-}
-
-/// Parses a `jwksUri` as Istio's `security.ParseJwksURI` does: http or https, a host, the
-/// scheme's default port when none is given.
-pub fn parse_jwks_uri(uri: &str) -> Result<JwksEndpoint, String> {
-    if uri.len() > 2048 {
-        return Err(format!("jwksUri is {} characters; at most 2048 are allowed", uri.len()));
-    }
-    let (tls, rest) = if let Some(r) = uri.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = uri.strip_prefix("http://") {
-        (false, r)
-    } else {
-        return Err(format!("URI scheme of {uri:?} is not supported; expected http:// or https://"));
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (hostport, mut path) = rest.split_at(end);
-    if let Some(hash) = path.find('#') {
-        path = &path[..hash];
-    }
-    let hostport = hostport.rsplit_once('@').map(|(_, h)| h).unwrap_or(hostport);
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let close = v6.find(']').ok_or_else(|| format!("jwksUri {uri:?} has an unterminated IPv6 address"))?;
-        let host = &v6[..close];
-        let after = &v6[close + 1..];
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return Err(format!("jwksUri {uri:?} has garbage after the IPv6 address")),
-        };
-        (host.to_string(), port)
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (hostport.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("jwksUri {uri:?} has no host"));
-    }
-    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("jwksUri {uri:?} has an invalid host"));
-    }
-    let default_port = if tls { 443 } else { 80 };
-    let port = match port {
-        None | Some("") => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("jwksUri {uri:?} has an invalid port {p:?}"))?,
-    };
-    let host = host.to_ascii_lowercase();
-    let bracketed = if host.contains(':') { format!("[{host}]") } else { host.clone() };
-    let authority = if port == default_port { bracketed } else { format!("{bracketed}:{port}") };
-    let path = if path.is_empty() {
-        "/".to_string()
-    } else if path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path.to_string()
-    };
-    let cluster = jwks_cluster_name(tls, &host, port);
-    Ok(JwksEndpoint { uri: uri.to_string(), tls, host, port, authority, path, cluster })
-}
-
-/// OpenID discovery document location for an issuer (istiod's `jwks_resolver.go`).
-pub fn discovery_uri(issuer: &str) -> String {
-    format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'))
 }
 
 impl AuthnConfig {
@@ -194,26 +113,15 @@ impl AuthnConfig {
         AuthnConfig::parse_json(bytes)?.compile_parsed(bytes)
     }
 
-    /// Parses the filter configuration (resources still as JSON).
-    pub fn parse_json(bytes: &[u8]) -> Result<AuthnConfig, CompileError> {
-        serde_json::from_slice(bytes).map_err(|e| CompileError(vec![Error::new(format!("authn configuration: {e}"))]))
-    }
-
-    /// `mesh`, or Istio's defaults.
-    pub fn mesh(&self) -> MeshIdentity {
-        self.mesh.clone().unwrap_or_default()
-    }
-
     /// Compiles a configuration parsed from `config_bytes` (and completed by the filter, e.g.
     /// with the node's workload). The verified-token cache is salted with those bytes, so every
     /// worker VM of one plugin shares entries and other configurations never see them.
     pub fn compile_parsed(&self, config_bytes: &[u8]) -> Result<Authn, CompileError> {
-        let resources =
-            wasmesh_istio::resources_from_values(self.resources.clone()).map_err(|e| CompileError(vec![e]))?;
+        let resources = self.parsed_resources()?;
         let fingerprint = blake2b_simd::Params::new().hash_length(16).hash(config_bytes);
         let mut salt = [0u8; 16];
         salt.copy_from_slice(fingerprint.as_bytes());
-        self.compile_with_salt(&Resources { items: resources }, salt)
+        self.compile_with_salt(&resources, salt)
     }
 
     /// Compiles the engine from already-parsed resources.
@@ -226,11 +134,7 @@ impl AuthnConfig {
     }
 
     fn compile_with_salt(&self, resources: &Resources, salt: [u8; 16]) -> Result<Authn, CompileError> {
-        let Some(workload) = &self.workload else {
-            return Err(CompileError(vec![Error::new(
-                "authn configuration: workload: absent, and not taken from the Envoy node (the filter does that before compiling)",
-            )]));
-        };
+        let workload = self.require_workload()?;
         let mut errors = Vec::new();
         if self.max_token_bytes < 64 || self.max_token_bytes > 64 * 1024 {
             errors.push(Error::new(format!(
@@ -238,10 +142,13 @@ impl AuthnConfig {
                 self.max_token_bytes
             )));
         }
-        if self.jwt_cache_slots > 1 << 20 {
+        let max_slots = MAX_CACHE_BYTES / MAX_ENTRY_BYTES;
+        if self.jwt_cache_slots as usize > max_slots {
             errors.push(Error::new(format!(
-                "authn configuration: jwtCacheSlots {} is too large; at most 1048576",
-                self.jwt_cache_slots
+                "authn configuration: jwtCacheSlots {} is too large; at most {max_slots} ({} MiB of shared data at {} KiB per entry)",
+                self.jwt_cache_slots,
+                MAX_CACHE_BYTES >> 20,
+                MAX_ENTRY_BYTES >> 10
             )));
         }
         if self.jwks_refresh_seconds == 0 {
@@ -257,7 +164,7 @@ impl AuthnConfig {
             }
         }
         if !errors.is_empty() {
-            return Err(CompileError(errors));
+            return Err(errors.into());
         }
         // Workload namespace first, then the root namespace, as istiod lists them; the merged
         // rules are then sorted by issuer (stable here; duplicates are kept, as in Istio).
@@ -269,6 +176,14 @@ impl AuthnConfig {
             }
         }
         rules.sort_by(|a, b| a.1.issuer.cmp(&b.1.issuer));
+        if rules.len() > MAX_JWT_RULES {
+            return Err(CompileError::msg(format!(
+                "authn configuration: {} jwtRules select workload {}/{}; at most {MAX_JWT_RULES} are supported",
+                rules.len(),
+                workload.namespace,
+                workload.name
+            )));
+        }
 
         let mut providers = Vec::with_capacity(rules.len());
         for (index, (source, rule)) in rules.iter().enumerate() {
@@ -278,7 +193,7 @@ impl AuthnConfig {
             }
         }
         if !errors.is_empty() {
-            return Err(CompileError(errors));
+            return Err(errors.into());
         }
         let requirement = istio_requirement(providers.len());
         Ok(Authn::new(
@@ -370,19 +285,6 @@ impl AuthnConfig {
             jwks,
         })
     }
-}
-
-/// Where a provider's keys come from.
-pub enum JwksSource {
-    Inline(KeySet),
-    Remote(Box<RemoteJwks>),
-}
-
-/// Envoy's `CheckAudience` sanitising: `http://` / `https://` prefix and one trailing `/` are
-/// ignored on both sides.
-pub fn sanitize_audience(aud: &str) -> &str {
-    let a = aud.strip_prefix("http://").or_else(|| aud.strip_prefix("https://")).unwrap_or(aud);
-    a.strip_suffix('/').unwrap_or(a)
 }
 
 /// Istio's requirement: one provider → `requires_any[P0, allow_missing]`; n providers →

@@ -11,6 +11,8 @@
 //! Everything here handles public data only (keys, signatures, messages), so variable time is
 //! fine, as it is for `verify_prehashed`.
 
+#![deny(clippy::indexing_slicing)]
+
 use p256::elliptic_curve::{
     group::Group as _,
     ops::{Invert, Reduce},
@@ -97,7 +99,7 @@ where
             base = m;
         }
         let affine = <ProjectivePoint<C> as BatchNormalize<[ProjectivePoint<C>]>>::batch_normalize(&all);
-        let rows = affine.chunks_exact(ROW).map(|c| core::array::from_fn(|i| c[i])).collect();
+        let rows = affine.chunks_exact(ROW).filter_map(|c| <[AffinePoint<C>; ROW]>::try_from(c).ok()).collect();
         Table { rows }
     }
 }

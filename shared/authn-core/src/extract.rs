@@ -1,6 +1,8 @@
 //! Where tokens are found (`fromHeaders`, `fromParams`, `fromCookies`, or the defaults
 //! `Authorization: Bearer` + `access_token`), extracted as Envoy's jwt_authn `extractor.cc` does.
 
+#![deny(clippy::indexing_slicing)]
+
 /// One configured token location.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Location {
@@ -125,14 +127,16 @@ pub fn extract<'g>(locations: &'g [Location], req: &'g Gathered, sanitized: &[St
 
 /// The query string of a `:path` (after `?`, before `#`).
 pub fn query_of(path: &[u8]) -> &[u8] {
-    match path.iter().position(|&c| c == b'?') {
+    match split_once(path, b'?') {
         None => b"",
-        Some(q) => {
-            let rest = &path[q + 1..];
-            let end = rest.iter().position(|&c| c == b'#').unwrap_or(rest.len());
-            &rest[..end]
-        }
+        Some((_, rest)) => rest.split(|&c| c == b'#').next().unwrap_or_default(),
     }
+}
+
+/// `s` split at the first `sep` (which belongs to neither side).
+fn split_once(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
+    let mut parts = s.splitn(2, |&c| c == sep);
+    Some((parts.next()?, parts.next()?))
 }
 
 /// Envoy's `parseAndDecodeQueryString`: `&`-separated `name=value`, percent-decoded (and `+` as
@@ -148,10 +152,7 @@ pub fn parse_query(query: &[u8], keep: impl Fn(&str) -> bool) -> Vec<(String, St
         if part.is_empty() {
             continue;
         }
-        let (k, v) = match part.iter().position(|&c| c == b'=') {
-            Some(eq) => (&part[..eq], &part[eq + 1..]),
-            None => (part, &b""[..]),
-        };
+        let (k, v) = split_once(part, b'=').unwrap_or((part, b""));
         let k = percent_decode(k, false);
         if !keep(&k) || out.iter().any(|(name, _)| *name == k) {
             continue;
@@ -163,19 +164,18 @@ pub fn parse_query(query: &[u8], keep: impl Fn(&str) -> bool) -> Vec<(String, St
 
 fn percent_decode(s: &[u8], plus_is_space: bool) -> String {
     let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let c = s[i];
-        if c == b'%' && i + 2 < s.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut rest = s;
+    while let Some((&c, tail)) = rest.split_first() {
+        if let (b'%', [h, l, after @ ..]) = (c, tail) {
+            if let (Some(h), Some(l)) = (hex(*h), hex(*l)) {
                 out.push((h * 16 + l) as u8);
-                i += 3;
+                rest = after;
                 continue;
             }
         }
         out.push(if plus_is_space && c == b'+' { b' ' } else { c });
-        i += 1;
+        rest = tail;
     }
     String::from_utf8_lossy(&out).into_owned()
 }
@@ -188,11 +188,11 @@ pub fn parse_cookies(header: &[u8], keep: impl Fn(&str) -> bool) -> Vec<(String,
     let mut out: Vec<(String, String)> = Vec::new();
     for part in header.split(|&c| c == b';') {
         let part = trim(part);
-        let Some(eq) = part.iter().position(|&c| c == b'=') else { continue };
-        let k = String::from_utf8_lossy(trim(&part[..eq])).into_owned();
-        let mut v = trim(&part[eq + 1..]);
-        if v.len() >= 2 && v[0] == b'"' && v[v.len() - 1] == b'"' {
-            v = &v[1..v.len() - 1];
+        let Some((k, v)) = split_once(part, b'=') else { continue };
+        let k = String::from_utf8_lossy(trim(k)).into_owned();
+        let mut v = trim(v);
+        if let [b'"', inner @ .., b'"'] = v {
+            v = inner;
         }
         if k.is_empty() || !keep(&k) || out.iter().any(|(name, _)| *name == k) {
             continue;
@@ -205,7 +205,7 @@ pub fn parse_cookies(header: &[u8], keep: impl Fn(&str) -> bool) -> Vec<(String,
 fn trim(s: &[u8]) -> &[u8] {
     let start = s.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(s.len());
     let end = s.iter().rposition(|c| !c.is_ascii_whitespace()).map(|e| e + 1).unwrap_or(start);
-    &s[start..end.max(start)]
+    s.get(start..end.max(start)).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,11 +1,15 @@
 //! JSON Web Key Sets: parsing them as Envoy does (`source/common/jwt/jwks.cc`: a key that cannot
 //! be used is skipped, not fatal) and verifying a token's signature (pure Rust, so it runs in
 //! wasm): RS*/PS* with [`crate::rsa`], ES256/ES384 with [`crate::ec`] and EdDSA with
-//! `ed25519-compact`, directly over the parsed token, plus the token checks jwt-simple used to
-//! make ([`crate::jose`]); HS* with `jwt-simple`.
+//! `ed25519-compact` and HS256/384/512 with `hmac` + `sha2` (constant-time tag comparison),
+//! directly over the parsed token, plus the token checks jwt-simple used to make when it
+//! verified these ([`crate::jose`]).
 
+#![deny(clippy::indexing_slicing)]
+
+use crate::jose::Checked;
 use crate::jwt::{b64url_decode, Jwt, Status};
-use jwt_simple::prelude::*;
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Map, Value};
 
 /// Largest JWKS document accepted (inline or fetched).
@@ -81,8 +85,8 @@ impl KeySet {
             return Err(Status::JwksNoValidKeys);
         }
         let mut matched = false;
-        // jwt-simple's token checks (ES*/EdDSA): the same for every key, made at most once.
-        let mut checks: Option<bool> = None;
+        // jwt-simple's token checks (ES*/EdDSA/HS*): the same for every key, made at most once.
+        let mut checks: Option<Option<Checked>> = None;
         for key in &self.keys {
             if !candidate(key, jwt) {
                 continue;
@@ -105,17 +109,8 @@ fn candidate(key: &Key, jwt: &Jwt) -> bool {
     key.alg.is_empty() || key.alg == jwt.alg
 }
 
-fn options(now: u64, skew: u64, max_token: usize) -> VerificationOptions {
-    VerificationOptions {
-        // Time is checked by the caller with Envoy's rules before the signature; these only keep
-        // jwt-simple's own checks consistent with them (iat in the future is not an error).
-        accept_future: true,
-        time_tolerance: Some(Duration::from_secs(skew)),
-        artificial_time: Some(UnixTimeStamp::from_secs(now)),
-        max_token_length: Some(max_token),
-        ..Default::default()
-    }
-}
+/// Shortest HMAC secret used (jwt-simple's `WeakKey` bound, kept so the same keys work).
+pub const MIN_HMAC_SECRET_BYTES: usize = 12;
 
 /// One key, one algorithm. The key type must fit the token's `alg` (no HS/RS confusion: an RSA
 /// key is never used as an HMAC secret, an EC key only verifies its own curve's ES algorithm).
@@ -126,37 +121,8 @@ fn verify_with(
     now: u64,
     skew: u64,
     max_token: usize,
-    checks: &mut Option<bool>,
+    checks: &mut Option<Option<Checked>>,
 ) -> Result<(), Status> {
-    // ES256/ES384/EdDSA: the signature over the parsed token, after the checks jwt-simple's
-    // `verify_token` made (same tokens accepted as when it verified them).
-    let direct = match (&key.material, jwt.alg.as_str()) {
-        (Material::P256(_), "ES256") | (Material::P384(_), "ES384") => true,
-        (Material::Ed25519(_), "EdDSA") => {
-            if jwt.signature.len() != 64 {
-                return Err(Status::JwtEd25519SignatureWrongLength);
-            }
-            true
-        }
-        _ => false,
-    };
-    if direct {
-        let ok = *checks.get_or_insert_with(|| crate::jose::token_checks(token, now, skew, max_token)) && {
-            let signed = signing_input(token, jwt);
-            let (msg, sig) = (signed.as_bytes(), jwt.signature.as_slice());
-            match &key.material {
-                Material::P256(k) => k.verify(msg, sig),
-                Material::P384(k) => k.verify(msg, sig),
-                Material::Ed25519(k) => {
-                    ed25519_compact::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
-                }
-                _ => false,
-            }
-        };
-        return if ok { Ok(()) } else { Err(Status::JwtVerificationFail) };
-    }
-    let opts = Some(options(now, skew, max_token));
-    let fail = |_| Status::JwtVerificationFail;
     if let Material::Rsa(k) = &key.material {
         use crate::rsa::Hash;
         let hash = match jwt.alg.get(2..) {
@@ -173,18 +139,50 @@ fn verify_with(
         };
         return if ok { Ok(()) } else { Err(Status::JwtVerificationFail) };
     }
+    // ES256/ES384/EdDSA/HS*: the signature over the parsed token, after the checks jwt-simple's
+    // `verify_token` made (same tokens accepted as when it verified them).
     match (&key.material, jwt.alg.as_str()) {
-        (Material::Oct(secret), "HS256") => {
-            HS256Key::from_bytes(secret).verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail)
+        (Material::P256(_), "ES256") | (Material::P384(_), "ES384") => {}
+        (Material::Ed25519(_), "EdDSA") => {
+            if jwt.signature.len() != 64 {
+                return Err(Status::JwtEd25519SignatureWrongLength);
+            }
         }
-        (Material::Oct(secret), "HS384") => {
-            HS384Key::from_bytes(secret).verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail)
-        }
-        (Material::Oct(secret), "HS512") => {
-            HS512Key::from_bytes(secret).verify_token::<NoCustomClaims>(token, opts).map(drop).map_err(fail)
-        }
-        _ => Err(Status::JwtVerificationFail),
+        (Material::Oct(secret), "HS256" | "HS384" | "HS512") if secret.len() >= MIN_HMAC_SECRET_BYTES => {}
+        _ => return Err(Status::JwtVerificationFail),
     }
+    let Some(checked) = *checks.get_or_insert_with(|| crate::jose::token_checks(token, now, skew, max_token)) else {
+        return Err(Status::JwtVerificationFail);
+    };
+    let signed = signing_input(token, jwt);
+    let (msg, sig) = (signed.as_bytes(), jwt.signature.as_slice());
+    let ok = match (&key.material, jwt.alg.as_str()) {
+        (Material::P256(k), _) => k.verify(msg, sig),
+        (Material::P384(k), _) => k.verify(msg, sig),
+        (Material::Ed25519(k), _) => {
+            ed25519_compact::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
+        }
+        // A JWKS secret has no salt, so a salted token was refused (jwt-simple `MissingSalt`).
+        (Material::Oct(_), _) if checked.salted => false,
+        (Material::Oct(secret), "HS256") => hmac_verify::<Hmac<sha2::Sha256>>(secret, msg, sig),
+        (Material::Oct(secret), "HS384") => hmac_verify::<Hmac<sha2::Sha384>>(secret, msg, sig),
+        (Material::Oct(secret), "HS512") => hmac_verify::<Hmac<sha2::Sha512>>(secret, msg, sig),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::JwtVerificationFail)
+    }
+}
+
+/// HMAC tag check; `verify_slice` compares in constant time (and refuses another length).
+fn hmac_verify<M: Mac + KeyInit>(secret: &[u8], msg: &[u8], tag: &[u8]) -> bool {
+    let Ok(mut mac) = <M as KeyInit>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(msg);
+    mac.verify_slice(tag).is_ok()
 }
 
 /// What the signature covers: `<header>.<payload>` as Envoy's jwt_verify_lib builds it from the
@@ -372,7 +370,5 @@ fn fingerprint(jwk: &Value) -> u64 {
         }
     }
     let out = h.finalize();
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&out.as_bytes()[..8]);
-    u64::from_le_bytes(b)
+    u64::from_le_bytes(out.as_bytes().first_chunk::<8>().copied().unwrap_or_default())
 }

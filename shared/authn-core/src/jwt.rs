@@ -2,6 +2,8 @@
 //! same failure statuses and the same messages (`status.cc`), so a bad token gets the same 401
 //! body as in Istio.
 
+#![deny(clippy::indexing_slicing)]
+
 use serde_json::{Map, Value};
 
 /// Verification outcome, named and worded as Envoy's `JwtVerify::Status`.
@@ -115,23 +117,49 @@ pub struct Jwt {
     pub signature: Vec<u8>,
 }
 
-/// Deepest JSON nesting accepted in a token's header or payload, the top-level object counting
-/// as one. Envoy's jwt_verify_lib reads both with protobuf's JSON parser, whose recursion limit
-/// is 100 (checked with Envoy 1.40: 100 levels pass, 101 give "Jwt payload is an invalid JSON"
-/// / "Jwt header is an invalid JSON"). It also keeps verified claims within what the hand-over
-/// to authz can decode (serde_json reads at most 128 levels). Found by the `jwt` fuzz target.
+/// Deepest JSON nesting accepted in a token's header or payload. Envoy's jwt_verify_lib parses
+/// them into a protobuf `Struct`, whose JSON parser refuses documents nested deeper than its
+/// recursion limit (100); serde_json's own limit (128) would let deeper ones through. A deeper
+/// header or payload is a bad-JSON token (Envoy's status), counted as `json_too_deep`.
 pub const MAX_JSON_DEPTH: usize = 100;
 
-/// Whether no value of `map` (itself level 1) nests deeper than `max` levels.
-fn within_depth(map: &Map<String, Value>, max: usize) -> bool {
-    fn ok(v: &Value, left: usize) -> bool {
-        match v {
-            Value::Array(items) => left > 0 && items.iter().all(|i| ok(i, left - 1)),
-            Value::Object(m) => left > 0 && m.values().all(|i| ok(i, left - 1)),
-            _ => true,
+/// Whether JSON text nests arrays/objects deeper than `max` (a scan, no parse; strings and
+/// their escapes are skipped). Malformed text is left to the parser.
+pub fn json_too_deep(text: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &c in text {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
         }
     }
-    map.values().all(|v| ok(v, max.saturating_sub(1)))
+    false
+}
+
+/// Whether a token fails parsing only because its header or payload nests deeper than
+/// [`MAX_JSON_DEPTH`] (for counting; the answer is Envoy's bad-JSON status either way).
+pub fn exceeds_json_depth(token: &str) -> bool {
+    token
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .take(2)
+        .any(|segment| b64url_decode(segment).is_some_and(|bytes| json_too_deep(&bytes, MAX_JSON_DEPTH)))
 }
 
 /// Parses a token. `max_bytes` bounds the work done on a hostile input.
@@ -148,11 +176,11 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Jwt, Status> {
     };
 
     let header_bytes = b64url_decode(header_b64).ok_or(Status::JwtHeaderParseErrorBadBase64)?;
-    let header: Map<String, Value> =
-        serde_json::from_slice(&header_bytes).map_err(|_| Status::JwtHeaderParseErrorBadJson)?;
-    if !within_depth(&header, MAX_JSON_DEPTH) {
+    if json_too_deep(&header_bytes, MAX_JSON_DEPTH) {
         return Err(Status::JwtHeaderParseErrorBadJson);
     }
+    let header: Map<String, Value> =
+        serde_json::from_slice(&header_bytes).map_err(|_| Status::JwtHeaderParseErrorBadJson)?;
     let alg = match header.get("alg") {
         Some(Value::String(s)) => s.clone(),
         _ => return Err(Status::JwtHeaderBadAlg),
@@ -167,11 +195,11 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Jwt, Status> {
     };
 
     let payload_bytes = b64url_decode(payload_b64).ok_or(Status::JwtPayloadParseErrorBadBase64)?;
-    let payload: Map<String, Value> =
-        serde_json::from_slice(&payload_bytes).map_err(|_| Status::JwtPayloadParseErrorBadJson)?;
-    if !within_depth(&payload, MAX_JSON_DEPTH) {
+    if json_too_deep(&payload_bytes, MAX_JSON_DEPTH) {
         return Err(Status::JwtPayloadParseErrorBadJson);
     }
+    let payload: Map<String, Value> =
+        serde_json::from_slice(&payload_bytes).map_err(|_| Status::JwtPayloadParseErrorBadJson)?;
 
     let iss = string_claim(&payload, "iss", Status::JwtPayloadParseErrorIssNotString)?.unwrap_or_default();
     let sub = string_claim(&payload, "sub", Status::JwtPayloadParseErrorSubNotString)?;
@@ -271,11 +299,11 @@ pub fn b64url_decode(input: &str) -> Option<Vec<u8>> {
     let unpadded = match bytes.iter().position(|&c| c == b'=') {
         None => bytes,
         Some(pos) => {
-            let pad = &bytes[pos..];
+            let (data, pad) = bytes.split_at_checked(pos)?;
             if pad.len() > 2 || pad.iter().any(|&c| c != b'=') || bytes.len() % 4 != 0 {
                 return None;
             }
-            &bytes[..pos]
+            data
         }
     };
     if unpadded.len() % 4 == 1 {
@@ -303,11 +331,12 @@ pub fn b64url_encode(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | b[2] as u32;
-        let emit = chunk.len() + 1;
-        for i in 0..emit {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+        for i in 0..=chunk.len() {
+            // A 6-bit index always exists in the 64-character alphabet.
+            let sextet = ((n >> (18 - 6 * i)) & 63) as usize;
+            out.push(char::from(ALPHABET.get(sextet).copied().unwrap_or(b'A')));
         }
     }
     out
@@ -437,6 +466,24 @@ mod tests {
             let deep_header = format!(r#"{{"alg":"RS256","x":{}}}"#, nested(levels - 1));
             assert_eq!(parse(&tok(&deep_header, "{}", b"s"), 1 << 20), Err(Status::JwtHeaderParseErrorBadJson));
         }
+    }
+
+    #[test]
+    fn json_nested_deeper_than_the_limit_is_bad_json() {
+        let nest = |n: usize| format!(r#"{{"iss":"i","d":{}1{}}}"#, "[".repeat(n), "]".repeat(n));
+        // The payload object itself is one level.
+        let ok = tok(r#"{"alg":"RS256"}"#, &nest(MAX_JSON_DEPTH - 1), b"s");
+        assert!(parse(&ok, 65536).is_ok());
+        assert!(!exceeds_json_depth(&ok));
+        let deep = tok(r#"{"alg":"RS256"}"#, &nest(MAX_JSON_DEPTH), b"s");
+        assert_eq!(parse(&deep, 65536).err(), Some(Status::JwtPayloadParseErrorBadJson));
+        assert!(exceeds_json_depth(&deep));
+        let deep_header =
+            tok(&format!(r#"{{"alg":"RS256","x":{}1{}}}"#, "{\"a\":".repeat(100), "}".repeat(100)), "{}", b"s");
+        assert_eq!(parse(&deep_header, 65536).err(), Some(Status::JwtHeaderParseErrorBadJson));
+        // Brackets inside strings (and escaped quotes) do not count.
+        let text = format!(r#"{{"s":"\"{}"}}"#, "[".repeat(500));
+        assert!(!json_too_deep(text.as_bytes(), MAX_JSON_DEPTH));
     }
 
     #[test]

@@ -2,15 +2,20 @@
 //! same YAML selects the same rules, the same request gets the same answer (status, body,
 //! `WWW-Authenticate`), and a verified token hands the same `request.auth.*` to authorization.
 //!
+//! The modules follow Envoy's jwt_authn (extractor / verifier / jwks cache / authenticator /
+//! thin filter), and import each other without cycles (`config` → `verify` → `remote` →
+//! `jwks` → `jwt`):
+//!
 //! * [`config`]: which RequestAuthentications apply, webhook-equivalent validation, providers and
 //!   Istio's requirement tree, compiled once.
-//! * [`extract`]: token locations.
-//! * [`jwt`]: parsing with Envoy's statuses; [`jwks`]: keys and signatures; [`rsa`]: RS*/PS*
-//!   verification (wasmesh's own, 2048-bit verify ≈ 0.1 ms in wasm); [`ec`]: ES256/ES384 (p256/
-//!   p384 arithmetic with per-key tables, ES256 ≈ 0.2 ms in wasm); EdDSA: ed25519-compact;
-//!   [`jose`]: the token checks jwt-simple made for those; HMAC: jwt-simple.
-//! * [`verify`]: per-request evaluation; [`cache`]: the verified-token cache shared by workers.
-//! * [`remote`]: the `jwksUri` fetch state machine; [`identity`]: the hand-over to authz.
+//! * [`extract`] (Envoy's extractor): token locations.
+//! * Verifier: [`jwt`]: parsing with Envoy's statuses; [`jwks`]: keys and signatures; [`rsa`]:
+//!   RS*/PS* (wasmesh's own, 2048-bit verify ≈ 0.1 ms in wasm); [`ec`]: ES256/ES384 (p256/p384
+//!   arithmetic with per-key tables, ES256 ≈ 0.2 ms in wasm); EdDSA: ed25519-compact; HS*:
+//!   `hmac` + `sha2`; [`jose`]: the token checks jwt-simple made when it verified those.
+//! * JWKS cache: [`remote`]: the `jwksUri` endpoint and fetch state machine.
+//! * Authenticator: [`verify`]: per-request evaluation over the requirement tree; [`cache`]: the
+//!   verified-token cache shared by workers; [`identity`]: the hand-over to authz.
 //!
 //! No proxy-wasm here: the filter (`filters/authn`) supplies headers, time, shared data and
 //! HTTP calls.
@@ -34,8 +39,8 @@
 //! Every other answer is the same: status, body, `WWW-Authenticate`, headers the upstream sees.
 //!
 //! * Only the first value of a repeated token header is read (Envoy joins them with `,`).
-//! * For ES256/ES384/EdDSA/HS* tokens (HS* verified by jwt-simple, the others with the checks
-//!   it made, see [`jose`]; RS*/PS* are not), wasmesh is
+//! * For ES256/ES384/EdDSA/HS* tokens (with the checks jwt-simple made when it verified them,
+//!   see [`jose`]; RS*/PS* are not), wasmesh is
 //!   stricter than Envoy on some syntactically odd tokens, which are then refused
 //!   (401 `Jwt verification fails`) where Envoy may accept them: whitespace, padding or
 //!   non-canonical trailing bits in a segment (Envoy's base64 decoder skips whitespace), empty
@@ -47,12 +52,24 @@
 //!   other than 65537, EC P-521 (ES512), HMAC secrets shorter than jwt-simple's minimum; the
 //!   legacy X.509 `{kid: PEM}` key format.
 //! * Tokens longer than `maxTokenBytes` (16 KiB) are refused (401 `Jwt is too large`).
+//!
+//! # Bounds
+//!
+//! Everything a request or a JWKS server can make grow is bounded, and what crosses a bound is
+//! still answered and counted (`wasmesh.authn.<event>`): token size (`maxTokenBytes`,
+//! `token_too_large`), JSON nesting in a token ([`jwt::MAX_JSON_DEPTH`], `json_too_deep`), JWKS
+//! size and keys ([`jwks::MAX_JWKS_BYTES`], [`jwks::MAX_KEYS`], `jwks_fetch_failed`,
+//! `jwks_keys_skipped`), cached tokens and their memory (`jwtCacheSlots` ≤
+//! [`cache::MAX_CACHE_BYTES`] / [`cache::MAX_ENTRY_BYTES`], [`cache::L1_CAPACITY`],
+//! `cache_entry_too_large`), issuers per proxy ([`config::MAX_JWT_RULES`]), `jwksUri` length,
+//! fetch retries ([`remote::BACKOFF_MIN_MS`] … [`remote::BACKOFF_MAX_MS`]).
 //! * Envoy refetches remote keys only when they expire; wasmesh also refetches on an unknown
 //!   `kid` (rate-limited), so a rotated signing key works before the refresh.
 //! * OpenID discovery (no `jwks`/`jwksUri`): a `jwks_uri` on another server than the issuer is
 //!   fetched through `wasmesh-jwks|…` of that server, which `wasmeshctl` cannot know in advance
 //!   (add the cluster, or set `jwksUri`).
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod cache;
 pub mod config;
@@ -71,10 +88,12 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 pub mod verify;
+#[cfg(test)]
+mod wycheproof_tests;
 
 pub use cache::{MapCache, NoCache, TokenCache};
-pub use config::{
-    jwks_cluster_name, jwks_endpoints, parse_jwks_uri, validate, AuthnConfig, CompileError, JwksEndpoint,
-};
+pub use config::{jwks_endpoints, validate, AuthnConfig};
 pub use jwt::Status;
+pub use remote::{jwks_cluster_name, parse_jwks_uri, JwksEndpoint};
 pub use verify::{Allowed, Authn, Denied, EvalStats, Mutation, Outcome, RequestHeaders, WaitFor};
+pub use wasmesh_istio::CompileError;

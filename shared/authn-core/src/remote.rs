@@ -3,15 +3,110 @@
 //! an unknown `kid`, retry failures with exponential backoff while keeping the last good keys.
 //! Pure: the adapter performs the HTTP calls and reports the results; times are milliseconds.
 
-use crate::config::{parse_jwks_uri, JwksEndpoint};
+#![deny(clippy::indexing_slicing)]
+
 use crate::jwks::{parse_jwks, KeySet};
+use serde::Serialize;
 
 /// First retry delay after a failed fetch; doubles per consecutive failure.
 pub const BACKOFF_MIN_MS: u64 = 1_000;
 /// Longest retry delay (istiod retries a failed JWKS every minute).
 pub const BACKOFF_MAX_MS: u64 = 60_000;
+/// Longest `jwksUri` accepted (configuration: the value becomes a `:path` and a cluster name;
+/// browsers and proxies commonly cap URLs near 2 KiB).
+pub const MAX_JWKS_URI_BYTES: usize = 2048;
 /// Largest fetched body accepted.
 pub const MAX_BODY_BYTES: usize = crate::jwks::MAX_JWKS_BYTES;
+
+/// Where a `jwksUri` (or the issuer's OpenID discovery document) is fetched from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JwksEndpoint {
+    pub uri: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// `host` or `host:port` (non-default port), the `:authority` of the fetch.
+    pub authority: String,
+    /// Path and query.
+    pub path: String,
+    /// The Envoy cluster the fetch goes through (see [`jwks_cluster_name`]).
+    pub cluster: String,
+}
+
+/// The dedicated cluster wasmeshctl generates for a JWKS server:
+/// `wasmesh-jwks|<http|https>|<host>|<port>`. One per distinct server, shared by all rules.
+pub fn jwks_cluster_name(tls: bool, host: &str, port: u16) -> String {
+    format!("wasmesh-jwks|{}|{}|{}", if tls { "https" } else { "http" }, host, port)
+}
+
+/// Parses a `jwksUri` as Istio's `security.ParseJwksURI` does: http or https, a host, the
+/// scheme's default port when none is given.
+pub fn parse_jwks_uri(uri: &str) -> Result<JwksEndpoint, String> {
+    if uri.len() > MAX_JWKS_URI_BYTES {
+        return Err(format!("jwksUri is {} characters; at most {MAX_JWKS_URI_BYTES} are allowed", uri.len()));
+    }
+    let (tls, rest) = if let Some(r) = uri.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = uri.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!("URI scheme of {uri:?} is not supported; expected http:// or https://"));
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (hostport, mut path) = rest.split_at(end);
+    if let Some(hash) = path.find('#') {
+        path = &path[..hash];
+    }
+    let hostport = hostport.rsplit_once('@').map(|(_, h)| h).unwrap_or(hostport);
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let close = v6.find(']').ok_or_else(|| format!("jwksUri {uri:?} has an unterminated IPv6 address"))?;
+        let host = &v6[..close];
+        let after = &v6[close + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(format!("jwksUri {uri:?} has garbage after the IPv6 address")),
+        };
+        (host.to_string(), port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (hostport.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("jwksUri {uri:?} has no host"));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("jwksUri {uri:?} has an invalid host"));
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let port = match port {
+        None | Some("") => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("jwksUri {uri:?} has an invalid port {p:?}"))?,
+    };
+    let host = host.to_ascii_lowercase();
+    let bracketed = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+    let authority = if port == default_port { bracketed } else { format!("{bracketed}:{port}") };
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    let cluster = jwks_cluster_name(tls, &host, port);
+    Ok(JwksEndpoint { uri: uri.to_string(), tls, host, port, authority, path, cluster })
+}
+
+/// OpenID discovery document location for an issuer (istiod's `jwks_resolver.go`).
+pub fn discovery_uri(issuer: &str) -> String {
+    format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {

@@ -12,6 +12,8 @@
 //!
 //! Key policy (as jwt-simple, which wasmesh used before): 2048–4096-bit modulus, odd, `e = 65537`.
 
+#![deny(clippy::indexing_slicing)]
+
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 pub const MIN_MODULUS_BITS: usize = 2048;
@@ -26,7 +28,8 @@ pub enum Hash {
 }
 
 impl Hash {
-    fn len(self) -> usize {
+    /// The digest's length in bytes.
+    pub fn output_bytes(self) -> usize {
         match self {
             Hash::Sha256 => 32,
             Hash::Sha384 => 48,
@@ -110,7 +113,8 @@ impl PublicKey {
         }
         let limbs = bits.div_ceil(32);
         let n_limbs = limbs_from_be(n, limbs);
-        let n0inv = neg_inverse(n_limbs[0]);
+        // `n` is odd, so its lowest limb is too.
+        let n0inv = neg_inverse(n_limbs.first().copied().unwrap_or(1));
         let rr = r_squared(&n_limbs);
         Ok(PublicKey { n: n_limbs, bits, k: bits.div_ceil(8), n0inv, rr, e: 65537 })
     }
@@ -125,53 +129,54 @@ impl PublicKey {
     pub fn verify_pkcs1v15(&self, hash: Hash, message: &[u8], signature: &[u8]) -> bool {
         let Some(em) = self.public_op(signature) else { return false };
         let prefix = hash.digest_info_prefix();
-        let t_len = prefix.len() + hash.len();
+        let t_len = prefix.len() + hash.output_bytes();
         if self.k < t_len + 11 {
             return false;
         }
-        let ps_end = self.k - t_len - 1;
-        let digest = hash.digest(&[message]);
-        em[0] == 0
-            && em[1] == 1
-            && em[2..ps_end].iter().all(|b| *b == 0xff)
-            && em[ps_end] == 0
-            && em[ps_end + 1..ps_end + 1 + prefix.len()] == *prefix
-            && em[ps_end + 1 + prefix.len()..] == digest[..]
+        // EM = 00 01 FF..FF 00 || DigestInfo prefix || H, exactly k bytes.
+        let mut expected = Vec::with_capacity(self.k);
+        expected.extend_from_slice(&[0, 1]);
+        expected.resize(self.k - t_len - 1, 0xff);
+        expected.push(0);
+        expected.extend_from_slice(prefix);
+        expected.extend_from_slice(&hash.digest(&[message]));
+        em == expected
     }
 
     /// RSASSA-PSS verification (RFC 8017 §8.1.2 and EMSA-PSS-VERIFY §9.1.2) with MGF1 of the
     /// same hash and a salt of the hash's length (RFC 7518 §3.5).
     pub fn verify_pss(&self, hash: Hash, message: &[u8], signature: &[u8]) -> bool {
         let Some(out) = self.public_op(signature) else { return false };
-        let h_len = hash.len();
+        let h_len = hash.output_bytes();
         let s_len = h_len;
         let em_bits = self.bits - 1;
         let em_len = em_bits.div_ceil(8);
         // The integer must fit in emLen bytes (leading zero byte when modBits ≡ 1 mod 8).
-        let (lead, em) = out.split_at(self.k - em_len);
+        let Some((lead, em)) = out.split_at_checked(self.k - em_len) else { return false };
         if lead.iter().any(|b| *b != 0) || em_len < h_len + s_len + 2 {
             return false;
         }
-        if em[em_len - 1] != 0xbc {
-            return false;
-        }
-        let (masked_db, rest) = em.split_at(em_len - h_len - 1);
-        let h = &rest[..h_len];
+        // EM = maskedDB || H || 0xbc
+        let Some((&0xbc, body)) = em.split_last() else { return false };
+        let Some((masked_db, h)) = body.split_at_checked(em_len - h_len - 1) else { return false };
         let unused_bits = 8 * em_len - em_bits;
         let top_mask = 0xffu8 >> unused_bits;
-        if masked_db[0] & !top_mask != 0 {
+        if masked_db.first().is_some_and(|b| b & !top_mask != 0) {
             return false;
         }
         let mut db = mgf1(hash, h, masked_db.len());
         for (d, m) in db.iter_mut().zip(masked_db) {
             *d ^= m;
         }
-        db[0] &= top_mask;
-        let zeros = em_len - h_len - s_len - 2;
-        if db[..zeros].iter().any(|b| *b != 0) || db[zeros] != 1 {
+        if let Some(first) = db.first_mut() {
+            *first &= top_mask;
+        }
+        // DB = PS (zeros) || 0x01 || salt
+        let Some((ps, rest)) = db.split_at_checked(em_len - h_len - s_len - 2) else { return false };
+        let Some((&1, salt)) = rest.split_first() else { return false };
+        if ps.iter().any(|b| *b != 0) {
             return false;
         }
-        let salt = &db[zeros + 1..];
         let m_hash = hash.digest(&[message]);
         hash.digest(&[&[0u8; 8], &m_hash, salt]) == h
     }
@@ -204,7 +209,9 @@ impl PublicKey {
         }
         // Out of Montgomery form: multiply by 1.
         let mut one = vec![0u32; l];
-        one[0] = 1;
+        if let Some(low) = one.first_mut() {
+            *low = 1;
+        }
         mont_mul(&mut tmp, &acc, &one, &self.n, self.n0inv, &mut scratch);
         Some(limbs_to_be(&tmp, self.k))
     }
@@ -212,7 +219,7 @@ impl PublicKey {
 
 fn strip_zeros(b: &[u8]) -> &[u8] {
     let first = b.iter().position(|x| *x != 0).unwrap_or(b.len());
-    &b[first..]
+    b.get(first..).unwrap_or_default()
 }
 
 fn bit_length(be: &[u8]) -> usize {
@@ -277,7 +284,9 @@ fn neg_inverse(x: u32) -> u32 {
 /// `R² mod n`, by doubling 1 modulo n `2·32·limbs` times (once per key, not per request).
 fn r_squared(n: &[u32]) -> Vec<u32> {
     let mut x = vec![0u32; n.len()];
-    x[0] = 1;
+    if let Some(low) = x.first_mut() {
+        *low = 1;
+    }
     for _ in 0..64 * n.len() {
         let mut carry = 0u32;
         for limb in x.iter_mut() {
@@ -300,36 +309,40 @@ fn mont_mul(out: &mut [u32], a: &[u32], b: &[u32], n: &[u32], n0inv: u32, t: &mu
     let l = n.len();
     t.fill(0);
     let (mut cur, mut next) = t.split_at_mut(l + 1);
-    let (Some(&b0), Some(&n0)) = (b.first(), n.first()) else { return };
+    let (Some((&b0, b_rest)), Some((&n0, n_rest))) = (b.split_first(), n.split_first()) else { return };
     for &ai in a {
+        let (Some(&c0), Some(c_mid), Some(&c_top)) = (cur.first(), cur.get(1..l), cur.get(l)) else { return };
         let ai = u64::from(ai);
         // Column 0 decides m so that the sum becomes divisible by 2³²; it is dropped (the shift).
-        let s = u64::from(cur[0]) + ai * u64::from(b0);
+        let s = u64::from(c0) + ai * u64::from(b0);
         let m = u64::from((s as u32).wrapping_mul(n0inv));
         let mut c_mul = s >> 32;
         let mut c_red = (u64::from(s as u32) + m * u64::from(n0)) >> 32;
-        for (((dst, &tj), &bj), &nj) in next.iter_mut().zip(&cur[1..l]).zip(&b[1..]).zip(&n[1..]) {
+        for (((dst, &tj), &bj), &nj) in next.iter_mut().zip(c_mid).zip(b_rest).zip(n_rest) {
             let s = u64::from(tj) + ai * u64::from(bj) + c_mul;
             c_mul = s >> 32;
             let r = u64::from(s as u32) + m * u64::from(nj) + c_red;
             c_red = r >> 32;
             *dst = r as u32;
         }
-        let top = u64::from(cur[l]) + c_mul + c_red;
-        next[l - 1] = top as u32;
-        next[l] = (top >> 32) as u32;
+        let top = u64::from(c_top) + c_mul + c_red;
+        if let Some([lo, hi]) = next.get_mut(l - 1..=l) {
+            *lo = top as u32;
+            *hi = (top >> 32) as u32;
+        }
         std::mem::swap(&mut cur, &mut next);
     }
     // The sum is below 2n: one conditional subtraction.
-    out.copy_from_slice(&cur[..l]);
-    if cur[l] != 0 || !less_than(out, n) {
+    let Some((low, high)) = cur.split_at_checked(l) else { return };
+    out.copy_from_slice(low);
+    if high.iter().any(|x| *x != 0) || !less_than(out, n) {
         sub_in_place(out, n);
     }
 }
 
 /// MGF1 (RFC 8017 B.2.1).
 fn mgf1(hash: Hash, seed: &[u8], len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + hash.len());
+    let mut out = Vec::with_capacity(len + hash.output_bytes());
     let mut counter = 0u32;
     while out.len() < len {
         out.extend_from_slice(&hash.digest(&[seed, &counter.to_be_bytes()]));

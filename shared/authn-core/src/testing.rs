@@ -33,6 +33,8 @@ enum Inner {
     Es384(ES384KeyPair),
     EdDsa(Ed25519KeyPair),
     Hs256(HS256Key),
+    Hs384(HS384Key),
+    Hs512(HS512Key),
 }
 
 /// Signs tokens with one key and algorithm.
@@ -76,11 +78,20 @@ impl Signer {
     /// An HS256 signer whose secret is the given bytes (e.g. an RSA public key, for the HS/RS
     /// confusion attack).
     pub fn hs256(secret: &[u8], kid: Option<&str>) -> Signer {
-        let mut k = HS256Key::from_bytes(secret);
-        if let Some(kid) = kid {
-            k = k.with_key_id(kid);
-        }
-        Signer { alg: "HS256".into(), kid: kid.map(str::to_string), inner: Inner::Hs256(k), key: TestKey::Rsa1 }
+        Signer::hmac("HS256", secret, kid)
+    }
+
+    /// An HS256/HS384/HS512 signer with this secret.
+    pub fn hmac(alg: &str, secret: &[u8], kid: Option<&str>) -> Signer {
+        let k = kid.unwrap_or_default();
+        let has = kid.is_some();
+        let inner = match alg {
+            "HS256" => Inner::Hs256(opt_kid(HS256Key::from_bytes(secret), has, k, HS256Key::with_key_id)),
+            "HS384" => Inner::Hs384(opt_kid(HS384Key::from_bytes(secret), has, k, HS384Key::with_key_id)),
+            "HS512" => Inner::Hs512(opt_kid(HS512Key::from_bytes(secret), has, k, HS512Key::with_key_id)),
+            other => panic!("not an HMAC algorithm: {other}"),
+        };
+        Signer { alg: alg.to_string(), kid: kid.map(str::to_string), inner, key: TestKey::Rsa1 }
     }
 
     /// Signs a token carrying exactly this payload (object).
@@ -97,6 +108,8 @@ impl Signer {
             Inner::Es384(k) => k.sign(claims),
             Inner::EdDsa(k) => k.sign(claims),
             Inner::Hs256(k) => k.authenticate(claims),
+            Inner::Hs384(k) => k.authenticate(claims),
+            Inner::Hs512(k) => k.authenticate(claims),
         }
         .unwrap()
     }
@@ -113,7 +126,7 @@ impl Signer {
             Inner::Es256(k) => k.public_key().to_jwk(),
             Inner::Es384(k) => k.public_key().to_jwk(),
             Inner::EdDsa(k) => k.public_key().to_jwk(),
-            Inner::Hs256(_) => panic!("no public JWK for an HMAC signer"),
+            Inner::Hs256(_) | Inner::Hs384(_) | Inner::Hs512(_) => panic!("no public JWK for an HMAC signer"),
         };
         let mut v: Map<String, Value> = serde_json::from_str(&text).unwrap();
         v.remove("use");

@@ -7,7 +7,7 @@ use crate::testing::{jwks, swap_payload, unsigned, Signer, TestKey};
 use crate::verify::{EvalStats, Mutation, Outcome, RequestHeaders, WaitFor};
 use crate::{Authn, AuthnConfig};
 use serde_json::{json, Value};
-use wasmesh_istio::{Resources, Workload};
+use wasmesh_istio::{FilterConfig, Resources, Workload};
 
 const NOW: u64 = 1_800_000_000;
 const NOW_MS: u64 = NOW * 1000;
@@ -346,7 +346,73 @@ fn oversized_tokens_are_refused() {
     let s = es256();
     let a = one_rule(&s, "");
     let huge = format!("{}.{}.{}", "a".repeat(9000), "b".repeat(9000), "c");
-    assert_eq!(denied(&eval(&a, &Req::get("/").bearer(&huge))), (401, "Jwt is too large"));
+    let (o, stats) = eval_cached(&a, &Req::get("/").bearer(&huge), &mut MapCache::default());
+    assert_eq!(denied(&o), (401, "Jwt is too large"));
+    assert_eq!(stats.tokens_too_large, 1, "counted");
+    // One byte under the default bound is parsed (and fails as the garbage it is).
+    let limit = a.options().max_token_bytes;
+    let just = format!("{}.{}.{}", "a".repeat(limit / 2), "b".repeat(limit - limit / 2 - 3), "c");
+    assert_eq!(just.len(), limit);
+    let (o, stats) = eval_cached(&a, &Req::get("/").bearer(&just), &mut MapCache::default());
+    assert_ne!(denied(&o).1, "Jwt is too large");
+    assert_eq!(stats.tokens_too_large, 0);
+}
+
+#[test]
+fn claims_nested_deeper_than_the_limit_are_bad_json_and_counted() {
+    let s = es256();
+    let a = one_rule(&s, "");
+    let nest = |n: usize| json!({"iss": ISS, "d": (0..n).fold(json!(1), |v, _| json!([v]))});
+    let ok = s.sign(&nest(crate::jwt::MAX_JSON_DEPTH - 1));
+    let (o, stats) = eval_cached(&a, &Req::get("/").bearer(&ok), &mut MapCache::default());
+    assert!(matches!(o, Outcome::Allow(_)), "{o:?}");
+    assert_eq!(stats.json_too_deep, 0);
+    let deep = s.sign(&nest(crate::jwt::MAX_JSON_DEPTH));
+    let (o, stats) = eval_cached(&a, &Req::get("/").bearer(&deep), &mut MapCache::default());
+    assert_eq!(denied(&o), (401, "Jwt payload is an invalid JSON"));
+    assert_eq!(stats.json_too_deep, 1);
+}
+
+#[test]
+fn verified_tokens_too_large_to_cache_are_verified_each_time_and_counted() {
+    let s = es256();
+    // The entry keeps the identity (claims) and, for outputPayloadToHeader, the payload.
+    let yaml = ra("jwt", "foo", &rule(ISS, &jwks(&[s.jwk(false)]), "outputPayloadToHeader: x-jwt-payload"));
+    let items = wasmesh_istio::load_str(&yaml, "t.yaml").unwrap();
+    let mut cfg = AuthnConfig::new(workload());
+    cfg.max_token_bytes = 64 * 1024;
+    let a = cfg.compile(&Resources { items }).unwrap();
+    let big: Vec<String> = (0..2000).map(|i| format!("group-{i:05}-xxxxxx")).collect();
+    let t = s.sign(&claims(json!({"groups": big})));
+    assert!(t.len() < 64 * 1024, "{}", t.len());
+    let mut cache = MapCache::default();
+    for round in 0..2 {
+        let (o, stats) = eval_cached(&a, &Req::get("/").bearer(&t), &mut cache);
+        assert!(matches!(o, Outcome::Allow(_)), "{o:?}");
+        assert_eq!((stats.signature_checks, stats.cache_entries_too_large), (1, 1), "round {round}");
+    }
+    assert!(cache.entries.is_empty());
+}
+
+#[test]
+fn cache_memory_and_rule_count_are_bounded_at_configure_time() {
+    let s = es256();
+    let yaml = ra("jwt", "foo", &rule(ISS, &jwks(&[s.jwk(false)]), ""));
+    let items = wasmesh_istio::load_str(&yaml, "t.yaml").unwrap();
+    let max_slots = crate::cache::MAX_CACHE_BYTES / crate::cache::MAX_ENTRY_BYTES;
+    let mut cfg = AuthnConfig::new(workload());
+    cfg.jwt_cache_slots = max_slots as u32;
+    assert!(cfg.compile(&Resources { items: items.clone() }).is_ok());
+    cfg.jwt_cache_slots = max_slots as u32 + 1;
+    let e = cfg.compile(&Resources { items }).err().unwrap().to_string();
+    assert!(e.contains(&format!("jwtCacheSlots {} is too large; at most {max_slots}", max_slots + 1)), "{e}");
+
+    let rules = |n: usize| -> String {
+        (0..n).map(|i| rule(&format!("https://issuer-{i}.example.com"), &jwks(&[s.jwk(false)]), "")).collect()
+    };
+    assert!(compile_for(workload(), &ra("jwt", "foo", &rules(crate::config::MAX_JWT_RULES))).is_ok());
+    let e = compile_for(workload(), &ra("jwt", "foo", &rules(crate::config::MAX_JWT_RULES + 1))).err().unwrap();
+    assert!(e.to_string().contains("129 jwtRules select workload foo/httpbin-v1; at most 128"), "{e}");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -787,7 +853,11 @@ fn jwks_uri_parsing() {
     for bad in ["ftp://x", "http://", "http://h:0/", "http://h:99999/", "x"] {
         assert!(crate::parse_jwks_uri(bad).is_err(), "{bad}");
     }
-    assert!(crate::parse_jwks_uri(&format!("https://h/{}", "a".repeat(2100))).is_err());
+    let max = crate::remote::MAX_JWKS_URI_BYTES;
+    let at = |n: usize| format!("https://h/{}", "a".repeat(n - "https://h/".len()));
+    assert!(crate::parse_jwks_uri(&at(max)).is_ok());
+    let e = crate::parse_jwks_uri(&at(max + 1)).err().unwrap();
+    assert!(e.contains(&format!("jwksUri is {} characters; at most {max}", max + 1)), "{e}");
 }
 
 #[test]

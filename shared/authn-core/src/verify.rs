@@ -3,14 +3,26 @@
 //! audience, key, signature), the status Envoy answers, and what a success writes.
 
 use crate::cache::{hash_key, slot_key, token_hash, Entry, TokenCache, L1, MAX_ENTRY_BYTES};
-use crate::config::{sanitize_audience, JwksSource};
 use crate::extract::{extract, parse_cookies, parse_query, query_of, Found, Gathered, Location};
 use crate::identity::{claim_header_value, identity};
 use crate::jwks::KeySet;
 use crate::jwt::{parse, time_constraint, Jwt, Status};
-use crate::remote::{FetchOutcome, FetchRequest, KeyState};
+use crate::remote::{FetchOutcome, FetchRequest, KeyState, RemoteJwks};
 use std::cell::RefCell;
 use std::rc::Rc;
+
+/// Where a provider's keys come from.
+pub enum JwksSource {
+    Inline(KeySet),
+    Remote(Box<RemoteJwks>),
+}
+
+/// Envoy's `CheckAudience` sanitising: `http://` / `https://` prefix and one trailing `/` are
+/// ignored on both sides.
+pub fn sanitize_audience(aud: &str) -> &str {
+    let a = aud.strip_prefix("http://").or_else(|| aud.strip_prefix("https://")).unwrap_or(aud);
+    a.strip_suffix('/').unwrap_or(a)
+}
 
 /// Envoy's default `clock_skew_seconds` (Istio does not change it).
 pub const CLOCK_SKEW_SECS: u64 = 60;
@@ -122,6 +134,13 @@ pub struct EvalStats {
     pub cache_hits: u32,
     pub cache_misses: u32,
     pub signature_checks: u32,
+    /// Tokens over `maxTokenBytes` (refused, 401 `Jwt is too large`).
+    pub tokens_too_large: u32,
+    /// Tokens whose header or payload nests deeper than [`crate::jwt::MAX_JSON_DEPTH`]
+    /// (refused as bad JSON).
+    pub json_too_deep: u32,
+    /// Verified tokens not cached because their entry exceeds [`crate::cache::MAX_ENTRY_BYTES`].
+    pub cache_entries_too_large: u32,
 }
 
 pub struct Authn {
@@ -491,6 +510,7 @@ impl Authn {
     fn verify_one<'g>(&'g self, p: &Provider, found: &Found<'g>, ctx: &mut Ctx<'g, '_>) -> R {
         let token: &'g str = found.token;
         if token.len() > self.opts.max_token_bytes {
+            ctx.stats.tokens_too_large += 1;
             return R::Err(Status::JwtTooLarge);
         }
         let looked = self.lookup(token, ctx);
@@ -514,6 +534,11 @@ impl Authn {
         }
         if !ctx.parsed.iter().any(|(t, _)| *t == token) {
             let parsed = parse(token, self.opts.max_token_bytes);
+            if matches!(parsed, Err(Status::JwtHeaderParseErrorBadJson | Status::JwtPayloadParseErrorBadJson))
+                && crate::jwt::exceeds_json_depth(token)
+            {
+                ctx.stats.json_too_deep += 1;
+            }
             ctx.parsed.push((token, parsed));
         }
         let Some((_, parsed)) = ctx.parsed.iter().find(|(t, _)| *t == token) else {
@@ -586,6 +611,8 @@ impl Authn {
                 if let Ok(mut l1) = self.l1.try_borrow_mut() {
                     l1.insert(entry.clone());
                 }
+            } else {
+                ctx.stats.cache_entries_too_large += 1;
             }
         }
         ctx.successes.push(Success { provider: p.index, header: found.header, entry });
