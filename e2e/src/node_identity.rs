@@ -207,9 +207,9 @@ pub fn route_to(cluster: &str) -> Value {
     json!({"match": {"prefix": "/"}, "route": {"cluster": cluster}})
 }
 
-/// A route sending everything to the cluster the wasmesh router names in `x-wasmesh-cluster`.
+/// A route sending everything to the cluster the wasmesh router names in its cluster header.
 pub fn route_by_cluster_header() -> Value {
-    json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-wasmesh-cluster"}})
+    json!({"match": {"prefix": "/"}, "route": {"cluster_header": wasmesh_router::DEFAULT_CLUSTER_HEADER}})
 }
 
 /// A cluster of one endpoint, 127.0.0.1:`port`.
