@@ -234,8 +234,8 @@ pub fn bootstrap(node: Value, admin_port: u16, listeners: Vec<Value>, clusters: 
 /// Istio resources written as YAML (one or more documents), in the JSON form filter
 /// configurations carry.
 pub fn resources_json(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+    yaml_serde::Deserializer::from_str(yaml)
+        .filter_map(|d| yaml_serde::Value::deserialize(d).ok())
         .filter(|v| !v.is_null())
         .filter_map(|v| serde_json::to_value(v).ok())
         .collect()
