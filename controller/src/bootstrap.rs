@@ -140,8 +140,10 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
     // certificates, outbound clusters get Istio's auto mTLS (the transport plugin, `mtls`).
     let certs = mtls::workload_certs(&wl, spec.certs_dir.as_deref())?;
 
+    let listener_context =
+        |direction, bind_port| ListenerContext { workload: &wl, resources, direction, bind_port, mesh: &spec.mesh };
     let add = |direction: Direction, bind_port: u16, errors: &mut Vec<Error>| -> Contribution {
-        let ctx = ListenerContext { workload: &wl, resources, direction, bind_port, mesh: &spec.mesh };
+        let ctx = listener_context(direction, bind_port);
         let mut all = Contribution::default();
         for (plugin, empty) in plugins::PLUGINS.iter().zip(plugins::EMPTY_SLOTS) {
             match plugin(&ctx) {
@@ -168,13 +170,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
             for inb in &spec.inbound {
                 match inbound_protocol(resources, &wl, inb.port) {
                     Ok(PortProtocol::Tcp) => {
-                        let ctx = ListenerContext {
-                            workload: &wl,
-                            resources,
-                            direction: Direction::Inbound,
-                            bind_port: inb.port,
-                            mesh: &spec.mesh,
-                        };
+                        let ctx = listener_context(Direction::Inbound, inb.port);
                         // Inbound TCP ports with mTLS also serve Istio's TCP metadata exchange.
                         let filters = tcp_listener_filters(&ctx, slots);
                         match (filters, mtls::inbound_transport(&ctx, certs.as_ref(), true)) {
@@ -210,13 +206,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
                 }
                 let c = add(Direction::Inbound, inb.port, &mut errors);
                 let cluster = format!("inbound|{}||", inb.port);
-                let ctx = ListenerContext {
-                    workload: &wl,
-                    resources,
-                    direction: Direction::Inbound,
-                    bind_port: inb.port,
-                    mesh: &spec.mesh,
-                };
+                let ctx = listener_context(Direction::Inbound, inb.port);
                 match mtls::inbound_transport(&ctx, certs.as_ref(), false) {
                     Ok(tls) => listeners.push(listener(
                         spec,
@@ -249,13 +239,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
             for out in &spec.tcp_outbound {
                 match tcp_outbound_cluster(resources, &wl, out) {
                     Ok(cluster) => {
-                        let ctx = ListenerContext {
-                            workload: &wl,
-                            resources,
-                            direction: Direction::Outbound,
-                            bind_port: out.bind_port,
-                            mesh: &spec.mesh,
-                        };
+                        let ctx = listener_context(Direction::Outbound, out.bind_port);
                         match tcp_listener_filters(&ctx, slots) {
                             // The exchange variant of the stats filter: it only exchanges with
                             // an mTLS peer (TCP clusters then offer `istio-peer-exchange`).
@@ -744,9 +728,10 @@ fn services_clusters(
                         .filter(|we| labels.iter().all(|(k, v)| we.labels.get(k) == Some(v)))
                         .map(|we| {
                             let p = we.ports.get(&port.name).copied().or(port.target_port).unwrap_or(port.number);
-                            match we.address.is_empty() {
-                                true => ((fq.clone(), p), None),
-                                false => ((we.address.clone(), p), Some(*we)),
+                            if we.address.is_empty() {
+                                ((fq.clone(), p), None)
+                            } else {
+                                ((we.address.clone(), p), Some(*we))
                             }
                         })
                         .collect()
