@@ -77,8 +77,6 @@ BENCH_BUDGETS := e2e/bench-budgets.json
 bench-check: wasm
 	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) run -q -p wasmesh-e2e --bin wasmesh-bench -- --check $(BENCH_BUDGETS) $(if $(UPDATE),--update) $(ARGS)
 
-# The filters deny unwrap/expect/panic (a panic kills the wasm VM for every later request on that
-# worker); clippy is what enforces those attributes.
 # AuthorizationPolicy differential run: Envoy's native RBAC (as istiod writes it) vs wasmesh authz
 # on the same requests; prints every difference (the corpus in e2e/corpus/authz has none).
 authz-diff: wasm
@@ -120,8 +118,14 @@ manifests:
 		MODULE_URL="$(MANIFESTS_MODULE_URL)" MODULE_SHA256="$(MANIFESTS_MODULE_SHA256)" \
 		$(CARGO) test -q -p wasmeshctl --test manifests committed_manifests -- --nocapture
 
-lint:
-	$(CARGO) clippy -q $(addprefix -p wasmesh-filter-,$(FILTERS)) -p wasmesh-proxy -- -D clippy::unwrap_used -D clippy::expect_used -D clippy::panic
+# Formatting and lints, enforced (part of `make test`, so of CI): rustfmt.toml's layout; clippy with
+# every warning an error on every crate and target (the workspace lints warn on unwrap/expect/panic,
+# clippy.toml allows them inside tests); and the filters again as Envoy runs them (wasm32-wasip1:
+# the proxy-wasm code behind cfg(target_arch = "wasm32")).
+lint: deps
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 $(addprefix -p wasmesh-filter-,$(FILTERS)) -- -D warnings
 
 # Fuzzing (fuzz/README.md): cargo-fuzz (libFuzzer) targets for every parser of wire input and
 # configuration, built on the pinned stable toolchain (--sanitizer none; cargo-fuzz is installed

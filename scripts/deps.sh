@@ -23,6 +23,14 @@ if ! rustup toolchain list 2>/dev/null | grep -q "^${RUST_PINNED}-"; then
   fi
 fi
 
+# `make lint`: rustfmt and clippy of the pinned toolchain.
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+    echo ">> rustup component add ${component}"
+    rustup component add "${component}"
+  fi
+done
+
 if ! rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip1$'; then
   echo ">> rustup target add wasm32-wasip1"
   rustup target add wasm32-wasip1

@@ -17,16 +17,19 @@
 //! them (`outbound|<port>|<subset>|<fqdn>`), with endpoints from ServiceEntry `endpoints` and
 //! the WorkloadEntries a ServiceEntry's `workloadSelector` selects.
 
+use crate::certs::CertPaths;
 use crate::mesh::MeshConfig;
-use crate::plugins::{self, Contribution, Direction, ListenerContext, WasmFilter};
+use crate::plugins::mtls::{self, PeerEndpoint, UpstreamService};
+use crate::plugins::{
+    self, ChainFilters, ClusterTransport, Contribution, Direction, ListenerContext, ListenerTransport, WasmFilter,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use wasmesh_istio::networking::{DestinationRule, SimpleLb, TrafficPolicy, WorkloadEntry};
 use wasmesh_istio::{Error, PortProtocol, ProxyMode, Resource, Resources, Workload};
-
 /// The header the wasm router writes and Envoy's route reads.
-pub const CLUSTER_HEADER: &str = "x-wasmesh-cluster";
+use wasmesh_router::DEFAULT_CLUSTER_HEADER as CLUSTER_HEADER;
 
 /// What to generate for one proxy.
 #[derive(Debug, Clone)]
@@ -125,8 +128,6 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
     let mut listeners = Vec::new();
     let mut clusters: BTreeMap<String, Value> = BTreeMap::new();
     let mut stats_tags: Vec<Value> = Vec::new();
-    // Inbound TCP listeners: (name, the filters of their metadata-exchange chain).
-    let mut tcp_exchange_chains: Vec<(String, Vec<Value>)> = Vec::new();
 
     let mut wl = spec.workload.clone();
     if let Some(root) = &spec.mesh.root_namespace {
@@ -135,9 +136,14 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
     if let Some(td) = &spec.mesh.trust_domain {
         wl.trust_domain = td.clone();
     }
+    // Mutual TLS: PeerAuthentication decides each sidecar inbound port's filter chains; with
+    // certificates, outbound clusters get Istio's auto mTLS (the transport plugin, `mtls`).
+    let certs = mtls::workload_certs(&wl, spec.certs_dir.as_deref())?;
 
+    let listener_context =
+        |direction, bind_port| ListenerContext { workload: &wl, resources, direction, bind_port, mesh: &spec.mesh };
     let add = |direction: Direction, bind_port: u16, errors: &mut Vec<Error>| -> Contribution {
-        let ctx = ListenerContext { workload: &wl, resources, direction, bind_port, mesh: &spec.mesh };
+        let ctx = listener_context(direction, bind_port);
         let mut all = Contribution::default();
         for (plugin, empty) in plugins::PLUGINS.iter().zip(plugins::EMPTY_SLOTS) {
             match plugin(&ctx) {
@@ -164,28 +170,31 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
             for inb in &spec.inbound {
                 match inbound_protocol(resources, &wl, inb.port) {
                     Ok(PortProtocol::Tcp) => {
-                        let ctx = ListenerContext {
-                            workload: &wl,
-                            resources,
-                            direction: Direction::Inbound,
-                            bind_port: inb.port,
-                            mesh: &spec.mesh,
-                        };
-                        match tcp_listener_filters(&ctx, slots) {
-                            Ok((c, exchange)) => {
+                        let ctx = listener_context(Direction::Inbound, inb.port);
+                        // Inbound TCP ports with mTLS also serve Istio's TCP metadata exchange.
+                        let filters = tcp_listener_filters(&ctx, slots);
+                        match (filters, mtls::inbound_transport(&ctx, certs.as_ref(), true)) {
+                            (Ok((c, exchange)), Ok(tls)) => {
                                 let cluster = format!("inbound|{}||", inb.port);
                                 let name = format!("inbound_{}", inb.port);
-                                listeners.push(tcp_listener(
-                                    &name,
-                                    inb.port,
+                                let chains = filter_chains(
+                                    Some(&tls.transport),
                                     tcp_chain_filters(spec, &c.network_filters, &cluster),
-                                ));
-                                tcp_exchange_chains.push((name, tcp_chain_filters(spec, &exchange, &cluster)));
+                                    tcp_chain_filters(spec, &exchange, &cluster),
+                                );
+                                listeners.push(listener_with_chains(&name, inb.port, chains));
                                 let app = [("127.0.0.1".to_string(), u32::from(inb.app_port))];
                                 clusters.insert(cluster.clone(), static_cluster(&cluster, &app, "ROUND_ROBIN"));
                                 merge(&mut clusters, &mut stats_tags, c);
                             }
-                            Err(mut e) => errors.append(&mut e),
+                            (filters, tls) => {
+                                if let Err(mut e) = filters {
+                                    errors.append(&mut e);
+                                }
+                                if let Err(mut e) = tls {
+                                    errors.append(&mut e);
+                                }
+                            }
                         }
                         continue;
                     }
@@ -197,7 +206,19 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
                 }
                 let c = add(Direction::Inbound, inb.port, &mut errors);
                 let cluster = format!("inbound|{}||", inb.port);
-                listeners.push(listener(spec, "inbound", inb.port, &c, route_to(&cluster), false));
+                let ctx = listener_context(Direction::Inbound, inb.port);
+                match mtls::inbound_transport(&ctx, certs.as_ref(), false) {
+                    Ok(tls) => listeners.push(listener(
+                        spec,
+                        "inbound",
+                        inb.port,
+                        &c,
+                        route_to(&cluster),
+                        false,
+                        Some(&tls.transport),
+                    )),
+                    Err(mut e) => errors.append(&mut e),
+                }
                 let app = [("127.0.0.1".to_string(), u32::from(inb.app_port))];
                 let mut app_cluster = static_cluster(&cluster, &app, "ROUND_ROBIN");
                 // As Istio's inbound clusters: talk to the app in the caller's protocol (gRPC stays HTTP/2).
@@ -212,29 +233,21 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
             }
             if let Some(port) = spec.outbound_port {
                 let c = add(Direction::Outbound, port, &mut errors);
-                listeners.push(listener(spec, "outbound", port, &c, route_by_header(), false));
+                listeners.push(listener(spec, "outbound", port, &c, route_by_header(), false, None));
                 merge(&mut clusters, &mut stats_tags, c);
             }
             for out in &spec.tcp_outbound {
                 match tcp_outbound_cluster(resources, &wl, out) {
                     Ok(cluster) => {
-                        let ctx = ListenerContext {
-                            workload: &wl,
-                            resources,
-                            direction: Direction::Outbound,
-                            bind_port: out.bind_port,
-                            mesh: &spec.mesh,
-                        };
+                        let ctx = listener_context(Direction::Outbound, out.bind_port);
                         match tcp_listener_filters(&ctx, slots) {
                             // The exchange variant of the stats filter: it only exchanges with
                             // an mTLS peer (TCP clusters then offer `istio-peer-exchange`).
                             Ok((c, exchange)) => {
                                 let name = format!("outbound_tcp_{}", out.bind_port);
-                                listeners.push(tcp_listener(
-                                    &name,
-                                    out.bind_port,
-                                    tcp_chain_filters(spec, &exchange, &cluster),
-                                ));
+                                let chains =
+                                    filter_chains(None, tcp_chain_filters(spec, &exchange, &cluster), Vec::new());
+                                listeners.push(listener_with_chains(&name, out.bind_port, chains));
                                 merge(&mut clusters, &mut stats_tags, c);
                             }
                             Err(mut e) => errors.append(&mut e),
@@ -254,13 +267,13 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
             for (gw_port, bind) in &spec.gateway_ports {
                 let c = add(Direction::Gateway { port: *gw_port }, *bind, &mut errors);
                 let name = format!("gateway_{gw_port}");
-                listeners.push(listener(spec, &name, *bind, &c, route_by_header(), true));
+                listeners.push(listener(spec, &name, *bind, &c, route_by_header(), true, None));
                 merge(&mut clusters, &mut stats_tags, c);
             }
         }
     }
 
-    match outbound_clusters(resources, &wl) {
+    match services_clusters(resources, &wl, Some(certs.as_ref())) {
         Ok(cs) => {
             for c in cs {
                 if let Some(name) = c.get("name").and_then(Value::as_str) {
@@ -274,7 +287,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
     if !errors.is_empty() {
         return Err(errors);
     }
-    let mut bootstrap = json!({
+    Ok(json!({
         "node": {
             "id": format!("{}~127.0.0.1~{}.{}~{}.svc.{}", match wl.mode { ProxyMode::Sidecar => "sidecar", ProxyMode::Gateway => "router" }, wl.name, wl.namespace, wl.namespace, wl.domain_suffix),
             "cluster": format!("{}.{}", wl.name, wl.namespace),
@@ -293,21 +306,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
             "listeners": listeners,
             "clusters": clusters.into_values().collect::<Vec<_>>(),
         }
-    });
-    // Mutual TLS: PeerAuthentication decides each inbound port's filter chains; with
-    // certificates, outbound clusters get Istio's auto mTLS.
-    plugins::mtls::apply(&wl, resources, spec.certs_dir.as_deref(), &mut bootstrap)?;
-    // Inbound TCP ports with mTLS also serve Istio's TCP metadata exchange.
-    for listener in
-        bootstrap.pointer_mut("/static_resources/listeners").and_then(Value::as_array_mut).into_iter().flatten()
-    {
-        if let Some((_, filters)) =
-            tcp_exchange_chains.iter().find(|(name, _)| listener.get("name").and_then(Value::as_str) == Some(name))
-        {
-            plugins::mtls::add_peer_exchange_chain(listener, filters.clone());
-        }
-    }
-    Ok(bootstrap)
+    }))
 }
 
 /// How the sidecar proxies workload port `port`: the protocol of the service ports that the
@@ -452,13 +451,47 @@ fn envoy_access_log(spec: &ProxySpec) -> Option<Value> {
     }]))
 }
 
-/// A TCP listener with one filter chain of `filters`.
-fn tcp_listener(name: &str, port: u16, filters: Vec<Value>) -> Value {
-    json!({
+/// A listener on loopback `port` with `chains` ([`filter_chains`]).
+fn listener_with_chains(name: &str, port: u16, (chains, listener_filters): (Value, Vec<Value>)) -> Value {
+    let mut listener = json!({
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{"filters": filters}],
-    })
+        "filter_chains": chains,
+    });
+    if !listener_filters.is_empty() {
+        listener["listener_filters"] = json!(listener_filters);
+    }
+    listener
+}
+
+/// A listener's filter chains and listener filters: without a transport, one chain of `filters`;
+/// else one chain per chain the transport plugin contributed, each with `filters` (or
+/// `exchange_filters`, the peer-exchange variant of a TCP listener).
+fn filter_chains(
+    transport: Option<&ListenerTransport>,
+    filters: Vec<Value>,
+    exchange_filters: Vec<Value>,
+) -> (Value, Vec<Value>) {
+    let Some(transport) = transport else { return (json!([{ "filters": filters }]), Vec::new()) };
+    let chains: Vec<Value> = transport
+        .chains
+        .iter()
+        .map(|c| {
+            let filters = match c.filters {
+                ChainFilters::Listener => &filters,
+                ChainFilters::PeerExchange => &exchange_filters,
+            };
+            let mut chain = json!({"name": c.name, "filters": filters});
+            if let Some(socket) = &c.transport_socket {
+                chain["transport_socket"] = socket.clone();
+            }
+            if let Some(m) = &c.filter_chain_match {
+                chain["filter_chain_match"] = m.clone();
+            }
+            chain
+        })
+        .collect();
+    (json!(chains), transport.listener_filters.clone())
 }
 
 fn merge(clusters: &mut BTreeMap<String, Value>, stats_tags: &mut Vec<Value>, c: Contribution) {
@@ -525,7 +558,15 @@ fn wasm_plugin_config(f: &WasmFilter, wasm_dir: &std::path::Path) -> Value {
     })
 }
 
-fn listener(spec: &ProxySpec, name: &str, port: u16, c: &Contribution, route_config: Value, edge: bool) -> Value {
+fn listener(
+    spec: &ProxySpec,
+    name: &str,
+    port: u16,
+    c: &Contribution,
+    route_config: Value,
+    edge: bool,
+    transport: Option<&ListenerTransport>,
+) -> Value {
     let (normalize_path, merge_slashes, escaped) = spec.mesh.normalization().hcm();
     let mut http_filters: Vec<Value> = c.http_filters.iter().map(|f| wasm_http_filter(f, &spec.wasm_dir)).collect();
     http_filters.push(json!({
@@ -549,13 +590,12 @@ fn listener(spec: &ProxySpec, name: &str, port: u16, c: &Contribution, route_con
     if let Some(log) = envoy_access_log(spec) {
         hcm["access_log"] = log;
     }
+    for (field, value) in transport.iter().flat_map(|t| &t.hcm_fields) {
+        hcm[*field] = value.clone();
+    }
     let mut filters: Vec<Value> = c.network_filters.iter().map(|f| wasm_network_filter(f, &spec.wasm_dir)).collect();
     filters.push(json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}));
-    json!({
-        "name": format!("{name}_{port}"),
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{"filters": filters}],
-    })
+    listener_with_chains(&format!("{name}_{port}"), port, filter_chains(transport, filters, Vec::new()))
 }
 
 /// Istio's default retry policy for routes without `retries` (spec: route/retry/retry.go).
@@ -619,8 +659,19 @@ fn static_cluster(name: &str, endpoints: &[(String, u32)], lb: &str) -> Value {
     })
 }
 
-/// One cluster per (service host, port) and per (DestinationRule subset, port).
+/// One cluster per (service host, port) and per (DestinationRule subset, port), without their
+/// transport (what `wasmeshctl validate` checks).
 pub fn outbound_clusters(resources: &Resources, wl: &Workload) -> Result<Vec<Value>, Vec<Error>> {
+    services_clusters(resources, wl, None)
+}
+
+/// [`outbound_clusters`]; with `tls` (`Some` of this proxy's certificates, if any), each with the
+/// transport the mTLS plugin gives it ([`mtls::cluster_transport`]).
+fn services_clusters(
+    resources: &Resources,
+    wl: &Workload,
+    tls: Option<Option<&CertPaths>>,
+) -> Result<Vec<Value>, Vec<Error>> {
     let mut errors = Vec::new();
     let mut out = Vec::new();
     // The first DestinationRule per host FQDN, looked up by map: a scan per ServiceEntry host
@@ -670,24 +721,27 @@ pub fn outbound_clusters(resources: &Resources, wl: &Workload) -> Result<Vec<Val
                 }
             }
             for port in &se.ports {
-                let addrs = |labels: &BTreeMap<String, String>| -> Vec<(String, u32)> {
+                // The endpoints and the WorkloadEntry behind each (none for a DNS name).
+                let addrs = |labels: &BTreeMap<String, String>| -> Vec<((String, u32), Option<&WorkloadEntry>)> {
                     endpoints
                         .iter()
                         .filter(|we| labels.iter().all(|(k, v)| we.labels.get(k) == Some(v)))
                         .map(|we| {
                             let p = we.ports.get(&port.name).copied().or(port.target_port).unwrap_or(port.number);
-                            let addr = if we.address.is_empty() { fq.clone() } else { we.address.clone() };
-                            (addr, p)
+                            if we.address.is_empty() {
+                                ((fq.clone(), p), None)
+                            } else {
+                                ((we.address.clone(), p), Some(*we))
+                            }
                         })
                         .collect()
                 };
                 let default_lb = rule.map(|(_, dr)| lb_policy(dr.traffic_policy.as_ref())).unwrap_or("LEAST_REQUEST");
                 let mut eps = addrs(&BTreeMap::new());
                 if eps.is_empty() && se.resolution.as_deref() != Some("STATIC") {
-                    eps.push((fq.clone(), port.target_port.unwrap_or(port.number)));
+                    eps.push(((fq.clone(), port.target_port.unwrap_or(port.number)), None));
                 }
-                let name = format!("outbound|{}||{fq}", port.number);
-                out.push(with_istio_metadata(static_cluster(&name, &eps, default_lb), &fq, ns));
+                let mut subsets = vec![("", eps, default_lb)];
                 if let Some((_, dr)) = rule {
                     for subset in &dr.subsets {
                         // A subset's trafficPolicy overrides the rule's field by field: a subset
@@ -696,9 +750,31 @@ pub fn outbound_clusters(resources: &Resources, wl: &Workload) -> Result<Vec<Val
                             Some(tp) if tp.load_balancer.is_some() => lb_policy(Some(tp)),
                             _ => default_lb,
                         };
-                        let name = format!("outbound|{}|{}|{fq}", port.number, subset.name);
-                        out.push(with_istio_metadata(static_cluster(&name, &addrs(&subset.labels), lb), &fq, ns));
+                        subsets.push((subset.name.as_str(), addrs(&subset.labels), lb));
                     }
+                }
+                for (subset, eps, lb) in subsets {
+                    let name = format!("outbound|{}|{subset}|{fq}", port.number);
+                    let addresses: Vec<(String, u32)> = eps.iter().map(|(a, _)| a.clone()).collect();
+                    let mut cluster = with_istio_metadata(static_cluster(&name, &addresses, lb), &fq, ns);
+                    if let Some(certs) = tls {
+                        let svc = UpstreamService {
+                            service_entry: (se_res, se),
+                            host: &fq,
+                            port: port.number,
+                            subset,
+                            destination_rule: rule,
+                        };
+                        let peers: Vec<PeerEndpoint<'_>> = eps
+                            .iter()
+                            .map(|((_, p), entry)| PeerEndpoint { entry: *entry, namespace: ns, port: *p })
+                            .collect();
+                        match mtls::cluster_transport(wl, resources, &svc, &peers, certs) {
+                            Ok(transport) => with_transport(&mut cluster, transport),
+                            Err(mut e) => errors.append(&mut e),
+                        }
+                    }
+                    out.push(cluster);
                 }
             }
         }
@@ -707,6 +783,26 @@ pub fn outbound_clusters(resources: &Resources, wl: &Workload) -> Result<Vec<Val
         Ok(out)
     } else {
         Err(errors)
+    }
+}
+
+/// Writes what the mTLS plugin decided into a cluster [`static_cluster`] wrote.
+fn with_transport(cluster: &mut Value, transport: ClusterTransport) {
+    match transport {
+        ClusterTransport::Plaintext => {}
+        ClusterTransport::All(socket) => cluster["transport_socket"] = socket,
+        ClusterTransport::Some { socket, endpoints } => {
+            // Istio's transport_socket_matches: the endpoints with mTLS marked tlsMode=istio.
+            cluster["transport_socket_matches"] = json!([
+                {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": socket},
+                {"name": "tlsMode-disabled", "match": {}, "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}},
+            ]);
+            let lb_endpoints =
+                cluster.pointer_mut("/load_assignment/endpoints/0/lb_endpoints").and_then(Value::as_array_mut);
+            for (lb, _) in lb_endpoints.into_iter().flatten().zip(endpoints).filter(|(_, mutual)| *mutual) {
+                lb["metadata"] = json!({"filter_metadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}});
+            }
+        }
     }
 }
 
@@ -1077,5 +1173,124 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         );
         // The HTTP port of the same workload is fine with it.
         assert!(build(&spec("default/db", &res, &[18080], Vec::new()), &res).is_ok());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod mtls_tests {
+    use super::*;
+    use std::path::Path;
+
+    fn resources(yaml: &str) -> Resources {
+        Resources { items: wasmesh_istio::load_str(yaml, "t.yaml").expect("yaml") }
+    }
+
+    fn pa(ns: &str, name: &str, spec: &str) -> String {
+        format!("---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
+    }
+
+    const SERVICE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: httpbin, namespace: default}\nspec:\n  hosts: [httpbin.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  ports: [{number: 8000, name: http, protocol: HTTP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: httpbin}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: httpbin-v1, namespace: default}\nspec: {address: 127.0.0.1, ports: {http: 19090}, labels: {app: httpbin, version: v1}, serviceAccount: httpbin}\n";
+
+    fn build_for(workload: &str, yaml: &str, certs_dir: Option<&Path>) -> Result<Value, Vec<Error>> {
+        let res = resources(yaml);
+        let (wl, we) = workload_from_entry(&res, workload).map_err(|e| vec![e])?;
+        let inbound = we.ports.values().map(|p| Inbound { port: *p as u16, app_port: 1 }).collect();
+        let spec = ProxySpec {
+            workload: wl.clone(),
+            inbound,
+            outbound_port: Some(15001),
+            tcp_outbound: Vec::new(),
+            gateway_ports: Vec::new(),
+            admin_port: 15000,
+            wasm_dir: PathBuf::from("/wasm"),
+            mesh: MeshConfig::default(),
+            certs_dir: certs_dir.map(Path::to_path_buf),
+            envoy_access_log: None,
+        };
+        build(&spec, &res)
+    }
+
+    const SLEEP: &str = "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: sleep, namespace: default}\nspec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}\n";
+
+    #[test]
+    fn the_bootstrap_is_secured_as_peer_authentication_and_auto_mtls_say() {
+        let dir = std::env::temp_dir().join(format!("wasmesh-bootstrap-mtls-{}", std::process::id()));
+        let ids = [
+            crate::certs::WorkloadIdentity::new("cluster.local", "default", "sleep"),
+            crate::certs::WorkloadIdentity::new("cluster.local", "default", "httpbin"),
+        ];
+        crate::certs::run(&dir, &ids, &crate::certs::CaOptions::default()).expect("certs");
+        let yaml = SERVICE.to_string() + SLEEP + &pa("istio-system", "default", "{mtls: {mode: STRICT}}");
+
+        // The server sidecar: its inbound listeners are STRICT.
+        let server = build_for("default/httpbin-v1", &yaml, Some(&dir)).expect("server");
+        let listeners = server["static_resources"]["listeners"].as_array().expect("listeners");
+        let inbound = listeners.iter().find(|l| l["name"] == "inbound_19090").expect("inbound listener");
+        assert_eq!(inbound["filter_chains"].as_array().map(Vec::len), Some(1));
+        let tls = &inbound["filter_chains"][0]["transport_socket"]["typed_config"];
+        assert_eq!(tls["require_client_certificate"], json!(true));
+        let hcm =
+            &inbound["filter_chains"][0]["filters"].as_array().expect("filters").last().expect("hcm")["typed_config"];
+        assert_eq!(hcm["forward_client_cert_details"], json!("APPEND_FORWARD"));
+        // The outbound listener is not touched.
+        let outbound = listeners.iter().find(|l| l["name"] == "outbound_15001").expect("outbound listener");
+        assert!(outbound["filter_chains"][0].get("transport_socket").is_none());
+
+        // The client: its cluster to httpbin speaks ISTIO_MUTUAL as the sleep identity.
+        let client = build_for("default/sleep", &yaml, Some(&dir)).expect("client");
+        let clusters = client["static_resources"]["clusters"].as_array().expect("clusters");
+        let c =
+            clusters.iter().find(|c| c["name"] == "outbound|8000||httpbin.default.svc.cluster.local").expect("cluster");
+        let ctx = &c["transport_socket"]["typed_config"];
+        assert_eq!(ctx["sni"], json!("outbound_.8000_._.httpbin.default.svc.cluster.local"));
+        assert!(ctx["common_tls_context"]["tls_certificates"][0]["certificate_chain"]["filename"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("default/sleep/cert-chain.pem")));
+
+        // STRICT without certificates cannot be generated; PERMISSIVE can (plaintext).
+        let e = build_for("default/httpbin-v1", &yaml, None).expect_err("strict without certs");
+        assert!(e[0].message.contains("is STRICT"), "{e:?}");
+        assert!(build_for("default/httpbin-v1", SERVICE, None).is_ok());
+        // A DestinationRule asking for ISTIO_MUTUAL (or SIMPLE) is checked without certificates too.
+        let dr = |mode: &str| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: httpbin, namespace: default}}\nspec: {{host: httpbin, trafficPolicy: {{tls: {{mode: {mode}}}}}}}\n")
+        };
+        let e = build_for("default/sleep", &(SERVICE.to_string() + SLEEP + &dr("ISTIO_MUTUAL")), None)
+            .expect_err("istio mutual without certs");
+        assert!(e[0].to_string().contains("ISTIO_MUTUAL to httpbin.default.svc.cluster.local needs"), "{e:?}");
+        assert!(build_for("default/sleep", &(SERVICE.to_string() + SLEEP + &dr("DISABLE")), None).is_ok());
+        // Certificates missing for this workload: a clear error.
+        let e = build_for(
+            "default/httpbin-v1",
+            &SERVICE.replace("serviceAccount: httpbin}", "serviceAccount: nobody}"),
+            Some(&dir),
+        )
+        .expect_err("missing certs");
+        assert!(
+            e[0].message.contains("spiffe://cluster.local/ns/default/sa/nobody")
+                && e[0].message.contains("wasmeshctl certs"),
+            "{e:?}"
+        );
+
+        // Endpoints without a sidecar: Istio's transport_socket_matches, the others marked.
+        let mixed = SERVICE.to_string()
+            + SLEEP
+            + "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: httpbin-legacy, namespace: default}\nspec: {address: 127.0.0.2, ports: {http: 19091}, labels: {app: httpbin, security.istio.io/tlsMode: disabled}}\n";
+        let client = build_for("default/sleep", &mixed, Some(&dir)).expect("client");
+        let clusters = client["static_resources"]["clusters"].as_array().expect("clusters");
+        let c =
+            clusters.iter().find(|c| c["name"] == "outbound|8000||httpbin.default.svc.cluster.local").expect("cluster");
+        assert!(c.get("transport_socket").is_none());
+        assert_eq!(c["transport_socket_matches"][0]["match"], json!({"tlsMode": "istio"}));
+        assert_eq!(
+            c["transport_socket_matches"][1]["transport_socket"]["name"],
+            json!("envoy.transport_sockets.raw_buffer")
+        );
+        let lbs = &c["load_assignment"]["endpoints"][0]["lb_endpoints"];
+        assert_eq!(lbs[0]["endpoint"]["address"]["socket_address"]["address"], json!("127.0.0.1"));
+        assert_eq!(lbs[0]["metadata"]["filter_metadata"]["envoy.transport_socket_match"], json!({"tlsMode": "istio"}));
+        assert!(lbs[1].get("metadata").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -228,7 +228,7 @@ fn rule_yaml(resources: &Resources, rule: &str) -> Option<String> {
     let (ns, name, idx) = parse_rule_name(rule)?;
     let (_, ap) = resources.authorization_policies().find(|(r, _)| r.namespace() == ns && r.name() == name)?;
     match ap.rules.as_ref() {
-        Some(rules) => serde_yaml::to_string(rules.get(idx)?.as_ref()?).ok(),
+        Some(rules) => yaml_serde::to_string(rules.get(idx)?.as_ref()?).ok(),
         None => Some("(no rules: the policy matches nothing)\n".into()),
     }
 }
@@ -330,7 +330,7 @@ spec:
   action: DENY
   rules: [{from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}], when: [{key: "request.headers[x-env]", values: [prod]}]}]
 "#;
-        let mesh: MeshConfig = serde_yaml::from_str(
+        let mesh: MeshConfig = yaml_serde::from_str(
             "extensionProviders: [{name: opa, envoyExtAuthzHttp: {service: opa.foo.svc.cluster.local, port: 8181}}]",
         )
         .unwrap();
@@ -375,11 +375,11 @@ spec:
 
     #[test]
     fn request_description_reads_from_yaml() {
-        let r: CheckRequest = serde_yaml::from_str(
+        let r: CheckRequest = yaml_serde::from_str(
             "path: /x\nprincipal: cluster.local/ns/a/sa/b\nclaims: {iss: i, sub: s}\nheaders: [[x-a, '1']]\n",
         )
         .unwrap();
         assert_eq!(r.method, "GET");
-        assert!(serde_yaml::from_str::<CheckRequest>("path: /x\nprincpal: a\n").is_err(), "typos are errors");
+        assert!(yaml_serde::from_str::<CheckRequest>("path: /x\nprincpal: a\n").is_err(), "typos are errors");
     }
 }

@@ -1271,7 +1271,7 @@ pub fn render(objects: &[Value], output: Output, header: Option<&str>) -> Result
                 if i > 0 {
                     out.push_str("---\n");
                 }
-                out.push_str(&serde_yaml::to_string(o).map_err(|e| e.to_string())?);
+                out.push_str(&yaml_serde::to_string(o).map_err(|e| e.to_string())?);
             }
             Ok(out)
         }
@@ -1488,7 +1488,7 @@ mod tests {
     const POLICIES: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: foo}\nspec: {action: CUSTOM, provider: {name: ext}, rules: [{}]}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: gw, namespace: istio-system}\nspec: {selector: {matchLabels: {istio: ingressgateway}}, action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: r, namespace: foo}\nspec: {jwtRules: [{issuer: https://idp.example.com, jwksUri: https://idp.example.com/keys}]}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: foo}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]}\n";
 
     fn mesh() -> MeshConfig {
-        serde_yaml::from_str(
+        yaml_serde::from_str(
             "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000}}]",
         )
         .unwrap()

@@ -449,7 +449,7 @@ fn cmd_envoy(args: EnvoyArgs) -> Result<(), String> {
     };
     check_modules(&config, &wasm_dir)?;
     let text = match args.output {
-        Format::Yaml => serde_yaml::to_string(&config).map_err(|e| format!("cannot write YAML: {e}"))?,
+        Format::Yaml => yaml_serde::to_string(&config).map_err(|e| format!("cannot write YAML: {e}"))?,
         Format::Json => serde_json::to_string_pretty(&config).map_err(|e| format!("cannot write JSON: {e}"))? + "\n",
     };
     match &args.output_file {

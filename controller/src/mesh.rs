@@ -71,8 +71,8 @@ pub struct GatewayTopology {
 impl MeshConfig {
     pub fn load(text: &str, file: &str) -> Result<MeshConfig, Error> {
         // Accept either the MeshConfig itself or Istio's `meshConfig:` wrapper (IstioOperator style).
-        let value: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|e| Error::new(format!("{file}: not valid YAML: {e}")))?;
+        let value: yaml_serde::Value =
+            yaml_serde::from_str(text).map_err(|e| Error::new(format!("{file}: not valid YAML: {e}")))?;
         let value = match value.get("meshConfig") {
             Some(inner) => inner.clone(),
             None => value,
@@ -96,8 +96,8 @@ impl MeshConfig {
     }
 }
 
-fn serde_path_to_error_free(value: serde_yaml::Value) -> Result<MeshConfig, String> {
-    serde_yaml::from_value(value).map_err(|e| e.to_string())
+fn serde_path_to_error_free(value: yaml_serde::Value) -> Result<MeshConfig, String> {
+    yaml_serde::from_value(value).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

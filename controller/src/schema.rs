@@ -183,7 +183,7 @@ fn crds() -> &'static Crds {
 fn parse_crds(yaml: &str) -> Result<Crds, String> {
     use serde::Deserialize;
     let mut kinds = BTreeMap::new();
-    for document in serde_yaml::Deserializer::from_str(yaml) {
+    for document in yaml_serde::Deserializer::from_str(yaml) {
         let doc = Value::deserialize(document).map_err(|e| e.to_string())?;
         if doc.is_null() {
             continue;

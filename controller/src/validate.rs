@@ -110,7 +110,23 @@ mod tests {
     use super::*;
 
     fn doc(yaml: &str) -> serde_json::Value {
-        serde_yaml::from_str(yaml).expect("test YAML")
+        yaml_serde::from_str(yaml).expect("test YAML")
+    }
+
+    /// Istio's regexes are RE2: Unicode general categories and scripts (`\pL`, `\p{Greek}`) are
+    /// accepted by `wasmeshctl validate` and match as Istio matches them.
+    #[test]
+    fn unicode_classes_in_virtual_service_regexes_are_accepted_and_match() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: default}\n\
+                    spec:\n  hosts: [v.default.svc.cluster.local]\n  http:\n  - match:\n    - uri: {regex: '/\\pL+'}\n\
+                    \x20     headers: {x-script: {regex: '\\p{Greek}+'}}\n    route: [{destination: {host: v.default.svc.cluster.local}}]\n";
+        let resources = Resources { items: wasmesh_istio::load_str(yaml, "vs.yaml").expect("yaml") };
+        assert_eq!(validate(&resources), Vec::new());
+        let letters = wasmesh_router::matcher::compile_full_match(r"/\pL+").expect("\\pL");
+        assert!(letters.is_match("/héllo".as_bytes()) && letters.is_match("/Ωμέγα".as_bytes()));
+        assert!(!letters.is_match(b"/h3llo"));
+        let greek = wasmesh_router::matcher::compile_full_match(r"\p{Greek}+").expect("\\p{Greek}");
+        assert!(greek.is_match("αβγ".as_bytes()) && !greek.is_match(b"abc"));
     }
 
     #[test]

@@ -160,7 +160,7 @@ fn committed_manifests_pass_istios_crd_schemas() {
         for format in FORMATS {
             let rel = format!("envoyfilter-manifests/{example}/{format}.yaml");
             let text = std::fs::read_to_string(root().join(&rel)).unwrap();
-            for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            for (i, doc) in yaml_serde::Deserializer::from_str(&text).enumerate() {
                 let value =
                     serde_json::Value::deserialize(doc).unwrap_or_else(|e| panic!("{rel} document {}: {e}", i + 1));
                 for e in wasmesh_controller::schema::check(&value) {

@@ -12,7 +12,7 @@ use wasmesh_controller::schema::{check, classify, KindClass, SchemaError};
 fn docs_in(path: &Path) -> Vec<(String, Value)> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut out = Vec::new();
-    for (i, d) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    for (i, d) in yaml_serde::Deserializer::from_str(&text).enumerate() {
         let v = Value::deserialize(d).unwrap_or_else(|e| panic!("{} document {i}: {e}", path.display()));
         if !v.is_null() {
             out.push((format!("{} document {i}", path.display()), v));

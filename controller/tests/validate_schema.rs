@@ -21,7 +21,7 @@ fn validate_reports_istios_cel_message_for_every_invalid_document() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let text = std::fs::read_to_string(&file).unwrap();
     let mut n = 0;
-    for (i, d) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    for (i, d) in yaml_serde::Deserializer::from_str(&text).enumerate() {
         let doc = serde_json::Value::deserialize(d).unwrap();
         let kind = doc["kind"].as_str().unwrap();
         let name = doc["metadata"]["name"].as_str().unwrap();

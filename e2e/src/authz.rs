@@ -695,7 +695,7 @@ pub struct Report {
 impl Corpus {
     pub fn load(path: &Path) -> Result<Corpus, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     fn render(&self, port: u16, other: u16) -> String {

@@ -407,7 +407,7 @@ impl MeshBuilder {
             if let Some(dir) = &self.write_configs {
                 let file = dir.join(format!("{}.yaml", name.replace('/', ".")));
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                let yaml = serde_yaml::to_string(&config).map_err(|e| e.to_string())?;
+                let yaml = yaml_serde::to_string(&config).map_err(|e| e.to_string())?;
                 std::fs::write(&file, yaml).map_err(|e| format!("{}: {e}", file.display()))?;
                 let mut command = command_line(&name, &spec, &file);
                 if let Some((addr, _)) = &live {

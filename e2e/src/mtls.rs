@@ -1,6 +1,6 @@
 //! Helpers for the mutual-TLS tests: a mesh CA per test (what `wasmeshctl certs` writes) and
-//! sidecars whose Envoy bootstrap is what `wasmeshctl envoy` writes (the bootstrap builder
-//! applies [`wasmesh_controller::plugins::mtls::apply`]; applying it again is a no-op).
+//! sidecars whose Envoy bootstrap is what `wasmeshctl envoy` writes (mTLS included: the bootstrap
+//! builder asks the transport plugin, `wasmesh_controller::plugins::mtls`).
 
 #![allow(clippy::panic)]
 
@@ -11,7 +11,6 @@ use crate::paths::TempDir;
 use std::path::Path;
 use wasmesh_controller::bootstrap::{self, Inbound, ProxySpec};
 use wasmesh_controller::certs::{self, CaOptions, WorkloadIdentity};
-use wasmesh_controller::plugins::mtls;
 use wasmesh_controller::MeshConfig;
 use wasmesh_istio::{load_str, ProxyMode, Resources};
 
@@ -91,7 +90,6 @@ pub fn sidecar(
     };
     let mut config = bootstrap::build(&spec, resources).map_err(fail)?;
     add_authz_filter(&spec, resources, &mut config).map_err(fail)?;
-    mtls::apply(&wl, resources, certs, &mut config).map_err(fail)?;
     let envoy = Envoy::start_with(workload, &config, 1)?;
     Ok(Sidecar {
         envoy,

@@ -207,9 +207,9 @@ pub fn route_to(cluster: &str) -> Value {
     json!({"match": {"prefix": "/"}, "route": {"cluster": cluster}})
 }
 
-/// A route sending everything to the cluster the wasmesh router names in `x-wasmesh-cluster`.
+/// A route sending everything to the cluster the wasmesh router names in its cluster header.
 pub fn route_by_cluster_header() -> Value {
-    json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-wasmesh-cluster"}})
+    json!({"match": {"prefix": "/"}, "route": {"cluster_header": wasmesh_router::DEFAULT_CLUSTER_HEADER}})
 }
 
 /// A cluster of one endpoint, 127.0.0.1:`port`.
@@ -234,8 +234,8 @@ pub fn bootstrap(node: Value, admin_port: u16, listeners: Vec<Value>, clusters: 
 /// Istio resources written as YAML (one or more documents), in the JSON form filter
 /// configurations carry.
 pub fn resources_json(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+    yaml_serde::Deserializer::from_str(yaml)
+        .filter_map(|d| yaml_serde::Value::deserialize(d).ok())
         .filter(|v| !v.is_null())
         .filter_map(|v| serde_json::to_value(v).ok())
         .collect()

@@ -1,5 +1,7 @@
 //! `make run`'s demo mesh starts, routes as the README says, and stops cleanly.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::process::Command;
 
 #[test]

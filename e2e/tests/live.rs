@@ -8,6 +8,8 @@
 //!   once to a subset the same change adds to the DestinationRule (a new cluster by CDS, before the
 //!   route that names it).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 use wasmesh_controller::xds::InboundPort;
 use wasmesh_e2e::xds::{median_max, node, uptime, Live, Sample, Traffic};

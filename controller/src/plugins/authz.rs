@@ -220,7 +220,7 @@ mod tests {
     #[test]
     fn custom_provider_gets_a_cluster_and_its_own_stage() {
         let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: foo}\nspec: {action: CUSTOM, provider: {name: ext}, rules: [{}]}\n";
-        let mesh: MeshConfig = serde_yaml::from_str(
+        let mesh: MeshConfig = yaml_serde::from_str(
             "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: 127.0.0.1, port: 9191}}]",
         )
         .unwrap();
@@ -313,7 +313,7 @@ mod tests {
         assert!(refuses_plaintext(&filters[0]), "the RBAC instance enforces STRICT");
 
         let custom = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: foo}\nspec: {action: CUSTOM, provider: {name: ext}, rules: [{to: [{operation: {paths: [/ext]}}]}]}\n---\n";
-        let mesh: MeshConfig = serde_yaml::from_str(
+        let mesh: MeshConfig = yaml_serde::from_str(
             "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: 127.0.0.1, port: 9191}}]",
         )
         .unwrap();

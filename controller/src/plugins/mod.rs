@@ -1,9 +1,12 @@
 //! One module per wasmesh filter: what that filter adds to a proxy's Envoy configuration.
 //!
-//! The bootstrap builder ([`crate::bootstrap`]) asks each plugin, for each listener it writes,
-//! which wasm HTTP filters to insert (in Istio's filter order) and which extra clusters they need
-//! (JWKS servers, ext-authz services, collectors). A plugin reads only the Istio resources and the
-//! proxy description; it never writes files.
+//! The bootstrap builder asks each plugin, for each listener it writes, which wasm HTTP filters to
+//! insert (in Istio's filter order) and which extra clusters they need (JWKS servers, ext-authz
+//! services, collectors); it asks the transport plugin ([`mtls`]) how each sidecar inbound listener
+//! accepts connections ([`ListenerTransport`]) and how each outbound cluster connects
+//! ([`ClusterTransport`]). A plugin reads only the Istio resources and the proxy description and
+//! returns what it contributes; the builder writes the JSON. No plugin edits a finished bootstrap,
+//! and no plugin depends on the builder.
 
 use serde_json::Value;
 use wasmesh_istio::{Error, Resources, Workload};
@@ -41,7 +44,7 @@ pub struct ListenerContext<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WasmFilter {
     /// Envoy filter name and the plugin's `root_id`, e.g. `wasmesh.authz`: the one module
-    /// ([`crate::bootstrap::MODULE_FILE`]) serves the filter this id names.
+    /// (`wasmesh.wasm`) serves the filter this id names.
     pub name: String,
     /// The plugin configuration (JSON) handed to `on_configure`.
     pub config: Value,
@@ -60,6 +63,53 @@ pub struct Contribution {
     pub clusters: Vec<Value>,
     /// Bootstrap `stats_config.stats_tags` entries (tag extraction for wasm metrics).
     pub stats_tags: Vec<Value>,
+}
+
+/// How a listener accepts connections, as the transport plugin ([`mtls`]) contributes it: the
+/// builder writes one filter chain per entry of `chains`, in order, each with the listener's
+/// network filters (or their peer-exchange variant), and the HCM of each gets `hcm_fields`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTransport {
+    pub chains: Vec<ChainTransport>,
+    /// Envoy listener filters (the TLS inspector); empty for none.
+    pub listener_filters: Vec<Value>,
+    /// Fields set on the HttpConnectionManager of every chain (Istio's sidecar inbound HCM forwards
+    /// the peer certificate to the app); no effect on a TCP listener.
+    pub hcm_fields: Vec<(&'static str, Value)>,
+}
+
+/// One filter chain of a [`ListenerTransport`]: how Envoy picks it and what it decrypts with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainTransport {
+    pub name: &'static str,
+    /// Envoy's `filter_chain_match`; `None` matches every connection.
+    pub filter_chain_match: Option<Value>,
+    /// Envoy's `transport_socket` (a DownstreamTlsContext); `None` is plaintext.
+    pub transport_socket: Option<Value>,
+    pub filters: ChainFilters,
+}
+
+/// Which network filters a chain runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainFilters {
+    /// The listener's filters.
+    Listener,
+    /// The TCP listener's filters with the stats filter that runs Istio's TCP metadata exchange.
+    PeerExchange,
+}
+
+/// How an outbound cluster connects to its endpoints, as the transport plugin ([`mtls`])
+/// contributes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterTransport {
+    /// Plaintext to every endpoint (Envoy's default: nothing written).
+    Plaintext,
+    /// This `transport_socket` to every endpoint.
+    All(Value),
+    /// This `transport_socket` to the endpoints marked `true` (in the order of the endpoints the
+    /// plugin was given), plaintext to the others: Istio's `transport_socket_matches` on the
+    /// endpoint metadata `tlsMode: istio`.
+    Some { socket: Value, endpoints: Vec<bool> },
 }
 
 /// Resources as the JSON list filters receive (`location` dropped).
@@ -82,7 +132,7 @@ pub type Plugin = fn(&ListenerContext<'_>) -> Result<Contribution, Vec<Error>>;
 pub const PLUGINS: &[Plugin] =
     &[stats::contribute, authz::contribute_custom, authn::contribute, authz::contribute_rbac, router::contribute];
 
-/// For xDS ([`crate::bootstrap::Slots::All`]): the filter the plugin at the same index of
+/// For xDS (every slot present): the filter the plugin at the same index of
 /// [`PLUGINS`] inserts when no resource gives it anything to enforce, or nothing when the plugin
 /// never runs on this listener. With ECDS the filter chain is fixed when Envoy starts and only
 /// filter configurations change, so the first AuthorizationPolicy or RequestAuthentication for a

@@ -24,14 +24,14 @@
 //! A DestinationRule `tls.mode` DISABLE or ISTIO_MUTUAL overrides auto mTLS (top level,
 //! `portLevelSettings`, subsets, with Istio's precedence).
 
-use super::{Direction, ListenerContext};
-use crate::certs::CertPaths;
+use super::{ChainFilters, ChainTransport, ClusterTransport, Direction, ListenerContext, ListenerTransport};
+use crate::certs::{CertPaths, WorkloadIdentity};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
 use wasmesh_authz::peer_authentication::{MtlsMode, PeerAuthnPolicy};
 use wasmesh_istio::networking::{DestinationRule, ServiceEntry, WorkloadEntry};
-use wasmesh_istio::{Error, PortProtocol, ProxyMode, Resource, Resources, Workload};
+use wasmesh_istio::{Error, PortProtocol, Resource, Resources, Workload};
 
 /// Istio's cipher suites for sidecar mTLS (`pilot/pkg/security/authn/utils.SupportedCiphers`).
 pub const CIPHER_SUITES: [&str; 6] = [
@@ -50,67 +50,63 @@ pub const CLIENT_ALPN: [&str; 2] = ["istio", "http/1.1"];
 pub const SERVER_ALPN: [&str; 2] = ["h2", "http/1.1"];
 /// Endpoint label Istio uses to mark workloads with a sidecar.
 pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
-/// Envoy's endpoint metadata key for `transport_socket_matches`.
-const SOCKET_MATCH: &str = "envoy.transport_socket_match";
 
-/// The inbound listener's TLS: put `filter_chains` and `listener_filters` into the listener.
+/// What the transport plugin contributes to a sidecar inbound listener, and the mode it enforces.
 #[derive(Debug, Clone, PartialEq)]
-pub struct InboundChains {
-    pub filter_chains: Vec<Value>,
-    pub listener_filters: Vec<Value>,
+pub struct InboundTls {
+    pub transport: ListenerTransport,
     /// The effective PeerAuthentication mode of the port.
     pub mode: MtlsMode,
 }
 
-/// The filter chains of a sidecar inbound listener. `filters` are the listener's network filters
-/// (wasm network filters, then the HCM) as they would be for plaintext; each chain gets a copy.
-/// The port is `ctx.bind_port` (the workload port). `certs` are this workload's files; without
-/// them STRICT is an error (it could not be enforced) and PERMISSIVE serves plaintext only.
-pub fn inbound_filter_chains(
+/// The certificates of `workload` in `certs_dir` (what `wasmeshctl certs` wrote), checked to exist;
+/// `None` without a directory.
+pub fn workload_certs(workload: &Workload, certs_dir: Option<&Path>) -> Result<Option<CertPaths>, Vec<Error>> {
+    let Some(dir) = certs_dir else { return Ok(None) };
+    let paths = CertPaths::for_workload(dir, &workload.namespace, &workload.service_account);
+    paths
+        .check_exist()
+        .map_err(|e| vec![Error::new(format!("{} ({}): {e}", WorkloadIdentity::of(workload), workload.name))])?;
+    Ok(Some(paths))
+}
+
+/// How a sidecar inbound listener on workload port `ctx.bind_port` accepts connections: the
+/// filter chains of its PeerAuthentication mode (see the module doc). `certs` are this workload's
+/// files; without them STRICT is an error (it could not be enforced) and PERMISSIVE serves
+/// plaintext only. `peer_exchange` (a TCP listener): ahead of the mTLS chain, a chain for clients
+/// that offer `istio-peer-exchange` ([`super::stats::exchange_filter_chain_match`], read by the
+/// `tls_inspector`), negotiating [`super::stats::SERVER_TCP_ALPN`] and running the listener's
+/// filters with the TCP stats filter that runs Istio's TCP metadata exchange. Envoy prefers it
+/// over the mTLS chain for such clients; other TLS clients and plaintext keep their chains. No
+/// exchange without mTLS, as in Istio.
+pub fn inbound_transport(
     ctx: &ListenerContext<'_>,
-    filters: &[Value],
     certs: Option<&CertPaths>,
-) -> Result<InboundChains, Vec<Error>> {
+    peer_exchange: bool,
+) -> Result<InboundTls, Vec<Error>> {
     if ctx.direction != Direction::Inbound {
         return Err(vec![Error::new(format!(
             "PeerAuthentication applies to sidecar inbound listeners only, not {:?}",
             ctx.direction
         ))]);
     }
-    inbound_chains_for_port(ctx.workload, ctx.resources, u32::from(ctx.bind_port), filters, certs)
-}
-
-/// [`inbound_filter_chains`] for workload port `port` of `workload`.
-pub fn inbound_chains_for_port(
-    workload: &Workload,
-    resources: &Resources,
-    port: u32,
-    filters: &[Value],
-    certs: Option<&CertPaths>,
-) -> Result<InboundChains, Vec<Error>> {
-    let policy = PeerAuthnPolicy::compile(workload, resources)?;
+    let (workload, port) = (ctx.workload, u32::from(ctx.bind_port));
+    let policy = PeerAuthnPolicy::compile(workload, ctx.resources)?;
     let decision = policy.explain(port);
     let mode = decision.mode;
-    let filters: Vec<Value> = filters.iter().cloned().map(forward_client_cert).collect();
-    let plaintext = |name: &str, matcher: Option<Value>| {
-        let mut chain = json!({"name": name, "filters": filters});
-        if let Some(m) = matcher {
-            chain["filter_chain_match"] = m;
-        }
-        chain
+    let plaintext = |filter_chain_match: Option<Value>| ChainTransport {
+        name: "plaintext",
+        filter_chain_match,
+        transport_socket: None,
+        filters: ChainFilters::Listener,
     };
-    let tls = |certs: &CertPaths, matcher: Option<Value>| {
-        let mut chain = json!({
-            "name": "mtls",
-            "filters": filters,
-            "transport_socket": downstream_transport_socket(certs),
-        });
-        if let Some(m) = matcher {
-            chain["filter_chain_match"] = m;
-        }
-        chain
+    let tls = |certs: &CertPaths, filter_chain_match: Option<Value>| ChainTransport {
+        name: "mtls",
+        filter_chain_match,
+        transport_socket: Some(downstream_transport_socket(certs)),
+        filters: ChainFilters::Listener,
     };
-    let (filter_chains, listener_filters) = match (mode, certs) {
+    let (mut chains, listener_filters) = match (mode, certs) {
         // The TLS inspector also under STRICT: it records the SNI the client sent, which
         // AuthorizationPolicy `connection.sni` matches (Envoy leaves it empty without it).
         (MtlsMode::Strict, Some(certs)) => (vec![tls(certs, None)], vec![tls_inspector()]),
@@ -124,32 +120,29 @@ pub fn inbound_chains_for_port(
         (MtlsMode::Permissive, Some(certs)) => (
             vec![
                 tls(certs, Some(json!({"transport_protocol": "tls"}))),
-                plaintext("plaintext", Some(json!({"transport_protocol": "raw_buffer"}))),
+                plaintext(Some(json!({"transport_protocol": "raw_buffer"}))),
             ],
             vec![tls_inspector()],
         ),
         // PERMISSIVE without certificates, DISABLE (and UNSET, which compile never returns).
-        _ => (vec![plaintext("plaintext", None)], vec![]),
+        _ => (vec![plaintext(None)], vec![]),
     };
-    Ok(InboundChains { filter_chains, listener_filters, mode })
-}
-
-/// Istio's TCP metadata exchange on a sidecar inbound TCP listener that [`apply`] secured: ahead
-/// of its mTLS chain, a copy for clients that offer `istio-peer-exchange`
-/// ([`super::stats::exchange_filter_chain_match`], read by the `tls_inspector`), negotiating
-/// [`super::stats::SERVER_TCP_ALPN`] and running `filters` (the TCP stats filter with the
-/// exchange, then the rest of the chain). Envoy prefers it over the mTLS chain for such clients;
-/// other TLS clients and plaintext keep their chains. A listener without a TLS chain (plaintext
-/// only) is left as it is: no exchange without mTLS, as in Istio.
-pub fn add_peer_exchange_chain(listener: &mut Value, filters: Vec<Value>) {
-    let Some(chains) = listener.get_mut("filter_chains").and_then(Value::as_array_mut) else { return };
-    let Some(mut chain) = chains.iter().find(|c| c.get("transport_socket").is_some()).cloned() else { return };
-    chain["name"] = json!("mtls-peer-exchange");
-    chain["filter_chain_match"] = super::stats::exchange_filter_chain_match();
-    chain["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"] =
-        json!(super::stats::SERVER_TCP_ALPN);
-    chain["filters"] = json!(filters);
-    chains.insert(0, chain);
+    if let Some(certs) = certs.filter(|_| peer_exchange && chains.iter().any(|c| c.transport_socket.is_some())) {
+        let exchange = ChainTransport {
+            name: "mtls-peer-exchange",
+            filter_chain_match: Some(super::stats::exchange_filter_chain_match()),
+            transport_socket: Some(downstream_transport_socket_with_alpn(certs, &super::stats::SERVER_TCP_ALPN)),
+            filters: ChainFilters::PeerExchange,
+        };
+        chains.insert(0, exchange);
+    }
+    // As Istio's sidecar inbound HCM: the peer identity goes to the app in
+    // `x-forwarded-client-cert`.
+    let hcm_fields = vec![
+        ("forward_client_cert_details", json!("APPEND_FORWARD")),
+        ("set_current_client_cert_details", json!({"subject": true, "uri": true, "dns": true})),
+    ];
+    Ok(InboundTls { transport: ListenerTransport { chains, listener_filters, hcm_fields }, mode })
 }
 
 /// Envoy's TLS inspector: tells TLS from plaintext (and reads SNI/ALPN) before a chain is chosen.
@@ -163,12 +156,17 @@ pub fn tls_inspector() -> Value {
 /// The server side of ISTIO_MUTUAL: this workload's certificate, a client certificate required
 /// and verified against the mesh root.
 pub fn downstream_transport_socket(certs: &CertPaths) -> Value {
+    downstream_transport_socket_with_alpn(certs, &SERVER_ALPN)
+}
+
+/// [`downstream_transport_socket`] negotiating `alpn`.
+fn downstream_transport_socket_with_alpn(certs: &CertPaths, alpn: &[&str]) -> Value {
     json!({
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
             "require_client_certificate": true,
-            "common_tls_context": common_tls_context(certs, &SERVER_ALPN, &[]),
+            "common_tls_context": common_tls_context(certs, alpn, &[]),
         }
     })
 }
@@ -224,18 +222,6 @@ fn common_tls_context(certs: &CertPaths, alpn: &[&str], sans: &[String]) -> Valu
     })
 }
 
-/// Istio's sidecar inbound HCM forwards the peer identity to the app in
-/// `x-forwarded-client-cert`.
-fn forward_client_cert(mut filter: Value) -> Value {
-    if filter.get("name").and_then(Value::as_str) == Some("envoy.filters.network.http_connection_manager") {
-        if let Some(hcm) = filter.get_mut("typed_config").and_then(Value::as_object_mut) {
-            hcm.insert("forward_client_cert_details".into(), json!("APPEND_FORWARD"));
-            hcm.insert("set_current_client_cert_details".into(), json!({"subject": true, "uri": true, "dns": true}));
-        }
-    }
-    filter
-}
-
 /// One endpoint of an outbound cluster, in the order of the cluster's `lb_endpoints`.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerEndpoint<'a> {
@@ -262,17 +248,28 @@ pub struct UpstreamService<'a> {
     pub destination_rule: Option<(&'a Resource, &'a DestinationRule)>,
 }
 
-/// Adds Istio's client-side mTLS to an outbound cluster (see the module doc). `client` is the
-/// calling proxy (its trust domain and root namespace apply), `certs` its files. Endpoints that
-/// get mTLS are marked in the cluster's `load_assignment` when not all of them do.
-pub fn secure_outbound_cluster(
+/// How an outbound cluster connects: Istio's client-side mTLS (see the module doc). `client` is
+/// the calling proxy (its trust domain and root namespace apply), `certs` its files; `endpoints`
+/// are the cluster's, in the order of its `lb_endpoints`. Without certificates only the
+/// DestinationRule's `tls` is checked (ISTIO_MUTUAL cannot be done) and the cluster is plaintext.
+pub fn cluster_transport(
     client: &Workload,
     resources: &Resources,
-    cluster: &mut Value,
     svc: &UpstreamService<'_>,
     endpoints: &[PeerEndpoint<'_>],
-    certs: &CertPaths,
-) -> Result<(), Vec<Error>> {
+    certs: Option<&CertPaths>,
+) -> Result<ClusterTransport, Vec<Error>> {
+    let Some(certs) = certs else {
+        return match svc.destination_rule.map(|(r, dr)| (r, client_tls(r, dr, svc.subset, svc.port))) {
+            Some((_, Err(e))) => Err(vec![e]),
+            Some((r, Ok(Some(ClientTls::IstioMutual { .. })))) => Err(vec![Error::at(
+                r,
+                "spec.trafficPolicy.tls.mode",
+                format!("ISTIO_MUTUAL to {} needs this proxy's workload certificate: pass the directory `wasmeshctl certs` wrote", svc.host),
+            )]),
+            _ => Ok(ClusterTransport::Plaintext),
+        };
+    };
     let (se_res, se) = svc.service_entry;
     let sni = format!("outbound_.{}_.{}_.{}", svc.port, svc.subset, svc.host);
     let explicit = match svc.destination_rule {
@@ -312,7 +309,7 @@ pub fn secure_outbound_cluster(
         return Err(errors);
     }
     if mutual.iter().all(Option::is_none) {
-        return Ok(());
+        return Ok(ClusterTransport::Plaintext);
     }
     // A DestinationRule's own `sni` / `subjectAltNames` replace Istio's defaults.
     let (sans, sni) = match &explicit {
@@ -332,34 +329,14 @@ pub fn secure_outbound_cluster(
         )]);
     }
     // A TCP service port offers Istio's TCP metadata exchange first (`ALPNInMeshWithMxc`); the
-    // server sidecar's inbound TCP listener has the matching chain ([`add_peer_exchange_chain`]).
+    // server sidecar's inbound TCP listener has the matching chain ([`inbound_transport`]).
     let tcp = se.ports.iter().find(|p| p.number == svc.port).is_some_and(|p| p.port_protocol() == PortProtocol::Tcp);
     let alpn: &[&str] = if tcp { &super::stats::CLIENT_TCP_ALPN } else { &CLIENT_ALPN };
     let socket = upstream_transport_socket_with_alpn(certs, &sans, &sni, alpn);
     if mutual.iter().all(Option::is_some) {
-        cluster["transport_socket"] = socket;
-        return Ok(());
+        return Ok(ClusterTransport::All(socket));
     }
-    // Mixed: Istio's transport_socket_matches, endpoints with a sidecar marked tlsMode=istio.
-    cluster["transport_socket_matches"] = json!([
-        {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": socket},
-        {"name": "tlsMode-disabled", "match": {}, "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}},
-    ]);
-    let lb_endpoints = cluster.pointer_mut("/load_assignment/endpoints/0/lb_endpoints").and_then(Value::as_array_mut);
-    let Some(lb_endpoints) = lb_endpoints.filter(|l| l.len() == mutual.len()) else {
-        return Err(vec![Error::new(format!(
-            "cluster for {}:{}: {} endpoints given for mTLS but the cluster's load_assignment differs",
-            svc.host,
-            svc.port,
-            mutual.len()
-        ))]);
-    };
-    for (lb, m) in lb_endpoints.iter_mut().zip(&mutual) {
-        if m.is_some() {
-            lb["metadata"] = json!({"filter_metadata": {SOCKET_MATCH: {"tlsMode": "istio"}}});
-        }
-    }
-    Ok(())
+    Ok(ClusterTransport::Some { socket, endpoints: mutual.iter().map(Option::is_some).collect() })
 }
 
 /// The effective mode of the server endpoint's port, from its own PeerAuthentications.
@@ -458,145 +435,6 @@ fn port_level_tls<'v>(settings: &'v [Value], port: u32, base: &str) -> Vec<(Stri
         .collect()
 }
 
-/// Applies mutual TLS to a bootstrap written by [`crate::bootstrap::build`] for `workload`:
-/// every sidecar listener `inbound_<port>` gets the filter chains of its PeerAuthentication mode,
-/// and, when `certs_dir` is given, every `outbound|<port>|<subset>|<host>` cluster gets Istio's
-/// auto mTLS. `certs_dir` is the directory `wasmeshctl certs` wrote; this workload's files must
-/// be there. Without it, outbound stays plaintext and a STRICT inbound port is an error.
-pub fn apply(
-    workload: &Workload,
-    resources: &Resources,
-    certs_dir: Option<&Path>,
-    bootstrap: &mut Value,
-) -> Result<(), Vec<Error>> {
-    let certs = match certs_dir {
-        Some(dir) => {
-            let paths = CertPaths::for_workload(dir, &workload.namespace, &workload.service_account);
-            paths.check_exist().map_err(|e| {
-                vec![Error::new(format!("{} ({}): {e}", crate::certs::WorkloadIdentity::of(workload), workload.name))]
-            })?;
-            Some(paths)
-        }
-        None => None,
-    };
-    let mut errors = Vec::new();
-    if workload.mode == ProxyMode::Sidecar {
-        for listener in
-            bootstrap.pointer_mut("/static_resources/listeners").and_then(Value::as_array_mut).into_iter().flatten()
-        {
-            let Some(port) = listener
-                .get("name")
-                .and_then(Value::as_str)
-                .and_then(|n| n.strip_prefix("inbound_"))
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let filters: Vec<Value> =
-                listener.pointer("/filter_chains/0/filters").and_then(Value::as_array).cloned().unwrap_or_default();
-            match inbound_chains_for_port(workload, resources, port, &filters, certs.as_ref()) {
-                Ok(chains) => {
-                    listener["filter_chains"] = json!(chains.filter_chains);
-                    if !chains.listener_filters.is_empty() {
-                        listener["listener_filters"] = json!(chains.listener_filters);
-                    }
-                }
-                Err(mut e) => errors.append(&mut e),
-            }
-        }
-    }
-    for cluster in
-        bootstrap.pointer_mut("/static_resources/clusters").and_then(Value::as_array_mut).into_iter().flatten()
-    {
-        if let Err(mut e) = secure_named_cluster(workload, resources, cluster, certs.as_ref()) {
-            errors.append(&mut e);
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
-}
-
-/// Secures a cluster named as Istio names outbound clusters, finding its ServiceEntry, port,
-/// DestinationRule and, for each `lb_endpoint`, the WorkloadEntry at that address and port.
-/// Without certificates only the DestinationRule's `tls` is checked (ISTIO_MUTUAL cannot be done).
-fn secure_named_cluster(
-    client: &Workload,
-    resources: &Resources,
-    cluster: &mut Value,
-    certs: Option<&CertPaths>,
-) -> Result<(), Vec<Error>> {
-    let Some(name) = cluster.get("name").and_then(Value::as_str).map(str::to_string) else { return Ok(()) };
-    let mut parts = name.splitn(4, '|');
-    let (Some("outbound"), Some(port), Some(subset), Some(host)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Ok(());
-    };
-    let Ok(port) = port.parse::<u32>() else { return Ok(()) };
-    let found = resources.service_entries().find_map(|(res, se)| {
-        let host_matches = se.hosts.iter().any(|h| client.fqdn(h, res.namespace()) == host);
-        let sp = se.ports.iter().find(|p| p.number == port)?;
-        host_matches.then_some((res, se, sp))
-    });
-    let Some((se_res, se, service_port)) = found else { return Ok(()) };
-    let destination_rule = resources.destination_rules().find(|(r, dr)| client.fqdn(&dr.host, r.namespace()) == host);
-    let Some(certs) = certs else {
-        return match destination_rule.map(|(r, dr)| (r, client_tls(r, dr, subset, port))) {
-            Some((_, Err(e))) => Err(vec![e]),
-            Some((r, Ok(Some(ClientTls::IstioMutual { .. })))) => Err(vec![Error::at(
-                r,
-                "spec.trafficPolicy.tls.mode",
-                format!("ISTIO_MUTUAL to {host} needs this proxy's workload certificate: pass the directory `wasmeshctl certs` wrote"),
-            )]),
-            _ => Ok(()),
-        };
-    };
-    let ns = se_res.namespace();
-    let mut candidates: Vec<&WorkloadEntry> = se.endpoints.iter().collect();
-    if let Some(sel) = &se.workload_selector {
-        candidates.extend(
-            resources
-                .workload_entries()
-                .filter(|(r, we)| r.namespace() == ns && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v)))
-                .map(|(_, we)| we),
-        );
-    }
-    let lb_endpoints: Vec<(String, u32)> = cluster
-        .pointer("/load_assignment/endpoints/0/lb_endpoints")
-        .and_then(Value::as_array)
-        .map(|eps| {
-            eps.iter()
-                .map(|e| {
-                    let sa = e.pointer("/endpoint/address/socket_address");
-                    let addr = sa.and_then(|a| a.get("address")).and_then(Value::as_str).unwrap_or("").to_string();
-                    let p = sa.and_then(|a| a.get("port_value")).and_then(Value::as_u64).unwrap_or(0);
-                    (addr, u32::try_from(p).unwrap_or(0))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let endpoints: Vec<PeerEndpoint<'_>> = lb_endpoints
-        .iter()
-        .map(|(addr, p)| {
-            let entry = candidates.iter().copied().find(|we| {
-                let we_port = we
-                    .ports
-                    .get(&service_port.name)
-                    .copied()
-                    .or(service_port.target_port)
-                    .unwrap_or(service_port.number);
-                we.address == *addr && we_port == *p
-            });
-            PeerEndpoint { entry, namespace: ns, port: *p }
-        })
-        .collect();
-    let svc = UpstreamService { service_entry: (se_res, se), host, port, subset, destination_rule };
-    secure_outbound_cluster(client, resources, cluster, &svc, &endpoints, certs)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -616,13 +454,11 @@ mod tests {
         format!("---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
     }
 
-    fn hcm() -> Vec<Value> {
-        vec![
-            json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {"stat_prefix": "inbound_8000"}}),
-        ]
+    fn inbound(yaml: &str, port: u16, certs: Option<&CertPaths>) -> Result<InboundTls, Vec<Error>> {
+        inbound_tcp(yaml, port, certs, false)
     }
 
-    fn inbound(yaml: &str, port: u16, certs: Option<&CertPaths>) -> Result<InboundChains, Vec<Error>> {
+    fn inbound_tcp(yaml: &str, port: u16, certs: Option<&CertPaths>, exchange: bool) -> Result<InboundTls, Vec<Error>> {
         let mut wl = Workload::new("httpbin-v1", "default");
         wl.labels.insert("app".into(), "httpbin".into());
         wl.service_account = "httpbin".into();
@@ -635,20 +471,23 @@ mod tests {
             bind_port: port,
             mesh: &mesh,
         };
-        inbound_filter_chains(&ctx, &hcm(), certs)
+        inbound_transport(&ctx, certs, exchange)
     }
 
     #[test]
     fn default_is_permissive_tls_and_plaintext_on_one_port() {
         let c = inbound("", 8000, Some(&certs())).expect("chains");
         assert_eq!(c.mode, MtlsMode::Permissive);
-        assert_eq!(c.listener_filters, vec![tls_inspector()]);
-        assert_eq!(c.filter_chains.len(), 2);
-        let (tls, plain) = (&c.filter_chains[0], &c.filter_chains[1]);
-        assert_eq!(tls["filter_chain_match"], json!({"transport_protocol": "tls"}));
-        assert_eq!(plain["filter_chain_match"], json!({"transport_protocol": "raw_buffer"}));
-        assert!(plain.get("transport_socket").is_none());
-        let ctx = &tls["transport_socket"]["typed_config"];
+        let t = &c.transport;
+        assert_eq!(t.listener_filters, vec![tls_inspector()]);
+        assert_eq!(t.chains.len(), 2);
+        let (tls, plain) = (&t.chains[0], &t.chains[1]);
+        assert_eq!(tls.filter_chain_match, Some(json!({"transport_protocol": "tls"})));
+        assert_eq!(plain.filter_chain_match, Some(json!({"transport_protocol": "raw_buffer"})));
+        assert!(plain.transport_socket.is_none());
+        assert!(t.chains.iter().all(|c| c.filters == ChainFilters::Listener));
+        let socket = tls.transport_socket.clone().expect("tls");
+        let ctx = &socket["typed_config"];
         assert_eq!(ctx["require_client_certificate"], json!(true));
         assert_eq!(
             ctx["common_tls_context"]["validation_context"]["trusted_ca"]["filename"],
@@ -658,11 +497,28 @@ mod tests {
             ctx["common_tls_context"]["tls_certificates"][0]["certificate_chain"]["filename"],
             json!("/certs/default/httpbin/cert-chain.pem")
         );
-        // Both chains carry the HTTP filters, with Istio's XFCC forwarding.
-        for chain in &c.filter_chains {
-            assert_eq!(chain["filters"][0]["typed_config"]["forward_client_cert_details"], json!("APPEND_FORWARD"));
-            assert_eq!(chain["filters"][0]["typed_config"]["stat_prefix"], json!("inbound_8000"));
-        }
+        assert_eq!(ctx["common_tls_context"]["alpn_protocols"], json!(SERVER_ALPN));
+        // The HCM (of both chains) forwards the peer identity, as Istio's XFCC.
+        assert!(t.hcm_fields.contains(&("forward_client_cert_details", json!("APPEND_FORWARD"))), "{t:?}");
+    }
+
+    #[test]
+    fn a_tcp_port_with_mtls_first_offers_the_peer_exchange() {
+        let c = inbound_tcp("", 3306, Some(&certs()), true).expect("chains");
+        let names: Vec<&str> = c.transport.chains.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["mtls-peer-exchange", "mtls", "plaintext"]);
+        let x = &c.transport.chains[0];
+        assert_eq!(x.filters, ChainFilters::PeerExchange);
+        assert_eq!(x.filter_chain_match, Some(super::super::stats::exchange_filter_chain_match()));
+        let socket = x.transport_socket.clone().expect("tls");
+        assert_eq!(
+            socket["typed_config"]["common_tls_context"]["alpn_protocols"],
+            json!(super::super::stats::SERVER_TCP_ALPN)
+        );
+        assert_eq!(socket["typed_config"]["require_client_certificate"], json!(true));
+        // No exchange without mTLS.
+        let plain = inbound_tcp("", 3306, None, true).expect("chains");
+        assert_eq!(plain.transport.chains.iter().map(|c| c.name).collect::<Vec<_>>(), ["plaintext"]);
     }
 
     #[test]
@@ -670,10 +526,12 @@ mod tests {
         let y = pa("istio-system", "default", "{mtls: {mode: STRICT}}");
         let c = inbound(&y, 8000, Some(&certs())).expect("chains");
         assert_eq!(c.mode, MtlsMode::Strict);
-        assert_eq!(c.filter_chains.len(), 1);
-        assert_eq!(c.listener_filters, vec![tls_inspector()]);
-        assert!(c.filter_chains[0].get("filter_chain_match").is_none());
-        assert_eq!(c.filter_chains[0]["transport_socket"]["typed_config"]["require_client_certificate"], json!(true));
+        let t = &c.transport;
+        assert_eq!(t.chains.len(), 1);
+        assert_eq!(t.listener_filters, vec![tls_inspector()]);
+        assert!(t.chains[0].filter_chain_match.is_none());
+        let socket = t.chains[0].transport_socket.clone().expect("tls");
+        assert_eq!(socket["typed_config"]["require_client_certificate"], json!(true));
         let e = inbound(&y, 8000, None).expect_err("no certs");
         assert!(e[0].message.contains("STRICT (PeerAuthentication istio-system/default)"), "{e:?}");
     }
@@ -683,11 +541,11 @@ mod tests {
         let y = pa("default", "default", "{mtls: {mode: DISABLE}}");
         let c = inbound(&y, 8000, Some(&certs())).expect("chains");
         assert_eq!(c.mode, MtlsMode::Disable);
-        assert_eq!(c.filter_chains.len(), 1);
-        assert!(c.filter_chains[0].get("transport_socket").is_none());
-        assert!(c.listener_filters.is_empty());
+        assert_eq!(c.transport.chains.len(), 1);
+        assert!(c.transport.chains[0].transport_socket.is_none());
+        assert!(c.transport.listener_filters.is_empty());
         let c = inbound("", 8000, None).expect("chains");
-        assert_eq!((c.mode, c.filter_chains.len()), (MtlsMode::Permissive, 1));
+        assert_eq!((c.mode, c.transport.chains.len()), (MtlsMode::Permissive, 1));
     }
 
     #[test]
@@ -720,19 +578,12 @@ mod tests {
             bind_port: 1,
             mesh: &mesh,
         };
-        assert!(inbound_filter_chains(&ctx, &hcm(), Some(&certs())).is_err());
+        assert!(inbound_transport(&ctx, Some(&certs()), false).is_err());
     }
 
     const SERVICE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: httpbin, namespace: default}\nspec:\n  hosts: [httpbin.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  ports: [{number: 8000, name: http, protocol: HTTP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: httpbin}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: httpbin-v1, namespace: default}\nspec: {address: 127.0.0.1, ports: {http: 19090}, labels: {app: httpbin, version: v1}, serviceAccount: httpbin}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: httpbin-v2, namespace: default}\nspec: {address: 127.0.0.2, ports: {http: 19091}, labels: {app: httpbin, version: v2}, serviceAccount: httpbin-v2}\n";
 
-    fn cluster() -> Value {
-        json!({"name": "outbound|8000||httpbin.default.svc.cluster.local", "load_assignment": {"endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 19090}}}},
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.2", "port_value": 19091}}}}
-        ]}]}})
-    }
-
-    fn outbound(extra: &str, location: &str) -> Result<Value, Vec<Error>> {
+    fn outbound(extra: &str, location: &str) -> Result<ClusterTransport, Vec<Error>> {
         let res = resources(&(SERVICE.replace("MESH_INTERNAL", location) + extra));
         let sleep = {
             let mut w = Workload::new("sleep", "default");
@@ -753,101 +604,21 @@ mod tests {
             subset: "",
             destination_rule: dr,
         };
-        let mut c = cluster();
         let client_certs = CertPaths::for_workload(&PathBuf::from("/certs"), "default", "sleep");
-        secure_outbound_cluster(&sleep, &res, &mut c, &svc, &eps, &client_certs).map(|_| c)
+        cluster_transport(&sleep, &res, &svc, &eps, Some(&client_certs))
     }
 
-    fn build_for(workload: &str, yaml: &str, certs_dir: Option<&Path>) -> Result<Value, Vec<Error>> {
-        use crate::bootstrap::{build, workload_from_entry, Inbound, ProxySpec};
-        let res = resources(yaml);
-        let (wl, we) = workload_from_entry(&res, workload).map_err(|e| vec![e])?;
-        let inbound = we.ports.values().map(|p| Inbound { port: *p as u16, app_port: 1 }).collect();
-        let spec = ProxySpec {
-            workload: wl.clone(),
-            inbound,
-            outbound_port: Some(15001),
-            tcp_outbound: Vec::new(),
-            gateway_ports: Vec::new(),
-            admin_port: 15000,
-            wasm_dir: PathBuf::from("/wasm"),
-            mesh: MeshConfig::default(),
-            certs_dir: certs_dir.map(Path::to_path_buf),
-            envoy_access_log: None,
-        };
-        let mut boot = build(&spec, &res)?;
-        apply(&wl, &res, certs_dir, &mut boot)?;
-        Ok(boot)
-    }
-
-    const SLEEP: &str = "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: sleep, namespace: default}\nspec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}\n";
-
-    #[test]
-    fn apply_secures_a_generated_bootstrap() {
-        let dir = std::env::temp_dir().join(format!("wasmesh-mtls-apply-{}", std::process::id()));
-        let ids = [
-            crate::certs::WorkloadIdentity::new("cluster.local", "default", "sleep"),
-            crate::certs::WorkloadIdentity::new("cluster.local", "default", "httpbin"),
-        ];
-        crate::certs::run(&dir, &ids, &crate::certs::CaOptions::default()).expect("certs");
-        let yaml = SERVICE.to_string() + SLEEP + &pa("istio-system", "default", "{mtls: {mode: STRICT}}");
-
-        // The server sidecar: its inbound listeners are STRICT.
-        let server = build_for("default/httpbin-v1", &yaml, Some(&dir)).expect("server");
-        let listeners = server["static_resources"]["listeners"].as_array().expect("listeners");
-        let inbound = listeners.iter().find(|l| l["name"] == "inbound_19090").expect("inbound listener");
-        assert_eq!(inbound["filter_chains"].as_array().map(Vec::len), Some(1));
-        let tls = &inbound["filter_chains"][0]["transport_socket"]["typed_config"];
-        assert_eq!(tls["require_client_certificate"], json!(true));
-        let hcm =
-            &inbound["filter_chains"][0]["filters"].as_array().expect("filters").last().expect("hcm")["typed_config"];
-        assert_eq!(hcm["forward_client_cert_details"], json!("APPEND_FORWARD"));
-        // The outbound listener is not touched.
-        let outbound = listeners.iter().find(|l| l["name"] == "outbound_15001").expect("outbound listener");
-        assert!(outbound["filter_chains"][0].get("transport_socket").is_none());
-
-        // The client: its cluster to httpbin speaks ISTIO_MUTUAL as the sleep identity.
-        let client = build_for("default/sleep", &yaml, Some(&dir)).expect("client");
-        let clusters = client["static_resources"]["clusters"].as_array().expect("clusters");
-        let c =
-            clusters.iter().find(|c| c["name"] == "outbound|8000||httpbin.default.svc.cluster.local").expect("cluster");
-        let ctx = &c["transport_socket"]["typed_config"];
-        assert_eq!(ctx["sni"], json!("outbound_.8000_._.httpbin.default.svc.cluster.local"));
-        assert!(ctx["common_tls_context"]["tls_certificates"][0]["certificate_chain"]["filename"]
-            .as_str()
-            .is_some_and(|f| f.ends_with("default/sleep/cert-chain.pem")));
-
-        // STRICT without certificates cannot be generated; PERMISSIVE can (plaintext).
-        let e = build_for("default/httpbin-v1", &yaml, None).expect_err("strict without certs");
-        assert!(e[0].message.contains("is STRICT"), "{e:?}");
-        assert!(build_for("default/httpbin-v1", SERVICE, None).is_ok());
-        // A DestinationRule asking for ISTIO_MUTUAL (or SIMPLE) is checked without certificates too.
-        let dr = |mode: &str| {
-            format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: httpbin, namespace: default}}\nspec: {{host: httpbin, trafficPolicy: {{tls: {{mode: {mode}}}}}}}\n")
-        };
-        let e = build_for("default/sleep", &(SERVICE.to_string() + SLEEP + &dr("ISTIO_MUTUAL")), None)
-            .expect_err("istio mutual without certs");
-        assert!(e[0].to_string().contains("ISTIO_MUTUAL to httpbin.default.svc.cluster.local needs"), "{e:?}");
-        assert!(build_for("default/sleep", &(SERVICE.to_string() + SLEEP + &dr("DISABLE")), None).is_ok());
-        // Certificates missing for this workload: a clear error.
-        let e = build_for(
-            "default/httpbin-v1",
-            &SERVICE.replace("serviceAccount: httpbin}", "serviceAccount: nobody}"),
-            Some(&dir),
-        )
-        .expect_err("missing certs");
-        assert!(
-            e[0].message.contains("spiffe://cluster.local/ns/default/sa/nobody")
-                && e[0].message.contains("wasmeshctl certs"),
-            "{e:?}"
-        );
-        let _ = std::fs::remove_dir_all(&dir);
+    fn socket_of(t: ClusterTransport) -> Value {
+        match t {
+            ClusterTransport::All(socket) => socket,
+            other => panic!("expected mTLS to every endpoint: {other:?}"),
+        }
     }
 
     #[test]
     fn mesh_internal_service_gets_istio_mutual_with_spiffe_sans_and_sni() {
-        let c = outbound("", "MESH_INTERNAL").expect("cluster");
-        let ctx = &c["transport_socket"]["typed_config"];
+        let socket = socket_of(outbound("", "MESH_INTERNAL").expect("cluster"));
+        let ctx = &socket["typed_config"];
         assert_eq!(
             ctx["@type"],
             json!("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext")
@@ -866,14 +637,13 @@ mod tests {
             ])
         );
         assert_eq!(common["alpn_protocols"], json!(["istio", "http/1.1"]));
-        assert!(c.get("transport_socket_matches").is_none());
     }
 
     #[test]
     fn mesh_external_services_stay_plaintext() {
-        assert_eq!(outbound("", "MESH_EXTERNAL").expect("cluster"), cluster());
+        assert_eq!(outbound("", "MESH_EXTERNAL").expect("cluster"), ClusterTransport::Plaintext);
         // Istio's default location is MESH_EXTERNAL.
-        assert_eq!(outbound("", "null").expect("cluster"), cluster());
+        assert_eq!(outbound("", "null").expect("cluster"), ClusterTransport::Plaintext);
     }
 
     #[test]
@@ -881,21 +651,17 @@ mod tests {
         // v2 disables mTLS on the port the cluster dials: mixed cluster, socket matches.
         let y =
             pa("default", "v2", "{selector: {matchLabels: {version: v2}}, portLevelMtls: {19091: {mode: DISABLE}}}");
-        let c = outbound(&y, "MESH_INTERNAL").expect("cluster");
-        assert!(c.get("transport_socket").is_none());
-        let matches = c["transport_socket_matches"].as_array().expect("matches");
-        assert_eq!(matches[0]["match"], json!({"tlsMode": "istio"}));
+        let ClusterTransport::Some { socket, endpoints } = outbound(&y, "MESH_INTERNAL").expect("cluster") else {
+            panic!("expected mTLS to some endpoints")
+        };
         assert_eq!(
-            matches[0]["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]
-                ["match_typed_subject_alt_names"],
+            socket["typed_config"]["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"],
             json!([{"san_type": "URI", "matcher": {"exact": "spiffe://cluster.local/ns/default/sa/httpbin"}}])
         );
-        let lbs = &c["load_assignment"]["endpoints"][0]["lb_endpoints"];
-        assert_eq!(lbs[0]["metadata"]["filter_metadata"]["envoy.transport_socket_match"], json!({"tlsMode": "istio"}));
-        assert!(lbs[1].get("metadata").is_none());
+        assert_eq!(endpoints, [true, false]);
         // The whole namespace DISABLE: no TLS at all.
         let c = outbound(&pa("default", "ns", "{mtls: {mode: DISABLE}}"), "MESH_INTERNAL").expect("cluster");
-        assert_eq!(c, cluster());
+        assert_eq!(c, ClusterTransport::Plaintext);
     }
 
     #[test]
@@ -912,9 +678,8 @@ mod tests {
             PeerEndpoint { entry: Some(wes[1]), namespace: "default", port: 19091 },
         ];
         let svc = UpstreamService { service_entry: se, host: "h", port: 8000, subset: "", destination_rule: None };
-        let mut c = cluster();
-        secure_outbound_cluster(&Workload::new("sleep", "default"), &res, &mut c, &svc, &eps, &certs()).expect("ok");
-        assert!(c.get("transport_socket_matches").is_some());
+        let c = cluster_transport(&Workload::new("sleep", "default"), &res, &svc, &eps, Some(&certs())).expect("ok");
+        assert!(matches!(c, ClusterTransport::Some { ref endpoints, .. } if endpoints == &[true, false]), "{c:?}");
     }
 
     #[test]
@@ -922,7 +687,7 @@ mod tests {
         let dr = |tp: &str| {
             format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: httpbin, namespace: default}}\nspec: {{host: httpbin, trafficPolicy: {tp}}}\n")
         };
-        assert_eq!(outbound(&dr("{tls: {mode: DISABLE}}"), "MESH_INTERNAL").expect("c"), cluster());
+        assert_eq!(outbound(&dr("{tls: {mode: DISABLE}}"), "MESH_INTERNAL").expect("c"), ClusterTransport::Plaintext);
         // ISTIO_MUTUAL even to a MESH_EXTERNAL entry, with its own SNI and SANs.
         let c = outbound(
             &dr(
@@ -931,7 +696,8 @@ mod tests {
             "MESH_EXTERNAL",
         )
         .expect("c");
-        let ctx = &c["transport_socket"]["typed_config"];
+        let socket = socket_of(c);
+        let ctx = &socket["typed_config"];
         assert_eq!(ctx["sni"], json!("my.sni"));
         assert_eq!(
             ctx["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"],
@@ -943,7 +709,7 @@ mod tests {
             "MESH_INTERNAL",
         )
         .expect("c");
-        assert_eq!(c, cluster());
+        assert_eq!(c, ClusterTransport::Plaintext);
         let e = outbound(&dr("{tls: {mode: SIMPLE}}"), "MESH_INTERNAL").expect_err("simple");
         assert!(
             e[0].to_string().contains("DestinationRule default/httpbin: spec.trafficPolicy.tls.mode: SIMPLE"),

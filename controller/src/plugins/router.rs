@@ -2,9 +2,8 @@
 //! ServiceEntries go to the filter, which compiles them for this proxy.
 
 use super::{resources_json, Contribution, Direction, ListenerContext, WasmFilter};
-use crate::bootstrap::CLUSTER_HEADER;
 use wasmesh_istio::{Error, Kind, ProxyMode, Resources};
-use wasmesh_router::RouterConfig;
+use wasmesh_router::{RouterConfig, DEFAULT_CLUSTER_HEADER};
 
 pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
     let gateway_port = match ctx.direction {
@@ -23,7 +22,7 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         workload: Some(workload),
         mesh: None,
         gateway_port,
-        cluster_header: CLUSTER_HEADER.to_string(),
+        cluster_header: DEFAULT_CLUSTER_HEADER.to_string(),
         resources: resources_json(relevant.clone()),
     };
     // Compile here too, so a bad VirtualService fails `wasmeshctl envoy`, not Envoy's start.

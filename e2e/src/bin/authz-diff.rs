@@ -7,6 +7,8 @@
 //!
 //! Needs the filters built (`make wasm`), Envoy (`ENVOY_BIN` or `make deps`), `curl` and `openssl`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 use wasmesh_e2e::authz::{corpus_files, diff};
 

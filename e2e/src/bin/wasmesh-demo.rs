@@ -6,6 +6,8 @@
 //!   wasmesh-demo [--smoke]   --smoke: start, send a few requests, edit a copy of
 //!                            virtual-services.yaml and wait for the traffic to follow, stop
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::net::TcpListener;
 use std::time::Duration;
 use wasmesh_e2e::http::get;

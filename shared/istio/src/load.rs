@@ -76,9 +76,9 @@ impl std::error::Error for Error {}
 /// `file` names the source in errors.
 pub fn load_str(text: &str, file: &str) -> Result<Vec<Resource>, Error> {
     let mut out = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
         let location = Location { file: file.to_string(), document: index };
-        let value = serde_yaml::Value::deserialize(document).map_err(|e| Error {
+        let value = yaml_serde::Value::deserialize(document).map_err(|e| Error {
             location: location.clone(),
             resource: None,
             field: None,
@@ -249,9 +249,9 @@ impl Loader {
 
     /// Every document of `text` (several YAML documents separated by `---`, or JSON).
     pub fn add_str(&mut self, text: &str, file: &str) {
-        for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
             let location = Location { file: file.to_string(), document: index };
-            let value = match serde_yaml::Value::deserialize(document) {
+            let value = match yaml_serde::Value::deserialize(document) {
                 Ok(v) => v,
                 Err(e) => {
                     // The parser cannot resynchronise after a syntax error: the rest of this
@@ -333,7 +333,7 @@ impl Loader {
         }
     }
 
-    fn add_object(&mut self, value: serde_yaml::Value, location: &Location) {
+    fn add_object(&mut self, value: yaml_serde::Value, location: &Location) {
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
         let api_version = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("").to_string();
         let group = api_version.split_once('/').map_or("", |(g, _)| g);
@@ -487,22 +487,22 @@ pub fn load_inputs<P: AsRef<Path>>(paths: &[P], options: LoadOptions) -> Result<
     loader.finish()
 }
 
-fn namespace_name(value: &serde_yaml::Value) -> (String, String) {
+fn namespace_name(value: &yaml_serde::Value) -> (String, String) {
     let meta = value.get("metadata");
     let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str()).map(str::to_string);
     (field("namespace").unwrap_or_else(|| "default".into()), field("name").unwrap_or_default())
 }
 
 /// `Kind namespace/name` of an object that is not parsed.
-fn object_name(kind: &str, value: &serde_yaml::Value) -> String {
+fn object_name(kind: &str, value: &yaml_serde::Value) -> String {
     let (ns, name) = namespace_name(value);
     format!("{kind} {ns}/{name}")
 }
 
 /// The JSON form of a YAML value, as Kubernetes converts it (map keys become strings).
-pub fn yaml_to_json(value: &serde_yaml::Value) -> serde_json::Value {
+pub fn yaml_to_json(value: &yaml_serde::Value) -> serde_json::Value {
     use serde_json::Value as J;
-    use serde_yaml::Value as Y;
+    use yaml_serde::Value as Y;
     match value {
         Y::Null => J::Null,
         Y::Bool(b) => J::Bool(*b),
@@ -535,7 +535,7 @@ pub fn yaml_to_json(value: &serde_yaml::Value) -> serde_json::Value {
     }
 }
 
-fn parse_object(value: serde_yaml::Value, location: Location) -> Result<Resource, Error> {
+fn parse_object(value: yaml_serde::Value, location: Location) -> Result<Resource, Error> {
     let err = |resource: Option<String>, field: Option<&str>, message: String| Error {
         location: location.clone(),
         resource,
@@ -589,8 +589,8 @@ fn parse_object(value: serde_yaml::Value, location: Location) -> Result<Resource
             ));
         }
     }
-    let spec_value = map.get("spec").cloned().unwrap_or(serde_yaml::Value::Mapping(Default::default()));
-    let spec_value = if spec_value.is_null() { serde_yaml::Value::Mapping(Default::default()) } else { spec_value };
+    let spec_value = map.get("spec").cloned().unwrap_or(yaml_serde::Value::Mapping(Default::default()));
+    let spec_value = if spec_value.is_null() { yaml_serde::Value::Mapping(Default::default()) } else { spec_value };
     let d = |(field, message): (String, String)| err(Some(display.clone()), Some(&field), message);
     let spec = match kind {
         Kind::VirtualService => Spec::VirtualService(typed(spec_value, "spec").map_err(d)?),
@@ -607,7 +607,7 @@ fn parse_object(value: serde_yaml::Value, location: Location) -> Result<Resource
 }
 
 /// Deserializes `value` into `T`, reporting the failing field's full path under `root`.
-fn typed<T: DeserializeOwned>(value: serde_yaml::Value, root: &str) -> Result<T, (String, String)> {
+fn typed<T: DeserializeOwned>(value: yaml_serde::Value, root: &str) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." || path.is_empty() { root.to_string() } else { format!("{root}.{path}") };
@@ -619,8 +619,8 @@ fn typed<T: DeserializeOwned>(value: serde_yaml::Value, root: &str) -> Result<T,
 pub fn resources_from_values(values: Vec<serde_json::Value>) -> Result<Vec<Resource>, Error> {
     let mut out = Vec::with_capacity(values.len());
     for (index, v) in values.into_iter().enumerate() {
-        let yaml: serde_yaml::Value =
-            serde_yaml::to_value(&v).map_err(|e| Error::new(format!("resource {index}: {e}")))?;
+        let yaml: yaml_serde::Value =
+            yaml_serde::to_value(&v).map_err(|e| Error::new(format!("resource {index}: {e}")))?;
         out.push(parse_object(yaml, Location { file: "<filter config>".into(), document: index })?);
     }
     Ok(out)
@@ -867,12 +867,35 @@ spec:
 
     #[test]
     fn yaml_becomes_json_as_kubernetes_converts_it() {
-        let v: serde_yaml::Value =
-            serde_yaml::from_str("a: 1\nb: [true, null, 1.5, x]\n2: two\nc: !tag {d: -3}\n").unwrap();
+        let v: yaml_serde::Value =
+            yaml_serde::from_str("a: 1\nb: [true, null, 1.5, x]\n2: two\nc: !tag {d: -3}\n").unwrap();
         assert_eq!(
             yaml_to_json(&v),
             serde_json::json!({"a": 1, "b": [true, null, 1.5, "x"], "2": "two", "c": {"d": -3}})
         );
+    }
+
+    /// What Istio YAML relies on from the YAML library (checked when it was replaced: serde_yaml
+    /// 0.9 and yaml_serde give the same): several documents per file, anchors and aliases, local
+    /// tags ignored, a quoted number stays a string and a plain one a number.
+    #[test]
+    fn istio_yaml_reads_as_kubectl_reads_it() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a, namespace: default}\nspec:\n  hosts: [a.example.com]\n  ports: [{number: 8080, name: http, protocol: HTTP, targetPort: 9090}]\n---\n# second document\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: b, namespace: default, labels: &labels {port: \"8080\", on: yes}}\nspec:\n  hosts: [b.example.com]\n  ports: [{number: 8080, name: http}]\n  workloadSelector: {labels: *labels}\n  endpoints: [!endpoint {address: 127.0.0.1}]\n";
+        let docs: Vec<serde_json::Value> = yaml_serde::Deserializer::from_str(text)
+            .map(|d| yaml_to_json(&yaml_serde::Value::deserialize(d).unwrap()))
+            .collect();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1]["spec"]["workloadSelector"]["labels"], docs[1]["metadata"]["labels"], "alias");
+        assert_eq!(docs[0]["spec"]["ports"][0]["number"], serde_json::json!(8080));
+        assert_eq!(docs[1]["metadata"]["labels"]["port"], serde_json::json!("8080"));
+        // YAML 1.2 (as Kubernetes reads it): `yes` is a string, not a boolean.
+        assert_eq!(docs[1]["metadata"]["labels"]["on"], serde_json::json!("yes"));
+        assert_eq!(docs[1]["spec"]["endpoints"][0]["address"], serde_json::json!("127.0.0.1"));
+        let rs = Resources { items: load_str(text, "two.yaml").unwrap() };
+        let ses: Vec<_> = rs.service_entries().map(|(_, se)| se.clone()).collect();
+        assert_eq!(ses.len(), 2);
+        assert_eq!((ses[0].ports[0].number, ses[0].ports[0].target_port), (8080, Some(9090)));
+        assert_eq!(ses[1].workload_selector.as_ref().map(|s| s.labels.get("port").cloned()), Some(Some("8080".into())));
     }
 
     #[test]

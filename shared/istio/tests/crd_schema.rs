@@ -5,6 +5,8 @@
 //!   names, right types);
 //! - the examples shipped in examples/ are valid Istio for their kind and version.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use wasmesh_istio::{load_str, Kind};
@@ -20,9 +22,9 @@ fn crds() -> Vec<Value> {
         .unwrap_or_else(|_| repo().join("controller/crds/istio-1.30.3.gen.yaml"));
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("Istio CRDs not found at {} ({e}); set WASMESH_ISTIO_CRDS", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
+    yaml_serde::Deserializer::from_str(&text)
         .filter_map(|d| {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(d).ok()?;
+            let v: yaml_serde::Value = serde::Deserialize::deserialize(d).ok()?;
             serde_json::to_value(v).ok()
         })
         .filter(|v| !v.is_null())
@@ -136,7 +138,7 @@ fn every_crd_field_is_accepted_and_round_trips_to_valid_istio() {
             }
         }
         let doc = json!({"apiVersion": api_version(kind), "kind": kind.name(), "metadata": {"name": "maximal", "namespace": "default"}, "spec": spec});
-        let yaml = serde_yaml::to_string(&doc).unwrap();
+        let yaml = yaml_serde::to_string(&doc).unwrap();
         let loaded = load_str(&yaml, "maximal.yaml")
             .unwrap_or_else(|e| panic!("{}: a field Istio's CRD has was refused: {e}", kind.name()));
         let back = serde_json::to_value(&loaded[0]).unwrap();
@@ -162,8 +164,8 @@ fn every_example_is_valid_istio() {
         files.sort();
         for f in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
             let text = std::fs::read_to_string(&f).unwrap();
-            for (i, d) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-                let v: serde_yaml::Value = serde::Deserialize::deserialize(d).unwrap();
+            for (i, d) in yaml_serde::Deserializer::from_str(&text).enumerate() {
+                let v: yaml_serde::Value = serde::Deserialize::deserialize(d).unwrap();
                 if v.is_null() {
                     continue;
                 }

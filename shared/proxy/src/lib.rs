@@ -147,7 +147,7 @@ pub fn log_debug(message: &str) {
 /// A 64-bit seed from the host's entropy (WASI `random_get`); falls back to the clock.
 pub fn random_seed() -> u64 {
     let mut buf = [0u8; 8];
-    if getrandom::getrandom(&mut buf).is_ok() {
+    if getrandom::fill(&mut buf).is_ok() {
         return u64::from_le_bytes(buf);
     }
     hostcalls::get_current_time()
