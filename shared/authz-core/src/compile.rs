@@ -36,6 +36,7 @@ impl AuthzConfig {
             if self.stage == Stage::Tcp {
                 unsupported_on_tcp(res, ap, &mut errors);
             }
+            check_bounds(res, ap, &mut errors);
             let ctx = PolicyCtx { res, ap, bundle: &bundle, prefix: String::new(), tcp: self.stage == Stage::Tcp };
             match ap.action {
                 Action::Custom => custom_policies.push((res, ap)),
@@ -230,6 +231,66 @@ fn unsupported_on_tcp(res: &Resource, ap: &AuthorizationPolicy, errors: &mut Vec
                     format!("spec.rules[{i}].when[{j}].key"),
                     format!("{:?}: dynamic-metadata conditions are not enforced on TCP ports by wasmesh; remove the condition or make the port HTTP", c.key),
                 ));
+            }
+        }
+    }
+}
+
+/// Most values in one list of a policy (`principals`, `paths`, a condition's `values`, … and
+/// each `not` list). Envoy's RBAC filter puts no bound of its own (its configuration is bounded
+/// by the xDS message size); wasmesh evaluates every value per request, so an unbounded list is
+/// per-request work without bound: a policy past it refuses the configuration.
+pub const MAX_FIELD_VALUES: usize = 1024;
+
+/// Longest value in a policy (a principal, path, host, header or claim value, a condition key).
+/// The matcher a value becomes is linear in its length, the analogue of the program-size bound
+/// Envoy's RE2 matchers have (`re2.max_program_size.error_level`, 100 by default). Every glob
+/// made from such a value fits [`crate::matcher::STACK_GLOB_ITEMS`], so matching allocates nothing.
+pub const MAX_VALUE_BYTES: usize = 900;
+
+/// [`MAX_FIELD_VALUES`] and [`MAX_VALUE_BYTES`] for every list of a policy, reported by field.
+fn check_bounds(res: &Resource, ap: &AuthorizationPolicy, errors: &mut Vec<Error>) {
+    for (i, rule) in ap.rules.as_deref().unwrap_or_default().iter().enumerate() {
+        let Some(rule) = rule else { continue };
+        let field = format!("spec.rules[{i}]");
+        let mut kvs = Vec::new();
+        for (j, from) in rule.from.as_deref().unwrap_or_default().iter().enumerate() {
+            kvs.extend(source_kvs(from.source.as_ref(), &format!("{field}.from[{j}].source")));
+        }
+        for (j, to) in rule.to.as_deref().unwrap_or_default().iter().enumerate() {
+            kvs.extend(operation_kvs(to.operation.as_ref(), &format!("{field}.to[{j}].operation")));
+        }
+        for (j, cond) in rule.when.as_deref().unwrap_or_default().iter().enumerate() {
+            let at = format!("{field}.when[{j}]");
+            if cond.key.len() > MAX_VALUE_BYTES {
+                errors.push(Error::at(
+                    res,
+                    format!("{at}.key"),
+                    format!("{} bytes; at most {MAX_VALUE_BYTES} are accepted", cond.key.len()),
+                ));
+            }
+            kvs.extend(kv(Key::Host, at, cond.values.as_deref(), cond.not_values.as_deref()));
+        }
+        for kv in kvs {
+            for (list, name) in [(&kv.values, "values"), (&kv.not_values, "values in its not-list")] {
+                if list.len() > MAX_FIELD_VALUES {
+                    errors.push(Error::at(
+                        res,
+                        kv.field.clone(),
+                        format!("{} {name}; at most {MAX_FIELD_VALUES} are accepted per list", list.len()),
+                    ));
+                }
+                if let Some(long) = list.iter().find(|v| v.len() > MAX_VALUE_BYTES) {
+                    errors.push(Error::at(
+                        res,
+                        kv.field.clone(),
+                        format!(
+                            "a value of {} bytes ({:?}…); at most {MAX_VALUE_BYTES} are accepted",
+                            long.len(),
+                            long.chars().take(32).collect::<String>()
+                        ),
+                    ));
+                }
             }
         }
     }

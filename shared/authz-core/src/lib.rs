@@ -23,7 +23,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-mod compile;
+pub mod compile;
 mod config;
 pub mod decision;
 mod eval;

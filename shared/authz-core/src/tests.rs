@@ -1156,3 +1156,35 @@ fn without_workload_the_config_parses_and_compiling_refuses() {
     assert!(e.contains("workload: absent"), "{e}");
     assert!(AuthzConfig::compile_json(br#"{"resources": []}"#).is_err(), "fail closed without a workload");
 }
+
+/// [`compile::MAX_FIELD_VALUES`]: a list at the bound compiles, one past it refuses the
+/// configuration, naming the field.
+#[test]
+fn policy_value_lists_are_bounded() {
+    let list = |n: usize| (0..n).map(|i| format!("cluster.local/ns/a/sa/s{i}")).collect::<Vec<_>>().join(", ");
+    let yaml = |n: usize| {
+        policy("p", "foo", "ALLOW", &format!("  rules: [{{from: [{{source: {{principals: [{}]}}}}]}}]", list(n)))
+    };
+    let ok = compile_with(&yaml(crate::compile::MAX_FIELD_VALUES), workload(), |_| {});
+    assert!(ok.warnings().is_empty());
+    let resources = Resources { items: load_str(&yaml(crate::compile::MAX_FIELD_VALUES + 1), "t.yaml").unwrap() };
+    let cfg = AuthzConfig::parse_json(br#"{"workload": {"name": "httpbin", "namespace": "foo"}}"#).unwrap();
+    let err = cfg.compile(&resources).unwrap_err().to_string();
+    assert!(err.contains("spec.rules[0].from[0].source.principals") && err.contains("1025 values"), "{err}");
+}
+
+/// [`compile::MAX_VALUE_BYTES`]: a longer value (or condition key) refuses the configuration.
+#[test]
+fn policy_values_are_bounded_in_length() {
+    let cfg = AuthzConfig::parse_json(br#"{"workload": {"name": "httpbin", "namespace": "foo"}}"#).unwrap();
+    let at = |len: usize| format!("/{}", "a".repeat(len - 1));
+    let yaml = |rules: String| Resources { items: load_str(&policy("p", "foo", "DENY", &rules), "t.yaml").unwrap() };
+    let max = crate::compile::MAX_VALUE_BYTES;
+    let ok = cfg.compile(&yaml(format!("  rules: [{{to: [{{operation: {{notPaths: ['{}']}}}}]}}]", at(max))));
+    assert!(ok.is_ok(), "{ok:?}");
+    let err = cfg.compile(&yaml(format!("  rules: [{{to: [{{operation: {{notPaths: ['{}']}}}}]}}]", at(max + 1))));
+    assert!(err.unwrap_err().to_string().contains("spec.rules[0].to[0].operation.paths"));
+    let key = format!("request.headers[{}]", "x".repeat(max));
+    let err = cfg.compile(&yaml(format!("  rules: [{{when: [{{key: '{key}', values: [v]}}]}}]")));
+    assert!(err.unwrap_err().to_string().contains("spec.rules[0].when[0].key"));
+}
