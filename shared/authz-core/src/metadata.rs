@@ -5,6 +5,8 @@
 //! lose the value's type (a list and a string, or a number and an 8-byte string, look alike), so
 //! the filter reads the message and this module decodes the few types RBAC distinguishes.
 
+#![deny(clippy::indexing_slicing)]
+
 use crate::{MetaValue, MetadataEntry};
 
 /// Decodes `Metadata.filter_metadata[filter].fields[key]` for every wanted pair present.
