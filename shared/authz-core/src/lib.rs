@@ -18,8 +18,12 @@
 //!   is reported in [`Authz::warnings`]. [`validate`] rejects all of them up front, as Istio's
 //!   admission webhook does; `wasmeshctl` refuses to deploy such policies.
 //!
-//! The filter fills a [`Request`] (headers, addresses, peer certificate names, verified JWT
-//! identity from filter state) and acts on the [`Verdict`].
+//! Where things are: [`AuthzConfig`] (`config.rs`) is what `wasmeshctl` writes; `compile.rs`
+//! turns it into the [`model`] that `eval.rs` walks ([`trust_domain`] migrates principals);
+//! [`decision`] orders Istio's chain and says what the filter records and counts; [`ext_authz`]
+//! builds the CUSTOM check and reads the provider's answer; [`view`] is the request as the filter
+//! reads it lazily from the host ([`Request`] is the same, filled up front, for `wasmeshctl
+//! check` and the tests). The filter applies the outcomes: it decides nothing itself.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
