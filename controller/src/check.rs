@@ -181,7 +181,7 @@ pub fn check(
     if let Some(CustomOutcome::Check { provider, rule }) = &custom {
         out.push_str(&format!(
             "CUSTOM: rule {rule} ({}) matched: extension provider {:?} is asked first; if it denies, its answer is the response. Assuming it allows:\n",
-            describe_rule(resources, rule),
+            describe_rule(resources, rule.name),
             provider.name
         ));
     }

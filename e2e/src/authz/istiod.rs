@@ -686,51 +686,105 @@ fn nested_brackets(s: &str) -> Result<Vec<String>, String> {
     Ok(claims)
 }
 
-fn replace_aliases(bundle: &[String], principals: &[String]) -> Vec<String> {
-    let pm = |a: &str, p: &str| p.strip_suffix('*').is_some_and(|x| a.starts_with(x));
-    let sm = |a: &str, p: &str| p.strip_prefix('*').is_some_and(|x| a.ends_with(x));
-    let mut out = Vec::new();
-    for p in principals {
-        let parts: Vec<&str> = p.split('/').collect();
-        if parts.len() != 5 || parts[0] == "*" {
-            out.push(p.clone());
-            continue;
-        }
-        let td = parts[0];
-        let in_bundle = bundle.iter().any(|s| td == s || s == "*" || pm(td, s) || pm(s, td) || sm(td, s) || sm(s, td));
-        if in_bundle || td == "cluster.local" {
-            let mut mine: Vec<String> = Vec::new();
-            for b in bundle {
-                let np = if sm(b, td) { p.clone() } else { format!("{b}/{}", parts[1..].join("/")) };
-                if !mine.contains(&np) {
-                    mine.push(np);
-                }
-            }
-            out.extend(mine);
-        } else {
-            out.push(p.clone());
-        }
+// Trust-domain migration, written for this oracle from istiod's documented behaviour
+// (`pilot/pkg/security/trustdomain`), independently of wasmesh-authz's code so an alias bug there
+// shows up as a difference:
+//
+// - the bundle is meshConfig `trustDomain` followed by `trustDomainAliases`, in that order;
+// - a principal names a trust domain only in SPIFFE form `<td>/ns/<ns>/sa/<sa>` (exactly five
+//   `/`-separated parts) with `<td>` other than `*`; any other principal is left alone;
+// - its trust domain is "known" when it equals, or wildcard-matches in either direction (`*`,
+//   `x*`, `*x` on either side), any bundle entry, or is `cluster.local` (which stands for the
+//   local trust domain whatever the mesh calls it); an unknown one is left alone;
+// - a known principal is replaced by one principal per bundle entry, in bundle order: the entry
+//   in place of `<td>`, except that a `*x` trust domain the entry ends in stays as written;
+//   duplicates among these are dropped (not across different principals);
+// - a `trustDomains` value equal to a bundle entry becomes the whole bundle; then every
+//   duplicate in the list is dropped (first one kept). No `cluster.local` special case there.
+
+/// The trust domain of a SPIFFE-form principal istiod migrates, with the rest after it.
+fn enforced_trust_domain(principal: &str) -> Option<(&str, &str)> {
+    if principal.bytes().filter(|b| *b == b'/').count() != 4 {
+        return None;
     }
-    out
+    let (td, rest) = principal.split_once('/')?;
+    (td != "*").then_some((td, rest))
+}
+
+/// `text` against a pattern that may start or end with `*` (or be `*`).
+fn wildcard(text: &str, pattern: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match (pattern.strip_prefix('*'), pattern.strip_suffix('*')) {
+        (Some(tail), _) if text.ends_with(tail) => true,
+        (_, Some(head)) if text.starts_with(head) => true,
+        _ => text == pattern,
+    }
+}
+
+fn replace_aliases(bundle: &[String], principals: &[String]) -> Vec<String> {
+    let known = |td: &str| td == "cluster.local" || bundle.iter().any(|b| wildcard(td, b) || wildcard(b, td));
+    principals
+        .iter()
+        .flat_map(|principal| match enforced_trust_domain(principal) {
+            Some((td, rest)) if known(td) => {
+                let mut each: Vec<String> = Vec::with_capacity(bundle.len());
+                for entry in bundle {
+                    let keeps_pattern = td.starts_with('*') && entry.ends_with(&td[1..]);
+                    let p = if keeps_pattern { principal.clone() } else { [entry.as_str(), rest].join("/") };
+                    if !each.iter().any(|q| *q == p) {
+                        each.push(p);
+                    }
+                }
+                each
+            }
+            _ => vec![principal.clone()],
+        })
+        .collect()
 }
 
 fn expand_aliases(bundle: &[String], values: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for v in values {
-        let add: Vec<String> = if bundle.contains(v) { bundle.to_vec() } else { vec![v.clone()] };
-        for a in add {
-            if !out.contains(&a) {
-                out.push(a);
-            }
-        }
-    }
-    out
+    let all = values.iter().flat_map(|v| if bundle.iter().any(|b| b == v) { bundle } else { std::slice::from_ref(v) });
+    let mut seen = std::collections::HashSet::new();
+    all.filter(|v| seen.insert(v.as_str())).cloned().collect()
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The examples of istiod's trustdomain package documentation, worked by hand.
+    #[test]
+    fn trust_domain_migration_follows_istiod() {
+        let bundle = strings(&["td2", "td1", "*-legacy"]);
+        assert_eq!(
+            replace_aliases(&bundle, &strings(&["td1/ns/foo/sa/bar"])),
+            strings(&["td2/ns/foo/sa/bar", "td1/ns/foo/sa/bar", "*-legacy/ns/foo/sa/bar"])
+        );
+        assert_eq!(
+            replace_aliases(&bundle, &strings(&["cluster.local/ns/foo/sa/bar"])),
+            strings(&["td2/ns/foo/sa/bar", "td1/ns/foo/sa/bar", "*-legacy/ns/foo/sa/bar"]),
+            "cluster.local stands for the local trust domain and is not kept"
+        );
+        assert_eq!(
+            replace_aliases(&strings(&["new-td", "old-td", "x"]), &strings(&["*-td/ns/foo/sa/bar"])),
+            strings(&["*-td/ns/foo/sa/bar", "x/ns/foo/sa/bar"]),
+            "a *x trust domain stays as written for the entries it matches, once"
+        );
+        for untouched in ["*/ns/foo/sa/bar", "other/ns/foo/sa/bar", "td1/ns/foo", "td1/ns/foo/sa/bar/x"] {
+            assert_eq!(replace_aliases(&bundle, &strings(&[untouched])), strings(&[untouched]));
+        }
+        assert_eq!(
+            expand_aliases(&bundle, &strings(&["td1", "other", "td2", "cluster.local"])),
+            strings(&["td2", "td1", "*-legacy", "other", "cluster.local"])
+        );
+    }
 
     #[test]
     fn generates_istiod_shapes() {

@@ -2,223 +2,19 @@
 //! `pilot/pkg/security/authz/{builder,model}` translation, kept rule for rule.
 
 use crate::matcher::{contains_path_template, path_template, Cidr, Class, Glob, HeaderMatch, StrMatch};
-use crate::peer_authentication::{MtlsMode, PeerAuthnPolicy};
+use crate::model::{Atom, Authz, CRule, Cond, Custom, MetaMatch, RuleSet};
+use crate::peer_authentication::PeerAuthnPolicy;
 use crate::provider::{parse_providers, Provider};
-use crate::{scope, Needs, DRY_RUN_ANNOTATION};
-use serde::{Deserialize, Serialize};
+use crate::trust_domain::{expand_trust_domain_aliases, replace_trust_domain_aliases};
+use crate::{scope, AuthzConfig, CompileError, Needs, Stage, DRY_RUN_ANNOTATION};
 use std::collections::BTreeSet;
-use std::fmt;
 use wasmesh_istio::security::{Action, AuthorizationPolicy, Condition, Operation, Rule, Source};
-use wasmesh_istio::{Error, MeshIdentity, ProxyMode, Resource, Resources, Workload};
-
-/// The authz filter's configuration, as `wasmeshctl` writes it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct AuthzConfig {
-    /// The proxy. Absent: the filter builds it from the Envoy node metadata Istio writes (one
-    /// configuration for every proxy a WasmPlugin selects), completed by `mesh`; a node without
-    /// that identity makes the filter refuse to configure (fail closed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<Workload>,
-    /// Trust domain, root namespace and DNS suffix for a node-derived workload.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mesh: Option<MeshIdentity>,
-    /// AuthorizationPolicies (and PeerAuthentications) in Istio's JSON form. The filter
-    /// selects the ones that apply to `workload` itself (namespace, selector, targetRefs), so a
-    /// superset is fine.
-    #[serde(default)]
-    pub resources: Vec<serde_json::Value>,
-    /// meshConfig `trustDomainAliases` (the workload's `trustDomain` is the first trust domain).
-    #[serde(default)]
-    pub trust_domain_aliases: Vec<String>,
-    /// meshConfig `extensionProviders` (Istio field names); only `envoyExtAuthzHttp` ones are
-    /// used, for CUSTOM policies.
-    #[serde(default)]
-    pub extension_providers: Vec<serde_json::Value>,
-    /// Which part of Istio's authz chain this filter instance implements.
-    #[serde(default)]
-    pub stage: Stage,
-    /// Istio's `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS` (default false: a workload whose
-    /// CUSTOM policies name several providers denies the requests they match).
-    #[serde(default)]
-    pub multiple_custom_providers: bool,
-    /// Write every decision to filter state `wasmesh.authz.decision` for access logs (default
-    /// true; one hostcall per request).
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
-    pub decision_filter_state: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn is_true(b: &bool) -> bool {
-    *b
-}
-
-/// Istio runs CUSTOM (rbac + ext_authz) before the JWT filter and AUDIT/DENY/ALLOW after it.
-/// With CUSTOM policies, wasmeshctl inserts one instance per side; otherwise one `All`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub enum Stage {
-    #[default]
-    All,
-    /// CUSTOM only, before authn; also PeerAuthentication when a CUSTOM policy applies.
-    Custom,
-    /// AUDIT, DENY and ALLOW, after authn; also PeerAuthentication when no CUSTOM policy
-    /// applies (then there is no CUSTOM instance).
-    Rbac,
-    /// The network (L4) filter of a TCP port, Istio's network RBAC (`buildTCP`): AUDIT, DENY and
-    /// ALLOW (and PeerAuthentication) on connection attributes only. HTTP-only fields drop the
-    /// ALLOW rule that holds them (an ALLOW policy left without rules denies every connection)
-    /// and are removed from DENY/AUDIT rules (which then match more); CUSTOM with an HTTP
-    /// ext_authz provider does not apply. `experimental.envoy.filters.*` conditions are refused.
-    Tcp,
-}
-
-/// Everything wrong with a configuration, each error naming resource, field and value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompileError(pub Vec<Error>);
-
-impl fmt::Display for CompileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
-        write!(f, "{}", lines.join("; "))
-    }
-}
-
-impl std::error::Error for CompileError {}
-
-/// A compiled rule: Envoy RBAC `Policy` (any permission AND any principal).
-#[derive(Debug, Clone)]
-pub(crate) struct CRule {
-    /// `ns[<ns>]-policy[<name>]-rule[<i>]`, with istiod's prefix/suffix for CUSTOM.
-    pub name: String,
-    pub permissions: Vec<Vec<Cond>>,
-    pub principals: Vec<Vec<Cond>>,
-}
-
-/// One AND term: OR of atoms, or NOT of the OR.
-#[derive(Debug, Clone)]
-pub(crate) enum Cond {
-    Or(Vec<Atom>),
-    NotOr(Vec<Atom>),
-}
-
-/// The matchers istiod emits.
-#[derive(Debug, Clone)]
-pub(crate) enum Atom {
-    // Permissions.
-    Host(HeaderMatch),
-    Method(HeaderMatch),
-    Path(StrMatch),
-    DestPort(u32),
-    DestIp(Cidr),
-    Sni(StrMatch),
-    /// `experimental.envoy.filters.<f>[<k>]`: OR of value matchers on dynamic metadata.
-    Metadata {
-        filter: String,
-        key: String,
-        values: Vec<MetaMatch>,
-    },
-    // Principals.
-    /// Envoy `authenticated.principal_name` on the peer certificate names.
-    Peer(StrMatch),
-    DirectIp(Cidr),
-    RemoteIp(Cidr),
-    Header {
-        name: String,
-        m: HeaderMatch,
-    },
-    /// `requestPrincipals`: `payload.iss` AND `payload.sub`.
-    Jwt {
-        iss: StrMatch,
-        sub: StrMatch,
-    },
-    /// `request.auth.claims[...]` / audiences / presenter: a string claim matching one of the
-    /// values, or a list claim with an element matching one of them.
-    Claim {
-        path: Vec<String>,
-        values: Vec<StrMatch>,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub(crate) enum MetaMatch {
-    String(StrMatch),
-    /// `[v]`: a list value with an element matching.
-    ListOneOf(StrMatch),
-}
-
-/// Enforced and dry-run rules of one RBAC filter (Envoy `rules` / `shadow_rules`).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RuleSet {
-    /// `None`: no enforcement (Envoy `rules` absent).
-    pub rules: Option<Vec<CRule>>,
-    pub shadow: Option<Vec<CRule>>,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) enum Custom {
-    None,
-    Ext {
-        provider: Box<Provider>,
-        rules: Vec<CRule>,
-    },
-    /// Unknown or invalid provider, or several providers: the CUSTOM rules deny.
-    Bad {
-        reason: String,
-        rules: Vec<CRule>,
-    },
-}
-
-/// The compiled authorization for one proxy.
-#[derive(Debug, Clone)]
-pub struct Authz {
-    pub(crate) decision_filter_state: bool,
-    pub(crate) stage: Stage,
-    pub(crate) custom: Custom,
-    pub(crate) audit: Vec<CRule>,
-    pub(crate) deny: RuleSet,
-    pub(crate) allow: RuleSet,
-    pub(crate) peer_authn: Option<PeerAuthnPolicy>,
-    pub(crate) needs: Needs,
-    pub(crate) warnings: Vec<Error>,
-    pub(crate) applied: Vec<String>,
-}
+use wasmesh_istio::{Error, FilterConfig, ProxyMode, Resource, Resources};
 
 impl AuthzConfig {
-    /// Parses the filter configuration and compiles it.
-    pub fn compile_json(bytes: &[u8]) -> Result<Authz, CompileError> {
-        let cfg = AuthzConfig::parse_json(bytes)?;
-        cfg.compile(&cfg.parsed_resources()?)
-    }
-
-    /// Parses the filter configuration (resources still as JSON).
-    pub fn parse_json(bytes: &[u8]) -> Result<AuthzConfig, CompileError> {
-        serde_json::from_slice(bytes).map_err(|e| CompileError(vec![Error::new(format!("authz configuration: {e}"))]))
-    }
-
-    /// The `resources` field as Istio resources.
-    pub fn parsed_resources(&self) -> Result<Resources, CompileError> {
-        let items = wasmesh_istio::resources_from_values(self.resources.clone()).map_err(|e| CompileError(vec![e]))?;
-        Ok(Resources { items })
-    }
-
-    /// `mesh`, or Istio's defaults.
-    pub fn mesh(&self) -> MeshIdentity {
-        self.mesh.clone().unwrap_or_default()
-    }
-
     /// Compiles from already-parsed resources (the `resources` field is not read).
     pub fn compile(&self, resources: &Resources) -> Result<Authz, CompileError> {
-        let Some(wl) = &self.workload else {
-            return Err(CompileError(vec![Error::new(
-                "authz configuration: workload: absent, and not taken from the Envoy node (the filter does that before compiling)",
-            )]));
-        };
+        let wl = self.require_workload()?;
         let mut warnings = Vec::new();
         let mut bundle = vec![wl.trust_domain.clone()];
         bundle.extend(self.trust_domain_aliases.iter().cloned());
@@ -240,6 +36,7 @@ impl AuthzConfig {
             if self.stage == Stage::Tcp {
                 unsupported_on_tcp(res, ap, &mut errors);
             }
+            check_bounds(res, ap, &mut errors);
             let ctx = PolicyCtx { res, ap, bundle: &bundle, prefix: String::new(), tcp: self.stage == Stage::Tcp };
             match ap.action {
                 Action::Custom => custom_policies.push((res, ap)),
@@ -301,6 +98,7 @@ impl AuthzConfig {
             needs: Needs::default(),
             warnings,
             applied,
+            rule_names: Vec::new(),
         };
         // PeerAuthentication is enforced once, by the first instance on the chain: the CUSTOM
         // instance when a CUSTOM policy applies (it runs first), else the RBAC instance, so a
@@ -319,7 +117,7 @@ impl AuthzConfig {
                 authz.peer_authn = None;
             }
         }
-        authz.needs = authz.compute_needs();
+        authz.finish();
         Ok(authz)
     }
 
@@ -438,6 +236,66 @@ fn unsupported_on_tcp(res: &Resource, ap: &AuthorizationPolicy, errors: &mut Vec
     }
 }
 
+/// Most values in one list of a policy (`principals`, `paths`, a condition's `values`, … and
+/// each `not` list). Envoy's RBAC filter puts no bound of its own (its configuration is bounded
+/// by the xDS message size); wasmesh evaluates every value per request, so an unbounded list is
+/// per-request work without bound: a policy past it refuses the configuration.
+pub const MAX_FIELD_VALUES: usize = 1024;
+
+/// Longest value in a policy (a principal, path, host, header or claim value, a condition key).
+/// The matcher a value becomes is linear in its length, the analogue of the program-size bound
+/// Envoy's RE2 matchers have (`re2.max_program_size.error_level`, 100 by default). Every glob
+/// made from such a value fits [`crate::matcher::STACK_GLOB_ITEMS`], so matching allocates nothing.
+pub const MAX_VALUE_BYTES: usize = 900;
+
+/// [`MAX_FIELD_VALUES`] and [`MAX_VALUE_BYTES`] for every list of a policy, reported by field.
+fn check_bounds(res: &Resource, ap: &AuthorizationPolicy, errors: &mut Vec<Error>) {
+    for (i, rule) in ap.rules.as_deref().unwrap_or_default().iter().enumerate() {
+        let Some(rule) = rule else { continue };
+        let field = format!("spec.rules[{i}]");
+        let mut kvs = Vec::new();
+        for (j, from) in rule.from.as_deref().unwrap_or_default().iter().enumerate() {
+            kvs.extend(source_kvs(from.source.as_ref(), &format!("{field}.from[{j}].source")));
+        }
+        for (j, to) in rule.to.as_deref().unwrap_or_default().iter().enumerate() {
+            kvs.extend(operation_kvs(to.operation.as_ref(), &format!("{field}.to[{j}].operation")));
+        }
+        for (j, cond) in rule.when.as_deref().unwrap_or_default().iter().enumerate() {
+            let at = format!("{field}.when[{j}]");
+            if cond.key.len() > MAX_VALUE_BYTES {
+                errors.push(Error::at(
+                    res,
+                    format!("{at}.key"),
+                    format!("{} bytes; at most {MAX_VALUE_BYTES} are accepted", cond.key.len()),
+                ));
+            }
+            kvs.extend(kv(Key::Host, at, cond.values.as_deref(), cond.not_values.as_deref()));
+        }
+        for kv in kvs {
+            for (list, name) in [(&kv.values, "values"), (&kv.not_values, "values in its not-list")] {
+                if list.len() > MAX_FIELD_VALUES {
+                    errors.push(Error::at(
+                        res,
+                        kv.field.clone(),
+                        format!("{} {name}; at most {MAX_FIELD_VALUES} are accepted per list", list.len()),
+                    ));
+                }
+                if let Some(long) = list.iter().find(|v| v.len() > MAX_VALUE_BYTES) {
+                    errors.push(Error::at(
+                        res,
+                        kv.field.clone(),
+                        format!(
+                            "a value of {} bytes ({:?}…); at most {MAX_VALUE_BYTES} are accepted",
+                            long.len(),
+                            long.chars().take(32).collect::<String>()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
 /// One `key`'s values in a model rule list.
 #[derive(Clone)]
 struct Kv {
@@ -487,7 +345,7 @@ impl PolicyCtx<'_> {
         let rules = self.ap.rules.as_deref().unwrap_or_default();
         if rules.is_empty() {
             // rbacPolicyMatchNever.
-            return vec![CRule { name: self.name(0), permissions: Vec::new(), principals: Vec::new() }];
+            return vec![CRule::new(self.name(0), Vec::new(), Vec::new())];
         }
         let mut out = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
@@ -497,7 +355,7 @@ impl PolicyCtx<'_> {
                 continue;
             };
             match self.rule(rule, &field, warnings) {
-                Ok((permissions, principals)) => out.push(CRule { name: self.name(i), permissions, principals }),
+                Ok((permissions, principals)) => out.push(CRule::new(self.name(i), permissions, principals)),
                 Err(e) => warnings.push(Error::at(self.res, field, format!("rule skipped: {e}"))),
             }
         }
@@ -758,7 +616,7 @@ impl PolicyCtx<'_> {
                         }
                     })
                     .collect();
-                Atom::Metadata { filter: filter.to_string(), key: key.to_string(), values }
+                Atom::Metadata { filter: filter.to_string(), key: key.to_string(), slot: 0, values }
             }
             _ => return Err("internal: not an extended key".into()),
         }])
@@ -927,171 +785,4 @@ fn action_name(a: Action) -> &'static str {
         Action::Audit => "AUDIT",
         Action::Custom => "CUSTOM",
     }
-}
-
-/// `Bundle.ReplaceTrustDomainAliases`.
-pub(crate) fn replace_trust_domain_aliases(bundle: &[String], principals: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    for p in principals {
-        let parts: Vec<&str> = p.split('/').collect();
-        if parts.len() != 5 || parts[0] == "*" {
-            out.push(p.clone());
-            continue;
-        }
-        let td = parts[0];
-        if td_string_match(td, bundle) || td == "cluster.local" {
-            let mut for_aliases: Vec<String> = Vec::new();
-            for b in bundle {
-                let np = if suffix_match(b, td) { p.clone() } else { format!("{b}/{}", parts[1..].join("/")) };
-                if !for_aliases.contains(&np) {
-                    for_aliases.push(np);
-                }
-            }
-            out.extend(for_aliases);
-        } else {
-            out.push(p.clone());
-        }
-    }
-    out
-}
-
-/// `Bundle.ExpandTrustDomainAliases`.
-pub(crate) fn expand_trust_domain_aliases(bundle: &[String], values: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for v in values {
-        let add: Vec<String> = if bundle.contains(v) { bundle.to_vec() } else { vec![v.clone()] };
-        for a in add {
-            if !out.contains(&a) {
-                out.push(a);
-            }
-        }
-    }
-    out
-}
-
-/// trustdomain `stringMatch`: the pattern may be on either side.
-fn td_string_match(a: &str, list: &[String]) -> bool {
-    list.iter().any(|s| {
-        a == s || s == "*" || prefix_match(a, s) || prefix_match(s, a) || suffix_match(a, s) || suffix_match(s, a)
-    })
-}
-fn prefix_match(a: &str, pattern: &str) -> bool {
-    pattern.strip_suffix('*').is_some_and(|p| a.starts_with(p))
-}
-fn suffix_match(a: &str, pattern: &str) -> bool {
-    pattern.strip_prefix('*').is_some_and(|p| a.ends_with(p))
-}
-
-impl Authz {
-    /// Configuration problems that istiod would log and tolerate (the filter logs them).
-    pub fn warnings(&self) -> &[Error] {
-        &self.warnings
-    }
-
-    /// `Kind ns/name (ACTION)` of every AuthorizationPolicy that applies to the workload.
-    pub fn applied(&self) -> &[String] {
-        &self.applied
-    }
-
-    pub fn needs(&self) -> &Needs {
-        &self.needs
-    }
-
-    pub fn stage(&self) -> Stage {
-        self.stage
-    }
-
-    /// Whether the filter writes each decision to filter state for access logs.
-    pub fn decision_filter_state(&self) -> bool {
-        self.decision_filter_state
-    }
-
-    /// The CUSTOM provider this filter calls, if any CUSTOM policy applies.
-    pub fn provider(&self) -> Option<&Provider> {
-        match &self.custom {
-            Custom::Ext { provider, .. } => Some(provider),
-            _ => None,
-        }
-    }
-
-    /// Whether anything at all is enforced or observed (no policy → the filter is a no-op).
-    pub fn is_empty(&self) -> bool {
-        matches!(self.custom, Custom::None)
-            && self.audit.is_empty()
-            && self.deny.rules.is_none()
-            && self.deny.shadow.is_none()
-            && self.allow.rules.is_none()
-            && self.allow.shadow.is_none()
-            && self.peer_authn.as_ref().is_none_or(|p| !p_strict(p))
-    }
-
-    /// Every compiled rule name, for metrics.
-    pub fn rule_names(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Custom::Ext { rules, .. } | Custom::Bad { rules, .. } = &self.custom {
-            out.extend(rules.iter().map(|r| r.name.clone()));
-        }
-        out.extend(self.audit.iter().map(|r| r.name.clone()));
-        for set in [&self.deny, &self.allow] {
-            for rules in [&set.rules, &set.shadow].into_iter().flatten() {
-                out.extend(rules.iter().map(|r| r.name.clone()));
-            }
-        }
-        out
-    }
-
-    fn compute_needs(&self) -> Needs {
-        let mut n = Needs::default();
-        let mut visit = |rules: &[CRule]| {
-            for r in rules {
-                for and in r.permissions.iter().chain(r.principals.iter()) {
-                    for c in and {
-                        let (Cond::Or(atoms) | Cond::NotOr(atoms)) = c;
-                        for a in atoms {
-                            match a {
-                                Atom::DestPort(_) => n.destination_port = true,
-                                Atom::DestIp(_) => n.destination_ip = true,
-                                Atom::Sni(_) => n.sni = true,
-                                Atom::Metadata { filter, key, .. } => {
-                                    let k = (filter.clone(), key.clone());
-                                    if !n.metadata.contains(&k) {
-                                        n.metadata.push(k);
-                                    }
-                                }
-                                Atom::Peer(_) => {
-                                    n.peer = true;
-                                    n.mtls = true;
-                                }
-                                Atom::DirectIp(_) => n.source_ip = true,
-                                Atom::RemoteIp(_) => n.remote_ip = true,
-                                Atom::Jwt { .. } | Atom::Claim { .. } => n.identity = true,
-                                Atom::Host(_) | Atom::Method(_) | Atom::Path(_) | Atom::Header { .. } => {}
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        if let Custom::Ext { rules, .. } | Custom::Bad { rules, .. } = &self.custom {
-            visit(rules);
-        }
-        visit(&self.audit);
-        for set in [&self.deny, &self.allow] {
-            for rules in [&set.rules, &set.shadow].into_iter().flatten() {
-                visit(rules);
-            }
-        }
-        if let Some(p) = &self.peer_authn {
-            if p_strict(p) {
-                n.mtls = true;
-                n.destination_port = true;
-            }
-        }
-        n
-    }
-}
-
-/// Whether a PeerAuthentication policy can refuse anything (a STRICT port somewhere).
-fn p_strict(p: &PeerAuthnPolicy) -> bool {
-    p.mode() == MtlsMode::Strict || p.port_overrides().any(|(_, m)| m == MtlsMode::Strict)
 }

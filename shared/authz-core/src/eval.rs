@@ -2,9 +2,9 @@
 //! and ALLOW filters in that order, each with enforced and shadow (dry-run) rules, policies in
 //! lexicographic name order, the first match deciding.
 
-use crate::compile::{Atom, CRule, Cond, Custom, MetaMatch, RuleSet};
 use crate::matcher::HeaderMatch;
 use crate::matcher::StrMatch;
+use crate::model::{Atom, CRule, Cond, Custom, MetaMatch, RuleRef, RuleSet};
 use crate::{strip_query, Authz, MetaValue, Provider, View};
 use serde_json::Value;
 
@@ -18,13 +18,13 @@ pub enum Reason<'e> {
     /// Allowed: no enforced ALLOW policy applies and no DENY policy matched.
     NoAllowPolicy,
     /// Allowed by this ALLOW rule.
-    Allowed { rule: &'e str },
+    Allowed { rule: RuleRef<'e> },
     /// Denied: ALLOW policies apply but none matched.
     NoAllowMatch,
     /// Denied by this DENY rule.
-    Denied { rule: &'e str },
+    Denied { rule: RuleRef<'e> },
     /// Denied: a CUSTOM rule matched but its provider is unusable.
-    BadCustom { rule: &'e str, reason: &'e str },
+    BadCustom { rule: RuleRef<'e>, reason: &'e str },
     /// Denied: PeerAuthentication STRICT on this port and the connection is not mutual TLS.
     PeerAuthnStrict { port: u32, policy: Option<String> },
     /// Denied: an input the policies need was unavailable (fail closed).
@@ -36,7 +36,7 @@ pub enum Reason<'e> {
 pub struct Shadow<'e> {
     pub allowed: bool,
     /// The dry-run rule that matched, if any.
-    pub rule: Option<&'e str>,
+    pub rule: Option<RuleRef<'e>>,
 }
 
 /// The decision and what it is based on.
@@ -45,7 +45,7 @@ pub struct Verdict<'e> {
     pub allowed: bool,
     pub reason: Reason<'e>,
     /// Matching AUDIT rules (they never change the decision).
-    pub audit: Vec<&'e str>,
+    pub audit: Vec<RuleRef<'e>>,
     pub dry_run_deny: Option<Shadow<'e>>,
     pub dry_run_allow: Option<Shadow<'e>>,
 }
@@ -69,10 +69,20 @@ impl<'e> Verdict<'e> {
 
     /// The rule that decided, Istio's RBAC policy name.
     pub fn rule(&self) -> Option<&'e str> {
+        self.rule_ref().map(|r| r.name)
+    }
+
+    /// The rule that decided, with its id.
+    pub fn rule_ref(&self) -> Option<RuleRef<'e>> {
         match self.reason {
             Reason::Allowed { rule } | Reason::Denied { rule } | Reason::BadCustom { rule, .. } => Some(rule),
             _ => None,
         }
+    }
+
+    /// A verdict decided by `reason` alone (no audit, no dry-run).
+    pub fn deny(reason: Reason<'e>) -> Self {
+        Verdict::new(false, reason)
     }
 
     /// A sentence for logs and `wasmeshctl check`.
@@ -94,7 +104,8 @@ impl<'e> Verdict<'e> {
         };
         let mut s = format!("{verdict}: {why}");
         if !self.audit.is_empty() {
-            s.push_str(&format!("; audited by {}", self.audit.join(", ")));
+            let names: Vec<&str> = self.audit.iter().map(|r| r.name).collect();
+            s.push_str(&format!("; audited by {}", names.join(", ")));
         }
         for (name, sh) in [("DENY", &self.dry_run_deny), ("ALLOW", &self.dry_run_allow)] {
             if let Some(sh) = sh {
@@ -130,7 +141,7 @@ pub enum CustomOutcome<'e> {
     /// No CUSTOM rule matched: go on.
     Continue,
     /// Ask the provider; its answer decides (deny, or go on).
-    Check { provider: &'e Provider, rule: &'e str },
+    Check { provider: &'e Provider, rule: RuleRef<'e> },
     /// Deny now (bad provider, or a missing input).
     Deny(Verdict<'e>),
 }
@@ -178,7 +189,7 @@ impl Authz {
         let mut audit = Vec::new();
         for r in &self.audit {
             if matches(r, req).unwrap_or(false) {
-                audit.push(r.name.as_str());
+                audit.push(r.as_ref());
             }
         }
         let dry_run_deny = shadow(&self.deny, req, true);
@@ -219,7 +230,7 @@ impl Authz {
     }
 }
 
-fn deny_filter<'e, V: View + ?Sized>(set: &'e RuleSet, req: &V) -> Result<Option<&'e str>, Missing> {
+fn deny_filter<'e, V: View + ?Sized>(set: &'e RuleSet, req: &V) -> Result<Option<RuleRef<'e>>, Missing> {
     match &set.rules {
         None => Ok(None),
         Some(rules) => first_match(rules, req),
@@ -233,10 +244,10 @@ fn shadow<'e, V: View + ?Sized>(set: &'e RuleSet, req: &V, deny: bool) -> Option
     Some(Shadow { allowed: if deny { hit.is_none() } else { hit.is_some() }, rule: hit })
 }
 
-fn first_match<'e, V: View + ?Sized>(rules: &'e [CRule], req: &V) -> Result<Option<&'e str>, Missing> {
+fn first_match<'e, V: View + ?Sized>(rules: &'e [CRule], req: &V) -> Result<Option<RuleRef<'e>>, Missing> {
     for r in rules {
         if matches(r, req)? {
-            return Ok(Some(r.name.as_str()));
+            return Ok(Some(r.as_ref()));
         }
     }
     Ok(None)
@@ -284,8 +295,8 @@ fn atom<V: View + ?Sized>(a: &Atom, req: &V) -> Result<bool, Missing> {
         Atom::DestPort(p) => req.destination_port().ok_or(Missing("destination.port"))? == *p,
         Atom::DestIp(c) => c.contains(req.destination_ip().ok_or(Missing("destination.address"))?),
         Atom::Sni(m) => m.matches(req.sni()?),
-        Atom::Metadata { filter, key, values } => {
-            let Some(e) = req.metadata()?.iter().find(|e| &e.filter == filter && &e.key == key) else {
+        Atom::Metadata { slot, values, .. } => {
+            let Some(e) = req.metadata()?.iter().find(|e| e.slot == *slot) else {
                 return Ok(false);
             };
             values.iter().any(|m| match (m, &e.value) {
@@ -314,17 +325,15 @@ fn atom<V: View + ?Sized>(a: &Atom, req: &V) -> Result<bool, Missing> {
         }
         Atom::Claim { path, values } => {
             let Some(id) = req.identity()? else { return Ok(false) };
-            let fallback;
-            let v = if id.claims.is_empty() && path.len() == 1 && path[0] == "aud" {
-                fallback = Value::from(id.audiences.clone());
-                Some(&fallback)
-            } else if id.claims.is_empty() && path.len() == 1 && path[0] == "azp" {
-                fallback = id.presenter.clone().map(Value::from).unwrap_or(Value::Null);
-                Some(&fallback)
-            } else {
-                claim(&id.claims, path)
-            };
-            match v {
+            // A hand-over without claims carries `aud` and `azp` in their own fields.
+            if id.claims.is_empty() {
+                match path.as_slice() {
+                    [p] if p == "aud" => return Ok(id.audiences.iter().any(|a| any_str(values, a))),
+                    [p] if p == "azp" => return Ok(id.presenter.as_deref().is_some_and(|a| any_str(values, a))),
+                    _ => {}
+                }
+            }
+            match claim(&id.claims, path) {
                 Some(Value::String(s)) => any_str(values, s),
                 Some(Value::Array(items)) => items.iter().any(|i| i.as_str().is_some_and(|s| any_str(values, s))),
                 _ => false,

@@ -18,25 +18,37 @@
 //!   is reported in [`Authz::warnings`]. [`validate`] rejects all of them up front, as Istio's
 //!   admission webhook does; `wasmeshctl` refuses to deploy such policies.
 //!
-//! The filter fills a [`Request`] (headers, addresses, peer certificate names, verified JWT
-//! identity from filter state) and acts on the [`Verdict`].
+//! Where things are: [`AuthzConfig`] (`config.rs`) is what `wasmeshctl` writes; `compile.rs`
+//! turns it into the [`model`] that `eval.rs` walks ([`trust_domain`] migrates principals);
+//! [`decision`] orders Istio's chain and says what the filter records and counts; [`ext_authz`]
+//! builds the CUSTOM check and reads the provider's answer; [`view`] is the request as the filter
+//! reads it lazily from the host ([`Request`] is the same, filled up front, for `wasmeshctl
+//! check` and the tests). The filter applies the outcomes: it decides nothing itself.
 #![forbid(unsafe_code)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-mod compile;
+pub mod compile;
+mod config;
+pub mod decision;
 mod eval;
+pub mod ext_authz;
 pub mod matcher;
 pub mod metadata;
+pub mod model;
 pub mod peer_authentication;
 pub mod provider;
 pub mod scope;
+pub mod trust_domain;
 pub mod validate;
+pub mod view;
 
 #[cfg(test)]
 mod tests;
 
-pub use compile::{AuthzConfig, CompileError, Stage};
+pub use config::{AuthzConfig, Stage};
 pub use eval::{CustomOutcome, Missing, Reason, Shadow, Verdict};
+pub use model::{Authz, RuleId, RuleRef};
+pub use wasmesh_istio::CompileError;
 
 pub use provider::{ExtAuthzHttp, Provider};
 pub use validate::{validate, validate_all};
@@ -102,8 +114,8 @@ impl<'a> PeerNames<'a> {
 /// One dynamic-metadata value (`filter_metadata[filter][key]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetadataEntry {
-    pub filter: String,
-    pub key: String,
+    /// Index of `(filter, key)` in [`Needs::metadata`] (the list the filter decoded).
+    pub slot: usize,
     pub value: MetaValue,
 }
 
@@ -166,6 +178,8 @@ pub trait View {
     /// The verified JWT identity; `Err` when a hand-over exists but cannot be read.
     fn identity(&self) -> Result<Option<&RequestIdentity>, Missing>;
     fn metadata(&self) -> Result<&[MetadataEntry], Missing>;
+    /// Every request header, names lower-case, in arrival order (for a CUSTOM check request).
+    fn all_headers(&self) -> Result<&[(String, Vec<u8>)], Missing>;
 }
 
 impl View for Request<'_> {
@@ -201,6 +215,9 @@ impl View for Request<'_> {
     }
     fn metadata(&self) -> Result<&[MetadataEntry], Missing> {
         Ok(self.metadata)
+    }
+    fn all_headers(&self) -> Result<&[(String, Vec<u8>)], Missing> {
+        Ok(self.headers)
     }
 }
 
@@ -251,5 +268,3 @@ pub struct Needs {
     /// `(filter, key)` pairs of `experimental.envoy.filters.*` conditions.
     pub metadata: Vec<(String, String)>,
 }
-
-pub use compile::Authz;

@@ -93,54 +93,71 @@ impl Glob {
     }
 
     /// Full match, by simulating the automaton (no backtracking: linear in input × pattern).
+    /// The state sets live on the stack for globs of up to [`STACK_GLOB_ITEMS`] items (every
+    /// glob istiod's translation makes from a value within [`crate::compile::MAX_VALUE_BYTES`]),
+    /// so a match allocates nothing; a longer glob still matches, with two heap sets.
     pub fn matches(&self, input: &[u8]) -> bool {
+        let words = (self.items.len() + 1).div_ceil(64);
+        let mut cur = [0u64; STACK_WORDS];
+        let mut next = [0u64; STACK_WORDS];
+        match (cur.get_mut(..words), next.get_mut(..words)) {
+            (Some(cur), Some(next)) => self.run(input, cur, next),
+            _ => self.run(input, &mut vec![0u64; words], &mut vec![0u64; words]),
+        }
+    }
+
+    fn run<'s>(&self, input: &[u8], mut cur: &'s mut [u64], mut next: &'s mut [u64]) -> bool {
         let n = self.items.len();
-        let words = (n + 1).div_ceil(64);
-        let mut cur = vec![0u64; words];
-        let mut next = vec![0u64; words];
-        set(&mut cur, 0);
-        self.close(&mut cur);
+        set(cur, 0);
+        self.close(cur);
         for &c in input {
             next.iter_mut().for_each(|w| *w = 0);
             let mut any = false;
-            for i in 0..n {
-                if !get(&cur, i) {
+            for (i, item) in self.items.iter().enumerate() {
+                if !get(cur, i) {
                     continue;
                 }
-                match self.items[i] {
-                    Item::Byte(b) if b == c => {
-                        set(&mut next, i + 1);
-                        any = true;
-                    }
-                    Item::One(cl) if cl.contains(c) => {
-                        set(&mut next, i + 1);
-                        any = true;
-                    }
-                    Item::Star(cl) if cl.contains(c) => {
-                        set(&mut next, i);
-                        any = true;
-                    }
-                    _ => {}
-                }
+                let to = match *item {
+                    Item::Byte(b) if b == c => i + 1,
+                    Item::One(cl) if cl.contains(c) => i + 1,
+                    Item::Star(cl) if cl.contains(c) => i,
+                    _ => continue,
+                };
+                set(next, to);
+                any = true;
             }
             if !any {
                 return false;
             }
-            self.close(&mut next);
+            self.close(next);
             std::mem::swap(&mut cur, &mut next);
         }
-        get(&cur, n)
+        get(cur, n)
+    }
+
+    /// The number of items (bytes and class repetitions).
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
     }
 
     /// Epsilon closure: a `Star` may be skipped.
     fn close(&self, states: &mut [u64]) {
-        for i in 0..self.items.len() {
-            if get(states, i) && matches!(self.items[i], Item::Star(_)) {
+        for (i, item) in self.items.iter().enumerate() {
+            if matches!(item, Item::Star(_)) && get(states, i) {
                 set(states, i + 1);
             }
         }
     }
 }
+
+/// Words of the on-stack state sets of [`Glob::matches`].
+const STACK_WORDS: usize = 16;
+/// Most items of a glob matched without allocating (one state more than items).
+pub const STACK_GLOB_ITEMS: usize = STACK_WORDS * 64 - 1;
 
 #[inline]
 fn get(bits: &[u64], i: usize) -> bool {
@@ -379,6 +396,23 @@ pub fn contains_path_template(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Globs up to [`STACK_GLOB_ITEMS`] match on the stack; longer ones match the same way.
+    #[test]
+    fn long_globs_match_on_either_side_of_the_stack_bound() {
+        for len in [STACK_GLOB_ITEMS - 2, STACK_GLOB_ITEMS, STACK_GLOB_ITEMS + 1, 3 * STACK_GLOB_ITEMS] {
+            let body = vec![b'a'; len - 1];
+            let g = Glob::new().lit(&body).star(Class::NotSlash);
+            assert_eq!(g.len(), len);
+            let mut input = body.clone();
+            assert!(g.matches(&input), "{len}");
+            input.extend_from_slice(b"xyz");
+            assert!(g.matches(&input), "{len}");
+            input.push(b'/');
+            assert!(!g.matches(&input), "{len}");
+            assert!(!g.matches(&body[1..]), "{len}");
+        }
+    }
 
     #[test]
     fn glob_semantics() {

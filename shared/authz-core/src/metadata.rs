@@ -5,6 +5,8 @@
 //! lose the value's type (a list and a string, or a number and an 8-byte string, look alike), so
 //! the filter reads the message and this module decodes the few types RBAC distinguishes.
 
+#![deny(clippy::indexing_slicing)]
+
 use crate::{MetaValue, MetadataEntry};
 
 /// Decodes `Metadata.filter_metadata[filter].fields[key]` for every wanted pair present.
@@ -28,10 +30,10 @@ pub fn decode_metadata(bytes: &[u8], wanted: &[(String, String)]) -> Option<Vec<
             if !wanted.iter().any(|(f, _)| f.as_bytes() == name) {
                 continue;
             }
-            let filter = String::from_utf8(name.to_vec()).ok()?;
             for (key, value) in struct_fields(strukt)? {
-                if let Some((_, k)) = wanted.iter().find(|(f, k)| *f == filter && k.as_bytes() == key) {
-                    out.push(MetadataEntry { filter: filter.clone(), key: k.clone(), value: value_of(value, 0)? });
+                let slot = wanted.iter().position(|(f, k)| f.as_bytes() == name && k.as_bytes() == key);
+                if let Some(slot) = slot {
+                    out.push(MetadataEntry { slot, value: value_of(value, 0)? });
                 }
             }
         } else {
@@ -210,14 +212,7 @@ mod tests {
         ];
         let wanted = vec![("envoy.filters.http.header_to_metadata".to_string(), "k".to_string())];
         let got = decode_metadata(bytes, &wanted).unwrap();
-        assert_eq!(
-            got,
-            vec![MetadataEntry {
-                filter: wanted[0].0.clone(),
-                key: "k".into(),
-                value: MetaValue::String(b"hello".to_vec())
-            }]
-        );
+        assert_eq!(got, vec![MetadataEntry { slot: 0, value: MetaValue::String(b"hello".to_vec()) }]);
     }
 
     #[test]

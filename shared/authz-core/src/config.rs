@@ -1,0 +1,99 @@
+//! The authz filter's configuration as `wasmeshctl` writes it: the proxy, the Istio resources,
+//! meshConfig's trust-domain aliases and extension providers, and which part of Istio's authz
+//! chain this filter instance implements.
+
+use crate::{Authz, CompileError};
+use serde::{Deserialize, Serialize};
+use wasmesh_istio::{FilterConfig, MeshIdentity, Workload};
+
+/// The authz filter's configuration, as `wasmeshctl` writes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct AuthzConfig {
+    /// The proxy. Absent: the filter builds it from the Envoy node metadata Istio writes (one
+    /// configuration for every proxy a WasmPlugin selects), completed by `mesh`; a node without
+    /// that identity makes the filter refuse to configure (fail closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+    /// Trust domain, root namespace and DNS suffix for a node-derived workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshIdentity>,
+    /// AuthorizationPolicies (and PeerAuthentications) in Istio's JSON form. The filter
+    /// selects the ones that apply to `workload` itself (namespace, selector, targetRefs), so a
+    /// superset is fine.
+    #[serde(default)]
+    pub resources: Vec<serde_json::Value>,
+    /// meshConfig `trustDomainAliases` (the workload's `trustDomain` is the first trust domain).
+    #[serde(default)]
+    pub trust_domain_aliases: Vec<String>,
+    /// meshConfig `extensionProviders` (Istio field names); only `envoyExtAuthzHttp` ones are
+    /// used, for CUSTOM policies.
+    #[serde(default)]
+    pub extension_providers: Vec<serde_json::Value>,
+    /// Which part of Istio's authz chain this filter instance implements.
+    #[serde(default)]
+    pub stage: Stage,
+    /// Istio's `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS` (default false: a workload whose
+    /// CUSTOM policies name several providers denies the requests they match).
+    #[serde(default)]
+    pub multiple_custom_providers: bool,
+    /// Write every decision to filter state `wasmesh.authz.decision` for access logs (default
+    /// true; one hostcall per request).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub decision_filter_state: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// Istio runs CUSTOM (rbac + ext_authz) before the JWT filter and AUDIT/DENY/ALLOW after it.
+/// With CUSTOM policies, wasmeshctl inserts one instance per side; otherwise one `All`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum Stage {
+    #[default]
+    All,
+    /// CUSTOM only, before authn; also PeerAuthentication when a CUSTOM policy applies.
+    Custom,
+    /// AUDIT, DENY and ALLOW, after authn; also PeerAuthentication when no CUSTOM policy
+    /// applies (then there is no CUSTOM instance).
+    Rbac,
+    /// The network (L4) filter of a TCP port, Istio's network RBAC (`buildTCP`): AUDIT, DENY and
+    /// ALLOW (and PeerAuthentication) on connection attributes only. HTTP-only fields drop the
+    /// ALLOW rule that holds them (an ALLOW policy left without rules denies every connection)
+    /// and are removed from DENY/AUDIT rules (which then match more); CUSTOM with an HTTP
+    /// ext_authz provider does not apply. `experimental.envoy.filters.*` conditions are refused.
+    Tcp,
+}
+
+impl FilterConfig for AuthzConfig {
+    const FILTER: &'static str = "authz";
+
+    fn workload(&self) -> Option<&Workload> {
+        self.workload.as_ref()
+    }
+    fn set_workload(&mut self, workload: Workload) {
+        self.workload = Some(workload);
+    }
+    fn mesh_field(&self) -> Option<&MeshIdentity> {
+        self.mesh.as_ref()
+    }
+    fn resource_values(&self) -> &[serde_json::Value] {
+        &self.resources
+    }
+}
+
+impl AuthzConfig {
+    /// Parses the filter configuration and compiles it.
+    pub fn compile_json(bytes: &[u8]) -> Result<Authz, CompileError> {
+        let cfg = AuthzConfig::parse_json(bytes)?;
+        cfg.compile(&cfg.parsed_resources()?)
+    }
+}
