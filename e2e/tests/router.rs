@@ -1,4 +1,5 @@
 //! The router filter in real Envoy: VirtualService matching, subsets, weights, gateways, 404s.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use wasmesh_e2e::http::get;

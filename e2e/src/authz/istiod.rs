@@ -733,7 +733,7 @@ fn replace_aliases(bundle: &[String], principals: &[String]) -> Vec<String> {
                 for entry in bundle {
                     let keeps_pattern = td.starts_with('*') && entry.ends_with(&td[1..]);
                     let p = if keeps_pattern { principal.clone() } else { [entry.as_str(), rest].join("/") };
-                    if !each.iter().any(|q| *q == p) {
+                    if !each.contains(&p) {
                         each.push(p);
                     }
                 }

@@ -70,7 +70,7 @@ fn router() -> Result<Scenario, String> {
     ]);
     let config = json!({"workload": {"name": "bench-client", "namespace": "default"}, "resources": resources});
     let by_header = json!({"virtual_hosts": [{"name": "wasmesh", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/"}, "route": {"cluster_header": bootstrap::CLUSTER_HEADER, "timeout": "0s"}}]}]});
+        {"match": {"prefix": "/"}, "route": {"cluster_header": wasmesh_router::DEFAULT_CLUSTER_HEADER, "timeout": "0s"}}]}]});
     let with = |name: &str, filters: Vec<Value>, route: Option<Value>| Variant {
         http_filters: filters,
         route_config: route,
