@@ -61,21 +61,7 @@ pub struct AuthnConfig {
     pub jwks_clusters: BTreeMap<String, String>,
 }
 
-impl FilterConfig for AuthnConfig {
-    const FILTER: &'static str = "authn";
-    fn workload(&self) -> Option<&Workload> {
-        self.workload.as_ref()
-    }
-    fn set_workload(&mut self, workload: Workload) {
-        self.workload = Some(workload);
-    }
-    fn mesh_field(&self) -> Option<&MeshIdentity> {
-        self.mesh.as_ref()
-    }
-    fn resource_values(&self) -> &[serde_json::Value] {
-        &self.resources
-    }
-}
+wasmesh_istio::filter_config!(AuthnConfig, "authn");
 
 fn default_cache_slots() -> u32 {
     1024

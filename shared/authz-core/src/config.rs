@@ -73,22 +73,7 @@ pub enum Stage {
     Tcp,
 }
 
-impl FilterConfig for AuthzConfig {
-    const FILTER: &'static str = "authz";
-
-    fn workload(&self) -> Option<&Workload> {
-        self.workload.as_ref()
-    }
-    fn set_workload(&mut self, workload: Workload) {
-        self.workload = Some(workload);
-    }
-    fn mesh_field(&self) -> Option<&MeshIdentity> {
-        self.mesh.as_ref()
-    }
-    fn resource_values(&self) -> &[serde_json::Value] {
-        &self.resources
-    }
-}
+wasmesh_istio::filter_config!(AuthzConfig, "authz");
 
 impl AuthzConfig {
     /// Parses the filter configuration and compiles it.

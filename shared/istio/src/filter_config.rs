@@ -87,6 +87,31 @@ pub trait FilterConfig: DeserializeOwned {
     }
 }
 
+/// Implements [`FilterConfig`] for a configuration struct with the fields every filter
+/// configuration has: `workload: Option<Workload>`, `mesh: Option<MeshIdentity>` and
+/// `resources: Vec<serde_json::Value>`. `filter_config!(AuthzConfig, "authz");`
+#[macro_export]
+macro_rules! filter_config {
+    ($ty:ty, $name:literal) => {
+        impl $crate::FilterConfig for $ty {
+            const FILTER: &'static str = $name;
+
+            fn workload(&self) -> Option<&$crate::Workload> {
+                self.workload.as_ref()
+            }
+            fn set_workload(&mut self, workload: $crate::Workload) {
+                self.workload = Some(workload);
+            }
+            fn mesh_field(&self) -> Option<&$crate::MeshIdentity> {
+                self.mesh.as_ref()
+            }
+            fn resource_values(&self) -> &[::serde_json::Value] {
+                &self.resources
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,21 +125,7 @@ mod tests {
         resources: Vec<serde_json::Value>,
     }
 
-    impl FilterConfig for Demo {
-        const FILTER: &'static str = "demo";
-        fn workload(&self) -> Option<&Workload> {
-            self.workload.as_ref()
-        }
-        fn set_workload(&mut self, workload: Workload) {
-            self.workload = Some(workload);
-        }
-        fn mesh_field(&self) -> Option<&MeshIdentity> {
-            self.mesh.as_ref()
-        }
-        fn resource_values(&self) -> &[serde_json::Value] {
-            &self.resources
-        }
-    }
+    crate::filter_config!(Demo, "demo");
 
     #[test]
     fn errors_name_the_filter_and_join_with_semicolons() {

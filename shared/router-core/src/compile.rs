@@ -75,22 +75,7 @@ fn default_cluster_header() -> String {
     DEFAULT_CLUSTER_HEADER.to_string()
 }
 
-impl FilterConfig for RouterConfig {
-    const FILTER: &'static str = "router";
-
-    fn workload(&self) -> Option<&Workload> {
-        self.workload.as_ref()
-    }
-    fn set_workload(&mut self, workload: Workload) {
-        self.workload = Some(workload);
-    }
-    fn mesh_field(&self) -> Option<&MeshIdentity> {
-        self.mesh.as_ref()
-    }
-    fn resource_values(&self) -> &[serde_json::Value] {
-        &self.resources
-    }
-}
+wasmesh_istio::filter_config!(RouterConfig, "router");
 
 impl RouterConfig {
     /// Parses the filter configuration and compiles the router.

@@ -162,22 +162,7 @@ pub struct Stats {
     tcp_exprs: Vec<usize>,
 }
 
-impl FilterConfig for StatsConfig {
-    const FILTER: &'static str = "stats";
-
-    fn workload(&self) -> Option<&Workload> {
-        self.workload.as_ref()
-    }
-    fn set_workload(&mut self, workload: Workload) {
-        self.workload = Some(workload);
-    }
-    fn mesh_field(&self) -> Option<&MeshIdentity> {
-        self.mesh.as_ref()
-    }
-    fn resource_values(&self) -> &[serde_json::Value] {
-        &self.resources
-    }
-}
+wasmesh_istio::filter_config!(StatsConfig, "stats");
 
 impl StatsConfig {
     /// Parses the configuration and compiles it (`workload` and `direction` must be present).
