@@ -1,7 +1,7 @@
 //! Istio's metadata exchange: the `x-envoy-peer-metadata` header (base64 `google.protobuf.Struct`,
 //! stats-core `peer::decode_peer`), the TCP preamble (`exchange::inspect_header`, `decode_body`,
 //! `PreambleReader`), endpoint metadata (`peer::from_endpoint_metadata`) and the per-VM
-//! `PeerCache`.
+//! `PeerCache` (`peer_cache`).
 //! Input: any bytes, read as each of these; the first byte also cuts the stream into reads.
 //! Properties: nothing panics; the preamble reader strips exactly the frame the header announces
 //! and never asks for more than the limit; what this proxy encodes, a peer decodes back.
@@ -11,7 +11,8 @@ use libfuzzer_sys::fuzz_target;
 use wasmesh_stats::exchange::{
     self, decode_body, inspect_header, Header, PreambleReader, Step, HEADER_LEN, MAX_PAYLOAD_BYTES,
 };
-use wasmesh_stats::peer::{self, decode_peer, from_endpoint_metadata, LocalInfo, PeerCache};
+use wasmesh_stats::peer::{self, decode_peer, from_endpoint_metadata, LocalInfo};
+use wasmesh_stats::peer_cache::PeerCache;
 
 fuzz_target!(|data: &[u8]| {
     // The header value as a peer sends it, with an id.
