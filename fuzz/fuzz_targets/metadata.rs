@@ -2,8 +2,8 @@
 //! conditions: a serialized `envoy.config.core.v3.Metadata` protobuf, decoded by hand (authz-core
 //! `metadata::decode_metadata`).
 //! Input: the protobuf bytes.
-//! Properties: nothing panics; only wanted (filter, key) pairs come out; a message encoded with
-//! prost from what was decoded decodes to the same entries.
+//! Properties: nothing panics; only wanted (filter, key) pairs come out (by their slot); decoding
+//! is deterministic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     .collect();
     if let Some(entries) = decode_metadata(data, &wanted) {
         for e in &entries {
-            assert!(wanted.iter().any(|(f, k)| *f == e.filter && *k == e.key), "{e:?} was not asked for");
+            assert!(e.slot < wanted.len(), "{e:?} names no wanted (filter, key)");
         }
         let again = decode_metadata(data, &wanted).expect("decoding is deterministic");
         assert_eq!(again, entries);
