@@ -238,10 +238,11 @@ pub(crate) fn trim_ascii(b: &[u8]) -> &[u8] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn reviews_v2() -> Workload {
+    /// reviews-v2 in bookinfo, as the injector labels it (shared with the peer cache's tests).
+    pub(crate) fn reviews_v2() -> Workload {
         let mut w = Workload::new("reviews-v2", "bookinfo");
         w.labels.insert("app".into(), "reviews".into());
         w.labels.insert("version".into(), "v2".into());

@@ -100,15 +100,8 @@ impl PeerCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::tests::reviews_v2;
     use crate::peer::LocalInfo;
-    use wasmesh_istio::Workload;
-
-    fn reviews_v2() -> Workload {
-        let mut w = Workload::new("reviews-v2", "bookinfo");
-        w.labels.insert("app".into(), "reviews".into());
-        w.labels.insert("version".into(), "v2".into());
-        w
-    }
 
     #[test]
     fn cache_decodes_once_and_stays_bounded() {
