@@ -603,3 +603,11 @@ impl HttpContext for AuthnStream {
         Action::Continue
     }
 }
+
+/// The authn phase (for the one-pass chain): being written; until then `wasmesh.chain` refuses it.
+pub fn build(
+    _config: &[u8],
+    _resumer: &wasmesh_proxy::phase::Resumer,
+) -> Result<Vec<std::rc::Rc<dyn wasmesh_proxy::phase::Phase>>, String> {
+    Err("authn does not run as a phase yet".into())
+}

@@ -7,21 +7,28 @@
 //! No matching route: a 404 local reply, as Istio.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use proxy_wasm::traits::RootContext;
 use std::cell::Cell;
 use std::rc::Rc;
 use wasmesh_istio::{FilterConfig, ProxyMode};
+use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
+use wasmesh_proxy::stream::{HeaderReads, Stream};
 use wasmesh_router::{Decision, RequestView, Rng, Router, RouterConfig};
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
 /// `filters/wasmesh` for the root ids it hands to this filter, call it).
 pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
-    Box::new(RouterRoot { routes: None, rng: Cell::new(wasmesh_proxy::random_seed()) })
+    Box::new(ChainRoot::new("wasmesh router", build))
 }
 
-struct RouterRoot {
-    routes: Option<Rc<Routes>>,
+/// The router phase from its plugin configuration.
+pub fn build(config: &[u8], _resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, String> {
+    let routes = configure(config)?;
+    Ok(vec![Rc::new(RouterPhase { routes, rng: Cell::new(wasmesh_proxy::random_seed()) })])
+}
+
+struct RouterPhase {
+    routes: Routes,
     /// Per-VM PRNG state, seeded from the host's entropy.
     rng: Cell<u64>,
 }
@@ -41,46 +48,49 @@ enum Routes {
 }
 
 impl Routes {
-    fn for_request(&self) -> Option<&Router> {
+    fn for_request(&self, s: &Stream) -> Option<&Router> {
         match self {
             Routes::One(r) => Some(r),
             Routes::PerPort(tables) => {
-                let port = wasmesh_proxy::property_u64(&["destination", "port"])?;
+                let port = s.property_u64(&["destination", "port"])?;
                 tables.iter().find(|(p, _)| u64::from(*p) == port).map(|(_, r)| r)
             }
         }
     }
-}
 
-impl Context for RouterRoot {}
-
-impl RootContext for RouterRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(bytes) = wasmesh_proxy::plugin_configuration() else {
-            wasmesh_proxy::log_error("wasmesh router: no plugin configuration; expected the JSON wasmeshctl writes");
-            return false;
-        };
-        match configure(&bytes) {
-            Ok(routes) => {
-                self.routes = Some(Rc::new(routes));
-                true
-            }
-            Err(e) => {
-                wasmesh_proxy::log_error(&format!("wasmesh router: configuration rejected: {e}"));
-                false
-            }
+    /// The most headers any table reads.
+    fn most_headers(&self) -> usize {
+        match self {
+            Routes::One(r) => r.needed_headers().len(),
+            Routes::PerPort(tables) => tables.iter().map(|(_, r)| r.needed_headers().len()).max().unwrap_or(0),
         }
     }
+}
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+impl Phase for RouterPhase {
+    fn name(&self) -> &'static str {
+        "router"
+    }
+
+    fn start(self: Rc<Self>, _context_id: u32) -> Box<dyn PhaseRequest> {
         let mut rng = Rng::new(self.rng.get());
         let random = rng.next_u64();
         self.rng.set(random);
-        Some(Box::new(RouterStream { routes: self.routes.clone(), random }))
+        Box::new(RouterRequest { phase: self, random })
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    /// Alone in its filter, up to [`FETCH_ONE_BY_ONE`] headers are fetched one by one, by slot;
+    /// more, and one call for the whole map is cheaper. Each hostcall costs, and the whole map
+    /// costs a copy and an allocation per header. One by one, Envoy returns the first value of a
+    /// repeated header, so a header sent several times is matched on its first value (the whole
+    /// map, used for larger route tables and in the one-pass chain, matches every value as
+    /// Envoy's own route matcher does).
+    fn header_reads(&self) -> HeaderReads {
+        if self.routes.most_headers() > FETCH_ONE_BY_ONE {
+            HeaderReads::Map
+        } else {
+            HeaderReads::OneByOne
+        }
     }
 }
 
@@ -113,57 +123,46 @@ fn configure(bytes: &[u8]) -> Result<Routes, String> {
     Ok(Routes::One(Box::new(router)))
 }
 
-struct RouterStream {
-    routes: Option<Rc<Routes>>,
+struct RouterRequest {
+    phase: Rc<RouterPhase>,
     random: u64,
 }
 
-impl Context for RouterStream {}
-
-impl HttpContext for RouterStream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(routes) = self.routes.as_deref() else {
-            // Never configured: Envoy would not have created this context; refuse anyway.
-            wasmesh_proxy::send_response(500, &[], Some(b"wasmesh router not configured"));
-            return Action::Pause;
-        };
-        let Some(router) = routes.for_request() else {
+impl PhaseRequest for RouterRequest {
+    fn request_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
+        let Some(router) = self.phase.routes.for_request(s) else {
             // A gateway port no Gateway server of this proxy declares: no route, as Istio.
-            wasmesh_proxy::send_response(404, &[], None);
-            return Action::Pause;
+            s.send_response(404, &[], None);
+            return Flow::Answered;
         };
         let needed = router.needed_headers();
-        // Up to FETCH_ONE_BY_ONE headers are fetched one by one, by slot; more, and one call for
-        // the whole map is cheaper. Each hostcall costs, and the whole map costs a copy and an
-        // allocation per header. One by one, Envoy returns the first value of a repeated header,
-        // so a header sent several times is matched on its first value (the whole map, used for
-        // larger route tables, matches every value as Envoy's own route matcher does).
-        let (all, by_slot);
-        let view = if needed.len() > FETCH_ONE_BY_ONE {
-            all = wasmesh_proxy::request_headers();
-            RequestView::from_headers(router.header_slots(), &all)
+        let decision = if needed.len() > FETCH_ONE_BY_ONE {
+            s.with_request_headers(|all| {
+                let all = all.unwrap_or_default();
+                router.route_view(&RequestView::from_headers(router.header_slots(), all), self.random)
+            })
         } else {
-            by_slot = needed.iter().map(|name| wasmesh_proxy::request_header(name)).collect::<Vec<_>>();
-            RequestView::from_values(router.header_slots(), &by_slot)
+            let by_slot = needed.iter().map(|name| s.request_header(name).ok().flatten()).collect::<Vec<_>>();
+            router.route_view(&RequestView::from_values(router.header_slots(), &by_slot), self.random)
         };
-        match router.route_view(&view, self.random) {
+        match decision {
             Decision::Forward { cluster, .. } => {
                 // Replacing the header also drops any copy the client sent.
-                if wasmesh_proxy::set_request_header(router.cluster_header(), cluster.as_bytes()) {
-                    Action::Continue
+                if s.set_request_header(router.cluster_header(), cluster.as_bytes()) {
+                    Flow::Continue
                 } else {
                     wasmesh_proxy::log_error("wasmesh router: could not set the cluster header");
-                    wasmesh_proxy::send_response(500, &[], None);
-                    Action::Pause
+                    s.send_response(500, &[], None);
+                    Flow::Answered
                 }
             }
             Decision::NotFound => {
-                wasmesh_proxy::send_response(404, &[], None);
-                Action::Pause
+                s.send_response(404, &[], None);
+                Flow::Answered
             }
         }
     }
 }
 
-/// Up to this many headers are fetched one by one (see `on_http_request_headers`).
+/// Up to this many headers are fetched one by one (see [`RouterPhase::header_reads`]).
 const FETCH_ONE_BY_ONE: usize = 4;

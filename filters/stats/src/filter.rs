@@ -700,3 +700,11 @@ impl StreamContext for StatsTcp {
         self.close();
     }
 }
+
+/// The stats phase (for the one-pass chain): being written; until then `wasmesh.chain` refuses it.
+pub fn build(
+    _config: &[u8],
+    _resumer: &wasmesh_proxy::phase::Resumer,
+) -> Result<Vec<std::rc::Rc<dyn wasmesh_proxy::phase::Phase>>, String> {
+    Err("stats does not run as a phase yet".into())
+}

@@ -7,6 +7,7 @@
 //! | `wasmesh.authz`, `wasmesh.authz.custom`, `wasmesh.authz.tcp`, `wasmesh.authz.peer_address` | AuthorizationPolicy (HTTP; CUSTOM stage; network RBAC on TCP; the network filter recording the peer address) |
 //! | `wasmesh.authn` | RequestAuthentication (JWT) |
 //! | `wasmesh.stats`, `wasmesh.stats.tcp` | Istio's standard metrics (HTTP; TCP) |
+//! | `wasmesh.chain` | the one-pass layout: several of the HTTP filters above as phases of one filter ([`chain`]) |
 //!
 //! Any id is matched on its first two dot-separated components (`wasmesh.authz.<anything>` is
 //! the authz filter, whose role then comes from its configuration, as in `authz.wasm`). Plugins
@@ -62,6 +63,8 @@ pub mod authn;
 #[path = "../../stats/src/filter.rs"]
 pub mod stats;
 
+pub mod chain;
+
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(root_context);
@@ -74,10 +77,12 @@ pub enum Filter {
     Authz,
     Authn,
     Stats,
+    /// The one-pass layout.
+    Chain,
 }
 
 /// The root ids the controller writes today, one per filter role (for docs and tests).
-pub const ROOT_IDS: [&str; 8] = [
+pub const ROOT_IDS: [&str; 9] = [
     "wasmesh.router",
     "wasmesh.authz",
     "wasmesh.authz.custom",
@@ -86,6 +91,7 @@ pub const ROOT_IDS: [&str; 8] = [
     "wasmesh.authn",
     "wasmesh.stats",
     "wasmesh.stats.tcp",
+    chain::ROOT_ID,
 ];
 
 /// The filter a plugin's `root_id` names: `wasmesh.<filter>` or `wasmesh.<filter>.<role>`.
@@ -97,6 +103,7 @@ pub fn filter_for(root_id: &str) -> Option<Filter> {
         "authz" => Some(Filter::Authz),
         "authn" => Some(Filter::Authn),
         "stats" => Some(Filter::Stats),
+        "chain" => Some(Filter::Chain),
         _ => None,
     }
 }
@@ -109,6 +116,7 @@ pub fn root_context(context_id: u32) -> Box<dyn RootContext> {
         Some(Filter::Authz) => authz::root_context(context_id),
         Some(Filter::Authn) => authn::root_context(context_id),
         Some(Filter::Stats) => stats::root_context(context_id),
+        Some(Filter::Chain) => chain::root_context(context_id),
         None => Box::new(Unknown { root_id }),
     }
 }
@@ -150,6 +158,7 @@ mod tests {
             Filter::Authn,
             Filter::Stats,
             Filter::Stats,
+            Filter::Chain,
         ];
         for (id, f) in ROOT_IDS.iter().zip(expected) {
             assert_eq!(filter_for(id), Some(f), "{id}");
