@@ -217,6 +217,12 @@ impl Stream {
         self.property_or_none(path).and_then(|b| b.first().map(|v| *v != 0))
     }
 
+    /// Several properties at once, in the order asked (`None` where absent or unreadable): one
+    /// `get_property` per path not yet kept.
+    pub fn properties(&self, paths: &[&[&str]]) -> Vec<Option<Bytes>> {
+        paths.iter().map(|p| self.property_or_none(p)).collect()
+    }
+
     fn keep(&self, path: &[&str], v: Kept) {
         let key: PathKey = path.iter().map(|s| Box::<str>::from(*s)).collect();
         let mut props = self.properties.borrow_mut();
