@@ -71,3 +71,40 @@ pub fn increment(id: u32, by: u64) {
 pub fn record(id: u32, value: u64) {
     let _ = hostcalls::record_metric(id, value);
 }
+
+/// The gauge `wasmesh.vm.linear_memory_bytes`: the largest wasm linear memory of any wasmesh VM
+/// in this Envoy (the main thread's and one per worker). A VM's linear memory only grows, so the
+/// largest is also the high-water mark; a value that keeps rising under steady traffic is a leak.
+pub const VM_MEMORY_GAUGE: &str = "wasmesh.vm.linear_memory_bytes";
+
+/// This VM's wasm linear memory in bytes (0 outside wasm).
+pub fn vm_memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        (core::arch::wasm32::memory_size::<0>() as u64).saturating_mul(65_536)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
+/// Raises [`VM_MEMORY_GAUGE`] to this VM's linear memory when it is larger (one hostcall to read
+/// the gauge, one to set it when this VM is the largest); called from a root context's tick.
+pub fn report_vm_memory(gauge: &std::cell::Cell<Option<u32>>) {
+    let id = match gauge.get() {
+        Some(id) => id,
+        None => match define(MetricType::Gauge, VM_MEMORY_GAUGE) {
+            Some(id) => {
+                gauge.set(Some(id));
+                id
+            }
+            None => return,
+        },
+    };
+    let mine = vm_memory_bytes();
+    let current = hostcalls::get_metric(id).unwrap_or(0);
+    if mine > current {
+        record(id, mine);
+    }
+}

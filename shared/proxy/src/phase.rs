@@ -347,11 +347,20 @@ pub struct ChainRoot {
     phases: Vec<Rc<dyn Phase>>,
     waiting: Waiting,
     tick: Option<Duration>,
+    /// The id of the VM memory gauge, once defined ([`crate::metrics::report_vm_memory`]).
+    memory_gauge: std::cell::Cell<Option<u32>>,
 }
 
 impl ChainRoot {
     pub fn new(label: &'static str, build: Build) -> ChainRoot {
-        ChainRoot { label, build, phases: Vec::new(), waiting: Rc::default(), tick: None }
+        ChainRoot {
+            label,
+            build,
+            phases: Vec::new(),
+            waiting: Rc::default(),
+            tick: None,
+            memory_gauge: std::cell::Cell::new(None),
+        }
     }
 
     /// Sets the tick to the shortest period a phase wants.
@@ -414,6 +423,7 @@ impl RootContext for ChainRoot {
         for p in &self.phases {
             p.tick();
         }
+        crate::metrics::report_vm_memory(&self.memory_gauge);
         self.retick();
     }
 
