@@ -100,6 +100,13 @@ pub fn expressible(path: &[&str]) -> bool {
     }
 }
 
+/// The cheap first test [`crate::stream::Stream::properties`] makes per request: an attribute
+/// root and a segment under it. [`expressible`] is asked once per path list, when the list is
+/// first seen: a list with a path it refuses is read one by one.
+pub fn attribute(path: &[&str]) -> bool {
+    path.len() >= 2 && path.first().is_some_and(|r| ROOTS.contains(r))
+}
+
 /// `prefix.seg` or `prefix["seg"]`.
 fn select(prefix: &str, seg: &str) -> String {
     if is_identifier(seg) {
@@ -161,15 +168,43 @@ pub enum Miss {
 /// Decodes an answer of [`expression`]: the pairs encoding of a list, the marker (8 bytes) then
 /// one element per path; an empty element is `None`, as `get_property` answers for it.
 pub fn decode(marker: u64, n: usize, bytes: &[u8]) -> Result<Vec<Option<Bytes>>, Miss> {
-    let pairs = crate::decode_pairs(bytes).ok_or(Miss::Malformed)?;
-    let (first, values) = pairs.split_first().ok_or(Miss::Malformed)?;
-    if first.0 != marker.to_le_bytes() {
-        return Err(Miss::Foreign);
-    }
-    if values.len() != n || pairs.iter().any(|(_, v)| !v.is_empty()) {
+    // One pass, no intermediate pairs: this runs on every batched read.
+    let read_u32 = |at: usize| -> Result<usize, Miss> {
+        let b = bytes.get(at..at.checked_add(4).ok_or(Miss::Malformed)?).ok_or(Miss::Malformed)?;
+        let arr: [u8; 4] = b.try_into().map_err(|_| Miss::Malformed)?;
+        Ok(u32::from_le_bytes(arr) as usize)
+    };
+    let count = read_u32(0)?;
+    if count == 0 || count > bytes.len() / 8 {
         return Err(Miss::Malformed);
     }
-    Ok(values.iter().map(|(k, _)| (!k.is_empty()).then(|| k.to_vec())).collect())
+    let mut data = 4 + count * 8;
+    // The marker first: another expression's answer (another count) is Foreign, not Malformed.
+    let marker_at = bytes.get(data..data + read_u32(4)?.min(bytes.len())).ok_or(Miss::Malformed)?;
+    if marker_at != marker.to_le_bytes() {
+        return Err(Miss::Foreign);
+    }
+    if count != n.checked_add(1).ok_or(Miss::Malformed)? {
+        return Err(Miss::Malformed);
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..count {
+        let size = read_u32(4 + i * 8)?;
+        if read_u32(8 + i * 8)? != 0 {
+            return Err(Miss::Malformed); // a map's value: not the list the expression makes
+        }
+        let end = data.checked_add(size).ok_or(Miss::Malformed)?;
+        let value = bytes.get(data..end).ok_or(Miss::Malformed)?;
+        // each key and each (empty) value is followed by a NUL
+        data = end.checked_add(2).ok_or(Miss::Malformed)?;
+        if i > 0 {
+            out.push((!value.is_empty()).then(|| value.to_vec()));
+        }
+    }
+    if data > bytes.len() {
+        return Err(Miss::Malformed);
+    }
+    Ok(out)
 }
 
 /// Envoy's expression functions, as the batch cache uses them (a trait so that the cache is
@@ -240,8 +275,8 @@ impl Batches {
         Batches { entries: Vec::new(), salt, next: 0, clock: 0, creates: 0, missing: false }
     }
 
-    /// The values of `paths` (each [`expressible`]) in one evaluation, in order; `None` when
-    /// the caller must read them one by one.
+    /// The values of `paths` in one evaluation, in order; `None` when the caller must read them
+    /// one by one (also, for good, when one of them is not [`expressible`]).
     pub fn read(&mut self, host: &mut impl ExprHost, paths: &[&[&str]]) -> Option<Vec<Option<Bytes>>> {
         if self.missing || paths.is_empty() {
             return None;
@@ -319,10 +354,15 @@ impl Batches {
             }
         }
         self.next += 1;
+        let state = if paths.iter().all(|p| expressible(p)) {
+            State::Active { tokens: Vec::new(), failures: 0 }
+        } else {
+            State::Off
+        };
         self.entries.push(Entry {
             paths: paths.iter().map(|p| p.iter().map(|s| Box::<str>::from(*s)).collect()).collect(),
             marker: self.salt.wrapping_add(self.next),
-            state: State::Active { tokens: Vec::new(), failures: 0 },
+            state,
             used: self.clock,
         });
         self.entries.len() - 1
@@ -533,6 +573,18 @@ mod tests {
             assert_eq!(b.read(&mut host, &PATHS[..2]), Some(expected()[..2].to_vec()));
         }
         assert_eq!(host.creates, 4);
+    }
+
+    #[test]
+    fn a_list_with_a_path_cel_cannot_express_is_read_one_by_one() {
+        let mut host = FakeHost::new(1);
+        let mut b = Batches::new(0);
+        let paths: [&[&str]; 3] = [&["response", "code"], &["xds", "cluster_name"], &["request", "headers", "a b"]];
+        assert!(paths.iter().all(|p| attribute(p)));
+        assert_eq!(b.read(&mut host, &paths), None);
+        assert_eq!(b.read(&mut host, &paths), None);
+        assert_eq!((host.creates, host.evaluations), (0, 0));
+        assert!(!attribute(&["response"]) && !attribute(&["wasmesh.authn.identity"]) && !attribute(&[]));
     }
 
     #[test]

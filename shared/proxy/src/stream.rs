@@ -218,23 +218,26 @@ impl Stream {
     }
 
     /// Several properties at once, in the order asked (`None` where absent or unreadable), each
-    /// kept as [`Stream::property`] keeps it. The paths not kept yet that CEL can express
-    /// ([`crate::cel::expressible`]) are read in one `expr_evaluate` when there are at least
+    /// kept as [`Stream::property`] keeps it. The Envoy attributes not kept yet
+    /// ([`crate::cel::attribute`]) are read in one `expr_evaluate` when there are at least
     /// [`crate::cel::MIN_BATCH`] of them; the others, and all of them when the host has no
-    /// expression functions or the evaluation fails, with one `get_property` each.
+    /// expression functions, CEL cannot express one of them or the evaluation fails, with one
+    /// `get_property` each.
     pub fn properties(&self, paths: &[&[&str]]) -> Vec<Option<Bytes>> {
         let mut out: Vec<Option<Kept>> = paths.iter().map(|p| self.kept(p)).collect();
         let batch: Vec<(usize, &[&str])> = paths
             .iter()
             .enumerate()
-            .filter(|(i, p)| out.get(*i).is_some_and(Option::is_none) && crate::cel::expressible(p))
+            .filter(|(i, p)| out.get(*i).is_some_and(Option::is_none) && crate::cel::attribute(p))
             .map(|(i, p)| (i, *p))
             .collect();
         if batch.len() >= crate::cel::MIN_BATCH {
             let asked: Vec<&[&str]> = batch.iter().map(|(_, p)| *p).collect();
             if let Some(values) = crate::cel::read(&asked) {
+                let mut props = self.properties.borrow_mut();
                 for ((i, p), v) in batch.into_iter().zip(values) {
-                    self.keep(p, v.clone());
+                    // Not kept before (that is why it was asked): no old entry to replace.
+                    props.push((p.iter().map(|s| Box::<str>::from(*s)).collect(), v.clone()));
                     if let Some(slot) = out.get_mut(i) {
                         *slot = Some(v);
                     }
