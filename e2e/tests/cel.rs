@@ -170,13 +170,14 @@ fn hex(s: &str) -> String {
     s.bytes().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Waits until Envoy's log has the `log` phase's verdict (on_log runs after the response).
+/// Waits until Envoy's log has the `log` phase's verdict of both requests (on_log runs after
+/// the response).
 fn wait_probe(envoy: &Envoy) -> Probe {
     let start = Instant::now();
     loop {
-        let p = probe_lines(&envoy.log());
-        if p.1.contains_key("log") || start.elapsed() > Duration::from_secs(10) {
-            return p;
+        let log = envoy.log();
+        if log.matches(": cel-probe log answered=").count() >= 2 || start.elapsed() > Duration::from_secs(10) {
+            return probe_lines(&log);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -195,7 +196,17 @@ fn check(side: &str, probe: &Probe, expect: &[(&str, &str, Option<String>)]) {
         let want = want.clone().unwrap_or_else(|| "-".to_string());
         assert_eq!(got, Some(want), "{side} {phase} {path}");
     }
-    assert_eq!(values.len(), 20, "{side}: {values:?}");
+    // From the stream one expression answers the xds.* reads; from a root callback (effective
+    // context the stream) it must not: CEL would evaluate them for the root.
+    assert_eq!(answered.get("xds-stream"), Some(&true), "{side}: xds.* from the stream");
+    assert_eq!(answered.get("xds-root"), Some(&false), "{side}: xds.* from a root callback were batched");
+    for path in ["xds.listener_direction", "xds.route_name"] {
+        let stream = &values[&("xds-stream".to_string(), path.to_string())].0;
+        let root = &values[&("xds-root".to_string(), path.to_string())].0;
+        assert_eq!(root, stream, "{side}: {path} read from the root callback");
+    }
+    assert_ne!(values[&("xds-root".to_string(), "xds.listener_direction".to_string())].0, "-", "{side}");
+    assert_eq!(values.len(), 28, "{side}: {values:?}");
 }
 
 #[test]
@@ -259,6 +270,10 @@ fn batched_attributes_are_byte_for_byte_what_get_property_returns_present_or_abs
 
     let server = Envoy::start("cel-server", &server_boot);
     let client = Envoy::start("cel-client", &client_boot);
+    // First a request the probe reads again from a root callback (its `xds-*` phases)...
+    let r = get(client_out, "httpbin:8000", "/root", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // ...then the one whose headers and log phases are checked below.
     let r = get(client_out, "httpbin:8000", "/headers", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
 

@@ -26,6 +26,12 @@
 //!   stream does not know its root context: token 0 may be this expression in one root and
 //!   another expression in the next. The marker proves which expression answered; a wrong or
 //!   unknown token is tried no further and the expression is created in the caller's root.
+//!   The marker is only given where `request` resolves: `expr_evaluate` evaluates against the
+//!   context Envoy called into (`proxy_wasm::current_context_` in foreign.cc), not the effective
+//!   one `get_property` reads, so from a root callback that set the effective context to a
+//!   stream (a phase resumed after the root's HTTP call) `request.*` fails the evaluation, but
+//!   `xds.*` would answer for the root, silently wrong (seen in Envoy 1.40: `has(xds.cluster_name)`
+//!   false from the root); the failing `request` makes those reads fall back to `get_property`.
 //!
 //! Anything unexpected (no such foreign function, a refused expression, a failed evaluation, an
 //! answer that does not decode) makes [`Batches::read`] answer `None`, and the caller reads each
@@ -148,7 +154,8 @@ fn item(path: &[&str]) -> Option<String> {
 /// The expression reading `paths` (each [`expressible`]), led by `marker`.
 pub fn expression(marker: u64, paths: &[&[&str]]) -> Option<String> {
     let mut items = Vec::with_capacity(paths.len() + 1);
-    items.push(format!("{marker}u"));
+    // `request` resolves in every stream context and in no root context: see the module doc.
+    items.push(format!("type(request) == map ? {marker}u : 0u"));
     for p in paths {
         if !expressible(p) {
             return None;
@@ -419,7 +426,7 @@ mod tests {
     fn the_expression_guards_every_map_step_and_leads_with_the_marker() {
         assert_eq!(
             expression(7, &[&["response", "code"], &["request", "headers", "content-type"]]).unwrap(),
-            "[7u, has(response.code) ? response.code : \"\", has(request.headers) && \
+            "[type(request) == map ? 7u : 0u, has(response.code) ? response.code : \"\", has(request.headers) && \
              (type(request.headers) == map ? \"content-type\" in request.headers : type(request.headers) != null_type) \
              ? request.headers[\"content-type\"] : \"\"]"
         );
@@ -527,7 +534,8 @@ mod tests {
             // `[<marker>u, <guard> ? <path> : "", ...]`
             let body = expr.strip_prefix('[').unwrap().strip_suffix(']').unwrap();
             let mut items = body.split(", ");
-            let marker: u64 = items.next().unwrap().strip_suffix('u').unwrap().parse().unwrap();
+            let first = items.next().unwrap();
+            let marker: u64 = first.split_once("? ").unwrap().1.strip_suffix("u : 0u").unwrap().parse().unwrap();
             let mut values = vec![marker.to_le_bytes().to_vec()];
             for it in items {
                 let path = it.rsplit_once(" ? ").unwrap().1.strip_suffix(" : \"\"").unwrap();
