@@ -93,6 +93,14 @@ impl Shared {
     }
 }
 
+/// A configuration replaced while increments wait (Envoy configuring the plugin again) hands
+/// them over before it goes.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// Istio's cluster metadata `filter_metadata.istio.services[0]` of the upstream cluster (read
 /// once per cluster: see [`ServiceCache`]).
 fn cluster_metadata_service(read: impl Fn(&[&str]) -> Option<String>) -> Option<ServiceInfo> {
