@@ -464,9 +464,8 @@ fn garbage_metadata_never_breaks_the_filter() {
         let r = request(inbound, "GET", "/", &[("host", "echo:9080"), ("x-envoy-peer-metadata", &value)], b"").unwrap();
         assert_eq!(r.status, 200, "request {i}");
     }
-    let series = st::scrape(mesh.envoy("default/echo-v1"), "istio_requests_total");
-    let total: f64 = series.iter().map(|s| s.1).sum();
-    assert_eq!(total, 60.0, "{series:?}");
+    // Counters reach Envoy at the filter's next flush (at most a second later).
+    st::wait_series(mesh.envoy("default/echo-v1"), "istio_requests_total", &[], 60.0);
     assert!(mesh.envoy("default/echo-v1").log().lines().all(|l| !l.contains("panicked")), "no panic in the VM");
 }
 
@@ -762,4 +761,101 @@ fn tcp_metadata_exchange_preamble_split_across_reads() {
     st::wait_series(&server, "istio_tcp_connections_opened_total", &from_client, 2.0);
     st::wait_series(&server, "istio_tcp_received_bytes_total", &from_client, 10.0);
     assert!(server.log().lines().all(|l| !l.contains("panicked")));
+}
+
+/// The one-pass chain (`wasmesh.chain`) with stats as its first phase, on a sidecar's inbound
+/// listener: a request a later phase answers (here the router phase's 404 for a host no
+/// VirtualService names) is still counted, with the caller's labels from the metadata exchange
+/// and the answer's response code, and the exchange headers never reach the application.
+#[test]
+fn the_one_pass_chain_counts_answered_requests_with_their_peer() {
+    use serde_json::json;
+    use wasmesh_e2e::node_identity::{
+        bootstrap, cluster, http_listener, resources_json, route_by_cluster_header, IstioNode, Plugin,
+    };
+    let app = App::new("ratings", "v1").start();
+    let node = IstioNode::sidecar(
+        "ratings-v1-6f8b9c7d4-x2k9p",
+        "default",
+        "ratings-v1",
+        &[("app", "ratings"), ("version", "v1")],
+        "bookinfo-ratings",
+    );
+    let router = resources_json(
+        "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - route: [{destination: {host: ratings, subset: v1}}]
+",
+    );
+    let chain = json!({"phases": [
+        {"rootId": "wasmesh.stats", "configuration": {}},
+        {"rootId": "wasmesh.router", "configuration": {"resources": router}},
+    ]});
+    let plugin = Plugin::new("wasmesh.chain", "wasmesh", &wasmesh_e2e::paths::wasm("wasmesh"), chain);
+    let port = wasmesh_e2e::free_port();
+    let listener = http_listener("inbound_9080", port, Some("INBOUND"), &[plugin], route_by_cluster_header());
+    let clusters = vec![cluster("outbound|9080|v1|ratings.default.svc.cluster.local", app.port)];
+    let envoy =
+        Envoy::start("stats-one-pass", &bootstrap(node.node(), wasmesh_e2e::free_port(), vec![listener], clusters));
+
+    let mut caller = Workload::new("productpage-v1", "default");
+    caller.labels.insert("app".into(), "productpage".into());
+    caller.labels.insert("version".into(), "v1".into());
+    let peer = wasmesh_controller::plugins::stats::core::LocalInfo::from_workload(&caller);
+    let mx = [("x-envoy-peer-metadata", peer.header_value()), ("x-envoy-peer-metadata-id", peer.node_id.clone())];
+    let send = |host: &str| {
+        let mut headers = vec![("host", host)];
+        headers.extend(mx.iter().map(|(k, v)| (*k, v.as_str())));
+        request(port, "GET", "/ratings/0", &headers, b"").unwrap()
+    };
+    let served = app.served();
+    let ok = send("ratings:9080");
+    assert_eq!(ok.status, 200, "{}", envoy.log_tail(20));
+    assert_eq!(app.served() - served, 1);
+    let seen = ok.json()["headers"].as_object().unwrap().clone();
+    assert!(!seen.contains_key("x-envoy-peer-metadata") && !seen.contains_key("x-envoy-peer-metadata-id"), "{seen:?}");
+    // Istio's inbound side answers the exchange with its own metadata.
+    assert!(ok.headers.iter().any(|(k, _)| k == "x-envoy-peer-metadata-id"), "{:?}", ok.headers);
+    let answered = send("unknown.example");
+    assert_eq!(answered.status, 404, "the router phase answers: {}", envoy.log_tail(20));
+
+    for code in ["200", "404"] {
+        let needles = [
+            "reporter=.=destination;".to_string(),
+            "source_workload=.=productpage-v1;".to_string(),
+            "source_app=.=productpage;".to_string(),
+            "destination_workload=.=ratings-v1;".to_string(),
+            format!("response_code=.={code};"),
+        ];
+        wait_for_count(&envoy, &needles, 1.0);
+    }
+}
+
+/// Waits until the `istio_requests_total` line holding every needle counts `expected`.
+fn wait_for_count(envoy: &Envoy, needles: &[String], expected: f64) {
+    let start = std::time::Instant::now();
+    let mut text = String::new();
+    while start.elapsed() < Duration::from_secs(15) {
+        text = envoy.admin("/stats?filter=istio_requests_total");
+        let found = text.lines().find(|l| needles.iter().all(|n| l.contains(n.as_str())));
+        if found.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok()) == Some(expected) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("no istio_requests_total line with {needles:?} counting {expected}:\n{text}");
 }

@@ -1,13 +1,27 @@
 //! wasmesh stats: Istio's standard metrics and peer metadata exchange in any Envoy.
 //!
 //! One module, two kinds of filter, chosen by the configuration's `protocol`:
-//! * `http` (an HTTP filter): exchanges `x-envoy-peer-metadata` headers with the other sidecar,
-//!   hands what it learnt to later filters when `publishPeer` is set (filter state
-//!   `PEER_DOWNSTREAM` / `PEER_UPSTREAM`),
-//!   and in `on_log` records `istio_requests_total`, `istio_request_duration_milliseconds`,
-//!   `istio_request_bytes`, `istio_response_bytes` and, for gRPC, the message counters;
-//! * `tcp` (a network filter): `istio_tcp_connections_opened_total`/`_closed_total`,
-//!   `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`.
+//! * `http`: a phase ([`wasmesh_proxy::phase`]) — alone in its filter (`wasmesh.stats`), or the
+//!   first phase of the one-pass chain (`wasmesh.chain`), so it sees every request before authn
+//!   or authz may answer it and its `log` runs for every request, answered ones too. It
+//!   exchanges `x-envoy-peer-metadata` headers with the other sidecar, hands what it learnt to
+//!   later filters when `publishPeer` is set (filter state `PEER_DOWNSTREAM` /
+//!   `PEER_UPSTREAM`), and in `log` records `istio_requests_total`,
+//!   `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes` and,
+//!   for gRPC, the message counters;
+//! * `tcp` (a network filter, [`Phase::is_network`]): `istio_tcp_connections_opened_total`/
+//!   `_closed_total`, `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`.
+//!
+//! Hostcalls per HTTP request (each one that returns a value also makes Envoy allocate guest
+//! memory for it, GUIDE §4), inbound with metadata exchange:
+//! * request headers: the stream's one map (shared with the later phases in the chain), the two
+//!   `remove`s of the exchange headers when the request carried them;
+//! * response headers: the two `set`s of ours, only when the request carried the exchange;
+//! * log: one [`Stream::properties`] batch (response code and flags, duration, sizes, the
+//!   peer's certificate SAN, the cluster name unless configuration names the inbound service,
+//!   the gRPC status for gRPC), the local certificate SAN only when the peer presented one, and
+//!   one `record_metric` per histogram sample. Counters (`istio_requests_total`, gRPC message
+//!   counts) are kept in the VM and flushed on the phase's tick ([`FLUSH_PERIOD`]).
 //!
 //! All decisions are in `wasmesh-stats`; this file reads Envoy attributes and headers and calls
 //! the hostcalls. Telemetry fails open: nothing here ever changes or stops a request, and nothing
@@ -15,31 +29,48 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, MapType, PeerType};
+use proxy_wasm::traits::{Context, RootContext, StreamContext};
+use proxy_wasm::types::{Action, BufferType, PeerType};
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 use wasmesh_istio::{FilterConfig, Strictness};
 use wasmesh_proxy::metrics;
+use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
+use wasmesh_proxy::stream::{HeaderReads, Stream};
 use wasmesh_proxy::ListenerDirection;
 use wasmesh_stats::exchange::{PreambleReader, Step};
 use wasmesh_stats::grpc::{is_grpc_content_type, GrpcFrameCounter};
 use wasmesh_stats::peer::{HEADER_METADATA, HEADER_METADATA_ID};
 use wasmesh_stats::{
-    CachedPeer, Direction, Facts, HttpMeasures, ListenerProtocol, Metric, MetricCache, MetricHost, MetricType,
-    PeerCache, Protocol, ServiceCache, ServiceInfo, Stats, StatsConfig, TcpKey,
+    Batching, CachedPeer, Direction, Facts, HttpMeasures, ListenerProtocol, Metric, MetricCache, MetricHost,
+    MetricType, PeerCache, PendingCounters, Protocol, ServiceCache, ServiceInfo, Stats, StatsConfig, TcpKey,
 };
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
 /// `filters/wasmesh` for the root ids it hands to this filter, call it).
 pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
-    Box::new(StatsRoot { listeners: None })
+    Box::new(ChainRoot::new("wasmesh stats", build))
 }
+
+/// The stats phase from its plugin configuration (an HTTP phase, or the TCP network filter).
+pub fn build(config: &[u8], _resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, String> {
+    let listeners = configure(config)?;
+    Ok(vec![Rc::new(StatsPhase { listeners })])
+}
+
+/// How often batched counters reach Envoy. Istio's own stats filter increments Envoy's
+/// counters per request, but Prometheus only sees what it scrapes (every 15 s by default) and
+/// Envoy's histograms (request duration and sizes) only move when Envoy merges them at its
+/// stats flush (every 5 s); a counter up to this much late is within both.
+pub const FLUSH_PERIOD: Duration = Duration::from_secs(1);
 
 /// Per-VM state shared by every stream of one plugin.
 struct Shared {
     stats: Stats,
     cache: RefCell<MetricCache>,
+    /// Counter increments waiting for the next tick.
+    pending: RefCell<PendingCounters>,
     peers: RefCell<PeerCache>,
     /// Cluster name → its Istio service (from cluster metadata or the cluster's name).
     services: RefCell<ServiceCache>,
@@ -48,24 +79,34 @@ struct Shared {
 }
 
 impl Shared {
-    fn service(&self, cluster: &str) -> Option<Rc<ServiceInfo>> {
+    fn service(&self, cluster: &str, read: impl Fn(&[&str]) -> Option<String>) -> Option<Rc<ServiceInfo>> {
         self.services.borrow_mut().get_or_insert_with(cluster, || {
-            cluster_metadata_service().or_else(|| self.stats.service_for_cluster(cluster))
+            cluster_metadata_service(read).or_else(|| self.stats.service_for_cluster(cluster))
         })
+    }
+
+    /// Hands the batched counter increments to Envoy.
+    fn flush(&self) {
+        if let Ok(mut pending) = self.pending.try_borrow_mut() {
+            pending.flush(&mut Host);
+        }
     }
 }
 
-/// Istio's cluster metadata `filter_metadata.istio.services[0]` of the upstream cluster.
-fn cluster_metadata_service() -> Option<ServiceInfo> {
-    let get = |field: &str| {
-        wasmesh_proxy::property_string(&["xds", "cluster_metadata", "filter_metadata", "istio", "services", "0", field])
-    };
-    let host = get("host").filter(|h| !h.is_empty())?;
-    Some(ServiceInfo { name: get("name").unwrap_or_default(), namespace: get("namespace").unwrap_or_default(), host })
+/// A configuration replaced while increments wait (Envoy configuring the plugin again) hands
+/// them over before it goes.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
-struct StatsRoot {
-    listeners: Option<Listeners>,
+/// Istio's cluster metadata `filter_metadata.istio.services[0]` of the upstream cluster (read
+/// once per cluster: see [`ServiceCache`]).
+fn cluster_metadata_service(read: impl Fn(&[&str]) -> Option<String>) -> Option<ServiceInfo> {
+    let get = |field: &str| read(&["xds", "cluster_metadata", "filter_metadata", "istio", "services", "0", field]);
+    let host = get("host").filter(|h| !h.is_empty())?;
+    Some(ServiceInfo { name: get("name").unwrap_or_default(), namespace: get("namespace").unwrap_or_default(), host })
 }
 
 /// The compiled configuration(s) of one plugin.
@@ -85,6 +126,14 @@ impl Listeners {
         }
     }
 
+    fn all(&self) -> impl Iterator<Item = &Rc<Shared>> {
+        let (a, b) = match self {
+            Listeners::Fixed(s) => (s, None),
+            Listeners::ByListener { inbound, outbound } => (inbound, Some(outbound)),
+        };
+        std::iter::once(a).chain(b)
+    }
+
     /// The configuration for the stream being created (the root context's callback runs with
     /// the new stream as the effective context, so its listener's properties are readable).
     fn for_new_stream(&self) -> Rc<Shared> {
@@ -98,50 +147,56 @@ impl Listeners {
     }
 }
 
-impl Context for StatsRoot {}
+/// The configured stats filter of one plugin.
+struct StatsPhase {
+    listeners: Listeners,
+}
 
-impl RootContext for StatsRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(bytes) = wasmesh_proxy::plugin_configuration() else {
-            wasmesh_proxy::log_error("wasmesh stats: no plugin configuration; expected the JSON wasmeshctl writes");
-            return false;
-        };
-        match configure(&bytes) {
-            Ok(listeners) => {
-                self.listeners = Some(listeners);
-                true
+impl StatsPhase {
+    fn protocol(&self) -> ListenerProtocol {
+        self.listeners.any().stats.protocol
+    }
+}
+
+impl Phase for StatsPhase {
+    fn name(&self) -> &'static str {
+        "stats"
+    }
+
+    fn start(self: Rc<Self>, _context_id: u32) -> Box<dyn PhaseRequest> {
+        Box::new(StatsRequest::new(self.listeners.for_new_stream()))
+    }
+
+    /// Alone in its filter: the inbound side reads three request headers (content type and the
+    /// two exchange headers), which one map read does for less than three single reads; the
+    /// outbound side reads one or two, one by one.
+    fn header_reads(&self) -> HeaderReads {
+        match &self.listeners {
+            Listeners::Fixed(s) if s.stats.direction != Direction::Inbound || !s.stats.metadata_exchange => {
+                HeaderReads::OneByOne
             }
-            Err(e) => {
-                wasmesh_proxy::log_error(&format!("wasmesh stats: configuration rejected: {e}"));
-                false
-            }
+            _ => HeaderReads::Map,
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let shared = self.listeners.as_ref()?.for_new_stream();
-        Some(Box::new(StatsHttp {
-            shared,
-            peer: None,
-            request_had_mx: false,
-            request_seen: false,
-            external: false,
-            grpc: false,
-            request_frames: GrpcFrameCounter::default(),
-            response_frames: GrpcFrameCounter::default(),
-        }))
+    fn tick_period(&self) -> Option<Duration> {
+        (self.protocol() == ListenerProtocol::Http).then_some(FLUSH_PERIOD)
     }
 
-    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
-        let shared = self.listeners.as_ref()?.for_new_stream();
-        Some(Box::new(StatsTcp::new(shared)))
+    fn tick(&self) {
+        self.listeners.all().for_each(|s| s.flush());
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        match self.listeners.as_ref().map(|l| l.any().stats.protocol) {
-            Some(ListenerProtocol::Tcp) => Some(ContextType::StreamContext),
-            _ => Some(ContextType::HttpContext),
-        }
+    fn done(&self) {
+        self.listeners.all().for_each(|s| s.flush());
+    }
+
+    fn is_network(&self) -> bool {
+        self.protocol() == ListenerProtocol::Tcp
+    }
+
+    fn stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        Some(Box::new(StatsTcp::new(self.listeners.for_new_stream())))
     }
 }
 
@@ -175,6 +230,7 @@ fn configure(bytes: &[u8]) -> Result<Listeners, String> {
         compiled.push(Rc::new(Shared {
             stats,
             cache: RefCell::new(cache),
+            pending: RefCell::new(PendingCounters::default()),
             peers: RefCell::new(PeerCache::default()),
             services: RefCell::new(ServiceCache::default()),
             key: RefCell::new(String::with_capacity(2048)),
@@ -214,11 +270,12 @@ fn nonneg(v: Option<i64>) -> Option<u64> {
     v.and_then(|v| u64::try_from(v).ok())
 }
 
-fn response_header_value(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
+/// An integer attribute (8 bytes little-endian, signed in Envoy) that is not negative.
+fn nonneg_bytes(b: Option<&[u8]>) -> Option<u64> {
+    nonneg(b.and_then(wasmesh_proxy::decode_u64).map(|v| v as i64))
 }
 
-/// Evaluates the Telemetry override expressions of this listener.
+/// Evaluates the Telemetry override expressions of this listener (network filter).
 fn evaluate(stats: &Stats) -> Vec<Option<String>> {
     if stats.exprs_needed().is_empty() {
         return Vec::new();
@@ -231,36 +288,47 @@ fn evaluate(stats: &Stats) -> Vec<Option<String>> {
 
 /// The upstream peer from the endpoint's metadata (Istio's client-side fallback).
 fn endpoint_peer(shared: &Shared) -> Option<Rc<CachedPeer>> {
-    let s = wasmesh_proxy::property_string(&["xds", "upstream_host_metadata", "filter_metadata", "istio", "workload"])?;
+    let s = wasmesh_proxy::property_string(&ENDPOINT_WORKLOAD)?;
     shared.peers.borrow_mut().endpoint(&s)
 }
 
 /// (peer principal, local principal): the first URI SANs of the connection's certificates.
 fn principals(direction: Direction) -> (String, String) {
+    let (peer_path, local_path) = certificate_paths(direction);
+    // Without a peer certificate this is one call that returns nothing (cheaper than reading
+    // `connection.mtls` first).
+    let peer = wasmesh_proxy::property_string(peer_path).unwrap_or_default();
+    if peer.is_empty() {
+        return (peer, String::new());
+    }
+    let local = wasmesh_proxy::property_string(local_path).unwrap_or_default();
+    (peer, local)
+}
+
+/// The attribute paths of the peer's and our own certificate's URI SAN: the downstream
+/// connection's on inbound, the upstream's otherwise.
+fn certificate_paths(direction: Direction) -> (&'static [&'static str], &'static [&'static str]) {
     match direction {
-        Direction::Inbound => {
-            // Without a peer certificate this is one call that returns nothing (cheaper than
-            // reading `connection.mtls` first).
-            let peer = wasmesh_proxy::property_string(&["connection", "uri_san_peer_certificate"]).unwrap_or_default();
-            if peer.is_empty() {
-                return (peer, String::new());
-            }
-            let local =
-                wasmesh_proxy::property_string(&["connection", "uri_san_local_certificate"]).unwrap_or_default();
-            (peer, local)
-        }
-        Direction::Outbound | Direction::Gateway => {
-            let peer = wasmesh_proxy::property_string(&["upstream", "uri_san_peer_certificate"]).unwrap_or_default();
-            if peer.is_empty() {
-                return (peer, String::new());
-            }
-            let local = wasmesh_proxy::property_string(&["upstream", "uri_san_local_certificate"]).unwrap_or_default();
-            (peer, local)
-        }
+        Direction::Inbound => (&PEER_SAN_DOWNSTREAM, &LOCAL_SAN_DOWNSTREAM),
+        Direction::Outbound | Direction::Gateway => (&PEER_SAN_UPSTREAM, &LOCAL_SAN_UPSTREAM),
     }
 }
 
-struct StatsHttp {
+const PEER_SAN_DOWNSTREAM: [&str; 2] = ["connection", "uri_san_peer_certificate"];
+const LOCAL_SAN_DOWNSTREAM: [&str; 2] = ["connection", "uri_san_local_certificate"];
+const PEER_SAN_UPSTREAM: [&str; 2] = ["upstream", "uri_san_peer_certificate"];
+const LOCAL_SAN_UPSTREAM: [&str; 2] = ["upstream", "uri_san_local_certificate"];
+const ENDPOINT_WORKLOAD: [&str; 5] = ["xds", "upstream_host_metadata", "filter_metadata", "istio", "workload"];
+const RESPONSE_CODE: [&str; 2] = ["response", "code"];
+const RESPONSE_FLAGS: [&str; 2] = ["response", "flags"];
+const REQUEST_DURATION: [&str; 2] = ["request", "duration"];
+const REQUEST_SIZE: [&str; 2] = ["request", "total_size"];
+const RESPONSE_SIZE: [&str; 2] = ["response", "total_size"];
+const CLUSTER_NAME: [&str; 2] = ["xds", "cluster_name"];
+const GRPC_STATUS: [&str; 2] = ["response", "grpc_status"];
+
+/// One HTTP request in the stats phase.
+struct StatsRequest {
     shared: Rc<Shared>,
     /// The other side's metadata: downstream (inbound) or upstream (outbound, gateway).
     peer: Option<Rc<CachedPeer>>,
@@ -274,47 +342,64 @@ struct StatsHttp {
     response_frames: GrpcFrameCounter,
 }
 
-impl Context for StatsHttp {}
-
-impl StatsHttp {
-    fn inbound_request(&mut self) {
-        if let Some(ct) = wasmesh_proxy::request_header("content-type") {
-            self.grpc = is_grpc_content_type(&ct);
-        }
-        if !self.shared.stats.metadata_exchange {
-            return;
-        }
-        let md = wasmesh_proxy::request_header(HEADER_METADATA);
-        let id = wasmesh_proxy::request_header(HEADER_METADATA_ID);
-        if md.is_some() || id.is_some() {
-            // Never let the exchange headers reach the application.
-            self.request_had_mx = true;
-            wasmesh_proxy::remove_request_header(HEADER_METADATA);
-            wasmesh_proxy::remove_request_header(HEADER_METADATA_ID);
-        }
-        if let Some(md) = md {
-            self.peer = self.shared.peers.borrow_mut().get_or_decode(&md, id.as_deref());
-            if let (Some(p), true) = (&self.peer, self.shared.stats.publish_peer) {
-                wasmesh_proxy::set_filter_state(wasmesh_handover::PEER_DOWNSTREAM, &p.json);
-            }
+impl StatsRequest {
+    fn new(shared: Rc<Shared>) -> StatsRequest {
+        StatsRequest {
+            shared,
+            peer: None,
+            request_had_mx: false,
+            request_seen: false,
+            external: false,
+            grpc: false,
+            request_frames: GrpcFrameCounter::default(),
+            response_frames: GrpcFrameCounter::default(),
         }
     }
 
-    fn outbound_request(&mut self) {
-        if let Some(ct) = wasmesh_proxy::request_header("content-type") {
-            self.grpc = is_grpc_content_type(&ct);
+    fn inbound_request(&mut self, s: &Stream) {
+        let shared = self.shared.clone();
+        let exchange = shared.stats.metadata_exchange;
+        // One look at the stream's header map: no copy of the (large) metadata value, and a
+        // peer cache hit allocates nothing.
+        let (grpc, had_mx, peer) = s.with_request_headers(|headers| {
+            let Ok(headers) = headers else { return (false, false, None) };
+            let find = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+            let grpc = find("content-type").is_some_and(is_grpc_content_type);
+            if !exchange {
+                return (grpc, false, None);
+            }
+            let (md, id) = (find(HEADER_METADATA), find(HEADER_METADATA_ID));
+            let peer = md.and_then(|md| shared.peers.borrow_mut().get_or_decode(md, id));
+            (grpc, md.is_some() || id.is_some(), peer)
+        });
+        self.grpc = grpc;
+        if had_mx {
+            // Never let the exchange headers reach the application.
+            self.request_had_mx = true;
+            s.remove_request_header(HEADER_METADATA);
+            s.remove_request_header(HEADER_METADATA_ID);
         }
-        let s = &self.shared.stats;
-        if s.metadata_exchange && s.has_external_hosts() {
+        self.peer = peer;
+        if let (Some(p), true) = (&self.peer, shared.stats.publish_peer) {
+            s.set_filter_state(wasmesh_handover::PEER_DOWNSTREAM, &p.json);
+        }
+    }
+
+    fn outbound_request(&mut self, s: &Stream) {
+        let header = |name: &str| s.request_header(name).ok().flatten();
+        self.grpc = header("content-type").is_some_and(|ct| is_grpc_content_type(&ct));
+        let stats = &self.shared.stats;
+        if !stats.metadata_exchange {
+            return;
+        }
+        if stats.has_external_hosts() {
             // No workload metadata for services outside the mesh, and none trusted from them.
-            let authority = wasmesh_proxy::request_header(":authority").unwrap_or_default();
-            self.external = s.is_external_authority(&authority);
+            self.external = stats.is_external_authority(&header(":authority").unwrap_or_default());
         }
-        if self.shared.stats.metadata_exchange && !self.external {
+        if !self.external {
             // Replacing also drops whatever the application (or a client at a gateway) sent.
-            let s = &self.shared.stats;
-            wasmesh_proxy::set_request_header(HEADER_METADATA, s.header_value.as_bytes());
-            wasmesh_proxy::set_request_header(HEADER_METADATA_ID, s.local.node_id.as_bytes());
+            s.set_request_header(HEADER_METADATA, stats.header_value.as_bytes());
+            s.set_request_header(HEADER_METADATA_ID, stats.local.node_id.as_bytes());
         }
     }
 
@@ -322,11 +407,7 @@ impl StatsHttp {
         if !self.grpc || size == 0 {
             return;
         }
-        let buffer = if response {
-            proxy_wasm::types::BufferType::HttpResponseBody
-        } else {
-            proxy_wasm::types::BufferType::HttpRequestBody
-        };
+        let buffer = if response { BufferType::HttpResponseBody } else { BufferType::HttpRequestBody };
         let counter = if response { &mut self.response_frames } else { &mut self.request_frames };
         if counter.skippable(size) {
             counter.skip(size);
@@ -338,59 +419,62 @@ impl StatsHttp {
     }
 }
 
-impl HttpContext for StatsHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+impl PhaseRequest for StatsRequest {
+    fn request_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
         self.request_seen = true;
         match self.shared.stats.direction {
-            Direction::Inbound => self.inbound_request(),
-            Direction::Outbound | Direction::Gateway => self.outbound_request(),
+            Direction::Inbound => self.inbound_request(s),
+            Direction::Outbound | Direction::Gateway => self.outbound_request(s),
         }
-        Action::Continue
+        Flow::Continue
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+    fn request_body(&mut self, _s: &Stream, body_size: usize, _end_of_stream: bool) -> Flow {
         self.count_frames(false, body_size);
-        Action::Continue
+        Flow::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if !self.shared.stats.metadata_exchange {
-            return Action::Continue;
+    fn response_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
+        if !stats.metadata_exchange {
+            return Flow::Continue;
         }
-        match self.shared.stats.direction {
+        match stats.direction {
             Direction::Inbound => {
                 if self.request_had_mx {
-                    let s = &self.shared.stats;
-                    wasmesh_proxy::set_response_header(HEADER_METADATA, s.header_value.as_bytes());
-                    wasmesh_proxy::set_response_header(HEADER_METADATA_ID, s.local.node_id.as_bytes());
+                    s.set_response_header(HEADER_METADATA, stats.header_value.as_bytes());
+                    s.set_response_header(HEADER_METADATA_ID, stats.local.node_id.as_bytes());
                 }
             }
-            Direction::Outbound | Direction::Gateway if !self.external => {
-                let md = response_header_value(HEADER_METADATA);
-                let id = response_header_value(HEADER_METADATA_ID);
+            // Only when we sent ours (the exchange is active): an external host's answer is
+            // neither read nor trusted.
+            Direction::Outbound | Direction::Gateway if !self.external && self.request_seen => {
+                let md = s.response_header(HEADER_METADATA);
+                let id = s.response_header(HEADER_METADATA_ID);
                 if md.is_some() || id.is_some() {
                     // The caller (the application, or a client outside the mesh) never sees them.
-                    wasmesh_proxy::remove_response_header(HEADER_METADATA);
-                    wasmesh_proxy::remove_response_header(HEADER_METADATA_ID);
+                    s.remove_response_header(HEADER_METADATA);
+                    s.remove_response_header(HEADER_METADATA_ID);
                 }
                 if let Some(md) = md {
-                    self.peer = self.shared.peers.borrow_mut().get_or_decode(&md, id.as_deref());
-                    if let (Some(p), true) = (&self.peer, self.shared.stats.publish_peer) {
-                        wasmesh_proxy::set_filter_state(wasmesh_handover::PEER_UPSTREAM, &p.json);
+                    self.peer = shared.peers.borrow_mut().get_or_decode(&md, id.as_deref());
+                    if let (Some(p), true) = (&self.peer, stats.publish_peer) {
+                        s.set_filter_state(wasmesh_handover::PEER_UPSTREAM, &p.json);
                     }
                 }
             }
             Direction::Outbound | Direction::Gateway => {}
         }
-        Action::Continue
+        Flow::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+    fn response_body(&mut self, _s: &Stream, body_size: usize, _end_of_stream: bool) -> Flow {
         self.count_frames(true, body_size);
-        Action::Continue
+        Flow::Continue
     }
 
-    fn on_log(&mut self) {
+    fn log(&mut self, s: &Stream) {
         let shared = self.shared.clone();
         let stats = &shared.stats;
         if !stats.any_enabled() {
@@ -398,47 +482,73 @@ impl HttpContext for StatsHttp {
         }
         if !self.request_seen {
             // An earlier filter answered before this one saw the request.
-            self.grpc = wasmesh_proxy::property(&["request", "headers", "content-type"])
-                .map(|ct| is_grpc_content_type(&ct))
-                .unwrap_or(false);
+            self.grpc =
+                s.property_or_none(&["request", "headers", "content-type"]).is_some_and(|ct| is_grpc_content_type(&ct));
         }
         let protocol = if self.grpc { Protocol::Grpc } else { Protocol::Http };
-        let cluster = if stats.needs_cluster() {
-            wasmesh_proxy::property_string(&["xds", "cluster_name"]).unwrap_or_default()
+        let (peer_san, local_san) = certificate_paths(stats.direction);
+        let needs_endpoint = self.peer.is_none() && stats.direction != Direction::Inbound && !self.external;
+        // Every attribute the labels and measures need, in one batch (fixed slots first).
+        let mut paths: Vec<&[&str]> = Vec::with_capacity(9);
+        paths.extend([&RESPONSE_CODE[..], &RESPONSE_FLAGS, &REQUEST_DURATION, &REQUEST_SIZE, &RESPONSE_SIZE, peer_san]);
+        let cluster_slot = stats.needs_cluster().then(|| push_slot(&mut paths, &CLUSTER_NAME));
+        let grpc_slot = (protocol == Protocol::Grpc).then(|| push_slot(&mut paths, &GRPC_STATUS));
+        let endpoint_slot = needs_endpoint.then(|| push_slot(&mut paths, &ENDPOINT_WORKLOAD));
+        let values = s.properties(&paths);
+        let at = |i: usize| values.get(i).and_then(|v| v.as_deref());
+        let text = |i: Option<usize>| i.and_then(at).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default();
+
+        let cluster = text(cluster_slot);
+        let service = shared.service(cluster, |p| s.property_string(p));
+        let endpoint = text(endpoint_slot);
+        let peer = if needs_endpoint && !endpoint.is_empty() {
+            shared.peers.borrow_mut().endpoint(endpoint)
         } else {
-            String::new()
+            self.peer.clone()
         };
-        let service = shared.service(&cluster);
-        let peer = match (&self.peer, stats.direction) {
-            (None, Direction::Outbound | Direction::Gateway) if !self.external => endpoint_peer(&shared),
-            (p, _) => p.clone(),
-        };
-        let (peer_principal, local_principal) = principals(stats.direction);
+        let peer_principal = text(Some(5));
+        // Our own certificate matters only when the peer presented one (mTLS).
+        let local_principal = if peer_principal.is_empty() { None } else { s.property_string(local_san) };
+
         let mut facts = Facts::new(protocol);
-        facts.response_code = nonneg(prop_i64(&["response", "code"])).and_then(|c| u32::try_from(c).ok()).unwrap_or(0);
-        facts.response_flags =
-            stats.effective_flags(facts.response_code, &cluster, nonneg(prop_i64(&["response", "flags"])).unwrap_or(0));
-        if protocol == Protocol::Grpc {
-            facts.grpc_status = nonneg(prop_i64(&["response", "grpc_status"])).and_then(|c| u32::try_from(c).ok());
-        }
+        facts.response_code = nonneg_bytes(at(0)).and_then(|c| u32::try_from(c).ok()).unwrap_or(0);
+        facts.response_flags = stats.effective_flags(facts.response_code, cluster, nonneg_bytes(at(1)).unwrap_or(0));
+        facts.grpc_status = grpc_slot.and_then(|i| nonneg_bytes(at(i))).and_then(|c| u32::try_from(c).ok());
         facts.peer = peer.as_ref().map(|p| &p.peer);
-        facts.peer_principal = &peer_principal;
-        facts.local_principal = &local_principal;
-        facts.cluster_name = &cluster;
+        facts.peer_principal = peer_principal;
+        facts.local_principal = local_principal.as_deref().unwrap_or_default();
+        facts.cluster_name = cluster;
         facts.service = service.as_deref();
         let measures = HttpMeasures {
-            duration_ms: nonneg(prop_i64(&["request", "duration"])).map(|ns| ns / 1_000_000),
-            request_bytes: nonneg(prop_i64(&["request", "total_size"])),
-            response_bytes: nonneg(prop_i64(&["response", "total_size"])),
+            duration_ms: nonneg_bytes(at(2)).map(|ns| ns / 1_000_000),
+            request_bytes: nonneg_bytes(at(3)),
+            response_bytes: nonneg_bytes(at(4)),
             request_messages: self.request_frames.messages,
             response_messages: self.response_frames.messages,
         };
-        let exprs = evaluate(stats);
-        let mut cache = shared.cache.borrow_mut();
-        let mut key = shared.key.borrow_mut();
+        let exprs = if stats.exprs_needed().is_empty() {
+            Vec::new()
+        } else {
+            stats.evaluate(|path| {
+                let p: Vec<&str> = path.iter().map(String::as_str).collect();
+                s.property_or_none(&p)
+            })
+        };
+        let (Ok(mut cache), Ok(mut pending), Ok(mut key)) =
+            (shared.cache.try_borrow_mut(), shared.pending.try_borrow_mut(), shared.key.try_borrow_mut())
+        else {
+            return;
+        };
+        let mut host = Batching { host: &mut Host, pending: &mut pending };
         let peer_id = peer.as_ref().map(|p| p.id).unwrap_or(0);
-        stats.record_http(&mut cache, &mut Host, &facts, peer_id, &exprs, &measures, &mut key);
+        stats.record_http(&mut cache, &mut host, &facts, peer_id, &exprs, &measures, &mut key);
     }
+}
+
+/// Appends `path` to the batch and returns its slot.
+fn push_slot<'a>(paths: &mut Vec<&'a [&'a str]>, path: &'a [&'a str]) -> usize {
+    paths.push(path);
+    paths.len() - 1
 }
 
 /// Network buffer access during `on_downstream_data`/`on_upstream_data`.
@@ -572,7 +682,8 @@ impl StatsTcp {
     fn compute_keys(&self) -> Vec<TcpKey> {
         let stats = &self.shared.stats;
         let cluster = wasmesh_proxy::property_string(&["xds", "cluster_name"]).unwrap_or_default();
-        let service = if cluster.is_empty() { None } else { self.shared.service(&cluster) };
+        let service =
+            if cluster.is_empty() { None } else { self.shared.service(&cluster, wasmesh_proxy::property_string) };
         let peer = match (&self.peer, stats.direction) {
             (Some(p), _) => Some(p.clone()),
             (None, Direction::Outbound | Direction::Gateway) => endpoint_peer(&self.shared),
@@ -699,12 +810,4 @@ impl StreamContext for StatsTcp {
     fn on_log(&mut self) {
         self.close();
     }
-}
-
-/// The stats phase (for the one-pass chain): being written; until then `wasmesh.chain` refuses it.
-pub fn build(
-    _config: &[u8],
-    _resumer: &wasmesh_proxy::phase::Resumer,
-) -> Result<Vec<std::rc::Rc<dyn wasmesh_proxy::phase::Phase>>, String> {
-    Err("stats does not run as a phase yet".into())
 }

@@ -5,6 +5,7 @@
 //! these helpers instead: every failure becomes `None`/`false` plus a log line.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod cel;
 pub mod metrics;
 pub mod phase;
 pub mod stream;

@@ -190,8 +190,8 @@ impl Stream {
     /// A property (an Envoy attribute, or filter state when `path` is one key); `Ok(None)` when
     /// absent, `Err` when Envoy could not produce it (not kept: asked again next time).
     pub fn property(&self, path: &[&str]) -> Result<Option<Bytes>, Status> {
-        if let Some((_, v)) = self.properties.borrow().iter().find(|(k, _)| same_path(k, path)) {
-            return Ok(v.clone());
+        if let Some(v) = self.kept(path) {
+            return Ok(v);
         }
         let v = hostcalls::get_property(path.to_vec())?;
         self.keep(path, v.clone());
@@ -217,10 +217,39 @@ impl Stream {
         self.property_or_none(path).and_then(|b| b.first().map(|v| *v != 0))
     }
 
-    /// Several properties at once, in the order asked (`None` where absent or unreadable): one
-    /// `get_property` per path not yet kept.
+    /// Several properties at once, in the order asked (`None` where absent or unreadable), each
+    /// kept as [`Stream::property`] keeps it. The Envoy attributes not kept yet
+    /// ([`crate::cel::attribute`]) are read in one `expr_evaluate` when there are at least
+    /// [`crate::cel::MIN_BATCH`] of them; the others, and all of them when the host has no
+    /// expression functions, CEL cannot express one of them or the evaluation fails, with one
+    /// `get_property` each.
     pub fn properties(&self, paths: &[&[&str]]) -> Vec<Option<Bytes>> {
-        paths.iter().map(|p| self.property_or_none(p)).collect()
+        let mut out: Vec<Option<Kept>> = paths.iter().map(|p| self.kept(p)).collect();
+        let batch: Vec<(usize, &[&str])> = paths
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| out.get(*i).is_some_and(Option::is_none) && crate::cel::attribute(p))
+            .map(|(i, p)| (i, *p))
+            .collect();
+        if batch.len() >= crate::cel::MIN_BATCH {
+            let asked: Vec<&[&str]> = batch.iter().map(|(_, p)| *p).collect();
+            if let Some(values) = crate::cel::read(&asked) {
+                let mut props = self.properties.borrow_mut();
+                for ((i, p), v) in batch.into_iter().zip(values) {
+                    // Not kept before (that is why it was asked): no old entry to replace.
+                    props.push((p.iter().map(|s| Box::<str>::from(*s)).collect(), v.clone()));
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = Some(v);
+                    }
+                }
+            }
+        }
+        out.into_iter().zip(paths).map(|(v, p)| v.unwrap_or_else(|| self.property_or_none(p))).collect()
+    }
+
+    /// A property already kept for this stream.
+    fn kept(&self, path: &[&str]) -> Option<Kept> {
+        self.properties.borrow().iter().find(|(k, _)| same_path(k, path)).map(|(_, v)| v.clone())
     }
 
     fn keep(&self, path: &[&str], v: Kept) {

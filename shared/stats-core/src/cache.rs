@@ -270,6 +270,83 @@ impl MetricCache {
     }
 }
 
+/// Most counters with increments waiting for the next flush (see [`PendingCounters`]). Counter
+/// ids come from the bounded [`MetricCache`], so a real proxy stays far below it; a new counter
+/// past it flushes everything first, which only costs the hostcalls a tick would have made.
+pub const MAX_PENDING_COUNTERS: usize = 4_096;
+
+/// Counter increments kept in the VM and handed to Envoy by [`PendingCounters::flush`] (the
+/// filter's tick): `istio_requests_total` costs no hostcall per request, one per label set per
+/// flush. Histogram samples are not batched (Envoy needs each sample for its buckets).
+#[derive(Debug, Default)]
+pub struct PendingCounters {
+    /// Counter id → increments since the last flush (an entry stays at 0 after a flush, so a
+    /// steady label set is not re-inserted every period).
+    counts: HashMap<u32, u64>,
+}
+
+impl PendingCounters {
+    /// Adds `by` to counter `id`; flushes through `host` first when a new id would pass
+    /// [`MAX_PENDING_COUNTERS`].
+    pub fn add(&mut self, host: &mut dyn MetricHost, id: u32, by: u64) {
+        if by == 0 {
+            return;
+        }
+        if let Some(n) = self.counts.get_mut(&id) {
+            *n = n.saturating_add(by);
+            return;
+        }
+        if self.counts.len() >= MAX_PENDING_COUNTERS {
+            self.flush(host);
+            self.counts.clear();
+        }
+        self.counts.insert(id, by);
+    }
+
+    /// One `increment` per counter that moved since the last flush.
+    pub fn flush(&mut self, host: &mut dyn MetricHost) {
+        for (id, n) in self.counts.iter_mut() {
+            if *n > 0 {
+                host.increment(*id, *n);
+                *n = 0;
+            }
+        }
+    }
+
+    /// Counters with increments not yet flushed.
+    pub fn waiting(&self) -> usize {
+        self.counts.values().filter(|n| **n > 0).count()
+    }
+
+    /// Counters remembered (moved since the last flush, or in an earlier period).
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+}
+
+/// A [`MetricHost`] that keeps counter increments in [`PendingCounters`] and passes
+/// definitions and histogram samples on to `host`.
+pub struct Batching<'a> {
+    pub host: &'a mut dyn MetricHost,
+    pub pending: &'a mut PendingCounters,
+}
+
+impl MetricHost for Batching<'_> {
+    fn define(&mut self, ty: MetricType, name: &str) -> Option<u32> {
+        self.host.define(ty, name)
+    }
+    fn increment(&mut self, id: u32, by: u64) {
+        self.pending.add(self.host, id, by);
+    }
+    fn record(&mut self, id: u32, value: u64) {
+        self.host.record(id, value);
+    }
+}
+
 /// Looks up (or adds) `key` in `map` and defines the metrics it does not have yet.
 fn define_in(
     map: &mut HashMap<String, Ids>,
@@ -409,6 +486,49 @@ pub(crate) mod tests {
             assert!(cache.fast.len() <= 2 * FAST_KEYS_PER_LABEL_SET);
         }
         assert!(cache.fast_get(&key(99)).is_some(), "the latest key is kept");
+    }
+
+    #[test]
+    fn counters_wait_for_the_flush_histograms_do_not() {
+        let mut host = FakeHost::default();
+        let mut cache = MetricCache::new(10);
+        let mut pending = PendingCounters::default();
+        for _ in 0..3 {
+            let mut b = Batching { host: &mut host, pending: &mut pending };
+            assert!(cache.record(&mut b, "a=.=1;.;", "o;.;", Metric::RequestCount, 1));
+            assert!(cache.record(&mut b, "a=.=1;.;", "o;.;", Metric::RequestDuration, 7));
+        }
+        assert!(host.counters.is_empty(), "no increment before the flush");
+        assert_eq!(host.samples["a=.=1;.;istio_request_duration_milliseconds"], vec![7; 3]);
+        assert_eq!(pending.waiting(), 1);
+        pending.flush(&mut host);
+        assert_eq!(host.counters["a=.=1;.;istio_requests_total"], 3);
+        assert_eq!(pending.waiting(), 0);
+        // A flush with nothing new calls nothing (FakeHost refuses increments by 0).
+        pending.flush(&mut host);
+        assert_eq!(host.counters["a=.=1;.;istio_requests_total"], 3);
+        pending.add(&mut host, 0, 2);
+        pending.flush(&mut host);
+        assert_eq!(host.counters["a=.=1;.;istio_requests_total"], 5);
+    }
+
+    #[test]
+    fn pending_counters_are_bounded_and_lose_nothing() {
+        let mut host = FakeHost::default();
+        for i in 0..MAX_PENDING_COUNTERS + 10 {
+            host.define(MetricType::Counter, &format!("c{i}"));
+        }
+        let mut pending = PendingCounters::default();
+        for round in 0..2 {
+            for i in 0..MAX_PENDING_COUNTERS + 10 {
+                pending.add(&mut host, i as u32, 1);
+                assert!(pending.len() <= MAX_PENDING_COUNTERS, "round {round}");
+            }
+        }
+        pending.flush(&mut host);
+        let total: u64 = host.counters.values().sum();
+        assert_eq!(total, 2 * (MAX_PENDING_COUNTERS as u64 + 10));
+        assert!(host.counters.values().all(|n| *n == 2));
     }
 
     #[test]

@@ -22,8 +22,8 @@ pub mod peer_cache;
 pub mod proto;
 
 pub use cache::{
-    MetricCache, MetricHost, ServiceCache, DEFAULT_MAX_LABEL_SETS, MAX_CACHED_CLUSTERS, MAX_OVERFLOW_LABEL_SETS,
-    OVERFLOW_VALUE,
+    Batching, MetricCache, MetricHost, PendingCounters, ServiceCache, DEFAULT_MAX_LABEL_SETS, MAX_CACHED_CLUSTERS,
+    MAX_OVERFLOW_LABEL_SETS, MAX_PENDING_COUNTERS, OVERFLOW_VALUE,
 };
 pub use labels::{Facts, Label, LabelValues, Metric, MetricType, Protocol, Reporter, ServiceInfo};
 pub use overrides::{MetricPlan, Mode, Plans, Slot};
