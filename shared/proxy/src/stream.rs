@@ -44,8 +44,13 @@ enum Headers {
 /// A property or header answer as kept: `None` when Envoy has none.
 type Kept = Option<Bytes>;
 
-/// A property path as kept (its segments).
-type PathKey = Box<[Box<str>]>;
+/// A kept property: its path (segments joined by NUL, which no segment holds), whether it lasts
+/// the whole stream, and Envoy's answer.
+struct KeptProperty {
+    path: String,
+    stable: bool,
+    value: Kept,
+}
 
 /// The stream of one HTTP request, shared by its phases.
 pub struct Stream {
@@ -54,7 +59,10 @@ pub struct Stream {
     headers: RefCell<Headers>,
     /// Single header reads ([`HeaderReads::OneByOne`] before the map was read).
     single: RefCell<Vec<(String, Kept)>>,
-    properties: RefCell<Vec<(PathKey, Kept)>>,
+    properties: RefCell<Vec<KeptProperty>>,
+    /// [`Stream::enter_response`] was called: request-side properties are no longer kept (they
+    /// are read once, in `log`, and nothing reads them after).
+    responding: Cell<bool>,
     answered: Cell<bool>,
 }
 
@@ -80,6 +88,7 @@ impl Stream {
             headers: RefCell::new(Headers::Unread),
             single: RefCell::new(Vec::new()),
             properties: RefCell::new(Vec::new()),
+            responding: Cell::new(false),
             answered: Cell::new(false),
         }
     }
@@ -194,7 +203,9 @@ impl Stream {
             return Ok(v);
         }
         let v = hostcalls::get_property(path.to_vec())?;
-        self.keep(path, v.clone());
+        if self.keeps(path) {
+            self.keep(path, v.clone());
+        }
         Ok(v)
     }
 
@@ -234,10 +245,11 @@ impl Stream {
         if batch.len() >= crate::cel::MIN_BATCH {
             let asked: Vec<&[&str]> = batch.iter().map(|(_, p)| *p).collect();
             if let Some(values) = crate::cel::read(&asked) {
-                let mut props = self.properties.borrow_mut();
                 for ((i, p), v) in batch.into_iter().zip(values) {
                     // Not kept before (that is why it was asked): no old entry to replace.
-                    props.push((p.iter().map(|s| Box::<str>::from(*s)).collect(), v.clone()));
+                    if self.keeps(p) {
+                        self.push_kept(p, v.clone());
+                    }
                     if let Some(slot) = out.get_mut(i) {
                         *slot = Some(v);
                     }
@@ -249,14 +261,29 @@ impl Stream {
 
     /// A property already kept for this stream.
     fn kept(&self, path: &[&str]) -> Option<Kept> {
-        self.properties.borrow().iter().find(|(k, _)| same_path(k, path)).map(|(_, v)| v.clone())
+        self.properties.borrow().iter().find(|k| same_path(&k.path, path)).map(|k| k.value.clone())
+    }
+
+    /// Whether an answer for `path` is worth keeping: one that lasts the stream, or a request-side
+    /// one while the request is still being decided (several phases may ask it).
+    fn keeps(&self, path: &[&str]) -> bool {
+        !self.responding.get() || stream_stable(path)
     }
 
     fn keep(&self, path: &[&str], v: Kept) {
-        let key: PathKey = path.iter().map(|s| Box::<str>::from(*s)).collect();
-        let mut props = self.properties.borrow_mut();
-        props.retain(|(k, _)| !same_path(k, path));
-        props.push((key, v));
+        self.properties.borrow_mut().retain(|k| !same_path(&k.path, path));
+        self.push_kept(path, v);
+    }
+
+    fn push_kept(&self, path: &[&str], value: Kept) {
+        let mut joined = String::with_capacity(path.iter().map(|s| s.len() + 1).sum());
+        for (i, seg) in path.iter().enumerate() {
+            if i > 0 {
+                joined.push('\0');
+            }
+            joined.push_str(seg);
+        }
+        self.properties.borrow_mut().push(KeptProperty { path: joined, stable: stream_stable(path), value });
     }
 
     /// Writes filter state `wasm.<key>` for later filters and access logs, and keeps it for the
@@ -276,10 +303,8 @@ impl Stream {
 
     /// The stream moves on to the response: properties that may change are asked again.
     pub fn enter_response(&self) {
-        self.properties.borrow_mut().retain(|(k, _)| {
-            let path: Vec<&str> = k.iter().map(|s| &**s).collect();
-            stream_stable(&path)
-        });
+        self.responding.set(true);
+        self.properties.borrow_mut().retain(|k| k.stable);
     }
 
     // --- answers and calls ------------------------------------------------------------------
@@ -309,13 +334,25 @@ impl Stream {
     }
 }
 
-fn same_path(k: &[Box<str>], path: &[&str]) -> bool {
-    k.len() == path.len() && k.iter().zip(path).all(|(a, b)| &**a == *b)
+fn same_path(kept: &str, path: &[&str]) -> bool {
+    let mut segments = kept.split('\0');
+    path.iter().all(|p| segments.next() == Some(*p)) && segments.next().is_none()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_path_matches_only_the_same_segments() {
+        assert!(same_path("connection\0mtls", &["connection", "mtls"]));
+        assert!(same_path("wasmesh.authn.identity", &["wasmesh.authn.identity"]));
+        for other in
+            [&["connection"][..], &["connection", "mtls", "x"], &["connection", "mtl"], &["connectionmtls"], &[]]
+        {
+            assert!(!same_path("connection\0mtls", other), "{other:?}");
+        }
+    }
 
     #[test]
     fn connection_and_node_properties_last_the_stream_request_and_response_ones_do_not() {
