@@ -28,7 +28,7 @@ wasm: deps
 build: wasm
 	$(CARGO) build --workspace
 
-test: build lint test-unit test-wasm test-e2e test-compat fuzz-smoke
+test: build lint test-unit test-wasm test-e2e test-compat fuzz-smoke bench-check
 
 test-unit: wasm
 	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) test --workspace --exclude wasmesh-e2e
