@@ -155,7 +155,7 @@ pub struct Settings {
 impl Settings {
     /// `make bench`: the figures of record.
     pub fn full() -> Settings {
-        Settings { requests: 1_000, batches: 2, warmup: 300, cpu_requests: 2_000, cpu_repetitions: 3, memory: true }
+        Settings { requests: 300, batches: 2, warmup: 200, cpu_requests: 2_000, cpu_repetitions: 3, memory: true }
     }
     /// `make bench-check`: short batches, no CPU pass.
     pub fn check() -> Settings {
