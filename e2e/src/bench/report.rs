@@ -41,9 +41,10 @@ pub fn table(results: &[Measurement]) -> String {
             } else {
                 signed_k(m.instructions - b)
             },
-            m.hostcalls,
+            // The idle rate's share can make a count of zero come out a hair below it.
+            m.hostcalls.max(0.0),
             opt(m.allocations, 1),
-            m.host_to_guest,
+            m.host_to_guest.max(0.0),
             cpu,
         ));
     }
