@@ -11,8 +11,11 @@
 
 pub mod budgets;
 pub mod callgrind;
+pub mod memory;
 pub mod report;
 pub mod scenarios;
+
+pub use memory::Memory;
 
 use crate::app::App;
 use crate::envoy::Envoy;
@@ -87,7 +90,19 @@ impl Variant {
     }
 }
 
-fn is_wasm(f: &Value) -> bool {
+/// Seconds since the bench started, for its progress lines.
+pub fn elapsed() -> f64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
+}
+
+/// A progress line on stderr, with the seconds since the bench started.
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => { eprintln!("[{:6.1} s] {}", $crate::bench::elapsed(), format!($($t)*)) };
+}
+
+pub(crate) fn is_wasm(f: &Value) -> bool {
     f.pointer("/typed_config/@type").and_then(Value::as_str).is_some_and(|t| t.ends_with(".wasm.v3.Wasm"))
 }
 
@@ -133,16 +148,18 @@ pub struct Settings {
     /// Requests per repetition of the CPU pass (plain Envoy); 0 skips the CPU/RSS pass.
     pub cpu_requests: u32,
     pub cpu_repetitions: u32,
+    /// The demo-style Envoys' memory and the accumulation check ([`memory`]).
+    pub memory: bool,
 }
 
 impl Settings {
     /// `make bench`: the figures of record.
     pub fn full() -> Settings {
-        Settings { requests: 1_000, batches: 2, warmup: 300, cpu_requests: 2_000, cpu_repetitions: 3 }
+        Settings { requests: 300, batches: 2, warmup: 200, cpu_requests: 2_000, cpu_repetitions: 3, memory: true }
     }
     /// `make bench-check`: short batches, no CPU pass.
     pub fn check() -> Settings {
-        Settings { requests: 300, batches: 1, warmup: 100, cpu_requests: 0, cpu_repetitions: 0 }
+        Settings { requests: 300, batches: 1, warmup: 100, cpu_requests: 0, cpu_repetitions: 0, memory: false }
     }
 }
 
@@ -158,6 +175,8 @@ pub struct Measurement {
     pub instructions: f64,
     /// Every batch's instructions per request.
     pub batches: Vec<f64>,
+    /// Idle instructions subtracted per request (median of the batches).
+    pub idle_subtracted: f64,
     /// Guest→host calls per request (hostcalls).
     pub hostcalls: f64,
     /// Host→guest calls per request (callbacks and guest allocations).
@@ -167,16 +186,6 @@ pub struct Measurement {
     pub allocations: Option<f64>,
     /// Envoy CPU µs per request in a plain Envoy (median of the repetitions).
     pub cpu_us: Option<f64>,
-}
-
-/// Memory of one group's Envoy (plain, after warm-up).
-#[derive(Debug, Clone)]
-pub struct Memory {
-    pub group: String,
-    /// RSS of the Envoy with every variant's listener, kB.
-    pub rss_kb: u64,
-    /// RSS of the same Envoy with only the listeners without wasm filters, kB.
-    pub rss_without_wasm_kb: u64,
 }
 
 fn router_filter() -> Value {
@@ -317,7 +326,7 @@ pub fn run(group: &Group, app_port: u16, settings: &Settings) -> Result<(Vec<Mea
     let boot = bootstrap(group, app_port, &ports, false);
     let tmp = TempDir::new(&format!("bench-{}", group.name));
     let envoy_bin = crate::paths::envoy_bin();
-    eprintln!("bench {}: starting Envoy under callgrind (about a minute per wasm module)", group.name);
+    crate::say!("bench {}: starting Envoy under callgrind (about a minute per wasm module)", group.name);
     let mut cg = callgrind::Callgrind::start(&envoy_bin, &boot, tmp.path())?;
     let problems = cg.problems();
     if problems.contains("wasm") || problems.contains("][critical][") {
@@ -329,20 +338,28 @@ pub fn run(group: &Group, app_port: u16, settings: &Settings) -> Result<(Vec<Mea
         .zip(&ports)
         .flat_map(|(s, sp)| s.variants.iter().zip(sp).map(move |(v, p)| (s, v, *p)))
         .collect();
+    crate::say!("bench {}: Envoy ready; warm-up", group.name);
     for (s, v, port) in &variants {
         probe(&format!("{}/{}", s.name, v.name), *port, v, || cg.problems())?;
         h2load(*port, v, settings.warmup, 1)?;
     }
     cg.instrument()?;
-    let mut dumps: Vec<Vec<callgrind::Dump>> = vec![Vec::new(); variants.len()];
+    let first = variants.first().ok_or(format!("{}: no variant", group.name))?;
+    let counting = Counting::calibrate(&mut cg, || h2load(first.2, first.1, settings.warmup.clamp(20, 50), 1))?;
+    crate::say!(
+        "bench {}: counting thread {} (the worker), idle {:.0} instructions/s",
+        group.name,
+        counting.worker,
+        counting.idle.instructions
+    );
+    let mut dumps: Vec<Vec<Batch>> = vec![Vec::new(); variants.len()];
     for b in 0..settings.batches {
         for (i, (s, v, port)) in variants.iter().enumerate() {
-            eprintln!("bench {}: batch {}/{} {}/{}", group.name, b + 1, settings.batches, s.name, v.name);
-            cg.zero()?;
-            h2load(*port, v, settings.requests, 1)?;
-            dumps[i].push(cg.dump()?);
+            crate::say!("bench {}: batch {}/{} {}/{}", group.name, b + 1, settings.batches, s.name, v.name);
+            dumps[i].push(counting.batch(&mut cg, || h2load(*port, v, settings.requests, 1))?);
         }
     }
+    let idle_after = Counting::idle(&mut cg, counting.worker)?;
     let problems = cg.problems();
     if problems.contains("wasm") || problems.contains("][critical][") {
         return Err(format!("{}: Envoy reports a broken filter after the batches:\n{problems}", group.name));
@@ -350,18 +367,23 @@ pub fn run(group: &Group, app_port: u16, settings: &Settings) -> Result<(Vec<Mea
     drop(cg);
 
     let n = f64::from(settings.requests);
+    // The idle rate subtracted: the mean of the readings before and after the batches.
+    let idle = counting.idle.plus(&idle_after).scaled(0.5);
+    let dumps: Vec<Vec<Batch>> =
+        dumps.into_iter().map(|ds| ds.into_iter().map(|d| d.net_of(&idle)).collect()).collect();
     let mut out: Vec<Measurement> = variants
         .iter()
         .zip(&dumps)
         .map(|((s, v, _), ds)| {
-            let per = |f: fn(&callgrind::Dump) -> u64| median(ds.iter().map(|d| f(d) as f64 / n).collect());
+            let per = |f: fn(&Rates) -> f64| median(ds.iter().map(|d| f(&d.net) / n).collect());
             Measurement {
                 group: group.name.clone(),
                 scenario: s.name.clone(),
                 variant: v.name.clone(),
                 wasm_filters: v.wasm_http_filters(),
                 instructions: per(|d| d.instructions),
-                batches: ds.iter().map(|d| d.instructions as f64 / n).collect(),
+                batches: ds.iter().map(|d| d.net.instructions / n).collect(),
+                idle_subtracted: median(ds.iter().map(|d| d.idle_instructions / n).collect()),
                 hostcalls: per(|d| d.guest_to_host),
                 host_to_guest: per(|d| d.host_to_guest),
                 allocations: None,
@@ -369,6 +391,12 @@ pub fn run(group: &Group, app_port: u16, settings: &Settings) -> Result<(Vec<Mea
             }
         })
         .collect();
+    crate::say!(
+        "bench {}: idle {:.0} instructions/s before the batches, {:.0} after",
+        group.name,
+        counting.idle.instructions,
+        idle_after.instructions
+    );
     // Callbacks per wasm HTTP filter per request: what the no-op filters of this Envoy receive
     // (they allocate nothing in the guest and make no hostcall).
     let noop = out
@@ -401,18 +429,141 @@ pub fn run(group: &Group, app_port: u16, settings: &Settings) -> Result<(Vec<Mea
         for (m, s) in out.iter_mut().zip(samples) {
             m.cpu_us = Some(median(s));
         }
-        let rss_kb = callgrind::rss_kb(envoy.pid()).unwrap_or(0);
-        drop(envoy);
-        let plain = bootstrap(group, app_port, &ports, true);
-        let envoy = Envoy::start_with(&format!("bench-{}-plain", group.name), &plain, 1)?;
-        for (s, v, port) in variants.iter().filter(|(_, v, _)| !v.has_wasm()) {
-            probe(&format!("{}/{}", s.name, v.name), *port, v, || envoy.failure_summary())?;
-            h2load(*port, v, settings.cpu_requests / 2, 1)?;
-        }
-        let rss_without_wasm_kb = callgrind::rss_kb(envoy.pid()).unwrap_or(0);
-        memory = Some(Memory { group: group.name.clone(), rss_kb, rss_without_wasm_kb });
+    }
+    if settings.memory {
+        crate::say!("bench {}: memory of the demo-style Envoys", group.name);
+        memory = memory::demo(group, app_port)?;
     }
     Ok((out, memory))
+}
+
+/// Counts per second (idle) or per batch, of the worker thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rates {
+    pub instructions: f64,
+    pub host_to_guest: f64,
+    pub guest_to_host: f64,
+}
+
+impl Rates {
+    fn of(d: &callgrind::Dump) -> Rates {
+        Rates {
+            instructions: d.instructions as f64,
+            host_to_guest: d.host_to_guest as f64,
+            guest_to_host: d.guest_to_host as f64,
+        }
+    }
+    fn scaled(&self, k: f64) -> Rates {
+        Rates {
+            instructions: self.instructions * k,
+            host_to_guest: self.host_to_guest * k,
+            guest_to_host: self.guest_to_host * k,
+        }
+    }
+    fn plus(&self, o: &Rates) -> Rates {
+        self.minus(&o.scaled(-1.0))
+    }
+    fn minus(&self, o: &Rates) -> Rates {
+        Rates {
+            instructions: self.instructions - o.instructions,
+            host_to_guest: self.host_to_guest - o.host_to_guest,
+            guest_to_host: self.guest_to_host - o.guest_to_host,
+        }
+    }
+}
+
+/// One batch of the worker thread: what it counted, and that minus what it would have counted
+/// idle for as long as the batch lasted ([`Batch::net_of`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Batch {
+    pub counted: Rates,
+    pub net: Rates,
+    /// Instructions subtracted (idle rate × the batch's counting window).
+    pub idle_instructions: f64,
+    pub seconds: f64,
+}
+
+impl Batch {
+    /// The batch with `idle` (per second) × its duration subtracted.
+    pub fn net_of(&self, idle: &Rates) -> Batch {
+        let i = idle.scaled(self.seconds);
+        Batch { net: self.counted.minus(&i), idle_instructions: i.instructions, ..*self }
+    }
+}
+
+/// How a group's Envoy is counted so that the figure does not depend on how long a batch takes
+/// (machine load): only the worker thread (`--concurrency 1`, `--separate-threads=yes`), whose
+/// requests are the traffic, and from it the instructions its timers execute anyway (wasm ticks,
+/// the stats flush's histogram merge, watchdog touches), measured as an idle rate on the same
+/// Envoy and subtracted for the batch's duration. The main thread (stats flush, the main-thread
+/// VMs' ticks, admin) and the other threads are not counted.
+pub struct Counting {
+    /// valgrind's number of the worker thread.
+    pub worker: u32,
+    /// The worker's counts per second with no traffic.
+    pub idle: Rates,
+}
+
+/// How long the worker is watched with no traffic for its idle rate.
+pub const IDLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Counting {
+    /// Finds the worker (the thread that counts the most while `traffic` runs) and its idle rate.
+    pub fn calibrate(
+        cg: &mut callgrind::Callgrind,
+        traffic: impl FnOnce() -> Result<(), String>,
+    ) -> Result<Counting, String> {
+        cg.zero()?;
+        traffic()?;
+        let threads = cg.dump()?;
+        let worker =
+            threads.iter().max_by_key(|(_, d)| d.instructions).map(|(t, _)| *t).ok_or("callgrind dumped no thread")?;
+        let idle = Counting::idle(cg, worker)?;
+        Ok(Counting { worker, idle })
+    }
+
+    /// The worker's counts per second over [`IDLE_WINDOW`] with no traffic.
+    pub fn idle(cg: &mut callgrind::Callgrind, worker: u32) -> Result<Rates, String> {
+        let (d, seconds) = Counting::window(cg, worker, || {
+            std::thread::sleep(IDLE_WINDOW);
+            Ok(())
+        })?;
+        Ok(Rates::of(&d).scaled(1.0 / seconds))
+    }
+
+    /// `-z`, `work`, `-d`: the worker's dump and the counting window in seconds (from the middle
+    /// of the `-z` call to the middle of the `-d` call: valgrind acts on each somewhere inside).
+    fn window(
+        cg: &mut callgrind::Callgrind,
+        worker: u32,
+        work: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(callgrind::Dump, f64), String> {
+        let z0 = std::time::Instant::now();
+        cg.zero()?;
+        let z = z0.elapsed() / 2;
+        work()?;
+        let d0 = std::time::Instant::now();
+        let mut threads = cg.dump_timed(d0)?;
+        let seconds = (threads.1 - (z0 + z)).as_secs_f64();
+        let d = threads.0.remove(&worker).ok_or(format!("callgrind dumped no thread {worker} (the worker)"))?;
+        Ok((d, seconds))
+    }
+
+    /// One batch: its counts minus the idle rate × its window.
+    pub fn batch(
+        &self,
+        cg: &mut callgrind::Callgrind,
+        traffic: impl FnOnce() -> Result<(), String>,
+    ) -> Result<Batch, String> {
+        let (d, seconds) = Counting::window(cg, self.worker, traffic)?;
+        let idle = self.idle.scaled(seconds);
+        Ok(Batch {
+            counted: Rates::of(&d),
+            net: Rates::of(&d).minus(&idle),
+            idle_instructions: idle.instructions,
+            seconds,
+        })
+    }
 }
 
 /// One request: the variant must answer as expected before it is measured.

@@ -102,6 +102,7 @@ mod tests {
             wasm_filters: 1,
             instructions,
             batches: vec![instructions],
+            idle_subtracted: 0.0,
             hostcalls: 0.0,
             host_to_guest: 0.0,
             allocations: None,

@@ -7,9 +7,8 @@
 use super::{derive, noop_filters, wasm_filter, Group, Scenario, Variant};
 use crate::authn::{self, NativeJwks};
 use serde_json::{json, Value};
-use wasmesh_controller::bootstrap::{self, Inbound, ProxySpec};
+use wasmesh_controller::bootstrap;
 use wasmesh_controller::plugins::WasmFilter;
-use wasmesh_controller::MeshConfig;
 use wasmesh_istio::{ProxyMode, Resources, Workload};
 
 /// Every group; `app_port` is the upstream's port (the generated clusters' endpoints).
@@ -249,28 +248,74 @@ fn mesh(app_port: u16) -> Result<Resources, String> {
     Ok(Resources { items })
 }
 
-fn spec(workload: Workload) -> ProxySpec {
-    ProxySpec {
-        workload,
-        inbound: Vec::new(),
-        outbound_port: None,
-        tcp_outbound: Vec::new(),
-        gateway_ports: Vec::new(),
-        admin_port: crate::free_port(),
-        wasm_dir: crate::paths::wasm_dir(),
-        mesh: MeshConfig::default(),
-        certs_dir: None,
-        envoy_access_log: None,
+/// The bench mesh's WorkloadEntries: the sidecar's workload and the gateway's (what
+/// `wasmeshctl envoy --workload` names).
+fn workload_entries() -> String {
+    let entry = |ns: &str, name: &str, labels: &[(&str, &str)]| {
+        let labels: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": name, "namespace": ns},
+               "spec": {"address": "127.0.0.1", "labels": labels}})
+    };
+    let mut yaml = String::new();
+    for e in [
+        entry("foo", "httpbin", &[("app", "httpbin"), ("version", "v1")]),
+        entry("istio-system", "istio-ingressgateway", &[("istio", "ingressgateway"), ("app", "istio-ingressgateway")]),
+    ] {
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_json::to_string(&e).unwrap_or_default());
+        yaml.push('\n');
     }
+    yaml
 }
 
-fn build(spec: &ProxySpec, res: &Resources) -> Result<Value, String> {
-    bootstrap::build(spec, res).map_err(|e| {
-        format!(
-            "wasmeshctl envoy for the bench mesh: {}",
-            e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
-        )
+/// The filter layouts `wasmeshctl envoy` can generate: `--layout one-pass` (one `wasmesh.chain`
+/// filter) and `--layout per-filter` when its `--help` lists `--layout`; before that flag existed
+/// it wrote one filter per phase, which is `per-filter` (`None`: no flag passed).
+pub fn layouts() -> Result<Vec<(&'static str, Option<&'static str>)>, String> {
+    let out = crate::oci::wasmeshctl(&["envoy", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("wasmeshctl envoy --help: {}{}", help, String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(if help.contains("--layout") {
+        vec![("one-pass", Some("one-pass")), ("per-filter", Some("per-filter"))]
+    } else {
+        vec![("per-filter", None)]
     })
+}
+
+/// `wasmeshctl envoy -f <bench mesh> --workload <ns/name> -o json <args> [--layout L]`: the
+/// bootstrap exactly as the command line writes it.
+fn wasmeshctl_envoy(app_port: u16, workload: &str, args: &[String], layout: Option<&str>) -> Result<Value, String> {
+    let dir = crate::paths::TempDir::new("bench-mesh");
+    let file = dir.path().join("bench-mesh.yaml");
+    std::fs::write(&file, mesh_yaml(app_port) + &workload_entries())
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    let wasm_dir = crate::paths::wasm_dir().display().to_string();
+    let file = file.display().to_string();
+    let admin = crate::free_port().to_string();
+    let mut all: Vec<&str> = vec![
+        "envoy",
+        "-f",
+        &file,
+        "--workload",
+        workload,
+        "--wasm-dir",
+        &wasm_dir,
+        "--admin-port",
+        &admin,
+        "-o",
+        "json",
+    ];
+    all.extend(args.iter().map(String::as_str));
+    if let Some(l) = layout {
+        all.extend(["--layout", l]);
+    }
+    let out = crate::oci::wasmeshctl(&all);
+    if !out.status.success() {
+        return Err(format!("wasmeshctl {}: {}", all.join(" "), String::from_utf8_lossy(&out.stderr)));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("wasmeshctl {}: output is not JSON: {e}", all.join(" ")))
 }
 
 /// The generated listener on `port`, taken out of the bootstrap.
@@ -286,34 +331,57 @@ fn take_listener(boot: &mut Value, port: u16) -> Result<Value, String> {
     Ok(ls.remove(i))
 }
 
-fn wasm_http_filter_names(l: &Value) -> Vec<String> {
-    super::hcm(l)
-        .and_then(|h| h.get("http_filters"))
-        .and_then(Value::as_array)
-        .map(|fs| {
-            fs.iter()
-                .filter(|f| super::is_wasm(f))
-                .filter_map(|f| {
-                    f.get("name").and_then(Value::as_str).map(|n| n.trim_start_matches("wasmesh.").to_string())
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// The phases of a listener's wasm HTTP filters in order: a `wasmesh.chain` filter's phases
+/// (its configuration's `phases[].rootId`), else each filter's name.
+fn phase_names(l: &Value) -> Vec<String> {
+    let Some(fs) = super::hcm(l).and_then(|h| h.get("http_filters")).and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for f in fs.iter().filter(|f| super::is_wasm(f)) {
+        let config = f
+            .pointer("/typed_config/config/configuration/value")
+            .and_then(Value::as_str)
+            .and_then(|c| serde_json::from_str::<Value>(c).ok());
+        let phases: Vec<String> = config
+            .as_ref()
+            .and_then(|c| c.get("phases"))
+            .and_then(Value::as_array)
+            .map(|ps| ps.iter().filter_map(|p| p.get("rootId").and_then(Value::as_str)).map(short).collect())
+            .unwrap_or_default();
+        if phases.is_empty() {
+            names.extend(f.get("name").and_then(Value::as_str).map(short));
+        } else {
+            names.extend(phases);
+        }
+    }
+    names
 }
 
-/// The chain scenario for one generated listener.
-#[allow(clippy::too_many_arguments)]
+fn short(n: &str) -> String {
+    n.trim_start_matches("wasmesh.").to_string()
+}
+
+/// One layout's generated listener.
+struct Generated {
+    layout: &'static str,
+    listener: Value,
+    port: u16,
+    /// The clusters of its bootstrap (the same names in every layout).
+    clusters: Vec<Value>,
+}
+
+/// The chain scenario for one listener generated in each layout.
 fn chain(
     name: &str,
     target: &str,
-    generated: Value,
-    port: u16,
+    generated: Vec<Generated>,
     native: Vec<Value>,
     native_routes: Option<Value>,
     plain_route: Option<Value>,
     request: &Variant,
-) -> Scenario {
-    let filters = wasm_http_filter_names(&generated);
+) -> Result<Scenario, String> {
+    let first = generated.first().ok_or(format!("{name}: no generated listener"))?;
     let like = |v: Variant| Variant {
         headers: request.headers.clone(),
         authority: request.authority.clone(),
@@ -329,21 +397,35 @@ fn chain(
         native_names.push("route table");
     }
     let native_name = format!("native: {}", native_names.join(" + "));
-    let noop_name = format!("{} no-op wasm filters", filters.len());
-    Scenario {
-        name: name.into(),
-        target: target.into(),
-        variants: vec![
-            like(derive("none", &generated, vec![], plain_route.clone())),
-            like(derive(&native_name, &generated, native, native_routes.or(plain_route.clone()))),
-            like(derive(&noop_name, &generated, noop_filters(filters.len()), plain_route)),
-            like(Variant {
-                listener: Some((port, generated)),
-                ..Variant::new(&format!("wasmesh: {}", filters.join(" + ")))
-            }),
-        ],
-        modules: vec!["wasmesh".into(), "noop".into()],
+    let mut variants = vec![
+        like(derive("none", &first.listener, vec![], plain_route.clone())),
+        like(derive(&native_name, &first.listener, native, native_routes.or(plain_route.clone()))),
+    ];
+    // The boundary alone: as many no-op filters as each layout has wasm HTTP filters.
+    let mut counts: Vec<usize> = generated
+        .iter()
+        .map(|g| Variant { listener: Some((g.port, g.listener.clone())), ..Variant::new("") }.wasm_http_filters())
+        .collect();
+    counts.sort_unstable();
+    counts.dedup();
+    for n in counts {
+        let noop_name = if n == 1 { "no-op wasm filter".to_string() } else { format!("{n} no-op wasm filters") };
+        variants.push(like(derive(&noop_name, &first.listener, noop_filters(n), plain_route.clone())));
     }
+    for g in generated {
+        let phases = phase_names(&g.listener);
+        variants.push(like(Variant {
+            listener: Some((g.port, g.listener)),
+            clusters: g.clusters,
+            ..Variant::new(&format!("wasmesh {}: {}", g.layout, phases.join(" + ")))
+        }));
+    }
+    Ok(Scenario { name: name.into(), target: target.into(), variants, modules: vec!["wasmesh".into(), "noop".into()] })
+}
+
+/// The bootstrap's clusters.
+fn clusters_of(boot: &Value) -> Vec<Value> {
+    boot.pointer("/static_resources/clusters").and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
 /// The route of the plain variants of an outbound or gateway listener: everything to the bench
@@ -359,19 +441,45 @@ fn native_routes() -> Value {
 }
 
 /// A sidecar for `foo/httpbin`: its inbound listener (stats + authn + authz) and its outbound
-/// listener (stats + router), from one `wasmeshctl envoy --role sidecar` bootstrap.
+/// listener (stats + router), from `wasmeshctl envoy --role sidecar`, in each layout.
 fn sidecar(app_port: u16) -> Result<Group, String> {
     let res = mesh(app_port)?;
     let mut wl = Workload::new("httpbin", "foo");
     wl.labels.insert("app".into(), "httpbin".into());
     wl.labels.insert("version".into(), "v1".into());
-    let (inbound_port, outbound_port) = (crate::free_port(), crate::free_port());
-    let mut s = spec(wl.clone());
-    s.inbound = vec![Inbound { port: inbound_port, app_port }];
-    s.outbound_port = Some(outbound_port);
-    let mut boot = build(&s, &res)?;
-    let inbound = take_listener(&mut boot, inbound_port)?;
-    let outbound = take_listener(&mut boot, outbound_port)?;
+    let mut base = None;
+    let (mut inbound, mut outbound) = (Vec::new(), Vec::new());
+    for (layout, flag) in layouts()? {
+        let (inbound_port, outbound_port) = (crate::free_port(), crate::free_port());
+        let args: Vec<String> = [
+            "--role",
+            "sidecar",
+            "--inbound-port",
+            &inbound_port.to_string(),
+            "--app-port",
+            &app_port.to_string(),
+            "--outbound-port",
+            &outbound_port.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut boot = wasmeshctl_envoy(app_port, "foo/httpbin", &args, flag)?;
+        let clusters = clusters_of(&boot);
+        inbound.push(Generated {
+            layout,
+            listener: take_listener(&mut boot, inbound_port)?,
+            port: inbound_port,
+            clusters: clusters.clone(),
+        });
+        outbound.push(Generated {
+            layout,
+            listener: take_listener(&mut boot, outbound_port)?,
+            port: outbound_port,
+            clusters,
+        });
+        base.get_or_insert(boot);
+    }
 
     // A mesh caller (productpage) with its peer metadata and a token.
     let mut caller = Workload::new("productpage-v1", "default");
@@ -395,12 +503,11 @@ fn sidecar(app_port: u16) -> Result<Group, String> {
         "sidecar inbound",
         "≤ 135k instructions/request over no filter (2× native), aim ≤ 100k",
         inbound,
-        inbound_port,
         native,
         None,
         None,
         &inbound_request,
-    );
+    )?;
     let outbound_request = Variant {
         headers: vec![route_header()],
         authority: format!("{SERVICE}.foo.svc.cluster.local"),
@@ -410,28 +517,32 @@ fn sidecar(app_port: u16) -> Result<Group, String> {
         "sidecar outbound",
         "(no target in the issue)",
         outbound,
-        outbound_port,
         vec![],
         Some(native_routes()),
         Some(default_route()),
         &outbound_request,
-    );
-    Ok(Group { name: "sidecar".into(), scenarios: vec![inbound_chain, outbound_chain], base: Some(boot) })
+    )?;
+    Ok(Group { name: "sidecar".into(), scenarios: vec![inbound_chain, outbound_chain], base })
 }
 
 /// An ingress gateway (`istio-system/istio-ingressgateway`) serving Gateway port 80: stats +
-/// authn + authz + router, from `wasmeshctl envoy --role gateway`.
+/// authn + authz + router, from `wasmeshctl envoy --role gateway`, in each layout.
 fn gateway(app_port: u16) -> Result<Group, String> {
     let res = mesh(app_port)?;
     let mut wl = Workload::new("istio-ingressgateway", "istio-system");
     wl.labels.insert("istio".into(), "ingressgateway".into());
     wl.labels.insert("app".into(), "istio-ingressgateway".into());
     wl.mode = ProxyMode::Gateway;
-    let port = crate::free_port();
-    let mut s = spec(wl.clone());
-    s.gateway_ports = vec![(80, port)];
-    let mut boot = build(&s, &res)?;
-    let generated = take_listener(&mut boot, port)?;
+    let mut base = None;
+    let mut generated = Vec::new();
+    for (layout, flag) in layouts()? {
+        let port = crate::free_port();
+        let args: Vec<String> = vec!["--role".into(), "gateway".into(), "--port".into(), format!("80={port}")];
+        let mut boot = wasmeshctl_envoy(app_port, "istio-system/istio-ingressgateway", &args, flag)?;
+        let clusters = clusters_of(&boot);
+        generated.push(Generated { layout, listener: take_listener(&mut boot, port)?, port, clusters });
+        base.get_or_insert(boot);
+    }
     let token = authn::bench_token("RS256");
     let request = Variant {
         headers: vec![("authorization".into(), format!("Bearer {token}")), route_header()],
@@ -445,11 +556,34 @@ fn gateway(app_port: u16) -> Result<Group, String> {
         "gateway",
         "≤ 135k instructions/request over no filter, aim ≤ 100k",
         generated,
-        port,
         native,
         Some(native_routes()),
         Some(default_route()),
         &request,
-    );
-    Ok(Group { name: "gateway".into(), scenarios: vec![gw], base: Some(boot) })
+    )?;
+    Ok(Group { name: "gateway".into(), scenarios: vec![gw], base })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(filters: Vec<Value>) -> Value {
+        json!({"filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {"http_filters": filters}}]}]})
+    }
+
+    fn wasm(name: &str, config: &Value) -> Value {
+        json!({"name": name, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {"configuration": {"value": config.to_string()}}}})
+    }
+
+    #[test]
+    fn phases_of_a_one_pass_chain_and_of_per_filter_filters() {
+        let chain = json!({"phases": [{"rootId": "wasmesh.stats", "configuration": {}}, {"rootId": "wasmesh.authn"}, {"rootId": "wasmesh.authz"}]});
+        let one_pass = listener(vec![wasm("wasmesh.chain", &chain), json!({"name": "envoy.filters.http.router"})]);
+        assert_eq!(phase_names(&one_pass), ["stats", "authn", "authz"]);
+        let per_filter = listener(vec![wasm("wasmesh.stats", &json!({"x": 1})), wasm("wasmesh.router", &json!({}))]);
+        assert_eq!(phase_names(&per_filter), ["stats", "router"]);
+    }
 }
