@@ -428,6 +428,9 @@ fn every_command_has_help_version_and_completion() {
         "-o, --output <OUTPUT>",
         "--output-file <FILE>",
         "WASMESH_WASM_DIR",
+        "--layout <LAYOUT>",
+        "[default: one-pass]",
+        "WasmPlugin",
     ] {
         assert!(help.contains(expected), "{expected} missing from envoy --help:\n{help}");
     }
