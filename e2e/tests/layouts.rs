@@ -96,6 +96,9 @@ fn stable(body: &Value) -> Value {
     }
 }
 
+/// A request: method, path, headers beside `host`.
+type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+
 type Series = BTreeMap<(String, BTreeMap<String, String>), f64>;
 
 /// Every `metric` series of every Envoy of the mesh, once two scrapes agree.
@@ -139,7 +142,7 @@ fn run(layout: Layout, issuer: &JwtIssuer) -> (Run, Mesh, MeshCa) {
     let gw = mesh.gateway_port(GATEWAY, 80);
     let token = issuer.token(&json!({"iss": ISSUER, "sub": "alice"})).unwrap();
     let bearer = format!("Bearer {token}");
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         ("GET", "/productpage", vec![]),
         ("GET", "/productpage", vec![("end-user", "jason")]),
         ("GET", "/admin", vec![]),
