@@ -101,26 +101,35 @@ type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
 
 type Series = BTreeMap<(String, BTreeMap<String, String>), f64>;
 
-/// Every `metric` series of every Envoy of the mesh, once two scrapes agree.
-fn series(mesh: &Mesh, metric: &str) -> Series {
-    let scrape_all = || -> Series {
-        let mut out = Series::new();
-        for (name, envoy) in mesh.envoys() {
-            for (labels, v) in scrape(envoy, metric) {
-                out.insert((name.clone(), labels), v);
-            }
-        }
-        out
+/// Every `metric` series of every Envoy of the mesh, once they stopped moving for longer than
+/// the stats phase keeps counters before flushing them (1 s, on its tick).
+fn series(mesh: &Mesh, metrics: &[&str]) -> Vec<Series> {
+    let scrape_all = || -> Vec<Series> {
+        metrics
+            .iter()
+            .map(|metric| {
+                let mut out = Series::new();
+                for (name, envoy) in mesh.envoys() {
+                    for (labels, v) in scrape(envoy, metric) {
+                        out.insert((name.clone(), labels), v);
+                    }
+                }
+                out
+            })
+            .collect()
     };
     let start = Instant::now();
     let mut last = scrape_all();
+    let mut since = Instant::now();
     loop {
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(250));
         let now = scrape_all();
-        if now == last || start.elapsed() > Duration::from_secs(10) {
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() > Duration::from_millis(2500) || start.elapsed() > Duration::from_secs(30) {
             return now;
         }
-        last = now;
     }
 }
 
@@ -160,8 +169,11 @@ fn run(layout: Layout, issuer: &JwtIssuer) -> (Run, Mesh, MeshCa) {
         let what = format!("{method} {path} {:?}", headers.iter().map(|(k, _)| *k).collect::<Vec<_>>());
         answers.push((what, r.status, stable(&body)));
     }
-    let requests_total = series(&mesh, "istio_requests_total");
-    let duration_count = series(&mesh, "istio_request_duration_milliseconds_count");
+    let [requests_total, duration_count]: [Series; 2] =
+        series(&mesh, &["istio_requests_total", "istio_request_duration_milliseconds_count"]).try_into().unwrap();
+    // Every request counted is also timed: nothing still pending in one of them.
+    let totals = |s: &Series| s.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>();
+    assert_eq!(totals(&requests_total), totals(&duration_count), "{layout:?}: requests vs durations");
     let filters = mesh.envoys().map(|(n, e)| (n.clone(), wasm_http_filters(e))).collect();
     (Run { answers, requests_total, duration_count, filters }, mesh, ca)
 }
