@@ -18,6 +18,7 @@
 //! the WorkloadEntries a ServiceEntry's `workloadSelector` selects.
 
 use crate::certs::CertPaths;
+use crate::layout::Layout;
 use crate::mesh::MeshConfig;
 use crate::plugins::mtls::{self, PeerEndpoint, UpstreamService};
 use crate::plugins::{
@@ -105,9 +106,10 @@ pub fn workload_from_entry(resources: &Resources, reference: &str) -> Result<(Wo
     Ok((wl, we.clone()))
 }
 
-/// Builds the bootstrap. Every problem found is returned, each naming resource and field.
+/// Builds the bootstrap in the default layout (one pass). Every problem found is returned, each
+/// naming resource and field.
 pub fn build(spec: &ProxySpec, resources: &Resources) -> Result<Value, Vec<Error>> {
-    build_with(spec, resources, Slots::AsNeeded)
+    build_with(spec, resources, Slots::AsNeeded, Layout::default())
 }
 
 /// Which wasm filters a listener gets.
@@ -122,8 +124,9 @@ pub enum Slots {
     All,
 }
 
-/// [`build`], with every filter slot present when `slots` is [`Slots::All`].
-pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Result<Value, Vec<Error>> {
+/// [`build`], with every filter slot present when `slots` is [`Slots::All`], each listener's
+/// wasmesh HTTP filters laid out as `layout` says ([`Layout::assemble`]).
+pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout: Layout) -> Result<Value, Vec<Error>> {
     let mut errors = Vec::new();
     let mut listeners = Vec::new();
     let mut clusters: BTreeMap<String, Value> = BTreeMap::new();
@@ -162,6 +165,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots) -> Resu
         if slots == Slots::All {
             plugins::fill_network_slots(&ctx, &mut all);
         }
+        all.http_filters = layout.assemble(std::mem::take(&mut all.http_filters));
         all
     };
 

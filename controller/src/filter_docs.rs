@@ -61,6 +61,20 @@ pub fn filters() -> Vec<FilterDoc> {
                       `metrics.overrides`. Telemetry fails open.",
             schema: schema_for!(wasmesh_stats::StatsConfig),
         },
+        FilterDoc {
+            name: "chain",
+            root_ids: &[(
+                crate::layout::CHAIN_ROOT_ID,
+                "HTTP filter: the one-pass layout, the HTTP filters above as phases of one filter",
+            )],
+            summary: "Runs several of the HTTP filters above in one Envoy filter, one HTTP context per request \
+                      (`wasmeshctl envoy --layout one-pass`, the default). Each phase is the root id and the \
+                      configuration that filter would have on its own, in the order the separate filters would run \
+                      (stats, CUSTOM authz, authn, authz, router); a configuration any phase refuses refuses the \
+                      whole filter, naming the phase. It fails closed if any phase is a security or routing filter. \
+                      Istio's `WasmPlugin` manifests keep one plugin per filter (Istio orders plugins by `phase`).",
+            schema: schema_for!(crate::layout::ChainConfig),
+        },
     ]
 }
 
@@ -70,7 +84,7 @@ pub fn schema(filter: &str) -> Result<Value, String> {
         .into_iter()
         .find(|f| f.name == filter)
         .map(|f| f.schema.to_value())
-        .ok_or_else(|| format!("unknown filter {filter:?}; expected one of authn, authz, router, stats"))
+        .ok_or_else(|| format!("unknown filter {filter:?}; expected one of authn, authz, router, stats, chain"))
 }
 
 /// The whole page, Markdown.
@@ -247,5 +261,12 @@ mod tests {
         assert!(cfg.workload.is_none());
         assert!(schema("nope").unwrap_err().contains("authn, authz, router, stats"));
         assert_eq!(schema("router").unwrap()["additionalProperties"], Value::Bool(false), "unknown fields are refused");
+        assert_eq!(schema("chain").unwrap()["additionalProperties"], Value::Bool(false), "unknown fields are refused");
+        // The chain's documented form is what the controller writes.
+        let chain: crate::layout::ChainConfig = serde_json::from_value(serde_json::json!({
+            "phases": [{"rootId": "wasmesh.stats", "configuration": {"direction": "inbound"}}]
+        }))
+        .unwrap();
+        assert_eq!(chain.phases[0].root_id, "wasmesh.stats");
     }
 }

@@ -8,6 +8,11 @@
 //! HTTP from `--module-url`; `--format envoyfilter-ecds`: an `EXTENSION_CONFIG` fetched by the
 //! istio-agent from the OCI image, as istiod does for a WasmPlugin).
 //!
+//! Always one plugin per filter, never the one-pass `wasmesh.chain` that `wasmeshctl envoy`
+//! writes by default ([`crate::layout`]): Istio places each plugin by its `phase` (AUTHN, AUTHZ,
+//! STATS) among its own filters, which needs separate filters; each is the same module under its
+//! own root id, handing over through filter state.
+//!
 //! # One plugin configuration for many workloads
 //!
 //! Every filter takes its identity (namespace, labels, service account, sidecar or gateway) from
@@ -1354,7 +1359,8 @@ pub const LONG_ABOUT: &str = "Reads the Istio YAML you apply and prints the exte
 wasmesh filters to Istio's sidecars and gateways (pipe into `kubectl apply -f -`): one plugin per filter in the root \
 namespace serving every workload (each filter takes its identity from Istio's node metadata), in Istio's phases \
 (authn AUTHN, authz AUTHZ, stats STATS), FAIL_CLOSE for security filters and FAIL_OPEN for telemetry. The router \
-is not generated: istiod routes with the same VirtualServices.";
+is not generated: istiod routes with the same VirtualServices. Istio's phases need separate filters, so these \
+resources never use the one-pass filter (`wasmesh.chain`) that `wasmeshctl envoy` writes by default.";
 
 pub const EXAMPLES: &str = "Examples:
   wasmeshctl generate -f istio/ --image oci://registry.example.com/wasmesh:0.1.0 \\

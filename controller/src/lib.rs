@@ -9,6 +9,7 @@ pub mod filter_docs;
 pub mod generate;
 pub mod image;
 pub mod input;
+pub mod layout;
 pub mod mesh;
 pub mod plugins;
 pub mod schema;
@@ -16,4 +17,5 @@ pub mod validate;
 pub mod xds;
 
 pub use bootstrap::{build, workload_from_entry, Inbound, ProxySpec};
+pub use layout::Layout;
 pub use mesh::MeshConfig;

@@ -9,7 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use wasmesh_controller::input::{report, InputArgs};
-use wasmesh_controller::{bootstrap, certs, dashboard, generate, mesh::MeshConfig, validate};
+use wasmesh_controller::{bootstrap, certs, dashboard, generate, mesh::MeshConfig, validate, Layout};
 use wasmesh_istio::ProxyMode;
 
 const EXAMPLES: &str = "Examples:
@@ -168,6 +168,14 @@ struct EnvoyArgs {
     /// so they follow the YAML without a restart; the listeners stay in the bootstrap.
     #[arg(long, value_name = "HOST:PORT")]
     xds: Option<String>,
+
+    /// How each listener runs its wasmesh HTTP filters: one-pass, all of them as phases of one
+    /// filter (`wasmesh.chain`: one set of wasm callbacks per request, headers read once); or
+    /// per-filter, one Envoy filter each. TCP filters are the same in both. Istio `WasmPlugin`
+    /// manifests (`wasmeshctl generate`) always have one plugin per filter, since Istio places
+    /// plugins by phase (AUTHN, AUTHZ, STATS).
+    #[arg(long, value_enum, default_value_t = Layout::OnePass)]
+    layout: Layout,
 }
 
 #[derive(clap::Args, Debug)]
@@ -435,16 +443,19 @@ fn cmd_envoy(args: EnvoyArgs) -> Result<(), String> {
         envoy_access_log: absolute("--envoy-access-log", args.envoy_access_log)?,
     };
     let config = match &args.xds {
-        None => bootstrap::build(&spec, &resources).map_err(|e| report(&e))?,
+        None => {
+            bootstrap::build_with(&spec, &resources, bootstrap::Slots::AsNeeded, args.layout).map_err(|e| report(&e))?
+        }
         Some(addr) => {
-            let full = bootstrap::build_with(&spec, &resources, bootstrap::Slots::All).map_err(|e| report(&e))?;
+            let full =
+                bootstrap::build_with(&spec, &resources, bootstrap::Slots::All, args.layout).map_err(|e| report(&e))?;
             check_modules(&full, &wasm_dir)?;
             let node = wasmesh_controller::xds::NodeSpec::from_spec(
                 &spec,
                 &args.workload,
                 absolute("--mesh-config", args.mesh_config.clone())?,
             );
-            wasmesh_controller::xds::xds_bootstrap(&node, &resources, addr).map_err(|e| report(&e))?
+            wasmesh_controller::xds::xds_bootstrap_in(&node, args.layout, &resources, addr).map_err(|e| report(&e))?
         }
     };
     check_modules(&config, &wasm_dir)?;

@@ -50,63 +50,71 @@ fn sidecar_and_gateway_bootstraps_pass_envoy_validate() {
     let out = wasmeshctl(&["certs", "--out-dir", certs.to_str().unwrap(), "-f", "examples/bookinfo"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(certs.join("default/bookinfo-reviews/cert-chain.pem").exists());
-    let sidecar = dir.join("reviews-v2.yaml");
-    let out = wasmeshctl(&[
-        "envoy",
-        "-f",
-        "examples/bookinfo",
-        "--role",
-        "sidecar",
-        "--workload",
-        "default/reviews-v2",
-        "--inbound-port",
-        "19083",
-        "--app-port",
-        "29083",
-        "--outbound-port",
-        "15001",
-        "--admin-port",
-        "15000",
-        "--certs",
-        certs.to_str().unwrap(),
-        "--output-file",
-        sidecar.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = std::fs::read_to_string(&sidecar).unwrap();
-    for expected in [
-        "outbound|9080|v2|reviews.default.svc.cluster.local",
-        "inbound|19083||",
-        "wasmesh.router",
-        "wasmesh.authz",
-        "cluster_header: x-wasmesh-cluster",
-        "require_client_certificate: true",
-        "spiffe://cluster.local/ns/default/sa/bookinfo-ratings",
-    ] {
-        assert!(text.contains(expected), "{expected} missing from the sidecar bootstrap");
-    }
-    assert_envoy_validates(&sidecar);
+    // Both layouts: one filter each, and one pass (the default, `wasmesh.chain`).
+    for layout in ["per-filter", "one-pass"] {
+        let sidecar = dir.join(format!("reviews-v2-{layout}.yaml"));
+        let out = wasmeshctl(&[
+            "envoy",
+            "--layout",
+            layout,
+            "-f",
+            "examples/bookinfo",
+            "--role",
+            "sidecar",
+            "--workload",
+            "default/reviews-v2",
+            "--inbound-port",
+            "19083",
+            "--app-port",
+            "29083",
+            "--outbound-port",
+            "15001",
+            "--admin-port",
+            "15000",
+            "--certs",
+            certs.to_str().unwrap(),
+            "--output-file",
+            sidecar.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&sidecar).unwrap();
+        for expected in [
+            "outbound|9080|v2|reviews.default.svc.cluster.local",
+            "inbound|19083||",
+            "wasmesh.router",
+            "wasmesh.authz",
+            "cluster_header: x-wasmesh-cluster",
+            "require_client_certificate: true",
+            "spiffe://cluster.local/ns/default/sa/bookinfo-ratings",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from the sidecar bootstrap");
+        }
+        assert_eq!(text.contains("root_id: wasmesh.chain"), layout == "one-pass", "{layout}");
+        assert_envoy_validates(&sidecar);
 
-    let gateway = dir.join("gateway.yaml");
-    let out = wasmeshctl(&[
-        "envoy",
-        "-f",
-        "examples/bookinfo",
-        "--role",
-        "gateway",
-        "--workload",
-        "istio-system/istio-ingressgateway",
-        "--port",
-        "80=18080",
-        "--admin-port",
-        "15010",
-        "--certs",
-        certs.to_str().unwrap(),
-        "--output-file",
-        gateway.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_envoy_validates(&gateway);
+        let gateway = dir.join(format!("gateway-{layout}.yaml"));
+        let out = wasmeshctl(&[
+            "envoy",
+            "--layout",
+            layout,
+            "-f",
+            "examples/bookinfo",
+            "--role",
+            "gateway",
+            "--workload",
+            "istio-system/istio-ingressgateway",
+            "--port",
+            "80=18080",
+            "--admin-port",
+            "15010",
+            "--certs",
+            certs.to_str().unwrap(),
+            "--output-file",
+            gateway.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_envoy_validates(&gateway);
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -420,6 +428,9 @@ fn every_command_has_help_version_and_completion() {
         "-o, --output <OUTPUT>",
         "--output-file <FILE>",
         "WASMESH_WASM_DIR",
+        "--layout <LAYOUT>",
+        "[default: one-pass]",
+        "WasmPlugin",
     ] {
         assert!(help.contains(expected), "{expected} missing from envoy --help:\n{help}");
     }
@@ -657,8 +668,20 @@ fn router_resources(bootstrap: &serde_json::Value) -> String {
     fn walk(v: &serde_json::Value, found: &mut Vec<String>) {
         match v {
             serde_json::Value::Object(m) => {
-                if m.get("root_id").and_then(|r| r.as_str()) == Some("wasmesh.router") {
-                    found.push(serde_json::Value::Object(m.clone()).to_string());
+                match m.get("root_id").and_then(|r| r.as_str()) {
+                    Some("wasmesh.router") => found.push(serde_json::Value::Object(m.clone()).to_string()),
+                    // One pass: the router phase of the chain, as the filter would have it.
+                    Some("wasmesh.chain") => {
+                        let value = m["configuration"]["value"].as_str().unwrap_or_default();
+                        let chain: serde_json::Value = serde_json::from_str(value).unwrap_or_default();
+                        for phase in chain["phases"].as_array().into_iter().flatten() {
+                            if phase["rootId"] == "wasmesh.router" {
+                                let config = phase["configuration"].to_string();
+                                found.push(serde_json::json!({"configuration": {"value": config}}).to_string());
+                            }
+                        }
+                    }
+                    _ => {}
                 }
                 m.values().for_each(|v| walk(v, found));
             }

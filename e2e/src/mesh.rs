@@ -6,7 +6,7 @@ use crate::envoy::Envoy;
 use crate::free_port;
 use std::collections::BTreeMap;
 use wasmesh_controller::bootstrap::{self, Inbound, ProxySpec};
-use wasmesh_controller::MeshConfig;
+use wasmesh_controller::{Layout, MeshConfig};
 use wasmesh_istio::{load_str, ProxyMode, Resources, Spec};
 
 /// What runs behind a sidecar's inbound listeners.
@@ -50,7 +50,14 @@ pub struct MeshBuilder {
     write_configs: Option<std::path::PathBuf>,
     /// Serve filter configurations and clusters from `wasmeshctl serve` watching this directory.
     xds: Option<std::path::PathBuf>,
+    /// `wasmeshctl envoy --layout` (default: one pass).
+    layout: Layout,
+    /// Edits each proxy's bootstrap before its Envoy starts (a test's hand-made variant).
+    edit: Option<BootstrapEdit>,
 }
+
+/// [`MeshBuilder::edit_bootstraps`]: called with the proxy's workload and its bootstrap.
+pub type BootstrapEdit = Box<dyn Fn(&str, &mut serde_json::Value)>;
 
 /// A running mesh.
 pub struct Mesh {
@@ -78,6 +85,8 @@ impl Mesh {
             remap_ports: true,
             certs_dir: None,
             concurrency: 1,
+            layout: Layout::default(),
+            edit: None,
             write_configs: None,
             xds: None,
         }
@@ -167,6 +176,18 @@ impl MeshBuilder {
     }
 
     /// Envoy worker threads for every proxy (default 1).
+    /// Every proxy's listeners in this layout (`wasmeshctl envoy --layout`; default one pass).
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    /// Edits every bootstrap before its Envoy starts: a variant `wasmeshctl envoy` does not write.
+    pub fn edit_bootstraps(mut self, edit: impl Fn(&str, &mut serde_json::Value) + 'static) -> Self {
+        self.edit = Some(Box::new(edit));
+        self
+    }
+
     pub fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = n;
         self
@@ -394,22 +415,28 @@ impl MeshBuilder {
         };
         for (name, spec) in specs {
             let built = match &live {
-                None => bootstrap::build(&spec, &resources),
+                None => bootstrap::build_with(&spec, &resources, bootstrap::Slots::AsNeeded, self.layout),
                 Some((addr, served)) => {
                     let node = wasmesh_controller::xds::NodeSpec::from_spec(&spec, &name, None);
-                    wasmesh_controller::xds::xds_bootstrap(&node, served, addr)
+                    wasmesh_controller::xds::xds_bootstrap_in(&node, self.layout, served, addr)
                 }
             };
-            let config = built.map_err(|errors| {
+            let mut config = built.map_err(|errors| {
                 let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
                 format!("wasmeshctl envoy for {name}:\n{}", lines.join("\n"))
             })?;
+            if let Some(edit) = &self.edit {
+                edit(&name, &mut config);
+            }
             if let Some(dir) = &self.write_configs {
                 let file = dir.join(format!("{}.yaml", name.replace('/', ".")));
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 let yaml = yaml_serde::to_string(&config).map_err(|e| e.to_string())?;
                 std::fs::write(&file, yaml).map_err(|e| format!("{}: {e}", file.display()))?;
                 let mut command = command_line(&name, &spec, &file);
+                if self.layout != Layout::default() {
+                    command.push_str(&format!(" --layout {}", self.layout.as_str()));
+                }
                 if let Some((addr, _)) = &live {
                     command.push_str(&format!(" --xds {addr}"));
                 }

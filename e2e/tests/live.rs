@@ -186,13 +186,15 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
         );
     }
 
-    // ECDS as Envoy holds it: the policy is in the authz slot's configuration.
+    // ECDS as Envoy holds it: the policy is in the configuration of the listener's one-pass
+    // slot (the default layout: one resource for the chain, its authz phase inside).
     let dump = reviews_envoy.admin("/config_dump");
     assert!(dump.contains("type.googleapis.com/envoy.admin.v3.EcdsConfigDump"), "no ECDS in the config dump");
     assert!(
-        dump.contains(&format!("inbound_{inbound}/wasmesh.authz")) && dump.contains("deny-path"),
-        "authz slot config missing"
+        dump.contains(&format!("inbound_{inbound}/wasmesh.chain")) && dump.contains("deny-path"),
+        "chain slot config missing"
     );
+    assert!(!dump.contains(&format!("inbound_{inbound}/wasmesh.authz\"")), "no per-filter authz slot in one pass");
     let cds = sleep_envoy.admin("/config_dump?resource=dynamic_active_clusters");
     assert!(cds.contains("outbound|9080|v2|reviews.default.svc.cluster.local"), "CDS clusters missing");
     assert!(!cds.contains("outbound|9080|canary|"), "the removed subset's cluster is gone");

@@ -28,6 +28,7 @@
 //! gets the current state.
 
 use crate::bootstrap::{self, Inbound, ProxySpec, Slots, TcpOutbound};
+use crate::layout::Layout;
 use crate::mesh::MeshConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -44,6 +45,10 @@ pub use server::{serve, ServeOptions, Server};
 
 /// The node metadata key holding the [`NodeSpec`] (JSON text).
 pub const NODE_SPEC_KEY: &str = "WASMESH_PROXY";
+/// The node metadata key holding the layout (`one-pass` or `per-filter`, [`Layout`]) the
+/// bootstrap's listeners were written in; absent means the default. Beside [`NODE_SPEC_KEY`]
+/// rather than in it, so that [`NodeSpec`] stays the proxy's ports and identity.
+pub const LAYOUT_KEY: &str = "WASMESH_LAYOUT";
 /// The node metadata key holding the sha256 of the listeners the bootstrap was written with.
 pub const LISTENERS_HASH_KEY: &str = "WASMESH_LISTENERS";
 /// The bootstrap cluster of the xDS server.
@@ -193,10 +198,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The configuration of the proxy `node` from `resources`, in xDS form.
+/// The configuration of the proxy `node` from `resources`, in xDS form, in the default layout.
 pub fn build(node: &NodeSpec, resources: &Resources) -> Result<ProxyResources, Vec<Error>> {
+    build_in(node, Layout::default(), resources)
+}
+
+/// [`build`] in `layout`. In the one-pass layout a listener's chain is one ECDS resource
+/// (`<listener>/wasmesh.chain`): a policy change re-sends the whole chain's configuration.
+pub fn build_in(node: &NodeSpec, layout: Layout, resources: &Resources) -> Result<ProxyResources, Vec<Error>> {
     let spec = node.to_spec(resources)?;
-    let boot = bootstrap::build_with(&spec, resources, Slots::All)?;
+    let boot = bootstrap::build_with(&spec, resources, Slots::All, layout)?;
     Ok(split(boot))
 }
 
@@ -273,18 +284,30 @@ fn to_slot(filter: &mut Value, listener: &str, chain: usize, type_url: &str, con
 }
 
 /// `wasmeshctl envoy --xds ADDR`: the bootstrap of proxy `node` whose filter configurations and
-/// clusters come from the server at `xds` (`HOST:PORT`).
+/// clusters come from the server at `xds` (`HOST:PORT`), in the default layout.
 pub fn xds_bootstrap(node: &NodeSpec, resources: &Resources, xds: &str) -> Result<Value, Vec<Error>> {
+    xds_bootstrap_in(node, Layout::default(), resources, xds)
+}
+
+/// [`xds_bootstrap`] in `layout`, which the node metadata carries ([`LAYOUT_KEY`]) so the
+/// server builds the same filter slots.
+pub fn xds_bootstrap_in(
+    node: &NodeSpec,
+    layout: Layout,
+    resources: &Resources,
+    xds: &str,
+) -> Result<Value, Vec<Error>> {
     let (host, port) = xds
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
         .filter(|(h, _)| !h.is_empty())
         .ok_or_else(|| vec![Error::new(format!("--xds {xds:?}: expected HOST:PORT of `wasmeshctl serve --listen`"))])?;
-    let pr = build(node, resources)?;
+    let pr = build_in(node, layout, resources)?;
     let mut boot = pr.bootstrap.clone();
     let meta = boot.pointer_mut("/node/metadata").and_then(Value::as_object_mut);
     if let Some(meta) = meta {
         meta.insert(NODE_SPEC_KEY.into(), Value::String(serde_json::to_string(node).unwrap_or_default()));
+        meta.insert(LAYOUT_KEY.into(), Value::String(layout.as_str().into()));
         meta.insert(LISTENERS_HASH_KEY.into(), Value::String(pr.listeners_hash()));
     }
     let is_ip = host.parse::<std::net::IpAddr>().is_ok();
@@ -362,6 +385,15 @@ pub fn node_spec_from_metadata(metadata: &Value) -> Result<NodeSpec, String> {
         "node metadata has no {NODE_SPEC_KEY}: this Envoy's bootstrap was not written by `wasmeshctl envoy --xds`"
     ))?;
     serde_json::from_str(text).map_err(|e| format!("node metadata {NODE_SPEC_KEY}: {e}"))
+}
+
+/// The [`Layout`] in an Envoy node's metadata ([`LAYOUT_KEY`]; absent: the default).
+pub fn layout_from_metadata(metadata: &Value) -> Result<Layout, String> {
+    match metadata.get(LAYOUT_KEY) {
+        None => Ok(Layout::default()),
+        Some(Value::String(text)) => Layout::parse(text).map_err(|e| format!("node metadata {LAYOUT_KEY}: {e}")),
+        Some(other) => Err(format!("node metadata {LAYOUT_KEY}: {other}; expected \"one-pass\" or \"per-filter\"")),
+    }
 }
 
 /// A line on stderr with the UTC time, for the operator running `serve`; the last lines are also

@@ -10,7 +10,9 @@
 
 use super::proto::{struct_to_json, to_any};
 use super::watch::{self, Snapshot};
-use super::{log, node_spec_from_metadata, NodeSpec, CLUSTER_TYPE, ECDS_TYPE, LISTENERS_HASH_KEY};
+use super::{
+    layout_from_metadata, log, node_spec_from_metadata, NodeSpec, CLUSTER_TYPE, ECDS_TYPE, LISTENERS_HASH_KEY,
+};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -222,7 +224,8 @@ struct Sent {
 struct Stream {
     id: u64,
     node_id: String,
-    node: Option<NodeSpec>,
+    /// The proxy's description and the layout of its listeners, from its node metadata.
+    node: Option<(NodeSpec, crate::layout::Layout)>,
     listeners_hash: Option<String>,
     snapshots: tokio_watch::Receiver<Arc<Snapshot>>,
     /// The last configuration built for this proxy without error.
@@ -299,8 +302,8 @@ impl Stream {
 
     /// Builds this proxy's resources from `snap`; errors are logged and the last good stays.
     fn rebuild(&mut self, snap: &Snapshot) -> bool {
-        let Some(node) = &self.node else { return false };
-        let built = super::build(node, &snap.resources)
+        let Some((node, layout)) = &self.node else { return false };
+        let built = super::build_in(node, *layout, &snap.resources)
             .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>());
         let previous = self.current.as_ref();
         let encoded = built.and_then(|pr| {
@@ -370,8 +373,9 @@ impl Stream {
             self.node_id = node.id.clone();
             let meta = node.metadata.as_ref().map(struct_to_json).unwrap_or_default();
             let spec = node_spec_from_metadata(&meta).map_err(Status::invalid_argument)?;
+            let layout = layout_from_metadata(&meta).map_err(Status::invalid_argument)?;
             self.listeners_hash = meta.get(LISTENERS_HASH_KEY).and_then(|v| v.as_str()).map(str::to_string);
-            self.node = Some(spec);
+            self.node = Some((spec, layout));
             let snap = self.snapshots.borrow().clone();
             log(format!("{}: connected (stream {}), serving generation {}", self.node_id, self.id, snap.generation));
             self.rebuild(&snap);

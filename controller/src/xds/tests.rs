@@ -1,4 +1,5 @@
 use super::*;
+use crate::layout::Layout;
 
 const MESH: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -52,7 +53,8 @@ fn http_filter_names(l: &Value) -> Vec<String> {
 #[test]
 fn every_slot_exists_without_a_policy_and_only_in_xds_mode() {
     let res = resources(MESH);
-    let boot = xds_bootstrap(&node(), &res, "127.0.0.1:18000").unwrap();
+    let boot = xds_bootstrap_in(&node(), Layout::PerFilter, &res, "127.0.0.1:18000").unwrap();
+    assert_eq!(layout_from_metadata(&boot["node"]["metadata"]), Ok(Layout::PerFilter));
     let listeners = boot["static_resources"]["listeners"].as_array().unwrap();
     let inbound = listeners.iter().find(|l| l["name"] == "inbound_19080").unwrap();
     assert_eq!(
@@ -85,6 +87,50 @@ fn every_slot_exists_without_a_policy_and_only_in_xds_mode() {
     assert_eq!(http_filter_names(inbound), ["wasmesh.stats", "envoy.filters.http.router"]);
 }
 
+/// One pass (the default): the slots of a listener are one ECDS resource, `wasmesh.chain`, whose
+/// phases are the per-filter slots' configurations in their order; the network slots are as
+/// per-filter; the server learns the layout from the node metadata.
+#[test]
+fn one_pass_is_one_slot_holding_the_per_filter_configurations() {
+    let res = resources(MESH);
+    let boot = xds_bootstrap(&node(), &res, "127.0.0.1:18000").unwrap();
+    assert_eq!(boot["node"]["metadata"][LAYOUT_KEY], "one-pass");
+    assert_eq!(layout_from_metadata(&boot["node"]["metadata"]), Ok(Layout::OnePass));
+    let listeners = boot["static_resources"]["listeners"].as_array().unwrap();
+    let inbound = listeners.iter().find(|l| l["name"] == "inbound_19080").unwrap();
+    assert_eq!(http_filter_names(inbound), ["inbound_19080/wasmesh.chain", "envoy.filters.http.router"]);
+    assert_eq!(inbound["filter_chains"][0]["filters"][0]["name"], "inbound_19080/wasmesh.authz.peer_address");
+    let outbound = listeners.iter().find(|l| l["name"] == "outbound_15001").unwrap();
+    assert_eq!(http_filter_names(outbound), ["outbound_15001/wasmesh.chain", "envoy.filters.http.router"]);
+
+    let one = build(&node(), &res).unwrap();
+    let per = build_in(&node(), Layout::PerFilter, &res).unwrap();
+    let config = |pr: &ProxyResources, name: &str| -> Value {
+        let c = &pr.extension_configs[name]["typed_config"]["config"];
+        serde_json::from_str(c["configuration"]["value"].as_str().unwrap()).unwrap()
+    };
+    let chain = &one.extension_configs["inbound_19080/wasmesh.chain"]["typed_config"]["config"];
+    assert_eq!(chain["root_id"], "wasmesh.chain");
+    assert_eq!(chain["failure_policy"], "FAIL_RELOAD", "authz inside: the chain fails closed");
+    let phases = config(&one, "inbound_19080/wasmesh.chain")["phases"].as_array().unwrap().clone();
+    let ids: Vec<&str> = phases.iter().map(|p| p["rootId"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["wasmesh.stats", "wasmesh.authz.custom", "wasmesh.authn", "wasmesh.authz"]);
+    for p in &phases {
+        let id = p["rootId"].as_str().unwrap();
+        assert_eq!(p["configuration"], config(&per, &format!("inbound_19080/{id}")), "{id}");
+    }
+    assert!(!one.extension_configs.contains_key("inbound_19080/wasmesh.authz"));
+    assert_eq!(
+        one.extension_configs["inbound_19080/wasmesh.authz.peer_address"],
+        per.extension_configs["inbound_19080/wasmesh.authz.peer_address"]
+    );
+    assert_ne!(one.listeners_hash(), per.listeners_hash(), "an Envoy of the other layout needs a new bootstrap");
+
+    assert_eq!(layout_from_metadata(&json!({})), Ok(Layout::OnePass), "absent: the default");
+    let e = layout_from_metadata(&json!({LAYOUT_KEY: "both"})).unwrap_err();
+    assert!(e.contains(LAYOUT_KEY) && e.contains("\"both\"") && e.contains("one-pass or per-filter"), "{e}");
+}
+
 /// Every served resource is valid protobuf of Envoy's API, and the listeners do not depend on
 /// the policies (the hash a node carries stays valid while policies change).
 #[test]
@@ -95,8 +141,8 @@ fn served_resources_encode_and_listeners_do_not_move_with_policies() {
     let with = build(&node(), &resources(&policy)).unwrap();
     assert_eq!(plain.listeners_hash(), with.listeners_hash());
     assert_ne!(
-        plain.extension_configs["inbound_19080/wasmesh.authz"],
-        with.extension_configs["inbound_19080/wasmesh.authz"]
+        plain.extension_configs["inbound_19080/wasmesh.chain"], with.extension_configs["inbound_19080/wasmesh.chain"],
+        "the policy reaches the chain's authz phase"
     );
     for (name, c) in &with.extension_configs {
         let any = proto::to_any(ECDS_TYPE, c).unwrap_or_else(|e| panic!("{name}: {e}"));
