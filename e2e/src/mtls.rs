@@ -136,7 +136,7 @@ fn add_authz_filter(
         else {
             continue;
         };
-        if http.iter().any(|f| f["name"] == authz::FILTER_NAME) {
+        if http.iter().any(|f| f["name"] == authz::FILTER_NAME || chain_has_authz(f)) {
             continue;
         }
         let router = http.len().saturating_sub(1);
@@ -145,6 +145,18 @@ fn add_authz_filter(
         }
     }
     Ok(())
+}
+
+/// A one-pass `wasmesh.chain` filter with an authz phase.
+fn chain_has_authz(filter: &serde_json::Value) -> bool {
+    if filter["name"] != wasmesh_controller::layout::CHAIN_ROOT_ID {
+        return false;
+    }
+    let config = filter.pointer("/typed_config/config/configuration/value").and_then(|v| v.as_str()).unwrap_or("");
+    let Ok(config) = serde_json::from_str::<serde_json::Value>(config) else { return false };
+    config["phases"].as_array().is_some_and(|phases| {
+        phases.iter().any(|p| p["rootId"].as_str() == Some(wasmesh_controller::plugins::authz::FILTER_NAME))
+    })
 }
 
 /// Runs `envoy --mode validate` on a bootstrap; the error text when Envoy rejects it.
