@@ -155,6 +155,10 @@ impl<'a> Request<'a> {
     }
 }
 
+/// Request headers as the host hands them: names lower-case, values raw, in arrival order (a
+/// repeated header is several entries).
+pub type HeaderList = [(String, Vec<u8>)];
+
 /// What the evaluation reads from a request. [`Request`] holds it all up front; the filter
 /// implements it lazily, so an input is fetched from Envoy only when a rule looks at it.
 pub trait View {
@@ -180,7 +184,7 @@ pub trait View {
     fn metadata(&self) -> Result<&[MetadataEntry], Missing>;
     /// Calls `f` with every request header, names lower-case, in arrival order (for a CUSTOM
     /// check request); `Err` (and `f` not called) when the headers could not be read.
-    fn with_all_headers(&self, f: &mut dyn FnMut(&[(String, Vec<u8>)])) -> Result<(), Missing>;
+    fn with_all_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), Missing>;
 }
 
 impl View for Request<'_> {
@@ -217,7 +221,7 @@ impl View for Request<'_> {
     fn metadata(&self) -> Result<&[MetadataEntry], Missing> {
         Ok(self.metadata)
     }
-    fn with_all_headers(&self, f: &mut dyn FnMut(&[(String, Vec<u8>)])) -> Result<(), Missing> {
+    fn with_all_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), Missing> {
         f(self.headers);
         Ok(())
     }

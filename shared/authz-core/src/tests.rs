@@ -543,7 +543,7 @@ impl View for Unreadable<'_> {
         }
         self.req.any_header(name, f)
     }
-    fn with_all_headers(&self, f: &mut dyn FnMut(&[(String, Vec<u8>)])) -> Result<(), Missing> {
+    fn with_all_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), Missing> {
         if self.input == "headers" {
             return Err(Missing("headers"));
         }

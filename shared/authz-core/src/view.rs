@@ -8,7 +8,7 @@
 #![deny(clippy::indexing_slicing)]
 
 use crate::metadata::decode_metadata;
-use crate::{parse_socket_address, Authz, MetadataEntry, Missing, PeerNames, Stage, View};
+use crate::{parse_socket_address, Authz, HeaderList, MetadataEntry, Missing, PeerNames, Stage, View};
 use std::cell::OnceCell;
 use std::net::IpAddr;
 use wasmesh_handover::RequestIdentity;
@@ -27,7 +27,7 @@ pub struct HostFailure;
 pub trait Host {
     /// Calls `f` with every request header (names lower-case, in arrival order); `Err` (and `f`
     /// not called) when they could not be read.
-    fn with_request_headers(&self, f: &mut dyn FnMut(&[(String, Vec<u8>)])) -> Result<(), HostFailure>;
+    fn with_request_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), HostFailure>;
     /// The first value of one request header (a pseudo-header).
     fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostFailure>;
     /// A property, or filter state when `path` is one key.
@@ -105,7 +105,7 @@ pub fn decode_u64(b: &[u8]) -> Option<u64> {
 
 impl<H: Host> View for HostView<'_, H> {
     /// Every request header, as the host keeps them; none for a TCP connection.
-    fn with_all_headers(&self, f: &mut dyn FnMut(&[(String, Vec<u8>)])) -> Result<(), Missing> {
+    fn with_all_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), Missing> {
         if self.tcp {
             // A connection has no request headers: every header rule sees them absent.
             f(&[]);
@@ -269,7 +269,7 @@ mod tests {
     }
 
     impl Host for Fake {
-        fn with_request_headers(&self, f: &mut dyn FnMut(&[(String, Vec<u8>)])) -> Result<(), HostFailure> {
+        fn with_request_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), HostFailure> {
             self.calls.set(self.calls.get() + 1);
             if self.failing.contains(&"headers") {
                 return Err(HostFailure);
