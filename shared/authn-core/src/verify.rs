@@ -274,6 +274,21 @@ impl Authn {
         }
     }
 
+    /// Whether the keys of these providers are settled (see [`RemoteJwks::settled`]): a request
+    /// that waited for them can be evaluated again without waiting again. Inline keys always are.
+    pub fn keys_settled(&self, providers: &[usize]) -> bool {
+        providers.iter().all(|i| match self.providers.get(*i).map(|p| &p.jwks) {
+            Some(JwksSource::Remote(r)) => r.settled(),
+            Some(JwksSource::Inline(_)) | None => true,
+        })
+    }
+
+    /// Whether a fetch is in flight, wanted, or not yet tried for any provider (the adapter
+    /// checks more often meanwhile).
+    pub fn fetches_pending(&self) -> bool {
+        self.providers.iter().any(|p| matches!(&p.jwks, JwksSource::Remote(r) if !r.settled()))
+    }
+
     /// JWKS fetches to start now (start-up, refresh, retry after backoff, unknown `kid`).
     pub fn poll_fetches(&mut self, now_ms: u64) -> Vec<(usize, FetchRequest)> {
         let mut out = Vec::new();
@@ -321,10 +336,11 @@ impl Authn {
         if self.providers.is_empty() {
             return Outcome::NotConfigured;
         }
-        let method = req.header(":method").unwrap_or_default();
-        if method == b"OPTIONS"
+        // The three conditions of a CORS preflight, the one most requests lack first: an absent
+        // header is the cheapest read for a host that reads headers one by one.
+        if req.header("access-control-request-method").is_some_and(|v| !v.is_empty())
+            && req.header(":method").is_some_and(|m| m == b"OPTIONS")
             && req.header("origin").is_some_and(|v| !v.is_empty())
-            && req.header("access-control-request-method").is_some_and(|v| !v.is_empty())
         {
             return Outcome::CorsBypass;
         }
