@@ -268,7 +268,17 @@ impl Shared {
     fn evaluate(&self, s: &Stream) -> Step {
         let headers = StreamHeaders { stream: s, failed: Cell::new(false) };
         let mut stats = EvalStats::default();
-        let (outcome, now) = {
+        // The clock is a hostcall: read only when a token is checked, once per evaluation.
+        let now = Cell::new(None);
+        let clock = || match now.get() {
+            Some(t) => t,
+            None => {
+                let t = now_ms();
+                now.set(Some(t));
+                t
+            }
+        };
+        let outcome = {
             let Ok(engine) = self.engine.try_borrow() else {
                 wasmesh_proxy::log_error("wasmesh authn: re-entrant evaluation; refusing the request");
                 return Step::Respond(internal_denial());
@@ -276,13 +286,11 @@ impl Shared {
             if !engine.is_configured() {
                 return Step::Continue;
             }
-            let now = now_ms();
-            let outcome = if engine.options().cache_slots == 0 {
-                engine.evaluate(&headers, now, &mut wasmesh_authn::NoCache, &mut stats)
+            if engine.options().cache_slots == 0 {
+                engine.evaluate_with_clock(&headers, &clock, &mut wasmesh_authn::NoCache, &mut stats)
             } else {
-                engine.evaluate(&headers, now, &mut SharedData, &mut stats)
-            };
-            (outcome, now)
+                engine.evaluate_with_clock(&headers, &clock, &mut SharedData, &mut stats)
+            }
         };
         let m = &self.metrics;
         m.cache_hit.add(u64::from(stats.cache_hits));
@@ -344,6 +352,7 @@ impl Shared {
                 Step::Respond(d)
             }
             Outcome::Wait(waits) => {
+                let now = clock();
                 if let Ok(mut engine) = self.engine.try_borrow_mut() {
                     for w in &waits {
                         engine.want_keys(*w, now);
