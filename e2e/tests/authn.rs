@@ -880,3 +880,60 @@ spec:
     assert_eq!(seen["x-jwt-group"], "group1", "the sidecar verified the forwarded token and wrote the claim: {seen}");
     assert!(seen.get("authorization").is_none(), "the sidecar removed the token before the app");
 }
+
+// ------------------------------------------------------------------------------------------
+// The one-pass layout: authn as a phase of `wasmesh.chain`.
+
+/// `filter` (a `wasmesh.authn` plugin) as the only phase of a `wasmesh.chain` plugin.
+fn as_chain(mut filter: Value) -> Value {
+    let config = &mut filter["typed_config"]["config"];
+    let own: Value = serde_json::from_str(config["configuration"]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(config["root_id"], "wasmesh.authn");
+    config["root_id"] = json!("wasmesh.chain");
+    config["name"] = json!("wasmesh.chain");
+    config["configuration"]["value"] =
+        json!({"phases": [{"rootId": "wasmesh.authn", "configuration": own}]}).to_string().into();
+    filter["name"] = json!("wasmesh.chain");
+    filter
+}
+
+/// A request that waits for the first JWKS fetch is resumed on its own stream: its output
+/// headers replace the client's, its token is removed, its body reaches the upstream after the
+/// decision; both as a filter of its own and as a phase of the one-pass chain.
+#[test]
+fn a_request_resumed_after_the_keys_arrive_gets_the_same_treatment_in_both_layouts() {
+    let k1 = Signer::new("ES256", TestKey::Ec256, Some("k1"));
+    for chain in [false, true] {
+        let server = JwksServer::start(&jwks(&[k1.jwk(false)]), ISS);
+        server.set_delay(Duration::from_millis(800));
+        let extra = "    timeout: 3s\n    outputClaimToHeaders:\n    - {header: x-sub, claim: sub}\n";
+        let res = resources(&remote_yaml(&server.uri(), extra));
+        let (f, clusters) = wasm_authn(&workload(), &res);
+        let f = if chain { as_chain(f) } else { f };
+        let front = start(if chain { "wasm-chain-resume" } else { "wasm-resume" }, vec![f], clusters, 1);
+        let t1 = k1.sign(&claims(json!({})));
+        let auth = format!("Bearer {t1}");
+        let r = request(
+            front.port,
+            "POST",
+            "/post",
+            &[("host", "x"), ("authorization", &auth), ("x-sub", "mallory")],
+            b"the body",
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "chain {chain}: {}", r.text());
+        let h = upstream_headers(&r);
+        assert_eq!(h["x-sub"], "alice", "chain {chain}: the forged claim header is replaced: {h}");
+        assert_eq!(h.get("authorization"), None, "chain {chain}: the token is removed");
+        wait_until("the wait counted once", Duration::from_secs(5), || {
+            stat(&front, "wasmesh.authn.paused_for_jwks") == 1
+        });
+        // Later requests find the keys and do not wait.
+        server.set_delay(Duration::ZERO);
+        let r = send(front.port, "GET", "/", &[("authorization", &auth)]);
+        assert_eq!(r.status, 200, "chain {chain}: {}", r.text());
+        let bad = Signer::new("ES256", TestKey::Ec256, Some("k1")).sign(&claims(json!({"iss": "other"})));
+        let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {bad}"))]);
+        assert_eq!((r.status, r.text().as_str()), (401, "Jwt issuer is not configured"), "chain {chain}");
+    }
+}

@@ -1,43 +1,87 @@
 //! wasmesh authn: Istio RequestAuthentication (JWT) in any Envoy, with the answers of Envoy's
-//! `jwt_authn` as Istio configures it. A thin proxy-wasm adapter over `wasmesh-authn`:
+//! `jwt_authn` as Istio configures it. A thin proxy-wasm adapter over `wasmesh-authn`, run as a
+//! phase of the wasmesh driver ([`wasmesh_proxy::phase`]): alone in its filter (`wasmesh.authn`)
+//! or in the one-pass chain (`wasmesh.chain`, before authz).
 //!
-//! * per request: read the few headers the token locations name, evaluate, then either continue
-//!   (writing the verified identity to filter state `wasmesh.authn.identity` for the authz
-//!   filter, removing the token and client-sent output headers, adding configured ones), answer
-//!   401/403 like Envoy, or pause while keys are being fetched;
-//! * verified tokens are cached in proxy-wasm shared data, so every worker VM reuses a
-//!   verification any of them made;
-//! * `jwksUri` keys are fetched by each VM's root context with `dispatch_http_call` (at start,
-//!   every `jwksRefreshSeconds`, on an unknown `kid` at most every
-//!   `jwksRefetchMinIntervalSeconds`, retried with backoff on failure, last good keys kept);
-//!   paused requests are resumed (or refused) when the fetch finishes, and refused with 401 if
-//!   they wait longer than `jwksMaxWaitMs`.
+//! * per request: read the few headers the token locations name from the [`Stream`], evaluate,
+//!   then either continue (handing the verified identity to authz through the stream's filter
+//!   state `wasmesh.authn.identity`, kept in memory for the chain's authz phase and written to
+//!   Envoy for a separate authz filter; removing the token and client-sent output headers,
+//!   adding configured ones), answer 401/403 like Envoy, or wait while keys are being fetched;
+//! * verified tokens are cached per VM and in proxy-wasm shared data, so every worker VM reuses
+//!   a verification any of them made (a repeated token costs no shared-data read);
+//! * `jwksUri` keys are fetched by the root side with `dispatch_http_call` (at start, every
+//!   `jwksRefreshSeconds`, on an unknown `kid` at most every `jwksRefetchMinIntervalSeconds`,
+//!   retried with backoff on failure, last good keys kept). A request that needs keys not there
+//!   yet waits ([`Flow::Pause`]; the driver holds its body); when its keys are settled, or it has
+//!   waited `jwksMaxWaitMs`, the root side resumes it into the second phase of this filter,
+//!   [`AfterKeys`], which evaluates it again (or refuses it) on its stream.
+//!
+//! Why a second phase: the driver resumes a waiting request by running the phases *after* the
+//! one that waited, and only a phase callback gets the request's [`Stream`]. Evaluating on the
+//! root side would change Envoy's headers behind the stream's kept copy, so authz (in the chain)
+//! would see the client's forged `outputClaimToHeaders` headers and the token still present.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MapType};
-use std::cell::RefCell;
+use proxy_wasm::traits::RootContext;
+use proxy_wasm::types::{BufferType, MapType};
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 use wasmesh_authn::remote::{FetchOutcome, Stage, MAX_BODY_BYTES};
-use wasmesh_authn::verify::JwksSource;
-use wasmesh_authn::verify::{Denied, EvalStats, Mutation, Outcome, RequestHeaders};
+use wasmesh_authn::verify::{Denied, EvalStats, JwksSource, Mutation, Outcome, RequestHeaders};
 use wasmesh_authn::{Authn, AuthnConfig, Status, TokenCache};
 use wasmesh_handover::{AUTHN_EVALUATED, AUTHN_IDENTITY};
 use wasmesh_istio::FilterConfig;
 use wasmesh_proxy::metrics::Counter;
+use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
+use wasmesh_proxy::stream::Stream;
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
 /// `filters/wasmesh` for the root ids it hands to this filter, call it).
-pub fn root_context(context_id: u32) -> Box<dyn RootContext> {
-    Box::new(AuthnRoot { id: context_id, shared: Rc::new(RefCell::new(Shared::default())) })
+pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
+    Box::new(ChainRoot::new("wasmesh authn", build))
 }
 
-/// Tick while requests wait for keys (and right after start-up).
+/// The authn phases from the plugin configuration: [`Authn`] evaluates each request,
+/// [`AfterKeys`] evaluates again the requests that waited for keys.
+pub fn build(config: &[u8], resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, String> {
+    let mut engine = compile(config)?;
+    log_providers(&engine);
+    let secret = shared_secret();
+    if let Some(secret) = &secret {
+        engine.set_cache_secret(secret);
+    }
+    let remote = engine.has_remote_jwks();
+    let shared = Rc::new(Shared {
+        engine: RefCell::new(engine),
+        metrics: Metrics::define(),
+        remote,
+        resumer: resumer.clone(),
+        waits: RefCell::new(Waits::default()),
+        secret: Cell::new(SecretCheck { secret, unchanged: 0, last_ms: 0 }),
+    });
+    Ok(vec![Rc::new(AuthnPhase(shared.clone())), Rc::new(AfterKeys(shared))])
+}
+
+/// Tick while requests wait for keys or fetches are due or in flight.
 const FAST_TICK: Duration = Duration::from_millis(20);
-/// Tick otherwise (refresh and retry times are checked on each tick).
+/// Tick otherwise when keys come from a `jwksUri`: a request that starts waiting (an unknown
+/// `kid`) has its fetch started on the next tick (the driver asks phases for their period only
+/// after root-side callbacks, so a waiting request cannot make the next tick come sooner).
+const REMOTE_IDLE_TICK: Duration = Duration::from_millis(100);
+/// Tick otherwise (counters are flushed, refresh and retry times checked on each tick).
 const SLOW_TICK: Duration = Duration::from_millis(500);
+
+/// Most requests waiting for keys at once per VM; more are refused at once with 401
+/// `Jwks remote fetch is failed` (counted as `denied`).
+pub const MAX_WAITERS: usize = 4096;
+
+/// The shared cache secret is read again (another VM may have won the start-up race) at most
+/// this often, until it has been the same this many times in a row.
+const SECRET_RECHECK_MS: u64 = 500;
+const SECRET_STABLE_CHECKS: u32 = 20;
 
 /// The filter's counters, `wasmesh.authn.<event>` (Prometheus: `wasmesh_authn_<event>`). Per-request
 /// counts stay in the VM and reach Envoy's stats on each tick (at most 0.5 s late): a hostcall per
@@ -122,24 +166,50 @@ fn shared_secret() -> Option<[u8; 16]> {
     read()
 }
 
+/// A request waiting for keys.
 struct Waiter {
     context_id: u32,
     since_ms: u64,
+    /// The providers whose keys it waits for.
+    providers: Vec<usize>,
+}
+
+/// What the root side decided for a waiting request it resumes into [`AfterKeys`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resumed {
+    /// Its keys are settled: evaluate it again.
+    Evaluate,
+    /// It waited longer than `jwksMaxWaitMs`: refuse it.
+    TimedOut,
 }
 
 #[derive(Default)]
-struct Shared {
-    engine: Option<Authn>,
-    metrics: Metrics,
-    /// Requests paused until keys arrive.
+struct Waits {
+    /// Requests paused until keys arrive (at most [`MAX_WAITERS`]).
     waiting: Vec<Waiter>,
-    /// Fetches in flight: (call token, provider index).
+    /// Requests being resumed, read by [`AfterKeys`] (at most [`MAX_WAITERS`]: each was waiting).
+    resumed: Vec<(u32, Resumed)>,
+    /// Fetches in flight: (call token, provider index); at most one per provider.
     calls: Vec<(u32, usize)>,
-    /// Paused requests the root context refused (their body must stay held).
-    refused: Vec<u32>,
 }
 
-type SharedRc = Rc<RefCell<Shared>>;
+#[derive(Clone, Copy)]
+struct SecretCheck {
+    secret: Option<[u8; 16]>,
+    unchanged: u32,
+    last_ms: u64,
+}
+
+/// What both phases and the root side share (per VM, per plugin). Borrows are never held
+/// across a call into the driver ([`Resumer::resume`] runs later phases synchronously).
+struct Shared {
+    engine: RefCell<Authn>,
+    metrics: Metrics,
+    remote: bool,
+    resumer: Resumer,
+    waits: RefCell<Waits>,
+    secret: Cell<SecretCheck>,
+}
 
 fn now_ms() -> u64 {
     hostcalls::get_current_time()
@@ -149,17 +219,29 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Request headers read on demand, one hostcall each (the engine asks only for what the
-/// configured locations need).
-struct HostHeaders;
+/// Request headers from the stream (read once per request, shared with the other phases). A
+/// header Envoy could not produce is remembered: the request is then refused (fail closed)
+/// rather than evaluated as if the header were absent.
+struct StreamHeaders<'s> {
+    stream: &'s Stream,
+    failed: Cell<bool>,
+}
 
-impl RequestHeaders for HostHeaders {
+impl RequestHeaders for StreamHeaders<'_> {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
-        wasmesh_proxy::request_header(name)
+        match self.stream.request_header(name) {
+            Ok(v) => v,
+            Err(_) => {
+                self.failed.set(true);
+                None
+            }
+        }
     }
 }
 
-/// The verified-token cache in proxy-wasm shared data (process-wide: all worker VMs).
+/// The verified-token cache in proxy-wasm shared data (process-wide: all worker VMs). The
+/// engine keeps decoded entries per VM in front of it ([`wasmesh_authn::cache::L1`]), so it is
+/// read only for tokens this VM has not seen.
 struct SharedData;
 
 impl TokenCache for SharedData {
@@ -178,98 +260,256 @@ impl TokenCache for SharedData {
 enum Step {
     Continue,
     Respond(Denied),
-    Wait,
+    Wait { since_ms: u64, providers: Vec<usize> },
 }
 
-/// Evaluates the current stream (the effective context) and applies the result's filter state
-/// and header changes. The caller continues or pauses the stream.
-fn process(shared: &SharedRc, context_id: u32, since_ms: Option<u64>) -> Step {
-    if shared.try_borrow().map(|s| s.engine.as_ref().is_some_and(|e| !e.is_configured())).unwrap_or(false) {
-        return Step::Continue;
+impl Shared {
+    /// Evaluates the request and applies a success's filter state and header changes.
+    fn evaluate(&self, s: &Stream) -> Step {
+        let headers = StreamHeaders { stream: s, failed: Cell::new(false) };
+        let mut stats = EvalStats::default();
+        // The clock is a hostcall: read only when a token is checked, once per evaluation.
+        let now = Cell::new(None);
+        let clock = || match now.get() {
+            Some(t) => t,
+            None => {
+                let t = now_ms();
+                now.set(Some(t));
+                t
+            }
+        };
+        let outcome = {
+            let Ok(engine) = self.engine.try_borrow() else {
+                wasmesh_proxy::log_error("wasmesh authn: re-entrant evaluation; refusing the request");
+                return Step::Respond(internal_denial());
+            };
+            if !engine.is_configured() {
+                return Step::Continue;
+            }
+            if engine.options().cache_slots == 0 {
+                engine.evaluate_with_clock(&headers, &clock, &mut wasmesh_authn::NoCache, &mut stats)
+            } else {
+                engine.evaluate_with_clock(&headers, &clock, &mut SharedData, &mut stats)
+            }
+        };
+        let m = &self.metrics;
+        m.cache_hit.add(u64::from(stats.cache_hits));
+        m.cache_miss.add(u64::from(stats.cache_misses));
+        m.signature_checks.add(u64::from(stats.signature_checks));
+        m.token_too_large.add(u64::from(stats.tokens_too_large));
+        m.json_too_deep.add(u64::from(stats.json_too_deep));
+        m.cache_entry_too_large.add(u64::from(stats.cache_entries_too_large));
+        if headers.failed.get() {
+            wasmesh_proxy::log_error(
+                "wasmesh authn: Envoy could not produce the request headers; refusing the request",
+            );
+            m.denied.bump();
+            return Step::Respond(internal_denial());
+        }
+        match outcome {
+            Outcome::NotConfigured => Step::Continue,
+            Outcome::CorsBypass => {
+                s.set_filter_state(AUTHN_EVALUATED, b"1");
+                m.cors_bypassed.bump();
+                Step::Continue
+            }
+            Outcome::Allow(allowed) => {
+                for mutation in &allowed.mutations {
+                    match mutation {
+                        Mutation::Remove(h) => {
+                            s.remove_request_header(h);
+                        }
+                        Mutation::Add(h, v) => {
+                            s.add_request_header(h, v);
+                        }
+                    }
+                }
+                match &allowed.identity {
+                    Some(id) => {
+                        if !s.set_filter_state(AUTHN_IDENTITY, id) {
+                            // The identity cannot be handed over: refuse rather than let authz
+                            // see an anonymous request that presented a valid token.
+                            wasmesh_proxy::log_error("wasmesh authn: cannot write the identity to filter state");
+                            m.denied.bump();
+                            return Step::Respond(internal_denial());
+                        }
+                    }
+                    // An identity implies evaluation; without one, tell authz the request was
+                    // evaluated and carried no (valid) token.
+                    None => {
+                        s.set_filter_state(AUTHN_EVALUATED, b"1");
+                    }
+                }
+                if allowed.clear_route_cache {
+                    // Not a Stream method yet; the effective context is this stream.
+                    wasmesh_proxy::clear_route_cache();
+                }
+                m.allowed.bump();
+                Step::Continue
+            }
+            Outcome::Deny(d) => {
+                m.denied.bump();
+                Step::Respond(d)
+            }
+            Outcome::Wait(waits) => {
+                let now = clock();
+                if let Ok(mut engine) = self.engine.try_borrow_mut() {
+                    for w in &waits {
+                        engine.want_keys(*w, now);
+                    }
+                }
+                Step::Wait { since_ms: now, providers: waits.iter().map(|w| w.provider).collect() }
+            }
+        }
     }
-    let now = now_ms();
-    let mut stats = EvalStats::default();
-    let outcome = {
-        let Ok(s) = shared.try_borrow() else {
-            wasmesh_proxy::log_error("wasmesh authn: re-entrant evaluation; refusing the request");
-            return Step::Respond(internal_denial());
+
+    /// The 401 for a request that waited too long for keys.
+    fn timed_out(&self, s: &Stream) -> Denied {
+        let headers = StreamHeaders { stream: s, failed: Cell::new(false) };
+        self.metrics.denied.bump();
+        match self.engine.try_borrow() {
+            Ok(engine) => engine.deny_with(Status::JwksFetchFail, &headers),
+            Err(_) => internal_denial(),
+        }
+    }
+
+    /// Starts every fetch that is due (root side: the effective context is the root's).
+    fn dispatch_due(&self) {
+        let now = now_ms();
+        let requests = match self.engine.try_borrow_mut() {
+            Ok(mut e) => e.poll_fetches(now),
+            Err(_) => return,
         };
-        let Some(engine) = s.engine.as_ref() else {
-            // Never configured: Envoy would not have created this context; fail closed.
-            return Step::Respond(internal_denial());
+        for (provider, req) in requests {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", req.path.as_str()),
+                (":authority", req.authority.as_str()),
+                ("accept", "application/json"),
+                ("user-agent", "wasmesh-authn"),
+            ];
+            let what = if req.stage == Stage::Discovery { "OpenID configuration" } else { "JWKS" };
+            let timeout = Duration::from_millis(req.timeout_ms);
+            match hostcalls::dispatch_http_call(&req.cluster, headers, None, vec![], timeout) {
+                Ok(token) => {
+                    wasmesh_proxy::log_debug(&format!(
+                        "wasmesh authn: fetching {what} {} via cluster {}",
+                        req.uri, req.cluster
+                    ));
+                    if let Ok(mut w) = self.waits.try_borrow_mut() {
+                        w.calls.push((token, provider));
+                    }
+                }
+                Err(status) => {
+                    let reason = format!("cannot call cluster {:?}: {status:?}", req.cluster);
+                    self.record_fetch(provider, None, &[], Some(reason));
+                }
+            }
+        }
+    }
+
+    /// Records a fetch result; `true` when another fetch follows at once (discovery).
+    fn record_fetch(&self, provider: usize, status: Option<u32>, body: &[u8], call_error: Option<String>) -> bool {
+        let now = now_ms();
+        let Ok(mut engine) = self.engine.try_borrow_mut() else { return false };
+        let source = engine
+            .providers()
+            .get(provider)
+            .map(|p| format!("{} (issuer {:?})", p.source, p.issuer))
+            .unwrap_or_default();
+        let m = &self.metrics;
+        match engine.on_fetch_response(provider, now, status, body) {
+            Some(FetchOutcome::Updated { keys, skipped }) => {
+                // Counted at once: a fetch is rare and tests and operators wait for it.
+                m.jwks_fetch_success.bump();
+                m.jwks_fetch_success.flush();
+                wasmesh_proxy::log_info(&format!("wasmesh authn: {source}: JWKS fetched, {keys} keys in use"));
+                m.jwks_keys_skipped.add(skipped.len() as u64);
+                for why in skipped {
+                    wasmesh_proxy::log_warn(&format!("wasmesh authn: {source}: JWKS key skipped: {why}"));
+                }
+                false
+            }
+            Some(FetchOutcome::Discovered(uri)) => {
+                wasmesh_proxy::log_info(&format!("wasmesh authn: {source}: OpenID discovery: jwks_uri {uri}"));
+                true
+            }
+            Some(FetchOutcome::Failed { reason, retry_in_ms }) => {
+                m.jwks_fetch_failed.bump();
+                m.jwks_fetch_failed.flush();
+                let reason = call_error.unwrap_or(reason);
+                wasmesh_proxy::log_warn(&format!(
+                    "wasmesh authn: {source}: JWKS fetch failed: {reason}; retrying in {retry_in_ms} ms, keeping the last good keys if any"
+                ));
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Resumes the waiting requests whose keys are settled, and refuses those that waited
+    /// longer than `jwksMaxWaitMs`. Root side, after every dispatch of this callback: each
+    /// resumed request becomes the effective context (the host resets it when the callback
+    /// returns; the phase API does not give the root context's id to set it back).
+    fn wake(&self) {
+        let now = now_ms();
+        let ready: Vec<(u32, Resumed)> = {
+            let (Ok(engine), Ok(mut w)) = (self.engine.try_borrow(), self.waits.try_borrow_mut()) else { return };
+            let max_wait = engine.options().jwks_max_wait_ms;
+            let mut ready = Vec::new();
+            w.waiting.retain(|waiter| {
+                let verdict = if now.saturating_sub(waiter.since_ms) > max_wait {
+                    Resumed::TimedOut
+                } else if engine.keys_settled(&waiter.providers) {
+                    Resumed::Evaluate
+                } else {
+                    return true;
+                };
+                ready.push((waiter.context_id, verdict));
+                false
+            });
+            ready
         };
-        if engine.options().cache_slots == 0 {
-            engine.evaluate(&HostHeaders, now, &mut wasmesh_authn::NoCache, &mut stats)
+        for (context_id, verdict) in ready {
+            if hostcalls::set_effective_context(context_id).is_err() {
+                continue; // the stream is gone
+            }
+            if verdict == Resumed::TimedOut {
+                wasmesh_proxy::log_warn("wasmesh authn: request waited too long for JWKS keys; refusing it");
+            }
+            if let Ok(mut w) = self.waits.try_borrow_mut() {
+                w.resumed.push((context_id, verdict));
+            }
+            // No borrow held: the driver runs AfterKeys and the later phases now.
+            self.resumer.resume(context_id, Flow::Continue);
+            if let Ok(mut w) = self.waits.try_borrow_mut() {
+                w.resumed.retain(|(id, _)| *id != context_id);
+            }
+        }
+    }
+
+    /// Re-reads the cache secret shared by the VMs until it is stable.
+    fn recheck_secret(&self) {
+        let mut check = self.secret.get();
+        if check.unchanged >= SECRET_STABLE_CHECKS {
+            return;
+        }
+        let now = now_ms();
+        if now.saturating_sub(check.last_ms) < SECRET_RECHECK_MS {
+            return;
+        }
+        check.last_ms = now;
+        let secret = shared_secret();
+        if secret.is_some() && secret == check.secret {
+            check.unchanged += 1;
         } else {
-            engine.evaluate(&HostHeaders, now, &mut SharedData, &mut stats)
-        }
-    };
-    let Ok(mut s) = shared.try_borrow_mut() else {
-        return Step::Respond(internal_denial());
-    };
-    s.metrics.cache_hit.add(u64::from(stats.cache_hits));
-    s.metrics.cache_miss.add(u64::from(stats.cache_misses));
-    s.metrics.signature_checks.add(u64::from(stats.signature_checks));
-    s.metrics.token_too_large.add(u64::from(stats.tokens_too_large));
-    s.metrics.json_too_deep.add(u64::from(stats.json_too_deep));
-    s.metrics.cache_entry_too_large.add(u64::from(stats.cache_entries_too_large));
-    match outcome {
-        Outcome::NotConfigured => Step::Continue,
-        Outcome::CorsBypass => {
-            wasmesh_proxy::set_filter_state(AUTHN_EVALUATED, b"1");
-            s.metrics.cors_bypassed.bump();
-            Step::Continue
-        }
-        Outcome::Allow(allowed) => {
-            for m in &allowed.mutations {
-                match m {
-                    Mutation::Remove(h) => {
-                        wasmesh_proxy::remove_request_header(h);
-                    }
-                    Mutation::Add(h, v) => {
-                        wasmesh_proxy::add_request_header(h, v);
-                    }
-                }
+            check.unchanged = 0;
+            if let (Some(s), Ok(mut engine)) = (&secret, self.engine.try_borrow_mut()) {
+                engine.set_cache_secret(s);
             }
-            match &allowed.identity {
-                Some(id) => {
-                    if !wasmesh_proxy::set_filter_state(AUTHN_IDENTITY, id) {
-                        // The identity cannot be handed over: refuse rather than let authz see
-                        // an anonymous request that presented a valid token.
-                        wasmesh_proxy::log_error("wasmesh authn: cannot write the identity to filter state");
-                        return Step::Respond(internal_denial());
-                    }
-                }
-                // An identity implies evaluation; without one, tell authz the request was
-                // evaluated and carried no (valid) token.
-                None => {
-                    wasmesh_proxy::set_filter_state(AUTHN_EVALUATED, b"1");
-                }
-            }
-            if allowed.clear_route_cache {
-                wasmesh_proxy::clear_route_cache();
-            }
-            s.metrics.allowed.bump();
-            Step::Continue
+            check.secret = secret;
         }
-        Outcome::Deny(d) => {
-            s.metrics.denied.bump();
-            Step::Respond(d)
-        }
-        Outcome::Wait(waits) => {
-            if let Some(engine) = s.engine.as_mut() {
-                for w in &waits {
-                    engine.want_keys(*w, now);
-                }
-            }
-            if since_ms.is_none() {
-                s.metrics.paused.bump();
-            }
-            s.waiting.push(Waiter { context_id, since_ms: since_ms.unwrap_or(now) });
-            // Wake the root context soon: it starts the fetch.
-            let _ = hostcalls::set_tick_period(FAST_TICK);
-            Step::Wait
-        }
+        self.secret.set(check);
     }
 }
 
@@ -282,185 +522,175 @@ fn internal_denial() -> Denied {
     }
 }
 
-fn respond(d: &Denied) {
+fn respond(s: &Stream, d: &Denied) -> Flow {
     let headers = [("www-authenticate", d.www_authenticate.as_str())];
-    if !wasmesh_proxy::send_response(d.code, &headers, Some(d.body.as_bytes())) {
+    if !s.send_response(d.code, &headers, Some(d.body.as_bytes())) {
         wasmesh_proxy::log_error("wasmesh authn: could not send the local reply");
     }
+    Flow::Answered
 }
 
-struct AuthnRoot {
-    id: u32,
-    shared: SharedRc,
-}
+/// The authn phase: evaluates each request once its headers are in.
+struct AuthnPhase(Rc<Shared>);
 
-impl AuthnRoot {
-    /// Starts every fetch that is due.
-    fn dispatch_due(&self) {
-        let now = now_ms();
-        let requests = match self.shared.try_borrow_mut() {
-            Ok(mut s) => match s.engine.as_mut() {
-                Some(e) => e.poll_fetches(now),
-                None => return,
-            },
-            Err(_) => return,
-        };
-        for (provider, req) in requests {
-            let headers = vec![
-                (":method", "GET"),
-                (":path", req.path.as_str()),
-                (":authority", req.authority.as_str()),
-                ("accept", "application/json"),
-                ("user-agent", "wasmesh-authn"),
-            ];
-            let what = if req.stage == Stage::Discovery { "OpenID configuration" } else { "JWKS" };
-            match self.dispatch_http_call(&req.cluster, headers, None, vec![], Duration::from_millis(req.timeout_ms)) {
-                Ok(token) => {
-                    wasmesh_proxy::log_debug(&format!(
-                        "wasmesh authn: fetching {what} {} via cluster {}",
-                        req.uri, req.cluster
-                    ));
-                    if let Ok(mut s) = self.shared.try_borrow_mut() {
-                        s.calls.push((token, provider));
-                    }
-                }
-                Err(status) => {
-                    let reason = format!("cannot call cluster {:?}: {status:?}", req.cluster);
-                    self.finish_fetch(provider, None, &[], Some(reason));
-                }
-            }
-        }
+impl Phase for AuthnPhase {
+    fn name(&self) -> &'static str {
+        "authn"
     }
 
-    /// Records a fetch result, then re-evaluates every paused request.
-    fn finish_fetch(&self, provider: usize, status: Option<u32>, body: &[u8], call_error: Option<String>) {
-        let now = now_ms();
-        let outcome = match self.shared.try_borrow_mut() {
-            Ok(mut s) => {
-                let source = s
-                    .engine
-                    .as_ref()
-                    .and_then(|e| e.providers().get(provider))
-                    .map(|p| format!("{} (issuer {:?})", p.source, p.issuer))
-                    .unwrap_or_default();
-                let outcome = s.engine.as_mut().and_then(|e| e.on_fetch_response(provider, now, status, body));
-                match &outcome {
-                    Some(FetchOutcome::Updated { keys, skipped }) => {
-                        // Counted at once: a fetch is rare and tests and operators wait for it.
-                        s.metrics.jwks_fetch_success.bump();
-                        s.metrics.jwks_fetch_success.flush();
-                        wasmesh_proxy::log_info(&format!("wasmesh authn: {source}: JWKS fetched, {keys} keys in use"));
-                        s.metrics.jwks_keys_skipped.add(skipped.len() as u64);
-                        for why in skipped {
-                            wasmesh_proxy::log_warn(&format!("wasmesh authn: {source}: JWKS key skipped: {why}"));
-                        }
-                    }
-                    Some(FetchOutcome::Discovered(uri)) => {
-                        wasmesh_proxy::log_info(&format!("wasmesh authn: {source}: OpenID discovery: jwks_uri {uri}"));
-                    }
-                    Some(FetchOutcome::Failed { reason, retry_in_ms }) => {
-                        s.metrics.jwks_fetch_failed.bump();
-                        s.metrics.jwks_fetch_failed.flush();
-                        let reason = call_error.clone().unwrap_or_else(|| reason.clone());
-                        wasmesh_proxy::log_warn(&format!(
-                            "wasmesh authn: {source}: JWKS fetch failed: {reason}; retrying in {retry_in_ms} ms, keeping the last good keys if any"
-                        ));
-                    }
-                    None => {}
-                }
-                outcome
+    fn start(self: Rc<Self>, context_id: u32) -> Box<dyn PhaseRequest> {
+        Box::new(AuthnRequest { shared: self.0.clone(), context_id })
+    }
+
+    fn tick_period(&self) -> Option<Duration> {
+        let busy = self.0.waits.try_borrow().map(|w| !w.waiting.is_empty() || !w.calls.is_empty()).unwrap_or(true)
+            || self.0.engine.try_borrow().map(|e| e.fetches_pending()).unwrap_or(true);
+        Some(if busy {
+            FAST_TICK
+        } else if self.0.remote {
+            REMOTE_IDLE_TICK
+        } else {
+            SLOW_TICK
+        })
+    }
+
+    fn tick(&self) {
+        let shared = &self.0;
+        shared.dispatch_due();
+        shared.wake();
+        shared.recheck_secret();
+        shared.metrics.flush();
+    }
+
+    fn root_http_call_response(&self, token_id: u32, _num_headers: usize, body_size: usize) -> bool {
+        let shared = &self.0;
+        let provider = match shared.waits.try_borrow_mut() {
+            Ok(mut w) => {
+                let at = w.calls.iter().position(|(t, _)| *t == token_id);
+                at.map(|i| w.calls.remove(i).1)
             }
             Err(_) => None,
         };
-        if matches!(outcome, Some(FetchOutcome::Discovered(_))) {
-            self.dispatch_due();
-        }
-        self.run_waiters(false);
-    }
-
-    /// Re-evaluates paused requests; with `sweep`, also refuses those that waited too long.
-    fn run_waiters(&self, sweep: bool) {
-        let now = now_ms();
-        let (waiters, max_wait) = match self.shared.try_borrow_mut() {
-            Ok(mut s) => {
-                let max = s.engine.as_ref().map(|e| e.options().jwks_max_wait_ms).unwrap_or(10_000);
-                (std::mem::take(&mut s.waiting), max)
-            }
-            Err(_) => return,
-        };
-        for w in waiters {
-            if hostcalls::set_effective_context(w.context_id).is_err() {
-                continue; // the stream is gone
-            }
-            if sweep && now.saturating_sub(w.since_ms) > max_wait {
-                let denial = match self.shared.try_borrow() {
-                    Ok(s) => s.engine.as_ref().map(|e| e.deny_with(Status::JwksFetchFail, &HostHeaders)),
-                    Err(_) => None,
-                };
-                wasmesh_proxy::log_warn("wasmesh authn: request waited too long for JWKS keys; refusing it");
-                if let Ok(mut s) = self.shared.try_borrow_mut() {
-                    s.metrics.denied.bump();
-                    s.refused.push(w.context_id);
-                }
-                respond(&denial.unwrap_or_else(internal_denial));
-                continue;
-            }
-            if sweep {
-                // Not yet decided and not timed out: keep waiting without re-evaluating.
-                if let Ok(mut s) = self.shared.try_borrow_mut() {
-                    s.waiting.push(w);
-                }
-                continue;
-            }
-            match process(&self.shared, w.context_id, Some(w.since_ms)) {
-                Step::Continue => {
-                    let _ = hostcalls::resume_http_request();
-                }
-                Step::Respond(d) => {
-                    if let Ok(mut s) = self.shared.try_borrow_mut() {
-                        s.refused.push(w.context_id);
-                    }
-                    respond(&d)
-                }
-                Step::Wait => {}
-            }
-        }
-        let _ = hostcalls::set_effective_context(self.id);
-    }
-}
-
-impl Context for AuthnRoot {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let provider = match self.shared.try_borrow_mut() {
-            Ok(mut s) => {
-                let at = s.calls.iter().position(|(t, _)| *t == token_id);
-                at.map(|i| s.calls.remove(i).1)
-            }
-            Err(_) => None,
-        };
-        let Some(provider) = provider else { return };
+        let Some(provider) = provider else { return false };
         let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
             .and_then(|s| s.parse::<u32>().ok());
-        if body_size > MAX_BODY_BYTES {
-            self.finish_fetch(provider, status, &[], Some(format!("JWKS body of {body_size} bytes is too large")));
-            return;
+        let follows = if body_size > MAX_BODY_BYTES {
+            shared.record_fetch(provider, status, &[], Some(format!("JWKS body of {body_size} bytes is too large")))
+        } else {
+            let body = if body_size == 0 {
+                Vec::new()
+            } else {
+                hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+            };
+            let call_error =
+                status.is_none().then(|| "no response (connection failure, timeout or missing cluster)".to_string());
+            shared.record_fetch(provider, status, &body, call_error)
+        };
+        if follows {
+            shared.dispatch_due();
         }
-        let body = if body_size == 0 {
-            Vec::new()
-        } else {
-            hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, body_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
+        shared.wake();
+        true
+    }
+
+    fn done(&self) {
+        self.0.metrics.flush();
+    }
+}
+
+struct AuthnRequest {
+    shared: Rc<Shared>,
+    context_id: u32,
+}
+
+impl PhaseRequest for AuthnRequest {
+    fn request_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
+        match self.shared.evaluate(s) {
+            Step::Continue => Flow::Continue,
+            Step::Respond(d) => respond(s, &d),
+            Step::Wait { since_ms, providers } => {
+                let m = &self.shared.metrics;
+                let Ok(mut w) = self.shared.waits.try_borrow_mut() else {
+                    m.denied.bump();
+                    return respond(s, &internal_denial());
+                };
+                if w.waiting.len() >= MAX_WAITERS {
+                    drop(w);
+                    wasmesh_proxy::log_warn(&format!(
+                        "wasmesh authn: {MAX_WAITERS} requests already wait for JWKS keys; refusing this one"
+                    ));
+                    let d = self.shared.timed_out(s);
+                    return respond(s, &d);
+                }
+                m.paused.bump();
+                w.waiting.push(Waiter { context_id: self.context_id, since_ms, providers });
+                Flow::Pause
+            }
+        }
+    }
+}
+
+impl Drop for AuthnRequest {
+    /// A request that goes away while waiting leaves the list.
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.shared.waits.try_borrow_mut() {
+            w.waiting.retain(|waiter| waiter.context_id != self.context_id);
+        }
+    }
+}
+
+/// The second authn phase: right after [`AuthnPhase`], it acts only on a request the root side
+/// resumed after a wait for keys, on the request's stream: evaluates it again (keys settled) or
+/// refuses it (waited too long). Other requests pass it without a hostcall.
+struct AfterKeys(Rc<Shared>);
+
+impl Phase for AfterKeys {
+    fn name(&self) -> &'static str {
+        "authn.after_keys"
+    }
+
+    fn start(self: Rc<Self>, context_id: u32) -> Box<dyn PhaseRequest> {
+        Box::new(AfterKeysRequest { shared: self.0.clone(), context_id })
+    }
+}
+
+struct AfterKeysRequest {
+    shared: Rc<Shared>,
+    context_id: u32,
+}
+
+impl PhaseRequest for AfterKeysRequest {
+    fn request_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
+        let verdict = match self.shared.waits.try_borrow_mut() {
+            Ok(mut w) => {
+                let at = w.resumed.iter().position(|(id, _)| *id == self.context_id);
+                at.map(|i| w.resumed.remove(i).1)
+            }
+            Err(_) => {
+                self.shared.metrics.denied.bump();
+                return respond(s, &internal_denial());
+            }
         };
-        let call_error = if status.is_none() {
-            Some("no response (connection failure, timeout or missing cluster)".to_string())
-        } else {
-            None
-        };
-        self.finish_fetch(provider, status, &body, call_error);
+        match verdict {
+            None => Flow::Continue,
+            Some(Resumed::TimedOut) => {
+                let d = self.shared.timed_out(s);
+                respond(s, &d)
+            }
+            Some(Resumed::Evaluate) => match self.shared.evaluate(s) {
+                Step::Continue => Flow::Continue,
+                Step::Respond(d) => respond(s, &d),
+                // The keys were settled: waiting again would resume past this phase, so the
+                // request is refused instead (fail closed).
+                Step::Wait { .. } => {
+                    wasmesh_proxy::log_warn("wasmesh authn: keys still missing after the wait; refusing the request");
+                    let d = self.shared.timed_out(s);
+                    respond(s, &d)
+                }
+            },
+        }
     }
 }
 
@@ -472,142 +702,17 @@ fn compile(bytes: &[u8]) -> Result<Authn, String> {
     cfg.compile_parsed(bytes).map_err(|e| e.to_string())
 }
 
-impl RootContext for AuthnRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(bytes) = wasmesh_proxy::plugin_configuration() else {
-            wasmesh_proxy::log_error("wasmesh authn: no plugin configuration; expected the JSON wasmeshctl writes");
-            return false;
-        };
-        let engine = match compile(&bytes) {
-            Ok(e) => e,
-            Err(e) => {
-                wasmesh_proxy::log_error(&format!("wasmesh authn: configuration rejected: {e}"));
-                return false;
-            }
-        };
-        for p in engine.providers() {
-            let keys = match &p.jwks {
-                JwksSource::Inline(k) => {
-                    for why in &k.skipped {
-                        wasmesh_proxy::log_warn(&format!(
-                            "wasmesh authn: {}: inline JWKS key skipped: {why}",
-                            p.source
-                        ));
-                    }
-                    format!("inline JWKS with {} usable keys", k.keys.len())
+fn log_providers(engine: &Authn) {
+    for p in engine.providers() {
+        let keys = match &p.jwks {
+            JwksSource::Inline(k) => {
+                for why in &k.skipped {
+                    wasmesh_proxy::log_warn(&format!("wasmesh authn: {}: inline JWKS key skipped: {why}", p.source));
                 }
-                JwksSource::Remote(r) => format!("keys from {} via cluster {}", r.endpoint.uri, r.endpoint.cluster),
-            };
-            wasmesh_proxy::log_info(&format!("wasmesh authn: {}: issuer {:?}, {keys}", p.source, p.issuer));
-        }
-        let mut engine = engine;
-        if let Some(secret) = shared_secret() {
-            engine.set_cache_secret(&secret);
-        }
-        let remote = engine.has_remote_jwks();
-        match self.shared.try_borrow_mut() {
-            Ok(mut s) => {
-                s.engine = Some(engine);
-                s.metrics = Metrics::define();
+                format!("inline JWKS with {} usable keys", k.keys.len())
             }
-            Err(_) => return false,
-        }
-        // The first tick starts the fetches (clusters are not usable during configuration);
-        // ticks also flush the counters and refresh the shared cache secret.
-        let _ = hostcalls::set_tick_period(if remote { FAST_TICK } else { SLOW_TICK });
-        true
+            JwksSource::Remote(r) => format!("keys from {} via cluster {}", r.endpoint.uri, r.endpoint.cluster),
+        };
+        wasmesh_proxy::log_info(&format!("wasmesh authn: {}: issuer {:?}, {keys}", p.source, p.issuer));
     }
-
-    fn on_tick(&mut self) {
-        self.dispatch_due();
-        self.run_waiters(true);
-        let secret = shared_secret();
-        if let Ok(mut s) = self.shared.try_borrow_mut() {
-            let s = &mut *s;
-            s.metrics.flush();
-            if let (Some(secret), Some(engine)) = (secret, s.engine.as_mut()) {
-                engine.set_cache_secret(&secret);
-            }
-        }
-        let busy = self.shared.try_borrow().map(|s| !s.waiting.is_empty()).unwrap_or(false);
-        let _ = hostcalls::set_tick_period(if busy { FAST_TICK } else { SLOW_TICK });
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(AuthnStream { id: context_id, shared: self.shared.clone(), refused: false, paused: false }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct AuthnStream {
-    id: u32,
-    shared: SharedRc,
-    /// Refused here: body and trailers must not pass.
-    refused: bool,
-    /// Paused here; the root context may since have resumed or refused it.
-    paused: bool,
-}
-
-impl AuthnStream {
-    /// Still paused, or refused after a pause.
-    fn is_held(&self) -> bool {
-        self.shared
-            .try_borrow()
-            .map(|s| s.waiting.iter().any(|w| w.context_id == self.id) || s.refused.contains(&self.id))
-            .unwrap_or(true)
-    }
-}
-
-impl Context for AuthnStream {
-    fn on_done(&mut self) -> bool {
-        if let Ok(mut s) = self.shared.try_borrow_mut() {
-            s.waiting.retain(|w| w.context_id != self.id);
-            s.refused.retain(|id| *id != self.id);
-        }
-        true
-    }
-}
-
-impl HttpContext for AuthnStream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match process(&self.shared, self.id, None) {
-            Step::Continue => Action::Continue,
-            Step::Respond(d) => {
-                self.refused = true;
-                respond(&d);
-                Action::Pause
-            }
-            Step::Wait => {
-                self.paused = true;
-                Action::Pause
-            }
-        }
-    }
-
-    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-        // While the headers wait for keys (or were refused) the body must not be let through:
-        // continuing here would release the request to later filters unauthenticated.
-        if self.refused || (self.paused && self.is_held()) {
-            return Action::Pause;
-        }
-        Action::Continue
-    }
-
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if self.refused || (self.paused && self.is_held()) {
-            return Action::Pause;
-        }
-        Action::Continue
-    }
-}
-
-/// The authn phase (for the one-pass chain): being written; until then `wasmesh.chain` refuses it.
-pub fn build(
-    _config: &[u8],
-    _resumer: &wasmesh_proxy::phase::Resumer,
-) -> Result<Vec<std::rc::Rc<dyn wasmesh_proxy::phase::Phase>>, String> {
-    Err("authn does not run as a phase yet".into())
 }

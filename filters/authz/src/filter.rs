@@ -4,9 +4,10 @@
 //! the CUSTOM check request and what the provider's answer means, the hand-over for access
 //! logs); this crate reads Envoy through the core's [`Host`] trait and acts:
 //!
-//! - [`http`]: the HTTP filter. Deny is `403 RBAC: access denied`, as Istio's RBAC filter;
-//!   CUSTOM is an HTTP check to the `envoyExtAuthzHttp` provider with `dispatch_http_call`,
-//!   reproducing Envoy's HTTP ext_authz client;
+//! - [`http`]: the HTTP phase (alone in its filter, or one phase of `wasmesh.chain`). Deny is
+//!   `403 RBAC: access denied`, as Istio's RBAC filter; CUSTOM is an HTTP check to the
+//!   `envoyExtAuthzHttp` provider sent on the request's stream, reproducing Envoy's HTTP
+//!   ext_authz client;
 //! - [`tcp`]: on a TCP port (configuration `stage: tcp`) the network authorization filter,
 //!   Istio's network RBAC, deciding on the connection's first bytes from the client (when the
 //!   TLS handshake is done and the peer certificate is known, as Envoy's network RBAC filter
@@ -15,8 +16,13 @@
 //!   the connection's physical peer address in filter state, because an HTTP filter only sees
 //!   the address the HCM derived from `x-forwarded-for`, and `ipBlocks`/`source.ip` match the
 //!   physical peer (Envoy RBAC `direct_remote_ip`);
-//! - [`metrics`]: every decision is counted (`wasmcustom.wasmesh.authz.*`) and written to filter
-//!   state `wasmesh.authz.decision` ([`wasmesh_handover::AuthzDecision`]) for access logs.
+//! - [`metrics`]: every decision is counted (`wasmcustom.wasmesh.authz.*`, flushed on the
+//!   driver's tick) and written to filter state `wasmesh.authz.decision`
+//!   ([`wasmesh_handover::AuthzDecision`]) for access logs.
+//!
+//! Every role is a [`Phase`] run by the one driver ([`ChainRoot`]): the TCP roles are network
+//! phases ([`Phase::is_network`]) whose connections are the [`tcp`] and [`peer_address`] stream
+//! contexts.
 //!
 //! Fail closed: a configuration that cannot be compiled refuses to load; an input the policies
 //! need that cannot be read, an undecodable identity hand-over or a hostcall failure denies.
@@ -32,111 +38,133 @@ pub mod peer_address;
 pub mod tcp;
 
 use metrics::Metrics;
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::traits::{RootContext, StreamContext};
 use std::rc::Rc;
+use std::time::Duration;
 use wasmesh_authz::view::{Host, HostFailure};
-use wasmesh_authz::{Authz, AuthzConfig, Stage};
+use wasmesh_authz::{Authz, AuthzConfig, HeaderList, Stage, DENY_BODY, DENY_STATUS};
 use wasmesh_istio::FilterConfig;
+use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
+use wasmesh_proxy::stream::{HeaderReads, Stream};
 
 pub use wasmesh_authz::view::PEER_ADDRESS_KEY;
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
 /// `filters/wasmesh` for the root ids it hands to this filter, call it).
 pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
-    Box::new(AuthzRoot { role: None })
+    Box::new(ChainRoot::new("wasmesh authz", build))
 }
 
-/// What one plugin configuration makes of this module.
-enum Role {
-    Http(Rc<Shared>),
-    /// The network filter of a TCP port.
-    Tcp(Rc<Shared>),
-    PeerAddress,
+/// The authz phase its plugin configuration asks for: the HTTP phase (stage `all`, `rbac` or
+/// `custom`), the network RBAC of a TCP port (stage `tcp`), or the peer-address network role.
+pub fn build(config: &[u8], _resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, String> {
+    if peer_address::is_peer_address_role(config) {
+        return Ok(vec![Rc::new(PeerAddressPhase)]);
+    }
+    let authz = compile(config)?;
+    for w in authz.warnings() {
+        wasmesh_proxy::log_warn(&format!("wasmesh authz: {w}"));
+    }
+    wasmesh_proxy::log_info(&format!(
+        "wasmesh authz: configured ({:?} stage), policies: {}",
+        authz.stage(),
+        if authz.applied().is_empty() { "none".to_string() } else { authz.applied().join(", ") }
+    ));
+    let metrics = Metrics::define(&authz);
+    Ok(vec![Rc::new(AuthzPhase { shared: Rc::new(Shared { authz, metrics }) })])
 }
 
-struct AuthzRoot {
-    role: Option<Role>,
-}
-
-/// The compiled policies and the counters, shared by every stream of the plugin.
+/// The compiled policies and the counters, shared by every request or connection of the plugin.
 pub struct Shared {
     pub authz: Authz,
     pub metrics: Metrics,
 }
 
-impl Context for AuthzRoot {
-    fn on_done(&mut self) -> bool {
-        if let Some(Role::Http(s) | Role::Tcp(s)) = &self.role {
-            s.metrics.flush();
+/// The authorization phase: HTTP, or (stage `tcp`) the network filter of a TCP port.
+struct AuthzPhase {
+    shared: Rc<Shared>,
+}
+
+impl Phase for AuthzPhase {
+    fn name(&self) -> &'static str {
+        match self.shared.authz.stage() {
+            Stage::Custom => "authz custom",
+            Stage::Tcp => "authz tcp",
+            Stage::All | Stage::Rbac => "authz",
         }
-        true
+    }
+
+    fn start(self: Rc<Self>, _context_id: u32) -> Box<dyn PhaseRequest> {
+        if self.is_network() {
+            // A network filter given an HTTP request (Envoy does not do this): refuse it.
+            return Box::new(Refuse);
+        }
+        Box::new(http::AuthzRequest::new(self.shared.clone()))
+    }
+
+    /// Alone in its filter: one by one when the policies read few pseudo-headers and nothing
+    /// else of the request (the core decides, [`Authz::reads_few_headers`]), the whole map
+    /// otherwise.
+    fn header_reads(&self) -> HeaderReads {
+        if self.shared.authz.reads_few_headers() {
+            HeaderReads::OneByOne
+        } else {
+            HeaderReads::Map
+        }
+    }
+
+    fn tick_period(&self) -> Option<Duration> {
+        Some(metrics::FLUSH_PERIOD)
+    }
+
+    fn tick(&self) {
+        self.shared.metrics.flush();
+    }
+
+    fn done(&self) {
+        self.shared.metrics.flush();
+    }
+
+    fn is_network(&self) -> bool {
+        self.shared.authz.stage() == Stage::Tcp
+    }
+
+    fn stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        // An HTTP stage given a connection (not configured as a network filter): refuse it.
+        let shared = self.is_network().then(|| self.shared.clone());
+        Some(Box::new(tcp::AuthzTcp::new(shared)))
     }
 }
 
-impl RootContext for AuthzRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(bytes) = wasmesh_proxy::plugin_configuration() else {
-            wasmesh_proxy::log_error("wasmesh authz: no plugin configuration; expected the JSON wasmeshctl writes");
-            return false;
-        };
-        if peer_address::is_peer_address_role(&bytes) {
-            self.role = Some(Role::PeerAddress);
-            return true;
-        }
-        let authz = match compile(&bytes) {
-            Ok(authz) => authz,
-            Err(e) => {
-                wasmesh_proxy::log_error(&format!("wasmesh authz: configuration rejected: {e}"));
-                return false;
-            }
-        };
-        for w in authz.warnings() {
-            wasmesh_proxy::log_warn(&format!("wasmesh authz: {w}"));
-        }
-        wasmesh_proxy::log_info(&format!(
-            "wasmesh authz: configured ({:?} stage), policies: {}",
-            authz.stage(),
-            if authz.applied().is_empty() { "none".to_string() } else { authz.applied().join(", ") }
-        ));
-        let metrics = Metrics::define(&authz);
-        let shared = Rc::new(Shared { authz, metrics });
-        self.role = Some(if shared.authz.stage() == Stage::Tcp { Role::Tcp(shared) } else { Role::Http(shared) });
-        if hostcalls::set_tick_period(metrics::FLUSH_PERIOD).is_err() {
-            wasmesh_proxy::log_warn("wasmesh authz: no tick; counters are flushed when the VM stops");
-        }
+/// The network role recording the connection's physical peer address.
+struct PeerAddressPhase;
+
+impl Phase for PeerAddressPhase {
+    fn name(&self) -> &'static str {
+        "authz peer address"
+    }
+
+    fn start(self: Rc<Self>, _context_id: u32) -> Box<dyn PhaseRequest> {
+        Box::new(Refuse)
+    }
+
+    fn is_network(&self) -> bool {
         true
     }
 
-    fn on_tick(&mut self) {
-        if let Some(Role::Http(s) | Role::Tcp(s)) = &self.role {
-            s.metrics.flush();
-        }
+    fn stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        Some(Box::new(peer_address::PeerAddress))
     }
+}
 
-    fn get_type(&self) -> Option<ContextType> {
-        match self.role {
-            Some(Role::PeerAddress | Role::Tcp(_)) => Some(ContextType::StreamContext),
-            _ => Some(ContextType::HttpContext),
-        }
-    }
+/// A request a network role was given: denied (fail closed).
+struct Refuse;
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let shared = match &self.role {
-            Some(Role::Http(s)) => Some(s.clone()),
-            _ => None,
-        };
-        Some(Box::new(http::AuthzHttp::new(shared)))
-    }
-
-    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
-        match &self.role {
-            Some(Role::PeerAddress) => Some(Box::new(peer_address::PeerAddress)),
-            Some(Role::Tcp(s)) => Some(Box::new(tcp::AuthzTcp::new(Some(s.clone())))),
-            // Not configured as a network filter: refuse the connection (fail closed).
-            _ => Some(Box::new(tcp::AuthzTcp::new(None))),
-        }
+impl PhaseRequest for Refuse {
+    fn request_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
+        wasmesh_proxy::log_error("wasmesh authz: a network role was given an HTTP request; denying it");
+        s.send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
+        Flow::Answered
     }
 }
 
@@ -150,12 +178,31 @@ fn compile(bytes: &[u8]) -> Result<Authz, String> {
     cfg.compile(&resources).map_err(|e| e.to_string())
 }
 
-/// The real host: Envoy's hostcalls.
+/// The request as the HTTP phase reads it: through its stream, so each header and property is
+/// asked of Envoy at most once per request whatever phase asks first (in the one-pass chain the
+/// headers come from the one map and the identity authn handed over from memory).
+pub struct StreamHost<'s>(pub &'s Stream);
+
+impl Host for StreamHost<'_> {
+    fn with_request_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), HostFailure> {
+        self.0.with_request_headers(|h| h.map(f).map_err(|_| HostFailure))
+    }
+    fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
+        self.0.request_header(name).map_err(|_| HostFailure)
+    }
+    fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostFailure> {
+        self.0.property(path).map_err(|_| HostFailure)
+    }
+}
+
+/// The network roles' host: Envoy's hostcalls (a connection has no stream).
 pub struct Envoy;
 
 impl Host for Envoy {
-    fn request_headers(&self) -> Result<Vec<(String, Vec<u8>)>, HostFailure> {
-        wasmesh_proxy::try_request_headers().map_err(|_| HostFailure)
+    fn with_request_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), HostFailure> {
+        let all = wasmesh_proxy::try_request_headers().map_err(|_| HostFailure)?;
+        f(&all);
+        Ok(())
     }
     fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
         wasmesh_proxy::try_request_header(name).map_err(|_| HostFailure)
@@ -163,12 +210,4 @@ impl Host for Envoy {
     fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostFailure> {
         wasmesh_proxy::try_property(path).map_err(|_| HostFailure)
     }
-}
-
-/// The authz phase (for the one-pass chain): being written; until then `wasmesh.chain` refuses it.
-pub fn build(
-    _config: &[u8],
-    _resumer: &wasmesh_proxy::phase::Resumer,
-) -> Result<Vec<std::rc::Rc<dyn wasmesh_proxy::phase::Phase>>, String> {
-    Err("authz does not run as a phase yet".into())
 }

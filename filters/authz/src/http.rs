@@ -1,129 +1,145 @@
-//! The HTTP filter: per request, Istio's chain as the core orders it (PeerAuthentication,
-//! CUSTOM, AUDIT/DENY/ALLOW). A CUSTOM check pauses the request, sends the check the core built
-//! and resumes or answers when the provider's answer arrives (below the request path).
+//! The HTTP phase: per request, Istio's chain as the core orders it (PeerAuthentication,
+//! CUSTOM, AUDIT/DENY/ALLOW). A CUSTOM check is sent on the request's stream and the phase waits
+//! ([`Flow::Pause`]); the provider's answer comes to [`PhaseRequest::http_call_response`], whose
+//! [`Flow`] the driver acts on (it resumes the request, or the phase answered it).
 
 use super::metrics::RuleOutcome;
-use super::{Envoy, Shared};
+use super::{Shared, StreamHost};
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, MapType};
+use proxy_wasm::types::{BufferType, MapType};
 use std::rc::Rc;
 use wasmesh_authz::decision::RequestStep;
 use wasmesh_authz::ext_authz::{on_check_response, on_check_unsent, CheckAction, CheckOutcome, CheckResult, Mutation};
 use wasmesh_authz::view::HostView;
 use wasmesh_authz::{Provider, Reason, RuleId, RuleRef, Verdict, DENY_BODY, DENY_STATUS};
+use wasmesh_proxy::phase::{Flow, PhaseRequest};
+use wasmesh_proxy::stream::Stream;
 
 /// One per request.
-pub struct AuthzHttp {
-    /// `None` when the plugin is not an HTTP authorization filter: every request is denied.
-    shared: Option<Rc<Shared>>,
+pub struct AuthzRequest {
+    shared: Rc<Shared>,
     /// The CUSTOM check in flight: its token and the rule that asked for it.
     pending: Option<(u32, RuleId)>,
     /// `headersToDownstreamOnAllow` from the provider, added to the response.
     allow_response_headers: Vec<(String, Vec<u8>)>,
 }
 
-impl AuthzHttp {
-    pub fn new(shared: Option<Rc<Shared>>) -> AuthzHttp {
-        AuthzHttp { shared, pending: None, allow_response_headers: Vec::new() }
+impl AuthzRequest {
+    pub fn new(shared: Rc<Shared>) -> AuthzRequest {
+        AuthzRequest { shared, pending: None, allow_response_headers: Vec::new() }
     }
 }
 
-impl HttpContext for AuthzHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            wasmesh_proxy::send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
-            return Action::Pause;
-        };
-        let view = HostView::new(Envoy, &shared.authz);
+impl PhaseRequest for AuthzRequest {
+    fn request_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
+        let shared = self.shared.clone();
+        let view = HostView::new(StreamHost(s), &shared.authz);
         match shared.authz.on_request(&view) {
             RequestStep::Decided { verdict, peer_authn } => {
                 if peer_authn {
                     shared.metrics.peer_authn_denied.bump();
                 }
-                finish(&shared, &verdict)
+                finish(s, &shared, &verdict)
             }
-            RequestStep::Continue => Action::Continue,
+            RequestStep::Continue => Flow::Continue,
             RequestStep::Check { provider, rule, headers } => {
                 shared.metrics.rule(RuleOutcome::Custom, rule.id);
                 match headers {
-                    Ok(headers) => self.dispatch(&shared, provider, rule, &headers),
+                    Ok(headers) => self.dispatch(s, &shared, provider, rule, &headers),
                     // The check request cannot be built: fail closed.
-                    Err(m) => finish(&shared, &Verdict::deny(Reason::Missing(m))),
+                    Err(m) => finish(s, &shared, &Verdict::deny(Reason::Missing(m))),
                 }
             }
         }
     }
 
-    /// While a CUSTOM check is in flight the body waits (Envoy buffers it): continuing here would
-    /// let Envoy forward the request before the provider answered.
-    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-        if self.pending.is_some() {
-            Action::Pause
-        } else {
-            Action::Continue
-        }
-    }
+    // Body and trailers need nothing: the driver holds them while the check is in flight.
 
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if self.pending.is_some() {
-            Action::Pause
-        } else {
-            Action::Continue
-        }
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn response_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
         for (k, v) in std::mem::take(&mut self.allow_response_headers) {
-            wasmesh_proxy::add_response_header(&k, &v);
+            s.add_response_header(&k, &v);
         }
-        Action::Continue
+        Flow::Continue
+    }
+
+    /// The provider's answer to the check sent by [`AuthzRequest::dispatch`].
+    fn http_call_response(
+        &mut self,
+        s: &Stream,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) -> Option<Flow> {
+        let (token, rule) = self.pending?;
+        if token != token_id {
+            return None;
+        }
+        self.pending = None;
+        let shared = self.shared.clone();
+        let authz = &shared.authz;
+        let rule = RuleRef { id: rule, name: authz.rule_name(rule).unwrap_or_default() };
+        let Some(provider) = authz.provider() else {
+            wasmesh_proxy::log_debug(&format!("wasmesh authz: {DENY_STATUS}: no provider"));
+            shared.metrics.custom_denied(rule);
+            s.send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
+            return Some(Flow::Answered);
+        };
+        let headers = if num_headers == 0 {
+            Vec::new()
+        } else {
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default()
+        };
+        let read_body = |n: usize| hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, n).ok().flatten();
+        let outcome = on_check_response(provider, &headers, body_size, read_body);
+        Some(self.apply(s, &shared, provider, rule, outcome))
     }
 }
 
 /// Counts the verdict and acts on it.
-fn finish(shared: &Shared, v: &Verdict<'_>) -> Action {
+fn finish(s: &Stream, shared: &Shared, v: &Verdict<'_>) -> Flow {
     shared.metrics.account(&shared.authz, v);
     if v.allowed {
-        Action::Continue
+        Flow::Continue
     } else {
-        wasmesh_proxy::send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
-        Action::Pause
+        s.send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
+        Flow::Answered
     }
 }
 
-impl AuthzHttp {
-    /// Sends the check request; the request waits for [`Context::on_http_call_response`].
+impl AuthzRequest {
+    /// Sends the check request; the request waits for [`PhaseRequest::http_call_response`].
     fn dispatch(
         &mut self,
+        s: &Stream,
         shared: &Shared,
         provider: &Provider,
         rule: RuleRef<'_>,
         headers: &[(String, String)],
-    ) -> Action {
+    ) -> Flow {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        match hostcalls::dispatch_http_call(&provider.cluster, headers, None, Vec::new(), provider.timeout) {
+        match s.dispatch_http_call(&provider.cluster, &headers, None, provider.timeout) {
             Ok(token) => {
                 self.pending = Some((token, rule.id));
-                Action::Pause
+                Flow::Pause
             }
             Err(e) => {
                 let outcome = on_check_unsent(provider, &wasmesh_proxy::status_text(e));
-                self.apply(shared, provider, rule, outcome, false)
+                self.apply(s, shared, provider, rule, outcome)
             }
         }
     }
 
-    /// Acts on the provider's answer (or on its absence). `resume`: the request is paused
-    /// waiting for the answer and must be resumed when it goes on.
+    /// Acts on the provider's answer (or on its absence): [`Flow::Continue`] lets the request
+    /// go on (the driver resumes it when it waited), [`Flow::Answered`] when it was denied.
     fn apply(
         &mut self,
+        s: &Stream,
         shared: &Shared,
         provider: &Provider,
         rule: RuleRef<'_>,
         outcome: CheckOutcome,
-        resume: bool,
-    ) -> Action {
+    ) -> Flow {
         let m = &shared.metrics;
         match outcome.result {
             CheckResult::Ok => m.custom_ok.bump(),
@@ -146,59 +162,28 @@ impl AuthzHttp {
         }
         match outcome.action {
             CheckAction::Allow { request, response_headers } => {
+                // Through the stream: Envoy gets the change and later phases see it.
                 for change in &request {
                     match change {
-                        Mutation::Set(k, v) => wasmesh_proxy::set_request_header(k, v),
-                        Mutation::Remove(k) => wasmesh_proxy::remove_request_header(k),
+                        Mutation::Set(k, v) => s.set_request_header(k, v),
+                        Mutation::Remove(k) => s.remove_request_header(k),
                     };
                 }
                 self.allow_response_headers.extend(response_headers);
                 // Read after the provider's headers were applied: ALLOW/DENY see them, as in Istio.
-                let view = HostView::new(Envoy, &shared.authz);
-                let action = match shared.authz.after_check(&view) {
-                    Some(v) => finish(shared, &v),
-                    None => Action::Continue,
-                };
-                if resume && matches!(action, Action::Continue) {
-                    let _ = hostcalls::resume_http_request();
+                let view = HostView::new(StreamHost(s), &shared.authz);
+                match shared.authz.after_check(&view) {
+                    Some(v) => finish(s, shared, &v),
+                    None => Flow::Continue,
                 }
-                action
             }
             CheckAction::Deny { status, headers, body, why } => {
                 wasmesh_proxy::log_debug(&format!("wasmesh authz: {status}: {why}"));
                 m.custom_denied(rule);
                 let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                wasmesh_proxy::send_response(status, &headers, body.as_deref());
-                Action::Pause
+                s.send_response(status, &headers, body.as_deref());
+                Flow::Answered
             }
         }
-    }
-}
-
-impl Context for AuthzHttp {
-    /// The provider's answer to the check sent by [`AuthzHttp::dispatch`].
-    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let Some(shared) = self.shared.clone() else { return };
-        let Some((token, rule)) = self.pending.take() else { return };
-        if token != token_id {
-            return;
-        }
-        let authz = &shared.authz;
-        let name = authz.rule_name(rule).unwrap_or_default();
-        let rule = RuleRef { id: rule, name };
-        let Some(provider) = authz.provider() else {
-            wasmesh_proxy::log_debug(&format!("wasmesh authz: {DENY_STATUS}: no provider"));
-            shared.metrics.custom_denied(rule);
-            wasmesh_proxy::send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
-            return;
-        };
-        let headers = if num_headers == 0 {
-            Vec::new()
-        } else {
-            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default()
-        };
-        let read_body = |n: usize| hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, n).ok().flatten();
-        let outcome = on_check_response(provider, &headers, body_size, read_body);
-        self.apply(&shared, provider, rule, outcome, true);
     }
 }

@@ -208,6 +208,12 @@ impl RemoteJwks {
         self.in_flight.is_some()
     }
 
+    /// No fetch is in flight or wanted, and one was tried: a request that waited for these keys
+    /// gets its answer when evaluated now (the keys, or `Jwks remote fetch is failed`).
+    pub fn settled(&self) -> bool {
+        self.attempted && self.in_flight.is_none() && !self.wanted
+    }
+
     pub fn consecutive_failures(&self) -> u32 {
         self.failures
     }
@@ -428,6 +434,30 @@ mod tests {
         r.request_kid_refetch(5000);
         assert!(r.poll(5000).is_none());
         assert!(r.kid_refetch_allowed(11_000));
+    }
+
+    #[test]
+    fn keys_settle_when_no_fetch_is_in_flight_or_wanted() {
+        let mut r = remote(true);
+        assert!(!r.settled(), "never tried: the first fetch is coming");
+        r.poll(0).unwrap();
+        assert!(!r.settled(), "discovery in flight");
+        let doc = br#"{"jwks_uri":"https://idp.example/keys"}"#;
+        r.on_response(1, Some(200), doc);
+        assert!(!r.settled(), "discovered: the JWKS fetch follows");
+        r.poll(2).unwrap();
+        assert!(!r.settled());
+        r.on_response(3, Some(503), b"");
+        assert!(r.settled(), "failed: a waiting request is refused now");
+        r.poll(10_000).unwrap();
+        r.on_response(10_001, Some(200), JWKS.as_bytes());
+        assert!(r.settled());
+        r.request_kid_refetch(20_000);
+        assert!(!r.settled(), "an unknown kid wants a refetch");
+        r.poll(20_000).unwrap();
+        assert!(!r.settled());
+        r.on_response(20_001, Some(200), JWKS.as_bytes());
+        assert!(r.settled());
     }
 
     #[test]

@@ -891,3 +891,30 @@ fn without_workload_the_config_parses_and_compiling_refuses() {
     with.workload = Some(workload());
     assert!(with.compile_parsed(bytes).is_ok());
 }
+
+#[test]
+fn the_clock_is_read_only_when_a_token_is_checked_and_then_once() {
+    let s = es256();
+    let a = one_rule(&s, "");
+    let reads = std::cell::Cell::new(0u32);
+    let clock = || {
+        reads.set(reads.get() + 1);
+        NOW * 1000
+    };
+    let run = |r: &Req| {
+        reads.set(0);
+        let mut cache = MapCache::default();
+        let out = a.evaluate_with_clock(r, &clock, &mut cache, &mut EvalStats::default());
+        (out, reads.get())
+    };
+    let (out, n) = run(&Req::get("/"));
+    assert_eq!((identity(&out), n), (None, 0), "no token: no clock read");
+    let pre = Req::get("/").method("OPTIONS").with("origin", "http://web").with("access-control-request-method", "GET");
+    assert_eq!(run(&pre), (Outcome::CorsBypass, 0));
+    let t = s.sign(&claims(json!({})));
+    let (out, n) = run(&Req::get(&format!("/?access_token={t}")).bearer(&t));
+    assert!(identity(&out).is_some(), "{out:?}");
+    assert_eq!(n, 1, "two tokens, one clock read");
+    let expired = s.sign(&claims(json!({"exp": NOW - 3600})));
+    assert_eq!(denied(&run(&Req::get("/").bearer(&expired)).0).1, "Jwt is expired");
+}

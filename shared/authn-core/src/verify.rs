@@ -177,8 +177,9 @@ struct Success<'g> {
 type LookedUp<'g> = (&'g str, [u8; 16], Option<Rc<Entry>>);
 
 struct Ctx<'g, 'c> {
-    now: u64,
-    now_ms: u64,
+    /// The time (Unix ms), asked of the clock the first time a token needs it.
+    clock: &'c dyn Fn() -> u64,
+    now_ms: Option<u64>,
     cache: &'c mut dyn TokenCache,
     parsed: Vec<(&'g str, Result<Jwt, Status>)>,
     looked_up: Vec<LookedUp<'g>>,
@@ -274,6 +275,21 @@ impl Authn {
         }
     }
 
+    /// Whether the keys of these providers are settled (see [`RemoteJwks::settled`]): a request
+    /// that waited for them can be evaluated again without waiting again. Inline keys always are.
+    pub fn keys_settled(&self, providers: &[usize]) -> bool {
+        providers.iter().all(|i| match self.providers.get(*i).map(|p| &p.jwks) {
+            Some(JwksSource::Remote(r)) => r.settled(),
+            Some(JwksSource::Inline(_)) | None => true,
+        })
+    }
+
+    /// Whether a fetch is in flight, wanted, or not yet tried for any provider (the adapter
+    /// checks more often meanwhile).
+    pub fn fetches_pending(&self) -> bool {
+        self.providers.iter().any(|p| matches!(&p.jwks, JwksSource::Remote(r) if !r.settled()))
+    }
+
     /// JWKS fetches to start now (start-up, refresh, retry after backoff, unknown `kid`).
     pub fn poll_fetches(&mut self, now_ms: u64) -> Vec<(usize, FetchRequest)> {
         let mut out = Vec::new();
@@ -318,13 +334,26 @@ impl Authn {
         cache: &mut dyn TokenCache,
         stats: &mut EvalStats,
     ) -> Outcome {
+        self.evaluate_with_clock(req, &|| now_ms, cache, stats)
+    }
+
+    /// Evaluates a request, asking `clock` for the time (Unix ms) only when a token is checked,
+    /// and then once: a request without a token (or a CORS preflight) needs no clock read.
+    pub fn evaluate_with_clock(
+        &self,
+        req: &dyn RequestHeaders,
+        clock: &dyn Fn() -> u64,
+        cache: &mut dyn TokenCache,
+        stats: &mut EvalStats,
+    ) -> Outcome {
         if self.providers.is_empty() {
             return Outcome::NotConfigured;
         }
-        let method = req.header(":method").unwrap_or_default();
-        if method == b"OPTIONS"
+        // The three conditions of a CORS preflight, the one most requests lack first: an absent
+        // header is the cheapest read for a host that reads headers one by one.
+        if req.header("access-control-request-method").is_some_and(|v| !v.is_empty())
+            && req.header(":method").is_some_and(|m| m == b"OPTIONS")
             && req.header("origin").is_some_and(|v| !v.is_empty())
-            && req.header("access-control-request-method").is_some_and(|v| !v.is_empty())
         {
             return Outcome::CorsBypass;
         }
@@ -345,8 +374,8 @@ impl Authn {
         }
         let gathered = gathered;
         let mut ctx = Ctx {
-            now: now_ms / 1000,
-            now_ms,
+            clock,
+            now_ms: None,
             cache,
             parsed: Vec::new(),
             looked_up: Vec::new(),
@@ -513,14 +542,16 @@ impl Authn {
             ctx.stats.tokens_too_large += 1;
             return R::Err(Status::JwtTooLarge);
         }
+        let now_ms = *ctx.now_ms.get_or_insert_with(|| (ctx.clock)());
+        let now = now_ms / 1000;
         let looked = self.lookup(token, ctx);
         if let Some((_, Some(e))) = &looked {
             // Same hash: same token, so its issuer is known without parsing.
             if !p.issuer.is_empty() && e.iss != p.issuer {
                 return R::Err(Status::JwtUnknownIssuer);
             }
-            if e.provider as usize == p.index && e.fresh(ctx.now) && p.key_still_served(e.key_fp) {
-                let t = time_constraint(e.nbf, e.exp, ctx.now, CLOCK_SKEW_SECS);
+            if e.provider as usize == p.index && e.fresh(now) && p.key_still_served(e.key_fp) {
+                let t = time_constraint(e.nbf, e.exp, now, CLOCK_SKEW_SECS);
                 if t != Status::Ok {
                     return R::Err(t);
                 }
@@ -551,7 +582,7 @@ impl Authn {
         if !p.issuer.is_empty() && jwt.iss != p.issuer {
             return R::Err(Status::JwtUnknownIssuer);
         }
-        let t = jwt.verify_time(ctx.now, CLOCK_SKEW_SECS);
+        let t = jwt.verify_time(now, CLOCK_SKEW_SECS);
         if t != Status::Ok {
             return R::Err(t);
         }
@@ -562,7 +593,7 @@ impl Authn {
             JwksSource::Inline(set) => set,
             JwksSource::Remote(r) => match r.key_state() {
                 KeyState::Ready(set) => {
-                    if !set.has_candidate(jwt) && r.kid_refetch_allowed(ctx.now_ms) {
+                    if !set.has_candidate(jwt) && r.kid_refetch_allowed(now_ms) {
                         ctx.waits.push(WaitFor { provider: p.index, unknown_kid: true });
                         return R::Wait;
                     }
@@ -576,7 +607,7 @@ impl Authn {
             },
         };
         ctx.stats.signature_checks += 1;
-        let fp = match keys.verify(token, jwt, ctx.now, CLOCK_SKEW_SECS, self.opts.max_token_bytes) {
+        let fp = match keys.verify(token, jwt, now, CLOCK_SKEW_SECS, self.opts.max_token_bytes) {
             Ok(fp) => fp,
             Err(s) => return R::Err(s),
         };
@@ -598,7 +629,7 @@ impl Authn {
             iss: jwt.iss.clone(),
             nbf: jwt.nbf,
             exp: jwt.exp,
-            verified_at: ctx.now,
+            verified_at: now,
             audiences: jwt.audiences.clone(),
             identity: encoded,
             claim_headers,

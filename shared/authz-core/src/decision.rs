@@ -48,7 +48,9 @@ impl Authz {
             CustomOutcome::Continue => {}
             CustomOutcome::Deny(verdict) => return RequestStep::Decided { verdict, peer_authn: false },
             CustomOutcome::Check { provider, rule } => {
-                let headers = req.all_headers().map(|all| check_request_headers(provider, all));
+                let mut built = Vec::new();
+                let headers =
+                    req.with_all_headers(&mut |all| built = check_request_headers(provider, all)).map(|()| built);
                 return RequestStep::Check { provider, rule, headers };
             }
         }

@@ -155,10 +155,14 @@ impl<'a> Request<'a> {
     }
 }
 
+/// Request headers as the host hands them: names lower-case, values raw, in arrival order (a
+/// repeated header is several entries).
+pub type HeaderList = [(String, Vec<u8>)];
+
 /// What the evaluation reads from a request. [`Request`] holds it all up front; the filter
 /// implements it lazily, so an input is fetched from Envoy only when a rule looks at it.
 pub trait View {
-    /// A pseudo-header (`:method`, `:path`, `:authority`; one value each). `Ok(None)` when the
+    /// A pseudo-header (`:method`, `:path` or `:authority`, the ones policies match; one value each). `Ok(None)` when the
     /// request has none; `Err` when the headers could not be read (the request is denied).
     fn pseudo(&self, name: &str) -> Result<Option<&[u8]>, Missing>;
     /// Whether `f` holds for any value of the header `name` (lower-case), values in order;
@@ -178,8 +182,9 @@ pub trait View {
     /// The verified JWT identity; `Err` when a hand-over exists but cannot be read.
     fn identity(&self) -> Result<Option<&RequestIdentity>, Missing>;
     fn metadata(&self) -> Result<&[MetadataEntry], Missing>;
-    /// Every request header, names lower-case, in arrival order (for a CUSTOM check request).
-    fn all_headers(&self) -> Result<&[(String, Vec<u8>)], Missing>;
+    /// Calls `f` with every request header, names lower-case, in arrival order (for a CUSTOM
+    /// check request); `Err` (and `f` not called) when the headers could not be read.
+    fn with_all_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), Missing>;
 }
 
 impl View for Request<'_> {
@@ -216,8 +221,9 @@ impl View for Request<'_> {
     fn metadata(&self) -> Result<&[MetadataEntry], Missing> {
         Ok(self.metadata)
     }
-    fn all_headers(&self) -> Result<&[(String, Vec<u8>)], Missing> {
-        Ok(self.headers)
+    fn with_all_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), Missing> {
+        f(self.headers);
+        Ok(())
     }
 }
 
@@ -267,4 +273,8 @@ pub struct Needs {
     pub identity: bool,
     /// `(filter, key)` pairs of `experimental.envoy.filters.*` conditions.
     pub metadata: Vec<(String, String)>,
+    /// How many of the pseudo-headers `:method`, `:path` and `:authority` some rule reads.
+    pub pseudo_headers: usize,
+    /// Some rule reads another request header, or a CUSTOM check forwards them all.
+    pub headers: bool,
 }

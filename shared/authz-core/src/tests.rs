@@ -543,11 +543,11 @@ impl View for Unreadable<'_> {
         }
         self.req.any_header(name, f)
     }
-    fn all_headers(&self) -> Result<&[(String, Vec<u8>)], Missing> {
+    fn with_all_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), Missing> {
         if self.input == "headers" {
             return Err(Missing("headers"));
         }
-        self.req.all_headers()
+        self.req.with_all_headers(f)
     }
     fn source_ip(&self) -> Option<IpAddr> {
         self.req.source_ip

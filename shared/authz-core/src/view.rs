@@ -1,5 +1,6 @@
 //! The request as the filter reads it from the host, lazily: every input is fetched on first use
-//! (most requests are decided on a pseudo-header or two), then kept. The host is behind
+//! (most requests are decided on a pseudo-header or two), then kept (the header map by the host,
+//! which reads it at most once per request). The host is behind
 //! [`Host`] (Envoy in the filter, a fake in the tests); a hostcall failure is kept as
 //! [`Missing`], so the rule that needs the input denies instead of seeing it as absent, while an
 //! absent input is evaluated as absent (a plaintext connection matches `notPrincipals`, as in
@@ -7,7 +8,7 @@
 #![deny(clippy::indexing_slicing)]
 
 use crate::metadata::decode_metadata;
-use crate::{parse_socket_address, Authz, MetadataEntry, Missing, PeerNames, Stage, View};
+use crate::{parse_socket_address, Authz, HeaderList, MetadataEntry, Missing, PeerNames, Stage, View};
 use std::cell::OnceCell;
 use std::net::IpAddr;
 use wasmesh_handover::RequestIdentity;
@@ -20,10 +21,14 @@ pub const PEER_ADDRESS_KEY: &str = "wasmesh.authz.peer_address";
 pub struct HostFailure;
 
 /// What the authz filters read from the host. Each keeps a failure (`Err`) apart from absence
-/// (`Ok(None)`).
+/// (`Ok(None)`). The filter implements it over its request's stream, which asks Envoy each
+/// answer at most once per request (the header map once, or single headers when the filter is
+/// alone and reads few), so this view keeps no copy of the header map.
 pub trait Host {
-    /// Every request header, names lower-case, in arrival order.
-    fn request_headers(&self) -> Result<Vec<(String, Vec<u8>)>, HostFailure>;
+    /// Calls `f` with every request header (names lower-case, in arrival order); `Err` (and `f`
+    /// not called) when they could not be read.
+    fn with_request_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), HostFailure>;
+    /// The first value of one request header (a pseudo-header).
     fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostFailure>;
     /// A property, or filter state when `path` is one key.
     fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostFailure>;
@@ -31,9 +36,6 @@ pub trait Host {
 
 /// The peer certificate's first URI SAN, first DNS SAN and subject.
 type PeerCert = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
-
-/// Request headers, names lower-case, in arrival order.
-type Headers = Vec<(String, Vec<u8>)>;
 
 const HEADERS_MISSING: Missing = Missing("the request headers (hostcall failed)");
 
@@ -44,8 +46,6 @@ pub struct HostView<'a, H: Host> {
     metadata_keys: &'a [(String, String)],
     /// A TCP connection: no headers, no JWT identity, the source address is the connection's.
     tcp: bool,
-    /// Every request header, fetched when a rule looks at a non-pseudo header (or for CUSTOM).
-    headers: OnceCell<Result<Headers, Missing>>,
     method: OnceCell<Result<Option<Vec<u8>>, Missing>>,
     path: OnceCell<Result<Option<Vec<u8>>, Missing>>,
     authority: OnceCell<Result<Option<Vec<u8>>, Missing>>,
@@ -66,7 +66,6 @@ impl<'a, H: Host> HostView<'a, H> {
             host,
             metadata_keys: &authz.needs().metadata,
             tcp: authz.stage() == Stage::Tcp,
-            headers: OnceCell::new(),
             method: OnceCell::new(),
             path: OnceCell::new(),
             authority: OnceCell::new(),
@@ -104,18 +103,15 @@ pub fn decode_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(arr))
 }
 
-fn find<'h>(all: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
-    all.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
-}
-
 impl<H: Host> View for HostView<'_, H> {
-    /// Every request header (one hostcall, then kept); empty for a TCP connection.
-    fn all_headers(&self) -> Result<&[(String, Vec<u8>)], Missing> {
+    /// Every request header, as the host keeps them; none for a TCP connection.
+    fn with_all_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), Missing> {
         if self.tcp {
             // A connection has no request headers: every header rule sees them absent.
-            return Ok(&[]);
+            f(&[]);
+            return Ok(());
         }
-        self.headers.get_or_init(|| self.host.request_headers().map_err(|_| HEADERS_MISSING)).as_deref().map_err(|m| *m)
+        self.host.with_request_headers(f).map_err(|_| HEADERS_MISSING)
     }
     fn pseudo(&self, name: &str) -> Result<Option<&[u8]>, Missing> {
         if self.tcp {
@@ -125,19 +121,20 @@ impl<H: Host> View for HostView<'_, H> {
             ":method" => (&self.method, Missing(":method (hostcall failed)")),
             ":path" => (&self.path, Missing(":path (hostcall failed)")),
             ":authority" => (&self.authority, Missing(":authority (hostcall failed)")),
-            _ => return Ok(find(self.all_headers()?, name)),
+            // The policies read no other pseudo-header; refuse rather than answer wrongly.
+            _ => return Err(Missing("a pseudo-header other than :method, :path and :authority")),
         };
-        // Once every header was read, a pseudo-header is found there (no copy, no hostcall).
-        if let Some(all) = self.headers.get() {
-            return all.as_deref().map(|all| find(all, name)).map_err(|m| *m);
-        }
         cell.get_or_init(|| self.host.request_header(name).map_err(|_| what))
             .as_ref()
             .map(Option::as_deref)
             .map_err(|m| *m)
     }
     fn any_header(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Result<bool, Missing> {
-        Ok(self.all_headers()?.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).any(|(_, v)| f(v)))
+        let mut found = false;
+        self.with_all_headers(&mut |all| {
+            found = all.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).any(|(_, v)| f(v));
+        })?;
+        Ok(found)
     }
     fn source_ip(&self) -> Option<IpAddr> {
         if self.tcp {
@@ -272,12 +269,13 @@ mod tests {
     }
 
     impl Host for Fake {
-        fn request_headers(&self) -> Result<Vec<(String, Vec<u8>)>, HostFailure> {
+        fn with_request_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), HostFailure> {
             self.calls.set(self.calls.get() + 1);
             if self.failing.contains(&"headers") {
                 return Err(HostFailure);
             }
-            Ok(self.headers.clone())
+            f(&self.headers);
+            Ok(())
         }
         fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
             self.calls.set(self.calls.get() + 1);
@@ -458,5 +456,27 @@ mod tests {
         let (allowed, _, calls) = decide(&a, Fake::request("/").mtls("spiffe://cluster.local/ns/foo/sa/b"));
         assert!(allowed);
         assert_eq!(calls, 4);
+    }
+
+    /// One by one while one pseudo-header and nothing else of the request is read; the map once
+    /// a second pseudo-header, another header or a CUSTOM check (all headers) is.
+    #[test]
+    fn few_pseudo_headers_are_read_one_by_one() {
+        let op = |o: serde_json::Value| allow(json!({"to": [{"operation": o}]}));
+        assert!(op(json!({"paths": ["/a"]})).reads_few_headers());
+        assert!(op(json!({"notPaths": ["/a"]})).reads_few_headers());
+        assert!(!op(json!({"methods": ["GET"], "notPaths": ["/a"]})).reads_few_headers());
+        assert!(allow(json!({"from": [{"source": {"namespaces": ["bar"]}}]})).reads_few_headers());
+        assert!(!op(json!({"hosts": ["a"], "paths": ["/a"]})).reads_few_headers());
+        assert!(!allow(json!({"when": [{"key": "request.headers[x-a]", "values": ["1"]}]})).reads_few_headers());
+        let cfg = json!({
+            "workload": {"name": "httpbin", "namespace": "foo"},
+            "extensionProviders": [{"name": "ext", "envoyExtAuthzHttp": {"service": "authz.foo.svc.cluster.local", "port": 9000}}],
+            "resources": [{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": "c", "namespace": "foo"},
+                "spec": {"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{"to": [{"operation": {"paths": ["/x"]}}]}]}}],
+        });
+        let custom = AuthzConfig::compile_json(cfg.to_string().as_bytes()).unwrap();
+        assert!(!custom.reads_few_headers(), "a CUSTOM check forwards every header");
     }
 }
