@@ -1,7 +1,7 @@
 # wasmesh: the entry points people type.
 #   make run    the demo mesh (installs what is missing, builds, generates, starts)
-#   make test   every test: core unit tests, the cores compiled to wasm, e2e in real Envoy (and the
-#               e2e smoke set on Envoy 1.36, 1.38, 1.40: test-compat)
+#   make test   every test: core unit tests, the cores compiled to wasm, e2e in real Envoy beside
+#               bench-check, the e2e smoke set on Envoy 1.36 and 1.38 (test-compat-others), fuzz-smoke
 #   make bench  no filter vs Envoy native vs wasmesh, side by side, in Envoy instructions per request
 #               (callgrind); writes BENCHMARKS.md
 #   make bench-check  the same scenarios in short batches against e2e/bench-budgets.json (fails when a
