@@ -128,11 +128,6 @@ pub struct Resumer {
 }
 
 impl Resumer {
-    /// A resumer with no requests behind it (for configuration tests).
-    pub fn detached() -> Resumer {
-        Resumer { waiting: Rc::default() }
-    }
-
     /// The phase is done waiting for request `context_id`: [`Flow::Continue`] runs the later
     /// phases and resumes the request, [`Flow::Answered`] means the phase has sent its reply.
     /// Call it with the stream as the effective context (`set_effective_context`), as the phase
