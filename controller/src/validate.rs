@@ -24,6 +24,43 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
         errors.append(&mut e);
     }
     errors.extend(refusals(resources));
+    for e in gateway_routes(resources) {
+        if !errors.contains(&e) {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
+/// The router compiled as each Istio Gateway's proxy, on each server port, exactly as
+/// `wasmeshctl envoy --role gateway` compiles it: what only a gateway refuses (TLS termination
+/// on a server, ...) is refused by `validate` too.
+fn gateway_routes(resources: &Resources) -> Vec<Error> {
+    let mut errors: Vec<Error> = Vec::new();
+    for (res, gw) in resources.gateways() {
+        let mut wl = wasmesh_istio::Workload::new(format!("gateway-{}", res.name()), res.namespace());
+        wl.labels = gw.selector.clone().into_iter().collect();
+        wl.mode = wasmesh_istio::ProxyMode::Gateway;
+        let mut ports: Vec<u32> = gw.servers.iter().map(|s| s.port.number).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        for port in ports {
+            let cfg = wasmesh_router::RouterConfig {
+                workload: Some(wl.clone()),
+                mesh: None,
+                gateway_port: Some(port),
+                cluster_header: wasmesh_router::DEFAULT_CLUSTER_HEADER.to_string(),
+                resources: Vec::new(),
+            };
+            if let Err(e) = cfg.compile(resources) {
+                for e in e.0 {
+                    if !errors.contains(&e) {
+                        errors.push(e);
+                    }
+                }
+            }
+        }
+    }
     errors
 }
 
@@ -93,6 +130,20 @@ pub fn refusals_with(resources: &Resources, blocked: &BlockedCidrs) -> Vec<Error
     }
     for (res, ra) in resources.request_authentications() {
         waypoint_targets(res, &ra.target_ref, &ra.target_refs, &mut errors);
+        for (i, rule) in ra.jwt_rules.iter().enumerate() {
+            // A key of an inline JWKS that cannot be used is skipped by the filter (as Envoy's
+            // JWKS parser skips it): refused here so that no key is silently left out.
+            let Some(jwks) = rule.jwks.as_deref().filter(|j| !j.is_empty()) else { continue };
+            if let Ok(set) = wasmesh_authn::jwks::parse_jwks(jwks) {
+                for skipped in &set.skipped {
+                    errors.push(Error::at(
+                        res,
+                        format!("spec.jwtRules[{i}].jwks"),
+                        format!("a key wasmesh cannot use: {skipped}; remove it or replace it with a supported key"),
+                    ));
+                }
+            }
+        }
         if blocked.is_empty() {
             continue;
         }
