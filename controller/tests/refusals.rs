@@ -29,10 +29,19 @@ struct Case {
 /// Core refusals that are not configuration wasmeshctl could refuse, with the reason.
 const EXEMPT: &[(&str, &str)] = &[
     ("Jwt header [alg] is not supported", "a token's header (wire input, answered 401 per request as jwt_authn does)"),
-    ("Gateway API is not supported by wasmesh yet (--skip-unsupported)", "the note printed when the user asked to skip them"),
+    (
+        "Gateway API is not supported by wasmesh yet (--skip-unsupported)",
+        "the note printed when the user asked to skip them",
+    ),
     ("several CUSTOM providers for one workload", "multiple CUSTOM providers: helper ext-grpc implements them"),
-    ("dynamic-metadata conditions are not enforced on TCP", "experimental.envoy.filters.* on TCP: helper authz-tcp implements them"),
-    ("unsupported escape in string literal", "reached only through the expression parser, whose refusal is the `is not supported` row"),
+    (
+        "dynamic-metadata conditions are not enforced on TCP",
+        "experimental.envoy.filters.* on TCP: helper authz-tcp implements them",
+    ),
+    (
+        "unsupported escape in string literal",
+        "reached only through the expression parser, whose refusal is the `is not supported` row",
+    ),
 ];
 
 fn ap(name: &str, spec: &str) -> String {
@@ -183,7 +192,8 @@ fn the_same_inputs_without_the_refused_field_are_accepted() {
         "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules: [{issuer: https://issuer.example, jwksUri: 'http://192.0.2.1:8080/keys'}]\n".into(),
     ];
     for yaml in ok {
-        let case = Case { core: "", yaml, mesh: None, blocked: Some("10.0.0.0/8"), resource: "", field: "", message: "" };
+        let case =
+            Case { core: "", yaml, mesh: None, blocked: Some("10.0.0.0/8"), resource: "", field: "", message: "" };
         assert_eq!(errors_for(&case), Vec::new(), "{}", case.yaml);
     }
 }

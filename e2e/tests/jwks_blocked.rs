@@ -5,7 +5,9 @@
 
 use serde_json::json;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use wasmesh_e2e::authn::{bootstrap, jwks, native_jwt_authn, wasm_authn_with, JwksServer, Mode, NativeJwks, Signer, TestKey};
+use wasmesh_e2e::authn::{
+    bootstrap, jwks, native_jwt_authn, wasm_authn_with, JwksServer, Mode, NativeJwks, Signer, TestKey,
+};
 use wasmesh_e2e::http::{request, Response};
 use wasmesh_e2e::{free_port, App, Envoy};
 use wasmesh_istio::{Resources, Workload};
@@ -55,9 +57,12 @@ fn a_jwks_uri_in_a_blocked_cidr_is_never_fetched_and_its_tokens_fail_as_a_failed
     let (_, clusters) = wasm_authn_with(&wl, &down_res, |_| {});
     let native = native_jwt_authn(&wl, &down_res, &NativeJwks::Remote, false);
     let native_port = free_port();
-    let _native =
-        Envoy::start_with("jwks-native-down", &bootstrap(native_port, free_port(), app.port, vec![native], clusters), 1)
-            .unwrap_or_else(|e| panic!("{e}"));
+    let _native = Envoy::start_with(
+        "jwks-native-down",
+        &bootstrap(native_port, free_port(), app.port, vec![native], clusters),
+        1,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 
     let r = send(open_port, Some(&token));
     assert_eq!(r.status, 200, "unblocked: {}", r.text());

@@ -63,7 +63,8 @@ impl BlockedCidrs {
                 Some((a, b)) => (a, Some(b)),
                 None => (text, None),
             };
-            let ip: IpAddr = addr.parse().map_err(|_| format!("{text:?} is not a CIDR block (expected e.g. 10.0.0.0/8)"))?;
+            let ip: IpAddr =
+                addr.parse().map_err(|_| format!("{text:?} is not a CIDR block (expected e.g. 10.0.0.0/8)"))?;
             let max = if ip.is_ipv4() { 32 } else { 128 };
             let bits = match bits {
                 None => max,
@@ -104,9 +105,8 @@ impl BlockedCidrs {
     /// Why a fetch of `ep` is refused: its host is an IP address inside a block.
     pub fn refuses(&self, ep: &JwksEndpoint) -> Option<String> {
         let ip: IpAddr = ep.host.parse().ok()?;
-        self.block_of(ip).map(|block| {
-            format!("{} is not fetched: {ip} is inside {block} of BLOCKED_CIDRS_IN_JWKS_URIS", ep.uri)
-        })
+        self.block_of(ip)
+            .map(|block| format!("{} is not fetched: {ip} is inside {block} of BLOCKED_CIDRS_IN_JWKS_URIS", ep.uri))
     }
 }
 
@@ -603,12 +603,18 @@ mod tests {
             (
                 "no usable key",
                 false,
-                Box::new(|r: &mut RemoteJwks| Some(r.on_response(1, Some(200), br#"{"keys":[{"kty":"XYZ","kid":"x"}]}"#))),
+                Box::new(|r: &mut RemoteJwks| {
+                    Some(r.on_response(1, Some(200), br#"{"keys":[{"kty":"XYZ","kid":"x"}]}"#))
+                }),
             ),
-            ("lost response", false, Box::new(|r: &mut RemoteJwks| {
-                r.poll(60_000);
-                None
-            })),
+            (
+                "lost response",
+                false,
+                Box::new(|r: &mut RemoteJwks| {
+                    r.poll(60_000);
+                    None
+                }),
+            ),
             ("discovery failed", true, Box::new(|r: &mut RemoteJwks| Some(r.on_response(1, Some(404), b"")))),
             (
                 "discovery without jwks_uri",
