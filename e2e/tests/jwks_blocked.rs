@@ -41,28 +41,26 @@ fn a_jwks_uri_in_a_blocked_cidr_is_never_fetched_and_its_tokens_fail_as_a_failed
     let wl = Workload::new("httpbin-v1", "foo");
     let app = App::new("httpbin", "v1").start();
 
-    // wasmesh with 127.0.0.0/8 blocked, its JWKS server up and serving the right key.
-    let res = resources(&served.uri());
-    let (f, clusters) = wasm_authn_with(&wl, &res, |c| c.blocked_cidrs_in_jwks_uris = vec!["127.0.0.0/8".into()]);
-    let port = free_port();
-    let _blocked = Envoy::start_with("jwks-blocked", &bootstrap(port, free_port(), app.port, vec![f], clusters), 1)
-        .unwrap_or_else(|e| panic!("{e}"));
-    // The control: the same configuration without the block verifies the token.
-    let (f, clusters) = wasm_authn_with(&wl, &res, |_| {});
-    let open_port = free_port();
-    let _open = Envoy::start_with("jwks-open", &bootstrap(open_port, free_port(), app.port, vec![f], clusters), 1)
-        .unwrap_or_else(|e| panic!("{e}"));
+    // Three listeners in one Envoy: wasmesh with 127.0.0.0/8 blocked (its JWKS server up and
+    // serving the right key); the same configuration without the block (the control); and
     // Envoy's own jwt_authn (istiod's remote-JWKS mode) whose JWKS server cannot be reached.
+    let res = resources(&served.uri());
+    let (blocked, mut clusters) =
+        wasm_authn_with(&wl, &res, |c| c.blocked_cidrs_in_jwks_uris = vec!["127.0.0.0/8".into()]);
+    let (open, _) = wasm_authn_with(&wl, &res, |_| {});
     let down_res = resources(&down.uri());
-    let (_, clusters) = wasm_authn_with(&wl, &down_res, |_| {});
+    let (_, down_clusters) = wasm_authn_with(&wl, &down_res, |_| {});
+    clusters.extend(down_clusters);
     let native = native_jwt_authn(&wl, &down_res, &NativeJwks::Remote, false);
-    let native_port = free_port();
-    let _native = Envoy::start_with(
-        "jwks-native-down",
-        &bootstrap(native_port, free_port(), app.port, vec![native], clusters),
-        1,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (port, open_port, native_port) = (free_port(), free_port(), free_port());
+    let mut boot = bootstrap(port, free_port(), app.port, vec![blocked], clusters);
+    for (name, listen, filter) in [("open", open_port, open), ("native", native_port, native)] {
+        let other = bootstrap(listen, 0, app.port, vec![filter], vec![]);
+        let mut listener = other["static_resources"]["listeners"][0].clone();
+        listener["name"] = json!(name);
+        boot["static_resources"]["listeners"].as_array_mut().unwrap().push(listener);
+    }
+    let _envoy = Envoy::start_with("jwks-blocked", &boot, 1).unwrap_or_else(|e| panic!("{e}"));
 
     let r = send(open_port, Some(&token));
     assert_eq!(r.status, 200, "unblocked: {}", r.text());
