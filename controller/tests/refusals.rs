@@ -296,3 +296,82 @@ fn every_core_refusal_has_a_controller_counterpart() {
         uncovered.join("\n")
     );
 }
+
+/// The three commands refuse, and `BLOCKED_CIDRS_IN_JWKS_URIS` is read from the environment as
+/// istiod reads it: `validate`, `envoy` and `generate` refuse a `jwksUri` inside a block, and
+/// `generate` writes the blocks into the authn filter's configuration for the fetches it makes.
+#[test]
+fn validate_envoy_and_generate_refuse_and_read_blocked_cidrs_from_the_environment() {
+    let dir = std::env::temp_dir().join(format!("wasmesh-refusals-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wasmeshctl"));
+        cmd.current_dir(repo_root()).args(args).env_remove("BLOCKED_CIDRS_IN_JWKS_URIS");
+        if let Some(v) = env {
+            cmd.env("BLOCKED_CIDRS_IN_JWKS_URIS", v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // Tracing on the bookinfo mesh: every command refuses it, naming the resource and the field.
+    let tracing = dir.join("tracing.yaml");
+    std::fs::write(&tracing, telemetry("  tracing: [{randomSamplingPercentage: 10}]\n")).unwrap();
+    let t = tracing.to_str().unwrap();
+    let envoy = ["envoy", "-f", "examples/bookinfo", "-f", t, "--role", "sidecar", "--workload", "default/reviews-v2"];
+    for args in [
+        &["validate", "-f", "examples/bookinfo", "-f", t][..],
+        &envoy[..],
+        &["generate", "--image", "oci://registry.example.com/wasmesh:0.1", "-f", "examples/bookinfo", "-f", t][..],
+    ] {
+        let (ok, _, err) = run(args, None);
+        assert!(!ok, "{args:?} accepted tracing");
+        assert!(err.contains("Telemetry foo/t: spec.tracing: Telemetry tracing is not implemented"), "{args:?}: {err}");
+    }
+    // A jwksUri on 127.0.0.1: accepted without the variable, refused with a block holding it.
+    let jwt = dir.join("jwt.yaml");
+    std::fs::write(
+        &jwt,
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: default}\nspec:\n  jwtRules: [{issuer: https://issuer.example, jwksUri: 'http://127.0.0.1:9999/keys'}]\n",
+    )
+    .unwrap();
+    let j = jwt.to_str().unwrap();
+    let (ok, _, err) = run(&["validate", "-f", "examples/bookinfo", "-f", j], None);
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(
+        &[
+            "generate",
+            "--image",
+            "oci://registry.example.com/wasmesh:0.1",
+            "-f",
+            "examples/bookinfo",
+            "-f",
+            j,
+            "-o",
+            "json",
+        ],
+        Some("192.0.2.0/24"),
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("\"blockedCidrsInJwksUris\":[\"192.0.2.0/24\"]") || out.contains("\"blockedCidrsInJwksUris\": ["),
+        "{out}"
+    );
+    for args in [
+        &["validate", "-f", "examples/bookinfo", "-f", j][..],
+        &["generate", "--image", "oci://registry.example.com/wasmesh:0.1", "-f", "examples/bookinfo", "-f", j][..],
+    ] {
+        let (ok, _, err) = run(args, Some("10.0.0.0/8,127.0.0.0/8"));
+        assert!(!ok, "{args:?} accepted a blocked jwksUri");
+        assert!(
+            err.contains("RequestAuthentication default/jwt: spec.jwtRules[0].jwksUri: \"http://127.0.0.1:9999/keys\" resolves to 127.0.0.1, inside 127.0.0.0/8 of BLOCKED_CIDRS_IN_JWKS_URIS"),
+            "{args:?}: {err}"
+        );
+    }
+    let (ok, _, err) = run(&["validate", "-f", "examples/bookinfo", "-f", j], Some("10.0.0.0/99"));
+    assert!(!ok && err.contains("BLOCKED_CIDRS_IN_JWKS_URIS"), "a bad variable is an error: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
