@@ -113,6 +113,21 @@ pub fn refusals_with(resources: &Resources, blocked: &BlockedCidrs) -> Vec<Error
                 "Telemetry tracing is not implemented by wasmesh yet: remove spec.tracing",
             ));
         }
+        for (i, m) in t.metrics.iter().enumerate() {
+            for (j, p) in m.providers.iter().enumerate() {
+                if !p.name.is_empty() && p.name != "prometheus" {
+                    errors.push(Error::at(
+                        res,
+                        format!("spec.metrics[{i}].providers[{j}].name"),
+                        format!(
+                            "{:?}: wasmesh reports metrics to Prometheus only (provider \"prometheus\"); this \
+                             provider's metrics would not be produced",
+                            p.name
+                        ),
+                    ));
+                }
+            }
+        }
         for (field, r) in targets(&t.target_ref, &t.target_refs) {
             errors.push(Error::at(
                 res,

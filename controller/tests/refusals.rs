@@ -136,6 +136,7 @@ fn cases() -> Vec<Case> {
         // wasmeshctl's own: what Istio accepts and the filters do not implement.
         c("controller: Telemetry accessLogging", telemetry("  accessLogging: [{providers: [{name: envoy}]}]\n"), "Telemetry foo/t", "spec.accessLogging", "access logging is not implemented"),
         c("controller: Telemetry tracing", telemetry("  tracing: [{randomSamplingPercentage: 10}]\n"), "Telemetry foo/t", "spec.tracing", "tracing is not implemented"),
+        c("controller: Telemetry metrics provider", telemetry("  metrics: [{providers: [{name: stackdriver}]}]\n"), "Telemetry foo/t", "spec.metrics[0].providers[0].name", "Prometheus only"),
         c("controller: Telemetry targetRefs", telemetry("  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: g}]\n  metrics: [{providers: [{name: prometheus}]}]\n"), "Telemetry foo/t", "spec.targetRefs[0]", "not applied by wasmesh"),
         // Istio's webhook: selector and targetRefs together.
         c("istio: selector and targetRefs (AuthorizationPolicy)", ap("p", "  selector: {matchLabels: {app: a}}\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: g}]\n  rules: [{}]\n"), "AuthorizationPolicy foo/p", "spec", "only one of targetRefs or selector can be set"),
