@@ -82,7 +82,13 @@ pub fn check(
         wl.trust_domain = td.clone();
     }
     wl.mode = if gateway { ProxyMode::Gateway } else { ProxyMode::Sidecar };
-    let errors = wasmesh_authz::validate_all(resources);
+    let mut errors = wasmesh_authz::validate_all(resources);
+    // What wasmeshctl refuses in AuthorizationPolicies beyond Istio (targetRefs to a waypoint).
+    errors.extend(
+        crate::validate::refusals(resources)
+            .into_iter()
+            .filter(|e| e.resource.as_deref().is_some_and(|r| r.starts_with("AuthorizationPolicy "))),
+    );
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -355,6 +361,14 @@ spec:
         let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bad, namespace: foo}\nspec: {action: DENY}\n";
         let e = check(&resources(yaml), &wl(), &MeshConfig::default(), &req("GET", "/"), false).unwrap_err();
         assert!(e[0].to_string().contains("AuthorizationPolicy foo/bad"), "{e:?}");
+    }
+
+    #[test]
+    fn a_policy_attached_to_a_waypoint_is_refused_not_ignored() {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: wp, namespace: foo}\nspec:\n  targetRefs: [{kind: Service, group: '', name: httpbin}]\n  action: DENY\n  rules: [{}]\n";
+        let e = check(&resources(yaml), &wl(), &MeshConfig::default(), &req("GET", "/"), false).unwrap_err();
+        assert!(e[0].to_string().contains("AuthorizationPolicy foo/wp: spec.targetRefs[0].kind"), "{e:?}");
+        assert!(e[0].to_string().contains("waypoint"), "{e:?}");
     }
 
     #[test]

@@ -470,6 +470,7 @@ pub fn plugins(resources: &Resources, mesh: &MeshConfig, notes: &mut Vec<String>
     errors.extend(crate::plugins::authz::validate(resources));
     errors.extend(wasmesh_authn::validate(resources));
     errors.extend(crate::plugins::stats::validate(resources));
+    errors.extend(crate::validate::refusals(resources));
     let gateways = match gateway_targets(resources, mesh) {
         Ok(g) => g,
         Err(e) => {
@@ -761,6 +762,7 @@ fn authn_plugins(
     }
     let mut cfg = AuthnConfig::new(Workload::new("any", "any"));
     cfg.resources = resources_json(ras.iter().copied());
+    cfg.blocked_cidrs_in_jwks_uris = crate::validate::blocked_cidrs_in_jwks_uris().map_err(|e| vec![e])?.blocks();
     let config = plugin_config(to_value("authn", &cfg)?, mesh, &[]);
     let applies = |ws: &[Workload]| -> Result<bool, Vec<Error>> {
         let mut any = false;

@@ -1,6 +1,13 @@
 //! `wasmeshctl validate`: everything wasmesh would refuse, before anything is deployed.
 
-use wasmesh_istio::{Error, Location, Resources};
+use crate::mesh::MeshConfig;
+use std::net::ToSocketAddrs;
+use wasmesh_authn::remote::{discovery_uri, parse_jwks_uri, BlockedCidrs};
+use wasmesh_istio::{Error, Location, PolicyTargetReference, Resource, Resources};
+
+/// The istiod environment variable (Istio 1.29) naming the CIDR blocks a JWKS fetch must not
+/// reach; wasmeshctl reads it too, and writes it into the authn filter's configuration.
+pub const BLOCKED_CIDRS_ENV: &str = "BLOCKED_CIDRS_IN_JWKS_URIS";
 
 /// All problems in `resources`, each naming file, resource, field and value.
 pub fn validate(resources: &Resources) -> Vec<Error> {
@@ -15,6 +22,298 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
         crate::bootstrap::outbound_clusters(resources, &wasmesh_istio::Workload::new("validate", "default"))
     {
         errors.append(&mut e);
+    }
+    errors.extend(refusals(resources));
+    for e in policies_compiled(resources) {
+        if !errors.contains(&e) {
+            errors.push(e);
+        }
+    }
+    for e in gateway_routes(resources) {
+        if !errors.contains(&e) {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
+/// Each AuthorizationPolicy and RequestAuthentication compiled by its filter's own code as if it
+/// applied to a workload of its namespace (selector and targetRefs set aside): what the filter
+/// would refuse when it configures (bounds on values, ...) is refused by `validate`, whichever
+/// workload the policy selects.
+fn policies_compiled(resources: &Resources) -> Vec<Error> {
+    let mut errors = Vec::new();
+    let unscoped = |res: &Resource| {
+        let mut r = res.clone();
+        match &mut r.spec {
+            wasmesh_istio::Spec::AuthorizationPolicy(ap) => {
+                ap.selector = None;
+                ap.target_ref = None;
+                ap.target_refs.clear();
+            }
+            wasmesh_istio::Spec::RequestAuthentication(ra) => {
+                ra.selector = None;
+                ra.target_ref = None;
+                ra.target_refs.clear();
+            }
+            _ => {}
+        }
+        Resources { items: vec![r] }
+    };
+    for (res, _) in resources.authorization_policies() {
+        // Built from JSON (every other field at the filter's default), as the filter reads it.
+        let workload = wasmesh_istio::Workload::new("validate", res.namespace());
+        let Ok(cfg) = serde_json::from_value::<wasmesh_authz::AuthzConfig>(serde_json::json!({"workload": workload}))
+        else {
+            continue;
+        };
+        if let Err(e) = cfg.compile(&unscoped(res)) {
+            errors.extend(e.0);
+        }
+    }
+    for (res, _) in resources.request_authentications() {
+        let cfg = wasmesh_authn::AuthnConfig::new(wasmesh_istio::Workload::new("validate", res.namespace()));
+        if let Err(e) = cfg.compile(&unscoped(res)) {
+            errors.extend(e.0);
+        }
+    }
+    errors
+}
+
+/// The router compiled as each Istio Gateway's proxy, on each server port, exactly as
+/// `wasmeshctl envoy --role gateway` compiles it: what only a gateway refuses (TLS termination
+/// on a server, ...) is refused by `validate` too.
+fn gateway_routes(resources: &Resources) -> Vec<Error> {
+    let mut errors: Vec<Error> = Vec::new();
+    for (res, gw) in resources.gateways() {
+        let mut wl = wasmesh_istio::Workload::new(format!("gateway-{}", res.name()), res.namespace());
+        wl.labels = gw.selector.clone().into_iter().collect();
+        wl.mode = wasmesh_istio::ProxyMode::Gateway;
+        let mut ports: Vec<u32> = gw.servers.iter().map(|s| s.port.number).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        for port in ports {
+            let cfg = wasmesh_router::RouterConfig {
+                workload: Some(wl.clone()),
+                mesh: None,
+                gateway_port: Some(port),
+                cluster_header: wasmesh_router::DEFAULT_CLUSTER_HEADER.to_string(),
+                resources: Vec::new(),
+            };
+            if let Err(e) = cfg.compile(resources) {
+                for e in e.0 {
+                    if !errors.contains(&e) {
+                        errors.push(e);
+                    }
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// [`validate`], plus the CUSTOM policies' extension providers of `mesh` (`--mesh-config`).
+pub fn validate_with_mesh(resources: &Resources, mesh: &MeshConfig) -> Vec<Error> {
+    let mut errors = validate(resources);
+    errors.extend(extension_providers(resources, mesh));
+    errors
+}
+
+/// `BLOCKED_CIDRS_IN_JWKS_URIS` from the environment (empty when unset).
+pub fn blocked_cidrs_in_jwks_uris() -> Result<BlockedCidrs, Error> {
+    match std::env::var(BLOCKED_CIDRS_ENV) {
+        Ok(v) => BlockedCidrs::parse_env(&v).map_err(|e| Error::new(format!("{BLOCKED_CIDRS_ENV}={v:?}: {e}"))),
+        Err(_) => Ok(BlockedCidrs::default()),
+    }
+}
+
+/// What wasmesh refuses beyond what Istio refuses: configuration that Istio accepts but that the
+/// filters do not implement or cannot enforce, so that nothing is accepted and then ignored.
+/// `wasmeshctl validate`, `envoy` and `generate` all refuse these (README "What wasmeshctl
+/// refuses"). The JWKS block list is read from the environment.
+pub fn refusals(resources: &Resources) -> Vec<Error> {
+    match blocked_cidrs_in_jwks_uris() {
+        Ok(blocked) => refusals_with(resources, &blocked),
+        Err(e) => {
+            let mut errors = refusals_with(resources, &BlockedCidrs::default());
+            errors.push(e);
+            errors
+        }
+    }
+}
+
+/// [`refusals`] with an explicit JWKS block list.
+pub fn refusals_with(resources: &Resources, blocked: &BlockedCidrs) -> Vec<Error> {
+    let mut errors = Vec::new();
+    for (res, t) in resources.telemetries() {
+        if !t.access_logging.is_empty() {
+            errors.push(Error::at(
+                res,
+                "spec.accessLogging",
+                "Telemetry access logging is not implemented by wasmesh yet: remove spec.accessLogging (Envoy's own \
+                 access log: wasmeshctl envoy --envoy-access-log FILE)",
+            ));
+        }
+        if !t.tracing.is_empty() {
+            errors.push(Error::at(
+                res,
+                "spec.tracing",
+                "Telemetry tracing is not implemented by wasmesh yet: remove spec.tracing",
+            ));
+        }
+        for (i, m) in t.metrics.iter().enumerate() {
+            for (j, p) in m.providers.iter().enumerate() {
+                if !p.name.is_empty() && p.name != "prometheus" {
+                    errors.push(Error::at(
+                        res,
+                        format!("spec.metrics[{i}].providers[{j}].name"),
+                        format!(
+                            "{:?}: wasmesh reports metrics to Prometheus only (provider \"prometheus\"); this \
+                             provider's metrics would not be produced",
+                            p.name
+                        ),
+                    ));
+                }
+            }
+        }
+        for (field, r) in targets(&t.target_ref, &t.target_refs) {
+            errors.push(Error::at(
+                res,
+                field,
+                format!(
+                    "{}: Telemetry with targetRefs (Gateway API gateways, waypoints) is not applied by wasmesh yet; \
+                     select the workloads with spec.selector instead",
+                    describe(r)
+                ),
+            ));
+        }
+    }
+    for (res, ap) in resources.authorization_policies() {
+        waypoint_targets(res, &ap.target_ref, &ap.target_refs, &mut errors);
+    }
+    for (res, ra) in resources.request_authentications() {
+        waypoint_targets(res, &ra.target_ref, &ra.target_refs, &mut errors);
+        for (i, rule) in ra.jwt_rules.iter().enumerate() {
+            // A key of an inline JWKS that cannot be used is skipped by the filter (as Envoy's
+            // JWKS parser skips it): refused here so that no key is silently left out.
+            let Some(jwks) = rule.jwks.as_deref().filter(|j| !j.is_empty()) else { continue };
+            if let Ok(set) = wasmesh_authn::jwks::parse_jwks(jwks) {
+                for skipped in &set.skipped {
+                    errors.push(Error::at(
+                        res,
+                        format!("spec.jwtRules[{i}].jwks"),
+                        format!("a key wasmesh cannot use: {skipped}; remove it or replace it with a supported key"),
+                    ));
+                }
+            }
+        }
+        if blocked.is_empty() {
+            continue;
+        }
+        for (i, rule) in ra.jwt_rules.iter().enumerate() {
+            if rule.jwks.as_deref().is_some_and(|j| !j.is_empty()) {
+                continue;
+            }
+            let (field, uri) = match rule.jwks_uri().filter(|u| !u.is_empty()) {
+                Some(u) => (format!("spec.jwtRules[{i}].jwksUri"), u.to_string()),
+                None => (format!("spec.jwtRules[{i}].issuer"), discovery_uri(&rule.issuer)),
+            };
+            let Ok(ep) = parse_jwks_uri(&uri) else { continue };
+            if let Some((ip, block)) = blocked_address(&ep.host, ep.port, blocked) {
+                errors.push(Error::at(
+                    res,
+                    field,
+                    format!(
+                        "{uri:?} resolves to {ip}, inside {block} of {BLOCKED_CIDRS_ENV}: istiod would not fetch it \
+                         and every token of issuer {:?} would be rejected",
+                        rule.issuer
+                    ),
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// The first address of `host` inside a block, as istiod's dialer checks the address it
+/// connects to. A host that does not resolve here is left to the filter (it refuses IP
+/// addresses in a block at fetch time; Envoy's DNS answers it cannot see).
+fn blocked_address(host: &str, port: u16, blocked: &BlockedCidrs) -> Option<(std::net::IpAddr, String)> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return blocked.block_of(ip).map(|b| (ip, b.to_string()));
+    }
+    let addrs = (host, port).to_socket_addrs().ok()?;
+    addrs.map(|a| a.ip()).find_map(|ip| blocked.block_of(ip).map(|b| (ip, b.to_string())))
+}
+
+fn targets<'a>(
+    one: &'a Option<PolicyTargetReference>,
+    many: &'a [PolicyTargetReference],
+) -> Vec<(String, &'a PolicyTargetReference)> {
+    one.iter()
+        .map(|r| ("spec.targetRef".to_string(), r))
+        .chain(many.iter().enumerate().map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)))
+        .collect()
+}
+
+fn describe(r: &PolicyTargetReference) -> String {
+    let group = if r.group.is_empty() { String::new() } else { format!("{}/", r.group) };
+    format!("{group}{} {}", r.kind, r.name)
+}
+
+/// targetRefs other than a Gateway API `Gateway` attach the policy to a waypoint proxy (ambient
+/// mode: kind Service, ServiceEntry, or the waypoint's GatewayClass), which wasmesh cannot
+/// describe: refused rather than ignored by every sidecar.
+fn waypoint_targets(
+    res: &Resource,
+    one: &Option<PolicyTargetReference>,
+    many: &[PolicyTargetReference],
+    errors: &mut Vec<Error>,
+) {
+    for (field, r) in targets(one, many) {
+        if r.group == "gateway.networking.k8s.io" && r.kind == "Gateway" {
+            continue;
+        }
+        errors.push(Error::at(
+            res,
+            format!("{field}.kind"),
+            format!(
+                "{}: a policy attached to a {} applies to its waypoint proxy (ambient mode), which wasmesh cannot \
+                 describe; only Gateway API gateways (group gateway.networking.k8s.io, kind Gateway) are supported \
+                 as targetRefs",
+                describe(r),
+                if r.kind.is_empty() { "target" } else { r.kind.as_str() }
+            ),
+        ));
+    }
+}
+
+/// Every CUSTOM policy's extension provider must be in `mesh` and be one wasmesh enforces
+/// (otherwise the filter denies every request the policy matches, as istiod does).
+pub fn extension_providers(resources: &Resources, mesh: &MeshConfig) -> Vec<Error> {
+    let providers = wasmesh_authz::provider::parse_providers(&mesh.extension_providers);
+    let mut errors = Vec::new();
+    for (res, ap) in resources.authorization_policies() {
+        if ap.action != wasmesh_istio::security::Action::Custom {
+            continue;
+        }
+        let name = ap.provider.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
+        match providers.get(name) {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => errors.push(Error::at(
+                res,
+                "spec.provider.name",
+                format!("extension provider {name:?} of the mesh config is refused: {e}; every request this policy matches would be denied"),
+            )),
+            None => {
+                let known: Vec<&String> = providers.keys().collect();
+                errors.push(Error::at(
+                    res,
+                    "spec.provider.name",
+                    format!("extension provider {name:?} is not in the mesh config's extensionProviders (found {known:?}); every request this policy matches would be denied"),
+                ));
+            }
+        }
     }
     errors
 }
@@ -80,9 +379,18 @@ pub fn check_documents<'a>(docs: impl IntoIterator<Item = (&'a Location, &'a ser
 /// same document (or on a field inside or around it) is left out: it restates the same problem.
 /// Returns the errors and the notes (documents skipped).
 pub fn validate_input(input: &wasmesh_istio::Input) -> (Vec<Error>, Vec<String>) {
+    validate_input_with_mesh(input, None)
+}
+
+/// [`validate_input`], with the CUSTOM policies' providers checked against `mesh` when given.
+pub fn validate_input_with_mesh(input: &wasmesh_istio::Input, mesh: Option<&MeshConfig>) -> (Vec<Error>, Vec<String>) {
     let schema = check_documents(input.documents.iter().map(|(at, doc)| (at, doc)));
     let mut errors = schema.errors;
-    for e in validate(&input.resources) {
+    let ours = match mesh {
+        Some(mesh) => validate_with_mesh(&input.resources, mesh),
+        None => validate(&input.resources),
+    };
+    for e in ours {
         let restated = errors.iter().any(|s| {
             s.location == e.location
                 && match (&s.field, &e.field) {

@@ -40,6 +40,7 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
     }
     let mut cfg = AuthnConfig::new(workload.clone());
     cfg.resources = resources_json(selected.iter().map(|(res, _)| *res));
+    cfg.blocked_cidrs_in_jwks_uris = crate::validate::blocked_cidrs_in_jwks_uris().map_err(|e| vec![e])?.blocks();
     let config = serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("authn configuration: {e}"))])?;
     // Compile exactly what the filter will compile, so a bad policy fails here, not in Envoy.
     let bytes = serde_json::to_vec(&config).unwrap_or_default();

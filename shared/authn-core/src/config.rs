@@ -8,7 +8,7 @@ use crate::cache::{MAX_CACHE_BYTES, MAX_ENTRY_BYTES};
 use crate::extract::Location;
 use crate::jwks::parse_jwks;
 pub use crate::remote::discovery_uri;
-use crate::remote::{parse_jwks_uri, JwksEndpoint, RemoteJwks};
+use crate::remote::{parse_jwks_uri, BlockedCidrs, JwksEndpoint, RemoteJwks};
 use crate::verify::{sanitize_audience, Authn, JwksSource, Provider, Requirement};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -59,6 +59,11 @@ pub struct AuthnConfig {
     /// Overrides the Envoy cluster used for a `jwksUri` (key: the URI as written).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub jwks_clusters: BTreeMap<String, String>,
+    /// CIDR blocks no JWKS or discovery fetch may connect to (istiod's
+    /// `BLOCKED_CIDRS_IN_JWKS_URIS`; wasmeshctl copies that environment variable here). The filter
+    /// refuses a fetch whose host is an IP address in a block: the issuer's tokens are rejected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_cidrs_in_jwks_uris: Vec<String>,
 }
 
 wasmesh_istio::filter_config!(AuthnConfig, "authn");
@@ -91,6 +96,7 @@ impl AuthnConfig {
             jwks_refetch_min_interval_seconds: default_kid_refetch(),
             jwks_max_wait_ms: default_max_wait_ms(),
             jwks_clusters: BTreeMap::new(),
+            blocked_cidrs_in_jwks_uris: Vec::new(),
         }
     }
 
@@ -236,13 +242,18 @@ impl AuthnConfig {
             if let Some(cluster) = self.jwks_clusters.get(&uri) {
                 ep.cluster = cluster.clone();
             }
-            JwksSource::Remote(Box::new(RemoteJwks::new(
-                ep,
-                discovery,
-                timeout_ms,
-                self.jwks_refresh_seconds * 1000,
-                self.jwks_refetch_min_interval_seconds * 1000,
-            )))
+            let blocked = BlockedCidrs::parse(&self.blocked_cidrs_in_jwks_uris)
+                .map_err(|e| err("jwksUri", format!("blockedCidrsInJwksUris: {e}")))?;
+            JwksSource::Remote(Box::new(
+                RemoteJwks::new(
+                    ep,
+                    discovery,
+                    timeout_ms,
+                    self.jwks_refresh_seconds * 1000,
+                    self.jwks_refetch_min_interval_seconds * 1000,
+                )
+                .with_blocked(blocked),
+            ))
         };
         let mut space_delimited: Vec<String> = vec!["permission".into(), "scope".into()];
         for c in &rule.space_delimited_claims {

@@ -7,6 +7,7 @@
 
 use crate::jwks::{parse_jwks, KeySet};
 use serde::Serialize;
+use std::net::IpAddr;
 
 /// First retry delay after a failed fetch; doubles per consecutive failure.
 pub const BACKOFF_MIN_MS: u64 = 1_000;
@@ -31,6 +32,96 @@ pub struct JwksEndpoint {
     pub path: String,
     /// The Envoy cluster the fetch goes through (see [`jwks_cluster_name`]).
     pub cluster: String,
+}
+
+/// Most CIDR blocks in a [`BlockedCidrs`] list (configuration; each fetch walks the list once).
+pub const MAX_BLOCKED_CIDRS: usize = 256;
+
+/// Istio's `BLOCKED_CIDRS_IN_JWKS_URIS` (istiod environment variable, Istio 1.29): CIDR blocks
+/// a JWKS or OpenID discovery fetch must never connect to. istiod checks the address it dials
+/// (after DNS, for the `jwksUri`, the issuer's discovery document and the discovered
+/// `jwks_uri`); when it is inside a block it does not fetch and every token of that issuer is
+/// rejected. wasmeshctl checks the same at generate time (it resolves host names); the filter
+/// checks every fetch whose host is an IP address (it cannot see what Envoy's DNS resolves a
+/// cluster's host name to).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockedCidrs(Vec<(IpAddr, u8, String)>);
+
+impl BlockedCidrs {
+    /// Parses CIDR blocks (`10.0.0.0/8`, `fd00::/8`; a bare address is a single host).
+    pub fn parse<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for item in items {
+            let text = item.as_ref().trim();
+            if text.is_empty() {
+                continue;
+            }
+            if out.len() >= MAX_BLOCKED_CIDRS {
+                return Err(format!("more than {MAX_BLOCKED_CIDRS} CIDR blocks"));
+            }
+            let (addr, bits) = match text.split_once('/') {
+                Some((a, b)) => (a, Some(b)),
+                None => (text, None),
+            };
+            let ip: IpAddr =
+                addr.parse().map_err(|_| format!("{text:?} is not a CIDR block (expected e.g. 10.0.0.0/8)"))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let bits = match bits {
+                None => max,
+                Some(b) => b
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|b| *b <= max)
+                    .ok_or_else(|| format!("{text:?}: prefix length must be 0-{max}"))?,
+            };
+            out.push((ip, bits, text.to_string()));
+        }
+        Ok(BlockedCidrs(out))
+    }
+
+    /// The comma-separated form istiod reads from `BLOCKED_CIDRS_IN_JWKS_URIS`.
+    pub fn parse_env(value: &str) -> Result<Self, String> {
+        Self::parse(value.split(','))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The blocks as written.
+    pub fn blocks(&self) -> Vec<String> {
+        self.0.iter().map(|(_, _, t)| t.clone()).collect()
+    }
+
+    /// The block `ip` is inside, as written (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn block_of(&self, ip: IpAddr) -> Option<&str> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.0.iter().find(|(net, bits, _)| in_block(ip, *net, *bits)).map(|(_, _, t)| t.as_str())
+    }
+
+    /// Why a fetch of `ep` is refused: its host is an IP address inside a block.
+    pub fn refuses(&self, ep: &JwksEndpoint) -> Option<String> {
+        let ip: IpAddr = ep.host.parse().ok()?;
+        self.block_of(ip)
+            .map(|block| format!("{} is not fetched: {ip} is inside {block} of BLOCKED_CIDRS_IN_JWKS_URIS", ep.uri))
+    }
+}
+
+fn in_block(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
 }
 
 /// The dedicated cluster wasmeshctl generates for a JWKS server:
@@ -152,6 +243,7 @@ pub struct RemoteJwks {
     attempted: bool,
     pub last_error: Option<String>,
     pub fetched_at_ms: Option<u64>,
+    blocked: BlockedCidrs,
 }
 
 /// What a finished fetch did.
@@ -189,7 +281,15 @@ impl RemoteJwks {
             attempted: false,
             last_error: None,
             fetched_at_ms: None,
+            blocked: BlockedCidrs::default(),
         }
+    }
+
+    /// Refuses every fetch (discovery, JWKS, discovered JWKS) whose host is an IP address in
+    /// `blocked`: the fetch fails, so no key is ever used and presented tokens are rejected.
+    pub fn with_blocked(mut self, blocked: BlockedCidrs) -> Self {
+        self.blocked = blocked;
+        self
     }
 
     pub fn key_state(&self) -> KeyState<'_> {
@@ -254,6 +354,10 @@ impl RemoteJwks {
             (Stage::Jwks, Some(r)) => r,
             _ => &self.endpoint,
         };
+        if let Some(reason) = self.blocked.refuses(ep) {
+            self.fail(now_ms, reason);
+            return None;
+        }
         let req = FetchRequest {
             cluster: ep.cluster.clone(),
             authority: ep.authority.clone(),
@@ -477,5 +581,107 @@ mod tests {
         assert!(matches!(r.on_response(3, Some(200), JWKS.as_bytes()), FetchOutcome::Updated { .. }));
         let req = r.poll(400_000).unwrap();
         assert_eq!(req.stage, Stage::Jwks, "refresh keeps the discovered location");
+    }
+
+    /// Never a fallback key: whatever way the first fetch fails, no key is in use afterwards and
+    /// the key state is `Failed` (presented tokens get `Jwks remote fetch is failed`, as Envoy's
+    /// remote JWKS answers). istiod once filled a failed fetch with a fixed "fake" JWKS whose
+    /// private key was public (CVE-2026-31837); nothing here may ever produce a key that was not
+    /// fetched from the configured server. Any new failure path must be added to this table.
+    #[test]
+    fn a_failed_fetch_never_leaves_a_key_in_use() {
+        let big = vec![b' '; MAX_BODY_BYTES + 1];
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(&str, bool, Box<dyn Fn(&mut RemoteJwks) -> Option<FetchOutcome>>)> = vec![
+            ("call failed", false, Box::new(|r: &mut RemoteJwks| Some(r.on_response(1, None, b"")))),
+            ("HTTP 503", false, Box::new(|r: &mut RemoteJwks| Some(r.on_response(1, Some(503), JWKS.as_bytes())))),
+            ("HTTP 302", false, Box::new(|r: &mut RemoteJwks| Some(r.on_response(1, Some(302), JWKS.as_bytes())))),
+            ("too large", false, Box::new(move |r: &mut RemoteJwks| Some(r.on_response(1, Some(200), &big)))),
+            ("not UTF-8", false, Box::new(|r: &mut RemoteJwks| Some(r.on_response(1, Some(200), b"\xff\xfe")))),
+            ("not JSON", false, Box::new(|r: &mut RemoteJwks| Some(r.on_response(1, Some(200), b"<html>")))),
+            ("no keys", false, Box::new(|r: &mut RemoteJwks| Some(r.on_response(1, Some(200), br#"{"keys":[]}"#)))),
+            (
+                "no usable key",
+                false,
+                Box::new(|r: &mut RemoteJwks| {
+                    Some(r.on_response(1, Some(200), br#"{"keys":[{"kty":"XYZ","kid":"x"}]}"#))
+                }),
+            ),
+            (
+                "lost response",
+                false,
+                Box::new(|r: &mut RemoteJwks| {
+                    r.poll(60_000);
+                    None
+                }),
+            ),
+            ("discovery failed", true, Box::new(|r: &mut RemoteJwks| Some(r.on_response(1, Some(404), b"")))),
+            (
+                "discovery without jwks_uri",
+                true,
+                Box::new(|r: &mut RemoteJwks| Some(r.on_response(1, Some(200), br#"{"issuer":"x"}"#))),
+            ),
+            (
+                "discovered JWKS fails",
+                true,
+                Box::new(|r: &mut RemoteJwks| {
+                    r.on_response(1, Some(200), br#"{"jwks_uri":"https://idp.example/keys"}"#);
+                    r.poll(2)?;
+                    Some(r.on_response(3, Some(500), b""))
+                }),
+            ),
+        ];
+        for (name, discovery, step) in cases {
+            let mut r = remote(discovery);
+            r.poll(0).unwrap();
+            if let Some(outcome) = step(&mut r) {
+                assert!(matches!(outcome, FetchOutcome::Failed { .. }), "{name}: {outcome:?}");
+            }
+            assert!(r.keys().is_none(), "{name}: a key is in use after a failed fetch");
+            assert!(matches!(r.key_state(), KeyState::Failed), "{name}: tokens must fail");
+            assert!(r.last_error.is_some(), "{name}: the failure is kept for the log");
+        }
+    }
+
+    #[test]
+    fn blocked_cidrs_parse_and_match_as_istio_reads_them() {
+        let b = BlockedCidrs::parse_env("10.0.0.0/8, 169.254.169.254/32,fd00::/8,,192.0.2.7").unwrap();
+        assert_eq!(b.blocks(), ["10.0.0.0/8", "169.254.169.254/32", "fd00::/8", "192.0.2.7"]);
+        assert_eq!(b.block_of("10.1.2.3".parse().unwrap()), Some("10.0.0.0/8"));
+        assert_eq!(b.block_of("11.0.0.1".parse().unwrap()), None);
+        assert_eq!(b.block_of("169.254.169.254".parse().unwrap()), Some("169.254.169.254/32"));
+        assert_eq!(b.block_of("169.254.169.253".parse().unwrap()), None);
+        assert_eq!(b.block_of("fd12::1".parse().unwrap()), Some("fd00::/8"));
+        assert_eq!(b.block_of("::ffff:10.9.9.9".parse().unwrap()), Some("10.0.0.0/8"), "IPv4-mapped");
+        assert_eq!(b.block_of("192.0.2.7".parse().unwrap()), Some("192.0.2.7"));
+        assert!(BlockedCidrs::parse_env("0.0.0.0/0").unwrap().block_of("8.8.8.8".parse().unwrap()).is_some());
+        assert!(BlockedCidrs::parse_env("").unwrap().is_empty());
+        for bad in ["10.0.0.0/33", "example.com/8", "10.0.0/8", "::/129"] {
+            assert!(BlockedCidrs::parse_env(bad).is_err(), "{bad}");
+        }
+        let many: Vec<String> = (0..=MAX_BLOCKED_CIDRS).map(|i| format!("10.0.{}.{}/32", i / 256, i % 256)).collect();
+        assert!(BlockedCidrs::parse(&many).is_err(), "bounded");
+    }
+
+    #[test]
+    fn a_jwks_uri_in_a_blocked_cidr_is_never_fetched_and_tokens_fail() {
+        let blocked = BlockedCidrs::parse_env("127.0.0.0/8").unwrap();
+        let mut r = remote(false).with_blocked(blocked.clone());
+        assert!(r.poll(0).is_none(), "no fetch goes out");
+        assert!(matches!(r.key_state(), KeyState::Failed));
+        assert!(r.settled(), "a waiting request is answered now");
+        assert!(r.last_error.as_deref().unwrap().contains("127.0.0.1 is inside 127.0.0.0/8"), "{:?}", r.last_error);
+        assert!(r.poll(120_000).is_none(), "retries are refused too");
+        // Another address is fetched.
+        let mut ok = remote(false).with_blocked(BlockedCidrs::parse_env("10.0.0.0/8").unwrap());
+        assert!(ok.poll(0).is_some());
+        // A discovered jwks_uri inside a block is refused (istiod checks every dial, the
+        // discovered location included).
+        let mut d = remote(true).with_blocked(blocked);
+        d.poll(0).unwrap();
+        d.on_response(1, Some(200), br#"{"jwks_uri":"http://127.0.0.2:8080/keys"}"#);
+        assert!(d.poll(2).is_none());
+        assert!(d.keys().is_none() && matches!(d.key_state(), KeyState::Failed));
+        assert!(d.last_error.as_deref().unwrap().contains("127.0.0.2"), "{:?}", d.last_error);
     }
 }
