@@ -590,6 +590,8 @@ fn tokens(status: Option<u32>, body: &[u8]) -> Result<Tokens, &'static str> {
     match status {
         None => return Err("the provider's token endpoint did not answer"),
         Some(200) => {}
+        // Envoy's own answers when the call timed out or the provider could not be reached.
+        Some(502..=504) => return Err("the provider's token endpoint did not answer in time or could not be reached"),
         Some(_) => return Err("the provider's token endpoint refused the request"),
     }
     if body.len() > MAX_TOKEN_RESPONSE_BYTES {

@@ -288,6 +288,7 @@ fn a_bad_token_answer_or_id_token_ends_in_an_error_page() {
     let cases: Vec<(Option<u32>, Box<dyn Fn(&str) -> Vec<u8>>, u32, &str)> = vec![
         (None, Box::new(|_| Vec::new()), 502, "did not answer"),
         (Some(500), Box::new(|_| b"oops".to_vec()), 502, "refused"),
+        (Some(504), Box::new(|_| b"upstream request timeout".to_vec()), 502, "did not answer in time"),
         (Some(200), Box::new(|_| b"<html>garbage".to_vec()), 502, "not valid"),
         (Some(200), Box::new(|_| br#"{"access_token": "AT"}"#.to_vec()), 502, "no ID token"),
         (Some(200), Box::new(|_| token_answer("another-nonce")), 401, "nonce"),

@@ -1,0 +1,272 @@
+//! OIDC login at the gateway (issue 14) in real Envoy, against a real OpenID provider (npm
+//! `oidc-provider`, started on loopback) and a fake one whose token endpoint misbehaves. One
+//! Envoy, one listener per configuration, every case in as few processes as possible.
+//!
+//! What each case shows:
+//! - the whole authorization code flow as a browser walks it: redirect (state, nonce, PKCE S256),
+//!   the provider's login form and consent, the callback, the code exchange, the upstream getting
+//!   `Authorization: Bearer` with a token the provider itself accepts, the session cookie never
+//!   reaching the upstream; two tabs logging in at once; refresh after the access token expired;
+//!   logout (RP-initiated) ending the gateway session;
+//! - the security cases: forged, missing and replayed state, a tampered session cookie, an open
+//!   redirect attempt, XHR getting 401, a token endpoint that hangs, answers garbage or sends an ID
+//!   token signed by an unknown key (an error page, the upstream never sees the request), and no
+//!   token, code or secret in Envoy's log.
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use wasmesh_e2e::app::App;
+use wasmesh_e2e::envoy::Envoy;
+use wasmesh_e2e::free_port;
+use wasmesh_e2e::oidc::*;
+
+/// Access tokens of the real provider live this long, so the refresh happens within the test.
+const ACCESS_TTL: u64 = 7;
+
+struct Setup {
+    _provider: OidcProvider,
+    provider_port: u16,
+    fake: FakeProvider,
+    app: wasmesh_e2e::app::AppHandle,
+    envoy: Envoy,
+    /// `http://localhost:<port>` of the gateway logging in at the real provider.
+    real: String,
+    /// The one logging in at the fake provider.
+    faulty: String,
+}
+
+fn setup() -> Setup {
+    let (real_port, faulty_port, admin) = (free_port(), free_port(), free_port());
+    let real = format!("http://localhost:{real_port}");
+    let faulty = format!("http://localhost:{faulty_port}");
+    let provider = OidcProvider::start(&format!("{real}/oauth2/callback"), &format!("{real}/"), ACCESS_TTL);
+    let fake = FakeProvider::start();
+    let app = App::new("app", "v1").start();
+    let listeners = vec![
+        (real_port, vec![chain_filter(&[("wasmesh.oidc", oidc_config(&real, &provider.issuer(), "oidc-provider"))])]),
+        (faulty_port, vec![chain_filter(&[("wasmesh.oidc", oidc_config(&faulty, &fake.issuer(), "fake-provider"))])]),
+    ];
+    let clusters = vec![static_cluster("oidc-provider", provider.port), static_cluster("fake-provider", fake.port)];
+    let envoy = Envoy::start("oidc", &bootstrap(admin, app.port, listeners, clusters));
+    wait_ready(&format!("{real}/ready-check"));
+    wait_ready(&format!("{faulty}/ready-check"));
+    let provider_port = provider.port;
+    Setup { _provider: provider, provider_port, fake, app, envoy, real, faulty }
+}
+
+/// Walks the provider's login and consent pages from the authorization URL until the provider
+/// sends the browser back to the gateway's callback; returns that callback URL.
+fn log_in_at_provider(b: &mut Browser, authorize: &str, user: &str) -> String {
+    let mut url = authorize.to_string();
+    for _ in 0..12 {
+        if url.contains("/oauth2/callback") {
+            return url;
+        }
+        let r = b.get(&url);
+        if (300..400).contains(&r.status) {
+            url = absolute(&url, r.header("location").expect("location"));
+            continue;
+        }
+        assert_eq!(r.status, 200, "{url}: {}", r.text());
+        let page = r.text();
+        let action = absolute(&url, &form_action(&page).unwrap_or_else(|| panic!("no form at {url}: {page}")));
+        let form = if page.contains("name=\"login\"") {
+            format!("prompt=login&login={user}&password=any")
+        } else {
+            "prompt=consent".to_string()
+        };
+        let r = b.post_form(&action, &form);
+        assert!((300..400).contains(&r.status), "{action}: {} {}", r.status, r.text());
+        url = absolute(&action, r.header("location").expect("location"));
+    }
+    panic!("the provider never sent the browser back to the callback (last {url})");
+}
+
+/// One request to the gateway, following the redirect chain of a login through the provider;
+/// the app's JSON answer (what the upstream received) once back.
+fn browse(b: &mut Browser, url: &str, user: &str) -> (Value, Vec<String>) {
+    let r = b.get(url);
+    if r.status == 200 {
+        return (r.json(), Vec::new());
+    }
+    assert_eq!(r.status, 302, "{url}: {}", r.text());
+    let authorize = r.header("location").expect("location").to_string();
+    let callback = log_in_at_provider(b, &authorize, user);
+    let r = b.get(&callback);
+    assert_eq!(r.status, 302, "callback: {}", r.text());
+    let back = absolute(&callback, r.header("location").expect("location"));
+    let r = b.get(&back);
+    assert_eq!(r.status, 200, "{back}: {}", r.text());
+    (r.json(), vec![authorize, callback, back])
+}
+
+fn userinfo(provider_port: u16, authorization: &str) -> u16 {
+    wasmesh_e2e::http::request(
+        provider_port,
+        "GET",
+        "/me",
+        &[("host", &format!("127.0.0.1:{provider_port}")), ("authorization", authorization)],
+        b"",
+    )
+    .expect("userinfo")
+    .status
+}
+
+#[test]
+fn a_browser_logs_in_at_a_real_provider_through_envoy_and_every_attack_is_refused() {
+    let s = setup();
+
+    // Bypass path: no login.
+    let r = Browser::new().get(&format!("{}/healthz", s.real));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // API requests get 401, not a redirect (and no login flow cookie).
+    let mut api = Browser::new();
+    api.headers = vec![("x-requested-with".into(), "XMLHttpRequest".into())];
+    let r = api.get(&format!("{}/api/items", s.real));
+    assert_eq!(r.status, 401);
+    assert!(r.header("set-cookie").is_none());
+    let mut json = Browser::new();
+    json.headers = vec![("accept".into(), "application/json".into())];
+    assert_eq!(json.get(&format!("{}/api/items", s.real)).status, 401);
+
+    // The redirect: authorization code flow with state, nonce and PKCE S256.
+    let mut b = Browser::new();
+    let r = b.get(&format!("{}/app/page?x=1", s.real));
+    assert_eq!(r.status, 302);
+    let authorize = r.header("location").expect("location").to_string();
+    assert!(authorize.starts_with(&format!("http://127.0.0.1:{}/auth?", s.provider_port)), "{authorize}");
+    assert_eq!(query_param(&authorize, "code_challenge_method").as_deref(), Some("S256"));
+    assert_eq!(query_param(&authorize, "scope").as_deref(), Some("openid email"));
+    assert!(query_param(&authorize, "state").is_some() && query_param(&authorize, "nonce").is_some());
+    let flow = b.jar.iter().find(|c| c.name.starts_with("wasmesh-session-flow-")).expect("flow cookie").clone();
+    for attr in ["Path=/oauth2/callback", "HttpOnly", "Secure", "SameSite=Lax", "Max-Age=600"] {
+        assert!(flow.set_cookie.contains(attr), "{attr}: {}", flow.set_cookie);
+    }
+
+    // The provider's login and consent, the callback, back where the browser started.
+    let callback = log_in_at_provider(&mut b, &authorize, "alice");
+    let r = b.get(&callback);
+    assert_eq!(r.status, 302, "callback: {}", r.text());
+    assert_eq!(r.header("location"), Some("/app/page?x=1"));
+    let session = b.cookie("wasmesh-session").expect("session cookie").clone();
+    for attr in ["Path=/", "HttpOnly", "Secure", "SameSite=Lax"] {
+        assert!(session.set_cookie.contains(attr), "{attr}: {}", session.set_cookie);
+    }
+    assert!(b.jar.iter().all(|c| !c.name.starts_with("wasmesh-session-flow-")), "the flow cookie is cleared");
+    eprintln!(
+        "session cookie: {} bytes of value ({} bytes as Set-Cookie) for an opaque access token, ID token and refresh token",
+        session.value.len(),
+        session.set_cookie.len()
+    );
+    assert!(session.set_cookie.len() < 4096);
+
+    // The upstream gets the bearer token, never the session cookie.
+    let served = s.app.served();
+    let mut carrying_other = b.get(&format!("{}/app/page?x=1", s.real));
+    assert_eq!(carrying_other.status, 200, "{}", carrying_other.text());
+    let upstream = carrying_other.json();
+    let authorization = upstream["headers"]["authorization"].as_str().expect("authorization upstream").to_string();
+    assert!(authorization.starts_with("Bearer "), "{authorization}");
+    assert!(upstream["headers"].get("cookie").is_none(), "cookie reached the upstream: {upstream}");
+    assert_eq!(userinfo(s.provider_port, &authorization), 200, "the provider accepts the forwarded token");
+    // Other cookies still reach the upstream; ours are taken out.
+    carrying_other = b.request("GET", &format!("{}/app", s.real), &[("cookie", "theme=dark")], b"");
+    let _ = carrying_other;
+    assert_eq!(s.app.served(), served + 2);
+
+    // Replaying the callback (the flow cookie is gone), forged and missing state.
+    assert_eq!(b.get(&callback).status, 400, "replayed callback");
+    let forged = format!("{}/oauth2/callback?code=abc&state=forged-state-0123456789", s.real);
+    assert_eq!(b.get(&forged).status, 400);
+    assert_eq!(b.get(&format!("{}/oauth2/callback?code=abc", s.real)).status, 400);
+
+    // A tampered session cookie is not a session: a new login, the upstream does not see it.
+    let served = s.app.served();
+    let mut tampered = Browser::new();
+    let mut value = session.value.clone();
+    let i = value.len() / 2;
+    let flipped = if &value[i..i + 1] == "A" { "B" } else { "A" };
+    value.replace_range(i..i + 1, flipped);
+    let r = tampered.request("GET", &format!("{}/app", s.real), &[("cookie", &format!("wasmesh-session={value}"))], b"");
+    assert_eq!(r.status, 302);
+    let r = tampered.request("GET", &format!("{}/app", s.real), &[("cookie", &format!("wasmesh-session={}", &session.value[..40]))], b"");
+    assert_eq!(r.status, 302, "truncated");
+    assert_eq!(s.app.served(), served);
+
+    // Open redirect through logout's return_to.
+    assert_eq!(b.get(&format!("{}/oauth2/logout?return_to=https%3A%2F%2Fevil.example%2F", s.real)).status, 400);
+    assert_eq!(b.get(&format!("{}/oauth2/logout?return_to=%2F%2Fevil.example", s.real)).status, 400);
+
+    // Two tabs of one new browser log in at once: both come back to their own page.
+    let mut tabs = Browser::new();
+    let one = tabs.get(&format!("{}/one", s.real));
+    let two = tabs.get(&format!("{}/two", s.real));
+    let (a1, a2) = (one.header("location").expect("1").to_string(), two.header("location").expect("2").to_string());
+    let c2 = log_in_at_provider(&mut tabs, &a2, "bob");
+    let c1 = log_in_at_provider(&mut tabs, &a1, "bob");
+    let r2 = tabs.get(&c2);
+    let r1 = tabs.get(&c1);
+    assert_eq!((r1.status, r1.header("location")), (302, Some("/one")), "{}", r1.text());
+    assert_eq!((r2.status, r2.header("location")), (302, Some("/two")), "{}", r2.text());
+
+    // Refresh: once the access token expired, the gateway refreshes it and sets a new session.
+    let deadline = Instant::now() + Duration::from_secs(ACCESS_TTL * 3);
+    let (r, refreshed) = loop {
+        let r = b.get(&format!("{}/app", s.real));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let now = r.json()["headers"]["authorization"].as_str().expect("authorization").to_string();
+        if now != authorization {
+            break (r, now);
+        }
+        assert!(Instant::now() < deadline, "the access token was never refreshed");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(r.headers.iter().any(|(k, v)| k == "set-cookie" && v.starts_with("wasmesh-session=")), "the renewed session is set");
+    assert_eq!(userinfo(s.provider_port, &refreshed), 200);
+    let (again, hops) = browse(&mut b, &format!("{}/app", s.real), "alice");
+    assert!(hops.is_empty(), "still logged in after the refresh");
+    assert!(again["headers"]["authorization"].as_str().is_some_and(|a| a.starts_with("Bearer ")));
+
+    // Logout: the session cookie is cleared and the browser sent to the provider's end_session.
+    let r = b.get(&format!("{}/oauth2/logout", s.real));
+    assert_eq!(r.status, 302);
+    let end = r.header("location").expect("location").to_string();
+    assert!(end.starts_with(&format!("http://127.0.0.1:{}/session/end?", s.provider_port)), "{end}");
+    assert!(query_param(&end, "id_token_hint").is_some());
+    assert!(b.cookie("wasmesh-session").is_none(), "session cookie cleared");
+    assert_eq!(b.get(&end).status, 200, "the provider asks to confirm the logout");
+    assert_eq!(b.get(&format!("{}/app", s.real)).status, 302, "logged out at the gateway");
+
+    // Nothing secret in Envoy's log.
+    let log = s.envoy.log();
+    for secret in [CLIENT_SECRET, &authorization[7..], &refreshed[7..], &session.value, COOKIE_KEY] {
+        assert!(!log.contains(secret), "a secret or token is in Envoy's log");
+    }
+}
+
+#[test]
+fn a_token_endpoint_that_hangs_or_lies_ends_in_an_error_page_and_nothing_passes() {
+    let s = setup();
+    let served = s.app.served();
+    for (mode, status, text) in [
+        (TokenMode::Garbage, 502, "not valid"),
+        (TokenMode::Hang, 502, "did not answer"),
+        (TokenMode::UnknownKey, 401, "signature"),
+    ] {
+        s.fake.set_mode(mode);
+        let mut b = Browser::new();
+        let r = b.get(&format!("{}/private", s.faulty));
+        assert_eq!(r.status, 302, "{mode:?}: {}", r.text());
+        let state = query_param(r.header("location").expect("location"), "state").expect("state");
+        let started = Instant::now();
+        let r = b.get(&format!("{}/oauth2/callback?code=some-code&state={state}", s.faulty));
+        assert_eq!(r.status, status, "{mode:?}: {}", r.text());
+        assert!(r.text().contains(text), "{mode:?}: {}", r.text());
+        assert!(started.elapsed() < Duration::from_secs(10), "{mode:?}: the timeout ends the wait");
+        assert!(b.cookie("wasmesh-session").is_none(), "{mode:?}: no session");
+    }
+    assert_eq!(s.app.served(), served, "no request reached the upstream");
+    assert!(!s.envoy.log().contains("FAKE-AT"));
+    let _ = s.real;
+}
