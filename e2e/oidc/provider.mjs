@@ -2,7 +2,8 @@
 // implementation) on 127.0.0.1, with one confidential client registered and its development
 // login and consent pages (any login and password are accepted). Started by e2e/src/oidc.rs.
 //
-// Environment: PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, POST_LOGOUT_REDIRECT_URI,
+// Environment: PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, POST_LOGOUT_REDIRECT_URI (each a
+// comma-separated list),
 // ACCESS_TOKEN_TTL (seconds). Prints "ready <issuer>" once it listens.
 import Provider from 'oidc-provider';
 
@@ -14,8 +15,8 @@ const provider = new Provider(issuer, {
   clients: [{
     client_id: process.env.CLIENT_ID,
     client_secret: process.env.CLIENT_SECRET,
-    redirect_uris: [process.env.REDIRECT_URI],
-    post_logout_redirect_uris: [process.env.POST_LOGOUT_REDIRECT_URI],
+    redirect_uris: process.env.REDIRECT_URI.split(','),
+    post_logout_redirect_uris: process.env.POST_LOGOUT_REDIRECT_URI.split(','),
     grant_types: ['authorization_code', 'refresh_token'],
     response_types: ['code'],
     token_endpoint_auth_method: 'client_secret_basic',

@@ -171,7 +171,8 @@ fn fake_serve(mut conn: TcpStream, port: u16, mode: &Mutex<TokenMode>) {
             }
             TokenMode::Garbage => "<html>502 upstream trouble</html>".to_string(),
             TokenMode::UnknownKey => {
-                let other = wasmesh_authn::testing::Signer::new("RS256", wasmesh_authn::testing::TestKey::Rsa2, Some("fake"));
+                let other =
+                    wasmesh_authn::testing::Signer::new("RS256", wasmesh_authn::testing::TestKey::Rsa2, Some("fake"));
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
                 let id = other.sign(&json!({"iss": issuer, "aud": CLIENT_ID, "sub": "mallory", "exp": now + 300, "iat": now, "nonce": "x"}));
                 json!({"access_token": "FAKE-AT", "token_type": "Bearer", "id_token": id}).to_string()
@@ -207,8 +208,7 @@ pub fn oidc_config(gateway: &str, issuer: &str, cluster: &str) -> Value {
 
 /// `wasmesh.wasm` running `phases` (root id, configuration) as one `wasmesh.chain` filter.
 pub fn chain_filter(phases: &[(&str, Value)]) -> Value {
-    let phases: Vec<Value> =
-        phases.iter().map(|(id, c)| json!({"rootId": id, "configuration": c})).collect();
+    let phases: Vec<Value> = phases.iter().map(|(id, c)| json!({"rootId": id, "configuration": c})).collect();
     json!({
         "name": "wasmesh.chain",
         "typed_config": {
@@ -300,7 +300,10 @@ pub fn parse_url(url: &str) -> (String, u16, String) {
 
 impl Browser {
     pub fn new() -> Browser {
-        Browser { jar: Vec::new(), headers: vec![("accept".into(), "text/html,application/xhtml+xml,*/*;q=0.8".into())] }
+        Browser {
+            jar: Vec::new(),
+            headers: vec![("accept".into(), "text/html,application/xhtml+xml,*/*;q=0.8".into())],
+        }
     }
 
     /// The `cookie` header the browser sends to `host` for `path`.
@@ -329,8 +332,7 @@ impl Browser {
         if let Some(c) = &cookie {
             headers.push(("cookie", c));
         }
-        let r = http::request(port, method, &path, &headers, body)
-            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let r = http::request(port, method, &path, &headers, body).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         self.store(&host, &r);
         r
     }
@@ -430,7 +432,37 @@ pub fn wait_ready(url: &str) {
         if r.status != 503 {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "the gateway did not learn the provider in 20 s: {}", r.text());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the gateway did not learn the provider in 20 s: {}",
+            r.text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The authn and authz phases (root id, configuration) and their clusters that wasmeshctl's
+/// plugins generate for a gateway workload `app: gateway` in `istio-system` from Istio YAML: put
+/// after the oidc phase, RequestAuthentication and AuthorizationPolicy see the bearer token the
+/// login put there.
+pub fn mesh_phases(yaml: &str) -> (Vec<(String, Value)>, Vec<Value>) {
+    use wasmesh_controller::plugins::{authn, authz, Direction, ListenerContext};
+    let mut wl = wasmesh_istio::Workload::new("gateway", "istio-system");
+    wl.labels.insert("app".into(), "gateway".into());
+    let resources = wasmesh_istio::Resources { items: wasmesh_istio::load_str(yaml, "oidc.yaml").expect("YAML") };
+    let mesh = wasmesh_controller::MeshConfig::default();
+    let ctx = ListenerContext {
+        workload: &wl,
+        resources: &resources,
+        direction: Direction::Inbound,
+        bind_port: 0,
+        mesh: &mesh,
+    };
+    let mut phases = Vec::new();
+    let mut clusters = Vec::new();
+    for c in [authn::contribute(&ctx).expect("authn plugin"), authz::contribute(&ctx).expect("authz plugin")] {
+        phases.extend(c.http_filters.into_iter().map(|f| (f.name, f.config)));
+        clusters.extend(c.clusters);
+    }
+    (phases, clusters)
 }

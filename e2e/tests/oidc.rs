@@ -24,8 +24,7 @@ use wasmesh_e2e::oidc::*;
 const ACCESS_TTL: u64 = 7;
 
 struct Setup {
-    _provider: OidcProvider,
-    provider_port: u16,
+    provider: OidcProvider,
     fake: FakeProvider,
     app: wasmesh_e2e::app::AppHandle,
     envoy: Envoy,
@@ -33,25 +32,47 @@ struct Setup {
     real: String,
     /// The one logging in at the fake provider.
     faulty: String,
+    /// Login forwarding the ID token, then RequestAuthentication and AuthorizationPolicy.
+    policed: String,
 }
 
 fn setup() -> Setup {
-    let (real_port, faulty_port, admin) = (free_port(), free_port(), free_port());
+    let (real_port, faulty_port, policed_port, admin) = (free_port(), free_port(), free_port(), free_port());
     let real = format!("http://localhost:{real_port}");
     let faulty = format!("http://localhost:{faulty_port}");
-    let provider = OidcProvider::start(&format!("{real}/oauth2/callback"), &format!("{real}/"), ACCESS_TTL);
+    let policed = format!("http://localhost:{policed_port}");
+    let provider = OidcProvider::start(
+        &format!("{real}/oauth2/callback,{policed}/oauth2/callback"),
+        &format!("{real}/,{policed}/"),
+        ACCESS_TTL,
+    );
     let fake = FakeProvider::start();
     let app = App::new("app", "v1").start();
+    let issuer = provider.issuer();
+    // Only alice may pass the policed gateway: her verified ID token, not just any session.
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: login, namespace: istio-system}}\n\
+         spec:\n  selector: {{matchLabels: {{app: gateway}}}}\n  jwtRules:\n  - issuer: {issuer}\n    jwksUri: {issuer}/jwks\n    audiences: [{CLIENT_ID}]\n\
+         ---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: alice-only, namespace: istio-system}}\n\
+         spec:\n  selector: {{matchLabels: {{app: gateway}}}}\n  action: ALLOW\n  rules:\n  - from:\n    - source: {{requestPrincipals: [\"{issuer}/alice\"]}}\n"
+    );
+    let (mesh_phases, mut clusters) = mesh_phases(&yaml);
+    let mut policed_config = oidc_config(&policed, &issuer, "oidc-provider");
+    policed_config["forward"] = "id_token".into();
+    let mut policed_phases: Vec<(&str, Value)> = vec![("wasmesh.oidc", policed_config)];
+    policed_phases.extend(mesh_phases.iter().map(|(id, c)| (id.as_str(), c.clone())));
     let listeners = vec![
-        (real_port, vec![chain_filter(&[("wasmesh.oidc", oidc_config(&real, &provider.issuer(), "oidc-provider"))])]),
+        (real_port, vec![chain_filter(&[("wasmesh.oidc", oidc_config(&real, &issuer, "oidc-provider"))])]),
         (faulty_port, vec![chain_filter(&[("wasmesh.oidc", oidc_config(&faulty, &fake.issuer(), "fake-provider"))])]),
+        (policed_port, vec![chain_filter(&policed_phases)]),
     ];
-    let clusters = vec![static_cluster("oidc-provider", provider.port), static_cluster("fake-provider", fake.port)];
+    clusters.push(static_cluster("oidc-provider", provider.port));
+    clusters.push(static_cluster("fake-provider", fake.port));
     let envoy = Envoy::start("oidc", &bootstrap(admin, app.port, listeners, clusters));
-    wait_ready(&format!("{real}/ready-check"));
-    wait_ready(&format!("{faulty}/ready-check"));
-    let provider_port = provider.port;
-    Setup { _provider: provider, provider_port, fake, app, envoy, real, faulty }
+    for gw in [&real, &faulty, &policed] {
+        wait_ready(&format!("{gw}/ready-check"));
+    }
+    Setup { provider, fake, app, envoy, real, faulty, policed }
 }
 
 /// Walks the provider's login and consent pages from the authorization URL until the provider
@@ -112,13 +133,37 @@ fn userinfo(provider_port: u16, authorization: &str) -> u16 {
     .status
 }
 
+/// One Envoy and one provider for every case: the misbehaving token endpoint and the policed
+/// gateway run beside the main walk (they use other listeners and their own browsers).
 #[test]
-fn a_browser_logs_in_at_a_real_provider_through_envoy_and_every_attack_is_refused() {
+fn login_at_the_gateway_against_a_real_provider_and_every_attack_refused() {
     let s = setup();
+    let served_before = s.app.served();
+    std::thread::scope(|scope| {
+        let faulty = scope.spawn(|| faulty_token_endpoint(&s));
+        let policed = scope.spawn(|| policies_apply_to_the_login(&s));
+        let walked = walk_the_flow(&s);
+        faulty.join().expect("faulty token endpoint cases");
+        policed.join().expect("policed gateway cases");
+        // The walk reached the app `walked` times, the policed gateway once (alice); nothing else
+        // did (no refused request, no failed login).
+        assert_eq!(s.app.served(), served_before + walked + 1);
+    });
+    // Nothing secret in Envoy's log.
+    let log = s.envoy.log();
+    for secret in [CLIENT_SECRET, COOKIE_KEY, "FAKE-AT"] {
+        assert!(!log.contains(secret), "a secret or token is in Envoy's log");
+    }
+}
+
+/// The main walk; returns how many requests reached the app.
+fn walk_the_flow(s: &Setup) -> u64 {
+    let mut reached = 0;
 
     // Bypass path: no login.
     let r = Browser::new().get(&format!("{}/healthz", s.real));
     assert_eq!(r.status, 200, "{}", r.text());
+    reached += 1;
 
     // API requests get 401, not a redirect (and no login flow cookie).
     let mut api = Browser::new();
@@ -135,7 +180,7 @@ fn a_browser_logs_in_at_a_real_provider_through_envoy_and_every_attack_is_refuse
     let r = b.get(&format!("{}/app/page?x=1", s.real));
     assert_eq!(r.status, 302);
     let authorize = r.header("location").expect("location").to_string();
-    assert!(authorize.starts_with(&format!("http://127.0.0.1:{}/auth?", s.provider_port)), "{authorize}");
+    assert!(authorize.starts_with(&format!("http://127.0.0.1:{}/auth?", s.provider.port)), "{authorize}");
     assert_eq!(query_param(&authorize, "code_challenge_method").as_deref(), Some("S256"));
     assert_eq!(query_param(&authorize, "scope").as_deref(), Some("openid email"));
     assert!(query_param(&authorize, "state").is_some() && query_param(&authorize, "nonce").is_some());
@@ -162,18 +207,20 @@ fn a_browser_logs_in_at_a_real_provider_through_envoy_and_every_attack_is_refuse
     assert!(session.set_cookie.len() < 4096);
 
     // The upstream gets the bearer token, never the session cookie.
-    let served = s.app.served();
-    let mut carrying_other = b.get(&format!("{}/app/page?x=1", s.real));
-    assert_eq!(carrying_other.status, 200, "{}", carrying_other.text());
-    let upstream = carrying_other.json();
+    let r = b.get(&format!("{}/app/page?x=1", s.real));
+    assert_eq!(r.status, 200, "{}", r.text());
+    reached += 1;
+    let upstream = r.json();
     let authorization = upstream["headers"]["authorization"].as_str().expect("authorization upstream").to_string();
     assert!(authorization.starts_with("Bearer "), "{authorization}");
     assert!(upstream["headers"].get("cookie").is_none(), "cookie reached the upstream: {upstream}");
-    assert_eq!(userinfo(s.provider_port, &authorization), 200, "the provider accepts the forwarded token");
+    assert_eq!(userinfo(s.provider.port, &authorization), 200, "the provider accepts the forwarded token");
     // Other cookies still reach the upstream; ours are taken out.
-    carrying_other = b.request("GET", &format!("{}/app", s.real), &[("cookie", "theme=dark")], b"");
-    let _ = carrying_other;
-    assert_eq!(s.app.served(), served + 2);
+    let r = b.request("GET", &format!("{}/app", s.real), &[("cookie", "theme=dark")], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    reached += 1;
+    let cookie = r.json()["headers"]["cookie"].as_str().unwrap_or_default().to_string();
+    assert!(cookie.contains("theme=dark") && !cookie.contains("wasmesh-session"), "upstream cookie: {cookie}");
 
     // Replaying the callback (the flow cookie is gone), forged and missing state.
     assert_eq!(b.get(&callback).status, 400, "replayed callback");
@@ -182,17 +229,21 @@ fn a_browser_logs_in_at_a_real_provider_through_envoy_and_every_attack_is_refuse
     assert_eq!(b.get(&format!("{}/oauth2/callback?code=abc", s.real)).status, 400);
 
     // A tampered session cookie is not a session: a new login, the upstream does not see it.
-    let served = s.app.served();
     let mut tampered = Browser::new();
     let mut value = session.value.clone();
     let i = value.len() / 2;
     let flipped = if &value[i..i + 1] == "A" { "B" } else { "A" };
     value.replace_range(i..i + 1, flipped);
-    let r = tampered.request("GET", &format!("{}/app", s.real), &[("cookie", &format!("wasmesh-session={value}"))], b"");
+    let r =
+        tampered.request("GET", &format!("{}/app", s.real), &[("cookie", &format!("wasmesh-session={value}"))], b"");
     assert_eq!(r.status, 302);
-    let r = tampered.request("GET", &format!("{}/app", s.real), &[("cookie", &format!("wasmesh-session={}", &session.value[..40]))], b"");
+    let r = tampered.request(
+        "GET",
+        &format!("{}/app", s.real),
+        &[("cookie", &format!("wasmesh-session={}", &session.value[..40]))],
+        b"",
+    );
     assert_eq!(r.status, 302, "truncated");
-    assert_eq!(s.app.served(), served);
 
     // Open redirect through logout's return_to.
     assert_eq!(b.get(&format!("{}/oauth2/logout?return_to=https%3A%2F%2Fevil.example%2F", s.real)).status, 400);
@@ -215,6 +266,7 @@ fn a_browser_logs_in_at_a_real_provider_through_envoy_and_every_attack_is_refuse
     let (r, refreshed) = loop {
         let r = b.get(&format!("{}/app", s.real));
         assert_eq!(r.status, 200, "{}", r.text());
+        reached += 1;
         let now = r.json()["headers"]["authorization"].as_str().expect("authorization").to_string();
         if now != authorization {
             break (r, now);
@@ -222,33 +274,36 @@ fn a_browser_logs_in_at_a_real_provider_through_envoy_and_every_attack_is_refuse
         assert!(Instant::now() < deadline, "the access token was never refreshed");
         std::thread::sleep(Duration::from_millis(500));
     };
-    assert!(r.headers.iter().any(|(k, v)| k == "set-cookie" && v.starts_with("wasmesh-session=")), "the renewed session is set");
-    assert_eq!(userinfo(s.provider_port, &refreshed), 200);
+    assert!(
+        r.headers.iter().any(|(k, v)| k == "set-cookie" && v.starts_with("wasmesh-session=")),
+        "the renewed session is set"
+    );
+    assert_eq!(userinfo(s.provider.port, &refreshed), 200);
     let (again, hops) = browse(&mut b, &format!("{}/app", s.real), "alice");
     assert!(hops.is_empty(), "still logged in after the refresh");
+    reached += 1;
     assert!(again["headers"]["authorization"].as_str().is_some_and(|a| a.starts_with("Bearer ")));
 
     // Logout: the session cookie is cleared and the browser sent to the provider's end_session.
     let r = b.get(&format!("{}/oauth2/logout", s.real));
     assert_eq!(r.status, 302);
     let end = r.header("location").expect("location").to_string();
-    assert!(end.starts_with(&format!("http://127.0.0.1:{}/session/end?", s.provider_port)), "{end}");
+    assert!(end.starts_with(&format!("http://127.0.0.1:{}/session/end?", s.provider.port)), "{end}");
     assert!(query_param(&end, "id_token_hint").is_some());
     assert!(b.cookie("wasmesh-session").is_none(), "session cookie cleared");
     assert_eq!(b.get(&end).status, 200, "the provider asks to confirm the logout");
     assert_eq!(b.get(&format!("{}/app", s.real)).status, 302, "logged out at the gateway");
 
-    // Nothing secret in Envoy's log.
     let log = s.envoy.log();
-    for secret in [CLIENT_SECRET, &authorization[7..], &refreshed[7..], &session.value, COOKIE_KEY] {
-        assert!(!log.contains(secret), "a secret or token is in Envoy's log");
+    for token in [&authorization[7..], &refreshed[7..], &session.value] {
+        assert!(!log.contains(token), "a token or session is in Envoy's log");
     }
+    reached
 }
 
-#[test]
-fn a_token_endpoint_that_hangs_or_lies_ends_in_an_error_page_and_nothing_passes() {
-    let s = setup();
-    let served = s.app.served();
+/// A token endpoint that hangs, answers garbage or sends an ID token signed by an unknown key:
+/// an error page, no session, the upstream never sees the request.
+fn faulty_token_endpoint(s: &Setup) {
     for (mode, status, text) in [
         (TokenMode::Garbage, 502, "not valid"),
         (TokenMode::Hang, 502, "did not answer"),
@@ -266,7 +321,22 @@ fn a_token_endpoint_that_hangs_or_lies_ends_in_an_error_page_and_nothing_passes(
         assert!(started.elapsed() < Duration::from_secs(10), "{mode:?}: the timeout ends the wait");
         assert!(b.cookie("wasmesh-session").is_none(), "{mode:?}: no session");
     }
-    assert_eq!(s.app.served(), served, "no request reached the upstream");
-    assert!(!s.envoy.log().contains("FAKE-AT"));
-    let _ = s.real;
+}
+
+/// With the ID token forwarded, RequestAuthentication verifies it and AuthorizationPolicy decides
+/// on its principal: alice passes, bob (logged in as well) is denied.
+fn policies_apply_to_the_login(s: &Setup) {
+    let mut alice = Browser::new();
+    let (seen, hops) = browse(&mut alice, &format!("{}/policed", s.policed), "alice");
+    assert_eq!(hops.len(), 3, "a login happened");
+    // authn verified the ID token and, as Istio without forwardOriginalToken, took it out.
+    assert!(seen["headers"].get("authorization").is_none(), "{seen}");
+    let mut bob = Browser::new();
+    let r = bob.get(&format!("{}/policed", s.policed));
+    assert_eq!(r.status, 302);
+    let callback = log_in_at_provider(&mut bob, r.header("location").expect("location"), "bob");
+    let r = bob.get(&callback);
+    assert_eq!(r.status, 302, "bob has a session: {}", r.text());
+    let r = bob.get(&format!("{}/policed", s.policed));
+    assert_eq!(r.status, 403, "bob's verified token is not alice's: {}", r.text());
 }
