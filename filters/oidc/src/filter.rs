@@ -81,7 +81,8 @@ fn now_ms() -> u64 {
 impl OidcPhase {
     fn dispatch(&self, url: &str) -> Option<u32> {
         let (_, authority, path) = wasmesh_oidc::url::split(url)?;
-        let headers = vec![(":method", "GET"), (":path", path), (":authority", authority), ("accept", "application/json")];
+        let headers =
+            vec![(":method", "GET"), (":path", path), (":authority", authority), ("accept", "application/json")];
         hostcalls::dispatch_http_call(
             &self.oidc.config.provider_cluster,
             headers,
@@ -134,7 +135,10 @@ impl Phase for OidcPhase {
         let Some((_, what)) = st.call.filter(|(t, _)| *t == token_id) else { return false };
         st.call = None;
         let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(MAX_BODY)).ok().flatten().unwrap_or_default();
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(MAX_BODY))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         if status.as_deref() != Some("200") {
             self.failed(&mut st, &format!("{what:?} fetch answered {}", status.as_deref().unwrap_or("nothing")));
             return true;
@@ -152,7 +156,10 @@ impl Phase for OidcPhase {
                 Some(Ok(keys)) if !keys.keys.is_empty() => {
                     if let Some(discovery) = st.discovery.clone() {
                         if st.provider.is_none() {
-                            wasmesh_proxy::log_info(&format!("wasmesh oidc: provider ready ({} keys)", keys.keys.len()));
+                            wasmesh_proxy::log_info(&format!(
+                                "wasmesh oidc: provider ready ({} keys)",
+                                keys.keys.len()
+                            ));
                         }
                         st.provider = Some(Rc::new(Provider { discovery, keys }));
                         st.failures = 0;
@@ -184,11 +191,17 @@ fn send(s: &Stream, r: &Reply) -> Flow {
 }
 
 fn error_page(s: &Stream, status: u32, message: &str) -> Flow {
-    send(s, &Reply {
-        status,
-        headers: vec![("content-type".into(), "text/plain; charset=utf-8".into()), ("cache-control".into(), "no-store".into())],
-        body: format!("{message}\n"),
-    })
+    send(
+        s,
+        &Reply {
+            status,
+            headers: vec![
+                ("content-type".into(), "text/plain; charset=utf-8".into()),
+                ("cache-control".into(), "no-store".into()),
+            ],
+            body: format!("{message}\n"),
+        },
+    )
 }
 
 impl OidcRequest {
@@ -214,7 +227,12 @@ impl OidcRequest {
                     vec![(":method", "POST"), (":path", &call.path), (":authority", &call.authority)];
                 headers.extend(call.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                 let timeout = Duration::from_millis(self.phase.oidc.config.timeout_ms);
-                match s.dispatch_http_call(&self.phase.oidc.config.provider_cluster, &headers, Some(call.body.as_bytes()), timeout) {
+                match s.dispatch_http_call(
+                    &self.phase.oidc.config.provider_cluster,
+                    &headers,
+                    Some(call.body.as_bytes()),
+                    timeout,
+                ) {
                     Ok(token) => {
                         self.waiting = Some((token, *pending, provider));
                         Flow::Pause
@@ -259,18 +277,28 @@ impl PhaseRequest for OidcRequest {
             if self.phase.oidc.bypassed(&req) {
                 return Flow::Continue;
             }
-            return send(s, &Reply {
-                status: 503,
-                headers: vec![("retry-after".into(), "1".into()), ("cache-control".into(), "no-store".into())],
-                body: "login is not available yet: the OpenID provider has not answered\n".into(),
-            });
+            return send(
+                s,
+                &Reply {
+                    status: 503,
+                    headers: vec![("retry-after".into(), "1".into()), ("cache-control".into(), "no-store".into())],
+                    body: "login is not available yet: the OpenID provider has not answered\n".into(),
+                },
+            );
         };
         let now = now_ms() / 1000;
         let decision = self.phase.oidc.decide(&provider, &req, now);
         self.apply(s, decision, provider)
     }
 
-    fn http_call_response(&mut self, s: &Stream, token_id: u32, _h: usize, body_size: usize, _t: usize) -> Option<Flow> {
+    fn http_call_response(
+        &mut self,
+        s: &Stream,
+        token_id: u32,
+        _h: usize,
+        body_size: usize,
+        _t: usize,
+    ) -> Option<Flow> {
         if self.waiting.as_ref().map(|(t, _, _)| *t) != Some(token_id) {
             return None;
         }
@@ -279,7 +307,10 @@ impl PhaseRequest for OidcRequest {
             .ok()
             .flatten()
             .and_then(|v| v.parse::<u32>().ok());
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(MAX_BODY)).ok().flatten().unwrap_or_default();
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(MAX_BODY))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         if status != Some(200) {
             wasmesh_proxy::log_warn(&format!(
                 "wasmesh oidc: the token endpoint answered {}",

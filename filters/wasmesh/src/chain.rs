@@ -125,7 +125,14 @@ mod tests {
 
     #[test]
     fn only_http_filters_are_phases() {
-        for id in ["wasmesh.router", "wasmesh.authz", "wasmesh.authz.custom", "wasmesh.authn", "wasmesh.stats", "wasmesh.oidc"] {
+        for id in [
+            "wasmesh.router",
+            "wasmesh.authz",
+            "wasmesh.authz.custom",
+            "wasmesh.authn",
+            "wasmesh.stats",
+            "wasmesh.oidc",
+        ] {
             assert!(phase_filter(id).is_ok(), "{id}");
         }
         for id in ["wasmesh.chain", "wasmesh.stats.tcp", "wasmesh.authz.tcp", "wasmesh.authz.peer_address", "x"] {

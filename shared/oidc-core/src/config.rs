@@ -85,8 +85,7 @@ impl Discovery {
         if body.len() > MAX_DISCOVERY_BYTES {
             return Err(format!("discovery document of {} bytes; at most {MAX_DISCOVERY_BYTES}", body.len()));
         }
-        let d: Discovery =
-            serde_json::from_slice(body).map_err(|e| format!("discovery document is not valid: {e}"))?;
+        let d: Discovery = serde_json::from_slice(body).map_err(|e| format!("discovery document is not valid: {e}"))?;
         if d.issuer != issuer {
             return Err(format!("discovery document names issuer {:?}; expected {issuer:?}", d.issuer));
         }
@@ -205,7 +204,10 @@ impl OidcConfig {
             }
         };
         need(crate::url::origin(&self.issuer).is_some(), format!("issuer: {:?} is not an http(s) URL", self.issuer));
-        need(!self.provider_cluster.is_empty(), "providerCluster: empty; expected the Envoy cluster of the issuer's host".into());
+        need(
+            !self.provider_cluster.is_empty(),
+            "providerCluster: empty; expected the Envoy cluster of the issuer's host".into(),
+        );
         need(!self.client_id.is_empty(), "clientId: empty".into());
         need(!self.client_secret.is_empty(), "clientSecret: empty".into());
         let callback = crate::url::split(&self.redirect_uri).map(|(_, _, p)| crate::url::path_only(p));
@@ -271,7 +273,10 @@ impl OidcConfig {
                 need(false, e);
             }
         }
-        need((100..=60_000).contains(&self.timeout_ms), format!("timeoutMs: {}; expected 100 to 60000", self.timeout_ms));
+        need(
+            (100..=60_000).contains(&self.timeout_ms),
+            format!("timeoutMs: {}; expected 100 to 60000", self.timeout_ms),
+        );
         need(self.clock_skew_seconds <= 600, format!("clockSkewSeconds: {}; at most 600", self.clock_skew_seconds));
         if let Some(d) = &self.discovery {
             match serde_json::to_vec(d) {
@@ -307,4 +312,3 @@ impl OidcConfig {
         Discovery::parse(&bytes, &self.issuer).map(Some).map_err(|e| format!("discovery: {e}"))
     }
 }
-

@@ -81,10 +81,17 @@ pub enum Decision {
     /// Let it through untouched (bypass path).
     Pass,
     /// Let it through with these request-header changes, and these `Set-Cookie` on the response.
-    Forward { authorization: String, cookie: Option<String>, set_cookies: Vec<String> },
+    Forward {
+        authorization: String,
+        cookie: Option<String>,
+        set_cookies: Vec<String>,
+    },
     Reply(Reply),
     /// Call the token endpoint, then [`Oidc::finish`].
-    Call { call: TokenCall, pending: Box<Pending> },
+    Call {
+        call: TokenCall,
+        pending: Box<Pending>,
+    },
 }
 
 /// A login in progress (sealed in its flow cookie).
@@ -235,7 +242,9 @@ impl Oidc {
             if let Some(rt) = &session.refresh_token {
                 let call = self.token_call(provider, &[("grant_type", "refresh_token"), ("refresh_token", rt)]);
                 return match call {
-                    Ok(call) => Decision::Call { call, pending: Box::new(Pending::Refresh { session, cookie_rest: rest }) },
+                    Ok(call) => {
+                        Decision::Call { call, pending: Box::new(Pending::Refresh { session, cookie_rest: rest }) }
+                    }
                     Err(e) => reply(502, e),
                 };
             }
@@ -315,10 +324,9 @@ impl Oidc {
 
     /// The callback: the flow cookie the `state` names must open and hold that state.
     fn callback(&self, provider: &Provider, req: &Request<'_>, cookies: &[(&str, &str)], now: u64) -> Decision {
-        let params = wasmesh_authn::extract::parse_query(
-            wasmesh_authn::extract::query_of(req.path.as_bytes()),
-            |k| matches!(k, "state" | "code" | "error"),
-        );
+        let params = wasmesh_authn::extract::parse_query(wasmesh_authn::extract::query_of(req.path.as_bytes()), |k| {
+            matches!(k, "state" | "code" | "error")
+        });
         let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         if param("error").is_some() {
             return reply(401, "login failed: the provider refused the login");
@@ -368,7 +376,8 @@ impl Oidc {
             ClientAuth::ClientSecretBasic => {
                 use base64::Engine;
                 // RFC 6749 §2.3.1: each part form-encoded before Basic.
-                let user = format!("{}:{}", url::encode(&self.config.client_id), url::encode(&self.config.client_secret));
+                let user =
+                    format!("{}:{}", url::encode(&self.config.client_id), url::encode(&self.config.client_secret));
                 let b = base64::engine::general_purpose::STANDARD.encode(user);
                 headers.push(("authorization".to_string(), format!("Basic {b}")));
             }
@@ -381,7 +390,14 @@ impl Oidc {
     }
 
     /// The token endpoint answered (`status` `None`: no answer, a timeout or reset).
-    pub fn finish(&self, provider: &Provider, pending: Pending, status: Option<u32>, body: &[u8], now: u64) -> Decision {
+    pub fn finish(
+        &self,
+        provider: &Provider,
+        pending: Pending,
+        status: Option<u32>,
+        body: &[u8],
+        now: u64,
+    ) -> Decision {
         match pending {
             Pending::Login { flow, flow_cookie } => {
                 let clear_flow = self.clear(&flow_cookie, &self.callback_path);
@@ -447,11 +463,7 @@ impl Oidc {
         let access_expires = t.expires_in.map_or(0, |e| now.saturating_add(e));
         Session {
             access_token: t.access_token.clone(),
-            id_token: if keep_id {
-                t.id_token.clone().or_else(|| old.and_then(|o| o.id_token.clone()))
-            } else {
-                None
-            },
+            id_token: if keep_id { t.id_token.clone().or_else(|| old.and_then(|o| o.id_token.clone())) } else { None },
             // A refresh answer without a refresh token keeps the old one (as authservice).
             refresh_token: t.refresh_token.clone().or_else(|| old.and_then(|o| o.refresh_token.clone())),
             access_expires,
@@ -508,10 +520,9 @@ impl Oidc {
     }
 
     fn logout(&self, provider: &Provider, req: &Request<'_>, cookies: &[(&str, &str)]) -> Decision {
-        let params = wasmesh_authn::extract::parse_query(
-            wasmesh_authn::extract::query_of(req.path.as_bytes()),
-            |k| k == "return_to",
-        );
+        let params = wasmesh_authn::extract::parse_query(wasmesh_authn::extract::query_of(req.path.as_bytes()), |k| {
+            k == "return_to"
+        });
         let return_to = match params.first() {
             None => None,
             Some((_, target)) => match url::return_target(target, &self.config.allowed_return_origins) {
@@ -609,8 +620,7 @@ fn tokens(status: Option<u32>, body: &[u8]) -> Result<Tokens, &'static str> {
 
 /// `path` is `prefix` or below it.
 fn path_prefix(path: &str, prefix: &str) -> bool {
-    path.strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'))
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'))
 }
 
 /// An API call, not a page load: it gets 401, not a redirect it cannot follow.

@@ -186,7 +186,10 @@ fn a_login_sets_a_sealed_session_and_forwards_the_bearer_without_our_cookies() {
 
 #[test]
 fn session_cookie_attributes_follow_the_configuration() {
-    let o = Oidc::new(config(json!({"cookie": {"name": "sid", "domain": "example.com", "sameSite": "Strict", "lifetimeSeconds": 3600}}))).unwrap();
+    let o = Oidc::new(config(
+        json!({"cookie": {"name": "sid", "domain": "example.com", "sameSite": "Strict", "lifetimeSeconds": 3600}}),
+    ))
+    .unwrap();
     let (location, flow) = start(&o, "/");
     let cb = format!("/oauth2/callback?code=C&state={}", query(&location, "state").unwrap());
     let Decision::Call { pending, .. } = o.decide(&provider(), &get(&cb, Some(&flow)), NOW) else { panic!() };
@@ -235,7 +238,11 @@ fn forged_missing_replayed_or_foreign_state_is_refused() {
     assert_eq!(status(&format!("/oauth2/callback?code=C&state={state}"), Some(&flow)), 0, "the genuine callback");
     assert_eq!(status("/oauth2/callback?code=C", Some(&flow)), 400, "missing state");
     assert_eq!(status(&format!("/oauth2/callback?state={state}"), Some(&flow)), 400, "missing code");
-    assert_eq!(status(&format!("/oauth2/callback?code=C&state={state}"), None), 400, "no flow cookie (another browser)");
+    assert_eq!(
+        status(&format!("/oauth2/callback?code=C&state={state}"), None),
+        400,
+        "no flow cookie (another browser)"
+    );
     // Same 12-character prefix, another state: the sealed state does not match.
     let forged = format!("{}{}", &state[..12], "A".repeat(state.len() - 12));
     assert_eq!(status(&format!("/oauth2/callback?code=C&state={forged}"), Some(&flow)), 400, "forged state");
@@ -285,7 +292,8 @@ fn a_bad_token_answer_or_id_token_ends_in_an_error_page() {
             .sign(&json!({"iss": "https://idp.example", "aud": "app", "exp": NOW + 60, "iat": NOW, "nonce": n}));
         json!({"access_token": "AT", "id_token": t}).to_string().into_bytes()
     };
-    let cases: Vec<(Option<u32>, Box<dyn Fn(&str) -> Vec<u8>>, u32, &str)> = vec![
+    type Body = Box<dyn Fn(&str) -> Vec<u8>>;
+    let cases: Vec<(Option<u32>, Body, u32, &str)> = vec![
         (None, Box::new(|_| Vec::new()), 502, "did not answer"),
         (Some(500), Box::new(|_| b"oops".to_vec()), 502, "refused"),
         (Some(504), Box::new(|_| b"upstream request timeout".to_vec()), 502, "did not answer in time"),
@@ -340,13 +348,16 @@ fn an_expired_access_token_is_refreshed() {
     let Decision::Call { call, pending } = o.decide(&provider(), &get("/", Some(&session[0])), later) else { panic!() };
     assert!(call.body.contains("grant_type=refresh_token") && call.body.contains("refresh_token=RT-1"));
     let answer = br#"{"access_token": "AT-2", "expires_in": 60}"#;
-    let Decision::Forward { authorization, set_cookies, .. } = o.finish(&provider(), *pending, Some(200), answer, later)
+    let Decision::Forward { authorization, set_cookies, .. } =
+        o.finish(&provider(), *pending, Some(200), answer, later)
     else {
         panic!()
     };
     assert_eq!(authorization, "Bearer AT-2");
     let renewed = pair(&set_cookies[0]).to_string();
-    let Decision::Forward { authorization, .. } = o.decide(&provider(), &get("/", Some(&renewed)), later) else { panic!() };
+    let Decision::Forward { authorization, .. } = o.decide(&provider(), &get("/", Some(&renewed)), later) else {
+        panic!()
+    };
     assert_eq!(authorization, "Bearer AT-2");
     // The refresh token was kept (the answer had none): another refresh is possible.
     assert!(matches!(o.decide(&provider(), &get("/", Some(&renewed)), later + 120), Decision::Call { .. }));
@@ -365,7 +376,10 @@ fn logout_clears_the_session_and_refuses_open_redirects() {
     assert!(location.starts_with("https://idp.example/session/end?"));
     assert!(query(location, "id_token_hint").is_some());
     assert_eq!(query(location, "post_logout_redirect_uri").as_deref(), Some("https://gw.example/"));
-    assert!(header(&r, "set-cookie")[0].starts_with("wasmesh-session=;") && header(&r, "set-cookie")[0].contains("Max-Age=0"));
+    assert!(
+        header(&r, "set-cookie")[0].starts_with("wasmesh-session=;")
+            && header(&r, "set-cookie")[0].contains("Max-Age=0")
+    );
     for bad in ["https://evil.example/", "//evil.example", "/\\evil.example"] {
         let path = format!("/oauth2/logout?return_to={}", crate::url::encode(bad));
         assert_eq!(reply_of(o.decide(&provider(), &get(&path, None), NOW)).status, 400, "{bad}");
@@ -440,10 +454,16 @@ fn discovery_must_name_the_issuer_and_stay_on_its_host() {
     let doc = |issuer: &str, token: &str| {
         json!({"issuer": issuer, "authorization_endpoint": "https://login.example/auth", "token_endpoint": token, "jwks_uri": "https://idp.example/jwks"}).to_string()
     };
-    assert!(Discovery::parse(doc("https://idp.example", "https://idp.example/token").as_bytes(), "https://idp.example").is_ok());
-    let e = Discovery::parse(doc("https://evil.example", "https://idp.example/token").as_bytes(), "https://idp.example");
+    assert!(Discovery::parse(
+        doc("https://idp.example", "https://idp.example/token").as_bytes(),
+        "https://idp.example"
+    )
+    .is_ok());
+    let e =
+        Discovery::parse(doc("https://evil.example", "https://idp.example/token").as_bytes(), "https://idp.example");
     assert!(e.unwrap_err().contains("issuer"));
-    let e = Discovery::parse(doc("https://idp.example", "https://evil.example/token").as_bytes(), "https://idp.example");
+    let e =
+        Discovery::parse(doc("https://idp.example", "https://evil.example/token").as_bytes(), "https://idp.example");
     assert!(e.unwrap_err().contains("token_endpoint"));
     assert!(Discovery::parse(b"<html>", "https://idp.example").is_err());
 }
