@@ -441,28 +441,37 @@ pub fn wait_ready(url: &str) {
     }
 }
 
-/// The authn and authz phases (root id, configuration) and their clusters that wasmeshctl's
-/// plugins generate for a gateway workload `app: gateway` in `istio-system` from Istio YAML: put
-/// after the oidc phase, RequestAuthentication and AuthorizationPolicy see the bearer token the
-/// login put there.
-pub fn mesh_phases(yaml: &str) -> (Vec<(String, Value)>, Vec<Value>) {
-    use wasmesh_controller::plugins::{authn, authz, Direction, ListenerContext};
+/// What `wasmeshctl envoy --role gateway` (one-pass layout) writes for the HTTP filters of a
+/// gateway listener of workload `app: gateway` in `istio-system`, from Istio YAML and a meshConfig
+/// (its `extensionProviders` wasmeshOidc entry): the controller's own plugins, in its plugin order
+/// (oidc, then authn and authz, so RequestAuthentication and AuthorizationPolicy see the bearer
+/// token the login put there), assembled into `wasmesh.chain`; and the clusters they need.
+pub fn gateway_filters(yaml: &str, mesh: &wasmesh_controller::MeshConfig) -> (Vec<Value>, Vec<Value>) {
+    use wasmesh_controller::plugins::{Direction, ListenerContext, PLUGINS};
     let mut wl = wasmesh_istio::Workload::new("gateway", "istio-system");
     wl.labels.insert("app".into(), "gateway".into());
     let resources = wasmesh_istio::Resources { items: wasmesh_istio::load_str(yaml, "oidc.yaml").expect("YAML") };
-    let mesh = wasmesh_controller::MeshConfig::default();
     let ctx = ListenerContext {
         workload: &wl,
         resources: &resources,
-        direction: Direction::Inbound,
+        direction: Direction::Gateway { port: 80 },
         bind_port: 0,
-        mesh: &mesh,
+        mesh,
     };
-    let mut phases = Vec::new();
-    let mut clusters = Vec::new();
-    for c in [authn::contribute(&ctx).expect("authn plugin"), authz::contribute(&ctx).expect("authz plugin")] {
-        phases.extend(c.http_filters.into_iter().map(|f| (f.name, f.config)));
-        clusters.extend(c.clusters);
+    let mut filters = Vec::new();
+    let mut clusters: Vec<Value> = Vec::new();
+    for plugin in PLUGINS {
+        let c = plugin(&ctx).unwrap_or_else(|e| panic!("plugin: {e:?}"));
+        // The router needs Gateway/VirtualService resources; these listeners route by themselves.
+        filters.extend(c.http_filters.into_iter().filter(|f| f.name != "wasmesh.router"));
+        for cluster in c.clusters {
+            if !clusters.iter().any(|x| x["name"] == cluster["name"]) {
+                clusters.push(cluster);
+            }
+        }
     }
-    (phases, clusters)
+    let assembled = wasmesh_controller::layout::Layout::OnePass.assemble(filters);
+    let json =
+        assembled.iter().map(|f| wasmesh_controller::bootstrap::wasm_http_filter(f, &paths::wasm_dir())).collect();
+    (json, clusters)
 }

@@ -57,16 +57,28 @@ fn setup() -> Setup {
          ---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: alice-only, namespace: istio-system}}\n\
          spec:\n  selector: {{matchLabels: {{app: gateway}}}}\n  action: ALLOW\n  rules:\n  - from:\n    - source: {{requestPrincipals: [\"{issuer}/alice\"]}}\n"
     );
-    let (mesh_phases, mut clusters) = mesh_phases(&yaml);
-    let mut policed_config = oidc_config(&policed, &issuer, "oidc-provider");
-    policed_config["forward"] = "id_token".into();
-    let mut policed_phases: Vec<(&str, Value)> = vec![("wasmesh.oidc", policed_config)];
-    policed_phases.extend(mesh_phases.iter().map(|(id, c)| (id.as_str(), c.clone())));
+    // The policed gateway is configured as wasmeshctl configures it: a meshConfig
+    // extensionProviders entry (forwarding the ID token, a JWT authn can verify).
+    let mut entry = oidc_config(&policed, &issuer, "unused");
+    let spec = entry.as_object_mut().expect("object");
+    spec.remove("providerCluster");
+    spec.insert("forward".into(), "id_token".into());
+    spec.insert("selector".into(), serde_json::json!({"matchLabels": {"app": "gateway"}}));
+    let mesh: wasmesh_controller::MeshConfig =
+        serde_json::from_value(serde_json::json!({"extensionProviders": [{"name": "login", "wasmeshOidc": entry}]}))
+            .expect("meshConfig");
+    let (policed_filters, mut clusters) = gateway_filters(&yaml, &mesh);
+    assert!(
+        policed_filters.len() == 1 && policed_filters[0].to_string().contains("wasmesh.oidc"),
+        "one wasmesh.chain starting with the login: {policed_filters:?}"
+    );
     let listeners = vec![
         (real_port, vec![chain_filter(&[("wasmesh.oidc", oidc_config(&real, &issuer, "oidc-provider"))])]),
         (faulty_port, vec![chain_filter(&[("wasmesh.oidc", oidc_config(&faulty, &fake.issuer(), "fake-provider"))])]),
-        (policed_port, vec![chain_filter(&policed_phases)]),
+        (policed_port, policed_filters),
     ];
+    // The controller named the provider's cluster as it names a jwksUri's: the same one here.
+    clusters.retain(|c| c["name"] != "oidc-provider");
     clusters.push(static_cluster("oidc-provider", provider.port));
     clusters.push(static_cluster("fake-provider", fake.port));
     let envoy = Envoy::start("oidc", &bootstrap(admin, app.port, listeners, clusters));

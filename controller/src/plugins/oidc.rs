@@ -62,7 +62,9 @@ fn check(i: usize, name: &str, spec: &Value) -> Result<Entry, Vec<Error>> {
             for (k, v) in m {
                 match v.as_str() {
                     Some(v) => labels.push((k.clone(), v.to_string())),
-                    None => return Err(vec![error(i, name, &format!("selector.matchLabels.{k}"), "expected a string")]),
+                    None => {
+                        return Err(vec![error(i, name, &format!("selector.matchLabels.{k}"), "expected a string")])
+                    }
                 }
             }
         }
@@ -134,7 +136,10 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
                         i,
                         name,
                         "selector",
-                        format!("selects {} as extensionProviders[{first}] does; one login per gateway", ctx.workload.name),
+                        format!(
+                            "selects {} as extensionProviders[{first}] does; one login per gateway",
+                            ctx.workload.name
+                        ),
                     ));
                     continue;
                 }
@@ -190,7 +195,8 @@ mod tests {
         assert_eq!(c.clusters[0]["name"], cluster);
         assert!(c.clusters[0].get("transport_socket").is_some(), "https issuer: TLS");
         // The filter accepts what the plugin wrote.
-        wasmesh_oidc::Oidc::new(wasmesh_oidc::OidcConfig::parse_json(f.config.to_string().as_bytes()).unwrap()).unwrap();
+        wasmesh_oidc::Oidc::new(wasmesh_oidc::OidcConfig::parse_json(f.config.to_string().as_bytes()).unwrap())
+            .unwrap();
     }
 
     #[test]
@@ -211,7 +217,8 @@ mod tests {
         ];
         for (extra, field, text) in cases {
             let errs = validate(&mesh(extra));
-            let e = errs.iter().find(|e| e.field.as_deref() == Some(field)).unwrap_or_else(|| panic!("{extra}: {errs:?}"));
+            let e =
+                errs.iter().find(|e| e.field.as_deref() == Some(field)).unwrap_or_else(|| panic!("{extra}: {errs:?}"));
             assert!(e.to_string().contains(text), "{e}");
             assert!(e.to_string().contains("extensionProviders[0] (login)"), "{e}");
             assert!(run(&mesh(extra), &gateway(), Direction::Gateway { port: 80 }).is_err(), "envoy refuses it too");
