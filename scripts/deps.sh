@@ -73,4 +73,10 @@ elif [ -x /etc/init.d/docker-registry ]; then
 fi
 
 command -v node >/dev/null 2>&1 || { echo "node is required (core tests compiled to wasm run under node's WASI)"; exit 1; }
+# The OIDC e2e tests' OpenID provider (npm oidc-provider, pinned by e2e/oidc/package-lock.json).
+if [ ! -d e2e/oidc/node_modules/oidc-provider ] || [ e2e/oidc/package-lock.json -nt e2e/oidc/node_modules/.package-lock.json ]; then
+  command -v npm >/dev/null 2>&1 || { echo "npm is required (e2e/oidc: the OpenID provider of the OIDC tests)"; exit 1; }
+  echo ">> npm ci in e2e/oidc (oidc-provider)"
+  npm ci --prefix e2e/oidc --no-audit --no-fund --loglevel=error >/dev/null
+fi
 echo ">> deps ready: $(scripts/envoy-bin.sh) ($("$(scripts/envoy-bin.sh)" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1))"

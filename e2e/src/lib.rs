@@ -19,6 +19,7 @@ pub mod mesh;
 pub mod mtls;
 pub mod node_identity;
 pub mod oci;
+pub mod oidc;
 pub mod paths;
 pub mod stats;
 pub mod xds;

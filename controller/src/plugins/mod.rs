@@ -14,6 +14,7 @@ use wasmesh_istio::{Error, Resources, Workload};
 pub mod authn;
 pub mod authz;
 pub mod mtls;
+pub mod oidc;
 pub mod router;
 pub mod stats;
 
@@ -129,8 +130,14 @@ pub type Plugin = fn(&ListenerContext<'_>) -> Result<Contribution, Vec<Error>>;
 /// authn (JWT), AUDIT/DENY/ALLOW authz, then routing. Each decides from the listener's direction
 /// whether it contributes (authz only on inbound and gateway listeners, the router only on
 /// outbound and gateway listeners).
-pub const PLUGINS: &[Plugin] =
-    &[stats::contribute, authz::contribute_custom, authn::contribute, authz::contribute_rbac, router::contribute];
+pub const PLUGINS: &[Plugin] = &[
+    stats::contribute,
+    oidc::contribute,
+    authz::contribute_custom,
+    authn::contribute,
+    authz::contribute_rbac,
+    router::contribute,
+];
 
 /// For xDS (every slot present): the filter the plugin at the same index of
 /// [`PLUGINS`] inserts when no resource gives it anything to enforce, or nothing when the plugin
@@ -141,7 +148,7 @@ pub const PLUGINS: &[Plugin] =
 pub type EmptySlot = fn(&ListenerContext<'_>) -> Option<WasmFilter>;
 
 /// Parallel to [`PLUGINS`].
-pub const EMPTY_SLOTS: &[EmptySlot] = &[no_slot, empty_authz_custom, empty_authn, empty_authz_rbac, no_slot];
+pub const EMPTY_SLOTS: &[EmptySlot] = &[no_slot, no_slot, empty_authz_custom, empty_authn, empty_authz_rbac, no_slot];
 
 fn no_slot(_: &ListenerContext<'_>) -> Option<WasmFilter> {
     None

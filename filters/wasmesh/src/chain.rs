@@ -40,6 +40,7 @@ fn phase_builder(root_id: &str) -> Result<Build, String> {
         Filter::Authz => crate::authz::build,
         Filter::Authn => crate::authn::build,
         Filter::Stats => crate::stats::build,
+        Filter::Oidc => crate::oidc::build,
         Filter::Chain => return Err("a chain cannot be a phase of a chain".into()),
     })
 }
@@ -47,7 +48,7 @@ fn phase_builder(root_id: &str) -> Result<Build, String> {
 /// The filter of a phase's root id: an HTTP filter of this module.
 fn phase_filter(root_id: &str) -> Result<Filter, String> {
     match filter_for(root_id) {
-        Some(f @ (Filter::Router | Filter::Authn)) => Ok(f),
+        Some(f @ (Filter::Router | Filter::Authn | Filter::Oidc)) => Ok(f),
         Some(Filter::Authz) if root_id != "wasmesh.authz.tcp" && root_id != "wasmesh.authz.peer_address" => {
             Ok(Filter::Authz)
         }
@@ -55,7 +56,7 @@ fn phase_filter(root_id: &str) -> Result<Filter, String> {
         Some(Filter::Chain) => Err("a chain cannot be a phase of a chain".into()),
         _ => Err(format!(
             "{root_id:?} is not an HTTP filter of this module; expected one of wasmesh.stats, \
-             wasmesh.authz.custom, wasmesh.authn, wasmesh.authz, wasmesh.router"
+             wasmesh.authz.custom, wasmesh.oidc, wasmesh.authn, wasmesh.authz, wasmesh.router"
         )),
     }
 }
@@ -124,7 +125,14 @@ mod tests {
 
     #[test]
     fn only_http_filters_are_phases() {
-        for id in ["wasmesh.router", "wasmesh.authz", "wasmesh.authz.custom", "wasmesh.authn", "wasmesh.stats"] {
+        for id in [
+            "wasmesh.router",
+            "wasmesh.authz",
+            "wasmesh.authz.custom",
+            "wasmesh.authn",
+            "wasmesh.stats",
+            "wasmesh.oidc",
+        ] {
             assert!(phase_filter(id).is_ok(), "{id}");
         }
         for id in ["wasmesh.chain", "wasmesh.stats.tcp", "wasmesh.authz.tcp", "wasmesh.authz.peer_address", "x"] {

@@ -7,6 +7,7 @@
 //! | `wasmesh.authz`, `wasmesh.authz.custom`, `wasmesh.authz.tcp`, `wasmesh.authz.peer_address` | AuthorizationPolicy (HTTP; CUSTOM stage; network RBAC on TCP; the network filter recording the peer address) |
 //! | `wasmesh.authn` | RequestAuthentication (JWT) |
 //! | `wasmesh.stats`, `wasmesh.stats.tcp` | Istio's standard metrics (HTTP; TCP) |
+//! | `wasmesh.oidc` | OIDC login at the gateway (authorization code flow, sealed session cookie) |
 //! | `wasmesh.chain` | the one-pass layout: several of the HTTP filters above as phases of one filter ([`chain`]) |
 //!
 //! Any id is matched on its first two dot-separated components (`wasmesh.authz.<anything>` is
@@ -63,6 +64,9 @@ pub mod authn;
 #[path = "../../stats/src/filter.rs"]
 pub mod stats;
 
+#[path = "../../oidc/src/filter.rs"]
+pub mod oidc;
+
 pub mod chain;
 
 proxy_wasm::main! {{
@@ -77,12 +81,14 @@ pub enum Filter {
     Authz,
     Authn,
     Stats,
+    /// OIDC login at the gateway (`wasmesh.oidc`).
+    Oidc,
     /// The one-pass layout.
     Chain,
 }
 
 /// The root ids the controller writes today, one per filter role (for docs and tests).
-pub const ROOT_IDS: [&str; 9] = [
+pub const ROOT_IDS: [&str; 10] = [
     "wasmesh.router",
     "wasmesh.authz",
     "wasmesh.authz.custom",
@@ -92,6 +98,7 @@ pub const ROOT_IDS: [&str; 9] = [
     "wasmesh.stats",
     "wasmesh.stats.tcp",
     chain::ROOT_ID,
+    "wasmesh.oidc",
 ];
 
 /// The filter a plugin's `root_id` names: `wasmesh.<filter>` or `wasmesh.<filter>.<role>`.
@@ -104,6 +111,7 @@ pub fn filter_for(root_id: &str) -> Option<Filter> {
         "authn" => Some(Filter::Authn),
         "stats" => Some(Filter::Stats),
         "chain" => Some(Filter::Chain),
+        "oidc" => Some(Filter::Oidc),
         _ => None,
     }
 }
@@ -117,6 +125,7 @@ pub fn root_context(context_id: u32) -> Box<dyn RootContext> {
         Some(Filter::Authn) => authn::root_context(context_id),
         Some(Filter::Stats) => stats::root_context(context_id),
         Some(Filter::Chain) => chain::root_context(context_id),
+        Some(Filter::Oidc) => oidc::root_context(context_id),
         None => Box::new(Unknown { root_id }),
     }
 }
@@ -159,6 +168,7 @@ mod tests {
             Filter::Stats,
             Filter::Stats,
             Filter::Chain,
+            Filter::Oidc,
         ];
         for (id, f) in ROOT_IDS.iter().zip(expected) {
             assert_eq!(filter_for(id), Some(f), "{id}");
