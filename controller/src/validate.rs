@@ -112,10 +112,12 @@ fn gateway_routes(resources: &Resources) -> Vec<Error> {
     errors
 }
 
-/// [`validate`], plus the CUSTOM policies' extension providers of `mesh` (`--mesh-config`).
+/// [`validate`], plus what `mesh` (`--mesh-config`) adds: the CUSTOM policies' extension providers
+/// and every `wasmeshOidc` login entry, whatever it selects.
 pub fn validate_with_mesh(resources: &Resources, mesh: &MeshConfig) -> Vec<Error> {
     let mut errors = validate(resources);
     errors.extend(extension_providers(resources, mesh));
+    errors.extend(crate::plugins::oidc::validate(mesh));
     errors
 }
 
