@@ -467,7 +467,6 @@ mod tests {
 
     #[test]
     fn the_check_request_carries_envoys_attributes() {
-        let p = provider(json!({}));
         let req: Vec<(String, Vec<u8>)> = [
             (":method", "POST"),
             (":path", "/a?b=1"),
