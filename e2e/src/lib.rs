@@ -14,6 +14,7 @@ pub mod authz;
 pub mod bench;
 pub mod bookinfo;
 pub mod envoy;
+pub mod ext_authz;
 pub mod http;
 pub mod mesh;
 pub mod mtls;

@@ -14,8 +14,8 @@
 //! [`contribute_rbac`] after it. The CUSTOM instance exists only when a CUSTOM policy applies.
 //!
 //! Extension providers come from meshConfig `extensionProviders` (`wasmeshctl --mesh-config`);
-//! the plugin adds a cluster `outbound|<port>||<host>` for each `envoyExtAuthzHttp` provider a
-//! CUSTOM policy uses (a ServiceEntry of the same host replaces it with its endpoints).
+//! the plugin adds a cluster `outbound|<port>||<host>` for each `envoyExtAuthzHttp` or
+//! `envoyExtAuthzGrpc` (HTTP/2) provider a CUSTOM policy uses (a ServiceEntry of the same host replaces it with its endpoints).
 
 use super::{resources_json, Contribution, Direction, ListenerContext, WasmFilter};
 use serde_json::{json, Value};
@@ -74,6 +74,10 @@ pub fn contribute_stage(ctx: &ListenerContext<'_>, stage: Stage) -> Result<Contr
         return Err(errors);
     }
     let authz = cfg.compile(&resources).map_err(|e| e.0)?;
+    let refused = unsupported_providers(&authz, &resources, &ctx.mesh.extension_providers);
+    if !refused.is_empty() {
+        return Err(refused);
+    }
     if authz.is_empty() {
         // No policy applies: Istio adds no RBAC filter either.
         return Ok(Contribution::default());
@@ -86,7 +90,11 @@ pub fn contribute_stage(ctx: &ListenerContext<'_>, stage: Stage) -> Result<Contr
         c.network_filters.push(peer_address_filter());
     }
     if let Some(p) = authz.provider() {
-        c.clusters.push(provider_cluster(&p.cluster));
+        let mut cluster = provider_cluster(&p.cluster);
+        if p.transport == wasmesh_authz::Transport::Grpc {
+            grpc_cluster(&mut cluster);
+        }
+        c.clusters.push(cluster);
     }
     c.stats_tags = stats_tags();
     Ok(c)
@@ -130,6 +138,40 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
     wasmesh_authz::validate_all(resources)
 }
 
+/// CUSTOM policies of this workload whose provider uses a field wasmesh cannot enforce
+/// (`includeRequestBodyInCheck`): refused here, never deployed as a provider that denies
+/// everything. Other provider errors are istiod's (a CUSTOM rule with an invalid provider
+/// denies, as in Istio) and stay warnings of the compiled policy.
+pub fn unsupported_providers(authz: &wasmesh_authz::Authz, resources: &Resources, providers: &[Value]) -> Vec<Error> {
+    let mut errors = Vec::new();
+    for (res, ap) in resources.authorization_policies() {
+        if ap.action != wasmesh_istio::security::Action::Custom
+            || !authz.applied().contains(&format!("{} (CUSTOM)", res.display_name()))
+        {
+            continue;
+        }
+        let Some(name) = ap.provider.as_ref().map(|p| p.name.as_str()) else { continue };
+        for (i, p) in providers.iter().enumerate() {
+            if p.get("name").and_then(Value::as_str) != Some(name) {
+                continue;
+            }
+            for kind in ["envoyExtAuthzHttp", "envoyExtAuthzGrpc"] {
+                if p.get(kind).and_then(|k| k.get("includeRequestBodyInCheck")).is_some() {
+                    errors.push(Error::at(
+                        res,
+                        "spec.provider.name",
+                        format!(
+                            "extension provider {name:?}: meshConfig extensionProviders[{i}].{kind}.includeRequestBodyInCheck: {}",
+                            wasmesh_authz::provider::REQUEST_BODY_UNSUPPORTED
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    errors
+}
+
 /// The network filter that records the physical peer address for `ipBlocks` / `source.ip`.
 pub fn peer_address_filter() -> WasmFilter {
     WasmFilter { name: PEER_ADDRESS_FILTER_NAME.into(), config: json!({"role": "peerAddress"}), fail_open: false }
@@ -152,6 +194,17 @@ pub fn provider_cluster(name: &str) -> Value {
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}],
         },
     })
+}
+
+/// An `envoyExtAuthzGrpc` provider's cluster speaks HTTP/2 (gRPC), as istiod's cluster for a
+/// gRPC service port does.
+pub fn grpc_cluster(cluster: &mut Value) {
+    cluster["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    });
 }
 
 /// Tag extraction: `wasmcustom.wasmesh.authz.policy.<outcome>.<rule>` → label `authz_rule`.
@@ -233,6 +286,33 @@ mod tests {
         assert!(ctx_run(yaml, Direction::Inbound, &mesh, Stage::Rbac).unwrap().http_filters.is_empty());
         let dns = provider_cluster("outbound|80||authz.foo.svc.cluster.local");
         assert_eq!(dns["type"], "STRICT_DNS");
+        let grpc: MeshConfig = yaml_serde::from_str(
+            "extensionProviders: [{name: ext, envoyExtAuthzGrpc: {service: 127.0.0.1, port: 9191}}]",
+        )
+        .unwrap();
+        let c = ctx_run(yaml, Direction::Inbound, &grpc, Stage::Custom).unwrap();
+        assert_eq!(c.clusters[0]["name"], "outbound|9191||127.0.0.1");
+        let opts = &c.clusters[0]["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        assert!(opts["explicit_http_config"]["http2_protocol_options"].is_object(), "gRPC needs HTTP/2: {c:?}");
+    }
+
+    #[test]
+    fn include_request_body_in_check_is_refused_with_policy_and_field() {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: foo}\nspec: {action: CUSTOM, provider: {name: ext}, rules: [{}]}\n";
+        for kind in ["envoyExtAuthzHttp", "envoyExtAuthzGrpc"] {
+            let mesh: MeshConfig = yaml_serde::from_str(&format!(
+                "extensionProviders: [{{name: other, zipkin: {{service: z, port: 9411}}}}, {{name: ext, {kind}: {{service: 127.0.0.1, port: 9191, includeRequestBodyInCheck: {{maxRequestBytes: 100}}}}}}]"
+            ))
+            .unwrap();
+            for stage in [Stage::All, Stage::Custom] {
+                let e = ctx_run(yaml, Direction::Inbound, &mesh, stage).unwrap_err();
+                let text = e[0].to_string();
+                assert!(text.contains("AuthorizationPolicy foo/c"), "{text}");
+                assert!(text.contains("spec.provider.name"), "{text}");
+                assert!(text.contains(&format!("extensionProviders[1].{kind}.includeRequestBodyInCheck")), "{text}");
+            }
+        }
     }
 
     #[test]

@@ -10,18 +10,23 @@ use proxy_wasm::types::{BufferType, MapType};
 use std::rc::Rc;
 use wasmesh_authz::decision::RequestStep;
 use wasmesh_authz::ext_authz::{on_check_response, on_check_unsent, CheckAction, CheckOutcome, CheckResult, Mutation};
+use wasmesh_authz::ext_authz_grpc::{self as grpc, CheckInputs};
 use wasmesh_authz::view::HostView;
-use wasmesh_authz::{Provider, Reason, RuleId, RuleRef, Verdict, DENY_BODY, DENY_STATUS};
+use wasmesh_authz::{Provider, Reason, RuleId, RuleRef, Transport, Verdict, DENY_BODY, DENY_STATUS};
 use wasmesh_proxy::phase::{Flow, PhaseRequest};
 use wasmesh_proxy::stream::Stream;
+
+/// Largest gRPC `CheckResponse` read (Envoy's gRPC client default message limit is 4 MiB; a
+/// larger answer is a provider error here).
+pub const MAX_CHECK_RESPONSE_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// One per request.
 pub struct AuthzRequest {
     shared: Rc<Shared>,
     /// The CUSTOM check in flight: its token and the rule that asked for it.
     pending: Option<(u32, RuleId)>,
-    /// `headersToDownstreamOnAllow` from the provider, added to the response.
-    allow_response_headers: Vec<(String, Vec<u8>)>,
+    /// Response header changes from the provider's OK answer.
+    allow_response_headers: Vec<Mutation>,
 }
 
 impl AuthzRequest {
@@ -45,7 +50,7 @@ impl PhaseRequest for AuthzRequest {
             RequestStep::Check { provider, rule, headers } => {
                 shared.metrics.rule(RuleOutcome::Custom, rule.id);
                 match headers {
-                    Ok(headers) => self.dispatch(s, &shared, provider, rule, &headers),
+                    Ok(headers) => self.dispatch(s, &shared, provider, rule, headers),
                     // The check request cannot be built: fail closed.
                     Err(m) => finish(s, &shared, &Verdict::deny(Reason::Missing(m))),
                 }
@@ -56,10 +61,46 @@ impl PhaseRequest for AuthzRequest {
     // Body and trailers need nothing: the driver holds them while the check is in flight.
 
     fn response_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
-        for (k, v) in std::mem::take(&mut self.allow_response_headers) {
-            s.add_response_header(&k, &v);
+        for m in std::mem::take(&mut self.allow_response_headers) {
+            match m {
+                Mutation::Set(k, v) => s.set_response_header(&k, &v),
+                Mutation::Add(k, v) => s.add_response_header(&k, &v),
+                _ => false,
+            };
         }
         Flow::Continue
+    }
+
+    /// The gRPC provider's answer to the check sent by [`AuthzRequest::dispatch`].
+    fn grpc_call_response(
+        &mut self,
+        s: &Stream,
+        token_id: u32,
+        status_code: u32,
+        response_size: usize,
+    ) -> Option<Flow> {
+        let (token, rule) = self.pending?;
+        if token != token_id {
+            return None;
+        }
+        self.pending = None;
+        let shared = self.shared.clone();
+        let authz = &shared.authz;
+        let rule = RuleRef { id: rule, name: authz.rule_name(rule).unwrap_or_default() };
+        let Some(provider) = authz.provider() else {
+            shared.metrics.custom_denied(rule);
+            s.send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
+            return Some(Flow::Answered);
+        };
+        let message = if status_code != 0 || response_size > MAX_CHECK_RESPONSE_MESSAGE_BYTES {
+            None
+        } else if response_size == 0 {
+            Some(Vec::new())
+        } else {
+            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size).ok().flatten()
+        };
+        let outcome = grpc::on_check_response(provider, status_code, message.as_deref());
+        Some(self.apply(s, &shared, provider, rule, outcome))
     }
 
     /// The provider's answer to the check sent by [`AuthzRequest::dispatch`].
@@ -108,17 +149,34 @@ fn finish(s: &Stream, shared: &Shared, v: &Verdict<'_>) -> Flow {
 }
 
 impl AuthzRequest {
-    /// Sends the check request; the request waits for [`PhaseRequest::http_call_response`].
+    /// Sends the check request; the request waits for [`PhaseRequest::http_call_response`] or
+    /// [`PhaseRequest::grpc_call_response`].
     fn dispatch(
         &mut self,
         s: &Stream,
         shared: &Shared,
         provider: &Provider,
         rule: RuleRef<'_>,
-        headers: &[(String, String)],
+        headers: Vec<(String, String)>,
     ) -> Flow {
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        match s.dispatch_http_call(&provider.cluster, &headers, None, provider.timeout) {
+        let sent = match provider.transport {
+            Transport::Http => {
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                s.dispatch_http_call(&provider.cluster, &headers, None, provider.timeout)
+            }
+            Transport::Grpc => {
+                let inputs = check_inputs(s, headers);
+                let message = grpc::check_request(&inputs);
+                s.dispatch_grpc_call(
+                    &grpc::grpc_service(provider),
+                    grpc::SERVICE,
+                    grpc::METHOD,
+                    &message,
+                    provider.timeout,
+                )
+            }
+        };
+        match sent {
             Ok(token) => {
                 self.pending = Some((token, rule.id));
                 Flow::Pause
@@ -164,10 +222,7 @@ impl AuthzRequest {
             CheckAction::Allow { request, response_headers } => {
                 // Through the stream: Envoy gets the change and later phases see it.
                 for change in &request {
-                    match change {
-                        Mutation::Set(k, v) => s.set_request_header(k, v),
-                        Mutation::Remove(k) => s.remove_request_header(k),
-                    };
+                    apply_request_change(s, change);
                 }
                 self.allow_response_headers.extend(response_headers);
                 // Read after the provider's headers were applied: ALLOW/DENY see them, as in Istio.
@@ -185,5 +240,73 @@ impl AuthzRequest {
                 Flow::Answered
             }
         }
+    }
+}
+
+/// One change of the provider's OK answer to the request, as Envoy's ext_authz filter makes it.
+fn apply_request_change(s: &Stream, change: &Mutation) {
+    let present = |k: &str| s.request_header(k).ok().flatten();
+    match change {
+        Mutation::Set(k, v) => {
+            s.set_request_header(k, v);
+        }
+        Mutation::Add(k, v) => {
+            s.add_request_header(k, v);
+        }
+        Mutation::Append(k, v) => {
+            // Envoy's `appendCopy`: `existing,value` on a present header; nothing otherwise.
+            if let Some(mut old) = present(k) {
+                old.push(b',');
+                old.extend_from_slice(v);
+                s.set_request_header(k, &old);
+            }
+        }
+        Mutation::AddIfAbsent(k, v) => {
+            if present(k).is_none() {
+                s.add_request_header(k, v);
+            }
+        }
+        Mutation::OverwriteIfExists(k, v) => {
+            if present(k).is_some() {
+                s.set_request_header(k, v);
+            }
+        }
+        Mutation::Remove(k) => {
+            s.remove_request_header(k);
+        }
+    }
+}
+
+/// The attributes of a gRPC check, read from the stream (Envoy's `CheckRequestUtils`).
+fn check_inputs(s: &Stream, headers: Vec<(String, String)>) -> CheckInputs {
+    let values = s.properties(&[
+        &["source", "address"],
+        &["destination", "address"],
+        &["request", "time"],
+        &["request", "protocol"],
+        &["connection", "uri_san_peer_certificate"],
+        &["connection", "dns_san_peer_certificate"],
+        &["connection", "subject_peer_certificate"],
+        &["connection", "uri_san_local_certificate"],
+        &["connection", "dns_san_local_certificate"],
+        &["connection", "subject_local_certificate"],
+        &["connection", "requested_server_name"],
+        &["connection", "tls_version"],
+    ]);
+    let text = |i: usize| -> Option<String> {
+        values.get(i).cloned().flatten().and_then(|b| String::from_utf8(b).ok()).filter(|t| !t.is_empty())
+    };
+    let principal = |from: usize| (from..from + 3).find_map(text).unwrap_or_default();
+    let id = headers.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| grpc::stream_id(v)).unwrap_or_default();
+    CheckInputs {
+        source_address: text(0),
+        destination_address: text(1),
+        time_nanos: values.get(2).cloned().flatten().and_then(|b| wasmesh_proxy::decode_u64(&b)),
+        protocol: text(3).unwrap_or_default(),
+        source_principal: principal(4),
+        destination_principal: principal(7),
+        sni: text(11).and(text(10)),
+        id,
+        headers,
     }
 }

@@ -65,6 +65,14 @@ impl AuthzConfig {
         let mut custom = self.custom(&custom_policies, &providers, &bundle, &mut warnings);
         if self.stage == Stage::Tcp {
             if let Custom::Ext { provider, .. } = &custom {
+                if provider.transport == crate::provider::Transport::Grpc {
+                    // istiod's buildTCP gives a gRPC provider Envoy's network ext_authz filter,
+                    // which wasmesh does not have: refused, never left unenforced.
+                    return Err(CompileError(vec![Error::new(format!(
+                        "CUSTOM provider {:?} (envoyExtAuthzGrpc) on a TCP port: Istio checks each connection with it (network ext_authz), which wasmesh does not implement",
+                        provider.name
+                    ))]));
+                }
                 // istiod's buildTCP: an HTTP ext_authz provider has no TCP filter.
                 warnings.push(Error::new(format!(
                     "CUSTOM provider {:?} is an HTTP ext_authz provider; its policies do not apply to TCP traffic (as in Istio)",

@@ -5,7 +5,7 @@
 //! `failOpen` on an error). Pure: the filter sends the request and reads the answer.
 #![deny(clippy::indexing_slicing)]
 
-use crate::provider::Provider;
+use crate::provider::{Provider, Transport};
 
 /// Largest denial body relayed to the client. Envoy's ext_authz buffers the authorization
 /// server's response like any upstream response (bounded by the cluster's buffer limits, 1 MiB
@@ -24,6 +24,9 @@ pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 /// joined with `,`, `:path` behind `pathPrefix`), the provider's additional headers,
 /// `content-length: 0`, and `:method`/`:path`/`:authority` always present.
 pub fn check_request_headers(provider: &Provider, request: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    if provider.transport == Transport::Grpc {
+        return crate::ext_authz_grpc::check_headers(request);
+    }
     let mut merged: Vec<(String, String)> = Vec::new();
     for (k, v) in request {
         if k == "content-length" || !provider.forwards_request_header(k) {
@@ -68,18 +71,26 @@ pub enum CheckResult {
 /// A change to the original request when the provider allowed it, applied in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mutation {
-    /// Replace the header (`headersToUpstreamOnAllow`).
+    /// Replace the header (`headersToUpstreamOnAllow`; gRPC `OVERWRITE_IF_EXISTS_OR_ADD`, `append: false`).
     Set(String, Vec<u8>),
-    /// Remove the header ([`HEADERS_TO_REMOVE`]).
+    /// Add a value (gRPC `APPEND_IF_EXISTS_OR_ADD`).
+    Add(String, Vec<u8>),
+    /// Append `,value` to the header when it is present (gRPC `append: true`).
+    Append(String, Vec<u8>),
+    /// Add the header when it is absent (gRPC `ADD_IF_ABSENT`).
+    AddIfAbsent(String, Vec<u8>),
+    /// Replace the header when it is present (gRPC `OVERWRITE_IF_EXISTS`).
+    OverwriteIfExists(String, Vec<u8>),
+    /// Remove the header ([`HEADERS_TO_REMOVE`], gRPC `headers_to_remove`).
     Remove(String),
 }
 
 /// What the filter does after the check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckAction {
-    /// Apply `request`, add `response_headers` to the response to the client later
-    /// (`headersToDownstreamOnAllow`), then run the rest of the chain.
-    Allow { request: Vec<Mutation>, response_headers: Vec<(String, Vec<u8>)> },
+    /// Apply `request`, apply `response_headers` to the response to the client later
+    /// (`headersToDownstreamOnAllow`, gRPC `response_headers_to_add`), then run the rest of the chain.
+    Allow { request: Vec<Mutation>, response_headers: Vec<Mutation> },
     /// Answer the client now.
     Deny { status: u32, headers: Vec<(String, String)>, body: Option<Vec<u8>>, why: &'static str },
 }
@@ -98,7 +109,7 @@ pub struct CheckOutcome {
 }
 
 impl CheckOutcome {
-    fn error(provider: &Provider, what: String) -> CheckOutcome {
+    pub(crate) fn error(provider: &Provider, what: String) -> CheckOutcome {
         let action = if provider.fail_open {
             CheckAction::Allow { request: Vec::new(), response_headers: Vec::new() }
         } else {
@@ -191,7 +202,7 @@ fn allowed(provider: &Provider, headers: &[(String, Vec<u8>)]) -> CheckAction {
             request.push(Mutation::Set(k.clone(), v.clone()));
         }
         if provider.downstream_on_allow(k) {
-            response_headers.push((k.clone(), v.clone()));
+            response_headers.push(Mutation::Add(k.clone(), v.clone()));
         }
     }
     if let Some((_, list)) = headers.iter().find(|(k, _)| k == HEADERS_TO_REMOVE) {
@@ -280,7 +291,7 @@ mod tests {
                     Mutation::Remove("authorization".into()),
                     Mutation::Remove("x-secret".into()),
                 ],
-                response_headers: vec![("x-down".into(), b"d".to_vec())],
+                response_headers: vec![Mutation::Add("x-down".into(), b"d".to_vec())],
             },
             "pseudo-headers and host are never removed"
         );

@@ -32,6 +32,7 @@ mod config;
 pub mod decision;
 mod eval;
 pub mod ext_authz;
+pub mod ext_authz_grpc;
 pub mod matcher;
 pub mod metadata;
 pub mod model;
@@ -50,7 +51,7 @@ pub use eval::{CustomOutcome, Missing, Reason, Shadow, Verdict};
 pub use model::{Authz, RuleId, RuleRef};
 pub use wasmesh_istio::CompileError;
 
-pub use provider::{ExtAuthzHttp, Provider};
+pub use provider::{ExtAuthzGrpc, ExtAuthzHttp, Provider, Transport};
 pub use validate::{validate, validate_all};
 
 use std::net::IpAddr;

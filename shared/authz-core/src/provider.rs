@@ -35,7 +35,7 @@ pub struct ExtAuthzHttp {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub include_additional_headers_in_check: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub include_request_body_in_check: Option<serde_json::Value>,
+    pub include_request_body_in_check: Option<RequestBody>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers_to_upstream_on_allow: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -44,10 +44,68 @@ pub struct ExtAuthzHttp {
     pub headers_to_downstream_on_allow: Vec<String>,
 }
 
+/// `meshConfig.extensionProviders[].envoyExtAuthzGrpc` (MeshConfig field names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExtAuthzGrpc {
+    /// `[<namespace>/]<hostname>` of the authorization service.
+    #[serde(default)]
+    pub service: String,
+    #[serde(default)]
+    pub port: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Envoy's `clear_route_cache`: the route is picked again after the check (wasmesh always
+    /// lets Envoy re-pick it when a header changes, as a wasm header edit clears the route cache).
+    #[serde(default)]
+    pub clear_route_cache: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status_on_error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_request_body_in_check: Option<RequestBody>,
+}
+
+/// `includeRequestBodyInCheck` (Envoy `with_request_body`, `BufferSettings`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestBody {
+    #[serde(default)]
+    pub max_request_bytes: u32,
+    #[serde(default)]
+    pub allow_partial_message: bool,
+    #[serde(default)]
+    pub pack_as_bytes: bool,
+}
+
+/// How the check is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `envoyExtAuthzHttp`: an HTTP request per check (Envoy's raw HTTP ext_authz client).
+    Http,
+    /// `envoyExtAuthzGrpc`: `envoy.service.auth.v3.Authorization/Check`.
+    Grpc,
+}
+
+/// Why `includeRequestBodyInCheck` is refused: Envoy's ext_authz holds the request headers
+/// (`StopIteration`) while it buffers the body for the check; a proxy-wasm filter cannot, as
+/// Envoy's Wasm host turns a paused request-headers callback into `StopAllIterationAndWatermark`
+/// (no body callback until the filter resumes, and resuming sends the headers on first). The
+/// check could not see the body before the application sees the request.
+pub const REQUEST_BODY_UNSUPPORTED: &str = "includeRequestBodyInCheck is not supported by wasmesh: a proxy-wasm filter cannot hold the request headers while it reads the body (Envoy turns a paused headers callback into StopAllIterationAndWatermark), so the body could not be checked before the request reaches the application";
+
+fn refuse_body(cfg: &Option<RequestBody>, errs: &mut Vec<String>) {
+    if cfg.is_some() {
+        errs.push(REQUEST_BODY_UNSUPPORTED.into());
+    }
+}
+
 /// A validated CUSTOM provider, ready for the filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provider {
     pub name: String,
+    pub transport: Transport,
     /// The Envoy cluster the check is sent to: `outbound|<port>||<host>`, as istiod names it.
     pub cluster: String,
     /// The `:authority` of the check request.
@@ -143,7 +201,7 @@ const ENVOY_STATUS_CODES: &[u32] = &[
 /// Parses and validates `extensionProviders` as istiod's `processExtensionProvider` does.
 /// Returns, per provider name, the provider or why it is unusable (a CUSTOM policy naming an
 /// unusable provider denies the requests it matches). Providers of other kinds (tracing,
-/// access logging, metrics) are skipped; `envoyExtAuthzGrpc` is reported as unsupported.
+/// access logging, metrics) are skipped.
 pub fn parse_providers(values: &[serde_json::Value]) -> BTreeMap<String, Result<Provider, String>> {
     let mut out: BTreeMap<String, Result<Provider, String>> = BTreeMap::new();
     for (i, v) in values.iter().enumerate() {
@@ -161,8 +219,11 @@ pub fn parse_providers(values: &[serde_json::Value]) -> BTreeMap<String, Result<
                 Ok(cfg) => build_http(&name, &cfg),
                 Err(e) => Err(vec![format!("envoyExtAuthzHttp: {e}")]),
             }
-        } else if v.get("envoyExtAuthzGrpc").is_some() {
-            Err(vec!["envoyExtAuthzGrpc is not supported by wasmesh (use envoyExtAuthzHttp)".to_string()])
+        } else if let Some(grpc) = v.get("envoyExtAuthzGrpc") {
+            match serde_json::from_value::<ExtAuthzGrpc>(grpc.clone()) {
+                Ok(cfg) => build_grpc(&name, &cfg),
+                Err(e) => Err(vec![format!("envoyExtAuthzGrpc: {e}")]),
+            }
         } else {
             continue;
         };
@@ -219,21 +280,7 @@ fn build_http(name: &str, cfg: &ExtAuthzHttp) -> Result<Provider, Vec<String>> {
     if host.is_empty() {
         errs.push("service must be set ([<namespace>/]<hostname>)".into());
     }
-    let status_on_error = if cfg.status_on_error.is_empty() {
-        403
-    } else {
-        match cfg.status_on_error.parse::<u32>() {
-            Ok(c) if ENVOY_STATUS_CODES.contains(&c) => c,
-            Ok(c) => {
-                errs.push(format!("unsupported statusOnError {c}, supported values: {ENVOY_STATUS_CODES:?}"));
-                403
-            }
-            Err(_) => {
-                errs.push(format!("invalid statusOnError {:?}: not a number", cfg.status_on_error));
-                403
-            }
-        }
-    };
+    let status_on_error = status_on_error(&cfg.status_on_error, &mut errs);
     if !cfg.path_prefix.is_empty() && !cfg.path_prefix.starts_with('/') {
         errs.push(format!("pathPrefix must begin with `/`, found: {:?}", cfg.path_prefix));
     }
@@ -250,9 +297,7 @@ fn build_http(name: &str, cfg: &ExtAuthzHttp) -> Result<Provider, Vec<String>> {
             }
         },
     };
-    if cfg.include_request_body_in_check.is_some() {
-        errs.push("includeRequestBodyInCheck is not supported by wasmesh yet".into());
-    }
+    refuse_body(&cfg.include_request_body_in_check, &mut errs);
     let lists = [
         ("includeRequestHeadersInCheck", &cfg.include_request_headers_in_check),
         ("includeHeadersInCheck", &cfg.include_headers_in_check),
@@ -283,6 +328,7 @@ fn build_http(name: &str, cfg: &ExtAuthzHttp) -> Result<Provider, Vec<String>> {
     let list = |v: &Vec<String>| v.iter().map(|p| NameMatch::new(p)).collect::<Vec<_>>();
     Ok(Provider {
         name: name.to_string(),
+        transport: Transport::Http,
         cluster: format!("outbound|{}||{}", cfg.port, host),
         authority: host.to_string(),
         timeout,
@@ -299,6 +345,69 @@ fn build_http(name: &str, cfg: &ExtAuthzHttp) -> Result<Provider, Vec<String>> {
         to_downstream_on_deny: list(&cfg.headers_to_downstream_on_deny),
         to_downstream_on_allow: list(&cfg.headers_to_downstream_on_allow),
     })
+}
+
+/// `envoyExtAuthzGrpc` as istiod translates it (`generateGRPCConfig`): the service's cluster
+/// with `authority` the host, `timeout`, `failOpen`, `statusOnError`, `includeRequestBodyInCheck`.
+/// A gRPC check carries every request header; the provider's answer says which headers change.
+/// `clearRouteCache` needs nothing: a header a wasm filter changes makes Envoy pick the route
+/// again anyway.
+fn build_grpc(name: &str, cfg: &ExtAuthzGrpc) -> Result<Provider, Vec<String>> {
+    let mut errs = Vec::new();
+    if !(1..=65535).contains(&cfg.port) {
+        errs.push(format!("port must be in the range [1, 65535], found: {}", cfg.port));
+    }
+    let host = match cfg.service.split_once('/') {
+        Some((_, h)) => h,
+        None => cfg.service.as_str(),
+    };
+    if host.is_empty() {
+        errs.push("service must be set ([<namespace>/]<hostname>)".into());
+    }
+    let status_on_error = status_on_error(&cfg.status_on_error, &mut errs);
+    let timeout = match &cfg.timeout {
+        None => DEFAULT_TIMEOUT,
+        Some(t) => wasmesh_istio::parse_duration(t).unwrap_or_else(|e| {
+            errs.push(format!("timeout: {e}"));
+            DEFAULT_TIMEOUT
+        }),
+    };
+    refuse_body(&cfg.include_request_body_in_check, &mut errs);
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    Ok(Provider {
+        name: name.to_string(),
+        transport: Transport::Grpc,
+        cluster: format!("outbound|{}||{}", cfg.port, host),
+        authority: host.to_string(),
+        timeout,
+        path_prefix: String::new(),
+        fail_open: cfg.fail_open,
+        status_on_error,
+        request_headers: Vec::new(),
+        additional_headers: Vec::new(),
+        to_upstream_on_allow: Vec::new(),
+        to_downstream_on_deny: Vec::new(),
+        to_downstream_on_allow: Vec::new(),
+    })
+}
+
+fn status_on_error(text: &str, errs: &mut Vec<String>) -> u32 {
+    if text.is_empty() {
+        return 403;
+    }
+    match text.parse::<u32>() {
+        Ok(c) if ENVOY_STATUS_CODES.contains(&c) => c,
+        Ok(c) => {
+            errs.push(format!("unsupported statusOnError {c}, supported values: {ENVOY_STATUS_CODES:?}"));
+            403
+        }
+        Err(_) => {
+            errs.push(format!("invalid statusOnError {text:?}: not a number"));
+            403
+        }
+    }
 }
 
 fn is_header_name(s: &str) -> bool {
@@ -338,6 +447,26 @@ mod tests {
     }
 
     #[test]
+    fn parses_grpc_provider_and_body_settings() {
+        let p = parse_providers(&[json!({"name": "g", "envoyExtAuthzGrpc": {
+            "service": "foo/authz.foo.svc.cluster.local", "port": 9000, "timeout": "2s", "failOpen": true,
+            "statusOnError": "503", "clearRouteCache": true
+        }})]);
+        let p = p["g"].clone().unwrap();
+        assert_eq!(p.transport, Transport::Grpc);
+        assert_eq!(p.cluster, "outbound|9000||authz.foo.svc.cluster.local");
+        assert_eq!(p.authority, "authz.foo.svc.cluster.local");
+        assert_eq!(p.timeout, Duration::from_secs(2));
+        assert!(p.fail_open);
+        assert_eq!(p.status_on_error, 503);
+        for kind in ["envoyExtAuthzHttp", "envoyExtAuthzGrpc"] {
+            let b = parse_providers(&[json!({"name": "b", kind: {"service": "a", "port": 1,
+                "includeRequestBodyInCheck": {"maxRequestBytes": 5, "allowPartialMessage": true, "packAsBytes": true}}})]);
+            assert_eq!(b["b"].as_ref().unwrap_err(), REQUEST_BODY_UNSUPPORTED, "{kind}");
+        }
+    }
+
+    #[test]
     fn defaults_and_deny_headers() {
         let p = parse_providers(&[json!({"name": "a", "envoyExtAuthzHttp": {"service": "authz", "port": 80}})]);
         let p = p["a"].clone().unwrap();
@@ -356,7 +485,8 @@ mod tests {
             json!({"name": "wild", "envoyExtAuthzHttp": {"service": "a", "port": 1, "headersToUpstreamOnAllow": ["*"]}}),
             json!({"name": "pp", "envoyExtAuthzHttp": {"service": "a", "port": 1, "pathPrefix": "check"}}),
             json!({"name": "typo", "envoyExtAuthzHttp": {"service": "a", "port": 1, "failopen": true}}),
-            json!({"name": "grpc", "envoyExtAuthzGrpc": {"service": "a", "port": 1}}),
+            json!({"name": "grpc", "envoyExtAuthzGrpc": {"service": "a", "port": 1, "pathPrefix": "/x"}}),
+            json!({"name": "body0", "envoyExtAuthzHttp": {"service": "a", "port": 1, "includeRequestBodyInCheck": {}}}),
             json!({"name": "zipkin", "zipkin": {"service": "z", "port": 9411}}),
         ]);
         assert!(p["Bad"].as_ref().unwrap_err().contains("uppercase"));
@@ -365,7 +495,8 @@ mod tests {
         assert!(p["wild"].as_ref().unwrap_err().contains("single wildcard"));
         assert!(p["pp"].as_ref().unwrap_err().contains("pathPrefix"));
         assert!(p["typo"].as_ref().unwrap_err().contains("failopen"));
-        assert!(p["grpc"].as_ref().unwrap_err().contains("not supported"));
+        assert!(p["grpc"].as_ref().unwrap_err().contains("pathPrefix"), "{:?}", p["grpc"]);
+        assert!(p["body0"].as_ref().unwrap_err().contains("includeRequestBodyInCheck is not supported"));
         assert!(!p.contains_key("zipkin"));
     }
 

@@ -15,7 +15,7 @@
 //! ([`Flow::Answered`]) or waits ([`Flow::Pause`]); the response-side callbacks run, in reverse
 //! order as Envoy runs encoder filters, the phases the request reached; `on_log` runs every phase.
 //! A phase that waited is resumed by the driver when its answer comes: an HTTP call made from the
-//! stream ([`PhaseRequest::http_call_response`]) or a root-side wait that ends with
+//! stream ([`PhaseRequest::http_call_response`], [`PhaseRequest::grpc_call_response`]) or a root-side wait that ends with
 //! [`Resumer::resume`] (authn waiting for JWKS keys). The driver then runs the phases after it and
 //! resumes the request in Envoy when all of them continue. Phases never call
 //! `resume_http_request` themselves.
@@ -109,6 +109,18 @@ pub trait PhaseRequest {
         _num_headers: usize,
         _body_size: usize,
         _num_trailers: usize,
+    ) -> Option<Flow> {
+        None
+    }
+    /// The answer to a gRPC call this phase made for the request (`None`: not its call), as
+    /// [`PhaseRequest::http_call_response`]; `status_code` is the call's gRPC status (0: OK,
+    /// the message is in Envoy's gRPC receive buffer).
+    fn grpc_call_response(
+        &mut self,
+        _s: &Stream,
+        _token_id: u32,
+        _status_code: u32,
+        _response_size: usize,
     ) -> Option<Flow> {
         None
     }
@@ -255,6 +267,29 @@ impl Context for Http {
         };
         for (i, p) in r.phases.iter_mut().enumerate() {
             if let Some(flow) = p.http_call_response(&r.stream, token_id, num_headers, body_size, num_trailers) {
+                if waiting_phase == Some(i) {
+                    r.resume(&self.waiting, flow);
+                }
+                return;
+            }
+        }
+    }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.on_grpc_answer(token_id, status_code, response_size);
+    }
+}
+
+impl Http {
+    fn on_grpc_answer(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Ok(mut r) = self.request.try_borrow_mut() else { return };
+        let r = &mut *r;
+        let waiting_phase = match r.at {
+            At::Paused(i) => Some(i),
+            _ => None,
+        };
+        for (i, p) in r.phases.iter_mut().enumerate() {
+            if let Some(flow) = p.grpc_call_response(&r.stream, token_id, status_code, response_size) {
                 if waiting_phase == Some(i) {
                     r.resume(&self.waiting, flow);
                 }

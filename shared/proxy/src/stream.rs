@@ -332,6 +332,20 @@ impl Stream {
     ) -> Result<u32, Status> {
         hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, Vec::new(), timeout)
     }
+
+    /// Sends a gRPC call on this stream's behalf (`grpc_service`: a cluster name or a serialized
+    /// `envoy.config.core.v3.GrpcService`); its answer comes to the phase's
+    /// [`crate::phase::PhaseRequest::grpc_call_response`].
+    pub fn dispatch_grpc_call(
+        &self,
+        grpc_service: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, Status> {
+        hostcalls::dispatch_grpc_call(grpc_service, service, method, Vec::new(), Some(message), timeout)
+    }
 }
 
 fn same_path(kept: &str, path: &[&str]) -> bool {

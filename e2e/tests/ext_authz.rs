@@ -1,0 +1,225 @@
+//! CUSTOM authorization with `envoyExtAuthzGrpc` providers in real Envoy: every wasm listener has a twin running Envoy's native `ext_authz` filter as
+//! istiod configures it for the same provider, in the same Envoy, in front of the same app and
+//! the same (real, gRPC or HTTP) authorization server. Each request goes to both; status, body,
+//! client headers, the headers the app receives and the CheckRequest the server receives must
+//! be the same. `includeRequestBodyInCheck` is refused by wasmeshctl (README, "External
+//! authorization"), which the last test pins.
+//!
+//! Needs the filters built (`make wasm`) and Envoy.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use wasmesh_controller::mesh::MeshConfig;
+use wasmesh_controller::plugins::Direction;
+use wasmesh_e2e::authz::{self, istiod, ListenerSpec, Proxy};
+use wasmesh_e2e::ext_authz::{istiod_grpc_ext_authz, Check, Closer, GrpcExtAuthz};
+use wasmesh_e2e::http::{request, Response};
+use wasmesh_e2e::App;
+use wasmesh_istio::{load_str, Resources, Workload};
+
+const CUSTOM: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: foo}
+spec:
+  action: CUSTOM
+  provider: {name: ext}
+  rules: [{to: [{operation: {paths: ["/protected*"]}}]}]
+"#;
+
+fn res() -> Resources {
+    Resources { items: load_str(CUSTOM, "ext-authz-test.yaml").unwrap() }
+}
+
+fn workload() -> Workload {
+    let mut wl = Workload::new("httpbin", "foo");
+    wl.labels.insert("app".into(), "httpbin".into());
+    wl
+}
+
+fn grpc(port: u16, extra: Value) -> Value {
+    let mut g = json!({"service": "foo/127.0.0.1", "port": port});
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            g[k] = v;
+        }
+    }
+    json!({"name": "ext", "envoyExtAuthzGrpc": g})
+}
+
+/// The wasm listener (what wasmeshctl's authz plugin writes) and its native twin for `provider`.
+fn pair(name: &str, provider: &Value, clusters: &mut BTreeMap<String, Value>) -> (ListenerSpec, ListenerSpec) {
+    let mesh = MeshConfig { extension_providers: vec![provider.clone()], ..MeshConfig::default() };
+    let mut wasm = ListenerSpec::new(&format!("{name}-wasm"));
+    let c = authz::plugin_filters(&workload(), &res(), &mesh, Direction::Inbound, wasm.port)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    for f in &c.http_filters {
+        wasm = wasm.wasm(f);
+    }
+    wasm.upstream = Some("app".into());
+    let cluster = c.clusters[0].clone();
+    let cluster_name = cluster["name"].as_str().unwrap().to_string();
+    clusters.insert(cluster_name.clone(), cluster);
+    let mut native = ListenerSpec::new(&format!("{name}-native"));
+    let mut filters = istiod::custom_http_filters(&res(), &workload(), provider, &cluster_name);
+    filters[1] = istiod_grpc_ext_authz(provider, &cluster_name);
+    native.http_filters = filters;
+    native.upstream = Some("app".into());
+    (wasm, native)
+}
+
+fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut all: Vec<(&str, &str)> = vec![("host", "httpbin.foo:8000")];
+    all.extend_from_slice(headers);
+    request(port, method, path, &all, body).unwrap_or_else(|e| panic!("{method} {path} to {port}: {e}"))
+}
+
+/// What must be the same in the CheckRequests of the two listeners: everything but the time,
+/// the request id (checked to be Envoy's stream id of it first) and the listener ports.
+fn normalized(mut c: Check, what: &str) -> Check {
+    let a = c.attributes.as_mut().unwrap();
+    for peer in [a.source.as_mut(), a.destination.as_mut()].into_iter().flatten() {
+        if let Some(sa) = peer.address.as_mut().and_then(|x| x.address.as_mut()) {
+            use envoy_types::pb::envoy::config::core::v3::address::Address as A;
+            if let A::SocketAddress(s) = sa {
+                s.port_specifier = None;
+            }
+        }
+    }
+    let r = a.request.as_mut().unwrap();
+    assert!(r.time.is_some(), "{what}: request time");
+    r.time = None;
+    let h = r.http.as_mut().unwrap();
+    h.headers.remove("x-request-id");
+    assert!(!h.id.is_empty() && h.id.bytes().all(|b| b.is_ascii_digit()), "{what}: id {:?} is a number", h.id);
+    h.id.clear();
+    // Compared in name order (a protobuf map has none).
+    let sorted: BTreeMap<String, String> = std::mem::take(&mut h.headers).into_iter().collect();
+    h.headers.insert("(sorted)".into(), format!("{sorted:?}"));
+    c
+}
+
+/// Sends the same request to both listeners and compares everything; returns the wasm answer.
+fn same(
+    ext: &GrpcExtAuthz,
+    (w, n): (u16, u16),
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let what = format!("{method} {path} {headers:?} ({} body bytes)", body.len());
+    let before = ext.checks().len();
+    let wr = send(w, method, path, headers, body);
+    let wc: Vec<Check> = ext.checks()[before..].to_vec();
+    let before = ext.checks().len();
+    let nr = send(n, method, path, headers, body);
+    let nc: Vec<Check> = ext.checks()[before..].to_vec();
+    assert_eq!(wr.status, nr.status, "{what}: status; wasm {:?} native {:?}", wr.text(), nr.text());
+    assert_eq!(wc.len(), nc.len(), "{what}: checks sent");
+    for (a, b) in wc.into_iter().zip(nc) {
+        let (a, b) = (normalized(a, &what), normalized(b, &what));
+        let (a, b) = (format!("{a:#?}"), format!("{b:#?}"));
+        let diff: Vec<String> =
+            a.lines().zip(b.lines()).filter(|(x, y)| x != y).map(|(x, y)| format!("wasm {x}\nnative {y}")).collect();
+        assert!(a == b, "{what}: CheckRequest differs:\n{}", diff.join("\n"));
+    }
+    if wr.status == 200 {
+        let (mut wb, mut nb) = (wr.json(), nr.json());
+        for b in [&mut wb, &mut nb] {
+            b["headers"]["x-request-id"] = Value::Null;
+        }
+        assert_eq!(wb["headers"], nb["headers"], "{what}: headers upstream (wasm left, native right)");
+        assert_eq!(wb["body_bytes"], nb["body_bytes"], "{what}: body upstream");
+    } else {
+        assert_eq!(wr.text(), nr.text(), "{what}: body");
+    }
+    for h in ["x-reason", "www-authenticate", "content-type", "x-trace-out"] {
+        assert_eq!(wr.header(h), nr.header(h), "{what}: client header {h}");
+    }
+    wr
+}
+
+#[test]
+fn grpc_checks_answer_as_envoy_ext_authz() {
+    let ext = GrpcExtAuthz::start();
+    let closer = Closer::start();
+    let app = App::new("httpbin", "v1").start();
+    let mut clusters = BTreeMap::new();
+    let cases = [
+        ("g", grpc(ext.port, json!({"timeout": "0.5s"}))),
+        ("gopen", grpc(ext.port, json!({"timeout": "0.5s", "failOpen": true}))),
+        ("gclose", grpc(closer.port, json!({"statusOnError": "503"}))),
+    ];
+    let mut listeners = Vec::new();
+    let mut ports = BTreeMap::new();
+    for (name, prov) in &cases {
+        let (w, n) = pair(name, prov, &mut clusters);
+        ports.insert(*name, (w.port, n.port));
+        listeners.push(w);
+        listeners.push(n);
+    }
+    let mut clusters: Vec<Value> = clusters.into_values().collect();
+    clusters.push(authz::local_cluster("app", app.port));
+    let _envoy = Proxy { listeners, clusters, stats_tags: Vec::new() }.start("ext-authz-grpc");
+
+    // Allow: every kind of header change upstream, a removal, a response header.
+    let allow_headers = [
+        ("x-ext-authz", "allow"),
+        ("x-user-in", "alice"),
+        ("x-user", "forged"),
+        ("x-appended", "client"),
+        ("x-added", "client"),
+        ("x-if-absent", "client"),
+        ("x-overwrite", "client"),
+        ("x-set", "client"),
+        ("x-remove-me", "r"),
+        ("authorization", "Bearer t"),
+    ];
+    let g = ports["g"];
+    let ok = same(&ext, g, "GET", "/protected/a?q=1", &allow_headers, b"");
+    assert_eq!(ok.status, 200);
+    let up = &ok.json()["headers"];
+    assert_eq!(up["x-user"], "alice", "append false: replaced");
+    assert_eq!(up["x-remove-me"], Value::Null, "headers_to_remove");
+    // Envoy's gRPC client looks at `append` only: true appends to a present header, anything
+    // else sets (`append_action` ADD_IF_ABSENT / OVERWRITE_IF_EXISTS are not looked at).
+    assert_eq!(up["x-appended"], "client,from-authz", "append true on a present header");
+    assert_eq!(up["x-appended-absent"], Value::Null, "append true on an absent header");
+    assert_eq!(up["x-added"], "from-authz", "append unset: set");
+    assert_eq!(up["x-overwrite-absent"], "from-authz");
+    assert_eq!(up["x-if-absent"], "from-authz");
+    assert_eq!(ok.header("x-trace-out"), Some("t1"), "response_headers_to_add");
+    let d = same(&ext, g, "GET", "/protected/b", &[("x-ext-authz", "deny")], b"");
+    assert_eq!((d.status, d.text().as_str()), (401, "denied by ext_authz for /protected/b"));
+    assert_eq!(d.header("x-reason"), Some("policy"));
+    assert_eq!(same(&ext, g, "GET", "/protected/c", &[], b"").status, 403, "a bare denial: 403");
+    assert_eq!(same(&ext, g, "GET", "/protected/e", &[("x-ext-authz", "error")], b"").status, 403, "error");
+    assert_eq!(same(&ext, g, "GET", "/protected/h", &[("x-ext-authz", "hang")], b"").status, 403, "timeout");
+    assert_eq!(same(&ext, g, "GET", "/public", &[("x-ext-authz", "deny")], b"").status, 200, "no rule: no check");
+    // A body on a provider without includeRequestBodyInCheck: not sent, not waited for.
+    assert_eq!(same(&ext, g, "POST", "/protected/p", &allow_headers, b"0123456789").status, 200);
+
+    let open = ports["gopen"];
+    assert_eq!(same(&ext, open, "GET", "/protected/e", &[("x-ext-authz", "error")], b"").status, 200, "failOpen");
+    assert_eq!(same(&ext, open, "GET", "/protected/h", &[("x-ext-authz", "hang")], b"").status, 200, "failOpen");
+    assert_eq!(same(&ext, open, "GET", "/protected/d", &[("x-ext-authz", "deny")], b"").status, 401);
+    let close = ports["gclose"];
+    assert_eq!(same(&ext, close, "GET", "/protected/x", &[("x-ext-authz", "allow")], b"").status, 503, "closed");
+}
+
+/// `includeRequestBodyInCheck` (HTTP and gRPC providers) is refused by wasmeshctl with the
+/// policy, the field and why: a proxy-wasm filter cannot hold the headers while it reads the body.
+#[test]
+fn include_request_body_in_check_is_refused() {
+    let body = json!({"includeRequestBodyInCheck": {"maxRequestBytes": 16}});
+    let mut h = json!({"service": "127.0.0.1", "port": 9000});
+    h["includeRequestBodyInCheck"] = body["includeRequestBodyInCheck"].clone();
+    for provider in [grpc(9000, body.clone()), json!({"name": "ext", "envoyExtAuthzHttp": h})] {
+        let mesh = MeshConfig { extension_providers: vec![provider.clone()], ..MeshConfig::default() };
+        let e = authz::plugin_filters(&workload(), &res(), &mesh, Direction::Inbound, 8000).unwrap_err();
+        assert!(e.contains("AuthorizationPolicy foo/ext") && e.contains("spec.provider.name"), "{e}");
+        assert!(e.contains("includeRequestBodyInCheck is not supported by wasmesh"), "{e}");
+    }
+}
