@@ -12,6 +12,7 @@ pub mod input;
 pub mod layout;
 pub mod mesh;
 pub mod plugins;
+pub mod traffic_policy;
 pub mod schema;
 pub mod validate;
 pub mod xds;
