@@ -21,10 +21,10 @@ use crate::certs::CertPaths;
 use crate::layout::Layout;
 use crate::mesh::MeshConfig;
 use crate::plugins::mtls::{self, PeerEndpoint, UpstreamService};
-use crate::traffic_policy;
 use crate::plugins::{
     self, ChainFilters, ClusterTransport, Contribution, Direction, ListenerContext, ListenerTransport, WasmFilter,
 };
+use crate::traffic_policy;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -191,7 +191,12 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                                 let app = [("127.0.0.1".to_string(), u32::from(inb.app_port))];
                                 let mut app_cluster = static_cluster(&cluster, &app, "ROUND_ROBIN");
                                 let default = traffic_policy::Effective::default();
-                                let _ = traffic_policy::apply(&mut app_cluster, &default, traffic_policy::Upstream::Tcp, None);
+                                let _ = traffic_policy::apply(
+                                    &mut app_cluster,
+                                    &default,
+                                    traffic_policy::Upstream::Tcp,
+                                    None,
+                                );
                                 clusters.insert(cluster.clone(), app_cluster);
                                 merge(&mut clusters, &mut stats_tags, c);
                             }

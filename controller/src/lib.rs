@@ -12,8 +12,8 @@ pub mod input;
 pub mod layout;
 pub mod mesh;
 pub mod plugins;
-pub mod traffic_policy;
 pub mod schema;
+pub mod traffic_policy;
 pub mod validate;
 pub mod xds;
 

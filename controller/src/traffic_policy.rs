@@ -246,7 +246,11 @@ fn refuse_unmapped(res: &Resource, base: &str, tp: &TrafficPolicy, errors: &mut 
         all.push(sections(res, &format!("{base}.portLevelSettings[{i}]"), pls, errors));
     }
     for s in all {
-        let eff = Effective { connection_pool: s.connection_pool, outlier_detection: s.outlier_detection, load_balancer: s.load_balancer };
+        let eff = Effective {
+            connection_pool: s.connection_pool,
+            outlier_detection: s.outlier_detection,
+            load_balancer: s.load_balancer,
+        };
         for protocol in [Upstream::Http1, Upstream::Tcp] {
             if let Err(mut e) = apply(&mut json!({}), &eff, protocol, Some(res)) {
                 // A TCP-only refusal matters only on TCP ports: checked there.
@@ -276,7 +280,11 @@ fn refuse_unmapped(res: &Resource, base: &str, tp: &TrafficPolicy, errors: &mut 
             }
         }
         if pls.pointer("/port/number").and_then(Value::as_u64).is_none() {
-            errors.push(Error::at(res, format!("{base}.portLevelSettings[{i}].port.number"), "a port number is required"));
+            errors.push(Error::at(
+                res,
+                format!("{base}.portLevelSettings[{i}].port.number"),
+                "a port number is required",
+            ));
         }
     }
 }
@@ -284,7 +292,12 @@ fn refuse_unmapped(res: &Resource, base: &str, tp: &TrafficPolicy, errors: &mut 
 /// The traffic policy of cluster (`subset`, `port`) of the host `dr` applies to, with every
 /// section checked (also those of other ports and subsets, so that nothing is accepted and then
 /// ignored).
-pub fn effective(res: &Resource, dr: &DestinationRule, subset: &str, port: &ServicePort) -> Result<Effective, Vec<Error>> {
+pub fn effective(
+    res: &Resource,
+    dr: &DestinationRule,
+    subset: &str,
+    port: &ServicePort,
+) -> Result<Effective, Vec<Error>> {
     let mut errors = Vec::new();
     let mut merged = Sections::default();
     if let Some(tp) = &dr.traffic_policy {
@@ -344,7 +357,8 @@ pub fn upstream_protocol(port: &ServicePort) -> Upstream {
         _ => None,
     };
     let prefix = port.name.split_once('-').map_or(port.name.as_str(), |(p, _)| p);
-    let by_name = if port.name.to_ascii_lowercase().starts_with("grpc-web") { Some(Upstream::Http1) } else { word(prefix) };
+    let by_name =
+        if port.name.to_ascii_lowercase().starts_with("grpc-web") { Some(Upstream::Http1) } else { word(prefix) };
     word(&port.protocol).or(by_name).unwrap_or(Upstream::Downstream)
 }
 
@@ -389,7 +403,12 @@ fn seconds(res: &Resource, field: &str, text: &str) -> Result<u64, Error> {
 
 /// Writes the traffic policy (and istiod's defaults where it has none) into `cluster`, a cluster
 /// [`crate::bootstrap`] built with `lb_policy` and `connect_timeout` set. `res` names errors.
-pub fn apply(cluster: &mut Value, eff: &Effective, protocol: Upstream, res: Option<&Resource>) -> Result<(), Vec<Error>> {
+pub fn apply(
+    cluster: &mut Value,
+    eff: &Effective,
+    protocol: Upstream,
+    res: Option<&Resource>,
+) -> Result<(), Vec<Error>> {
     let mut errors = Vec::new();
     let mut thresholds = json!({
         "max_connections": UNLIMITED,
@@ -448,12 +467,15 @@ pub fn apply(cluster: &mut Value, eff: &Effective, protocol: Upstream, res: Opti
                 thresholds["max_connections"] = json!(tcp.max_connections);
             }
             if let Some(t) = &tcp.connect_timeout {
-                if let Some(d) = ok(&mut errors, duration(res, &format!("{f}.tcp.connectTimeout"), t).map(Value::from)) {
+                if let Some(d) = ok(&mut errors, duration(res, &format!("{f}.tcp.connectTimeout"), t).map(Value::from))
+                {
                     cluster["connect_timeout"] = d;
                 }
             }
             if let Some(t) = &tcp.max_connection_duration {
-                if let Some(d) = ok(&mut errors, duration(res, &format!("{f}.tcp.maxConnectionDuration"), t).map(Value::from)) {
+                if let Some(d) =
+                    ok(&mut errors, duration(res, &format!("{f}.tcp.maxConnectionDuration"), t).map(Value::from))
+                {
                     common.insert("max_connection_duration".into(), d);
                 }
             }
@@ -465,7 +487,8 @@ pub fn apply(cluster: &mut Value, eff: &Effective, protocol: Upstream, res: Opti
                         "not supported on a TCP port by wasmeshctl envoy (istiod sets it on the tcp_proxy filter)",
                     ));
                 } else if !common.contains_key("idle_timeout") {
-                    if let Some(d) = ok(&mut errors, duration(res, &format!("{f}.tcp.idleTimeout"), t).map(Value::from)) {
+                    if let Some(d) = ok(&mut errors, duration(res, &format!("{f}.tcp.idleTimeout"), t).map(Value::from))
+                    {
                         common.insert("idle_timeout".into(), d);
                     }
                 }
@@ -476,12 +499,15 @@ pub fn apply(cluster: &mut Value, eff: &Effective, protocol: Upstream, res: Opti
                     k["keepalive_probes"] = json!(ka.probes);
                 }
                 if let Some(t) = &ka.time {
-                    if let Some(s) = ok(&mut errors, seconds(res, &format!("{f}.tcp.tcpKeepalive.time"), t).map(Value::from)) {
+                    if let Some(s) =
+                        ok(&mut errors, seconds(res, &format!("{f}.tcp.tcpKeepalive.time"), t).map(Value::from))
+                    {
                         k["keepalive_time"] = s;
                     }
                 }
                 if let Some(t) = &ka.interval {
-                    if let Some(s) = ok(&mut errors, seconds(res, &format!("{f}.tcp.tcpKeepalive.interval"), t).map(Value::from))
+                    if let Some(s) =
+                        ok(&mut errors, seconds(res, &format!("{f}.tcp.tcpKeepalive.interval"), t).map(Value::from))
                     {
                         k["keepalive_interval"] = s;
                     }
@@ -600,8 +626,8 @@ fn apply_load_balancer(cluster: &mut Value, lb: &At<LoadBalancer>, res: &Resourc
     };
     cluster["lb_policy"] = json!(policy);
     if let Some(loc) = &l.locality_lb_setting {
-        let only_disabled = loc.as_object().is_some_and(|o| o.len() == 1)
-            && loc.get("enabled").and_then(Value::as_bool) == Some(false);
+        let only_disabled =
+            loc.as_object().is_some_and(|o| o.len() == 1) && loc.get("enabled").and_then(Value::as_bool) == Some(false);
         if !only_disabled {
             errors.push(Error::at(
                 res,
@@ -690,7 +716,11 @@ fn apply_consistent_hash(cluster: &mut Value, ch: &ConsistentHash, f: &str, res:
             f,
             format!(
                 "exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName is expected, got {}",
-                if keys.is_empty() { "none".to_string() } else { keys.iter().map(|k| k.0).collect::<Vec<_>>().join(", ") }
+                if keys.is_empty() {
+                    "none".to_string()
+                } else {
+                    keys.iter().map(|k| k.0).collect::<Vec<_>>().join(", ")
+                }
             ),
         ));
         return;
@@ -770,7 +800,9 @@ mod tests {
             assert_eq!(t[k], json!(4294967295u32), "{k}");
         }
         assert_eq!(t["track_remaining"], true);
-        let opts = |c: &Value| c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].clone();
+        let opts = |c: &Value| {
+            c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].clone()
+        };
         assert_eq!(opts(&c)["explicit_http_config"], json!({"http_protocol_options": {}}));
         let mut c = json!({});
         apply(&mut c, &Effective::default(), Upstream::Http2, None).unwrap();
@@ -834,36 +866,68 @@ mod tests {
 
     #[test]
     fn consistent_hash_goes_on_the_cluster() {
-        let c = cluster_for("{host: h, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}}", "", &port(1, "http")).unwrap();
+        let c = cluster_for(
+            "{host: h, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}}",
+            "",
+            &port(1, "http"),
+        )
+        .unwrap();
         assert!(c.get("lb_policy").is_none());
         let p = &c["load_balancing_policy"]["policies"][0]["typed_extension_config"];
         assert_eq!(p["name"], "envoy.load_balancing_policies.ring_hash");
         assert_eq!(p["typed_config"]["minimum_ring_size"], 1024);
-        assert_eq!(p["typed_config"]["consistent_hashing_lb_config"]["hash_policy"][0]["header"]["header_name"], "x-user");
+        assert_eq!(
+            p["typed_config"]["consistent_hashing_lb_config"]["hash_policy"][0]["header"]["header_name"],
+            "x-user"
+        );
         let c = cluster_for("{host: h, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: u, ttl: 10s}, maglev: {tableSize: 65537}}}}}", "", &port(1, "http")).unwrap();
         let p = &c["load_balancing_policy"]["policies"][0]["typed_extension_config"];
         assert_eq!(p["name"], "envoy.load_balancing_policies.maglev");
-        assert_eq!(p["typed_config"]["consistent_hashing_lb_config"]["hash_policy"][0]["cookie"], json!({"name": "u", "ttl": "10.000000000s"}));
-        let c = cluster_for("{host: h, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}}", "", &port(1, "http")).unwrap();
+        assert_eq!(
+            p["typed_config"]["consistent_hashing_lb_config"]["hash_policy"][0]["cookie"],
+            json!({"name": "u", "ttl": "10.000000000s"})
+        );
+        let c = cluster_for(
+            "{host: h, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}}",
+            "",
+            &port(1, "http"),
+        )
+        .unwrap();
         let p = &c["load_balancing_policy"]["policies"][0]["typed_extension_config"]["typed_config"];
-        assert_eq!(p["consistent_hashing_lb_config"]["hash_policy"][0], json!({"connection_properties": {"source_ip": true}}));
+        assert_eq!(
+            p["consistent_hashing_lb_config"]["hash_policy"][0],
+            json!({"connection_properties": {"source_ip": true}})
+        );
     }
 
     #[test]
     fn unmapped_fields_are_refused_by_name() {
         let err = |spec: &str| cluster_for(spec, "", &port(1, "http")).unwrap_err()[0].to_string();
         let e = err("{host: h, trafficPolicy: {connectionPool: {http: {bogus: 1}}}}");
-        assert!(e.contains("DestinationRule default/r") && e.contains("spec.trafficPolicy.connectionPool") && e.contains("bogus"), "{e}");
+        assert!(
+            e.contains("DestinationRule default/r")
+                && e.contains("spec.trafficPolicy.connectionPool")
+                && e.contains("bogus"),
+            "{e}"
+        );
         let e = err("{host: h, trafficPolicy: {loadBalancer: {localityLbSetting: {enabled: true}}}}");
         assert!(e.contains("spec.trafficPolicy.loadBalancer.localityLbSetting"), "{e}");
-        assert!(cluster_for("{host: h, trafficPolicy: {loadBalancer: {localityLbSetting: {enabled: false}}}}", "", &port(1, "http")).is_ok());
+        assert!(cluster_for(
+            "{host: h, trafficPolicy: {loadBalancer: {localityLbSetting: {enabled: false}}}}",
+            "",
+            &port(1, "http")
+        )
+        .is_ok());
         let e = err("{host: h, trafficPolicy: {tunnel: {protocol: CONNECT, targetHost: a, targetPort: 1}}}");
         assert!(e.contains("spec.trafficPolicy.tunnel"), "{e}");
-        let e = err("{host: h, subsets: [{name: a, labels: {}, trafficPolicy: {outlierDetection: {consecutiveErrors: 1}}}]}");
+        let e = err(
+            "{host: h, subsets: [{name: a, labels: {}, trafficPolicy: {outlierDetection: {consecutiveErrors: 1}}}]}",
+        );
         assert!(e.contains("spec.subsets[0].trafficPolicy.outlierDetection.consecutiveErrors"), "{e}");
         let e = err("{host: h, trafficPolicy: {loadBalancer: {simple: RANDOM, warmupDurationSecs: 10s}}}");
         assert!(e.contains("warmup applies to ROUND_ROBIN and LEAST_REQUEST"), "{e}");
-        let e = err("{host: h, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: a, useSourceIp: true}}}}");
+        let e =
+            err("{host: h, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: a, useSourceIp: true}}}}");
         assert!(e.contains("exactly one of"), "{e}");
     }
 
@@ -875,8 +939,16 @@ mod tests {
         assert_eq!(o["explicit_http_config"]["http2_protocol_options"]["max_concurrent_streams"], 5);
         assert_eq!(o["common_http_protocol_options"]["idle_timeout"], "60.000000000s");
         assert_eq!(c["connect_timeout"], "0.250000000s");
-        assert_eq!(c["upstream_connection_options"]["tcp_keepalive"], json!({"keepalive_probes": 3, "keepalive_time": 7200, "keepalive_interval": 75}));
-        let c = cluster_for("{host: h, trafficPolicy: {connectionPool: {http: {useClientProtocol: true}}}}", "", &port(1, "grpc")).unwrap();
+        assert_eq!(
+            c["upstream_connection_options"]["tcp_keepalive"],
+            json!({"keepalive_probes": 3, "keepalive_time": 7200, "keepalive_interval": 75})
+        );
+        let c = cluster_for(
+            "{host: h, trafficPolicy: {connectionPool: {http: {useClientProtocol: true}}}}",
+            "",
+            &port(1, "grpc"),
+        )
+        .unwrap();
         let o = &c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
         assert!(o.get("use_downstream_protocol_config").is_some());
     }
