@@ -190,13 +190,18 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                                 listeners.push(listener_with_chains(&name, inb.port, chains));
                                 let app = [("127.0.0.1".to_string(), u32::from(inb.app_port))];
                                 let mut app_cluster = static_cluster(&cluster, &app, "ROUND_ROBIN");
-                                let default = traffic_policy::Effective::default();
-                                let _ = traffic_policy::apply(
-                                    &mut app_cluster,
-                                    &default,
-                                    traffic_policy::Upstream::Tcp,
-                                    None,
-                                );
+                                let applied =
+                                    traffic_policy::inbound_policy(resources, &wl, inb.port).and_then(|(policy, r)| {
+                                        traffic_policy::apply(
+                                            &mut app_cluster,
+                                            &policy,
+                                            traffic_policy::Upstream::Tcp,
+                                            r,
+                                        )
+                                    });
+                                if let Err(mut e) = applied {
+                                    errors.append(&mut e);
+                                }
                                 clusters.insert(cluster.clone(), app_cluster);
                                 merge(&mut clusters, &mut stats_tags, c);
                             }
@@ -238,7 +243,11 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                 // `http2`/`grpc` one, the caller's protocol where the port's protocol is unknown;
                 // istiod's unlimited circuit breakers.
                 let protocol = traffic_policy::inbound_upstream(resources, &wl, inb.port);
-                let _ = traffic_policy::apply(&mut app_cluster, &traffic_policy::Effective::default(), protocol, None);
+                let applied = traffic_policy::inbound_policy(resources, &wl, inb.port)
+                    .and_then(|(policy, r)| traffic_policy::apply(&mut app_cluster, &policy, protocol, r));
+                if let Err(mut e) = applied {
+                    errors.append(&mut e);
+                }
                 clusters.insert(cluster.clone(), app_cluster);
                 merge(&mut clusters, &mut stats_tags, c);
             }
@@ -597,6 +606,10 @@ fn listener(
         // istiod allows WebSocket upgrades on every HTTP listener (Envoy refuses them with 403
         // unless the HCM names the upgrade).
         "upgrade_configs": [{"upgrade_type": "websocket"}],
+        // istiod: no stream idle timeout (Envoy's default closes a quiet stream after 5 min),
+        // and `100 Continue` proxied to the client (ENABLE_100_CONTINUE_HEADERS).
+        "stream_idle_timeout": "0s",
+        "proxy_100_continue": true,
     });
     if edge {
         hcm["xff_num_trusted_hops"] = json!(spec.mesh.num_trusted_proxies());
@@ -664,13 +677,19 @@ fn static_cluster(name: &str, endpoints: &[(String, u32)], lb: &str) -> Value {
         .iter()
         .map(|(addr, port)| json!({"endpoint": {"address": {"socket_address": {"address": addr, "port_value": port}}}}))
         .collect();
-    json!({
+    let mut cluster = json!({
         "name": name,
         "type": if all_ips { "STATIC" } else { "STRICT_DNS" },
         "connect_timeout": "10s",
         "lb_policy": lb,
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]},
-    })
+    });
+    if !all_ips {
+        // istiod's DNS clusters: the mesh's dnsRefreshRate (60 s) and the record's TTL.
+        cluster["dns_refresh_rate"] = json!("60s");
+        cluster["respect_dns_ttl"] = json!(true);
+    }
+    cluster
 }
 
 /// One cluster per (service host, port) and per (DestinationRule subset, port), without their

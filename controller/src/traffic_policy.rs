@@ -390,6 +390,37 @@ fn ok<T>(errors: &mut Vec<Error>, r: Result<T, Error>) -> Option<T> {
     r.map_err(|e| errors.push(e)).ok()
 }
 
+/// The traffic policy of the inbound cluster of workload port `port`: istiod applies the
+/// `connectionPool` (only) of the DestinationRule of the service the workload backs there, at
+/// that service port ("circuit breakers need to be set on the receiver end as well"); subsets do
+/// not apply. Also the resource naming its errors.
+pub fn inbound_policy<'r>(
+    resources: &'r Resources,
+    wl: &Workload,
+    port: u16,
+) -> Result<(Effective, Option<&'r Resource>), Vec<Error>> {
+    let entry = resources
+        .workload_entries()
+        .find(|(r, _)| r.namespace() == wl.namespace && r.name() == wl.name)
+        .map(|(_, we)| we);
+    for (se_res, se) in resources.service_entries_selecting(wl) {
+        for sp in &se.ports {
+            let workload_port =
+                entry.and_then(|we| we.ports.get(&sp.name).copied()).or(sp.target_port).unwrap_or(sp.number);
+            if workload_port != u32::from(port) {
+                continue;
+            }
+            let hosts: Vec<String> = se.hosts.iter().map(|h| wl.fqdn(h, se_res.namespace())).collect();
+            let rule = resources.destination_rules().find(|(r, dr)| hosts.contains(&wl.fqdn(&dr.host, r.namespace())));
+            if let Some((r, dr)) = rule {
+                let eff = effective(r, dr, "", sp)?;
+                return Ok((Effective { connection_pool: eff.connection_pool, ..Effective::default() }, Some(r)));
+            }
+        }
+    }
+    Ok((Effective::default(), None))
+}
+
 /// Envoy's JSON duration (`"1.5s"`) of an Istio duration, or an error naming `field`.
 fn duration(res: &Resource, field: &str, text: &str) -> Result<String, Error> {
     let d = wasmesh_istio::parse_duration(text).map_err(|e| Error::at(res, field, e))?;
@@ -929,6 +960,28 @@ mod tests {
         let e =
             err("{host: h, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: a, useSourceIp: true}}}}");
         assert!(e.contains("exactly one of"), "{e}");
+    }
+
+    /// The server side gets the rule's connection pool too (not its subsets', not its outlier
+    /// detection), at the service port the workload port backs.
+    #[test]
+    fn inbound_clusters_take_the_rules_connection_pool() {
+        let y = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: httpbin, namespace: default}\nspec:\n  hosts: [httpbin.default.svc.cluster.local]\n  ports: [{number: 8000, name: http}]\n  workloadSelector: {labels: {app: httpbin}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: httpbin, namespace: default}\nspec: {address: 127.0.0.1, ports: {http: 18000}, labels: {app: httpbin}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: httpbin, namespace: default}\nspec: {host: httpbin, trafficPolicy: {connectionPool: {tcp: {maxConnections: 5}}, outlierDetection: {consecutive5xxErrors: 1}}, subsets: [{name: v1, labels: {}, trafficPolicy: {connectionPool: {tcp: {maxConnections: 9}}}}]}\n";
+        let res = Resources { items: wasmesh_istio::load_str(y, "t.yaml").unwrap() };
+        let mut wl = Workload::new("httpbin", "default");
+        wl.labels.insert("app".into(), "httpbin".into());
+        let (eff, r) = inbound_policy(&res, &wl, 18000).unwrap();
+        assert!(eff.outlier_detection.is_none());
+        let mut c = json!({});
+        apply(&mut c, &eff, inbound_upstream(&res, &wl, 18000), r).unwrap();
+        assert_eq!(c["circuit_breakers"]["thresholds"][0]["max_connections"], 5);
+        assert_eq!(
+            c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+                ["explicit_http_config"],
+            json!({"http_protocol_options": {}})
+        );
+        let (eff, _) = inbound_policy(&res, &wl, 18001).unwrap();
+        assert_eq!(eff, Effective::default(), "another port: no rule");
     }
 
     #[test]
