@@ -713,6 +713,12 @@ fn services_clusters(
     for (r, dr) in resources.destination_rules() {
         rules.entry(wl.fqdn(&dr.host, r.namespace())).or_insert((r, dr));
     }
+    // The proxy's own locality (its WorkloadEntry's), for locality load balancing.
+    let proxy_locality = resources
+        .workload_entries()
+        .find(|(r, _)| r.namespace() == wl.namespace && r.name() == wl.name)
+        .map(|(_, we)| we.locality.clone())
+        .unwrap_or_default();
     for (se_res, se) in resources.service_entries() {
         let ns = se_res.namespace();
         // Endpoints: inline, plus WorkloadEntries the workloadSelector selects (same namespace).
@@ -779,8 +785,15 @@ fn services_clusters(
                         None => Ok((traffic_policy::Effective::default(), None)),
                     };
                     let applied = policy.and_then(|(p, r)| {
-                        traffic_policy::apply(&mut cluster, &p, traffic_policy::upstream_protocol(port), r)
+                        traffic_policy::apply(&mut cluster, &p, traffic_policy::upstream_protocol(port), r)?;
+                        Ok(p)
                     });
+                    let localities: Vec<String> =
+                        eps.iter().map(|(_, we)| we.map(|w| w.locality.clone()).unwrap_or_default()).collect();
+                    let (policy, applied) = match applied {
+                        Ok(p) => (Some(p), Ok(())),
+                        Err(e) => (None, Err(e)),
+                    };
                     if let Err(e) = applied {
                         for e in e {
                             if !errors.iter().any(|x: &Error| x.to_string() == e.to_string()) {
@@ -804,6 +817,10 @@ fn services_clusters(
                             Ok(transport) => with_transport(&mut cluster, transport),
                             Err(mut e) => errors.append(&mut e),
                         }
+                    }
+                    // After the transport (which marks endpoints in one group): the locality groups.
+                    if let Some(policy) = &policy {
+                        traffic_policy::apply_locality(&mut cluster, &localities, &proxy_locality, policy);
                     }
                     out.push(cluster);
                 }

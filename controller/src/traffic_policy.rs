@@ -19,9 +19,12 @@
 //!   (connectionPool, loadBalancer, outlierDetection, tls) of its policy for that port, unset ones
 //!   falling back to defaults; a subset's policy overrides the rule's section by section.
 //!
-//! `tls` is the mTLS plugin's ([`crate::plugins::mtls`]); `localityLbSetting` maps only as
-//! `enabled: false` (wasmesh has one locality); `tunnel`, `proxyProtocol`, `retryBudget` are
-//! refused. Every refusal names the resource and the field.
+//! - `localityLbSetting` (and the mesh default, enabled): endpoints grouped by their
+//!   WorkloadEntry `locality`, `distribute` weights, failover priorities by distance to the
+//!   proxy's own WorkloadEntry locality (with outlier detection), `failover` region pairs.
+//!
+//! `tls` is the mTLS plugin's ([`crate::plugins::mtls`]); `failoverPriority`, `tunnel`,
+//! `proxyProtocol`, `retryBudget` are refused. Every refusal names the resource and the field.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -119,11 +122,39 @@ pub struct LoadBalancer {
     #[serde(default)]
     pub consistent_hash: Option<ConsistentHash>,
     #[serde(default)]
-    pub locality_lb_setting: Option<Value>,
+    pub locality_lb_setting: Option<LocalityLbSetting>,
     #[serde(default)]
     pub warmup_duration_secs: Option<String>,
     #[serde(default)]
     pub warmup: Option<Warmup>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LocalityLbSetting {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub distribute: Vec<Distribute>,
+    #[serde(default)]
+    pub failover: Vec<Failover>,
+    #[serde(default)]
+    pub failover_priority: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Distribute {
+    pub from: String,
+    #[serde(default)]
+    pub to: std::collections::BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Failover {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -657,14 +688,15 @@ fn apply_load_balancer(cluster: &mut Value, lb: &At<LoadBalancer>, res: &Resourc
     };
     cluster["lb_policy"] = json!(policy);
     if let Some(loc) = &l.locality_lb_setting {
-        let only_disabled =
-            loc.as_object().is_some_and(|o| o.len() == 1) && loc.get("enabled").and_then(Value::as_bool) == Some(false);
-        if !only_disabled {
+        if !loc.failover_priority.is_empty() {
             errors.push(Error::at(
                 res,
-                format!("{f}.localityLbSetting"),
-                "only `enabled: false` is supported: wasmesh endpoints carry no locality that Envoy could prioritise",
+                format!("{f}.localityLbSetting.failoverPriority"),
+                "not supported by wasmeshctl envoy (distribute and failover are)",
             ));
+        }
+        if !loc.distribute.is_empty() && !loc.failover.is_empty() {
+            errors.push(Error::at(res, format!("{f}.localityLbSetting"), "set distribute or failover, not both"));
         }
     }
     let mut slow_start: Option<Value> = None;
@@ -714,6 +746,120 @@ fn apply_load_balancer(cluster: &mut Value, lb: &At<LoadBalancer>, res: &Resourc
             )),
         }
     }
+}
+
+/// A locality `region/zone/subzone` (the WorkloadEntry `locality` form).
+fn split_locality(s: &str) -> (&str, &str, &str) {
+    let mut parts = s.splitn(3, '/');
+    (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""))
+}
+
+/// istiod's `LocalityMatch`: `*` or an omitted zone/subzone matches anything.
+fn locality_match(locality: &str, pattern: &str) -> bool {
+    let (r, z, s) = split_locality(locality);
+    let (pr, pz, ps) = split_locality(pattern);
+    (pr == "*" || pr == r) && (pz == "*" || pz.is_empty() || pz == z) && (ps == "*" || ps.is_empty() || ps == s)
+}
+
+/// istiod's `LbPriority`: 0 same subzone, 1 same zone, 2 same region, 3 elsewhere.
+fn lb_priority(proxy: &str, endpoint: &str) -> u32 {
+    let (pr, pz, ps) = split_locality(proxy);
+    let (r, z, s) = split_locality(endpoint);
+    match (pr == r, pz == z, ps == s) {
+        (true, true, true) => 0,
+        (true, true, false) => 1,
+        (true, false, _) => 2,
+        (false, _, _) => 3,
+    }
+}
+
+/// Locality load balancing as istiod applies it (`loadbalancer.ApplyLocalityLoadBalancer`), with
+/// the mesh default (enabled) when the rule has no `localityLbSetting`: the cluster's endpoints
+/// are grouped by their WorkloadEntry `locality` (`endpoint_localities`, in `lb_endpoints`
+/// order); `distribute` weighs the groups for a proxy in a `from` locality; otherwise, when the
+/// cluster has outlier detection (failover needs it), each group gets the priority of its
+/// distance to the proxy's locality, `failover` sending a region's traffic to the region it
+/// names before any other.
+pub fn apply_locality(cluster: &mut Value, endpoint_localities: &[String], proxy: &str, eff: &Effective) {
+    let setting = eff.load_balancer.as_ref().and_then(|l| l.value.locality_lb_setting.clone()).unwrap_or_default();
+    if setting.enabled == Some(false) {
+        return;
+    }
+    let Some(lb_endpoints) = cluster.pointer("/load_assignment/endpoints/0/lb_endpoints").and_then(Value::as_array)
+    else {
+        return;
+    };
+    let none = String::new();
+    let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
+    for (ep, loc) in lb_endpoints.iter().zip(endpoint_localities.iter().chain(std::iter::repeat(&none))) {
+        match groups.iter_mut().find(|(l, _)| l == loc) {
+            Some((_, eps)) => eps.push(ep.clone()),
+            None => groups.push((loc.clone(), vec![ep.clone()])),
+        }
+    }
+    let failover_enabled = cluster.get("outlier_detection").is_some();
+    let mut out: Vec<Value> = groups
+        .iter()
+        .map(|(loc, eps)| {
+            let (r, z, s) = split_locality(loc);
+            let mut g = json!({"lb_endpoints": eps});
+            if !loc.is_empty() {
+                g["locality"] = json!({"region": r, "zone": z, "sub_zone": s});
+            }
+            g
+        })
+        .collect();
+    if let Some(d) = setting.distribute.iter().find(|d| locality_match(proxy, &d.from)) {
+        let mut unmatched: Vec<bool> = vec![true; groups.len()];
+        for (pattern, weight) in &d.to {
+            let hits: Vec<usize> = (0..groups.len())
+                .filter(|i| unmatched.get(*i).copied().unwrap_or(false))
+                .filter(|i| groups.get(*i).is_some_and(|(l, _)| locality_match(l, pattern)))
+                .collect();
+            let total = (hits.len() as u32).max(1);
+            for i in hits {
+                if let Some(u) = unmatched.get_mut(i) {
+                    *u = false;
+                }
+                if let Some(g) = out.get_mut(i) {
+                    // istiod: the weight split over the matching groups, rounded up.
+                    g["load_balancing_weight"] = json!(weight.div_ceil(total));
+                }
+            }
+        }
+        for (i, g) in out.iter_mut().enumerate() {
+            if unmatched.get(i).copied().unwrap_or(false) {
+                g["lb_endpoints"] = json!([]);
+            }
+        }
+        cluster["common_lb_config"]["locality_weighted_lb_config"] = json!({});
+    } else if failover_enabled {
+        let (proxy_region, _, _) = split_locality(proxy);
+        let mut priorities: Vec<u32> = groups
+            .iter()
+            .map(|(loc, _)| {
+                let p = lb_priority(proxy, loc);
+                match setting.failover.iter().find(|f| f.from == proxy_region) {
+                    Some(f) if p == 3 && split_locality(loc).0 != f.to => 4,
+                    _ => p,
+                }
+            })
+            .collect();
+        // Priorities run from 0 without gaps.
+        let mut used: Vec<u32> = priorities.clone();
+        used.sort_unstable();
+        used.dedup();
+        for p in &mut priorities {
+            *p = used.iter().position(|u| u == p).unwrap_or(0) as u32;
+        }
+        for (g, p) in out.iter_mut().zip(priorities) {
+            g["priority"] = json!(p);
+        }
+        if !setting.failover.is_empty() {
+            cluster["common_lb_config"]["locality_weighted_lb_config"] = json!({});
+        }
+    }
+    cluster["load_assignment"]["endpoints"] = json!(out);
 }
 
 /// Ring hash or Maglev, with the hash policy on the cluster (see the module doc).
@@ -941,14 +1087,8 @@ mod tests {
                 && e.contains("bogus"),
             "{e}"
         );
-        let e = err("{host: h, trafficPolicy: {loadBalancer: {localityLbSetting: {enabled: true}}}}");
-        assert!(e.contains("spec.trafficPolicy.loadBalancer.localityLbSetting"), "{e}");
-        assert!(cluster_for(
-            "{host: h, trafficPolicy: {loadBalancer: {localityLbSetting: {enabled: false}}}}",
-            "",
-            &port(1, "http")
-        )
-        .is_ok());
+        let e = err("{host: h, trafficPolicy: {loadBalancer: {localityLbSetting: {failoverPriority: [x]}}}}");
+        assert!(e.contains("spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority"), "{e}");
         let e = err("{host: h, trafficPolicy: {tunnel: {protocol: CONNECT, targetHost: a, targetPort: 1}}}");
         assert!(e.contains("spec.trafficPolicy.tunnel"), "{e}");
         let e = err(
@@ -982,6 +1122,61 @@ mod tests {
         );
         let (eff, _) = inbound_policy(&res, &wl, 18001).unwrap();
         assert_eq!(eff, Effective::default(), "another port: no rule");
+    }
+
+    #[test]
+    fn locality_failover_and_distribute_as_istiod() {
+        let eps =
+            || json!({"load_assignment": {"endpoints": [{"lb_endpoints": [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}]}]}});
+        let locs: Vec<String> =
+            ["us-east/z1/a", "us-east/z2", "us-west/z1", "eu/z1"].iter().map(|s| s.to_string()).collect();
+        let priorities = |c: &Value| -> Vec<u64> {
+            c["load_assignment"]["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["priority"].as_u64().unwrap_or(99))
+                .collect()
+        };
+        // Without outlier detection: one priority (failover would never happen).
+        let mut c = eps();
+        apply_locality(&mut c, &locs, "us-east/z1/a", &Effective::default());
+        assert_eq!(priorities(&c), [99, 99, 99, 99]);
+        assert_eq!(
+            c["load_assignment"]["endpoints"][1]["locality"],
+            json!({"region": "us-east", "zone": "z2", "sub_zone": ""})
+        );
+        // With it: by distance (0, 2, 3, 3 → 0, 1, 2, 2).
+        let mut c = eps();
+        c["outlier_detection"] = json!({});
+        apply_locality(&mut c, &locs, "us-east/z1/a", &Effective::default());
+        assert_eq!(priorities(&c), [0, 1, 2, 2]);
+        // failover us-east → eu: eu before us-west.
+        let (r, dr) = rule("{host: h, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}, loadBalancer: {localityLbSetting: {failover: [{from: us-east, to: eu}]}}}}");
+        let eff = effective(&r, &dr, "", &port(1, "http")).unwrap();
+        let mut c = eps();
+        c["outlier_detection"] = json!({});
+        apply_locality(&mut c, &locs, "us-east/z1/a", &eff);
+        assert_eq!(priorities(&c), [0, 1, 3, 2]);
+        // distribute: weights for the proxy's locality, other localities emptied.
+        let (r, dr) = rule("{host: h, trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: 'us-east/*', to: {'us-east/*': 80, 'us-west/*': 20}}]}}}}");
+        let eff = effective(&r, &dr, "", &port(1, "http")).unwrap();
+        let mut c = eps();
+        apply_locality(&mut c, &locs, "us-east/z1/a", &eff);
+        let g = &c["load_assignment"]["endpoints"];
+        assert_eq!(
+            (g[0]["load_balancing_weight"].clone(), g[1]["load_balancing_weight"].clone()),
+            (json!(40), json!(40))
+        );
+        assert_eq!(g[2]["load_balancing_weight"], 20);
+        assert_eq!(g[3]["lb_endpoints"], json!([]));
+        assert_eq!(c["common_lb_config"]["locality_weighted_lb_config"], json!({}));
+        // Disabled: untouched.
+        let (r, dr) = rule("{host: h, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}, loadBalancer: {localityLbSetting: {enabled: false}}}}");
+        let eff = effective(&r, &dr, "", &port(1, "http")).unwrap();
+        let mut c = eps();
+        apply_locality(&mut c, &locs, "us-east/z1/a", &eff);
+        assert_eq!(c, eps());
     }
 
     #[test]

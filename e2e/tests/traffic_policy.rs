@@ -87,9 +87,17 @@ fn websocket_server() -> u16 {
 }
 
 fn service(name: &str, endpoints: &[(u16, &str)]) -> String {
+    let eps: Vec<(u16, &str, &str)> = endpoints.iter().map(|(p, v)| (*p, *v, "")).collect();
+    service_in(name, &eps)
+}
+
+/// A service whose endpoints have a locality (`region/zone`, or "" for none).
+fn service_in(name: &str, endpoints: &[(u16, &str, &str)]) -> String {
     let eps: Vec<String> = endpoints
         .iter()
-        .map(|(p, v)| format!("{{address: 127.0.0.1, ports: {{http: {p}}}, labels: {{version: {v}}}}}"))
+        .map(|(p, v, l)| {
+            format!("{{address: 127.0.0.1, ports: {{http: {p}}}, labels: {{version: {v}}}, locality: '{l}'}}")
+        })
         .collect();
     format!(
         "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{name}.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8000, name: http}}]\n  endpoints: [{}]\n",
@@ -160,11 +168,18 @@ fn destination_rule_traffic_policy_and_istio_defaults_in_envoy() {
         "flaky",
         "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}}",
     );
+    // Locality: the client is in us-east/zone1; with outlier detection istiod prefers the
+    // nearest endpoints and fails over to the next locality when they are ejected.
+    let outlier = "{outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}}";
+    yaml += &service_in("nearby", &[(apps[0].port, "v1", "us-east/zone1"), (apps[1].port, "v2", "us-west/zone2")]);
+    yaml += &rule("nearby", outlier);
+    yaml += &service_in("failover", &[(bad, "bad", "us-east/zone1"), (apps[1].port, "v2", "us-west/zone2")]);
+    yaml += &rule("failover", outlier);
     yaml += &service("httpbin", &[(httpbin.port, "v1")]);
     yaml += CIRCUIT_BREAKING_TASK;
     yaml += &service("ws", &[(ws, "v1")]);
     yaml += &format!(
-        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: web, namespace: default}}\nspec:\n  hosts: [web.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8000, name: http}}]\n  workloadSelector: {{labels: {{app: web}}}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: web, namespace: default}}\nspec: {{address: 127.0.0.1, ports: {{http: {web_port}}}, labels: {{app: web}}, serviceAccount: web}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: sleep, namespace: default}}\nspec: {{address: 127.0.0.1, labels: {{app: sleep}}, serviceAccount: sleep}}\n"
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: web, namespace: default}}\nspec:\n  hosts: [web.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8000, name: http}}]\n  workloadSelector: {{labels: {{app: web}}}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: web, namespace: default}}\nspec: {{address: 127.0.0.1, ports: {{http: {web_port}}}, labels: {{app: web}}, serviceAccount: web}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: sleep, namespace: default}}\nspec: {{address: 127.0.0.1, labels: {{app: sleep}}, serviceAccount: sleep, locality: us-east/zone1}}\n"
     );
 
     let log_path = log.display().to_string();
@@ -242,6 +257,14 @@ fn destination_rule_traffic_policy_and_istio_defaults_in_envoy() {
         envoy.stat("cluster.outbound|8000||flaky.default.svc.cluster.local.outlier_detection.ejections_enforced_consecutive_5xx"),
         Some(1)
     );
+
+    // Locality load balancing: the same-zone endpoint takes everything while healthy...
+    let near: BTreeSet<String> = (0..8).map(|_| version(&get(out, "nearby:8000", "/", &[]))).collect();
+    assert_eq!(near, BTreeSet::from(["v1".to_string()]), "the client's own locality first");
+    // ... and when it is ejected the next locality does.
+    let statuses: Vec<u16> = (0..6).map(|_| get(out, "failover:8000", "/", &[]).status).collect();
+    assert_eq!(statuses, [500, 200, 200, 200, 200, 200], "fails over after the local endpoint's ejection");
+    assert_eq!(version(&get(out, "failover:8000", "/", &[])), "v2");
 
     // Istio's circuit-breaking task: 3 concurrent clients against maxConnections 1 and
     // http1MaxPendingRequests 1: some requests are short-circuited with 503 (flag UO).
