@@ -1179,6 +1179,27 @@ mod tests {
         assert_eq!(c, eps());
     }
 
+    /// `wasmeshctl serve` sends the same clusters by CDS: every setting here encodes with Envoy's
+    /// API descriptors.
+    #[test]
+    fn translated_clusters_encode_for_cds() {
+        for spec in [
+            "{host: h, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s, tcpKeepalive: {time: 10s}, maxConnectionDuration: 1h}, http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, idleTimeout: 5s, maxRetries: 4}}, outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 2, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100, splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 3}}}",
+            "{host: h, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: u, path: /, ttl: 10s}, ringHash: {minimumRingSize: 2048}}}}}",
+            "{host: h, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 65537}}}}}",
+            "{host: h, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST, warmup: {duration: 30s, aggression: 2, minimumPercent: 10}}}}",
+            "{host: h, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}, connectionPool: {http: {h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 9}}}}",
+        ] {
+            let mut c = cluster_for(spec, "", &port(1, "http")).unwrap();
+            c["load_assignment"] = json!({"cluster_name": "c", "endpoints": [{"lb_endpoints": [{"n": 0}]}]});
+            apply_locality(&mut c, &["r/z".to_string()], "r/z", &Effective::default());
+            if let Some(eps) = c.pointer_mut("/load_assignment/endpoints/0/lb_endpoints") {
+                *eps = json!([{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}}]);
+            }
+            crate::xds::proto::to_any(crate::xds::CLUSTER_TYPE, &c).unwrap_or_else(|e| panic!("{spec}: {e}\n{c}"));
+        }
+    }
+
     #[test]
     fn warmup_and_http_settings() {
         let c = cluster_for("{host: h, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}, connectionPool: {http: {h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 5, idleTimeout: 1m}, tcp: {connectTimeout: 250ms, tcpKeepalive: {probes: 3, time: 7200s, interval: 75s}}}}}", "", &port(1, "http")).unwrap();

@@ -170,7 +170,8 @@ fn destination_rule_traffic_policy_and_istio_defaults_in_envoy() {
     );
     // Locality: the client is in us-east/zone1; with outlier detection istiod prefers the
     // nearest endpoints and fails over to the next locality when they are ejected.
-    let outlier = "{outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}}";
+    let outlier =
+        "{outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}}";
     yaml += &service_in("nearby", &[(apps[0].port, "v1", "us-east/zone1"), (apps[1].port, "v2", "us-west/zone2")]);
     yaml += &rule("nearby", outlier);
     yaml += &service_in("failover", &[(bad, "bad", "us-east/zone1"), (apps[1].port, "v2", "us-west/zone2")]);
