@@ -187,7 +187,6 @@ fn destination_rule_traffic_policy_and_istio_defaults_in_envoy() {
     let mesh = Mesh::builder()
         .yaml(&yaml)
         .keep_ports()
-        .concurrency(2)
         .client("default/sleep")
         .sidecar("default/web", App::new("web", "v1"))
         .edit_bootstraps(move |workload, boot| {
