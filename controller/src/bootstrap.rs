@@ -24,10 +24,11 @@ use crate::plugins::mtls::{self, PeerEndpoint, UpstreamService};
 use crate::plugins::{
     self, ChainFilters, ClusterTransport, Contribution, Direction, ListenerContext, ListenerTransport, WasmFilter,
 };
+use crate::traffic_policy;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use wasmesh_istio::networking::{DestinationRule, SimpleLb, TrafficPolicy, WorkloadEntry};
+use wasmesh_istio::networking::{DestinationRule, WorkloadEntry};
 use wasmesh_istio::{Error, PortProtocol, ProxyMode, Resource, Resources, Workload};
 /// The header the wasm router writes and Envoy's route reads.
 use wasmesh_router::DEFAULT_CLUSTER_HEADER as CLUSTER_HEADER;
@@ -188,7 +189,20 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                                 );
                                 listeners.push(listener_with_chains(&name, inb.port, chains));
                                 let app = [("127.0.0.1".to_string(), u32::from(inb.app_port))];
-                                clusters.insert(cluster.clone(), static_cluster(&cluster, &app, "ROUND_ROBIN"));
+                                let mut app_cluster = static_cluster(&cluster, &app, "ROUND_ROBIN");
+                                let applied =
+                                    traffic_policy::inbound_policy(resources, &wl, inb.port).and_then(|(policy, r)| {
+                                        traffic_policy::apply(
+                                            &mut app_cluster,
+                                            &policy,
+                                            traffic_policy::Upstream::Tcp,
+                                            r,
+                                        )
+                                    });
+                                if let Err(mut e) = applied {
+                                    errors.append(&mut e);
+                                }
+                                clusters.insert(cluster.clone(), app_cluster);
                                 merge(&mut clusters, &mut stats_tags, c);
                             }
                             (filters, tls) => {
@@ -225,13 +239,15 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                 }
                 let app = [("127.0.0.1".to_string(), u32::from(inb.app_port))];
                 let mut app_cluster = static_cluster(&cluster, &app, "ROUND_ROBIN");
-                // As Istio's inbound clusters: talk to the app in the caller's protocol (gRPC stays HTTP/2).
-                app_cluster["typed_extension_protocol_options"] = json!({
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "use_downstream_protocol_config": {},
-                    }
-                });
+                // As Istio's inbound clusters: HTTP/1.1 to the app on an `http` port, HTTP/2 on an
+                // `http2`/`grpc` one, the caller's protocol where the port's protocol is unknown;
+                // istiod's unlimited circuit breakers.
+                let protocol = traffic_policy::inbound_upstream(resources, &wl, inb.port);
+                let applied = traffic_policy::inbound_policy(resources, &wl, inb.port)
+                    .and_then(|(policy, r)| traffic_policy::apply(&mut app_cluster, &policy, protocol, r));
+                if let Err(mut e) = applied {
+                    errors.append(&mut e);
+                }
                 clusters.insert(cluster.clone(), app_cluster);
                 merge(&mut clusters, &mut stats_tags, c);
             }
@@ -587,6 +603,13 @@ fn listener(
         "use_remote_address": edge,
         "route_config": route_config,
         "http_filters": http_filters,
+        // istiod allows WebSocket upgrades on every HTTP listener (Envoy refuses them with 403
+        // unless the HCM names the upgrade).
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+        // istiod: no stream idle timeout (Envoy's default closes a quiet stream after 5 min),
+        // and `100 Continue` proxied to the client (ENABLE_100_CONTINUE_HEADERS).
+        "stream_idle_timeout": "0s",
+        "proxy_100_continue": true,
     });
     if edge {
         hcm["xff_num_trusted_hops"] = json!(spec.mesh.num_trusted_proxies());
@@ -654,13 +677,19 @@ fn static_cluster(name: &str, endpoints: &[(String, u32)], lb: &str) -> Value {
         .iter()
         .map(|(addr, port)| json!({"endpoint": {"address": {"socket_address": {"address": addr, "port_value": port}}}}))
         .collect();
-    json!({
+    let mut cluster = json!({
         "name": name,
         "type": if all_ips { "STATIC" } else { "STRICT_DNS" },
         "connect_timeout": "10s",
         "lb_policy": lb,
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]},
-    })
+    });
+    if !all_ips {
+        // istiod's DNS clusters: the mesh's dnsRefreshRate (60 s) and the record's TTL.
+        cluster["dns_refresh_rate"] = json!("60s");
+        cluster["respect_dns_ttl"] = json!(true);
+    }
+    cluster
 }
 
 /// One cluster per (service host, port) and per (DestinationRule subset, port), without their
@@ -684,6 +713,12 @@ fn services_clusters(
     for (r, dr) in resources.destination_rules() {
         rules.entry(wl.fqdn(&dr.host, r.namespace())).or_insert((r, dr));
     }
+    // The proxy's own locality (its WorkloadEntry's), for locality load balancing.
+    let proxy_locality = resources
+        .workload_entries()
+        .find(|(r, _)| r.namespace() == wl.namespace && r.name() == wl.name)
+        .map(|(_, we)| we.locality.clone())
+        .unwrap_or_default();
     for (se_res, se) in resources.service_entries() {
         let ns = se_res.namespace();
         // Endpoints: inline, plus WorkloadEntries the workloadSelector selects (same namespace).
@@ -713,17 +748,6 @@ fn services_clusters(
         for host in &se.hosts {
             let fq = wl.fqdn(host, ns);
             let rule = rules.get(&fq).copied();
-            if let Some((dr_res, dr)) = rule {
-                check_traffic_policy(dr_res, "spec.trafficPolicy", dr.traffic_policy.as_ref(), &mut errors);
-                for (i, s) in dr.subsets.iter().enumerate() {
-                    check_traffic_policy(
-                        dr_res,
-                        &format!("spec.subsets[{i}].trafficPolicy"),
-                        s.traffic_policy.as_ref(),
-                        &mut errors,
-                    );
-                }
-            }
             for port in &se.ports {
                 // The endpoints and the WorkloadEntry behind each (none for a DNS name).
                 let addrs = |labels: &BTreeMap<String, String>| -> Vec<((String, u32), Option<&WorkloadEntry>)> {
@@ -740,27 +764,43 @@ fn services_clusters(
                         })
                         .collect()
                 };
-                let default_lb = rule.map(|(_, dr)| lb_policy(dr.traffic_policy.as_ref())).unwrap_or("LEAST_REQUEST");
                 let mut eps = addrs(&BTreeMap::new());
                 if eps.is_empty() && se.resolution.as_deref() != Some("STATIC") {
                     eps.push(((fq.clone(), port.target_port.unwrap_or(port.number)), None));
                 }
-                let mut subsets = vec![("", eps, default_lb)];
+                let mut subsets = vec![("", eps)];
                 if let Some((_, dr)) = rule {
                     for subset in &dr.subsets {
-                        // A subset's trafficPolicy overrides the rule's field by field: a subset
-                        // policy without loadBalancer (e.g. only tls) keeps the rule's.
-                        let lb = match subset.traffic_policy.as_ref() {
-                            Some(tp) if tp.load_balancer.is_some() => lb_policy(Some(tp)),
-                            _ => default_lb,
-                        };
-                        subsets.push((subset.name.as_str(), addrs(&subset.labels), lb));
+                        subsets.push((subset.name.as_str(), addrs(&subset.labels)));
                     }
                 }
-                for (subset, eps, lb) in subsets {
+                for (subset, eps) in subsets {
                     let name = format!("outbound|{}|{subset}|{fq}", port.number);
                     let addresses: Vec<(String, u32)> = eps.iter().map(|(a, _)| a.clone()).collect();
-                    let mut cluster = with_istio_metadata(static_cluster(&name, &addresses, lb), &fq, ns);
+                    let mut cluster = with_istio_metadata(static_cluster(&name, &addresses, "LEAST_REQUEST"), &fq, ns);
+                    // The DestinationRule's traffic policy for this port and subset (istiod's
+                    // merge), over istiod's defaults.
+                    let policy = match rule {
+                        Some((r, dr)) => traffic_policy::effective(r, dr, subset, port).map(|p| (p, Some(r))),
+                        None => Ok((traffic_policy::Effective::default(), None)),
+                    };
+                    let applied = policy.and_then(|(p, r)| {
+                        traffic_policy::apply(&mut cluster, &p, traffic_policy::upstream_protocol(port), r)?;
+                        Ok(p)
+                    });
+                    let localities: Vec<String> =
+                        eps.iter().map(|(_, we)| we.map(|w| w.locality.clone()).unwrap_or_default()).collect();
+                    let (policy, applied) = match applied {
+                        Ok(p) => (Some(p), Ok(())),
+                        Err(e) => (None, Err(e)),
+                    };
+                    if let Err(e) = applied {
+                        for e in e {
+                            if !errors.iter().any(|x: &Error| x.to_string() == e.to_string()) {
+                                errors.push(e);
+                            }
+                        }
+                    }
                     if let Some(certs) = tls {
                         let svc = UpstreamService {
                             service_entry: (se_res, se),
@@ -777,6 +817,10 @@ fn services_clusters(
                             Ok(transport) => with_transport(&mut cluster, transport),
                             Err(mut e) => errors.append(&mut e),
                         }
+                    }
+                    // After the transport (which marks endpoints in one group): the locality groups.
+                    if let Some(policy) = &policy {
+                        traffic_policy::apply_locality(&mut cluster, &localities, &proxy_locality, policy);
                     }
                     out.push(cluster);
                 }
@@ -817,65 +861,6 @@ fn with_istio_metadata(mut cluster: Value, host: &str, ns: &str) -> Value {
     cluster["metadata"] =
         json!({"filter_metadata": {"istio": {"services": [{"host": host, "name": name, "namespace": ns}]}}});
     cluster
-}
-
-fn lb_policy(tp: Option<&TrafficPolicy>) -> &'static str {
-    match tp.and_then(|t| t.load_balancer.as_ref()).and_then(|lb| lb.simple) {
-        Some(SimpleLb::RoundRobin) => "ROUND_ROBIN",
-        Some(SimpleLb::Random) => "RANDOM",
-        // Istio's default, and LEAST_CONN is its deprecated alias.
-        _ => "LEAST_REQUEST",
-    }
-}
-
-fn check_traffic_policy(res: &Resource, field: &str, tp: Option<&TrafficPolicy>, errors: &mut Vec<Error>) {
-    let Some(tp) = tp else { return };
-    let unsupported: [(&str, bool); 6] = [
-        ("connectionPool", tp.connection_pool.is_some()),
-        ("outlierDetection", tp.outlier_detection.is_some()),
-        // `tls` and `portLevelSettings[].tls` are interpreted by the mTLS plugin.
-        (
-            "portLevelSettings (other than tls)",
-            tp.port_level_settings
-                .iter()
-                .any(|p| p.as_object().is_some_and(|o| o.keys().any(|k| k != "port" && k != "tls"))),
-        ),
-        ("tunnel", tp.tunnel.is_some()),
-        ("proxyProtocol", tp.proxy_protocol.is_some()),
-        ("retryBudget", tp.retry_budget.is_some()),
-    ];
-    for (name, set) in unsupported {
-        if set {
-            errors.push(Error::at(
-                res,
-                format!("{field}.{name}"),
-                "not supported by wasmeshctl envoy yet (loadBalancer.simple and tls are)",
-            ));
-        }
-    }
-    if let Some(lb) = &tp.load_balancer {
-        if lb.simple == Some(SimpleLb::Passthrough) {
-            errors.push(Error::at(
-                res,
-                format!("{field}.loadBalancer.simple"),
-                "PASSTHROUGH is not supported; expected ROUND_ROBIN, RANDOM, LEAST_REQUEST or LEAST_CONN",
-            ));
-        }
-        for (name, set) in [
-            ("consistentHash", lb.consistent_hash.is_some()),
-            ("localityLbSetting", lb.locality_lb_setting.is_some()),
-            ("warmupDurationSecs", lb.warmup_duration_secs.is_some()),
-            ("warmup", lb.warmup.is_some()),
-        ] {
-            if set {
-                errors.push(Error::at(
-                    res,
-                    format!("{field}.loadBalancer.{name}"),
-                    "not supported by wasmeshctl envoy yet",
-                ));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -259,6 +259,12 @@ pub fn cluster_transport(
     endpoints: &[PeerEndpoint<'_>],
     certs: Option<&CertPaths>,
 ) -> Result<ClusterTransport, Vec<Error>> {
+    // TLS origination (SIMPLE, MUTUAL) needs no workload certificate.
+    if let Some((r, dr)) = svc.destination_rule {
+        if let Ok(Some(ClientTls::Origination(socket))) = client_tls(r, dr, svc.subset, svc.port) {
+            return Ok(ClusterTransport::All(socket));
+        }
+    }
     let Some(certs) = certs else {
         return match svc.destination_rule.map(|(r, dr)| (r, client_tls(r, dr, svc.subset, svc.port))) {
             Some((_, Err(e))) => Err(vec![e]),
@@ -283,7 +289,7 @@ pub fn cluster_transport(
     let mut mutual: Vec<Option<String>> = Vec::with_capacity(endpoints.len());
     for ep in endpoints {
         let id = match (&explicit, ep.entry) {
-            (Some(ClientTls::Disable), _) => None,
+            (Some(ClientTls::Disable | ClientTls::Origination(_)), _) => None,
             (Some(ClientTls::IstioMutual { .. }), entry) => Some(entry.map(|we| identity(client, ep.namespace, we))),
             (None, None) => None,
             (None, Some(we)) => {
@@ -374,10 +380,83 @@ fn union(mutual: &[Option<String>], service_sans: &[String]) -> Vec<String> {
 }
 
 /// A DestinationRule's client TLS setting for one subset and port.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum ClientTls {
     Disable,
-    IstioMutual { sni: Option<String>, subject_alt_names: Vec<String> },
+    IstioMutual {
+        sni: Option<String>,
+        subject_alt_names: Vec<String>,
+    },
+    /// SIMPLE or MUTUAL: TLS to a server outside the mesh, with the files the rule names.
+    Origination(Value),
+}
+
+/// The system's CA bundle (Debian), what istiod's `caCertificates: system` means.
+pub const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The DestinationRule fields of ClientTLSSettings.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ClientTlsSettings {
+    mode: String,
+    #[serde(default)]
+    client_certificate: Option<String>,
+    #[serde(default)]
+    private_key: Option<String>,
+    #[serde(default)]
+    ca_certificates: Option<String>,
+    #[serde(default)]
+    credential_name: Option<String>,
+    #[serde(default)]
+    subject_alt_names: Vec<String>,
+    #[serde(default)]
+    sni: Option<String>,
+    #[serde(default)]
+    insecure_skip_verify: Option<bool>,
+    #[serde(default)]
+    ca_crl: Option<String>,
+}
+
+/// SIMPLE / MUTUAL as istiod writes them (`cluster_tls.go`): the CA file (the system bundle when
+/// none is named) unless `insecureSkipVerify`, the SANs to match, the SNI (Envoy's `auto_sni`
+/// from the Host when none is given), and for MUTUAL the client certificate and key files.
+fn origination(res: &Resource, field: &str, t: &ClientTlsSettings) -> Result<Value, Error> {
+    if t.credential_name.is_some() {
+        return Err(Error::at(
+            res,
+            format!("{field}.credentialName"),
+            "Kubernetes secrets are not available to wasmeshctl envoy; name the files with clientCertificate, privateKey and caCertificates",
+        ));
+    }
+    let mut validation = json!({});
+    if t.insecure_skip_verify != Some(true) {
+        let ca = t.ca_certificates.as_deref().filter(|c| !c.is_empty() && *c != "system").unwrap_or(SYSTEM_CA);
+        validation["trusted_ca"] = json!({"filename": ca});
+        if let Some(crl) = &t.ca_crl {
+            validation["crl"] = json!({"filename": crl});
+        }
+        if !t.subject_alt_names.is_empty() {
+            let m: Vec<Value> =
+                t.subject_alt_names.iter().map(|s| json!({"san_type": "DNS", "matcher": {"exact": s}})).collect();
+            validation["match_typed_subject_alt_names"] = json!(m);
+        }
+    }
+    let mut common = json!({"validation_context": validation});
+    if t.mode == "MUTUAL" {
+        let (Some(cert), Some(key)) = (&t.client_certificate, &t.private_key) else {
+            return Err(Error::at(res, field, "MUTUAL needs clientCertificate and privateKey (files)"));
+        };
+        common["tls_certificates"] =
+            json!([{"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}]);
+    }
+    let mut ctx = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": common,
+    });
+    if let Some(sni) = t.sni.as_deref().filter(|s| !s.is_empty()) {
+        ctx["sni"] = json!(sni);
+    }
+    Ok(json!({"name": "envoy.transport_sockets.tls", "typed_config": ctx}))
 }
 
 /// Istio's precedence: the subset's port-level `tls`, the subset's `tls`, the rule's port-level
@@ -413,11 +492,11 @@ fn client_tls(res: &Resource, dr: &DestinationRule, subset: &str, port: u32) -> 
             sni: tls.get("sni").and_then(Value::as_str).map(str::to_string),
             subject_alt_names: strings("subjectAltNames"),
         })),
-        "SIMPLE" | "MUTUAL" => Err(Error::at(
-            res,
-            format!("{field}.mode"),
-            format!("{mode} (TLS origination to a non-mesh server) is not supported by wasmeshctl envoy yet; expected DISABLE or ISTIO_MUTUAL"),
-        )),
+        "SIMPLE" | "MUTUAL" => {
+            let t: ClientTlsSettings =
+                serde_json::from_value(tls.clone()).map_err(|e| Error::at(res, field.as_str(), e.to_string()))?;
+            origination(res, &field, &t).map(|socket| Some(ClientTls::Origination(socket)))
+        }
         other => Err(Error::at(
             res,
             format!("{field}.mode"),
@@ -710,11 +789,29 @@ mod tests {
         )
         .expect("c");
         assert_eq!(c, ClusterTransport::Plaintext);
-        let e = outbound(&dr("{tls: {mode: SIMPLE}}"), "MESH_INTERNAL").expect_err("simple");
-        assert!(
-            e[0].to_string().contains("DestinationRule default/httpbin: spec.trafficPolicy.tls.mode: SIMPLE"),
-            "{e:?}"
-        );
+        // TLS origination: SIMPLE with the system CA, MUTUAL with the rule's files.
+        let c = outbound(
+            &dr("{tls: {mode: SIMPLE, sni: api.example.com, subjectAltNames: [api.example.com]}}"),
+            "MESH_EXTERNAL",
+        )
+        .expect("simple");
+        let ctx = &socket_of(c)["typed_config"];
+        assert_eq!(ctx["sni"], json!("api.example.com"));
+        assert_eq!(ctx["common_tls_context"]["validation_context"]["trusted_ca"]["filename"], json!(SYSTEM_CA));
+        assert!(ctx["common_tls_context"].get("tls_certificates").is_none());
+        let c = outbound(
+            &dr("{tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem}}"),
+            "MESH_EXTERNAL",
+        )
+        .expect("mutual");
+        let ctx = &socket_of(c)["typed_config"]["common_tls_context"];
+        assert_eq!(ctx["tls_certificates"][0]["certificate_chain"]["filename"], json!("/c.pem"));
+        assert_eq!(ctx["validation_context"]["trusted_ca"]["filename"], json!("/ca.pem"));
+        let e =
+            outbound(&dr("{tls: {mode: MUTUAL, credentialName: secret}}"), "MESH_EXTERNAL").expect_err("credential");
+        assert!(e[0].to_string().contains("spec.trafficPolicy.tls.credentialName"), "{e:?}");
+        let e = outbound(&dr("{tls: {mode: MUTUAL}}"), "MESH_EXTERNAL").expect_err("mutual without files");
+        assert!(e[0].to_string().contains("needs clientCertificate and privateKey"), "{e:?}");
     }
 
     #[test]
