@@ -105,7 +105,7 @@ pub fn check(
         mesh: None,
         resources: Vec::new(),
         trust_domain_aliases: mesh.trust_domain_aliases.clone(),
-        extension_providers: mesh.extension_providers.clone(),
+        extension_providers: mesh.authz_extension_providers(),
         stage: Stage::All,
         multiple_custom_providers: false,
         decision_filter_state: true,

@@ -598,7 +598,7 @@ fn authz_config(resources: &[&Resource], mesh: &MeshConfig, stage: Stage) -> Res
         mesh: None,
         resources: resources_json(resources.iter().copied()),
         trust_domain_aliases: mesh.trust_domain_aliases.clone(),
-        extension_providers: mesh.extension_providers.clone(),
+        extension_providers: mesh.authz_extension_providers(),
         stage,
         multiple_custom_providers: false,
         decision_filter_state: true,

@@ -22,6 +22,23 @@ pub struct MeshConfig {
     pub default_config: Option<ProxyConfig>,
 }
 
+impl MeshConfig {
+    /// `extensionProviders` as the authz filter's configuration carries them: every entry keeps its
+    /// place and name (the filter's messages say `extensionProviders[i]`, and names must stay
+    /// unique), but a `wasmeshOidc` login entry is reduced to its name, so its client secret and
+    /// cookie keys are written only into the oidc filter's configuration.
+    pub fn authz_extension_providers(&self) -> Vec<serde_json::Value> {
+        self.extension_providers
+            .iter()
+            .map(|p| match (p.get("wasmeshOidc"), p.get("name")) {
+                (Some(_), Some(name)) => serde_json::json!({ "name": name }),
+                (Some(_), None) => serde_json::json!({}),
+                _ => p.clone(),
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PathNormalization {
@@ -117,6 +134,22 @@ mod tests {
         assert_eq!(m.num_trusted_proxies(), 2);
         let e = MeshConfig::load("pathNormalisation: {}\n", "m.yaml").unwrap_err();
         assert!(e.to_string().contains("pathNormalisation"), "{e}");
+    }
+
+    #[test]
+    fn the_authz_filter_never_receives_a_login_entry_s_secrets() {
+        let m = MeshConfig::load(
+            "extensionProviders:\n- {name: ext, envoyExtAuthzHttp: {service: a.b.svc.cluster.local, port: 80}}\n\
+             - {name: login, wasmeshOidc: {clientSecret: s3cret, cookieKeys: [k3y]}}\n",
+            "m.yaml",
+        )
+        .unwrap();
+        let authz = m.authz_extension_providers();
+        assert_eq!(authz.len(), 2, "every entry keeps its index");
+        assert_eq!(authz[0], m.extension_providers[0]);
+        assert_eq!(authz[1], serde_json::json!({"name": "login"}));
+        let text = serde_json::to_string(&authz).unwrap();
+        assert!(!text.contains("s3cret") && !text.contains("k3y"), "{text}");
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub fn config(ctx: &ListenerContext<'_>, stage: Stage) -> (AuthzConfig, Resource
         mesh: None,
         resources: resources_json(candidates.iter()),
         trust_domain_aliases: ctx.mesh.trust_domain_aliases.clone(),
-        extension_providers: ctx.mesh.extension_providers.clone(),
+        extension_providers: ctx.mesh.authz_extension_providers(),
         stage,
         multiple_custom_providers: false,
         decision_filter_state: true,
