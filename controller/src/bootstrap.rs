@@ -573,6 +573,8 @@ fn listener(
 ) -> Value {
     let (normalize_path, merge_slashes, escaped) = spec.mesh.normalization().hcm();
     let mut http_filters: Vec<Value> = c.http_filters.iter().map(|f| wasm_http_filter(f, &spec.wasm_dir)).collect();
+    let mut route_config = route_config;
+    with_fault_filter(&mut http_filters, &mut route_config, c);
     http_filters.push(json!({
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
@@ -600,6 +602,41 @@ fn listener(
     let mut filters: Vec<Value> = c.network_filters.iter().map(|f| wasm_network_filter(f, &spec.wasm_dir)).collect();
     filters.push(json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}));
     listener_with_chains(&format!("{name}_{port}"), port, filter_chains(transport, filters, Vec::new()))
+}
+
+/// Envoy's fault filter after wasmesh's router, where the router's configuration says a route
+/// injects faults (`faultFilter`, set by [`crate::plugins::router`]). The router decides each
+/// fault as Istio's per-route fault configuration would and sets the `x-envoy-fault-*` request
+/// headers (removing any a client sent); this filter then delays the request on Envoy's timer
+/// (the worker keeps serving other requests) or aborts it with response flag `FI`. At 100% the
+/// headers' own decision stands. The headers are not sent upstream.
+fn with_fault_filter(http_filters: &mut Vec<Value>, route_config: &mut Value, c: &Contribution) {
+    fn fault_flag(v: &Value) -> bool {
+        match v {
+            Value::Object(m) => m.get("faultFilter") == Some(&Value::Bool(true)) || m.values().any(fault_flag),
+            Value::Array(a) => a.iter().any(fault_flag),
+            _ => false,
+        }
+    }
+    if !c.http_filters.iter().any(|f| fault_flag(&f.config)) {
+        return;
+    }
+    let all = json!({"numerator": 100, "denominator": "HUNDRED"});
+    http_filters.push(json!({
+        "name": "envoy.filters.http.fault",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "delay": {"header_delay": {}, "percentage": all},
+            "abort": {"header_abort": {}, "percentage": all},
+        }
+    }));
+    if let Some(remove) =
+        route_config.as_object_mut().map(|rc| rc.entry("request_headers_to_remove").or_insert(json!([])))
+    {
+        if let Some(list) = remove.as_array_mut() {
+            list.extend(wasmesh_router::FAULT_HEADERS.iter().map(|h| json!(h)));
+        }
+    }
 }
 
 /// Istio's default retry policy for routes without `retries` (spec: route/retry/retry.go).

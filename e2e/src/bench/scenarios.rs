@@ -68,6 +68,32 @@ fn router() -> Result<Scenario, String> {
          "spec": {"hosts": [SERVICE], "http": http}},
     ]);
     let config = json!({"workload": {"name": "bench-client", "namespace": "default"}, "resources": resources});
+    // The same table with every route action configured on routes before the matched one (none
+    // triggered), the fault filter after the router as wasmeshctl generates it.
+    let mut acting = vec![
+        json!({"match": [{"headers": {"x-action": {"exact": "redirect"}}}],
+               "redirect": {"uri": "/moved", "authority": "elsewhere", "redirectCode": 302}}),
+        json!({"match": [{"headers": {"x-action": {"exact": "direct"}}}],
+               "directResponse": {"status": 503, "body": {"string": "down"}}}),
+        json!({"match": [{"headers": {"x-action": {"exact": "rewrite"}}}],
+               "rewrite": {"uri": "/v2", "authority": "new"},
+               "headers": {"request": {"set": {"x-a": "1"}, "add": {"x-b": "2"}, "remove": ["x-c"]},
+                           "response": {"set": {"x-d": "1"}}},
+               "route": [{"destination": {"host": SERVICE}, "headers": {"request": {"set": {"x-e": "1"}}}}]}),
+        json!({"match": [{"headers": {"x-action": {"exact": "fault"}}}],
+               "fault": {"delay": {"fixedDelay": "1s", "percentage": {"value": 0}},
+                         "abort": {"httpStatus": 500, "percentage": {"value": 0}}},
+               "route": [{"destination": {"host": SERVICE}}]}),
+    ];
+    acting.extend(http.iter().cloned());
+    let mut all_resources = resources.clone();
+    all_resources[1]["spec"]["http"] = Value::Array(acting);
+    let config_all = json!({"workload": {"name": "bench-client", "namespace": "default"}, "faultFilter": true,
+        "resources": all_resources});
+    let fault_filter = json!({"name": "envoy.filters.http.fault", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "delay": {"header_delay": {}, "percentage": {"numerator": 100, "denominator": "HUNDRED"}},
+        "abort": {"header_abort": {}, "percentage": {"numerator": 100, "denominator": "HUNDRED"}}}});
     let by_header = json!({"virtual_hosts": [{"name": "wasmesh", "domains": ["*"], "routes": [
         {"match": {"prefix": "/"}, "route": {"cluster_header": wasmesh_router::DEFAULT_CLUSTER_HEADER, "timeout": "0s"}}]}]});
     let with = |name: &str, filters: Vec<Value>, route: Option<Value>| Variant {
@@ -89,7 +115,12 @@ fn router() -> Result<Scenario, String> {
                 Some(json!({"virtual_hosts": [{"name": "bench", "domains": ["*"], "routes": native_routes}]})),
             ),
             with("no-op wasm filter", noop_filters(1), None),
-            with("wasmesh", vec![wasmesh_filter("wasmesh.router", config)], Some(by_header)),
+            with("wasmesh", vec![wasmesh_filter("wasmesh.router", config)], Some(by_header.clone())),
+            with(
+                "wasmesh, every action configured",
+                vec![wasmesh_filter("wasmesh.router", config_all), fault_filter],
+                Some(by_header),
+            ),
         ],
         modules: vec!["wasmesh".into(), "noop".into()],
     })
