@@ -1051,6 +1051,35 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
     }
 
     #[test]
+    fn the_fault_filter_follows_the_router_only_where_a_route_injects_faults() {
+        let hcm_of = |boot: &Value| {
+            let l = listener(boot, "outbound_15001");
+            l["filter_chains"][0]["filters"].as_array().unwrap().last().unwrap()["typed_config"].clone()
+        };
+        let res = resources(MESH);
+        let mut sp = spec("default/sleep", &res, &[], Vec::new());
+        sp.outbound_port = Some(15001);
+        let hcm = hcm_of(&build(&sp, &res).unwrap());
+        let names: Vec<&str> =
+            hcm["http_filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert!(!names.contains(&"envoy.filters.http.fault"), "{names:?}");
+
+        let yaml = MESH.to_string()
+            + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db, namespace: default}\n\
+               spec:\n  hosts: [db]\n  http:\n  - fault: {abort: {httpStatus: 503}}\n    route: [{destination: {host: db, port: {number: 8080}}}]\n";
+        let res = resources(&yaml);
+        let hcm = hcm_of(&build(&sp, &res).unwrap());
+        let filters = hcm["http_filters"].as_array().unwrap();
+        let names: Vec<&str> = filters.iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert_eq!(names[names.len() - 2..], ["envoy.filters.http.fault", "envoy.filters.http.router"], "{names:?}");
+        let fault = &filters[names.len() - 2]["typed_config"];
+        assert_eq!(fault["abort"]["header_abort"], json!({}));
+        assert_eq!(fault["delay"]["percentage"]["numerator"], 100);
+        let removed = hcm["route_config"]["request_headers_to_remove"].as_array().unwrap();
+        assert!(removed.contains(&json!("x-envoy-fault-abort-request")), "{removed:?}");
+    }
+
+    #[test]
     fn tcp_workload_ports_get_tcp_proxy_and_http_ports_the_hcm() {
         let yaml = MESH.to_string()
             + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: db, namespace: default}\nspec: {rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]}]}\n";

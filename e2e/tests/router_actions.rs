@@ -104,7 +104,11 @@ spec:
     route: [{destination: {host: echo}}]
   - name: fault-abort
     match: [{uri: {prefix: /fault/abort}}]
-    fault: {abort: {httpStatus: 503}}
+    fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
+    route: [{destination: {host: echo}}]
+  - name: fault-unset
+    match: [{uri: {prefix: /fault/unset}}]
+    fault: {abort: {httpStatus: 503}, delay: {fixedDelay: 5s}}
     route: [{destination: {host: echo}}]
   - name: fault-grpc
     match: [{uri: {prefix: /fault/grpc}}]
@@ -192,7 +196,7 @@ fn redirects_direct_responses_rewrites_headers_and_faults() {
     let r = seen("/other", &[]);
     assert!(r.header("x-resp-route").is_none(), "only the route's responses: {:?}", r.headers);
 
-    // --- fault: abort with no percentage aborts every request, with Envoy's fault-filter reply.
+    // --- fault: abort at 100%, with Envoy's fault-filter reply.
     for _ in 0..3 {
         let r = get(out, HOST, "/fault/abort", &[]);
         assert_eq!((r.status, r.text().as_str()), (503, "fault filter abort"));
@@ -207,13 +211,15 @@ fn redirects_direct_responses_rewrites_headers_and_faults() {
     )
     .unwrap();
     assert_eq!(r.header("grpc-status"), Some("14"), "{r:?}");
-    // 0% never; 50% about half; a client cannot inject a fault anywhere.
-    let forged = [("x-envoy-fault-abort-request", "500"), ("x-envoy-fault-delay-request", "3000")];
+    // 0% never, nor no percentage (istiod leaves Envoy's percentage unset: 0%); 50% about half;
+    // a client cannot inject a fault anywhere.
+    let forged = [("x-envoy-fault-abort-request", "500"), ("x-envoy-fault-delay-request", "10000")];
     for _ in 0..2 {
         let started = Instant::now();
         assert_eq!(get(out, HOST, "/fault/never", &forged).status, 200);
+        assert_eq!(get(out, HOST, "/fault/unset", &forged).status, 200);
         assert_eq!(get(out, HOST, "/other", &forged).status, 200);
-        assert!(started.elapsed() < Duration::from_millis(1500), "a client-sent delay header was obeyed");
+        assert!(started.elapsed() < Duration::from_millis(8000), "a delay was injected");
     }
     let n = 60;
     let aborted = (0..n).filter(|_| get(out, HOST, "/fault/half", &[]).status == 500).count();
@@ -255,15 +261,24 @@ fn redirects_direct_responses_rewrites_headers_and_faults() {
 
 #[test]
 fn a_forged_cluster_header_on_a_404_does_not_name_a_destination() {
-    let mesh = echo_mesh();
+    // The service without the VirtualService: plain routing, which any router build accepts.
+    let service = ECHO
+        .split("kind: VirtualService")
+        .next()
+        .unwrap()
+        .trim_end()
+        .trim_end_matches("apiVersion: networking.istio.io/v1");
+    let mesh = Mesh::builder().yaml(service).concurrency(1).sidecar("default/echo-v1", App::new("echo", "v1")).start();
     let out = mesh.outbound_port("default/echo-v1");
     let forged = "outbound|8000||echo.default.svc.cluster.local";
     for _ in 0..3 {
         assert_eq!(get(out, "nope.example.com", "/", &[("x-wasmesh-cluster", forged)]).status, 404);
     }
     let prom = mesh.envoy("default/echo-v1").admin("/stats/prometheus");
-    let lines: Vec<&str> =
-        prom.lines().filter(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"404\"")).collect();
+    let lines: Vec<&str> = prom
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"404\""))
+        .collect();
     assert!(!lines.is_empty(), "{prom}");
     for l in lines {
         assert!(l.contains("destination_service=\"unknown\""), "{l}");
@@ -284,7 +299,8 @@ fn istio_fault_injection_task() {
     // productpage to v1) and virtual-service-reviews-test-v2.yaml (jason → reviews v2).
     yaml.push_str(TASK_ROUTING);
     let delay = format!("{yaml}\n---\n{RATINGS_TEST_DELAY}");
-    let mesh = bookinfo::workloads(Mesh::builder().yaml(&delay).gateway("istio-system/istio-ingressgateway", &[80])).start();
+    let mesh =
+        bookinfo::workloads(Mesh::builder().yaml(&delay).gateway("istio-system/istio-ingressgateway", &[80])).start();
     let gw = mesh.gateway_port("istio-system/istio-ingressgateway", 80);
     let started = Instant::now();
     let r = get(gw, "bookinfo.example.com", "/productpage", &[]);
@@ -298,7 +314,8 @@ fn istio_fault_injection_task() {
     drop(mesh);
 
     let abort = format!("{yaml}\n---\n{RATINGS_TEST_ABORT}");
-    let mesh = bookinfo::workloads(Mesh::builder().yaml(&abort).gateway("istio-system/istio-ingressgateway", &[80])).start();
+    let mesh =
+        bookinfo::workloads(Mesh::builder().yaml(&abort).gateway("istio-system/istio-ingressgateway", &[80])).start();
     let gw = mesh.gateway_port("istio-system/istio-ingressgateway", 80);
     let page = get(gw, "bookinfo.example.com", "/productpage", &[("end-user", "jason")]).json();
     let reviews = page["calls"].as_array().unwrap().iter().find(|c| c["service"] == "reviews").unwrap().clone();

@@ -527,10 +527,12 @@ fn grpc_code(name: &str) -> Option<u32> {
 }
 
 /// Istio's `percentage.value` (0-100, double) as Envoy's FractionalPercent over a million
-/// (`value * 10000`, truncated as istiod's uint32 conversion); absent: every request.
+/// (`value * 10000`, truncated as istiod's uint32 conversion). Absent: no request. istiod then
+/// leaves Envoy's percentage unset, which is 0% (istio/api #2522 documents it: "If not
+/// specified, no request will be aborted"; istio/istio #39969).
 fn share(p: Option<f64>, field: &str) -> Result<u32, FieldError> {
     match p {
-        None => Ok(1_000_000),
+        None => Ok(0),
         Some(v) if !(0.0..=100.0).contains(&v) || v.is_nan() => {
             Err((field.to_string(), format!("{v} is not a percentage; expected 0-100")))
         }
@@ -692,10 +694,14 @@ mod tests {
         for r in [0, 1, u64::MAX, 999_999, 1 << 40] {
             assert_eq!(f.decide(r), FaultDecision { delay_ms: Some(7000), abort: None });
         }
-        // No percentage: every request.
+        // No percentage: no request, as istiod's configuration does in Envoy.
         let f: HttpFaultInjection = serde_json::from_str(r#"{"abort":{"grpcStatus":"UNAVAILABLE"}}"#).unwrap();
         let f = compile_fault(&f).unwrap();
-        assert_eq!(f.decide(12345).abort, Some(Abort::Grpc(14)));
+        assert_eq!(f.abort, Some((Abort::Grpc(14), 0)));
+        assert_eq!(f.decide(0).abort, None);
+        // The deprecated integer `percent` of a delay still counts.
+        let f: HttpFaultInjection = serde_json::from_str(r#"{"delay":{"fixedDelay":"1s","percent":100}}"#).unwrap();
+        assert_eq!(compile_fault(&f).unwrap().decide(999_999).delay_ms, Some(1000));
         // 50%: about half of uniformly drawn numbers.
         let f: HttpFaultInjection =
             serde_json::from_str(r#"{"abort":{"httpStatus":503,"percentage":{"value":50}}}"#).unwrap();
