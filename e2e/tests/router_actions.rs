@@ -50,6 +50,9 @@ spec:
   - name: redirect-scheme
     match: [{uri: {prefix: /redirect/scheme}}]
     redirect: {scheme: https, port: 8443, redirectCode: 302}
+  - name: redirect-https
+    match: [{uri: {prefix: /redirect/https}}]
+    redirect: {scheme: https}
   - name: redirect-derive
     match: [{uri: {prefix: /redirect/derive}}]
     redirect: {authority: x.example, derivePort: FROM_REQUEST_PORT, redirectCode: 307}
@@ -148,6 +151,9 @@ fn redirects_direct_responses_rewrites_headers_and_faults() {
     let r = get(out, HOST, "/redirect/scheme/p", &[]);
     assert_eq!(r.status, 302);
     assert_eq!(r.header("location"), Some("https://echo:8443/redirect/scheme/p"));
+    // A new scheme drops the old scheme's default port only (as Envoy 1.40 does).
+    assert_eq!(get(out, "echo:80", "/redirect/https", &[]).header("location"), Some("https://echo/redirect/https"));
+    assert_eq!(get(out, HOST, "/redirect/https", &[]).header("location"), Some("https://echo:8000/redirect/https"));
     let r = get(out, HOST, "/redirect/derive", &[]);
     assert_eq!(r.status, 307);
     assert_eq!(r.header("location"), Some("http://x.example:8000/redirect/derive"), "FROM_REQUEST_PORT");
@@ -179,6 +185,7 @@ fn redirects_direct_responses_rewrites_headers_and_faults() {
     assert_eq!(seen("/service/foo/v1/api?q", &[]).json()["path"], "/customprefix/v1/api/foo?q");
     let r = seen("/authority", &[]).json();
     assert_eq!(r["headers"]["host"], "new.example", "{r}");
+    assert_eq!(r["headers"]["x-envoy-original-host"], HOST, "as Envoy's host rewrite: {r}");
     assert_eq!(seen("/other", &[]).json()["headers"]["host"], HOST, "no rewrite elsewhere");
 
     // --- headers: per destination first, then per route (the route's set wins).

@@ -184,7 +184,13 @@ impl PhaseRequest for RouterRequest {
                 }
             }
             Decision::Redirect { redirect, matched, port } => {
-                let scheme = s.request_header(":scheme").ok().flatten().unwrap_or_else(|| b"http".to_vec());
+                // Envoy strips a default port by the forwarded protocol (the connection's scheme).
+                let scheme = s
+                    .request_header("x-forwarded-proto")
+                    .ok()
+                    .flatten()
+                    .or_else(|| s.request_header(":scheme").ok().flatten())
+                    .unwrap_or_else(|| b"http".to_vec());
                 let path = s.request_header(":path").ok().flatten().unwrap_or_default();
                 let authority = s.request_header(":authority").ok().flatten().unwrap_or_default();
                 let location = redirect.location(&scheme, &authority, &path, matched, port);
@@ -267,6 +273,10 @@ fn apply_request(s: &Stream, ops: &HeaderOps, authority: Option<&str>) {
         s.add_request_header(name, value.as_bytes());
     }
     if let Some(a) = authority {
+        // Envoy keeps the authority it replaces in x-envoy-original-host (checked against 1.40).
+        if let Ok(Some(old)) = s.request_header(":authority") {
+            s.set_request_header("x-envoy-original-host", &old);
+        }
         s.set_request_header(":authority", a.as_bytes());
     }
 }

@@ -64,9 +64,10 @@ impl Redirect {
     /// the request's; `matched` is how much of the path the route's match covered (see
     /// [`Matched`]); `route_port` is the port of the route table.
     pub fn location(&self, scheme: &[u8], authority: &[u8], path: &[u8], matched: Matched, route_port: u32) -> String {
+        let request_scheme = String::from_utf8_lossy(scheme);
         let scheme = match &self.scheme {
             Some(s) => s.as_str().to_string(),
-            None => String::from_utf8_lossy(scheme).into_owned(),
+            None => request_scheme.to_string(),
         };
         let port = self.port.map(|p| match p {
             PortRedirect::Fixed(p) => p,
@@ -77,7 +78,12 @@ impl Redirect {
         out.push_str("://");
         match &self.host {
             Some(h) => out.push_str(h),
-            None => out.push_str(&String::from_utf8_lossy(request_host(authority, &scheme, port.is_some()))),
+            None => out.push_str(&String::from_utf8_lossy(request_host(
+                authority,
+                &request_scheme,
+                &scheme,
+                port.is_some(),
+            ))),
         }
         if let Some(p) = port {
             out.push(':');
@@ -103,14 +109,15 @@ impl Redirect {
     }
 }
 
-/// Envoy `processRequestHost`: the request's host, without its port when a new port is set or
-/// when the port is the scheme's default.
-fn request_host<'a>(authority: &'a [u8], scheme: &str, new_port: bool) -> &'a [u8] {
+/// Envoy `processRequestHost`: the request's host, without its port when a new port is set, or
+/// when the scheme changes and the port is the old scheme's default (`http://a:80` becomes
+/// `https://a`; checked against Envoy 1.40's redirect action, which keeps `https://a:443` from an
+/// `http` request and `http://a:80` when the scheme stays).
+fn request_host<'a>(authority: &'a [u8], old_scheme: &str, new_scheme: &str, new_port: bool) -> &'a [u8] {
     let (host, port) = split_host_port(authority);
     let Some(port) = port else { return authority };
-    let default =
-        (scheme.eq_ignore_ascii_case("http") && port == 80) || (scheme.eq_ignore_ascii_case("https") && port == 443);
-    if new_port || default {
+    let default = (old_scheme == "http" && port == 80) || (old_scheme == "https" && port == 443);
+    if new_port || (default && old_scheme != new_scheme) {
         host
     } else {
         authority
@@ -616,18 +623,23 @@ mod tests {
         // A uri with a query replaces the request's query.
         let r = redirect(r#"{"uri":"/new?a=b"}"#);
         assert_eq!(r.location(b"http", b"a", b"/old?x", Matched::Whole, 80), "http://a/new?a=b");
-        // Scheme: the default port of the new scheme... is kept unless it is the old scheme's default.
+        // Scheme: the port goes only when it is the old scheme's default (Envoy 1.40, checked).
         let r = redirect(r#"{"scheme":"https"}"#);
-        assert_eq!(r.location(b"http", b"a:80", b"/p", Matched::Whole, 80), "https://a:80/p");
-        assert_eq!(r.location(b"http", b"a:443", b"/p", Matched::Whole, 80), "https://a/p");
+        assert_eq!(r.location(b"http", b"a:80", b"/p", Matched::Whole, 80), "https://a/p");
+        assert_eq!(r.location(b"http", b"a:443", b"/p", Matched::Whole, 80), "https://a:443/p");
+        assert_eq!(r.location(b"http", b"a:8000", b"/p", Matched::Whole, 80), "https://a:8000/p");
         assert_eq!(r.location(b"http", b"a", b"/p", Matched::Whole, 80), "https://a/p");
+        let r = redirect(r#"{"uri":"/n"}"#);
+        assert_eq!(r.location(b"http", b"a:80", b"/p", Matched::Whole, 80), "http://a:80/n", "same scheme: kept");
+        let r = redirect(r#"{"port":80}"#);
+        assert_eq!(r.location(b"http", b"a:8080", b"/p", Matched::Whole, 80), "http://a:80/p");
         // Port: replaces the request's port; derivePort FROM_REQUEST_PORT is the route's port.
         let r = redirect(r#"{"port":8443,"scheme":"https"}"#);
         assert_eq!(r.location(b"http", b"a:9080", b"/p", Matched::Whole, 9080), "https://a:8443/p");
         let r = redirect(r#"{"derivePort":"FROM_REQUEST_PORT","authority":"b"}"#);
         assert_eq!(r.location(b"http", b"a:1", b"/p", Matched::Whole, 9080), "http://b:9080/p");
-        let r = redirect(r#"{"derivePort":"FROM_PROTOCOL_DEFAULT"}"#);
-        assert_eq!(r.location(b"http", b"a:80", b"/p", Matched::Whole, 80), "http://a/p");
+        let r = redirect(r#"{"derivePort":"FROM_PROTOCOL_DEFAULT","scheme":"https"}"#);
+        assert_eq!(r.location(b"http", b"a:80", b"/p", Matched::Whole, 80), "https://a/p");
         // The Gateway API's prefix form.
         let r = redirect(r#"{"uri":"%PREFIX()%/bar"}"#);
         assert_eq!(r.location(b"http", b"a", b"/foo/baz?q", Matched::Prefix(4), 80), "http://a/bar/baz?q");
