@@ -589,6 +589,8 @@ fn listener(
 ) -> Value {
     let (normalize_path, merge_slashes, escaped) = spec.mesh.normalization().hcm();
     let mut http_filters: Vec<Value> = c.http_filters.iter().map(|f| wasm_http_filter(f, &spec.wasm_dir)).collect();
+    let mut route_config = route_config;
+    with_fault_filter(&mut http_filters, &mut route_config, c);
     http_filters.push(json!({
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
@@ -623,6 +625,41 @@ fn listener(
     let mut filters: Vec<Value> = c.network_filters.iter().map(|f| wasm_network_filter(f, &spec.wasm_dir)).collect();
     filters.push(json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}));
     listener_with_chains(&format!("{name}_{port}"), port, filter_chains(transport, filters, Vec::new()))
+}
+
+/// Envoy's fault filter after wasmesh's router, where the router's configuration says a route
+/// injects faults (`faultFilter`, set by [`crate::plugins::router`]). The router decides each
+/// fault as Istio's per-route fault configuration would and sets the `x-envoy-fault-*` request
+/// headers (removing any a client sent); this filter then delays the request on Envoy's timer
+/// (the worker keeps serving other requests) or aborts it with response flag `FI`. At 100% the
+/// headers' own decision stands. The headers are not sent upstream.
+fn with_fault_filter(http_filters: &mut Vec<Value>, route_config: &mut Value, c: &Contribution) {
+    fn fault_flag(v: &Value) -> bool {
+        match v {
+            Value::Object(m) => m.get("faultFilter") == Some(&Value::Bool(true)) || m.values().any(fault_flag),
+            Value::Array(a) => a.iter().any(fault_flag),
+            _ => false,
+        }
+    }
+    if !c.http_filters.iter().any(|f| fault_flag(&f.config)) {
+        return;
+    }
+    let all = json!({"numerator": 100, "denominator": "HUNDRED"});
+    http_filters.push(json!({
+        "name": "envoy.filters.http.fault",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "delay": {"header_delay": {}, "percentage": all},
+            "abort": {"header_abort": {}, "percentage": all},
+        }
+    }));
+    if let Some(remove) =
+        route_config.as_object_mut().map(|rc| rc.entry("request_headers_to_remove").or_insert(json!([])))
+    {
+        if let Some(list) = remove.as_array_mut() {
+            list.extend(wasmesh_router::FAULT_HEADERS.iter().map(|h| json!(h)));
+        }
+    }
 }
 
 /// Istio's default retry policy for routes without `retries` (spec: route/retry/retry.go).
@@ -996,6 +1033,35 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
             .iter()
             .map(|f| f["name"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    #[test]
+    fn the_fault_filter_follows_the_router_only_where_a_route_injects_faults() {
+        let hcm_of = |boot: &Value| {
+            let l = listener(boot, "outbound_15001");
+            l["filter_chains"][0]["filters"].as_array().unwrap().last().unwrap()["typed_config"].clone()
+        };
+        let res = resources(MESH);
+        let mut sp = spec("default/sleep", &res, &[], Vec::new());
+        sp.outbound_port = Some(15001);
+        let hcm = hcm_of(&build(&sp, &res).unwrap());
+        let names: Vec<&str> =
+            hcm["http_filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert!(!names.contains(&"envoy.filters.http.fault"), "{names:?}");
+
+        let yaml = MESH.to_string()
+            + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db, namespace: default}\n\
+               spec:\n  hosts: [db]\n  http:\n  - fault: {abort: {httpStatus: 503}}\n    route: [{destination: {host: db, port: {number: 8080}}}]\n";
+        let res = resources(&yaml);
+        let hcm = hcm_of(&build(&sp, &res).unwrap());
+        let filters = hcm["http_filters"].as_array().unwrap();
+        let names: Vec<&str> = filters.iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert_eq!(names[names.len() - 2..], ["envoy.filters.http.fault", "envoy.filters.http.router"], "{names:?}");
+        let fault = &filters[names.len() - 2]["typed_config"];
+        assert_eq!(fault["abort"]["header_abort"], json!({}));
+        assert_eq!(fault["delay"]["percentage"]["numerator"], 100);
+        let removed = hcm["route_config"]["request_headers_to_remove"].as_array().unwrap();
+        assert!(removed.contains(&json!("x-envoy-fault-abort-request")), "{removed:?}");
     }
 
     #[test]

@@ -18,15 +18,19 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         .items
         .iter()
         .filter(|r| matches!(r.kind(), Kind::VirtualService | Kind::Gateway | Kind::ServiceEntry));
-    let config = RouterConfig {
+    let mut config = RouterConfig {
         workload: Some(workload),
         mesh: None,
         gateway_port,
         cluster_header: DEFAULT_CLUSTER_HEADER.to_string(),
+        fault_filter: true,
         resources: resources_json(relevant.clone()),
     };
     // Compile here too, so a bad VirtualService fails `wasmeshctl envoy`, not Envoy's start.
-    config.compile(&Resources { items: relevant.cloned().collect() }).map_err(|e| e.0)?;
+    let router = config.compile(&Resources { items: relevant.cloned().collect() }).map_err(|e| e.0)?;
+    // Envoy's fault filter goes after the router only where a route injects faults
+    // (`bootstrap::with_fault_filter` reads this flag).
+    config.fault_filter = router.has_faults();
     let config = serde_json::to_value(&config).map_err(|e| vec![Error::new(format!("router config: {e}"))])?;
     Ok(Contribution {
         http_filters: vec![WasmFilter { name: "wasmesh.router".into(), config, fail_open: false }],

@@ -13,7 +13,7 @@ use wasmesh_istio::{ProxyMode, Resources, Workload};
 
 /// Every group; `app_port` is the upstream's port (the generated clusters' endpoints).
 pub fn all(app_port: u16) -> Result<Vec<Group>, String> {
-    let mut filters = vec![router()?, authz()?];
+    let mut filters = vec![router()?, vs_actions()?, authz()?];
     filters.extend(authn::bench_scenarios().into_iter().map(with_noop));
     filters.push(with_noop(crate::stats::bench_scenario()));
     filters.push(noops());
@@ -61,15 +61,8 @@ fn route_header() -> (String, String) {
 fn router() -> Result<Scenario, String> {
     let host = format!("{SERVICE}.default.svc.cluster.local");
     let (http, native_routes, clusters) = header_routes("default");
-    let resources = json!([
-        {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "bench", "namespace": "default"},
-         "spec": {"hosts": [host], "ports": [{"number": 80, "name": "http"}], "resolution": "STATIC"}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "bench", "namespace": "default"},
-         "spec": {"hosts": [SERVICE], "http": http}},
-    ]);
-    let config = json!({"workload": {"name": "bench-client", "namespace": "default"}, "resources": resources});
-    let by_header = json!({"virtual_hosts": [{"name": "wasmesh", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/"}, "route": {"cluster_header": wasmesh_router::DEFAULT_CLUSTER_HEADER, "timeout": "0s"}}]}]});
+    let config = router_config(&host, http);
+    let by_header = by_header_route();
     let with = |name: &str, filters: Vec<Value>, route: Option<Value>| Variant {
         http_filters: filters,
         route_config: route,
@@ -90,6 +83,75 @@ fn router() -> Result<Scenario, String> {
             ),
             with("no-op wasm filter", noop_filters(1), None),
             with("wasmesh", vec![wasmesh_filter("wasmesh.router", config)], Some(by_header)),
+        ],
+        modules: vec!["wasmesh".into(), "noop".into()],
+    })
+}
+
+fn router_config(host: &str, http: Vec<Value>) -> Value {
+    let resources = json!([
+        {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "bench", "namespace": "default"},
+         "spec": {"hosts": [host], "ports": [{"number": 80, "name": "http"}], "resolution": "STATIC"}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "bench", "namespace": "default"},
+         "spec": {"hosts": [SERVICE], "http": http}},
+    ]);
+    json!({"workload": {"name": "bench-client", "namespace": "default"}, "resources": resources})
+}
+
+fn by_header_route() -> Value {
+    json!({"virtual_hosts": [{"name": "wasmesh", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster_header": wasmesh_router::DEFAULT_CLUSTER_HEADER, "timeout": "0s"}}]}]})
+}
+
+/// The router scenario's table with every VirtualService action (redirect, directResponse,
+/// rewrite, request/response headers per route and destination, fault) configured on routes
+/// before the matched one, none triggered; Envoy's fault filter after the router as wasmeshctl
+/// generates it. Against the plain table: what configuring the actions costs a request.
+fn vs_actions() -> Result<Scenario, String> {
+    let host = format!("{SERVICE}.default.svc.cluster.local");
+    let (http, _, clusters) = header_routes("default");
+    let plain = router_config(&host, http.clone());
+    let mut acting = vec![
+        json!({"match": [{"headers": {"x-action": {"exact": "redirect"}}}],
+               "redirect": {"uri": "/moved", "authority": "elsewhere", "redirectCode": 302}}),
+        json!({"match": [{"headers": {"x-action": {"exact": "direct"}}}],
+               "directResponse": {"status": 503, "body": {"string": "down"}}}),
+        json!({"match": [{"headers": {"x-action": {"exact": "rewrite"}}}],
+               "rewrite": {"uri": "/v2", "authority": "new"},
+               "headers": {"request": {"set": {"x-a": "1"}, "add": {"x-b": "2"}, "remove": ["x-c"]},
+                           "response": {"set": {"x-d": "1"}}},
+               "route": [{"destination": {"host": SERVICE}, "headers": {"request": {"set": {"x-e": "1"}}}}]}),
+        json!({"match": [{"headers": {"x-action": {"exact": "fault"}}}],
+               "fault": {"delay": {"fixedDelay": "1s", "percentage": {"value": 100}},
+                         "abort": {"httpStatus": 500, "percentage": {"value": 100}}},
+               "route": [{"destination": {"host": SERVICE}}]}),
+    ];
+    acting.extend(http);
+    let mut all = router_config(&host, acting);
+    all["faultFilter"] = json!(true);
+    let fault_filter = json!({"name": "envoy.filters.http.fault", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "delay": {"header_delay": {}, "percentage": {"numerator": 100, "denominator": "HUNDRED"}},
+        "abort": {"header_abort": {}, "percentage": {"numerator": 100, "denominator": "HUNDRED"}}}});
+    let with = |name: &str, filters: Vec<Value>, route: Option<Value>| Variant {
+        http_filters: filters,
+        route_config: route,
+        app_clusters: clusters.clone(),
+        headers: vec![route_header()],
+        authority: SERVICE.into(),
+        ..Variant::new(name)
+    };
+    Ok(Scenario {
+        name: "vs actions".into(),
+        target: "configured, untriggered actions cost the router nothing measurable".into(),
+        variants: vec![
+            with("none", vec![], None),
+            with("wasmesh", vec![wasmesh_filter("wasmesh.router", plain)], Some(by_header_route())),
+            with(
+                "wasmesh, every action configured",
+                vec![wasmesh_filter("wasmesh.router", all), fault_filter],
+                Some(by_header_route()),
+            ),
         ],
         modules: vec!["wasmesh".into(), "noop".into()],
     })

@@ -5,6 +5,14 @@
 //! route reads with `cluster_header`; setting a request header makes Envoy re-select the route
 //! (ABI 0.2.1). The client's own copy of that header is replaced, so it cannot steer traffic.
 //! No matching route: a 404 local reply, as Istio.
+//!
+//! A matched route may also redirect or answer directly (a local reply with the `Location`,
+//! status and body Envoy's redirect and direct-response actions give), rewrite the path and
+//! authority, edit request and response headers (per destination, then per route, as Envoy
+//! applies the configuration istiod writes), and inject faults. Wasm cannot sleep, so a fault is
+//! decided here and carried out by Envoy's fault filter after this one, which reads the
+//! `x-envoy-fault-*` headers set here (wasmeshctl generates it; a configuration with a fault
+//! and without `faultFilter: true` is refused). Client-sent copies of those headers are removed.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proxy_wasm::traits::RootContext;
@@ -13,7 +21,9 @@ use std::rc::Rc;
 use wasmesh_istio::{FilterConfig, ProxyMode};
 use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
 use wasmesh_proxy::stream::{HeaderReads, Stream};
-use wasmesh_router::{Decision, RequestView, Rng, Router, RouterConfig};
+use wasmesh_router::{
+    Abort, Decision, HeaderActions, HeaderOps, Matched, RequestView, Rng, RouteOps, Router, RouterConfig, FAULT_HEADERS,
+};
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
 /// `filters/wasmesh` for the root ids it hands to this filter, call it).
@@ -24,11 +34,14 @@ pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
 /// The router phase from its plugin configuration.
 pub fn build(config: &[u8], _resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, String> {
     let routes = configure(config)?;
-    Ok(vec![Rc::new(RouterPhase { routes, rng: Cell::new(wasmesh_proxy::random_seed()) })])
+    let faults = routes.has_faults();
+    Ok(vec![Rc::new(RouterPhase { routes, faults, rng: Cell::new(wasmesh_proxy::random_seed()) })])
 }
 
 struct RouterPhase {
     routes: Routes,
+    /// A route injects faults: client-sent fault headers are removed from every request.
+    faults: bool,
     /// Per-VM PRNG state, seeded from the host's entropy.
     rng: Cell<u64>,
 }
@@ -58,6 +71,13 @@ impl Routes {
         }
     }
 
+    fn has_faults(&self) -> bool {
+        match self {
+            Routes::One(r) => r.has_faults(),
+            Routes::PerPort(tables) => tables.iter().any(|(_, r)| r.has_faults()),
+        }
+    }
+
     /// The most headers any table reads.
     fn most_headers(&self) -> usize {
         match self {
@@ -76,7 +96,7 @@ impl Phase for RouterPhase {
         let mut rng = Rng::new(self.rng.get());
         let random = rng.next_u64();
         self.rng.set(random);
-        Box::new(RouterRequest { phase: self, random })
+        Box::new(RouterRequest { phase: self, random, response: None })
     }
 
     /// Alone in its filter, up to [`FETCH_ONE_BY_ONE`] headers are fetched one by one, by slot;
@@ -86,7 +106,8 @@ impl Phase for RouterPhase {
     /// map, used for larger route tables and in the one-pass chain, matches every value as
     /// Envoy's own route matcher does).
     fn header_reads(&self) -> HeaderReads {
-        if self.routes.most_headers() > FETCH_ONE_BY_ONE {
+        // With faults, every request is checked for client-sent fault headers: one read of the map.
+        if self.faults || self.routes.most_headers() > FETCH_ONE_BY_ONE {
             HeaderReads::Map
         } else {
             HeaderReads::OneByOne
@@ -126,17 +147,21 @@ fn configure(bytes: &[u8]) -> Result<Routes, String> {
 struct RouterRequest {
     phase: Rc<RouterPhase>,
     random: u64,
+    /// Response header operations of the chosen destination and route, applied in that order.
+    response: Option<ResponseOps>,
 }
 
 impl PhaseRequest for RouterRequest {
     fn request_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
         let Some(router) = self.phase.routes.for_request(s) else {
             // A gateway port no Gateway server of this proxy declares: no route, as Istio.
-            s.send_response(404, &[], None);
-            return Flow::Answered;
+            return answer(s, router_header(&self.phase.routes), 404, &[], None);
         };
+        if self.phase.faults {
+            strip_fault_headers(s);
+        }
         let needed = router.needed_headers();
-        let decision = if needed.len() > FETCH_ONE_BY_ONE {
+        let decision = if self.phase.faults || needed.len() > FETCH_ONE_BY_ONE {
             s.with_request_headers(|all| {
                 let all = all.unwrap_or_default();
                 router.route_view(&RequestView::from_headers(router.header_slots(), all), self.random)
@@ -146,22 +171,157 @@ impl PhaseRequest for RouterRequest {
             router.route_view(&RequestView::from_values(router.header_slots(), &by_slot), self.random)
         };
         match decision {
-            Decision::Forward { cluster, .. } => {
+            Decision::Forward { cluster, ops, destination_headers, matched, .. } => {
+                if ops.is_some() || destination_headers.is_some() {
+                    self.response = apply(s, ops, destination_headers, matched, self.random);
+                }
                 // Replacing the header also drops any copy the client sent.
                 if s.set_request_header(router.cluster_header(), cluster.as_bytes()) {
                     Flow::Continue
                 } else {
                     wasmesh_proxy::log_error("wasmesh router: could not set the cluster header");
-                    s.send_response(500, &[], None);
-                    Flow::Answered
+                    answer(s, router.cluster_header(), 500, &[], None)
                 }
             }
-            Decision::NotFound => {
-                s.send_response(404, &[], None);
-                Flow::Answered
+            Decision::Redirect { redirect, matched, port } => {
+                // Envoy strips a default port by the forwarded protocol (the connection's scheme).
+                let scheme = s
+                    .request_header("x-forwarded-proto")
+                    .ok()
+                    .flatten()
+                    .or_else(|| s.request_header(":scheme").ok().flatten())
+                    .unwrap_or_else(|| b"http".to_vec());
+                let path = s.request_header(":path").ok().flatten().unwrap_or_default();
+                let authority = s.request_header(":authority").ok().flatten().unwrap_or_default();
+                let location = redirect.location(&scheme, &authority, &path, matched, port);
+                answer(s, router.cluster_header(), redirect.status, &[("location", &location)], None)
+            }
+            Decision::Direct { status, body } => {
+                answer(s, router.cluster_header(), status, &[], (!body.is_empty()).then_some(body))
+            }
+            Decision::NotFound => answer(s, router.cluster_header(), 404, &[], None),
+        }
+    }
+
+    fn response_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
+        if let Some((dest, route)) = self.response.take() {
+            if let Some(d) = dest {
+                apply_response(s, &d.response);
+            }
+            if let Some(r) = route {
+                apply_response(s, &r.headers.response);
+            }
+        }
+        Flow::Continue
+    }
+}
+
+/// Response header operations kept for the response: the destination's, then the route's.
+type ResponseOps = (Option<Rc<HeaderActions>>, Option<Rc<RouteOps>>);
+
+/// The route's and destination's request actions, in Envoy's order: the destination's headers
+/// and authority, the route's headers and authority, the path rewrite; then the fault decision.
+/// Returns the response header operations to apply later.
+fn apply(
+    s: &Stream,
+    ops: Option<&Rc<RouteOps>>,
+    dest: Option<&Rc<HeaderActions>>,
+    matched: Matched,
+    random: u64,
+) -> Option<ResponseOps> {
+    if let Some(d) = dest {
+        apply_request(s, &d.request, d.authority.as_deref());
+    }
+    if let Some(o) = ops {
+        apply_request(s, &o.headers.request, o.headers.authority.as_deref());
+        if let Some(rewrite) = &o.path {
+            if let Ok(Some(path)) = s.request_header(":path") {
+                let new = rewrite.apply(&path, matched);
+                s.set_request_header(":path", &new);
+                s.set_request_header("x-envoy-original-path", &path);
+            }
+        }
+        if let Some(fault) = &o.fault {
+            let decision = fault.decide(Rng::new(random).next_u64());
+            if let Some(ms) = decision.delay_ms {
+                s.set_request_header("x-envoy-fault-delay-request", ms.to_string().as_bytes());
+            }
+            match decision.abort {
+                Some(Abort::Http(code)) => {
+                    s.set_request_header("x-envoy-fault-abort-request", code.to_string().as_bytes());
+                }
+                Some(Abort::Grpc(code)) => {
+                    s.set_request_header("x-envoy-fault-abort-grpc-request", code.to_string().as_bytes());
+                }
+                None => {}
             }
         }
     }
+    let dest_response = dest.filter(|d| !d.response.is_empty()).cloned();
+    let route_response = ops.filter(|o| !o.headers.response.is_empty()).cloned();
+    (dest_response.is_some() || route_response.is_some()).then_some((dest_response, route_response))
+}
+
+fn apply_request(s: &Stream, ops: &HeaderOps, authority: Option<&str>) {
+    for name in &ops.remove {
+        s.remove_request_header(name);
+    }
+    for (name, value) in &ops.set {
+        s.set_request_header(name, value.as_bytes());
+    }
+    for (name, value) in &ops.add {
+        s.add_request_header(name, value.as_bytes());
+    }
+    if let Some(a) = authority {
+        // Envoy keeps the authority it replaces in x-envoy-original-host (checked against 1.40).
+        if let Ok(Some(old)) = s.request_header(":authority") {
+            s.set_request_header("x-envoy-original-host", &old);
+        }
+        s.set_request_header(":authority", a.as_bytes());
+    }
+}
+
+fn apply_response(s: &Stream, ops: &HeaderOps) {
+    for name in &ops.remove {
+        s.remove_response_header(name);
+    }
+    for (name, value) in &ops.set {
+        s.set_response_header(name, value.as_bytes());
+    }
+    for (name, value) in &ops.add {
+        s.add_response_header(name, value.as_bytes());
+    }
+}
+
+/// Removes client-sent `x-envoy-fault-*` headers (read from the kept header map: a hostcall only
+/// for a header that is there), so only the router's decision reaches the fault filter.
+fn strip_fault_headers(s: &Stream) {
+    let present: Vec<&str> = s.with_request_headers(|all| {
+        let all = all.unwrap_or_default();
+        FAULT_HEADERS.iter().copied().filter(|f| all.iter().any(|(n, _)| n.eq_ignore_ascii_case(f))).collect()
+    });
+    for name in present {
+        s.remove_request_header(name);
+    }
+}
+
+/// The cluster header of any table (they all share the configuration's).
+fn router_header(routes: &Routes) -> &str {
+    match routes {
+        Routes::One(r) => r.cluster_header(),
+        Routes::PerPort(tables) => {
+            tables.first().map_or(wasmesh_router::DEFAULT_CLUSTER_HEADER, |(_, r)| r.cluster_header())
+        }
+    }
+}
+
+/// A local reply from the router. A client-sent copy of the cluster header is removed first, so
+/// the route Envoy resolved from it before the filters ran does not name the request's
+/// destination (the `destination_service` of a 404) for the telemetry filters.
+fn answer(s: &Stream, cluster_header: &str, status: u32, headers: &[(&str, &str)], body: Option<&[u8]>) -> Flow {
+    s.remove_request_header(cluster_header);
+    s.send_response(status, headers, body);
+    Flow::Answered
 }
 
 /// Up to this many headers are fetched one by one (see [`RouterPhase::header_reads`]).

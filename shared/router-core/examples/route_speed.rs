@@ -16,6 +16,7 @@ fn main() {
         mesh: None,
         gateway_port: None,
         cluster_header: wasmesh_router::DEFAULT_CLUSTER_HEADER.into(),
+        fault_filter: false,
         resources: vec![],
     };
     let router = cfg.compile(&Resources { items }).expect("compile");

@@ -1,12 +1,17 @@
 //! Turning Istio resources into a [`Router`] for one proxy, once, at configure time.
 
+use crate::actions::{
+    compile_direct_response, compile_fault, compile_header_ops, compile_redirect, compile_rewrite, Action,
+    HeaderActions, Matched, RouteOps,
+};
 use crate::hosts::{intersect, HostTable};
 use crate::matcher::StrMatcher;
 use crate::request::HeaderSlots;
 use crate::table::{ClusterName, HeaderMatch, Match, Route, Router, VirtualHost, WeightedDestination};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use wasmesh_istio::networking::{Destination, HttpMatchRequest, HttpRoute};
+use std::rc::Rc;
+use wasmesh_istio::networking::{Destination, Headers, HttpMatchRequest, HttpRoute};
 use wasmesh_istio::{CompileError, Error, FilterConfig, MeshIdentity, ProxyMode, Resource, Resources, Workload};
 
 /// The router filter's configuration, as `wasmeshctl` writes it: who the proxy is and the Istio
@@ -31,6 +36,12 @@ pub struct RouterConfig {
     /// a client sent); a route with `cluster_header` sends the request there.
     #[serde(default = "default_cluster_header")]
     pub cluster_header: String,
+    /// Whether Envoy's fault filter runs after this filter with header-controlled delay and abort
+    /// (`header_delay`, `header_abort`, 100%), as wasmeshctl generates it. A VirtualService
+    /// `fault` is refused without it: the router decides a fault and sets the fault filter's
+    /// `x-envoy-fault-*` headers; the fault filter delays (without blocking the worker) or aborts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fault_filter: bool,
     /// VirtualServices, Gateways and ServiceEntries, in Istio's JSON form.
     #[serde(default)]
     pub resources: Vec<serde_json::Value>,
@@ -222,8 +233,10 @@ impl Compiler<'_> {
                             virtual_service: String::new(),
                             name: "default".into(),
                             matches: Vec::new(),
-                            destinations: vec![WeightedDestination { weight: 1, cluster }],
+                            destinations: vec![WeightedDestination { weight: 1, cluster, headers: None }],
                             total_weight: 1,
+                            action: Action::Forward,
+                            ops: None,
                         }],
                     });
                 }
@@ -419,8 +432,47 @@ impl Compiler<'_> {
                 // Every match block was for other proxies: this route does not exist here.
                 continue;
             }
+            let name = if route.name.is_empty() { format!("#{ri}") } else { route.name.clone() };
+            let virtual_service = format!("{}/{}", res.namespace(), res.name());
+            let answering = [route.redirect.is_some(), route.direct_response.is_some(), route.delegate.is_some()];
+            if answering.iter().filter(|a| **a).count() > 1 || (answering.iter().any(|a| *a) && !route.route.is_empty())
+            {
+                self.err(
+                    res,
+                    &field,
+                    "set only one of route, redirect, directResponse, delegate (Istio allows one action per route)",
+                );
+                continue;
+            }
+            if route.redirect.is_some() || route.direct_response.is_some() {
+                if route.rewrite.is_some() {
+                    self.err(res, &format!("{field}.rewrite"), "cannot be combined with redirect or directResponse");
+                    continue;
+                }
+                let action = match (&route.redirect, &route.direct_response) {
+                    (Some(r), _) => compile_redirect(r).map(|r| Action::Redirect(Rc::new(r))),
+                    (_, Some(d)) => {
+                        compile_direct_response(d).map(|(status, body)| Action::Direct { status, body: body.into() })
+                    }
+                    _ => continue,
+                };
+                let sub = if route.redirect.is_some() { "redirect" } else { "directResponse" };
+                match action {
+                    Ok(action) => out.push(Route {
+                        virtual_service,
+                        name,
+                        matches,
+                        destinations: Vec::new(),
+                        total_weight: 0,
+                        action,
+                        ops: None,
+                    }),
+                    Err((f, e)) => self.err(res, &format!("{field}.{sub}{f}"), &e),
+                }
+                continue;
+            }
             if route.route.is_empty() {
-                if route.redirect.is_none() && route.direct_response.is_none() && route.delegate.is_none() {
+                if route.delegate.is_none() {
                     self.err(
                         res,
                         &format!("{field}.route"),
@@ -429,6 +481,7 @@ impl Compiler<'_> {
                 }
                 continue;
             }
+            let ops = self.route_ops(res, &field, route);
             let multiple = route.route.len() > 1;
             let mut destinations = Vec::new();
             let mut total: u32 = 0;
@@ -443,13 +496,8 @@ impl Compiler<'_> {
                     Some(w) => w as u32,
                     None => 0,
                 };
-                if d.headers.is_some() {
-                    self.err(
-                        res,
-                        &format!("{dfield}.headers"),
-                        "per-destination header operations are not supported by wasmesh yet",
-                    );
-                }
+                let headers =
+                    d.headers.as_ref().and_then(|h| self.header_actions(res, &format!("{dfield}.headers"), h));
                 let Some(cluster) = self.cluster(res, &format!("{dfield}.destination"), &d.destination, services)
                 else {
                     continue;
@@ -458,7 +506,7 @@ impl Compiler<'_> {
                     continue;
                 }
                 total = total.saturating_add(weight);
-                destinations.push(WeightedDestination { weight, cluster });
+                destinations.push(WeightedDestination { weight, cluster, headers });
             }
             if multiple && total == 0 {
                 self.err(
@@ -469,11 +517,13 @@ impl Compiler<'_> {
                 continue;
             }
             out.push(Route {
-                virtual_service: format!("{}/{}", res.namespace(), res.name()),
-                name: if route.name.is_empty() { format!("#{ri}") } else { route.name.clone() },
+                virtual_service,
+                name,
                 matches,
                 destinations,
                 total_weight: total,
+                action: Action::Forward,
+                ops,
             });
         }
         out
@@ -481,21 +531,16 @@ impl Compiler<'_> {
 
     /// Route features that belong to later work are refused loudly rather than ignored.
     fn unsupported(&mut self, res: &Resource, field: &str, r: &HttpRoute) {
-        let present: [(&str, bool); 12] = [
-            ("redirect", r.redirect.is_some()),
-            ("directResponse", r.direct_response.is_some()),
+        let present: [(&str, bool); 7] = [
             ("delegate", r.delegate.is_some()),
-            ("rewrite", r.rewrite.is_some()),
             ("timeout", r.timeout.is_some()),
             ("retries", r.retries.is_some()),
-            ("fault", r.fault.is_some()),
             ("mirror", r.mirror.is_some() || !r.mirrors.is_empty()),
             (
                 "mirrorPercentage",
                 r.mirror_percentage.is_some() || r.mirror_percent.is_some() || r.mirror_percent_snake.is_some(),
             ),
             ("corsPolicy", r.cors_policy.is_some()),
-            ("headers", r.headers.is_some()),
             ("match[].statPrefix", r.matches.iter().any(|m| m.stat_prefix.is_some())),
         ];
         for (name, set) in present {
@@ -503,10 +548,61 @@ impl Compiler<'_> {
                 self.err(
                     res,
                     &format!("{field}.{name}"),
-                    "not supported by this wasmesh router yet (HTTP matching and weighted destinations are)",
+                    "not supported by this wasmesh router yet (matching, weighted destinations, redirect, directResponse, rewrite, headers and fault are)",
                 );
             }
         }
+    }
+
+    /// A forwarding route's rewrite, header operations and fault; `None` when it has none.
+    fn route_ops(&mut self, res: &Resource, field: &str, route: &HttpRoute) -> Option<Rc<RouteOps>> {
+        let mut ops = RouteOps::default();
+        if let Some(h) = &route.headers {
+            if let Some(h) = self.header_actions(res, &format!("{field}.headers"), h) {
+                ops.headers = (*h).clone();
+            }
+        }
+        if let Some(r) = &route.rewrite {
+            match compile_rewrite(r) {
+                Ok((path, authority)) => {
+                    ops.path = path;
+                    if authority.is_some() {
+                        ops.headers.authority = authority;
+                    }
+                }
+                Err((f, e)) => self.err(res, &format!("{field}.rewrite{f}"), &e),
+            }
+        }
+        if let Some(f) = &route.fault {
+            match compile_fault(f) {
+                Ok(_) if !self.cfg.fault_filter => self.err(
+                    res,
+                    &format!("{field}.fault"),
+                    "fault injection needs Envoy's fault filter after the router (envoy.filters.http.fault with \
+                     header_delay and header_abort at 100%); wasmeshctl generates it, in another Envoy add it and \
+                     set faultFilter: true in the router configuration",
+                ),
+                Ok(f) if f.delay.is_some() || f.abort.is_some() => ops.fault = Some(f),
+                Ok(_) => {}
+                Err((sub, e)) => self.err(res, &format!("{field}.fault{sub}"), &e),
+            }
+        }
+        let none = ops.headers.is_empty() && ops.path.is_none() && ops.fault.is_none();
+        (!none).then(|| Rc::new(ops))
+    }
+
+    fn header_actions(&mut self, res: &Resource, field: &str, h: &Headers) -> Option<Rc<HeaderActions>> {
+        let mut out = HeaderActions::default();
+        for (dir, ops, target) in
+            [("request", &h.request, &mut out.request), ("response", &h.response, &mut out.response)]
+        {
+            let Some(ops) = ops else { continue };
+            match compile_header_ops(ops, dir == "request", &mut out.authority) {
+                Ok(o) => *target = o,
+                Err((f, e)) => self.errors.push(Error::at(res, format!("{field}.{dir}{f}"), e)),
+            }
+        }
+        (!out.is_empty()).then(|| Rc::new(out))
     }
 
     fn compile_match(&mut self, res: &Resource, field: &str, m: &HttpMatchRequest) -> Option<Match> {
@@ -524,6 +620,11 @@ impl Compiler<'_> {
                 })
             };
         out.uri = one(&m.uri, "uri", m.ignore_uri_case, &mut self.errors);
+        out.matched = match &out.uri {
+            None => Matched::default(),
+            Some(StrMatcher::Prefix(p) | StrMatcher::PrefixIgnoreCase(p)) => Matched::Prefix(p.len()),
+            Some(_) => Matched::Whole,
+        };
         out.scheme = one(&m.scheme, "scheme", false, &mut self.errors);
         out.method = one(&m.method, "method", false, &mut self.errors);
         out.authority = one(&m.authority, "authority", false, &mut self.errors);
@@ -635,6 +736,7 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
         mesh: None,
         gateway_port: None,
         cluster_header: default_cluster_header(),
+        fault_filter: true,
         resources: Vec::new(),
     };
     match (Compiler { cfg: &cfg, wl: &wl, errors: Vec::new(), check_all: true, limits: Limits::default() })

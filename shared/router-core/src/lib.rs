@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod actions;
 pub mod compile;
 mod hosts;
 pub mod matcher;
@@ -14,6 +15,9 @@ pub mod request;
 mod rng;
 mod table;
 
+pub use actions::{
+    Abort, FaultDecision, HeaderActions, HeaderOps, Matched, PathRewrite, Redirect, RouteOps, FAULT_HEADERS,
+};
 pub use compile::{validate, Limits, RouterConfig, DEFAULT_CLUSTER_HEADER};
 pub use request::{HeaderSlots, Request, RequestView};
 pub use rng::Rng;

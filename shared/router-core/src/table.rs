@@ -1,10 +1,12 @@
 //! The compiled route table (what [`crate::compile`] builds) and the per-request walk over it.
 #![deny(clippy::indexing_slicing)]
 
+use crate::actions::{Action, HeaderActions, Matched, Redirect, RouteOps};
 use crate::hosts::HostTable;
 use crate::matcher::StrMatcher;
 use crate::request::{lowercase_into, query_param, split_host_port, HeaderSlots, Request, RequestView, MAX_HOST_BYTES};
 use std::borrow::Cow;
+use std::rc::Rc;
 use wasmesh_istio::ProxyMode;
 
 /// What to do with a request.
@@ -17,7 +19,22 @@ pub enum Decision<'r> {
         virtual_service: &'r str,
         /// The route's name, or `#<index>` when it has none.
         route: &'r str,
+        /// The route's rewrite, header operations and fault (`None`: it has none).
+        ops: Option<&'r Rc<RouteOps>>,
+        /// The chosen destination's header operations (`None`: it has none).
+        destination_headers: Option<&'r Rc<HeaderActions>>,
+        /// How much of the path the matching `uri` condition covered (for a prefix rewrite).
+        matched: Matched,
     },
+    /// Answer with a redirect; the filter builds the `Location` with [`Redirect::location`].
+    Redirect {
+        redirect: &'r Redirect,
+        matched: Matched,
+        /// The port of the route table (for `derivePort: FROM_REQUEST_PORT`).
+        port: u32,
+    },
+    /// Answer with this status and body (`directResponse`).
+    Direct { status: u32, body: &'r [u8] },
     /// No virtual host or no route matched: Istio answers 404.
     NotFound,
 }
@@ -53,12 +70,15 @@ pub(crate) struct Route {
     pub(crate) matches: Vec<Match>,
     pub(crate) destinations: Vec<WeightedDestination>,
     pub(crate) total_weight: u32,
+    pub(crate) action: Action,
+    pub(crate) ops: Option<Rc<RouteOps>>,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct WeightedDestination {
     pub(crate) weight: u32,
     pub(crate) cluster: ClusterName,
+    pub(crate) headers: Option<Rc<HeaderActions>>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +134,14 @@ pub(crate) struct Match {
     pub(crate) without_headers: Vec<HeaderMatch>,
     pub(crate) query_params: Vec<(String, StrMatcher)>,
     pub(crate) port: Option<u32>,
+    /// What the `uri` condition covers of a matching path (Istio's default `prefix: "/"`).
+    pub(crate) matched: Matched,
+}
+
+impl Default for Matched {
+    fn default() -> Self {
+        Matched::Prefix(1)
+    }
 }
 
 impl Router {
@@ -145,8 +173,15 @@ impl Router {
     pub fn route_view<'r>(&'r self, req: &RequestView<'_>, random: u64) -> Decision<'r> {
         let (host, port_in_authority) = split_host_port(req.authority());
         let mut host_buf = [0u8; MAX_HOST_BYTES];
-        let Some(host) = lowercase_into(host, &mut host_buf) else {
-            return Decision::NotFound;
+        let long;
+        let host = match lowercase_into(host, &mut host_buf) {
+            Some(h) => h,
+            None => {
+                // Longer than any DNS name (or not UTF-8): no exact name matches, but `*` and
+                // wildcard suffixes still do, as in Envoy. The rare, allocating path.
+                long = String::from_utf8_lossy(host).to_ascii_lowercase();
+                long.as_str()
+            }
         };
         if let Some(gw) = &self.gateway_hosts {
             if gw.lookup(host).is_none() {
@@ -164,9 +199,18 @@ impl Router {
             }),
         };
         for route in &vh.routes {
-            let matched = route.matches.is_empty() || route.matches.iter().any(|m| m.matches(req, &self.slots, port));
-            if !matched {
-                continue;
+            let matched = if route.matches.is_empty() {
+                Matched::default()
+            } else {
+                match route.matches.iter().find(|m| m.matches(req, &self.slots, port)) {
+                    Some(m) => m.matched,
+                    None => continue,
+                }
+            };
+            match &route.action {
+                Action::Forward => {}
+                Action::Redirect(redirect) => return Decision::Redirect { redirect, matched, port },
+                Action::Direct { status, body } => return Decision::Direct { status: *status, body },
             }
             let Some(dest) = route.pick(random) else {
                 return Decision::NotFound;
@@ -175,6 +219,9 @@ impl Router {
                 cluster: dest.cluster.for_port(port),
                 virtual_service: &route.virtual_service,
                 route: &route.name,
+                ops: route.ops.as_ref(),
+                destination_headers: dest.headers.as_ref(),
+                matched,
             };
         }
         Decision::NotFound
@@ -197,6 +244,12 @@ impl Router {
             _ => return None,
         };
         self.hosts.lookup(&expanded)
+    }
+
+    /// Whether a route of this table injects faults (the filter then needs Envoy's fault filter
+    /// after it, and strips the fault headers clients send).
+    pub fn has_faults(&self) -> bool {
+        self.vhosts.iter().flat_map(|v| &v.routes).any(|r| r.ops.as_ref().is_some_and(|o| o.fault.is_some()))
     }
 
     /// Number of virtual hosts (for logs and tests).

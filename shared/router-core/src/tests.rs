@@ -55,6 +55,7 @@ fn sidecar_with(yaml: &str, wl: Workload) -> Router {
         mesh: None,
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        fault_filter: false,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).unwrap()
@@ -67,6 +68,7 @@ fn compile_err(yaml: &str) -> String {
         mesh: None,
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        fault_filter: false,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).unwrap_err().to_string()
@@ -92,7 +94,7 @@ fn cluster(r: &Router, pairs: &[(&str, &str)]) -> String {
     let h = req(pairs);
     match r.route(&Request::new(&h), 0) {
         Decision::Forward { cluster, .. } => cluster.into_owned(),
-        Decision::NotFound => "404".into(),
+        _ => "404".into(),
     }
 }
 
@@ -246,7 +248,7 @@ fn repeated_headers_match_value_by_value_as_envoy_does() {
     h.push(("x-version".into(), b"v2".to_vec()));
     match r.route(&Request::new(&h), 0) {
         Decision::Forward { cluster, .. } => assert!(cluster.contains("|post|"), "{cluster}"),
-        Decision::NotFound => panic!("404"),
+        other => panic!("{other:?}"),
     }
     let mut h = req(&[(":authority", "ratings"), (":path", "/without")]);
     h.push(("x-skip".into(), b"no".to_vec()));
@@ -276,7 +278,7 @@ spec:
 fn subset_of(r: &Router, h: &[(String, Vec<u8>)]) -> String {
     match r.route(&Request::new(h), 0) {
         Decision::Forward { cluster, .. } => cluster.split('|').nth(2).unwrap_or("").to_string(),
-        Decision::NotFound => "404".into(),
+        _ => "404".into(),
     }
 }
 
@@ -289,7 +291,7 @@ fn first_matching_route_wins_and_decision_names_it() {
             assert_eq!(virtual_service, "default/ratings");
             assert_eq!(route, "exact-uri");
         }
-        Decision::NotFound => panic!("404"),
+        other => panic!("{other:?}"),
     }
 }
 
@@ -391,6 +393,7 @@ spec:
         mesh: None,
         gateway_port: Some(80),
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        fault_filter: false,
         resources: vec![],
     };
     let r = cfg.compile(&Resources { items: items.clone() }).unwrap();
@@ -456,6 +459,7 @@ fn configuration_json_round_trip_compiles() {
         mesh: None,
         gateway_port: None,
         cluster_header: "x-wasmesh-cluster".into(),
+        fault_filter: false,
         resources,
     };
     let router = RouterConfig::compile_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
@@ -563,6 +567,7 @@ spec:
         mesh: None,
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        fault_filter: false,
         resources: vec![],
     };
     assert_eq!(cfg.gateway_ports(&resources), vec![80, 8080]);
@@ -584,6 +589,7 @@ fn compile_limited(resources: Vec<serde_json::Value>, limits: Limits) -> Result<
         mesh: None,
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        fault_filter: false,
         resources,
     };
     cfg.compile_with_limits(&cfg.parsed_resources().unwrap(), &limits).map_err(|e| e.to_string())
@@ -676,4 +682,119 @@ fn hosts_longer_than_any_dns_name_find_no_route() {
     let long = format!("{}.reviews", "a".repeat(request::MAX_HOST_BYTES));
     assert_eq!(cluster(&r, &[(":authority", &long)]), "404");
     assert_eq!(cluster(&r, &[(":authority", "reviews")]), "outbound|9080|v3|reviews.default.svc.cluster.local");
+}
+
+const STAR_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin.default.svc.cluster.local]
+  ports: [{number: 8000, name: http}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: any, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route: [{destination: {host: httpbin}}]
+"#;
+
+#[test]
+fn a_host_longer_than_a_dns_name_still_matches_star() {
+    let items = load_str(STAR_GATEWAY, "gw.yaml").unwrap();
+    let mut wl = Workload::new("istio-ingressgateway", "istio-system");
+    wl.mode = ProxyMode::Gateway;
+    wl.labels.insert("istio".into(), "ingressgateway".into());
+    let cfg = RouterConfig {
+        workload: Some(wl),
+        mesh: None,
+        gateway_port: Some(80),
+        cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        fault_filter: false,
+        resources: vec![],
+    };
+    let r = cfg.compile(&Resources { items }).unwrap();
+    let httpbin = "outbound|8000||httpbin.default.svc.cluster.local";
+    let long = format!("{}.example.com", "a".repeat(300));
+    assert_eq!(cluster(&r, &[(":authority", &long)]), httpbin);
+    assert_eq!(cluster(&r, &[(":authority", &format!("{}:80", long.to_uppercase()))]), httpbin);
+}
+
+const ACTIONS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{uri: {prefix: /moved}}, {uri: {exact: /old}}]
+    redirect: {uri: "%PREFIX()%/new", redirectCode: 302}
+  - match: [{uri: {prefix: /down}}]
+    directResponse: {status: 503, body: {string: maintenance}}
+  - match: [{uri: {prefix: /api}}]
+    rewrite: {uri: /v2}
+    headers: {request: {set: {x-a: "1"}}}
+    fault: {abort: {httpStatus: 418, percentage: {value: 0}}}
+    route:
+    - destination: {host: ratings}
+      headers: {request: {set: {host: other.example}}, response: {remove: [server]}}
+  - route: [{destination: {host: ratings}}]
+"#;
+
+#[test]
+fn routes_decide_redirects_direct_responses_and_forwarding_actions() {
+    let items = load_str(&format!("{SERVICES}\n---\n{ACTIONS}"), "test.yaml").unwrap();
+    let cfg = RouterConfig {
+        workload: Some(Workload::new("productpage-v1", "default")),
+        mesh: None,
+        gateway_port: None,
+        cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        fault_filter: false,
+        resources: vec![],
+    };
+    let e = cfg.compile(&Resources { items: items.clone() }).unwrap_err().to_string();
+    assert!(e.contains("spec.http[2].fault") && e.contains("faultFilter"), "{e}");
+    let r = RouterConfig { fault_filter: true, ..cfg }.compile(&Resources { items }).unwrap();
+    assert!(r.has_faults());
+    let h = req(&[(":authority", "ratings:9080"), (":path", "/moved/x?q=1")]);
+    match r.route(&Request::new(&h), 0) {
+        Decision::Redirect { redirect, matched, port } => {
+            assert_eq!(redirect.status, 302);
+            assert_eq!(port, 9080);
+            assert_eq!(
+                redirect.location(b"http", b"ratings:9080", b"/moved/x?q=1", matched, port),
+                "http://ratings:9080/new/x?q=1"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let h = req(&[(":authority", "ratings"), (":path", "/old")]);
+    assert!(matches!(r.route(&Request::new(&h), 0), Decision::Redirect { matched: crate::Matched::Whole, .. }));
+    let h = req(&[(":authority", "ratings"), (":path", "/down/now")]);
+    assert_eq!(r.route(&Request::new(&h), 0), Decision::Direct { status: 503, body: b"maintenance" });
+    let h = req(&[(":authority", "ratings"), (":path", "/api/x")]);
+    match r.route(&Request::new(&h), 0) {
+        Decision::Forward { ops: Some(ops), destination_headers: Some(d), matched, .. } => {
+            assert_eq!(ops.path.as_ref().unwrap().apply(b"/api/x", matched), b"/v2/x");
+            assert_eq!(ops.headers.request.set, vec![("x-a".to_string(), "1".to_string())]);
+            assert_eq!(d.authority.as_deref(), Some("other.example"));
+            assert_eq!(d.response.remove, vec!["server".to_string()]);
+            assert_eq!(ops.fault.unwrap().decide(0), crate::FaultDecision::default(), "0% never fires");
+        }
+        other => panic!("{other:?}"),
+    }
+    let h = req(&[(":authority", "ratings"), (":path", "/other")]);
+    assert!(matches!(r.route(&Request::new(&h), 0), Decision::Forward { ops: None, destination_headers: None, .. }));
 }
