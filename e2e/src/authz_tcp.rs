@@ -259,15 +259,14 @@ pub fn tcp_passes(port: u16, cert: Option<&Leaf>) -> bool {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run openssl s_client: {e}"));
-            if let Some(mut stdin) = child.stdin.take() {
-                let _ = stdin.write_all(b"hello");
-                // Keep stdin open until the server answers or closes: s_client stops at EOF.
-                let out = child.wait_with_output().map(|o| o.stdout).unwrap_or_default();
-                drop(stdin);
-                out
-            } else {
-                Vec::new()
+            // Keep stdin open until the server answers or closes: s_client stops at its EOF.
+            let mut stdin = child.stdin.take();
+            if let Some(s) = stdin.as_mut() {
+                let _ = s.write_all(b"hello");
             }
+            let out = child.wait_with_output().map(|o| o.stdout).unwrap_or_default();
+            drop(stdin);
+            out
         }
     };
     let text = String::from_utf8_lossy(&reply);

@@ -7,6 +7,8 @@
 //! Certificates come from a CA of the test's own (openssl) because `wasmeshctl certs` issues one
 //! URI SAN per workload: `both` carries [allow, deny], `deny-first` [deny, allow].
 
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 use serde_json::json;
 use wasmesh_controller::bootstrap::{wasm_http_filter, wasm_network_filter};
 use wasmesh_controller::plugins::{self, Direction, ListenerContext};
