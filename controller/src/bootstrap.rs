@@ -177,7 +177,8 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                     Ok(PortProtocol::Tcp) => {
                         let ctx = listener_context(Direction::Inbound, inb.port);
                         // Inbound TCP ports with mTLS also serve Istio's TCP metadata exchange.
-                        let filters = tcp_listener_filters(&ctx, slots);
+                        let filters = tcp_listener_filters(&ctx, slots)
+                            .map(|f| plugins::authz::single_san_peers(f, spec.certs_dir.as_deref()));
                         match (filters, mtls::inbound_transport(&ctx, certs.as_ref(), true)) {
                             (Ok((c, exchange)), Ok(tls)) => {
                                 let cluster = format!("inbound|{}||", inb.port);
@@ -1219,15 +1220,26 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
     #[test]
     fn tcp_policies_wasmesh_cannot_enforce_stop_the_bootstrap() {
         let yaml = MESH.to_string()
-            + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: m, namespace: default}\nspec: {action: DENY, rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.t]', values: ['[update]']}]}]}\n";
+            + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: m, namespace: default}\nspec: {action: CUSTOM, provider: {name: grpc}, rules: [{}]}\n";
         let res = resources(&yaml);
-        let e = build(&spec("default/db", &res, &[13306], Vec::new()), &res).unwrap_err();
+        let grpc = serde_json::json!({"name": "grpc", "envoyExtAuthzGrpc": {"service": "authz.default.svc.cluster.local", "port": 9000}});
+        let with_grpc = |ports: &[u16]| {
+            let mut s = spec("default/db", &res, ports, Vec::new());
+            s.mesh.extension_providers = vec![grpc.clone()];
+            s
+        };
+        let e = build(&with_grpc(&[13306]), &res).unwrap_err();
         assert!(
-            e[0].to_string().contains("AuthorizationPolicy default/m") && e[0].to_string().contains("when[0].key"),
+            e[0].to_string().contains("AuthorizationPolicy default/m")
+                && e[0].to_string().contains("spec.provider.name"),
             "{e:?}"
         );
-        // The HTTP port of the same workload is fine with it.
-        assert!(build(&spec("default/db", &res, &[18080], Vec::new()), &res).is_ok());
+        // The HTTP port of the same workload is not refused by the TCP translation.
+        let http = build(&with_grpc(&[18080]), &res);
+        assert!(
+            http.as_ref().map_or_else(|e| !e.iter().any(|e| e.to_string().contains("network ext_authz")), |_| true),
+            "{http:?}"
+        );
     }
 }
 

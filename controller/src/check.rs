@@ -109,6 +109,7 @@ pub fn check(
         stage: Stage::All,
         multiple_custom_providers: false,
         decision_filter_state: true,
+        single_san_peers: false,
     };
     let authz = cfg.compile(&relevant).map_err(|e| e.0)?;
 

@@ -602,6 +602,7 @@ fn authz_config(resources: &[&Resource], mesh: &MeshConfig, stage: Stage) -> Res
         stage,
         multiple_custom_providers: false,
         decision_filter_state: true,
+        single_san_peers: false,
     };
     Ok(plugin_config(to_value("authz", &cfg)?, mesh, &[]))
 }

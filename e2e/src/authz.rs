@@ -114,6 +114,11 @@ impl ListenerSpec {
             "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route_entry]}]},
             "http_filters": http_filters,
         });
+        if self.tls.is_some() {
+            // As istiod's inbound sidecar HCM: the peer certificate's SANs reach the filters.
+            hcm["forward_client_cert_details"] = json!("APPEND_FORWARD");
+            hcm["set_current_client_cert_details"] = json!({"subject": true, "uri": true, "dns": true});
+        }
         if let Some(log) = &self.access_log {
             hcm["access_log"] = json!([{
                 "name": "envoy.access_loggers.file",

@@ -11,6 +11,7 @@
 pub mod app;
 pub mod authn;
 pub mod authz;
+pub mod authz_tcp;
 pub mod bench;
 pub mod bookinfo;
 pub mod envoy;

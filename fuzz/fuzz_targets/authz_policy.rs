@@ -116,6 +116,7 @@ fuzz_target!(|data: &[u8]| {
                 stage,
                 multiple_custom_providers: i == 2,
                 decision_filter_state: true,
+                single_san_peers: false,
             };
             let Ok(authz) = cfg.compile(&res) else { continue };
             let _ = authz.rule_names();

@@ -63,6 +63,28 @@ pub fn tcp_filter(ctx: &ListenerContext<'_>) -> Result<Option<WasmFilter>, Vec<E
     Ok(Some(WasmFilter { name: TCP_FILTER_NAME.into(), config, fail_open: false }))
 }
 
+/// Marks the TCP authz filters of an inbound TCP listener `singleSanPeers` when the mesh root
+/// is `wasmeshctl certs`' own CA (its key is in `certs_dir`): every certificate it issues has
+/// exactly one URI SAN (checked when issued) and no DNS SAN, so the first SAN Envoy hands the
+/// network filter is the whole list. Otherwise the network filter cannot know the other SANs
+/// and fails closed where they could change the decision (see [`AuthzConfig::single_san_peers`]).
+pub fn single_san_peers(
+    (mut c, mut exchange): (Contribution, Vec<WasmFilter>),
+    certs_dir: Option<&std::path::Path>,
+) -> (Contribution, Vec<WasmFilter>) {
+    let own_ca = certs_dir.is_some_and(|d| d.join(crate::certs::ROOT_KEY).is_file());
+    if own_ca {
+        for f in c.network_filters.iter_mut().chain(exchange.iter_mut()) {
+            if f.name == TCP_FILTER_NAME {
+                if let Some(o) = f.config.as_object_mut() {
+                    o.insert("singleSanPeers".into(), Value::Bool(true));
+                }
+            }
+        }
+    }
+    (c, exchange)
+}
+
 /// The contribution for one stage.
 pub fn contribute_stage(ctx: &ListenerContext<'_>, stage: Stage) -> Result<Contribution, Vec<Error>> {
     if ctx.direction == Direction::Outbound {
@@ -129,6 +151,7 @@ pub fn config(ctx: &ListenerContext<'_>, stage: Stage) -> (AuthzConfig, Resource
         stage,
         multiple_custom_providers: false,
         decision_filter_state: true,
+        single_san_peers: false,
     };
     (cfg, Resources { items: candidates })
 }
@@ -339,12 +362,44 @@ mod tests {
         assert!(tcp_filter(&ctx).unwrap().is_none(), "nothing applies: no filter");
     }
 
+    /// `singleSanPeers` only when the certificate directory holds `wasmeshctl certs`' CA key.
+    #[test]
+    fn single_san_peers_when_the_mesh_ca_is_wasmeshctls() {
+        let f = |name: &str| WasmFilter { name: name.into(), config: json!({"stage": "tcp"}), fail_open: false };
+        let c = Contribution {
+            network_filters: vec![f("wasmesh.stats.tcp"), f(TCP_FILTER_NAME)],
+            ..Contribution::default()
+        };
+        let dir = std::env::temp_dir().join(format!("wasmesh-single-san-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c2, x) = single_san_peers((c.clone(), vec![f(TCP_FILTER_NAME)]), Some(&dir));
+        assert!(
+            c2.network_filters.iter().chain(&x).all(|f| f.config.get("singleSanPeers").is_none()),
+            "no CA key: not set"
+        );
+        std::fs::write(dir.join(crate::certs::ROOT_KEY), "k").unwrap();
+        let (c3, x) = single_san_peers((c, vec![f(TCP_FILTER_NAME)]), Some(&dir));
+        assert_eq!(c3.network_filters[1].config["singleSanPeers"], true);
+        assert_eq!(x[0].config["singleSanPeers"], true);
+        assert!(c3.network_filters[0].config.get("singleSanPeers").is_none(), "only the authz filter");
+        let _ = std::fs::remove_dir_all(&dir);
+        // The filter accepts what the controller writes.
+        let cfg: AuthzConfig = serde_json::from_value(json!({"stage": "tcp", "singleSanPeers": true})).unwrap();
+        assert!(cfg.single_san_peers);
+    }
+
     #[test]
     fn tcp_filter_refuses_what_it_cannot_enforce() {
-        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: m, namespace: foo}\nspec: {action: DENY, rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.t]', values: ['[update]']}]}]}\n";
+        // A CUSTOM policy with a gRPC provider would need Envoy's network ext_authz on TCP.
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: m, namespace: foo}\nspec: {action: CUSTOM, provider: {name: grpc}, rules: [{}]}\n";
         let res = resources(yaml);
         let wl = Workload::new("httpbin", "foo");
-        let mesh = MeshConfig::default();
+        let mesh = MeshConfig {
+            extension_providers: vec![
+                json!({"name": "grpc", "envoyExtAuthzGrpc": {"service": "authz.foo.svc.cluster.local", "port": 9000}}),
+            ],
+            ..MeshConfig::default()
+        };
         let ctx = ListenerContext {
             workload: &wl,
             resources: &res,
@@ -354,8 +409,7 @@ mod tests {
         };
         let e = tcp_filter(&ctx).unwrap_err();
         assert!(
-            e[0].to_string().contains("AuthorizationPolicy foo/m")
-                && e[0].to_string().contains("spec.rules[0].when[0].key"),
+            e[0].to_string().contains("AuthorizationPolicy foo/m") && e[0].to_string().contains("spec.provider.name"),
             "{e:?}"
         );
     }

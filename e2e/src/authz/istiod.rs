@@ -18,6 +18,18 @@ type Applied<'r> = (&'r Resource, &'r AuthorizationPolicy);
 /// The HTTP RBAC filters istiod puts on a workload's inbound (or gateway) chain, in order
 /// AUDIT, DENY, ALLOW. Empty when no (non-CUSTOM) policy applies.
 pub fn http_filters(resources: &Resources, workload: &Workload, trust_domain_aliases: &[String]) -> Vec<Value> {
+    rbac_filters(resources, workload, trust_domain_aliases, false)
+}
+
+/// The network RBAC filters istiod puts on a workload's inbound TCP filter chain (`BuildTCP`:
+/// AUDIT, DENY, ALLOW, each rule generated `forTCP`: an HTTP-only field drops the rule of an
+/// ALLOW policy and only its own values elsewhere). CUSTOM policies are not generated here: an
+/// `envoyExtAuthzHttp` provider has no TCP filter (istiod generates nothing).
+pub fn network_filters(resources: &Resources, workload: &Workload, trust_domain_aliases: &[String]) -> Vec<Value> {
+    rbac_filters(resources, workload, trust_domain_aliases, true)
+}
+
+fn rbac_filters(resources: &Resources, workload: &Workload, trust_domain_aliases: &[String], tcp: bool) -> Vec<Value> {
     let mut bundle = vec![workload.trust_domain.clone()];
     bundle.extend(trust_domain_aliases.iter().cloned());
     let mut by_action: [(Action, &str, Vec<Applied<'_>>); 3] =
@@ -54,6 +66,7 @@ pub fn http_filters(resources: &Resources, workload: &Workload, trust_domain_ali
                 let name = format!("ns[{}]-policy[{}]-rule[{}]", res.namespace(), res.name(), i);
                 let Some(rule) = rule else { continue };
                 let Ok(mut m) = Model::new(res.namespace(), rule) else { continue };
+                m.for_tcp = tcp;
                 m.migrate_trust_domain(&bundle);
                 if let Ok(policy) = m.generate(action) {
                     target.insert(name, policy);
@@ -67,7 +80,11 @@ pub fn http_filters(resources: &Resources, workload: &Workload, trust_domain_ali
                 );
             }
         }
-        let mut rbac = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"});
+        let mut rbac = if tcp {
+            json!({"@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC", "stat_prefix": "tcp."})
+        } else {
+            json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"})
+        };
         if has_enforce {
             rbac["rules"] = json!({"action": rbac_action, "policies": enforce});
         }
@@ -81,7 +98,8 @@ pub fn http_filters(resources: &Resources, workload: &Workload, trust_domain_ali
             (true, "DENY") => rbac["shadow_rules_stat_prefix"] = json!("istio_dry_run_deny_"),
             _ => {}
         }
-        out.push(json!({"name": "envoy.filters.http.rbac", "typed_config": rbac}));
+        let name = if tcp { "envoy.filters.network.rbac" } else { "envoy.filters.http.rbac" };
+        out.push(json!({"name": name, "typed_config": rbac}));
     }
     out
 }
@@ -247,6 +265,22 @@ enum Gen {
 }
 
 impl Gen {
+    /// The generators that return `"<key>" is HTTP only` for TCP (every one but the
+    /// `experimental.envoy.filters.*` and the L4/peer ones).
+    fn http_only(self) -> bool {
+        matches!(
+            self,
+            Gen::RequestPrincipal
+                | Gen::RequestAudiences
+                | Gen::RequestPresenter
+                | Gen::RequestHeader
+                | Gen::RequestClaims
+                | Gen::Host
+                | Gen::Path
+                | Gen::Method
+        )
+    }
+
     fn extended(self) -> bool {
         matches!(
             self,
@@ -272,6 +306,8 @@ struct Model {
     permissions: Vec<Vec<ModelRule>>,
     principals: Vec<Vec<ModelRule>>,
     policy_namespace: String,
+    /// Generating for a TCP filter chain (`Generate(forTCP)`): HTTP-only generators fail.
+    for_tcp: bool,
 }
 
 fn mr(g: Gen, key: &str, values: &Option<Vec<String>>, not_values: &Option<Vec<String>>) -> Option<ModelRule> {
@@ -364,7 +400,7 @@ impl Model {
         if permissions.is_empty() {
             permissions.push(base_perm);
         }
-        Ok(Model { permissions, principals, policy_namespace: policy_namespace.to_string() })
+        Ok(Model { permissions, principals, policy_namespace: policy_namespace.to_string(), for_tcp: false })
     }
 
     fn migrate_trust_domain(&mut self, bundle: &[String]) {
@@ -423,7 +459,10 @@ impl Model {
             if values.is_empty() {
                 continue;
             }
-            let m = if r.g.extended() {
+            let m = if self.for_tcp && r.g.http_only() {
+                check(Err(format!("{:?} is HTTP only", r.key)))?;
+                None
+            } else if r.g.extended() {
                 check(self.extended(r, values))?
             } else {
                 let mut or = Vec::new();

@@ -33,9 +33,6 @@ impl AuthzConfig {
             }
             applied.push(format!("{} ({})", res.display_name(), action_name(ap.action)));
             let dry_run = dry_run(res, &mut warnings);
-            if self.stage == Stage::Tcp {
-                unsupported_on_tcp(res, ap, &mut errors);
-            }
             check_bounds(res, ap, &mut errors);
             let ctx = PolicyCtx { res, ap, bundle: &bundle, prefix: String::new(), tcp: self.stage == Stage::Tcp };
             match ap.action {
@@ -59,27 +56,15 @@ impl AuthzConfig {
             }
         }
 
+        if self.stage == Stage::Tcp {
+            self.refuse_grpc_on_tcp(&custom_policies, &mut errors);
+        }
         if !errors.is_empty() {
             return Err(CompileError(errors));
         }
         let mut custom = self.custom(&custom_policies, &providers, &bundle, &mut warnings);
         if self.stage == Stage::Tcp {
-            if let Custom::Ext { provider, .. } = &custom {
-                if provider.transport == crate::provider::Transport::Grpc {
-                    // istiod's buildTCP gives a gRPC provider Envoy's network ext_authz filter,
-                    // which wasmesh does not have: refused, never left unenforced.
-                    return Err(CompileError(vec![Error::new(format!(
-                        "CUSTOM provider {:?} (envoyExtAuthzGrpc) on a TCP port: Istio checks each connection with it (network ext_authz), which wasmesh does not implement",
-                        provider.name
-                    ))]));
-                }
-                // istiod's buildTCP: an HTTP ext_authz provider has no TCP filter.
-                warnings.push(Error::new(format!(
-                    "CUSTOM provider {:?} is an HTTP ext_authz provider; its policies do not apply to TCP traffic (as in Istio)",
-                    provider.name
-                )));
-                custom = Custom::None;
-            }
+            custom = self.custom_on_tcp(custom, &mut warnings);
         }
 
         let peer_authn = if wl.mode == ProxyMode::Sidecar && resources.peer_authentications().next().is_some() {
@@ -97,6 +82,7 @@ impl AuthzConfig {
 
         let mut authz = Authz {
             decision_filter_state: self.decision_filter_state,
+            single_san_peers: self.single_san_peers,
             stage: self.stage,
             custom,
             audit,
@@ -127,6 +113,61 @@ impl AuthzConfig {
         }
         authz.finish();
         Ok(authz)
+    }
+
+    /// A CUSTOM policy whose provider is `envoyExtAuthzGrpc` on a TCP port: istiod checks such
+    /// connections with Envoy's network ext_authz filter, which wasmesh does not implement, so
+    /// the configuration is refused rather than enforced differently.
+    fn refuse_grpc_on_tcp(&self, policies: &[(&Resource, &AuthorizationPolicy)], errors: &mut Vec<Error>) {
+        for (res, ap) in policies {
+            let name = ap.provider.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
+            let grpc = self
+                .extension_providers
+                .iter()
+                .find(|p| p.get("name").and_then(|n| n.as_str()) == Some(name))
+                .is_some_and(|p| p.get("envoyExtAuthzGrpc").is_some());
+            if grpc {
+                errors.push(Error::at(
+                    res,
+                    "spec.provider.name",
+                    format!("{name:?} is an envoyExtAuthzGrpc provider: on a TCP port Istio checks each connection with Envoy's network ext_authz filter, which wasmesh does not implement (an envoyExtAuthzHttp provider, which Istio does not apply to TCP ports, is accepted)"),
+                ));
+            }
+        }
+    }
+
+    /// istiod's `buildTCP` for the CUSTOM builder: a provider without a TCP ext_authz filter
+    /// (`envoyExtAuthzHttp`) leaves TCP traffic alone; a bad provider keeps its rules as deny
+    /// rules (`getBadCustomDenyRules`); a gRPC provider would check the connection with Envoy's
+    /// network ext_authz, which wasmesh does not implement: its rules deny (fail closed), and
+    /// `wasmeshctl` refuses the configuration.
+    fn custom_on_tcp(&self, custom: Custom, warnings: &mut Vec<Error>) -> Custom {
+        let Custom::Ext { provider, rules } = custom else { return custom };
+        let http = self
+            .extension_providers
+            .iter()
+            .find(|p| p.get("name").and_then(|n| n.as_str()) == Some(provider.name.as_str()))
+            .is_some_and(|p| p.get("envoyExtAuthzHttp").is_some());
+        if http {
+            warnings.push(Error::new(format!(
+                "CUSTOM provider {:?} is an HTTP ext_authz provider; its policies do not apply to TCP traffic (as in Istio)",
+                provider.name
+            )));
+            return Custom::None;
+        }
+        let reason = format!(
+            "CUSTOM provider {:?} would check TCP connections with Envoy's network ext_authz, which wasmesh does not implement",
+            provider.name
+        );
+        warnings.push(Error::new(format!("{reason}; connections matching its CUSTOM rules are denied")));
+        let rules = rules
+            .into_iter()
+            .map(|mut r| {
+                r.name.push_str("-deny-due-to-bad-CUSTOM-action");
+                r
+            })
+            .collect();
+        Custom::Bad { reason, rules }
     }
 
     fn custom(
@@ -225,23 +266,6 @@ struct PolicyCtx<'a> {
     prefix: String,
     /// Generating for a TCP port (istiod `forTCP`): HTTP-only keys are generator errors.
     tcp: bool,
-}
-
-/// What wasmesh cannot enforce on a TCP port: dynamic-metadata conditions (the network filter
-/// does not read them). Refused rather than enforced differently.
-fn unsupported_on_tcp(res: &Resource, ap: &AuthorizationPolicy, errors: &mut Vec<Error>) {
-    for (i, rule) in ap.rules.as_deref().unwrap_or_default().iter().enumerate() {
-        let Some(rule) = rule else { continue };
-        for (j, c) in rule.when.as_deref().unwrap_or_default().iter().enumerate() {
-            if c.key.starts_with("experimental.envoy.filters.") {
-                errors.push(Error::at(
-                    res,
-                    format!("spec.rules[{i}].when[{j}].key"),
-                    format!("{:?}: dynamic-metadata conditions are not enforced on TCP ports by wasmesh; remove the condition or make the port HTTP", c.key),
-                ));
-            }
-        }
-    }
 }
 
 /// Most values in one list of a policy (`principals`, `paths`, a condition's `values`, … and

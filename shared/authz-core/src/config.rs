@@ -42,6 +42,17 @@ pub struct AuthzConfig {
     /// true; one hostcall per request).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub decision_filter_state: bool,
+    /// Every peer certificate the listener trusts carries at most one URI SAN and one DNS SAN,
+    /// so the first ones Envoy reports are all of them (`wasmeshctl envoy` sets it when the
+    /// mesh root is `wasmeshctl certs`' own CA, which issues one URI SAN per workload). Without
+    /// it an HTTP filter reads the other SANs from `x-forwarded-client-cert` and a TCP filter,
+    /// which cannot see them, fails closed where they could change the decision.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub single_san_peers: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn yes() -> bool {

@@ -244,34 +244,64 @@ fn shadow<'e, V: View + ?Sized>(set: &'e RuleSet, req: &V, deny: bool) -> Option
     Some(Shadow { allowed: if deny { hit.is_none() } else { hit.is_some() }, rule: hit })
 }
 
+/// The first rule that matches for certain; when none does and some rule could not be evaluated
+/// (an input is missing), that input: a rule that matches whatever the missing input holds still
+/// decides, as Envoy would decide it, and only an outcome that depends on it fails closed.
 fn first_match<'e, V: View + ?Sized>(rules: &'e [CRule], req: &V) -> Result<Option<RuleRef<'e>>, Missing> {
+    let mut missing = None;
     for r in rules {
-        if matches(r, req)? {
-            return Ok(Some(r.as_ref()));
+        match matches(r, req) {
+            Ok(true) => return Ok(Some(r.as_ref())),
+            Ok(false) => {}
+            Err(m) => missing = missing.or(Some(m)),
         }
     }
-    Ok(None)
+    missing.map_or(Ok(None), Err)
 }
 
 /// Envoy `PolicyMatcher`: any permission AND any principal.
 pub(crate) fn matches<V: View + ?Sized>(r: &CRule, req: &V) -> Result<bool, Missing> {
-    Ok(any_and(&r.permissions, req)? && any_and(&r.principals, req)?)
+    and(any_and(&r.permissions, req), || any_and(&r.principals, req))
+}
+
+/// Three-valued AND: false when either side is false for certain, else the missing input.
+fn and(a: Result<bool, Missing>, b: impl FnOnce() -> Result<bool, Missing>) -> Result<bool, Missing> {
+    match a {
+        Ok(false) => Ok(false),
+        Ok(true) => b(),
+        Err(m) => match b() {
+            Ok(false) => Ok(false),
+            _ => Err(m),
+        },
+    }
+}
+
+/// Three-valued OR over `items`: true when one is true for certain, else the first missing input.
+fn any<T>(items: &[T], mut f: impl FnMut(&T) -> Result<bool, Missing>) -> Result<bool, Missing> {
+    let mut missing = None;
+    for i in items {
+        match f(i) {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(m) => missing = missing.or(Some(m)),
+        }
+    }
+    missing.map_or(Ok(false), Err)
 }
 
 fn any_and<V: View + ?Sized>(list: &[Vec<Cond>], req: &V) -> Result<bool, Missing> {
-    for and in list {
-        let mut all = true;
-        for c in and {
-            if !cond(c, req)? {
-                all = false;
-                break;
+    any(list, |and_list| {
+        // Three-valued AND of the conditions.
+        let mut missing = None;
+        for c in and_list {
+            match cond(c, req) {
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
+                Err(m) => missing = missing.or(Some(m)),
             }
         }
-        if all {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+        missing.map_or(Ok(true), Err)
+    })
 }
 
 fn cond<V: View + ?Sized>(c: &Cond, req: &V) -> Result<bool, Missing> {
@@ -279,12 +309,27 @@ fn cond<V: View + ?Sized>(c: &Cond, req: &V) -> Result<bool, Missing> {
         Cond::Or(a) => (a, false),
         Cond::NotOr(a) => (a, true),
     };
-    for a in atoms {
-        if atom(a, req)? {
-            return Ok(!negate);
-        }
+    // A peer name among the first ones decides the OR without reading every SAN.
+    if atoms.iter().any(|a| matches!(a, Atom::Peer(m) if first_names_match(m, req))) {
+        return Ok(!negate);
     }
-    Ok(negate)
+    any(atoms, |a| atom(a, req)).map(|m| m != negate)
+}
+
+fn first_names_match<V: View + ?Sized>(m: &StrMatch, req: &V) -> bool {
+    req.mtls() == Ok(true) && req.peer().is_ok_and(|p| p.iter().any(|n| m.matches(n)))
+}
+
+/// Envoy `authenticated.principal_name`: each URI SAN, each DNS SAN, then the subject. The first
+/// names decide a match without more reads; a miss needs every SAN ([`View::peer_sans`]).
+fn peer<V: View + ?Sized>(m: &StrMatch, req: &V) -> Result<bool, Missing> {
+    if !req.mtls()? {
+        return Ok(false);
+    }
+    if req.peer()?.iter().any(|n| m.matches(n)) {
+        return Ok(true);
+    }
+    Ok(req.peer_sans()?.iter().any(|n| m.matches(n)))
 }
 
 fn atom<V: View + ?Sized>(a: &Atom, req: &V) -> Result<bool, Missing> {
@@ -307,7 +352,7 @@ fn atom<V: View + ?Sized>(a: &Atom, req: &V) -> Result<bool, Missing> {
                 _ => false,
             })
         }
-        Atom::Peer(m) => req.mtls()? && req.peer()?.iter().any(|n| m.matches(n)),
+        Atom::Peer(m) => peer(m, req)?,
         Atom::DirectIp(c) => c.contains(req.source_ip().ok_or(Missing("the direct peer address (source.ip)"))?),
         Atom::RemoteIp(c) => c.contains(req.remote_ip().ok_or(Missing("source.address (remote.ip)"))?),
         Atom::Header { name, m } => match m {

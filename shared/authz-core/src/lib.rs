@@ -37,12 +37,15 @@ pub mod matcher;
 pub mod metadata;
 pub mod model;
 pub mod peer_authentication;
+pub mod peer_sans;
 pub mod provider;
 pub mod scope;
 pub mod trust_domain;
 pub mod validate;
 pub mod view;
 
+#[cfg(test)]
+mod tcp_table;
 #[cfg(test)]
 mod tests;
 
@@ -180,6 +183,14 @@ pub trait View {
     /// The peer certificate's names (only looked at when [`View::mtls`]); `Err` when they
     /// could not be read.
     fn peer(&self) -> Result<PeerNames<'_>, Missing>;
+    /// Every URI SAN then every DNS SAN of the peer certificate (Envoy's `authenticated`
+    /// matcher tries each), asked only when none of [`View::peer`]'s names matched. `Err` when
+    /// the filter cannot know them (a network filter, or an HCM that does not hand them over in
+    /// `x-forwarded-client-cert`, see [`peer_sans`]): a rule whose outcome depends on them fails
+    /// closed. The default, for views filled up front, says the [`PeerNames`] are all the names.
+    fn peer_sans(&self) -> Result<&[Vec<u8>], Missing> {
+        Ok(&[])
+    }
     /// The verified JWT identity; `Err` when a hand-over exists but cannot be read.
     fn identity(&self) -> Result<Option<&RequestIdentity>, Missing>;
     fn metadata(&self) -> Result<&[MetadataEntry], Missing>;

@@ -143,6 +143,8 @@ pub(crate) enum Custom {
 #[derive(Debug, Clone)]
 pub struct Authz {
     pub(crate) decision_filter_state: bool,
+    /// [`crate::AuthzConfig::single_san_peers`].
+    pub(crate) single_san_peers: bool,
     pub(crate) stage: Stage,
     pub(crate) custom: Custom,
     pub(crate) audit: Vec<CRule>,
@@ -169,6 +171,11 @@ impl Authz {
 
     pub fn needs(&self) -> &Needs {
         &self.needs
+    }
+
+    /// Whether the first SANs Envoy reports are all of a peer certificate's SANs.
+    pub fn single_san_peers(&self) -> bool {
+        self.single_san_peers
     }
 
     pub fn stage(&self) -> Stage {

@@ -24,6 +24,7 @@ fn compile_with(yaml: &str, wl: Workload, f: impl FnOnce(&mut AuthzConfig)) -> A
         stage: Stage::All,
         multiple_custom_providers: false,
         decision_filter_state: true,
+        single_san_peers: false,
     };
     f(&mut cfg);
     cfg.compile(&resources).expect("compiles")
@@ -1107,7 +1108,9 @@ fn tcp_ignores_custom_with_an_http_provider_but_not_a_bad_one() {
 }
 
 #[test]
-fn tcp_refuses_dynamic_metadata_conditions() {
+fn tcp_translates_dynamic_metadata_conditions_as_istiod() {
+    // istiod's envoyFilterGenerator ignores forTCP: the condition reads the connection's dynamic
+    // metadata on a TCP port as it does a request's on HTTP.
     let yaml = policy(
         "p",
         "foo",
@@ -1124,15 +1127,15 @@ fn tcp_refuses_dynamic_metadata_conditions() {
         stage: Stage::Tcp,
         multiple_custom_providers: false,
         decision_filter_state: true,
+        single_san_peers: false,
     };
-    let e = cfg.compile(&resources).expect_err("refused");
-    let text = e.to_string();
-    assert!(
-        text.contains("AuthorizationPolicy foo/p")
-            && text.contains("spec.rules[0].when[0].key")
-            && text.contains("TCP"),
-        "{text}"
-    );
+    let a = cfg.compile(&resources).expect("translated for TCP");
+    assert_eq!(a.needs().metadata, vec![("envoy.filters.network.mysql_proxy".to_string(), "db.table".to_string())]);
+    let update = [MetadataEntry { slot: 0, value: MetaValue::List(vec![MetaValue::String(b"update".to_vec())]) }];
+    let (_, peer_authn) = a.on_connection(&Request { metadata: &update, ..Request::default() });
+    assert!(!peer_authn);
+    assert!(!a.on_connection(&Request { metadata: &update, ..Request::default() }).0.allowed);
+    assert!(a.on_connection(&Request::default()).0.allowed);
 }
 
 #[test]

@@ -8,6 +8,7 @@
 #![deny(clippy::indexing_slicing)]
 
 use crate::metadata::decode_metadata;
+use crate::peer_sans::{current_sans, XFCC};
 use crate::{parse_socket_address, Authz, HeaderList, MetadataEntry, Missing, PeerNames, Stage, View};
 use std::cell::OnceCell;
 use std::net::IpAddr;
@@ -46,6 +47,8 @@ pub struct HostView<'a, H: Host> {
     metadata_keys: &'a [(String, String)],
     /// A TCP connection: no headers, no JWT identity, the source address is the connection's.
     tcp: bool,
+    /// [`Authz::single_san_peers`]: the first SANs are all of them.
+    single_san: bool,
     method: OnceCell<Result<Option<Vec<u8>>, Missing>>,
     path: OnceCell<Result<Option<Vec<u8>>, Missing>>,
     authority: OnceCell<Result<Option<Vec<u8>>, Missing>>,
@@ -56,6 +59,8 @@ pub struct HostView<'a, H: Host> {
     sni: OnceCell<Result<Vec<u8>, Missing>>,
     mtls: OnceCell<Result<bool, Missing>>,
     peer: OnceCell<Result<PeerCert, Missing>>,
+    /// Every SAN of the peer certificate, read only when the first names did not match.
+    sans: OnceCell<Result<Vec<Vec<u8>>, Missing>>,
     identity: OnceCell<Result<Option<RequestIdentity>, Missing>>,
     metadata: OnceCell<Result<Vec<MetadataEntry>, Missing>>,
 }
@@ -66,6 +71,7 @@ impl<'a, H: Host> HostView<'a, H> {
             host,
             metadata_keys: &authz.needs().metadata,
             tcp: authz.stage() == Stage::Tcp,
+            single_san: authz.single_san_peers(),
             method: OnceCell::new(),
             path: OnceCell::new(),
             authority: OnceCell::new(),
@@ -76,6 +82,7 @@ impl<'a, H: Host> HostView<'a, H> {
             sni: OnceCell::new(),
             mtls: OnceCell::new(),
             peer: OnceCell::new(),
+            sans: OnceCell::new(),
             identity: OnceCell::new(),
             metadata: OnceCell::new(),
         }
@@ -190,6 +197,42 @@ impl<H: Host> View for HostView<'_, H> {
             .map_err(|m| *m)?;
         Ok(PeerNames { uri_san: u.as_deref(), dns_san: d.as_deref(), subject: s.as_deref() })
     }
+    /// From the `x-forwarded-client-cert` element of this connection ([`crate::peer_sans`]); a
+    /// TCP connection has no such header and Envoy exposes no other list of SANs to wasm.
+    fn peer_sans(&self) -> Result<&[Vec<u8>], Missing> {
+        self.sans
+            .get_or_init(|| {
+                let first = self.peer()?;
+                let (uri, dns) = (first.uri_san, first.dns_san);
+                if self.single_san || (uri.is_none() && dns.is_none()) {
+                    return Ok(Vec::new());
+                }
+                if self.tcp {
+                    return Err(Missing(
+                        "every SAN of the peer certificate (a TCP port sees only the first URI SAN and DNS SAN)",
+                    ));
+                }
+                let digest = self
+                    .host
+                    .property(&["connection", "sha256_peer_certificate_digest"])
+                    .map_err(|_| Missing("connection.sha256_peer_certificate_digest (hostcall failed)"))?
+                    .unwrap_or_default();
+                let mut result = Err(HEADERS_MISSING);
+                self.host
+                    .with_request_headers(&mut |all| {
+                        let values: Vec<&[u8]> = all
+                            .iter()
+                            .filter(|(k, _)| k.eq_ignore_ascii_case(XFCC))
+                            .map(|(_, v)| v.as_slice())
+                            .collect();
+                        result = current_sans(&values, &digest, uri, dns).map_err(Missing);
+                    })
+                    .map_err(|_| HEADERS_MISSING)?;
+                result
+            })
+            .as_deref()
+            .map_err(|m| *m)
+    }
     fn identity(&self) -> Result<Option<&RequestIdentity>, Missing> {
         if self.tcp {
             return Ok(None);
@@ -263,8 +306,18 @@ mod tests {
             self.failing.push(path);
             self
         }
+        /// A single-SAN certificate, handed over in `x-forwarded-client-cert` as the HCM does.
         fn mtls(self, uri: &str) -> Fake {
-            self.prop("connection.mtls", &[1]).prop("connection.uri_san_peer_certificate", uri.as_bytes())
+            self.mtls_sans(&[uri])
+        }
+        /// A certificate with these URI SANs, as Envoy reports it: the first in the property,
+        /// all in the HCM's `x-forwarded-client-cert` element.
+        fn mtls_sans(self, uris: &[&str]) -> Fake {
+            let element: String = uris.iter().map(|u| format!(";URI={u}")).collect();
+            self.prop("connection.mtls", &[1])
+                .prop("connection.uri_san_peer_certificate", uris.first().unwrap().as_bytes())
+                .prop("connection.sha256_peer_certificate_digest", b"ab12")
+                .header(XFCC, &format!("By=spiffe://cluster.local/ns/foo/sa/httpbin;Hash=ab12{element}"))
         }
     }
 
@@ -435,6 +488,72 @@ mod tests {
             json!({"action": "DENY", "rules": [{"from": [{"source": {"ipBlocks": ["10.1.2.3"]}}], "to": [{"operation": {"methods": ["POST"]}}]}]}),
         );
         assert!(!decide(&d, conn()).0);
+        // A network filter sees only the first URI SAN: a DENY on a principal that the first SAN
+        // does not match could be matched by another SAN, so it fails closed; one it matches denies.
+        let p = tcp(
+            json!({"action": "DENY", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bad"]}}]}]}),
+        );
+        fails_closed(&p, conn().mtls("spiffe://cluster.local/ns/foo/sa/good"));
+        let (allowed, reason, _) = decide(&p, conn().mtls("spiffe://cluster.local/ns/foo/sa/bad"));
+        assert!(!allowed && reason.contains("Denied"), "{reason}");
+        assert!(decide(&p, conn()).0, "plaintext: no certificate, nothing to know");
+        // `singleSanPeers` (a mesh CA that issues one URI SAN): the first SAN is all of them.
+        let cfg = json!({
+            "workload": {"name": "httpbin", "namespace": "foo"}, "stage": "tcp", "singleSanPeers": true,
+            "resources": [{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": "p", "namespace": "foo"},
+                "spec": {"action": "DENY", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bad"]}}]}]}}],
+        });
+        let single = AuthzConfig::compile_json(cfg.to_string().as_bytes()).unwrap();
+        assert!(decide(&single, conn().mtls("spiffe://cluster.local/ns/foo/sa/good")).0);
+        assert!(!decide(&single, conn().mtls("spiffe://cluster.local/ns/foo/sa/bad")).0);
+    }
+
+    /// Envoy's `authenticated` matcher tries every URI SAN (and DNS SAN): a certificate
+    /// [allow, deny] is denied by a DENY on `deny` and allowed by an ALLOW on either; without a
+    /// trustworthy list of SANs (no header, a forged one, a TCP port) an outcome that depends on
+    /// the other SANs fails closed, while one the first SAN decides does not.
+    #[test]
+    fn every_san_of_the_peer_certificate_is_a_principal() {
+        let both = || {
+            Fake::request("/")
+                .mtls_sans(&["spiffe://cluster.local/ns/foo/sa/allow", "spiffe://cluster.local/ns/foo/sa/deny"])
+        };
+        let deny = authz(
+            json!({"action": "DENY", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/deny"]}}]}]}),
+        );
+        let (allowed, reason, _) = decide(&deny, both());
+        assert!(!allowed && reason.contains("Denied"), "{reason}");
+        assert!(decide(&deny, Fake::request("/").mtls("spiffe://cluster.local/ns/foo/sa/allow")).0);
+        let allow_second = allow(json!({"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/deny"]}}]}));
+        assert!(decide(&allow_second, both()).0);
+        let not_second = allow(
+            json!({"from": [{"source": {"notNamespaces": ["other"], "notPrincipals": ["cluster.local/ns/foo/sa/deny"]}}]}),
+        );
+        assert!(!decide(&not_second, both()).0);
+        // No hand-over: the first SAN decides what it can, the rest fails closed.
+        let first_only = || {
+            Fake::request("/")
+                .prop("connection.mtls", &[1])
+                .prop("connection.uri_san_peer_certificate", b"spiffe://cluster.local/ns/foo/sa/allow")
+        };
+        fails_closed(&deny, first_only());
+        assert!(!decide(&allow_second, first_only()).0);
+        let allow_first = allow(json!({"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/allow"]}}]}));
+        assert!(decide(&allow_first, first_only()).0, "the first SAN matches: nothing else is needed");
+        // An ALLOW rule that matches whatever the other SANs are still allows.
+        let two_rules = authz(json!({"action": "ALLOW", "rules": [
+            {"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/x"]}}]},
+            {"to": [{"operation": {"paths": ["/public"]}}]}]}));
+        let public = Fake::request("/public")
+            .prop("connection.mtls", &[1])
+            .prop("connection.uri_san_peer_certificate", b"spiffe://cluster.local/ns/foo/sa/allow");
+        assert!(decide(&two_rules, public).0);
+        // A forged element naming another digest is not this connection's.
+        let forged = first_only()
+            .prop("connection.sha256_peer_certificate_digest", b"ab12")
+            .header(XFCC, "Hash=ffff;URI=spiffe://cluster.local/ns/foo/sa/allow");
+        fails_closed(&deny, forged);
     }
 
     #[test]

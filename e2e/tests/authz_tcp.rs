@@ -1,0 +1,251 @@
+//! AuthorizationPolicy on TCP ports as istiod translates them (issue 11, point 3) and peer
+//! certificates with several SANs (point 4), in one Envoy: each policy set runs on a listener
+//! with the wasmesh filter `wasmeshctl` generates and on a listener with Envoy's native RBAC
+//! filter configured as istiod configures it (`wasmesh_e2e::authz::istiod`), and the same
+//! connections and requests go to both.
+//!
+//! Certificates come from a CA of the test's own (openssl) because `wasmeshctl certs` issues one
+//! URI SAN per workload: `both` carries [allow, deny], `deny-first` [deny, allow].
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::json;
+use wasmesh_controller::bootstrap::{wasm_http_filter, wasm_network_filter};
+use wasmesh_controller::plugins::{self, Direction, ListenerContext};
+use wasmesh_controller::MeshConfig;
+use wasmesh_e2e::authz::istiod;
+use wasmesh_e2e::authz_tcp::{cluster, hcm, http_status, listener, tcp_passes, tcp_proxy, Leaf, OneShotEcho, SanCa};
+use wasmesh_e2e::envoy::Envoy;
+use wasmesh_e2e::free_port;
+use wasmesh_e2e::paths::wasm_dir;
+use wasmesh_istio::{load_str, Resources, Workload};
+
+const ALLOW: &str = "URI:spiffe://cluster.local/ns/foo/sa/allow";
+const DENY: &str = "URI:spiffe://cluster.local/ns/foo/sa/deny";
+
+fn workload() -> Workload {
+    let mut wl = Workload::new("db", "foo");
+    wl.labels = [("app".to_string(), "db".to_string())].into();
+    wl
+}
+
+fn mesh() -> MeshConfig {
+    MeshConfig {
+        extension_providers: vec![
+            json!({"name": "http", "envoyExtAuthzHttp": {"service": "authz.foo.svc.cluster.local", "port": 9000}}),
+        ],
+        ..MeshConfig::default()
+    }
+}
+
+fn policy(name: &str, spec: &str) -> String {
+    format!("---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: foo}}\nspec:\n{spec}\n")
+}
+
+fn dry_run(name: &str, spec: &str) -> String {
+    format!("---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: foo, annotations: {{istio.io/dry-run: 'true'}}}}\nspec:\n{spec}\n")
+}
+
+fn resources(yaml: &str) -> Resources {
+    Resources { items: load_str(yaml, "authz-tcp.yaml").unwrap_or_else(|e| panic!("{e}")) }
+}
+
+/// The TCP translation table (README): one policy set per row and what every connection gets
+/// from Envoy's native network RBAC (`P` passes, `R` refused), for [plaintext, mTLS `allow`].
+/// `WASM_PORT` / `NATIVE_PORT` are the two listeners' ports.
+fn tcp_rows() -> Vec<(&'static str, String, &'static str)> {
+    let meta = "experimental.envoy.filters.network.wasmesh_test[k]";
+    vec![
+        ("allow rule with methods is dropped", policy("a", "  action: ALLOW\n  rules: [{to: [{operation: {methods: [GET]}}]}]"), "RR"),
+        ("allow on ports", policy("a", "  action: ALLOW\n  rules: [{to: [{operation: {ports: ['WASM_PORT', 'NATIVE_PORT']}}]}]"), "PP"),
+        ("allow: the rule with paths dropped, the other kept", policy("a", "  action: ALLOW\n  rules: [{to: [{operation: {paths: [/a]}}]}, {from: [{source: {ipBlocks: [127.0.0.1]}}]}]"), "PP"),
+        ("deny rule of paths only matches everything", policy("d", "  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]"), "RR"),
+        ("deny ipBlocks + methods: methods ignored", policy("d", "  action: DENY\n  rules: [{from: [{source: {ipBlocks: [127.0.0.1/32]}}], to: [{operation: {methods: [POST]}}]}]"), "RR"),
+        ("deny other ipBlocks + methods", policy("d", "  action: DENY\n  rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}], to: [{operation: {methods: [POST]}}]}]"), "PP"),
+        ("deny requestPrincipals + notIpBlocks", policy("d", "  action: DENY\n  rules: [{from: [{source: {requestPrincipals: ['*'], notIpBlocks: [127.0.0.0/8]}}]}]"), "PP"),
+        ("custom with an HTTP provider: no TCP filter", policy("c", "  action: CUSTOM\n  provider: {name: http}\n  rules: [{}]"), "PP"),
+        ("custom HTTP + allow requestPrincipals (dropped)", format!("{}{}", policy("c", "  action: CUSTOM\n  provider: {name: http}\n  rules: [{}]"), policy("a", "  action: ALLOW\n  rules: [{from: [{source: {requestPrincipals: ['*']}}]}]")), "RR"),
+        ("audit with methods never refuses", policy("au", "  action: AUDIT\n  rules: [{to: [{operation: {methods: [GET]}}]}]"), "PP"),
+        ("deny on absent dynamic metadata", policy("d", &format!("  action: DENY\n  rules: [{{when: [{{key: '{meta}', values: [x]}}]}}]")), "PP"),
+        ("deny on notValues of absent dynamic metadata", policy("d", &format!("  action: DENY\n  rules: [{{when: [{{key: '{meta}', notValues: [x]}}]}}]")), "RR"),
+        ("allow on absent dynamic metadata", policy("a", &format!("  action: ALLOW\n  rules: [{{when: [{{key: '{meta}', values: [x]}}]}}]")), "RR"),
+        ("dry-run deny all", dry_run("d", "  action: DENY\n  rules: [{}]"), "PP"),
+        ("allow ipBlocks, deny with notIpBlocks", format!("{}{}", policy("a", "  action: ALLOW\n  rules: [{from: [{source: {ipBlocks: [127.0.0.1]}}]}]"), policy("d", "  action: DENY\n  rules: [{to: [{operation: {notPorts: ['1']}}], from: [{source: {notIpBlocks: [127.0.0.1]}}]}]")), "PP"),
+    ]
+}
+
+/// Principal rows for certificates with several SANs, clients [plaintext, `allow`, `both`
+/// = [allow, deny], `deny-first` = [deny, allow], `dns` = [allow] + DNS [ok.example,
+/// x/ns/evil/y]]: what Envoy's native RBAC does (and wasmesh with every SAN: HTTP behind an HCM
+/// that forwards the client certificate details), and what a filter that sees only the first
+/// SANs does (TCP; HTTP without the details): it decides what the first SAN decides and fails
+/// closed (`R`) where another SAN could change the outcome.
+fn principal_rows() -> Vec<(&'static str, String, &'static str, &'static str)> {
+    vec![
+        (
+            "deny principal deny",
+            policy("d", "  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/foo/sa/deny]}}]}]"),
+            "PPRRP",
+            "PRRRR",
+        ),
+        (
+            "allow principal deny",
+            policy("a", "  action: ALLOW\n  rules: [{from: [{source: {principals: [cluster.local/ns/foo/sa/deny]}}]}]"),
+            "RRPPR",
+            "RRRPR",
+        ),
+        (
+            "allow notPrincipals deny",
+            policy(
+                "a",
+                "  action: ALLOW\n  rules: [{from: [{source: {notPrincipals: [cluster.local/ns/foo/sa/deny]}}]}]",
+            ),
+            "PPRRP",
+            "PRRRR",
+        ),
+        (
+            "deny namespace evil (a DNS SAN)",
+            policy("d", "  action: DENY\n  rules: [{from: [{source: {namespaces: [evil]}}]}]"),
+            "PPPPR",
+            "PRRRR",
+        ),
+        (
+            "allow principal allow",
+            policy(
+                "a",
+                "  action: ALLOW\n  rules: [{from: [{source: {principals: [cluster.local/ns/foo/sa/allow]}}]}]",
+            ),
+            "RPPPP",
+            "RPPRP",
+        ),
+    ]
+}
+
+fn outcomes(results: impl Iterator<Item = bool>) -> String {
+    results.map(|p| if p { 'P' } else { 'R' }).collect()
+}
+
+#[test]
+fn tcp_translation_and_several_sans_next_to_native_rbac() {
+    let ca = SanCa::new();
+    let server = ca.issue("server", &["URI:spiffe://cluster.local/ns/foo/sa/db"]);
+    let clients: Vec<Option<Leaf>> = vec![
+        None,
+        Some(ca.issue("allow", &[ALLOW])),
+        Some(ca.issue("both", &[ALLOW, DENY])),
+        Some(ca.issue("deny-first", &[DENY, ALLOW])),
+        Some(ca.issue("dns", &[ALLOW, "DNS:ok.example", "DNS:x/ns/evil/y"])),
+    ];
+    let echo = OneShotEcho::start();
+    let wl = workload();
+    let mesh = mesh();
+    let root = ca.root();
+    let wasm = wasm_dir();
+
+    let mut listeners = Vec::new();
+    // TCP rows: (name, wasm port, native port, expected).
+    let mut tcp = Vec::new();
+    for (name, yaml, expected) in tcp_rows() {
+        let (wp, np) = (free_port(), free_port());
+        let yaml = yaml.replace("WASM_PORT", &wp.to_string()).replace("NATIVE_PORT", &np.to_string());
+        let res = resources(&yaml);
+        let ctx = ListenerContext {
+            workload: &wl,
+            resources: &res,
+            direction: Direction::Inbound,
+            bind_port: wp,
+            mesh: &mesh,
+        };
+        let mut wasm_filters: Vec<_> = plugins::authz::tcp_filter(&ctx)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+            .iter()
+            .map(|f| wasm_network_filter(f, &wasm))
+            .collect();
+        wasm_filters.push(tcp_proxy("echo"));
+        let mut native = istiod::network_filters(&res, &wl, &[]);
+        native.push(tcp_proxy("echo"));
+        listeners.push(listener(&format!("wasm-{wp}"), wp, wasm_filters, &server, &root));
+        listeners.push(listener(&format!("native-{np}"), np, native, &server, &root));
+        tcp.push((name, wp, np, expected));
+    }
+    // Principal rows: TCP wasm/native, HTTP wasm (with and without the client certificate
+    // details)/native.
+    let mut principals = Vec::new();
+    for (name, yaml, every_san, first_san) in principal_rows() {
+        let res = resources(&yaml);
+        let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+        let [tw, tn, hw, hn, hw_bare] = ports.as_slice() else { unreachable!() };
+        let ctx = ListenerContext {
+            workload: &wl,
+            resources: &res,
+            direction: Direction::Inbound,
+            bind_port: *tw,
+            mesh: &mesh,
+        };
+        let mut t =
+            vec![wasm_network_filter(&plugins::authz::tcp_filter(&ctx).unwrap().expect("a policy applies"), &wasm)];
+        t.push(tcp_proxy("echo"));
+        let mut n = istiod::network_filters(&res, &wl, &[]);
+        n.push(tcp_proxy("echo"));
+        listeners.push(listener(&format!("tcp-wasm-{tw}"), *tw, t, &server, &root));
+        listeners.push(listener(&format!("tcp-native-{tn}"), *tn, n, &server, &root));
+        let c = wasmesh_e2e::authz::plugin_filters(&wl, &res, &mesh, Direction::Inbound, *hw).unwrap();
+        let http_wasm: Vec<_> = c.http_filters.iter().map(|f| wasm_http_filter(f, &wasm)).collect();
+        listeners.push(listener(
+            &format!("http-wasm-{hw}"),
+            *hw,
+            vec![hcm("hw", http_wasm.clone(), true)],
+            &server,
+            &root,
+        ));
+        listeners.push(listener(
+            &format!("http-bare-{hw_bare}"),
+            *hw_bare,
+            vec![hcm("hb", http_wasm, false)],
+            &server,
+            &root,
+        ));
+        let native_http = istiod::http_filters(&res, &wl, &[]);
+        listeners.push(listener(&format!("http-native-{hn}"), *hn, vec![hcm("hn", native_http, true)], &server, &root));
+        principals.push((name, *tw, *tn, *hw, *hn, *hw_bare, every_san, first_san));
+    }
+    let bootstrap = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
+        "static_resources": {"listeners": listeners, "clusters": [cluster("echo", echo.port)]},
+    });
+    let envoy = Envoy::start("authz-tcp", &bootstrap);
+
+    let mut failures = Vec::new();
+    let two = &clients[..2];
+    for (name, wp, np, expected) in &tcp {
+        let native = outcomes(two.iter().map(|c| tcp_passes(*np, c.as_ref())));
+        let wasm = outcomes(two.iter().map(|c| tcp_passes(*wp, c.as_ref())));
+        if native != *expected || wasm != native {
+            failures.push(format!("TCP {name:?}: istiod/native {native}, wasmesh {wasm}, table {expected}"));
+        }
+    }
+    for (name, tw, tn, hw, hn, hw_bare, every_san, first_san) in &principals {
+        let tcp_native = outcomes(clients.iter().map(|c| tcp_passes(*tn, c.as_ref())));
+        let tcp_wasm = outcomes(clients.iter().map(|c| tcp_passes(*tw, c.as_ref())));
+        let status = |port: u16| outcomes(clients.iter().map(|c| http_status(port, c.as_ref()) == 200));
+        let (http_native, http_wasm, http_bare) = (status(*hn), status(*hw), status(*hw_bare));
+        let row = format!(
+            "{name:?}: TCP native {tcp_native} wasmesh {tcp_wasm}; HTTP native {http_native} wasmesh {http_wasm} without XFCC {http_bare}; expected every SAN {every_san}, first SAN {first_san}"
+        );
+        if tcp_native != *every_san || http_native != *every_san {
+            failures.push(format!("native RBAC differs from the table: {row}"));
+        }
+        if http_wasm != http_native {
+            failures.push(format!("HTTP with the client certificate details differs from native: {row}"));
+        }
+        if tcp_wasm != *first_san || http_bare != *first_san {
+            failures.push(format!("first-SAN-only filters differ from the documented fail-closed outcome: {row}"));
+        }
+    }
+    // Every fail-closed refusal was counted and logged as an unavailable input.
+    let log = envoy.log();
+    assert!(log.contains("every SAN of the peer certificate"), "no log line names the missing SANs");
+    assert!(envoy.stat("wasmcustom.wasmesh.authz.error").unwrap_or(0) > 0, "fail-closed refusals are counted");
+    assert!(!log.contains("panicked"), "a wasm VM panicked: {}", envoy.log_tail(40));
+    assert!(failures.is_empty(), "{} differences:\n{}", failures.len(), failures.join("\n"));
+}
