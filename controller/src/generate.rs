@@ -602,7 +602,13 @@ fn authz_config(resources: &[&Resource], mesh: &MeshConfig, stage: Stage) -> Res
         stage,
         multiple_custom_providers: false,
         decision_filter_state: true,
-        single_san_peers: false,
+        // Under Istio, workload certificates come from istiod's CA (or a CA plugged into it,
+        // istio-csr included), which issues exactly one URI SAN, the SPIFFE identity: the first SAN
+        // Envoy hands a network filter is the whole list. Without this, the TCP filter, which
+        // cannot see the other SANs, would fail closed on every connection a principal rule misses
+        // (a TCP DENY on one principal would refuse every other client). HTTP reads every SAN from
+        // the x-forwarded-client-cert istiod's inbound listeners set.
+        single_san_peers: stage == Stage::Tcp,
     };
     Ok(plugin_config(to_value("authz", &cfg)?, mesh, &[]))
 }
