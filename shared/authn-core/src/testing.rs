@@ -243,9 +243,8 @@ impl RawRsa {
     pub fn new(name: &str, kid: &str) -> RawRsa {
         let doc: Value = serde_json::from_str(RSA_TEST_KEYS).unwrap();
         let key = &doc[name];
-        let int = |f: &str| {
-            num_bigint::BigUint::from_bytes_be(&crate::jwt::b64url_decode(key[f].as_str().unwrap()).unwrap())
-        };
+        let int =
+            |f: &str| num_bigint::BigUint::from_bytes_be(&crate::jwt::b64url_decode(key[f].as_str().unwrap()).unwrap());
         let n_int = int("n");
         let k = (n_int.bits() as usize).div_ceil(8);
         RawRsa {
@@ -274,8 +273,10 @@ impl RawRsa {
         use sha2::Digest;
         let signed = format!("{}.{}", b64url_encode(header.as_bytes()), b64url_encode(payload.as_bytes()));
         // EMSA-PKCS1-v1_5 with SHA-256: 00 01 FF..FF 00 || DigestInfo || H.
-        let prefix: [u8; 19] =
-            [0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20];
+        let prefix: [u8; 19] = [
+            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04,
+            0x20,
+        ];
         let mut em = vec![0u8, 1];
         em.resize(self.k - prefix.len() - 32 - 1, 0xff);
         em.push(0);

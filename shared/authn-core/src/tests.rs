@@ -968,7 +968,10 @@ fn envoy_parity_keys_and_repeated_members() {
         (401, "Jwt header is an invalid JSON")
     );
     let two_issuers = format!(r#"{{"iss":"https://evil.example","sub":"x","iss":"{ISS}"}}"#);
-    assert_eq!(bad(&rsa.sign_raw(r#"{"alg":"RS256","kid":"r1"}"#, &two_issuers)), (401, "Jwt payload is an invalid JSON"));
+    assert_eq!(
+        bad(&rsa.sign_raw(r#"{"alg":"RS256","kid":"r1"}"#, &two_issuers)),
+        (401, "Jwt payload is an invalid JSON")
+    );
     let nested = format!(r#"{{"iss":"{ISS}","org":{{"team":"a","team":"b"}}}}"#);
     assert_eq!(bad(&rsa.sign_raw(r#"{"alg":"RS256","kid":"r1"}"#, &nested)), (401, "Jwt payload is an invalid JSON"));
 }
