@@ -1056,3 +1056,42 @@ fn a_request_resumed_after_the_keys_arrive_gets_the_same_treatment_in_both_layou
         assert_eq!((r.status, r.text().as_str()), (401, "Jwt issuer is not configured"), "chain {chain}");
     }
 }
+
+/// The answer to a token when its issuer's `jwksUri` cannot be fetched (the server closes every
+/// connection), side by side with jwt_authn fetching the same URI through the same cluster.
+#[test]
+fn jwks_fetch_failure_answers_as_envoy_jwt_authn() {
+    let k1 = Signer::new("ES256", TestKey::Ec256, Some("k1"));
+    let server = JwksServer::start(&jwks(&[k1.jwk(false)]), ISS);
+    server.set_mode(Mode::Close);
+    let (wl, res) = (workload(), resources(&remote_yaml(&server.uri(), "")));
+    let (f, clusters) = wasm_authn(&wl, &res);
+    let native =
+        start("native-fetch-fail", vec![native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)], clusters.clone(), 1);
+    let wasm = start("wasm-fetch-fail", vec![f], clusters, 1);
+    wait_until("the first failed fetch", Duration::from_secs(10), || {
+        stat(&wasm, "wasmesh.authn.jwks_fetch_failed") >= 1
+    });
+    let good = format!("Bearer {}", k1.sign(&claims(json!({}))));
+    let expired = format!("Bearer {}", k1.sign(&claims(json!({"exp": now() - 600}))));
+    let other = format!("Bearer {}", k1.sign(&claims(json!({"iss": "https://other.example"}))));
+    let mut failures = Vec::new();
+    for (label, h) in [
+        ("token, keys unavailable", vec![("authorization", good.as_str())]),
+        ("expired token, keys unavailable", vec![("authorization", expired.as_str())]),
+        ("other issuer, keys unavailable", vec![("authorization", other.as_str())]),
+        ("malformed token, keys unavailable", vec![("authorization", "Bearer a.b.c")]),
+        ("no token, keys unavailable", vec![]),
+    ] {
+        if let Some(d) = compare(&native, &wasm, label, "GET", "/get", &h) {
+            failures.push(d);
+        }
+    }
+    assert!(failures.is_empty(), "{} requests differ:\n{}", failures.len(), failures.join("\n"));
+    let r = send(wasm.port, "GET", "/get", &[("authorization", &good)]);
+    assert_eq!((r.status, r.text().as_str()), (401, "Jwks remote fetch is failed"));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"http://httpbin.foo:8000/get\", error=\"invalid_token\"")
+    );
+}
