@@ -402,12 +402,170 @@ fn answers_match_envoy_jwt_authn_as_istio_configures_it() {
     let r =
         send(wasm.port, "GET", "/get", &[("authorization", &bearer(&k.ec.sign(&claims(json!({"aud": "mobile"})))))]);
     assert_eq!((r.status, r.text().as_str()), (403, "Audiences in Jwt are not allowed"));
-    // Bounded input (a deliberate difference: Envoy reads tokens up to its header limit): a
-    // validly signed 20 KB token is over maxTokenBytes (16 KiB) and refused before any parsing.
-    let big = k.rsa.sign(&claims(json!({"pad": "x".repeat(20_000)})));
-    let r = send(wasm.port, "GET", "/get", &[("authorization", &bearer(&big))]);
-    assert_eq!((r.status, r.text().as_str()), (401, "Jwt is too large"));
-    assert_eq!(send(native.port, "GET", "/get", &[("authorization", &bearer(&big))]).status, 200, "Envoy accepts it");
+}
+
+/// Issue 11 point 5, side by side with jwt_authn: validly signed tokens whose header or payload
+/// repeats a member name (Envoy's protobuf JSON parser refuses them: bad JSON, not "the last one
+/// wins"), ES512, RSA keys Envoy uses (e = 3, 512 to 8192 bits) and skips (other exponents, even
+/// or over-long moduli), JSON nesting at Envoy's limit, and tokens up to Envoy's header limit.
+#[test]
+fn keys_repeated_members_depth_and_size_match_envoy_jwt_authn() {
+    use wasmesh_authn::testing::{Es512, RawRsa};
+    let rsa = RawRsa::new("rsa1", "r1");
+    let es512 = Es512::new("e5");
+    let (r512, r1024, e3, r8192) = (
+        RawRsa::new("rsa512", "s512"),
+        RawRsa::new("rsa1024", "s1024"),
+        RawRsa::new("rsa2048e3", "e3"),
+        RawRsa::new("rsa8192", "b8192"),
+    );
+    let n1 = rsa.jwk()["n"].as_str().unwrap().to_string();
+    let even = {
+        let mut n = wasmesh_authn::jwt::b64url_decode(&n1).unwrap();
+        *n.last_mut().unwrap() &= 0xfe;
+        wasmesh_authn::jwt::b64url_encode(&n)
+    };
+    let too_long = wasmesh_authn::jwt::b64url_encode(&[0xc5u8; 2049]);
+    // Keys Envoy skips, each with its own kid: a token naming it finds no key.
+    let skipped =
+        [("e17", n1.as_str(), "EQ"), ("e2p32", &n1, "AQAAAAE"), ("even", &even, "AQAB"), ("huge", &too_long, "AQAB")];
+    let mut keys = vec![rsa.jwk(), es512.jwk(), r512.jwk(), r1024.jwk(), e3.jwk(), r8192.jwk()];
+    for (kid, n, e) in skipped {
+        keys.push(RawRsa::new("rsa1", kid).jwk_with(n, e));
+    }
+    // The same key with a zero-padded exponent and modulus (non-canonical, still the key).
+    let padded_n =
+        wasmesh_authn::jwt::b64url_encode(&[&[0u8, 0][..], &wasmesh_authn::jwt::b64url_decode(&n1).unwrap()].concat());
+    keys.push(RawRsa::new("rsa1", "padded").jwk_with(&padded_n, "AAEAAQ"));
+    let doc = jwks(&keys);
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: foo}}\nspec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  jwtRules:\n  - issuer: {ISS}\n    jwks: '{doc}'\n    outputClaimToHeaders:\n    - {{header: x-sub, claim: sub}}\n"
+    );
+    let (wl, res) = (workload(), resources(&yaml));
+    let native = start("native-parity", vec![native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)], vec![], 1);
+    let (f, clusters) = wasm_authn(&wl, &res);
+    let wasm = start("wasm-parity", vec![f], clusters, 1);
+
+    let c = claims(json!({}));
+    let cs = c.to_string();
+    let h = |kid: &str| format!(r#"{{"alg":"RS256","kid":"{kid}"}}"#);
+    let mut cases: Vec<(String, String)> = vec![
+        ("RS256 raw".into(), rsa.sign(&c)),
+        ("ES512".into(), es512.sign(&c)),
+        ("ES512 forged".into(), swap_payload(&es512.sign(&c), &claims(json!({"sub": "admin"})))),
+        ("ES512 header, ES256-length signature".into(), {
+            let t = es512.sign(&c);
+            format!("{}.{}", t.rsplit_once('.').unwrap().0, wasmesh_authn::jwt::b64url_encode(&[7u8; 64]))
+        }),
+        ("RSA 512 bits".into(), r512.sign(&c)),
+        ("RSA 1024 bits".into(), r1024.sign(&c)),
+        ("RSA e = 3".into(), e3.sign(&c)),
+        ("RSA 8192 bits".into(), r8192.sign(&c)),
+        ("zero-padded n and e".into(), RawRsa::new("rsa1", "padded").sign(&c)),
+        ("alg none then RS256".into(), rsa.sign_raw(r#"{"alg":"none","kid":"r1","alg":"RS256"}"#, &cs)),
+        ("alg RS256 twice".into(), rsa.sign_raw(r#"{"alg":"RS256","alg":"RS256","kid":"r1"}"#, &cs)),
+        ("kid twice".into(), rsa.sign_raw(r#"{"alg":"RS256","kid":"zz","kid":"r1"}"#, &cs)),
+        ("escaped repeated name".into(), rsa.sign_raw(r#"{"alg":"RS256","kid":"r1","\u006bid":"r1"}"#, &cs)),
+        ("names differing in case".into(), rsa.sign_raw(r#"{"alg":"RS256","kid":"r1","KID":"x"}"#, &cs)),
+        (
+            "two issuers".into(),
+            rsa.sign_raw(&h("r1"), &format!(r#"{{"iss":"https://evil.example","sub":"x","iss":"{ISS}"}}"#)),
+        ),
+        ("sub twice".into(), rsa.sign_raw(&h("r1"), &format!(r#"{{"iss":"{ISS}","sub":"a","sub":"admin"}}"#))),
+        (
+            "repeated name in a nested object".into(),
+            rsa.sign_raw(&h("r1"), &format!(r#"{{"iss":"{ISS}","org":{{"t":1,"t":2}}}}"#)),
+        ),
+        (
+            "repeated name in an array's object".into(),
+            rsa.sign_raw(&h("r1"), &format!(r#"{{"iss":"{ISS}","l":[{{"t":1}},{{"t":1,"t":1}}]}}"#)),
+        ),
+        ("same name in two objects".into(), rsa.sign_raw(&h("r1"), &format!(r#"{{"iss":"{ISS}","a":{{"iss":1}}}}"#))),
+    ];
+    // Known differences (README "JWT: differences from jwt_authn"): ES*/EdDSA/HS* tokens also
+    // pass the checks jwt-simple made, and an ECDSA signature must be exactly `r || s`, where
+    // Envoy accepts these. Pinned here: Envoy accepts each, wasmesh answers 401.
+    let mut known: Vec<(String, String)> = Vec::new();
+    let exp = now() + 3600;
+    for (label, header, payload) in [
+        ("ES512 typ foo", r#"{"alg":"ES512","kid":"e5","typ":"foo"}"#.to_string(), cs.clone()),
+        ("ES512 crit", r#"{"alg":"ES512","kid":"e5","crit":["x"]}"#.to_string(), cs.clone()),
+        ("ES512 jwk object", r#"{"alg":"ES512","kid":"e5","jwk":{"kty":"EC"}}"#.to_string(), cs.clone()),
+        (
+            "ES512 exp 0",
+            r#"{"alg":"ES512","kid":"e5"}"#.to_string(),
+            format!(r#"{{"iss":"{ISS}","sub":"alice","exp":0}}"#),
+        ),
+        (
+            "ES512 nonce 5",
+            r#"{"alg":"ES512","kid":"e5"}"#.to_string(),
+            format!(r#"{{"iss":"{ISS}","sub":"alice","exp":{exp},"nonce":5}}"#),
+        ),
+    ] {
+        known.push((label.to_string(), es512.sign_raw(&header, &payload)));
+    }
+    cases.push(("ES512 float exp".into(), {
+        let p = format!(r#"{{"iss":"{ISS}","sub":"alice","exp":{exp}.5}}"#);
+        es512.sign_raw(r#"{"alg":"ES512","kid":"e5"}"#, &p)
+    }));
+    known.push(("ES512 signature with a trailing byte".into(), {
+        let t = es512.sign(&c);
+        let (head, sig) = t.rsplit_once('.').unwrap();
+        let mut sig = wasmesh_authn::jwt::b64url_decode(sig).unwrap();
+        sig.push(0);
+        format!("{head}.{}", wasmesh_authn::jwt::b64url_encode(&sig))
+    }));
+    for (kid, _, _) in skipped {
+        cases.push((format!("key skipped by Envoy: {kid}"), RawRsa::new("rsa1", kid).sign(&c)));
+    }
+    // Nesting: the payload object is level 1; objects and arrays below it.
+    for levels in [98usize, 99, 100, 101, 102] {
+        let objects = format!(r#"{{"iss":"{ISS}","d":{}1{}}}"#, "{\"a\":".repeat(levels - 1), "}".repeat(levels - 1));
+        cases.push((format!("payload objects {levels} deep"), rsa.sign_raw(&h("r1"), &objects)));
+        let arrays = format!(r#"{{"iss":"{ISS}","d":{}1{}}}"#, "[".repeat(levels - 1), "]".repeat(levels - 1));
+        cases.push((format!("payload arrays {levels} deep"), rsa.sign_raw(&h("r1"), &arrays)));
+        let header =
+            format!(r#"{{"alg":"RS256","kid":"r1","x":{}1{}}}"#, "[".repeat(levels - 1), "]".repeat(levels - 1));
+        cases.push((format!("header {levels} deep"), rsa.sign_raw(&header, &cs)));
+    }
+    // Size: Envoy reads any token that fits in its request headers (60 KiB by default).
+    for pad in [20_000usize, 40_000, 58_000, 70_000] {
+        cases.push((format!("token with {pad} bytes of claims"), rsa.sign(&claims(json!({"pad": "x".repeat(pad)})))));
+    }
+    let mut failures = Vec::new();
+    for (label, token) in &cases {
+        let bearer = format!("Bearer {token}");
+        if let Some(d) = compare(&native, &wasm, label, "GET", "/get", &[("authorization", &bearer)]) {
+            failures.push(d);
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} requests differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert_eq!(native.app.served(), wasm.app.served(), "the same requests reached the upstream");
+    for (label, token) in &known {
+        let bearer = format!("Bearer {token}");
+        let n = send(native.port, "GET", "/get", &[("authorization", &bearer)]);
+        let w = send(wasm.port, "GET", "/get", &[("authorization", &bearer)]);
+        assert_eq!((n.status, w.status, w.text().as_str()), (200, 401, "Jwt verification fails"), "{label}");
+    }
+    // And what they are (pinned, so a change on both sides is noticed too).
+    let answer = |t: &str| {
+        let r = send(wasm.port, "GET", "/get", &[("authorization", &format!("Bearer {t}"))]);
+        (
+            r.status,
+            if r.status == 200 { upstream_headers(&r)["x-sub"].as_str().unwrap_or("").to_string() } else { r.text() },
+        )
+    };
+    let find = |label: &str| cases.iter().find(|(l, _)| l == label).map(|(_, t)| t.as_str()).unwrap();
+    assert_eq!(answer(find("ES512")), (200, "alice".into()));
+    assert_eq!(answer(find("RSA e = 3")), (200, "alice".into()));
+    assert_eq!(answer(find("RSA 512 bits")), (200, "alice".into()));
+    assert_eq!(answer(find("alg none then RS256")), (401, "Jwt header is an invalid JSON".into()));
+    assert_eq!(answer(find("two issuers")), (401, "Jwt payload is an invalid JSON".into()));
+    assert_eq!(
+        answer(find("key skipped by Envoy: e17")),
+        (401, "Jwks doesn't have key to match kid or alg from Jwt".into())
+    );
+    assert_eq!(answer(find("token with 40000 bytes of claims")), (200, "alice".into()));
 }
 
 #[test]
@@ -936,4 +1094,43 @@ fn a_request_resumed_after_the_keys_arrive_gets_the_same_treatment_in_both_layou
         let r = send(front.port, "GET", "/", &[("authorization", &format!("Bearer {bad}"))]);
         assert_eq!((r.status, r.text().as_str()), (401, "Jwt issuer is not configured"), "chain {chain}");
     }
+}
+
+/// The answer to a token when its issuer's `jwksUri` cannot be fetched (the server closes every
+/// connection), side by side with jwt_authn fetching the same URI through the same cluster.
+#[test]
+fn jwks_fetch_failure_answers_as_envoy_jwt_authn() {
+    let k1 = Signer::new("ES256", TestKey::Ec256, Some("k1"));
+    let server = JwksServer::start(&jwks(&[k1.jwk(false)]), ISS);
+    server.set_mode(Mode::Close);
+    let (wl, res) = (workload(), resources(&remote_yaml(&server.uri(), "")));
+    let (f, clusters) = wasm_authn(&wl, &res);
+    let native =
+        start("native-fetch-fail", vec![native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)], clusters.clone(), 1);
+    let wasm = start("wasm-fetch-fail", vec![f], clusters, 1);
+    wait_until("the first failed fetch", Duration::from_secs(10), || {
+        stat(&wasm, "wasmesh.authn.jwks_fetch_failed") >= 1
+    });
+    let good = format!("Bearer {}", k1.sign(&claims(json!({}))));
+    let expired = format!("Bearer {}", k1.sign(&claims(json!({"exp": now() - 600}))));
+    let other = format!("Bearer {}", k1.sign(&claims(json!({"iss": "https://other.example"}))));
+    let mut failures = Vec::new();
+    for (label, h) in [
+        ("token, keys unavailable", vec![("authorization", good.as_str())]),
+        ("expired token, keys unavailable", vec![("authorization", expired.as_str())]),
+        ("other issuer, keys unavailable", vec![("authorization", other.as_str())]),
+        ("malformed token, keys unavailable", vec![("authorization", "Bearer a.b.c")]),
+        ("no token, keys unavailable", vec![]),
+    ] {
+        if let Some(d) = compare(&native, &wasm, label, "GET", "/get", &h) {
+            failures.push(d);
+        }
+    }
+    assert!(failures.is_empty(), "{} requests differ:\n{}", failures.len(), failures.join("\n"));
+    let r = send(wasm.port, "GET", "/get", &[("authorization", &good)]);
+    assert_eq!((r.status, r.text().as_str()), (401, "Jwks remote fetch is failed"));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"http://httpbin.foo:8000/get\", error=\"invalid_token\"")
+    );
 }

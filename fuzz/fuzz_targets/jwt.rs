@@ -1,6 +1,6 @@
 //! JWT compact form and its JSON (authn-core `jwt::parse`, the jwt-simple token checks of
 //! `jose::token_checks`, Envoy's time rule, the claims hand-over to authz).
-//! Properties: nothing panics; a parsed token's fields agree with its segments; the identity
+//! Properties: nothing panics; `parse_object` (no repeated names) agrees with serde_json; a parsed token's fields agree with its segments; the identity
 //! handed to authz survives its filter-state encoding.
 #![no_main]
 
@@ -12,6 +12,13 @@ use wasmesh_fuzz::NOW;
 const MAX_TOKEN: usize = 60 * 1024;
 
 fuzz_target!(|data: &[u8]| {
+    // The strict JSON reader (repeated member names refused, as Envoy's protobuf parser does)
+    // accepts a subset of what serde_json accepts, with the same result.
+    if let Some(strict) = jwt::parse_object(data) {
+        let lax: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(data).expect("serde_json reads what parse_object read");
+        assert_eq!(lax, strict);
+    }
     let token = String::from_utf8_lossy(data);
     // Made for tokens `parse` accepts, but must not panic on anything.
     let _ = jose::token_checks(&token, NOW, 60, MAX_TOKEN);

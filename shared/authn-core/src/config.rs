@@ -43,7 +43,10 @@ pub struct AuthnConfig {
     /// Slots of the verified-token cache shared by all worker VMs; `0` disables it.
     #[serde(default = "default_cache_slots")]
     pub jwt_cache_slots: u32,
-    /// Tokens longer than this are refused (401) without being parsed.
+    /// Tokens longer than this are refused (401 `Jwt is too large`) without being parsed. The
+    /// default, 64 KiB, is above Envoy's own bound on a request's headers (60 KiB by default,
+    /// `max_request_headers_kb`), so every token that reaches the filter is read, as by
+    /// jwt_authn, which has no bound of its own.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
     /// How long fetched keys are used before they are fetched again (Envoy remote JWKS
@@ -72,7 +75,7 @@ fn default_cache_slots() -> u32 {
     1024
 }
 fn default_max_token_bytes() -> usize {
-    16 * 1024
+    64 * 1024
 }
 fn default_refresh() -> u64 {
     300

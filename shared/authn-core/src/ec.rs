@@ -1,4 +1,5 @@
-//! ECDSA verification for ES256 (P-256/SHA-256) and ES384 (P-384/SHA-384) over a parsed token.
+//! ECDSA verification for ES256 (P-256/SHA-256), ES384 (P-384/SHA-384) and ES512
+//! (P-521/SHA-512) over a parsed token.
 //!
 //! The arithmetic (field, scalars, complete point formulas) is RustCrypto's `p256`/`p384`, the
 //! crates jwt-simple verified with before; the algorithm is `ecdsa::hazmat::verify_prehashed`
@@ -67,6 +68,26 @@ impl EcdsaCurve for p384::NistP384 {
         use sha2::Digest;
         let mut out = FieldBytes::<Self>::default();
         out.copy_from_slice(&sha2::Sha384::digest(msg));
+        out
+    }
+}
+
+impl EcdsaCurve for p521::NistP521 {
+    const DIGITS: usize = 522usize.div_ceil(W);
+    const SCALAR_BYTES: usize = 66;
+    fn generator_table() -> &'static Table<Self> {
+        static G: OnceLock<Table<p521::NistP521>> = OnceLock::new();
+        G.get_or_init(|| Table::new(&ProjectivePoint::GENERATOR))
+    }
+    /// SHA-512 is shorter than the 521-bit order, so it is used whole (FIPS 186-5 §6.4.1:
+    /// the leftmost min(N, outlen) bits), right-aligned in the 66 field bytes.
+    fn digest(msg: &[u8]) -> FieldBytes<Self> {
+        use sha2::Digest;
+        let mut out = FieldBytes::<Self>::default();
+        let hash = sha2::Sha512::digest(msg);
+        if let Some(tail) = out.len().checked_sub(hash.len()).and_then(|at| out.get_mut(at..)) {
+            tail.copy_from_slice(&hash);
+        }
         out
     }
 }
@@ -289,6 +310,32 @@ mod tests {
     fn signed_digits_recompose_the_scalar() {
         digits_recompose::<p256::NistP256>(&samples::<p256::NistP256>());
         digits_recompose::<p384::NistP384>(&samples::<p384::NistP384>());
+        digits_recompose::<p521::NistP521>(&samples::<p521::NistP521>());
+    }
+
+    /// ES512 against RustCrypto's own ECDSA signer (an independent implementation of the same
+    /// curve): valid signatures verify; another message, a flipped bit, a short or zero
+    /// signature fail.
+    #[test]
+    fn es512_verifies_p521_ecdsa_signatures() {
+        use p521::ecdsa::signature::Signer as _;
+        let mut secret = [0u8; 66];
+        secret[1..].copy_from_slice(&[0x5a; 65]);
+        let sk = p521::ecdsa::SigningKey::from_slice(&secret).unwrap();
+        let point = p521::ecdsa::VerifyingKey::from(&sk).to_sec1_point(false);
+        let vk = VerifyingKey::<p521::NistP521>::from_sec1_bytes(point.as_bytes()).unwrap();
+        for msg in [&b"eyJhbGciOiJFUzUxMiJ9.e30"[..], b"", &[0xffu8; 300]] {
+            let sig: p521::ecdsa::Signature = sk.sign(msg);
+            let bytes = sig.to_bytes();
+            assert_eq!(bytes.len(), 132);
+            assert!(vk.verify(msg, &bytes), "verifies");
+            assert!(!vk.verify(b"other", &bytes), "another message fails");
+            let mut flipped = bytes.to_vec();
+            flipped[70] ^= 1;
+            assert!(!vk.verify(msg, &flipped), "a flipped bit fails");
+            assert!(!vk.verify(msg, &bytes[..130]), "short fails");
+        }
+        assert!(!vk.verify(b"m", &[0u8; 132]), "zero r and s fail");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! JSON Web Key Sets: parsing them as Envoy does (`source/common/jwt/jwks.cc`: a key that cannot
 //! be used is skipped, not fatal) and verifying a token's signature (pure Rust, so it runs in
-//! wasm): RS*/PS* with [`crate::rsa`], ES256/ES384 with [`crate::ec`] and EdDSA with
+//! wasm): RS*/PS* with [`crate::rsa`], ES256/ES384/ES512 with [`crate::ec`] and EdDSA with
 //! `ed25519-compact` and HS256/384/512 with `hmac` + `sha2` (constant-time tag comparison),
 //! directly over the parsed token, plus the token checks jwt-simple used to make when it
 //! verified these ([`crate::jose`]).
@@ -42,6 +42,7 @@ pub enum Material {
     Rsa(crate::rsa::PublicKey),
     P256(crate::ec::VerifyingKey<p256::NistP256>),
     P384(crate::ec::VerifyingKey<p384::NistP384>),
+    P521(crate::ec::VerifyingKey<p521::NistP521>),
     Ed25519(ed25519_compact::PublicKey),
     /// `kty: oct` (HS256/384/512): a shared secret, as Envoy accepts in a JWKS.
     Oct(Vec<u8>),
@@ -53,6 +54,7 @@ impl Material {
             Material::Rsa(_) => "RSA",
             Material::P256(_) => "EC P-256",
             Material::P384(_) => "EC P-384",
+            Material::P521(_) => "EC P-521",
             Material::Ed25519(_) => "OKP Ed25519",
             Material::Oct(_) => "oct",
         }
@@ -142,7 +144,7 @@ fn verify_with(
     // ES256/ES384/EdDSA/HS*: the signature over the parsed token, after the checks jwt-simple's
     // `verify_token` made (same tokens accepted as when it verified them).
     match (&key.material, jwt.alg.as_str()) {
-        (Material::P256(_), "ES256") | (Material::P384(_), "ES384") => {}
+        (Material::P256(_), "ES256") | (Material::P384(_), "ES384") | (Material::P521(_), "ES512") => {}
         (Material::Ed25519(_), "EdDSA") => {
             if jwt.signature.len() != 64 {
                 return Err(Status::JwtEd25519SignatureWrongLength);
@@ -159,6 +161,7 @@ fn verify_with(
     let ok = match (&key.material, jwt.alg.as_str()) {
         (Material::P256(k), _) => k.verify(msg, sig),
         (Material::P384(k), _) => k.verify(msg, sig),
+        (Material::P521(k), _) => k.verify(msg, sig),
         (Material::Ed25519(k), _) => {
             ed25519_compact::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
         }
@@ -293,19 +296,23 @@ fn parse_jwk(value: &Value) -> Result<Key, String> {
             } else if alg == "ES384" || crv == "P-384" {
                 "P-384"
             } else if alg == "ES512" || crv == "P-521" {
-                return Err("EC P-521 (ES512) keys are not supported by wasmesh".into());
+                "P-521"
             } else {
                 return Err("[crv] or [alg] field is not supported for an EC key".into());
             };
             let x = required_b64(jwk, "x", "an EC key")?;
             let y = required_b64(jwk, "y", "an EC key")?;
-            let size = if curve == "P-256" { 32 } else { 48 };
+            let size = match curve {
+                "P-256" => 32,
+                "P-384" => 48,
+                _ => 66,
+            };
             let point = sec1_point(&x, &y, size).ok_or("EC [x] and [y] fields have a parse error")?;
             let bad = || "EC [x] and [y] fields have a parse error".to_string();
-            if curve == "P-256" {
-                Material::P256(crate::ec::VerifyingKey::from_sec1_bytes(&point).ok_or_else(bad)?)
-            } else {
-                Material::P384(crate::ec::VerifyingKey::from_sec1_bytes(&point).ok_or_else(bad)?)
+            match curve {
+                "P-256" => Material::P256(crate::ec::VerifyingKey::from_sec1_bytes(&point).ok_or_else(bad)?),
+                "P-384" => Material::P384(crate::ec::VerifyingKey::from_sec1_bytes(&point).ok_or_else(bad)?),
+                _ => Material::P521(crate::ec::VerifyingKey::from_sec1_bytes(&point).ok_or_else(bad)?),
             }
         }
         "OKP" => {

@@ -453,7 +453,9 @@ fn token_checks_answer_as_jwt_simple_did() {
             }
         }
     }
-    assert!(accepted > 160 && refused > 100, "accepted {accepted} refused {refused}");
+    // Headers repeating a member (jwt-simple refused some) no longer get this far: `parse`
+    // refuses them first, with Envoy's bad-JSON status.
+    assert!(accepted > 160 && refused > 80, "accepted {accepted} refused {refused}");
 
     // The rules, spelled out (ES256).
     let set = keyset(&Alg::Es256.jwk());
@@ -463,14 +465,16 @@ fn token_checks_answer_as_jwt_simple_did() {
     assert!(!ok(r#"{"alg":"ALG","typ":"JOSE"}"#, plain), "typ must be JWT or +JWT");
     assert!(ok(r#"{"alg":"ALG","crit":[]}"#, plain));
     assert!(!ok(r#"{"alg":"ALG","crit":["exp"],"exp":1}"#, plain), "no crit extension is understood");
-    assert!(!ok(r#"{"alg":"ALG","kid":"k","kid":"k"}"#, plain), "duplicate header field");
-    assert!(ok(r#"{"alg":"ALG","other":1,"other":2}"#, plain), "unknown fields are ignored, even repeated");
+    // Any repeated member name is refused before, by `parse` (Envoy's protobuf JSON parser).
+    let bad_json = |h: &str, p: &str| parse(&Alg::Es256.token(&h.replace("ALG", "ES256"), p), MAX).err();
+    assert_eq!(bad_json(r#"{"alg":"ALG","kid":"k","kid":"k"}"#, plain), Some(Status::JwtHeaderParseErrorBadJson));
+    assert_eq!(bad_json(r#"{"alg":"ALG","other":1,"other":2}"#, plain), Some(Status::JwtHeaderParseErrorBadJson));
     assert!(!ok(r#"{"alg":"ALG","jwk":{"kty":"EC"}}"#, plain), "jwt-simple reads jwk as a string");
     assert!(!ok(r#"{"alg":"ALG","salt":"c2FsdA=="}"#, plain), "salt must be strict base64url");
     let h = r#"{"alg":"ALG"}"#;
     assert!(!ok(h, r#"{"nonce":5}"#), "nonce must be a string");
-    assert!(!ok(h, r#"{"iss":"i","iss":"i"}"#), "duplicate registered claim");
-    assert!(ok(h, r#"{"custom":1,"custom":2}"#));
+    assert_eq!(bad_json(h, r#"{"iss":"i","iss":"i"}"#), Some(Status::JwtPayloadParseErrorBadJson));
+    assert_eq!(bad_json(h, r#"{"custom":1,"custom":2}"#), Some(Status::JwtPayloadParseErrorBadJson));
     assert!(!ok(h, r#"{"exp":0}"#), "exp 0 is expired for jwt-simple (Envoy: never expires)");
     assert!(ok(h, &format!(r#"{{"exp":{}}}"#, (1u64 << 32) + 5)), "coarsetime saturates from 2^32 s");
     assert!(ok(h, &format!(r#"{{"exp":{}.5}}"#, NOW + 10)));

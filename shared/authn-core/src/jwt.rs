@@ -162,6 +162,78 @@ pub fn exceeds_json_depth(token: &str) -> bool {
         .any(|segment| b64url_decode(segment).is_some_and(|bytes| json_too_deep(&bytes, MAX_JSON_DEPTH)))
 }
 
+/// A JSON object as Envoy's jwt_verify_lib reads a token's header or payload: protobuf's JSON
+/// parser into a `google.protobuf.Struct`, whose `fields` map refuses a member name seen
+/// before in the same object ("got unexpectedly-repeated repeated map key", at any depth, names
+/// compared after unescaping), where serde_json would keep the last one. `None`: not such an
+/// object (Envoy's bad-JSON status).
+pub fn parse_object(bytes: &[u8]) -> Option<Map<String, Value>> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = StrictValue.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    match value {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// serde_json's `Value` visitor, except that an object with a repeated member name is an error.
+struct StrictValue;
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictValue {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(StrictValue)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!("repeated member {key:?}")));
+            }
+            let v = map.next_value_seed(StrictValue)?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 /// Parses a token. `max_bytes` bounds the work done on a hostile input.
 pub fn parse(token: &str, max_bytes: usize) -> Result<Jwt, Status> {
     if token.len() > max_bytes {
@@ -179,8 +251,7 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Jwt, Status> {
     if json_too_deep(&header_bytes, MAX_JSON_DEPTH) {
         return Err(Status::JwtHeaderParseErrorBadJson);
     }
-    let header: Map<String, Value> =
-        serde_json::from_slice(&header_bytes).map_err(|_| Status::JwtHeaderParseErrorBadJson)?;
+    let header = parse_object(&header_bytes).ok_or(Status::JwtHeaderParseErrorBadJson)?;
     let alg = match header.get("alg") {
         Some(Value::String(s)) => s.clone(),
         _ => return Err(Status::JwtHeaderBadAlg),
@@ -198,8 +269,7 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Jwt, Status> {
     if json_too_deep(&payload_bytes, MAX_JSON_DEPTH) {
         return Err(Status::JwtPayloadParseErrorBadJson);
     }
-    let payload: Map<String, Value> =
-        serde_json::from_slice(&payload_bytes).map_err(|_| Status::JwtPayloadParseErrorBadJson)?;
+    let payload = parse_object(&payload_bytes).ok_or(Status::JwtPayloadParseErrorBadJson)?;
 
     let iss = string_claim(&payload, "iss", Status::JwtPayloadParseErrorIssNotString)?.unwrap_or_default();
     let sub = string_claim(&payload, "sub", Status::JwtPayloadParseErrorSubNotString)?;
@@ -484,6 +554,36 @@ mod tests {
         // Brackets inside strings (and escaped quotes) do not count.
         let text = format!(r#"{{"s":"\"{}"}}"#, "[".repeat(500));
         assert!(!json_too_deep(text.as_bytes(), MAX_JSON_DEPTH));
+    }
+
+    /// Envoy parses header and payload into a protobuf `Struct`, whose JSON parser refuses a
+    /// repeated member name (`ParseMap`: "got unexpectedly-repeated repeated map key"): the
+    /// token is bad JSON, not "the last one wins" (`alg: none` smuggled behind `RS256`, two
+    /// issuers).
+    #[test]
+    fn repeated_member_names_are_bad_json_as_in_envoy() {
+        let ok_h = r#"{"alg":"RS256"}"#;
+        let ok_p = r#"{"iss":"i"}"#;
+        for (header, payload, want) in [
+            (r#"{"alg":"none","kid":"k","alg":"RS256"}"#, ok_p, Status::JwtHeaderParseErrorBadJson),
+            (r#"{"alg":"RS256","alg":"RS256"}"#, ok_p, Status::JwtHeaderParseErrorBadJson),
+            (r#"{"alg":"RS256","x":{"a":1,"a":2}}"#, ok_p, Status::JwtHeaderParseErrorBadJson),
+            (r#"{"alg":"RS256","\u0061lg":"RS256"}"#, ok_p, Status::JwtHeaderParseErrorBadJson),
+            (ok_h, r#"{"iss":"a","iss":"b"}"#, Status::JwtPayloadParseErrorBadJson),
+            (ok_h, r#"{"iss":"i","x":[{"k":1,"k":1}]}"#, Status::JwtPayloadParseErrorBadJson),
+            (ok_h, r#"{"iss":"i","sub":"a","sub":"a"}"#, Status::JwtPayloadParseErrorBadJson),
+        ] {
+            assert_eq!(parse(&tok(header, payload, b"s"), 8192).err(), Some(want), "{header} {payload}");
+        }
+        // The same name in different objects, or differing in case, is not a repetition.
+        let jwt =
+            parse(&tok(r#"{"alg":"RS256","Alg":"x"}"#, r#"{"iss":"i","a":{"iss":1},"b":[{"iss":2}]}"#, b"s"), 8192)
+                .unwrap();
+        assert_eq!(jwt.iss, "i");
+        assert_eq!(parse_object(br#"{"a":1} "#).map(|m| m.len()), Some(1), "trailing whitespace is fine");
+        assert!(parse_object(br#"{"a":1} x"#).is_none(), "trailing junk is not");
+        assert!(parse_object(b"[]").is_none());
+        assert_eq!(parse_object(br#"{"n":1.5,"m":-2,"u":18446744073709551615,"z":null}"#).unwrap()["n"], 1.5);
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //!   Istio's requirement tree, compiled once.
 //! * [`extract`] (Envoy's extractor): token locations.
 //! * Verifier: [`jwt`]: parsing with Envoy's statuses; [`jwks`]: keys and signatures; [`rsa`]:
-//!   RS*/PS* (wasmesh's own, 2048-bit verify ≈ 0.1 ms in wasm); [`ec`]: ES256/ES384 (p256/p384
-//!   arithmetic with per-key tables, ES256 ≈ 0.2 ms in wasm); EdDSA: ed25519-compact; HS*:
+//!   RS*/PS* (wasmesh's own, 2048-bit verify ≈ 0.1 ms in wasm); [`ec`]: ES256/ES384/ES512
+//!   (p256/p384/p521 arithmetic with per-key tables, ES256 ≈ 0.2 ms in wasm); EdDSA: ed25519-compact; HS*:
 //!   `hmac` + `sha2`; [`jose`]: the token checks jwt-simple made when it verified those.
 //! * JWKS cache: [`remote`]: the `jwksUri` endpoint and fetch state machine.
 //! * Authenticator: [`verify`]: per-request evaluation over the requirement tree; [`cache`]: the
@@ -46,12 +46,15 @@
 //!   non-canonical trailing bits in a segment (Envoy's base64 decoder skips whitespace), empty
 //!   segments, a header segment over 8192 characters, trailing junk after an ECDSA signature,
 //!   `typ` other than `JWT`/`…+JWT`, a non-empty `crit`, a repeated registered header field or
-//!   claim, header fields of another type than jwt-simple reads (`jwk` as an object...), a
+//!   claim (also refused by Envoy, whose JSON parser refuses any repeated member name, and now
+//!   by [`jwt::parse`] first, with Envoy's bad-JSON status), header fields of another type than jwt-simple reads (`jwk` as an object...), a
 //!   `nonce` that is not a string, `exp: 0`.
-//! * Keys Envoy would use but wasmesh skips (logged): RSA shorter than 2048 bits or with `e`
-//!   other than 65537, EC P-521 (ES512), HMAC secrets shorter than jwt-simple's minimum; the
-//!   legacy X.509 `{kid: PEM}` key format.
-//! * Tokens longer than `maxTokenBytes` (16 KiB) are refused (401 `Jwt is too large`).
+//! * Keys Envoy would use but wasmesh skips (logged): HMAC secrets shorter than jwt-simple's
+//!   minimum; the legacy X.509 `{kid: PEM}` key format. RSA keys are used exactly when Envoy
+//!   uses them (`e` 3 or 65537, odd modulus of 34 to 16384 bits), P-521 (ES512) too.
+//! * Tokens longer than `maxTokenBytes` are refused (401 `Jwt is too large`); its default
+//!   (64 KiB) is above Envoy's own request-header bound (60 KiB), so this only happens when an
+//!   operator lowers it or raises Envoy's `max_request_headers_kb`.
 //!
 //! # Bounds
 //!

