@@ -99,6 +99,9 @@ fn gateway_routes(resources: &Resources) -> Vec<Error> {
                 gateway_port: Some(port),
                 cluster_header: wasmesh_router::DEFAULT_CLUSTER_HEADER.to_string(),
                 resources: Vec::new(),
+                // As `wasmeshctl envoy` writes it: Envoy's fault filter follows wherever a route
+                // injects faults.
+                fault_filter: true,
             };
             if let Err(e) = cfg.compile(resources) {
                 for e in e.0 {
