@@ -291,6 +291,61 @@ spec:
     assert!(text.contains("outbound_.3306_._.db.default.svc.cluster.local"), "auto mTLS SNI on the TCP cluster");
     assert_envoy_validates(&client);
 
+    // An `experimental.envoy.filters.network.*` condition: istiod translates it on TCP ports too
+    // (network RBAC metadata matcher), and so does wasmesh; the bootstrap loads in Envoy.
+    let meta = dir.join("meta.yaml");
+    std::fs::write(
+        &meta,
+        std::fs::read_to_string(&mesh).unwrap()
+            + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: meta, namespace: default}\nspec: {action: DENY, rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.t]', values: ['[update]']}]}]}\n",
+    )
+    .unwrap();
+    let out = wasmeshctl(&[
+        "envoy",
+        "-f",
+        meta.to_str().unwrap(),
+        "--role",
+        "sidecar",
+        "--workload",
+        "default/db",
+        "--inbound-port",
+        "13306",
+        "--app-port",
+        "23306",
+        "--admin-port",
+        "15000",
+        "--certs",
+        certs.to_str().unwrap(),
+        "--output-file",
+        dir.join("db-meta.yaml").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_envoy_validates(&dir.join("db-meta.yaml"));
+    let out = wasmeshctl(&[
+        "envoy",
+        "-f",
+        mesh.to_str().unwrap(),
+        "--role",
+        "sidecar",
+        "--workload",
+        "default/sleep",
+        "--tcp-outbound",
+        "15306=db:3306",
+        "--admin-port",
+        "15001",
+        "--certs",
+        certs.to_str().unwrap(),
+        "--output-file",
+        client.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&client).unwrap();
+    assert!(
+        text.contains("outbound_tcp_15306") && text.contains("cluster: outbound|3306||db.default.svc.cluster.local")
+    );
+    assert!(text.contains("outbound_.3306_._.db.default.svc.cluster.local"), "auto mTLS SNI on the TCP cluster");
+    assert_envoy_validates(&client);
+
     // A condition wasmesh cannot enforce on TCP: refused, naming resource and field.
     let bad = dir.join("bad.yaml");
     std::fs::write(

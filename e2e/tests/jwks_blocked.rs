@@ -60,7 +60,7 @@ fn a_jwks_uri_in_a_blocked_cidr_is_never_fetched_and_its_tokens_fail_as_a_failed
         listener["name"] = json!(name);
         boot["static_resources"]["listeners"].as_array_mut().unwrap().push(listener);
     }
-    let _envoy = Envoy::start_with("jwks-blocked", &boot, 1).unwrap_or_else(|e| panic!("{e}"));
+    let envoy = Envoy::start_with("jwks-blocked", &boot, 1).unwrap_or_else(|e| panic!("{e}"));
 
     let r = send(open_port, Some(&token));
     assert_eq!(r.status, 200, "unblocked: {}", r.text());
@@ -87,4 +87,8 @@ fn a_jwks_uri_in_a_blocked_cidr_is_never_fetched_and_its_tokens_fail_as_a_failed
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(send(port, Some(&token)).status, 401);
     assert_eq!(served.requests(), fetched_by_open, "the blocked filter never fetched: {:?}", served.request_log());
+    // The refusal is counted as a failed fetch (only the blocked listener fails one: the control
+    // fetched, and the unreachable server is only the native listener's).
+    let failed = envoy.stat("wasmcustom.wasmesh.authn.jwks_fetch_failed").unwrap_or(0);
+    assert!(failed >= 1, "a refused fetch is counted in wasmesh.authn.jwks_fetch_failed");
 }

@@ -376,10 +376,15 @@ impl Shared {
     /// Starts every fetch that is due (root side: the effective context is the root's).
     fn dispatch_due(&self) {
         let now = now_ms();
-        let requests = match self.engine.try_borrow_mut() {
-            Ok(mut e) => e.poll_fetches(now),
+        let (requests, refused) = match self.engine.try_borrow_mut() {
+            Ok(mut e) => (e.poll_fetches(now), e.take_refused_fetches()),
             Err(_) => return,
         };
+        for (provider, outcome) in refused {
+            if let FetchOutcome::Failed { reason, retry_in_ms } = outcome {
+                self.fetch_failed(provider, &reason, retry_in_ms);
+            }
+        }
         for (provider, req) in requests {
             let headers = vec![
                 (":method", "GET"),
@@ -435,16 +440,28 @@ impl Shared {
                 true
             }
             Some(FetchOutcome::Failed { reason, retry_in_ms }) => {
-                m.jwks_fetch_failed.bump();
-                m.jwks_fetch_failed.flush();
-                let reason = call_error.unwrap_or(reason);
-                wasmesh_proxy::log_warn(&format!(
-                    "wasmesh authn: {source}: JWKS fetch failed: {reason}; retrying in {retry_in_ms} ms, keeping the last good keys if any"
-                ));
+                drop(engine);
+                self.fetch_failed(provider, &call_error.unwrap_or(reason), retry_in_ms);
                 false
             }
             None => false,
         }
+    }
+
+    /// A fetch that failed, or that was refused before it went out (a blocked address): counted
+    /// at once and logged with the provider.
+    fn fetch_failed(&self, provider: usize, reason: &str, retry_in_ms: u64) {
+        let source = self
+            .engine
+            .try_borrow()
+            .ok()
+            .and_then(|e| e.providers().get(provider).map(|p| format!("{} (issuer {:?})", p.source, p.issuer)))
+            .unwrap_or_default();
+        self.metrics.jwks_fetch_failed.bump();
+        self.metrics.jwks_fetch_failed.flush();
+        wasmesh_proxy::log_warn(&format!(
+            "wasmesh authn: {source}: JWKS fetch failed: {reason}; retrying in {retry_in_ms} ms, keeping the last good keys if any"
+        ));
     }
 
     /// Resumes the waiting requests whose keys are settled, and refuses those that waited

@@ -244,6 +244,9 @@ pub struct RemoteJwks {
     pub last_error: Option<String>,
     pub fetched_at_ms: Option<u64>,
     blocked: BlockedCidrs,
+    /// The last fetch [`Self::poll`] refused without making it (a blocked address), until the
+    /// filter takes it to log and count it: at most one per provider.
+    refused: Option<FetchOutcome>,
 }
 
 /// What a finished fetch did.
@@ -282,6 +285,7 @@ impl RemoteJwks {
             last_error: None,
             fetched_at_ms: None,
             blocked: BlockedCidrs::default(),
+            refused: None,
         }
     }
 
@@ -290,6 +294,12 @@ impl RemoteJwks {
     pub fn with_blocked(mut self, blocked: BlockedCidrs) -> Self {
         self.blocked = blocked;
         self
+    }
+
+    /// The fetch the last [`Self::poll`] refused (a [`FetchOutcome::Failed`]), once: the filter
+    /// logs and counts it as it does a fetch that failed on the wire.
+    pub fn take_refused(&mut self) -> Option<FetchOutcome> {
+        self.refused.take()
     }
 
     pub fn key_state(&self) -> KeyState<'_> {
@@ -355,7 +365,7 @@ impl RemoteJwks {
             _ => &self.endpoint,
         };
         if let Some(reason) = self.blocked.refuses(ep) {
-            self.fail(now_ms, reason);
+            self.refused = Some(self.fail(now_ms, reason));
             return None;
         }
         let req = FetchRequest {
@@ -671,7 +681,13 @@ mod tests {
         assert!(matches!(r.key_state(), KeyState::Failed));
         assert!(r.settled(), "a waiting request is answered now");
         assert!(r.last_error.as_deref().unwrap().contains("127.0.0.1 is inside 127.0.0.0/8"), "{:?}", r.last_error);
+        // Handed to the filter once, to log and count like a failed fetch.
+        assert!(
+            matches!(r.take_refused(), Some(FetchOutcome::Failed { reason, .. }) if reason.contains("127.0.0.0/8"))
+        );
+        assert!(r.take_refused().is_none());
         assert!(r.poll(120_000).is_none(), "retries are refused too");
+        assert!(r.take_refused().is_some(), "each refused retry is reported");
         // Another address is fetched.
         let mut ok = remote(false).with_blocked(BlockedCidrs::parse_env("10.0.0.0/8").unwrap());
         assert!(ok.poll(0).is_some());

@@ -303,6 +303,20 @@ impl Authn {
         out
     }
 
+    /// The fetches the last [`Self::poll_fetches`] refused without making them (an address in
+    /// `BLOCKED_CIDRS_IN_JWKS_URIS`), each once, with the provider's index.
+    pub fn take_refused_fetches(&mut self) -> Vec<(usize, FetchOutcome)> {
+        let mut out = Vec::new();
+        for p in &mut self.providers {
+            if let JwksSource::Remote(r) = &mut p.jwks {
+                if let Some(outcome) = r.take_refused() {
+                    out.push((p.index, outcome));
+                }
+            }
+        }
+        out
+    }
+
     /// The answer to a fetch started by [`Self::poll_fetches`].
     pub fn on_fetch_response(
         &mut self,
