@@ -96,7 +96,6 @@ fn cases() -> Vec<Case> {
     };
     vec![
         // authn-core: JWKS documents (inline `jwks`).
-        c("EC P-521 (ES512) keys are not supported", ra_inline(r#"{"kty":"EC","crv":"P-521","x":"AA","y":"AA"}"#), "RequestAuthentication foo/jwt", "spec.jwtRules[0].jwks", "P-521"),
         c("[crv] or [alg] field is not supported for an EC key", ra_inline(r#"{"kty":"EC","crv":"P-999","x":"AA","y":"AA"}"#), "RequestAuthentication foo/jwt", "spec.jwtRules[0].jwks", "not supported for an EC key"),
         c("[crv] field is not supported for an OKP key", ra_inline(r#"{"kty":"OKP","crv":"X25519","x":"AA"}"#), "RequestAuthentication foo/jwt", "spec.jwtRules[0].jwks", "OKP"),
         c("URI scheme of {uri:?} is not supported", "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules: [{issuer: https://issuer.example, jwksUri: 'ftp://issuer.example/keys'}]\n".into(), "RequestAuthentication foo/jwt", "spec.jwtRules[0].jwksUri", "url must have scheme http:// or https://"),
@@ -118,8 +117,7 @@ fn cases() -> Vec<Case> {
         c("authz compile: bounds", ap("p", &format!("  rules: [{{to: [{{operation: {{paths: [{}]}}}}]}}]\n", vec!["/x"; 1025].join(", "))), "AuthorizationPolicy foo/p", "spec.rules[0].to[0].operation.paths", "at most 1024"),
         c("authz compile: value bytes", ap("p", &format!("  selector: {{matchLabels: {{app: x}}}}\n  rules: [{{when: [{{key: 'request.headers[x]', values: [{}]}}]}}]\n", "a".repeat(1000))), "AuthorizationPolicy foo/p", "spec.rules[0].when[0]", "at most 900 are accepted"),
         // authz-core: extension providers (`--mesh-config`).
-        provider("envoyExtAuthzGrpc is not supported by wasmesh", "extensionProviders: [{name: ext, envoyExtAuthzGrpc: {service: ext.foo.svc.cluster.local, port: 9000}}]", "envoyExtAuthzGrpc"),
-        provider("includeRequestBodyInCheck is not supported by wasmesh yet", "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000, includeRequestBodyInCheck: {maxRequestBytes: 10}}}]", "includeRequestBodyInCheck"),
+        provider("includeRequestBodyInCheck is not supported by wasmesh", "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000, includeRequestBodyInCheck: {maxRequestBytes: 10}}}]", "includeRequestBodyInCheck"),
         provider("unsupported statusOnError", "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000, statusOnError: '299'}}]", "statusOnError 299"),
         provider("a single wildcard (\\\"*\\\") is not supported", "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000, headersToUpstreamOnAllow: ['*']}}]", "single wildcard"),
         // istio: istiod's webhook checks.
@@ -130,7 +128,8 @@ fn cases() -> Vec<Case> {
         // router-core.
         c("TCP and TLS routes are not supported by wasmesh", vs("  tcp: [{route: [{destination: {host: web.foo.svc.cluster.local}}]}]\n") + WEB, "VirtualService foo/r", "spec.tcp", "TCP and TLS routes"),
         c("TLS termination at the gateway is not supported by wasmesh yet", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: foo}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: c}}]\n---\n".to_string() + &vs("  gateways: [g]\n  http: [{route: [{destination: {host: web.foo.svc.cluster.local}}]}]\n") + WEB, "Gateway foo/g", "spec.servers[0].tls", "TLS termination"),
-        c("per-destination header operations are not supported by wasmesh yet", vs("  http: [{route: [{destination: {host: web.foo.svc.cluster.local}, headers: {request: {set: {x: y}}}}]}]\n") + WEB, "VirtualService foo/r", "spec.http[0].route[0].headers", "per-destination header"),
+        c("is not supported by Istio (fixedDelay is)", vs("  http: [{fault: {delay: {exponentialDelay: 1s, percentage: {value: 100}}}, route: [{destination: {host: web.foo.svc.cluster.local}}]}]\n") + WEB, "VirtualService foo/r", "spec.http[0].fault.delay.exponentialDelay", "not supported by Istio"),
+        c("is not supported by Istio (httpStatus and grpcStatus are)", vs("  http: [{fault: {abort: {http2Error: CANCEL, percentage: {value: 100}}}, route: [{destination: {host: web.foo.svc.cluster.local}}]}]\n") + WEB, "VirtualService foo/r", "spec.http[0].fault.abort.http2Error", "not supported by Istio"),
         c("not supported by this wasmesh router yet", vs("  http: [{corsPolicy: {allowOrigins: [{exact: 'https://a'}]}, route: [{destination: {host: web.foo.svc.cluster.local}}]}]\n") + WEB, "VirtualService foo/r", "spec.http[0].corsPolicy", "not supported by this wasmesh router"),
         // stats-core: Telemetry metrics.
         c("custom metrics are not supported by wasmesh", telemetry("  metrics: [{providers: [{name: prometheus}], overrides: [{match: {customMetric: my_metric}, disabled: true}]}]\n"), "Telemetry foo/t", "spec.metrics[0].overrides[0].match.customMetric", "custom metrics"),
