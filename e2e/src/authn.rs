@@ -402,12 +402,22 @@ pub fn bench_token(alg: &str) -> String {
         "ES256" => Signer::new("ES256", TestKey::Ec256, Some("es")),
         other => panic!("no bench token for {other}"),
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    s.sign(&json!({
-        "iss": BENCH_ISSUER, "sub": "bench-user", "aud": "bench", "iat": now, "exp": now + 24 * 3600,
+    // The same token on every run (fixed times, deterministic signatures): the cold-verify rows
+    // measure exactly the same verification each time (a random ES256 signature moved them by
+    // up to 3.5 % between runs, more than bench-check's tolerance).
+    let claims = json!({
+        "iss": BENCH_ISSUER, "sub": "bench-user", "aud": "bench", "iat": BENCH_IAT, "exp": BENCH_EXP,
         "azp": "bench-cli", "scope": "read write", "groups": ["dev", "ops"], "email": "bench@example.com",
-    }))
+    });
+    match alg {
+        "ES256" => s.sign_es256_deterministic(&claims),
+        _ => s.sign(&claims),
+    }
 }
+
+/// 2026-01-01 and 2100-01-01 (UTC): the bench token's `iat` and `exp`.
+const BENCH_IAT: u64 = 1_767_225_600;
+const BENCH_EXP: u64 = 4_102_444_800;
 
 /// The three rows per algorithm: native `jwt_authn` uncached, native with `jwt_cache_config`,
 /// and the wasmesh filter, all from the same RequestAuthentication.

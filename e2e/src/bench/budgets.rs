@@ -66,10 +66,19 @@ pub fn check(results: &[Measurement], budgets: &BTreeMap<String, f64>) -> Result
     }
 }
 
-/// Writes the measured figures as the new budgets; returns `old → new` per variant.
+/// Writes the measured figures as the new budgets; returns `old → new` per variant. The budgets
+/// of scenarios this run did not measure (`--only`) are kept; a measured scenario's variants are
+/// replaced by what was measured.
 pub fn update(path: &Path, results: &[Measurement], how: &str) -> Result<String, String> {
     let old = load(path).unwrap_or_default();
+    let measured: std::collections::BTreeSet<&str> = results.iter().map(|m| m.scenario.as_str()).collect();
     let mut budgets = Map::new();
+    for (k, b) in &old {
+        let scenario = k.split_once(" / ").map_or(k.as_str(), |(s, _)| s);
+        if !measured.contains(scenario) {
+            budgets.insert(k.clone(), json!(b));
+        }
+    }
     let mut lines = String::new();
     for m in results {
         let k = key(m);
@@ -133,5 +142,13 @@ mod tests {
         assert_eq!(load(&path).unwrap().get("router / wasmesh"), Some(&100_000.0));
         let lines = update(&path, &[m("wasmesh", 90_000.0)], "how").unwrap();
         assert_eq!(lines, "router / wasmesh: 100000 → 90000 (-10.00 %)\n");
+        // `--only` another scenario: this one's budgets stay; a measured scenario's are replaced.
+        let mut other = m("none", 50_000.0);
+        other.scenario = "stats".into();
+        update(&path, &[other], "how").unwrap();
+        let b = load(&path).unwrap();
+        assert_eq!((b.get("router / wasmesh"), b.get("stats / none")), (Some(&90_000.0), Some(&50_000.0)));
+        update(&path, &[m("none", 1.0)], "how").unwrap();
+        assert_eq!(load(&path).unwrap().get("router / wasmesh"), None, "a measured scenario's old variants go");
     }
 }

@@ -79,31 +79,19 @@ impl PhaseRequest for AuthzRequest {
         status_code: u32,
         response_size: usize,
     ) -> Option<Flow> {
-        let (token, rule) = self.pending?;
-        if token != token_id {
-            return None;
-        }
-        self.pending = None;
-        let shared = self.shared.clone();
-        let authz = &shared.authz;
-        let rule = RuleRef { id: rule, name: authz.rule_name(rule).unwrap_or_default() };
-        let Some(provider) = authz.provider() else {
-            shared.metrics.custom_denied(rule);
-            s.send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
-            return Some(Flow::Answered);
-        };
-        let message = if status_code != 0 || response_size > MAX_CHECK_RESPONSE_MESSAGE_BYTES {
-            None
-        } else if response_size == 0 {
-            Some(Vec::new())
-        } else {
-            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size).ok().flatten()
-        };
-        let outcome = grpc::on_check_response(provider, status_code, message.as_deref());
-        Some(self.apply(s, &shared, provider, rule, outcome))
+        self.answer(s, token_id, |provider| {
+            let message = if status_code != 0 || response_size > MAX_CHECK_RESPONSE_MESSAGE_BYTES {
+                None
+            } else if response_size == 0 {
+                Some(Vec::new())
+            } else {
+                hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size).ok().flatten()
+            };
+            grpc::on_check_response(provider, status_code, message.as_deref())
+        })
     }
 
-    /// The provider's answer to the check sent by [`AuthzRequest::dispatch`].
+    /// The HTTP provider's answer to the check sent by [`AuthzRequest::dispatch`].
     fn http_call_response(
         &mut self,
         s: &Stream,
@@ -112,28 +100,15 @@ impl PhaseRequest for AuthzRequest {
         body_size: usize,
         _num_trailers: usize,
     ) -> Option<Flow> {
-        let (token, rule) = self.pending?;
-        if token != token_id {
-            return None;
-        }
-        self.pending = None;
-        let shared = self.shared.clone();
-        let authz = &shared.authz;
-        let rule = RuleRef { id: rule, name: authz.rule_name(rule).unwrap_or_default() };
-        let Some(provider) = authz.provider() else {
-            wasmesh_proxy::log_debug(&format!("wasmesh authz: {DENY_STATUS}: no provider"));
-            shared.metrics.custom_denied(rule);
-            s.send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
-            return Some(Flow::Answered);
-        };
-        let headers = if num_headers == 0 {
-            Vec::new()
-        } else {
-            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default()
-        };
-        let read_body = |n: usize| hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, n).ok().flatten();
-        let outcome = on_check_response(provider, &headers, body_size, read_body);
-        Some(self.apply(s, &shared, provider, rule, outcome))
+        self.answer(s, token_id, |provider| {
+            let headers = if num_headers == 0 {
+                Vec::new()
+            } else {
+                hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default()
+            };
+            let read_body = |n: usize| hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, n).ok().flatten();
+            on_check_response(provider, &headers, body_size, read_body)
+        })
     }
 }
 
@@ -149,6 +124,27 @@ fn finish(s: &Stream, shared: &Shared, v: &Verdict<'_>) -> Flow {
 }
 
 impl AuthzRequest {
+    /// The answer to this request's check (`None`: another call's), read by `read` from the
+    /// provider's response and acted on.
+    fn answer(&mut self, s: &Stream, token_id: u32, read: impl FnOnce(&Provider) -> CheckOutcome) -> Option<Flow> {
+        let (token, rule) = self.pending?;
+        if token != token_id {
+            return None;
+        }
+        self.pending = None;
+        let shared = self.shared.clone();
+        let authz = &shared.authz;
+        let rule = RuleRef { id: rule, name: authz.rule_name(rule).unwrap_or_default() };
+        let Some(provider) = authz.provider() else {
+            wasmesh_proxy::log_debug(&format!("wasmesh authz: {DENY_STATUS}: no provider"));
+            shared.metrics.custom_denied(rule);
+            s.send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
+            return Some(Flow::Answered);
+        };
+        let outcome = read(provider);
+        Some(self.apply(s, &shared, provider, rule, outcome))
+    }
+
     /// Sends the check request; the request waits for [`PhaseRequest::http_call_response`] or
     /// [`PhaseRequest::grpc_call_response`].
     fn dispatch(

@@ -114,6 +114,28 @@ impl Signer {
         .unwrap()
     }
 
+    /// An ES256 token with this payload whose signature is the same on every run (RFC 6979
+    /// nonces; jwt-simple's are random). Verifying a P-256 signature costs a little more or less
+    /// with the signature's value, so the benchmark's cold-verify figure needs the same token
+    /// every run. Header `{"alg":"ES256","typ":"JWT"[,"kid":…]}`.
+    pub fn sign_es256_deterministic(&self, payload: &Value) -> String {
+        use crate::jwt::b64url_encode;
+        use p256::ecdsa::signature::Signer as _;
+        let Inner::Es256(k) = &self.inner else { panic!("sign_es256_deterministic needs an ES256 signer") };
+        let key = p256::ecdsa::SigningKey::from_slice(&k.to_bytes()).unwrap();
+        let mut header = json!({"alg": "ES256", "typ": "JWT"});
+        if let Some(kid) = &self.kid {
+            header["kid"] = json!(kid);
+        }
+        let signed = format!(
+            "{}.{}",
+            b64url_encode(header.to_string().as_bytes()),
+            b64url_encode(payload.to_string().as_bytes())
+        );
+        let sig: p256::ecdsa::Signature = key.sign(signed.as_bytes());
+        format!("{signed}.{}", b64url_encode(&sig.to_bytes()))
+    }
+
     /// The public JWK (with `kid` when the signer has one; `alg` only when `with_alg`).
     pub fn jwk(&self, with_alg: bool) -> Value {
         let text = match &self.inner {

@@ -144,6 +144,17 @@ fn valid_token_is_accepted_identity_handed_over_and_token_removed() {
 }
 
 #[test]
+fn a_deterministic_es256_token_is_the_same_every_time_and_verifies() {
+    let s = es256();
+    let a = one_rule(&s, "");
+    let c = claims(json!({}));
+    let t = s.sign_es256_deterministic(&c);
+    assert_eq!(t, s.sign_es256_deterministic(&c), "RFC 6979: one signature per message");
+    assert_ne!(s.sign(&c), s.sign(&c), "jwt-simple's signatures are randomized");
+    assert_eq!(identity(&eval(&a, &Req::get("/").bearer(&t))).expect("identity").principal, format!("{ISS}/alice"));
+}
+
+#[test]
 fn no_token_continues_without_identity() {
     let s = es256();
     let a = one_rule(&s, "");

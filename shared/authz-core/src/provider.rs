@@ -267,19 +267,36 @@ fn validate_provider_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn build_http(name: &str, cfg: &ExtAuthzHttp) -> Result<Provider, Vec<String>> {
-    let mut errs = Vec::new();
-    if !(1..=65535).contains(&cfg.port) {
-        errs.push(format!("port must be in the range [1, 65535], found: {}", cfg.port));
+/// A provider's `service` (`[<namespace>/]<hostname>`; istiod resolves it in its registry,
+/// wasmesh names the cluster) and `port`, checked as istiod checks them: the host.
+fn service_host<'a>(service: &'a str, port: u32, errs: &mut Vec<String>) -> &'a str {
+    if !(1..=65535).contains(&port) {
+        errs.push(format!("port must be in the range [1, 65535], found: {port}"));
     }
-    // `[<namespace>/]<hostname>`; istiod resolves it in its registry, wasmesh names the cluster.
-    let host = match cfg.service.split_once('/') {
+    let host = match service.split_once('/') {
         Some((_, h)) => h,
-        None => cfg.service.as_str(),
+        None => service,
     };
     if host.is_empty() {
         errs.push("service must be set ([<namespace>/]<hostname>)".into());
     }
+    host
+}
+
+/// A provider's `timeout` (Istio's default when unset or invalid, the error kept).
+fn timeout(t: &Option<String>, errs: &mut Vec<String>) -> Duration {
+    match t {
+        None => DEFAULT_TIMEOUT,
+        Some(t) => wasmesh_istio::parse_duration(t).unwrap_or_else(|e| {
+            errs.push(format!("timeout: {e}"));
+            DEFAULT_TIMEOUT
+        }),
+    }
+}
+
+fn build_http(name: &str, cfg: &ExtAuthzHttp) -> Result<Provider, Vec<String>> {
+    let mut errs = Vec::new();
+    let host = service_host(&cfg.service, cfg.port, &mut errs);
     let status_on_error = status_on_error(&cfg.status_on_error, &mut errs);
     if !cfg.path_prefix.is_empty() && !cfg.path_prefix.starts_with('/') {
         errs.push(format!("pathPrefix must begin with `/`, found: {:?}", cfg.path_prefix));
@@ -287,16 +304,7 @@ fn build_http(name: &str, cfg: &ExtAuthzHttp) -> Result<Provider, Vec<String>> {
     if cfg.path_prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
         errs.push(format!("invalid pathPrefix {:?}", cfg.path_prefix));
     }
-    let timeout = match &cfg.timeout {
-        None => DEFAULT_TIMEOUT,
-        Some(t) => match wasmesh_istio::parse_duration(t) {
-            Ok(d) => d,
-            Err(e) => {
-                errs.push(format!("timeout: {e}"));
-                DEFAULT_TIMEOUT
-            }
-        },
-    };
+    let timeout = timeout(&cfg.timeout, &mut errs);
     refuse_body(&cfg.include_request_body_in_check, &mut errs);
     let lists = [
         ("includeRequestHeadersInCheck", &cfg.include_request_headers_in_check),
@@ -354,24 +362,9 @@ fn build_http(name: &str, cfg: &ExtAuthzHttp) -> Result<Provider, Vec<String>> {
 /// again anyway.
 fn build_grpc(name: &str, cfg: &ExtAuthzGrpc) -> Result<Provider, Vec<String>> {
     let mut errs = Vec::new();
-    if !(1..=65535).contains(&cfg.port) {
-        errs.push(format!("port must be in the range [1, 65535], found: {}", cfg.port));
-    }
-    let host = match cfg.service.split_once('/') {
-        Some((_, h)) => h,
-        None => cfg.service.as_str(),
-    };
-    if host.is_empty() {
-        errs.push("service must be set ([<namespace>/]<hostname>)".into());
-    }
+    let host = service_host(&cfg.service, cfg.port, &mut errs);
     let status_on_error = status_on_error(&cfg.status_on_error, &mut errs);
-    let timeout = match &cfg.timeout {
-        None => DEFAULT_TIMEOUT,
-        Some(t) => wasmesh_istio::parse_duration(t).unwrap_or_else(|e| {
-            errs.push(format!("timeout: {e}"));
-            DEFAULT_TIMEOUT
-        }),
-    };
+    let timeout = timeout(&cfg.timeout, &mut errs);
     refuse_body(&cfg.include_request_body_in_check, &mut errs);
     if !errs.is_empty() {
         return Err(errs);
