@@ -1622,6 +1622,9 @@ mod tests {
                 ),
             ]
         );
+        // Under Istio the TCP filter takes the first SAN as the whole list (istiod's CA issues one).
+        let authz_tcp = ps.iter().find(|p| p.root_id == "wasmesh.authz.tcp").unwrap();
+        assert!(authz_tcp.config.to_string().contains(r#""singleSanPeers":true"#), "{}", authz_tcp.config);
         let g = generate(&resources(yaml), &opts(Format::WasmPlugin)).unwrap();
         let tcp = g.objects.iter().find(|o| o["metadata"]["name"] == "wasmesh-stats-tcp").unwrap();
         assert_eq!(
