@@ -1014,3 +1014,15 @@ pub fn bench_workload() -> Workload {
     wl.labels = BTreeMap::from([("app".to_string(), "httpbin".to_string())]);
     wl
 }
+
+/// The CUSTOM AuthorizationPolicy of the ext-authz tests (HTTP and gRPC providers): provider
+/// `ext` checks the requests to `/protected*` of workloads in `foo`.
+pub const CUSTOM_POLICY: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: foo}
+spec:
+  action: CUSTOM
+  provider: {name: ext}
+  rules: [{to: [{operation: {paths: ["/protected*"]}}]}]
+"#;

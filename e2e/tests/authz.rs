@@ -332,15 +332,7 @@ fn provider(ext_port: u16, extra: Value) -> Value {
     json!({"name": "ext", "envoyExtAuthzHttp": http})
 }
 
-const CUSTOM: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: ext, namespace: foo}
-spec:
-  action: CUSTOM
-  provider: {name: ext}
-  rules: [{to: [{operation: {paths: ["/protected*"]}}]}]
-"#;
+const CUSTOM: &str = authz::CUSTOM_POLICY;
 
 #[test]
 fn custom_ext_authz_http_behaves_as_envoy_ext_authz() {

@@ -18,15 +18,7 @@ use wasmesh_e2e::http::{request, Response};
 use wasmesh_e2e::App;
 use wasmesh_istio::{load_str, Resources, Workload};
 
-const CUSTOM: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: ext, namespace: foo}
-spec:
-  action: CUSTOM
-  provider: {name: ext}
-  rules: [{to: [{operation: {paths: ["/protected*"]}}]}]
-"#;
+const CUSTOM: &str = authz::CUSTOM_POLICY;
 
 fn res() -> Resources {
     Resources { items: load_str(CUSTOM, "ext-authz-test.yaml").unwrap() }

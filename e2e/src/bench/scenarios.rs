@@ -56,6 +56,19 @@ fn route_header() -> (String, String) {
     ("x-route".into(), "v9-match".into())
 }
 
+/// A variant of the router scenarios: the request carries the route header, to the service's
+/// authority, over the scenario's app clusters.
+fn routed_variant(name: &str, filters: Vec<Value>, route: Option<Value>, clusters: &[String]) -> Variant {
+    Variant {
+        http_filters: filters,
+        route_config: route,
+        app_clusters: clusters.to_vec(),
+        headers: vec![route_header()],
+        authority: SERVICE.into(),
+        ..Variant::new(name)
+    }
+}
+
 /// A 10-route VirtualService with header regexes; the request matches the 10th route. Native:
 /// the same routes in Envoy's route config, as istiod would write them.
 fn router() -> Result<Scenario, String> {
@@ -63,14 +76,7 @@ fn router() -> Result<Scenario, String> {
     let (http, native_routes, clusters) = header_routes("default");
     let config = router_config(&host, http);
     let by_header = by_header_route();
-    let with = |name: &str, filters: Vec<Value>, route: Option<Value>| Variant {
-        http_filters: filters,
-        route_config: route,
-        app_clusters: clusters.clone(),
-        headers: vec![route_header()],
-        authority: SERVICE.into(),
-        ..Variant::new(name)
-    };
+    let with = |name: &str, filters: Vec<Value>, route: Option<Value>| routed_variant(name, filters, route, &clusters);
     Ok(Scenario {
         name: "router".into(),
         target: "router ≤ 35k instructions/request over no filter".into(),
@@ -133,14 +139,7 @@ fn vs_actions() -> Result<Scenario, String> {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
         "delay": {"header_delay": {}, "percentage": {"numerator": 100, "denominator": "HUNDRED"}},
         "abort": {"header_abort": {}, "percentage": {"numerator": 100, "denominator": "HUNDRED"}}}});
-    let with = |name: &str, filters: Vec<Value>, route: Option<Value>| Variant {
-        http_filters: filters,
-        route_config: route,
-        app_clusters: clusters.clone(),
-        headers: vec![route_header()],
-        authority: SERVICE.into(),
-        ..Variant::new(name)
-    };
+    let with = |name: &str, filters: Vec<Value>, route: Option<Value>| routed_variant(name, filters, route, &clusters);
     Ok(Scenario {
         name: "vs actions".into(),
         target: "configured, untriggered actions cost the router nothing measurable".into(),
