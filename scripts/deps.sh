@@ -54,6 +54,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # OCI image tests: a real registry (CNCF distribution) on loopback, skopeo as an independent client.
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
+# Browser e2e tests (CORS from a page, the OIDC login as a person does it): Debian's headless Chromium.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo ">> apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -78,5 +80,11 @@ if [ ! -d e2e/oidc/node_modules/oidc-provider ] || [ e2e/oidc/package-lock.json 
   command -v npm >/dev/null 2>&1 || { echo "npm is required (e2e/oidc: the OpenID provider of the OIDC tests)"; exit 1; }
   echo ">> npm ci in e2e/oidc (oidc-provider)"
   npm ci --prefix e2e/oidc --no-audit --no-fund --loglevel=error >/dev/null
+fi
+# ... driven by npm playwright-core (pinned by e2e/browser/package-lock.json; e2e/src/browser.rs runs the scripts).
+if [ ! -d e2e/browser/node_modules/playwright-core ] || [ e2e/browser/package-lock.json -nt e2e/browser/node_modules/.package-lock.json ]; then
+  command -v npm >/dev/null 2>&1 || { echo "npm is required (e2e/browser: playwright-core drives Chromium)"; exit 1; }
+  echo ">> npm ci in e2e/browser (playwright-core)"
+  npm ci --prefix e2e/browser --no-audit --no-fund --loglevel=error >/dev/null
 fi
 echo ">> deps ready: $(scripts/envoy-bin.sh) ($("$(scripts/envoy-bin.sh)" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1))"

@@ -14,6 +14,7 @@ pub mod authz;
 pub mod authz_tcp;
 pub mod bench;
 pub mod bookinfo;
+pub mod browser;
 pub mod envoy;
 pub mod ext_authz;
 pub mod http;
