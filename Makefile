@@ -33,9 +33,14 @@ build: wasm
 # on sockets, so the two share the cores and the suite takes the longer of them, not the sum. The compat
 # smoke set (it waits on sockets too) and fuzz-smoke (it compiles the fuzz targets, then runs them for
 # seconds) share the cores the same way.
-test: build lint test-unit test-wasm
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-e2e bench-check
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-compat-others fuzz-smoke
+test:
+	@scripts/phase.sh start
+	@$(MAKE) --no-print-directory build && scripts/phase.sh "deps + wasm + build"
+	@$(MAKE) --no-print-directory lint && scripts/phase.sh "lint"
+	@$(MAKE) --no-print-directory test-unit && scripts/phase.sh "test-unit"
+	@$(MAKE) --no-print-directory test-wasm && scripts/phase.sh "test-wasm"
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-e2e bench-check && scripts/phase.sh "test-e2e | bench-check"
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-compat-others fuzz-smoke && scripts/phase.sh "test-compat-others | fuzz-smoke"
 
 test-unit: wasm
 	ENVOY_BIN="$$(scripts/envoy-bin.sh)" $(CARGO) test --workspace --exclude wasmesh-e2e
