@@ -204,7 +204,9 @@ pub struct Provider {
     pub keys: KeySet,
 }
 
-pub(crate) fn decode_key(field: &str, text: &str) -> Result<Vec<u8>, String> {
+/// A cookie key as the configuration gives it (base64 of 32 bytes); the error names `field` and
+/// never the key.
+pub fn decode_key(field: &str, text: &str) -> Result<Vec<u8>, String> {
     use base64::Engine;
     let t = text.trim_end_matches('=');
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
