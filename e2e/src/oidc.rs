@@ -186,6 +186,8 @@ fn fake_serve(mut conn: TcpStream, port: u16, mode: &Mutex<(TokenMode, String)>)
     let _ = reader.read_exact(&mut body);
     let issuer = format!("http://127.0.0.1:{port}");
     let signer = wasmesh_authn::testing::Signer::new("RS256", wasmesh_authn::testing::TestKey::Rsa1, Some("fake"));
+    // Cloned first: the lock is not held while the answer is made (Hang sleeps).
+    let current = mode.lock().expect("mode").clone();
     let answer = match path.as_str() {
         "/.well-known/openid-configuration" => json!({
             "issuer": issuer,
@@ -195,7 +197,7 @@ fn fake_serve(mut conn: TcpStream, port: u16, mode: &Mutex<(TokenMode, String)>)
         })
         .to_string(),
         "/jwks" => wasmesh_authn::testing::jwks(&[signer.jwk(true)]),
-        "/token" => match mode.lock().expect("mode").clone() {
+        "/token" => match current {
             (TokenMode::Hang, _) => {
                 std::thread::sleep(Duration::from_secs(20));
                 return;

@@ -143,7 +143,9 @@ fn setup() -> Setup {
     clusters.push(static_cluster("fake-provider", fake.port));
     clusters.push(static_cluster("late-provider", late_provider));
     clusters.push(static_cluster("dead-provider", dead));
+    let t = Instant::now();
     let envoy = Envoy::start("oidc", &bootstrap(admin, app.port, listeners, clusters));
+    eprintln!("envoy started in {:?}", t.elapsed());
     Setup {
         provider,
         fake,
@@ -229,20 +231,25 @@ fn userinfo(provider_port: u16, authorization: &str) -> u16 {
 /// gateway run beside the main walk (they use other listeners and their own browsers).
 #[test]
 fn login_at_the_gateway_against_a_real_provider_and_every_attack_refused() {
+    let t0 = Instant::now();
     let mut s = setup();
+    eprintln!("setup: {:?}", t0.elapsed());
     let served_before = s.app.served();
     let reached = std::thread::scope(|scope| {
         // Before the providers are known: it waits for the late one, the dead one gets 503.
-        let waits = scope.spawn(|| requests_before_discovery_wait(&s));
+        let waits = scope.spawn(|| timed("requests_before_discovery_wait", t0, || requests_before_discovery_wait(&s)));
         ready(&s);
-        let faulty = scope.spawn(|| faulty_token_endpoint(&s));
-        let policed = scope.spawn(|| policies_apply_to_the_login(&s));
-        let chromium = scope.spawn(|| a_person_logs_in_with_chromium(&s));
-        let post = scope.spawn(|| client_secret_post_and_claim_headers(&s));
-        let rotation = scope.spawn(|| session_keys_rotate(&s));
-        let large = scope.spawn(|| large_tokens_split_over_cookies(&s));
-        let swapped = scope.spawn(|| swapped_and_expired_cookies(&s));
-        let walked = walk_the_flow(&s);
+        let faulty = scope.spawn(|| timed("faulty_token_endpoint", t0, || faulty_token_endpoint(&s)));
+        let policed = scope.spawn(|| timed("policies_apply_to_the_login", t0, || policies_apply_to_the_login(&s)));
+        let chromium =
+            scope.spawn(|| timed("a_person_logs_in_with_chromium", t0, || a_person_logs_in_with_chromium(&s)));
+        let post = scope
+            .spawn(|| timed("client_secret_post_and_claim_headers", t0, || client_secret_post_and_claim_headers(&s)));
+        let rotation = scope.spawn(|| timed("session_keys_rotate", t0, || session_keys_rotate(&s)));
+        let large =
+            scope.spawn(|| timed("large_tokens_split_over_cookies", t0, || large_tokens_split_over_cookies(&s)));
+        let swapped = scope.spawn(|| timed("swapped_and_expired_cookies", t0, || swapped_and_expired_cookies(&s)));
+        let walked = timed("walk_the_flow", t0, || walk_the_flow(&s));
         let mut reached = walked;
         for (name, t) in [
             ("waits", waits),
@@ -289,6 +296,7 @@ fn login_at_the_gateway_against_a_real_provider_and_every_attack_refused() {
     assert!(r.text().contains("signature"), "{}", r.text());
     assert_eq!(s.envoy.log().matches("JWKS fetched again").count(), 1, "one refetch within the rate limit");
 
+    eprintln!("provider key rotation done at {:?}", t0.elapsed());
     // Nothing secret in Envoy's log, for the whole test.
     let log = s.envoy.log();
     for secret in [CLIENT_SECRET, COOKIE_KEY, COOKIE_KEY_2, "FAKE-AT", "CRAFTED-AT"] {
@@ -299,6 +307,13 @@ fn login_at_the_gateway_against_a_real_provider_and_every_attack_refused() {
     for value in seen.iter().filter(|v| v.len() >= 16) {
         assert!(!log.contains(value.as_str()), "a token or cookie value is in Envoy's log");
     }
+}
+
+/// Runs one group of cases, printing when it ended (the test's time budget).
+fn timed(name: &str, t0: Instant, f: impl FnOnce() -> u64) -> u64 {
+    let n = f();
+    eprintln!("{name}: done at {:?}", t0.elapsed());
+    n
 }
 
 fn remember(s: &Setup, values: impl IntoIterator<Item = String>) {
