@@ -97,7 +97,7 @@ fn main() {
     }
     // --login: the gateway's port is fixed first (the provider must know the redirect URI).
     let login_gw = login.then(|| if port_free(GATEWAY_PORT) { GATEWAY_PORT } else { wasmesh_e2e::free_port() });
-    let provider = login_gw.map(|gw| demo_login::start(gw));
+    let provider = login_gw.map(demo_login::start);
     match (&provider, login_gw) {
         (Some((_, mesh_config)), Some(_)) => builder = builder.mesh_config(mesh_config.clone()),
         _ => builder = builder.xds(&dir),
