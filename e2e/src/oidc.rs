@@ -21,17 +21,33 @@ pub const COOKIE_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
 pub struct OidcProvider {
     child: Child,
     pub port: u16,
+    /// The `kid` of its signing key (a new one each start).
+    pub kid: String,
+    env: (String, String, u64),
 }
 
 impl OidcProvider {
-    /// Starts the provider with the test client registered for `redirect_uri`.
+    /// Starts the provider with the test clients registered for `redirect_uri` (comma-separated).
     pub fn start(redirect_uri: &str, post_logout: &str, access_ttl: u64) -> OidcProvider {
+        Self::start_on(crate::free_port(), redirect_uri, post_logout, access_ttl)
+    }
+
+    /// Stops the provider and starts it again on the same port with a new signing key (its
+    /// sessions and grants are lost): the provider rotated its keys.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (r, p, ttl) = self.env.clone();
+        let mut again = Self::start_on(self.port, &r, &p, ttl);
+        std::mem::swap(self, &mut again);
+    }
+
+    fn start_on(port: u16, redirect_uri: &str, post_logout: &str, access_ttl: u64) -> OidcProvider {
         let dir = paths::repo_root().join("e2e/oidc");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
             "e2e/oidc/node_modules is missing: run `make deps` (scripts/deps.sh runs npm ci there)"
         );
-        let port = crate::free_port();
         let mut child = Command::new("node")
             .arg("provider.mjs")
             .current_dir(&dir)
@@ -49,9 +65,9 @@ impl OidcProvider {
         let out = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(out).lines();
         let start = Instant::now();
-        loop {
+        let kid = loop {
             match lines.next() {
-                Some(Ok(l)) if l.starts_with("ready ") => break,
+                Some(Ok(l)) if l.starts_with("ready ") => break l.rsplit(' ').next().unwrap_or_default().to_string(),
                 Some(Ok(_)) => {}
                 _ => {
                     let _ = child.kill();
@@ -59,10 +75,10 @@ impl OidcProvider {
                 }
             }
             assert!(start.elapsed() < Duration::from_secs(30), "oidc-provider not ready in 30 s");
-        }
+        };
         // Keep draining its output so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.by_ref() {});
-        OidcProvider { child, port }
+        OidcProvider { child, port, kid, env: (redirect_uri.to_string(), post_logout.to_string(), access_ttl) }
     }
 
     pub fn issuer(&self) -> String {
@@ -86,21 +102,31 @@ pub enum TokenMode {
     Garbage,
     /// 200 with a token set whose ID token is signed by a key not in the JWKS.
     UnknownKey,
+    /// 200 with a good ID token but for another nonce than the login's.
+    WrongNonce,
+    /// 200 with an ID token for another client (audience).
+    OtherAudience,
+    /// 200 with a good ID token for the nonce given by [`FakeProvider::set_nonce`].
+    Valid,
 }
 
 /// A provider that serves a valid discovery document and JWKS, and a token endpoint that
 /// misbehaves as told.
 pub struct FakeProvider {
     pub port: u16,
-    mode: Arc<Mutex<TokenMode>>,
+    mode: Arc<Mutex<(TokenMode, String)>>,
     stop: Arc<AtomicBool>,
 }
 
 impl FakeProvider {
     pub fn start() -> FakeProvider {
-        let port = crate::free_port();
+        Self::start_on(crate::free_port())
+    }
+
+    /// On a port chosen before (a gateway already configured for it).
+    pub fn start_on(port: u16) -> FakeProvider {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind fake provider");
-        let mode = Arc::new(Mutex::new(TokenMode::Garbage));
+        let mode = Arc::new(Mutex::new((TokenMode::Garbage, String::new())));
         let stop = Arc::new(AtomicBool::new(false));
         let (m, s) = (mode.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -121,7 +147,12 @@ impl FakeProvider {
     }
 
     pub fn set_mode(&self, mode: TokenMode) {
-        *self.mode.lock().expect("mode") = mode;
+        self.mode.lock().expect("mode").0 = mode;
+    }
+
+    /// The nonce the next ID tokens carry (the one of the login under test).
+    pub fn set_nonce(&self, nonce: &str) {
+        self.mode.lock().expect("mode").1 = nonce.to_string();
     }
 }
 
@@ -132,7 +163,7 @@ impl Drop for FakeProvider {
     }
 }
 
-fn fake_serve(mut conn: TcpStream, port: u16, mode: &Mutex<TokenMode>) {
+fn fake_serve(mut conn: TcpStream, port: u16, mode: &Mutex<(TokenMode, String)>) {
     let mut reader = BufReader::new(conn.try_clone().expect("clone"));
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
@@ -155,6 +186,8 @@ fn fake_serve(mut conn: TcpStream, port: u16, mode: &Mutex<TokenMode>) {
     let _ = reader.read_exact(&mut body);
     let issuer = format!("http://127.0.0.1:{port}");
     let signer = wasmesh_authn::testing::Signer::new("RS256", wasmesh_authn::testing::TestKey::Rsa1, Some("fake"));
+    // Cloned first: the lock is not held while the answer is made (Hang sleeps).
+    let current = mode.lock().expect("mode").clone();
     let answer = match path.as_str() {
         "/.well-known/openid-configuration" => json!({
             "issuer": issuer,
@@ -164,13 +197,22 @@ fn fake_serve(mut conn: TcpStream, port: u16, mode: &Mutex<TokenMode>) {
         })
         .to_string(),
         "/jwks" => wasmesh_authn::testing::jwks(&[signer.jwk(true)]),
-        "/token" => match *mode.lock().expect("mode") {
-            TokenMode::Hang => {
+        "/token" => match current {
+            (TokenMode::Hang, _) => {
                 std::thread::sleep(Duration::from_secs(20));
                 return;
             }
-            TokenMode::Garbage => "<html>502 upstream trouble</html>".to_string(),
-            TokenMode::UnknownKey => {
+            (TokenMode::Garbage, _) => "<html>502 upstream trouble</html>".to_string(),
+            (m @ (TokenMode::WrongNonce | TokenMode::OtherAudience | TokenMode::Valid), nonce) => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+                let aud = if m == TokenMode::OtherAudience { "another-client" } else { CLIENT_ID };
+                let nonce = if m == TokenMode::WrongNonce { "not-the-login-nonce".to_string() } else { nonce };
+                let id = signer.sign(
+                    &json!({"iss": issuer, "aud": aud, "sub": "mallory", "exp": now + 300, "iat": now, "nonce": nonce}),
+                );
+                json!({"access_token": "FAKE-AT", "token_type": "Bearer", "id_token": id}).to_string()
+            }
+            (TokenMode::UnknownKey, _) => {
                 let other =
                     wasmesh_authn::testing::Signer::new("RS256", wasmesh_authn::testing::TestKey::Rsa2, Some("fake"));
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();

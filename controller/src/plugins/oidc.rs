@@ -11,10 +11,18 @@
 //!     clientSecret: "..."
 //!     redirectUri: https://shop.example.com/oauth2/callback
 //!     cookieKey: "<32 bytes, base64>"                     # `openssl rand -base64 32`
+//!     # or from files (read by wasmeshctl when it writes the configuration):
+//!     # clientSecretFile: /etc/wasmesh/oidc/client-secret, cookieKeyFile: ..., previousCookieKeyFiles: [...]
 //!     # optional: clientAuth, scopes, logoutPath, postLogoutRedirectUri, bypassPaths,
 //!     # allowedReturnOrigins, cookie {name, domain, path, sameSite, secure, lifetimeSeconds},
-//!     # previousCookieKeys, forward (access_token | id_token), timeoutMs, clockSkewSeconds
+//!     # previousCookieKeys, forward (access_token | id_token), claimHeaders [{claim, header}],
+//!     # timeoutMs, clockSkewSeconds, readyWaitMs
 //! ```
+//!
+//! A secret may be inline or in a file, not both; a file that is missing, unreadable, empty or
+//! (for a cookie key) not base64 of 32 bytes is refused naming the entry, the field and the file,
+//! never its content. The file's content (trailing whitespace trimmed) is written into the filter
+//! configuration as the inline value.
 //!
 //! The entry (minus `selector`) is the filter's configuration (`wasmesh_oidc::OidcConfig`);
 //! wasmeshctl adds `providerCluster`, the cluster it writes for the issuer's host (TLS for https,
@@ -78,6 +86,7 @@ fn check(i: usize, name: &str, spec: &Value) -> Result<Entry, Vec<Error>> {
         }
     }
     let mut config = spec.clone();
+    secrets_from_files(i, name, &mut config)?;
     if let Some(o) = config.as_object_mut() {
         o.remove("selector");
         if o.contains_key("providerCluster") {
@@ -102,6 +111,77 @@ fn check(i: usize, name: &str, spec: &Value) -> Result<Entry, Vec<Error>> {
             .collect());
     }
     Ok(Entry { labels, config, cluster: super::authn::jwks_cluster(&ep) })
+}
+
+/// Largest secret file read.
+const MAX_SECRET_FILE: u64 = 4096;
+
+fn read_secret(i: usize, name: &str, field: &str, path: &Value) -> Result<String, Error> {
+    let Some(path) = path.as_str().filter(|p| !p.is_empty()) else {
+        return Err(error(i, name, field, "expected a file path"));
+    };
+    let meta = std::fs::metadata(path).map_err(|e| error(i, name, field, format!("{path}: cannot read: {e}")))?;
+    if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
+        return Err(error(i, name, field, format!("{path}: expected a file of at most {MAX_SECRET_FILE} bytes")));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| error(i, name, field, format!("{path}: cannot read: {e}")))?;
+    let text = text.trim_end().to_string();
+    if text.is_empty() {
+        return Err(error(i, name, field, format!("{path}: empty")));
+    }
+    Ok(text)
+}
+
+/// `clientSecretFile`, `cookieKeyFile` and `previousCookieKeyFiles` read into their inline fields.
+fn secrets_from_files(i: usize, name: &str, config: &mut Value) -> Result<(), Vec<Error>> {
+    let Some(o) = config.as_object_mut() else { return Ok(()) };
+    let mut errors = Vec::new();
+    for (file_field, inline) in [("clientSecretFile", "clientSecret"), ("cookieKeyFile", "cookieKey")] {
+        let Some(path) = o.remove(file_field) else { continue };
+        if o.contains_key(inline) {
+            errors.push(error(i, name, file_field, format!("set {inline} or {file_field}, not both")));
+            continue;
+        }
+        match read_secret(i, name, file_field, &path) {
+            Ok(text) => {
+                if inline == "cookieKey" {
+                    if let Err(e) = wasmesh_oidc::config::decode_key(file_field, &text) {
+                        let what = e.split_once(": ").map_or(e.as_str(), |(_, m)| m);
+                        errors.push(error(i, name, file_field, format!("{}: {what}", path.as_str().unwrap_or(""))));
+                        continue;
+                    }
+                }
+                o.insert(inline.into(), Value::String(text));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(paths) = o.remove("previousCookieKeyFiles") {
+        let Some(paths) = paths.as_array() else {
+            errors.push(error(i, name, "previousCookieKeyFiles", "expected a list of file paths"));
+            return Err(errors);
+        };
+        let mut keys: Vec<Value> = o.get("previousCookieKeys").and_then(Value::as_array).cloned().unwrap_or_default();
+        for (k, path) in paths.iter().enumerate() {
+            let field = format!("previousCookieKeyFiles[{k}]");
+            match read_secret(i, name, &field, path) {
+                Ok(text) => match wasmesh_oidc::config::decode_key(&field, &text) {
+                    Ok(_) => keys.push(Value::String(text)),
+                    Err(e) => {
+                        let what = e.split_once(": ").map_or(e.as_str(), |(_, m)| m);
+                        errors.push(error(i, name, &field, format!("{}: {what}", path.as_str().unwrap_or(""))));
+                    }
+                },
+                Err(e) => errors.push(e),
+            }
+        }
+        o.insert("previousCookieKeys".into(), Value::Array(keys));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// Every `wasmeshOidc` entry checked (for `wasmeshctl validate`, whatever it selects).
@@ -232,5 +312,72 @@ mod tests {
         let key = validate(&mesh("    previousCookieKeys: [c2hvcnQ]\n"));
         assert_eq!(key[0].field.as_deref(), Some("wasmeshOidc.previousCookieKeys[0]"), "{key:?}");
         assert!(!key[0].to_string().contains("c2hvcnQ"), "no key material in errors: {}", key[0]);
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_bad_files_are_named() {
+        let dir = std::env::temp_dir().join(format!("wasmesh-oidc-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |n: &str, text: &str| {
+            let p = dir.join(n);
+            std::fs::write(&p, text).unwrap();
+            p.to_string_lossy().into_owned()
+        };
+        let secret = write("secret", "from-a-file\n");
+        let key = write("key", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI\n");
+        let old = write("old", "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE");
+        let short = write("short", "c2hvcnQ=");
+        let empty = write("empty", "\n");
+        let missing = dir.join("missing").to_string_lossy().into_owned();
+        let with = |fields: &str| {
+            let yaml = format!(
+                "extensionProviders:\n- name: login\n  wasmeshOidc:\n    selector: {{matchLabels: {{istio: ingressgateway}}}}\n    \
+                 issuer: https://idp.example.com\n    clientId: gw\n    \
+                 redirectUri: https://shop.example.com/oauth2/callback\n{fields}"
+            );
+            MeshConfig::load(&yaml, "mesh.yaml").unwrap()
+        };
+        let good = with(&format!(
+            "    clientSecretFile: {secret}\n    cookieKeyFile: {key}\n    previousCookieKeyFiles: [{old}]\n"
+        ));
+        assert!(validate(&good).is_empty(), "{:?}", validate(&good));
+        let c = run(&good, &gateway(), Direction::Gateway { port: 443 }).unwrap();
+        let cfg = &c.http_filters[0].config;
+        assert_eq!(cfg["clientSecret"], "from-a-file");
+        assert_eq!(cfg["cookieKey"], "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI");
+        assert_eq!(cfg["previousCookieKeys"][0], "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE");
+        assert!(cfg.get("clientSecretFile").is_none() && cfg.get("cookieKeyFile").is_none());
+        for (fields, field, text) in [
+            (
+                format!("    clientSecretFile: {missing}\n    cookieKey: {old}\n"),
+                "wasmeshOidc.clientSecretFile",
+                "cannot read",
+            ),
+            (format!("    clientSecretFile: {empty}\n    cookieKey: x\n"), "wasmeshOidc.clientSecretFile", "empty"),
+            (format!("    clientSecret: s\n    cookieKeyFile: {short}\n"), "wasmeshOidc.cookieKeyFile", "expected 32"),
+            (
+                format!("    clientSecret: s\n    clientSecretFile: {secret}\n    cookieKeyFile: {key}\n"),
+                "wasmeshOidc.clientSecretFile",
+                "not both",
+            ),
+            (
+                format!(
+                    "    clientSecret: s\n    cookieKeyFile: {key}\n    previousCookieKeyFiles: [{old}, {short}]\n"
+                ),
+                "wasmeshOidc.previousCookieKeyFiles[1]",
+                "expected 32",
+            ),
+        ] {
+            let errs = validate(&with(&fields));
+            let e =
+                errs.iter().find(|e| e.field.as_deref() == Some(field)).unwrap_or_else(|| panic!("{fields}: {errs:?}"));
+            let msg = e.to_string();
+            assert!(
+                msg.contains(text) && (text == "not both" || msg.contains(dir.to_string_lossy().as_ref())),
+                "{msg}"
+            );
+            assert!(!msg.contains("c2hvcnQ") && !msg.contains("from-a-file"), "no secret in errors: {msg}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,6 +5,10 @@
 //!
 //!   wasmesh-demo [--smoke]   --smoke: start, send a few requests, edit a copy of
 //!                            virtual-services.yaml and wait for the traffic to follow, stop
+//!   wasmesh-demo --login     OIDC login at the ingress gateway: starts the npm oidc-provider of
+//!                            e2e/oidc on loopback and a meshConfig `wasmeshOidc` entry selecting
+//!                            the gateway (bootstraps from `wasmeshctl envoy`, not the live
+//!                            controller: it reads MeshConfig from a file)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -22,6 +26,7 @@ fn port_free(p: u16) -> bool {
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    let login = std::env::args().any(|a| a == "--login");
     // Installed first, so a Ctrl-C while the mesh is still starting also stops every Envoy
     // cleanly (the mesh is dropped, not abandoned).
     let (tx, rx) = std::sync::mpsc::channel();
@@ -90,7 +95,13 @@ fn main() {
         all_yaml.push_str("\n---\n");
         builder = builder.yaml(&text);
     }
-    builder = builder.xds(&dir);
+    // --login: the gateway's port is fixed first (the provider must know the redirect URI).
+    let login_gw = login.then(|| if port_free(GATEWAY_PORT) { GATEWAY_PORT } else { wasmesh_e2e::free_port() });
+    let provider = login_gw.map(demo_login::start);
+    match (&provider, login_gw) {
+        (Some((_, mesh_config)), Some(_)) => builder = builder.mesh_config(mesh_config.clone()),
+        _ => builder = builder.xds(&dir),
+    }
     // Mutual TLS (security.yaml makes it STRICT): the mesh CA issues every workload's SPIFFE
     // certificate, as `wasmeshctl certs --out-dir out/demo/certs -f examples/bookinfo` does.
     let certs = paths::repo_root().join("out/demo/certs");
@@ -106,7 +117,7 @@ fn main() {
         std::process::exit(1);
     }
     builder = builder.certs_dir(&certs);
-    let gw_bind = if port_free(GATEWAY_PORT) && !smoke { GATEWAY_PORT } else { 0 };
+    let gw_bind = login_gw.unwrap_or(if port_free(GATEWAY_PORT) && !smoke { GATEWAY_PORT } else { 0 });
     println!("wasmesh demo: bookinfo on loopback, configs generated from {}", dir.display());
     println!("  mutual TLS between all sidecars (PeerAuthentication STRICT), AuthorizationPolicies by SPIFFE identity");
     let mesh = bookinfo::workloads(builder.write_configs(&out).gateway_bound(GATEWAY, &[(80, gw_bind)]))
@@ -126,6 +137,14 @@ fn main() {
         println!("  {name:<40} Envoy pid {:<7} admin http://127.0.0.1:{}/", envoy.pid(), envoy.admin_port);
     }
     println!("  ingress gateway                          http://127.0.0.1:{gw}/ (Gateway port 80)");
+    if let Some((p, _)) = &provider {
+        demo_login::explain(p, gw);
+        println!("\nCtrl-C stops the mesh and the provider.");
+        while rx.recv_timeout(Duration::from_secs(3600)).is_err() {}
+        println!("\nstopping the mesh");
+        drop(mesh);
+        return;
+    }
 
     println!("\nTry:");
     println!(
@@ -216,4 +235,58 @@ fn main() {
     while rx.recv_timeout(Duration::from_secs(3600)).is_err() {}
     println!("\nstopping the mesh");
     drop(mesh);
+}
+
+/// `--login`: the OpenID provider and the meshConfig entry that logs users in at the gateway.
+mod demo_login {
+    use wasmesh_e2e::oidc::{Browser, OidcProvider, CLIENT_ID, CLIENT_SECRET};
+
+    /// Starts the provider for a gateway on `gw`; the meshConfig selecting the gateway.
+    pub fn start(gw: u16) -> (OidcProvider, wasmesh_controller::MeshConfig) {
+        let base = format!("http://localhost:{gw}");
+        let provider = OidcProvider::start(&format!("{base}/oauth2/callback"), &format!("{base}/"), 3600);
+        // A new sealing key each run (sessions end with the demo).
+        let key = wasmesh_oidc::random_b64(32).unwrap_or_else(|e| {
+            eprintln!("the demo's cookie key: {e}");
+            std::process::exit(1);
+        });
+        let entry = serde_json::json!({
+            "name": "login",
+            "wasmeshOidc": {
+                "selector": {"matchLabels": {"istio": "ingressgateway"}},
+                "issuer": provider.issuer(),
+                "clientId": CLIENT_ID,
+                "clientSecret": CLIENT_SECRET,
+                "scopes": ["email"],
+                "redirectUri": format!("{base}/oauth2/callback"),
+                "postLogoutRedirectUri": format!("{base}/"),
+                "allowedReturnOrigins": [base],
+                "claimHeaders": [{"claim": "email", "header": "x-user-email"}],
+                "cookieKey": key,
+            }
+        });
+        let mesh = serde_json::from_value(serde_json::json!({"extensionProviders": [entry]})).unwrap_or_else(|e| {
+            eprintln!("demo meshConfig: {e}");
+            std::process::exit(1);
+        });
+        (provider, mesh)
+    }
+
+    pub fn explain(p: &OidcProvider, gw: u16) {
+        let page = format!("http://localhost:{gw}/productpage");
+        println!("\nLogin at the gateway (OIDC, provider npm oidc-provider at {}):", p.issuer());
+        println!("  open {page} in a browser: the gateway sends you to the provider's login form;");
+        println!(
+            "  any user name and password log in (e.g. user alice, password alice), then Continue on the consent page;"
+        );
+        println!("  back at the page, productpage receives Authorization: Bearer <access token> and x-user-email.");
+        println!("  log out: http://localhost:{gw}/oauth2/logout");
+        println!("  API clients get 401 instead of a redirect: curl -si -H 'accept: application/json' {page}");
+        let r = Browser::new().get(&page);
+        println!(
+            "\nSelf-check: GET /productpage without a session -> {} {}",
+            r.status,
+            r.header("location").map(|l| l.split('?').next().unwrap_or(l).to_string()).unwrap_or_default()
+        );
+    }
 }

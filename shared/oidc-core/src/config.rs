@@ -38,6 +38,24 @@ pub enum SameSite {
     None,
 }
 
+/// A claim of the ID token sent upstream as a request header (`claimHeaders`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimHeader {
+    /// A top-level claim of the ID token (`email`, `sub`, `groups`, ...).
+    pub claim: String,
+    /// The request header it is sent in (lower case); a client-sent header of this name is
+    /// always removed first, so a client cannot forge it.
+    pub header: String,
+}
+
+/// Longest claim value sent in a header (longer values are not sent).
+pub const MAX_CLAIM_VALUE: usize = 1024;
+
+/// Request headers a claim header may not replace.
+const RESERVED_HEADERS: &[&str] =
+    &["authorization", "cookie", "host", "content-length", "content-type", "transfer-encoding", "te", "connection"];
+
 /// Session cookie settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -151,12 +169,19 @@ pub struct OidcConfig {
     pub previous_cookie_keys: Vec<String>,
     #[serde(default)]
     pub forward: Forward,
+    /// ID token claims sent upstream as request headers (client-sent ones removed first).
+    #[serde(default)]
+    pub claim_headers: Vec<ClaimHeader>,
     /// Milliseconds to wait for the provider (token, discovery, JWKS).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Clock skew allowed on `exp`/`iat`, seconds.
     #[serde(default = "default_skew")]
     pub clock_skew_seconds: u64,
+    /// How long a request arriving before the provider's discovery document and keys are known
+    /// waits for them (paused), milliseconds; then 503. 0: 503 at once.
+    #[serde(default = "default_ready_wait_ms")]
+    pub ready_wait_ms: u64,
 }
 
 fn default_logout_path() -> String {
@@ -168,6 +193,9 @@ fn default_timeout_ms() -> u64 {
 fn default_skew() -> u64 {
     60
 }
+fn default_ready_wait_ms() -> u64 {
+    10_000
+}
 
 /// Provider state learnt at run time: its endpoints and its keys.
 #[derive(Debug, Clone)]
@@ -176,7 +204,9 @@ pub struct Provider {
     pub keys: KeySet,
 }
 
-pub(crate) fn decode_key(field: &str, text: &str) -> Result<Vec<u8>, String> {
+/// A cookie key as the configuration gives it (base64 of 32 bytes); the error names `field` and
+/// never the key.
+pub fn decode_key(field: &str, text: &str) -> Result<Vec<u8>, String> {
     use base64::Engine;
     let t = text.trim_end_matches('=');
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -227,6 +257,7 @@ impl OidcConfig {
             ("bypassPaths", self.bypass_paths.len()),
             ("allowedReturnOrigins", self.allowed_return_origins.len()),
             ("previousCookieKeys", self.previous_cookie_keys.len()),
+            ("claimHeaders", self.claim_headers.len()),
         ] {
             need(len <= MAX_LIST, format!("{field}: {len} entries; at most {MAX_LIST}"));
         }
@@ -234,6 +265,28 @@ impl OidcConfig {
             need(
                 !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\'),
                 format!("scopes[{i}]: {s:?} is not a scope token"),
+            );
+        }
+        for (i, c) in self.claim_headers.iter().enumerate() {
+            need(
+                !c.claim.is_empty() && c.claim.len() <= 128,
+                format!("claimHeaders[{i}].claim: {:?}; expected a claim name", c.claim),
+            );
+            need(
+                !c.header.is_empty()
+                    && c.header.len() <= 128
+                    && c.header
+                        .chars()
+                        .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_'),
+                format!("claimHeaders[{i}].header: {:?}; expected a lower-case header name", c.header),
+            );
+            need(
+                !RESERVED_HEADERS.contains(&c.header.as_str()),
+                format!("claimHeaders[{i}].header: {:?} is reserved; choose another header", c.header),
+            );
+            need(
+                !self.claim_headers.iter().take(i).any(|o| o.header == c.header),
+                format!("claimHeaders[{i}].header: {:?} is named twice", c.header),
             );
         }
         for (i, p) in self.bypass_paths.iter().enumerate() {
@@ -277,6 +330,7 @@ impl OidcConfig {
             (100..=60_000).contains(&self.timeout_ms),
             format!("timeoutMs: {}; expected 100 to 60000", self.timeout_ms),
         );
+        need(self.ready_wait_ms <= 60_000, format!("readyWaitMs: {}; at most 60000", self.ready_wait_ms));
         need(self.clock_skew_seconds <= 600, format!("clockSkewSeconds: {}; at most 600", self.clock_skew_seconds));
         if let Some(d) = &self.discovery {
             match serde_json::to_vec(d) {

@@ -85,6 +85,8 @@ pub enum Decision {
         authorization: String,
         cookie: Option<String>,
         set_cookies: Vec<String>,
+        /// Claim headers (`claimHeaders`) to set, from the session's ID token.
+        claims: Vec<(String, String)>,
     },
     Reply(Reply),
     /// Call the token endpoint, then [`Oidc::finish`].
@@ -126,6 +128,10 @@ pub struct Session {
     /// When the session ends (absolute lifetime).
     #[serde(rename = "x")]
     pub expires: u64,
+    /// The values of the configured claim headers, in `claimHeaders` order (`None`: the ID
+    /// token has no such claim, or it cannot be a header value).
+    #[serde(rename = "c", default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<Option<String>>,
 }
 
 /// A compiled configuration.
@@ -237,6 +243,7 @@ impl Oidc {
                     authorization: format!("Bearer {}", self.bearer(&session)),
                     cookie: rest,
                     set_cookies: Vec::new(),
+                    claims: self.claim_pairs(&session),
                 };
             }
             if let Some(rt) = &session.refresh_token {
@@ -261,6 +268,38 @@ impl Oidc {
             });
         }
         self.login(provider, req, now)
+    }
+
+    /// The request headers `claimHeaders` names: each is removed from every request first (a
+    /// client cannot send its own), then set from the session.
+    pub fn claim_header_names(&self) -> impl Iterator<Item = &str> {
+        self.config.claim_headers.iter().map(|c| c.header.as_str())
+    }
+
+    fn claim_pairs(&self, s: &Session) -> Vec<(String, String)> {
+        self.config
+            .claim_headers
+            .iter()
+            .zip(s.claims.iter())
+            .filter_map(|(c, v)| v.as_ref().map(|v| (c.header.clone(), v.clone())))
+            .collect()
+    }
+
+    /// The configured claims of a verified ID token, as header values.
+    fn claim_values(&self, jwt: &wasmesh_authn::jwt::Jwt) -> Vec<Option<String>> {
+        self.config.claim_headers.iter().map(|c| claim_value(jwt.payload.get(&c.claim))).collect()
+    }
+
+    /// Whether the token answer holds an ID token signed with a key the provider's JWKS does
+    /// not have (by `kid`/`alg`): the provider may have rotated its keys, the JWKS is worth
+    /// fetching again before the login is refused.
+    pub fn needs_new_keys(&self, provider: &Provider, status: Option<u32>, body: &[u8]) -> bool {
+        let Ok(t) = tokens(status, body) else { return false };
+        let Some(id) = t.id_token.as_deref() else { return false };
+        match wasmesh_authn::jwt::parse(id, idtoken::MAX_ID_TOKEN_BYTES) {
+            Ok(jwt) => !jwt.kid.is_empty() && !provider.keys.has_candidate(&jwt),
+            Err(_) => false,
+        }
     }
 
     fn bearer<'s>(&self, s: &'s Session) -> &'s str {
@@ -415,10 +454,12 @@ impl Oidc {
                     now,
                     skew: self.config.clock_skew_seconds,
                 };
-                if let Err(e) = idtoken::verify(id_token, &provider.keys, &expect) {
-                    return reply(401, &format!("login failed: {e}"));
-                }
-                let session = self.new_session(&tokens, None, now);
+                let jwt = match idtoken::verify(id_token, &provider.keys, &expect) {
+                    Ok(jwt) => jwt,
+                    Err(e) => return reply(401, &format!("login failed: {e}")),
+                };
+                let mut session = self.new_session(&tokens, None, now);
+                session.claims = self.claim_values(&jwt);
                 match self.session_cookies(&session, now) {
                     Ok(mut set) => {
                         set.push(clear_flow);
@@ -433,6 +474,7 @@ impl Oidc {
                     // A refresh that fails ends the session: the browser logs in again.
                     Err(_) => return redirect_to_login_again(self),
                 };
+                let mut claims = None;
                 if let Some(id) = tokens.id_token.as_deref() {
                     let expect = Expect {
                         issuer: &self.config.issuer,
@@ -441,16 +483,19 @@ impl Oidc {
                         now,
                         skew: self.config.clock_skew_seconds,
                     };
-                    if idtoken::verify(id, &provider.keys, &expect).is_err() {
-                        return reply(401, "session refresh failed: the new ID token is not valid");
+                    match idtoken::verify(id, &provider.keys, &expect) {
+                        Ok(jwt) => claims = Some(self.claim_values(&jwt)),
+                        Err(_) => return reply(401, "session refresh failed: the new ID token is not valid"),
                     }
                 }
-                let renewed = self.new_session(&tokens, Some(&session), now);
+                let mut renewed = self.new_session(&tokens, Some(&session), now);
+                renewed.claims = claims.unwrap_or(session.claims);
                 match self.session_cookies(&renewed, now) {
                     Ok(set) => Decision::Forward {
                         authorization: format!("Bearer {}", self.bearer(&renewed)),
                         cookie: cookie_rest,
                         set_cookies: set,
+                        claims: self.claim_pairs(&renewed),
                     },
                     Err(e) => reply(500, e),
                 }
@@ -468,6 +513,7 @@ impl Oidc {
             refresh_token: t.refresh_token.clone().or_else(|| old.and_then(|o| o.refresh_token.clone())),
             access_expires,
             expires: old.map_or(now.saturating_add(self.config.cookie.lifetime_seconds), |o| o.expires),
+            claims: Vec::new(),
         }
     }
 
@@ -570,6 +616,27 @@ fn provider_logout_needs_hint() -> bool {
 /// again.
 fn redirect_to_login_again(o: &Oidc) -> Decision {
     redirect("/".into(), vec![o.clear(o.session_name(), &o.config.cookie.path)])
+}
+
+/// A claim as a header value: strings as they are, numbers and booleans as JSON, arrays of those
+/// joined with `,`; anything else, anything with control characters or longer than
+/// [`MAX_CLAIM_VALUE`](crate::config::MAX_CLAIM_VALUE): not sent.
+fn claim_value(v: Option<&serde_json::Value>) -> Option<String> {
+    use serde_json::Value;
+    fn scalar(v: &Value) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+    let text = match v? {
+        Value::Array(items) => items.iter().map(scalar).collect::<Option<Vec<_>>>()?.join(","),
+        other => scalar(other)?,
+    };
+    let ok = text.len() <= crate::config::MAX_CLAIM_VALUE && text.chars().all(|c| !c.is_control());
+    ok.then_some(text)
 }
 
 fn chunks(s: &str, n: usize) -> Vec<&str> {

@@ -165,7 +165,8 @@ fn a_login_sets_a_sealed_session_and_forwards_the_bearer_without_our_cookies() {
     assert!(!session[0].contains("AT-1"));
     let cookie = format!("other=1; {}", session[0]);
     match o.decide(&provider(), &get("/app", Some(&cookie)), NOW + 10) {
-        Decision::Forward { authorization, cookie, set_cookies } => {
+        Decision::Forward { authorization, cookie, set_cookies, claims } => {
+            assert!(claims.is_empty(), "no claimHeaders configured");
             assert_eq!(authorization, "Bearer AT-1");
             assert_eq!(cookie.as_deref(), Some("other=1"));
             assert!(set_cookies.is_empty());
@@ -182,6 +183,43 @@ fn a_login_sets_a_sealed_session_and_forwards_the_bearer_without_our_cookies() {
         panic!()
     };
     assert!(authorization.starts_with("Bearer ey"));
+}
+
+#[test]
+fn claim_headers_come_from_the_verified_id_token() {
+    let o = Oidc::new(config(json!({"claimHeaders": [
+        {"claim": "sub", "header": "x-user"},
+        {"claim": "missing", "header": "x-missing"},
+    ]})))
+    .unwrap();
+    assert_eq!(o.claim_header_names().collect::<Vec<_>>(), ["x-user", "x-missing"]);
+    let (session, _) = login(&o, "/");
+    let Decision::Forward { claims, .. } = o.decide(&provider(), &get("/", Some(&session[0])), NOW) else { panic!() };
+    assert_eq!(claims, [("x-user".to_string(), "alice".to_string())]);
+    assert_eq!(claim_value(Some(&json!(["a", 1, true]))).as_deref(), Some("a,1,true"));
+    assert_eq!(claim_value(Some(&json!({"a": 1}))), None);
+    assert_eq!(claim_value(Some(&json!("line\r\nx-injected: 1"))), None);
+    assert_eq!(claim_value(Some(&json!("x".repeat(2000)))), None);
+    for (bad, want) in [
+        (json!([{"claim": "sub", "header": "Authorization"}]), "lower-case"),
+        (json!([{"claim": "sub", "header": "cookie"}]), "reserved"),
+        (json!([{"claim": "sub", "header": "x-a"}, {"claim": "email", "header": "x-a"}]), "twice"),
+        (json!([{"claim": "", "header": "x-a"}]), "claimHeaders[0].claim"),
+    ] {
+        let problems = config(json!({"claimHeaders": bad})).problems().join("; ");
+        assert!(problems.contains(want), "{want}: {problems}");
+    }
+}
+
+#[test]
+fn an_id_token_with_an_unknown_kid_asks_for_the_jwks_again() {
+    let o = oidc();
+    let other = Signer::new("RS256", TestKey::Rsa2, Some("k2"));
+    let id = other.sign(&json!({"iss": "https://idp.example", "aud": "app", "sub": "alice", "exp": NOW + 300, "iat": NOW, "nonce": "n"}));
+    let body = json!({"access_token": "AT", "id_token": id}).to_string();
+    assert!(o.needs_new_keys(&provider(), Some(200), body.as_bytes()));
+    assert!(!o.needs_new_keys(&provider(), Some(200), &token_answer("n")), "a known kid");
+    assert!(!o.needs_new_keys(&provider(), Some(500), body.as_bytes()));
 }
 
 #[test]
@@ -412,6 +450,7 @@ fn a_large_session_is_split_and_put_back_together() {
         refresh_token: Some("R".repeat(500)),
         access_expires: NOW + 60,
         expires: NOW + 3600,
+        claims: Vec::new(),
     };
     let set = o.session_cookies(&big, NOW).unwrap();
     let live: Vec<&str> = set.iter().filter(|c| !c.contains("Max-Age=0")).map(|c| pair(c)).collect();
