@@ -19,6 +19,7 @@ for m in "$@"; do
   fi
   before=$(stat -c %s "$m")
   wasm-opt "${flags[@]}" "$m" -o "$m.tmp"
+  chmod --reference="$m" "$m.tmp"
   mv -f "$m.tmp" "$m"
   echo "$(sha256sum <"$m" | cut -d' ' -f1) ${flags[*]}" >"$stamp"
   echo "wasm-opt ${flags[*]}: $m $before -> $(stat -c %s "$m") bytes"
