@@ -56,6 +56,8 @@ command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 # Browser e2e tests (CORS from a page, the OIDC login as a person does it): Debian's headless Chromium.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# `make wasm`: binaryen's wasm-opt over each module (scripts/wasm-opt.sh).
+command -v wasm-opt >/dev/null 2>&1 || need_apt+=(binaryen)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo ">> apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -150,16 +150,35 @@ pub struct Settings {
     pub cpu_repetitions: u32,
     /// The demo-style Envoys' memory and the accumulation check ([`memory`]).
     pub memory: bool,
+    /// Only the memory pass: no Envoy under callgrind, no instruction counts (`--memory-only`,
+    /// minutes instead of the half hour the callgrind Envoys take to compile the modules).
+    pub memory_only: bool,
 }
 
 impl Settings {
     /// `make bench`: the figures of record.
     pub fn full() -> Settings {
-        Settings { requests: 300, batches: 2, warmup: 200, cpu_requests: 2_000, cpu_repetitions: 3, memory: true }
+        Settings {
+            requests: 300,
+            batches: 2,
+            warmup: 200,
+            cpu_requests: 2_000,
+            cpu_repetitions: 3,
+            memory: true,
+            memory_only: false,
+        }
     }
     /// `make bench-check`: short batches, no CPU pass.
     pub fn check() -> Settings {
-        Settings { requests: 300, batches: 1, warmup: 100, cpu_requests: 0, cpu_repetitions: 0, memory: false }
+        Settings {
+            requests: 300,
+            batches: 1,
+            warmup: 100,
+            cpu_requests: 0,
+            cpu_repetitions: 0,
+            memory: false,
+            memory_only: false,
+        }
     }
 }
 
@@ -323,6 +342,10 @@ pub fn run(group: &Group, app_port: u16, settings: &Settings) -> Result<(Vec<Mea
         .iter()
         .map(|s| s.variants.iter().map(|v| v.listener.as_ref().map(|(p, _)| *p).unwrap_or_else(free_port)).collect())
         .collect();
+    if settings.memory_only {
+        crate::say!("bench {}: memory of the demo-style Envoys (no callgrind pass)", group.name);
+        return Ok((Vec::new(), memory::demo(group, app_port)?));
+    }
     let boot = bootstrap(group, app_port, &ports, false);
     let tmp = TempDir::new(&format!("bench-{}", group.name));
     let envoy_bin = crate::paths::envoy_bin();

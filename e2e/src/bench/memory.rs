@@ -97,6 +97,13 @@ pub struct Reading {
 }
 
 fn read(envoy: &Envoy) -> Reading {
+    // Envoy's allocator (tcmalloc) figures, for people reading the log: what is allocated against
+    // what the allocator holds, i.e. whether RSS is live objects or freed memory kept.
+    crate::say!(
+        "bench memory {}: /memory {}",
+        envoy.name,
+        envoy.admin("/memory").split_whitespace().collect::<String>()
+    );
     Reading { rss_kb: super::callgrind::rss_kb(envoy.pid()).unwrap_or(0), wasm: wasm_memories(envoy.pid()) }
 }
 

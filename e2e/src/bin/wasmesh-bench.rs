@@ -18,6 +18,7 @@ wasmesh-bench: Envoy instructions per request (callgrind) of every wasmesh filte
 filter, Envoy's native equivalent and no-op wasm filters (BENCHMARKS.md says how it counts).
 
   wasmesh-bench [--out FILE] [--only NAME] [--requests N] [--batches N] [--no-cpu] [--no-memory]
+  wasmesh-bench --memory-only [--only NAME] [--out FILE]
   wasmesh-bench --check BUDGETS.json [--update] [--only NAME] [--requests N] [--batches N]
   wasmesh-bench --list
 
@@ -26,6 +27,7 @@ filter, Envoy's native equivalent and no-op wasm filters (BENCHMARKS.md says how
   --batches N     batches per variant, the figure is their median (default 2; --check: 1)
   --no-cpu        skip the plain-Envoy passes (CPU µs/request; and what --no-memory skips)
   --no-memory     skip the demo-style Envoys' memory and the accumulation check
+  --memory-only   only the demo-style Envoys' memory (no callgrind: minutes, not half an hour)
   --check FILE    short batches; fail when a variant is more than 3 % over its budget in FILE
   --update        with --check: write the measured figures as the new budgets
   --list          print the groups and scenarios, run nothing";
@@ -33,7 +35,7 @@ filter, Envoy's native equivalent and no-op wasm filters (BENCHMARKS.md says how
 /// Every argument must be known: a mistyped flag must not start a 20-minute run.
 fn check_args(args: &[String]) -> Result<(), String> {
     let with_value = ["--out", "--only", "--requests", "--batches", "--check"];
-    let flags = ["--no-cpu", "--no-memory", "--update", "--list"];
+    let flags = ["--no-cpu", "--no-memory", "--memory-only", "--update", "--list"];
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if with_value.contains(&a.as_str()) {
@@ -77,6 +79,13 @@ fn run() -> Result<(), String> {
     if flag("--no-cpu") {
         settings.cpu_requests = 0;
         settings.memory = false;
+    }
+    if flag("--memory-only") {
+        if check.is_some() || flag("--no-memory") {
+            return Err(format!("--memory-only: not with --check or --no-memory\n\n{USAGE}"));
+        }
+        settings.memory = true;
+        settings.memory_only = true;
     }
     if flag("--no-memory") {
         settings.memory = false;
