@@ -251,6 +251,13 @@ impl PhaseRequest for TracingRequest {
             }
         };
         let sampled = incoming.sampled.unwrap_or_else(|| request_id::sample(Some(&request_id), p.cfg.percent, &mut ids));
+        // Envoy packs a "traced" reason into the id (Istio keeps `pack_trace_reason`), so the
+        // proxies behind this one, and the access logs, see the decision.
+        if sampled {
+            if let Some(packed) = request_id::pack_sampled(&request_id) {
+                s.set_request_header("x-request-id", packed.as_bytes());
+            }
+        }
         let (trace_id, trace_id_128, parent_span_id) = match &incoming.parent {
             Some(parent) => (parent.trace_id, parent.trace_id_128, Some(parent.span_id)),
             None => (ids.trace_id(), true, None),
@@ -305,7 +312,6 @@ impl PhaseRequest for TracingRequest {
             &["request", "size"],
             &["response", "size"],
             &["response", "grpc_status"],
-            &["upstream", "address"],
         ]);
         let prop = |i: usize| props.get(i).cloned().flatten();
         let start = prop(0).as_deref().and_then(decode_u64).unwrap_or(0);
@@ -317,9 +323,10 @@ impl PhaseRequest for TracingRequest {
         let protocol = text(prop(6));
         let request_size = prop(7).as_deref().and_then(decode_u64).unwrap_or(0);
         let response_size = prop(8).as_deref().and_then(decode_u64).unwrap_or(0);
-        let grpc_status = prop(9).as_deref().and_then(decode_u64).map(|c| c as u32);
-        let upstream = text(prop(10));
         let header = |n: &str| text(s.request_header(n).ok().flatten());
+        // Envoy's gRPC tags only for gRPC requests (the attribute reads 2 for any other).
+        let grpc = header("content-type").is_some_and(|c| c.starts_with("application/grpc"));
+        let grpc_status = prop(9).as_deref().and_then(decode_u64).map(|c| c as u32).filter(|_| grpc);
         let host = header(":authority").unwrap_or_default();
         let name = p.cfg.operation.clone().unwrap_or_else(|| default_name(started.kind, &host));
         let end = start.saturating_add(if duration > 0 {
@@ -340,8 +347,10 @@ impl PhaseRequest for TracingRequest {
         span.tag("user_agent", header("user-agent").unwrap_or_else(|| "-".into()));
         span.tag("http.protocol", protocol.unwrap_or_default());
         if let Some(peer) = &peer {
-            span.tag("peer.address", peer.clone());
+            // Envoy's `peer.address` is the downstream's IP without the port.
             span.peer = split_address(peer);
+            let ip = span.peer.as_ref().map(|(ip, _)| ip.clone()).unwrap_or_else(|| peer.clone());
+            span.tag("peer.address", ip);
         }
         for (k, v) in &p.istio_tags {
             span.tag(k.clone(), v.clone());
@@ -356,9 +365,6 @@ impl PhaseRequest for TracingRequest {
             }
         }
         span.tag("request_size", request_size.to_string());
-        if let Some(u) = upstream {
-            span.tag("upstream_address", u);
-        }
         span.tag("response_size", response_size.to_string());
         span.tag("http.status_code", status.map(|c| c.to_string()).unwrap_or_else(|| "0".into()));
         span.tag("response_flags", wasmesh_stats::flags::short_string(flags).into_owned());

@@ -32,6 +32,19 @@ pub fn packed_traced(id: &str) -> bool {
     id.len() == 36 && matches!(id.as_bytes().get(14), Some(b'9' | b'a' | b'b'))
 }
 
+/// The id with Envoy's "sampled" trace reason packed (14th hex digit `9`), when it is a UUID
+/// that carries no reason yet (`4`); `None`: leave it as it is.
+pub fn pack_sampled(id: &str) -> Option<String> {
+    if id.len() != 36 || id.as_bytes().get(14) != Some(&b'4') {
+        return None;
+    }
+    let mut out = String::with_capacity(36);
+    out.push_str(id.get(..14)?);
+    out.push('9');
+    out.push_str(id.get(15..)?);
+    Some(out)
+}
+
 /// Envoy's sampling integer of a request id: its first 8 hex digits; `None` when it has none.
 pub fn sampling_integer(id: &str) -> Option<u64> {
     let head = id.get(0..8)?;
@@ -84,6 +97,9 @@ mod tests {
         assert_eq!(a.as_bytes().get(14), Some(&b'4'));
         assert!(matches!(a.as_bytes().get(19), Some(b'8' | b'9' | b'a' | b'b')));
         assert!(!packed_traced(&a));
+        let packed = pack_sampled(&a).unwrap();
+        assert!(packed_traced(&packed));
+        assert_eq!(pack_sampled(&packed), None, "a reason already packed is kept");
     }
 
     #[test]
