@@ -433,6 +433,11 @@ fn cmd_envoy(args: EnvoyArgs) -> Result<(), String> {
         Role::Gateway => ProxyMode::Gateway,
     };
     let mesh = mesh_config(args.mesh_config.as_deref())?;
+    // Tracing is checked against the providers of meshConfig.
+    let refused = wasmesh_controller::plugins::tracing::refusals(&resources, &mesh);
+    if !refused.is_empty() {
+        return Err(report(&refused));
+    }
     let mut inbound = Vec::new();
     for &port in &args.inbound_port {
         let app_port = args.app_port.ok_or("--inbound-port needs --app-port (where the app listens)")?;

@@ -53,7 +53,8 @@ fn hex(b: &[u8]) -> String {
 
 /// Spans of an OTLP/HTTP protobuf body.
 pub fn decode_otlp(body: &[u8]) -> Result<Vec<Span>, String> {
-    let req = ExportTraceServiceRequest::decode(body).map_err(|e| format!("not an OTLP ExportTraceServiceRequest: {e}"))?;
+    let req =
+        ExportTraceServiceRequest::decode(body).map_err(|e| format!("not an OTLP ExportTraceServiceRequest: {e}"))?;
     let mut out = Vec::new();
     for rs in req.resource_spans {
         let service = rs
@@ -189,7 +190,8 @@ fn serve(conn: TcpStream, pending: &Pending) {
             }
         }
         if len > MAX_BODY {
-            let _ = writer.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ =
+                writer.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
             return;
         }
         let mut body = vec![0u8; len];
@@ -228,8 +230,8 @@ fn serve(conn: TcpStream, pending: &Pending) {
 }
 
 pub fn cmd(args: TracesArgs) -> Result<(), String> {
-    let listener =
-        TcpListener::bind(&args.listen).map_err(|e| format!("wasmeshctl traces: cannot listen on {}: {e}", args.listen))?;
+    let listener = TcpListener::bind(&args.listen)
+        .map_err(|e| format!("wasmeshctl traces: cannot listen on {}: {e}", args.listen))?;
     eprintln!("wasmeshctl traces: receiving OTLP/HTTP (/v1/traces) and Zipkin (/api/v2/spans) on {}", args.listen);
     let pending: Pending = Arc::default();
     let p2 = pending.clone();

@@ -387,7 +387,12 @@ pub fn validate_input_with_mesh(input: &wasmesh_istio::Input, mesh: Option<&Mesh
     let mut errors = schema.errors;
     let ours = match mesh {
         Some(mesh) => validate_with_mesh(&input.resources, mesh),
-        None => validate(&input.resources),
+        None => {
+            // Tracing refusals need no meshConfig to find a Telemetry naming no provider.
+            let mut e = validate(&input.resources);
+            e.extend(crate::plugins::tracing::refusals(&input.resources, &MeshConfig::default()));
+            e
+        }
     };
     for e in ours {
         let restated = errors.iter().any(|s| {

@@ -184,7 +184,8 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
                 s.errors.push(format!("{method} {path}: {e}"));
             }
         }
-        let resp = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{text}", text.len());
+        let resp =
+            format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{text}", text.len());
         if writer.write_all(resp.as_bytes()).is_err() {
             return;
         }
@@ -215,7 +216,8 @@ fn handle(method: &str, path: &str, content_type: &str, body: &[u8], state: &Mut
             if content_type != "application/x-protobuf" {
                 return Err(format!("content-type {content_type:?}; expected application/x-protobuf"));
             }
-            let req = ExportTraceServiceRequest::decode(body).map_err(|e| format!("not an ExportTraceServiceRequest: {e}"))?;
+            let req = ExportTraceServiceRequest::decode(body)
+                .map_err(|e| format!("not an ExportTraceServiceRequest: {e}"))?;
             let mut out = Vec::new();
             for rs in &req.resource_spans {
                 let service = rs
@@ -267,7 +269,8 @@ fn handle(method: &str, path: &str, content_type: &str, body: &[u8], state: &Mut
             if content_type != "application/x-protobuf" {
                 return Err(format!("content-type {content_type:?}; expected application/x-protobuf"));
             }
-            let req = ExportLogsServiceRequest::decode(body).map_err(|e| format!("not an ExportLogsServiceRequest: {e}"))?;
+            let req =
+                ExportLogsServiceRequest::decode(body).map_err(|e| format!("not an ExportLogsServiceRequest: {e}"))?;
             let mut s = state.lock().unwrap();
             for rl in req.resource_logs {
                 for sl in rl.scope_logs {
@@ -287,7 +290,8 @@ fn handle(method: &str, path: &str, content_type: &str, body: &[u8], state: &Mut
             };
             let mut out = Vec::new();
             for s in list {
-                let trace_id = s["traceId"].as_str().filter(|t| is_hex(t, &[16, 32])).ok_or(format!("traceId in {s}"))?;
+                let trace_id =
+                    s["traceId"].as_str().filter(|t| is_hex(t, &[16, 32])).ok_or(format!("traceId in {s}"))?;
                 let id = s["id"].as_str().filter(|t| is_hex(t, &[16])).ok_or(format!("id in {s}"))?;
                 let parent = match s.get("parentId") {
                     None => "",

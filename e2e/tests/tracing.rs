@@ -95,9 +95,8 @@ fn setup() -> Setup {
     let app = App::new("httpbin", "v1").start();
     let (wasm, native, zipkin, quiet, dead) = (free_port(), free_port(), free_port(), free_port(), free_port());
     let closed = free_port();
-    let otel = |cluster: &str, authority: &str| {
-        json!({"kind": "opentelemetry", "cluster": cluster, "authority": authority})
-    };
+    let otel =
+        |cluster: &str, authority: &str| json!({"kind": "opentelemetry", "cluster": cluster, "authority": authority});
     let native_tracing = json!({
         "random_sampling": {"value": 100},
         "custom_tags": ISTIO_TAGS.iter().map(|(k, v)| json!({"tag": k, "literal": {"value": v}})).collect::<Vec<_>>(),
@@ -205,7 +204,12 @@ fn trace_context_propagation_sampling_and_export() {
     // 4. W3C with tracestate (and a B3 context, which the OpenTelemetry provider reads second).
     let got = upstream(
         s.wasm,
-        &[("traceparent", TP), ("tracestate", "congo=t61rcWkgMzE"), ("x-b3-traceid", "463ac35c9f6413ad"), ("x-b3-spanid", "a2fb4a1d1a96d312")],
+        &[
+            ("traceparent", TP),
+            ("tracestate", "congo=t61rcWkgMzE"),
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+        ],
     );
     let (trace, span4, flags) = tp(h(&got, "traceparent"));
     assert_eq!((trace.as_str(), flags.as_str()), ("0af7651916cd43dd8448eb211c80319c", "01"));
@@ -235,7 +239,12 @@ fn trace_context_propagation_sampling_and_export() {
     // 8. Zipkin at 0 %: only the request whose caller sampled is traced.
     let z = upstream(
         s.zipkin,
-        &[("x-b3-traceid", "5af7183fb1d4cf5f"), ("x-b3-spanid", "6b221d5bc9e6496c"), ("x-b3-sampled", "1"), ("x-tag", "T")],
+        &[
+            ("x-b3-traceid", "5af7183fb1d4cf5f"),
+            ("x-b3-spanid", "6b221d5bc9e6496c"),
+            ("x-b3-sampled", "1"),
+            ("x-tag", "T"),
+        ],
     );
     assert_eq!(h(&z, "x-b3-parentspanid"), "6b221d5bc9e6496c");
     let z0 = upstream(s.zipkin, &[]);

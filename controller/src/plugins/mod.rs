@@ -150,7 +150,8 @@ pub const PLUGINS: &[Plugin] = &[
 pub type EmptySlot = fn(&ListenerContext<'_>) -> Option<WasmFilter>;
 
 /// Parallel to [`PLUGINS`].
-pub const EMPTY_SLOTS: &[EmptySlot] = &[no_slot, no_slot, no_slot, empty_authz_custom, empty_authn, empty_authz_rbac, no_slot];
+pub const EMPTY_SLOTS: &[EmptySlot] =
+    &[no_slot, no_slot, no_slot, empty_authz_custom, empty_authn, empty_authz_rbac, no_slot];
 
 fn no_slot(_: &ListenerContext<'_>) -> Option<WasmFilter> {
     None

@@ -72,13 +72,16 @@ fn covers(entry: &Value, server: bool) -> bool {
     }
 }
 
-/// The merged tracing settings for one side of a workload, `None` when tracing is off.
-fn effective(ctx: &ListenerContext<'_>, server: bool) -> Option<(Map<String, Value>, String)> {
+/// The merged tracing settings for one side of a workload and the provider they name (or the
+/// mesh default), `None` when tracing is off (no Telemetry tracing applies and no default).
+fn effective(ctx: &ListenerContext<'_>, server: bool) -> Option<(Map<String, Value>, Option<String>)> {
     let mut merged = Map::new();
+    let mut any = false;
     for (_, entry) in applicable(ctx.resources, ctx.workload) {
         if !covers(entry, server) {
             continue;
         }
+        any = true;
         if let Some(obj) = entry.as_object() {
             for (k, v) in obj {
                 if k == "customTags" {
@@ -101,8 +104,8 @@ fn effective(ctx: &ListenerContext<'_>, server: bool) -> Option<(Map<String, Val
         .and_then(|p| p.get("name"))
         .and_then(Value::as_str)
         .map(str::to_string);
-    let name = from_telemetry.or_else(|| default_provider(ctx.mesh))?;
-    Some((merged, name))
+    let name = from_telemetry.or_else(|| default_provider(ctx.mesh));
+    (any || name.is_some()).then_some((merged, name))
 }
 
 fn default_provider(mesh: &MeshConfig) -> Option<String> {
@@ -118,6 +121,13 @@ pub fn cluster_name(provider: &str) -> String {
 pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
     let server = !matches!(ctx.direction, Direction::Outbound);
     let Some((merged, name)) = effective(ctx, server) else { return Ok(Contribution::default()) };
+    let Some(name) = name else {
+        return Err(vec![Error::new(format!(
+            "{}/{}: Telemetry tracing applies but names no tracing provider and meshConfig has no \
+             defaultProviders.tracing: name one in providers (an extensionProviders entry)",
+            ctx.workload.namespace, ctx.workload.name
+        ))]);
+    };
     let Some((kind, p)) = provider(ctx.mesh, &name) else {
         return Err(vec![Error::new(format!(
             "tracing provider {name:?}: no extensionProviders entry of that name with opentelemetry or zipkin"
@@ -159,8 +169,20 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
 /// What wasmesh refuses in tracing configuration (`wasmeshctl validate`, `envoy`, `generate`).
 pub fn refusals(resources: &Resources, mesh: &MeshConfig) -> Vec<Error> {
     let mut errors = Vec::new();
+    let named_anywhere = resources.telemetries().any(|(_, t)| {
+        t.tracing.iter().any(|e| e.get("providers").and_then(Value::as_array).is_some_and(|p| !p.is_empty()))
+    });
+    let default_named = default_provider(mesh).is_some();
     for (res, t) in resources.telemetries() {
         for (i, entry) in t.tracing.iter().enumerate() {
+            if !named_anywhere && !default_named && entry.get("disableSpanReporting") != Some(&json!(true)) {
+                errors.push(Error::at(
+                    res,
+                    format!("spec.tracing[{i}].providers"),
+                    "no tracing provider: no Telemetry names one and meshConfig has no defaultProviders.tracing \
+                     (name an extensionProviders opentelemetry or zipkin entry)",
+                ));
+            }
             let at = |f: &str| format!("spec.tracing[{i}].{f}");
             let Some(obj) = entry.as_object() else {
                 errors.push(Error::at(res, format!("spec.tracing[{i}]"), "expected an object"));
@@ -168,7 +190,11 @@ pub fn refusals(resources: &Resources, mesh: &MeshConfig) -> Vec<Error> {
             };
             for (k, v) in obj {
                 if !TRACING_FIELDS.contains(&k.as_str()) {
-                    errors.push(Error::at(res, at(k), format!("{v}: not mapped by wasmesh; expected only {TRACING_FIELDS:?}")));
+                    errors.push(Error::at(
+                        res,
+                        at(k),
+                        format!("{v}: not mapped by wasmesh; expected only {TRACING_FIELDS:?}"),
+                    ));
                 }
             }
             if obj.get("useRequestIdForTraceSampling") == Some(&json!(false)) {
@@ -206,7 +232,9 @@ pub fn refusals(resources: &Resources, mesh: &MeshConfig) -> Vec<Error> {
                     errors.push(Error::at(
                         res,
                         at(&format!("customTags.{tag}")),
-                        format!("{spec}: expected exactly one of literal, header, environment (formatter is not mapped)"),
+                        format!(
+                            "{spec}: expected exactly one of literal, header, environment (formatter is not mapped)"
+                        ),
                     ));
                 }
             }
@@ -223,25 +251,40 @@ pub fn refusals(resources: &Resources, mesh: &MeshConfig) -> Vec<Error> {
             }
             for k in o.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
                 if !["service", "port", "http", "maxTagLength"].contains(&k.as_str()) {
-                    errors.push(Error::new(format!("{}: {}: not mapped by wasmesh", at(&format!("opentelemetry.{k}")), o[&k])));
+                    errors.push(Error::new(format!(
+                        "{}: {}: not mapped by wasmesh",
+                        at(&format!("opentelemetry.{k}")),
+                        o[&k]
+                    )));
                 }
             }
-            for k in o.get("http").and_then(Value::as_object).map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+            for k in o
+                .get("http")
+                .and_then(Value::as_object)
+                .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+            {
                 if !["path", "timeout"].contains(&k.as_str()) {
-                    errors.push(Error::new(format!("{}: not mapped by wasmesh", at(&format!("opentelemetry.http.{k}")))));
+                    errors
+                        .push(Error::new(format!("{}: not mapped by wasmesh", at(&format!("opentelemetry.http.{k}")))));
                 }
             }
         }
         if let Some(z) = p.get("zipkin") {
             for k in z.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
                 if !["service", "port", "path", "maxTagLength"].contains(&k.as_str()) {
-                    errors.push(Error::new(format!("{}: {}: not mapped by wasmesh", at(&format!("zipkin.{k}")), z[&k])));
+                    errors.push(Error::new(format!(
+                        "{}: {}: not mapped by wasmesh",
+                        at(&format!("zipkin.{k}")),
+                        z[&k]
+                    )));
                 }
             }
         }
         for kind in OTHER_TRACING_KINDS {
             if p.get(kind).is_some() && default_provider(mesh).as_deref() == p.get("name").and_then(Value::as_str) {
-                errors.push(Error::new(format!("{}: wasmesh exports traces to opentelemetry and zipkin only", at(kind))));
+                errors
+                    .push(Error::new(format!("{}: wasmesh exports traces to opentelemetry and zipkin only", at(kind))));
             }
         }
     }

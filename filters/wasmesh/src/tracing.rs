@@ -250,7 +250,8 @@ impl PhaseRequest for TracingRequest {
                 id
             }
         };
-        let sampled = incoming.sampled.unwrap_or_else(|| request_id::sample(Some(&request_id), p.cfg.percent, &mut ids));
+        let sampled =
+            incoming.sampled.unwrap_or_else(|| request_id::sample(Some(&request_id), p.cfg.percent, &mut ids));
         // Envoy packs a "traced" reason into the id (Istio keeps `pack_trace_reason`), so the
         // proxies behind this one, and the access logs, see the decision.
         if sampled {
