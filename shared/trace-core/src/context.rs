@@ -149,25 +149,25 @@ fn b3_sampling(s: &str, lenient: bool) -> Option<bool> {
     }
 }
 
-/// Single `b3`: `Err` when malformed (ignored: the multi headers are read instead).
-pub fn parse_b3_single(v: &str) -> Result<(Option<Parent>, Option<bool>), ()> {
+/// Single `b3`: `None` when malformed (ignored: the multi headers are read instead).
+pub fn parse_b3_single(v: &str) -> Option<(Option<Parent>, Option<bool>)> {
     let parts: Vec<&str> = v.trim().split('-').collect();
     match parts.as_slice() {
-        [s] => b3_sampling(s, false).map(|s| (None, Some(s))).ok_or(()),
+        [s] => b3_sampling(s, false).map(|s| (None, Some(s))),
         [t, s, rest @ ..] if rest.len() <= 2 => {
-            let (trace_id, trace_id_128) = b3_trace_id(t).ok_or(())?;
-            let span_id = b3_span_id(s).ok_or(())?;
+            let (trace_id, trace_id_128) = b3_trace_id(t)?;
+            let span_id = b3_span_id(s)?;
             let sampled = match rest.first() {
-                Some(x) => Some(b3_sampling(x, false).ok_or(())?),
+                Some(x) => Some(b3_sampling(x, false)?),
                 None => None,
             };
             let grandparent_span_id = match rest.get(1) {
-                Some(p) => Some(b3_span_id(p).ok_or(())?),
+                Some(p) => Some(b3_span_id(p)?),
                 None => None,
             };
-            Ok((Some(Parent { trace_id, trace_id_128, span_id, grandparent_span_id }), sampled))
+            Some((Some(Parent { trace_id, trace_id_128, span_id, grandparent_span_id }), sampled))
         }
-        _ => Err(()),
+        _ => None,
     }
 }
 
@@ -205,7 +205,7 @@ pub fn extract<'a>(header: impl Fn(&str) -> Option<&'a str>, prefer: Prefer) -> 
         })
     };
     let b3 = || -> Option<Incoming> {
-        if let Some(Ok((parent, sampled))) = header("b3").map(parse_b3_single) {
+        if let Some((parent, sampled)) = header("b3").and_then(parse_b3_single) {
             return Some(Incoming { parent, sampled, tracestate: None, had_b3_single, source: Some("b3") });
         }
         let (parent, sampled) = parse_b3_multi(
@@ -364,11 +364,11 @@ mod tests {
 
     #[test]
     fn b3_forms() {
-        assert_eq!(parse_b3_single("0"), Ok((None, Some(false))));
-        assert_eq!(parse_b3_single("d").map(|x| x.1), Ok(Some(true)));
-        assert!(parse_b3_single("-").is_err());
-        assert!(parse_b3_single("").is_err());
-        assert!(parse_b3_single("463ac35c9f6413ad-a2fb4a1d1a96d312-x").is_err());
+        assert_eq!(parse_b3_single("0"), Some((None, Some(false))));
+        assert_eq!(parse_b3_single("d").map(|x| x.1), Some(Some(true)));
+        assert!(parse_b3_single("-").is_none());
+        assert!(parse_b3_single("").is_none());
+        assert!(parse_b3_single("463ac35c9f6413ad-a2fb4a1d1a96d312-x").is_none());
         let (p, s) = parse_b3_single("463ac35c9f6413ad-a2fb4a1d1a96d312").unwrap();
         assert!(!p.unwrap().trace_id_128);
         assert_eq!(s, None);
