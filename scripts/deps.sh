@@ -89,4 +89,8 @@ if [ ! -d e2e/browser/node_modules/playwright-core ] || [ e2e/browser/package-lo
   echo ">> npm ci in e2e/browser (playwright-core)"
   npm ci --prefix e2e/browser --no-audit --no-fund --loglevel=error >/dev/null
 fi
+# wasmeshctl's build script runs `cargo metadata --offline`, which needs every crate of Cargo.lock on disk,
+# also the e2e tests' dev-dependencies (opentelemetry-proto and its platform-specific dependencies) that
+# `cargo build` alone never downloads. Fast when they are there.
+cargo fetch --locked --quiet
 echo ">> deps ready: $(scripts/envoy-bin.sh) ($("$(scripts/envoy-bin.sh)" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1))"

@@ -13,6 +13,7 @@ pub mod layout;
 pub mod mesh;
 pub mod plugins;
 pub mod schema;
+pub mod traces;
 pub mod traffic_policy;
 pub mod validate;
 pub mod xds;

@@ -58,6 +58,8 @@ enum Command {
     Serve(wasmesh_controller::xds::ServeArgs),
     /// Live mesh dashboard: requests/s, P50/P90/P99, success rate per service and workload
     Dashboard(dashboard::DashboardArgs),
+    /// Receives OTLP/HTTP and Zipkin trace exports and prints each trace as a text waterfall
+    Traces(wasmesh_controller::traces::TracesArgs),
     /// Builds, pushes and pulls the wasm module as an OCI image (Istio/Envoy Gateway or CNCF layout)
     Image(wasmesh_controller::image::ImageArgs),
     /// Documents each filter's JSON configuration (Markdown), or prints one filter's JSON Schema
@@ -259,6 +261,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd_check(*args),
         Command::Certs(args) => certs::cmd(args),
         Command::Dashboard(args) => dashboard::cmd(args),
+        Command::Traces(args) => wasmesh_controller::traces::cmd(args),
         Command::Generate(args) => generate::run(*args),
         Command::Serve(mut args) => match args.http.is_some().then(|| wasm_dir(args.wasm_dir.take())).transpose() {
             Ok(dir) => {
@@ -430,6 +433,11 @@ fn cmd_envoy(args: EnvoyArgs) -> Result<(), String> {
         Role::Gateway => ProxyMode::Gateway,
     };
     let mesh = mesh_config(args.mesh_config.as_deref())?;
+    // Tracing is checked against the providers of meshConfig.
+    let refused = wasmesh_controller::plugins::tracing::refusals(&resources, &mesh);
+    if !refused.is_empty() {
+        return Err(report(&refused));
+    }
     let mut inbound = Vec::new();
     for &port in &args.inbound_port {
         let app_port = args.app_port.ok_or("--inbound-port needs --app-port (where the app listens)")?;

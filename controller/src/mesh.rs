@@ -17,6 +17,9 @@ pub struct MeshConfig {
     /// Providers for CUSTOM authorization, tracing, access logs (Istio's `extensionProviders`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extension_providers: Vec<serde_json::Value>,
+    /// Istio `meshConfig.defaultProviders` (`tracing` is read: the provider when no Telemetry names one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_providers: Option<serde_json::Value>,
     /// Istio `meshConfig.defaultConfig` (ProxyConfig); `gatewayTopology.numTrustedProxies` is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_config: Option<ProxyConfig>,

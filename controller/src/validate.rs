@@ -121,6 +121,7 @@ pub fn validate_with_mesh(resources: &Resources, mesh: &MeshConfig) -> Vec<Error
     let mut errors = validate(resources);
     errors.extend(extension_providers(resources, mesh));
     errors.extend(crate::plugins::oidc::validate(mesh));
+    errors.extend(crate::plugins::tracing::refusals(resources, mesh));
     errors
 }
 
@@ -157,13 +158,6 @@ pub fn refusals_with(resources: &Resources, blocked: &BlockedCidrs) -> Vec<Error
                 "spec.accessLogging",
                 "Telemetry access logging is not implemented by wasmesh yet: remove spec.accessLogging (Envoy's own \
                  access log: wasmeshctl envoy --envoy-access-log FILE)",
-            ));
-        }
-        if !t.tracing.is_empty() {
-            errors.push(Error::at(
-                res,
-                "spec.tracing",
-                "Telemetry tracing is not implemented by wasmesh yet: remove spec.tracing",
             ));
         }
         for (i, m) in t.metrics.iter().enumerate() {
@@ -393,7 +387,12 @@ pub fn validate_input_with_mesh(input: &wasmesh_istio::Input, mesh: Option<&Mesh
     let mut errors = schema.errors;
     let ours = match mesh {
         Some(mesh) => validate_with_mesh(&input.resources, mesh),
-        None => validate(&input.resources),
+        None => {
+            // Tracing refusals need no meshConfig to find a Telemetry naming no provider.
+            let mut e = validate(&input.resources);
+            e.extend(crate::plugins::tracing::refusals(&input.resources, &MeshConfig::default()));
+            e
+        }
     };
     for e in ours {
         let restated = errors.iter().any(|s| {

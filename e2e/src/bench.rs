@@ -14,6 +14,7 @@ pub mod callgrind;
 pub mod memory;
 pub mod report;
 pub mod scenarios;
+pub mod tracing;
 
 pub use memory::Memory;
 

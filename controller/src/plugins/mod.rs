@@ -17,6 +17,7 @@ pub mod mtls;
 pub mod oidc;
 pub mod router;
 pub mod stats;
+pub mod tracing;
 
 /// Which traffic a listener carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +133,7 @@ pub type Plugin = fn(&ListenerContext<'_>) -> Result<Contribution, Vec<Error>>;
 /// outbound and gateway listeners).
 pub const PLUGINS: &[Plugin] = &[
     stats::contribute,
+    tracing::contribute,
     oidc::contribute,
     authz::contribute_custom,
     authn::contribute,
@@ -148,7 +150,8 @@ pub const PLUGINS: &[Plugin] = &[
 pub type EmptySlot = fn(&ListenerContext<'_>) -> Option<WasmFilter>;
 
 /// Parallel to [`PLUGINS`].
-pub const EMPTY_SLOTS: &[EmptySlot] = &[no_slot, no_slot, empty_authz_custom, empty_authn, empty_authz_rbac, no_slot];
+pub const EMPTY_SLOTS: &[EmptySlot] =
+    &[no_slot, no_slot, no_slot, empty_authz_custom, empty_authn, empty_authz_rbac, no_slot];
 
 fn no_slot(_: &ListenerContext<'_>) -> Option<WasmFilter> {
     None

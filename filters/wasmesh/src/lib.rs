@@ -7,6 +7,7 @@
 //! | `wasmesh.authz`, `wasmesh.authz.custom`, `wasmesh.authz.tcp`, `wasmesh.authz.peer_address` | AuthorizationPolicy (HTTP; CUSTOM stage; network RBAC on TCP; the network filter recording the peer address) |
 //! | `wasmesh.authn` | RequestAuthentication (JWT) |
 //! | `wasmesh.stats`, `wasmesh.stats.tcp` | Istio's standard metrics (HTTP; TCP) |
+//! | `wasmesh.tracing` | distributed tracing: trace context, sampling, spans to an OTLP/HTTP or Zipkin collector ([`tracing`]) |
 //! | `wasmesh.oidc` | OIDC login at the gateway (authorization code flow, sealed session cookie) |
 //! | `wasmesh.chain` | the one-pass layout: several of the HTTP filters above as phases of one filter ([`chain`]) |
 //!
@@ -69,6 +70,8 @@ pub mod oidc;
 
 pub mod chain;
 
+pub mod tracing;
+
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(root_context);
@@ -85,10 +88,12 @@ pub enum Filter {
     Oidc,
     /// The one-pass layout.
     Chain,
+    /// Distributed tracing (`wasmesh.tracing`, [`tracing`]).
+    Tracing,
 }
 
 /// The root ids the controller writes today, one per filter role (for docs and tests).
-pub const ROOT_IDS: [&str; 10] = [
+pub const ROOT_IDS: [&str; 11] = [
     "wasmesh.router",
     "wasmesh.authz",
     "wasmesh.authz.custom",
@@ -99,6 +104,7 @@ pub const ROOT_IDS: [&str; 10] = [
     "wasmesh.stats.tcp",
     chain::ROOT_ID,
     "wasmesh.oidc",
+    tracing::ROOT_ID,
 ];
 
 /// The filter a plugin's `root_id` names: `wasmesh.<filter>` or `wasmesh.<filter>.<role>`.
@@ -112,6 +118,7 @@ pub fn filter_for(root_id: &str) -> Option<Filter> {
         "stats" => Some(Filter::Stats),
         "chain" => Some(Filter::Chain),
         "oidc" => Some(Filter::Oidc),
+        "tracing" => Some(Filter::Tracing),
         _ => None,
     }
 }
@@ -126,6 +133,7 @@ pub fn root_context(context_id: u32) -> Box<dyn RootContext> {
         Some(Filter::Stats) => stats::root_context(context_id),
         Some(Filter::Chain) => chain::root_context(context_id),
         Some(Filter::Oidc) => oidc::root_context(context_id),
+        Some(Filter::Tracing) => tracing::root_context(context_id),
         None => Box::new(Unknown { root_id }),
     }
 }
@@ -169,6 +177,7 @@ mod tests {
             Filter::Stats,
             Filter::Chain,
             Filter::Oidc,
+            Filter::Tracing,
         ];
         for (id, f) in ROOT_IDS.iter().zip(expected) {
             assert_eq!(filter_for(id), Some(f), "{id}");

@@ -1,0 +1,420 @@
+//! Distributed tracing (`wasmesh.tracing`) in real Envoy, one Envoy for every case: listeners
+//! that differ only in their tracing configuration, one echo app behind them (it answers with
+//! the headers it received, so the context sent upstream is visible), and one test collector
+//! (`e2e/src/collector.rs`, OTLP decoded with the official `opentelemetry-proto` types).
+//!
+//! - `wasm`: the phase, OpenTelemetry provider, 100 % sampling;
+//! - `native`: Envoy's own OpenTelemetry tracer (HCM tracing, `http_service` to the same
+//!   collector) with Istio's custom tags as istiod writes them: the oracle for the span fields;
+//! - `zipkin`: the phase, Zipkin provider, 0 % sampling (only an incoming sampled flag traces);
+//! - `quiet`: `disableContextPropagation` and `disableSpanReporting`;
+//! - `dead`: the collector cluster points at a closed port, the queue holds one span.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../src/collector.rs"]
+mod collector;
+
+use collector::{Collector, Received};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use wasmesh_e2e::http::get;
+use wasmesh_e2e::{free_port, paths, App, Envoy};
+
+const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+const ISTIO_TAGS: [(&str, &str); 5] = [
+    ("istio.canonical_revision", "v1"),
+    ("istio.canonical_service", "httpbin"),
+    ("istio.cluster_id", "Kubernetes"),
+    ("istio.mesh_id", "cluster.local"),
+    ("istio.namespace", "default"),
+];
+
+fn cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
+            {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}
+    })
+}
+
+fn wasm_filter(name: &str, config: Value) -> Value {
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": "wasmesh.chain",
+                "vm_config": {"vm_id": "wasmesh", "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": paths::wasm("wasmesh").display().to_string()}}},
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": json!({"phases": [{"rootId": "wasmesh.tracing", "configuration": config}]}).to_string()},
+                "fail_open": true
+            }
+        }
+    })
+}
+
+fn listener(name: &str, port: u16, filters: Vec<Value>, tracing: Option<Value>) -> Value {
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name,
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+        "http_filters": filters,
+    });
+    let mut http_filters = hcm["http_filters"].as_array().cloned().unwrap_or_default();
+    http_filters.push(json!({"name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    hcm["http_filters"] = Value::Array(http_filters);
+    if let Some(t) = tracing {
+        hcm["tracing"] = t;
+    }
+    json!({
+        "name": name,
+        "traffic_direction": "INBOUND",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}]
+    })
+}
+
+struct Setup {
+    envoy: Envoy,
+    collector: Collector,
+    _app: wasmesh_e2e::AppHandle,
+    wasm: u16,
+    native: u16,
+    zipkin: u16,
+    quiet: u16,
+    dead: u16,
+}
+
+fn setup() -> Setup {
+    let collector = Collector::start();
+    let app = App::new("httpbin", "v1").start();
+    let (wasm, native, zipkin, quiet, dead) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let closed = free_port();
+    let otel =
+        |cluster: &str, authority: &str| json!({"kind": "opentelemetry", "cluster": cluster, "authority": authority});
+    let native_tracing = json!({
+        "random_sampling": {"value": 100},
+        "custom_tags": ISTIO_TAGS.iter().map(|(k, v)| json!({"tag": k, "literal": {"value": v}})).collect::<Vec<_>>(),
+        "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+            "service_name": "httpbin.default",
+            "http_service": {"http_uri": {"uri": format!("http://127.0.0.1:{}/v1/traces", collector.port),
+                "cluster": "collector", "timeout": "2s"}}
+        }}
+    });
+    let bootstrap = json!({
+        "node": {"id": "sidecar~127.0.0.1~httpbin-v1.default~default.svc.cluster.local", "cluster": "httpbin.default",
+            "metadata": {"NAMESPACE": "default", "WORKLOAD_NAME": "httpbin-v1", "CLUSTER_ID": "Kubernetes",
+                "LABELS": {"app": "httpbin", "version": "v1"}}},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
+        "static_resources": {
+            "clusters": [cluster("app", app.port), cluster("collector", collector.port), cluster("nowhere", closed)],
+            "listeners": [
+                listener("wasm", wasm, vec![wasm_filter("t-wasm", json!({
+                    "provider": otel("collector", "collector:4318"), "randomSamplingPercentage": 100,
+                    "meshId": "cluster.local", "flushPeriodMs": 200}))], None),
+                listener("native", native, vec![], Some(native_tracing)),
+                listener("zipkin", zipkin, vec![wasm_filter("t-zipkin", json!({
+                    "provider": {"kind": "zipkin", "cluster": "collector", "authority": "zipkin:9411"},
+                    "randomSamplingPercentage": 0, "flushPeriodMs": 200,
+                    "customTags": {"literal_tag": {"literal": {"value": "lit"}},
+                                   "header_tag": {"header": {"name": "x-tag", "defaultValue": "none"}}}}))], None),
+                listener("quiet", quiet, vec![wasm_filter("t-quiet", json!({
+                    "disableContextPropagation": true, "disableSpanReporting": true,
+                    "randomSamplingPercentage": 100}))], None),
+                listener("dead", dead, vec![wasm_filter("t-dead", json!({
+                    "provider": otel("nowhere", "nowhere:4318"), "randomSamplingPercentage": 100,
+                    "maxQueue": 1, "batchSize": 1, "flushPeriodMs": 10}))], None),
+            ]
+        }
+    });
+    let envoy = Envoy::start("tracing", &bootstrap);
+    Setup { envoy, collector, _app: app, wasm, native, zipkin, quiet, dead }
+}
+
+/// The headers the app received.
+fn upstream(port: u16, headers: &[(&str, &str)]) -> Value {
+    let r = get(port, "httpbin.default:8000", "/headers?x=1", headers);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["headers"].clone()
+}
+
+fn h<'a>(v: &'a Value, name: &str) -> &'a str {
+    v[name].as_str().unwrap_or("<absent>")
+}
+
+/// traceparent → (trace, span, flags)
+fn tp(v: &str) -> (String, String, String) {
+    let p: Vec<&str> = v.split('-').collect();
+    assert_eq!(p.len(), 4, "traceparent {v}");
+    (p[1].into(), p[2].into(), p[3].into())
+}
+
+fn span_with_parent<'a>(spans: &'a [Received], format: &str, trace: &str, parent: &str) -> Option<&'a Received> {
+    spans.iter().find(|s| s.format == format && s.trace_id == trace && s.parent_span_id == parent)
+}
+
+#[test]
+fn trace_context_propagation_sampling_and_export() {
+    let s = setup();
+    let wait = Duration::from_secs(10);
+
+    // 1. No context: a new 128-bit trace, both formats upstream and consistent, no parent.
+    let got = upstream(s.wasm, &[]);
+    let (trace, span, flags) = tp(h(&got, "traceparent"));
+    assert_eq!(flags, "01");
+    assert_eq!(h(&got, "x-b3-traceid"), trace);
+    assert_eq!(h(&got, "x-b3-spanid"), span);
+    assert_eq!(h(&got, "x-b3-sampled"), "1");
+    assert_eq!(h(&got, "x-b3-parentspanid"), "<absent>");
+    let rid = h(&got, "x-request-id").to_string();
+    assert_eq!(rid.len(), 36, "Envoy's x-request-id reaches the app: {got}");
+    assert_eq!(&rid[14..15], "9", "the sampled reason is packed into x-request-id as Envoy does: {rid}");
+    let root_trace = trace.clone();
+
+    // 2. B3 multi, 64-bit trace id, sampled: the proxy's span is the caller's child.
+    let got = upstream(
+        s.wasm,
+        &[("x-b3-traceid", "463ac35c9f6413ad"), ("x-b3-spanid", "a2fb4a1d1a96d312"), ("x-b3-sampled", "1")],
+    );
+    assert_eq!(h(&got, "x-b3-traceid"), "463ac35c9f6413ad");
+    assert_eq!(h(&got, "x-b3-parentspanid"), "a2fb4a1d1a96d312");
+    assert_ne!(h(&got, "x-b3-spanid"), "a2fb4a1d1a96d312");
+    assert_eq!(tp(h(&got, "traceparent")).0, "0000000000000000463ac35c9f6413ad");
+
+    // 3. Single b3 (with a different multi-header context, which it overrides): rewritten.
+    let got = upstream(
+        s.wasm,
+        &[
+            ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+        ],
+    );
+    let b3 = h(&got, "b3").to_string();
+    assert!(b3.starts_with("80f198ee56343ba864fe8b2a57d3eff7-"), "{b3}");
+    assert!(b3.ends_with("-1-e457b5a2e4d86bd1"), "{b3}");
+    assert_eq!(h(&got, "x-b3-traceid"), "80f198ee56343ba864fe8b2a57d3eff7");
+
+    // 4. W3C with tracestate (and a B3 context, which the OpenTelemetry provider reads second).
+    let got = upstream(
+        s.wasm,
+        &[
+            ("traceparent", TP),
+            ("tracestate", "congo=t61rcWkgMzE"),
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+        ],
+    );
+    let (trace, span4, flags) = tp(h(&got, "traceparent"));
+    assert_eq!((trace.as_str(), flags.as_str()), ("0af7651916cd43dd8448eb211c80319c", "01"));
+    assert_ne!(span4, "b7ad6b7169203331");
+    assert_eq!(h(&got, "tracestate"), "congo=t61rcWkgMzE");
+    assert_eq!(h(&got, "x-b3-parentspanid"), "b7ad6b7169203331");
+
+    // 5. An invalid traceparent (upper-case hex) is ignored whole: a new trace, no tracestate.
+    let got = upstream(
+        s.wasm,
+        &[("traceparent", "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01"), ("tracestate", "a=b")],
+    );
+    assert_ne!(tp(h(&got, "traceparent")).0, "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(h(&got, "tracestate"), "<absent>");
+
+    // 6. The caller said "not sampled": respected, propagated, and no span.
+    let unsampled = "00-11111111111111111111111111111111-2222222222222222-00";
+    let got = upstream(s.wasm, &[("traceparent", unsampled)]);
+    assert_eq!(tp(h(&got, "traceparent")).2, "00");
+    assert_eq!(h(&got, "x-b3-sampled"), "0");
+
+    // 7. The same W3C context through Envoy's own tracer (the oracle).
+    let native = upstream(s.native, &[("traceparent", TP), ("tracestate", "congo=t61rcWkgMzE")]);
+    let (ntrace, nspan, _) = tp(h(&native, "traceparent"));
+    assert_eq!(ntrace, "0af7651916cd43dd8448eb211c80319c");
+
+    // 8. Zipkin at 0 %: only the request whose caller sampled is traced.
+    let z = upstream(
+        s.zipkin,
+        &[
+            ("x-b3-traceid", "5af7183fb1d4cf5f"),
+            ("x-b3-spanid", "6b221d5bc9e6496c"),
+            ("x-b3-sampled", "1"),
+            ("x-tag", "T"),
+        ],
+    );
+    assert_eq!(h(&z, "x-b3-parentspanid"), "6b221d5bc9e6496c");
+    let z0 = upstream(s.zipkin, &[]);
+    assert_eq!(h(&z0, "x-b3-sampled"), "0", "0 % sampling: {z0}");
+
+    // 9. disableContextPropagation: the app gets the caller's headers untouched.
+    let q = upstream(s.quiet, &[("traceparent", TP)]);
+    assert_eq!(h(&q, "traceparent"), TP);
+    assert_eq!(h(&q, "x-b3-traceid"), "<absent>");
+
+    // 10. A dead collector never delays or fails a request; what cannot be queued is counted.
+    let start = Instant::now();
+    for _ in 0..20 {
+        upstream(s.dead, &[]);
+    }
+    assert!(start.elapsed() < Duration::from_secs(5), "20 requests took {:?}", start.elapsed());
+
+    // --- what the collector received ---
+    let spans = s.collector.wait_for(wait, |sp| {
+        span_with_parent(sp, "otlp", &ntrace, "b7ad6b7169203331").is_some_and(|x| x.span_id == nspan)
+            && span_with_parent(sp, "otlp", &trace, "b7ad6b7169203331").is_some()
+            && span_with_parent(sp, "zipkin", "5af7183fb1d4cf5f", "6b221d5bc9e6496c").is_some()
+            && sp.iter().any(|x| x.trace_id == root_trace)
+    });
+    assert_eq!(s.collector.errors(), Vec::<String>::new(), "the collector refused exports");
+    let dump = || spans.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join("\n");
+    let mine = span_with_parent(&spans, "otlp", &trace, "b7ad6b7169203331")
+        .filter(|x| x.span_id == span4)
+        .unwrap_or_else(|| panic!("no wasm span for case 4:\n{}", dump()));
+    let theirs = spans
+        .iter()
+        .find(|x| x.trace_id == ntrace && x.span_id == nspan)
+        .unwrap_or_else(|| panic!("no native span:\n{}", dump()));
+    let root = spans.iter().find(|x| x.trace_id == root_trace).unwrap();
+    assert_eq!(root.parent_span_id, "", "a new trace's span has no parent");
+    assert_eq!(root.attr("guid:x-request-id"), Some(rid.as_str()));
+    assert!(!spans.iter().any(|x| x.trace_id == "11111111111111111111111111111111"), "an unsampled trace was exported");
+    assert!(
+        !spans.iter().any(|x| x.format == "zipkin" && x.trace_id != "5af7183fb1d4cf5f"),
+        "0 % sampling exported a span: {}",
+        dump()
+    );
+
+    // The span compared field by field with Envoy's tracer's for the same hop.
+    eprintln!("wasmesh: {mine:?}\nEnvoy:   {theirs:?}");
+    assert_eq!(mine.service, theirs.service);
+    assert_eq!(mine.name, theirs.name);
+    assert_eq!(mine.kind, theirs.kind);
+    assert_eq!(mine.status, theirs.status);
+    assert_eq!(mine.trace_state, theirs.trace_state);
+    let differ_per_request = ["guid:x-request-id", "response_size"];
+    let keys = |r: &Received| {
+        let mut k: Vec<String> = r.attributes.iter().map(|(k, _)| k.clone()).collect();
+        k.sort();
+        k
+    };
+    let mut diffs = Vec::new();
+    for (k, v) in &theirs.attributes {
+        let m = mine.attr(k);
+        if differ_per_request.contains(&k.as_str()) {
+            if m.is_none() {
+                diffs.push(format!("{k}: missing (Envoy: {v:?})"));
+            }
+        } else if m != Some(v.as_str()) {
+            diffs.push(format!("{k}: wasmesh {m:?}, Envoy {v:?}"));
+        }
+    }
+    for (k, v) in &mine.attributes {
+        if theirs.attr(k).is_none() {
+            diffs.push(format!("{k}: wasmesh {v:?}, Envoy has none"));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "span fields differ from Envoy's OpenTelemetry tracer:\n{}\nwasmesh keys {:?}\nEnvoy keys {:?}",
+        diffs.join("\n"),
+        keys(mine),
+        keys(theirs)
+    );
+    for (k, v) in ISTIO_TAGS {
+        assert_eq!(mine.attr(k), Some(v), "{k}");
+    }
+
+    // Zipkin: the custom tags, literal and header.
+    let z = span_with_parent(&spans, "zipkin", "5af7183fb1d4cf5f", "6b221d5bc9e6496c").unwrap();
+    assert_eq!(z.attr("literal_tag"), Some("lit"));
+    assert_eq!(z.attr("header_tag"), Some("T"));
+    assert_eq!(z.kind, "SERVER");
+
+    // The dead collector: spans dropped (queue of one) and counted; nothing from `quiet`.
+    let start = Instant::now();
+    while s.envoy.stat("wasmcustom.wasmesh.tracing.spans_dropped").unwrap_or(0) == 0
+        && start.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dropped = s.envoy.stat("wasmcustom.wasmesh.tracing.spans_dropped").unwrap_or(0);
+    assert!(dropped > 0, "no dropped spans counted:\n{}", s.envoy.admin("/stats?filter=tracing"));
+    assert!(s.envoy.stat("wasmcustom.wasmesh.tracing.spans_exported").unwrap_or(0) >= 5);
+}
+
+/// gateway → productpage → reviews v2 → ratings, configured the Istio way (meshConfig
+/// `extensionProviders` + `defaultProviders.tracing`, a mesh-wide Telemetry at 100 % with a
+/// custom tag) through `wasmeshctl envoy`: one trace, each proxy's span the child of the one
+/// before it (server then client span on each sidecar), Istio's tags naming each workload.
+#[test]
+fn bookinfo_is_one_trace() {
+    use wasmesh_e2e::bookinfo::call;
+    let collector = Collector::start();
+    let mesh: wasmesh_controller::MeshConfig = serde_json::from_value(json!({
+        "extensionProviders": [{"name": "otel", "opentelemetry": {"service": "127.0.0.1", "port": collector.port,
+            "http": {"path": "/v1/traces"}}}],
+        "defaultProviders": {"tracing": ["otel"]}
+    }))
+    .unwrap();
+    let telemetry = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - randomSamplingPercentage: 100
+    customTags:
+      team: {literal: {value: books}}
+"#;
+    let yaml = format!("{}\n---\n{telemetry}", wasmesh_e2e::stats::bookinfo_yaml());
+    let m = wasmesh_e2e::Mesh::builder()
+        .yaml(&yaml)
+        .mesh_config(mesh)
+        .gateway("istio-system/istio-ingressgateway", &[80])
+        .sidecar("default/productpage-v1", App::new("productpage", "v1").calling(call("reviews", "/reviews/0")))
+        .sidecar("default/reviews-v2", App::new("reviews", "v2").calling(call("ratings", "/ratings/0")))
+        .sidecar("default/ratings-v1", App::new("ratings", "v1"))
+        .start();
+    let gw = m.gateway_port("istio-system/istio-ingressgateway", 80);
+    let r = get(gw, "bookinfo.example.com", "/productpage", &[("end-user", "jason")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = r.json();
+    let trace = tp(h(&page["headers"], "traceparent")).0;
+    let spans = collector.wait_for(Duration::from_secs(10), |s| s.iter().filter(|x| x.trace_id == trace).count() >= 6);
+    assert_eq!(collector.errors(), Vec::<String>::new());
+    let mine: Vec<&Received> = spans.iter().filter(|x| x.trace_id == trace).collect();
+    let dump = mine.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join("\n");
+    assert_eq!(mine.len(), 6, "gateway, productpage in/out, reviews in/out, ratings in:\n{dump}");
+    assert_eq!(spans.iter().filter(|x| x.trace_id != trace).count(), 0, "one trace only:\n{dump}");
+    // The chain: every span but the gateway's is the child of another span of the trace.
+    let root: Vec<&&Received> = mine.iter().filter(|x| x.parent_span_id.is_empty()).collect();
+    assert_eq!(root.len(), 1, "{dump}");
+    let mut at = *root[0];
+    let mut order = vec![(at.attr("istio.canonical_service").unwrap_or_default().to_string(), at.kind.clone())];
+    while let Some(child) = mine.iter().find(|x| x.parent_span_id == at.span_id) {
+        at = child;
+        order.push((at.attr("istio.canonical_service").unwrap_or_default().to_string(), at.kind.clone()));
+    }
+    let want: Vec<(String, String)> = [
+        ("istio-ingressgateway", "SERVER"),
+        ("productpage", "SERVER"),
+        ("productpage", "CLIENT"),
+        ("reviews", "SERVER"),
+        ("reviews", "CLIENT"),
+        ("ratings", "SERVER"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(order, want, "{dump}");
+    for s in &mine {
+        assert_eq!(s.attr("team"), Some("books"), "{dump}");
+        assert_eq!(s.attr("istio.mesh_id"), Some("cluster.local"));
+        assert_eq!(s.attr("http.status_code"), Some("200"));
+        assert_eq!(s.attr("component"), Some("proxy"));
+    }
+}

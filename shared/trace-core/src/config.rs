@@ -1,0 +1,239 @@
+//! The `wasmesh.tracing` phase configuration (written by wasmeshctl from meshConfig
+//! `extensionProviders` and the Telemetry API `tracing`).
+
+use crate::request_id::Percent;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Most custom tags (the named bound on what a span carries beyond Envoy's own tags).
+pub const MAX_CUSTOM_TAGS: usize = 64;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// Where spans go; absent with `disableSpanReporting`.
+    #[serde(default)]
+    pub provider: Option<Provider>,
+    /// Istio's `randomSamplingPercentage` (default 1 %).
+    #[serde(default)]
+    pub random_sampling_percentage: Option<f64>,
+    #[serde(default)]
+    pub disable_span_reporting: bool,
+    #[serde(default)]
+    pub disable_context_propagation: bool,
+    #[serde(default)]
+    pub custom_tags: BTreeMap<String, CustomTag>,
+    /// The span name (a route decorator's operation); default Envoy's `ingress` / `egress {host}`.
+    #[serde(default)]
+    pub operation: Option<String>,
+    /// `server` or `client`; default from the listener's direction (inbound: server).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Istio's `istio.mesh_id` (default `unknown`).
+    #[serde(default)]
+    pub mesh_id: Option<String>,
+    /// Exporter tuning (defaults: [`crate::export::Settings::DEFAULT`]).
+    #[serde(default)]
+    pub max_queue: Option<usize>,
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    #[serde(default)]
+    pub flush_period_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Provider {
+    /// `opentelemetry` (OTLP/HTTP protobuf) or `zipkin` (v2 JSON).
+    pub kind: String,
+    /// The Envoy cluster of the collector (wasmeshctl adds it to the bootstrap).
+    pub cluster: String,
+    /// `:authority` of the export requests (`otel-collector.observability:4318`).
+    pub authority: String,
+    /// Default `/v1/traces` (OpenTelemetry) or `/api/v2/spans` (Zipkin).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The resource's `service.name` / Zipkin `localEndpoint.serviceName`; default the
+    /// workload's canonical service and namespace, as Istio's `{app}.{namespace}`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CustomTag {
+    #[serde(default)]
+    pub literal: Option<Literal>,
+    #[serde(default)]
+    pub header: Option<FromName>,
+    #[serde(default)]
+    pub environment: Option<FromName>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Literal {
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FromName {
+    pub name: String,
+    #[serde(default)]
+    pub default_value: Option<String>,
+}
+
+/// A custom tag compiled: where its value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagSource {
+    Literal(String),
+    /// A request header (lower-case name) with its default.
+    Header(String, Option<String>),
+}
+
+/// The provider's wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Otlp,
+    Zipkin,
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    pub format: Format,
+    pub cluster: Option<String>,
+    pub authority: String,
+    pub path: String,
+    pub service_name: Option<String>,
+    pub timeout_ms: u64,
+    pub percent: Percent,
+    pub report: bool,
+    pub propagate: bool,
+    /// Custom tags; environment tags are resolved at configuration time by `env`.
+    pub tags: Vec<(String, TagSource)>,
+    pub operation: Option<String>,
+    pub server: Option<bool>,
+    pub mesh_id: String,
+    pub settings: crate::export::Settings,
+}
+
+/// Parses and checks a configuration; `env` reads the proxy's environment (environment tags).
+pub fn parse(bytes: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Checked, String> {
+    let c: Config = serde_json::from_slice(bytes).map_err(|e| format!("tracing configuration: {e}"))?;
+    let percent = match c.random_sampling_percentage {
+        None => Percent::ISTIO_DEFAULT,
+        Some(p) => Percent::new(p)
+            .ok_or_else(|| format!("randomSamplingPercentage: {p}; expected a percentage from 0 to 100"))?,
+    };
+    let (format, cluster, authority, path, service_name, timeout_ms) = match (&c.provider, c.disable_span_reporting) {
+        (Some(p), _) => {
+            let format = match p.kind.as_str() {
+                "opentelemetry" => Format::Otlp,
+                "zipkin" => Format::Zipkin,
+                other => return Err(format!("provider.kind: {other:?}; expected \"opentelemetry\" or \"zipkin\"")),
+            };
+            if p.cluster.is_empty() {
+                return Err("provider.cluster: empty; expected the collector's Envoy cluster".into());
+            }
+            let path = p.path.clone().unwrap_or_else(|| {
+                match format {
+                    Format::Otlp => "/v1/traces",
+                    Format::Zipkin => "/api/v2/spans",
+                }
+                .to_string()
+            });
+            if !path.starts_with('/') {
+                return Err(format!("provider.path: {path:?}; expected a path starting with /"));
+            }
+            (format, Some(p.cluster.clone()), p.authority.clone(), path, p.service_name.clone(), p.timeout_ms)
+        }
+        (None, true) => (Format::Otlp, None, String::new(), String::new(), None, None),
+        (None, false) => return Err("provider: missing; expected a collector unless disableSpanReporting".into()),
+    };
+    if c.custom_tags.len() > MAX_CUSTOM_TAGS {
+        return Err(format!("customTags: {} tags; at most {MAX_CUSTOM_TAGS}", c.custom_tags.len()));
+    }
+    let mut tags = Vec::new();
+    for (name, t) in &c.custom_tags {
+        let src = match (&t.literal, &t.header, &t.environment) {
+            (Some(l), None, None) => TagSource::Literal(l.value.clone()),
+            (None, Some(h), None) => TagSource::Header(h.name.to_ascii_lowercase(), h.default_value.clone()),
+            (None, None, Some(e)) => match env(&e.name).or_else(|| e.default_value.clone()) {
+                Some(v) => TagSource::Literal(v),
+                None => continue,
+            },
+            _ => return Err(format!("customTags.{name}: expected exactly one of literal, header, environment")),
+        };
+        tags.push((name.clone(), src));
+    }
+    let server = match c.kind.as_deref() {
+        None => None,
+        Some("server") => Some(true),
+        Some("client") => Some(false),
+        Some(other) => return Err(format!("kind: {other:?}; expected \"server\" or \"client\"")),
+    };
+    let d = crate::export::Settings::DEFAULT;
+    let settings = crate::export::Settings {
+        max_queue: c.max_queue.unwrap_or(d.max_queue).clamp(1, 65_536),
+        batch_size: c.batch_size.unwrap_or(d.batch_size).clamp(1, 4096),
+        flush_period_ms: c.flush_period_ms.unwrap_or(d.flush_period_ms).clamp(10, 60_000),
+        ..d
+    };
+    Ok(Checked {
+        format,
+        cluster,
+        authority,
+        path,
+        service_name,
+        timeout_ms: timeout_ms.unwrap_or(5000).clamp(1, 60_000),
+        percent,
+        report: !c.disable_span_reporting,
+        propagate: !c.disable_context_propagation,
+        tags,
+        operation: c.operation,
+        server,
+        mesh_id: c.mesh_id.unwrap_or_else(|| "unknown".into()),
+        settings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_refusals() {
+        let c = parse(br#"{"provider": {"kind": "zipkin", "cluster": "z", "authority": "z:9411"}}"#, |_| None).unwrap();
+        assert_eq!(c.path, "/api/v2/spans");
+        assert_eq!(c.percent, Percent::ISTIO_DEFAULT);
+        assert!(c.report && c.propagate);
+        let c = parse(
+            br#"{"disableSpanReporting": true, "customTags": {"a": {"literal": {"value": "x"}},
+                "b": {"environment": {"name": "POD", "defaultValue": "d"}}, "c": {"header": {"name": "X-A"}}}}"#,
+            |n| (n == "POD").then(|| "p1".to_string()),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tags,
+            vec![
+                ("a".into(), TagSource::Literal("x".into())),
+                ("b".into(), TagSource::Literal("p1".into())),
+                ("c".into(), TagSource::Header("x-a".into(), None))
+            ]
+        );
+        for (bad, want) in [
+            (r#"{}"#, "provider: missing"),
+            (r#"{"disableSpanReporting": true, "randomSamplingPercentage": 120}"#, "randomSamplingPercentage"),
+            (r#"{"provider": {"kind": "x", "cluster": "c", "authority": "a"}}"#, "provider.kind"),
+            (r#"{"disableSpanReporting": true, "sampling": 1}"#, "unknown field"),
+            (r#"{"disableSpanReporting": true, "customTags": {"a": {}}}"#, "customTags.a"),
+        ] {
+            let e = parse(bad.as_bytes(), |_| None).err().unwrap_or_default();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+}
