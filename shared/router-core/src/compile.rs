@@ -159,7 +159,15 @@ impl Compiler<'_> {
 
         let mut hosts = HostTable::default();
         let mut vhosts: Vec<VirtualHost> = Vec::new();
-        for (res, vs) in resources.virtual_services() {
+        // Delegates merged into their roots as istiod merges them (delegate.rs).
+        let resolved = crate::delegate::resolve(resources, &mut self.errors);
+        if self.check_all {
+            for (res, vs) in &resolved.delegates {
+                self.routes(res, &vs.http, &services, gateway.as_ref());
+            }
+        }
+        for (res, vs) in &resolved.roots {
+            let res: &Resource = res;
             if !visible(&vs.export_to, res.namespace(), &wl.namespace) {
                 continue;
             }
@@ -203,11 +211,15 @@ impl Compiler<'_> {
                     let index = vhosts.len();
                     match hosts.insert(&domain, index) {
                         None => vhosts.push(VirtualHost { service_ports: ports, routes: routes.clone() }),
-                        Some(existing) => {
+                        // A gateway merges every VirtualService bound to it for one host;
+                        // a sidecar keeps the first VirtualService for a host and drops the
+                        // host from later ones (istiod's duplicate-domain rule).
+                        Some(existing) if gateway.is_some() => {
                             if let Some(vh) = vhosts.get_mut(existing) {
                                 vh.routes.extend(routes.iter().cloned());
                             }
                         }
+                        Some(_) => {}
                     }
                 }
             }
@@ -531,8 +543,7 @@ impl Compiler<'_> {
 
     /// Route features that belong to later work are refused loudly rather than ignored.
     fn unsupported(&mut self, res: &Resource, field: &str, r: &HttpRoute) {
-        let present: [(&str, bool); 7] = [
-            ("delegate", r.delegate.is_some()),
+        let present: [(&str, bool); 6] = [
             ("timeout", r.timeout.is_some()),
             ("retries", r.retries.is_some()),
             ("mirror", r.mirror.is_some() || !r.mirrors.is_empty()),

@@ -9,6 +9,7 @@
 
 pub mod actions;
 pub mod compile;
+mod delegate;
 mod hosts;
 pub mod matcher;
 pub mod request;
