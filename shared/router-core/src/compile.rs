@@ -42,6 +42,10 @@ pub struct RouterConfig {
     /// `x-envoy-fault-*` headers; the fault filter delays (without blocking the worker) or aborts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fault_filter: bool,
+    /// Sidecar: where requests for hosts no ServiceEntry or VirtualService names go
+    /// (`meshConfig.outboundTrafficPolicy`, see [`crate::egress`]). Absent: 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_traffic_policy: Option<crate::egress::OutboundTrafficPolicy>,
     /// VirtualServices, Gateways and ServiceEntries, in Istio's JSON form.
     #[serde(default)]
     pub resources: Vec<serde_json::Value>,
@@ -340,6 +344,10 @@ impl Compiler<'_> {
             cluster_header: self.cfg.cluster_header.clone(),
             namespace: wl.namespace.clone(),
             domain_suffix: wl.domain_suffix.clone(),
+            catch_all: match wl.mode {
+                ProxyMode::Sidecar => self.cfg.outbound_traffic_policy.map(|p| p.mode.catch_all()),
+                ProxyMode::Gateway => None,
+            },
         })
     }
 
@@ -748,6 +756,7 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
         gateway_port: None,
         cluster_header: default_cluster_header(),
         fault_filter: true,
+        outbound_traffic_policy: None,
         resources: Vec::new(),
     };
     match (Compiler { cfg: &cfg, wl: &wl, errors: Vec::new(), check_all: true, limits: Limits::default() })

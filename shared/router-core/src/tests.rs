@@ -56,6 +56,7 @@ fn sidecar_with(yaml: &str, wl: Workload) -> Router {
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).unwrap()
@@ -69,6 +70,7 @@ fn compile_err(yaml: &str) -> String {
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).unwrap_err().to_string()
@@ -394,6 +396,7 @@ spec:
         gateway_port: Some(80),
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources: vec![],
     };
     let r = cfg.compile(&Resources { items: items.clone() }).unwrap();
@@ -460,6 +463,7 @@ fn configuration_json_round_trip_compiles() {
         gateway_port: None,
         cluster_header: "x-wasmesh-cluster".into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources,
     };
     let router = RouterConfig::compile_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
@@ -568,6 +572,7 @@ spec:
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources: vec![],
     };
     assert_eq!(cfg.gateway_ports(&resources), vec![80, 8080]);
@@ -590,6 +595,7 @@ fn compile_limited(resources: Vec<serde_json::Value>, limits: Limits) -> Result<
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources,
     };
     cfg.compile_with_limits(&cfg.parsed_resources().unwrap(), &limits).map_err(|e| e.to_string())
@@ -726,6 +732,7 @@ fn a_host_longer_than_a_dns_name_still_matches_star() {
         gateway_port: Some(80),
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources: vec![],
     };
     let r = cfg.compile(&Resources { items }).unwrap();
@@ -765,6 +772,7 @@ fn routes_decide_redirects_direct_responses_and_forwarding_actions() {
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources: vec![],
     };
     let e = cfg.compile(&Resources { items: items.clone() }).unwrap_err().to_string();
@@ -877,6 +885,7 @@ fn delegate_gateway(yaml: &str) -> Result<Router, String> {
         gateway_port: Some(80),
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).map_err(|e| e.to_string())
