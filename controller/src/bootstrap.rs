@@ -254,18 +254,24 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
             }
             if let Some(port) = spec.outbound_port {
                 let c = add(Direction::Outbound, port, &mut errors);
-                // Unknown hosts: Istio's BlackHoleCluster / PassthroughCluster (egress.rs).
-                let mode = spec.mesh.outbound_traffic_policy.unwrap_or_default().mode;
-                let routes = crate::egress::outbound_route(mode, route_by_header(), CLUSTER_HEADER);
+                // Unknown hosts: Istio's BlackHoleCluster / PassthroughCluster (egress.rs), when
+                // the mesh config sets outboundTrafficPolicy; else the router's 404.
+                let mode = spec.mesh.outbound_traffic_policy.map(|p| p.mode);
+                let mut routes = route_by_header();
+                if let Some(mode) = mode {
+                    routes = crate::egress::outbound_route(mode, routes, CLUSTER_HEADER);
+                }
                 let mut l = listener(spec, "outbound", port, &c, routes, false, None);
-                crate::egress::with_passthrough_filter(mode, &mut l);
-                listeners.push(l);
-                merge(&mut clusters, &mut stats_tags, c);
-                for cluster in crate::egress::catch_all_clusters() {
-                    if let Some(name) = cluster.get("name").and_then(Value::as_str) {
-                        clusters.insert(name.to_string(), cluster.clone());
+                if let Some(mode) = mode {
+                    crate::egress::with_passthrough_filter(mode, &mut l);
+                    for cluster in crate::egress::catch_all_clusters() {
+                        if let Some(name) = cluster.get("name").and_then(Value::as_str) {
+                            clusters.insert(name.to_string(), cluster.clone());
+                        }
                     }
                 }
+                listeners.push(l);
+                merge(&mut clusters, &mut stats_tags, c);
             }
             for out in &spec.tcp_outbound {
                 match tcp_outbound_cluster(resources, &wl, out) {

@@ -11,6 +11,11 @@
 //! original destination is the `Host` header: a dynamic forward proxy cluster resolves it
 //! (Envoy's DNS cache, IPv4 preferred; port 80 when the `Host` has none) and Envoy's dynamic
 //! forward proxy filter, placed before the router on that listener only, does the lookup.
+//!
+//! Deliberate difference: istiod applies `ALLOW_ANY` when the mesh config says nothing; wasmesh
+//! applies a policy only when `outboundTrafficPolicy` is written (without it, unknown hosts get
+//! the router's 404). A passthrough here is an open forward proxy that resolves any `Host` the
+//! app sends, which without iptables capture is a wider grant than Istio's, so it is opt-in.
 
 use serde_json::{json, Value};
 use wasmesh_router::{OutboundMode, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
