@@ -257,7 +257,23 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
             }
             if let Some(port) = spec.outbound_port {
                 let c = add(Direction::Outbound, port, &mut errors);
-                listeners.push(listener(spec, "outbound", port, &c, route_by_header(), false, None));
+                // Unknown hosts: Istio's BlackHoleCluster / PassthroughCluster (egress.rs), when
+                // the mesh config sets outboundTrafficPolicy; else the router's 404.
+                let mode = spec.mesh.outbound_traffic_policy.map(|p| p.mode);
+                let mut routes = route_by_header();
+                if let Some(mode) = mode {
+                    routes = crate::egress::outbound_route(mode, routes, CLUSTER_HEADER);
+                }
+                let mut l = listener(spec, "outbound", port, &c, routes, false, None);
+                if let Some(mode) = mode {
+                    crate::egress::with_passthrough_filter(mode, &mut l);
+                    for cluster in crate::egress::catch_all_clusters() {
+                        if let Some(name) = cluster.get("name").and_then(Value::as_str) {
+                            clusters.insert(name.to_string(), cluster.clone());
+                        }
+                    }
+                }
+                listeners.push(l);
                 merge(&mut clusters, &mut stats_tags, c);
             }
             for out in &spec.tcp_outbound {
@@ -733,6 +749,9 @@ fn static_cluster(name: &str, endpoints: &[(String, u32)], lb: &str) -> Value {
         // istiod's DNS clusters: the mesh's dnsRefreshRate (60 s) and the record's TTL.
         cluster["dns_refresh_rate"] = json!("60s");
         cluster["respect_dns_ttl"] = json!(true);
+        // istiod's choice for a proxy with IPv4 addresses only (wasmesh's proxies listen on
+        // 127.0.0.1): `localhost` resolves to 127.0.0.1, not ::1.
+        cluster["dns_lookup_family"] = json!("V4_ONLY");
     }
     cluster
 }

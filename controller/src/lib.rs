@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod certs;
 pub mod check;
 pub mod dashboard;
+pub mod egress;
 pub mod filter_docs;
 pub mod generate;
 pub mod image;

@@ -20,6 +20,10 @@ pub struct MeshConfig {
     /// Istio `meshConfig.defaultProviders` (`tracing` is read: the provider when no Telemetry names one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_providers: Option<serde_json::Value>,
+    /// Where sidecars send requests for hosts the mesh does not know (`ALLOW_ANY`, Istio's
+    /// default: `PassthroughCluster`; `REGISTRY_ONLY`: 502 from `BlackHoleCluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_traffic_policy: Option<wasmesh_router::OutboundTrafficPolicy>,
     /// Istio `meshConfig.defaultConfig` (ProxyConfig); `gatewayTopology.numTrustedProxies` is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_config: Option<ProxyConfig>,

@@ -24,6 +24,9 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         gateway_port,
         cluster_header: DEFAULT_CLUSTER_HEADER.to_string(),
         fault_filter: true,
+        // Sidecars: Istio's catch-all for unknown hosts, when the mesh config names one
+        // (without it: 404, see egress.rs).
+        outbound_traffic_policy: if gateway_port.is_none() { ctx.mesh.outbound_traffic_policy } else { None },
         resources: resources_json(relevant.clone()),
     };
     // Compile here too, so a bad VirtualService fails `wasmeshctl envoy`, not Envoy's start.

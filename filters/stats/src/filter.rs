@@ -498,7 +498,13 @@ impl PhaseRequest for StatsRequest {
         let at = |i: usize| values.get(i).and_then(|v| v.as_deref());
         let text = |i: Option<usize>| i.and_then(at).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default();
 
-        let cluster = text(cluster_slot);
+        let mut cluster = text(cluster_slot);
+        // No cluster: Envoy answered on a route of its own; istiod's catch-all routes name one
+        // (`block_all` → BlackHoleCluster). Read only on such requests.
+        if cluster.is_empty() && cluster_slot.is_some() {
+            let route = s.property_string(&["xds", "route_name"]).unwrap_or_default();
+            cluster = wasmesh_stats::labels::catch_all_cluster(&route).unwrap_or_default();
+        }
         let service = shared.service(cluster, |p| s.property_string(p));
         let endpoint = text(endpoint_slot);
         let peer = if needs_endpoint && !endpoint.is_empty() {

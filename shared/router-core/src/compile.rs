@@ -42,6 +42,10 @@ pub struct RouterConfig {
     /// `x-envoy-fault-*` headers; the fault filter delays (without blocking the worker) or aborts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fault_filter: bool,
+    /// Sidecar: where requests for hosts no ServiceEntry or VirtualService names go
+    /// (`meshConfig.outboundTrafficPolicy`, see [`crate::egress`]). Absent: 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_traffic_policy: Option<crate::egress::OutboundTrafficPolicy>,
     /// VirtualServices, Gateways and ServiceEntries, in Istio's JSON form.
     #[serde(default)]
     pub resources: Vec<serde_json::Value>,
@@ -159,7 +163,15 @@ impl Compiler<'_> {
 
         let mut hosts = HostTable::default();
         let mut vhosts: Vec<VirtualHost> = Vec::new();
-        for (res, vs) in resources.virtual_services() {
+        // Delegates merged into their roots as istiod merges them (delegate.rs).
+        let resolved = crate::delegate::resolve(resources, &mut self.errors);
+        if self.check_all {
+            for (res, vs) in &resolved.delegates {
+                self.routes(res, &vs.http, &services, gateway.as_ref());
+            }
+        }
+        for (res, vs) in &resolved.roots {
+            let res: &Resource = res;
             if !visible(&vs.export_to, res.namespace(), &wl.namespace) {
                 continue;
             }
@@ -203,11 +215,15 @@ impl Compiler<'_> {
                     let index = vhosts.len();
                     match hosts.insert(&domain, index) {
                         None => vhosts.push(VirtualHost { service_ports: ports, routes: routes.clone() }),
-                        Some(existing) => {
+                        // A gateway merges every VirtualService bound to it for one host;
+                        // a sidecar keeps the first VirtualService for a host and drops the
+                        // host from later ones (istiod's duplicate-domain rule).
+                        Some(existing) if gateway.is_some() => {
                             if let Some(vh) = vhosts.get_mut(existing) {
                                 vh.routes.extend(routes.iter().cloned());
                             }
                         }
+                        Some(_) => {}
                     }
                 }
             }
@@ -328,6 +344,10 @@ impl Compiler<'_> {
             cluster_header: self.cfg.cluster_header.clone(),
             namespace: wl.namespace.clone(),
             domain_suffix: wl.domain_suffix.clone(),
+            catch_all: match wl.mode {
+                ProxyMode::Sidecar => self.cfg.outbound_traffic_policy.map(|p| p.mode.catch_all()),
+                ProxyMode::Gateway => None,
+            },
         })
     }
 
@@ -531,8 +551,7 @@ impl Compiler<'_> {
 
     /// Route features that belong to later work are refused loudly rather than ignored.
     fn unsupported(&mut self, res: &Resource, field: &str, r: &HttpRoute) {
-        let present: [(&str, bool); 7] = [
-            ("delegate", r.delegate.is_some()),
+        let present: [(&str, bool); 6] = [
             ("timeout", r.timeout.is_some()),
             ("retries", r.retries.is_some()),
             ("mirror", r.mirror.is_some() || !r.mirrors.is_empty()),
@@ -737,6 +756,7 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
         gateway_port: None,
         cluster_header: default_cluster_header(),
         fault_filter: true,
+        outbound_traffic_policy: None,
         resources: Vec::new(),
     };
     match (Compiler { cfg: &cfg, wl: &wl, errors: Vec::new(), check_all: true, limits: Limits::default() })

@@ -9,6 +9,8 @@
 
 pub mod actions;
 pub mod compile;
+mod delegate;
+pub mod egress;
 mod hosts;
 pub mod matcher;
 pub mod request;
@@ -19,6 +21,7 @@ pub use actions::{
     Abort, FaultDecision, HeaderActions, HeaderOps, Matched, PathRewrite, Redirect, RouteOps, FAULT_HEADERS,
 };
 pub use compile::{validate, Limits, RouterConfig, DEFAULT_CLUSTER_HEADER};
+pub use egress::{OutboundMode, OutboundTrafficPolicy, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 pub use request::{HeaderSlots, Request, RequestView};
 pub use rng::Rng;
 pub use table::{Decision, Router};

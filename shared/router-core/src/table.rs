@@ -53,6 +53,8 @@ pub struct Router {
     pub(crate) slots: HeaderSlots,
     pub(crate) namespace: String,
     pub(crate) domain_suffix: String,
+    /// Sidecar: (cluster, route name) for hosts no virtual host names ([`crate::egress`]).
+    pub(crate) catch_all: Option<(&'static str, &'static str)>,
 }
 
 #[derive(Debug)]
@@ -189,7 +191,17 @@ impl Router {
             }
         }
         let Some(vh) = self.lookup_vhost(host).and_then(|i| self.vhosts.get(i)) else {
-            return Decision::NotFound;
+            return match self.catch_all {
+                Some((cluster, route)) => Decision::Forward {
+                    cluster: Cow::Borrowed(cluster),
+                    virtual_service: "",
+                    route,
+                    ops: None,
+                    destination_headers: None,
+                    matched: Matched::default(),
+                },
+                None => Decision::NotFound,
+            };
         };
         let port = match self.mode {
             ProxyMode::Gateway => self.gateway_port.unwrap_or(80),

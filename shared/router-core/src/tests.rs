@@ -56,6 +56,7 @@ fn sidecar_with(yaml: &str, wl: Workload) -> Router {
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).unwrap()
@@ -69,6 +70,7 @@ fn compile_err(yaml: &str) -> String {
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).unwrap_err().to_string()
@@ -394,6 +396,7 @@ spec:
         gateway_port: Some(80),
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources: vec![],
     };
     let r = cfg.compile(&Resources { items: items.clone() }).unwrap();
@@ -460,6 +463,7 @@ fn configuration_json_round_trip_compiles() {
         gateway_port: None,
         cluster_header: "x-wasmesh-cluster".into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources,
     };
     let router = RouterConfig::compile_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
@@ -568,6 +572,7 @@ spec:
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources: vec![],
     };
     assert_eq!(cfg.gateway_ports(&resources), vec![80, 8080]);
@@ -590,6 +595,7 @@ fn compile_limited(resources: Vec<serde_json::Value>, limits: Limits) -> Result<
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources,
     };
     cfg.compile_with_limits(&cfg.parsed_resources().unwrap(), &limits).map_err(|e| e.to_string())
@@ -621,11 +627,14 @@ fn routes_per_virtual_host_are_bounded() {
     ));
     let e = compile_limited(vec![virtual_service((0..9).map(route).collect())], limits).unwrap_err();
     assert!(e.contains("host \"big.default.svc.cluster.local\" has 9 routes") && e.contains("at most 8"), "{e}");
-    // Two VirtualServices for one host merge, and the bound counts the merged routes.
-    let mut second = virtual_service((0..5).map(route).collect());
+    // A sidecar keeps the first VirtualService for a host (istiod drops the host from later
+    // ones): the second's routes neither count nor match.
+    let mut second = virtual_service((5..10).map(route).collect());
     second["metadata"]["name"] = "big2".into();
-    let e = compile_limited(vec![virtual_service((0..5).map(route).collect()), second], limits).unwrap_err();
-    assert!(e.contains("has 10 routes"), "{e}");
+    let r = compile_limited(vec![virtual_service((0..5).map(route).collect()), second], limits).unwrap();
+    let path = |p: &str| r.route(&Request::new(&req(&[(":authority", "big"), (":path", p)])), 0);
+    assert!(matches!(path("/4"), Decision::Forward { .. }));
+    assert_eq!(path("/7"), Decision::NotFound);
 }
 
 #[test]
@@ -723,6 +732,7 @@ fn a_host_longer_than_a_dns_name_still_matches_star() {
         gateway_port: Some(80),
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources: vec![],
     };
     let r = cfg.compile(&Resources { items }).unwrap();
@@ -762,6 +772,7 @@ fn routes_decide_redirects_direct_responses_and_forwarding_actions() {
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         resources: vec![],
     };
     let e = cfg.compile(&Resources { items: items.clone() }).unwrap_err().to_string();
@@ -797,4 +808,145 @@ fn routes_decide_redirects_direct_responses_and_forwarding_actions() {
     }
     let h = req(&[(":authority", "ratings"), (":path", "/other")]);
     assert!(matches!(r.route(&Request::new(&h), 0), Decision::Forward { ops: None, destination_headers: None, .. }));
+}
+
+/// Istio's delegate example (VirtualService reference, `Delegate`), on the gateway it binds.
+pub(crate) const DELEGATE_EXAMPLE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mygateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: bookinfo
+  namespace: default
+spec:
+  hosts:
+  - "bookinfo.com"
+  gateways:
+  - mygateway
+  http:
+  - match:
+    - uri:
+        prefix: "/productpage"
+    delegate:
+       name: productpage
+       namespace: nsA
+  - match:
+    - uri:
+        prefix: "/reviews"
+    delegate:
+        name: reviews
+        namespace: nsB
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: productpage
+  namespace: nsA
+spec:
+  http:
+  - match:
+     - uri:
+        prefix: "/productpage/v1/"
+    route:
+    - destination:
+        host: productpage-v1.nsA.svc.cluster.local
+  - route:
+    - destination:
+        host: productpage.nsA.svc.cluster.local
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: nsB
+spec:
+  http:
+  - route:
+    - destination:
+        host: reviews.nsB.svc.cluster.local
+"#;
+
+fn delegate_gateway(yaml: &str) -> Result<Router, String> {
+    let items = load_str(yaml, "delegate.yaml").map_err(|e| e.to_string())?;
+    let mut wl = Workload::new("istio-ingressgateway", "istio-system");
+    wl.mode = ProxyMode::Gateway;
+    wl.labels.insert("istio".into(), "ingressgateway".into());
+    let cfg = RouterConfig {
+        workload: Some(wl),
+        mesh: None,
+        gateway_port: Some(80),
+        cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        fault_filter: false,
+        outbound_traffic_policy: None,
+        resources: vec![],
+    };
+    cfg.compile(&Resources { items }).map_err(|e| e.to_string())
+}
+
+#[test]
+fn delegate_virtual_services_merge_into_their_root() {
+    let r = delegate_gateway(DELEGATE_EXAMPLE).unwrap();
+    let at = |path: &str| cluster(&r, &[(":authority", "bookinfo.com"), (":path", path)]);
+    assert_eq!(at("/productpage/v1/x"), "outbound|80||productpage-v1.nsa.svc.cluster.local");
+    assert_eq!(at("/productpage"), "outbound|80||productpage.nsa.svc.cluster.local");
+    assert_eq!(at("/reviews/1"), "outbound|80||reviews.nsb.svc.cluster.local");
+    assert_eq!(at("/ratings"), "404");
+    // A delegate route outside its root's match is dropped, as istiod drops it.
+    let narrowed = DELEGATE_EXAMPLE.replace("prefix: \"/productpage/v1/\"", "prefix: \"/other/\"");
+    let r = delegate_gateway(&narrowed).unwrap();
+    assert_eq!(cluster(&r, &[(":authority", "bookinfo.com"), (":path", "/other/x")]), "404");
+    // A delegate that is not there, not exported to the root, or delegates again is refused.
+    let e = delegate_gateway(
+        &DELEGATE_EXAMPLE.replace("name: reviews\n        namespace: nsB", "name: nope\n        namespace: nsB"),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("VirtualService default/bookinfo") && e.contains("spec.http[1].delegate") && e.contains("nsB/nope"),
+        "{e}"
+    );
+    let e = delegate_gateway(
+        &DELEGATE_EXAMPLE.replace("  namespace: nsB\nspec:\n", "  namespace: nsB\nspec:\n  exportTo: [\".\"]\n"),
+    )
+    .unwrap_err();
+    assert!(e.contains("not exported to namespace \"default\""), "{e}");
+    let e = delegate_gateway(&DELEGATE_EXAMPLE.replace(
+        "    - destination:\n        host: reviews.nsB.svc.cluster.local",
+        "    delegate: {name: productpage, namespace: nsA}",
+    ))
+    .unwrap_err();
+    assert!(e.contains("VirtualService nsB/reviews") && e.contains("cannot delegate again"), "{e}");
+}
+
+#[test]
+fn match_gateways_select_blocks_per_proxy_and_sidecars_keep_the_first_virtual_service() {
+    let vs = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: first, namespace: default}
+spec:
+  hosts: [reviews]
+  gateways: [mesh, default/mygateway]
+  http:
+  - match: [{gateways: [mygateway], uri: {prefix: /}}]
+    route: [{destination: {host: reviews, subset: gw}}]
+  - match: [{gateways: [mesh]}]
+    route: [{destination: {host: reviews, subset: mesh}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: second, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews, subset: second}}]
+"#;
+    assert_eq!(subset(&sidecar(vs), &[(":authority", "reviews")]), "mesh");
 }

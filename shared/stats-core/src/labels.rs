@@ -296,6 +296,18 @@ const SPECIAL_CLUSTERS: [&str; 5] = [
     "InboundPassthroughClusterIpv6",
 ];
 
+/// The cluster Istio's stats report for a request Envoy answered on istiod's catch-all route
+/// without an upstream cluster: route `block_all` (REGISTRY_ONLY's 502) counts as
+/// `BlackHoleCluster`, `allow_any` as `PassthroughCluster`. The adapter reads the route name only
+/// when the request has no cluster.
+pub fn catch_all_cluster(route_name: &str) -> Option<&'static str> {
+    match route_name {
+        "block_all" => Some("BlackHoleCluster"),
+        "allow_any" => Some("PassthroughCluster"),
+        _ => None,
+    }
+}
+
 /// What one request (or connection) looked like, gathered by the adapter. Empty strings mean
 /// "not known".
 #[derive(Debug, Clone, Copy)]
@@ -664,6 +676,9 @@ connection_security_policy"
         assert_eq!(v[Label::DestinationWorkload as usize], "unknown");
         assert_eq!(v[Label::DestinationCanonicalRevision as usize], "latest");
         assert_eq!(v[Label::ResponseCode as usize], "0");
+        assert_eq!(catch_all_cluster("block_all"), Some("BlackHoleCluster"));
+        assert_eq!(catch_all_cluster("allow_any"), Some("PassthroughCluster"));
+        assert_eq!(catch_all_cluster("default"), None);
         // Passthrough and black-hole clusters name themselves (whatever Host the client sent).
         for cluster in ["PassthroughCluster", "BlackHoleCluster"] {
             f.cluster_name = cluster;
