@@ -41,6 +41,7 @@ fn phase_builder(root_id: &str) -> Result<Build, String> {
         Filter::Authn => crate::authn::build,
         Filter::Stats => crate::stats::build,
         Filter::Oidc => crate::oidc::build,
+        Filter::AccessLog => crate::access_log::build,
         Filter::Chain => return Err("a chain cannot be a phase of a chain".into()),
     })
 }
@@ -48,7 +49,7 @@ fn phase_builder(root_id: &str) -> Result<Build, String> {
 /// The filter of a phase's root id: an HTTP filter of this module.
 fn phase_filter(root_id: &str) -> Result<Filter, String> {
     match filter_for(root_id) {
-        Some(f @ (Filter::Router | Filter::Authn | Filter::Oidc)) => Ok(f),
+        Some(f @ (Filter::Router | Filter::Authn | Filter::Oidc | Filter::AccessLog)) => Ok(f),
         Some(Filter::Authz) if root_id != "wasmesh.authz.tcp" && root_id != "wasmesh.authz.peer_address" => {
             Ok(Filter::Authz)
         }
@@ -56,7 +57,8 @@ fn phase_filter(root_id: &str) -> Result<Filter, String> {
         Some(Filter::Chain) => Err("a chain cannot be a phase of a chain".into()),
         _ => Err(format!(
             "{root_id:?} is not an HTTP filter of this module; expected one of wasmesh.stats, \
-             wasmesh.authz.custom, wasmesh.oidc, wasmesh.authn, wasmesh.authz, wasmesh.router"
+             wasmesh.authz.custom, wasmesh.oidc, wasmesh.authn, wasmesh.authz, wasmesh.router, \
+             wasmesh.access_log"
         )),
     }
 }
@@ -132,6 +134,7 @@ mod tests {
             "wasmesh.authn",
             "wasmesh.stats",
             "wasmesh.oidc",
+            "wasmesh.access_log",
         ] {
             assert!(phase_filter(id).is_ok(), "{id}");
         }

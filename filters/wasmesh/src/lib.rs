@@ -7,6 +7,7 @@
 //! | `wasmesh.authz`, `wasmesh.authz.custom`, `wasmesh.authz.tcp`, `wasmesh.authz.peer_address` | AuthorizationPolicy (HTTP; CUSTOM stage; network RBAC on TCP; the network filter recording the peer address) |
 //! | `wasmesh.authn` | RequestAuthentication (JWT) |
 //! | `wasmesh.stats`, `wasmesh.stats.tcp` | Istio's standard metrics (HTTP; TCP) |
+//! | `wasmesh.access_log` | access logs, TEXT or JSON (HTTP) |
 //! | `wasmesh.oidc` | OIDC login at the gateway (authorization code flow, sealed session cookie) |
 //! | `wasmesh.chain` | the one-pass layout: several of the HTTP filters above as phases of one filter ([`chain`]) |
 //!
@@ -64,6 +65,9 @@ pub mod authn;
 #[path = "../../stats/src/filter.rs"]
 pub mod stats;
 
+#[path = "../../stats/src/access_log.rs"]
+pub mod access_log;
+
 #[path = "../../oidc/src/filter.rs"]
 pub mod oidc;
 
@@ -85,10 +89,12 @@ pub enum Filter {
     Oidc,
     /// The one-pass layout.
     Chain,
+    /// Access logs (`wasmesh.access_log`).
+    AccessLog,
 }
 
 /// The root ids the controller writes today, one per filter role (for docs and tests).
-pub const ROOT_IDS: [&str; 10] = [
+pub const ROOT_IDS: [&str; 11] = [
     "wasmesh.router",
     "wasmesh.authz",
     "wasmesh.authz.custom",
@@ -99,6 +105,7 @@ pub const ROOT_IDS: [&str; 10] = [
     "wasmesh.stats.tcp",
     chain::ROOT_ID,
     "wasmesh.oidc",
+    access_log::ROOT_ID,
 ];
 
 /// The filter a plugin's `root_id` names: `wasmesh.<filter>` or `wasmesh.<filter>.<role>`.
@@ -112,6 +119,7 @@ pub fn filter_for(root_id: &str) -> Option<Filter> {
         "stats" => Some(Filter::Stats),
         "chain" => Some(Filter::Chain),
         "oidc" => Some(Filter::Oidc),
+        "access_log" => Some(Filter::AccessLog),
         _ => None,
     }
 }
@@ -126,6 +134,7 @@ pub fn root_context(context_id: u32) -> Box<dyn RootContext> {
         Some(Filter::Stats) => stats::root_context(context_id),
         Some(Filter::Chain) => chain::root_context(context_id),
         Some(Filter::Oidc) => oidc::root_context(context_id),
+        Some(Filter::AccessLog) => access_log::root_context(context_id),
         None => Box::new(Unknown { root_id }),
     }
 }
@@ -169,6 +178,7 @@ mod tests {
             Filter::Stats,
             Filter::Chain,
             Filter::Oidc,
+            Filter::AccessLog,
         ];
         for (id, f) in ROOT_IDS.iter().zip(expected) {
             assert_eq!(filter_for(id), Some(f), "{id}");
