@@ -27,8 +27,15 @@ pub const MAX_PHASES: usize = 8;
 
 /// The root ids the module accepts as phases of a chain: its HTTP filters. Anything else (a
 /// network filter's root id) is never put in a chain.
-pub const PHASE_ROOT_IDS: [&str; 6] =
-    ["wasmesh.stats", "wasmesh.oidc", "wasmesh.authz.custom", "wasmesh.authn", "wasmesh.authz", "wasmesh.router"];
+pub const PHASE_ROOT_IDS: [&str; 7] = [
+    "wasmesh.stats",
+    "wasmesh.access_log",
+    "wasmesh.oidc",
+    "wasmesh.authz.custom",
+    "wasmesh.authn",
+    "wasmesh.authz",
+    "wasmesh.router",
+];
 
 /// `wasmeshctl envoy --layout`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -121,6 +121,7 @@ pub fn validate_with_mesh(resources: &Resources, mesh: &MeshConfig) -> Vec<Error
     let mut errors = validate(resources);
     errors.extend(extension_providers(resources, mesh));
     errors.extend(crate::plugins::oidc::validate(mesh));
+    errors.extend(crate::plugins::accesslog::validate(resources, mesh));
     errors
 }
 
@@ -151,14 +152,6 @@ pub fn refusals(resources: &Resources) -> Vec<Error> {
 pub fn refusals_with(resources: &Resources, blocked: &BlockedCidrs) -> Vec<Error> {
     let mut errors = Vec::new();
     for (res, t) in resources.telemetries() {
-        if !t.access_logging.is_empty() {
-            errors.push(Error::at(
-                res,
-                "spec.accessLogging",
-                "Telemetry access logging is not implemented by wasmesh yet: remove spec.accessLogging (Envoy's own \
-                 access log: wasmeshctl envoy --envoy-access-log FILE)",
-            ));
-        }
         if !t.tracing.is_empty() {
             errors.push(Error::at(
                 res,
@@ -393,7 +386,11 @@ pub fn validate_input_with_mesh(input: &wasmesh_istio::Input, mesh: Option<&Mesh
     let mut errors = schema.errors;
     let ours = match mesh {
         Some(mesh) => validate_with_mesh(&input.resources, mesh),
-        None => validate(&input.resources),
+        None => {
+            let mut e = validate(&input.resources);
+            e.extend(crate::plugins::accesslog::validate(&input.resources, &MeshConfig::default()));
+            e
+        }
     };
     for e in ours {
         let restated = errors.iter().any(|s| {

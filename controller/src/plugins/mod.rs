@@ -11,6 +11,7 @@
 use serde_json::Value;
 use wasmesh_istio::{Error, Resources, Workload};
 
+pub mod accesslog;
 pub mod authn;
 pub mod authz;
 pub mod mtls;
@@ -64,6 +65,9 @@ pub struct Contribution {
     pub clusters: Vec<Value>,
     /// Bootstrap `stats_config.stats_tags` entries (tag extraction for wasm metrics).
     pub stats_tags: Vec<Value>,
+    /// Envoy access loggers for the listener's HTTP connection manager (the file loggers that
+    /// print the access-log phase's lines).
+    pub access_logs: Vec<Value>,
 }
 
 /// How a listener accepts connections, as the transport plugin ([`mtls`]) contributes it: the
@@ -132,6 +136,7 @@ pub type Plugin = fn(&ListenerContext<'_>) -> Result<Contribution, Vec<Error>>;
 /// outbound and gateway listeners).
 pub const PLUGINS: &[Plugin] = &[
     stats::contribute,
+    accesslog::contribute,
     oidc::contribute,
     authz::contribute_custom,
     authn::contribute,
@@ -148,7 +153,8 @@ pub const PLUGINS: &[Plugin] = &[
 pub type EmptySlot = fn(&ListenerContext<'_>) -> Option<WasmFilter>;
 
 /// Parallel to [`PLUGINS`].
-pub const EMPTY_SLOTS: &[EmptySlot] = &[no_slot, no_slot, empty_authz_custom, empty_authn, empty_authz_rbac, no_slot];
+pub const EMPTY_SLOTS: &[EmptySlot] =
+    &[no_slot, no_slot, no_slot, empty_authz_custom, empty_authn, empty_authz_rbac, no_slot];
 
 fn no_slot(_: &ListenerContext<'_>) -> Option<WasmFilter> {
     None
