@@ -260,3 +260,93 @@ fn wasmesh_access_log_lines_equal_envoys_file_logger_text_and_json() {
     assert!(differences.is_empty(), "{} differences:\n{}", differences.len(), differences.join("\n"));
     drop(envoy);
 }
+
+/// What `wasmeshctl envoy` writes for Telemetry `accessLogging` (one-pass layout, with the stats
+/// phase): two providers from the mesh config, one with a CEL filter and Istio JSON labels; every
+/// request in the first, only the failed ones in the second.
+#[test]
+fn wasmeshctl_envoy_writes_the_telemetry_access_logs_with_their_filter() {
+    use wasmesh_controller::bootstrap::{self, Inbound, ProxySpec};
+    let app = App::new("httpbin", "v1").start();
+    let dir = al::log_dir();
+    let port = free_port();
+    let all = dir.path().join("all.log");
+    let errors = dir.path().join("errors.log");
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: httpbin-v1, namespace: default}}
+spec: {{address: 127.0.0.1, ports: {{http: {port}}}, labels: {{app: httpbin}}, serviceAccount: httpbin}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: [httpbin.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 8000, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: httpbin}}}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: logs, namespace: default}}
+spec:
+  accessLogging:
+  - providers: [{{name: all}}]
+  - providers: [{{name: errors}}]
+    filter: {{expression: "response.code >= 400"}}
+    match: {{mode: SERVER}}
+"#
+    );
+    let mesh: MeshConfig = MeshConfig::load(
+        &format!(
+            "extensionProviders:\n- name: all\n  envoyFileAccessLog: {{path: {}}}\n- name: errors\n  envoyFileAccessLog:\n    path: {}\n    logFormat: {{labels: {{code: '%RESPONSE_CODE%', path: '%REQ(:PATH)%', flags: '%RESPONSE_FLAGS%'}}}}\n",
+            all.display(),
+            errors.display()
+        ),
+        "mesh.yaml",
+    )
+    .unwrap();
+    let res = Resources { items: load_str(&yaml, "access-log.yaml").unwrap() };
+    let (wl, _) = bootstrap::workload_from_entry(&res, "default/httpbin-v1").unwrap();
+    let spec = ProxySpec {
+        workload: wl,
+        inbound: vec![Inbound { port, app_port: app.port }],
+        outbound_port: Some(free_port()),
+        tcp_outbound: Vec::new(),
+        gateway_ports: Vec::new(),
+        admin_port: free_port(),
+        wasm_dir: wasmesh_e2e::paths::wasm_dir(),
+        mesh,
+        certs_dir: None,
+        envoy_access_log: None,
+    };
+    let boot = bootstrap::build(&spec, &res).unwrap_or_else(|e| panic!("{e:?}"));
+    let text = boot.to_string();
+    assert!(text.contains("wasmesh.access_log") && text.contains("wasmesh.chain"), "one-pass chain with the phase");
+    let _envoy = Envoy::start("access-log-ctl", &boot);
+    for code in [200, 404, 503, 201] {
+        let r = wasmesh_e2e::http::get(port, "httpbin.default.svc.cluster.local", &format!("/status/{code}"), &[]);
+        assert_eq!(r.status, code);
+    }
+    let files = al::Files { envoy: all.clone(), wasmesh: errors.clone() };
+    let (all_lines, error_lines) = al::wait_lines(&files, 2);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (all_lines, error_lines) =
+        if all_lines.len() < 4 { al::wait_lines(&al::Files { envoy: all, wasmesh: errors }, 4) } else { (all_lines, error_lines) };
+    assert_eq!(all_lines.len(), 4, "{all_lines:#?}");
+    for (line, code) in all_lines.iter().zip([200, 404, 503, 201]) {
+        assert!(line.contains(&format!("\"GET /status/{code} HTTP/1.1\" {code} - via_upstream")), "{line}");
+        assert!(line.contains("inbound|"), "Istio's default format names the cluster: {line}");
+    }
+    let codes: Vec<Value> = error_lines.iter().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect();
+    assert_eq!(
+        codes,
+        vec![
+            json!({"code": 404, "flags": "-", "path": "/status/404"}),
+            json!({"code": 503, "flags": "-", "path": "/status/503"})
+        ]
+    );
+}
