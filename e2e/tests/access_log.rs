@@ -326,7 +326,15 @@ spec:
     let boot = bootstrap::build(&spec, &res).unwrap_or_else(|e| panic!("{e:?}"));
     let text = boot.to_string();
     assert!(text.contains("wasmesh.access_log") && text.contains("wasmesh.chain"), "one-pass chain with the phase");
-    let _envoy = Envoy::start("access-log-ctl", &boot);
+    let envoy = Envoy::start("access-log-ctl", &boot);
+    // The stats phase sets Istio's build gauge (Istio's mesh dashboard reads it).
+    let prom = envoy.admin("/stats/prometheus");
+    let build = format!("istio_build{{component=\"proxy\",tag=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    assert!(
+        prom.lines().any(|l| l == build),
+        "{build} in:\n{}",
+        prom.lines().filter(|l| l.contains("istio_build")).collect::<Vec<_>>().join("\n")
+    );
     for code in [200, 404, 503, 201] {
         let r = wasmesh_e2e::http::get(port, "httpbin.default.svc.cluster.local", &format!("/status/{code}"), &[]);
         assert_eq!(r.status, code);
@@ -334,8 +342,11 @@ spec:
     let files = al::Files { envoy: all.clone(), wasmesh: errors.clone() };
     let (all_lines, error_lines) = al::wait_lines(&files, 2);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let (all_lines, error_lines) =
-        if all_lines.len() < 4 { al::wait_lines(&al::Files { envoy: all, wasmesh: errors }, 4) } else { (all_lines, error_lines) };
+    let (all_lines, error_lines) = if all_lines.len() < 4 {
+        al::wait_lines(&al::Files { envoy: all, wasmesh: errors }, 4)
+    } else {
+        (all_lines, error_lines)
+    };
     assert_eq!(all_lines.len(), 4, "{all_lines:#?}");
     for (line, code) in all_lines.iter().zip([200, 404, 503, 201]) {
         assert!(line.contains(&format!("\"GET /status/{code} HTTP/1.1\" {code} - via_upstream")), "{line}");
