@@ -351,6 +351,13 @@ spec:
     for (line, code) in all_lines.iter().zip([200, 404, 503, 201]) {
         assert!(line.contains(&format!("\"GET /status/{code} HTTP/1.1\" {code} - via_upstream")), "{line}");
         assert!(line.contains("inbound|"), "Istio's default format names the cluster: {line}");
+        // `wasmeshctl logs` reads the real lines.
+        let pretty = wasmesh_controller::plugins::accesslog::pretty(line);
+        assert!(pretty.contains(&format!(" {code} GET    /status/{code} HTTP/1.1")), "{pretty}");
+        assert!(pretty.contains("cluster=inbound|"), "{pretty}");
+    }
+    for line in &error_lines {
+        assert!(wasmesh_controller::plugins::accesslog::pretty(line).starts_with("code="), "{line}");
     }
     let codes: Vec<Value> = error_lines.iter().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect();
     assert_eq!(

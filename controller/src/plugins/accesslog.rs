@@ -431,3 +431,205 @@ spec:
         );
     }
 }
+
+/// `wasmeshctl logs`: one access-log line (Istio's default TEXT format or any JSON line) as one
+/// readable line; a line in another format comes back as it is.
+pub fn pretty(line: &str) -> String {
+    let line = line.trim_end_matches(['\n', '\r']);
+    let fields = if line.trim_start().starts_with('{') { json_fields(line) } else { text_fields(line) };
+    match fields {
+        Some(f) => summary(&f),
+        None => line.to_string(),
+    }
+}
+
+/// Istio's default JSON field names, from a JSON line.
+fn json_fields(line: &str) -> Option<BTreeMap<String, String>> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    let obj = v.as_object()?;
+    Some(
+        obj.iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    Value::Null => "-".to_string(),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), s)
+            })
+            .collect(),
+    )
+}
+
+/// The tokens of a TEXT line: `[...]`, `"..."` and bare words.
+fn tokens(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c == ' ' {
+            chars.next();
+            continue;
+        }
+        let close = match c {
+            '[' => Some(']'),
+            '"' => Some('"'),
+            _ => None,
+        };
+        let mut t = String::new();
+        if let Some(close) = close {
+            chars.next();
+            for ch in chars.by_ref() {
+                if ch == close {
+                    break;
+                }
+                t.push(ch);
+            }
+        } else {
+            while let Some(&ch) = chars.peek() {
+                if ch == ' ' {
+                    break;
+                }
+                t.push(ch);
+                chars.next();
+            }
+        }
+        out.push(t);
+    }
+    out
+}
+
+/// The fields of a line in Istio's default TEXT format (by position), named as its JSON.
+fn text_fields(line: &str) -> Option<BTreeMap<String, String>> {
+    const NAMES: [&str; 21] = [
+        "start_time",
+        "request",
+        "response_code",
+        "response_flags",
+        "response_code_details",
+        "connection_termination_details",
+        "upstream_transport_failure_reason",
+        "bytes_received",
+        "bytes_sent",
+        "duration",
+        "upstream_service_time",
+        "x_forwarded_for",
+        "user_agent",
+        "request_id",
+        "authority",
+        "upstream_host",
+        "upstream_cluster",
+        "upstream_local_address",
+        "downstream_local_address",
+        "downstream_remote_address",
+        "requested_server_name",
+    ];
+    let t = tokens(line);
+    if !line.starts_with('[') || !(NAMES.len()..=NAMES.len() + 1).contains(&t.len()) {
+        return None;
+    }
+    let mut f: BTreeMap<String, String> = NAMES.iter().zip(&t).map(|(n, v)| (n.to_string(), v.clone())).collect();
+    if let Some(route) = t.get(NAMES.len()) {
+        f.insert("route_name".into(), route.clone());
+    }
+    let request = f.remove("request").unwrap_or_default();
+    let mut parts = request.splitn(3, ' ');
+    for k in ["method", "path", "protocol"] {
+        f.insert(k.into(), parts.next().unwrap_or("-").to_string());
+    }
+    Some(f)
+}
+
+fn summary(f: &BTreeMap<String, String>) -> String {
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("-");
+    if !f.contains_key("response_code") {
+        return f.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+    }
+    let mut s = format!(
+        "{}  {:>3} {:<6} {} {}  {}ms  {} → {} → {}",
+        get("start_time"),
+        get("response_code"),
+        get("method"),
+        get("path"),
+        get("protocol"),
+        get("duration"),
+        get("downstream_remote_address"),
+        get("authority"),
+        get("upstream_host"),
+    );
+    for (label, key) in [
+        ("flags", "response_flags"),
+        ("details", "response_code_details"),
+        ("cluster", "upstream_cluster"),
+        ("route", "route_name"),
+        ("id", "request_id"),
+    ] {
+        let v = get(key);
+        if v != "-" && !v.is_empty() {
+            s.push_str(&format!("  {label}={v}"));
+        }
+    }
+    // Custom JSON fields beyond Istio's defaults.
+    let known: Vec<&str> = wasmesh_accesslog::ISTIO_JSON.iter().map(|(k, _)| *k).collect();
+    for (k, v) in f {
+        if !known.contains(&k.as_str()) && !["method", "path", "protocol"].contains(&k.as_str()) {
+            s.push_str(&format!("  {k}={v}"));
+        }
+    }
+    s
+}
+
+/// `wasmeshctl logs FILE [--follow]`: prints each line of a proxy's access log ([`pretty`], or as
+/// it is with `raw`), then, with `follow`, the lines appended after (as `tail -f`). `-` reads
+/// standard input.
+pub fn tail(path: &std::path::Path, follow: bool, raw: bool) -> Result<(), String> {
+    use std::io::{BufRead, BufReader, Read};
+    let show = |line: &str| {
+        if raw {
+            println!("{}", line.trim_end_matches('\n'));
+        } else {
+            println!("{}", pretty(line));
+        }
+    };
+    let reader: Box<dyn Read> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?)
+    };
+    let mut reader = BufReader::new(reader);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            if !follow {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            continue;
+        }
+        if !line.trim().is_empty() {
+            show(&line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod pretty_tests {
+    use super::*;
+
+    const TEXT: &str =
+        "[2026-12-06T22:41:05.123Z] \"GET /status/404 HTTP/1.1\" 404 - via_upstream - \"-\" 0 12 7 3 \"-\" \
+                        \"curl/8\" \"id-1\" \"httpbin:8000\" \"127.0.0.1:9000\" inbound|8000|| 127.0.0.1:40000 \
+                        127.0.0.1:8080 127.0.0.1:50000 - default\n";
+
+    #[test]
+    fn istio_text_and_json_lines_read_the_same() {
+        let want = "2026-12-06T22:41:05.123Z  404 GET    /status/404 HTTP/1.1  7ms  127.0.0.1:50000 → httpbin:8000 → \
+                    127.0.0.1:9000  details=via_upstream  cluster=inbound|8000||  route=default  id=id-1";
+        assert_eq!(pretty(TEXT), want);
+        let json = r#"{"start_time":"2026-12-06T22:41:05.123Z","method":"GET","path":"/status/404","protocol":"HTTP/1.1","response_code":404,"response_flags":"-","response_code_details":"via_upstream","duration":7,"downstream_remote_address":"127.0.0.1:50000","authority":"httpbin:8000","upstream_host":"127.0.0.1:9000","upstream_cluster":"inbound|8000||","route_name":"default","request_id":"id-1","x_forwarded_for":null}"#;
+        assert_eq!(pretty(json), want);
+        assert_eq!(pretty("something else"), "something else");
+        assert_eq!(pretty(r#"{"code":404}"#), "code=404");
+    }
+}
