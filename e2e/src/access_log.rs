@@ -154,3 +154,66 @@ pub fn wait_lines(files: &Files, n: usize) -> (Vec<String>, Vec<String>) {
 pub fn log_dir() -> TempDir {
     TempDir::new("access-log")
 }
+
+/// A listener for the bench: `filters` before the router, `loggers` on the HCM, one route to the
+/// bench's `app` cluster.
+fn bench_listener(port: u16, filters: Vec<Value>, loggers: Vec<Value>) -> Value {
+    let mut filters = filters;
+    filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    json!({
+        "name": "access_log",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "access_log",
+            "route_config": {"virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+            "http_filters": filters,
+            "access_log": loggers,
+        }}]}],
+    })
+}
+
+/// The bench scenario: Istio's default TEXT and JSON access log, Envoy's native file logger
+/// against wasmesh's phase (with the file logger that prints its line), both to `/dev/null`
+/// (Envoy writes files on its flush thread; the figure is the worker's).
+pub fn bench_scenario() -> crate::bench::Scenario {
+    use crate::bench::Variant;
+    let null = Path::new("/dev/null");
+    let istio_json = wasmesh_accesslog::istio_json();
+    let text_format = json!({"text_format_source": {"inline_string": wasmesh_accesslog::ISTIO_TEXT}});
+    let variant = |name: &str, filters: Vec<Value>, loggers: Vec<Value>| {
+        let port = free_port();
+        Variant { listener: Some((port, bench_listener(port, filters, loggers))), ..Variant::new(name) }
+    };
+    let phase = |text: Option<&str>, json_fields: Option<&BTreeMap<String, String>>| {
+        let mut log = json!({"filterStateKey": TEXT_KEY});
+        if let Some(t) = text {
+            log["text"] = json!(t);
+        }
+        if let Some(j) = json_fields {
+            log["json"] = json!(j);
+        }
+        phase_filter(&json!({"logs": [log]}))
+    };
+    crate::bench::Scenario {
+        name: "access log".into(),
+        target: "Istio's default access log: wasmesh vs Envoy's native file logger".into(),
+        variants: vec![
+            variant("none", vec![], vec![]),
+            variant("native file logger, Istio TEXT", vec![], vec![file_logger(null, text_format)]),
+            variant(
+                "native file logger, Istio JSON",
+                vec![],
+                vec![file_logger(null, json!({"json_format": istio_json}))],
+            ),
+            variant("no-op wasm filter", crate::bench::noop_filters(1), vec![]),
+            variant(
+                "wasmesh, Istio TEXT",
+                vec![phase(Some(wasmesh_accesslog::ISTIO_TEXT), None)],
+                vec![sink_logger(null, TEXT_KEY)],
+            ),
+            variant("wasmesh, Istio JSON", vec![phase(None, Some(&istio_json))], vec![sink_logger(null, TEXT_KEY)]),
+        ],
+        modules: vec!["wasmesh".into(), "noop".into()],
+    }
+}

@@ -224,12 +224,10 @@ pub fn logs(ctx: &ListenerContext<'_>) -> Result<Vec<Log>, Vec<Error>> {
     let mut errors = Vec::new();
     let mut out: Vec<Log> = Vec::new();
     let telemetries = scoped(ctx);
-    if telemetries.is_empty() {
-        if ctx.mesh.access_log_file.as_deref().is_some_and(|f| !f.is_empty()) {
-            match envoy_provider(ctx.mesh) {
-                Ok(l) => out.push(l),
-                Err(e) => errors.push(e),
-            }
+    if telemetries.is_empty() && ctx.mesh.access_log_file.as_deref().is_some_and(|f| !f.is_empty()) {
+        match envoy_provider(ctx.mesh) {
+            Ok(l) => out.push(l),
+            Err(e) => errors.push(e),
         }
     }
     for (res, t) in telemetries {
