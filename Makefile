@@ -11,7 +11,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip1/release
 FILTERS := router authz authn stats noop oidc wasmesh
-CORES := wasmesh-istio wasmesh-handover wasmesh-router wasmesh-authz wasmesh-authn wasmesh-stats wasmesh-oidc wasmesh-trace
+CORES := wasmesh-istio wasmesh-handover wasmesh-router wasmesh-authz wasmesh-authn wasmesh-stats wasmesh-oidc wasmesh-trace wasmesh-accesslog
 export CARGO_TARGET_WASM32_WASIP1_RUNNER := node $(CURDIR)/e2e/wasi-run.mjs
 
 .PHONY: all deps wasm build test test-unit test-wasm test-e2e test-compat test-compat-others envoy-versions run bench bench-check clean lint authz-diff images push manifests

@@ -162,6 +162,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                     all.network_filters.extend(c.network_filters);
                     all.clusters.extend(c.clusters);
                     all.stats_tags.extend(c.stats_tags);
+                    all.access_logs.extend(c.access_logs);
                 }
                 Err(mut e) => errors.append(&mut e),
             }
@@ -642,6 +643,11 @@ fn listener(
     }
     if let Some(log) = envoy_access_log(spec) {
         hcm["access_log"] = log;
+    }
+    if !c.access_logs.is_empty() {
+        let mut logs = hcm["access_log"].as_array().cloned().unwrap_or_default();
+        logs.extend(c.access_logs.iter().cloned());
+        hcm["access_log"] = Value::Array(logs);
     }
     for (field, value) in transport.iter().flat_map(|t| &t.hcm_fields) {
         hcm[*field] = value.clone();

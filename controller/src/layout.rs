@@ -27,9 +27,10 @@ pub const MAX_PHASES: usize = 8;
 
 /// The root ids the module accepts as phases of a chain: its HTTP filters. Anything else (a
 /// network filter's root id) is never put in a chain.
-pub const PHASE_ROOT_IDS: [&str; 7] = [
+pub const PHASE_ROOT_IDS: [&str; 8] = [
     "wasmesh.stats",
     "wasmesh.tracing",
+    "wasmesh.access_log",
     "wasmesh.oidc",
     "wasmesh.authz.custom",
     "wasmesh.authn",

@@ -20,6 +20,7 @@ const EXAMPLES: &str = "Examples:
       --certs out/certs --inbound-port 19083 --app-port 9080 --output-file reviews-v2.yaml
   wasmeshctl check -f examples/bookinfo --workload default/reviews-v2 --path /reviews/0
   wasmeshctl dashboard --admin 127.0.0.1:15000
+  wasmeshctl logs --follow /tmp/wasmesh-demo/access.log
   source <(wasmeshctl completion bash)";
 
 /// wasmeshctl: Istio's traffic management, security and observability as wasm filters in any Envoy.
@@ -70,6 +71,23 @@ enum Command {
         /// Print the JSON Schema of this filter's configuration instead of the Markdown page
         #[arg(long, value_name = "FILTER")]
         schema: Option<String>,
+    },
+    /// Tails a proxy's access log, one readable line per request (Istio TEXT or JSON)
+    #[command(long_about = "Prints a proxy's access log (the file of meshConfig accessLogFile or of an \
+        envoyFileAccessLog provider; - for standard input, e.g. the proxy's output) one request per line: time, \
+        code, method, path, duration, client → authority → upstream host, then flags, details, cluster, route, \
+        request id and any custom JSON field. Lines in Istio's default TEXT format and JSON lines are read; other \
+        lines are printed as they are.")]
+    Logs {
+        /// The access-log file (- for standard input)
+        #[arg(value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+        file: PathBuf,
+        /// Keep printing the lines appended to the file (as tail -f)
+        #[arg(short = 'F', long)]
+        follow: bool,
+        /// Print the lines as they are
+        #[arg(long)]
+        raw: bool,
     },
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(long_about = "Prints a shell completion script for wasmeshctl.\n\n  bash:  source <(wasmeshctl \
@@ -278,6 +296,7 @@ fn main() -> ExitCode {
         Command::FilterConfig { schema: Some(filter) } => wasmesh_controller::filter_docs::schema(&filter)
             .and_then(|v| serde_json::to_string_pretty(&v).map_err(|e| e.to_string()))
             .map(|text| println!("{text}")),
+        Command::Logs { file, follow, raw } => wasmesh_controller::plugins::accesslog::tail(&file, follow, raw),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "wasmeshctl", &mut std::io::stdout());
             Ok(())

@@ -27,6 +27,16 @@ pub struct MeshConfig {
     /// Istio `meshConfig.defaultConfig` (ProxyConfig); `gatewayTopology.numTrustedProxies` is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_config: Option<ProxyConfig>,
+    /// Istio `accessLogFile`: every request logged there (`/dev/stdout`: the proxy's output)
+    /// when no Telemetry configures access logging (plugins::accesslog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_file: Option<String>,
+    /// Istio `accessLogEncoding`: `TEXT` (default) or `JSON`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_encoding: Option<String>,
+    /// Istio `accessLogFormat`: Envoy command operators (TEXT) or a JSON object of fields (JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_format: Option<String>,
 }
 
 impl MeshConfig {

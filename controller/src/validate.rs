@@ -123,6 +123,7 @@ pub fn validate_with_mesh(resources: &Resources, mesh: &MeshConfig) -> Vec<Error
     errors.extend(extension_providers(resources, mesh));
     errors.extend(crate::plugins::oidc::validate(mesh));
     errors.extend(crate::plugins::tracing::refusals(resources, mesh));
+    errors.extend(crate::plugins::accesslog::validate(resources, mesh));
     errors
 }
 
@@ -153,14 +154,6 @@ pub fn refusals(resources: &Resources) -> Vec<Error> {
 pub fn refusals_with(resources: &Resources, blocked: &BlockedCidrs) -> Vec<Error> {
     let mut errors = Vec::new();
     for (res, t) in resources.telemetries() {
-        if !t.access_logging.is_empty() {
-            errors.push(Error::at(
-                res,
-                "spec.accessLogging",
-                "Telemetry access logging is not implemented by wasmesh yet: remove spec.accessLogging (Envoy's own \
-                 access log: wasmeshctl envoy --envoy-access-log FILE)",
-            ));
-        }
         for (i, m) in t.metrics.iter().enumerate() {
             for (j, p) in m.providers.iter().enumerate() {
                 if !p.name.is_empty() && p.name != "prometheus" {
@@ -392,6 +385,7 @@ pub fn validate_input_with_mesh(input: &wasmesh_istio::Input, mesh: Option<&Mesh
             // Tracing refusals need no meshConfig to find a Telemetry naming no provider.
             let mut e = validate(&input.resources);
             e.extend(crate::plugins::tracing::refusals(&input.resources, &MeshConfig::default()));
+            e.extend(crate::plugins::accesslog::validate(&input.resources, &MeshConfig::default()));
             e
         }
     };

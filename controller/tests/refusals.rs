@@ -135,9 +135,22 @@ fn cases() -> Vec<Case> {
         c("custom metrics are not supported by wasmesh", telemetry("  metrics: [{providers: [{name: prometheus}], overrides: [{match: {customMetric: my_metric}, disabled: true}]}]\n"), "Telemetry foo/t", "spec.metrics[0].overrides[0].match.customMetric", "custom metrics"),
         c("{original:?} is not supported: {e}; {SUPPORTED_HINT}", telemetry("  metrics: [{providers: [{name: prometheus}], overrides: [{tagOverrides: {x: {value: \"request.host + 'x'\"}}}]}]\n"), "Telemetry foo/t", "spec.metrics[0].overrides[0].tagOverrides", "is not supported"),
         // wasmeshctl's own: what Istio accepts and the filters do not implement.
-        c("controller: Telemetry accessLogging", telemetry("  accessLogging: [{providers: [{name: envoy}]}]\n"), "Telemetry foo/t", "spec.accessLogging", "access logging is not implemented"),
         c("controller: Telemetry tracing without a provider", telemetry("  tracing: [{randomSamplingPercentage: 10}]\n"), "Telemetry foo/t", "spec.tracing[0].providers", "no tracing provider"),
         c("controller: Telemetry tracing customTags formatter", telemetry("  tracing: [{providers: [{name: otel}], customTags: {a: {formatter: {value: '%REQ(x)%'}}}}]\n"), "Telemetry foo/t", "spec.tracing[0].customTags.a", "formatter is not mapped"),
+        Case {
+            mesh: Some("extensionProviders: [{name: otel, envoyOtelAls: {service: otel.foo.svc.cluster.local, port: 4317}}]"),
+            ..c("controller: Telemetry accessLogging to envoyOtelAls", telemetry("  accessLogging: [{providers: [{name: otel}]}]\n"), "Telemetry foo/t", "spec.accessLogging[0].providers[0].name", "OpenTelemetry access-log export is not implemented by wasmesh yet")
+        },
+        c("controller: Telemetry accessLogging provider", telemetry("  accessLogging: [{providers: [{name: nope}]}]\n"), "Telemetry foo/t", "spec.accessLogging[0].providers[0].name", "\"nope\" is neither \"envoy\" nor"),
+        // accesslog-core: command operators wasm cannot compute as Envoy does, strftime specifiers.
+        Case {
+            mesh: Some("extensionProviders: [{name: f, envoyFileAccessLog: {path: /dev/stdout, logFormat: {text: '%REQUEST_DURATION%'}}}]"),
+            ..c("is not supported by wasmesh's access log", telemetry("  accessLogging: [{providers: [{name: f}]}]\n"), "Telemetry foo/t", "spec.accessLogging[0].providers[0].name", "%REQUEST_DURATION% is not supported by wasmesh's access log")
+        },
+        Case {
+            mesh: Some("extensionProviders: [{name: f, envoyFileAccessLog: {path: /dev/stdout, logFormat: {text: '%START_TIME(%Q)%'}}}]"),
+            ..c("unsupported specifier", telemetry("  accessLogging: [{providers: [{name: f}]}]\n"), "Telemetry foo/t", "spec.accessLogging[0].providers[0].name", "unsupported specifier %Q")
+        },
         c("controller: Telemetry metrics provider", telemetry("  metrics: [{providers: [{name: stackdriver}]}]\n"), "Telemetry foo/t", "spec.metrics[0].providers[0].name", "Prometheus only"),
         c("controller: Telemetry targetRefs", telemetry("  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: g}]\n  metrics: [{providers: [{name: prometheus}]}]\n"), "Telemetry foo/t", "spec.targetRefs[0]", "not applied by wasmesh"),
         // Istio's webhook: selector and targetRefs together.

@@ -8,6 +8,7 @@
 // Test harness code: a helper that cannot do what a test asked fails that test (unwrap/expect/panic).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod access_log;
 pub mod app;
 pub mod authn;
 pub mod authz;

@@ -11,6 +11,7 @@
 use serde_json::Value;
 use wasmesh_istio::{Error, Resources, Workload};
 
+pub mod accesslog;
 pub mod authn;
 pub mod authz;
 pub mod mtls;
@@ -65,6 +66,9 @@ pub struct Contribution {
     pub clusters: Vec<Value>,
     /// Bootstrap `stats_config.stats_tags` entries (tag extraction for wasm metrics).
     pub stats_tags: Vec<Value>,
+    /// Envoy access loggers for the listener's HTTP connection manager (the file loggers that
+    /// print the access-log phase's lines).
+    pub access_logs: Vec<Value>,
 }
 
 /// How a listener accepts connections, as the transport plugin ([`mtls`]) contributes it: the
@@ -134,6 +138,7 @@ pub type Plugin = fn(&ListenerContext<'_>) -> Result<Contribution, Vec<Error>>;
 pub const PLUGINS: &[Plugin] = &[
     stats::contribute,
     tracing::contribute,
+    accesslog::contribute,
     oidc::contribute,
     authz::contribute_custom,
     authn::contribute,

@@ -214,6 +214,7 @@ fn configure(bytes: &[u8]) -> Result<Listeners, String> {
         }
         cfg.set_workload(node.workload(&cfg.mesh(), Strictness::BestEffort)?);
     }
+    set_istio_build();
     let resources = cfg.parsed_resources().map_err(|e| e.to_string())?;
     let mut compiled = Vec::new();
     for direction in cfg.directions() {
@@ -240,6 +241,15 @@ fn configure(bytes: &[u8]) -> Result<Listeners, String> {
         [one] => Ok(Listeners::Fixed(one.clone())),
         [inbound, outbound] => Ok(Listeners::ByListener { inbound: inbound.clone(), outbound: outbound.clone() }),
         _ => Err("internal: unexpected set of directions".into()),
+    }
+}
+
+/// `istio_build{component="proxy",tag="<wasmesh version>"}` = 1, as every Istio proxy sets it
+/// (set on every configuration: the same gauge each time).
+fn set_istio_build() {
+    let name = wasmesh_stats::istio_build_metric(env!("CARGO_PKG_VERSION"));
+    if let Some(id) = metrics::define(proxy_wasm::types::MetricType::Gauge, &name) {
+        let _ = hostcalls::record_metric(id, 1);
     }
 }
 

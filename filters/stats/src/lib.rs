@@ -3,6 +3,7 @@
 //! differs between the two, because a wasm module has one `_initialize` (see
 //! filters/wasmesh/src/lib.rs for why the code is shared as a source file, not a dependency).
 
+pub mod access_log;
 pub mod filter;
 
 pub use filter::root_context;

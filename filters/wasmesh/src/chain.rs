@@ -42,6 +42,7 @@ fn phase_builder(root_id: &str) -> Result<Build, String> {
         Filter::Stats => crate::stats::build,
         Filter::Oidc => crate::oidc::build,
         Filter::Tracing => crate::tracing::build,
+        Filter::AccessLog => crate::access_log::build,
         Filter::Chain => return Err("a chain cannot be a phase of a chain".into()),
     })
 }
@@ -50,6 +51,7 @@ fn phase_builder(root_id: &str) -> Result<Build, String> {
 fn phase_filter(root_id: &str) -> Result<Filter, String> {
     match filter_for(root_id) {
         Some(f @ (Filter::Router | Filter::Authn | Filter::Oidc | Filter::Tracing)) => Ok(f),
+        Some(f @ (Filter::Router | Filter::Authn | Filter::Oidc | Filter::AccessLog)) => Ok(f),
         Some(Filter::Authz) if root_id != "wasmesh.authz.tcp" && root_id != "wasmesh.authz.peer_address" => {
             Ok(Filter::Authz)
         }
@@ -57,7 +59,8 @@ fn phase_filter(root_id: &str) -> Result<Filter, String> {
         Some(Filter::Chain) => Err("a chain cannot be a phase of a chain".into()),
         _ => Err(format!(
             "{root_id:?} is not an HTTP filter of this module; expected one of wasmesh.stats, \
-             wasmesh.tracing, wasmesh.authz.custom, wasmesh.oidc, wasmesh.authn, wasmesh.authz, wasmesh.router"
+             wasmesh.tracing, wasmesh.authz.custom, wasmesh.oidc, wasmesh.authn, wasmesh.authz, wasmesh.router, \
+             wasmesh.access_log"
         )),
     }
 }
@@ -134,6 +137,7 @@ mod tests {
             "wasmesh.stats",
             "wasmesh.oidc",
             "wasmesh.tracing",
+            "wasmesh.access_log",
         ] {
             assert!(phase_filter(id).is_ok(), "{id}");
         }

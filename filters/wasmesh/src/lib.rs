@@ -8,6 +8,7 @@
 //! | `wasmesh.authn` | RequestAuthentication (JWT) |
 //! | `wasmesh.stats`, `wasmesh.stats.tcp` | Istio's standard metrics (HTTP; TCP) |
 //! | `wasmesh.tracing` | distributed tracing: trace context, sampling, spans to an OTLP/HTTP or Zipkin collector ([`tracing`]) |
+//! | `wasmesh.access_log` | access logs, TEXT or JSON (HTTP) |
 //! | `wasmesh.oidc` | OIDC login at the gateway (authorization code flow, sealed session cookie) |
 //! | `wasmesh.chain` | the one-pass layout: several of the HTTP filters above as phases of one filter ([`chain`]) |
 //!
@@ -65,6 +66,9 @@ pub mod authn;
 #[path = "../../stats/src/filter.rs"]
 pub mod stats;
 
+#[path = "../../stats/src/access_log.rs"]
+pub mod access_log;
+
 #[path = "../../oidc/src/filter.rs"]
 pub mod oidc;
 
@@ -90,6 +94,8 @@ pub enum Filter {
     Chain,
     /// Distributed tracing (`wasmesh.tracing`, [`tracing`]).
     Tracing,
+    /// Access logs (`wasmesh.access_log`).
+    AccessLog,
 }
 
 /// The root ids the controller writes today, one per filter role (for docs and tests).
@@ -105,6 +111,7 @@ pub const ROOT_IDS: [&str; 11] = [
     chain::ROOT_ID,
     "wasmesh.oidc",
     tracing::ROOT_ID,
+    access_log::ROOT_ID,
 ];
 
 /// The filter a plugin's `root_id` names: `wasmesh.<filter>` or `wasmesh.<filter>.<role>`.
@@ -119,6 +126,7 @@ pub fn filter_for(root_id: &str) -> Option<Filter> {
         "chain" => Some(Filter::Chain),
         "oidc" => Some(Filter::Oidc),
         "tracing" => Some(Filter::Tracing),
+        "access_log" => Some(Filter::AccessLog),
         _ => None,
     }
 }
@@ -134,6 +142,7 @@ pub fn root_context(context_id: u32) -> Box<dyn RootContext> {
         Some(Filter::Chain) => chain::root_context(context_id),
         Some(Filter::Oidc) => oidc::root_context(context_id),
         Some(Filter::Tracing) => tracing::root_context(context_id),
+        Some(Filter::AccessLog) => access_log::root_context(context_id),
         None => Box::new(Unknown { root_id }),
     }
 }
@@ -178,6 +187,7 @@ mod tests {
             Filter::Chain,
             Filter::Oidc,
             Filter::Tracing,
+            Filter::AccessLog,
         ];
         for (id, f) in ROOT_IDS.iter().zip(expected) {
             assert_eq!(filter_for(id), Some(f), "{id}");

@@ -574,8 +574,22 @@ pub struct TcpKey {
 /// label plus every custom tag the Telemetry resources add, as `(tag_name, regex)`.
 pub fn stats_tags(resources: &Resources) -> Vec<(String, String)> {
     let mut names: Vec<String> = labels::HTTP_LABELS.iter().map(|l| l.name().to_string()).collect();
+    names.extend(ISTIO_BUILD_TAGS.iter().map(|t| t.to_string()));
     names.extend(overrides::custom_tag_names(resources));
     names.into_iter().map(|n| (n.clone(), encode::stats_tag_regex(&n))).collect()
+}
+
+/// The labels of `istio_build`, the gauge every Istio proxy sets to 1 (Istio's mesh dashboard
+/// reads it): `istio_build{component="proxy",tag="<version>"}`.
+pub const ISTIO_BUILD_TAGS: [&str; 2] = ["component", "tag"];
+
+/// The encoded Envoy name of the `istio_build` gauge for proxy version `tag`.
+pub fn istio_build_metric(tag: &str) -> String {
+    let mut s = String::new();
+    encode::push_tag(&mut s, "component", "proxy");
+    encode::push_tag(&mut s, "tag", tag);
+    s.push_str("istio_build");
+    s
 }
 
 /// Validation for `wasmeshctl validate`: every Telemetry's metrics section.

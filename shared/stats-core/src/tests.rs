@@ -174,14 +174,20 @@ fn gateway_reports_as_source_with_the_cluster_service() {
 }
 
 #[test]
+fn istio_build_is_encoded_with_its_two_labels() {
+    assert_eq!(istio_build_metric("0.1.0"), "component=.=proxy;.;tag=.=0.1.0;.;istio_build");
+}
+
+#[test]
 fn stats_tags_cover_standard_and_custom_labels() {
     let t =
         telemetry(json!({"metrics": [{"overrides": [{"tagOverrides": {"request_host": {"value": "request.host"}}}]}]}));
     let items = wasmesh_istio::resources_from_values(vec![t]).unwrap();
     let tags = stats_tags(&Resources { items });
-    assert_eq!(tags.len(), 26);
+    assert_eq!(tags.len(), 28);
     assert_eq!(tags[0].0, "reporter");
-    assert_eq!(tags[25], ("request_host".to_string(), r"(?:\.|;\.;)(request_host=\.=(.*?);\.;)".to_string()));
+    assert_eq!((tags[25].0.as_str(), tags[26].0.as_str()), ("component", "tag"));
+    assert_eq!(tags[27], ("request_host".to_string(), r"(?:\.|;\.;)(request_host=\.=(.*?);\.;)".to_string()));
 }
 
 #[test]

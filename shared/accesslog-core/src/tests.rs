@@ -1,0 +1,152 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+
+/// A request's values by attribute path and header name.
+#[derive(Default)]
+struct Req {
+    paths: Vec<Vec<String>>,
+    attrs: Vec<(String, Vec<u8>)>,
+    req: Vec<(&'static str, &'static str)>,
+    resp: Vec<(&'static str, &'static str)>,
+}
+
+impl Req {
+    fn for_format(f: &Format) -> Req {
+        Req {
+            paths: f.attribute_paths().iter().map(|p| p.iter().map(|s| s.to_string()).collect()).collect(),
+            ..Req::default()
+        }
+    }
+    fn int(mut self, path: &str, v: i64) -> Req {
+        self.attrs.push((path.into(), v.to_le_bytes().to_vec()));
+        self
+    }
+    fn str(mut self, path: &str, v: &str) -> Req {
+        self.attrs.push((path.into(), v.as_bytes().to_vec()));
+        self
+    }
+}
+
+impl Source for Req {
+    fn attribute(&self, i: usize) -> Option<&[u8]> {
+        let p = self.paths.get(i)?.join(".");
+        self.attrs.iter().find(|(k, _)| *k == p).map(|(_, v)| v.as_slice())
+    }
+    fn request_header(&self, name: &str) -> Option<&[u8]> {
+        self.req.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_bytes())
+    }
+    fn response_header(&self, name: &str) -> Option<&[u8]> {
+        self.resp.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_bytes())
+    }
+    fn response_trailer(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
+fn typical(f: &Format) -> Req {
+    let mut r = Req::for_format(f)
+        .int("request.time", 1_796_596_865_123_456_789)
+        .int("request.duration", 7_999_999)
+        .int("response.code", 200)
+        .int("response.flags", 0)
+        .str("response.code_details", "via_upstream")
+        .int("request.total_size", 130)
+        .int("request.headers_bytes", 100)
+        .int("response.size", 12)
+        .str("upstream.address", "127.0.0.1:9000")
+        .str("xds.cluster_name", "app")
+        .str("upstream.local_address", "127.0.0.1:40000")
+        .str("destination.address", "127.0.0.1:8080")
+        .str("source.address", "127.0.0.1:50000")
+        .str("request.protocol", "HTTP/1.1")
+        .str("xds.route_name", "default");
+    r.req = vec![
+        (":method", "GET"),
+        (":path", "/a?b"),
+        ("user-agent", "curl/8"),
+        ("x-request-id", "id-1"),
+        (":authority", "h"),
+    ];
+    r.resp = vec![("x-envoy-upstream-service-time", "3")];
+    r
+}
+
+#[test]
+fn istio_default_text_line() {
+    let f = Format::text(ISTIO_TEXT).unwrap();
+    let line = String::from_utf8(f.render(&typical(&f))).unwrap();
+    assert_eq!(
+        line,
+        "[2026-12-06T22:41:05.123Z] \"GET /a?b HTTP/1.1\" 200 - via_upstream - \"-\" 30 12 7 3 \"-\" \"curl/8\" \
+         \"id-1\" \"h\" \"127.0.0.1:9000\" app 127.0.0.1:40000 127.0.0.1:8080 127.0.0.1:50000 - default\n"
+    );
+}
+
+#[test]
+fn istio_default_json_line_is_typed_sorted_and_null_for_unset() {
+    let f = Format::json(&istio_json()).unwrap();
+    let line = String::from_utf8(f.render(&typical(&f))).unwrap();
+    assert!(line.ends_with("}\n"));
+    assert!(line.starts_with("{\"authority\":\"h\",\"bytes_received\":30,\"bytes_sent\":12,"), "{line}");
+    for want in [
+        "\"connection_termination_details\":null",
+        "\"duration\":7,",
+        "\"response_code\":200,",
+        "\"response_flags\":\"-\"",
+        "\"upstream_service_time\":\"3\"",
+        "\"x_forwarded_for\":null",
+        "\"start_time\":\"2026-12-06T22:41:05.123Z\"",
+    ] {
+        assert!(line.contains(want), "{want} in {line}");
+    }
+}
+
+#[test]
+fn header_fallback_truncation_and_flags() {
+    let f = Format::text("%REQ(X-ENVOY-ORIGINAL-PATH?:PATH):3% %REQ(missing)% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% %RESPONSE_FLAGS% %RESPONSE_CODE%").unwrap();
+    let mut r = Req::for_format(&f).int("response.flags", (1 << 8) | (1 << 5));
+    r.req = vec![(":path", "/abcdef")];
+    assert_eq!(String::from_utf8(f.render(&r)).unwrap(), "/ab - - UF,NR 0");
+    assert_eq!(flags_short(0), "-");
+    assert_eq!(flags_short(1 << 2), "UT");
+}
+
+#[test]
+fn custom_json_fields_mix_text_and_keep_filter_state() {
+    let mut fields = BTreeMap::new();
+    fields.insert("z".to_string(), "code=%RESPONSE_CODE% %REQ(X)%".to_string());
+    fields.insert("authz".to_string(), "%FILTER_STATE(wasm.wasmesh.authz.decision:PLAIN)%".to_string());
+    fields.insert("lit".to_string(), "plain \"quoted\"".to_string());
+    let f = Format::json(&fields).unwrap();
+    assert_eq!(f.attribute_paths().last().unwrap(), &vec!["wasmesh.authz.decision"]);
+    let r = Req::for_format(&f).int("response.code", 403).str("wasmesh.authz.decision", "{\"allow\":false}");
+    assert_eq!(
+        String::from_utf8(f.render(&r)).unwrap(),
+        "{\"authz\":\"{\\\"allow\\\":false}\",\"lit\":\"plain \\\"quoted\\\"\",\"z\":\"code=403 -\"}\n"
+    );
+}
+
+#[test]
+fn configuration_errors_name_the_operator() {
+    for (f, want) in [
+        ("%NOPE%", "unknown command operator %NOPE%"),
+        ("%REQUEST_DURATION%", "%REQUEST_DURATION% is not supported"),
+        ("%REQ%", "needs a header name"),
+        ("%REQ(a", "no closing ')'"),
+        ("%DURATION(x)%", "takes no arguments"),
+        ("100%", "not followed by a command operator"),
+        ("%START_TIME(%Q)%", "%Q"),
+        ("%FILTER_STATE(foo)%", "wasm.<name>"),
+        ("%RESPONSE_CODE", "no closing '%'"),
+    ] {
+        let e = Format::text(f).unwrap_err();
+        assert!(e.contains(want), "{f}: {e}");
+    }
+}
+
+#[test]
+fn attributes_are_asked_once_each() {
+    let f = Format::text("%UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW% %RESPONSE_CODE% %RESPONSE_CODE%").unwrap();
+    assert_eq!(f.attribute_paths(), vec![vec!["xds", "cluster_name"], vec!["response", "code"]]);
+    assert!(!f.needs_request_headers());
+}
