@@ -102,6 +102,7 @@ fn gateway_routes(resources: &Resources) -> Vec<Error> {
                 // As `wasmeshctl envoy` writes it: Envoy's fault filter follows wherever a route
                 // injects faults.
                 fault_filter: true,
+                route_policies: true,
             };
             if let Err(e) = cfg.compile(resources) {
                 for e in e.0 {

@@ -17,6 +17,7 @@ fn main() {
         gateway_port: None,
         cluster_header: wasmesh_router::DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        route_policies: false,
         resources: vec![],
     };
     let router = cfg.compile(&Resources { items }).expect("compile");

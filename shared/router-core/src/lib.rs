@@ -11,6 +11,7 @@ pub mod actions;
 pub mod compile;
 mod hosts;
 pub mod matcher;
+pub mod policy;
 pub mod request;
 mod rng;
 mod table;
@@ -18,6 +19,7 @@ mod table;
 pub use actions::{
     Abort, FaultDecision, HeaderActions, HeaderOps, Matched, PathRewrite, Redirect, RouteOps, FAULT_HEADERS,
 };
+pub use policy::{istio_default_retry_policy, RoutePolicy, POLICY_HEADER};
 pub use compile::{validate, Limits, RouterConfig, DEFAULT_CLUSTER_HEADER};
 pub use request::{HeaderSlots, Request, RequestView};
 pub use rng::Rng;

@@ -56,6 +56,7 @@ fn sidecar_with(yaml: &str, wl: Workload) -> Router {
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        route_policies: false,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).unwrap()
@@ -69,6 +70,7 @@ fn compile_err(yaml: &str) -> String {
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        route_policies: false,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).unwrap_err().to_string()
@@ -394,6 +396,7 @@ spec:
         gateway_port: Some(80),
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        route_policies: false,
         resources: vec![],
     };
     let r = cfg.compile(&Resources { items: items.clone() }).unwrap();
@@ -440,7 +443,8 @@ spec:
     assert!(e.contains("weights add up to 0"), "{e}");
 
     let e = compile_err(&REVIEWS_VS.replace("  - route:\n", "  - timeout: 10s\n    route:\n"));
-    assert!(e.contains("spec.http[1].timeout: not supported"), "{e}");
+    assert!(e.contains("spec.http[1].timeout: needs Envoy routes for the router's route policies"), "{e}");
+
 }
 
 #[test]
@@ -460,6 +464,7 @@ fn configuration_json_round_trip_compiles() {
         gateway_port: None,
         cluster_header: "x-wasmesh-cluster".into(),
         fault_filter: false,
+        route_policies: false,
         resources,
     };
     let router = RouterConfig::compile_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
@@ -568,6 +573,7 @@ spec:
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        route_policies: false,
         resources: vec![],
     };
     assert_eq!(cfg.gateway_ports(&resources), vec![80, 8080]);
@@ -590,6 +596,7 @@ fn compile_limited(resources: Vec<serde_json::Value>, limits: Limits) -> Result<
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        route_policies: false,
         resources,
     };
     cfg.compile_with_limits(&cfg.parsed_resources().unwrap(), &limits).map_err(|e| e.to_string())
@@ -723,6 +730,7 @@ fn a_host_longer_than_a_dns_name_still_matches_star() {
         gateway_port: Some(80),
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        route_policies: false,
         resources: vec![],
     };
     let r = cfg.compile(&Resources { items }).unwrap();
@@ -762,11 +770,12 @@ fn routes_decide_redirects_direct_responses_and_forwarding_actions() {
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        route_policies: false,
         resources: vec![],
     };
     let e = cfg.compile(&Resources { items: items.clone() }).unwrap_err().to_string();
     assert!(e.contains("spec.http[2].fault") && e.contains("faultFilter"), "{e}");
-    let r = RouterConfig { fault_filter: true, ..cfg }.compile(&Resources { items }).unwrap();
+    let r = RouterConfig { fault_filter: true, route_policies: true, ..cfg }.compile(&Resources { items }).unwrap();
     assert!(r.has_faults());
     let h = req(&[(":authority", "ratings:9080"), (":path", "/moved/x?q=1")]);
     match r.route(&Request::new(&h), 0) {
