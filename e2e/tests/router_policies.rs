@@ -441,3 +441,105 @@ fn timeouts_retries_mirrors_and_cors_as_istio() {
     assert!(v1.served() >= 66, "v1 served every request: {}", v1.served());
     assert!((10..=50).contains(&copies), "mirrorPercentage 50: {copies} of {total} copied");
 }
+
+/// Istio's "Request timeouts" task with its own YAML (samples/bookinfo
+/// `virtual-service-all-v1.yaml`, then reviews → v2, ratings delayed 2 s, reviews `timeout:
+/// 0.5s`), on the three bookinfo workloads the task's request path crosses: productpage →
+/// reviews v2 → ratings. The reviews call gives up after 0.5 s (Istio's productpage retries once,
+/// so the task sees about 1 s; the test app does not retry).
+#[test]
+fn istio_request_timeouts_task() {
+    let dir = wasmesh_e2e::paths::repo_root().join("examples/bookinfo");
+    let mut yaml = String::new();
+    for f in ["services.yaml", "workloads.yaml", "destination-rules.yaml"] {
+        yaml.push_str(&std::fs::read_to_string(dir.join(f)).unwrap());
+        yaml.push_str("\n---\n");
+    }
+    yaml.push_str(TASK_TIMEOUTS);
+    let call = wasmesh_e2e::bookinfo::call;
+    let mesh = Mesh::builder()
+        .yaml(&yaml)
+        .sidecar("default/productpage-v1", App::new("productpage", "v1").calling(call("reviews", "/reviews/0")))
+        .sidecar("default/reviews-v2", App::new("reviews", "v2").calling(call("ratings", "/ratings/0")))
+        .start();
+    // ratings without a sidecar of its own: the delay is injected by reviews' sidecar.
+    let ratings_port = mesh.mapped_port(19085);
+    let _ratings = App::new("ratings", "v1").start_on(ratings_port).unwrap();
+    // The delay is in force: reviews' own call to ratings takes 2 s.
+    let reviews_out = mesh.outbound_port("default/reviews-v2");
+    let (r, took) = timed(|| get(reviews_out, "ratings:9080", "/ratings/0", &[]));
+    assert_eq!(r.status, 200);
+    assert!(took >= Duration::from_millis(1900), "ratings delayed 2 s: {took:?}");
+    // The page: reviews times out after 0.5 s ("product reviews are currently unavailable").
+    let page_in = mesh.inbound_port("default/productpage-v1");
+    let (r, took) = timed(|| get(page_in, "productpage:9080", "/productpage", &[]));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = r.json();
+    let reviews = &page["calls"][0];
+    assert_eq!(reviews["service"], "reviews", "{page}");
+    assert_eq!(reviews["status"], 504, "{page}");
+    assert_eq!(reviews["body"], "upstream request timeout", "{page}");
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(1800), "the page took {took:?}");
+}
+
+/// The task's VirtualServices: `virtual-service-all-v1.yaml` (productpage, details), reviews to
+/// v2 with the 0.5 s timeout, and ratings with the 2 s delay, as the task writes them.
+const TASK_TIMEOUTS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: productpage
+spec:
+  hosts:
+  - productpage
+  http:
+  - route:
+    - destination:
+        host: productpage
+        subset: v1
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: details
+spec:
+  hosts:
+  - details
+  http:
+  - route:
+    - destination:
+        host: details
+        subset: v1
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: ratings
+spec:
+  hosts:
+  - ratings
+  http:
+  - fault:
+      delay:
+        percentage:
+          value: 100
+        fixedDelay: 2s
+    route:
+    - destination:
+        host: ratings
+        subset: v1
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v2
+    timeout: 0.5s
+"#;
