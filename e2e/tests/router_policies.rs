@@ -99,6 +99,15 @@ spec:
       maxAge: 10m
       allowCredentials: true
     route: [{destination: {host: echo}}]
+  - name: browser
+    match: [{uri: {prefix: /browser}}]
+    corsPolicy:
+      allowOrigins: [{prefix: "http://127.0.0.1:"}]
+      allowMethods: [GET, PUT]
+      allowHeaders: [x-custom, content-type]
+      exposeHeaders: [x-app]
+      allowCredentials: true
+    route: [{destination: {host: echo}}]
   - name: cors-ignore
     match: [{uri: {prefix: /strict}}]
     corsPolicy:
@@ -260,6 +269,31 @@ fn recorder(port: u16) -> Arc<Mutex<Vec<(String, Vec<u8>)>>> {
     seen
 }
 
+/// A page for the browser on every path, on both loopback origins (127.0.0.1 and localhost).
+fn page_server() -> u16 {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                let body = "<!doctype html><title>page</title>";
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
 fn timed(f: impl FnOnce() -> Response) -> (Response, Duration) {
     let t = Instant::now();
     let r = f();
@@ -327,7 +361,7 @@ fn timeouts_retries_mirrors_and_cors_as_istio() {
         .collect();
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 8, "one route per distinct policy: {ids:?}");
+    assert_eq!(ids.len(), 9, "one route per distinct policy: {ids:?}");
     let before = served();
     for id in &ids {
         let r = get(out, HOST, "/status/503", &[("x-wasmesh-route-policy", id)]);
@@ -401,6 +435,30 @@ fn timeouts_retries_mirrors_and_cors_as_istio() {
     let r = request(out, "OPTIONS", "/strict/a", &with_host(&[("origin", "http://evil.example"), ("access-control-request-method", "GET")]), b"").unwrap();
     assert!(r.header("x-app").is_none() && r.header("access-control-allow-origin").is_none(), "IGNORE: {:?}", r.headers);
     assert_eq!(served(), before, "IGNORE: the unmatched preflight is not forwarded");
+
+    // --- From headless Chromium: a page on an allowed origin reads the answers; a page on
+    // another origin is refused by the browser (the mesh is http://echo:8000 through the sidecar
+    // as the browser's HTTP proxy; loopback pages bypass it).
+    let page_port = page_server();
+    let result = wasmesh_e2e::browser::run_script(
+        "cors.mjs",
+        &[
+            ("PROXY", &format!("http://127.0.0.1:{out}")),
+            ("PAGES", &format!("http://127.0.0.1:{page_port}/,http://localhost:{page_port}/")),
+            ("TARGET", "http://echo:8000/browser/a"),
+        ],
+        Duration::from_secs(60),
+    );
+    let result: Value = serde_json::from_str(result.trim()).unwrap_or_else(|e| panic!("{e}: {result}"));
+    let allowed = &result[format!("http://127.0.0.1:{page_port}")];
+    for call in ["simple", "preflighted", "credentials"] {
+        assert_eq!(allowed[call]["status"], 200, "{call}: {result}");
+        assert_eq!(allowed[call]["xApp"], "echo-v1", "{call}: exposeHeaders lets the page read x-app: {result}");
+    }
+    let denied = &result[format!("http://localhost:{page_port}")];
+    for call in ["simple", "preflighted", "credentials"] {
+        assert!(denied[call]["error"].as_str().is_some_and(|e| e.contains("Failed to fetch")), "{call}: {result}");
+    }
 
     // --- Istio's Mirroring task: every request to httpbin goes to v1 and a copy, with its body,
     // to v2 with the `-shadow` host; v2's slow answer neither delays nor replaces v1's.
