@@ -724,8 +724,7 @@ fn with_route_policies(http_filters: &mut Vec<Value>, route_config: &mut Value, 
     for p in &policies {
         let mut r = catch_all.clone();
         r["name"] = json!(format!("policy-{}", p.id));
-        r["match"]["headers"] =
-            json!([{"name": wasmesh_router::POLICY_HEADER, "string_match": {"exact": p.id}}]);
+        r["match"]["headers"] = json!([{"name": wasmesh_router::POLICY_HEADER, "string_match": {"exact": p.id}}]);
         if let Some(action) = r.get_mut("route").and_then(Value::as_object_mut) {
             action.remove("retry_policy");
             for (k, v) in &p.route_action {
@@ -741,7 +740,9 @@ fn with_route_policies(http_filters: &mut Vec<Value>, route_config: &mut Value, 
         extra.push(r);
     }
     routes.splice(0..0, extra);
-    if let Some(remove) = routes.last_mut().and_then(|r| r.get_mut("request_headers_to_remove")).and_then(Value::as_array_mut) {
+    if let Some(remove) =
+        routes.last_mut().and_then(|r| r.get_mut("request_headers_to_remove")).and_then(Value::as_array_mut)
+    {
         remove.push(json!(wasmesh_router::POLICY_HEADER));
     }
 }
@@ -1134,7 +1135,10 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         assert_eq!(first["match"]["headers"][0]["name"], wasmesh_router::POLICY_HEADER);
         assert_eq!(first["route"]["timeout"], "2s");
         assert_eq!(first["route"]["cluster_header"], CLUSTER_HEADER);
-        assert_eq!(first["typed_per_filter_config"]["envoy.filters.http.cors"]["allow_origin_string_match"][0]["exact"], "http://x");
+        assert_eq!(
+            first["typed_per_filter_config"]["envoy.filters.http.cors"]["allow_origin_string_match"][0]["exact"],
+            "http://x"
+        );
         assert_eq!(routes[1]["route"]["retry_policy"]["num_retries"], 4);
         assert_eq!(routes[1]["route"]["retry_policy"]["retry_on"], "5xx");
         let last = &routes[2];

@@ -218,7 +218,8 @@ fn add_native_listener(boot: &mut Value, port: u16) {
     let mut native = outbound.clone();
     native["name"] = json!("native");
     native["address"]["socket_address"]["port_value"] = json!(port);
-    native["filter_chains"] = json!([{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]);
+    native["filter_chains"] =
+        json!([{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]);
     native.as_object_mut().unwrap().remove("listener_filters");
     boot["static_resources"]["listeners"].as_array_mut().unwrap().push(native);
 }
@@ -249,7 +250,9 @@ fn recorder(port: u16) -> Arc<Mutex<Vec<(String, Vec<u8>)>>> {
                     }
                     let len = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
                         .and_then(|v| v.parse::<usize>().ok())
                         .unwrap_or(0);
                     let mut body = vec![0; len];
@@ -338,7 +341,10 @@ fn timeouts_retries_mirrors_and_cors_as_istio() {
     let before = served();
     let (r, took) = timed(|| get(out, HOST, "/pertry/1", &[]));
     assert_eq!(r.status, 504, "{}", r.text());
-    assert!(took >= Duration::from_millis(550) && took < Duration::from_millis(1500), "3 tries of 200 ms took {took:?}");
+    assert!(
+        took >= Duration::from_millis(550) && took < Duration::from_millis(1500),
+        "3 tries of 200 ms took {took:?}"
+    );
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(served() - before, 3, "every try reached the app");
 
@@ -354,11 +360,8 @@ fn timeouts_retries_mirrors_and_cors_as_istio() {
     // A client naming a policy (here the timeout route's) gets nothing from it; the app never
     // sees the policy header.
     let dump = mesh.envoy("default/echo-v1").admin("/config_dump");
-    let mut ids: Vec<String> = dump
-        .split("\"name\": \"policy-")
-        .skip(1)
-        .filter_map(|s| s.split('"').next().map(str::to_string))
-        .collect();
+    let mut ids: Vec<String> =
+        dump.split("\"name\": \"policy-").skip(1).filter_map(|s| s.split('"').next().map(str::to_string)).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 9, "one route per distinct policy: {ids:?}");
@@ -384,7 +387,15 @@ fn timeouts_retries_mirrors_and_cors_as_istio() {
     let native = native_port;
     let cases: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
         ("OPTIONS", "/cors/a", vec![("origin", "http://allowed.example"), ("access-control-request-method", "POST")]),
-        ("OPTIONS", "/cors/a", vec![("origin", "http://pre.x"), ("access-control-request-method", "GET"), ("access-control-request-headers", "x-custom")]),
+        (
+            "OPTIONS",
+            "/cors/a",
+            vec![
+                ("origin", "http://pre.x"),
+                ("access-control-request-method", "GET"),
+                ("access-control-request-headers", "x-custom"),
+            ],
+        ),
         ("OPTIONS", "/cors/a", vec![("origin", "http://a.rx.example"), ("access-control-request-method", "GET")]),
         ("OPTIONS", "/cors/a", vec![("origin", "http://evil.example"), ("access-control-request-method", "GET")]),
         ("OPTIONS", "/cors/a", vec![("origin", "http://allowed.example")]),
@@ -418,7 +429,14 @@ fn timeouts_retries_mirrors_and_cors_as_istio() {
     }
     // What Envoy's answers are, so the comparison cannot pass on two empty answers.
     let with_host = |h: &[(&'static str, &'static str)]| [h, &[("host", HOST)]].concat();
-    let r = request(out, "OPTIONS", "/cors/a", &with_host(&[("origin", "http://allowed.example"), ("access-control-request-method", "POST")]), b"").unwrap();
+    let r = request(
+        out,
+        "OPTIONS",
+        "/cors/a",
+        &with_host(&[("origin", "http://allowed.example"), ("access-control-request-method", "POST")]),
+        b"",
+    )
+    .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("access-control-allow-origin"), Some("http://allowed.example"));
     assert_eq!(r.header("access-control-allow-methods"), Some("GET,POST"));
@@ -428,12 +446,30 @@ fn timeouts_retries_mirrors_and_cors_as_istio() {
     let r = request(out, "GET", "/cors/a", &with_host(&[("origin", "http://allowed.example")]), b"").unwrap();
     assert_eq!(r.header("access-control-expose-headers"), Some("x-app"));
     assert_eq!(r.header("x-app"), Some("echo-v1"));
-    let r = request(out, "OPTIONS", "/cors/a", &with_host(&[("origin", "http://evil.example"), ("access-control-request-method", "GET")]), b"").unwrap();
+    let r = request(
+        out,
+        "OPTIONS",
+        "/cors/a",
+        &with_host(&[("origin", "http://evil.example"), ("access-control-request-method", "GET")]),
+        b"",
+    )
+    .unwrap();
     assert!(r.header("access-control-allow-origin").is_none());
     assert_eq!(r.header("x-app"), Some("echo-v1"), "unmatchedPreflights FORWARD: the app answers");
     let before = served();
-    let r = request(out, "OPTIONS", "/strict/a", &with_host(&[("origin", "http://evil.example"), ("access-control-request-method", "GET")]), b"").unwrap();
-    assert!(r.header("x-app").is_none() && r.header("access-control-allow-origin").is_none(), "IGNORE: {:?}", r.headers);
+    let r = request(
+        out,
+        "OPTIONS",
+        "/strict/a",
+        &with_host(&[("origin", "http://evil.example"), ("access-control-request-method", "GET")]),
+        b"",
+    )
+    .unwrap();
+    assert!(
+        r.header("x-app").is_none() && r.header("access-control-allow-origin").is_none(),
+        "IGNORE: {:?}",
+        r.headers
+    );
     assert_eq!(served(), before, "IGNORE: the unmatched preflight is not forwarded");
 
     // --- From headless Chromium: a page on an allowed origin reads the answers; a page on
@@ -463,7 +499,8 @@ fn timeouts_retries_mirrors_and_cors_as_istio() {
     // --- Istio's Mirroring task: every request to httpbin goes to v1 and a copy, with its body,
     // to v2 with the `-shadow` host; v2's slow answer neither delays nor replaces v1's.
     let (r, took) = timed(|| {
-        request(out, "POST", "/anything", &[("host", "httpbin:8000"), ("content-type", "text/plain")], b"mirror me").unwrap()
+        request(out, "POST", "/anything", &[("host", "httpbin:8000"), ("content-type", "text/plain")], b"mirror me")
+            .unwrap()
     });
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-app"), Some("httpbin-v1"));

@@ -26,8 +26,8 @@ use wasmesh_istio::{FilterConfig, ProxyMode};
 use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
 use wasmesh_proxy::stream::{HeaderReads, Stream};
 use wasmesh_router::{
-    Abort, Decision, HeaderActions, HeaderOps, Matched, RequestView, Rng, RouteOps, Router, RouterConfig, FAULT_HEADERS,
-    POLICY_HEADER,
+    Abort, Decision, HeaderActions, HeaderOps, Matched, RequestView, Rng, RouteOps, Router, RouterConfig,
+    FAULT_HEADERS, POLICY_HEADER,
 };
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and

@@ -605,10 +605,7 @@ impl Compiler<'_> {
                         _ => {
                             mirror_errors.push((
                                 format!("{sub}.port.number"),
-                                format!(
-                                    "{:?} is not a service with one port; a mirror needs its port.number",
-                                    d.host
-                                ),
+                                format!("{:?} is not a service with one port; a mirror needs its port.number", d.host),
                             ));
                             None
                         }

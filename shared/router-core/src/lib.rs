@@ -19,8 +19,8 @@ mod table;
 pub use actions::{
     Abort, FaultDecision, HeaderActions, HeaderOps, Matched, PathRewrite, Redirect, RouteOps, FAULT_HEADERS,
 };
-pub use policy::{istio_default_retry_policy, RoutePolicy, POLICY_HEADER};
 pub use compile::{validate, Limits, RouterConfig, DEFAULT_CLUSTER_HEADER};
+pub use policy::{istio_default_retry_policy, RoutePolicy, POLICY_HEADER};
 pub use request::{HeaderSlots, Request, RequestView};
 pub use rng::Rng;
 pub use table::{Decision, Router};

@@ -319,9 +319,11 @@ fn cors_policy(c: &CorsPolicy) -> Result<Value, FieldError> {
     if let Some(b) = c.allow_credentials {
         out.insert("allow_credentials".into(), json!(b));
     }
-    for (field, list) in
-        [("allow_headers", &c.allow_headers), ("allow_methods", &c.allow_methods), ("expose_headers", &c.expose_headers)]
-    {
+    for (field, list) in [
+        ("allow_headers", &c.allow_headers),
+        ("allow_methods", &c.allow_methods),
+        ("expose_headers", &c.expose_headers),
+    ] {
         if !list.is_empty() {
             out.insert(field.into(), json!(list.join(",")));
         }
@@ -367,8 +369,10 @@ mod tests {
 
     #[test]
     fn retries_follow_convert_policy() {
-        let p = compile(json!({"retries": {"attempts": 3, "perTryTimeout": "2s", "retryOn": "gateway-error,503, 429,unavailable",
-            "retryRemoteLocalities": true, "retryIgnorePreviousHosts": false}}))
+        let p = compile(
+            json!({"retries": {"attempts": 3, "perTryTimeout": "2s", "retryOn": "gateway-error,503, 429,unavailable",
+            "retryRemoteLocalities": true, "retryIgnorePreviousHosts": false}}),
+        )
         .unwrap();
         let r = &p.route_action["retry_policy"];
         assert_eq!(r["num_retries"], 3);
@@ -390,12 +394,16 @@ mod tests {
 
     #[test]
     fn mirrors_get_their_shares() {
-        let p = compile(json!({"mirror": {"host": "httpbin", "subset": "v2"}, "mirrorPercentage": {"value": 12.5}})).unwrap();
+        let p = compile(json!({"mirror": {"host": "httpbin", "subset": "v2"}, "mirrorPercentage": {"value": 12.5}}))
+            .unwrap();
         let m = &p.route_action["request_mirror_policies"][0];
         assert_eq!(m["cluster"], "outbound|8000|v2|httpbin");
         assert_eq!(m["runtime_fraction"]["default_value"]["numerator"], 125_000);
         let p = compile(json!({"mirror": {"host": "httpbin"}})).unwrap();
-        assert_eq!(p.route_action["request_mirror_policies"][0]["runtime_fraction"]["default_value"]["numerator"], 1_000_000);
+        assert_eq!(
+            p.route_action["request_mirror_policies"][0]["runtime_fraction"]["default_value"]["numerator"],
+            1_000_000
+        );
         // 0 % mirrors nothing, as istiod.
         let p = compile(json!({"mirror": {"host": "httpbin"}, "mirrorPercentage": {"value": 0}})).unwrap();
         assert!(p.route_action.get("request_mirror_policies").is_none());
@@ -407,12 +415,17 @@ mod tests {
 
     #[test]
     fn cors_follows_translate_cors_policy() {
-        let p = compile(json!({"corsPolicy": {"allowOrigins": [{"exact": "http://a"}, {"prefix": "http://b"}, {"regex": ".*\\.c"}],
+        let p = compile(
+            json!({"corsPolicy": {"allowOrigins": [{"exact": "http://a"}, {"prefix": "http://b"}, {"regex": ".*\\.c"}],
             "allowMethods": ["GET", "POST"], "allowHeaders": ["x-a", "x-b"], "exposeHeaders": ["x-e"], "maxAge": "24h",
-            "allowCredentials": true, "unmatchedPreflights": "IGNORE"}}))
+            "allowCredentials": true, "unmatchedPreflights": "IGNORE"}}),
+        )
         .unwrap();
         let c = p.cors.unwrap();
-        assert_eq!(c["allow_origin_string_match"], json!([{"exact": "http://a"}, {"prefix": "http://b"}, {"safe_regex": {"regex": ".*\\.c"}}]));
+        assert_eq!(
+            c["allow_origin_string_match"],
+            json!([{"exact": "http://a"}, {"prefix": "http://b"}, {"safe_regex": {"regex": ".*\\.c"}}])
+        );
         assert_eq!(c["allow_methods"], "GET,POST");
         assert_eq!(c["allow_headers"], "x-a,x-b");
         assert_eq!(c["expose_headers"], "x-e");

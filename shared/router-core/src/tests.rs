@@ -444,7 +444,6 @@ spec:
 
     let e = compile_err(&REVIEWS_VS.replace("  - route:\n", "  - timeout: 10s\n    route:\n"));
     assert!(e.contains("spec.http[1].timeout: needs Envoy routes for the router's route policies"), "{e}");
-
 }
 
 #[test]
@@ -806,4 +805,60 @@ fn routes_decide_redirects_direct_responses_and_forwarding_actions() {
     }
     let h = req(&[(":authority", "ratings"), (":path", "/other")]);
     assert!(matches!(r.route(&Request::new(&h), 0), Decision::Forward { ops: None, destination_headers: None, .. }));
+}
+
+const POLICIES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{uri: {prefix: /a}}]
+    timeout: 1s
+    route: [{destination: {host: ratings}}]
+  - match: [{uri: {prefix: /b}}]
+    timeout: 1000ms
+    route: [{destination: {host: ratings}}]
+  - match: [{uri: {prefix: /c}}]
+    mirror: {host: reviews, subset: v2}
+    corsPolicy: {allowOrigins: [{exact: "http://x"}]}
+    route: [{destination: {host: ratings}}]
+  - route: [{destination: {host: ratings}}]
+"#;
+
+#[test]
+fn route_policies_are_named_on_the_decision_and_shared_by_equal_routes() {
+    let items = load_str(&format!("{SERVICES}\n---\n{POLICIES}"), "test.yaml").unwrap();
+    let cfg = RouterConfig {
+        workload: Some(Workload::new("productpage-v1", "default")),
+        mesh: None,
+        gateway_port: None,
+        cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        fault_filter: false,
+        route_policies: false,
+        resources: vec![],
+    };
+    let e = cfg.compile(&Resources { items: items.clone() }).unwrap_err().to_string();
+    for f in ["spec.http[0].timeout", "spec.http[2].mirror", "spec.http[2].corsPolicy"] {
+        assert!(e.contains(f) && e.contains("routePolicies: true"), "{f}: {e}");
+    }
+    let r = RouterConfig { route_policies: true, ..cfg }.compile(&Resources { items }).unwrap();
+    assert_eq!(r.policies().len(), 2, "1s and 1000ms are one policy");
+    let policy_of = |path: &str| {
+        let h = req(&[(":authority", "ratings:9080"), (":path", path)]);
+        match r.route(&Request::new(&h), 0) {
+            Decision::Forward { ops, .. } => ops.and_then(|o| o.policy.as_ref()).map(|p| p.id.clone()),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(policy_of("/a"), policy_of("/b"));
+    assert!(policy_of("/a").is_some());
+    assert_ne!(policy_of("/a"), policy_of("/c"));
+    assert_eq!(policy_of("/other"), None);
+    let c = r.policies().into_iter().find(|p| p.cors.is_some()).unwrap();
+    assert_eq!(
+        c.route_action["request_mirror_policies"][0]["cluster"],
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    );
 }
