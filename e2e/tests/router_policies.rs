@@ -224,10 +224,16 @@ fn add_native_listener(boot: &mut Value, port: u16) {
     boot["static_resources"]["listeners"].as_array_mut().unwrap().push(native);
 }
 
+/// The requests a recorder received: head (lower-cased) and body.
+type Recorded = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// One CORS case: method, path, request headers.
+type CorsCase<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+
 /// httpbin v2 in the Mirroring task: records every request (head and body) and answers after
 /// 1 s, so a delayed original would show.
-fn recorder(port: u16) -> Arc<Mutex<Vec<(String, Vec<u8>)>>> {
-    let seen: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+fn recorder(port: u16) -> Recorded {
+    let seen: Recorded = Arc::default();
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let out = seen.clone();
     std::thread::spawn(move || {
@@ -385,7 +391,7 @@ fn timeouts_retries_mirrors_and_cors_as_istio() {
 
     // --- CORS: every answer equals Envoy's CORS filter's, header by header.
     let native = native_port;
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<CorsCase> = vec![
         ("OPTIONS", "/cors/a", vec![("origin", "http://allowed.example"), ("access-control-request-method", "POST")]),
         (
             "OPTIONS",

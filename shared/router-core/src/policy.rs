@@ -201,8 +201,11 @@ fn retry_policy(r: &HttpRetry) -> Result<Option<Value>, FieldError> {
     if r.attempts <= 0 {
         return Ok(None);
     }
-    let mut out = istio_default_retry_policy();
-    out["num_retries"] = json!(r.attempts);
+    let mut out = match istio_default_retry_policy() {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    out.insert("num_retries".into(), json!(r.attempts));
     if let Some(on) = r.retry_on.as_deref().filter(|s| !s.trim().is_empty()) {
         let mut conditions: Vec<&str> = Vec::new();
         let mut codes: Vec<u32> = Vec::new();
@@ -228,41 +231,39 @@ fn retry_policy(r: &HttpRetry) -> Result<Option<Value>, FieldError> {
             }
             retry_on.push_str("retriable-status-codes");
         }
-        out["retry_on"] = json!(retry_on);
+        out.insert("retry_on".into(), json!(retry_on));
         if !codes.is_empty() {
-            out["retriable_status_codes"] = json!(codes);
+            out.insert("retriable_status_codes".into(), json!(codes));
         }
     }
     if let Some(t) = &r.per_try_timeout {
         let d = wasmesh_istio::parse_duration(t).map_err(|e| (".retries.perTryTimeout".to_string(), e))?;
-        out["per_try_timeout"] = json!(envoy_duration(d));
+        out.insert("per_try_timeout".into(), json!(envoy_duration(d)));
     }
     if let Some(ignore) = r.retry_ignore_previous_hosts {
-        if let Some(o) = out.as_object_mut() {
-            if ignore {
-                o.insert("retry_host_predicate".into(), json!([previous_hosts()]));
-            } else {
-                o.remove("retry_host_predicate");
-            }
+        if ignore {
+            out.insert("retry_host_predicate".into(), json!([previous_hosts()]));
+        } else {
+            out.remove("retry_host_predicate");
         }
     }
     if r.retry_remote_localities == Some(true) {
-        out["retry_priority"] = json!({
+        out.insert("retry_priority".into(), json!({
             "name": "envoy.retry_priorities.previous_priorities",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
                 "update_frequency": 2
             }
-        });
+        }));
     }
     if let Some(b) = &r.backoff {
         let d = wasmesh_istio::parse_duration(b).map_err(|e| (".retries.backoff".to_string(), e))?;
         if d.is_zero() {
             return Err((".retries.backoff".into(), "is 0; expected a positive duration".into()));
         }
-        out["retry_back_off"] = json!({"base_interval": envoy_duration(d)});
+        out.insert("retry_back_off".into(), json!({"base_interval": envoy_duration(d)}));
     }
-    Ok(Some(out))
+    Ok(Some(Value::Object(out)))
 }
 
 /// A percentage as millionths (Envoy `FractionalPercent` MILLION, as istiod writes it).
