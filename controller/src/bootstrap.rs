@@ -615,6 +615,7 @@ fn listener(
     let (normalize_path, merge_slashes, escaped) = spec.mesh.normalization().hcm();
     let mut http_filters: Vec<Value> = c.http_filters.iter().map(|f| wasm_http_filter(f, &spec.wasm_dir)).collect();
     let mut route_config = route_config;
+    with_route_policies(&mut http_filters, &mut route_config, c);
     with_fault_filter(&mut http_filters, &mut route_config, c);
     http_filters.push(json!({
         "name": "envoy.filters.http.router",
@@ -694,15 +695,85 @@ fn with_fault_filter(http_filters: &mut Vec<Value>, route_config: &mut Value, c:
 
 /// Istio's default retry policy for routes without `retries` (spec: route/retry/retry.go).
 fn istio_default_retry_policy() -> Value {
-    json!({
-        "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
-        "num_retries": 2,
-        "retry_host_predicate": [{
-            "name": "envoy.retry_host_predicates.previous_hosts",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
-        }],
-        "host_selection_retry_max_attempts": 5,
-    })
+    wasmesh_router::istio_default_retry_policy()
+}
+
+/// The route policies (`timeout`, `retries`, mirrors, `corsPolicy`) of the router configurations
+/// on this listener that say they need them (`routePolicies`, set by [`crate::plugins::router`]):
+/// each compiled again here, as the filter compiles it.
+fn route_policies(c: &Contribution) -> Vec<std::rc::Rc<wasmesh_router::RoutePolicy>> {
+    /// Router configurations asking for policy routes, wherever the layout nests them.
+    fn configs<'v>(v: &'v Value, out: &mut Vec<&'v Value>) {
+        match v {
+            Value::Object(m) if m.get("routePolicies") == Some(&Value::Bool(true)) => out.push(v),
+            Value::Object(m) => m.values().for_each(|v| configs(v, out)),
+            Value::Array(a) => a.iter().for_each(|v| configs(v, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    for f in &c.http_filters {
+        configs(&f.config, &mut found);
+    }
+    let mut out: Vec<std::rc::Rc<wasmesh_router::RoutePolicy>> = Vec::new();
+    for config in found {
+        let Ok(cfg) = serde_json::from_value::<wasmesh_router::RouterConfig>(config.clone()) else { continue };
+        let Ok(resources) = wasmesh_istio::FilterConfig::parsed_resources(&cfg) else { continue };
+        let Ok(router) = cfg.compile(&resources) else { continue };
+        for p in router.policies() {
+            if !out.iter().any(|o| o.id == p.id) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// One Envoy route per route policy before the catch-all, matched on the policy header the
+/// router sets, with the route action and per-route CORS policy istiod writes for the
+/// VirtualService route; Envoy's CORS filter after the wasm filters where a policy has CORS
+/// (istiod puts it before the fault filter and the router). The policy header is removed
+/// before the request goes upstream.
+fn with_route_policies(http_filters: &mut Vec<Value>, route_config: &mut Value, c: &Contribution) {
+    let policies = route_policies(c);
+    if policies.is_empty() {
+        return;
+    }
+    if policies.iter().any(|p| p.cors.is_some()) {
+        http_filters.push(json!({
+            "name": "envoy.filters.http.cors",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}
+        }));
+    }
+    let Some(routes) = route_config.pointer_mut("/virtual_hosts/0/routes").and_then(Value::as_array_mut) else {
+        return;
+    };
+    let Some(catch_all) = routes.first().cloned() else { return };
+    let mut extra = Vec::with_capacity(policies.len());
+    for p in &policies {
+        let mut r = catch_all.clone();
+        r["name"] = json!(format!("policy-{}", p.id));
+        r["match"]["headers"] = json!([{"name": wasmesh_router::POLICY_HEADER, "string_match": {"exact": p.id}}]);
+        if let Some(action) = r.get_mut("route").and_then(Value::as_object_mut) {
+            action.remove("retry_policy");
+            for (k, v) in &p.route_action {
+                action.insert(k.clone(), v.clone());
+            }
+        }
+        if let Some(cors) = &p.cors {
+            r["typed_per_filter_config"] = json!({"envoy.filters.http.cors": cors});
+        }
+        if let Some(remove) = r.get_mut("request_headers_to_remove").and_then(Value::as_array_mut) {
+            remove.push(json!(wasmesh_router::POLICY_HEADER));
+        }
+        extra.push(r);
+    }
+    routes.splice(0..0, extra);
+    if let Some(remove) =
+        routes.last_mut().and_then(|r| r.get_mut("request_headers_to_remove")).and_then(Value::as_array_mut)
+    {
+        remove.push(json!(wasmesh_router::POLICY_HEADER));
+    }
 }
 
 /// The route for outbound and gateway listeners: Envoy sends the request to the cluster the wasm
@@ -1066,6 +1137,48 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
             .iter()
             .map(|f| f["name"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    #[test]
+    fn route_policies_get_envoy_routes_and_the_cors_filter() {
+        let hcm_of = |boot: &Value| {
+            let l = listener(boot, "outbound_15001");
+            l["filter_chains"][0]["filters"].as_array().unwrap().last().unwrap()["typed_config"].clone()
+        };
+        let res = resources(MESH);
+        let mut sp = spec("default/sleep", &res, &[], Vec::new());
+        sp.outbound_port = Some(15001);
+        let hcm = hcm_of(&build(&sp, &res).unwrap());
+        assert_eq!(hcm["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap().len(), 1);
+
+        let yaml = MESH.to_string()
+            + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db, namespace: default}\n\
+               spec:\n  hosts: [db]\n  http:\n  - match: [{uri: {prefix: /a}}]\n    timeout: 2s\n    corsPolicy: {allowOrigins: [{exact: 'http://x'}]}\n    \
+               route: [{destination: {host: db, port: {number: 8080}}}]\n  - retries: {attempts: 4, retryOn: 5xx}\n    \
+               route: [{destination: {host: db, port: {number: 8080}}}]\n";
+        let res = resources(&yaml);
+        let hcm = hcm_of(&build(&sp, &res).unwrap());
+        let names: Vec<&str> =
+            hcm["http_filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert_eq!(names[names.len() - 2..], ["envoy.filters.http.cors", "envoy.filters.http.router"], "{names:?}");
+        let routes = hcm["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap();
+        assert_eq!(routes.len(), 3, "{routes:?}");
+        let first = &routes[0];
+        assert_eq!(first["match"]["headers"][0]["name"], wasmesh_router::POLICY_HEADER);
+        assert_eq!(first["route"]["timeout"], "2s");
+        assert_eq!(first["route"]["cluster_header"], CLUSTER_HEADER);
+        assert_eq!(
+            first["typed_per_filter_config"]["envoy.filters.http.cors"]["allow_origin_string_match"][0]["exact"],
+            "http://x"
+        );
+        assert_eq!(routes[1]["route"]["retry_policy"]["num_retries"], 4);
+        assert_eq!(routes[1]["route"]["retry_policy"]["retry_on"], "5xx");
+        let last = &routes[2];
+        assert_eq!(last["route"]["retry_policy"], istio_default_retry_policy());
+        assert!(last["match"].get("headers").is_none());
+        for r in routes {
+            assert!(r["request_headers_to_remove"].as_array().unwrap().contains(&json!(wasmesh_router::POLICY_HEADER)));
+        }
     }
 
     #[test]

@@ -103,6 +103,7 @@ fn gateway_routes(resources: &Resources) -> Vec<Error> {
                 // injects faults.
                 fault_filter: true,
                 outbound_traffic_policy: None,
+                route_policies: true,
             };
             if let Err(e) = cfg.compile(resources) {
                 for e in e.0 {

@@ -27,6 +27,7 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         // Sidecars: Istio's catch-all for unknown hosts, when the mesh config names one
         // (without it: 404, see egress.rs).
         outbound_traffic_policy: if gateway_port.is_none() { ctx.mesh.outbound_traffic_policy } else { None },
+        route_policies: true,
         resources: resources_json(relevant.clone()),
     };
     // Compile here too, so a bad VirtualService fails `wasmeshctl envoy`, not Envoy's start.
@@ -34,6 +35,9 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
     // Envoy's fault filter goes after the router only where a route injects faults
     // (`bootstrap::with_fault_filter` reads this flag).
     config.fault_filter = router.has_faults();
+    // One Envoy route per route policy, and the CORS filter where one has CORS
+    // (`bootstrap::with_route_policies` reads this flag and the policies from the config).
+    config.route_policies = !router.policies().is_empty();
     let config = serde_json::to_value(&config).map_err(|e| vec![Error::new(format!("router config: {e}"))])?;
     Ok(Contribution {
         http_filters: vec![WasmFilter { name: "wasmesh.router".into(), config, fail_open: false }],

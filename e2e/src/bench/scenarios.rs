@@ -111,9 +111,9 @@ fn by_header_route() -> Value {
 }
 
 /// The router scenario's table with every VirtualService action (redirect, directResponse,
-/// rewrite, request/response headers per route and destination, fault) configured on routes
-/// before the matched one, none triggered; Envoy's fault filter after the router as wasmeshctl
-/// generates it. Against the plain table: what configuring the actions costs a request.
+/// rewrite, request/response headers per route and destination, fault, timeout, retries,
+/// mirror, corsPolicy) configured on routes before the matched one, none triggered; Envoy's CORS
+/// and fault filters after the router and the policy routes as wasmeshctl generates them. Against the plain table: what configuring the actions costs a request.
 fn vs_actions() -> Result<Scenario, String> {
     let host = format!("{SERVICE}.default.svc.cluster.local");
     let (http, _, clusters) = header_routes("default");
@@ -132,14 +132,23 @@ fn vs_actions() -> Result<Scenario, String> {
                "fault": {"delay": {"fixedDelay": "1s", "percentage": {"value": 100}},
                          "abort": {"httpStatus": 500, "percentage": {"value": 100}}},
                "route": [{"destination": {"host": SERVICE}}]}),
+        json!({"match": [{"headers": {"x-action": {"exact": "policy"}}}],
+               "timeout": "2s", "retries": {"attempts": 3, "perTryTimeout": "1s", "retryOn": "5xx,503"},
+               "mirror": {"host": SERVICE}, "mirrorPercentage": {"value": 10},
+               "corsPolicy": {"allowOrigins": [{"exact": "http://a.example"}], "allowMethods": ["GET"], "maxAge": "1h"},
+               "route": [{"destination": {"host": SERVICE}}]}),
     ];
     acting.extend(http);
     let mut all = router_config(&host, acting);
     all["faultFilter"] = json!(true);
+    all["routePolicies"] = json!(true);
+    let policy_routes = policy_route_config(&all)?;
     let fault_filter = json!({"name": "envoy.filters.http.fault", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
         "delay": {"header_delay": {}, "percentage": {"numerator": 100, "denominator": "HUNDRED"}},
         "abort": {"header_abort": {}, "percentage": {"numerator": 100, "denominator": "HUNDRED"}}}});
+    let cors_filter = json!({"name": "envoy.filters.http.cors", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}});
     let with = |name: &str, filters: Vec<Value>, route: Option<Value>| routed_variant(name, filters, route, &clusters);
     Ok(Scenario {
         name: "vs actions".into(),
@@ -149,12 +158,39 @@ fn vs_actions() -> Result<Scenario, String> {
             with("wasmesh", vec![wasmesh_filter("wasmesh.router", plain)], Some(by_header_route())),
             with(
                 "wasmesh, every action configured",
-                vec![wasmesh_filter("wasmesh.router", all), fault_filter],
-                Some(by_header_route()),
+                vec![wasmesh_filter("wasmesh.router", all), cors_filter, fault_filter],
+                Some(policy_routes),
             ),
         ],
         modules: vec!["wasmesh".into(), "noop".into()],
     })
+}
+
+/// The by-header route with one route per route policy of `config` before it, as wasmeshctl
+/// writes them (matched on the policy header, the policy's route action and CORS policy).
+fn policy_route_config(config: &Value) -> Result<Value, String> {
+    use wasmesh_istio::FilterConfig;
+    let cfg: wasmesh_router::RouterConfig = serde_json::from_value(config.clone()).map_err(|e| e.to_string())?;
+    let router = cfg.compile(&cfg.parsed_resources().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let mut routes: Vec<Value> = Vec::new();
+    for p in router.policies() {
+        let mut action = json!({"cluster_header": wasmesh_router::DEFAULT_CLUSTER_HEADER});
+        for (k, v) in &p.route_action {
+            action[k] = v.clone();
+        }
+        let mut r = json!({"match": {"prefix": "/", "headers": [{"name": wasmesh_router::POLICY_HEADER, "string_match": {"exact": p.id}}]},
+                           "route": action});
+        if let Some(c) = &p.cors {
+            r["typed_per_filter_config"] = json!({"envoy.filters.http.cors": c});
+        }
+        routes.push(r);
+    }
+    let mut by_header = by_header_route();
+    if let Some(list) = by_header.pointer_mut("/virtual_hosts/0/routes").and_then(Value::as_array_mut) {
+        routes.append(list);
+        *list = routes;
+    }
+    Ok(by_header)
 }
 
 /// A DENY on admin paths and a 3-rule ALLOW (`authz::BENCH_POLICIES`): Envoy's native rbac

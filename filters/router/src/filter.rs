@@ -13,6 +13,10 @@
 //! decided here and carried out by Envoy's fault filter after this one, which reads the
 //! `x-envoy-fault-*` headers set here (wasmeshctl generates it; a configuration with a fault
 //! and without `faultFilter: true` is refused). Client-sent copies of those headers are removed.
+//! Likewise `timeout`, `retries`, mirrors and `corsPolicy` are carried out by Envoy: the router
+//! names the matched route's policy in `x-wasmesh-route-policy` (set or removed on every
+//! forwarded request once any route has one) and Envoy's route for that policy, written by
+//! wasmeshctl as istiod writes the route (`routePolicies: true`), does the rest.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proxy_wasm::traits::RootContext;
@@ -22,7 +26,8 @@ use wasmesh_istio::{FilterConfig, ProxyMode};
 use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
 use wasmesh_proxy::stream::{HeaderReads, Stream};
 use wasmesh_router::{
-    Abort, Decision, HeaderActions, HeaderOps, Matched, RequestView, Rng, RouteOps, Router, RouterConfig, FAULT_HEADERS,
+    Abort, Decision, HeaderActions, HeaderOps, Matched, RequestView, Rng, RouteOps, Router, RouterConfig,
+    FAULT_HEADERS, POLICY_HEADER,
 };
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
@@ -35,13 +40,17 @@ pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
 pub fn build(config: &[u8], _resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, String> {
     let routes = configure(config)?;
     let faults = routes.has_faults();
-    Ok(vec![Rc::new(RouterPhase { routes, faults, rng: Cell::new(wasmesh_proxy::random_seed()) })])
+    let policies = routes.has_policies();
+    Ok(vec![Rc::new(RouterPhase { routes, faults, policies, rng: Cell::new(wasmesh_proxy::random_seed()) })])
 }
 
 struct RouterPhase {
     routes: Routes,
     /// A route injects faults: client-sent fault headers are removed from every request.
     faults: bool,
+    /// A route has a policy (timeout, retries, mirror, CORS): every forwarded request gets the
+    /// policy header set to its route's policy, or removed (a client cannot pick a policy).
+    policies: bool,
     /// Per-VM PRNG state, seeded from the host's entropy.
     rng: Cell<u64>,
 }
@@ -75,6 +84,13 @@ impl Routes {
         match self {
             Routes::One(r) => r.has_faults(),
             Routes::PerPort(tables) => tables.iter().any(|(_, r)| r.has_faults()),
+        }
+    }
+
+    fn has_policies(&self) -> bool {
+        match self {
+            Routes::One(r) => !r.policies().is_empty(),
+            Routes::PerPort(tables) => tables.iter().any(|(_, r)| !r.policies().is_empty()),
         }
     }
 
@@ -174,6 +190,17 @@ impl PhaseRequest for RouterRequest {
             Decision::Forward { cluster, ops, destination_headers, matched, .. } => {
                 if ops.is_some() || destination_headers.is_some() {
                     self.response = apply(s, ops, destination_headers, matched, self.random);
+                }
+                if self.phase.policies {
+                    // Envoy's route for the policy times out, retries, mirrors, answers CORS.
+                    match ops.and_then(|o| o.policy.as_ref()) {
+                        Some(p) => {
+                            s.set_request_header(POLICY_HEADER, p.id.as_bytes());
+                        }
+                        None => {
+                            s.remove_request_header(POLICY_HEADER);
+                        }
+                    }
                 }
                 // Replacing the header also drops any copy the client sent.
                 if s.set_request_header(router.cluster_header(), cluster.as_bytes()) {

@@ -18,6 +18,7 @@ fn main() {
         cluster_header: wasmesh_router::DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         outbound_traffic_policy: None,
+        route_policies: false,
         resources: vec![],
     };
     let router = cfg.compile(&Resources { items }).expect("compile");

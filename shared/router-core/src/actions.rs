@@ -247,6 +247,9 @@ pub struct RouteOps {
     pub headers: HeaderActions,
     pub path: Option<PathRewrite>,
     pub fault: Option<Fault>,
+    /// `timeout`, `retries`, mirrors and `corsPolicy`, carried out by Envoy's route for
+    /// the policy (see [`crate::policy`]).
+    pub policy: Option<Rc<crate::policy::RoutePolicy>>,
 }
 
 /// Route operations compare by identity (a decision names the route's own operations).

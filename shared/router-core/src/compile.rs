@@ -6,6 +6,7 @@ use crate::actions::{
 };
 use crate::hosts::{intersect, HostTable};
 use crate::matcher::StrMatcher;
+use crate::policy::{compile_policy, has_policy, RoutePolicy};
 use crate::request::HeaderSlots;
 use crate::table::{ClusterName, HeaderMatch, Match, Route, Router, VirtualHost, WeightedDestination};
 use serde::{Deserialize, Serialize};
@@ -46,10 +47,21 @@ pub struct RouterConfig {
     /// (`meshConfig.outboundTrafficPolicy`, see [`crate::egress`]). Absent: 404.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_traffic_policy: Option<crate::egress::OutboundTrafficPolicy>,
+    /// Whether the Envoy has one route per route policy (`timeout`, `retries`, `mirror`,
+    /// `corsPolicy`), matched on the policy header the router sets, and Envoy's CORS filter after
+    /// this filter, as wasmeshctl generates them (see [`crate::policy`]). Those fields are
+    /// refused without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub route_policies: bool,
     /// VirtualServices, Gateways and ServiceEntries, in Istio's JSON form.
     #[serde(default)]
     pub resources: Vec<serde_json::Value>,
 }
+
+const NOT_YET: &str = "not supported by this wasmesh router yet (matching, weighted destinations, redirect, \
+                       directResponse, rewrite, headers, fault, timeout, retries, mirror and corsPolicy are)";
+const ONLY_FORWARDING: &str =
+    "applies to a route with destinations; this route answers itself (redirect or directResponse)";
 
 /// The header the router filter sets and Envoy's route reads with `cluster_header` (the one
 /// definition: wasmeshctl's bootstrap and plugins use this constant).
@@ -501,7 +513,7 @@ impl Compiler<'_> {
                 }
                 continue;
             }
-            let ops = self.route_ops(res, &field, route);
+            let ops = self.route_ops(res, &field, route, services);
             let multiple = route.route.len() > 1;
             let mut destinations = Vec::new();
             let mut total: u32 = 0;
@@ -551,31 +563,98 @@ impl Compiler<'_> {
 
     /// Route features that belong to later work are refused loudly rather than ignored.
     fn unsupported(&mut self, res: &Resource, field: &str, r: &HttpRoute) {
-        let present: [(&str, bool); 6] = [
-            ("timeout", r.timeout.is_some()),
-            ("retries", r.retries.is_some()),
-            ("mirror", r.mirror.is_some() || !r.mirrors.is_empty()),
-            (
-                "mirrorPercentage",
-                r.mirror_percentage.is_some() || r.mirror_percent.is_some() || r.mirror_percent_snake.is_some(),
-            ),
-            ("corsPolicy", r.cors_policy.is_some()),
-            ("match[].statPrefix", r.matches.iter().any(|m| m.stat_prefix.is_some())),
+        let answers = r.route.is_empty();
+        let mirror_share =
+            r.mirror_percentage.is_some() || r.mirror_percent.is_some() || r.mirror_percent_snake.is_some();
+        let present: [(&str, bool, &str); 6] = [
+            ("timeout", answers && r.timeout.is_some(), ONLY_FORWARDING),
+            ("retries", answers && r.retries.is_some(), ONLY_FORWARDING),
+            ("mirror", answers && (r.mirror.is_some() || !r.mirrors.is_empty()), ONLY_FORWARDING),
+            ("mirrorPercentage", answers && mirror_share, ONLY_FORWARDING),
+            ("corsPolicy", answers && r.cors_policy.is_some(), ONLY_FORWARDING),
+            ("match[].statPrefix", r.matches.iter().any(|m| m.stat_prefix.is_some()), NOT_YET),
         ];
-        for (name, set) in present {
+        for (name, set, why) in present {
             if set {
-                self.err(
-                    res,
-                    &format!("{field}.{name}"),
-                    "not supported by this wasmesh router yet (matching, weighted destinations, redirect, directResponse, rewrite, headers and fault are)",
-                );
+                self.err(res, &format!("{field}.{name}"), why);
             }
         }
     }
 
+    /// The route's `timeout`, `retries`, mirrors and `corsPolicy` as Envoy route configuration
+    /// (see [`crate::policy`]); `None` when it has none or they are wrong (errors recorded).
+    fn route_policy(
+        &mut self,
+        res: &Resource,
+        field: &str,
+        route: &HttpRoute,
+        services: &BTreeMap<String, Vec<u32>>,
+    ) -> Option<Rc<RoutePolicy>> {
+        if !has_policy(route) {
+            return None;
+        }
+        if !self.cfg.route_policies {
+            for (name, set) in [
+                ("timeout", route.timeout.is_some()),
+                ("retries", route.retries.is_some()),
+                ("mirror", route.mirror.is_some() || !route.mirrors.is_empty()),
+                ("corsPolicy", route.cors_policy.is_some()),
+            ] {
+                if set {
+                    self.err(
+                        res,
+                        &format!("{field}.{name}"),
+                        "needs Envoy routes for the router's route policies (one route per policy matched on \
+                         x-wasmesh-route-policy, and envoy.filters.http.cors after the router); wasmeshctl generates \
+                         them, in another Envoy add them and set routePolicies: true in the router configuration",
+                    );
+                }
+            }
+            return None;
+        }
+        let mut mirror_errors: Vec<(String, String)> = Vec::new();
+        let compiled = compile_policy(route, |sub, d| {
+            let f = format!("{field}{sub}");
+            match self.cluster(res, &f, d, services)? {
+                ClusterName::Fixed(name) => Some(name),
+                ClusterName::PerPort { known, .. } => {
+                    let ports = services.get(&self.wl.fqdn(&d.host, res.namespace())).cloned().unwrap_or_default();
+                    match (ports.as_slice(), known.first()) {
+                        ([_], Some((_, name))) => Some(name.clone()),
+                        _ => {
+                            mirror_errors.push((
+                                format!("{sub}.port.number"),
+                                format!("{:?} is not a service with one port; a mirror needs its port.number", d.host),
+                            ));
+                            None
+                        }
+                    }
+                }
+            }
+        });
+        let mut errors = mirror_errors;
+        let policy = match compiled {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errors.extend(e);
+                None
+            }
+        };
+        for (sub, e) in errors {
+            self.err(res, &format!("{field}{sub}"), &e);
+        }
+        policy.map(Rc::new)
+    }
+
     /// A forwarding route's rewrite, header operations and fault; `None` when it has none.
-    fn route_ops(&mut self, res: &Resource, field: &str, route: &HttpRoute) -> Option<Rc<RouteOps>> {
-        let mut ops = RouteOps::default();
+    fn route_ops(
+        &mut self,
+        res: &Resource,
+        field: &str,
+        route: &HttpRoute,
+        services: &BTreeMap<String, Vec<u32>>,
+    ) -> Option<Rc<RouteOps>> {
+        let mut ops = RouteOps { policy: self.route_policy(res, field, route, services), ..RouteOps::default() };
         if let Some(h) = &route.headers {
             if let Some(h) = self.header_actions(res, &format!("{field}.headers"), h) {
                 ops.headers = (*h).clone();
@@ -606,7 +685,7 @@ impl Compiler<'_> {
                 Err((sub, e)) => self.err(res, &format!("{field}.fault{sub}"), &e),
             }
         }
-        let none = ops.headers.is_empty() && ops.path.is_none() && ops.fault.is_none();
+        let none = ops.headers.is_empty() && ops.path.is_none() && ops.fault.is_none() && ops.policy.is_none();
         (!none).then(|| Rc::new(ops))
     }
 
@@ -757,6 +836,7 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
         cluster_header: default_cluster_header(),
         fault_filter: true,
         outbound_traffic_policy: None,
+        route_policies: true,
         resources: Vec::new(),
     };
     match (Compiler { cfg: &cfg, wl: &wl, errors: Vec::new(), check_all: true, limits: Limits::default() })

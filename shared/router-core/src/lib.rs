@@ -13,6 +13,7 @@ mod delegate;
 pub mod egress;
 mod hosts;
 pub mod matcher;
+pub mod policy;
 pub mod request;
 mod rng;
 mod table;
@@ -22,6 +23,7 @@ pub use actions::{
 };
 pub use compile::{validate, Limits, RouterConfig, DEFAULT_CLUSTER_HEADER};
 pub use egress::{OutboundMode, OutboundTrafficPolicy, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+pub use policy::{istio_default_retry_policy, RoutePolicy, POLICY_HEADER};
 pub use request::{HeaderSlots, Request, RequestView};
 pub use rng::Rng;
 pub use table::{Decision, Router};

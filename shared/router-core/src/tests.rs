@@ -57,6 +57,7 @@ fn sidecar_with(yaml: &str, wl: Workload) -> Router {
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         outbound_traffic_policy: None,
+        route_policies: false,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).unwrap()
@@ -71,6 +72,7 @@ fn compile_err(yaml: &str) -> String {
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         outbound_traffic_policy: None,
+        route_policies: false,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).unwrap_err().to_string()
@@ -397,6 +399,7 @@ spec:
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         outbound_traffic_policy: None,
+        route_policies: false,
         resources: vec![],
     };
     let r = cfg.compile(&Resources { items: items.clone() }).unwrap();
@@ -443,7 +446,7 @@ spec:
     assert!(e.contains("weights add up to 0"), "{e}");
 
     let e = compile_err(&REVIEWS_VS.replace("  - route:\n", "  - timeout: 10s\n    route:\n"));
-    assert!(e.contains("spec.http[1].timeout: not supported"), "{e}");
+    assert!(e.contains("spec.http[1].timeout: needs Envoy routes for the router's route policies"), "{e}");
 }
 
 #[test]
@@ -464,6 +467,7 @@ fn configuration_json_round_trip_compiles() {
         cluster_header: "x-wasmesh-cluster".into(),
         fault_filter: false,
         outbound_traffic_policy: None,
+        route_policies: false,
         resources,
     };
     let router = RouterConfig::compile_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
@@ -573,6 +577,7 @@ spec:
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         outbound_traffic_policy: None,
+        route_policies: false,
         resources: vec![],
     };
     assert_eq!(cfg.gateway_ports(&resources), vec![80, 8080]);
@@ -596,6 +601,7 @@ fn compile_limited(resources: Vec<serde_json::Value>, limits: Limits) -> Result<
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         outbound_traffic_policy: None,
+        route_policies: false,
         resources,
     };
     cfg.compile_with_limits(&cfg.parsed_resources().unwrap(), &limits).map_err(|e| e.to_string())
@@ -733,6 +739,7 @@ fn a_host_longer_than_a_dns_name_still_matches_star() {
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         outbound_traffic_policy: None,
+        route_policies: false,
         resources: vec![],
     };
     let r = cfg.compile(&Resources { items }).unwrap();
@@ -773,11 +780,12 @@ fn routes_decide_redirects_direct_responses_and_forwarding_actions() {
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         outbound_traffic_policy: None,
+        route_policies: false,
         resources: vec![],
     };
     let e = cfg.compile(&Resources { items: items.clone() }).unwrap_err().to_string();
     assert!(e.contains("spec.http[2].fault") && e.contains("faultFilter"), "{e}");
-    let r = RouterConfig { fault_filter: true, ..cfg }.compile(&Resources { items }).unwrap();
+    let r = RouterConfig { fault_filter: true, route_policies: true, ..cfg }.compile(&Resources { items }).unwrap();
     assert!(r.has_faults());
     let h = req(&[(":authority", "ratings:9080"), (":path", "/moved/x?q=1")]);
     match r.route(&Request::new(&h), 0) {
@@ -886,6 +894,7 @@ fn delegate_gateway(yaml: &str) -> Result<Router, String> {
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         outbound_traffic_policy: None,
+        route_policies: false,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).map_err(|e| e.to_string())
@@ -949,4 +958,58 @@ spec:
   - route: [{destination: {host: reviews, subset: second}}]
 "#;
     assert_eq!(subset(&sidecar(vs), &[(":authority", "reviews")]), "mesh");
+const POLICIES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{uri: {prefix: /a}}]
+    timeout: 1s
+    route: [{destination: {host: ratings}}]
+  - match: [{uri: {prefix: /b}}]
+    timeout: 1000ms
+    route: [{destination: {host: ratings}}]
+  - match: [{uri: {prefix: /c}}]
+    mirror: {host: reviews, subset: v2}
+    corsPolicy: {allowOrigins: [{exact: "http://x"}]}
+    route: [{destination: {host: ratings}}]
+  - route: [{destination: {host: ratings}}]
+"#;
+
+#[test]
+fn route_policies_are_named_on_the_decision_and_shared_by_equal_routes() {
+    let items = load_str(&format!("{SERVICES}\n---\n{POLICIES}"), "test.yaml").unwrap();
+    let cfg = RouterConfig {
+        workload: Some(Workload::new("productpage-v1", "default")),
+        mesh: None,
+        gateway_port: None,
+        cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        fault_filter: false,
+        route_policies: false,
+        resources: vec![],
+    };
+    let e = cfg.compile(&Resources { items: items.clone() }).unwrap_err().to_string();
+    for f in ["spec.http[0].timeout", "spec.http[2].mirror", "spec.http[2].corsPolicy"] {
+        assert!(e.contains(f) && e.contains("routePolicies: true"), "{f}: {e}");
+    }
+    let r = RouterConfig { route_policies: true, ..cfg }.compile(&Resources { items }).unwrap();
+    assert_eq!(r.policies().len(), 2, "1s and 1000ms are one policy");
+    let policy_of = |path: &str| {
+        let h = req(&[(":authority", "ratings:9080"), (":path", path)]);
+        match r.route(&Request::new(&h), 0) {
+            Decision::Forward { ops, .. } => ops.and_then(|o| o.policy.as_ref()).map(|p| p.id.clone()),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(policy_of("/a"), policy_of("/b"));
+    assert!(policy_of("/a").is_some());
+    assert_ne!(policy_of("/a"), policy_of("/c"));
+    assert_eq!(policy_of("/other"), None);
+    let c = r.policies().into_iter().find(|p| p.cors.is_some()).unwrap();
+    assert_eq!(
+        c.route_action["request_mirror_policies"][0]["cluster"],
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    );
 }
