@@ -50,8 +50,7 @@ fn phase_builder(root_id: &str) -> Result<Build, String> {
 /// The filter of a phase's root id: an HTTP filter of this module.
 fn phase_filter(root_id: &str) -> Result<Filter, String> {
     match filter_for(root_id) {
-        Some(f @ (Filter::Router | Filter::Authn | Filter::Oidc | Filter::Tracing)) => Ok(f),
-        Some(f @ (Filter::Router | Filter::Authn | Filter::Oidc | Filter::AccessLog)) => Ok(f),
+        Some(f @ (Filter::Router | Filter::Authn | Filter::Oidc | Filter::Tracing | Filter::AccessLog)) => Ok(f),
         Some(Filter::Authz) if root_id != "wasmesh.authz.tcp" && root_id != "wasmesh.authz.peer_address" => {
             Ok(Filter::Authz)
         }

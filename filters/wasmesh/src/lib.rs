@@ -99,7 +99,7 @@ pub enum Filter {
 }
 
 /// The root ids the controller writes today, one per filter role (for docs and tests).
-pub const ROOT_IDS: [&str; 11] = [
+pub const ROOT_IDS: [&str; 12] = [
     "wasmesh.router",
     "wasmesh.authz",
     "wasmesh.authz.custom",

@@ -958,6 +958,8 @@ spec:
   - route: [{destination: {host: reviews, subset: second}}]
 "#;
     assert_eq!(subset(&sidecar(vs), &[(":authority", "reviews")]), "mesh");
+}
+
 const POLICIES: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -987,6 +989,7 @@ fn route_policies_are_named_on_the_decision_and_shared_by_equal_routes() {
         gateway_port: None,
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        outbound_traffic_policy: None,
         route_policies: false,
         resources: vec![],
     };
