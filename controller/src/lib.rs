@@ -6,6 +6,7 @@ pub mod certs;
 pub mod check;
 pub mod dashboard;
 pub mod filter_docs;
+pub mod gateway;
 pub mod generate;
 pub mod image;
 pub mod input;

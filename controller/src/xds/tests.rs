@@ -35,6 +35,7 @@ fn node() -> NodeSpec {
         mesh_config: None,
         certs_dir: None,
         envoy_access_log: None,
+        credentials_dir: None,
     }
 }
 

@@ -181,11 +181,15 @@ impl Compiler<'_> {
                 self.err(
                     res,
                     "spec.tcp",
-                    "TCP routes are supported on Gateways only (spec.gateways naming Gateways, not \"mesh\")",
+                    "TCP routes are not supported on sidecars (gateways: mesh): bind the VirtualService to a Gateway",
                 );
             }
             if !vs.tls.is_empty() {
-                self.err(res, "spec.tls", "TLS (SNI) routes are not supported by wasmesh (HTTP and gateway TCP routes are)");
+                self.err(
+                    res,
+                    "spec.tls",
+                    "TLS (SNI) routes are not supported by wasmesh (HTTP and gateway TCP routes are)",
+                );
             }
             if vs.http.is_empty() && !vs.tcp.is_empty() {
                 continue;
