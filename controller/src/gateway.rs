@@ -614,3 +614,83 @@ pub fn with_tcp_route(filters: &mut [Value], route: &TcpRoute) {
 pub fn black_hole_cluster() -> Value {
     json!({"name": BLACK_HOLE, "type": "STATIC", "connect_timeout": "10s", "load_assignment": {"cluster_name": BLACK_HOLE, "endpoints": []}})
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use wasmesh_istio::{load_str, ProxyMode};
+
+    const BASE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: default}
+spec:
+  host: echo
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+"#;
+
+    fn plan_of(yaml: &str, port: u32, creds: Option<&Path>) -> Result<PortPlan, String> {
+        let resources = Resources { items: load_str(&format!("{BASE}{yaml}"), "gw.yaml").unwrap() };
+        let mut wl = Workload::new("gw", "istio-system");
+        wl.mode = ProxyMode::Gateway;
+        wl.labels.insert("istio".into(), "ingressgateway".into());
+        plan(&resources, &wl, port, creds).map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+    }
+
+    fn gateway(server: &str) -> String {
+        format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: g, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - {server}\n")
+    }
+
+    #[test]
+    fn credential_files_are_checked_and_named() {
+        let https = gateway("{port: {number: 443, name: https, protocol: HTTPS}, hosts: [a.example.com], tls: {mode: SIMPLE, credentialName: a-cred}}");
+        let e = plan_of(&https, 443, None).unwrap_err();
+        assert!(e.contains("spec.servers[0].tls.credentialName") && e.contains("--credentials"), "{e}");
+        let e = plan_of(&https, 443, Some(Path::new("/nonexistent"))).unwrap_err();
+        assert!(e.contains("/nonexistent/a-cred/tls.crt does not exist"), "{e}");
+        let e = plan_of(&https.replace("SIMPLE", "ISTIO_MUTUAL"), 443, None).unwrap_err();
+        assert!(e.contains("spec.servers[0].tls.mode") && e.contains("ISTIO_MUTUAL"), "{e}");
+        let e = plan_of(&https.replace("credentialName: a-cred", "credentialName: a-cred, caCrl: x"), 443, None)
+            .unwrap_err();
+        assert!(e.contains("spec.servers[0].tls.caCrl: not supported"), "{e}");
+        let e = plan_of(
+            &gateway("{port: {number: 443, name: tls, protocol: TLS}, hosts: ['*'], tls: {mode: PASSTHROUGH}}"),
+            443,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("spec.servers[0].port.protocol") && e.contains("\"TLS\""), "{e}");
+    }
+
+    #[test]
+    fn tcp_routes_weighted_checked_and_black_holed() {
+        let gw = gateway("{port: {number: 31400, name: tcp, protocol: TCP}, hosts: ['*']}");
+        let vs = |route: &str| {
+            format!("{gw}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v, namespace: default}}\nspec:\n  hosts: ['*']\n  gateways: [g]\n  tcp:\n  - match: [{{port: 31400}}]\n    route: {route}\n")
+        };
+        let split = vs("[{destination: {host: echo, subset: v1}, weight: 80}, {destination: {host: echo, port: {number: 9000}}, weight: 20}]");
+        assert_eq!(
+            plan_of(&split, 31400, None).unwrap(),
+            PortPlan::Tcp(TcpRoute::Weighted(vec![
+                ("outbound|9000|v1|echo.default.svc.cluster.local".into(), 80),
+                ("outbound|9000||echo.default.svc.cluster.local".into(), 20)
+            ]))
+        );
+        let e = plan_of(&split.replace("weight: 20", "weight: 10"), 31400, None).unwrap_err();
+        assert!(e.contains("spec.tcp[0].route") && e.contains("add up to 90"), "{e}");
+        let e = plan_of(&split.replace("subset: v1", "subset: v9"), 31400, None).unwrap_err();
+        assert!(e.contains("spec.tcp[0].route[0].destination.subset") && e.contains("v9"), "{e}");
+        // The route's port match does not fit another port: nothing routes, the black hole.
+        let other = split.replace("port: 31400}", "port: 31401}");
+        assert_eq!(plan_of(&other, 31400, None).unwrap(), PortPlan::Tcp(TcpRoute::Cluster(BLACK_HOLE.into())));
+    }
+}
