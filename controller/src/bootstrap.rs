@@ -316,6 +316,21 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                             Err(mut e) => errors.append(&mut e),
                         }
                     }
+                    Ok(gateway::PortPlan::Tls(routes)) => {
+                        let ctx = listener_context(Direction::Gateway { port: *gw_port }, *bind);
+                        match tcp_listener_filters(&ctx, slots) {
+                            Ok((mut c, _)) => {
+                                let filters = tcp_chain_filters(spec, &c.network_filters, gateway::BLACK_HOLE);
+                                let chains = filter_chains(None, filters, Vec::new());
+                                let mut l = listener_with_chains(&format!("{name}_{bind}"), *bind, chains);
+                                gateway::with_sni_routes(&mut l, &routes);
+                                listeners.push(l);
+                                c.clusters.push(gateway::black_hole_cluster());
+                                merge(&mut clusters, &mut stats_tags, c);
+                            }
+                            Err(mut e) => errors.append(&mut e),
+                        }
+                    }
                     Err(mut e) => errors.append(&mut e),
                 }
             }

@@ -18,8 +18,13 @@
 //! (Istio's file-mounted form). `credentialName: NAME` (a Kubernetes Secret in Istio) is read
 //! from `--credentials DIR` as `DIR/NAME/tls.crt` and `DIR/NAME/tls.key`, with the CA for MUTUAL
 //! in `DIR/NAME/ca.crt` or else `DIR/NAME-cacert/ca.crt` (Istio's two Secret layouts).
-//! Everything else (`PASSTHROUGH`, `AUTO_PASSTHROUGH`, `ISTIO_MUTUAL`, `OPTIONAL_MUTUAL`, CRLs,
-//! SPKI/hash pinning, TLS servers, TLS routes) is refused, naming file, resource and field.
+//! - PASSTHROUGH servers (protocol HTTPS or TLS): the TLS is not terminated; one filter chain
+//!   per VirtualService `tls` route, matched by its `sniHosts`, with `tcp_proxy` to its
+//!   destination(s) (Istio's "Ingress Gateway without TLS Termination"; an egress gateway's
+//!   usual HTTPS server).
+//!
+//! Everything else (`AUTO_PASSTHROUGH`, `ISTIO_MUTUAL`, `OPTIONAL_MUTUAL`, CRLs, SPKI/hash
+//! pinning, a port mixing kinds of servers) is refused, naming file, resource and field.
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -33,6 +38,15 @@ pub enum PortPlan {
     Http(HttpPort),
     /// Opaque TCP: `tcp_proxy` with this route.
     Tcp(TcpRoute),
+    /// TLS passed through (`mode: PASSTHROUGH`): a `tcp_proxy` chain per SNI route.
+    Tls(Vec<SniRoute>),
+}
+
+/// A `tls` route of a PASSTHROUGH server: the SNI names it serves and where it sends them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SniRoute {
+    pub server_names: Vec<String>,
+    pub route: TcpRoute,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -126,6 +140,30 @@ pub fn plan(
         let names: Vec<String> =
             servers.iter().map(|(res, ..)| format!("{}/{}", res.namespace(), res.name())).collect();
         return tcp_route(resources, wl, port, &names).map(PortPlan::Tcp);
+    }
+    let mode_of = |s: &Server| s.tls.as_ref().and_then(|t| t.get("mode")).and_then(Value::as_str).map(str::to_string);
+    if servers.iter().any(|(_, _, _, s)| mode_of(s).as_deref() == Some("PASSTHROUGH")) {
+        for (res, _, i, s) in &servers {
+            let p = protocol(s);
+            if mode_of(s).as_deref() != Some("PASSTHROUGH") || !matches!(p.as_str(), "HTTPS" | "TLS") {
+                errors.push(Error::at(
+                    res,
+                    format!("spec.servers[{i}]"),
+                    format!("port {port} has a PASSTHROUGH server: every server on it must be HTTPS or TLS with mode PASSTHROUGH"),
+                ));
+            }
+            if let Some(k) =
+                s.tls.as_ref().and_then(Value::as_object).and_then(|t| t.keys().find(|k| k.as_str() != "mode"))
+            {
+                errors.push(Error::at(res, format!("spec.servers[{i}].tls.{k}"), "not used with mode PASSTHROUGH"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let names: Vec<String> =
+            servers.iter().map(|(res, ..)| format!("{}/{}", res.namespace(), res.name())).collect();
+        return tls_routes(resources, wl, port, &names).map(PortPlan::Tls);
     }
     let mut http = HttpPort::default();
     let mut plain = false;
@@ -410,7 +448,27 @@ fn transport_socket(
 /// The TCP route of server port `port`: the first `tcp` route, of a VirtualService bound to one
 /// of `gateways` (`namespace/name`), whose match fits the port (no match: every port).
 fn tcp_route(resources: &Resources, wl: &Workload, port: u32, gateways: &[String]) -> Result<TcpRoute, Vec<Error>> {
+    let routes = l4_routes(resources, wl, port, gateways, L4::Tcp)?;
+    Ok(routes.into_iter().next().map_or(TcpRoute::Cluster(BLACK_HOLE.to_string()), |(_, r)| r))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum L4 {
+    Tcp,
+    Tls,
+}
+
+/// Every `tcp` (or `tls`) route of the VirtualServices bound to one of `gateways` whose match
+/// fits `port`, in order, with the SNI names of the matches that fit (`tls` routes).
+fn l4_routes(
+    resources: &Resources,
+    wl: &Workload,
+    port: u32,
+    gateways: &[String],
+    kind: L4,
+) -> Result<Vec<(Vec<String>, TcpRoute)>, Vec<Error>> {
     let bound_name = |r: &str, ns: &str| if r.contains('/') { r.to_string() } else { format!("{ns}/{r}") };
+    let mut out = Vec::new();
     for (res, vs) in resources.virtual_services() {
         let visible = vs.export_to.is_empty()
             || vs
@@ -420,8 +478,12 @@ fn tcp_route(resources: &Resources, wl: &Workload, port: u32, gateways: &[String
         if !visible || !vs.gateways.iter().any(|g| gateways.contains(&bound_name(g, res.namespace()))) {
             continue;
         }
-        for (ri, route) in vs.tcp.iter().enumerate() {
-            let field = format!("spec.tcp[{ri}]");
+        let (list, name) = match kind {
+            L4::Tcp => (&vs.tcp, "tcp"),
+            L4::Tls => (&vs.tls, "tls"),
+        };
+        for (ri, route) in list.iter().enumerate() {
+            let field = format!("spec.{name}[{ri}]");
             let Some(obj) = route.as_object() else {
                 return Err(vec![Error::at(res, field, "expected an object")]);
             };
@@ -429,21 +491,43 @@ fn tcp_route(resources: &Resources, wl: &Workload, port: u32, gateways: &[String
                 return Err(vec![Error::at(res, format!("{field}.{k}"), "not supported by wasmesh")]);
             }
             let matches = obj.get("match").and_then(Value::as_array).cloned().unwrap_or_default();
+            if kind == L4::Tls && matches.is_empty() {
+                return Err(vec![Error::at(res, format!("{field}.match"), "a TLS route needs a match with sniHosts")]);
+            }
             let mut fits = matches.is_empty();
+            let mut sni: Vec<String> = Vec::new();
             for (mi, m) in matches.iter().enumerate() {
                 let mf = format!("{field}.match[{mi}]");
                 let Some(m) = m.as_object() else { return Err(vec![Error::at(res, mf, "expected an object")]) };
-                if let Some(k) = m.keys().find(|k| !matches!(k.as_str(), "port" | "gateways")) {
+                let allowed = |k: &str| matches!(k, "port" | "gateways") || (kind == L4::Tls && k == "sniHosts");
+                if let Some(k) = m.keys().find(|k| !allowed(k)) {
                     return Err(vec![Error::at(
                         res,
                         format!("{mf}.{k}"),
-                        "not supported by wasmesh (port and gateways are)",
+                        "not supported by wasmesh (port, gateways and, for tls, sniHosts are)",
                     )]);
                 }
                 let port_ok = m.get("port").is_none_or(|p| p.as_u64() == Some(u64::from(port)));
                 let gw_ok = m.get("gateways").and_then(Value::as_array).is_none_or(|gs| {
                     gs.iter().filter_map(Value::as_str).any(|g| gateways.contains(&bound_name(g, res.namespace())))
                 });
+                if kind == L4::Tls {
+                    let hosts: Vec<String> = m
+                        .get("sniHosts")
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_ascii_lowercase).collect())
+                        .unwrap_or_default();
+                    if hosts.is_empty() {
+                        return Err(vec![Error::at(
+                            res,
+                            format!("{mf}.sniHosts"),
+                            "at least one SNI host is required",
+                        )]);
+                    }
+                    if port_ok && gw_ok {
+                        sni.extend(hosts);
+                    }
+                }
                 fits |= port_ok && gw_ok;
             }
             if !fits {
@@ -466,7 +550,8 @@ fn tcp_route(resources: &Resources, wl: &Workload, port: u32, gateways: &[String
                 return Err(errors);
             }
             if let [(c, _)] = clusters.as_slice() {
-                return Ok(TcpRoute::Cluster(c.clone()));
+                out.push((sni, TcpRoute::Cluster(c.clone())));
+                continue;
             }
             let total: u64 = clusters.iter().map(|(_, w)| w).sum();
             if total != 100 {
@@ -481,10 +566,31 @@ fn tcp_route(resources: &Resources, wl: &Workload, port: u32, gateways: &[String
                 .filter(|(_, w)| *w > 0)
                 .map(|(c, w)| (c, u32::try_from(w).unwrap_or(100)))
                 .collect();
-            return Ok(TcpRoute::Weighted(weighted));
+            out.push((sni, TcpRoute::Weighted(weighted)));
         }
     }
-    Ok(TcpRoute::Cluster(BLACK_HOLE.to_string()))
+    Ok(out)
+}
+
+/// The SNI filter chains of a `PASSTHROUGH` port: one per `tls` route, matched by its
+/// `sniHosts` (a name already taken by an earlier route stays with it: the first match wins).
+fn tls_routes(
+    resources: &Resources,
+    wl: &Workload,
+    port: u32,
+    gateways: &[String],
+) -> Result<Vec<SniRoute>, Vec<Error>> {
+    let mut taken: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for (names, route) in l4_routes(resources, wl, port, gateways, L4::Tls)? {
+        let names: Vec<String> = names.into_iter().filter(|n| !taken.contains(n)).collect();
+        if names.is_empty() {
+            continue;
+        }
+        taken.extend(names.iter().cloned());
+        out.push(SniRoute { server_names: names, route });
+    }
+    Ok(out)
 }
 
 /// `outbound|<port>|<subset>|<fqdn>` of a TCP route destination, checked against the
@@ -610,6 +716,35 @@ pub fn with_tcp_route(filters: &mut [Value], route: &TcpRoute) {
     }
 }
 
+/// A PASSTHROUGH port's filter chains: per SNI route, `filters` (the chain filters of a TCP
+/// listener, ending in `tcp_proxy`) with that route's destination; the `tls_inspector` reads
+/// the SNI. A name no route has: no chain, the connection is closed (as Istio).
+pub fn with_sni_routes(listener: &mut Value, routes: &[SniRoute]) {
+    if routes.is_empty() {
+        return; // the one chain, to the black hole
+    }
+    let Some(filters) = listener.pointer("/filter_chains/0/filters").cloned() else { return };
+    let chains: Vec<Value> = routes
+        .iter()
+        .map(|r| {
+            let mut filters: Vec<Value> = filters.as_array().cloned().unwrap_or_default();
+            for f in filters.iter_mut() {
+                if f.get("name").and_then(Value::as_str) == Some("envoy.filters.network.tcp_proxy") {
+                    f["typed_config"]["cluster"] = json!(r.route.first_cluster());
+                    f["typed_config"]["stat_prefix"] = json!(r.route.first_cluster());
+                }
+            }
+            with_tcp_route(&mut filters, &r.route);
+            json!({"filter_chain_match": {"server_names": r.server_names}, "filters": filters})
+        })
+        .collect();
+    listener["filter_chains"] = json!(chains);
+    listener["listener_filters"] = json!([{
+        "name": "envoy.filters.listener.tls_inspector",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
+    }]);
+}
+
 /// Istio's `BlackHoleCluster`: a static cluster without endpoints.
 pub fn black_hole_cluster() -> Value {
     json!({"name": BLACK_HOLE, "type": "STATIC", "connect_timeout": "10s", "load_assignment": {"cluster_name": BLACK_HOLE, "endpoints": []}})
@@ -663,7 +798,7 @@ spec:
             .unwrap_err();
         assert!(e.contains("spec.servers[0].tls.caCrl: not supported"), "{e}");
         let e = plan_of(
-            &gateway("{port: {number: 443, name: tls, protocol: TLS}, hosts: ['*'], tls: {mode: PASSTHROUGH}}"),
+            &gateway("{port: {number: 443, name: tls, protocol: TLS}, hosts: ['*'], tls: {mode: AUTO_PASSTHROUGH}}"),
             443,
             None,
         )
@@ -692,5 +827,58 @@ spec:
         // The route's port match does not fit another port: nothing routes, the black hole.
         let other = split.replace("port: 31400}", "port: 31401}");
         assert_eq!(plan_of(&other, 31400, None).unwrap(), PortPlan::Tcp(TcpRoute::Cluster(BLACK_HOLE.into())));
+    }
+}
+
+#[cfg(test)]
+mod passthrough_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use wasmesh_istio::{load_str, ProxyMode};
+
+    #[test]
+    fn tls_routes_become_sni_chains_first_match_wins() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a, namespace: default}
+spec: {hosts: [a.default.svc.cluster.local], ports: [{number: 443, name: https, protocol: HTTPS}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: g, namespace: default}
+spec:
+  selector: {istio: egressgateway}
+  servers: [{port: {number: 443, name: tls, protocol: TLS}, hosts: ['*'], tls: {mode: PASSTHROUGH}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: v, namespace: default}
+spec:
+  hosts: ['*.example.com']
+  gateways: [g]
+  tls:
+  - match: [{port: 443, sniHosts: [a.example.com, b.example.com]}]
+    route: [{destination: {host: a}}]
+  - match: [{sniHosts: [b.example.com, c.example.com]}]
+    route: [{destination: {host: a, port: {number: 443}}}]
+  - match: [{port: 8443, sniHosts: [d.example.com]}]
+    route: [{destination: {host: a}}]
+"#;
+        let resources = Resources { items: load_str(yaml, "pt.yaml").unwrap() };
+        let mut wl = Workload::new("egress", "istio-system");
+        wl.mode = ProxyMode::Gateway;
+        wl.labels.insert("istio".into(), "egressgateway".into());
+        let a = "outbound|443||a.default.svc.cluster.local".to_string();
+        assert_eq!(
+            plan(&resources, &wl, 443, None).unwrap(),
+            PortPlan::Tls(vec![
+                SniRoute {
+                    server_names: vec!["a.example.com".into(), "b.example.com".into()],
+                    route: TcpRoute::Cluster(a.clone())
+                },
+                SniRoute { server_names: vec!["c.example.com".into()], route: TcpRoute::Cluster(a) },
+            ])
+        );
     }
 }

@@ -42,7 +42,7 @@ fn certificates(dir: &Path) {
             "example.com.crt",
         ],
     );
-    for name in ["httpbin.example.com", "helloworld.example.com", "client.example.com"] {
+    for name in ["httpbin.example.com", "helloworld.example.com", "client.example.com", "nginx.example.com"] {
         let (csr, key, crt) = (format!("{name}.csr"), format!("{name}.key"), format!("{name}.crt"));
         let subj = format!("/CN={name}/O={name} organization");
         openssl(dir, &["req", "-out", &csr, "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-subj", &subj]);
@@ -101,7 +101,7 @@ fn curl(dir: &Path, host: &str, port: u16, path: &str, extra: &[&str]) -> String
 
 /// Istio's services (httpbin 8000, helloworld 5000, tcp-echo 9000 v1/v2), each backed by a
 /// WorkloadEntry at the port of the test's own server.
-fn services(httpbin: u16, helloworld: u16, echo_v1: u16, echo_v2: u16) -> String {
+fn services(httpbin: u16, helloworld: u16, echo_v1: u16, echo_v2: u16, nginx: u16) -> String {
     format!(
         r#"
 apiVersion: networking.istio.io/v1
@@ -155,11 +155,103 @@ metadata: {{name: tcp-echo-v2, namespace: default}}
 spec: {{address: 127.0.0.1, ports: {{tcp: {echo_v2}}}, labels: {{app: tcp-echo, version: v2}}}}
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: my-nginx, namespace: default}}
+spec:
+  hosts: [my-nginx.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 443, name: https, protocol: HTTPS}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{run: my-nginx}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: my-nginx, namespace: default}}
+spec: {{address: 127.0.0.1, ports: {{https: {nginx}}}, labels: {{run: my-nginx}}}}
+---
+apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: istio-ingressgateway, namespace: istio-system}}
 spec: {{address: 127.0.0.1, labels: {{istio: ingressgateway}}}}
 "#
     )
+}
+
+/// Istio's "Ingress Gateway without TLS Termination" task's Gateway and VirtualService, on port
+/// 8443 and with the Gateway named nginx-gateway (this Envoy serves the Secure Gateways task's
+/// `mygateway` on 443).
+const SNI_PASSTHROUGH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: nginx-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 8443
+      name: https
+      protocol: HTTPS
+    tls:
+      mode: PASSTHROUGH
+    hosts:
+    - nginx.example.com
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: nginx
+spec:
+  hosts:
+  - nginx.example.com
+  gateways:
+  - nginx-gateway
+  tls:
+  - match:
+    - port: 8443
+      sniHosts:
+      - nginx.example.com
+    route:
+    - destination:
+        host: my-nginx
+        port:
+          number: 443
+"#;
+
+/// A TLS server with its own certificate (`openssl s_server -www`, the task's nginx): stops when
+/// dropped.
+struct TlsServer {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl TlsServer {
+    fn start(dir: &Path, name: &str) -> TlsServer {
+        let port = wasmesh_e2e::free_port();
+        let child = Command::new("openssl")
+            .current_dir(dir)
+            .args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+            .args(["-cert", &format!("{name}.crt"), "-key", &format!("{name}.key")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10), "s_server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        TlsServer { port, child }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Secure Gateways: "Configure a TLS ingress gateway for multiple hosts" (mode SIMPLE).
@@ -352,14 +444,16 @@ fn secure_ingress_two_gateways_https_redirect_and_tcp_traffic_shifting() {
     let httpbin = App::new("httpbin", "v1").start();
     let helloworld = App::new("helloworld", "v1").start();
     let (one, two) = (TcpEcho::start(b"one "), TcpEcho::start(b"two "));
+    let nginx = TlsServer::start(dir.path(), "nginx.example.com");
     let mesh = Mesh::builder()
-        .yaml(&services(httpbin.port, helloworld.port, one.port, two.port))
+        .yaml(&services(httpbin.port, helloworld.port, one.port, two.port, nginx.port))
+        .yaml(SNI_PASSTHROUGH)
         .yaml(SECURE_GATEWAY)
         .yaml(REDIRECT_AND_TWO_GATEWAYS)
         .yaml(TCP_ECHO_20_V2)
         .keep_ports()
         .credentials_dir(&creds)
-        .gateway(GW, &[443, 8000, 80, 8080, 31400])
+        .gateway(GW, &[443, 8000, 80, 8080, 31400, 8443])
         .start();
     let https = mesh.gateway_port(GW, 443);
     let d = dir.path();
@@ -377,6 +471,17 @@ fn secure_ingress_two_gateways_https_redirect_and_tcp_traffic_shifting() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&served.stdout).contains("CN = helloworld.example.com"));
+
+    // SNI passthrough: the TLS reaches the upstream, which answers with its own certificate.
+    let passthrough = mesh.gateway_port(GW, 8443);
+    assert_eq!(curl(d, "nginx.example.com", passthrough, "/", &[]), "200");
+    let seen = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{passthrough}"), "-servername", "nginx.example.com"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&seen.stdout).contains("CN = nginx.example.com"));
+    assert!(curl(d, "httpbin.example.com", passthrough, "/", &[]).starts_with("curl failed"), "no tls route");
 
     // httpsRedirect: 301 to https after the route matched; a host not on the server is 404.
     let plain = mesh.gateway_port(GW, 8000);
@@ -446,7 +551,7 @@ spec:
 "#;
     let vs = SECURE_GATEWAY.split("\n---\n").nth(1).unwrap();
     let mesh = Mesh::builder()
-        .yaml(&services(httpbin.port, 1, 1, 1))
+        .yaml(&services(httpbin.port, 1, 1, 1, 1))
         .yaml(gateway)
         .yaml(vs)
         .keep_ports()

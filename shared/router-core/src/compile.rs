@@ -184,14 +184,14 @@ impl Compiler<'_> {
                     "TCP routes are not supported on sidecars (gateways: mesh): bind the VirtualService to a Gateway",
                 );
             }
-            if !vs.tls.is_empty() {
+            if !vs.tls.is_empty() && for_mesh {
                 self.err(
                     res,
                     "spec.tls",
-                    "TLS (SNI) routes are not supported by wasmesh (HTTP and gateway TCP routes are)",
+                    "TLS (SNI) routes are not supported on sidecars (gateways: mesh): bind the VirtualService to a Gateway",
                 );
             }
-            if vs.http.is_empty() && !vs.tcp.is_empty() {
+            if vs.http.is_empty() && (!vs.tcp.is_empty() || !vs.tls.is_empty()) {
                 continue;
             }
             if vs.hosts.is_empty() {
@@ -393,13 +393,14 @@ impl Compiler<'_> {
                 }
                 // TLS is terminated by Envoy (`wasmeshctl envoy` writes the listener's filter
                 // chains, controller/src/gateway.rs); the router routes what it decrypted.
-                // Modes whose traffic is not HTTP to this router are refused here.
+                // PASSTHROUGH ports are `tcp_proxy` chains by SNI (the VirtualServices' `tls`
+                // routes), which this router never sees. Other modes are refused here.
                 if let Some(mode) = server_tls_mode(server.tls.as_ref()) {
-                    if !matches!(mode.as_str(), "SIMPLE" | "MUTUAL") {
+                    if !matches!(mode.as_str(), "SIMPLE" | "MUTUAL" | "PASSTHROUGH") {
                         self.err(
                             res,
                             &format!("spec.servers[{si}].tls.mode"),
-                            &format!("{mode:?} is not supported by wasmesh (SIMPLE and MUTUAL are)"),
+                            &format!("{mode:?} is not supported by wasmesh (SIMPLE, MUTUAL and PASSTHROUGH are)"),
                         );
                     }
                 }

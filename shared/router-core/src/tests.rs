@@ -860,7 +860,7 @@ spec:
     assert_eq!(on(443), httpbin, "a SIMPLE TLS server routes what Envoy decrypted");
     assert_eq!(on(80), "404", "gw-80's port does not serve a VirtualService bound to gw-8080");
     // Modes that are not HTTP to the router are refused, naming the field.
-    let passthrough = yaml.replace("mode: SIMPLE, credentialName: httpbin-credential", "mode: PASSTHROUGH");
+    let passthrough = yaml.replace("mode: SIMPLE, credentialName: httpbin-credential", "mode: ISTIO_MUTUAL");
     let cfg = RouterConfig {
         workload: Some(wl.clone()),
         mesh: None,
@@ -870,5 +870,5 @@ spec:
         resources: vec![],
     };
     let e = cfg.compile(&Resources { items: load_str(&passthrough, "gw.yaml").unwrap() }).unwrap_err().to_string();
-    assert!(e.contains("spec.servers[1].tls.mode") && e.contains("PASSTHROUGH"), "{e}");
+    assert!(e.contains("spec.servers[1].tls.mode") && e.contains("ISTIO_MUTUAL"), "{e}");
 }
