@@ -169,6 +169,13 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
         }
         if slots == Slots::All {
             plugins::fill_network_slots(&ctx, &mut all);
+            // Served live, a VirtualService `fault` may arrive after Envoy started, and the filter
+            // chain is fixed then: Envoy's fault filter follows every router from the start.
+            for f in all.http_filters.iter_mut().filter(|f| f.name == "wasmesh.router") {
+                if let Some(m) = f.config.as_object_mut() {
+                    m.insert("faultFilter".into(), Value::Bool(true));
+                }
+            }
         }
         all.http_filters = layout.assemble(std::mem::take(&mut all.http_filters));
         all
