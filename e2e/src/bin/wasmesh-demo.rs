@@ -143,7 +143,7 @@ fn main() {
 
     println!("\nTry:");
     println!(
-        "  for i in $(seq 20); do curl -s http://127.0.0.1:{gw}/productpage | grep -o '\"version\": *\"v[0-9]\"' | tail -1; done | sort | uniq -c   # canary: reviews v1 ~90 %, v3 ~10 %"
+        "  for i in $(seq 20); do curl -s http://127.0.0.1:{gw}/productpage | python3 -c 'import json,sys; print([c[\"body\"][\"version\"] for c in json.load(sys.stdin)[\"calls\"] if c[\"service\"] == \"reviews\"])'; done | sort | uniq -c   # canary: reviews v1 ~90 %, v3 ~10 %"
     );
     println!("  curl -s -H 'end-user: jason' http://127.0.0.1:{gw}/productpage | python3 -m json.tool   # reviews v2 (black stars)");
     println!("  curl -s -o /dev/null -w '%{{time_total}}s\\n' -H 'end-user: jason' http://127.0.0.1:{gw}/productpage   # ~2 s: ratings delayed for jason (fault)");
