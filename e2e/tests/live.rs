@@ -307,7 +307,8 @@ fn a_fault_added_live_is_carried_out() {
         (wasmesh_e2e::xds::get_complete(outbound, "reviews:9080", "/r"), t.elapsed())
     };
     let limit = Duration::from_secs(20);
-    let wait = |what: &str, ok: &dyn Fn(&Result<(u16, String), String>, Duration) -> bool| {
+    type Answer = Result<(u16, String), String>;
+    let wait = |what: &str, ok: &dyn Fn(&Answer, Duration) -> bool| {
         let t = Instant::now();
         loop {
             let (r, took) = get();
