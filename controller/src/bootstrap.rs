@@ -18,6 +18,7 @@
 //! the WorkloadEntries a ServiceEntry's `workloadSelector` selects.
 
 use crate::certs::CertPaths;
+use crate::gateway;
 use crate::layout::Layout;
 use crate::mesh::MeshConfig;
 use crate::plugins::mtls::{self, PeerEndpoint, UpstreamService};
@@ -53,6 +54,9 @@ pub struct ProxySpec {
     pub certs_dir: Option<PathBuf>,
     /// Write Envoy's own access log (Istio TEXT format) to this file, for debugging.
     pub envoy_access_log: Option<PathBuf>,
+    /// Gateway: where a Gateway server's `tls.credentialName` is read from (`--credentials`,
+    /// [`crate::gateway`]).
+    pub credentials_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +173,13 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
         }
         if slots == Slots::All {
             plugins::fill_network_slots(&ctx, &mut all);
+            // Served live, a VirtualService `fault` may arrive after Envoy started, and the filter
+            // chain is fixed then: Envoy's fault filter follows every router from the start.
+            for f in all.http_filters.iter_mut().filter(|f| f.name == "wasmesh.router") {
+                if let Some(m) = f.config.as_object_mut() {
+                    m.insert("faultFilter".into(), Value::Bool(true));
+                }
+            }
         }
         all.http_filters = layout.assemble(std::mem::take(&mut all.http_filters));
         all
@@ -306,10 +317,49 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                 errors.push(Error::new("a gateway needs at least one --port GATEWAY_PORT=BIND_PORT"));
             }
             for (gw_port, bind) in &spec.gateway_ports {
-                let c = add(Direction::Gateway { port: *gw_port }, *bind, &mut errors);
                 let name = format!("gateway_{gw_port}");
-                listeners.push(listener(spec, &name, *bind, &c, route_by_header(), true, None));
-                merge(&mut clusters, &mut stats_tags, c);
+                match gateway::plan(resources, &wl, *gw_port, spec.credentials_dir.as_deref()) {
+                    Ok(gateway::PortPlan::Http(http)) => {
+                        let c = add(Direction::Gateway { port: *gw_port }, *bind, &mut errors);
+                        let routes = gateway::route_config(route_by_header(), &http);
+                        let mut l = listener(spec, &name, *bind, &c, routes, true, None);
+                        gateway::with_tls_chains(&mut l, &http);
+                        listeners.push(l);
+                        merge(&mut clusters, &mut stats_tags, c);
+                    }
+                    Ok(gateway::PortPlan::Tcp(route)) => {
+                        let ctx = listener_context(Direction::Gateway { port: *gw_port }, *bind);
+                        match tcp_listener_filters(&ctx, slots) {
+                            Ok((mut c, _)) => {
+                                let mut filters = tcp_chain_filters(spec, &c.network_filters, route.first_cluster());
+                                gateway::with_tcp_route(&mut filters, &route);
+                                let chains = filter_chains(None, filters, Vec::new());
+                                listeners.push(listener_with_chains(&format!("{name}_{bind}"), *bind, chains));
+                                if route.first_cluster() == gateway::BLACK_HOLE {
+                                    c.clusters.push(gateway::black_hole_cluster());
+                                }
+                                merge(&mut clusters, &mut stats_tags, c);
+                            }
+                            Err(mut e) => errors.append(&mut e),
+                        }
+                    }
+                    Ok(gateway::PortPlan::Tls(routes)) => {
+                        let ctx = listener_context(Direction::Gateway { port: *gw_port }, *bind);
+                        match tcp_listener_filters(&ctx, slots) {
+                            Ok((mut c, _)) => {
+                                let filters = tcp_chain_filters(spec, &c.network_filters, gateway::BLACK_HOLE);
+                                let chains = filter_chains(None, filters, Vec::new());
+                                let mut l = listener_with_chains(&format!("{name}_{bind}"), *bind, chains);
+                                gateway::with_sni_routes(&mut l, &routes);
+                                listeners.push(l);
+                                c.clusters.push(gateway::black_hole_cluster());
+                                merge(&mut clusters, &mut stats_tags, c);
+                            }
+                            Err(mut e) => errors.append(&mut e),
+                        }
+                    }
+                    Err(mut e) => errors.append(&mut e),
+                }
             }
         }
     }
@@ -1122,6 +1172,7 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
             mesh: MeshConfig::default(),
             certs_dir: None,
             envoy_access_log: None,
+            credentials_dir: None,
         }
     }
 
@@ -1419,6 +1470,7 @@ mod mtls_tests {
             mesh: MeshConfig::default(),
             certs_dir: certs_dir.map(Path::to_path_buf),
             envoy_access_log: None,
+            credentials_dir: None,
         };
         build(&spec, &res)
     }

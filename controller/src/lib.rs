@@ -7,6 +7,7 @@ pub mod check;
 pub mod dashboard;
 pub mod egress;
 pub mod filter_docs;
+pub mod gateway;
 pub mod generate;
 pub mod image;
 pub mod input;

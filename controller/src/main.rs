@@ -180,6 +180,11 @@ struct EnvoyArgs {
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     envoy_access_log: Option<PathBuf>,
 
+    /// Gateway: directory of `tls.credentialName` files, DIR/NAME/tls.crt, DIR/NAME/tls.key and
+    /// (MUTUAL) DIR/NAME/ca.crt or DIR/NAME-cacert/ca.crt.
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+    credentials: Option<PathBuf>,
+
     /// Output format of the bootstrap.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Yaml)]
     output: Format,
@@ -478,6 +483,7 @@ fn cmd_envoy(args: EnvoyArgs) -> Result<(), String> {
         // Absolute, like the wasm files: Envoy resolves paths against its own working directory.
         certs_dir: absolute("--certs", args.certs)?,
         envoy_access_log: absolute("--envoy-access-log", args.envoy_access_log)?,
+        credentials_dir: absolute("--credentials", args.credentials)?,
     };
     let config = match &args.xds {
         None => {

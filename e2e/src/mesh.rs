@@ -46,6 +46,8 @@ pub struct MeshBuilder {
     gateways: Vec<GatewayPlan>,
     remap_ports: bool,
     certs_dir: Option<std::path::PathBuf>,
+    /// Gateways' `--credentials` (Gateway `tls.credentialName` files).
+    credentials_dir: Option<std::path::PathBuf>,
     concurrency: u32,
     write_configs: Option<std::path::PathBuf>,
     /// Serve filter configurations and clusters from `wasmeshctl serve` watching this directory.
@@ -84,6 +86,7 @@ impl Mesh {
             gateways: Vec::new(),
             remap_ports: true,
             certs_dir: None,
+            credentials_dir: None,
             concurrency: 1,
             layout: Layout::default(),
             edit: None,
@@ -166,6 +169,12 @@ impl MeshBuilder {
 
     pub fn certs_dir(mut self, dir: &std::path::Path) -> Self {
         self.certs_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Every gateway's `--credentials DIR` (Gateway `tls.credentialName` files).
+    pub fn credentials_dir(mut self, dir: &std::path::Path) -> Self {
+        self.credentials_dir = Some(dir.to_path_buf());
         self
     }
 
@@ -375,6 +384,7 @@ impl MeshBuilder {
                     mesh: self.mesh.clone(),
                     certs_dir: self.certs_dir.clone(),
                     envoy_access_log: None,
+                    credentials_dir: None,
                 },
             ));
         }
@@ -400,6 +410,7 @@ impl MeshBuilder {
                     mesh: self.mesh.clone(),
                     certs_dir: self.certs_dir.clone(),
                     envoy_access_log: None,
+                    credentials_dir: self.credentials_dir.clone(),
                 },
             ));
         }

@@ -83,6 +83,7 @@ pub fn sidecar(
         mesh: MeshConfig::default(),
         certs_dir: certs.map(Path::to_path_buf),
         envoy_access_log: None,
+        credentials_dir: None,
     };
     let fail = |errors: Vec<wasmesh_istio::Error>| {
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();

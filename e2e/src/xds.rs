@@ -125,6 +125,7 @@ pub fn node(role: &str, workload: &str, admin_port: u16) -> NodeSpec {
         mesh_config: None,
         certs_dir: None,
         envoy_access_log: None,
+        credentials_dir: None,
     }
 }
 

@@ -322,6 +322,7 @@ spec:
         mesh,
         certs_dir: None,
         envoy_access_log: None,
+        credentials_dir: None,
     };
     let boot = bootstrap::build(&spec, &res).unwrap_or_else(|e| panic!("{e:?}"));
     let text = boot.to_string();

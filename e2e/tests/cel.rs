@@ -107,6 +107,7 @@ fn bootstrap_with_probe(
         mesh: MeshConfig::default(),
         certs_dir: Some(certs.to_path_buf()),
         envoy_access_log: None,
+        credentials_dir: None,
     };
     let mut config = bootstrap::build(&spec, res).unwrap_or_else(|e| panic!("wasmeshctl envoy for {workload}: {e:?}"));
     let probe_filter = json!({

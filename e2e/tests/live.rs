@@ -285,6 +285,64 @@ fn policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restar
     drop((v1, v2, sleep_envoy));
 }
 
+/// A VirtualService `fault` added while Envoy runs is carried out, and removed again: served
+/// live, Envoy's fault filter follows the router from the start (the filter chain is fixed when
+/// Envoy starts), so the router's `x-envoy-fault-*` headers always have a filter to act on.
+/// Before, the fault filter was only written into a bootstrap whose first YAML had faults: the
+/// live edit was accepted and ignored.
+#[test]
+fn a_fault_added_live_is_carried_out() {
+    let v1 = App::new("reviews", "v1").start();
+    let v2 = App::new("reviews", "v2").start();
+    let outbound = free_port();
+    let plain = routes("v1", false);
+    let with_fault = |fault: &str| plain.replace("  - route:", &format!("  - fault: {fault}\n    route:"));
+    let live = Live::start(&[("mesh.yaml", &mesh(v1.port, v2.port)), ("routes.yaml", &plain)]);
+    let mut sleep = node("sidecar", "default/sleep", free_port());
+    sleep.outbound_port = Some(outbound);
+    let envoy = Envoy::start("sleep-fault", &live.bootstrap(&sleep));
+    let pid = envoy.pid();
+    let get = || {
+        let t = Instant::now();
+        (wasmesh_e2e::xds::get_complete(outbound, "reviews:9080", "/r"), t.elapsed())
+    };
+    let limit = Duration::from_secs(20);
+    type Answer = Result<(u16, String), String>;
+    let wait = |what: &str, ok: &dyn Fn(&Answer, Duration) -> bool| {
+        let t = Instant::now();
+        loop {
+            let (r, took) = get();
+            if ok(&r, took) {
+                return t.elapsed();
+            }
+            assert!(t.elapsed() < limit, "{what}: still {r:?} after {took:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("first route", &|r, _| matches!(r, Ok((200, app)) if app == "reviews-v1"));
+
+    // An abort, then a delay, each added by a live edit, then removed.
+    live.write("routes.yaml", &with_fault("{abort: {httpStatus: 418, percentage: {value: 100}}}"));
+    let abort = wait("live abort", &|r, _| matches!(r, Ok((418, _))));
+    live.write("routes.yaml", &with_fault("{delay: {fixedDelay: 1s, percentage: {value: 100}}}"));
+    let delay = wait("live delay", &|r, took| matches!(r, Ok((200, _))) && took >= Duration::from_millis(950));
+    for _ in 0..3 {
+        let (r, took) = get();
+        assert!(matches!(&r, Ok((200, app)) if app == "reviews-v1"), "{r:?}");
+        assert!(took >= Duration::from_millis(950) && took < Duration::from_secs(3), "delayed by the fault: {took:?}");
+    }
+    live.write("routes.yaml", &plain);
+    wait("fault removed", &|r, took| matches!(r, Ok((200, _))) && took < Duration::from_millis(500));
+    assert_eq!(envoy.pid(), pid, "no restart");
+    // Envoy's fault filter did it (its own counters), not the router answering.
+    for stat in ["aborts_injected", "delays_injected"] {
+        let n = envoy.stat(&format!("http.outbound_{outbound}.fault.{stat}")).unwrap_or(0);
+        assert!(n >= 1, "{stat}: {n}");
+    }
+    println!("live fault: abort applied after {} ms, delay after {} ms", abort.as_millis(), delay.as_millis());
+    drop((v1, v2, envoy));
+}
+
 /// `serve --http`: the built modules with their sha256 (checked with coreutils' sha256sum), a
 /// listing, and nothing outside the module directory.
 #[test]

@@ -90,6 +90,9 @@ pub struct NodeSpec {
     pub certs_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy_access_log: Option<PathBuf>,
+    /// Gateway `credentialName` files (`--credentials`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +147,7 @@ impl NodeSpec {
             mesh,
             certs_dir: self.certs_dir.clone(),
             envoy_access_log: self.envoy_access_log.clone(),
+            credentials_dir: self.credentials_dir.clone(),
         })
     }
 
@@ -169,6 +173,7 @@ impl NodeSpec {
             mesh_config: mesh_config.as_ref().map(abs),
             certs_dir: spec.certs_dir.as_ref().map(abs),
             envoy_access_log: spec.envoy_access_log.clone(),
+            credentials_dir: spec.credentials_dir.as_ref().map(abs),
         }
     }
 }

@@ -35,6 +35,7 @@ fn node() -> NodeSpec {
         mesh_config: None,
         certs_dir: None,
         envoy_access_log: None,
+        credentials_dir: None,
     }
 }
 
@@ -101,7 +102,11 @@ fn one_pass_is_one_slot_holding_the_per_filter_configurations() {
     assert_eq!(http_filter_names(inbound), ["inbound_19080/wasmesh.chain", "envoy.filters.http.router"]);
     assert_eq!(inbound["filter_chains"][0]["filters"][0]["name"], "inbound_19080/wasmesh.authz.peer_address");
     let outbound = listeners.iter().find(|l| l["name"] == "outbound_15001").unwrap();
-    assert_eq!(http_filter_names(outbound), ["outbound_15001/wasmesh.chain", "envoy.filters.http.router"]);
+    assert_eq!(
+        http_filter_names(outbound),
+        ["outbound_15001/wasmesh.chain", "envoy.filters.http.fault", "envoy.filters.http.router"],
+        "served live, the fault filter follows the router from the start"
+    );
 
     let one = build(&node(), &res).unwrap();
     let per = build_in(&node(), Layout::PerFilter, &res).unwrap();
@@ -161,4 +166,33 @@ fn bad_addresses_and_foreign_nodes_are_explained() {
     assert!(e[0].to_string().contains("HOST:PORT"), "{e:?}");
     let e = node_spec_from_metadata(&json!({"NAMESPACE": "default"})).unwrap_err();
     assert!(e.contains("wasmeshctl envoy --xds"), "{e}");
+}
+
+/// Served live, Envoy's fault filter follows the router from the start (the filter chain is fixed
+/// when Envoy starts): a VirtualService `fault` added later is carried out, and adding it does not
+/// move the listeners. Inbound listeners (no router) get none.
+#[test]
+fn the_fault_filter_is_there_before_a_live_fault_arrives() {
+    let plain = build(&node(), &resources(MESH)).unwrap();
+    let fault = MESH.to_string()
+        + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  http:\n  - fault: {delay: {fixedDelay: 1s, percentage: {value: 100}}}\n    route: [{destination: {host: reviews}}]\n";
+    let with = build(&node(), &resources(&fault)).unwrap();
+    assert_eq!(plain.listeners_hash(), with.listeners_hash(), "a live fault needs no new bootstrap");
+    for layout in [Layout::OnePass, Layout::PerFilter] {
+        let pr = build_in(&node(), layout, &resources(MESH)).unwrap();
+        let out = pr.listeners.iter().find(|l| l["name"] == "outbound_15001").unwrap();
+        let names = http_filter_names(out);
+        let fault_at = names.iter().position(|n| n == "envoy.filters.http.fault");
+        assert_eq!(fault_at, Some(names.len() - 2), "{layout:?}: fault filter before Envoy's router: {names:?}");
+        let inbound = pr.listeners.iter().find(|l| l["name"] == "inbound_19080").unwrap();
+        assert!(!http_filter_names(inbound).iter().any(|n| n == "envoy.filters.http.fault"), "{layout:?}");
+        let configs = serde_json::to_string(&pr.extension_configs).unwrap().replace('\\', "");
+        assert!(configs.contains(r#""faultFilter":true"#), "{layout:?}: the router knows the fault filter is there");
+    }
+    // A static bootstrap keeps the fault filter only where a route injects faults.
+    let spec = node().to_spec(&resources(MESH)).unwrap();
+    let boot = bootstrap::build(&spec, &resources(MESH)).unwrap();
+    let statics = boot["static_resources"]["listeners"].as_array().unwrap();
+    let out = statics.iter().find(|l| l["name"] == "outbound_15001").unwrap();
+    assert!(!http_filter_names(out).iter().any(|n| n == "envoy.filters.http.fault"));
 }

@@ -12,13 +12,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmesh_e2e::http::get;
 use wasmesh_e2e::{bookinfo, paths, Mesh};
 
 const GATEWAY: &str = "istio-system/istio-ingressgateway";
 const GATEWAY_PORT: u16 = 18080;
+/// Requests the self-check sends to show the canary split.
+const SPLIT_REQUESTS: u32 = 200;
+/// The live edit the smoke run makes (and the README shows): the canary's 90 % moves to v3.
+const PROMOTE: (&str, &str) = ("subset: v1}, weight: 90}", "subset: v3}, weight: 90}");
+const PROMOTE_SED: &str = "s/subset: v1}, weight: 90}/subset: v3}, weight: 90}/";
 
 fn port_free(p: u16) -> bool {
     TcpListener::bind(("127.0.0.1", p)).is_ok()
@@ -59,11 +65,16 @@ fn main() {
             std::fs::read_to_string(f).unwrap_or_default().lines().filter_map(workload_port).collect::<Vec<_>>()
         })
         .all(port_free);
-    // The mesh runs on the live controller (`wasmeshctl serve`), watching examples/bookinfo itself.
-    // When its workload ports are taken (or for the smoke run) it watches a copy with free ports.
-    let dir = if yaml_ports_free && !smoke {
-        examples.clone()
-    } else {
+    // The mesh runs on the live controller (`wasmeshctl serve`), watching a copy of
+    // examples/bookinfo whose virtual-services.yaml is the demo's (examples/bookinfo/demo/: fault
+    // injection and a canary split). When its workload ports are taken (or for the smoke run) the
+    // copy has free ports.
+    let move_ports = !yaml_ports_free || smoke;
+    let demo_vs = std::fs::read_to_string(examples.join("demo/virtual-services.yaml")).unwrap_or_else(|e| {
+        eprintln!("examples/bookinfo/demo/virtual-services.yaml: {e}");
+        std::process::exit(1);
+    });
+    let dir = {
         let copy = out.join("live-yaml");
         let _ = std::fs::remove_dir_all(&copy);
         if let Err(e) = std::fs::create_dir_all(&copy) {
@@ -71,10 +82,13 @@ fn main() {
             std::process::exit(1);
         }
         for f in yaml_files(&examples) {
-            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let mut text = std::fs::read_to_string(&f).unwrap_or_default();
+            if f.file_name().is_some_and(|n| n == "virtual-services.yaml") {
+                text = demo_vs.clone();
+            }
             let moved: Vec<String> = text
                 .lines()
-                .map(|l| match workload_port(l) {
+                .map(|l| match workload_port(l).filter(|_| move_ports) {
                     Some(p) => l.replace(&format!("{{http: {p}}}"), &format!("{{http: {}}}", wasmesh_e2e::free_port())),
                     None => l.to_string(),
                 })
@@ -148,9 +162,11 @@ fn main() {
 
     println!("\nTry:");
     println!(
-        "  curl -s http://127.0.0.1:{gw}/productpage | python3 -m json.tool              # reviews v3 (red stars)"
+        "  for i in $(seq 20); do curl -s http://127.0.0.1:{gw}/productpage | python3 -c 'import json,sys; print([c[\"body\"][\"version\"] for c in json.load(sys.stdin)[\"calls\"] if c[\"service\"] == \"reviews\"])'; done | sort | uniq -c   # canary: reviews v1 ~90 %, v3 ~10 %"
     );
     println!("  curl -s -H 'end-user: jason' http://127.0.0.1:{gw}/productpage | python3 -m json.tool   # reviews v2 (black stars)");
+    println!("  curl -s -o /dev/null -w '%{{time_total}}s\\n' -H 'end-user: jason' http://127.0.0.1:{gw}/productpage   # ~2 s: ratings delayed for jason (fault)");
+    println!("  curl -s -o /dev/null -w '%{{time_total}}s\\n' http://127.0.0.1:{gw}/productpage   # no delay for anyone else");
     println!("  curl -si http://127.0.0.1:{gw}/admin                                          # 404: not on the gateway's VirtualService");
     println!("  curl -si -X POST http://127.0.0.1:{gw}/productpage                            # 403: productpage-viewer allows GET only");
     println!(
@@ -170,8 +186,23 @@ fn main() {
         format!("{} productpage -> reviews {}", r.status, reviews["body"]["version"].as_str().unwrap_or("?"))
     };
     println!("\nSelf-check:");
-    println!("  GET /productpage                 {}", check(None));
-    println!("  GET /productpage (end-user=jason) {}", check(Some("jason")));
+    // The canary split (examples/bookinfo/demo/virtual-services.yaml: v1 90 %, v3 10 %).
+    let (mut split, mut slowest) = (BTreeMap::<String, u32>::new(), Duration::ZERO);
+    for _ in 0..SPLIT_REQUESTS {
+        let t = Instant::now();
+        *split.entry(check(None)).or_default() += 1;
+        slowest = slowest.max(t.elapsed());
+    }
+    let counts: Vec<String> = split.iter().map(|(k, n)| format!("{n} x {k}")).collect();
+    println!(
+        "  GET /productpage x{SPLIT_REQUESTS}            {} (slowest {} ms)",
+        counts.join(", "),
+        slowest.as_millis()
+    );
+    // Fault injection: ratings delayed 2 s for jason only.
+    let t = Instant::now();
+    let jason = check(Some("jason"));
+    println!("  GET /productpage (end-user=jason) {jason} in {} ms", t.elapsed().as_millis());
     println!("  GET /admin                       {}", get(gw, "bookinfo.example.com", "/admin", &[]).status);
     let post = wasmesh_e2e::request(gw, "POST", "/productpage", &[("host", "bookinfo.example.com")], b"")
         .map(|r| format!("{} {}", r.status, r.text()))
@@ -200,21 +231,23 @@ fn main() {
     );
     println!("  edit {} and the traffic moves within ~2 s, without restarting an Envoy;", vs.display());
     println!("  invalid YAML is refused (the error is printed here) and the mesh keeps its last good configuration.");
-    println!("  e.g. send everyone to reviews v1:  sed -i 's/subset: v3}}/subset: v1}}/' {}", vs.display());
+    println!("  e.g. promote the canary, everyone to reviews v3:  sed -i '{PROMOTE_SED}' {}", vs.display());
     if smoke {
         // The workshop move, in the copy: the default route v3 -> v1, and the traffic follows.
         let text = std::fs::read_to_string(&vs).unwrap_or_default();
         let tmp = dir.join(".virtual-services.yaml.tmp");
-        let edited =
-            std::fs::write(&tmp, text.replace("subset: v3}", "subset: v1}")).and_then(|_| std::fs::rename(&tmp, &vs));
+        let edited = std::fs::write(&tmp, text.replace(PROMOTE.0, PROMOTE.1)).and_then(|_| std::fs::rename(&tmp, &vs));
         let start = std::time::Instant::now();
         if let Err(e) = edited {
             eprintln!("{}: {e}", vs.display());
             std::process::exit(1);
         }
+        // Moved once 20 answers in a row are v3 (by chance, at 10 %: 1e-20).
+        let mut in_a_row = 0;
         let moved = loop {
             let now = check(None);
-            if now.ends_with("reviews v1") {
+            in_a_row = if now.ends_with("reviews v3") { in_a_row + 1 } else { 0 };
+            if in_a_row == 20 {
                 break Some(now);
             }
             if !now.starts_with("200") || start.elapsed() > Duration::from_secs(20) {
@@ -223,7 +256,7 @@ fn main() {
             std::thread::sleep(Duration::from_millis(20));
         };
         match moved {
-            Some(now) => println!("\nLive update: virtual-services.yaml edited (default route v3 -> v1): GET /productpage {now} after {} ms", start.elapsed().as_millis()),
+            Some(now) => println!("\nLive update: virtual-services.yaml edited (canary promoted, v1 90 % -> v3): GET /productpage {now} after {} ms", start.elapsed().as_millis()),
             None => {
                 eprintln!("the edit of {} did not move the traffic: {}", vs.display(), check(None));
                 std::process::exit(1);

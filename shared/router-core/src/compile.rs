@@ -152,10 +152,12 @@ struct Compiler<'c> {
 
 /// The Gateway servers this gateway proxy implements on its port.
 struct GatewayServers {
-    /// `namespace/name` of each selected Gateway.
+    /// `namespace/name` of each selected Gateway with a server on this port: a VirtualService
+    /// bound to another Gateway of the same workload is not served here (Istio builds each
+    /// port's routes from that port's servers only).
     names: Vec<String>,
-    /// (allowed VirtualService namespace or `*`, host pattern).
-    hosts: Vec<(String, String)>,
+    /// (`namespace/name` of the Gateway, allowed VirtualService namespace or `*`, host pattern).
+    hosts: Vec<(String, String, String)>,
 }
 
 impl Compiler<'_> {
@@ -195,12 +197,26 @@ impl Compiler<'_> {
             if !bound {
                 continue;
             }
-            if !vs.tcp.is_empty() || !vs.tls.is_empty() {
+            // TCP routes are listener configuration, not this router's: `wasmeshctl envoy` writes
+            // them into a gateway's TCP server listeners (controller/src/gateway.rs). Sidecar TCP
+            // routes and TLS (SNI) routes are not carried out, so they are refused.
+            let for_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
+            if !vs.tcp.is_empty() && for_mesh {
                 self.err(
                     res,
-                    "spec.tcp/spec.tls",
-                    "TCP and TLS routes are not supported by wasmesh (HTTP routes only)",
+                    "spec.tcp",
+                    "TCP routes are not supported on sidecars (gateways: mesh): bind the VirtualService to a Gateway",
                 );
+            }
+            if !vs.tls.is_empty() && for_mesh {
+                self.err(
+                    res,
+                    "spec.tls",
+                    "TLS (SNI) routes are not supported on sidecars (gateways: mesh): bind the VirtualService to a Gateway",
+                );
+            }
+            if vs.http.is_empty() && (!vs.tcp.is_empty() || !vs.tls.is_empty()) {
+                continue;
             }
             if vs.hosts.is_empty() {
                 self.err(res, "spec.hosts", "at least one host is required");
@@ -218,8 +234,11 @@ impl Compiler<'_> {
                     Some(gw) => gw
                         .hosts
                         .iter()
-                        .filter(|(ns, _)| ns == "*" || ns == res.namespace())
-                        .filter_map(|(_, h)| intersect(h, &fq).map(str::to_string))
+                        .filter(|(g, _, _)| {
+                            self.check_all || vs.gateways.iter().any(|r| &gateway_name(r, res.namespace()) == g)
+                        })
+                        .filter(|(_, ns, _)| ns == "*" || ns == res.namespace())
+                        .filter_map(|(_, _, h)| intersect(h, &fq).map(str::to_string))
                         .collect(),
                 };
                 for domain in domains {
@@ -293,7 +312,7 @@ impl Compiler<'_> {
 
         let gateway_hosts = gateway.as_ref().map(|gw| {
             let mut t = HostTable::default();
-            for (_, h) in &gw.hosts {
+            for (_, _, h) in &gw.hosts {
                 t.insert(h, 0);
             }
             t
@@ -396,17 +415,26 @@ impl Compiler<'_> {
             if !selected {
                 continue;
             }
-            out.names.push(format!("{}/{}", res.namespace(), res.name()));
+            let name = format!("{}/{}", res.namespace(), res.name());
             for (si, server) in gw.servers.iter().enumerate() {
                 if server.port.number != port {
                     continue;
                 }
-                if server.tls.is_some() {
-                    self.err(
-                        res,
-                        &format!("spec.servers[{si}].tls"),
-                        "TLS termination at the gateway is not supported by wasmesh yet",
-                    );
+                if !out.names.contains(&name) {
+                    out.names.push(name.clone());
+                }
+                // TLS is terminated by Envoy (`wasmeshctl envoy` writes the listener's filter
+                // chains, controller/src/gateway.rs); the router routes what it decrypted.
+                // PASSTHROUGH ports are `tcp_proxy` chains by SNI (the VirtualServices' `tls`
+                // routes), which this router never sees. Other modes are refused here.
+                if let Some(mode) = server_tls_mode(server.tls.as_ref()) {
+                    if !matches!(mode.as_str(), "SIMPLE" | "MUTUAL" | "PASSTHROUGH") {
+                        self.err(
+                            res,
+                            &format!("spec.servers[{si}].tls.mode"),
+                            &format!("{mode:?} is not supported by wasmesh (SIMPLE, MUTUAL and PASSTHROUGH are)"),
+                        );
+                    }
                 }
                 for (hi, h) in server.hosts.iter().enumerate() {
                     let (ns, host) = match h.split_once('/') {
@@ -418,7 +446,7 @@ impl Compiler<'_> {
                         self.err(res, &format!("spec.servers[{si}].hosts[{hi}]"), &format!("{h:?} has no host"));
                         continue;
                     }
-                    out.hosts.push((ns, host.to_ascii_lowercase()));
+                    out.hosts.push((name.clone(), ns, host.to_ascii_lowercase()));
                 }
             }
         }
@@ -810,6 +838,17 @@ impl Compiler<'_> {
 /// `exportTo` visibility: empty or `*` = everywhere, `.` = own namespace, `~` = nowhere.
 fn visible(export_to: &[String], resource_ns: &str, proxy_ns: &str) -> bool {
     export_to.is_empty() || export_to.iter().any(|e| e == "*" || e == proxy_ns || (e == "." && resource_ns == proxy_ns))
+}
+
+/// A Gateway server's `tls.mode` (`SIMPLE` when absent, as in Istio), `None` without `tls` or
+/// with only `httpsRedirect` (a plaintext server that redirects).
+fn server_tls_mode(tls: Option<&serde_json::Value>) -> Option<String> {
+    let tls = tls?.as_object()?;
+    match tls.get("mode").and_then(serde_json::Value::as_str) {
+        Some(mode) => Some(mode.to_string()),
+        None if tls.keys().all(|k| k == "httpsRedirect") => None,
+        None => Some("SIMPLE".to_string()),
+    }
 }
 
 /// A VirtualService's gateway reference as `namespace/name` (short names are in the VS's namespace).

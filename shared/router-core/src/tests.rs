@@ -1016,3 +1016,81 @@ fn route_policies_are_named_on_the_decision_and_shared_by_equal_routes() {
         "outbound|9080|v2|reviews.default.svc.cluster.local"
     );
 }
+
+#[test]
+fn a_virtual_service_is_served_only_on_its_gateways_servers() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin.default.svc.cluster.local]
+  ports: [{number: 8000, name: http}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw-80, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw-8080, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, credentialName: httpbin-credential}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [gw-8080]
+  http:
+  - route: [{destination: {port: {number: 8000}, host: httpbin}}]
+"#;
+    let items = load_str(yaml, "gw.yaml").unwrap();
+    let mut wl = Workload::new("istio-ingressgateway", "istio-system");
+    wl.mode = ProxyMode::Gateway;
+    wl.labels.insert("istio".into(), "ingressgateway".into());
+    let on = |port: u32| {
+        let cfg = RouterConfig {
+            workload: Some(wl.clone()),
+            mesh: None,
+            gateway_port: Some(port),
+            cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+            fault_filter: false,
+            outbound_traffic_policy: None,
+            route_policies: false,
+            resources: vec![],
+        };
+        let r = cfg.compile(&Resources { items: items.clone() }).unwrap();
+        cluster(&r, &[(":authority", "httpbin.example.com"), (":path", "/get")])
+    };
+    let httpbin = "outbound|8000||httpbin.default.svc.cluster.local";
+    assert_eq!(on(8080), httpbin);
+    assert_eq!(on(443), httpbin, "a SIMPLE TLS server routes what Envoy decrypted");
+    assert_eq!(on(80), "404", "gw-80's port does not serve a VirtualService bound to gw-8080");
+    // Modes that are not HTTP to the router are refused, naming the field.
+    let passthrough = yaml.replace("mode: SIMPLE, credentialName: httpbin-credential", "mode: ISTIO_MUTUAL");
+    let cfg = RouterConfig {
+        workload: Some(wl.clone()),
+        mesh: None,
+        gateway_port: Some(443),
+        cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        fault_filter: false,
+        outbound_traffic_policy: None,
+        route_policies: false,
+        resources: vec![],
+    };
+    let e = cfg.compile(&Resources { items: load_str(&passthrough, "gw.yaml").unwrap() }).unwrap_err().to_string();
+    assert!(e.contains("spec.servers[1].tls.mode") && e.contains("ISTIO_MUTUAL"), "{e}");
+}
