@@ -21,7 +21,7 @@ use wasmesh_e2e::{bookinfo, paths, Mesh};
 const GATEWAY: &str = "istio-system/istio-ingressgateway";
 const GATEWAY_PORT: u16 = 18080;
 /// Requests the self-check sends to show the canary split.
-const SPLIT_REQUESTS: u32 = 200;
+const SPLIT_REQUESTS: u32 = 100;
 /// The live edit the smoke run makes (and the README shows): the canary's 90 % moves to v3.
 const PROMOTE: (&str, &str) = ("subset: v1}, weight: 90}", "subset: v3}, weight: 90}");
 const PROMOTE_SED: &str = "s/subset: v1}, weight: 90}/subset: v3}, weight: 90}/";
