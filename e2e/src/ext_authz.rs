@@ -53,7 +53,8 @@ impl Authorization for Service {
             check.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.clone()).unwrap_or_default();
         // `x-ext-authz-grpc` overrides `x-ext-authz` for this server only (an HTTP provider
         // and this one answering differently on the same request).
-        let mode = http.headers.get("x-ext-authz-grpc").or(http.headers.get("x-ext-authz")).cloned().unwrap_or_default();
+        let mode =
+            http.headers.get("x-ext-authz-grpc").or(http.headers.get("x-ext-authz")).cloned().unwrap_or_default();
         let user = http.headers.get("x-user-in").cloned().unwrap_or_else(|| "nobody".into());
         match mode.as_str() {
             "error" => return Err(tonic::Status::internal("boom")),

@@ -322,7 +322,8 @@ spec:
             }
         }
         for (wc, nc) in w.2.iter().zip(&n.2) {
-            let (a, b) = (format!("{:#?}", normalized(wc.clone(), &what)), format!("{:#?}", normalized(nc.clone(), &what)));
+            let (a, b) =
+                (format!("{:#?}", normalized(wc.clone(), &what)), format!("{:#?}", normalized(nc.clone(), &what)));
             assert!(a == b, "{what}: CheckRequest differs:\nwasm {a}\nnative {b}");
         }
         if status == 200 {
@@ -340,7 +341,11 @@ spec:
     }
     // The gRPC provider saw the HTTP provider's changes (istiod's pairs run in sequence).
     let seen = grpc_ext.checks().into_iter().find(|c| {
-        c.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()).is_some_and(|h| h.path == "/both/1")
+        c.attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .is_some_and(|h| h.path == "/both/1")
     });
     let h = seen.unwrap().attributes.unwrap().request.unwrap().http.unwrap().headers;
     assert_eq!(h.get("x-user").map(String::as_str), Some("bob"), "{h:?}");

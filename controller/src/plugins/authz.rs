@@ -165,10 +165,37 @@ pub const MULTIPLE_CUSTOM_PROVIDERS_ENV: &str = "PILOT_ENABLE_MULTIPLE_CUSTOM_AU
 /// [`MULTIPLE_CUSTOM_PROVIDERS_ENV`] as istiod reads a boolean variable (Go `strconv.ParseBool`;
 /// unset or not a boolean: the default, false).
 pub fn multiple_custom_providers() -> bool {
-    matches!(
-        std::env::var(MULTIPLE_CUSTOM_PROVIDERS_ENV).as_deref(),
-        Ok("1" | "t" | "T" | "TRUE" | "true" | "True")
-    )
+    matches!(std::env::var(MULTIPLE_CUSTOM_PROVIDERS_ENV).as_deref(), Ok("1" | "t" | "T" | "TRUE" | "true" | "True"))
+}
+
+/// A note when CUSTOM policies of one namespace (or of the root namespace) name several providers
+/// and [`MULTIPLE_CUSTOM_PROVIDERS_ENV`] is not set: a workload they all select denies every
+/// request their rules match, as istiod makes it.
+pub fn several_providers_notes(resources: &Resources, root_namespace: &str) -> Vec<String> {
+    if multiple_custom_providers() {
+        return Vec::new();
+    }
+    let mut by_ns: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> = Default::default();
+    for (res, ap) in resources.authorization_policies() {
+        if ap.action == wasmesh_istio::security::Action::Custom {
+            if let Some(p) = &ap.provider {
+                by_ns.entry(res.namespace()).or_default().insert(p.name.as_str());
+            }
+        }
+    }
+    let root: Vec<&str> = by_ns.get(root_namespace).map(|s| s.iter().copied().collect()).unwrap_or_default();
+    by_ns
+        .iter()
+        .filter_map(|(ns, names)| {
+            let all: std::collections::BTreeSet<&str> = names.iter().chain(root.iter()).copied().collect();
+            (all.len() > 1).then(|| {
+                format!(
+                    "CUSTOM AuthorizationPolicies for namespace {ns} name providers {all:?}: without {MULTIPLE_CUSTOM_PROVIDERS_ENV}=true (Istio 1.30) a workload selected by several of them denies \
+                     every request their rules match, as istiod makes it"
+                )
+            })
+        })
+        .collect()
 }
 
 /// What Istio's webhook rejects in the AuthorizationPolicies (`wasmeshctl validate` too).

@@ -234,7 +234,10 @@ impl AuthzConfig {
         }
         if names.len() > MAX_CUSTOM_PROVIDERS {
             return bad(
-                format!("{} CUSTOM providers for one workload; at most {MAX_CUSTOM_PROVIDERS} are accepted", names.len()),
+                format!(
+                    "{} CUSTOM providers for one workload; at most {MAX_CUSTOM_PROVIDERS} are accepted",
+                    names.len()
+                ),
                 enforced,
                 warnings,
             );

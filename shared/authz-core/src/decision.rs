@@ -34,12 +34,7 @@ pub enum RequestStep<'e> {
     /// `headers` is `Err` when the request headers could not be read (the filter denies).
     /// `index` is the provider's place in the CUSTOM chain ([`Authz::custom_provider`]); after
     /// it allows, [`Authz::after_allow`] goes on from there.
-    Check {
-        provider: &'e Provider,
-        rule: RuleRef<'e>,
-        headers: Result<Vec<(String, String)>, Missing>,
-        index: usize,
-    },
+    Check { provider: &'e Provider, rule: RuleRef<'e>, headers: Result<Vec<(String, String)>, Missing>, index: usize },
     /// The CUSTOM instance found nothing to check: continue without a decision.
     Continue,
 }

@@ -903,8 +903,10 @@ fn several_custom_providers_are_asked_in_name_order() {
         + &policy("d", "foo", "DENY", "  rules: [{to: [{operation: {paths: [/both/deny]}}]}]");
     let mut providers = providers();
     providers.clear();
-    providers.push(json!({"name": "b-grpc", "envoyExtAuthzGrpc": {"service": "grpc.foo.svc.cluster.local", "port": 9001}}));
-    providers.push(json!({"name": "a-http", "envoyExtAuthzHttp": {"service": "http.foo.svc.cluster.local", "port": 9000}}));
+    providers
+        .push(json!({"name": "b-grpc", "envoyExtAuthzGrpc": {"service": "grpc.foo.svc.cluster.local", "port": 9001}}));
+    providers
+        .push(json!({"name": "a-http", "envoyExtAuthzHttp": {"service": "http.foo.svc.cluster.local", "port": 9000}}));
     let on = |stage: Stage| {
         compile_with(&yaml, workload(), |c| {
             c.extension_providers = providers.clone();
@@ -940,7 +942,10 @@ fn several_custom_providers_are_asked_in_name_order() {
     match a.after_allow(&z.view(), 1) {
         RequestStep::Decided { verdict, .. } => {
             assert!(!verdict.allowed);
-            assert_eq!(verdict.rule(), Some("istio-ext-authz-z-nope-ns[foo]-policy[z]-rule[0]-deny-due-to-bad-CUSTOM-action"));
+            assert_eq!(
+                verdict.rule(),
+                Some("istio-ext-authz-z-nope-ns[foo]-policy[z]-rule[0]-deny-due-to-bad-CUSTOM-action")
+            );
         }
         other => panic!("{other:?}"),
     }
