@@ -288,7 +288,8 @@ spec:
     let _envoy = Proxy { listeners: vec![wasm, native], clusters, stats_tags: Vec::new() }.start("ext-authz-two");
 
     // (path, headers, status, HTTP checks, gRPC checks)
-    let cases: [(&str, &[(&str, &str)], u16, usize, usize); 10] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16, usize, usize);
+    let cases: [Case<'_>; 10] = [
         ("/a/1", &[("x-ext-authz", "allow"), ("x-user-in", "alice")], 200, 1, 0),
         ("/b/1", &[("x-ext-authz", "allow")], 200, 0, 1),
         ("/b/2", &[("x-ext-authz", "deny")], 401, 0, 1),
