@@ -107,7 +107,7 @@ pub fn check(
         trust_domain_aliases: mesh.trust_domain_aliases.clone(),
         extension_providers: mesh.authz_extension_providers(),
         stage: Stage::All,
-        multiple_custom_providers: false,
+        multiple_custom_providers: crate::plugins::authz::multiple_custom_providers(),
         decision_filter_state: true,
         single_san_peers: false,
     };

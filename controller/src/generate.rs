@@ -600,7 +600,7 @@ fn authz_config(resources: &[&Resource], mesh: &MeshConfig, stage: Stage) -> Res
         trust_domain_aliases: mesh.trust_domain_aliases.clone(),
         extension_providers: mesh.authz_extension_providers(),
         stage,
-        multiple_custom_providers: false,
+        multiple_custom_providers: crate::plugins::authz::multiple_custom_providers(),
         decision_filter_state: true,
         // Under Istio, workload certificates come from istiod's CA (or a CA plugged into it,
         // istio-csr included), which issues exactly one URI SAN, the SPIFFE identity: the first SAN

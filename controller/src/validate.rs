@@ -402,7 +402,12 @@ pub fn validate_input_with_mesh(input: &wasmesh_istio::Input, mesh: Option<&Mesh
             errors.push(e);
         }
     }
-    (errors, schema.notes)
+    let mut notes = schema.notes;
+    // Deliberate differences and settings that change what is enforced (helper sec3's rows).
+    notes.extend(crate::plugins::authn::deliberate_difference_notes(&input.resources));
+    let root = mesh.and_then(|m| m.root_namespace.clone()).unwrap_or_else(|| "istio-system".into());
+    notes.extend(crate::plugins::authz::several_providers_notes(&input.resources, &root));
+    (errors, notes)
 }
 
 /// `a` and `b` are the same field, or one is inside the other (below `spec` itself).

@@ -38,7 +38,6 @@ const EXEMPT: &[(&str, &str)] = &[
         "Gateway API is not supported by wasmesh yet (--skip-unsupported)",
         "the note printed when the user asked to skip them",
     ),
-    ("several CUSTOM providers for one workload", "multiple CUSTOM providers: helper ext-grpc implements them"),
     (
         "dynamic-metadata conditions are not enforced on TCP",
         "experimental.envoy.filters.* on TCP: helper authz-tcp implements them",

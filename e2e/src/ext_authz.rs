@@ -3,7 +3,7 @@
 //! `ext_authz` filter configured as istiod configures it for an `envoyExtAuthzGrpc` provider (the
 //! oracle the wasm filter is compared with).
 //!
-//! The server answers by the request's `x-ext-authz` header: `allow` (OK with upstream header
+//! The server answers by the request's `x-ext-authz-grpc` header, else its `x-ext-authz`: `allow` (OK with upstream header
 //! changes of every kind, a response header, a removal), `deny` (401 with headers and a body),
 //! `error` (gRPC INTERNAL), `hang` (answers after 3 s), anything else a bare denial. Every
 //! CheckRequest received is kept for the test to compare.
@@ -51,7 +51,10 @@ impl Authorization for Service {
         }
         let http =
             check.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.clone()).unwrap_or_default();
-        let mode = http.headers.get("x-ext-authz").cloned().unwrap_or_default();
+        // `x-ext-authz-grpc` overrides `x-ext-authz` for this server only (an HTTP provider
+        // and this one answering differently on the same request).
+        let mode =
+            http.headers.get("x-ext-authz-grpc").or(http.headers.get("x-ext-authz")).cloned().unwrap_or_default();
         let user = http.headers.get("x-user-in").cloned().unwrap_or_else(|| "nobody".into());
         match mode.as_str() {
             "error" => return Err(tonic::Status::internal("boom")),

@@ -215,3 +215,140 @@ fn include_request_body_in_check_is_refused() {
         assert!(e.contains("includeRequestBodyInCheck is not supported by wasmesh"), "{e}");
     }
 }
+
+/// Two CUSTOM providers on one workload (Istio 1.30, `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS`):
+/// an HTTP provider `a-http` and a gRPC provider `b-grpc`, each with its own policy, plus a DENY
+/// policy. The native twin is istiod's chain for it: one shadow-RBAC + ext_authz pair per
+/// provider in name order, then the DENY RBAC filter. Each request goes to both listeners; the
+/// checks each server receives (which, how many, the gRPC CheckRequest whole), the status, the
+/// body and the headers upstream must be the same.
+#[test]
+fn several_custom_providers_answer_as_istiod_pairs() {
+    // What a user sets for wasmeshctl as for istiod; no other test in this file has two providers.
+    std::env::set_var("PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS", "true");
+    let http_ext = wasmesh_e2e::authz::ExtAuthz::start();
+    let grpc_ext = GrpcExtAuthz::start();
+    let app = App::new("httpbin", "v1").start();
+    let a = json!({"name": "a-http", "envoyExtAuthzHttp": {
+        "service": "foo/127.0.0.1", "port": http_ext.port,
+        "includeRequestHeadersInCheck": ["x-ext-authz", "x-user-in"],
+        "headersToUpstreamOnAllow": ["x-user", "x-ext-authz-check-result"],
+        "headersToDownstreamOnDeny": ["x-reason"],
+    }});
+    let mut b = grpc(grpc_ext.port, json!({"timeout": "0.5s"}));
+    b["name"] = json!("b-grpc");
+    let yaml = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: h, namespace: foo}
+spec:
+  action: CUSTOM
+  provider: {name: a-http}
+  rules: [{to: [{operation: {paths: ["/a*", "/both*", "/chain*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: g, namespace: foo}
+spec:
+  action: CUSTOM
+  provider: {name: b-grpc}
+  rules:
+  - to: [{operation: {paths: ["/b*", "/both*"]}}]
+  - to: [{operation: {paths: ["/chain*"]}}]
+    when: [{key: "request.headers[x-ext-authz-check-result]", values: [allowed]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: d, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/both/deny"]}}]}]
+"#;
+    let res = Resources { items: load_str(yaml, "two-providers.yaml").unwrap() };
+    let mesh = MeshConfig { extension_providers: vec![b.clone(), a.clone()], ..MeshConfig::default() };
+    let mut wasm = ListenerSpec::new("two-wasm");
+    let c = authz::plugin_filters(&workload(), &res, &mesh, Direction::Inbound, wasm.port).unwrap();
+    for f in &c.http_filters {
+        wasm = wasm.wasm(f);
+    }
+    wasm.upstream = Some("app".into());
+    let names: Vec<String> = c.clusters.iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
+    let cluster = |port: u16| names.iter().find(|n| n.contains(&format!("|{port}|"))).unwrap().clone();
+    assert_eq!(names.len(), 2, "one cluster per provider: {names:?}");
+    let mut native = ListenerSpec::new("two-native");
+    native.http_filters = istiod::custom_http_filters(&res, &workload(), &a, &cluster(http_ext.port));
+    let mut pair = istiod::custom_http_filters(&res, &workload(), &b, &cluster(grpc_ext.port));
+    pair[1] = istiod_grpc_ext_authz(&b, &cluster(grpc_ext.port));
+    native.http_filters.extend(pair);
+    native.http_filters.extend(istiod::http_filters(&res, &workload(), &[]));
+    native.upstream = Some("app".into());
+    let (wp, np) = (wasm.port, native.port);
+    let mut clusters = c.clusters.clone();
+    clusters.push(authz::local_cluster("app", app.port));
+    let _envoy = Proxy { listeners: vec![wasm, native], clusters, stats_tags: Vec::new() }.start("ext-authz-two");
+
+    // (path, headers, status, HTTP checks, gRPC checks)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16, usize, usize);
+    let cases: [Case<'_>; 10] = [
+        ("/a/1", &[("x-ext-authz", "allow"), ("x-user-in", "alice")], 200, 1, 0),
+        ("/b/1", &[("x-ext-authz", "allow")], 200, 0, 1),
+        ("/b/2", &[("x-ext-authz", "deny")], 401, 0, 1),
+        ("/both/1", &[("x-ext-authz", "allow"), ("x-user-in", "bob")], 200, 1, 1),
+        ("/both/2", &[("x-ext-authz", "deny")], 403, 1, 0),
+        ("/both/3", &[("x-ext-authz", "error")], 403, 1, 0),
+        ("/both/4", &[("x-ext-authz", "allow"), ("x-ext-authz-grpc", "deny")], 401, 1, 1),
+        ("/both/deny", &[("x-ext-authz", "allow")], 403, 1, 1),
+        // The gRPC provider's rule reads the header the HTTP provider set.
+        ("/chain/1", &[("x-ext-authz", "allow"), ("x-ext-authz-grpc", "deny")], 401, 1, 1),
+        ("/public", &[("x-ext-authz", "deny")], 200, 0, 0),
+    ];
+    for (path, headers, status, n_http, n_grpc) in cases {
+        let what = format!("GET {path} {headers:?}");
+        let mut answers = Vec::new();
+        for port in [wp, np] {
+            let (h0, g0) = (http_ext.checks().len(), grpc_ext.checks().len());
+            let r = send(port, "GET", path, headers, b"");
+            let hc = http_ext.checks()[h0..].to_vec();
+            let gc = grpc_ext.checks()[g0..].to_vec();
+            answers.push((r, hc, gc));
+        }
+        let (w, n) = (&answers[0], &answers[1]);
+        assert_eq!((w.0.status, n.0.status), (status, status), "{what}: wasm {:?} native {:?}", w.0.text(), n.0.text());
+        assert_eq!((w.1.len(), w.2.len()), (n_http, n_grpc), "{what}: checks sent by wasm (HTTP, gRPC)");
+        assert_eq!((n.1.len(), n.2.len()), (n_http, n_grpc), "{what}: checks sent by native (HTTP, gRPC)");
+        for (wc, nc) in w.1.iter().zip(&n.1) {
+            assert_eq!((&wc.method, &wc.path), (&nc.method, &nc.path), "{what}");
+            for h in ["host", "x-ext-authz", "x-user-in", "content-length", "x-ext-authz-check-result"] {
+                assert_eq!(wc.header(h), nc.header(h), "{what}: HTTP check header {h}");
+            }
+        }
+        for (wc, nc) in w.2.iter().zip(&n.2) {
+            let (a, b) =
+                (format!("{:#?}", normalized(wc.clone(), &what)), format!("{:#?}", normalized(nc.clone(), &what)));
+            assert!(a == b, "{what}: CheckRequest differs:\nwasm {a}\nnative {b}");
+        }
+        if status == 200 {
+            let (mut wb, mut nb) = (w.0.json(), n.0.json());
+            for b in [&mut wb, &mut nb] {
+                b["headers"]["x-request-id"] = Value::Null;
+            }
+            assert_eq!(wb["headers"], nb["headers"], "{what}: headers upstream (wasm left, native right)");
+        } else {
+            assert_eq!(w.0.text(), n.0.text(), "{what}: body");
+            for h in ["x-reason", "www-authenticate", "content-type"] {
+                assert_eq!(w.0.header(h), n.0.header(h), "{what}: client header {h}");
+            }
+        }
+    }
+    // The gRPC provider saw the HTTP provider's changes (istiod's pairs run in sequence).
+    let seen = grpc_ext.checks().into_iter().find(|c| {
+        c.attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .is_some_and(|h| h.path == "/both/1")
+    });
+    let h = seen.unwrap().attributes.unwrap().request.unwrap().http.unwrap().headers;
+    assert_eq!(h.get("x-user").map(String::as_str), Some("bob"), "{h:?}");
+    assert_eq!(h.get("x-ext-authz-check-result").map(String::as_str), Some("allowed"), "{h:?}");
+}

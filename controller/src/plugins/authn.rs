@@ -89,6 +89,24 @@ pub fn jwks_cluster(ep: &JwksEndpoint) -> Value {
     cluster
 }
 
+/// The deliberate differences from Envoy's jwt_authn (README "JWT: differences from jwt_authn"),
+/// each an RFC MUST on wasmesh's side: one note per RequestAuthentication with rules, printed by
+/// `wasmeshctl validate`.
+pub fn deliberate_difference_notes(resources: &wasmesh_istio::Resources) -> Vec<String> {
+    resources
+        .request_authentications()
+        .filter(|(_, ra)| !ra.jwt_rules.is_empty())
+        .map(|(res, _)| {
+            format!(
+                "{}: unlike Envoy's jwt_authn, wasmesh answers 401 to an ES*/EdDSA/HS* token with a non-empty `crit` \
+                 (RFC 7515 §4.1.11) or `exp: 0` (RFC 7519 §4.1.4), and to an ECDSA signature that is not exactly r||s \
+                 of the key's curve (RFC 7518 §3.4)",
+                res.display_name()
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {

@@ -111,12 +111,14 @@ pub fn contribute_stage(ctx: &ListenerContext<'_>, stage: Stage) -> Result<Contr
     if authz.needs().source_ip {
         c.network_filters.push(peer_address_filter());
     }
-    if let Some(p) = authz.provider() {
+    for p in authz.providers() {
         let mut cluster = provider_cluster(&p.cluster);
         if p.transport == wasmesh_authz::Transport::Grpc {
             grpc_cluster(&mut cluster);
         }
-        c.clusters.push(cluster);
+        if !c.clusters.iter().any(|c| c["name"] == cluster["name"]) {
+            c.clusters.push(cluster);
+        }
     }
     c.stats_tags = stats_tags();
     Ok(c)
@@ -149,11 +151,51 @@ pub fn config(ctx: &ListenerContext<'_>, stage: Stage) -> (AuthzConfig, Resource
         trust_domain_aliases: ctx.mesh.trust_domain_aliases.clone(),
         extension_providers: ctx.mesh.authz_extension_providers(),
         stage,
-        multiple_custom_providers: false,
+        multiple_custom_providers: multiple_custom_providers(),
         decision_filter_state: true,
         single_san_peers: false,
     };
     (cfg, Resources { items: candidates })
+}
+
+/// istiod's environment variable that lets one workload's CUSTOM policies name several providers
+/// (Istio 1.30); wasmeshctl reads it as istiod does.
+pub const MULTIPLE_CUSTOM_PROVIDERS_ENV: &str = "PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS";
+
+/// [`MULTIPLE_CUSTOM_PROVIDERS_ENV`] as istiod reads a boolean variable (Go `strconv.ParseBool`;
+/// unset or not a boolean: the default, false).
+pub fn multiple_custom_providers() -> bool {
+    matches!(std::env::var(MULTIPLE_CUSTOM_PROVIDERS_ENV).as_deref(), Ok("1" | "t" | "T" | "TRUE" | "true" | "True"))
+}
+
+/// A note when CUSTOM policies of one namespace (or of the root namespace) name several providers
+/// and [`MULTIPLE_CUSTOM_PROVIDERS_ENV`] is not set: a workload they all select denies every
+/// request their rules match, as istiod makes it.
+pub fn several_providers_notes(resources: &Resources, root_namespace: &str) -> Vec<String> {
+    if multiple_custom_providers() {
+        return Vec::new();
+    }
+    let mut by_ns: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> = Default::default();
+    for (res, ap) in resources.authorization_policies() {
+        if ap.action == wasmesh_istio::security::Action::Custom {
+            if let Some(p) = &ap.provider {
+                by_ns.entry(res.namespace()).or_default().insert(p.name.as_str());
+            }
+        }
+    }
+    let root: Vec<&str> = by_ns.get(root_namespace).map(|s| s.iter().copied().collect()).unwrap_or_default();
+    by_ns
+        .iter()
+        .filter_map(|(ns, names)| {
+            let all: std::collections::BTreeSet<&str> = names.iter().chain(root.iter()).copied().collect();
+            (all.len() > 1).then(|| {
+                format!(
+                    "CUSTOM AuthorizationPolicies for namespace {ns} name providers {all:?}: without {MULTIPLE_CUSTOM_PROVIDERS_ENV}=true (Istio 1.30) a workload selected by several of them denies \
+                     every request their rules match, as istiod makes it"
+                )
+            })
+        })
+        .collect()
 }
 
 /// What Istio's webhook rejects in the AuthorizationPolicies (`wasmeshctl validate` too).

@@ -23,8 +23,9 @@ pub const MAX_CHECK_RESPONSE_MESSAGE_BYTES: usize = 1024 * 1024;
 /// One per request.
 pub struct AuthzRequest {
     shared: Rc<Shared>,
-    /// The CUSTOM check in flight: its token and the rule that asked for it.
-    pending: Option<(u32, RuleId)>,
+    /// The CUSTOM check in flight: its token, the rule that asked for it and the provider's
+    /// place in the CUSTOM chain.
+    pending: Option<(u32, RuleId, usize)>,
     /// Response header changes from the provider's OK answer.
     allow_response_headers: Vec<Mutation>,
 }
@@ -39,23 +40,8 @@ impl PhaseRequest for AuthzRequest {
     fn request_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
         let shared = self.shared.clone();
         let view = HostView::new(StreamHost(s), &shared.authz);
-        match shared.authz.on_request(&view) {
-            RequestStep::Decided { verdict, peer_authn } => {
-                if peer_authn {
-                    shared.metrics.peer_authn_denied.bump();
-                }
-                finish(s, &shared, &verdict)
-            }
-            RequestStep::Continue => Flow::Continue,
-            RequestStep::Check { provider, rule, headers } => {
-                shared.metrics.rule(RuleOutcome::Custom, rule.id);
-                match headers {
-                    Ok(headers) => self.dispatch(s, &shared, provider, rule, headers),
-                    // The check request cannot be built: fail closed.
-                    Err(m) => finish(s, &shared, &Verdict::deny(Reason::Missing(m))),
-                }
-            }
-        }
+        let step = shared.authz.on_request(&view);
+        self.step(s, &shared, step)
     }
 
     // Body and trailers need nothing: the driver holds them while the check is in flight.
@@ -124,10 +110,31 @@ fn finish(s: &Stream, shared: &Shared, v: &Verdict<'_>) -> Flow {
 }
 
 impl AuthzRequest {
+    /// Acts on the core's next step: a decision, nothing more, or a check to send.
+    fn step(&mut self, s: &Stream, shared: &Shared, step: RequestStep<'_>) -> Flow {
+        match step {
+            RequestStep::Decided { verdict, peer_authn } => {
+                if peer_authn {
+                    shared.metrics.peer_authn_denied.bump();
+                }
+                finish(s, shared, &verdict)
+            }
+            RequestStep::Continue => Flow::Continue,
+            RequestStep::Check { provider, rule, headers, index } => {
+                shared.metrics.rule(RuleOutcome::Custom, rule.id);
+                match headers {
+                    Ok(headers) => self.dispatch(s, shared, provider, rule, headers, index),
+                    // The check request cannot be built: fail closed.
+                    Err(m) => finish(s, shared, &Verdict::deny(Reason::Missing(m))),
+                }
+            }
+        }
+    }
+
     /// The answer to this request's check (`None`: another call's), read by `read` from the
     /// provider's response and acted on.
     fn answer(&mut self, s: &Stream, token_id: u32, read: impl FnOnce(&Provider) -> CheckOutcome) -> Option<Flow> {
-        let (token, rule) = self.pending?;
+        let (token, rule, index) = self.pending?;
         if token != token_id {
             return None;
         }
@@ -135,14 +142,14 @@ impl AuthzRequest {
         let shared = self.shared.clone();
         let authz = &shared.authz;
         let rule = RuleRef { id: rule, name: authz.rule_name(rule).unwrap_or_default() };
-        let Some(provider) = authz.provider() else {
+        let Some(provider) = authz.custom_provider(index) else {
             wasmesh_proxy::log_debug(&format!("wasmesh authz: {DENY_STATUS}: no provider"));
             shared.metrics.custom_denied(rule);
             s.send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
             return Some(Flow::Answered);
         };
         let outcome = read(provider);
-        Some(self.apply(s, &shared, provider, rule, outcome))
+        Some(self.apply(s, &shared, provider, rule, index, outcome))
     }
 
     /// Sends the check request; the request waits for [`PhaseRequest::http_call_response`] or
@@ -154,6 +161,7 @@ impl AuthzRequest {
         provider: &Provider,
         rule: RuleRef<'_>,
         headers: Vec<(String, String)>,
+        index: usize,
     ) -> Flow {
         let sent = match provider.transport {
             Transport::Http => {
@@ -174,12 +182,12 @@ impl AuthzRequest {
         };
         match sent {
             Ok(token) => {
-                self.pending = Some((token, rule.id));
+                self.pending = Some((token, rule.id, index));
                 Flow::Pause
             }
             Err(e) => {
                 let outcome = on_check_unsent(provider, &wasmesh_proxy::status_text(e));
-                self.apply(s, shared, provider, rule, outcome)
+                self.apply(s, shared, provider, rule, index, outcome)
             }
         }
     }
@@ -192,6 +200,7 @@ impl AuthzRequest {
         shared: &Shared,
         provider: &Provider,
         rule: RuleRef<'_>,
+        index: usize,
         outcome: CheckOutcome,
     ) -> Flow {
         let m = &shared.metrics;
@@ -221,12 +230,11 @@ impl AuthzRequest {
                     apply_request_change(s, change);
                 }
                 self.allow_response_headers.extend(response_headers);
-                // Read after the provider's headers were applied: ALLOW/DENY see them, as in Istio.
+                // Read after the provider's headers were applied: the next CUSTOM provider's
+                // rules and ALLOW/DENY see them, as in Istio.
                 let view = HostView::new(StreamHost(s), &shared.authz);
-                match shared.authz.after_check(&view) {
-                    Some(v) => finish(s, shared, &v),
-                    None => Flow::Continue,
-                }
+                let step = shared.authz.after_allow(&view, index);
+                self.step(s, shared, step)
             }
             CheckAction::Deny { status, headers, body, why } => {
                 wasmesh_proxy::log_debug(&format!("wasmesh authz: {status}: {why}"));

@@ -1,7 +1,8 @@
 //! The token-level checks jwt-simple's `Token::verify` makes besides the signature, kept for the
 //! algorithms that no longer go through it (ES256/ES384/EdDSA/HS256/HS384/HS512, see `jwks.rs`;
-//! jwt-simple now only signs test tokens), so that which tokens are accepted does not change. They are stricter than Envoy in the ways listed in the
-//! crate documentation ("Known differences").
+//! jwt-simple now only signs test tokens). Where they were stricter than Envoy's jwt_authn
+//! without an RFC MUST behind them (`typ`, the types of header fields and claims jwt_authn does
+//! not read) they were dropped; what remains is in the README ("JWT: differences from jwt_authn").
 //!
 //! jwt-simple 0.15 (`token.rs`, `Token::verify_with_algorithms`, with the options `jwks.rs` used
 //! to pass: `accept_future`, `time_tolerance` = skew, `artificial_time` = now,
@@ -12,17 +13,18 @@
 //! 3. header segment at most 8192 characters;
 //! 4. header, payload and signature segments strict base64url (no padding, no whitespace,
 //!    unused trailing bits zero: `ct_codecs::Base64UrlSafeNoPadding`);
-//! 5. header JSON deserializes into jwt-simple's `JWTHeader` ([`Header`] mirrors it: typed
-//!    fields, duplicate known fields refused);
-//! 6. `crit` absent, null or empty;
-//! 7. `typ`, when present, is `JWT` or ends with `+JWT` (case-insensitive);
+//! 5. header JSON: `crit` and `salt` of the right type when present (jwt-simple also typed
+//!    `typ`, `cty`, `kid`, `jwk`, `x5*`, `jku`: no longer, as in Envoy);
+//! 6. `crit` absent, null or empty (RFC 7515 §4.1.11: extensions listed there MUST be understood;
+//!    none is; a deliberate difference from Envoy, which ignores `crit`);
+//! 7. (jwt-simple refused a `typ` other than `JWT`/`…+JWT`: no longer, as in Envoy)
 //! 8. `salt`, when present, is strict base64url;
 //! 9. (the signature)
-//! 10. payload JSON deserializes into `JWTClaims<NoCustomClaims>` ([`Claims`] mirrors it: typed
-//!     registered claims, timestamps as jwt-simple reads them, `aud` a string or an array of
-//!     strings, `nonce` a string, duplicates of registered claims refused);
-//! 11. `claims.validate`: with those options only `exp` is checked, in coarsetime's fixed-point
-//!     seconds (`exp: 0` is expired; from 2^32 s on it saturates), with the same types.
+//! 10. payload JSON: `exp` a timestamp as jwt-simple reads it (jwt-simple also typed `iat`,
+//!     `nbf`, `iss`, `sub`, `aud`, `jti`, `nonce`: no longer, as in Envoy);
+//! 11. `exp` checked in coarsetime's fixed-point seconds (`exp: 0` is expired, RFC 7519 §4.1.4:
+//!     the current time MUST be before `exp`; a deliberate difference from Envoy, which reads 0
+//!     as no expiry; from 2^32 s on it saturates).
 //!
 //! The alg name (10/9 in jwt-simple's order) is matched by the caller. For HS*, jwt-simple also
 //! refused a header `salt` (keys from a JWKS have none) and secrets under 12 bytes: the caller
@@ -31,71 +33,35 @@
 #![deny(clippy::indexing_slicing)]
 
 use crate::jwt::b64url_decode;
-use serde::de::{Deserializer, SeqAccess, Visitor};
+use serde::de::{Deserializer, Visitor};
 use serde::Deserialize;
 use std::fmt;
 
 /// `jwt_simple::token::MAX_HEADER_LENGTH`.
 const MAX_HEADER_LENGTH: usize = 8192;
 
-/// jwt-simple's `JWTHeader` (private there): the same fields, types and serde attributes, so
-/// the same headers deserialize.
+/// The header members these checks read. jwt-simple's `JWTHeader` also typed `cty`, `kid`,
+/// `typ`, `x5c`, `jku`, `jwk`, `x5u`, `x5t`, `x5t#S256` (a `jwk` object, a numeric `cty`, … were
+/// refused) and refused a `typ` other than `JWT`/`…+JWT`; Envoy's jwt_authn reads none of them
+/// and no RFC requires a recipient to refuse them (RFC 7519 §5.1: `typ` is ignored by JWT
+/// implementations), so they are not looked at, as in Envoy.
 #[derive(Deserialize)]
-#[allow(dead_code)]
 struct Header {
-    #[serde(rename = "alg")]
-    algorithm: String,
-    #[serde(rename = "cty", default)]
-    content_type: Option<String>,
-    #[serde(rename = "kid", default)]
-    key_id: Option<String>,
-    #[serde(rename = "typ", default)]
-    signature_type: Option<String>,
+    /// RFC 7515 §4.1.11: an array of extension names the recipient MUST understand.
     #[serde(rename = "crit", default)]
     critical: Option<Vec<String>>,
-    #[serde(rename = "x5c", default)]
-    certificate_chain: Option<Vec<String>>,
-    #[serde(rename = "jku", default)]
-    key_set_url: Option<String>,
-    #[serde(rename = "jwk", default)]
-    public_key: Option<String>,
-    #[serde(rename = "x5u", default)]
-    certificate_url: Option<String>,
-    #[serde(rename = "x5t", default)]
-    certificate_sha1_thumbprint: Option<String>,
-    #[serde(rename = "x5t#S256", default)]
-    certificate_sha256_thumbprint: Option<String>,
     #[serde(rename = "salt", default)]
     salt: Option<String>,
 }
 
-/// jwt-simple's `JWTClaims<NoCustomClaims>`: the registered claims with their types, the rest
-/// (flattened into an empty struct) ignored. Only `exp` is used afterwards.
+/// The payload member these checks read. jwt-simple's `JWTClaims` also typed `iat`, `nbf`,
+/// `iss`, `sub`, `aud`, `jti` and `nonce` (a numeric `nonce` was refused); the authn core reads
+/// the registered claims as Envoy does (`jwt.rs`), so only `exp` is looked at here.
 #[derive(Deserialize)]
-#[allow(dead_code)]
 struct Claims {
-    #[serde(rename = "iat", default, deserialize_with = "timestamp")]
-    issued_at: Option<u64>,
     #[serde(rename = "exp", default, deserialize_with = "timestamp")]
     expires_at: Option<u64>,
-    #[serde(rename = "nbf", default, deserialize_with = "timestamp")]
-    invalid_before: Option<u64>,
-    #[serde(rename = "iss", default)]
-    issuer: Option<String>,
-    #[serde(rename = "sub", default)]
-    subject: Option<String>,
-    #[serde(rename = "aud", default, deserialize_with = "audiences")]
-    audiences: Option<()>,
-    #[serde(rename = "jti", default)]
-    jwt_id: Option<String>,
-    #[serde(rename = "nonce", default)]
-    nonce: Option<String>,
-    #[serde(flatten)]
-    custom: NoCustomClaims,
 }
-
-#[derive(Deserialize)]
-struct NoCustomClaims {}
 
 /// A time in coarsetime's fixed point (32.32 bits, saturating), as jwt-simple keeps
 /// `UnixTimeStamp`: whole seconds from a non-negative integer, a float truncated (saturating,
@@ -122,25 +88,6 @@ fn timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         }
     }
     d.deserialize_i64(V).map(Some)
-}
-
-/// A string, or an array of strings (jwt-simple's `Audiences`); the value itself is not needed.
-fn audiences<'de, D: Deserializer<'de>>(d: D) -> Result<Option<()>, D::Error> {
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = ();
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("Audiences")
-        }
-        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element::<String>()?.is_some() {}
-            Ok(())
-        }
-    }
-    d.deserialize_any(V).map(Some)
 }
 
 /// What the checks learnt that only some algorithms care about.
@@ -187,12 +134,6 @@ pub fn token_checks(token: &str, now: u64, skew: u64, max_token: usize) -> Optio
     let header = b64url_decode(h).and_then(|b| serde_json::from_slice::<Header>(&b).ok())?;
     if header.critical.as_ref().is_some_and(|c| !c.is_empty()) {
         return None;
-    }
-    if let Some(typ) = &header.signature_type {
-        let typ = typ.to_uppercase();
-        if !(typ == "JWT" || typ.ends_with("+JWT")) {
-            return None;
-        }
     }
     if header.salt.as_deref().is_some_and(|salt| !strict_b64url(salt)) {
         return None;

@@ -368,8 +368,25 @@ fn keys_of_another_curve_or_type_do_not_verify() {
     );
 }
 
+/// The header and payload without the members jwt-simple typed or checked and Envoy does not
+/// read (`jose.rs`: `typ`, `cty`, `jwk`, `x5*`, `jku`; `iat`, `nbf`, `iss`, `sub`, `aud`, `jti`,
+/// `nonce`); `None` when nothing was removed or one is not a JSON object.
+fn relaxed(header: &str, payload: &str) -> Option<(String, String)> {
+    let mut h: serde_json::Map<String, Value> = serde_json::from_str(header).ok()?;
+    let mut p: serde_json::Map<String, Value> = serde_json::from_str(payload).ok()?;
+    let mut removed = false;
+    for k in ["typ", "cty", "jwk", "x5c", "x5u", "x5t", "x5t#S256", "jku"] {
+        removed |= h.remove(k).is_some();
+    }
+    for k in ["iat", "nbf", "iss", "sub", "aud", "jti", "nonce"] {
+        removed |= p.remove(k).is_some();
+    }
+    removed.then(|| (Value::Object(h).to_string(), Value::Object(p).to_string()))
+}
+
 /// Headers, payloads and encodings jwt-simple's `verify_token` refused or accepted beyond the
-/// signature: each token gets the same answer as from jwt-simple.
+/// signature: each token gets the same answer as from jwt-simple, but for the members Envoy
+/// does not read ([`relaxed`]).
 #[test]
 fn token_checks_answer_as_jwt_simple_did() {
     let headers = [
@@ -444,7 +461,9 @@ fn token_checks_answer_as_jwt_simple_did() {
             let h = h.replace("ALG", name).replace("ESCAPED", &escaped);
             let t = alg.token(&h, p);
             let Some(got) = verify(&set, &t) else { continue };
-            let want = oracle(&jwk, &t);
+            // jwt-simple's answer, except that the members Envoy does not read (and no RFC
+            // requires a recipient to refuse) no longer count: the same token without them.
+            let want = oracle(&jwk, &t) || relaxed(&h, p).is_some_and(|(h, p)| oracle(&jwk, &alg.token(&h, &p)));
             assert_eq!(got.is_ok(), want, "{alg:?} header {h} payload {p}: {got:?}");
             if want {
                 accepted += 1;
@@ -455,27 +474,30 @@ fn token_checks_answer_as_jwt_simple_did() {
     }
     // Headers repeating a member (jwt-simple refused some) no longer get this far: `parse`
     // refuses them first, with Envoy's bad-JSON status.
-    assert!(accepted > 160 && refused > 80, "accepted {accepted} refused {refused}");
+    assert!(accepted > 200 && refused > 40, "accepted {accepted} refused {refused}");
 
     // The rules, spelled out (ES256).
     let set = keyset(&Alg::Es256.jwk());
     let ok = |h: &str, p: &str| verify(&set, &Alg::Es256.token(&h.replace("ALG", "ES256"), p)).unwrap().is_ok();
     let plain = r#"{"iss":"i"}"#;
     assert!(ok(r#"{"alg":"ALG","typ":"at+jwt"}"#, plain));
-    assert!(!ok(r#"{"alg":"ALG","typ":"JOSE"}"#, plain), "typ must be JWT or +JWT");
+    assert!(ok(r#"{"alg":"ALG","typ":"JOSE"}"#, plain), "typ is not looked at (RFC 7519 §5.1), as in Envoy");
     assert!(ok(r#"{"alg":"ALG","crit":[]}"#, plain));
-    assert!(!ok(r#"{"alg":"ALG","crit":["exp"],"exp":1}"#, plain), "no crit extension is understood");
+    assert!(
+        !ok(r#"{"alg":"ALG","crit":["exp"],"exp":1}"#, plain),
+        "no crit extension is understood (RFC 7515 §4.1.11)"
+    );
     // Any repeated member name is refused before, by `parse` (Envoy's protobuf JSON parser).
     let bad_json = |h: &str, p: &str| parse(&Alg::Es256.token(&h.replace("ALG", "ES256"), p), MAX).err();
     assert_eq!(bad_json(r#"{"alg":"ALG","kid":"k","kid":"k"}"#, plain), Some(Status::JwtHeaderParseErrorBadJson));
     assert_eq!(bad_json(r#"{"alg":"ALG","other":1,"other":2}"#, plain), Some(Status::JwtHeaderParseErrorBadJson));
-    assert!(!ok(r#"{"alg":"ALG","jwk":{"kty":"EC"}}"#, plain), "jwt-simple reads jwk as a string");
+    assert!(ok(r#"{"alg":"ALG","jwk":{"kty":"EC"}}"#, plain), "jwk is not read, as in Envoy");
     assert!(!ok(r#"{"alg":"ALG","salt":"c2FsdA=="}"#, plain), "salt must be strict base64url");
     let h = r#"{"alg":"ALG"}"#;
-    assert!(!ok(h, r#"{"nonce":5}"#), "nonce must be a string");
+    assert!(ok(h, r#"{"nonce":5}"#), "nonce is not read, as in Envoy");
     assert_eq!(bad_json(h, r#"{"iss":"i","iss":"i"}"#), Some(Status::JwtPayloadParseErrorBadJson));
     assert_eq!(bad_json(h, r#"{"custom":1,"custom":2}"#), Some(Status::JwtPayloadParseErrorBadJson));
-    assert!(!ok(h, r#"{"exp":0}"#), "exp 0 is expired for jwt-simple (Envoy: never expires)");
+    assert!(!ok(h, r#"{"exp":0}"#), "exp 0 is expired (RFC 7519 §4.1.4; Envoy: never expires)");
     assert!(ok(h, &format!(r#"{{"exp":{}}}"#, (1u64 << 32) + 5)), "coarsetime saturates from 2^32 s");
     assert!(ok(h, &format!(r#"{{"exp":{}.5}}"#, NOW + 10)));
     assert!(ok(h, &format!(r#"{{"exp":{}}}"#, NOW - SKEW)));

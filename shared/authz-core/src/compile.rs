@@ -2,7 +2,7 @@
 //! `pilot/pkg/security/authz/{builder,model}` translation, kept rule for rule.
 
 use crate::matcher::{contains_path_template, path_template, Cidr, Class, Glob, HeaderMatch, StrMatch};
-use crate::model::{Atom, Authz, CRule, Cond, Custom, MetaMatch, RuleSet};
+use crate::model::{Atom, Authz, CRule, Cond, Custom, MetaMatch, RuleSet, MAX_CUSTOM_PROVIDERS};
 use crate::peer_authentication::PeerAuthnPolicy;
 use crate::provider::{parse_providers, Provider};
 use crate::trust_domain::{expand_trust_domain_aliases, replace_trust_domain_aliases};
@@ -142,6 +142,19 @@ impl AuthzConfig {
     /// network ext_authz, which wasmesh does not implement: its rules deny (fail closed), and
     /// `wasmeshctl` refuses the configuration.
     fn custom_on_tcp(&self, custom: Custom, warnings: &mut Vec<Error>) -> Custom {
+        if let Custom::Chain(chain) = custom {
+            // Per provider, as istiod's `buildTCP` loops over them.
+            let mut chain: Vec<Custom> = chain
+                .into_iter()
+                .map(|c| self.custom_on_tcp(c, warnings))
+                .filter(|c| !matches!(c, Custom::None))
+                .collect();
+            return match chain.len() {
+                0 => Custom::None,
+                1 => chain.pop().unwrap_or(Custom::None),
+                _ => Custom::Chain(chain),
+            };
+        }
         let Custom::Ext { provider, rules } = custom else { return custom };
         let http = self
             .extension_providers
@@ -219,25 +232,41 @@ impl AuthzConfig {
                 warnings,
             );
         }
-        if names.len() > 1 {
+        if names.len() > MAX_CUSTOM_PROVIDERS {
             return bad(
-                "several CUSTOM providers for one workload are not supported by wasmesh yet".into(),
+                format!(
+                    "{} CUSTOM providers for one workload; at most {MAX_CUSTOM_PROVIDERS} are accepted",
+                    names.len()
+                ),
                 enforced,
                 warnings,
             );
         }
-        let name = names.into_iter().next().unwrap_or_default();
-        match providers.get(&name) {
-            Some(Ok(p)) => {
-                let mut rules: Vec<CRule> = enforced.into_iter().map(|(_, r)| r).collect();
-                rules.sort_by(|a, b| a.name.cmp(&b.name));
-                Custom::Ext { provider: Box::new(p.clone()), rules }
-            }
-            Some(Err(e)) => bad(format!("extension provider {name:?} is invalid: {e}"), enforced, warnings),
-            None => {
-                let known: Vec<&String> = providers.keys().collect();
-                bad(format!("available providers are {known:?} but found {name:?}"), enforced, warnings)
-            }
+        // istiod's `buildHTTP`: one shadow-RBAC + ext_authz pair per provider, providers in
+        // name order (Go `sort.Strings`, bytewise like `BTreeSet<String>`), each pair holding
+        // only its provider's rules; an invalid provider's pair is a deny RBAC filter.
+        let mut chain: Vec<Custom> = names
+            .into_iter()
+            .map(|name| {
+                let (mine, _): (Vec<_>, Vec<_>) = enforced.iter().cloned().partition(|(p, _)| *p == name);
+                match providers.get(&name) {
+                    Some(Ok(p)) => {
+                        let mut rules: Vec<CRule> = mine.into_iter().map(|(_, r)| r).collect();
+                        rules.sort_by(|a, b| a.name.cmp(&b.name));
+                        Custom::Ext { provider: Box::new(p.clone()), rules }
+                    }
+                    Some(Err(e)) => bad(format!("extension provider {name:?} is invalid: {e}"), mine, warnings),
+                    None => {
+                        let known: Vec<&String> = providers.keys().collect();
+                        bad(format!("available providers are {known:?} but found {name:?}"), mine, warnings)
+                    }
+                }
+            })
+            .collect();
+        if chain.len() == 1 {
+            chain.pop().unwrap_or(Custom::None)
+        } else {
+            Custom::Chain(chain)
         }
     }
 }

@@ -34,8 +34,10 @@ pub struct AuthzConfig {
     /// Which part of Istio's authz chain this filter instance implements.
     #[serde(default)]
     pub stage: Stage,
-    /// Istio's `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS` (default false: a workload whose
-    /// CUSTOM policies name several providers denies the requests they match).
+    /// Istio's `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS` (Istio 1.30; default false: a
+    /// workload whose CUSTOM policies name several providers denies the requests they match).
+    /// True: each provider whose rules match is asked in turn, in provider-name order, on the
+    /// request as the providers before it left it; the first denial answers the request.
     #[serde(default)]
     pub multiple_custom_providers: bool,
     /// Write every decision to filter state `wasmesh.authz.decision` for access logs (default

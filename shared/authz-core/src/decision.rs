@@ -32,7 +32,9 @@ pub enum RequestStep<'e> {
     },
     /// A CUSTOM rule matched: send this check request to the provider; its answer decides.
     /// `headers` is `Err` when the request headers could not be read (the filter denies).
-    Check { provider: &'e Provider, rule: RuleRef<'e>, headers: Result<Vec<(String, String)>, Missing> },
+    /// `index` is the provider's place in the CUSTOM chain ([`Authz::custom_provider`]); after
+    /// it allows, [`Authz::after_allow`] goes on from there.
+    Check { provider: &'e Provider, rule: RuleRef<'e>, headers: Result<Vec<(String, String)>, Missing>, index: usize },
     /// The CUSTOM instance found nothing to check: continue without a decision.
     Continue,
 }
@@ -44,14 +46,26 @@ impl Authz {
         if let Some(verdict) = self.peer_authn(req) {
             return RequestStep::Decided { verdict, peer_authn: true };
         }
-        match self.custom(req) {
-            CustomOutcome::Continue => {}
-            CustomOutcome::Deny(verdict) => return RequestStep::Decided { verdict, peer_authn: false },
-            CustomOutcome::Check { provider, rule } => {
+        self.step_from(req, 0)
+    }
+
+    /// After the CUSTOM provider at `index` allowed (or failed open): the next provider of the
+    /// chain whose rules match the request as the provider left it (istiod's next shadow-RBAC +
+    /// ext_authz pair), else AUDIT/DENY/ALLOW, or nothing more for the CUSTOM-only instance.
+    pub fn after_allow<'e, V: View + ?Sized>(&'e self, req: &V, index: usize) -> RequestStep<'e> {
+        self.step_from(req, index.saturating_add(1))
+    }
+
+    /// CUSTOM from provider `from` of the chain on, then the rest of the chain.
+    fn step_from<'e, V: View + ?Sized>(&'e self, req: &V, from: usize) -> RequestStep<'e> {
+        match self.custom_at(req, from) {
+            (CustomOutcome::Continue, _) => {}
+            (CustomOutcome::Deny(verdict), _) => return RequestStep::Decided { verdict, peer_authn: false },
+            (CustomOutcome::Check { provider, rule }, index) => {
                 let mut built = Vec::new();
                 let headers =
                     req.with_all_headers(&mut |all| built = check_request_headers(provider, all)).map(|()| built);
-                return RequestStep::Check { provider, rule, headers };
+                return RequestStep::Check { provider, rule, headers, index };
             }
         }
         if self.stage == Stage::Custom {
@@ -165,7 +179,7 @@ mod tests {
         let headers = request("/ext");
         let req = Request { headers: &headers, ..Default::default() };
         match a.on_request(&req) {
-            RequestStep::Check { provider, rule, headers } => {
+            RequestStep::Check { provider, rule, headers, .. } => {
                 assert_eq!(provider.name, "ext");
                 assert_eq!(rule, "istio-ext-authz-ext-ns[foo]-policy[c]-rule[0]");
                 assert!(headers.unwrap().contains(&(":path".into(), "/ext".into())));

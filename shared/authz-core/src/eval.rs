@@ -169,18 +169,27 @@ impl Authz {
 
     /// The CUSTOM stage (istiod's shadow RBAC + ext_authz pair).
     pub fn custom<'e, V: View + ?Sized>(&'e self, req: &V) -> CustomOutcome<'e> {
+        self.custom_at(req, 0).0
+    }
+
+    /// The CUSTOM stage from provider `from` of the chain on (with `multipleCustomProviders`,
+    /// istiod's pairs in provider-name order; without, `from` 0 is [`Authz::custom`] and any
+    /// later one has nothing left). Returns the outcome and, for a check, the index of the
+    /// provider asked ([`Authz::custom_provider`]): after it allows, the chain goes on at the
+    /// next index, its rules matched against the request as that provider left it.
+    pub fn custom_at<'e, V: View + ?Sized>(&'e self, req: &V, from: usize) -> (CustomOutcome<'e>, usize) {
         match &self.custom {
-            Custom::None => CustomOutcome::Continue,
-            Custom::Ext { provider, rules } => match first_match(rules, req) {
-                Ok(Some(rule)) => CustomOutcome::Check { provider, rule },
-                Ok(None) => CustomOutcome::Continue,
-                Err(m) => CustomOutcome::Deny(Verdict::new(false, Reason::Missing(m))),
-            },
-            Custom::Bad { reason, rules } => match first_match(rules, req) {
-                Ok(Some(rule)) => CustomOutcome::Deny(Verdict::new(false, Reason::BadCustom { rule, reason })),
-                Ok(None) => CustomOutcome::Continue,
-                Err(m) => CustomOutcome::Deny(Verdict::new(false, Reason::Missing(m))),
-            },
+            Custom::Chain(chain) => {
+                for (i, c) in chain.iter().enumerate().skip(from) {
+                    match custom_one(c, req) {
+                        CustomOutcome::Continue => {}
+                        other => return (other, i),
+                    }
+                }
+                (CustomOutcome::Continue, chain.len())
+            }
+            other if from == 0 => (custom_one(other, req), 0),
+            _ => (CustomOutcome::Continue, from),
         }
     }
 
@@ -399,4 +408,21 @@ fn claim<'v>(claims: &'v serde_json::Map<String, Value>, path: &[String]) -> Opt
         v = v.as_object()?.get(k)?;
     }
     Some(v)
+}
+
+/// One shadow-RBAC + ext_authz pair (a chain of them is walked by [`Authz::custom_at`]).
+fn custom_one<'e, V: View + ?Sized>(custom: &'e Custom, req: &V) -> CustomOutcome<'e> {
+    match custom {
+        Custom::None | Custom::Chain(_) => CustomOutcome::Continue,
+        Custom::Ext { provider, rules } => match first_match(rules, req) {
+            Ok(Some(rule)) => CustomOutcome::Check { provider, rule },
+            Ok(None) => CustomOutcome::Continue,
+            Err(m) => CustomOutcome::Deny(Verdict::new(false, Reason::Missing(m))),
+        },
+        Custom::Bad { reason, rules } => match first_match(rules, req) {
+            Ok(Some(rule)) => CustomOutcome::Deny(Verdict::new(false, Reason::BadCustom { rule, reason })),
+            Ok(None) => CustomOutcome::Continue,
+            Err(m) => CustomOutcome::Deny(Verdict::new(false, Reason::Missing(m))),
+        },
+    }
 }

@@ -132,12 +132,25 @@ pub(crate) enum Custom {
         provider: Box<Provider>,
         rules: Vec<CRule>,
     },
-    /// Unknown or invalid provider, or several providers: the CUSTOM rules deny.
+    /// Unknown or invalid provider, or several providers without
+    /// `multipleCustomProviders`: the CUSTOM rules deny.
     Bad {
         reason: String,
         rules: Vec<CRule>,
     },
+    /// Several providers with `multipleCustomProviders` (Istio 1.30's
+    /// `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS`): istiod writes one shadow-RBAC +
+    /// ext_authz pair per provider, in provider-name order, so each provider whose rules match is
+    /// asked in turn on the request as the providers before it left it; a denial ends the
+    /// request. Each element is [`Custom::Ext`] or [`Custom::Bad`] (at most
+    /// [`MAX_CUSTOM_PROVIDERS`]).
+    Chain(Vec<Custom>),
 }
+
+/// Most CUSTOM providers one workload's policies may name with `multipleCustomProviders` (each
+/// is a check in sequence per request; istiod puts no bound of its own beyond the meshConfig's
+/// list of extension providers). More refuse the configuration.
+pub const MAX_CUSTOM_PROVIDERS: usize = 16;
 
 /// The compiled authorization for one proxy.
 #[derive(Debug, Clone)]
@@ -200,9 +213,34 @@ impl Authz {
     }
 
     pub fn provider(&self) -> Option<&Provider> {
+        self.custom_provider(0)
+    }
+
+    /// The CUSTOM provider at `index` of the chain (index 0 alone without
+    /// `multipleCustomProviders`), if it is a usable one.
+    pub fn custom_provider(&self, index: usize) -> Option<&Provider> {
         match &self.custom {
-            Custom::Ext { provider, .. } => Some(provider),
+            Custom::Ext { provider, .. } if index == 0 => Some(provider),
+            Custom::Chain(chain) => match chain.get(index) {
+                Some(Custom::Ext { provider, .. }) => Some(provider),
+                _ => None,
+            },
             _ => None,
+        }
+    }
+
+    /// Every usable CUSTOM provider this filter may call, in the order it calls them.
+    pub fn providers(&self) -> Vec<&Provider> {
+        match &self.custom {
+            Custom::Ext { provider, .. } => vec![provider],
+            Custom::Chain(chain) => chain
+                .iter()
+                .filter_map(|c| match c {
+                    Custom::Ext { provider, .. } => Some(&**provider),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -235,8 +273,16 @@ impl Authz {
     /// Every rule, in id order: CUSTOM, AUDIT, DENY (enforced, dry-run), ALLOW (enforced, dry-run).
     fn rules_mut(&mut self) -> Vec<&mut CRule> {
         let mut out: Vec<&mut CRule> = Vec::new();
-        if let Custom::Ext { rules, .. } | Custom::Bad { rules, .. } = &mut self.custom {
-            out.extend(rules.iter_mut());
+        match &mut self.custom {
+            Custom::Ext { rules, .. } | Custom::Bad { rules, .. } => out.extend(rules.iter_mut()),
+            Custom::Chain(chain) => {
+                for c in chain {
+                    if let Custom::Ext { rules, .. } | Custom::Bad { rules, .. } = c {
+                        out.extend(rules.iter_mut());
+                    }
+                }
+            }
+            Custom::None => {}
         }
         out.extend(self.audit.iter_mut());
         for set in [&mut self.deny, &mut self.allow] {
@@ -286,7 +332,7 @@ impl Authz {
             }
         }
         n.pseudo_headers = pseudo.iter().filter(|p| **p).count();
-        if matches!(self.custom, Custom::Ext { .. }) {
+        if !self.providers().is_empty() {
             n.headers = true;
         }
         if let Some(p) = &self.peer_authn {

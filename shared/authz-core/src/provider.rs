@@ -93,7 +93,7 @@ pub enum Transport {
 /// Envoy's Wasm host turns a paused request-headers callback into `StopAllIterationAndWatermark`
 /// (no body callback until the filter resumes, and resuming sends the headers on first). The
 /// check could not see the body before the application sees the request.
-pub const REQUEST_BODY_UNSUPPORTED: &str = "includeRequestBodyInCheck is not supported by wasmesh: a proxy-wasm filter cannot hold the request headers while it reads the body (Envoy turns a paused headers callback into StopAllIterationAndWatermark), so the body could not be checked before the request reaches the application";
+pub const REQUEST_BODY_UNSUPPORTED: &str = "includeRequestBodyInCheck is not supported by wasmesh yet: by default Envoy's Wasm host turns a paused headers callback into StopAllIterationAndWatermark, so a wasm filter gets no body before the headers go upstream (Envoy 1.35+'s PluginConfig allow_on_headers_stop_iteration would lift that; wasmesh does not use it yet), and the body could not be checked before the request reaches the application";
 
 fn refuse_body(cfg: &Option<RequestBody>, errs: &mut Vec<String>) {
     if cfg.is_some() {

@@ -883,6 +883,87 @@ fn custom_with_unknown_or_several_providers_denies_what_it_matches() {
     assert!(matches!(a.custom(&get("/x").view()), CustomOutcome::Deny(_)));
 }
 
+/// Istio 1.30's `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS`: one shadow-RBAC + ext_authz pair
+/// per provider in provider-name order; each matching provider is asked on the request as the
+/// providers before it left it; an invalid provider's pair denies what its rules match.
+#[test]
+fn several_custom_providers_are_asked_in_name_order() {
+    use crate::decision::RequestStep;
+    let yaml = policy(
+        "h",
+        "foo",
+        "CUSTOM",
+        "  provider: {name: a-http}\n  rules: [{to: [{operation: {paths: [/a*, /both*, /chain*]}}]}]",
+    ) + &policy(
+        "g",
+        "foo",
+        "CUSTOM",
+        "  provider: {name: b-grpc}\n  rules:\n  - to: [{operation: {paths: [/b*, /both*]}}]\n  - to: [{operation: {paths: [/chain*]}}]\n    when: [{key: 'request.headers[x-check]', values: [allowed]}]",
+    ) + &policy("z", "foo", "CUSTOM", "  provider: {name: z-nope}\n  rules: [{to: [{operation: {paths: [/both/z]}}]}]")
+        + &policy("d", "foo", "DENY", "  rules: [{to: [{operation: {paths: [/both/deny]}}]}]");
+    let mut providers = providers();
+    providers.clear();
+    providers
+        .push(json!({"name": "b-grpc", "envoyExtAuthzGrpc": {"service": "grpc.foo.svc.cluster.local", "port": 9001}}));
+    providers
+        .push(json!({"name": "a-http", "envoyExtAuthzHttp": {"service": "http.foo.svc.cluster.local", "port": 9000}}));
+    let on = |stage: Stage| {
+        compile_with(&yaml, workload(), |c| {
+            c.extension_providers = providers.clone();
+            c.multiple_custom_providers = true;
+            c.stage = stage;
+        })
+    };
+    let a = on(Stage::All);
+    assert_eq!(a.providers().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["a-http", "b-grpc"]);
+    let check = |step: RequestStep<'_>| match step {
+        RequestStep::Check { provider, index, headers, .. } => {
+            assert!(headers.is_ok());
+            (provider.name.clone(), index)
+        }
+        other => panic!("{other:?}"),
+    };
+    let both = get("/both/x");
+    assert_eq!(check(a.on_request(&both.view())), ("a-http".to_string(), 0));
+    assert_eq!(check(a.after_allow(&both.view(), 0)), ("b-grpc".to_string(), 1));
+    assert!(matches!(a.after_allow(&both.view(), 1), RequestStep::Decided { verdict, .. } if verdict.allowed));
+    assert_eq!(a.custom_provider(1).map(|p| p.name.as_str()), Some("b-grpc"));
+    assert!(a.custom_provider(2).is_none(), "the bad provider has no provider to call");
+    // Only the second provider's rules match: only it is asked.
+    assert_eq!(check(a.on_request(&get("/b").view())), ("b-grpc".to_string(), 1));
+    // The second provider's rule reads a header the first one set.
+    let chain = get("/chain");
+    assert_eq!(check(a.on_request(&chain.view())), ("a-http".to_string(), 0));
+    assert!(matches!(a.after_allow(&chain.view(), 0), RequestStep::Decided { verdict, .. } if verdict.allowed));
+    let set = chain.header("x-check", "allowed");
+    assert_eq!(check(a.after_allow(&set.view(), 0)), ("b-grpc".to_string(), 1));
+    // The invalid provider's pair comes last (`z-nope`) and denies after both allowed.
+    let z = get("/both/z");
+    match a.after_allow(&z.view(), 1) {
+        RequestStep::Decided { verdict, .. } => {
+            assert!(!verdict.allowed);
+            assert_eq!(
+                verdict.rule(),
+                Some("istio-ext-authz-z-nope-ns[foo]-policy[z]-rule[0]-deny-due-to-bad-CUSTOM-action")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // DENY runs after the whole chain.
+    let d = get("/both/deny");
+    assert!(matches!(a.after_allow(&d.view(), 1), RequestStep::Decided { verdict, .. } if !verdict.allowed));
+    // The CUSTOM-only instance goes on without a decision after the last provider.
+    let c = on(Stage::Custom);
+    assert!(matches!(c.after_allow(&both.view(), 1), RequestStep::Continue));
+    // Without the flag, istiod (and wasmesh) deny what any of the CUSTOM rules match.
+    let off = compile_with(&yaml, workload(), |c| {
+        c.extension_providers = providers.clone();
+        c.stage = Stage::All;
+    });
+    assert!(matches!(off.on_request(&get("/b").view()), RequestStep::Decided { verdict, .. } if !verdict.allowed));
+    assert!(off.warnings().iter().any(|w| w.to_string().contains("PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS")));
+}
+
 #[test]
 fn stages_split_custom_from_rbac() {
     let yaml = policy("c", "foo", "CUSTOM", "  provider: {name: ext}\n  rules: [{}]")
