@@ -156,7 +156,10 @@ pub type EmptySlot = fn(&ListenerContext<'_>) -> Option<WasmFilter>;
 
 /// Parallel to [`PLUGINS`].
 pub const EMPTY_SLOTS: &[EmptySlot] =
-    &[no_slot, no_slot, no_slot, empty_authz_custom, empty_authn, empty_authz_rbac, no_slot];
+    &[no_slot, no_slot, no_slot, no_slot, empty_authz_custom, empty_authn, empty_authz_rbac, no_slot];
+// The two lists are walked together (`zip`), which would silently drop the plugins past the
+// shorter one: a plugin added to one list only must not compile.
+const _: () = assert!(PLUGINS.len() == EMPTY_SLOTS.len(), "PLUGINS and EMPTY_SLOTS are parallel");
 
 fn no_slot(_: &ListenerContext<'_>) -> Option<WasmFilter> {
     None

@@ -222,7 +222,7 @@ spec:
         // The filter accepts exactly what the plugin writes.
         StatsConfig::compile_json(f.config.to_string().as_bytes()).unwrap();
         let tags: Vec<&str> = c.stats_tags.iter().filter_map(|t| t["tag_name"].as_str()).collect();
-        assert_eq!(tags.len(), 26);
+        assert_eq!(tags.len(), 28, "{tags:?}");
         assert!(tags.contains(&"request_host"));
         assert_eq!(c.stats_tags[0]["regex"], r"(?:\.|;\.;)(reporter=\.=(.*?);\.;)");
 
