@@ -320,14 +320,14 @@ fn one_module_serves_every_filter_in_one_chain_and_one_vm() {
 fn unknown_root_id_is_refused_by_the_one_module() {
     let app = App::new("reviews", "v").start();
     let port = free_port();
-    let p = Plugin::new("wasmesh.tracing", "wasmesh", &wasm("wasmesh"), json!({}));
+    let p = Plugin::new("wasmesh.nothing", "wasmesh", &wasm("wasmesh"), json!({}));
     let listener = http_listener("l", port, None, &[p], route_to("app"));
     let b = bootstrap(reviews("v1").node(), free_port(), vec![listener], vec![cluster("app", app.port)]);
     let err = match Envoy::start_with("unknown-root-id", &b, 1) {
         Ok(_) => panic!("a root id naming no filter must not configure"),
         Err(e) => e,
     };
-    assert!(err.contains("wasmesh: root_id \"wasmesh.tracing\" names no wasmesh filter"), "{err}");
+    assert!(err.contains("wasmesh: root_id \"wasmesh.nothing\" names no wasmesh filter"), "{err}");
 }
 
 /// Envoy's RSS after warm-up with the four filters from four modules (four VMs per thread) and
