@@ -11,6 +11,15 @@ use std::path::Path;
 /// real change (one more hostcall with a returned value is about 8k, 5–10 % of a filter).
 pub const TOLERANCE: f64 = 0.03;
 
+/// Variants measured and reported but not held to their budget, with the reason: their count is not
+/// deterministic. Tracing at 100 % sends its spans in batches from the root's tick, which follows the
+/// wall clock, so whether a flush (encoding ~300 spans) falls inside a measured batch varies by run
+/// (+0 or +6 % seen); at 1 % the flushes are too small to move it.
+pub const UNCHECKED: &[(&str, &str)] = &[(
+    "tracing / wasmesh",
+    "span batches leave on the root's wall-clock tick: a flush may or may not fall in the batch",
+)];
+
 /// The budget file's key of a measurement.
 pub fn key(m: &Measurement) -> String {
     format!("{} / {}", m.scenario, m.variant)
@@ -42,6 +51,10 @@ pub fn check(results: &[Measurement], budgets: &BTreeMap<String, f64>) -> Result
     let mut failures = Vec::new();
     for m in results {
         let k = key(m);
+        if let Some((_, why)) = UNCHECKED.iter().find(|(u, _)| *u == k) {
+            report.push_str(&format!("{k}: {:.0} instructions/request, not checked ({why})\n", m.instructions));
+            continue;
+        }
         match budgets.get(&k) {
             Some(b) => {
                 let ratio = m.instructions / b - 1.0;
@@ -117,6 +130,17 @@ mod tests {
             allocations: None,
             cpu_us: None,
         }
+    }
+
+    #[test]
+    fn unsteady_variants_are_reported_not_checked() {
+        let traced = Measurement { scenario: "tracing".into(), ..m("wasmesh", 200.0) };
+        let budgets = BTreeMap::from([("tracing / wasmesh".to_string(), 100.0)]);
+        let report = check(&[traced], &budgets).unwrap();
+        assert!(report.contains("tracing / wasmesh: 200 instructions/request, not checked"), "{report}");
+        let plain = m("wasmesh", 200.0);
+        let budgets = BTreeMap::from([("router / wasmesh".to_string(), 100.0)]);
+        assert!(check(&[plain], &budgets).is_err());
     }
 
     #[test]
