@@ -14,11 +14,19 @@ pub const TOLERANCE: f64 = 0.03;
 /// Variants measured and reported but not held to their budget, with the reason: their count is not
 /// deterministic. Tracing at 100 % sends its spans in batches from the root's tick, which follows the
 /// wall clock, so whether a flush (encoding ~300 spans) falls inside a measured batch varies by run
-/// (+0 or +6 % seen); at 1 % the flushes are too small to move it.
-pub const UNCHECKED: &[(&str, &str)] = &[(
-    "tracing / wasmesh",
-    "span batches leave on the root's wall-clock tick: a flush may or may not fall in the batch",
-)];
+/// (+0 or +6 % seen). At 1 % the same holds (CI saw +4.4 %): which requests are sampled follows
+/// their generated `x-request-id`, and one flush with its HTTP call is a large share of a short
+/// batch. `tracing / wasmesh 0 %` (propagation and the sampling decision) is checked instead.
+pub const UNCHECKED: &[(&str, &str)] = &[
+    (
+        "tracing / wasmesh",
+        "span batches leave on the root's wall-clock tick: a flush may or may not fall in the batch",
+    ),
+    (
+        "tracing / wasmesh 1 %",
+        "sampled requests follow their random x-request-id and flushes the wall clock",
+    ),
+];
 
 /// The budget file's key of a measurement.
 pub fn key(m: &Measurement) -> String {

@@ -36,7 +36,9 @@ fn wasmesh(percent: f64) -> Value {
     super::wasm_filter("wasmesh.chain", "wasmesh", &config)
 }
 
-/// Native OpenTelemetry tracing vs the wasmesh phase, at 100 % and 1 %.
+/// Native OpenTelemetry tracing vs the wasmesh phase, at 100 % and 1 %; the wasmesh phase also at 0 %
+/// (context propagation and the sampling decision alone), the one tracing variant whose count is
+/// deterministic and so held to its budget.
 pub fn scenario() -> Scenario {
     let native = |name: &str, percent: f64| {
         let port = free_port_for_bench();
@@ -51,6 +53,7 @@ pub fn scenario() -> Scenario {
             native("native opentelemetry 1 %", 1.0),
             Variant { http_filters: vec![wasmesh(100.0)], ..Variant::new("wasmesh") },
             Variant { http_filters: vec![wasmesh(1.0)], ..Variant::new("wasmesh 1 %") },
+            Variant { http_filters: vec![wasmesh(0.0)], ..Variant::new("wasmesh 0 %") },
         ],
         modules: vec!["wasmesh".into()],
     }
