@@ -18,14 +18,8 @@ pub const TOLERANCE: f64 = 0.03;
 /// their generated `x-request-id`, and one flush with its HTTP call is a large share of a short
 /// batch. `tracing / wasmesh 0 %` (propagation and the sampling decision) is checked instead.
 pub const UNCHECKED: &[(&str, &str)] = &[
-    (
-        "tracing / wasmesh",
-        "span batches leave on the root's wall-clock tick: a flush may or may not fall in the batch",
-    ),
-    (
-        "tracing / wasmesh 1 %",
-        "sampled requests follow their random x-request-id and flushes the wall clock",
-    ),
+    ("tracing / wasmesh", "span batches leave on the root's wall-clock tick: a flush may or may not fall in the batch"),
+    ("tracing / wasmesh 1 %", "sampled requests follow their random x-request-id and flushes the wall clock"),
 ];
 
 /// The budget file's key of a measurement.
