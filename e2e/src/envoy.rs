@@ -12,6 +12,19 @@ pub struct Envoy {
     pub admin_port: u16,
     pub name: String,
     dir: TempDir,
+    /// CPU time Envoy had used when it was ready (clock ticks), for `E2E_ENVOY_CPU`.
+    ready_ticks: Option<u64>,
+}
+
+/// User + system CPU clock ticks a process has used (`/proc/<pid>/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // after the name: state is field 3, utime 14 and stime 15 (1-based over the whole line)
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 impl Envoy {
@@ -43,8 +56,9 @@ impl Envoy {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start Envoy {:?} (set ENVOY_BIN or run `make deps`): {e}", envoy_bin()))?;
-        let mut envoy = Envoy { child, admin_port, name: name.to_string(), dir };
+        let mut envoy = Envoy { child, admin_port, name: name.to_string(), dir, ready_ticks: None };
         envoy.wait_ready(Duration::from_secs(60))?;
+        envoy.ready_ticks = cpu_ticks(envoy.child.id());
         Ok(envoy)
     }
 
@@ -159,6 +173,19 @@ fn regex_escape(s: &str) -> String {
 
 impl Drop for Envoy {
     fn drop(&mut self) {
+        // `E2E_ENVOY_CPU=FILE`: one line per Envoy (name, CPU ticks used until ready, in all), to
+        // see where the suite's CPU goes (compiling the wasm module dominates an Envoy's start).
+        if let Some(path) = std::env::var_os("E2E_ENVOY_CPU") {
+            let line = format!(
+                "{}\t{}\t{}\n",
+                self.name,
+                self.ready_ticks.map_or(-1, |t| t as i64),
+                cpu_ticks(self.child.id()).map_or(-1, |t| t as i64)
+            );
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = std::io::Write::write_all(&mut f, line.as_bytes());
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
