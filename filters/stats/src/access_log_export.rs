@@ -55,9 +55,12 @@ pub fn build(logs: &[Log]) -> Option<Rc<ExportPhase>> {
                 key: l.key.clone(),
                 grpc_service: otlp::grpc_service(&e.cluster, &e.authority),
                 resource: e.resource_attributes.iter().map(|(k, v)| otlp::string_kv(k, v)).collect(),
-                export: e,
-                exporter: RefCell::new(Exporter::new(Settings::DEFAULT)),
+                exporter: RefCell::new(Exporter::new(Settings {
+                    max_queue: e.max_queue.unwrap_or(Settings::DEFAULT.max_queue),
+                    ..Settings::DEFAULT
+                })),
                 token: Cell::new(None),
+                export: e,
             })
         })
         .collect();

@@ -54,6 +54,9 @@ pub struct OtelConfig {
     /// Per export call.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Most records waiting (default 2048, as tracing's exporter; 1 to 65536).
+    #[serde(default)]
+    pub max_queue: Option<usize>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -67,6 +70,7 @@ pub struct Export {
     pub authority: String,
     pub resource_attributes: Vec<(String, String)>,
     pub timeout_ms: u64,
+    pub max_queue: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -112,6 +116,9 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Log>, String> {
                 if o.timeout_ms == 0 || o.timeout_ms > 60_000 {
                     return Err(format!("logs[{i}].otel.timeoutMs {}: expected 1 to 60000", o.timeout_ms));
                 }
+                if o.max_queue.is_some_and(|q| q == 0 || q > 65_536) {
+                    return Err(format!("logs[{i}].otel.maxQueue {:?}: expected 1 to 65536", o.max_queue));
+                }
                 let body = t.as_deref().unwrap_or(crate::ISTIO_TEXT);
                 Format::otel(body, &o.attributes).map_err(|e| format!("logs[{i}].otel: {e}"))?
             }
@@ -132,6 +139,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Log>, String> {
             authority: o.authority,
             resource_attributes: o.resource_attributes.into_iter().collect(),
             timeout_ms: o.timeout_ms,
+            max_queue: o.max_queue,
         });
         out.push(Log { key: l.filter_state_key, format, filter: l.filter, export });
     }
