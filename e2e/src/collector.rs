@@ -357,8 +357,10 @@ impl opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsS
     async fn export(
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse>, tonic::Status>
-    {
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse>,
+        tonic::Status,
+    > {
         let req = request.into_inner();
         let mut s = self.state.lock().unwrap();
         s.calls += 1;
@@ -398,7 +400,8 @@ impl GrpcLogs {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let service = LogsService { state: state.clone() };
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
                 let server = tonic::transport::Server::builder()

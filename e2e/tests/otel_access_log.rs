@@ -241,7 +241,15 @@ fn otel_access_log_records_equal_envoys_open_telemetry_logger() {
     assert_eq!((ea.len(), ee.len()), (n, errors), "Envoy's logger: records for {n} requests ({errors} failed)");
     // The traffic did what it is for: every kind of answer in Envoy's own records.
     let bodies = ea.iter().map(body).collect::<Vec<_>>().join("");
-    for want in [" 200 - via_upstream", " 404 NR route_not_found", " 503 UF ", " 403 - ", " 404 - via_upstream", "HTTP/2", "HTTP/1.1"] {
+    for want in [
+        " 200 - via_upstream",
+        " 404 NR route_not_found",
+        " 503 UF ",
+        " 403 - ",
+        " 404 - via_upstream",
+        "HTTP/2",
+        "HTTP/1.1",
+    ] {
         assert!(bodies.contains(want), "no {want:?} in Envoy's records:\n{bodies}");
     }
     let mut differences = compare("all", &ea, &wa);
@@ -251,13 +259,14 @@ fn otel_access_log_records_equal_envoys_open_telemetry_logger() {
     // Dead collector: drops counted in a metric, the requests were fast.
     let prom = || envoy.admin("/stats/prometheus");
     let value = |text: &str, name: &str| -> u64 {
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
     };
+    // The counters are handed to Envoy on the root's tick after each call's answer.
     let t = Instant::now();
-    while value(&prom(), "wasmesh_access_log_records_dropped") == 0 && t.elapsed() < Duration::from_secs(5) {
+    while (value(&prom(), "wasmesh_access_log_records_dropped") == 0
+        || value(&prom(), "wasmesh_access_log_records_exported") < (n + errors) as u64)
+        && t.elapsed() < Duration::from_secs(5)
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     let text = prom();

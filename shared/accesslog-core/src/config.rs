@@ -123,10 +123,10 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Log>, String> {
                 Format::otel(body, &o.attributes).map_err(|e| format!("logs[{i}].otel: {e}"))?
             }
             _ => match (&l.text, &l.json) {
-            (Some(_), Some(_)) => return Err(format!("logs[{i}]: text and json both set; expected one")),
-            (Some(t), None) => Format::text(t).map_err(|e| format!("logs[{i}].text: {e}"))?,
-            (None, Some(j)) => Format::json(j).map_err(|e| format!("logs[{i}].json: {e}"))?,
-            (None, None) => Format::text(crate::ISTIO_TEXT).map_err(|e| format!("logs[{i}]: {e}"))?,
+                (Some(_), Some(_)) => return Err(format!("logs[{i}]: text and json both set; expected one")),
+                (Some(t), None) => Format::text(t).map_err(|e| format!("logs[{i}].text: {e}"))?,
+                (None, Some(j)) => Format::json(j).map_err(|e| format!("logs[{i}].json: {e}"))?,
+                (None, None) => Format::text(crate::ISTIO_TEXT).map_err(|e| format!("logs[{i}]: {e}"))?,
             },
         };
         if let Some(f) = &l.filter {

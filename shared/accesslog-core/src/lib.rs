@@ -209,7 +209,11 @@ enum Shape {
     /// An OTLP `LogRecord` as Envoy's OpenTelemetry access logger writes it: the body a TEXT
     /// template (absent when the format is empty), each attribute a TEXT template rendered to a
     /// string value, `time_unix_nano` the request's start (attribute `time`).
-    Otel { body: Option<Template>, attributes: Vec<(String, Template)>, time: usize },
+    Otel {
+        body: Option<Template>,
+        attributes: Vec<(String, Template)>,
+        time: usize,
+    },
 }
 
 /// A compiled access-log format.

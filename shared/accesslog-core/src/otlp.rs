@@ -48,12 +48,8 @@ pub struct LogRecord {
 
 /// One `LogRecord`, encoded.
 pub fn encode_record(time_unix_nano: u64, body: Option<String>, attributes: Vec<KeyValue>) -> Vec<u8> {
-    LogRecord {
-        time_unix_nano,
-        body: body.map(|b| AnyValue { value: Some(Value::StringValue(b)) }),
-        attributes,
-    }
-    .encode_to_vec()
+    LogRecord { time_unix_nano, body: body.map(|b| AnyValue { value: Some(Value::StringValue(b)) }), attributes }
+        .encode_to_vec()
 }
 
 /// `envoy.config.core.v3.GrpcService` with `envoy_grpc { cluster_name, authority }`, as istiod
