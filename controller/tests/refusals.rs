@@ -138,8 +138,8 @@ fn cases() -> Vec<Case> {
         c("controller: Telemetry tracing without a provider", telemetry("  tracing: [{randomSamplingPercentage: 10}]\n"), "Telemetry foo/t", "spec.tracing[0].providers", "no tracing provider"),
         c("controller: Telemetry tracing customTags formatter", telemetry("  tracing: [{providers: [{name: otel}], customTags: {a: {formatter: {value: '%REQ(x)%'}}}}]\n"), "Telemetry foo/t", "spec.tracing[0].customTags.a", "formatter is not mapped"),
         Case {
-            mesh: Some("extensionProviders: [{name: otel, envoyOtelAls: {service: otel.foo.svc.cluster.local, port: 4317}}]"),
-            ..c("controller: Telemetry accessLogging to envoyOtelAls", telemetry("  accessLogging: [{providers: [{name: otel}]}]\n"), "Telemetry foo/t", "spec.accessLogging[0].providers[0].name", "OpenTelemetry access-log export is not implemented by wasmesh yet")
+            mesh: Some("extensionProviders: [{name: otel, envoyOtelAls: {service: otel.foo.svc.cluster.local, port: 4317, logFormat: {json: {}}}}]"),
+            ..c("controller: Telemetry accessLogging to envoyOtelAls with an unmapped field", telemetry("  accessLogging: [{providers: [{name: otel}]}]\n"), "Telemetry foo/t", "spec.accessLogging[0].providers[0].name", "envoyOtelAls.logFormat.json: not mapped by wasmesh")
         },
         c("controller: Telemetry accessLogging provider", telemetry("  accessLogging: [{providers: [{name: nope}]}]\n"), "Telemetry foo/t", "spec.accessLogging[0].providers[0].name", "\"nope\" is neither \"envoy\" nor"),
         // accesslog-core: command operators wasm cannot compute as Envoy does, strftime specifiers.

@@ -329,3 +329,124 @@ fn handle(method: &str, path: &str, content_type: &str, body: &[u8], state: &Mut
         other => Err(format!("path {other:?}; expected /v1/traces, /v1/logs or /api/v2/spans")),
     }
 }
+
+/// One OTLP log record as an `envoyOtelAls` collector received it over gRPC, with what came
+/// around it: the resource's attributes and the scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcLog {
+    pub resource: Option<opentelemetry_proto::tonic::resource::v1::Resource>,
+    pub scope: Option<opentelemetry_proto::tonic::common::v1::InstrumentationScope>,
+    pub scope_schema_url: String,
+    pub resource_schema_url: String,
+    pub record: opentelemetry_proto::tonic::logs::v1::LogRecord,
+}
+
+#[derive(Default)]
+struct GrpcState {
+    logs: Vec<GrpcLog>,
+    calls: usize,
+}
+
+#[derive(Clone)]
+struct LogsService {
+    state: Arc<Mutex<GrpcState>>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsService for LogsService {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse>,
+        tonic::Status,
+    > {
+        let req = request.into_inner();
+        let mut s = self.state.lock().unwrap();
+        s.calls += 1;
+        for rl in req.resource_logs {
+            for sl in rl.scope_logs {
+                for record in sl.log_records {
+                    s.logs.push(GrpcLog {
+                        resource: rl.resource.clone(),
+                        scope: sl.scope.clone(),
+                        scope_schema_url: sl.schema_url.clone(),
+                        resource_schema_url: rl.schema_url.clone(),
+                        record,
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// An OTLP/gRPC logs collector (`opentelemetry.proto.collector.logs.v1.LogsService/Export`, the
+/// official service and messages of `opentelemetry-proto`, served with tonic) on its own runtime;
+/// stopped when dropped.
+pub struct GrpcLogs {
+    pub port: u16,
+    state: Arc<Mutex<GrpcState>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GrpcLogs {
+    pub fn start() -> GrpcLogs {
+        let std_listener = TcpListener::bind(("127.0.0.1", 0)).expect("grpc collector bind");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let port = std_listener.local_addr().expect("address").port();
+        let state = Arc::new(Mutex::new(GrpcState::default()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let service = LogsService { state: state.clone() };
+        let thread = std::thread::spawn(move || {
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                let server = tonic::transport::Server::builder()
+                    .add_service(
+                        opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsServiceServer::new(
+                            service,
+                        ),
+                    )
+                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                        let _ = rx.await;
+                    });
+                let _ = server.await;
+            });
+        });
+        GrpcLogs { port, state, stop: Some(tx), thread: Some(thread) }
+    }
+
+    pub fn logs(&self) -> Vec<GrpcLog> {
+        self.state.lock().unwrap().logs.clone()
+    }
+
+    pub fn calls(&self) -> usize {
+        self.state.lock().unwrap().calls
+    }
+
+    /// Waits until `n` records arrived (or `limit` passes), returns them.
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<GrpcLog> {
+        let start = Instant::now();
+        loop {
+            let logs = self.logs();
+            if logs.len() >= n || start.elapsed() > limit {
+                return logs;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for GrpcLogs {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

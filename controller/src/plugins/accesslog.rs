@@ -19,7 +19,13 @@
 //!   request in `accessLogEncoding` / `accessLogFormat`, Istio's defaults otherwise.
 //!
 //! The `envoy` provider is meshConfig's file (`/dev/stdout` when `accessLogFile` is unset) and
-//! format. `envoyOtelAls` (OTLP export) is refused until wasmesh's OTLP exporter lands.
+//! format. An `envoyOtelAls` provider (service, port, logName, logFormat.text/labels) is exported
+//! by the phase itself over OTLP/gRPC to the provider's collector (a cluster added to the
+//! bootstrap, `wasmesh-accesslog|<provider>`), as istiod's `envoy.access_loggers.open_telemetry`:
+//! the body is `logFormat.text` (Istio's default TEXT format when unset, no newline added), the
+//! attributes the labels, no resource attribute (`disable_builtin_labels`). An entry without
+//! providers, and a mesh without Telemetry `accessLogging`, use `defaultProviders.accessLogging`
+//! when set.
 
 use super::{Contribution, Direction, ListenerContext, WasmFilter};
 use crate::mesh::MeshConfig;
@@ -38,6 +44,75 @@ pub struct Log {
     pub text: Option<String>,
     pub json: Option<BTreeMap<String, String>>,
     pub filter: Option<String>,
+    /// An `envoyOtelAls` provider: exported, not written to `path`.
+    pub otel: Option<Otel>,
+}
+
+/// An `envoyOtelAls` provider's collector and record attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Otel {
+    pub provider: String,
+    /// The collector's host (the `:authority` of the calls, as istiod sets it).
+    pub host: String,
+    pub port: u16,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// The collector cluster of an `envoyOtelAls` provider.
+pub fn cluster_name(provider: &str) -> String {
+    format!("wasmesh-accesslog|{provider}")
+}
+
+/// The fields of `envoyOtelAls` wasmesh maps (Istio's `EnvoyOpenTelemetryLogProvider`).
+const OTEL_FIELDS: [&str; 4] = ["service", "port", "logName", "logFormat"];
+
+/// An `envoyOtelAls` provider as a log (`at`: where it is in the mesh config).
+fn otel_provider(name: &str, at: &str, p: &Value) -> Result<Log, String> {
+    let Some(obj) = p.as_object() else { return Err(format!("{at}: expected an object")) };
+    if let Some((k, v)) = obj.iter().find(|(k, _)| !OTEL_FIELDS.contains(&k.as_str())) {
+        return Err(format!("{at}.{k} {v}: not mapped by wasmesh; expected only {OTEL_FIELDS:?}"));
+    }
+    let service = obj.get("service").and_then(Value::as_str).filter(|s| !s.is_empty());
+    let service = service.ok_or_else(|| format!("{at}.service: expected the collector's host name"))?;
+    // `namespace/host` names the host in that namespace (istiod's LookupCluster).
+    let host = service.split_once('/').map_or(service, |(_, h)| h).to_string();
+    let port = obj.get("port").and_then(Value::as_u64).filter(|p| (1..=65_535).contains(p));
+    let port = port.ok_or_else(|| format!("{at}.port {:?}: expected 1 to 65535", obj.get("port")))? as u16;
+    if let Some(v) = obj.get("logName").filter(|v| !v.is_string()) {
+        return Err(format!("{at}.logName {v}: expected a string"));
+    }
+    let mut text = wasmesh_accesslog::ISTIO_TEXT.to_string();
+    let mut attributes = BTreeMap::new();
+    if let Some(f) = obj.get("logFormat") {
+        let Some(fo) = f.as_object() else { return Err(format!("{at}.logFormat {f}: expected an object")) };
+        if let Some(k) = fo.keys().find(|k| *k != "text" && *k != "labels") {
+            return Err(format!("{at}.logFormat.{k}: not mapped by wasmesh; expected text, labels"));
+        }
+        match fo.get("text") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(t)) if t.is_empty() => {}
+            Some(Value::String(t)) => text = t.clone(),
+            Some(v) => return Err(format!("{at}.logFormat.text {v}: expected a string")),
+        }
+        if let Some(l) = fo.get("labels").filter(|l| !l.is_null()) {
+            attributes = serde_json::from_value::<BTreeMap<String, String>>(l.clone())
+                .map_err(|e| format!("{at}.logFormat.labels {l}: expected string values: {e}"))?;
+        }
+    }
+    wasmesh_accesslog::Format::otel(&text, &attributes).map_err(|e| format!("{at}.logFormat: {e}"))?;
+    Ok(Log {
+        path: String::new(),
+        text: Some(text),
+        json: None,
+        filter: None,
+        otel: Some(Otel { provider: name.to_string(), host, port, attributes }),
+    })
+}
+
+/// meshConfig `defaultProviders.accessLogging` (empty when unset).
+fn default_providers(mesh: &MeshConfig) -> Vec<String> {
+    let list = mesh.default_providers.as_ref().and_then(|d| d.get("accessLogging")).and_then(Value::as_array);
+    list.map(|l| l.iter().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default()
 }
 
 /// Where a provider error is reported: the resource and field, or the mesh config.
@@ -77,7 +152,7 @@ fn envoy_provider(mesh: &MeshConfig) -> Result<Log, Error> {
             return Err(mesh_error("accessLogEncoding".into(), format!("{other:?}: expected TEXT or JSON")));
         }
     };
-    let log = Log { path, text, json, filter: None };
+    let log = Log { path, text, json, filter: None, otel: None };
     check_format(&log).map_err(|e| mesh_error("accessLogFormat".into(), e))?;
     Ok(log)
 }
@@ -105,16 +180,13 @@ fn provider(mesh: &MeshConfig, name: &str) -> Result<Log, String> {
             "provider {name:?} is neither \"envoy\" nor in the mesh config's extensionProviders (found {known:?})"
         ));
     };
-    if p.get("envoyOtelAls").is_some() {
-        return Err(format!(
-            "provider {name:?} (mesh config extensionProviders[{i}].envoyOtelAls): OpenTelemetry access-log export \
-             is not implemented by wasmesh yet; use an envoyFileAccessLog provider"
-        ));
+    if let Some(o) = p.get("envoyOtelAls") {
+        return otel_provider(name, &format!("mesh config extensionProviders[{i}].envoyOtelAls"), o);
     }
     let Some(file) = p.get("envoyFileAccessLog") else {
         return Err(format!(
             "provider {name:?} (mesh config extensionProviders[{i}]) is not an access-log provider wasmesh writes; \
-             expected envoyFileAccessLog"
+             expected envoyFileAccessLog or envoyOtelAls"
         ));
     };
     let at = format!("mesh config extensionProviders[{i}].envoyFileAccessLog");
@@ -133,7 +205,7 @@ fn provider(mesh: &MeshConfig, name: &str) -> Result<Log, String> {
             _ => return Err(format!("{at}.logFormat: text and labels both set; expected one")),
         },
     };
-    let log = Log { path, text, json, filter: None };
+    let log = Log { path, text, json, filter: None, otel: None };
     check_format(&log).map_err(|e| format!("{at}.logFormat {format:?}: {e}"))?;
     Ok(log)
 }
@@ -224,7 +296,15 @@ pub fn logs(ctx: &ListenerContext<'_>) -> Result<Vec<Log>, Vec<Error>> {
     let mut errors = Vec::new();
     let mut out: Vec<Log> = Vec::new();
     let telemetries = scoped(ctx);
-    if telemetries.is_empty() && ctx.mesh.access_log_file.as_deref().is_some_and(|f| !f.is_empty()) {
+    let defaults = default_providers(ctx.mesh);
+    if telemetries.is_empty() && !defaults.is_empty() {
+        for name in &defaults {
+            match provider(ctx.mesh, name) {
+                Ok(l) => out.push(l),
+                Err(m) => errors.push(Error::new(format!("mesh config defaultProviders.accessLogging {name:?}: {m}"))),
+            }
+        }
+    } else if telemetries.is_empty() && ctx.mesh.access_log_file.as_deref().is_some_and(|f| !f.is_empty()) {
         match envoy_provider(ctx.mesh) {
             Ok(l) => out.push(l),
             Err(e) => errors.push(e),
@@ -239,7 +319,11 @@ pub fn logs(ctx: &ListenerContext<'_>) -> Result<Vec<Log>, Vec<Error>> {
                     continue;
                 }
             };
-            let providers = if providers.is_empty() { vec!["envoy".to_string()] } else { providers };
+            let providers = match (providers.is_empty(), defaults.is_empty()) {
+                (false, _) => providers,
+                (true, false) => defaults.clone(),
+                (true, true) => vec!["envoy".to_string()],
+            };
             let mut resolved = Vec::new();
             for (j, name) in providers.iter().enumerate() {
                 match provider(ctx.mesh, name) {
@@ -280,9 +364,23 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
     }
     let mut entries = Vec::new();
     let mut sinks = Vec::new();
+    let mut clusters = Vec::new();
     for (i, l) in logs.iter().enumerate() {
         let key = format!("{KEY_PREFIX}.{i}");
         let mut e = json!({"filterStateKey": key});
+        if let Some(o) = &l.otel {
+            let cluster = cluster_name(&o.provider);
+            e["otel"] = json!({"cluster": cluster, "authority": o.host, "attributes": o.attributes});
+            if let Some(t) = &l.text {
+                e["text"] = json!(t);
+            }
+            if let Some(f) = &l.filter {
+                e["filter"] = json!(f);
+            }
+            entries.push(e);
+            clusters.push(collector_cluster(&cluster, &o.host, o.port));
+            continue;
+        }
         if let Some(t) = &l.text {
             e["text"] = json!(t);
         }
@@ -300,7 +398,24 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
     Ok(Contribution {
         http_filters: vec![WasmFilter { name: FILTER_NAME.into(), config, fail_open: true }],
         access_logs: sinks,
+        clusters,
         ..Contribution::default()
+    })
+}
+
+/// The collector of an `envoyOtelAls` provider: HTTP/2 (gRPC), resolved by DNS.
+fn collector_cluster(name: &str, host: &str, port: u16) -> Value {
+    json!({
+        "name": name,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "dns_lookup_family": "V4_ONLY",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }},
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
+            {"socket_address": {"address": host, "port_value": port}}}}]}]}
     })
 }
 
@@ -325,12 +440,22 @@ pub fn validate(resources: &Resources, mesh: &MeshConfig) -> Vec<Error> {
             errors.push(e);
         }
     }
+    for name in default_providers(mesh) {
+        if let Err(m) = provider(mesh, &name) {
+            errors.push(Error::new(format!("mesh config defaultProviders.accessLogging {name:?}: {m}")));
+        }
+    }
     for (res, t) in resources.telemetries() {
         for (i, e) in t.access_logging.iter().enumerate() {
             match entry(res, i, e) {
                 Err(e) => errors.push(e),
                 Ok((providers, ..)) => {
-                    let providers = if providers.is_empty() { vec!["envoy".to_string()] } else { providers };
+                    let defaults = default_providers(mesh);
+                    let providers = match (providers.is_empty(), defaults.is_empty()) {
+                        (false, _) => providers,
+                        (true, false) => defaults,
+                        (true, true) => vec!["envoy".to_string()],
+                    };
                     for (j, name) in providers.iter().enumerate() {
                         if let Err(m) = provider(mesh, name) {
                             errors.push(Error::at(res, format!("spec.accessLogging[{i}].providers[{j}].name"), m));
@@ -358,6 +483,42 @@ mod tests {
 
     fn mesh(yaml: &str) -> MeshConfig {
         yaml_serde::from_str(yaml).unwrap_or_default()
+    }
+
+    #[test]
+    fn envoy_otel_als_is_exported_with_its_text_labels_and_default_providers() {
+        let m = mesh(
+            "defaultProviders: {accessLogging: [otel]}\nextensionProviders:\n- name: otel\n  envoyOtelAls:\n    \
+             service: observability/otel.observability.svc.cluster.local\n    port: 4317\n    logName: x\n    \
+             logFormat: {text: '%RESPONSE_CODE%', labels: {code: '%RESPONSE_CODE%'}}",
+        );
+        let logs = ctx_logs("", &m, Direction::Inbound).unwrap_or_default();
+        assert_eq!(logs.len(), 1, "defaultProviders without Telemetry");
+        assert_eq!(logs[0].text.as_deref(), Some("%RESPONSE_CODE%"), "istiod adds no newline to an OTel body");
+        let o = logs[0].otel.clone().unwrap_or_else(|| panic!("not otel"));
+        assert_eq!((o.host.as_str(), o.port), ("otel.observability.svc.cluster.local", 4317));
+        assert_eq!(o.attributes.get("code").map(String::as_str), Some("%RESPONSE_CODE%"));
+        let with_filter = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging:
+  - filter: {expression: "response.code >= 400"}
+"#;
+        let logs = ctx_logs(with_filter, &m, Direction::Inbound).unwrap_or_default();
+        assert_eq!(logs.len(), 1);
+        assert!(logs[0].otel.is_some() && logs[0].filter.is_some(), "{logs:?}");
+        for (bad, want) in [
+            ("envoyOtelAls: {port: 4317}", "envoyOtelAls.service"),
+            ("envoyOtelAls: {service: c, port: 0}", "envoyOtelAls.port"),
+            ("envoyOtelAls: {service: c, port: 1, logFormat: {text: '%NOPE%'}}", "%NOPE%"),
+            ("envoyOtelAls: {service: c, port: 1, logFormat: {labels: {a: 1}}}", "labels"),
+        ] {
+            let m = mesh(&format!("defaultProviders: {{accessLogging: [o]}}\nextensionProviders:\n- name: o\n  {bad}"));
+            let e = ctx_logs("", &m, Direction::Inbound).err().unwrap_or_default();
+            assert!(e.iter().any(|e| e.to_string().contains(want)), "{bad}: {e:?}");
+        }
     }
 
     #[test]
@@ -414,11 +575,11 @@ spec:
   - providers: [{name: nope}]
   - match: {mode: BOTH}
 "#;
-        let m = mesh("extensionProviders:\n- name: otel\n  envoyOtelAls: {service: c, port: 4317}");
+        let m = mesh("extensionProviders:\n- name: otel\n  envoyOtelAls: {service: c, port: 4317, grpc: {}}");
         let errs = ctx_logs(yaml, &m, Direction::Inbound).err().unwrap_or_default();
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         let all = text.join("\n");
-        assert!(all.contains("spec.accessLogging[0].providers[0].name") && all.contains("envoyOtelAls"), "{all}");
+        assert!(all.contains("spec.accessLogging[0].providers[0].name") && all.contains("envoyOtelAls.grpc"), "{all}");
         assert!(all.contains("spec.accessLogging[1].providers[0].name") && all.contains("\"nope\""), "{all}");
         assert!(all.contains("spec.accessLogging[2].match.mode") && all.contains("BOTH"), "{all}");
         let bad = mesh("accessLogFile: /dev/stdout\naccessLogFormat: '%NOPE%'");

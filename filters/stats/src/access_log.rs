@@ -47,7 +47,12 @@ pub fn build(config: &[u8], _resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, St
         logs.iter().map(|l| l.key.as_str()).collect::<Vec<_>>().join(", ")
     ));
     let filters = logs.iter().map(|_| Filter::default()).collect();
-    Ok(vec![Rc::new(AccessLogPhase { logs, paths, offsets, filters })])
+    let export = crate::access_log_export::build(&logs);
+    let phase: Rc<dyn Phase> = Rc::new(AccessLogPhase { logs, paths, offsets, filters, export: export.clone() });
+    Ok(match export {
+        Some(x) => vec![phase, x],
+        None => vec![phase],
+    })
 }
 
 /// A log's filter expression in Envoy's CEL: its token in this root context's table, made on
@@ -65,6 +70,8 @@ struct AccessLogPhase {
     /// Where each log's paths start in `paths`.
     offsets: Vec<usize>,
     filters: Vec<Filter>,
+    /// Where the records of `envoyOtelAls` logs go (README "OpenTelemetry access-log export").
+    export: Option<Rc<crate::access_log_export::ExportPhase>>,
 }
 
 impl AccessLogPhase {
@@ -188,6 +195,12 @@ impl PhaseRequest for AccessLogRequest {
             let values =
                 Values { attrs: &attrs, offset: *offset, request: &request, response: &response, trailers: &trailers };
             let line = log.format.render(&values);
+            if log.export.is_some() {
+                if let Some(x) = &p.export {
+                    x.push(i, line);
+                }
+                continue;
+            }
             if hostcalls::set_property(vec![log.key.as_str()], Some(&line)).is_err() {
                 wasmesh_proxy::log_warn(&format!("wasmesh access log: {}: Envoy refused the line", log.key));
             }

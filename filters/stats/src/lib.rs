@@ -4,6 +4,7 @@
 //! filters/wasmesh/src/lib.rs for why the code is shared as a source file, not a dependency).
 
 pub mod access_log;
+pub mod access_log_export;
 pub mod filter;
 
 pub use filter::root_context;

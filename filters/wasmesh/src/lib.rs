@@ -68,6 +68,8 @@ pub mod stats;
 
 #[path = "../../stats/src/access_log.rs"]
 pub mod access_log;
+#[path = "../../stats/src/access_log_export.rs"]
+pub mod access_log_export;
 
 #[path = "../../oidc/src/filter.rs"]
 pub mod oidc;

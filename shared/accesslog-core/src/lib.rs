@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod otlp;
 pub mod time;
 
 use std::collections::BTreeMap;
@@ -205,6 +206,14 @@ enum Shape {
     Text(Template),
     /// Sorted keys, each with its template.
     Json(Vec<(String, Template)>),
+    /// An OTLP `LogRecord` as Envoy's OpenTelemetry access logger writes it: the body a TEXT
+    /// template (absent when the format is empty), each attribute a TEXT template rendered to a
+    /// string value, `time_unix_nano` the request's start (attribute `time`).
+    Otel {
+        body: Option<Template>,
+        attributes: Vec<(String, Template)>,
+        time: usize,
+    },
 }
 
 /// A compiled access-log format.
@@ -451,6 +460,28 @@ impl Format {
         Ok(b.finish(Shape::Json(out)))
     }
 
+    /// An OTLP log record (`envoyOtelAls`, [`otlp`]): `body` a TEXT format (empty: no body) and
+    /// `attributes` name → TEXT format, in key order (istiod sorts the labels); every value a
+    /// string, as Envoy's OpenTelemetry formatter renders a string value.
+    pub fn otel(body: &str, attributes: &BTreeMap<String, String>) -> Result<Format, String> {
+        if attributes.len() > MAX_OPERATORS {
+            return Err(format!("{} attributes; at most {MAX_OPERATORS}", attributes.len()));
+        }
+        let mut b = builder();
+        let time = b.attr(&["request", "time"]);
+        let body = if body.is_empty() { None } else { Some(b.template(body).map_err(|e| format!("body: {e}"))?) };
+        let mut out = Vec::with_capacity(attributes.len());
+        for (k, v) in attributes {
+            out.push((k.clone(), b.template(v).map_err(|e| format!("attribute {k:?}: {e}"))?));
+        }
+        Ok(b.finish(Shape::Otel { body, attributes: out, time }))
+    }
+
+    /// Whether [`Format::render`] gives an encoded OTLP `LogRecord` (not a line).
+    pub fn is_otel(&self) -> bool {
+        matches!(self.shape, Shape::Otel { .. })
+    }
+
     /// The property paths [`Source::attribute`] answers, by index: Envoy attributes, then
     /// filter-state keys (one segment each).
     pub fn attribute_paths(&self) -> Vec<Vec<&str>> {
@@ -475,11 +506,21 @@ impl Format {
     }
 
     /// The line for one request (a JSON line ends with `\n`; a TEXT line with what the format
-    /// ends with).
+    /// ends with); for an OTLP format the encoded `LogRecord`.
     pub fn render(&self, src: &dyn Source) -> Vec<u8> {
         let mut out = Vec::with_capacity(512);
         let base = self.attributes.len();
         match &self.shape {
+            Shape::Otel { body, attributes, time } => {
+                let string = |t: &Template| {
+                    let mut s = Vec::new();
+                    text(t, src, base, &mut s);
+                    String::from_utf8_lossy(&s).into_owned()
+                };
+                let attrs = attributes.iter().map(|(k, t)| otlp::string_kv(k, &string(t))).collect();
+                let start = int(src.attribute(*time)).unwrap_or(0).max(0) as u64;
+                return otlp::encode_record(start, body.as_ref().map(string), attrs);
+            }
             Shape::Text(t) => text(t, src, base, &mut out),
             Shape::Json(fields) => {
                 out.push(b'{');

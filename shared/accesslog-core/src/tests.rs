@@ -150,3 +150,23 @@ fn attributes_are_asked_once_each() {
     assert_eq!(f.attribute_paths(), vec![vec!["xds", "cluster_name"], vec!["response", "code"]]);
     assert!(!f.needs_request_headers());
 }
+
+#[test]
+fn an_otel_record_has_the_start_time_the_text_body_and_string_attributes() {
+    use prost::Message;
+    let labels: BTreeMap<String, String> =
+        [("code".to_string(), "%RESPONSE_CODE%".to_string()), ("ua".to_string(), "%REQ(USER-AGENT)%".to_string())]
+            .into_iter()
+            .collect();
+    let f = Format::otel("%REQ(:METHOD)% %RESPONSE_CODE%\n", &labels).unwrap();
+    assert!(f.is_otel() && f.needs_request_headers());
+    let mut r = Req::for_format(&f).int("request.time", 1_796_596_865_123_456_789).int("response.code", 404);
+    r.req.push((":method", "GET"));
+    let rec = otlp::LogRecord::decode(f.render(&r).as_slice()).unwrap();
+    assert_eq!(rec.time_unix_nano, 1_796_596_865_123_456_789);
+    assert_eq!(rec.body, Some(otlp::AnyValue { value: Some(otlp::Value::StringValue("GET 404\n".into())) }));
+    assert_eq!(rec.attributes, vec![otlp::string_kv("code", "404"), otlp::string_kv("ua", "-")]);
+    let empty = Format::otel("", &BTreeMap::new()).unwrap();
+    let rec = otlp::LogRecord::decode(empty.render(&Req::for_format(&empty)).as_slice()).unwrap();
+    assert_eq!((rec.body, rec.attributes.len()), (None, 0));
+}

@@ -69,6 +69,12 @@ pub trait Phase {
     }
 
     /// The VM is stopping: flush what is batched.
+    /// A gRPC call this phase made from the root answered (`status_code` 0: OK); `true` when
+    /// the token was this phase's.
+    fn root_grpc_call_response(&self, _token_id: u32, _status_code: u32) -> bool {
+        false
+    }
+
     fn done(&self) {}
 
     /// A network (TCP) role of the filter: the root gives Envoy stream contexts from
@@ -414,6 +420,15 @@ impl Context for ChainRoot {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         for p in &self.phases {
             if p.root_http_call_response(token_id, num_headers, body_size) {
+                break;
+            }
+        }
+        self.retick();
+    }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _response_size: usize) {
+        for p in &self.phases {
+            if p.root_grpc_call_response(token_id, status_code) {
                 break;
             }
         }

@@ -1,0 +1,363 @@
+//! `envoyOtelAls`: wasmesh's OTLP access-log export against Envoy's own
+//! `envoy.access_loggers.open_telemetry` configured as istiod configures it (gRPC to the collector,
+//! `disable_builtin_labels`, body = the text format, attributes = the labels), in one Envoy.
+//! Envoy's loggers sit on the same connection manager as wasmesh's phase, so both see the same
+//! request: every record is compared whole (body, attributes, time, severity, ids, flags, the
+//! resource and the scope) with zero differences. Traffic: 2xx, upstream 404 and 503, 404 no
+//! route, 403 from wasmesh authz, 503 connect failure, HTTP/1.1 and HTTP/2; a second log with the
+//! Telemetry filter `response.code >= 400`; a listener exporting to a dead collector (requests
+//! not delayed, drops counted in `/stats/prometheus`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../src/collector.rs"]
+mod collector;
+
+use collector::{GrpcLog, GrpcLogs};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use wasmesh_accesslog::ISTIO_TEXT;
+use wasmesh_controller::bootstrap::wasm_http_filter;
+use wasmesh_controller::mesh::MeshConfig;
+use wasmesh_controller::plugins::Direction;
+use wasmesh_e2e::access_log as al;
+use wasmesh_e2e::{free_port, App, Envoy};
+use wasmesh_istio::{load_str, Resources, Workload};
+
+const AUTHORITY: &str = "otel-collector.observability.svc.cluster.local";
+/// The second log's body (a custom `logFormat.text`: istiod adds no newline to it).
+const ERRORS_TEXT: &str = "%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:METHOD)% %REQ(:PATH)% %UPSTREAM_CLUSTER%";
+
+fn labels() -> BTreeMap<String, String> {
+    [
+        ("code", "%RESPONSE_CODE%"),
+        ("ua", "%REQ(USER-AGENT)%"),
+        ("mixed", "%REQ(:METHOD)% %REQ(x-missing)% %PROTOCOL%"),
+        ("start", "%START_TIME%"),
+        ("route", "%ROUTE_NAME%"),
+        ("flags", "%RESPONSE_FLAGS%"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// An HTTP/2 cluster to a collector port.
+fn grpc_cluster(name: &str, port: u16) -> Value {
+    let mut c = al::cluster(name, port);
+    c["typed_extension_protocol_options"] = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }});
+    c
+}
+
+/// Envoy's OpenTelemetry access logger as istiod writes it for an `envoyOtelAls` provider
+/// (`buildOpenTelemetryAccessLogConfig`), with a Telemetry `filter` as istiod maps it.
+fn envoy_otel_logger(cluster: &str, body: &str, labels: &BTreeMap<String, String>, filter: Option<&str>) -> Value {
+    let attrs: Vec<Value> = labels.iter().map(|(k, v)| json!({"key": k, "value": {"string_value": v}})).collect();
+    let mut l = json!({"name": "envoy.access_loggers.open_telemetry", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+        "common_config": {
+            "log_name": "otel_envoy_accesslog",
+            "grpc_service": {"envoy_grpc": {"cluster_name": cluster, "authority": AUTHORITY}},
+            "transport_api_version": "V3",
+            "filter_state_objects_to_log": ["upstream_peer", "downstream_peer", "wasm.upstream_peer",
+                "wasm.upstream_peer_id", "wasm.downstream_peer", "wasm.downstream_peer_id"],
+        },
+        "disable_builtin_labels": true,
+        "body": {"string_value": body},
+    }});
+    if !attrs.is_empty() {
+        l["typed_config"]["attributes"] = json!({"values": attrs});
+    }
+    if let Some(f) = filter {
+        l["filter"] = json!({"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+            "expression": f,
+        }}});
+    }
+    l
+}
+
+/// wasmesh's authz filter (as wasmeshctl writes it) before the access log: `x-deny` gets its 403.
+fn authz_filters(port: u16) -> Vec<Value> {
+    let policy = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-header, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - when:
+    - key: request.headers[x-deny]
+      values: ["yes"]
+"#;
+    let res = Resources { items: load_str(policy, "otel-access-log-test.yaml").unwrap() };
+    let mut wl = Workload::new("httpbin", "foo");
+    wl.labels.insert("app".into(), "httpbin".into());
+    wl.service_account = "httpbin".into();
+    let c = wasmesh_e2e::authz::plugin_filters(&wl, &res, &MeshConfig::default(), Direction::Inbound, port).unwrap();
+    c.http_filters.iter().map(|f| wasm_http_filter(f, &wasmesh_e2e::paths::wasm_dir())).collect()
+}
+
+fn routes() -> Value {
+    json!({"name": "local_route", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"name": "dead", "match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
+        {"name": "app", "match": {"prefix": "/status"}, "route": {"cluster": "app"}},
+    ]}]})
+}
+
+fn curl(args: &[&str]) {
+    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "--max-time", "10"]).args(args).output().unwrap();
+    assert!(out.status.success(), "curl {args:?}: {out:?}");
+}
+
+/// The varied traffic; returns (requests, of which answered >= 400).
+fn traffic(port: u16) -> (usize, usize) {
+    let base = format!("http://127.0.0.1:{port}");
+    let cases: Vec<(Vec<String>, bool)> = vec![
+        (vec!["-A".into(), "curl/otel \"q\"".into(), format!("{base}/status/200")], false),
+        (vec![format!("{base}/status/404?q=1")], true),
+        (vec!["-H".into(), "x-forwarded-for: 10.1.2.3".into(), format!("{base}/status/503")], true),
+        (vec![format!("{base}/nope")], true),
+        (vec![format!("{base}/dead")], true),
+        (vec!["-H".into(), "x-deny: yes".into(), format!("{base}/status/200")], true),
+        (vec!["-X".into(), "POST".into(), "-d".into(), "abc".into(), format!("{base}/status/201")], false),
+    ];
+    let mut n = (0, 0);
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        for (c, err) in &cases {
+            let mut args = vec![proto];
+            args.extend(c.iter().map(String::as_str));
+            curl(&args);
+            n.0 += 1;
+            n.1 += usize::from(*err);
+        }
+    }
+    n
+}
+
+/// Records in a stable order (request start time, then body).
+fn sorted(mut v: Vec<GrpcLog>) -> Vec<GrpcLog> {
+    v.sort_by(|a, b| {
+        (a.record.time_unix_nano, format!("{:?}", a.record.body))
+            .cmp(&(b.record.time_unix_nano, format!("{:?}", b.record.body)))
+    });
+    v
+}
+
+fn compare(name: &str, envoy: &[GrpcLog], wasmesh: &[GrpcLog]) -> Vec<String> {
+    let mut d = Vec::new();
+    if envoy.len() != wasmesh.len() {
+        d.push(format!("{name}: Envoy sent {} records, wasmesh {}", envoy.len(), wasmesh.len()));
+    }
+    for (a, b) in envoy.iter().zip(wasmesh) {
+        if a.record != b.record {
+            d.push(format!("{name}: record\nenvoy:   {:?}\nwasmesh: {:?}", a.record, b.record));
+        }
+        if (&a.resource, &a.scope, &a.scope_schema_url, &a.resource_schema_url)
+            != (&b.resource, &b.scope, &b.scope_schema_url, &b.resource_schema_url)
+        {
+            d.push(format!(
+                "{name}: resource/scope\nenvoy:   {:?} {:?} {:?} {:?}\nwasmesh: {:?} {:?} {:?} {:?}",
+                a.resource,
+                a.scope,
+                a.scope_schema_url,
+                a.resource_schema_url,
+                b.resource,
+                b.scope,
+                b.scope_schema_url,
+                b.resource_schema_url
+            ));
+        }
+    }
+    d
+}
+
+fn body(l: &GrpcLog) -> String {
+    match l.record.body.as_ref().and_then(|b| b.value.as_ref()) {
+        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => s.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn otel_access_log_records_equal_envoys_open_telemetry_logger() {
+    let app = App::new("app", "v1").start();
+    let dead_port = free_port();
+    let dead_collector_port = free_port();
+    let (envoy_all, envoy_err, wasmesh_all, wasmesh_err) =
+        (GrpcLogs::start(), GrpcLogs::start(), GrpcLogs::start(), GrpcLogs::start());
+    let labels = labels();
+    let port = free_port();
+    let quiet_port = free_port();
+
+    let phase = json!({"logs": [
+        {"filterStateKey": "wasmesh.access_log.otel", "otel": {"cluster": "c_wasmesh_all", "authority": AUTHORITY, "attributes": labels}},
+        {"filterStateKey": "wasmesh.access_log.otel_errors", "text": ERRORS_TEXT, "filter": "response.code >= 400",
+         "otel": {"cluster": "c_wasmesh_err", "authority": AUTHORITY}},
+    ]});
+    let loggers = vec![
+        envoy_otel_logger("c_envoy_all", ISTIO_TEXT, &labels, None),
+        envoy_otel_logger("c_envoy_err", ERRORS_TEXT, &BTreeMap::new(), Some("response.code >= 400")),
+    ];
+    let compared = al::listener("otel", port, authz_filters(port), &routes(), loggers, &phase, None);
+    // A dead collector: a queue of one, so drops show at once.
+    let dead_phase = json!({"logs": [{"filterStateKey": "wasmesh.access_log.dead",
+        "otel": {"cluster": "c_dead_collector", "authority": AUTHORITY, "maxQueue": 1}}]});
+    let quiet = al::listener("quiet", quiet_port, vec![], &routes(), vec![], &dead_phase, None);
+    let boot = al::bootstrap(
+        vec![compared, quiet],
+        vec![
+            al::cluster("app", app.port),
+            al::cluster("dead", dead_port),
+            grpc_cluster("c_envoy_all", envoy_all.port),
+            grpc_cluster("c_envoy_err", envoy_err.port),
+            grpc_cluster("c_wasmesh_all", wasmesh_all.port),
+            grpc_cluster("c_wasmesh_err", wasmesh_err.port),
+            grpc_cluster("c_dead_collector", dead_collector_port),
+        ],
+    );
+    let envoy = Envoy::start("otel-access-log", &boot);
+
+    // The dead collector first: 20 requests, none delayed.
+    let start = Instant::now();
+    for _ in 0..20 {
+        let t = Instant::now();
+        curl(&[&format!("http://127.0.0.1:{quiet_port}/status/200")]);
+        assert!(t.elapsed() < Duration::from_secs(1), "a request took {:?} with a dead collector", t.elapsed());
+    }
+    let dead_elapsed = start.elapsed();
+
+    let (n, errors) = traffic(port);
+    let limit = Duration::from_secs(8);
+    let ea = sorted(envoy_all.wait_for(n, limit));
+    let ee = sorted(envoy_err.wait_for(errors, limit));
+    let wa = sorted(wasmesh_all.wait_for(n, limit));
+    let we = sorted(wasmesh_err.wait_for(errors, limit));
+    assert_eq!((ea.len(), ee.len()), (n, errors), "Envoy's logger: records for {n} requests ({errors} failed)");
+    // The traffic did what it is for: every kind of answer in Envoy's own records.
+    let bodies = ea.iter().map(body).collect::<Vec<_>>().join("");
+    for want in [
+        " 200 - via_upstream",
+        " 404 NR route_not_found",
+        " 503 UF ",
+        " 403 - ",
+        " 404 - via_upstream",
+        "HTTP/2",
+        "HTTP/1.1",
+    ] {
+        assert!(bodies.contains(want), "no {want:?} in Envoy's records:\n{bodies}");
+    }
+    let mut differences = compare("all", &ea, &wa);
+    differences.extend(compare("errors (filter response.code >= 400)", &ee, &we));
+    assert!(differences.is_empty(), "{} differences:\n{}", differences.len(), differences.join("\n"));
+
+    // Dead collector: drops counted in a metric, the requests were fast.
+    let prom = || envoy.admin("/stats/prometheus");
+    let value = |text: &str, name: &str| -> u64 {
+        text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+    };
+    // The counters are handed to Envoy on the root's tick after each call's answer.
+    let t = Instant::now();
+    while (value(&prom(), "wasmesh_access_log_records_dropped") == 0
+        || value(&prom(), "wasmesh_access_log_records_exported") < (n + errors) as u64)
+        && t.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = prom();
+    assert!(value(&text, "wasmesh_access_log_records_dropped") > 0, "no drops counted:\n{text}");
+    assert!(value(&text, "wasmesh_access_log_records_exported") >= (n + errors) as u64, "{text}");
+    assert!(dead_elapsed < Duration::from_secs(10), "20 requests took {dead_elapsed:?}");
+    drop(envoy);
+}
+
+/// What `wasmeshctl envoy` writes for an `envoyOtelAls` provider named by a Telemetry with a
+/// filter (one-pass layout): the collector cluster in the bootstrap, the failed requests exported
+/// with Istio's default body and the labels as attributes.
+#[test]
+fn wasmeshctl_envoy_exports_telemetry_access_logs_to_an_otel_collector() {
+    use wasmesh_controller::bootstrap::{self, Inbound, ProxySpec};
+    let app = App::new("httpbin", "v1").start();
+    let collector = GrpcLogs::start();
+    let port = free_port();
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: httpbin-v1, namespace: default}}
+spec: {{address: 127.0.0.1, ports: {{http: {port}}}, labels: {{app: httpbin}}, serviceAccount: httpbin}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: [httpbin.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 8000, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: httpbin}}}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: logs, namespace: default}}
+spec:
+  accessLogging:
+  - providers: [{{name: otel}}]
+    filter: {{expression: "response.code >= 400"}}
+"#
+    );
+    let mesh: MeshConfig = MeshConfig::load(
+        &format!(
+            "extensionProviders:\n- name: otel\n  envoyOtelAls:\n    service: 127.0.0.1\n    port: {}\n    logFormat: {{labels: {{code: '%RESPONSE_CODE%', path: '%REQ(:PATH)%'}}}}\n",
+            collector.port
+        ),
+        "mesh.yaml",
+    )
+    .unwrap();
+    let res = Resources { items: load_str(&yaml, "otel-access-log.yaml").unwrap() };
+    let (wl, _) = bootstrap::workload_from_entry(&res, "default/httpbin-v1").unwrap();
+    let spec = ProxySpec {
+        workload: wl,
+        inbound: vec![Inbound { port, app_port: app.port }],
+        outbound_port: Some(free_port()),
+        tcp_outbound: Vec::new(),
+        gateway_ports: Vec::new(),
+        admin_port: free_port(),
+        wasm_dir: wasmesh_e2e::paths::wasm_dir(),
+        mesh,
+        certs_dir: None,
+        envoy_access_log: None,
+        credentials_dir: None,
+    };
+    let boot = bootstrap::build(&spec, &res).unwrap_or_else(|e| panic!("{e:?}"));
+    let text = boot.to_string();
+    assert!(text.contains("wasmesh-accesslog|otel") && text.contains("wasmesh.chain"), "{text}");
+    let envoy = Envoy::start("otel-access-log-ctl", &boot);
+    for code in [200, 404, 503, 201] {
+        let r = wasmesh_e2e::http::get(port, "httpbin.default.svc.cluster.local", &format!("/status/{code}"), &[]);
+        assert_eq!(r.status, code);
+    }
+    let logs = sorted(collector.wait_for(2, Duration::from_secs(8)));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(collector.logs().len(), 2, "only the failed requests: {logs:#?}");
+    for (l, code) in logs.iter().zip([404, 503]) {
+        let b = body(l);
+        assert!(b.contains(&format!("\"GET /status/{code} HTTP/1.1\" {code} - via_upstream")), "{b}");
+        assert!(b.contains("inbound|") && b.ends_with('\n'), "Istio's default format: {b:?}");
+        let attrs: Vec<(String, String)> = l
+            .record
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.clone(), format!("{:?}", kv.value.as_ref().and_then(|v| v.value.as_ref()))))
+            .collect();
+        assert_eq!(attrs.len(), 2, "{attrs:?}");
+        assert!(attrs[0].0 == "code" && attrs[0].1.contains(&format!("\"{code}\"")), "{attrs:?}");
+        assert!(attrs[1].0 == "path" && attrs[1].1.contains(&format!("/status/{code}")), "{attrs:?}");
+    }
+    drop(envoy);
+}
