@@ -18,6 +18,7 @@ pub fn all(app_port: u16) -> Result<Vec<Group>, String> {
     filters.push(with_noop(crate::stats::bench_scenario()));
     filters.push(crate::access_log::bench_scenario());
     filters.push(super::tracing::scenario());
+    filters.push(super::tracing::together());
     filters.push(noops());
     Ok(vec![Group { name: "filters".into(), scenarios: filters, base: None }, sidecar(app_port)?, gateway(app_port)?])
 }

@@ -10,10 +10,12 @@
 //! loggers, so they see the line; a request the filter skipped leaves the state unset, which
 //! `omit_empty_values` prints as nothing (README "Access logs").
 //!
-//! Hostcalls per logged request: one batch of the attributes every log needs
-//! ([`Stream::properties`], one `expr_evaluate` for three or more), the request header map once
-//! when a format prints request headers, one read per response header or trailer printed, one
-//! `expr_evaluate` per log with a filter, one `set_property` per line. Telemetry fails open:
+//! Hostcalls per logged request: one batch of the attributes every log needs, each once however
+//! many logs print it ([`Stream::properties`], one `expr_evaluate` for three or more; compiled
+//! at configure time in [`Reads`]), one read per filter-state key, the request header map once
+//! when a format prints request headers, the response header (trailer) map once when two or more
+//! are printed (one `get_map_value` for one), one `expr_evaluate` per log with a filter, one
+//! `set_property` per line. Telemetry fails open:
 //! nothing here changes or stops a request.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -35,24 +37,100 @@ pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
 
 pub fn build(config: &[u8], _resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, String> {
     let logs = wasmesh_accesslog::config::parse(config)?;
-    let mut paths: Vec<Vec<String>> = Vec::new();
-    let mut offsets = Vec::with_capacity(logs.len());
-    for l in &logs {
-        offsets.push(paths.len());
-        paths.extend(l.format.attribute_paths().iter().map(|p| p.iter().map(|s| s.to_string()).collect()));
-    }
     wasmesh_proxy::log_info(&format!(
         "wasmesh access log: {} log(s): {}",
         logs.len(),
         logs.iter().map(|l| l.key.as_str()).collect::<Vec<_>>().join(", ")
     ));
+    let reads = Reads::compile(&logs);
     let filters = logs.iter().map(|_| Filter::default()).collect();
     let export = crate::access_log_export::build(&logs);
-    let phase: Rc<dyn Phase> = Rc::new(AccessLogPhase { logs, paths, offsets, filters, export: export.clone() });
+    let phase: Rc<dyn Phase> = Rc::new(AccessLogPhase { logs, reads, filters, export: export.clone() });
     Ok(match export {
         Some(x) => vec![phase, x],
         None => vec![phase],
     })
+}
+
+/// What the logs read per request, compiled at configure time: every attribute, filter-state
+/// key and response header or trailer once, however many logs print it.
+struct Reads {
+    /// Envoy attributes, each once (read in one batch).
+    attributes: Vec<Vec<&'static str>>,
+    /// Filter-state keys, each once.
+    filter_state: Vec<String>,
+    /// Per log: its [`wasmesh_accesslog::Source::attribute`] index → index into
+    /// `attributes`, then into `filter_state` (offset by `attributes.len()`).
+    index: Vec<Vec<usize>>,
+    response_headers: Vec<String>,
+    trailers: Vec<String>,
+}
+
+/// Past this many response headers (or trailers) to print, the map is read whole in one
+/// hostcall rather than one `get_map_value` each.
+const WHOLE_MAP_FROM: usize = 2;
+
+impl Reads {
+    fn compile(logs: &[Log]) -> Reads {
+        let mut r = Reads {
+            attributes: Vec::new(),
+            filter_state: Vec::new(),
+            index: Vec::new(),
+            response_headers: Vec::new(),
+            trailers: Vec::new(),
+        };
+        let mut fs_index = Vec::with_capacity(logs.len());
+        for l in logs {
+            let mut idx = Vec::new();
+            for a in l.format.envoy_attributes() {
+                let at = r.attributes.iter().position(|p| p == a).unwrap_or_else(|| {
+                    r.attributes.push(a.clone());
+                    r.attributes.len() - 1
+                });
+                idx.push(at);
+            }
+            let mut fs = Vec::new();
+            for k in l.format.filter_state_keys() {
+                let at = r.filter_state.iter().position(|p| p == k).unwrap_or_else(|| {
+                    r.filter_state.push(k.clone());
+                    r.filter_state.len() - 1
+                });
+                fs.push(at);
+            }
+            r.index.push(idx);
+            fs_index.push(fs);
+            for h in l.format.response_headers() {
+                if !r.response_headers.contains(h) {
+                    r.response_headers.push(h.clone());
+                }
+            }
+            for h in l.format.trailers() {
+                if !r.trailers.contains(h) {
+                    r.trailers.push(h.clone());
+                }
+            }
+        }
+        let n = r.attributes.len();
+        for (idx, fs) in r.index.iter_mut().zip(fs_index) {
+            idx.extend(fs.into_iter().map(|i| n + i));
+        }
+        r
+    }
+}
+
+/// Response headers or trailers the formats print: one `get_map_value` each, or the whole map
+/// in one hostcall when several are printed.
+fn read_headers(map: MapType, names: &[String]) -> Vec<(String, Option<Bytes>)> {
+    if names.len() >= WHOLE_MAP_FROM {
+        if let Ok(all) = hostcalls::get_map_bytes(map) {
+            // The first value of each, as `get_map_value` answers.
+            return names
+                .iter()
+                .map(|n| (n.clone(), all.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())))
+                .collect();
+        }
+    }
+    names.iter().map(|n| (n.clone(), hostcalls::get_map_value_bytes(map, n).ok().flatten())).collect()
 }
 
 /// A log's filter expression in Envoy's CEL: its token in this root context's table, made on
@@ -65,10 +143,7 @@ struct Filter {
 
 struct AccessLogPhase {
     logs: Vec<Log>,
-    /// Every log's attribute paths, concatenated (read in one batch).
-    paths: Vec<Vec<String>>,
-    /// Where each log's paths start in `paths`.
-    offsets: Vec<usize>,
+    reads: Reads,
     filters: Vec<Filter>,
     /// Where the records of `envoyOtelAls` logs go (README "OpenTelemetry access-log export").
     export: Option<Rc<crate::access_log_export::ExportPhase>>,
@@ -131,8 +206,10 @@ struct AccessLogRequest {
 
 /// One request's values for one log.
 struct Values<'a> {
+    /// Every log's attributes, then filter state ([`Reads`]).
     attrs: &'a [Option<Bytes>],
-    offset: usize,
+    /// This log's index into `attrs`.
+    index: &'a [usize],
     request: &'a [(String, Bytes)],
     response: &'a [(String, Option<Bytes>)],
     trailers: &'a [(String, Option<Bytes>)],
@@ -144,7 +221,7 @@ fn find<'a>(list: &'a [(String, Option<Bytes>)], name: &str) -> Option<&'a [u8]>
 
 impl Source for Values<'_> {
     fn attribute(&self, i: usize) -> Option<&[u8]> {
-        self.attrs.get(self.offset + i)?.as_deref()
+        self.attrs.get(*self.index.get(i)?)?.as_deref()
     }
     fn request_header(&self, name: &str) -> Option<&[u8]> {
         self.request.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
@@ -164,9 +241,10 @@ impl PhaseRequest for AccessLogRequest {
         if taking.is_empty() {
             return;
         }
-        let owned: Vec<Vec<&str>> = p.paths.iter().map(|v| v.iter().map(String::as_str).collect()).collect();
-        let paths: Vec<&[&str]> = owned.iter().map(Vec::as_slice).collect();
-        let attrs = s.properties(&paths);
+        let r = &p.reads;
+        let paths: Vec<&[&str]> = r.attributes.iter().map(Vec::as_slice).collect();
+        let mut attrs = s.properties(&paths);
+        attrs.extend(r.filter_state.iter().map(|k| s.filter_state(k)));
         let formats = || taking.iter().filter_map(|i| p.logs.get(*i)).map(|l| &l.format);
         // The request headers as Envoy's loggers see them (after every filter's changes).
         let request = if formats().any(|f| f.needs_request_headers()) {
@@ -174,26 +252,11 @@ impl PhaseRequest for AccessLogRequest {
         } else {
             Vec::new()
         };
-        let mut response: Vec<(String, Option<Bytes>)> = Vec::new();
-        let mut trailers: Vec<(String, Option<Bytes>)> = Vec::new();
-        for f in formats() {
-            for h in f.response_headers() {
-                if !response.iter().any(|(n, _)| n == h) {
-                    let v = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, h).ok().flatten();
-                    response.push((h.clone(), v));
-                }
-            }
-            for h in f.trailers() {
-                if !trailers.iter().any(|(n, _)| n == h) {
-                    let v = hostcalls::get_map_value_bytes(MapType::HttpResponseTrailers, h).ok().flatten();
-                    trailers.push((h.clone(), v));
-                }
-            }
-        }
+        let response = read_headers(MapType::HttpResponseHeaders, &r.response_headers);
+        let trailers = read_headers(MapType::HttpResponseTrailers, &r.trailers);
         for i in taking {
-            let (Some(log), Some(offset)) = (p.logs.get(i), p.offsets.get(i)) else { continue };
-            let values =
-                Values { attrs: &attrs, offset: *offset, request: &request, response: &response, trailers: &trailers };
+            let (Some(log), Some(index)) = (p.logs.get(i), r.index.get(i)) else { continue };
+            let values = Values { attrs: &attrs, index, request: &request, response: &response, trailers: &trailers };
             let line = log.format.render(&values);
             if log.export.is_some() {
                 if let Some(x) = &p.export {

@@ -302,7 +302,11 @@ impl PhaseRequest for TracingRequest {
         if !started.out.sampled || !p.cfg.report {
             return;
         }
-        let props = s.properties(&[
+        let header = |n: &str| text(s.request_header(n).ok().flatten());
+        // Envoy's gRPC tags only for gRPC requests (the attribute reads 2 for any other): the
+        // status is read only for them.
+        let grpc = header("content-type").is_some_and(|c| c.starts_with("application/grpc"));
+        const ATTRIBUTES: [&[&str]; 10] = [
             &["request", "time"],
             &["request", "duration"],
             &["response", "code"],
@@ -313,7 +317,8 @@ impl PhaseRequest for TracingRequest {
             &["request", "size"],
             &["response", "size"],
             &["response", "grpc_status"],
-        ]);
+        ];
+        let props = s.properties(if grpc { &ATTRIBUTES } else { &ATTRIBUTES[..9] });
         let prop = |i: usize| props.get(i).cloned().flatten();
         let start = prop(0).as_deref().and_then(decode_u64).unwrap_or(0);
         let duration = prop(1).as_deref().and_then(decode_u64).unwrap_or(0);
@@ -324,9 +329,6 @@ impl PhaseRequest for TracingRequest {
         let protocol = text(prop(6));
         let request_size = prop(7).as_deref().and_then(decode_u64).unwrap_or(0);
         let response_size = prop(8).as_deref().and_then(decode_u64).unwrap_or(0);
-        let header = |n: &str| text(s.request_header(n).ok().flatten());
-        // Envoy's gRPC tags only for gRPC requests (the attribute reads 2 for any other).
-        let grpc = header("content-type").is_some_and(|c| c.starts_with("application/grpc"));
         let grpc_status = prop(9).as_deref().and_then(decode_u64).map(|c| c as u32).filter(|_| grpc);
         let host = header(":authority").unwrap_or_default();
         let name = p.cfg.operation.clone().unwrap_or_else(|| default_name(started.kind, &host));

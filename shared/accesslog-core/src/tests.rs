@@ -170,3 +170,50 @@ fn an_otel_record_has_the_start_time_the_text_body_and_string_attributes() {
     let rec = otlp::LogRecord::decode(empty.render(&Req::for_format(&empty)).as_slice()).unwrap();
     assert_eq!((rec.body, rec.attributes.len()), (None, 0));
 }
+
+/// The escaping as first written (a character at a time), kept as the reference the faster
+/// run-copying `json_string` must equal.
+fn json_string_reference(b: &[u8]) -> Vec<u8> {
+    let mut out = vec![b'"'];
+    for c in String::from_utf8_lossy(b).chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '\u{8}' => out.extend_from_slice(b"\\b"),
+            '\u{c}' => out.extend_from_slice(b"\\f"),
+            c if (c as u32) < 0x20 => out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+    out
+}
+
+#[test]
+fn json_strings_escape_as_envoy_whatever_the_runs() {
+    let cases: [&[u8]; 12] = [
+        b"",
+        b"plain",
+        b"\"",
+        b"a\"b\\c",
+        b"\x00\x01\x1f\x7f end",
+        b"tab\there\nnew\rline\x08\x0c",
+        "caf\u{e9} \u{2603} \u{1f600}".as_bytes(),
+        b"\xff\xfe invalid \xc3",
+        b"trailing\\",
+        b"\\leading",
+        b"\x1b[31m",
+        b"curl/8.5.0",
+    ];
+    for c in cases {
+        let mut out = Vec::new();
+        super::json_string(c, &mut out);
+        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&json_string_reference(c)), "{c:?}");
+    }
+}

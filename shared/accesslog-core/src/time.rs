@@ -158,18 +158,39 @@ impl TimeFormat {
     }
 }
 
-fn push_num(out: &mut Vec<u8>, v: i64, width: usize) {
-    let s = v.to_string();
-    for _ in s.len()..width {
+/// `v` in decimal, zero-padded to `width` (a negative number gets its sign before the digits,
+/// as `to_string` then padding gave). Written in place: no allocation per field.
+pub(crate) fn push_num(out: &mut Vec<u8>, v: i64, width: usize) {
+    let mut digits = [0u8; 20];
+    let mut n = v.unsigned_abs();
+    let mut len = 0;
+    loop {
+        if let Some(d) = digits.get_mut(len) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        len += 1;
+        n /= 10;
+        if n == 0 || len >= digits.len() {
+            break;
+        }
+    }
+    let shown = len + usize::from(v < 0);
+    for _ in shown..width {
         out.push(b'0');
     }
-    out.extend_from_slice(s.as_bytes());
+    if v < 0 {
+        out.push(b'-');
+    }
+    out.extend(digits.iter().take(len).rev());
 }
 
 /// The first `n` digits of the nanoseconds (truncated, as Envoy does).
 fn push_frac(out: &mut Vec<u8>, nanos: u32, n: u8) {
-    let s = format!("{nanos:09}");
-    out.extend_from_slice(s.as_bytes().get(..usize::from(n.min(9))).unwrap_or_default());
+    let mut div = 100_000_000;
+    for _ in 0..n.min(9) {
+        out.push(b'0' + ((nanos / div) % 10) as u8);
+        div /= 10;
+    }
 }
 
 /// (year, month 1-12, day 1-31) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
