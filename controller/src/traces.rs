@@ -233,6 +233,18 @@ pub fn cmd(args: TracesArgs) -> Result<(), String> {
     let listener = TcpListener::bind(&args.listen)
         .map_err(|e| format!("wasmeshctl traces: cannot listen on {}: {e}", args.listen))?;
     eprintln!("wasmeshctl traces: receiving OTLP/HTTP (/v1/traces) and Zipkin (/api/v2/spans) on {}", args.listen);
+    let mut printed = 0usize;
+    receive(listener, Duration::from_millis(args.settle), |spans| {
+        println!("{}", waterfall(&spans, 40));
+        printed += 1;
+        args.count.is_none_or(|n| printed < n)
+    })
+}
+
+/// Receives exports on `listener` and hands each trace, once no span of it arrived for `settle`,
+/// to `each` (the receiver of `wasmeshctl traces`, for a host that keeps or prints traces itself,
+/// e.g. the demo); returns when `each` returns false.
+pub fn receive(listener: TcpListener, settle: Duration, mut each: impl FnMut(Vec<Span>) -> bool) -> Result<(), String> {
     let pending: Pending = Arc::default();
     let p2 = pending.clone();
     std::thread::spawn(move || {
@@ -241,10 +253,8 @@ pub fn cmd(args: TracesArgs) -> Result<(), String> {
             std::thread::spawn(move || serve(conn, &p));
         }
     });
-    let settle = Duration::from_millis(args.settle);
-    let mut printed = 0usize;
     loop {
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(settle.clamp(Duration::from_millis(10), Duration::from_millis(200)));
         let ready: Vec<Vec<Span>> = {
             let Ok(mut p) = pending.lock() else { return Err("wasmeshctl traces: a receiver thread failed".into()) };
             let over = p.len().saturating_sub(MAX_TRACES);
@@ -257,9 +267,7 @@ pub fn cmd(args: TracesArgs) -> Result<(), String> {
             keys.into_iter().filter_map(|k| p.remove(&k).map(|(_, v)| v)).collect()
         };
         for spans in ready {
-            println!("{}", waterfall(&spans, 40));
-            printed += 1;
-            if args.count.is_some_and(|n| printed >= n) {
+            if !each(spans) {
                 return Ok(());
             }
         }

@@ -56,7 +56,12 @@ pub struct MeshBuilder {
     layout: Layout,
     /// Edits each proxy's bootstrap before its Envoy starts (a test's hand-made variant).
     edit: Option<BootstrapEdit>,
+    /// Each proxy's `--mesh-config` file, by workload ([`MeshBuilder::mesh_config_files`]).
+    mesh_config_files: Option<MeshConfigFiles>,
 }
+
+/// [`MeshBuilder::mesh_config_files`]: the meshConfig file of a proxy, by its workload.
+pub type MeshConfigFiles = Box<dyn Fn(&str) -> std::path::PathBuf>;
 
 /// [`MeshBuilder::edit_bootstraps`]: called with the proxy's workload and its bootstrap.
 pub type BootstrapEdit = Box<dyn Fn(&str, &mut serde_json::Value)>;
@@ -92,6 +97,7 @@ impl Mesh {
             edit: None,
             write_configs: None,
             xds: None,
+            mesh_config_files: None,
         }
     }
 
@@ -262,6 +268,14 @@ impl MeshBuilder {
         self
     }
 
+    /// Every proxy reads its meshConfig from the file `file(workload)` names, as `wasmeshctl envoy
+    /// --mesh-config FILE` does; on the live controller the server re-reads it for each build
+    /// (the node names it), so it may be given with [`Self::xds`].
+    pub fn mesh_config_files(mut self, file: impl Fn(&str) -> std::path::PathBuf + 'static) -> Self {
+        self.mesh_config_files = Some(Box::new(file));
+        self
+    }
+
     /// Also write every bootstrap to `dir/<ns>.<name>.yaml`.
     pub fn write_configs(mut self, dir: &std::path::Path) -> Self {
         self.write_configs = Some(dir.to_path_buf());
@@ -424,11 +438,16 @@ impl MeshBuilder {
             }
             _ => None,
         };
-        for (name, spec) in specs {
+        for (name, mut spec) in specs {
+            let mesh_file = self.mesh_config_files.as_ref().map(|f| f(&name));
+            if let Some(file) = &mesh_file {
+                let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+                spec.mesh = MeshConfig::load(&text, &file.display().to_string()).map_err(|e| e.to_string())?;
+            }
             let built = match &live {
                 None => bootstrap::build_with(&spec, &resources, bootstrap::Slots::AsNeeded, self.layout),
                 Some((addr, served)) => {
-                    let node = wasmesh_controller::xds::NodeSpec::from_spec(&spec, &name, None);
+                    let node = wasmesh_controller::xds::NodeSpec::from_spec(&spec, &name, mesh_file.clone());
                     wasmesh_controller::xds::xds_bootstrap_in(&node, self.layout, served, addr)
                 }
             };
@@ -447,6 +466,9 @@ impl MeshBuilder {
                 let mut command = command_line(&name, &spec, &file);
                 if self.layout != Layout::default() {
                     command.push_str(&format!(" --layout {}", self.layout.as_str()));
+                }
+                if let Some(f) = &mesh_file {
+                    command.push_str(&format!(" --mesh-config {}", f.display()));
                 }
                 if let Some((addr, _)) = &live {
                     command.push_str(&format!(" --xds {addr}"));

@@ -26,7 +26,7 @@ const SPLIT_REQUESTS: u32 = 100;
 const PROMOTE: (&str, &str) = ("subset: v1}, weight: 90}", "subset: v3}, weight: 90}");
 const PROMOTE_SED: &str = "s/subset: v1}, weight: 90}/subset: v3}, weight: 90}/";
 
-fn port_free(p: u16) -> bool {
+pub(crate) fn port_free(p: u16) -> bool {
     TcpListener::bind(("127.0.0.1", p)).is_ok()
 }
 
@@ -81,7 +81,9 @@ fn main() {
             eprintln!("{}: {e}", copy.display());
             std::process::exit(1);
         }
-        for f in yaml_files(&examples) {
+        // The demo's Telemetry (tracing every request) is served with the rest, so it too can be
+        // edited live.
+        for f in yaml_files(&examples).into_iter().chain([examples.join("demo/telemetry.yaml")]) {
             let mut text = std::fs::read_to_string(&f).unwrap_or_default();
             if f.file_name().is_some_and(|n| n == "virtual-services.yaml") {
                 text = demo_vs.clone();
@@ -131,6 +133,13 @@ fn main() {
         std::process::exit(1);
     }
     builder = builder.certs_dir(&certs);
+    // Observability: the trace receiver (`wasmeshctl traces --listen`, in this process) and every
+    // proxy's meshConfig (examples/bookinfo/demo/mesh-config.yaml with its own access-log file).
+    let obs = (!login).then(|| observability::start(&out, smoke));
+    if let Some(o) = &obs {
+        let files = o.mesh_configs.clone();
+        builder = builder.mesh_config_files(move |name| files.file(name));
+    }
     let gw_bind = login_gw.unwrap_or(if port_free(GATEWAY_PORT) && !smoke { GATEWAY_PORT } else { 0 });
     println!("wasmesh demo: bookinfo on loopback, configs generated from {}", dir.display());
     println!("  mutual TLS between all sidecars (PeerAuthentication STRICT), AuthorizationPolicies by SPIFFE identity");
@@ -174,10 +183,14 @@ fn main() {
         mesh.envoy(GATEWAY).admin_port
     );
 
+    // The last page's x-request-id and traceparent as productpage received them.
+    let last_ids = std::cell::RefCell::new((String::new(), String::new()));
     let check = |user: Option<&str>| -> String {
         let headers: Vec<(&str, &str)> = user.map(|u| vec![("end-user", u)]).unwrap_or_default();
         let r = get(gw, "bookinfo.example.com", "/productpage", &headers);
         let page = r.json();
+        let header = |name: &str| page["headers"][name].as_str().unwrap_or_default().to_string();
+        *last_ids.borrow_mut() = (header("x-request-id"), header("traceparent"));
         let reviews = page["calls"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["service"] == "reviews"))
@@ -203,11 +216,16 @@ fn main() {
     let t = Instant::now();
     let jason = check(Some("jason"));
     println!("  GET /productpage (end-user=jason) {jason} in {} ms", t.elapsed().as_millis());
+    let jason_ids = last_ids.borrow().clone();
     println!("  GET /admin                       {}", get(gw, "bookinfo.example.com", "/admin", &[]).status);
     let post = wasmesh_e2e::request(gw, "POST", "/productpage", &[("host", "bookinfo.example.com")], b"")
         .map(|r| format!("{} {}", r.status, r.text()))
         .unwrap_or_else(|e| e.to_string());
     println!("  POST /productpage                {post}");
+
+    if let Some(o) = &obs {
+        o.explain(&mesh, &jason_ids.0, &jason_ids.1);
+    }
 
     let admin_ports: Vec<u16> = mesh.envoys().map(|(_, e)| e.admin_port).collect();
     let dashboard = wasmesh_controller::dashboard::command_line(&admin_ports);
@@ -260,6 +278,17 @@ fn main() {
             None => {
                 eprintln!("the edit of {} did not move the traffic: {}", vs.display(), check(None));
                 std::process::exit(1);
+            }
+        }
+        if let Some(o) = &obs {
+            // A Telemetry edit, served live: the access log keeps only errors.
+            let ids = || last_ids.borrow().0.clone();
+            match o.live_access_log_filter(&dir.join("telemetry.yaml"), gw, &|| check(None), &ids) {
+                Ok(line) => println!("{line}"),
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
             }
         }
         return;
@@ -321,5 +350,226 @@ mod demo_login {
             r.status,
             r.header("location").map(|l| l.split('?').next().unwrap_or(l).to_string()).unwrap_or_default()
         );
+    }
+}
+
+/// Access logs and traces: every proxy's meshConfig (examples/bookinfo/demo/mesh-config.yaml,
+/// its access log in a file of its own) and the trace receiver of `wasmeshctl traces --listen`,
+/// run in this process, writing each trace's waterfall to out/demo/traces.txt.
+mod observability {
+    use serde_json::{json, Value};
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    use wasmesh_controller::traces::{self, Span};
+    use wasmesh_e2e::Mesh;
+
+    /// The receiver's port when free (OTLP/HTTP's usual port, `wasmeshctl traces`' default).
+    const COLLECTOR_PORT: u16 = 4318;
+    /// A trace is written once no span of it arrived for this long: proxies export every second,
+    /// and jason's page takes 2 s (a span is exported when its request ends).
+    const SETTLE: Duration = Duration::from_millis(3000);
+    /// Spans of a request for jason: gateway, productpage (in, out to details and reviews),
+    /// details, reviews (in, out), ratings.
+    const JASON_SPANS: usize = 8;
+    /// The hops of a request for jason: gateway → productpage → reviews v2 → ratings.
+    pub const JASON_HOPS: [&str; 4] =
+        ["istio-system/istio-ingressgateway", "default/productpage-v1", "default/reviews-v2", "default/ratings-v1"];
+
+    fn fail(message: String) -> ! {
+        eprintln!("{message}");
+        std::process::exit(1);
+    }
+
+    /// Writes each proxy's meshConfig file: the demo's, with the proxy's own access-log file and
+    /// the receiver's port.
+    #[derive(Clone)]
+    pub struct MeshConfigs {
+        dir: PathBuf,
+        logs: PathBuf,
+        template: Value,
+        port: u16,
+    }
+
+    impl MeshConfigs {
+        pub fn file(&self, workload: &str) -> PathBuf {
+            let file = self.dir.join(format!("{}.yaml", workload.replace('/', ".")));
+            let mut mesh = self.template.clone();
+            mesh["accessLogFile"] = json!(self.log(workload).display().to_string());
+            for p in mesh["extensionProviders"].as_array_mut().into_iter().flatten() {
+                if let Some(otel) = p.get_mut("opentelemetry") {
+                    otel["port"] = json!(self.port);
+                }
+            }
+            let text = format!(
+                "# Written by `make run` for {workload} from examples/bookinfo/demo/mesh-config.yaml.\n{}",
+                yaml_serde::to_string(&mesh).unwrap_or_default()
+            );
+            if let Err(e) = std::fs::write(&file, text) {
+                fail(format!("{}: {e}", file.display()));
+            }
+            file
+        }
+
+        /// The proxy's access log (meshConfig `accessLogFile`).
+        pub fn log(&self, workload: &str) -> PathBuf {
+            self.logs.join(format!("{}.log", workload.replace('/', ".")))
+        }
+    }
+
+    pub struct Observability {
+        pub mesh_configs: MeshConfigs,
+        port: u16,
+        traces_file: PathBuf,
+        received: Arc<Mutex<Vec<Vec<Span>>>>,
+    }
+
+    /// Starts the receiver and prepares out/demo/mesh and out/demo/logs (emptied).
+    pub fn start(out: &Path, smoke: bool) -> Observability {
+        let source = wasmesh_e2e::paths::repo_root().join("examples/bookinfo/demo/mesh-config.yaml");
+        let text = std::fs::read_to_string(&source).unwrap_or_else(|e| fail(format!("{}: {e}", source.display())));
+        let template: Value =
+            yaml_serde::from_str(&text).unwrap_or_else(|e| fail(format!("{}: {e}", source.display())));
+        let (dir, logs) = (out.join("mesh"), out.join("logs"));
+        let _ = std::fs::remove_dir_all(&logs);
+        for d in [&dir, &logs] {
+            if let Err(e) = std::fs::create_dir_all(d) {
+                fail(format!("{}: {e}", d.display()));
+            }
+        }
+        let traces_file = out.join("traces.txt");
+        if let Err(e) = std::fs::write(&traces_file, "") {
+            fail(format!("{}: {e}", traces_file.display()));
+        }
+        let wanted = if smoke || !super::port_free(COLLECTOR_PORT) { 0 } else { COLLECTOR_PORT };
+        let listener = std::net::TcpListener::bind(("127.0.0.1", wanted))
+            .unwrap_or_else(|e| fail(format!("the trace receiver cannot listen: {e}")));
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        let received: Arc<Mutex<Vec<Vec<Span>>>> = Arc::default();
+        let (file, keep) = (traces_file.clone(), received.clone());
+        std::thread::spawn(move || {
+            let result = traces::receive(listener, SETTLE, |spans| {
+                let text = traces::waterfall(&spans, 40);
+                let written = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&file)
+                    .and_then(|mut f| f.write_all(format!("{text}\n").as_bytes()));
+                if let Err(e) = written {
+                    eprintln!("{}: {e}", file.display());
+                }
+                if let Ok(mut r) = keep.lock() {
+                    r.push(spans);
+                }
+                true
+            });
+            if let Err(e) = result {
+                eprintln!("the trace receiver stopped: {e}");
+            }
+        });
+        Observability { mesh_configs: MeshConfigs { dir, logs, template, port }, port, traces_file, received }
+    }
+
+    impl Observability {
+        /// The smoke run's Telemetry edit: `accessLogging` with `filter: response.code >= 400` added
+        /// to the served telemetry.yaml; done once a page's request (200) is not in the gateway's
+        /// log while a 404 sent after it is. `page` sends a GET /productpage, `page_id` its
+        /// x-request-id.
+        pub fn live_access_log_filter(
+            &self,
+            telemetry: &Path,
+            gw: u16,
+            page: &dyn Fn() -> String,
+            page_id: &dyn Fn() -> String,
+        ) -> Result<String, String> {
+            let text = std::fs::read_to_string(telemetry).map_err(|e| format!("{}: {e}", telemetry.display()))?;
+            let edited = format!(
+                "{}\n  accessLogging:\n  - filter: {{expression: \"response.code >= 400\"}}\n",
+                text.trim_end()
+            );
+            let tmp = telemetry.with_extension("yaml.tmp");
+            std::fs::write(&tmp, edited)
+                .and_then(|_| std::fs::rename(&tmp, telemetry))
+                .map_err(|e| format!("{}: {e}", telemetry.display()))?;
+            let start = Instant::now();
+            let log = self.mesh_configs.log(JASON_HOPS[0]);
+            let mut probe = 0u32;
+            loop {
+                probe += 1;
+                if start.elapsed() > Duration::from_secs(20) {
+                    return Err(format!("the edit of {} did not change {}", telemetry.display(), log.display()));
+                }
+                let status = page();
+                let id = page_id();
+                let path = format!("/admin?probe={probe}");
+                let missing = wasmesh_e2e::http::get(gw, "bookinfo.example.com", &path, &[]).status;
+                // Lines are flushed in the order the requests ended: once the 404 is there, the
+                // page's line would be too.
+                let seen = Instant::now();
+                let text = loop {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    if text.contains(&format!("\"GET {path} HTTP/1.1\" {missing}"))
+                        || seen.elapsed() > Duration::from_secs(3)
+                    {
+                        break text;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                };
+                if !id.is_empty() && !text.contains(&id) && text.contains(&path) {
+                    return Ok(format!(
+                        "Live update: telemetry.yaml edited (accessLogging filter response.code >= 400): GET /productpage {status} \
+                         not logged, GET {path} {missing} logged, after {} ms",
+                        start.elapsed().as_millis()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+
+        /// Where to look, and one request's access-log lines at each hop and its trace.
+        pub fn explain(&self, mesh: &Mesh, request_id: &str, traceparent: &str) {
+            let gateway_log = self.mesh_configs.log(JASON_HOPS[0]);
+            println!("\nAccess logs (Istio's default TEXT format, meshConfig accessLogFile; one file per proxy):");
+            for (name, _) in mesh.envoys() {
+                println!("  {name:<40} {}", self.mesh_configs.log(name).display());
+            }
+            println!(
+                "  cargo run -q -p wasmeshctl -- logs -F {}   # follow one, a request per line",
+                gateway_log.display()
+            );
+            println!(
+                "\nTraces (Telemetry randomSamplingPercentage 100: every request; OTLP/HTTP to the receiver on 127.0.0.1:{},\n  \
+                 `wasmeshctl traces --listen 127.0.0.1:{}` in this process), one waterfall per trace:",
+                self.port, self.port
+            );
+            println!("  tail -f {}", self.traces_file.display());
+            let trace_id = traceparent.split('-').nth(1).unwrap_or_default().to_string();
+            let start = Instant::now();
+            // (Spans of a trace that came more than SETTLE apart are received as two.)
+            let trace = loop {
+                let spans: Vec<Span> = self
+                    .received
+                    .lock()
+                    .map(|r| r.iter().flatten().filter(|s| s.trace_id == trace_id).cloned().collect())
+                    .unwrap_or_default();
+                if spans.len() >= JASON_SPANS || start.elapsed() > Duration::from_secs(15) {
+                    break Some(spans).filter(|s| !s.is_empty());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            println!("\nGET /productpage (end-user=jason), x-request-id {request_id}, at each hop:");
+            for hop in JASON_HOPS {
+                let text = std::fs::read_to_string(self.mesh_configs.log(hop)).unwrap_or_default();
+                for line in text.lines().filter(|l| !request_id.is_empty() && l.contains(request_id)) {
+                    println!("  {hop}: {line}");
+                }
+            }
+            match trace {
+                Some(spans) => {
+                    println!("\nits trace (in {}):\n{}", self.traces_file.display(), traces::waterfall(&spans, 40))
+                }
+                None => println!("\nits trace {trace_id:?} did not reach the receiver within 15 s"),
+            }
+        }
     }
 }
