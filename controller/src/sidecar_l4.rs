@@ -206,7 +206,15 @@ pub fn listener(name: &str, bind_port: u16, plan: &Plan, chain: impl Fn(&str) ->
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": bind_port}},
     });
+    let inspector = json!([{
+        "name": "envoy.filters.listener.tls_inspector",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
+    }]);
     if plan.sni.is_empty() {
+        // The SNI dynamic forward proxy reads the name the TLS inspector found.
+        if matches!(plan.fallthrough, Fallthrough::Passthrough(_)) {
+            listener["listener_filters"] = inspector;
+        }
         listener["filter_chains"] =
             json!([fallthrough.unwrap_or_else(|| json!({"filters": chain(gateway::BLACK_HOLE)}))]);
         return listener;
@@ -220,9 +228,6 @@ pub fn listener(name: &str, bind_port: u16, plan: &Plan, chain: impl Fn(&str) ->
     if let Some(f) = fallthrough {
         listener["default_filter_chain"] = f;
     }
-    listener["listener_filters"] = json!([{
-        "name": "envoy.filters.listener.tls_inspector",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
-    }]);
+    listener["listener_filters"] = inspector;
     listener
 }
