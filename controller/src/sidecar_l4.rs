@@ -231,3 +231,164 @@ pub fn listener(name: &str, bind_port: u16, plan: &Plan, chain: impl Fn(&str) ->
     listener["listener_filters"] = inspector;
     listener
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use wasmesh_istio::load_str;
+
+    const SERVICES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: default}
+spec:
+  host: echo
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [a.example.com, b.example.com]
+  ports: [{number: 443, name: https, protocol: HTTPS}, {number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+"#;
+
+    fn resources(extra: &str) -> Resources {
+        Resources { items: load_str(&format!("{SERVICES}---\n{extra}"), "t.yaml").unwrap() }
+    }
+
+    fn sleep() -> Workload {
+        let mut wl = Workload::new("sleep", "default");
+        wl.labels.insert("app".into(), "sleep".into());
+        wl
+    }
+
+    fn out(host: &str, port: u32) -> TcpOutbound {
+        TcpOutbound { bind_port: 15000, host: host.into(), port }
+    }
+
+    fn plan_of(extra: &str, host: &str, port: u32, mode: Option<OutboundMode>) -> Result<Plan, String> {
+        plan(&resources(extra), &sleep(), &out(host, port), mode)
+            .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    }
+
+    fn tcp_vs(routes: &str) -> String {
+        format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: echo, namespace: default}}\nspec:\n  hosts: [echo]\n  tcp:\n{routes}")
+    }
+
+    #[test]
+    fn tcp_routes_match_statically_as_istiod_and_split_by_weight() {
+        let vs = tcp_vs(
+            "  - match: [{sourceLabels: {app: other}}]\n    route: [{destination: {host: echo, subset: v2}}]\n  - match: [{port: 31400}]\n    route: [{destination: {host: echo, subset: v2}}]\n  - match: [{port: 9000, sourceNamespace: default, gateways: [mesh]}]\n    route: [{destination: {host: echo, subset: v1}, weight: 80}, {destination: {host: echo, subset: v2}, weight: 20}]\n",
+        );
+        let p = plan_of(&vs, "echo", 9000, None).unwrap();
+        assert!(p.sni.is_empty());
+        assert_eq!(
+            p.fallthrough,
+            Fallthrough::Route(TcpRoute::Weighted(vec![
+                ("outbound|9000|v1|echo.default.svc.cluster.local".into(), 80),
+                ("outbound|9000|v2|echo.default.svc.cluster.local".into(), 20),
+            ]))
+        );
+        // Written as istiod's tcp_proxy: weighted clusters, no `cluster`.
+        let l = listener("outbound_tcp_15000", 15000, &p, |c| {
+            vec![json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {"cluster": c, "stat_prefix": c}})]
+        });
+        let proxy = &l["filter_chains"][0]["filters"][0]["typed_config"];
+        assert!(proxy.get("cluster").is_none(), "{proxy}");
+        assert_eq!(proxy["weighted_clusters"]["clusters"][1]["weight"], 20);
+        assert!(l.get("listener_filters").is_none());
+        // A VirtualService bound only to a gateway, or for another host, does not apply.
+        let gw = vs.replace("  hosts: [echo]\n", "  hosts: [echo]\n  gateways: [some-gateway]\n");
+        let p = plan_of(&gw, "echo", 9000, None).unwrap();
+        assert_eq!(
+            p.fallthrough,
+            Fallthrough::Route(TcpRoute::Cluster("outbound|9000||echo.default.svc.cluster.local".into()))
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_carried_out_is_refused_naming_the_field() {
+        let e = plan_of(
+            &tcp_vs("  - match: [{destinationSubnets: [10.0.0.0/8]}]\n    route: [{destination: {host: echo}}]\n"),
+            "echo",
+            9000,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("VirtualService default/echo")
+                && e.contains("spec.tcp[0].match[0].destinationSubnets")
+                && e.contains("original destination"),
+            "{e}"
+        );
+        let e = plan_of(&tcp_vs("  - route: [{destination: {host: echo, subset: v1}, weight: 50}, {destination: {host: echo, subset: v2}, weight: 40}]\n"), "echo", 9000, None).unwrap_err();
+        assert!(e.contains("spec.tcp[0].route") && e.contains("add up to 90"), "{e}");
+        let wildcard = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: wiki, namespace: default}\nspec:\n  hosts: ['*.wikipedia.org']\n  ports: [{number: 443, name: tls, protocol: TLS}]\n";
+        let e = plan_of(wildcard, "*", 443, Some(OutboundMode::RegistryOnly)).unwrap_err();
+        assert!(
+            e.contains("ServiceEntry default/wiki") && e.contains("spec.hosts[0]") && e.contains("*.wikipedia.org"),
+            "{e}"
+        );
+        let e = plan_of("", "*", 8443, None).unwrap_err();
+        assert!(
+            e.contains("--tcp-outbound 15000=*:8443") && e.contains("no ServiceEntry has a TLS or HTTPS port 8443"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tls_hosts_by_sni_with_tls_routes_and_the_policy_fallthrough() {
+        // Each ServiceEntry host with an HTTPS port 443 is a chain on its name; a `tls` route for
+        // b.example.com takes its place (istiod: the service's default chain only without one).
+        let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b, namespace: default}\nspec:\n  hosts: [b.example.com]\n  tls:\n  - match: [{port: 443, sniHosts: [b.example.com]}]\n    route: [{destination: {host: echo, port: {number: 9000}}}]\n";
+        let p = plan_of(vs, "*", 443, Some(OutboundMode::RegistryOnly)).unwrap();
+        let names: Vec<(Vec<String>, String)> =
+            p.sni.iter().map(|r| (r.server_names.clone(), r.route.first_cluster().to_string())).collect();
+        assert_eq!(
+            names,
+            [
+                (vec!["a.example.com".to_string()], "outbound|443||a.example.com".to_string()),
+                (vec!["b.example.com".to_string()], "outbound|9000||echo.default.svc.cluster.local".to_string()),
+            ]
+        );
+        assert_eq!(p.fallthrough, Fallthrough::Route(TcpRoute::Cluster(gateway::BLACK_HOLE.into())));
+        assert_eq!(catch_all_clusters(&p)[0]["name"], gateway::BLACK_HOLE);
+        let l = listener("l", 15000, &p, |c| {
+            vec![json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {"cluster": c}})]
+        });
+        assert_eq!(l["filter_chains"][1]["filter_chain_match"]["server_names"][0], "b.example.com");
+        assert_eq!(l["default_filter_chain"]["filters"][0]["typed_config"]["cluster"], gateway::BLACK_HOLE);
+        assert_eq!(l["listener_filters"][0]["name"], "envoy.filters.listener.tls_inspector");
+        // ALLOW_ANY: the SNI dynamic forward proxy before tcp_proxy to PassthroughCluster, port 443.
+        let p = plan_of("", "*", 443, Some(OutboundMode::AllowAny)).unwrap();
+        assert_eq!(p.fallthrough, Fallthrough::Passthrough(443));
+        let l = listener("l", 15000, &p, |c| {
+            vec![json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {"cluster": c}})]
+        });
+        let f = &l["default_filter_chain"]["filters"];
+        assert_eq!(f[0]["name"], "envoy.filters.network.sni_dynamic_forward_proxy");
+        assert_eq!(f[0]["typed_config"]["port_value"], 443);
+        assert_eq!(f[1]["typed_config"]["cluster"], wasmesh_router::PASSTHROUGH_CLUSTER);
+        // No policy: an unknown name has no chain (closed).
+        assert_eq!(plan_of("", "*", 443, None).unwrap().fallthrough, Fallthrough::None);
+        // One host's HTTPS port: no tls route, one chain to its cluster, no SNI needed.
+        let p = plan_of("", "a.example.com", 443, Some(OutboundMode::RegistryOnly)).unwrap();
+        assert_eq!(
+            p,
+            Plan {
+                sni: Vec::new(),
+                fallthrough: Fallthrough::Route(TcpRoute::Cluster("outbound|443||a.example.com".into()))
+            }
+        );
+    }
+}
