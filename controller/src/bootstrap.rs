@@ -288,24 +288,28 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                 listeners.push(l);
                 merge(&mut clusters, &mut stats_tags, c);
             }
+            // TCP and TLS service ports: VirtualService `tcp`/`tls` routes, SNI chains and the
+            // fallthrough of outboundTrafficPolicy, as istiod writes them (sidecar_l4.rs).
+            let mode = spec.mesh.outbound_traffic_policy.map(|p| p.mode);
             for out in &spec.tcp_outbound {
-                match tcp_outbound_cluster(resources, &wl, out) {
-                    Ok(cluster) => {
+                match crate::sidecar_l4::plan(resources, &wl, out, mode) {
+                    Ok(plan) => {
                         let ctx = listener_context(Direction::Outbound, out.bind_port);
                         match tcp_listener_filters(&ctx, slots) {
                             // The exchange variant of the stats filter: it only exchanges with
                             // an mTLS peer (TCP clusters then offer `istio-peer-exchange`).
-                            Ok((c, exchange)) => {
+                            Ok((mut c, exchange)) => {
                                 let name = format!("outbound_tcp_{}", out.bind_port);
-                                let chains =
-                                    filter_chains(None, tcp_chain_filters(spec, &exchange, &cluster), Vec::new());
-                                listeners.push(listener_with_chains(&name, out.bind_port, chains));
+                                listeners.push(crate::sidecar_l4::listener(&name, out.bind_port, &plan, |cluster| {
+                                    tcp_chain_filters(spec, &exchange, cluster)
+                                }));
+                                c.clusters.extend(crate::sidecar_l4::catch_all_clusters(&plan));
                                 merge(&mut clusters, &mut stats_tags, c);
                             }
                             Err(mut e) => errors.append(&mut e),
                         }
                     }
-                    Err(e) => errors.push(e),
+                    Err(mut e) => errors.append(&mut e),
                 }
             }
             if spec.inbound.is_empty() && spec.outbound_port.is_none() && spec.tcp_outbound.is_empty() {
@@ -448,7 +452,7 @@ pub fn inbound_protocol(resources: &Resources, wl: &Workload, port: u16) -> Resu
 
 /// The cluster an outbound TCP listener forwards to: `outbound|<port>||<fqdn>` of a TCP port of
 /// a ServiceEntry.
-fn tcp_outbound_cluster(resources: &Resources, wl: &Workload, out: &TcpOutbound) -> Result<String, Error> {
+pub(crate) fn tcp_outbound_cluster(resources: &Resources, wl: &Workload, out: &TcpOutbound) -> Result<String, Error> {
     let wanted = wl.fqdn(&out.host, &wl.namespace);
     let flag = format!("--tcp-outbound {}={}:{}", out.bind_port, out.host, out.port);
     let mut host_known = false;

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use wasmesh_router::{OutboundMode, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 
 /// One DNS cache for the filter and the cluster (Envoy requires the same configuration in both).
-fn dns_cache() -> Value {
+pub(crate) fn dns_cache() -> Value {
     json!({"name": "wasmesh_passthrough", "dns_lookup_family": "V4_PREFERRED", "max_hosts": 1024})
 }
 

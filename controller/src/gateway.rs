@@ -448,26 +448,45 @@ fn transport_socket(
 /// The TCP route of server port `port`: the first `tcp` route, of a VirtualService bound to one
 /// of `gateways` (`namespace/name`), whose match fits the port (no match: every port).
 fn tcp_route(resources: &Resources, wl: &Workload, port: u32, gateways: &[String]) -> Result<TcpRoute, Vec<Error>> {
-    let routes = l4_routes(resources, wl, port, gateways, L4::Tcp)?;
+    let routes = l4_routes(resources, wl, port, Binding::Gateways(gateways), L4::Tcp)?;
     Ok(routes.into_iter().next().map_or(TcpRoute::Cluster(BLACK_HOLE.to_string()), |(_, r)| r))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum L4 {
+pub(crate) enum L4 {
     Tcp,
     Tls,
 }
 
-/// Every `tcp` (or `tls`) route of the VirtualServices bound to one of `gateways` whose match
-/// fits `port`, in order, with the SNI names of the matches that fit (`tls` routes).
-fn l4_routes(
+/// Where L4 routes are looked up: the Gateways (`namespace/name`) of a gateway's server port, or
+/// a sidecar's outbound listener for one service host (VirtualServices bound to `mesh` whose
+/// `hosts` cover it, as istiod's `getConfigsForHost`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Binding<'a> {
+    Gateways(&'a [String]),
+    Mesh { host: &'a str },
+}
+
+/// Istio's host match: `*`, a `*.suffix` wildcard, or the same name.
+fn host_covers(pattern: &str, host: &str) -> bool {
+    pattern == "*" || pattern == host || pattern.strip_prefix('*').is_some_and(|suffix| host.ends_with(suffix))
+}
+
+/// Every `tcp` (or `tls`) route of the VirtualServices bound where `binding` says whose match
+/// fits `port` (and, statically as istiod's `matchTCP`/`matchTLS`, the proxy's labels and
+/// namespace), in order, with the SNI names of the matches that fit (`tls` routes).
+pub(crate) fn l4_routes(
     resources: &Resources,
     wl: &Workload,
     port: u32,
-    gateways: &[String],
+    binding: Binding<'_>,
     kind: L4,
 ) -> Result<Vec<(Vec<String>, TcpRoute)>, Vec<Error>> {
     let bound_name = |r: &str, ns: &str| if r.contains('/') { r.to_string() } else { format!("{ns}/{r}") };
+    let gateway_ok = |g: &str, ns: &str| match binding {
+        Binding::Gateways(gateways) => gateways.contains(&bound_name(g, ns)),
+        Binding::Mesh { .. } => g == "mesh",
+    };
     let mut out = Vec::new();
     for (res, vs) in resources.virtual_services() {
         let visible = vs.export_to.is_empty()
@@ -475,7 +494,14 @@ fn l4_routes(
                 .export_to
                 .iter()
                 .any(|e| e == "*" || e == &wl.namespace || (e == "." && res.namespace() == wl.namespace));
-        if !visible || !vs.gateways.iter().any(|g| gateways.contains(&bound_name(g, res.namespace()))) {
+        let bound = match binding {
+            Binding::Gateways(_) => vs.gateways.iter().any(|g| gateway_ok(g, res.namespace())),
+            Binding::Mesh { host } => {
+                (vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh"))
+                    && vs.hosts.iter().any(|h| host_covers(&wl.fqdn(h, res.namespace()), host))
+            }
+        };
+        if !visible || !bound {
             continue;
         }
         let (list, name) = match kind {
@@ -499,18 +525,40 @@ fn l4_routes(
             for (mi, m) in matches.iter().enumerate() {
                 let mf = format!("{field}.match[{mi}]");
                 let Some(m) = m.as_object() else { return Err(vec![Error::at(res, mf, "expected an object")]) };
-                let allowed = |k: &str| matches!(k, "port" | "gateways") || (kind == L4::Tls && k == "sniHosts");
+                let allowed = |k: &str| {
+                    matches!(k, "port" | "gateways" | "sourceLabels" | "sourceNamespace")
+                        || (kind == L4::Tls && k == "sniHosts")
+                };
                 if let Some(k) = m.keys().find(|k| !allowed(k)) {
-                    return Err(vec![Error::at(
-                        res,
-                        format!("{mf}.{k}"),
-                        "not supported by wasmesh (port, gateways and, for tls, sniHosts are)",
-                    )]);
+                    let why = if k == "destinationSubnets" {
+                        "not supported by wasmesh: istiod matches it on the connection's original destination \
+                         address, which wasmesh's loopback listeners (no iptables capture) do not have"
+                    } else {
+                        "not supported by wasmesh (port, gateways, sourceLabels, sourceNamespace and, for tls, \
+                         sniHosts are)"
+                    };
+                    return Err(vec![Error::at(res, format!("{mf}.{k}"), why)]);
                 }
                 let port_ok = m.get("port").is_none_or(|p| p.as_u64() == Some(u64::from(port)));
-                let gw_ok = m.get("gateways").and_then(Value::as_array).is_none_or(|gs| {
-                    gs.iter().filter_map(Value::as_str).any(|g| gateways.contains(&bound_name(g, res.namespace())))
-                });
+                let gw_ok = m
+                    .get("gateways")
+                    .and_then(Value::as_array)
+                    .is_none_or(|gs| gs.iter().filter_map(Value::as_str).any(|g| gateway_ok(g, res.namespace())));
+                let labels_ok = match m.get("sourceLabels") {
+                    None => true,
+                    Some(Value::Object(want)) => want
+                        .iter()
+                        .all(|(k, v)| v.as_str().is_some_and(|v| wl.labels.get(k).map(String::as_str) == Some(v))),
+                    Some(v) => {
+                        return Err(vec![Error::at(
+                            res,
+                            format!("{mf}.sourceLabels"),
+                            format!("{v} is not a map of labels"),
+                        )])
+                    }
+                };
+                let ns_ok = m.get("sourceNamespace").and_then(Value::as_str).is_none_or(|ns| ns == wl.namespace);
+                let gw_ok = gw_ok && labels_ok && ns_ok;
                 if kind == L4::Tls {
                     let hosts: Vec<String> = m
                         .get("sniHosts")
@@ -582,7 +630,7 @@ fn tls_routes(
 ) -> Result<Vec<SniRoute>, Vec<Error>> {
     let mut taken: Vec<String> = Vec::new();
     let mut out = Vec::new();
-    for (names, route) in l4_routes(resources, wl, port, gateways, L4::Tls)? {
+    for (names, route) in l4_routes(resources, wl, port, Binding::Gateways(gateways), L4::Tls)? {
         let names: Vec<String> = names.into_iter().filter(|n| !taken.contains(n)).collect();
         if names.is_empty() {
             continue;

@@ -492,6 +492,9 @@ pub fn plugins(resources: &Resources, mesh: &MeshConfig, notes: &mut Vec<String>
          request is counted twice: disable one (e.g. Telemetry metrics for the prometheus provider)"
             .into(),
     );
+    if let Some(policy) = mesh.outbound_traffic_policy {
+        notes.push(outbound_policy_note(policy.mode));
+    }
     if resources.of_kind(Kind::VirtualService).next().is_some() {
         notes.push(
             "note: the router filter is not generated for Istio: istiod already routes with the same \
@@ -513,6 +516,23 @@ pub fn plugins(resources: &Resources, mesh: &MeshConfig, notes: &mut Vec<String>
     };
     out.sort_by_key(|p| rank(p));
     Ok(out)
+}
+
+/// `meshConfig.outboundTrafficPolicy` under Istio: istiod writes the Envoy side from Istio's own
+/// mesh config, and no generated plugin reads the policy. wasmesh.stats stays consistent with it
+/// by reading istiod's names: the route `block_all` (REGISTRY_ONLY's 502) and `allow_any`, the
+/// clusters `BlackHoleCluster` and `PassthroughCluster` (TCP fallthrough), reported as
+/// `destination_service_name="BlackHoleCluster"`/`"PassthroughCluster"` as Istio's own stats do.
+fn outbound_policy_note(mode: wasmesh_router::OutboundMode) -> String {
+    let (cluster, route) = mode.catch_all();
+    let name = serde_json::to_value(mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    format!(
+        "note: meshConfig.outboundTrafficPolicy {name} is carried out by istiod, from Istio's own mesh config \
+         (set the same value there): an unknown host's HTTP request takes istiod's route `{route}`, its \
+         TCP/TLS connection the fallthrough chain to {cluster}; no generated plugin needs the policy, and \
+         wasmesh.stats reports both as destination_service_name=\"{cluster}\" from istiod's route and \
+         cluster names, as Istio's stats do"
+    )
 }
 
 fn stats_plugins(
@@ -1708,6 +1728,30 @@ mod tests {
         let e = f.objects.iter().find(|o| o["metadata"]["name"] == "wasmesh-authz-eg").unwrap();
         assert_eq!(e["spec"]["targetRefs"][0]["name"], "eg");
         assert_eq!(e["spec"]["configPatches"][0]["match"]["context"], "GATEWAY");
+    }
+
+    /// istiod carries out outboundTrafficPolicy; the plugins are the same with or without it
+    /// (wasmesh.stats keys on istiod's `block_all`/`allow_any` routes and catch-all clusters).
+    #[test]
+    fn outbound_traffic_policy_is_istiods_and_the_plugins_do_not_change() {
+        let plain = generate(&resources(POLICIES), &opts(Format::WasmPlugin)).unwrap();
+        for (mode, cluster, route) in
+            [("REGISTRY_ONLY", "BlackHoleCluster", "block_all"), ("ALLOW_ANY", "PassthroughCluster", "allow_any")]
+        {
+            let mut o = opts(Format::WasmPlugin);
+            o.mesh = yaml_serde::from_str(&format!("outboundTrafficPolicy: {{mode: {mode}}}")).unwrap();
+            let g = generate(&resources(POLICIES), &o).unwrap();
+            assert_eq!(g.objects, plain.objects, "{mode}: no plugin configuration depends on the policy");
+            let note = g.notes.iter().find(|n| n.contains("outboundTrafficPolicy")).unwrap();
+            assert!(note.contains(mode) && note.contains(cluster) && note.contains(route), "{note}");
+            assert!(g.objects.iter().any(|o| o["spec"]["pluginName"] == "wasmesh.stats"));
+        }
+        assert!(!plain.notes.iter().any(|n| n.contains("outboundTrafficPolicy")));
+        // The names wasmesh.stats reads are istiod's route names.
+        for mode in [wasmesh_router::OutboundMode::RegistryOnly, wasmesh_router::OutboundMode::AllowAny] {
+            let (cluster, route) = mode.catch_all();
+            assert_eq!(wasmesh_stats::labels::catch_all_cluster(route), Some(cluster));
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod layout;
 pub mod mesh;
 pub mod plugins;
 pub mod schema;
+pub mod sidecar_l4;
 pub mod traces;
 pub mod traffic_policy;
 pub mod validate;

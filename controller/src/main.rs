@@ -148,9 +148,11 @@ struct EnvoyArgs {
     #[arg(long, value_name = "PORT", help_heading = "Sidecar", value_parser = port)]
     outbound_port: Option<u16>,
 
-    /// Sidecar: a loopback port where the app reaches the TCP service port HOST:PORT (repeatable).
-    /// A workload port whose service port is TCP (protocol TCP, MYSQL, REDIS, TLS..., or a tcp-
-    /// name) is proxied as TCP inbound.
+    /// Sidecar: a loopback port where the app reaches the TCP service port HOST:PORT (repeatable),
+    /// with its VirtualService `tcp`/`tls` routes. HOST `*` (e.g. `15443=*:443`): every
+    /// ServiceEntry host with a TLS/HTTPS port PORT, chosen by SNI, and the outboundTrafficPolicy
+    /// fallthrough. A workload port whose service port is TCP (protocol TCP, MYSQL, REDIS, TLS...,
+    /// or a tcp- name) is proxied as TCP inbound.
     #[arg(long, value_name = "BIND_PORT=HOST:PORT", help_heading = "Sidecar")]
     tcp_outbound: Vec<bootstrap::TcpOutbound>,
 

@@ -524,13 +524,35 @@ fn generated_plugins_decide_requests_in_envoy() {
     let plugins = generate::plugins(&resources, &MeshConfig::default(), &mut Vec::new()).unwrap();
     let proxy = PRODUCTPAGE();
 
-    // WasmPlugin, code as the agent leaves it.
+    // WasmPlugin, code as the agent leaves it; the mesh config REGISTRY_ONLY (istiod's to carry out).
     let mut o = options(Format::WasmPlugin);
-    o.mesh = MeshConfig::default();
+    o.mesh = serde_json::from_value(json!({"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}})).unwrap();
     let g = generate::generate(&resources, &o).unwrap();
     let chains = chains_for(Format::WasmPlugin, &g.objects, &plugins, &proxy);
     let (admin, port) = (free_port(), free_port());
-    let envoy = Envoy::start("generate-wasmplugin", &bootstrap(&proxy, &chains, admin, port, free_port()));
+    let mut config = bootstrap(&proxy, &chains, admin, port, free_port());
+    // The sidecar's outbound HTTP listener as istiod writes it under REGISTRY_ONLY: a host the
+    // registry does not know takes the `block_all` virtual host's route (502). The generated
+    // wasmesh.stats on SIDECAR_OUTBOUND runs there.
+    let stats = plugins
+        .iter()
+        .find(|p| p.root_id == "wasmesh.stats" && p.attach.iter().any(|(c, _)| *c == Context::SidecarOutbound))
+        .expect("wasmesh.stats attaches to SIDECAR_OUTBOUND");
+    let so = object_named(&g.objects, &stats.name);
+    let ns = so["metadata"]["namespace"].as_str().unwrap();
+    let typed = typed_config_of_wasm_spec(&proxy, ns, &stats.name, &so["spec"], Context::SidecarOutbound);
+    let mut outbound = hcm(&[json!({"name": format!("{ns}.{}", stats.name), "typed_config": typed})]);
+    outbound["typed_config"]["stat_prefix"] = json!("outbound_0.0.0.0_80");
+    outbound["typed_config"]["route_config"] = json!({"name": "80", "virtual_hosts": [{"name": "block_all",
+        "domains": ["*"], "routes": [{"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}]}]});
+    let out_port = free_port();
+    config["static_resources"]["listeners"].as_array_mut().unwrap().push(json!({
+        "name": "0.0.0.0_80",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": out_port}},
+        "traffic_direction": "OUTBOUND",
+        "filter_chains": [{"filters": [outbound]}],
+    }));
+    let envoy = Envoy::start("generate-wasmplugin", &config);
     let r = request(port, "GET", "/productpage", &[("host", "productpage")], b"").unwrap();
     assert_eq!((r.status, r.text()), (403, "RBAC: access denied".to_string()), "{}", envoy.log_tail(30));
     let stats = envoy.admin("/stats?filter=istio_requests_total");
@@ -540,6 +562,20 @@ fn generated_plugins_decide_requests_in_envoy() {
             && stats.contains("response_code=.=403;"),
         "{stats}"
     );
+    // An unknown host from the app: istiod's 502, counted as Istio counts it (BlackHoleCluster).
+    let r = request(out_port, "GET", "/", &[("host", "www.google.com")], b"").unwrap();
+    assert_eq!(r.status, 502, "{}", envoy.log_tail(30));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stats = envoy.admin("/stats?filter=istio_requests_total");
+        let blocked = stats.lines().find(|l| l.contains("destination_service_name=.=BlackHoleCluster;"));
+        if let Some(line) = blocked {
+            assert!(line.contains("reporter=.=source;") && line.contains("response_code=.=502;"), "{line}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no BlackHoleCluster request counted:\n{stats}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     // Inline EnvoyFilter: Envoy fetches the module itself through the CLUSTER patch.
     let module_path = module("wasmesh.authz");

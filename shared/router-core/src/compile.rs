@@ -197,24 +197,9 @@ impl Compiler<'_> {
             if !bound {
                 continue;
             }
-            // TCP routes are listener configuration, not this router's: `wasmeshctl envoy` writes
-            // them into a gateway's TCP server listeners (controller/src/gateway.rs). Sidecar TCP
-            // routes and TLS (SNI) routes are not carried out, so they are refused.
-            let for_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
-            if !vs.tcp.is_empty() && for_mesh {
-                self.err(
-                    res,
-                    "spec.tcp",
-                    "TCP routes are not supported on sidecars (gateways: mesh): bind the VirtualService to a Gateway",
-                );
-            }
-            if !vs.tls.is_empty() && for_mesh {
-                self.err(
-                    res,
-                    "spec.tls",
-                    "TLS (SNI) routes are not supported on sidecars (gateways: mesh): bind the VirtualService to a Gateway",
-                );
-            }
+            // TCP and TLS routes are listener configuration, not this router's: `wasmeshctl envoy`
+            // writes them into a gateway's TCP/TLS server listeners (controller/src/gateway.rs)
+            // and a sidecar's outbound TCP/TLS listeners (controller/src/sidecar_l4.rs).
             if vs.http.is_empty() && (!vs.tcp.is_empty() || !vs.tls.is_empty()) {
                 continue;
             }
