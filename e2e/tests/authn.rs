@@ -505,10 +505,7 @@ fn keys_repeated_members_depth_and_size_match_envoy_jwt_authn() {
         use wasmesh_authn::jwt::b64url_encode;
         let hb = b64url_encode(r#"{"alg":"ES512","kid":"e5"}"#.as_bytes());
         // A payload whose segment has unused bits (not a multiple of 3 bytes).
-        let lax = (0..3)
-            .map(|n| claims(json!({"x": "x".repeat(n)})).to_string())
-            .find(|p| p.len() % 3 != 0)
-            .unwrap();
+        let lax = (0..3).map(|n| claims(json!({"x": "x".repeat(n)})).to_string()).find(|p| p.len() % 3 != 0).unwrap();
         let pb = b64url_encode(lax.as_bytes());
         let bump = |seg: &str| {
             // The last character with a low unused bit set (non-canonical, same bytes).

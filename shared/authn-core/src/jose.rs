@@ -70,6 +70,28 @@ fn timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     d.deserialize_any(V).map(Some)
 }
 
+/// Whether `s` is the canonical base64url encoding of its bytes, as [`crate::jwt::b64url_encode`]
+/// writes it: only the URL-safe alphabet, no padding, not one character over a multiple of four,
+/// unused bits of the last character zero. Tokens are no longer held to it (Envoy is not); the
+/// `base64url` fuzz target checks the encoder and decoder with it.
+pub fn strict_b64url(s: &str) -> bool {
+    let value = crate::jwt::b64url_value;
+    let bytes = s.as_bytes();
+    let mut last = 0u8;
+    for &c in bytes {
+        match value(c) {
+            Some(v) => last = v,
+            None => return false,
+        }
+    }
+    match bytes.len() % 4 {
+        0 => true,
+        1 => false,
+        2 => last & 0x0f == 0,
+        _ => last & 0x03 == 0,
+    }
+}
+
 /// Checks the deliberate differences above for a token that `jwt::parse` accepted (segments
 /// found as Envoy finds them); `false` when one fails.
 pub fn token_checks(token: &str, now: u64, skew: u64, max_token: usize) -> bool {

@@ -652,6 +652,34 @@ fn ecdsa_agrees_with_rustcrypto_verify() {
     }
 }
 
+#[test]
+fn strict_base64url_is_the_canonical_encoding() {
+    use crate::jose::strict_b64url;
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/ .";
+    let mut seed = 12345u32;
+    for _ in 0..20_000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let len = (seed % 9) as usize;
+        let s: String = (0..len)
+            .map(|i| {
+                let r = seed.rotate_left(i as u32 * 7) as usize;
+                alphabet[if r.is_multiple_of(10) { r % alphabet.len() } else { r % 64 }] as char
+            })
+            .collect();
+        let canonical = s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            && b64url_decode(&s).is_some_and(|b| b64url_encode(&b) == s);
+        assert_eq!(strict_b64url(&s), canonical, "{s:?}");
+    }
+    assert!(strict_b64url(""));
+    assert!(strict_b64url("YQ"));
+    assert!(!strict_b64url("YR"));
+    assert!(!strict_b64url("YQ=="));
+    assert!(!strict_b64url("Y"));
+    assert!(!strict_b64url("Y Q"));
+}
+
 /// Timing: jwt-simple's `verify_token` (the previous path) against the signature alone with
 /// RustCrypto's `VerifyingKey` and against the current path (`KeySet::verify`).
 /// `cargo test --release -p wasmesh-authn --lib -- --ignored --nocapture signature_timing`, and
