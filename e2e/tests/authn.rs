@@ -505,7 +505,10 @@ fn keys_repeated_members_depth_and_size_match_envoy_jwt_authn() {
         use wasmesh_authn::jwt::b64url_encode;
         let hb = b64url_encode(r#"{"alg":"ES512","kid":"e5"}"#.as_bytes());
         // A payload whose segment has unused bits (not a multiple of 3 bytes).
-        let lax = (0..3).map(|n| claims(json!({"x": "x".repeat(n)})).to_string()).find(|p| p.len() % 3 != 0).unwrap();
+        let lax = (0..3)
+            .map(|n| claims(json!({"x": "x".repeat(n)})).to_string())
+            .find(|p| !p.len().is_multiple_of(3))
+            .unwrap();
         let pb = b64url_encode(lax.as_bytes());
         let bump = |seg: &str| {
             // The last character with a low unused bit set (non-canonical, same bytes).
@@ -515,7 +518,12 @@ fn keys_repeated_members_depth_and_size_match_envoy_jwt_authn() {
             format!("{}{}", &seg[..seg.len() - 1], &alphabet[v..v + 1])
         };
         let pad = |seg: &str| format!("{seg}{}", "=".repeat((4 - seg.len() % 4) % 4));
-        assert!(hb.len() % 4 != 0 && pb.len() % 4 != 0, "segments {} and {} have unused bits", hb.len(), pb.len());
+        assert!(
+            !hb.len().is_multiple_of(4) && !pb.len().is_multiple_of(4),
+            "segments {} and {} have unused bits",
+            hb.len(),
+            pb.len()
+        );
         for (label, hs, ps) in [
             ("ES512 padded header", pad(&hb), pb.clone()),
             ("ES512 padded payload", hb.clone(), pad(&pb)),
@@ -532,7 +540,7 @@ fn keys_repeated_members_depth_and_size_match_envoy_jwt_authn() {
         cases.push(("ES512 many empty segments".into(), format!("..{}..", t.replace('.', "..."))));
         let e = ed.sign(&c);
         let (head, sig) = e.rsplit_once('.').unwrap();
-        assert!(sig.len() % 4 != 0);
+        assert!(!sig.len().is_multiple_of(4));
         cases.push(("EdDSA".into(), e.clone()));
         cases.push(("EdDSA padded signature".into(), format!("{head}.{}", pad(sig))));
         cases.push(("EdDSA non-canonical signature bits".into(), format!("{head}.{}", bump(sig))));
