@@ -149,6 +149,8 @@ fn cases() -> Vec<Case> {
             mesh: Some("extensionProviders: [{name: f, envoyFileAccessLog: {path: /dev/stdout, logFormat: {text: '%START_TIME(%Q)%'}}}]"),
             ..c("unsupported specifier", telemetry("  accessLogging: [{providers: [{name: f}]}]\n"), "Telemetry foo/t", "spec.accessLogging[0].providers[0].name", "unsupported specifier %Q")
         },
+        // stats (access-log phase): a filter expression Envoy's CEL cannot parse (found at run time).
+        c("Envoy refused the filter expression", telemetry("  accessLogging: [{providers: [{name: envoy}], filter: {expression: 'response.code >='}}]\n"), "Telemetry foo/t", "spec.accessLogging[0].filter.expression", "is not a CEL expression"),
         c("controller: Telemetry metrics provider", telemetry("  metrics: [{providers: [{name: stackdriver}]}]\n"), "Telemetry foo/t", "spec.metrics[0].providers[0].name", "Prometheus only"),
         c("controller: Telemetry targetRefs", telemetry("  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: g}]\n  metrics: [{providers: [{name: prometheus}]}]\n"), "Telemetry foo/t", "spec.targetRefs[0]", "not applied by wasmesh"),
         // Istio's webhook: selector and targetRefs together.
@@ -210,6 +212,7 @@ fn the_same_inputs_without_the_refused_field_are_accepted() {
     // policy with a Gateway targetRef and the JWKS outside the blocks are accepted.
     let ok = [
         telemetry("  metrics: [{providers: [{name: prometheus}]}]\n"),
+        telemetry("  accessLogging: [{providers: [{name: envoy}], filter: {expression: 'response.code >= 400 && has(request.headers.x)'}}]\n"),
         ap("p", "  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: g}]\n  rules: [{}]\n"),
         "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules: [{issuer: https://issuer.example, jwksUri: 'http://192.0.2.1:8080/keys'}]\n".into(),
     ];
@@ -258,7 +261,7 @@ fn literals(text: &str) -> Vec<String> {
 
 fn is_refusal(literal: &str) -> bool {
     let l = literal.to_ascii_lowercase();
-    ["not supported", "unsupported", "not enforced", "not implemented", "rejects it", "has no effect"]
+    ["not supported", "unsupported", "not enforced", "not implemented", "rejects it", "has no effect", "writes nothing"]
         .iter()
         .any(|w| l.contains(w))
 }

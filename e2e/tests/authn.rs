@@ -429,7 +429,8 @@ fn keys_repeated_members_depth_and_size_match_envoy_jwt_authn() {
     // Keys Envoy skips, each with its own kid: a token naming it finds no key.
     let skipped =
         [("e17", n1.as_str(), "EQ"), ("e2p32", &n1, "AQAAAAE"), ("even", &even, "AQAB"), ("huge", &too_long, "AQAB")];
-    let mut keys = vec![rsa.jwk(), es512.jwk(), r512.jwk(), r1024.jwk(), e3.jwk(), r8192.jwk()];
+    let ed = Signer::new("EdDSA", TestKey::Ed25519, Some("ed"));
+    let mut keys = vec![rsa.jwk(), es512.jwk(), r512.jwk(), r1024.jwk(), e3.jwk(), r8192.jwk(), ed.jwk(false)];
     for (kid, n, e) in skipped {
         keys.push(RawRsa::new("rsa1", kid).jwk_with(n, e));
     }
@@ -495,6 +496,70 @@ fn keys_repeated_members_depth_and_size_match_envoy_jwt_authn() {
         ),
     ] {
         cases.push((label.to_string(), es512.sign_raw(&header, &payload)));
+    }
+    // Encodings and values Envoy's parser accepts and jwt-simple refused (issue 11 point 5; now as
+    // Envoy for ES*/EdDSA/HS* too): padded and non-canonical base64url segments, signed over the
+    // segments as they stand; a padded or non-canonical signature; empty segments; a header over
+    // 8192 characters; a `salt` header member; timestamps past 2^32 s.
+    {
+        use wasmesh_authn::jwt::b64url_encode;
+        let hb = b64url_encode(r#"{"alg":"ES512","kid":"e5"}"#.as_bytes());
+        // A payload whose segment has unused bits (not a multiple of 3 bytes).
+        let lax = (0..3)
+            .map(|n| claims(json!({"x": "x".repeat(n)})).to_string())
+            .find(|p| !p.len().is_multiple_of(3))
+            .unwrap();
+        let pb = b64url_encode(lax.as_bytes());
+        let bump = |seg: &str| {
+            // The last character with a low unused bit set (non-canonical, same bytes).
+            let last = seg.chars().last().unwrap();
+            let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let v = alphabet.find(last).unwrap() | 1;
+            format!("{}{}", &seg[..seg.len() - 1], &alphabet[v..v + 1])
+        };
+        let pad = |seg: &str| format!("{seg}{}", "=".repeat((4 - seg.len() % 4) % 4));
+        assert!(
+            !hb.len().is_multiple_of(4) && !pb.len().is_multiple_of(4),
+            "segments {} and {} have unused bits",
+            hb.len(),
+            pb.len()
+        );
+        for (label, hs, ps) in [
+            ("ES512 padded header", pad(&hb), pb.clone()),
+            ("ES512 padded payload", hb.clone(), pad(&pb)),
+            ("ES512 non-canonical header bits", bump(&hb), pb.clone()),
+            ("ES512 non-canonical payload bits", hb.clone(), bump(&pb)),
+        ] {
+            assert_ne!((&hs, &ps), (&hb, &pb), "{label}");
+            cases.push((label.to_string(), es512.sign_segments(&hs, &ps)));
+        }
+        let t = es512.sign(&c);
+        cases.push(("ES512 leading dot".into(), format!(".{t}")));
+        cases.push(("ES512 trailing dot".into(), format!("{t}.")));
+        cases.push(("ES512 empty segment".into(), t.replacen('.', "..", 1)));
+        cases.push(("ES512 many empty segments".into(), format!("..{}..", t.replace('.', "..."))));
+        let e = ed.sign(&c);
+        let (head, sig) = e.rsplit_once('.').unwrap();
+        assert!(!sig.len().is_multiple_of(4));
+        cases.push(("EdDSA".into(), e.clone()));
+        cases.push(("EdDSA padded signature".into(), format!("{head}.{}", pad(sig))));
+        cases.push(("EdDSA non-canonical signature bits".into(), format!("{head}.{}", bump(sig))));
+        cases.push(("EdDSA empty segment".into(), e.replacen('.', "..", 2)));
+        let long = format!(r#"{{"alg":"ES512","kid":"e5","pad":"{}"}}"#, "x".repeat(9000));
+        cases.push(("ES512 header over 8192 characters".into(), es512.sign_raw(&long, &cs)));
+        cases.push(("ES512 salt".into(), es512.sign_raw(r#"{"alg":"ES512","kid":"e5","salt":"c2FsdA=="}"#, &cs)));
+        for (label, claim) in [
+            ("exp 2^32 + 5", format!(r#""exp":{}"#, (1u64 << 32) + 5)),
+            ("exp 2^40", format!(r#""exp":{}"#, 1u64 << 40)),
+            ("exp 1e19", r#""exp":1e19"#.to_string()),
+            ("exp 2^64 - 2048", r#""exp":18446744073709549568"#.to_string()),
+            ("nbf 2^32 + 5", format!(r#""nbf":{}"#, (1u64 << 32) + 5)),
+            ("iat 2^40", format!(r#""iat":{}"#, 1u64 << 40)),
+        ] {
+            let payload = format!(r#"{{"iss":"{ISS}","sub":"alice",{claim}}}"#);
+            cases.push((format!("ES512 {label}"), es512.sign_raw(r#"{"alg":"ES512","kid":"e5"}"#, &payload)));
+            cases.push((format!("RS256 {label}"), rsa.sign_raw(&h("r1"), &payload)));
+        }
     }
     // Deliberate differences (README "JWT: differences from jwt_authn"), each an RFC MUST on
     // wasmesh's side, warned about by `wasmeshctl validate`: a non-empty `crit` (RFC 7515
@@ -573,6 +638,18 @@ fn keys_repeated_members_depth_and_size_match_envoy_jwt_authn() {
         (401, "Jwks doesn't have key to match kid or alg from Jwt".into())
     );
     assert_eq!(answer(find("token with 40000 bytes of claims")), (200, "alice".into()));
+    for label in [
+        "ES512 padded header",
+        "ES512 non-canonical payload bits",
+        "ES512 many empty segments",
+        "EdDSA padded signature",
+        "EdDSA non-canonical signature bits",
+        "ES512 header over 8192 characters",
+        "ES512 salt",
+        "ES512 exp 2^40",
+    ] {
+        assert_eq!(answer(find(label)), (200, "alice".into()), "{label}");
+    }
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! AuthorizationPolicy on TCP ports as istiod translates them (issue 11, point 3) and peer
+//! AuthorizationPolicy on TCP ports as istiod translates them (issue 11, point 3; several CUSTOM
+//! providers on a TCP port, point 7) and peer
 //! certificates with several SANs (point 4), in one Envoy: each policy set runs on a listener
 //! with the wasmesh filter `wasmeshctl` generates and on a listener with Envoy's native RBAC
 //! filter configured as istiod configures it (`wasmesh_e2e::authz::istiod`), and the same
@@ -33,6 +34,8 @@ fn mesh() -> MeshConfig {
     MeshConfig {
         extension_providers: vec![
             json!({"name": "http", "envoyExtAuthzHttp": {"service": "authz.foo.svc.cluster.local", "port": 9000}}),
+            json!({"name": "http2", "envoyExtAuthzHttp": {"service": "authz2.foo.svc.cluster.local", "port": 9000}}),
+            json!({"name": "grpc", "envoyExtAuthzGrpc": {"service": "authz3.foo.svc.cluster.local", "port": 9000}}),
         ],
         ..MeshConfig::default()
     }
@@ -121,6 +124,45 @@ fn principal_rows() -> Vec<(&'static str, String, &'static str, &'static str)> {
     ]
 }
 
+/// Several CUSTOM providers on a TCP port (Istio 1.30, `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS`),
+/// as istiod's `buildTCP` loops over them: an `envoyExtAuthzHttp` provider yields no network
+/// filter (its rules do not touch TCP), an unknown provider's rules become DENY rules
+/// (`getBadCustomDenyRules`, written before DENY/ALLOW), DENY/ALLOW then decide as usual. Rows:
+/// (name, policies, what istiod's native filters hold for them, [plaintext, mTLS `allow`]).
+/// A gRPC provider (Envoy's network `ext_authz`) is refused by wasmeshctl: checked after the rows.
+fn multi_provider_rows() -> Vec<(&'static str, String, String, &'static str)> {
+    let c = |name: &str, provider: &str, rules: &str| {
+        policy(name, &format!("  action: CUSTOM\n  provider: {{name: {provider}}}\n  rules: {rules}"))
+    };
+    let two_http = format!("{}{}", c("c1", "http", "[{}]"), c("c2", "http2", "[{}]"));
+    let deny_local = policy("d", "  action: DENY\n  rules: [{from: [{source: {ipBlocks: [127.0.0.1]}}]}]");
+    let allow_mtls =
+        policy("a", "  action: ALLOW\n  rules: [{from: [{source: {principals: [cluster.local/ns/foo/sa/allow]}}]}]");
+    // An unknown provider's rules (CUSTOM takes no principals): one matching every local
+    // connection, one matching none; istiod's deny-due-to-bad-CUSTOM-action rules are the same
+    // rules as a DENY policy.
+    let bad = |ip: &str| c("c3", "nope", &format!("[{{from: [{{source: {{ipBlocks: [{ip}]}}}}]}}]"));
+    let bad_native =
+        |ip: &str| policy("c3", &format!("  action: DENY\n  rules: [{{from: [{{source: {{ipBlocks: [{ip}]}}}}]}}]"));
+    vec![
+        ("two HTTP providers: no TCP filter", two_http.clone(), String::new(), "PP"),
+        ("two HTTP providers + DENY", format!("{two_http}{deny_local}"), deny_local.clone(), "RR"),
+        ("two HTTP providers + ALLOW principal", format!("{two_http}{allow_mtls}"), allow_mtls.clone(), "RP"),
+        (
+            "HTTP providers + an unknown provider's rule denies",
+            format!("{two_http}{}", bad("127.0.0.1")),
+            bad_native("127.0.0.1"),
+            "RR",
+        ),
+        (
+            "HTTP + unknown provider's rule not matching + ALLOW principal",
+            format!("{two_http}{}{allow_mtls}", bad("10.0.0.0/8")),
+            format!("{}{allow_mtls}", bad_native("10.0.0.0/8")),
+            "RP",
+        ),
+    ]
+}
+
 fn outcomes(results: impl Iterator<Item = bool>) -> String {
     results.map(|p| if p { 'P' } else { 'R' }).collect()
 }
@@ -167,6 +209,52 @@ fn tcp_translation_and_several_sans_next_to_native_rbac() {
         listeners.push(listener(&format!("wasm-{wp}"), wp, wasm_filters, &server, &root));
         listeners.push(listener(&format!("native-{np}"), np, native, &server, &root));
         tcp.push((name, wp, np, expected));
+    }
+    // Several CUSTOM providers: as istiod with PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS (read by
+    // wasmeshctl from its environment, as istiod reads it; this binary has only this test).
+    std::env::set_var("PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS", "true");
+    for (name, yaml, native_yaml, expected) in multi_provider_rows() {
+        let (wp, np) = (free_port(), free_port());
+        let res = resources(&yaml);
+        let ctx = ListenerContext {
+            workload: &wl,
+            resources: &res,
+            direction: Direction::Inbound,
+            bind_port: wp,
+            mesh: &mesh,
+        };
+        let mut wasm_filters: Vec<_> = plugins::authz::tcp_filter(&ctx)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+            .iter()
+            .map(|f| wasm_network_filter(f, &wasm))
+            .collect();
+        wasm_filters.push(tcp_proxy("echo"));
+        let native_res = resources(if native_yaml.is_empty() { "" } else { &native_yaml });
+        let mut native = istiod::network_filters(&native_res, &wl, &[]);
+        native.push(tcp_proxy("echo"));
+        listeners.push(listener(&format!("wasm-{wp}"), wp, wasm_filters, &server, &root));
+        listeners.push(listener(&format!("native-{np}"), np, native, &server, &root));
+        tcp.push((name, wp, np, expected));
+    }
+    // A gRPC provider among them: istiod writes Envoy's network ext_authz for it, which wasmesh
+    // does not have: refused, naming the policy and the field (README "External authorization").
+    {
+        let yaml = format!(
+            "{}{}",
+            policy("c1", "  action: CUSTOM\n  provider: {name: http}\n  rules: [{}]"),
+            policy("g", "  action: CUSTOM\n  provider: {name: grpc}\n  rules: [{}]")
+        );
+        let res = resources(&yaml);
+        let ctx = ListenerContext {
+            workload: &wl,
+            resources: &res,
+            direction: Direction::Inbound,
+            bind_port: 3306,
+            mesh: &mesh,
+        };
+        let e = format!("{:?}", plugins::authz::tcp_filter(&ctx).unwrap_err());
+        assert!(e.contains("AuthorizationPolicy foo/g") && e.contains("spec.provider.name"), "{e}");
+        assert!(!e.contains("foo/c1"), "the HTTP provider's policy is fine on TCP: {e}");
     }
     // Principal rows: TCP wasm/native, HTTP wasm (with and without the client certificate
     // details)/native.

@@ -352,3 +352,100 @@ spec:
     assert_eq!(h.get("x-user").map(String::as_str), Some("bob"), "{h:?}");
     assert_eq!(h.get("x-ext-authz-check-result").map(String::as_str), Some("allowed"), "{h:?}");
 }
+
+/// `curl` over TLS (client certificate `cert`, SNI `sni` when given) or plaintext: the status.
+fn curl_status(port: u16, cert: Option<&wasmesh_e2e::authz_tcp::Leaf>, sni: Option<&str>, path: &str) -> u16 {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "-k", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"]);
+    cmd.args(["-H", "host: httpbin.foo:8000", "-H", "x-ext-authz: allow"]);
+    if let Some(c) = cert {
+        cmd.arg("--cert").arg(&c.cert).arg("--key").arg(&c.key);
+    }
+    let url = match (cert.is_some() || sni.is_some(), sni) {
+        (false, _) => format!("http://127.0.0.1:{port}{path}"),
+        (true, None) => format!("https://127.0.0.1:{port}{path}"),
+        (true, Some(name)) => {
+            cmd.arg("--resolve").arg(format!("{name}:{port}:127.0.0.1"));
+            format!("https://{name}:{port}{path}")
+        }
+    };
+    let out = cmd.arg(url).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+/// Issue 11 point 1: the gRPC CheckRequest for requests that arrive over mutual TLS, field by
+/// field against Envoy's native ext_authz as istiod configures it (no `include_peer_certificate`,
+/// no `include_tls_session`), on listeners that take TLS and plaintext on one port with the
+/// inbound sidecar's client-certificate settings. Peers: a SPIFFE workload, a certificate with
+/// two URI SANs (the first is the principal), one with DNS SANs only, TLS without a client
+/// certificate, plaintext; with and without SNI. `source`/`destination` `principal`, addresses,
+/// `tls_session`, `metadata_context`, the headers (with `x-forwarded-client-cert`) must all agree.
+#[test]
+fn grpc_check_over_mtls_matches_envoy_ext_authz() {
+    use wasmesh_e2e::authz::ServerTls;
+    use wasmesh_e2e::authz_tcp::SanCa;
+    let ca = SanCa::new();
+    let server = ca.issue("server", &["URI:spiffe://cluster.local/ns/foo/sa/httpbin"]);
+    let sleep = ca.issue("sleep", &["URI:spiffe://cluster.local/ns/bar/sa/sleep"]);
+    let two =
+        ca.issue("two", &["URI:spiffe://cluster.local/ns/bar/sa/first", "URI:spiffe://cluster.local/ns/bar/sa/second"]);
+    let dns = ca.issue("dns", &["DNS:client.example", "DNS:other.example"]);
+    let ext = GrpcExtAuthz::start();
+    let app = App::new("httpbin", "v1").start();
+    let mut clusters = BTreeMap::new();
+    let (mut w, mut n) = pair("mtls", &grpc(ext.port, json!({"timeout": "0.5s"})), &mut clusters);
+    let tls = ServerTls { cert_chain: server.cert.clone(), private_key: server.key.clone(), root_cert: ca.root() };
+    w.tls = Some(tls.clone());
+    n.tls = Some(tls);
+    let ports = (w.port, n.port);
+    let mut clusters: Vec<Value> = clusters.into_values().collect();
+    clusters.push(authz::local_cluster("app", app.port));
+    let _envoy = Proxy { listeners: vec![w, n], clusters, stats_tags: Vec::new() }.start("ext-authz-mtls");
+
+    let peer = |c: &Check, source: bool| {
+        let a = c.attributes.as_ref().unwrap();
+        let p = if source { a.source.as_ref() } else { a.destination.as_ref() };
+        p.map(|p| p.principal.clone()).unwrap_or_default()
+    };
+    type Case<'a> = (&'a str, Option<&'a wasmesh_e2e::authz_tcp::Leaf>, Option<&'a str>, &'a str);
+    let cases: [Case<'_>; 7] = [
+        ("spiffe peer", Some(&sleep), None, "spiffe://cluster.local/ns/bar/sa/sleep"),
+        (
+            "spiffe peer with SNI",
+            Some(&sleep),
+            Some("httpbin.foo.svc.cluster.local"),
+            "spiffe://cluster.local/ns/bar/sa/sleep",
+        ),
+        (
+            "two URI SANs",
+            Some(&two),
+            Some("outbound_.8000_._.httpbin.foo.svc.cluster.local"),
+            "spiffe://cluster.local/ns/bar/sa/first",
+        ),
+        ("DNS SANs only", Some(&dns), None, "client.example"),
+        ("TLS without a client certificate", None, Some("httpbin.foo"), ""),
+        ("plaintext", None, None, ""),
+        ("DNS SANs with SNI", Some(&dns), Some("httpbin.foo"), "client.example"),
+    ];
+    for (i, (label, cert, sni, source)) in cases.into_iter().enumerate() {
+        let path = format!("/protected/mtls/{i}");
+        let mut seen = Vec::new();
+        for port in [ports.0, ports.1] {
+            let before = ext.checks().len();
+            let status = curl_status(port, cert, sni, &path);
+            let checks = ext.checks()[before..].to_vec();
+            assert_eq!(checks.len(), 1, "{label}: one check per request (port {port}, status {status})");
+            seen.push((status, checks.into_iter().next().unwrap()));
+        }
+        let ((ws, wc), (ns, nc)) = (seen[0].clone(), seen[1].clone());
+        assert_eq!((ws, ns), (200, 200), "{label}: status (wasm, native)");
+        assert_eq!(peer(&nc, true), source, "{label}: native source principal");
+        let tls = cert.is_some() || sni.is_some();
+        let local = if tls { "spiffe://cluster.local/ns/foo/sa/httpbin" } else { "" };
+        assert_eq!(peer(&nc, false), local, "{label}: native destination principal");
+        let (a, b) = (format!("{:#?}", normalized(wc, label)), format!("{:#?}", normalized(nc, label)));
+        let diff: Vec<String> =
+            a.lines().zip(b.lines()).filter(|(x, y)| x != y).map(|(x, y)| format!("wasm {x}\nnative {y}")).collect();
+        assert!(a == b, "{label}: CheckRequest differs:\n{}\n--- wasm whole:\n{a}", diff.join("\n"));
+    }
+}

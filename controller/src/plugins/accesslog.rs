@@ -274,6 +274,16 @@ fn entry(res: &Resource, i: usize, e: &Value) -> Result<(Vec<String>, bool, Opti
             if expr.len() > wasmesh_accesslog::config::MAX_FILTER_BYTES {
                 return Err(Error::at(res, at(".filter.expression"), "longer than 4096 bytes"));
             }
+            // Envoy parses the expression only when the phase first asks for it (`expr_create`);
+            // one it cannot parse would make the log write nothing: refused here instead.
+            if let Err(e) = cel::Program::compile(expr) {
+                let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                return Err(Error::at(
+                    res,
+                    at(".filter.expression"),
+                    format!("{expr:?} is not a CEL expression (the access log would write nothing): {first}"),
+                ));
+            }
             Some(expr.to_string())
         }
     };

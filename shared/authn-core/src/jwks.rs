@@ -7,7 +7,6 @@
 
 #![deny(clippy::indexing_slicing)]
 
-use crate::jose::Checked;
 use crate::jwt::{b64url_decode, Jwt, Status};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Map, Value};
@@ -87,8 +86,8 @@ impl KeySet {
             return Err(Status::JwksNoValidKeys);
         }
         let mut matched = false;
-        // jwt-simple's token checks (ES*/EdDSA/HS*): the same for every key, made at most once.
-        let mut checks: Option<Option<Checked>> = None;
+        // The deliberate token checks (ES*/EdDSA/HS*): the same for every key, made at most once.
+        let mut checks: Option<bool> = None;
         for key in &self.keys {
             if !candidate(key, jwt) {
                 continue;
@@ -123,7 +122,7 @@ fn verify_with(
     now: u64,
     skew: u64,
     max_token: usize,
-    checks: &mut Option<Option<Checked>>,
+    checks: &mut Option<bool>,
 ) -> Result<(), Status> {
     if let Material::Rsa(k) = &key.material {
         use crate::rsa::Hash;
@@ -141,8 +140,8 @@ fn verify_with(
         };
         return if ok { Ok(()) } else { Err(Status::JwtVerificationFail) };
     }
-    // ES256/ES384/EdDSA/HS*: the signature over the parsed token, after the checks jwt-simple's
-    // `verify_token` made (same tokens accepted as when it verified them).
+    // ES*/EdDSA/HS*: the signature over the parsed token, after the deliberate checks of
+    // `jose.rs` (`crit`, `exp: 0`).
     match (&key.material, jwt.alg.as_str()) {
         (Material::P256(_), "ES256") | (Material::P384(_), "ES384") | (Material::P521(_), "ES512") => {}
         (Material::Ed25519(_), "EdDSA") => {
@@ -153,9 +152,9 @@ fn verify_with(
         (Material::Oct(secret), "HS256" | "HS384" | "HS512") if secret.len() >= MIN_HMAC_SECRET_BYTES => {}
         _ => return Err(Status::JwtVerificationFail),
     }
-    let Some(checked) = *checks.get_or_insert_with(|| crate::jose::token_checks(token, now, skew, max_token)) else {
+    if !*checks.get_or_insert_with(|| crate::jose::token_checks(token, now, skew, max_token)) {
         return Err(Status::JwtVerificationFail);
-    };
+    }
     let signed = signing_input(token, jwt);
     let (msg, sig) = (signed.as_bytes(), jwt.signature.as_slice());
     let ok = match (&key.material, jwt.alg.as_str()) {
@@ -165,8 +164,6 @@ fn verify_with(
         (Material::Ed25519(k), _) => {
             ed25519_compact::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
         }
-        // A JWKS secret has no salt, so a salted token was refused (jwt-simple `MissingSalt`).
-        (Material::Oct(_), _) if checked.salted => false,
         (Material::Oct(secret), "HS256") => hmac_verify::<Hmac<sha2::Sha256>>(secret, msg, sig),
         (Material::Oct(secret), "HS384") => hmac_verify::<Hmac<sha2::Sha384>>(secret, msg, sig),
         (Material::Oct(secret), "HS512") => hmac_verify::<Hmac<sha2::Sha512>>(secret, msg, sig),

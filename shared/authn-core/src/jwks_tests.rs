@@ -370,12 +370,13 @@ fn keys_of_another_curve_or_type_do_not_verify() {
 
 /// The header and payload without the members jwt-simple typed or checked and Envoy does not
 /// read (`jose.rs`: `typ`, `cty`, `jwk`, `x5*`, `jku`; `iat`, `nbf`, `iss`, `sub`, `aud`, `jti`,
-/// `nonce`); `None` when nothing was removed or one is not a JSON object.
+/// `nonce`; `salt`, which jwt-simple refused for JWKS secrets and typed otherwise); `None` when
+/// nothing was removed or one is not a JSON object.
 fn relaxed(header: &str, payload: &str) -> Option<(String, String)> {
     let mut h: serde_json::Map<String, Value> = serde_json::from_str(header).ok()?;
     let mut p: serde_json::Map<String, Value> = serde_json::from_str(payload).ok()?;
     let mut removed = false;
-    for k in ["typ", "cty", "jwk", "x5c", "x5u", "x5t", "x5t#S256", "jku"] {
+    for k in ["typ", "cty", "jwk", "x5c", "x5u", "x5t", "x5t#S256", "jku", "salt"] {
         removed |= h.remove(k).is_some();
     }
     for k in ["iat", "nbf", "iss", "sub", "aud", "jti", "nonce"] {
@@ -474,7 +475,7 @@ fn token_checks_answer_as_jwt_simple_did() {
     }
     // Headers repeating a member (jwt-simple refused some) no longer get this far: `parse`
     // refuses them first, with Envoy's bad-JSON status.
-    assert!(accepted > 200 && refused > 40, "accepted {accepted} refused {refused}");
+    assert!(accepted > 200 && refused > 20, "accepted {accepted} refused {refused}");
 
     // The rules, spelled out (ES256).
     let set = keyset(&Alg::Es256.jwk());
@@ -492,90 +493,100 @@ fn token_checks_answer_as_jwt_simple_did() {
     assert_eq!(bad_json(r#"{"alg":"ALG","kid":"k","kid":"k"}"#, plain), Some(Status::JwtHeaderParseErrorBadJson));
     assert_eq!(bad_json(r#"{"alg":"ALG","other":1,"other":2}"#, plain), Some(Status::JwtHeaderParseErrorBadJson));
     assert!(ok(r#"{"alg":"ALG","jwk":{"kty":"EC"}}"#, plain), "jwk is not read, as in Envoy");
-    assert!(!ok(r#"{"alg":"ALG","salt":"c2FsdA=="}"#, plain), "salt must be strict base64url");
+    assert!(ok(r#"{"alg":"ALG","salt":"c2FsdA=="}"#, plain), "salt is not read, as in Envoy");
+    assert!(ok(r#"{"alg":"ALG","salt":7}"#, plain));
+    assert!(!ok(r#"{"alg":"ALG","crit":"b64"}"#, plain), "a crit that is not an empty array is not empty");
     let h = r#"{"alg":"ALG"}"#;
     assert!(ok(h, r#"{"nonce":5}"#), "nonce is not read, as in Envoy");
     assert_eq!(bad_json(h, r#"{"iss":"i","iss":"i"}"#), Some(Status::JwtPayloadParseErrorBadJson));
     assert_eq!(bad_json(h, r#"{"custom":1,"custom":2}"#), Some(Status::JwtPayloadParseErrorBadJson));
     assert!(!ok(h, r#"{"exp":0}"#), "exp 0 is expired (RFC 7519 §4.1.4; Envoy: never expires)");
-    assert!(ok(h, &format!(r#"{{"exp":{}}}"#, (1u64 << 32) + 5)), "coarsetime saturates from 2^32 s");
+    assert!(!ok(h, r#"{"exp":0.5}"#), "exp truncated to 0 is expired as well");
+    for exp in [(1u64 << 32) + 5, 1 << 40, u64::MAX - SKEW, u64::MAX] {
+        assert!(ok(h, &format!(r#"{{"exp":{exp}}}"#)), "exp {exp}: whole seconds, as Envoy");
+    }
+    assert!(ok(h, r#"{"exp":1e19}"#));
     assert!(ok(h, &format!(r#"{{"exp":{}.5}}"#, NOW + 10)));
     assert!(ok(h, &format!(r#"{{"exp":{}}}"#, NOW - SKEW)));
     assert!(!ok(h, &format!(r#"{{"exp":{}}}"#, NOW - SKEW - 1)));
 }
 
-/// Encodings Envoy's parser accepts but jwt-simple did not (and still refused): padding and
-/// whitespace inside a segment, non-canonical trailing bits, empty segments, a long header.
+/// Encodings Envoy's parser accepts (`absl::StrSplit(.., SkipEmpty)`, `WebSafeBase64Unescape`)
+/// and jwt-simple refused: padding and whitespace inside a segment, non-canonical trailing bits,
+/// empty segments, a header over 8192 characters. Each variant is signed over the segments as
+/// they stand (Envoy's signing input: `<header segment>.<payload segment>` as split), so only the
+/// encoding differs; all verify, as in Envoy. Whitespace or padding added to a segment after
+/// signing still fails (the signature covers the text).
 #[test]
-fn lax_encodings_are_refused_as_jwt_simple_did() {
+fn lax_encodings_are_accepted_as_envoy_does() {
+    fn non_canonical(last: char) -> Option<char> {
+        let v = crate::jwt::b64url_value(last as u8)?;
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        alphabet.get(usize::from(v | 1)).map(|&c| c as char).filter(|&c| c != last)
+    }
+    let set_of = |alg: Alg| keyset(&alg.jwk());
     for alg in ALL {
-        let jwk = alg.jwk();
-        let set = keyset(&jwk);
-        let t = alg.token(&alg.header(), &payload());
-        let parts: Vec<&str> = t.split('.').collect();
-        let mut variants: Vec<String> = Vec::new();
-        for i in 0..3 {
-            let mut p: Vec<String> = parts.iter().map(|s| s.to_string()).collect();
-            // Padding (when the segment length allows it) and whitespace.
+        let set = set_of(alg);
+        let segs = [b64url_encode(alg.header().as_bytes()), b64url_encode(payload().as_bytes())];
+        // Variants of one of the first two segments, then signed.
+        let mut signed_variants: Vec<[String; 2]> = Vec::new();
+        for i in 0..2 {
+            let mut p = segs.clone();
             let pad = (4 - p[i].len() % 4) % 4;
             if pad > 0 {
                 p[i].push_str(&"=".repeat(pad));
-                variants.push(p.join("."));
+                signed_variants.push(p.clone());
             }
-            let mut p: Vec<String> = parts.iter().map(|s| s.to_string()).collect();
+            let mut p = segs.clone();
             p[i].insert(4, ' ');
-            variants.push(p.join("."));
-            // Non-canonical trailing bits, when there are unused bits.
-            let mut p: Vec<String> = parts.iter().map(|s| s.to_string()).collect();
+            signed_variants.push(p);
+            let mut p = segs.clone();
             if !p[i].len().is_multiple_of(4) {
                 let last = p[i].pop().unwrap();
-                let bumped = match last {
-                    'A' => 'B',
-                    'Q' => 'R',
-                    'g' => 'h',
-                    'w' => 'x',
-                    '0' => '1',
-                    'E' => 'F',
-                    'I' => 'J',
-                    'M' => 'N',
-                    'U' => 'V',
-                    'Y' => 'Z',
-                    'c' => 'd',
-                    'k' => 'l',
-                    'o' => 'p',
-                    's' => 't',
-                    '4' => '5',
-                    '8' => '9',
-                    other => other,
-                };
-                if bumped != last {
+                if let Some(bumped) = non_canonical(last) {
                     p[i].push(bumped);
-                    variants.push(p.join("."));
+                    signed_variants.push(p);
                 }
+            }
+        }
+        let mut variants: Vec<String> = signed_variants
+            .iter()
+            .map(|[h, p]| format!("{h}.{p}.{}", b64url_encode(&alg.sign(format!("{h}.{p}").as_bytes()))))
+            .collect();
+        // Variants of the signature segment and empty segments: the signing input is unchanged.
+        let t = alg.token(&alg.header(), &payload());
+        let (head, sig) = t.rsplit_once('.').unwrap();
+        let pad = (4 - sig.len() % 4) % 4;
+        if pad > 0 {
+            variants.push(format!("{head}.{sig}{}", "=".repeat(pad)));
+        }
+        variants.push(format!("{head}.{} {}", &sig[..4], &sig[4..]));
+        if !sig.len().is_multiple_of(4) {
+            if let Some(bumped) = non_canonical(sig.chars().last().unwrap()) {
+                variants.push(format!("{head}.{}{bumped}", &sig[..sig.len() - 1]));
             }
         }
         variants.push(format!(".{t}"));
         variants.push(format!("{t}."));
         variants.push(t.replacen('.', "..", 1));
-        let mut n = 0;
+        variants.push(format!("..{}..", t.replace('.', "...")));
+        assert!(variants.len() >= 9, "{alg:?}: {} variants", variants.len());
         for v in &variants {
-            let Some(got) = verify(&set, v) else { continue };
-            n += 1;
-            assert_eq!(got.is_ok(), oracle(&jwk, v), "{alg:?} {v}");
-            assert!(got.is_err(), "{alg:?} {v}");
+            assert_eq!(verify(&set, v), Some(Ok(set.keys[0].fingerprint)), "{alg:?} {v:?}");
         }
-        assert!(n >= 8, "{alg:?}: only {n} variants parsed");
-        // A header over 8192 characters (jwt-simple's limit), within the token limit.
-        let h = format!(r#"{{"alg":"{}","pad":"{}"}}"#, alg.name(), "x".repeat(6200));
+        // Padding or whitespace added after signing: the signing input differs.
+        for (i, seg) in segs.iter().enumerate() {
+            let mut p = segs.clone();
+            p[i] = format!("{} {}", &seg[..4], &seg[4..]);
+            let forged = format!("{}.{}.{sig}", p[0], p[1]);
+            assert_eq!(verify(&set, &forged), Some(Err(Status::JwtVerificationFail)), "{alg:?} {forged:?}");
+        }
+        // A header over 8192 characters (jwt-simple's limit; Envoy has none), within the token limit.
+        let h = format!(r#"{{"alg":"{}","pad":"{}"}}"#, alg.name(), "x".repeat(9000));
         let long = alg.token(&h, &payload());
         assert!(long.split('.').next().unwrap().len() > 8192);
-        assert_eq!(verify(&set, &long), Some(Err(Status::JwtVerificationFail)));
-        assert!(!oracle(&jwk, &long));
-        let h = format!(r#"{{"alg":"{}","pad":"{}"}}"#, alg.name(), "x".repeat(6100));
-        let ok = alg.token(&h, &payload());
-        assert!(ok.split('.').next().unwrap().len() <= 8192);
-        assert!(verify(&set, &ok).unwrap().is_ok());
-        assert!(oracle(&jwk, &ok));
+        assert!(verify(&set, &long).unwrap().is_ok(), "{alg:?}");
+        assert!(!oracle(&alg.jwk(), &long), "jwt-simple refused it");
     }
 }
 
@@ -755,7 +766,7 @@ fn signature_timing() {
         assert!(set.verify(&token, &jwt, NOW, SKEW, MAX).is_ok());
         let first = t0.elapsed().as_secs_f64() * 1e6;
         let now = time(n, || assert!(set.verify(&token, &jwt, NOW, SKEW, MAX).is_ok()));
-        let checks = time(n * 10, || assert!(crate::jose::token_checks(&token, NOW, SKEW, MAX).is_some()));
+        let checks = time(n * 10, || assert!(crate::jose::token_checks(&token, NOW, SKEW, MAX)));
         println!(
             "{}: token {} B; parse {parse_us:.1} µs | jwt-simple verify_token {simple:.1} µs | RustCrypto verify (signature only) {rustcrypto:.1} µs | wasmesh KeySet::verify {now:.1} µs (of which jose checks {checks:.1} µs; first use of the key {first:.0} µs)",
             alg.name(),
@@ -793,11 +804,12 @@ fn hmac_answers_as_jwt_simple_did() {
         let jwk = alg.jwk();
         let set = keyset(&jwk);
         assert!(verify(&set, &good).unwrap().is_ok());
-        // A salted header, well-formed or not, is refused (jwt-simple: MissingSalt).
+        // A salted header, well-formed or not, is accepted as Envoy does (it does not read
+        // `salt`; jwt-simple refused it: MissingSalt).
         for salt in [r#""c2FsdA""#, r#""c2FsdA==""#] {
             let h = format!(r#"{{"alg":"{}","kid":"k","salt":{salt}}}"#, alg.name());
             let t = alg.token(&h, &payload());
-            assert_eq!(verify(&set, &t), Some(Err(Status::JwtVerificationFail)), "{alg:?} salt {salt}");
+            assert!(verify(&set, &t).unwrap().is_ok(), "{alg:?} salt {salt}");
             assert!(!oracle(&jwk, &t));
         }
         // Truncated, extended, empty and other-hash tags.

@@ -340,8 +340,15 @@ impl Es512 {
     /// `<header>.<payload>.<r || s>` over exactly these texts.
     pub fn sign_raw(&self, header: &str, payload: &str) -> String {
         use crate::jwt::b64url_encode;
+        self.sign_segments(&b64url_encode(header.as_bytes()), &b64url_encode(payload.as_bytes()))
+    }
+
+    /// `<header>.<payload>.<r || s>` over these segments exactly as given (padded, non-canonical
+    /// or otherwise unusual encodings: the signing input is the segments' text).
+    pub fn sign_segments(&self, header: &str, payload: &str) -> String {
+        use crate::jwt::b64url_encode;
         use p521::ecdsa::signature::Signer as _;
-        let signed = format!("{}.{}", b64url_encode(header.as_bytes()), b64url_encode(payload.as_bytes()));
+        let signed = format!("{header}.{payload}");
         let sig: p521::ecdsa::Signature = self.key.sign(signed.as_bytes());
         format!("{signed}.{}", b64url_encode(&sig.to_bytes()))
     }

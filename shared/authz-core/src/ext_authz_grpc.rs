@@ -249,7 +249,8 @@ pub struct CheckInputs {
     /// The peer's and the local certificate's identity (URI SAN, else DNS SAN, else subject).
     pub source_principal: String,
     pub destination_principal: String,
-    /// `connection.requested_server_name` on a TLS connection.
+    /// `tls_session.sni`: Envoy sends it only when `include_tls_session` is set, which istiod
+    /// never does, so the filter leaves it `None`.
     pub sni: Option<String>,
     /// `request.time`, nanoseconds since the epoch.
     pub time_nanos: Option<u64>,
