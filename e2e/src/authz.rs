@@ -981,7 +981,9 @@ pub struct BenchFilters {
 pub fn bench_filters(policies_yaml: &str, workload: &Workload) -> Result<BenchFilters, String> {
     let resources = Resources { items: load_str(policies_yaml, "bench-policies.yaml").map_err(|e| e.to_string())? };
     let native = istiod::http_filters(&resources, workload, &[]);
-    let c = plugin_filters(workload, &resources, &MeshConfig::default(), Direction::Inbound, 8000)?;
+    let mut c = plugin_filters(workload, &resources, &MeshConfig::default(), Direction::Inbound, 8000)?;
+    // As `wasmeshctl envoy` writes it: no access log reads the decision, so it is not written.
+    wasmesh_controller::plugins::authz::decision_filter_state_when_read(&mut c.http_filters);
     let wasm = c.http_filters.iter().map(|f| wasm_http_filter(f, &crate::paths::wasm_dir())).collect();
     Ok(BenchFilters { native, wasm, wasm_network: network_filters(&c) })
 }

@@ -85,6 +85,29 @@ pub fn single_san_peers(
     (c, exchange)
 }
 
+/// The filter-state key authz writes its decision to (`decisionFilterState`).
+const DECISION_KEY: &str = wasmesh_authz::DECISION_FILTER_STATE_KEY;
+
+/// Turns `decisionFilterState` off on a listener's HTTP authz filters when nothing on that
+/// listener reads the decision: no other filter's configuration names the key (the access-log
+/// phase's formats and filters are the readers `wasmeshctl envoy` writes; Envoy's own
+/// `--envoy-access-log` uses Envoy's default format, which prints no filter state). Writing it
+/// costs a hostcall and ~5k instructions per request. Only for a bootstrap `wasmeshctl envoy`
+/// writes whole: under Istio (`generate`) an access log may come from places wasmeshctl does
+/// not see (an EnvoyFilter), so the decision stays on there.
+pub fn decision_filter_state_when_read(filters: &mut [WasmFilter]) {
+    let is_authz = |f: &WasmFilter| f.name == FILTER_NAME || f.name == CUSTOM_FILTER_NAME;
+    let read = filters.iter().filter(|f| !is_authz(f)).any(|f| f.config.to_string().contains(DECISION_KEY));
+    if read {
+        return;
+    }
+    for f in filters.iter_mut().filter(|f| is_authz(f)) {
+        if let Some(o) = f.config.as_object_mut() {
+            o.insert("decisionFilterState".into(), Value::Bool(false));
+        }
+    }
+}
+
 /// The contribution for one stage.
 pub fn contribute_stage(ctx: &ListenerContext<'_>, stage: Stage) -> Result<Contribution, Vec<Error>> {
     if ctx.direction == Direction::Outbound {
@@ -504,5 +527,33 @@ mod tests {
         assert_eq!(names, [CUSTOM_FILTER_NAME, FILTER_NAME]);
         assert!(refuses_plaintext(&filters[0]));
         assert!(!refuses_plaintext(&filters[1]), "the RBAC instance does not check it again");
+    }
+
+    #[test]
+    fn the_decision_is_written_only_where_another_filter_reads_it() {
+        let filter = |name: &str, config: Value| WasmFilter { name: name.into(), config, fail_open: false };
+        let authz = || vec![filter(CUSTOM_FILTER_NAME, json!({})), filter(FILTER_NAME, json!({"stage": "rbac"}))];
+        let state = |fs: &[WasmFilter]| -> Vec<Option<Value>> {
+            fs.iter()
+                .filter(|f| f.name.starts_with("wasmesh.authz"))
+                .map(|f| f.config.get("decisionFilterState").cloned())
+                .collect()
+        };
+
+        let mut unread = authz();
+        unread.insert(0, filter("wasmesh.access_log", json!({"logs": [{"text": "%RESPONSE_CODE%\n"}]})));
+        decision_filter_state_when_read(&mut unread);
+        assert_eq!(state(&unread), [Some(json!(false)), Some(json!(false))]);
+
+        let mut read = authz();
+        read.insert(
+            0,
+            filter(
+                "wasmesh.access_log",
+                json!({"logs": [{"text": "%FILTER_STATE(wasm.wasmesh.authz.decision:PLAIN)%\n"}]}),
+            ),
+        );
+        decision_filter_state_when_read(&mut read);
+        assert_eq!(state(&read), [None, None], "left at its default, on");
     }
 }

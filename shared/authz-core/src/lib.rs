@@ -60,6 +60,10 @@ pub use validate::{validate, validate_all};
 use std::net::IpAddr;
 pub use wasmesh_handover::RequestIdentity;
 
+/// The filter-state key each decision is written to when `decisionFilterState` is on (access
+/// logs read it as `%FILTER_STATE(wasm.wasmesh.authz.decision:PLAIN)%`).
+pub const DECISION_FILTER_STATE_KEY: &str = wasmesh_handover::AUTHZ_DECISION;
+
 /// The deny response Istio's RBAC filter sends.
 pub const DENY_STATUS: u32 = 403;
 pub const DENY_BODY: &str = "RBAC: access denied";
