@@ -49,8 +49,11 @@ struct BodyCopy {
     /// The first bytes of it, at most the filter's body cap.
     bytes: Vec<u8>,
     /// The check that waits for the body: rule, provider index, check headers.
-    waiting: Option<(RuleId, usize, Vec<(String, String)>)>,
+    waiting: Option<WaitingCheck>,
 }
+
+/// A check waiting for the body: its rule, the provider's place in the CUSTOM chain, its headers.
+type WaitingCheck = (RuleId, usize, Vec<(String, String)>);
 
 impl AuthzRequest {
     pub fn new(shared: Rc<Shared>) -> AuthzRequest {
