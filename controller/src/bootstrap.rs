@@ -641,7 +641,7 @@ pub const VM_ID: &str = "wasmesh";
 
 fn wasm_plugin_config(f: &WasmFilter, wasm_dir: &std::path::Path) -> Value {
     let file = wasm_dir.join(MODULE_FILE);
-    json!({
+    let mut config = json!({
         "name": f.name,
         "root_id": f.name,
         "configuration": {
@@ -655,7 +655,11 @@ fn wasm_plugin_config(f: &WasmFilter, wasm_dir: &std::path::Path) -> Value {
         },
         // Telemetry fails open; security and routing fail closed and recover by reloading the VM.
         "failure_policy": if f.fail_open { "FAIL_OPEN" } else { "FAIL_RELOAD" },
-    })
+    });
+    if crate::plugins::authz::needs_request_body(&f.config) {
+        config["allow_on_headers_stop_iteration"] = json!(true);
+    }
+    config
 }
 
 fn listener(

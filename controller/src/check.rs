@@ -110,6 +110,7 @@ pub fn check(
         multiple_custom_providers: crate::plugins::authz::multiple_custom_providers(),
         decision_filter_state: true,
         single_san_peers: false,
+        request_body: false,
     };
     let authz = cfg.compile(&relevant).map_err(|e| e.0)?;
 

@@ -629,8 +629,34 @@ fn authz_config(resources: &[&Resource], mesh: &MeshConfig, stage: Stage) -> Res
         // (a TCP DENY on one principal would refuse every other client). HTTP reads every SAN from
         // the x-forwarded-client-cert istiod's inbound listeners set.
         single_san_peers: stage == Stage::Tcp,
+        request_body: matches!(stage, Stage::Custom | Stage::All)
+            && !body_policies(resources.iter().copied(), mesh).is_empty(),
     };
     Ok(plugin_config(to_value("authz", &cfg)?, mesh, &[]))
+}
+
+/// The CUSTOM AuthorizationPolicies among `resources` whose provider has
+/// `includeRequestBodyInCheck`, with the provider's place in meshConfig and its kind.
+fn body_policies<'a>(resources: impl Iterator<Item = &'a Resource>, mesh: &MeshConfig) -> Vec<(&'a Resource, String)> {
+    let mut out = Vec::new();
+    for r in resources {
+        let wasmesh_istio::Spec::AuthorizationPolicy(ap) = &r.spec else { continue };
+        if ap.action != Action::Custom {
+            continue;
+        }
+        let Some(name) = ap.provider.as_ref().map(|p| p.name.as_str()) else { continue };
+        for (i, p) in mesh.extension_providers.iter().enumerate() {
+            if p.get("name").and_then(Value::as_str) != Some(name) {
+                continue;
+            }
+            for kind in ["envoyExtAuthzHttp", "envoyExtAuthzGrpc"] {
+                if p.get(kind).and_then(|k| k.get("includeRequestBodyInCheck")).is_some() {
+                    out.push((r, format!("meshConfig extensionProviders[{i}].{kind}.includeRequestBodyInCheck")));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Compiles an authz pluginConfig for each workload; true when some policy applies to one.
@@ -981,7 +1007,7 @@ fn traffic_extension(p: &Plugin, opts: &Options, url: &str, namespace: &str) -> 
 
 /// Envoy's `PluginConfig` for a plugin, with the given `vm_config.code`.
 pub fn envoy_plugin_config(p: &Plugin, namespace: &str, code: Value) -> Value {
-    json!({
+    let mut config = json!({
         "name": format!("{namespace}.{}", p.name),
         "root_id": p.root_id,
         "failure_policy": if p.fail_open { "FAIL_OPEN" } else { "FAIL_CLOSED" },
@@ -990,7 +1016,11 @@ pub fn envoy_plugin_config(p: &Plugin, namespace: &str, code: Value) -> Value {
             "@type": "type.googleapis.com/google.protobuf.StringValue",
             "value": serde_json::to_string(&p.config).unwrap_or_default(),
         },
-    })
+    });
+    if crate::plugins::authz::needs_request_body(&p.config) {
+        config["allow_on_headers_stop_iteration"] = json!(true);
+    }
+    config
 }
 
 /// The Envoy typed config of a plugin (HTTP or network Wasm filter).
@@ -1205,6 +1235,20 @@ pub fn generate(resources: &Resources, opts: &Options) -> Result<Generated, Vec<
     let jwks = if plugins.iter().any(|p| p.root_id == AUTHN_ROOT) { jwks_clusters(resources) } else { Vec::new() };
     match opts.format {
         Format::WasmPlugin | Format::TrafficExtension => {
+            // Istio's WasmPlugin (and TrafficExtension) has no field for Envoy's
+            // `allow_on_headers_stop_iteration`, without which the filter gets no body while it
+            // holds the headers: refused, naming the policy and the provider field.
+            let body = body_policies(resources.of_kind(Kind::AuthorizationPolicy), &opts.mesh);
+            if !body.is_empty() {
+                return Err(body
+                    .into_iter()
+                    .map(|(r, field)| {
+                        Error::at(r, "spec.provider.name", format!(
+                            "{field}: --format wasmplugin/trafficextension cannot carry it: Istio's WasmPlugin has no field for Envoy's PluginConfig allow_on_headers_stop_iteration, without which a wasm filter gets no request body while it holds the headers; use --format envoyfilter or envoyfilter-ecds (which set it), or wasmeshctl envoy"
+                        ))
+                    })
+                    .collect());
+            }
             let url = opts.image.as_deref().unwrap_or_default();
             for p in &plugins {
                 objects.push(if opts.format == Format::WasmPlugin {
@@ -1558,6 +1602,36 @@ mod tests {
         assert_eq!(ps[3].name, "wasmesh-authz-ingressgateway");
         assert!(ps[4].config.get("direction").is_none() && ps[4].fail_open);
         assert!(notes.len() == 1 && notes[0].contains("counted twice"), "{notes:?}");
+    }
+
+    /// `includeRequestBodyInCheck`: the envoyfilter formats set `allow_on_headers_stop_iteration`
+    /// on the CUSTOM filter only; wasmplugin/trafficextension refuse it, naming policy and field.
+    #[test]
+    fn request_body_providers_set_the_flag_or_are_refused() {
+        let mesh: MeshConfig = yaml_serde::from_str(
+            "extensionProviders: [{name: ext, envoyExtAuthzGrpc: {service: ext.foo.svc.cluster.local, port: 9000, includeRequestBodyInCheck: {maxRequestBytes: 64}}}]",
+        )
+        .unwrap();
+        for format in [Format::EnvoyFilter, Format::EnvoyFilterEcds] {
+            let o = Options { mesh: mesh.clone(), ..opts(format) };
+            let g = generate(&resources(POLICIES), &o).unwrap_or_else(|e| panic!("{format:?}: {e:?}"));
+            let text = serde_json::to_string(&g.objects).unwrap();
+            assert_eq!(
+                text.matches("allow_on_headers_stop_iteration").count(),
+                1,
+                "{format:?}: the CUSTOM filter only"
+            );
+        }
+        let g = generate(&resources(POLICIES), &opts(Format::EnvoyFilter)).unwrap();
+        assert!(!serde_json::to_string(&g.objects).unwrap().contains("allow_on_headers_stop_iteration"));
+        for format in [Format::WasmPlugin, Format::TrafficExtension] {
+            let o = Options { mesh: mesh.clone(), ..opts(format) };
+            let e = generate(&resources(POLICIES), &o).unwrap_err();
+            let text = e[0].to_string();
+            assert!(text.contains("AuthorizationPolicy foo/c") && text.contains("spec.provider.name"), "{text}");
+            assert!(text.contains("extensionProviders[0].envoyExtAuthzGrpc.includeRequestBodyInCheck"), "{text}");
+            assert!(text.contains("allow_on_headers_stop_iteration"), "{text}");
+        }
     }
 
     #[test]

@@ -139,10 +139,19 @@ fn serve_connection(conn: TcpStream, app: &App, served: &AtomicU64, stop: &Atomi
         }
         let len: usize =
             headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
-        let mut body = vec![0u8; len.min(16 << 20)];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+        let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+        let body = if chunked {
+            match read_chunked(&mut reader) {
+                Some(b) => b,
+                None => return,
+            }
+        } else {
+            let mut body = vec![0u8; len.min(16 << 20)];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            body
+        };
         let close = headers.iter().any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
         served.fetch_add(1, Ordering::SeqCst);
         let (status, payload) = respond(app, &method, &path, &headers, &body);
@@ -206,9 +215,42 @@ fn respond(app: &App, method: &str, path: &str, headers: &[(String, String)], bo
         "path": path,
         "headers": hmap,
         "body_bytes": body.len(),
+        "body_sum": body_sum(body),
         "calls": calls,
     });
     (status, serde_json::to_vec(&payload).unwrap_or_default())
+}
+
+/// A chunked request body (trailers skipped), at most 16 MiB.
+fn read_chunked(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let size = usize::from_str_radix(line.trim().split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            loop {
+                let mut t = String::new();
+                if reader.read_line(&mut t).ok()? == 0 || t.trim().is_empty() {
+                    return Some(body);
+                }
+            }
+        }
+        if body.len() + size > 16 << 20 {
+            return None;
+        }
+        let mut piece = vec![0u8; size];
+        reader.read_exact(&mut piece).ok()?;
+        body.extend_from_slice(&piece);
+        let mut crlf = String::new();
+        reader.read_line(&mut crlf).ok()?;
+    }
+}
+
+/// FNV-1a (64-bit) of a body, in hex: what the application received, compared without the bytes.
+pub fn body_sum(body: &[u8]) -> String {
+    let h = body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{h:016x}")
 }
 
 fn reason(status: u16) -> &'static str {

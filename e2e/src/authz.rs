@@ -326,6 +326,8 @@ pub struct Check {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
+    /// The check's body (at most 1 MiB of it).
+    pub body: Vec<u8>,
 }
 
 impl Check {
@@ -408,7 +410,7 @@ fn ext_authz_connection(conn: TcpStream, checks: &Mutex<Vec<Check>>) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let check = Check { method, path: path.clone(), headers: headers.clone(), body_len: len };
+        let check = Check { method, path: path.clone(), headers: headers.clone(), body_len: len, body: body.clone() };
         if let Ok(mut c) = checks.lock() {
             c.push(check.clone());
         }

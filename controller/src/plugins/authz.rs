@@ -113,7 +113,7 @@ pub fn contribute_stage(ctx: &ListenerContext<'_>, stage: Stage) -> Result<Contr
     if ctx.direction == Direction::Outbound {
         return Ok(Contribution::default());
     }
-    let (cfg, resources) = config(ctx, stage);
+    let (mut cfg, resources) = config(ctx, stage);
     let errors = validate(&resources);
     if !errors.is_empty() {
         return Err(errors);
@@ -128,6 +128,9 @@ pub fn contribute_stage(ctx: &ListenerContext<'_>, stage: Stage) -> Result<Contr
         return Ok(Contribution::default());
     }
     let mut c = Contribution::default();
+    // The body is buffered only when a provider of these policies asks for it (Envoy then
+    // lets the filter read it while holding the headers: `allow_on_headers_stop_iteration`).
+    cfg.request_body = authz.max_request_body() > 0;
     let config = serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("authz config: {e}"))])?;
     let name = if stage == Stage::Custom { CUSTOM_FILTER_NAME } else { FILTER_NAME };
     c.http_filters.push(WasmFilter { name: name.into(), config, fail_open: false });
@@ -177,6 +180,7 @@ pub fn config(ctx: &ListenerContext<'_>, stage: Stage) -> (AuthzConfig, Resource
         multiple_custom_providers: multiple_custom_providers(),
         decision_filter_state: true,
         single_san_peers: false,
+        request_body: false,
     };
     (cfg, Resources { items: candidates })
 }
@@ -226,9 +230,9 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
     wasmesh_authz::validate_all(resources)
 }
 
-/// CUSTOM policies of this workload whose provider uses a field wasmesh cannot enforce
-/// (`includeRequestBodyInCheck`): refused here, never deployed as a provider that denies
-/// everything. Other provider errors are istiod's (a CUSTOM rule with an invalid provider
+/// CUSTOM policies of this workload whose provider's `includeRequestBodyInCheck` Envoy or
+/// wasmesh cannot take (`maxRequestBytes` 0, which Envoy rejects, or past wasmesh's bound):
+/// refused here, never deployed as a provider that denies everything. Other provider errors are istiod's (a CUSTOM rule with an invalid provider
 /// denies, as in Istio) and stay warnings of the compiled policy.
 pub fn unsupported_providers(authz: &wasmesh_authz::Authz, resources: &Resources, providers: &[Value]) -> Vec<Error> {
     let mut errors = Vec::new();
@@ -244,13 +248,19 @@ pub fn unsupported_providers(authz: &wasmesh_authz::Authz, resources: &Resources
                 continue;
             }
             for kind in ["envoyExtAuthzHttp", "envoyExtAuthzGrpc"] {
-                if p.get(kind).and_then(|k| k.get("includeRequestBodyInCheck")).is_some() {
+                let body = p.get(kind).and_then(|k| k.get("includeRequestBodyInCheck"));
+                let body = body.map(|b| serde_json::from_value::<wasmesh_authz::provider::RequestBody>(b.clone()));
+                let problem = match body {
+                    Some(Ok(b)) => wasmesh_authz::provider::request_body_problem(&b),
+                    Some(Err(e)) => Some(e.to_string()),
+                    None => None,
+                };
+                if let Some(problem) = problem {
                     errors.push(Error::at(
                         res,
                         "spec.provider.name",
                         format!(
-                            "extension provider {name:?}: meshConfig extensionProviders[{i}].{kind}.includeRequestBodyInCheck: {}",
-                            wasmesh_authz::provider::REQUEST_BODY_UNSUPPORTED
+                            "extension provider {name:?}: meshConfig extensionProviders[{i}].{kind}.includeRequestBodyInCheck: {problem}"
                         ),
                     ));
                 }
@@ -258,6 +268,20 @@ pub fn unsupported_providers(authz: &wasmesh_authz::Authz, resources: &Resources
         }
     }
     errors
+}
+
+/// Whether a wasm filter's configuration (one authz filter's, or a one-pass chain's phases) holds
+/// the request headers while it buffers the body for a CUSTOM check (`requestBody`): Envoy must
+/// then hand it the body while the headers are held, `PluginConfig.allow_on_headers_stop_iteration`
+/// (Envoy 1.35+; every Envoy wasmesh is tested with has it). Only then: without the flag a
+/// paused filter holds the body by flow control (watermarks) instead of buffering it.
+pub fn needs_request_body(config: &Value) -> bool {
+    let marked = |c: &Value| c.get("requestBody").and_then(Value::as_bool).unwrap_or(false);
+    marked(config)
+        || config
+            .get("phases")
+            .and_then(Value::as_array)
+            .is_some_and(|ps| ps.iter().any(|p| p.get("configuration").is_some_and(marked)))
 }
 
 /// The network filter that records the physical peer address for `ipBlocks` / `source.ip`.
@@ -386,11 +410,25 @@ mod tests {
     }
 
     #[test]
-    fn include_request_body_in_check_is_refused_with_policy_and_field() {
+    fn include_request_body_in_check_marks_the_filter_and_bad_limits_are_refused() {
         let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: foo}\nspec: {action: CUSTOM, provider: {name: ext}, rules: [{}]}\n";
         for kind in ["envoyExtAuthzHttp", "envoyExtAuthzGrpc"] {
             let mesh: MeshConfig = yaml_serde::from_str(&format!(
                 "extensionProviders: [{{name: other, zipkin: {{service: z, port: 9411}}}}, {{name: ext, {kind}: {{service: 127.0.0.1, port: 9191, includeRequestBodyInCheck: {{maxRequestBytes: 100}}}}}}]"
+            ))
+            .unwrap();
+            for stage in [Stage::All, Stage::Custom] {
+                let c = ctx_run(yaml, Direction::Inbound, &mesh, stage).unwrap();
+                assert_eq!(c.http_filters[0].config["requestBody"], true, "{kind} {stage:?}");
+            }
+            let plain: MeshConfig = yaml_serde::from_str(&format!(
+                "extensionProviders: [{{name: ext, {kind}: {{service: 127.0.0.1, port: 9191}}}}]"
+            ))
+            .unwrap();
+            let c = ctx_run(yaml, Direction::Inbound, &plain, Stage::Custom).unwrap();
+            assert_eq!(c.http_filters[0].config.get("requestBody"), None, "only when a provider needs the body");
+            let mesh: MeshConfig = yaml_serde::from_str(&format!(
+                "extensionProviders: [{{name: other, zipkin: {{service: z, port: 9411}}}}, {{name: ext, {kind}: {{service: 127.0.0.1, port: 9191, includeRequestBodyInCheck: {{maxRequestBytes: 0}}}}}}]"
             ))
             .unwrap();
             for stage in [Stage::All, Stage::Custom] {
@@ -399,6 +437,7 @@ mod tests {
                 assert!(text.contains("AuthorizationPolicy foo/c"), "{text}");
                 assert!(text.contains("spec.provider.name"), "{text}");
                 assert!(text.contains(&format!("extensionProviders[1].{kind}.includeRequestBodyInCheck")), "{text}");
+                assert!(text.contains("maxRequestBytes must be greater than 0"), "{text}");
             }
         }
     }

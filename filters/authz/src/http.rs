@@ -9,7 +9,10 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 use std::rc::Rc;
 use wasmesh_authz::decision::RequestStep;
-use wasmesh_authz::ext_authz::{on_check_response, on_check_unsent, CheckAction, CheckOutcome, CheckResult, Mutation};
+use wasmesh_authz::ext_authz::{
+    add_body_headers, body_step, check_body, on_check_response, on_check_unsent, BodyStep, CheckAction, CheckBody,
+    CheckOutcome, CheckResult, Mutation, TOO_LARGE_BODY, TOO_LARGE_STATUS,
+};
 use wasmesh_authz::ext_authz_grpc::{self as grpc, CheckInputs};
 use wasmesh_authz::view::HostView;
 use wasmesh_authz::{Provider, Reason, RuleId, RuleRef, Transport, Verdict, DENY_BODY, DENY_STATUS};
@@ -28,23 +31,100 @@ pub struct AuthzRequest {
     pending: Option<(u32, RuleId, usize)>,
     /// Response header changes from the provider's OK answer.
     allow_response_headers: Vec<Mutation>,
+    /// The request body kept for `includeRequestBodyInCheck` (only with a body cap, `Authz::body_cap`).
+    body: BodyCopy,
 }
+
+/// What a request's body is to its CUSTOM checks (`includeRequestBodyInCheck`): Envoy hands the
+/// filter the body while the headers are held; the first `body_cap` bytes are kept.
+#[derive(Default)]
+struct BodyCopy {
+    /// The body is read (a body follows the headers and a provider may want it); false once
+    /// no check needs it any more.
+    reading: bool,
+    /// No more body comes (end of stream or trailers).
+    ended: bool,
+    /// Body bytes Envoy has buffered so far.
+    received: usize,
+    /// The first bytes of it, at most the filter's body cap.
+    bytes: Vec<u8>,
+    /// The check that waits for the body: rule, provider index, check headers.
+    waiting: Option<WaitingCheck>,
+}
+
+/// A check waiting for the body: its rule, the provider's place in the CUSTOM chain, its headers.
+type WaitingCheck = (RuleId, usize, Vec<(String, String)>);
 
 impl AuthzRequest {
     pub fn new(shared: Rc<Shared>) -> AuthzRequest {
-        AuthzRequest { shared, pending: None, allow_response_headers: Vec::new() }
+        AuthzRequest { shared, pending: None, allow_response_headers: Vec::new(), body: BodyCopy::default() }
+    }
+
+    /// After a step: the body is read on only while a check is (or may be) still to come.
+    fn settle(&mut self, flow: Flow) -> Flow {
+        if flow != Flow::Pause {
+            self.body.reading = false;
+        }
+        flow
+    }
+
+    /// A piece of body (`body_size` bytes buffered in all) or the trailers (`None`).
+    fn on_body(&mut self, s: &Stream, body_size: Option<usize>, end_of_stream: bool) -> Flow {
+        if !self.body.reading {
+            return Flow::Continue;
+        }
+        let cap = self.shared.authz.body_cap();
+        if let Some(size) = body_size {
+            self.body.received = size;
+            let have = self.body.bytes.len();
+            let want = size.min(cap);
+            if want > have {
+                if let Ok(Some(more)) = hostcalls::get_buffer(BufferType::HttpRequestBody, have, want - have) {
+                    self.body.bytes.extend_from_slice(more.get(..want - have).unwrap_or(&more));
+                }
+            }
+        }
+        if end_of_stream || body_size.is_none() {
+            self.body.ended = true;
+        }
+        let Some((rule, index, headers)) = self.body.waiting.take() else { return Flow::Pause };
+        let shared = self.shared.clone();
+        let Some(provider) = shared.authz.custom_provider(index) else {
+            s.send_response(DENY_STATUS, &[], Some(DENY_BODY.as_bytes()));
+            return self.settle(Flow::Answered);
+        };
+        let rule = RuleRef { id: rule, name: shared.authz.rule_name(rule).unwrap_or_default() };
+        let flow = self.dispatch(s, &shared, provider, rule, headers, index);
+        self.settle(flow)
     }
 }
 
 impl PhaseRequest for AuthzRequest {
-    fn request_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
+    fn request_headers(&mut self, s: &Stream, end_of_stream: bool) -> Flow {
         let shared = self.shared.clone();
+        if shared.authz.body_cap() > 0 {
+            // Envoy's ext_authz buffers no body for a request without one or for an upgrade.
+            self.body.reading = !end_of_stream && !is_upgrade(s);
+            self.body.ended = !self.body.reading;
+        }
         let view = HostView::new(StreamHost(s), &shared.authz);
         let step = shared.authz.on_request(&view);
-        self.step(s, &shared, step)
+        let flow = self.step(s, &shared, step);
+        self.settle(flow)
     }
 
-    // Body and trailers need nothing: the driver holds them while the check is in flight.
+    fn wants_body(&self) -> bool {
+        self.body.reading
+    }
+
+    // Otherwise body and trailers need nothing: the driver holds them while a check is in flight.
+    fn request_body(&mut self, s: &Stream, body_size: usize, end_of_stream: bool) -> Flow {
+        self.on_body(s, Some(body_size), end_of_stream)
+    }
+
+    fn request_trailers(&mut self, s: &Stream) -> Flow {
+        self.on_body(s, None, true)
+    }
 
     fn response_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
         for m in std::mem::take(&mut self.allow_response_headers) {
@@ -149,7 +229,8 @@ impl AuthzRequest {
             return Some(Flow::Answered);
         };
         let outcome = read(provider);
-        Some(self.apply(s, &shared, provider, rule, index, outcome))
+        let flow = self.apply(s, &shared, provider, rule, index, outcome);
+        Some(self.settle(flow))
     }
 
     /// Sends the check request; the request waits for [`PhaseRequest::http_call_response`] or
@@ -160,16 +241,58 @@ impl AuthzRequest {
         shared: &Shared,
         provider: &Provider,
         rule: RuleRef<'_>,
-        headers: Vec<(String, String)>,
+        mut headers: Vec<(String, String)>,
         index: usize,
     ) -> Flow {
+        let mut body: Option<CheckBody> = None;
+        if let Some(cfg) = &provider.body {
+            if shared.authz.body_cap() == 0 {
+                // Configured by hand without `requestBody`: Envoy does not hand the filter the
+                // body while it holds the headers, so the check cannot carry it. Fail closed.
+                wasmesh_proxy::log_warn(&format!(
+                    "wasmesh authz: CUSTOM provider {}: includeRequestBodyInCheck needs the filter's requestBody and Envoy's allow_on_headers_stop_iteration (wasmeshctl sets both); denying",
+                    provider.name
+                ));
+                let reason = "includeRequestBodyInCheck without requestBody";
+                return finish(s, shared, &Verdict::deny(Reason::BadCustom { rule, reason }));
+            }
+            if self.body.reading || self.body.received > 0 {
+                // No more body comes when reading stopped (a check before this one took it).
+                let ended = self.body.ended || !self.body.reading;
+                let mut step = body_step(cfg, self.body.received, ended, false);
+                if step == BodyStep::TooLarge && !is_http1(s) {
+                    step = body_step(cfg, self.body.received, ended, true);
+                }
+                match step {
+                    BodyStep::Wait => {
+                        self.body.waiting = Some((rule.id, index, headers));
+                        return Flow::Pause;
+                    }
+                    BodyStep::TooLarge => {
+                        wasmesh_proxy::log_debug(&format!(
+                            "wasmesh authz: {TOO_LARGE_STATUS}: request body past maxRequestBytes of CUSTOM provider {}",
+                            provider.name
+                        ));
+                        s.send_response(TOO_LARGE_STATUS, &[], Some(TOO_LARGE_BODY.as_bytes()));
+                        return Flow::Answered;
+                    }
+                    BodyStep::Send => {
+                        let b = check_body(cfg, &self.body.bytes, self.body.received);
+                        add_body_headers(provider, &mut headers, &b);
+                        body = Some(b);
+                    }
+                }
+            }
+        }
         let sent = match provider.transport {
             Transport::Http => {
                 let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                s.dispatch_http_call(&provider.cluster, &headers, None, provider.timeout)
+                let bytes = body.as_ref().map(|b| b.bytes.as_slice()).filter(|b| !b.is_empty());
+                s.dispatch_http_call(&provider.cluster, &headers, bytes, provider.timeout)
             }
             Transport::Grpc => {
-                let inputs = check_inputs(s, headers);
+                let mut inputs = check_inputs(s, headers);
+                inputs.body = body;
                 let message = grpc::check_request(&inputs);
                 s.dispatch_grpc_call(
                     &grpc::grpc_service(provider),
@@ -281,6 +404,19 @@ fn apply_request_change(s: &Stream, change: &Mutation) {
     }
 }
 
+/// Whether the request came over HTTP/1 (read only when its body is past a provider's limit).
+fn is_http1(s: &Stream) -> bool {
+    s.property_or_none(&["request", "protocol"]).is_none_or(|p| p.starts_with(b"HTTP/1"))
+}
+
+/// Whether the request is an upgrade (WebSocket, or HTTP/2 extended CONNECT): Envoy's ext_authz
+/// buffers no body for one.
+fn is_upgrade(s: &Stream) -> bool {
+    let h = |k: &str| s.request_header(k).ok().flatten();
+    h("upgrade").is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
+        || (h(":method").is_some_and(|m| m == b"CONNECT") && h(":protocol").is_some())
+}
+
 /// The attributes of a gRPC check, read from the stream (Envoy's `CheckRequestUtils`).
 fn check_inputs(s: &Stream, headers: Vec<(String, String)>) -> CheckInputs {
     let values = s.properties(&[
@@ -312,5 +448,6 @@ fn check_inputs(s: &Stream, headers: Vec<(String, String)>) -> CheckInputs {
         sni: None,
         id,
         headers,
+        body: None,
     }
 }

@@ -83,6 +83,8 @@ impl AuthzConfig {
         let mut authz = Authz {
             decision_filter_state: self.decision_filter_state,
             single_san_peers: self.single_san_peers,
+            request_body: self.request_body,
+            body_cap: 0,
             stage: self.stage,
             custom,
             audit,
@@ -112,6 +114,9 @@ impl AuthzConfig {
             }
         }
         authz.finish();
+        if authz.request_body {
+            authz.body_cap = authz.max_request_body();
+        }
         Ok(authz)
     }
 

@@ -51,6 +51,13 @@ pub struct AuthzConfig {
     /// which cannot see them, fails closed where they could change the decision.
     #[serde(default, skip_serializing_if = "is_false")]
     pub single_san_peers: bool,
+    /// A CUSTOM provider of this filter's policies has `includeRequestBodyInCheck`: the filter
+    /// holds the request headers while it buffers the body for the check. `wasmeshctl` sets it
+    /// together with Envoy's `PluginConfig.allow_on_headers_stop_iteration` (Envoy 1.35+), without
+    /// which a wasm filter gets no body while it holds the headers; without it, a check that
+    /// needs the body fails closed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub request_body: bool,
 }
 
 fn is_false(b: &bool) -> bool {

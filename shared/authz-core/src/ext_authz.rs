@@ -5,7 +5,7 @@
 //! `failOpen` on an error). Pure: the filter sends the request and reads the answer.
 #![deny(clippy::indexing_slicing)]
 
-use crate::provider::{Provider, Transport};
+use crate::provider::{Provider, RequestBody, Transport};
 
 /// Largest denial body relayed to the client. Envoy's ext_authz buffers the authorization
 /// server's response like any upstream response (bounded by the cluster's buffer limits, 1 MiB
@@ -55,6 +55,85 @@ pub fn check_request_headers(provider: &Provider, request: &[(String, Vec<u8>)])
         }
     }
     merged
+}
+
+/// The request header Envoy's ext_authz sets on a check that carries the body: `true` when the
+/// body was cut at `maxRequestBytes`.
+pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
+
+/// Where buffering the request body for a check stands (Envoy's ext_authz `decodeData` with
+/// `with_request_body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyStep {
+    /// Hold the request and keep buffering.
+    Wait,
+    /// Send the check now.
+    Send,
+    /// The body is past `maxRequestBytes` without `allowPartialMessage`: Envoy's buffer limit
+    /// for the request is `maxRequestBytes`, and on an HTTP/1 request it answers 413 when the
+    /// body goes past it.
+    TooLarge,
+}
+
+/// The status and body Envoy answers with when the buffered request goes past its limit.
+pub const TOO_LARGE_STATUS: u32 = 413;
+pub const TOO_LARGE_BODY: &str = "Payload Too Large";
+
+/// `received` bytes of body so far, `ended` when the request has no more (end of stream or
+/// trailers): whether to wait, send the check or refuse the request. `streaming`: an HTTP/2 or
+/// HTTP/3 request, for which Envoy's buffer limit pauses reading (flow control) instead of
+/// answering 413, so without `allowPartialMessage` the check waits for the end of the body and
+/// carries its first `maxRequestBytes` bytes, marked partial (seen in Envoy 1.36 to 1.40).
+pub fn body_step(cfg: &RequestBody, received: usize, ended: bool, streaming: bool) -> BodyStep {
+    let max = usize::try_from(cfg.max_request_bytes).unwrap_or(usize::MAX);
+    if !cfg.allow_partial_message && received > max && !streaming {
+        BodyStep::TooLarge
+    } else if ended || (cfg.allow_partial_message && received >= max) {
+        BodyStep::Send
+    } else {
+        BodyStep::Wait
+    }
+}
+
+/// The body a check carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckBody {
+    /// The first `maxRequestBytes` bytes of what was buffered.
+    pub bytes: Vec<u8>,
+    /// Body bytes received when the check is sent (the gRPC `size`).
+    pub received: usize,
+    /// Whether `bytes` is less than was received ([`PARTIAL_BODY_HEADER`]).
+    pub partial: bool,
+    /// gRPC: `raw_body` instead of `body`.
+    pub pack_as_bytes: bool,
+}
+
+/// The check's body from `buffered` (the first bytes of the request body, at least
+/// `maxRequestBytes` of them when that many came) and `received` (all bytes so far).
+pub fn check_body(cfg: &RequestBody, buffered: &[u8], received: usize) -> CheckBody {
+    let max = usize::try_from(cfg.max_request_bytes).unwrap_or(usize::MAX);
+    let bytes = buffered.get(..max.min(received)).unwrap_or(buffered).to_vec();
+    CheckBody { partial: bytes.len() != received, bytes, received, pack_as_bytes: cfg.pack_as_bytes }
+}
+
+/// Adds what the body changes to the check's headers ([`check_request_headers`]): the
+/// [`PARTIAL_BODY_HEADER`] (for an HTTP provider only when its header list forwards it, as
+/// Envoy's HTTP client filters the check's headers) and, for an HTTP provider, the
+/// `content-length` of the body sent.
+pub fn add_body_headers(provider: &Provider, headers: &mut Vec<(String, String)>, body: &CheckBody) {
+    let partial = if body.partial { "true" } else { "false" };
+    let http = provider.transport == Transport::Http;
+    if !http || provider.forwards_request_header(PARTIAL_BODY_HEADER) {
+        headers.retain(|(k, _)| k != PARTIAL_BODY_HEADER);
+        headers.push((PARTIAL_BODY_HEADER.into(), partial.into()));
+    }
+    if http {
+        for (k, v) in headers.iter_mut() {
+            if k == "content-length" {
+                *v = body.bytes.len().to_string();
+            }
+        }
+    }
 }
 
 /// How the check ended, for the `wasmesh.authz.custom.*` counters.
@@ -336,6 +415,44 @@ mod tests {
         let o = on_check_response(&open, &hdrs(&[(":status", "503")]), 0, no_body);
         assert_eq!(o.action, CheckAction::Allow { request: Vec::new(), response_headers: Vec::new() });
         assert_eq!(on_check_unsent(&open, "x").action, o.action);
+    }
+
+    #[test]
+    fn body_buffering_follows_envoys_with_request_body() {
+        let whole = RequestBody { max_request_bytes: 4, allow_partial_message: false, pack_as_bytes: false };
+        let partial = RequestBody { allow_partial_message: true, ..whole.clone() };
+        assert_eq!(body_step(&whole, 3, false, false), BodyStep::Wait);
+        assert_eq!(body_step(&whole, 4, false, false), BodyStep::Wait, "exactly the limit: wait for the end");
+        assert_eq!(body_step(&whole, 4, true, false), BodyStep::Send);
+        assert_eq!(body_step(&whole, 5, false, false), BodyStep::TooLarge);
+        assert_eq!(body_step(&whole, 0, true, false), BodyStep::Send);
+        assert_eq!(body_step(&whole, 5, false, true), BodyStep::Wait, "HTTP/2: flow control, no 413");
+        assert_eq!(body_step(&whole, 5, true, true), BodyStep::Send);
+        assert!(check_body(&whole, b"01234", 5).partial);
+        assert_eq!(body_step(&partial, 3, false, false), BodyStep::Wait);
+        assert_eq!(body_step(&partial, 4, false, false), BodyStep::Send, "full: send without waiting for the end");
+        assert_eq!(body_step(&partial, 9, false, false), BodyStep::Send);
+        let b = check_body(&partial, b"0123456789", 10);
+        assert_eq!((b.bytes.as_slice(), b.partial, b.received), (&b"0123"[..], true, 10));
+        let b = check_body(&whole, b"0123", 4);
+        assert_eq!((b.bytes.as_slice(), b.partial), (&b"0123"[..], false));
+        let b = check_body(&whole, b"", 0);
+        assert!(b.bytes.is_empty() && !b.partial);
+    }
+
+    #[test]
+    fn body_headers_of_http_and_grpc_checks() {
+        let body = CheckBody { bytes: b"abc".to_vec(), received: 5, partial: true, pack_as_bytes: false };
+        let p = provider(json!({}));
+        let mut h = check_request_headers(&p, &hdrs(&[(":path", "/"), ("content-length", "5")]));
+        add_body_headers(&p, &mut h, &body);
+        assert!(h.contains(&("content-length".into(), "3".into())), "{h:?}");
+        assert!(!h.iter().any(|(k, _)| k == PARTIAL_BODY_HEADER), "not in the provider's list: {h:?}");
+        let listed = provider(json!({"includeRequestHeadersInCheck": [PARTIAL_BODY_HEADER]}));
+        let mut h = check_request_headers(&listed, &hdrs(&[(PARTIAL_BODY_HEADER, "forged")]));
+        add_body_headers(&listed, &mut h, &body);
+        let got: Vec<&str> = h.iter().filter(|(k, _)| k == PARTIAL_BODY_HEADER).map(|(_, v)| v.as_str()).collect();
+        assert_eq!(got, ["true"]);
     }
 
     /// [`MAX_CHECK_RESPONSE_BODY_BYTES`]: a larger denial body is read up to the bound and the

@@ -7,7 +7,7 @@
 //! request's attributes ([`CheckInputs`]), sends the bytes and hands the answer back.
 #![deny(clippy::indexing_slicing)]
 
-use crate::ext_authz::{CheckAction, CheckOutcome, CheckResult, Mutation, MAX_CHECK_RESPONSE_BODY_BYTES};
+use crate::ext_authz::{CheckAction, CheckBody, CheckOutcome, CheckResult, Mutation, MAX_CHECK_RESPONSE_BODY_BYTES};
 use crate::provider::Provider;
 use prost::Message;
 use std::collections::HashMap;
@@ -106,6 +106,11 @@ pub struct HttpRequest {
     pub size: i64,
     #[prost(string, tag = "10")]
     pub protocol: String,
+    /// `body` (a proto `string`, sent as the bytes Envoy buffered, as Envoy does).
+    #[prost(bytes = "vec", tag = "11")]
+    pub body: Vec<u8>,
+    #[prost(bytes = "vec", tag = "12")]
+    pub raw_body: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -258,6 +263,9 @@ pub struct CheckInputs {
     pub protocol: String,
     /// [`stream_id`] of the request's `x-request-id`.
     pub id: String,
+    /// The request body for a provider with `includeRequestBodyInCheck` (headers already
+    /// completed by [`crate::ext_authz::add_body_headers`]).
+    pub body: Option<CheckBody>,
 }
 
 /// Splits `ip:port` (`[v6]:port`) into a socket address.
@@ -285,8 +293,13 @@ pub fn stream_id(request_id: &str) -> String {
 pub fn check_request(inputs: &CheckInputs) -> Vec<u8> {
     let header = |name: &str| inputs.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let headers: HashMap<String, String> = inputs.headers.iter().cloned().collect();
-    // Envoy: the body bytes received when the check is sent, 0 as the body is never buffered.
-    let size = 0;
+    // Envoy: the body bytes received when the check is sent (0 unless the body is buffered).
+    let size = inputs.body.as_ref().map_or(0, |b| i64::try_from(b.received).unwrap_or(i64::MAX));
+    let (body, raw_body) = match &inputs.body {
+        Some(b) if b.pack_as_bytes => (Vec::new(), b.bytes.clone()),
+        Some(b) => (b.bytes.clone(), Vec::new()),
+        None => (Vec::new(), Vec::new()),
+    };
     let http = HttpRequest {
         id: inputs.id.clone(),
         method: header(":method").unwrap_or_default(),
@@ -296,6 +309,8 @@ pub fn check_request(inputs: &CheckInputs) -> Vec<u8> {
         size,
         protocol: inputs.protocol.clone(),
         headers,
+        body,
+        raw_body,
     };
     let time = inputs.time_nanos.map(|n| Timestamp {
         seconds: i64::try_from(n / 1_000_000_000).unwrap_or(i64::MAX),
@@ -500,6 +515,16 @@ mod tests {
         assert_eq!((h.method.as_str(), h.path.as_str(), h.host.as_str()), ("POST", "/a?b=1", "h:80"));
         assert_eq!((h.scheme.as_str(), h.size, h.id.as_str()), ("http", 0, "42"));
         assert_eq!(h.headers["x-a"], "1,2");
+        assert!(h.body.is_empty() && h.raw_body.is_empty());
+        for pack in [false, true] {
+            let body = CheckBody { bytes: b"ab\xff".to_vec(), received: 6, partial: true, pack_as_bytes: pack };
+            let with = CheckInputs { body: Some(body), ..inputs.clone() };
+            let h = CheckRequest::decode(check_request(&with).as_slice()).unwrap();
+            let h = h.attributes.unwrap().request.unwrap().http.unwrap();
+            assert_eq!(h.size, 6, "the bytes received, not the bytes sent");
+            let (sent, empty) = if pack { (&h.raw_body, &h.body) } else { (&h.body, &h.raw_body) };
+            assert_eq!((sent.as_slice(), empty.is_empty()), (&b"ab\xff"[..], true), "packAsBytes {pack}");
+        }
     }
 
     #[test]

@@ -158,6 +158,10 @@ pub struct Authz {
     pub(crate) decision_filter_state: bool,
     /// [`crate::AuthzConfig::single_san_peers`].
     pub(crate) single_san_peers: bool,
+    /// [`crate::AuthzConfig::request_body`].
+    pub(crate) request_body: bool,
+    /// [`Authz::body_cap`].
+    pub(crate) body_cap: usize,
     pub(crate) stage: Stage,
     pub(crate) custom: Custom,
     pub(crate) audit: Vec<CRule>,
@@ -189,6 +193,29 @@ impl Authz {
     /// Whether the first SANs Envoy reports are all of a peer certificate's SANs.
     pub fn single_san_peers(&self) -> bool {
         self.single_san_peers
+    }
+
+    /// Whether Envoy hands this filter the request body while it holds the headers
+    /// ([`crate::AuthzConfig::request_body`]).
+    pub fn request_body(&self) -> bool {
+        self.request_body
+    }
+
+    /// How much of each request body the filter keeps for its checks: the largest
+    /// `maxRequestBytes` of its providers when Envoy hands it the body ([`Authz::request_body`]),
+    /// 0 otherwise (no body is read). Computed once, at compile time.
+    pub fn body_cap(&self) -> usize {
+        self.body_cap
+    }
+
+    /// The largest `maxRequestBytes` of this filter's CUSTOM providers (0: none reads the body).
+    pub fn max_request_body(&self) -> usize {
+        self.providers()
+            .iter()
+            .filter_map(|p| p.body.as_ref())
+            .map(|b| usize::try_from(b.max_request_bytes).unwrap_or(usize::MAX))
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn stage(&self) -> Stage {

@@ -88,16 +88,30 @@ pub enum Transport {
     Grpc,
 }
 
-/// Why `includeRequestBodyInCheck` is refused: Envoy's ext_authz holds the request headers
-/// (`StopIteration`) while it buffers the body for the check; a proxy-wasm filter cannot, as
-/// Envoy's Wasm host turns a paused request-headers callback into `StopAllIterationAndWatermark`
-/// (no body callback until the filter resumes, and resuming sends the headers on first). The
-/// check could not see the body before the application sees the request.
-pub const REQUEST_BODY_UNSUPPORTED: &str = "includeRequestBodyInCheck is not supported by wasmesh yet: by default Envoy's Wasm host turns a paused headers callback into StopAllIterationAndWatermark, so a wasm filter gets no body before the headers go upstream (Envoy 1.35+'s PluginConfig allow_on_headers_stop_iteration would lift that; wasmesh does not use it yet), and the body could not be checked before the request reaches the application";
+/// Largest `includeRequestBodyInCheck.maxRequestBytes` wasmesh accepts: the filter keeps a copy
+/// of at most this much of the body per request for the check (Envoy's own buffer limit for
+/// the request becomes `maxRequestBytes` as well, as with Envoy's ext_authz).
+pub const MAX_CHECK_REQUEST_BODY_BYTES: u32 = 4 * 1024 * 1024;
 
-fn refuse_body(cfg: &Option<RequestBody>, errs: &mut Vec<String>) {
-    if cfg.is_some() {
-        errs.push(REQUEST_BODY_UNSUPPORTED.into());
+/// What is wrong with an `includeRequestBodyInCheck` (`None`: usable). Envoy refuses
+/// `max_request_bytes: 0` (its `BufferSettings` requires more than 0: istiod would send a
+/// configuration Envoy rejects); past [`MAX_CHECK_REQUEST_BODY_BYTES`] wasmesh refuses it.
+pub fn request_body_problem(cfg: &RequestBody) -> Option<String> {
+    if cfg.max_request_bytes == 0 {
+        return Some("includeRequestBodyInCheck.maxRequestBytes must be greater than 0 (Envoy's with_request_body.max_request_bytes; istiod passes it on and Envoy rejects 0)".into());
+    }
+    if cfg.max_request_bytes > MAX_CHECK_REQUEST_BODY_BYTES {
+        return Some(format!(
+            "includeRequestBodyInCheck.maxRequestBytes {} is past wasmesh's bound of {MAX_CHECK_REQUEST_BODY_BYTES} bytes (the filter keeps that much of each request body)",
+            cfg.max_request_bytes
+        ));
+    }
+    None
+}
+
+fn check_body(cfg: &Option<RequestBody>, errs: &mut Vec<String>) {
+    if let Some(problem) = cfg.as_ref().and_then(request_body_problem) {
+        errs.push(problem);
     }
 }
 
@@ -124,6 +138,8 @@ pub struct Provider {
     /// Empty: every header of the denial except `host` goes to the client (Envoy's default).
     pub to_downstream_on_deny: Vec<NameMatch>,
     pub to_downstream_on_allow: Vec<NameMatch>,
+    /// `includeRequestBodyInCheck`: the request body (up to `maxRequestBytes`) goes with the check.
+    pub body: Option<RequestBody>,
 }
 
 /// A header-name pattern of the provider lists: exact, `prefix*` or `*suffix`, ignoring case.
@@ -305,7 +321,7 @@ fn build_http(name: &str, cfg: &ExtAuthzHttp) -> Result<Provider, Vec<String>> {
         errs.push(format!("invalid pathPrefix {:?}", cfg.path_prefix));
     }
     let timeout = timeout(&cfg.timeout, &mut errs);
-    refuse_body(&cfg.include_request_body_in_check, &mut errs);
+    check_body(&cfg.include_request_body_in_check, &mut errs);
     let lists = [
         ("includeRequestHeadersInCheck", &cfg.include_request_headers_in_check),
         ("includeHeadersInCheck", &cfg.include_headers_in_check),
@@ -352,6 +368,7 @@ fn build_http(name: &str, cfg: &ExtAuthzHttp) -> Result<Provider, Vec<String>> {
         to_upstream_on_allow: list(&cfg.headers_to_upstream_on_allow),
         to_downstream_on_deny: list(&cfg.headers_to_downstream_on_deny),
         to_downstream_on_allow: list(&cfg.headers_to_downstream_on_allow),
+        body: cfg.include_request_body_in_check.clone(),
     })
 }
 
@@ -365,7 +382,7 @@ fn build_grpc(name: &str, cfg: &ExtAuthzGrpc) -> Result<Provider, Vec<String>> {
     let host = service_host(&cfg.service, cfg.port, &mut errs);
     let status_on_error = status_on_error(&cfg.status_on_error, &mut errs);
     let timeout = timeout(&cfg.timeout, &mut errs);
-    refuse_body(&cfg.include_request_body_in_check, &mut errs);
+    check_body(&cfg.include_request_body_in_check, &mut errs);
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -383,6 +400,7 @@ fn build_grpc(name: &str, cfg: &ExtAuthzGrpc) -> Result<Provider, Vec<String>> {
         to_upstream_on_allow: Vec::new(),
         to_downstream_on_deny: Vec::new(),
         to_downstream_on_allow: Vec::new(),
+        body: cfg.include_request_body_in_check.clone(),
     })
 }
 
@@ -455,7 +473,8 @@ mod tests {
         for kind in ["envoyExtAuthzHttp", "envoyExtAuthzGrpc"] {
             let b = parse_providers(&[json!({"name": "b", kind: {"service": "a", "port": 1,
                 "includeRequestBodyInCheck": {"maxRequestBytes": 5, "allowPartialMessage": true, "packAsBytes": true}}})]);
-            assert_eq!(b["b"].as_ref().unwrap_err(), REQUEST_BODY_UNSUPPORTED, "{kind}");
+            let want = RequestBody { max_request_bytes: 5, allow_partial_message: true, pack_as_bytes: true };
+            assert_eq!(b["b"].as_ref().unwrap().body, Some(want), "{kind}");
         }
     }
 
@@ -480,6 +499,7 @@ mod tests {
             json!({"name": "typo", "envoyExtAuthzHttp": {"service": "a", "port": 1, "failopen": true}}),
             json!({"name": "grpc", "envoyExtAuthzGrpc": {"service": "a", "port": 1, "pathPrefix": "/x"}}),
             json!({"name": "body0", "envoyExtAuthzHttp": {"service": "a", "port": 1, "includeRequestBodyInCheck": {}}}),
+            json!({"name": "bodybig", "envoyExtAuthzGrpc": {"service": "a", "port": 1, "includeRequestBodyInCheck": {"maxRequestBytes": 4194305}}}),
             json!({"name": "zipkin", "zipkin": {"service": "z", "port": 9411}}),
         ]);
         assert!(p["Bad"].as_ref().unwrap_err().contains("uppercase"));
@@ -489,7 +509,8 @@ mod tests {
         assert!(p["pp"].as_ref().unwrap_err().contains("pathPrefix"));
         assert!(p["typo"].as_ref().unwrap_err().contains("failopen"));
         assert!(p["grpc"].as_ref().unwrap_err().contains("pathPrefix"), "{:?}", p["grpc"]);
-        assert!(p["body0"].as_ref().unwrap_err().contains("includeRequestBodyInCheck is not supported"));
+        assert!(p["body0"].as_ref().unwrap_err().contains("maxRequestBytes must be greater than 0"));
+        assert!(p["bodybig"].as_ref().unwrap_err().contains("past wasmesh's bound"));
         assert!(!p.contains_key("zipkin"));
     }
 

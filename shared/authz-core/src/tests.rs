@@ -25,6 +25,7 @@ fn compile_with(yaml: &str, wl: Workload, f: impl FnOnce(&mut AuthzConfig)) -> A
         multiple_custom_providers: false,
         decision_filter_state: true,
         single_san_peers: false,
+        request_body: false,
     };
     f(&mut cfg);
     cfg.compile(&resources).expect("compiles")
@@ -1209,6 +1210,7 @@ fn tcp_translates_dynamic_metadata_conditions_as_istiod() {
         multiple_custom_providers: false,
         decision_filter_state: true,
         single_san_peers: false,
+        request_body: false,
     };
     let a = cfg.compile(&resources).expect("translated for TCP");
     assert_eq!(a.needs().metadata, vec![("envoy.filters.network.mysql_proxy".to_string(), "db.table".to_string())]);

@@ -96,6 +96,14 @@ pub trait PhaseRequest {
     fn request_body(&mut self, _s: &Stream, _body_size: usize, _end_of_stream: bool) -> Flow {
         Flow::Continue
     }
+    /// Whether this phase reads the request body while the request headers are held (a phase
+    /// waits, possibly this one, for the body itself): then `request_body`/`request_trailers`
+    /// reach it before the headers go on, and when it is the waiting phase, its [`Flow`] there
+    /// resumes or answers the request. Envoy hands a wasm filter the body while it holds the
+    /// headers only with `allow_on_headers_stop_iteration` (wasmeshctl sets it for such a phase).
+    fn wants_body(&self) -> bool {
+        false
+    }
     fn request_trailers(&mut self, _s: &Stream) -> Flow {
         Flow::Continue
     }
@@ -246,7 +254,7 @@ impl Request {
     /// one answered (the body must not reach the upstream before the decision).
     fn run_data(&mut self, mut f: impl FnMut(&mut dyn PhaseRequest, &Stream) -> Flow) -> Action {
         if self.at != At::Passed {
-            return Action::Pause;
+            return self.held_data(f);
         }
         for p in self.phases.iter_mut() {
             if f(p.as_mut(), &self.stream) != Flow::Continue {
@@ -254,6 +262,48 @@ impl Request {
             }
         }
         Action::Continue
+    }
+}
+
+impl Request {
+    /// Body or trailers while the headers are held: only the phases that read the body
+    /// ([`PhaseRequest::wants_body`]) see it; the waiting phase's answer resumes or answers the
+    /// request (the data goes on with the headers: `Action::Continue`), otherwise it stays held.
+    fn held_data(&mut self, mut f: impl FnMut(&mut dyn PhaseRequest, &Stream) -> Flow) -> Action {
+        let waiting = match self.at {
+            At::Paused(i) => i,
+            _ => return Action::Pause,
+        };
+        let mut waiting_flow = Flow::Pause;
+        for (i, p) in self.phases.iter_mut().enumerate() {
+            if p.wants_body() {
+                let flow = f(p.as_mut(), &self.stream);
+                if i == waiting {
+                    waiting_flow = flow;
+                }
+            }
+        }
+        match waiting_flow {
+            Flow::Pause => Action::Pause,
+            Flow::Answered => {
+                self.at = At::Answered(waiting);
+                Action::Pause
+            }
+            Flow::Continue => {
+                let flow = self.run_headers(waiting + 1, false);
+                if flow == Flow::Continue {
+                    // The phases after the waiting one see this piece of the body as it passes.
+                    for p in self.phases.iter_mut().skip(waiting + 1) {
+                        if f(p.as_mut(), &self.stream) != Flow::Continue {
+                            return Action::Pause;
+                        }
+                    }
+                    Action::Continue
+                } else {
+                    Action::Pause
+                }
+            }
+        }
     }
 }
 
@@ -318,14 +368,28 @@ impl HttpContext for Http {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match self.request.try_borrow_mut() {
-            Ok(mut r) => r.run_data(|p, s| p.request_body(s, body_size, end_of_stream)),
+            Ok(mut r) => {
+                let held = r.at != At::Passed;
+                let action = r.run_data(|p, s| p.request_body(s, body_size, end_of_stream));
+                if held {
+                    r.register(&self.waiting);
+                }
+                action
+            }
             Err(_) => Action::Pause,
         }
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         match self.request.try_borrow_mut() {
-            Ok(mut r) => r.run_data(|p, s| p.request_trailers(s)),
+            Ok(mut r) => {
+                let held = r.at != At::Passed;
+                let action = r.run_data(|p, s| p.request_trailers(s));
+                if held {
+                    r.register(&self.waiting);
+                }
+                action
+            }
             Err(_) => Action::Pause,
         }
     }
