@@ -117,6 +117,7 @@ fuzz_target!(|data: &[u8]| {
                 multiple_custom_providers: i == 2,
                 decision_filter_state: true,
                 single_san_peers: false,
+                request_body: false,
             };
             let Ok(authz) = cfg.compile(&res) else { continue };
             let _ = authz.rule_names();
