@@ -116,7 +116,7 @@ fn cases() -> Vec<Case> {
         c("authz compile: bounds", ap("p", &format!("  rules: [{{to: [{{operation: {{paths: [{}]}}}}]}}]\n", vec!["/x"; 1025].join(", "))), "AuthorizationPolicy foo/p", "spec.rules[0].to[0].operation.paths", "at most 1024"),
         c("authz compile: value bytes", ap("p", &format!("  selector: {{matchLabels: {{app: x}}}}\n  rules: [{{when: [{{key: 'request.headers[x]', values: [{}]}}]}}]\n", "a".repeat(1000))), "AuthorizationPolicy foo/p", "spec.rules[0].when[0]", "at most 900 are accepted"),
         // authz-core: extension providers (`--mesh-config`).
-        provider("includeRequestBodyInCheck is not supported by wasmesh", "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000, includeRequestBodyInCheck: {maxRequestBytes: 10}}}]", "includeRequestBodyInCheck"),
+        provider("includeRequestBodyInCheck.maxRequestBytes must be greater than 0", "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000, includeRequestBodyInCheck: {maxRequestBytes: 0}}}]", "maxRequestBytes must be greater than 0"),
         provider("unsupported statusOnError", "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000, statusOnError: '299'}}]", "statusOnError 299"),
         provider("a single wildcard (\\\"*\\\") is not supported", "extensionProviders: [{name: ext, envoyExtAuthzHttp: {service: ext.foo.svc.cluster.local, port: 9000, headersToUpstreamOnAllow: ['*']}}]", "single wildcard"),
         // istio: istiod's webhook checks.
