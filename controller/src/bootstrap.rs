@@ -178,6 +178,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
             for f in all.http_filters.iter_mut().filter(|f| f.name == "wasmesh.router") {
                 if let Some(m) = f.config.as_object_mut() {
                     m.insert("faultFilter".into(), Value::Bool(true));
+                    m.insert("faultHeadersRemoved".into(), Value::Bool(true));
                 }
             }
         }
@@ -675,7 +676,7 @@ fn listener(
     let mut http_filters: Vec<Value> = c.http_filters.iter().map(|f| wasm_http_filter(f, &spec.wasm_dir)).collect();
     let mut route_config = route_config;
     with_route_policies(&mut http_filters, &mut route_config, c);
-    with_fault_filter(&mut http_filters, &mut route_config, c);
+    let faults = with_fault_filter(&mut http_filters, &mut route_config, c);
     http_filters.push(json!({
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
@@ -698,6 +699,18 @@ fn listener(
         "stream_idle_timeout": "0s",
         "proxy_100_continue": true,
     });
+    if faults {
+        // Client-sent fault headers are gone before any filter or route sees them, natively (the
+        // router's configuration says so with `faultHeadersRemoved`): only the router's own
+        // decision reaches the fault filter, and the router does not read the header map for it.
+        hcm["early_header_mutation_extensions"] = json!([{
+            "name": "envoy.http.early_header_mutation.header_mutation",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+                "mutations": wasmesh_router::FAULT_HEADERS.iter().map(|h| json!({"remove": h})).collect::<Vec<_>>(),
+            }
+        }]);
+    }
     if edge {
         hcm["xff_num_trusted_hops"] = json!(spec.mesh.num_trusted_proxies());
     }
@@ -722,8 +735,9 @@ fn listener(
 /// fault as Istio's per-route fault configuration would and sets the `x-envoy-fault-*` request
 /// headers (removing any a client sent); this filter then delays the request on Envoy's timer
 /// (the worker keeps serving other requests) or aborts it with response flag `FI`. At 100% the
-/// headers' own decision stands. The headers are not sent upstream.
-fn with_fault_filter(http_filters: &mut Vec<Value>, route_config: &mut Value, c: &Contribution) {
+/// headers' own decision stands. The headers are not sent upstream. Returns whether it added the
+/// filter (the HTTP connection manager then removes client-sent fault headers first).
+fn with_fault_filter(http_filters: &mut Vec<Value>, route_config: &mut Value, c: &Contribution) -> bool {
     fn fault_flag(v: &Value) -> bool {
         match v {
             Value::Object(m) => m.get("faultFilter") == Some(&Value::Bool(true)) || m.values().any(fault_flag),
@@ -732,7 +746,7 @@ fn with_fault_filter(http_filters: &mut Vec<Value>, route_config: &mut Value, c:
         }
     }
     if !c.http_filters.iter().any(|f| fault_flag(&f.config)) {
-        return;
+        return false;
     }
     let all = json!({"numerator": 100, "denominator": "HUNDRED"});
     http_filters.push(json!({
@@ -750,6 +764,7 @@ fn with_fault_filter(http_filters: &mut Vec<Value>, route_config: &mut Value, c:
             list.extend(wasmesh_router::FAULT_HEADERS.iter().map(|h| json!(h)));
         }
     }
+    true
 }
 
 /// Istio's default retry policy for routes without `retries` (spec: route/retry/retry.go).
@@ -788,11 +803,11 @@ fn route_policies(c: &Contribution) -> Vec<std::rc::Rc<wasmesh_router::RoutePoli
     out
 }
 
-/// One Envoy route per route policy before the catch-all, matched on the policy header the
-/// router sets, with the route action and per-route CORS policy istiod writes for the
-/// VirtualService route; Envoy's CORS filter after the wasm filters where a policy has CORS
-/// (istiod puts it before the fault filter and the router). The policy header is removed
-/// before the request goes upstream.
+/// One Envoy route per route policy before the catch-all, matched on the policy filter state the
+/// router sets (a client cannot forge it), with the route action and per-route CORS policy
+/// istiod writes for the VirtualService route; Envoy's CORS filter after the wasm filters where a
+/// policy has CORS (istiod puts it before the fault filter and the router). A client-sent copy of
+/// the policy header wasmesh used to match on is removed before the request goes upstream.
 fn with_route_policies(http_filters: &mut Vec<Value>, route_config: &mut Value, c: &Contribution) {
     let policies = route_policies(c);
     if policies.is_empty() {
@@ -812,7 +827,8 @@ fn with_route_policies(http_filters: &mut Vec<Value>, route_config: &mut Value, 
     for p in &policies {
         let mut r = catch_all.clone();
         r["name"] = json!(format!("policy-{}", p.id));
-        r["match"]["headers"] = json!([{"name": wasmesh_router::POLICY_HEADER, "string_match": {"exact": p.id}}]);
+        r["match"]["filter_state"] =
+            json!([{"key": wasmesh_router::POLICY_FILTER_STATE_KEY, "string_match": {"exact": p.id}}]);
         if let Some(action) = r.get_mut("route").and_then(Value::as_object_mut) {
             action.remove("retry_policy");
             for (k, v) in &p.route_action {
@@ -1224,7 +1240,8 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         let routes = hcm["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap();
         assert_eq!(routes.len(), 3, "{routes:?}");
         let first = &routes[0];
-        assert_eq!(first["match"]["headers"][0]["name"], wasmesh_router::POLICY_HEADER);
+        assert_eq!(first["match"]["filter_state"][0]["key"], wasmesh_router::POLICY_FILTER_STATE_KEY);
+        assert!(first["match"].get("headers").is_none(), "a client cannot name a policy");
         assert_eq!(first["route"]["timeout"], "2s");
         assert_eq!(first["route"]["cluster_header"], CLUSTER_HEADER);
         assert_eq!(
@@ -1235,7 +1252,7 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         assert_eq!(routes[1]["route"]["retry_policy"]["retry_on"], "5xx");
         let last = &routes[2];
         assert_eq!(last["route"]["retry_policy"], istio_default_retry_policy());
-        assert!(last["match"].get("headers").is_none());
+        assert!(last["match"].get("headers").is_none() && last["match"].get("filter_state").is_none());
         for r in routes {
             assert!(r["request_headers_to_remove"].as_array().unwrap().contains(&json!(wasmesh_router::POLICY_HEADER)));
         }
@@ -1254,6 +1271,7 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         let names: Vec<&str> =
             hcm["http_filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
         assert!(!names.contains(&"envoy.filters.http.fault"), "{names:?}");
+        assert!(hcm.get("early_header_mutation_extensions").is_none());
 
         let yaml = MESH.to_string()
             + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db, namespace: default}\n\
@@ -1268,6 +1286,11 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         assert_eq!(fault["delay"]["percentage"]["numerator"], 100);
         let removed = hcm["route_config"]["request_headers_to_remove"].as_array().unwrap();
         assert!(removed.contains(&json!("x-envoy-fault-abort-request")), "{removed:?}");
+        // Client-sent fault headers are removed before the filters run, and the router is told so.
+        let early = &hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"];
+        let early: Vec<&str> = early.as_array().unwrap().iter().map(|m| m["remove"].as_str().unwrap()).collect();
+        assert_eq!(early, wasmesh_router::FAULT_HEADERS);
+        assert!(hcm["http_filters"].to_string().contains("faultHeadersRemoved"), "the router is told");
     }
 
     #[test]

@@ -102,6 +102,7 @@ fn gateway_routes(resources: &Resources) -> Vec<Error> {
                 // As `wasmeshctl envoy` writes it: Envoy's fault filter follows wherever a route
                 // injects faults.
                 fault_filter: true,
+                fault_headers_removed: false,
                 outbound_traffic_policy: None,
                 route_policies: true,
             };

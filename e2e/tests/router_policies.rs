@@ -117,6 +117,38 @@ spec:
     route: [{destination: {host: echo}}]
   - route: [{destination: {host: echo}}]
 ---
+# A gRPC service (port protocol GRPC: HTTP/2 upstream) answering with the gRPC status the
+# request asks for; the retryOn gRPC codes, and Istio's default policy on the catch-all.
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: grpc-app, namespace: default}
+spec:
+  hosts: [grpc-app.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9000, name: grpc, protocol: GRPC}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: grpc-app}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: grpc-app, namespace: default}
+spec:
+  address: 127.0.0.1
+  ports: {grpc: 19394}
+  labels: {app: grpc-app}
+  serviceAccount: grpc-app
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: grpc-app, namespace: default}
+spec:
+  hosts: [grpc-app]
+  http:
+  - match: [{headers: {x-retry: {exact: codes}}}]
+    retries: {attempts: 2, retryOn: "cancelled,deadline-exceeded,internal,resource-exhausted,unavailable"}
+    route: [{destination: {host: grpc-app}}]
+  - route: [{destination: {host: grpc-app}}]
+---
 # Istio's "Mirroring" task (samples/httpbin; the task's DestinationRule and VirtualService).
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -303,6 +335,94 @@ fn page_server() -> u16 {
     port
 }
 
+/// A gRPC server (the ext_authz `Check` method, any unary method would do) that fails every call
+/// with the gRPC status named by the request's `x-grpc-status` metadata (a trailers-only answer,
+/// which Envoy's gRPC retry conditions read) and counts the calls per `x-key`.
+struct GrpcStatusServer {
+    calls: Arc<Mutex<std::collections::HashMap<String, u32>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+#[derive(Clone)]
+struct GrpcStatusService {
+    calls: Arc<Mutex<std::collections::HashMap<String, u32>>>,
+}
+
+#[tonic::async_trait]
+impl envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization for GrpcStatusService {
+    async fn check(
+        &self,
+        request: tonic::Request<envoy_types::pb::envoy::service::auth::v3::CheckRequest>,
+    ) -> Result<tonic::Response<envoy_types::pb::envoy::service::auth::v3::CheckResponse>, tonic::Status> {
+        let meta = |k: &str| request.metadata().get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        *self.calls.lock().unwrap().entry(meta("x-key")).or_default() += 1;
+        let code: i32 = meta("x-grpc-status").parse().unwrap_or(2);
+        Err(tonic::Status::new(tonic::Code::from_i32(code), "as asked"))
+    }
+}
+
+impl GrpcStatusServer {
+    fn start(port: u16) -> GrpcStatusServer {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let calls = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let service = GrpcStatusService { calls: calls.clone() };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let server = tonic::transport::Server::builder()
+                    .add_service(
+                        envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(
+                            service,
+                        ),
+                    )
+                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                        let _ = stopped.await;
+                    });
+                let _ = server.await;
+            });
+            runtime.shutdown_timeout(Duration::from_millis(200));
+        });
+        GrpcStatusServer { calls, stop: Some(stop) }
+    }
+
+    fn calls(&self, key: &str) -> u32 {
+        self.calls.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for GrpcStatusServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// One unary gRPC call (an empty message) over h2c through the sidecar's outbound listener; the
+/// `grpc-status` the client got.
+fn grpc_call(out: u16, headers: &[(&str, &str)]) -> String {
+    let frame = std::env::temp_dir().join(format!("wasmesh-grpc-frame-{}", std::process::id()));
+    std::fs::write(&frame, [0u8; 5]).unwrap();
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "-o", "/dev/null", "-D", "-", "--http2-prior-knowledge", "--max-time", "10"]);
+    cmd.args(["-H", "content-type: application/grpc", "-H", "te: trailers", "-H", "host: grpc-app:9000"]);
+    for (k, v) in headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    cmd.arg("--data-binary").arg(format!("@{}", frame.display()));
+    cmd.arg(format!("http://127.0.0.1:{out}/envoy.service.auth.v3.Authorization/Check"));
+    let o = cmd.output().unwrap();
+    let head = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(head.starts_with("HTTP/2 200"), "{head}{}", String::from_utf8_lossy(&o.stderr));
+    head.lines()
+        .find_map(|l| l.strip_prefix("grpc-status: "))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no grpc-status in {head}"))
+}
+
 fn timed(f: impl FnOnce() -> Response) -> (Response, Duration) {
     let t = Instant::now();
     let r = f();
@@ -343,6 +463,33 @@ fn timeouts_retries_mirrors_and_cors_as_istio() {
     assert_eq!(get(out, HOST, "/retry3/200", &[]).status, 200);
     assert_eq!(served() - before, 1, "a success is not retried");
 
+    // --- gRPC: `retryOn` gRPC codes retry a trailers-only answer with that status (attempts: 2
+    // is 3 calls at the upstream); other codes are not retried. Istio's default policy (the
+    // catch-all, no `retries`) retries `unavailable` and `cancelled` twice, nothing else.
+    let grpc = GrpcStatusServer::start(mesh.mapped_port(19394));
+    let cases = [
+        // (route, gRPC status, calls the upstream receives)
+        ("codes", 1, 3),
+        ("codes", 4, 3),
+        ("codes", 13, 3),
+        ("codes", 8, 3),
+        ("codes", 14, 3),
+        ("codes", 3, 1),
+        ("codes", 2, 1),
+        ("default", 14, 3),
+        ("default", 1, 3),
+        ("default", 13, 1),
+        ("default", 4, 1),
+        ("default", 8, 1),
+    ];
+    for (route, code, calls) in cases {
+        let key = format!("{route}-{code}");
+        let code_s = code.to_string();
+        let status = grpc_call(out, &[("x-retry", route), ("x-grpc-status", &code_s), ("x-key", &key)]);
+        assert_eq!(status, code_s, "{key}: the client gets the upstream's status");
+        assert_eq!(grpc.calls(&key), calls, "{key}: calls at the upstream");
+    }
+
     // --- perTryTimeout: each try gets 200 ms, a per-try timeout is retried (5xx), then 504.
     let before = served();
     let (r, took) = timed(|| get(out, HOST, "/pertry/1", &[]));
@@ -370,7 +517,7 @@ fn timeouts_retries_mirrors_and_cors_as_istio() {
         dump.split("\"name\": \"policy-").skip(1).filter_map(|s| s.split('"').next().map(str::to_string)).collect();
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 9, "one route per distinct policy: {ids:?}");
+    assert_eq!(ids.len(), 10, "one route per distinct policy: {ids:?}");
     let before = served();
     for id in &ids {
         let r = get(out, HOST, "/status/503", &[("x-wasmesh-route-policy", id)]);

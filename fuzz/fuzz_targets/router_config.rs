@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
             gateway_port: gateway.then_some(80),
             cluster_header: wasmesh_router::DEFAULT_CLUSTER_HEADER.to_string(),
             fault_filter: true,
+            fault_headers_removed: false,
             outbound_traffic_policy: None,
             route_policies: true,
             resources: Vec::new(),

@@ -24,6 +24,7 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         gateway_port,
         cluster_header: DEFAULT_CLUSTER_HEADER.to_string(),
         fault_filter: true,
+        fault_headers_removed: false,
         // Sidecars: Istio's catch-all for unknown hosts, when the mesh config names one
         // (without it: 404, see egress.rs).
         outbound_traffic_policy: if gateway_port.is_none() { ctx.mesh.outbound_traffic_policy } else { None },
@@ -35,6 +36,9 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
     // Envoy's fault filter goes after the router only where a route injects faults
     // (`bootstrap::with_fault_filter` reads this flag).
     config.fault_filter = router.has_faults();
+    // With the fault filter, Envoy also removes client-sent fault headers before the filters
+    // (`bootstrap::with_fault_filter`), so the router does not read the header map for them.
+    config.fault_headers_removed = config.fault_filter;
     // One Envoy route per route policy, and the CORS filter where one has CORS
     // (`bootstrap::with_route_policies` reads this flag and the policies from the config).
     config.route_policies = !router.policies().is_empty();

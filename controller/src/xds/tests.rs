@@ -188,6 +188,7 @@ fn the_fault_filter_is_there_before_a_live_fault_arrives() {
         assert!(!http_filter_names(inbound).iter().any(|n| n == "envoy.filters.http.fault"), "{layout:?}");
         let configs = serde_json::to_string(&pr.extension_configs).unwrap().replace('\\', "");
         assert!(configs.contains(r#""faultFilter":true"#), "{layout:?}: the router knows the fault filter is there");
+        assert!(configs.contains(r#""faultHeadersRemoved":true"#), "{layout:?}: and that Envoy removes client copies");
     }
     // A static bootstrap keeps the fault filter only where a route injects faults.
     let spec = node().to_spec(&resources(MESH)).unwrap();

@@ -143,6 +143,7 @@ fn vs_actions() -> Result<Scenario, String> {
     acting.extend(http);
     let mut all = router_config(&host, acting);
     all["faultFilter"] = json!(true);
+    all["faultHeadersRemoved"] = json!(true);
     all["routePolicies"] = json!(true);
     let policy_routes = policy_route_config(&all)?;
     let fault_filter = json!({"name": "envoy.filters.http.fault", "typed_config": {
@@ -152,24 +153,54 @@ fn vs_actions() -> Result<Scenario, String> {
     let cors_filter = json!({"name": "envoy.filters.http.cors", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}});
     let with = |name: &str, filters: Vec<Value>, route: Option<Value>| routed_variant(name, filters, route, &clusters);
+    let mut every = with(
+        "wasmesh, every action configured",
+        vec![wasmesh_filter("wasmesh.router", all), cors_filter, fault_filter],
+        Some(policy_routes),
+    );
+    every.listener = Some(with_early_fault_header_removal(&every));
     Ok(Scenario {
         name: "vs actions".into(),
         target: "configured, untriggered actions cost the router nothing measurable".into(),
         variants: vec![
             with("none", vec![], None),
             with("wasmesh", vec![wasmesh_filter("wasmesh.router", plain)], Some(by_header_route())),
-            with(
-                "wasmesh, every action configured",
-                vec![wasmesh_filter("wasmesh.router", all), cors_filter, fault_filter],
-                Some(policy_routes),
-            ),
+            every,
         ],
         modules: vec!["wasmesh".into(), "noop".into()],
     })
 }
 
+/// The variant's listener as the bench builds it, with the HTTP connection manager removing
+/// client-sent fault headers before the filters, as wasmeshctl writes it with the fault filter.
+fn with_early_fault_header_removal(v: &Variant) -> (u16, Value) {
+    let port = crate::free_port();
+    let mut filters = v.http_filters.clone();
+    filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    let mutations: Vec<Value> = wasmesh_router::FAULT_HEADERS.iter().map(|h| json!({"remove": h})).collect();
+    let listener = json!({
+        "name": "vs-actions",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "vs-actions",
+            "route_config": v.route_config.clone(),
+            "http_filters": filters,
+            "early_header_mutation_extensions": [{
+                "name": "envoy.http.early_header_mutation.header_mutation",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+                    "mutations": mutations,
+                }
+            }],
+        }}]}],
+    });
+    (port, listener)
+}
+
 /// The by-header route with one route per route policy of `config` before it, as wasmeshctl
-/// writes them (matched on the policy header, the policy's route action and CORS policy).
+/// writes them (matched on the policy filter state, the policy's route action and CORS policy).
 fn policy_route_config(config: &Value) -> Result<Value, String> {
     use wasmesh_istio::FilterConfig;
     let cfg: wasmesh_router::RouterConfig = serde_json::from_value(config.clone()).map_err(|e| e.to_string())?;
@@ -180,7 +211,7 @@ fn policy_route_config(config: &Value) -> Result<Value, String> {
         for (k, v) in &p.route_action {
             action[k] = v.clone();
         }
-        let mut r = json!({"match": {"prefix": "/", "headers": [{"name": wasmesh_router::POLICY_HEADER, "string_match": {"exact": p.id}}]},
+        let mut r = json!({"match": {"prefix": "/", "filter_state": [{"key": wasmesh_router::POLICY_FILTER_STATE_KEY, "string_match": {"exact": p.id}}]},
                            "route": action});
         if let Some(c) = &p.cors {
             r["typed_per_filter_config"] = json!({"envoy.filters.http.cors": c});

@@ -12,11 +12,13 @@
 //! applies the configuration istiod writes), and inject faults. Wasm cannot sleep, so a fault is
 //! decided here and carried out by Envoy's fault filter after this one, which reads the
 //! `x-envoy-fault-*` headers set here (wasmeshctl generates it; a configuration with a fault
-//! and without `faultFilter: true` is refused). Client-sent copies of those headers are removed.
-//! Likewise `timeout`, `retries`, mirrors and `corsPolicy` are carried out by Envoy: the router
-//! names the matched route's policy in `x-wasmesh-route-policy` (set or removed on every
-//! forwarded request once any route has one) and Envoy's route for that policy, written by
-//! wasmeshctl as istiod writes the route (`routePolicies: true`), does the rest.
+//! and without `faultFilter: true` is refused). Client-sent copies of those headers are removed:
+//! by Envoy before the filters where wasmeshctl configured it so (`faultHeadersRemoved: true`),
+//! otherwise here. Likewise `timeout`, `retries`, mirrors and `corsPolicy` are carried out by
+//! Envoy: the router names the matched route's policy in filter state `wasmesh.route_policy`
+//! (only when the route has one: a client cannot write filter state, so nothing is removed on
+//! other requests) and Envoy's route for that policy, written by wasmeshctl as istiod writes the
+//! route (`routePolicies: true`, matched on that filter state), does the rest.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proxy_wasm::traits::RootContext;
@@ -27,7 +29,7 @@ use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
 use wasmesh_proxy::stream::{HeaderReads, Stream};
 use wasmesh_router::{
     Abort, Decision, HeaderActions, HeaderOps, Matched, RequestView, Rng, RouteOps, Router, RouterConfig,
-    FAULT_HEADERS, POLICY_HEADER,
+    FAULT_HEADERS, POLICY_STATE,
 };
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
@@ -38,19 +40,16 @@ pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
 
 /// The router phase from its plugin configuration.
 pub fn build(config: &[u8], _resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, String> {
-    let routes = configure(config)?;
-    let faults = routes.has_faults();
-    let policies = routes.has_policies();
-    Ok(vec![Rc::new(RouterPhase { routes, faults, policies, rng: Cell::new(wasmesh_proxy::random_seed()) })])
+    let (routes, removed_by_envoy) = configure(config)?;
+    let faults = routes.has_faults() && !removed_by_envoy;
+    Ok(vec![Rc::new(RouterPhase { routes, faults, rng: Cell::new(wasmesh_proxy::random_seed()) })])
 }
 
 struct RouterPhase {
     routes: Routes,
-    /// A route injects faults: client-sent fault headers are removed from every request.
+    /// A route injects faults and Envoy does not remove client-sent fault headers before the
+    /// filters (`faultHeadersRemoved`): the router removes them from every request.
     faults: bool,
-    /// A route has a policy (timeout, retries, mirror, CORS): every forwarded request gets the
-    /// policy header set to its route's policy, or removed (a client cannot pick a policy).
-    policies: bool,
     /// Per-VM PRNG state, seeded from the host's entropy.
     rng: Cell<u64>,
 }
@@ -84,13 +83,6 @@ impl Routes {
         match self {
             Routes::One(r) => r.has_faults(),
             Routes::PerPort(tables) => tables.iter().any(|(_, r)| r.has_faults()),
-        }
-    }
-
-    fn has_policies(&self) -> bool {
-        match self {
-            Routes::One(r) => !r.policies().is_empty(),
-            Routes::PerPort(tables) => tables.iter().any(|(_, r)| !r.policies().is_empty()),
         }
     }
 
@@ -131,8 +123,10 @@ impl Phase for RouterPhase {
     }
 }
 
-fn configure(bytes: &[u8]) -> Result<Routes, String> {
+/// The route tables, and whether Envoy removes client-sent fault headers before the filters.
+fn configure(bytes: &[u8]) -> Result<(Routes, bool), String> {
     let mut cfg = RouterConfig::parse_json(bytes).map_err(|e| e.to_string())?;
+    let removed_by_envoy = cfg.fault_headers_removed;
     // Routing fails closed like the security filters: a wrong namespace or label set would
     // route by the wrong VirtualServices, so the node must identify the proxy.
     wasmesh_proxy::complete_workload_from_node(&mut cfg)?;
@@ -153,11 +147,11 @@ fn configure(bytes: &[u8]) -> Result<Routes, String> {
             ));
             tables.push((port, router));
         }
-        return Ok(Routes::PerPort(tables));
+        return Ok((Routes::PerPort(tables), removed_by_envoy));
     }
     let router = cfg.compile(&resources).map_err(|e| e.to_string())?;
     wasmesh_proxy::log_info(&format!("wasmesh router: configured {} virtual hosts", router.virtual_host_count()));
-    Ok(Routes::One(Box::new(router)))
+    Ok((Routes::One(Box::new(router)), removed_by_envoy))
 }
 
 struct RouterRequest {
@@ -191,15 +185,12 @@ impl PhaseRequest for RouterRequest {
                 if ops.is_some() || destination_headers.is_some() {
                     self.response = apply(s, ops, destination_headers, matched, self.random);
                 }
-                if self.phase.policies {
-                    // Envoy's route for the policy times out, retries, mirrors, answers CORS.
-                    match ops.and_then(|o| o.policy.as_ref()) {
-                        Some(p) => {
-                            s.set_request_header(POLICY_HEADER, p.id.as_bytes());
-                        }
-                        None => {
-                            s.remove_request_header(POLICY_HEADER);
-                        }
+                if let Some(p) = ops.and_then(|o| o.policy.as_ref()) {
+                    // Envoy's route for the policy times out, retries, mirrors, answers CORS. Set
+                    // before the cluster header, whose change makes Envoy select the route again.
+                    if !s.set_filter_state(POLICY_STATE, p.id.as_bytes()) {
+                        wasmesh_proxy::log_error("wasmesh router: could not set the route policy");
+                        return answer(s, router.cluster_header(), 500, &[], None);
                     }
                 }
                 // Replacing the header also drops any copy the client sent.

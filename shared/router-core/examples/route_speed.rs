@@ -17,6 +17,7 @@ fn main() {
         gateway_port: None,
         cluster_header: wasmesh_router::DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
+        fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: false,
         resources: vec![],

@@ -43,12 +43,19 @@ pub struct RouterConfig {
     /// `x-envoy-fault-*` headers; the fault filter delays (without blocking the worker) or aborts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fault_filter: bool,
+    /// Whether Envoy removes client-sent `x-envoy-fault-*` request headers before the filters run
+    /// (the HTTP connection manager's `early_header_mutation_extensions`, as wasmeshctl writes it
+    /// with the fault filter). Without it the router removes them itself on every request, which
+    /// costs a read of the whole request header map.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fault_headers_removed: bool,
     /// Sidecar: where requests for hosts no ServiceEntry or VirtualService names go
     /// (`meshConfig.outboundTrafficPolicy`, see [`crate::egress`]). Absent: 404.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_traffic_policy: Option<crate::egress::OutboundTrafficPolicy>,
     /// Whether the Envoy has one route per route policy (`timeout`, `retries`, `mirror`,
-    /// `corsPolicy`), matched on the policy header the router sets, and Envoy's CORS filter after
+    /// `corsPolicy`), matched on the policy filter state the router sets
+    /// (`match.filter_state` on `wasm.wasmesh.route_policy`), and Envoy's CORS filter after
     /// this filter, as wasmeshctl generates them (see [`crate::policy`]). Those fields are
     /// refused without it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -618,7 +625,7 @@ impl Compiler<'_> {
                         res,
                         &format!("{field}.{name}"),
                         "needs Envoy routes for the router's route policies (one route per policy matched on \
-                         x-wasmesh-route-policy, and envoy.filters.http.cors after the router); wasmeshctl generates \
+                         the filter state wasm.wasmesh.route_policy, and envoy.filters.http.cors after the router); wasmeshctl generates \
                          them, in another Envoy add them and set routePolicies: true in the router configuration",
                     );
                 }
@@ -859,6 +866,7 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
         gateway_port: None,
         cluster_header: default_cluster_header(),
         fault_filter: true,
+        fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: true,
         resources: Vec::new(),

@@ -2,8 +2,9 @@
 //! `retries`, `mirror`/`mirrors`/`mirrorPercentage` and `corsPolicy`.
 //!
 //! The router picks the route (pure core, as for every other action) and names the route's
-//! policy in one request header, [`POLICY_HEADER`]; wasmeshctl writes one Envoy route per
-//! distinct policy, matched on that header, whose route action and per-route CORS policy are
+//! policy in filter state, [`POLICY_STATE`] (Envoy's key [`POLICY_FILTER_STATE_KEY`]), only when
+//! the route has one; wasmeshctl writes one Envoy route per distinct policy, matched on that
+//! filter state, whose route action and per-route CORS policy are
 //! exactly what istiod writes for the VirtualService route (istio/istio `route.go`
 //! `applyHTTPRouteDestination`, `setTimeout`, `TranslateRequestMirrorPolicy`,
 //! `TranslateCORSPolicy`; `route/retry/retry.go` `ConvertPolicy`). Envoy's router then times out,
@@ -18,9 +19,17 @@ use std::time::Duration;
 use wasmesh_istio::networking::{CorsPolicy, HttpRetry, HttpRoute, Percent};
 use wasmesh_istio::StringMatch;
 
-/// The request header the router sets to the chosen route's policy id (and removes otherwise,
-/// so a client cannot pick another route's policy). wasmeshctl's policy routes match on it and
-/// remove it before the request goes upstream.
+/// The filter state (`set_property` key) the router sets to the chosen route's policy id, only
+/// when the route has a policy. A client cannot write filter state, so nothing needs removing on
+/// requests without a policy (no hostcall there).
+pub const POLICY_STATE: &str = "wasmesh.route_policy";
+
+/// [`POLICY_STATE`] as Envoy names it (wasm's properties live under `wasm.`): the key of the
+/// policy routes' `match.filter_state` matcher.
+pub const POLICY_FILTER_STATE_KEY: &str = "wasm.wasmesh.route_policy";
+
+/// The request header that named the policy before it moved to filter state. The name stays
+/// reserved: wasmeshctl's routes remove a client-sent copy before the request goes upstream.
 pub const POLICY_HEADER: &str = "x-wasmesh-route-policy";
 
 /// Envoy's retry conditions (`x-envoy-retry-on`, `x-envoy-retry-grpc-on`; envoy
@@ -75,7 +84,7 @@ fn previous_hosts() -> Value {
 /// One route's policy as Envoy configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutePolicy {
-    /// The value of [`POLICY_HEADER`] for this policy (a hash of its Envoy form).
+    /// The value of [`POLICY_STATE`] for this policy (a hash of its Envoy form).
     pub id: String,
     /// Fields of Envoy's `RouteAction` (`timeout`, `max_grpc_timeout`, `retry_policy`,
     /// `request_mirror_policies`), as istiod writes them.
@@ -366,6 +375,35 @@ mod tests {
         assert_eq!(p.route_action["max_grpc_timeout"], "0.500000000s");
         assert_eq!(p.route_action["retry_policy"], istio_default_retry_policy());
         assert!(p.cors.is_none());
+    }
+
+    /// istiod's `retry.DefaultPolicy` (pilot/pkg/networking/core/route/retry/retry.go), with
+    /// `EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY` at its default (true: no `retriable_status_codes`),
+    /// field for field: nothing more, nothing less.
+    #[test]
+    fn the_default_retry_policy_is_istiods_exactly() {
+        assert_eq!(
+            istio_default_retry_policy(),
+            json!({
+                "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+                "num_retries": 2,
+                "retry_host_predicate": [{
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
+                }],
+                "host_selection_retry_max_attempts": 5,
+            })
+        );
+        // `attempts` alone: the default with num_retries replaced (ConvertPolicy keeps RetryOn
+        // and RetriableStatusCodes when retryOn is empty).
+        let p = compile(json!({"retries": {"attempts": 4}})).unwrap();
+        let mut expected = istio_default_retry_policy();
+        expected["num_retries"] = json!(4);
+        assert_eq!(p.route_action["retry_policy"], expected);
+        // retryOn replaces both: no status code named, none retriable (parseRetryOn).
+        let p = compile(json!({"retries": {"attempts": 1, "retryOn": "unavailable,cancelled"}})).unwrap();
+        assert_eq!(p.route_action["retry_policy"]["retry_on"], "unavailable,cancelled");
+        assert!(p.route_action["retry_policy"].get("retriable_status_codes").is_none());
     }
 
     #[test]
