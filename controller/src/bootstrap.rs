@@ -184,6 +184,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
         }
         plugins::authz::decision_filter_state_when_read(&mut all.http_filters);
         all.http_filters = layout.assemble(std::mem::take(&mut all.http_filters));
+        plugins::authn::identity_filter_state_when_read(&mut all.http_filters);
         all
     };
 
