@@ -508,6 +508,7 @@ fn tcp_listener_filters(
             exchange.push(f.clone());
             c.network_filters.push(f);
             c.stats_tags.extend(plugins::authz::stats_tags());
+            c.clusters.extend(plugins::authz::tcp_provider_clusters(ctx));
         }
         Ok(None) if slots == Slots::All && ctx.direction == Direction::Inbound => {
             let f = plugins::empty_tcp_authz_slot(ctx);
@@ -1447,28 +1448,16 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
     }
 
     #[test]
-    fn tcp_policies_wasmesh_cannot_enforce_stop_the_bootstrap() {
+    fn a_grpc_custom_policy_on_a_tcp_port_gets_the_provider_cluster() {
         let yaml = MESH.to_string()
             + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: m, namespace: default}\nspec: {action: CUSTOM, provider: {name: grpc}, rules: [{}]}\n";
         let res = resources(&yaml);
         let grpc = serde_json::json!({"name": "grpc", "envoyExtAuthzGrpc": {"service": "authz.default.svc.cluster.local", "port": 9000}});
-        let with_grpc = |ports: &[u16]| {
-            let mut s = spec("default/db", &res, ports, Vec::new());
-            s.mesh.extension_providers = vec![grpc.clone()];
-            s
-        };
-        let e = build(&with_grpc(&[13306]), &res).unwrap_err();
-        assert!(
-            e[0].to_string().contains("AuthorizationPolicy default/m")
-                && e[0].to_string().contains("spec.provider.name"),
-            "{e:?}"
-        );
-        // The HTTP port of the same workload is not refused by the TCP translation.
-        let http = build(&with_grpc(&[18080]), &res);
-        assert!(
-            http.as_ref().map_or_else(|e| !e.iter().any(|e| e.to_string().contains("network ext_authz")), |_| true),
-            "{http:?}"
-        );
+        let mut s = spec("default/db", &res, &[13306], Vec::new());
+        s.mesh.extension_providers = vec![grpc];
+        let b = build(&s, &res).unwrap_or_else(|e| panic!("{e:?}"));
+        let text = b.to_string();
+        assert!(text.contains("outbound|9000||authz.default.svc.cluster.local"), "{text}");
     }
 }
 
