@@ -203,8 +203,8 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                                 let name = format!("inbound_{}", inb.port);
                                 let chains = filter_chains(
                                     Some(&tls.transport),
-                                    tcp_chain_filters(spec, &c.network_filters, &cluster),
-                                    tcp_chain_filters(spec, &exchange, &cluster),
+                                    tcp_chain_filters(spec, &c.network_filters, &c.access_logs, &cluster),
+                                    tcp_chain_filters(spec, &exchange, &c.access_logs, &cluster),
                                 );
                                 listeners.push(listener_with_chains(&name, inb.port, chains));
                                 let app = [("127.0.0.1".to_string(), u32::from(inb.app_port))];
@@ -304,7 +304,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                             Ok((mut c, exchange)) => {
                                 let name = format!("outbound_tcp_{}", out.bind_port);
                                 listeners.push(crate::sidecar_l4::listener(&name, out.bind_port, &plan, |cluster| {
-                                    tcp_chain_filters(spec, &exchange, cluster)
+                                    tcp_chain_filters(spec, &exchange, &c.access_logs, cluster)
                                 }));
                                 c.clusters.extend(crate::sidecar_l4::catch_all_clusters(&plan));
                                 merge(&mut clusters, &mut stats_tags, c);
@@ -338,7 +338,8 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                         let ctx = listener_context(Direction::Gateway { port: *gw_port }, *bind);
                         match tcp_listener_filters(&ctx, slots) {
                             Ok((mut c, _)) => {
-                                let mut filters = tcp_chain_filters(spec, &c.network_filters, route.first_cluster());
+                                let mut filters =
+                                    tcp_chain_filters(spec, &c.network_filters, &c.access_logs, route.first_cluster());
                                 gateway::with_tcp_route(&mut filters, &route);
                                 let chains = filter_chains(None, filters, Vec::new());
                                 listeners.push(listener_with_chains(&format!("{name}_{bind}"), *bind, chains));
@@ -354,7 +355,8 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                         let ctx = listener_context(Direction::Gateway { port: *gw_port }, *bind);
                         match tcp_listener_filters(&ctx, slots) {
                             Ok((mut c, _)) => {
-                                let filters = tcp_chain_filters(spec, &c.network_filters, gateway::BLACK_HOLE);
+                                let filters =
+                                    tcp_chain_filters(spec, &c.network_filters, &c.access_logs, gateway::BLACK_HOLE);
                                 let chains = filter_chains(None, filters, Vec::new());
                                 let mut l = listener_with_chains(&format!("{name}_{bind}"), *bind, chains);
                                 gateway::with_sni_routes(&mut l, &routes);
@@ -519,6 +521,16 @@ fn tcp_listener_filters(
         Ok(None) => {}
         Err(mut e) => errors.append(&mut e),
     }
+    // Access logs, as istiod puts them on the tcp_proxy: the phase renders, the file loggers
+    // on the tcp_proxy print ([`tcp_chain_filters`]).
+    match plugins::accesslog::tcp_contribute(ctx) {
+        Ok(a) => {
+            exchange.extend(a.network_filters.iter().cloned());
+            c.network_filters.extend(a.network_filters);
+            c.access_logs.extend(a.access_logs);
+        }
+        Err(mut e) => errors.append(&mut e),
+    }
     if errors.is_empty() {
         Ok((c, exchange))
     } else {
@@ -528,7 +540,7 @@ fn tcp_listener_filters(
 
 /// The filters of a TCP filter chain: the wasm network filters, then `tcp_proxy` to `cluster`
 /// (Istio's stat prefix: the cluster).
-fn tcp_chain_filters(spec: &ProxySpec, wasm: &[WasmFilter], cluster: &str) -> Vec<Value> {
+fn tcp_chain_filters(spec: &ProxySpec, wasm: &[WasmFilter], logs: &[Value], cluster: &str) -> Vec<Value> {
     let mut tcp_proxy = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
         "stat_prefix": cluster,
@@ -536,6 +548,11 @@ fn tcp_chain_filters(spec: &ProxySpec, wasm: &[WasmFilter], cluster: &str) -> Ve
     });
     if let Some(log) = envoy_access_log(spec) {
         tcp_proxy["access_log"] = log;
+    }
+    if !logs.is_empty() {
+        let mut all = tcp_proxy["access_log"].as_array().cloned().unwrap_or_default();
+        all.extend(logs.iter().cloned());
+        tcp_proxy["access_log"] = Value::Array(all);
     }
     let mut filters: Vec<Value> = wasm.iter().map(|f| wasm_network_filter(f, &spec.wasm_dir)).collect();
     filters.push(json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy}));
@@ -1293,6 +1310,34 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         let early: Vec<&str> = early.as_array().unwrap().iter().map(|m| m["remove"].as_str().unwrap()).collect();
         assert_eq!(early, wasmesh_router::FAULT_HEADERS);
         assert!(hcm["http_filters"].to_string().contains("faultHeadersRemoved"), "the router is told");
+    }
+
+    #[test]
+    fn mesh_access_log_file_logs_tcp_connections_on_every_tcp_listener() {
+        let res = resources(MESH);
+        let mut sp = spec("default/db", &res, &[13306], Vec::new());
+        sp.mesh.access_log_file = Some("/dev/stdout".into());
+        let boot = build(&sp, &res).unwrap();
+        let tcp = listener(&boot, "inbound_13306");
+        let chains = tcp["filter_chains"].as_array().unwrap();
+        assert!(!chains.is_empty());
+        // Every chain (plain and metadata exchange): the network filter, and the sink on the
+        // tcp_proxy printing its line.
+        for chain in chains {
+            let filters = chain["filters"].as_array().unwrap();
+            let names: Vec<&str> = filters.iter().map(|f| f["name"].as_str().unwrap()).collect();
+            assert!(names.contains(&"wasmesh.access_log"), "{names:?}");
+            let phase = filters.iter().find(|f| f["name"] == "wasmesh.access_log").unwrap();
+            assert!(phase["typed_config"]["@type"].as_str().unwrap().contains("filters.network.wasm"), "{phase}");
+            let config = phase["typed_config"]["config"]["configuration"]["value"].as_str().unwrap();
+            assert!(config.contains("\"tcp\":true"), "{config}");
+            let proxy = &filters.last().unwrap()["typed_config"];
+            let logs = proxy["access_log"].to_string();
+            assert!(logs.contains("%FILTER_STATE(wasm.wasmesh.access_log.0:PLAIN)%"), "{logs}");
+        }
+        // No accessLogFile: nothing logged, no filter.
+        let boot = build(&spec("default/db", &res, &[13306], Vec::new()), &res).unwrap();
+        assert!(!listener(&boot, "inbound_13306").to_string().contains("wasmesh.access_log"));
     }
 
     #[test]
