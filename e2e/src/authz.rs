@@ -713,6 +713,71 @@ impl Corpus {
 /// Runs one corpus: one Envoy, a native-RBAC listener and a wasmesh listener, the same requests
 /// to both, every difference reported.
 pub fn diff(path: &Path) -> Result<Report, String> {
+    diff_all(&[path.to_path_buf()]).pop().unwrap_or_else(|| Err("no report".into()))
+}
+
+/// Runs several corpora ([`diff`] each), their listener pairs side by side in as few Envoys as
+/// possible (one per distinct set of stats tags, in practice one): each wasmesh Envoy spends
+/// seconds of CPU compiling the module before it is ready, most of a run's time. Every corpus
+/// keeps its own two listeners, ports, certificates, policies and filter configurations; the
+/// wasm filters of all listeners share one VM as a sidecar's listeners do. If the shared Envoy
+/// refuses the configuration, every corpus in it reports that error.
+pub fn diff_all(paths: &[PathBuf]) -> Vec<Result<Report, String>> {
+    let prepared: Vec<Result<Prepared, String>> = paths.iter().map(|p| prepare(p)).collect();
+    let mut out: Vec<Option<Result<Report, String>>> = (0..paths.len()).map(|_| None).collect();
+    for (i, p) in prepared.iter().enumerate() {
+        if let Err(e) = p {
+            out[i] = Some(Err(e.clone()));
+        }
+    }
+    while let Some(first) = (0..paths.len()).find(|&i| out[i].is_none()) {
+        let Ok(tags) = prepared[first].as_ref().map(|p| p.stats_tags.clone()) else { break };
+        let group: Vec<usize> = (first..paths.len())
+            .filter(|&j| out[j].is_none() && prepared[j].as_ref().is_ok_and(|p| p.stats_tags == tags))
+            .collect();
+        let mut listeners = Vec::new();
+        for &j in &group {
+            if let Ok(p) = &prepared[j] {
+                for l in &p.listeners {
+                    let mut l = l.clone();
+                    l.name = format!("{}-{j}", l.name);
+                    listeners.push(l);
+                }
+            }
+        }
+        let proxy = Proxy { listeners, clusters: Vec::new(), stats_tags: tags };
+        match Envoy::start_with("authz-diff", &proxy.bootstrap(free_port()), 1) {
+            Ok(envoy) => {
+                for &j in &group {
+                    if let Ok(p) = &prepared[j] {
+                        out[j] = Some(Ok(run(p, &envoy)));
+                    }
+                }
+            }
+            Err(e) => {
+                for &j in &group {
+                    out[j] = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+    out.into_iter().map(|r| r.unwrap_or_else(|| Err("not run".into()))).collect()
+}
+
+/// One corpus ready to run: its native-RBAC and wasmesh listeners, and what sends its requests.
+struct Prepared {
+    corpus: Corpus,
+    file: String,
+    /// The certificates the listeners and the client use (removed when dropped).
+    _certs: TempDir,
+    client: Client,
+    native_port: u16,
+    wasm_port: u16,
+    listeners: Vec<ListenerSpec>,
+    stats_tags: Vec<Value>,
+}
+
+fn prepare(path: &Path) -> Result<Prepared, String> {
     let corpus = Corpus::load(path)?;
     if let Some(i) = corpus.requests.iter().position(|r| r.native_joined.is_some() && r.expect.is_none()) {
         return Err(format!("{}: request #{i} has native_joined without expect (wasmesh's answer)", path.display()));
@@ -813,15 +878,26 @@ pub fn diff(path: &Path) -> Result<Report, String> {
     for f in &contribution.http_filters {
         wasm = wasm.wasm(f);
     }
-    let proxy =
-        Proxy { listeners: vec![native, wasm], clusters: Vec::new(), stats_tags: contribution.stats_tags.clone() };
-    let envoy = Envoy::start_with("authz-diff", &proxy.bootstrap(free_port()), 1)?;
+    let client = Client { certs: Some(certs.path().to_path_buf()), issuer };
+    Ok(Prepared {
+        corpus,
+        file: path.display().to_string(),
+        _certs: certs,
+        client,
+        native_port,
+        wasm_port,
+        listeners: vec![native, wasm],
+        stats_tags: contribution.stats_tags.clone(),
+    })
+}
+
+/// Sends every request of a prepared corpus to its two listeners in `envoy`.
+fn run(p: &Prepared, envoy: &Envoy) -> Report {
+    let (corpus, client, native_port, wasm_port) = (&p.corpus, &p.client, p.native_port, p.wasm_port);
     let version = envoy.version();
     let joins = version.is_some_and(rbac_joins_repeated_headers);
-
-    let client = Client { certs: Some(certs.path().to_path_buf()), issuer };
     let mut report = Report {
-        file: path.display().to_string(),
+        file: p.file.clone(),
         requests: 0,
         allowed: 0,
         denied: 0,
@@ -880,8 +956,7 @@ pub fn diff(path: &Path) -> Result<Report, String> {
             report.differences.push(Difference { index: i, request: r.clone(), native: n, wasm: w });
         }
     }
-    drop(envoy);
-    Ok(report)
+    report
 }
 
 impl Report {

@@ -4,11 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::type_complexity)]
 
 use serde_json::{json, Value};
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wasmesh_e2e::authn::{
     bootstrap, jwks, native_jwt_authn, swap_payload, unsigned, wasm_authn, wasm_authn_authz_one_pass, wasm_authn_with,
     wasm_authz, JwksServer, Mode, NativeJwks, Signer, TestKey,
 };
+use wasmesh_e2e::envoy::combine_bootstraps;
 use wasmesh_e2e::http::{request, Response};
 use wasmesh_e2e::{free_port, App, AppHandle, Envoy};
 use wasmesh_istio::{Resources, Workload};
@@ -20,7 +22,7 @@ fn now() -> u64 {
 }
 
 struct Front {
-    envoy: Envoy,
+    envoy: Rc<Envoy>,
     port: u16,
     app: AppHandle,
 }
@@ -30,7 +32,40 @@ fn start(name: &str, filters: Vec<Value>, clusters: Vec<Value>, concurrency: u32
     let port = free_port();
     let b = bootstrap(port, free_port(), app.port, filters, clusters);
     let envoy = Envoy::start_with(name, &b, concurrency).unwrap_or_else(|e| panic!("{e}"));
-    Front { envoy, port, app }
+    Front { envoy: Rc::new(envoy), port, app }
+}
+
+/// The native `jwt_authn` front and the wasm front of a comparison as two listeners of one Envoy
+/// (`--concurrency 1`), each with its own filters and its own upstream app (the tests compare what
+/// reached each): a comparison costs one Envoy start, one compilation of the module. Nothing is
+/// shared but the process: the native listener has no wasm filter, the wasm one no `jwt_authn`;
+/// the clusters (the JWKS server's, if any) are the same ones either way.
+fn start_pair(
+    name: &str,
+    native_filters: Vec<Value>,
+    wasm_filters: Vec<Value>,
+    clusters: Vec<Value>,
+) -> (Front, Front) {
+    let (native_app, wasm_app) = (App::new("httpbin", "v1").start(), App::new("httpbin", "v1").start());
+    let (native_port, wasm_port) = (free_port(), free_port());
+    let wasm_b = bootstrap(wasm_port, free_port(), wasm_app.port, wasm_filters, clusters.clone());
+    let mut native_b = bootstrap(native_port, free_port(), native_app.port, native_filters, clusters);
+    // One Envoy cannot have two clusters named `app`: the native front's upstream gets its own name.
+    let app_cluster = native_b.pointer_mut("/static_resources/clusters/0").unwrap();
+    assert_eq!(app_cluster["name"], "app");
+    app_cluster["name"] = json!("app-native");
+    app_cluster["load_assignment"]["cluster_name"] = json!("app-native");
+    let route = native_b
+        .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes/0/route/cluster")
+        .unwrap();
+    assert_eq!(*route, "app");
+    *route = json!("app-native");
+    let envoy = Envoy::start_with(name, &combine_bootstraps(&[wasm_b, native_b]), 1).unwrap_or_else(|e| panic!("{e}"));
+    let envoy = Rc::new(envoy);
+    (
+        Front { envoy: envoy.clone(), port: native_port, app: native_app },
+        Front { envoy, port: wasm_port, app: wasm_app },
+    )
 }
 
 fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
@@ -157,9 +192,9 @@ fn answers_match_envoy_jwt_authn_as_istio_configures_it() {
     let k = keys();
     let wl = workload();
     let res = resources(&single_rule_yaml(&k));
-    let native = start("native-jwt", vec![native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)], vec![], 1);
     let (f, clusters) = wasm_authn(&wl, &res);
-    let wasm = start("wasm-jwt", vec![f], clusters, 1);
+    let (native, wasm) =
+        start_pair("jwt", vec![native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)], vec![f], clusters);
 
     let good = k.rsa.sign(&claims(json!({"org": {"team": "core"}, "level": 3, "scope": "a b"})));
     let bearer = |t: &str| format!("Bearer {t}");
@@ -443,9 +478,9 @@ fn keys_repeated_members_depth_and_size_match_envoy_jwt_authn() {
         "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: foo}}\nspec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  jwtRules:\n  - issuer: {ISS}\n    jwks: '{doc}'\n    outputClaimToHeaders:\n    - {{header: x-sub, claim: sub}}\n"
     );
     let (wl, res) = (workload(), resources(&yaml));
-    let native = start("native-parity", vec![native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)], vec![], 1);
     let (f, clusters) = wasm_authn(&wl, &res);
-    let wasm = start("wasm-parity", vec![f], clusters, 1);
+    let (native, wasm) =
+        start_pair("parity", vec![native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)], vec![f], clusters);
 
     let c = claims(json!({}));
     let cs = c.to_string();
@@ -696,10 +731,10 @@ spec:
     );
     let wl = workload();
     let res = resources(&yaml);
-    let native = start("native-multi", vec![native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)], vec![], 1);
     let (f, clusters) = wasm_authn(&wl, &res);
     assert!(clusters.is_empty(), "the other workload's jwksUri is not this proxy's business");
-    let wasm = start("wasm-multi", vec![f], clusters, 1);
+    let (native, wasm) =
+        start_pair("multi", vec![native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)], vec![f], clusters);
     let tok = |s: &Signer, iss: &str, extra: Value| {
         let mut c = claims(extra);
         c["iss"] = json!(iss);
@@ -1199,9 +1234,8 @@ fn jwks_fetch_failure_answers_as_envoy_jwt_authn() {
     server.set_mode(Mode::Close);
     let (wl, res) = (workload(), resources(&remote_yaml(&server.uri(), "")));
     let (f, clusters) = wasm_authn(&wl, &res);
-    let native =
-        start("native-fetch-fail", vec![native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)], clusters.clone(), 1);
-    let wasm = start("wasm-fetch-fail", vec![f], clusters, 1);
+    let (native, wasm) =
+        start_pair("fetch-fail", vec![native_jwt_authn(&wl, &res, &NativeJwks::Remote, false)], vec![f], clusters);
     wait_until("the first failed fetch", Duration::from_secs(10), || {
         stat(&wasm, "wasmesh.authn.jwks_fetch_failed") >= 1
     });

@@ -9,12 +9,13 @@
 use serde_json::{json, Value};
 use std::time::Duration;
 use wasmesh_e2e::authz::{JwtIssuer, ISSUER};
+use wasmesh_e2e::envoy::combine_bootstraps;
 use wasmesh_e2e::http::{request, Response};
 use wasmesh_e2e::node_identity::{
     bootstrap, cluster, http_listener, resources_json, route_by_cluster_header, route_to, rss_kib, IstioNode, Plugin,
 };
 use wasmesh_e2e::paths::wasm;
-use wasmesh_e2e::{free_port, App, Envoy};
+use wasmesh_e2e::{free_port, App, AppHandle, Envoy};
 
 /// Only `version: v1` of reviews: no `/private` for anyone.
 const V1_ONLY_POLICY: &str = "
@@ -251,8 +252,11 @@ fn per_filter_modules(own: &str) -> (std::path::PathBuf, String) {
     (wasm(own), format!("wasmesh.{own}"))
 }
 
+/// Every HTTP filter in one chain and the TCP roles on two inbound TCP listeners, all from
+/// `wasmesh.wasm` under one vm_id in one Envoy of one node (reviews-v1), as one sidecar's outbound
+/// and inbound listeners would be: the module is compiled once for both.
 #[test]
-fn one_module_serves_every_filter_in_one_chain_and_one_vm() {
+fn one_module_serves_every_filter_in_one_chain_and_the_tcp_roles_in_one_vm() {
     let issuer = JwtIssuer::new().unwrap();
     let v1 = App::new("ratings", "v1").start();
     let v2 = App::new("ratings", "v2").start();
@@ -271,7 +275,8 @@ fn one_module_serves_every_filter_in_one_chain_and_one_vm() {
             .unwrap()
             .ends_with("/wasmesh.wasm"));
     }
-    let envoy = Envoy::start("one-module", &b);
+    let (tcp_b, app, denied, allowed) = tcp_roles();
+    let envoy = Envoy::start("one-module", &combine_bootstraps(&[b, tcp_b]));
     let host = "ratings:9080";
     let token = issuer.token(&json!({"iss": ISSUER, "sub": "alice"})).unwrap();
     let bearer = format!("Bearer {token}");
@@ -311,6 +316,21 @@ fn one_module_serves_every_filter_in_one_chain_and_one_vm() {
     }
     assert!(
         log.contains("wasmesh stats: Http Outbound listener of default/reviews-v1, reporter source"),
+        "{}",
+        envoy.failure_summary()
+    );
+
+    // The TCP roles (network filters `wasmesh.authz.tcp`, `wasmesh.stats.tcp`,
+    // `wasmesh.authz.peer_address`), one configuration per role on two inbound TCP listeners.
+    assert_eq!(send(allowed, "reviews:9080", "/", &[]).status, 200, "{}", envoy.failure_summary());
+    let before = app.served();
+    let r = request(denied, "GET", "/", &[("host", "reviews:9080")], b"");
+    assert!(r.map(|r| r.status != 200).unwrap_or(true), "the DENY policy on port {denied} closes the connection");
+    assert_eq!(app.served(), before, "no byte of a denied connection reaches the app");
+    let line = wait_for_stat(&envoy, "istio_tcp_connections_opened_total", "reporter=.=destination");
+    assert!(line.contains("destination_workload=.=reviews-v1;"), "{line}");
+    assert!(
+        envoy.log().contains(&format!("policies: AuthorizationPolicy default/no-tcp-{denied} (DENY)")),
         "{}",
         envoy.failure_summary()
     );
@@ -462,9 +482,9 @@ spec:
 }
 
 /// The TCP roles from `wasmesh.wasm` (network filters `wasmesh.authz.tcp`, `wasmesh.stats.tcp`,
-/// `wasmesh.authz.peer_address`), one configuration per role on two inbound TCP listeners.
-#[test]
-fn one_module_serves_the_tcp_roles() {
+/// `wasmesh.authz.peer_address`), one configuration per role on two inbound TCP listeners of
+/// reviews-v1 in front of its app: (bootstrap, app, port the policy denies, port it allows).
+fn tcp_roles() -> (Value, AppHandle, u16, u16) {
     let app = App::new("reviews", "v1").start();
     let (denied, allowed) = (free_port(), free_port());
     let policy = resources_json(&format!(
@@ -490,18 +510,5 @@ spec:
         wasmesh_e2e::node_identity::tcp_listener("inbound_b", allowed, Some("INBOUND"), &plugins, "inbound|9080||"),
     ];
     let b = bootstrap(reviews("v1").node(), free_port(), listeners, vec![cluster("inbound|9080||", app.port)]);
-    let envoy = Envoy::start("tcp-one-module", &b);
-
-    assert_eq!(send(allowed, "reviews:9080", "/", &[]).status, 200, "{}", envoy.failure_summary());
-    let before = app.served();
-    let r = request(denied, "GET", "/", &[("host", "reviews:9080")], b"");
-    assert!(r.map(|r| r.status != 200).unwrap_or(true), "the DENY policy on port {denied} closes the connection");
-    assert_eq!(app.served(), before, "no byte of a denied connection reaches the app");
-    let line = wait_for_stat(&envoy, "istio_tcp_connections_opened_total", "reporter=.=destination");
-    assert!(line.contains("destination_workload=.=reviews-v1;"), "{line}");
-    assert!(
-        envoy.log().contains(&format!("policies: AuthorizationPolicy default/no-tcp-{denied} (DENY)")),
-        "{}",
-        envoy.failure_summary()
-    );
+    (b, app, denied, allowed)
 }

@@ -1,7 +1,8 @@
-//! `authz-diff [CORPUS.yaml ...]`: the differential runner. For each corpus file it starts one
-//! Envoy with two listeners, one with Envoy's native RBAC filter configured as istiod would from
-//! the corpus policies, one with the wasmesh authz filter configured by wasmeshctl from the same
-//! policies, sends every request of the corpus to both, and prints every decision that differs.
+//! `authz-diff [CORPUS.yaml ...]`: the differential runner. For each corpus file it runs two
+//! listeners (all files' listeners side by side in one Envoy, so the module compiles once), one
+//! with Envoy's native RBAC filter configured as istiod would from the corpus policies, one with
+//! the wasmesh authz filter configured by wasmeshctl from the same policies, sends every request
+//! of the corpus to both, and prints every decision that differs.
 //! Without arguments it runs the shipped corpus (`e2e/corpus/authz/*.yaml`). Exit status 1 when
 //! there is any difference or error.
 //!
@@ -10,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
-use wasmesh_e2e::authz::{corpus_files, diff};
+use wasmesh_e2e::authz::{corpus_files, diff_all};
 
 fn main() {
     let args: Vec<PathBuf> = std::env::args().skip(1).map(PathBuf::from).collect();
@@ -25,8 +26,8 @@ fn main() {
     }
     let mut failed = false;
     let (mut requests, mut differences) = (0, 0);
-    for f in &files {
-        match diff(f) {
+    for (f, report) in files.iter().zip(diff_all(&files)) {
+        match report {
             Ok(report) => {
                 print!("{}", report.render());
                 requests += report.requests;
