@@ -241,7 +241,9 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                         continue;
                     }
                 }
-                let c = add(Direction::Inbound, inb.port, &mut errors);
+                let mut c = add(Direction::Inbound, inb.port, &mut errors);
+                // `route_to` has Envoy remove the exchange headers: the stats filter need not.
+                plugins::stats::exchange_headers_removed_by_route(&mut c.http_filters);
                 let cluster = format!("inbound|{}||", inb.port);
                 let ctx = listener_context(Direction::Inbound, inb.port);
                 match mtls::inbound_transport(&ctx, certs.as_ref(), false) {

@@ -556,6 +556,8 @@ fn stats_plugins(
         external_hosts: crate::plugins::stats::external_hosts(resources, &any),
         peer_exchange: false,
         publish_peer: false,
+        // Under Istio the filter removes the request's exchange headers itself.
+        exchange_headers_removed: false,
     };
     // `direction` and the inbound `services` are derived at run time (C2).
     let config = plugin_config(to_value("stats", &cfg)?, mesh, &["direction", "services"]);

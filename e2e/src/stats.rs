@@ -154,10 +154,21 @@ pub fn url_encode(s: &str) -> String {
 }
 
 /// The `wasmesh.stats` filter for a sidecar's inbound listener, as `wasmeshctl envoy` writes it
-/// (the HTTP filter entry for the HCM's `http_filters`). For the benchmark harness.
+/// (the HTTP filter entry for the HCM's `http_filters`; its route removes the exchange headers,
+/// see [`inbound_route`]). For the benchmark harness.
 pub fn sidecar_inbound_filter_json(workload: &Workload, resources: &Resources) -> Value {
-    let f = filter(workload, resources, Direction::Inbound, false);
+    let mut f = filter(workload, resources, Direction::Inbound, false);
+    stats::exchange_headers_removed_by_route(std::slice::from_mut(&mut f));
     wasm_http_filter(&f, &crate::paths::wasm_dir())
+}
+
+/// The bench's route to its app as `wasmeshctl envoy` writes an inbound route: Envoy's router
+/// removes the exchange headers the stats filter read.
+pub fn inbound_route() -> Value {
+    json!({
+        "virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}],
+        "request_headers_to_remove": [stats::core::peer::HEADER_METADATA, stats::core::peer::HEADER_METADATA_ID],
+    })
 }
 
 /// The stats filter for a listener, built by the controller's plugin.
@@ -717,7 +728,7 @@ pub fn bench_scenario() -> crate::bench::Scenario {
                 vec![crate::bench::wasm_filter("wasmesh.noop", "noop", &json!({}))],
                 mesh_headers.clone(),
             ),
-            with("wasmesh-inbound", vec![inbound], mesh_headers),
+            Variant { route_config: Some(inbound_route()), ..with("wasmesh-inbound", vec![inbound], mesh_headers) },
             with("wasmesh-outbound", vec![outbound], vec![]),
         ],
         modules: vec!["stats".into(), "noop".into()],

@@ -881,3 +881,70 @@ fn wait_for_count(envoy: &Envoy, needles: &[String], expected: f64) {
     }
     panic!("no istio_requests_total line with {needles:?} counting {expected}:\n{text}");
 }
+
+/// The request's exchange headers never reach the application, whether the inbound filter
+/// removes them itself (no flag: a filter in an Envoy wasmeshctl did not configure, e.g. under
+/// Istio) or Envoy's router does (`exchangeHeadersRemoved` with the route's
+/// `request_headers_to_remove`, as `wasmeshctl envoy` writes the inbound listener); either way the
+/// filter has read them first (the peer's labels are on the metric) and answers the exchange.
+#[test]
+fn exchange_headers_never_reach_the_app_in_either_mode() {
+    let resources = Resources::default();
+    let app = App::new("echo", "v1").start();
+    let peer = wasmesh_controller::plugins::stats::core::LocalInfo::from_workload(&workload(
+        "productpage-v1",
+        "productpage",
+        "v1",
+    ));
+    let mut boots = Vec::new();
+    let mut ports = Vec::new();
+    for (name, by_route) in [("echo-v1", false), ("echo-v2", true)] {
+        let mut f = st::filter(&workload(name, "echo", &name[5..]), &resources, Direction::Inbound, false);
+        let port = wasmesh_e2e::free_port();
+        let cluster = format!("inbound|{}||", 9080 + ports.len());
+        if by_route {
+            wasmesh_controller::plugins::stats::exchange_headers_removed_by_route(std::slice::from_mut(&mut f));
+            assert_eq!(f.config["exchangeHeadersRemoved"], true);
+        }
+        let mut b = st::http2_proxy_bootstrap(&f, &resources, port, app.port, &cluster);
+        let hcm = &mut b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        if by_route {
+            hcm["route_config"] = st::inbound_route();
+            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = cluster.clone().into();
+        }
+        // The app speaks HTTP/1.
+        b["static_resources"]["clusters"][0].as_object_mut().unwrap().remove("typed_extension_protocol_options");
+        boots.push(b);
+        ports.push((name, port));
+    }
+    let envoy = Envoy::start("exchange-modes", &combine_bootstraps(&boots));
+    for (name, port) in &ports {
+        for _ in 0..2 {
+            let r = get(
+                *port,
+                "echo:9080",
+                "/get",
+                &[("x-envoy-peer-metadata", &peer.header_value()), ("x-envoy-peer-metadata-id", &peer.node_id)],
+            );
+            assert_eq!(r.status, 200, "{name}: {}", r.text());
+            let seen = r.json()["headers"].as_object().cloned().unwrap();
+            assert!(
+                !seen.contains_key("x-envoy-peer-metadata") && !seen.contains_key("x-envoy-peer-metadata-id"),
+                "{name}: the app saw {:?}",
+                seen.keys()
+            );
+            assert!(r.header("x-envoy-peer-metadata").is_some(), "{name}: the exchange is answered");
+        }
+        st::wait_series(
+            &envoy,
+            "istio_requests_total",
+            &[
+                ("reporter", "destination"),
+                ("destination_workload", name),
+                ("source_workload", "productpage-v1"),
+                ("source_app", "productpage"),
+            ],
+            2.0,
+        );
+    }
+}

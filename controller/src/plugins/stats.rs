@@ -117,9 +117,41 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
         peer_exchange: false,
         // No filter reads the peer from filter state yet (the access-log filter will).
         publish_peer: false,
+        // Set by the bootstrap where it writes the inbound route that removes them.
+        exchange_headers_removed: false,
     };
     cfg.compile(&Resources { items: telemetries }).map_err(|e| e.0)?;
     serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("stats config: {e}"))])
+}
+
+/// Tells the inbound stats filters of a listener (`filters` as laid out: the filter itself or
+/// its phases of a `wasmesh.chain`) that Envoy removes the request's exchange headers
+/// (`exchangeHeadersRemoved`). Only for a listener whose route configuration the caller writes
+/// with `request_headers_to_remove` naming both headers (the bootstrap's inbound route): under
+/// Istio (`generate`) or anywhere else the filter removes them itself.
+pub fn exchange_headers_removed_by_route(filters: &mut [WasmFilter]) {
+    for f in filters {
+        let configs: Vec<&mut Value> = if f.name == FILTER_NAME {
+            vec![&mut f.config]
+        } else if f.name == crate::layout::CHAIN_ROOT_ID {
+            let phases =
+                f.config.get_mut("phases").and_then(Value::as_array_mut).map(Vec::as_mut_slice).unwrap_or_default();
+            phases
+                .iter_mut()
+                .filter(|p| p.get("rootId").and_then(Value::as_str) == Some(FILTER_NAME))
+                .filter_map(|p| p.get_mut("configuration"))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for c in configs {
+            let inbound_http = c.get("direction").and_then(Value::as_str) == Some("inbound")
+                && c.get("protocol").and_then(Value::as_str).is_none_or(|p| p == "http");
+            if let (true, Some(o)) = (inbound_http, c.as_object_mut()) {
+                o.insert("exchangeHeadersRemoved".into(), Value::Bool(true));
+            }
+        }
+    }
 }
 
 /// ServiceEntries of the workload's namespace whose `workloadSelector` selects it, one entry per

@@ -384,10 +384,13 @@ impl StatsRequest {
         });
         self.grpc = grpc;
         if had_mx {
-            // Never let the exchange headers reach the application.
             self.request_had_mx = true;
-            s.remove_request_header(HEADER_METADATA);
-            s.remove_request_header(HEADER_METADATA_ID);
+            // Never let the exchange headers reach the application: Envoy's router removes them
+            // where wasmeshctl wrote the inbound route so (`exchangeHeadersRemoved`), else here.
+            if !shared.stats.exchange_headers_removed {
+                s.remove_request_header(HEADER_METADATA);
+                s.remove_request_header(HEADER_METADATA_ID);
+            }
         }
         self.peer = peer;
         if let (Some(p), true) = (&self.peer, shared.stats.publish_peer) {

@@ -110,6 +110,15 @@ pub struct StatsConfig {
     /// copy on every request.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub publish_peer: bool,
+    /// Inbound HTTP only: Envoy removes the request's `x-envoy-peer-metadata` and
+    /// `x-envoy-peer-metadata-id` itself before the application sees them (the inbound route
+    /// configuration's `request_headers_to_remove`, applied by Envoy's router after the filters
+    /// read them, as `wasmeshctl envoy`/`serve` write it), so the filter does not remove them
+    /// (two hostcalls, ~5k instructions per request with the headers). Without it the filter
+    /// removes them itself. Refused on an outbound or gateway filter, which adds these headers to
+    /// the upstream request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exchange_headers_removed: bool,
 }
 
 fn default_max_label_sets() -> usize {
@@ -152,6 +161,8 @@ pub struct Stats {
     pub preamble: Vec<u8>,
     /// Hand the peer to later filters through filter state.
     pub publish_peer: bool,
+    /// Envoy removes the request's exchange headers (inbound); the filter leaves them.
+    pub exchange_headers_removed: bool,
     pub max_label_sets: usize,
     external_hosts: Vec<String>,
     inbound_service: Option<ServiceInfo>,
@@ -210,6 +221,13 @@ impl StatsConfig {
                 "stats configuration: peerExchange is the TCP metadata exchange and needs protocol \"tcp\"; HTTP filters exchange x-envoy-peer-metadata headers (metadataExchange)",
             ));
         }
+        if self.exchange_headers_removed && (direction != Direction::Inbound || self.protocol != ListenerProtocol::Http)
+        {
+            errors.push(Error::new(format!(
+                "stats configuration: exchangeHeadersRemoved is for inbound HTTP filters only (here direction {:?}, protocol {:?}): outbound and gateway filters add the exchange headers to the upstream request, and Envoy removing them there would drop them",
+                direction, self.protocol
+            )));
+        }
         if self.max_label_sets == 0 {
             errors.push(Error::new("stats configuration: maxLabelSets must be at least 1"));
         }
@@ -260,6 +278,7 @@ impl StatsConfig {
             peer_exchange: self.peer_exchange,
             preamble,
             publish_peer: self.publish_peer,
+            exchange_headers_removed: self.exchange_headers_removed,
             max_label_sets: self.max_label_sets,
             external_hosts: self.external_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             inbound_service,
