@@ -7,7 +7,6 @@
 //! Everything here reads bytes a client sent: no indexing that could panic.
 #![deny(clippy::indexing_slicing)]
 
-use crate::matcher::MAX_REGEX_COMPILED_BYTES;
 use crate::request::{split_host_port, split_path};
 use regex::bytes::Regex;
 use std::rc::Rc;
@@ -394,10 +393,9 @@ pub(crate) fn compile_rewrite(r: &HttpRewrite) -> Result<(Option<PathRewrite>, O
             return Err((String::new(), "set uri or uriRegexRewrite, not both".into()));
         }
         (_, Some(rr)) => {
-            let re =
-                regex::bytes::RegexBuilder::new(&rr.pattern).size_limit(MAX_REGEX_COMPILED_BYTES).build().map_err(
-                    |e| (".uriRegexRewrite.match".to_string(), format!("invalid RE2 regex {:?}: {e}", rr.pattern)),
-                )?;
+            let re = crate::matcher::wasmesh_regex(&rr.pattern).map_err(|e| {
+                (".uriRegexRewrite.match".to_string(), format!("invalid RE2 regex {:?}: {e}", rr.pattern))
+            })?;
             let with = re2_substitution(&rr.rewrite, re.captures_len())
                 .map_err(|e| (".uriRegexRewrite.rewrite".to_string(), e))?;
             Some(PathRewrite::Regex { re, with })

@@ -38,7 +38,7 @@ impl StrMatcher {
             (_, _, Some(r)) if r == "*" => StrMatcher::Present,
             (_, _, Some(r)) => StrMatcher::Regex {
                 re: compile_full_match(r).map_err(|e| (".regex", e))?,
-                prefixes: required_prefixes(r),
+                prefixes: required_prefixes(&re2_perl_classes(r)),
             },
             (None, None, None) => StrMatcher::Present,
         })
@@ -81,11 +81,54 @@ pub const MAX_REGEX_COMPILED_BYTES: usize = 8 << 20;
 /// engine falls back to slower, cache-free matching instead of growing the VM.
 pub const MAX_REGEX_CACHE_BYTES: usize = 1 << 20;
 
-/// Compiles `pattern` so that it must match the whole input (Envoy `safe_regex` semantics).
-/// The `regex` crate is RE2-like: linear time, no backreferences or look-around, which is what
-/// Envoy accepts too. Size limits keep a hostile config from exhausting the VM.
+/// RE2's `\d`, `\s`, `\w` and `\b` are ASCII (RE2's syntax page: `\d` ≡ `[0-9]`, `\s` ≡
+/// `[\t\n\f\r ]`, `\w` ≡ `[0-9A-Za-z_]`, `\b` an ASCII word boundary); the `regex` crate's
+/// are Unicode-aware. `wasmesh_regex` rewrites them as RE2 defines them: each class becomes a bracket
+/// class (nested classes are a union in the `regex` crate, so `[a\d]` works as `[a[0-9]]` and
+/// `[^\w]` as `[^[0-9A-Za-z_]]`), a negated one `[^…]` in Unicode mode so it still matches a whole
+/// UTF-8 character, and `\b`/`\B` the ASCII boundaries `(?-u:\b)`/`(?-u:\B)`. Every other escape
+/// (`\\` stays an escaped backslash, `\pL`, `\p{Greek}`, `\x{e9}`, …) is kept as written.
+pub fn re2_perl_classes(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str("[0-9]"),
+            Some('D') => out.push_str("[^0-9]"),
+            Some('s') => out.push_str(r"[\t\n\x0C\r\x20]"),
+            Some('S') => out.push_str(r"[^\t\n\x0C\r\x20]"),
+            Some('w') => out.push_str("[0-9A-Za-z_]"),
+            Some('W') => out.push_str("[^0-9A-Za-z_]"),
+            Some('b') => out.push_str(r"(?-u:\b)"),
+            Some('B') => out.push_str(r"(?-u:\B)"),
+            Some(e) => {
+                out.push('\\');
+                out.push(e);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// Compiles a user regex (Istio's RE2) with RE2's ASCII Perl classes ([`re2_perl_classes`]).
+pub fn wasmesh_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    regex::bytes::RegexBuilder::new(&re2_perl_classes(pattern))
+        .size_limit(MAX_REGEX_COMPILED_BYTES)
+        .dfa_size_limit(MAX_REGEX_CACHE_BYTES)
+        .build()
+}
+
+/// Compiles `pattern` so that it must match the whole input (Envoy `safe_regex` semantics), with
+/// RE2's ASCII Perl classes ([`re2_perl_classes`]). The `regex` crate is RE2-like: linear time, no
+/// backreferences or look-around, which is what Envoy accepts too. Size limits keep a hostile config from exhausting the VM.
 pub fn compile_full_match(pattern: &str) -> Result<Regex, String> {
-    if let Some(size) = program_size(pattern) {
+    let pattern_re2 = re2_perl_classes(pattern);
+    if let Some(size) = program_size(&pattern_re2) {
         if size > MAX_REGEX_PROGRAM_SIZE {
             return Err(format!(
                 "regex {pattern:?} is too large: its RE2 program has about {size} instructions, more than the \
@@ -93,7 +136,7 @@ pub fn compile_full_match(pattern: &str) -> Result<Regex, String> {
             ));
         }
     }
-    regex::bytes::RegexBuilder::new(&format!("^(?:{pattern})$"))
+    regex::bytes::RegexBuilder::new(&format!("^(?:{pattern_re2})$"))
         .size_limit(MAX_REGEX_COMPILED_BYTES)
         .dfa_size_limit(MAX_REGEX_CACHE_BYTES)
         .build()
@@ -261,5 +304,48 @@ mod tests {
         assert!(e.contains("invalid RE2"), "backreferences are not RE2: {e}");
         let two = StringMatch { exact: Some("a".into()), prefix: Some("b".into()), regex: None };
         assert!(StrMatcher::compile(&two, false).unwrap_err().1.contains("only one"));
+    }
+
+    /// RE2's Perl classes are ASCII (RE2 syntax page): `\d` [0-9], `\s` [\t\n\f\r ], `\w`
+    /// [0-9A-Za-z_], `\b` an ASCII word boundary; Unicode classes (`\pL`) and `.` stay Unicode.
+    #[test]
+    fn perl_classes_are_ascii_as_in_re2() {
+        let m = |p: &str, v: &str| c(StringMatch::regex(p)).matches(v.as_bytes());
+        // \d and \D: Arabic-Indic and fullwidth digits are not \d in RE2; \D takes a whole char.
+        assert!(m(r"\d+", "0123456789"));
+        assert!(!m(r"\d", "٣") && !m(r"\d", "３"));
+        assert!(m(r"\D", "٣") && m(r"\D", "é") && !m(r"\D", "7"));
+        // \s and \S: exactly tab, LF, FF, CR, space; not VT, NBSP or the ideographic space.
+        for ws in ["\t", "\n", "\x0C", "\r", " "] {
+            assert!(m(r"\s", ws) && !m(r"\S", ws), "{ws:?}");
+        }
+        for not_ws in ["\x0B", "\u{a0}", "\u{3000}", "x"] {
+            assert!(!m(r"\s", not_ws) && m(r"\S", not_ws), "{not_ws:?}");
+        }
+        // \w and \W.
+        assert!(m(r"\w+", "aZ09_"));
+        assert!(!m(r"\w+", "café") && !m(r"\w", "é") && !m(r"\w", "ж"));
+        assert!(m(r"\W", "é") && m(r"\W", "ж") && m(r"\W", "-") && !m(r"\W", "a"));
+        assert!(m(r"caf\W", "café"), "\\W matches one whole UTF-8 character");
+        // (?i) folds \w as RE2 does (Kelvin sign K folds to k), yet é is still not a word char.
+        assert!(!m(r"(?i)\w", "é"));
+        // Inside classes, plain and negated.
+        assert!(m(r"[\d.]+", "1.2") && !m(r"[\d.]+", "١.٢"));
+        assert!(m(r"[\w-]+", "a-b_c") && !m(r"[\w-]+", "a-é"));
+        assert!(m(r"[^\w]", "é") && !m(r"[^\w]", "a"));
+        assert!(m(r"[^\d]", "٣") && !m(r"[^\d]", "3"));
+        assert!(m(r"[\s\d]+", " 1\t2") && !m(r"[\s\d]+", "\u{a0}"));
+        assert!(m(r"[\W]", "é") && !m(r"[\W]", "_"));
+        // \b and \B are ASCII word boundaries: between 'é' and 'x' there is one in RE2.
+        assert!(m(r".*\bx", "éx") && !m(r".*\Bx", "éx"));
+        assert!(m(r".*\Bx", "ax") && !m(r".*\bx", "ax"));
+        // Escaped backslashes are not classes: `\\d` is a backslash then 'd'.
+        assert!(m(r"\\d", r"\d") && !m(r"\\d", r"\7"));
+        assert!(m(r"\\\d", r"\7") && !m(r"\\\d", r"\d"));
+        assert!(m(r"[\\w]+", r"w\w") && !m(r"[\\w]+", "a"));
+        // Unicode classes and `.` keep their RE2 meaning.
+        assert!(m(r"\pL+", "café") && m(r"\p{Greek}+", "αβγ") && m(r"caf.", "café"));
+        // The rewrite helper, on its own.
+        assert_eq!(re2_perl_classes(r"a\\w\d[\W]\pL"), r"a\\w[0-9][[^0-9A-Za-z_]]\pL");
     }
 }
