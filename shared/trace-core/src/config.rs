@@ -23,9 +23,15 @@ pub struct Config {
     pub disable_context_propagation: bool,
     #[serde(default)]
     pub custom_tags: BTreeMap<String, CustomTag>,
-    /// The span name (a route decorator's operation); default Envoy's `ingress` / `egress {host}`.
+    /// The span name (a route decorator's operation, as istiod writes it on a sidecar's inbound
+    /// route: `<host>:<port>/*`); default Envoy's `ingress` / `egress {host}`.
     #[serde(default)]
     pub operation: Option<String>,
+    /// A wasmesh router on the listener hands over the matched route's operation
+    /// (`wasmesh.router.decision`, its `traceOperations`): it names the span instead of
+    /// `operation`.
+    #[serde(default)]
+    pub route_operations: bool,
     /// `server` or `client`; default from the listener's direction (inbound: server).
     #[serde(default)]
     pub kind: Option<String>,
@@ -116,6 +122,8 @@ pub struct Checked {
     /// Custom tags; environment tags are resolved at configuration time by `env`.
     pub tags: Vec<(String, TagSource)>,
     pub operation: Option<String>,
+    /// The router hands over the route's operation ([`Config::route_operations`]).
+    pub route_operations: bool,
     pub server: Option<bool>,
     pub mesh_id: String,
     pub settings: crate::export::Settings,
@@ -195,6 +203,7 @@ pub fn parse(bytes: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Check
         propagate: !c.disable_context_propagation,
         tags,
         operation: c.operation,
+        route_operations: c.route_operations,
         server,
         mesh_id: c.mesh_id.unwrap_or_else(|| "unknown".into()),
         settings,
