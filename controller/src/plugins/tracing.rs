@@ -146,6 +146,17 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         "meshId": ctx.workload.trust_domain,
         "kind": if server { "server" } else { "client" },
     });
+    // Span names as istiod's route decorators give them: the router (outbound, gateway) hands
+    // over the matched route's operation (its `traceOperations`, set by the router plugin from
+    // [`enabled`]); a sidecar's inbound route is `<service host>:<service port>/*`.
+    match ctx.direction {
+        Direction::Inbound => {
+            if let Some(op) = inbound_operation(ctx) {
+                config["operation"] = json!(op);
+            }
+        }
+        Direction::Outbound | Direction::Gateway { .. } => config["routeOperations"] = json!(true),
+    }
     for k in ["randomSamplingPercentage", "disableSpanReporting", "disableContextPropagation", "customTags"] {
         if let Some(v) = merged.get(k) {
             config[k] = v.clone();
@@ -164,6 +175,26 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         clusters: vec![collector],
         ..Contribution::default()
     })
+}
+
+/// Whether the tracing filter goes on this listener (the router then hands it the routes'
+/// operations).
+pub fn enabled(ctx: &ListenerContext<'_>) -> bool {
+    effective(ctx, !matches!(ctx.direction, Direction::Outbound)).is_some()
+}
+
+/// The operation istiod writes on a sidecar's inbound route (`telemetry.TraceOperation`):
+/// `<host>:<port>/*` of the service the listener's port belongs to (the first ServiceEntry
+/// selecting the workload with a port whose target is that port), `None` when no service has it.
+fn inbound_operation(ctx: &ListenerContext<'_>) -> Option<String> {
+    let bind = u32::from(ctx.bind_port);
+    for (res, se) in ctx.resources.service_entries_selecting(ctx.workload) {
+        let Some(port) = se.ports.iter().find(|p| p.target_port.unwrap_or(p.number) == bind) else { continue };
+        let host = se.hosts.first()?;
+        let fq = ctx.workload.fqdn(host, res.namespace());
+        return Some(wasmesh_router::operation::default(&fq, port.number));
+    }
+    None
 }
 
 /// What wasmesh refuses in tracing configuration (`wasmeshctl validate`, `envoy`, `generate`).
