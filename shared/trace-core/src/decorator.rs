@@ -23,7 +23,7 @@ pub const MAX_OPERATION_LEN: usize = 1024;
 pub fn received(value: Option<&[u8]>) -> Option<(bool, Option<String>)> {
     let v = value?;
     let rename = (!v.is_empty()).then(|| {
-        let v = &v[..v.len().min(MAX_OPERATION_LEN)];
+        let v = v.get(..v.len().min(MAX_OPERATION_LEN)).unwrap_or(v);
         String::from_utf8_lossy(v).into_owned()
     });
     Some((true, rename))
@@ -31,7 +31,7 @@ pub fn received(value: Option<&[u8]>) -> Option<(bool, Option<String>)> {
 
 /// The operation a server-side proxy returns in the response: the route's, unless the request's
 /// header renamed the span.
-pub fn response_operation<'a>(renamed: bool, route: Option<&'a str>) -> Option<&'a str> {
+pub fn response_operation(renamed: bool, route: Option<&str>) -> Option<&str> {
     if renamed {
         return None;
     }
