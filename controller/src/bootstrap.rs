@@ -184,6 +184,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
         }
         plugins::authz::decision_filter_state_when_read(&mut all.http_filters);
         all.http_filters = layout.assemble(std::mem::take(&mut all.http_filters));
+        plugins::authn::identity_filter_state_when_read(&mut all.http_filters);
         all
     };
 
@@ -202,8 +203,8 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                                 let name = format!("inbound_{}", inb.port);
                                 let chains = filter_chains(
                                     Some(&tls.transport),
-                                    tcp_chain_filters(spec, &c.network_filters, &cluster),
-                                    tcp_chain_filters(spec, &exchange, &cluster),
+                                    tcp_chain_filters(spec, &c.network_filters, &c.access_logs, &cluster),
+                                    tcp_chain_filters(spec, &exchange, &c.access_logs, &cluster),
                                 );
                                 listeners.push(listener_with_chains(&name, inb.port, chains));
                                 let app = [("127.0.0.1".to_string(), u32::from(inb.app_port))];
@@ -303,7 +304,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                             Ok((mut c, exchange)) => {
                                 let name = format!("outbound_tcp_{}", out.bind_port);
                                 listeners.push(crate::sidecar_l4::listener(&name, out.bind_port, &plan, |cluster| {
-                                    tcp_chain_filters(spec, &exchange, cluster)
+                                    tcp_chain_filters(spec, &exchange, &c.access_logs, cluster)
                                 }));
                                 c.clusters.extend(crate::sidecar_l4::catch_all_clusters(&plan));
                                 merge(&mut clusters, &mut stats_tags, c);
@@ -337,7 +338,8 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                         let ctx = listener_context(Direction::Gateway { port: *gw_port }, *bind);
                         match tcp_listener_filters(&ctx, slots) {
                             Ok((mut c, _)) => {
-                                let mut filters = tcp_chain_filters(spec, &c.network_filters, route.first_cluster());
+                                let mut filters =
+                                    tcp_chain_filters(spec, &c.network_filters, &c.access_logs, route.first_cluster());
                                 gateway::with_tcp_route(&mut filters, &route);
                                 let chains = filter_chains(None, filters, Vec::new());
                                 listeners.push(listener_with_chains(&format!("{name}_{bind}"), *bind, chains));
@@ -353,7 +355,8 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                         let ctx = listener_context(Direction::Gateway { port: *gw_port }, *bind);
                         match tcp_listener_filters(&ctx, slots) {
                             Ok((mut c, _)) => {
-                                let filters = tcp_chain_filters(spec, &c.network_filters, gateway::BLACK_HOLE);
+                                let filters =
+                                    tcp_chain_filters(spec, &c.network_filters, &c.access_logs, gateway::BLACK_HOLE);
                                 let chains = filter_chains(None, filters, Vec::new());
                                 let mut l = listener_with_chains(&format!("{name}_{bind}"), *bind, chains);
                                 gateway::with_sni_routes(&mut l, &routes);
@@ -507,6 +510,7 @@ fn tcp_listener_filters(
             exchange.push(f.clone());
             c.network_filters.push(f);
             c.stats_tags.extend(plugins::authz::stats_tags());
+            c.clusters.extend(plugins::authz::tcp_provider_clusters(ctx));
         }
         Ok(None) if slots == Slots::All && ctx.direction == Direction::Inbound => {
             let f = plugins::empty_tcp_authz_slot(ctx);
@@ -515,6 +519,16 @@ fn tcp_listener_filters(
             c.stats_tags.extend(plugins::authz::stats_tags());
         }
         Ok(None) => {}
+        Err(mut e) => errors.append(&mut e),
+    }
+    // Access logs, as istiod puts them on the tcp_proxy: the phase renders, the file loggers
+    // on the tcp_proxy print ([`tcp_chain_filters`]).
+    match plugins::accesslog::tcp_contribute(ctx) {
+        Ok(a) => {
+            exchange.extend(a.network_filters.iter().cloned());
+            c.network_filters.extend(a.network_filters);
+            c.access_logs.extend(a.access_logs);
+        }
         Err(mut e) => errors.append(&mut e),
     }
     if errors.is_empty() {
@@ -526,7 +540,7 @@ fn tcp_listener_filters(
 
 /// The filters of a TCP filter chain: the wasm network filters, then `tcp_proxy` to `cluster`
 /// (Istio's stat prefix: the cluster).
-fn tcp_chain_filters(spec: &ProxySpec, wasm: &[WasmFilter], cluster: &str) -> Vec<Value> {
+fn tcp_chain_filters(spec: &ProxySpec, wasm: &[WasmFilter], logs: &[Value], cluster: &str) -> Vec<Value> {
     let mut tcp_proxy = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
         "stat_prefix": cluster,
@@ -534,6 +548,11 @@ fn tcp_chain_filters(spec: &ProxySpec, wasm: &[WasmFilter], cluster: &str) -> Ve
     });
     if let Some(log) = envoy_access_log(spec) {
         tcp_proxy["access_log"] = log;
+    }
+    if !logs.is_empty() {
+        let mut all = tcp_proxy["access_log"].as_array().cloned().unwrap_or_default();
+        all.extend(logs.iter().cloned());
+        tcp_proxy["access_log"] = Value::Array(all);
     }
     let mut filters: Vec<Value> = wasm.iter().map(|f| wasm_network_filter(f, &spec.wasm_dir)).collect();
     filters.push(json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy}));
@@ -1294,6 +1313,34 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
     }
 
     #[test]
+    fn mesh_access_log_file_logs_tcp_connections_on_every_tcp_listener() {
+        let res = resources(MESH);
+        let mut sp = spec("default/db", &res, &[13306], Vec::new());
+        sp.mesh.access_log_file = Some("/dev/stdout".into());
+        let boot = build(&sp, &res).unwrap();
+        let tcp = listener(&boot, "inbound_13306");
+        let chains = tcp["filter_chains"].as_array().unwrap();
+        assert!(!chains.is_empty());
+        // Every chain (plain and metadata exchange): the network filter, and the sink on the
+        // tcp_proxy printing its line.
+        for chain in chains {
+            let filters = chain["filters"].as_array().unwrap();
+            let names: Vec<&str> = filters.iter().map(|f| f["name"].as_str().unwrap()).collect();
+            assert!(names.contains(&"wasmesh.access_log"), "{names:?}");
+            let phase = filters.iter().find(|f| f["name"] == "wasmesh.access_log").unwrap();
+            assert!(phase["typed_config"]["@type"].as_str().unwrap().contains("filters.network.wasm"), "{phase}");
+            let config = phase["typed_config"]["config"]["configuration"]["value"].as_str().unwrap();
+            assert!(config.contains("\"tcp\":true"), "{config}");
+            let proxy = &filters.last().unwrap()["typed_config"];
+            let logs = proxy["access_log"].to_string();
+            assert!(logs.contains("%FILTER_STATE(wasm.wasmesh.access_log.0:PLAIN)%"), "{logs}");
+        }
+        // No accessLogFile: nothing logged, no filter.
+        let boot = build(&spec("default/db", &res, &[13306], Vec::new()), &res).unwrap();
+        assert!(!listener(&boot, "inbound_13306").to_string().contains("wasmesh.access_log"));
+    }
+
+    #[test]
     fn tcp_workload_ports_get_tcp_proxy_and_http_ports_the_hcm() {
         let yaml = MESH.to_string()
             + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: db, namespace: default}\nspec: {rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]}]}\n";
@@ -1446,28 +1493,16 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
     }
 
     #[test]
-    fn tcp_policies_wasmesh_cannot_enforce_stop_the_bootstrap() {
+    fn a_grpc_custom_policy_on_a_tcp_port_gets_the_provider_cluster() {
         let yaml = MESH.to_string()
             + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: m, namespace: default}\nspec: {action: CUSTOM, provider: {name: grpc}, rules: [{}]}\n";
         let res = resources(&yaml);
         let grpc = serde_json::json!({"name": "grpc", "envoyExtAuthzGrpc": {"service": "authz.default.svc.cluster.local", "port": 9000}});
-        let with_grpc = |ports: &[u16]| {
-            let mut s = spec("default/db", &res, ports, Vec::new());
-            s.mesh.extension_providers = vec![grpc.clone()];
-            s
-        };
-        let e = build(&with_grpc(&[13306]), &res).unwrap_err();
-        assert!(
-            e[0].to_string().contains("AuthorizationPolicy default/m")
-                && e[0].to_string().contains("spec.provider.name"),
-            "{e:?}"
-        );
-        // The HTTP port of the same workload is not refused by the TCP translation.
-        let http = build(&with_grpc(&[18080]), &res);
-        assert!(
-            http.as_ref().map_or_else(|e| !e.iter().any(|e| e.to_string().contains("network ext_authz")), |_| true),
-            "{http:?}"
-        );
+        let mut s = spec("default/db", &res, &[13306], Vec::new());
+        s.mesh.extension_providers = vec![grpc];
+        let b = build(&s, &res).unwrap_or_else(|e| panic!("{e:?}"));
+        let text = b.to_string();
+        assert!(text.contains("outbound|9000||authz.default.svc.cluster.local"), "{text}");
     }
 }
 

@@ -464,7 +464,12 @@ pub(crate) enum L4 {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Binding<'a> {
     Gateways(&'a [String]),
-    Mesh { host: &'a str },
+    Mesh {
+        host: &'a str,
+    },
+    /// `wasmeshctl validate`: every route of this one VirtualService, whatever its match, checked
+    /// as a listener that used it would check it.
+    Each(&'a Resource),
 }
 
 /// Istio's host match: `*`, a `*.suffix` wildcard, or the same name.
@@ -486,6 +491,7 @@ pub(crate) fn l4_routes(
     let gateway_ok = |g: &str, ns: &str| match binding {
         Binding::Gateways(gateways) => gateways.contains(&bound_name(g, ns)),
         Binding::Mesh { .. } => g == "mesh",
+        Binding::Each(_) => true,
     };
     let mut out = Vec::new();
     for (res, vs) in resources.virtual_services() {
@@ -500,8 +506,10 @@ pub(crate) fn l4_routes(
                 (vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh"))
                     && vs.hosts.iter().any(|h| host_covers(&wl.fqdn(h, res.namespace()), host))
             }
+            Binding::Each(only) => std::ptr::eq(res, only),
         };
-        if !visible || !bound {
+        let every = matches!(binding, Binding::Each(_));
+        if !(visible || every) || !bound {
             continue;
         }
         let (list, name) = match kind {
@@ -520,7 +528,7 @@ pub(crate) fn l4_routes(
             if kind == L4::Tls && matches.is_empty() {
                 return Err(vec![Error::at(res, format!("{field}.match"), "a TLS route needs a match with sniHosts")]);
             }
-            let mut fits = matches.is_empty();
+            let mut fits = matches.is_empty() || every;
             let mut sni: Vec<String> = Vec::new();
             for (mi, m) in matches.iter().enumerate() {
                 let mf = format!("{field}.match[{mi}]");
@@ -639,6 +647,27 @@ fn tls_routes(
         out.push(SniRoute { server_names: names, route });
     }
     Ok(out)
+}
+
+/// `wasmeshctl validate`: what `wasmeshctl envoy` would refuse in any VirtualService's `tcp` and
+/// `tls` routes when a gateway server or a `--tcp-outbound` listener used them (fields wasmesh
+/// does not carry out, a TLS route without `sniHosts`, destinations no ServiceEntry or
+/// DestinationRule defines, weights not adding up to 100), each route checked whatever its match
+/// and binding, as a proxy of the VirtualService's namespace resolves its short names.
+pub fn l4_refusals(resources: &Resources) -> Vec<Error> {
+    let mut errors = Vec::new();
+    for (res, vs) in resources.virtual_services() {
+        let wl = Workload::new("validate", res.namespace());
+        for (kind, routes) in [(L4::Tcp, &vs.tcp), (L4::Tls, &vs.tls)] {
+            if routes.is_empty() {
+                continue;
+            }
+            if let Err(e) = l4_routes(resources, &wl, 0, Binding::Each(res), kind) {
+                errors.extend(e);
+            }
+        }
+    }
+    errors
 }
 
 /// `outbound|<port>|<subset>|<fqdn>` of a TCP route destination, checked against the

@@ -7,7 +7,9 @@
 //! `filters/wasmesh/src/chain.rs`). The chain is assembled only from the filters the plugins
 //! already wrote for the listener, in their order and with their configurations: a chain holds
 //! nothing that the same filters would not have been configured with one by one, so a phase never
-//! sees a configuration `wasmeshctl` would not have written for it alone.
+//! sees a configuration `wasmeshctl` would not have written for it alone. One setting follows
+//! from the layout afterwards: authn's `identityFilterState` is off where the chain's own authz
+//! phase is the only reader (`plugins::authn::identity_filter_state_when_read`).
 //!
 //! Network (TCP) filters are not phases and stay as they are. Istio's `WasmPlugin` manifests
 //! (`wasmeshctl generate`) keep one plugin per filter: Istio places each plugin by its `phase`

@@ -34,6 +34,13 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
             errors.push(e);
         }
     }
+    // The `tcp`/`tls` routes `wasmeshctl envoy` reads for gateway TCP/TLS servers and
+    // `--tcp-outbound` listeners.
+    for e in crate::gateway::l4_refusals(resources) {
+        if !errors.contains(&e) {
+            errors.push(e);
+        }
+    }
     errors
 }
 

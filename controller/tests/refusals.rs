@@ -133,6 +133,8 @@ fn cases() -> Vec<Case> {
         c("custom metrics are not supported by wasmesh", telemetry("  metrics: [{providers: [{name: prometheus}], overrides: [{match: {customMetric: my_metric}, disabled: true}]}]\n"), "Telemetry foo/t", "spec.metrics[0].overrides[0].match.customMetric", "custom metrics"),
         c("{original:?} is not supported: {e}; {SUPPORTED_HINT}", telemetry("  metrics: [{providers: [{name: prometheus}], overrides: [{tagOverrides: {x: {value: \"request.host + 'x'\"}}}]}]\n"), "Telemetry foo/t", "spec.metrics[0].overrides[0].tagOverrides", "is not supported"),
         // wasmeshctl's own: what Istio accepts and the filters do not implement.
+        c("controller: VirtualService tcp route destinationSubnets", vs("  tcp: [{match: [{destinationSubnets: [10.0.0.0/8]}], route: [{destination: {host: web.foo.svc.cluster.local}}]}]\n") + WEB, "VirtualService foo/r", "spec.tcp[0].match[0].destinationSubnets", "original destination"),
+        c("controller: VirtualService tcp route weights", vs("  tcp: [{route: [{destination: {host: web.foo.svc.cluster.local}, weight: 50}, {destination: {host: web.foo.svc.cluster.local}, weight: 40}]}]\n") + WEB, "VirtualService foo/r", "spec.tcp[0].route", "weights add up to 90, expected 100"),
         c("controller: Telemetry tracing without a provider", telemetry("  tracing: [{randomSamplingPercentage: 10}]\n"), "Telemetry foo/t", "spec.tracing[0].providers", "no tracing provider"),
         c("controller: Telemetry tracing customTags formatter", telemetry("  tracing: [{providers: [{name: otel}], customTags: {a: {formatter: {value: '%REQ(x)%'}}}}]\n"), "Telemetry foo/t", "spec.tracing[0].customTags.a", "formatter is not mapped"),
         Case {

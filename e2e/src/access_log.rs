@@ -217,3 +217,45 @@ pub fn bench_scenario() -> crate::bench::Scenario {
         modules: vec!["wasmesh".into(), "noop".into()],
     }
 }
+
+/// The wasm network filter running the access-log phase for TCP connections (configuration
+/// `"tcp": true`), as wasmeshctl puts it before a `tcp_proxy`.
+pub fn network_phase_filter(config: &Value) -> Value {
+    let mut f = phase_filter(config);
+    f["typed_config"]["@type"] = json!("type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm");
+    f
+}
+
+/// A TCP listener on `port`: the network phase, then a `tcp_proxy` to `cluster` with `loggers`
+/// (Envoy's own and the sinks); `tls` a downstream transport socket; `sni` the server names
+/// the filter chain matches (TLS passthrough: a `tls_inspector` reads them).
+pub fn tcp_listener(
+    name: &str,
+    port: u16,
+    cluster: &str,
+    loggers: Vec<Value>,
+    phase: &Value,
+    tls: Option<Value>,
+    sni: Option<&str>,
+) -> Value {
+    let mut chain = json!({"filters": [
+        network_phase_filter(phase),
+        {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": name,
+            "cluster": cluster,
+            "access_log": loggers,
+        }},
+    ]});
+    if let Some(t) = tls {
+        chain["transport_socket"] = t;
+    }
+    let mut l = json!({"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}});
+    if let Some(host) = sni {
+        chain["filter_chain_match"] = json!({"server_names": [host]});
+        l["listener_filters"] = json!([{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]);
+    }
+    l["filter_chains"] = json!([chain]);
+    l
+}

@@ -215,6 +215,29 @@ pub fn wasm_authz(workload: &Workload, resources: &Resources) -> Option<Value> {
         .map(|f| wasmesh_controller::bootstrap::wasm_http_filter(f, &paths::wasm_dir()))
 }
 
+/// The authn and authz filters of a workload as `wasmeshctl envoy` lays them out by default: one
+/// `wasmesh.chain` (authn, then authz), with authn's `identityFilterState` turned off as
+/// `wasmeshctl envoy` turns it off (the identity reaches authz in memory only). Panics unless it
+/// was turned off.
+pub fn wasm_authn_authz_one_pass(workload: &Workload, resources: &Resources) -> (Value, Vec<Value>) {
+    use wasmesh_controller::plugins::{authn, authz, Direction, ListenerContext};
+    let mesh = wasmesh_controller::MeshConfig::default();
+    let ctx = ListenerContext { workload, resources, direction: Direction::Inbound, bind_port: 0, mesh: &mesh };
+    let n = authn::contribute(&ctx).unwrap_or_else(|e| panic!("authn plugin: {e:?}"));
+    let z = authz::contribute(&ctx).unwrap_or_else(|e| panic!("authz plugin: {e:?}"));
+    let filters = n.http_filters.into_iter().chain(z.http_filters).collect();
+    let mut assembled = wasmesh_controller::layout::Layout::OnePass.assemble(filters);
+    authn::identity_filter_state_when_read(&mut assembled);
+    let [chain] = assembled.as_slice() else { panic!("not one chain: {assembled:?}") };
+    assert_eq!(
+        chain.config.pointer("/phases/0/configuration/identityFilterState"),
+        Some(&Value::Bool(false)),
+        "the identity write was not turned off: {}",
+        chain.config
+    );
+    (wasmesh_controller::bootstrap::wasm_http_filter(chain, &paths::wasm_dir()), n.clusters)
+}
+
 /// A single-listener bootstrap: `http_filters`, then the router to the app at `app_port`.
 /// Inbound-sidecar settings (`use_remote_address: false`).
 pub fn bootstrap(

@@ -140,6 +140,48 @@ impl Envoy {
     }
 }
 
+/// One bootstrap out of several single-purpose ones: every part's listeners and clusters in one
+/// Envoy, the first part's admin and everything else (`stats_config` must be the same in all).
+///
+/// Each wasmesh Envoy spends seconds of CPU compiling the module before it is ready (V8 TurboFan),
+/// most of an e2e run's CPU; the wasm filters of all listeners share one VM (one `vm_id`, one
+/// module), so proxies that only differ in their listeners (a client sidecar and a server sidecar,
+/// each with its own filter configuration, as in a real sidecar's inbound and outbound listeners)
+/// cost one compilation instead of one each. Listener names get the part's index (`l` → `l.1`) so
+/// they stay unique; clusters of the same name must be identical (Envoy refuses duplicates), so a
+/// test gives clusters that differ a name of their own.
+pub fn combine_bootstraps(parts: &[Value]) -> Value {
+    let Some(first) = parts.first() else { panic!("combine_bootstraps: no bootstrap") };
+    let mut out = first.clone();
+    let mut listeners = Vec::new();
+    let mut clusters: Vec<Value> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        assert_eq!(
+            part.get("stats_config"),
+            first.get("stats_config"),
+            "combine_bootstraps: part {i} has another stats_config"
+        );
+        let resources = &part["static_resources"];
+        for l in resources["listeners"].as_array().into_iter().flatten() {
+            let mut l = l.clone();
+            if i > 0 {
+                let name = l["name"].as_str().unwrap_or("listener").to_string();
+                l["name"] = Value::String(format!("{name}.{i}"));
+            }
+            listeners.push(l);
+        }
+        for c in resources["clusters"].as_array().into_iter().flatten() {
+            match clusters.iter().find(|have| have["name"] == c["name"]) {
+                Some(have) => assert_eq!(have, c, "combine_bootstraps: two different clusters named {}", c["name"]),
+                None => clusters.push(c.clone()),
+            }
+        }
+    }
+    out["static_resources"]["listeners"] = Value::Array(listeners);
+    out["static_resources"]["clusters"] = Value::Array(clusters);
+    out
+}
+
 /// user+system CPU time of a process from `/proc/<pid>/stat`.
 pub fn cpu_time_of(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -196,7 +238,33 @@ impl Drop for Envoy {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_version;
+    use super::{combine_bootstraps, parse_version};
+    use serde_json::json;
+
+    fn part(admin: u16, listener: &str, cluster: &str, port: u16) -> serde_json::Value {
+        json!({
+            "admin": {"address": {"socket_address": {"port_value": admin}}},
+            "stats_config": {"a": 1},
+            "static_resources": {
+                "listeners": [{"name": listener}],
+                "clusters": [{"name": cluster, "port": port}],
+            }
+        })
+    }
+
+    #[test]
+    fn combined_bootstraps_keep_every_listener_and_cluster_once() {
+        let b = combine_bootstraps(&[part(1, "l", "c", 10), part(2, "l", "c", 10), part(3, "l", "d", 11)]);
+        assert_eq!(b["admin"]["address"]["socket_address"]["port_value"], 1);
+        assert_eq!(b["static_resources"]["listeners"], json!([{"name": "l"}, {"name": "l.1"}, {"name": "l.2"}]));
+        assert_eq!(b["static_resources"]["clusters"], json!([{"name": "c", "port": 10}, {"name": "d", "port": 11}]));
+    }
+
+    #[test]
+    #[should_panic(expected = "two different clusters named")]
+    fn two_different_clusters_of_one_name_are_refused() {
+        combine_bootstraps(&[part(1, "l", "c", 10), part(2, "l", "c", 11)]);
+    }
 
     #[test]
     fn build_versions_parse() {

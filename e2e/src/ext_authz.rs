@@ -6,7 +6,8 @@
 //! The server answers by the request's `x-ext-authz-grpc` header, else its `x-ext-authz`: `allow` (OK with upstream header
 //! changes of every kind, a response header, a removal), `deny` (401 with headers and a body),
 //! `error` (gRPC INTERNAL), `hang` (answers after 3 s), anything else a bare denial. Every
-//! CheckRequest received is kept for the test to compare.
+//! CheckRequest received is kept for the test to compare. A TCP check (Envoy's network ext_authz:
+//! no `request`) is answered by the mode set for its destination port ([`GrpcExtAuthz::set_tcp_mode`]).
 
 use envoy_types::pb::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption,
@@ -18,6 +19,7 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, Den
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +29,8 @@ pub use envoy_types::pb::envoy::service::auth::v3::CheckRequest as Check;
 #[derive(Clone)]
 struct Service {
     checks: Arc<Mutex<Vec<CheckRequest>>>,
+    /// For a TCP check (no `request`): the mode by the connection's destination port.
+    tcp_modes: Arc<Mutex<HashMap<u32, String>>>,
 }
 
 #[allow(deprecated)] // `append` is what the test checks, next to `append_action`.
@@ -53,8 +57,29 @@ impl Authorization for Service {
             check.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.clone()).unwrap_or_default();
         // `x-ext-authz-grpc` overrides `x-ext-authz` for this server only (an HTTP provider
         // and this one answering differently on the same request).
-        let mode =
-            http.headers.get("x-ext-authz-grpc").or(http.headers.get("x-ext-authz")).cloned().unwrap_or_default();
+        let tcp_port = check
+            .attributes
+            .as_ref()
+            .filter(|a| a.request.is_none())
+            .and_then(|a| a.destination.as_ref())
+            .and_then(|d| d.address.as_ref())
+            .and_then(|a| match &a.address {
+                Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) => {
+                    match s.port_specifier {
+                        Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => {
+                            Some(p)
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            });
+        let mode = match tcp_port {
+            Some(port) => self.tcp_modes.lock().ok().and_then(|m| m.get(&port).cloned()).unwrap_or_default(),
+            None => {
+                http.headers.get("x-ext-authz-grpc").or(http.headers.get("x-ext-authz")).cloned().unwrap_or_default()
+            }
+        };
         let user = http.headers.get("x-user-in").cloned().unwrap_or_else(|| "nobody".into());
         match mode.as_str() {
             "error" => return Err(tonic::Status::internal("boom")),
@@ -104,6 +129,7 @@ impl Authorization for Service {
 pub struct GrpcExtAuthz {
     pub port: u16,
     checks: Arc<Mutex<Vec<CheckRequest>>>,
+    tcp_modes: Arc<Mutex<HashMap<u32, String>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -113,7 +139,8 @@ impl GrpcExtAuthz {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         listener.set_nonblocking(true).unwrap();
         let checks = Arc::new(Mutex::new(Vec::new()));
-        let service = Service { checks: checks.clone() };
+        let tcp_modes = Arc::new(Mutex::new(HashMap::new()));
+        let service = Service { checks: checks.clone(), tcp_modes: tcp_modes.clone() };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -128,7 +155,15 @@ impl GrpcExtAuthz {
             });
             runtime.shutdown_timeout(Duration::from_millis(200));
         });
-        GrpcExtAuthz { port, checks, stop: Some(stop) }
+        GrpcExtAuthz { port, checks, tcp_modes, stop: Some(stop) }
+    }
+
+    /// How TCP checks (no `request`: Envoy's network ext_authz) of connections to `port` are
+    /// answered: a mode as for HTTP (`allow`, `deny`, `error`, `hang`).
+    pub fn set_tcp_mode(&self, port: u16, mode: &str) {
+        if let Ok(mut m) = self.tcp_modes.lock() {
+            m.insert(u32::from(port), mode.to_string());
+        }
     }
 
     /// Every CheckRequest received so far.

@@ -6,8 +6,8 @@
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wasmesh_e2e::authn::{
-    bootstrap, jwks, native_jwt_authn, swap_payload, unsigned, wasm_authn, wasm_authn_with, wasm_authz, JwksServer,
-    Mode, NativeJwks, Signer, TestKey,
+    bootstrap, jwks, native_jwt_authn, swap_payload, unsigned, wasm_authn, wasm_authn_authz_one_pass, wasm_authn_with,
+    wasm_authz, JwksServer, Mode, NativeJwks, Signer, TestKey,
 };
 use wasmesh_e2e::http::{request, Response};
 use wasmesh_e2e::{free_port, App, AppHandle, Envoy};
@@ -1006,7 +1006,17 @@ spec:
     let res = resources(&yaml);
     let (authn, clusters) = wasm_authn(&wl, &res);
     let Some(authz) = wasm_authz(&wl, &res) else { panic!("the authz plugin added no filter") };
-    let front = start("wasm-authn-authz", vec![authn, authz], clusters, 1);
+    // Two filters handing the identity over through Envoy filter state, then the one-pass chain
+    // `wasmeshctl envoy` writes, which hands it over in memory only (`identityFilterState` off).
+    let separate = start("wasm-authn-authz", vec![authn, authz], clusters, 1);
+    identity_reaches_authz(&k, &separate);
+    let (chain, clusters) = wasm_authn_authz_one_pass(&wl, &res);
+    let one_pass = start("wasm-authn-authz-chain", vec![chain], clusters, 1);
+    identity_reaches_authz(&k, &one_pass);
+}
+
+/// The requests of [`authz_sees_the_verified_identity_and_headers_cannot_forge_it`].
+fn identity_reaches_authz(k: &Signer, front: &Front) {
     let alice_g1 = k.sign(&claims(json!({"groups": ["group1", "group2"]})));
     let alice_g2 = k.sign(&claims(json!({"groups": ["group2"]})));
     let bob_g1 = k.sign(&claims(json!({"sub": "bob", "groups": ["group1"]})));

@@ -129,7 +129,7 @@ fn principal_rows() -> Vec<(&'static str, String, &'static str, &'static str)> {
 /// filter (its rules do not touch TCP), an unknown provider's rules become DENY rules
 /// (`getBadCustomDenyRules`, written before DENY/ALLOW), DENY/ALLOW then decide as usual. Rows:
 /// (name, policies, what istiod's native filters hold for them, [plaintext, mTLS `allow`]).
-/// A gRPC provider (Envoy's network `ext_authz`) is refused by wasmeshctl: checked after the rows.
+/// A gRPC provider (Envoy's network `ext_authz`): `grpc_custom_on_tcp_next_to_native_network_ext_authz`.
 fn multi_provider_rows() -> Vec<(&'static str, String, String, &'static str)> {
     let c = |name: &str, provider: &str, rules: &str| {
         policy(name, &format!("  action: CUSTOM\n  provider: {{name: {provider}}}\n  rules: {rules}"))
@@ -236,8 +236,8 @@ fn tcp_translation_and_several_sans_next_to_native_rbac() {
         listeners.push(listener(&format!("native-{np}"), np, native, &server, &root));
         tcp.push((name, wp, np, expected));
     }
-    // A gRPC provider among them: istiod writes Envoy's network ext_authz for it, which wasmesh
-    // does not have: refused, naming the policy and the field (README "External authorization").
+    // A gRPC provider among them: istiod writes Envoy's network ext_authz for it; wasmesh's
+    // network filter checks the connection (`grpc_custom_on_tcp_next_to_native_network_ext_authz`).
     {
         let yaml = format!(
             "{}{}",
@@ -252,9 +252,8 @@ fn tcp_translation_and_several_sans_next_to_native_rbac() {
             bind_port: 3306,
             mesh: &mesh,
         };
-        let e = format!("{:?}", plugins::authz::tcp_filter(&ctx).unwrap_err());
-        assert!(e.contains("AuthorizationPolicy foo/g") && e.contains("spec.provider.name"), "{e}");
-        assert!(!e.contains("foo/c1"), "the HTTP provider's policy is fine on TCP: {e}");
+        let f = plugins::authz::tcp_filter(&ctx).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(f.is_some(), "the gRPC provider's policy gets the TCP filter");
     }
     // Principal rows: TCP wasm/native, HTTP wasm (with and without the client certificate
     // details)/native.
@@ -336,4 +335,199 @@ fn tcp_translation_and_several_sans_next_to_native_rbac() {
     assert!(envoy.stat("wasmcustom.wasmesh.authz.error").unwrap_or(0) > 0, "fail-closed refusals are counted");
     assert!(!log.contains("panicked"), "a wasm VM panicked: {}", envoy.log_tail(40));
     assert!(failures.is_empty(), "{} differences:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// A CUSTOM policy with an `envoyExtAuthzGrpc` provider on a TCP port (issue 11, Security II):
+/// istiod writes a shadow network RBAC and Envoy's network `ext_authz` for it; wasmesh's network
+/// filter checks the connection itself. In one Envoy, each case has a wasmesh listener and a
+/// native one configured as istiod configures it, both asking the same gRPC server, which
+/// answers by the connection's destination port: allow, deny, error, hang (past the provider's
+/// `timeout`), and providers that are gone (connection refused; accepted and hung up), each with
+/// `failOpen` off and on, in plaintext and over mutual TLS. The connection's outcome (bytes
+/// echoed or connection closed) must be the same, and so must every CheckRequest (field by
+/// field but the ports). Then CUSTOM with DENY/ALLOW policies, as istiod orders them.
+#[test]
+fn grpc_custom_on_tcp_next_to_native_network_ext_authz() {
+    use wasmesh_controller::plugins::authz::{grpc_cluster, provider_cluster};
+    use wasmesh_e2e::ext_authz::{Check, Closer, GrpcExtAuthz};
+
+    let ca = SanCa::new();
+    let server = ca.issue("server", &["URI:spiffe://cluster.local/ns/foo/sa/db"]);
+    let clients: Vec<Option<Leaf>> = vec![None, Some(ca.issue("allow", &[ALLOW]))];
+    let echo = OneShotEcho::start();
+    let ext = GrpcExtAuthz::start();
+    let closer = Closer::start();
+    let refused = free_port(); // nothing listens there
+    let wl = workload();
+    let root = ca.root();
+    let wasm = wasm_dir();
+
+    // Providers: (name, port, failOpen).
+    let providers = [
+        ("ok-closed", ext.port, false),
+        ("ok-open", ext.port, true),
+        ("gone-closed", refused, false),
+        ("gone-open", refused, true),
+        ("hup-closed", closer.port, false),
+        ("hup-open", closer.port, true),
+    ];
+    let provider_json = |name: &str| {
+        let (n, port, open) = providers.iter().find(|p| p.0 == name).copied().unwrap();
+        json!({"name": n, "envoyExtAuthzGrpc": {"service": "127.0.0.1", "port": port, "failOpen": open, "timeout": "0.5s"}})
+    };
+    let mesh = MeshConfig {
+        extension_providers: providers.iter().map(|p| provider_json(p.0)).collect(),
+        ..MeshConfig::default()
+    };
+    let mut clusters = vec![cluster("echo", echo.port)];
+    for port in [ext.port, refused, closer.port] {
+        let mut c = provider_cluster(&format!("outbound|{port}||127.0.0.1"));
+        grpc_cluster(&mut c);
+        clusters.push(c);
+    }
+
+    let custom = |provider: &str| {
+        policy("c", &format!("  action: CUSTOM\n  provider: {{name: {provider}}}\n  rules: [{{to: [{{operation: {{ports: ['WASM_PORT', 'NATIVE_PORT']}}}}]}}]"))
+    };
+    let deny_local = policy("d", "  action: DENY\n  rules: [{from: [{source: {ipBlocks: [127.0.0.1]}}]}]");
+    let allow_mtls =
+        policy("a", "  action: ALLOW\n  rules: [{from: [{source: {principals: [cluster.local/ns/foo/sa/allow]}}]}]");
+    // (name, provider, server mode, extra policies, expected [plaintext, mTLS], checks sent).
+    let mut rows: Vec<(String, &str, &str, String, &str, bool)> = Vec::new();
+    for (mode, closed, open, checks) in [
+        ("allow", "PP", "PP", true),
+        ("deny", "RR", "RR", true),
+        ("error", "RR", "PP", true),
+        ("hang", "RR", "PP", true),
+    ] {
+        rows.push((format!("{mode}, failOpen off"), "ok-closed", mode, String::new(), closed, checks));
+        rows.push((format!("{mode}, failOpen on"), "ok-open", mode, String::new(), open, checks));
+    }
+    rows.push(("connection refused, failOpen off".into(), "gone-closed", "", String::new(), "RR", false));
+    rows.push(("connection refused, failOpen on".into(), "gone-open", "", String::new(), "PP", false));
+    rows.push(("provider hangs up, failOpen off".into(), "hup-closed", "", String::new(), "RR", false));
+    rows.push(("provider hangs up, failOpen on".into(), "hup-open", "", String::new(), "PP", false));
+    rows.push(("allow, then DENY 127.0.0.1".into(), "ok-closed", "allow", deny_local, "RR", true));
+    rows.push(("allow, then ALLOW principal".into(), "ok-closed", "allow", allow_mtls.clone(), "RP", true));
+    rows.push(("deny, then ALLOW principal".into(), "ok-closed", "deny", allow_mtls, "RR", true));
+
+    let mut listeners = Vec::new();
+    let mut cases = Vec::new();
+    for (name, provider, mode, extra, expected, checks) in &rows {
+        let (wp, np) = (free_port(), free_port());
+        let yaml = format!("{}{extra}", custom(provider))
+            .replace("WASM_PORT", &wp.to_string())
+            .replace("NATIVE_PORT", &np.to_string());
+        let res = resources(&yaml);
+        let ctx = ListenerContext {
+            workload: &wl,
+            resources: &res,
+            direction: Direction::Inbound,
+            bind_port: wp,
+            mesh: &mesh,
+        };
+        let filter =
+            plugins::authz::tcp_filter(&ctx).unwrap_or_else(|e| panic!("{name}: {e:?}")).expect("a policy applies");
+        let generated = plugins::authz::tcp_provider_clusters(&ctx);
+        assert!(
+            generated.iter().any(|c| c["name"]
+                == format!("outbound|{}||127.0.0.1", provider_json(provider)["envoyExtAuthzGrpc"]["port"])),
+            "{name}: wasmeshctl generates the provider's cluster: {generated:?}"
+        );
+        let w = vec![wasm_network_filter(&filter, &wasm), tcp_proxy("echo")];
+        let p = provider_json(provider);
+        let cluster_name = format!("outbound|{}||127.0.0.1", p["envoyExtAuthzGrpc"]["port"]);
+        let mut n = wasmesh_e2e::authz::istiod::custom_network_filters(&res, &wl, &p, &cluster_name);
+        n.extend(istiod::network_filters(&res, &wl, &[]));
+        n.push(tcp_proxy("echo"));
+        listeners.push(listener(&format!("wasm-{wp}"), wp, w, &server, &root));
+        listeners.push(listener(&format!("native-{np}"), np, n, &server, &root));
+        ext.set_tcp_mode(wp, mode);
+        ext.set_tcp_mode(np, mode);
+        cases.push((name.clone(), wp, np, *expected, *checks));
+    }
+    let bootstrap = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    });
+    let envoy = Envoy::start("authz-tcp-grpc", &bootstrap);
+
+    let dest_port = |c: &Check| -> Option<u32> {
+        use envoy_types::pb::envoy::config::core::v3::address::Address as A;
+        use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier as P;
+        match c.attributes.as_ref()?.destination.as_ref()?.address.as_ref()?.address.as_ref()? {
+            A::SocketAddress(s) => match s.port_specifier {
+                Some(P::PortValue(p)) => Some(p),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    // Everything but the ports.
+    let normalized = |mut c: Check| -> Check {
+        use envoy_types::pb::envoy::config::core::v3::address::Address as A;
+        if let Some(a) = c.attributes.as_mut() {
+            for peer in [a.source.as_mut(), a.destination.as_mut()].into_iter().flatten() {
+                if let Some(A::SocketAddress(s)) = peer.address.as_mut().and_then(|x| x.address.as_mut()) {
+                    s.port_specifier = None;
+                }
+            }
+        }
+        c
+    };
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    for (name, wp, np, expected, checks) in &cases {
+        for (i, client) in clients.iter().enumerate() {
+            let before = ext.checks().len();
+            let native = tcp_passes(*np, client.as_ref());
+            let wasm = tcp_passes(*wp, client.as_ref());
+            let want = expected.as_bytes()[i] == b'P';
+            let who = if client.is_some() { "mTLS" } else { "plaintext" };
+            if native != want || wasm != native {
+                failures.push(format!("{name} ({who}): native passes {native}, wasmesh {wasm}, expected {want}"));
+            }
+            let got: Vec<Check> = ext.checks().into_iter().skip(before).collect();
+            let of =
+                |port: u16| got.iter().filter(|c| dest_port(c) == Some(u32::from(port))).cloned().collect::<Vec<_>>();
+            let (w, n) = (of(*wp), of(*np));
+            if *checks && (n.len() != 1 || w.len() != 1) {
+                failures.push(format!(
+                    "{name} ({who}): {} native checks, {} wasmesh checks; one each expected",
+                    n.len(),
+                    w.len()
+                ));
+                continue;
+            }
+            if let (Some(w), Some(n)) = (w.first(), n.first()) {
+                compared += 1;
+                let (w, n) = (normalized(w.clone()), normalized(n.clone()));
+                if w != n {
+                    failures.push(format!("{name} ({who}): CheckRequests differ:\n  wasmesh {w:?}\n  native  {n:?}"));
+                }
+                let peer = w
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.source.as_ref())
+                    .map(|s| s.principal.clone())
+                    .unwrap_or_default();
+                let want_peer = if client.is_some() { "spiffe://cluster.local/ns/foo/sa/allow" } else { "" };
+                if peer != want_peer {
+                    failures.push(format!("{name} ({who}): source principal {peer:?}, expected {want_peer:?}"));
+                }
+            }
+        }
+    }
+    let log = envoy.log();
+    assert!(!log.contains("panicked"), "a wasm VM panicked: {}", envoy.log_tail(40));
+    assert!(failures.is_empty(), "{} differences:\n{}", failures.len(), failures.join("\n"));
+    assert!(compared >= 20, "only {compared} CheckRequest pairs compared");
+    // Native counters, to show the oracle took each path.
+    for stat in ["ok", "denied", "error", "failure_mode_allowed", "cx_closed"] {
+        // `ext_authz.<stat_prefix>.`: istiod's prefix `tcp.` makes an empty segment.
+        let v =
+            envoy.stat(&format!("ext_authz.tcp..{stat}")).or(envoy.stat(&format!("ext_authz.tcp.{stat}"))).unwrap_or(0);
+        assert!(v > 0, "native ext_authz.tcp.{stat} is {v}");
+    }
+    eprintln!("{} cases x 2 clients, {compared} CheckRequest pairs equal", cases.len());
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 use wasmesh_controller::plugins::Direction;
+use wasmesh_e2e::envoy::combine_bootstraps;
 use wasmesh_e2e::http::{get, request};
 use wasmesh_e2e::stats::{self as st, Prometheus};
 use wasmesh_e2e::{App, Envoy, Mesh};
@@ -304,7 +305,10 @@ fn workload(name: &str, app: &str, version: &str) -> Workload {
 }
 
 /// gRPC between two sidecars: `request_protocol="grpc"`, `grpc_response_status`, and the request
-/// and response message counters.
+/// and response message counters. The client sidecars' outbound listeners and the server sidecars'
+/// inbound listeners (each with its own workload and direction, as in a real sidecar) run in one
+/// Envoy: every call still crosses a real HTTP/2 hop from a client listener to a server listener,
+/// and Prometheus sums over the same series as it did over four Envoys.
 #[test]
 fn grpc_status_and_message_counts() {
     let resources = Resources::default();
@@ -315,33 +319,28 @@ fn grpc_status_and_message_counts() {
     let client_filter =
         st::filter(&workload("grpc-client-v1", "grpc-client", "v1"), &resources, Direction::Outbound, false);
     let server_filter = st::filter(&workload("echo-v1", "echo", "v1"), &resources, Direction::Inbound, false);
-    let client = Envoy::start(
-        "grpc-client",
-        &st::http2_proxy_bootstrap(
-            &client_filter,
-            &resources,
-            client_port,
-            server_port,
-            "outbound|9090||echo.default.svc.cluster.local",
-        ),
-    );
-    let server_side = Envoy::start(
-        "grpc-server",
-        &st::http2_proxy_bootstrap(&server_filter, &resources, server_port, server.port, "inbound|9090||"),
-    );
-    let client2 = Envoy::start(
-        "grpc-client2",
-        &st::http2_proxy_bootstrap(
-            &client_filter,
-            &resources,
-            fail_port,
-            fail_in,
-            "outbound|9090||echo.default.svc.cluster.local",
-        ),
-    );
-    let server2 = Envoy::start(
-        "grpc-server2",
-        &st::http2_proxy_bootstrap(&server_filter, &resources, fail_in, failing.port, "inbound|9090||"),
+    // The failing pair's clusters are the same service under names of their own (a subset, another
+    // inbound port): one Envoy cannot have two clusters of one name.
+    let sidecars = Envoy::start(
+        "grpc-sidecars",
+        &combine_bootstraps(&[
+            st::http2_proxy_bootstrap(
+                &client_filter,
+                &resources,
+                client_port,
+                server_port,
+                "outbound|9090||echo.default.svc.cluster.local",
+            ),
+            st::http2_proxy_bootstrap(&server_filter, &resources, server_port, server.port, "inbound|9090||"),
+            st::http2_proxy_bootstrap(
+                &client_filter,
+                &resources,
+                fail_port,
+                fail_in,
+                "outbound|9090|failing|echo.default.svc.cluster.local",
+            ),
+            st::http2_proxy_bootstrap(&server_filter, &resources, fail_in, failing.port, "inbound|9091||"),
+        ]),
     );
 
     let ok = st::grpc_calls(client_port, 2, 4, "echo.default.svc.cluster.local:9090");
@@ -349,13 +348,8 @@ fn grpc_status_and_message_counts() {
     let failed = st::grpc_calls(fail_port, 1, 2, "echo.default.svc.cluster.local:9090");
     assert_eq!(failed, vec![Some("14".to_string()); 2]);
 
-    let prom = Prometheus::start(&[
-        ("client", client.admin_port),
-        ("server", server_side.admin_port),
-        ("client2", client2.admin_port),
-        ("server2", server2.admin_port),
-    ]);
-    prom.wait_for("count(up == 1)", 4.0, WAIT);
+    let prom = Prometheus::start(&[("sidecars", sidecars.admin_port)]);
+    prom.wait_for("count(up == 1)", 1.0, WAIT);
     for reporter in ["source", "destination"] {
         prom.wait_for(&format!(r#"sum(istio_requests_total{{reporter="{reporter}", request_protocol="grpc", grpc_response_status="0", response_code="200", source_workload="grpc-client-v1", destination_workload="echo-v1"}})"#), 4.0, WAIT);
         prom.wait_for(
@@ -374,7 +368,9 @@ fn grpc_status_and_message_counts() {
 }
 
 /// TCP metrics from the network filter between two sidecars; the client side names the server
-/// workload from the endpoint's Istio metadata.
+/// workload from the endpoint's Istio metadata. The client's outbound and the server's inbound
+/// listener run in one Envoy (each with its own workload and direction), the connection between
+/// them a real one.
 #[test]
 fn tcp_connections_and_bytes() {
     let resources = Resources::default();
@@ -383,20 +379,19 @@ fn tcp_connections_and_bytes() {
     let client_filter =
         st::filter(&workload("tcp-client-v1", "tcp-client", "v1"), &resources, Direction::Outbound, true);
     let server_filter = st::filter(&workload("tcp-echo-v1", "tcp-echo", "v1"), &resources, Direction::Inbound, true);
-    let client = Envoy::start(
-        "tcp-client",
-        &st::tcp_proxy_bootstrap(
-            &client_filter,
-            &resources,
-            client_port,
-            server_port,
-            "outbound|9000||tcp-echo.default.svc.cluster.local",
-            Some("tcp-echo-v1;default;tcp-echo;v1;Kubernetes"),
-        ),
-    );
-    let server = Envoy::start(
-        "tcp-server",
-        &st::tcp_proxy_bootstrap(&server_filter, &resources, server_port, echo.port, "inbound|9000||", None),
+    let sidecars = Envoy::start(
+        "tcp-sidecars",
+        &combine_bootstraps(&[
+            st::tcp_proxy_bootstrap(
+                &client_filter,
+                &resources,
+                client_port,
+                server_port,
+                "outbound|9000||tcp-echo.default.svc.cluster.local",
+                Some("tcp-echo-v1;default;tcp-echo;v1;Kubernetes"),
+            ),
+            st::tcp_proxy_bootstrap(&server_filter, &resources, server_port, echo.port, "inbound|9000||", None),
+        ]),
     );
 
     let (mut sent, mut received) = (0, 0);
@@ -405,8 +400,8 @@ fn tcp_connections_and_bytes() {
         sent += s;
         received += r;
     }
-    let prom = Prometheus::start(&[("client", client.admin_port), ("server", server.admin_port)]);
-    prom.wait_for("count(up == 1)", 2.0, WAIT);
+    let prom = Prometheus::start(&[("sidecars", sidecars.admin_port)]);
+    prom.wait_for("count(up == 1)", 1.0, WAIT);
     for reporter in ["source", "destination"] {
         let sel = format!(r#"reporter="{reporter}", request_protocol="tcp""#);
         prom.wait_for(&format!("sum(istio_tcp_connections_opened_total{{{sel}}})"), 3.0, WAIT);
@@ -622,24 +617,51 @@ fn tcp_metadata_exchange_over_mtls() {
     let echo = st::TcpEcho::start(b"echo:");
     let greeter = st::TcpEcho::start_with_greeting(b"echo:", b"220 tcp-echo ready\r\n");
     let (server_port, greeter_port) = (wasmesh_e2e::free_port(), wasmesh_e2e::free_port());
-    let server = Envoy::start("mx-server", &st::tcp_server_bootstrap(&resources, server_port, echo.port, &chains));
-    let server_first =
-        Envoy::start("mx-server-first", &st::tcp_server_bootstrap(&resources, greeter_port, greeter.port, &chains));
 
+    // Two Envoys, each a server sidecar's inbound listener plus client sidecars' outbound listeners
+    // (each listener with its own filter configuration). Every assertion below is on one Envoy's
+    // series of one reporter, and each such series has exactly one listener of that Envoy behind
+    // it: the server's (reporter=destination), the exchanging client's (reporter=source, the server
+    // named) and the client without exchange (reporter=source, the server `unknown`). Clients whose
+    // upstream differs from the exchanging client's get a cluster of their own name (a subset).
     let client_mx = st::tcp_filter_with_exchange(&client_wl, &resources, Direction::Outbound);
     let client_plain_filter = st::filter(&client_wl, &resources, Direction::Outbound, true);
-    let cluster = "outbound|9000||tcp-echo.default.svc.cluster.local";
-    let client = |name: &str, filter, upstream, tls: Option<&[&str]>| {
+    let client = |filter, upstream, cluster: &str, tls: Option<&[&str]>| {
         let port = wasmesh_e2e::free_port();
         let tls = tls.map(|alpn| (&client_certs, server_id, alpn));
-        (Envoy::start(name, &st::tcp_client_bootstrap(filter, &resources, port, upstream, cluster, tls)), port)
+        (st::tcp_client_bootstrap(filter, &resources, port, upstream, cluster, tls), port)
     };
-    let (mx, mx_port) = client("mx-client", &client_mx, server_port, Some(&sp::CLIENT_TCP_ALPN));
-    let (mx_first, mx_first_port) = client("mx-client-first", &client_mx, greeter_port, Some(&sp::CLIENT_TCP_ALPN));
+    let cluster = "outbound|9000||tcp-echo.default.svc.cluster.local";
+    let (mx_client, mx_port) = client(&client_mx, server_port, cluster, Some(&sp::CLIENT_TCP_ALPN));
+    let (mx_first_client, mx_first_port) = client(&client_mx, greeter_port, cluster, Some(&sp::CLIENT_TCP_ALPN));
     // The exchange filter on a plaintext upstream: no exchange.
-    let (plain, plain_port) = client("plain-client", &client_mx, server_port, None);
+    let (plain_client, plain_port) =
+        client(&client_mx, server_port, "outbound|9000|plain|tcp-echo.default.svc.cluster.local", None);
     // mTLS without the exchange ALPN (the ordinary mTLS chain).
-    let (no_alpn, no_alpn_port) = client("mtls-client", &client_plain_filter, server_port, Some(&mtls::CLIENT_ALPN));
+    let (no_alpn_client, no_alpn_port) = client(
+        &client_plain_filter,
+        server_port,
+        "outbound|9000|mtls|tcp-echo.default.svc.cluster.local",
+        Some(&mtls::CLIENT_ALPN),
+    );
+    // `server` and `mx` are one Envoy, `server_first` and `mx_first` (and `no_alpn`) the other.
+    let server = Envoy::start(
+        "mx-server",
+        &combine_bootstraps(&[
+            st::tcp_server_bootstrap(&resources, server_port, echo.port, &chains),
+            mx_client,
+            plain_client,
+        ]),
+    );
+    let server_first = Envoy::start(
+        "mx-server-first",
+        &combine_bootstraps(&[
+            st::tcp_server_bootstrap(&resources, greeter_port, greeter.port, &chains),
+            mx_first_client,
+            no_alpn_client,
+        ]),
+    );
+    let (mx, plain, mx_first, no_alpn) = (&server, &server, &server_first, &server_first);
 
     let messages: [&[u8]; 3] = [b"hello", b"wasmesh tcp", &[0x3D, 0x23, 0x04, 0x67, 0, 0, 0, 1, b'x']];
     let (mut sent, mut received) = (0, 0);
@@ -679,16 +701,16 @@ fn tcp_metadata_exchange_over_mtls() {
     ];
     st::wait_series(&server, opened, &from_client, 3.0);
     st::wait_series(&server, closed, &from_client, 3.0);
-    st::wait_series(&mx, opened, &to_server, 3.0);
-    st::wait_series(&mx, closed, &to_server, 3.0);
+    st::wait_series(mx, opened, &to_server, 3.0);
+    st::wait_series(mx, closed, &to_server, 3.0);
     // Bytes are the application's: the preambles are not counted.
     st::wait_series(&server, "istio_tcp_received_bytes_total", &from_client, sent as f64);
     st::wait_series(&server, "istio_tcp_sent_bytes_total", &from_client, received as f64);
-    st::wait_series(&mx, "istio_tcp_received_bytes_total", &to_server, sent as f64);
-    st::wait_series(&mx, "istio_tcp_sent_bytes_total", &to_server, received as f64);
+    st::wait_series(mx, "istio_tcp_received_bytes_total", &to_server, sent as f64);
+    st::wait_series(mx, "istio_tcp_sent_bytes_total", &to_server, received as f64);
     // Server speaks first.
     st::wait_series(&server_first, opened, &from_client, 2.0);
-    st::wait_series(&mx_first, closed, &to_server, 2.0);
+    st::wait_series(mx_first, closed, &to_server, 2.0);
     // No exchange: plaintext, and mTLS without the ALPN.
     st::wait_series(
         &server,
@@ -702,9 +724,9 @@ fn tcp_metadata_exchange_over_mtls() {
         &[("reporter", "destination"), ("source_workload", "unknown"), ("connection_security_policy", "mutual_tls")],
         2.0,
     );
-    st::wait_series(&plain, opened, &[("reporter", "source"), ("destination_workload", "unknown")], 2.0);
-    st::wait_series(&no_alpn, opened, &[("reporter", "source"), ("destination_workload", "unknown")], 2.0);
-    for e in [&server, &server_first, &mx, &mx_first, &plain, &no_alpn] {
+    st::wait_series(plain, opened, &[("reporter", "source"), ("destination_workload", "unknown")], 2.0);
+    st::wait_series(no_alpn, opened, &[("reporter", "source"), ("destination_workload", "unknown")], 2.0);
+    for e in [&server, &server_first] {
         assert!(e.log().lines().all(|l| !l.contains("panicked")), "no panic in the VM");
     }
 }

@@ -413,6 +413,46 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
     })
 }
 
+/// The network filter and its file loggers (for the `tcp_proxy`) of one TCP listener: the same
+/// logs as an HTTP listener of that direction, one line per connection at close. An
+/// `envoyOtelAls` provider is refused here (the export runs beside an HTTP phase only).
+pub fn tcp_contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
+    let logs = logs(ctx)?;
+    if logs.is_empty() {
+        return Ok(Contribution::default());
+    }
+    let mut entries = Vec::new();
+    let mut sinks = Vec::new();
+    for (i, l) in logs.iter().enumerate() {
+        if let Some(o) = &l.otel {
+            return Err(vec![Error::new(format!(
+                "mesh config: extensionProviders {:?} (envoyOtelAls): workload {}/{} has a TCP listener (port {}); wasmesh exports OpenTelemetry access logs of HTTP requests only",
+                o.provider, ctx.workload.namespace, ctx.workload.name, ctx.bind_port
+            ))]);
+        }
+        let key = format!("{KEY_PREFIX}.{i}");
+        let mut e = json!({"filterStateKey": key});
+        if let Some(t) = &l.text {
+            e["text"] = json!(t);
+        }
+        if let Some(j) = &l.json {
+            e["json"] = json!(j);
+        }
+        if let Some(f) = &l.filter {
+            e["filter"] = json!(f);
+        }
+        entries.push(e);
+        sinks.push(sink(&l.path, &key));
+    }
+    let config = json!({"tcp": true, "logs": entries});
+    wasmesh_accesslog::config::parse(config.to_string().as_bytes()).map_err(|e| vec![Error::new(e)])?;
+    Ok(Contribution {
+        network_filters: vec![WasmFilter { name: FILTER_NAME.into(), config, fail_open: true }],
+        access_logs: sinks,
+        ..Contribution::default()
+    })
+}
+
 /// The collector of an `envoyOtelAls` provider: HTTP/2 (gRPC), resolved by DNS.
 fn collector_cluster(name: &str, host: &str, port: u16) -> Value {
     json!({

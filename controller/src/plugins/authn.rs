@@ -53,6 +53,88 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
     })
 }
 
+/// The filter-state keys authn writes (`identityFilterState`).
+/// (`wasmesh_handover::AUTHN_IDENTITY` and `AUTHN_EVALUATED`.)
+const HANDOVER_KEYS: [&str; 2] = ["wasmesh.authn.identity", "wasmesh.authn.evaluated"];
+/// The root ids that read the identity from filter state without naming it in their configuration.
+const IDENTITY_READERS: [&str; 2] = [super::authz::FILTER_NAME, super::authz::CUSTOM_FILTER_NAME];
+
+/// The root ids a listener filter runs: its phases for a `wasmesh.chain`, else its own name.
+fn root_ids(f: &WasmFilter) -> Vec<&str> {
+    if f.name != crate::layout::CHAIN_ROOT_ID {
+        return vec![f.name.as_str()];
+    }
+    let phases = f.config.get("phases").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    phases.iter().filter_map(|p| p.get("rootId").and_then(Value::as_str)).collect()
+}
+
+/// Whether a filter's configuration, authn's own left out (its resources are policies), names a
+/// key authn writes.
+fn names_handover(f: &WasmFilter) -> bool {
+    if f.name == FILTER_NAME {
+        return false;
+    }
+    let mut config = f.config.clone();
+    if f.name == crate::layout::CHAIN_ROOT_ID {
+        let phases = config.get_mut("phases").and_then(Value::as_array_mut).map(Vec::as_mut_slice).unwrap_or_default();
+        for p in phases.iter_mut().filter(|p| p.get("rootId").and_then(Value::as_str) == Some(FILTER_NAME)) {
+            if let Some(c) = p.get_mut("configuration") {
+                *c = Value::Null;
+            }
+        }
+    }
+    let text = config.to_string();
+    HANDOVER_KEYS.iter().any(|k| text.contains(k))
+}
+
+/// The authn configurations a listener filter carries (its own, or its authn phases').
+fn authn_configs(f: &mut WasmFilter) -> Vec<&mut Value> {
+    if f.name == FILTER_NAME {
+        return vec![&mut f.config];
+    }
+    if f.name != crate::layout::CHAIN_ROOT_ID {
+        return Vec::new();
+    }
+    let phases = f.config.get_mut("phases").and_then(Value::as_array_mut).map(Vec::as_mut_slice).unwrap_or_default();
+    phases
+        .iter_mut()
+        .filter(|p| p.get("rootId").and_then(Value::as_str) == Some(FILTER_NAME))
+        .filter_map(|p| p.get_mut("configuration"))
+        .collect()
+}
+
+/// Turns authn's `identityFilterState` off on a listener where nothing outside authn's own
+/// filter reads the identity: no authz filter other than phases of the same `wasmesh.chain` (they
+/// get it in memory), and no configuration naming `wasmesh.authn.identity` or
+/// `wasmesh.authn.evaluated` (the access-log phase's formats are the readers `wasmeshctl envoy`
+/// writes). Writing it costs a hostcall and ~5k instructions per request. `filters` are the
+/// listener's HTTP filters as laid out (after [`crate::layout::Layout::assemble`]). Only for a
+/// bootstrap `wasmeshctl envoy` writes whole: under Istio (`generate`) a reader may come from
+/// places wasmeshctl does not see, so the write stays on there.
+pub fn identity_filter_state_when_read(filters: &mut [WasmFilter]) {
+    let with_authn: Vec<usize> =
+        filters.iter().enumerate().filter(|(_, f)| root_ids(f).contains(&FILTER_NAME)).map(|(i, _)| i).collect();
+    if with_authn.len() != 1 {
+        // None, or authn in several filters (never written so): leave it as it is.
+        return;
+    }
+    let own = with_authn[0];
+    let read_elsewhere = filters
+        .iter()
+        .enumerate()
+        .any(|(i, f)| names_handover(f) || (i != own && root_ids(f).iter().any(|r| IDENTITY_READERS.contains(r))));
+    if read_elsewhere {
+        return;
+    }
+    if let Some(f) = filters.get_mut(own) {
+        for c in authn_configs(f) {
+            if let Some(o) = c.as_object_mut() {
+                o.insert("identityFilterState".into(), Value::Bool(false));
+            }
+        }
+    }
+}
+
 /// The Envoy cluster for one JWKS server.
 pub fn jwks_cluster(ep: &JwksEndpoint) -> Value {
     let is_ip = ep.host.parse::<std::net::IpAddr>().is_ok();
@@ -111,8 +193,61 @@ pub fn deliberate_difference_notes(resources: &wasmesh_istio::Resources) -> Vec<
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::layout::Layout;
     use crate::plugins::ListenerContext;
     use wasmesh_istio::{Resources, Workload};
+
+    fn wf(name: &str, config: Value) -> WasmFilter {
+        WasmFilter { name: name.into(), config, fail_open: false }
+    }
+
+    /// `identityFilterState` of every authn configuration in `filters` (None: not set).
+    fn switches(filters: &[WasmFilter]) -> Vec<Option<bool>> {
+        let mut out = Vec::new();
+        for f in filters {
+            if f.name == FILTER_NAME {
+                out.push(f.config.get("identityFilterState").and_then(Value::as_bool));
+            }
+            for p in f.config.get("phases").and_then(Value::as_array).into_iter().flatten() {
+                if p["rootId"] == FILTER_NAME {
+                    out.push(p["configuration"].get("identityFilterState").and_then(Value::as_bool));
+                }
+            }
+        }
+        out
+    }
+
+    fn laid_out(layout: Layout, filters: Vec<WasmFilter>) -> Vec<WasmFilter> {
+        let mut out = layout.assemble(filters);
+        identity_filter_state_when_read(&mut out);
+        out
+    }
+
+    #[test]
+    fn the_identity_stays_in_memory_only_where_nothing_outside_the_chain_reads_it() {
+        let authn = || wf(FILTER_NAME, json!({"resources": []}));
+        let authz = || wf(crate::plugins::authz::FILTER_NAME, json!({"stage": "ALLOW", "resources": []}));
+        let stats = || wf("wasmesh.stats", json!({"direction": "inbound"}));
+        // One pass, authz a phase of the same chain: off.
+        let out = laid_out(Layout::OnePass, vec![stats(), authn(), authz()]);
+        assert_eq!(switches(&out), [Some(false)]);
+        // No authz at all and no reader: off too.
+        assert_eq!(switches(&laid_out(Layout::OnePass, vec![stats(), authn()])), [Some(false)]);
+        assert_eq!(switches(&laid_out(Layout::PerFilter, vec![authn()])), [Some(false)]);
+        // A separate authz filter reads Envoy's filter state: on.
+        assert_eq!(switches(&laid_out(Layout::PerFilter, vec![stats(), authn(), authz()])), [None]);
+        let custom = wf(crate::plugins::authz::CUSTOM_FILTER_NAME, json!({"stage": "CUSTOM"}));
+        let split = vec![authn(), wf("wasmesh.stats.tcp", json!({})), custom];
+        assert_eq!(switches(&laid_out(Layout::OnePass, split)), [None], "authz.custom in another filter");
+        // A configuration naming the key (an access-log format): on, in any layout.
+        let log = wf("wasmesh.access_log", json!({"format": "%FILTER_STATE(wasm.wasmesh.authn.identity:PLAIN)%"}));
+        assert_eq!(switches(&laid_out(Layout::OnePass, vec![authn(), authz(), log])), [None]);
+        let log = wf("envoy.access_log", json!({"format": "%FILTER_STATE(wasm.wasmesh.authn.evaluated:PLAIN)%"}));
+        assert_eq!(switches(&laid_out(Layout::OnePass, vec![authn(), authz(), log])), [None]);
+        // authn's own policies naming the key do not count.
+        let named = wf(FILTER_NAME, json!({"resources": [{"metadata": {"name": "wasmesh.authn.identity"}}]}));
+        assert_eq!(switches(&laid_out(Layout::OnePass, vec![named, authz()])), [Some(false)]);
+    }
 
     fn resources(yaml: &str) -> Resources {
         Resources { items: wasmesh_istio::load_str(yaml, "t.yaml").unwrap() }

@@ -63,6 +63,28 @@ pub fn tcp_filter(ctx: &ListenerContext<'_>) -> Result<Option<WasmFilter>, Vec<E
     Ok(Some(WasmFilter { name: TCP_FILTER_NAME.into(), config, fail_open: false }))
 }
 
+/// The clusters of the `envoyExtAuthzGrpc` providers the TCP authorization filter of this
+/// listener asks (Envoy's network ext_authz as istiod writes it; HTTP/2), for a bootstrap that
+/// `wasmeshctl envoy` writes whole. Empty when no such provider applies.
+pub fn tcp_provider_clusters(ctx: &ListenerContext<'_>) -> Vec<Value> {
+    if ctx.direction != Direction::Inbound {
+        return Vec::new();
+    }
+    let (cfg, resources) = config(ctx, Stage::Tcp);
+    let Ok(authz) = cfg.compile(&resources) else { return Vec::new() };
+    let mut clusters: Vec<Value> = Vec::new();
+    for p in authz.providers() {
+        let mut cluster = provider_cluster(&p.cluster);
+        if p.transport == wasmesh_authz::Transport::Grpc {
+            grpc_cluster(&mut cluster);
+        }
+        if !clusters.iter().any(|c| c["name"] == cluster["name"]) {
+            clusters.push(cluster);
+        }
+    }
+    clusters
+}
+
 /// Marks the TCP authz filters of an inbound TCP listener `singleSanPeers` when the mesh root
 /// is `wasmeshctl certs`' own CA (its key is in `certs_dir`): every certificate it issues has
 /// exactly one URI SAN (checked when issued) and no DNS SAN, so the first SAN Envoy hands the
@@ -493,8 +515,8 @@ mod tests {
     }
 
     #[test]
-    fn tcp_filter_refuses_what_it_cannot_enforce() {
-        // A CUSTOM policy with a gRPC provider would need Envoy's network ext_authz on TCP.
+    fn tcp_filter_checks_with_a_grpc_provider() {
+        // A CUSTOM policy with a gRPC provider: Envoy's network ext_authz, as istiod writes it.
         let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: m, namespace: foo}\nspec: {action: CUSTOM, provider: {name: grpc}, rules: [{}]}\n";
         let res = resources(yaml);
         let wl = Workload::new("httpbin", "foo");
@@ -511,11 +533,17 @@ mod tests {
             bind_port: 3306,
             mesh: &mesh,
         };
+        let f = tcp_filter(&ctx).unwrap().expect("the CUSTOM policy applies");
+        assert_eq!(f.config["stage"], "tcp");
+        let clusters = tcp_provider_clusters(&ctx);
+        assert_eq!(clusters.len(), 1);
+        assert_eq!(clusters[0]["name"], "outbound|9000||authz.foo.svc.cluster.local");
+        assert!(clusters[0]["typed_extension_protocol_options"].is_object(), "gRPC: HTTP/2");
+        // Still refused: what the TCP translation cannot take (an invalid policy).
+        let bad = resources("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: foo}\nspec: {action: DENY, rules: [{from: [{source: {ipBlocks: [not-an-ip]}}]}]}\n");
+        let ctx = ListenerContext { resources: &bad, ..ctx };
         let e = tcp_filter(&ctx).unwrap_err();
-        assert!(
-            e[0].to_string().contains("AuthorizationPolicy foo/m") && e[0].to_string().contains("spec.provider.name"),
-            "{e:?}"
-        );
+        assert!(e[0].to_string().contains("AuthorizationPolicy foo/b"), "{e:?}");
     }
 
     #[test]

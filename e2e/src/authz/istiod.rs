@@ -207,6 +207,68 @@ pub fn custom_http_filters(resources: &Resources, workload: &Workload, provider:
     ]
 }
 
+/// istiod's CUSTOM pair on a TCP port for one `envoyExtAuthzGrpc` provider (`builder.go`
+/// `buildTCP`, `extauthz.go` `generateGRPCConfig`): a network RBAC filter holding the CUSTOM
+/// rules (generated for TCP) as shadow rules (stat prefix `istio_ext_authz_`), then Envoy's
+/// network `ext_authz` (`stat_prefix` `tcp.`, `failure_mode_allow` = `failOpen`, the gRPC
+/// service with the host as authority and `timeout`, V3) enabled by the shadow effective policy
+/// id. `cluster` is the Envoy cluster of the provider's service.
+pub fn custom_network_filters(
+    resources: &Resources,
+    workload: &Workload,
+    provider: &Value,
+    cluster: &str,
+) -> Vec<Value> {
+    let name = provider["name"].as_str().unwrap_or_default();
+    let g = &provider["envoyExtAuthzGrpc"];
+    let mut shadow = Map::new();
+    for (res, ap) in resources.authorization_policies() {
+        if ap.action != Action::Custom || !should_attach(workload, res, ap) {
+            continue;
+        }
+        if ap.provider.as_ref().map(|p| p.name.as_str()) != Some(name) {
+            continue;
+        }
+        let rules = ap.rules.as_deref().unwrap_or_default();
+        for (i, rule) in rules.iter().enumerate() {
+            let Some(rule) = rule else { continue };
+            let Ok(mut m) = Model::new(res.namespace(), rule) else { continue };
+            m.for_tcp = true;
+            if let Ok(policy) = m.generate(Action::Deny) {
+                shadow.insert(
+                    format!("istio-ext-authz-{name}-ns[{}]-policy[{}]-rule[{i}]", res.namespace(), res.name()),
+                    policy,
+                );
+            }
+        }
+    }
+    let host = g["service"].as_str().unwrap_or_default();
+    let host = host.split_once('/').map(|(_, h)| h).unwrap_or(host);
+    vec![
+        json!({"name": "envoy.filters.network.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+            "stat_prefix": "tcp.",
+            "shadow_rules": {"action": "DENY", "policies": shadow},
+            "shadow_rules_stat_prefix": "istio_ext_authz_",
+        }}),
+        json!({"name": "envoy.filters.network.ext_authz", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
+            "stat_prefix": "tcp.",
+            "transport_api_version": "V3",
+            "failure_mode_allow": g.get("failOpen").and_then(Value::as_bool).unwrap_or(false),
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": cluster, "authority": host},
+                "timeout": g.get("timeout").and_then(Value::as_str).unwrap_or("600s"),
+            },
+            "filter_enabled_metadata": {
+                "filter": "envoy.filters.network.rbac",
+                "path": [{"key": "istio_ext_authz_shadow_effective_policy_id"}],
+                "value": {"string_match": {"prefix": format!("istio-ext-authz-{name}")}},
+            },
+        }}),
+    ]
+}
+
 /// Whether any CUSTOM policy applies (the runner does not generate ext_authz).
 pub fn has_custom(resources: &Resources, workload: &Workload) -> bool {
     resources.authorization_policies().any(|(r, ap)| ap.action == Action::Custom && should_attach(workload, r, ap))

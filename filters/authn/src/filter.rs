@@ -309,7 +309,7 @@ impl Shared {
         match outcome {
             Outcome::NotConfigured => Step::Continue,
             Outcome::CorsBypass => {
-                s.set_filter_state(AUTHN_EVALUATED, b"1");
+                self.hand_over(s, AUTHN_EVALUATED, b"1");
                 m.cors_bypassed.bump();
                 Step::Continue
             }
@@ -326,7 +326,7 @@ impl Shared {
                 }
                 match &allowed.identity {
                     Some(id) => {
-                        if !s.set_filter_state(AUTHN_IDENTITY, id) {
+                        if !self.hand_over(s, AUTHN_IDENTITY, id) {
                             // The identity cannot be handed over: refuse rather than let authz
                             // see an anonymous request that presented a valid token.
                             wasmesh_proxy::log_error("wasmesh authn: cannot write the identity to filter state");
@@ -337,7 +337,7 @@ impl Shared {
                     // An identity implies evaluation; without one, tell authz the request was
                     // evaluated and carried no (valid) token.
                     None => {
-                        s.set_filter_state(AUTHN_EVALUATED, b"1");
+                        self.hand_over(s, AUTHN_EVALUATED, b"1");
                     }
                 }
                 if allowed.clear_route_cache {
@@ -364,6 +364,20 @@ impl Shared {
     }
 
     /// The 401 for a request that waited too long for keys.
+    /// Hands a value to the phases after this one: through Envoy filter state when
+    /// `identityFilterState` is on (a separate authz filter or an access log may read it), in the
+    /// stream's memory only when it is off. `false` when Envoy refused the write.
+    fn hand_over(&self, s: &Stream, key: &str, value: &[u8]) -> bool {
+        // Not borrowable (never expected): write it, which every reader sees.
+        let to_envoy = self.engine.try_borrow().map_or(true, |e| e.options().identity_filter_state);
+        if to_envoy {
+            s.set_filter_state(key, value)
+        } else {
+            s.keep_filter_state(key, value);
+            true
+        }
+    }
+
     fn timed_out(&self, s: &Stream) -> Denied {
         let headers = StreamHeaders { stream: s, failed: Cell::new(false) };
         self.metrics.denied.bump();

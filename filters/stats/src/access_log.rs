@@ -36,7 +36,7 @@ pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
 }
 
 pub fn build(config: &[u8], _resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, String> {
-    let logs = wasmesh_accesslog::config::parse(config)?;
+    let (logs, tcp) = wasmesh_accesslog::config::parse_with_protocol(config)?;
     wasmesh_proxy::log_info(&format!(
         "wasmesh access log: {} log(s): {}",
         logs.len(),
@@ -45,7 +45,8 @@ pub fn build(config: &[u8], _resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, St
     let reads = Reads::compile(&logs);
     let filters = logs.iter().map(|_| Filter::default()).collect();
     let export = crate::access_log_export::build(&logs);
-    let phase: Rc<dyn Phase> = Rc::new(AccessLogPhase { logs, reads, filters, export: export.clone() });
+    let phase: Rc<dyn Phase> =
+        Rc::new_cyclic(|me| AccessLogPhase { logs, reads, filters, export: export.clone(), tcp, me: me.clone() });
     Ok(match export {
         Some(x) => vec![phase, x],
         None => vec![phase],
@@ -147,6 +148,10 @@ struct AccessLogPhase {
     filters: Vec<Filter>,
     /// Where the records of `envoyOtelAls` logs go (README "OpenTelemetry access-log export").
     export: Option<Rc<crate::access_log_export::ExportPhase>>,
+    /// A network filter: one line per TCP connection ([`AccessLogTcp`]).
+    tcp: bool,
+    /// This phase, for the connections' contexts.
+    me: std::rc::Weak<AccessLogPhase>,
 }
 
 impl AccessLogPhase {
@@ -198,6 +203,15 @@ impl Phase for AccessLogPhase {
     fn header_reads(&self) -> HeaderReads {
         HeaderReads::OneByOne
     }
+
+    fn is_network(&self) -> bool {
+        self.tcp
+    }
+
+    fn stream_context(&self, context_id: u32) -> Option<Box<dyn proxy_wasm::traits::StreamContext>> {
+        let phase = self.me.upgrade()?;
+        Some(Box::new(AccessLogTcp { phase, context_id, logged: false }))
+    }
 }
 
 struct AccessLogRequest {
@@ -213,6 +227,8 @@ struct Values<'a> {
     request: &'a [(String, Bytes)],
     response: &'a [(String, Option<Bytes>)],
     trailers: &'a [(String, Option<Bytes>)],
+    /// A TCP connection's duration so far (ns), for `%DURATION%`.
+    elapsed: Option<i64>,
 }
 
 fn find<'a>(list: &'a [(String, Option<Bytes>)], name: &str) -> Option<&'a [u8]> {
@@ -232,31 +248,66 @@ impl Source for Values<'_> {
     fn response_trailer(&self, name: &str) -> Option<&[u8]> {
         find(self.trailers, name)
     }
+    fn elapsed_ns(&self) -> Option<i64> {
+        self.elapsed
+    }
 }
 
 impl PhaseRequest for AccessLogRequest {
     fn log(&mut self, s: &Stream) {
-        let p = &self.phase;
+        self.phase.write(s, true);
+    }
+}
+
+impl AccessLogPhase {
+    /// Renders and writes the line of every log that takes this request (connection);
+    /// `http`: request headers and response headers/trailers exist (a TCP connection has none:
+    /// `%REQ(...)%`, `%RESP(...)%` print `-` there, as in Envoy).
+    fn write(&self, s: &Stream, http: bool) {
+        let p = self;
         let taking: Vec<usize> = (0..p.logs.len()).filter(|i| p.passes(*i)).collect();
         if taking.is_empty() {
             return;
         }
         let r = &p.reads;
-        let paths: Vec<&[&str]> = r.attributes.iter().map(Vec::as_slice).collect();
+        let mut paths: Vec<&[&str]> = r.attributes.iter().map(Vec::as_slice).collect();
+        // A connection has no `request.duration` while it is being logged; Envoy's `%DURATION%`
+        // is then `now - start`: read the start with the rest.
+        if !http {
+            paths.push(&["request", "time"]);
+        }
         let mut attrs = s.properties(&paths);
+        let elapsed = if http {
+            None
+        } else {
+            let start =
+                attrs.pop().flatten().and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(i64::from_le_bytes);
+            let now = hostcalls::get_current_time()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| i64::try_from(d.as_nanos()).ok());
+            start.zip(now).map(|(s, n)| n - s)
+        };
         attrs.extend(r.filter_state.iter().map(|k| s.filter_state(k)));
         let formats = || taking.iter().filter_map(|i| p.logs.get(*i)).map(|l| &l.format);
         // The request headers as Envoy's loggers see them (after every filter's changes).
-        let request = if formats().any(|f| f.needs_request_headers()) {
+        let request = if http && formats().any(|f| f.needs_request_headers()) {
             hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
         } else {
             Vec::new()
         };
-        let response = read_headers(MapType::HttpResponseHeaders, &r.response_headers);
-        let trailers = read_headers(MapType::HttpResponseTrailers, &r.trailers);
+        let (response, trailers) = if http {
+            (
+                read_headers(MapType::HttpResponseHeaders, &r.response_headers),
+                read_headers(MapType::HttpResponseTrailers, &r.trailers),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         for i in taking {
             let (Some(log), Some(index)) = (p.logs.get(i), r.index.get(i)) else { continue };
-            let values = Values { attrs: &attrs, index, request: &request, response: &response, trailers: &trailers };
+            let values =
+                Values { attrs: &attrs, index, request: &request, response: &response, trailers: &trailers, elapsed };
             let line = log.format.render(&values);
             if log.export.is_some() {
                 if let Some(x) = &p.export {
@@ -268,5 +319,26 @@ impl PhaseRequest for AccessLogRequest {
                 wasmesh_proxy::log_warn(&format!("wasmesh access log: {}: Envoy refused the line", log.key));
             }
         }
+    }
+}
+
+/// The access log of a TCP connection (a network filter; configuration `"tcp": true`): the
+/// same formats, rendered once per connection when Envoy logs it (`on_log`, at close) and
+/// written to filter state, where the file logger wasmeshctl puts on the `tcp_proxy` prints it.
+struct AccessLogTcp {
+    phase: Rc<AccessLogPhase>,
+    context_id: u32,
+    logged: bool,
+}
+
+impl proxy_wasm::traits::Context for AccessLogTcp {}
+
+impl proxy_wasm::traits::StreamContext for AccessLogTcp {
+    fn on_log(&mut self) {
+        if std::mem::replace(&mut self.logged, true) {
+            return;
+        }
+        let s = Stream::new(self.context_id, HeaderReads::OneByOne);
+        self.phase.write(&s, false);
     }
 }

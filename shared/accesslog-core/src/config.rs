@@ -77,6 +77,10 @@ pub struct Export {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub logs: Vec<LogConfig>,
+    /// The logs of a TCP connection (a network filter, one line per connection at close), not
+    /// of HTTP requests.
+    #[serde(default)]
+    pub tcp: bool,
 }
 
 /// One compiled log.
@@ -95,7 +99,13 @@ pub const KEY_PREFIX: &str = "wasmesh.access_log";
 
 /// Parses and compiles a configuration; errors name the log and field.
 pub fn parse(bytes: &[u8]) -> Result<Vec<Log>, String> {
+    parse_with_protocol(bytes).map(|(logs, _)| logs)
+}
+
+/// [`parse`], and whether the logs are a TCP connection's (`tcp`).
+pub fn parse_with_protocol(bytes: &[u8]) -> Result<(Vec<Log>, bool), String> {
     let cfg: Config = serde_json::from_slice(bytes).map_err(|e| format!("access log configuration: {e}"))?;
+    let tcp = cfg.tcp;
     if cfg.logs.is_empty() || cfg.logs.len() > MAX_LOGS {
         return Err(format!("logs: {} entries; expected 1 to {MAX_LOGS}", cfg.logs.len()));
     }
@@ -134,6 +144,11 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Log>, String> {
                 return Err(format!("logs[{i}].filter: expected a CEL expression of 1 to {MAX_FILTER_BYTES} bytes"));
             }
         }
+        if tcp && l.otel.is_some() {
+            return Err(format!(
+                "logs[{i}].otel: not on a TCP connection's log (the export needs a second phase beside the network filter)"
+            ));
+        }
         let export = l.otel.map(|o| Export {
             cluster: o.cluster,
             authority: o.authority,
@@ -143,7 +158,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Log>, String> {
         });
         out.push(Log { key: l.filter_state_key, format, filter: l.filter, export });
     }
-    Ok(out)
+    Ok((out, tcp))
 }
 
 #[cfg(test)]

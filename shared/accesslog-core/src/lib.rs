@@ -236,6 +236,11 @@ pub trait Source {
     fn request_header(&self, name: &str) -> Option<&[u8]>;
     fn response_header(&self, name: &str) -> Option<&[u8]>;
     fn response_trailer(&self, name: &str) -> Option<&[u8]>;
+    /// `%DURATION%` when `request.duration` is unset: a TCP connection's duration so far (Envoy
+    /// prints `now - start` there, as its `currentDuration`), ns. `None` (HTTP): unset is `-`.
+    fn elapsed_ns(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// One rendered value.
@@ -618,7 +623,9 @@ fn value<'a>(op: &Op, src: &'a dyn Source, base: usize) -> Val<'a> {
             }
             None => Val::None,
         },
-        Op::DurationMs { attr } => int(src.attribute(*attr)).map_or(Val::None, |ns| Val::Int(ns / 1_000_000)),
+        Op::DurationMs { attr } => int(src.attribute(*attr))
+            .or_else(|| src.elapsed_ns())
+            .map_or(Val::None, |ns| Val::Int(ns.max(0) / 1_000_000)),
         Op::BytesReceived { total, headers } => {
             let t = int(src.attribute(*total)).unwrap_or(0);
             let h = int(src.attribute(*headers)).unwrap_or(0);

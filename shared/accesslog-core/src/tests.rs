@@ -217,3 +217,66 @@ fn json_strings_escape_as_envoy_whatever_the_runs() {
         assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&json_string_reference(c)), "{c:?}");
     }
 }
+
+/// A TCP connection as the network adapter sees it at close: no headers, no response code, no
+/// `request.duration` (the adapter gives the elapsed time), flags and upstream set.
+struct Tcp(Req, Option<i64>);
+
+impl Source for Tcp {
+    fn attribute(&self, i: usize) -> Option<&[u8]> {
+        self.0.attribute(i)
+    }
+    fn request_header(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+    fn response_header(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+    fn response_trailer(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+    fn elapsed_ns(&self) -> Option<i64> {
+        self.1
+    }
+}
+
+#[test]
+fn istio_text_on_a_tcp_connection_prints_as_envoy_on_tcp_proxy() {
+    let f = Format::text(ISTIO_TEXT).unwrap();
+    let r = Req::for_format(&f)
+        .int("request.time", 1_796_596_865_123_456_789)
+        .int("response.flags", 0b10_0000 | (1 << 15))
+        .int("request.total_size", 7)
+        .int("request.headers_bytes", 0)
+        .int("response.size", 4)
+        .str("upstream.transport_failure_reason", "delayed connect error: Connection refused")
+        .str("upstream.address", "127.0.0.1:9000")
+        .str("xds.cluster_name", "dead")
+        .str("destination.address", "127.0.0.1:8080")
+        .str("source.address", "127.0.0.1:50000");
+    // Envoy's line for a refused upstream (tcp_proxy, Envoy 1.40), the duration 3.9 ms so far.
+    let line = f.render(&Tcp(r, Some(3_999_999)));
+    assert_eq!(
+        String::from_utf8(line).unwrap(),
+        "[2026-12-06T22:41:05.123Z] \"- - -\" 0 UF,URX - - \"delayed_connect_error:_Connection_refused\" 7 4 3 - \
+\"-\" \"-\" \"-\" \"-\" \"127.0.0.1:9000\" dead - 127.0.0.1:8080 127.0.0.1:50000 - -\n"
+    );
+    // HTTP (no elapsed time given) keeps printing an unset duration as `-`.
+    let r = Req::for_format(&f).int("request.time", 1_796_596_865_123_456_789);
+    let http = String::from_utf8(f.render(&r)).unwrap();
+    assert_eq!(http.split(' ').nth(11), Some("-"), "{http}");
+}
+
+#[test]
+fn tcp_configuration_and_its_refusals() {
+    let (logs, tcp) =
+        config::parse_with_protocol(br#"{"tcp":true,"logs":[{"filterStateKey":"wasmesh.access_log.0"}]}"#).unwrap();
+    assert!(tcp && logs.len() == 1);
+    let (_, tcp) = config::parse_with_protocol(br#"{"logs":[{"filterStateKey":"wasmesh.access_log.0"}]}"#).unwrap();
+    assert!(!tcp);
+    let e = config::parse_with_protocol(
+        br#"{"tcp":true,"logs":[{"filterStateKey":"wasmesh.access_log","otel":{"cluster":"c","authority":"a"}}]}"#,
+    )
+    .unwrap_err();
+    assert!(e.contains("logs[0].otel: not on a TCP connection's log"), "{e}");
+}

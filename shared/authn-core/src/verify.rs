@@ -76,6 +76,9 @@ pub struct Options {
     /// Gateways: ask Envoy to recompute the route after success (Istio `clear_route_cache`).
     pub clear_route_cache: bool,
     pub jwks_max_wait_ms: u64,
+    /// Write the verified identity (and "evaluated") to Envoy filter state for readers outside
+    /// this filter; off, it is kept for the later phases of the same chain only.
+    pub identity_filter_state: bool,
 }
 
 /// How the engine reads the request. Header names are lower case; pseudo-headers `:method`,

@@ -4,7 +4,7 @@
 use crate::matcher::{contains_path_template, path_template, Cidr, Class, Glob, HeaderMatch, StrMatch};
 use crate::model::{Atom, Authz, CRule, Cond, Custom, MetaMatch, RuleSet, MAX_CUSTOM_PROVIDERS};
 use crate::peer_authentication::PeerAuthnPolicy;
-use crate::provider::{parse_providers, Provider};
+use crate::provider::{parse_providers, Provider, Transport};
 use crate::trust_domain::{expand_trust_domain_aliases, replace_trust_domain_aliases};
 use crate::{scope, AuthzConfig, CompileError, Needs, Stage, DRY_RUN_ANNOTATION};
 use std::collections::BTreeSet;
@@ -56,9 +56,6 @@ impl AuthzConfig {
             }
         }
 
-        if self.stage == Stage::Tcp {
-            self.refuse_grpc_on_tcp(&custom_policies, &mut errors);
-        }
         if !errors.is_empty() {
             return Err(CompileError(errors));
         }
@@ -120,32 +117,12 @@ impl AuthzConfig {
         Ok(authz)
     }
 
-    /// A CUSTOM policy whose provider is `envoyExtAuthzGrpc` on a TCP port: istiod checks such
-    /// connections with Envoy's network ext_authz filter, which wasmesh does not implement, so
-    /// the configuration is refused rather than enforced differently.
-    fn refuse_grpc_on_tcp(&self, policies: &[(&Resource, &AuthorizationPolicy)], errors: &mut Vec<Error>) {
-        for (res, ap) in policies {
-            let name = ap.provider.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
-            let grpc = self
-                .extension_providers
-                .iter()
-                .find(|p| p.get("name").and_then(|n| n.as_str()) == Some(name))
-                .is_some_and(|p| p.get("envoyExtAuthzGrpc").is_some());
-            if grpc {
-                errors.push(Error::at(
-                    res,
-                    "spec.provider.name",
-                    format!("{name:?} is an envoyExtAuthzGrpc provider: on a TCP port Istio checks each connection with Envoy's network ext_authz filter, which wasmesh does not implement (an envoyExtAuthzHttp provider, which Istio does not apply to TCP ports, is accepted)"),
-                ));
-            }
-        }
-    }
-
     /// istiod's `buildTCP` for the CUSTOM builder: a provider without a TCP ext_authz filter
     /// (`envoyExtAuthzHttp`) leaves TCP traffic alone; a bad provider keeps its rules as deny
-    /// rules (`getBadCustomDenyRules`); a gRPC provider would check the connection with Envoy's
-    /// network ext_authz, which wasmesh does not implement: its rules deny (fail closed), and
-    /// `wasmeshctl` refuses the configuration.
+    /// rules (`getBadCustomDenyRules`); an `envoyExtAuthzGrpc` provider checks each connection
+    /// whose CUSTOM rules match, as Envoy's network ext_authz filter istiod writes for it (its
+    /// `timeout` and `failOpen` apply; `statusOnError` and `includeRequestBodyInCheck` are not
+    /// part of istiod's network filter and mean nothing to a connection).
     fn custom_on_tcp(&self, custom: Custom, warnings: &mut Vec<Error>) -> Custom {
         if let Custom::Chain(chain) = custom {
             // Per provider, as istiod's `buildTCP` loops over them.
@@ -160,32 +137,16 @@ impl AuthzConfig {
                 _ => Custom::Chain(chain),
             };
         }
-        let Custom::Ext { provider, rules } = custom else { return custom };
-        let http = self
-            .extension_providers
-            .iter()
-            .find(|p| p.get("name").and_then(|n| n.as_str()) == Some(provider.name.as_str()))
-            .is_some_and(|p| p.get("envoyExtAuthzHttp").is_some());
-        if http {
-            warnings.push(Error::new(format!(
-                "CUSTOM provider {:?} is an HTTP ext_authz provider; its policies do not apply to TCP traffic (as in Istio)",
-                provider.name
-            )));
-            return Custom::None;
+        match custom {
+            Custom::Ext { provider, .. } if provider.transport == Transport::Http => {
+                warnings.push(Error::new(format!(
+                    "CUSTOM provider {:?} is an HTTP ext_authz provider; its policies do not apply to TCP traffic (as in Istio)",
+                    provider.name
+                )));
+                Custom::None
+            }
+            other => other,
         }
-        let reason = format!(
-            "CUSTOM provider {:?} would check TCP connections with Envoy's network ext_authz, which wasmesh does not implement",
-            provider.name
-        );
-        warnings.push(Error::new(format!("{reason}; connections matching its CUSTOM rules are denied")));
-        let rules = rules
-            .into_iter()
-            .map(|mut r| {
-                r.name.push_str("-deny-due-to-bad-CUSTOM-action");
-                r
-            })
-            .collect();
-        Custom::Bad { reason, rules }
     }
 
     fn custom(

@@ -3,7 +3,7 @@
 //! the access log, and which metric label each rule counts under.
 
 use crate::ext_authz::check_request_headers;
-use crate::{Authz, CustomOutcome, Missing, Provider, Reason, RuleId, RuleRef, Stage, Verdict, View};
+use crate::{Authz, CustomOutcome, Missing, Provider, Reason, RuleId, RuleRef, Stage, Transport, Verdict, View};
 use wasmesh_handover::AuthzDecision;
 
 /// Most rules with a metric label of their own (`wasmesh.authz.policy.<outcome>.<rule>`): each
@@ -80,23 +80,68 @@ impl Authz {
         (self.stage != Stage::Custom).then(|| self.rbac(req))
     }
 
-    /// A TCP connection (the network filter): PeerAuthentication, a bad CUSTOM provider, then
-    /// AUDIT/DENY/ALLOW. The second value says whether PeerAuthentication refused it.
-    pub fn on_connection<'e, V: View + ?Sized>(&'e self, conn: &V) -> (Verdict<'e>, bool) {
-        if let Some(v) = self.peer_authn(conn) {
-            return (v, true);
+    /// A TCP connection (the network filter), on its first bytes: PeerAuthentication, then
+    /// istiod's TCP chain: per CUSTOM provider a shadow network RBAC + network ext_authz pair
+    /// (a gRPC provider whose rules match is asked: [`ConnectionStep::Check`]; a bad provider's
+    /// rules deny), then AUDIT/DENY/ALLOW.
+    pub fn on_connection_step<'e, V: View + ?Sized>(&'e self, conn: &V) -> ConnectionStep<'e> {
+        if let Some(verdict) = self.peer_authn(conn) {
+            return ConnectionStep::Decided { verdict, peer_authn: true };
         }
-        let v = match self.custom(conn) {
-            CustomOutcome::Deny(v) => v,
-            CustomOutcome::Continue => self.rbac(conn),
-            // Compile never keeps an HTTP provider for TCP; should it, fail closed.
-            CustomOutcome::Check { rule, .. } => Verdict::deny(Reason::BadCustom {
+        self.connection_from(conn, 0)
+    }
+
+    /// After the gRPC provider at `index` allowed the connection (or failed open): the next
+    /// provider of the chain whose rules match, else AUDIT/DENY/ALLOW.
+    pub fn after_connection_allow<'e, V: View + ?Sized>(&'e self, conn: &V, index: usize) -> ConnectionStep<'e> {
+        self.connection_from(conn, index.saturating_add(1))
+    }
+
+    fn connection_from<'e, V: View + ?Sized>(&'e self, conn: &V, from: usize) -> ConnectionStep<'e> {
+        let verdict = match self.custom_at(conn, from) {
+            (CustomOutcome::Continue, _) => self.rbac(conn),
+            (CustomOutcome::Deny(v), _) => v,
+            (CustomOutcome::Check { provider, rule }, index) if provider.transport == Transport::Grpc => {
+                return ConnectionStep::Check { provider, rule, index };
+            }
+            // Compile never keeps an HTTP provider for TCP (istiod writes no network filter for
+            // one); should it, fail closed.
+            (CustomOutcome::Check { rule, .. }, _) => Verdict::deny(Reason::BadCustom {
                 rule,
                 reason: "an HTTP ext_authz provider cannot check a TCP connection",
             }),
         };
-        (v, false)
+        ConnectionStep::Decided { verdict, peer_authn: false }
     }
+
+    /// [`Authz::on_connection_step`] for callers that cannot ask a provider (`wasmeshctl check`,
+    /// the tests): a connection a gRPC provider would be asked about is reported as denied, with
+    /// the rule that asks. The second value says whether PeerAuthentication refused it.
+    pub fn on_connection<'e, V: View + ?Sized>(&'e self, conn: &V) -> (Verdict<'e>, bool) {
+        match self.on_connection_step(conn) {
+            ConnectionStep::Decided { verdict, peer_authn } => (verdict, peer_authn),
+            ConnectionStep::Check { rule, .. } => (
+                Verdict::deny(Reason::BadCustom { rule, reason: "the gRPC ext_authz provider's answer decides" }),
+                false,
+            ),
+        }
+    }
+}
+
+/// The next step for a TCP connection.
+#[derive(Debug)]
+pub enum ConnectionStep<'e> {
+    /// Decided: allow (pass the bytes on) or deny (close the connection).
+    Decided {
+        verdict: Verdict<'e>,
+        /// PeerAuthentication refused the connection.
+        peer_authn: bool,
+    },
+    /// A CUSTOM rule of the gRPC provider at `index` of the CUSTOM chain matched: hold the
+    /// connection's bytes and ask the provider ([`crate::ext_authz_grpc::tcp_check_request`]);
+    /// OK (or an error with `failOpen`) goes on with [`Authz::after_connection_allow`], a denial
+    /// or an error without `failOpen` closes the connection.
+    Check { provider: &'e Provider, rule: RuleRef<'e>, index: usize },
 }
 
 impl Verdict<'_> {

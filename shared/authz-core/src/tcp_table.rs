@@ -158,14 +158,53 @@ fn custom_with_a_bad_provider_denies_its_rules_on_tcp() {
 }
 
 #[test]
-fn custom_with_a_grpc_provider_is_refused_on_tcp_only() {
-    let policies = json!([p("c", json!({"action": "CUSTOM", "provider": {"name": "grpc"}, "rules": [{}]}))]);
-    let e = compile(Stage::Tcp, policies.clone()).unwrap_err().to_string();
-    assert!(
-        e.contains("AuthorizationPolicy foo/c") && e.contains("spec.provider.name") && e.contains("network ext_authz"),
-        "{e}"
-    );
-    assert!(compile(Stage::All, policies).is_ok());
+fn custom_with_a_grpc_provider_checks_matching_connections() {
+    use crate::decision::ConnectionStep;
+    let a = tcp(json!([p(
+        "c",
+        json!({"action": "CUSTOM", "provider": {"name": "grpc"}, "rules": [{"to": [{"operation": {"ports": ["9000"]}}]}]})
+    )]));
+    assert!(!a.is_empty(), "istiod writes the shadow RBAC + network ext_authz pair");
+    match a.on_connection_step(&conn(None)) {
+        ConnectionStep::Check { provider, rule, index } => {
+            assert_eq!(provider.name, "grpc");
+            assert_eq!(provider.cluster, "outbound|9001||authz.foo.svc.cluster.local");
+            assert_eq!(rule.name, "istio-ext-authz-grpc-ns[foo]-policy[c]-rule[0]");
+            assert_eq!(index, 0);
+            // Allowed by the provider: the rest of the chain (no ALLOW policy: allowed).
+            assert!(matches!(
+                a.after_connection_allow(&conn(None), index),
+                ConnectionStep::Decided { verdict, .. } if verdict.allowed
+            ));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A connection the CUSTOM rules do not match is not checked (the network ext_authz is not
+    // enabled by the shadow RBAC), as in Envoy.
+    let mut other = conn(None);
+    other.destination_port = Some(9001);
+    assert!(matches!(a.on_connection_step(&other), ConnectionStep::Decided { verdict, .. } if verdict.allowed));
+    // Not refused on an HTTP port either.
+    assert!(compile(
+        Stage::All,
+        json!([p("c", json!({"action": "CUSTOM", "provider": {"name": "grpc"}, "rules": [{}]}))])
+    )
+    .is_ok());
+}
+
+#[test]
+fn grpc_custom_then_deny_and_allow_as_istiod_orders_them() {
+    use crate::decision::ConnectionStep;
+    let a = tcp(json!([
+        p("c", json!({"action": "CUSTOM", "provider": {"name": "grpc"}, "rules": [{}]})),
+        p("d", json!({"action": "DENY", "rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.1"]}}]}]})),
+    ]));
+    // CUSTOM first: the provider is asked before DENY decides.
+    let ConnectionStep::Check { index, .. } = a.on_connection_step(&conn(None)) else { panic!("CUSTOM first") };
+    let ConnectionStep::Decided { verdict, .. } = a.after_connection_allow(&conn(None), index) else { panic!() };
+    assert_eq!((verdict.allowed, verdict.rule()), (false, Some("ns[foo]-policy[d]-rule[0]")));
+    // `on_connection` (no provider to ask) reports the check as a denial by the asking rule.
+    assert_eq!(decide(&a, &conn(None)), (false, "istio-ext-authz-grpc-ns[foo]-policy[c]-rule[0]".into()));
 }
 
 #[test]

@@ -134,9 +134,54 @@ fn presence(prefix: &str, seg: &str) -> String {
     }
 }
 
-/// `guard ? value : ""` for one path (see the module documentation). The root is always a map
-/// (Envoy's attribute wrappers); later steps may be maps, messages or null.
-fn item(path: &[&str]) -> Option<String> {
+/// Attributes Envoy's wrappers answer in every stream context, at any time of the stream:
+/// `source/extensions/filters/common/expr/context.cc` returns a value for them unconditionally
+/// (`request.total_size` = bytes received + the request headers' size or 0,
+/// `response.total_size` = bytes sent + the response headers' and trailers' sizes or 0,
+/// `response.flags` = the response flags' bits, `response.size` = bytes sent), in Envoy 1.36,
+/// 1.38 and 1.40 alike (e2e/tests/cel.rs holds the batch that reads them unguarded against
+/// `get_property` in each). Their `has()` guard would only evaluate the attribute twice: it
+/// costs the host a second lookup per request and never answers false. Were one absent after
+/// all, the evaluation fails and the caller reads the paths one by one (the same answers).
+/// Not here: `response.code` and `request.duration` (absent on a stream reset before a
+/// response, or not yet complete), `request.size` (absent for an unparsable content-length).
+const ALWAYS_PRESENT: [[&str; 2]; 4] =
+    [["request", "total_size"], ["response", "total_size"], ["response", "flags"], ["response", "size"]];
+
+/// Whether `path` is one of [`ALWAYS_PRESENT`].
+fn always_present(path: &[&str]) -> bool {
+    ALWAYS_PRESENT.iter().any(|a| a.as_slice() == path)
+}
+
+/// Attributes present on nearly every stream when it is logged, though not always: no
+/// `response.code` when the stream was reset before any response, no `request.duration` before
+/// the request completed (while the request is decided). A list holding one is first evaluated
+/// without their guards ([`Variant::Fast`]); when that fails (one of them absent), the guarded
+/// expression answers the same request ([`Variant::Guarded`]), so the answer is the same either
+/// way and only such a request pays a second evaluation.
+const USUALLY_PRESENT: [[&str; 2]; 2] = [["response", "code"], ["request", "duration"]];
+
+fn usually_present(path: &[&str]) -> bool {
+    USUALLY_PRESENT.iter().any(|a| a.as_slice() == path)
+}
+
+/// Which expression a list is read with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Every map step guarded but those of [`ALWAYS_PRESENT`] attributes: the answer whatever
+    /// is absent.
+    Guarded,
+    /// [`USUALLY_PRESENT`] attributes unguarded too: cheaper, fails when one of them is absent.
+    Fast,
+}
+
+/// `guard ? value : ""` for one path (see the module documentation), or the value alone for an
+/// attribute that is [`always_present`]. The root is always a map (Envoy's attribute wrappers);
+/// later steps may be maps, messages or null.
+fn item(path: &[&str], variant: Variant) -> Option<String> {
+    if always_present(path) || (variant == Variant::Fast && usually_present(path)) {
+        return Some(path.join("."));
+    }
     let (root, rest) = path.split_first()?;
     let mut prefix = (*root).to_string();
     let mut guards = Vec::with_capacity(rest.len());
@@ -153,6 +198,11 @@ fn item(path: &[&str]) -> Option<String> {
 
 /// The expression reading `paths` (each [`expressible`]), led by `marker`.
 pub fn expression(marker: u64, paths: &[&[&str]]) -> Option<String> {
+    expression_as(marker, paths, Variant::Guarded)
+}
+
+/// [`expression`] in the given [`Variant`].
+pub fn expression_as(marker: u64, paths: &[&[&str]], variant: Variant) -> Option<String> {
     let mut items = Vec::with_capacity(paths.len() + 1);
     // `request` resolves in every stream context and in no root context: see the module doc.
     items.push(format!("type(request) == map ? {marker}u : 0u"));
@@ -160,7 +210,7 @@ pub fn expression(marker: u64, paths: &[&[&str]]) -> Option<String> {
         if !expressible(p) {
             return None;
         }
-        items.push(item(p)?);
+        items.push(item(p, variant)?);
     }
     Some(format!("[{}]", items.join(", ")))
 }
@@ -252,14 +302,16 @@ enum State {
 
 struct Entry {
     paths: Vec<PathKey>,
+    variant: Variant,
     marker: u64,
     state: State,
     used: u64,
 }
 
 impl Entry {
-    fn is(&self, paths: &[&[&str]]) -> bool {
-        self.paths.len() == paths.len()
+    fn is(&self, paths: &[&[&str]], variant: Variant) -> bool {
+        self.variant == variant
+            && self.paths.len() == paths.len()
             && self
                 .paths
                 .iter()
@@ -286,15 +338,27 @@ impl Batches {
     }
 
     /// The values of `paths` in one evaluation, in order; `None` when the caller must read them
-    /// one by one (also, for good, when one of them is not [`expressible`]).
+    /// one by one (also, for good, when one of them is not [`expressible`]). A list with a
+    /// [`USUALLY_PRESENT`] attribute is evaluated [`Variant::Fast`] first, and [`Variant::Guarded`]
+    /// when that gives no answer (a [`Variant::Fast`] expression that keeps failing is turned off
+    /// as any other: the list is then read guarded only).
     pub fn read(&mut self, host: &mut impl ExprHost, paths: &[&[&str]]) -> Option<Vec<Option<Bytes>>> {
+        if paths.iter().any(|p| usually_present(p)) {
+            if let Some(values) = self.read_as(host, paths, Variant::Fast) {
+                return Some(values);
+            }
+        }
+        self.read_as(host, paths, Variant::Guarded)
+    }
+
+    fn read_as(&mut self, host: &mut impl ExprHost, paths: &[&[&str]], variant: Variant) -> Option<Vec<Option<Bytes>>> {
         if self.missing || paths.is_empty() {
             return None;
         }
         self.clock += 1;
-        let at = match self.entries.iter().position(|e| e.is(paths)) {
+        let at = match self.entries.iter().position(|e| e.is(paths, variant)) {
             Some(i) => i,
-            None => self.add(paths),
+            None => self.add(paths, variant),
         };
         let clock = self.clock;
         let entry = self.entries.get_mut(at)?;
@@ -332,7 +396,7 @@ impl Batches {
         if self.creates >= MAX_CREATES_PER_VM {
             return None;
         }
-        let text = expression(marker, paths)?;
+        let text = expression_as(marker, paths, variant)?;
         self.creates += 1;
         let token = match host.create(&text) {
             Ok(t) => t,
@@ -357,7 +421,7 @@ impl Batches {
     }
 
     /// A new entry for `paths` (evicting the least recently used past [`MAX_LISTS`]).
-    fn add(&mut self, paths: &[&[&str]]) -> usize {
+    fn add(&mut self, paths: &[&[&str]], variant: Variant) -> usize {
         if self.entries.len() >= MAX_LISTS {
             if let Some(oldest) = self.entries.iter().enumerate().min_by_key(|(_, e)| e.used).map(|(i, _)| i) {
                 self.entries.swap_remove(oldest);
@@ -371,6 +435,7 @@ impl Batches {
         };
         self.entries.push(Entry {
             paths: paths.iter().map(|p| p.iter().map(|s| Box::<str>::from(*s)).collect()).collect(),
+            variant,
             marker: self.salt.wrapping_add(self.next),
             state,
             used: self.clock,
@@ -420,6 +485,19 @@ mod tests {
             b.extend([0, 0]);
         }
         b
+    }
+
+    #[test]
+    fn attributes_envoy_always_answers_are_read_unguarded() {
+        assert_eq!(
+            expression(3, &[&["response", "flags"], &["request", "total_size"], &["response", "total_size"]]).unwrap(),
+            "[type(request) == map ? 3u : 0u, response.flags, request.total_size, response.total_size]"
+        );
+        // absent on some streams: still guarded
+        for p in [&["response", "code"][..], &["request", "duration"], &["request", "size"]] {
+            assert!(item(p, Variant::Guarded).unwrap().starts_with("has("), "{p:?}");
+        }
+        assert!(!always_present(&["response", "flags", "x"]) && !always_present(&["response"]));
     }
 
     #[test]
@@ -538,8 +616,14 @@ mod tests {
             let marker: u64 = first.split_once("? ").unwrap().1.strip_suffix("u : 0u").unwrap().parse().unwrap();
             let mut values = vec![marker.to_le_bytes().to_vec()];
             for it in items {
-                let path = it.rsplit_once(" ? ").unwrap().1.strip_suffix(" : \"\"").unwrap();
-                values.push(self.attrs.get(path).cloned().unwrap_or_default());
+                match it.rsplit_once(" ? ") {
+                    Some((_, value)) => {
+                        let path = value.strip_suffix(" : \"\"").unwrap();
+                        values.push(self.attrs.get(path).cloned().unwrap_or_default());
+                    }
+                    // Unguarded: an absent attribute fails the whole evaluation, as in CEL.
+                    None => values.push(self.attrs.get(it).cloned().ok_or(Status::InternalFailure)?),
+                }
             }
             let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
             Ok(list(&refs))
@@ -612,16 +696,47 @@ mod tests {
     fn failing_evaluations_answer_none_and_turn_the_list_off_after_a_bound() {
         let mut host = FakeHost::new(1);
         let mut b = Batches::new(0);
-        assert!(b.read(&mut host, &PATHS).is_some());
+        let paths = &PATHS[1..]; // no usually-present attribute: the guarded expression only
+        assert!(b.read(&mut host, paths).is_some());
         host.fail = true;
         for _ in 0..MAX_FAILURES {
-            assert_eq!(b.read(&mut host, &PATHS), None);
+            assert_eq!(b.read(&mut host, paths), None);
         }
         host.fail = false;
         let before = host.evaluations;
-        assert_eq!(b.read(&mut host, &PATHS), None, "off for good");
+        assert_eq!(b.read(&mut host, paths), None, "off for good");
         assert_eq!(host.evaluations, before);
         assert_eq!(host.creates, 1, "a failure is not a reason to create another expression");
+    }
+
+    #[test]
+    fn a_usually_present_attribute_is_read_unguarded_and_its_absence_answered_by_the_guarded_expression() {
+        let mut host = FakeHost::new(1);
+        let mut b = Batches::new(0);
+        let fast = expression_as(1, &PATHS, Variant::Fast).unwrap();
+        assert!(fast.contains(", response.code, "), "{fast}");
+        assert!(expression(1, &PATHS).unwrap().contains("has(response.code) ? response.code"));
+        // Present: the fast expression alone.
+        assert_eq!(b.read(&mut host, &PATHS), Some(expected()));
+        assert_eq!((host.creates, host.evaluations), (1, 1));
+        // Absent (a stream reset before any response): the guarded one answers the same request.
+        let code = host.attrs.remove("response.code").unwrap();
+        let mut without = expected();
+        without[0] = None;
+        assert_eq!(b.read(&mut host, &PATHS), Some(without.clone()));
+        assert_eq!((host.creates, host.evaluations), (2, 3));
+        host.attrs.insert("response.code", code);
+        assert_eq!(b.read(&mut host, &PATHS), Some(expected()));
+        assert_eq!((host.creates, host.evaluations), (2, 4), "fast again, nothing created");
+        // Absent on every request: the fast expression is turned off, the guarded one answers.
+        host.attrs.remove("response.code");
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(b.read(&mut host, &PATHS), Some(without.clone()));
+        }
+        let before = host.evaluations;
+        assert_eq!(b.read(&mut host, &PATHS), Some(without));
+        assert_eq!(host.evaluations, before + 1, "the guarded expression only");
+        assert_eq!(host.creates, 2);
     }
 
     #[test]

@@ -296,6 +296,13 @@ impl Stream {
         true
     }
 
+    /// Hands `value` under filter-state key `key` to the later phases of this stream only (they
+    /// read it with [`Stream::filter_state`] as if it had been written): no hostcall, Envoy and
+    /// later filters never see it. For a value nothing outside the chain reads.
+    pub fn keep_filter_state(&self, key: &str, value: &[u8]) {
+        self.keep(&[key], Some(value.to_vec()));
+    }
+
     /// Filter state written by an earlier phase or filter.
     pub fn filter_state(&self, key: &str) -> Option<Bytes> {
         self.property_or_none(&[key])
