@@ -249,6 +249,12 @@ impl TracingPhase {
         self.cfg.operation.clone()
     }
 
+    /// Route decorators apply as on Envoy's egress listener (a gateway's, a sidecar's outbound),
+    /// else as on its ingress one.
+    fn egress(&self, kind: Kind) -> bool {
+        self.cfg.egress.unwrap_or(matches!(kind, Kind::Client))
+    }
+
     fn kind(&self) -> Kind {
         match self.cfg.server {
             Some(true) => Kind::Server,
@@ -269,16 +275,14 @@ impl PhaseRequest for TracingRequest {
             Format::Zipkin => Prefer::B3,
         };
         let kind = p.kind();
+        let egress = p.egress(kind);
         let (incoming, request_id, decorator) = s.with_request_headers(|h| {
             let Ok(h) = h else { return (Default::default(), None, None) };
             let get = |n: &str| h.iter().find(|(k, _)| k == n).and_then(|(_, v)| std::str::from_utf8(v).ok());
-            // Server side, Envoy takes the span's name from the caller's decorator header.
-            let decorator = match kind {
-                Kind::Server => {
-                    decorator::received(h.iter().find(|(k, _)| k == decorator::HEADER).map(|(_, v)| v.as_slice()))
-                }
-                Kind::Client => None,
-            };
+            // Ingress, Envoy takes the span's name from the caller's decorator header.
+            let decorator = (!egress)
+                .then(|| decorator::received(h.iter().find(|(k, _)| k == decorator::HEADER).map(|(_, v)| v.as_slice())))
+                .flatten();
             (extract(get, prefer), get("x-request-id").map(str::to_string), decorator)
         });
         let renamed = match decorator {
@@ -337,14 +341,14 @@ impl PhaseRequest for TracingRequest {
 
     fn response_headers(&mut self, s: &Stream, _end_of_stream: bool) -> wasmesh_proxy::phase::Flow {
         let Some(started) = self.span.as_mut() else { return wasmesh_proxy::phase::Flow::Continue };
-        match started.kind {
-            Kind::Server => {
+        match self.phase.egress(started.kind) {
+            false => {
                 let route = self.phase.route_operation(s);
                 if let Some(op) = decorator::response_operation(started.renamed.is_some(), route.as_deref()) {
                     s.set_response_header(decorator::HEADER, op.as_bytes());
                 }
             }
-            Kind::Client => {
+            true => {
                 if let Some((_, renamed)) = decorator::received(s.response_header(decorator::HEADER).as_deref()) {
                     s.remove_response_header(decorator::HEADER);
                     if renamed.is_some() {
