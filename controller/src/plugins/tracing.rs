@@ -155,7 +155,14 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
                 config["operation"] = json!(op);
             }
         }
-        Direction::Outbound | Direction::Gateway { .. } => config["routeOperations"] = json!(true),
+        Direction::Outbound => config["routeOperations"] = json!(true),
+        // istiod writes a gateway's listeners `traffic_direction: OUTBOUND`
+        // (buildGatewayListeners), so Envoy's connection manager applies decorators there as
+        // egress: the route's operation goes upstream, a client's header is not taken.
+        Direction::Gateway { .. } => {
+            config["routeOperations"] = json!(true);
+            config["decorators"] = json!("egress");
+        }
     }
     for k in ["randomSamplingPercentage", "disableSpanReporting", "disableContextPropagation", "customTags"] {
         if let Some(v) = merged.get(k) {
@@ -185,11 +192,18 @@ pub fn enabled(ctx: &ListenerContext<'_>) -> bool {
 
 /// The operation istiod writes on a sidecar's inbound route (`telemetry.TraceOperation`):
 /// `<host>:<port>/*` of the service the listener's port belongs to (the first ServiceEntry
-/// selecting the workload with a port whose target is that port), `None` when no service has it.
+/// selecting the workload with a port whose workload port is that port: the WorkloadEntry's
+/// `ports` by the port's name, else its `targetPort`, else its number, as Istio resolves an
+/// endpoint's port), `None` when no service has it.
 fn inbound_operation(ctx: &ListenerContext<'_>) -> Option<String> {
     let bind = u32::from(ctx.bind_port);
-    for (res, se) in ctx.resources.service_entries_selecting(ctx.workload) {
-        let Some(port) = se.ports.iter().find(|p| p.target_port.unwrap_or(p.number) == bind) else { continue };
+    let (wl, resources) = (ctx.workload, ctx.resources);
+    let entry = resources.workload_entries().find(|(r, _)| r.namespace() == wl.namespace && r.name() == wl.name);
+    let workload_port = |p: &wasmesh_istio::networking::ServicePort| {
+        entry.and_then(|(_, we)| we.ports.get(&p.name).copied()).or(p.target_port).unwrap_or(p.number)
+    };
+    for (res, se) in resources.service_entries_selecting(wl) {
+        let Some(port) = se.ports.iter().find(|p| workload_port(p) == bind) else { continue };
         let host = se.hosts.first()?;
         let fq = ctx.workload.fqdn(host, res.namespace());
         return Some(wasmesh_router::operation::default(&fq, port.number));
