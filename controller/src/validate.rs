@@ -112,6 +112,7 @@ fn gateway_routes(resources: &Resources) -> Vec<Error> {
                 fault_headers_removed: false,
                 outbound_traffic_policy: None,
                 route_policies: true,
+                trace_operations: false,
             };
             if let Err(e) = cfg.compile(resources) {
                 for e in e.0 {

@@ -380,7 +380,14 @@ spec:
         .sidecar("default/ratings-v1", App::new("ratings", "v1"))
         .start();
     let gw = m.gateway_port("istio-system/istio-ingressgateway", 80);
-    let r = get(gw, "bookinfo.example.com", "/productpage", &[("end-user", "jason")]);
+    // istiod's gateway listeners are OUTBOUND: Envoy does not name the gateway's span by a
+    // client's decorator header, it sends the route's operation on to productpage instead.
+    let r = get(
+        gw,
+        "bookinfo.example.com",
+        "/productpage",
+        &[("end-user", "jason"), ("x-envoy-decorator-operation", "client-op")],
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let page = r.json();
     let trace = tp(h(&page["headers"], "traceparent")).0;
@@ -411,10 +418,301 @@ spec:
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
     assert_eq!(order, want, "{dump}");
+    let gateway = *root[0];
+    let page = mine.iter().find(|x| x.parent_span_id == gateway.span_id).unwrap();
+    assert_eq!(
+        gateway.name, "productpage.default.svc.cluster.local:9080/productpage",
+        "the gateway route's operation:\n{dump}"
+    );
+    assert_eq!(page.name, gateway.name, "productpage's span is named by the gateway's decorator header:\n{dump}");
     for s in &mine {
         assert_eq!(s.attr("team"), Some("books"), "{dump}");
         assert_eq!(s.attr("istio.mesh_id"), Some("cluster.local"));
         assert_eq!(s.attr("http.status_code"), Some("200"));
         assert_eq!(s.attr("component"), Some("proxy"));
+    }
+}
+
+/// The span-name oracle: istiod's route decorators on Envoy's own OpenTelemetry tracer next to
+/// wasmesh's router and tracing, in the same Envoy (echo's sidecar), on the same requests.
+const DECORATED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: echo-v1, namespace: default}
+spec:
+  address: 127.0.0.1
+  ports: {http: 19391}
+  labels: {app: echo, version: v1}
+  serviceAccount: echo
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: httpbin}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: plain, namespace: default}
+spec:
+  hosts: [plain.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: httpbin}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: httpbin-v1, namespace: default}
+spec:
+  address: 127.0.0.1
+  ports: {http: 19392}
+  labels: {app: httpbin, version: v1}
+  serviceAccount: httpbin
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin, namespace: default}
+spec:
+  host: httpbin
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: all, labels: {app: httpbin}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin]
+  http:
+  - match: [{uri: {prefix: /api}}]
+    route: [{destination: {host: httpbin}}]
+  - match: [{uri: {exact: /login}}]
+    route:
+    - {destination: {host: httpbin, subset: v1}, weight: 50}
+    - {destination: {host: httpbin, subset: all}, weight: 50}
+  - match: [{uri: {regex: "/v[0-9]+/.*"}}]
+    route: [{destination: {host: httpbin, subset: v1}}]
+  - route: [{destination: {host: httpbin}}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - randomSamplingPercentage: 100
+"#;
+
+const HTTPBIN: &str = "httpbin.default.svc.cluster.local";
+const ECHO_OP: &str = "echo.default.svc.cluster.local:8000/*";
+
+/// Envoy's own tracer as istiod configures it, on a twin of a wasmeshctl listener.
+fn native_tracing(collector_cluster: &str, collector_port: u16) -> Value {
+    json!({
+        "random_sampling": {"value": 100},
+        "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+            "service_name": "echo.default",
+            "http_service": {"http_uri": {"uri": format!("http://127.0.0.1:{collector_port}/v1/traces"),
+                "cluster": collector_cluster, "timeout": "2s"}}
+        }}
+    })
+}
+
+/// A native listener (HCM tracing, routes with istiod's decorators) on `port`, direction as
+/// istiod writes it.
+fn native_listener(name: &str, port: u16, direction: &str, virtual_hosts: Value, tracing: Value) -> Value {
+    json!({
+        "name": name,
+        "traffic_direction": direction,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": name,
+            "route_config": {"name": name, "virtual_hosts": virtual_hosts},
+            "tracing": tracing,
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config":
+                {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        }}]}]
+    })
+}
+
+fn decorated(m: Value, action: Value, op: &str) -> Value {
+    json!({"match": m, "route": action, "decorator": {"operation": op}})
+}
+
+#[test]
+fn span_names_and_decorator_headers_as_envoys_tracer() {
+    let collector = Collector::start();
+    let cport = collector.port;
+    let mesh: wasmesh_controller::MeshConfig = serde_json::from_value(json!({
+        "extensionProviders": [{"name": "otel", "opentelemetry": {"service": "127.0.0.1", "port": cport,
+            "http": {"path": "/v1/traces"}}}],
+        "defaultProviders": {"tracing": ["otel"]}
+    }))
+    .unwrap();
+    let (native_out, native_in) = (free_port(), free_port());
+    let m = wasmesh_e2e::Mesh::builder()
+        .yaml(DECORATED)
+        .mesh_config(mesh)
+        .concurrency(1)
+        .sidecar("default/echo-v1", App::new("echo", "v1"))
+        .edit_bootstraps(move |name, boot| {
+            if !name.contains("echo-v1") {
+                return;
+            }
+            let names: Vec<String> = boot["static_resources"]["clusters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect();
+            let find = |want: &str| {
+                names
+                    .iter()
+                    .find(|n| n.as_str() == want)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no cluster {want}: {names:?}"))
+            };
+            let collector = find("wasmesh-tracing|otel");
+            let inbound = names.iter().find(|n| n.starts_with("inbound|")).cloned().expect("an inbound cluster");
+            let one = |c: &str| json!({"cluster": find(c), "timeout": "0s"});
+            let default = format!("outbound|8000||{HTTPBIN}");
+            let v1 = format!("outbound|8000|v1|{HTTPBIN}");
+            let all = format!("outbound|8000|all|{HTTPBIN}");
+            let plain = "outbound|8000||plain.default.svc.cluster.local";
+            // What istiod writes for DECORATED's VirtualService and the plain service.
+            let out_hosts = json!([
+                {"name": "plain", "domains": ["plain.default.svc.cluster.local:8000", "plain:8000"], "routes": [
+                    decorated(json!({"prefix": "/"}), one(plain), "plain.default.svc.cluster.local:8000/*")]},
+                {"name": "httpbin", "domains": ["*"], "routes": [
+                    decorated(json!({"prefix": "/api"}), one(&default), &format!("{HTTPBIN}:8000/api*")),
+                    decorated(json!({"path": "/login"}), json!({"weighted_clusters": {"clusters": [
+                        {"name": find(&v1), "weight": 50}, {"name": find(&all), "weight": 50}]}, "timeout": "0s"}),
+                        "httpbin:8000/login"),
+                    decorated(json!({"safe_regex": {"regex": "/v[0-9]+/.*"}}), one(&v1),
+                        &format!("{HTTPBIN}:8000/v[0-9]+/.*")),
+                    decorated(json!({"prefix": "/"}), one(&default), &format!("{HTTPBIN}:8000/*")),
+                ]},
+            ]);
+            let in_hosts = json!([{"name": "inbound", "domains": ["*"], "routes": [
+                decorated(json!({"prefix": "/"}), json!({"cluster": inbound, "timeout": "0s"}), ECHO_OP)]}]);
+            let listeners = boot["static_resources"]["listeners"].as_array_mut().unwrap();
+            listeners.push(native_listener(
+                "native-out",
+                native_out,
+                "OUTBOUND",
+                out_hosts,
+                native_tracing(&collector, cport),
+            ));
+            listeners.push(native_listener(
+                "native-in",
+                native_in,
+                "INBOUND",
+                in_hosts,
+                native_tracing(&collector, cport),
+            ));
+        })
+        .start();
+    let _httpbin = App::new("httpbin", "v1").start_on(m.mapped_port(19392)).unwrap();
+    let wasm_out = m.outbound_port("default/echo-v1");
+    let wasm_in = m.inbound_port("default/echo-v1");
+
+    // (host, path, the operation istiod's decorator names)
+    let cases = [
+        ("httpbin:8000", "/api/items", format!("{HTTPBIN}:8000/api*")),
+        ("httpbin:8000", "/login", "httpbin:8000/login".to_string()),
+        ("httpbin:8000", "/v2/things", format!("{HTTPBIN}:8000/v[0-9]+/.*")),
+        ("httpbin:8000", "/other", format!("{HTTPBIN}:8000/*")),
+        ("plain:8000", "/x", "plain.default.svc.cluster.local:8000/*".to_string()),
+    ];
+    // One trace per (case, listener): trace id NN0…0 for native, NN1…1 for wasmesh.
+    let tid = |i: usize, wasm: bool| format!("{:02x}{}", i + 1, if wasm { "1" } else { "0" }.repeat(30));
+    let parent = "b7ad6b7169203331";
+    let mut want = Vec::new();
+    for (i, (host, path, op)) in cases.iter().enumerate() {
+        let mut seen = Vec::new();
+        for (wasm, port) in [(false, native_out), (true, wasm_out)] {
+            let tp = format!("00-{}-{parent}-01", tid(i, wasm));
+            // A client's own decorator header does not name an egress span: the route's does.
+            let r = get(port, host, path, &[("traceparent", &tp), ("x-envoy-decorator-operation", "client-op")]);
+            assert_eq!(r.status, 200, "{host}{path} via {port}: {}", r.text());
+            let got = r.json();
+            assert_eq!(got["service"], "httpbin", "{host}{path}: {got}");
+            seen.push(h(&got["headers"], "x-envoy-decorator-operation").to_string());
+            assert_eq!(r.header("x-envoy-decorator-operation"), None, "{host}{path}: egress answers carry none");
+        }
+        assert_eq!(seen[0], *op, "{host}{path}: Envoy sends istiod's decorator upstream");
+        assert_eq!(seen[1], seen[0], "{host}{path}: wasmesh sends what Envoy sends");
+        want.push((tid(i, false), tid(i, true), op.clone()));
+    }
+
+    // Inbound: the caller's header names the span and the app never sees it; without one, the
+    // inbound route's operation names it and goes back in the response.
+    let mut inbound = Vec::new();
+    for (k, (header, want_name)) in [
+        (Some("reviews.default.svc.cluster.local:9080/*"), "reviews.default.svc.cluster.local:9080/*"),
+        (None, ECHO_OP),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut answers = Vec::new();
+        for (wasm, port) in [(false, native_in), (true, wasm_in)] {
+            let trace = format!("{:02x}{}", 0xa0 + k, if wasm { "3" } else { "2" }.repeat(30));
+            let tp = format!("00-{trace}-{parent}-01");
+            let mut hs = vec![("traceparent", tp.as_str())];
+            if let Some(v) = header {
+                hs.push(("x-envoy-decorator-operation", v));
+            }
+            let r = get(port, "echo:8000", "/headers", &hs);
+            assert_eq!(r.status, 200, "inbound via {port}: {}", r.text());
+            assert_eq!(h(&r.json()["headers"], "x-envoy-decorator-operation"), "<absent>", "the app never sees it");
+            answers.push(r.header("x-envoy-decorator-operation").map(str::to_string));
+            inbound.push((trace, want_name.to_string()));
+        }
+        let back = if header.is_some() { None } else { Some(ECHO_OP.to_string()) };
+        assert_eq!(answers[0], back, "Envoy's inbound answer (request header {header:?})");
+        assert_eq!(answers[1], answers[0], "wasmesh's inbound answer as Envoy's (request header {header:?})");
+    }
+
+    let spans = collector.wait_for(Duration::from_secs(10), |sp| {
+        want.iter().all(|(n, w, _)| sp.iter().any(|x| &x.trace_id == n) && sp.iter().any(|x| &x.trace_id == w))
+            && inbound.iter().all(|(t, _)| sp.iter().any(|x| &x.trace_id == t))
+    });
+    assert_eq!(collector.errors(), Vec::<String>::new());
+    let dump = spans.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join("\n");
+    let one = |t: &str| -> &Received {
+        let of: Vec<&Received> = spans.iter().filter(|x| x.trace_id == t).collect();
+        assert_eq!(of.len(), 1, "one span for trace {t}:\n{dump}");
+        of[0]
+    };
+    for (n, w, op) in &want {
+        let (native, mine) = (one(n), one(w));
+        eprintln!("egress {op}: Envoy {:?} {}, wasmesh {:?} {}", native.name, native.kind, mine.name, mine.kind);
+        assert_eq!(native.name, *op, "Envoy names the egress span by the decorator:\n{dump}");
+        assert_eq!(mine.name, native.name, "wasmesh names it as Envoy:\n{dump}");
+        assert_eq!(mine.kind, native.kind);
+    }
+    for pair in inbound.chunks(2) {
+        let (native, mine) = (one(&pair[0].0), one(&pair[1].0));
+        eprintln!("ingress: Envoy {:?} {}, wasmesh {:?} {}", native.name, native.kind, mine.name, mine.kind);
+        assert_eq!(native.name, pair[0].1, "Envoy's inbound span name:\n{dump}");
+        assert_eq!(mine.name, native.name, "wasmesh's inbound span name as Envoy's:\n{dump}");
+        assert_eq!(mine.kind, native.kind);
     }
 }

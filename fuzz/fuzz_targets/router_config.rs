@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
             fault_headers_removed: false,
             outbound_traffic_policy: None,
             route_policies: true,
+            trace_operations: false,
             resources: Vec::new(),
         }];
         if gateway {

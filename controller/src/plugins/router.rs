@@ -29,6 +29,8 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         // (without it: 404, see egress.rs).
         outbound_traffic_policy: if gateway_port.is_none() { ctx.mesh.outbound_traffic_policy } else { None },
         route_policies: true,
+        // Tracing on the listener: the router names the route for it, as istiod's decorators.
+        trace_operations: super::tracing::enabled(ctx),
         resources: resources_json(relevant.clone()),
     };
     // Compile here too, so a bad VirtualService fails `wasmeshctl envoy`, not Envoy's start.

@@ -146,6 +146,24 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         "meshId": ctx.workload.trust_domain,
         "kind": if server { "server" } else { "client" },
     });
+    // Span names as istiod's route decorators give them: the router (outbound, gateway) hands
+    // over the matched route's operation (its `traceOperations`, set by the router plugin from
+    // [`enabled`]); a sidecar's inbound route is `<service host>:<service port>/*`.
+    match ctx.direction {
+        Direction::Inbound => {
+            if let Some(op) = inbound_operation(ctx) {
+                config["operation"] = json!(op);
+            }
+        }
+        Direction::Outbound => config["routeOperations"] = json!(true),
+        // istiod writes a gateway's listeners `traffic_direction: OUTBOUND`
+        // (buildGatewayListeners), so Envoy's connection manager applies decorators there as
+        // egress: the route's operation goes upstream, a client's header is not taken.
+        Direction::Gateway { .. } => {
+            config["routeOperations"] = json!(true);
+            config["decorators"] = json!("egress");
+        }
+    }
     for k in ["randomSamplingPercentage", "disableSpanReporting", "disableContextPropagation", "customTags"] {
         if let Some(v) = merged.get(k) {
             config[k] = v.clone();
@@ -164,6 +182,33 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         clusters: vec![collector],
         ..Contribution::default()
     })
+}
+
+/// Whether the tracing filter goes on this listener (the router then hands it the routes'
+/// operations).
+pub fn enabled(ctx: &ListenerContext<'_>) -> bool {
+    effective(ctx, !matches!(ctx.direction, Direction::Outbound)).is_some()
+}
+
+/// The operation istiod writes on a sidecar's inbound route (`telemetry.TraceOperation`):
+/// `<host>:<port>/*` of the service the listener's port belongs to (the first ServiceEntry
+/// selecting the workload with a port whose workload port is that port: the WorkloadEntry's
+/// `ports` by the port's name, else its `targetPort`, else its number, as Istio resolves an
+/// endpoint's port), `None` when no service has it.
+fn inbound_operation(ctx: &ListenerContext<'_>) -> Option<String> {
+    let bind = u32::from(ctx.bind_port);
+    let (wl, resources) = (ctx.workload, ctx.resources);
+    let entry = resources.workload_entries().find(|(r, _)| r.namespace() == wl.namespace && r.name() == wl.name);
+    let workload_port = |p: &wasmesh_istio::networking::ServicePort| {
+        entry.and_then(|(_, we)| we.ports.get(&p.name).copied()).or(p.target_port).unwrap_or(p.number)
+    };
+    for (res, se) in resources.service_entries_selecting(wl) {
+        let Some(port) = se.ports.iter().find(|p| workload_port(p) == bind) else { continue };
+        let host = se.hosts.first()?;
+        let fq = ctx.workload.fqdn(host, res.namespace());
+        return Some(wasmesh_router::operation::default(&fq, port.number));
+    }
+    None
 }
 
 /// What wasmesh refuses in tracing configuration (`wasmeshctl validate`, `envoy`, `generate`).

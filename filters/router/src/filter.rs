@@ -19,6 +19,12 @@
 //! (only when the route has one: a client cannot write filter state, so nothing is removed on
 //! other requests) and Envoy's route for that policy, written by wasmeshctl as istiod writes the
 //! route (`routePolicies: true`, matched on that filter state), does the rest.
+//!
+//! With tracing on the listener (`traceOperations: true`), the matched route's operation as
+//! istiod names it (`decorator.operation`) goes to the tracing phase in filter state
+//! `wasmesh.router.decision` (in memory within a chain) and, for a forwarded request, upstream as
+//! `x-envoy-decorator-operation`, as Envoy's connection manager sends a route's decorator from a
+//! client-side listener with tracing.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proxy_wasm::traits::RootContext;
@@ -40,9 +46,9 @@ pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
 
 /// The router phase from its plugin configuration.
 pub fn build(config: &[u8], _resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, String> {
-    let (routes, removed_by_envoy) = configure(config)?;
+    let (routes, removed_by_envoy, trace_operations) = configure(config)?;
     let faults = routes.has_faults() && !removed_by_envoy;
-    Ok(vec![Rc::new(RouterPhase { routes, faults, rng: Cell::new(wasmesh_proxy::random_seed()) })])
+    Ok(vec![Rc::new(RouterPhase { routes, faults, trace_operations, rng: Cell::new(wasmesh_proxy::random_seed()) })])
 }
 
 struct RouterPhase {
@@ -50,6 +56,8 @@ struct RouterPhase {
     /// A route injects faults and Envoy does not remove client-sent fault headers before the
     /// filters (`faultHeadersRemoved`): the router removes them from every request.
     faults: bool,
+    /// Tracing is on: hand over the route's operation and send it upstream (`traceOperations`).
+    trace_operations: bool,
     /// Per-VM PRNG state, seeded from the host's entropy.
     rng: Cell<u64>,
 }
@@ -123,10 +131,12 @@ impl Phase for RouterPhase {
     }
 }
 
-/// The route tables, and whether Envoy removes client-sent fault headers before the filters.
-fn configure(bytes: &[u8]) -> Result<(Routes, bool), String> {
+/// The route tables, whether Envoy removes client-sent fault headers before the filters, and
+/// whether tracing wants the routes' operations.
+fn configure(bytes: &[u8]) -> Result<(Routes, bool, bool), String> {
     let mut cfg = RouterConfig::parse_json(bytes).map_err(|e| e.to_string())?;
     let removed_by_envoy = cfg.fault_headers_removed;
+    let trace_operations = cfg.trace_operations;
     // Routing fails closed like the security filters: a wrong namespace or label set would
     // route by the wrong VirtualServices, so the node must identify the proxy.
     wasmesh_proxy::complete_workload_from_node(&mut cfg)?;
@@ -147,11 +157,11 @@ fn configure(bytes: &[u8]) -> Result<(Routes, bool), String> {
             ));
             tables.push((port, router));
         }
-        return Ok((Routes::PerPort(tables), removed_by_envoy));
+        return Ok((Routes::PerPort(tables), removed_by_envoy, trace_operations));
     }
     let router = cfg.compile(&resources).map_err(|e| e.to_string())?;
     wasmesh_proxy::log_info(&format!("wasmesh router: configured {} virtual hosts", router.virtual_host_count()));
-    Ok((Routes::One(Box::new(router)), removed_by_envoy))
+    Ok((Routes::One(Box::new(router)), removed_by_envoy, trace_operations))
 }
 
 struct RouterRequest {
@@ -180,6 +190,9 @@ impl PhaseRequest for RouterRequest {
             let by_slot = needed.iter().map(|name| s.request_header(name).ok().flatten()).collect::<Vec<_>>();
             router.route_view(&RequestView::from_values(router.header_slots(), &by_slot), self.random)
         };
+        if self.phase.trace_operations {
+            hand_over_operation(s, &decision);
+        }
         match decision {
             Decision::Forward { cluster, ops, destination_headers, matched, .. } => {
                 if ops.is_some() || destination_headers.is_some() {
@@ -201,7 +214,7 @@ impl PhaseRequest for RouterRequest {
                     answer(s, router.cluster_header(), 500, &[], None)
                 }
             }
-            Decision::Redirect { redirect, matched, port } => {
+            Decision::Redirect { redirect, matched, port, .. } => {
                 // Envoy strips a default port by the forwarded protocol (the connection's scheme).
                 let scheme = s
                     .request_header("x-forwarded-proto")
@@ -214,7 +227,7 @@ impl PhaseRequest for RouterRequest {
                 let location = redirect.location(&scheme, &authority, &path, matched, port);
                 answer(s, router.cluster_header(), redirect.status, &[("location", &location)], None)
             }
-            Decision::Direct { status, body } => {
+            Decision::Direct { status, body, .. } => {
                 answer(s, router.cluster_header(), status, &[], (!body.is_empty()).then_some(body))
             }
             Decision::NotFound => answer(s, router.cluster_header(), 404, &[], None),
@@ -232,6 +245,31 @@ impl PhaseRequest for RouterRequest {
         }
         Flow::Continue
     }
+}
+
+/// The header Envoy's connection manager sends a route's decorator operation upstream in.
+pub const DECORATOR_HEADER: &str = "x-envoy-decorator-operation";
+
+/// Tracing is on: the matched route's operation goes to the tracing phase (filter state
+/// [`wasmesh_handover::ROUTE_DECISION`]) and, for a forwarded request, upstream in
+/// [`DECORATOR_HEADER`] (Envoy sets it on a client-side listener whenever the route has a
+/// decorator, sampled or not). No route or the catch-all: nothing, as those have no decorator.
+fn hand_over_operation(s: &Stream, decision: &Decision<'_>) {
+    let Some(operation) = decision.operation() else { return };
+    let handed = match decision {
+        Decision::Forward { cluster, virtual_service, route, .. } => {
+            s.set_request_header(DECORATOR_HEADER, operation.as_bytes());
+            wasmesh_handover::RouteDecision {
+                virtual_service: (*virtual_service).to_string(),
+                route: (*route).to_string(),
+                cluster: cluster.to_string(),
+                operation: Some(operation),
+            }
+        }
+        _ => wasmesh_handover::RouteDecision { operation: Some(operation), ..Default::default() },
+    };
+    // Telemetry fails open: a span without the route's name is no reason to fail the request.
+    s.set_filter_state(wasmesh_handover::ROUTE_DECISION, &wasmesh_handover::encode(&handed));
 }
 
 /// Response header operations kept for the response: the destination's, then the route's.

@@ -8,6 +8,12 @@
 //!   the sampling decision (an incoming sampled flag wins; otherwise Envoy's decision on the
 //!   request id at `randomSamplingPercentage`), makes the proxy's span a child of the caller's and
 //!   sends the child context upstream in both formats (unless `disableContextPropagation`);
+//! - route decorators as Envoy's connection manager applies them ([`wasmesh_trace::decorator`]):
+//!   the span is named by the matched route's operation (handed over by the wasmesh router, or
+//!   the inbound route's from the configuration); server side, a received
+//!   `x-envoy-decorator-operation` renames it and is removed, else the operation goes back in the
+//!   response; client side, the router sends it upstream and a response carrying it renames the
+//!   span and loses it;
 //! - log: for a sampled request (unless `disableSpanReporting`), ends the span with Envoy's and
 //!   Istio's tags and queues it in the exporter. Nothing else happens on the request path.
 //!
@@ -28,6 +34,7 @@ use wasmesh_proxy::stream::Stream;
 use wasmesh_proxy::{decode_u64, ListenerDirection};
 use wasmesh_trace::config::{Checked, Format, TagSource};
 use wasmesh_trace::context::{extract, Outgoing, Prefer};
+use wasmesh_trace::decorator;
 use wasmesh_trace::export::{Counts, Exporter};
 use wasmesh_trace::span::{default_name, http_url, is_error, Kind, Span};
 use wasmesh_trace::{request_id, Ids};
@@ -218,6 +225,8 @@ impl Phase for TracingPhase {
 struct Started {
     out: Outgoing,
     kind: Kind,
+    /// A received `x-envoy-decorator-operation` named the span.
+    renamed: Option<String>,
 }
 
 struct TracingRequest {
@@ -229,6 +238,35 @@ fn text(v: Option<Vec<u8>>) -> Option<String> {
     v.and_then(|b| String::from_utf8(b).ok())
 }
 
+impl TracingPhase {
+    /// The matched route's operation: handed over by the router, or the configured one (a
+    /// sidecar's inbound route).
+    fn route_operation(&self, s: &Stream) -> Option<String> {
+        if self.cfg.route_operations {
+            let bytes = s.filter_state(wasmesh_handover::ROUTE_DECISION)?;
+            return wasmesh_handover::decode::<wasmesh_handover::RouteDecision>(&bytes)?.operation;
+        }
+        self.cfg.operation.clone()
+    }
+
+    /// Route decorators apply as on Envoy's egress listener (a gateway's, a sidecar's outbound),
+    /// else as on its ingress one.
+    fn egress(&self, kind: Kind) -> bool {
+        self.cfg.egress.unwrap_or(matches!(kind, Kind::Client))
+    }
+
+    fn kind(&self) -> Kind {
+        match self.cfg.server {
+            Some(true) => Kind::Server,
+            Some(false) => Kind::Client,
+            None => match wasmesh_proxy::listener_direction() {
+                Some(ListenerDirection::Inbound) => Kind::Server,
+                _ => Kind::Client,
+            },
+        }
+    }
+}
+
 impl PhaseRequest for TracingRequest {
     fn request_headers(&mut self, s: &Stream, _end_of_stream: bool) -> wasmesh_proxy::phase::Flow {
         let p = &self.phase;
@@ -236,11 +274,24 @@ impl PhaseRequest for TracingRequest {
             Format::Otlp => Prefer::W3c,
             Format::Zipkin => Prefer::B3,
         };
-        let (incoming, request_id) = s.with_request_headers(|h| {
-            let Ok(h) = h else { return (Default::default(), None) };
+        let kind = p.kind();
+        let egress = p.egress(kind);
+        let (incoming, request_id, decorator) = s.with_request_headers(|h| {
+            let Ok(h) = h else { return (Default::default(), None, None) };
             let get = |n: &str| h.iter().find(|(k, _)| k == n).and_then(|(_, v)| std::str::from_utf8(v).ok());
-            (extract(get, prefer), get("x-request-id").map(str::to_string))
+            // Ingress, Envoy takes the span's name from the caller's decorator header.
+            let decorator = (!egress)
+                .then(|| decorator::received(h.iter().find(|(k, _)| k == decorator::HEADER).map(|(_, v)| v.as_slice())))
+                .flatten();
+            (extract(get, prefer), get("x-request-id").map(str::to_string), decorator)
         });
+        let renamed = match decorator {
+            Some((_, renamed)) => {
+                s.remove_request_header(decorator::HEADER);
+                renamed
+            }
+            None => None,
+        };
         let Ok(mut ids) = p.ids.try_borrow_mut() else { return wasmesh_proxy::phase::Flow::Continue };
         let request_id = match request_id {
             Some(id) => id,
@@ -284,15 +335,28 @@ impl PhaseRequest for TracingRequest {
                 s.set_request_header(name, value.as_bytes());
             }
         }
-        let kind = match p.cfg.server {
-            Some(true) => Kind::Server,
-            Some(false) => Kind::Client,
-            None => match wasmesh_proxy::listener_direction() {
-                Some(ListenerDirection::Inbound) => Kind::Server,
-                _ => Kind::Client,
-            },
-        };
-        self.span = Some(Started { out, kind });
+        self.span = Some(Started { out, kind, renamed });
+        wasmesh_proxy::phase::Flow::Continue
+    }
+
+    fn response_headers(&mut self, s: &Stream, _end_of_stream: bool) -> wasmesh_proxy::phase::Flow {
+        let Some(started) = self.span.as_mut() else { return wasmesh_proxy::phase::Flow::Continue };
+        match self.phase.egress(started.kind) {
+            false => {
+                let route = self.phase.route_operation(s);
+                if let Some(op) = decorator::response_operation(started.renamed.is_some(), route.as_deref()) {
+                    s.set_response_header(decorator::HEADER, op.as_bytes());
+                }
+            }
+            true => {
+                if let Some((_, renamed)) = decorator::received(s.response_header(decorator::HEADER).as_deref()) {
+                    s.remove_response_header(decorator::HEADER);
+                    if renamed.is_some() {
+                        started.renamed = renamed;
+                    }
+                }
+            }
+        }
         wasmesh_proxy::phase::Flow::Continue
     }
 
@@ -331,7 +395,8 @@ impl PhaseRequest for TracingRequest {
         let response_size = prop(8).as_deref().and_then(decode_u64).unwrap_or(0);
         let grpc_status = prop(9).as_deref().and_then(decode_u64).map(|c| c as u32).filter(|_| grpc);
         let host = header(":authority").unwrap_or_default();
-        let name = p.cfg.operation.clone().unwrap_or_else(|| default_name(started.kind, &host));
+        let route = p.route_operation(s);
+        let name = decorator::span_name(started.renamed, route.as_deref(), || default_name(started.kind, &host));
         let end = start.saturating_add(if duration > 0 {
             duration
         } else {

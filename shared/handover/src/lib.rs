@@ -72,8 +72,12 @@ pub struct RouteDecision {
     pub virtual_service: String,
     /// The route's `name`, or its index when unnamed.
     pub route: String,
-    /// The Envoy cluster the request was sent to.
+    /// The Envoy cluster the request was sent to (empty when the route answered itself).
     pub cluster: String,
+    /// The route's operation as istiod names it (`decorator.operation`): the span name when
+    /// tracing is on. Absent for no route and the sidecar's catch-all (no decorator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
 }
 
 /// Encodes a handed-over value.
@@ -108,6 +112,19 @@ mod tests {
         };
         let back: RequestIdentity = decode(&encode(&id)).unwrap();
         assert_eq!(back, id);
+    }
+
+    #[test]
+    fn route_decision_round_trips_and_operation_is_optional() {
+        let d = RouteDecision {
+            virtual_service: "default/reviews".into(),
+            route: "#0".into(),
+            cluster: "outbound|9080|v2|reviews.default.svc.cluster.local".into(),
+            operation: Some("reviews.default.svc.cluster.local:9080/*".into()),
+        };
+        assert_eq!(decode::<RouteDecision>(&encode(&d)), Some(d));
+        let old: RouteDecision = decode(br#"{"virtual_service":"","route":"r","cluster":"c"}"#).unwrap();
+        assert_eq!(old.operation, None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ fn main() {
         fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: false,
+        trace_operations: false,
         resources: vec![],
     };
     let router = cfg.compile(&Resources { items }).expect("compile");

@@ -60,6 +60,14 @@ pub struct RouterConfig {
     /// refused without it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub route_policies: bool,
+    /// Whether tracing is on for this listener (wasmeshctl sets it with the tracing filter): the
+    /// router then hands the matched route's operation, as istiod names it
+    /// (`decorator.operation`, see [`crate::operation`]), to the tracing phase in the
+    /// `wasmesh.router.decision` filter state, and sends it upstream as
+    /// `x-envoy-decorator-operation`, as Envoy's connection manager does on a client-side
+    /// listener with tracing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trace_operations: bool,
     /// VirtualServices, Gateways and ServiceEntries, in Istio's JSON form.
     #[serde(default)]
     pub resources: Vec<serde_json::Value>,
@@ -738,6 +746,7 @@ impl Compiler<'_> {
                 })
             };
         out.uri = one(&m.uri, "uri", m.ignore_uri_case, &mut self.errors);
+        out.op_path = crate::operation::path(m.uri.as_ref());
         out.matched = match &out.uri {
             None => Matched::default(),
             Some(StrMatcher::Prefix(p) | StrMatcher::PrefixIgnoreCase(p)) => Matched::Prefix(p.len()),
@@ -869,6 +878,7 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
         fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: true,
+        trace_operations: false,
         resources: Vec::new(),
     };
     match (Compiler { cfg: &cfg, wl: &wl, errors: Vec::new(), check_all: true, limits: Limits::default() })

@@ -13,6 +13,7 @@ mod delegate;
 pub mod egress;
 mod hosts;
 pub mod matcher;
+pub mod operation;
 pub mod policy;
 pub mod request;
 mod rng;
@@ -26,7 +27,7 @@ pub use egress::{OutboundMode, OutboundTrafficPolicy, BLACKHOLE_CLUSTER, PASSTHR
 pub use policy::{istio_default_retry_policy, RoutePolicy, POLICY_FILTER_STATE_KEY, POLICY_HEADER, POLICY_STATE};
 pub use request::{HeaderSlots, Request, RequestView};
 pub use rng::Rng;
-pub use table::{Decision, Router};
+pub use table::{Decision, RouteOp, Router};
 pub use wasmesh_istio::CompileError;
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ pub enum Decision<'r> {
         destination_headers: Option<&'r Rc<HeaderActions>>,
         /// How much of the path the matching `uri` condition covered (for a prefix rewrite).
         matched: Matched,
+        /// What names the route for tracing (`None`: the sidecar's catch-all, which istiod
+        /// gives no decorator).
+        op: Option<RouteOp<'r>>,
     },
     /// Answer with a redirect; the filter builds the `Location` with [`Redirect::location`].
     Redirect {
@@ -32,11 +35,38 @@ pub enum Decision<'r> {
         matched: Matched,
         /// The port of the route table (for `derivePort: FROM_REQUEST_PORT`).
         port: u32,
+        op: RouteOp<'r>,
     },
     /// Answer with this status and body (`directResponse`).
-    Direct { status: u32, body: &'r [u8] },
+    Direct { status: u32, body: &'r [u8], op: RouteOp<'r> },
     /// No virtual host or no route matched: Istio answers 404.
     NotFound,
+}
+
+/// What istiod's route operation ([`crate::operation`]) needs of the route that matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteOp<'r> {
+    /// `namespace/name` of the VirtualService, empty for a default route.
+    pub virtual_service: &'r str,
+    /// The route has exactly one destination (istiod then writes `cluster`, which names it).
+    pub single: bool,
+    /// The listener's port: the port the request is for (sidecar) or the server's (gateway).
+    pub port: u32,
+    /// The path part of the matching condition (`/api*`, `/login`, a regex, `/*`).
+    pub path: &'r str,
+}
+
+impl Decision<'_> {
+    /// The operation istiod writes on the Envoy route this decision stands for
+    /// (`decorator.operation`); `None` for no route or the catch-all, which have none.
+    pub fn operation(&self) -> Option<String> {
+        let (cluster, op) = match self {
+            Decision::Forward { cluster, op: Some(op), .. } => (op.single.then_some(cluster.as_ref()), op),
+            Decision::Redirect { op, .. } | Decision::Direct { op, .. } => (None, op),
+            Decision::Forward { op: None, .. } | Decision::NotFound => return None,
+        };
+        Some(crate::operation::route(cluster, op.virtual_service, op.port, op.path))
+    }
 }
 
 /// A compiled route table.
@@ -138,6 +168,8 @@ pub(crate) struct Match {
     pub(crate) port: Option<u32>,
     /// What the `uri` condition covers of a matching path (Istio's default `prefix: "/"`).
     pub(crate) matched: Matched,
+    /// The path part of the route operation istiod writes for this match ([`crate::operation::path`]).
+    pub(crate) op_path: String,
 }
 
 impl Default for Matched {
@@ -199,6 +231,7 @@ impl Router {
                     ops: None,
                     destination_headers: None,
                     matched: Matched::default(),
+                    op: None,
                 },
                 None => Decision::NotFound,
             };
@@ -211,18 +244,20 @@ impl Router {
             }),
         };
         for route in &vh.routes {
-            let matched = if route.matches.is_empty() {
-                Matched::default()
+            let (matched, path) = if route.matches.is_empty() {
+                (Matched::default(), "/*")
             } else {
                 match route.matches.iter().find(|m| m.matches(req, &self.slots, port)) {
-                    Some(m) => m.matched,
+                    Some(m) => (m.matched, m.op_path.as_str()),
                     None => continue,
                 }
             };
+            let op =
+                RouteOp { virtual_service: &route.virtual_service, single: route.destinations.len() == 1, port, path };
             match &route.action {
                 Action::Forward => {}
-                Action::Redirect(redirect) => return Decision::Redirect { redirect, matched, port },
-                Action::Direct { status, body } => return Decision::Direct { status: *status, body },
+                Action::Redirect(redirect) => return Decision::Redirect { redirect, matched, port, op },
+                Action::Direct { status, body } => return Decision::Direct { status: *status, body, op },
             }
             let Some(dest) = route.pick(random) else {
                 return Decision::NotFound;
@@ -234,6 +269,7 @@ impl Router {
                 ops: route.ops.as_ref(),
                 destination_headers: dest.headers.as_ref(),
                 matched,
+                op: Some(op),
             };
         }
         Decision::NotFound

@@ -59,6 +59,7 @@ fn sidecar_with(yaml: &str, wl: Workload) -> Router {
         fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: false,
+        trace_operations: false,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).unwrap()
@@ -75,6 +76,7 @@ fn compile_err(yaml: &str) -> String {
         fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: false,
+        trace_operations: false,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).unwrap_err().to_string()
@@ -403,6 +405,7 @@ spec:
         fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: false,
+        trace_operations: false,
         resources: vec![],
     };
     let r = cfg.compile(&Resources { items: items.clone() }).unwrap();
@@ -472,6 +475,7 @@ fn configuration_json_round_trip_compiles() {
         fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: false,
+        trace_operations: false,
         resources,
     };
     let router = RouterConfig::compile_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
@@ -583,6 +587,7 @@ spec:
         fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: false,
+        trace_operations: false,
         resources: vec![],
     };
     assert_eq!(cfg.gateway_ports(&resources), vec![80, 8080]);
@@ -608,6 +613,7 @@ fn compile_limited(resources: Vec<serde_json::Value>, limits: Limits) -> Result<
         fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: false,
+        trace_operations: false,
         resources,
     };
     cfg.compile_with_limits(&cfg.parsed_resources().unwrap(), &limits).map_err(|e| e.to_string())
@@ -747,6 +753,7 @@ fn a_host_longer_than_a_dns_name_still_matches_star() {
         fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: false,
+        trace_operations: false,
         resources: vec![],
     };
     let r = cfg.compile(&Resources { items }).unwrap();
@@ -789,6 +796,7 @@ fn routes_decide_redirects_direct_responses_and_forwarding_actions() {
         fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: false,
+        trace_operations: false,
         resources: vec![],
     };
     let e = cfg.compile(&Resources { items: items.clone() }).unwrap_err().to_string();
@@ -796,8 +804,10 @@ fn routes_decide_redirects_direct_responses_and_forwarding_actions() {
     let r = RouterConfig { fault_filter: true, route_policies: true, ..cfg }.compile(&Resources { items }).unwrap();
     assert!(r.has_faults());
     let h = req(&[(":authority", "ratings:9080"), (":path", "/moved/x?q=1")]);
-    match r.route(&Request::new(&h), 0) {
-        Decision::Redirect { redirect, matched, port } => {
+    let d = r.route(&Request::new(&h), 0);
+    assert_eq!(d.operation().as_deref(), Some("ratings:9080/moved*"), "no cluster: the VirtualService's name");
+    match d {
+        Decision::Redirect { redirect, matched, port, .. } => {
             assert_eq!(redirect.status, 302);
             assert_eq!(port, 9080);
             assert_eq!(
@@ -808,11 +818,17 @@ fn routes_decide_redirects_direct_responses_and_forwarding_actions() {
         other => panic!("{other:?}"),
     }
     let h = req(&[(":authority", "ratings"), (":path", "/old")]);
-    assert!(matches!(r.route(&Request::new(&h), 0), Decision::Redirect { matched: crate::Matched::Whole, .. }));
+    let d = r.route(&Request::new(&h), 0);
+    assert!(matches!(d, Decision::Redirect { matched: crate::Matched::Whole, .. }));
+    assert_eq!(d.operation().as_deref(), Some("ratings:9080/old"), "the exact path of the second match");
     let h = req(&[(":authority", "ratings"), (":path", "/down/now")]);
-    assert_eq!(r.route(&Request::new(&h), 0), Decision::Direct { status: 503, body: b"maintenance" });
+    let d = r.route(&Request::new(&h), 0);
+    assert!(matches!(d, Decision::Direct { status: 503, body: b"maintenance", .. }));
+    assert_eq!(d.operation().as_deref(), Some("ratings:9080/down*"));
     let h = req(&[(":authority", "ratings"), (":path", "/api/x")]);
-    match r.route(&Request::new(&h), 0) {
+    let d = r.route(&Request::new(&h), 0);
+    assert_eq!(d.operation().as_deref(), Some("ratings.default.svc.cluster.local:9080/api*"), "one cluster names it");
+    match d {
         Decision::Forward { ops: Some(ops), destination_headers: Some(d), matched, .. } => {
             assert_eq!(ops.path.as_ref().unwrap().apply(b"/api/x", matched), b"/v2/x");
             assert_eq!(ops.headers.request.set, vec![("x-a".to_string(), "1".to_string())]);
@@ -823,7 +839,9 @@ fn routes_decide_redirects_direct_responses_and_forwarding_actions() {
         other => panic!("{other:?}"),
     }
     let h = req(&[(":authority", "ratings"), (":path", "/other")]);
-    assert!(matches!(r.route(&Request::new(&h), 0), Decision::Forward { ops: None, destination_headers: None, .. }));
+    let d = r.route(&Request::new(&h), 0);
+    assert!(matches!(d, Decision::Forward { ops: None, destination_headers: None, .. }));
+    assert_eq!(d.operation().as_deref(), Some("ratings.default.svc.cluster.local:9080/*"), "no uri match: /*");
 }
 
 /// Istio's delegate example (VirtualService reference, `Delegate`), on the gateway it binds.
@@ -904,6 +922,7 @@ fn delegate_gateway(yaml: &str) -> Result<Router, String> {
         fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: false,
+        trace_operations: false,
         resources: vec![],
     };
     cfg.compile(&Resources { items }).map_err(|e| e.to_string())
@@ -1001,6 +1020,7 @@ fn route_policies_are_named_on_the_decision_and_shared_by_equal_routes() {
         fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: false,
+        trace_operations: false,
         resources: vec![],
     };
     let e = cfg.compile(&Resources { items: items.clone() }).unwrap_err().to_string();
@@ -1081,6 +1101,7 @@ spec:
             fault_headers_removed: false,
             outbound_traffic_policy: None,
             route_policies: false,
+            trace_operations: false,
             resources: vec![],
         };
         let r = cfg.compile(&Resources { items: items.clone() }).unwrap();
@@ -1101,6 +1122,7 @@ spec:
         fault_headers_removed: false,
         outbound_traffic_policy: None,
         route_policies: false,
+        trace_operations: false,
         resources: vec![],
     };
     let e = cfg.compile(&Resources { items: load_str(&passthrough, "gw.yaml").unwrap() }).unwrap_err().to_string();

@@ -23,12 +23,26 @@ pub struct Config {
     pub disable_context_propagation: bool,
     #[serde(default)]
     pub custom_tags: BTreeMap<String, CustomTag>,
-    /// The span name (a route decorator's operation); default Envoy's `ingress` / `egress {host}`.
+    /// The span name (a route decorator's operation, as istiod writes it on a sidecar's inbound
+    /// route: `<host>:<port>/*`); default Envoy's `ingress` / `egress {host}`.
     #[serde(default)]
     pub operation: Option<String>,
+    /// A wasmesh router on the listener hands over the matched route's operation
+    /// (`wasmesh.router.decision`, its `traceOperations`): it names the span instead of
+    /// `operation`.
+    #[serde(default)]
+    pub route_operations: bool,
     /// `server` or `client`; default from the listener's direction (inbound: server).
     #[serde(default)]
     pub kind: Option<String>,
+    /// How route decorators apply, as Envoy's connection manager derives its tracing operation
+    /// name from the listener's `traffic_direction`: `ingress` (a received
+    /// `x-envoy-decorator-operation` names the span and is removed; the route's operation goes back
+    /// in the response) or `egress` (the operation goes upstream; a response's header names the
+    /// span and is removed). Default from `kind` (server: ingress). istiod writes a gateway's
+    /// listeners `OUTBOUND`: wasmeshctl sets `egress` there.
+    #[serde(default)]
+    pub decorators: Option<String>,
     /// Istio's `istio.mesh_id` (default `unknown`).
     #[serde(default)]
     pub mesh_id: Option<String>,
@@ -116,7 +130,12 @@ pub struct Checked {
     /// Custom tags; environment tags are resolved at configuration time by `env`.
     pub tags: Vec<(String, TagSource)>,
     pub operation: Option<String>,
+    /// The router hands over the route's operation ([`Config::route_operations`]).
+    pub route_operations: bool,
     pub server: Option<bool>,
+    /// Route decorators apply as on Envoy's egress listener ([`Config::decorators`]); `None`: by
+    /// the span's kind.
+    pub egress: Option<bool>,
     pub mesh_id: String,
     pub settings: crate::export::Settings,
 }
@@ -176,6 +195,12 @@ pub fn parse(bytes: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Check
         Some("client") => Some(false),
         Some(other) => return Err(format!("kind: {other:?}; expected \"server\" or \"client\"")),
     };
+    let egress = match c.decorators.as_deref() {
+        None => None,
+        Some("ingress") => Some(false),
+        Some("egress") => Some(true),
+        Some(other) => return Err(format!("decorators: {other:?}; expected \"ingress\" or \"egress\"")),
+    };
     let d = crate::export::Settings::DEFAULT;
     let settings = crate::export::Settings {
         max_queue: c.max_queue.unwrap_or(d.max_queue).clamp(1, 65_536),
@@ -195,7 +220,9 @@ pub fn parse(bytes: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Check
         propagate: !c.disable_context_propagation,
         tags,
         operation: c.operation,
+        route_operations: c.route_operations,
         server,
+        egress,
         mesh_id: c.mesh_id.unwrap_or_else(|| "unknown".into()),
         settings,
     })
@@ -211,6 +238,10 @@ mod tests {
         assert_eq!(c.path, "/api/v2/spans");
         assert_eq!(c.percent, Percent::ISTIO_DEFAULT);
         assert!(c.report && c.propagate);
+        assert_eq!(c.egress, None, "decorators by the span's kind unless told");
+        let c =
+            parse(br#"{"disableSpanReporting": true, "kind": "server", "decorators": "egress"}"#, |_| None).unwrap();
+        assert_eq!((c.server, c.egress), (Some(true), Some(true)));
         let c = parse(
             br#"{"disableSpanReporting": true, "customTags": {"a": {"literal": {"value": "x"}},
                 "b": {"environment": {"name": "POD", "defaultValue": "d"}}, "c": {"header": {"name": "X-A"}}}}"#,
@@ -231,6 +262,7 @@ mod tests {
             (r#"{"provider": {"kind": "x", "cluster": "c", "authority": "a"}}"#, "provider.kind"),
             (r#"{"disableSpanReporting": true, "sampling": 1}"#, "unknown field"),
             (r#"{"disableSpanReporting": true, "customTags": {"a": {}}}"#, "customTags.a"),
+            (r#"{"disableSpanReporting": true, "decorators": "out"}"#, "decorators"),
         ] {
             let e = parse(bad.as_bytes(), |_| None).err().unwrap_or_default();
             assert!(e.contains(want), "{bad}: {e}");

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod context;
+pub mod decorator;
 pub mod export;
 pub mod otlp;
 pub mod request_id;
