@@ -366,6 +366,19 @@ pub fn logs(ctx: &ListenerContext<'_>) -> Result<Vec<Log>, Vec<Error>> {
     }
 }
 
+/// A file log's format and filter, as the phase's configuration names them.
+fn set_format(e: &mut Value, l: &Log) {
+    if let Some(t) = &l.text {
+        e["text"] = json!(t);
+    }
+    if let Some(j) = &l.json {
+        e["json"] = json!(j);
+    }
+    if let Some(f) = &l.filter {
+        e["filter"] = json!(f);
+    }
+}
+
 /// The phase and its file loggers for one HTTP listener (nothing when it writes no log).
 pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
     let logs = logs(ctx)?;
@@ -391,15 +404,7 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
             clusters.push(collector_cluster(&cluster, &o.host, o.port));
             continue;
         }
-        if let Some(t) = &l.text {
-            e["text"] = json!(t);
-        }
-        if let Some(j) = &l.json {
-            e["json"] = json!(j);
-        }
-        if let Some(f) = &l.filter {
-            e["filter"] = json!(f);
-        }
+        set_format(&mut e, l);
         entries.push(e);
         sinks.push(sink(&l.path, &key));
     }
@@ -432,15 +437,7 @@ pub fn tcp_contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Err
         }
         let key = format!("{KEY_PREFIX}.{i}");
         let mut e = json!({"filterStateKey": key});
-        if let Some(t) = &l.text {
-            e["text"] = json!(t);
-        }
-        if let Some(j) = &l.json {
-            e["json"] = json!(j);
-        }
-        if let Some(f) = &l.filter {
-            e["filter"] = json!(f);
-        }
+        set_format(&mut e, l);
         entries.push(e);
         sinks.push(sink(&l.path, &key));
     }
