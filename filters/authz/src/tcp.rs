@@ -73,7 +73,10 @@ impl Context for AuthzTcp {
         let outcome = match shared.authz.custom_provider(index) {
             Some(provider) => grpc::on_check_response(provider, status_code, message.as_deref()),
             None => {
+                // Fail closed: a check whose provider is gone closes the connection.
                 self.deny_after_check(&shared, rule, "no provider");
+                self.state = State::Denied;
+                close();
                 return;
             }
         };
