@@ -103,6 +103,11 @@ type Series = BTreeMap<(String, BTreeMap<String, String>), f64>;
 
 /// Every `metric` series of every Envoy of the mesh, once they stopped moving for longer than
 /// the stats phase keeps counters before flushing them (1 s, on its tick).
+/// How long the scraped series must stay unchanged: longer than Envoy's stats flush interval (5 s),
+/// at which histograms are merged into what the admin endpoint shows, while the stats phase's
+/// counters move on its 1 s tick; a shorter window could read a request counted but not yet timed.
+const STABLE_FOR: Duration = Duration::from_millis(5500);
+
 fn series(mesh: &Mesh, metrics: &[&str]) -> Vec<Series> {
     let scrape_all = || -> Vec<Series> {
         metrics
@@ -127,7 +132,7 @@ fn series(mesh: &Mesh, metrics: &[&str]) -> Vec<Series> {
         if now != last {
             last = now;
             since = Instant::now();
-        } else if since.elapsed() > Duration::from_millis(2500) || start.elapsed() > Duration::from_secs(30) {
+        } else if since.elapsed() > STABLE_FOR || start.elapsed() > Duration::from_secs(40) {
             return now;
         }
     }
