@@ -79,7 +79,7 @@ COMPAT_SMOKE_TESTS ?= \
 	stats::grpc_status_and_message_counts \
 	tcp::tcp_through_sidecars_with_mtls_allow_by_principal_and_metrics \
 	node_identity::one_configuration_two_proxies_two_decisions \
-	node_identity::one_module_serves_every_filter_in_one_chain_and_one_vm
+	node_identity::one_module_serves_every_filter_in_one_chain_and_the_tcp_roles_in_one_vm
 # The live update through `wasmeshctl serve` (ECDS and CDS pushed to running Envoys).
 COMPAT_LIVE_TESTS ?= live::policies_and_routes_change_under_traffic_without_a_failed_request_or_a_restart
 
