@@ -450,6 +450,59 @@ pub fn tcp_contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Err
     })
 }
 
+/// The response flag of a connection no filter chain of the listener takes ("no filter chain
+/// found"), the only one istiod's listener-level access logs write (`listenerAccessLogFilter`).
+pub const NO_FILTER_CHAIN_FLAG: &str = "NR";
+
+/// The listener-level access logs istiod writes (`setListenerAccessLog`, on sidecar inbound, the
+/// sidecar's outbound entry listener and every gateway listener): for each file log of the
+/// listener ([`logs`]: meshConfig `accessLogFile` or Telemetry `accessLogging`), Envoy's own file
+/// logger with the same path and format (TEXT inline, or JSON with `sort_properties: false`),
+/// filtered to response flag `NR` (and the Telemetry entry's CEL filter), as
+/// `FileAccessLogFromMeshConfig` / `buildAccessLogFromTelemetry` write it. Envoy runs a
+/// listener's access logs for every connection it closes; the `NR` filter keeps only those that
+/// matched no filter chain, which no network filter (wasm or native) ever sees, so nothing is
+/// logged twice. Nothing with meshConfig `disableEnvoyListenerLog`. An `envoyOtelAls` log gets
+/// no listener logger (wasmesh exports OpenTelemetry from the HTTP phase only).
+pub fn listener_access_logs(ctx: &ListenerContext<'_>) -> Result<Vec<Value>, Vec<Error>> {
+    if ctx.mesh.disable_envoy_listener_log == Some(true) {
+        return Ok(Vec::new());
+    }
+    Ok(logs(ctx)?.iter().filter_map(listener_file_log).collect())
+}
+
+/// One listener-level file logger ([`listener_access_logs`]).
+fn listener_file_log(l: &Log) -> Option<Value> {
+    if l.otel.is_some() {
+        return None;
+    }
+    let log_format = match (&l.text, &l.json) {
+        (Some(t), _) => json!({"text_format_source": {"inline_string": t}}),
+        (None, Some(j)) => json!({"json_format": j, "json_format_options": {"sort_properties": false}}),
+        (None, None) => return None,
+    };
+    let nr = json!({"response_flag_filter": {"flags": [NO_FILTER_CHAIN_FLAG]}});
+    let filter = match &l.filter {
+        None => nr,
+        Some(expr) => json!({"and_filter": {"filters": [nr, {"extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": expr,
+            },
+        }}]}}),
+    };
+    Some(json!({
+        "name": "envoy.access_loggers.file",
+        "filter": filter,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": l.path,
+            "log_format": log_format,
+        },
+    }))
+}
+
 /// The collector of an `envoyOtelAls` provider: HTTP/2 (gRPC), resolved by DNS.
 fn collector_cluster(name: &str, host: &str, port: u16) -> Value {
     json!({
