@@ -206,7 +206,9 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                                     tcp_chain_filters(spec, &c.network_filters, &c.access_logs, &cluster),
                                     tcp_chain_filters(spec, &exchange, &c.access_logs, &cluster),
                                 );
-                                listeners.push(listener_with_chains(&name, inb.port, chains));
+                                let mut l = listener_with_chains(&name, inb.port, chains);
+                                with_listener_access_log(&mut l, &ctx);
+                                listeners.push(l);
                                 let app = [("127.0.0.1".to_string(), u32::from(inb.app_port))];
                                 let mut app_cluster = static_cluster(&cluster, &app, "ROUND_ROBIN");
                                 let applied =
@@ -247,15 +249,12 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                 let cluster = format!("inbound|{}||", inb.port);
                 let ctx = listener_context(Direction::Inbound, inb.port);
                 match mtls::inbound_transport(&ctx, certs.as_ref(), false) {
-                    Ok(tls) => listeners.push(listener(
-                        spec,
-                        "inbound",
-                        inb.port,
-                        &c,
-                        route_to(&cluster),
-                        false,
-                        Some(&tls.transport),
-                    )),
+                    Ok(tls) => {
+                        let mut l =
+                            listener(spec, "inbound", inb.port, &c, route_to(&cluster), false, Some(&tls.transport));
+                        with_listener_access_log(&mut l, &ctx);
+                        listeners.push(l);
+                    }
                     Err(mut e) => errors.append(&mut e),
                 }
                 let app = [("127.0.0.1".to_string(), u32::from(inb.app_port))];
@@ -282,6 +281,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                     routes = crate::egress::outbound_route(mode, routes, CLUSTER_HEADER);
                 }
                 let mut l = listener(spec, "outbound", port, &c, routes, false, None);
+                with_listener_access_log(&mut l, &listener_context(Direction::Outbound, port));
                 if let Some(mode) = mode {
                     crate::egress::with_passthrough_filter(mode, &mut l);
                     for cluster in crate::egress::catch_all_clusters() {
@@ -305,9 +305,13 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                             // an mTLS peer (TCP clusters then offer `istio-peer-exchange`).
                             Ok((mut c, exchange)) => {
                                 let name = format!("outbound_tcp_{}", out.bind_port);
-                                listeners.push(crate::sidecar_l4::listener(&name, out.bind_port, &plan, |cluster| {
+                                let mut l = crate::sidecar_l4::listener(&name, out.bind_port, &plan, |cluster| {
                                     tcp_chain_filters(spec, &exchange, &c.access_logs, cluster)
-                                }));
+                                });
+                                // The listener the app connects to: Istio's virtual outbound
+                                // listener and its port listener in one.
+                                with_listener_access_log(&mut l, &ctx);
+                                listeners.push(l);
                                 c.clusters.extend(crate::sidecar_l4::catch_all_clusters(&plan));
                                 merge(&mut clusters, &mut stats_tags, c);
                             }
@@ -333,6 +337,10 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                         let routes = gateway::route_config(route_by_header(), &http);
                         let mut l = listener(spec, &name, *bind, &c, routes, true, None);
                         gateway::with_tls_chains(&mut l, &http);
+                        with_listener_access_log(
+                            &mut l,
+                            &listener_context(Direction::Gateway { port: *gw_port }, *bind),
+                        );
                         listeners.push(l);
                         merge(&mut clusters, &mut stats_tags, c);
                     }
@@ -344,7 +352,9 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                                     tcp_chain_filters(spec, &c.network_filters, &c.access_logs, route.first_cluster());
                                 gateway::with_tcp_route(&mut filters, &route);
                                 let chains = filter_chains(None, filters, Vec::new());
-                                listeners.push(listener_with_chains(&format!("{name}_{bind}"), *bind, chains));
+                                let mut l = listener_with_chains(&format!("{name}_{bind}"), *bind, chains);
+                                with_listener_access_log(&mut l, &ctx);
+                                listeners.push(l);
                                 if route.first_cluster() == gateway::BLACK_HOLE {
                                     c.clusters.push(gateway::black_hole_cluster());
                                 }
@@ -362,6 +372,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                                 let chains = filter_chains(None, filters, Vec::new());
                                 let mut l = listener_with_chains(&format!("{name}_{bind}"), *bind, chains);
                                 gateway::with_sni_routes(&mut l, &routes);
+                                with_listener_access_log(&mut l, &ctx);
                                 listeners.push(l);
                                 c.clusters.push(gateway::black_hole_cluster());
                                 merge(&mut clusters, &mut stats_tags, c);
@@ -559,6 +570,19 @@ fn tcp_chain_filters(spec: &ProxySpec, wasm: &[WasmFilter], logs: &[Value], clus
     let mut filters: Vec<Value> = wasm.iter().map(|f| wasm_network_filter(f, &spec.wasm_dir)).collect();
     filters.push(json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy}));
     filters
+}
+
+/// istiod's listener-level access log ([`plugins::accesslog::listener_access_logs`]): the
+/// connections that match none of the listener's filter chains (response flag `NR`), which no
+/// filter sees, written by Envoy's own file logger in the listener's access-log format. The
+/// listener's logs are the same as its filters' (`ctx`), whose errors the access-log plugin
+/// already reported for this listener: none is lost here.
+fn with_listener_access_log(l: &mut Value, ctx: &ListenerContext<'_>) {
+    if let Ok(logs) = plugins::accesslog::listener_access_logs(ctx) {
+        if !logs.is_empty() {
+            l["access_log"] = Value::Array(logs);
+        }
+    }
 }
 
 /// Envoy's own file access log (`--envoy-access-log`), for the HCM and `tcp_proxy` alike.
@@ -1340,6 +1364,68 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         // No accessLogFile: nothing logged, no filter.
         let boot = build(&spec("default/db", &res, &[13306], Vec::new()), &res).unwrap();
         assert!(!listener(&boot, "inbound_13306").to_string().contains("wasmesh.access_log"));
+    }
+
+    /// istiod's listener-level access log (connections no filter chain takes, flag `NR`) on the
+    /// inbound TCP and HTTP listeners and the outbound one, in meshConfig's path and format.
+    #[test]
+    fn listeners_log_connections_no_filter_chain_takes_as_istiod_does() {
+        let res = resources(MESH);
+        let mut sp = spec("default/db", &res, &[13306, 18080], Vec::new());
+        sp.outbound_port = Some(15001);
+        let names = ["inbound_13306", "inbound_18080", "outbound_15001"];
+        let boot = build(&sp, &res).unwrap();
+        for n in names {
+            assert!(listener(&boot, n).get("access_log").is_none(), "no access logging, no listener log: {n}");
+        }
+        sp.mesh.access_log_file = Some("/tmp/a.log".into());
+        let boot = build(&sp, &res).unwrap();
+        let want = json!([{
+            "name": "envoy.access_loggers.file",
+            "filter": {"response_flag_filter": {"flags": ["NR"]}},
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": "/tmp/a.log",
+                "log_format": {"text_format_source": {"inline_string": wasmesh_accesslog::ISTIO_TEXT}},
+            },
+        }]);
+        for n in names {
+            assert_eq!(listener(&boot, n)["access_log"], want, "{n}");
+        }
+        // JSON with a custom format: Envoy's JSON logger with those fields, unsorted as istiod's.
+        sp.mesh.access_log_encoding = Some("JSON".into());
+        sp.mesh.access_log_format =
+            Some(r#"{"flags": "%RESPONSE_FLAGS%", "details": "%RESPONSE_CODE_DETAILS%"}"#.into());
+        let boot = build(&sp, &res).unwrap();
+        let log = &listener(&boot, "inbound_13306")["access_log"][0];
+        assert_eq!(
+            log["typed_config"]["log_format"],
+            json!({"json_format": {"flags": "%RESPONSE_FLAGS%", "details": "%RESPONSE_CODE_DETAILS%"},
+                "json_format_options": {"sort_properties": false}})
+        );
+        // A Telemetry filter joins the NR filter (istiod's AndFilter), on the listeners its mode
+        // covers (SERVER: inbound only).
+        let telemetry = MESH.to_string()
+            + "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: istio-system}\nspec: {accessLogging: [{match: {mode: SERVER}, filter: {expression: 'response.code >= 400'}}]}\n";
+        let res = resources(&telemetry);
+        let boot = build(&sp, &res).unwrap();
+        assert_eq!(
+            listener(&boot, "inbound_18080")["access_log"][0]["filter"],
+            json!({"and_filter": {"filters": [{"response_flag_filter": {"flags": ["NR"]}}, {"extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                    "expression": "response.code >= 400",
+                },
+            }}]}})
+        );
+        assert!(listener(&boot, "outbound_15001").get("access_log").is_none());
+        // meshConfig disableEnvoyListenerLog: none.
+        sp.mesh.disable_envoy_listener_log = Some(true);
+        let boot = build(&sp, &res).unwrap();
+        for n in names {
+            assert!(listener(&boot, n).get("access_log").is_none(), "{n}");
+        }
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub struct MeshConfig {
     /// Istio `accessLogFormat`: Envoy command operators (TEXT) or a JSON object of fields (JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log_format: Option<String>,
+    /// Istio `disableEnvoyListenerLog`: no listener-level access log (the log of connections
+    /// that match no filter chain, response flag `NR`; plugins::accesslog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_envoy_listener_log: Option<bool>,
 }
 
 impl MeshConfig {

@@ -2,7 +2,9 @@
 //! and what it received (method, path, headers), like Istio's sample apps. It can also call other
 //! services through its sidecar (bookinfo's productpage → reviews → ratings), forwarding the
 //! headers Istio asks applications to propagate, and it serves httpbin-style `/status/<code>`
-//! and `/delay/<seconds>`.
+//! and `/delay/<seconds>`. A request can ask for response headers: each
+//! `x-echo-response-header: NAME=VALUE` it carries adds `NAME: VALUE` to the answer
+//! ([`RESPONSE_HEADER`]).
 
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -26,6 +28,25 @@ pub const PROPAGATED: &[&str] = &[
     "x-ot-span-context",
     "authorization",
 ];
+
+/// The request header asking the app for a response header: `NAME=VALUE` adds `NAME: VALUE` to
+/// the answer (one per occurrence; a NAME that is not an HTTP token or a VALUE with a control
+/// character is ignored). What an upstream service sets in its own responses, e.g.
+/// `x-envoy-decorator-operation`.
+pub const RESPONSE_HEADER: &str = "x-echo-response-header";
+
+/// The response headers a request asked for ([`RESPONSE_HEADER`]), as header lines.
+fn requested_response_headers(headers: &[(String, String)]) -> String {
+    let token =
+        |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    headers
+        .iter()
+        .filter(|(k, _)| k == RESPONSE_HEADER)
+        .filter_map(|(_, v)| v.split_once('='))
+        .filter(|(n, v)| token(n.trim()) && !v.bytes().any(|b| b.is_ascii_control() && b != b'\t'))
+        .map(|(n, v)| format!("{}: {}\r\n", n.trim(), v.trim()))
+        .collect()
+}
 
 /// One downstream call the app makes for every request it serves.
 #[derive(Debug, Clone)]
@@ -156,11 +177,12 @@ fn serve_connection(conn: TcpStream, app: &App, served: &AtomicU64, stop: &Atomi
         served.fetch_add(1, Ordering::SeqCst);
         let (status, payload) = respond(app, &method, &path, &headers, &body);
         let response = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-app: {}-{}\r\n{}\r\n",
+            "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-app: {}-{}\r\n{}{}\r\n",
             reason(status),
             payload.len(),
             app.service,
             app.version,
+            requested_response_headers(&headers),
             if close { "connection: close\r\n" } else { "" }
         );
         if writer.write_all(response.as_bytes()).and_then(|_| writer.write_all(&payload)).is_err() || close {

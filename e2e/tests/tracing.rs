@@ -716,3 +716,93 @@ fn span_names_and_decorator_headers_as_envoys_tracer() {
         assert_eq!(mine.kind, native.kind);
     }
 }
+
+/// An upstream's `x-envoy-decorator-operation` response header on the egress side, against
+/// Envoy's own tracer on a twin `OUTBOUND` listener (istiod's route decorator, same upstream, same
+/// requests): it renames the client span and is removed before the client (Envoy's
+/// `encodeHeaders` for egress); an empty one is removed and renames nothing. The upstream app
+/// sets it because the request asks it to ([`wasmesh_e2e::app::RESPONSE_HEADER`]); a second
+/// header it is asked for reaches the client on both sides (only the decorator is removed).
+#[test]
+fn upstream_decorator_response_header_renames_the_egress_span_as_envoys_tracer() {
+    let collector = Collector::start();
+    let cport = collector.port;
+    let mesh: wasmesh_controller::MeshConfig = serde_json::from_value(json!({
+        "extensionProviders": [{"name": "otel", "opentelemetry": {"service": "127.0.0.1", "port": cport,
+            "http": {"path": "/v1/traces"}}}],
+        "defaultProviders": {"tracing": ["otel"]}
+    }))
+    .unwrap();
+    let native_out = free_port();
+    let route_op = format!("{HTTPBIN}:8000/*");
+    let op = route_op.clone();
+    let m = wasmesh_e2e::Mesh::builder()
+        .yaml(DECORATED)
+        .mesh_config(mesh)
+        .concurrency(1)
+        .sidecar("default/echo-v1", App::new("echo", "v1"))
+        .edit_bootstraps(move |name, boot| {
+            if !name.contains("echo-v1") {
+                return;
+            }
+            let clusters = boot["static_resources"]["clusters"].as_array().unwrap();
+            let has = |want: &str| clusters.iter().any(|c| c["name"] == want);
+            assert!(has("wasmesh-tracing|otel"), "the tracing collector's cluster");
+            let default = format!("outbound|8000||{HTTPBIN}");
+            assert!(has(&default), "no cluster {default}");
+            // istiod's catch-all route of the VirtualService, with its decorator.
+            let hosts = json!([{"name": "httpbin", "domains": ["*"], "routes": [
+                decorated(json!({"prefix": "/"}), json!({"cluster": default, "timeout": "0s"}), &op)]}]);
+            let tracing = native_tracing("wasmesh-tracing|otel", cport);
+            let listeners = boot["static_resources"]["listeners"].as_array_mut().unwrap();
+            listeners.push(native_listener("native-out", native_out, "OUTBOUND", hosts, tracing));
+        })
+        .start();
+    let _httpbin = App::new("httpbin", "v1").start_on(m.mapped_port(19392)).unwrap();
+    let wasm_out = m.outbound_port("default/echo-v1");
+    let ask = wasmesh_e2e::app::RESPONSE_HEADER;
+
+    // (the upstream's header value, the span's name)
+    let cases = [("upstream-op", "upstream-op".to_string()), ("", route_op.clone())];
+    let tid = |i: usize, wasm: bool| format!("{:02x}{}", 0xc0 + i, if wasm { "5" } else { "4" }.repeat(30));
+    let mut want = Vec::new();
+    for (i, (value, name)) in cases.iter().enumerate() {
+        for (wasm, port) in [(false, native_out), (true, wasm_out)] {
+            let side = if wasm { "wasmesh" } else { "Envoy" };
+            let tp = format!("00-{}-b7ad6b7169203331-01", tid(i, wasm));
+            let decorator = format!("x-envoy-decorator-operation={value}");
+            let hs = [("traceparent", tp.as_str()), (ask, decorator.as_str()), (ask, "x-kept=yes")];
+            let r = get(port, "httpbin:8000", "/other", &hs);
+            assert_eq!(r.status, 200, "{side}: {}", r.text());
+            let got = r.json();
+            assert_eq!(got["service"], "httpbin", "{side}: {got}");
+            assert_eq!(
+                h(&got["headers"], "x-envoy-decorator-operation"),
+                route_op,
+                "{side}: the route's goes upstream"
+            );
+            assert_eq!(r.header("x-envoy-decorator-operation"), None, "{side} ({value:?}): removed before the client");
+            assert_eq!(r.header("x-kept"), Some("yes"), "{side}: the app's other response header arrives");
+            want.push((tid(i, wasm), side, name.clone()));
+        }
+    }
+    let spans = collector
+        .wait_for(Duration::from_secs(10), |sp| want.iter().all(|(t, _, _)| sp.iter().any(|x| &x.trace_id == t)));
+    assert_eq!(collector.errors(), Vec::<String>::new());
+    let dump = spans.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join("\n");
+    for pair in want.chunks(2) {
+        let of = |t: &str| -> &Received {
+            let of: Vec<&Received> = spans.iter().filter(|x| x.trace_id == t).collect();
+            assert_eq!(of.len(), 1, "one span for trace {t}:\n{dump}");
+            of[0]
+        };
+        let (native, mine) = (of(&pair[0].0), of(&pair[1].0));
+        eprintln!(
+            "egress, upstream header: Envoy {:?} {}, wasmesh {:?} {}",
+            native.name, native.kind, mine.name, mine.kind
+        );
+        assert_eq!(native.name, pair[0].2, "Envoy's span name:\n{dump}");
+        assert_eq!(mine.name, native.name, "wasmesh's span name as Envoy's:\n{dump}");
+        assert_eq!(mine.kind, native.kind);
+    }
+}

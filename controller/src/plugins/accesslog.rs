@@ -56,12 +56,18 @@ pub struct Otel {
     pub host: String,
     pub port: u16,
     pub attributes: BTreeMap<String, String>,
+    /// `logName` (istiod's default `otel_envoy_accesslog`): the log name of the listener-level
+    /// logger ([`listener_access_logs`]), which is Envoy's own.
+    pub log_name: String,
 }
 
 /// The collector cluster of an `envoyOtelAls` provider.
 pub fn cluster_name(provider: &str) -> String {
     format!("wasmesh-accesslog|{provider}")
 }
+
+/// istiod's log name of an `envoyOtelAls` provider without `logName` (`OtelEnvoyAccessLogFriendlyName`).
+const OTEL_LOG_NAME: &str = "otel_envoy_accesslog";
 
 /// The fields of `envoyOtelAls` wasmesh maps (Istio's `EnvoyOpenTelemetryLogProvider`).
 const OTEL_FIELDS: [&str; 4] = ["service", "port", "logName", "logFormat"];
@@ -81,6 +87,8 @@ fn otel_provider(name: &str, at: &str, p: &Value) -> Result<Log, String> {
     if let Some(v) = obj.get("logName").filter(|v| !v.is_string()) {
         return Err(format!("{at}.logName {v}: expected a string"));
     }
+    let log_name = obj.get("logName").and_then(Value::as_str).filter(|n| !n.is_empty());
+    let log_name = log_name.unwrap_or(OTEL_LOG_NAME).to_string();
     let mut text = wasmesh_accesslog::ISTIO_TEXT.to_string();
     let mut attributes = BTreeMap::new();
     if let Some(f) = obj.get("logFormat") {
@@ -105,7 +113,7 @@ fn otel_provider(name: &str, at: &str, p: &Value) -> Result<Log, String> {
         text: Some(text),
         json: None,
         filter: None,
-        otel: Some(Otel { provider: name.to_string(), host, port, attributes }),
+        otel: Some(Otel { provider: name.to_string(), host, port, attributes, log_name }),
     })
 }
 
@@ -450,6 +458,86 @@ pub fn tcp_contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Err
     })
 }
 
+/// The response flag of a connection no filter chain of the listener takes ("no filter chain
+/// found"), the only one istiod's listener-level access logs write (`listenerAccessLogFilter`).
+pub const NO_FILTER_CHAIN_FLAG: &str = "NR";
+
+/// The listener-level access logs istiod writes (`setListenerAccessLog`, on sidecar inbound, the
+/// sidecar's outbound entry listener and every gateway listener): for each file log of the
+/// listener ([`logs`]: meshConfig `accessLogFile` or Telemetry `accessLogging`), Envoy's own file
+/// logger with the same path and format (TEXT inline, or JSON with `sort_properties: false`),
+/// filtered to response flag `NR` (and the Telemetry entry's CEL filter), as
+/// `FileAccessLogFromMeshConfig` / `buildAccessLogFromTelemetry` write it. Envoy runs a
+/// listener's access logs for every connection it closes; the `NR` filter keeps only those that
+/// matched no filter chain, which no network filter (wasm or native) ever sees, so nothing is
+/// logged twice. Nothing with meshConfig `disableEnvoyListenerLog`. An `envoyOtelAls` log is
+/// Envoy's own OpenTelemetry logger as istiod writes it (`openTelemetryLog`), to the collector
+/// cluster the listener's HTTP phase exports to ([`contribute`]; a TCP listener refuses the
+/// provider, [`tcp_contribute`]).
+pub fn listener_access_logs(ctx: &ListenerContext<'_>) -> Result<Vec<Value>, Vec<Error>> {
+    if ctx.mesh.disable_envoy_listener_log == Some(true) {
+        return Ok(Vec::new());
+    }
+    Ok(logs(ctx)?.iter().filter_map(listener_log).collect())
+}
+
+/// The filter-state objects istiod's gRPC and OpenTelemetry loggers name (`envoyWasmStateToLog`).
+const STATE_TO_LOG: [&str; 6] = [
+    "upstream_peer",
+    "downstream_peer",
+    "wasm.upstream_peer",
+    "wasm.upstream_peer_id",
+    "wasm.downstream_peer",
+    "wasm.downstream_peer_id",
+];
+
+/// One listener-level logger ([`listener_access_logs`]).
+fn listener_log(l: &Log) -> Option<Value> {
+    let (name, typed_config) = if let Some(o) = &l.otel {
+        let mut c = json!({
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+            "common_config": {
+                "log_name": o.log_name,
+                "grpc_service": {"envoy_grpc": {"cluster_name": cluster_name(&o.provider), "authority": o.host}},
+                "transport_api_version": "V3",
+                "filter_state_objects_to_log": STATE_TO_LOG,
+            },
+            "disable_builtin_labels": true,
+            "body": {"string_value": l.text.as_deref().unwrap_or(wasmesh_accesslog::ISTIO_TEXT)},
+        });
+        if !o.attributes.is_empty() {
+            let values: Vec<Value> =
+                o.attributes.iter().map(|(k, v)| json!({"key": k, "value": {"string_value": v}})).collect();
+            c["attributes"] = json!({ "values": values });
+        }
+        ("envoy.access_loggers.open_telemetry", c)
+    } else {
+        let log_format = match (&l.text, &l.json) {
+            (Some(t), _) => json!({"text_format_source": {"inline_string": t}}),
+            (None, Some(j)) => json!({"json_format": j, "json_format_options": {"sort_properties": false}}),
+            (None, None) => return None,
+        };
+        let c = json!({
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": l.path,
+            "log_format": log_format,
+        });
+        ("envoy.access_loggers.file", c)
+    };
+    let nr = json!({"response_flag_filter": {"flags": [NO_FILTER_CHAIN_FLAG]}});
+    let filter = match &l.filter {
+        None => nr,
+        Some(expr) => json!({"and_filter": {"filters": [nr, {"extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": expr,
+            },
+        }}]}}),
+    };
+    Some(json!({"name": name, "filter": filter, "typed_config": typed_config}))
+}
+
 /// The collector of an `envoyOtelAls` provider: HTTP/2 (gRPC), resolved by DNS.
 fn collector_cluster(name: &str, host: &str, port: u16) -> Value {
     json!({
@@ -566,6 +654,47 @@ spec:
             let e = ctx_logs("", &m, Direction::Inbound).err().unwrap_or_default();
             assert!(e.iter().any(|e| e.to_string().contains(want)), "{bad}: {e:?}");
         }
+    }
+
+    /// istiod's `openTelemetryLog` at listener level: Envoy's OpenTelemetry logger to the
+    /// provider's collector cluster, filtered to NR.
+    #[test]
+    fn an_otel_provider_is_envoys_open_telemetry_logger_at_listener_level() {
+        let m = mesh(
+            "defaultProviders: {accessLogging: [otel]}\nextensionProviders:\n- name: otel\n  envoyOtelAls:\n    \
+             service: observability/otel.observability.svc.cluster.local\n    port: 4317\n    \
+             logFormat: {labels: {code: '%RESPONSE_CODE%'}}",
+        );
+        let resources = Resources::default();
+        let wl = Workload::new("gw", "istio-system");
+        let ctx = ListenerContext {
+            workload: &wl,
+            resources: &resources,
+            direction: Direction::Gateway { port: 443 },
+            bind_port: 8443,
+            mesh: &m,
+        };
+        let logs = listener_access_logs(&ctx).unwrap_or_default();
+        assert_eq!(
+            logs,
+            vec![json!({
+                "name": "envoy.access_loggers.open_telemetry",
+                "filter": {"response_flag_filter": {"flags": ["NR"]}},
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+                    "common_config": {
+                        "log_name": "otel_envoy_accesslog",
+                        "grpc_service": {"envoy_grpc": {"cluster_name": "wasmesh-accesslog|otel",
+                            "authority": "otel.observability.svc.cluster.local"}},
+                        "transport_api_version": "V3",
+                        "filter_state_objects_to_log": STATE_TO_LOG,
+                    },
+                    "disable_builtin_labels": true,
+                    "body": {"string_value": wasmesh_accesslog::ISTIO_TEXT},
+                    "attributes": {"values": [{"key": "code", "value": {"string_value": "%RESPONSE_CODE%"}}]},
+                },
+            })]
+        );
     }
 
     #[test]
