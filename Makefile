@@ -29,8 +29,14 @@ deps:
 # did not change); WASM_OPT_MODULES="$(FILTERS)" does every module.
 WASM_OPT_FLAGS ?= -O3 --strip-debug --strip-producers
 WASM_OPT_MODULES ?= wasmesh
+# Then each module loses the proxy_on_* exports its filter never needs (filters/<module>/stripped-exports.txt,
+# tools/strip-exports): Envoy skips a callback the module does not export, about 2.2k instructions of
+# its worker per callback and request (BENCHMARKS.md, "Exports a module does not need"). The stripped
+# module is renamed over cargo's, whose own copy in deps/ stays as built; before wasm-opt, which then
+# drops the functions nothing exports any more.
 wasm: deps
 	$(CARGO) build --release --target wasm32-wasip1 $(addprefix -p wasmesh-filter-,$(FILTERS))
+	@$(CARGO) run -q -p wasmesh-strip-exports -- filters $(WASM_DIR) $(FILTERS)
 	$(if $(strip $(WASM_OPT_FLAGS)),@scripts/wasm-opt.sh $(WASM_OPT_FLAGS) -- $(addprefix $(WASM_DIR)/,$(addsuffix .wasm,$(WASM_OPT_MODULES))))
 	@ls -l $(addprefix $(WASM_DIR)/,$(addsuffix .wasm,$(FILTERS)))
 
