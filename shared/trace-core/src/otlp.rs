@@ -109,11 +109,12 @@ pub fn string_kv(key: &str, value: &str) -> KeyValue {
 }
 
 /// W3C flags in OTLP `Span.flags`: bits 0–7 the trace flags, bit 8 "has is-remote" and bit 9
-/// "parent is remote" (the proxy's parent always came over the wire).
+/// "parent is remote" (the downstream span's parent came over the wire; an upstream span's parent is
+/// the proxy's own downstream span).
 fn span_flags(s: &Span, sampled: bool) -> u32 {
     let mut f = u32::from(sampled);
     f |= 0x100;
-    if s.parent_span_id.is_some() {
+    if s.parent_span_id.is_some() && !s.parent_local {
         f |= 0x200;
     }
     f
