@@ -743,6 +743,26 @@ spec:
   serviceAccount: httpbin
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: down, namespace: default}
+spec:
+  hosts: [down.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: down}}
+---
+# Nothing listens there: every attempt fails to connect.
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: down-v1, namespace: default}
+spec:
+  address: 127.0.0.1
+  ports: {http: 19394}
+  labels: {app: down, version: v1}
+  serviceAccount: down
+---
+apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: istio-ingressgateway, namespace: istio-system}
 spec:
@@ -766,6 +786,8 @@ spec:
   hosts: ["*"]
   gateways: [gw]
   http:
+  - match: [{uri: {prefix: /down}}]
+    route: [{destination: {host: down.default.svc.cluster.local, port: {number: 8000}}}]
   - route: [{destination: {host: httpbin.default.svc.cluster.local, port: {number: 8000}}}]
 ---
 apiVersion: telemetry.istio.io/v1
@@ -783,6 +805,8 @@ spec:
 /// the context its upstream receives, field by field against Envoy's own OpenTelemetry tracer
 /// on a twin OUTBOUND listener of the same gateway Envoy with `spawn_upstream_span: true`, as
 /// istiod 1.30 writes a gateway's connection manager (and its custom tags as istiod writes them).
+/// Then a service nobody listens on, with Istio's default retries: Envoy reports one upstream span
+/// per attempt, wasmesh one, equal to Envoy's last (`retry.count`, `error.reason`, `UF`).
 #[test]
 fn gateway_spans_as_envoys_tracer_with_spawn_upstream_span() {
     let collector = Collector::start();
@@ -836,7 +860,20 @@ fn gateway_spans_as_envoys_tracer_with_spawn_upstream_span() {
             .collect();
             tags.push(json!({"tag": "user", "request_header": {"name": "end-user", "default_value": "anonymous"}}));
             tracing["custom_tags"] = Value::Array(tags);
-            let hosts = json!([{"name": "gw", "domains": ["*"], "routes": [decorated(json!({"prefix": "/"}),
+            // The retries wasmeshctl writes on the gateway's route (Istio's default).
+            fn retry_policy(v: &Value) -> Option<Value> {
+                match v {
+                    Value::Object(m) => m.get("retry_policy").cloned().or_else(|| m.values().find_map(retry_policy)),
+                    Value::Array(a) => a.iter().find_map(retry_policy),
+                    _ => None,
+                }
+            }
+            let retries = retry_policy(&boot["static_resources"]["listeners"]).expect("a retry policy");
+            let down = json!({"cluster": find("outbound|8000||down.default.svc.cluster.local"), "timeout": "0s",
+                "retry_policy": retries});
+            let hosts = json!([{"name": "gw", "domains": ["*"], "routes": [
+                decorated(json!({"prefix": "/down"}), down, "down.default.svc.cluster.local:8000/down*"),
+                decorated(json!({"prefix": "/"}),
                 json!({"cluster": find(&format!("outbound|8000||{HTTPBIN}")), "timeout": "0s"}), &op2)]}]);
             let listeners = boot["static_resources"]["listeners"].as_array_mut().unwrap();
             listeners.push(native_listener("native-gw", native, "OUTBOUND", hosts, tracing));
@@ -891,10 +928,21 @@ fn gateway_spans_as_envoys_tracer_with_spawn_upstream_span() {
         assert_eq!(mine.status, theirs.status, "{what}");
         assert_eq!(mine.trace_state, theirs.trace_state, "{what}");
         let per_request = ["guid:x-request-id", "response_size"];
+        // Envoy joins the response flags in the order they were set (`URX,UF`); a filter reads
+        // them as a bit set and joins them in bit order (`UF,URX`).
+        let flag_set = |f: &str| {
+            let mut v: Vec<&str> = f.split(',').collect();
+            v.sort_unstable();
+            v.join(",")
+        };
         let mut diffs = Vec::new();
         for (k, v) in &theirs.attributes {
             let m = mine.attr(k);
-            if per_request.contains(&k.as_str()) {
+            if k == "response_flags" {
+                if m.map(flag_set) != Some(flag_set(v)) {
+                    diffs.push(format!("{k}: wasmesh {m:?}, Envoy {v:?}"));
+                }
+            } else if per_request.contains(&k.as_str()) {
                 if m.is_none() {
                     diffs.push(format!("{k}: missing (Envoy: {v:?})"));
                 }
@@ -913,4 +961,34 @@ fn gateway_spans_as_envoys_tracer_with_spawn_upstream_span() {
     compare("upstream span", w_client, n_client);
     assert_eq!(n_server.name, op, "Envoy names the downstream span by the route's decorator");
     assert_eq!(n_client.name, format!("router outbound|8000||{HTTPBIN} egress"));
+
+    // Connection refused on every attempt: Envoy's last upstream span against wasmesh's one.
+    let tid = |wasm: bool| format!("cd{}", if wasm { "1" } else { "0" }.repeat(30));
+    for (w, port) in [(false, native), (true, wasm)] {
+        let caller = format!("00-{}-{parent}-01", tid(w));
+        let r = get(port, "web.example.com", "/down", &[("traceparent", caller.as_str()), ("end-user", "jason")]);
+        assert_eq!(r.status, 503, "via {port}: {}", r.text());
+    }
+    let spans = collector.wait_for(Duration::from_secs(10), |sp| {
+        [tid(false), tid(true)].iter().all(|t| sp.iter().filter(|x| &x.trace_id == t).count() >= 2)
+    });
+    let dump = spans.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join("\n");
+    let of = |w: bool| -> Vec<&Received> { spans.iter().filter(|x| x.trace_id == tid(w)).collect() };
+    let (native_spans, mine) = (of(false), of(true));
+    let server = |v: &[&Received]| -> Received { (*v.iter().find(|x| x.kind == "SERVER").unwrap()).clone() };
+    let (n_server, w_server) = (server(&native_spans), server(&mine));
+    let attempts = native_spans.iter().filter(|x| x.kind == "CLIENT").count();
+    assert!(attempts > 1, "Envoy retried (an upstream span per attempt):\n{dump}");
+    let last = native_spans
+        .iter()
+        .filter(|x| x.kind == "CLIENT")
+        .max_by_key(|x| x.attr("retry.count").and_then(|c| c.parse::<u32>().ok()).unwrap_or(0))
+        .unwrap();
+    assert_eq!(last.attr("retry.count"), Some((attempts - 1).to_string().as_str()), "{dump}");
+    assert!(native_spans.iter().filter(|x| x.kind == "CLIENT").all(|x| x.parent_span_id == n_server.span_id));
+    let clients: Vec<&&Received> = mine.iter().filter(|x| x.kind == "CLIENT").collect();
+    assert_eq!(clients.len(), 1, "wasmesh reports one upstream span:\n{dump}");
+    assert_eq!(clients[0].parent_span_id, w_server.span_id);
+    compare("downstream span, upstream down", &w_server, &n_server);
+    compare("last upstream span, upstream down", clients[0], last);
 }

@@ -494,7 +494,8 @@ impl PhaseRequest for TracingRequest {
             // last byte received (`response.backend_latency`), else the whole request.
             let backend = prop(up + 1).as_deref().and_then(decode_u64).filter(|d| *d > 0);
             let attempts = prop(up + 2).as_deref().and_then(decode_u64).unwrap_or(1);
-            let via_upstream = text(prop(up + 3)).is_some_and(|d| d.starts_with("via_upstream"));
+            let details = text(prop(up + 3));
+            let via_upstream = details.as_deref().is_some_and(|d| d.starts_with("via_upstream"));
             let u = Upstream {
                 cluster,
                 address: Some(address),
@@ -502,6 +503,7 @@ impl PhaseRequest for TracingRequest {
                 status: status.filter(|_| via_upstream),
                 grpc_status: grpc_status.filter(|_| via_upstream),
                 flags: &flags,
+                details: details.as_deref(),
                 attempts,
                 start_unix_nanos: backend.map_or(start, |b| end.saturating_sub(b).max(start)),
                 end_unix_nanos: end,

@@ -72,12 +72,41 @@ pub struct Upstream<'a> {
     /// The upstream's response status; `None`: no response from the upstream (reset, timeout).
     pub status: Option<u32>,
     pub grpc_status: Option<u32>,
-    /// Envoy's short response flags (`-` for none).
+    /// Envoy's short response flags of the request (`-` for none): [`Span::upstream`] keeps
+    /// those an upstream request sets on itself ([`UPSTREAM_FLAGS`]).
     pub flags: &'a str,
+    /// `response.code_details`: a reset's reason is the span's `error.reason`.
+    pub details: Option<&'a str>,
     /// Upstream requests made (retries + 1).
     pub attempts: u64,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
+}
+
+/// The response flags Envoy's router sets on an upstream request's own stream info (a reset's
+/// `streamResetReasonToResponseFlag`, a per-try timeout, a per-try idle timeout).
+pub const UPSTREAM_FLAGS: [&str; 9] = ["UF", "UC", "LR", "UO", "UR", "UPE", "OM", "UT", "SI"];
+
+/// The flags of `flags` (short codes joined by `,`) that are [`UPSTREAM_FLAGS`], `-` if none.
+pub fn upstream_flags(flags: &str) -> String {
+    let kept: Vec<&str> = flags.split(',').filter(|f| UPSTREAM_FLAGS.contains(f)).collect();
+    if kept.is_empty() {
+        "-".into()
+    } else {
+        kept.join(",")
+    }
+}
+
+/// The reset reason Envoy tags an upstream span's `error.reason` with
+/// (`Http::Utility::resetReasonToString`), from the response code details the router wrote for
+/// it: `upstream_reset_{before,after}_response_started{<reason>[|<transport failure>]}`, spaces
+/// made `_`.
+pub fn reset_reason(details: &str) -> Option<String> {
+    let rest = details
+        .strip_prefix("upstream_reset_before_response_started{")
+        .or_else(|| details.strip_prefix("upstream_reset_after_response_started{"))?;
+    let reason = rest.split(['|', '}']).next().filter(|r| !r.is_empty())?;
+    Some(reason.replace('_', " "))
 }
 
 /// `ip:port` or `[ipv6]:port` → (ip, port).
@@ -123,10 +152,17 @@ impl Span {
         if u.attempts > 1 {
             s.tag("retry.count", (u.attempts - 1).to_string());
         }
+        if let Some(reason) = u.details.filter(|_| u.status.is_none()).and_then(reset_reason) {
+            s.tag("error.reason", reason);
+        }
         if let Some(g) = u.grpc_status {
             s.tag("grpc.status_code", g.to_string());
         }
-        s.tag("http.protocol", u.protocol);
+        let flags = upstream_flags(u.flags);
+        // No connection (a connect failure, an overflowing pool): the upstream request has no
+        // protocol, which Envoy reports as `-`.
+        let connected = !flags.split(',').any(|f| f == "UF" || f == "UO");
+        s.tag("http.protocol", if connected { u.protocol } else { "-" });
         if let Some(a) = u.address {
             s.tag("upstream_address", a);
             s.tag("peer.address", a);
@@ -136,7 +172,7 @@ impl Span {
         s.tag("upstream_cluster", u.cluster);
         s.tag("upstream_cluster.name", u.cluster);
         s.tag("http.status_code", u.status.map(|c| c.to_string()).unwrap_or_else(|| "0".into()));
-        s.tag("response_flags", u.flags);
+        s.tag("response_flags", flags);
         if is_error(u.status, u.grpc_status) {
             s.error = true;
             s.tag("error", "true");
@@ -192,7 +228,8 @@ mod tests {
             protocol: "HTTP/1.1",
             status: None,
             grpc_status: None,
-            flags: "UF",
+            flags: "UF,URX",
+            details: Some("upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}"),
             attempts: 3,
             start_unix_nanos: 20,
             end_unix_nanos: 10,
@@ -207,6 +244,7 @@ mod tests {
             keys,
             [
                 "retry.count",
+                "error.reason",
                 "http.protocol",
                 "upstream_address",
                 "peer.address",
@@ -225,5 +263,15 @@ mod tests {
         );
         assert_eq!(s.get("peer.address"), Some("10.0.0.2:9080"), "Envoy's upstream peer.address keeps the port");
         assert_eq!(s.peer, Some(("10.0.0.2".into(), 9080)));
+        assert_eq!(s.get("error.reason"), Some("remote connection failure"));
+        assert_eq!(s.get("response_flags"), Some("UF"), "URX is the downstream request's");
+        assert_eq!(s.get("http.protocol"), Some("-"), "never connected");
+        assert_eq!(upstream_flags("DI,UT"), "UT");
+        assert_eq!(upstream_flags("-"), "-");
+        assert_eq!(reset_reason("via_upstream"), None);
+        assert_eq!(
+            reset_reason("upstream_reset_after_response_started{connection_termination}").as_deref(),
+            Some("connection termination")
+        );
     }
 }
