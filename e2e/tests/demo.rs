@@ -110,6 +110,7 @@ fn access_logs_and_trace(text: &str) {
     let spans: Vec<&str> = trace.lines().skip(2).take_while(|l| l.starts_with("  ")).collect();
     let chain = [
         "[istio-ingressgateway.istio-system] server",
+        "[istio-ingressgateway.istio-system] client",
         "[productpage.default] server",
         "[productpage.default] client",
         "[reviews.default] server",
@@ -122,7 +123,11 @@ fn access_logs_and_trace(text: &str) {
         let at = at.unwrap_or_else(|| panic!("no span {want} under the one before:\n{trace}"));
         depth = indent(at);
     }
-    assert_eq!(spans.len(), 8, "gateway, productpage in + 2 out, details, reviews in + out, ratings:\n{trace}");
+    assert_eq!(
+        spans.len(),
+        9,
+        "gateway in + out, productpage in + 2 out, details, reviews in + out, ratings:\n{trace}"
+    );
     // A Telemetry edit served live: the access log keeps errors only, no Envoy restarted.
     let live = text.lines().find(|l| l.starts_with("Live update: telemetry.yaml")).unwrap_or_default();
     assert!(live.contains("GET /productpage 200 ") && live.contains(" not logged, GET /admin?probe="), "{text}");

@@ -349,7 +349,8 @@ fn trace_context_propagation_sampling_and_export() {
 /// gateway → productpage → reviews v2 → ratings, configured the Istio way (meshConfig
 /// `extensionProviders` + `defaultProviders.tracing`, a mesh-wide Telemetry at 100 % with a
 /// custom tag) through `wasmeshctl envoy`: one trace, each proxy's span the child of the one
-/// before it (server then client span on each sidecar), Istio's tags naming each workload.
+/// before it (server then client span on each proxy: on the gateway the upstream span istiod's
+/// `spawn_upstream_span` gives), Istio's tags naming each workload.
 #[test]
 fn bookinfo_is_one_trace() {
     use wasmesh_e2e::bookinfo::call;
@@ -391,11 +392,11 @@ spec:
     assert_eq!(r.status, 200, "{}", r.text());
     let page = r.json();
     let trace = tp(h(&page["headers"], "traceparent")).0;
-    let spans = collector.wait_for(Duration::from_secs(10), |s| s.iter().filter(|x| x.trace_id == trace).count() >= 6);
+    let spans = collector.wait_for(Duration::from_secs(10), |s| s.iter().filter(|x| x.trace_id == trace).count() >= 7);
     assert_eq!(collector.errors(), Vec::<String>::new());
     let mine: Vec<&Received> = spans.iter().filter(|x| x.trace_id == trace).collect();
     let dump = mine.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join("\n");
-    assert_eq!(mine.len(), 6, "gateway, productpage in/out, reviews in/out, ratings in:\n{dump}");
+    assert_eq!(mine.len(), 7, "gateway in/out, productpage in/out, reviews in/out, ratings in:\n{dump}");
     assert_eq!(spans.iter().filter(|x| x.trace_id != trace).count(), 0, "one trace only:\n{dump}");
     // The chain: every span but the gateway's is the child of another span of the trace.
     let root: Vec<&&Received> = mine.iter().filter(|x| x.parent_span_id.is_empty()).collect();
@@ -408,6 +409,7 @@ spec:
     }
     let want: Vec<(String, String)> = [
         ("istio-ingressgateway", "SERVER"),
+        ("istio-ingressgateway", "CLIENT"),
         ("productpage", "SERVER"),
         ("productpage", "CLIENT"),
         ("reviews", "SERVER"),
@@ -419,7 +421,9 @@ spec:
     .collect();
     assert_eq!(order, want, "{dump}");
     let gateway = *root[0];
-    let page = mine.iter().find(|x| x.parent_span_id == gateway.span_id).unwrap();
+    let upstream = mine.iter().find(|x| x.parent_span_id == gateway.span_id).unwrap();
+    assert_eq!(upstream.name, "router outbound|9080||productpage.default.svc.cluster.local egress", "{dump}");
+    let page = mine.iter().find(|x| x.parent_span_id == upstream.span_id).unwrap();
     assert_eq!(
         gateway.name, "productpage.default.svc.cluster.local:9080/productpage",
         "the gateway route's operation:\n{dump}"
@@ -715,6 +719,278 @@ fn span_names_and_decorator_headers_as_envoys_tracer() {
         assert_eq!(mine.name, native.name, "wasmesh's inbound span name as Envoy's:\n{dump}");
         assert_eq!(mine.kind, native.kind);
     }
+}
+
+/// A gateway as istiod 1.30 configures it: `spawn_upstream_span` on its OUTBOUND listener.
+const GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: httpbin}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: httpbin-v1, namespace: default}
+spec:
+  address: 127.0.0.1
+  ports: {http: 19393}
+  labels: {app: httpbin, version: v1}
+  serviceAccount: httpbin
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: down, namespace: default}
+spec:
+  hosts: [down.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: down}}
+---
+# Nothing listens there: every attempt fails to connect.
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: down-v1, namespace: default}
+spec:
+  address: 127.0.0.1
+  ports: {http: 19394}
+  labels: {app: down, version: v1}
+  serviceAccount: down
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  address: 127.0.0.1
+  labels: {istio: ingressgateway, app: istio-ingressgateway}
+  serviceAccount: istio-ingressgateway-service-account
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /down}}]
+    route: [{destination: {host: down.default.svc.cluster.local, port: {number: 8000}}}]
+  - route: [{destination: {host: httpbin.default.svc.cluster.local, port: {number: 8000}}}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - randomSamplingPercentage: 100
+    customTags:
+      team: {literal: {value: books}}
+      user: {header: {name: end-user, defaultValue: anonymous}}
+"#;
+
+/// The gateway's two spans (downstream SERVER, upstream CLIENT `router <cluster> egress`) and
+/// the context its upstream receives, field by field against Envoy's own OpenTelemetry tracer
+/// on a twin OUTBOUND listener of the same gateway Envoy with `spawn_upstream_span: true`, as
+/// istiod 1.30 writes a gateway's connection manager (and its custom tags as istiod writes them).
+/// Then a service nobody listens on, with Istio's default retries: Envoy reports one upstream span
+/// per attempt, wasmesh one, equal to Envoy's last (`retry.count`, `error.reason`, `UF`).
+#[test]
+fn gateway_spans_as_envoys_tracer_with_spawn_upstream_span() {
+    let collector = Collector::start();
+    let cport = collector.port;
+    let mesh: wasmesh_controller::MeshConfig = serde_json::from_value(json!({
+        "extensionProviders": [{"name": "otel", "opentelemetry": {"service": "127.0.0.1", "port": cport,
+            "http": {"path": "/v1/traces"}}}],
+        "defaultProviders": {"tracing": ["otel"]}
+    }))
+    .unwrap();
+    let native = free_port();
+    let op = format!("{HTTPBIN}:8000/*");
+    let op2 = op.clone();
+    let m = wasmesh_e2e::Mesh::builder()
+        .yaml(GATEWAY)
+        .mesh_config(mesh)
+        .concurrency(1)
+        .gateway("istio-system/istio-ingressgateway", &[80])
+        .edit_bootstraps(move |name, boot| {
+            if !name.contains("ingressgateway") {
+                return;
+            }
+            let names: Vec<String> = boot["static_resources"]["clusters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect();
+            let find = |want: &str| {
+                names
+                    .iter()
+                    .find(|n| n.as_str() == want)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no cluster {want}: {names:?}"))
+            };
+            let mut tracing = native_tracing(&find("wasmesh-tracing|otel"), cport);
+            tracing["provider"]["typed_config"]["service_name"] = json!("istio-ingressgateway.istio-system");
+            tracing["spawn_upstream_span"] = json!(true);
+            // istiod's custom tags: Istio's (as wasmesh's phase derives them for this gateway)
+            // and the Telemetry's.
+            let mut tags: Vec<Value> = [
+                ("istio.canonical_revision", "latest"),
+                ("istio.canonical_service", "istio-ingressgateway"),
+                ("istio.cluster_id", "Kubernetes"),
+                ("istio.mesh_id", "cluster.local"),
+                ("istio.namespace", "istio-system"),
+                ("team", "books"),
+            ]
+            .iter()
+            .map(|(k, v)| json!({"tag": k, "literal": {"value": v}}))
+            .collect();
+            tags.push(json!({"tag": "user", "request_header": {"name": "end-user", "default_value": "anonymous"}}));
+            tracing["custom_tags"] = Value::Array(tags);
+            // The retries wasmeshctl writes on the gateway's route (Istio's default).
+            fn retry_policy(v: &Value) -> Option<Value> {
+                match v {
+                    Value::Object(m) => m.get("retry_policy").cloned().or_else(|| m.values().find_map(retry_policy)),
+                    Value::Array(a) => a.iter().find_map(retry_policy),
+                    _ => None,
+                }
+            }
+            let retries = retry_policy(&boot["static_resources"]["listeners"]).expect("a retry policy");
+            let down = json!({"cluster": find("outbound|8000||down.default.svc.cluster.local"), "timeout": "0s",
+                "retry_policy": retries});
+            let hosts = json!([{"name": "gw", "domains": ["*"], "routes": [
+                decorated(json!({"prefix": "/down"}), down, "down.default.svc.cluster.local:8000/down*"),
+                decorated(json!({"prefix": "/"}),
+                json!({"cluster": find(&format!("outbound|8000||{HTTPBIN}")), "timeout": "0s"}), &op2)]}]);
+            let listeners = boot["static_resources"]["listeners"].as_array_mut().unwrap();
+            listeners.push(native_listener("native-gw", native, "OUTBOUND", hosts, tracing));
+        })
+        .start();
+    let _httpbin = App::new("httpbin", "v1").start_on(m.mapped_port(19393)).unwrap();
+    let wasm = m.gateway_port("istio-system/istio-ingressgateway", 80);
+
+    let parent = "b7ad6b7169203331";
+    let tid = |wasm: bool| format!("ab{}", if wasm { "1" } else { "0" }.repeat(30));
+    // What each upstream received: (traceparent span id, tracestate, x-b3-parentspanid).
+    let mut sent = Vec::new();
+    for (w, port) in [(false, native), (true, wasm)] {
+        let caller = format!("00-{}-{parent}-01", tid(w));
+        let hs = [("traceparent", caller.as_str()), ("tracestate", "congo=t61rcWkgMzE"), ("end-user", "jason")];
+        let r = get(port, "web.example.com", "/headers?x=1", &hs);
+        assert_eq!(r.status, 200, "via {port}: {}", r.text());
+        let got = r.json()["headers"].clone();
+        let (trace, span, flags) = tp(h(&got, "traceparent"));
+        assert_eq!((trace.as_str(), flags.as_str()), (tid(w).as_str(), "01"), "{got}");
+        assert_eq!(h(&got, "tracestate"), "congo=t61rcWkgMzE");
+        assert_eq!(h(&got, "x-envoy-decorator-operation"), op, "the route's operation goes upstream: {got}");
+        sent.push((span, h(&got, "x-b3-parentspanid").to_string()));
+    }
+
+    let spans = collector.wait_for(Duration::from_secs(10), |sp| {
+        [tid(false), tid(true)].iter().all(|t| sp.iter().filter(|x| &x.trace_id == t).count() >= 2)
+    });
+    assert_eq!(collector.errors(), Vec::<String>::new());
+    let dump = spans.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join("\n");
+    // (server, client) of one trace, checked as a chain: caller → SERVER → CLIENT → upstream.
+    let pair = |w: bool| -> (&Received, &Received) {
+        let of: Vec<&Received> = spans.iter().filter(|x| x.trace_id == tid(w)).collect();
+        assert_eq!(of.len(), 2, "two spans for trace {}:\n{dump}", tid(w));
+        let server = of.iter().find(|x| x.kind == "SERVER").unwrap_or_else(|| panic!("no SERVER span:\n{dump}"));
+        let client = of.iter().find(|x| x.kind == "CLIENT").unwrap_or_else(|| panic!("no CLIENT span:\n{dump}"));
+        assert_eq!(server.parent_span_id, parent, "{dump}");
+        assert_eq!(client.parent_span_id, server.span_id, "{dump}");
+        assert_eq!(client.span_id, sent[usize::from(w)].0, "the upstream got the CLIENT span's context:\n{dump}");
+        assert!(client.start_unix_nanos >= server.start_unix_nanos, "{client:?}\n{server:?}");
+        assert!(client.end_unix_nanos <= server.end_unix_nanos, "{client:?}\n{server:?}");
+        (server, client)
+    };
+    let (n_server, n_client) = pair(false);
+    let (w_server, w_client) = pair(true);
+    assert_eq!(sent[1].1, w_server.span_id, "wasmesh's B3 parent is its SERVER span");
+    let compare = |what: &str, mine: &Received, theirs: &Received| {
+        eprintln!("{what}:\n  wasmesh: {mine:?}\n  Envoy:   {theirs:?}");
+        assert_eq!(mine.service, theirs.service, "{what}");
+        assert_eq!(mine.name, theirs.name, "{what}");
+        assert_eq!(mine.kind, theirs.kind, "{what}");
+        assert_eq!(mine.status, theirs.status, "{what}");
+        assert_eq!(mine.trace_state, theirs.trace_state, "{what}");
+        let per_request = ["guid:x-request-id", "response_size"];
+        // Envoy joins the response flags in the order they were set (`URX,UF`); a filter reads
+        // them as a bit set and joins them in bit order (`UF,URX`).
+        let flag_set = |f: &str| {
+            let mut v: Vec<&str> = f.split(',').collect();
+            v.sort_unstable();
+            v.join(",")
+        };
+        let mut diffs = Vec::new();
+        for (k, v) in &theirs.attributes {
+            let m = mine.attr(k);
+            if k == "response_flags" {
+                if m.map(flag_set) != Some(flag_set(v)) {
+                    diffs.push(format!("{k}: wasmesh {m:?}, Envoy {v:?}"));
+                }
+            } else if per_request.contains(&k.as_str()) {
+                if m.is_none() {
+                    diffs.push(format!("{k}: missing (Envoy: {v:?})"));
+                }
+            } else if m != Some(v.as_str()) {
+                diffs.push(format!("{k}: wasmesh {m:?}, Envoy {v:?}"));
+            }
+        }
+        for (k, v) in &mine.attributes {
+            if theirs.attr(k).is_none() {
+                diffs.push(format!("{k}: wasmesh {v:?}, Envoy has none"));
+            }
+        }
+        assert!(diffs.is_empty(), "{what}: fields differ from Envoy's OpenTelemetry tracer:\n{}", diffs.join("\n"));
+    };
+    compare("downstream span", w_server, n_server);
+    compare("upstream span", w_client, n_client);
+    assert_eq!(n_server.name, op, "Envoy names the downstream span by the route's decorator");
+    assert_eq!(n_client.name, format!("router outbound|8000||{HTTPBIN} egress"));
+
+    // Connection refused on every attempt: Envoy's last upstream span against wasmesh's one.
+    let tid = |wasm: bool| format!("cd{}", if wasm { "1" } else { "0" }.repeat(30));
+    for (w, port) in [(false, native), (true, wasm)] {
+        let caller = format!("00-{}-{parent}-01", tid(w));
+        let r = get(port, "web.example.com", "/down", &[("traceparent", caller.as_str()), ("end-user", "jason")]);
+        assert_eq!(r.status, 503, "via {port}: {}", r.text());
+    }
+    let spans = collector.wait_for(Duration::from_secs(10), |sp| {
+        [tid(false), tid(true)].iter().all(|t| sp.iter().filter(|x| &x.trace_id == t).count() >= 2)
+    });
+    let dump = spans.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join("\n");
+    let of = |w: bool| -> Vec<&Received> { spans.iter().filter(|x| x.trace_id == tid(w)).collect() };
+    let (native_spans, mine) = (of(false), of(true));
+    let server = |v: &[&Received]| -> Received { (*v.iter().find(|x| x.kind == "SERVER").unwrap()).clone() };
+    let (n_server, w_server) = (server(&native_spans), server(&mine));
+    let attempts = native_spans.iter().filter(|x| x.kind == "CLIENT").count();
+    assert!(attempts > 1, "Envoy retried (an upstream span per attempt):\n{dump}");
+    let last = native_spans
+        .iter()
+        .filter(|x| x.kind == "CLIENT")
+        .max_by_key(|x| x.attr("retry.count").and_then(|c| c.parse::<u32>().ok()).unwrap_or(0))
+        .unwrap();
+    assert_eq!(last.attr("retry.count"), Some((attempts - 1).to_string().as_str()), "{dump}");
+    assert!(native_spans.iter().filter(|x| x.kind == "CLIENT").all(|x| x.parent_span_id == n_server.span_id));
+    let clients: Vec<&&Received> = mine.iter().filter(|x| x.kind == "CLIENT").collect();
+    assert_eq!(clients.len(), 1, "wasmesh reports one upstream span:\n{dump}");
+    assert_eq!(clients[0].parent_span_id, w_server.span_id);
+    compare("downstream span, upstream down", &w_server, &n_server);
+    compare("last upstream span, upstream down", clients[0], last);
 }
 
 /// An upstream's `x-envoy-decorator-operation` response header on the egress side, against

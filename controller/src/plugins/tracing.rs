@@ -63,7 +63,8 @@ fn applicable<'a>(resources: &'a Resources, wl: &Workload) -> Vec<(&'a Resource,
     scoped.into_iter().map(|(_, r, v)| (r, v)).collect()
 }
 
-/// Whether an entry's `match.mode` covers this side (`server`: inbound or gateway).
+/// Whether an entry's `match.mode` covers this side (`server`: a sidecar's inbound; istiod
+/// applies the client side to outbound and gateway listeners, `configureTracingFromTelemetry`).
 fn covers(entry: &Value, server: bool) -> bool {
     match entry.pointer("/match/mode").and_then(Value::as_str).unwrap_or("CLIENT_AND_SERVER") {
         "CLIENT" => !server,
@@ -119,8 +120,8 @@ pub fn cluster_name(provider: &str) -> String {
 
 /// The phase for one listener, and its collector cluster.
 pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
+    let Some((merged, name)) = effective(ctx, server_side(ctx)) else { return Ok(Contribution::default()) };
     let server = !matches!(ctx.direction, Direction::Outbound);
-    let Some((merged, name)) = effective(ctx, server) else { return Ok(Contribution::default()) };
     let Some(name) = name else {
         return Err(vec![Error::new(format!(
             "{}/{}: Telemetry tracing applies but names no tracing provider and meshConfig has no \
@@ -159,9 +160,31 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         // istiod writes a gateway's listeners `traffic_direction: OUTBOUND`
         // (buildGatewayListeners), so Envoy's connection manager applies decorators there as
         // egress: the route's operation goes upstream, a client's header is not taken.
+        //
+        // istiod sets `spawn_upstream_span` on a gateway's connection manager
+        // (`PILOT_SPAWN_UPSTREAM_SPAN_FOR_GATEWAY`, always on since Istio 1.31): Envoy reports the
+        // downstream span as SERVER and an upstream span per upstream request under it.
         Direction::Gateway { .. } => {
             config["routeOperations"] = json!(true);
             config["decorators"] = json!("egress");
+            config["spawnUpstreamSpan"] = json!(true);
+            let (h2, downstream) = upstream_protocols(ctx);
+            if h2.len() + downstream.len() > wasmesh_trace::config::MAX_PROTOCOL_CLUSTERS {
+                return Err(vec![Error::new(format!(
+                    "{}/{}: {} HTTP/2 and downstream-protocol clusters for the gateway's upstream spans; \
+                     the tracing filter takes at most {}",
+                    ctx.workload.namespace,
+                    ctx.workload.name,
+                    h2.len() + downstream.len(),
+                    wasmesh_trace::config::MAX_PROTOCOL_CLUSTERS
+                ))]);
+            }
+            if !h2.is_empty() {
+                config["http2Clusters"] = json!(h2);
+            }
+            if !downstream.is_empty() {
+                config["downstreamProtocolClusters"] = json!(downstream);
+            }
         }
     }
     for k in ["randomSamplingPercentage", "disableSpanReporting", "disableContextPropagation", "customTags"] {
@@ -184,10 +207,39 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
     })
 }
 
+/// The service clusters whose upstream protocol is HTTP/2, and those using the downstream's
+/// (the upstream span's `http.protocol`, which the filter cannot read from Envoy).
+fn upstream_protocols(ctx: &ListenerContext<'_>) -> (Vec<String>, Vec<String>) {
+    let (mut h2, mut downstream) = (Vec::new(), Vec::new());
+    let Ok(clusters) = crate::bootstrap::outbound_clusters(ctx.resources, ctx.workload) else {
+        return (h2, downstream);
+    };
+    for c in clusters {
+        let Some(name) = c.get("name").and_then(Value::as_str) else { continue };
+        let Some(o) =
+            c.pointer("/typed_extension_protocol_options/envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+        else {
+            continue;
+        };
+        if o.get("use_downstream_protocol_config").is_some() {
+            downstream.push(name.to_string());
+        } else if o.pointer("/explicit_http_config/http2_protocol_options").is_some() {
+            h2.push(name.to_string());
+        }
+    }
+    (h2, downstream)
+}
+
 /// Whether the tracing filter goes on this listener (the router then hands it the routes'
 /// operations).
 pub fn enabled(ctx: &ListenerContext<'_>) -> bool {
-    effective(ctx, !matches!(ctx.direction, Direction::Outbound)).is_some()
+    effective(ctx, server_side(ctx)).is_some()
+}
+
+/// The Telemetry side (`match.mode`) that applies: the server side on a sidecar's inbound
+/// listener only.
+fn server_side(ctx: &ListenerContext<'_>) -> bool {
+    matches!(ctx.direction, Direction::Inbound)
 }
 
 /// The operation istiod writes on a sidecar's inbound route (`telemetry.TraceOperation`):
@@ -341,4 +393,59 @@ pub fn refusals(resources: &Resources, mesh: &MeshConfig) -> Vec<Error> {
         }
     }
     errors
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.default.svc.cluster.local]
+  ports: [{number: 8000, name: http, protocol: HTTP}, {number: 9000, name: grpc, protocol: GRPC}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: web}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - randomSamplingPercentage: 100
+  - match: {mode: SERVER}
+    customTags: {side: {literal: {value: server}}}
+"#;
+
+    #[test]
+    fn gateways_spawn_an_upstream_span_and_take_the_client_side() {
+        let res = Resources { items: wasmesh_istio::load_str(YAML, "t.yaml").unwrap_or_else(|e| panic!("{e}")) };
+        let mesh: MeshConfig = serde_json::from_value(json!({
+            "extensionProviders": [{"name": "otel", "opentelemetry": {"service": "c", "port": 4318,
+                "http": {"path": "/v1/traces"}}}],
+            "defaultProviders": {"tracing": ["otel"]}
+        }))
+        .unwrap();
+        let wl = Workload::new("istio-ingressgateway", "istio-system");
+        let ctx =
+            |direction| ListenerContext { workload: &wl, resources: &res, direction, bind_port: 8080, mesh: &mesh };
+        let config = |d| contribute(&ctx(d)).unwrap().http_filters[0].config.clone();
+        let gw = config(Direction::Gateway { port: 80 });
+        assert_eq!((gw["kind"].as_str(), gw["spawnUpstreamSpan"].as_bool()), (Some("server"), Some(true)));
+        assert_eq!(gw["decorators"], "egress");
+        assert_eq!(gw["http2Clusters"], json!(["outbound|9000||web.default.svc.cluster.local"]));
+        assert!(gw.get("customTags").is_none(), "istiod gives a gateway the client side: {gw}");
+        let out = config(Direction::Outbound);
+        assert!(out.get("spawnUpstreamSpan").is_none() && out.get("customTags").is_none());
+        let inbound = config(Direction::Inbound);
+        assert!(inbound.get("spawnUpstreamSpan").is_none());
+        assert_eq!(inbound["customTags"]["side"]["literal"]["value"], "server");
+        // The filter accepts what the plugin writes.
+        let checked = wasmesh_trace::config::parse(gw.to_string().as_bytes(), |_| None).unwrap();
+        assert!(checked.spawn_upstream);
+        assert_eq!(checked.upstream_protocol("outbound|9000||web.default.svc.cluster.local", "HTTP/1.1"), "HTTP/2");
+    }
 }

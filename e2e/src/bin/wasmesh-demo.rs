@@ -370,9 +370,9 @@ mod observability {
     /// A trace is written once no span of it arrived for this long: proxies export every second,
     /// and jason's page takes 2 s (a span is exported when its request ends).
     const SETTLE: Duration = Duration::from_millis(3000);
-    /// Spans of a request for jason: gateway, productpage (in, out to details and reviews),
-    /// details, reviews (in, out), ratings.
-    const JASON_SPANS: usize = 8;
+    /// Spans of a request for jason: gateway (in, out: istiod's `spawn_upstream_span`),
+    /// productpage (in, out to details and reviews), details, reviews (in, out), ratings.
+    const JASON_SPANS: usize = 9;
     /// The hops of a request for jason: gateway → productpage → reviews v2 → ratings.
     pub const JASON_HOPS: [&str; 4] =
         ["istio-system/istio-ingressgateway", "default/productpage-v1", "default/reviews-v2", "default/ratings-v1"];

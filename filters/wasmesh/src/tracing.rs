@@ -14,6 +14,9 @@
 //!   `x-envoy-decorator-operation` renames it and is removed, else the operation goes back in the
 //!   response; client side, the router sends it upstream and a response carrying it renames the
 //!   span and loses it;
+//! - with `spawnUpstreamSpan` (istiod's gateways), the span is the downstream one (SERVER) and a
+//!   child span id is made for the upstream request: the upstream receives the child's context,
+//!   and at log the child is reported as Envoy's router reports its upstream span;
 //! - log: for a sampled request (unless `disableSpanReporting`), ends the span with Envoy's and
 //!   Istio's tags and queues it in the exporter. Nothing else happens on the request path.
 //!
@@ -36,7 +39,7 @@ use wasmesh_trace::config::{Checked, Format, TagSource};
 use wasmesh_trace::context::{extract, Outgoing, Prefer};
 use wasmesh_trace::decorator;
 use wasmesh_trace::export::{Counts, Exporter};
-use wasmesh_trace::span::{default_name, http_url, is_error, Kind, Span};
+use wasmesh_trace::span::{default_name, http_url, is_error, split_address, Kind, Span, Upstream};
 use wasmesh_trace::{request_id, Ids};
 
 /// The root id of the tracing phase.
@@ -224,6 +227,8 @@ impl Phase for TracingPhase {
 /// The span of one request, from its request headers to its log.
 struct Started {
     out: Outgoing,
+    /// The upstream span's context (what the upstream received), with `spawnUpstreamSpan`.
+    upstream: Option<Outgoing>,
     kind: Kind,
     /// A received `x-envoy-decorator-operation` named the span.
     renamed: Option<String>,
@@ -259,6 +264,9 @@ impl TracingPhase {
         match self.cfg.server {
             Some(true) => Kind::Server,
             Some(false) => Kind::Client,
+            // Envoy's OpenTelemetry tracer: a downstream span with an upstream span under it is
+            // SERVER whatever the direction.
+            None if self.cfg.spawn_upstream => Kind::Server,
             None => match wasmesh_proxy::listener_direction() {
                 Some(ListenerDirection::Inbound) => Kind::Server,
                 _ => Kind::Client,
@@ -323,9 +331,10 @@ impl PhaseRequest for TracingRequest {
             tracestate: incoming.tracestate,
             b3_single: incoming.had_b3_single,
         };
+        let upstream = p.cfg.spawn_upstream.then(|| out.child(ids.span_id()));
         drop(ids);
         if p.cfg.propagate {
-            let (set, remove) = out.headers();
+            let (set, remove) = upstream.as_ref().unwrap_or(&out).headers();
             for name in remove {
                 if s.request_header(name).ok().flatten().is_some() {
                     s.remove_request_header(name);
@@ -335,7 +344,7 @@ impl PhaseRequest for TracingRequest {
                 s.set_request_header(name, value.as_bytes());
             }
         }
-        self.span = Some(Started { out, kind, renamed });
+        self.span = Some(Started { out, upstream, kind, renamed });
         wasmesh_proxy::phase::Flow::Continue
     }
 
@@ -382,7 +391,24 @@ impl PhaseRequest for TracingRequest {
             &["response", "size"],
             &["response", "grpc_status"],
         ];
-        let props = s.properties(if grpc { &ATTRIBUTES } else { &ATTRIBUTES[..9] });
+        // The upstream span's: its host (absent: no upstream request was made), the upstream's
+        // own latency, the attempts, and whether the response came from the upstream.
+        const UPSTREAM_ATTRIBUTES: [&[&str]; 4] = [
+            &["upstream", "address"],
+            &["response", "backend_latency"],
+            &["upstream", "request_attempt_count"],
+            &["response", "code_details"],
+        ];
+        let spawn = started.upstream.is_some();
+        let mut paths: Vec<&[&str]> = ATTRIBUTES[..9].to_vec();
+        if grpc {
+            paths.push(ATTRIBUTES[9]);
+        }
+        let up = paths.len();
+        if spawn {
+            paths.extend(UPSTREAM_ATTRIBUTES);
+        }
+        let props = s.properties(&paths);
         let prop = |i: usize| props.get(i).cloned().flatten();
         let start = prop(0).as_deref().and_then(decode_u64).unwrap_or(0);
         let duration = prop(1).as_deref().and_then(decode_u64).unwrap_or(0);
@@ -394,6 +420,7 @@ impl PhaseRequest for TracingRequest {
         let request_size = prop(7).as_deref().and_then(decode_u64).unwrap_or(0);
         let response_size = prop(8).as_deref().and_then(decode_u64).unwrap_or(0);
         let grpc_status = prop(9).as_deref().and_then(decode_u64).map(|c| c as u32).filter(|_| grpc);
+        let upstream_address = if spawn { text(prop(up)) } else { None };
         let host = header(":authority").unwrap_or_default();
         let route = p.route_operation(s);
         let name = decorator::span_name(started.renamed, route.as_deref(), || default_name(started.kind, &host));
@@ -403,6 +430,9 @@ impl PhaseRequest for TracingRequest {
             now_ms().saturating_mul(1_000_000).saturating_sub(start)
         });
         let mut span = Span::new(&started.out, name, started.kind, start, end);
+        // The custom tags (Istio's too) apply to the upstream span as to the downstream one: the
+        // upstream request's stream info has the same request headers.
+        let mut upstream_tags: Vec<(String, String)> = Vec::new();
         let scheme = header("x-forwarded-proto").or_else(|| header(":scheme")).unwrap_or_else(|| "http".into());
         let path = header(":path").unwrap_or_default();
         span.tag("component", "proxy");
@@ -413,7 +443,8 @@ impl PhaseRequest for TracingRequest {
         span.tag("http.method", header(":method").unwrap_or_default());
         span.tag("downstream_cluster", header("x-envoy-downstream-service-cluster").unwrap_or_else(|| "-".into()));
         span.tag("user_agent", header("user-agent").unwrap_or_else(|| "-".into()));
-        span.tag("http.protocol", protocol.unwrap_or_default());
+        let protocol = protocol.unwrap_or_default();
+        span.tag("http.protocol", protocol.clone());
         if let Some(peer) = &peer {
             // Envoy's `peer.address` is the downstream's IP without the port.
             span.peer = split_address(peer);
@@ -422,6 +453,9 @@ impl PhaseRequest for TracingRequest {
         }
         for (k, v) in &p.istio_tags {
             span.tag(k.clone(), v.clone());
+            if spawn {
+                upstream_tags.push((k.clone(), v.clone()));
+            }
         }
         for (k, src) in &p.cfg.tags {
             let v = match src {
@@ -429,6 +463,9 @@ impl PhaseRequest for TracingRequest {
                 TagSource::Header(h, default) => header(h).or_else(|| default.clone()),
             };
             if let Some(v) = v {
+                if spawn {
+                    upstream_tags.push((k.clone(), v.clone()));
+                }
                 span.tag(k.clone(), v);
             }
         }
@@ -436,9 +473,9 @@ impl PhaseRequest for TracingRequest {
         span.tag("response_size", response_size.to_string());
         span.tag("http.status_code", status.map(|c| c.to_string()).unwrap_or_else(|| "0".into()));
         span.tag("response_flags", wasmesh_stats::flags::short_string(flags).into_owned());
-        if let Some(c) = cluster {
+        if let Some(c) = &cluster {
             span.tag("upstream_cluster", c.clone());
-            span.tag("upstream_cluster.name", c);
+            span.tag("upstream_cluster.name", c.clone());
         }
         if let Some(g) = grpc_status {
             span.tag("grpc.status_code", g.to_string());
@@ -447,14 +484,31 @@ impl PhaseRequest for TracingRequest {
             span.error = true;
             span.tag("error", "true");
         }
-        if let Ok(mut e) = p.exporter.try_borrow_mut() {
-            e.push(span);
+        let flags = span.get("response_flags").unwrap_or("-").to_string();
+        let Ok(mut e) = p.exporter.try_borrow_mut() else { return };
+        e.push(span);
+        // Envoy's router makes an upstream span only for an upstream request (a host was
+        // chosen): without one (no route, a local reply, no healthy host) there is none.
+        if let (Some(child), Some(address), Some(cluster)) = (&started.upstream, &upstream_address, &cluster) {
+            // The upstream's own time, ending with the request: from its first byte sent to its
+            // last byte received (`response.backend_latency`), else the whole request.
+            let backend = prop(up + 1).as_deref().and_then(decode_u64).filter(|d| *d > 0);
+            let attempts = prop(up + 2).as_deref().and_then(decode_u64).unwrap_or(1);
+            let details = text(prop(up + 3));
+            let via_upstream = details.as_deref().is_some_and(|d| d.starts_with("via_upstream"));
+            let u = Upstream {
+                cluster,
+                address: Some(address),
+                protocol: p.cfg.upstream_protocol(cluster, &protocol),
+                status: status.filter(|_| via_upstream),
+                grpc_status: grpc_status.filter(|_| via_upstream),
+                flags: &flags,
+                details: details.as_deref(),
+                attempts,
+                start_unix_nanos: backend.map_or(start, |b| end.saturating_sub(b).max(start)),
+                end_unix_nanos: end,
+            };
+            e.push(Span::upstream(child, &u, &upstream_tags));
         }
     }
-}
-
-/// `ip:port` or `[ipv6]:port`.
-fn split_address(a: &str) -> Option<(String, u16)> {
-    let (ip, port) = a.rsplit_once(':')?;
-    Some((ip.trim_start_matches('[').trim_end_matches(']').to_string(), port.parse().ok()?))
 }

@@ -43,6 +43,18 @@ pub struct Config {
     /// listeners `OUTBOUND`: wasmeshctl sets `egress` there.
     #[serde(default)]
     pub decorators: Option<String>,
+    /// Report a separate upstream span (kind CLIENT, `router <cluster> egress`) under the
+    /// downstream one (then kind SERVER) and send the upstream its context, as Envoy's router
+    /// does with the connection manager's `spawn_upstream_span` (istiod sets it on gateways).
+    #[serde(default)]
+    pub spawn_upstream_span: bool,
+    /// With `spawnUpstreamSpan`: the clusters whose upstream protocol is HTTP/2 (the span's
+    /// `http.protocol`; a filter cannot read the upstream request's protocol), and those that
+    /// use the downstream's protocol; any other cluster is HTTP/1.1.
+    #[serde(default)]
+    pub http2_clusters: Vec<String>,
+    #[serde(default)]
+    pub downstream_protocol_clusters: Vec<String>,
     /// Istio's `istio.mesh_id` (default `unknown`).
     #[serde(default)]
     pub mesh_id: Option<String>,
@@ -136,8 +148,28 @@ pub struct Checked {
     /// Route decorators apply as on Envoy's egress listener ([`Config::decorators`]); `None`: by
     /// the span's kind.
     pub egress: Option<bool>,
+    /// [`Config::spawn_upstream_span`].
+    pub spawn_upstream: bool,
+    pub http2_clusters: Vec<String>,
+    pub downstream_protocol_clusters: Vec<String>,
     pub mesh_id: String,
     pub settings: crate::export::Settings,
+}
+
+/// Most clusters named in [`Config::http2_clusters`] plus [`Config::downstream_protocol_clusters`].
+pub const MAX_PROTOCOL_CLUSTERS: usize = 4096;
+
+impl Checked {
+    /// The upstream protocol of `cluster` for the upstream span (`downstream`: the request's).
+    pub fn upstream_protocol<'a>(&'a self, cluster: &str, downstream: &'a str) -> &'a str {
+        if self.http2_clusters.iter().any(|c| c == cluster) {
+            "HTTP/2"
+        } else if self.downstream_protocol_clusters.iter().any(|c| c == cluster) {
+            downstream
+        } else {
+            "HTTP/1.1"
+        }
+    }
 }
 
 /// Parses and checks a configuration; `env` reads the proxy's environment (environment tags).
@@ -201,6 +233,9 @@ pub fn parse(bytes: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Check
         Some("egress") => Some(true),
         Some(other) => return Err(format!("decorators: {other:?}; expected \"ingress\" or \"egress\"")),
     };
+    if c.http2_clusters.len() + c.downstream_protocol_clusters.len() > MAX_PROTOCOL_CLUSTERS {
+        return Err(format!("http2Clusters, downstreamProtocolClusters: more than {MAX_PROTOCOL_CLUSTERS} clusters"));
+    }
     let d = crate::export::Settings::DEFAULT;
     let settings = crate::export::Settings {
         max_queue: c.max_queue.unwrap_or(d.max_queue).clamp(1, 65_536),
@@ -223,6 +258,9 @@ pub fn parse(bytes: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Check
         route_operations: c.route_operations,
         server,
         egress,
+        spawn_upstream: c.spawn_upstream_span,
+        http2_clusters: c.http2_clusters,
+        downstream_protocol_clusters: c.downstream_protocol_clusters,
         mesh_id: c.mesh_id.unwrap_or_else(|| "unknown".into()),
         settings,
     })
@@ -242,6 +280,22 @@ mod tests {
         let c =
             parse(br#"{"disableSpanReporting": true, "kind": "server", "decorators": "egress"}"#, |_| None).unwrap();
         assert_eq!((c.server, c.egress), (Some(true), Some(true)));
+        assert!(!c.spawn_upstream, "no upstream span unless told");
+        let c = parse(
+            br#"{"disableSpanReporting": true, "spawnUpstreamSpan": true, "http2Clusters": ["g"],
+                "downstreamProtocolClusters": ["d"]}"#,
+            |_| None,
+        )
+        .unwrap();
+        assert!(c.spawn_upstream);
+        assert_eq!(
+            (
+                c.upstream_protocol("g", "HTTP/1.1"),
+                c.upstream_protocol("d", "HTTP/2"),
+                c.upstream_protocol("x", "HTTP/2")
+            ),
+            ("HTTP/2", "HTTP/2", "HTTP/1.1")
+        );
         let c = parse(
             br#"{"disableSpanReporting": true, "customTags": {"a": {"literal": {"value": "x"}},
                 "b": {"environment": {"name": "POD", "defaultValue": "d"}}, "c": {"header": {"name": "X-A"}}}}"#,

@@ -250,6 +250,13 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    /// The context of a child span `span_id` of this one (Envoy's `spawnChild`: same trace,
+    /// sampling and `tracestate`, this span as its parent): what the upstream receives when the
+    /// proxy reports a separate upstream span.
+    pub fn child(&self, span_id: u64) -> Outgoing {
+        Outgoing { span_id, parent_span_id: Some(self.span_id), ..self.clone() }
+    }
+
     pub fn trace_id_hex(&self) -> String {
         hex(self.trace_id, if self.trace_id_128 { 32 } else { 16 })
     }
@@ -326,6 +333,27 @@ mod tests {
         assert!(!valid_tracestate("congo=a=b"));
         let many = (0..33).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",");
         assert!(!valid_tracestate(&many));
+    }
+
+    #[test]
+    fn a_child_context_is_sent_under_its_parent() {
+        let parent = Outgoing {
+            trace_id: 0x0af7651916cd43dd8448eb211c80319c,
+            trace_id_128: true,
+            span_id: 0x1111,
+            parent_span_id: Some(0xb7ad6b7169203331),
+            sampled: true,
+            tracestate: Some("congo=t61rcWkgMzE".into()),
+            b3_single: true,
+        };
+        let child = parent.child(0x2222);
+        assert_eq!((child.trace_id, child.span_id, child.parent_span_id), (parent.trace_id, 0x2222, Some(0x1111)));
+        let (set, _) = child.headers();
+        let get = |n: &str| set.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("traceparent"), Some("00-0af7651916cd43dd8448eb211c80319c-0000000000002222-01"));
+        assert_eq!(get("x-b3-parentspanid"), Some("0000000000001111"));
+        assert_eq!(get("tracestate"), Some("congo=t61rcWkgMzE"));
+        assert_eq!(get("b3"), Some("0af7651916cd43dd8448eb211c80319c-0000000000002222-1-0000000000001111"));
     }
 
     #[test]

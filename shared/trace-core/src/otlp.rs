@@ -109,14 +109,21 @@ pub fn string_kv(key: &str, value: &str) -> KeyValue {
 }
 
 /// W3C flags in OTLP `Span.flags`: bits 0–7 the trace flags, bit 8 "has is-remote" and bit 9
-/// "parent is remote" (the proxy's parent always came over the wire).
+/// "parent is remote" (the downstream span's parent came over the wire; an upstream span's parent is
+/// the proxy's own downstream span).
 fn span_flags(s: &Span, sampled: bool) -> u32 {
     let mut f = u32::from(sampled);
     f |= 0x100;
-    if s.parent_span_id.is_some() {
+    if s.parent_span_id.is_some() && !s.parent_local {
         f |= 0x200;
     }
     f
+}
+
+/// Envoy's OpenTelemetry tracer sets the span's status to ERROR for a 5xx `http.status_code`
+/// (seen against Envoy 1.40: an upstream span tagged `error` with status code 0 stays UNSET).
+fn server_error(s: &Span) -> bool {
+    s.get("http.status_code").and_then(|c| c.parse::<u32>().ok()).is_some_and(|c| (500..600).contains(&c))
 }
 
 fn to_otlp(s: &Span) -> OtlpSpan {
@@ -133,7 +140,7 @@ fn to_otlp(s: &Span) -> OtlpSpan {
         start_time_unix_nano: s.start_unix_nanos,
         end_time_unix_nano: s.end_unix_nanos,
         attributes: s.tags.iter().map(|(k, v)| string_kv(k, v)).collect(),
-        status: Some(Status { message: String::new(), code: if s.error { 2 } else { 0 } }),
+        status: Some(Status { message: String::new(), code: if server_error(s) { 2 } else { 0 } }),
         flags: span_flags(s, true),
     }
 }
@@ -179,5 +186,13 @@ mod tests {
         assert_eq!(span.parent_span_id, 9u64.to_be_bytes().to_vec());
         assert_eq!(span.kind, 2);
         assert_eq!(span.attributes[0], string_kv("http.method", "GET"));
+        assert_eq!(span.status.as_ref().map(|st| st.code), Some(0));
+        let mut failed = Span::new(&out, "x".into(), Kind::Client, 10, 20);
+        failed.tag("http.status_code", "0");
+        failed.tag("error", "true");
+        failed.error = true;
+        assert!(!server_error(&failed), "no response: UNSET as Envoy");
+        failed.tag("http.status_code", "503");
+        assert!(server_error(&failed));
     }
 }
