@@ -324,7 +324,9 @@ impl AccessLogPhase {
 
 /// The access log of a TCP connection (a network filter; configuration `"tcp": true`): the
 /// same formats, rendered once per connection when Envoy logs it (`on_log`, at close) and
-/// written to filter state, where the file logger wasmeshctl puts on the `tcp_proxy` prints it.
+/// written to filter state, where the file logger wasmeshctl puts on the `tcp_proxy` prints it,
+/// or (an `otel` log) queued for the export phase, which runs beside this network phase in the
+/// same root ([`wasmesh_proxy::phase::Phase::is_network`]: only the first phase makes contexts).
 struct AccessLogTcp {
     phase: Rc<AccessLogPhase>,
     context_id: u32,

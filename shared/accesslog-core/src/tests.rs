@@ -268,15 +268,17 @@ fn istio_text_on_a_tcp_connection_prints_as_envoy_on_tcp_proxy() {
 }
 
 #[test]
-fn tcp_configuration_and_its_refusals() {
+fn tcp_configuration_and_its_otel_export() {
     let (logs, tcp) =
         config::parse_with_protocol(br#"{"tcp":true,"logs":[{"filterStateKey":"wasmesh.access_log.0"}]}"#).unwrap();
     assert!(tcp && logs.len() == 1);
     let (_, tcp) = config::parse_with_protocol(br#"{"logs":[{"filterStateKey":"wasmesh.access_log.0"}]}"#).unwrap();
     assert!(!tcp);
-    let e = config::parse_with_protocol(
+    // A connection's record is exported as an HTTP request's is (the export phase runs beside
+    // the network filter, from the root).
+    let (logs, tcp) = config::parse_with_protocol(
         br#"{"tcp":true,"logs":[{"filterStateKey":"wasmesh.access_log","otel":{"cluster":"c","authority":"a"}}]}"#,
     )
-    .unwrap_err();
-    assert!(e.contains("logs[0].otel: not on a TCP connection's log"), "{e}");
+    .unwrap();
+    assert!(tcp && logs[0].export.is_some() && logs[0].format.is_otel());
 }
