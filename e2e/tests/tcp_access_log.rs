@@ -12,7 +12,8 @@
 //! OpenTelemetry access logger as istiod writes it (gRPC, Istio's default TEXT body, labels as
 //! attributes) and the phase a log exporting over OTLP/gRPC to its own collector; every record
 //! is compared whole (time, body, attributes, severity, trace and span ids, flags, resource,
-//! scope) with zero differences but the known one: `%DURATION%` 1 ms more in Envoy's (below).
+//! scope) with zero differences but `%DURATION%`, never lower and at most a few ms higher in
+//! Envoy's ([`OTEL_DURATION_SLACK_MS`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -302,24 +303,53 @@ fn string_value(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) ->
     }
 }
 
-/// Whether Envoy's record `a` and wasmesh's `b` differ, but for `%DURATION%` at most 1 ms more in
-/// Envoy's (token 11 of the body, the `duration` attribute: counted in [`DURATION_1MS`]).
+/// How much later Envoy's `%DURATION%` may be in an OpenTelemetry record, ms. The wasm `on_log`
+/// and the `tcp_proxy`'s loggers run in different callbacks of the close (the proxy's when it is
+/// deleted, deferred); usually microseconds apart (the 1 ms of the file-log test), but on a
+/// loaded machine (2 cores, load 9 to 13) measured up to 5 ms apart in this test, and up to
+/// 16 ms in the file-log one. Never earlier, and every other byte equal.
+const OTEL_DURATION_SLACK_MS: i64 = 20;
+
+thread_local! {
+    /// Values more than 1 ms later in Envoy's record (within [`OTEL_DURATION_SLACK_MS`]).
+    static DURATION_LATER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// `Some(envoy - wasmesh)` when `envoy` and `wasmesh` are the same but for token `at`, where
+/// Envoy's number is 0 to [`OTEL_DURATION_SLACK_MS`] higher.
+fn later_by(envoy: &str, wasmesh: &str, at: usize) -> Option<i64> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (envoy.split(' ').collect(), wasmesh.split(' ').collect());
+    if a.len() != b.len() || a.iter().zip(&b).enumerate().any(|(i, (x, y))| i != at && x != y) {
+        return None;
+    }
+    let d = a.get(at)?.trim_end().parse::<i64>().ok()? - b.get(at)?.trim_end().parse::<i64>().ok()?;
+    (0..=OTEL_DURATION_SLACK_MS).contains(&d).then_some(d)
+}
+
+fn count_later(d: i64) {
+    match d {
+        0 => {}
+        1 => duration_1ms(),
+        _ => DURATION_LATER.with(|c| c.set(c.get() + 1)),
+    }
+}
+
+/// Whether Envoy's record `a` and wasmesh's `b` differ, but for `%DURATION%` (token 11 of the
+/// body, the `duration` attribute) later in Envoy's ([`later_by`]).
 fn otel_difference(name: &str, a: &GrpcLog, b: &GrpcLog) -> Option<String> {
     let mut b = b.clone();
     if let (Some(x), Some(y)) = (string_value(&a.record.body), string_value(&b.record.body)) {
-        if x != y && same_but_duration(x, y, 11) {
-            duration_1ms();
+        if let Some(d) = later_by(x, y, 11) {
+            count_later(d);
             b.record.body = a.record.body.clone();
         }
     }
     let attr = |l: &GrpcLog| l.record.attributes.iter().position(|kv| kv.key == "duration");
     if let (Some(i), Some(j)) = (attr(a), attr(&b)) {
         let (x, y) = (string_value(&a.record.attributes[i].value), string_value(&b.record.attributes[j].value));
-        if let (Some(x), Some(y)) = (x, y) {
-            if x != y && same_but_duration(x, y, 0) {
-                duration_1ms();
-                b.record.attributes[j].value = a.record.attributes[i].value.clone();
-            }
+        if let Some(d) = x.zip(y).and_then(|(x, y)| later_by(x, y, 0)) {
+            count_later(d);
+            b.record.attributes[j].value = a.record.attributes[i].value.clone();
         }
     }
     (a != &b).then(|| format!("{name}:\nenvoy:   {a:?}\nwasmesh: {b:?}"))
@@ -463,8 +493,9 @@ fn run(mode: Mode) {
         Mode::Otel => ("OpenTelemetry record pairs", 3 + 2 + 1 + 3 * 2),
     };
     eprintln!(
-        "TCP access log: {pairs} {what} compared, %DURATION% 1 ms later in Envoy's in {}",
-        DURATION_1MS.with(std::cell::Cell::get)
+        "TCP access log: {pairs} {what} compared, %DURATION% 1 ms later in Envoy's in {}, 2 to {OTEL_DURATION_SLACK_MS} ms later in {}",
+        DURATION_1MS.with(std::cell::Cell::get),
+        DURATION_LATER.with(std::cell::Cell::get)
     );
     assert!(differences.is_empty(), "{} differences:\n{}", differences.len(), differences.join("\n"));
     if mode == Mode::Otel {
