@@ -541,6 +541,7 @@ fn tcp_listener_filters(
             exchange.extend(a.network_filters.iter().cloned());
             c.network_filters.extend(a.network_filters);
             c.access_logs.extend(a.access_logs);
+            c.clusters.extend(a.clusters);
         }
         Err(mut e) => errors.append(&mut e),
     }
@@ -1426,6 +1427,39 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         for n in names {
             assert!(listener(&boot, n).get("access_log").is_none(), "{n}");
         }
+    }
+
+    #[test]
+    fn envoy_otel_als_exports_tcp_connections_from_the_network_filter() {
+        let res = resources(MESH);
+        let mut sp = spec("default/db", &res, &[13306], Vec::new());
+        sp.mesh = MeshConfig::load(
+            "defaultProviders: {accessLogging: [otel]}\nextensionProviders:\n- name: otel\n  envoyOtelAls: \
+             {service: otel.observability.svc.cluster.local, port: 4317, logFormat: {labels: {b: '%BYTES_SENT%'}}}\n",
+            "mesh.yaml",
+        )
+        .unwrap();
+        let boot = build(&sp, &res).unwrap();
+        let tcp = listener(&boot, "inbound_13306");
+        for chain in tcp["filter_chains"].as_array().unwrap() {
+            let filters = chain["filters"].as_array().unwrap();
+            let phase = filters.iter().find(|f| f["name"] == "wasmesh.access_log").unwrap();
+            assert!(phase["typed_config"]["@type"].as_str().unwrap().contains("filters.network.wasm"), "{phase}");
+            let config: Value =
+                serde_json::from_str(phase["typed_config"]["config"]["configuration"]["value"].as_str().unwrap())
+                    .unwrap();
+            assert_eq!(config["tcp"], true);
+            let otel = &config["logs"][0]["otel"];
+            assert_eq!(otel["cluster"], "wasmesh-accesslog|otel", "{config}");
+            assert_eq!(otel["authority"], "otel.observability.svc.cluster.local");
+            assert_eq!(otel["attributes"], json!({"b": "%BYTES_SENT%"}));
+            // Exported, not printed: no sink logger on the tcp_proxy.
+            let proxy = &filters.last().unwrap()["typed_config"];
+            assert!(!proxy["access_log"].to_string().contains("FILTER_STATE"), "{proxy}");
+        }
+        let clusters = boot["static_resources"]["clusters"].as_array().unwrap();
+        let c = clusters.iter().find(|c| c["name"] == "wasmesh-accesslog|otel").unwrap();
+        assert!(c.to_string().contains("http2_protocol_options") && c.to_string().contains("4317"), "{c}");
     }
 
     #[test]

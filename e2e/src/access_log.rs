@@ -259,3 +259,49 @@ pub fn tcp_listener(
     l["filter_chains"] = json!([chain]);
     l
 }
+
+/// An HTTP/2 cluster to an OTLP/gRPC collector port.
+pub fn grpc_cluster(name: &str, port: u16) -> Value {
+    let mut c = cluster(name, port);
+    c["typed_extension_protocol_options"] = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }});
+    c
+}
+
+/// Envoy's OpenTelemetry access logger as istiod writes it for an `envoyOtelAls` provider
+/// (`buildOpenTelemetryAccessLogConfig`): gRPC to `cluster` with `:authority` `authority`,
+/// `disable_builtin_labels`, body `body`, attributes `labels`, and a Telemetry `filter` as
+/// istiod maps it. The same on an HTTP connection manager and a `tcp_proxy`.
+pub fn otel_logger(
+    cluster: &str,
+    authority: &str,
+    body: &str,
+    labels: &BTreeMap<String, String>,
+    filter: Option<&str>,
+) -> Value {
+    let attrs: Vec<Value> = labels.iter().map(|(k, v)| json!({"key": k, "value": {"string_value": v}})).collect();
+    let mut l = json!({"name": "envoy.access_loggers.open_telemetry", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+        "common_config": {
+            "log_name": "otel_envoy_accesslog",
+            "grpc_service": {"envoy_grpc": {"cluster_name": cluster, "authority": authority}},
+            "transport_api_version": "V3",
+            "filter_state_objects_to_log": ["upstream_peer", "downstream_peer", "wasm.upstream_peer",
+                "wasm.upstream_peer_id", "wasm.downstream_peer", "wasm.downstream_peer_id"],
+        },
+        "disable_builtin_labels": true,
+        "body": {"string_value": body},
+    }});
+    if !attrs.is_empty() {
+        l["typed_config"]["attributes"] = json!({"values": attrs});
+    }
+    if let Some(f) = filter {
+        l["filter"] = json!({"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+            "expression": f,
+        }}});
+    }
+    l
+}

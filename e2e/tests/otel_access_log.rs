@@ -6,14 +6,17 @@
 //! resource and the scope) with zero differences. Traffic: 2xx, upstream 404 and 503, 404 no
 //! route, 403 from wasmesh authz, 503 connect failure, HTTP/1.1 and HTTP/2; a second log with the
 //! Telemetry filter `response.code >= 400`; a listener exporting to a dead collector (requests
-//! not delayed, drops counted in `/stats/prometheus`).
+//! not delayed, drops counted in `/stats/prometheus`). With a tracer: the records' `trace_id` and
+//! `span_id` are the span's each side's tracer made (Envoy's OpenTelemetry tracer on a native
+//! listener, wasmesh's tracing phase in the same chain as its access log on the twin), sampled or
+//! not, present and absent alike.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../src/collector.rs"]
 mod collector;
 
-use collector::{GrpcLog, GrpcLogs};
+use collector::{Collector, GrpcLog, GrpcLogs};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -44,42 +47,12 @@ fn labels() -> BTreeMap<String, String> {
     .collect()
 }
 
-/// An HTTP/2 cluster to a collector port.
 fn grpc_cluster(name: &str, port: u16) -> Value {
-    let mut c = al::cluster(name, port);
-    c["typed_extension_protocol_options"] = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}},
-    }});
-    c
+    al::grpc_cluster(name, port)
 }
 
-/// Envoy's OpenTelemetry access logger as istiod writes it for an `envoyOtelAls` provider
-/// (`buildOpenTelemetryAccessLogConfig`), with a Telemetry `filter` as istiod maps it.
 fn envoy_otel_logger(cluster: &str, body: &str, labels: &BTreeMap<String, String>, filter: Option<&str>) -> Value {
-    let attrs: Vec<Value> = labels.iter().map(|(k, v)| json!({"key": k, "value": {"string_value": v}})).collect();
-    let mut l = json!({"name": "envoy.access_loggers.open_telemetry", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
-        "common_config": {
-            "log_name": "otel_envoy_accesslog",
-            "grpc_service": {"envoy_grpc": {"cluster_name": cluster, "authority": AUTHORITY}},
-            "transport_api_version": "V3",
-            "filter_state_objects_to_log": ["upstream_peer", "downstream_peer", "wasm.upstream_peer",
-                "wasm.upstream_peer_id", "wasm.downstream_peer", "wasm.downstream_peer_id"],
-        },
-        "disable_builtin_labels": true,
-        "body": {"string_value": body},
-    }});
-    if !attrs.is_empty() {
-        l["typed_config"]["attributes"] = json!({"values": attrs});
-    }
-    if let Some(f) = filter {
-        l["filter"] = json!({"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-            "expression": f,
-        }}});
-    }
-    l
+    al::otel_logger(cluster, AUTHORITY, body, labels, filter)
 }
 
 /// wasmesh's authz filter (as wasmeshctl writes it) before the access log: `x-deny` gets its 403.
@@ -359,5 +332,157 @@ spec:
         assert!(attrs[0].0 == "code" && attrs[0].1.contains(&format!("\"{code}\"")), "{attrs:?}");
         assert!(attrs[1].0 == "path" && attrs[1].1.contains(&format!("/status/{code}")), "{attrs:?}");
     }
+    drop(envoy);
+}
+
+/// A W3C parent, sampled; and one not sampled (the span is made, not exported).
+const SAMPLED_PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+const UNSAMPLED_PARENT: &str = "00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2-00";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The OpenTelemetry tracer as istiod writes it (100 % sampling), exporting to `cluster`.
+fn native_tracing(cluster: &str, port: u16) -> Value {
+    json!({
+        "random_sampling": {"value": 100},
+        "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+            "service_name": "httpbin.default",
+            "http_service": {"http_uri": {"uri": format!("http://127.0.0.1:{port}/v1/traces"),
+                "cluster": cluster, "timeout": "2s"}}
+        }}
+    })
+}
+
+/// A listener: `filters` before the router, `tracing` on the connection manager, `loggers`.
+fn traced_listener(name: &str, port: u16, filters: Vec<Value>, tracing: Option<Value>, loggers: Vec<Value>) -> Value {
+    let mut filters = filters;
+    filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name,
+        "route_config": routes(),
+        "http_filters": filters,
+        "access_log": loggers,
+    });
+    if let Some(t) = tracing {
+        hcm["tracing"] = t;
+    }
+    json!({"name": name, "traffic_direction": "INBOUND",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]})
+}
+
+/// wasmesh's one-pass filter running `phases` (root id, configuration).
+fn chain(phases: &[(&str, Value)]) -> Value {
+    let phases: Vec<Value> = phases.iter().map(|(id, c)| json!({"rootId": id, "configuration": c})).collect();
+    json!({"name": "wasmesh.chain", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": "wasmesh.chain",
+            "root_id": "wasmesh.chain",
+            "vm_config": {"vm_id": "wasmesh", "runtime": "envoy.wasm.runtime.v8",
+                "code": {"local": {"filename": wasmesh_e2e::paths::wasm("wasmesh").display().to_string()}}},
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": json!({"phases": phases}).to_string()},
+            "failure_policy": "FAIL_OPEN",
+        }
+    }})
+}
+
+/// Checks one side's records against the spans its tracer exported; returns, per request, whether
+/// the record has a trace id, a span id, and its flags (to compare with the other side's).
+fn check_ids(side: &str, records: &[GrpcLog], spans: &[collector::Received]) -> Vec<(bool, bool, u32)> {
+    records
+        .iter()
+        .map(|l| {
+            let r = &l.record;
+            let (trace, span) = (hex(&r.trace_id), hex(&r.span_id));
+            let b = body(l);
+            if b.contains("unsampled") {
+                assert_eq!(trace, UNSAMPLED_PARENT[3..35], "{side}: not sampled: the caller's trace id: {b}");
+                assert_eq!(r.span_id.len(), 8, "{side}: not sampled: the span's id all the same: {b}");
+                assert!(!spans.iter().any(|s| s.span_id == span), "{side}: a span not sampled was exported: {b}");
+            } else {
+                let s = spans.iter().find(|s| s.span_id == span);
+                let s = s.unwrap_or_else(|| panic!("{side}: no exported span has the record's span id {span:?}: {b}"));
+                assert_eq!(s.trace_id, trace, "{side}: the record's trace id is not its span's: {b}");
+                if b.contains("sampled-parent") {
+                    assert_eq!(trace, SAMPLED_PARENT[3..35], "{side}: {b}");
+                    assert_eq!(s.parent_span_id, SAMPLED_PARENT[36..52], "{side}: {b}");
+                }
+            }
+            (!r.trace_id.is_empty(), !r.span_id.is_empty(), r.flags)
+        })
+        .collect()
+}
+
+#[test]
+fn otel_access_log_records_carry_the_span_ids_as_envoys() {
+    let app = App::new("app", "v1").start();
+    let traces = Collector::start();
+    let (envoy_logs, wasmesh_logs) = (GrpcLogs::start(), GrpcLogs::start());
+    let (native, twin) = (free_port(), free_port());
+    let body_text = "%REQ(:PATH)% %RESPONSE_CODE%";
+    let labels = BTreeMap::new();
+    let tracing = json!({"provider": {"kind": "opentelemetry", "cluster": "traces", "authority": "collector:4318"},
+        "randomSamplingPercentage": 100, "flushPeriodMs": 200});
+    let access_log = json!({"logs": [{"filterStateKey": "wasmesh.access_log.otel", "text": body_text,
+        "otel": {"cluster": "c_wasmesh", "authority": AUTHORITY}}]});
+    let boot = json!({
+        "node": {"id": "sidecar~127.0.0.1~httpbin-v1.default~default.svc.cluster.local", "cluster": "httpbin.default",
+            "metadata": {"NAMESPACE": "default", "WORKLOAD_NAME": "httpbin-v1", "CLUSTER_ID": "Kubernetes",
+                "LABELS": {"app": "httpbin", "version": "v1"}}},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
+        "static_resources": {
+            "listeners": [
+                traced_listener("native", native, vec![], Some(native_tracing("traces", traces.port)),
+                    vec![envoy_otel_logger("c_envoy", body_text, &labels, None)]),
+                traced_listener("twin", twin,
+                    vec![chain(&[("wasmesh.tracing", tracing), ("wasmesh.access_log", access_log)])], None, vec![]),
+            ],
+            "clusters": [
+                al::cluster("app", app.port),
+                al::cluster("dead", free_port()),
+                al::cluster("traces", traces.port),
+                grpc_cluster("c_envoy", envoy_logs.port),
+                grpc_cluster("c_wasmesh", wasmesh_logs.port),
+            ],
+        }
+    });
+    let envoy = Envoy::start("otel-access-log-trace-ids", &boot);
+    // Sampled (100 %), a sampled caller, a caller not sampled, a local 404 (no route), a 503.
+    let cases: [(&str, Vec<(&str, &str)>); 5] = [
+        ("/status/200?new", vec![]),
+        ("/status/200?sampled-parent", vec![("traceparent", SAMPLED_PARENT)]),
+        ("/status/200?unsampled", vec![("traceparent", UNSAMPLED_PARENT)]),
+        ("/nope", vec![]),
+        ("/dead", vec![]),
+    ];
+    for port in [native, twin] {
+        for (path, headers) in &cases {
+            wasmesh_e2e::http::get(port, "httpbin.default:8000", path, headers);
+        }
+    }
+    let limit = Duration::from_secs(10);
+    let (e, w) = (sorted(envoy_logs.wait_for(5, limit)), sorted(wasmesh_logs.wait_for(5, limit)));
+    assert_eq!((e.len(), w.len()), (5, 5), "records: Envoy's {e:#?}\nwasmesh's {w:#?}");
+    // Envoy's tracer flushes every 5 s (or 5 spans): 4 sampled spans per side.
+    let wanted: Vec<String> =
+        e.iter().chain(&w).filter(|l| !body(l).contains("unsampled")).map(|l| hex(&l.record.span_id)).collect();
+    let spans =
+        traces.wait_for(Duration::from_secs(12), |s| wanted.iter().all(|id| s.iter().any(|x| &x.span_id == id)));
+    assert!(traces.errors().is_empty(), "{:?}", traces.errors());
+    let envoy_ids = check_ids("Envoy", &e, &spans);
+    let wasmesh_ids = check_ids("wasmesh", &w, &spans);
+    assert_eq!(envoy_ids, wasmesh_ids, "which records carry ids (trace, span, flags), Envoy's then wasmesh's");
+    assert!(envoy_ids.iter().all(|(t, s, f)| *t && *s && *f == 0), "{envoy_ids:?}");
+    eprintln!(
+        "trace ids: {} records per side, ids present in all, equal to the exported spans' ({} spans)",
+        e.len(),
+        spans.len()
+    );
     drop(envoy);
 }

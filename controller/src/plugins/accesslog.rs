@@ -23,7 +23,8 @@
 //! by the phase itself over OTLP/gRPC to the provider's collector (a cluster added to the
 //! bootstrap, `wasmesh-accesslog|<provider>`), as istiod's `envoy.access_loggers.open_telemetry`:
 //! the body is `logFormat.text` (Istio's default TEXT format when unset, no newline added), the
-//! attributes the labels, no resource attribute (`disable_builtin_labels`). An entry without
+//! attributes the labels, no resource attribute (`disable_builtin_labels`); on a TCP listener
+//! the network phase exports one record per connection at close. An entry without
 //! providers, and a mesh without Telemetry `accessLogging`, use `defaultProviders.accessLogging`
 //! when set.
 
@@ -387,12 +388,9 @@ fn set_format(e: &mut Value, l: &Log) {
     }
 }
 
-/// The phase and its file loggers for one HTTP listener (nothing when it writes no log).
-pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
-    let logs = logs(ctx)?;
-    if logs.is_empty() {
-        return Ok(Contribution::default());
-    }
+/// The phase's log entries, the file loggers printing them and the collector clusters of the
+/// exported ones: the same for an HTTP listener and a TCP one.
+fn entries(logs: &[Log]) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
     let mut entries = Vec::new();
     let mut sinks = Vec::new();
     let mut clusters = Vec::new();
@@ -416,6 +414,16 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         entries.push(e);
         sinks.push(sink(&l.path, &key));
     }
+    (entries, sinks, clusters)
+}
+
+/// The phase and its file loggers for one HTTP listener (nothing when it writes no log).
+pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
+    let logs = logs(ctx)?;
+    if logs.is_empty() {
+        return Ok(Contribution::default());
+    }
+    let (entries, sinks, clusters) = entries(&logs);
     let config = json!({"logs": entries});
     wasmesh_accesslog::config::parse(config.to_string().as_bytes()).map_err(|e| vec![Error::new(e)])?;
     Ok(Contribution {
@@ -426,34 +434,22 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
     })
 }
 
-/// The network filter and its file loggers (for the `tcp_proxy`) of one TCP listener: the same
-/// logs as an HTTP listener of that direction, one line per connection at close. An
-/// `envoyOtelAls` provider is refused here (the export runs beside an HTTP phase only).
+/// The network filter, its file loggers (for the `tcp_proxy`) and collector clusters of one TCP
+/// listener: the same logs as an HTTP listener of that direction, one line (or, for an
+/// `envoyOtelAls` provider, one exported record, as Envoy's OpenTelemetry logger on the
+/// `tcp_proxy` sends) per connection at close.
 pub fn tcp_contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>> {
     let logs = logs(ctx)?;
     if logs.is_empty() {
         return Ok(Contribution::default());
     }
-    let mut entries = Vec::new();
-    let mut sinks = Vec::new();
-    for (i, l) in logs.iter().enumerate() {
-        if let Some(o) = &l.otel {
-            return Err(vec![Error::new(format!(
-                "mesh config: extensionProviders {:?} (envoyOtelAls): workload {}/{} has a TCP listener (port {}); wasmesh exports OpenTelemetry access logs of HTTP requests only",
-                o.provider, ctx.workload.namespace, ctx.workload.name, ctx.bind_port
-            ))]);
-        }
-        let key = format!("{KEY_PREFIX}.{i}");
-        let mut e = json!({"filterStateKey": key});
-        set_format(&mut e, l);
-        entries.push(e);
-        sinks.push(sink(&l.path, &key));
-    }
+    let (entries, sinks, clusters) = entries(&logs);
     let config = json!({"tcp": true, "logs": entries});
     wasmesh_accesslog::config::parse(config.to_string().as_bytes()).map_err(|e| vec![Error::new(e)])?;
     Ok(Contribution {
         network_filters: vec![WasmFilter { name: FILTER_NAME.into(), config, fail_open: true }],
         access_logs: sinks,
+        clusters,
         ..Contribution::default()
     })
 }

@@ -229,6 +229,8 @@ struct Values<'a> {
     trailers: &'a [(String, Option<Bytes>)],
     /// A TCP connection's duration so far (ns), for `%DURATION%`.
     elapsed: Option<i64>,
+    /// The ids of the request's span, handed over by the tracing phase of the same chain.
+    span: Option<wasmesh_accesslog::otlp::SpanIds>,
 }
 
 fn find<'a>(list: &'a [(String, Option<Bytes>)], name: &str) -> Option<&'a [u8]> {
@@ -250,6 +252,9 @@ impl Source for Values<'_> {
     }
     fn elapsed_ns(&self) -> Option<i64> {
         self.elapsed
+    }
+    fn span_ids(&self) -> Option<wasmesh_accesslog::otlp::SpanIds> {
+        self.span
     }
 }
 
@@ -290,6 +295,15 @@ impl AccessLogPhase {
         };
         attrs.extend(r.filter_state.iter().map(|k| s.filter_state(k)));
         let formats = || taking.iter().filter_map(|i| p.logs.get(*i)).map(|l| &l.format);
+        // The span's ids, as Envoy's OpenTelemetry logger takes the active span's: handed over
+        // in memory by a tracing phase of this chain (none in a filter of its own, or on TCP).
+        let span = if http && formats().any(|f| f.is_otel()) {
+            s.kept_filter_state(wasmesh_handover::TRACE_SPAN)
+                .and_then(|b| wasmesh_handover::SpanIds::decode(&b))
+                .map(|ids| (ids.trace_id, ids.span_id))
+        } else {
+            None
+        };
         // The request headers as Envoy's loggers see them (after every filter's changes).
         let request = if http && formats().any(|f| f.needs_request_headers()) {
             hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
@@ -306,8 +320,15 @@ impl AccessLogPhase {
         };
         for i in taking {
             let (Some(log), Some(index)) = (p.logs.get(i), r.index.get(i)) else { continue };
-            let values =
-                Values { attrs: &attrs, index, request: &request, response: &response, trailers: &trailers, elapsed };
+            let values = Values {
+                attrs: &attrs,
+                index,
+                request: &request,
+                response: &response,
+                trailers: &trailers,
+                elapsed,
+                span,
+            };
             let line = log.format.render(&values);
             if log.export.is_some() {
                 if let Some(x) = &p.export {
@@ -324,7 +345,9 @@ impl AccessLogPhase {
 
 /// The access log of a TCP connection (a network filter; configuration `"tcp": true`): the
 /// same formats, rendered once per connection when Envoy logs it (`on_log`, at close) and
-/// written to filter state, where the file logger wasmeshctl puts on the `tcp_proxy` prints it.
+/// written to filter state, where the file logger wasmeshctl puts on the `tcp_proxy` prints it,
+/// or (an `otel` log) queued for the export phase, which runs beside this network phase in the
+/// same root ([`wasmesh_proxy::phase::Phase::is_network`]: only the first phase makes contexts).
 struct AccessLogTcp {
     phase: Rc<AccessLogPhase>,
     context_id: u32,

@@ -3,7 +3,8 @@
 //! `envoy.access_loggers.open_telemetry` configured by istiod sends them.
 //!
 //! A phase of its own beside the access-log phase (same root): the access-log phase renders a
-//! log whose configuration has `otel` into one encoded `LogRecord` and hands it to
+//! log whose configuration has `otel` (an HTTP request's, or a TCP connection's at close when
+//! the access-log phase is the network filter) into one encoded `LogRecord` and hands it to
 //! [`ExportPhase::push`] (a queue push, nothing else on the request path). The root's tick sends
 //! each sink's batch with `dispatch_grpc_call` from the root (the batching exporter tracing uses,
 //! `wasmesh_trace::export::Exporter`: bounded queue, batches, one call in flight per sink, retries

@@ -344,6 +344,11 @@ impl PhaseRequest for TracingRequest {
                 s.set_request_header(name, value.as_bytes());
             }
         }
+        // The access-log phase of this chain puts the span's ids in its OTLP records.
+        s.keep_filter_state(
+            wasmesh_handover::TRACE_SPAN,
+            &wasmesh_handover::SpanIds::new(out.trace_id, out.span_id).encode(),
+        );
         self.span = Some(Started { out, upstream, kind, renamed });
         wasmesh_proxy::phase::Flow::Continue
     }

@@ -144,11 +144,6 @@ pub fn parse_with_protocol(bytes: &[u8]) -> Result<(Vec<Log>, bool), String> {
                 return Err(format!("logs[{i}].filter: expected a CEL expression of 1 to {MAX_FILTER_BYTES} bytes"));
             }
         }
-        if tcp && l.otel.is_some() {
-            return Err(format!(
-                "logs[{i}].otel: not on a TCP connection's log (the export needs a second phase beside the network filter)"
-            ));
-        }
         let export = l.otel.map(|o| Export {
             cluster: o.cluster,
             authority: o.authority,

@@ -241,6 +241,11 @@ pub trait Source {
     fn elapsed_ns(&self) -> Option<i64> {
         None
     }
+    /// The ids of the request's span (an OTLP record carries them, as Envoy's OpenTelemetry
+    /// logger does when a tracer made a span): `None` when no tracer did.
+    fn span_ids(&self) -> Option<otlp::SpanIds> {
+        None
+    }
 }
 
 /// One rendered value.
@@ -534,7 +539,7 @@ impl Format {
                 };
                 let attrs = attributes.iter().map(|(k, t)| otlp::string_kv(k, &string(t))).collect();
                 let start = int(src.attribute(*time)).unwrap_or(0).max(0) as u64;
-                return otlp::encode_record(start, body.as_ref().map(string), attrs);
+                return otlp::encode_record(start, body.as_ref().map(string), attrs, src.span_ids());
             }
             Shape::Text(t) => text(t, src, base, &mut out),
             Shape::Json(fields) => {

@@ -44,12 +44,33 @@ pub struct LogRecord {
     pub body: Option<AnyValue>,
     #[prost(message, repeated, tag = "6")]
     pub attributes: Vec<KeyValue>,
+    /// The request's span's trace id (16 bytes) and span id (8), when a tracer made one (empty:
+    /// not sent).
+    #[prost(bytes = "vec", tag = "9")]
+    pub trace_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "10")]
+    pub span_id: Vec<u8>,
 }
 
+/// A span's trace id (16 bytes) and span id (8 bytes).
+pub type SpanIds = ([u8; 16], [u8; 8]);
+
 /// One `LogRecord`, encoded.
-pub fn encode_record(time_unix_nano: u64, body: Option<String>, attributes: Vec<KeyValue>) -> Vec<u8> {
-    LogRecord { time_unix_nano, body: body.map(|b| AnyValue { value: Some(Value::StringValue(b)) }), attributes }
-        .encode_to_vec()
+pub fn encode_record(
+    time_unix_nano: u64,
+    body: Option<String>,
+    attributes: Vec<KeyValue>,
+    span: Option<SpanIds>,
+) -> Vec<u8> {
+    let (trace_id, span_id) = span.map(|(t, s)| (t.to_vec(), s.to_vec())).unwrap_or_default();
+    LogRecord {
+        time_unix_nano,
+        body: body.map(|b| AnyValue { value: Some(Value::StringValue(b)) }),
+        attributes,
+        trace_id,
+        span_id,
+    }
+    .encode_to_vec()
 }
 
 /// `envoy.config.core.v3.GrpcService` with `envoy_grpc { cluster_name, authority }`, as istiod
@@ -111,8 +132,8 @@ mod tests {
 
     #[test]
     fn the_framed_request_decodes_as_the_messages() {
-        let a = encode_record(7, Some("line\n".into()), vec![string_kv("k", "v")]);
-        let b = encode_record(9, None, vec![]);
+        let a = encode_record(7, Some("line\n".into()), vec![string_kv("k", "v")], Some(([1; 16], [2; 8])));
+        let b = encode_record(9, None, vec![], None);
         let bytes = export_request(&[string_kv("r", "x")], &[a, b]);
         let req = ExportLogsServiceRequest::decode(bytes.as_slice()).unwrap();
         let rl = &req.resource_logs[0];
@@ -122,6 +143,8 @@ mod tests {
         assert_eq!(recs[0].time_unix_nano, 7);
         assert_eq!(recs[0].body, Some(AnyValue { value: Some(Value::StringValue("line\n".into())) }));
         assert_eq!(recs[0].attributes, vec![string_kv("k", "v")]);
+        assert_eq!((recs[0].trace_id.as_slice(), recs[0].span_id.as_slice()), (&[1u8; 16][..], &[2u8; 8][..]));
         assert_eq!((recs[1].time_unix_nano, recs[1].body.clone()), (9, None));
+        assert!(recs[1].trace_id.is_empty() && recs[1].span_id.is_empty());
     }
 }

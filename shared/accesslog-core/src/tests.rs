@@ -166,9 +166,44 @@ fn an_otel_record_has_the_start_time_the_text_body_and_string_attributes() {
     assert_eq!(rec.time_unix_nano, 1_796_596_865_123_456_789);
     assert_eq!(rec.body, Some(otlp::AnyValue { value: Some(otlp::Value::StringValue("GET 404\n".into())) }));
     assert_eq!(rec.attributes, vec![otlp::string_kv("code", "404"), otlp::string_kv("ua", "-")]);
+    // No tracer: no ids.
+    assert!(rec.trace_id.is_empty() && rec.span_id.is_empty());
     let empty = Format::otel("", &BTreeMap::new()).unwrap();
     let rec = otlp::LogRecord::decode(empty.render(&Req::for_format(&empty)).as_slice()).unwrap();
     assert_eq!((rec.body, rec.attributes.len()), (None, 0));
+}
+
+/// A request with a span (the tracing phase's ids).
+struct Traced(Req, otlp::SpanIds);
+
+impl Source for Traced {
+    fn attribute(&self, i: usize) -> Option<&[u8]> {
+        self.0.attribute(i)
+    }
+    fn request_header(&self, name: &str) -> Option<&[u8]> {
+        self.0.request_header(name)
+    }
+    fn response_header(&self, name: &str) -> Option<&[u8]> {
+        self.0.response_header(name)
+    }
+    fn response_trailer(&self, name: &str) -> Option<&[u8]> {
+        self.0.response_trailer(name)
+    }
+    fn span_ids(&self) -> Option<otlp::SpanIds> {
+        Some(self.1)
+    }
+}
+
+#[test]
+fn an_otel_record_carries_the_span_ids_and_a_line_does_not() {
+    use prost::Message;
+    let ids = ([0xab; 16], [0xcd; 8]);
+    let f = Format::otel("%RESPONSE_CODE%", &BTreeMap::new()).unwrap();
+    let r = Traced(Req::for_format(&f).int("response.code", 200), ids);
+    let rec = otlp::LogRecord::decode(f.render(&r).as_slice()).unwrap();
+    assert_eq!((rec.trace_id.as_slice(), rec.span_id.as_slice()), (&ids.0[..], &ids.1[..]));
+    let text = Format::text("%RESPONSE_CODE%").unwrap();
+    assert_eq!(text.render(&Traced(Req::for_format(&text).int("response.code", 200), ids)), b"200");
 }
 
 /// The escaping as first written (a character at a time), kept as the reference the faster
@@ -268,15 +303,17 @@ fn istio_text_on_a_tcp_connection_prints_as_envoy_on_tcp_proxy() {
 }
 
 #[test]
-fn tcp_configuration_and_its_refusals() {
+fn tcp_configuration_and_its_otel_export() {
     let (logs, tcp) =
         config::parse_with_protocol(br#"{"tcp":true,"logs":[{"filterStateKey":"wasmesh.access_log.0"}]}"#).unwrap();
     assert!(tcp && logs.len() == 1);
     let (_, tcp) = config::parse_with_protocol(br#"{"logs":[{"filterStateKey":"wasmesh.access_log.0"}]}"#).unwrap();
     assert!(!tcp);
-    let e = config::parse_with_protocol(
+    // A connection's record is exported as an HTTP request's is (the export phase runs beside
+    // the network filter, from the root).
+    let (logs, tcp) = config::parse_with_protocol(
         br#"{"tcp":true,"logs":[{"filterStateKey":"wasmesh.access_log","otel":{"cluster":"c","authority":"a"}}]}"#,
     )
-    .unwrap_err();
-    assert!(e.contains("logs[0].otel: not on a TCP connection's log"), "{e}");
+    .unwrap();
+    assert!(tcp && logs[0].export.is_some() && logs[0].format.is_otel());
 }

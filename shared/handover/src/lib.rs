@@ -26,6 +26,40 @@ pub const PEER_DOWNSTREAM: &str = "wasmesh.peer.downstream";
 /// Peer workload metadata learnt from metadata exchange (upstream = the callee).
 pub const PEER_UPSTREAM: &str = "wasmesh.peer.upstream";
 
+/// The ids of the request's span, from the tracing phase to the access-log phase of the same
+/// one-pass chain, in memory only (never written to Envoy: no filter outside the chain reads it,
+/// and separate filters get nothing): [`SpanIds`], 24 bytes.
+pub const TRACE_SPAN: &str = "wasmesh.tracing.span";
+
+/// A span's ids as an OTLP log record carries them: the trace id in 16 bytes (a 64-bit one with
+/// 8 zero bytes in front, as Envoy pads it), the span id in 8; both big-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanIds {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+}
+
+impl SpanIds {
+    pub fn new(trace_id: u128, span_id: u64) -> SpanIds {
+        SpanIds { trace_id: trace_id.to_be_bytes(), span_id: span_id.to_be_bytes() }
+    }
+
+    pub fn encode(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        let (t, s) = b.split_at_mut(16);
+        t.copy_from_slice(&self.trace_id);
+        s.copy_from_slice(&self.span_id);
+        b
+    }
+
+    /// `None` unless exactly 24 bytes.
+    pub fn decode(bytes: &[u8]) -> Option<SpanIds> {
+        let b: &[u8; 24] = bytes.try_into().ok()?;
+        let (t, s) = b.split_at(16);
+        Some(SpanIds { trace_id: t.try_into().ok()?, span_id: s.try_into().ok()? })
+    }
+}
+
 /// Largest handed-over value a reader accepts (claims are bounded by the authn filter too).
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
@@ -97,6 +131,18 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn span_ids_round_trip_big_endian_and_refuse_other_lengths() {
+        let ids = SpanIds::new(0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331);
+        let b = ids.encode();
+        assert_eq!(b[..2], [0x0a, 0xf7]);
+        assert_eq!(b[16..18], [0xb7, 0xad]);
+        assert_eq!(SpanIds::decode(&b), Some(ids));
+        // A 64-bit trace id: 8 zero bytes in front.
+        assert_eq!(SpanIds::new(0x8448eb211c80319c, 1).trace_id[..9], [0, 0, 0, 0, 0, 0, 0, 0, 0x84]);
+        assert_eq!(SpanIds::decode(&b[..23]), None);
+    }
 
     #[test]
     fn identity_round_trips() {

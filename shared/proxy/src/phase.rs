@@ -78,7 +78,9 @@ pub trait Phase {
     fn done(&self) {}
 
     /// A network (TCP) role of the filter: the root gives Envoy stream contexts from
-    /// [`Phase::stream_context`] instead of HTTP contexts. Only for a phase alone in its filter.
+    /// [`Phase::stream_context`] instead of HTTP contexts. Only for the first phase of its
+    /// filter; the phases after it then serve the root only (ticks, calls made from the root:
+    /// the access log's OTLP export), as no HTTP context is ever made.
     fn is_network(&self) -> bool {
         false
     }
@@ -566,7 +568,7 @@ impl RootContext for ChainRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         match self.phases.as_slice() {
-            [one] if one.is_network() => Some(ContextType::StreamContext),
+            [first, ..] if first.is_network() => Some(ContextType::StreamContext),
             _ => Some(ContextType::HttpContext),
         }
     }

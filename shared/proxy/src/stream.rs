@@ -303,6 +303,12 @@ impl Stream {
         self.keep(&[key], Some(value.to_vec()));
     }
 
+    /// Filter state an earlier phase of this stream handed over ([`Stream::keep_filter_state`])
+    /// or wrote or read: in memory only, no hostcall (`None` when none did).
+    pub fn kept_filter_state(&self, key: &str) -> Option<Bytes> {
+        self.kept(&[key]).flatten()
+    }
+
     /// Filter state written by an earlier phase or filter.
     pub fn filter_state(&self, key: &str) -> Option<Bytes> {
         self.property_or_none(&[key])
