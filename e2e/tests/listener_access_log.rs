@@ -314,13 +314,9 @@ fn add_envoy_tcp_logger(boot: &mut Value, path: &Path, log_format: &Value) {
     assert!(added > 0, "no tcp_proxy in the bootstrap");
 }
 
-/// The most `%DURATION%` (ms) Envoy's logger may print above wasmesh's for one connection: both
-/// run at the same close, wasmesh's clock read in its close callback a moment before Envoy's
-/// logger reads its own (1 ms when the machine is idle, a few when its 2 cores are busy).
-const DURATION_SLACK_MS: i64 = 5;
-
+/// [`wasmesh_e2e::access_log::tcp_duration_close`]: both read the clock at the same close.
 fn duration_close(envoy: i64, wasmesh: i64) -> bool {
-    (0..=DURATION_SLACK_MS).contains(&(envoy - wasmesh))
+    wasmesh_e2e::access_log::tcp_duration_close(envoy, wasmesh)
 }
 
 /// Whether two lines are the same but for one number token (`%DURATION%`), [`duration_close`].
