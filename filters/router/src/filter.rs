@@ -119,8 +119,8 @@ impl Phase for RouterPhase {
         Box::new(RouterRequest { phase: self, random, response: None })
     }
 
-    /// Alone in its filter, up to [`FETCH_ONE_BY_ONE`] headers are fetched one by one, by slot;
-    /// more, and one call for the whole map is cheaper. Each hostcall costs, and the whole map
+    /// Alone in its filter, up to [`FETCH_ONE_BY_ONE`] headers are fetched one by one, by slot,
+    /// each when a route first examines it; more, and one call for the whole map is cheaper. Each hostcall costs, and the whole map
     /// costs a copy and an allocation per header. One by one, Envoy returns the first value of a
     /// repeated header, so a header sent several times is matched on its first value (the whole
     /// map, used for larger route tables and in the one-pass chain, matches every value as
@@ -191,8 +191,10 @@ impl PhaseRequest for RouterRequest {
                 router.route_view(&RequestView::from_headers(router.header_slots(), all), self.random)
             })
         } else {
-            let by_slot = needed.iter().map(|name| s.request_header(name).ok().flatten()).collect::<Vec<_>>();
-            router.route_view(&RequestView::from_values(router.header_slots(), &by_slot), self.random)
+            // Each header when a route condition first examines it: one a walk never reaches
+            // (another host's routes, behind a condition that already failed) costs no hostcall.
+            let fetch = |name: &str| s.request_header(name).ok().flatten();
+            router.route_view(&RequestView::lazy(router.header_slots(), &fetch), self.random)
         };
         if self.phase.trace_operations {
             hand_over_operation(s, &decision);

@@ -1017,6 +1017,49 @@ spec:
   - route: [{destination: {host: ratings}}]
 "#;
 
+/// Read lazily, a header is fetched only when a route condition examines it: not for another
+/// virtual host's routes, nor behind a condition of the same match that already failed; and the
+/// decision is the one the eager view gives.
+#[test]
+fn a_lazy_view_fetches_only_what_the_walk_examines() {
+    let r = sidecar(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /admin}, headers: {x-admin: {exact: "1"}}}]
+    route: [{destination: {host: reviews, subset: admin}}]
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+"#,
+    );
+    let run = |pairs: &[(&str, &str)]| {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let fetch = |name: &str| {
+            asked.borrow_mut().push(name.to_string());
+            pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_bytes().to_vec())
+        };
+        let lazy = match r.route_view(&RequestView::lazy(r.header_slots(), &fetch), 0) {
+            Decision::Forward { cluster, .. } => cluster.split('|').nth(2).unwrap_or("").to_string(),
+            _ => "404".into(),
+        };
+        assert_eq!(lazy, subset(&r, pairs), "{pairs:?}");
+        (lazy, asked.into_inner())
+    };
+    assert_eq!(run(&[(":authority", "ratings"), (":path", "/admin")]), ("".into(), vec![":authority".to_string()]));
+    let (s, asked) = run(&[(":authority", "reviews"), (":path", "/x"), ("end-user", "jason")]);
+    assert_eq!((s.as_str(), asked), ("v2", vec![":authority".to_string(), ":path".into(), "end-user".into()]));
+    let (s, asked) = run(&[(":authority", "reviews"), (":path", "/admin"), ("x-admin", "1")]);
+    assert_eq!((s.as_str(), asked), ("admin", vec![":authority".to_string(), ":path".into(), "x-admin".into()]));
+    let (s, asked) = run(&[(":authority", "reviews"), (":path", "/admin"), ("x-admin", "0")]);
+    assert_eq!(s, "v1");
+    assert_eq!(asked.len(), 4, "each slot once: {asked:?}");
+}
+
 const FAULTS: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService
