@@ -120,13 +120,14 @@ impl Phase for RouterPhase {
     }
 
     /// Alone in its filter, up to [`FETCH_ONE_BY_ONE`] headers are fetched one by one, by slot,
-    /// each when a route first examines it; more, and one call for the whole map is cheaper. Each hostcall costs, and the whole map
-    /// costs a copy and an allocation per header. One by one, Envoy returns the first value of a
-    /// repeated header, so a header sent several times is matched on its first value (the whole
-    /// map, used for larger route tables and in the one-pass chain, matches every value as
-    /// Envoy's own route matcher does).
+    /// each when a route first examines it; more, and one call for the whole map is cheaper.
+    /// Each hostcall costs, and the whole map costs a copy and an allocation per header. One by
+    /// one, Envoy returns the first value of a repeated header, so a header sent several times is
+    /// matched on its first value (the whole map, used for larger route tables and in the
+    /// one-pass chain, matches every value as Envoy's own route matcher does).
     fn header_reads(&self) -> HeaderReads {
-        // With faults, every request is checked for client-sent fault headers: one read of the map.
+        // With faults by headers and no early removal, every request is checked for client-sent
+        // fault headers: one read of the map.
         if self.faults || self.routes.most_headers() > FETCH_ONE_BY_ONE {
             HeaderReads::Map
         } else {
