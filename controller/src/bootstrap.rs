@@ -174,11 +174,14 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
         if slots == Slots::All {
             plugins::fill_network_slots(&ctx, &mut all);
             // Served live, a VirtualService `fault` may arrive after Envoy started, and the filter
-            // chain is fixed then: Envoy's fault filter follows every router from the start.
+            // chain and routes are fixed then: Envoy's fault filter follows every router from the
+            // start, controlled by the request headers the router sets (no fault routes, which
+            // a live fault could not add).
             for f in all.http_filters.iter_mut().filter(|f| f.name == "wasmesh.router") {
                 if let Some(m) = f.config.as_object_mut() {
                     m.insert("faultFilter".into(), Value::Bool(true));
                     m.insert("faultHeadersRemoved".into(), Value::Bool(true));
+                    m.remove("faultRoutes");
                 }
             }
         }
@@ -778,25 +781,41 @@ fn listener(
 
 /// Envoy's fault filter after wasmesh's router, where the router's configuration says a route
 /// injects faults (`faultFilter`, set by [`crate::plugins::router`]). The router decides each
-/// fault as Istio's per-route fault configuration would and sets the `x-envoy-fault-*` request
-/// headers (removing any a client sent); this filter then delays the request on Envoy's timer
-/// (the worker keeps serving other requests) or aborts it with response flag `FI`. At 100% the
-/// headers' own decision stands. The headers are not sent upstream. Returns whether it added the
-/// filter (the HTTP connection manager then removes client-sent fault headers first).
+/// fault as Istio's per-route fault configuration would; this filter then delays the request on
+/// Envoy's timer (the worker keeps serving other requests) or aborts it with response flag `FI`.
+///
+/// - With fault routes (`faultRoutes`, a static bootstrap): the filter is configured empty, as
+///   istiod configures it, and the route the router selects carries the decided fault at 100 %
+///   in its `typed_per_filter_config` ([`with_route_policies`]), which overrides the empty
+///   configuration entirely (Envoy `FaultFilter::decodeHeaders`). It reads no request header:
+///   client-sent `x-envoy-fault-*` headers do nothing and need no removal.
+/// - Without (served live, where routes cannot follow a fault added later): header-controlled
+///   delay and abort at 100 %; the router sets the `x-envoy-fault-*` request headers, the
+///   headers are not sent upstream, and the HTTP connection manager removes client-sent ones
+///   before the filters.
+///
+/// Returns whether client-sent fault headers must be removed before the filters.
 fn with_fault_filter(http_filters: &mut Vec<Value>, route_config: &mut Value, c: &Contribution) -> bool {
-    fn fault_flag(v: &Value) -> bool {
+    fn flag(v: &Value, name: &str) -> bool {
         match v {
-            Value::Object(m) => m.get("faultFilter") == Some(&Value::Bool(true)) || m.values().any(fault_flag),
-            Value::Array(a) => a.iter().any(fault_flag),
+            Value::Object(m) => m.get(name) == Some(&Value::Bool(true)) || m.values().any(|v| flag(v, name)),
+            Value::Array(a) => a.iter().any(|v| flag(v, name)),
             _ => false,
         }
     }
-    if !c.http_filters.iter().any(|f| fault_flag(&f.config)) {
+    if !c.http_filters.iter().any(|f| flag(&f.config, "faultFilter")) {
+        return false;
+    }
+    if c.http_filters.iter().any(|f| flag(&f.config, "faultRoutes")) {
+        http_filters.push(json!({
+            "name": wasmesh_router::FAULT_FILTER,
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}
+        }));
         return false;
     }
     let all = json!({"numerator": 100, "denominator": "HUNDRED"});
     http_filters.push(json!({
-        "name": "envoy.filters.http.fault",
+        "name": wasmesh_router::FAULT_FILTER,
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
             "delay": {"header_delay": {}, "percentage": all},
@@ -851,7 +870,8 @@ fn route_policies(c: &Contribution) -> Vec<std::rc::Rc<wasmesh_router::RoutePoli
 
 /// One Envoy route per route policy before the catch-all, matched on the policy filter state the
 /// router sets (a client cannot forge it), with the route action and per-route CORS policy
-/// istiod writes for the VirtualService route; Envoy's CORS filter after the wasm filters where a
+/// istiod writes for the VirtualService route, and for a fault route the fault the router
+/// decided (per-route `HTTPFault` at 100 %); Envoy's CORS filter after the wasm filters where a
 /// policy has CORS (istiod puts it before the fault filter and the router). A client-sent copy of
 /// the policy header wasmesh used to match on is removed before the request goes upstream.
 fn with_route_policies(http_filters: &mut Vec<Value>, route_config: &mut Value, c: &Contribution) {
@@ -881,8 +901,15 @@ fn with_route_policies(http_filters: &mut Vec<Value>, route_config: &mut Value, 
                 action.insert(k.clone(), v.clone());
             }
         }
+        let mut per_filter = serde_json::Map::new();
         if let Some(cors) = &p.cors {
-            r["typed_per_filter_config"] = json!({"envoy.filters.http.cors": cors});
+            per_filter.insert("envoy.filters.http.cors".into(), cors.clone());
+        }
+        if let Some(fault) = &p.fault {
+            per_filter.insert(wasmesh_router::FAULT_FILTER.into(), fault.clone());
+        }
+        if !per_filter.is_empty() {
+            r["typed_per_filter_config"] = Value::Object(per_filter);
         }
         if let Some(remove) = r.get_mut("request_headers_to_remove").and_then(Value::as_array_mut) {
             remove.push(json!(wasmesh_router::POLICY_HEADER));
@@ -1319,6 +1346,7 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         assert!(!names.contains(&"envoy.filters.http.fault"), "{names:?}");
         assert!(hcm.get("early_header_mutation_extensions").is_none());
 
+        // A fault that never fires (no percentage): the filter, configured empty, and no route.
         let yaml = MESH.to_string()
             + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db, namespace: default}\n\
                spec:\n  hosts: [db]\n  http:\n  - fault: {abort: {httpStatus: 503}}\n    route: [{destination: {host: db, port: {number: 8080}}}]\n";
@@ -1327,16 +1355,44 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         let filters = hcm["http_filters"].as_array().unwrap();
         let names: Vec<&str> = filters.iter().map(|f| f["name"].as_str().unwrap()).collect();
         assert_eq!(names[names.len() - 2..], ["envoy.filters.http.fault", "envoy.filters.http.router"], "{names:?}");
-        let fault = &filters[names.len() - 2]["typed_config"];
-        assert_eq!(fault["abort"]["header_abort"], json!({}));
-        assert_eq!(fault["delay"]["percentage"]["numerator"], 100);
-        let removed = hcm["route_config"]["request_headers_to_remove"].as_array().unwrap();
-        assert!(removed.contains(&json!("x-envoy-fault-abort-request")), "{removed:?}");
-        // Client-sent fault headers are removed before the filters run, and the router is told so.
-        let early = &hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"];
-        let early: Vec<&str> = early.as_array().unwrap().iter().map(|m| m["remove"].as_str().unwrap()).collect();
-        assert_eq!(early, wasmesh_router::FAULT_HEADERS);
-        assert!(hcm["http_filters"].to_string().contains("faultHeadersRemoved"), "the router is told");
+        assert_eq!(hcm["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap().len(), 1);
+
+        // Faults that fire: istiod's empty fault filter, and one route per outcome of the draw
+        // carrying the decided fault at 100 % per route, over the VirtualService route's policy.
+        let yaml = MESH.to_string()
+            + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db, namespace: default}\n\
+               spec:\n  hosts: [db]\n  http:\n  - timeout: 3s\n    fault: {abort: {httpStatus: 503, percentage: {value: 10}}, \
+               delay: {fixedDelay: 2s, percentage: {value: 20}}}\n    route: [{destination: {host: db, port: {number: 8080}}}]\n";
+        let res = resources(&yaml);
+        let hcm = hcm_of(&build(&sp, &res).unwrap());
+        let filters = hcm["http_filters"].as_array().unwrap();
+        let names: Vec<&str> = filters.iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert_eq!(names[names.len() - 2..], ["envoy.filters.http.fault", "envoy.filters.http.router"], "{names:?}");
+        assert_eq!(
+            filters[names.len() - 2]["typed_config"],
+            json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}),
+            "configured empty, as istiod does: it reads no request header"
+        );
+        let routes = hcm["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap();
+        let faults: Vec<&Value> =
+            routes.iter().filter_map(|r| r["typed_per_filter_config"].get("envoy.filters.http.fault")).collect();
+        assert_eq!(faults.len(), 3, "delay, abort, both: {routes:#?}");
+        let all = json!({"numerator": 100, "denominator": "HUNDRED"});
+        assert!(faults.contains(&&json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "delay": {"fixed_delay": "2.000s", "percentage": all},
+            "abort": {"http_status": 503, "percentage": all},
+        })));
+        for r in routes.iter().filter(|r| r["typed_per_filter_config"].get("envoy.filters.http.fault").is_some()) {
+            assert_eq!(r["match"]["filter_state"][0]["key"], wasmesh_router::POLICY_FILTER_STATE_KEY);
+            assert_eq!(r["route"]["timeout"], "3s", "the route's own policy: {r}");
+        }
+        assert_eq!(routes.len(), 5, "the timeout policy, three fault routes, the catch-all");
+        // Client-sent fault headers are inert: nothing removes them, the router reads none.
+        assert!(hcm.get("early_header_mutation_extensions").is_none());
+        assert!(!hcm["route_config"].to_string().contains("x-envoy-fault-abort-request"));
+        let filters = hcm["http_filters"].to_string();
+        assert!(filters.contains("faultRoutes") && !filters.contains("faultHeadersRemoved"), "{filters}");
     }
 
     #[test]

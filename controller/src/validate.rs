@@ -107,9 +107,10 @@ fn gateway_routes(resources: &Resources) -> Vec<Error> {
                 cluster_header: wasmesh_router::DEFAULT_CLUSTER_HEADER.to_string(),
                 resources: Vec::new(),
                 // As `wasmeshctl envoy` writes it: Envoy's fault filter follows wherever a route
-                // injects faults.
+                // injects faults, carried out by fault routes.
                 fault_filter: true,
                 fault_headers_removed: false,
+                fault_routes: true,
                 outbound_traffic_policy: None,
                 route_policies: true,
                 trace_operations: false,

@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
             cluster_header: wasmesh_router::DEFAULT_CLUSTER_HEADER.to_string(),
             fault_filter: true,
             fault_headers_removed: false,
+            fault_routes: false,
             outbound_traffic_policy: None,
             route_policies: true,
             trace_operations: false,

@@ -25,6 +25,7 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
         cluster_header: DEFAULT_CLUSTER_HEADER.to_string(),
         fault_filter: true,
         fault_headers_removed: false,
+        fault_routes: true,
         // Sidecars: Istio's catch-all for unknown hosts, when the mesh config names one
         // (without it: 404, see egress.rs).
         outbound_traffic_policy: if gateway_port.is_none() { ctx.mesh.outbound_traffic_policy } else { None },
@@ -36,14 +37,15 @@ pub fn contribute(ctx: &ListenerContext<'_>) -> Result<Contribution, Vec<Error>>
     // Compile here too, so a bad VirtualService fails `wasmeshctl envoy`, not Envoy's start.
     let router = config.compile(&Resources { items: relevant.cloned().collect() }).map_err(|e| e.0)?;
     // Envoy's fault filter goes after the router only where a route injects faults
-    // (`bootstrap::with_fault_filter` reads this flag).
+    // (`bootstrap::with_fault_filter` reads this flag), configured empty as istiod configures
+    // it: each fault is carried out by Envoy routes with the fault per route (`faultRoutes`),
+    // which the router selects when its draw injects one. Client-sent fault headers are inert.
     config.fault_filter = router.has_faults();
-    // With the fault filter, Envoy also removes client-sent fault headers before the filters
-    // (`bootstrap::with_fault_filter`), so the router does not read the header map for them.
-    config.fault_headers_removed = config.fault_filter;
-    // One Envoy route per route policy, and the CORS filter where one has CORS
-    // (`bootstrap::with_route_policies` reads this flag and the policies from the config).
-    config.route_policies = !router.policies().is_empty();
+    config.fault_routes = config.fault_filter;
+    // One Envoy route per route policy and fault outcome, and the CORS filter where one has
+    // CORS (`bootstrap::with_route_policies` reads this flag and the policies from the config).
+    // (A fault whose every share is 0 % has no route, and its router still needs the flag.)
+    config.route_policies = config.fault_routes || !router.policies().is_empty();
     let config = serde_json::to_value(&config).map_err(|e| vec![Error::new(format!("router config: {e}"))])?;
     Ok(Contribution {
         http_filters: vec![WasmFilter { name: "wasmesh.router".into(), config, fail_open: false }],

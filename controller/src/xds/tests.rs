@@ -197,6 +197,11 @@ fn the_fault_filter_is_there_before_a_live_fault_arrives() {
         let configs = serde_json::to_string(&pr.extension_configs).unwrap().replace('\\', "");
         assert!(configs.contains(r#""faultFilter":true"#), "{layout:?}: the router knows the fault filter is there");
         assert!(configs.contains(r#""faultHeadersRemoved":true"#), "{layout:?}: and that Envoy removes client copies");
+        assert!(!configs.contains("faultRoutes"), "{layout:?}: no fault routes, which a live fault could not add");
+        let hcm = &out["filter_chains"][0]["filters"].as_array().unwrap().last().unwrap()["typed_config"];
+        let fault = hcm["http_filters"].as_array().unwrap().iter().find(|f| f["name"] == "envoy.filters.http.fault");
+        assert_eq!(fault.unwrap()["typed_config"]["abort"]["header_abort"], json!({}), "{layout:?}: header-controlled");
+        assert!(hcm.get("early_header_mutation_extensions").is_some(), "{layout:?}");
     }
     // A static bootstrap keeps the fault filter only where a route injects faults.
     let spec = node().to_spec(&resources(MESH)).unwrap();

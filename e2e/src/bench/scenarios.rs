@@ -115,7 +115,8 @@ fn by_header_route() -> Value {
 /// The router scenario's table with every VirtualService action (redirect, directResponse,
 /// rewrite, request/response headers per route and destination, fault, timeout, retries,
 /// mirror, corsPolicy) configured on routes before the matched one, none triggered; Envoy's CORS
-/// and fault filters after the router and the policy routes as wasmeshctl generates them. Against the plain table: what configuring the actions costs a request.
+/// and fault filters after the router and the policy and fault routes as wasmeshctl generates
+/// them. Against the plain table: what configuring the actions costs a request.
 fn vs_actions() -> Result<Scenario, String> {
     let host = format!("{SERVICE}.default.svc.cluster.local");
     let (http, _, clusters) = header_routes("default");
@@ -143,22 +144,20 @@ fn vs_actions() -> Result<Scenario, String> {
     acting.extend(http);
     let mut all = router_config(&host, acting);
     all["faultFilter"] = json!(true);
-    all["faultHeadersRemoved"] = json!(true);
+    all["faultRoutes"] = json!(true);
     all["routePolicies"] = json!(true);
     let policy_routes = policy_route_config(&all)?;
-    let fault_filter = json!({"name": "envoy.filters.http.fault", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
-        "delay": {"header_delay": {}, "percentage": {"numerator": 100, "denominator": "HUNDRED"}},
-        "abort": {"header_abort": {}, "percentage": {"numerator": 100, "denominator": "HUNDRED"}}}});
+    // Configured empty, as istiod configures it: the fault routes carry the faults.
+    let fault_filter = json!({"name": wasmesh_router::FAULT_FILTER, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}});
     let cors_filter = json!({"name": "envoy.filters.http.cors", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}});
     let with = |name: &str, filters: Vec<Value>, route: Option<Value>| routed_variant(name, filters, route, &clusters);
-    let mut every = with(
+    let every = with(
         "wasmesh, every action configured",
         vec![wasmesh_filter("wasmesh.router", all), cors_filter, fault_filter],
         Some(policy_routes),
     );
-    every.listener = Some(with_early_fault_header_removal(&every));
     Ok(Scenario {
         name: "vs actions".into(),
         target: "configured, untriggered actions cost the router nothing measurable".into(),
@@ -169,34 +168,6 @@ fn vs_actions() -> Result<Scenario, String> {
         ],
         modules: vec!["wasmesh".into(), "noop".into()],
     })
-}
-
-/// The variant's listener as the bench builds it, with the HTTP connection manager removing
-/// client-sent fault headers before the filters, as wasmeshctl writes it with the fault filter.
-fn with_early_fault_header_removal(v: &Variant) -> (u16, Value) {
-    let port = crate::free_port();
-    let mut filters = v.http_filters.clone();
-    filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
-    let mutations: Vec<Value> = wasmesh_router::FAULT_HEADERS.iter().map(|h| json!({"remove": h})).collect();
-    let listener = json!({
-        "name": "vs-actions",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": "vs-actions",
-            "route_config": v.route_config.clone(),
-            "http_filters": filters,
-            "early_header_mutation_extensions": [{
-                "name": "envoy.http.early_header_mutation.header_mutation",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    "mutations": mutations,
-                }
-            }],
-        }}]}],
-    });
-    (port, listener)
 }
 
 /// The by-header route with one route per route policy of `config` before it, as wasmeshctl
@@ -214,7 +185,10 @@ fn policy_route_config(config: &Value) -> Result<Value, String> {
         let mut r = json!({"match": {"prefix": "/", "filter_state": [{"key": wasmesh_router::POLICY_FILTER_STATE_KEY, "string_match": {"exact": p.id}}]},
                            "route": action});
         if let Some(c) = &p.cors {
-            r["typed_per_filter_config"] = json!({"envoy.filters.http.cors": c});
+            r["typed_per_filter_config"]["envoy.filters.http.cors"] = c.clone();
+        }
+        if let Some(f) = &p.fault {
+            r["typed_per_filter_config"][wasmesh_router::FAULT_FILTER] = f.clone();
         }
         routes.push(r);
     }

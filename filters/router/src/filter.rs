@@ -10,15 +10,18 @@
 //! status and body Envoy's redirect and direct-response actions give), rewrite the path and
 //! authority, edit request and response headers (per destination, then per route, as Envoy
 //! applies the configuration istiod writes), and inject faults. Wasm cannot sleep, so a fault is
-//! decided here and carried out by Envoy's fault filter after this one, which reads the
-//! `x-envoy-fault-*` headers set here (wasmeshctl generates it; a configuration with a fault
-//! and without `faultFilter: true` is refused). Client-sent copies of those headers are removed:
-//! by Envoy before the filters where wasmeshctl configured it so (`faultHeadersRemoved: true`),
-//! otherwise here. Likewise `timeout`, `retries`, mirrors and `corsPolicy` are carried out by
-//! Envoy: the router names the matched route's policy in filter state `wasmesh.route_policy`
-//! (only when the route has one: a client cannot write filter state, so nothing is removed on
-//! other requests) and Envoy's route for that policy, written by wasmeshctl as istiod writes the
-//! route (`routePolicies: true`, matched on that filter state), does the rest.
+//! decided here and carried out by Envoy's fault filter after this one (wasmeshctl generates it;
+//! a configuration with a fault and without `faultFilter: true` is refused). Likewise
+//! `timeout`, `retries`, mirrors and `corsPolicy` are carried out by Envoy: the router names the
+//! matched route's policy in filter state `wasmesh.route_policy` (only when the route has one: a
+//! client cannot write filter state, so nothing is removed on other requests) and Envoy's route
+//! for that policy, written by wasmeshctl as istiod writes the route (`routePolicies: true`,
+//! matched on that filter state), does the rest. A fault that fires is named the same way
+//! (`faultRoutes: true`): the policy names the Envoy route whose per-route fault configuration
+//! is the decided delay and/or abort, and the fault filter, configured empty as istiod configures
+//! it, reads no header. Without fault routes (served live) the router sets the fault filter's
+//! `x-envoy-fault-*` headers instead; client-sent copies are then removed by Envoy before the
+//! filters where wasmeshctl configured it so (`faultHeadersRemoved: true`), otherwise here.
 //!
 //! With tracing on the listener (`traceOperations: true`), the matched route's operation as
 //! istiod names it (`decorator.operation`) goes to the tracing phase in filter state
@@ -34,8 +37,8 @@ use wasmesh_istio::{FilterConfig, ProxyMode};
 use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
 use wasmesh_proxy::stream::{HeaderReads, Stream};
 use wasmesh_router::{
-    Abort, Decision, HeaderActions, HeaderOps, Matched, RequestView, Rng, RouteOps, Router, RouterConfig,
-    FAULT_HEADERS, POLICY_STATE,
+    Abort, Decision, FaultDecision, HeaderActions, HeaderOps, Matched, RequestView, Rng, RouteOps, Router,
+    RouterConfig, FAULT_HEADERS, POLICY_STATE,
 };
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
@@ -47,6 +50,7 @@ pub fn root_context(_context_id: u32) -> Box<dyn RootContext> {
 /// The router phase from its plugin configuration.
 pub fn build(config: &[u8], _resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, String> {
     let (routes, removed_by_envoy, trace_operations) = configure(config)?;
+    // With fault routes the client's fault headers are inert (the fault filter reads none).
     let faults = routes.has_faults() && !removed_by_envoy;
     Ok(vec![Rc::new(RouterPhase { routes, faults, trace_operations, rng: Cell::new(wasmesh_proxy::random_seed()) })])
 }
@@ -115,14 +119,15 @@ impl Phase for RouterPhase {
         Box::new(RouterRequest { phase: self, random, response: None })
     }
 
-    /// Alone in its filter, up to [`FETCH_ONE_BY_ONE`] headers are fetched one by one, by slot;
-    /// more, and one call for the whole map is cheaper. Each hostcall costs, and the whole map
-    /// costs a copy and an allocation per header. One by one, Envoy returns the first value of a
-    /// repeated header, so a header sent several times is matched on its first value (the whole
-    /// map, used for larger route tables and in the one-pass chain, matches every value as
-    /// Envoy's own route matcher does).
+    /// Alone in its filter, up to [`FETCH_ONE_BY_ONE`] headers are fetched one by one, by slot,
+    /// each when a route first examines it; more, and one call for the whole map is cheaper.
+    /// Each hostcall costs, and the whole map costs a copy and an allocation per header. One by
+    /// one, Envoy returns the first value of a repeated header, so a header sent several times is
+    /// matched on its first value (the whole map, used for larger route tables and in the
+    /// one-pass chain, matches every value as Envoy's own route matcher does).
     fn header_reads(&self) -> HeaderReads {
-        // With faults, every request is checked for client-sent fault headers: one read of the map.
+        // With faults by headers and no early removal, every request is checked for client-sent
+        // fault headers: one read of the map.
         if self.faults || self.routes.most_headers() > FETCH_ONE_BY_ONE {
             HeaderReads::Map
         } else {
@@ -135,7 +140,7 @@ impl Phase for RouterPhase {
 /// whether tracing wants the routes' operations.
 fn configure(bytes: &[u8]) -> Result<(Routes, bool, bool), String> {
     let mut cfg = RouterConfig::parse_json(bytes).map_err(|e| e.to_string())?;
-    let removed_by_envoy = cfg.fault_headers_removed;
+    let removed_by_envoy = cfg.fault_headers_removed || cfg.fault_routes;
     let trace_operations = cfg.trace_operations;
     // Routing fails closed like the security filters: a wrong namespace or label set would
     // route by the wrong VirtualServices, so the node must identify the proxy.
@@ -187,8 +192,10 @@ impl PhaseRequest for RouterRequest {
                 router.route_view(&RequestView::from_headers(router.header_slots(), all), self.random)
             })
         } else {
-            let by_slot = needed.iter().map(|name| s.request_header(name).ok().flatten()).collect::<Vec<_>>();
-            router.route_view(&RequestView::from_values(router.header_slots(), &by_slot), self.random)
+            // Each header when a route condition first examines it: one a walk never reaches
+            // (another host's routes, behind a condition that already failed) costs no hostcall.
+            let fetch = |name: &str| s.request_header(name).ok().flatten();
+            router.route_view(&RequestView::lazy(router.header_slots(), &fetch), self.random)
         };
         if self.phase.trace_operations {
             hand_over_operation(s, &decision);
@@ -196,9 +203,16 @@ impl PhaseRequest for RouterRequest {
         match decision {
             Decision::Forward { cluster, ops, destination_headers, matched, .. } => {
                 if ops.is_some() || destination_headers.is_some() {
-                    self.response = apply(s, ops, destination_headers, matched, self.random);
+                    self.response = apply(s, ops, destination_headers, matched);
                 }
-                if let Some(p) = ops.and_then(|o| o.policy.as_ref()) {
+                // The draw: a fault that fires goes by its Envoy route (fault routes) or by the
+                // fault filter's request headers.
+                let fault = ops.map(|o| o.fault_decision(self.random)).unwrap_or_default();
+                let by_headers = ops.is_some_and(|o| o.fault_routes.is_none());
+                if by_headers {
+                    set_fault_headers(s, fault);
+                }
+                if let Some(p) = ops.and_then(|o| o.envoy_route(fault)) {
                     // Envoy's route for the policy times out, retries, mirrors, answers CORS. Set
                     // before the cluster header, whose change makes Envoy select the route again.
                     if !s.set_filter_state(POLICY_STATE, p.id.as_bytes()) {
@@ -276,14 +290,13 @@ fn hand_over_operation(s: &Stream, decision: &Decision<'_>) {
 type ResponseOps = (Option<Rc<HeaderActions>>, Option<Rc<RouteOps>>);
 
 /// The route's and destination's request actions, in Envoy's order: the destination's headers
-/// and authority, the route's headers and authority, the path rewrite; then the fault decision.
-/// Returns the response header operations to apply later.
+/// and authority, the route's headers and authority, the path rewrite. Returns the response
+/// header operations to apply later.
 fn apply(
     s: &Stream,
     ops: Option<&Rc<RouteOps>>,
     dest: Option<&Rc<HeaderActions>>,
     matched: Matched,
-    random: u64,
 ) -> Option<ResponseOps> {
     if let Some(d) = dest {
         apply_request(s, &d.request, d.authority.as_deref());
@@ -297,25 +310,26 @@ fn apply(
                 s.set_request_header("x-envoy-original-path", &path);
             }
         }
-        if let Some(fault) = &o.fault {
-            let decision = fault.decide(Rng::new(random).next_u64());
-            if let Some(ms) = decision.delay_ms {
-                s.set_request_header("x-envoy-fault-delay-request", ms.to_string().as_bytes());
-            }
-            match decision.abort {
-                Some(Abort::Http(code)) => {
-                    s.set_request_header("x-envoy-fault-abort-request", code.to_string().as_bytes());
-                }
-                Some(Abort::Grpc(code)) => {
-                    s.set_request_header("x-envoy-fault-abort-grpc-request", code.to_string().as_bytes());
-                }
-                None => {}
-            }
-        }
     }
     let dest_response = dest.filter(|d| !d.response.is_empty()).cloned();
     let route_response = ops.filter(|o| !o.headers.response.is_empty()).cloned();
     (dest_response.is_some() || route_response.is_some()).then_some((dest_response, route_response))
+}
+
+/// Without fault routes: the decided fault as the fault filter's request headers.
+fn set_fault_headers(s: &Stream, decision: FaultDecision) {
+    if let Some(ms) = decision.delay_ms {
+        s.set_request_header("x-envoy-fault-delay-request", ms.to_string().as_bytes());
+    }
+    match decision.abort {
+        Some(Abort::Http(code)) => {
+            s.set_request_header("x-envoy-fault-abort-request", code.to_string().as_bytes());
+        }
+        Some(Abort::Grpc(code)) => {
+            s.set_request_header("x-envoy-fault-abort-grpc-request", code.to_string().as_bytes());
+        }
+        None => {}
+    }
 }
 
 fn apply_request(s: &Stream, ops: &HeaderOps, authority: Option<&str>) {

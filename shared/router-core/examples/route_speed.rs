@@ -18,6 +18,7 @@ fn main() {
         cluster_header: wasmesh_router::DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         fault_headers_removed: false,
+        fault_routes: false,
         outbound_traffic_policy: None,
         route_policies: false,
         trace_operations: false,

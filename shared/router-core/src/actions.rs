@@ -19,8 +19,9 @@ pub const MAX_DIRECT_RESPONSE_BODY: usize = 1 << 20;
 pub const MAX_FAULT_DELAY_MS: u64 = 86_400_000;
 
 /// Request headers Envoy's fault filter reads when it is configured with `header_delay`/
-/// `header_abort` (envoy `fault_filter.rst`). wasmeshctl configures it so, after the router; the
-/// router sets them only when its own decision says so and removes any copy a client sent.
+/// `header_abort` (envoy `fault_filter.rst`). wasmeshctl configures it so, after the router, only
+/// where faults cannot be carried out by routes (served live, without `faultRoutes`); the router
+/// then sets them only when its own decision says so, and a client's copies are removed.
 pub const FAULT_HEADERS: [&str; 5] = [
     "x-envoy-fault-delay-request",
     "x-envoy-fault-delay-request-percentage",
@@ -239,6 +240,77 @@ impl Fault {
     }
 }
 
+impl Fault {
+    /// Envoy's per-route `HTTPFault` carrying out `decision` (the parts that fired, each at
+    /// 100 %: the draw is already made): a fixed delay, an HTTP abort or a gRPC abort (Envoy
+    /// answers 200 with that `grpc-status`), as istiod's `TranslateFault` writes them.
+    pub fn envoy_config(decision: FaultDecision) -> serde_json::Value {
+        let all = serde_json::json!({"numerator": 100, "denominator": "HUNDRED"});
+        let mut out = serde_json::Map::new();
+        out.insert("@type".into(), "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault".into());
+        if let Some(ms) = decision.delay_ms {
+            let delay = format!("{}.{:03}s", ms / 1000, ms % 1000);
+            out.insert("delay".into(), serde_json::json!({"fixed_delay": delay, "percentage": all}));
+        }
+        match decision.abort {
+            Some(Abort::Http(code)) => {
+                out.insert("abort".into(), serde_json::json!({"http_status": code, "percentage": all}));
+            }
+            Some(Abort::Grpc(code)) => {
+                out.insert("abort".into(), serde_json::json!({"grpc_status": code, "percentage": all}));
+            }
+            None => {}
+        }
+        serde_json::Value::Object(out)
+    }
+}
+
+/// A route's fault carried out by Envoy routes: one per outcome of the draw that injects
+/// something (delay alone, abort alone, both), each the route's own policy (its `timeout`,
+/// `retries`, mirrors, CORS; Istio's defaults without them) with Envoy's per-route fault
+/// configuration for that outcome at 100 %. The router draws (pure core, [`Fault::decide`]) and
+/// names the outcome's route in the policy filter state; Envoy's fault filter, configured empty
+/// as istiod configures it, reads no request header, so requests that draw no fault and
+/// client-sent `x-envoy-fault-*` headers cost it nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FaultRoutes {
+    pub delay: Option<Rc<crate::policy::RoutePolicy>>,
+    pub abort: Option<Rc<crate::policy::RoutePolicy>>,
+    pub both: Option<Rc<crate::policy::RoutePolicy>>,
+}
+
+impl FaultRoutes {
+    /// The routes of `fault` over `base` (the route's policy as configured): an outcome that
+    /// cannot happen (its share is 0) gets none.
+    pub fn new(fault: &Fault, base: &crate::policy::RoutePolicy) -> FaultRoutes {
+        let delay = fault.delay.filter(|(_, share)| *share > 0).map(|(ms, _)| ms);
+        let abort = fault.abort.filter(|(_, share)| *share > 0).map(|(a, _)| a);
+        let route = |delay_ms: Option<u64>, abort: Option<Abort>| {
+            Rc::new(base.with_fault(Fault::envoy_config(FaultDecision { delay_ms, abort })))
+        };
+        FaultRoutes {
+            delay: delay.map(|ms| route(Some(ms), None)),
+            abort: abort.map(|a| route(None, Some(a))),
+            both: delay.zip(abort).map(|(ms, a)| route(Some(ms), Some(a))),
+        }
+    }
+
+    /// The route for `decision`; `None` when it injects nothing.
+    pub fn select(&self, decision: FaultDecision) -> Option<&Rc<crate::policy::RoutePolicy>> {
+        match (decision.delay_ms.is_some(), decision.abort.is_some()) {
+            (true, true) => self.both.as_ref(),
+            (true, false) => self.delay.as_ref(),
+            (false, true) => self.abort.as_ref(),
+            (false, false) => None,
+        }
+    }
+
+    /// Every route, for the Envoy route configuration.
+    pub fn all(&self) -> impl Iterator<Item = &Rc<crate::policy::RoutePolicy>> {
+        [&self.delay, &self.abort, &self.both].into_iter().flatten()
+    }
+}
+
 /// Everything a forwarding route does besides choosing the cluster. Absent (`None` on the
 /// route) for a plain route, so routes without actions cost nothing per request.
 #[derive(Debug, Clone, Default)]
@@ -249,6 +321,22 @@ pub struct RouteOps {
     /// `timeout`, `retries`, mirrors and `corsPolicy`, carried out by Envoy's route for
     /// the policy (see [`crate::policy`]).
     pub policy: Option<Rc<crate::policy::RoutePolicy>>,
+    /// The Envoy routes that carry out `fault` (the router configuration's `faultRoutes`);
+    /// `None`: the router sets the fault filter's `x-envoy-fault-*` headers instead.
+    pub fault_routes: Option<FaultRoutes>,
+}
+
+impl RouteOps {
+    /// What the fault part decides for the request drawn `random` (nothing without a fault).
+    pub fn fault_decision(&self, random: u64) -> FaultDecision {
+        self.fault.map(|f| f.decide(crate::Rng::new(random).next_u64())).unwrap_or_default()
+    }
+
+    /// The Envoy route policy the request takes for `decision`: the fault route of what was
+    /// decided, else the route's own policy (`None`: Envoy's catch-all route).
+    pub fn envoy_route(&self, decision: FaultDecision) -> Option<&Rc<crate::policy::RoutePolicy>> {
+        self.fault_routes.as_ref().and_then(|f| f.select(decision)).or(self.policy.as_ref())
+    }
 }
 
 /// Route operations compare by identity (a decision names the route's own operations).

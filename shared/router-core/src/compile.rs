@@ -1,8 +1,8 @@
 //! Turning Istio resources into a [`Router`] for one proxy, once, at configure time.
 
 use crate::actions::{
-    compile_direct_response, compile_fault, compile_header_ops, compile_redirect, compile_rewrite, Action,
-    HeaderActions, Matched, RouteOps,
+    compile_direct_response, compile_fault, compile_header_ops, compile_redirect, compile_rewrite, Action, Fault,
+    FaultRoutes, HeaderActions, Matched, RouteOps,
 };
 use crate::hosts::{intersect, HostTable};
 use crate::matcher::StrMatcher;
@@ -37,9 +37,10 @@ pub struct RouterConfig {
     /// a client sent); a route with `cluster_header` sends the request there.
     #[serde(default = "default_cluster_header")]
     pub cluster_header: String,
-    /// Whether Envoy's fault filter runs after this filter with header-controlled delay and abort
-    /// (`header_delay`, `header_abort`, 100%), as wasmeshctl generates it. A VirtualService
-    /// `fault` is refused without it: the router decides a fault and sets the fault filter's
+    /// Whether Envoy's fault filter runs after this filter, as wasmeshctl generates it: configured
+    /// empty with `faultRoutes`, else with header-controlled delay and abort (`header_delay`,
+    /// `header_abort`, 100%). A VirtualService `fault` is refused without it: the router decides a
+    /// fault and names its fault route (`faultRoutes`) or sets the fault filter's
     /// `x-envoy-fault-*` headers; the fault filter delays (without blocking the worker) or aborts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fault_filter: bool,
@@ -49,6 +50,16 @@ pub struct RouterConfig {
     /// costs a read of the whole request header map.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fault_headers_removed: bool,
+    /// Whether faults are carried out by Envoy routes instead of request headers, as istiod
+    /// configures faults: Envoy's fault filter after this filter is configured empty (it reads
+    /// no request header, so client-sent `x-envoy-fault-*` headers do nothing), and for each
+    /// VirtualService route with a `fault` the Envoy has one route per outcome of the draw
+    /// (delay, abort, both) whose `typed_per_filter_config` carries that fault at 100 %, matched
+    /// on the route policy filter state like the policy routes (`routePolicies`, which it
+    /// needs). The router draws and names the outcome's route (see
+    /// [`crate::actions::FaultRoutes`]); wasmeshctl generates those routes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fault_routes: bool,
     /// Sidecar: where requests for hosts no ServiceEntry or VirtualService names go
     /// (`meshConfig.outboundTrafficPolicy`, see [`crate::egress`]). Absent: 404.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -708,13 +719,35 @@ impl Compiler<'_> {
                      header_delay and header_abort at 100%); wasmeshctl generates it, in another Envoy add it and \
                      set faultFilter: true in the router configuration",
                 ),
-                Ok(f) if f.delay.is_some() || f.abort.is_some() => ops.fault = Some(f),
+                Ok(_) if self.cfg.fault_routes && !self.cfg.route_policies => self.err(
+                    res,
+                    &format!("{field}.fault"),
+                    "faultRoutes needs the route policy routes (routePolicies: true): a fault's Envoy routes are \
+                     matched on the filter state wasm.wasmesh.route_policy; wasmeshctl generates them",
+                ),
+                Ok(f) if f.delay.is_some() || f.abort.is_some() => {
+                    if self.cfg.fault_routes {
+                        ops.fault_routes = self.fault_routes(route, &f, ops.policy.as_deref());
+                    }
+                    ops.fault = Some(f);
+                }
                 Ok(_) => {}
                 Err((sub, e)) => self.err(res, &format!("{field}.fault{sub}"), &e),
             }
         }
         let none = ops.headers.is_empty() && ops.path.is_none() && ops.fault.is_none() && ops.policy.is_none();
         (!none).then(|| Rc::new(ops))
+    }
+
+    /// The Envoy routes of a route's fault: over the route's policy, or over the route action
+    /// istiod writes for a route without one (Istio's default timeout and retries).
+    fn fault_routes(&mut self, route: &HttpRoute, fault: &Fault, policy: Option<&RoutePolicy>) -> Option<FaultRoutes> {
+        if let Some(p) = policy {
+            return Some(FaultRoutes::new(fault, p));
+        }
+        // No timeout, retries, mirror or CORS (else `policy` is set): nothing to compile that
+        // can fail, and no mirror to resolve.
+        compile_policy(route, |_, _| None).ok().map(|base| FaultRoutes::new(fault, &base))
     }
 
     fn header_actions(&mut self, res: &Resource, field: &str, h: &Headers) -> Option<Rc<HeaderActions>> {
@@ -876,6 +909,7 @@ pub fn validate(resources: &Resources) -> Vec<Error> {
         cluster_header: default_cluster_header(),
         fault_filter: true,
         fault_headers_removed: false,
+        fault_routes: true,
         outbound_traffic_policy: None,
         route_policies: true,
         trace_operations: false,

@@ -24,7 +24,9 @@ pub use actions::{
 };
 pub use compile::{validate, Limits, RouterConfig, DEFAULT_CLUSTER_HEADER};
 pub use egress::{OutboundMode, OutboundTrafficPolicy, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
-pub use policy::{istio_default_retry_policy, RoutePolicy, POLICY_FILTER_STATE_KEY, POLICY_HEADER, POLICY_STATE};
+pub use policy::{
+    istio_default_retry_policy, RoutePolicy, FAULT_FILTER, POLICY_FILTER_STATE_KEY, POLICY_HEADER, POLICY_STATE,
+};
 pub use request::{HeaderSlots, Request, RequestView};
 pub use rng::Rng;
 pub use table::{Decision, RouteOp, Router};

@@ -92,6 +92,37 @@ pub struct RoutePolicy {
     /// `envoy.extensions.filters.http.cors.v3.CorsPolicy` for the route's
     /// `typed_per_filter_config`.
     pub cors: Option<Value>,
+    /// `envoy.extensions.filters.http.fault.v3.HTTPFault` for the route's
+    /// `typed_per_filter_config` (under [`FAULT_FILTER`]): a fault the router decided, at 100 %
+    /// (see [`crate::actions::FaultRoutes`]). `None` on the policy of a route as configured.
+    pub fault: Option<Value>,
+}
+
+/// The name of Envoy's fault filter, the key of a fault route's `typed_per_filter_config`.
+pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+
+impl RoutePolicy {
+    /// This route action and CORS policy with `fault` (Envoy's per-route `HTTPFault`), named by
+    /// the hash of all three.
+    pub fn with_fault(&self, fault: Value) -> RoutePolicy {
+        let action = Value::Object(self.route_action.clone());
+        RoutePolicy {
+            id: policy_id(&action, self.cors.as_ref(), Some(&fault)),
+            route_action: self.route_action.clone(),
+            cors: self.cors.clone(),
+            fault: Some(fault),
+        }
+    }
+}
+
+/// The id of a policy: a hash of its Envoy form. A policy without a fault hashes as it did
+/// before faults were carried in policies, so those ids do not move.
+fn policy_id(action: &Value, cors: Option<&Value>, fault: Option<&Value>) -> String {
+    let canonical = match fault {
+        None => json!({"action": action, "cors": cors}),
+        Some(f) => json!({"action": action, "cors": cors, "fault": f}),
+    };
+    format!("{:016x}", fnv1a(canonical.to_string().as_bytes()))
 }
 
 /// A field error: (sub-field, message).
@@ -192,8 +223,8 @@ pub fn compile_policy(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let canonical = json!({"action": Value::Object(action.clone()), "cors": cors}).to_string();
-    Ok(RoutePolicy { id: format!("{:016x}", fnv1a(canonical.as_bytes())), route_action: action, cors })
+    let id = policy_id(&Value::Object(action.clone()), cors.as_ref(), None);
+    Ok(RoutePolicy { id, route_action: action, cors, fault: None })
 }
 
 /// Envoy's `Duration` JSON form.

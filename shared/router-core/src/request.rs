@@ -120,15 +120,29 @@ impl HeaderSlots {
     }
 }
 
-/// One request's header values indexed by slot, read once.
-#[derive(Debug, Clone)]
+/// Fetches one request header by name (its first value), for a [`RequestView::lazy`].
+pub type FetchHeader<'a> = &'a dyn Fn(&str) -> Option<Vec<u8>>;
+
+/// One request's header values indexed by slot, each read at most once: all up front (from the
+/// header map, or values a filter fetched) or, from a [`RequestView::lazy`], when a route
+/// condition first examines it, so a header only routes never reached examine (another virtual
+/// host's, or behind a condition that already failed) costs no hostcall.
 pub struct RequestView<'a> {
     /// The first value of each slot's header.
-    first: Vec<Option<&'a [u8]>>,
-    /// Further values of repeated headers, in order (rare).
+    first: Vec<std::cell::OnceCell<Option<std::borrow::Cow<'a, [u8]>>>>,
+    /// Further values of repeated headers, in order (rare; from the header map only).
     more: Vec<(usize, &'a [u8])>,
-    path: &'a [u8],
-    query: &'a [u8],
+    /// Where a slot not yet read comes from (`None`: every slot is read).
+    fetch: Option<(FetchHeader<'a>, &'a HeaderSlots)>,
+    /// The slot of `:path`, split into path and query when first needed.
+    path_slot: Option<usize>,
+    split: std::cell::OnceCell<(usize, usize, usize)>,
+}
+
+impl std::fmt::Debug for RequestView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestView").field("first", &self.first).field("more", &self.more).finish_non_exhaustive()
+    }
 }
 
 impl<'a> RequestView<'a> {
@@ -145,44 +159,81 @@ impl<'a> RequestView<'a> {
                 None => {}
             }
         }
-        Self::finish(slots, first, more)
+        Self::read(slots, first, more)
     }
 
     /// From one value per slot (what a filter fetched header by header, in
     /// [`HeaderSlots::names`] order; a missing entry is an absent header).
     pub fn from_values(slots: &HeaderSlots, values: &'a [Option<Vec<u8>>]) -> Self {
         let first = (0..slots.names.len()).map(|i| values.get(i).and_then(|v| v.as_deref())).collect();
-        Self::finish(slots, first, Vec::new())
+        Self::read(slots, first, Vec::new())
     }
 
-    fn finish(slots: &HeaderSlots, first: Vec<Option<&'a [u8]>>, more: Vec<(usize, &'a [u8])>) -> Self {
-        let full = slots.path.and_then(|s| first.get(s).copied().flatten()).unwrap_or_default();
-        let (path, query) = split_path(full);
-        RequestView { first, more, path, query }
+    /// Each slot's header fetched by `fetch` when a condition first examines it (its first value,
+    /// as one-by-one fetching gives it).
+    pub fn lazy(slots: &'a HeaderSlots, fetch: FetchHeader<'a>) -> Self {
+        RequestView {
+            first: (0..slots.names.len()).map(|_| std::cell::OnceCell::new()).collect(),
+            more: Vec::new(),
+            fetch: Some((fetch, slots)),
+            path_slot: slots.path,
+            split: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn read(slots: &HeaderSlots, first: Vec<Option<&'a [u8]>>, more: Vec<(usize, &'a [u8])>) -> Self {
+        RequestView {
+            first: first.into_iter().map(|v| std::cell::OnceCell::from(v.map(std::borrow::Cow::Borrowed))).collect(),
+            more,
+            fetch: None,
+            path_slot: slots.path,
+            split: std::cell::OnceCell::new(),
+        }
     }
 
     /// The first value of a slot's header.
-    pub fn first(&self, slot: usize) -> Option<&'a [u8]> {
-        self.first.get(slot).copied().flatten()
+    pub fn first(&self, slot: usize) -> Option<&[u8]> {
+        let cell = self.first.get(slot)?;
+        let value = match (cell.get(), self.fetch) {
+            (Some(v), _) => v,
+            (None, Some((fetch, slots))) => {
+                cell.get_or_init(|| slots.names.get(slot).and_then(|n| fetch(n)).map(std::borrow::Cow::Owned))
+            }
+            (None, None) => return None,
+        };
+        value.as_deref()
     }
 
     /// Every value of a slot's header, in order.
-    pub fn values(&self, slot: usize) -> impl Iterator<Item = &'a [u8]> + '_ {
+    pub fn values(&self, slot: usize) -> impl Iterator<Item = &[u8]> + '_ {
         self.first(slot).into_iter().chain(self.more.iter().filter(move |(s, _)| *s == slot).map(|(_, v)| *v))
     }
 
-    pub fn authority(&self) -> &'a [u8] {
+    pub fn authority(&self) -> &[u8] {
         self.first(0).unwrap_or_default()
     }
 
+    /// `:path` and where its path and query are: (path end, query start, query end).
+    fn full_path(&self) -> (&[u8], (usize, usize, usize)) {
+        let full = self.path_slot.and_then(|s| self.first(s)).unwrap_or_default();
+        let at = *self.split.get_or_init(|| {
+            let (path, query) = split_path(full);
+            let start = if query.is_empty() { full.len() } else { query.as_ptr() as usize - full.as_ptr() as usize };
+            (path.len(), start, start + query.len())
+        });
+        (full, at)
+    }
+
     /// `:path` without query and fragment (empty unless a route examines `:path`).
-    pub fn path(&self) -> &'a [u8] {
-        self.path
+    pub fn path(&self) -> &[u8] {
+        let (full, (end, _, _)) = self.full_path();
+        full.get(..end).unwrap_or_default()
     }
 
     /// The query string (empty unless a route examines `:path`).
-    pub fn query(&self) -> &'a [u8] {
-        self.query
+    pub fn query(&self) -> &[u8] {
+        let (full, (_, start, end)) = self.full_path();
+        full.get(start..end).unwrap_or_default()
     }
 }
 
@@ -286,6 +337,37 @@ mod tests {
         // Fewer values than slots: the rest are absent.
         let v = RequestView::from_values(&slots, &[]);
         assert_eq!(v.authority(), b"");
+    }
+
+    #[test]
+    fn a_lazy_view_fetches_each_header_once_and_only_when_examined() {
+        let mut slots = HeaderSlots::default();
+        let p = slots.slot(":path");
+        let x = slots.slot("x-version");
+        let asked = std::cell::RefCell::new(Vec::new());
+        let fetch = |name: &str| {
+            asked.borrow_mut().push(name.to_string());
+            match name {
+                ":authority" => Some(b"reviews".to_vec()),
+                ":path" => Some(b"/r?q=1#f".to_vec()),
+                _ => None,
+            }
+        };
+        let v = RequestView::lazy(&slots, &fetch);
+        assert!(asked.borrow().is_empty(), "nothing before it is examined");
+        assert_eq!(v.authority(), b"reviews");
+        assert_eq!(v.authority(), b"reviews");
+        assert_eq!(*asked.borrow(), [":authority"], "once");
+        assert_eq!((v.path(), v.query()), (&b"/r"[..], &b"q=1"[..]));
+        assert_eq!(v.first(p), Some(&b"/r?q=1#f"[..]));
+        assert_eq!(v.values(x).count(), 0, "absent");
+        assert_eq!(v.first(x), None);
+        assert_eq!(v.first(99), None);
+        assert_eq!(*asked.borrow(), [":authority", ":path", "x-version"]);
+        // No query: the path is all of it.
+        let fetch = |name: &str| (name == ":path").then(|| b"/only".to_vec());
+        let v = RequestView::lazy(&slots, &fetch);
+        assert_eq!((v.path(), v.query()), (&b"/only"[..], &b""[..]));
     }
 
     #[test]

@@ -294,12 +294,12 @@ impl Router {
         self.hosts.lookup(&expanded)
     }
 
-    /// Whether a route of this table injects faults (the filter then needs Envoy's fault filter
-    /// after it, and strips the fault headers clients send).
-    /// Every distinct route policy of the table (by id), for wasmeshctl's Envoy routes.
+    /// Every distinct route policy of the table (by id), fault routes included, for wasmeshctl's
+    /// Envoy routes.
     pub fn policies(&self) -> Vec<Rc<crate::policy::RoutePolicy>> {
         let mut out: Vec<Rc<crate::policy::RoutePolicy>> = Vec::new();
-        for p in self.vhosts.iter().flat_map(|v| &v.routes).filter_map(|r| r.ops.as_ref()?.policy.as_ref()) {
+        let ops = self.vhosts.iter().flat_map(|v| &v.routes).filter_map(|r| r.ops.as_ref());
+        for p in ops.flat_map(|o| o.policy.iter().chain(o.fault_routes.iter().flat_map(|f| f.all()))) {
             if !out.iter().any(|o| o.id == p.id) {
                 out.push(p.clone());
             }
@@ -307,6 +307,8 @@ impl Router {
         out
     }
 
+    /// Whether a route of this table injects faults (the filter then needs Envoy's fault filter
+    /// after it).
     pub fn has_faults(&self) -> bool {
         self.vhosts.iter().flat_map(|v| &v.routes).any(|r| r.ops.as_ref().is_some_and(|o| o.fault.is_some()))
     }

@@ -57,6 +57,7 @@ fn sidecar_with(yaml: &str, wl: Workload) -> Router {
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         fault_headers_removed: false,
+        fault_routes: false,
         outbound_traffic_policy: None,
         route_policies: false,
         trace_operations: false,
@@ -74,6 +75,7 @@ fn compile_err(yaml: &str) -> String {
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         fault_headers_removed: false,
+        fault_routes: false,
         outbound_traffic_policy: None,
         route_policies: false,
         trace_operations: false,
@@ -403,6 +405,7 @@ spec:
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         fault_headers_removed: false,
+        fault_routes: false,
         outbound_traffic_policy: None,
         route_policies: false,
         trace_operations: false,
@@ -473,6 +476,7 @@ fn configuration_json_round_trip_compiles() {
         cluster_header: "x-wasmesh-cluster".into(),
         fault_filter: false,
         fault_headers_removed: false,
+        fault_routes: false,
         outbound_traffic_policy: None,
         route_policies: false,
         trace_operations: false,
@@ -585,6 +589,7 @@ spec:
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         fault_headers_removed: false,
+        fault_routes: false,
         outbound_traffic_policy: None,
         route_policies: false,
         trace_operations: false,
@@ -611,6 +616,7 @@ fn compile_limited(resources: Vec<serde_json::Value>, limits: Limits) -> Result<
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         fault_headers_removed: false,
+        fault_routes: false,
         outbound_traffic_policy: None,
         route_policies: false,
         trace_operations: false,
@@ -751,6 +757,7 @@ fn a_host_longer_than_a_dns_name_still_matches_star() {
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         fault_headers_removed: false,
+        fault_routes: false,
         outbound_traffic_policy: None,
         route_policies: false,
         trace_operations: false,
@@ -794,6 +801,7 @@ fn routes_decide_redirects_direct_responses_and_forwarding_actions() {
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         fault_headers_removed: false,
+        fault_routes: false,
         outbound_traffic_policy: None,
         route_policies: false,
         trace_operations: false,
@@ -920,6 +928,7 @@ fn delegate_gateway(yaml: &str) -> Result<Router, String> {
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         fault_headers_removed: false,
+        fault_routes: false,
         outbound_traffic_policy: None,
         route_policies: false,
         trace_operations: false,
@@ -1008,6 +1017,147 @@ spec:
   - route: [{destination: {host: ratings}}]
 "#;
 
+/// Read lazily, a header is fetched only when a route condition examines it: not for another
+/// virtual host's routes, nor behind a condition of the same match that already failed; and the
+/// decision is the one the eager view gives.
+#[test]
+fn a_lazy_view_fetches_only_what_the_walk_examines() {
+    let r = sidecar(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /admin}, headers: {x-admin: {exact: "1"}}}]
+    route: [{destination: {host: reviews, subset: admin}}]
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+"#,
+    );
+    let run = |pairs: &[(&str, &str)]| {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let fetch = |name: &str| {
+            asked.borrow_mut().push(name.to_string());
+            pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_bytes().to_vec())
+        };
+        let lazy = match r.route_view(&RequestView::lazy(r.header_slots(), &fetch), 0) {
+            Decision::Forward { cluster, .. } => cluster.split('|').nth(2).unwrap_or("").to_string(),
+            _ => "404".into(),
+        };
+        assert_eq!(lazy, subset(&r, pairs), "{pairs:?}");
+        (lazy, asked.into_inner())
+    };
+    assert_eq!(run(&[(":authority", "ratings"), (":path", "/admin")]), ("".into(), vec![":authority".to_string()]));
+    let (s, asked) = run(&[(":authority", "reviews"), (":path", "/x"), ("end-user", "jason")]);
+    assert_eq!((s.as_str(), asked), ("v2", vec![":authority".to_string(), ":path".into(), "end-user".into()]));
+    let (s, asked) = run(&[(":authority", "reviews"), (":path", "/admin"), ("x-admin", "1")]);
+    assert_eq!((s.as_str(), asked), ("admin", vec![":authority".to_string(), ":path".into(), "x-admin".into()]));
+    let (s, asked) = run(&[(":authority", "reviews"), (":path", "/admin"), ("x-admin", "0")]);
+    assert_eq!(s, "v1");
+    assert_eq!(asked.len(), 4, "each slot once: {asked:?}");
+}
+
+const FAULTS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{uri: {prefix: /both}}]
+    fault: {delay: {fixedDelay: 1500ms, percentage: {value: 50}}, abort: {httpStatus: 503, percentage: {value: 50}}}
+    route: [{destination: {host: ratings}}]
+  - match: [{uri: {prefix: /grpc}}]
+    timeout: 2s
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}, delay: {fixedDelay: 1s, percentage: {value: 0}}}
+    route: [{destination: {host: ratings}}]
+  - route: [{destination: {host: ratings}}]
+"#;
+
+/// With `faultRoutes`, a fault is carried out by the Envoy route of what the draw decided: each
+/// outcome that can happen has one, over the route's policy (Istio's route action without
+/// one), with Envoy's per-route fault at 100 %; a draw that injects nothing takes the route's
+/// own policy (none here: Envoy's catch-all).
+#[test]
+fn fault_routes_name_the_drawn_outcome() {
+    let items = load_str(&format!("{SERVICES}\n---\n{FAULTS}"), "test.yaml").unwrap();
+    let cfg = RouterConfig {
+        workload: Some(Workload::new("productpage-v1", "default")),
+        mesh: None,
+        gateway_port: None,
+        cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+        fault_filter: true,
+        fault_headers_removed: false,
+        fault_routes: true,
+        outbound_traffic_policy: None,
+        route_policies: false,
+        trace_operations: false,
+        resources: vec![],
+    };
+    let e = cfg.compile(&Resources { items: items.clone() }).unwrap_err().to_string();
+    assert!(e.contains("spec.http[0].fault") && e.contains("routePolicies: true"), "{e}");
+    let r = RouterConfig { route_policies: true, ..cfg.clone() }.compile(&Resources { items: items.clone() }).unwrap();
+    // /both: delay, abort, both; /grpc: its timeout policy and its abort (the 0 % delay has none).
+    assert_eq!(r.policies().len(), 5, "{:#?}", r.policies());
+    let ops_of = |path: &str| {
+        let h = req(&[(":authority", "ratings:9080"), (":path", path)]);
+        match r.route(&Request::new(&h), 0) {
+            Decision::Forward { ops, .. } => ops.unwrap().clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let both = ops_of("/both");
+    let routes = both.fault_routes.as_ref().unwrap();
+    let fault = |p: &std::rc::Rc<RoutePolicy>| p.fault.clone().unwrap();
+    let all = serde_json::json!({"numerator": 100, "denominator": "HUNDRED"});
+    assert_eq!(
+        fault(routes.delay.as_ref().unwrap())["delay"],
+        serde_json::json!({"fixed_delay": "1.500s", "percentage": all})
+    );
+    assert!(fault(routes.delay.as_ref().unwrap()).get("abort").is_none());
+    assert_eq!(
+        fault(routes.abort.as_ref().unwrap())["abort"],
+        serde_json::json!({"http_status": 503, "percentage": all})
+    );
+    let b = fault(routes.both.as_ref().unwrap());
+    assert!(b.get("delay").is_some() && b.get("abort").is_some());
+    // Istio's route action for a route without timeout or retries.
+    let d = routes.delay.as_ref().unwrap();
+    assert_eq!(d.route_action["timeout"], "0s");
+    assert_eq!(d.route_action["retry_policy"], crate::istio_default_retry_policy());
+    // The draw picks the route; the delay and the abort are drawn independently.
+    let mut seen = std::collections::BTreeMap::new();
+    let mut rng = crate::Rng::new(3);
+    for _ in 0..4000 {
+        let decision = both.fault_decision(rng.next_u64());
+        let id = both.envoy_route(decision).map(|p| p.id.clone());
+        let expected = routes.select(decision).map(|p| p.id.clone());
+        assert_eq!(id, expected);
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 4, "none, delay, abort, both: {seen:?}");
+    assert!(seen.values().all(|n| (800..1200).contains(n)), "about a quarter each: {seen:?}");
+    // /grpc: the abort route keeps the route's timeout; an abort always fires.
+    let grpc = ops_of("/grpc");
+    let policy = grpc.policy.as_ref().unwrap();
+    let abort = grpc.fault_routes.as_ref().unwrap().abort.as_ref().unwrap();
+    assert!(grpc.fault_routes.as_ref().unwrap().delay.is_none(), "0 %: no route");
+    assert_eq!(abort.route_action, policy.route_action);
+    assert_ne!(abort.id, policy.id);
+    assert_eq!(fault(abort)["abort"]["grpc_status"], 14);
+    for random in [0, 1, u64::MAX] {
+        assert_eq!(grpc.envoy_route(grpc.fault_decision(random)).unwrap().id, abort.id);
+    }
+    // A policy's id does not move because fault routes exist beside it.
+    let plain =
+        RouterConfig { route_policies: true, fault_routes: false, ..cfg }.compile(&Resources { items }).unwrap();
+    assert!(plain.policies().iter().any(|p| p.id == policy.id));
+    assert_eq!(plain.policies().len(), 1, "without fault routes only the timeout policy");
+}
+
 #[test]
 fn route_policies_are_named_on_the_decision_and_shared_by_equal_routes() {
     let items = load_str(&format!("{SERVICES}\n---\n{POLICIES}"), "test.yaml").unwrap();
@@ -1018,6 +1168,7 @@ fn route_policies_are_named_on_the_decision_and_shared_by_equal_routes() {
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         fault_headers_removed: false,
+        fault_routes: false,
         outbound_traffic_policy: None,
         route_policies: false,
         trace_operations: false,
@@ -1099,6 +1250,7 @@ spec:
             cluster_header: DEFAULT_CLUSTER_HEADER.into(),
             fault_filter: false,
             fault_headers_removed: false,
+            fault_routes: false,
             outbound_traffic_policy: None,
             route_policies: false,
             trace_operations: false,
@@ -1120,6 +1272,7 @@ spec:
         cluster_header: DEFAULT_CLUSTER_HEADER.into(),
         fault_filter: false,
         fault_headers_removed: false,
+        fault_routes: false,
         outbound_traffic_policy: None,
         route_policies: false,
         trace_operations: false,
