@@ -265,7 +265,8 @@ fn wasmesh_access_log_lines_equal_envoys_file_logger_text_and_json() {
 /// keeps a vector), not in the flags' table order: a dead upstream behind Istio's default retry
 /// policy (as wasmeshctl writes it: 2 retries on connect-failure, ...) is `URX,UF` (the router
 /// decides "retry limit exceeded" before it aborts with the reset's UF), and with Envoy's fault
-/// filter delaying it first `DI,URX,UF`. Envoy's file logger and wasmesh's log on the same
+/// filter delaying it first `DI,URX,UF`; per-try timeouts that use up the retries `URX,UT`.
+/// Envoy's file logger and wasmesh's log on the same
 /// connection manager, same requests: the lines must be equal.
 #[test]
 fn response_flags_print_in_the_order_envoy_set_them() {
@@ -277,6 +278,10 @@ fn response_flags_print_in_the_order_envoy_set_them() {
         {"name": "retry", "match": {"prefix": "/retry"}, "route": {"cluster": "dead", "timeout": "0s", "retry_policy": retry}},
         {"name": "dead", "match": {"prefix": "/dead"}, "route": {"cluster": "dead", "timeout": "0s"}},
         {"name": "app", "match": {"prefix": "/status"}, "route": {"cluster": "app", "timeout": "0s", "retry_policy": retry}},
+        // A VirtualService `retries: {attempts: 1, perTryTimeout: 0.1s, retryOn: 5xx}` on a slow
+        // upstream: each try times out; the last one's UT comes after the router's URX.
+        {"name": "per_try", "match": {"prefix": "/delay"}, "route": {"cluster": "app", "timeout": "0s",
+            "retry_policy": {"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.1s"}}},
     ]}]});
     // Envoy's fault filter as wasmeshctl puts it in the chain: it delays a request that carries
     // `x-envoy-fault-delay-request` (wasmesh's router sets that header; here the client does).
@@ -307,6 +312,7 @@ fn response_flags_print_in_the_order_envoy_set_them() {
         (vec!["-H".into(), delay.into(), format!("{base}/dead")], " 503 DI,UF "),
         (vec!["-H".into(), delay.into(), format!("{base}/status/200")], " 200 DI "),
         (vec!["--http2-prior-knowledge".into(), "-H".into(), delay.into(), format!("{base}/retry")], " 503 DI,URX,UF "),
+        (vec![format!("{base}/delay/1")], " 504 URX,UT "),
     ];
     for (args, _) in &cases {
         curl(&args.iter().map(String::as_str).collect::<Vec<_>>());
