@@ -261,6 +261,74 @@ fn wasmesh_access_log_lines_equal_envoys_file_logger_text_and_json() {
     drop(envoy);
 }
 
+/// Several response flags on one request print in the order Envoy SET them (its stream info
+/// keeps a vector), not in the flags' table order: a dead upstream behind Istio's default retry
+/// policy (as wasmeshctl writes it: 2 retries on connect-failure, ...) is `URX,UF` (the router
+/// decides "retry limit exceeded" before it aborts with the reset's UF), and with Envoy's fault
+/// filter delaying it first `DI,URX,UF`; per-try timeouts that use up the retries `URX,UT`.
+/// Envoy's file logger and wasmesh's log on the same
+/// connection manager, same requests: the lines must be equal.
+#[test]
+fn response_flags_print_in_the_order_envoy_set_them() {
+    let app = App::new("app", "v1").start();
+    let dead_port = free_port();
+    let dir = al::log_dir();
+    let retry = wasmesh_router::istio_default_retry_policy();
+    let routes = json!({"name": "local_route", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"name": "retry", "match": {"prefix": "/retry"}, "route": {"cluster": "dead", "timeout": "0s", "retry_policy": retry}},
+        {"name": "dead", "match": {"prefix": "/dead"}, "route": {"cluster": "dead", "timeout": "0s"}},
+        {"name": "app", "match": {"prefix": "/status"}, "route": {"cluster": "app", "timeout": "0s", "retry_policy": retry}},
+        // A VirtualService `retries: {attempts: 1, perTryTimeout: 0.1s, retryOn: 5xx}` on a slow
+        // upstream: each try times out; the last one's UT comes after the router's URX.
+        {"name": "per_try", "match": {"prefix": "/delay"}, "route": {"cluster": "app", "timeout": "0s",
+            "retry_policy": {"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.1s"}}},
+    ]}]});
+    // Envoy's fault filter as wasmeshctl puts it in the chain: it delays a request that carries
+    // `x-envoy-fault-delay-request` (wasmesh's router sets that header; here the client does).
+    let fault = json!({"name": "envoy.filters.http.fault", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "delay": {"header_delay": {}, "percentage": {"numerator": 100, "denominator": "HUNDRED"}},
+    }});
+    let istio_json = istio_json();
+    let l = Logs::in_dir(dir.path(), "flags");
+    let port = free_port();
+    let listener = al::listener(
+        "flags",
+        port,
+        vec![fault],
+        &routes,
+        al::loggers(&l, ISTIO_TEXT, &istio_json),
+        &al::phase_config(ISTIO_TEXT, &istio_json),
+        None,
+    );
+    let boot = al::bootstrap(vec![listener], vec![al::cluster("app", app.port), al::cluster("dead", dead_port)]);
+    let envoy = Envoy::start("access-log-flags", &boot);
+    let base = format!("http://127.0.0.1:{port}");
+    let delay = "x-envoy-fault-delay-request: 50";
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![format!("{base}/retry")], " 503 URX,UF "),
+        (vec!["-H".into(), delay.into(), format!("{base}/retry")], " 503 DI,URX,UF "),
+        (vec![format!("{base}/dead")], " 503 UF "),
+        (vec!["-H".into(), delay.into(), format!("{base}/dead")], " 503 DI,UF "),
+        (vec!["-H".into(), delay.into(), format!("{base}/status/200")], " 200 DI "),
+        (vec!["--http2-prior-knowledge".into(), "-H".into(), delay.into(), format!("{base}/retry")], " 503 DI,URX,UF "),
+        (vec![format!("{base}/delay/1")], " 504 URX,UT "),
+    ];
+    for (args, _) in &cases {
+        curl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let n = cases.len();
+    let mut differences = compare_text("flags TEXT", &l.text, n);
+    differences.extend(compare_json("flags JSON", &l.json, n));
+    // Envoy's own lines say the order, request by request (sequential requests, one line each).
+    let (envoy_lines, _) = al::wait_lines(&l.text, n);
+    for ((_, want), line) in cases.iter().zip(&envoy_lines) {
+        assert!(line.contains(want), "Envoy's line has no {want:?}:\n{line}");
+    }
+    assert!(differences.is_empty(), "{} differences:\n{}", differences.len(), differences.join("\n"));
+    drop(envoy);
+}
+
 /// What `wasmeshctl envoy` writes for Telemetry `accessLogging` (one-pass layout, with the stats
 /// phase): two providers from the mesh config, one with a CEL filter and Istio JSON labels; every
 /// request in the first, only the failed ones in the second.

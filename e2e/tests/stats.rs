@@ -247,7 +247,8 @@ fn telemetry_overrides_flags_and_unknown_peers() {
     );
     // No route: the wasm router's 404 is reported as Envoy reports it, NR.
     assert_eq!(get(out, "nowhere.example.com", "/", &[]).status, 404);
-    // The dead service: connection refused, Istio's default retries, 503 with UF,URX.
+    // The dead service: connection refused, Istio's default retries, 503 with URX,UF (Envoy's
+    // set order: the router's retry verdict before the reset's flag; see access_log.rs).
     let r = get(out, "dead:9080", "/", &[]);
     assert_eq!(r.status, 503, "{}", r.text());
     // A caller outside the mesh, straight to echo's sidecar, with a forged and a garbage header.
@@ -282,8 +283,9 @@ fn telemetry_overrides_flags_and_unknown_peers() {
     // must not make a new series).
     prom.wait_for(r#"sum(istio_requests_total{reporter="source", response_code="404", response_flags="NR", destination_service="unknown"})"#, 1.0, WAIT);
     assert_eq!(prom.value(r#"count(istio_requests_total{destination_service="nowhere.example.com"})"#), None);
-    // The response flags of the refused connection.
-    prom.wait_for(r#"sum(istio_requests_total{reporter="source", destination_service="dead.default.svc.cluster.local", response_code="503", response_flags="UF,URX", destination_workload="unknown", destination_canonical_revision="latest"})"#, 1.0, WAIT);
+    // The response flags of the refused connection, in the order Envoy's toShortString prints
+    // them (Istio's stats plugin uses it).
+    prom.wait_for(r#"sum(istio_requests_total{reporter="source", destination_service="dead.default.svc.cluster.local", response_code="503", response_flags="URX,UF", destination_workload="unknown", destination_canonical_revision="latest"})"#, 1.0, WAIT);
     // REQUEST_SIZE is off on echo's server side only; the other histograms are on.
     prom.wait_for(
         r#"sum(istio_request_duration_milliseconds_count{reporter="destination", destination_workload="echo-v1"})"#,

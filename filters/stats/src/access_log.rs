@@ -231,6 +231,9 @@ struct Values<'a> {
     elapsed: Option<i64>,
     /// The ids of the request's span, handed over by the tracing phase of the same chain.
     span: Option<wasmesh_accesslog::otlp::SpanIds>,
+    /// A TCP connection's log (`%RESPONSE_FLAGS%` in `tcp_proxy`'s order), whether or not its
+    /// start time could be read.
+    tcp: bool,
 }
 
 fn find<'a>(list: &'a [(String, Option<Bytes>)], name: &str) -> Option<&'a [u8]> {
@@ -255,6 +258,9 @@ impl Source for Values<'_> {
     }
     fn span_ids(&self) -> Option<wasmesh_accesslog::otlp::SpanIds> {
         self.span
+    }
+    fn is_tcp(&self) -> bool {
+        self.tcp
     }
 }
 
@@ -328,6 +334,7 @@ impl AccessLogPhase {
                 trailers: &trailers,
                 elapsed,
                 span,
+                tcp: !http,
             };
             let line = log.format.render(&values);
             if log.export.is_some() {

@@ -477,7 +477,7 @@ impl PhaseRequest for TracingRequest {
         span.tag("request_size", request_size.to_string());
         span.tag("response_size", response_size.to_string());
         span.tag("http.status_code", status.map(|c| c.to_string()).unwrap_or_else(|| "0".into()));
-        span.tag("response_flags", wasmesh_stats::flags::short_string(flags).into_owned());
+        span.tag("response_flags", wasmesh_trace::flags::short_http(flags).into_owned());
         if let Some(c) = &cluster {
             span.tag("upstream_cluster", c.clone());
             span.tag("upstream_cluster.name", c.clone());

@@ -21,6 +21,7 @@ pub mod time;
 
 use std::collections::BTreeMap;
 use time::TimeFormat;
+use wasmesh_trace::flags::Order;
 
 /// Istio's default TEXT format (istio/istio `pilot/pkg/model/telemetry_logging.go`
 /// `EnvoyTextLogFormat`).
@@ -69,23 +70,12 @@ pub const MAX_OPERATORS: usize = 128;
 /// Longest format string accepted.
 pub const MAX_FORMAT_BYTES: usize = 16 * 1024;
 
-/// Envoy's core response flags, bit `i` of `response.flags` = entry `i` (envoy
-/// `source/common/stream_info/utility.h` `CORE_RESPONSE_FLAGS`); `toShortString` joins the set
-/// ones with `,` in this order.
-pub const RESPONSE_FLAGS: [&str; 30] = [
-    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC", "URX", "SI", "IH",
-    "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR", "UDO",
-];
+pub use wasmesh_trace::flags::RESPONSE_FLAGS;
 
-/// Envoy's short form of a `response.flags` bit set (`-` when none).
+/// `%RESPONSE_FLAGS%` of an HTTP request: Envoy's short codes in the order an HTTP stream sets
+/// them (`URX,UF`; [`wasmesh_trace::flags`]), `-` when none.
 pub fn flags_short(bits: u64) -> String {
-    let set: Vec<&str> =
-        RESPONSE_FLAGS.iter().enumerate().filter(|(i, _)| bits & (1u64 << i) != 0).map(|(_, f)| *f).collect();
-    if set.is_empty() {
-        "-".into()
-    } else {
-        set.join(",")
-    }
+    wasmesh_trace::flags::short_http(bits).into_owned()
 }
 
 /// An Envoy attribute a format reads, with how its value is encoded.
@@ -245,6 +235,12 @@ pub trait Source {
     /// logger does when a tracer made a span): `None` when no tracer did.
     fn span_ids(&self) -> Option<otlp::SpanIds> {
         None
+    }
+    /// Whether the values are a TCP connection's (`%RESPONSE_FLAGS%` then prints in
+    /// `tcp_proxy`'s order, `UF,URX`, not an HTTP stream's `URX,UF`). By default: whether
+    /// [`Source::elapsed_ns`] is given, which only a TCP connection's log gives.
+    fn is_tcp(&self) -> bool {
+        self.elapsed_ns().is_some()
     }
 }
 
@@ -637,7 +633,9 @@ fn value<'a>(op: &Op, src: &'a dyn Source, base: usize) -> Val<'a> {
             Val::Int((t - h).max(0))
         }
         Op::ResponseFlags { attr } => {
-            Val::Owned(flags_short(int(src.attribute(*attr)).unwrap_or(0) as u64).into_bytes())
+            let bits = int(src.attribute(*attr)).unwrap_or(0) as u64;
+            let order = if src.is_tcp() { Order::Tcp } else { Order::Http };
+            Val::Owned(wasmesh_trace::flags::short(bits, order).into_owned().into_bytes())
         }
         Op::ResponseCode { attr } => Val::Int(int(src.attribute(*attr)).unwrap_or(0)),
         Op::ResponseCodeDetails { attr, code } => match src.attribute(*attr) {

@@ -104,11 +104,15 @@ fn istio_default_json_line_is_typed_sorted_and_null_for_unset() {
 #[test]
 fn header_fallback_truncation_and_flags() {
     let f = Format::text("%REQ(X-ENVOY-ORIGINAL-PATH?:PATH):3% %REQ(missing)% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% %RESPONSE_FLAGS% %RESPONSE_CODE%").unwrap();
-    let mut r = Req::for_format(&f).int("response.flags", (1 << 8) | (1 << 5));
+    // UF (bit 5) and URX (bit 15): an HTTP stream sets URX first (Envoy's router decides the
+    // retry before it aborts with the reset's flag), whatever the bit order.
+    let mut r = Req::for_format(&f).int("response.flags", (1 << 15) | (1 << 5));
     r.req = vec![(":path", "/abcdef")];
-    assert_eq!(String::from_utf8(f.render(&r)).unwrap(), "/ab - - UF,NR 0");
+    assert_eq!(String::from_utf8(f.render(&r)).unwrap(), "/ab - - URX,UF 0");
     assert_eq!(flags_short(0), "-");
     assert_eq!(flags_short(1 << 2), "UT");
+    // A fault delay before the router, then the retries and the connect failure.
+    assert_eq!(flags_short((1 << 9) | (1 << 15) | (1 << 5)), "DI,URX,UF");
 }
 
 #[test]
@@ -296,10 +300,13 @@ fn istio_text_on_a_tcp_connection_prints_as_envoy_on_tcp_proxy() {
         "[2026-12-06T22:41:05.123Z] \"- - -\" 0 UF,URX - - \"delayed_connect_error:_Connection_refused\" 7 4 3 - \
 \"-\" \"-\" \"-\" \"-\" \"127.0.0.1:9000\" dead - 127.0.0.1:8080 127.0.0.1:50000 - -\n"
     );
-    // HTTP (no elapsed time given) keeps printing an unset duration as `-`.
-    let r = Req::for_format(&f).int("request.time", 1_796_596_865_123_456_789);
+    // HTTP (no elapsed time given) keeps printing an unset duration as `-`, and the same flags
+    // in an HTTP stream's order.
+    let r =
+        Req::for_format(&f).int("request.time", 1_796_596_865_123_456_789).int("response.flags", 0b10_0000 | (1 << 15));
     let http = String::from_utf8(f.render(&r)).unwrap();
     assert_eq!(http.split(' ').nth(11), Some("-"), "{http}");
+    assert_eq!(http.split(' ').nth(5), Some("URX,UF"), "{http}");
 }
 
 #[test]

@@ -1,37 +1,20 @@
-//! Envoy response flags: the `response.flags` bit set as the short codes of
-//! `ResponseFlagUtils::toShortString` (envoy `source/common/stream_info/utility.h`
-//! `CORE_RESPONSE_FLAGS`; bit i = `CoreResponseFlag` i).
+//! Envoy response flags for Istio's `response_flags` label: the `response.flags` bit set as
+//! `ResponseFlagUtils::toShortString` prints it, which Istio's stats plugin uses. The table and
+//! the order Envoy sets them in are [`wasmesh_trace::flags`]' (one table for metrics, access
+//! logs and spans): an HTTP request in an HTTP stream's order (`URX,UF`), a TCP connection in
+//! `tcp_proxy`'s (`UF,URX`).
 
+use crate::labels::Protocol;
 use std::borrow::Cow;
+pub use wasmesh_trace::flags::RESPONSE_FLAGS as SHORT_CODES;
 
-/// Short codes by bit index.
-pub const SHORT_CODES: [&str; 29] = [
-    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC", "URX", "SI", "IH",
-    "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR",
-];
-
-/// `-` when no flag is set, else the set codes joined with `,` in bit order. Bits Envoy may add
-/// later (beyond the table) are ignored.
-pub fn short_string(bits: u64) -> Cow<'static, str> {
-    if bits == 0 {
-        return Cow::Borrowed("-");
-    }
-    let mut out = String::new();
-    for (i, code) in SHORT_CODES.iter().enumerate() {
-        if bits & (1u64 << i) != 0 {
-            if !out.is_empty() {
-                out.push(',');
-            }
-            out.push_str(code);
-        }
-    }
-    if out.is_empty() {
-        return Cow::Borrowed("-");
-    }
-    // The common single-flag cases need no allocation.
-    match SHORT_CODES.iter().find(|c| **c == out) {
-        Some(c) => Cow::Borrowed(c),
-        None => Cow::Owned(out),
+/// `-` when no flag is set, else the set codes joined with `,` in the order a request (HTTP,
+/// gRPC) or a connection (TCP) sets them. Bits Envoy may add later (beyond the table) are
+/// ignored.
+pub fn short_string(bits: u64, protocol: Protocol) -> Cow<'static, str> {
+    match protocol {
+        Protocol::Http | Protocol::Grpc => wasmesh_trace::flags::short_http(bits),
+        Protocol::Tcp => wasmesh_trace::flags::short_tcp(bits),
     }
 }
 
@@ -40,14 +23,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_in_bit_order() {
-        assert_eq!(short_string(0), "-");
-        assert_eq!(short_string(1 << 5), "UF");
-        assert_eq!(short_string(1 << 8), "NR");
-        assert_eq!(short_string((1 << 5) | (1 << 15)), "UF,URX");
-        assert_eq!(short_string(1 << 12), "UAEX");
-        assert_eq!(short_string(1 << 28), "DR");
-        assert_eq!(short_string(1 << 40), "-", "unknown future bits are ignored");
-        assert!(matches!(short_string(1 << 2), Cow::Borrowed("UT")));
+    fn codes_in_the_order_envoy_sets_them() {
+        assert_eq!(short_string(0, Protocol::Http), "-");
+        assert_eq!(short_string(1 << 5, Protocol::Http), "UF");
+        assert_eq!(short_string(1 << 8, Protocol::Grpc), "NR");
+        // Istio's default retries exhausted on a connect failure.
+        assert_eq!(short_string((1 << 5) | (1 << 15), Protocol::Http), "URX,UF");
+        assert_eq!(short_string((1 << 5) | (1 << 15), Protocol::Grpc), "URX,UF");
+        assert_eq!(short_string((1 << 5) | (1 << 15), Protocol::Tcp), "UF,URX");
+        assert_eq!(short_string(1 << 12, Protocol::Http), "UAEX");
+        assert_eq!(short_string(1 << 28, Protocol::Http), "DR");
+        assert_eq!(short_string(1 << 29, Protocol::Tcp), "UDO");
+        assert_eq!(short_string(1 << 40, Protocol::Http), "-", "unknown future bits are ignored");
+        assert!(matches!(short_string(1 << 2, Protocol::Http), Cow::Borrowed("UT")));
     }
 }

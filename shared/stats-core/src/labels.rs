@@ -460,7 +460,7 @@ pub fn compute<'a>(reporter: Reporter, local: &'a LocalInfo, f: &Facts<'a>) -> L
         (Protocol::Grpc, Some(s)) => code_string(s),
         _ => none(),
     };
-    v[ResponseFlags as usize] = crate::flags::short_string(f.response_flags);
+    v[ResponseFlags as usize] = crate::flags::short_string(f.response_flags, f.protocol);
     v
 }
 
@@ -616,6 +616,19 @@ connection_security_policy"
         for ((name, got), (ename, want)) in pairs.iter().zip(expect.iter()) {
             assert_eq!(name, ename);
             assert_eq!(got, want, "label {name}");
+        }
+    }
+
+    #[test]
+    fn response_flags_label_in_the_order_the_stream_set_them() {
+        let me = local("reviews-v2", "reviews", "v2");
+        // A connect failure after Istio's default retries: Envoy's `URX,UF` on a request,
+        // `tcp_proxy`'s `UF,URX` on a connection.
+        for (protocol, want) in [(Protocol::Http, "URX,UF"), (Protocol::Grpc, "URX,UF"), (Protocol::Tcp, "UF,URX")] {
+            let mut f = Facts::new(protocol);
+            f.response_flags = (1 << 5) | (1 << 15);
+            let v = compute(Reporter::Source, &me, &f);
+            assert_eq!(v[Label::ResponseFlags as usize], want, "{protocol:?}");
         }
     }
 

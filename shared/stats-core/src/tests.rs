@@ -249,7 +249,7 @@ fn external_hosts_and_no_route_flags() {
         assert!(!stats.is_external_authority(mesh), "{}", String::from_utf8_lossy(mesh));
     }
     assert_eq!(stats.effective_flags(404, "", 0), 1 << 8);
-    assert_eq!(crate::flags::short_string(stats.effective_flags(404, "", 0)), "NR");
+    assert_eq!(crate::flags::short_string(stats.effective_flags(404, "", 0), crate::labels::Protocol::Http), "NR");
     assert_eq!(stats.effective_flags(404, "outbound|80||x", 0), 0, "an upstream's own 404");
     assert_eq!(stats.effective_flags(503, "", 1 << 5), 1 << 5);
     let inbound = compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound"})).unwrap();

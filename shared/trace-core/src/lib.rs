@@ -7,13 +7,16 @@
 //! - [`request_id`]: `x-request-id` (UUIDv4) and Envoy's sampling on it;
 //! - [`span`]: the proxy's span with Envoy's and Istio's tags;
 //! - [`otlp`], [`zipkin`]: the two wire formats (OTLP/HTTP protobuf, Zipkin v2 JSON);
-//! - [`export`]: a bounded queue flushed in batches on ticks, with retries and backoff.
+//! - [`export`]: a bounded queue flushed in batches on ticks, with retries and backoff;
+//! - [`flags`]: Envoy's response flags as `%RESPONSE_FLAGS%` prints them (for spans, access
+//!   logs and metrics alike).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 pub mod config;
 pub mod context;
 pub mod decorator;
 pub mod export;
+pub mod flags;
 pub mod otlp;
 pub mod request_id;
 pub mod span;
