@@ -355,12 +355,7 @@ fn trace_context_propagation_sampling_and_export() {
 fn bookinfo_is_one_trace() {
     use wasmesh_e2e::bookinfo::call;
     let collector = Collector::start();
-    let mesh: wasmesh_controller::MeshConfig = serde_json::from_value(json!({
-        "extensionProviders": [{"name": "otel", "opentelemetry": {"service": "127.0.0.1", "port": collector.port,
-            "http": {"path": "/v1/traces"}}}],
-        "defaultProviders": {"tracing": ["otel"]}
-    }))
-    .unwrap();
+    let mesh = otel_mesh(collector.port);
     let telemetry = r#"
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
@@ -524,6 +519,17 @@ spec:
 const HTTPBIN: &str = "httpbin.default.svc.cluster.local";
 const ECHO_OP: &str = "echo.default.svc.cluster.local:8000/*";
 
+/// meshConfig whose default tracing provider `otel` exports OTLP/HTTP to the test collector on
+/// `port`.
+fn otel_mesh(port: u16) -> wasmesh_controller::MeshConfig {
+    serde_json::from_value(json!({
+        "extensionProviders": [{"name": "otel", "opentelemetry": {"service": "127.0.0.1", "port": port,
+            "http": {"path": "/v1/traces"}}}],
+        "defaultProviders": {"tracing": ["otel"]}
+    }))
+    .unwrap()
+}
+
 /// Envoy's own tracer as istiod configures it, on a twin of a wasmeshctl listener.
 fn native_tracing(collector_cluster: &str, collector_port: u16) -> Value {
     json!({
@@ -563,12 +569,7 @@ fn decorated(m: Value, action: Value, op: &str) -> Value {
 fn span_names_and_decorator_headers_as_envoys_tracer() {
     let collector = Collector::start();
     let cport = collector.port;
-    let mesh: wasmesh_controller::MeshConfig = serde_json::from_value(json!({
-        "extensionProviders": [{"name": "otel", "opentelemetry": {"service": "127.0.0.1", "port": cport,
-            "http": {"path": "/v1/traces"}}}],
-        "defaultProviders": {"tracing": ["otel"]}
-    }))
-    .unwrap();
+    let mesh = otel_mesh(cport);
     let (native_out, native_in) = (free_port(), free_port());
     let m = wasmesh_e2e::Mesh::builder()
         .yaml(DECORATED)
@@ -811,12 +812,7 @@ spec:
 fn gateway_spans_as_envoys_tracer_with_spawn_upstream_span() {
     let collector = Collector::start();
     let cport = collector.port;
-    let mesh: wasmesh_controller::MeshConfig = serde_json::from_value(json!({
-        "extensionProviders": [{"name": "otel", "opentelemetry": {"service": "127.0.0.1", "port": cport,
-            "http": {"path": "/v1/traces"}}}],
-        "defaultProviders": {"tracing": ["otel"]}
-    }))
-    .unwrap();
+    let mesh = otel_mesh(cport);
     let native = free_port();
     let op = format!("{HTTPBIN}:8000/*");
     let op2 = op.clone();
@@ -993,12 +989,7 @@ fn gateway_spans_as_envoys_tracer_with_spawn_upstream_span() {
 fn upstream_decorator_response_header_renames_the_egress_span_as_envoys_tracer() {
     let collector = Collector::start();
     let cport = collector.port;
-    let mesh: wasmesh_controller::MeshConfig = serde_json::from_value(json!({
-        "extensionProviders": [{"name": "otel", "opentelemetry": {"service": "127.0.0.1", "port": cport,
-            "http": {"path": "/v1/traces"}}}],
-        "defaultProviders": {"tracing": ["otel"]}
-    }))
-    .unwrap();
+    let mesh = otel_mesh(cport);
     let native_out = free_port();
     let route_op = format!("{HTTPBIN}:8000/*");
     let op = route_op.clone();
