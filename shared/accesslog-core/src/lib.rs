@@ -72,12 +72,6 @@ pub const MAX_FORMAT_BYTES: usize = 16 * 1024;
 
 pub use wasmesh_trace::flags::RESPONSE_FLAGS;
 
-/// `%RESPONSE_FLAGS%` of an HTTP request: Envoy's short codes in the order an HTTP stream sets
-/// them (`URX,UF`; [`wasmesh_trace::flags`]), `-` when none.
-pub fn flags_short(bits: u64) -> String {
-    wasmesh_trace::flags::short_http(bits).into_owned()
-}
-
 /// An Envoy attribute a format reads, with how its value is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -237,10 +231,9 @@ pub trait Source {
         None
     }
     /// Whether the values are a TCP connection's (`%RESPONSE_FLAGS%` then prints in
-    /// `tcp_proxy`'s order, `UF,URX`, not an HTTP stream's `URX,UF`). By default: whether
-    /// [`Source::elapsed_ns`] is given, which only a TCP connection's log gives.
+    /// `tcp_proxy`'s order, `UF,URX`, not an HTTP stream's `URX,UF`). By default an HTTP request.
     fn is_tcp(&self) -> bool {
-        self.elapsed_ns().is_some()
+        false
     }
 }
 

@@ -109,10 +109,10 @@ fn header_fallback_truncation_and_flags() {
     let mut r = Req::for_format(&f).int("response.flags", (1 << 15) | (1 << 5));
     r.req = vec![(":path", "/abcdef")];
     assert_eq!(String::from_utf8(f.render(&r)).unwrap(), "/ab - - URX,UF 0");
-    assert_eq!(flags_short(0), "-");
-    assert_eq!(flags_short(1 << 2), "UT");
+    assert_eq!(wasmesh_trace::flags::short_http(0), "-");
+    assert_eq!(wasmesh_trace::flags::short_http(1 << 2), "UT");
     // A fault delay before the router, then the retries and the connect failure.
-    assert_eq!(flags_short((1 << 9) | (1 << 15) | (1 << 5)), "DI,URX,UF");
+    assert_eq!(wasmesh_trace::flags::short_http((1 << 9) | (1 << 15) | (1 << 5)), "DI,URX,UF");
 }
 
 #[test]
@@ -276,6 +276,9 @@ impl Source for Tcp {
     }
     fn elapsed_ns(&self) -> Option<i64> {
         self.1
+    }
+    fn is_tcp(&self) -> bool {
+        true
     }
 }
 
