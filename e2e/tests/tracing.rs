@@ -519,6 +519,21 @@ spec:
 const HTTPBIN: &str = "httpbin.default.svc.cluster.local";
 const ECHO_OP: &str = "echo.default.svc.cluster.local:8000/*";
 
+/// The names of a bootstrap's static clusters.
+fn cluster_names(boot: &Value) -> Vec<String> {
+    boot["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The cluster called `want` among `names` (the test fails when there is none).
+fn named(names: &[String], want: &str) -> String {
+    names.iter().find(|n| n.as_str() == want).cloned().unwrap_or_else(|| panic!("no cluster {want}: {names:?}"))
+}
+
 /// meshConfig whose default tracing provider `otel` exports OTLP/HTTP to the test collector on
 /// `port`.
 fn otel_mesh(port: u16) -> wasmesh_controller::MeshConfig {
@@ -580,19 +595,8 @@ fn span_names_and_decorator_headers_as_envoys_tracer() {
             if !name.contains("echo-v1") {
                 return;
             }
-            let names: Vec<String> = boot["static_resources"]["clusters"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|c| c["name"].as_str().map(str::to_string))
-                .collect();
-            let find = |want: &str| {
-                names
-                    .iter()
-                    .find(|n| n.as_str() == want)
-                    .cloned()
-                    .unwrap_or_else(|| panic!("no cluster {want}: {names:?}"))
-            };
+            let names = cluster_names(boot);
+            let find = |want: &str| named(&names, want);
             let collector = find("wasmesh-tracing|otel");
             let inbound = names.iter().find(|n| n.starts_with("inbound|")).cloned().expect("an inbound cluster");
             let one = |c: &str| json!({"cluster": find(c), "timeout": "0s"});
@@ -825,19 +829,8 @@ fn gateway_spans_as_envoys_tracer_with_spawn_upstream_span() {
             if !name.contains("ingressgateway") {
                 return;
             }
-            let names: Vec<String> = boot["static_resources"]["clusters"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|c| c["name"].as_str().map(str::to_string))
-                .collect();
-            let find = |want: &str| {
-                names
-                    .iter()
-                    .find(|n| n.as_str() == want)
-                    .cloned()
-                    .unwrap_or_else(|| panic!("no cluster {want}: {names:?}"))
-            };
+            let names = cluster_names(boot);
+            let find = |want: &str| named(&names, want);
             let mut tracing = native_tracing(&find("wasmesh-tracing|otel"), cport);
             tracing["provider"]["typed_config"]["service_name"] = json!("istio-ingressgateway.istio-system");
             tracing["spawn_upstream_span"] = json!(true);
