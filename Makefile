@@ -34,11 +34,17 @@ WASM_OPT_MODULES ?= wasmesh
 # its worker per callback and request (BENCHMARKS.md, "Exports a module does not need"). The stripped
 # module is renamed over cargo's, whose own copy in deps/ stays as built; before wasm-opt, which then
 # drops the functions nothing exports any more.
+# Last, wasmesh-request.wasm: the optimized wasmesh.wasm with its variant marker patched and without the
+# response-side callbacks (filters/wasmesh/stripped-exports-request.txt; README "Two modules"), for an
+# Envoy whose every wasmesh filter runs only on the request side. Derived after wasm-opt, so one
+# optimisation serves both and the variant costs well under a second of build time (the response-side
+# functions nothing exports any more stay in it as dead code; BENCHMARKS.md says how much).
 wasm: deps
 	$(CARGO) build --release --target wasm32-wasip1 $(addprefix -p wasmesh-filter-,$(FILTERS))
 	@$(CARGO) run -q -p wasmesh-strip-exports -- filters $(WASM_DIR) $(FILTERS)
 	$(if $(strip $(WASM_OPT_FLAGS)),@scripts/wasm-opt.sh $(WASM_OPT_FLAGS) -- $(addprefix $(WASM_DIR)/,$(addsuffix .wasm,$(WASM_OPT_MODULES))))
-	@ls -l $(addprefix $(WASM_DIR)/,$(addsuffix .wasm,$(FILTERS)))
+	@$(CARGO) run -q -p wasmesh-strip-exports -- variant filters $(WASM_DIR) wasmesh request
+	@ls -l $(addprefix $(WASM_DIR)/,$(addsuffix .wasm,$(FILTERS) wasmesh-request))
 
 build: wasm
 	$(CARGO) build --workspace

@@ -403,7 +403,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(json!({
+    let mut bootstrap = json!({
         "node": {
             "id": format!("{}~127.0.0.1~{}.{}~{}.svc.{}", match wl.mode { ProxyMode::Sidecar => "sidecar", ProxyMode::Gateway => "router" }, wl.name, wl.namespace, wl.namespace, wl.domain_suffix),
             "cluster": format!("{}.{}", wl.name, wl.namespace),
@@ -426,7 +426,11 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
             "listeners": listeners,
             "clusters": clusters.into_values().collect::<Vec<_>>(),
         }
-    }))
+    });
+    // One module for all of this Envoy's wasmesh filters: the request-side variant when none
+    // needs a response-side callback (`crate::module`).
+    crate::module::pick(&mut bootstrap);
+    Ok(bootstrap)
 }
 
 /// How the sidecar proxies workload port `port`: the protocol of the service ports that the
@@ -680,11 +684,12 @@ pub fn wasm_network_filter(f: &WasmFilter, wasm_dir: &std::path::Path) -> Value 
     })
 }
 
-/// The module every filter runs from: `filters/wasmesh` serves each wasmesh filter, chosen by the
-/// plugin's `root_id`. One file and one `vm_id` for all of a proxy's wasmesh filters means one V8
+/// The module every filter is written with: `filters/wasmesh` serves each wasmesh filter, chosen by the
+/// plugin's `root_id` ([`crate::module::pick`] then points an Envoy whose filters need no
+/// response-side callback at `wasmesh-request.wasm`, the same module without them). One file and one `vm_id` for all of a proxy's wasmesh filters means one V8
 /// VM per worker instead of one per filter (≈28 MiB less RSS per Envoy with one worker, measured
 /// in `e2e/tests/node_identity.rs`), and it is the module the OCI image ships.
-pub const MODULE_FILE: &str = "wasmesh.wasm";
+pub const MODULE_FILE: &str = wasmesh_istio::module::Variant::Full.file_name();
 /// The `vm_id` the filters share (Envoy shares a VM between plugins with the same vm_id, code and
 /// VM configuration).
 pub const VM_ID: &str = "wasmesh";

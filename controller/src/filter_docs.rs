@@ -97,7 +97,11 @@ pub fn markdown() -> String {
          `root_id` chooses the filter; its `configuration` is a `google.protobuf.StringValue` holding the JSON \
          object described here (Istio's `WasmPlugin.pluginConfig` is that object). Unknown fields are refused: the \
          filter does not configure, and Envoy logs the field. `wasmeshctl envoy` and `wasmeshctl generate` write \
-         these configurations from Istio YAML; this page is for attaching a filter by hand.\n\n\
+         these configurations from Istio YAML; this page is for attaching a filter by hand. `wasmesh-request.wasm` \
+         (built beside it) is the same module without the response-side callbacks, for an Envoy whose every \
+         wasmesh filter needs none: the router without `headers.response` operations, authz without a CUSTOM \
+         provider's `headersToDownstreamOnAllow`, authn; it refuses any other configuration (README, \"Two \
+         modules\").\n\n\
          When `workload` is absent the filter takes its identity from the Envoy node metadata Istio's injector \
          writes (`NAMESPACE`, `WORKLOAD_NAME`, `LABELS`, `SERVICE_ACCOUNT`, `CLUSTER_ID`; gateway when the node id \
          starts with `router~`), completed by `mesh`. `resources` holds Istio resources in their JSON form \

@@ -13,6 +13,7 @@ pub mod image;
 pub mod input;
 pub mod layout;
 pub mod mesh;
+pub mod module;
 pub mod plugins;
 pub mod schema;
 pub mod sidecar_l4;

@@ -1,7 +1,8 @@
 //! What `make bench` measures: each wasmesh filter alone against no filter, Envoy's native
 //! equivalent and a no-op wasm filter; N no-op wasm filters; and the sidecar inbound, sidecar
 //! outbound and gateway chains exactly as `wasmeshctl envoy` generates them (the controller's
-//! bootstrap builder, every filter from the one module `wasmesh.wasm`), each against no filter,
+//! bootstrap builder, every filter from the one module `wasmesh.wasm`, or `wasmesh-request.wasm` where
+//! wasmeshctl's rule picks it: [`picked_module`]), each against no filter,
 //! the native equivalent chain and as many no-op wasm filters as the chain has filters.
 
 use super::{derive, noop_filters, wasm_filter, Group, Scenario, Variant};
@@ -20,6 +21,7 @@ pub fn all(app_port: u16) -> Result<Vec<Group>, String> {
     filters.push(super::tracing::scenario());
     filters.push(super::tracing::together());
     filters.push(noops());
+    let filters = filters.into_iter().map(picked_module).collect();
     Ok(vec![Group { name: "filters".into(), scenarios: filters, base: None }, sidecar(app_port)?, gateway(app_port)?])
 }
 
@@ -237,6 +239,34 @@ fn noops() -> Scenario {
         variants,
         modules: vec!["noop".into()],
     }
+}
+
+/// Each variant of a single-filter scenario runs from the module wasmeshctl picks for its wasmesh
+/// filters ([`wasmesh_controller::module`], the same function): `wasmesh-request.wasm` where none
+/// needs a response-side callback (router without response header operations, authz, authn),
+/// `wasmesh.wasm` otherwise (stats, access log, tracing). The chains keep what `wasmeshctl envoy`
+/// wrote for their whole Envoy.
+fn picked_module(mut s: Scenario) -> Scenario {
+    use wasmesh_controller::module;
+    for v in &mut s.variants {
+        let parts = v.http_filters.iter().chain(&v.network_filters).chain(v.listener.iter().map(|(_, l)| l));
+        let found: Vec<(String, Value)> = parts.flat_map(module::plugins).collect();
+        if found.is_empty() {
+            continue;
+        }
+        let picked = module::variant_for(found.iter().map(|(id, c)| (id.as_str(), c)));
+        for f in v.http_filters.iter_mut().chain(v.network_filters.iter_mut()) {
+            module::point_at(f, picked);
+        }
+        if let Some((_, l)) = &mut v.listener {
+            module::point_at(l, picked);
+        }
+        let name = picked.file_name().trim_end_matches(".wasm");
+        if !s.modules.iter().any(|m| m == name) {
+            s.modules.push(name.into());
+        }
+    }
+    s
 }
 
 /// Adds the no-op wasm filter after a scenario's baseline.

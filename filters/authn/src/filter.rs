@@ -33,6 +33,7 @@ use wasmesh_authn::remote::{FetchOutcome, Stage, MAX_BODY_BYTES};
 use wasmesh_authn::verify::{Denied, EvalStats, JwksSource, Mutation, Outcome, RequestHeaders};
 use wasmesh_authn::{Authn, AuthnConfig, Status, TokenCache};
 use wasmesh_handover::{AUTHN_EVALUATED, AUTHN_IDENTITY};
+use wasmesh_istio::module::Callbacks;
 use wasmesh_istio::FilterConfig;
 use wasmesh_proxy::metrics::Counter;
 use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
@@ -573,6 +574,10 @@ impl Phase for AuthnPhase {
         Box::new(AuthnRequest { shared: self.0.clone(), context_id })
     }
 
+    fn callbacks(&self) -> Callbacks {
+        wasmesh_authn::HTTP_CALLBACKS
+    }
+
     fn tick_period(&self) -> Option<Duration> {
         let busy = self.0.waits.try_borrow().map(|w| !w.waiting.is_empty() || !w.calls.is_empty()).unwrap_or(true)
             || self.0.engine.try_borrow().map(|e| e.fetches_pending()).unwrap_or(true);
@@ -684,6 +689,10 @@ impl Phase for AfterKeys {
 
     fn start(self: Rc<Self>, context_id: u32) -> Box<dyn PhaseRequest> {
         Box::new(AfterKeysRequest { shared: self.0.clone(), context_id })
+    }
+
+    fn callbacks(&self) -> Callbacks {
+        wasmesh_authn::HTTP_CALLBACKS
     }
 }
 

@@ -43,6 +43,7 @@ use std::rc::Rc;
 use std::time::Duration;
 use wasmesh_authz::view::{Host, HostFailure};
 use wasmesh_authz::{Authz, AuthzConfig, HeaderList, Stage, DENY_BODY, DENY_STATUS};
+use wasmesh_istio::module::Callbacks;
 use wasmesh_istio::FilterConfig;
 use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
 use wasmesh_proxy::stream::{HeaderReads, Stream};
@@ -117,6 +118,12 @@ impl Phase for AuthzPhase {
         Some(metrics::FLUSH_PERIOD)
     }
 
+    /// Response headers only for a CUSTOM provider that adds some to an allowed request's
+    /// response (the core decides, [`Authz::callbacks`]).
+    fn callbacks(&self) -> Callbacks {
+        self.shared.authz.callbacks()
+    }
+
     fn tick(&self) {
         self.shared.metrics.flush();
     }
@@ -146,6 +153,10 @@ impl Phase for PeerAddressPhase {
 
     fn start(self: Rc<Self>, _context_id: u32) -> Box<dyn PhaseRequest> {
         Box::new(Refuse)
+    }
+
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::NONE
     }
 
     fn is_network(&self) -> bool {

@@ -33,6 +33,7 @@
 use proxy_wasm::traits::RootContext;
 use std::cell::Cell;
 use std::rc::Rc;
+use wasmesh_istio::module::Callbacks;
 use wasmesh_istio::{FilterConfig, ProxyMode};
 use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
 use wasmesh_proxy::stream::{HeaderReads, Stream};
@@ -98,6 +99,14 @@ impl Routes {
         }
     }
 
+    /// The response-side callbacks the tables need (the core decides, [`Router::callbacks`]).
+    fn callbacks(&self) -> Callbacks {
+        match self {
+            Routes::One(r) => r.callbacks(),
+            Routes::PerPort(tables) => tables.iter().fold(Callbacks::NONE, |c, (_, r)| c.union(r.callbacks())),
+        }
+    }
+
     /// The most headers any table reads.
     fn most_headers(&self) -> usize {
         match self {
@@ -117,6 +126,11 @@ impl Phase for RouterPhase {
         let random = rng.next_u64();
         self.rng.set(random);
         Box::new(RouterRequest { phase: self, random, response: None })
+    }
+
+    /// Response headers only when a route or destination has response header operations.
+    fn callbacks(&self) -> Callbacks {
+        self.routes.callbacks()
     }
 
     /// Alone in its filter, up to [`FETCH_ONE_BY_ONE`] headers are fetched one by one, by slot,

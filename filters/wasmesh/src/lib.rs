@@ -53,6 +53,7 @@
 
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::LogLevel;
+use wasmesh_istio::module::{Variant, MARKER_LEN};
 
 #[path = "../../router/src/filter.rs"]
 pub mod router;
@@ -80,8 +81,23 @@ pub mod tracing;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
+    // An unreadable marker: assume this module lacks every callback a variant may lack, so a
+    // configuration needing one is refused rather than its response side silently skipped.
+    wasmesh_proxy::phase::set_module_variant(module_variant().unwrap_or(Variant::RequestSide));
     proxy_wasm::set_root_context(root_context);
 }}
+
+/// Which module this is: `wasmesh.wasm` or a variant `make wasm` derived from it
+/// ([`wasmesh_istio::module`]). The compiled module holds the full module's marker here;
+/// tools/strip-exports, writing `wasmesh-request.wasm`, overwrites its one copy in the data
+/// section with the request-side marker and removes that module's response-side exports.
+static MODULE_VARIANT: [u8; MARKER_LEN] = Variant::Full.marker();
+
+/// The variant this module's marker names. Read through `black_box`, so the compiler reads the
+/// bytes in the module's memory (which the tool may have changed) instead of the value it knows.
+pub fn module_variant() -> Option<Variant> {
+    Variant::from_marker(std::hint::black_box(&MODULE_VARIANT))
+}
 
 /// The filters of this module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -100,3 +100,8 @@ pub use jwt::Status;
 pub use remote::{jwks_cluster_name, parse_jwks_uri, JwksEndpoint};
 pub use verify::{Allowed, Authn, Denied, EvalStats, Mutation, Outcome, RequestHeaders, WaitFor};
 pub use wasmesh_istio::CompileError;
+
+/// The response-side callbacks the authn filter needs ([`wasmesh_istio::module`]), whatever its
+/// configuration: none. It verifies, denies (a local reply) and hands the identity on, all on the
+/// request side.
+pub const HTTP_CALLBACKS: wasmesh_istio::module::Callbacks = wasmesh_istio::module::Callbacks::NONE;

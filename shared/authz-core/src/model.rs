@@ -243,6 +243,19 @@ impl Authz {
         self.custom_provider(0)
     }
 
+    /// The response-side callbacks the filter needs ([`wasmesh_istio::module`]): response headers
+    /// when a CUSTOM provider may add headers to the response of an allowed request
+    /// (`headersToDownstreamOnAllow`), none otherwise (a denial is answered on the request side;
+    /// the network stage has no HTTP response).
+    pub fn callbacks(&self) -> wasmesh_istio::module::Callbacks {
+        let adds = self.stage != Stage::Tcp && self.providers().iter().any(|p| !p.to_downstream_on_allow.is_empty());
+        if adds {
+            wasmesh_istio::module::Callbacks::RESPONSE_HEADERS
+        } else {
+            wasmesh_istio::module::Callbacks::NONE
+        }
+    }
+
     /// The CUSTOM provider at `index` of the chain (index 0 alone without
     /// `multipleCustomProviders`), if it is a usable one.
     pub fn custom_provider(&self, index: usize) -> Option<&Provider> {

@@ -1274,3 +1274,19 @@ fn policy_values_are_bounded_in_length() {
     let err = cfg.compile(&yaml(format!("  rules: [{{when: [{{key: '{key}', values: [v]}}]}}]")));
     assert!(err.unwrap_err().to_string().contains("spec.rules[0].when[0].key"));
 }
+
+#[test]
+fn only_a_custom_provider_adding_response_headers_needs_the_response_callback() {
+    use wasmesh_istio::module::Callbacks;
+    assert_eq!(allow("  rules: [{to: [{operation: {paths: [/admin]}}]}]").callbacks(), Callbacks::NONE);
+    let yaml =
+        policy("c", "foo", "CUSTOM", "  provider: {name: ext}\n  rules: [{to: [{operation: {paths: [/admin*]}}]}]");
+    let a = compile_with(&yaml, workload(), |c| c.extension_providers = providers());
+    assert_eq!(a.callbacks(), Callbacks::NONE, "headers to the upstream and on deny are request-side");
+    let adding = vec![json!({"name": "ext", "envoyExtAuthzHttp": {
+        "service": "authz.foo.svc.cluster.local", "port": 9000,
+        "headersToUpstreamOnAllow": ["x-user"], "headersToDownstreamOnDeny": ["x-reason"],
+        "headersToDownstreamOnAllow": ["x-down"]}})];
+    let a = compile_with(&yaml, workload(), |c| c.extension_providers = adding);
+    assert_eq!(a.callbacks(), Callbacks::RESPONSE_HEADERS);
+}

@@ -10,6 +10,7 @@ pub mod duration;
 mod filter_config;
 mod load;
 mod meta;
+pub mod module;
 pub mod networking;
 pub mod node;
 pub mod security;

@@ -27,6 +27,7 @@ use proxy_wasm::types::{Action, ContextType};
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
+use wasmesh_istio::module::{Callbacks, Variant};
 
 /// What a phase says about the request after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +89,45 @@ pub trait Phase {
     fn stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
         None
     }
+
+    /// The response-side callbacks this phase's configuration needs Envoy to call
+    /// ([`wasmesh_istio::module`]): the module refuses a configuration needing one it does not
+    /// export. The default, all of them, is for phases whose work runs there (stats, access logs,
+    /// tracing); a phase that needs fewer says so from its core (the rule wasmeshctl also uses to
+    /// pick the module).
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::ALL
+    }
+}
+
+thread_local! {
+    /// Which module this is ([`set_module_variant`]).
+    static MODULE_VARIANT: std::cell::Cell<Variant> = const { std::cell::Cell::new(Variant::Full) };
+}
+
+/// Set once at start by `filters/wasmesh` from its variant marker: in a module built without some
+/// response-side callbacks every [`ChainRoot`] refuses a configuration whose phases need one of
+/// them ([`refusal`]). Modules that never call it are [`Variant::Full`].
+pub fn set_module_variant(module: Variant) {
+    MODULE_VARIANT.with(|m| m.set(module));
+}
+
+/// Why this module cannot run `phases`, naming the first phase needing a callback it lacks, what
+/// it needs and the module to use instead; `None`: it can.
+pub fn refusal(phases: &[Rc<dyn Phase>], module: Variant) -> Option<String> {
+    let lacks = module.lacks();
+    let p = phases.iter().find(|p| !p.callbacks().intersection(lacks).is_empty())?;
+    let missing = p.callbacks().intersection(lacks);
+    Some(format!(
+        "the {} phase's configuration needs the {} callback{} ({}), which this module ({}) does not export; \
+         run it from {} (wasmeshctl picks the module for the filters it writes)",
+        p.name(),
+        missing.describe(),
+        if missing.exports().len() == 1 { "" } else { "s" },
+        missing.exports().join(", "),
+        module.file_name(),
+        Variant::Full.file_name(),
+    ))
 }
 
 /// One request's state in one phase: Envoy's HTTP filter callbacks, with the request's stream.
@@ -524,6 +564,12 @@ impl RootContext for ChainRoot {
         let resumer = Resumer { waiting: self.waiting.clone() };
         match (self.build)(&bytes, &resumer) {
             Ok(phases) => {
+                if let Some(why) = refusal(&phases, MODULE_VARIANT.with(std::cell::Cell::get)) {
+                    // Fail closed: Envoy rejects the plugin rather than the response side being
+                    // silently skipped.
+                    crate::log_error(&format!("{}: configuration rejected: {why}", self.label));
+                    return false;
+                }
                 self.phases = phases;
                 self.tick = None;
                 self.retick();
@@ -571,5 +617,63 @@ impl RootContext for ChainRoot {
             [first, ..] if first.is_network() => Some(ContextType::StreamContext),
             _ => Some(ContextType::HttpContext),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Needs(&'static str, Callbacks);
+
+    impl Phase for Needs {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn start(self: Rc<Self>, _context_id: u32) -> Box<dyn PhaseRequest> {
+            struct Nothing;
+            impl PhaseRequest for Nothing {}
+            Box::new(Nothing)
+        }
+        fn callbacks(&self) -> Callbacks {
+            self.1
+        }
+    }
+
+    fn phases(list: &[(&'static str, Callbacks)]) -> Vec<Rc<dyn Phase>> {
+        list.iter().map(|(n, c)| Rc::new(Needs(n, *c)) as Rc<dyn Phase>).collect()
+    }
+
+    #[test]
+    fn the_request_side_module_refuses_a_phase_needing_a_response_callback_naming_it() {
+        let request_only =
+            phases(&[("authn", Callbacks::NONE), ("authz", Callbacks::NONE), ("router", Callbacks::NONE)]);
+        assert_eq!(refusal(&request_only, Variant::RequestSide), None);
+        let with_headers =
+            phases(&[("authz", Callbacks::NONE), ("router", Callbacks::RESPONSE_HEADERS), ("stats", Callbacks::ALL)]);
+        let why = refusal(&with_headers, Variant::RequestSide).unwrap_or_default();
+        assert!(why.contains("the router phase"), "{why}");
+        assert!(why.contains("response headers callback (proxy_on_response_headers)"), "{why}");
+        assert!(why.contains("wasmesh-request.wasm") && why.contains("run it from wasmesh.wasm"), "{why}");
+        // The full module runs everything.
+        assert_eq!(refusal(&with_headers, Variant::Full), None);
+    }
+
+    #[test]
+    fn a_phase_that_does_not_say_needs_every_callback() {
+        struct Silent;
+        impl Phase for Silent {
+            fn name(&self) -> &'static str {
+                "silent"
+            }
+            fn start(self: Rc<Self>, _context_id: u32) -> Box<dyn PhaseRequest> {
+                struct Nothing;
+                impl PhaseRequest for Nothing {}
+                Box::new(Nothing)
+            }
+        }
+        assert_eq!(Silent.callbacks(), Callbacks::ALL);
+        let why = refusal(&[Rc::new(Silent) as Rc<dyn Phase>], Variant::RequestSide).unwrap_or_default();
+        assert!(why.contains("response headers, response body, log callbacks"), "{why}");
     }
 }

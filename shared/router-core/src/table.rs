@@ -307,6 +307,24 @@ impl Router {
         out
     }
 
+    /// The response-side callbacks the filter needs for this table ([`wasmesh_istio::module`]):
+    /// response headers when a route or a destination has response header operations (the router
+    /// applies them itself when the response comes), none otherwise: routing, rewrites, redirects,
+    /// direct responses, faults and request header operations all happen on the request side.
+    pub fn callbacks(&self) -> wasmesh_istio::module::Callbacks {
+        let routes = self.vhosts.iter().flat_map(|v| &v.routes);
+        let mut responses = routes
+            .clone()
+            .filter_map(|r| r.ops.as_ref())
+            .map(|o| &o.headers.response)
+            .chain(routes.flat_map(|r| &r.destinations).filter_map(|d| d.headers.as_ref()).map(|h| &h.response));
+        if responses.any(|ops| !ops.is_empty()) {
+            wasmesh_istio::module::Callbacks::RESPONSE_HEADERS
+        } else {
+            wasmesh_istio::module::Callbacks::NONE
+        }
+    }
+
     /// Whether a route of this table injects faults (the filter then needs Envoy's fault filter
     /// after it).
     pub fn has_faults(&self) -> bool {

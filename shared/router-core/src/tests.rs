@@ -1281,3 +1281,26 @@ spec:
     let e = cfg.compile(&Resources { items: load_str(&passthrough, "gw.yaml").unwrap() }).unwrap_err().to_string();
     assert!(e.contains("spec.servers[1].tls.mode") && e.contains("ISTIO_MUTUAL"), "{e}");
 }
+
+#[test]
+fn only_response_header_operations_need_the_response_callback() {
+    use wasmesh_istio::module::Callbacks;
+    assert_eq!(sidecar(REVIEWS_VS).callbacks(), Callbacks::NONE);
+    let request_only = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - headers: {request: {set: {x-a: "1"}}}
+    route:
+    - destination: {host: reviews, subset: v2}
+      headers: {request: {add: {x-b: "2"}}}
+"#;
+    assert_eq!(sidecar(request_only).callbacks(), Callbacks::NONE);
+    let route = request_only.replace(r#"{request: {set: {x-a: "1"}}}"#, r#"{response: {set: {x-a: "1"}}}"#);
+    assert_eq!(sidecar(&route).callbacks(), Callbacks::RESPONSE_HEADERS);
+    let destination = request_only.replace(r#"{request: {add: {x-b: "2"}}}"#, r#"{response: {remove: [server]}}"#);
+    assert_eq!(sidecar(&destination).callbacks(), Callbacks::RESPONSE_HEADERS);
+}

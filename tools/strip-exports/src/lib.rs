@@ -172,6 +172,40 @@ pub fn strip(wasm: &[u8], names: &[&str]) -> Result<Stripped, String> {
     Ok(Stripped::Module { removed, wasm: out })
 }
 
+/// The module with the one copy of the marker `from` in its data segments replaced by `to` (the
+/// same length): how `make wasm` tells a derived module which variant it is
+/// (`wasmesh_istio::module`). No copy, or more than one, is an error: the module would not know.
+pub fn patch_marker(wasm: &[u8], from: &[u8], to: &[u8]) -> Result<Vec<u8>, String> {
+    if from.len() != to.len() || from.is_empty() {
+        return Err("the markers differ in length".into());
+    }
+    let mut found = Vec::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        if let Payload::DataSection(reader) = payload.map_err(|e| format!("not a wasm module: {e}"))? {
+            for data in reader {
+                let data = data.map_err(|e| format!("data section: {e}"))?;
+                // The segment's bytes are a slice of `wasm`: their offset in it.
+                let start = (data.data.as_ptr() as usize).wrapping_sub(wasm.as_ptr() as usize);
+                for (i, w) in data.data.windows(from.len()).enumerate() {
+                    if w == from {
+                        found.push(start + i);
+                    }
+                }
+            }
+        }
+    }
+    let [at] = found.as_slice() else {
+        return Err(format!(
+            "expected the marker {:?} once in the data segments, found it {} times",
+            String::from_utf8_lossy(from),
+            found.len()
+        ));
+    };
+    let mut out = wasm.to_vec();
+    out.get_mut(*at..*at + to.len()).ok_or("the marker is outside the module")?.copy_from_slice(to);
+    Ok(out)
+}
+
 /// The names a module exports.
 pub fn exports(wasm: &[u8]) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
@@ -237,6 +271,32 @@ mod tests {
         assert_eq!(sections(&out), sections(&wasm));
         // A second pass finds nothing to do.
         assert_eq!(strip(&out, &["proxy_on_log", "proxy_on_done"]).unwrap(), Stripped::Unchanged);
+    }
+
+    /// [`module`] with one active data segment holding `data`.
+    fn module_with_data(data: &[u8]) -> Vec<u8> {
+        let mut m = Module::new();
+        let mut mem = MemorySection::new();
+        mem.memory(MemoryType { minimum: 1, maximum: None, memory64: false, shared: false, page_size_log2: None });
+        m.section(&mem);
+        let mut section = wasm_encoder::DataSection::new();
+        section.active(0, &wasm_encoder::ConstExpr::i32_const(16), data.iter().copied());
+        m.section(&section);
+        m.finish()
+    }
+
+    #[test]
+    fn the_marker_is_patched_where_it_is_once() {
+        let wasm = module_with_data(b"..abc-full..");
+        let out = patch_marker(&wasm, b"abc-full", b"abc-rqst").unwrap();
+        assert_eq!(out.len(), wasm.len());
+        assert!(out.windows(8).any(|w| w == b"abc-rqst") && !out.windows(8).any(|w| w == b"abc-full"));
+        Validator::new_with_features(WasmFeatures::all()).validate_all(&out).unwrap();
+        // Absent, twice, or a marker of another length: refused.
+        assert!(patch_marker(&out, b"abc-full", b"abc-rqst").unwrap_err().contains("found it 0 times"));
+        let twice = module_with_data(b"abc-full abc-full");
+        assert!(patch_marker(&twice, b"abc-full", b"abc-rqst").unwrap_err().contains("found it 2 times"));
+        assert!(patch_marker(&wasm, b"abc-full", b"abc").is_err());
     }
 
     #[test]
@@ -350,6 +410,32 @@ mod tests {
             }
         }
         assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    /// A variant's list (`stripped-exports-<variant>.txt`) removes what the module's own list does
+    /// and exactly the callbacks the variant lacks: those the module refuses a configuration for
+    /// at configure time (wasmesh-proxy `ChainRoot`, [`wasmesh_istio::module::Variant::lacks`]),
+    /// so removing them is safe whatever the sources implement, and nothing else is removed.
+    #[test]
+    fn the_request_side_list_removes_only_what_the_module_refuses_configurations_for() {
+        use wasmesh_istio::module::Variant;
+        let dir = repo().join("filters/wasmesh");
+        let read = |name: &str| {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let mut list = parse_list(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            list.sort_unstable();
+            list
+        };
+        let v = Variant::RequestSide;
+        let mut want = read("stripped-exports.txt");
+        want.extend(v.lacks().exports());
+        want.sort_unstable();
+        want.dedup();
+        assert_eq!(read(&format!("stripped-exports-{}.txt", v.name())), want);
+        // The module really refuses them: the driver checks the phases against the variant.
+        let driver = std::fs::read_to_string(repo().join("shared/proxy/src/phase.rs")).unwrap();
+        assert!(driver.contains("refusal(&phases, MODULE_VARIANT"), "the ChainRoot no longer checks the variant");
     }
 
     /// The audit sees what it must: the sources of the one-pass module include the stats filter's
