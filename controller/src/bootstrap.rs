@@ -723,6 +723,8 @@ fn listener(
 ) -> Value {
     let (normalize_path, merge_slashes, escaped) = spec.mesh.normalization().hcm();
     let mut http_filters: Vec<Value> = c.http_filters.iter().map(|f| wasm_http_filter(f, &spec.wasm_dir)).collect();
+    // As istiod, in every HTTP chain: the gRPC message counts the stats phase reads.
+    http_filters.push(crate::plugins::stats::grpc_stats_filter());
     let mut route_config = route_config;
     with_route_policies(&mut http_filters, &mut route_config, c);
     let faults = with_fault_filter(&mut http_filters, &mut route_config, c);
@@ -1286,6 +1288,33 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
             .iter()
             .map(|f| f["name"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    /// istiod's `grpc_stats` filter (message counts in filter state, for the stats phase) in every
+    /// HTTP chain, after the wasm filters and before Envoy's own filters and the router; none on a
+    /// TCP chain.
+    #[test]
+    fn every_http_chain_has_istiods_grpc_stats_filter_after_the_wasm_filters() {
+        let res = resources(MESH);
+        let mut sp = spec("default/db", &res, &[18080, 13306], Vec::new());
+        sp.outbound_port = Some(15001);
+        let boot = build(&sp, &res).unwrap();
+        for name in ["inbound_18080", "outbound_15001"] {
+            let l = listener(&boot, name);
+            let hcm = &l["filter_chains"][0]["filters"].as_array().unwrap().last().unwrap()["typed_config"];
+            let filters = hcm["http_filters"].as_array().unwrap();
+            let at = filters.iter().position(|f| f["name"] == "envoy.filters.http.grpc_stats").expect(name);
+            assert_eq!(filters[at]["typed_config"]["emit_filter_state"], true, "{name}");
+            assert_eq!(filters[at]["typed_config"]["stats_for_all_methods"], false, "{name}");
+            assert!(filters[..at].iter().all(is_wasm_filter) && at > 0, "{name}: {filters:?}");
+            assert!(filters[at + 1..].iter().all(|f| !is_wasm_filter(f)), "{name}: {filters:?}");
+        }
+        let tcp = listener(&boot, "inbound_13306").to_string();
+        assert!(!tcp.contains("grpc_stats"), "{tcp}");
+    }
+
+    fn is_wasm_filter(f: &Value) -> bool {
+        f["typed_config"]["@type"].as_str().is_some_and(|t| t.ends_with(".wasm.v3.Wasm"))
     }
 
     #[test]

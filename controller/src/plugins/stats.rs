@@ -82,6 +82,23 @@ pub fn exchange_filter_chain_match() -> Value {
     json!({"transport_protocol": "tls", "application_protocols": [PEER_EXCHANGE_ALPN]})
 }
 
+/// Envoy's `grpc_stats` HTTP filter as istiod writes it into every HTTP filter chain, after the
+/// WasmPlugins and before the fault and CORS filters (istio/istio `pilot/pkg/xds/filters`,
+/// `GrpcStats`; `pilot/pkg/networking/core/listener_builder.go`): it counts the request and
+/// response messages of each gRPC stream and leaves the counts in filter state
+/// (`emit_filter_state`), where the stats filter reads them at log time as Istio's does
+/// (`wasmesh_stats::grpc`); no per-method stats.
+pub fn grpc_stats_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.grpc_stats",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+            "emit_filter_state": true,
+            "stats_for_all_methods": false,
+        }
+    })
+}
+
 /// `stats_config.stats_tags` entries: one regex per standard label and per custom tag.
 pub fn stats_tags(resources: &Resources) -> Vec<Value> {
     wasmesh_stats::stats_tags(resources)

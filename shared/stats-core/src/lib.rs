@@ -141,8 +141,9 @@ pub struct HttpMeasures {
     pub duration_ms: Option<u64>,
     pub request_bytes: Option<u64>,
     pub response_bytes: Option<u64>,
-    pub request_messages: u64,
-    pub response_messages: u64,
+    /// gRPC only: the counts of Envoy's `grpc_stats` filter state; `None` without it (nothing
+    /// is added to the message counters then, as Istio's stats filter adds nothing).
+    pub grpc_messages: Option<grpc::GrpcMessages>,
 }
 
 /// A compiled stats filter configuration.
@@ -517,8 +518,8 @@ impl Stats {
             Metric::RequestDuration => m.duration_ms,
             Metric::RequestSize => m.request_bytes,
             Metric::ResponseSize => m.response_bytes,
-            Metric::GrpcRequestMessages if grpc => Some(m.request_messages),
-            Metric::GrpcResponseMessages if grpc => Some(m.response_messages),
+            Metric::GrpcRequestMessages if grpc => m.grpc_messages.map(|g| g.request),
+            Metric::GrpcResponseMessages if grpc => m.grpc_messages.map(|g| g.response),
             _ => None,
         };
         let applicable =
