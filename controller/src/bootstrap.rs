@@ -188,6 +188,8 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
         plugins::authz::decision_filter_state_when_read(&mut all.http_filters);
         all.http_filters = layout.assemble(std::mem::take(&mut all.http_filters));
         plugins::authn::identity_filter_state_when_read(&mut all.http_filters);
+        // The clusters written here carry no Istio workload metadata on their endpoints.
+        plugins::stats::endpoint_metadata_not_written(&mut all.http_filters);
         all
     };
 
@@ -548,6 +550,9 @@ fn tcp_listener_filters(
         }
         Err(mut e) => errors.append(&mut e),
     }
+    // The clusters written here carry no Istio workload metadata on their endpoints.
+    plugins::stats::endpoint_metadata_not_written(&mut c.network_filters);
+    plugins::stats::endpoint_metadata_not_written(&mut exchange);
     if errors.is_empty() {
         Ok((c, exchange))
     } else {
@@ -1311,6 +1316,54 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         }
         let tcp = listener(&boot, "inbound_13306").to_string();
         assert!(!tcp.contains("grpc_stats"), "{tcp}");
+    }
+
+    /// The clusters written here carry no Istio workload metadata on their endpoints: the
+    /// client-side stats filters (HTTP, in the chain, and TCP) are told so; the inbound ones are not.
+    #[test]
+    fn client_side_stats_filters_do_not_read_endpoint_metadata_the_bootstrap_never_writes() {
+        let res = resources(MESH);
+        let mut sp = spec("default/db", &res, &[18080, 13306], Vec::new());
+        sp.outbound_port = Some(15001);
+        let boot = build(&sp, &res).unwrap().to_string();
+        let stats_configs: Vec<Value> = {
+            fn walk(v: &Value, out: &mut Vec<Value>) {
+                match v {
+                    Value::String(s) if s.contains("\"metadataExchange\"") => {
+                        let c: Value = serde_json::from_str(s).unwrap();
+                        match c.get("phases").and_then(Value::as_array) {
+                            Some(ps) => out.extend(
+                                ps.iter()
+                                    .filter(|p| p["rootId"] == "wasmesh.stats")
+                                    .map(|p| p["configuration"].clone()),
+                            ),
+                            None => out.push(c),
+                        }
+                    }
+                    Value::Object(m) => m.values().for_each(|v| walk(v, out)),
+                    Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                    _ => {}
+                }
+            }
+            let mut out = Vec::new();
+            walk(&serde_json::from_str(&boot).unwrap(), &mut out);
+            out
+        };
+        assert!(stats_configs.len() >= 3, "{stats_configs:?}");
+        for c in &stats_configs {
+            let client = c["direction"] != "inbound";
+            assert_eq!(c.get("noEndpointMetadata") == Some(&Value::Bool(true)), client, "{c}");
+        }
+        assert!(stats_configs.iter().any(|c| c["direction"] == "outbound"));
+        // What makes the flag true: no endpoint written here has Istio's metadata.
+        let boot: Value = serde_json::from_str(&boot).unwrap();
+        for c in boot["static_resources"]["clusters"].as_array().unwrap() {
+            for e in c.pointer("/load_assignment/endpoints").and_then(Value::as_array).into_iter().flatten() {
+                for lb in e["lb_endpoints"].as_array().into_iter().flatten() {
+                    assert!(lb.pointer("/metadata/filter_metadata/istio").is_none(), "{lb}");
+                }
+            }
+        }
     }
 
     fn is_wasm_filter(f: &Value) -> bool {

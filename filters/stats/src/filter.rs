@@ -21,8 +21,10 @@
 //! * response headers: the two `set`s of ours, only when the request carried the exchange;
 //! * log: one [`Stream::properties`] batch (response code and flags, duration, sizes, the
 //!   peer's certificate SAN, the cluster name unless configuration names the inbound service,
-//!   the gRPC status and `grpc_stats` filter state for gRPC), the local certificate SAN only when
-//!   the peer presented one, and
+//!   the gRPC status and `grpc_stats` filter state for gRPC, the upstream endpoint's Istio
+//!   workload metadata when the upstream answered without exchange headers, unless the
+//!   configuration says no endpoint carries it: `noEndpointMetadata`), the local certificate SAN
+//!   only when the peer presented one, and
 //!   one `record_metric` per histogram sample. Counters (`istio_requests_total`, gRPC message
 //!   counts) are kept in the VM and flushed on the phase's tick ([`FLUSH_PERIOD`]).
 //!
@@ -469,7 +471,10 @@ impl PhaseRequest for StatsRequest {
         }
         let protocol = if self.grpc { Protocol::Grpc } else { Protocol::Http };
         let (peer_san, local_san) = certificate_paths(stats.direction);
-        let needs_endpoint = self.peer.is_none() && stats.direction != Direction::Inbound && !self.external;
+        let needs_endpoint = self.peer.is_none()
+            && stats.direction != Direction::Inbound
+            && !self.external
+            && !stats.no_endpoint_metadata;
         // Every attribute the labels and measures need, in one batch (fixed slots first).
         let mut paths: Vec<&[&str]> = Vec::with_capacity(10);
         paths.extend([&RESPONSE_CODE[..], &RESPONSE_FLAGS, &REQUEST_DURATION, &REQUEST_SIZE, &RESPONSE_SIZE, peer_san]);
@@ -674,7 +679,10 @@ impl StatsTcp {
             if cluster.is_empty() { None } else { self.shared.service(&cluster, wasmesh_proxy::property_string) };
         let peer = match (&self.peer, stats.direction) {
             (Some(p), _) => Some(p.clone()),
-            (None, Direction::Outbound | Direction::Gateway) => endpoint_peer(&self.shared),
+            (None, Direction::Outbound | Direction::Gateway) if !stats.no_endpoint_metadata => {
+                endpoint_peer(&self.shared)
+            }
+            (None, Direction::Outbound | Direction::Gateway) => None,
             (None, Direction::Inbound) => None,
         };
         let (peer_principal, local_principal) = principals(stats.direction);

@@ -464,3 +464,20 @@ fn past_the_label_set_bound_an_outage_still_shows() {
     // Two metric groups (the overridden REQUEST_COUNT, the rest) × two response codes.
     assert_eq!(cache.overflow_label_sets(), 4);
 }
+
+#[test]
+fn no_endpoint_metadata_is_for_the_client_side_only() {
+    let with = |direction: &str, mode: &str| {
+        let mut w = workload("a", "a", "v1");
+        w["mode"] = json!(mode);
+        compile(json!({"workload": w, "direction": direction, "noEndpointMetadata": true}))
+    };
+    assert!(with("outbound", "sidecar").unwrap().no_endpoint_metadata);
+    assert!(with("gateway", "gateway").unwrap().no_endpoint_metadata);
+    let err = with("inbound", "sidecar").unwrap_err().to_string();
+    assert!(err.contains("noEndpointMetadata is for outbound and gateway filters"), "{err}");
+    // Absent: the fallback is read, as Istio's stats filter reads it.
+    assert!(
+        !compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound"})).unwrap().no_endpoint_metadata
+    );
+}
