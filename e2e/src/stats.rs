@@ -730,6 +730,9 @@ pub fn bench_scenario() -> crate::bench::Scenario {
                 vec![crate::bench::wasm_filter("wasmesh.noop", "noop", &json!({}))],
                 mesh_headers.clone(),
             ),
+            // What istiod's `grpc_stats` filter alone costs on these (non-gRPC) requests: Istio's
+            // chains always have it, and the wasmesh variants below carry it.
+            with("native: grpc_stats (istiod's, alone)", vec![stats::grpc_stats_filter()], mesh_headers.clone()),
             // Each with istiod's `grpc_stats` filter after it, as `wasmeshctl envoy` writes every
             // HTTP chain: the stats phase reads gRPC message counts from its filter state.
             Variant {

@@ -123,7 +123,7 @@ pub struct StatsConfig {
     /// (`filter_metadata.istio.workload`), as in the clusters `wasmeshctl envoy`/`serve` write.
     /// Istio's stats filter falls back to that metadata for the upstream peer when the response
     /// brought no exchange headers (istiod writes it on every mesh endpoint); with this set the
-    /// filter does not read it (one attribute of the log-time batch, ~4k instructions, on every
+    /// filter does not read it (one attribute of the log-time batch, ~10k instructions, on every
     /// such request; one `get_property` per TCP connection), and the peer is unknown then, as the
     /// absent metadata would make it. Refused on an inbound filter, which never reads it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
