@@ -188,6 +188,8 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
         plugins::authz::decision_filter_state_when_read(&mut all.http_filters);
         all.http_filters = layout.assemble(std::mem::take(&mut all.http_filters));
         plugins::authn::identity_filter_state_when_read(&mut all.http_filters);
+        // The clusters written here carry no Istio workload metadata on their endpoints.
+        plugins::stats::endpoint_metadata_not_written(&mut all.http_filters);
         all
     };
 
@@ -552,6 +554,9 @@ fn tcp_listener_filters(
         }
         Err(mut e) => errors.append(&mut e),
     }
+    // The clusters written here carry no Istio workload metadata on their endpoints.
+    plugins::stats::endpoint_metadata_not_written(&mut c.network_filters);
+    plugins::stats::endpoint_metadata_not_written(&mut exchange);
     if errors.is_empty() {
         Ok((c, exchange))
     } else {
@@ -728,6 +733,8 @@ fn listener(
 ) -> Value {
     let (normalize_path, merge_slashes, escaped) = spec.mesh.normalization().hcm();
     let mut http_filters: Vec<Value> = c.http_filters.iter().map(|f| wasm_http_filter(f, &spec.wasm_dir)).collect();
+    // As istiod, in every HTTP chain: the gRPC message counts the stats phase reads.
+    http_filters.push(crate::plugins::stats::grpc_stats_filter());
     let mut route_config = route_config;
     with_route_policies(&mut http_filters, &mut route_config, c);
     let faults = with_fault_filter(&mut http_filters, &mut route_config, c);
@@ -1291,6 +1298,81 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
             .iter()
             .map(|f| f["name"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    /// istiod's `grpc_stats` filter (message counts in filter state, for the stats phase) in every
+    /// HTTP chain, after the wasm filters and before Envoy's own filters and the router; none on a
+    /// TCP chain.
+    #[test]
+    fn every_http_chain_has_istiods_grpc_stats_filter_after_the_wasm_filters() {
+        let res = resources(MESH);
+        let mut sp = spec("default/db", &res, &[18080, 13306], Vec::new());
+        sp.outbound_port = Some(15001);
+        let boot = build(&sp, &res).unwrap();
+        for name in ["inbound_18080", "outbound_15001"] {
+            let l = listener(&boot, name);
+            let hcm = &l["filter_chains"][0]["filters"].as_array().unwrap().last().unwrap()["typed_config"];
+            let filters = hcm["http_filters"].as_array().unwrap();
+            let at = filters.iter().position(|f| f["name"] == "envoy.filters.http.grpc_stats").expect(name);
+            assert_eq!(filters[at]["typed_config"]["emit_filter_state"], true, "{name}");
+            assert_eq!(filters[at]["typed_config"]["stats_for_all_methods"], false, "{name}");
+            assert!(filters[..at].iter().all(is_wasm_filter) && at > 0, "{name}: {filters:?}");
+            assert!(filters[at + 1..].iter().all(|f| !is_wasm_filter(f)), "{name}: {filters:?}");
+        }
+        let tcp = listener(&boot, "inbound_13306").to_string();
+        assert!(!tcp.contains("grpc_stats"), "{tcp}");
+    }
+
+    /// The clusters written here carry no Istio workload metadata on their endpoints: the
+    /// client-side stats filters (HTTP, in the chain, and TCP) are told so; the inbound ones are not.
+    #[test]
+    fn client_side_stats_filters_do_not_read_endpoint_metadata_the_bootstrap_never_writes() {
+        let res = resources(MESH);
+        let mut sp = spec("default/db", &res, &[18080, 13306], Vec::new());
+        sp.outbound_port = Some(15001);
+        let boot = build(&sp, &res).unwrap().to_string();
+        let stats_configs: Vec<Value> = {
+            fn walk(v: &Value, out: &mut Vec<Value>) {
+                match v {
+                    Value::String(s) if s.contains("\"metadataExchange\"") => {
+                        let c: Value = serde_json::from_str(s).unwrap();
+                        match c.get("phases").and_then(Value::as_array) {
+                            Some(ps) => out.extend(
+                                ps.iter()
+                                    .filter(|p| p["rootId"] == "wasmesh.stats")
+                                    .map(|p| p["configuration"].clone()),
+                            ),
+                            None => out.push(c),
+                        }
+                    }
+                    Value::Object(m) => m.values().for_each(|v| walk(v, out)),
+                    Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                    _ => {}
+                }
+            }
+            let mut out = Vec::new();
+            walk(&serde_json::from_str(&boot).unwrap(), &mut out);
+            out
+        };
+        assert!(stats_configs.len() >= 3, "{stats_configs:?}");
+        for c in &stats_configs {
+            let client = c["direction"] != "inbound";
+            assert_eq!(c.get("noEndpointMetadata") == Some(&Value::Bool(true)), client, "{c}");
+        }
+        assert!(stats_configs.iter().any(|c| c["direction"] == "outbound"));
+        // What makes the flag true: no endpoint written here has Istio's metadata.
+        let boot: Value = serde_json::from_str(&boot).unwrap();
+        for c in boot["static_resources"]["clusters"].as_array().unwrap() {
+            for e in c.pointer("/load_assignment/endpoints").and_then(Value::as_array).into_iter().flatten() {
+                for lb in e["lb_endpoints"].as_array().into_iter().flatten() {
+                    assert!(lb.pointer("/metadata/filter_metadata/istio").is_none(), "{lb}");
+                }
+            }
+        }
+    }
+
+    fn is_wasm_filter(f: &Value) -> bool {
+        f["typed_config"]["@type"].as_str().is_some_and(|t| t.ends_with(".wasm.v3.Wasm"))
     }
 
     #[test]

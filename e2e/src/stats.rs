@@ -217,7 +217,8 @@ fn static_cluster(name: &str, port: u16, http2: bool, endpoint_metadata: Option<
     c
 }
 
-/// An Envoy with one HTTP listener: the stats filter, then the router to `upstream_port`
+/// An Envoy with one HTTP listener: the stats filter, istiod's `grpc_stats` filter (the message
+/// counts the stats filter reads), then the router to `upstream_port`
 /// (HTTP/2, for gRPC). The cluster is named as Istio names it.
 pub fn http2_proxy_bootstrap(
     filter: &WasmFilter,
@@ -241,6 +242,7 @@ pub fn http2_proxy_bootstrap(
                     "route_config": {"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}]}]},
                     "http_filters": [
                         wasm_http_filter(filter, &wasm_dir),
+                        stats::grpc_stats_filter(),
                         {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
                     ],
                 }}]}],
@@ -728,8 +730,16 @@ pub fn bench_scenario() -> crate::bench::Scenario {
                 vec![crate::bench::wasm_filter("wasmesh.noop", "noop", &json!({}))],
                 mesh_headers.clone(),
             ),
-            Variant { route_config: Some(inbound_route()), ..with("wasmesh-inbound", vec![inbound], mesh_headers) },
-            with("wasmesh-outbound", vec![outbound], vec![]),
+            // What istiod's `grpc_stats` filter alone costs on these (non-gRPC) requests: Istio's
+            // chains always have it, and the wasmesh variants below carry it.
+            with("native: grpc_stats (istiod's, alone)", vec![stats::grpc_stats_filter()], mesh_headers.clone()),
+            // Each with istiod's `grpc_stats` filter after it, as `wasmeshctl envoy` writes every
+            // HTTP chain: the stats phase reads gRPC message counts from its filter state.
+            Variant {
+                route_config: Some(inbound_route()),
+                ..with("wasmesh-inbound", vec![inbound, stats::grpc_stats_filter()], mesh_headers)
+            },
+            with("wasmesh-outbound", vec![outbound, stats::grpc_stats_filter()], vec![]),
         ],
         modules: vec!["stats".into(), "noop".into()],
     }

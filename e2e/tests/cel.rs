@@ -207,7 +207,7 @@ fn check(side: &str, probe: &Probe, expect: &[(&str, &str, Option<String>)]) {
         assert_eq!(root, stream, "{side}: {path} read from the root callback");
     }
     assert_ne!(values[&("xds-root".to_string(), "xds.listener_direction".to_string())].0, "-", "{side}");
-    assert_eq!(values.len(), 28, "{side}: {values:?}");
+    assert_eq!(values.len(), 29, "{side}: {values:?}");
 }
 
 #[test]
@@ -274,8 +274,18 @@ fn batched_attributes_are_byte_for_byte_what_get_property_returns_present_or_abs
     // First a request the probe reads again from a root callback (its `xds-*` phases)...
     let r = get(client_out, "httpbin:8000", "/root", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
-    // ...then the one whose headers and log phases are checked below.
-    let r = get(client_out, "httpbin:8000", "/headers", &[]);
+    // ...then the one whose headers and log phases are checked below: a gRPC request with one
+    // (empty) message, so that istiod's `grpc_stats` filter in each chain (as `wasmeshctl envoy`
+    // writes it) leaves its message counts in filter state, which the stats phase reads in its
+    // batch (Envoy writes the object once it has seen a message).
+    let r = wasmesh_e2e::http::request(
+        client_out,
+        "POST",
+        "/headers",
+        &[("host", "httpbin:8000"), ("content-type", "application/grpc")],
+        &[0, 0, 0, 0, 0],
+    )
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 
     let spiffe = |sa: &str| Some(hex(&format!("spiffe://cluster.local/ns/default/sa/{sa}")));
@@ -312,6 +322,17 @@ fn batched_attributes_are_byte_for_byte_what_get_property_returns_present_or_abs
             ("headers", "connection.mtls", Some("00".to_string())),
         ],
     );
+    // `grpc_stats` filter state, as its textual `<requests>,<responses>` on both sides (the same
+    // bytes both ways: `check`).
+    for (side, probe) in [("server", &server_probe), ("client", &client_probe)] {
+        let (b, _) = &probe.0[&("log".to_string(), "filter_state.envoy.filters.http.grpc_stats".to_string())];
+        let text: Vec<u8> = (0..b.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(b.get(i..i + 2).unwrap_or("zz"), 16).unwrap_or(b'?'))
+            .collect();
+        let messages = wasmesh_controller::plugins::stats::core::grpc::GrpcMessages::parse(&text);
+        assert_eq!(messages.map(|m| m.request), Some(1), "{side} grpc_stats {:?}", String::from_utf8_lossy(&text));
+    }
     // Present integers really are the 8-byte little-endian numbers both ways.
     let (values, _) = &client_probe;
     for path in

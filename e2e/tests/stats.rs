@@ -310,7 +310,10 @@ fn workload(name: &str, app: &str, version: &str) -> Workload {
 /// and response message counters. The client sidecars' outbound listeners and the server sidecars'
 /// inbound listeners (each with its own workload and direction, as in a real sidecar) run in one
 /// Envoy: every call still crosses a real HTTP/2 hop from a client listener to a server listener,
-/// and Prometheus sums over the same series as it did over four Envoys.
+/// and Prometheus sums over the same series as it did over four Envoys. The message counts are
+/// those of istiod's `grpc_stats` filter in each chain (its filter state, as Istio's stats filter
+/// reads it); a third pair of listeners without that filter (server workload `echo-v2`) reports
+/// its calls but adds no message, as Istio's stats filter does without it.
 #[test]
 fn grpc_status_and_message_counts() {
     let resources = Resources::default();
@@ -318,9 +321,19 @@ fn grpc_status_and_message_counts() {
     let failing = st::GrpcServer::start(1, 14);
     let (client_port, server_port, fail_port, fail_in) =
         (wasmesh_e2e::free_port(), wasmesh_e2e::free_port(), wasmesh_e2e::free_port(), wasmesh_e2e::free_port());
+    let (bare_port, bare_in) = (wasmesh_e2e::free_port(), wasmesh_e2e::free_port());
     let client_filter =
         st::filter(&workload("grpc-client-v1", "grpc-client", "v1"), &resources, Direction::Outbound, false);
     let server_filter = st::filter(&workload("echo-v1", "echo", "v1"), &resources, Direction::Inbound, false);
+    let bare_server_filter = st::filter(&workload("echo-v2", "echo", "v2"), &resources, Direction::Inbound, false);
+    let without_grpc_stats = |mut boot: serde_json::Value| {
+        let hcm = boot.pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config").unwrap();
+        let filters = hcm["http_filters"].as_array_mut().unwrap();
+        let before = filters.len();
+        filters.retain(|f| f["name"] != "envoy.filters.http.grpc_stats");
+        assert_eq!(filters.len(), before - 1, "the chain had istiod's grpc_stats filter");
+        boot
+    };
     // The failing pair's clusters are the same service under names of their own (a subset, another
     // inbound port): one Envoy cannot have two clusters of one name.
     let sidecars = Envoy::start(
@@ -342,6 +355,20 @@ fn grpc_status_and_message_counts() {
                 "outbound|9090|failing|echo.default.svc.cluster.local",
             ),
             st::http2_proxy_bootstrap(&server_filter, &resources, fail_in, failing.port, "inbound|9091||"),
+            without_grpc_stats(st::http2_proxy_bootstrap(
+                &client_filter,
+                &resources,
+                bare_port,
+                bare_in,
+                "outbound|9090|bare|echo.default.svc.cluster.local",
+            )),
+            without_grpc_stats(st::http2_proxy_bootstrap(
+                &bare_server_filter,
+                &resources,
+                bare_in,
+                server.port,
+                "inbound|9092||",
+            )),
         ]),
     );
 
@@ -349,6 +376,8 @@ fn grpc_status_and_message_counts() {
     assert_eq!(ok, vec![Some("0".to_string()); 4]);
     let failed = st::grpc_calls(fail_port, 1, 2, "echo.default.svc.cluster.local:9090");
     assert_eq!(failed, vec![Some("14".to_string()); 2]);
+    let bare = st::grpc_calls(bare_port, 2, 3, "echo.default.svc.cluster.local:9090");
+    assert_eq!(bare, vec![Some("0".to_string()); 3]);
 
     let prom = Prometheus::start(&[("sidecars", sidecars.admin_port)]);
     prom.wait_for("count(up == 1)", 1.0, WAIT);
@@ -366,7 +395,15 @@ fn grpc_status_and_message_counts() {
         );
         prom.wait_for(&format!(r#"sum(istio_requests_total{{reporter="{reporter}", request_protocol="grpc", grpc_response_status="14", response_code="200"}})"#), 2.0, WAIT);
     }
-    prom.wait_for(r#"sum(istio_requests_total{reporter="source", destination_service="echo.default.svc.cluster.local", destination_service_name="echo"})"#, 6.0, WAIT);
+    prom.wait_for(r#"sum(istio_requests_total{reporter="source", destination_service="echo.default.svc.cluster.local", destination_service_name="echo"})"#, 9.0, WAIT);
+    // Without the grpc_stats filter: the calls, and not one message.
+    for reporter in ["source", "destination"] {
+        prom.wait_for(&format!(r#"sum(istio_requests_total{{reporter="{reporter}", request_protocol="grpc", grpc_response_status="0", destination_workload="echo-v2"}})"#), 3.0, WAIT);
+        for metric in ["istio_request_messages_total", "istio_response_messages_total"] {
+            let q = format!(r#"sum({metric}{{reporter="{reporter}", destination_workload="echo-v2"}})"#);
+            assert_eq!(prom.value(&q).unwrap_or(0.0), 0.0, "{q}");
+        }
+    }
 }
 
 /// TCP metrics from the network filter between two sidecars; the client side names the server

@@ -82,6 +82,23 @@ pub fn exchange_filter_chain_match() -> Value {
     json!({"transport_protocol": "tls", "application_protocols": [PEER_EXCHANGE_ALPN]})
 }
 
+/// Envoy's `grpc_stats` HTTP filter as istiod writes it into every HTTP filter chain, after the
+/// WasmPlugins and before the fault and CORS filters (istio/istio `pilot/pkg/xds/filters`,
+/// `GrpcStats`; `pilot/pkg/networking/core/listener_builder.go`): it counts the request and
+/// response messages of each gRPC stream and leaves the counts in filter state
+/// (`emit_filter_state`), where the stats filter reads them at log time as Istio's does
+/// (`wasmesh_stats::grpc`); no per-method stats.
+pub fn grpc_stats_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.grpc_stats",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+            "emit_filter_state": true,
+            "stats_for_all_methods": false,
+        }
+    })
+}
+
 /// `stats_config.stats_tags` entries: one regex per standard label and per custom tag.
 pub fn stats_tags(resources: &Resources) -> Vec<Value> {
     wasmesh_stats::stats_tags(resources)
@@ -119,6 +136,8 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
         publish_peer: false,
         // Set by the bootstrap where it writes the inbound route that removes them.
         exchange_headers_removed: false,
+        // Set by the bootstrap, whose clusters carry no such metadata.
+        no_endpoint_metadata: false,
     };
     cfg.compile(&Resources { items: telemetries }).map_err(|e| e.0)?;
     serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("stats config: {e}"))])
@@ -149,6 +168,36 @@ pub fn exchange_headers_removed_by_route(filters: &mut [WasmFilter]) {
                 && c.get("protocol").and_then(Value::as_str).is_none_or(|p| p == "http");
             if let (true, Some(o)) = (inbound_http, c.as_object_mut()) {
                 o.insert("exchangeHeadersRemoved".into(), Value::Bool(true));
+            }
+        }
+    }
+}
+
+/// Tells the outbound and gateway stats filters among `filters` (HTTP or TCP, alone or as phases of
+/// a `wasmesh.chain`) that no upstream endpoint carries Istio's workload metadata
+/// (`noEndpointMetadata`), so they do not read that fallback on every request whose upstream
+/// answered without exchange headers. Only for filters on listeners whose clusters the caller
+/// writes without it (the bootstrap's: `filter_metadata.istio.workload` is never written); under
+/// Istio (`generate`) istiod writes it on every mesh endpoint and the filter reads it.
+pub fn endpoint_metadata_not_written(filters: &mut [WasmFilter]) {
+    for f in filters {
+        let configs: Vec<&mut Value> = if f.name == FILTER_NAME || f.name == TCP_FILTER_NAME {
+            vec![&mut f.config]
+        } else if f.name == crate::layout::CHAIN_ROOT_ID {
+            let phases =
+                f.config.get_mut("phases").and_then(Value::as_array_mut).map(Vec::as_mut_slice).unwrap_or_default();
+            phases
+                .iter_mut()
+                .filter(|p| p.get("rootId").and_then(Value::as_str) == Some(FILTER_NAME))
+                .filter_map(|p| p.get_mut("configuration"))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for c in configs {
+            let client_side = matches!(c.get("direction").and_then(Value::as_str), Some("outbound" | "gateway"));
+            if let (true, Some(o)) = (client_side, c.as_object_mut()) {
+                o.insert("noEndpointMetadata".into(), Value::Bool(true));
             }
         }
     }

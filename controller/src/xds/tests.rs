@@ -65,6 +65,7 @@ fn every_slot_exists_without_a_policy_and_only_in_xds_mode() {
             "inbound_19080/wasmesh.authz.custom",
             "inbound_19080/wasmesh.authn",
             "inbound_19080/wasmesh.authz",
+            "envoy.filters.http.grpc_stats",
             "envoy.filters.http.router"
         ]
     );
@@ -85,7 +86,10 @@ fn every_slot_exists_without_a_policy_and_only_in_xds_mode() {
         .iter()
         .find(|l| l["name"] == "inbound_19080")
         .unwrap();
-    assert_eq!(http_filter_names(inbound), ["wasmesh.stats", "envoy.filters.http.router"]);
+    assert_eq!(
+        http_filter_names(inbound),
+        ["wasmesh.stats", "envoy.filters.http.grpc_stats", "envoy.filters.http.router"]
+    );
 }
 
 /// One pass (the default): the slots of a listener are one ECDS resource, `wasmesh.chain`, whose
@@ -99,12 +103,20 @@ fn one_pass_is_one_slot_holding_the_per_filter_configurations() {
     assert_eq!(layout_from_metadata(&boot["node"]["metadata"]), Ok(Layout::OnePass));
     let listeners = boot["static_resources"]["listeners"].as_array().unwrap();
     let inbound = listeners.iter().find(|l| l["name"] == "inbound_19080").unwrap();
-    assert_eq!(http_filter_names(inbound), ["inbound_19080/wasmesh.chain", "envoy.filters.http.router"]);
+    assert_eq!(
+        http_filter_names(inbound),
+        ["inbound_19080/wasmesh.chain", "envoy.filters.http.grpc_stats", "envoy.filters.http.router"]
+    );
     assert_eq!(inbound["filter_chains"][0]["filters"][0]["name"], "inbound_19080/wasmesh.authz.peer_address");
     let outbound = listeners.iter().find(|l| l["name"] == "outbound_15001").unwrap();
     assert_eq!(
         http_filter_names(outbound),
-        ["outbound_15001/wasmesh.chain", "envoy.filters.http.fault", "envoy.filters.http.router"],
+        [
+            "outbound_15001/wasmesh.chain",
+            "envoy.filters.http.grpc_stats",
+            "envoy.filters.http.fault",
+            "envoy.filters.http.router"
+        ],
         "served live, the fault filter follows the router from the start"
     );
 

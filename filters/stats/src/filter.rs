@@ -8,7 +8,9 @@
 //!   later filters when `publishPeer` is set (filter state `PEER_DOWNSTREAM` /
 //!   `PEER_UPSTREAM`), and in `log` records `istio_requests_total`,
 //!   `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes` and,
-//!   for gRPC, the message counters;
+//!   for gRPC, the message counters, from the counts Envoy's `grpc_stats` filter keeps in filter
+//!   state as Istio's stats filter reads them (no body is ever read: the module need not export
+//!   `proxy_on_response_body`, see `wasmesh_stats::grpc`);
 //! * `tcp` (a network filter, [`Phase::is_network`]): `istio_tcp_connections_opened_total`/
 //!   `_closed_total`, `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`.
 //!
@@ -19,7 +21,10 @@
 //! * response headers: the two `set`s of ours, only when the request carried the exchange;
 //! * log: one [`Stream::properties`] batch (response code and flags, duration, sizes, the
 //!   peer's certificate SAN, the cluster name unless configuration names the inbound service,
-//!   the gRPC status for gRPC), the local certificate SAN only when the peer presented one, and
+//!   the gRPC status and `grpc_stats` filter state for gRPC, the upstream endpoint's Istio
+//!   workload metadata when the upstream answered without exchange headers, unless the
+//!   configuration says no endpoint carries it: `noEndpointMetadata`), the local certificate SAN
+//!   only when the peer presented one, and
 //!   one `record_metric` per histogram sample. Counters (`istio_requests_total`, gRPC message
 //!   counts) are kept in the VM and flushed on the phase's tick ([`FLUSH_PERIOD`]).
 //!
@@ -40,7 +45,7 @@ use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
 use wasmesh_proxy::stream::{HeaderReads, Stream};
 use wasmesh_proxy::ListenerDirection;
 use wasmesh_stats::exchange::{PreambleReader, Step};
-use wasmesh_stats::grpc::{is_grpc_content_type, GrpcFrameCounter};
+use wasmesh_stats::grpc::{is_grpc_content_type, GrpcMessages, GRPC_STATS_FILTER_STATE};
 use wasmesh_stats::peer::{HEADER_METADATA, HEADER_METADATA_ID};
 use wasmesh_stats::{
     Batching, CachedPeer, Direction, Facts, HttpMeasures, ListenerProtocol, Metric, MetricCache, MetricHost,
@@ -336,6 +341,8 @@ const REQUEST_SIZE: [&str; 2] = ["request", "total_size"];
 const RESPONSE_SIZE: [&str; 2] = ["response", "total_size"];
 const CLUSTER_NAME: [&str; 2] = ["xds", "cluster_name"];
 const GRPC_STATUS: [&str; 2] = ["response", "grpc_status"];
+/// The message counts of Envoy's `grpc_stats` filter (gRPC requests only).
+const GRPC_STATS: [&str; 2] = ["filter_state", GRPC_STATS_FILTER_STATE];
 
 /// One HTTP request in the stats phase.
 struct StatsRequest {
@@ -348,22 +355,11 @@ struct StatsRequest {
     /// Outbound to a host outside the mesh: no metadata exchange.
     external: bool,
     grpc: bool,
-    request_frames: GrpcFrameCounter,
-    response_frames: GrpcFrameCounter,
 }
 
 impl StatsRequest {
     fn new(shared: Rc<Shared>) -> StatsRequest {
-        StatsRequest {
-            shared,
-            peer: None,
-            request_had_mx: false,
-            request_seen: false,
-            external: false,
-            grpc: false,
-            request_frames: GrpcFrameCounter::default(),
-            response_frames: GrpcFrameCounter::default(),
-        }
+        StatsRequest { shared, peer: None, request_had_mx: false, request_seen: false, external: false, grpc: false }
     }
 
     fn inbound_request(&mut self, s: &Stream) {
@@ -415,21 +411,6 @@ impl StatsRequest {
             s.set_request_header(HEADER_METADATA_ID, stats.local.node_id.as_bytes());
         }
     }
-
-    fn count_frames(&mut self, response: bool, size: usize) {
-        if !self.grpc || size == 0 {
-            return;
-        }
-        let buffer = if response { BufferType::HttpResponseBody } else { BufferType::HttpRequestBody };
-        let counter = if response { &mut self.response_frames } else { &mut self.request_frames };
-        if counter.skippable(size) {
-            counter.skip(size);
-            return;
-        }
-        if let Ok(Some(bytes)) = hostcalls::get_buffer(buffer, 0, size) {
-            counter.feed(&bytes);
-        }
-    }
 }
 
 impl PhaseRequest for StatsRequest {
@@ -439,11 +420,6 @@ impl PhaseRequest for StatsRequest {
             Direction::Inbound => self.inbound_request(s),
             Direction::Outbound | Direction::Gateway => self.outbound_request(s),
         }
-        Flow::Continue
-    }
-
-    fn request_body(&mut self, _s: &Stream, body_size: usize, _end_of_stream: bool) -> Flow {
-        self.count_frames(false, body_size);
         Flow::Continue
     }
 
@@ -482,11 +458,6 @@ impl PhaseRequest for StatsRequest {
         Flow::Continue
     }
 
-    fn response_body(&mut self, _s: &Stream, body_size: usize, _end_of_stream: bool) -> Flow {
-        self.count_frames(true, body_size);
-        Flow::Continue
-    }
-
     fn log(&mut self, s: &Stream) {
         let shared = self.shared.clone();
         let stats = &shared.stats;
@@ -500,12 +471,16 @@ impl PhaseRequest for StatsRequest {
         }
         let protocol = if self.grpc { Protocol::Grpc } else { Protocol::Http };
         let (peer_san, local_san) = certificate_paths(stats.direction);
-        let needs_endpoint = self.peer.is_none() && stats.direction != Direction::Inbound && !self.external;
+        let needs_endpoint = self.peer.is_none()
+            && stats.direction != Direction::Inbound
+            && !self.external
+            && !stats.no_endpoint_metadata;
         // Every attribute the labels and measures need, in one batch (fixed slots first).
-        let mut paths: Vec<&[&str]> = Vec::with_capacity(9);
+        let mut paths: Vec<&[&str]> = Vec::with_capacity(10);
         paths.extend([&RESPONSE_CODE[..], &RESPONSE_FLAGS, &REQUEST_DURATION, &REQUEST_SIZE, &RESPONSE_SIZE, peer_san]);
         let cluster_slot = stats.needs_cluster().then(|| push_slot(&mut paths, &CLUSTER_NAME));
         let grpc_slot = (protocol == Protocol::Grpc).then(|| push_slot(&mut paths, &GRPC_STATUS));
+        let messages_slot = (protocol == Protocol::Grpc).then(|| push_slot(&mut paths, &GRPC_STATS));
         let endpoint_slot = needs_endpoint.then(|| push_slot(&mut paths, &ENDPOINT_WORKLOAD));
         let values = s.properties(&paths);
         let at = |i: usize| values.get(i).and_then(|v| v.as_deref());
@@ -542,8 +517,7 @@ impl PhaseRequest for StatsRequest {
             duration_ms: nonneg_bytes(at(2)).map(|ns| ns / 1_000_000),
             request_bytes: nonneg_bytes(at(3)),
             response_bytes: nonneg_bytes(at(4)),
-            request_messages: self.request_frames.messages,
-            response_messages: self.response_frames.messages,
+            grpc_messages: messages_slot.and_then(at).and_then(GrpcMessages::parse),
         };
         let exprs = if stats.exprs_needed().is_empty() {
             Vec::new()
@@ -705,7 +679,10 @@ impl StatsTcp {
             if cluster.is_empty() { None } else { self.shared.service(&cluster, wasmesh_proxy::property_string) };
         let peer = match (&self.peer, stats.direction) {
             (Some(p), _) => Some(p.clone()),
-            (None, Direction::Outbound | Direction::Gateway) => endpoint_peer(&self.shared),
+            (None, Direction::Outbound | Direction::Gateway) if !stats.no_endpoint_metadata => {
+                endpoint_peer(&self.shared)
+            }
+            (None, Direction::Outbound | Direction::Gateway) => None,
             (None, Direction::Inbound) => None,
         };
         let (peer_principal, local_principal) = principals(stats.direction);

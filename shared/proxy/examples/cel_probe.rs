@@ -17,7 +17,7 @@ use wasmesh_proxy::cel;
 use wasmesh_proxy::stream::{HeaderReads, Stream};
 
 /// What the stats phase reads when the request is logged.
-const LOG: [&[&str]; 12] = [
+const LOG: [&[&str]; 13] = [
     &["response", "code"],
     &["response", "flags"],
     &["response", "grpc_status"],
@@ -30,6 +30,7 @@ const LOG: [&[&str]; 12] = [
     &["upstream", "uri_san_peer_certificate"],
     &["upstream", "uri_san_local_certificate"],
     &["xds", "upstream_host_metadata", "filter_metadata", "istio", "workload"],
+    &["filter_state", "envoy.filters.http.grpc_stats"],
 ];
 
 /// Request-time attributes, some absent then (`upstream.address`, `response.code`).

@@ -58,9 +58,13 @@ pub const MAX_CREATES_PER_VM: u32 = 256;
 /// Failed evaluations in a row after which a list is read one by one for good.
 pub const MAX_FAILURES: u32 = 16;
 
-/// The first segments CEL resolves as Envoy attributes (`StreamActivation`). Other first
-/// segments are filter state or wasm-only attributes: read one by one.
-const ROOTS: [&str; 7] = ["request", "response", "connection", "upstream", "source", "destination", "xds"];
+/// The first segments CEL resolves as Envoy attributes (`StreamActivation`), `filter_state`
+/// included (its map answers an object by key: a `CelState` as its value, another object with
+/// no field reflection as its `serializeAsString`, e.g. `envoy.filters.http.grpc_stats` as
+/// `"<requests>,<responses>"`, the same bytes `get_property` returns). Other first segments are
+/// wasm-only attributes or the `wasm.`-prefixed filter state of `set_property`: read one by one.
+const ROOTS: [&str; 8] =
+    ["request", "response", "connection", "upstream", "source", "destination", "xds", "filter_state"];
 
 /// CEL reserved words: not usable as a field selection, asked with an index instead.
 const RESERVED: [&str; 19] = [
@@ -528,6 +532,18 @@ mod tests {
         assert!(!expressible(&["request", ""]));
         assert!(expression(1, &[&["response", "code"], &["node", "id"]]).is_none());
         assert_eq!(select("m", "namespace"), "m[\"namespace\"]");
+    }
+
+    #[test]
+    fn an_envoy_filter_state_object_is_read_by_its_key() {
+        let p: &[&str] = &["filter_state", "envoy.filters.http.grpc_stats"];
+        assert!(expressible(p) && attribute(p));
+        assert_eq!(
+            item(p, Variant::Fast).unwrap(),
+            "\"envoy.filters.http.grpc_stats\" in filter_state ? filter_state[\"envoy.filters.http.grpc_stats\"] : \"\""
+        );
+        // The `wasm.`-prefixed filter state of `set_property` is not under `filter_state`.
+        assert!(!expressible(&["filter_state"]));
     }
 
     #[test]

@@ -1,56 +1,42 @@
-//! Counting gRPC messages in a body stream: each message is framed as 1 flag byte, a 4-byte
-//! big-endian length, then the message (gRPC over HTTP/2, "Length-Prefixed-Message").
+//! gRPC requests: the content type that makes a request gRPC, and the message counts Envoy's
+//! `grpc_stats` filter leaves in filter state.
 //!
-//! Istio counts them with Envoy's `grpc_stats` filter; a wasm filter has to read the frames
-//! itself. The adapter asks [`GrpcFrameCounter::skippable`] first, so a chunk that lies wholly
-//! inside a message is never copied out of Envoy.
+//! Istio counts messages (`istio_request_messages_total`, `istio_response_messages_total`) from
+//! the filter state object `envoy.filters.http.grpc_stats` that istiod's `grpc_stats` filter
+//! (`emit_filter_state: true`, in every HTTP chain it writes) sets for a gRPC request and
+//! updates as it sees each message frame go by (istio/proxy `istio_stats.cc`, `reportHelper`;
+//! istio/istio `pilot/pkg/xds/filters`, `GrpcStats`). Without the object (no such filter in the
+//! chain, or a request answered before the filter saw it) Istio's stats filter adds nothing to
+//! the message counters, and so does wasmesh: [`GrpcMessages::parse`] is `None` then.
 #![deny(clippy::indexing_slicing)]
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GrpcFrameCounter {
-    /// Messages whose header has been seen.
-    pub messages: u64,
-    /// Bytes of the current message still to come.
-    remaining: u64,
-    /// Header bytes seen so far (0..5) and the header.
-    have: usize,
-    header: [u8; 5],
+/// The key of the filter state object Envoy's `grpc_stats` filter emits.
+pub const GRPC_STATS_FILTER_STATE: &str = "envoy.filters.http.grpc_stats";
+
+/// Message counts of one gRPC stream, as Envoy's `grpc_stats` filter counted them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrpcMessages {
+    pub request: u64,
+    pub response: u64,
 }
 
-impl GrpcFrameCounter {
-    /// Whether a chunk of `len` bytes holds no frame header, so it can be skipped unread.
-    pub fn skippable(&self, len: usize) -> bool {
-        self.have == 0 && self.remaining >= len as u64
-    }
-
-    /// Accounts for a chunk that [`skippable`](Self::skippable) said holds no header.
-    pub fn skip(&mut self, len: usize) {
-        self.remaining = self.remaining.saturating_sub(len as u64);
-    }
-
-    /// Feeds the bytes of one chunk.
-    pub fn feed(&mut self, mut chunk: &[u8]) {
-        while !chunk.is_empty() {
-            if self.have == 0 && self.remaining > 0 {
-                let n = (self.remaining.min(chunk.len() as u64)) as usize;
-                self.remaining -= n as u64;
-                chunk = chunk.get(n..).unwrap_or_default();
-                continue;
+impl GrpcMessages {
+    /// The object as the attribute `filter_state["envoy.filters.http.grpc_stats"]` gives it:
+    /// its textual form `<request_message_count>,<response_message_count>` (`GrpcStatsObject::
+    /// serializeAsString`, which Envoy's CEL `filter_state` map returns for an object without
+    /// field reflection). Anything else is `None`: telemetry fails open, no count is invented.
+    pub fn parse(value: &[u8]) -> Option<GrpcMessages> {
+        let text = std::str::from_utf8(value).ok()?;
+        let (req, resp) = text.split_once(',')?;
+        // Decimal as `absl::StrCat` writes it: digits, no sign, no leading zero.
+        let number = |s: &str| -> Option<u64> {
+            let canonical = s == "0" || (!s.starts_with('0') && !s.is_empty());
+            if !canonical || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
             }
-            let take = (5 - self.have).min(chunk.len());
-            let (head, rest) = chunk.split_at(take);
-            if let Some(dst) = self.header.get_mut(self.have..self.have + take) {
-                dst.copy_from_slice(head);
-            }
-            self.have += take;
-            chunk = rest;
-            if self.have == 5 {
-                self.messages += 1;
-                let [_, a, b, c, d] = self.header;
-                self.remaining = u64::from(u32::from_be_bytes([a, b, c, d]));
-                self.have = 0;
-            }
-        }
+            s.parse().ok()
+        };
+        Some(GrpcMessages { request: number(req)?, response: number(resp)? })
     }
 }
 
@@ -68,41 +54,36 @@ pub fn is_grpc_content_type(ct: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn frame(len: usize) -> Vec<u8> {
-        let mut f = vec![0u8];
-        f.extend_from_slice(&(len as u32).to_be_bytes());
-        f.extend(std::iter::repeat_n(7u8, len));
-        f
+    #[test]
+    fn the_grpc_stats_object_in_its_textual_form() {
+        assert_eq!(GrpcMessages::parse(b"2,3"), Some(GrpcMessages { request: 2, response: 3 }));
+        assert_eq!(GrpcMessages::parse(b"0,0"), Some(GrpcMessages::default()));
+        let max = format!("{},{}", u64::MAX, u64::MAX);
+        assert_eq!(GrpcMessages::parse(max.as_bytes()), Some(GrpcMessages { request: u64::MAX, response: u64::MAX }));
     }
 
     #[test]
-    fn counts_messages_across_any_chunking() {
-        let mut stream = Vec::new();
-        for len in [0usize, 3, 100, 1, 70_000, 5] {
-            stream.extend(frame(len));
+    fn anything_else_counts_nothing() {
+        for bad in [
+            &b""[..],
+            b",",
+            b"2",
+            b"2,",
+            b",3",
+            b"2,3,4",
+            b"02,3",
+            b"2,00",
+            b"-1,3",
+            b"+1,3",
+            b" 2,3",
+            b"2,3\n",
+            b"18446744073709551616,0",
+            b"\xff,1",
+            // the protobuf `FilterObject` (fields 1 and 2), were Envoy ever to hand that over
+            b"\x08\x02\x10\x03",
+        ] {
+            assert_eq!(GrpcMessages::parse(bad), None, "{bad:?}");
         }
-        for chunk_size in [1usize, 2, 4, 5, 6, 7, 64, 1000, 100_000] {
-            let mut c = GrpcFrameCounter::default();
-            for chunk in stream.chunks(chunk_size) {
-                if c.skippable(chunk.len()) {
-                    c.skip(chunk.len());
-                } else {
-                    c.feed(chunk);
-                }
-            }
-            assert_eq!(c.messages, 6, "chunk size {chunk_size}");
-        }
-    }
-
-    #[test]
-    fn skips_chunks_inside_a_message() {
-        let mut c = GrpcFrameCounter::default();
-        c.feed(&frame(10)[..5]);
-        assert!(c.skippable(10));
-        assert!(!c.skippable(11));
-        c.skip(10);
-        assert!(!c.skippable(1));
-        assert_eq!(c.messages, 1);
     }
 
     #[test]

@@ -119,6 +119,15 @@ pub struct StatsConfig {
     /// the upstream request.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exchange_headers_removed: bool,
+    /// Outbound and gateway only: no upstream endpoint carries Istio's workload metadata
+    /// (`filter_metadata.istio.workload`), as in the clusters `wasmeshctl envoy`/`serve` write.
+    /// Istio's stats filter falls back to that metadata for the upstream peer when the response
+    /// brought no exchange headers (istiod writes it on every mesh endpoint); with this set the
+    /// filter does not read it (one attribute of the log-time batch, ~10k instructions, on every
+    /// such request; one `get_property` per TCP connection), and the peer is unknown then, as the
+    /// absent metadata would make it. Refused on an inbound filter, which never reads it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_endpoint_metadata: bool,
 }
 
 fn default_max_label_sets() -> usize {
@@ -141,8 +150,9 @@ pub struct HttpMeasures {
     pub duration_ms: Option<u64>,
     pub request_bytes: Option<u64>,
     pub response_bytes: Option<u64>,
-    pub request_messages: u64,
-    pub response_messages: u64,
+    /// gRPC only: the counts of Envoy's `grpc_stats` filter state; `None` without it (nothing
+    /// is added to the message counters then, as Istio's stats filter adds nothing).
+    pub grpc_messages: Option<grpc::GrpcMessages>,
 }
 
 /// A compiled stats filter configuration.
@@ -163,6 +173,8 @@ pub struct Stats {
     pub publish_peer: bool,
     /// Envoy removes the request's exchange headers (inbound); the filter leaves them.
     pub exchange_headers_removed: bool,
+    /// The upstream endpoints carry no Istio workload metadata: the fallback is not read.
+    pub no_endpoint_metadata: bool,
     pub max_label_sets: usize,
     external_hosts: Vec<String>,
     inbound_service: Option<ServiceInfo>,
@@ -228,6 +240,11 @@ impl StatsConfig {
                 direction, self.protocol
             )));
         }
+        if self.no_endpoint_metadata && direction == Direction::Inbound {
+            errors.push(Error::new(
+                "stats configuration: noEndpointMetadata is for outbound and gateway filters: an inbound filter never reads the upstream endpoint's metadata (its peer is downstream)",
+            ));
+        }
         if self.max_label_sets == 0 {
             errors.push(Error::new("stats configuration: maxLabelSets must be at least 1"));
         }
@@ -279,6 +296,7 @@ impl StatsConfig {
             preamble,
             publish_peer: self.publish_peer,
             exchange_headers_removed: self.exchange_headers_removed,
+            no_endpoint_metadata: self.no_endpoint_metadata,
             max_label_sets: self.max_label_sets,
             external_hosts: self.external_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             inbound_service,
@@ -517,8 +535,8 @@ impl Stats {
             Metric::RequestDuration => m.duration_ms,
             Metric::RequestSize => m.request_bytes,
             Metric::ResponseSize => m.response_bytes,
-            Metric::GrpcRequestMessages if grpc => Some(m.request_messages),
-            Metric::GrpcResponseMessages if grpc => Some(m.response_messages),
+            Metric::GrpcRequestMessages if grpc => m.grpc_messages.map(|g| g.request),
+            Metric::GrpcResponseMessages if grpc => m.grpc_messages.map(|g| g.response),
             _ => None,
         };
         let applicable =

@@ -72,7 +72,10 @@ fn grpc_message_counts_only_for_grpc() {
     let mut host = FakeHost::default();
     let mut cache = MetricCache::new(100);
     let mut key = String::new();
-    let m = HttpMeasures { request_messages: 2, response_messages: 3, ..Default::default() };
+    let m = HttpMeasures {
+        grpc_messages: Some(crate::grpc::GrpcMessages { request: 2, response: 3 }),
+        ..Default::default()
+    };
     let mut f = Facts::new(Protocol::Http);
     stats.record_http(&mut cache, &mut host, &f, 1, &[], &m, &mut key);
     assert!(host.counters.keys().all(|k| !k.contains("messages")));
@@ -85,6 +88,14 @@ fn grpc_message_counts_only_for_grpc() {
     assert!(req.0.contains("grpc_response_status=.=0;.;"));
     let resp = host.counters.iter().find(|(k, _)| k.ends_with("istio_response_messages_total")).unwrap();
     assert_eq!(*resp.1, 3);
+    // Without the `grpc_stats` filter state nothing is added (Istio's stats filter adds nothing).
+    let before = host.counters.clone();
+    let without = HttpMeasures { grpc_messages: None, ..m };
+    stats.record_http(&mut cache, &mut host, &f, 1, &[], &without, &mut key);
+    for (k, v) in host.counters.iter().filter(|(k, _)| k.contains("messages_total")) {
+        assert_eq!(Some(v), before.get(k), "{k}");
+    }
+    assert!(host.counters.iter().any(|(k, v)| k.ends_with("istio_requests_total") && before.get(k) != Some(v)));
 }
 
 #[test]
@@ -452,4 +463,21 @@ fn past_the_label_set_bound_an_outage_still_shows() {
     assert!(host.counters[cache::OVERFLOW_METRIC] >= 125);
     // Two metric groups (the overridden REQUEST_COUNT, the rest) × two response codes.
     assert_eq!(cache.overflow_label_sets(), 4);
+}
+
+#[test]
+fn no_endpoint_metadata_is_for_the_client_side_only() {
+    let with = |direction: &str, mode: &str| {
+        let mut w = workload("a", "a", "v1");
+        w["mode"] = json!(mode);
+        compile(json!({"workload": w, "direction": direction, "noEndpointMetadata": true}))
+    };
+    assert!(with("outbound", "sidecar").unwrap().no_endpoint_metadata);
+    assert!(with("gateway", "gateway").unwrap().no_endpoint_metadata);
+    let err = with("inbound", "sidecar").unwrap_err().to_string();
+    assert!(err.contains("noEndpointMetadata is for outbound and gateway filters"), "{err}");
+    // Absent: the fallback is read, as Istio's stats filter reads it.
+    assert!(
+        !compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound"})).unwrap().no_endpoint_metadata
+    );
 }
