@@ -259,15 +259,16 @@ pub fn read_request_headers() -> Result<RawMap, Status> {
     let mut size: usize = 0;
     // SAFETY: the host writes the two out-pointers, which point at live locals, and nothing
     // else of the guest's memory except the buffer it allocated through the SDK's
-    // `proxy_on_memory_allocate` (a `Vec<u8>::with_capacity(size)` the SDK forgot).
+    // `proxy_on_memory_allocate` (a leaked `Box<[u8]>` of `size` bytes).
     let status = unsafe { proxy_get_header_map_pairs(HTTP_REQUEST_HEADERS, &mut data, &mut size) };
     let buf = if data.is_null() || size == 0 {
-        // Envoy hands over an empty map without a buffer (nothing allocated, nothing to free).
+        // Envoy hands over an empty map without a buffer (a zero-sized box owns no memory).
         Vec::new()
     } else {
-        // SAFETY: `data` is the start of `size` initialized bytes the host allocated with
-        // `proxy_on_memory_allocate(size)`: a `Vec<u8>` of capacity `size` (the SDK's `get_map_bytes`
-        // takes it back the same way). Taking it as a `Vec` frees it when the map is dropped.
+        // SAFETY: `data` is the start of `size` bytes the host allocated with
+        // `proxy_on_memory_allocate(size)` and filled: a leaked `Box<[u8]>` of length `size`, the
+        // same allocation as a `Vec<u8>` of length and capacity `size` (the SDK's `get_map_bytes`
+        // takes it back the same way). Owned here exactly once; freed when the map is dropped.
         unsafe { Vec::from_raw_parts(data, size, size) }
     };
     match status {
