@@ -201,7 +201,7 @@ pub struct Envoy;
 impl Host for Envoy {
     fn with_request_headers(&self, f: &mut dyn FnMut(&mut HeaderPairs<'_>)) -> Result<(), HostFailure> {
         let all = wasmesh_proxy::try_request_headers().map_err(|_| HostFailure)?;
-        f(&mut all.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+        f(&mut all.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())));
         Ok(())
     }
     fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {

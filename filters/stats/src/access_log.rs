@@ -246,7 +246,7 @@ impl Source for Values<'_> {
         self.attrs.get(*self.index.get(i)?)?.as_deref()
     }
     fn request_header(&self, name: &str) -> Option<&[u8]> {
-        self.request.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        self.request.get(name.as_bytes())
     }
     fn response_header(&self, name: &str) -> Option<&[u8]> {
         find(self.response, name)

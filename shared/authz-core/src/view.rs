@@ -121,7 +121,9 @@ impl<H: Host> View for HostView<'_, H> {
         }
         let mut all: Vec<(String, Vec<u8>)> = Vec::new();
         self.host
-            .with_request_headers(&mut |h| all = h.map(|(n, v)| (n.to_string(), v.to_vec())).collect())
+            .with_request_headers(&mut |h| {
+                all = h.map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.to_vec())).collect();
+            })
             .map_err(|_| HEADERS_MISSING)?;
         f(&all);
         Ok(())
@@ -150,7 +152,7 @@ impl<H: Host> View for HostView<'_, H> {
         let mut found = false;
         self.host
             .with_request_headers(&mut |all| {
-                found = all.filter(|(k, _)| k.eq_ignore_ascii_case(name)).any(|(_, v)| f(v));
+                found = all.filter(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes())).any(|(_, v)| f(v));
             })
             .map_err(|_| HEADERS_MISSING)?;
         Ok(found)
@@ -233,7 +235,7 @@ impl<H: Host> View for HostView<'_, H> {
                 self.host
                     .with_request_headers(&mut |all| {
                         let values: Vec<&[u8]> =
-                            all.filter(|(k, _)| k.eq_ignore_ascii_case(XFCC)).map(|(_, v)| v).collect();
+                            all.filter(|(k, _)| k.eq_ignore_ascii_case(XFCC.as_bytes())).map(|(_, v)| v).collect();
                         result = current_sans(&values, &digest, uri, dns).map_err(Missing);
                     })
                     .map_err(|_| HEADERS_MISSING)?;
@@ -336,7 +338,7 @@ mod tests {
             if self.failing.contains(&"headers") {
                 return Err(HostFailure);
             }
-            f(&mut self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+            f(&mut self.headers.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())));
             Ok(())
         }
         fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {

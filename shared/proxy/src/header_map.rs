@@ -32,8 +32,6 @@ pub enum MapError {
     TooManyHeaders,
     /// A name or value is not followed by its NUL.
     MissingNul,
-    /// A header name that is not UTF-8 (Envoy's names are tokens: never the case).
-    NameNotUtf8,
 }
 
 impl From<MapError> for Status {
@@ -48,7 +46,9 @@ fn read_u32(buf: &[u8], at: usize) -> Option<usize> {
 }
 
 /// One serialized header map whose layout has been checked: every name and value lies within
-/// the buffer, each followed by a NUL, every name is UTF-8, at most [`MAX_HEADERS`] entries.
+/// the buffer, each followed by a NUL, at most [`MAX_HEADERS`] entries. Names are handed out as
+/// bytes (Envoy's are lower-case tokens, ASCII): checking them for UTF-8 on every walk cost more
+/// than the walk itself.
 #[derive(Debug, Default, Clone)]
 pub struct RawMap {
     buf: Bytes,
@@ -56,8 +56,8 @@ pub struct RawMap {
 }
 
 impl RawMap {
-    /// Checks `buf`'s layout (one pass over the length table and the names). An empty buffer is
-    /// an empty map (what Envoy hands over for one).
+    /// Checks `buf`'s layout (one pass over the length table). An empty buffer is an empty map
+    /// (what Envoy hands over for one).
     pub fn parse(buf: Bytes) -> Result<RawMap, MapError> {
         if buf.is_empty() {
             return Ok(RawMap::default());
@@ -75,10 +75,7 @@ impl RawMap {
             let at = COUNT_BYTES + i * ENTRY_BYTES;
             let (name_len, value_len) =
                 (read_u32(&buf, at).ok_or(MapError::Truncated)?, read_u32(&buf, at + 4).ok_or(MapError::Truncated)?);
-            let name = field(&buf, data, name_len)?;
-            if std::str::from_utf8(name).is_err() {
-                return Err(MapError::NameNotUtf8);
-            }
+            field(&buf, data, name_len)?;
             data = data + name_len + 1;
             field(&buf, data, value_len)?;
             data = data + value_len + 1;
@@ -89,6 +86,23 @@ impl RawMap {
     /// The headers in Envoy's order (a repeated header is several entries).
     pub fn iter(&self) -> RawIter<'_> {
         RawIter { buf: &self.buf, next: 0, count: self.count, data: COUNT_BYTES + self.count * ENTRY_BYTES }
+    }
+
+    /// The first value of `name`: the length table is walked, a name compared only when its
+    /// length matches.
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        let buf: &[u8] = &self.buf;
+        let mut data = COUNT_BYTES + self.count * ENTRY_BYTES;
+        for i in 0..self.count {
+            let at = COUNT_BYTES + i * ENTRY_BYTES;
+            let (name_len, value_len) = (read_u32(buf, at)?, read_u32(buf, at + 4)?);
+            let value_at = data + name_len + 1;
+            if name_len == name.len() && buf.get(data..data + name_len) == Some(name) {
+                return buf.get(value_at..value_at + value_len);
+            }
+            data = value_at + value_len + 1;
+        }
+        None
     }
 
     pub fn len(&self) -> usize {
@@ -121,7 +135,7 @@ pub struct RawIter<'a> {
 }
 
 impl<'a> Iterator for RawIter<'a> {
-    type Item = (&'a str, &'a [u8]);
+    type Item = (&'a [u8], &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.next >= self.count {
@@ -136,7 +150,7 @@ impl<'a> Iterator for RawIter<'a> {
         let value = self.buf.get(value_at..value_at.checked_add(value_len)?)?;
         self.data = value_at + value_len + 1;
         self.next += 1;
-        Some((std::str::from_utf8(name).ok()?, value))
+        Some((name, value))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -174,8 +188,8 @@ impl Overlay {
         self.appended.retain(|(n, _)| n != name);
     }
 
-    fn hides(&self, name: &str) -> bool {
-        self.hidden.iter().any(|h| h == name)
+    fn hides(&self, name: &[u8]) -> bool {
+        self.hidden.iter().any(|h| h.as_bytes() == name)
     }
 }
 
@@ -193,19 +207,22 @@ impl<'a> RequestHeaders<'a> {
         RequestHeaders { map, overlay }
     }
 
-    /// Every header, in order (a repeated header is several entries).
-    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+    /// Every header, in order (a repeated header is several entries); names as bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
         let overlay = self.overlay;
         let edited = !overlay.hidden.is_empty();
         self.map
             .iter()
             .filter(move |(n, _)| !(edited && overlay.hides(n)))
-            .chain(overlay.appended.iter().map(|(n, v)| (n.as_str(), v.as_slice())))
+            .chain(overlay.appended.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())))
     }
 
     /// The first value of `name` (compared exactly: Envoy's names are lower-case).
     pub fn get(&self, name: &str) -> Option<&'a [u8]> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        let name = name.as_bytes();
+        let in_map = if self.overlay.hides(name) { None } else { self.map.get(name) };
+        // The map's values come before every edit's.
+        in_map.or_else(|| self.overlay.appended.iter().find(|(n, _)| n.as_bytes() == name).map(|(_, v)| v.as_slice()))
     }
 
     /// Every value of `name`, in order.
@@ -213,17 +230,18 @@ impl<'a> RequestHeaders<'a> {
     where
         'a: 'n,
     {
-        self.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v)
+        self.iter().filter(move |(n, _)| *n == name.as_bytes()).map(|(_, v)| v)
     }
 
     /// Whether any header is named `name`, ignoring ASCII case.
     pub fn contains_ignore_case(&self, name: &str) -> bool {
-        self.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.iter().any(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
     }
 
-    /// An owning copy (for the rare paths that keep the headers).
+    /// An owning copy (for the rare paths that keep the headers; a name that is not UTF-8,
+    /// which Envoy never hands over, is copied lossily).
     pub fn to_vec(&self) -> Vec<(String, Bytes)> {
-        self.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect()
+        self.iter().map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.to_vec())).collect()
     }
 }
 
@@ -305,8 +323,11 @@ mod tests {
             &[(":path", b"/a?b"), ("cookie", b"a=1"), ("x-empty", b""), ("cookie", b"b=2"), ("bin", &[0xff, 0, 1])];
         let map = parse(pairs);
         assert_eq!(map.len(), 5);
-        let got: Vec<(&str, &[u8])> = map.iter().collect();
-        assert_eq!(got, pairs.to_vec());
+        let got: Vec<(&[u8], &[u8])> = map.iter().collect();
+        let want: Vec<(&[u8], &[u8])> = pairs.iter().map(|(n, v)| (n.as_bytes(), *v)).collect();
+        assert_eq!(got, want);
+        assert_eq!(map.get(b"cookie"), Some(&b"a=1"[..]));
+        assert_eq!(map.get(b"cooki"), None);
         let overlay = Overlay::default();
         let h = RequestHeaders::new(&map, &overlay);
         assert_eq!(h.get("cookie"), Some(&b"a=1"[..]));
@@ -355,18 +376,24 @@ mod tests {
     }
 
     #[test]
-    fn missing_nuls_and_non_utf8_names_are_refused() {
+    fn missing_nuls_are_refused_and_names_are_bytes() {
         let mut b = serialize(&[("a", b"1"), ("b", b"2")]);
         let nul_after_a = 4 + 16 + 1;
         b[nul_after_a] = b'x';
         assert_eq!(RawMap::parse(b).unwrap_err(), MapError::MissingNul);
+        // A name that is not UTF-8 (Envoy never sends one) is still a header, copied lossily.
         let mut b = serialize(&[("a", b"1")]);
         b[4 + 8] = 0xff;
-        assert_eq!(RawMap::parse(b).unwrap_err(), MapError::NameNotUtf8);
+        let map = RawMap::parse(b).expect("bytes");
+        assert_eq!(map.iter().next(), Some((&[0xff][..], &b"1"[..])));
+        assert_eq!(
+            RequestHeaders::new(&map, &Overlay::default()).to_vec(),
+            vec![("\u{fffd}".to_string(), b"1".to_vec())]
+        );
         // Trailing bytes after the last value are tolerated (the host may round up).
         let mut b = serialize(&[("a", b"1")]);
         b.extend_from_slice(b"junk");
-        assert_eq!(RawMap::parse(b).expect("ok").iter().collect::<Vec<_>>(), vec![("a", &b"1"[..])]);
+        assert_eq!(RawMap::parse(b).expect("ok").iter().collect::<Vec<_>>(), vec![(&b"a"[..], &b"1"[..])]);
     }
 
     #[test]
@@ -410,7 +437,7 @@ mod tests {
         o.set("x", b"2");
         o.set("a", b"newer");
         assert_eq!(RequestHeaders::new(&map, &o).get_all("a").collect::<Vec<_>>(), vec![&b"newer"[..]]);
-        assert_eq!(RequestHeaders::new(&map, &o).iter().last(), Some(("a", &b"newer"[..])));
+        assert_eq!(RequestHeaders::new(&map, &o).iter().last(), Some((&b"a"[..], &b"newer"[..])));
         // Remove then add: just the added value.
         o.remove("b");
         o.add("b", b"5");
@@ -448,7 +475,12 @@ mod tests {
                         copy.retain(|(n, _)| n != name);
                     }
                 }
-                assert_eq!(all(RequestHeaders::new(&map, &o)), copy);
+                let h = RequestHeaders::new(&map, &o);
+                assert_eq!(all(h), copy);
+                for n in names {
+                    let first = copy.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_slice());
+                    assert_eq!(h.get(n), first, "{n}");
+                }
             }
         }
     }

@@ -75,7 +75,7 @@ pub fn try_property(path: &[&str]) -> Result<Option<Bytes>, Status> {
 pub fn try_request_headers() -> Result<Vec<(String, Bytes)>, Status> {
     // Read in place and copied (the SDK's `get_map_bytes` panics on a failed call).
     let map = header_map::read_request_headers()?;
-    Ok(map.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect())
+    Ok(map.iter().map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.to_vec())).collect())
 }
 
 /// One request header; `Ok(None)` when absent, `Err` when the host could not produce it.
