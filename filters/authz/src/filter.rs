@@ -42,7 +42,7 @@ use proxy_wasm::traits::{RootContext, StreamContext};
 use std::rc::Rc;
 use std::time::Duration;
 use wasmesh_authz::view::{Host, HostFailure};
-use wasmesh_authz::{Authz, AuthzConfig, HeaderList, Stage, DENY_BODY, DENY_STATUS};
+use wasmesh_authz::{Authz, AuthzConfig, HeaderPairs, Stage, DENY_BODY, DENY_STATUS};
 use wasmesh_istio::module::Callbacks;
 use wasmesh_istio::FilterConfig;
 use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
@@ -195,8 +195,8 @@ fn compile(bytes: &[u8]) -> Result<Authz, String> {
 pub struct StreamHost<'s>(pub &'s Stream);
 
 impl Host for StreamHost<'_> {
-    fn with_request_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), HostFailure> {
-        self.0.with_request_headers(|h| h.map(f).map_err(|_| HostFailure))
+    fn with_request_headers(&self, f: &mut dyn FnMut(&mut HeaderPairs<'_>)) -> Result<(), HostFailure> {
+        self.0.with_request_headers(|h| h.map(|h| f(&mut h.iter())).map_err(|_| HostFailure))
     }
     fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {
         self.0.request_header(name).map_err(|_| HostFailure)
@@ -210,9 +210,9 @@ impl Host for StreamHost<'_> {
 pub struct Envoy;
 
 impl Host for Envoy {
-    fn with_request_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), HostFailure> {
+    fn with_request_headers(&self, f: &mut dyn FnMut(&mut HeaderPairs<'_>)) -> Result<(), HostFailure> {
         let all = wasmesh_proxy::try_request_headers().map_err(|_| HostFailure)?;
-        f(&all);
+        f(&mut all.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())));
         Ok(())
     }
     fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {

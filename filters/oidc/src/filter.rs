@@ -403,7 +403,7 @@ impl PhaseRequest for OidcRequest {
     fn request_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
         // A client cannot send its own claim headers, whatever the path.
         for name in self.phase.oidc.claim_header_names() {
-            if s.request_header(name).ok().flatten().is_some() && !s.remove_request_header(name) {
+            if s.has_request_header(name).unwrap_or(false) && !s.remove_request_header(name) {
                 return error_page(s, 500, "login is not available");
             }
         }
@@ -412,13 +412,19 @@ impl PhaseRequest for OidcRequest {
         let path = header_text(s, ":path").unwrap_or_default();
         // HTTP/2 clients may send the cookies as several headers.
         let cookie = s.with_request_headers(|h| {
-            let parts: Vec<String> = h
-                .unwrap_or_default()
-                .iter()
-                .filter(|(n, _)| n == "cookie")
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                .collect();
-            (!parts.is_empty()).then(|| parts.join("; "))
+            let Ok(h) = h else { return None };
+            let mut joined: Option<String> = None;
+            for v in h.get_all("cookie") {
+                let v = String::from_utf8_lossy(v);
+                match &mut joined {
+                    Some(j) => {
+                        j.push_str("; ");
+                        j.push_str(&v);
+                    }
+                    None => joined = Some(v.into_owned()),
+                }
+            }
+            joined
         });
         let accept = header_text(s, "accept");
         let xrw = header_text(s, "x-requested-with");

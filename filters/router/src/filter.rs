@@ -133,12 +133,15 @@ impl Phase for RouterPhase {
         self.routes.callbacks()
     }
 
-    /// Alone in its filter, up to [`FETCH_ONE_BY_ONE`] headers are fetched one by one, by slot,
-    /// each when a route first examines it; more, and one call for the whole map is cheaper.
-    /// Each hostcall costs, and the whole map costs a copy and an allocation per header. One by
-    /// one, Envoy returns the first value of a repeated header, so a header sent several times is
-    /// matched on its first value (the whole map, used for larger route tables and in the
-    /// one-pass chain, matches every value as Envoy's own route matcher does).
+    /// Alone in its filter, a table that examines at most [`FETCH_ONE_BY_ONE`] header fetches it
+    /// when a route first examines it; a table that can examine more reads the whole map once.
+    /// Measured (BENCHMARKS.md, "The request-header map read in place"): each single read is a
+    /// hostcall (~10.6k instructions), the whole map one hostcall too (~11k with Envoy's
+    /// serialization, read in place since: no copy or allocation per header), so two single reads
+    /// already cost more than the map. One by one, Envoy returns the first value of a repeated
+    /// header, so a header sent several times would be matched on its first value only; the map
+    /// (every table that examines two headers or more, and the one-pass chain) matches every value
+    /// as Envoy's own route matcher does.
     fn header_reads(&self) -> HeaderReads {
         // With faults by headers and no early removal, every request is checked for client-sent
         // fault headers: one read of the map.
@@ -202,8 +205,11 @@ impl PhaseRequest for RouterRequest {
         let needed = router.needed_headers();
         let decision = if self.phase.faults || needed.len() > FETCH_ONE_BY_ONE {
             s.with_request_headers(|all| {
-                let all = all.unwrap_or_default();
-                router.route_view(&RequestView::from_headers(router.header_slots(), all), self.random)
+                let view = match all {
+                    Ok(all) => RequestView::from_pairs(router.header_slots(), all.iter()),
+                    Err(_) => RequestView::from_pairs(router.header_slots(), std::iter::empty()),
+                };
+                router.route_view(&view, self.random)
             })
         } else {
             // Each header when a route condition first examines it: one a walk never reaches
@@ -380,9 +386,9 @@ fn apply_response(s: &Stream, ops: &HeaderOps) {
 /// Removes client-sent `x-envoy-fault-*` headers (read from the kept header map: a hostcall only
 /// for a header that is there), so only the router's decision reaches the fault filter.
 fn strip_fault_headers(s: &Stream) {
-    let present: Vec<&str> = s.with_request_headers(|all| {
-        let all = all.unwrap_or_default();
-        FAULT_HEADERS.iter().copied().filter(|f| all.iter().any(|(n, _)| n.eq_ignore_ascii_case(f))).collect()
+    let present: Vec<&str> = s.with_request_headers(|all| match all {
+        Ok(all) => FAULT_HEADERS.iter().copied().filter(|f| all.contains_ignore_case(f)).collect(),
+        Err(_) => Vec::new(),
     });
     for name in present {
         s.remove_request_header(name);
@@ -408,5 +414,7 @@ fn answer(s: &Stream, cluster_header: &str, status: u32, headers: &[(&str, &str)
     Flow::Answered
 }
 
-/// Up to this many headers are fetched one by one (see [`RouterPhase::header_reads`]).
-const FETCH_ONE_BY_ONE: usize = 4;
+/// Up to this many headers are fetched one by one (see [`RouterPhase::header_reads`]): a table
+/// that examines a single header (`:authority` of a one-host table) reads just it; from two on,
+/// the map (one hostcall, read in place) is cheaper than the single reads.
+const FETCH_ONE_BY_ONE: usize = 1;

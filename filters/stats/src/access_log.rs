@@ -26,6 +26,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use wasmesh_accesslog::config::Log;
 use wasmesh_accesslog::Source;
+use wasmesh_proxy::header_map::RawMap;
 use wasmesh_proxy::phase::{ChainRoot, Phase, PhaseRequest, Resumer};
 use wasmesh_proxy::stream::{HeaderReads, Stream};
 
@@ -224,7 +225,7 @@ struct Values<'a> {
     attrs: &'a [Option<Bytes>],
     /// This log's index into `attrs`.
     index: &'a [usize],
-    request: &'a [(String, Bytes)],
+    request: &'a RawMap,
     response: &'a [(String, Option<Bytes>)],
     trailers: &'a [(String, Option<Bytes>)],
     /// A TCP connection's duration so far (ns), for `%DURATION%`.
@@ -245,7 +246,7 @@ impl Source for Values<'_> {
         self.attrs.get(*self.index.get(i)?)?.as_deref()
     }
     fn request_header(&self, name: &str) -> Option<&[u8]> {
-        self.request.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.request.get(name.as_bytes())
     }
     fn response_header(&self, name: &str) -> Option<&[u8]> {
         find(self.response, name)
@@ -312,9 +313,9 @@ impl AccessLogPhase {
         };
         // The request headers as Envoy's loggers see them (after every filter's changes).
         let request = if http && formats().any(|f| f.needs_request_headers()) {
-            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+            wasmesh_proxy::header_map::read_request_headers().unwrap_or_default()
         } else {
-            Vec::new()
+            RawMap::default()
         };
         let (response, trailers) = if http {
             (

@@ -369,7 +369,7 @@ impl StatsRequest {
         // peer cache hit allocates nothing.
         let (grpc, had_mx, peer) = s.with_request_headers(|headers| {
             let Ok(headers) = headers else { return (false, false, None) };
-            let find = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+            let find = |name: &str| headers.get(name);
             let grpc = find("content-type").is_some_and(is_grpc_content_type);
             if !exchange {
                 return (grpc, false, None);

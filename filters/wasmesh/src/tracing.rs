@@ -286,11 +286,9 @@ impl PhaseRequest for TracingRequest {
         let egress = p.egress(kind);
         let (incoming, request_id, decorator) = s.with_request_headers(|h| {
             let Ok(h) = h else { return (Default::default(), None, None) };
-            let get = |n: &str| h.iter().find(|(k, _)| k == n).and_then(|(_, v)| std::str::from_utf8(v).ok());
+            let get = |n: &str| h.get(n).and_then(|v| std::str::from_utf8(v).ok());
             // Ingress, Envoy takes the span's name from the caller's decorator header.
-            let decorator = (!egress)
-                .then(|| decorator::received(h.iter().find(|(k, _)| k == decorator::HEADER).map(|(_, v)| v.as_slice())))
-                .flatten();
+            let decorator = (!egress).then(|| decorator::received(h.get(decorator::HEADER))).flatten();
             (extract(get, prefer), get("x-request-id").map(str::to_string), decorator)
         });
         let renamed = match decorator {

@@ -167,6 +167,10 @@ impl<'a> Request<'a> {
 /// repeated header is several entries).
 pub type HeaderList = [(String, Vec<u8>)];
 
+/// Request headers borrowed from wherever the host keeps them: (name lower-case, value raw), in
+/// arrival order. Names as bytes (Envoy's are ASCII tokens; not checked for UTF-8 on every walk).
+pub type HeaderPairs<'h> = dyn Iterator<Item = (&'h [u8], &'h [u8])> + 'h;
+
 /// What the evaluation reads from a request. [`Request`] holds it all up front; the filter
 /// implements it lazily, so an input is fetched from Envoy only when a rule looks at it.
 pub trait View {

@@ -9,7 +9,7 @@
 
 use crate::metadata::decode_metadata;
 use crate::peer_sans::{current_sans, XFCC};
-use crate::{parse_socket_address, Authz, HeaderList, MetadataEntry, Missing, PeerNames, Stage, View};
+use crate::{parse_socket_address, Authz, HeaderList, HeaderPairs, MetadataEntry, Missing, PeerNames, Stage, View};
 use std::cell::OnceCell;
 use std::net::IpAddr;
 use wasmesh_handover::RequestIdentity;
@@ -26,9 +26,9 @@ pub struct HostFailure;
 /// answer at most once per request (the header map once, or single headers when the filter is
 /// alone and reads few), so this view keeps no copy of the header map.
 pub trait Host {
-    /// Calls `f` with every request header (names lower-case, in arrival order); `Err` (and `f`
-    /// not called) when they could not be read.
-    fn with_request_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), HostFailure>;
+    /// Calls `f` with every request header (names lower-case, in arrival order), borrowed from
+    /// wherever the host keeps them; `Err` (and `f` not called) when they could not be read.
+    fn with_request_headers(&self, f: &mut dyn FnMut(&mut HeaderPairs<'_>)) -> Result<(), HostFailure>;
     /// The first value of one request header (a pseudo-header).
     fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostFailure>;
     /// A property, or filter state when `path` is one key.
@@ -111,14 +111,22 @@ pub fn decode_u64(b: &[u8]) -> Option<u64> {
 }
 
 impl<H: Host> View for HostView<'_, H> {
-    /// Every request header, as the host keeps them; none for a TCP connection.
+    /// Every request header, copied (a CUSTOM check request, which then costs an HTTP call);
+    /// none for a TCP connection.
     fn with_all_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), Missing> {
         if self.tcp {
             // A connection has no request headers: every header rule sees them absent.
             f(&[]);
             return Ok(());
         }
-        self.host.with_request_headers(f).map_err(|_| HEADERS_MISSING)
+        let mut all: Vec<(String, Vec<u8>)> = Vec::new();
+        self.host
+            .with_request_headers(&mut |h| {
+                all = h.map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.to_vec())).collect();
+            })
+            .map_err(|_| HEADERS_MISSING)?;
+        f(&all);
+        Ok(())
     }
     fn pseudo(&self, name: &str) -> Result<Option<&[u8]>, Missing> {
         if self.tcp {
@@ -137,10 +145,16 @@ impl<H: Host> View for HostView<'_, H> {
             .map_err(|m| *m)
     }
     fn any_header(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Result<bool, Missing> {
+        if self.tcp {
+            // A connection has no request headers: every header rule sees them absent.
+            return Ok(false);
+        }
         let mut found = false;
-        self.with_all_headers(&mut |all| {
-            found = all.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).any(|(_, v)| f(v));
-        })?;
+        self.host
+            .with_request_headers(&mut |all| {
+                found = all.filter(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes())).any(|(_, v)| f(v));
+            })
+            .map_err(|_| HEADERS_MISSING)?;
         Ok(found)
     }
     fn source_ip(&self) -> Option<IpAddr> {
@@ -220,11 +234,8 @@ impl<H: Host> View for HostView<'_, H> {
                 let mut result = Err(HEADERS_MISSING);
                 self.host
                     .with_request_headers(&mut |all| {
-                        let values: Vec<&[u8]> = all
-                            .iter()
-                            .filter(|(k, _)| k.eq_ignore_ascii_case(XFCC))
-                            .map(|(_, v)| v.as_slice())
-                            .collect();
+                        let values: Vec<&[u8]> =
+                            all.filter(|(k, _)| k.eq_ignore_ascii_case(XFCC.as_bytes())).map(|(_, v)| v).collect();
                         result = current_sans(&values, &digest, uri, dns).map_err(Missing);
                     })
                     .map_err(|_| HEADERS_MISSING)?;
@@ -322,12 +333,12 @@ mod tests {
     }
 
     impl Host for Fake {
-        fn with_request_headers(&self, f: &mut dyn FnMut(&HeaderList)) -> Result<(), HostFailure> {
+        fn with_request_headers(&self, f: &mut dyn FnMut(&mut HeaderPairs<'_>)) -> Result<(), HostFailure> {
             self.calls.set(self.calls.get() + 1);
             if self.failing.contains(&"headers") {
                 return Err(HostFailure);
             }
-            f(&self.headers);
+            f(&mut self.headers.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())));
             Ok(())
         }
         fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostFailure> {

@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod cel;
+pub mod header_map;
 pub mod metrics;
 pub mod phase;
 pub mod stream;
@@ -72,7 +73,9 @@ pub fn try_property(path: &[&str]) -> Result<Option<Bytes>, Status> {
 
 /// All request headers; `Err` when the host could not produce them.
 pub fn try_request_headers() -> Result<Vec<(String, Bytes)>, Status> {
-    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+    // Read in place and copied (the SDK's `get_map_bytes` panics on a failed call).
+    let map = header_map::read_request_headers()?;
+    Ok(map.iter().map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.to_vec())).collect())
 }
 
 /// One request header; `Ok(None)` when absent, `Err` when the host could not produce it.

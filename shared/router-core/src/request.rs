@@ -149,13 +149,19 @@ impl<'a> RequestView<'a> {
     /// From the full header list (or any list holding at least the slotted headers): one pass
     /// over the headers.
     pub fn from_headers(slots: &HeaderSlots, headers: &'a [(String, Vec<u8>)]) -> Self {
+        Self::from_pairs(slots, headers.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())))
+    }
+
+    /// From headers as (name, value) pairs borrowed from wherever the filter keeps them (the
+    /// serialized map Envoy handed over): one pass, nothing copied.
+    pub fn from_pairs<'n>(slots: &HeaderSlots, headers: impl IntoIterator<Item = (&'n [u8], &'a [u8])>) -> Self {
         let mut first: Vec<Option<&'a [u8]>> = vec![None; slots.names.len()];
         let mut more = Vec::new();
         for (name, value) in headers {
-            let Some(slot) = slots.names.iter().position(|n| n.eq_ignore_ascii_case(name)) else { continue };
+            let Some(slot) = slots.names.iter().position(|n| n.as_bytes().eq_ignore_ascii_case(name)) else { continue };
             match first.get_mut(slot) {
-                Some(f @ None) => *f = Some(value.as_slice()),
-                Some(Some(_)) => more.push((slot, value.as_slice())),
+                Some(f @ None) => *f = Some(value),
+                Some(Some(_)) => more.push((slot, value)),
                 None => {}
             }
         }
