@@ -118,8 +118,11 @@ impl SimpleRegex {
         if value.len() < fixed || (self.middle.is_none() && value.len() != fixed) {
             return false;
         }
-        let (head, rest) = value.split_at(self.head.len());
-        let (middle, tail) = rest.split_at(rest.len() - self.tail.len());
+        let Some((head, rest)) = value.split_at_checked(self.head.len()) else { return false };
+        let Some((middle, tail)) = rest.len().checked_sub(self.tail.len()).and_then(|m| rest.split_at_checked(m))
+        else {
+            return false;
+        };
         if !self.head.iter().zip(head).all(|(e, b)| e.matches(*b))
             || !self.tail.iter().zip(tail).all(|(e, b)| e.matches(*b))
         {
