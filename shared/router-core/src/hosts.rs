@@ -2,10 +2,32 @@
 //! longest matching `*.suffix` wildcard, then `*`.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// FNV-1a, the exact-name index's hash. The table is built from configuration only and a request
+/// host is only looked up, never inserted, so a client cannot choose colliding keys: the std
+/// hasher's random SipHash keys buy nothing here and cost ~4x per lookup (BENCHMARKS.md, "The
+/// router's own code per request").
+#[derive(Default)]
+pub(crate) struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct HostTable {
-    exact: HashMap<String, usize>,
+    exact: HashMap<String, usize, BuildHasherDefault<Fnv>>,
     /// (`.suffix` including the dot, value), longest suffix first.
     wildcards: Vec<(String, usize)>,
     any: Option<usize>,

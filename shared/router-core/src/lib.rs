@@ -17,6 +17,7 @@ pub mod operation;
 pub mod policy;
 pub mod request;
 mod rng;
+pub mod simple_regex;
 mod table;
 
 pub use actions::{

@@ -1,6 +1,7 @@
 //! Istio `StringMatch` compiled for per-request use on raw header bytes.
 #![deny(clippy::indexing_slicing)]
 
+use crate::simple_regex::SimpleRegex;
 use regex::bytes::Regex;
 use wasmesh_istio::StringMatch;
 
@@ -20,6 +21,10 @@ pub enum StrMatcher {
         re: Regex,
         prefixes: Option<Vec<Vec<u8>>>,
     },
+    /// A regex of the shape [`SimpleRegex`] matches in one pass without the engine (a literal,
+    /// one repeated class or `.`, literal bytes or classes around it); validated by compiling
+    /// it as [`StrMatcher::Regex`] would be, then the compiled regex is dropped.
+    Simple(SimpleRegex),
     /// `{}` (no oneof set) or `regex: "*"`: the header is present.
     Present,
 }
@@ -36,10 +41,14 @@ impl StrMatcher {
             (_, Some(v), _) if ignore_case => StrMatcher::PrefixIgnoreCase(v.to_ascii_lowercase().into_bytes()),
             (_, Some(v), _) => StrMatcher::Prefix(v.as_bytes().to_vec()),
             (_, _, Some(r)) if r == "*" => StrMatcher::Present,
-            (_, _, Some(r)) => StrMatcher::Regex {
-                re: compile_full_match(r).map_err(|e| (".regex", e))?,
-                prefixes: required_prefixes(&re2_perl_classes(r)),
-            },
+            (_, _, Some(r)) => {
+                let re = compile_full_match(r).map_err(|e| (".regex", e))?;
+                let pattern = re2_perl_classes(r);
+                match SimpleRegex::new(&pattern) {
+                    Some(simple) => StrMatcher::Simple(simple),
+                    None => StrMatcher::Regex { re, prefixes: required_prefixes(&pattern) },
+                }
+            }
             (None, None, None) => StrMatcher::Present,
         })
     }
@@ -53,12 +62,13 @@ impl StrMatcher {
             StrMatcher::PrefixIgnoreCase(v) => value.get(..v.len()).is_some_and(|p| p.eq_ignore_ascii_case(v)),
             StrMatcher::Regex { re, prefixes } => {
                 if let Some(p) = prefixes {
-                    if !p.iter().any(|p| value.starts_with(p)) {
+                    if !p.iter().any(|p| starts_with(value, p)) {
                         return false;
                     }
                 }
                 re.is_match(value)
             }
+            StrMatcher::Simple(s) => s.is_match(value),
             StrMatcher::Present => true,
         }
     }
@@ -66,6 +76,13 @@ impl StrMatcher {
     pub fn is_presence(&self) -> bool {
         matches!(self, StrMatcher::Present)
     }
+}
+
+/// `value.starts_with(prefix)` by a byte loop: the prefixes are a few bytes and most values
+/// differ in the first one, where the slice compare calls `memcmp` (compiled into the module on
+/// wasm) for every route tried.
+fn starts_with(value: &[u8], prefix: &[u8]) -> bool {
+    value.len() >= prefix.len() && value.iter().zip(prefix).all(|(a, b)| a == b)
 }
 
 /// Largest regex accepted, in RE2 program instructions as wasmesh estimates them
@@ -256,8 +273,10 @@ mod tests {
                 assert!(!m.matches(n.as_bytes()), "{pattern} should not match {n}");
             }
         }
-        assert!(matches!(c(StringMatch::regex("v9-[a-z]+")), StrMatcher::Regex { prefixes: Some(_), .. }));
-        assert!(matches!(c(StringMatch::regex(".*x")), StrMatcher::Regex { prefixes: None, .. }));
+        assert!(matches!(c(StringMatch::regex("(foo|bar)baz")), StrMatcher::Regex { prefixes: Some(_), .. }));
+        assert!(matches!(c(StringMatch::regex("(a|.)*x")), StrMatcher::Regex { prefixes: None, .. }));
+        // The bench's shape needs no engine at all.
+        assert!(matches!(c(StringMatch::regex("v9-[a-z]+")), StrMatcher::Simple(_)));
     }
 
     #[test]

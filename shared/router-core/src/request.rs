@@ -54,6 +54,12 @@ impl<'a> Request<'a> {
     }
 }
 
+/// Whether `name` is `lower` (a lower-case slot name) in any case: one case conversion per byte
+/// instead of two, and the length compared first.
+fn eq_lower(lower: &[u8], name: &[u8]) -> bool {
+    lower.len() == name.len() && lower.iter().zip(name).all(|(l, c)| *l == c.to_ascii_lowercase())
+}
+
 /// Splits a `:path` into the path (before the first `?` or `#`) and the query (after the first
 /// `?`, before the next `#`).
 pub fn split_path(full: &[u8]) -> (&[u8], &[u8]) {
@@ -129,7 +135,7 @@ pub type FetchHeader<'a> = &'a dyn Fn(&str) -> Option<Vec<u8>>;
 /// host's, or behind a condition that already failed) costs no hostcall.
 pub struct RequestView<'a> {
     /// The first value of each slot's header.
-    first: Vec<std::cell::OnceCell<Option<std::borrow::Cow<'a, [u8]>>>>,
+    first: Cells<'a>,
     /// Further values of repeated headers, in order (rare; from the header map only).
     more: Vec<(usize, &'a [u8])>,
     /// Where a slot not yet read comes from (`None`: every slot is read).
@@ -137,6 +143,44 @@ pub struct RequestView<'a> {
     /// The slot of `:path`, split into path and query when first needed.
     path_slot: Option<usize>,
     split: std::cell::OnceCell<(usize, usize, usize)>,
+}
+
+/// One slot's first value: unset until read.
+type Cell<'a> = std::cell::OnceCell<Option<std::borrow::Cow<'a, [u8]>>>;
+
+/// Tables that examine at most this many headers keep a request's values inline: no allocation
+/// per request (BENCHMARKS.md, "The router's own code per request").
+const INLINE_SLOTS: usize = 8;
+
+/// The cells of a [`RequestView`], by slot. Inline, a slot past the table's is never set (absent).
+#[derive(Debug)]
+enum Cells<'a> {
+    Inline([Cell<'a>; INLINE_SLOTS]),
+    Heap(Vec<Cell<'a>>),
+}
+
+impl<'a> Cells<'a> {
+    fn new(n: usize) -> Self {
+        if n <= INLINE_SLOTS {
+            Cells::Inline(std::array::from_fn(|_| Cell::new()))
+        } else {
+            Cells::Heap((0..n).map(|_| Cell::new()).collect())
+        }
+    }
+
+    fn get(&self, slot: usize) -> Option<&Cell<'a>> {
+        match self {
+            Cells::Inline(a) => a.get(slot),
+            Cells::Heap(v) => v.get(slot),
+        }
+    }
+
+    fn get_mut(&mut self, slot: usize) -> Option<&mut Cell<'a>> {
+        match self {
+            Cells::Inline(a) => a.get_mut(slot),
+            Cells::Heap(v) => v.get_mut(slot),
+        }
+    }
 }
 
 impl std::fmt::Debug for RequestView<'_> {
@@ -155,43 +199,41 @@ impl<'a> RequestView<'a> {
     /// From headers as (name, value) pairs borrowed from wherever the filter keeps them (the
     /// serialized map Envoy handed over): one pass, nothing copied.
     pub fn from_pairs<'n>(slots: &HeaderSlots, headers: impl IntoIterator<Item = (&'n [u8], &'a [u8])>) -> Self {
-        let mut first: Vec<Option<&'a [u8]>> = vec![None; slots.names.len()];
+        // The cells are filled in place (no intermediate list of values).
+        let mut first = Cells::new(slots.names.len());
         let mut more = Vec::new();
         for (name, value) in headers {
-            let Some(slot) = slots.names.iter().position(|n| n.as_bytes().eq_ignore_ascii_case(name)) else { continue };
-            match first.get_mut(slot) {
-                Some(f @ None) => *f = Some(value),
-                Some(Some(_)) => more.push((slot, value)),
-                None => {}
+            let Some(slot) = slots.names.iter().position(|n| eq_lower(n.as_bytes(), name)) else { continue };
+            let Some(cell) = first.get_mut(slot) else { continue };
+            if cell.get().is_some() {
+                more.push((slot, value));
+            } else {
+                *cell = std::cell::OnceCell::from(Some(std::borrow::Cow::Borrowed(value)));
             }
         }
-        Self::read(slots, first, more)
+        // A cell left empty is an absent header (no `fetch`: [`RequestView::first`]).
+        RequestView { first, more, fetch: None, path_slot: slots.path, split: std::cell::OnceCell::new() }
     }
 
     /// From one value per slot (what a filter fetched header by header, in
     /// [`HeaderSlots::names`] order; a missing entry is an absent header).
     pub fn from_values(slots: &HeaderSlots, values: &'a [Option<Vec<u8>>]) -> Self {
-        let first = (0..slots.names.len()).map(|i| values.get(i).and_then(|v| v.as_deref())).collect();
-        Self::read(slots, first, Vec::new())
+        let mut first = Cells::new(slots.names.len());
+        for (i, v) in values.iter().enumerate().take(slots.names.len()) {
+            if let (Some(cell), Some(v)) = (first.get_mut(i), v) {
+                *cell = Cell::from(Some(std::borrow::Cow::Borrowed(v.as_slice())));
+            }
+        }
+        RequestView { first, more: Vec::new(), fetch: None, path_slot: slots.path, split: std::cell::OnceCell::new() }
     }
 
     /// Each slot's header fetched by `fetch` when a condition first examines it (its first value,
     /// as one-by-one fetching gives it).
     pub fn lazy(slots: &'a HeaderSlots, fetch: FetchHeader<'a>) -> Self {
         RequestView {
-            first: (0..slots.names.len()).map(|_| std::cell::OnceCell::new()).collect(),
+            first: Cells::new(slots.names.len()),
             more: Vec::new(),
             fetch: Some((fetch, slots)),
-            path_slot: slots.path,
-            split: std::cell::OnceCell::new(),
-        }
-    }
-
-    fn read(slots: &HeaderSlots, first: Vec<Option<&'a [u8]>>, more: Vec<(usize, &'a [u8])>) -> Self {
-        RequestView {
-            first: first.into_iter().map(|v| std::cell::OnceCell::from(v.map(std::borrow::Cow::Borrowed))).collect(),
-            more,
-            fetch: None,
             path_slot: slots.path,
             split: std::cell::OnceCell::new(),
         }
@@ -208,6 +250,11 @@ impl<'a> RequestView<'a> {
             (None, None) => return None,
         };
         value.as_deref()
+    }
+
+    /// Whether some examined header was sent more than once (only from the header map).
+    pub fn has_repeated(&self) -> bool {
+        !self.more.is_empty()
     }
 
     /// Every value of a slot's header, in order.

@@ -360,8 +360,13 @@ impl Route {
 /// repeated header on its own (checked against its native route matcher), it does not join
 /// them. `None`: the header is absent.
 fn any_value(req: &RequestView<'_>, slot: Option<usize>, m: &StrMatcher) -> Option<bool> {
+    let slot = slot?;
+    if !req.has_repeated() {
+        // No header was sent twice (nearly every request): one value, no iterator chain.
+        return req.first(slot).map(|v| m.matches(v));
+    }
     let mut present = false;
-    for v in slot.into_iter().flat_map(|s| req.values(s)) {
+    for v in req.values(slot) {
         present = true;
         if m.matches(v) {
             return Some(true);
