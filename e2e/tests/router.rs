@@ -145,6 +145,147 @@ fn weighted_split_90_10_within_a_binomial_bound() {
     assert_eq!(mesh.app("default/reviews-v1").served() + mesh.app("default/reviews-v2").served(), u64::from(n));
 }
 
+/// Istio's "Traffic shifting" task, its three steps with the task's own YAML
+/// (samples/bookinfo/networking): `virtual-service-all-v1.yaml` (every request to reviews v1),
+/// `virtual-service-reviews-50-v3.yaml` (half to v3), `virtual-service-reviews-v3.yaml` (all to v3).
+/// The task watches the stars on the product page; here a sidecar client asks reviews itself.
+const ALL_V1: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: productpage
+spec:
+  hosts:
+  - productpage
+  http:
+  - route:
+    - destination:
+        host: productpage
+        subset: v1
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: ratings
+spec:
+  hosts:
+  - ratings
+  http:
+  - route:
+    - destination:
+        host: ratings
+        subset: v1
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: details
+spec:
+  hosts:
+  - details
+  http:
+  - route:
+    - destination:
+        host: details
+        subset: v1
+"#;
+
+const REVIEWS_50_V3: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+    - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+      weight: 50
+    - destination:
+        host: reviews
+        subset: v3
+      weight: 50
+"#;
+
+const REVIEWS_V3: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+    - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v3
+"#;
+
+/// Each step as the task applies it: the first file, then the reviews VirtualService replaced.
+#[test]
+fn istio_traffic_shifting_task() {
+    let dir = paths::repo_root().join("examples/bookinfo");
+    let base = ["services.yaml", "workloads.yaml", "destination-rules.yaml"]
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let sleep = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: sleep, namespace: default}\nspec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}\n";
+    let others = ALL_V1.split("\n---\n").filter(|d| !d.contains("name: reviews")).collect::<Vec<_>>().join("\n---\n");
+    for (step, vs, n) in [
+        ("all-v1", ALL_V1.to_string(), 100u32),
+        ("reviews-50-v3", format!("{others}\n---\n{REVIEWS_50_V3}"), 1000),
+        ("reviews-v3", format!("{others}\n---\n{REVIEWS_V3}"), 100),
+    ] {
+        let mesh = Mesh::builder()
+            .yaml(&base)
+            .yaml(sleep)
+            .yaml(&vs)
+            .client("default/sleep")
+            .sidecar("default/reviews-v1", App::new("reviews", "v1"))
+            .sidecar("default/reviews-v3", App::new("reviews", "v3"))
+            .start();
+        let out = mesh.outbound_port("default/sleep");
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for _ in 0..n {
+            let r = get(out, "reviews:9080", "/reviews/0", &[]);
+            assert_eq!(r.status, 200, "{step}");
+            *counts.entry(r.header("x-app").unwrap_or("?").to_string()).or_default() += 1;
+        }
+        let v3 = counts.get("reviews-v3").copied().unwrap_or(0);
+        match step {
+            "all-v1" => assert_eq!(counts.get("reviews-v1"), Some(&n), "{step}: {counts:?}"),
+            "reviews-v3" => assert_eq!(v3, n, "{step}: {counts:?}"),
+            _ => {
+                // Binomial(1000, 0.5): sd √250 ≈ 15.8; 99.9 % two-sided: ±3.29 sd.
+                let bound = 3.29 * (f64::from(n) * 0.25).sqrt();
+                assert!(
+                    (f64::from(v3) - 500.0).abs() <= bound,
+                    "{step}: v3 got {v3} of {n} (500 ± {bound:.0}): {counts:?}"
+                );
+                assert_eq!(counts.get("reviews-v1").copied().unwrap_or(0) + v3, n, "{step}: {counts:?}");
+            }
+        }
+    }
+}
+
 const MATCHES: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
