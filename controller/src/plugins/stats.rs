@@ -143,6 +143,24 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
     serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("stats config: {e}"))])
 }
 
+/// The stats configurations of `f`: its own when it is a stats filter named in `names`, or those
+/// of its HTTP stats phases when it is a `wasmesh.chain`.
+fn stats_configs<'a>(f: &'a mut WasmFilter, names: &[&str]) -> Vec<&'a mut Value> {
+    if names.contains(&f.name.as_str()) {
+        vec![&mut f.config]
+    } else if f.name == crate::layout::CHAIN_ROOT_ID {
+        let phases =
+            f.config.get_mut("phases").and_then(Value::as_array_mut).map(Vec::as_mut_slice).unwrap_or_default();
+        phases
+            .iter_mut()
+            .filter(|p| p.get("rootId").and_then(Value::as_str) == Some(FILTER_NAME))
+            .filter_map(|p| p.get_mut("configuration"))
+            .collect()
+    } else {
+        Vec::new()
+    }
+}
+
 /// Tells the inbound stats filters of a listener (`filters` as laid out: the filter itself or
 /// its phases of a `wasmesh.chain`) that Envoy removes the request's exchange headers
 /// (`exchangeHeadersRemoved`). Only for a listener whose route configuration the caller writes
@@ -150,20 +168,7 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
 /// Istio (`generate`) or anywhere else the filter removes them itself.
 pub fn exchange_headers_removed_by_route(filters: &mut [WasmFilter]) {
     for f in filters {
-        let configs: Vec<&mut Value> = if f.name == FILTER_NAME {
-            vec![&mut f.config]
-        } else if f.name == crate::layout::CHAIN_ROOT_ID {
-            let phases =
-                f.config.get_mut("phases").and_then(Value::as_array_mut).map(Vec::as_mut_slice).unwrap_or_default();
-            phases
-                .iter_mut()
-                .filter(|p| p.get("rootId").and_then(Value::as_str) == Some(FILTER_NAME))
-                .filter_map(|p| p.get_mut("configuration"))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        for c in configs {
+        for c in stats_configs(f, &[FILTER_NAME]) {
             let inbound_http = c.get("direction").and_then(Value::as_str) == Some("inbound")
                 && c.get("protocol").and_then(Value::as_str).is_none_or(|p| p == "http");
             if let (true, Some(o)) = (inbound_http, c.as_object_mut()) {
@@ -181,20 +186,7 @@ pub fn exchange_headers_removed_by_route(filters: &mut [WasmFilter]) {
 /// Istio (`generate`) istiod writes it on every mesh endpoint and the filter reads it.
 pub fn endpoint_metadata_not_written(filters: &mut [WasmFilter]) {
     for f in filters {
-        let configs: Vec<&mut Value> = if f.name == FILTER_NAME || f.name == TCP_FILTER_NAME {
-            vec![&mut f.config]
-        } else if f.name == crate::layout::CHAIN_ROOT_ID {
-            let phases =
-                f.config.get_mut("phases").and_then(Value::as_array_mut).map(Vec::as_mut_slice).unwrap_or_default();
-            phases
-                .iter_mut()
-                .filter(|p| p.get("rootId").and_then(Value::as_str) == Some(FILTER_NAME))
-                .filter_map(|p| p.get_mut("configuration"))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        for c in configs {
+        for c in stats_configs(f, &[FILTER_NAME, TCP_FILTER_NAME]) {
             let client_side = matches!(c.get("direction").and_then(Value::as_str), Some("outbound" | "gateway"));
             if let (true, Some(o)) = (client_side, c.as_object_mut()) {
                 o.insert("noEndpointMetadata".into(), Value::Bool(true));
