@@ -112,7 +112,8 @@ fn setup() -> Setup {
     };
     let listeners = vec![
         (real_port, vec![chain_filter(&[("wasmesh.oidc", oidc_config(&real, &issuer, "oidc-provider"))])]),
-        (faulty_port, vec![chain_filter(&[("wasmesh.oidc", oidc_config(&faulty, &fake.issuer(), "fake-provider"))])]),
+        // A short limit: the hanging token endpoint's case waits for it.
+        (faulty_port, with(&faulty, &fake.issuer(), "fake-provider", json!({"timeoutMs": 1500}))),
         (policed_port, policed_filters),
         (
             post_port,
@@ -139,7 +140,11 @@ fn setup() -> Setup {
     ];
     // The controller named the provider's cluster as it names a jwksUri's: the same one here.
     clusters.retain(|c| c["name"] != "oidc-provider");
-    clusters.push(static_cluster("oidc-provider", provider.port));
+    // Node closes an idle keep-alive connection after 5 s; Envoy closes its side first, so a
+    // token call never goes out on a connection the provider is closing.
+    let mut real_provider = static_cluster("oidc-provider", provider.port);
+    real_provider["common_http_protocol_options"] = json!({"idle_timeout": "3s"});
+    clusters.push(real_provider);
     clusters.push(static_cluster("fake-provider", fake.port));
     clusters.push(static_cluster("late-provider", late_provider));
     clusters.push(static_cluster("dead-provider", dead));
