@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 use wasmesh_istio::module::{Callbacks, Variant};
-use wasmesh_istio::{FilterConfig, ProxyMode};
+use wasmesh_istio::FilterConfig;
 
 /// The response-side callbacks the filter `root_id` needs with its plugin configuration `config`,
 /// by the rule of its phases: the router's tables ([`wasmesh_router::Router::callbacks`]), the
@@ -31,21 +31,13 @@ pub fn callbacks(root_id: &str, config: &Value) -> Callbacks {
     }
 }
 
-/// As the router filter compiles its configuration (filters/router `configure`): one table, or
-/// one per Gateway port for a gateway configured without its port.
+/// As the router filter compiles its configuration (the same core function,
+/// `RouterConfig::compile_tables`).
 fn router(bytes: &[u8]) -> Option<Callbacks> {
     let cfg = wasmesh_router::RouterConfig::parse_json(bytes).ok()?;
     let resources = cfg.parsed_resources().ok()?;
-    let workload = cfg.workload.as_ref()?;
-    if workload.mode == ProxyMode::Gateway && cfg.gateway_port.is_none() {
-        let mut out = Callbacks::NONE;
-        for port in cfg.gateway_ports(&resources) {
-            let per_port = wasmesh_router::RouterConfig { gateway_port: Some(port), ..cfg.clone() };
-            out = out.union(per_port.compile(&resources).ok()?.callbacks());
-        }
-        return Some(out);
-    }
-    Some(cfg.compile(&resources).ok()?.callbacks())
+    cfg.workload.as_ref()?;
+    Some(cfg.compile_tables(&resources).ok()?.callbacks())
 }
 
 /// As the authz filter compiles its configuration (filters/authz `compile`).

@@ -34,12 +34,12 @@ use proxy_wasm::traits::RootContext;
 use std::cell::Cell;
 use std::rc::Rc;
 use wasmesh_istio::module::Callbacks;
-use wasmesh_istio::{FilterConfig, ProxyMode};
+use wasmesh_istio::FilterConfig;
 use wasmesh_proxy::phase::{ChainRoot, Flow, Phase, PhaseRequest, Resumer};
 use wasmesh_proxy::stream::{HeaderReads, Stream};
 use wasmesh_router::{
     Abort, Decision, FaultDecision, HeaderActions, HeaderOps, Matched, RequestView, Rng, RouteOps, Router,
-    RouterConfig, FAULT_HEADERS, POLICY_STATE,
+    RouterConfig, Tables, FAULT_HEADERS, POLICY_STATE,
 };
 
 /// The filter's root context for one plugin (the module entry in `lib.rs`, and
@@ -57,7 +57,7 @@ pub fn build(config: &[u8], _resumer: &Resumer) -> Result<Vec<Rc<dyn Phase>>, St
 }
 
 struct RouterPhase {
-    routes: Routes,
+    routes: Tables,
     /// A route injects faults and Envoy does not remove client-sent fault headers before the
     /// filters (`faultHeadersRemoved`): the router removes them from every request.
     faults: bool,
@@ -67,53 +67,10 @@ struct RouterPhase {
     rng: Cell<u64>,
 }
 
-/// The compiled route tables of one plugin.
-enum Routes {
-    /// A sidecar, or a gateway listener whose configuration names its `gatewayPort`.
-    One(Box<Router>),
-    /// A gateway configured without `gatewayPort` (one configuration for every listener of the
-    /// gateway, as a WasmPlugin gives it): one table per Gateway server port that selects this
-    /// proxy, picked by the port the request arrived on (`destination.port`, the listener's
-    /// local port). That port is the Gateway's `servers[].port.number` when the gateway listens
-    /// on the server port (wasmeshctl's gateways, Envoy Gateway, hostNetwork gateways); a
-    /// Kubernetes gateway behind a Service that maps port 80 to targetPort 8080 listens on 8080,
-    /// so give such a listener its `gatewayPort` in the configuration.
-    PerPort(Vec<(u32, Router)>),
-}
-
-impl Routes {
-    fn for_request(&self, s: &Stream) -> Option<&Router> {
-        match self {
-            Routes::One(r) => Some(r),
-            Routes::PerPort(tables) => {
-                let port = s.property_u64(&["destination", "port"])?;
-                tables.iter().find(|(p, _)| u64::from(*p) == port).map(|(_, r)| r)
-            }
-        }
-    }
-
-    fn has_faults(&self) -> bool {
-        match self {
-            Routes::One(r) => r.has_faults(),
-            Routes::PerPort(tables) => tables.iter().any(|(_, r)| r.has_faults()),
-        }
-    }
-
-    /// The response-side callbacks the tables need (the core decides, [`Router::callbacks`]).
-    fn callbacks(&self) -> Callbacks {
-        match self {
-            Routes::One(r) => r.callbacks(),
-            Routes::PerPort(tables) => tables.iter().fold(Callbacks::NONE, |c, (_, r)| c.union(r.callbacks())),
-        }
-    }
-
-    /// The most headers any table reads.
-    fn most_headers(&self) -> usize {
-        match self {
-            Routes::One(r) => r.needed_headers().len(),
-            Routes::PerPort(tables) => tables.iter().map(|(_, r)| r.needed_headers().len()).max().unwrap_or(0),
-        }
-    }
+/// The table for this request: per-port tables by the port it arrived on (`destination.port`,
+/// read only then).
+fn table_for<'a>(routes: &'a Tables, s: &Stream) -> Option<&'a Router> {
+    routes.for_port(|| s.property_u64(&["destination", "port"]))
 }
 
 impl Phase for RouterPhase {
@@ -155,7 +112,7 @@ impl Phase for RouterPhase {
 
 /// The route tables, whether Envoy removes client-sent fault headers before the filters, and
 /// whether tracing wants the routes' operations.
-fn configure(bytes: &[u8]) -> Result<(Routes, bool, bool), String> {
+fn configure(bytes: &[u8]) -> Result<(Tables, bool, bool), String> {
     let mut cfg = RouterConfig::parse_json(bytes).map_err(|e| e.to_string())?;
     let removed_by_envoy = cfg.fault_headers_removed || cfg.fault_routes;
     let trace_operations = cfg.trace_operations;
@@ -163,27 +120,18 @@ fn configure(bytes: &[u8]) -> Result<(Routes, bool, bool), String> {
     // route by the wrong VirtualServices, so the node must identify the proxy.
     wasmesh_proxy::complete_workload_from_node(&mut cfg)?;
     let resources = cfg.parsed_resources().map_err(|e| e.to_string())?;
-    let gateway = cfg.workload.as_ref().is_some_and(|w| w.mode == ProxyMode::Gateway);
-    if gateway && cfg.gateway_port.is_none() {
-        let ports = cfg.gateway_ports(&resources);
-        if ports.is_empty() {
-            wasmesh_proxy::log_warn("wasmesh router: no Gateway selects this gateway; every request gets 404");
-        }
-        let mut tables = Vec::with_capacity(ports.len());
-        for port in ports {
-            let per_port = RouterConfig { gateway_port: Some(port), ..cfg.clone() };
-            let router = per_port.compile(&resources).map_err(|e| format!("gateway port {port}: {e}"))?;
-            wasmesh_proxy::log_info(&format!(
-                "wasmesh router: gateway port {port}: configured {} virtual hosts",
-                router.virtual_host_count()
-            ));
-            tables.push((port, router));
-        }
-        return Ok((Routes::PerPort(tables), removed_by_envoy, trace_operations));
+    let tables = cfg.compile_tables(&resources)?;
+    if matches!(&tables, Tables::PerPort(t) if t.is_empty()) {
+        wasmesh_proxy::log_warn("wasmesh router: no Gateway selects this gateway; every request gets 404");
     }
-    let router = cfg.compile(&resources).map_err(|e| e.to_string())?;
-    wasmesh_proxy::log_info(&format!("wasmesh router: configured {} virtual hosts", router.virtual_host_count()));
-    Ok((Routes::One(Box::new(router)), removed_by_envoy, trace_operations))
+    for (port, router) in tables.iter() {
+        let port = port.map(|p| format!("gateway port {p}: ")).unwrap_or_default();
+        wasmesh_proxy::log_info(&format!(
+            "wasmesh router: {port}configured {} virtual hosts",
+            router.virtual_host_count()
+        ));
+    }
+    Ok((tables, removed_by_envoy, trace_operations))
 }
 
 struct RouterRequest {
@@ -195,9 +143,9 @@ struct RouterRequest {
 
 impl PhaseRequest for RouterRequest {
     fn request_headers(&mut self, s: &Stream, _end_of_stream: bool) -> Flow {
-        let Some(router) = self.phase.routes.for_request(s) else {
+        let Some(router) = table_for(&self.phase.routes, s) else {
             // A gateway port no Gateway server of this proxy declares: no route, as Istio.
-            return answer(s, router_header(&self.phase.routes), 404, &[], None);
+            return answer(s, self.phase.routes.cluster_header(), 404, &[], None);
         };
         if self.phase.faults {
             strip_fault_headers(s);
@@ -396,15 +344,6 @@ fn strip_fault_headers(s: &Stream) {
 }
 
 /// The cluster header of any table (they all share the configuration's).
-fn router_header(routes: &Routes) -> &str {
-    match routes {
-        Routes::One(r) => r.cluster_header(),
-        Routes::PerPort(tables) => {
-            tables.first().map_or(wasmesh_router::DEFAULT_CLUSTER_HEADER, |(_, r)| r.cluster_header())
-        }
-    }
-}
-
 /// A local reply from the router. A client-sent copy of the cluster header is removed first, so
 /// the route Envoy resolved from it before the filters ran does not name the request's
 /// destination (the `destination_service` of a 404) for the telemetry filters.

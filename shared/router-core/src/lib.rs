@@ -19,6 +19,7 @@ pub mod request;
 mod rng;
 pub mod simple_regex;
 mod table;
+mod tables;
 
 pub use actions::{
     Abort, FaultDecision, HeaderActions, HeaderOps, Matched, PathRewrite, Redirect, RouteOps, FAULT_HEADERS,
@@ -31,6 +32,7 @@ pub use policy::{
 pub use request::{HeaderSlots, Request, RequestView};
 pub use rng::Rng;
 pub use table::{Decision, RouteOp, Router};
+pub use tables::Tables;
 pub use wasmesh_istio::CompileError;
 
 #[cfg(test)]

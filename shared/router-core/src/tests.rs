@@ -600,6 +600,20 @@ spec:
     for port in [80, 8080] {
         assert!(RouterConfig { gateway_port: Some(port), ..cfg.clone() }.compile(&resources).is_ok());
     }
+    // What the filter and wasmeshctl compile: a table per port, picked by the request's port
+    // (read only for per-port tables).
+    let tables = cfg.compile_tables(&resources).unwrap();
+    assert_eq!(tables.iter().map(|(p, _)| p).collect::<Vec<_>>(), [Some(80), Some(8080)]);
+    assert!(tables.for_port(|| Some(8080)).is_some());
+    assert!(tables.for_port(|| Some(443)).is_none(), "no Gateway server on that port: 404");
+    assert!(tables.for_port(|| None).is_none());
+    assert_eq!(tables.cluster_header(), DEFAULT_CLUSTER_HEADER);
+    let one = RouterConfig { gateway_port: Some(80), ..cfg.clone() }.compile_tables(&resources).unwrap();
+    assert!(one.for_port(|| panic!("one table reads no port")).is_some());
+    let mut unselected = cfg.clone();
+    unselected.workload.as_mut().unwrap().labels.insert("istio".into(), "none".into());
+    let none = unselected.compile_tables(&resources).unwrap();
+    assert!(none.iter().next().is_none() && none.for_port(|| Some(80)).is_none(), "no Gateway selects it");
 }
 
 fn compile_json_err(resources: Vec<serde_json::Value>) -> String {
