@@ -228,13 +228,48 @@ enum At {
     Passed,
 }
 
+/// The phases' states of one request: a filter of one phase (the per-filter layout) holds its
+/// one state without the list's allocation.
+enum PhaseRequests {
+    One(Box<dyn PhaseRequest>),
+    Many(Vec<Box<dyn PhaseRequest>>),
+}
+
+impl PhaseRequests {
+    fn start(phases: &[Rc<dyn Phase>], context_id: u32) -> PhaseRequests {
+        match phases {
+            [one] => PhaseRequests::One(one.clone().start(context_id)),
+            _ => PhaseRequests::Many(phases.iter().map(|p| p.clone().start(context_id)).collect()),
+        }
+    }
+}
+
+impl std::ops::Deref for PhaseRequests {
+    type Target = [Box<dyn PhaseRequest>];
+    fn deref(&self) -> &Self::Target {
+        match self {
+            PhaseRequests::One(p) => std::slice::from_ref(p),
+            PhaseRequests::Many(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for PhaseRequests {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            PhaseRequests::One(p) => std::slice::from_mut(p),
+            PhaseRequests::Many(v) => v,
+        }
+    }
+}
+
 /// One request in the driver.
 pub struct Request {
     context_id: u32,
     /// Itself, for the list of waiting requests.
     me: Weak<RefCell<Request>>,
     stream: Stream,
-    phases: Vec<Box<dyn PhaseRequest>>,
+    phases: PhaseRequests,
     at: At,
 }
 
@@ -595,7 +630,7 @@ impl RootContext for ChainRoot {
             [one] => one.header_reads(),
             _ => HeaderReads::Map,
         };
-        let phases = self.phases.iter().map(|p| p.clone().start(context_id)).collect();
+        let phases = PhaseRequests::start(&self.phases, context_id);
         let request = Rc::new_cyclic(|me| {
             RefCell::new(Request {
                 context_id,
