@@ -315,16 +315,6 @@ impl Shared {
                 Step::Continue
             }
             Outcome::Allow(allowed) => {
-                for mutation in &allowed.mutations {
-                    match mutation {
-                        Mutation::Remove(h) => {
-                            s.remove_request_header(h);
-                        }
-                        Mutation::Add(h, v) => {
-                            s.add_request_header(h, v);
-                        }
-                    }
-                }
                 match &allowed.identity {
                     Some(id) => {
                         if !self.hand_over(s, AUTHN_IDENTITY, id) {
@@ -342,8 +332,21 @@ impl Shared {
                     }
                 }
                 if allowed.clear_route_cache {
-                    // Not a Stream method yet; the effective context is this stream.
-                    wasmesh_proxy::clear_route_cache();
+                    // Done at the end of the pass unless a header edit (below, or a later phase's)
+                    // makes Envoy clear the route cache itself.
+                    s.clear_route_cache();
+                }
+                // After the hand-over: Envoy selects the route again after the header edits, so
+                // a route sees the verified request as a whole.
+                for mutation in &allowed.mutations {
+                    match mutation {
+                        Mutation::Remove(h) => {
+                            s.remove_request_header(h);
+                        }
+                        Mutation::Add(h, v) => {
+                            s.add_request_header(h, v);
+                        }
+                    }
                 }
                 m.allowed.bump();
                 Step::Continue

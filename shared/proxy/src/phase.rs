@@ -283,8 +283,15 @@ impl Request {
         }
     }
 
-    /// Runs `request_headers` from phase `from` on.
+    /// Runs `request_headers` from phase `from` on, then the route-cache clear a phase asked for
+    /// (if no later header edit did it).
     fn run_headers(&mut self, from: usize, end_of_stream: bool) -> Flow {
+        let flow = self.run_headers_from(from, end_of_stream);
+        self.stream.flush_route_cache();
+        flow
+    }
+
+    fn run_headers_from(&mut self, from: usize, end_of_stream: bool) -> Flow {
         for i in from..self.phases.len() {
             let Some(p) = self.phases.get_mut(i) else { break };
             match p.request_headers(&self.stream, end_of_stream) {

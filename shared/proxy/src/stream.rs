@@ -67,6 +67,9 @@ pub struct Stream {
     /// are read once, in `log`, and nothing reads them after).
     responding: Cell<bool>,
     answered: Cell<bool>,
+    /// A phase asked for the route to be selected again ([`Stream::clear_route_cache`]) and no
+    /// request header was changed since (which would have made Envoy do it).
+    route_stale: Cell<bool>,
 }
 
 /// The first path segments of properties that stay the same for a whole stream.
@@ -93,6 +96,7 @@ impl Stream {
             properties: RefCell::new(Vec::new()),
             responding: Cell::new(false),
             answered: Cell::new(false),
+            route_stale: Cell::new(false),
         }
     }
 
@@ -162,8 +166,10 @@ impl Stream {
         self.with_request_header(name, |v| v.map(|v| v.is_some()))
     }
 
-    /// Applies a change to whatever copy of the headers is kept.
+    /// Applies a change to whatever copy of the headers is kept. Envoy has cleared its route
+    /// cache: a pending [`Stream::clear_route_cache`] is done.
     fn edit_copy(&self, name: &str, edit: impl FnOnce(&mut Overlay)) {
+        self.route_stale.set(false);
         if let Headers::Read(_, overlay) = &mut *self.headers.borrow_mut() {
             edit(overlay);
         }
@@ -195,6 +201,22 @@ impl Stream {
         }
         self.edit_copy(name, |o| o.remove(name));
         true
+    }
+
+    /// Envoy must select the route again before it routes this request (Istio's
+    /// `clear_route_cache`), e.g. after a phase changed something a route may match on other
+    /// than a header. Deferred to the end of the request-header pass
+    /// ([`Stream::flush_route_cache`]): a request header changed after this call makes Envoy
+    /// clear its route cache anyway, and the foreign call (~4k instructions) is then not made.
+    pub fn clear_route_cache(&self) {
+        self.route_stale.set(true);
+    }
+
+    /// The end of a request-header pass: makes the pending [`Stream::clear_route_cache`] call.
+    pub(crate) fn flush_route_cache(&self) {
+        if self.route_stale.replace(false) {
+            crate::clear_route_cache();
+        }
     }
 
     // --- response headers (read and written directly: each phase touches few) ---------------
