@@ -732,12 +732,18 @@ fn listener(
     transport: Option<&ListenerTransport>,
 ) -> Value {
     let (normalize_path, merge_slashes, escaped) = spec.mesh.normalization().hcm();
-    let mut http_filters: Vec<Value> = c.http_filters.iter().map(|f| wasm_http_filter(f, &spec.wasm_dir)).collect();
-    // As istiod, in every HTTP chain: the gRPC message counts the stats phase reads.
-    http_filters.push(crate::plugins::stats::grpc_stats_filter());
+    // As istiod, in every HTTP chain: the gRPC message counts the stats phase reads (after the
+    // wasm filters, as the native filters the routes need).
+    let mut native = vec![crate::plugins::stats::grpc_stats_filter()];
     let mut route_config = route_config;
-    with_route_policies(&mut http_filters, &mut route_config, c);
-    let faults = with_fault_filter(&mut http_filters, &mut route_config, c);
+    with_route_policies(&mut native, &mut route_config, c);
+    let faults = with_fault_filter(&mut native, &mut route_config, c);
+    let mut wasm = c.http_filters.clone();
+    if every_route_takes_the_cluster_header(&route_config) {
+        plugins::stats::cluster_from_header(&mut wasm, CLUSTER_HEADER);
+    }
+    let mut http_filters: Vec<Value> = wasm.iter().map(|f| wasm_http_filter(f, &spec.wasm_dir)).collect();
+    http_filters.extend(native);
     http_filters.push(json!({
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
@@ -934,6 +940,24 @@ fn with_route_policies(http_filters: &mut Vec<Value>, route_config: &mut Value, 
     {
         remove.push(json!(wasmesh_router::POLICY_HEADER));
     }
+}
+
+/// Whether Envoy sends every request of this route configuration to the cluster
+/// [`CLUSTER_HEADER`] names (the wasm router's choice), or answers it on the egress `block_all`
+/// route, which the router chose by naming `BlackHoleCluster` there. Not when a virtual host
+/// may answer with a redirect to HTTPS (`require_tls`) or any route does something else.
+fn every_route_takes_the_cluster_header(route_config: &Value) -> bool {
+    let Some(vhosts) = route_config.get("virtual_hosts").and_then(Value::as_array) else { return false };
+    !vhosts.is_empty()
+        && vhosts.iter().all(|v| {
+            let routes = v.get("routes").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            v.get("require_tls").is_none()
+                && !routes.is_empty()
+                && routes.iter().all(|r| {
+                    r.pointer("/route/cluster_header").and_then(Value::as_str) == Some(CLUSTER_HEADER)
+                        || r.get("name").and_then(Value::as_str) == Some(wasmesh_router::egress::BLACKHOLE_ROUTE)
+                })
+        })
 }
 
 /// The route for outbound and gateway listeners: Envoy sends the request to the cluster the wasm
@@ -1358,6 +1382,9 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         for c in &stats_configs {
             let client = c["direction"] != "inbound";
             assert_eq!(c.get("noEndpointMetadata") == Some(&Value::Bool(true)), client, "{c}");
+            // Every outbound route takes the router's cluster header: HTTP stats are told so.
+            let http = c.get("protocol").is_none_or(|p| p == "http");
+            assert_eq!(c.get("clusterHeader") == Some(&json!(CLUSTER_HEADER)), client && http, "{c}");
         }
         assert!(stats_configs.iter().any(|c| c["direction"] == "outbound"));
         // What makes the flag true: no endpoint written here has Istio's metadata.
@@ -1369,6 +1396,26 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
                 }
             }
         }
+    }
+
+    /// Stats take the cluster from the router's header only where Envoy can do nothing else.
+    #[test]
+    fn only_routes_that_all_take_the_cluster_header_let_stats_skip_the_cluster_attribute() {
+        assert!(every_route_takes_the_cluster_header(&route_by_header()));
+        let registry_only = crate::egress::outbound_route(
+            wasmesh_router::OutboundMode::RegistryOnly,
+            route_by_header(),
+            CLUSTER_HEADER,
+        );
+        assert!(every_route_takes_the_cluster_header(&registry_only));
+        assert!(!every_route_takes_the_cluster_header(&route_to("inbound|8080||")));
+        let mut https_redirect = route_by_header();
+        https_redirect["virtual_hosts"][0]["require_tls"] = json!("ALL");
+        assert!(!every_route_takes_the_cluster_header(&https_redirect));
+        let mut fixed = route_by_header();
+        fixed["virtual_hosts"][0]["routes"][0]["route"] = json!({"cluster": "outbound|80||a"});
+        assert!(!every_route_takes_the_cluster_header(&fixed));
+        assert!(!every_route_takes_the_cluster_header(&json!({"virtual_hosts": []})));
     }
 
     fn is_wasm_filter(f: &Value) -> bool {

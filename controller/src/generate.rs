@@ -560,6 +560,7 @@ fn stats_plugins(
         exchange_headers_removed: false,
         // istiod writes Istio's workload metadata on every mesh endpoint: the fallback is read.
         no_endpoint_metadata: false,
+        cluster_header: None,
     };
     // `direction` and the inbound `services` are derived at run time (C2).
     let config = plugin_config(to_value("stats", &cfg)?, mesh, &["direction", "services"]);

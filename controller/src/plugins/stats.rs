@@ -138,6 +138,7 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
         exchange_headers_removed: false,
         // Set by the bootstrap, whose clusters carry no such metadata.
         no_endpoint_metadata: false,
+        cluster_header: None,
     };
     cfg.compile(&Resources { items: telemetries }).map_err(|e| e.0)?;
     serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("stats config: {e}"))])
@@ -190,6 +191,23 @@ pub fn endpoint_metadata_not_written(filters: &mut [WasmFilter]) {
             let client_side = matches!(c.get("direction").and_then(Value::as_str), Some("outbound" | "gateway"));
             if let (true, Some(o)) = (client_side, c.as_object_mut()) {
                 o.insert("noEndpointMetadata".into(), Value::Bool(true));
+            }
+        }
+    }
+}
+
+/// Tells the outbound and gateway HTTP stats filters among `filters` (alone or as phases of a
+/// `wasmesh.chain`) that every route of their listener takes the cluster from request header
+/// `header` (`clusterHeader`), so a stats phase after the router phase in the same chain takes the
+/// destination cluster from the router's value instead of reading `xds.cluster_name`. Only for a
+/// listener whose route configuration the caller writes and checked so (the bootstrap's).
+pub fn cluster_from_header(filters: &mut [WasmFilter], header: &str) {
+    for f in filters {
+        for c in stats_configs(f, &[FILTER_NAME]) {
+            let client_side = matches!(c.get("direction").and_then(Value::as_str), Some("outbound" | "gateway"));
+            let http = c.get("protocol").and_then(Value::as_str).is_none_or(|p| p == "http");
+            if let (true, true, Some(o)) = (client_side, http, c.as_object_mut()) {
+                o.insert("clusterHeader".into(), Value::String(header.to_string()));
             }
         }
     }

@@ -478,7 +478,14 @@ impl PhaseRequest for StatsRequest {
         // Every attribute the labels and measures need, in one batch (fixed slots first).
         let mut paths: Vec<&[&str]> = Vec::with_capacity(10);
         paths.extend([&RESPONSE_CODE[..], &RESPONSE_FLAGS, &REQUEST_DURATION, &REQUEST_SIZE, &RESPONSE_SIZE, peer_san]);
-        let cluster_slot = stats.needs_cluster().then(|| push_slot(&mut paths, &CLUSTER_NAME));
+        // The cluster the router phase of this chain named, where every route takes it from that
+        // header (`clusterHeader`): no attribute to read. Read from the stream's copy of the
+        // request headers, never from Envoy (a client's own value is not the router's).
+        let routed = match (&stats.cluster_header, stats.needs_cluster()) {
+            (Some(h), true) => s.edited_request_header(h),
+            _ => None,
+        };
+        let cluster_slot = (stats.needs_cluster() && routed.is_none()).then(|| push_slot(&mut paths, &CLUSTER_NAME));
         let grpc_slot = (protocol == Protocol::Grpc).then(|| push_slot(&mut paths, &GRPC_STATUS));
         let messages_slot = (protocol == Protocol::Grpc).then(|| push_slot(&mut paths, &GRPC_STATS));
         let endpoint_slot = needs_endpoint.then(|| push_slot(&mut paths, &ENDPOINT_WORKLOAD));
@@ -486,7 +493,13 @@ impl PhaseRequest for StatsRequest {
         let at = |i: usize| values.get(i).and_then(|v| v.as_deref());
         let text = |i: Option<usize>| i.and_then(at).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default();
 
-        let mut cluster = text(cluster_slot);
+        let flags = nonneg_bytes(at(1)).unwrap_or(0);
+        let mut cluster = match routed.as_deref().map(std::str::from_utf8) {
+            // Envoy found no cluster of that name (`NC`): it reports none.
+            Some(Ok(_)) if flags & wasmesh_trace::flags::NO_CLUSTER_FOUND != 0 => "",
+            Some(Ok(routed)) => routed,
+            _ => text(cluster_slot),
+        };
         // No cluster: Envoy answered on a route of its own; istiod's catch-all routes name one
         // (`block_all` → BlackHoleCluster). Read only on such requests.
         if cluster.is_empty() && cluster_slot.is_some() {
@@ -506,7 +519,7 @@ impl PhaseRequest for StatsRequest {
 
         let mut facts = Facts::new(protocol);
         facts.response_code = nonneg_bytes(at(0)).and_then(|c| u32::try_from(c).ok()).unwrap_or(0);
-        facts.response_flags = stats.effective_flags(facts.response_code, cluster, nonneg_bytes(at(1)).unwrap_or(0));
+        facts.response_flags = stats.effective_flags(facts.response_code, cluster, flags);
         facts.grpc_status = grpc_slot.and_then(|i| nonneg_bytes(at(i))).and_then(|c| u32::try_from(c).ok());
         facts.peer = peer.as_ref().map(|p| &p.peer);
         facts.peer_principal = peer_principal;

@@ -188,6 +188,12 @@ impl Overlay {
         self.appended.retain(|(n, _)| n != name);
     }
 
+    /// The last value a phase set or added for `name` since the map was read (none when the
+    /// header is as Envoy handed it over, or was removed since).
+    pub fn edited(&self, name: &str) -> Option<&[u8]> {
+        self.appended.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+    }
+
     fn hides(&self, name: &[u8]) -> bool {
         self.hidden.iter().any(|h| h.as_bytes() == name)
     }

@@ -156,6 +156,15 @@ impl Stream {
         self.with_request_headers(|h| f(h.map(|h| h.get(name))))
     }
 
+    /// The value a phase of this stream set for request header `name` (copied), without a
+    /// hostcall: `None` when no phase set it or the map was never read here.
+    pub fn edited_request_header(&self, name: &str) -> Option<Bytes> {
+        match &*self.headers.borrow() {
+            Headers::Read(_, overlay) => overlay.edited(name).map(<[u8]>::to_vec),
+            _ => None,
+        }
+    }
+
     /// The first value of a request header, copied; `Ok(None)` when absent.
     pub fn request_header(&self, name: &str) -> Result<Option<Bytes>, Status> {
         self.with_request_header(name, |v| v.map(|v| v.map(<[u8]>::to_vec)))

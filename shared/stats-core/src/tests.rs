@@ -481,3 +481,30 @@ fn no_endpoint_metadata_is_for_the_client_side_only() {
         !compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound"})).unwrap().no_endpoint_metadata
     );
 }
+
+#[test]
+fn cluster_header_is_for_client_side_http_only_and_must_be_a_header_name() {
+    let with = |direction: &str, mode: &str, extra: serde_json::Value| {
+        let mut w = workload("a", "a", "v1");
+        w["mode"] = json!(mode);
+        let mut c = json!({"workload": w, "direction": direction, "clusterHeader": "x-wasmesh-cluster"});
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        compile(c)
+    };
+    let ok = with("outbound", "sidecar", json!({})).unwrap();
+    assert_eq!(ok.cluster_header.as_deref(), Some("x-wasmesh-cluster"));
+    assert!(with("gateway", "gateway", json!({})).is_ok());
+    let err = with("inbound", "sidecar", json!({})).unwrap_err().to_string();
+    assert!(err.contains("clusterHeader is for outbound and gateway HTTP filters only"), "{err}");
+    let err = with("outbound", "sidecar", json!({"protocol": "tcp"})).unwrap_err().to_string();
+    assert!(err.contains("clusterHeader is for outbound and gateway HTTP filters only"), "{err}");
+    let err = with("outbound", "sidecar", json!({"clusterHeader": "X-Cluster"})).unwrap_err().to_string();
+    assert!(err.contains("clusterHeader \"X-Cluster\" is not a lower-case HTTP header name"), "{err}");
+    // Absent: `xds.cluster_name` is read.
+    assert!(compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound"}))
+        .unwrap()
+        .cluster_header
+        .is_none());
+}

@@ -33,6 +33,9 @@ pub const RESPONSE_FLAGS: [&str; 30] = [
     "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR", "UDO",
 ];
 
+/// `NC` (no cluster found) as a bit of `response.flags`.
+pub const NO_CLUSTER_FOUND: u64 = 1 << 24;
+
 /// The order an HTTP stream sets the flags in (bit indices into [`RESPONSE_FLAGS`]; see the
 /// module documentation for why each sits where it does).
 pub const HTTP_SET_ORDER: [u8; 30] = [
@@ -124,6 +127,11 @@ pub fn bit(code: &str) -> Option<u64> {
 #[allow(clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_cluster_found_is_the_nc_bit() {
+        assert_eq!(NO_CLUSTER_FOUND, bits(&["NC"]));
+    }
 
     fn bits(codes: &[&str]) -> u64 {
         codes.iter().map(|c| bit(c).unwrap_or_else(|| panic!("no flag {c}"))).fold(0, |a, b| a | b)
