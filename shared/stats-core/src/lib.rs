@@ -128,6 +128,18 @@ pub struct StatsConfig {
     /// absent metadata would make it. Refused on an inbound filter, which never reads it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_endpoint_metadata: bool,
+    /// Outbound and gateway HTTP only: Envoy adds `x-envoy-peer-metadata` and
+    /// `x-envoy-peer-metadata-id` to every upstream request itself, with exactly the values the
+    /// filter would write ([`Stats::header_value`], [`LocalInfo::node_id`]), replacing what the
+    /// client sent (the listener's route configuration `request_headers_to_add` with
+    /// `OVERWRITE_IF_EXISTS_OR_ADD`, as the static bootstrap of `wasmeshctl envoy` writes it where
+    /// no `MESH_EXTERNAL` host is known), so the filter does not write them (two hostcalls, ~8k
+    /// instructions per request). A route adds them to every request, so this is refused with
+    /// `externalHosts` (requests to those hosts must not get them), with `metadataExchange`
+    /// off, without a `direction` (a WasmPlugin's configuration, whose routes istiod writes)
+    /// and on an inbound or TCP filter.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exchange_headers_added: bool,
 }
 
 fn default_max_label_sets() -> usize {
@@ -175,6 +187,9 @@ pub struct Stats {
     pub exchange_headers_removed: bool,
     /// The upstream endpoints carry no Istio workload metadata: the fallback is not read.
     pub no_endpoint_metadata: bool,
+    /// Envoy's route adds our exchange headers to every upstream request (outbound, gateway);
+    /// the filter does not write them.
+    pub exchange_headers_added: bool,
     pub max_label_sets: usize,
     external_hosts: Vec<String>,
     inbound_service: Option<ServiceInfo>,
@@ -207,6 +222,11 @@ impl StatsConfig {
 
     /// Compiles for one direction (see [`StatsConfig::directions`]).
     pub fn compile_for(&self, direction: Direction, resources: &Resources) -> Result<Stats, CompileError> {
+        if self.exchange_headers_added && self.direction.is_none() {
+            return Err(CompileError::msg(
+                "stats configuration: exchangeHeadersAdded needs a direction (outbound or gateway): without one the configuration serves every listener of the proxy (a WasmPlugin), whose routes are not the ones wasmeshctl writes with the exchange headers",
+            ));
+        }
         let cfg = StatsConfig { direction: Some(direction), ..self.clone() };
         cfg.compile(resources)
     }
@@ -244,6 +264,25 @@ impl StatsConfig {
             errors.push(Error::new(
                 "stats configuration: noEndpointMetadata is for outbound and gateway filters: an inbound filter never reads the upstream endpoint's metadata (its peer is downstream)",
             ));
+        }
+        if self.exchange_headers_added {
+            if direction == Direction::Inbound || self.protocol != ListenerProtocol::Http {
+                errors.push(Error::new(format!(
+                    "stats configuration: exchangeHeadersAdded is for outbound and gateway HTTP filters only (here direction {:?}, protocol {:?}): only they send the exchange headers upstream",
+                    direction, self.protocol
+                )));
+            }
+            if !self.metadata_exchange {
+                errors.push(Error::new(
+                    "stats configuration: exchangeHeadersAdded with metadataExchange false: the route would send the exchange headers the filter is configured not to send",
+                ));
+            }
+            if !self.external_hosts.is_empty() {
+                errors.push(Error::new(format!(
+                    "stats configuration: exchangeHeadersAdded with externalHosts {:?}: the route adds the exchange headers to every request, and requests to hosts outside the mesh must not get them; leave exchangeHeadersAdded out and the filter sends them to mesh hosts only",
+                    self.external_hosts
+                )));
+            }
         }
         if self.max_label_sets == 0 {
             errors.push(Error::new("stats configuration: maxLabelSets must be at least 1"));
@@ -297,6 +336,7 @@ impl StatsConfig {
             publish_peer: self.publish_peer,
             exchange_headers_removed: self.exchange_headers_removed,
             no_endpoint_metadata: self.no_endpoint_metadata,
+            exchange_headers_added: self.exchange_headers_added,
             max_label_sets: self.max_label_sets,
             external_hosts: self.external_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             inbound_service,
