@@ -227,7 +227,12 @@ pub fn exchange_headers_added_by_route(filters: &mut [WasmFilter], resources: &R
             o.insert("exchangeHeadersAdded".into(), Value::Bool(true));
         }
     }
-    let header = |key: &str, value: &str| json!({"header": {"key": key, "value": value.replace('%', "%%")}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"});
+    let header = |key: &str, value: &str| {
+        json!({
+            "header": {"key": key, "value": value.replace('%', "%%")},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        })
+    };
     vec![header(wasmesh_stats::peer::HEADER_METADATA, &metadata), header(wasmesh_stats::peer::HEADER_METADATA_ID, &id)]
 }
 
