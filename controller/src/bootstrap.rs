@@ -277,7 +277,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                 merge(&mut clusters, &mut stats_tags, c);
             }
             if let Some(port) = spec.outbound_port {
-                let c = add(Direction::Outbound, port, &mut errors);
+                let mut c = add(Direction::Outbound, port, &mut errors);
                 // Unknown hosts: Istio's BlackHoleCluster / PassthroughCluster (egress.rs), when
                 // the mesh config sets outboundTrafficPolicy; else the router's 404.
                 let mode = spec.mesh.outbound_traffic_policy.map(|p| p.mode);
@@ -285,6 +285,7 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                 if let Some(mode) = mode {
                     routes = crate::egress::outbound_route(mode, routes, CLUSTER_HEADER);
                 }
+                with_exchange_headers(&mut routes, &mut c, resources, slots);
                 let mut l = listener(spec, "outbound", port, &c, routes, false, None);
                 with_listener_access_log(&mut l, &listener_context(Direction::Outbound, port));
                 if let Some(mode) = mode {
@@ -338,8 +339,9 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                 let name = format!("gateway_{gw_port}");
                 match gateway::plan(resources, &wl, *gw_port, spec.credentials_dir.as_deref()) {
                     Ok(gateway::PortPlan::Http(http)) => {
-                        let c = add(Direction::Gateway { port: *gw_port }, *bind, &mut errors);
-                        let routes = gateway::route_config(route_by_header(), &http);
+                        let mut c = add(Direction::Gateway { port: *gw_port }, *bind, &mut errors);
+                        let mut routes = gateway::route_config(route_by_header(), &http);
+                        with_exchange_headers(&mut routes, &mut c, resources, slots);
                         let mut l = listener(spec, &name, *bind, &c, routes, true, None);
                         gateway::with_tls_chains(&mut l, &http);
                         with_listener_access_log(
@@ -960,6 +962,24 @@ fn every_route_takes_the_cluster_header(route_config: &Value) -> bool {
         })
 }
 
+/// Envoy's route adds the metadata-exchange headers to every upstream request of an outbound or
+/// gateway listener in place of its stats filters (`exchangeHeadersAdded`), where
+/// [`plugins::stats::exchange_headers_added_by_route`] says it does exactly what they would. At
+/// the route configuration's level, so every route has them: the catch-all, the policy routes,
+/// `PassthroughCluster` (the filter sends them to unknown hosts too) and the direct responses,
+/// which send nothing upstream. Only in a static bootstrap: under xDS (`Slots::All`) the
+/// filter configurations follow the YAML while the route stays as Envoy started with it, and a
+/// `MESH_EXTERNAL` host added later must not get them.
+fn with_exchange_headers(route_config: &mut Value, c: &mut Contribution, resources: &Resources, slots: Slots) {
+    if slots != Slots::AsNeeded {
+        return;
+    }
+    let headers = plugins::stats::exchange_headers_added_by_route(&mut c.http_filters, resources);
+    if let (false, Some(rc)) = (headers.is_empty(), route_config.as_object_mut()) {
+        rc.insert("request_headers_to_add".into(), Value::Array(headers));
+    }
+}
+
 /// The route for outbound and gateway listeners: Envoy sends the request to the cluster the wasm
 /// router named. Istio disables the route timeout by default (`0s`).
 fn route_by_header() -> Value {
@@ -1416,6 +1436,126 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         fixed["virtual_hosts"][0]["routes"][0]["route"] = json!({"cluster": "outbound|80||a"});
         assert!(!every_route_takes_the_cluster_header(&fixed));
         assert!(!every_route_takes_the_cluster_header(&json!({"virtual_hosts": []})));
+    }
+
+    /// The HTTP stats configurations of a listener (its filters or its chain's stats phases).
+    fn http_stats_configs(l: &Value) -> Vec<Value> {
+        fn walk(v: &Value, out: &mut Vec<Value>) {
+            match v {
+                Value::String(s) if s.contains("\"metadataExchange\"") => {
+                    let c: Value = serde_json::from_str(s).unwrap();
+                    match c.get("phases").and_then(Value::as_array) {
+                        Some(ps) => out.extend(
+                            ps.iter().filter(|p| p["rootId"] == "wasmesh.stats").map(|p| p["configuration"].clone()),
+                        ),
+                        None => out.push(c),
+                    }
+                }
+                Value::Object(m) => m.values().for_each(|v| walk(v, out)),
+                Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(l, &mut out);
+        out.retain(|c| c["protocol"] != "tcp");
+        out
+    }
+
+    fn route_config_of(l: &Value) -> &Value {
+        &l["filter_chains"][0]["filters"].as_array().unwrap().last().unwrap()["typed_config"]["route_config"]
+    }
+
+    /// The static bootstrap's outbound route adds the exchange headers with the values the stats
+    /// phase would write, and tells the phase (both layouts, every outboundTrafficPolicy); not
+    /// where a MESH_EXTERNAL host is known, a VirtualService header operation names them, or
+    /// under xDS, where the filter keeps writing them; never on the inbound route.
+    #[test]
+    fn the_outbound_route_adds_the_exchange_headers_where_it_does_exactly_what_the_filter_does() {
+        use wasmesh_router::{OutboundMode, OutboundTrafficPolicy};
+        let res = resources(MESH);
+        let mut sp = spec("default/db", &res, &[18080], Vec::new());
+        sp.outbound_port = Some(15001);
+        let local = crate::plugins::stats::core::LocalInfo::from_workload(&sp.workload);
+        for layout in [Layout::OnePass, Layout::PerFilter] {
+            for mode in [None, Some(OutboundMode::AllowAny), Some(OutboundMode::RegistryOnly)] {
+                sp.mesh.outbound_traffic_policy = mode.map(|mode| OutboundTrafficPolicy { mode });
+                let boot = build_with(&sp, &res, Slots::AsNeeded, layout).unwrap();
+                let out = listener(&boot, "outbound_15001");
+                let add = &route_config_of(out)["request_headers_to_add"];
+                assert_eq!(
+                    add,
+                    &json!([
+                        {"header": {"key": "x-envoy-peer-metadata", "value": local.header_value()},
+                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+                        {"header": {"key": "x-envoy-peer-metadata-id", "value": local.node_id},
+                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+                    ]),
+                    "{layout:?} {mode:?}"
+                );
+                let configs = http_stats_configs(out);
+                assert_eq!(configs.len(), 1, "{layout:?}: {configs:?}");
+                assert_eq!(configs[0]["exchangeHeadersAdded"], true);
+                // The filter accepts the flag and would have written exactly these values.
+                let stats = wasmesh_stats::StatsConfig::compile_json(configs[0].to_string().as_bytes()).unwrap();
+                assert!(stats.exchange_headers_added);
+                assert_eq!(add[0]["header"]["value"], stats.header_value.as_str());
+                assert_eq!(add[1]["header"]["value"], stats.local.node_id.as_str());
+                let inbound = listener(&boot, "inbound_18080");
+                assert!(route_config_of(inbound).get("request_headers_to_add").is_none());
+                assert!(http_stats_configs(inbound).iter().all(|c| c.get("exchangeHeadersAdded").is_none()));
+            }
+        }
+        sp.mesh.outbound_traffic_policy = None;
+        let external = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [httpbin.org]
+  location: MESH_EXTERNAL
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+"#;
+        let names_the_header = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: default}
+spec:
+  hosts: [db]
+  http:
+  - headers: {request: {remove: [X-Envoy-Peer-Metadata]}}
+    route: [{destination: {host: db}}]
+"#;
+        let custom = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-authz, namespace: default}
+spec:
+  selector: {matchLabels: {app: nobody}}
+  action: CUSTOM
+  provider: {name: my-ext-authz}
+  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+"#;
+        for (extra, slots) in [
+            (external, Slots::AsNeeded),
+            (names_the_header, Slots::AsNeeded),
+            (custom, Slots::AsNeeded),
+            ("", Slots::All),
+        ] {
+            let res = resources(&format!("{MESH}{extra}"));
+            let boot = build_with(&sp, &res, slots, Layout::OnePass).unwrap();
+            let out = listener(&boot, "outbound_15001");
+            assert!(route_config_of(out).get("request_headers_to_add").is_none(), "{extra} {slots:?}");
+            let configs = http_stats_configs(out);
+            assert!(
+                !configs.is_empty() && configs.iter().all(|c| c.get("exchangeHeadersAdded").is_none()),
+                "{configs:?}"
+            );
+        }
     }
 
     fn is_wasm_filter(f: &Value) -> bool {

@@ -561,6 +561,8 @@ fn stats_plugins(
         // istiod writes Istio's workload metadata on every mesh endpoint: the fallback is read.
         no_endpoint_metadata: false,
         cluster_header: None,
+        // istiod writes the routes: the filter adds the exchange headers itself.
+        exchange_headers_added: false,
     };
     // `direction` and the inbound `services` are derived at run time (C2).
     let config = plugin_config(to_value("stats", &cfg)?, mesh, &["direction", "services"]);

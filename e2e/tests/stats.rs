@@ -987,3 +987,185 @@ fn exchange_headers_never_reach_the_app_in_either_mode() {
         );
     }
 }
+
+/// The HTTP stats configurations (filters or chain phases) and the route configuration of each
+/// client-side (outbound, gateway) HTTP listener of a bootstrap.
+fn client_side_listeners(boot: &serde_json::Value) -> Vec<(Vec<serde_json::Value>, serde_json::Value)> {
+    fn stats_configs(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+        match v {
+            serde_json::Value::String(s) if s.contains("\"metadataExchange\"") => {
+                let c: serde_json::Value = serde_json::from_str(s).unwrap();
+                match c.get("phases").and_then(serde_json::Value::as_array) {
+                    Some(ps) => out.extend(
+                        ps.iter().filter(|p| p["rootId"] == "wasmesh.stats").map(|p| p["configuration"].clone()),
+                    ),
+                    None => out.push(c),
+                }
+            }
+            serde_json::Value::Object(m) => m.values().for_each(|v| stats_configs(v, out)),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| stats_configs(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for l in boot["static_resources"]["listeners"].as_array().unwrap() {
+        for f in l["filter_chains"][0]["filters"].as_array().unwrap() {
+            let hcm = &f["typed_config"];
+            if hcm.get("route_config").is_none() {
+                continue;
+            }
+            let mut configs = Vec::new();
+            stats_configs(&hcm["http_filters"], &mut configs);
+            if configs.iter().any(|c| c["direction"] == "outbound" || c["direction"] == "gateway") {
+                out.push((configs, hcm["route_config"].clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Where `wasmeshctl envoy` writes the outbound and gateway routes and no host is MESH_EXTERNAL,
+/// Envoy's route adds the exchange headers instead of the stats phase (`exchangeHeadersAdded`):
+/// an upstream outside the sidecars (a plain app behind a MESH_INTERNAL ServiceEntry, one behind
+/// ALLOW_ANY's PassthroughCluster, and one behind the ingress gateway) receives both, with
+/// exactly the values of the sending proxy's workload, replacing what the client sent, in both
+/// layouts. With a MESH_EXTERNAL host in the mesh the route adds nothing and the phase writes
+/// them as before: the external host gets neither, the mesh host both.
+#[test]
+fn routes_add_the_exchange_headers_and_external_hosts_get_none() {
+    let plain = App::new("plain", "v1").start();
+    let ext = App::new("ext", "v1").start();
+    let passthrough = App::new("passthrough", "v1").start();
+    let base = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: plain, namespace: default}}
+spec:
+  hosts: [plain.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {plain}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: sleep, namespace: default}}
+spec: {{address: 127.0.0.1, labels: {{app: sleep, version: v1}}, serviceAccount: sleep}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec: {{address: 127.0.0.1, labels: {{istio: ingressgateway, app: istio-ingressgateway}}, serviceAccount: istio-ingressgateway}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["gw.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  hosts: [gw.example.com]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: plain.default.svc.cluster.local, port: {{number: 80}}}}}}]
+"#,
+        plain = plain.port
+    );
+    let external = format!(
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ext, namespace: default}}
+spec:
+  hosts: [ext.example.com]
+  location: MESH_EXTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {ext}}}}}]
+"#,
+        ext = ext.port
+    );
+    let allow_any: wasmesh_controller::MeshConfig =
+        serde_json::from_value(serde_json::json!({"outboundTrafficPolicy": {"mode": "ALLOW_ANY"}})).unwrap();
+    let resources = Resources { items: load_str(&base, "t.yaml").unwrap() };
+    let (sleep, _) = wasmesh_controller::bootstrap::workload_from_entry(&resources, "default/sleep").unwrap();
+    let (mut gateway, _) =
+        wasmesh_controller::bootstrap::workload_from_entry(&resources, "istio-system/istio-ingressgateway").unwrap();
+    gateway.mode = wasmesh_istio::ProxyMode::Gateway;
+    let local = wasmesh_controller::plugins::stats::core::LocalInfo::from_workload;
+    let (sleep, gateway) = (local(&sleep), local(&gateway));
+    let forged = [("x-envoy-peer-metadata", "forged"), ("x-envoy-peer-metadata-id", "forged-id")];
+    let received = |r: &wasmesh_e2e::http::Response| -> (Option<String>, Option<String>) {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let h = r.json()["headers"].clone();
+        let get = |n: &str| h.get(n).and_then(|v| v.as_str()).map(str::to_string);
+        (get("x-envoy-peer-metadata"), get("x-envoy-peer-metadata-id"))
+    };
+    let both =
+        |l: &wasmesh_controller::plugins::stats::core::LocalInfo| (Some(l.header_value()), Some(l.node_id.clone()));
+
+    for (layout, with_external) in [
+        (wasmesh_controller::Layout::OnePass, false),
+        (wasmesh_controller::Layout::PerFilter, false),
+        (wasmesh_controller::Layout::OnePass, true),
+    ] {
+        let what = format!("{layout:?}, external host: {with_external}");
+        let boots = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let seen = boots.clone();
+        let yaml = if with_external { format!("{base}{external}") } else { base.clone() };
+        let mesh = Mesh::builder()
+            .yaml(&yaml)
+            .keep_ports()
+            .layout(layout)
+            .mesh_config(allow_any.clone())
+            .edit_bootstraps(move |name, b| seen.borrow_mut().push((name.to_string(), b.clone())))
+            .client("default/sleep")
+            .gateway("istio-system/istio-ingressgateway", &[80])
+            .start();
+        // The generated configuration: the flag exactly where the route adds the headers.
+        let boots = boots.borrow();
+        assert_eq!(boots.len(), 2, "{what}");
+        for (name, boot) in boots.iter() {
+            let listeners = client_side_listeners(boot);
+            assert_eq!(listeners.len(), 1, "{what}: {name}");
+            for (configs, route) in &listeners {
+                assert_eq!(configs.len(), 1, "{what}: {name}: {configs:?}");
+                let flagged = configs[0].get("exchangeHeadersAdded") == Some(&serde_json::Value::Bool(true));
+                let added = route.get("request_headers_to_add").is_some();
+                assert_eq!((flagged, added), (!with_external, !with_external), "{what}: {name}: {route}");
+            }
+        }
+
+        let out = mesh.outbound_port("default/sleep");
+        let gw = mesh.gateway_port("istio-system/istio-ingressgateway", 80);
+        for _ in 0..2 {
+            // A mesh host behind a ServiceEntry, through the sidecar and through the gateway.
+            assert_eq!(received(&get(out, "plain.default.svc.cluster.local", "/get", &forged)), both(&sleep), "{what}");
+            assert_eq!(received(&get(gw, "gw.example.com", "/get", &forged)), both(&gateway), "{what}");
+            // An unknown host through PassthroughCluster: the filter sent them there too.
+            let host = format!("localhost:{}", passthrough.port);
+            assert_eq!(received(&get(out, &host, "/get", &forged)), both(&sleep), "{what}: passthrough");
+            if with_external {
+                // Outside the mesh: neither header.
+                let r = get(out, "ext.example.com", "/get", &[]);
+                assert_eq!(received(&r), (None, None), "{what}: sent outside the mesh");
+            }
+        }
+        // The stats phase still reads the response's exchange (none here: plain apps) and counts
+        // every request it sent.
+        st::wait_series(
+            mesh.envoy("default/sleep"),
+            "istio_requests_total",
+            &[("reporter", "source"), ("source_workload", "sleep"), ("destination_service_name", "plain")],
+            2.0,
+        );
+    }
+}

@@ -139,6 +139,8 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
         // Set by the bootstrap, whose clusters carry no such metadata.
         no_endpoint_metadata: false,
         cluster_header: None,
+        // Set by the bootstrap where it writes the client-side route that adds them.
+        exchange_headers_added: false,
     };
     cfg.compile(&Resources { items: telemetries }).map_err(|e| e.0)?;
     serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("stats config: {e}"))])
@@ -177,6 +179,80 @@ pub fn exchange_headers_removed_by_route(filters: &mut [WasmFilter]) {
             }
         }
     }
+}
+
+/// The route configuration's `request_headers_to_add` with which Envoy sends this listener's
+/// exchange headers instead of its outbound or gateway stats filters, which are told so
+/// (`exchangeHeadersAdded`): both headers with exactly the values the filter writes
+/// ([`exchange_header_values`]), `OVERWRITE_IF_EXISTS_OR_ADD` as the filter replaces what the
+/// client sent. Only for a listener whose route configuration the caller writes and keeps for
+/// the proxy's life (the static bootstrap's outbound and gateway routes: under Istio istiod
+/// writes them, and under `serve` a ServiceEntry added later could make a host external while
+/// Envoy's route stays). Empty, with every filter left to write them itself, unless the
+/// route's "every request" is exactly the filter's set:
+/// - every HTTP stats configuration of the listener is outbound or gateway, exchanges metadata
+///   and knows no `MESH_EXTERNAL` host (with one, the filter skips requests whose authority
+///   names it; Envoy's domain matching differs from that match (trailing dot, wildcard without
+///   a dot, ports) and it would see the authority after the router may rewrite it, so this keeps
+///   the filter's writes rather than approximate them with virtual hosts);
+/// - no resource names an exchange header (e.g. a VirtualService header operation, which the wasm
+///   router applies after the stats phase wrote them while Envoy's route would apply after the
+///   router, or an AuthorizationPolicy condition, which the later phases would no longer see
+///   holding our values) and no AuthorizationPolicy is `CUSTOM` (an external authorizer is sent
+///   the request's headers, ours among them as the phase wrote them first);
+/// - the values can be written as Envoy header values (`%` escaped as `%%`).
+pub fn exchange_headers_added_by_route(filters: &mut [WasmFilter], resources: &Resources) -> Vec<Value> {
+    let read_by_a_later_filter = resources.items.iter().any(|r| {
+        let text = serde_json::to_string(r).unwrap_or_default().to_ascii_lowercase();
+        text.contains(wasmesh_stats::peer::HEADER_METADATA)
+            || (r.kind() == Kind::AuthorizationPolicy && text.contains("\"custom\""))
+    });
+    if read_by_a_later_filter {
+        return Vec::new();
+    }
+    let mut values: Option<(String, String)> = None;
+    let mut configs = Vec::new();
+    for f in filters.iter_mut() {
+        for c in stats_configs(f, &[FILTER_NAME]) {
+            let Some(v) = exchange_header_values(c) else { return Vec::new() };
+            if values.as_ref().is_some_and(|seen| *seen != v) {
+                return Vec::new();
+            }
+            values = Some(v);
+            configs.push(c);
+        }
+    }
+    let Some((metadata, id)) = values else { return Vec::new() };
+    for c in configs {
+        if let Some(o) = c.as_object_mut() {
+            o.insert("exchangeHeadersAdded".into(), Value::Bool(true));
+        }
+    }
+    let header = |key: &str, value: &str| {
+        json!({
+            "header": {"key": key, "value": value.replace('%', "%%")},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        })
+    };
+    vec![header(wasmesh_stats::peer::HEADER_METADATA, &metadata), header(wasmesh_stats::peer::HEADER_METADATA_ID, &id)]
+}
+
+/// The `x-envoy-peer-metadata` and `x-envoy-peer-metadata-id` values the stats filter with
+/// configuration `config` writes on every upstream request (`Stats::header_value` and the node
+/// id of [`core::LocalInfo`], from the configuration's workload as the filter compiles it), or
+/// `None` where it does not write them on every request or Envoy could not write the same:
+/// not an outbound or gateway HTTP filter, `metadataExchange` off, `externalHosts` set, a
+/// configuration the filter would refuse, an empty value or one with a line break or NUL.
+pub fn exchange_header_values(config: &Value) -> Option<(String, String)> {
+    let mut cfg = config.clone();
+    // What the filter would compile with the flag set, so that a configuration the flag would
+    // make it refuse is not used either.
+    cfg.as_object_mut()?.insert("exchangeHeadersAdded".into(), Value::Bool(true));
+    let stats = StatsConfig::compile_json(cfg.to_string().as_bytes()).ok()?;
+    let ok = |v: &str| !v.is_empty() && !v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0);
+    let client_side = matches!(stats.direction, StatsDirection::Outbound | StatsDirection::Gateway);
+    (client_side && ok(&stats.header_value) && ok(&stats.local.node_id))
+        .then(|| (stats.header_value.clone(), stats.local.node_id.clone()))
 }
 
 /// Tells the outbound and gateway stats filters among `filters` (HTTP or TCP, alone or as phases of
@@ -396,6 +472,35 @@ spec:
         assert_eq!(out.http_filters[0].config["externalHosts"][1], "httpbin.org");
         let inb = contribute(&ctx(Direction::Inbound)).unwrap();
         assert!(inb.http_filters[0].config.get("externalHosts").is_none());
+    }
+
+    /// A gateway's route gets the values the gateway's stats filter writes (`router~` node id,
+    /// the gateway's labels), whichever layout holds the filter; an inbound filter never.
+    #[test]
+    fn gateway_exchange_headers_are_the_filters_values() {
+        let res = resources(MESH);
+        let mesh = MeshConfig::default();
+        let mut wl = Workload::new("istio-ingressgateway", "istio-system");
+        wl.labels.insert("istio".into(), "ingressgateway".into());
+        let ctx = |direction| ListenerContext { workload: &wl, resources: &res, direction, bind_port: 1, mesh: &mesh };
+        let mut gw = wl.clone();
+        gw.mode = ProxyMode::Gateway;
+        let local = core::LocalInfo::from_workload(&gw);
+        assert!(local.node_id.starts_with("router~127.0.0.1~istio-ingressgateway.istio-system~"), "{}", local.node_id);
+        for layout in [crate::layout::Layout::OnePass, crate::layout::Layout::PerFilter] {
+            let mut filters = layout.assemble(contribute(&ctx(Direction::Gateway { port: 80 })).unwrap().http_filters);
+            let add = exchange_headers_added_by_route(&mut filters, &res);
+            assert_eq!(add[0]["header"]["value"], local.header_value().as_str(), "{layout:?}");
+            assert_eq!(add[1]["header"]["value"], local.node_id.as_str());
+            let flagged: Vec<_> = filters.iter_mut().flat_map(|f| stats_configs(f, &[FILTER_NAME])).collect();
+            assert_eq!(flagged.len(), 1);
+            assert_eq!(flagged[0]["exchangeHeadersAdded"], true, "{layout:?}");
+        }
+        let mut inbound = contribute(&ctx(Direction::Inbound)).unwrap().http_filters;
+        assert!(exchange_headers_added_by_route(&mut inbound, &res).is_empty());
+        assert!(inbound[0].config.get("exchangeHeadersAdded").is_none());
+        // No stats filter on the listener: nothing to replace, nothing added.
+        assert!(exchange_headers_added_by_route(&mut [], &res).is_empty());
     }
 
     #[test]

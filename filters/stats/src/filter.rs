@@ -28,6 +28,10 @@
 //!   one `record_metric` per histogram sample. Counters (`istio_requests_total`, gRPC message
 //!   counts) are kept in the VM and flushed on the phase's tick ([`FLUSH_PERIOD`]).
 //!
+//! Outbound and gateway: the request's content type (and `:authority` when external hosts are
+//! configured) and the two `set`s of our exchange headers, unless Envoy's route adds them
+//! (`exchangeHeadersAdded`); the response's two exchange headers.
+//!
 //! All decisions are in `wasmesh-stats`; this file reads Envoy attributes and headers and calls
 //! the hostcalls. Telemetry fails open: nothing here ever changes or stops a request, and nothing
 //! read from the wire can make it panic.
@@ -405,7 +409,9 @@ impl StatsRequest {
             // No workload metadata for services outside the mesh, and none trusted from them.
             self.external = stats.is_external_authority(&header(":authority").unwrap_or_default());
         }
-        if !self.external {
+        // Envoy's route adds them where wasmeshctl wrote it so (`exchangeHeadersAdded`, refused
+        // with external hosts: every request is a mesh request then).
+        if !self.external && !stats.exchange_headers_added {
             // Replacing also drops whatever the application (or a client at a gateway) sent.
             s.set_request_header(HEADER_METADATA, stats.header_value.as_bytes());
             s.set_request_header(HEADER_METADATA_ID, stats.local.node_id.as_bytes());

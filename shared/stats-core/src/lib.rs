@@ -138,6 +138,18 @@ pub struct StatsConfig {
     /// phase did not route) the attribute is read. Refused on inbound and TCP filters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_header: Option<String>,
+    /// Outbound and gateway HTTP only: Envoy adds `x-envoy-peer-metadata` and
+    /// `x-envoy-peer-metadata-id` to every upstream request itself, with exactly the values the
+    /// filter would write ([`Stats::header_value`], [`LocalInfo::node_id`]), replacing what the
+    /// client sent (the listener's route configuration `request_headers_to_add` with
+    /// `OVERWRITE_IF_EXISTS_OR_ADD`, as the static bootstrap of `wasmeshctl envoy` writes it where
+    /// no `MESH_EXTERNAL` host is known), so the filter does not write them (two hostcalls, ~8k
+    /// instructions per request). A route adds them to every request, so this is refused with
+    /// `externalHosts` (requests to those hosts must not get them), with `metadataExchange`
+    /// off, without a `direction` (a WasmPlugin's configuration, whose routes istiod writes)
+    /// and on an inbound or TCP filter.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exchange_headers_added: bool,
 }
 
 fn default_max_label_sets() -> usize {
@@ -187,6 +199,9 @@ pub struct Stats {
     pub no_endpoint_metadata: bool,
     /// The request header every route takes the cluster from (`clusterHeader`).
     pub cluster_header: Option<String>,
+    /// Envoy's route adds our exchange headers to every upstream request (outbound, gateway);
+    /// the filter does not write them.
+    pub exchange_headers_added: bool,
     pub max_label_sets: usize,
     external_hosts: Vec<String>,
     inbound_service: Option<ServiceInfo>,
@@ -219,6 +234,11 @@ impl StatsConfig {
 
     /// Compiles for one direction (see [`StatsConfig::directions`]).
     pub fn compile_for(&self, direction: Direction, resources: &Resources) -> Result<Stats, CompileError> {
+        if self.exchange_headers_added && self.direction.is_none() {
+            return Err(CompileError::msg(
+                "stats configuration: exchangeHeadersAdded needs a direction (outbound or gateway): without one the configuration serves every listener of the proxy (a WasmPlugin), whose routes are not the ones wasmeshctl writes with the exchange headers",
+            ));
+        }
         let cfg = StatsConfig { direction: Some(direction), ..self.clone() };
         cfg.compile(resources)
     }
@@ -268,6 +288,25 @@ impl StatsConfig {
             {
                 errors.push(Error::new(format!(
                     "stats configuration: clusterHeader {h:?} is not a lower-case HTTP header name (letters, digits, '-', '_')"
+                )));
+            }
+        }
+        if self.exchange_headers_added {
+            if direction == Direction::Inbound || self.protocol != ListenerProtocol::Http {
+                errors.push(Error::new(format!(
+                    "stats configuration: exchangeHeadersAdded is for outbound and gateway HTTP filters only (here direction {:?}, protocol {:?}): only they send the exchange headers upstream",
+                    direction, self.protocol
+                )));
+            }
+            if !self.metadata_exchange {
+                errors.push(Error::new(
+                    "stats configuration: exchangeHeadersAdded with metadataExchange false: the route would send the exchange headers the filter is configured not to send",
+                ));
+            }
+            if !self.external_hosts.is_empty() {
+                errors.push(Error::new(format!(
+                    "stats configuration: exchangeHeadersAdded with externalHosts {:?}: the route adds the exchange headers to every request, and requests to hosts outside the mesh must not get them; leave exchangeHeadersAdded out and the filter sends them to mesh hosts only",
+                    self.external_hosts
                 )));
             }
         }
@@ -324,6 +363,7 @@ impl StatsConfig {
             exchange_headers_removed: self.exchange_headers_removed,
             no_endpoint_metadata: self.no_endpoint_metadata,
             cluster_header: self.cluster_header.clone(),
+            exchange_headers_added: self.exchange_headers_added,
             max_label_sets: self.max_label_sets,
             external_hosts: self.external_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             inbound_service,

@@ -508,3 +508,43 @@ fn cluster_header_is_for_client_side_http_only_and_must_be_a_header_name() {
         .cluster_header
         .is_none());
 }
+
+#[test]
+fn exchange_headers_added_only_where_a_route_can_add_them_for_every_request() {
+    let with = |extra: serde_json::Value| {
+        let mut cfg =
+            json!({"workload": workload("a", "a", "v1"), "direction": "outbound", "exchangeHeadersAdded": true});
+        for (k, v) in extra.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        compile(cfg)
+    };
+    assert!(with(json!({})).unwrap().exchange_headers_added);
+    let mut gw = workload("gw", "gw", "v1");
+    gw["mode"] = json!("gateway");
+    assert!(with(json!({"direction": "gateway", "workload": gw})).unwrap().exchange_headers_added);
+    for (extra, needle) in [
+        (json!({"direction": "inbound"}), "exchangeHeadersAdded is for outbound and gateway HTTP filters only"),
+        (json!({"protocol": "tcp"}), "exchangeHeadersAdded is for outbound and gateway HTTP filters only"),
+        (json!({"metadataExchange": false}), "exchangeHeadersAdded with metadataExchange false"),
+        (json!({"externalHosts": ["httpbin.org"]}), "exchangeHeadersAdded with externalHosts [\"httpbin.org\"]"),
+    ] {
+        let err = with(extra.clone()).unwrap_err().to_string();
+        assert!(err.contains(needle), "{extra}: {err}");
+    }
+    // No direction (a WasmPlugin's configuration): refused for every direction it would serve.
+    let cfg = StatsConfig::parse_json(
+        json!({"workload": workload("a", "a", "v1"), "exchangeHeadersAdded": true}).to_string().as_bytes(),
+    )
+    .unwrap();
+    for d in cfg.directions() {
+        let err = cfg.compile_for(d, &Resources::default()).unwrap_err().to_string();
+        assert!(err.contains("exchangeHeadersAdded needs a direction"), "{err}");
+    }
+    // Absent: the filter writes them.
+    assert!(
+        !compile(json!({"workload": workload("a", "a", "v1"), "direction": "outbound"}))
+            .unwrap()
+            .exchange_headers_added
+    );
+}
