@@ -1375,29 +1375,7 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         let mut sp = spec("default/db", &res, &[18080, 13306], Vec::new());
         sp.outbound_port = Some(15001);
         let boot = build(&sp, &res).unwrap().to_string();
-        let stats_configs: Vec<Value> = {
-            fn walk(v: &Value, out: &mut Vec<Value>) {
-                match v {
-                    Value::String(s) if s.contains("\"metadataExchange\"") => {
-                        let c: Value = serde_json::from_str(s).unwrap();
-                        match c.get("phases").and_then(Value::as_array) {
-                            Some(ps) => out.extend(
-                                ps.iter()
-                                    .filter(|p| p["rootId"] == "wasmesh.stats")
-                                    .map(|p| p["configuration"].clone()),
-                            ),
-                            None => out.push(c),
-                        }
-                    }
-                    Value::Object(m) => m.values().for_each(|v| walk(v, out)),
-                    Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
-                    _ => {}
-                }
-            }
-            let mut out = Vec::new();
-            walk(&serde_json::from_str(&boot).unwrap(), &mut out);
-            out
-        };
+        let stats_configs = all_stats_configs(&serde_json::from_str(&boot).unwrap());
         assert!(stats_configs.len() >= 3, "{stats_configs:?}");
         for c in &stats_configs {
             let client = c["direction"] != "inbound";
@@ -1438,8 +1416,8 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
         assert!(!every_route_takes_the_cluster_header(&json!({"virtual_hosts": []})));
     }
 
-    /// The HTTP stats configurations of a listener (its filters or its chain's stats phases).
-    fn http_stats_configs(l: &Value) -> Vec<Value> {
+    /// Every stats configuration under `v` (HTTP and TCP filters, a chain's stats phases).
+    fn all_stats_configs(v: &Value) -> Vec<Value> {
         fn walk(v: &Value, out: &mut Vec<Value>) {
             match v {
                 Value::String(s) if s.contains("\"metadataExchange\"") => {
@@ -1457,7 +1435,13 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
             }
         }
         let mut out = Vec::new();
-        walk(l, &mut out);
+        walk(v, &mut out);
+        out
+    }
+
+    /// The HTTP stats configurations of a listener (its filters or its chain's stats phases).
+    fn http_stats_configs(l: &Value) -> Vec<Value> {
+        let mut out = all_stats_configs(l);
         out.retain(|c| c["protocol"] != "tcp");
         out
     }
