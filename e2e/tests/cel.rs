@@ -207,7 +207,16 @@ fn check(side: &str, probe: &Probe, expect: &[(&str, &str, Option<String>)]) {
         assert_eq!(root, stream, "{side}: {path} read from the root callback");
     }
     assert_ne!(values[&("xds-root".to_string(), "xds.listener_direction".to_string())].0, "-", "{side}");
-    assert_eq!(values.len(), 29, "{side}: {values:?}");
+    // The same with an unguarded `request.total_size` in the list (its marker without a test of
+    // `request`): one expression from the stream, none from the root callback.
+    assert_eq!(answered.get("mixed-stream"), Some(&true), "{side}: the mixed list from the stream");
+    assert_eq!(answered.get("mixed-root"), Some(&false), "{side}: the mixed list from a root callback was batched");
+    for path in ["xds.listener_direction", "xds.route_name", "xds.virtual_host_name", "xds.node.id"] {
+        let stream = &values[&("mixed-stream".to_string(), path.to_string())].0;
+        let root = &values[&("mixed-root".to_string(), path.to_string())].0;
+        assert_eq!(root, stream, "{side}: {path} of the mixed list read from the root callback");
+    }
+    assert_eq!(values.len(), 39, "{side}: {values:?}");
 }
 
 #[test]

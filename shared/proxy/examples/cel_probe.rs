@@ -49,6 +49,16 @@ const HEADERS: [&[&str]; 8] = [
 const XDS: [&[&str]; 4] =
     [&["xds", "listener_direction"], &["xds", "route_name"], &["xds", "virtual_host_name"], &["xds", "node", "id"]];
 
+/// The same with `request.total_size`, which is selected without a guard: its expression's
+/// marker is a bare number (the unguarded `request` fails the evaluation from a root callback).
+const MIXED: [&[&str]; 5] = [
+    &["xds", "listener_direction"],
+    &["xds", "route_name"],
+    &["xds", "virtual_host_name"],
+    &["xds", "node", "id"],
+    &["request", "total_size"],
+];
+
 thread_local! {
     /// A request paused at its headers (path `/root`), read again from the root's next tick.
     static PAUSED: Cell<Option<u32>> = const { Cell::new(None) };
@@ -74,6 +84,7 @@ impl RootContext for Probe {
         let Some(id) = PAUSED.with(Cell::take) else { return };
         if hostcalls::set_effective_context(id).is_ok() {
             compare(&Stream::new(id, HeaderReads::Map), "xds-root", &XDS);
+            compare(&Stream::new(id, HeaderReads::Map), "mixed-root", &MIXED);
             let _ = hostcalls::resume_http_request();
         }
     }
@@ -120,6 +131,8 @@ impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if self.stream.property(&["request", "url_path"]).ok().flatten().as_deref() == Some(b"/root") {
             compare(&self.stream, "xds-stream", &XDS);
+            // A fresh stream: this one keeps what it just read.
+            compare(&Stream::new(self.stream.context_id(), HeaderReads::Map), "mixed-stream", &MIXED);
             PAUSED.with(|p| p.set(Some(self.stream.context_id())));
             return Action::Pause;
         }

@@ -32,6 +32,8 @@
 //!   stream (a phase resumed after the root's HTTP call) `request.*` fails the evaluation, but
 //!   `xds.*` would answer for the root, silently wrong (seen in Envoy 1.40: `has(xds.cluster_name)`
 //!   false from the root); the failing `request` makes those reads fall back to `get_property`.
+//!   A list with an item that selects from `request` unguarded (`request.total_size`, and in
+//!   [`Variant::Fast`] `request.duration`) fails there by itself: its marker is the bare number.
 //!
 //! Anything unexpected (no such foreign function, a refused expression, a failed evaluation, an
 //! answer that does not decode) makes [`Batches::read`] answer `None`, and the caller reads each
@@ -169,6 +171,12 @@ fn usually_present(path: &[&str]) -> bool {
     USUALLY_PRESENT.iter().any(|a| a.as_slice() == path)
 }
 
+/// Whether the item of `path` in `variant` selects a field of `request` with no guard (see
+/// [`item`]): evaluating it fails wherever `request` does not resolve.
+fn selects_request_unguarded(path: &[&str], variant: Variant) -> bool {
+    path.first() == Some(&"request") && (always_present(path) || (variant == Variant::Fast && usually_present(path)))
+}
+
 /// Which expression a list is read with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
@@ -209,7 +217,13 @@ pub fn expression(marker: u64, paths: &[&[&str]]) -> Option<String> {
 pub fn expression_as(marker: u64, paths: &[&[&str]], variant: Variant) -> Option<String> {
     let mut items = Vec::with_capacity(paths.len() + 1);
     // `request` resolves in every stream context and in no root context: see the module doc.
-    items.push(format!("type(request) == map ? {marker}u : 0u"));
+    // An item that selects from `request` unguarded already fails the evaluation where it does
+    // not resolve, so the marker then needs no test of its own (it cost ~2k per evaluation).
+    if paths.iter().any(|p| selects_request_unguarded(p, variant)) {
+        items.push(format!("{marker}u"));
+    } else {
+        items.push(format!("type(request) == map ? {marker}u : 0u"));
+    }
     for p in paths {
         if !expressible(p) {
             return None;
@@ -495,13 +509,32 @@ mod tests {
     fn attributes_envoy_always_answers_are_read_unguarded() {
         assert_eq!(
             expression(3, &[&["response", "flags"], &["request", "total_size"], &["response", "total_size"]]).unwrap(),
-            "[type(request) == map ? 3u : 0u, response.flags, request.total_size, response.total_size]"
+            "[3u, response.flags, request.total_size, response.total_size]"
         );
         // absent on some streams: still guarded
         for p in [&["response", "code"][..], &["request", "duration"], &["request", "size"]] {
             assert!(item(p, Variant::Guarded).unwrap().starts_with("has("), "{p:?}");
         }
         assert!(!always_present(&["response", "flags", "x"]) && !always_present(&["response"]));
+    }
+
+    #[test]
+    fn the_marker_tests_request_only_when_no_item_selects_from_it_unguarded() {
+        let duration: &[&str] = &["request", "duration"];
+        let code: &[&str] = &["response", "code"];
+        // Guarded, `request.duration` is behind `has()`: the marker keeps its test.
+        assert!(expression_as(5, &[code, duration], Variant::Guarded)
+            .unwrap()
+            .starts_with("[type(request) == map ? 5u : 0u, "));
+        // Fast, it is selected bare and fails wherever `request` does not resolve.
+        assert!(expression_as(5, &[code, duration], Variant::Fast)
+            .unwrap()
+            .starts_with("[5u, response.code, request.duration"));
+        // Only `request`'s own fields count: a response field read bare does not.
+        assert!(expression_as(5, &[&["response", "flags"]], Variant::Fast)
+            .unwrap()
+            .starts_with("[type(request) == map"));
+        assert!(expression_as(5, &[&["request", "size"]], Variant::Fast).unwrap().starts_with("[type(request) == map"));
     }
 
     #[test]
