@@ -170,15 +170,30 @@ fn stats_configs<'a>(f: &'a mut WasmFilter, names: &[&str]) -> Vec<&'a mut Value
 /// with `request_headers_to_remove` naming both headers (the bootstrap's inbound route): under
 /// Istio (`generate`) or anywhere else the filter removes them itself.
 pub fn exchange_headers_removed_by_route(filters: &mut [WasmFilter]) {
+    let inbound_http = |c: &Value| c.get("direction").and_then(Value::as_str) == Some("inbound") && is_http(c);
+    set_where(filters, &[FILTER_NAME], inbound_http, "exchangeHeadersRemoved", Value::Bool(true));
+}
+
+/// Sets `key` to `value` in every stats configuration among `filters` (of the root ids `roots`,
+/// alone or as phases of a `wasmesh.chain`) that `wanted` selects.
+fn set_where(filters: &mut [WasmFilter], roots: &[&str], wanted: impl Fn(&Value) -> bool, key: &str, value: Value) {
     for f in filters {
-        for c in stats_configs(f, &[FILTER_NAME]) {
-            let inbound_http = c.get("direction").and_then(Value::as_str) == Some("inbound")
-                && c.get("protocol").and_then(Value::as_str).is_none_or(|p| p == "http");
-            if let (true, Some(o)) = (inbound_http, c.as_object_mut()) {
-                o.insert("exchangeHeadersRemoved".into(), Value::Bool(true));
+        for c in stats_configs(f, roots) {
+            if let (true, Some(o)) = (wanted(c), c.as_object_mut()) {
+                o.insert(key.into(), value.clone());
             }
         }
     }
+}
+
+/// An outbound or gateway stats configuration.
+fn is_client_side(c: &Value) -> bool {
+    matches!(c.get("direction").and_then(Value::as_str), Some("outbound" | "gateway"))
+}
+
+/// An HTTP stats configuration (the default protocol).
+fn is_http(c: &Value) -> bool {
+    c.get("protocol").and_then(Value::as_str).is_none_or(|p| p == "http")
 }
 
 /// The route configuration's `request_headers_to_add` with which Envoy sends this listener's
@@ -262,14 +277,7 @@ pub fn exchange_header_values(config: &Value) -> Option<(String, String)> {
 /// writes without it (the bootstrap's: `filter_metadata.istio.workload` is never written); under
 /// Istio (`generate`) istiod writes it on every mesh endpoint and the filter reads it.
 pub fn endpoint_metadata_not_written(filters: &mut [WasmFilter]) {
-    for f in filters {
-        for c in stats_configs(f, &[FILTER_NAME, TCP_FILTER_NAME]) {
-            let client_side = matches!(c.get("direction").and_then(Value::as_str), Some("outbound" | "gateway"));
-            if let (true, Some(o)) = (client_side, c.as_object_mut()) {
-                o.insert("noEndpointMetadata".into(), Value::Bool(true));
-            }
-        }
-    }
+    set_where(filters, &[FILTER_NAME, TCP_FILTER_NAME], is_client_side, "noEndpointMetadata", Value::Bool(true));
 }
 
 /// Tells the outbound and gateway HTTP stats filters among `filters` (alone or as phases of a
@@ -278,15 +286,8 @@ pub fn endpoint_metadata_not_written(filters: &mut [WasmFilter]) {
 /// destination cluster from the router's value instead of reading `xds.cluster_name`. Only for a
 /// listener whose route configuration the caller writes and checked so (the bootstrap's).
 pub fn cluster_from_header(filters: &mut [WasmFilter], header: &str) {
-    for f in filters {
-        for c in stats_configs(f, &[FILTER_NAME]) {
-            let client_side = matches!(c.get("direction").and_then(Value::as_str), Some("outbound" | "gateway"));
-            let http = c.get("protocol").and_then(Value::as_str).is_none_or(|p| p == "http");
-            if let (true, true, Some(o)) = (client_side, http, c.as_object_mut()) {
-                o.insert("clusterHeader".into(), Value::String(header.to_string()));
-            }
-        }
-    }
+    let client_http = |c: &Value| is_client_side(c) && is_http(c);
+    set_where(filters, &[FILTER_NAME], client_http, "clusterHeader", Value::String(header.to_string()));
 }
 
 /// ServiceEntries of the workload's namespace whose `workloadSelector` selects it, one entry per

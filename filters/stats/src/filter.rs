@@ -487,11 +487,9 @@ impl PhaseRequest for StatsRequest {
         // The cluster the router phase of this chain named, where every route takes it from that
         // header (`clusterHeader`): no attribute to read. Read from the stream's copy of the
         // request headers, never from Envoy (a client's own value is not the router's).
-        let routed = match (&stats.cluster_header, stats.needs_cluster()) {
-            (Some(h), true) => s.edited_request_header(h),
-            _ => None,
-        };
-        let cluster_slot = (stats.needs_cluster() && routed.is_none()).then(|| push_slot(&mut paths, &CLUSTER_NAME));
+        let needs_cluster = stats.needs_cluster();
+        let routed = stats.cluster_header.as_deref().filter(|_| needs_cluster).and_then(|h| s.edited_request_header(h));
+        let cluster_slot = (needs_cluster && routed.is_none()).then(|| push_slot(&mut paths, &CLUSTER_NAME));
         let grpc_slot = (protocol == Protocol::Grpc).then(|| push_slot(&mut paths, &GRPC_STATUS));
         let messages_slot = (protocol == Protocol::Grpc).then(|| push_slot(&mut paths, &GRPC_STATS));
         let endpoint_slot = needs_endpoint.then(|| push_slot(&mut paths, &ENDPOINT_WORKLOAD));

@@ -103,6 +103,13 @@ pub fn validate_wildcard_domain(domain: &str) -> Result<(), String> {
     }
 }
 
+/// An HTTP header name as Envoy's header maps hold it: lower-case token characters (RFC 9110's
+/// `tchar` without upper-case letters), plus `:` for pseudo-headers.
+pub fn is_lowercase_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-_.!#$%&'*+^`|~:".contains(&c))
+}
+
 /// `agent.ValidatePort`.
 pub fn validate_port(port: i64) -> Result<(), String> {
     if (1..=65535).contains(&port) {

@@ -189,7 +189,7 @@ struct GatewayServers {
 impl Compiler<'_> {
     fn run(mut self, resources: &Resources) -> Result<Router, CompileError> {
         let wl = self.wl;
-        if !is_header_name(&self.cfg.cluster_header) {
+        if !wasmesh_istio::validate::is_lowercase_header_name(&self.cfg.cluster_header) {
             self.errors.push(Error::new(format!(
                 "router configuration: clusterHeader {:?} is not a lower-case HTTP header name",
                 self.cfg.cluster_header
@@ -803,7 +803,7 @@ impl Compiler<'_> {
                 if matches!(lname.as_str(), "uri" | "scheme" | "method" | "authority") {
                     continue; // Istio ignores these keys in `headers`.
                 }
-                if !is_header_name(&lname) {
+                if !wasmesh_istio::validate::is_lowercase_header_name(&lname) {
                     self.err(res, &format!("{field}.{kind}.{name}"), &format!("{name:?} is not an HTTP header name"));
                     ok = false;
                     continue;
@@ -891,11 +891,6 @@ fn gateway_name(reference: &str, vs_namespace: &str) -> String {
         Some(_) => reference.to_string(),
         None => format!("{vs_namespace}/{reference}"),
     }
-}
-
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-_.!#$%&'*+^`|~:".contains(&c))
 }
 
 /// Checks every VirtualService in `resources` as the router would compile it, whatever proxy it
