@@ -150,6 +150,11 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
     // Mutual TLS: PeerAuthentication decides each sidecar inbound port's filter chains; with
     // certificates, outbound clusters get Istio's auto mTLS (the transport plugin, `mtls`).
     let certs = mtls::workload_certs(&wl, spec.certs_dir.as_deref())?;
+    // Our certificate's URI SAN as Envoy will report it: every inbound TLS context serves the
+    // workload's file, and every upstream one presents it unless a DestinationRule originates TLS
+    // with files of its own (or, served live, could later). The stats filters are told it.
+    let local_principal = certs.as_ref().and_then(|c| crate::certs::first_uri_san(&c.cert_chain));
+    let client_certificate_fixed = slots != Slots::All && !mtls::originates_tls(resources);
 
     let listener_context =
         |direction, bind_port| ListenerContext { workload: &wl, resources, direction, bind_port, mesh: &spec.mesh };
@@ -190,6 +195,9 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
         plugins::authn::identity_filter_state_when_read(&mut all.http_filters);
         // The clusters written here carry no Istio workload metadata on their endpoints.
         plugins::stats::endpoint_metadata_not_written(&mut all.http_filters);
+        if let Some(p) = &local_principal {
+            plugins::stats::local_principal_known(&mut all.http_filters, p, client_certificate_fixed);
+        }
         all
     };
 
@@ -2059,5 +2067,68 @@ mod mtls_tests {
         assert_eq!(lbs[0]["metadata"]["filter_metadata"]["envoy.transport_socket_match"], json!({"tlsMode": "istio"}));
         assert!(lbs[1].get("metadata").is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// With certificates the HTTP stats filters are told our certificate's URI SAN, read from the
+    /// file Envoy is pointed at (`localPrincipal`): inbound always, the client side only where no
+    /// DestinationRule originates TLS with files of its own; without certificates, never.
+    #[test]
+    fn stats_filters_know_our_certificate_where_every_tls_context_presents_it() {
+        let dir = std::env::temp_dir().join(format!("wasmesh-bootstrap-local-san-{}", std::process::id()));
+        let ids = [
+            crate::certs::WorkloadIdentity::new("cluster.local", "default", "sleep"),
+            crate::certs::WorkloadIdentity::new("cluster.local", "default", "httpbin"),
+        ];
+        crate::certs::run(&dir, &ids, &crate::certs::CaOptions::default()).expect("certs");
+        // `localPrincipal` of every HTTP stats configuration (filter or chain phase) of a listener.
+        fn principals(boot: &Value, listener_name: &str) -> Vec<Value> {
+            fn walk(v: &Value, out: &mut Vec<Value>) {
+                match v {
+                    Value::String(s) if s.contains("\"metadataExchange\"") => {
+                        let c: Value = serde_json::from_str(s).expect("json");
+                        let phases = c.get("phases").and_then(Value::as_array).cloned();
+                        let configs = match phases {
+                            Some(ps) => ps
+                                .into_iter()
+                                .filter(|p| p["rootId"] == "wasmesh.stats")
+                                .map(|p| p["configuration"].clone())
+                                .collect(),
+                            None => vec![c],
+                        };
+                        out.extend(
+                            configs.into_iter().filter(|c| c["protocol"] != "tcp").map(|c| c["localPrincipal"].clone()),
+                        );
+                    }
+                    Value::Object(m) => m.values().for_each(|v| walk(v, out)),
+                    Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                    _ => {}
+                }
+            }
+            let listeners = boot["static_resources"]["listeners"].as_array().expect("listeners");
+            let l = listeners.iter().find(|l| l["name"] == listener_name).expect("listener");
+            let mut out = Vec::new();
+            walk(l, &mut out);
+            out
+        }
+        let httpbin = json!("spiffe://cluster.local/ns/default/sa/httpbin");
+        let server = build_for("default/httpbin-v1", SERVICE, Some(&dir)).expect("server");
+        let inbound = principals(&server, "inbound_19090");
+        assert!(!inbound.is_empty() && inbound.iter().all(|p| *p == httpbin), "{inbound:?}");
+        let outbound = principals(&server, "outbound_15001");
+        assert!(!outbound.is_empty() && outbound.iter().all(|p| *p == httpbin), "{outbound:?}");
+        // The value is the file's, as Envoy reports it.
+        let file = CertPaths::for_workload(&dir, "default", "httpbin").cert_chain;
+        assert_eq!(crate::certs::first_uri_san(&file).map(Value::String), Some(httpbin.clone()));
+
+        // A DestinationRule originating TLS (here MUTUAL with its own files): the client side reads it.
+        let mutual = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ext, namespace: default}\nspec: {host: httpbin, trafficPolicy: {portLevelSettings: [{port: {number: 8000}, tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem}}]}}\n";
+        let server = build_for("default/httpbin-v1", &(SERVICE.to_string() + mutual), Some(&dir)).expect("server");
+        assert!(principals(&server, "inbound_19090").iter().all(|p| *p == httpbin));
+        let outbound = principals(&server, "outbound_15001");
+        assert!(!outbound.is_empty() && outbound.iter().all(Value::is_null), "{outbound:?}");
+
+        // No certificates: nothing to know.
+        let plain = build_for("default/httpbin-v1", SERVICE, None).expect("plain");
+        assert!(principals(&plain, "inbound_19090").iter().all(Value::is_null));
     }
 }

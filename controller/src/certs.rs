@@ -469,6 +469,16 @@ pub fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
     }
 }
 
+/// The first URI SAN of the certificate (the first PEM block) in file `path`: what Envoy reports
+/// as `uri_san_local_certificate` for a TLS context presenting that file. `None` when the file
+/// cannot be read or parsed, or the certificate has no URI SAN.
+pub fn first_uri_san(path: &Path) -> Option<String> {
+    let pem = std::fs::read_to_string(path).ok()?;
+    let der = pem_der(&pem).ok()?;
+    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+    uri_sans(&cert).into_iter().next()
+}
+
 /// The DER of the first PEM block.
 pub fn pem_der(pem: &str) -> Result<Vec<u8>, String> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| format!("not PEM: {e}"))?;

@@ -563,6 +563,8 @@ fn stats_plugins(
         cluster_header: None,
         // istiod writes the routes: the filter adds the exchange headers itself.
         exchange_headers_added: false,
+        // istiod's secrets (and Sidecar ingress TLS) are not known here: the filter reads it.
+        local_principal: None,
     };
     // `direction` and the inbound `services` are derived at run time (C2).
     let config = plugin_config(to_value("stats", &cfg)?, mesh, &["direction", "services"]);

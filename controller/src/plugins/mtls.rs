@@ -379,6 +379,19 @@ fn union(mutual: &[Option<String>], service_sans: &[String]) -> Vec<String> {
     set.into_iter().collect()
 }
 
+/// Whether any DestinationRule sets `SIMPLE` or `MUTUAL` TLS at any level (the rule, a subset, a
+/// port): upstream connections may then present a certificate other than the workload's, or
+/// none, so our certificate on the client side is not fixed by the workload's files.
+pub fn originates_tls(resources: &Resources) -> bool {
+    let originating = |tls: &Value| matches!(tls.get("mode").and_then(Value::as_str), Some("SIMPLE" | "MUTUAL"));
+    resources.destination_rules().any(|(_, dr)| {
+        let policies = dr.traffic_policy.iter().chain(dr.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+        policies
+            .into_iter()
+            .any(|tp| tp.tls.iter().chain(tp.port_level_settings.iter().filter_map(|s| s.get("tls"))).any(originating))
+    })
+}
+
 /// A DestinationRule's client TLS setting for one subset and port.
 #[derive(Debug, Clone, PartialEq)]
 enum ClientTls {

@@ -141,6 +141,8 @@ pub fn config(ctx: &ListenerContext<'_>, protocol: ListenerProtocol) -> Result<V
         cluster_header: None,
         // Set by the bootstrap where it writes the client-side route that adds them.
         exchange_headers_added: false,
+        // Set by the bootstrap, which knows the certificate files.
+        local_principal: None,
     };
     cfg.compile(&Resources { items: telemetries }).map_err(|e| e.0)?;
     serde_json::to_value(&cfg).map_err(|e| vec![Error::new(format!("stats config: {e}"))])
@@ -288,6 +290,18 @@ pub fn endpoint_metadata_not_written(filters: &mut [WasmFilter]) {
 pub fn cluster_from_header(filters: &mut [WasmFilter], header: &str) {
     let client_http = |c: &Value| is_client_side(c) && is_http(c);
     set_where(filters, &[FILTER_NAME], client_http, "clusterHeader", Value::String(header.to_string()));
+}
+
+/// Tells the HTTP stats filters among `filters` (alone or as phases of a `wasmesh.chain`) our own
+/// certificate's first URI SAN (`localPrincipal`), so they do not read it from Envoy on every
+/// request whose peer presented a certificate. Only for a caller that points every TLS context
+/// of that side at the one certificate file it read `principal` from: inbound filters always
+/// (the bootstrap's inbound listeners serve the workload's certificate and nothing else), client
+/// side (outbound, gateway) filters only with `client_side` (no DestinationRule originates TLS
+/// with certificates of its own, and the configuration is not followed live).
+pub fn local_principal_known(filters: &mut [WasmFilter], principal: &str, client_side: bool) {
+    let wanted = |c: &Value| is_http(c) && (client_side || !is_client_side(c));
+    set_where(filters, &[FILTER_NAME], wanted, "localPrincipal", Value::String(principal.to_string()));
 }
 
 /// ServiceEntries of the workload's namespace whose `workloadSelector` selects it, one entry per

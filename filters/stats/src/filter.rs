@@ -311,16 +311,20 @@ fn endpoint_peer(shared: &Shared) -> Option<Rc<CachedPeer>> {
     shared.peers.borrow_mut().endpoint(&s)
 }
 
-/// (peer principal, local principal): the first URI SANs of the connection's certificates.
-fn principals(direction: Direction) -> (String, String) {
-    let (peer_path, local_path) = certificate_paths(direction);
+/// (peer principal, local principal): the first URI SANs of the connection's certificates, ours
+/// from the configuration where it names it (`localPrincipal`).
+fn principals(stats: &Stats) -> (String, String) {
+    let (peer_path, local_path) = certificate_paths(stats.direction);
     // Without a peer certificate this is one call that returns nothing (cheaper than reading
     // `connection.mtls` first).
     let peer = wasmesh_proxy::property_string(peer_path).unwrap_or_default();
     if peer.is_empty() {
         return (peer, String::new());
     }
-    let local = wasmesh_proxy::property_string(local_path).unwrap_or_default();
+    let local = match &stats.local_principal {
+        Some(known) => known.clone(),
+        None => wasmesh_proxy::property_string(local_path).unwrap_or_default(),
+    };
     (peer, local)
 }
 
@@ -518,8 +522,17 @@ impl PhaseRequest for StatsRequest {
             self.peer.clone()
         };
         let peer_principal = text(Some(5));
-        // Our own certificate matters only when the peer presented one (mTLS).
-        let local_principal = if peer_principal.is_empty() { None } else { s.property_string(local_san) };
+        // Our own certificate matters only when the peer presented one (mTLS); read only where
+        // the configuration does not name it.
+        let read_local;
+        let local_principal = match (peer_principal.is_empty(), stats.local_principal.as_deref()) {
+            (true, _) => "",
+            (false, Some(known)) => known,
+            (false, None) => {
+                read_local = s.property_string(local_san);
+                read_local.as_deref().unwrap_or_default()
+            }
+        };
 
         let mut facts = Facts::new(protocol);
         facts.response_code = nonneg_bytes(at(0)).and_then(|c| u32::try_from(c).ok()).unwrap_or(0);
@@ -527,7 +540,7 @@ impl PhaseRequest for StatsRequest {
         facts.grpc_status = grpc_slot.and_then(|i| nonneg_bytes(at(i))).and_then(|c| u32::try_from(c).ok());
         facts.peer = peer.as_ref().map(|p| &p.peer);
         facts.peer_principal = peer_principal;
-        facts.local_principal = local_principal.as_deref().unwrap_or_default();
+        facts.local_principal = local_principal;
         facts.cluster_name = cluster;
         facts.service = service.as_deref();
         let measures = HttpMeasures {
@@ -702,7 +715,7 @@ impl StatsTcp {
             (None, Direction::Outbound | Direction::Gateway) => None,
             (None, Direction::Inbound) => None,
         };
-        let (peer_principal, local_principal) = principals(stats.direction);
+        let (peer_principal, local_principal) = principals(stats);
         let mut facts = Facts::new(Protocol::Tcp);
         facts.response_flags = nonneg(prop_i64(&["response", "flags"])).unwrap_or(0);
         facts.peer = peer.as_ref().map(|p| &p.peer);

@@ -150,6 +150,18 @@ pub struct StatsConfig {
     /// and on an inbound or TCP filter.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exchange_headers_added: bool,
+    /// The first URI SAN of this proxy's own certificate on the side the filter's direction
+    /// reads it from (inbound: the certificate it serves to downstream peers; outbound and
+    /// gateway: the one it presents upstream), where the writer of the configuration knows it:
+    /// `wasmeshctl envoy` reads it from the certificate file it points every such TLS context at
+    /// (the client side only where no DestinationRule originates TLS with other files). With it
+    /// the filter does not read `connection.uri_san_local_certificate` /
+    /// `upstream.uri_san_local_certificate` (one `get_property`, ~12k instructions, on every
+    /// request or connection whose peer presented a certificate). Used, as the attribute is, only
+    /// when the peer presented a certificate: the `destination_principal` label inbound, the
+    /// `source_principal` label on the client side. Must be non-empty, without control characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_principal: Option<String>,
 }
 
 fn default_max_label_sets() -> usize {
@@ -202,6 +214,8 @@ pub struct Stats {
     /// Envoy's route adds our exchange headers to every upstream request (outbound, gateway);
     /// the filter does not write them.
     pub exchange_headers_added: bool,
+    /// Our certificate's first URI SAN, known from configuration (`localPrincipal`): not read.
+    pub local_principal: Option<String>,
     pub max_label_sets: usize,
     external_hosts: Vec<String>,
     inbound_service: Option<ServiceInfo>,
@@ -309,6 +323,13 @@ impl StatsConfig {
                 )));
             }
         }
+        if let Some(p) = &self.local_principal {
+            if p.is_empty() || p.chars().any(char::is_control) {
+                errors.push(Error::new(format!(
+                    "stats configuration: localPrincipal {p:?} is not a certificate's URI SAN (expected a non-empty value without control characters, e.g. spiffe://cluster.local/ns/default/sa/default)"
+                )));
+            }
+        }
         if self.max_label_sets == 0 {
             errors.push(Error::new("stats configuration: maxLabelSets must be at least 1"));
         }
@@ -363,6 +384,7 @@ impl StatsConfig {
             no_endpoint_metadata: self.no_endpoint_metadata,
             cluster_header: self.cluster_header.clone(),
             exchange_headers_added: self.exchange_headers_added,
+            local_principal: self.local_principal.clone(),
             max_label_sets: self.max_label_sets,
             external_hosts: self.external_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             inbound_service,

@@ -510,6 +510,26 @@ fn cluster_header_is_for_client_side_http_only_and_must_be_a_header_name() {
 }
 
 #[test]
+fn local_principal_is_kept_and_must_be_a_san() {
+    let with = |direction: &str, principal: &str| {
+        compile(json!({"workload": workload("a", "a", "v1"), "direction": direction, "localPrincipal": principal}))
+    };
+    let spiffe = "spiffe://cluster.local/ns/a/sa/a";
+    for direction in ["inbound", "outbound"] {
+        assert_eq!(with(direction, spiffe).unwrap().local_principal.as_deref(), Some(spiffe));
+    }
+    for bad in ["", "spiffe://x\n"] {
+        let err = with("inbound", bad).unwrap_err().to_string();
+        assert!(err.contains("localPrincipal") && err.contains("is not a certificate's URI SAN"), "{err}");
+    }
+    // Absent: the attribute is read.
+    assert!(compile(json!({"workload": workload("a", "a", "v1"), "direction": "inbound"}))
+        .unwrap()
+        .local_principal
+        .is_none());
+}
+
+#[test]
 fn exchange_headers_added_only_where_a_route_can_add_them_for_every_request() {
     let with = |extra: serde_json::Value| {
         let mut cfg =
