@@ -781,4 +781,51 @@ mod tests {
         assert_eq!(super::status_count(text, "4xx"), Some(2));
         assert_eq!(super::status_count("no summary", "2xx"), None);
     }
+
+    /// The plain variants of an mTLS listener pay the same TLS: `derive` keeps the listener
+    /// filters and the chain's transport socket, and replaces only the filters.
+    #[test]
+    fn derived_variants_keep_the_listeners_tls() {
+        use serde_json::json;
+        let tls = json!({"name": "envoy.transport_sockets.tls", "typed_config": {"require_client_certificate": true}});
+        let wasm = json!({"name": "wasmesh.chain", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"}});
+        let generated = json!({
+            "name": "inbound_1",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+            "listener_filters": [{"name": "envoy.filters.listener.tls_inspector"}],
+            "filter_chains": [{"transport_socket": tls, "filters": [{"name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {"forward_client_cert_details": "APPEND_FORWARD", "http_filters": [wasm, {"name": "envoy.filters.http.router"}]}}]}],
+        });
+        let v = super::derive("none", &generated, vec![], None);
+        let (port, l) = v.listener.clone().expect("a listener");
+        assert_ne!(port, 1);
+        assert_eq!(l["filter_chains"][0]["transport_socket"], tls);
+        assert_eq!(l["listener_filters"], generated["listener_filters"]);
+        let hcm = super::hcm(&l).expect("an HCM");
+        assert_eq!(hcm["forward_client_cert_details"], "APPEND_FORWARD");
+        assert_eq!(v.wasm_http_filters(), 0);
+        assert!(!l.to_string().contains("wasmesh.chain"));
+    }
+
+    #[test]
+    fn the_front_forwards_over_its_transport_socket_without_headers_of_its_own() {
+        let files = std::sync::Arc::new(crate::paths::TempDir::new("front-test"));
+        let socket = serde_json::json!({"name": "envoy.transport_sockets.tls"});
+        let f = super::Front { port: 7001, transport_socket: socket.clone(), files };
+        let b = super::front_bootstrap(&[(&f, 7002)]);
+        let l = &b["static_resources"]["listeners"][0];
+        assert_eq!(l["address"]["socket_address"]["port_value"], 7001);
+        assert!(l["filter_chains"][0].get("transport_socket").is_none(), "h2load speaks plaintext to it");
+        let hcm = super::hcm(l).expect("an HCM");
+        assert_eq!(hcm["generate_request_id"], false);
+        assert_eq!(hcm["http_filters"][0]["typed_config"]["suppress_envoy_headers"], true);
+        let c = &b["static_resources"]["clusters"][0];
+        assert_eq!(hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"], c["name"]);
+        assert_eq!(c["transport_socket"], socket);
+        assert_eq!(
+            c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                ["port_value"],
+            7002
+        );
+    }
 }
