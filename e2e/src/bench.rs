@@ -6,7 +6,8 @@
 //! comparison whose first variant is the baseline (no filter), each [`Variant`] one listener in
 //! front of the same upstream app. A run: Envoy under callgrind, every variant probed (status) and
 //! warmed up, instrumentation switched on, then per batch and variant `-z`, a fixed number of
-//! requests (h2load, one connection), `-d`. Then, unless switched off, the same bootstrap in a
+//! requests (h2load, one connection; through the unmeasured front Envoy of a variant that has a
+//! [`Front`], for mutual TLS), `-d`. Then, unless switched off, the same bootstrap in a
 //! plain Envoy for the secondary figures: CPU µs/request (all Envoy threads' `schedstat`) and RSS.
 
 pub mod budgets;
