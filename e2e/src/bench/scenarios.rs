@@ -4,7 +4,7 @@
 //! bootstrap builder, every filter from the one module `wasmesh.wasm`, or `wasmesh-request.wasm` where
 //! wasmeshctl's rule picks it: [`picked_module`]), each against no filter,
 //! the native equivalent chain and as many no-op wasm filters as the chain has filters; and the
-//! sidecar inbound chain again over mutual TLS ([`sidecar_inbound_mtls`]), h2load's requests
+//! sidecar inbound chain again over mutual TLS (`sidecar_inbound_mtls`), h2load's requests
 //! carried by a front Envoy presenting a mesh caller's certificate.
 
 use super::{derive, noop_filters, wasm_filter, Group, Scenario, Variant};
