@@ -6,7 +6,8 @@
 //! comparison whose first variant is the baseline (no filter), each [`Variant`] one listener in
 //! front of the same upstream app. A run: Envoy under callgrind, every variant probed (status) and
 //! warmed up, instrumentation switched on, then per batch and variant `-z`, a fixed number of
-//! requests (h2load, one connection), `-d`. Then, unless switched off, the same bootstrap in a
+//! requests (h2load, one connection; through the unmeasured front Envoy of a variant that has a
+//! [`Front`], for mutual TLS), `-d`. Then, unless switched off, the same bootstrap in a
 //! plain Envoy for the secondary figures: CPU µs/request (all Envoy threads' `schedstat`) and RSS.
 
 pub mod budgets;
@@ -50,6 +51,58 @@ pub struct Variant {
     pub path: String,
     /// Status every response must have (the run fails otherwise).
     pub expect_status: u16,
+    /// A client Envoy in front of this variant's listener (mutual TLS): h2load talks to it.
+    pub front: Option<Front>,
+}
+
+/// A client h2load cannot be, in front of a measured listener: a plain Envoy (not under
+/// valgrind, not counted) whose plaintext listener on `port` forwards every request over one
+/// long-lived connection to the variant's listener with `transport_socket` (a mesh caller's
+/// UpstreamTlsContext: its certificate, the mesh root, Istio's client ALPN).
+#[derive(Debug, Clone)]
+pub struct Front {
+    pub port: u16,
+    pub transport_socket: Value,
+    /// The directory of the certificate files both Envoys read, kept while a variant needs it.
+    pub files: std::sync::Arc<TempDir>,
+}
+
+/// The front Envoy's bootstrap: for each `(front, measured port)` a plaintext listener whose
+/// one route goes to a cluster of the measured listener over `front.transport_socket`,
+/// HTTP/1.1 with keep-alive. It forwards the request as h2load sent it: no request id, no
+/// `x-envoy-*` headers of its own.
+pub fn front_bootstrap(fronts: &[(&Front, u16)]) -> Value {
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    for (f, upstream) in fronts {
+        let cluster = format!("measured_{upstream}");
+        listeners.push(json!({
+            "name": format!("front_{}", f.port),
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": f.port}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": format!("front_{}", f.port),
+                "generate_request_id": false,
+                "route_config": {"virtual_hosts": [{"name": "front", "domains": ["*"], "routes": [
+                    {"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}]}]},
+                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                    "suppress_envoy_headers": true}}],
+            }}]}],
+        }));
+        let mut c = app_cluster(&cluster, *upstream);
+        c["transport_socket"] = f.transport_socket.clone();
+        clusters.push(c);
+    }
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    })
+}
+
+/// Where h2load sends a variant's requests: its front Envoy, else its listener.
+fn target(v: &Variant, port: u16) -> u16 {
+    v.front.as_ref().map_or(port, |f| f.port)
 }
 
 impl Variant {
@@ -66,6 +119,7 @@ impl Variant {
             authority: "bench.local".into(),
             path: "/".into(),
             expect_status: 200,
+            front: None,
         }
     }
 
@@ -362,14 +416,20 @@ pub fn run(group: &Group, app_port: u16, settings: &Settings) -> Result<(Vec<Mea
         .zip(&ports)
         .flat_map(|(s, sp)| s.variants.iter().zip(sp).map(move |(v, p)| (s, v, *p)))
         .collect();
+    let front = start_front(group, &variants)?;
     crate::say!("bench {}: Envoy ready; warm-up", group.name);
     for (s, v, port) in &variants {
-        probe(&format!("{}/{}", s.name, v.name), *port, v, || cg.problems())?;
-        h2load(*port, v, settings.warmup, 1)?;
+        probe(&format!("{}/{}", s.name, v.name), target(v, *port), v, || cg.problems())?;
+        h2load(target(v, *port), v, settings.warmup, 1)?;
+    }
+    let warm = front_handshakes(front.as_ref(), &variants);
+    if let Some((v, _)) = warm.iter().find(|(_, n)| *n == 0) {
+        return Err(format!("{}: the front Envoy made no TLS handshake to {v}", group.name));
     }
     cg.instrument()?;
     let first = variants.first().ok_or(format!("{}: no variant", group.name))?;
-    let counting = Counting::calibrate(&mut cg, || h2load(first.2, first.1, settings.warmup.clamp(20, 50), 1))?;
+    let counting =
+        Counting::calibrate(&mut cg, || h2load(target(first.1, first.2), first.1, settings.warmup.clamp(20, 50), 1))?;
     crate::say!(
         "bench {}: counting thread {} (the worker), idle {:.0} instructions/s",
         group.name,
@@ -380,10 +440,32 @@ pub fn run(group: &Group, app_port: u16, settings: &Settings) -> Result<(Vec<Mea
     for b in 0..settings.batches {
         for (i, (s, v, port)) in variants.iter().enumerate() {
             crate::say!("bench {}: batch {}/{} {}/{}", group.name, b + 1, settings.batches, s.name, v.name);
-            dumps[i].push(counting.batch(&mut cg, || h2load(*port, v, settings.requests, 1))?);
+            dumps[i].push(counting.batch(&mut cg, || h2load(target(v, *port), v, settings.requests, 1))?);
         }
     }
     let idle_after = Counting::idle(&mut cg, counting.worker)?;
+    // Each front keeps one connection to its variant: the handshake was made in the warm-up and
+    // none inside the batches.
+    let after = front_handshakes(front.as_ref(), &variants);
+    if after != warm {
+        return Err(format!("{}: TLS handshakes inside the measured batches: {warm:?} → {after:?}", group.name));
+    }
+    if !warm.is_empty() {
+        let prom = crate::http::request(cg.admin_port, "GET", "/stats/prometheus", &[], b"").map(|r| r.text());
+        let mtls = prom.unwrap_or_default().lines().filter(|l| l.starts_with("istio_requests_total{")).fold(
+            (0.0, 0.0),
+            |(m, all), l| {
+                let n: f64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                (m + if l.contains("connection_security_policy=\"mutual_tls\"") { n } else { 0.0 }, all + n)
+            },
+        );
+        crate::say!(
+            "bench {}: front TLS handshakes per variant {warm:?}; istio_requests_total {} of which mutual_tls {}",
+            group.name,
+            mtls.1,
+            mtls.0
+        );
+    }
     let problems = cg.problems();
     if problems.contains("wasm") || problems.contains("][critical][") {
         return Err(format!("{}: Envoy reports a broken filter after the batches:\n{problems}", group.name));
@@ -438,14 +520,14 @@ pub fn run(group: &Group, app_port: u16, settings: &Settings) -> Result<(Vec<Mea
     if settings.cpu_requests > 0 && settings.cpu_repetitions > 0 {
         let envoy = Envoy::start_with(&format!("bench-{}", group.name), &boot, 1)?;
         for (s, v, port) in &variants {
-            probe(&format!("{}/{}", s.name, v.name), *port, v, || envoy.failure_summary())?;
-            h2load(*port, v, settings.cpu_requests / 2, 1)?;
+            probe(&format!("{}/{}", s.name, v.name), target(v, *port), v, || envoy.failure_summary())?;
+            h2load(target(v, *port), v, settings.cpu_requests / 2, 1)?;
         }
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         for _ in 0..settings.cpu_repetitions {
             for (i, (_, v, port)) in variants.iter().enumerate() {
                 let before = envoy_cpu_ns(envoy.pid());
-                h2load(*port, v, settings.cpu_requests, 1)?;
+                h2load(target(v, *port), v, settings.cpu_requests, 1)?;
                 let after = envoy_cpu_ns(envoy.pid());
                 samples[i].push(after.saturating_sub(before) as f64 / 1000.0 / f64::from(settings.cpu_requests));
             }
@@ -459,6 +541,30 @@ pub fn run(group: &Group, app_port: u16, settings: &Settings) -> Result<(Vec<Mea
         memory = memory::demo(group, app_port)?;
     }
     Ok((out, memory))
+}
+
+/// The front Envoy of the variants that have one ([`Front`]); `None` when none has.
+fn start_front(group: &Group, variants: &[(&Scenario, &Variant, u16)]) -> Result<Option<Envoy>, String> {
+    let fronts: Vec<(&Front, u16)> =
+        variants.iter().filter_map(|(_, v, port)| v.front.as_ref().map(|f| (f, *port))).collect();
+    if fronts.is_empty() {
+        return Ok(None);
+    }
+    crate::say!("bench {}: starting the front Envoy of {} variant(s) (not measured)", group.name, fronts.len());
+    Envoy::start_with(&format!("bench-{}-front", group.name), &front_bootstrap(&fronts), 1).map(Some)
+}
+
+/// For each variant with a front: its name and the front cluster's `ssl.handshake` counter.
+fn front_handshakes(front: Option<&Envoy>, variants: &[(&Scenario, &Variant, u16)]) -> Vec<(String, u64)> {
+    let Some(envoy) = front else { return Vec::new() };
+    variants
+        .iter()
+        .filter(|(_, v, _)| v.front.is_some())
+        .map(|(s, v, port)| {
+            let n = envoy.stat(&format!("cluster.measured_{port}.ssl.handshake")).unwrap_or(0);
+            (format!("{}/{}", s.name, v.name), n)
+        })
+        .collect()
 }
 
 /// Counts per second (idle) or per batch, of the worker thread.
@@ -675,5 +781,52 @@ mod tests {
         assert_eq!(super::status_count(text, "2xx"), Some(298));
         assert_eq!(super::status_count(text, "4xx"), Some(2));
         assert_eq!(super::status_count("no summary", "2xx"), None);
+    }
+
+    /// The plain variants of an mTLS listener pay the same TLS: `derive` keeps the listener
+    /// filters and the chain's transport socket, and replaces only the filters.
+    #[test]
+    fn derived_variants_keep_the_listeners_tls() {
+        use serde_json::json;
+        let tls = json!({"name": "envoy.transport_sockets.tls", "typed_config": {"require_client_certificate": true}});
+        let wasm = json!({"name": "wasmesh.chain", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"}});
+        let generated = json!({
+            "name": "inbound_1",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+            "listener_filters": [{"name": "envoy.filters.listener.tls_inspector"}],
+            "filter_chains": [{"transport_socket": tls, "filters": [{"name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {"forward_client_cert_details": "APPEND_FORWARD", "http_filters": [wasm, {"name": "envoy.filters.http.router"}]}}]}],
+        });
+        let v = super::derive("none", &generated, vec![], None);
+        let (port, l) = v.listener.clone().expect("a listener");
+        assert_ne!(port, 1);
+        assert_eq!(l["filter_chains"][0]["transport_socket"], tls);
+        assert_eq!(l["listener_filters"], generated["listener_filters"]);
+        let hcm = super::hcm(&l).expect("an HCM");
+        assert_eq!(hcm["forward_client_cert_details"], "APPEND_FORWARD");
+        assert_eq!(v.wasm_http_filters(), 0);
+        assert!(!l.to_string().contains("wasmesh.chain"));
+    }
+
+    #[test]
+    fn the_front_forwards_over_its_transport_socket_without_headers_of_its_own() {
+        let files = std::sync::Arc::new(crate::paths::TempDir::new("front-test"));
+        let socket = serde_json::json!({"name": "envoy.transport_sockets.tls"});
+        let f = super::Front { port: 7001, transport_socket: socket.clone(), files };
+        let b = super::front_bootstrap(&[(&f, 7002)]);
+        let l = &b["static_resources"]["listeners"][0];
+        assert_eq!(l["address"]["socket_address"]["port_value"], 7001);
+        assert!(l["filter_chains"][0].get("transport_socket").is_none(), "h2load speaks plaintext to it");
+        let hcm = super::hcm(l).expect("an HCM");
+        assert_eq!(hcm["generate_request_id"], false);
+        assert_eq!(hcm["http_filters"][0]["typed_config"]["suppress_envoy_headers"], true);
+        let c = &b["static_resources"]["clusters"][0];
+        assert_eq!(hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"], c["name"]);
+        assert_eq!(c["transport_socket"], socket);
+        assert_eq!(
+            c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                ["port_value"],
+            7002
+        );
     }
 }

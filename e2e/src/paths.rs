@@ -42,6 +42,7 @@ pub fn envoy_bin() -> PathBuf {
 }
 
 /// A fresh temporary directory under the system temp dir, removed by the returned guard.
+#[derive(Debug)]
 pub struct TempDir(PathBuf);
 
 impl TempDir {

@@ -174,10 +174,14 @@ pub fn demo(group: &Group, app_port: u16) -> Result<Option<Memory>, String> {
     if group.base.is_none() {
         return Ok(None);
     }
+    // The demo Envoys are sidecars answering plaintext clients: scenarios measured through a
+    // front Envoy (mutual TLS) are left out.
+    let plain = |s: &&super::Scenario| s.variants.iter().all(|v| v.front.is_none());
     let pick = |prefix: &str| -> Vec<(Variant, u16)> {
         group
             .scenarios
             .iter()
+            .filter(plain)
             .filter_map(|s| s.variants.iter().find(|v| v.name.starts_with(prefix)))
             .map(|v| (v.clone(), v.listener.as_ref().map(|(p, _)| *p).unwrap_or_else(crate::free_port)))
             .collect()
@@ -189,6 +193,7 @@ pub fn demo(group: &Group, app_port: u16) -> Result<Option<Memory>, String> {
     }
     let start = |name: &str, vs: &[(Variant, u16)]| -> Result<Envoy, String> {
         let mut g = group.clone();
+        g.scenarios.retain(|s| plain(&s));
         for (s, (v, _)) in g.scenarios.iter_mut().zip(vs) {
             s.variants = vec![v.clone()];
         }

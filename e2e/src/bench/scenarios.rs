@@ -3,7 +3,9 @@
 //! outbound and gateway chains exactly as `wasmeshctl envoy` generates them (the controller's
 //! bootstrap builder, every filter from the one module `wasmesh.wasm`, or `wasmesh-request.wasm` where
 //! wasmeshctl's rule picks it: [`picked_module`]), each against no filter,
-//! the native equivalent chain and as many no-op wasm filters as the chain has filters.
+//! the native equivalent chain and as many no-op wasm filters as the chain has filters; and the
+//! sidecar inbound chain again over mutual TLS (`sidecar_inbound_mtls`), h2load's requests
+//! carried by a front Envoy presenting a mesh caller's certificate.
 
 use super::{derive, noop_filters, wasm_filter, Group, Scenario, Variant};
 use crate::authn::{self, NativeJwks};
@@ -421,10 +423,17 @@ pub fn layouts() -> Result<Vec<(&'static str, Option<&'static str>)>, String> {
 
 /// `wasmeshctl envoy -f <bench mesh> --workload <ns/name> -o json <args> [--layout L]`: the
 /// bootstrap exactly as the command line writes it.
-fn wasmeshctl_envoy(app_port: u16, workload: &str, args: &[String], layout: Option<&str>) -> Result<Value, String> {
+/// `extra` is YAML added to the bench mesh.
+fn wasmeshctl_envoy(
+    app_port: u16,
+    workload: &str,
+    args: &[String],
+    layout: Option<&str>,
+    extra: &str,
+) -> Result<Value, String> {
     let dir = crate::paths::TempDir::new("bench-mesh");
     let file = dir.path().join("bench-mesh.yaml");
-    std::fs::write(&file, mesh_yaml(app_port) + &workload_entries())
+    std::fs::write(&file, mesh_yaml(app_port) + &workload_entries() + extra)
         .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     let wasm_dir = crate::paths::wasm_dir().display().to_string();
     let file = file.display().to_string();
@@ -599,7 +608,7 @@ fn sidecar(app_port: u16) -> Result<Group, String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut boot = wasmeshctl_envoy(app_port, "foo/httpbin", &args, flag)?;
+        let mut boot = wasmeshctl_envoy(app_port, "foo/httpbin", &args, flag, "")?;
         let clusters = clusters_of(&boot);
         inbound.push(Generated {
             layout,
@@ -634,6 +643,7 @@ fn sidecar(app_port: u16) -> Result<Group, String> {
     };
     let mut native = vec![authn::native_jwt_authn(&wl, &res, &NativeJwks::Remote, true)];
     native.extend(crate::authz::istiod::http_filters(&res, &wl, &[]));
+    let inbound_mtls = sidecar_inbound_mtls(app_port, &caller, native.clone(), &inbound_request)?;
     let inbound_chain = chain(
         "sidecar inbound",
         "≤ 135k instructions/request over no filter (2× native), aim ≤ 100k",
@@ -657,7 +667,89 @@ fn sidecar(app_port: u16) -> Result<Group, String> {
         Some(default_route()),
         &outbound_request,
     )?;
-    Ok(Group { name: "sidecar".into(), scenarios: vec![inbound_chain, outbound_chain], base })
+    Ok(Group { name: "sidecar".into(), scenarios: vec![inbound_chain, outbound_chain, inbound_mtls], base })
+}
+
+/// The bench mesh's server port of `foo/httpbin` (the authority the inbound request names).
+const HTTPBIN_PORT: u16 = 8000;
+
+/// "sidecar inbound mTLS": the sidecar inbound chain as a mesh caller reaches it, over mutual
+/// TLS. The bench mesh with a STRICT PeerAuthentication for `foo/httpbin` (the inbound listener
+/// has only the mTLS chain) and certificates from the mesh CA (`wasmeshctl certs`' function) for
+/// `foo/httpbin` and the caller; the listener as `wasmeshctl envoy --role sidecar --certs DIR`
+/// writes it in each layout, the plain, native and no-op variants on the same TLS listener
+/// ([`derive`] keeps its transport). The client is a front Envoy ([`super::Front`]) presenting
+/// the caller's certificate, offering Istio's client ALPN, sending the plaintext scenario's
+/// request.
+fn sidecar_inbound_mtls(
+    app_port: u16,
+    caller: &Workload,
+    native: Vec<Value>,
+    request: &Variant,
+) -> Result<Scenario, String> {
+    use wasmesh_controller::certs::{self, CaOptions, CertPaths, WorkloadIdentity};
+    use wasmesh_controller::plugins::mtls;
+    let strict = r#"
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  mtls: {mode: STRICT}
+"#;
+    let files = std::sync::Arc::new(crate::paths::TempDir::new("bench-certs"));
+    let yaml = mesh_yaml(app_port) + &workload_entries() + strict;
+    let res =
+        Resources { items: wasmesh_istio::load_str(&yaml, "bench-mesh.yaml").map_err(|e| format!("bench mesh: {e}"))? };
+    let mut ids = certs::identities_in(&res, &caller.trust_domain);
+    ids.push(WorkloadIdentity::of(caller));
+    certs::run(files.path(), &ids, &CaOptions::default()).map_err(|e| format!("bench certificates: {e}"))?;
+    let server =
+        ids.iter().find(|id| id.namespace == "foo").ok_or("the bench mesh has no identity in foo")?.spiffe_uri();
+
+    let mut generated = Vec::new();
+    for (layout, flag) in layouts()? {
+        let port = crate::free_port();
+        let args: Vec<String> = [
+            "--role",
+            "sidecar",
+            "--inbound-port",
+            &port.to_string(),
+            "--app-port",
+            &app_port.to_string(),
+            "--certs",
+            &files.path().display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut boot = wasmeshctl_envoy(app_port, "foo/httpbin", &args, flag, strict)?;
+        let clusters = clusters_of(&boot);
+        let listener = take_listener(&mut boot, port)?;
+        let chains = listener.get("filter_chains").and_then(Value::as_array).map_or(0, Vec::len);
+        if chains != 1 || listener.pointer("/filter_chains/0/transport_socket").is_none() {
+            return Err(format!("sidecar inbound mTLS: expected one mTLS filter chain, got {listener}"));
+        }
+        generated.push(Generated { layout, listener, port, clusters });
+    }
+    let mut s = chain(
+        "sidecar inbound mTLS",
+        "the sidecar inbound chain over mutual TLS: what a mesh caller's request costs",
+        generated,
+        native,
+        None,
+        None,
+        request,
+    )?;
+    let own = CertPaths::for_workload(files.path(), &caller.namespace, &caller.service_account);
+    let sni = format!("outbound_.{HTTPBIN_PORT}_._.httpbin.foo.svc.cluster.local");
+    let socket = mtls::upstream_transport_socket(&own, &[server], &sni);
+    for v in &mut s.variants {
+        v.front =
+            Some(super::Front { port: crate::free_port(), transport_socket: socket.clone(), files: files.clone() });
+    }
+    Ok(s)
 }
 
 /// An ingress gateway (`istio-system/istio-ingressgateway`) serving Gateway port 80: stats +
@@ -673,7 +765,7 @@ fn gateway(app_port: u16) -> Result<Group, String> {
     for (layout, flag) in layouts()? {
         let port = crate::free_port();
         let args: Vec<String> = vec!["--role".into(), "gateway".into(), "--port".into(), format!("80={port}")];
-        let mut boot = wasmeshctl_envoy(app_port, "istio-system/istio-ingressgateway", &args, flag)?;
+        let mut boot = wasmeshctl_envoy(app_port, "istio-system/istio-ingressgateway", &args, flag, "")?;
         let clusters = clusters_of(&boot);
         generated.push(Generated { layout, listener: take_listener(&mut boot, port)?, port, clusters });
         base.get_or_insert(boot);
