@@ -191,6 +191,11 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
             }
         }
         plugins::authz::decision_filter_state_when_read(&mut all.http_filters);
+        // A sidecar's inbound chains are written below from its PeerAuthentication (an error if
+        // they cannot enforce it): the filter need not check it again.
+        if direction == Direction::Inbound && slots != Slots::All {
+            plugins::authz::peer_authentication_by_transport(&mut all.http_filters);
+        }
         all.http_filters = layout.assemble(std::mem::take(&mut all.http_filters));
         plugins::authn::identity_filter_state_when_read(&mut all.http_filters);
         // The clusters written here carry no Istio workload metadata on their endpoints.
@@ -209,7 +214,15 @@ pub fn build_with(spec: &ProxySpec, resources: &Resources, slots: Slots, layout:
                         let ctx = listener_context(Direction::Inbound, inb.port);
                         // Inbound TCP ports with mTLS also serve Istio's TCP metadata exchange.
                         let filters = tcp_listener_filters(&ctx, slots)
-                            .map(|f| plugins::authz::single_san_peers(f, spec.certs_dir.as_deref()));
+                            .map(|f| plugins::authz::single_san_peers(f, spec.certs_dir.as_deref()))
+                            .map(|(mut c, mut exchange)| {
+                                // The chains below enforce the PeerAuthentication (as on HTTP ports).
+                                if slots != Slots::All {
+                                    plugins::authz::peer_authentication_by_transport(&mut c.network_filters);
+                                    plugins::authz::peer_authentication_by_transport(&mut exchange);
+                                }
+                                (c, exchange)
+                            });
                         match (filters, mtls::inbound_transport(&ctx, certs.as_ref(), true)) {
                             (Ok((c, exchange)), Ok(tls)) => {
                                 let cluster = format!("inbound|{}||", inb.port);
@@ -1855,6 +1868,11 @@ spec:
         };
         assert!(config(&chains[0]).contains("\"peerExchange\":true"), "{}", config(&chains[0]));
         assert!(!config(&chains[1]).contains("peerExchange"), "the plain mTLS chain does not exchange");
+        // The chains enforce STRICT: the TCP authz filter does not check it again.
+        for c in chains {
+            let authz = c["filters"][1]["typed_config"]["config"]["configuration"]["value"].as_str().unwrap();
+            assert!(authz.contains("\"peerAuthenticationByTransport\":true"), "{authz}");
+        }
         // The client's cluster to the TCP port offers the exchange first.
         let ids = [crate::certs::WorkloadIdentity::new("cluster.local", "default", "sleep")];
         crate::certs::run(&dir, &ids, &crate::certs::CaOptions::default()).unwrap();
@@ -2067,6 +2085,47 @@ mod mtls_tests {
         assert_eq!(lbs[0]["metadata"]["filter_metadata"]["envoy.transport_socket_match"], json!({"tlsMode": "istio"}));
         assert!(lbs[1].get("metadata").is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The static bootstrap writes each sidecar inbound listener's chains from the workload's
+    /// PeerAuthentication, so its authz filters (HTTP chain phase and TCP) are told not to check it
+    /// again; never the gateway's or an outbound listener's, and not under xDS.
+    #[test]
+    fn inbound_authz_leaves_peer_authentication_to_the_listener_chains() {
+        let dir = std::env::temp_dir().join(format!("wasmesh-bootstrap-pa-transport-{}", std::process::id()));
+        let ids = [crate::certs::WorkloadIdentity::new("cluster.local", "default", "httpbin")];
+        crate::certs::run(&dir, &ids, &crate::certs::CaOptions::default()).expect("certs");
+        let deny = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: default}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}\n";
+        let yaml = SERVICE.to_string() + deny + &pa("istio-system", "default", "{mtls: {mode: STRICT}}");
+        let flagged = |boot: &Value, name: &str| -> bool {
+            let listeners = boot["static_resources"]["listeners"].as_array().expect("listeners");
+            let l = listeners.iter().find(|l| l["name"] == name).expect("listener");
+            l.to_string().contains("peerAuthenticationByTransport\\\":true")
+        };
+        let server = build_for("default/httpbin-v1", &yaml, Some(&dir)).expect("server");
+        assert!(flagged(&server, "inbound_19090"));
+        assert!(server.to_string().contains("wasmesh.authz"), "the DENY policy installs authz");
+        assert!(!flagged(&server, "outbound_15001"));
+        // Under xDS the filter keeps checking.
+        let res = resources(&yaml);
+        let (wl, we) = workload_from_entry(&res, "default/httpbin-v1").expect("workload");
+        let spec = ProxySpec {
+            workload: wl,
+            inbound: we.ports.values().map(|p| Inbound { port: *p as u16, app_port: 1 }).collect(),
+            outbound_port: None,
+            tcp_outbound: Vec::new(),
+            gateway_ports: Vec::new(),
+            admin_port: 15000,
+            wasm_dir: PathBuf::from("/wasm"),
+            mesh: MeshConfig::default(),
+            certs_dir: Some(dir.clone()),
+            envoy_access_log: None,
+            credentials_dir: None,
+        };
+        let live = build_with(&spec, &res, Slots::All, Layout::OnePass).expect("xds");
+        assert!(
+            live.to_string().contains("wasmesh.authz") && !live.to_string().contains("peerAuthenticationByTransport")
+        );
     }
 
     /// With certificates the HTTP stats filters are told our certificate's URI SAN, read from the

@@ -111,6 +111,7 @@ pub fn check(
         decision_filter_state: true,
         single_san_peers: false,
         request_body: false,
+        peer_authentication_by_transport: false,
     };
     let authz = cfg.compile(&relevant).map_err(|e| e.0)?;
 

@@ -640,6 +640,9 @@ fn authz_config(resources: &[&Resource], mesh: &MeshConfig, stage: Stage) -> Res
         single_san_peers: stage == Stage::Tcp,
         request_body: matches!(stage, Stage::Custom | Stage::All)
             && !body_policies(resources.iter().copied(), mesh).is_empty(),
+        // The manifests also serve Envoys whose listeners nobody wrote from PeerAuthentication
+        // (Envoy Gateway, EnvoyFilter on plain Envoy): the filter enforces it itself.
+        peer_authentication_by_transport: false,
     };
     Ok(plugin_config(to_value("authz", &cfg)?, mesh, &[]))
 }

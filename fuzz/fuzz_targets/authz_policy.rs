@@ -118,6 +118,7 @@ fuzz_target!(|data: &[u8]| {
                 decision_filter_state: true,
                 single_san_peers: false,
                 request_body: false,
+                peer_authentication_by_transport: false,
             };
             let Ok(authz) = cfg.compile(&res) else { continue };
             let _ = authz.rule_names();

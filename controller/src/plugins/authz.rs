@@ -107,6 +107,22 @@ pub fn single_san_peers(
     (c, exchange)
 }
 
+/// Tells a sidecar inbound listener's authz filters (HTTP stages, TCP) that its filter chains
+/// enforce the workload's PeerAuthentication (`peerAuthenticationByTransport`), so they do not
+/// check `connection.mtls` again on every request. Only for the chains the static bootstrap
+/// writes with [`super::mtls::inbound_transport`] from the same policies, for the process's
+/// life: under Istio istiod writes the chains, and under `serve` the filter follows the YAML
+/// live, so the filter checks there.
+pub fn peer_authentication_by_transport(filters: &mut [WasmFilter]) {
+    for f in
+        filters.iter_mut().filter(|f| [FILTER_NAME, CUSTOM_FILTER_NAME, TCP_FILTER_NAME].contains(&f.name.as_str()))
+    {
+        if let Some(o) = f.config.as_object_mut() {
+            o.insert("peerAuthenticationByTransport".into(), Value::Bool(true));
+        }
+    }
+}
+
 /// The filter-state key authz writes its decision to (`decisionFilterState`).
 const DECISION_KEY: &str = wasmesh_authz::DECISION_FILTER_STATE_KEY;
 
@@ -203,6 +219,8 @@ pub fn config(ctx: &ListenerContext<'_>, stage: Stage) -> (AuthzConfig, Resource
         decision_filter_state: true,
         single_san_peers: false,
         request_body: false,
+        // Set by the static bootstrap, whose inbound listeners' chains enforce PeerAuthentication.
+        peer_authentication_by_transport: false,
     };
     (cfg, Resources { items: candidates })
 }

@@ -64,7 +64,16 @@ impl AuthzConfig {
             custom = self.custom_on_tcp(custom, &mut warnings);
         }
 
-        let peer_authn = if wl.mode == ProxyMode::Sidecar && resources.peer_authentications().next().is_some() {
+        if self.peer_authentication_by_transport && wl.mode != ProxyMode::Sidecar {
+            return Err(CompileError(vec![Error::new(
+                "authz configuration: peerAuthenticationByTransport is for sidecars: PeerAuthentication does not apply to a gateway's listeners",
+            )]));
+        }
+        // Enforced by the listener's filter chains where the configuration says so.
+        let peer_authn = if wl.mode == ProxyMode::Sidecar
+            && !self.peer_authentication_by_transport
+            && resources.peer_authentications().next().is_some()
+        {
             Some(PeerAuthnPolicy::compile(wl, resources).map_err(CompileError)?)
         } else {
             None

@@ -58,6 +58,15 @@ pub struct AuthzConfig {
     /// needs the body fails closed.
     #[serde(default, skip_serializing_if = "is_false")]
     pub request_body: bool,
+    /// Sidecars only: the listener's filter chains enforce this workload's PeerAuthentication
+    /// mode on every port themselves (`wasmeshctl envoy` writes each inbound listener's chains
+    /// from the same policies: STRICT accepts TLS with a client certificate only, PERMISSIVE
+    /// both, DISABLE plaintext), so the filter does not check it again on each request (reading
+    /// `connection.mtls`, and on plaintext the destination port: one or two `get_property`,
+    /// ~11–17k instructions per request). Rules that name peers still read what they need.
+    /// Refused for a gateway, to which PeerAuthentication does not apply.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub peer_authentication_by_transport: bool,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -26,6 +26,7 @@ fn compile_with(yaml: &str, wl: Workload, f: impl FnOnce(&mut AuthzConfig)) -> A
         decision_filter_state: true,
         single_san_peers: false,
         request_body: false,
+        peer_authentication_by_transport: false,
     };
     f(&mut cfg);
     cfg.compile(&resources).expect("compiles")
@@ -1000,6 +1001,29 @@ fn peer_authentication_strict_refuses_plaintext() {
     assert!(permissive.is_empty());
 }
 
+/// Where the listener's chains enforce the PeerAuthentication (`peerAuthenticationByTransport`),
+/// the filter does not check it, and reads neither `connection.mtls` nor the port for it; rules
+/// still decide. A gateway, to which PeerAuthentication does not apply, refuses the flag.
+#[test]
+fn peer_authentication_by_transport_is_not_checked_again() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: foo}\nspec: {mtls: {mode: STRICT}}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: foo}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}\n";
+    let a = compile_with(yaml, workload(), |c| c.peer_authentication_by_transport = true);
+    assert!(allowed(&a, &get("/")), "the transport refused plaintext already");
+    assert!(!a.needs().mtls && !a.needs().destination_port, "{:?}", a.needs());
+    assert!(!allowed(&a, &get("/admin")), "the DENY rule still applies");
+    assert!(!allowed(&compile(yaml), &get("/")), "without the flag the filter refuses plaintext");
+
+    let mut gw = workload();
+    gw.mode = wasmesh_istio::ProxyMode::Gateway;
+    let resources = Resources { items: load_str(yaml, "test.yaml").expect("valid yaml") };
+    let cfg = AuthzConfig::parse_json(
+        &serde_json::to_vec(&json!({"workload": gw, "peerAuthenticationByTransport": true})).expect("json"),
+    )
+    .expect("parses");
+    let err = cfg.compile(&resources).expect_err("a gateway refuses it").to_string();
+    assert!(err.contains("peerAuthenticationByTransport is for sidecars"), "{err}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
@@ -1211,6 +1235,7 @@ fn tcp_translates_dynamic_metadata_conditions_as_istiod() {
         decision_filter_state: true,
         single_san_peers: false,
         request_body: false,
+        peer_authentication_by_transport: false,
     };
     let a = cfg.compile(&resources).expect("translated for TCP");
     assert_eq!(a.needs().metadata, vec![("envoy.filters.network.mysql_proxy".to_string(), "db.table".to_string())]);
