@@ -1985,6 +1985,11 @@ mod mtls_tests {
     const SERVICE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: httpbin, namespace: default}\nspec:\n  hosts: [httpbin.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  ports: [{number: 8000, name: http, protocol: HTTP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: httpbin}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: httpbin-v1, namespace: default}\nspec: {address: 127.0.0.1, ports: {http: 19090}, labels: {app: httpbin, version: v1}, serviceAccount: httpbin}\n";
 
     fn build_for(workload: &str, yaml: &str, certs_dir: Option<&Path>) -> Result<Value, Vec<Error>> {
+        build_for_with(workload, yaml, certs_dir, Slots::AsNeeded)
+    }
+
+    /// [`build_for`] with the filter slots of a static bootstrap (`AsNeeded`) or of `serve` (`All`).
+    fn build_for_with(workload: &str, yaml: &str, certs_dir: Option<&Path>, slots: Slots) -> Result<Value, Vec<Error>> {
         let res = resources(yaml);
         let (wl, we) = workload_from_entry(&res, workload).map_err(|e| vec![e])?;
         let inbound = we.ports.values().map(|p| Inbound { port: *p as u16, app_port: 1 }).collect();
@@ -2001,7 +2006,7 @@ mod mtls_tests {
             envoy_access_log: None,
             credentials_dir: None,
         };
-        build(&spec, &res)
+        build_with(&spec, &res, slots, Layout::default())
     }
 
     const SLEEP: &str = "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: sleep, namespace: default}\nspec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}\n";
@@ -2107,22 +2112,7 @@ mod mtls_tests {
         assert!(server.to_string().contains("wasmesh.authz"), "the DENY policy installs authz");
         assert!(!flagged(&server, "outbound_15001"));
         // Under xDS the filter keeps checking.
-        let res = resources(&yaml);
-        let (wl, we) = workload_from_entry(&res, "default/httpbin-v1").expect("workload");
-        let spec = ProxySpec {
-            workload: wl,
-            inbound: we.ports.values().map(|p| Inbound { port: *p as u16, app_port: 1 }).collect(),
-            outbound_port: None,
-            tcp_outbound: Vec::new(),
-            gateway_ports: Vec::new(),
-            admin_port: 15000,
-            wasm_dir: PathBuf::from("/wasm"),
-            mesh: MeshConfig::default(),
-            certs_dir: Some(dir.clone()),
-            envoy_access_log: None,
-            credentials_dir: None,
-        };
-        let live = build_with(&spec, &res, Slots::All, Layout::OnePass).expect("xds");
+        let live = build_for_with("default/httpbin-v1", &yaml, Some(&dir), Slots::All).expect("xds");
         assert!(
             live.to_string().contains("wasmesh.authz") && !live.to_string().contains("peerAuthenticationByTransport")
         );
