@@ -1438,7 +1438,7 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
     }
 
     /// Every stats configuration under `v` (HTTP and TCP filters, a chain's stats phases).
-    fn all_stats_configs(v: &Value) -> Vec<Value> {
+    pub(super) fn all_stats_configs(v: &Value) -> Vec<Value> {
         fn walk(v: &Value, out: &mut Vec<Value>) {
             match v {
                 Value::String(s) if s.contains("\"metadataExchange\"") => {
@@ -1461,7 +1461,7 @@ spec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}
     }
 
     /// The HTTP stats configurations of a listener (its filters or its chain's stats phases).
-    fn http_stats_configs(l: &Value) -> Vec<Value> {
+    pub(super) fn http_stats_configs(l: &Value) -> Vec<Value> {
         let mut out = all_stats_configs(l);
         out.retain(|c| c["protocol"] != "tcp");
         out
@@ -2131,33 +2131,9 @@ mod mtls_tests {
         crate::certs::run(&dir, &ids, &crate::certs::CaOptions::default()).expect("certs");
         // `localPrincipal` of every HTTP stats configuration (filter or chain phase) of a listener.
         fn principals(boot: &Value, listener_name: &str) -> Vec<Value> {
-            fn walk(v: &Value, out: &mut Vec<Value>) {
-                match v {
-                    Value::String(s) if s.contains("\"metadataExchange\"") => {
-                        let c: Value = serde_json::from_str(s).expect("json");
-                        let phases = c.get("phases").and_then(Value::as_array).cloned();
-                        let configs = match phases {
-                            Some(ps) => ps
-                                .into_iter()
-                                .filter(|p| p["rootId"] == "wasmesh.stats")
-                                .map(|p| p["configuration"].clone())
-                                .collect(),
-                            None => vec![c],
-                        };
-                        out.extend(
-                            configs.into_iter().filter(|c| c["protocol"] != "tcp").map(|c| c["localPrincipal"].clone()),
-                        );
-                    }
-                    Value::Object(m) => m.values().for_each(|v| walk(v, out)),
-                    Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
-                    _ => {}
-                }
-            }
             let listeners = boot["static_resources"]["listeners"].as_array().expect("listeners");
             let l = listeners.iter().find(|l| l["name"] == listener_name).expect("listener");
-            let mut out = Vec::new();
-            walk(l, &mut out);
-            out
+            super::tcp_tests::http_stats_configs(l).iter().map(|c| c["localPrincipal"].clone()).collect()
         }
         let httpbin = json!("spiffe://cluster.local/ns/default/sa/httpbin");
         let server = build_for("default/httpbin-v1", SERVICE, Some(&dir)).expect("server");
