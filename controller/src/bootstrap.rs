@@ -2011,14 +2011,21 @@ mod mtls_tests {
 
     const SLEEP: &str = "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: sleep, namespace: default}\nspec: {address: 127.0.0.1, labels: {app: sleep}, serviceAccount: sleep}\n";
 
+    /// A fresh `wasmeshctl certs` directory (named after `tag`) holding the mesh root and a
+    /// certificate for each `default/<service account>` in `service_accounts`.
+    fn default_ns_certs(tag: &str, service_accounts: &[&str]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wasmesh-bootstrap-{tag}-{}", std::process::id()));
+        let ids: Vec<_> = service_accounts
+            .iter()
+            .map(|sa| crate::certs::WorkloadIdentity::new("cluster.local", "default", sa))
+            .collect();
+        crate::certs::run(&dir, &ids, &crate::certs::CaOptions::default()).expect("certs");
+        dir
+    }
+
     #[test]
     fn the_bootstrap_is_secured_as_peer_authentication_and_auto_mtls_say() {
-        let dir = std::env::temp_dir().join(format!("wasmesh-bootstrap-mtls-{}", std::process::id()));
-        let ids = [
-            crate::certs::WorkloadIdentity::new("cluster.local", "default", "sleep"),
-            crate::certs::WorkloadIdentity::new("cluster.local", "default", "httpbin"),
-        ];
-        crate::certs::run(&dir, &ids, &crate::certs::CaOptions::default()).expect("certs");
+        let dir = default_ns_certs("mtls", &["sleep", "httpbin"]);
         let yaml = SERVICE.to_string() + SLEEP + &pa("istio-system", "default", "{mtls: {mode: STRICT}}");
 
         // The server sidecar: its inbound listeners are STRICT.
@@ -2097,9 +2104,7 @@ mod mtls_tests {
     /// again; never the gateway's or an outbound listener's, and not under xDS.
     #[test]
     fn inbound_authz_leaves_peer_authentication_to_the_listener_chains() {
-        let dir = std::env::temp_dir().join(format!("wasmesh-bootstrap-pa-transport-{}", std::process::id()));
-        let ids = [crate::certs::WorkloadIdentity::new("cluster.local", "default", "httpbin")];
-        crate::certs::run(&dir, &ids, &crate::certs::CaOptions::default()).expect("certs");
+        let dir = default_ns_certs("pa-transport", &["httpbin"]);
         let deny = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: default}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}\n";
         let yaml = SERVICE.to_string() + deny + &pa("istio-system", "default", "{mtls: {mode: STRICT}}");
         let flagged = |boot: &Value, name: &str| -> bool {
@@ -2123,12 +2128,7 @@ mod mtls_tests {
     /// DestinationRule originates TLS with files of its own; without certificates, never.
     #[test]
     fn stats_filters_know_our_certificate_where_every_tls_context_presents_it() {
-        let dir = std::env::temp_dir().join(format!("wasmesh-bootstrap-local-san-{}", std::process::id()));
-        let ids = [
-            crate::certs::WorkloadIdentity::new("cluster.local", "default", "sleep"),
-            crate::certs::WorkloadIdentity::new("cluster.local", "default", "httpbin"),
-        ];
-        crate::certs::run(&dir, &ids, &crate::certs::CaOptions::default()).expect("certs");
+        let dir = default_ns_certs("local-san", &["sleep", "httpbin"]);
         // `localPrincipal` of every HTTP stats configuration (filter or chain phase) of a listener.
         fn principals(boot: &Value, listener_name: &str) -> Vec<Value> {
             let listeners = boot["static_resources"]["listeners"].as_array().expect("listeners");
